@@ -1,0 +1,74 @@
+"""Developer sessions: tests, lint, typing, docs, bench, demo and the Slurm suite.
+
+Each session installs what it needs into its own virtual environment, so a fresh machine
+with Python and pip needs only ``python -m pip install nox`` first.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typing", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = os.environ.get("VI_FLOW_NOX_PYTHON") or None
+# Checkers are pinned: a new release must not fail a commit that was clean yesterday.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite against the embedded local server (Slurm tests excluded)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slurm", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_slurm(session: nox.Session) -> None:
+    """Run the Slurm provider tests and the seed 002 examples against a real one-host cluster."""
+    session.install("-e", ".[test]")
+    env = {"VI_FLOW_REQUIRE_SLURM": "1"}
+    session.run("pytest", "-m", "slurm", "tests/slurm", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package and on tests/typing/."""
+    session.install("-e", ".[typing]", MYPY)
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site, failing on any warning."""
+    session.install("-e", ".[docs]")
+    env = {"NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner about MkDocs 2
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env=env)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks; each prints ratios against a baseline measured in the same run."""
+    session.install("-e", ".[test]")
+    for script in sorted(os.listdir("benchmarks")):
+        if script.startswith("bench_") and script.endswith(".py"):
+            session.run("python", f"benchmarks/{script}", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Install vi-flow and run the demo on the embedded local server."""
+    session.install("-e", ".")
+    session.run("vi-flow", "demo", *session.posargs)
