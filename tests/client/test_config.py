@@ -1,0 +1,63 @@
+"""Settings precedence: arguments > VI_FLOW_* env > config file > defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vi_flow import Timeout
+from vi_flow._config import config_path, resolve_settings, write_config_value
+
+
+def test_defaults_are_local_with_home_from_env(tmp_path: Path) -> None:
+    settings = resolve_settings()
+    assert settings.base_url == "local" and settings.is_local
+    assert settings.home == tmp_path / "home"
+    assert settings.max_retries == 2
+    assert settings.timeout == Timeout()
+
+
+def test_argument_beats_env_beats_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config_value("base_url", "http://127.0.0.1:1/v1")
+    write_config_value("organization_id", "org_file")
+    write_config_value("max_retries", "5")
+    assert resolve_settings().base_url == "http://127.0.0.1:1/v1"
+    assert resolve_settings().max_retries == 5
+    monkeypatch.setenv("VI_FLOW_BASE_URL", "http://127.0.0.1:2/v1")
+    monkeypatch.setenv("VI_FLOW_ORGANIZATION_ID", "org_env")
+    settings = resolve_settings()
+    assert (settings.base_url, settings.organization_id) == ("http://127.0.0.1:2/v1", "org_env")
+    settings = resolve_settings(base_url="http://127.0.0.1:3/v1", organization_id="org_arg")
+    assert (settings.base_url, settings.organization_id) == ("http://127.0.0.1:3/v1", "org_arg")
+
+
+def test_config_file_is_private_and_keeps_other_keys() -> None:
+    write_config_value("api_key", "secret")
+    write_config_value("timeout", "12")
+    path = config_path()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    settings = resolve_settings()
+    assert settings.api_key == "secret"
+    assert settings.timeout == Timeout(12, 12, 12)
+    assert "secret" not in repr(settings)
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(ValueError, match="ftp://x"):
+        resolve_settings(base_url="ftp://x")
+    with pytest.raises(ValueError, match="max_retries"):
+        resolve_settings(max_retries=-1)
+    with pytest.raises(ValueError, match="colour"):
+        write_config_value("colour", "red")
+    with pytest.raises(ValueError, match="timeout"):
+        Timeout(connect=-1)
+
+
+def test_broken_config_file_names_the_file() -> None:
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("api_key = [unclosed\n")
+    with pytest.raises(ValueError, match=str(path)):
+        resolve_settings()

@@ -1,0 +1,185 @@
+"""The request loop: retries, Retry-After, idempotency keys, typed errors, bad bodies."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+
+import vi_flow
+from vi_flow import (
+    APIConnectionError,
+    APIResponseValidationError,
+    AuthenticationError,
+    ConflictError,
+    FlowNotFoundError,
+    InternalServerError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+
+from .scripted import json_answer, scripted_server
+
+pytestmark = pytest.mark.anyio
+
+FLOW = orjson.dumps(
+    {
+        "organizationId": "org_1",
+        "flowId": "flow_1",
+        "spec": {"name": "f", "blocks": [{"block": "template"}], "futureField": 1},
+        "metadata": {"timeCreated": 1, "lastUpdated": 2},
+        "etag": "e1",
+    }
+)
+ERROR_500 = orjson.dumps({"error": {"code": "INTERNAL", "message": "boom", "requestId": "req_500"}})
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+async def test_500_twice_then_200_succeeds_after_retries() -> None:
+    sleeps = Sleeps()
+    answers = [json_answer(500, ERROR_500), json_answer(500, ERROR_500), json_answer(200, FLOW)]
+    async with scripted_server(answers) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=sleeps) as client:
+            flow = await client.flows.get("flow_1")
+    assert flow.spec.name == "f"
+    assert len(server.requests) == 3
+    assert len(sleeps.delays) == 2
+    assert 0.375 <= sleeps.delays[0] <= 0.5 and 0.75 <= sleeps.delays[1] <= 1.0
+
+
+async def test_retries_exhausted_raise_typed_error_with_request_id() -> None:
+    async with scripted_server([json_answer(500, ERROR_500)]) as (url, server):
+        async with vi_flow.AsyncClient(
+            base_url=url, api_key="k", sleep=Sleeps(), max_retries=1
+        ) as client:
+            with pytest.raises(InternalServerError) as info:
+                await client.flows.get("flow_1")
+    assert len(server.requests) == 2
+    assert info.value.status_code == 500
+    assert info.value.code == "INTERNAL"
+    assert info.value.request_id == "req_500"
+    assert "boom" in str(info.value)
+
+
+async def test_retry_after_seconds_is_honoured() -> None:
+    sleeps = Sleeps()
+    limited = orjson.dumps({"error": {"code": "RATE_LIMITED", "message": "slow down"}})
+    answers = [json_answer(429, limited, **{"Retry-After": "3"}), json_answer(200, FLOW)]
+    async with scripted_server(answers) as (url, _):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=sleeps) as client:
+            await client.flows.get("flow_1")
+    assert sleeps.delays == [3.0]
+
+
+async def test_rate_limit_error_carries_retry_after() -> None:
+    limited = orjson.dumps({"error": {"code": "RATE_LIMITED", "message": "slow down"}})
+    async with scripted_server([json_answer(429, limited, **{"Retry-After": "7"})]) as (url, _):
+        async with vi_flow.AsyncClient(
+            base_url=url, api_key="k", sleep=Sleeps(), max_retries=0
+        ) as client:
+            with pytest.raises(RateLimitError) as info:
+                await client.flows.get("flow_1")
+    assert info.value.retry_after == 7.0
+
+
+async def test_post_reuses_one_idempotency_key_across_attempts() -> None:
+    answers = [json_answer(503, ERROR_500), json_answer(201, FLOW)]
+    async with scripted_server(answers) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=Sleeps()) as client:
+            await client.flows.create({"name": "f", "blocks": [{"block": "template"}]})
+    keys = [r["headers"]["Idempotency-Key"] for r in server.requests]
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0].startswith("vi-")
+
+
+async def test_server_can_veto_a_retry() -> None:
+    conflict = orjson.dumps({"error": {"code": "CONFLICT", "message": "volume is mounted"}})
+    answers = [json_answer(409, conflict, **{"X-Should-Retry": "false"})]
+    async with scripted_server(answers) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=Sleeps()) as client:
+            with pytest.raises(ConflictError, match="volume is mounted"):
+                await client.flows.delete("flow_1")
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [
+        (401, "UNAUTHENTICATED", AuthenticationError),
+        (404, "FLOW_NOT_FOUND", FlowNotFoundError),
+        (422, "VALIDATION_ERROR", UnprocessableEntityError),
+    ],
+)
+async def test_status_maps_to_typed_error(status: int, code: str, error: type[Exception]) -> None:
+    body = orjson.dumps(
+        {"error": {"code": code, "message": "spec.name: required", "requestId": "r"}}
+    )
+    async with scripted_server([json_answer(status, body)]) as (url, _):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=Sleeps()) as client:
+            with pytest.raises(error, match=r"spec\.name"):
+                await client.flows.get("flow_1")
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>oops</html>", b'{"organizationId": "o", "flowId"', b'{"items": 3}']
+)
+async def test_garbage_or_truncated_json_is_a_typed_error_naming_the_request(body: bytes) -> None:
+    async with scripted_server([json_answer(200, body)]) as (url, _):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=Sleeps()) as client:
+            with pytest.raises(APIResponseValidationError) as info:
+                await client.flows.get("flow_1")
+    assert info.value.request_id == "req_test"
+    assert "req_test" in str(info.value)
+
+
+async def test_unreachable_server_is_a_connection_error_naming_the_url() -> None:
+    sleeps = Sleeps()
+    async with vi_flow.AsyncClient(
+        base_url="http://127.0.0.1:9/v1", api_key="k", sleep=sleeps
+    ) as client:
+        with pytest.raises(APIConnectionError, match=r"127\.0\.0\.1:9"):
+            await client.flows.get("flow_1")
+    assert len(sleeps.delays) == 2
+
+
+async def test_unknown_fields_are_ignored() -> None:
+    async with scripted_server([json_answer(200, FLOW)]) as (url, _):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k") as client:
+            flow = await client.flows.get("flow_1")
+    assert flow.spec.blocks[0].block == "template"
+
+
+async def test_with_options_shares_the_connection() -> None:
+    async with scripted_server([json_answer(500, ERROR_500)]) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", sleep=Sleeps()) as client:
+            quick = client.with_options(max_retries=0, timeout=5)
+            assert quick.http.connection is client.http.connection
+            with pytest.raises(InternalServerError):
+                await quick.flows.get("flow_1")
+    assert len(server.requests) == 1
+
+
+async def test_debug_log_never_shows_the_token(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="vi_flow")
+    async with scripted_server([json_answer(200, FLOW)]) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="sekret-token-123") as client:
+            await client.flows.get("flow_1")
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sekret-token-123"
+    assert "GET" in caplog.text
+    assert "sekret-token-123" not in caplog.text
+    assert "sekret" not in repr(client) and "sekret" not in repr(client.http.connection.settings)
+
+
+async def test_closed_client_cannot_be_used() -> None:
+    client = vi_flow.AsyncClient(base_url="http://127.0.0.1:9/v1", api_key="k")
+    await client.aclose()
+    await client.aclose()
+    with pytest.raises(vi_flow.ClientStateError):
+        await client.flows.get("flow_1")

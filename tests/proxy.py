@@ -1,0 +1,74 @@
+"""A loopback TCP proxy that can cut connections, to test what survives a dropped link."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:port to an upstream port.
+
+    ``swallow_answers``: the first N connections forward the request, wait for the answer
+    to start, then close without passing it on (the server did the work; the client never
+    heard). ``cut()`` closes every open connection now.
+    """
+
+    def __init__(self, upstream_port: int, *, swallow_answers: int = 0) -> None:
+        self.upstream_port = upstream_port
+        self.swallow_answers = swallow_answers
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        swallow = self.connections <= self.swallow_answers
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers.update((writer, up_writer))
+        to_server = asyncio.ensure_future(self._pipe(reader, up_writer))
+        if swallow:
+            await up_reader.read(1)  # the server answered: the work is done
+            to_server.cancel()
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        await self._pipe(up_reader, writer)
+        to_server.cancel()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(ConnectionError, OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with suppress(Exception):
+            writer.close()
+
+
+@asynccontextmanager
+async def cutting_proxy(
+    upstream_port: int, *, swallow_answers: int = 0
+) -> AsyncIterator[CuttingProxy]:
+    proxy = CuttingProxy(upstream_port, swallow_answers=swallow_answers)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()

@@ -1,0 +1,156 @@
+"""vi_flow: run AI flows and the GPU tasks behind them, from async code, blocking code or a shell.
+
+Importing ``vi_flow`` is cheap: the clients, aiohttp, asyncssh, the local server and the
+CLI load on first use of a name that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConflictError,
+    FlowExecutionError,
+    FlowNotFoundError,
+    InsufficientCreditsError,
+    InternalServerError,
+    NotFoundError,
+    NotImplementedByProviderError,
+    PaginationError,
+    PermissionDeniedError,
+    PreconditionFailedError,
+    RateLimitError,
+    RunNotFoundError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+    ToolCallLimitError,
+    UnprocessableEntityError,
+    ViFlowError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient as AsyncClient
+    from ._client import ClientState as ClientState
+    from ._config import NOT_GIVEN as NOT_GIVEN
+    from ._config import Timeout as Timeout
+    from ._pagination import AsyncPaginator as AsyncPaginator
+    from ._pagination import PaginatedResponse as PaginatedResponse
+    from .compute import AsyncTask as AsyncTask
+    from .compute.ssh import ShellResult as ShellResult
+    from .execution import AsyncFlow as AsyncFlow
+    from .execution import AsyncJob as AsyncJob
+    from .execution import AsyncRun as AsyncRun
+    from .execution import ExecuteResult as ExecuteResult
+    from .execution import PausedResult as PausedResult
+    from .execution import ToolHandlerWarning as ToolHandlerWarning
+    from .models import PaginationParams as PaginationParams
+    from .models.tasks import TaskConfig as TaskConfig
+    from .models.tasks import TaskStatus as TaskStatus
+    from .models.tasks import VolumeSpec as VolumeSpec
+    from .sync._client import Client as Client
+    from .sync.compute import Task as Task
+    from .sync.execution import Flow as Flow
+    from .sync.execution import Job as Job
+    from .sync.execution import Run as Run
+
+_LAZY: dict[str, str] = {
+    "AsyncTask": ".compute",
+    "ShellResult": ".compute.ssh",
+    "Task": ".sync.compute",
+    "TaskConfig": ".models.tasks",
+    "TaskStatus": ".models.tasks",
+    "VolumeSpec": ".models.tasks",
+    "AsyncClient": "._client",
+    "ClientState": "._client",
+    "NOT_GIVEN": "._config",
+    "Timeout": "._config",
+    "AsyncPaginator": "._pagination",
+    "PaginatedResponse": "._pagination",
+    "PaginationParams": ".models",
+    "Client": ".sync._client",
+    "AsyncFlow": ".execution",
+    "AsyncJob": ".execution",
+    "AsyncRun": ".execution",
+    "ExecuteResult": ".execution",
+    "PausedResult": ".execution",
+    "ToolHandlerWarning": ".execution",
+    "Flow": ".sync.execution",
+    "Job": ".sync.execution",
+    "Run": ".sync.execution",
+}
+
+__all__ = [
+    "NOT_GIVEN",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AsyncFlow",
+    "AsyncJob",
+    "AsyncPaginator",
+    "AsyncRun",
+    "AsyncTask",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ClientState",
+    "ClientStateError",
+    "ConflictError",
+    "ExecuteResult",
+    "Flow",
+    "FlowExecutionError",
+    "FlowNotFoundError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "Job",
+    "NotFoundError",
+    "NotImplementedByProviderError",
+    "PaginatedResponse",
+    "PaginationError",
+    "PaginationParams",
+    "PausedResult",
+    "PermissionDeniedError",
+    "PreconditionFailedError",
+    "RateLimitError",
+    "Run",
+    "RunNotFoundError",
+    "ShellResult",
+    "Task",
+    "TaskConfig",
+    "TaskNotFoundError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "Timeout",
+    "ToolCallLimitError",
+    "ToolHandlerWarning",
+    "UnprocessableEntityError",
+    "ViFlowError",
+    "VolumeSpec",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vi_flow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

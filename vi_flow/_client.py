@@ -1,0 +1,179 @@
+"""``AsyncClient``: the async entry point that owns the connection and the resource namespaces."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, resolve_settings
+from ._errors import ClientStateError
+from ._http import Connection, HTTPCore, Sleep
+from .compute._platform import PlatformMethods
+from .resources.flows import AsyncFlows
+from .resources.instances import AsyncInstances
+from .resources.reservations import AsyncReservations
+from .resources.runs import AsyncRuns
+from .resources.ssh_keys import AsyncSSHKeys
+from .resources.tasks import AsyncTasks
+from .resources.volumes import AsyncVolumes
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .execution import AsyncFlow
+
+__all__ = ["AsyncClient", "ClientState"]
+
+
+class ClientState(enum.Enum):
+    """Where a client is in its life; a closed client cannot be reopened."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class AsyncClient(PlatformMethods):
+    """The async vi_flow client.
+
+    With nothing configured it starts the embedded local server on 127.0.0.1 and talks to
+    it; give ``base_url`` (or ``VI_FLOW_BASE_URL``) to reach a remote server instead.
+
+    Example:
+        ```python
+        async with vi_flow.AsyncClient() as client:
+            page = await client.flows.list(pagination={"page_size": 50})
+            result = await client.flow(page.items[0].flow_id).execute(message="hi")
+        ```
+
+    Args:
+        api_key: Bearer token (``VI_FLOW_API_KEY``); the embedded server supplies its own.
+        organization_id: Organization to act in (``VI_FLOW_ORGANIZATION_ID``).
+        base_url: ``"local"`` (default) or the server's URL ending in ``/v1``.
+        timeout: A :class:`Timeout` or seconds, per call unless overridden.
+        max_retries: Retries of a failed call (default 2).
+        home: State directory of the embedded server (``VI_FLOW_HOME``).
+        sleep: How to wait between retries; tests pass a fake so they never wait.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | NotGiven | None = NOT_GIVEN,
+        organization_id: str | NotGiven | None = NOT_GIVEN,
+        base_url: str | NotGiven | None = NOT_GIVEN,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | NotGiven | None = NOT_GIVEN,
+        home: str | Path | NotGiven | None = NOT_GIVEN,
+        sleep: Sleep | None = None,
+    ) -> None:
+        _configure_logging()
+        settings = resolve_settings(
+            api_key=api_key,
+            organization_id=organization_id,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            home=home,
+        )
+        self._init(
+            HTTPCore(
+                Connection(settings),
+                timeout=settings.timeout,
+                max_retries=settings.max_retries,
+                sleep=sleep or anyio.sleep,
+            ),
+            owner=True,
+        )
+
+    def _init(self, http: HTTPCore, *, owner: bool) -> None:
+        self.http = http
+        self._owner = owner
+        self._pid = os.getpid()
+        self.flows = AsyncFlows(self)
+        self.runs = AsyncRuns(self)
+        self.tasks = AsyncTasks(self)
+        self.volumes = AsyncVolumes(self)
+        self.instances = AsyncInstances(self)
+        self.reservations = AsyncReservations(self)
+        self.ssh_keys = AsyncSSHKeys(self)
+
+    @property
+    def _settings(self) -> Settings:
+        return self.http.connection.settings
+
+    @property
+    def _sleep(self) -> Sleep:
+        return self.http.sleep
+
+    @property
+    def state(self) -> ClientState:
+        """``OPEN`` until :meth:`aclose`; a closed client cannot be reopened."""
+        return ClientState.CLOSED if self.http.connection.closed else ClientState.OPEN
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> Self:
+        """Return a client with other defaults that shares this one's connection pool.
+
+        Closing the derived client does nothing; close the original.
+        """
+        clone = object.__new__(type(self))
+        new_timeout = None if isinstance(timeout, NotGiven) else Timeout.coerce(timeout)
+        clone._init(
+            self.http.with_options(timeout=new_timeout, max_retries=max_retries), owner=False
+        )
+        return clone
+
+    def flow(self, flow_id: str) -> AsyncFlow:
+        """Return an execution proxy for a flow (no request is made)."""
+        from .execution import AsyncFlow
+
+        return AsyncFlow(self, flow_id)
+
+    async def aclose(self) -> None:
+        """Close connections and stop the embedded server if this client started it; idempotent."""
+        if self._owner:
+            await self.http.connection.aclose()
+
+    async def __aenter__(self) -> Self:
+        if self.state is ClientState.CLOSED:
+            raise ClientStateError("this client is closed; create a new one")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(base_url={self._settings.base_url!r}, state={self.state.value})"
+
+
+_logging_configured = False
+
+
+def _configure_logging() -> None:
+    """Honour ``VI_FLOW_LOG=debug|info``: log requests to stderr (tokens are never logged)."""
+    global _logging_configured
+    level = os.environ.get("VI_FLOW_LOG", "").upper()
+    if _logging_configured or level not in ("DEBUG", "INFO"):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("vi_flow")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    _logging_configured = True

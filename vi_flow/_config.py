@@ -1,0 +1,234 @@
+"""Client settings, resolved from arguments > ``VI_FLOW_*`` env > config file > defaults.
+
+The config file is TOML at ``$VI_FLOW_CONFIG`` or ``<config dir>/config.toml`` (the config dir
+is ``$VI_FLOW_CONFIG_DIR`` or the platform's user config dir). Its keys are the argument
+names: ``api_key``, ``organization_id``, ``base_url``, ``timeout``, ``max_retries``, ``home``.
+The default ``base_url`` is ``local``: the client starts the embedded server itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "LOCAL",
+    "NOT_GIVEN",
+    "NotGiven",
+    "Settings",
+    "Timeout",
+    "config_dir",
+    "config_path",
+    "default_home",
+    "read_config_file",
+    "resolve_settings",
+    "write_config_value",
+]
+
+LOCAL: Final = "local"
+DEFAULT_MAX_RETRIES: Final = 2
+CONFIG_KEYS: Final = ("api_key", "organization_id", "base_url", "timeout", "max_retries", "home")
+
+
+class NotGiven(enum.Enum):
+    """The type of :data:`NOT_GIVEN`: "the caller did not pass this", distinct from ``None``."""
+
+    NOT_GIVEN = enum.auto()
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN
+
+
+def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(
+            f"timeout {attribute.name} must be a positive number of seconds, got {value!r}"
+        )
+
+
+@attrs.frozen
+class Timeout:
+    """How long to wait, in seconds; ``None`` means no limit.
+
+    Args:
+        connect: To establish the connection.
+        read: Between two reads of the answer (a stream's idle gap).
+        total: For the whole request, retries excluded.
+    """
+
+    connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    read: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+    total: float | None = attrs.field(default=None, validator=_positive_or_none)
+
+    @classmethod
+    def coerce(cls, value: Timeout | float | None) -> Timeout:
+        """Accept a ``Timeout``, a number (applied to every phase) or ``None`` (no limit)."""
+        if isinstance(value, Timeout):
+            return value
+        if value is None:
+            return cls(connect=None, read=None, total=None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"timeout must be a Timeout or a number, got {value!r}")
+        return cls(connect=float(value), read=float(value), total=float(value))
+
+
+@attrs.frozen
+class Settings:
+    """Resolved client settings. The API key never appears in the repr."""
+
+    base_url: str
+    api_key: str | None = attrs.field(repr=False)
+    organization_id: str | None
+    timeout: Timeout
+    max_retries: int
+    home: Path
+    config_dir: Path
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the client runs the embedded local server."""
+        return self.base_url == LOCAL
+
+
+def config_dir() -> Path:
+    """Return the directory holding ``config.toml`` and the default SSH key."""
+    if env := os.environ.get("VI_FLOW_CONFIG_DIR"):
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("vi-flow"))
+
+
+def config_path() -> Path:
+    """Return the config file path."""
+    if env := os.environ.get("VI_FLOW_CONFIG"):
+        return Path(env)
+    return config_dir() / "config.toml"
+
+
+def default_home() -> Path:
+    """Return where the local server keeps its state (``$VI_FLOW_HOME`` or the user data dir)."""
+    if env := os.environ.get("VI_FLOW_HOME"):
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("vi-flow"))
+
+
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """Read the TOML config file; a missing file is an empty config.
+
+    Raises:
+        ValueError: The file is not valid TOML or has unknown keys (names the file and key).
+    """
+    path = path or config_path()
+    if not path.is_file():
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"config file {path} has unknown key(s): {', '.join(unknown)}")
+    return dict(data)
+
+
+def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
+    """Set one key in the config file (created with mode 0600), keeping the others."""
+    if key not in CONFIG_KEYS:
+        raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
+    path = path or config_path()
+    data = read_config_file(path)
+    data[key] = _parse_value(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k} = {_toml_value(v)}\n" for k, v in sorted(data.items())]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    return path
+
+
+def _parse_value(key: str, value: str) -> Any:
+    if key == "max_retries":
+        return int(value)
+    if key == "timeout":
+        return float(value)
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return repr(value)
+
+
+def _pick(arg: Any, env: str, file: dict[str, Any], key: str, default: Any) -> Any:
+    if arg is not NOT_GIVEN and arg is not None:
+        return arg
+    if (value := os.environ.get(env)) not in (None, ""):
+        return value
+    return file.get(key, default)
+
+
+def resolve_settings(
+    *,
+    api_key: str | NotGiven | None = NOT_GIVEN,
+    organization_id: str | NotGiven | None = NOT_GIVEN,
+    base_url: str | NotGiven | None = NOT_GIVEN,
+    timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+    max_retries: int | NotGiven | None = NOT_GIVEN,
+    home: str | Path | NotGiven | None = NOT_GIVEN,
+) -> Settings:
+    """Resolve every setting from its argument, its env variable, the config file, a default.
+
+    Raises:
+        ValueError: A value is invalid; the message names the setting and where it came from.
+    """
+    file = read_config_file()
+    url = str(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL)).rstrip("/")
+    if url != LOCAL and not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {url!r}")
+    retries = int(
+        _pick(max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES)
+    )
+    if retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {retries}")
+    raw_timeout = _pick(timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
+    return Settings(
+        base_url=url,
+        api_key=_pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None),
+        organization_id=_pick(
+            organization_id, "VI_FLOW_ORGANIZATION_ID", file, "organization_id", None
+        ),
+        timeout=Timeout() if raw_timeout is NOT_GIVEN else _coerce_timeout(raw_timeout),
+        max_retries=retries,
+        home=Path(_pick(home, "VI_FLOW_HOME", file, "home", default_home())).expanduser(),
+        config_dir=config_dir(),
+    )
+
+
+def _coerce_timeout(value: Any) -> Timeout:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"timeout must be a number of seconds, got {value!r}") from None
+    return Timeout.coerce(value)

@@ -1,0 +1,307 @@
+"""The exceptions vi_flow raises, one tree for client and server answers.
+
+Every error a user can catch derives from :class:`ViFlowError`::
+
+    ViFlowError
+    ├── APIError                      the server could not be reached or answered badly
+    │   ├── APIConnectionError        no answer: refused, reset, DNS, TLS
+    │   │   └── APITimeoutError       no answer in time
+    │   ├── APIResponseValidationError  an answer that is not the JSON it should be
+    │   └── APIStatusError            a non-2xx answer (status, code, request id, body)
+    │       ├── BadRequestError               400
+    │       ├── AuthenticationError           401
+    │       ├── InsufficientCreditsError      402
+    │       ├── PermissionDeniedError         403
+    │       ├── NotFoundError                 404
+    │       │   ├── FlowNotFoundError
+    │       │   ├── RunNotFoundError
+    │       │   └── TaskNotFoundError
+    │       ├── ConflictError                 409
+    │       ├── PreconditionFailedError       412
+    │       ├── UnprocessableEntityError      422
+    │       ├── RateLimitError                429 (with ``retry_after``)
+    │       ├── InternalServerError           5xx
+    │       └── NotImplementedByProviderError 501 (an operation the compute provider lacks)
+    ├── FlowExecutionError            a run ended Failed/Error (carries the failing step)
+    ├── ToolCallLimitError            ``max_tool_rounds`` exhausted
+    ├── TaskTimeoutError              waiting for a task or job exceeded its timeout
+    ├── PaginationError               a server sent a repeated page token or too many pages
+    └── ClientStateError              a closed client was used, or a sync client from its own portal
+
+Arguments that are wrong before any request is made raise the builtin ``ValueError`` or
+``TypeError`` with a sentence naming the bad value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConflictError",
+    "FlowExecutionError",
+    "FlowNotFoundError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "NotFoundError",
+    "NotImplementedByProviderError",
+    "PaginationError",
+    "PermissionDeniedError",
+    "PreconditionFailedError",
+    "RateLimitError",
+    "RunNotFoundError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "ToolCallLimitError",
+    "UnprocessableEntityError",
+    "ViFlowError",
+    "error_for_status",
+]
+
+
+class ViFlowError(Exception):
+    """Base of every exception vi_flow raises on purpose."""
+
+
+class APIError(ViFlowError):
+    """The server could not be reached, or answered something unusable.
+
+    Attributes:
+        message: What went wrong, in a sentence.
+        request_id: The ``X-Request-Id`` of the request, when known.
+    """
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        if self.request_id:
+            return f"{self.message} (request id {self.request_id})"
+        return self.message
+
+
+class APIConnectionError(APIError):
+    """No answer came back: connection refused, reset, or a network failure."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer came back in time."""
+
+
+class APIResponseValidationError(APIError):
+    """The server answered with a body that is not the JSON this client expects."""
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-2xx status.
+
+    Attributes:
+        status_code: The HTTP status.
+        code: The server's error code, such as ``FLOW_NOT_FOUND``.
+        body: The decoded error body (or the raw text when it was not JSON).
+    """
+
+    status_code: int = 0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        if status_code is not None:
+            self.status_code = status_code
+        self.code = code
+        self.body = body
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        return f"{self.status_code}{code}: {super().__str__()}"
+
+
+class BadRequestError(APIStatusError):
+    """400: the request is malformed."""
+
+    status_code = 400
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing, wrong or expired."""
+
+    status_code = 401
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the organization has no credits left for this execution."""
+
+    status_code = 402
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not do this."""
+
+    status_code = 403
+
+
+class NotFoundError(APIStatusError):
+    """404: no such resource in this organization."""
+
+    status_code = 404
+
+
+class FlowNotFoundError(NotFoundError):
+    """404: the flow (or the requested version of it) does not exist."""
+
+
+class RunNotFoundError(NotFoundError):
+    """404: the run does not exist."""
+
+
+class TaskNotFoundError(NotFoundError):
+    """404: the task does not exist."""
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with the resource's state."""
+
+    status_code = 409
+
+
+class PreconditionFailedError(APIStatusError):
+    """412: the ``If-Match`` etag is stale; re-read and retry."""
+
+    status_code = 412
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request is well-formed but invalid; the message names the field."""
+
+    status_code = 422
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests.
+
+    Attributes:
+        retry_after: Seconds the server asked to wait, when it said.
+    """
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class InternalServerError(APIStatusError):
+    """5xx: the server failed."""
+
+    status_code = 500
+
+
+class NotImplementedByProviderError(APIStatusError):
+    """501: the server's compute provider cannot do this operation."""
+
+    status_code = 501
+
+
+class FlowExecutionError(ViFlowError):
+    """A run ended in ``Failed`` or ``Error``.
+
+    Attributes:
+        execution_id: The run id.
+        step_id: The failing step, when one failed.
+        message: The server's message.
+    """
+
+    def __init__(self, message: str, *, execution_id: str, step_id: str | None = None) -> None:
+        where = f" at step {step_id!r}" if step_id else ""
+        super().__init__(f"run {execution_id} failed{where}: {message}")
+        self.message = message
+        self.execution_id = execution_id
+        self.step_id = step_id
+
+
+class ToolCallLimitError(ViFlowError):
+    """The tool-handler loop ran ``max_tool_rounds`` rounds and the run still asks for more.
+
+    Attributes:
+        execution_id: The run that kept asking (it was cancelled).
+        rounds: How many rounds the handler answered.
+    """
+
+    def __init__(self, message: str, *, execution_id: str | None = None, rounds: int = 0) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
+        self.rounds = rounds
+
+
+class TaskTimeoutError(ViFlowError, TimeoutError):
+    """Waiting for a task, job or SSH endpoint took longer than the timeout given."""
+
+
+class PaginationError(ViFlowError):
+    """The server repeated a page token or sent more pages than any list can have."""
+
+
+class ClientStateError(ViFlowError, RuntimeError):
+    """The client was used after ``close()``, or a sync client from its own portal thread."""
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    412: PreconditionFailedError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    501: NotImplementedByProviderError,
+}
+
+_BY_CODE: dict[str, type[APIStatusError]] = {
+    "FLOW_NOT_FOUND": FlowNotFoundError,
+    "FLOW_VERSION_NOT_FOUND": FlowNotFoundError,
+    "RUN_NOT_FOUND": RunNotFoundError,
+    "TASK_NOT_FOUND": TaskNotFoundError,
+    "INSUFFICIENT_CREDITS": InsufficientCreditsError,
+}
+
+
+def error_for_status(
+    status: int,
+    *,
+    code: str | None,
+    message: str,
+    request_id: str | None,
+    body: Any,
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """Build the typed exception for a non-2xx answer."""
+    cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
+    kw: dict[str, Any] = {
+        "status_code": status,
+        "code": code,
+        "request_id": request_id,
+        "body": body,
+    }
+    if cls is RateLimitError:
+        return RateLimitError(message, retry_after=retry_after, **kw)
+    return cls(message, **kw)

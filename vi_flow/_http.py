@@ -1,0 +1,462 @@
+"""The one request loop: session, timeouts, retries, idempotency keys and error mapping.
+
+Every call the SDK makes goes through :class:`HTTPCore`. It owns nothing but the request
+policy; the aiohttp session and the endpoint live in a :class:`Connection` that clients made
+by ``with_options`` share, so they share the connection pool.
+
+Retries: connection errors, timeouts, 408, 409, 429 and 5xx, with exponential backoff and
+jitter (0.5 s doubling, 8 s cap) or the server's ``Retry-After`` (capped). A POST is retried
+only when it carries an ``Idempotency-Key``, made once per logical call and reused on every
+attempt. A server may veto a retry with ``X-Should-Retry: false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from . import __version__
+from ._config import NOT_GIVEN, NotGiven, Settings, Timeout
+from ._errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    ClientStateError,
+    error_for_status,
+)
+from .models._base import from_wire, to_wire
+
+if TYPE_CHECKING:
+    from .server.embedded import EmbeddedServer
+
+__all__ = ["Connection", "Endpoint", "HTTPCore", "Sleep", "path"]
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+log = logging.getLogger("vi_flow")
+
+RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+MAX_RETRY_AFTER = 60.0
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
+
+def path(template: str, *segments: str) -> str:
+    """Fill ``{}`` placeholders with URL-quoted, non-empty path segments."""
+    for segment in segments:
+        if not isinstance(segment, str) or not segment:
+            raise ValueError(f"an id must be a non-empty string, got {segment!r}")
+    return template.format(*(quote(s, safe="") for s in segments))
+
+
+class Endpoint:
+    """Where requests go and who they are from."""
+
+    __slots__ = ("api_key", "base_url", "organization_id")
+
+    def __init__(self, base_url: str, api_key: str | None, organization_id: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.organization_id = organization_id
+
+    def __repr__(self) -> str:
+        return f"Endpoint(base_url={self.base_url!r}, organization_id={self.organization_id!r})"
+
+
+class Connection:
+    """The shared part of a client: the endpoint, the aiohttp session and the embedded server.
+
+    The session is created on first use, on the loop that uses it.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.closed = False
+        self._endpoint: Endpoint | None = None
+        self._embedded: EmbeddedServer | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = asyncio.Lock()
+
+    async def endpoint(self) -> Endpoint:
+        """Return the endpoint, starting the embedded server on first use when local."""
+        if self._endpoint is None:
+            self._endpoint = await self._resolve()
+        return self._endpoint
+
+    async def _resolve(self) -> Endpoint:
+        s = self.settings
+        if not s.is_local:
+            return Endpoint(s.base_url, s.api_key, s.organization_id)
+        import anyio.to_thread
+
+        from .server import embedded
+
+        server = await anyio.to_thread.run_sync(embedded.acquire, s.home)
+        if self.closed:  # closed while the server was starting
+            await anyio.to_thread.run_sync(embedded.release, server)
+            raise ClientStateError("the client was closed")
+        self._embedded = server
+        return Endpoint(
+            server.base_url,
+            s.api_key or server.api_key,
+            s.organization_id or server.organization_id,
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        """Return the session for the running loop, creating it on first use."""
+        if self.closed:
+            raise ClientStateError("this client is closed; create a new one")
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=100),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                headers={"User-Agent": f"vi-flow-python/{__version__}"},
+                auto_decompress=True,
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the session and release the embedded server; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = None
+        if self._embedded is not None:
+            import anyio.to_thread
+
+            from .server import embedded
+
+            server, self._embedded = self._embedded, None
+            await anyio.to_thread.run_sync(embedded.release, server)
+
+
+def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=timeout.total, connect=timeout.connect, sock_read=timeout.read
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))
+
+
+def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> APIStatusError:
+    request_id = headers.get("X-Request-Id")
+    code: str | None = None
+    decoded: Any = body.decode("utf-8", "replace")
+    message = decoded[:500] or f"HTTP {status}"
+    try:
+        decoded = orjson.loads(body)
+        error = decoded.get("error") if isinstance(decoded, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            message = str(error.get("message") or message)
+            request_id = error.get("requestId") or request_id
+    except orjson.JSONDecodeError:
+        pass
+    return error_for_status(
+        status,
+        code=code,
+        message=message,
+        request_id=request_id,
+        body=decoded,
+        retry_after=_retry_after(headers),
+    )
+
+
+class HTTPCore:
+    """Sends requests with one policy for timeouts, retries and errors.
+
+    Args:
+        connection: The shared endpoint and session.
+        timeout: The default timeout of every call.
+        max_retries: Retries after the first attempt.
+        sleep: How to wait between attempts (tests pass a fake).
+    """
+
+    def __init__(
+        self, connection: Connection, *, timeout: Timeout, max_retries: int, sleep: Sleep
+    ) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.sleep = sleep
+
+    def with_options(
+        self, *, timeout: Timeout | None = None, max_retries: int | None = None
+    ) -> HTTPCore:
+        """Return a core with other defaults that shares this one's connection."""
+        return HTTPCore(
+            self.connection,
+            timeout=timeout or self.timeout,
+            max_retries=self.max_retries if max_retries is None else max_retries,
+            sleep=self.sleep,
+        )
+
+    @overload
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        cast: type[T],
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> T: ...
+
+    @overload
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        cast: None = None,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> Any: ...
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        cast: type[T] | None = None,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> Any:
+        """Send one logical request (with retries) and decode its JSON answer.
+
+        Args:
+            method: HTTP method.
+            url: Path under the base URL, such as ``/flows/flow_1``.
+            cast: Model class to structure the answer into; ``None`` gives the decoded JSON.
+            json: Body; models are converted to camelCase wire data.
+            params: Query parameters; ``None`` values are dropped.
+            headers: Extra headers.
+            timeout: This call's timeout instead of the client's.
+            max_retries: This call's retries instead of the client's.
+
+        Raises:
+            APIStatusError: A non-2xx answer, as its typed subclass.
+            APIConnectionError: No answer, after the retries.
+            APIResponseValidationError: An answer that is not the expected JSON.
+        """
+        async with self._send(method, url, json, params, headers, timeout, max_retries) as resp:
+            body = await resp.read()
+            request_id = resp.headers.get("X-Request-Id")
+        return self._decode(body, cast, request_id, resp.status)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a streaming answer (2xx guaranteed) and release it on exit.
+
+        Read the body with ``resp.content.iter_any()``; the read timeout is the idle gap
+        allowed between two chunks.
+        """
+        async with self._send(method, url, json, params, headers, timeout, max_retries) as resp:
+            yield resp
+
+    @asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        timeout: Timeout | float | NotGiven | None,
+        max_retries: int | None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        endpoint = await self.connection.endpoint()
+        session = self.connection.session()
+        request = _Request(method, endpoint, url, json, params, headers)
+        budget = self.timeout if isinstance(timeout, NotGiven) else Timeout.coerce(timeout)
+        retries = self.max_retries if max_retries is None else max_retries
+        attempt = 0
+        while True:
+            try:
+                resp = await self._attempt(session, request, budget)
+            except APIConnectionError as exc:
+                if attempt >= retries or not request.retryable:
+                    raise
+                delay = self._backoff(attempt, None)
+                log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
+            else:
+                if resp.status < 400:
+                    try:
+                        yield resp
+                    finally:
+                        resp.release()
+                    return
+                error = await self._read_error(resp)
+                if attempt >= retries or not self._should_retry(request, resp, error):
+                    raise error
+                delay = self._backoff(
+                    attempt, getattr(error, "retry_after", None) or _retry_after(resp.headers)
+                )
+                log.info("%s %s answered %s; retrying in %.2fs", method, url, resp.status, delay)
+            attempt += 1
+            await self.sleep(delay)
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, request: _Request, timeout: Timeout
+    ) -> aiohttp.ClientResponse:
+        started = time.perf_counter()
+        try:
+            resp = await session.request(
+                request.method,
+                request.full_url,
+                data=request.body,
+                params=request.params,
+                headers=request.headers,
+                timeout=_client_timeout(timeout),
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise APITimeoutError(
+                f"{request.method} {request.full_url} timed out ({exc or 'no answer'})"
+            ) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise APIConnectionError(f"could not reach {request.full_url}: {exc}") from exc
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s -> %s in %.1f ms (request id %s)",
+                request.method,
+                request.full_url,
+                resp.status,
+                (time.perf_counter() - started) * 1000,
+                resp.headers.get("X-Request-Id"),
+            )
+        return resp
+
+    @staticmethod
+    async def _read_error(resp: aiohttp.ClientResponse) -> APIStatusError:
+        try:
+            body = await resp.read()
+        except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
+            body = b""
+        finally:
+            resp.release()
+        return _error_from_body(resp.status, body, resp.headers)
+
+    @staticmethod
+    def _should_retry(
+        request: _Request, resp: aiohttp.ClientResponse, error: APIStatusError
+    ) -> bool:
+        if resp.headers.get("X-Should-Retry", "").lower() == "false":
+            return False
+        return request.retryable and resp.status in RETRY_STATUSES
+
+    @staticmethod
+    def _backoff(attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        base = min(INITIAL_BACKOFF * 2.0**attempt, MAX_BACKOFF)
+        return base * (0.75 + random.random() / 4)  # jitter: spread retries of many clients
+
+    @staticmethod
+    def _decode(body: bytes, cast: type[T] | None, request_id: str | None, status: int) -> Any:
+        if not body and status == 204:
+            return None
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise APIResponseValidationError(
+                f"the server answered {status} with a body that is not JSON ({exc})",
+                request_id=request_id,
+            ) from None
+        if cast is None:
+            return data
+        try:
+            return from_wire(data, cast)
+        except Exception as exc:  # cattrs raises many shapes; all mean "not the expected JSON"
+            raise APIResponseValidationError(
+                f"the server's answer is not a valid {cast.__name__}: {exc}", request_id=request_id
+            ) from exc
+
+
+class _Request:
+    """One logical request: fixed across attempts, including its idempotency key."""
+
+    __slots__ = ("body", "full_url", "headers", "method", "params", "retryable")
+
+    def __init__(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        url: str,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self.method = method = method.upper()
+        self.full_url = endpoint.base_url + url
+        self.body = None if json is None else orjson.dumps(to_wire(json))
+        self.params = {k: _query(v) for k, v in params.items() if v is not None} if params else None
+        hdrs: dict[str, str] = {"Accept": "application/json"}
+        if self.body is not None:
+            hdrs["Content-Type"] = "application/json"
+        if endpoint.api_key:
+            hdrs["Authorization"] = f"Bearer {endpoint.api_key}"
+        if endpoint.organization_id:
+            hdrs["Organization-Id"] = endpoint.organization_id
+        if headers:
+            hdrs.update(headers)
+        if method == "POST" and "Idempotency-Key" not in hdrs:
+            hdrs["Idempotency-Key"] = f"vi-{uuid.uuid4().hex}"
+        self.headers = hdrs
+        self.retryable = method in IDEMPOTENT_METHODS or "Idempotency-Key" in hdrs
+
+
+def _query(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,157 @@
+"""The one wire converter and the building blocks every model shares.
+
+Models are frozen attrs classes with slots, snake_case in Python and camelCase on the
+wire. One cattrs converter (orjson flavoured) turns them to and from JSON-ready data;
+it ignores unknown fields, so a newer server never breaks an older client. Enums that a
+server may extend are :class:`OpenEnum`: an unknown value is kept, not rejected.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import typing
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.preconf.orjson import make_converter
+
+__all__ = [
+    "OpenEnum",
+    "camel",
+    "converter",
+    "dumps",
+    "from_wire",
+    "loads",
+    "to_wire",
+    "wire_keys",
+]
+
+T = TypeVar("T")
+
+_CAMEL_BOUNDARY = re.compile(r"_([a-z0-9])")
+
+
+def camel(name: str) -> str:
+    """Return the camelCase wire name of a snake_case attribute (``flow_id`` -> ``flowId``)."""
+    return _CAMEL_BOUNDARY.sub(lambda m: m.group(1).upper(), name)
+
+
+class OpenEnum(str, enum.Enum):
+    """A string enum that keeps values it does not know.
+
+    ``Condition("Paused")`` on a client that predates ``Paused`` gives a member whose
+    ``.value`` is ``"Paused"`` and whose ``.known`` is false, instead of an error.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = "UNKNOWN"
+        member._value_ = value
+        return member
+
+    @property
+    def known(self) -> bool:
+        """Whether this value is one the client knows by name."""
+        return self._name_ != "UNKNOWN"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def _build_converter() -> Any:
+    conv = make_converter(omit_if_default=False, forbid_extra_keys=False)
+
+    def unstructure_factory(cls: type[Any]) -> Any:
+        overrides: dict[str, Any] = {
+            a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)
+        }
+        return make_dict_unstructure_fn(cls, conv, **overrides)
+
+    def structure_factory(cls: type[Any]) -> Any:
+        overrides: dict[str, Any] = {
+            a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)
+        }
+        return make_dict_structure_fn(cls, conv, **overrides)
+
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    conv.register_structure_hook_factory(attrs.has, structure_factory)
+    conv.register_structure_hook(OpenEnum, lambda v, cls: cls(v))
+    conv.register_unstructure_hook(OpenEnum, lambda e: e.value)
+    return conv
+
+
+converter = _build_converter()
+"""The cattrs converter shared by the client and the local server."""
+
+
+def to_wire(obj: Any) -> Any:
+    """Unstructure a model (or a list/dict of models) into camelCase JSON-ready data."""
+    return converter.unstructure(obj)
+
+
+def from_wire(data: Any, cls: type[T]) -> T:
+    """Structure camelCase JSON data into ``cls``; unknown fields are ignored."""
+    result: T = converter.structure(data, cls)
+    return result
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize a model or plain data to JSON bytes with orjson."""
+    return orjson.dumps(to_wire(obj))
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON bytes with orjson."""
+    return orjson.loads(data)
+
+
+_FIELD_TYPES: dict[type[Any], dict[str, Any]] = {}
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    if cls not in _FIELD_TYPES:
+        _FIELD_TYPES[cls] = typing.get_type_hints(cls)
+    return _FIELD_TYPES[cls]
+
+
+def _nested_class(tp: Any) -> tuple[type[Any] | None, bool]:
+    """Return (attrs class, is_list) for ``C``, ``C | None`` and ``list[C]`` annotations."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return (inner if attrs.has(inner) else None), True
+    if attrs.has(tp):
+        return tp, False
+    for arg in typing.get_args(tp):
+        if attrs.has(arg):
+            return arg, False
+    return None, False
+
+
+def wire_keys(data: Any, cls: type[Any]) -> Any:
+    """Rename the snake_case keys of a user's dict for ``cls`` to their camelCase wire names.
+
+    Only keys that are fields of ``cls`` (and of the models nested in it) are renamed, so
+    free-form dicts such as block ``settings`` reach the server exactly as written.
+    """
+    if not isinstance(data, dict):
+        return data
+    hints = _field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in hints:
+            out[key] = value
+            continue
+        nested, is_list = _nested_class(hints[key])
+        if nested is not None and is_list and isinstance(value, list):
+            value = [wire_keys(v, nested) for v in value]
+        elif nested is not None:
+            value = wire_keys(value, nested)
+        out[camel(key)] = value
+    return out

@@ -1,0 +1,100 @@
+"""``client.runs``: list, get, create, cancel and delete runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._http import path
+from .._pagination import AsyncPaginator
+from ..models import Condition, DeletedRun, Page, PaginationParams, Run
+from ._base import AsyncResource
+
+__all__ = ["AsyncRuns", "check_version"]
+
+
+def check_version(version: str | int) -> str | int:
+    """Validate a flow version: ``"draft"``, ``"production"`` or a positive int.
+
+    Raises:
+        ValueError: Any other value, named in the message.
+    """
+    if isinstance(version, bool):
+        raise ValueError(
+            f"version must be 'draft', 'production' or a positive int, got {version!r}"
+        )
+    if isinstance(version, int):
+        if version < 1:
+            raise ValueError(f"version must be a positive int, got {version}")
+        return version
+    if version in ("draft", "production"):
+        return version
+    raise ValueError(f"version must be 'draft', 'production' or a positive int, got {version!r}")
+
+
+class AsyncRuns(AsyncResource):
+    """Manage runs: ``client.runs``."""
+
+    def list(
+        self,
+        *,
+        flow_id: str | None = None,
+        condition: Condition | str | None = None,
+        pagination: PaginationParams | dict[str, Any] | None = None,
+    ) -> AsyncPaginator[Run]:
+        """List runs, oldest first, optionally of one flow or in one condition.
+
+        Args:
+            flow_id: Only runs of this flow.
+            condition: Only runs whose current condition is this (e.g. ``"Succeeded"``).
+            pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
+        """
+        params = PaginationParams.coerce(pagination)
+        filters = {
+            "flowId": flow_id,
+            "condition": Condition(condition).value if condition else None,
+        }
+
+        async def fetch(p: PaginationParams) -> Page[Run]:
+            query = {**filters, "pageSize": p.page_size, "pageToken": p.page_token}
+            return await self._http.request("GET", "/runs", params=query, cast=Page[Run])
+
+        return AsyncPaginator(fetch, params)
+
+    async def get(self, run_id: str) -> Run:
+        """Get one run, with its condition history."""
+        return await self._http.request("GET", path("/runs/{}", run_id), cast=Run)
+
+    async def create(
+        self,
+        flow_id: str,
+        *,
+        version: str | int = "draft",
+        message: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Start a run of a flow in the background; it moves Pending -> Running -> done.
+
+        Args:
+            flow_id: The flow to run.
+            version: ``"draft"``, ``"production"`` or a published version number.
+            message: The user message, the flow's primary input.
+            parameters: Flat dict of flow inputs.
+            run_id: A chosen id (``run_`` followed by letters, digits, ``-`` or ``_``).
+        """
+        body = {
+            "runId": run_id,
+            "flowId": flow_id,
+            "version": check_version(version),
+            "message": message,
+            "parameters": parameters or {},
+        }
+        return await self._http.request("POST", "/runs", json=body, cast=Run)
+
+    async def cancel(self, run_id: str) -> Run:
+        """Ask the server to cancel a run; returns it with its new condition."""
+        return await self._http.request("POST", path("/runs/{}/cancel", run_id), cast=Run)
+
+    async def delete(self, run_id: str) -> DeletedRun:
+        """Delete a finished run (a running one gives ``ConflictError``)."""
+        return await self._http.request("DELETE", path("/runs/{}", run_id), cast=DeletedRun)
