@@ -1,0 +1,92 @@
+"""Bearer tokens, organizations and isolation between them."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from .conftest import Server, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def _second_org(server: Server) -> tuple[str, str]:
+    org = await server.call("POST", "/organizations", json={"name": "acme"})
+    assert org.status == 201
+    org_id = org.body["organizationId"]
+    token = await server.call("POST", f"/organizations/{org_id}/tokens", json={"name": "ci"})
+    assert token.status == 201
+    return org_id, token.body["token"]
+
+
+async def test_admin_token_file_is_private(server: Server) -> None:
+    mode = stat.S_IMODE(os.stat(server.home / "admin-token").st_mode)
+    assert mode == 0o600
+    db = (server.home / "state.db").read_bytes()
+    assert server.token.encode() not in db
+
+
+@pytest.mark.parametrize("token", ["", "vf_wrong"])
+async def test_missing_or_wrong_token_is_401(server: Server, token: str) -> None:
+    answer = await server.call("GET", "/flows", token=token)
+    assert answer.status == 401
+    assert answer.body["error"]["code"] == "UNAUTHENTICATED"
+    assert server.token not in str(answer.body)
+
+
+async def test_basic_scheme_is_401(server: Server) -> None:
+    answer = await server.call("GET", "/flows", token="", headers={"Authorization": "Basic abc"})
+    assert answer.status == 401
+
+
+async def test_whoami(server: Server) -> None:
+    me = await server.call("GET", "/whoami")
+    assert me.body == {"organizationId": "org_default", "tokenName": "admin", "admin": True}
+
+
+async def test_other_organization_cannot_see_flows(server: Server) -> None:
+    org_id, token = await _second_org(server)
+    mine = (await server.call("POST", "/flows", json=spec("secret"))).body["flowId"]
+    assert (await server.call("GET", "/whoami", token=token)).body["organizationId"] == org_id
+    theirs = await server.call("GET", f"/flows/{mine}", token=token)
+    assert theirs.status == 404
+    assert theirs.body["error"]["code"] == "FLOW_NOT_FOUND"
+    assert (await server.call("GET", "/flows", token=token)).body["items"] == []
+    for method in ("PUT", "DELETE"):
+        assert (await server.call(method, f"/flows/{mine}", json=spec(), token=token)).status == 404
+    assert (await server.call("GET", f"/flows/{mine}")).status == 200
+
+
+async def test_other_organization_cannot_see_runs(server: Server) -> None:
+    _, token = await _second_org(server)
+    flow = (await server.call("POST", "/flows", json=spec("f"))).body["flowId"]
+    run = (await server.call("POST", "/runs", json={"flowId": flow})).body["runId"]
+    assert (await server.call("GET", f"/runs/{run}", token=token)).status == 404
+    assert (await server.call("POST", "/runs", json={"flowId": flow}, token=token)).status == 404
+    assert (await server.call("GET", "/runs", token=token)).body["items"] == []
+
+
+async def test_organization_header_must_match_the_token(server: Server) -> None:
+    ok = await server.call("GET", "/flows", headers={"Organization-Id": "org_default"})
+    assert ok.status == 200
+    other = await server.call("GET", "/flows", headers={"Organization-Id": "org_someone"})
+    assert other.status == 404
+    assert other.body["error"]["code"] == "NOT_FOUND"
+
+
+async def test_only_admins_manage_organizations(server: Server) -> None:
+    _, token = await _second_org(server)
+    denied = await server.call("POST", "/organizations", json={"name": "x"}, token=token)
+    assert denied.status == 403
+    assert denied.body["error"]["code"] == "PERMISSION_DENIED"
+    no_org = await server.call("POST", "/organizations/org_missing/tokens", json={"name": "x"})
+    assert no_org.status == 404
+    unnamed = await server.call("POST", "/organizations", json={"name": " "})
+    assert unnamed.status == 422
+
+
+async def test_openapi_and_health_need_no_token(server: Server) -> None:
+    assert (await server.call("GET", "/openapi.json", token="")).status == 200
+    assert (await server.call("GET", "/health", token="")).body == {"status": "ok"}

@@ -1,0 +1,172 @@
+"""Flows over real HTTP: CRUD, etags, validation, pagination, versions."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Server, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_create_get_update_delete(server: Server) -> None:
+    created = await server.call("POST", "/flows", json=spec("one", "a", "b"))
+    assert created.status == 201
+    flow = created.body
+    assert flow["flowId"].startswith("flow_")
+    assert flow["organizationId"] == "org_default"
+    assert [b["id"] for b in flow["spec"]["blocks"]] == ["a", "b"]
+    assert created.headers["ETag"] == f'"{flow["etag"]}"'
+
+    got = await server.call("GET", f"/flows/{flow['flowId']}")
+    assert got.status == 200 and got.body == flow
+
+    updated = await server.call("PUT", f"/flows/{flow['flowId']}", json=spec("renamed"))
+    assert updated.body["spec"]["name"] == "renamed"
+    assert updated.body["etag"] != flow["etag"]
+    assert updated.body["metadata"]["generation"] == 2
+
+    deleted = await server.call("DELETE", f"/flows/{flow['flowId']}")
+    assert deleted.body == {"flowId": flow["flowId"], "deleted": True}
+    missing = await server.call("GET", f"/flows/{flow['flowId']}")
+    assert missing.status == 404
+    assert missing.body["error"]["code"] == "FLOW_NOT_FOUND"
+    assert flow["flowId"] in missing.body["error"]["message"]
+
+
+async def test_wrapped_spec_body_is_accepted(server: Server) -> None:
+    created = await server.call("POST", "/flows", json={"spec": spec("wrapped", "x")})
+    assert created.status == 201
+    assert created.body["spec"]["name"] == "wrapped"
+    bad = await server.call("POST", "/flows", json={"spec": {"name": "w", "blocks": [{}]}})
+    assert bad.body["error"]["message"].startswith("spec.blocks[0].block:")
+
+
+async def test_put_with_stale_etag_is_412(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("one"))).body
+    path = f"/flows/{flow['flowId']}"
+    first = await server.call(
+        "PUT", path, json=spec("two"), headers={"If-Match": f'"{flow["etag"]}"'}
+    )
+    assert first.status == 200
+    stale = await server.call("PUT", path, json=spec("three"), headers={"If-Match": flow["etag"]})
+    assert stale.status == 412
+    assert stale.body["error"]["code"] == "ETAG_MISMATCH"
+    assert (await server.call("GET", path)).body["spec"]["name"] == "two"
+    anything = await server.call("PUT", path, json=spec("four"), headers={"If-Match": "*"})
+    assert anything.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "x", "blocks": [{"id": "a"}]}, "blocks[0].block"),
+        ({"name": "x", "blocks": [{"block": "template"}, {"block": ""}]}, "blocks[1].block"),
+        ({"name": "", "blocks": []}, "name"),
+        ({"blocks": []}, "name"),
+        (
+            {"name": "x", "blocks": [{"block": "t", "id": "a"}, {"block": "t", "id": "a"}]},
+            "blocks[1].id",
+        ),
+        ({"name": "x", "inputs": [{"required": True}]}, "inputs[0].name"),
+        ({"name": "x", "settings": "nope"}, "settings"),
+    ],
+)
+async def test_invalid_spec_is_422_naming_the_field(
+    server: Server, body: object, field: str
+) -> None:
+    answer = await server.call("POST", "/flows", json=body)
+    assert answer.status == 422
+    assert answer.body["error"]["code"] == "VALIDATION_ERROR"
+    assert answer.body["error"]["message"].startswith(f"{field}:")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+
+
+async def test_bad_json_and_non_object_bodies(server: Server) -> None:
+    garbage = await server.call(
+        "POST", "/flows", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert garbage.status == 400
+    assert garbage.body["error"]["code"] == "INVALID_REQUEST"
+    listed = await server.call("POST", "/flows", json=[1, 2])
+    assert listed.status == 422
+    assert listed.body["error"]["message"].startswith("body:")
+
+
+async def test_pagination_walks_every_page_once(server: Server) -> None:
+    made = [
+        (await server.call("POST", "/flows", json=spec(f"f{i}"))).body["flowId"] for i in range(7)
+    ]
+    seen: list[str] = []
+    params = {"pageSize": "3"}
+    pages = 0
+    while True:
+        page = await server.call("GET", "/flows", params=params)
+        assert page.status == 200
+        assert len(page.body["items"]) <= 3
+        seen += [f["flowId"] for f in page.body["items"]]
+        pages += 1
+        if page.body["nextPage"] is None:
+            break
+        params = {"pageSize": "3", "pageToken": page.body["nextPage"]}
+    assert seen == made
+    assert pages == 3
+
+
+@pytest.mark.parametrize("size", ["0", "1001", "-1", "ten"])
+async def test_page_size_out_of_range_is_422(server: Server, size: str) -> None:
+    answer = await server.call("GET", "/flows", params={"pageSize": size})
+    assert answer.status == 422
+    assert answer.body["error"]["message"].startswith("pageSize:")
+
+
+async def test_page_size_limits_are_inclusive(server: Server) -> None:
+    for size in ("1", "1000"):
+        assert (await server.call("GET", "/flows", params={"pageSize": size})).status == 200
+
+
+async def test_garbage_page_token_is_422(server: Server) -> None:
+    answer = await server.call("GET", "/flows", params={"pageToken": "!!garbage!!"})
+    assert answer.status == 422
+    assert answer.body["error"]["message"].startswith("pageToken:")
+
+
+async def test_publish_and_promote_versions(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("v1", "a"))).body
+    path = f"/flows/{flow['flowId']}"
+    assert (await server.call("POST", f"{path}/publish")).body == {"version": 1}
+    await server.call("PUT", path, json=spec("v2", "a", "b"))
+    assert (await server.call("POST", f"{path}/publish")).body == {"version": 2}
+
+    promoted = await server.call("POST", f"{path}/promote", json={"version": 1})
+    assert promoted.status == 200
+    assert promoted.body["productionVersion"] == 1
+    assert promoted.body["latestVersion"] == 2
+    assert promoted.body["spec"]["name"] == "v2"  # the draft is untouched
+
+    unknown = await server.call("POST", f"{path}/promote", json={"version": 9})
+    assert unknown.status == 404
+    assert unknown.body["error"]["code"] == "FLOW_VERSION_NOT_FOUND"
+    missing = await server.call("POST", f"{path}/promote", json={})
+    assert missing.status == 422
+    assert missing.body["error"]["message"].startswith("version:")
+
+
+async def test_unknown_flow_for_every_verb(server: Server) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        answer = await server.call(method, "/flows/flow_nope", json=spec())
+        assert answer.status == 404, method
+        assert answer.body["error"]["code"] == "FLOW_NOT_FOUND"
+    publish = await server.call("POST", "/flows/flow_nope/publish")
+    assert publish.body["error"]["code"] == "FLOW_NOT_FOUND"
+
+
+async def test_a_chosen_flow_id(server: Server) -> None:
+    made = await server.call("POST", "/flows", json=spec("c"), params={"flowId": "flow_my-id_1"})
+    assert made.status == 201 and made.body["flowId"] == "flow_my-id_1"
+    again = await server.call("POST", "/flows", json=spec("c"), params={"flowId": "flow_my-id_1"})
+    assert again.status == 409 and again.body["error"]["code"] == "CONFLICT"
+    for bad in ("my-id", "flow_", "flow_a b", "flow_" + "x" * 65):
+        answer = await server.call("POST", "/flows", json=spec("c"), params={"flowId": bad})
+        assert answer.status == 422, bad
+        assert answer.body["error"]["message"].startswith("flowId:")

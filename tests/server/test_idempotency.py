@@ -1,0 +1,70 @@
+"""Idempotency-Key on POST: the first answer is stored and replayed, never run twice."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from .conftest import Server, StartServer, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_replay_returns_the_same_flow_and_creates_one(server: Server) -> None:
+    headers = {"Idempotency-Key": "key-1"}
+    first = await server.call("POST", "/flows", json=spec("once"), headers=headers)
+    again = await server.call("POST", "/flows", json=spec("once"), headers=headers)
+    assert first.status == again.status == 201
+    assert again.body["flowId"] == first.body["flowId"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len((await server.call("GET", "/flows")).body["items"]) == 1
+
+
+async def test_concurrent_retries_create_exactly_one(server: Server) -> None:
+    ids: list[str] = []
+
+    async def post() -> None:
+        answer = await server.call(
+            "POST", "/flows", json=spec("c"), headers={"Idempotency-Key": "k"}
+        )
+        ids.append(answer.body["flowId"])
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(post)
+    assert len(set(ids)) == 1
+    assert len((await server.call("GET", "/flows")).body["items"]) == 1
+
+
+async def test_same_key_with_another_body_is_rejected(server: Server) -> None:
+    headers = {"Idempotency-Key": "key-2"}
+    await server.call("POST", "/flows", json=spec("a"), headers=headers)
+    other = await server.call("POST", "/flows", json=spec("b"), headers=headers)
+    assert other.status == 422
+    assert other.body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_without_a_key_every_post_creates(server: Server) -> None:
+    await server.call("POST", "/flows", json=spec("a"))
+    await server.call("POST", "/flows", json=spec("a"))
+    assert len((await server.call("GET", "/flows")).body["items"]) == 2
+
+
+async def test_keys_are_scoped_by_path_and_failures_are_not_stored(server: Server) -> None:
+    headers = {"Idempotency-Key": "shared"}
+    bad = await server.call("POST", "/flows", json={"name": ""}, headers=headers)
+    assert bad.status == 422
+    good = await server.call("POST", "/flows", json=spec("ok"), headers=headers)
+    assert good.status == 201
+    run = await server.call("POST", "/runs", json={"flowId": good.body["flowId"]}, headers=headers)
+    assert run.status == 201 and run.body["runId"].startswith("run_")
+
+
+async def test_replay_survives_a_restart(server: Server, start_server: StartServer) -> None:
+    headers = {"Idempotency-Key": "durable"}
+    first = await server.call("POST", "/flows", json=spec("d"), headers=headers)
+    await server.stop()
+    restarted = await start_server(server.home)
+    again = await restarted.call("POST", "/flows", json=spec("d"), headers=headers)
+    assert again.body == first.body
+    assert len((await restarted.call("GET", "/flows")).body["items"]) == 1

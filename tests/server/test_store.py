@@ -1,0 +1,100 @@
+"""The SQLite store: its own thread, transactions, migrations, run conditions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from vi_flow.models.common import Condition
+from vi_flow.models.flows import FlowSpec
+from vi_flow.models.runs import RunSpec
+from vi_flow.server.errors import APIProblem
+from vi_flow.server.state import ServerSettings
+from vi_flow.server.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "state.db")
+    yield store
+    await store.close()
+
+
+async def test_sql_runs_off_the_event_loop_thread(store: Store) -> None:
+    name = await store.run(lambda conn: threading.current_thread().name)
+    assert name != threading.current_thread().name
+    assert name.startswith("vi-flow-sqlite")
+    mode = await store.run(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+
+
+async def test_a_failing_fn_rolls_back(store: Store) -> None:
+    def insert_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO orgs (org_id, name, created_at) VALUES ('o', 'n', 0)")
+        raise APIProblem(409, "CONFLICT", "no")
+
+    with pytest.raises(APIProblem):
+        await store.run(insert_then_fail)
+    assert not await store.org_exists("o")
+
+
+async def test_migrations_apply_once(store: Store) -> None:
+    sql = "CREATE TABLE things (id INTEGER PRIMARY KEY); INSERT INTO things DEFAULT VALUES;"
+    await store.migrate("things-1", sql)
+    await store.migrate("things-1", sql)
+    count = await store.run(lambda conn: conn.execute("SELECT count(*) FROM things").fetchone()[0])
+    assert count == 1
+
+
+async def test_a_broken_migration_leaves_nothing(store: Store) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        await store.migrate("bad-1", "CREATE TABLE half (id INTEGER); SELECT nope FROM nowhere;")
+    tables = await store.run(
+        lambda conn: [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    )
+    assert "half" not in tables
+    await store.migrate("bad-1", "CREATE TABLE half (id INTEGER);")
+
+
+async def test_terminal_runs_do_not_change(store: Store) -> None:
+    run = await store.create_run("org", RunSpec(flow=FlowSpec(name="f"), flow_id="flow_x"))
+    await store.set_run_condition(run.run_id, Condition.RUNNING)
+    cancelled = await store.set_run_condition(run.run_id, "Cancelled", "stop", "UserCancelled")
+    late = await store.set_run_condition(run.run_id, Condition.SUCCEEDED)
+    assert late == cancelled
+    assert [c.condition for c in late.status.conditions] == ["Pending", "Running", "Cancelled"]
+    assert late.status.conditions[-1].reason == "UserCancelled"
+    assert await store.list_active_runs() == []
+
+
+async def test_flow_versions(store: Store) -> None:
+    flow = await store.create_flow("org", FlowSpec(name="one"))
+    with pytest.raises(APIProblem) as none_yet:
+        await store.get_flow_version("org", flow.flow_id, "production")
+    assert none_yet.value.code == "FLOW_VERSION_NOT_FOUND"
+    assert await store.publish_flow("org", flow.flow_id) == 1
+    await store.promote_flow("org", flow.flow_id, 1)
+    assert (await store.get_flow_version("org", flow.flow_id, "production")).name == "one"
+    assert (await store.get_flow_version("org", flow.flow_id, 1)).name == "one"
+    with pytest.raises(APIProblem) as other_org:
+        await store.get_flow_version("other", flow.flow_id, "draft")
+    assert other_org.value.code == "FLOW_NOT_FOUND"
+
+
+async def test_close_and_reuse(store: Store) -> None:
+    await store.create_org("a", "org_a")
+    await store.close()
+    await store.close()
+    assert await store.org_exists("org_a")
+
+
+def test_settings_never_show_the_llm_key(tmp_path: Path) -> None:
+    settings = ServerSettings(home=tmp_path, llm_api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(settings)
+    assert settings.home == tmp_path and settings.host == "127.0.0.1"

@@ -1,0 +1,63 @@
+"""The single thread that owns the SQLite connection.
+
+A plain daemon thread fed by a queue, rather than a ``ThreadPoolExecutor``, so that the
+store still answers inside ``atexit`` handlers (executors refuse work once the
+interpreter starts shutting down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["DBThread"]
+
+T = TypeVar("T")
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class DBThread:
+    """Runs callables one at a time, in order, on one dedicated daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the thread and wait for its result without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def job() -> None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn()
+            except BaseException as exc:  # handed over to the awaiting coroutine
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._jobs.put(job)
+        return await future
+
+    def stop(self) -> None:
+        """Finish the queued work, then end the thread (without waiting for it)."""
+        self._jobs.put(None)

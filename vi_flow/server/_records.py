@@ -1,0 +1,426 @@
+"""Synchronous SQL for the foundation's tables; runs only on the store's DB thread.
+
+Each function takes the open ``sqlite3.Connection`` first and is called by
+:class:`vi_flow.server.store.Store` inside a transaction. Missing rows raise
+:class:`~vi_flow.server.errors.APIProblem` with the wire code, so the transaction rolls
+back and the handler answers the right 404/409/412.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+
+from ..models._base import from_wire, to_wire
+from ..models.common import Condition, ResourceCondition, ResourceMetadata
+from ..models.flows import Flow, FlowSpec
+from ..models.runs import Run, RunSpec, RunStatus
+from .errors import APIProblem
+
+__all__ = ["SCHEMA", "new_id", "now_ms", "split_page"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS orgs (
+    org_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL,
+    admin INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS flows (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, flow_id TEXT NOT NULL UNIQUE,
+    org_id TEXT NOT NULL, spec TEXT NOT NULL, etag TEXT NOT NULL,
+    generation INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    production_version INTEGER, latest_version INTEGER);
+CREATE INDEX IF NOT EXISTS flows_by_org ON flows (org_id, seq);
+CREATE TABLE IF NOT EXISTS flow_versions (
+    flow_id TEXT NOT NULL, version INTEGER NOT NULL, spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL, PRIMARY KEY (flow_id, version));
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,
+    org_id TEXT NOT NULL, flow_id TEXT NOT NULL, condition TEXT NOT NULL,
+    spec TEXT NOT NULL, conditions TEXT NOT NULL, log TEXT NOT NULL DEFAULT '',
+    generation INTEGER NOT NULL, etag TEXT NOT NULL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, seq);
+CREATE INDEX IF NOT EXISTS runs_by_condition ON runs (condition);
+CREATE TABLE IF NOT EXISTS idempotency (
+    org_id TEXT NOT NULL, key TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL,
+    body_hash TEXT NOT NULL, status INTEGER NOT NULL, body BLOB NOT NULL,
+    created_at INTEGER NOT NULL, PRIMARY KEY (org_id, key, method, path));
+"""
+
+_ACTIVE = tuple(c.value for c in Condition if not c.terminal)
+
+
+def now_ms() -> int:
+    """The current time in milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random identifier such as ``flow_3f9a0c1d2e4b5a6c``."""
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def hash_token(token: str) -> str:
+    """The sha256 hex digest under which a bearer token is stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def split_page(
+    rows: Sequence[T], size: int, cursor_of: Callable[[T], int]
+) -> tuple[list[T], int | None]:
+    """Cut ``size + 1`` fetched rows into a page and the cursor of the next one (or None)."""
+    if len(rows) <= size:
+        return list(rows), None
+    page = list(rows[:size])
+    return page, cursor_of(page[-1])
+
+
+def _json(obj: Any) -> str:
+    return orjson.dumps(to_wire(obj)).decode()
+
+
+# -- organizations and tokens ---------------------------------------------------------
+
+
+def create_org(conn: sqlite3.Connection, name: str, org_id: str | None = None) -> str:
+    org_id = org_id or new_id("org")
+    conn.execute(
+        "INSERT INTO orgs (org_id, name, created_at) VALUES (?, ?, ?)", (org_id, name, now_ms())
+    )
+    return org_id
+
+
+def org_exists(conn: sqlite3.Connection, org_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM orgs WHERE org_id = ?", (org_id,)).fetchone() is not None
+
+
+def create_token(conn: sqlite3.Connection, org_id: str, name: str, admin: bool) -> str:
+    if not org_exists(conn, org_id):
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    token = f"vf_{secrets.token_urlsafe(32)}"
+    conn.execute(
+        "INSERT INTO tokens (token_hash, org_id, name, admin, created_at) VALUES (?, ?, ?, ?, ?)",
+        (hash_token(token), org_id, name, int(admin), now_ms()),
+    )
+    return token
+
+
+def lookup_token(conn: sqlite3.Connection, token: str) -> tuple[str, str, bool] | None:
+    row = conn.execute(
+        "SELECT org_id, name, admin FROM tokens WHERE token_hash = ?", (hash_token(token),)
+    ).fetchone()
+    return None if row is None else (row["org_id"], row["name"], bool(row["admin"]))
+
+
+# -- flows ---------------------------------------------------------------------------
+
+
+def _flow(row: sqlite3.Row) -> Flow:
+    return Flow(
+        organization_id=row["org_id"],
+        flow_id=row["flow_id"],
+        spec=from_wire(orjson.loads(row["spec"]), FlowSpec),
+        metadata=ResourceMetadata(row["created_at"], row["updated_at"], row["generation"]),
+        self_link=f"/v1/flows/{row['flow_id']}",
+        etag=row["etag"],
+        production_version=row["production_version"],
+        latest_version=row["latest_version"],
+    )
+
+
+def _flow_row(conn: sqlite3.Connection, org_id: str, flow_id: str) -> sqlite3.Row:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM flows WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
+    ).fetchone()
+    if row is None:
+        raise APIProblem.not_found("FLOW_NOT_FOUND", "flow", flow_id)
+    return row
+
+
+def _insert(
+    conn: sqlite3.Connection, kind: str, ident: str, sql: str, args: tuple[Any, ...]
+) -> None:
+    try:
+        conn.execute(sql, args)
+    except sqlite3.IntegrityError:
+        raise APIProblem.conflict(f"{kind} id {ident!r} is already taken") from None
+
+
+def create_flow(
+    conn: sqlite3.Connection, org_id: str, spec: FlowSpec, flow_id: str | None = None
+) -> Flow:
+    flow_id, now = flow_id or new_id("flow"), now_ms()
+    _insert(
+        conn,
+        "flow",
+        flow_id,
+        "INSERT INTO flows (flow_id, org_id, spec, etag, generation, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, 1, ?, ?)",
+        (flow_id, org_id, _json(spec), secrets.token_hex(8), now, now),
+    )
+    return get_flow(conn, org_id, flow_id)
+
+
+def get_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> Flow:
+    return _flow(_flow_row(conn, org_id, flow_id))
+
+
+def list_flows(
+    conn: sqlite3.Connection, org_id: str, size: int, after: int
+) -> tuple[list[Flow], int | None]:
+    rows = conn.execute(
+        "SELECT * FROM flows WHERE org_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (org_id, after, size + 1),
+    ).fetchall()
+    page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
+    return [_flow(r) for r in page], cursor
+
+
+def _etag_matches(if_match: str, etag: str) -> bool:
+    candidates = [c.strip().removeprefix("W/").strip('"') for c in if_match.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def update_flow(
+    conn: sqlite3.Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
+) -> Flow:
+    row = _flow_row(conn, org_id, flow_id)
+    if if_match is not None and not _etag_matches(if_match, row["etag"]):
+        raise APIProblem(
+            412,
+            "ETAG_MISMATCH",
+            f"flow {flow_id!r} changed: etag is {row['etag']!r}, not {if_match!r}",
+        )
+    conn.execute(
+        "UPDATE flows SET spec = ?, etag = ?, generation = generation + 1, updated_at = ?"
+        " WHERE flow_id = ?",
+        (_json(spec), secrets.token_hex(8), now_ms(), flow_id),
+    )
+    return get_flow(conn, org_id, flow_id)
+
+
+def delete_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> None:
+    _flow_row(conn, org_id, flow_id)
+    conn.execute("DELETE FROM flow_versions WHERE flow_id = ?", (flow_id,))
+    conn.execute("DELETE FROM flows WHERE flow_id = ?", (flow_id,))
+
+
+def publish_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> int:
+    row = _flow_row(conn, org_id, flow_id)
+    version = (row["latest_version"] or 0) + 1
+    conn.execute(
+        "INSERT INTO flow_versions (flow_id, version, spec, created_at) VALUES (?, ?, ?, ?)",
+        (flow_id, version, row["spec"], now_ms()),
+    )
+    conn.execute(
+        "UPDATE flows SET latest_version = ?, etag = ?, updated_at = ? WHERE flow_id = ?",
+        (version, secrets.token_hex(8), now_ms(), flow_id),
+    )
+    return version
+
+
+def _version_spec(conn: sqlite3.Connection, flow_id: str, version: int) -> str:
+    row = conn.execute(
+        "SELECT spec FROM flow_versions WHERE flow_id = ? AND version = ?", (flow_id, version)
+    ).fetchone()
+    if row is None:
+        raise APIProblem.not_found("FLOW_VERSION_NOT_FOUND", f"flow {flow_id!r} version", version)
+    return str(row["spec"])
+
+
+def promote_flow(conn: sqlite3.Connection, org_id: str, flow_id: str, version: int) -> Flow:
+    _flow_row(conn, org_id, flow_id)
+    _version_spec(conn, flow_id, version)
+    conn.execute(
+        "UPDATE flows SET production_version = ?, etag = ?, updated_at = ? WHERE flow_id = ?",
+        (version, secrets.token_hex(8), now_ms(), flow_id),
+    )
+    return get_flow(conn, org_id, flow_id)
+
+
+def resolve_flow_version(
+    conn: sqlite3.Connection, org_id: str, flow_id: str, version: str | int
+) -> tuple[FlowSpec, str]:
+    row = _flow_row(conn, org_id, flow_id)
+    if version == "draft":
+        return from_wire(orjson.loads(row["spec"]), FlowSpec), "draft"
+    if version == "production":
+        if row["production_version"] is None:
+            raise APIProblem(
+                404, "FLOW_VERSION_NOT_FOUND", f"flow {flow_id!r} has no production version"
+            )
+        version = int(row["production_version"])
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise APIProblem.validation(
+            "version", f"expected 'draft', 'production' or an int, got {version!r}"
+        )
+    spec = _version_spec(conn, flow_id, version)
+    return from_wire(orjson.loads(spec), FlowSpec), str(version)
+
+
+# -- runs ----------------------------------------------------------------------------
+
+
+def _run(row: sqlite3.Row) -> Run:
+    conditions = [from_wire(c, ResourceCondition) for c in orjson.loads(row["conditions"])]
+    return Run(
+        organization_id=row["org_id"],
+        run_id=row["run_id"],
+        spec=from_wire(orjson.loads(row["spec"]), RunSpec),
+        status=RunStatus(
+            log=row["log"], observed_generation=row["generation"], conditions=conditions
+        ),
+        metadata=ResourceMetadata(row["created_at"], row["updated_at"], row["generation"]),
+        self_link=f"/v1/runs/{row['run_id']}",
+        etag=row["etag"],
+    )
+
+
+def _run_row(conn: sqlite3.Connection, org_id: str | None, run_id: str) -> sqlite3.Row:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM runs WHERE run_id = ? AND (? IS NULL OR org_id = ?)",
+        (run_id, org_id, org_id),
+    ).fetchone()
+    if row is None:
+        raise APIProblem.not_found("RUN_NOT_FOUND", "run", run_id)
+    return row
+
+
+def create_run(
+    conn: sqlite3.Connection, org_id: str, spec: RunSpec, run_id: str | None = None
+) -> Run:
+    run_id, now = run_id or new_id("run"), now_ms()
+    first = ResourceCondition(Condition.PENDING, last_transition_time=now)
+    _insert(
+        conn,
+        "run",
+        run_id,
+        "INSERT INTO runs (run_id, org_id, flow_id, condition, spec, conditions, generation, etag,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+        (
+            run_id,
+            org_id,
+            spec.flow_id,
+            "Pending",
+            _json(spec),
+            _json([first]),
+            secrets.token_hex(8),
+            now,
+            now,
+        ),
+    )
+    return get_run(conn, org_id, run_id)
+
+
+def get_run(conn: sqlite3.Connection, org_id: str | None, run_id: str) -> Run:
+    return _run(_run_row(conn, org_id, run_id))
+
+
+def list_runs(
+    conn: sqlite3.Connection,
+    org_id: str,
+    flow_id: str | None,
+    condition: str | None,
+    size: int,
+    after: int,
+) -> tuple[list[Run], int | None]:
+    rows = conn.execute(
+        "SELECT * FROM runs WHERE org_id = ? AND seq > ? AND (? IS NULL OR flow_id = ?)"
+        " AND (? IS NULL OR condition = ?) ORDER BY seq LIMIT ?",
+        (org_id, after, flow_id, flow_id, condition, condition, size + 1),
+    ).fetchall()
+    page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
+    return [_run(r) for r in page], cursor
+
+
+def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
+    marks = ", ".join("?" for _ in _ACTIVE)
+    rows = conn.execute(
+        f"SELECT * FROM runs WHERE condition IN ({marks}) ORDER BY seq", _ACTIVE
+    ).fetchall()
+    return [_run(r) for r in rows]
+
+
+def set_run_condition(
+    conn: sqlite3.Connection,
+    run_id: str,
+    condition: Condition,
+    message: str | None,
+    reason: str | None,
+) -> Run:
+    run = get_run(conn, None, run_id)
+    current = run.status.condition
+    if current is not None and current.terminal:
+        return run
+    now = now_ms()
+    entry = ResourceCondition(condition, last_transition_time=now, message=message, reason=reason)
+    spec = run.spec
+    if condition == Condition.CANCELLED:
+        spec = attrs.evolve(spec, killed_at=now)
+    conn.execute(
+        "UPDATE runs SET condition = ?, conditions = ?, spec = ?, etag = ?, updated_at = ?"
+        " WHERE run_id = ?",
+        (
+            condition.value,
+            _json([*run.status.conditions, entry]),
+            _json(spec),
+            secrets.token_hex(8),
+            now,
+            run_id,
+        ),
+    )
+    return get_run(conn, None, run_id)
+
+
+def set_run_log(conn: sqlite3.Connection, run_id: str, log: str) -> None:
+    _run_row(conn, None, run_id)
+    conn.execute("UPDATE runs SET log = ? WHERE run_id = ?", (log, run_id))
+
+
+def delete_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> None:
+    row = _run_row(conn, org_id, run_id)
+    if not Condition(row["condition"]).terminal:
+        raise APIProblem.conflict(
+            f"run {run_id!r} is {row['condition']}; cancel it before deleting it"
+        )
+    conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+
+# -- idempotency ---------------------------------------------------------------------
+
+
+def get_idempotent(
+    conn: sqlite3.Connection, org_id: str, key: str, method: str, path: str
+) -> tuple[str, int, bytes] | None:
+    row = conn.execute(
+        "SELECT body_hash, status, body FROM idempotency"
+        " WHERE org_id = ? AND key = ? AND method = ? AND path = ?",
+        (org_id, key, method, path),
+    ).fetchone()
+    return None if row is None else (row["body_hash"], int(row["status"]), bytes(row["body"]))
+
+
+def put_idempotent(
+    conn: sqlite3.Connection,
+    org_id: str,
+    key: str,
+    method: str,
+    path: str,
+    record: tuple[str, int, bytes],
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency (org_id, key, method, path, body_hash, status, body,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (org_id, key, method, path, *record, now_ms()),
+    )

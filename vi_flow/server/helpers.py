@@ -1,0 +1,283 @@
+"""Small tools every route handler uses: JSON in and out, the caller, pages, idempotency.
+
+- :func:`json_response` serializes models with the shared wire converter (camelCase).
+- :func:`read_json` structures a request body into a model class; a bad body becomes
+  ``422 VALIDATION_ERROR`` naming the field path (``blocks[0].block: required field
+  missing``), invalid JSON ``400 INVALID_REQUEST``.
+- :func:`principal_of` / :func:`org_of` give the authenticated caller.
+- :func:`paginate` reads ``pageSize``/``pageToken``; :func:`page_response` answers
+  ``{"items", "nextPage"}`` with an opaque token.
+- :func:`idempotent` makes a POST handler honour ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import orjson
+from aiohttp import web
+
+from ..models._base import camel, dumps, from_wire
+from ..models.common import MAX_PAGE_SIZE
+from .errors import APIProblem
+from .state import STORE_KEY, Principal
+
+__all__ = [
+    "PRINCIPAL",
+    "REQUEST_ID",
+    "Handler",
+    "PageRequest",
+    "decode_page_token",
+    "encode_page_token",
+    "idempotent",
+    "json_response",
+    "org_of",
+    "page_response",
+    "paginate",
+    "principal_of",
+    "read_body",
+    "read_json",
+    "request_id_of",
+    "setup_idempotency",
+    "structure",
+]
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _request_key(name: str, kind: type[Any]) -> Any:
+    """A ``web.RequestKey`` (aiohttp >= 3.12 warns about plain strings), else the name."""
+    factory = getattr(web, "RequestKey", None)
+    return factory(name, kind) if factory is not None else name
+
+
+PRINCIPAL: Any = _request_key("vi_flow.principal", Principal)
+"""Request key under which the auth middleware stores the caller's :class:`Principal`."""
+
+REQUEST_ID: Any = _request_key("vi_flow.request_id", str)
+"""Request key under which the request id (``req_<hex>``) is stored."""
+
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Answer ``obj`` (a model, list or plain data) as camelCase JSON."""
+    return web.Response(
+        body=dumps(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+def request_id_of(request: web.Request) -> str:
+    """The request id the server answers in ``X-Request-Id``."""
+    return str(request.get(REQUEST_ID, ""))
+
+
+def principal_of(request: web.Request) -> Principal:
+    """The authenticated caller of ``request``."""
+    principal: Principal = request[PRINCIPAL]
+    return principal
+
+
+def org_of(request: web.Request) -> str:
+    """The organization id every resource of ``request`` is scoped to."""
+    return principal_of(request).organization_id
+
+
+# -- request bodies --------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object in the request body (``{}`` when empty).
+
+    Raises:
+        APIProblem: 400 ``INVALID_REQUEST`` for invalid JSON; 422 when not an object.
+    """
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise APIProblem(400, "INVALID_REQUEST", f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise APIProblem.validation("body", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _wire_path(path: str) -> str:
+    """``.blocks[0].training_project`` -> ``blocks[0].trainingProject``."""
+    return _PATH_PART.sub(lambda m: "." + camel(m.group(1)), path).lstrip(".") or "body"
+
+
+def _validation_message(exc: Exception, prefix: str) -> str:
+    problems = []
+    for line in cattrs.transform_error(exc, path=""):
+        what, _, where = line.rpartition(" @ ")
+        problems.append(f"{prefix}{_wire_path(where)}: {what or line}")
+    return "; ".join(problems)
+
+
+def structure(data: Any, cls: type[T], prefix: str = "") -> T:
+    """Structure wire data into ``cls``; failures become 422 naming the field path."""
+    try:
+        return from_wire(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        message = (
+            _validation_message(exc, prefix)
+            if isinstance(exc, cattrs.BaseValidationError)
+            else str(exc)
+        )
+        raise APIProblem(
+            422, "VALIDATION_ERROR", message or f"{prefix or 'body'}: invalid"
+        ) from exc
+
+
+async def read_json(request: web.Request, cls: type[T], prefix: str = "") -> T:
+    """Read the request body as ``cls`` (an attrs model).
+
+    Args:
+        request: The request.
+        cls: The model class to structure the body into.
+        prefix: Prepended to field paths in error messages (for example ``"spec."``).
+
+    Raises:
+        APIProblem: 400 for invalid JSON, 422 naming the first bad field otherwise.
+    """
+    return structure(await read_body(request), cls, prefix)
+
+
+# -- pagination ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PageRequest:
+    """A parsed ``?pageSize=&pageToken=``.
+
+    Attributes:
+        size: Items wanted, 1..1000.
+        after: The cursor to continue after (0 for the first page). For store tables
+            with an ``INTEGER PRIMARY KEY`` ``seq``: ``WHERE seq > ? ORDER BY seq LIMIT size+1``.
+    """
+
+    size: int
+    after: int = 0
+
+
+def encode_page_token(cursor: int | None) -> str | None:
+    """The opaque ``nextPage`` token for a cursor (``None`` stays ``None``)."""
+    if cursor is None:
+        return None
+    return base64.urlsafe_b64encode(orjson.dumps({"v": 1, "after": cursor})).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int:
+    """The cursor inside a page token; a foreign token is 422 naming ``pageToken``."""
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        after = data["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise APIProblem.validation("pageToken", f"invalid page token {token!r}") from exc
+    if not isinstance(after, int) or after < 0:
+        raise APIProblem.validation("pageToken", f"invalid page token {token!r}")
+    return after
+
+
+def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
+    """Read ``pageSize`` (1..1000) and ``pageToken`` from the query string.
+
+    Raises:
+        APIProblem: 422 naming ``pageSize`` or ``pageToken``.
+    """
+    raw = request.query.get("pageSize")
+    size = default_size
+    if raw is not None:
+        try:
+            size = int(raw)
+        except ValueError:
+            raise APIProblem.validation("pageSize", f"expected an integer, got {raw!r}") from None
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise APIProblem.validation(
+            "pageSize", f"must be between 1 and {MAX_PAGE_SIZE}, got {size}"
+        )
+    token = request.query.get("pageToken")
+    return PageRequest(size, decode_page_token(token) if token else 0)
+
+
+def page_response(items: list[Any], next_cursor: int | None) -> web.Response:
+    """Answer ``{"items": [...], "nextPage": token|null}``."""
+    return json_response({"items": items, "nextPage": encode_page_token(next_cursor)})
+
+
+# -- idempotency -----------------------------------------------------------------------
+
+_LOCKS_KEY = web.AppKey("vi_flow.idempotency_locks", dict[tuple[str, str], asyncio.Lock])
+
+
+def _lock_for(request: web.Request, key: tuple[str, str]) -> asyncio.Lock:
+    locks = request.app[_LOCKS_KEY]
+    return locks.setdefault(key, asyncio.Lock())
+
+
+def setup_idempotency(app: web.Application) -> None:
+    """Give the application the per-key locks :func:`idempotent` needs."""
+    app[_LOCKS_KEY] = {}
+
+
+async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
+    org, store = org_of(request), request.app[STORE_KEY]
+    body_hash = hashlib.sha256(await request.read()).hexdigest()
+    stored = await store.get_idempotent(org, key, request.method, request.path)
+    if stored is not None:
+        if stored[0] != body_hash:
+            raise APIProblem(
+                422,
+                "IDEMPOTENCY_KEY_REUSED",
+                f"Idempotency-Key {key!r} was already used with a different request body",
+            )
+        return web.Response(
+            body=stored[2],
+            status=stored[1],
+            content_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    response = await handler(request)
+    if isinstance(response, web.Response) and 200 <= response.status < 300:
+        body = response.body if isinstance(response.body, bytes) else b""
+        await store.put_idempotent(
+            org, key, request.method, request.path, (body_hash, response.status, body)
+        )
+    return response
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Make a POST handler honour the ``Idempotency-Key`` header.
+
+    The first 2xx answer for (organization, key, method, path) is stored and replayed
+    for later requests with the same key (with ``Idempotent-Replayed: true``); the same
+    key with a different body is ``422 IDEMPOTENCY_KEY_REUSED``. Requests with one key
+    are serialized, so concurrent retries never run the handler twice.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("Idempotency-Key")
+        if not key:
+            return await handler(request)
+        if len(key) > 255:
+            raise APIProblem.validation("Idempotency-Key", "must be at most 255 characters")
+        async with _lock_for(request, (org_of(request), key)):
+            return await _answer_once(request, handler, key)
+
+    return wrapper

@@ -1,0 +1,143 @@
+"""Request ids, JSON errors and bearer-token authentication for every route.
+
+- Every response carries ``X-Request-Id`` (a client-sent one is echoed when sane,
+  otherwise ``req_<hex>``); it is set in ``on_response_prepare`` so that streamed (SSE)
+  and error responses get it too.
+- :class:`~vi_flow.server.errors.APIProblem` and aiohttp's HTTP exceptions become the
+  wire error body; anything else is logged and answered ``500 INTERNAL``.
+- The bearer token maps to a :class:`~vi_flow.server.state.Principal`; an
+  ``Organization-Id`` header naming another organization is answered 404, never 403,
+  so one organization cannot probe for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+
+import orjson
+from aiohttp import web
+
+from .errors import APIProblem
+from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
+from .state import STORE_KEY, Principal
+
+__all__ = ["PUBLIC_PATHS", "auth_middleware", "error_middleware", "setup_middleware"]
+
+log = logging.getLogger("vi_flow.server")
+
+PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
+"""Paths answered without a bearer token."""
+
+_TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, Principal])
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+_HTTP_CODES = {
+    400: "INVALID_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    412: "ETAG_MISMATCH",
+    413: "INVALID_REQUEST",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+}
+
+
+def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    """The wire error body ``{"error": {"code", "message", "requestId"}}``."""
+    body = {"error": {"code": code, "message": message, "requestId": request_id_of(request)}}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status, "INTERNAL" if exc.status >= 500 else "INVALID_REQUEST")
+    if exc.status == 404:
+        message = f"no route for {request.method} {request.path}"
+    elif exc.status == 405:
+        message = f"method {request.method} not allowed on {request.path}"
+    else:
+        message = exc.text or exc.reason
+    response = error_response(request, exc.status, code, message)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _assign_request_id(request: web.Request) -> None:
+    sent = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = sent if _SANE_ID.match(sent) else f"req_{secrets.token_hex(12)}"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign the request id and turn every failure into the wire error body."""
+    _assign_request_id(request)
+    try:
+        return await handler(request)
+    except APIProblem as exc:
+        response = error_response(request, exc.status, exc.code, exc.message)
+        if not exc.transient:
+            response.headers["X-Should-Retry"] = "false"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http(request, exc)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception(
+            "unhandled error in %s %s (%s)", request.method, request.path, request_id_of(request)
+        )
+        return error_response(
+            request,
+            500,
+            "INTERNAL",
+            f"internal server error; quote request id {request_id_of(request)}",
+        )
+
+
+async def _principal(request: web.Request) -> Principal:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIProblem(401, "UNAUTHENTICATED", "missing bearer token in the Authorization header")
+    token = token.strip()
+    cache = request.app[_TOKENS_KEY]
+    if token not in cache:
+        found = await request.app[STORE_KEY].lookup_token(token)
+        if found is None:
+            raise APIProblem(401, "UNAUTHENTICATED", "the API key is not valid")
+        cache[token] = Principal(*found)
+    return cache[token]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation."""
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    principal = await _principal(request)
+    wanted = request.headers.get("Organization-Id")
+    if wanted and wanted != principal.organization_id:
+        raise APIProblem.not_found("NOT_FOUND", "organization", wanted)
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    if REQUEST_ID not in request:
+        _assign_request_id(request)
+    response.headers["X-Request-Id"] = request_id_of(request)
+
+
+def setup_middleware(app: web.Application) -> None:
+    """Install the error and auth middlewares and the ``X-Request-Id`` stamp."""
+    app[_TOKENS_KEY] = {}
+    app.middlewares.extend([error_middleware, auth_middleware])
+    app.on_response_prepare.append(_stamp_request_id)

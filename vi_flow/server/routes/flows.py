@@ -1,0 +1,119 @@
+"""Flow routes: list, create, get, replace, delete, publish a version, promote one.
+
+``POST /v1/flows`` and ``PUT /v1/flows/{flowId}`` take the flow spec as the body,
+either bare (``{"name": ..., "blocks": [...]}``) or wrapped (``{"spec": {...}}``; error
+paths then start with ``spec.``). ``PUT`` honours ``If-Match``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from ...models.flows import DeletedFlow, Flow, FlowSpec
+from ..errors import APIProblem
+from ..helpers import (
+    idempotent,
+    json_response,
+    org_of,
+    page_response,
+    paginate,
+    read_body,
+    structure,
+)
+from ..state import STORE_KEY
+from ..validation import check_chosen_id, validate_flow_spec
+
+__all__ = ["setup"]
+
+
+def _flow_response(flow: Flow, status: int = 200) -> web.Response:
+    return json_response(flow, status, headers={"ETag": f'"{flow.etag}"'})
+
+
+async def _read_spec(request: web.Request) -> FlowSpec:
+    body: dict[str, Any] = await read_body(request)
+    if isinstance(body.get("spec"), dict) and "name" not in body:
+        return validate_flow_spec(structure(body["spec"], FlowSpec, "spec."), "spec.")
+    return validate_flow_spec(structure(body, FlowSpec))
+
+
+async def list_flows(request: web.Request) -> web.Response:
+    """List the organization's flows, oldest first, one page at a time."""
+    page = paginate(request)
+    flows, cursor = await request.app[STORE_KEY].list_flows(org_of(request), page.size, page.after)
+    return page_response(flows, cursor)
+
+
+@idempotent
+async def create_flow(request: web.Request) -> web.Response:
+    """Create a flow from a flow spec; ?flowId= chooses its id (honours Idempotency-Key)."""
+    flow_id = check_chosen_id(request.query.get("flowId"), "flow", "flowId")
+    spec = await _read_spec(request)
+    flow = await request.app[STORE_KEY].create_flow(org_of(request), spec, flow_id)
+    return _flow_response(flow, 201)
+
+
+async def get_flow(request: web.Request) -> web.Response:
+    """Get one flow with its draft spec, etag and versions."""
+    flow = await request.app[STORE_KEY].get_flow(org_of(request), request.match_info["flowId"])
+    return _flow_response(flow)
+
+
+async def update_flow(request: web.Request) -> web.Response:
+    """Replace a flow's draft spec; If-Match with a stale etag is 412 ETAG_MISMATCH."""
+    spec = await _read_spec(request)
+    flow = await request.app[STORE_KEY].update_flow(
+        org_of(request),
+        request.match_info["flowId"],
+        spec,
+        if_match=request.headers.get("If-Match"),
+    )
+    return _flow_response(flow)
+
+
+async def delete_flow(request: web.Request) -> web.Response:
+    """Delete a flow and its published versions."""
+    flow_id = request.match_info["flowId"]
+    await request.app[STORE_KEY].delete_flow(org_of(request), flow_id)
+    return json_response(DeletedFlow(flow_id=flow_id))
+
+
+@idempotent
+async def publish_flow(request: web.Request) -> web.Response:
+    """Snapshot the draft spec as the next immutable version; answers {"version": n}."""
+    version = await request.app[STORE_KEY].publish_flow(
+        org_of(request), request.match_info["flowId"]
+    )
+    return json_response({"version": version})
+
+
+@attrs.frozen
+class _Promote:
+    version: int
+
+
+async def promote_flow(request: web.Request) -> web.Response:
+    """Make a published version the flow's production version."""
+    body = structure(await read_body(request), _Promote)
+    if isinstance(body.version, bool) or body.version < 1:
+        raise APIProblem.validation(
+            "version", f"expected a published version number, got {body.version!r}"
+        )
+    flow = await request.app[STORE_KEY].promote_flow(
+        org_of(request), request.match_info["flowId"], body.version
+    )
+    return _flow_response(flow)
+
+
+def setup(app: web.Application) -> None:
+    """Add the flow routes under ``/v1/flows``."""
+    app.router.add_get("/v1/flows", list_flows)
+    app.router.add_post("/v1/flows", create_flow)
+    app.router.add_get("/v1/flows/{flowId}", get_flow)
+    app.router.add_put("/v1/flows/{flowId}", update_flow)
+    app.router.add_delete("/v1/flows/{flowId}", delete_flow)
+    app.router.add_post("/v1/flows/{flowId}/publish", publish_flow)
+    app.router.add_post("/v1/flows/{flowId}/promote", promote_flow)

@@ -1,0 +1,126 @@
+"""Run routes: list (by flow and condition), create, get, cancel, delete.
+
+``POST /v1/runs`` stores a Pending run and hands it to the run engine registered under
+:data:`~vi_flow.server.state.ENGINE_KEY` (by ``routes/executions``), which moves it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from ...models.common import Condition
+from ...models.runs import DeletedRun, RunSpec
+from ..errors import APIProblem
+from ..helpers import idempotent, json_response, org_of, page_response, paginate, read_json
+from ..state import ENGINE_KEY, STORE_KEY, RunStarter
+from ..store import Store
+from ..validation import check_chosen_id, resolve_parameters
+
+__all__ = ["setup"]
+
+log = logging.getLogger("vi_flow.server")
+
+
+def _starter(app: web.Application) -> RunStarter:
+    return app[ENGINE_KEY]
+
+
+@attrs.frozen
+class _CreateRun:
+    flow_id: str
+    run_id: str | None = None
+    version: Any = None
+    message: str | None = None
+    parameters: dict[str, Any] = attrs.Factory(dict)
+
+
+def _version_arg(value: Any) -> str | int:
+    if value in ("draft", "production") or (isinstance(value, int) and not isinstance(value, bool)):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise APIProblem.validation(
+        "version", f"expected 'draft', 'production' or a number, got {value!r}"
+    )
+
+
+async def _default_version(store: Store, org: str, flow_id: str) -> str | int:
+    flow = await store.get_flow(org, flow_id)
+    return "production" if flow.production_version is not None else "draft"
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """List the organization's runs, oldest first; filter by flowId and condition."""
+    page = paginate(request)
+    runs, cursor = await request.app[STORE_KEY].list_runs(
+        org_of(request),
+        page.size,
+        page.after,
+        flow_id=request.query.get("flowId") or None,
+        condition=request.query.get("condition") or None,
+    )
+    return page_response(runs, cursor)
+
+
+@idempotent
+async def create_run(request: web.Request) -> web.Response:
+    """Start a run of a flow version (production if promoted, else draft); answers 201 Pending."""
+    body = await read_json(request, _CreateRun)
+    run_id = check_chosen_id(body.run_id, "run", "runId")
+    store, org = request.app[STORE_KEY], org_of(request)
+    if body.version is None:
+        version = await _default_version(store, org, body.flow_id)
+    else:
+        version = _version_arg(body.version)
+    flow, label = await store.resolve_flow_version(org, body.flow_id, version)
+    spec = RunSpec(
+        flow=flow,
+        training_project=flow.training_project,
+        flow_id=body.flow_id,
+        flow_version=label,
+        message=body.message,
+        parameters=resolve_parameters(flow, body.parameters),
+    )
+    run = await store.create_run(org, spec, run_id)
+    await _starter(request.app).start(run)
+    return json_response(run, 201)
+
+
+async def get_run(request: web.Request) -> web.Response:
+    """Get one run with its condition history."""
+    run = await request.app[STORE_KEY].get_run(request.match_info["runId"], org_of(request))
+    return json_response(run)
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    """Cancel a run; a run that already finished is answered as it is."""
+    store = request.app[STORE_KEY]
+    run = await store.get_run(request.match_info["runId"], org_of(request))
+    if run.status.condition is not None and run.status.condition.terminal:
+        return json_response(run)
+    await _starter(request.app).cancel(run)
+    run = await store.set_run_condition(
+        run.run_id, Condition.CANCELLED, "cancelled by the user", "UserCancelled"
+    )
+    return json_response(run)
+
+
+async def delete_run(request: web.Request) -> web.Response:
+    """Delete a finished run; a run still Pending or Running is 409 CONFLICT."""
+    run_id = request.match_info["runId"]
+    await request.app[STORE_KEY].delete_run(org_of(request), run_id)
+    await _starter(request.app).forget(run_id)
+    return json_response(DeletedRun(run_id=run_id))
+
+
+def setup(app: web.Application) -> None:
+    """Add the run routes under ``/v1/runs``."""
+    app.router.add_get("/v1/runs", list_runs)
+    app.router.add_post("/v1/runs", create_run)
+    app.router.add_get("/v1/runs/{runId}", get_run)
+    app.router.add_delete("/v1/runs/{runId}", delete_run)
+    app.router.add_post("/v1/runs/{runId}/cancel", cancel_run)

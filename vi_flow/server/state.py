@@ -1,0 +1,97 @@
+"""Server settings and the typed keys feature modules use to find shared objects.
+
+:class:`ServerSettings` is everything the local server is configured with. The
+``web.AppKey`` constants name what :func:`vi_flow.server.app.create_app` puts on the
+application (the store, the settings) and what feature modules may register (the run
+engine under :data:`ENGINE_KEY`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+from aiohttp import web
+
+from ..models.runs import Run
+from .store import Store
+
+__all__ = [
+    "ENGINE_KEY",
+    "SETTINGS_KEY",
+    "STORE_KEY",
+    "Principal",
+    "RunStarter",
+    "ServerSettings",
+]
+
+
+@attrs.define
+class ServerSettings:
+    """How the local server runs.
+
+    Attributes:
+        home: The state directory (``state.db``, ``admin-token``, logs, volumes).
+        host: The address to bind; loopback by default.
+        port: The TCP port; 0 picks a free one.
+        provider: The compute provider name (``local``).
+        llm_base_url: Base URL of an OpenAI-compatible endpoint for ``llm`` blocks.
+        llm_api_key: Its key; never shown in reprs or logs.
+        heartbeat_interval: Seconds between SSE heartbeat comments while idle.
+        tool_pause_timeout: Seconds a run waits for client tool results before failing.
+        extra: Free-form settings for feature modules.
+    """
+
+    home: Path = attrs.field(converter=Path)
+    host: str = "127.0.0.1"
+    port: int = 0
+    provider: str = "local"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = attrs.field(default=None, repr=False)
+    heartbeat_interval: float = 15.0
+    tool_pause_timeout: float = 3600.0
+    extra: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class Principal:
+    """Who a request's bearer token belongs to.
+
+    Attributes:
+        organization_id: The token's organization.
+        token_name: The token's display name.
+        admin: Whether it may create organizations and tokens.
+    """
+
+    organization_id: str
+    token_name: str
+    admin: bool = False
+
+
+class RunStarter(Protocol):
+    """What the run engine registers under :data:`ENGINE_KEY`.
+
+    ``POST /v1/runs`` stores a Pending run and calls :meth:`start`; ``POST
+    /v1/runs/{id}/cancel`` calls :meth:`cancel` before marking the run Cancelled.
+    Both must return quickly (schedule the work, do not run it inline).
+    """
+
+    async def start(self, run: Run) -> None:
+        """Begin executing ``run`` in the background."""
+
+    async def cancel(self, run: Run) -> None:
+        """Stop executing ``run``; the caller marks it Cancelled afterwards."""
+
+    async def forget(self, run_id: str) -> None:
+        """Drop what the engine keeps of a deleted run (its event log, step state)."""
+
+
+STORE_KEY = web.AppKey("vi_flow.store", Store)
+"""The application's :class:`~vi_flow.server.store.Store`."""
+
+SETTINGS_KEY = web.AppKey("vi_flow.settings", ServerSettings)
+"""The application's :class:`ServerSettings`."""
+
+ENGINE_KEY = web.AppKey("vi_flow.engine", RunStarter)
+"""Where the run engine registers itself (``routes/executions`` does, in its ``setup``)."""

@@ -1,0 +1,263 @@
+"""Durable server state: one SQLite database (WAL) used from one dedicated thread.
+
+:class:`Store` owns ``<home>/state.db``. Every SQL statement runs on the store's own
+thread, never on the event loop: ``await store.run(fn)`` hands ``fn(conn)`` to that thread
+inside a transaction. Feature modules add their tables with :meth:`Store.migrate` and
+query them with :meth:`Store.run`; the foundation's resources (organizations, tokens,
+flows, flow versions, runs, idempotency records) have typed methods here.
+
+Typed methods raise :class:`~vi_flow.server.errors.APIProblem` for missing resources
+(``FLOW_NOT_FOUND``, ``FLOW_VERSION_NOT_FOUND``, ``RUN_NOT_FOUND``), so route handlers
+can let them propagate.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ..models.common import Condition
+from ..models.flows import Flow, FlowSpec
+from ..models.runs import Run, RunSpec
+from . import _records as rec
+from ._dbthread import DBThread
+from ._records import new_id, now_ms, split_page
+
+__all__ = ["Store", "new_id", "now_ms", "split_page"]
+
+T = TypeVar("T")
+
+FlowVersion = str | int
+"""``"draft"``, ``"production"`` or a published version number."""
+
+
+class Store:
+    """The server's SQLite database, used only from its own thread.
+
+    Args:
+        path: The database file (normally ``<home>/state.db``); created on first use.
+
+    Example:
+        >>> store = Store(home / "state.db")
+        >>> await store.migrate("tasks-1", "CREATE TABLE IF NOT EXISTS tasks (id TEXT)")
+        >>> n = await store.run(lambda c: c.execute("SELECT count(*) FROM tasks").fetchone()[0])
+        >>> await store.close()
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._thread: DBThread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    # -- core ------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(rec.SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the DB thread in a transaction; commit if it returns.
+
+        An exception from ``fn`` rolls the transaction back and is re-raised here. ``fn``
+        must not call ``commit``/``rollback`` or start its own transaction. Rows are
+        ``sqlite3.Row`` (index by column name).
+        """
+        if self._thread is None:
+            self._thread = DBThread(f"vi-flow-sqlite:{self.path.parent.name}")
+        return await self._thread.call(functools.partial(self._transact, fn))
+
+    def _migrate(self, name: str, sql: str) -> None:
+        conn = self._connection()
+        if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+            return
+        quoted = name.replace("'", "''")
+        script = (
+            f"BEGIN IMMEDIATE;\n{sql}\n;\nINSERT INTO migrations (name, applied_at)"
+            f" VALUES ('{quoted}', {now_ms()});\nCOMMIT;"
+        )
+        try:
+            conn.executescript(script)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    async def migrate(self, name: str, sql: str) -> None:
+        """Apply the schema script ``sql`` once per database, recorded under ``name``.
+
+        Calling it again with the same ``name`` does nothing (even if ``sql`` changed:
+        add a new name such as ``"tasks-2"`` for a later change). The script runs in one
+        transaction; ``CREATE TABLE IF NOT EXISTS`` keeps it safe to write twice.
+        """
+        if self._thread is None:
+            self._thread = DBThread(f"vi-flow-sqlite:{self.path.parent.name}")
+        await self._thread.call(functools.partial(self._migrate, name, sql))
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        """Close the database and end the DB thread; the store can be reopened by use."""
+        if self._thread is None:
+            return
+        thread, self._thread = self._thread, None
+        await thread.call(self._close)
+        thread.stop()
+
+    # -- organizations and tokens ----------------------------------------------------
+
+    async def create_org(self, name: str, org_id: str | None = None) -> str:
+        """Create an organization and return its id (``org_<hex>`` unless given)."""
+        return await self.run(lambda c: rec.create_org(c, name, org_id))
+
+    async def org_exists(self, org_id: str) -> bool:
+        """Whether the organization exists."""
+        return await self.run(lambda c: rec.org_exists(c, org_id))
+
+    async def create_token(self, org_id: str, name: str, *, admin: bool = False) -> str:
+        """Create a bearer token for ``org_id``; only its sha256 is stored. Returns it."""
+        return await self.run(lambda c: rec.create_token(c, org_id, name, admin))
+
+    async def lookup_token(self, token: str) -> tuple[str, str, bool] | None:
+        """``(organization_id, token_name, admin)`` for a bearer token, or ``None``."""
+        return await self.run(lambda c: rec.lookup_token(c, token))
+
+    # -- flows -----------------------------------------------------------------------
+
+    async def create_flow(self, org_id: str, spec: FlowSpec, flow_id: str | None = None) -> Flow:
+        """Store a new flow whose draft is ``spec`` (409 ``CONFLICT`` if ``flow_id`` is taken)."""
+        return await self.run(lambda c: rec.create_flow(c, org_id, spec, flow_id))
+
+    async def get_flow(self, org_id: str, flow_id: str) -> Flow:
+        """The flow, or ``APIProblem`` 404 ``FLOW_NOT_FOUND``."""
+        return await self.run(lambda c: rec.get_flow(c, org_id, flow_id))
+
+    async def list_flows(
+        self, org_id: str, size: int, after: int = 0
+    ) -> tuple[list[Flow], int | None]:
+        """Up to ``size`` flows after cursor ``after``, and the next cursor (or ``None``)."""
+        return await self.run(lambda c: rec.list_flows(c, org_id, size, after))
+
+    async def update_flow(
+        self, org_id: str, flow_id: str, spec: FlowSpec, *, if_match: str | None = None
+    ) -> Flow:
+        """Replace the draft spec; a stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
+        return await self.run(lambda c: rec.update_flow(c, org_id, flow_id, spec, if_match))
+
+    async def delete_flow(self, org_id: str, flow_id: str) -> None:
+        """Delete the flow and its published versions (runs keep their frozen spec)."""
+        await self.run(lambda c: rec.delete_flow(c, org_id, flow_id))
+
+    async def publish_flow(self, org_id: str, flow_id: str) -> int:
+        """Snapshot the draft as the next immutable version and return its number."""
+        return await self.run(lambda c: rec.publish_flow(c, org_id, flow_id))
+
+    async def promote_flow(self, org_id: str, flow_id: str, version: int) -> Flow:
+        """Make ``version`` the production version (404 ``FLOW_VERSION_NOT_FOUND``)."""
+        return await self.run(lambda c: rec.promote_flow(c, org_id, flow_id, version))
+
+    async def resolve_flow_version(
+        self, org_id: str, flow_id: str, version: FlowVersion
+    ) -> tuple[FlowSpec, str]:
+        """The spec of ``version`` and its label (``"draft"`` or ``"3"``).
+
+        ``"production"`` resolves to the promoted version number.
+        """
+        return await self.run(lambda c: rec.resolve_flow_version(c, org_id, flow_id, version))
+
+    async def get_flow_version(self, org_id: str, flow_id: str, version: FlowVersion) -> FlowSpec:
+        """The spec of ``version`` (``"draft"``, ``"production"`` or a number).
+
+        Raises:
+            APIProblem: 404 ``FLOW_NOT_FOUND`` or ``FLOW_VERSION_NOT_FOUND``.
+        """
+        spec, _ = await self.resolve_flow_version(org_id, flow_id, version)
+        return spec
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def create_run(self, org_id: str, spec: RunSpec, run_id: str | None = None) -> Run:
+        """Store a new Pending run (409 ``CONFLICT`` if ``run_id`` is taken) and return it."""
+        return await self.run(lambda c: rec.create_run(c, org_id, spec, run_id))
+
+    async def get_run(self, run_id: str, org_id: str | None = None) -> Run:
+        """The run (in ``org_id`` when given), or 404 ``RUN_NOT_FOUND``."""
+        return await self.run(lambda c: rec.get_run(c, org_id, run_id))
+
+    async def list_runs(
+        self,
+        org_id: str,
+        size: int,
+        after: int = 0,
+        *,
+        flow_id: str | None = None,
+        condition: str | None = None,
+    ) -> tuple[list[Run], int | None]:
+        """Runs of ``org_id`` (optionally of one flow / in one current condition), paged."""
+        return await self.run(lambda c: rec.list_runs(c, org_id, flow_id, condition, size, after))
+
+    async def list_active_runs(self) -> list[Run]:
+        """Every run of every organization whose condition is not terminal."""
+        return await self.run(rec.list_active_runs)
+
+    async def set_run_condition(
+        self,
+        run_id: str,
+        condition: Condition | str,
+        message: str | None = None,
+        reason: str | None = None,
+    ) -> Run:
+        """Append a condition to the run's history and return the updated run.
+
+        A run already in a terminal condition (Succeeded, Failed, Error, Cancelled) is
+        never changed: the call returns it as it is, so a late engine update cannot undo
+        a cancel. Entering ``Cancelled`` also sets ``spec.killed_at``.
+        """
+        cond = Condition(condition)
+        return await self.run(lambda c: rec.set_run_condition(c, run_id, cond, message, reason))
+
+    async def set_run_log(self, run_id: str, log: str) -> None:
+        """Record where the run's event log lives (shown as ``status.log``)."""
+        await self.run(lambda c: rec.set_run_log(c, run_id, log))
+
+    async def delete_run(self, org_id: str, run_id: str) -> None:
+        """Delete a terminal run; a non-terminal one gives 409 ``CONFLICT``."""
+        await self.run(lambda c: rec.delete_run(c, org_id, run_id))
+
+    # -- idempotency -----------------------------------------------------------------
+
+    async def get_idempotent(
+        self, org_id: str, key: str, method: str, path: str
+    ) -> tuple[str, int, bytes] | None:
+        """The stored ``(body_hash, status, body)`` for an idempotency key, or ``None``."""
+        return await self.run(lambda c: rec.get_idempotent(c, org_id, key, method, path))
+
+    async def put_idempotent(
+        self, org_id: str, key: str, method: str, path: str, record: tuple[str, int, bytes]
+    ) -> None:
+        """Remember the first answer ``(body_hash, status, body)`` for an idempotency key."""
+        await self.run(lambda c: rec.put_idempotent(c, org_id, key, method, path, record))
