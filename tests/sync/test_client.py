@@ -1,0 +1,88 @@
+"""The blocking Client: same behaviour as AsyncClient over the portal."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+import vi_flow
+from vi_flow import ClientState, ClientStateError, FlowNotFoundError
+
+SPEC = {"name": "sync", "blocks": [{"block": "template", "id": "a"}]}
+
+
+def test_crud_and_pages() -> None:
+    with vi_flow.Client() as client:
+        made = [client.flows.create({**SPEC, "name": f"f{i}"}).flow_id for i in range(5)]
+        first = client.flows.list(pagination={"page_size": 2})
+        assert [f.flow_id for f in first.items] == made[:2] and first.next_page
+        assert [len(page.items) for page in client.flows.list(pagination={"page_size": 2})] == [
+            2,
+            2,
+            1,
+        ]
+        assert [
+            f.flow_id for f in client.flows.list(pagination={"page_size": 2}).all_items()
+        ] == made
+        client.flows.delete(made[0])
+        with pytest.raises(FlowNotFoundError, match=made[0]):
+            client.flows.get(made[0])
+
+
+def test_close_is_idempotent_and_final() -> None:
+    client = vi_flow.Client()
+    client.flows.list()
+    client.close()
+    client.close()
+    assert client.state is ClientState.CLOSED
+    with pytest.raises(ClientStateError):
+        client.flows.list()
+
+
+def test_works_inside_a_running_event_loop() -> None:
+    async def notebook_cell() -> str:
+        with vi_flow.Client() as client:
+            return client.flows.create(SPEC).spec.name
+
+    assert asyncio.run(notebook_cell()) == "sync"
+
+
+def test_sync_paginator_moves_a_page_per_round_trip() -> None:
+    with vi_flow.Client() as client:
+        for i in range(6):
+            client.flows.create({**SPEC, "name": f"f{i}"})
+        calls = 0
+        real_call = client._portal.call
+
+        def counting_call(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            return real_call(*args, **kwargs)  # type: ignore[arg-type]
+
+        client._portal.call = counting_call  # type: ignore[method-assign]
+        items = list(client.flows.list(pagination={"page_size": 3}).all_items())
+    assert len(items) == 6
+    assert calls == 1  # the first page; the rest stream through one iterate()
+
+
+def test_two_clients_on_threads_share_one_home() -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with vi_flow.Client() as client:
+                for i in range(3):
+                    client.flows.create({**SPEC, "name": f"t{n}-{i}"})
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    with vi_flow.Client() as client:
+        assert len(list(client.flows.list().all_items())) == 9

@@ -1,0 +1,499 @@
+"""The sync bridge: calls, batched iteration, cancellation, closing, threads and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from anyio.from_thread import BlockingPortal
+
+from vi_flow._errors import ClientStateError
+from vi_flow._portal import Portal
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def portal() -> Iterator[Portal]:
+    p = Portal()
+    yield p
+    p.close()
+
+
+async def double(x: int, *, plus: int = 0) -> int:
+    await anyio.lowlevel.checkpoint()
+    return 2 * x + plus
+
+
+async def numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+class Boom(Exception):
+    pass
+
+
+def interrupt_main_when(started: threading.Event) -> threading.Thread:
+    """Send a real SIGINT to the main thread once the async side has started."""
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def fire() -> None:
+        if started.wait(5):
+            signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+# -- call -------------------------------------------------------------------------------
+
+
+def test_call_returns_the_result(portal: Portal) -> None:
+    assert portal.call(double, 20, plus=2) == 42
+
+
+def test_call_runs_on_another_thread_with_a_running_loop(portal: Portal) -> None:
+    async def where() -> tuple[int, str]:
+        return threading.get_ident(), type(asyncio.get_running_loop()).__module__
+
+    ident, loop_module = portal.call(where)
+    assert ident != threading.get_ident()
+    assert loop_module.startswith("asyncio")
+
+
+def test_call_reuses_one_thread(portal: Portal) -> None:
+    async def ident() -> int:
+        return threading.get_ident()
+
+    assert len({portal.call(ident) for _ in range(5)}) == 1
+
+
+def test_call_raises_the_exception_with_its_type(portal: Portal) -> None:
+    async def fail() -> None:
+        raise Boom("bad value 7")
+
+    with pytest.raises(Boom, match="bad value 7"):
+        portal.call(fail)
+
+
+def test_call_from_threads_at_once(portal: Portal) -> None:
+    results: list[int] = []
+
+    def worker(i: int) -> None:
+        results.append(portal.call(double, i))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [2 * i for i in range(8)]
+
+
+def test_ctrl_c_during_call_cancels_the_async_work(portal: Portal, sigint_raises: None) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    interrupt_main_when(started)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(forever)
+    assert cancelled.is_set()
+    assert time.monotonic() - t0 < 5
+    assert portal.call(double, 1) == 2  # the portal still works
+
+
+def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    portal.call(double, 1)
+    spawn = BlockingPortal.start_task_soon
+
+    def spawn_then_interrupt(self: BlockingPortal, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.undo()  # only the first spawn is interrupted
+        spawn(self, *args, **kwargs)
+        started.wait(5)
+        raise KeyboardInterrupt  # before the caller holds the task's future
+
+    monkeypatch.setattr(BlockingPortal, "start_task_soon", spawn_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(forever)
+    assert cancelled.is_set()
+
+
+def test_works_inside_a_running_event_loop(portal: Portal) -> None:
+    async def main() -> list[int]:
+        first = portal.call(double, 21)
+        return [first, *portal.iterate(lambda: numbers(3))]
+
+    assert asyncio.run(main()) == [42, 0, 1, 2]
+
+
+# -- iterate ----------------------------------------------------------------------------
+
+
+def test_iterate_yields_every_item_in_order(portal: Portal) -> None:
+    assert list(portal.iterate(lambda: numbers(1000))) == list(range(1000))
+
+
+def test_iterate_moves_fast_streams_in_batches(portal: Portal) -> None:
+    produced = 0
+
+    async def counted(n: int) -> AsyncIterator[int]:
+        nonlocal produced
+        for i in range(n):
+            produced += 1
+            yield i
+
+    # Items produced between two observations travel in the same round trip.
+    seen_at: list[int] = [produced for _ in portal.iterate(lambda: counted(1000), batch=100)]
+    round_trips = len(set(seen_at))
+    assert len(seen_at) == 1000
+    assert round_trips <= 20
+
+
+def test_iterate_respects_the_batch_size(portal: Portal) -> None:
+    produced = 0
+
+    async def counted() -> AsyncIterator[int]:
+        nonlocal produced
+        for i in range(50):
+            produced += 1
+            yield i
+
+    ahead = [produced - i for i, _ in enumerate(portal.iterate(counted, batch=10))]
+    assert max(ahead) <= 11  # one batch, plus at most one item fetched ahead
+
+
+def test_iterate_delivers_slow_items_at_once(portal: Portal) -> None:
+    async def slow() -> AsyncIterator[str]:
+        yield "first"
+        await anyio.sleep(0.5)
+        yield "second"
+
+    t0 = time.monotonic()
+    arrivals = [(item, time.monotonic() - t0) for item in portal.iterate(slow)]
+    assert [item for item, _ in arrivals] == ["first", "second"]
+    assert arrivals[0][1] < 0.3
+    assert arrivals[1][1] >= 0.5
+
+
+def test_iterate_accepts_an_async_iterable(portal: Portal) -> None:
+    class Pages:
+        def __aiter__(self) -> AsyncIterator[int]:
+            return numbers(3)
+
+    assert list(portal.iterate(Pages)) == [0, 1, 2]
+
+
+def test_iterate_raises_after_the_items_before_the_error(portal: Portal) -> None:
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+        raise Boom("page 3 is missing")
+
+    got: list[int] = []
+    with pytest.raises(Boom, match="page 3"):
+        got.extend(portal.iterate(broken))
+    assert got == [1, 2]
+
+
+def test_iterate_raises_what_make_iter_raises(portal: Portal) -> None:
+    def make() -> AsyncIterator[int]:
+        raise Boom("no such run")
+
+    with pytest.raises(Boom, match="no such run"):
+        next(portal.iterate(make))
+
+
+def test_iterate_rejects_a_batch_below_one(portal: Portal) -> None:
+    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+        portal.iterate(lambda: numbers(1), batch=0)
+
+
+def test_iterate_creates_nothing_until_iterated(portal: Portal) -> None:
+    made = threading.Event()
+
+    def make() -> AsyncIterator[int]:
+        made.set()
+        return numbers(1)
+
+    it = portal.iterate(make)
+    time.sleep(0.05)
+    assert not made.is_set()
+    assert list(it) == [0]
+
+
+def _closing_stream(
+    closed: threading.Event, started: threading.Event | None = None
+) -> AsyncIterator[int]:
+    async def stream() -> AsyncIterator[int]:
+        try:
+            for i in range(10_000_000):
+                if started is not None and i == 1:
+                    await anyio.sleep(0.1)  # lets the first round trip return item 0
+                    started.set()
+                    await anyio.sleep(30)
+                yield i
+        finally:
+            with anyio.CancelScope(shield=True):  # cleanup may await, shielded from a cancel
+                await anyio.lowlevel.checkpoint()
+            closed.set()
+
+    return stream()
+
+
+def test_break_closes_the_async_iterator(portal: Portal) -> None:
+    closed = threading.Event()
+    for i in portal.iterate(lambda: _closing_stream(closed)):
+        if i == 3:
+            break
+    assert closed.is_set()
+
+
+def test_close_on_the_generator_closes_the_async_iterator(portal: Portal) -> None:
+    closed = threading.Event()
+    it = portal.iterate(lambda: _closing_stream(closed))
+    assert next(it) == 0
+    it.close()
+    assert closed.is_set()
+
+
+def test_garbage_collection_closes_the_async_iterator(portal: Portal) -> None:
+    closed = threading.Event()
+    it = portal.iterate(lambda: _closing_stream(closed))
+    assert next(it) == 0
+    del it
+    gc.collect()
+    assert closed.is_set()
+
+
+def test_collected_on_the_portal_thread_still_closes(portal: Portal) -> None:
+    closed = threading.Event()
+    box = [portal.iterate(lambda: _closing_stream(closed))]
+    assert next(box[0]) == 0
+
+    async def drop() -> None:
+        box.clear()  # the last reference goes on the portal thread
+
+    portal.call(drop)
+    assert closed.wait(2)
+
+
+def test_ctrl_c_while_iterating_closes_the_async_iterator(
+    portal: Portal, sigint_raises: None
+) -> None:
+    started, closed = threading.Event(), threading.Event()
+    interrupt_main_when(started)
+    got: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        got.extend(portal.iterate(lambda: _closing_stream(closed, started)))
+    assert got == [0]
+    assert closed.is_set()
+
+
+# -- close ------------------------------------------------------------------------------
+
+
+def test_close_is_idempotent_and_later_use_raises() -> None:
+    p = Portal()
+    assert p.call(double, 1) == 2
+    p.close()
+    p.close()
+    with pytest.raises(ClientStateError, match="closed"):
+        p.call(double, 1)
+    with pytest.raises(ClientStateError, match="closed"):
+        next(p.iterate(lambda: numbers(1)))
+
+
+def portal_threads() -> int:
+    return sum(t.name == "vi-flow-portal" for t in threading.enumerate())
+
+
+def test_close_stops_the_thread() -> None:
+    before = portal_threads()
+    p = Portal()
+    p.call(double, 1)
+    assert portal_threads() == before + 1
+    p.close()
+    assert portal_threads() == before
+
+
+def test_close_without_use_starts_nothing() -> None:
+    before = portal_threads()
+    p = Portal()
+    p.close()
+    assert portal_threads() == before
+    with pytest.raises(ClientStateError):
+        p.call(double, 1)
+
+
+def test_close_awaits_on_close_then_exits_contexts_last_in_first_out() -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def resource(name: str) -> AsyncIterator[str]:
+        async with anyio.create_task_group():  # a cancel scope spanning enter and exit
+            events.append(f"enter {name}")
+            yield name
+            events.append(f"exit {name}")
+
+    async def on_close() -> None:
+        events.append("on_close")
+
+    with Portal() as p:
+        assert p.enter_async_context(resource("a")) == "a"
+        assert p.enter_async_context(resource("b")) == "b"
+        p.close(on_close)
+    assert events == ["enter a", "enter b", "on_close", "exit b", "exit a"]
+
+
+def test_close_runs_on_close_even_if_never_used() -> None:
+    ran = threading.Event()
+
+    async def on_close() -> None:
+        ran.set()
+
+    Portal().close(on_close)
+    assert ran.is_set()
+
+
+def test_close_closes_open_iterators() -> None:
+    closed = threading.Event()
+    p = Portal()
+    it = p.iterate(lambda: _closing_stream(closed))
+    assert next(it) == 0
+    p.close()
+    assert closed.is_set()
+    with pytest.raises(ClientStateError, match="closed"):
+        next(it)
+
+
+def test_closing_from_another_thread_ends_a_running_call() -> None:
+    started = threading.Event()
+    p = Portal()
+
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep(30)
+
+    def close_once_started() -> None:
+        started.wait(5)
+        p.close()
+
+    closer = threading.Thread(target=close_once_started)
+    closer.start()
+    with pytest.raises(ClientStateError, match="closed while the call was running"):
+        p.call(forever)
+    closer.join()
+
+
+# -- own thread -------------------------------------------------------------------------
+
+
+def test_calling_from_the_portal_thread_raises(portal: Portal) -> None:
+    async def reenter() -> int:
+        return portal.call(double, 1)
+
+    with pytest.raises(ClientStateError, match="its own event-loop thread"):
+        portal.call(reenter)
+
+
+def test_iterating_and_closing_from_the_portal_thread_raise(portal: Portal) -> None:
+    async def reiterate() -> list[int]:
+        return list(portal.iterate(lambda: numbers(2)))
+
+    async def reclose() -> None:
+        portal.close()
+
+    with pytest.raises(ClientStateError, match="its own event-loop thread"):
+        portal.call(reiterate)
+    with pytest.raises(ClientStateError, match="its own event-loop thread"):
+        portal.call(reclose)
+    assert portal.call(double, 2) == 4  # still open
+
+
+def test_a_worker_thread_started_from_the_portal_may_call_it(portal: Portal) -> None:
+    def blocking_handler() -> int:
+        return portal.call(double, 5)
+
+    async def run_handler() -> int:
+        return await anyio.to_thread.run_sync(blocking_handler)
+
+    assert portal.call(run_handler) == 10
+
+
+# -- fork -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_fresh_portal(portal: Portal) -> None:
+    async def ident() -> int:
+        return threading.get_ident()
+
+    parent_thread = portal.call(ident)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            ok = portal.call(double, 21) == 42
+            ok = ok and list(portal.iterate(lambda: numbers(3))) == [0, 1, 2]
+            ok = ok and portal.call(ident) != threading.get_ident()
+            portal.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    assert _exit_code(pid) == 0
+    assert portal.call(ident) == parent_thread  # the parent's portal is untouched
+
+
+def _exit_code(pid: int) -> int:
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")

@@ -1,0 +1,453 @@
+"""The sync bridge: one event-loop thread per sync client, and the calls that cross it.
+
+A :class:`Portal` owns one anyio blocking portal (asyncio backend) running on its own
+daemon thread, started on first use. Blocking code crosses into it with :meth:`Portal.call`
+(one coroutine, Ctrl-C cancels it) and :meth:`Portal.iterate` (an async iterator drained in
+batches, closed on ``break``). The portal also owns async context managers entered on it
+(the sync client's ``AsyncClient``), closes them on :meth:`Portal.close`, refuses calls from
+its own thread (they would deadlock), and starts afresh in a child after ``os.fork()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import wait as wait_futures
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from typing_extensions import ParamSpec, Self
+
+from vi_flow._errors import ClientStateError
+
+__all__ = ["Portal"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: How long a Ctrl-C'd call, or a closed iterator, may take to finish its cleanup.
+_CANCEL_GRACE = 5.0
+#: How long one ``iterate`` round trip keeps collecting items that are ready.
+_BATCH_BUDGET = 0.005
+#: Loop turns without a new item after which a round trip stops collecting.
+_IDLE_TURNS = 2
+
+_CLOSED = "this vi_flow sync client is closed; create a new Client to make more calls"
+_CLOSED_DURING_CALL = "this vi_flow sync client was closed while the call was running"
+_OWN_THREAD = (
+    "a vi_flow sync client was called from its own event-loop thread (for example from a "
+    "sync tool handler running on that loop), which would deadlock; use the AsyncClient "
+    "with `await` there, or run the handler in a worker thread"
+)
+_STALE_ITERATOR = (
+    "this iterator belongs to a closed client or to the parent of a forked process; "
+    "start a new iteration"
+)
+
+
+class _Abandoned(Exception):
+    """The fate of a call whose caller pressed Ctrl-C; nobody reads it."""
+
+
+class _Call(Generic[T]):
+    """One coroutine to run on the portal, cancellable from the calling thread.
+
+    Cancellation goes through this object rather than the task's future, because Ctrl-C
+    may strike while the task is being spawned, before the caller holds the future.
+    """
+
+    def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
+        self._fn = fn
+        self._scope: anyio.CancelScope | None = None
+        self._cancelled = False
+        self.started = False
+        self.finished = threading.Event()
+
+    async def run(self) -> T:
+        self.started = True
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._cancelled:
+                scope.cancel()
+            try:
+                return await self._fn()
+            finally:
+                self.finished.set()
+        raise _Abandoned
+
+    def cancel(self) -> None:
+        """Cancel the coroutine, or keep it from starting; call on the portal thread."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def abandon(self, portal: BlockingPortal) -> None:
+        """Cancel from the calling thread and give the coroutine a moment to clean up."""
+        try:
+            portal.call(self.cancel)
+        except RuntimeError:  # the portal stopped, and with it the coroutine
+            return
+        # The task, if it was spawned at all, has started by now (the loop runs FIFO).
+        if self.started:
+            self.finished.wait(_CANCEL_GRACE)
+
+
+class _Pump(Generic[T]):
+    """One async iterator, advanced by its own task on the portal, handed out in batches.
+
+    The iterator always runs in the same task (so cancel scopes inside it stay valid) and
+    only while a sync caller wants items, so at most one item is fetched ahead.
+    """
+
+    def __init__(self, make_iter: Callable[[], AsyncIterable[T]]) -> None:
+        self._make_iter = make_iter
+        self._items: deque[T] = deque()
+        self._demand = 0
+        self._done = False
+        self._error: Exception | None = None
+        self._stopping = False
+        self._scope: anyio.CancelScope | None = None
+        self._pump_wakeup: anyio.Event | None = None
+        self._taker_wakeup: anyio.Event | None = None
+        self.future: Future[None] | None = None
+
+    async def run(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._stopping:
+                scope.cancel()
+            try:
+                await self._feed()
+            except Exception as exc:  # handed to the sync caller by take()
+                self._error = exc
+            finally:
+                self._done = True
+                _wake(self._taker_wakeup)
+
+    def cancel(self) -> None:
+        """Stop the task and close the iterator; call on the portal thread."""
+        self._stopping = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def take(self, batch: int) -> tuple[list[T], bool]:
+        """Wait for one item, collect those ready right after it; say if the stream ended."""
+        self._demand = batch
+        _wake(self._pump_wakeup)
+        try:
+            await self._await_first()
+            await self._collect_ready(batch)
+        finally:
+            self._demand = 0
+        return self._drain(batch)
+
+    async def _feed(self) -> None:
+        iterator = aiter(self._make_iter())
+        try:
+            while True:
+                await self._await_demand()
+                try:
+                    item = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                self._items.append(item)
+                _wake(self._taker_wakeup)
+        finally:
+            await _aclose(iterator)
+
+    async def _await_demand(self) -> None:
+        while len(self._items) >= self._demand:
+            self._pump_wakeup = anyio.Event()
+            await self._pump_wakeup.wait()
+
+    async def _await_first(self) -> None:
+        while not self._items and not self._done:
+            self._taker_wakeup = anyio.Event()
+            await self._taker_wakeup.wait()
+
+    async def _collect_ready(self, batch: int) -> None:
+        deadline = time.monotonic() + _BATCH_BUDGET
+        idle = 0
+        while len(self._items) < batch and not self._done and idle < _IDLE_TURNS:
+            if time.monotonic() >= deadline:
+                return
+            before = len(self._items)
+            await anyio.lowlevel.checkpoint()
+            idle = 0 if len(self._items) > before else idle + 1
+
+    def _drain(self, batch: int) -> tuple[list[T], bool]:
+        items = [self._items.popleft() for _ in range(min(batch, len(self._items)))]
+        if not items and self._error is not None:
+            raise self._error
+        finished = self._done and not self._items and self._error is None
+        return items, finished
+
+
+def _wake(event: anyio.Event | None) -> None:
+    if event is not None:
+        event.set()
+
+
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with anyio.move_on_after(_CANCEL_GRACE, shield=True):
+            await aclose()
+
+
+def _result(future: Future[T]) -> T:
+    try:
+        return future.result()
+    except CancelledError as exc:  # the portal stopped under the call
+        raise ClientStateError(_CLOSED_DURING_CALL) from exc
+
+
+class Portal:
+    """An event loop on its own thread that blocking code runs coroutines on.
+
+    The thread starts on first use and stops on :meth:`close`. Calls from any thread but
+    the portal's own are safe; after ``os.fork()`` the child starts its own thread.
+
+    Example::
+
+        portal = Portal()
+        client = portal.enter_async_context(AsyncClient())
+        flow = portal.call(client.flows.get, "flow_abc123")
+        for run in portal.iterate(lambda: client.runs.list().all_items()):
+            ...
+        portal.close()
+    """
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._reset()
+        _PORTALS.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._runner: AbstractContextManager[BlockingPortal] | None = None
+        self._thread_id: int | None = None
+        self._contexts = ExitStack()
+        self._pumps: set[_Pump[Any]] = set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``await fn(*args, **kwargs)`` on the portal and return its result.
+
+        Exceptions come back with their own types. Ctrl-C cancels the coroutine, waits
+        briefly for its cleanup, then raises ``KeyboardInterrupt``.
+
+        Raises:
+            ClientStateError: The portal is closed (also while the call runs), or this is
+                the portal's own thread.
+        """
+        return self._call(self._started(), functools.partial(fn, *args, **kwargs))
+
+    def iterate(
+        self, make_iter: Callable[[], AsyncIterable[T]], *, batch: int = 256
+    ) -> Generator[T, None, None]:
+        """Iterate an async iterator from blocking code, many items per round trip.
+
+        ``make_iter`` is called on the portal. Each round trip waits for one item, then
+        takes up to ``batch`` items that are ready right after it, so fast streams move
+        in batches and slow ones deliver every item as it comes. ``break``, ``close()``,
+        garbage collection and Ctrl-C close the async iterator on the portal.
+
+        Args:
+            make_iter: Returns the async iterator (or iterable) to drain.
+            batch: The most items one round trip brings back.
+
+        Raises:
+            ValueError: ``batch`` is less than 1.
+            ClientStateError: The portal is closed, or this is the portal's own thread.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        return self._iterate(make_iter, batch)
+
+    def enter_async_context(self, cm: AbstractAsyncContextManager[T]) -> T:
+        """Enter ``cm`` on the portal and keep it open until :meth:`close` exits it.
+
+        Contexts are exited last in, first out, in one task each (so cancel scopes and
+        task groups inside them stay valid).
+        """
+        portal = self._started()
+        return self._contexts.enter_context(portal.wrap_async_context_manager(cm))
+
+    def close(self, on_close: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Close open iterators, await ``on_close()``, exit the contexts, stop the thread.
+
+        Idempotent: only the first call does anything. Any later use of the portal raises
+        :class:`~vi_flow.ClientStateError`.
+
+        Raises:
+            ClientStateError: Called from the portal's own thread.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._check_thread()
+            if self._portal is None and on_close is None:
+                self._closed = True
+                return
+            portal = self._start_locked()
+            runner = self._runner
+            self._closed = True
+            self._portal = None
+        try:
+            self._shutdown(portal, on_close)
+        finally:
+            _stop(portal, runner)
+            self._thread_id = None
+
+    def _shutdown(
+        self, portal: BlockingPortal, on_close: Callable[[], Awaitable[object]] | None
+    ) -> None:
+        with self._contexts:  # exits the async contexts last
+            for pump in list(self._pumps):
+                self._cancel_pump(portal, pump)
+            if on_close is not None:
+                self._call(portal, on_close)
+
+    def _call(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> T:
+        call = _Call(fn)
+        try:
+            return _result(self._submit(portal, call.run))
+        except KeyboardInterrupt:
+            call.abandon(portal)
+            raise
+
+    def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> Future[T]:
+        try:
+            return portal.start_task_soon(fn)
+        except RuntimeError as exc:  # the portal stopped: closed by another thread
+            raise ClientStateError(_CLOSED) from exc
+
+    def _iterate(
+        self, make_iter: Callable[[], AsyncIterable[T]], batch: int
+    ) -> Generator[T, None, None]:
+        portal = self._started()
+        pump = _Pump(make_iter)
+        self._pumps.add(pump)
+        try:
+            pump.future = self._submit(portal, pump.run)
+            while True:
+                self._check_current(portal)
+                items, finished = self._call(portal, functools.partial(pump.take, batch))
+                for item in items:
+                    if self._portal is not portal:  # closed meanwhile: stop at once
+                        self._check_current(portal)
+                    yield item
+                if finished:
+                    return
+        finally:
+            self._stop_pump(portal, pump)
+
+    def _check_current(self, portal: BlockingPortal) -> None:
+        self._check_thread()
+        if self._portal is not portal:
+            raise ClientStateError(_CLOSED if self._closed else _STALE_ITERATOR)
+
+    def _stop_pump(self, portal: BlockingPortal, pump: _Pump[Any]) -> None:
+        if self._portal is not portal:  # closed (which closed the pump) or forked
+            return
+        if threading.get_ident() == self._thread_id:  # collected on the portal thread
+            pump.cancel()
+            self._pumps.discard(pump)
+            return
+        self._cancel_pump(portal, pump)
+
+    def _cancel_pump(self, portal: BlockingPortal, pump: _Pump[Any]) -> None:
+        self._pumps.discard(pump)
+        future = pump.future
+        if future is not None and future.done():
+            return
+        try:
+            portal.call(pump.cancel)  # also when Ctrl-C came before the future did
+        except RuntimeError:  # the portal stopped meanwhile
+            return
+        if future is not None:
+            # Best effort: a cleanup that hangs must not keep the caller waiting for ever.
+            wait_futures([future], timeout=_CANCEL_GRACE)
+
+    def _started(self) -> BlockingPortal:
+        self._check_thread()
+        portal = self._portal
+        if portal is not None:
+            return portal
+        with self._lock:
+            if self._closed:
+                raise ClientStateError(_CLOSED)
+            return self._start_locked()
+
+    def _start_locked(self) -> BlockingPortal:
+        if self._portal is None:
+            runner = start_blocking_portal("asyncio", name="vi-flow-portal")
+            portal = runner.__enter__()
+            self._thread_id = portal.call(threading.get_ident)
+            self._runner, self._portal = runner, portal
+        return self._portal
+
+    def _check_thread(self) -> None:
+        if self._thread_id is not None and threading.get_ident() == self._thread_id:
+            raise ClientStateError(_OWN_THREAD)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's loop thread does not exist here: start afresh. Its runner is kept
+        # alive on purpose, since finalizing it would wait for that thread for ever.
+        _FORSAKEN.append((self._runner, self._contexts))
+        self._reset()
+
+
+def _stop(portal: BlockingPortal, runner: AbstractContextManager[BlockingPortal] | None) -> None:
+    """Cancel what still runs on the portal, then stop and join its thread."""
+    try:
+        portal.call(portal.stop, True)
+    finally:
+        if runner is not None:
+            runner.__exit__(None, None, None)
+
+
+_PORTALS: weakref.WeakSet[Portal] = weakref.WeakSet()
+_FORSAKEN: list[object] = []  # what a forked child inherited from its parent's portals
+
+
+def _reset_after_fork() -> None:
+    for portal in list(_PORTALS):
+        portal._after_fork_in_child()
+
+
+def _close_at_exit() -> None:
+    # Closing before the interpreter freezes daemon threads exits the async contexts
+    # cleanly and keeps late iterator finalizers from waiting on a dead loop.
+    for portal in list(_PORTALS):
+        with contextlib.suppress(Exception):
+            portal.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+atexit.register(_close_at_exit)
