@@ -1,0 +1,61 @@
+"""Recovery at start-up: half-finished runs get exactly one terminal event."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from .conftest import Server, StartServer, data, names
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
+
+
+def _sql(server: Server, statement: str, *args: object) -> None:
+    with sqlite3.connect(server.home / "state.db") as conn:
+        conn.execute(statement, args)
+
+
+async def test_done_run_without_terminal_event_gets_one(start_server: StartServer) -> None:
+    server = await start_server()
+    flow = await server.flow({"block": "tool", "id": "t", "settings": {"tool": "x"}})
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    await server.stop()
+    outcome = '{"status": "Failed", "error": "boom", "failedStep": "t", "output": null}'
+    _sql(server, "UPDATE engine_runs SET state = 'done', pause = NULL, outcome = ? WHERE run_id = ?",
+         outcome, run_id)  # fmt: skip
+    server = await start_server(home=server.home)
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert names(events)[-1] == "flow_completed" and data(events[-1])["error"] == "boom"
+    run = (await server.call("GET", f"/runs/{run_id}")).body
+    assert run["status"]["conditions"][-1]["condition"] == "Failed"
+
+
+async def test_terminal_event_is_never_written_twice(start_server: StartServer) -> None:
+    server = await start_server()
+    flow = await server.flow({"block": "template"})
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    await server.stop()
+    _sql(server, "UPDATE engine_runs SET closed = 0 WHERE run_id = ?", run_id)
+    server = await start_server(home=server.home)
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert names(events).count("flow_completed") == 1
+
+
+async def test_post_runs_with_no_credits_is_402_and_the_run_fails(server: Server) -> None:
+    flow = await server.flow({"block": "template"})
+    await server.call("PUT", "/organizations/org_default/credits", json={"credits": 0})
+    answer = await server.call("POST", "/runs", json={"flowId": flow})
+    assert answer.status == 402 and answer.body["error"]["code"] == "INSUFFICIENT_CREDITS"
+    runs = (await server.call("GET", "/runs")).body["items"]
+    assert [r["status"]["conditions"][-1]["reason"] for r in runs] == ["InsufficientCredits"]
+
+
+async def test_openapi_lists_the_execution_routes(server: Server) -> None:
+    paths = (await server.call("GET", "/openapi.json")).body["paths"]
+    for path in (
+        "/v1/flows/{flowId}/execute",
+        "/v1/runs/{runId}/tool-results",
+        "/v1/runs/{runId}/events",
+    ):
+        assert path in paths

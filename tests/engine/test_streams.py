@@ -1,0 +1,138 @@
+"""Event log streams: Last-Event-ID replay, live follow, heartbeats, disconnects, restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from vi_flow._sse import ServerSentEvent, iter_sse
+
+from .conftest import Server, StartServer, data, names
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+def _ids(events: list[ServerSentEvent]) -> list[int]:
+    return [int(e.id or 0) for e in events]
+
+
+async def _finished_run(server: Server, count: int) -> str:
+    flow = await server.flow({"block": "emit", "settings": {"count": count}})
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "completed"
+    return str(outcome["executionId"])
+
+
+async def test_last_event_id_replays_exactly_what_was_missed(server: Server) -> None:
+    run_id = await _finished_run(server, 500)
+    full, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert _ids(full) == list(range(1, 506)) and full[-1].event == "flow_completed"
+    tail, _ = await server.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": "123"})
+    assert [(e.id, e.event, e.data) for e in tail] == [(e.id, e.event, e.data) for e in full[123:]]
+    query, _ = await server.sse("GET", f"/runs/{run_id}/events?after=504")
+    assert _ids(query) == [505]
+    bad = await server.call("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status == 422
+
+
+async def test_replay_beyond_the_memory_ring_reads_sqlite(server: Server) -> None:
+    run_id = await _finished_run(server, 20000)
+    tail, _ = await server.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": "5"})
+    assert _ids(tail) == list(range(6, 20006))
+    assert data(tail[0])["line"] == "event 4"
+
+
+async def test_reconnect_mid_run_loses_and_repeats_nothing(server: Server) -> None:
+    flow = await server.flow({"block": "emit", "settings": {"count": 60, "interval": 0.005}})
+    job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body
+    first, _ = await server.sse("GET", f"/runs/{job['executionId']}/events", limit=10)
+    rest, _ = await server.sse("GET", f"/runs/{job['executionId']}/events",
+                               headers={"Last-Event-ID": first[-1].id or ""})  # fmt: skip
+    stored, _ = await server.sse("GET", f"/runs/{job['executionId']}/events")
+    assert [e.data for e in first + rest] == [e.data for e in stored]
+    assert _ids(first + rest) == list(range(1, len(stored) + 1))
+
+
+async def test_heartbeats_while_idle(server: Server) -> None:
+    flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    seen = b""
+    async with server.session.get(
+        f"{server.root}/v1/runs/{run_id}/events", headers=server.headers()
+    ) as resp:
+        async for chunk in resp.content.iter_any():
+            seen += chunk
+            if b": heartbeat" in seen:
+                break
+    assert b"event: tool_calls_required" in seen and b": heartbeat\n\n" in seen
+
+
+async def _open_then_drop(server: Server, flow: str, body: dict[str, object]) -> str:
+    async with server.session.post(f"{server.root}/v1/flows/{flow}/events", json=body,
+                                   headers=server.headers()) as resp:  # fmt: skip
+        run_id = resp.headers["X-Execution-Id"]
+        async for _ in iter_sse(resp):
+            break
+    return run_id
+
+
+async def test_run_keeps_going_when_its_stream_client_leaves(server: Server) -> None:
+    flow = await server.flow({"block": "emit", "settings": {"count": 20, "interval": 0.01}})
+    run_id = await _open_then_drop(server, flow, {})
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert data(events[-1])["status"] == "Succeeded" and names(events).count("log") == 20
+
+
+async def test_cancel_on_disconnect(server: Server) -> None:
+    flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
+    run_id = await _open_then_drop(server, flow, {"cancelOnDisconnect": True})
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 500
+    run = (await server.call("GET", f"/runs/{run_id}")).body
+    assert run["status"]["conditions"][-1]["condition"] == "Cancelled"
+
+
+async def test_cancel_a_running_run(server: Server) -> None:
+    flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
+    job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body
+    await server.sse("GET", f"/runs/{job['executionId']}/events", limit=3)
+    answer = await server.call("POST", f"/runs/{job['executionId']}/cancel")
+    assert answer.body["status"]["conditions"][-1]["condition"] == "Cancelled"
+    events, _ = await server.sse("GET", f"/runs/{job['executionId']}/events")
+    assert events[-1].event == "flow_completed" and data(events[-1])["status"] == "Cancelled"
+
+
+async def test_restart_mid_run_marks_error_and_appends_terminal(start_server: StartServer) -> None:
+    server = await start_server()
+    flow = await server.flow(
+        {"block": "emit", "id": "slow", "settings": {"count": 2000, "interval": 0.005}}
+    )
+    seen: list[ServerSentEvent] = []
+
+    async def watch() -> None:
+        async with server.session.post(f"{server.root}/v1/flows/{flow}/events", json={},
+                                       headers=server.headers()) as resp:  # fmt: skip
+            async for event in iter_sse(resp):
+                seen.append(event)  # noqa: PERF401 - watched while it grows
+
+    watcher = asyncio.create_task(watch())
+    while len(seen) < 20:
+        await asyncio.sleep(0.01)
+    run_id = data(seen[0])["executionId"]
+    await server.stop()
+    await watcher  # the stream ended cleanly when the server stopped
+    server = await start_server(home=server.home)
+    run = (await server.call("GET", f"/runs/{run_id}")).body
+    last = run["status"]["conditions"][-1]
+    assert last["condition"] == "Error" and last["reason"] == "ServerRestarted"
+    rest, _ = await server.sse(
+        "GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": seen[-1].id or ""}
+    )
+    stored, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert [e.data for e in seen + rest] == [e.data for e in stored]
+    final = data(stored[-1])
+    assert stored[-1].event == "flow_completed" and final["status"] == "Error"
+    assert final["failedStep"] == "slow" and "server stopped" in final["error"]
+    trace = (await server.call("GET", f"/runs/{run_id}/trace")).body
+    assert trace["status"] == "Error" and trace["steps"][0]["status"] == "Error"

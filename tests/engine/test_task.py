@@ -1,0 +1,62 @@
+"""The task block on the local compute provider: log events, exit code, artifacts."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Server, data, names
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+SCRIPT = 'echo "hello {{ message }}"; echo oops >&2; echo w > "$VI_FLOW_OUTPUT_DIR/model.bin"'
+
+
+async def test_task_streams_logs_and_outputs_artifacts(server: Server) -> None:
+    flow = await server.flow({"block": "task", "id": "train", "settings": {"command": SCRIPT}})
+    events, _ = await server.sse("POST", f"/flows/{flow}/events", json={"message": "gpu"})
+    logs = [data(e) for e in events if e.event == "log"]
+    assert {(log["stream"], log["line"]) for log in logs} == {
+        ("stdout", "hello gpu"),
+        ("stderr", "oops"),
+    }
+    assert all(log["stepId"] == "train" for log in logs)
+    final = data(events[-1])
+    assert final["status"] == "Succeeded", final
+    output = final["output"]
+    assert output["exitCode"] == 0 and output["status"] == "completed"
+    assert output["artifacts"] == [{"path": "model.bin", "size": 2}]
+    assert "hello gpu" in output["logTail"]
+    tasks = await server.call("GET", "/tasks")
+    assert output["taskId"] in [t["taskId"] for t in tasks.body["items"]]
+
+
+async def test_failing_task_fails_the_step(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "task", "id": "t", "settings": {"command": "echo bye; exit 3"}}
+    )
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "failed" and outcome["failedStep"] == "t"
+    assert "bye" in outcome["error"]
+    allowed = await server.flow(
+        {"block": "task", "settings": {"command": "exit 3", "allow_failure": True}}
+    )
+    outcome = (await server.call("POST", f"/flows/{allowed}/execute", json={})).body
+    assert outcome["state"] == "completed" and outcome["output"]["exitCode"] == 3
+
+
+async def test_task_without_command_fails(server: Server) -> None:
+    flow = await server.flow({"block": "task"})
+    events, _ = await server.sse("POST", f"/flows/{flow}/events", json={})
+    assert "step_failed" in names(events) and "settings.command" in data(events[-1])["error"]
+
+
+async def test_cancelling_the_run_cancels_its_task(server: Server) -> None:
+    flow = await server.flow({"block": "task", "settings": {"command": "echo started; sleep 30"}})
+    job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body
+    events, _ = await server.sse("GET", f"/runs/{job['executionId']}/events", limit=3)
+    assert events[-1].event == "log"
+    await server.call("POST", f"/runs/{job['executionId']}/cancel")
+    events, _ = await server.sse("GET", f"/runs/{job['executionId']}/events")
+    assert data(events[-1])["status"] == "Cancelled"
+    tasks = (await server.call("GET", "/tasks")).body["items"]
+    assert [t["status"] for t in tasks] == ["cancelled"]

@@ -1,0 +1,145 @@
+"""The template block, execute outcomes, 422s and the event stream of a simple run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import Server, data, names
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
+
+
+async def test_template_renders_message_parameters_and_outputs(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "template", "id": "greet", "settings": {"template": "Hello {{ message }}"}},
+        {"block": "template", "settings": {"template": {
+            "text": "{{ steps.greet.output }} and {{ parameters.name | upper }}",
+            "raw": "{{ parameters.items }}", "first": "{{ items[0] }}"}}},
+    )  # fmt: skip
+    body = {"message": "world", "parameters": {"name": "ada", "items": [1, 2]}}
+    answer = await server.call("POST", f"/flows/{flow}/execute", json=body)
+    assert answer.status == 200, answer.body
+    outcome = answer.body
+    assert outcome["state"] == "completed"
+    assert outcome["output"] == {"text": "Hello world and ADA", "raw": [1, 2], "first": 1}
+    assert [s["stepId"] for s in outcome["steps"]] == ["greet", "step2"]
+    assert all(s["status"] == "Succeeded" and s["durationMs"] >= 0 for s in outcome["steps"])
+    assert outcome["steps"][0]["output"] is None  # snapshots only when tracing
+    run = await server.call("GET", f"/runs/{outcome['executionId']}")
+    assert run.body["status"]["conditions"][-1]["condition"] == "Succeeded"
+
+
+async def test_missing_name_fails_the_step_naming_it(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "template", "id": "a", "settings": {"template": "{{ steps.nope.output }}"}}
+    )
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "failed"
+    assert outcome["failedStep"] == "a"
+    assert "steps.nope.output" in outcome["error"]
+    run = await server.call("GET", f"/runs/{outcome['executionId']}")
+    assert run.body["status"]["conditions"][-1]["condition"] == "Failed"
+
+
+async def test_stream_has_every_event_in_order(server: Server) -> None:
+    flow = await server.flow({"block": "template", "settings": {"template": "{{ message }}!"}})
+    events, headers = await server.sse(
+        "POST", f"/flows/{flow}/events", json={"message": "hi", "trace": True}
+    )
+    assert names(events) == ["run_started", "step_started", "step_input", "step_output",
+                             "step_completed", "flow_completed"]  # fmt: skip
+    assert [e.id for e in events] == [str(i) for i in range(1, 7)]
+    assert headers["X-Request-Id"].startswith("req_")
+    assert headers["X-Execution-Id"] == data(events[0])["executionId"]
+    final = data(events[-1])
+    assert final["status"] == "Succeeded" and final["output"] == "hi!" and final["eventId"] == 6
+
+
+async def test_trace_snapshots_when_traced(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "template", "id": "t", "settings": {"template": "{{ message }}"}}
+    )
+    outcome = (
+        await server.call("POST", f"/flows/{flow}/execute", json={"message": "m", "trace": True})
+    ).body
+    run_id = outcome["executionId"]
+    trace = (await server.call("GET", f"/runs/{run_id}/trace")).body
+    assert trace["status"] == "Succeeded" and trace["durationMs"] >= 0
+    assert trace["steps"][0]["input"] == {"template": "m"} and trace["steps"][0]["output"] == "m"
+    step = await server.call("GET", f"/runs/{run_id}/steps/t/trace")
+    assert step.status == 200 and step.body["stepId"] == "t"
+    missing = await server.call("GET", f"/runs/{run_id}/steps/zzz/trace")
+    assert missing.status == 404 and "zzz" in missing.body["error"]["message"]
+
+
+async def test_block_overrides_change_settings(server: Server) -> None:
+    flow = await server.flow({"block": "template", "id": "t", "settings": {"template": "a"}})
+    body = {"blockOverrides": {"t": {"template": "b"}}}
+    assert (await server.call("POST", f"/flows/{flow}/execute", json=body)).body["output"] == "b"
+    bad = await server.call("POST", f"/flows/{flow}/execute", json={"blockOverrides": {"x": {}}})
+    assert bad.status == 422 and "blockOverrides.x" in bad.body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"attachments": [f"https://e.x/{i}" for i in range(11)]}, "attachments"),
+        ({"attachments": ["http://e.x/a"]}, "attachments[0]"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function.name"),
+        (
+            {"tools": [{"type": "function", "function": {"name": f"t{i}"}} for i in range(65)]},
+            "tools",
+        ),
+        ({"version": "main"}, "version"),
+        ({"version": 0}, "version"),
+        ({"toolChoice": "sometimes"}, "toolChoice"),
+    ],
+)
+async def test_bad_requests_are_422_naming_the_field(
+    server: Server, body: dict[str, Any], field: str
+) -> None:
+    flow = await server.flow({"block": "template"})
+    answer = await server.call("POST", f"/flows/{flow}/execute", json=body)
+    assert answer.status == 422, answer.body
+    assert answer.body["error"]["code"] == "VALIDATION_ERROR"
+    assert answer.body["error"]["message"].startswith(field)
+
+
+async def test_missing_required_parameter_is_422(server: Server) -> None:
+    flow = await server.flow({"block": "template"}, inputs=[{"name": "city", "required": True}])
+    answer = await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})
+    assert answer.status == 422 and "parameters.city" in answer.body["error"]["message"]
+
+
+async def test_attachments_reach_blocks(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "template", "settings": {"template": "{{ attachments[0] }}"}}
+    )
+    body = {"attachments": ["https://example.com/a.png"]}
+    assert (await server.call("POST", f"/flows/{flow}/execute", json=body)).body[
+        "output"
+    ] == "https://example.com/a.png"
+
+
+async def test_versions(server: Server) -> None:
+    flow = await server.flow({"block": "template", "settings": {"template": "v1"}})
+    assert (await server.call("POST", f"/flows/{flow}/publish")).body["version"] == 1
+    missing = await server.call("POST", f"/flows/{flow}/execute", json={"version": 2})
+    assert missing.status == 404 and missing.body["error"]["code"] == "FLOW_VERSION_NOT_FOUND"
+    no_prod = await server.call("POST", f"/flows/{flow}/execute", json={"version": "production"})
+    assert no_prod.status == 404 and no_prod.body["error"]["code"] == "FLOW_VERSION_NOT_FOUND"
+    await server.call("POST", f"/flows/{flow}/promote", json={"version": 1})
+    prod = await server.call("POST", f"/flows/{flow}/execute", json={"version": "production"})
+    assert prod.body["output"] == "v1"
+    unknown = await server.call("POST", "/flows/flow_nope/execute", json={})
+    assert unknown.status == 404 and unknown.body["error"]["code"] == "FLOW_NOT_FOUND"
+
+
+async def test_jobs_answer_at_once_and_finish(server: Server) -> None:
+    flow = await server.flow({"block": "emit", "settings": {"count": 3, "interval": 0.05}})
+    answer = await server.call("POST", f"/flows/{flow}/jobs", json={})
+    assert answer.status == 202 and answer.body["status"] in ("Pending", "Running")
+    events, _ = await server.sse("GET", f"/runs/{answer.body['executionId']}/events")
+    assert names(events).count("log") == 3 and events[-1].event == "flow_completed"

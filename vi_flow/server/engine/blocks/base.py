@@ -1,0 +1,165 @@
+"""The small Block protocol every flow block implements, built-in or plugin.
+
+A block is an async callable taking a :class:`BlockContext` and returning the step's
+output (any JSON-ready value), a :class:`StepDone` (output plus token usage) or a
+:class:`Pause` (tool calls for the client, plus state to continue with). When the
+client's results arrive, the engine calls the block again with ``ctx.resume`` set.
+A block reports a failure by raising :class:`StepError`; any other exception fails
+the step too, with the exception's text. Plugins register block types in the entry
+point group ``vi_flow.blocks`` (name = block type; the object is a Block or a class
+whose no-argument instance is one)::
+
+    [project.entry-points."vi_flow.blocks"]
+    shout = "my_pkg.blocks:shout"
+
+    async def shout(ctx: BlockContext) -> str:
+        return str(ctx.settings.get("text", ctx.message)).upper()
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+import attrs
+
+from ....models.events import TokenUsage, ToolCall, ToolResult
+from ...state import ServerSettings
+
+if TYPE_CHECKING:
+    from ...tasks_service import TaskService
+
+__all__ = ["Block", "BlockContext", "Pause", "Resume", "StepDone", "StepError"]
+
+
+class StepError(Exception):
+    """Raised by a block to fail its step with a message the user sees.
+
+    Args:
+        message: What went wrong, naming the bad value.
+        code: A short machine-readable code (``TEMPLATE_ERROR``, ``ITERATION_LIMIT``...).
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@attrs.frozen
+class StepDone:
+    """A step's output together with the tokens it used.
+
+    Attributes:
+        output: The output, any JSON-ready value.
+        usage: Tokens used, for model calls.
+    """
+
+    output: Any
+    usage: TokenUsage | None = None
+
+
+@attrs.frozen
+class Pause:
+    """Ask the client to run tools; the run pauses durably until results arrive.
+
+    Attributes:
+        tool_calls: The calls for the client.
+        state: JSON-ready state the block needs to continue (kept in SQLite).
+        usage: Tokens used so far in this step.
+        timeout: Seconds to wait for results; None uses the server's setting.
+    """
+
+    tool_calls: list[ToolCall]
+    state: Any = None
+    usage: TokenUsage | None = None
+    timeout: float | None = None
+
+
+@attrs.frozen
+class Resume:
+    """What a block gets back after a pause.
+
+    Attributes:
+        state: The ``Pause.state`` it saved.
+        results: The client's results, in the order of the calls.
+        usage: The tokens the step had used before pausing.
+    """
+
+    state: Any
+    results: list[ToolResult]
+    usage: TokenUsage | None = None
+
+
+@attrs.define
+class BlockContext:
+    """Everything a block may use for one step.
+
+    Attributes:
+        run_id: The run (execution id).
+        step_id: The step.
+        block: The block type.
+        index: The step's position in the flow.
+        settings: The step's settings after ``block_overrides`` and template rendering.
+        raw_settings: The settings after overrides, before rendering.
+        namespace: Template names: ``message``, ``parameters``, ``attachments``,
+            ``steps.<id>.output``, ``input`` (previous output) and each parameter.
+        message: The execution's message, if any.
+        parameters: The flow inputs (defaults applied).
+        attachments: HTTPS URLs given with the execution.
+        previous: The previous step's output (None for the first step).
+        tools: OpenAI tool definitions from the execution request.
+        tool_choice: The request's ``tool_choice``, if any.
+        resume: Set when the block is called again after a pause.
+        server: The server's settings.
+        http: A shared aiohttp session for outgoing calls.
+        emit_log: Appends a ``log`` event for this step: ``await emit_log(stream, line)``.
+        organization_id: The run's organization.
+        tasks: The server's task service (``None`` when it has no compute provider).
+    """
+
+    run_id: str
+    step_id: str
+    block: str
+    index: int
+    settings: dict[str, Any]
+    raw_settings: dict[str, Any]
+    namespace: Mapping[str, Any]
+    message: str | None
+    parameters: dict[str, Any]
+    attachments: list[str]
+    previous: Any
+    tools: list[dict[str, Any]]
+    tool_choice: Any
+    resume: Resume | None
+    server: ServerSettings
+    http: aiohttp.ClientSession
+    emit_log: Callable[[str, str], Awaitable[None]]
+    organization_id: str = ""
+    tasks: TaskService | None = None
+
+    def setting(self, name: str, default: Any = None) -> Any:
+        """A rendered setting by snake_case name, also accepting its camelCase spelling."""
+        if name in self.settings:
+            return self.settings[name]
+        head, *rest = name.split("_")
+        camel = head + "".join(part.title() for part in rest)
+        return self.settings.get(camel, default)
+
+    async def log(self, line: str, stream: str = "stdout") -> None:
+        """Stream one line as a ``log`` event of this step."""
+        await self.emit_log(stream, line)
+
+    @staticmethod
+    def new_call_id() -> str:
+        """A fresh tool call id (``call_<hex>``)."""
+        return f"call_{secrets.token_hex(12)}"
+
+
+class Block(Protocol):
+    """A flow block: ``async (ctx) -> output | StepDone | Pause``; raise StepError to fail."""
+
+    def __call__(self, ctx: BlockContext, /) -> Awaitable[Any]:
+        """Run one step."""

@@ -1,0 +1,38 @@
+"""The ``emit`` block: a built-in load generator for benchmarks and tests.
+
+It streams ``count`` ``log`` events (``line`` is a template where ``{i}`` is the
+1-based event number; default ``"event {i}"``) on ``stream`` (``stdout``), optionally
+sleeping ``interval`` seconds between events, and outputs ``{"count": count}``. It
+exists so a benchmark can make one run of 200,000 events and a test can hold a run
+open; it does nothing a real flow needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .base import BlockContext, StepError
+
+__all__ = ["emit_block"]
+
+_YIELD_EVERY = 512
+
+
+async def emit_block(ctx: BlockContext) -> Any:
+    """Append ``count`` log events for this step, then output the count."""
+    count = ctx.setting("count", 1)
+    interval = ctx.setting("interval", 0)
+    if not isinstance(count, int) or count < 0:
+        raise StepError(f"emit step {ctx.step_id!r}: count must be an int >= 0", "INVALID_SETTINGS")
+    if not isinstance(interval, (int, float)) or interval < 0:
+        raise StepError(f"emit step {ctx.step_id!r}: interval must be >= 0", "INVALID_SETTINGS")
+    line = str(ctx.setting("line", "event {i}"))
+    stream = str(ctx.setting("stream", "stdout"))
+    for i in range(1, count + 1):
+        await ctx.emit_log(stream, line.replace("{i}", str(i)))
+        if interval:
+            await asyncio.sleep(interval)
+        elif i % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let the writer and the readers run
+    return {"count": count}

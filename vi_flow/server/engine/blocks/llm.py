@@ -1,0 +1,163 @@
+"""The ``llm`` block: one chat with an OpenAI-compatible ``/chat/completions`` endpoint.
+
+The endpoint is the server's ``llm_base_url`` (with ``llm_api_key`` as bearer token),
+never a per-flow URL. Settings (rendered): ``prompt`` (default: the message, or the
+previous step's output), ``system``, ``model`` (default the server's
+``extra["llm_model"]`` or ``"default"``), ``temperature``, ``max_tokens``,
+``max_iterations`` (model calls per step, default ``extra["llm_max_iterations"]`` or 10),
+``timeout`` (seconds per call, default 120). Attachments go in as ``image_url`` parts.
+The execution's ``tools`` and ``tool_choice`` are passed through; when the model asks
+for tools the run pauses for the client, then the conversation continues with the
+results. Reaching ``max_iterations`` without a final answer fails the step with code
+``ITERATION_LIMIT``. The output is the final message's text; usage is summed over calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ....models.events import TokenUsage, ToolCall, ToolFunction, ToolResult
+from .base import BlockContext, Pause, StepDone, StepError
+
+__all__ = ["llm_block"]
+
+_DEFAULT_ITERATIONS = 10
+_DEFAULT_TIMEOUT = 120.0
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _first_messages(ctx: BlockContext) -> list[dict[str, Any]]:
+    prompt = ctx.setting("prompt")
+    if prompt is None:
+        prompt = ctx.message if ctx.message is not None else ctx.previous
+    messages: list[dict[str, Any]] = []
+    if ctx.setting("system") is not None:
+        messages.append({"role": "system", "content": _text(ctx.setting("system"))})
+    content: Any = _text(prompt if prompt is not None else "")
+    if ctx.attachments:
+        parts = [{"type": "image_url", "image_url": {"url": url}} for url in ctx.attachments]
+        content = [{"type": "text", "text": content}, *parts]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def _tool_message(result: ToolResult) -> dict[str, Any]:
+    content = _text(result.output)
+    if result.is_error:
+        content = f"error: {content}"
+    return {"role": "tool", "tool_call_id": result.tool_call_id, "content": content}
+
+
+def _add(total: TokenUsage | None, usage: Any) -> TokenUsage | None:
+    if not isinstance(usage, dict):
+        return total
+    base = total or TokenUsage()
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return TokenUsage(
+        prompt_tokens=base.prompt_tokens + prompt,
+        completion_tokens=base.completion_tokens + completion,
+        total_tokens=base.total_tokens + int(usage.get("total_tokens") or prompt + completion),
+    )
+
+
+def _payload(ctx: BlockContext, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": ctx.setting("model") or _extra(ctx, "llm_model", "default")}
+    body["messages"] = messages
+    for name in ("temperature", "max_tokens"):
+        if ctx.setting(name) is not None:
+            body[name] = ctx.setting(name)
+    if ctx.tools:
+        body["tools"] = ctx.tools
+        if ctx.tool_choice is not None:
+            body["tool_choice"] = ctx.tool_choice
+    return body
+
+
+def _extra(ctx: BlockContext, name: str, default: Any) -> Any:
+    return ctx.server.extra.get(name, default)
+
+
+async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
+    base = ctx.server.llm_base_url
+    if not base:
+        raise StepError(
+            f"llm step {ctx.step_id!r}: the server has no llm_base_url configured", "NOT_CONFIGURED"
+        )
+    headers = {"Content-Type": "application/json"}
+    if ctx.server.llm_api_key:
+        headers["Authorization"] = f"Bearer {ctx.server.llm_api_key}"
+    timeout = aiohttp.ClientTimeout(total=float(ctx.setting("timeout", _DEFAULT_TIMEOUT)))
+    url = base.rstrip("/") + "/chat/completions"
+    try:
+        async with ctx.http.post(
+            url, data=orjson.dumps(body), headers=headers, timeout=timeout
+        ) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                detail = raw[:300].decode("utf-8", "replace")
+                raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise StepError(f"llm endpoint {url} failed: {exc!r}", "LLM_ERROR") from exc
+    try:
+        data: dict[str, Any] = orjson.loads(raw)
+        data["choices"][0]["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        raise StepError(
+            f"llm endpoint sent an unexpected answer: {raw[:200]!r}", "LLM_ERROR"
+        ) from exc
+    return data
+
+
+def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
+    calls = []
+    for raw in message.get("tool_calls") or []:
+        function = raw.get("function") or {}
+        arguments = function.get("arguments", "{}")
+        calls.append(
+            ToolCall(
+                id=str(raw.get("id") or ctx.new_call_id()),
+                function=ToolFunction(
+                    name=str(function.get("name", "")), arguments=_text(arguments)
+                ),
+            )
+        )
+    return calls
+
+
+async def llm_block(ctx: BlockContext) -> Any:
+    """Talk to the model until it answers without tool calls, pausing for each tool round."""
+    limit = int(
+        ctx.setting("max_iterations", _extra(ctx, "llm_max_iterations", _DEFAULT_ITERATIONS))
+    )
+    if ctx.resume is None:
+        messages, iterations, usage = _first_messages(ctx), 0, None
+    else:
+        state = ctx.resume.state
+        messages = [*state["messages"], *(_tool_message(r) for r in ctx.resume.results)]
+        iterations, usage = int(state["iterations"]), ctx.resume.usage
+    if iterations >= limit:
+        raise StepError(
+            f"llm step {ctx.step_id!r} reached its limit of {limit} model calls"
+            " (max_iterations) without a final answer",
+            "ITERATION_LIMIT",
+        )
+    data = await _complete(ctx, _payload(ctx, messages))
+    usage = _add(usage, data.get("usage"))
+    message = data["choices"][0]["message"]
+    calls = _tool_calls(message, ctx)
+    if not calls:
+        return StepDone(output=message.get("content") or "", usage=usage)
+    assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": [
+        {"id": c.id, "type": "function",
+         "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in calls
+    ]}  # fmt: skip
+    state = {"messages": [*messages, assistant], "iterations": iterations + 1}
+    return Pause(tool_calls=calls, state=state, usage=usage)

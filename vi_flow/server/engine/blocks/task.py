@@ -1,0 +1,75 @@
+"""The ``task`` block: run a command on the compute provider and stream its log lines.
+
+Settings are a :class:`~vi_flow.models.tasks.TaskConfig` (``command`` required; ``gpu``,
+``instance_type``, ``cpus``, ``env``, ``volumes``, ``working_dir``, ``max_run_time``...
+in snake_case or camelCase) plus two block options: ``tail_lines`` (log lines kept in
+the output, default 50) and ``allow_failure`` (a non-zero exit does not fail the step).
+The task goes through the server's task service, so it is listed under ``/v1/tasks``
+with the run and step ids. Every line it prints becomes a ``log`` event of the step.
+The output is ``{"taskId", "status", "exitCode", "logTail", "artifacts"}`` where
+``artifacts`` lists the files written to ``$VI_FLOW_OUTPUT_DIR`` (``{"path", "size"}``).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from ....models._base import to_wire
+from ....models.tasks import TaskConfig, TaskStatus
+from ...errors import APIProblem
+from .base import BlockContext, StepError
+
+__all__ = ["task_block"]
+
+_BLOCK_OPTIONS = {"tail_lines", "tailLines", "allow_failure", "allowFailure"}
+
+
+def _config(ctx: BlockContext) -> TaskConfig:
+    fields = {k: v for k, v in ctx.settings.items() if k not in _BLOCK_OPTIONS}
+    fields.setdefault("name", f"{ctx.run_id}/{ctx.step_id}")
+    if not fields.get("command"):
+        raise StepError(
+            f"task step {ctx.step_id!r}: settings.command is required", "INVALID_SETTINGS"
+        )
+    try:
+        return TaskConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise StepError(f"task step {ctx.step_id!r}: {exc}", "INVALID_SETTINGS") from exc
+
+
+async def task_block(ctx: BlockContext) -> Any:
+    """Submit the task, stream its logs as events, and output its exit code and files."""
+    tasks = ctx.tasks
+    if tasks is None:
+        raise StepError(
+            f"task step {ctx.step_id!r}: this server has no compute provider (501 NOT_SUPPORTED)",
+            "NOT_SUPPORTED",
+        )
+    try:
+        task = await tasks.submit(
+            ctx.organization_id, _config(ctx), run_id=ctx.run_id, step_id=ctx.step_id
+        )
+    except APIProblem as exc:
+        raise StepError(f"task step {ctx.step_id!r}: {exc.message}", exc.code) from exc
+    tail: collections.deque[str] = collections.deque(maxlen=int(ctx.setting("tail_lines", 50)))
+    async for stream, line in tasks.follow(task.task_id):
+        tail.append(line)
+        await ctx.log(line, stream)
+    task = await tasks.get(task.task_id)
+    output = {
+        "taskId": task.task_id,
+        "status": task.status.value,
+        "exitCode": task.exit_code,
+        "logTail": list(tail),
+        "artifacts": to_wire(await tasks.output_files(task.task_id)),
+    }
+    if task.status != TaskStatus.COMPLETED and not ctx.setting("allow_failure", False):
+        reason = task.message or f"exit code {task.exit_code}"
+        last = "; ".join(list(tail)[-3:])
+        raise StepError(
+            f"task {task.task_id} {task.status.value}: {reason}"
+            + (f" (last lines: {last})" if last else ""),
+            "TASK_FAILED",
+        )
+    return output

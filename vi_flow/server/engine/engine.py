@@ -1,0 +1,474 @@
+"""The run engine: starts, pauses, resumes, cancels and recovers runs of flows.
+
+:class:`Engine` is what the server registers under
+:data:`~vi_flow.server.state.ENGINE_KEY` (it implements the server core's
+``RunStarter``: ``start`` for ``POST /v1/runs``, ``cancel`` for ``POST
+/v1/runs/{id}/cancel``) and what the execution routes call. Each running run is one
+asyncio task driving an :class:`~.executor.Executor`; a paused run has no task at all,
+only its durable state and a timer for the pause timeout, so it survives a restart.
+At start the engine closes every run a dead server left running (``Error``, reason
+``ServerRestarted``, with a terminal event) and re-arms the timers of paused runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import attrs
+
+from ...models._base import from_wire, to_wire
+from ...models.common import Condition
+from ...models.events import (
+    ExecutionOutcome,
+    RunTrace,
+    StepFailed,
+    StepTrace,
+    TokenUsage,
+    ToolCall,
+    ToolResult,
+)
+from ...models.runs import Run, RunSpec
+from ..errors import APIProblem
+from ..state import ServerSettings
+from ..store import Store
+from . import tables
+from .blocks import BlockRegistry
+from .eventlog import EventLog
+from .executor import Executor, Paused, now_ms, spec_of
+from .request import ExecuteRequest, check_against_flow, step_id_of
+from .tables import RunRow, StepRow
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("vi_flow.server.engine")
+
+_RESTARTED = "the server stopped during the run"
+_CANCEL_WAIT = 10.0
+
+
+def _usage(data: Any) -> TokenUsage | None:
+    return None if data is None else from_wire(data, TokenUsage)
+
+
+def step_trace(step: StepRow) -> StepTrace:
+    """The wire trace of one step record."""
+    return StepTrace(
+        step_id=step.step_id, block=step.block, status=Condition(step.status),
+        started_at=step.started_at, ended_at=step.ended_at, duration_ms=step.duration_ms,
+        input=step.input, output=step.output, error=step.error, usage=_usage(step.usage),
+    )  # fmt: skip
+
+
+def build_outcome(row: RunRow, steps: list[StepRow]) -> ExecutionOutcome:
+    """The ``ExecutionOutcome`` of a run as it stands (completed, paused or failed)."""
+    traces = [step_trace(s) for s in steps]
+    usage = _usage(row.usage)
+    if row.state == "paused" and row.pause is not None:
+        calls = [from_wire(c, ToolCall) for c in row.pause["toolCalls"]]
+        return ExecutionOutcome(
+            execution_id=row.run_id, state="paused", step_id=row.pause["stepId"],
+            tool_calls=calls, usage=usage, steps=traces, status=Condition.RUNNING,
+        )  # fmt: skip
+    outcome = row.outcome or {}
+    status = Condition(outcome.get("status", Condition.RUNNING.value))
+    state = "completed" if status == Condition.SUCCEEDED else "failed"
+    if not status.terminal:
+        state = "running"
+    return ExecutionOutcome(
+        execution_id=row.run_id, state=state, output=outcome.get("output"),
+        error=outcome.get("error"), failed_step=outcome.get("failedStep"), usage=usage,
+        steps=traces, status=status,
+    )  # fmt: skip
+
+
+def _accept_results(conn: sqlite3.Connection, org: str, run_id: str, given: dict[str, Any]) -> bool:
+    """Record tool results for a paused run; True when they complete the pause."""
+    row = tables.get_run(conn, run_id, org)
+    answers = tables.get_answers(conn, run_id)
+    paused = row.state == "paused" and row.pause is not None
+    pending = [c["id"] for c in row.pause["toolCalls"]] if paused and row.pause else []
+    unknown = sorted(i for i in given if i not in answers and i not in pending)
+    if unknown and not paused:
+        raise APIProblem.conflict(
+            f"run {run_id!r} is not paused for tool results; unknown tool call id(s): "
+            + ", ".join(unknown)
+        )
+    if unknown:
+        raise APIProblem.conflict(
+            f"unknown tool call id(s) for run {run_id!r}: {', '.join(unknown)}"
+            f" (pending: {', '.join(pending)})"
+        )
+    changed = sorted(i for i in given if i in answers and answers[i] != given[i])
+    if changed:
+        raise APIProblem.conflict(
+            f"tool call id(s) already answered with a different result: {', '.join(changed)}"
+        )
+    new = {i: result for i, result in given.items() if i not in answers}
+    tables.put_answers(conn, run_id, new)
+    answers.update(new)
+    if not paused or row.pause is None or any(i not in answers for i in pending):
+        return False
+    row.pause["results"] = [answers[i] for i in pending]
+    row.state = "running"
+    tables.save_run(conn, row)
+    return True
+
+
+class _RunLock:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class Engine:
+    """Executes flows for one server.
+
+    Args:
+        store: The server's store (the engine adds its own tables).
+        settings: The server's settings.
+    """
+
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.log = EventLog(store)
+        self.registry = BlockRegistry()
+        self._session: aiohttp.ClientSession | None = None
+        self.executor = Executor(store, settings, self.log, self.registry, self._http)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelling: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._locks: dict[str, _RunLock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the tables, start the event writer and recover interrupted runs."""
+        await self.store.migrate(tables.MIGRATION, tables.SCHEMA)
+        self.log.start()
+        await self._recover()
+
+    async def shutdown(self) -> None:
+        """End live streams and stop running runs without ending them (server shutdown).
+
+        Runs stay ``Running`` in the database; the next start marks them
+        ``ServerRestarted``. Called before the task service closes, so no step sees its
+        compute task die and fails the run for the wrong reason.
+        """
+        self.log.stop_followers()
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = [*self._tasks.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Write what the event log still queues and close outgoing connections."""
+        await self.shutdown()
+        await self.log.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, run_id: str) -> AsyncIterator[None]:
+        """Serialize state changes of one paused run (results, cancel, timeout)."""
+        entry = self._locks.setdefault(run_id, _RunLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[run_id]
+
+    # -- starting ---------------------------------------------------------------------
+
+    async def submit(self, org: str, flow_id: str, request: ExecuteRequest) -> str:
+        """Start executing a flow version; return the run (execution) id.
+
+        Raises:
+            APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
+        """
+        spec, label = await self.store.resolve_flow_version(org, flow_id, request.version)
+        request = check_against_flow(request, spec)
+        await self.store.run(lambda c: tables.spend_credit(c, org))
+        run = await self.store.create_run(
+            org,
+            RunSpec(
+                flow=spec, training_project=spec.training_project, flow_id=flow_id,
+                flow_version=label, message=request.message, parameters=request.parameters,
+            ),
+        )  # fmt: skip
+        await self._insert_and_launch(run, request)
+        return run.run_id
+
+    async def start(self, run: Run) -> None:
+        """Execute a run stored by ``POST /v1/runs`` (the ``RunStarter`` protocol).
+
+        Raises:
+            APIProblem: 402 when the organization's credits are used up (the stored run
+                is marked ``Failed`` first, so it never stays ``Pending``).
+        """
+        try:
+            await self.store.run(lambda c: tables.spend_credit(c, run.organization_id))
+        except APIProblem as exc:
+            await self.store.set_run_condition(
+                run.run_id, Condition.FAILED, exc.message, "InsufficientCredits"
+            )
+            raise
+        request = ExecuteRequest(message=run.spec.message, parameters=dict(run.spec.parameters))
+        await self._insert_and_launch(run, request)
+
+    async def _insert_and_launch(self, run: Run, request: ExecuteRequest) -> None:
+        row = RunRow(
+            run_id=run.run_id, org_id=run.organization_id, flow_id=run.spec.flow_id,
+            flow_version=run.spec.flow_version, state="pending",
+            request=attrs.asdict(request), spec=to_wire(run.spec.flow), started_at=now_ms(),
+        )  # fmt: skip
+        await self.store.run(lambda c: tables.insert_run(c, row))
+        await self.store.set_run_log(run.run_id, f"engine_events:{run.run_id}")
+        self._launch(run.run_id)
+
+    def _launch(self, run_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._drive(run_id))
+        self._tasks[run_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(run_id) is done:
+                del self._tasks[run_id]
+
+        task.add_done_callback(forget)
+
+    async def _drive(self, run_id: str) -> None:
+        try:
+            paused = await self.executor.drive(run_id)
+        except asyncio.CancelledError:
+            if run_id not in self._cancelling:
+                raise  # server shutdown: leave the run for recovery
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)
+            if uncancel is not None:  # Python 3.11+: let later awaits run normally
+                uncancel()
+            await self._stop_compute(run_id)
+            await self._end(run_id, Condition.CANCELLED, "cancelled by the user", "UserCancelled")
+        except Exception as exc:
+            log.exception("run %s crashed", run_id)
+            await self._end(run_id, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
+        else:
+            if paused is not None:
+                self._arm(paused)
+        finally:
+            self._cancelling.discard(run_id)
+
+    async def _stop_compute(self, run_id: str) -> None:
+        if self.executor.tasks is None:
+            return
+        try:
+            await self.executor.tasks.cancel_run(run_id)
+        except Exception:  # the run ends Cancelled either way
+            log.exception("could not cancel the tasks of run %s", run_id)
+
+    async def _end(self, run_id: str, status: Condition, message: str, reason: str) -> None:
+        row = await self.store.run(lambda c: tables.get_run(c, run_id))
+        if row.state == "done":  # interrupted while finishing: finish the finishing
+            if not row.closed:
+                await self._close_done(row)
+            return
+        failed = row.pause["stepId"] if row.pause else None
+        await self.executor.finish(row, status, error=message, failed_step=failed, reason=reason)
+
+    # -- cancel and timeouts ----------------------------------------------------------
+
+    async def cancel(self, run: Run) -> None:
+        """Stop a run (the ``RunStarter`` protocol); it ends ``Cancelled``."""
+        await self.cancel_run(run.run_id)
+
+    async def cancel_run(self, run_id: str) -> None:
+        """Stop a run and append its terminal ``flow_completed`` (Cancelled)."""
+        for _ in range(3):  # a resume racing the cancel starts a new task: stop that too
+            async with self._locked(run_id):
+                task = self._tasks.get(run_id)
+                if task is None or task.done():
+                    await self._cancel_idle(run_id)
+                    return
+                self._cancelling.add(run_id)
+                task.cancel()
+            await asyncio.wait({task}, timeout=_CANCEL_WAIT)
+
+    async def _cancel_idle(self, run_id: str) -> None:
+        self._disarm(run_id)
+        row = await self.store.run(lambda c: tables.find_run(c, run_id))
+        if row is not None and row.state != "done":
+            await self.executor.finish(
+                row, Condition.CANCELLED, error="cancelled by the user",
+                failed_step=(row.pause or {}).get("stepId"), reason="UserCancelled",
+            )  # fmt: skip
+
+    def cancel_soon(self, run_id: str) -> None:
+        """Cancel a run in the background (from a handler that is itself going away)."""
+        task = asyncio.get_running_loop().create_task(self.cancel_run(run_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _arm(self, paused: Paused) -> None:
+        self._disarm(paused.run_id)
+        delay = max(0.0, (paused.deadline - now_ms()) / 1000)
+        loop = asyncio.get_running_loop()
+        self._timers[paused.run_id] = loop.call_later(delay, self._spawn_expire, paused)
+
+    def _disarm(self, run_id: str) -> None:
+        handle = self._timers.pop(run_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _spawn_expire(self, paused: Paused) -> None:
+        self._timers.pop(paused.run_id, None)
+        task = asyncio.get_running_loop().create_task(self._expire(paused))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _expire(self, paused: Paused) -> None:
+        async with self._locked(paused.run_id):
+            row = await self.store.run(lambda c: tables.find_run(c, paused.run_id))
+            pause = row.pause if row is not None else None
+            if row is None or row.state != "paused" or not pause or pause["token"] != paused.token:
+                return
+            message = (
+                f"no tool results for step {pause['stepId']!r} within {pause['timeout']:g}s"
+                " (pause timeout)"
+            )
+            await self.log.append(
+                StepFailed, row.run_id, step_id=pause["stepId"], block=pause["block"],
+                error=message, code="TOOL_RESULTS_TIMEOUT",
+            )  # fmt: skip
+            await self.executor.finish(
+                row, Condition.ERROR, error=message, failed_step=pause["stepId"],
+                reason="ToolResultsTimeout",
+            )  # fmt: skip
+
+    # -- tool results and outcomes ----------------------------------------------------
+
+    async def tool_results(
+        self, org: str, run_id: str, results: list[ToolResult]
+    ) -> tuple[list[str], int]:
+        """Accept the client's tool results; resume the run once every call is answered.
+
+        Returns:
+            The accepted call ids and the settle point to wait after (see :meth:`outcome`).
+
+        Raises:
+            APIProblem: 404 unknown run; 409 unknown call ids, run not paused, or a
+                different result for a call already answered.
+        """
+        given = {r.tool_call_id: to_wire(r) for r in results}
+        async with self._locked(run_id):
+            await self.store.run(lambda c: tables.get_run(c, run_id, org))
+            channel = await self.log.channel(run_id)
+            settled = channel.settled
+            if await self.store.run(lambda c: _accept_results(c, org, run_id, given)):
+                self._disarm(run_id)
+                self._launch(run_id)
+        return list(given), settled
+
+    async def outcome(self, run_id: str, after: int = 0) -> ExecutionOutcome:
+        """Wait until the run pauses or ends after event ``after``; return its outcome.
+
+        A run already paused (with no resume under way) or ended answers at once.
+        """
+        channel = await self.log.channel(run_id)
+        if after and channel.settled == after and not channel.finished:
+            row, steps = await self._snapshot(run_id)
+            if row.state == "paused":  # nobody resumed it: answer the pause as it is
+                return build_outcome(row, steps)
+        while channel.settled <= after and not channel.finished and not self.log.stopping:
+            await channel.wait(None)
+        return build_outcome(*await self._snapshot(run_id))
+
+    async def _snapshot(self, run_id: str) -> tuple[RunRow, list[StepRow]]:
+        def read(conn: sqlite3.Connection) -> tuple[RunRow, list[StepRow]]:
+            return tables.get_run(conn, run_id), tables.get_steps(conn, run_id)
+
+        return await self.store.run(read)
+
+    async def forget(self, run_id: str) -> None:
+        """Delete a (deleted, finished) run's engine state and event log."""
+        await self.store.run(lambda c: tables.delete_run(c, run_id))
+        self.log.forget(run_id)
+
+    async def has_run(self, run_id: str) -> bool:
+        """Whether the engine has state (and so an event log) for ``run_id``."""
+        return await self.store.run(lambda c: tables.find_run(c, run_id)) is not None
+
+    # -- traces -----------------------------------------------------------------------
+
+    async def trace(self, org: str, run_id: str) -> RunTrace:
+        """The run's trace: status, per-step timing and tokens (snapshots when traced)."""
+        run = await self.store.get_run(run_id, org)
+
+        def read(conn: sqlite3.Connection) -> tuple[RunRow | None, list[StepRow]]:
+            return tables.find_run(conn, run_id), tables.get_steps(conn, run_id)
+
+        row, steps = await self.store.run(read)
+        duration = None if row is None else (row.ended_at or now_ms()) - row.started_at
+        return RunTrace(
+            execution_id=run_id, status=run.status.condition or Condition.PENDING,
+            steps=[step_trace(s) for s in steps], usage=_usage(row.usage if row else None),
+            duration_ms=duration,
+        )  # fmt: skip
+
+    async def step_trace(self, org: str, run_id: str, step_id: str) -> StepTrace:
+        """One step's trace; 404 when the run has no such step (yet)."""
+        trace = await self.trace(org, run_id)
+        for step in trace.steps:
+            if step.step_id == step_id:
+                return step
+        raise APIProblem.not_found("NOT_FOUND", f"run {run_id!r} step", step_id)
+
+    # -- recovery ---------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        rows = await self.store.run(tables.open_runs)
+        for row in rows:
+            with contextlib.suppress(Exception):
+                await self._recover_one(row)
+        known = {row.run_id for row in rows}
+        for run in await self.store.list_active_runs():
+            if run.run_id not in known:
+                await self.store.set_run_condition(
+                    run.run_id, Condition.ERROR, _RESTARTED, "ServerRestarted"
+                )
+
+    async def _close_done(self, row: RunRow) -> None:
+        outcome = row.outcome or {}
+        status = Condition(outcome.get("status", "Error"))
+        await self.store.set_run_condition(row.run_id, status, outcome.get("error"))
+        await self.executor.close(row)
+
+    async def _recover_one(self, row: RunRow) -> None:
+        if row.state == "paused" and row.pause is not None:
+            self._arm(Paused(row.run_id, row.pause["token"], int(row.pause["deadline"])))
+            return
+        if row.state == "done":
+            await self._close_done(row)
+            return
+        log.info("run %s was %s when the server stopped; marking it Error", row.run_id, row.state)
+        spec = spec_of(row)
+        started = row.state == "running" and row.step_index < len(spec.blocks)
+        failed = step_id_of(spec, row.step_index) if started else None
+        await self.executor.finish(
+            row, Condition.ERROR, error=_RESTARTED, failed_step=failed, reason="ServerRestarted"
+        )

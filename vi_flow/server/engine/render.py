@@ -1,0 +1,136 @@
+"""The tiny, safe template renderer behind ``template``, ``tool`` and ``llm`` settings.
+
+A template is text with ``{{ path }}`` placeholders. A path is a dotted name with
+optional list indexes (``steps.step1.output``, ``parameters.items[0]``) looked up in
+a namespace of plain data; an optional filter follows a bar (``{{ x | json }}``).
+Nothing is evaluated: there are no calls, attributes or operators, only dictionary
+and list lookups. A name that does not resolve raises :class:`RenderError` naming
+the full path, which the engine reports as the step's failure.
+
+:func:`render_value` renders every string inside a JSON-like value; a string that is
+exactly one placeholder keeps the referenced value's type (a dict stays a dict).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["RenderError", "render_text", "render_value"]
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
+
+
+class RenderError(ValueError):
+    """A template referred to a name that does not exist, or was malformed.
+
+    Attributes:
+        name: The path that failed, such as ``steps.step1.output``.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+_FILTERS: dict[str, Callable[[Any], Any]] = {
+    "json": lambda v: orjson.dumps(v).decode(),
+    "upper": lambda v: _to_text(v).upper(),
+    "lower": lambda v: _to_text(v).lower(),
+    "trim": lambda v: _to_text(v).strip(),
+    "length": lambda v: len(v),
+}
+
+
+def _segments(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for chunk in path.split("."):
+        for match in _SEGMENT.finditer(chunk):
+            name, index = match.groups()
+            parts.append(name if name is not None else int(index))
+        if not chunk or _SEGMENT.sub("", chunk):
+            raise RenderError(path, f"template placeholder {path!r} is not a valid name")
+    return parts
+
+
+def _lookup(path: str, namespace: Mapping[str, Any]) -> Any:
+    current: Any = namespace
+    for part in _segments(path):
+        if not _has(current, part):
+            raise RenderError(path, f"template refers to {path!r}, which is not defined")
+        current = current[part]
+    return current
+
+
+def _has(container: Any, part: str | int) -> bool:
+    if isinstance(part, int):
+        return isinstance(container, list) and part < len(container)
+    return isinstance(container, Mapping) and part in container
+
+
+def _evaluate(expression: str, namespace: Mapping[str, Any]) -> Any:
+    path, *filters = (piece.strip() for piece in expression.split("|"))
+    if not path:
+        raise RenderError(expression.strip(), "empty template placeholder '{{ }}'")
+    value = _lookup(path, namespace)
+    for name in filters:
+        apply = _FILTERS.get(name)
+        if apply is None:
+            raise RenderError(path, f"unknown template filter {name!r} (known: {sorted(_FILTERS)})")
+        value = apply(value)
+    return value
+
+
+def render_text(template: str, namespace: Mapping[str, Any]) -> str:
+    """Render every ``{{ path }}`` in ``template`` as text.
+
+    Args:
+        template: The text with placeholders.
+        namespace: The data names resolve against.
+
+    Returns:
+        The text with placeholders replaced; strings go in as they are, other values
+        as JSON.
+
+    Raises:
+        RenderError: A placeholder names something that does not exist.
+    """
+    return _PLACEHOLDER.sub(lambda m: _to_text(_evaluate(m.group(1), namespace)), template)
+
+
+def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
+    """Render every string inside a JSON-like value.
+
+    A string that is exactly one placeholder (``"{{ steps.a.output }}"``) becomes the
+    referenced value itself, keeping its type.
+
+    Args:
+        value: A string, list, dict or scalar.
+        namespace: The data names resolve against.
+
+    Returns:
+        The rendered value.
+
+    Raises:
+        RenderError: A placeholder names something that does not exist.
+    """
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value.strip())
+        if whole is not None and "{{" not in whole.group(1):
+            return _evaluate(whole.group(1), namespace)
+        return render_text(value, namespace)
+    if isinstance(value, list):
+        return [render_value(item, namespace) for item in value]
+    if isinstance(value, dict):
+        return {key: render_value(item, namespace) for key, item in value.items()}
+    return value

@@ -1,0 +1,315 @@
+"""The engine's own SQLite tables and the synchronous SQL that reads and writes them.
+
+``engine_runs`` holds what a run needs to continue after a pause or a server restart
+(the frozen flow spec, the execution request, step outputs so far, the pending tool
+calls and the block's saved state); ``engine_steps`` holds per-step timing, tokens and,
+for traced runs, input/output snapshots; ``engine_answers`` remembers every tool result
+accepted so an exact resend is a no-op; ``engine_credits`` holds optional
+per-organization credits. Every function here runs on the store's DB thread inside a
+transaction (see :meth:`vi_flow.server.store.Store.run`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import attrs
+import orjson
+
+from ..errors import APIProblem
+from .eventlog import SCHEMA as EVENTS_SCHEMA
+
+__all__ = ["MIGRATION", "SCHEMA", "RunRow", "StepRow"]
+
+MIGRATION = "engine-1"
+
+SCHEMA = (
+    EVENTS_SCHEMA
+    + """
+CREATE TABLE IF NOT EXISTS engine_runs (
+    run_id TEXT PRIMARY KEY, org_id TEXT NOT NULL, flow_id TEXT NOT NULL,
+    flow_version TEXT NOT NULL, state TEXT NOT NULL, request BLOB NOT NULL,
+    spec BLOB NOT NULL, step_index INTEGER NOT NULL DEFAULT 0,
+    outputs BLOB NOT NULL DEFAULT '{}', pause BLOB, usage BLOB, outcome BLOB,
+    closed INTEGER NOT NULL DEFAULT 0, started_at INTEGER NOT NULL, ended_at INTEGER);
+CREATE INDEX IF NOT EXISTS engine_runs_open ON engine_runs (closed, state);
+CREATE TABLE IF NOT EXISTS engine_steps (
+    run_id TEXT NOT NULL, step_id TEXT NOT NULL, idx INTEGER NOT NULL, block TEXT NOT NULL,
+    status TEXT NOT NULL, started_at INTEGER, ended_at INTEGER, duration_ms INTEGER,
+    input BLOB, output BLOB, error TEXT, usage BLOB, PRIMARY KEY (run_id, step_id));
+CREATE TABLE IF NOT EXISTS engine_answers (
+    run_id TEXT NOT NULL, tool_call_id TEXT NOT NULL, result BLOB NOT NULL,
+    PRIMARY KEY (run_id, tool_call_id));
+CREATE TABLE IF NOT EXISTS engine_credits (
+    org_id TEXT PRIMARY KEY, credits INTEGER NOT NULL);
+"""
+)
+
+
+def _load(blob: Any) -> Any:
+    return None if blob is None else orjson.loads(blob)
+
+
+def _dump(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+@attrs.define
+class RunRow:
+    """One run's durable engine state (JSON columns decoded).
+
+    Attributes:
+        run_id: The run.
+        org_id: Its organization.
+        flow_id: The flow executed.
+        flow_version: ``"draft"`` or the version number as text.
+        state: ``pending``, ``running``, ``paused`` or ``done``.
+        request: The execution request (wire JSON, camelCase).
+        spec: The frozen flow spec (wire JSON).
+        step_index: The step to run (or the paused one).
+        outputs: Step id -> output of the finished steps.
+        pause: The pause record while paused (``stepId``, ``toolCalls``, ``state``,
+            ``deadline``, ``token``) and, after the answers came, ``results``.
+        usage: Token totals so far (wire JSON) or None.
+        outcome: The final ``status``/``output``/``error``/``failedStep`` once done.
+        closed: Whether the terminal event is on disk.
+        started_at: Start time (ms).
+        ended_at: End time (ms), once done.
+    """
+
+    run_id: str
+    org_id: str
+    flow_id: str
+    flow_version: str
+    state: str
+    request: dict[str, Any]
+    spec: dict[str, Any]
+    step_index: int = 0
+    outputs: dict[str, Any] = attrs.Factory(dict)
+    pause: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    closed: bool = False
+    started_at: int = 0
+    ended_at: int | None = None
+
+
+_RUN_COLUMNS = (
+    "run_id, org_id, flow_id, flow_version, state, request, spec, step_index, outputs,"
+    " pause, usage, outcome, closed, started_at, ended_at"
+)
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        run_id=row["run_id"],
+        org_id=row["org_id"],
+        flow_id=row["flow_id"],
+        flow_version=row["flow_version"],
+        state=row["state"],
+        request=orjson.loads(row["request"]),
+        spec=orjson.loads(row["spec"]),
+        step_index=int(row["step_index"]),
+        outputs=orjson.loads(row["outputs"]),
+        pause=_load(row["pause"]),
+        usage=_load(row["usage"]),
+        outcome=_load(row["outcome"]),
+        closed=bool(row["closed"]),
+        started_at=int(row["started_at"]),
+        ended_at=row["ended_at"],
+    )
+
+
+def insert_run(conn: sqlite3.Connection, run: RunRow) -> None:
+    """Store a new run's engine state."""
+    conn.execute(
+        f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            run.run_id, run.org_id, run.flow_id, run.flow_version, run.state,
+            orjson.dumps(run.request), orjson.dumps(run.spec), run.step_index,
+            orjson.dumps(run.outputs), _dump(run.pause), _dump(run.usage),
+            _dump(run.outcome), int(run.closed), run.started_at, run.ended_at,
+        ),
+    )  # fmt: skip
+
+
+def get_run(conn: sqlite3.Connection, run_id: str, org_id: str | None = None) -> RunRow:
+    """The run's engine state; 404 ``RUN_NOT_FOUND`` when the engine never ran it."""
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE run_id = ? AND (? IS NULL OR org_id = ?)",
+        (run_id, org_id, org_id),
+    ).fetchone()
+    if row is None:
+        raise APIProblem.not_found("RUN_NOT_FOUND", "run", run_id)
+    return _run_row(row)
+
+
+def find_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
+    """The run's engine state, or None."""
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    return None if row is None else _run_row(row)
+
+
+def save_run(conn: sqlite3.Connection, run: RunRow) -> None:
+    """Write back the mutable columns of a run."""
+    conn.execute(
+        "UPDATE engine_runs SET state = ?, step_index = ?, outputs = ?, pause = ?, usage = ?,"
+        " outcome = ?, closed = ?, ended_at = ? WHERE run_id = ?",
+        (
+            run.state, run.step_index, orjson.dumps(run.outputs), _dump(run.pause),
+            _dump(run.usage), _dump(run.outcome), int(run.closed), run.ended_at, run.run_id,
+        ),
+    )  # fmt: skip
+
+
+def open_runs(conn: sqlite3.Connection) -> list[RunRow]:
+    """Runs whose terminal event is not on disk yet (running, paused or just done)."""
+    rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE closed = 0").fetchall()
+    return [_run_row(r) for r in rows]
+
+
+def delete_run(conn: sqlite3.Connection, run_id: str) -> None:
+    """Delete everything the engine stored for a run, its event log included."""
+    conn.execute("DELETE FROM engine_runs WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM engine_steps WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM engine_answers WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM engine_events WHERE run_id = ?", (run_id,))
+
+
+def mark_closed(conn: sqlite3.Connection, run_id: str) -> None:
+    """Record that the run's terminal event is on disk."""
+    conn.execute("UPDATE engine_runs SET closed = 1 WHERE run_id = ?", (run_id,))
+
+
+# -- steps ------------------------------------------------------------------------------
+
+
+@attrs.define
+class StepRow:
+    """One step's trace record (JSON columns decoded).
+
+    Attributes:
+        step_id: The step.
+        index: Its position in the flow.
+        block: Its block type.
+        status: ``Running``, ``Succeeded``, ``Failed``, ``Error`` or ``Cancelled``.
+        started_at: Start time (ms).
+        ended_at: End time (ms).
+        duration_ms: Time spent running (pauses excluded).
+        input: Input snapshot (traced runs only).
+        output: Output snapshot (traced runs only).
+        error: Failure message.
+        usage: Tokens (wire JSON).
+    """
+
+    step_id: str
+    index: int
+    block: str
+    status: str
+    started_at: int | None = None
+    ended_at: int | None = None
+    duration_ms: int | None = None
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+def put_step(conn: sqlite3.Connection, run_id: str, step: StepRow) -> None:
+    """Insert or replace a step's trace record."""
+    conn.execute(
+        "INSERT OR REPLACE INTO engine_steps (run_id, step_id, idx, block, status, started_at,"
+        " ended_at, duration_ms, input, output, error, usage) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            run_id, step.step_id, step.index, step.block, step.status, step.started_at,
+            step.ended_at, step.duration_ms, _dump(step.input), _dump(step.output), step.error,
+            _dump(step.usage),
+        ),
+    )  # fmt: skip
+
+
+def _step_row(row: sqlite3.Row) -> StepRow:
+    return StepRow(
+        step_id=row["step_id"],
+        index=int(row["idx"]),
+        block=row["block"],
+        status=row["status"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        duration_ms=row["duration_ms"],
+        input=_load(row["input"]),
+        output=_load(row["output"]),
+        error=row["error"],
+        usage=_load(row["usage"]),
+    )
+
+
+def get_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRow]:
+    """Every step record of a run, in flow order."""
+    rows = conn.execute(
+        "SELECT * FROM engine_steps WHERE run_id = ? ORDER BY idx", (run_id,)
+    ).fetchall()
+    return [_step_row(r) for r in rows]
+
+
+def close_running_steps(conn: sqlite3.Connection, run_id: str, status: str, ended: int) -> None:
+    """Give steps still ``Running`` a final status (on cancel, timeout or restart)."""
+    conn.execute(
+        "UPDATE engine_steps SET status = ?, ended_at = ? WHERE run_id = ? AND status = 'Running'",
+        (status, ended, run_id),
+    )
+
+
+# -- tool answers -----------------------------------------------------------------------
+
+
+def get_answers(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+    """Tool call id -> the result (wire JSON) accepted for it."""
+    rows = conn.execute(
+        "SELECT tool_call_id, result FROM engine_answers WHERE run_id = ?", (run_id,)
+    ).fetchall()
+    return {r[0]: orjson.loads(r[1]) for r in rows}
+
+
+def put_answers(conn: sqlite3.Connection, run_id: str, answers: dict[str, Any]) -> None:
+    """Remember accepted tool results."""
+    conn.executemany(
+        "INSERT INTO engine_answers (run_id, tool_call_id, result) VALUES (?, ?, ?)",
+        [(run_id, call_id, orjson.dumps(result)) for call_id, result in answers.items()],
+    )
+
+
+# -- credits ----------------------------------------------------------------------------
+
+
+def set_credits(conn: sqlite3.Connection, org_id: str, credits: int | None) -> None:
+    """Set an organization's credits; None removes the limit."""
+    if credits is None:
+        conn.execute("DELETE FROM engine_credits WHERE org_id = ?", (org_id,))
+        return
+    conn.execute(
+        "INSERT OR REPLACE INTO engine_credits (org_id, credits) VALUES (?, ?)", (org_id, credits)
+    )
+
+
+def get_credits(conn: sqlite3.Connection, org_id: str) -> int | None:
+    """An organization's remaining credits, or None when unlimited."""
+    row = conn.execute("SELECT credits FROM engine_credits WHERE org_id = ?", (org_id,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def spend_credit(conn: sqlite3.Connection, org_id: str) -> None:
+    """Take one credit for an execution; 402 ``INSUFFICIENT_CREDITS`` when none is left."""
+    credits = get_credits(conn, org_id)
+    if credits is None:
+        return
+    if credits <= 0:
+        raise APIProblem(
+            402,
+            "INSUFFICIENT_CREDITS",
+            f"organization {org_id!r} has no credits left (each execution costs 1)",
+        )
+    conn.execute("UPDATE engine_credits SET credits = ? WHERE org_id = ?", (credits - 1, org_id))

@@ -1,0 +1,84 @@
+"""Server-wide routes: health, whoami, the OpenAPI document, organizations and tokens.
+
+Organizations and tokens can only be created with an admin token (the one in
+``<home>/admin-token``); other tokens get ``403 PERMISSION_DENIED``.
+"""
+
+from __future__ import annotations
+
+import attrs
+from aiohttp import web
+
+from ..errors import APIProblem
+from ..helpers import idempotent, json_response, principal_of, read_json
+from ..openapi import build_openapi
+from ..state import STORE_KEY
+
+__all__ = ["setup"]
+
+
+@attrs.frozen
+class _Named:
+    name: str
+
+
+def _require_admin(request: web.Request) -> None:
+    if not principal_of(request).admin:
+        raise APIProblem(403, "PERMISSION_DENIED", "this API key is not an admin key")
+
+
+async def _name_of(request: web.Request) -> str:
+    body = await read_json(request, _Named)
+    if not body.name.strip():
+        raise APIProblem.validation("name", "must not be empty")
+    return body.name
+
+
+async def health(request: web.Request) -> web.Response:
+    """Say the server is up (no authentication)."""
+    return json_response({"status": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this server (no authentication)."""
+    return json_response(build_openapi(request.app))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The organization and token name of the calling API key."""
+    principal = principal_of(request)
+    return json_response(
+        {
+            "organizationId": principal.organization_id,
+            "tokenName": principal.token_name,
+            "admin": principal.admin,
+        }
+    )
+
+
+@idempotent
+async def create_organization(request: web.Request) -> web.Response:
+    """Create an organization (admin only); answers {"organizationId"}."""
+    _require_admin(request)
+    org_id = await request.app[STORE_KEY].create_org(await _name_of(request))
+    return json_response({"organizationId": org_id}, 201)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """Create an API key for an organization (admin only); answers {"token"}.
+
+    Not idempotent on purpose: replaying would mean storing the raw token.
+    """
+    _require_admin(request)
+    name = await _name_of(request)
+    token = await request.app[STORE_KEY].create_token(request.match_info["organizationId"], name)
+    return json_response({"token": token, "name": name}, 201)
+
+
+def setup(app: web.Application) -> None:
+    """Add health, whoami, openapi, organization and token routes."""
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1/whoami", whoami)
+    app.router.add_post("/v1/organizations", create_organization)
+    app.router.add_post("/v1/organizations/{organizationId}/tokens", create_token)

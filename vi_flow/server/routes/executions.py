@@ -1,0 +1,257 @@
+"""Execution routes: execute, stream, jobs, tool results, run events, traces, credits.
+
+``setup(app)`` creates the :class:`~vi_flow.server.engine.Engine`, registers it under
+:data:`~vi_flow.server.state.ENGINE_KEY` (so ``POST /v1/runs`` and ``POST
+/v1/runs/{id}/cancel`` use it too) and adds the "Execution wire" endpoints:
+
+- ``POST /v1/flows/{flowId}/execute`` -> ``ExecutionOutcome`` (completed, paused, failed)
+- ``POST /v1/flows/{flowId}/events`` -> SSE of the whole run (``X-Execution-Id`` header)
+- ``POST /v1/flows/{flowId}/jobs`` -> 202 ``{"executionId", "status"}``
+- ``POST /v1/runs/{runId}/tool-results`` (``?wait=true`` answers the next outcome)
+- ``GET /v1/runs/{runId}/events`` (``Last-Event-ID`` or ``?after=`` replays, then live)
+- ``GET /v1/runs/{runId}/trace``, ``GET /v1/runs/{runId}/steps/{stepId}/trace``
+- ``GET``/``PUT /v1/organizations/{organizationId}/credits`` (``PUT`` needs an admin key)
+
+Streams send ``: heartbeat`` comments every ``heartbeat_interval`` seconds while idle.
+A run started by a stream keeps running when its client goes away unless the request
+said ``cancelOnDisconnect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ...models._base import from_wire
+from ...models.common import Condition
+from ...models.events import ToolResult
+from ..engine import Engine, parse_request, tables
+from ..errors import APIProblem
+from ..helpers import idempotent, json_response, org_of, principal_of, read_body
+from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
+from ..tasks_service import TASKS_KEY
+
+__all__ = ["EXECUTION_ENGINE_KEY", "setup"]
+
+EXECUTION_ENGINE_KEY = web.AppKey("vi_flow.execution_engine", Engine)
+"""The application's :class:`~vi_flow.server.engine.Engine` (typed access for tests)."""
+
+_HEARTBEAT = b": heartbeat\n\n"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+def _engine(request: web.Request) -> Engine:
+    return request.app[EXECUTION_ENGINE_KEY]
+
+
+# -- starting runs ---------------------------------------------------------------------
+
+
+@idempotent
+async def execute(request: web.Request) -> web.Response:
+    """Run a flow to completion or to its first pause; answer the ``ExecutionOutcome``."""
+    engine = _engine(request)
+    body = parse_request(await read_body(request))
+    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
+    return json_response(await engine.outcome(run_id, 0))
+
+
+@idempotent
+async def jobs(request: web.Request) -> web.Response:
+    """Start a flow in the background; answer 202 with the execution id at once."""
+    engine = _engine(request)
+    body = parse_request(await read_body(request))
+    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
+    run = await request.app[STORE_KEY].get_run(run_id)
+    status = run.status.condition or Condition.PENDING
+    return json_response({"executionId": run_id, "status": status.value}, 202)
+
+
+async def flow_events(request: web.Request) -> web.StreamResponse:
+    """Start a flow and stream its events from ``run_started`` to ``flow_completed``."""
+    engine = _engine(request)
+    body = parse_request(await read_body(request))
+    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
+    return await _stream(request, run_id, 0, cancel_on_disconnect=body.cancel_on_disconnect)
+
+
+# -- streams ---------------------------------------------------------------------------
+
+
+def _after(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
+    try:
+        after = int(raw.strip())
+    except ValueError:
+        raise APIProblem.validation("Last-Event-ID", f"expected an event id, got {raw!r}") from None
+    if after < 0:
+        raise APIProblem.validation("Last-Event-ID", f"must be >= 0, got {after}")
+    return after
+
+
+async def _stream(
+    request: web.Request, run_id: str, after: int, *, cancel_on_disconnect: bool = False
+) -> web.StreamResponse:
+    engine = _engine(request)
+    response = web.StreamResponse(headers={**_SSE_HEADERS, "X-Execution-Id": run_id})
+    await response.prepare(request)
+    frames = engine.log.follow(run_id, after, request.app[SETTINGS_KEY].heartbeat_interval)
+    try:
+        await _pump(response, frames)
+    except ConnectionResetError:  # the client went away; the run goes on unless asked
+        if cancel_on_disconnect:
+            engine.cancel_soon(run_id)
+    except asyncio.CancelledError:
+        if cancel_on_disconnect:
+            engine.cancel_soon(run_id)
+        raise
+    return response
+
+
+async def _pump(response: web.StreamResponse, frames: AsyncIterator[bytes | None]) -> None:
+    try:
+        async for chunk in frames:
+            await response.write(_HEARTBEAT if chunk is None else chunk)
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]
+    await response.write_eof()
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    """Stream a run's events after ``Last-Event-ID`` (replay, then live until the end)."""
+    run_id, org = request.match_info["runId"], org_of(request)
+    after = _after(request)
+    await request.app[STORE_KEY].get_run(run_id, org)
+    if not await _engine(request).has_run(run_id):
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    return await _stream(request, run_id, after)
+
+
+# -- tool results ----------------------------------------------------------------------
+
+
+def _tool_results(body: dict[str, Any]) -> list[ToolResult]:
+    items = body.get("toolResults")
+    if not isinstance(items, list) or not items:
+        raise APIProblem.validation("toolResults", "expected a non-empty list of tool results")
+    results, seen = [], set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("toolCallId"), str):
+            raise APIProblem.validation(f"toolResults[{i}].toolCallId", "required (a string)")
+        if not isinstance(item.get("isError", False), bool):
+            raise APIProblem.validation(f"toolResults[{i}].isError", "expected a boolean")
+        if item["toolCallId"] in seen:
+            raise APIProblem.validation(
+                f"toolResults[{i}].toolCallId", f"duplicate id {item['toolCallId']!r}"
+            )
+        seen.add(item["toolCallId"])
+        results.append(from_wire(item, ToolResult))
+    return results
+
+
+async def tool_results(request: web.Request) -> web.Response:
+    """Answer a paused run's tool calls; ``?wait=true`` answers the next outcome."""
+    engine, run_id = _engine(request), request.match_info["runId"]
+    results = _tool_results(await read_body(request))
+    accepted, settled = await engine.tool_results(org_of(request), run_id, results)
+    if request.query.get("wait", "").lower() in ("1", "true", "yes"):
+        return json_response(await engine.outcome(run_id, settled))
+    return json_response({"accepted": accepted})
+
+
+# -- traces ----------------------------------------------------------------------------
+
+
+async def run_trace(request: web.Request) -> web.Response:
+    """The run's trace: status, steps with timing and tokens, total usage and duration."""
+    trace = await _engine(request).trace(org_of(request), request.match_info["runId"])
+    return json_response(trace)
+
+
+async def step_trace(request: web.Request) -> web.Response:
+    """One step's trace (input/output snapshots when the run was traced)."""
+    info = request.match_info
+    trace = await _engine(request).step_trace(org_of(request), info["runId"], info["stepId"])
+    return json_response(trace)
+
+
+# -- credits ---------------------------------------------------------------------------
+
+
+async def _org_checked(request: web.Request, *, admin: bool) -> str:
+    org_id, principal = request.match_info["organizationId"], principal_of(request)
+    if admin and not principal.admin:
+        raise APIProblem(403, "PERMISSION_DENIED", "setting credits needs an admin API key")
+    if not principal.admin and org_id != principal.organization_id:
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    if not await request.app[STORE_KEY].org_exists(org_id):
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    return org_id
+
+
+async def get_credits(request: web.Request) -> web.Response:
+    """An organization's remaining credits (``null``: unlimited)."""
+    org_id = await _org_checked(request, admin=False)
+    credits = await request.app[STORE_KEY].run(lambda c: tables.get_credits(c, org_id))
+    return json_response({"organizationId": org_id, "credits": credits})
+
+
+async def put_credits(request: web.Request) -> web.Response:
+    """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
+    org_id = await _org_checked(request, admin=True)
+    credits = (await read_body(request)).get("credits")
+    if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
+        raise APIProblem.validation("credits", f"expected an integer or null, got {credits!r}")
+    if credits is not None and credits < 0:
+        raise APIProblem.validation("credits", f"must be >= 0, got {credits}")
+
+    def write(conn: sqlite3.Connection) -> None:
+        tables.set_credits(conn, org_id, credits)
+
+    await request.app[STORE_KEY].run(write)
+    return json_response({"organizationId": org_id, "credits": credits})
+
+
+# -- wiring ----------------------------------------------------------------------------
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = app[EXECUTION_ENGINE_KEY]
+    engine.executor.tasks = app.get(TASKS_KEY)
+    await engine.open()
+    yield
+    await engine.close()
+
+
+async def _shutdown(app: web.Application) -> None:
+    await app[EXECUTION_ENGINE_KEY].shutdown()
+
+
+def setup(app: web.Application) -> None:
+    """Create the engine, register it as the run starter and add the execution routes."""
+    engine = Engine(app[STORE_KEY], app[SETTINGS_KEY])
+    app[EXECUTION_ENGINE_KEY] = engine
+    app[ENGINE_KEY] = engine
+    app.cleanup_ctx.append(_engine_ctx)
+    app.on_shutdown.append(_shutdown)
+    add = app.router
+    add.add_post("/v1/flows/{flowId}/execute", execute)
+    add.add_post("/v1/flows/{flowId}/events", flow_events)
+    add.add_post("/v1/flows/{flowId}/jobs", jobs)
+    add.add_post("/v1/runs/{runId}/tool-results", tool_results)
+    add.add_get("/v1/runs/{runId}/events", run_events)
+    add.add_get("/v1/runs/{runId}/trace", run_trace)
+    add.add_get("/v1/runs/{runId}/steps/{stepId}/trace", step_trace)
+    add.add_get("/v1/organizations/{organizationId}/credits", get_credits)
+    add.add_put("/v1/organizations/{organizationId}/credits", put_credits)
