@@ -1,0 +1,180 @@
+"""AsyncFlow.execute against the local server: results, pauses, the tool loop, errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import vi_flow
+from vi_flow._errors import (
+    ConflictError,
+    FlowExecutionError,
+    FlowNotFoundError,
+    ToolCallLimitError,
+    UnprocessableEntityError,
+)
+from vi_flow.execution import ExecuteResult, PausedResult, ToolHandlerWarning
+from vi_flow.models import Condition, ToolCall, ToolResult
+
+from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, PARAM_FLOW, TOOL_FLOW, new_flow
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_execute_completes_with_output_and_step_traces(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, {"name": "one", "blocks": [GREET]})
+    result = await flow.execute(message="Ada")
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "Hello Ada"
+    assert result.status is Condition.SUCCEEDED
+    assert [s.step_id for s in result.steps] == ["greet"]
+    assert result.execution_id.startswith("run_")
+
+
+async def test_parameters_defaults_and_missing_required(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, PARAM_FLOW)
+    result = await flow.execute(parameters={"city": "Oslo"})
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "Oslo in C"
+    with pytest.raises(UnprocessableEntityError, match="city"):
+        await flow.execute(parameters={"unit": "F"})
+
+
+async def test_block_overrides_change_one_execution(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, {"name": "one", "blocks": [GREET]})
+    result = await flow.execute(
+        message="x", block_overrides={"greet": {"template": "Bye {{ message }}"}}
+    )
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "Bye x"
+
+
+async def test_pause_without_handler_then_resume(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    assert paused.step_id == "ask"
+    [call] = paused.tool_calls
+    assert call.function.name == "lookup"
+    assert call.function.parsed_arguments() == {"q": "bob"}
+    result = await paused.resume(tool_results={call.id: "sunny"})
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "got sunny"
+
+
+async def test_resume_twice_with_same_results_runs_once(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    results = [ToolResult(tool_call_id=paused.tool_calls[0].id, output="once")]
+    first = await paused.resume(tool_results=results)
+    second = await paused.resume(tool_results=results)
+    assert isinstance(first, ExecuteResult) and isinstance(second, ExecuteResult)
+    assert first.output == second.output == "got once"
+    trace = await flow.run(paused.execution_id).trace()
+    assert [s.step_id for s in trace.steps] == ["greet", "ask", "final"]
+
+
+async def test_resume_with_wrong_results_is_type_error(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    with pytest.raises(TypeError, match="one per call"):
+        await paused.resume(tool_results=["a", "b"])
+
+
+async def test_unknown_call_id_is_conflict_naming_it(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    with pytest.raises(ConflictError, match="call_nope"):
+        await flow.run(paused.execution_id).submit_tool_results(
+            [ToolResult(tool_call_id="call_nope", output=1)]
+        )
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_tool_handler_resumes_automatically(aclient: vi_flow.AsyncClient, kind: str) -> None:
+    seen: list[list[ToolCall]] = []
+
+    def sync_handler(calls: list[ToolCall]) -> list[Any]:
+        seen.append(calls)
+        return [{"n": c.function.parsed_arguments()["n"] * 10} for c in calls]
+
+    async def async_handler(calls: list[ToolCall]) -> list[Any]:
+        return sync_handler(calls)
+
+    flow = await new_flow(aclient, LOOP_FLOW)
+    handler = sync_handler if kind == "sync" else async_handler
+    result = await flow.execute(tool_handler=handler)
+    assert isinstance(result, ExecuteResult)
+    assert result.output == {"n": 30}
+    assert result.tool_rounds == 3
+    assert [c[0].function.name for c in seen] == ["lookup"] * 3
+
+
+async def test_tool_handler_dict_and_tool_result_shapes(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    result = await flow.execute(message="m", tool_handler=lambda calls: {calls[0].id: "by id"})
+    assert isinstance(result, ExecuteResult) and result.output == "got by id"
+    result = await flow.execute(
+        message="m",
+        tool_handler=lambda calls: [ToolResult(tool_call_id=calls[0].id, output="typed")],
+    )
+    assert isinstance(result, ExecuteResult) and result.output == "got typed"
+
+
+async def test_max_tool_rounds_exceeded_raises_and_cancels(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, LOOP_FLOW)
+    with pytest.raises(ToolCallLimitError, match="max_tool_rounds=2") as info:
+        await flow.execute(tool_handler=lambda calls: ["x"], max_tool_rounds=2)
+    run_id = str(info.value).split()[1]
+    assert await flow.run(run_id).status() is Condition.CANCELLED
+
+
+async def test_handler_exception_sends_error_result_and_warns(aclient: vi_flow.AsyncClient) -> None:
+    def broken(calls: list[ToolCall]) -> list[Any]:
+        raise KeyError("no such city")
+
+    flow = await new_flow(aclient, TOOL_FLOW)
+    with pytest.warns(ToolHandlerWarning, match="KeyError"):
+        result = await flow.execute(message="m", tool_handler=broken)
+    assert isinstance(result, ExecuteResult)
+    assert "tool handler failed: KeyError" in result.output
+    trace = await flow.run(result.execution_id).trace()
+    assert trace.status is Condition.SUCCEEDED
+
+
+async def test_handler_bad_return_is_error_result(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    with pytest.warns(ToolHandlerWarning, match="one per call"):
+        result = await flow.execute(message="m", tool_handler=lambda calls: ["a", "b"])
+    assert isinstance(result, ExecuteResult)
+    assert "tool handler failed" in result.output
+
+
+async def test_failed_run_raises_flow_execution_error(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, FAIL_FLOW)
+    with pytest.raises(FlowExecutionError) as info:
+        await flow.execute(message="m")
+    assert info.value.step_id == "broken"
+    assert "nowhere" in info.value.message
+    assert await flow.run(info.value.execution_id).status() is Condition.FAILED
+
+
+async def test_unknown_flow_and_unpublished_version(aclient: vi_flow.AsyncClient) -> None:
+    with pytest.raises(FlowNotFoundError):
+        await aclient.flow("flow_missing").execute(message="m")
+    flow = await new_flow(aclient, {"name": "one", "blocks": [GREET]})
+    with pytest.raises(FlowNotFoundError):
+        await flow.execute(message="m", version=7)
+
+
+async def test_published_version_runs(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, {"name": "one", "blocks": [GREET]})
+    version = await aclient.flows.publish(flow.flow_id)
+    result = await flow.execute(message="v", version=version)
+    assert isinstance(result, ExecuteResult)
+    run = await flow.run(result.execution_id).get()
+    assert run.spec.flow_version == str(version)

@@ -1,0 +1,151 @@
+"""AsyncFlow.events/steps and AsyncRun.events against the local server, tool calls included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import vi_flow
+from vi_flow._errors import FlowExecutionError
+from vi_flow.execution import ToolHandlerWarning
+from vi_flow.models import (
+    Condition,
+    FlowCompleted,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepStarted,
+    StreamEvent,
+    ToolCall,
+    ToolCallsRequired,
+)
+
+from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, TOOL_FLOW, new_flow
+
+pytestmark = pytest.mark.anyio
+
+
+async def collect(events: Any) -> list[StreamEvent]:
+    return [event async for event in events]
+
+
+async def test_events_from_run_started_to_flow_completed(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, {"name": "two", "blocks": [GREET, GREET | {"id": "again"}]})
+    events = await collect(flow.events(message="Ada"))
+    assert isinstance(events[0], RunStarted) and events[0].flow_id == flow.flow_id
+    assert isinstance(events[-1], FlowCompleted)
+    assert events[-1].status is Condition.SUCCEEDED
+    assert events[-1].output == "Hello Ada"
+    assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+    started = [e for e in events if isinstance(e, StepStarted)]
+    assert [(s.step_id, s.index) for s in started] == [("greet", 0), ("again", 1)]
+
+
+async def test_steps_yields_completed_steps(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    steps = await collect(flow.steps(message="m", tool_handler=lambda calls: ["out"]))
+    assert [s.step_id for s in steps] == ["greet", "ask", "final"]
+    assert all(isinstance(s, StepCompleted) for s in steps)
+    assert steps[-1].output == "got out"
+
+
+async def test_steps_of_failed_run_raise_after_completed_ones(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, FAIL_FLOW)
+    seen: list[str] = []
+    with pytest.raises(FlowExecutionError) as info:
+        async for step in flow.steps(message="m"):
+            seen.append(step.step_id)  # noqa: PERF401 - the list must survive the raise
+    assert seen == ["greet"]
+    assert info.value.step_id == "broken"
+
+
+async def test_events_of_failed_run_end_with_status(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, FAIL_FLOW)
+    events = await collect(flow.events(message="m"))
+    failed = [e for e in events if isinstance(e, StepFailed)]
+    assert [f.step_id for f in failed] == ["broken"]
+    last = events[-1]
+    assert isinstance(last, FlowCompleted)
+    assert last.status is Condition.FAILED and last.failed_step == "broken"
+
+
+async def test_events_answer_tool_calls_without_ending_the_stream(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    calls: list[ToolCall] = []
+
+    async def handler(batch: list[ToolCall]) -> list[Any]:
+        calls.extend(batch)
+        return [len(calls)]
+
+    flow = await new_flow(aclient, LOOP_FLOW)
+    events = await collect(flow.events(tool_handler=handler))
+    required = [e for e in events if isinstance(e, ToolCallsRequired)]
+    assert len(required) == 3 == len(calls)
+    last = events[-1]
+    assert isinstance(last, FlowCompleted) and last.output == 3
+
+
+async def test_events_handler_exception_warns_and_goes_on(aclient: vi_flow.AsyncClient) -> None:
+    def broken(calls: list[ToolCall]) -> list[Any]:
+        raise RuntimeError("tool down")
+
+    flow = await new_flow(aclient, TOOL_FLOW)
+    with pytest.warns(ToolHandlerWarning, match="tool down"):
+        events = await collect(flow.events(message="m", tool_handler=broken))
+    last = events[-1]
+    assert isinstance(last, FlowCompleted) and last.status is Condition.SUCCEEDED
+    assert "RuntimeError: tool down" in last.output
+
+
+async def test_events_without_handler_answered_by_run(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    seen: list[StreamEvent] = []
+    async for event in flow.events(message="m"):
+        seen.append(event)
+        if isinstance(event, ToolCallsRequired):
+            run = flow.run(event.execution_id)
+            accepted = await run.submit_tool_results(["manual"], tool_calls=event.tool_calls)
+            assert accepted == [event.tool_calls[0].id]
+    last = seen[-1]
+    assert isinstance(last, FlowCompleted) and last.output == "got manual"
+
+
+async def test_events_max_tool_rounds(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, LOOP_FLOW)
+    with pytest.raises(vi_flow.ToolCallLimitError):
+        await collect(flow.events(tool_handler=lambda calls: [1], max_tool_rounds=1))
+
+
+async def test_run_events_replay_all_or_after(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    live = await collect(flow.events(message="m", tool_handler=lambda calls: ["r"]))
+    run = flow.run(live[0].execution_id)
+    assert await collect(run.events()) == live
+    assert await collect(run.events(after=5)) == live[5:]
+    with pytest.raises(ValueError, match="after"):
+        run.events(after=-1)
+
+
+async def test_early_break_closes_the_stream(aclient: vi_flow.AsyncClient) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    events = flow.events(message="m", tool_handler=lambda calls: ["r"])
+    async for event in events:
+        assert isinstance(event, RunStarted)
+        break
+    await events.aclose()  # type: ignore[attr-defined]
+    result = await flow.execute(message="again", tool_handler=lambda calls: ["r"])
+    assert result.execution_id != event.execution_id
+
+
+async def test_stream_start_errors_surface_on_iteration(aclient: vi_flow.AsyncClient) -> None:
+    from vi_flow._errors import FlowNotFoundError, UnprocessableEntityError
+
+    from .conftest import PARAM_FLOW
+
+    with pytest.raises(FlowNotFoundError):
+        await collect(aclient.flow("flow_missing").events(message="m"))
+    flow = await new_flow(aclient, PARAM_FLOW)
+    with pytest.raises(UnprocessableEntityError, match="city"):
+        await collect(flow.steps())

@@ -1,0 +1,148 @@
+"""The blocking Flow, Job, Run and PausedResult against the local server."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import vi_flow
+from vi_flow._errors import FlowExecutionError, TaskTimeoutError, ToolCallLimitError
+from vi_flow.execution import ExecuteResult, ToolHandlerWarning
+from vi_flow.models import (
+    Condition,
+    FlowCompleted,
+    LogLine,
+    RunStarted,
+    ToolCall,
+    ToolCallsRequired,
+)
+from vi_flow.sync.execution import Flow, Job, PausedResult, Run
+
+from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, TOOL_FLOW, emit_flow
+
+
+def new_flow(client: vi_flow.Client, spec: dict[str, Any]) -> Flow:
+    flow = client.flow(client.flows.create(spec).flow_id)
+    assert isinstance(flow, Flow)
+    return flow
+
+
+def test_execute_and_pause_resume(client: vi_flow.Client) -> None:
+    flow = new_flow(client, TOOL_FLOW)
+    paused = flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    assert paused.step_id == "ask" and paused.tool_calls[0].function.name == "lookup"
+    result = paused.resume(tool_results=["sunny"])
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "got sunny"
+
+
+def test_sync_handler_runs_in_a_worker_thread_and_may_use_the_client(
+    client: vi_flow.Client,
+) -> None:
+    flow = new_flow(client, TOOL_FLOW)
+    threads: list[str] = []
+
+    def handler(calls: list[ToolCall]) -> list[Any]:
+        threads.append(threading.current_thread().name)
+        return [client.flows.get(flow.flow_id).spec.name]  # a call back into this client
+
+    result = flow.execute(message="m", tool_handler=handler)
+    assert isinstance(result, ExecuteResult)
+    assert result.output == "got tools"
+    assert threads and threads[0] != threading.current_thread().name
+
+
+def test_limit_and_handler_errors(client: vi_flow.Client) -> None:
+    flow = new_flow(client, LOOP_FLOW)
+    with pytest.raises(ToolCallLimitError):
+        flow.execute(tool_handler=lambda calls: [1], max_tool_rounds=1)
+
+    def broken(calls: list[ToolCall]) -> list[Any]:
+        raise ValueError("bad input")
+
+    with pytest.warns(ToolHandlerWarning, match="bad input"):
+        result = flow.execute(tool_handler=broken)
+    assert isinstance(result, ExecuteResult)
+
+
+def test_handler_returning_awaitable_is_a_handler_error(client: vi_flow.Client) -> None:
+    async def later() -> list[Any]:
+        return ["x"]
+
+    flow = new_flow(client, TOOL_FLOW)
+    with pytest.warns(ToolHandlerWarning, match="awaitable"):
+        result = flow.execute(message="m", tool_handler=lambda calls: later())  # type: ignore[arg-type, return-value]
+    assert isinstance(result, ExecuteResult)
+
+
+def test_failed_run_raises(client: vi_flow.Client) -> None:
+    flow = new_flow(client, FAIL_FLOW)
+    with pytest.raises(FlowExecutionError) as info:
+        flow.execute(message="m")
+    assert info.value.step_id == "broken"
+
+
+def test_events_and_steps_iterate(client: vi_flow.Client) -> None:
+    flow = new_flow(client, TOOL_FLOW)
+    events = list(flow.events(message="m", tool_handler=lambda calls: ["r"]))
+    assert isinstance(events[0], RunStarted)
+    assert any(isinstance(e, ToolCallsRequired) for e in events)
+    last = events[-1]
+    assert isinstance(last, FlowCompleted) and last.output == "got r"
+    steps = list(flow.steps(message="m", tool_handler=lambda calls: ["r"]))
+    assert [s.step_id for s in steps] == ["greet", "ask", "final"]
+
+
+def test_many_events_cross_in_batches_and_break_closes(client: vi_flow.Client) -> None:
+    flow = new_flow(client, emit_flow(2000))
+    events = list(flow.events())
+    assert sum(isinstance(e, LogLine) for e in events) == 2000
+    assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+    for event in flow.events():
+        assert isinstance(event, RunStarted)
+        break
+    run = flow.run(event.execution_id)
+    assert isinstance(run, Run)
+    assert list(run.events(after=len(events) - 1))[-1].event_id == len(events)
+
+
+def test_job_and_run(client: vi_flow.Client) -> None:
+    flow = new_flow(client, {"name": "one", "blocks": [GREET]})
+    job = flow.execute_async(message="j")
+    assert isinstance(job, Job)
+    assert job.wait(timeout=10, poll_interval=0.02) is Condition.SUCCEEDED
+    assert job.result().output == "Hello j"
+    assert job.trace().steps[0].step_id == "greet"
+    assert job.step_trace("greet").status is Condition.SUCCEEDED
+    assert job.get().run_id == job.execution_id
+    assert job.status() is Condition.SUCCEEDED
+
+    slow = new_flow(client, emit_flow(1000, interval=0.01)).execute_async()
+    with pytest.raises(TaskTimeoutError):
+        slow.wait(timeout=0.1, poll_interval=0.02)
+    slow.cancel()
+    assert slow.wait(timeout=10, poll_interval=0.02) is Condition.CANCELLED
+
+
+def test_submit_tool_results_while_iterating(client: vi_flow.Client) -> None:
+    flow = new_flow(client, TOOL_FLOW)
+    last = None
+    for event in flow.events(message="m"):
+        if isinstance(event, ToolCallsRequired):
+            flow.run(event.execution_id).submit_tool_results(
+                {event.tool_calls[0].id: "by hand"}, tool_calls=event.tool_calls
+            )
+        last = event
+    assert isinstance(last, FlowCompleted) and last.output == "got by hand"
+
+
+def test_sync_steps_of_failed_run_raise(client: vi_flow.Client) -> None:
+    flow = new_flow(client, FAIL_FLOW)
+    seen: list[str] = []
+    with pytest.raises(FlowExecutionError) as info:
+        for step in flow.steps(message="m"):
+            seen.append(step.step_id)  # noqa: PERF401 - the list must survive the raise
+    assert seen == ["greet"] and info.value.step_id == "broken"

@@ -1,0 +1,79 @@
+"""The shapes a tool handler may return, and what happens when it fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vi_flow.execution import ToolHandlerWarning
+from vi_flow.execution._tools import call_tool_handler, coerce_tool_results, is_async_handler
+from vi_flow.models import ToolCall, ToolFunction, ToolResult
+
+pytestmark = pytest.mark.anyio
+
+CALLS = [ToolCall(id=f"c{i}", function=ToolFunction(name="f", arguments="{}")) for i in (1, 2)]
+
+
+def test_list_of_outputs_by_position() -> None:
+    assert coerce_tool_results(["a", {"b": 1}], CALLS) == [
+        ToolResult(tool_call_id="c1", output="a"),
+        ToolResult(tool_call_id="c2", output={"b": 1}),
+    ]
+
+
+def test_tool_results_and_dicts_keep_their_ids_in_any_order() -> None:
+    returned = [
+        {"tool_call_id": "c2", "output": 2, "is_error": True},
+        ToolResult(tool_call_id="c1", output=1),
+    ]
+    assert coerce_tool_results(returned, CALLS) == [
+        ToolResult(tool_call_id="c2", output=2, is_error=True),
+        ToolResult(tool_call_id="c1", output=1),
+    ]
+
+
+def test_mapping_by_call_id() -> None:
+    assert coerce_tool_results({"c2": "two", "c1": "one"}, CALLS) == [
+        ToolResult(tool_call_id="c1", output="one"),
+        ToolResult(tool_call_id="c2", output="two"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("returned", "match"),
+    [
+        (["only one"], "one per call"),
+        ("a string", "list with one entry per call"),
+        ({"c1": 1}, "list with one entry per call"),
+        ([ToolResult(tool_call_id="c1"), ToolResult(tool_call_id="c1")], "answer"),
+        ([{"tool_call_id": "c1", "oops": 1}, 2], "unknown ToolResult field"),
+        ([object(), 1], "not JSON-ready"),
+    ],
+)
+def test_bad_shapes_are_type_errors(returned: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        coerce_tool_results(returned, CALLS)
+
+
+async def test_raising_handler_answers_every_call_with_an_error() -> None:
+    def handler(calls: list[ToolCall]) -> list[Any]:
+        raise OSError("disk gone")
+
+    with pytest.warns(ToolHandlerWarning, match=r"OSError: disk gone.*c1, c2"):
+        results = await call_tool_handler(handler, CALLS)
+    assert [r.tool_call_id for r in results] == ["c1", "c2"]
+    assert all(r.is_error and "disk gone" in r.output for r in results)
+
+
+async def test_async_and_sync_handlers() -> None:
+    async def async_handler(calls: list[ToolCall]) -> list[Any]:
+        return [c.id for c in calls]
+
+    def sync_handler(calls: list[ToolCall]) -> list[Any]:
+        return [c.id for c in calls]
+
+    assert is_async_handler(async_handler) and not is_async_handler(sync_handler)
+    for handler in (async_handler, sync_handler):
+        results = await call_tool_handler(handler, CALLS)
+        assert [r.output for r in results] == ["c1", "c2"]

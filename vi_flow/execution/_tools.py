@@ -1,0 +1,182 @@
+"""Client-side tool calls: calling the user's ``tool_handler`` and shaping what it returns.
+
+A tool handler receives the list of :class:`~vi_flow.models.ToolCall` a paused run asks
+for and returns their results, in one of two shapes:
+
+* a list (or tuple) with one entry per call, in the order of the calls; each entry is a
+  :class:`~vi_flow.models.ToolResult` (its own ``tool_call_id`` counts), a dict with a
+  ``"tool_call_id"`` key (the fields of ``ToolResult``), or any other JSON-ready value,
+  which becomes the ``output`` of the call at that position;
+* a dict mapping every call id to its output (or to a ``ToolResult``).
+
+Every call must be answered exactly once and every output must be JSON-ready. A
+handler that raises, or returns something else, does not end the run: each call of
+that round is answered with an error result (``is_error=True``, the output says what
+went wrong) and a :class:`ToolHandlerWarning` is issued.
+
+Sync handlers run in a worker thread (so a slow handler never blocks the event loop,
+and a sync handler may even use the blocking ``vi_flow.Client``); async handlers are
+awaited on the loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import anyio.to_thread
+import orjson
+
+from ..models.events import ToolCall, ToolResult
+
+__all__ = [
+    "AsyncToolHandler",
+    "SyncToolHandler",
+    "ToolHandler",
+    "ToolHandlerReturn",
+    "ToolHandlerWarning",
+    "call_tool_handler",
+    "check_handler",
+    "coerce_tool_results",
+    "is_async_handler",
+]
+
+ToolHandlerReturn: TypeAlias = Sequence[Any] | Mapping[str, Any]
+"""What a tool handler returns: one result per call, as a list or as ``{call_id: output}``."""
+
+SyncToolHandler: TypeAlias = Callable[[list[ToolCall]], ToolHandlerReturn]
+"""A blocking tool handler."""
+
+AsyncToolHandler: TypeAlias = Callable[[list[ToolCall]], Awaitable[ToolHandlerReturn]]
+"""An ``async def`` tool handler."""
+
+ToolHandler: TypeAlias = SyncToolHandler | AsyncToolHandler
+"""A sync or async tool handler."""
+
+
+class ToolHandlerWarning(RuntimeWarning):
+    """A ``tool_handler`` raised or returned something unusable.
+
+    The run goes on: each call of that round was answered with an error result
+    (``is_error=True``) that tells the flow what went wrong.
+    """
+
+
+def is_async_handler(handler: object) -> bool:
+    """Whether ``handler`` is an ``async def`` function (or an object whose ``__call__`` is)."""
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    return inspect.iscoroutinefunction(call)
+
+
+def check_handler(handler: object, *, allow_async: bool = True) -> None:
+    """Check a ``tool_handler`` argument before any request.
+
+    Raises:
+        TypeError: Not callable, or async where only sync handlers work.
+    """
+    if handler is None:
+        return
+    if not callable(handler):
+        raise TypeError(f"tool_handler must be callable, got {handler!r}")
+    if not allow_async and is_async_handler(handler):
+        raise TypeError(
+            "the sync Flow needs a sync tool_handler (a plain function); "
+            "use vi_flow.AsyncClient to pass an async one"
+        )
+
+
+async def call_tool_handler(
+    handler: ToolHandler, calls: list[ToolCall], *, allow_async: bool = True
+) -> list[ToolResult]:
+    """Run ``handler`` on one round of calls and return one result per call.
+
+    Never raises for the handler's own failures: those become error results and a
+    :class:`ToolHandlerWarning`.
+    """
+    try:
+        returned = await _invoke(handler, list(calls), allow_async)
+        return coerce_tool_results(returned, calls)
+    except Exception as exc:
+        return _failed(calls, exc)
+
+
+async def _invoke(handler: ToolHandler, calls: list[ToolCall], allow_async: bool) -> Any:
+    if is_async_handler(handler):
+        return await handler(calls)  # type: ignore[misc]
+    returned = await anyio.to_thread.run_sync(handler, calls)
+    if inspect.isawaitable(returned):
+        if not allow_async:
+            _discard(returned)
+            raise TypeError("the sync Flow's tool_handler returned an awaitable")
+        return await returned
+    return returned
+
+
+def _discard(awaitable: Awaitable[Any]) -> None:
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()  # no "coroutine was never awaited" warning
+
+
+def _failed(calls: Sequence[ToolCall], exc: Exception) -> list[ToolResult]:
+    ids = ", ".join(call.id for call in calls)
+    message = f"tool handler failed: {type(exc).__name__}: {exc}"
+    warnings.warn(
+        ToolHandlerWarning(f"{message}; answered call(s) {ids} with an error result"),
+        stacklevel=3,
+    )
+    return [ToolResult(tool_call_id=call.id, output=message, is_error=True) for call in calls]
+
+
+def coerce_tool_results(returned: Any, calls: Sequence[ToolCall]) -> list[ToolResult]:
+    """Turn what a handler (or ``resume``) got into one ``ToolResult`` per call.
+
+    Raises:
+        TypeError: Not one of the shapes in the module docstring, a call left
+            unanswered or answered twice, or an output that is not JSON-ready.
+    """
+    ids = [call.id for call in calls]
+    if isinstance(returned, Mapping) and set(returned) == set(ids) and ids:
+        results = [_result(returned[i], i) for i in ids]
+    elif isinstance(returned, (list, tuple)):
+        if len(returned) != len(ids):
+            raise TypeError(
+                f"expected {len(ids)} tool result(s), one per call, got {len(returned)}"
+            )
+        results = [_result(item, i) for item, i in zip(returned, ids, strict=True)]
+    else:
+        raise TypeError(
+            "tool results must be a list with one entry per call or a dict"
+            f" {{call_id: output}} for the calls {ids}, got {type(returned).__name__}"
+        )
+    _check_answers(results, ids)
+    return results
+
+
+def _result(item: Any, call_id: str) -> ToolResult:
+    if isinstance(item, ToolResult):
+        result = item
+    elif isinstance(item, Mapping) and "tool_call_id" in item:
+        unknown = set(item) - {"tool_call_id", "output", "is_error"}
+        if unknown:
+            raise TypeError(f"unknown ToolResult field(s): {', '.join(sorted(unknown))}")
+        result = ToolResult(**item)
+    else:
+        result = ToolResult(tool_call_id=call_id, output=item)
+    try:
+        orjson.dumps(result.output)
+    except TypeError as exc:
+        raise TypeError(
+            f"the output for call {result.tool_call_id!r} is not JSON-ready: {exc}"
+        ) from None
+    return result
+
+
+def _check_answers(results: list[ToolResult], ids: list[str]) -> None:
+    answered = [r.tool_call_id for r in results]
+    if sorted(answered) != sorted(ids):
+        raise TypeError(f"tool results answer {answered}, but the calls are {ids}")

@@ -1,0 +1,552 @@
+"""Execution events and the tool-call, trace and outcome models of the execution wire.
+
+A run streams Server-Sent Events: the SSE ``event:`` name picks the class, ``data:`` is
+the camelCase JSON of that class. Every event carries ``execution_id``, ``event_id``
+(the server's monotonic per-run sequence, starting at 1) and ``time`` (ms since the
+epoch). :func:`parse_event` and :func:`event_to_wire` are the one place where both the
+client and the local server convert events; an event type this client does not know
+becomes :class:`UnknownEvent`, never an error. Parsing is hot (a run may stream hundreds
+of thousands of events), so each class gets one pre-built cattrs structure function
+without detailed validation, and JSON goes through orjson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeAlias
+
+import attrs
+import orjson
+from cattrs.errors import BaseValidationError
+
+from ._base import camel, converter
+from .common import Condition
+
+__all__ = [
+    "EVENT_TYPES",
+    "BaseEvent",
+    "ExecutionOutcome",
+    "FlowCompleted",
+    "LogLine",
+    "RunStarted",
+    "RunTrace",
+    "StepCompleted",
+    "StepFailed",
+    "StepInput",
+    "StepOutput",
+    "StepPaused",
+    "StepStarted",
+    "StepTrace",
+    "StreamEvent",
+    "TokenUsage",
+    "ToolCall",
+    "ToolCallsRequired",
+    "ToolFunction",
+    "ToolResult",
+    "UnknownEvent",
+    "event_name",
+    "event_to_wire",
+    "parse_event",
+]
+
+
+def _condition(value: Any) -> Condition:
+    return value if isinstance(value, Condition) else Condition(value)
+
+
+def _optional_condition(value: Any) -> Condition | None:
+    return None if value is None else _condition(value)
+
+
+# --------------------------------------------------------------------------- tools, usage
+
+
+@attrs.frozen
+class TokenUsage:
+    """Tokens an ``llm`` step (or a whole run) used.
+
+    Attributes:
+        prompt_tokens: Tokens sent to the model.
+        completion_tokens: Tokens the model produced.
+        total_tokens: Their sum.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@attrs.frozen
+class ToolFunction:
+    """The function a tool call names, OpenAI style.
+
+    Attributes:
+        name: The tool's name as given in ``tools``.
+        arguments: The arguments as JSON text (decode with ``json.loads``).
+    """
+
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """Return ``arguments`` decoded from JSON (``{}`` when empty)."""
+        return orjson.loads(self.arguments) if self.arguments else {}
+
+
+@attrs.frozen
+class ToolCall:
+    """One call the flow asks the client to run.
+
+    Attributes:
+        id: The call id; a :class:`ToolResult` answers it by ``tool_call_id``.
+        function: The function name and its JSON arguments.
+        type: Always ``"function"`` today.
+    """
+
+    id: str
+    function: ToolFunction
+    type: str = "function"
+
+
+@attrs.frozen
+class ToolResult:
+    """The client's answer to one :class:`ToolCall`.
+
+    Attributes:
+        tool_call_id: The id of the call answered.
+        output: Any JSON-ready value; the flow sees it as the tool's output.
+        is_error: Whether the tool failed; ``output`` then describes the failure.
+    """
+
+    tool_call_id: str
+    output: Any = None
+    is_error: bool = False
+
+
+# --------------------------------------------------------------------------- events
+
+
+@attrs.frozen(kw_only=True)
+class BaseEvent:
+    """Fields every event carries.
+
+    Attributes:
+        execution_id: The run the event belongs to.
+        event_id: The SSE ``id``: the run's monotonic event sequence, from 1.
+        time: When it happened, in ms since the epoch.
+    """
+
+    execution_id: str
+    event_id: int = 0
+    time: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class RunStarted(BaseEvent):
+    """``run_started``: the run began.
+
+    Attributes:
+        flow_id: The flow executed.
+        flow_version: ``"draft"`` or the published version number, as text.
+    """
+
+    TYPE: ClassVar[str] = "run_started"
+    flow_id: str = ""
+    flow_version: str = "draft"
+
+
+@attrs.frozen(kw_only=True)
+class StepStarted(BaseEvent):
+    """``step_started``: a step began.
+
+    Attributes:
+        step_id: The step.
+        block: Its block type.
+        index: Its position in the flow, from 0.
+    """
+
+    TYPE: ClassVar[str] = "step_started"
+    step_id: str = ""
+    block: str = ""
+    index: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class StepInput(BaseEvent):
+    """``step_input``: the input a step received (sent when tracing).
+
+    Attributes:
+        step_id: The step.
+        input: The rendered input.
+    """
+
+    TYPE: ClassVar[str] = "step_input"
+    step_id: str = ""
+    input: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class StepOutput(BaseEvent):
+    """``step_output``: an output a step produced.
+
+    Attributes:
+        step_id: The step.
+        output: The output value.
+    """
+
+    TYPE: ClassVar[str] = "step_output"
+    step_id: str = ""
+    output: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class StepCompleted(BaseEvent):
+    """``step_completed``: a step finished successfully.
+
+    Attributes:
+        step_id: The step.
+        block: Its block type.
+        output: Its output.
+        duration_ms: How long it ran.
+        usage: Tokens it used, for ``llm`` steps.
+    """
+
+    TYPE: ClassVar[str] = "step_completed"
+    step_id: str = ""
+    block: str = ""
+    output: Any = None
+    duration_ms: int = 0
+    usage: TokenUsage | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StepFailed(BaseEvent):
+    """``step_failed``: a step failed.
+
+    Attributes:
+        step_id: The step.
+        block: Its block type.
+        error: The server's message.
+        code: A short machine-readable code, when there is one.
+    """
+
+    TYPE: ClassVar[str] = "step_failed"
+    step_id: str = ""
+    block: str = ""
+    error: str = ""
+    code: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StepPaused(BaseEvent):
+    """``step_paused``: a step waits for something, such as tool results.
+
+    Attributes:
+        step_id: The step.
+        reason: Why, e.g. ``"tool_calls"``.
+    """
+
+    TYPE: ClassVar[str] = "step_paused"
+    step_id: str = ""
+    reason: str = "tool_calls"
+
+
+@attrs.frozen(kw_only=True)
+class ToolCallsRequired(BaseEvent):
+    """``tool_calls_required``: the run needs the client to run these tools.
+
+    Attributes:
+        step_id: The paused step.
+        tool_calls: The calls to answer with ``ToolResult`` objects.
+    """
+
+    TYPE: ClassVar[str] = "tool_calls_required"
+    step_id: str = ""
+    tool_calls: list[ToolCall] = attrs.Factory(list)
+
+
+@attrs.frozen(kw_only=True)
+class FlowCompleted(BaseEvent):
+    """``flow_completed``: the run ended; always the last event of a run.
+
+    Attributes:
+        status: ``Succeeded``, ``Failed``, ``Error`` or ``Cancelled``.
+        output: The last step's output on success.
+        error: The server's message when the run did not succeed.
+        failed_step: The step that failed, when one did.
+        duration_ms: How long the run took.
+        usage: Tokens the whole run used.
+    """
+
+    TYPE: ClassVar[str] = "flow_completed"
+    status: Condition = attrs.field(default=Condition.SUCCEEDED, converter=_condition)
+    output: Any = None
+    error: str | None = None
+    failed_step: str | None = None
+    duration_ms: int = 0
+    usage: TokenUsage | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LogLine(BaseEvent):
+    """``log``: one line a ``task`` step printed.
+
+    Attributes:
+        step_id: The step.
+        stream: ``"stdout"`` or ``"stderr"``.
+        line: The text, without its line end.
+    """
+
+    TYPE: ClassVar[str] = "log"
+    step_id: str = ""
+    stream: str = "stdout"
+    line: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class UnknownEvent(BaseEvent):
+    """An event type this client does not know (or one whose data did not parse).
+
+    Attributes:
+        type: The SSE ``event:`` name.
+        data: The decoded JSON data (``{"raw": text}`` when it was not a JSON object).
+    """
+
+    type: str = ""
+    data: dict[str, Any] = attrs.Factory(dict)
+
+
+StreamEvent: TypeAlias = (
+    RunStarted
+    | StepStarted
+    | StepInput
+    | StepOutput
+    | StepCompleted
+    | StepFailed
+    | StepPaused
+    | ToolCallsRequired
+    | FlowCompleted
+    | LogLine
+    | UnknownEvent
+)
+"""Any event a run streams: the SSE ``event:`` name decides which class."""
+
+_KNOWN: tuple[type[Any], ...] = (
+    RunStarted,
+    StepStarted,
+    StepInput,
+    StepOutput,
+    StepCompleted,
+    StepFailed,
+    StepPaused,
+    ToolCallsRequired,
+    FlowCompleted,
+    LogLine,
+)
+
+EVENT_TYPES: Mapping[str, type[Any]] = {cls.TYPE: cls for cls in _KNOWN}
+"""SSE ``event:`` name -> event class, for every known event type."""
+
+
+# --------------------------------------------------------------------------- traces, outcome
+
+
+@attrs.frozen
+class StepTrace:
+    """What one step of a run did.
+
+    Attributes:
+        step_id: The step.
+        block: Its block type.
+        status: Its state (``Succeeded``, ``Failed``, ``Running``...).
+        started_at: Start time in ms since the epoch.
+        ended_at: End time in ms since the epoch.
+        duration_ms: How long it ran.
+        input: Its input (recorded when the run was executed with ``trace=True``).
+        output: Its output (recorded when tracing).
+        error: Its error message, when it failed.
+        usage: Tokens it used, for ``llm`` steps.
+    """
+
+    step_id: str
+    block: str = ""
+    status: Condition = attrs.field(default=Condition.PENDING, converter=_condition)
+    started_at: int | None = None
+    ended_at: int | None = None
+    duration_ms: int | None = None
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    usage: TokenUsage | None = None
+
+
+@attrs.frozen
+class RunTrace:
+    """Timing, tokens and (when traced) snapshots of a whole run.
+
+    Attributes:
+        execution_id: The run.
+        status: Its current state.
+        steps: One trace per step that started, in order.
+        usage: Tokens the run used.
+        duration_ms: How long it ran (so far).
+    """
+
+    execution_id: str
+    status: Condition = attrs.field(default=Condition.PENDING, converter=_condition)
+    steps: list[StepTrace] = attrs.Factory(list)
+    usage: TokenUsage | None = None
+    duration_ms: int | None = None
+
+
+@attrs.frozen
+class ExecutionOutcome:
+    """The answer of ``POST .../execute`` and of ``tool-results?wait=true``.
+
+    Attributes:
+        execution_id: The run.
+        state: ``"completed"``, ``"paused"`` or ``"failed"``.
+        output: The final output when completed.
+        error: The server's message when failed.
+        failed_step: The failing step when failed.
+        step_id: The paused step when paused.
+        tool_calls: The calls to answer when paused.
+        usage: Tokens used so far.
+        steps: Traces of the steps run so far.
+        status: The run's condition, when the server sent it.
+    """
+
+    execution_id: str
+    state: str
+    output: Any = None
+    error: str | None = None
+    failed_step: str | None = None
+    step_id: str | None = None
+    tool_calls: list[ToolCall] = attrs.Factory(list)
+    usage: TokenUsage | None = None
+    steps: list[StepTrace] = attrs.Factory(list)
+    status: Condition | None = attrs.field(default=None, converter=_optional_condition)
+
+
+# --------------------------------------------------------------------------- conversion
+
+_Structure = Callable[[dict[str, Any]], Any]
+
+# Values of these types are taken from the JSON as they are; anything else (nested
+# models, enums) goes through the shared cattrs converter's hook for its type.
+_PASS_THROUGH: tuple[Any, ...] = (str, int, bool, Any, str | None, int | None, dict[str, Any])
+
+
+def _build_structure(cls: type[Any]) -> _Structure:
+    """Generate a fast structure function for one event class.
+
+    The class is frozen, so instead of going through ``__init__`` (one frozen setattr
+    per field) the function fills the slots directly; it is the hot path of every
+    stream. Nested values use the cattrs converter, a missing ``executionId`` raises
+    ``KeyError``.
+    """
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = ["def structure(o):", "    obj = _new(_cls)"]
+    for i, a in enumerate(attrs.fields(cls)):
+        wire = camel(a.name)
+        env[f"_set{i}"] = _slot_setter(cls, a.name)
+        if a.default is attrs.NOTHING:
+            value = f"o[{wire!r}]"
+        elif isinstance(a.default, attrs.Factory):  # type: ignore[arg-type]
+            env[f"_factory{i}"] = a.default.factory
+            value = f"(o[{wire!r}] if {wire!r} in o else _factory{i}())"
+        else:
+            env[f"_default{i}"] = a.default
+            value = f"o.get({wire!r}, _default{i})"
+        value = _wrap(env, i, a, value)
+        lines.append(f"    _set{i}(obj, {value})")
+    lines.append("    return obj")
+    exec("\n".join(lines), env)  # generated from our own field names only
+    fn: _Structure = env["structure"]
+    return fn
+
+
+def _wrap(env: dict[str, Any], i: int, a: attrs.Attribute[Any], value: str) -> str:
+    if a.converter is not None:
+        env[f"_conv{i}"] = a.converter
+        return f"_conv{i}({value})"
+    if a.type in _PASS_THROUGH:
+        return value
+    hook = converter.get_structure_hook(a.type)
+    env[f"_hook{i}"], env[f"_type{i}"] = hook, a.type
+    return f"(None if (_v{i} := {value}) is None else _hook{i}(_v{i}, _type{i}))"
+
+
+def _slot_setter(cls: type[Any], name: str) -> Callable[[Any, Any], None]:
+    for klass in cls.__mro__:
+        descriptor = klass.__dict__.get(name)
+        if descriptor is not None:
+            setter: Callable[[Any, Any], None] = descriptor.__set__
+            return setter
+    raise AttributeError(f"{cls.__name__} has no slot {name!r}")  # pragma: no cover
+
+
+def _resolved(cls: type[Any]) -> type[Any]:
+    attrs.resolve_types(cls, globals())
+    return cls
+
+
+_STRUCTURE: dict[str, _Structure] = {
+    name: _build_structure(_resolved(cls)) for name, cls in EVENT_TYPES.items()
+}
+
+
+def _unknown(event_type: str, data: Any, event_id: int | None) -> UnknownEvent:
+    if not isinstance(data, dict):
+        data = {"raw": data}
+    eid = event_id if event_id is not None else data.get("eventId", 0)
+    return UnknownEvent(
+        execution_id=str(data.get("executionId", "")),
+        event_id=eid if isinstance(eid, int) else 0,
+        time=data["time"] if isinstance(data.get("time"), int) else 0,
+        type=event_type,
+        data=data,
+    )
+
+
+def parse_event(event_type: str, data: bytes | str, event_id: int | None = None) -> StreamEvent:
+    """Turn one SSE event into its event class.
+
+    Args:
+        event_type: The SSE ``event:`` name.
+        data: The SSE ``data:`` payload (JSON).
+        event_id: The SSE ``id:``; when given it wins over ``eventId`` in the data.
+
+    Returns:
+        The event; :class:`UnknownEvent` for an unknown type or data that does not fit.
+    """
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        return _unknown(event_type, text, event_id)
+    structure = _STRUCTURE.get(event_type)
+    if structure is None or not isinstance(payload, dict):
+        return _unknown(event_type, payload, event_id)
+    if event_id is not None:
+        payload["eventId"] = event_id
+    try:
+        event: StreamEvent = structure(payload)
+    except (KeyError, TypeError, ValueError, AttributeError, BaseValidationError):
+        return _unknown(event_type, payload, event_id)
+    return event
+
+
+def event_name(event: StreamEvent) -> str:
+    """Return the SSE ``event:`` name of an event."""
+    if isinstance(event, UnknownEvent):
+        return event.type
+    name: str = type(event).TYPE
+    return name
+
+
+def event_to_wire(event: StreamEvent) -> tuple[str, bytes]:
+    """Return ``(event name, JSON data bytes)`` for one event, as the SSE frame carries it."""
+    if isinstance(event, UnknownEvent):
+        return event.type, orjson.dumps(event.data)
+    return event_name(event), orjson.dumps(converter.unstructure(event, unstructure_as=type(event)))
