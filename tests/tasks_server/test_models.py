@@ -1,0 +1,81 @@
+"""The task models: GPU shorthand, YAML configs, volume specs and the wire shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vi_flow.models import from_wire, to_wire
+from vi_flow.models.tasks import GPURequest, TaskConfig, TaskStatus, VolumeSpec, parse_gpu
+from vi_flow.server.task_files import LineSplitter, UnsafePath, resolve_inside, tail_lines
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a100", ("a100", 1, None)),
+        ("A100:4", ("a100", 4, None)),
+        ("4xa100", ("a100", 4, None)),
+        ("gpu:40gb", (None, 1, 40)),
+        ("gpu:40GB:2", (None, 2, 40)),
+        ("gpu", (None, 1, None)),
+        ("h100-80gb:8", ("h100-80gb", 8, None)),
+    ],
+)
+def test_parse_gpu(text: str, expected: tuple[str | None, int, int | None]) -> None:
+    assert parse_gpu(text) == GPURequest(*expected)
+
+
+@pytest.mark.parametrize("text", ["", "a100:0", "a100:65", "a100:x", ":2", "gpu:gb", "a 100"])
+def test_parse_gpu_names_the_bad_input(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid GPU request"):
+        parse_gpu(text)
+
+
+def test_config_from_yaml_and_wire_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "task.yaml"
+    path.write_text(
+        "name: train\n"
+        "command: [python, train.py]\n"
+        "gpu: a100:2\n"
+        "min_gpu_memory_gb: 40\n"
+        "maxRunTime: 60\n"
+        "env: {EPOCHS: 3}\n"
+        "volumes:\n"
+        "  - {volume_id: vol_1, mount_path: /data}\n"
+    )
+    config = TaskConfig.from_yaml(path)
+    assert config.command == ["python", "train.py"]
+    assert config.env == {"EPOCHS": "3"}
+    assert config.volumes == [VolumeSpec(mount_path="/data", volume_id="vol_1")]
+    assert config.gpu_request() == GPURequest("a100", 2, 40)
+    wire = to_wire(config)
+    assert wire["volumes"][0]["volumeId"] == "vol_1" and wire["maxRunTime"] == 60
+    assert from_wire(wire, TaskConfig) == config
+    (tmp_path / "bad.yaml").write_text("nme: x\n")
+    with pytest.raises(ValueError, match="unknown task config field 'nme'"):
+        TaskConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_status_is_open_and_knows_terminal() -> None:
+    assert TaskStatus("completed").terminal and not TaskStatus("running").terminal
+    future = TaskStatus("preempted")
+    assert not future.known and future.value == "preempted"
+
+
+def test_file_helpers(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
+    assert tail_lines(log, 2) == ["line 99998", "line 99999"]
+    assert tail_lines(tmp_path / "missing", 5) == []
+    splitter = LineSplitter()
+    assert splitter.feed(b"a\nb") == ["a"]
+    assert splitter.feed(b"c\r\n") == ["bc"]
+    assert splitter.feed(b"tail") == [] and splitter.flush() == ["tail"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link").symlink_to(tmp_path)
+    for bad in ("../log", "/etc/passwd", "a/../../log", "link/log", ""):
+        with pytest.raises(UnsafePath):
+            resolve_inside(tmp_path / "out", bad)
+    assert resolve_inside(tmp_path / "out", "x/y") == (tmp_path / "out" / "x" / "y").resolve()

@@ -1,0 +1,236 @@
+"""Volumes, reservations, SSH keys, instances and run artifacts over the real app."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from vi_flow.models.tasks import TaskConfig
+from vi_flow.server.tasks_service import TASKS_KEY
+
+from .conftest import StartServer, TaskServer
+
+
+@pytest.mark.anyio
+async def test_volume_names_are_validated(server: TaskServer) -> None:
+    for name in ("a/b", "..", "x..y", "", "-lead"):
+        answer = await server.call("POST", "/volumes", json={"name": name, "sizeGb": 1})
+        assert answer.status == 422, name
+        assert answer.body["error"]["message"].startswith("name"), answer.body
+    created = await server.call("POST", "/volumes", json={"name": "data", "sizeGb": 5})
+    assert created.status == 201 and created.body["name"] == "data"
+    duplicate = await server.call("POST", "/volumes", json={"name": "data"})
+    assert duplicate.status == 409
+    listed = (await server.call("GET", "/volumes")).body["items"]
+    assert [v["name"] for v in listed] == ["data"]
+    assert (await server.call("GET", "/volumes/nope")).status == 404
+
+
+@pytest.mark.anyio
+async def test_task_sees_its_volumes_and_a_mounted_volume_cannot_be_deleted(
+    server: TaskServer,
+) -> None:
+    volume = (await server.call("POST", "/volumes", json={"name": "datasets"})).body
+    script = 'echo hi > data/in-volume.txt; echo "$VI_FLOW_VOLUME_DATASETS"; ls rel/sub; sleep 30'
+    task = await server.submit(
+        command=script,
+        volumes=[
+            {"volumeId": "datasets", "mountPath": "/data"},
+            {"name": "scratch-1", "mountPath": "rel/sub"},
+        ],
+    )
+    await server.wait(task["taskId"], until={"running"})
+    for _ in range(300):
+        if (Path(volume["path"]) / "in-volume.txt").exists():
+            break
+        await asyncio.sleep(0.01)
+    assert (Path(volume["path"]) / "in-volume.txt").read_text() == "hi\n"
+    shown = (await server.call("GET", "/volumes/datasets")).body
+    assert shown["attachedTo"] == [task["taskId"]]
+    answer = await server.call("DELETE", f"/volumes/{volume['volumeId']}")
+    assert answer.status == 409 and task["taskId"] in answer.body["error"]["message"]
+    logs = (await server.call("GET", f"/tasks/{task['taskId']}/logs")).body
+    assert logs["lines"][0] == volume["path"]
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+    answer = await server.call("DELETE", "/volumes/datasets")
+    assert answer.status == 200 and answer.body == {"volumeId": volume["volumeId"], "deleted": True}
+    assert _gone(Path(volume["path"]))
+    bad = await server.call(
+        "POST",
+        "/tasks",
+        json={"command": "true", "volumes": [{"volumeId": "gone", "mountPath": "/d"}]},
+    )
+    assert bad.status == 422 and bad.body["error"]["message"].startswith("volumes[0].volumeId")
+
+
+@pytest.mark.anyio
+async def test_mount_volume_into_a_running_task(server: TaskServer) -> None:
+    await server.call("POST", "/volumes", json={"name": "late"})
+    task = await server.submit(command="sleep 30")
+    await server.wait(task["taskId"], until={"running"})
+    answer = await server.call(
+        "POST", f"/tasks/{task['taskId']}/volumes", json={"volumeId": "late"}
+    )
+    assert answer.status == 200, answer.body
+    assert answer.body["config"]["volumes"][-1]["mountPath"] == "/volumes/late"
+    assert (Path(task["workdir"]) / "volumes" / "late").is_dir()
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+    ended = await server.call("POST", f"/tasks/{task['taskId']}/volumes", json={"volumeId": "late"})
+    assert ended.status == 409
+
+
+@pytest.mark.anyio
+async def test_reservation_holds_capacity_until_cancelled(server: TaskServer) -> None:
+    answer = await server.call("POST", "/reservations", json={"cpus": 2, "durationHours": 1})
+    assert answer.status == 201, answer.body
+    reservation = answer.body
+    assert reservation["status"] == "active" and reservation["cpus"] == 2
+    outsider = await server.submit(command="echo outsider")
+    await asyncio.sleep(0.3)
+    waiting = (await server.call("GET", f"/tasks/{outsider['taskId']}")).body
+    assert waiting["status"] == "pending" and waiting["reason"] == "WaitingForCapacity"
+    insider = await server.submit(
+        command="echo insider", reservationId=reservation["reservationId"]
+    )
+    assert (await server.wait(insider["taskId"]))["status"] == "completed"
+    full = await server.call("POST", "/reservations", json={"cpus": 1})
+    assert full.status == 422 and "free in that window: 0 CPUs" in full.body["error"]["message"]
+    slots = (
+        await server.call("GET", "/reservations/availability", params={"instanceType": "cpu"})
+    ).body["items"]
+    assert slots and slots[0]["startTime"] >= reservation["endTime"]
+    cancelled = await server.call("DELETE", f"/reservations/{reservation['reservationId']}")
+    assert cancelled.body["status"] == "cancelled"
+    assert (await server.wait(outsider["taskId"]))["status"] == "completed"
+    listed = (await server.call("GET", "/reservations")).body["items"]
+    assert [r["reservationId"] for r in listed] == [reservation["reservationId"]]
+    assert (await server.call("GET", "/reservations/res_nope")).status == 404
+    gpu = await server.call("POST", "/reservations", json={"gpu": "a100"})
+    assert gpu.status == 422 and "no GPUs" in gpu.body["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_ssh_keys_are_validated_and_deduplicated(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    public = client_key.export_public_key().decode()
+    bad = await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": "ssh-rsa nope"})
+    assert bad.status == 422 and bad.body["error"]["message"].startswith("publicKey")
+    first = await server.call("POST", "/ssh-keys", json={"name": "laptop", "publicKey": public})
+    again = await server.call("POST", "/ssh-keys", json={"name": "laptop2", "publicKey": public})
+    assert first.status == 201 and again.status == 200
+    assert first.body["keyId"] == again.body["keyId"]
+    assert first.body["fingerprint"].startswith("SHA256:")
+    listed = (await server.call("GET", "/ssh-keys")).body["items"]
+    assert [k["keyId"] for k in listed] == [first.body["keyId"]]
+    deleted = await server.call("DELETE", f"/ssh-keys/{first.body['keyId']}")
+    assert deleted.body == {"keyId": first.body["keyId"], "deleted": True}
+    assert (await server.call("GET", f"/ssh-keys/{first.body['keyId']}")).status == 404
+
+
+@pytest.mark.anyio
+async def test_instances_list_the_machine(server: TaskServer) -> None:
+    items = (await server.call("GET", "/instances")).body["items"]
+    assert items == [
+        {
+            "instanceType": "cpu",
+            "gpuType": None,
+            "gpuCount": 0,
+            "gpuMemoryGb": 0,
+            "cpus": 2,
+            "memoryGb": items[0]["memoryGb"],
+            "pricePerHour": 0.0,
+            "available": True,
+            "region": "local",
+        }
+    ]
+    assert (await server.call("GET", "/instances", params={"gpuType": "h100"})).body["items"] == []
+
+
+@pytest.mark.anyio
+async def test_run_artifacts_and_the_engine_service(server: TaskServer) -> None:
+    flow = await server.call("POST", "/flows", json={"name": "f", "blocks": []})
+    assert flow.status == 201, flow.body
+    run = await server.call("POST", "/runs", json={"flowId": flow.body["flowId"]})
+    assert run.status == 201, run.body
+    run_id = run.body["runId"]
+    service = server.app[TASKS_KEY]
+    config = TaskConfig(
+        command='for i in 1 2 3; do echo "line $i"; done; echo err >&2; '
+        'mkdir -p "$VI_FLOW_OUTPUT_DIR/model"; printf w > "$VI_FLOW_OUTPUT_DIR/model/w.bin"'
+    )
+    task = await service.submit("org_default", config, run_id=run_id, step_id="train")
+    lines = [item async for item in service.follow(task.task_id)]
+    assert [x for x in lines if x[0] == "stdout"] == [("stdout", f"line {i}") for i in (1, 2, 3)]
+    assert ("stderr", "err") in lines
+    done = await service.wait(task.task_id, timeout=5)
+    assert done.exit_code == 0 and done.run_id == run_id and done.step_id == "train"
+    assert await service.tail(task.task_id, 2, "stdout") == ["line 2", "line 3"]
+    listing = (await server.call("GET", f"/runs/{run_id}/artifacts")).body
+    assert listing == {"items": [{"path": "model/w.bin", "size": 1}]}
+    blob = await server.call("GET", f"/runs/{run_id}/artifacts/model/w.bin")
+    assert blob.status == 200 and blob.raw == b"w"
+    sneaky = await server.call(
+        "GET", f"/runs/{run_id}/artifacts/model/%2E%2E/%2E%2E/logs/stdout.log"
+    )
+    assert sneaky.status in (400, 404) and sneaky.raw != b"line 1\n"
+    missing = await server.call("GET", "/runs/run_missing/artifacts")
+    assert missing.status == 404 and missing.body["error"]["code"] == "RUN_NOT_FOUND"
+
+
+def _gone(path: Path) -> bool:
+    return not path.exists()
+
+
+@pytest.mark.anyio
+async def test_tasks_queued_on_a_cancelled_reservation_fail(server: TaskServer) -> None:
+    reservation = (await server.call("POST", "/reservations", json={"cpus": 1})).body
+    res_id = reservation["reservationId"]
+    holder = await server.submit(command="sleep 30", reservationId=res_id)
+    queued = await server.submit(command="echo never", reservationId=res_id)
+    too_big = await server.call(
+        "POST", "/tasks", json={"command": "true", "cpus": 2, "reservationId": res_id}
+    )
+    assert too_big.status == 422 and "holds 1 CPUs" in too_big.body["error"]["message"]
+    await server.wait(holder["taskId"], until={"running"})
+    await server.call("DELETE", f"/reservations/{res_id}")
+    failed = await server.wait(queued["taskId"])
+    assert failed["status"] == "failed" and failed["reason"] == "ReservationEnded"
+    late = await server.call("POST", "/tasks", json={"command": "true", "reservationId": res_id})
+    assert late.status == 422 and "cancelled" in late.body["error"]["message"]
+    foreign = await server.call(
+        "POST", "/tasks", json={"command": "true", "reservationId": "res_x"}
+    )
+    assert foreign.status == 422 and foreign.body["error"]["message"].startswith("reservationId")
+    await server.call("POST", f"/tasks/{holder['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_gpu_reservation_is_honoured(start_server: StartServer) -> None:
+    fake = [{"type": "a100", "memory_gb": 80}, {"type": "a100", "memory_gb": 80}]
+    server = await start_server(local_cpus=4, local_gpus=fake)
+    reservation = (await server.call("POST", "/reservations", json={"gpu": "a100"})).body
+    assert reservation["gpuCount"] == 1 and reservation["instanceType"] == "a100"
+    both = await server.submit(command="echo both", gpu="a100:2")
+    mine = await server.submit(
+        command='echo "mine $CUDA_VISIBLE_DEVICES"; sleep 30',
+        gpu="a100",
+        reservationId=reservation["reservationId"],
+    )
+    other = await server.submit(command='echo "other $CUDA_VISIBLE_DEVICES"; sleep 30', gpu="a100")
+    await server.wait(mine["taskId"], until={"running"})
+    await server.wait(other["taskId"], until={"running"})
+    await asyncio.sleep(0.2)
+    assert (await server.call("GET", f"/tasks/{both['taskId']}")).body["status"] == "pending"
+    lines = []
+    for task in (mine, other):
+        done = (await server.call("GET", f"/tasks/{task['taskId']}")).body
+        lines.append(done["gpuIds"])
+    assert sorted(lines) == [[0], [1]]
+    for task in (mine, other):
+        await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+    await server.call("DELETE", f"/reservations/{reservation['reservationId']}")
+    assert (await server.wait(both["taskId"]))["status"] == "completed"

@@ -1,0 +1,175 @@
+"""The embedded SSH server: key auth, exec in the workspace, PTY shell, SFTP, log follows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from .conftest import TaskServer
+
+
+async def _endpoint(server: TaskServer, key: asyncssh.SSHKey, **config: Any) -> dict[str, Any]:
+    public = key.export_public_key().decode()
+    await server.call("POST", "/ssh-keys", json={"name": "test", "publicKey": public})
+    task = await server.submit(**config)
+    await server.wait(task["taskId"], until={"running", "completed"})
+    answer = await server.call("GET", f"/tasks/{task['taskId']}/ssh")
+    assert answer.status == 200, answer.body
+    return dict(answer.body)
+
+
+def _connect(endpoint: dict[str, Any], key: asyncssh.SSHKey, user: str | None = None) -> Any:
+    known = asyncssh.import_known_hosts(endpoint["knownHosts"])
+    return asyncssh.connect(
+        endpoint["host"],
+        endpoint["port"],
+        username=user or endpoint["user"],
+        client_keys=[key],
+        known_hosts=known,
+        agent_path=None,
+        config=None,
+        preferred_auth="publickey",
+    )
+
+
+@pytest.mark.anyio
+async def test_exec_runs_in_the_workspace_with_the_task_env(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30", env={"MODEL": "llama"})
+    assert endpoint["host"] == "127.0.0.1" and endpoint["execPrefix"] == []
+    assert endpoint["knownHosts"].startswith(f"[127.0.0.1]:{endpoint['port']} ssh-ed25519 ")
+    async with _connect(endpoint, client_key) as conn:
+        result = await conn.run('pwd; echo "$MODEL $VI_FLOW_TASK_ID"; echo err >&2; exit 7')
+        assert result.exit_status == 7
+        assert result.stdout.splitlines() == [endpoint["workdir"], f"llama {endpoint['taskId']}"]
+        assert result.stderr == "err\n"
+        quoted = await conn.run("printf '%s' \"$0\"", check=False)
+        assert quoted.exit_status == 0
+        piped = await conn.run("wc -c", input="x" * 100_000)
+        assert piped.stdout.strip() == "100000"
+        big = await conn.run("seq 1 20000")
+        assert big.stdout.splitlines()[-1] == "20000" and len(big.stdout.splitlines()) == 20000
+
+
+@pytest.mark.anyio
+async def test_unregistered_key_and_unknown_task_are_refused(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with _connect(endpoint, stranger):
+            pass
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with _connect(endpoint, client_key, user="task_does_not_exist"):
+            pass
+
+
+@pytest.mark.anyio
+async def test_wrong_host_key_is_not_trusted(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    endpoint["knownHosts"] = f"[127.0.0.1]:{endpoint['port']} {other}"
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        async with _connect(endpoint, client_key):
+            pass
+
+
+@pytest.mark.anyio
+async def test_pty_shell_works(server: TaskServer, client_key: asyncssh.SSHKey) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        process.stdin.write("stty size; echo pty-$((40+2)); tty\n")
+        output = await _read_until(process, "/dev/pts/")
+        assert "24 80" in output and "pty-42" in output
+        process.change_terminal_size(100, 40)
+        process.stdin.write("stty size; exit 5\n")
+        output = await process.stdout.read()
+        await process.wait()
+    assert "40 100" in output
+    assert process.exit_status == 5
+
+
+async def _read_until(process: Any, marker: str) -> str:
+    seen = ""
+    while marker not in seen:
+        chunk = await process.stdout.read(1024)
+        assert chunk, f"stream ended before {marker!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
+@pytest.mark.anyio
+async def test_sftp_is_rooted_in_the_task_directory(
+    server: TaskServer, client_key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    source = tmp_path / "train.py"
+    source.write_text("print('hi')\n")
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        await sftp.put(str(source), "/workspace/train.py")
+        assert sorted(await sftp.listdir("/")) == [".", "..", "logs", "output", "workspace"]
+        assert await sftp.realpath("/../../..") == "/"
+        await sftp.put(str(source), "/../../escape.py")
+    assert (Path(endpoint["workdir"]) / "train.py").read_text() == "print('hi')\n"
+    assert (Path(endpoint["workdir"]).parent / "escape.py").exists()
+    assert not (Path(endpoint["workdir"]).parents[2] / "escape.py").exists()
+
+
+@pytest.mark.anyio
+async def test_logs_user_follows_log_files_by_offset_after_the_end(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="seq 1 5")
+    await server.wait(endpoint["taskId"])
+    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
+        result = await conn.run(f"tail -c +5 {endpoint['stdoutPath']}")
+    assert result.stdout == "3\n4\n5\n"
+
+
+@pytest.mark.anyio
+async def test_a_dropped_connection_stops_its_command(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
+        process = await conn.create_process(f"echo $$; exec tail -F {endpoint['stdoutPath']}")
+        pid = int((await process.stdout.readline()).strip())
+        os.kill(pid, 0)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the command outlived its SSH connection")
+
+
+@pytest.mark.anyio
+async def test_server_stop_closes_open_sessions(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
+        process = await conn.create_process(f"echo $$; exec tail -F {endpoint['stdoutPath']}")
+        pid = int((await process.stdout.readline()).strip())
+        started = asyncio.get_running_loop().time()
+        await server.stop()
+        assert asyncio.get_running_loop().time() - started < 4
+        await process.wait_closed()
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the command outlived the server")

@@ -1,0 +1,55 @@
+"""Compute providers: which backend runs tasks, chosen by ``ServerSettings.provider``.
+
+Every provider implements :class:`~vi_flow.server.providers.base.ComputeProvider`. A
+provider module exposes ``create(settings) -> ComputeProvider``; :func:`create_provider`
+imports the one named in the settings (``local`` or ``slurm``) only when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .base import (
+    CapacityError,
+    ComputeProvider,
+    InvalidRequest,
+    ProviderError,
+    ProviderUnavailable,
+    UnsupportedOperation,
+)
+
+if TYPE_CHECKING:
+    from ..state import ServerSettings
+
+__all__ = [
+    "PROVIDERS",
+    "CapacityError",
+    "ComputeProvider",
+    "InvalidRequest",
+    "ProviderError",
+    "ProviderUnavailable",
+    "UnsupportedOperation",
+    "create_provider",
+]
+
+PROVIDERS: dict[str, str] = {
+    "local": "vi_flow.server.providers.local",
+    "slurm": "vi_flow.server.providers.slurm",
+}
+"""Provider name -> module exposing ``create(settings) -> ComputeProvider``."""
+
+
+def create_provider(settings: ServerSettings) -> ComputeProvider:
+    """Build the provider named by ``settings.provider``.
+
+    Raises:
+        ValueError: Unknown provider name (the message lists the known ones).
+    """
+    module_name = PROVIDERS.get(settings.provider)
+    if module_name is None:
+        known = ", ".join(sorted(PROVIDERS))
+        raise ValueError(f"unknown compute provider {settings.provider!r}; known: {known}")
+    module = importlib.import_module(module_name)
+    provider: ComputeProvider = module.create(settings)
+    return provider

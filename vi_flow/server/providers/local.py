@@ -1,0 +1,439 @@
+"""The local compute provider: tasks run as process groups on this machine.
+
+Each task gets a directory under ``<home>/tasks/<task_id>/`` (``workspace/``,
+``logs/stdout.log``, ``logs/stderr.log``, ``output/``) and runs as its own process group
+(``start_new_session``). A small capacity scheduler holds CPUs and GPUs: tasks wait
+``pending`` while the machine (or a reservation) holds what they need, and start in
+submission order as capacity frees up (smaller tasks may pass a blocked larger one).
+Cancel sends SIGTERM to the group, then SIGKILL after a grace period; ``max_run_time``
+is enforced the same way. The catalog comes from the machine (``os.cpu_count``, memory,
+``nvidia-smi``), or from ``settings.extra["local_cpus"|"local_gpus"|"local_memory_gb"]``.
+Reservations live in ``<home>/compute/reservations.json``; volumes are directories under
+``<home>/volumes/``. This module owns :class:`LocalProvider` (the queue, the scheduler
+loop and the task life cycle); :mod:`.local_process` runs and stops one process group,
+:mod:`.local_capacity` accounts for free CPUs and GPUs, :mod:`.local_placement` resolves
+requests against the machine, :mod:`.local_machine` detects it and
+:mod:`.local_reservations` keeps the reservation book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...models.tasks import (
+    AvailabilitySlot,
+    AvailableInstance,
+    Reservation,
+    ReservationRequest,
+    TaskConfig,
+    TaskStatus,
+)
+from .base import (
+    ComputeProvider,
+    InvalidRequest,
+    LaunchSpec,
+    Placement,
+    RunningTask,
+    TaskPaths,
+    TaskUpdate,
+    UpdateSink,
+)
+from .local_capacity import (
+    check_reservation_fits,
+    fit,
+    free_capacity,
+    next_boundary,
+    reservation_ended,
+)
+from .local_machine import GPUDevice, Machine, detect_machine
+from .local_placement import build_catalog, place
+from .local_process import (
+    KILL_WAIT,
+    MAX_RUN_TIME_GRACE,
+    Job,
+    append_line,
+    end_orphan,
+    final_update,
+    now_ms,
+    prepare_launch,
+    signal_group,
+    started_update,
+    stop_job,
+    task_environment,
+    terminate,
+)
+from .local_reservations import ReservationBook
+
+if TYPE_CHECKING:
+    from ..state import ServerSettings
+
+__all__ = [
+    "KILL_WAIT",
+    "MAX_RUN_TIME_GRACE",
+    "GPUDevice",
+    "LocalProvider",
+    "Machine",
+    "create",
+    "detect_machine",
+]
+
+log = logging.getLogger(__name__)
+
+
+class LocalProvider:
+    """Runs tasks as local process groups with a CPU/GPU capacity scheduler.
+
+    Args:
+        home: The server home (tasks, volumes and reservations live under it).
+        extra: ``ServerSettings.extra`` (``local_cpus``, ``local_gpus``, ``local_memory_gb``).
+    """
+
+    name = "local"
+
+    def __init__(self, home: Path, extra: dict[str, Any] | None = None) -> None:
+        self.home = Path(home)
+        self._extra = dict(extra or {})
+        self.machine = Machine(cpus=1, memory_gb=0)
+        self._sink: UpdateSink | None = None
+        self._queue: list[LaunchSpec] = []
+        self._jobs: dict[str, Job] = {}
+        self.reservations = ReservationBook(
+            self.home / "compute" / "reservations.json", self.machine
+        )
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._max_run_time_grace = float(
+            self._extra.get("local_max_run_time_grace", MAX_RUN_TIME_GRACE)
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, sink: UpdateSink) -> None:
+        """Detect the machine, load reservations and start the scheduler."""
+        self._sink = sink
+        self.machine = await detect_machine(self._extra)
+        self.reservations.machine = self.machine
+        await self.reservations.load()
+        self._loop_task = asyncio.create_task(self._scheduler(), name="vi-flow-local-scheduler")
+        log.info("local provider: %d CPUs, %s", self.machine.cpus, self.machine.describe_gpus())
+
+    async def close(self) -> None:
+        """Stop the scheduler and every running task (reported ``failed``, ServerStopped)."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        jobs = [job for job in self._jobs.values() if job.process is not None]
+        for job in jobs:
+            job.stop_reason = "ServerStopped"
+            job.stop_message = "the server stopped while the task ran"
+        await asyncio.gather(*(stop_job(job, 2.0) for job in jobs))
+        watchers = [job.watcher for job in jobs if job.watcher is not None]
+        if watchers:
+            await asyncio.wait(watchers, timeout=KILL_WAIT)
+
+    async def recover(self, tasks: Sequence[RunningTask]) -> None:
+        """Re-queue tasks that never started; fail those whose process died with the server."""
+        for task in tasks:
+            if task.provider_id is None and task.status == TaskStatus.PENDING:
+                await self._requeue(task)
+                continue
+            message = await asyncio.to_thread(end_orphan, task)
+            await self._report(_restart_failure(task, message))
+
+    async def _requeue(self, task: RunningTask) -> None:
+        try:
+            await self.submit(task.spec)
+        except InvalidRequest as exc:
+            message = f"could not be re-queued after a restart: {exc}"
+            await self._report(_restart_failure(task, message))
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def task_paths(self, task_id: str) -> TaskPaths:
+        """``<home>/tasks/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
+        root = self.home / "tasks" / task_id
+        return TaskPaths(
+            root=root,
+            workdir=root / "workspace",
+            stdout=root / "logs" / "stdout.log",
+            stderr=root / "logs" / "stderr.log",
+            output_dir=root / "output",
+        )
+
+    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+        """Nothing: a local task's commands run directly on this machine."""
+        return []
+
+    # -- placement and catalog ---------------------------------------------------------
+
+    async def place(self, config: TaskConfig) -> Placement:
+        """Resolve the instance type, GPUs and CPUs of ``config`` against this machine."""
+        return place(self.machine, config, await self.instances())
+
+    async def instances(self) -> list[AvailableInstance]:
+        """``cpu`` plus, per GPU type, ``<type>``, ``2x<type>``, ... up to the count found."""
+        free_cpus, free_gpus = self._free(None, now_ms())
+        return build_catalog(self.machine, free_cpus, free_gpus)
+
+    def _free(self, reservation_id: str | None, now: int) -> tuple[int, list[int]]:
+        """Free CPUs and GPU ids for the general pool or for one reservation's pool."""
+        jobs = self._jobs.values()
+        return free_capacity(self.machine, self.reservations, jobs, reservation_id, now)
+
+    # -- submit / cancel -----------------------------------------------------------------
+
+    async def submit(self, spec: LaunchSpec) -> None:
+        """Queue ``spec``; the scheduler starts it when capacity is free."""
+        if spec.reservation_id:
+            check_reservation_fits(self.reservations, spec)
+        self._jobs[spec.task_id] = Job(spec)
+        self._queue.append(spec)
+        self._wake.set()
+
+    async def cancel(self, task_id: str, grace: float) -> None:
+        """Drop a queued task, or stop a running one (SIGTERM, SIGKILL after ``grace``)."""
+        job = self._jobs.get(task_id)
+        if job is None:
+            return
+        if job.state == "launching":
+            await self._cancel_launching(job, grace)
+            return
+        if job.state == "queued":
+            await self._drop_queued(task_id)
+            return
+        if job.stop_reason is None:
+            job.stop_reason = "Cancelled"
+            job.stop_message = "cancelled by request"
+        await stop_job(job, grace)
+
+    @staticmethod
+    async def _cancel_launching(job: Job, grace: float) -> None:
+        """Ask :meth:`_launch` to stop the job once it started; wait for it to end."""
+        job.stop_reason = job.stop_reason or "Cancelled"
+        job.stop_message = job.stop_message or "cancelled by request"
+        job.stop_grace = grace
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), grace + KILL_WAIT)
+
+    async def _drop_queued(self, task_id: str) -> None:
+        self._queue = [s for s in self._queue if s.task_id != task_id]
+        self._jobs.pop(task_id, None)
+        await self._report(
+            TaskUpdate(
+                task_id,
+                TaskStatus.CANCELLED,
+                message="cancelled before it started",
+                reason="Cancelled",
+                time=now_ms(),
+            )
+        )
+        self._wake.set()
+
+    # -- the scheduler -------------------------------------------------------------------
+
+    async def _scheduler(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._start_what_fits()
+            except Exception:  # keep scheduling whatever went wrong with one task
+                log.exception("local scheduler pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), next_boundary(self.reservations))
+
+    async def _start_what_fits(self) -> None:
+        now = now_ms()
+        for spec in list(self._queue):
+            if self._closing:
+                return
+            if spec not in self._queue or spec.task_id not in self._jobs:
+                continue  # cancelled while an earlier task was being launched
+            if reservation_ended(self.reservations, spec, now):
+                self._queue.remove(spec)
+                await self._finish_without_start(
+                    self._jobs[spec.task_id],
+                    f"reservation {spec.reservation_id!r} ended before the task could start",
+                    reason="ReservationEnded",
+                )
+                continue
+            gpu_ids = fit(self.machine, self.reservations, self._jobs.values(), spec, now)
+            if gpu_ids is None:
+                await self._mark_waiting(spec)
+                continue
+            self._queue.remove(spec)
+            job = self._jobs[spec.task_id]
+            job.gpu_ids = gpu_ids
+            job.state = "launching"
+            await self._launch(job)
+
+    async def _mark_waiting(self, spec: LaunchSpec) -> None:
+        job = self._jobs[spec.task_id]
+        if job.waiting:
+            return
+        job.waiting = True
+        held = "its reservation's" if spec.reservation_id else "the machine's"
+        await self._report(
+            TaskUpdate(
+                spec.task_id,
+                TaskStatus.PENDING,
+                message=f"waiting for capacity: {held} CPUs/GPUs are in use or reserved",
+                reason="WaitingForCapacity",
+                time=now_ms(),
+            )
+        )
+
+    # -- launching -----------------------------------------------------------------------
+
+    async def _launch(self, job: Job) -> None:
+        spec = job.spec
+        try:
+            out, err, cwd = await asyncio.to_thread(prepare_launch, spec)
+        except (OSError, InvalidRequest) as exc:
+            await self._finish_without_start(job, f"could not prepare the workspace: {exc}")
+            return
+        try:
+            job.process = await self._spawn(job, out, err, cwd)
+        except OSError as exc:
+            await self._finish_without_start(job, f"could not start {spec.argv[0]!r}: {exc}")
+            return
+        finally:
+            os.close(out)
+            os.close(err)
+        await self._report(started_update(job))
+        job.state = "running"
+        job.watcher = asyncio.create_task(self._watch(job), name=f"vi-flow-task:{spec.task_id}")
+        if job.stop_reason is not None:  # cancelled while it was being launched
+            job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
+
+    async def _spawn(self, job: Job, out: int, err: int, cwd: Path) -> asyncio.subprocess.Process:
+        """Start the task's command as the leader of a new process group."""
+        return await asyncio.create_subprocess_exec(
+            *job.spec.argv,
+            cwd=cwd,
+            env=task_environment(job, os.environ, bool(self.machine.gpus)),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+
+    async def _finish_without_start(
+        self, job: Job, message: str, reason: str = "StartFailed"
+    ) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(append_line, job.spec.paths.stderr, message)
+        self._jobs.pop(job.spec.task_id, None)
+        await self._report(
+            TaskUpdate(
+                job.spec.task_id,
+                TaskStatus.FAILED,
+                exit_code=127 if reason == "StartFailed" else None,
+                message=message,
+                reason=reason,
+                time=now_ms(),
+            )
+        )
+        job.state = "done"
+        job.done.set()
+
+    async def _watch(self, job: Job) -> None:
+        process = job.process
+        assert process is not None
+        limit = job.spec.max_run_time
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), limit)
+        except asyncio.TimeoutError:
+            job.stop_reason = job.stop_reason or "MaxRunTimeExceeded"
+            job.stop_message = job.stop_message or (
+                f"stopped after exceeding max_run_time of {limit:g} s"
+            )
+            await terminate(process, self._max_run_time_grace)
+        code = process.returncode if process.returncode is not None else -9
+        # The leader is gone; make sure nothing it left behind keeps running.
+        signal_group(process.pid, signal.SIGKILL)
+        self._jobs.pop(job.spec.task_id, None)
+        await self._report(final_update(job, code))
+        job.state = "done"
+        job.done.set()
+        self._wake.set()
+
+    async def _report(self, update: TaskUpdate) -> None:
+        if self._sink is None:
+            return
+        try:
+            await self._sink(update)
+        except Exception:  # the sink is the service's; never let it kill the scheduler
+            log.exception("task update for %s could not be recorded", update.task_id)
+
+    # -- reservations --------------------------------------------------------------------
+
+    async def create_reservation(self, request: ReservationRequest) -> Reservation:
+        """Hold CPUs/GPUs for ``[start, start + duration)`` if no other reservation holds them."""
+        config = TaskConfig(
+            command="true", gpu=request.gpu, instance_type=request.instance_type, cpus=request.cpus
+        )
+        reservation = await self.reservations.create(await self.place(config), request)
+        self._wake.set()
+        return reservation
+
+    async def list_reservations(self) -> list[Reservation]:
+        """Every reservation, with its status as of now."""
+        return self.reservations.all()
+
+    async def cancel_reservation(self, reservation_id: str) -> Reservation:
+        """Release a reservation; tasks still queued on it fail (``ReservationEnded``)."""
+        reservation = await self.reservations.cancel(reservation_id)
+        self._wake.set()
+        return reservation
+
+    async def availability(
+        self, instance_type: str | None, start: int, end: int, duration_ms: int
+    ) -> list[AvailabilitySlot]:
+        """Windows in ``[start, end]`` where ``instance_type`` could be held for ``duration_ms``."""
+        placement = await self.place(TaskConfig(command="true", instance_type=instance_type))
+        return self.reservations.availability(placement, start, end, duration_ms)
+
+    # -- volumes -------------------------------------------------------------------------
+
+    def volume_path(self, volume_id: str) -> Path:
+        """The directory of a volume."""
+        return self.home / "volumes" / volume_id
+
+    async def create_volume(self, volume_id: str, size_gb: int) -> Path:
+        """Create ``<home>/volumes/<volume_id>/``."""
+        path = self.volume_path(volume_id)
+        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        return path
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Remove the volume's directory and everything in it."""
+        path = self.volume_path(volume_id)
+        await asyncio.to_thread(shutil.rmtree, path, True)
+
+
+def _restart_failure(task: RunningTask, message: str) -> TaskUpdate:
+    """The update that fails a task the server could not carry over a restart."""
+    return TaskUpdate(
+        task.spec.task_id,
+        TaskStatus.FAILED,
+        message=message,
+        reason="ServerRestarted",
+        time=now_ms(),
+    )
+
+
+def create(settings: ServerSettings) -> ComputeProvider:
+    """The provider factory :func:`vi_flow.server.providers.create_provider` calls."""
+    provider: ComputeProvider = LocalProvider(settings.home, settings.extra)  # type-checked fit
+    return provider

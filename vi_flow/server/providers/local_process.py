@@ -1,0 +1,224 @@
+"""Running one local task as a process group, and stopping it.
+
+A :class:`Job` is the local provider's record of one submitted task (queued, launching,
+running, done). This module prepares a task's workspace, volume links and log files
+before it starts, builds its environment, stops its process group (SIGTERM, then
+SIGKILL after a grace period, for ``cancel`` and ``max_run_time`` alike), turns an exit
+status into the final :class:`~vi_flow.server.providers.base.TaskUpdate`, and ends the
+process groups of tasks left running by a server that went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from ...models.tasks import TaskStatus
+from .base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
+
+__all__ = [
+    "KILL_WAIT",
+    "MAX_RUN_TIME_GRACE",
+    "Job",
+    "append_line",
+    "describe_exit",
+    "end_orphan",
+    "final_update",
+    "now_ms",
+    "prepare_launch",
+    "signal_group",
+    "started_update",
+    "stop_job",
+    "task_environment",
+    "terminate",
+]
+
+KILL_WAIT = 5.0
+"""Seconds to wait for a killed process group's leader to be reaped."""
+
+MAX_RUN_TIME_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL when a task exceeds its ``max_run_time``."""
+
+
+def now_ms() -> int:
+    """Now, in milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+@attrs.define
+class Job:
+    """One submitted task, from the queue until its process ended."""
+
+    spec: LaunchSpec
+    process: asyncio.subprocess.Process | None = None
+    gpu_ids: list[int] = attrs.Factory(list)
+    stop_reason: str | None = None  # "Cancelled" or "MaxRunTimeExceeded"
+    stop_message: str | None = None
+    state: str = "queued"  # queued -> launching -> running -> done
+    stop_grace: float = 0.0
+    waiting: bool = False
+    stopper: asyncio.Task[None] | None = None
+    done: asyncio.Event = attrs.Factory(asyncio.Event)
+    watcher: asyncio.Task[None] | None = None
+
+
+# -- starting --------------------------------------------------------------------------
+
+
+def prepare_launch(spec: LaunchSpec) -> tuple[int, int, Path]:
+    """Create the directories, volume links and log files (blocking; run in a thread).
+
+    Returns the stdout and stderr file descriptors and the directory to start in.
+    """
+    paths = spec.paths
+    for directory in (paths.workdir, paths.output_dir, paths.stdout.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    for mount in spec.mounts:
+        _link_mount(mount.host_path, mount.visible_path)
+    cwd = paths.workdir
+    if spec.config.working_dir:
+        cwd = (paths.workdir / spec.config.working_dir).resolve()
+        cwd.mkdir(parents=True, exist_ok=True)
+    out = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    err = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    return out, err, cwd
+
+
+def _link_mount(host_path: Path, visible: Path) -> None:
+    if visible.is_symlink() or visible.exists():
+        if visible.resolve() == host_path.resolve():
+            return
+        raise InvalidRequest(f"volumes: mount path {visible} already exists in the workspace")
+    visible.parent.mkdir(parents=True, exist_ok=True)
+    visible.symlink_to(host_path, target_is_directory=True)
+
+
+def task_environment(job: Job, base: Mapping[str, str], machine_has_gpus: bool) -> dict[str, str]:
+    """``base`` without the server's ``VI_FLOW_*`` variables, plus the task's own and
+    ``CUDA_VISIBLE_DEVICES`` (empty on a GPU machine when the task has no GPUs)."""
+    env = {k: v for k, v in base.items() if not k.startswith("VI_FLOW_")}
+    env.update(job.spec.env)
+    if machine_has_gpus or job.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_ids)
+    return env
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append one line to a log file (blocking)."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text.rstrip("\n") + "\n")
+
+
+# -- stopping --------------------------------------------------------------------------
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to a process group that may already be gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def stop_job(job: Job, grace: float) -> None:
+    """SIGTERM the job's group; SIGKILL it if it has not ended after ``grace`` seconds."""
+    process = job.process
+    if process is None or process.returncode is not None:
+        return
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(job.done.wait()), grace)
+    except asyncio.TimeoutError:
+        signal_group(process.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), KILL_WAIT)
+
+
+async def terminate(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process's group, SIGKILL after ``grace`` seconds; wait for the leader."""
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(process.wait()), grace)
+    except asyncio.TimeoutError:
+        signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+def end_orphan(task: RunningTask) -> str:
+    """Kill what is left of a task that ran under a previous server; says what happened
+    (blocking)."""
+    pgid = int(task.provider_id) if task.provider_id and task.provider_id.isdigit() else 0
+    if pgid and _group_alive_in(pgid, task.spec.paths.workdir):
+        signal_group(pgid, signal.SIGKILL)
+        message = (
+            "the server restarted while the task ran; its process group "
+            f"{pgid} was stopped (exit status unknown)"
+        )
+    else:
+        message = "the task's process ended with the server; its exit status is unknown"
+    with contextlib.suppress(OSError):
+        append_line(task.spec.paths.stderr, f"[vi-flow] {message}")
+    return message
+
+
+def _group_alive_in(pgid: int, workdir: Path) -> bool:
+    """Whether process ``pgid`` still runs with its cwd inside ``workdir`` (pid reuse guard)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        cwd = Path(os.readlink(f"/proc/{pgid}/cwd"))
+    except OSError:
+        return False
+    return cwd == workdir or workdir in cwd.parents
+
+
+# -- ending ----------------------------------------------------------------------------
+
+
+def describe_exit(code: int) -> str:
+    """``exited with status N`` or ``killed by SIGNAME``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with status {code}"
+
+
+def final_update(job: Job, code: int) -> TaskUpdate:
+    """The update that ends ``job``, whose process exited with ``code``."""
+    task_id = job.spec.task_id
+    if job.stop_reason == "Cancelled":
+        return TaskUpdate(
+            task_id, TaskStatus.CANCELLED, code, job.stop_message, "Cancelled", time=now_ms()
+        )
+    if job.stop_reason is not None:
+        message = f"{job.stop_message} ({describe_exit(code)})"
+        return TaskUpdate(task_id, TaskStatus.FAILED, code, message, job.stop_reason, time=now_ms())
+    if code == 0:
+        return TaskUpdate(task_id, TaskStatus.COMPLETED, 0, "exited with status 0", time=now_ms())
+    return TaskUpdate(
+        task_id, TaskStatus.FAILED, code, describe_exit(code), "NonZeroExit", time=now_ms()
+    )
+
+
+def started_update(job: Job) -> TaskUpdate:
+    """The update that reports ``job`` running (its process group id and GPUs)."""
+    assert job.process is not None
+    return TaskUpdate(
+        job.spec.task_id,
+        TaskStatus.RUNNING,
+        message=None,
+        reason="Started",
+        provider_id=str(job.process.pid),
+        gpu_ids=list(job.gpu_ids),
+        time=now_ms(),
+    )

@@ -1,0 +1,208 @@
+"""Reservations of the local provider: capacity windows kept in a JSON file.
+
+:class:`ReservationBook` holds every reservation (``<home>/compute/reservations.json``,
+written atomically from a worker thread) and answers the scheduler's questions: which
+reservations are active now, what a window leaves free, and where a new one would fit.
+A reservation's status follows the clock (``scheduled`` -> ``active`` -> ``expired``)
+unless it was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from pathlib import Path
+
+import attrs
+
+from ...models._base import from_wire, to_wire
+from ...models.tasks import (
+    AvailabilitySlot,
+    Reservation,
+    ReservationRequest,
+    ReservationStatus,
+)
+from .base import CapacityError, InvalidRequest, Placement
+from .local_machine import Machine
+
+__all__ = ["ReservationBook", "reservation_status"]
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def reservation_status(res: Reservation, now: int) -> ReservationStatus:
+    """The status of ``res`` at ``now`` (ms)."""
+    if res.status == ReservationStatus.CANCELLED:
+        return res.status
+    if now >= res.end_time:
+        return ReservationStatus.EXPIRED
+    if now >= res.start_time:
+        return ReservationStatus.ACTIVE
+    return ReservationStatus.SCHEDULED
+
+
+def _overlaps(res: Reservation, start: int, end: int) -> bool:
+    return (
+        res.status != ReservationStatus.CANCELLED and res.start_time < end and start < res.end_time
+    )
+
+
+class ReservationBook:
+    """The local provider's reservations.
+
+    Args:
+        path: The JSON file they persist to.
+        machine: What the machine offers (windows are checked against it).
+    """
+
+    def __init__(self, path: Path, machine: Machine) -> None:
+        self.path = path
+        self.machine = machine
+        self._items: dict[str, Reservation] = {}
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _read(self) -> dict[str, Reservation]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        items = [from_wire(item, Reservation) for item in data]
+        return {r.reservation_id: r for r in items}
+
+    def _write(self, items: list[Reservation]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(to_wire(items)), encoding="utf-8")
+        tmp.replace(self.path)
+
+    async def load(self) -> None:
+        """Read the file (in a thread)."""
+        self._items = await asyncio.to_thread(self._read)
+
+    async def _save(self) -> None:
+        await asyncio.to_thread(self._write, list(self._items.values()))
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, reservation_id: str) -> Reservation | None:
+        """A reservation as stored (status not refreshed), or ``None``."""
+        return self._items.get(reservation_id)
+
+    def status(self, reservation_id: str, now: int) -> ReservationStatus | None:
+        """The status of a reservation at ``now``, ``None`` if unknown."""
+        res = self._items.get(reservation_id)
+        return None if res is None else reservation_status(res, now)
+
+    def active(self, now: int) -> list[Reservation]:
+        """Reservations whose window contains ``now``."""
+        return [
+            r
+            for r in self._items.values()
+            if reservation_status(r, now) == ReservationStatus.ACTIVE
+        ]
+
+    def boundaries_after(self, now: int) -> list[int]:
+        """Future window starts and ends (when the scheduler must look again)."""
+        return [
+            t
+            for r in self._items.values()
+            if r.status != ReservationStatus.CANCELLED
+            for t in (r.start_time, r.end_time)
+            if t > now
+        ]
+
+    def all(self) -> list[Reservation]:
+        """Every reservation with its status as of now."""
+        now = _now()
+        return [attrs.evolve(r, status=reservation_status(r, now)) for r in self._items.values()]
+
+    def window_free(self, gpu_type: str | None, start: int, end: int) -> tuple[int, int]:
+        """CPUs and GPUs (of ``gpu_type``; any when ``None``) no reservation holds in the window."""
+        overlapping = [r for r in self._items.values() if _overlaps(r, start, end)]
+        cpus = self.machine.cpus - sum(r.cpus for r in overlapping)
+        typed = [g for g in self.machine.gpus if gpu_type in (None, g.gpu_type)]
+        held = sum(r.gpu_count for r in overlapping if gpu_type in (None, r.gpu_type))
+        return max(cpus, 0), max(len(typed) - held, 0)
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def create(self, placement: Placement, request: ReservationRequest) -> Reservation:
+        """Hold ``placement`` for the requested window.
+
+        Raises:
+            InvalidRequest: A non-positive duration.
+            CapacityError: Other reservations hold what is asked in that window.
+        """
+        if request.duration_hours <= 0:
+            raise InvalidRequest(f"durationHours: must be positive, got {request.duration_hours}")
+        start = request.start_time or _now()
+        end = start + int(request.duration_hours * 3600 * 1000)
+        cpus, gpus = self.window_free(placement.gpu_type, start, end)
+        if placement.cpus > cpus or placement.gpu_count > gpus:
+            raise CapacityError(
+                f"reservation: asked for {placement.cpus} CPUs and {placement.gpu_count} "
+                f"x {placement.gpu_type or 'GPU'}; free in that window: {cpus} CPUs, {gpus} GPUs"
+            )
+        from ..store import new_id
+
+        res = Reservation(
+            reservation_id=new_id("res"),
+            name=request.name or f"{placement.instance_type}-reservation",
+            status=ReservationStatus.SCHEDULED,
+            instance_type=placement.instance_type,
+            gpu_type=placement.gpu_type,
+            gpu_count=placement.gpu_count,
+            cpus=placement.cpus,
+            start_time=start,
+            end_time=end,
+            created_at=_now(),
+            auto_renew=request.auto_renew,
+        )
+        self._items[res.reservation_id] = res
+        await self._save()
+        return attrs.evolve(res, status=reservation_status(res, _now()))
+
+    async def cancel(self, reservation_id: str) -> Reservation:
+        """Mark a reservation cancelled.
+
+        Raises:
+            InvalidRequest: Unknown reservation.
+        """
+        res = self._items.get(reservation_id)
+        if res is None:
+            raise InvalidRequest(f"reservation {reservation_id!r} not found")
+        res = attrs.evolve(res, status=ReservationStatus.CANCELLED)
+        self._items[reservation_id] = res
+        await self._save()
+        return res
+
+    def availability(
+        self, placement: Placement, start: int, end: int, duration_ms: int
+    ) -> list[AvailabilitySlot]:
+        """Windows in ``[start, end]`` of at least ``duration_ms`` where ``placement`` fits."""
+        edges = sorted(
+            {start, end}
+            | {
+                t
+                for r in self._items.values()
+                if _overlaps(r, start, end)
+                for t in (r.start_time, r.end_time)
+                if start < t < end
+            }
+        )
+        slots: list[AvailabilitySlot] = []
+        for left, right in itertools.pairwise(edges):
+            cpus, gpus = self.window_free(placement.gpu_type, left, right)
+            if cpus < placement.cpus or gpus < placement.gpu_count:
+                continue
+            begin = left
+            if slots and slots[-1].end_time == left:
+                last = slots.pop()
+                cpus, gpus, begin = min(cpus, last.cpus), min(gpus, last.gpu_count), last.start_time
+            slots.append(AvailabilitySlot(placement.instance_type, begin, right, gpus, cpus))
+        return [s for s in slots if s.end_time - s.start_time >= duration_ms]

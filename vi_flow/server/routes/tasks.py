@@ -1,0 +1,464 @@
+"""Routes for GPU tasks and what they use: tasks, logs, SSH endpoints, volumes, instances,
+reservations, SSH keys and run artifacts (see "Tasks wire" in the contracts).
+
+:func:`setup` builds the :class:`~vi_flow.server.tasks_service.TaskService` over the
+provider named in the settings, registers it under
+:data:`~vi_flow.server.tasks_service.TASKS_KEY`, and starts the provider and the SSH
+server in a cleanup context (stopped in reverse order when the app closes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ...models.tasks import (
+    AvailableInstance,
+    MountRequest,
+    Reservation,
+    ReservationRequest,
+    SSHKeyRequest,
+    TaskConfig,
+    TaskOutputFile,
+    TaskStatus,
+    VolumeRequest,
+)
+from .. import task_files as files
+from ..errors import APIProblem
+from ..helpers import (
+    idempotent,
+    json_response,
+    org_of,
+    page_response,
+    paginate,
+    read_body,
+    read_json,
+)
+from ..providers import create_provider
+from ..providers.base import ProviderError, problem_for
+from ..sshd import TaskSSHServer
+from ..state import SETTINGS_KEY, STORE_KEY
+from ..tasks_service import TASKS_KEY, TaskService
+
+__all__ = ["setup"]
+
+_SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
+MAX_TAIL = 100_000
+
+
+def _service(request: web.Request) -> TaskService:
+    return request.app[TASKS_KEY]
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise APIProblem.validation(name, f"expected an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise APIProblem.validation(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float_query(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise APIProblem.validation(name, f"expected a number, got {raw!r}") from None
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+@idempotent
+async def create_task(request: web.Request) -> web.StreamResponse:
+    """Submit a task (body: TaskConfig)."""
+    config = await read_json(request, TaskConfig)
+    task = await _service(request).submit(org_of(request), config)
+    return json_response(task, status=201)
+
+
+def _statuses(request: web.Request) -> list[str]:
+    wanted = [
+        s.strip().lower() for raw in request.query.getall("status", []) for s in raw.split(",")
+    ]
+    wanted = [s for s in wanted if s]
+    known = {s.value for s in TaskStatus}
+    for status in wanted:
+        if status not in known:
+            raise APIProblem.validation(
+                "status", f"unknown status {status!r}; known: {', '.join(sorted(known))}"
+            )
+    return wanted
+
+
+async def list_tasks(request: web.Request) -> web.StreamResponse:
+    """List tasks, newest first (filters: status, limit)."""
+    page = paginate(request)
+    size = _int_query(request, "limit", page.size, 1, 1000)
+    items, cursor = await _service(request).list_tasks(
+        org_of(request), _statuses(request), size, page.after
+    )
+    return page_response(items, cursor)
+
+
+async def get_task(request: web.Request) -> web.StreamResponse:
+    """Get a task."""
+    return json_response(await _service(request).get(request.match_info["taskId"], org_of(request)))
+
+
+async def cancel_task(request: web.Request) -> web.StreamResponse:
+    """Cancel a task (SIGTERM, then SIGKILL after the grace period)."""
+    service = _service(request)
+    task_id = request.match_info["taskId"]
+    await service.get(task_id, org_of(request))
+    body = await read_body(request)
+    grace = body.get("gracePeriod", 5.0)
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 300:
+        raise APIProblem.validation("gracePeriod", f"must be 0..300 seconds, got {grace!r}")
+    if body.get("force"):
+        grace = 0.0
+    return json_response(await service.cancel(task_id, float(grace)))
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    """Snapshot of a task's logs (tail, stream=stdout|stderr|both)."""
+    tail = _int_query(request, "tail", 100, 0, MAX_TAIL)
+    stream = request.query.get("stream", "stdout")
+    if stream not in ("stdout", "stderr", "both"):
+        raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
+    logs = await _service(request).logs(request.match_info["taskId"], org_of(request), tail, stream)
+    return json_response(logs)
+
+
+async def task_ssh(request: web.Request) -> web.StreamResponse:
+    """The task's SSH endpoint (host key to pin, log paths, exec prefix)."""
+    endpoint = await _service(request).ssh_endpoint(request.match_info["taskId"], org_of(request))
+    return json_response(endpoint)
+
+
+async def mount_volume(request: web.Request) -> web.StreamResponse:
+    """Mount a volume into a pending or running task."""
+    body = await read_json(request, MountRequest)
+    task = await _service(request).mount(
+        org_of(request), request.match_info["taskId"], body.volume_id, body.mount_path
+    )
+    return json_response(task)
+
+
+# -- outputs / artifacts -----------------------------------------------------------------
+
+
+async def _outputs_of_run(service: TaskService, run_id: str) -> dict[str, tuple[str, int]]:
+    """path -> (task_id, size); later tasks win on a clash."""
+    found: dict[str, tuple[str, int]] = {}
+    for task_id in await service.run_task_ids(run_id):
+        for item in await service.output_files(task_id):
+            found[item.path] = (task_id, item.size)
+    return found
+
+
+async def _file_response(service: TaskService, task_id: str, path: str) -> web.StreamResponse:
+    root = service.output_dir(task_id)
+    try:
+        target = files.resolve_inside(root, path)
+    except files.UnsafePath as exc:
+        raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
+    return web.FileResponse(target, headers={"Content-Type": "application/octet-stream"})
+
+
+async def list_task_outputs(request: web.Request) -> web.StreamResponse:
+    """Files the task wrote to $VI_FLOW_OUTPUT_DIR."""
+    service = _service(request)
+    task_id = request.match_info["taskId"]
+    await service.get(task_id, org_of(request))
+    return json_response({"items": await service.output_files(task_id)})
+
+
+async def get_task_output(request: web.Request) -> web.StreamResponse:
+    """Download one output file of a task."""
+    service = _service(request)
+    task_id = request.match_info["taskId"]
+    await service.get(task_id, org_of(request))
+    path = request.match_info["path"]
+    await _check_exists(service, task_id, path)
+    return await _file_response(service, task_id, path)
+
+
+async def _check_exists(service: TaskService, task_id: str, path: str) -> None:
+    try:
+        files.resolve_inside(service.output_dir(task_id), path)
+    except files.UnsafePath as exc:
+        raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
+    if path not in {f.path for f in await service.output_files(task_id)}:
+        raise APIProblem.not_found("NOT_FOUND", "artifact", path)
+
+
+async def list_run_artifacts(request: web.Request) -> web.StreamResponse:
+    """Files the run's tasks wrote to their output directories."""
+    run_id = request.match_info["runId"]
+    await request.app[STORE_KEY].get_run(run_id, org_of(request))
+    found = await _outputs_of_run(_service(request), run_id)
+    items = [TaskOutputFile(path, size) for path, (_, size) in sorted(found.items())]
+    return json_response({"items": items})
+
+
+async def get_run_artifact(request: web.Request) -> web.StreamResponse:
+    """Download one artifact of a run."""
+    run_id = request.match_info["runId"]
+    await request.app[STORE_KEY].get_run(run_id, org_of(request))
+    path = request.match_info["path"]
+    service = _service(request)
+    try:
+        files.resolve_inside(service.output_dir("x"), path)
+    except files.UnsafePath as exc:
+        raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
+    found = await _outputs_of_run(service, run_id)
+    if path not in found:
+        raise APIProblem.not_found("NOT_FOUND", "artifact", path)
+    return await _file_response(service, found[path][0], path)
+
+
+# -- volumes -----------------------------------------------------------------------------
+
+
+@idempotent
+async def create_volume(request: web.Request) -> web.StreamResponse:
+    """Create a volume."""
+    body = await read_json(request, VolumeRequest)
+    volume = await _service(request).create_volume(
+        org_of(request), body.size_gb, body.name, body.interface, body.region
+    )
+    return json_response(volume, status=201)
+
+
+async def list_volumes(request: web.Request) -> web.StreamResponse:
+    """List volumes, newest first."""
+    page = paginate(request)
+    size = _int_query(request, "limit", page.size, 1, 1000)
+    items, cursor = await _service(request).list_volumes(org_of(request), size, page.after)
+    return page_response(items, cursor)
+
+
+async def get_volume(request: web.Request) -> web.StreamResponse:
+    """Get a volume by id or name."""
+    volume = await _service(request).get_volume(org_of(request), request.match_info["volumeId"])
+    return json_response(volume)
+
+
+async def delete_volume(request: web.Request) -> web.StreamResponse:
+    """Delete a volume (409 while a task mounts it)."""
+    volume_id = await _service(request).delete_volume(
+        org_of(request), request.match_info["volumeId"]
+    )
+    return json_response({"volumeId": volume_id, "deleted": True})
+
+
+# -- instances ---------------------------------------------------------------------------
+
+
+def _matches(item: AvailableInstance, request: web.Request) -> bool:
+    gpu_type = request.query.get("gpuType", "").strip().lower()
+    max_price = _float_query(request, "maxPrice")
+    min_memory = _float_query(request, "minGpuMemoryGb")
+    gpu_count = _float_query(request, "gpuCount")
+    if gpu_type and item.gpu_type != gpu_type:
+        return False
+    if max_price is not None and item.price_per_hour > max_price:
+        return False
+    if min_memory is not None and item.gpu_memory_gb < min_memory:
+        return False
+    return gpu_count is None or item.gpu_count >= gpu_count
+
+
+async def list_instances(request: web.Request) -> web.StreamResponse:
+    """Instance types this provider can run (filters: gpuType, maxPrice, limit)."""
+    limit = _int_query(request, "limit", 100, 1, 1000)
+    try:
+        catalog = await _service(request).provider.instances()
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    items = [i for i in catalog if _matches(i, request)]
+    items.sort(key=lambda i: (i.price_per_hour, i.gpu_count, i.instance_type))
+    return json_response({"items": items[:limit]})
+
+
+# -- reservations ------------------------------------------------------------------------
+
+
+async def _owned(request: web.Request, reservation_id: str) -> Reservation:
+    service = _service(request)
+    if await service.reservation_org(reservation_id) != org_of(request):
+        raise APIProblem.not_found("NOT_FOUND", "reservation", reservation_id)
+    try:
+        reservations = await service.provider.list_reservations()
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    for item in reservations:
+        if item.reservation_id == reservation_id:
+            return item
+    raise APIProblem.not_found("NOT_FOUND", "reservation", reservation_id)
+
+
+@idempotent
+async def create_reservation(request: web.Request) -> web.StreamResponse:
+    """Reserve capacity for a time window."""
+    body = await read_json(request, ReservationRequest)
+    service = _service(request)
+    try:
+        reservation = await service.provider.create_reservation(body)
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    await service.claim_reservation(reservation.reservation_id, org_of(request))
+    return json_response(reservation, status=201)
+
+
+async def list_reservations(request: web.Request) -> web.StreamResponse:
+    """List the organization's reservations."""
+    service = _service(request)
+    try:
+        reservations = await service.provider.list_reservations()
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    org = org_of(request)
+    mine = [r for r in reservations if await service.reservation_org(r.reservation_id) == org]
+    return json_response({"items": mine})
+
+
+async def get_reservation(request: web.Request) -> web.StreamResponse:
+    """Get a reservation."""
+    return json_response(await _owned(request, request.match_info["reservationId"]))
+
+
+async def cancel_reservation(request: web.Request) -> web.StreamResponse:
+    """Cancel a reservation."""
+    reservation = await _owned(request, request.match_info["reservationId"])
+    try:
+        cancelled = await _service(request).provider.cancel_reservation(reservation.reservation_id)
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    return json_response(cancelled)
+
+
+async def reservation_availability(request: web.Request) -> web.StreamResponse:
+    """Windows in which an instance type could be reserved."""
+    now = int(time.time() * 1000)
+    start = int(_float_query(request, "earliestStartTime") or now)
+    end = int(_float_query(request, "latestEndTime") or start + 7 * 24 * 3600 * 1000)
+    hours = _float_query(request, "durationHours") or 1.0
+    if end <= start:
+        raise APIProblem.validation("latestEndTime", "must be after earliestStartTime")
+    instance_type = request.query.get("instanceType") or None
+    gpu = request.query.get("gpu")
+    provider = _service(request).provider
+    try:
+        if gpu and not instance_type:
+            instance_type = (
+                await provider.place(TaskConfig(command="true", gpu=gpu))
+            ).instance_type
+        slots = await provider.availability(instance_type, start, end, int(hours * 3600 * 1000))
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    return json_response({"items": slots})
+
+
+# -- ssh keys ----------------------------------------------------------------------------
+
+
+async def create_ssh_key(request: web.Request) -> web.StreamResponse:
+    """Register an SSH public key for the organization."""
+    body = await read_json(request, SSHKeyRequest)
+    key, created = await _service(request).add_ssh_key(org_of(request), body.name, body.public_key)
+    return json_response(key, status=201 if created else 200)
+
+
+async def list_ssh_keys(request: web.Request) -> web.StreamResponse:
+    """List the organization's SSH keys."""
+    return json_response({"items": await _service(request).list_ssh_keys(org_of(request))})
+
+
+async def get_ssh_key(request: web.Request) -> web.StreamResponse:
+    """Get an SSH key."""
+    key = await _service(request).get_ssh_key(org_of(request), request.match_info["keyId"])
+    return json_response(key)
+
+
+async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
+    """Delete an SSH key."""
+    key_id = request.match_info["keyId"]
+    await _service(request).delete_ssh_key(org_of(request), key_id)
+    return json_response({"keyId": key_id, "deleted": True})
+
+
+# -- wiring ------------------------------------------------------------------------------
+
+
+async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
+    service, settings = app[TASKS_KEY], app[SETTINGS_KEY]
+    await service.start()
+    sshd = TaskSSHServer(settings.home, service, host=_ssh_host(settings.host))
+    await sshd.start()
+    app[_SSHD_KEY] = sshd
+    service.ssh_host, service.ssh_port, service.ssh_host_key = (
+        sshd.host,
+        sshd.port,
+        sshd.host_key_line,
+    )
+    try:
+        yield
+    finally:
+        await sshd.close()
+        await service.close()
+
+
+def _ssh_host(http_host: str) -> str:
+    return "::1" if http_host == "::1" else "127.0.0.1"
+
+
+def _routes() -> list[tuple[str, str, Any]]:
+    return [
+        ("POST", "/v1/tasks", create_task),
+        ("GET", "/v1/tasks", list_tasks),
+        ("GET", "/v1/tasks/{taskId}", get_task),
+        ("POST", "/v1/tasks/{taskId}/cancel", cancel_task),
+        ("GET", "/v1/tasks/{taskId}/logs", task_logs),
+        ("GET", "/v1/tasks/{taskId}/ssh", task_ssh),
+        ("POST", "/v1/tasks/{taskId}/volumes", mount_volume),
+        ("GET", "/v1/tasks/{taskId}/outputs", list_task_outputs),
+        ("GET", "/v1/tasks/{taskId}/outputs/{path:.+}", get_task_output),
+        ("GET", "/v1/runs/{runId}/artifacts", list_run_artifacts),
+        ("GET", "/v1/runs/{runId}/artifacts/{path:.+}", get_run_artifact),
+        ("POST", "/v1/volumes", create_volume),
+        ("GET", "/v1/volumes", list_volumes),
+        ("GET", "/v1/volumes/{volumeId}", get_volume),
+        ("DELETE", "/v1/volumes/{volumeId}", delete_volume),
+        ("GET", "/v1/instances", list_instances),
+        ("POST", "/v1/reservations", create_reservation),
+        ("GET", "/v1/reservations", list_reservations),
+        ("GET", "/v1/reservations/availability", reservation_availability),
+        ("GET", "/v1/reservations/{reservationId}", get_reservation),
+        ("DELETE", "/v1/reservations/{reservationId}", cancel_reservation),
+        ("POST", "/v1/ssh-keys", create_ssh_key),
+        ("GET", "/v1/ssh-keys", list_ssh_keys),
+        ("GET", "/v1/ssh-keys/{keyId}", get_ssh_key),
+        ("DELETE", "/v1/ssh-keys/{keyId}", delete_ssh_key),
+    ]
+
+
+def setup(app: web.Application) -> None:
+    """Register the task service and the task, volume, instance, reservation, SSH key and
+    artifact routes; start the provider and SSH server with the app."""
+    service = TaskService(app[STORE_KEY], create_provider(app[SETTINGS_KEY]))
+    app[TASKS_KEY] = service
+    for method, path, handler in _routes():
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_compute_ctx)

@@ -1,0 +1,402 @@
+"""The embedded SSH server through which task shells, commands, log follows and uploads go.
+
+An ``asyncssh`` server on 127.0.0.1 (a free port). Its ed25519 host key is generated once
+under ``<home>/ssh/`` and published with each task's SSH endpoint, so clients pin it.
+Authentication is by public key only: the login names a task (``<task_id>`` runs inside
+the task, ``<task_id>+logs`` on the log host) and the key must be registered for that
+task's organization. ``exec`` runs ``/bin/sh -c <command>`` in the task workspace with
+the task's environment (behind the provider's exec prefix); without a command a shell
+starts, on a PTY when one was requested. The SFTP subsystem is chrooted to the task
+directory. Auth decisions are logged without key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import shutil
+import signal
+import struct
+import termios
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+
+from .tasks_service import SessionContext
+
+__all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
+
+log = logging.getLogger(__name__)
+
+HOST_KEY_FILE = "ssh_host_ed25519_key"
+_CHUNK = 64 * 1024
+_PTY_DRAIN = 0.5
+_CLOSE_WAIT = 5.0
+
+
+class SessionResolver(Protocol):
+    """What the SSH server asks the task service."""
+
+    async def session(self, username: str) -> SessionContext | None:
+        """The session a login maps to, ``None`` for an unknown one."""
+
+    async def authorized_keys(self, org_id: str) -> list[str]:
+        """Public key lines allowed for the organization."""
+
+
+def load_host_key(directory: Path) -> asyncssh.SSHKey:
+    """Read the host key from ``directory``, generating it (mode 0600) the first time.
+
+    Blocking (key generation, file I/O): call it in a thread.
+    """
+    path = directory / HOST_KEY_FILE
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    directory.mkdir(parents=True, exist_ok=True)
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="vi-flow-local-server")
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.export_private_key("openssh"))
+    tmp.replace(path)
+    return key
+
+
+class _Server(asyncssh.SSHServer):
+    """One connection: remembers the task session chosen by the login name."""
+
+    def __init__(
+        self, resolver: SessionResolver, registry: set[asyncssh.SSHServerConnection]
+    ) -> None:
+        self._resolver = resolver
+        self._registry = registry
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self.context: SessionContext | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._registry.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._registry.discard(self._conn)
+
+    async def begin_auth(self, username: str) -> bool:
+        self.context = await self._resolver.session(username)
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        context = self.context
+        if context is None:
+            log.info("ssh: refused login %r (unknown task)", username)
+            return False
+        wanted = key.public_data
+        for line in await self._resolver.authorized_keys(context.organization_id):
+            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
+                if asyncssh.import_public_key(line).public_data == wanted:
+                    return True
+        log.info("ssh: refused login %r (key not registered for its organization)", username)
+        return False
+
+
+def _context_of(channel: Any) -> SessionContext:
+    owner = channel.get_connection().get_owner()
+    context = owner.context if isinstance(owner, _Server) else None
+    if context is None:  # authentication guarantees it; keep mypy and paranoia happy
+        raise asyncssh.DisconnectError(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "no task")
+    return context
+
+
+def _argv(context: SessionContext, command: str | None, pty: bool, shell: str) -> list[str]:
+    if command is not None:
+        return [*context.exec_prefix, "/bin/sh", "-c", command]
+    return [*context.exec_prefix, shell, "-i"] if pty else [*context.exec_prefix, shell]
+
+
+def _environment(context: SessionContext, client_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VI_FLOW_")}
+    env.update(client_env)
+    env.update(context.env)
+    env.setdefault("TERM", "xterm")
+    return env
+
+
+def _cwd(context: SessionContext) -> Path:
+    return context.workdir if context.workdir.is_dir() else context.root
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def _pump_in(
+    process: asyncssh.SSHServerProcess[bytes],
+    writer: Any,
+    on_resize: Callable[[tuple[int, int, int, int]], None] | None = None,
+) -> None:
+    """SSH stdin -> the child's stdin, closing it at EOF; PTY resizes go to ``on_resize``."""
+    try:
+        while True:
+            try:
+                data = await process.stdin.read(_CHUNK)
+            except asyncssh.TerminalSizeChanged as change:
+                if on_resize is not None:
+                    on_resize((change.width, change.height, change.pixwidth, change.pixheight))
+                continue
+            except asyncssh.BreakReceived:
+                continue
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncssh.Error):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.close()
+
+
+async def _pump_out(reader: asyncio.StreamReader, target: Any) -> None:
+    """The child's output -> an SSH stream, until EOF (or EIO from a closed PTY)."""
+    try:
+        while True:
+            data = await reader.read(_CHUNK)
+            if not data:
+                return
+            target.write(data)
+            await target.drain()
+    except (OSError, asyncssh.Error):
+        return
+
+
+async def _supervise(
+    process: asyncssh.SSHServerProcess[bytes],
+    child: asyncio.subprocess.Process,
+    outputs: Awaitable[Any],
+) -> int:
+    """Wait for the child and its output, or for the client to go away (then kill it)."""
+    finished = asyncio.ensure_future(_finish(child, outputs))
+    closed = asyncio.ensure_future(process.wait_closed())
+    try:
+        await asyncio.wait({finished, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if finished.done():
+            return finished.result()
+        _kill_group(child.pid)
+        await child.wait()
+        return -9
+    finally:
+        for future in (finished, closed):
+            future.cancel()
+        if child.returncode is None:
+            _kill_group(child.pid)
+            await child.wait()
+
+
+async def _finish(child: asyncio.subprocess.Process, outputs: Awaitable[Any]) -> int:
+    await outputs
+    return await child.wait()
+
+
+async def _run_pipes(
+    process: asyncssh.SSHServerProcess[bytes], argv: list[str], cwd: Path, env: dict[str, str]
+) -> int:
+    child = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    feeder = asyncio.create_task(_pump_in(process, child.stdin))
+    outputs = asyncio.gather(
+        _pump_out(child.stdout, process.stdout), _pump_out(child.stderr, process.stderr)
+    )
+    try:
+        return await _supervise(process, child, outputs)
+    finally:
+        feeder.cancel()
+        outputs.cancel()
+
+
+def _make_controlling_tty() -> None:  # runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
+    cols, rows, width, height = size
+    if cols and rows:
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, width, height))
+
+
+async def _pty_output(reader: asyncio.StreamReader, target: Any, child: Any) -> None:
+    """Copy PTY output until EIO; once the shell exited, stop shortly after it goes quiet
+    (background jobs may keep the PTY open)."""
+    pump = asyncio.ensure_future(_pump_out(reader, target))
+    exited = asyncio.ensure_future(child.wait())
+    try:
+        await asyncio.wait({pump, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not pump.done():
+            await asyncio.wait({pump}, timeout=_PTY_DRAIN)
+    finally:
+        pump.cancel()
+        exited.cancel()
+
+
+async def _run_pty(
+    process: asyncssh.SSHServerProcess[bytes], argv: list[str], cwd: Path, env: dict[str, str]
+) -> int:
+    master, slave = os.openpty()
+    _set_size(master, process.term_size)
+    loop = asyncio.get_running_loop()
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=_make_controlling_tty,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+    )
+    writer = _FDWriter(master)
+    feeder = asyncio.create_task(_pump_in(process, writer, lambda size: _set_size(master, size)))
+    try:
+        return await _supervise(process, child, _pty_output(reader, process.stdout, child))
+    finally:
+        feeder.cancel()
+        transport.close()
+
+
+class _FDWriter:
+    """A writer over a non-blocking PTY master: ``drain`` does the writing."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = b""
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+
+    async def drain(self) -> None:
+        while self._pending:
+            try:
+                written = os.write(self._fd, self._pending)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            self._pending = self._pending[written:]
+
+    def close(self) -> None:
+        """The PTY master is closed with its read side."""
+
+
+async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str) -> None:
+    context = _context_of(process.channel)
+    pty = process.get_terminal_type() is not None
+    argv = _argv(context, process.command, pty, shell)
+    env = _environment(context, dict(process.env))
+    cwd = await asyncio.to_thread(_cwd, context)
+    try:
+        runner = _run_pty if pty else _run_pipes
+        code = await runner(process, argv, cwd, env)
+    except OSError as exc:
+        process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
+        code = 127
+    process.exit(code if code >= 0 else 128 - code)
+
+
+class _SFTPServer(asyncssh.SFTPServer):
+    def __init__(self, channel: asyncssh.SSHServerChannel[bytes]) -> None:
+        context = _context_of(channel)
+        super().__init__(channel, chroot=str(context.root).encode())
+
+
+class TaskSSHServer:
+    """The embedded SSH server.
+
+    Args:
+        home: The server home; the host key lives in ``<home>/ssh/``.
+        resolver: The task service (sessions and authorized keys).
+        host: The address to bind (loopback).
+        port: The port; 0 picks a free one.
+    """
+
+    def __init__(
+        self, home: Path, resolver: SessionResolver, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.home = Path(home)
+        self.host = host
+        self.port = port
+        self._resolver = resolver
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._connections: set[asyncssh.SSHServerConnection] = set()
+        self.host_key_line = ""
+
+    async def start(self) -> None:
+        """Load (or create) the host key and start listening."""
+        key = await asyncio.to_thread(load_host_key, self.home / "ssh")
+        self.host_key_line = key.export_public_key("openssh").decode().strip()
+        shell = await asyncio.to_thread(shutil.which, "bash") or "/bin/sh"
+        self._acceptor = await asyncssh.create_server(
+            lambda: _Server(self._resolver, self._connections),
+            self.host,
+            self.port,
+            server_host_keys=[key],
+            process_factory=functools.partial(_handle_process, shell=shell),
+            encoding=None,
+            sftp_factory=_SFTPServer,
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=True,
+            line_editor=False,
+            keepalive_interval=30,
+        )
+        sockets = self._acceptor.sockets
+        self.port = int(sockets[0].getsockname()[1])
+        log.info("ssh server listening on %s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening, close open connections (their commands are killed) and wait."""
+        if self._acceptor is None:
+            return
+        acceptor, self._acceptor = self._acceptor, None
+        acceptor.close()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.close()
+        waits = [asyncio.ensure_future(conn.wait_closed()) for conn in connections]
+        waits.append(asyncio.ensure_future(acceptor.wait_closed()))
+        _done, pending = await asyncio.wait(waits, timeout=_CLOSE_WAIT)
+        for future in pending:
+            future.cancel()

@@ -1,0 +1,120 @@
+"""Blocking file helpers for task directories: log tails, incremental reads, outputs.
+
+Everything here touches the file system and is meant to run in a worker thread
+(``asyncio.to_thread``); nothing here knows about the event loop or the database.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..models.tasks import TaskOutputFile
+
+__all__ = [
+    "LineSplitter",
+    "UnsafePath",
+    "file_size",
+    "list_outputs",
+    "read_from",
+    "resolve_inside",
+    "tail_lines",
+]
+
+_TAIL_BLOCK = 64 * 1024
+
+
+class UnsafePath(ValueError):
+    """A requested path would leave its directory (``..``, absolute, symlink escape)."""
+
+
+def file_size(path: Path) -> int:
+    """The size of ``path`` in bytes, 0 when it does not exist."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of ``path`` (decoded as UTF-8, errors replaced).
+
+    Reads backwards in blocks, so a huge log costs only what is returned.
+    """
+    if count <= 0:
+        return []
+    try:
+        handle = path.open("rb")
+    except OSError:
+        return []
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        data = b""
+        position = end
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(_TAIL_BLOCK, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[-count:]
+
+
+def read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    """Up to ``limit`` bytes of ``path`` starting at byte ``offset`` (``b""`` if none)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read(limit)
+    except OSError:
+        return b""
+
+
+class LineSplitter:
+    """Turns byte chunks into complete lines, keeping a trailing partial line for later."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The complete lines in what was fed so far (without line endings)."""
+        data = self._rest + chunk
+        *lines, self._rest = data.split(b"\n")
+        return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines]
+
+    def flush(self) -> list[str]:
+        """The trailing partial line, if any (at the end of a stream)."""
+        rest, self._rest = self._rest, b""
+        return [rest.decode("utf-8", errors="replace")] if rest else []
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative`` if it stays inside ``root`` after resolving symlinks.
+
+    Raises:
+        UnsafePath: ``relative`` is absolute, contains ``..`` or resolves outside ``root``.
+    """
+    parts = relative.replace("\\", "/").split("/")
+    if relative.startswith("/") or ".." in parts or not relative.strip("/"):
+        raise UnsafePath(f"path {relative!r} must be relative and stay inside the directory")
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePath(f"path {relative!r} leaves the directory")
+    return target
+
+
+def list_outputs(root: Path) -> list[TaskOutputFile]:
+    """Regular files under ``root`` (relative POSIX paths, sorted); links leaving it skipped."""
+    if not root.is_dir():
+        return []
+    base = root.resolve()
+    found: list[TaskOutputFile] = []
+    for directory, _dirs, files in os.walk(base):
+        for name in files:
+            path = Path(directory) / name
+            real = path.resolve()
+            if base not in real.parents or not real.is_file():
+                continue
+            found.append(TaskOutputFile(path.relative_to(base).as_posix(), real.stat().st_size))
+    return sorted(found, key=lambda f: f.path)

@@ -1,0 +1,121 @@
+"""How a submitted :class:`~vi_flow.models.tasks.TaskConfig` becomes a launch.
+
+The checks a task configuration must pass before it is recorded, the ``argv`` a command
+runs as, the environment the service adds (task id, workspace, output directory, one
+``VI_FLOW_VOLUME_<NAME>`` per mounted volume), where a volume's mount path appears in the
+workspace, and the task directory prepared before the provider sees the task. Pure
+functions; :class:`~vi_flow.server.tasks_service.TaskService` puts them together.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..models.tasks import TaskConfig
+from .errors import APIProblem
+from .providers.base import LaunchSpec, Mount, Placement, TaskPaths
+
+__all__ = [
+    "build_spec",
+    "check_config",
+    "command_argv",
+    "prepare_task_dir",
+    "task_env",
+    "visible_path",
+    "volume_env_name",
+]
+
+_ENV_NAME = re.compile(r"[^A-Z0-9]+")
+
+
+def command_argv(config: TaskConfig) -> list[str]:
+    """The task's command as an argv list (a string runs under ``/bin/sh -c``)."""
+    if isinstance(config.command, list):
+        return [str(part) for part in config.command]
+    return ["/bin/sh", "-c", str(config.command or "")]
+
+
+def check_config(config: TaskConfig) -> None:
+    """Reject a configuration no provider could run.
+
+    Raises:
+        APIProblem: 422 naming ``command``, ``maxRunTime`` or ``workingDir``.
+    """
+    command = config.command
+    if command is None or (isinstance(command, str) and not command.strip()) or command == []:
+        raise APIProblem.validation("command", "required")
+    if config.max_run_time is not None and config.max_run_time <= 0:
+        raise APIProblem.validation(
+            "maxRunTime", f"must be a positive number of seconds, got {config.max_run_time}"
+        )
+    if config.working_dir and ".." in Path(config.working_dir).parts:
+        raise APIProblem.validation("workingDir", f"{config.working_dir!r} must not contain '..'")
+
+
+def volume_env_name(name: str) -> str:
+    """``VI_FLOW_VOLUME_<NAME>``: the variable holding a mounted volume's path."""
+    return "VI_FLOW_VOLUME_" + _ENV_NAME.sub("_", name.upper()).strip("_")
+
+
+def visible_path(workdir: Path, mount_path: str) -> Path:
+    """Where ``mount_path`` appears inside the task's workspace.
+
+    Raises:
+        APIProblem: 422 for an empty path or one with ``..``.
+    """
+    relative = mount_path.strip().lstrip("/")
+    if not relative or ".." in relative.split("/"):
+        raise APIProblem.validation(
+            "volumes.mountPath", f"{mount_path!r} must be a path without '..'"
+        )
+    return workdir / relative
+
+
+def task_env(
+    config: TaskConfig, task_id: str, paths: TaskPaths, mounts: list[Mount]
+) -> dict[str, str]:
+    """The task's own environment plus the variables the service sets."""
+    env = dict(config.env)
+    env.update(
+        {
+            "VI_FLOW_TASK_ID": task_id,
+            "VI_FLOW_WORKSPACE": str(paths.workdir),
+            "VI_FLOW_OUTPUT_DIR": str(paths.output_dir),
+        }
+    )
+    for mount in mounts:
+        env[volume_env_name(mount.name)] = str(mount.host_path)
+    return env
+
+
+def build_spec(
+    task_id: str,
+    org_id: str,
+    config: TaskConfig,
+    placement: Placement,
+    env: dict[str, str],
+    paths: TaskPaths,
+    mounts: list[Mount],
+) -> LaunchSpec:
+    """The :class:`LaunchSpec` the provider gets for a task."""
+    return LaunchSpec(
+        task_id=task_id,
+        organization_id=org_id,
+        config=config,
+        placement=placement,
+        argv=command_argv(config),
+        env=env,
+        paths=paths,
+        mounts=mounts,
+        max_run_time=config.max_run_time,
+        reservation_id=config.reservation_id,
+    )
+
+
+def prepare_task_dir(paths: TaskPaths) -> None:
+    """Create the workspace, output and log directories and empty logs (blocking)."""
+    for directory in (paths.workdir, paths.output_dir, paths.stdout.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    paths.stdout.touch()
+    paths.stderr.touch()

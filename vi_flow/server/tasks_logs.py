@@ -1,0 +1,88 @@
+"""Reading what a task wrote: its stdout/stderr logs and its output directory.
+
+Snapshots (:meth:`TaskOutputs.logs`, :meth:`TaskOutputs.tail`) read the last lines of
+the log files; :meth:`TaskOutputs.follow` streams both logs from the start until the
+task ended and nothing is left to read, woken by the task's change event and otherwise
+polling every :data:`FOLLOW_POLL` seconds. Files are read in a thread, never on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..models.tasks import TaskLogs, TaskOutputFile
+from . import task_files as files
+from .tasks_records import TaskRecords
+
+__all__ = ["FOLLOW_POLL", "TaskOutputs"]
+
+FOLLOW_POLL = 0.05
+"""Seconds :meth:`TaskOutputs.follow` waits for news before reading the logs again."""
+
+
+class TaskOutputs(TaskRecords):
+    """Task logs and output files (a part of the task service)."""
+
+    async def logs(self, task_id: str, org_id: str | None, tail: int, stream: str) -> TaskLogs:
+        """A snapshot of the last ``tail`` lines of ``stream`` (stdout, stderr or both)."""
+        task = await self.get(task_id, org_id)
+        lines = await self.tail(task_id, tail, stream)
+        return TaskLogs(
+            task_id=task_id,
+            status=task.status,
+            stream=stream,
+            lines=lines,
+            stdout_size=task.stdout_size,
+            stderr_size=task.stderr_size,
+            exit_code=task.exit_code,
+        )
+
+    async def tail(self, task_id: str, lines: int = 50, stream: str = "both") -> list[str]:
+        """The last ``lines`` lines of ``stream`` (``both``: stdout's, then stderr's)."""
+        paths = self.provider.task_paths(task_id)
+        chosen = {"stdout": [paths.stdout], "stderr": [paths.stderr]}.get(
+            stream, [paths.stdout, paths.stderr]
+        )
+
+        def read() -> list[str]:
+            return [line for path in chosen for line in files.tail_lines(path, lines)]
+
+        return await asyncio.to_thread(read)
+
+    async def follow(self, task_id: str) -> AsyncIterator[tuple[str, str]]:
+        """Yield ``(stream, line)`` from the start of the logs until the task ended and
+        both logs are drained."""
+        paths = self.provider.task_paths(task_id)
+        sources = {"stdout": paths.stdout, "stderr": paths.stderr}
+        offsets = dict.fromkeys(sources, 0)
+        splitters = {name: files.LineSplitter() for name in sources}
+        while True:
+            event = self._event(task_id)
+            ended = (await self._status(task_id)).terminal
+            got_any = False
+            for name, path in sources.items():
+                chunk = await asyncio.to_thread(files.read_from, path, offsets[name])
+                offsets[name] += len(chunk)
+                got_any = got_any or bool(chunk)
+                for line in splitters[name].feed(chunk):
+                    yield name, line
+            if ended and not got_any:
+                for name, splitter in splitters.items():
+                    for line in splitter.flush():
+                        yield name, line
+                return
+            if not got_any:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), FOLLOW_POLL)
+
+    def output_dir(self, task_id: str) -> Path:
+        """The task's ``$VI_FLOW_OUTPUT_DIR``."""
+        return self.provider.task_paths(task_id).output_dir
+
+    async def output_files(self, task_id: str) -> list[TaskOutputFile]:
+        """Files the task wrote to its output directory."""
+        return await asyncio.to_thread(files.list_outputs, self.output_dir(task_id))

@@ -1,0 +1,283 @@
+"""The server's task service: task, volume, mount and SSH key records, over one provider.
+
+:class:`TaskService` is what the ``/v1/tasks`` routes, the SSH server and the flow
+engine's ``task`` block use. It validates a :class:`~vi_flow.models.tasks.TaskConfig`,
+resolves it with the :class:`~vi_flow.server.providers.base.ComputeProvider` (instance,
+GPUs, paths), stores the task in SQLite (its own tables, added with ``store.migrate``),
+queues it on the provider and records every :class:`TaskUpdate` the provider reports.
+Waiters (``wait``, ``follow``) are woken on each change. Registered on the application
+under :data:`TASKS_KEY`. This module owns the task life cycle (start, submit, updates,
+cancel, wait, reservation owners); the service's other parts live beside it:
+:mod:`.tasks_records` (tables, reading tasks), :mod:`.tasks_volumes`, :mod:`.tasks_ssh`,
+:mod:`.tasks_logs` and :mod:`.tasks_launch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+
+from ..models._base import from_wire, to_wire
+from ..models.tasks import Task, TaskConfig, TaskStatus
+from .errors import APIProblem
+from .providers.base import (
+    LaunchSpec,
+    Mount,
+    Placement,
+    ProviderError,
+    RunningTask,
+    TaskUpdate,
+    problem_for,
+)
+from .store import new_id, now_ms
+from .tasks_launch import build_spec, check_config, prepare_task_dir, task_env
+from .tasks_logs import FOLLOW_POLL, TaskOutputs
+from .tasks_records import SCHEMA, to_json
+from .tasks_ssh import SessionContext, SSHAccess
+from .tasks_volumes import VolumeRecords, mount_rows
+
+__all__ = ["DEFAULT_GRACE", "FOLLOW_POLL", "SCHEMA", "TASKS_KEY", "SessionContext", "TaskService"]
+
+DEFAULT_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL when a task is cancelled."""
+
+
+class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
+    """Task records and their life cycle over one compute provider.
+
+    Args:
+        store: The server's store (this service adds its own tables).
+        provider: The compute provider.
+    """
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the tables, start the provider and reconcile tasks left from before."""
+        await self.store.migrate("tasks-1", SCHEMA)
+        await self.provider.start(self._record_update)
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "SELECT * FROM tasks WHERE status IN ('pending', 'running') ORDER BY seq"
+            ).fetchall()
+        )
+        recovered = [await self._running_task(row) for row in rows]
+        await self.provider.recover(recovered)
+
+    async def close(self) -> None:
+        """Stop the provider (a local provider stops its running tasks)."""
+        await self.provider.close()
+
+    async def _running_task(self, row: sqlite3.Row) -> RunningTask:
+        mounts = await self._mounts(row["task_id"])
+        return RunningTask(
+            spec=self._spec(row, mounts),
+            status=TaskStatus(row["status"]),
+            provider_id=row["provider_id"],
+        )
+
+    def _spec(self, row: sqlite3.Row, mounts: list[Mount]) -> LaunchSpec:
+        config = from_wire(orjson.loads(row["config"]), TaskConfig)
+        placement = Placement(**orjson.loads(row["placement"]))
+        paths = self.provider.task_paths(row["task_id"])
+        env = orjson.loads(row["env"])
+        return build_spec(row["task_id"], row["org_id"], config, placement, env, paths, mounts)
+
+    # -- provider updates --------------------------------------------------------------
+
+    async def _record_update(self, update: TaskUpdate) -> None:
+        await self.store.run(lambda c: _apply_update(c, update))
+        self._notify(update.task_id)
+
+    # -- submit ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        org_id: str,
+        config: TaskConfig,
+        *,
+        run_id: str | None = None,
+        step_id: str | None = None,
+    ) -> Task:
+        """Validate, record and queue a task.
+
+        Raises:
+            APIProblem: 422 for bad input or a request the provider can never meet,
+                501/503 for provider errors.
+        """
+        check_config(config)
+        await self._check_reservation(org_id, config.reservation_id)
+        try:
+            placement = await self.provider.place(config)
+        except ProviderError as exc:
+            raise problem_for(exc) from exc
+        task_id = new_id("task")
+        paths = self.provider.task_paths(task_id)
+        mounts = await self._resolve_volumes(org_id, paths.workdir, config.volumes)
+        env = task_env(config, task_id, paths, mounts)
+        spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
+        await asyncio.to_thread(prepare_task_dir, paths)
+        await self._insert(spec, run_id, step_id)
+        await self._queue(spec)
+        return await self.get(task_id)
+
+    async def _queue(self, spec: LaunchSpec) -> None:
+        """Hand ``spec`` to the provider; forget the task when the provider refuses it."""
+        try:
+            await self.provider.submit(spec)
+        except ProviderError as exc:
+            await self.store.run(
+                lambda c: c.execute("DELETE FROM tasks WHERE task_id = ?", (spec.task_id,))
+            )
+            raise problem_for(exc) from exc
+
+    async def _insert(self, spec: LaunchSpec, run_id: str | None, step_id: str | None) -> None:
+        row = _task_row(spec, self.provider.name, run_id, step_id)
+        mounts = mount_rows(spec.task_id, spec.mounts)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
+                " created_at, provider, run_id, step_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+            conn.executemany(
+                "INSERT INTO task_mounts (task_id, volume_id, name, host_path, mount_path,"
+                " visible_path) VALUES (?,?,?,?,?,?)",
+                mounts,
+            )
+
+        await self.store.run(insert)
+
+    async def _check_reservation(self, org_id: str, reservation_id: str | None) -> None:
+        if not reservation_id:
+            return
+        owner = await self.reservation_org(reservation_id)
+        if owner != org_id:
+            raise APIProblem.validation(
+                "reservationId", f"reservation {reservation_id!r} not found"
+            )
+
+    # -- cancel / wait -----------------------------------------------------------------
+
+    async def cancel(self, task_id: str, grace: float = DEFAULT_GRACE) -> Task:
+        """Stop a task (SIGTERM, SIGKILL after ``grace``) and return it once it ended."""
+        task = await self.get(task_id)
+        if task.status.terminal:
+            return task
+        try:
+            await self.provider.cancel(task_id, grace)
+        except ProviderError as exc:
+            raise problem_for(exc) from exc
+        try:
+            return await self.wait(task_id, timeout=grace + 10)
+        except TimeoutError:
+            return await self.get(task_id)
+
+    async def cancel_run(self, run_id: str, grace: float = DEFAULT_GRACE) -> None:
+        """Cancel every task of ``run_id`` that has not ended."""
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "SELECT task_id FROM tasks WHERE run_id = ? AND status IN ('pending','running')",
+                (run_id,),
+            ).fetchall()
+        )
+        await asyncio.gather(*(self.cancel(r["task_id"], grace) for r in rows))
+
+    async def wait(
+        self, task_id: str, timeout: float | None = None, *, until_running: bool = False
+    ) -> Task:
+        """Wait until the task ended (or runs, with ``until_running``) and return it.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        try:
+            return await asyncio.wait_for(self._wait(task_id, until_running), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s") from None
+
+    async def _wait(self, task_id: str, until_running: bool) -> Task:
+        while True:
+            event = self._event(task_id)
+            task = await self.get(task_id)
+            if task.status.terminal or (until_running and task.status != TaskStatus.PENDING):
+                return task
+            await event.wait()
+
+    # -- reservations (organization ownership only; the provider holds the rest) ---------
+
+    async def claim_reservation(self, reservation_id: str, org_id: str) -> None:
+        """Record that ``org_id`` owns ``reservation_id``."""
+        await self.store.run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO reservation_orgs VALUES (?, ?)", (reservation_id, org_id)
+            )
+        )
+
+    async def reservation_org(self, reservation_id: str) -> str | None:
+        """The organization owning a reservation, ``None`` if not recorded."""
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT org_id FROM reservation_orgs WHERE reservation_id = ?", (reservation_id,)
+            ).fetchone()
+        )
+        return None if row is None else str(row["org_id"])
+
+
+def _task_row(
+    spec: LaunchSpec, provider: str, run_id: str | None, step_id: str | None
+) -> tuple[Any, ...]:
+    """A new ``tasks`` row (pending), in the column order :meth:`TaskService._insert` uses."""
+    return (
+        spec.task_id,
+        spec.organization_id,
+        spec.config.name,
+        TaskStatus.PENDING.value,
+        orjson.dumps(to_wire(spec.config)).decode(),
+        to_json(attrs.asdict(spec.placement)),
+        to_json(spec.env),
+        now_ms(),
+        provider,
+        run_id,
+        step_id,
+    )
+
+
+def _update_columns(update: TaskUpdate) -> dict[str, Any]:
+    """The ``tasks`` columns a provider update sets."""
+    when = update.time or now_ms()
+    sets: dict[str, Any] = {"status": update.status.value, "message": update.message}
+    sets["reason"] = update.reason
+    if update.status == TaskStatus.RUNNING:
+        sets["started_at"] = when
+    if update.status.terminal:
+        sets["ended_at"] = when
+        sets["exit_code"] = update.exit_code
+    if update.provider_id is not None:
+        sets["provider_id"] = update.provider_id
+    if update.gpu_ids is not None:
+        sets["gpu_ids"] = to_json(update.gpu_ids)
+    return sets
+
+
+def _apply_update(conn: sqlite3.Connection, update: TaskUpdate) -> None:
+    """Record ``update`` unless the task is unknown or has already ended."""
+    row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (update.task_id,)).fetchone()
+    if row is None or TaskStatus(row["status"]).terminal:
+        return
+    sets = _update_columns(update)
+    assignments = ", ".join(f"{k} = ?" for k in sets)
+    conn.execute(
+        f"UPDATE tasks SET {assignments} WHERE task_id = ?",
+        (*sets.values(), update.task_id),
+    )
+
+
+TASKS_KEY = web.AppKey("vi_flow.tasks", TaskService)
+"""Where :func:`vi_flow.server.routes.tasks.setup` registers the :class:`TaskService`."""

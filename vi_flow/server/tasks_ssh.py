@@ -1,0 +1,180 @@
+"""SSH access to tasks: registered public keys and what a login maps to.
+
+An organization registers OpenSSH public keys (the ``ssh_keys`` table, one row per
+fingerprint); any of them may log in to the organization's tasks. A login as
+``<task_id>`` runs inside the task (through the provider's exec prefix while it runs),
+``<task_id>+logs`` lands on the log host. :class:`SessionContext` is what the SSH server
+(:mod:`vi_flow.server.sshd`) needs for one session, and :meth:`SSHAccess.ssh_endpoint`
+tells a client how to connect.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import asyncssh
+import attrs
+import orjson
+
+from ..models.tasks import SSHEndpoint, SSHKey, TaskStatus
+from .errors import APIProblem
+from .store import new_id, now_ms
+from .tasks_records import TaskRecords
+
+__all__ = ["SSHAccess", "SessionContext"]
+
+
+@attrs.frozen
+class SessionContext:
+    """What an SSH session on a task needs.
+
+    Attributes:
+        task_id: The task.
+        organization_id: Whose keys may log in.
+        root: The task directory (SFTP root).
+        workdir: Where commands start.
+        env: The task's environment (without the server's own).
+        exec_prefix: Put before commands to run inside the task (empty for log logins).
+    """
+
+    task_id: str
+    organization_id: str
+    root: Path
+    workdir: Path
+    env: dict[str, str]
+    exec_prefix: list[str]
+
+
+class SSHAccess(TaskRecords):
+    """SSH keys and SSH sessions on tasks (a part of the task service)."""
+
+    # -- ssh keys ----------------------------------------------------------------------
+
+    async def add_ssh_key(self, org_id: str, name: str, public_key: str) -> tuple[SSHKey, bool]:
+        """Register a public key; returns ``(key, created)`` (an existing key is reused).
+
+        Raises:
+            APIProblem: 422 naming ``publicKey`` when it is not an OpenSSH public key.
+        """
+        try:
+            key = asyncssh.import_public_key(public_key.strip())
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise APIProblem.validation("publicKey", f"not an OpenSSH public key: {exc}") from exc
+        if not name.strip():
+            raise APIProblem.validation("name", "required")
+        fingerprint = key.get_fingerprint("sha256")
+        line = key.export_public_key("openssh").decode().strip()
+        row = (new_id("sshkey"), org_id, name, line, fingerprint, now_ms())
+        found, created = await self.store.run(lambda c: _insert_key(c, row))
+        return _ssh_key(found), created
+
+    async def list_ssh_keys(self, org_id: str) -> list[SSHKey]:
+        """The organization's keys, oldest first."""
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "SELECT * FROM ssh_keys WHERE org_id = ? ORDER BY seq", (org_id,)
+            ).fetchall()
+        )
+        return [_ssh_key(r) for r in rows]
+
+    async def get_ssh_key(self, org_id: str, key_id: str) -> SSHKey:
+        """One key.
+
+        Raises:
+            APIProblem: 404 ``NOT_FOUND``.
+        """
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT * FROM ssh_keys WHERE org_id = ? AND key_id = ?", (org_id, key_id)
+            ).fetchone()
+        )
+        if row is None:
+            raise APIProblem.not_found("NOT_FOUND", "ssh key", key_id)
+        return _ssh_key(row)
+
+    async def delete_ssh_key(self, org_id: str, key_id: str) -> None:
+        """Remove a key (404 if unknown)."""
+        await self.get_ssh_key(org_id, key_id)
+        await self.store.run(
+            lambda c: c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
+        )
+
+    # -- ssh sessions ------------------------------------------------------------------
+
+    async def session(self, username: str) -> SessionContext | None:
+        """The session a login maps to: ``<task_id>`` (inside the task) or
+        ``<task_id>+logs`` (on the log host); ``None`` for an unknown task."""
+        task_id, _, kind = username.partition("+")
+        row = await self.store.run(
+            lambda c: c.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        )
+        if row is None or kind not in ("", "logs"):
+            return None
+        paths = self.provider.task_paths(task_id)
+        env = dict(orjson.loads(row["env"]))
+        gpu_ids = orjson.loads(row["gpu_ids"])
+        if gpu_ids:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        running = row["status"] == TaskStatus.RUNNING.value
+        prefix = (
+            self.provider.exec_prefix(task_id, row["provider_id"]) if running and kind == "" else []
+        )
+        return SessionContext(task_id, row["org_id"], paths.root, paths.workdir, env, prefix)
+
+    async def authorized_keys(self, org_id: str) -> list[str]:
+        """The public key lines that may log in to the organization's tasks."""
+        return [k.public_key for k in await self.list_ssh_keys(org_id)]
+
+    async def ssh_endpoint(self, task_id: str, org_id: str) -> SSHEndpoint:
+        """How to reach ``task_id`` over SSH.
+
+        Raises:
+            APIProblem: 404 for an unknown task; 503 while the SSH server is not running.
+        """
+        task = await self.get(task_id, org_id)
+        if self.ssh_port is None or self.ssh_host is None:
+            raise APIProblem(503, "SSH_UNAVAILABLE", "the SSH server is not running")
+        paths = self.provider.task_paths(task_id)
+        host = f"[{self.ssh_host}]:{self.ssh_port}"
+        return SSHEndpoint(
+            task_id=task_id,
+            host=self.ssh_host,
+            port=self.ssh_port,
+            user=task_id,
+            logs_user=f"{task_id}+logs",
+            host_key=self.ssh_host_key,
+            known_hosts=f"{host} {self.ssh_host_key}",
+            workdir=str(paths.workdir),
+            stdout_path=str(paths.stdout),
+            stderr_path=str(paths.stderr),
+            exec_prefix=self.provider.exec_prefix(task_id, task.provider_id),
+            status=task.status,
+        )
+
+
+def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqlite3.Row, bool]:
+    """Insert ``(key_id, org_id, name, line, fingerprint, created)`` unless the
+    organization has that fingerprint; returns the key's row and whether it is new."""
+    key_id, org_id, _, _, fingerprint, _ = row
+    existing = conn.execute(
+        "SELECT * FROM ssh_keys WHERE org_id = ? AND fingerprint = ?", (org_id, fingerprint)
+    ).fetchone()
+    if existing is not None:
+        return existing, False
+    conn.execute(
+        "INSERT INTO ssh_keys (key_id, org_id, name, public_key, fingerprint, created_at)"
+        " VALUES (?,?,?,?,?,?)",
+        row,
+    )
+    return conn.execute("SELECT * FROM ssh_keys WHERE key_id = ?", (key_id,)).fetchone(), True
+
+
+def _ssh_key(row: sqlite3.Row) -> SSHKey:
+    return SSHKey(
+        key_id=row["key_id"],
+        name=row["name"],
+        public_key=row["public_key"],
+        fingerprint=row["fingerprint"],
+        created_at=row["created_at"],
+    )

@@ -1,0 +1,267 @@
+"""Volumes and the task mounts that attach them, for the task service.
+
+A volume is a directory the provider creates (``create_volume``), recorded per
+organization in the ``volumes`` table under a unique name. Tasks mount volumes when they
+are submitted (``VolumeSpec`` entries, resolved by id or name and created on first use)
+or later with :meth:`VolumeRecords.mount`; each mount is a ``task_mounts`` row and a
+symlink inside the task's workspace. A volume mounted by a pending or running task
+cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import orjson
+
+from ..models._base import to_wire
+from ..models.tasks import Task, TaskConfig, Volume, VolumeSpec
+from .errors import APIProblem
+from .providers.base import Mount
+from .store import new_id, now_ms
+from .tasks_launch import visible_path
+from .tasks_records import TaskRecords
+
+__all__ = ["VolumeRecords", "mount_rows"]
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+_ATTACHED_SQL = (
+    "SELECT m.task_id FROM task_mounts m JOIN tasks t ON t.task_id = m.task_id"
+    " WHERE m.volume_id = ? AND t.status IN ('pending','running')"
+)
+
+
+class VolumeRecords(TaskRecords):
+    """Volume records, and mounting them into tasks (a part of the task service)."""
+
+    async def create_volume(
+        self,
+        org_id: str,
+        size_gb: int,
+        name: str | None,
+        interface: str = "file",
+        region: str | None = None,
+    ) -> Volume:
+        """Create a volume (directory) named ``name`` (``vol-<hex>`` when omitted).
+
+        Raises:
+            APIProblem: 422 for a bad name/size/interface, 409 for a duplicate name.
+        """
+        volume_id = new_id("vol")
+        name = name if name is not None else volume_id.replace("_", "-")
+        _check_volume(name, size_gb, interface)
+        if await self._find_volume(org_id, name) is not None:
+            raise APIProblem.conflict(f"a volume named {name!r} already exists")
+        path = await self.provider.create_volume(volume_id, size_gb)
+        row = (volume_id, org_id, name, size_gb, interface, region or "local", str(path), now_ms())
+        try:
+            await self.store.run(lambda c: _insert_volume(c, row))
+        except sqlite3.IntegrityError as exc:
+            raise APIProblem.conflict(f"a volume named {name!r} already exists") from exc
+        found = await self._find_volume(org_id, volume_id)
+        assert found is not None
+        return found
+
+    async def _find_volume(self, org_id: str, ident: str) -> Volume | None:
+        def find(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, list[str]]:
+            row = conn.execute(
+                "SELECT * FROM volumes WHERE org_id = ? AND (volume_id = ? OR name = ?)",
+                (org_id, ident, ident),
+            ).fetchone()
+            if row is None:
+                return None, []
+            return row, _attached(conn, row["volume_id"])
+
+        row, attached = await self.store.run(find)
+        return None if row is None else _volume(row, attached)
+
+    async def get_volume(self, org_id: str, ident: str) -> Volume:
+        """A volume by id or name.
+
+        Raises:
+            APIProblem: 404 ``NOT_FOUND``.
+        """
+        volume = await self._find_volume(org_id, ident)
+        if volume is None:
+            raise APIProblem.not_found("NOT_FOUND", "volume", ident)
+        return volume
+
+    async def list_volumes(
+        self, org_id: str, size: int, after: int = 0
+    ) -> tuple[list[Volume], int | None]:
+        """A page of volumes, newest first."""
+
+        def select(conn: sqlite3.Connection) -> list[tuple[sqlite3.Row, list[str]]]:
+            rows = conn.execute(
+                "SELECT * FROM volumes WHERE org_id = ? AND (? = 0 OR seq < ?)"
+                " ORDER BY seq DESC LIMIT ?",
+                (org_id, after, after, size + 1),
+            ).fetchall()
+            return [(row, _attached(conn, row["volume_id"])) for row in rows]
+
+        rows = await self.store.run(select)
+        cursor = rows[size - 1][0]["seq"] if len(rows) > size else None
+        return [_volume(row, attached) for row, attached in rows[:size]], cursor
+
+    async def delete_volume(self, org_id: str, ident: str) -> str:
+        """Delete a volume and its data; returns its id.
+
+        Raises:
+            APIProblem: 404 if unknown, 409 while a pending or running task mounts it.
+        """
+        volume = await self.get_volume(org_id, ident)
+        if volume.attached_to:
+            raise APIProblem.conflict(
+                f"volume {volume.name!r} is mounted by task {volume.attached_to[0]!r}; "
+                "cancel the task or wait for it to end first"
+            )
+        await self.store.run(
+            lambda c: c.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
+        )
+        await self.provider.delete_volume(volume.volume_id)
+        return volume.volume_id
+
+    # -- mounts ------------------------------------------------------------------------
+
+    async def mount(self, org_id: str, task_id: str, ident: str, mount_path: str | None) -> Task:
+        """Make a volume visible in a pending or running task's workspace now.
+
+        Raises:
+            APIProblem: 404 for an unknown task/volume, 409 for an ended task, 422 for a
+                bad or taken mount path.
+        """
+        task = await self.get(task_id, org_id)
+        if task.status.terminal:
+            raise APIProblem.conflict(f"task {task_id!r} has ended ({task.status.value})")
+        volume = await self.get_volume(org_id, ident)
+        path = mount_path or f"/volumes/{volume.name}"
+        visible = visible_path(self.provider.task_paths(task_id).workdir, path)
+        try:
+            await asyncio.to_thread(_link, Path(volume.path), visible)
+        except FileExistsError as exc:
+            raise APIProblem.validation("mountPath", f"{path!r} is already used") from exc
+        config = attrs.evolve(
+            task.config,
+            volumes=[*task.config.volumes, VolumeSpec(mount_path=path, volume_id=volume.volume_id)],
+        )
+        row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
+        await self.store.run(lambda c: _record_mount(c, row, config))
+        return await self.get(task_id)
+
+    async def _mounts(self, task_id: str) -> list[Mount]:
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "SELECT * FROM task_mounts WHERE task_id = ?", (task_id,)
+            ).fetchall()
+        )
+        return [
+            Mount(
+                r["volume_id"],
+                r["name"],
+                Path(r["host_path"]),
+                r["mount_path"],
+                Path(r["visible_path"]),
+            )
+            for r in rows
+        ]
+
+    async def _resolve_volumes(
+        self, org_id: str, workdir: Path, specs: Sequence[VolumeSpec]
+    ) -> list[Mount]:
+        mounts: list[Mount] = []
+        seen: set[Path] = set()
+        for index, spec in enumerate(specs):
+            visible = visible_path(workdir, spec.mount_path)
+            if visible in seen:
+                raise APIProblem.validation(
+                    f"volumes[{index}].mountPath", f"{spec.mount_path!r} is used twice"
+                )
+            seen.add(visible)
+            volume = await self._volume_for_spec(org_id, index, spec)
+            mounts.append(
+                Mount(volume.volume_id, volume.name, Path(volume.path), spec.mount_path, visible)
+            )
+        return mounts
+
+    async def _volume_for_spec(self, org_id: str, index: int, spec: VolumeSpec) -> Volume:
+        if spec.volume_id:
+            found = await self._find_volume(org_id, spec.volume_id)
+            if found is None:
+                raise APIProblem.validation(
+                    f"volumes[{index}].volumeId", f"volume {spec.volume_id!r} not found"
+                )
+            return found
+        if spec.name:
+            found = await self._find_volume(org_id, spec.name)
+            if found is not None:
+                return found
+        return await self.create_volume(org_id, spec.size_gb, spec.name, spec.interface, None)
+
+
+def mount_rows(task_id: str, mounts: Sequence[Mount]) -> list[tuple[str, ...]]:
+    """``task_mounts`` rows, in column order, for a task's mounts."""
+    return [
+        (task_id, m.volume_id, m.name, str(m.host_path), m.mount_path, str(m.visible_path))
+        for m in mounts
+    ]
+
+
+def _check_volume(name: str, size_gb: int, interface: str) -> None:
+    if "/" in name or ".." in name or not _VOLUME_NAME.match(name):
+        raise APIProblem.validation(
+            "name",
+            f"invalid volume name {name!r}: use letters, digits, '-', '_' or '.' "
+            "(at most 63, no '/' and no '..')",
+        )
+    if size_gb < 1:
+        raise APIProblem.validation("sizeGb", f"must be at least 1, got {size_gb}")
+    if interface not in ("file", "block"):
+        raise APIProblem.validation("interface", f"must be 'file' or 'block', got {interface!r}")
+
+
+def _insert_volume(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
+    conn.execute(
+        "INSERT INTO volumes (volume_id, org_id, name, size_gb, interface, region,"
+        " path, created_at) VALUES (?,?,?,?,?,?,?,?)",
+        row,
+    )
+
+
+def _attached(conn: sqlite3.Connection, volume_id: str) -> list[str]:
+    """Pending or running tasks that mount ``volume_id``."""
+    return [a["task_id"] for a in conn.execute(_ATTACHED_SQL, (volume_id,)).fetchall()]
+
+
+def _record_mount(conn: sqlite3.Connection, row: tuple[str, ...], config: TaskConfig) -> None:
+    """Add a ``task_mounts`` row and store the task's config with the new volume."""
+    conn.execute("INSERT OR REPLACE INTO task_mounts VALUES (?,?,?,?,?,?)", row)
+    conn.execute(
+        "UPDATE tasks SET config = ? WHERE task_id = ?",
+        (orjson.dumps(to_wire(config)).decode(), row[0]),
+    )
+
+
+def _link(host_path: Path, visible: Path) -> None:
+    if visible.is_symlink() or visible.exists():
+        raise FileExistsError(str(visible))
+    visible.parent.mkdir(parents=True, exist_ok=True)
+    visible.symlink_to(host_path, target_is_directory=True)
+
+
+def _volume(row: sqlite3.Row, attached: list[str]) -> Volume:
+    return Volume(
+        volume_id=row["volume_id"],
+        name=row["name"],
+        size_gb=row["size_gb"],
+        interface=row["interface"],
+        region=row["region"],
+        created_at=row["created_at"],
+        attached_to=attached,
+        path=row["path"],
+    )
