@@ -1,0 +1,245 @@
+"""The SSH client against a real asyncssh server: pinning, quoting, exec, log follows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from vi_flow.compute._follow import LogFollower
+from vi_flow.compute.ssh import (
+    build_remote_command,
+    connect,
+    interactive_shell,
+    known_hosts_line,
+    run_remote,
+    ssh_command_line,
+    write_known_hosts,
+)
+
+from .compute_kit import LocalSSHD, TCPProxy
+
+pytestmark = pytest.mark.anyio
+
+
+def test_build_remote_command_quotes_each_argument() -> None:
+    assert build_remote_command(["echo", "; rm -rf ~"]) == "echo '; rm -rf ~'"
+    assert build_remote_command("ls -la") == "ls -la"
+    with pytest.raises(ValueError, match="empty"):
+        build_remote_command([])
+    with pytest.raises(ValueError, match="empty"):
+        build_remote_command("  ")
+
+
+async def test_injection_argument_stays_a_literal(test_sshd: LocalSSHD) -> None:
+    (test_sshd.workspace / "keep").write_text("x")
+    conn = await connect(test_sshd.target())
+    async with conn:
+        result = await run_remote(conn, ["printf", "%s", "; rm keep; touch pwned"])
+    assert result.stdout == "; rm keep; touch pwned"
+    assert result.exit_status == 0
+    assert (test_sshd.workspace / "keep").exists()
+    assert not (test_sshd.workspace / "pwned").exists()
+
+
+async def test_exec_returns_output_and_exit_status(test_sshd: LocalSSHD) -> None:
+    conn = await connect(test_sshd.target())
+    async with conn:
+        result = await run_remote(conn, "echo out; echo err >&2; exit 3")
+        piped = await run_remote(conn, "cat", input=b"fed")
+    assert (result.stdout, result.stderr, result.exit_status) == ("out\n", "err\n", 3)
+    assert not result.ok
+    assert str(result) == "out\n"
+    assert piped.stdout == "fed"
+
+
+async def test_wrong_host_key_is_refused(test_sshd: LocalSSHD) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    target = test_sshd.target()
+    import attrs
+
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        await connect(attrs.evolve(target, host_key=other.strip()))
+
+
+async def test_unregistered_client_key_is_refused(test_sshd: LocalSSHD, tmp_path: Path) -> None:
+    import attrs
+
+    stranger = tmp_path / "stranger"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect(attrs.evolve(test_sshd.target(), key_path=stranger))
+
+
+async def test_known_hosts_and_command_line(test_sshd: LocalSSHD) -> None:
+    target = test_sshd.target()
+    path = write_known_hosts(target)
+    assert path.read_text() == known_hosts_line(target)
+    assert path.read_text().startswith(f"[127.0.0.1]:{target.port} ssh-ed25519 ")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    line = ssh_command_line(target)
+    assert "StrictHostKeyChecking=yes" in line
+    assert f"UserKnownHostsFile={path}" in line
+    assert line.endswith("task@127.0.0.1")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/ssh").exists(), reason="no OpenSSH client")
+async def test_openssh_command_line_works(test_sshd: LocalSSHD) -> None:
+    target = test_sshd.target()
+    write_known_hosts(target)
+    argv = [*ssh_command_line(target).split(), "-o", "BatchMode=yes", "echo", "hello"]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err
+    assert out == b"hello\n"
+
+
+# Writes numbered lines; after lines 30,000 and 70,000 it waits for a gate file, so the
+# test cuts the connection at a moment when more data can only come over a new one.
+_WRITER = """
+import os, sys, time
+n, out, gates = int(sys.argv[1]), open(sys.argv[2], "w"), sys.argv[3]
+for i in range(n):
+    out.write(f"line {i:06d} " + "x" * 40 + "\\n")
+    if i + 1 in (30_000, 70_000):
+        out.flush()
+        while not os.path.exists(os.path.join(gates, str(i + 1))):
+            time.sleep(0.005)
+out.write("no newline at the end"); out.close()
+"""
+CUT_AT = (30_000, 70_000)
+
+
+async def test_follow_survives_two_cuts_exactly_once(test_sshd: LocalSSHD, proxy: TCPProxy) -> None:
+    """100,000 numbered lines while the SSH connection is cut twice: each exactly once."""
+    log = test_sshd.workspace / "stdout.log"
+    gates = test_sshd.workspace / "gates"
+    gates.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, "100000", str(log), str(gates)])
+    target = test_sshd.target(proxy.port)
+
+    async def is_terminal() -> dict[str, int] | None:
+        return None if writer.poll() is None else {"stdout": log.stat().st_size}
+
+    follower = LogFollower(
+        lambda: connect(target),
+        {"stdout": "stdout.log"},
+        is_terminal=is_terminal,
+        poll_interval=0.05,
+    )
+    got: list[str] = []
+    async for stream, line in follower:
+        assert stream == "stdout"
+        got.append(line)
+        if len(got) in CUT_AT:
+            proxy.cut()
+            (gates / str(len(got))).touch()
+    writer.wait()
+    assert proxy.cuts == 2
+    assert follower.reconnects == 2
+    expected = [f"line {i:06d} " + "x" * 40 for i in range(100_000)]
+    assert got[:-1] == expected
+    assert got[-1] == "no newline at the end"
+    assert follower.offsets["stdout"] == log.stat().st_size
+
+
+async def test_follow_both_streams_and_finished_task(test_sshd: LocalSSHD) -> None:
+    (test_sshd.workspace / "out.log").write_text("o1\no2\n")
+    (test_sshd.workspace / "err.log").write_text("e1\n")
+
+    async def done() -> dict[str, int]:
+        return {"stdout": 6, "stderr": 3}
+
+    follower = LogFollower(
+        lambda: connect(test_sshd.target()),
+        {"stdout": "out.log", "stderr": "err.log"},
+        is_terminal=done,
+    )
+    got = [pair async for pair in follower]
+    assert sorted(got) == [("stderr", "e1"), ("stdout", "o1"), ("stdout", "o2")]
+
+
+async def test_follow_resumes_from_offset_and_missing_file(test_sshd: LocalSSHD) -> None:
+    (test_sshd.workspace / "out.log").write_text("skip\nkeep\n")
+
+    async def done() -> dict[str, int]:
+        return {"stdout": 10}
+
+    follower = LogFollower(
+        lambda: connect(test_sshd.target()),
+        {"stdout": "out.log", "stderr": "missing.log"},
+        is_terminal=done,
+        offsets={"stdout": 5},
+    )
+    assert [pair async for pair in follower] == [("stdout", "keep")]
+
+
+async def test_follow_gives_up_when_server_is_gone(test_sshd: LocalSSHD) -> None:
+    from vi_flow._errors import APIConnectionError
+
+    async def running() -> None:
+        return None
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    target = test_sshd.target(port=1)
+    follower = LogFollower(
+        lambda: connect(target),
+        {"stdout": "x"},
+        is_terminal=running,
+        sleep=no_sleep,
+        max_retries=2,
+    )
+    with pytest.raises(APIConnectionError, match="lost the SSH connection"):
+        async for _ in follower:
+            pass
+
+
+async def test_follow_early_break_closes(test_sshd: LocalSSHD) -> None:
+    (test_sshd.workspace / "out.log").write_text("a\nb\nc\n")
+
+    async def running() -> None:
+        return None
+
+    follower = LogFollower(
+        lambda: connect(test_sshd.target()), {"stdout": "out.log"}, is_terminal=running
+    )
+    agen = follower.__aiter__()
+    first = await agen.__anext__()
+    start = time.monotonic()
+    await agen.aclose()
+    assert first == ("stdout", "a")
+    assert time.monotonic() - start < 1
+
+
+async def test_interactive_shell_on_a_pty(test_sshd: LocalSSHD) -> None:
+    import termios
+
+    master, slave = os.openpty()
+    cooked = termios.tcgetattr(slave)
+    try:
+        conn = await connect(test_sshd.target())
+        async with conn:
+            shell = asyncio.ensure_future(
+                interactive_shell(conn, "sh", stdin_fd=slave, stdout_fd=slave)
+            )
+            while termios.tcgetattr(slave) == cooked:  # wait for raw mode
+                await asyncio.sleep(0.01)
+            os.write(master, b"echo hi-from-shell; exit 4\n")
+            status = await asyncio.wait_for(shell, 10)
+        assert termios.tcgetattr(slave) == cooked  # the terminal is restored
+        output = os.read(master, 65536)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert b"hi-from-shell" in output
+    assert status == 4

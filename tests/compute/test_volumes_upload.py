@@ -1,0 +1,141 @@
+"""Volumes and code upload against the embedded local server, plus the ignore-file matcher."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import vi_flow
+from vi_flow import ConflictError, UnprocessableEntityError
+from vi_flow.compute import IgnoreRules, UploadError
+from vi_flow.compute._upload import collect_files, remote_path
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[vi_flow.AsyncClient]:
+    async with vi_flow.AsyncClient() as c:
+        yield c
+
+
+def test_ignore_rules_follow_gitignore() -> None:
+    rules = IgnoreRules(["# comment", "*.log", "!keep.log", "build/", "/top.txt", "docs/**/*.md"])
+    assert rules.ignored("a.log", is_dir=False)
+    assert rules.ignored("deep/b.log", is_dir=False)
+    assert not rules.ignored("keep.log", is_dir=False)
+    assert rules.ignored("build", is_dir=True)
+    assert rules.ignored("src/build", is_dir=True)
+    assert not rules.ignored("build", is_dir=False)
+    assert rules.ignored("top.txt", is_dir=False)
+    assert not rules.ignored("sub/top.txt", is_dir=False)
+    assert rules.ignored("docs/a/b/c.md", is_dir=False)
+    assert rules.ignored("docs/c.md", is_dir=False)
+    assert not rules.ignored("main.py", is_dir=False)
+
+
+def test_remote_path_refuses_escapes() -> None:
+    assert remote_path("/workspace", "a/b.py") == "/workspace/a/b.py"
+    for bad in ("../x", "a/../../x", "/etc/passwd", "a//b", "./a"):
+        with pytest.raises(UploadError):
+            remote_path("/workspace", bad)
+
+
+def _source_tree(root: Path, outside: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "build").mkdir()
+    (root / "main.py").write_text("print('hi')\n")
+    (root / "sub" / "data.txt").write_text("data\n")
+    (root / "build" / "out.bin").write_bytes(b"\0" * 10)
+    (root / "debug.log").write_text("noise\n")
+    (root / "keep.log").write_text("kept\n")
+    (root / "secret.env").write_text("TOKEN=x\n")
+    (root / ".gitignore").write_text("*.log\n!keep.log\nbuild/\n")
+    (root / ".flowignore").write_text("secret.env\n")
+    (outside / "private.txt").write_text("outside\n")
+    os.symlink(outside / "private.txt", root / "escape.txt")
+    os.symlink(outside, root / "escape_dir")
+    os.symlink(root / "main.py", root / "alias.py")
+
+
+def test_collect_files_skips_ignored_and_escaping_links(tmp_path: Path) -> None:
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    outside.mkdir()
+    _source_tree(root, outside)
+    files, skipped = collect_files(root)
+    names = sorted(rel for rel, _ in files)
+    assert names == [".flowignore", ".gitignore", "alias.py", "keep.log", "main.py", "sub/data.txt"]
+    assert sorted(skipped) == ["escape.txt", "escape_dir"]
+
+
+async def test_upload_code_to_task(client: vi_flow.AsyncClient, tmp_path: Path) -> None:
+    root, outside = tmp_path / "src", tmp_path / "outside"
+    outside.mkdir()
+    _source_tree(root, outside)
+    task = await client.run("sleep 60", wait=True)
+    try:
+        result = await client.upload_code_to_task(task.task_id, source_dir=root)
+        assert result.files == 6 and sorted(result.skipped) == ["escape.txt", "escape_dir"]
+        listing = await task.shell("cd /workspace 2>/dev/null || true; find . -type f | sort")
+        assert "./sub/data.txt" in listing.stdout and "./main.py" in listing.stdout
+        assert "debug.log" not in listing.stdout and "secret.env" not in listing.stdout
+        assert "private.txt" not in listing.stdout
+    finally:
+        await task.cancel(force=True)
+
+
+async def test_upload_refuses_dotdot_target_and_remote_symlinks(
+    client: vi_flow.AsyncClient, tmp_path: Path
+) -> None:
+    marker = f"vi-flow-upload-{uuid.uuid4().hex}.txt"
+    root = tmp_path / "src"
+    (root / "evil").mkdir(parents=True)
+    (root / "evil" / marker).write_text("should not land outside\n")
+    task = await client.run("sleep 60", wait=True)
+    try:
+        with pytest.raises(UploadError, match=r"\.\."):
+            await client.upload_code_to_task(
+                task.task_id, source_dir=root, target_dir="/workspace/../x"
+            )
+        await client.upload_code_to_task(task.task_id, source_dir=tmp_path / "src", target_dir="up")
+        link = await task.shell(f"mkdir -p up2 && ln -s {tmp_path} up2/evil && echo ok")
+        assert link.stdout == "ok\n"
+        with pytest.raises(UploadError, match="symbolic link"):
+            await client.upload_code_to_task(task.task_id, source_dir=root, target_dir="up2")
+        assert not (tmp_path / marker).exists()
+    finally:
+        await task.cancel(force=True)
+
+
+async def test_volume_names_and_conflicts(client: vi_flow.AsyncClient) -> None:
+    for bad in ("a/b", "..", "x..y/..", "../up"):
+        with pytest.raises(UnprocessableEntityError, match="name"):
+            await client.create_volume(1, name=bad)
+    volume = await client.create_volume(1, name="datasets", interface="file")
+    assert volume.name == "datasets"
+    assert "datasets" in [v.name for v in await client.list_volumes()]
+    task = await client.run("sleep 60", mounts={"/data": "volume://datasets"}, wait=True)
+    try:
+        with pytest.raises(ConflictError, match=task.task_id):
+            await client.delete_volume(volume.volume_id)
+    finally:
+        await task.cancel(force=True)
+    await client.delete_volume(volume.volume_id)
+    assert "datasets" not in [v.name for v in await client.list_volumes()]
+
+
+async def test_mount_volume_on_running_task_and_bad_mounts(client: vi_flow.AsyncClient) -> None:
+    await client.create_volume(1, name="extra", interface="file")
+    task = await client.run("sleep 60", wait=True)
+    try:
+        assert await client.mount_volume("extra", task.task_id, mount_point="/extra")
+        seen = await task.shell("test -d extra && echo visible")
+        assert seen.stdout == "visible\n"
+    finally:
+        await task.cancel(force=True)
+    with pytest.raises(ValueError, match="volume://"):
+        await client.run("true", mounts={"/data": "s3://bucket/x"})

@@ -1,0 +1,493 @@
+"""``ComputeMethods``: the GPU-task methods of seed 002, mixed into ``AsyncClient``.
+
+``run``, ``submit``, ``status``, ``cancel``, ``logs``, ``shell``, ``ssh``, volumes,
+instances, reservations, SSH keys, ``upload_code_to_task`` and ``get_model``, under
+their seed names. Each is a few lines over the resources (``self.tasks``...) and the
+operations in :mod:`vi_flow.compute._ops`; handles come back as :class:`AsyncTask`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from .._errors import APIStatusError, NotFoundError
+from .._http import path
+from ..models import Page
+from ..models.tasks import (
+    AvailabilitySlot,
+    AvailableInstance,
+    Reservation,
+    SSHKey,
+    TaskConfig,
+    TaskOutputFile,
+    TaskStatus,
+    Volume,
+)
+from ..resources.tasks import artifact_path
+from . import _configs, _ops
+from ._task import AsyncTask
+from .ssh import ShellResult, ssh_command_line
+
+if TYPE_CHECKING:
+    from .._config import Settings
+    from .._http import HTTPCore
+    from ..resources.instances import AsyncInstances
+    from ..resources.reservations import AsyncReservations
+    from ..resources.ssh_keys import AsyncSSHKeys
+    from ..resources.tasks import AsyncTasks, LogStream
+    from ..resources.volumes import AsyncVolumes
+    from ._upload import UploadResult
+
+__all__ = ["ComputeMethods", "ModelArtifacts"]
+
+
+@attrs.frozen
+class ModelArtifacts:
+    """What :meth:`ComputeMethods.get_model` downloaded.
+
+    Attributes:
+        run_id: The run.
+        path: The directory the files were saved in.
+        files: The saved files.
+    """
+
+    run_id: str
+    path: Path
+    files: list[Path]
+
+
+def _stream_of(stderr: bool, stream: str | None) -> LogStream:
+    if stream is None:
+        return "stderr" if stderr else "stdout"
+    if stream not in ("stdout", "stderr", "both"):
+        raise ValueError(f"stream must be 'stdout', 'stderr' or 'both', got {stream!r}")
+    return stream  # type: ignore[return-value]
+
+
+def _check_node(node: int | None) -> None:
+    if node not in (None, 0):
+        raise ValueError(f"node {node} does not exist: tasks here run on a single node (0)")
+
+
+class ComputeMethods:
+    """The seed's GPU-task methods; ``AsyncClient`` inherits them.
+
+    The client provides ``http``, ``_settings`` and the ``tasks``, ``volumes``,
+    ``instances``, ``reservations`` and ``ssh_keys`` resources.
+    """
+
+    if TYPE_CHECKING:
+        http: HTTPCore
+        tasks: AsyncTasks
+        volumes: AsyncVolumes
+        instances: AsyncInstances
+        reservations: AsyncReservations
+        ssh_keys: AsyncSSHKeys
+
+        @property
+        def _settings(self) -> Settings: ...
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        task: TaskConfig | str | Path | list[str],
+        gpu: str | None = None,
+        cpus: int | None = None,
+        memory_gb: int | None = None,
+        wait: bool = False,
+        mounts: str | Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncTask:
+        """Submit a task.
+
+        Args:
+            task: A ``TaskConfig``, a YAML file (``Path``, or a string ending in
+                ``.yaml``/``.yml`` naming an existing file), an argv list, or a command line.
+            gpu: GPU shorthand: ``"a100"``, ``"a100:4"``, ``"4xa100"``, ``"gpu:40gb"``.
+            cpus: CPU cores.
+            memory_gb: Memory in GB.
+            wait: Return only once the task runs (or has already ended).
+            mounts: ``{"/data": "volume://datasets"}`` (target -> source).
+            **kwargs: Other ``TaskConfig`` fields (``instance_type``, ``env``, ``name``...).
+
+        Returns:
+            A handle on the task.
+
+        Raises:
+            UnprocessableEntityError: The server refused the config, such as a GPU
+                request this machine can never meet (the message says what exists).
+            ValueError: Bad GPU shorthand or mount, before any request.
+        """
+        config = await _configs.build_config(
+            task, mounts=mounts, gpu=gpu, cpus=cpus, memory_gb=memory_gb, **kwargs
+        )
+        handle = AsyncTask(self, await self.tasks.create(config))
+        if wait:
+            await handle.wait(until="running")
+        return handle
+
+    async def submit(
+        self,
+        command: str | list[str],
+        gpu: str | None = None,
+        mounts: str | Mapping[str, str] | None = None,
+        instance_type: str | None = None,
+        wait: bool = False,
+    ) -> AsyncTask:
+        """Submit a shell command with minimal configuration.
+
+        Args:
+            command: A command line (run by ``/bin/sh -c``) or an argv list.
+            gpu: GPU shorthand; ignored when ``instance_type`` is given.
+            mounts: ``{"/data": "volume://datasets"}``.
+            instance_type: An explicit instance type.
+            wait: Return only once the task has ended (any outcome).
+        """
+        handle = await self.run(
+            command, gpu=None if instance_type else gpu, mounts=mounts, instance_type=instance_type
+        )
+        if wait:
+            await handle.wait(until="terminal")
+        return handle
+
+    @overload
+    async def status(self, task_id: str) -> str: ...
+
+    @overload
+    async def status(self, task_id: None = None) -> list[AsyncTask]: ...
+
+    async def status(self, task_id: str | None = None) -> str | list[AsyncTask]:
+        """The status of a task (``"pending"``... ``"cancelled"``), or recent tasks when no id."""
+        if task_id is None:
+            return await self.list_tasks(limit=100)
+        return (await self.tasks.get(task_id)).status.value
+
+    async def cancel(self, task_id: str, force: bool = False) -> bool:
+        """Cancel a task (SIGTERM, then SIGKILL; at once with ``force``); ``True`` when stopped."""
+        task = await self.tasks.cancel(task_id, force=force)
+        return task.status.terminal
+
+    async def get_task(self, task_id: str) -> AsyncTask:
+        """Return a handle on an existing task (``TaskNotFoundError`` when missing)."""
+        return AsyncTask(self, await self.tasks.get(task_id))
+
+    async def list_tasks(
+        self,
+        status: TaskStatus | str | Sequence[TaskStatus | str] | None = None,
+        limit: int = 10,
+        force_refresh: bool = False,
+    ) -> list[AsyncTask]:
+        """List recent tasks, newest first, optionally only in the given statuses.
+
+        ``force_refresh`` is accepted for the seed's signature: every call reads the server.
+        """
+        handles: list[AsyncTask] = []
+        async for page in self.tasks.list(
+            status=status, pagination={"page_size": min(limit, 1000)}
+        ):
+            handles += [AsyncTask(self, t) for t in page.items[: limit - len(handles)]]
+            if len(handles) >= limit:
+                break
+        return handles
+
+    # -- logs and shells -----------------------------------------------------------------
+
+    @overload
+    async def logs(
+        self,
+        task_id: str,
+        follow: Literal[False] = False,
+        tail: int = 100,
+        stderr: bool = False,
+        source: str | None = None,
+        stream: str | None = None,
+    ) -> str: ...
+
+    @overload
+    async def logs(
+        self,
+        task_id: str,
+        follow: Literal[True],
+        tail: int = 100,
+        stderr: bool = False,
+        source: str | None = None,
+        stream: str | None = None,
+    ) -> AsyncIterator[str]: ...
+
+    @overload
+    async def logs(
+        self,
+        task_id: str,
+        follow: bool,
+        tail: int = 100,
+        stderr: bool = False,
+        source: str | None = None,
+        stream: str | None = None,
+    ) -> str | AsyncIterator[str]: ...
+
+    async def logs(
+        self,
+        task_id: str,
+        follow: bool = False,
+        tail: int = 100,
+        stderr: bool = False,
+        source: str | None = None,
+        stream: str | None = None,
+    ) -> str | AsyncIterator[str]:
+        """Return recent log lines now, or (``follow=True``) an iterator of lines as written.
+
+        Args:
+            task_id: The task.
+            follow: Stream lines over SSH until the task ended and every line was read.
+            tail: Trailing lines to return when not following (empty while pending).
+            stderr: Read standard error instead of standard output.
+            source: Accepted for the seed's signature; logs come from the task itself.
+            stream: ``"stdout"``, ``"stderr"`` or ``"both"``; overrides ``stderr``.
+        """
+        chosen = _stream_of(stderr, stream)
+        if follow:
+            return self.follow_logs(task_id, stream=chosen)
+        return (await self.tasks.logs(task_id, tail=tail, stream=chosen)).text
+
+    async def follow_logs(
+        self, task_id: str, stream: LogStream = "stdout", *, poll_interval: float = 0.5
+    ) -> AsyncIterator[str]:
+        """Yield a task's log lines as written, exactly once each, until it ended and is drained.
+
+        Survives dropped SSH connections by resuming at the exact byte offset.
+        """
+        lines = _ops.follow_lines(self, task_id, stream=stream, poll_interval=poll_interval)
+        async with contextlib.aclosing(lines):
+            async for _, line in lines:
+                yield line
+
+    async def shell(
+        self,
+        task_id: str,
+        command: str | Sequence[str] | None = None,
+        node: int | None = None,
+        progress_context: object | None = None,
+        record: bool = False,
+        *,
+        echo: bool = False,
+    ) -> ShellResult:
+        """Run a command in a task, or open an interactive shell on this terminal.
+
+        Args:
+            task_id: The task (waited for until it runs).
+            command: A command line, or an argv list quoted word by word; ``None`` for
+                an interactive shell (a PTY when stdin is a terminal).
+            node: Only node 0 exists here.
+            progress_context: Accepted for the seed's signature.
+            record: Accepted for the seed's signature.
+            echo: Also copy the output to this process's stdout/stderr as it arrives.
+
+        Returns:
+            The command's output and exit status (``str(result)`` is the output).
+        """
+        _check_node(node)
+        return await _ops.shell(self, task_id, command, echo=echo)
+
+    async def ssh(self, task_id: str, node: int | None = None) -> str:
+        """Return an ``ssh`` command line for your own OpenSSH client, host key pinned."""
+        _check_node(node)
+        return ssh_command_line(await _ops.ssh_target(self, task_id))
+
+    async def resolve_ssh_endpoint(self, task_id: str, node: int | None = None) -> tuple[str, int]:
+        """Return the ``(host, port)`` of a task's SSH server."""
+        _check_node(node)
+        endpoint = await self.tasks.ssh_endpoint(task_id)
+        return endpoint.host, endpoint.port
+
+    async def get_task_ssh_connection_info(self, task_id: str) -> tuple[Path | None, str]:
+        """Return ``(private key path, "")``, or ``(None, why)`` when SSH is not possible.
+
+        Creates and registers the default key when needed, and writes the pinned
+        known-hosts file, so the returned key works with :meth:`ssh`'s command line.
+        """
+        try:
+            target = await _ops.ssh_target(self, task_id)
+        except (APIStatusError, OSError) as exc:
+            return None, str(exc)
+        return target.key_path, ""
+
+    async def wait_for_ssh(
+        self,
+        task_id: str,
+        timeout: int = 600,  # noqa: ASYNC109 - the seed API takes timeout=
+        show_progress: bool = True,
+        progress_adapter: object | None = None,
+    ) -> AsyncTask:
+        """Wait until the task runs and answers over SSH (``TaskTimeoutError`` after ``timeout``)."""
+        return AsyncTask(self, await _ops.wait_for_ssh(self, task_id, timeout=timeout))
+
+    async def upload_code_to_task(
+        self,
+        task_id: str,
+        source_dir: Path | str | None = None,
+        timeout: int = 600,  # noqa: ASYNC109 - the seed API takes timeout=
+        console: object | None = None,
+        target_dir: str = "/workspace",
+        progress_reporter: object | None = None,
+        git_incremental: bool | None = None,
+    ) -> UploadResult:
+        """Upload a directory (default: the current one) to a running task over SFTP.
+
+        ``.gitignore`` and ``.flowignore`` at its root are honoured; nothing is written
+        outside ``target_dir``. A progress bar shows on a terminal.
+        """
+        return await _ops.upload_code(
+            self, task_id, source_dir=source_dir, target_dir=target_dir, timeout=timeout
+        )
+
+    # -- volumes and instances -----------------------------------------------------------
+
+    async def create_volume(
+        self,
+        size_gb: int,
+        name: str | None = None,
+        interface: Literal["block", "file"] = "block",
+        region: str | None = None,
+    ) -> Volume:
+        """Create a persistent volume (``UnprocessableEntityError`` for a name with ``/``/``..``)."""
+        return await self.volumes.create(size_gb, name=name, interface=interface, region=region)
+
+    async def list_volumes(self, limit: int = 100) -> list[Volume]:
+        """List volumes, newest first."""
+        volumes: list[Volume] = []
+        async for page in self.volumes.list(pagination={"page_size": min(limit, 1000)}):
+            volumes += page.items[: limit - len(volumes)]
+            if len(volumes) >= limit:
+                break
+        return volumes
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete a volume (``ConflictError`` while a running task mounts it)."""
+        await self.volumes.delete(volume_id)
+
+    async def mount_volume(
+        self, volume_id: str, task_id: str, mount_point: str | None = None
+    ) -> bool:
+        """Attach a volume (id or name) to a task; ``True`` when attached."""
+        await self.tasks.mount_volume(task_id, volume_id, mount_path=mount_point)
+        return True
+
+    async def find_instances(
+        self, requirements: Mapping[str, Any] | None = None, limit: int = 10
+    ) -> list[AvailableInstance]:
+        """List instance types meeting ``requirements``, cheapest first.
+
+        Args:
+            requirements: Any of ``gpu_type``, ``max_price``, ``min_gpu_memory_gb``, ``gpu_count``.
+            limit: At most this many.
+        """
+        wanted = dict(requirements or {})
+        unknown = sorted(set(wanted) - _configs.INSTANCE_REQUIREMENT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown instance requirement(s): {', '.join(unknown)}")
+        return await self.instances.list(**wanted, limit=limit)
+
+    def normalize_instance_request(
+        self, gpu_count: int, gpu_type: str | None = None
+    ) -> tuple[str, int, str | None]:
+        """Map a GPU count to ``(instance_type, num_instances, warning)`` (no request made)."""
+        return _configs.normalize_instance_request(gpu_count, gpu_type)
+
+    # -- reservations --------------------------------------------------------------------
+
+    async def reserve(self, gpu: str, duration_hours: int = 1, auto_renew: bool = False) -> str:
+        """Reserve GPU capacity from now on; returns the reservation id."""
+        reservation = await self.reservations.create(
+            gpu=gpu, duration_hours=duration_hours, auto_renew=auto_renew
+        )
+        return reservation.reservation_id
+
+    async def list_reservations(self, params: Mapping[str, Any] | None = None) -> list[Reservation]:
+        """List reservations (``params`` may filter by ``status``)."""
+        items = await self.reservations.list()
+        status = (params or {}).get("status")
+        return [r for r in items if status is None or r.status.value == status]
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        """Get a reservation; ``None`` when there is none with that id."""
+        try:
+            return await self.reservations.get(reservation_id)
+        except NotFoundError:
+            return None
+
+    async def reservation_availability(self, params: Mapping[str, Any]) -> list[AvailabilitySlot]:
+        """List windows that could be reserved.
+
+        Args:
+            params: ``instance_type``, ``gpu``, ``earliest_start_time``, ``latest_end_time``
+                (ms since the epoch or datetimes), ``duration_hours``; ``region`` is ignored.
+        """
+        start: int | float | datetime | None = params.get("earliest_start_time")
+        end: int | float | datetime | None = params.get("latest_end_time")
+        return await self.reservations.availability(
+            instance_type=params.get("instance_type"),
+            gpu=params.get("gpu"),
+            earliest_start_time=_configs.to_millis(start),
+            latest_end_time=_configs.to_millis(end),
+            duration_hours=params.get("duration_hours"),
+        )
+
+    # -- SSH keys ------------------------------------------------------------------------
+
+    async def list_ssh_keys(self, project_id: str | None = None) -> list[SSHKey]:
+        """List the organization's registered SSH keys (``project_id`` is accepted, unused)."""
+        return await self.ssh_keys.list()
+
+    async def list_platform_ssh_keys(self) -> list[SSHKey]:
+        """List the organization's registered SSH keys."""
+        return await self.ssh_keys.list()
+
+    async def create_platform_ssh_key(self, name: str, public_key: str) -> SSHKey:
+        """Register a public key for task SSH."""
+        return await self.ssh_keys.create(name, public_key)
+
+    async def delete_platform_ssh_key(self, key_id: str) -> bool:
+        """Unregister a key; ``True`` once deleted."""
+        await self.ssh_keys.delete(key_id)
+        return True
+
+    async def ensure_default_ssh_key(self) -> str | None:
+        """Create (once) ``<config dir>/ssh/id_ed25519`` and register it; returns its key id."""
+        _, key = await self.ssh_keys.ensure_default()
+        return key.key_id
+
+    # -- artifacts -----------------------------------------------------------------------
+
+    async def get_model(self, run_id: str, save_dir: str | Path | None = None) -> ModelArtifacts:
+        """Download the files a run's tasks wrote to ``$VI_FLOW_OUTPUT_DIR``.
+
+        Args:
+            run_id: The run.
+            save_dir: Where to save them (default ``./models/<run_id>``).
+        """
+        target = Path(save_dir) if save_dir is not None else Path("models") / run_id
+        url = path("/runs/{}/artifacts", run_id)
+        listing = await self.http.request("GET", url, cast=Page[TaskOutputFile])
+        files = [await self._download(url, item.path, target) for item in listing.items]
+        return ModelArtifacts(run_id=run_id, path=target, files=files)
+
+    async def _download(self, base: str, relative: str, target: Path) -> Path:
+        destination = target.joinpath(*relative.split("/"))
+        url = f"{base}/{artifact_path(relative)}"
+        await anyio.to_thread.run_sync(
+            lambda: destination.parent.mkdir(parents=True, exist_ok=True)
+        )
+        out = await anyio.open_file(destination, "wb")
+        async with out, self.http.stream("GET", url) as resp:
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+        return destination

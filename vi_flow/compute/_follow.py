@@ -1,0 +1,243 @@
+"""Follow a task's log files over SSH by byte offset, across dropped connections.
+
+:class:`LogFollower` runs ``tail -c +N -F <file>`` in the task for each followed file
+(stdout, stderr or both) and counts every byte it receives. When the connection drops
+(or the remote ``tail`` ends unexpectedly) it reconnects and restarts ``tail`` at the
+exact byte offset reached, so a line is never lost, never repeated, and no overlap is
+guessed. A partial line (bytes after the last newline) is kept across reconnects.
+
+The follow ends when a probe says the task is terminal (answering each file's final
+size, as the server measured it) *and* each file has been read to that size, so the
+last lines a task writes before exiting are always delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["Connector", "LogFollower", "TerminalProbe"]
+
+Connector = Callable[[], Awaitable["asyncssh.SSHClientConnection"]]
+"""Opens a fresh (pinned) SSH connection to the task."""
+
+TerminalProbe = Callable[[], Awaitable["Mapping[str, int] | None"]]
+"""Answers ``None`` while the task runs, and each stream's final size once it has ended."""
+
+_READ_SIZE = 1 << 16
+
+
+class _File:
+    """One followed file: where it is, how far it was read, its live ``tail``."""
+
+    def __init__(self, stream: str, path: str, offset: int) -> None:
+        self.stream = stream
+        self.path = path
+        self.offset = offset
+        self.partial = b""
+        self.final_size: int | None = None
+        self.proc: Any = None
+        self.reader: asyncio.Task[bytes] | None = None
+
+    @property
+    def drained(self) -> bool:
+        return self.final_size is not None and self.offset >= self.final_size
+
+    def take_lines(self, data: bytes) -> list[str]:
+        self.offset += len(data)
+        parts = (self.partial + data).split(b"\n")
+        self.partial = parts.pop()
+        return [p.decode("utf-8", errors="replace") for p in parts]
+
+    def stop(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            self.reader = None
+        if self.proc is not None:
+            self.proc.close()
+            self.proc = None
+
+
+class _Broken(Exception):
+    """The connection or a remote ``tail`` ended; reconnect and resume."""
+
+
+class LogFollower:
+    """Stream lines of a task's log files, exactly once each, until the task ends.
+
+    Iterate it (``async for stream, line in follower``) to get ``(stream, line)``
+    pairs, ``line`` without its newline.
+
+    Args:
+        connect: Opens a new SSH connection to the task (called again after a drop).
+        files: Stream name (``"stdout"``/``"stderr"``) to the log file path in the task.
+        is_terminal: Answers ``None`` while the task runs, then the final byte size
+            of each stream (streams it does not name are taken as empty).
+        offsets: Byte offsets to start from (default 0, the beginning).
+        poll_interval: Seconds between task-state probes.
+        max_retries: Reconnect attempts in a row without progress before giving up.
+        sleep: The sleep used for reconnect backoff (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        connect: Connector,
+        files: Mapping[str, str],
+        *,
+        is_terminal: TerminalProbe,
+        offsets: Mapping[str, int] | None = None,
+        poll_interval: float = 0.5,
+        max_retries: int = 8,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        start = offsets or {}
+        self._files = [_File(s, p, start.get(s, 0)) for s, p in files.items()]
+        self._connect = connect
+        self._is_terminal = is_terminal
+        self._poll_interval = poll_interval
+        self._max_retries = max_retries
+        self._sleep = sleep
+        self._conn: Any = None
+        self._failures = 0
+        self.reconnects = 0
+        """How many times the follow reconnected (for tests and diagnostics)."""
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """Bytes received so far per stream."""
+        return {f.stream: f.offset for f in self._files}
+
+    def __aiter__(self) -> AsyncGenerator[tuple[str, str], None]:
+        return self._run()
+
+    async def _run(self) -> AsyncGenerator[tuple[str, str], None]:
+        try:
+            next_probe = 0.0
+            while not all(f.drained for f in self._files):
+                try:
+                    await self._ensure_tails()
+                    if self._final_unknown and time.monotonic() >= next_probe:
+                        next_probe = time.monotonic() + self._poll_interval
+                        sizes = await self._is_terminal()
+                        if sizes is not None:
+                            self._set_final_sizes(sizes)
+                            continue
+                    wait = self._poll_interval
+                    if self._final_unknown:
+                        wait = max(0.0, next_probe - time.monotonic())
+                    lines, broken = await self._read_some(wait)
+                    for stream, line in lines:
+                        yield stream, line
+                    if broken is not None:
+                        raise broken
+                except _Broken as exc:
+                    await self._recover(exc)
+            for f in self._files:
+                if f.partial:
+                    yield f.stream, f.partial.decode("utf-8", errors="replace")
+                    f.partial = b""
+        finally:
+            await self._close()
+
+    @property
+    def _final_unknown(self) -> bool:
+        return any(f.final_size is None for f in self._files)
+
+    async def _ensure_tails(self) -> None:
+        import asyncssh
+
+        try:
+            if self._conn is None:
+                self._conn = await self._connect()
+            for f in self._files:
+                if f.proc is None and not f.drained:
+                    f.proc = await self._conn.create_process(
+                        _tail_command(f.path, f.offset), encoding=None, stderr=asyncssh.DEVNULL
+                    )
+                    f.proc.stdin.write_eof()
+                if f.reader is None and f.proc is not None:
+                    f.reader = asyncio.ensure_future(f.proc.stdout.read(_READ_SIZE))
+        except (OSError, asyncssh.Error) as exc:
+            raise _Broken(str(exc)) from exc
+
+    async def _read_some(self, wait: float) -> tuple[list[tuple[str, str]], _Broken | None]:
+        readers: dict[asyncio.Task[bytes], _File] = {}
+        for f in self._files:
+            if f.reader is not None:
+                readers[f.reader] = f
+        if not readers:
+            await anyio.sleep(wait)
+            return [], None
+        done, _ = await asyncio.wait(readers, timeout=wait, return_when="FIRST_COMPLETED")
+        lines: list[tuple[str, str]] = []
+        broken: _Broken | None = None
+        for task in done:
+            f = readers[task]
+            f.reader = None
+            try:
+                data = _result(task)
+            except _Broken as exc:
+                broken = exc
+                continue
+            self._failures = 0
+            lines.extend((f.stream, line) for line in f.take_lines(data))
+            if f.drained:
+                f.stop()
+        return lines, broken
+
+    def _set_final_sizes(self, sizes: Mapping[str, int]) -> None:
+        for f in self._files:
+            f.final_size = sizes.get(f.stream, 0)
+            if f.drained:
+                f.stop()
+
+    async def _recover(self, exc: _Broken) -> None:
+        await self._close()
+        self._failures += 1
+        if self._failures > self._max_retries:
+            from .._errors import APIConnectionError
+
+            raise APIConnectionError(f"lost the SSH connection to the task: {exc}") from exc
+        self.reconnects += 1
+        await self._sleep(min(0.05 * 2 ** (self._failures - 1), 2.0))
+
+    async def _close(self) -> None:
+        readers = [f.reader for f in self._files if f.reader is not None]
+        for f in self._files:
+            f.stop()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        # Wait (briefly, even when cancelled) so the socket is really closed before the
+        # caller's event loop may stop; a half-closed session would hold the server up.
+        with anyio.move_on_after(2, shield=True):
+            await asyncio.gather(*readers, return_exceptions=True)
+            if conn is not None:
+                await conn.wait_closed()
+
+
+def _result(task: asyncio.Task[bytes]) -> bytes:
+    import asyncssh
+
+    try:
+        data = task.result()
+    except (OSError, asyncssh.Error, asyncio.IncompleteReadError) as exc:
+        raise _Broken(str(exc)) from exc
+    if not data:
+        raise _Broken("the remote tail ended")
+    return data
+
+
+def _tail_command(path: str, offset: int) -> str:
+    # `tail -c +N` is 1-based: +1 starts at the first byte, so resume at offset + 1.
+    # `-s 0.2`: where inotify is unavailable (or the file is yet to appear) tail polls;
+    # its 1 s default would show up as latency.
+    return f"exec tail -c +{offset + 1} -s 0.2 -F -- {shlex.quote(path)}"

@@ -1,0 +1,286 @@
+"""The task operations shared by :class:`AsyncTask` and the client's top-level methods.
+
+Each function takes the client (anything with ``tasks`` and ``ssh_keys`` resources and
+settings) and a task id: waiting for a status, opening a pinned SSH connection as the
+task's user or its logs user, following logs, running a command or a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import anyio
+import anyio.to_thread
+
+from .._errors import TaskTimeoutError, ViFlowError
+from ..models.tasks import SSHEndpoint, Task, TaskStatus
+from ._follow import LogFollower
+from ._upload import UploadResult, check_target_dir, collect_files, progress_bar, upload_files
+from .ssh import ShellResult, SSHTarget, connect, interactive_shell, run_remote, write_known_hosts
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from .._config import Settings
+    from ..resources.ssh_keys import AsyncSSHKeys
+    from ..resources.tasks import AsyncTasks, LogStream
+
+__all__ = [
+    "ComputeClient",
+    "Until",
+    "follow_lines",
+    "open_ssh",
+    "shell",
+    "ssh_target",
+    "upload_code",
+    "wait_for",
+    "wait_for_ssh",
+]
+
+Until = Literal["running", "terminal"]
+"""What :func:`wait_for` waits for: the task running (or already over), or over."""
+
+_FIRST_POLL = 0.05
+
+
+class ComputeClient(Protocol):
+    """What the compute operations need from a client (``AsyncClient`` has it all)."""
+
+    @property
+    def tasks(self) -> AsyncTasks:
+        """The tasks resource."""
+
+    @property
+    def ssh_keys(self) -> AsyncSSHKeys:
+        """The SSH keys resource."""
+
+    @property
+    def _settings(self) -> Settings: ...
+
+
+def _reached(status: TaskStatus, until: Until) -> bool:
+    if until == "running":
+        return status == TaskStatus.RUNNING or status.terminal
+    return status.terminal
+
+
+async def wait_for(
+    client: ComputeClient,
+    task_id: str,
+    *,
+    until: Until = "terminal",
+    timeout: float | None = None,  # noqa: ASYNC109 - the seed API takes timeout=
+    poll_interval: float = 1.0,
+) -> Task:
+    """Poll a task until it is running (``until="running"``) or over; return it.
+
+    Raises:
+        TaskTimeoutError: ``timeout`` seconds passed first (the message says the status).
+    """
+    if until not in ("running", "terminal"):
+        raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
+    task = await client.tasks.get(task_id)
+    delay = _FIRST_POLL
+    with anyio.move_on_after(timeout) as scope:
+        while not _reached(task.status, until):
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, poll_interval)
+            task = await client.tasks.get(task_id)
+    if scope.cancelled_caught:
+        raise TaskTimeoutError(
+            f"task {task_id} is still {task.status.value} after {timeout} s (waited for {until})"
+        )
+    return task
+
+
+async def ssh_target(client: ComputeClient, task_id: str, *, logs: bool = False) -> SSHTarget:
+    """Build the pinned SSH target of a task (default key ensured, known_hosts written).
+
+    Args:
+        client: The client.
+        task_id: The task.
+        logs: Log in as the task's logs user (works in every status) instead of its user.
+    """
+    target, _ = await _target_and_endpoint(client, task_id, logs=logs)
+    return target
+
+
+async def _target_and_endpoint(
+    client: ComputeClient, task_id: str, *, logs: bool
+) -> tuple[SSHTarget, SSHEndpoint]:
+    pair, _ = await client.ssh_keys.ensure_default()
+    endpoint = await client.tasks.ssh_endpoint(task_id)
+    target = _target(client, endpoint, pair.private_path, logs=logs)
+    await anyio.to_thread.run_sync(write_known_hosts, target)
+    return target, endpoint
+
+
+def _target(client: ComputeClient, ep: SSHEndpoint, key: Path, *, logs: bool) -> SSHTarget:
+    known = client._settings.config_dir / "ssh" / f"known_hosts-{ep.host}-{ep.port}"
+    return SSHTarget(
+        host=ep.host,
+        port=ep.port,
+        username=ep.logs_user if logs else ep.user,
+        host_key=ep.host_key,
+        key_path=key,
+        known_hosts_path=known,
+    )
+
+
+async def open_ssh(
+    client: ComputeClient, task_id: str, *, logs: bool = False
+) -> asyncssh.SSHClientConnection:
+    """Open a pinned SSH connection to a task (as its logs user when ``logs``)."""
+    return await connect(await ssh_target(client, task_id, logs=logs))
+
+
+async def wait_for_ssh(
+    client: ComputeClient,
+    task_id: str,
+    *,
+    timeout: float = 600.0,  # noqa: ASYNC109 - the seed API takes timeout=
+) -> Task:
+    """Wait until the task runs and its SSH server answers a command.
+
+    Raises:
+        TaskTimeoutError: Not reachable within ``timeout`` seconds.
+        ViFlowError: The task ended before it could be reached.
+    """
+    import asyncssh
+
+    deadline = anyio.current_time() + timeout
+    task = await wait_for(client, task_id, until="running", timeout=timeout)
+    _check_running(task)
+    with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+        while True:
+            if await _answers(client, task_id, asyncssh.Error):
+                return task
+            await anyio.sleep(0.2)
+    raise TaskTimeoutError(f"task {task_id} was not reachable over SSH after {timeout} s")
+
+
+async def _answers(client: ComputeClient, task_id: str, error: type[Exception]) -> bool:
+    try:
+        async with await open_ssh(client, task_id) as conn:
+            await run_remote(conn, "true")
+    except (OSError, error):
+        return False
+    return True
+
+
+def _check_running(task: Task) -> None:
+    if task.status.terminal:
+        raise ViFlowError(
+            f"task {task.task_id} has ended ({task.status.value}); it has no shell any more"
+        )
+
+
+async def shell(
+    client: ComputeClient,
+    task_id: str,
+    command: str | Sequence[str] | None = None,
+    *,
+    echo: bool = False,
+    timeout: float = 600.0,  # noqa: ASYNC109 - how long to wait for the task to run
+) -> ShellResult:
+    """Run a command in a running task, or attach an interactive shell to this terminal.
+
+    Without ``command``: an interactive PTY shell when stdin is a terminal; otherwise
+    stdin is read to its end and run as a script. Waits for the task to run first.
+    """
+    task = await wait_for(client, task_id, until="running", timeout=timeout)
+    _check_running(task)
+    conn = await open_ssh(client, task_id)
+    try:
+        if command is not None:
+            return await run_remote(conn, command, echo=echo)
+        if sys.stdin is not None and sys.stdin.isatty():
+            status = await interactive_shell(conn)
+            return ShellResult(stdout="", stderr="", exit_status=status)
+        script = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+        return await run_remote(conn, "exec /bin/sh", input=script, echo=echo)
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+def _streams(stream: LogStream) -> list[str]:
+    if stream == "both":
+        return ["stdout", "stderr"]
+    if stream in ("stdout", "stderr"):
+        return [stream]
+    raise ValueError(f"stream must be 'stdout', 'stderr' or 'both', got {stream!r}")
+
+
+async def follow_lines(
+    client: ComputeClient,
+    task_id: str,
+    *,
+    stream: LogStream = "stdout",
+    poll_interval: float = 0.5,
+    on_update: Callable[[Task], None] | None = None,
+    offsets: Mapping[str, int] | None = None,
+) -> AsyncGenerator[tuple[str, str], None]:
+    """Yield ``(stream, line)`` of a task's logs over SSH until it ended and is drained.
+
+    Survives dropped connections (resumes at the exact byte offset). ``on_update``
+    receives every task state read, the last one terminal (with its exit code).
+    """
+    names = _streams(stream)
+    target, endpoint = await _target_and_endpoint(client, task_id, logs=True)
+    paths = {"stdout": endpoint.stdout_path, "stderr": endpoint.stderr_path}
+
+    async def final_sizes() -> dict[str, int] | None:
+        task = await client.tasks.get(task_id)
+        if on_update is not None:
+            on_update(task)
+        if not task.status.terminal:
+            return None
+        return {"stdout": task.stdout_size, "stderr": task.stderr_size}
+
+    follower = LogFollower(
+        lambda: connect(target),
+        {name: paths[name] for name in names},
+        is_terminal=final_sizes,
+        offsets=offsets,
+        poll_interval=poll_interval,
+    )
+    async with contextlib.aclosing(follower.__aiter__()) as items:
+        async for item in items:
+            yield item
+
+
+async def upload_code(
+    client: ComputeClient,
+    task_id: str,
+    *,
+    source_dir: str | Path | None = None,
+    target_dir: str = "/workspace",
+    timeout: float = 600.0,  # noqa: ASYNC109 - the seed API takes timeout=
+) -> UploadResult:
+    """Send a directory to a running task over SFTP (see :mod:`vi_flow.compute._upload`).
+
+    A rich progress bar is shown when stderr is a terminal.
+    """
+    check_target_dir(target_dir)
+    source = Path(source_dir) if source_dir is not None else Path(".")
+    files, skipped = await anyio.to_thread.run_sync(collect_files, source)
+    total = await anyio.to_thread.run_sync(lambda: sum(p.stat().st_size for _, p in files))
+    task = await wait_for(client, task_id, until="running", timeout=timeout)
+    _check_running(task)
+    async with await open_ssh(client, task_id) as conn, conn.start_sftp_client() as sftp:
+        bar = progress_bar(total)
+        try:
+            count, sent = await upload_files(
+                sftp, files, target_dir, progress=bar[0] if bar else None
+            )
+        finally:
+            if bar is not None:
+                bar[1]()
+    return UploadResult(
+        target_dir=check_target_dir(target_dir), files=count, bytes=sent, skipped=skipped
+    )

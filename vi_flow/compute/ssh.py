@@ -1,0 +1,362 @@
+"""SSH into a task: pinned host keys, quoted remote commands, shells.
+
+This module owns the client end of every SSH conversation with a task. A connection is
+described by an :class:`SSHTarget` (address, user, the server's published host key and
+the user's private key) and is always opened with that host key *pinned*: asyncssh gets
+a known-hosts set holding exactly that key, and :func:`write_known_hosts` writes the
+same line to a file for the user's own ``ssh`` client. Host-key checking is never off.
+
+Remote commands are strings the remote shell parses, so every argument this package
+sends is quoted with :func:`shlex.quote` (see :func:`build_remote_command`); a user's
+argument such as ``"; rm -rf ~"`` stays one literal word. Log follows live in
+:mod:`vi_flow.compute._follow` and uploads in :mod:`vi_flow.compute._upload`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = [
+    "SSHTarget",
+    "ShellResult",
+    "build_remote_command",
+    "connect",
+    "interactive_shell",
+    "known_hosts_line",
+    "run_remote",
+    "ssh_command_line",
+    "write_known_hosts",
+]
+
+
+@attrs.frozen
+class SSHTarget:
+    """Everything needed to open a pinned SSH connection to one task.
+
+    Attributes:
+        host: The SSH server address (always loopback for the local server).
+        port: The SSH server port.
+        username: The login name the server expects (the task id for the local server).
+        host_key: The server's public host key, OpenSSH format (``"ssh-ed25519 AAAA..."``).
+        key_path: The user's private key file.
+        known_hosts_path: Where the pinned known-hosts line is written for ``ssh``.
+    """
+
+    host: str
+    port: int
+    username: str
+    host_key: str
+    key_path: Path
+    known_hosts_path: Path
+
+
+@attrs.frozen
+class ShellResult:
+    """What a remote command produced.
+
+    ``str(result)`` is its standard output, so ``print(await task.shell(command="ls"))``
+    prints what ``ls`` printed.
+
+    Attributes:
+        stdout: Standard output, decoded as UTF-8 (bad bytes replaced).
+        stderr: Standard error, decoded the same way.
+        exit_status: The command's exit status; ``None`` when it died of a signal.
+        exit_signal: The signal name when the command was killed by one.
+    """
+
+    stdout: str
+    stderr: str
+    exit_status: int | None
+    exit_signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the command exited with status 0."""
+        return self.exit_status == 0
+
+    def __str__(self) -> str:
+        return self.stdout
+
+
+def build_remote_command(command: str | Sequence[str]) -> str:
+    """Return the command line to send to the remote shell.
+
+    Args:
+        command: A shell command line the user wrote (sent as is, the remote shell
+            parses it as the user intended), or an argv list whose every element is
+            quoted so that it reaches the program as one literal argument.
+
+    Raises:
+        ValueError: An empty command.
+    """
+    if isinstance(command, str):
+        if not command.strip():
+            raise ValueError("command must not be empty")
+        return command
+    argv = list(command)
+    if not argv:
+        raise ValueError("command must not be an empty list")
+    return shlex.join(str(arg) for arg in argv)
+
+
+def known_hosts_line(target: SSHTarget) -> str:
+    """Return the OpenSSH known-hosts line that pins ``target``'s host key."""
+    host = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    return f"{host} {target.host_key.strip()}\n"
+
+
+def write_known_hosts(target: SSHTarget) -> Path:
+    """Write the pinned known-hosts file for ``target`` (mode 0600) and return its path."""
+    path = target.known_hosts_path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(known_hosts_line(target))
+    tmp.replace(path)
+    return path
+
+
+def ssh_command_line(target: SSHTarget) -> str:
+    """Return a command line for the user's own OpenSSH client, host key pinned."""
+    argv = [
+        "ssh",
+        "-i",
+        str(target.key_path),
+        "-p",
+        str(target.port),
+        "-o",
+        f"UserKnownHostsFile={target.known_hosts_path}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        f"{target.username}@{target.host}",
+    ]
+    return shlex.join(argv)
+
+
+async def connect(
+    target: SSHTarget, *, connect_timeout: float = 30.0
+) -> asyncssh.SSHClientConnection:
+    """Open an SSH connection to ``target`` with its host key pinned.
+
+    Only the key at ``target.key_path`` is offered; no agent, no ``~/.ssh/config``,
+    no default keys, and the server must present exactly ``target.host_key``.
+
+    Raises:
+        asyncssh.HostKeyNotVerifiable: The server presented another host key.
+        asyncssh.PermissionDenied: The server refused the key.
+        OSError: The server could not be reached.
+    """
+    import asyncssh
+
+    key = await anyio.to_thread.run_sync(asyncssh.read_private_key, str(target.key_path))
+    return await asyncssh.connect(
+        target.host,
+        target.port,
+        username=target.username,
+        client_keys=[key],
+        known_hosts=asyncssh.import_known_hosts(known_hosts_line(target)),
+        agent_path=None,
+        config=None,
+        gss_host=None,
+        preferred_auth="publickey",
+        connect_timeout=connect_timeout,
+        keepalive_interval=15,
+    )
+
+
+def _text(data: Any) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return str(data or "")
+
+
+async def run_remote(
+    conn: asyncssh.SSHClientConnection,
+    command: str | Sequence[str],
+    *,
+    input: bytes | None = None,
+    echo: bool = False,
+) -> ShellResult:
+    """Run one command on an open connection and collect what it printed.
+
+    Args:
+        conn: An open connection (see :func:`connect`).
+        command: A shell command line, or an argv list quoted word by word.
+        input: Bytes fed to the command's standard input, then EOF.
+        echo: Also copy the output to this process's stdout/stderr as it arrives.
+    """
+    line = build_remote_command(command)
+    proc = await conn.create_process(line, encoding=None)
+    async with proc:
+        if input is not None:
+            proc.stdin.write(input)
+        proc.stdin.write_eof()
+        out, err = await _collect(proc, echo=echo)
+        completed = await proc.wait(check=False)
+    status = completed.exit_status
+    return ShellResult(
+        stdout=_text(out),
+        stderr=_text(err),
+        exit_status=status if status is not None and status >= 0 else None,
+        exit_signal=completed.exit_signal[0] if completed.exit_signal else None,
+    )
+
+
+async def _collect(proc: asyncssh.SSHClientProcess[bytes], *, echo: bool) -> tuple[bytes, bytes]:
+    chunks: dict[str, list[bytes]] = {"out": [], "err": []}
+
+    async def pump(reader: asyncssh.SSHReader[bytes], name: str, fd: int) -> None:
+        while data := await reader.read(65536):
+            chunks[name].append(data)
+            if echo:
+                _write_all(fd, data)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump, proc.stdout, "out", _fileno(sys.stdout, 1))
+        tg.start_soon(pump, proc.stderr, "err", _fileno(sys.stderr, 2))
+    return b"".join(chunks["out"]), b"".join(chunks["err"])
+
+
+def _fileno(stream: Any, default: int) -> int:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return default
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            continue
+        view = view[written:]
+
+
+async def interactive_shell(
+    conn: asyncssh.SSHClientConnection,
+    command: str | Sequence[str] | None = None,
+    *,
+    stdin_fd: int | None = None,
+    stdout_fd: int | None = None,
+) -> int | None:
+    """Attach this terminal to a remote shell (a PTY) until it exits.
+
+    The local terminal is put in raw mode for the session and restored afterwards,
+    keystrokes go to the remote side unchanged (Ctrl-C included), and window size
+    changes are forwarded.
+
+    Args:
+        conn: An open connection.
+        command: Run this instead of the login shell, still on a PTY.
+        stdin_fd: The terminal to read keys from (default: this process's stdin).
+        stdout_fd: Where output goes (default: this process's stdout).
+
+    Returns:
+        The remote exit status (``None`` when it died of a signal).
+    """
+    in_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    out_fd = _fileno(sys.stdout, 1) if stdout_fd is None else stdout_fd
+    cols, rows = _terminal_size(out_fd)
+    line = None if command is None else build_remote_command(command)
+    proc = await conn.create_process(
+        line,
+        encoding=None,
+        term_type=os.environ.get("TERM", "xterm-256color"),
+        term_size=(cols, rows),
+    )
+    async with proc:
+        with _raw_terminal(in_fd), _forward_keys(in_fd, proc), _forward_resize(out_fd, proc):
+            while data := await proc.stdout.read(65536):
+                _write_all(out_fd, data)
+        completed = await proc.wait(check=False)
+    status = completed.exit_status
+    return status if status is not None and status >= 0 else None
+
+
+def _terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return size.columns, size.lines
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Any:
+    import termios
+    import tty
+
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _forward_keys(fd: int, proc: asyncssh.SSHClientProcess[bytes]) -> Any:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if data:
+            proc.stdin.write(data)
+        else:
+            loop.remove_reader(fd)
+            proc.stdin.write_eof()
+
+    loop.add_reader(fd, on_readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+
+
+@contextlib.contextmanager
+def _forward_resize(fd: int, proc: asyncssh.SSHClientProcess[bytes]) -> Any:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def on_resize() -> None:
+        cols, rows = _terminal_size(fd)
+        proc.change_terminal_size(cols, rows)
+
+    try:
+        loop.add_signal_handler(signal.SIGWINCH, on_resize)
+    except (RuntimeError, ValueError, NotImplementedError):
+        # Not the main thread (a sync client's portal): resizes are simply not forwarded.
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGWINCH)

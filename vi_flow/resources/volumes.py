@@ -1,0 +1,73 @@
+"""``client.volumes``: create, list, get and delete persistent volumes."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Literal
+
+from .._http import path
+from .._pagination import AsyncPaginator
+from ..models import Page, PaginationParams
+from ..models.tasks import Volume, VolumeRequest
+from ._base import AsyncResource
+
+__all__ = ["AsyncVolumes"]
+
+
+class AsyncVolumes(AsyncResource):
+    """Manage volumes: ``client.volumes``.
+
+    Calling it (``await client.volumes()``) lists every volume, as the seed's
+    ``Client.volumes()`` does.
+    """
+
+    async def __call__(self) -> builtins.list[Volume]:
+        """List every volume, newest first."""
+        return [v async for v in self.list().all_items()]
+
+    async def create(
+        self,
+        size_gb: int = 1,
+        *,
+        name: str | None = None,
+        interface: Literal["block", "file"] = "file",
+        region: str | None = None,
+    ) -> Volume:
+        """Create a volume.
+
+        Args:
+            size_gb: Capacity in GB.
+            name: Display name (letters, digits, ``.``, ``_``, ``-``); used as ``volume://name``.
+            interface: ``"file"`` (multi-attach) or ``"block"`` (exclusive attach).
+            region: Where; the provider's default when omitted.
+
+        Raises:
+            UnprocessableEntityError: A bad name (``/`` or ``..`` in it) or size.
+            ConflictError: The name is taken in this organization.
+        """
+        body = VolumeRequest(size_gb=size_gb, name=name, interface=interface, region=region)
+        return await self._http.request("POST", "/volumes", json=body, cast=Volume)
+
+    def list(
+        self, *, pagination: PaginationParams | dict[str, Any] | None = None
+    ) -> AsyncPaginator[Volume]:
+        """List volumes, newest first."""
+        params = PaginationParams.coerce(pagination)
+
+        async def fetch(p: PaginationParams) -> Page[Volume]:
+            query = {"pageSize": p.page_size, "pageToken": p.page_token}
+            return await self._http.request("GET", "/volumes", params=query, cast=Page[Volume])
+
+        return AsyncPaginator(fetch, params)
+
+    async def get(self, volume: str) -> Volume:
+        """Get a volume by id or name (``NotFoundError`` when missing)."""
+        return await self._http.request("GET", path("/volumes/{}", volume), cast=Volume)
+
+    async def delete(self, volume: str) -> None:
+        """Delete a volume by id or name, permanently.
+
+        Raises:
+            ConflictError: A task that has not ended mounts it (the message names it).
+        """
+        await self._http.request("DELETE", path("/volumes/{}", volume))
