@@ -1,0 +1,105 @@
+"""``SyncPlatformMethods``: seed 002's escape hatches and account calls, blocking.
+
+Each method is one line over the portal, as everywhere in the sync layer; see
+:class:`vi_flow.compute._platform.PlatformMethods` for what each one means here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..compute._platform import SSHTunnelManager
+from .compute import SSHKeys, SyncComputeMethods, Task
+
+if TYPE_CHECKING:
+    from .._client import AsyncClient
+    from .._portal import Portal
+    from ..compute._upload import UploadResult
+    from ..compute.ssh import ShellResult
+
+__all__ = ["RawAPI", "RemoteOperations", "SyncPlatformMethods"]
+
+
+class RawAPI:
+    """The raw API under every call, blocking: ``port.request("GET", "/instances")``."""
+
+    def __init__(self, client: AsyncClient, portal: Portal) -> None:
+        self._client = client
+        self._portal = portal
+
+    def request(
+        self, method: str, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Send one request with the client's retries; returns the decoded JSON."""
+        return self._portal.call(self._client.http.request, method, url, json=json, params=params)
+
+
+class RemoteOperations:
+    """Commands and file copies on task instances, blocking."""
+
+    def __init__(self, client: AsyncClient, portal: Portal) -> None:
+        self._ops = client.get_remote_operations()
+        self._portal = portal
+
+    def execute_command(self, task_id: str, command: str | Sequence[str]) -> ShellResult:
+        """Run a command in the task and return its output and exit status."""
+        return self._portal.call(self._ops.execute_command, task_id, command)
+
+    def upload(
+        self, task_id: str, source_dir: str | Path, target_dir: str = "/workspace"
+    ) -> UploadResult:
+        """Copy a directory into the task over SFTP."""
+        return self._portal.call(self._ops.upload, task_id, source_dir, target_dir)
+
+
+class SyncPlatformMethods(SyncComputeMethods):
+    """Seed 002's GPU-task methods plus its escape hatches, blocking; ``Client`` inherits them."""
+
+    if TYPE_CHECKING:
+        _async: AsyncClient
+        ssh_keys: SSHKeys
+
+    def provider_port(self) -> RawAPI:
+        """The raw API under every call."""
+        return RawAPI(self._async, self._portal)
+
+    def get_provider_init(self) -> SyncPlatformMethods:
+        """The initialization interface: the client itself."""
+        return self
+
+    def get_remote_operations(self) -> RemoteOperations:
+        """Commands and file copies on task instances."""
+        return RemoteOperations(self._async, self._portal)
+
+    def get_ssh_key_manager(self) -> SSHKeys:
+        """The organization's SSH keys: ``client.ssh_keys``."""
+        return self.ssh_keys
+
+    def get_ssh_tunnel_manager(self) -> SSHTunnelManager:
+        """Port forwarding to tasks (refused by the local server)."""
+        return self._async.get_ssh_tunnel_manager()
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """The caller's identity for its token name or ``"me"``; else ``None``."""
+        return self._portal.call(self._async.get_user, user_id)
+
+    def get_user_teammates(self, user_id: str) -> list[dict[str, Any]]:
+        """Always ``[]`` on the local server."""
+        return self._portal.call(self._async.get_user_teammates, user_id)
+
+    def list_projects(self) -> list[dict[str, str]]:
+        """The projects this key reaches: its organization."""
+        return self._portal.call(self._async.list_projects)
+
+    @contextmanager
+    def dev_context(self, auto_stop: bool = False) -> Iterator[Task]:
+        """A long-lived development task, reused while it runs; cancelled on exit if ``auto_stop``."""
+        task = Task(self._portal.call(self._async.ensure_dev_task), self._portal)
+        try:
+            yield task
+        finally:
+            if auto_stop:
+                task.cancel()
