@@ -1,0 +1,139 @@
+"""A real one-host Slurm cluster for the tests in this folder, started once per session.
+
+``scripts/slurm/start_cluster.sh`` starts munged, slurmctld, slurmd and slurmrestd (JWT)
+on free loopback ports with four fake H100 GPUs, under a fresh scratch directory;
+``stop_cluster.sh`` stops exactly those processes at the end. Without the Slurm packages
+(or without root) the tests skip with a note on how to run them; with
+``VI_FLOW_REQUIRE_SLURM=1`` (CI) they fail instead, so they are never silently skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts" / "slurm"
+BINARIES = ("munged", "slurmctld", "slurmd", "slurmrestd", "scontrol", "sinfo")
+HOW_TO = "run `nox -s tests_slurm` (it needs root and the slurm-wlm, slurmrestd, "
+HOW_TO += "slurm-wlm-jwt-plugin and munge packages)"
+
+
+@attrs.frozen
+class SlurmCluster:
+    """Where the session's cluster lives and how to reach it."""
+
+    work: Path
+    url: str
+    user: str
+    token_file: Path
+    jobs_dir: Path
+    slurm_conf: Path
+
+    def run(self, *argv: str) -> str:
+        """Run a Slurm command (``scancel``, ``squeue``, ...) against this cluster."""
+        env = {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20)
+        if done.returncode:
+            raise AssertionError(f"{argv} failed ({done.returncode}): {done.stderr}")
+        return done.stdout
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("VI_FLOW_REQUIRE_SLURM") == "1":
+        pytest.fail(f"VI_FLOW_REQUIRE_SLURM=1 but {reason}", pytrace=False)
+    pytest.skip(f"{reason}; {HOW_TO}")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _script(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPTS / name)], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """Start the cluster once for the session (or skip/fail when Slurm is not installed)."""
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if missing:
+        _unavailable(f"the Slurm binaries {missing} are not installed")
+    if os.geteuid() != 0:
+        _unavailable("the Slurm cluster needs root")
+    work = Path(tempfile.mkdtemp(prefix="vi-flow-slurm-"))
+    work.chmod(0o755)  # slurmrestd (user slurm) and munged (user munge) read under it
+    rest, ctld, slurmd = _free_ports(3)
+    env = {
+        **os.environ,
+        "WORK": str(work),
+        "VI_FLOW_SLURM_REST_PORT": str(rest),
+        "VI_FLOW_SLURMCTLD_PORT": str(ctld),
+        "VI_FLOW_SLURMD_PORT": str(slurmd),
+        "VI_FLOW_SLURM_USER": "root",
+        "VI_FLOW_SLURM_WATCH_PID": str(os.getpid()),
+    }
+    started = _script("start_cluster.sh", env)
+    try:
+        if started.returncode:
+            _unavailable(f"start_cluster.sh failed:\n{started.stdout}{started.stderr}")
+        slurm = work / "slurm"
+        yield SlurmCluster(
+            work=work,
+            url=f"http://127.0.0.1:{rest}",
+            user="root",
+            token_file=slurm / "token",
+            jobs_dir=slurm / "jobs",
+            slurm_conf=slurm / "slurm.conf",
+        )
+    finally:
+        _script("stop_cluster.sh", env)
+        if os.environ.get("VI_FLOW_SLURM_KEEP") != "1":
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_server(
+    slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """The embedded server of this test's ``VI_FLOW_HOME``, with Slurm as its provider.
+
+    Clients made afterwards without arguments share it (the embedded server is
+    reference-counted per home), so SDK code runs unchanged against Slurm.
+    """
+    from vi_flow.server import embedded
+
+    # not under tmp_path: tests upload tmp_path into tasks, which must not include them
+    files = tmp_path_factory.mktemp("slurm-server")
+    settings = {
+        "url": slurm_cluster.url,
+        "user": slurm_cluster.user,
+        "token_file": str(slurm_cluster.token_file),
+        "tasks_dir": str(files / "tasks"),
+        "volumes_dir": str(files / "volumes"),
+        "slurm_conf": str(slurm_cluster.slurm_conf),
+        "poll_interval": 0.05,
+    }
+    home = Path(os.environ["VI_FLOW_HOME"])
+    server = embedded.acquire(home, provider="slurm", extra={"slurm": settings})
+    try:
+        yield server
+    finally:
+        embedded.release(server)

@@ -1,0 +1,331 @@
+"""The Slurm compute provider on the real one-host cluster, through the provider protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from vi_flow.models.tasks import TaskConfig, TaskStatus
+from vi_flow.server.providers.base import (
+    CapacityError,
+    ComputeProvider,
+    LaunchSpec,
+    ProviderUnavailable,
+    RunningTask,
+    TaskUpdate,
+    UnsupportedOperation,
+)
+from vi_flow.server.providers.slurm import SlurmCredentialsError, SlurmProvider, SlurmSettings
+
+from .conftest import SlurmCluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
+
+
+class Updates:
+    """The update sink: records every update and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.items: list[TaskUpdate] = []
+
+    async def __call__(self, update: TaskUpdate) -> None:
+        self.items.append(update)
+
+    def of(self, task_id: str) -> list[TaskUpdate]:
+        return [u for u in self.items if u.task_id == task_id]
+
+    async def wait(self, task_id: str, *statuses: TaskStatus) -> TaskUpdate:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for update in self.of(task_id):
+                if update.status in statuses:
+                    return update
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
+
+
+def settings_for(cluster: SlurmCluster, tmp_path: Path, **changes: object) -> SlurmSettings:
+    values: dict[str, object] = {
+        "url": cluster.url,
+        "user": cluster.user,
+        "token_file": cluster.token_file,
+        "tasks_dir": tmp_path / "tasks",
+        "volumes_dir": tmp_path / "volumes",
+        "slurm_conf": str(cluster.slurm_conf),
+        "poll_interval": 0.05,
+        **changes,
+    }
+    return SlurmSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def updates() -> Updates:
+    return Updates()
+
+
+@pytest.fixture
+async def provider(
+    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates
+) -> AsyncIterator[SlurmProvider]:
+    provider = SlurmProvider(settings_for(slurm_cluster, tmp_path))
+    await provider.start(updates)
+    try:
+        yield provider
+    finally:
+        for task_id in list(provider._tracked):
+            await provider.cancel(task_id, 0)
+        await provider.close()
+
+
+async def launch(
+    provider: SlurmProvider,
+    task_id: str,
+    command: str,
+    env: dict[str, str] | None = None,
+    **config: object,
+) -> LaunchSpec:
+    task_config = TaskConfig(name=task_id, command=command, **config)  # type: ignore[arg-type]
+    spec = LaunchSpec(
+        task_id=task_id,
+        organization_id="org_default",
+        config=task_config,
+        placement=await provider.place(task_config),
+        argv=["/bin/sh", "-c", command],
+        env={"VI_FLOW_TASK_ID": task_id, **(env or {})},
+        paths=provider.task_paths(task_id),
+        max_run_time=task_config.max_run_time,
+    )
+    await provider.submit(spec)
+    return spec
+
+
+async def test_is_a_compute_provider(provider: SlurmProvider) -> None:
+    assert isinstance(provider, ComputeProvider)
+    assert provider.name == "slurm"
+
+
+async def test_submit_runs_and_completes(provider: SlurmProvider, updates: Updates) -> None:
+    spec = await launch(provider, "task_ok", "echo hello from slurm; pwd")
+    first = updates.of("task_ok")[0]
+    assert first.status == TaskStatus.PENDING and first.provider_id
+    running = await updates.wait("task_ok", TaskStatus.RUNNING)
+    assert running.reason == "Started" and running.provider_id == first.provider_id
+    done = await updates.wait("task_ok", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    assert (done.status, done.exit_code) == (TaskStatus.COMPLETED, 0)
+    assert spec.paths.stdout.read_text() == f"hello from slurm\n{spec.paths.workdir}\n"
+    assert not (spec.paths.root / ".vi-flow-env").exists()
+
+
+async def test_exit_3_fails_with_code_3(provider: SlurmProvider, updates: Updates) -> None:
+    spec = await launch(provider, "task_exit3", "echo bad >&2; exit 3")
+    done = await updates.wait("task_exit3", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    assert (done.status, done.exit_code, done.reason) == (TaskStatus.FAILED, 3, "NonZeroExit")
+    assert spec.paths.stderr.read_text() == "bad\n"
+
+
+async def test_two_h100_are_visible(provider: SlurmProvider, updates: Updates) -> None:
+    spec = await launch(provider, "task_gpu", "echo $CUDA_VISIBLE_DEVICES; sleep 0.5", gpu="h100:2")
+    assert spec.placement.instance_type == "2xh100"
+    done = await updates.wait("task_gpu", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    assert done.status == TaskStatus.COMPLETED
+    assert len(spec.paths.stdout.read_text().strip().split(",")) == 2
+    running = await updates.wait("task_gpu", TaskStatus.RUNNING)
+    assert running.gpu_ids is not None and len(running.gpu_ids) == 2
+
+
+async def test_cancel_running_and_pending(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_big", "sleep 60", gpu="h100:4")
+    await updates.wait("task_big", TaskStatus.RUNNING)
+    await launch(provider, "task_queued", "sleep 60", gpu="h100:1")
+    await asyncio.sleep(0.3)
+    assert [u.status for u in updates.of("task_queued")] == [TaskStatus.PENDING]
+    await provider.cancel("task_queued", 1.0)
+    queued = await updates.wait("task_queued", TaskStatus.CANCELLED)
+    assert queued.reason == "Cancelled" and queued.exit_code is None
+    assert TaskStatus.RUNNING not in [u.status for u in updates.of("task_queued")]
+    await provider.cancel("task_big", 1.0)
+    big = updates.of("task_big")[-1]
+    assert (big.status, big.reason) == (TaskStatus.CANCELLED, "Cancelled")
+    await provider.cancel("task_big", 1.0)  # already finished: a no-op
+
+
+async def test_scancel_outside_is_cancelled_with_reason(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    await launch(provider, "task_scancel", "sleep 60")
+    running = await updates.wait("task_scancel", TaskStatus.RUNNING)
+    slurm_cluster.run("scancel", str(running.provider_id))
+    done = await updates.wait("task_scancel", TaskStatus.CANCELLED, TaskStatus.FAILED)
+    assert (done.status, done.reason) == (TaskStatus.CANCELLED, "CancelledOutsideViFlow")
+    assert done.message and "scancel" in done.message
+
+
+async def test_exec_prefix_runs_inside_the_job(provider: SlurmProvider, updates: Updates) -> None:
+    spec = await launch(provider, "task_exec", "sleep 30", gpu="h100:1")
+    running = await updates.wait("task_exec", TaskStatus.RUNNING)
+    prefix = provider.exec_prefix("task_exec", running.provider_id)
+    assert prefix[prefix.index("srun") :][:3] == [
+        "srun",
+        f"--jobid={running.provider_id}",
+        "--overlap",
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [*prefix, "sh", "-c", 'echo "$CUDA_VISIBLE_DEVICES $(pwd)"; exit 4'],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.returncode == 4
+    assert done.stdout.split() == [
+        ",".join(map(str, running.gpu_ids or [])),
+        str(spec.paths.workdir),
+    ]
+
+
+async def test_secrets_go_through_a_private_file(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    secret = f"tok-{time.time_ns()}"
+    spec = await launch(
+        provider, "task_env", 'echo "$HF_TOKEN $VI_FLOW_TASK_ID"', {"HF_TOKEN": secret}
+    )
+    await updates.wait("task_env", TaskStatus.COMPLETED)
+    assert spec.paths.stdout.read_text() == f"{secret} task_env\n"
+    state = slurm_cluster.work / "slurm" / "state"
+    found = subprocess.run(["grep", "-rl", secret, str(state)], capture_output=True, text=True)
+    assert found.stdout == ""
+
+
+async def test_instances_and_placement(provider: SlurmProvider) -> None:
+    catalog = {i.instance_type: i for i in await provider.instances()}
+    assert {"cpu", "h100", "2xh100", "4xh100"} <= set(catalog)
+    assert catalog["4xh100"].gpu_count == 4 and catalog["4xh100"].gpu_memory_gb == 80
+    placement = await provider.place(TaskConfig(command="true", gpu="h100:2", cpus=1))
+    assert (placement.gpu_type, placement.gpu_count, placement.cpus) == ("h100", 2, 1)
+    any_gpu = await provider.place(TaskConfig(command="true", gpu="gpu:40gb"))
+    assert any_gpu.gpu_type == "h100"
+
+
+async def test_unknown_gpu_type_names_what_exists(provider: SlurmProvider) -> None:
+    with pytest.raises(CapacityError, match="h100") as caught:
+        await provider.place(TaskConfig(command="true", gpu="a100"))
+    assert "'a100'" in caught.value.message
+    with pytest.raises(CapacityError, match="up to 4 per node"):
+        await provider.place(TaskConfig(command="true", gpu="h100:8"))
+    with pytest.raises(CapacityError, match="known instance types"):
+        await provider.place(TaskConfig(command="true", instance_type="8xh100"))
+
+
+async def test_reservations_are_listed_not_created(
+    provider: SlurmProvider, slurm_cluster: SlurmCluster
+) -> None:
+    from vi_flow.models.tasks import ReservationRequest
+
+    slurm_cluster.run(
+        "scontrol",
+        "create",
+        "reservation",
+        "reservationname=vi_res",
+        "starttime=now+1hour",
+        "duration=10",
+        "users=root",
+        "nodes=ALL",
+        "flags=ignore_jobs",
+    )
+    try:
+        found = {r.reservation_id: r for r in await provider.list_reservations()}
+        assert found["vi_res"].status == "scheduled"
+        assert found["vi_res"].end_time - found["vi_res"].start_time == 600_000
+    finally:
+        slurm_cluster.run("scontrol", "delete", "reservation=vi_res")
+    with pytest.raises(UnsupportedOperation):
+        await provider.create_reservation(ReservationRequest(gpu="h100"))
+
+
+async def test_rest_down_is_unavailable_and_nothing_is_queued(
+    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates
+) -> None:
+    down = SlurmProvider(
+        settings_for(slurm_cluster, tmp_path, url="http://127.0.0.1:9", max_retries=0)
+    )
+    await down.start(updates)
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"127\.0\.0\.1:9"):
+            await down.place(TaskConfig(command="true"))
+        with pytest.raises(ProviderUnavailable, match=r"127\.0\.0\.1:9"):
+            await down.submit(_spec(down, "task_down"))
+    finally:
+        await down.close()
+    assert updates.items == []
+    assert not (down.task_paths("task_down").root / ".vi-flow-env").exists()
+
+
+async def test_bad_token_names_the_token_file(
+    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates
+) -> None:
+    token_file = tmp_path / "bad-token"
+    token_file.write_text("not-a-jwt")
+    bad = SlurmProvider(settings_for(slurm_cluster, tmp_path, token_file=token_file))
+    await bad.start(updates)
+    try:
+        with pytest.raises(SlurmCredentialsError, match=str(token_file)):
+            await bad.instances()
+    finally:
+        await bad.close()
+
+
+async def test_recover_watches_a_running_job(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    spec = await launch(provider, "task_recover", "sleep 60")
+    running = await updates.wait("task_recover", TaskStatus.RUNNING)
+    provider._tracked.clear()  # as if the server had stopped
+    later = Updates()
+    again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
+    await again.start(later)
+    try:
+        await again.recover([RunningTask(spec, TaskStatus.RUNNING, running.provider_id)])
+        await again.cancel("task_recover", 1.0)
+        done = await later.wait("task_recover", TaskStatus.CANCELLED)
+        assert done.reason == "Cancelled"
+    finally:
+        await again.close()
+
+
+def _spec(provider: SlurmProvider, task_id: str) -> LaunchSpec:
+    from vi_flow.server.providers.base import Placement
+
+    return LaunchSpec(
+        task_id=task_id,
+        organization_id="org_default",
+        config=TaskConfig(command="true"),
+        placement=Placement("cpu"),
+        argv=["true"],
+        env={},
+        paths=provider.task_paths(task_id),
+    )
+
+
+async def test_many_tasks_at_once_all_complete(provider: SlurmProvider, updates: Updates) -> None:
+    specs = await asyncio.gather(
+        *(launch(provider, f"task_many{i}", f"echo {i}", cpus=1) for i in range(8))
+    )
+    for i, spec in enumerate(specs):
+        done = await updates.wait(spec.task_id, TaskStatus.COMPLETED, TaskStatus.FAILED)
+        assert (done.status, done.exit_code) == (TaskStatus.COMPLETED, 0)
+        assert spec.paths.stdout.read_text() == f"{i}\n"
+
+
+async def test_max_run_time_stops_the_job(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_slow", "sleep 30", max_run_time=1.0)
+    done = await updates.wait(
+        "task_slow", TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+    )
+    assert (done.status, done.reason) == (TaskStatus.FAILED, "MaxRunTimeExceeded")
+    assert done.message and "max_run_time of 1 s" in done.message

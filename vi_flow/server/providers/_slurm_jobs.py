@@ -1,0 +1,386 @@
+"""What slurmrestd says about jobs, nodes and reservations, and what we submit to it.
+
+Plain records decoded from the REST answers (v0.0.37/v0.0.38 shapes), the batch script
+and body of a job submission, and the mode-0600 secret file a job sources and deletes.
+:mod:`._slurm_rest` owns the wire; this module owns the shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from typing_extensions import Self
+
+__all__ = [
+    "BASE_ENV",
+    "JobSubmission",
+    "SlurmJob",
+    "SlurmNode",
+    "SlurmReservation",
+    "decode_wait_status",
+    "job_status",
+    "parse_gpu_indices",
+    "parse_gres",
+    "rest_int",
+    "write_secret_file",
+]
+
+#: What every job starts with (a REST job inherits nothing from the submitter). Logs are
+#: followed live, so Python writes unbuffered as it would on a terminal.
+BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def decode_wait_status(raw: int | None) -> tuple[int | None, int | None]:
+    """Split Slurm's ``exit_code`` (a raw ``waitpid`` status) into (exit code, signal).
+
+    Args:
+        raw: The job's ``exit_code`` as Slurm reports it: ``exit 3`` reads 768, a job
+            killed by SIGTERM reads 15.
+
+    Returns:
+        ``(exit_code, None)`` for a normal exit, ``(None, signal)`` for a signal.
+    """
+    if raw is None:
+        return None, None
+    signal = raw & 0x7F
+    if signal:
+        return None, signal
+    return (raw >> 8) & 0xFF, None
+
+
+_STATUS_BY_STATE = {
+    "PENDING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending",
+    "CONFIGURING": "pending",
+    "RESIZING": "pending",
+    "SUSPENDED": "pending",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "COMPLETED": "completed",
+    "CANCELLED": "cancelled",
+}
+
+
+def job_status(state: str) -> str:
+    """Map a Slurm job state to ``pending``, ``running``, ``completed``, ``failed``, ``cancelled``.
+
+    Every terminal state that is neither a success nor a cancel (FAILED, TIMEOUT,
+    NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, PREEMPTED, ...) is ``failed``.
+    """
+    return _STATUS_BY_STATE.get(state.upper(), "failed")
+
+
+def parse_gres(text: str | None) -> dict[str, int]:
+    """Read GPU counts by type from a Slurm gres string.
+
+    Args:
+        text: Such as ``"gpu:h100:4"``, ``"gpu:h100:2(IDX:0-1),gpu:a100:1(S:0)"`` or
+            ``"gpu:4"`` (an untyped GPU is reported as type ``"gpu"``).
+
+    Returns:
+        ``{"h100": 4}``; empty when there are no GPUs.
+    """
+    counts: dict[str, int] = {}
+    for item in re.split(r",(?![^(]*\))", text or ""):
+        parts = item.split("(", 1)[0].strip().split(":")
+        if parts[0] != "gpu" or len(parts) < 2 or not parts[-1].isdigit():
+            continue
+        kind = parts[1] if len(parts) == 3 else "gpu"
+        counts[kind] = counts.get(kind, 0) + int(parts[-1])
+    return counts
+
+
+def parse_gpu_indices(details: Any) -> tuple[int, ...]:
+    """GPU indices from a job's ``gres_detail`` (``["gpu:h100:2(IDX:0-1)"]`` -> ``(0, 1)``)."""
+    found: list[int] = []
+    for detail in details or ():
+        match = re.search(r"\(IDX:([0-9,\-]+)\)", str(detail))
+        for part in match.group(1).split(",") if match else ():
+            low, _, high = part.partition("-")
+            if low.isdigit():
+                found.extend(range(int(low), int(high or low) + 1))
+    return tuple(found)
+
+
+def rest_int(value: Any) -> int | None:
+    """An int from a plain number or a v0.0.39+ ``{"set", "infinite", "number"}`` object."""
+    if isinstance(value, dict):
+        if not value.get("set", True) or value.get("infinite"):
+            return None
+        value = value.get("number")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _state(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else "UNKNOWN"
+    return str(value or "UNKNOWN")
+
+
+def _time(value: Any) -> float | None:
+    seconds = rest_int(value)
+    return float(seconds) if seconds else None
+
+
+@attrs.frozen
+class JobSubmission:
+    """What to run as one Slurm batch job.
+
+    Attributes:
+        name: The job name (shows in ``squeue``).
+        command: A shell command line, run by ``bash -c`` in ``working_dir``.
+        working_dir: The job's working directory (must exist on the node).
+        stdout_path: File for the job's standard output.
+        stderr_path: File for standard error (the same path merges both).
+        cpus: CPUs for the one task.
+        memory_mb: Memory for the job, in MiB.
+        gpu_type: GPU type for ``gres`` (``"h100"``), or None for any type.
+        gpu_count: GPUs to allocate (0 for none).
+        env: Environment of the job: never secrets, Slurm stores it in its state dir.
+        secret_file: A mode-0600 file of ``export`` lines (see :func:`write_secret_file`)
+            that the job sources and deletes before running ``command``.
+        time_limit_s: Wall-clock limit; Slurm rounds it up to whole minutes.
+        partition: The partition, or None for the cluster's default.
+        reservation: A reservation to run in, or None.
+    """
+
+    name: str
+    command: str
+    working_dir: str
+    stdout_path: str
+    stderr_path: str
+    cpus: int = 1
+    memory_mb: int = 512
+    gpu_type: str | None = None
+    gpu_count: int = 0
+    env: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    secret_file: str | None = None
+    time_limit_s: float | None = None
+    partition: str | None = None
+    reservation: str | None = None
+
+    def script(self) -> str:
+        """The batch script: load and delete the secret file, then run the command."""
+        lines = ["#!/bin/bash"]
+        if self.secret_file:
+            quoted = shlex.quote(self.secret_file)
+            lines.append(f"if [ -f {quoted} ]; then . {quoted}; rm -f {quoted}; fi")
+        lines.append(f"cd {shlex.quote(self.working_dir)} || exit 127")
+        lines.append(f"exec /bin/bash -c {shlex.quote(self.command)}")
+        return "\n".join(lines) + "\n"
+
+    def body(self) -> dict[str, Any]:
+        """The ``POST /job/submit`` body for REST v0.0.37 / v0.0.38."""
+        job: dict[str, Any] = {
+            "name": self.name,
+            "cpus_per_task": self.cpus,
+            "memory_per_node": self.memory_mb,
+            "current_working_directory": self.working_dir,
+            "standard_output": self.stdout_path,
+            "standard_error": self.stderr_path,
+            "environment": {**BASE_ENV, **self.env},
+        }
+        if self.gpu_count:
+            kind = f"{self.gpu_type}:" if self.gpu_type else ""
+            job["gres"] = f"gpu:{kind}{self.gpu_count}"
+        if self.time_limit_s is not None:
+            job["time_limit"] = max(1, -(-int(self.time_limit_s) // 60))
+        if self.partition:
+            job["partition"] = self.partition
+        if self.reservation:
+            job["reservation"] = self.reservation
+        return {"script": self.script(), "job": job}
+
+
+def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
+    """Write ``export NAME=value`` lines to ``path``, readable only by its owner.
+
+    Blocking: call it off the event loop. The file is created with mode 0600 before any
+    byte is written, so no other user ever sees the values.
+    """
+    for name in secrets:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"secret name {name!r} is not a valid environment variable name")
+    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+@attrs.frozen
+class SlurmJob:
+    """A job as Slurm reports it.
+
+    Attributes:
+        job_id: The Slurm job id.
+        name: The job name.
+        state: Slurm's state (``"RUNNING"``, ``"TIMEOUT"``, ...).
+        status: The state in vi_flow's words (see :func:`job_status`).
+        reason: Slurm's ``state_reason`` (``"Resources"``, ``"NonZeroExitCode"``, ...).
+        exit_code: The process exit code, when it exited normally.
+        signal: The signal that ended it, when one did.
+        node: The node it runs on, or None while pending.
+        gpu_ids: GPU indices allocated on the node (what ``CUDA_VISIBLE_DEVICES`` shows).
+        stdout_path: Its ``standard_output`` path as submitted (``%j`` expanded).
+        stderr_path: Its ``standard_error`` path (``%j`` expanded).
+        submit_time: Epoch seconds, or None.
+        start_time: Epoch seconds, or None.
+        end_time: Epoch seconds, or None while it is not over.
+    """
+
+    job_id: int
+    name: str
+    state: str
+    status: str
+    reason: str
+    exit_code: int | None
+    signal: int | None
+    node: str | None
+    gpu_ids: tuple[int, ...]
+    stdout_path: str
+    stderr_path: str
+    submit_time: float | None
+    start_time: float | None
+    end_time: float | None
+
+    @classmethod
+    def from_rest(cls, data: Mapping[str, Any]) -> Self:
+        """Build from one item of ``GET /job/{id}``'s ``jobs`` list."""
+        job_id = rest_int(data.get("job_id")) or 0
+        state = _state(data.get("job_state")).upper()
+        status = job_status(state)
+        exit_code, signal = decode_wait_status(rest_int(data.get("exit_code")))
+        if status == "cancelled" and exit_code == 0:
+            exit_code = None  # a job cancelled while pending never exited
+        terminal = status in ("completed", "failed", "cancelled")
+
+        def path(key: str) -> str:
+            return str(data.get(key) or "").replace("%j", str(job_id))
+
+        return cls(
+            job_id=job_id,
+            name=str(data.get("name") or ""),
+            state=state,
+            status=status,
+            reason=str(data.get("state_reason") or ""),
+            exit_code=exit_code if terminal else None,
+            signal=signal if terminal else None,
+            node=str(data.get("nodes") or data.get("batch_host") or "") or None,
+            gpu_ids=parse_gpu_indices(data.get("gres_detail")),
+            stdout_path=path("standard_output"),
+            stderr_path=path("standard_error"),
+            submit_time=_time(data.get("submit_time")),
+            start_time=_time(data.get("start_time")) if status != "pending" else None,
+            end_time=_time(data.get("end_time")) if terminal else None,
+        )
+
+
+@attrs.frozen
+class SlurmNode:
+    """A compute node and its resources.
+
+    Attributes:
+        name: The node name.
+        state: Its base state, lower case (``"idle"``, ``"mixed"``, ``"down"``, ...).
+        flags: State flags such as ``"DRAIN"``.
+        cpus: CPUs configured.
+        idle_cpus: CPUs free now.
+        memory_mb: Memory configured (``RealMemory``), MiB.
+        free_memory_mb: Memory not allocated to jobs, MiB.
+        gpus: GPUs by type (``{"h100": 4}``).
+        gpus_used: GPUs by type allocated to jobs now.
+        partitions: Partitions the node is in.
+        reason: Why it is down or drained, when it is.
+    """
+
+    name: str
+    state: str
+    flags: tuple[str, ...]
+    cpus: int
+    idle_cpus: int
+    memory_mb: int
+    free_memory_mb: int
+    gpus: Mapping[str, int]
+    gpus_used: Mapping[str, int]
+    partitions: tuple[str, ...]
+    reason: str
+
+    @property
+    def available(self) -> bool:
+        """Whether the node can take jobs (up and not draining)."""
+        flags = {f.upper() for f in self.flags}
+        usable = self.state in ("idle", "mixed", "allocated", "completing")
+        return usable and not flags & {"DRAIN", "DRAINED", "DRAINING", "NOT_RESPONDING"}
+
+    @classmethod
+    def from_rest(cls, data: Mapping[str, Any]) -> Self:
+        """Build from one item of ``GET /nodes``' ``nodes`` list."""
+        memory = rest_int(data.get("real_memory")) or 0
+        return cls(
+            name=str(data.get("name") or ""),
+            state=_state(data.get("state")).lower(),
+            flags=tuple(str(f) for f in data.get("state_flags") or ()),
+            cpus=rest_int(data.get("cpus")) or 0,
+            idle_cpus=rest_int(data.get("idle_cpus")) or 0,
+            memory_mb=memory,
+            free_memory_mb=max(0, memory - (rest_int(data.get("alloc_memory")) or 0)),
+            gpus=parse_gres(data.get("gres")),
+            gpus_used=parse_gres(data.get("gres_used")),
+            partitions=tuple(str(p) for p in data.get("partitions") or ()),
+            reason=str(data.get("reason") or ""),
+        )
+
+
+@attrs.frozen
+class SlurmReservation:
+    """A Slurm reservation (``scontrol create reservation``).
+
+    Attributes:
+        name: The reservation name.
+        start_time: Epoch seconds.
+        end_time: Epoch seconds.
+        nodes: The node list expression (``"vm"``, ``"gpu[01-04]"``).
+        node_count: How many nodes it holds.
+        users: Users allowed in it (comma separated, as Slurm stores them).
+        flags: Slurm's reservation flags.
+        tres: Resources held (``"cpu=2"``).
+    """
+
+    name: str
+    start_time: float | None
+    end_time: float | None
+    nodes: str
+    node_count: int
+    users: str
+    flags: tuple[str, ...]
+    tres: str
+
+    @classmethod
+    def from_rest(cls, data: Mapping[str, Any]) -> Self:
+        """Build from one item of ``GET /reservations``' ``reservations`` list."""
+        return cls(
+            name=str(data.get("name") or ""),
+            start_time=_time(data.get("start_time")),
+            end_time=_time(data.get("end_time")),
+            nodes=str(data.get("node_list") or ""),
+            node_count=rest_int(data.get("node_count")) or 0,
+            users=str(data.get("users") or ""),
+            flags=tuple(str(f) for f in data.get("flags") or ()),
+            tres=str(data.get("tres") or ""),
+        )

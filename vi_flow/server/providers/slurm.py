@@ -1,0 +1,562 @@
+"""The Slurm compute provider: vi_flow tasks as Slurm batch jobs, over ``slurmrestd``.
+
+It implements :class:`~vi_flow.server.providers.base.ComputeProvider` with the REST
+client in :mod:`._slurm_rest` (no C bindings, no CLI calls from the server). A task
+becomes one batch job: its command, CPUs, memory, ``gres`` GPUs, working directory and
+log files come from the :class:`~.base.LaunchSpec`; its environment travels in a
+mode-0600 file the job sources and deletes, because Slurm keeps a job's environment in
+its state directory where other users and admins can read it. A poller (one ``GET`` per job,
+or one ``GET /jobs`` when many are watched) reports state changes through the update
+sink, decoding Slurm's raw wait status, and stops jobs past ``max_run_time`` itself
+(Slurm's own time limit, also set, counts whole minutes). Task directories and
+volumes live under directories every node must see (one host in tests). Logs and shells
+go through the server's SSH endpoint like the local provider's: it follows the job's
+output file and runs commands inside the job with ``srun --jobid=N --overlap``.
+
+Settings come from ``ServerSettings.extra["slurm"]`` (a mapping with the keys of
+:class:`SlurmSettings`), else from ``VI_FLOW_SLURM_URL``, ``VI_FLOW_SLURM_USER``,
+``VI_FLOW_SLURM_TOKEN_FILE``, ``VI_FLOW_SLURM_PARTITION`` and ``SLURM_CONF``.
+
+What Slurm cannot do here fails with :class:`~.base.UnsupportedOperation`: creating and
+cancelling reservations (an administrator makes them with ``scontrol``; they are listed
+and tasks can run in them) and the availability search. ``grace`` on cancel is the
+cluster's ``KillWait``, since Slurm sends SIGTERM, waits ``KillWait``, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ...models.tasks import (
+    AvailabilitySlot,
+    AvailableInstance,
+    Reservation,
+    ReservationRequest,
+    ReservationStatus,
+    TaskConfig,
+    TaskStatus,
+)
+from ._slurm_catalog import catalog, placement
+from ._slurm_rest import (
+    JobSubmission,
+    SlurmAuthError,
+    SlurmConnectionError,
+    SlurmError,
+    SlurmInvalidRequestError,
+    SlurmJob,
+    SlurmJobNotFoundError,
+    SlurmNode,
+    SlurmReservation,
+    SlurmRestClient,
+    SlurmUnavailableError,
+    write_secret_file,
+)
+from ._slurm_settings import SlurmCredentialsError, SlurmSettings
+from .base import (
+    CapacityError,
+    LaunchSpec,
+    Placement,
+    ProviderError,
+    ProviderUnavailable,
+    RunningTask,
+    TaskPaths,
+    TaskUpdate,
+    UnsupportedOperation,
+    UpdateSink,
+)
+
+if TYPE_CHECKING:
+    from ..state import ServerSettings
+
+__all__ = ["SlurmCredentialsError", "SlurmProvider", "SlurmSettings", "create"]
+
+logger = logging.getLogger("vi_flow.server.slurm")
+
+DEFAULT_MEMORY_MB = 1024
+#: From this many watched tasks on, one ``GET /jobs`` per poll replaces one GET per job.
+BULK_POLL_FROM = 4
+#: The task's environment, mode 0600, in its directory until the job has read it.
+ENV_FILE = ".vi-flow-env"
+#: Variables safe to show in Slurm's job record; everything else goes through the file.
+PUBLIC_ENV = ("VI_FLOW_TASK_ID",)
+_TERMINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+_FAILURE_REASONS = {
+    "TIMEOUT": ("MaxRunTimeExceeded", "exceeded its time limit"),
+    "DEADLINE": ("MaxRunTimeExceeded", "missed its deadline"),
+    "OUT_OF_MEMORY": ("OutOfMemory", "ran out of memory"),
+    "NODE_FAIL": ("NodeFailure", "lost its node"),
+    "BOOT_FAIL": ("NodeFailure", "could not boot its node"),
+    "PREEMPTED": ("Preempted", "was preempted"),
+}
+
+
+def create(settings: ServerSettings) -> SlurmProvider:
+    """Build the provider from the server settings (see :class:`SlurmSettings`)."""
+    return SlurmProvider(SlurmSettings.from_server_settings(settings))
+
+
+@attrs.define
+class _Tracked:
+    """A task whose job the poller watches."""
+
+    task_id: str
+    job_id: int
+    status: TaskStatus
+    env_file: Path | None = None
+    max_run_time: float | None = None
+    cancel_requested: bool = False
+    timed_out: bool = False
+    reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SlurmProvider:
+    """Runs vi_flow tasks as Slurm batch jobs through ``slurmrestd``.
+
+    Args:
+        settings: Where Slurm is and where task files live.
+        rest: A REST client to use instead of one built from ``settings`` (tests).
+    """
+
+    name = "slurm"
+
+    def __init__(self, settings: SlurmSettings, *, rest: SlurmRestClient | None = None) -> None:
+        self.settings = settings
+        self.rest = rest or SlurmRestClient(
+            settings.url,
+            user=settings.user,
+            token_file=settings.token_file,
+            max_retries=settings.max_retries,
+        )
+        self._sink: UpdateSink | None = None
+        self._tracked: dict[str, _Tracked] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._nodes: list[SlurmNode] = []
+        self._nodes_at = -1e9
+
+    def __repr__(self) -> str:
+        return f"SlurmProvider(url={self.settings.url!r}, user={self.settings.user!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, sink: UpdateSink) -> None:
+        """Remember ``sink``, check that Slurm answers (a warning if not), start polling."""
+        self._sink = sink
+        try:
+            version = await self.rest.version()
+            logger.info("Slurm provider on %s (REST %s)", self.settings.url, version)
+        except SlurmError as exc:
+            logger.warning("Slurm is not usable yet: %s", exc.message)
+        self._poller = asyncio.create_task(self._poll_forever(), name="vi-flow-slurm-poller")
+
+    async def close(self) -> None:
+        """Stop polling and close the HTTP session; Slurm jobs keep running."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await self.rest.aclose()
+
+    async def recover(self, tasks: Sequence[RunningTask]) -> None:
+        """Watch the jobs of tasks that were alive; submit those that never reached Slurm."""
+        for task in tasks:
+            if task.provider_id:
+                env_file = task.spec.paths.root / ENV_FILE
+                tracked = _Tracked(task.spec.task_id, int(task.provider_id), task.status, env_file)
+                tracked.max_run_time = task.spec.max_run_time
+                self._tracked[task.spec.task_id] = tracked
+            elif task.status == TaskStatus.PENDING:
+                await self._resubmit(task.spec)
+            else:
+                await self._report(
+                    TaskUpdate(
+                        task.spec.task_id,
+                        TaskStatus.FAILED,
+                        reason="ServerRestarted",
+                        message="the server stopped before the task reached Slurm",
+                        time=_now_ms(),
+                    )
+                )
+        await self._poll_once()
+
+    async def _resubmit(self, spec: LaunchSpec) -> None:
+        try:
+            await self.submit(spec)
+        except ProviderError as exc:
+            update = TaskUpdate(
+                spec.task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
+            )
+            await self._report(update)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def task_paths(self, task_id: str) -> TaskPaths:
+        """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
+        root = self.settings.tasks_dir / task_id
+        return TaskPaths(
+            root=root,
+            workdir=root / "workspace",
+            stdout=root / "logs" / "stdout.log",
+            stderr=root / "logs" / "stderr.log",
+            output_dir=root / "output",
+        )
+
+    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+        """``srun --jobid=N --overlap`` in the task's workspace (with ``SLURM_CONF`` if set).
+
+        Empty while the task has no Slurm job yet; the server runs commands only in
+        running tasks, and a running Slurm task always has its job id.
+        """
+        tracked = self._tracked.get(task_id)
+        job_id = provider_id or (str(tracked.job_id) if tracked else None)
+        if not job_id:
+            return []
+        workdir = self.task_paths(task_id).workdir
+        prefix = ["srun", f"--jobid={job_id}", "--overlap", "--quiet", f"--chdir={workdir}"]
+        if self.settings.slurm_conf:
+            prefix = ["env", f"SLURM_CONF={self.settings.slurm_conf}", *prefix]
+        return prefix
+
+    async def place(self, config: TaskConfig) -> Placement:
+        """Resolve a config against the cluster's nodes (see :func:`._slurm_catalog.placement`).
+
+        Raises:
+            ProviderUnavailable: Slurm cannot be reached.
+        """
+        return placement(config, await self._node_list(fresh=False))
+
+    async def submit(self, spec: LaunchSpec) -> None:
+        """Submit the task as a batch job and report it ``pending`` with its job id.
+
+        Raises:
+            ProviderUnavailable: Slurm cannot be reached; nothing was queued.
+            CapacityError: Slurm refused the job as impossible.
+        """
+        env_file = spec.paths.root / ENV_FILE
+        await asyncio.to_thread(self._prepare, spec, env_file)
+        submission = self._submission(spec, env_file)
+        try:
+            job_id = await self.rest.submit_job(submission)
+        except SlurmError as exc:
+            await asyncio.to_thread(env_file.unlink, missing_ok=True)
+            raise self._provider_error(exc) from None
+        await self._report(
+            TaskUpdate(
+                spec.task_id,
+                TaskStatus.PENDING,
+                reason="WaitingForCapacity",
+                message=f"queued as Slurm job {job_id}",
+                provider_id=str(job_id),
+                time=_now_ms(),
+            )
+        )
+        self._tracked[spec.task_id] = _Tracked(
+            spec.task_id, job_id, TaskStatus.PENDING, env_file, spec.max_run_time
+        )
+
+    def _prepare(self, spec: LaunchSpec, env_file: Path) -> None:
+        """Make the task's directories, mounts and env file (blocking; run in a thread)."""
+        paths = spec.paths
+        for directory in (
+            paths.workdir,
+            paths.output_dir,
+            paths.stdout.parent,
+            paths.stderr.parent,
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+        for mount in spec.mounts:
+            visible = mount.visible_path
+            if visible != mount.host_path and not visible.exists():
+                visible.parent.mkdir(parents=True, exist_ok=True)
+                visible.symlink_to(mount.host_path, target_is_directory=True)
+        secret = {k: v for k, v in spec.env.items() if k not in PUBLIC_ENV}
+        write_secret_file(env_file, secret)
+
+    def _submission(self, spec: LaunchSpec, env_file: Path) -> JobSubmission:
+        placement = spec.placement
+        public = {k: v for k, v in spec.env.items() if k in PUBLIC_ENV}
+        public.setdefault("VI_FLOW_TASK_ID", spec.task_id)
+        memory_mb = placement.memory_gb * 1024 if placement.memory_gb else DEFAULT_MEMORY_MB
+        return JobSubmission(
+            name=spec.task_id,
+            command=shlex.join(spec.argv),
+            working_dir=str(spec.paths.workdir),
+            stdout_path=str(spec.paths.stdout),
+            stderr_path=str(spec.paths.stderr),
+            cpus=placement.cpus,
+            memory_mb=memory_mb,
+            gpu_type=placement.gpu_type,
+            gpu_count=placement.gpu_count,
+            env=public,
+            secret_file=str(env_file),
+            time_limit_s=spec.max_run_time,
+            partition=self.settings.partition,
+            reservation=spec.reservation_id,
+        )
+
+    async def cancel(self, task_id: str, grace: float) -> None:
+        """Cancel the task's job (pending or running) and report it ``cancelled``.
+
+        Slurm sends SIGTERM, then SIGKILL after the cluster's ``KillWait``; ``grace`` bounds
+        how long this waits for Slurm to confirm. A finished or unknown task is a no-op.
+        """
+        tracked = self._tracked.get(task_id)
+        if tracked is None:
+            return
+        tracked.cancel_requested = True
+        try:
+            await self.rest.cancel_job(tracked.job_id)
+        except SlurmJobNotFoundError:
+            pass
+        except SlurmError as exc:
+            tracked.cancel_requested = False
+            raise self._provider_error(exc) from None
+        deadline = time.monotonic() + grace + 5.0
+        while not tracked.reported.is_set() and time.monotonic() < deadline:
+            await self._refresh(tracked)
+            if not tracked.reported.is_set():
+                await asyncio.sleep(0.05)
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self._poll_once()
+            except Exception:  # the poller must outlive any one bad answer
+                logger.exception("Slurm poll failed")
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def _poll_once(self) -> None:
+        tracked = list(self._tracked.values())
+        if len(tracked) < BULK_POLL_FROM:
+            await asyncio.gather(*(self._refresh(t) for t in tracked))
+            return
+        try:  # one request for all jobs instead of one per job
+            jobs = {job.job_id: job for job in await self.rest.list_jobs()}
+        except SlurmError as exc:
+            logger.debug("cannot list Slurm jobs: %s", exc.message)
+            return
+        await asyncio.gather(*(self._refresh(t, jobs.get(t.job_id)) for t in tracked))
+
+    async def _refresh(self, tracked: _Tracked, job: SlurmJob | None = None) -> None:
+        if job is None:
+            try:
+                job = await self.rest.get_job(tracked.job_id)
+            except SlurmJobNotFoundError:
+                await self._finish(tracked, self._lost(tracked))
+                return
+            except SlurmError as exc:
+                logger.debug("cannot poll Slurm job %s: %s", tracked.job_id, exc.message)
+                return
+        await self._apply(tracked, job)
+
+    async def _apply(self, tracked: _Tracked, job: SlurmJob) -> None:
+        """Report what changed since the last poll, if anything."""
+        status = TaskStatus(job.status)
+        if tracked.timed_out and status == TaskStatus.CANCELLED:
+            status = TaskStatus.FAILED
+        elif status == TaskStatus.RUNNING:
+            await self._enforce_max_run_time(tracked, job)
+        if status == tracked.status or self._tracked.get(tracked.task_id) is not tracked:
+            return
+        update = self._update(tracked, job, status)
+        if status not in _TERMINAL:
+            tracked.status = status
+            await self._report(update)
+            return
+        started = self._update(tracked, job, TaskStatus.RUNNING)
+        missed_start = tracked.status == TaskStatus.PENDING and self._ran(job)
+        await self._finish(tracked, update, started if missed_start else None)
+
+    async def _enforce_max_run_time(self, tracked: _Tracked, job: SlurmJob) -> None:
+        """Stop a job past ``max_run_time`` (Slurm's own limit is in whole minutes)."""
+        limit, started = tracked.max_run_time, job.start_time
+        if tracked.timed_out or limit is None or started is None or time.time() < started + limit:
+            return
+        tracked.timed_out = True
+        try:
+            await self.rest.cancel_job(job.job_id)
+        except SlurmError as exc:
+            tracked.timed_out = False  # try again on the next poll
+            logger.warning("could not stop Slurm job %s: %s", job.job_id, exc.message)
+
+    @staticmethod
+    def _ran(job: SlurmJob) -> bool:
+        never_started = job.status == "cancelled" and job.signal is None and job.exit_code is None
+        return job.node is not None and job.start_time is not None and not never_started
+
+    async def _finish(
+        self, tracked: _Tracked, update: TaskUpdate, started: TaskUpdate | None = None
+    ) -> None:
+        """Stop watching (once, even when two polls race) and report the end.
+
+        ``started`` is reported first for a job that began and ended between two polls.
+        """
+        if self._tracked.pop(tracked.task_id, None) is None:
+            return
+        tracked.status = update.status
+        if tracked.env_file is not None:
+            await asyncio.to_thread(tracked.env_file.unlink, missing_ok=True)
+        if started is not None:
+            await self._report(started)
+        await self._report(update)
+        tracked.reported.set()
+
+    def _lost(self, tracked: _Tracked) -> TaskUpdate:
+        return TaskUpdate(
+            tracked.task_id,
+            TaskStatus.FAILED,
+            reason="JobLost",
+            message=f"Slurm no longer knows job {tracked.job_id} (purged or the cluster reset)",
+            time=_now_ms(),
+        )
+
+    def _update(self, tracked: _Tracked, job: SlurmJob, status: TaskStatus) -> TaskUpdate:
+        """The update for a job that moved to ``status``."""
+        stamp = job.end_time if status in _TERMINAL else job.start_time
+        update = TaskUpdate(
+            tracked.task_id,
+            status,
+            provider_id=str(job.job_id),
+            time=int(stamp * 1000) if stamp else _now_ms(),
+        )
+        if status == TaskStatus.RUNNING:
+            message = f"running as Slurm job {job.job_id} on {job.node}"
+            # Slurm drops gres_detail once a job ends: unknown then, not "none"
+            gpu_ids = list(job.gpu_ids) if job.status == "running" else None
+            return attrs.evolve(update, reason="Started", message=message, gpu_ids=gpu_ids)
+        if status == TaskStatus.PENDING:
+            message = f"waiting in the Slurm queue as job {job.job_id} ({job.reason})"
+            return attrs.evolve(update, reason="WaitingForCapacity", message=message)
+        exit_code = job.exit_code if job.signal is None else -job.signal
+        reason, why = self._outcome(tracked, job, status)
+        return attrs.evolve(update, exit_code=exit_code, reason=reason, message=why)
+
+    def _outcome(
+        self, tracked: _Tracked, job: SlurmJob, status: TaskStatus
+    ) -> tuple[str | None, str | None]:
+        if tracked.timed_out:
+            limit = tracked.max_run_time or 0
+            return "MaxRunTimeExceeded", f"stopped after exceeding max_run_time of {limit:g} s"
+        if status == TaskStatus.COMPLETED:
+            return None, "exited with status 0"
+        if status == TaskStatus.CANCELLED:
+            if tracked.cancel_requested:
+                return "Cancelled", "cancelled by request"
+            return (
+                "CancelledOutsideViFlow",
+                f"Slurm job {job.job_id} was cancelled outside vi_flow (scancel or an admin)",
+            )
+        if job.state in _FAILURE_REASONS:
+            reason, what = _FAILURE_REASONS[job.state]
+            return reason, f"Slurm job {job.job_id} {what}"
+        if job.signal is not None:
+            return "Killed", f"Slurm job {job.job_id} was killed by signal {job.signal}"
+        return "NonZeroExit", f"exited with code {job.exit_code}"
+
+    async def _report(self, update: TaskUpdate) -> None:
+        if self._sink is None:
+            return
+        try:
+            await self._sink(update)
+        except Exception:  # the sink is the service's; never let it kill the poller
+            logger.exception("task update for %s could not be recorded", update.task_id)
+
+    # -- capacity ------------------------------------------------------------------------
+
+    async def _node_list(self, *, fresh: bool) -> list[SlurmNode]:
+        if fresh or time.monotonic() - self._nodes_at > self.settings.catalog_ttl:
+            try:
+                self._nodes = await self.rest.list_nodes()
+            except SlurmError as exc:
+                raise self._provider_error(exc) from None
+            self._nodes_at = time.monotonic()
+        return self._nodes
+
+    async def instances(self) -> list[AvailableInstance]:
+        """One entry for CPU-only jobs and one per GPU type and count (1, 2, 4, ... per node)."""
+        return catalog(await self._node_list(fresh=True))
+
+    async def create_reservation(self, request: ReservationRequest) -> Reservation:
+        """Not available: Slurm reservations are made by an administrator (``scontrol``)."""
+        raise UnsupportedOperation(self.name, "create_reservation (ask a Slurm administrator)")
+
+    async def list_reservations(self) -> list[Reservation]:
+        """The cluster's reservations; a task names one by its Slurm name."""
+        try:
+            found = await self.rest.list_reservations()
+        except SlurmError as exc:
+            raise self._provider_error(exc) from None
+        return [self._reservation(r) for r in found]
+
+    def _reservation(self, item: SlurmReservation) -> Reservation:
+        start = int((item.start_time or 0) * 1000)
+        end = int((item.end_time or 0) * 1000)
+        now = _now_ms()
+        status = ReservationStatus.ACTIVE if start <= now < end else ReservationStatus.SCHEDULED
+        if end and end <= now:
+            status = ReservationStatus.EXPIRED
+        cpus = 0
+        for part in item.tres.split(","):
+            key, _, value = part.partition("=")
+            if key == "cpu" and value.isdigit():
+                cpus = int(value)
+        return Reservation(
+            reservation_id=item.name,
+            name=item.name,
+            status=status,
+            instance_type="cpu",
+            cpus=cpus,
+            start_time=start,
+            end_time=end,
+            region="slurm",
+        )
+
+    async def cancel_reservation(self, reservation_id: str) -> Reservation:
+        """Not available: Slurm reservations are removed by an administrator."""
+        raise UnsupportedOperation(self.name, "cancel_reservation (ask a Slurm administrator)")
+
+    async def availability(
+        self, instance_type: str | None, start: int, end: int, duration_ms: int
+    ) -> list[AvailabilitySlot]:
+        """Not available: Slurm's own scheduler decides when queued jobs start."""
+        raise UnsupportedOperation(self.name, "availability search")
+
+    # -- volumes -------------------------------------------------------------------------
+
+    async def create_volume(self, volume_id: str, size_gb: int) -> Path:
+        """A directory under ``volumes_dir`` (size is not enforced)."""
+        path = self.settings.volumes_dir / volume_id
+        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        return path
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Remove the volume's directory."""
+        path = self.settings.volumes_dir / volume_id
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+
+    # -- errors --------------------------------------------------------------------------
+
+    def _provider_error(self, exc: SlurmError) -> ProviderError:
+        if isinstance(exc, SlurmConnectionError | SlurmUnavailableError):
+            return ProviderUnavailable(exc.message, self.settings.url)
+        if isinstance(exc, SlurmAuthError):
+            return SlurmCredentialsError(exc.message)
+        if isinstance(exc, SlurmInvalidRequestError):
+            return CapacityError(f"Slurm refused the job: {exc.message}")
+        return ProviderError(exc.message)
