@@ -1,0 +1,162 @@
+"""``flows``, ``runs`` and ``execute`` against the embedded local server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import Invoker, write
+
+SPEC = """\
+name: greet
+inputs:
+  - name: punctuation
+    required: false
+    default: "!"
+blocks:
+  - block: template
+    id: hello
+    settings:
+      template: "Hello, {{ message }}{{ punctuation }}"
+"""
+
+
+def _create(vf: Invoker, tmp_path: Path, text: str = SPEC) -> str:
+    result = vf("flows", "create", "-f", str(write(tmp_path / "spec.yaml", text)))
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_create_list_get_delete(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    assert flow_id.startswith("flow_")
+    listed = json.loads(vf("flows", "list", "--json").stdout)
+    assert [f["flowId"] for f in listed] == [flow_id]
+    table = vf("flows", "list").stdout
+    assert flow_id in table and "greet" in table
+    got = vf("flows", "get", flow_id)
+    assert "hello (template)" in got.stdout
+    assert json.loads(vf("flows", "get", flow_id, "--json").stdout)["spec"]["name"] == "greet"
+    assert vf("flows", "delete", flow_id, "--yes").exit_code == 0
+    missing = vf("flows", "get", flow_id)
+    assert missing.exit_code == 4
+    assert missing.stderr.startswith("error: FLOW_NOT_FOUND: ")
+    assert "hint: " in missing.stderr
+
+
+def test_publish_and_promote(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    assert "version 1" in vf("flows", "publish", flow_id).stdout
+    assert json.loads(vf("flows", "publish", flow_id, "--json").stdout)["version"] == 2
+    assert "production version is now 2" in vf("flows", "promote", flow_id, "2").stdout
+    result = vf("execute", flow_id, "-m", "prod", "--version", "production")
+    assert result.stdout == "Hello, prod!\n"
+    result = vf("execute", flow_id, "-m", "x", "--version", "9")
+    assert result.exit_code == 4
+    assert "FLOW_VERSION_NOT_FOUND" in result.stderr
+
+
+def test_invalid_yaml_names_the_line(vf: Invoker, tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yaml", "name: x\nblocks:\n  - block: template\n   id: oops\n")
+    result = vf("flows", "create", "-f", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:4:" in result.stderr
+    assert "not valid YAML" in result.stderr
+
+
+def test_invalid_flow_names_the_line_and_field(vf: Invoker, tmp_path: Path) -> None:
+    text = "name: x\nblocks:\n  - block: template\n    id: a\n  - id: b\n    settings: {}\n"
+    bad = write(tmp_path / "bad.yaml", text)
+    result = vf("flows", "create", "-f", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}:5: blocks[1].block: required" in result.stderr
+
+
+def test_flow_spec_must_be_a_mapping(vf: Invoker, tmp_path: Path) -> None:
+    bad = write(tmp_path / "list.yaml", "- a\n- b\n")
+    result = vf("flows", "create", "-f", str(bad))
+    assert result.exit_code == 2
+    assert "must be a mapping" in result.stderr
+
+
+def test_execute_prints_output_and_params(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    result = vf("execute", flow_id, "--message", "world", "--param", "punctuation=?")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "Hello, world?\n"
+
+
+def test_execute_stream_plain_and_json(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    plain = vf("execute", flow_id, "-m", "you", "--stream")
+    assert plain.exit_code == 0
+    lines = plain.stdout.splitlines()
+    assert lines[0].startswith("run run_") and "started" in lines[0]
+    assert any(line.startswith("step hello done in") for line in lines)
+    assert lines[-1].endswith("Hello, you!")
+    ndjson = vf("execute", flow_id, "-m", "you", "--stream", "--json")
+    events = [json.loads(line) for line in ndjson.stdout.splitlines()]
+    assert events[0]["event"] == "run_started"
+    assert events[-1]["event"] == "flow_completed"
+    assert [ev["eventId"] for ev in events] == list(range(1, len(events) + 1))
+
+
+def test_failed_run_exits_1_naming_the_step(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    result = vf("execute", flow_id)
+    assert result.exit_code == 1
+    assert "at step 'hello'" in result.stderr
+    assert "message" in result.stderr
+
+
+def test_runs_list_get_watch_cancel(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path)
+    final = json.loads(vf("execute", flow_id, "-m", "a", "--json").stdout)
+    run_id = final["executionId"]
+    runs = json.loads(vf("runs", "list", "--flow", flow_id, "--json").stdout)
+    assert [r["runId"] for r in runs] == [run_id]
+    assert vf("runs", "list", "--condition", "failed", "--json").stdout.strip() == "[]"
+    shown = vf("runs", "get", run_id)
+    assert "Succeeded" in shown.stdout
+    watched = vf("runs", "watch", run_id, "--json")
+    assert watched.exit_code == 0
+    assert json.loads(watched.stdout.splitlines()[-1])["status"] == "Succeeded"
+    replay = vf("runs", "watch", run_id, "--after", "2")
+    assert "step hello started" not in replay.stdout
+    assert vf("runs", "cancel", run_id).stdout.strip() == f"{run_id}: Succeeded"
+    assert vf("runs", "get", "run_nope").exit_code == 4
+
+
+TOOL_SPEC = """\
+name: weather
+inputs:
+  - name: city
+blocks:
+  - block: tool
+    id: lookup
+    settings:
+      tool: get_weather
+      arguments: {city: "{{ city }}"}
+  - block: template
+    id: answer
+    settings:
+      template: "{{ city }}: {{ steps.lookup.output.summary }}"
+"""
+
+
+def test_execute_answers_tool_calls_from_the_command_line(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path, TOOL_SPEC)
+    answer = '{"summary": "sunny"}'
+    result = vf("execute", flow_id, "-p", "city=Lima", "--tool-result", f"get_weather={answer}")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "Lima: sunny\n"
+    assert "get_weather" in result.stderr  # the call is shown
+
+
+def test_unanswered_tool_call_fails_the_run_instead_of_waiting(vf: Invoker, tmp_path: Path) -> None:
+    flow_id = _create(vf, tmp_path, TOOL_SPEC)
+    result = vf("execute", flow_id, "-p", "city=Lima")
+    assert result.exit_code == 1
+    assert "at step 'answer'" in result.stderr
+    bad = vf("execute", flow_id, "--tool-result", "get_weather")
+    assert bad.exit_code == 2 and "--tool-result" in bad.stderr

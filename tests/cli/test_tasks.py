@@ -1,0 +1,133 @@
+"""``tasks``, ``volumes``, ``instances``, ``reservations`` and ``ssh-keys`` on the local server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .conftest import Invoker, write
+
+
+def _run(vf: Invoker, *args: str) -> str:
+    result = vf("tasks", "run", *args)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_logs_follow_exits_with_the_task_code(vf: Invoker) -> None:
+    task_id = _run(vf, "--name", "three", "echo one; echo two >&2; exit 3")
+    followed = vf("tasks", "logs", "-f", task_id)
+    assert followed.exit_code == 3, followed.stderr
+    assert followed.stdout == "one\n"
+    both = vf("tasks", "logs", task_id, "--both")
+    assert both.stdout.splitlines() == ["one", "two"]
+    errors = vf("tasks", "logs", task_id, "--stderr", "--json")
+    assert json.loads(errors.stdout)["lines"] == ["two"]
+    status = json.loads(vf("tasks", "status", task_id, "--json").stdout)
+    assert (status["status"], status["exitCode"]) == ("failed", 3)
+
+
+def test_run_argv_follow_and_json(vf: Invoker) -> None:
+    code = "import os; print('task', os.environ['GREETING'])"
+    result = vf("tasks", "run", "--follow", "-e", "GREETING=hi", "--", sys.executable, "-c", code)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("task_") and lines[1] == "task hi"
+    ndjson = vf("tasks", "logs", "-f", lines[0], "--json")
+    records = [json.loads(line) for line in ndjson.stdout.splitlines()]
+    assert records[0]["line"] == "task hi"
+    assert records[-1]["status"] == "completed" and records[-1]["exitCode"] == 0
+
+
+def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:
+    spec = write(tmp_path / "task.yaml", "name: sleeper\ncommand: sleep 30\n")
+    task_id = _run(vf, "-f", str(spec))
+    listed = json.loads(vf("tasks", "list", "--json").stdout)
+    assert task_id in [t["taskId"] for t in listed]
+    table = vf("tasks", "list", "--status", "running", "--status", "pending")
+    assert task_id in table.stdout and "sleeper" in table.stdout
+    assert "sleeper" in vf("tasks", "status").stdout
+    cancelled = vf("tasks", "cancel", task_id)
+    assert cancelled.stdout.strip() == f"{task_id}: cancelled"
+    assert vf("tasks", "status", "task_missing").exit_code == 4
+
+
+def test_bad_gpu_request_is_one_line(vf: Invoker) -> None:
+    result = vf("tasks", "run", "--gpu", "h100:9", "true")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: VALIDATION_ERROR: gpu:")
+    assert "Traceback" not in result.stderr
+
+
+def test_run_needs_a_command(vf: Invoker) -> None:
+    assert vf("tasks", "run").exit_code == 2
+
+
+def test_submit_wait_and_shell(vf: Invoker) -> None:
+    submitted = vf("tasks", "submit", "--wait", "echo done")
+    assert submitted.exit_code == 0
+    task_id = _run(vf, "sleep 30")
+    shell = vf("tasks", "shell", task_id, "-c", "exit 7")
+    assert shell.exit_code == 7
+    printed = vf("tasks", "ssh", task_id, "--print")
+    assert printed.exit_code == 0 and "ssh" in printed.stdout
+    vf("tasks", "cancel", task_id, "--force")
+
+
+def test_volumes(vf: Invoker) -> None:
+    created = vf("volumes", "create", "--name", "data", "--size-gb", "2")
+    assert created.exit_code == 0
+    volume_id = created.stdout.strip()
+    listed = json.loads(vf("volumes", "list", "--json").stdout)
+    assert [v["name"] for v in listed] == ["data"]
+    task_id = _run(vf, "sleep 30")
+    assert vf("volumes", "mount", "data", task_id).exit_code == 0
+    busy = vf("volumes", "delete", volume_id, "--yes")
+    assert busy.exit_code == 5
+    assert "CONFLICT" in busy.stderr
+    vf("tasks", "cancel", task_id, "--force")
+    assert vf("volumes", "delete", "data", "--yes").exit_code == 0
+    bad = vf("volumes", "create", "--name", "../x")
+    assert bad.exit_code == 1 and "name:" in bad.stderr
+
+
+def test_instances_and_reservations(vf: Invoker) -> None:
+    found = json.loads(vf("instances", "find", "--json").stdout)
+    assert "cpu" in [i["instanceType"] for i in found]
+    assert "INSTANCE" in vf("instances", "find").stdout
+    created = vf("reservations", "create", "--cpus", "1", "--hours", "0.5", "--name", "hold")
+    assert created.exit_code == 0, created.stderr
+    reservation_id = created.stdout.strip()
+    assert reservation_id in vf("reservations", "list").stdout
+    got = json.loads(vf("reservations", "get", reservation_id, "--json").stdout)
+    assert got["name"] == "hold"
+    assert "cancelled" in vf("reservations", "cancel", reservation_id).stdout
+    bad = vf("reservations", "create", "--cpus", "1", "--start", "tomorrow")
+    assert bad.exit_code == 2 and "'--start'" in bad.stderr
+
+
+def test_ssh_keys(vf: Invoker, tmp_path: Path) -> None:
+    added = vf("ssh-keys", "add", "--default")
+    assert added.exit_code == 0, added.stderr
+    key_id = added.stdout.split()[0]
+    assert key_id in vf("ssh-keys", "list").stdout
+    bad = vf("ssh-keys", "add", str(write(tmp_path / "k.pub", "not a key\n")))
+    assert bad.exit_code == 1 and "publicKey" in bad.stderr
+    assert vf("ssh-keys", "delete", key_id).exit_code == 0
+    assert json.loads(vf("ssh-keys", "list", "--json").stdout) == []
+
+
+def test_upload_honours_gitignore(vf: Invoker, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "skip").mkdir(parents=True)
+    write(project / "main.py", "print('hi')\n")
+    write(project / "skip" / "big.bin", "x" * 100)
+    write(project / ".gitignore", "skip/\n")
+    task_id = _run(vf, "sleep 30")
+    uploaded = vf("tasks", "upload", task_id, str(project), "--json")
+    assert uploaded.exit_code == 0, uploaded.stderr
+    assert json.loads(uploaded.stdout)["files"] == 2
+    # the shell's output goes straight to the process's fds, so check with exit codes
+    assert vf("tasks", "shell", task_id, "-c", "test -f main.py && test ! -e skip").exit_code == 0
+    vf("tasks", "cancel", task_id, "--force")

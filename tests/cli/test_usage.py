@@ -1,0 +1,170 @@
+"""Usage errors, exit codes, help and config: nothing here needs flows to exist."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from vi_flow import _errors as e
+from vi_flow.cli._failures import exit_code_for
+
+from .conftest import Invoker
+
+
+def test_help_lists_every_command(vf_offline: Invoker) -> None:
+    result = vf_offline("--help")
+    assert result.exit_code == 0
+    for name in (
+        "serve",
+        "demo",
+        "flows",
+        "runs",
+        "execute",
+        "tasks",
+        "volumes",
+        "instances",
+        "reservations",
+        "ssh-keys",
+        "config",
+    ):
+        assert f"  {name}" in result.stdout
+    assert "Exit codes" in result.stdout
+
+
+def test_unknown_command_suggests_the_closest(vf_offline: Invoker) -> None:
+    result = vf_offline("flwos", "list")
+    assert result.exit_code == 2
+    assert "No such command 'flwos'" in result.stderr
+    assert "Did you mean 'flows'?" in result.stderr
+
+
+def test_unknown_subcommand_suggests_too(vf_offline: Invoker) -> None:
+    result = vf_offline("flows", "lst")
+    assert result.exit_code == 2
+    assert "Did you mean 'list'?" in result.stderr
+
+
+def test_unknown_option_suggests_the_closest(vf_offline: Invoker) -> None:
+    result = vf_offline("flows", "list", "--jsn")
+    assert result.exit_code == 2
+    assert "No such option '--jsn'" in result.stderr
+    assert "--json" in result.stderr
+
+
+def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
+    result = vf_offline("execute", "flow_x", "--param", "city")
+    assert result.exit_code == 2
+    assert "'--param'" in result.stderr
+    assert "'city' is not KEY=VALUE" in result.stderr
+
+
+def test_bad_version_is_a_usage_error(vf_offline: Invoker) -> None:
+    result = vf_offline("execute", "flow_x", "--version", "latest")
+    assert result.exit_code == 2
+    assert "'latest'" in result.stderr
+
+
+def test_params_decode_json_values() -> None:
+    from vi_flow.cli.execute import parse_params
+
+    assert parse_params(["n=3", "city=Oslo", "tags=[1, 2]", 's="3"', "e="]) == {
+        "n": 3,
+        "city": "Oslo",
+        "tags": [1, 2],
+        "s": "3",
+        "e": "",
+    }
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_server_names_the_url_and_exits_6(
+    vf_offline: Invoker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_MAX_RETRIES", "0")
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    result = vf_offline("--base-url", url, "flows", "list")
+    assert result.exit_code == 6
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and url in lines[0]
+    assert "Traceback" not in result.stderr
+    assert lines[1].startswith("hint: ")
+
+
+def test_debug_shows_the_traceback(vf_offline: Invoker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VI_FLOW_MAX_RETRIES", "0")
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    result = vf_offline("--debug", "--base-url", url, "runs", "list")
+    assert result.exit_code == 6
+    assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (e.AuthenticationError("no"), 3),
+        (e.PermissionDeniedError("no"), 3),
+        (e.FlowNotFoundError("no"), 4),
+        (e.TaskNotFoundError("no"), 4),
+        (e.ConflictError("no"), 5),
+        (e.PreconditionFailedError("no"), 5),
+        (e.APITimeoutError("slow"), 6),
+        (e.APIConnectionError("down"), 6),
+        (e.RateLimitError("busy"), 6),
+        (e.InternalServerError("boom", status_code=503), 6),
+        (e.UnprocessableEntityError("bad"), 1),
+        (e.FlowExecutionError("bad", execution_id="run_x"), 1),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_exit_codes_are_stable(exc: BaseException, code: int) -> None:
+    assert exit_code_for(exc) == code
+
+
+def test_config_set_and_show_never_echo_the_key(vf_offline: Invoker, tmp_path: Path) -> None:
+    result = vf_offline("config", "set", "api_key", "sekret-token-123")
+    assert result.exit_code == 0, result.stdout
+    assert "sekret" not in result.stdout
+    result = vf_offline("config", "set", "max_retries", "5")
+    assert result.exit_code == 0
+    result = vf_offline("config", "show", "--json")
+    assert result.exit_code == 0
+    assert "sekret" not in result.stdout
+    assert '"apiKey": "set"' in result.stdout
+    assert '"maxRetries": 5' in result.stdout
+    config = (tmp_path / "config" / "config.toml").read_text()
+    assert "sekret-token-123" in config
+
+
+def test_config_set_unknown_key_is_a_usage_error(vf_offline: Invoker) -> None:
+    result = vf_offline("config", "set", "colour", "red")
+    assert result.exit_code == 2
+    assert "unknown key 'colour'" in result.stderr
+
+
+def test_api_key_option_is_never_printed(vf_offline: Invoker) -> None:
+    result = vf_offline("--api-key", "tok-zzz-999", "config", "show")
+    assert result.exit_code == 0
+    assert "tok-zzz-999" not in result.stdout + result.stderr
+
+
+def test_color_always_and_no_color(vf_offline: Invoker, monkeypatch: pytest.MonkeyPatch) -> None:
+    forced = vf_offline("--color", "always", "config", "show")
+    assert "\x1b[" in forced.stdout
+    assert "\x1b[" not in vf_offline("config", "show").stdout  # not a terminal
+    monkeypatch.setenv("NO_COLOR", "1")
+    failed = vf_offline("config", "set", "nope", "x")
+    assert "\x1b[" not in failed.stderr
+    assert "\x1b[" in vf_offline("--color", "always", "config", "show").stdout
+
+
+def test_bad_base_url_is_a_usage_error(vf_offline: Invoker) -> None:
+    result = vf_offline("--base-url", "ftp://example", "flows", "list")
+    assert result.exit_code == 2
+    assert "base_url must be 'local' or an http(s) URL" in result.stderr

@@ -1,0 +1,164 @@
+"""Exit codes and one-line error reports for everything a command can raise.
+
+The exit codes are part of the CLI's interface (documented in ``docs/cli.md``):
+
+| code | meaning |
+|---|---|
+| 0 | success |
+| 1 | failure (a failed run or task, a rejected request) |
+| 2 | usage: unknown command or option, bad argument, bad spec file |
+| 3 | authentication: the API key is missing, wrong, or may not do this |
+| 4 | not found |
+| 5 | conflict (409) or stale etag (412) |
+| 6 | transient: connection refused, timeout, 429 or 5xx - worth retrying |
+| 130 | interrupted (Ctrl-C) |
+
+An error prints ``error: CODE: message`` (the server's code and message) and, where one
+helps, a ``hint:`` line; ``--debug`` prints the traceback as well.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_CONFLICT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_TRANSIENT",
+    "EXIT_USAGE",
+    "CommandFailed",
+    "exit_code_for",
+    "run_guarded",
+]
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5
+EXIT_TRANSIENT = 6
+EXIT_INTERRUPTED = 130
+
+
+class CommandFailed(click.ClickException):
+    """A command failed in a way it explains itself: one line, an exit code, maybe a hint."""
+
+    def __init__(
+        self, message: str, *, exit_code: int = EXIT_FAILURE, hint: str | None = None
+    ) -> None:
+        super().__init__(message)
+        # click declares exit_code as a class variable (a ClassVar from click 8.2); each
+        # failure here carries its own, which click reads from the instance.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
+        self.hint = hint
+
+    def show(self, file: Any = None) -> None:
+        """Print ``error: message`` and the hint to stderr."""
+        _report(self.message, self.hint)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Return the documented exit code for an exception."""
+    from .. import _errors as e
+
+    table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
+        ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
+        (e.NotFoundError, EXIT_NOT_FOUND),
+        ((e.ConflictError, e.PreconditionFailedError), EXIT_CONFLICT),
+        ((e.APIConnectionError, e.RateLimitError, e.InternalServerError), EXIT_TRANSIENT),
+        (KeyboardInterrupt, EXIT_INTERRUPTED),
+        (click.UsageError, EXIT_USAGE),
+    ]
+    for kinds, code in table:
+        if isinstance(exc, kinds):
+            return code
+    return EXIT_FAILURE
+
+
+def describe(exc: BaseException) -> tuple[str, str | None]:
+    """Return the one-line message and an optional hint for an exception."""
+    from .. import _errors as e
+
+    if isinstance(exc, e.APIStatusError):
+        code = exc.code or f"HTTP {exc.status_code}"
+        rid = f" (request id {exc.request_id})" if exc.request_id else ""
+        return f"{code}: {exc.message}{rid}", _hint_for(exc)
+    if isinstance(exc, e.APIConnectionError):
+        return exc.message, _hint_for(exc)
+    if isinstance(exc, (ValueError, TypeError, e.ViFlowError)):
+        return str(exc), _hint_for(exc)
+    return f"{type(exc).__name__}: {exc}", "run again with --debug to see the traceback"
+
+
+def _hint_for(exc: BaseException) -> str | None:
+    from .. import _errors as e
+
+    hints: list[tuple[type[BaseException], str]] = [
+        (e.AuthenticationError, "check --api-key / VI_FLOW_API_KEY ('vi-flow config show')"),
+        (e.PermissionDeniedError, "this key may not do that; use a key of the right organization"),
+        (e.FlowNotFoundError, "'vi-flow flows list' shows the flows (and 'flows get' versions)"),
+        (e.RunNotFoundError, "'vi-flow runs list' shows the runs"),
+        (e.TaskNotFoundError, "'vi-flow tasks list' shows the tasks"),
+        (e.PreconditionFailedError, "someone changed it meanwhile; fetch it again and retry"),
+        (e.APITimeoutError, "the server is slow or overloaded; retry, or raise --timeout"),
+        (e.APIConnectionError, "is the server running? start one with 'vi-flow serve'"),
+        (e.RateLimitError, "too many requests; wait a little and retry"),
+        (e.NotImplementedByProviderError, "the server's compute provider cannot do this"),
+    ]
+    for kind, hint in hints:
+        if isinstance(exc, kind):
+            return hint
+    return None
+
+
+def _report(message: str, hint: str | None) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    if hint:
+        click.echo(click.style("hint: ", fg="yellow") + hint, err=True)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (e.g. under a test runner)
+        pass
+
+
+def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
+    """Run ``body``; report any failure in one line and exit with its documented code.
+
+    Raises:
+        click.exceptions.Exit: Always, when ``body`` failed (click exits with its code).
+    """
+    debug = bool(ctx.find_root().meta.get("vi_flow.debug"))
+    try:
+        return body()
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except BrokenPipeError:
+        _silence_stdout()
+        raise click.exceptions.Exit(EXIT_OK) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        message, hint = describe(exc)
+        _report(message, hint)
+        raise click.exceptions.Exit(exit_code_for(exc)) from None

@@ -1,0 +1,136 @@
+"""How commands print: one JSON document (or NDJSON lines) with ``--json``, rich tables otherwise.
+
+JSON output is the wire form of the models (camelCase, the same as the HTTP API), so
+``vi-flow flows list --json | jq '.[].flowId'`` and the API documentation agree.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import click
+
+from ._state import state
+
+__all__ = [
+    "duration",
+    "emit_json",
+    "emit_ndjson",
+    "json_option",
+    "kv_table",
+    "preview",
+    "table",
+    "wants_json",
+    "when",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_option(func: F) -> F:
+    """Add ``--json`` (print one JSON document instead of a table) to a command."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print JSON (NDJSON when following) instead of a table.",
+    )(func)
+
+
+def wants_json(as_json: bool) -> bool:
+    """Whether to print JSON: the command's ``--json`` or the global one."""
+    return as_json or state().json
+
+
+def _encode(obj: Any, *, indent: bool) -> str:
+    import orjson
+
+    from ..models._base import to_wire
+
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps(to_wire(obj), option=option | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def emit_json(obj: Any) -> None:
+    """Print a model, a list of models or plain data as one indented JSON document."""
+    click.echo(_encode(obj, indent=True))
+
+
+def emit_ndjson(obj: Any) -> None:
+    """Print one compact JSON line and flush (for following streams)."""
+    sys.stdout.write(_encode(obj, indent=False) + "\n")
+    sys.stdout.flush()
+
+
+def table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
+) -> None:
+    """Print a rich table; the first column never wraps (it holds ids)."""
+    from rich.table import Table
+
+    grid = Table(title=title, title_justify="left", header_style="bold")
+    for i, name in enumerate(columns):
+        grid.add_column(name, no_wrap=i == 0, overflow="fold")
+    count = 0
+    for row in rows:
+        grid.add_row(*("" if v is None else str(v) for v in row))
+        count += 1
+    if count == 0:
+        state().err_console.print("(none)")
+        return
+    state().console.print(grid)
+
+
+def kv_table(pairs: Iterable[tuple[str, Any]], *, title: str | None = None) -> None:
+    """Print ``name: value`` pairs as a two-column table without a header."""
+    from rich.table import Table
+
+    grid = Table(title=title, title_justify="left", show_header=False)
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, value in pairs:
+        if value is not None and value != "":
+            grid.add_row(key, str(value))
+    state().console.print(grid)
+
+
+def when(ms: int | None) -> str:
+    """Format milliseconds since the epoch as a UTC time, or ``-``."""
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(ms: float | None) -> str:
+    """Format a duration in milliseconds (``850ms``, ``3.2s``, ``4m05s``)."""
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def preview(value: Any, width: int = 60) -> str:
+    """Return a one-line preview of an output value, cut to ``width`` characters."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value
+    else:
+        import orjson
+
+        from ..models._base import to_wire
+
+        try:
+            text = orjson.dumps(to_wire(value)).decode()
+        except TypeError:
+            text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,84 @@
+"""The root ``vi-flow`` group: global options and the (lazily imported) command list."""
+
+from __future__ import annotations
+
+import click
+
+from ._lazy import LazyGroup
+from ._state import CliState
+
+__all__ = ["COMMANDS", "cli"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("vi_flow.cli.serve:serve", "Run the local vi-flow server until Ctrl-C / SIGTERM."),
+    "demo": ("vi_flow.cli.demo:demo", "Run the guided demo on the embedded local server."),
+    "flows": ("vi_flow.cli.flows:flows", "Create, list, publish and delete flows."),
+    "runs": ("vi_flow.cli.runs:runs", "List, inspect, watch and cancel runs."),
+    "execute": ("vi_flow.cli.execute:execute", "Execute a flow and show its steps live."),
+    "tasks": ("vi_flow.cli.tasks:tasks", "Run GPU/CPU tasks: logs, shells, SSH, uploads."),
+    "volumes": ("vi_flow.cli.volumes:volumes", "Create, list, mount and delete volumes."),
+    "instances": ("vi_flow.cli.instances:instances", "Find instance types and their prices."),
+    "reservations": ("vi_flow.cli.reservations:reservations", "Reserve capacity ahead of time."),
+    "ssh-keys": ("vi_flow.cli.ssh_keys:ssh_keys", "Register the SSH keys task shells accept."),
+    "config": ("vi_flow.cli.config:config", "Show or set client settings (the config file)."),
+}
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings=CONTEXT_SETTINGS,
+    epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 auth, 4 not found, 5 conflict, "
+    "6 transient (worth retrying), 130 interrupted.",
+)
+@click.version_option(package_name="vi-flow", prog_name="vi-flow")
+@click.option(
+    "--base-url",
+    envvar="VI_FLOW_BASE_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="Server URL ending in /v1, or 'local' for the embedded server (the default).",
+)
+@click.option(
+    "--api-key",
+    envvar="VI_FLOW_API_KEY",
+    show_envvar=True,
+    metavar="KEY",
+    help="API key (never printed).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON from every command (the same as each command's --json).",
+)
+@click.option(
+    "--color",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Colour output; NO_COLOR in the environment means never unless 'always'.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    base_url: str | None,
+    api_key: str | None,
+    as_json: bool,
+    color: str,
+    debug: bool,
+) -> None:
+    """vi-flow: run AI flows and the GPU tasks behind them.
+
+    With nothing configured, commands talk to the embedded local server (state under
+    VI_FLOW_HOME). Start with 'vi-flow demo'.
+    """
+    obj = CliState(base_url=base_url, api_key=api_key, color=color, debug=debug, json=as_json)
+    ctx.obj = obj
+    ctx.meta["vi_flow.debug"] = debug
+    if obj.use_color is not None:
+        ctx.color = obj.use_color
+    ctx.call_on_close(obj.close)

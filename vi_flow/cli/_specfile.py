@@ -1,0 +1,98 @@
+"""Reading flow spec files (YAML or JSON) and pointing at the line of a bad field.
+
+The server validates specs and names the bad field (``blocks[1].block: required``);
+:func:`line_of` finds that field in the file so the CLI can say ``spec.yaml:7``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["SpecFile", "load_spec_file"]
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+class SpecFile:
+    """A parsed spec file: the data and the YAML node tree for line lookups.
+
+    Attributes:
+        path: Where it was read from.
+        data: The parsed mapping.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any], root: Any) -> None:
+        self.path = path
+        self.data = data
+        self._root = root
+
+    def line_of(self, field: str) -> int | None:
+        """Return the 1-based line of a field path like ``spec.blocks[0].block``, if present."""
+        node = self._root
+        line: int | None = None
+        parts = [m.group(1) or m.group(2) for m in _PATH_PART.finditer(field)]
+        if parts and parts[0] == "spec" and "spec" not in self.data:
+            parts = parts[1:]
+        for part in parts:
+            node, found = _child(node, part)
+            if node is None:
+                break
+            line = found
+        return line
+
+    def describe(self, field: str, problem: str) -> str:
+        """Return ``path:line: field: problem`` (without the line when it is not found)."""
+        line = self.line_of(field)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return f"{where}: {field}: {problem}"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+def _child(node: Any, part: str) -> tuple[Any, int | None]:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value in (part, _snake(part)):
+                return value, key.start_mark.line + 1
+    if isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+        item = node.value[int(part)]
+        return item, item.start_mark.line + 1
+    return None, None
+
+
+def load_spec_file(path: Path) -> SpecFile:
+    """Read a YAML (or JSON) flow spec file.
+
+    Raises:
+        click.BadParameter: The file is not valid YAML (names the line and column) or is not
+            a mapping.
+    """
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise click.BadParameter(
+            f"{where}: not valid YAML: {exc.problem or exc}", param_hint="'-f'"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path}: not valid YAML: {exc}", param_hint="'-f'") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(
+            f"{path}:1: a flow spec must be a mapping with 'name' and 'blocks', "
+            f"got {type(data).__name__}",
+            param_hint="'-f'",
+        )
+    return SpecFile(path, data, root)

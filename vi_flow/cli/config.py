@@ -1,0 +1,77 @@
+"""``vi-flow config show|set``: the client settings and the TOML config file."""
+
+from __future__ import annotations
+
+import click
+
+from ._lazy import LazyGroup
+from ._output import emit_json, json_option, kv_table, wants_json
+from ._state import state
+
+__all__ = ["config"]
+
+
+@click.group(cls=LazyGroup)
+def config() -> None:
+    """Show or set client settings (arguments > VI_FLOW_* env > config file > defaults)."""
+
+
+@config.command("show")
+@json_option
+def show(as_json: bool) -> None:
+    """Show the settings this CLI would use, and where the config file is.
+
+    The API key is never shown, only whether one is set.
+    """
+    from .._config import NOT_GIVEN, config_path, resolve_settings
+
+    cli = state()
+    settings = resolve_settings(
+        base_url=cli.base_url or NOT_GIVEN, api_key=cli.api_key or NOT_GIVEN
+    )
+    timeout = settings.timeout
+    data = {
+        "baseUrl": settings.base_url,
+        "apiKey": "set" if settings.api_key else "not set",
+        "organizationId": settings.organization_id,
+        "timeout": {"connect": timeout.connect, "read": timeout.read, "total": timeout.total},
+        "maxRetries": settings.max_retries,
+        "home": str(settings.home),
+        "configFile": str(config_path()),
+    }
+    if wants_json(as_json):
+        emit_json(data)
+        return
+    kv_table(
+        [
+            ("base_url", data["baseUrl"]),
+            ("api_key", data["apiKey"]),
+            ("organization_id", data["organizationId"] or "(the key's organization)"),
+            ("timeout", f"connect {timeout.connect}s, read {timeout.read}s"),
+            ("max_retries", data["maxRetries"]),
+            ("home", data["home"]),
+            ("config file", data["configFile"]),
+        ]
+    )
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+def set_(key: str, value: str) -> None:
+    """Set KEY to VALUE in the config file (mode 0600).
+
+    Keys: api_key, organization_id, base_url, timeout, max_retries, home.
+    """
+    from .._config import CONFIG_KEYS, write_config_value
+
+    if key not in CONFIG_KEYS:
+        raise click.BadParameter(
+            f"unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}", param_hint="KEY"
+        )
+    try:
+        path = write_config_value(key, value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="VALUE") from None
+    shown = "***" if key == "api_key" else value
+    click.echo(f"{key} = {shown}  ({path})")

@@ -1,0 +1,145 @@
+"""``vi-flow reservations``: hold capacity for a time window; tasks run in it by id."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import click
+
+from ._lazy import LazyGroup
+from ._output import emit_json, json_option, kv_table, table, wants_json, when
+from ._state import state
+
+if TYPE_CHECKING:
+    from ..models.tasks import Reservation
+
+__all__ = ["reservations"]
+
+
+@click.group(cls=LazyGroup)
+def reservations() -> None:
+    """Reserve capacity ahead of time; run tasks in it with --reservation ID."""
+
+
+def _millis(value: str | None) -> int | None:
+    """Parse ``now``, an ISO 8601 time (UTC when no zone) or ms since the epoch."""
+    if value is None or value == "now":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not 'now', an ISO time (2030-01-02T15:00) or ms since the epoch",
+            param_hint="'--start'",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _rows(items: list[Reservation]) -> list[tuple[object, ...]]:
+    return [
+        (
+            r.reservation_id,
+            r.name,
+            r.status.value,
+            r.instance_type,
+            when(r.start_time),
+            when(r.end_time),
+        )
+        for r in items
+    ]
+
+
+@reservations.command("create")
+@click.option("--gpu", help="GPU shorthand to hold (a100:2), or give --instance-type.")
+@click.option("--instance-type", help="An instance type from 'vi-flow instances find'.")
+@click.option("--cpus", type=click.IntRange(1), help="CPU cores to hold.")
+@click.option("--start", help="'now' (default), an ISO time in UTC, or ms since the epoch.")
+@click.option(
+    "--hours",
+    "duration_hours",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Window length.",
+)
+@click.option("--name", help="Display name.")
+@json_option
+def create(
+    gpu: str | None,
+    instance_type: str | None,
+    cpus: int | None,
+    start: str | None,
+    duration_hours: float,
+    name: str | None,
+    as_json: bool,
+) -> None:
+    """Reserve capacity for a window and print the reservation id."""
+    reservation = (
+        state()
+        .client()
+        .reservations.create(
+            gpu=gpu,
+            instance_type=instance_type,
+            cpus=cpus,
+            start_time=_millis(start),
+            duration_hours=duration_hours,
+            name=name,
+        )
+    )
+    if wants_json(as_json):
+        emit_json(reservation)
+    else:
+        click.echo(reservation.reservation_id)
+
+
+@reservations.command("list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List reservations."""
+    items = state().client().reservations.list()
+    if wants_json(as_json):
+        emit_json(items)
+    else:
+        table(["RESERVATION ID", "NAME", "STATUS", "INSTANCE", "START", "END"], _rows(items))
+
+
+@reservations.command("get")
+@click.argument("reservation_id")
+@json_option
+def get(reservation_id: str, as_json: bool) -> None:
+    """Show one reservation."""
+    r = state().client().reservations.get(reservation_id)
+    if wants_json(as_json):
+        emit_json(r)
+        return
+    gpus = f"{r.gpu_count} x {r.gpu_type}" if r.gpu_count else "-"
+    kv_table(
+        [
+            ("reservation id", r.reservation_id),
+            ("name", r.name),
+            ("status", r.status.value),
+            ("instance", r.instance_type),
+            ("gpus", gpus),
+            ("cpus", r.cpus),
+            ("start", when(r.start_time)),
+            ("end", when(r.end_time)),
+            ("region", r.region),
+        ]
+    )
+
+
+@reservations.command("cancel")
+@click.argument("reservation_id")
+@json_option
+def cancel(reservation_id: str, as_json: bool) -> None:
+    """Cancel a reservation."""
+    r = state().client().reservations.cancel(reservation_id)
+    if wants_json(as_json):
+        emit_json(r)
+    else:
+        click.echo(f"{r.reservation_id}: {r.status.value}")

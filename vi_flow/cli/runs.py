@@ -1,0 +1,134 @@
+"""``vi-flow runs``: list, get, cancel and watch runs."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import click
+
+from ._failures import CommandFailed
+from ._lazy import LazyGroup
+from ._live import RunView
+from ._output import duration, emit_json, json_option, kv_table, table, wants_json, when
+from ._state import state
+
+if TYPE_CHECKING:
+    from ..models import Run
+
+__all__ = ["runs"]
+
+CONDITIONS = ["Pending", "Running", "Succeeded", "Failed", "Error", "Cancelled"]
+
+
+@click.group(cls=LazyGroup)
+def runs() -> None:
+    """List, inspect, watch and cancel runs."""
+
+
+def _condition(run: Run) -> str:
+    condition = run.status.condition
+    return condition.value if condition is not None else "Unknown"
+
+
+@runs.command("list")
+@click.option("--flow", "flow_id", help="Only runs of this flow.")
+@click.option(
+    "--condition",
+    type=click.Choice(CONDITIONS, case_sensitive=False),
+    help="Only runs in this condition.",
+)
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Show at most this many runs.",
+)
+@json_option
+def list_(flow_id: str | None, condition: str | None, limit: int, as_json: bool) -> None:
+    """List runs, optionally of one flow or in one condition."""
+    if condition:
+        condition = next(c for c in CONDITIONS if c.lower() == condition.lower())
+    pages = state().client().runs.list(flow_id=flow_id, condition=condition)
+    items = list(itertools.islice(pages.all_items(), limit))
+    if wants_json(as_json):
+        emit_json(items)
+        return
+    rows = [
+        (
+            r.run_id,
+            r.spec.flow_id or "-",
+            r.spec.flow_version,
+            _condition(r),
+            when(r.metadata.time_created),
+            duration(r.metadata.last_updated - r.metadata.time_created),
+        )
+        for r in items
+    ]
+    table(["RUN ID", "FLOW", "VERSION", "CONDITION", "CREATED", "ELAPSED"], rows)
+
+
+def _show_run(run: Run) -> None:
+    pairs = [
+        ("run id", run.run_id),
+        ("flow", f"{run.spec.flow.name} ({run.spec.flow_id or '-'})"),
+        ("version", run.spec.flow_version),
+        ("condition", _condition(run)),
+        ("message", run.spec.message),
+        ("created", when(run.metadata.time_created)),
+        ("updated", when(run.metadata.last_updated)),
+    ]
+    pairs += [(f"param {key}", repr(value)) for key, value in run.spec.parameters.items()]
+    for item in run.status.conditions:
+        note = f" - {item.message}" if item.message else ""
+        reason = f" ({item.reason})" if item.reason else ""
+        pairs.append((when(item.last_transition_time), f"{item.condition.value}{reason}{note}"))
+    kv_table(pairs)
+
+
+@runs.command("get")
+@click.argument("run_id")
+@json_option
+def get(run_id: str, as_json: bool) -> None:
+    """Show one run with its condition history."""
+    run = state().client().runs.get(run_id)
+    if wants_json(as_json):
+        emit_json(run)
+    else:
+        _show_run(run)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@json_option
+def cancel(run_id: str, as_json: bool) -> None:
+    """Cancel a run (a finished run is left as it is)."""
+    run = state().client().runs.cancel(run_id)
+    if wants_json(as_json):
+        emit_json(run)
+    else:
+        click.echo(f"{run.run_id}: {_condition(run)}")
+
+
+@runs.command("watch")
+@click.argument("run_id")
+@click.option("--after", type=click.IntRange(0), help="Only events after this event id.")
+@json_option
+def watch(run_id: str, after: int | None, as_json: bool) -> None:
+    """Follow a run's events (replayed, then live) until it ends.
+
+    A live table on a terminal, one line per event when piped, NDJSON with --json.
+    Ctrl-C stops watching; the run goes on.
+    """
+    from .execute import follow_run
+
+    cli = state()
+    client = cli.client()
+    run = client.runs.get(run_id)
+    events = client.flow(run.spec.flow_id).run(run_id).events(after=after)
+    mode = "json" if wants_json(as_json) else ("live" if cli.interactive else "plain")
+    view = RunView(cli.console, mode=mode, title=f"run {run_id}")
+    follow_run(cli, events, view, cancel=False)
+    if view.final is not None and view.final.status.value != "Succeeded":
+        raise CommandFailed(f"run {run_id} {view.final.status.value}: {view.final.error or ''}")

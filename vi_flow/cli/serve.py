@@ -1,0 +1,93 @@
+"""``vi-flow serve``: run the local server as a long-running process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="VI_FLOW_HOME",
+    show_envvar=True,
+    help="State directory (database, tokens, task files).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="Where tasks run.",
+)
+@click.option(
+    "--llm-base-url",
+    envvar="VI_FLOW_LLM_BASE_URL",
+    show_envvar=True,
+    help="OpenAI-compatible endpoint for llm blocks.",
+)
+@click.option(
+    "--llm-api-key",
+    envvar="VI_FLOW_LLM_API_KEY",
+    show_envvar=True,
+    help="Key for --llm-base-url (never printed).",
+)
+@click.option("--slurm-url", help="slurmrestd URL (provider slurm).")
+@click.option("--slurm-user", help="Slurm user the token belongs to (provider slurm).")
+@click.option(
+    "--slurm-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File with the JWT from 'scontrol token' (provider slurm).",
+)
+@click.option("--slurm-partition", help="Partition for task jobs (provider slurm).")
+def serve(
+    host: str,
+    port: int,
+    home: Path | None,
+    provider: str,
+    llm_base_url: str | None,
+    llm_api_key: str | None,
+    slurm_url: str | None,
+    slurm_user: str | None,
+    slurm_token_file: Path | None,
+    slurm_partition: str | None,
+) -> None:
+    """Run the local vi-flow server until Ctrl-C or SIGTERM.
+
+    Clients reach it with --base-url http://HOST:PORT/v1 and the admin token in
+    HOME/admin-token.
+    """
+    from .._config import default_home
+    from ..server import ServerSettings, run_server
+
+    slurm = {
+        "url": slurm_url,
+        "user": slurm_user,
+        "token_file": slurm_token_file,
+        "partition": slurm_partition,
+    }
+    slurm = {k: v for k, v in slurm.items() if v is not None}
+    if slurm and provider != "slurm":
+        raise click.UsageError("--slurm-* options need --provider slurm")
+    settings = ServerSettings(
+        home=(home or default_home()).expanduser(),
+        host=host,
+        port=port,
+        provider=provider,
+        llm_base_url=llm_base_url,
+        llm_api_key=llm_api_key,
+        extra={"slurm": slurm} if slurm else {},
+    )
+    run_server(settings)

@@ -1,0 +1,396 @@
+"""``vi-flow tasks``: run tasks, follow their logs, open shells, upload code.
+
+``tasks logs -f`` exits with the task's own exit code (128 + N for a task killed by
+signal N), and ends quietly when its reader goes away (``| head -1``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ._lazy import LazyGroup
+from ._output import emit_json, emit_ndjson, json_option, kv_table, table, wants_json, when
+from ._state import state
+
+if TYPE_CHECKING:
+    from ..models.tasks import Task
+    from ..resources.tasks import LogStream
+
+__all__ = ["tasks"]
+
+STATUSES = ["pending", "running", "completed", "failed", "cancelled"]
+
+
+@click.group(cls=LazyGroup)
+def tasks() -> None:
+    """Run GPU/CPU tasks: status, logs, shells over SSH, code upload."""
+
+
+def _pairs(values: Iterable[str], option: str) -> dict[str, str]:
+    """Turn ``KEY=VALUE`` items into a dict (``click.BadParameter`` naming the item)."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=f"'{option}'")
+        out[key] = value
+    return out
+
+
+def exit_code_of(task: Task) -> int:
+    """The process exit code a task maps to: its own, 128 + N when killed by signal N."""
+    if task.exit_code is None:
+        return 0 if task.status.value == "completed" else 1
+    return 128 - task.exit_code if task.exit_code < 0 else task.exit_code
+
+
+def _summary_rows(items: Iterable[Task]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            t.task_id,
+            t.name,
+            t.status.value,
+            t.instance_type or "-",
+            t.exit_code if t.exit_code is not None else "",
+            when(t.created_at),
+        )
+        for t in items
+    ]
+
+
+def _show_task(task: Task) -> None:
+    gpus = f"{task.gpu_count} x {task.gpu_type}" if task.gpu_count else "-"
+    kv_table(
+        [
+            ("task id", task.task_id),
+            ("name", task.name),
+            ("status", task.status.value),
+            ("reason", task.reason),
+            ("message", task.message),
+            ("exit code", task.exit_code),
+            ("instance", task.instance_type),
+            ("gpus", gpus),
+            ("cpus", task.cpus),
+            ("created", when(task.created_at)),
+            ("started", when(task.started_at)),
+            ("ended", when(task.ended_at)),
+            ("run", task.run_id),
+            ("workdir", task.workdir),
+        ]
+    )
+
+
+def _follow(task_id: str, stream: LogStream, as_json: bool) -> None:
+    """Print log lines as written until the task ends; exit with its exit code."""
+    client = state().client()
+    for line in client.follow_logs(task_id, stream):
+        if as_json:
+            emit_ndjson({"taskId": task_id, "line": line})
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    task = client.tasks.get(task_id)
+    if as_json:
+        emit_ndjson({"taskId": task_id, "status": task.status.value, "exitCode": task.exit_code})
+    raise click.exceptions.Exit(exit_code_of(task))
+
+
+_RESOURCE_OPTIONS = [
+    click.option("--gpu", help="GPU shorthand: a100, a100:4, 4xa100, gpu:40gb."),
+    click.option("--instance-type", help="An instance type from 'vi-flow instances find'."),
+    click.option("--cpus", type=click.IntRange(1), help="CPU cores."),
+    click.option("--memory-gb", type=click.IntRange(1), help="Memory in GB."),
+]
+
+
+def _resource_options(func: Any) -> Any:
+    for option in reversed(_RESOURCE_OPTIONS):
+        func = option(func)
+    return func
+
+
+@tasks.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "-f",
+    "--file",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A task YAML file (TaskConfig fields) instead of COMMAND.",
+)
+@_resource_options
+@click.option("--name", help="A display name.")
+@click.option(
+    "-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment; repeatable."
+)
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="PATH=VOLUME",
+    help="Mount volume VOLUME (id or name) at PATH; repeatable.",
+)
+@click.option("--max-price", type=float, help="Most to pay per hour.")
+@click.option("--max-run-time", type=float, help="Stop the task after this many seconds.")
+@click.option("--reservation", "reservation_id", help="Run on a reservation's capacity.")
+@click.option("--follow", is_flag=True, help="Follow the logs and exit with the task's code.")
+@json_option
+def run(
+    command: tuple[str, ...],
+    config_file: str | None,
+    gpu: str | None,
+    instance_type: str | None,
+    cpus: int | None,
+    memory_gb: int | None,
+    name: str | None,
+    env: tuple[str, ...],
+    volumes: tuple[str, ...],
+    max_price: float | None,
+    max_run_time: float | None,
+    reservation_id: str | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Start a task running COMMAND (or the task file given with -f); print its id.
+
+    \b
+    Examples:
+      vi-flow tasks run --gpu a100 -- python train.py --epochs 3
+      vi-flow tasks run -f task.yaml --follow
+    """
+    if bool(command) == bool(config_file):
+        raise click.UsageError("give a COMMAND or -f/--file, not both and not neither")
+    kwargs: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "instance_type": instance_type,
+            "name": name,
+            "max_price_per_hour": max_price,
+            "max_run_time": max_run_time,
+            "reservation_id": reservation_id,
+        }.items()
+        if v is not None
+    }
+    if env:
+        kwargs["env"] = _pairs(env, "--env")
+    mounts = {path: f"volume://{vol}" for path, vol in _pairs(volumes, "--volume").items()}
+    target: Any = Path(config_file) if config_file else list(command)
+    if len(command) == 1:
+        target = command[0]  # one word is a shell command line, as typed
+    handle = (
+        state()
+        .client()
+        .run(target, gpu=gpu, cpus=cpus, memory_gb=memory_gb, mounts=mounts or None, **kwargs)
+    )
+    _announce(handle.data, as_json)
+    if follow:
+        _follow(handle.task_id, "stdout", wants_json(as_json))
+
+
+def _announce(task: Task, as_json: bool) -> None:
+    if wants_json(as_json):
+        emit_json(task)
+    else:
+        click.echo(task.task_id)
+        click.echo(f"follow it: vi-flow tasks logs -f {task.task_id}", err=True)
+
+
+@tasks.command("submit")
+@click.argument("command")
+@click.option("--gpu", help="GPU shorthand: a100, a100:4, gpu:40gb.")
+@click.option("--instance-type", help="Explicit instance type (overrides --gpu).")
+@click.option(
+    "-m",
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="PATH=volume://NAME",
+    help="Mount a volume; repeatable.",
+)
+@click.option("--wait", is_flag=True, help="Wait until the task ended; exit with its code.")
+@json_option
+def submit(
+    command: str,
+    gpu: str | None,
+    instance_type: str | None,
+    mounts: tuple[str, ...],
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Submit a shell COMMAND with minimal configuration (the seed's submit)."""
+    handle = (
+        state()
+        .client()
+        .submit(
+            command,
+            gpu=gpu,
+            mounts=_pairs(mounts, "--mount") or None,
+            instance_type=instance_type,
+            wait=wait,
+        )
+    )
+    _announce(handle.data, as_json)
+    if wait:
+        raise click.exceptions.Exit(exit_code_of(handle.data))
+
+
+@tasks.command("status")
+@click.argument("task_id", required=False)
+@json_option
+def status(task_id: str | None, as_json: bool) -> None:
+    """Show one task in detail, or the recent tasks without TASK_ID."""
+    client = state().client()
+    if task_id is None:
+        items = [h.data for h in client.list_tasks(limit=20)]
+        if wants_json(as_json):
+            emit_json(items)
+        else:
+            table(
+                ["TASK ID", "NAME", "STATUS", "INSTANCE", "EXIT", "CREATED"], _summary_rows(items)
+            )
+        return
+    task = client.tasks.get(task_id)
+    if wants_json(as_json):
+        emit_json(task)
+    else:
+        _show_task(task)
+
+
+@tasks.command("list")
+@click.option(
+    "-s",
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES, case_sensitive=False),
+    help="Only these; repeatable.",
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@json_option
+def list_(statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """List tasks, newest first."""
+    handles = state().client().list_tasks(status=list(statuses) or None, limit=limit)
+    items = [h.data for h in handles]
+    if wants_json(as_json):
+        emit_json(items)
+    else:
+        table(["TASK ID", "NAME", "STATUS", "INSTANCE", "EXIT", "CREATED"], _summary_rows(items))
+
+
+@tasks.command("cancel")
+@click.argument("task_id")
+@click.option("--force", is_flag=True, help="SIGKILL at once instead of SIGTERM then SIGKILL.")
+@json_option
+def cancel(task_id: str, force: bool, as_json: bool) -> None:
+    """Stop a task (a finished task is left as it is)."""
+    task = state().client().tasks.cancel(task_id, force=force)
+    if wants_json(as_json):
+        emit_json(task)
+    else:
+        click.echo(f"{task.task_id}: {task.status.value}")
+
+
+@tasks.command("logs")
+@click.argument("task_id")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Follow until the task ends; exit with its code."
+)
+@click.option(
+    "-n",
+    "--tail",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0, 100000),
+    help="Lines to show (without --follow).",
+)
+@click.option("--stderr", is_flag=True, help="Standard error instead of standard output.")
+@click.option("--both", is_flag=True, help="Standard output then standard error.")
+@json_option
+def logs(task_id: str, follow: bool, tail: int, stderr: bool, both: bool, as_json: bool) -> None:
+    """Print a task's log; with -f, follow it as it is written."""
+    stream: LogStream = "both" if both else ("stderr" if stderr else "stdout")
+    if follow:
+        _follow(task_id, stream, wants_json(as_json))
+        return
+    snapshot = state().client().tasks.logs(task_id, tail=tail, stream=stream)
+    if wants_json(as_json):
+        emit_json(snapshot)
+        return
+    for line in snapshot.lines:
+        click.echo(line)
+
+
+@tasks.command("ssh")
+@click.argument("task_id")
+@click.option("--print", "print_only", is_flag=True, help="Only print the ssh command line.")
+def ssh(task_id: str, print_only: bool) -> None:
+    """Open an SSH session into a task with your ssh client (host key pinned).
+
+    Registers vi-flow's default key (in the config dir) on first use. Without a terminal, or
+    with --print, prints the command line instead.
+    """
+    client = state().client()
+    client.ensure_default_ssh_key()
+    line = client.ssh(task_id)
+    if print_only or not state().interactive or shutil.which("ssh") is None:
+        click.echo(line)
+        return
+    argv = shlex.split(line)
+    state().close()
+    os.execvp(argv[0], argv)
+
+
+@tasks.command("shell")
+@click.argument("task_id")
+@click.option("-c", "--command", help="Run this command and exit with its status.")
+def shell(task_id: str, command: str | None) -> None:
+    """Open an interactive shell in a task, or run one command with -c."""
+    if command is None and not sys.stdin.isatty():
+        raise click.UsageError("an interactive shell needs a terminal; use -c COMMAND")
+    result = state().client().shell(task_id, command=command, echo=True)
+    if command is not None:
+        code = result.exit_status if result.exit_status is not None else 1
+        raise click.exceptions.Exit(code)
+
+
+@tasks.command("upload")
+@click.argument("task_id")
+@click.argument("source_dir", default=".", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--target",
+    "target_dir",
+    default="/workspace",
+    show_default=True,
+    help="Remote directory (inside the task).",
+)
+@json_option
+def upload(task_id: str, source_dir: str, target_dir: str, as_json: bool) -> None:
+    """Upload SOURCE_DIR (honouring .gitignore and .flowignore) to a running task."""
+    result = (
+        state().client().upload_code_to_task(task_id, source_dir=source_dir, target_dir=target_dir)
+    )
+    if wants_json(as_json):
+        emit_json(result)
+        return
+    click.echo(f"uploaded {result.files} files ({result.bytes} bytes) to {result.target_dir}")
+    for skipped in result.skipped:
+        click.echo(f"skipped {skipped}", err=True)
+
+
+@tasks.command("get", hidden=True)
+@click.argument("task_id")
+@json_option
+def get(task_id: str, as_json: bool) -> None:
+    """Show one task (the same as 'status TASK_ID')."""
+    click.get_current_context().invoke(status, task_id=task_id, as_json=as_json)
