@@ -1,0 +1,181 @@
+"""Shared benchmark helpers: a private home, medians, and ratio printing."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+def private_home() -> str:
+    """Point VI_FLOW_HOME at a fresh temporary directory and return it."""
+    home = tempfile.mkdtemp(prefix="vi-flow-bench-")
+    os.environ["VI_FLOW_HOME"] = home
+    return home
+
+
+async def rate(fn: Callable[[], Awaitable[None]], *, count: int) -> float:
+    """Run ``fn`` ``count`` times and return calls per second."""
+    started = time.perf_counter()
+    for _ in range(count):
+        await fn()
+    return count / (time.perf_counter() - started)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(title: str, rows: list[tuple[str, float, float]], unit: str, goal: float) -> None:
+    """Print ``name: ours vs baseline = ratio`` lines and whether each meets the goal."""
+    print(f"\n{title}")
+    for name, ours, base in rows:
+        ratio = ours / base if base else float("nan")
+        verdict = "ok" if ratio >= goal else "BELOW GOAL"
+        print(
+            f"  {name:<28} vi_flow {ours:>10.0f} {unit}  baseline {base:>10.0f} {unit}  ratio {ratio:4.2f}  (goal >= {goal}) {verdict}"
+        )
+
+
+# --------------------------------------------------------------------------- added for the
+# event, log and Slurm benchmarks: a server in its own process, percentiles, RSS, --quick.
+
+
+def private_config_dir() -> str:
+    """Point VI_FLOW_CONFIG_DIR at a fresh temporary directory (SSH keys, known_hosts)."""
+    config = tempfile.mkdtemp(prefix="vi-flow-bench-config-")
+    os.environ["VI_FLOW_CONFIG_DIR"] = config
+    atexit.register(shutil.rmtree, config, ignore_errors=True)
+    return config
+
+
+def quick_flag() -> bool:
+    """Whether ``--quick`` was given (other arguments, such as nox posargs, are ignored)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--quick", action="store_true")
+    known, _ = parser.parse_known_args()
+    return bool(known.quick)
+
+
+@attrs.frozen
+class ServerProcess:
+    """A ``vi-flow serve`` running in its own process, so client and server never share a GIL."""
+
+    base_url: str
+    api_key: str
+    home: Path
+    process: subprocess.Popen[bytes]
+
+
+_LISTENING = re.compile(rb"listening on (http://\S+/v1)")
+
+
+@contextlib.contextmanager
+def server_process(
+    *args: str, env: dict[str, str] | None = None, start_timeout: float = 60.0
+) -> Iterator[ServerProcess]:
+    """Run ``vi-flow serve --port 0`` on 127.0.0.1 with a fresh home; stop it with SIGTERM.
+
+    The home (a run of a million events takes hundreds of MB) is deleted afterwards.
+
+    Args:
+        *args: More ``vi-flow serve`` options (``--provider slurm``...).
+        env: Environment of the server (default: this process's).
+        start_timeout: Seconds to wait for the "listening on" line.
+    """
+    home = Path(tempfile.mkdtemp(prefix="vi-flow-bench-server-"))
+    log_path = home / "server.log"
+    argv = [sys.executable, "-m", "vi_flow.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*argv, "--home", str(home), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    try:
+        url = _wait_listening(proc, log_path, start_timeout)
+        token = (home / "admin-token").read_text().strip()
+        yield ServerProcess(base_url=url, api_key=token, home=home, process=proc)
+    finally:
+        _stop(proc)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path, limit: float) -> str:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = _LISTENING.search(log_path.read_bytes())
+        if found:
+            return found.group(1).decode()
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = log_path.read_bytes()[-2000:].decode("utf-8", "replace")
+    raise RuntimeError(f"vi-flow serve did not start (exit {proc.poll()}):\n{tail}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, nearest-rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def rss_mb() -> tuple[float, float]:
+    """This process's resident set and its peak (VmRSS, VmHWM) in MB, from /proc/self/status."""
+    fields: dict[str, float] = {}
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith((b"VmRSS:", b"VmHWM:")):
+                name, value = line.split(b":", 1)
+                fields[name.decode()] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", float("nan")), fields.get("VmHWM", float("nan"))
+
+
+def compute_client(**kwargs: Any) -> Any:
+    """``vi_flow.AsyncClient(**kwargs)`` with the task methods, wired here if the lead has not yet."""
+    import vi_flow
+    from vi_flow.compute import ComputeMethods
+
+    if issubclass(vi_flow.AsyncClient, ComputeMethods):
+        return vi_flow.AsyncClient(**kwargs)
+    from vi_flow.resources.ssh_keys import AsyncSSHKeys
+    from vi_flow.resources.tasks import AsyncTasks
+
+    class _ComputeClient(ComputeMethods, vi_flow.AsyncClient):  # type: ignore[misc]
+        def _init(self, http: Any, *, owner: bool) -> None:
+            super()._init(http, owner=owner)  # type: ignore[misc]
+            client: Any = self
+            self.tasks = AsyncTasks(client)
+            self.ssh_keys = AsyncSSHKeys(client)
+
+    return _ComputeClient(**kwargs)
