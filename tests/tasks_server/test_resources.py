@@ -234,3 +234,21 @@ async def test_gpu_reservation_is_honoured(start_server: StartServer) -> None:
         await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
     await server.call("DELETE", f"/reservations/{reservation['reservationId']}")
     assert (await server.wait(both["taskId"]))["status"] == "completed"
+
+
+@pytest.mark.anyio
+async def test_memory_asked_for_is_held_while_a_task_runs(start_server: StartServer) -> None:
+    server = await start_server(local_cpus=4, local_gpus=[], local_memory_gb=8)
+    big = await server.submit(command="sleep 30", memoryGb=6)
+    await server.wait(big["taskId"], until={"running"})
+    second = await server.submit(command="echo second", memoryGb=4)
+    small = await server.submit(command="echo small", memoryGb=2)
+    untracked = await server.submit(command="echo untracked")
+    assert (await server.wait(small["taskId"]))["status"] == "completed"
+    assert (await server.wait(untracked["taskId"]))["status"] == "completed"
+    waiting = (await server.call("GET", f"/tasks/{second['taskId']}")).body
+    assert waiting["status"] == "pending" and waiting["reason"] == "WaitingForCapacity"
+    await server.call("POST", f"/tasks/{big['taskId']}/cancel", json={"force": True})
+    assert (await server.wait(second["taskId"]))["status"] == "completed"
+    too_big = await server.call("POST", "/tasks", json={"command": "true", "memoryGb": 9})
+    assert too_big.status == 422 and "this machine has 8 GB" in too_big.body["error"]["message"]

@@ -1,9 +1,10 @@
-"""Capacity accounting for the local scheduler: which CPUs and GPUs are free for whom.
+"""Capacity accounting for the local scheduler: which CPUs, memory and GPUs are free.
 
 The machine's CPUs and GPUs form two kinds of pool: the general pool (what no active
 reservation holds) and one pool per active reservation. :func:`free_capacity` says what
 is free in a pool given the jobs launching or running now, :func:`fit` picks the GPU ids
-a queued task gets if it can start now, and the reservation checks decide whether a task
+a queued task gets if it can start now (memory is one machine-wide pool that tasks asking
+for ``memory_gb`` draw from; reservations do not hold memory), and the reservation checks decide whether a task
 bound to a reservation may wait for it (:func:`check_reservation_fits`) or must fail
 because the reservation ended (:func:`reservation_ended`). Pure functions over the
 :class:`~vi_flow.server.providers.local_machine.Machine`, the
@@ -24,6 +25,7 @@ __all__ = [
     "check_reservation_fits",
     "fit",
     "free_capacity",
+    "free_memory_gb",
     "next_boundary",
     "reservation_ended",
 ]
@@ -77,7 +79,7 @@ def next_boundary(reservations: ReservationBook) -> float:
 def fit(
     machine: Machine, reservations: ReservationBook, jobs: Iterable[Job], spec: LaunchSpec, now: int
 ) -> list[int] | None:
-    """GPU ids to give ``spec`` if its CPUs and GPUs are free now, else ``None``."""
+    """GPU ids to give ``spec`` if its CPUs, memory and GPUs are free now, else ``None``."""
     if spec.reservation_id and reservations.status(spec.reservation_id, now) != (
         ReservationStatus.ACTIVE
     ):
@@ -85,6 +87,8 @@ def fit(
     free_cpus, free_gpus = free_capacity(machine, reservations, jobs, spec.reservation_id, now)
     placement = spec.placement
     if placement.cpus > free_cpus:
+        return None
+    if placement.memory_gb > free_memory_gb(machine, jobs):
         return None
     matching = [
         g.index
@@ -94,6 +98,12 @@ def fit(
     if len(matching) < placement.gpu_count:
         return None
     return matching[: placement.gpu_count]
+
+
+def free_memory_gb(machine: Machine, jobs: Iterable[Job]) -> float:
+    """Memory (GB) that no launching or running task has asked for."""
+    running = [j for j in jobs if j.state in ("launching", "running")]
+    return machine.memory_gb - sum(j.spec.placement.memory_gb or 0 for j in running)
 
 
 def free_capacity(
