@@ -252,3 +252,28 @@ async def test_memory_asked_for_is_held_while_a_task_runs(start_server: StartSer
     assert (await server.wait(second["taskId"]))["status"] == "completed"
     too_big = await server.call("POST", "/tasks", json={"command": "true", "memoryGb": 9})
     assert too_big.status == 422 and "this machine has 8 GB" in too_big.body["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_auto_renew_reservation_rolls_on_until_cancelled(server: TaskServer) -> None:
+    hours = 1.5 / 3600  # a 1.5 s window
+    body = {"cpus": 1, "durationHours": hours, "autoRenew": True, "name": "rolling"}
+    rolling = (await server.call("POST", "/reservations", json=body)).body
+    plain = (
+        await server.call("POST", "/reservations", json={"cpus": 1, "durationHours": hours})
+    ).body
+    first_end = rolling["endTime"]
+    later = {"cpus": 2, "startTime": first_end + 3_600_000, "durationHours": 1}
+    refused = await server.call("POST", "/reservations", json=later)
+    assert refused.status == 422  # the rolling one holds its CPU from its start on
+    await asyncio.sleep(2.0)
+    listed = {r["name"]: r for r in (await server.call("GET", "/reservations")).body["items"]}
+    renewed = listed["rolling"]
+    assert renewed["status"] == "active" and renewed["endTime"] > first_end
+    assert renewed["endTime"] - renewed["startTime"] == first_end - rolling["startTime"]
+    assert listed[plain["name"]]["status"] == "expired"
+    task = await server.submit(command="echo inside", reservationId=rolling["reservationId"])
+    assert (await server.wait(task["taskId"]))["status"] == "completed"
+    cancelled = await server.call("DELETE", f"/reservations/{rolling['reservationId']}")
+    assert cancelled.body["status"] == "cancelled"
+    assert (await server.call("POST", "/reservations", json=later)).status == 201

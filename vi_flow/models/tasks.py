@@ -506,7 +506,8 @@ class ReservationRequest:
         start_time: Window start in ms since the epoch (now when omitted).
         duration_hours: Window length.
         name: Display name.
-        auto_renew: Accepted for the seed's signature; the local provider does not renew.
+        auto_renew: Start a new window of the same length each time one ends, until
+            cancelled (the capacity is held open-ended from the start).
     """
 
     gpu: str | None = None

@@ -35,7 +35,8 @@ class AsyncReservations(AsyncResource):
             start_time: Window start, ms since the epoch (now when omitted).
             duration_hours: Window length.
             name: Display name.
-            auto_renew: Renew at the end of the window (where the provider can).
+            auto_renew: Start a new window of the same length each time one ends, until
+                cancelled; the capacity is checked open-ended when it is made.
 
         Raises:
             UnprocessableEntityError: The window cannot be held (the message says what is free).

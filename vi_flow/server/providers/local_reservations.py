@@ -4,7 +4,9 @@
 written atomically from a worker thread) and answers the scheduler's questions: which
 reservations are active now, what a window leaves free, and where a new one would fit.
 A reservation's status follows the clock (``scheduled`` -> ``active`` -> ``expired``)
-unless it was cancelled.
+unless it was cancelled. An ``auto_renew`` reservation starts a new window of the same
+length each time one ends, until cancelled: it is checked against every later window
+when made (it holds its capacity open-ended), so a renewal can never fail.
 """
 
 from __future__ import annotations
@@ -27,27 +29,49 @@ from ...models.tasks import (
 from .base import CapacityError, InvalidRequest, Placement
 from .local_machine import Machine
 
-__all__ = ["ReservationBook", "reservation_status"]
+__all__ = ["FOREVER", "ReservationBook", "reservation_status", "window_end"]
 
 
 def _now() -> int:
     return int(time.time() * 1000)
 
 
+#: The end of an auto-renewing reservation's hold (ms): it renews until cancelled.
+FOREVER = 2**62
+
+
+def _renews(res: Reservation) -> bool:
+    return res.auto_renew and res.status != ReservationStatus.CANCELLED
+
+
+def window_end(res: Reservation, now: int) -> int:
+    """The end of ``res``'s window that contains ``now`` (its stored end unless it renews)."""
+    if not _renews(res) or now < res.end_time:
+        return res.end_time
+    period = res.end_time - res.start_time
+    return res.end_time + ((now - res.end_time) // period + 1) * period
+
+
 def reservation_status(res: Reservation, now: int) -> ReservationStatus:
     """The status of ``res`` at ``now`` (ms)."""
     if res.status == ReservationStatus.CANCELLED:
         return res.status
-    if now >= res.end_time:
+    if now >= window_end(res, now):
         return ReservationStatus.EXPIRED
     if now >= res.start_time:
         return ReservationStatus.ACTIVE
     return ReservationStatus.SCHEDULED
 
 
+def _held_until(res: Reservation) -> int:
+    return FOREVER if _renews(res) else res.end_time
+
+
 def _overlaps(res: Reservation, start: int, end: int) -> bool:
     return (
-        res.status != ReservationStatus.CANCELLED and res.start_time < end and start < res.end_time
+        res.status != ReservationStatus.CANCELLED
+        and res.start_time < end
+        and start < _held_until(res)
     )
 
 
@@ -112,14 +136,21 @@ class ReservationBook:
             t
             for r in self._items.values()
             if r.status != ReservationStatus.CANCELLED
-            for t in (r.start_time, r.end_time)
+            for t in (r.start_time, window_end(r, now))
             if t > now
         ]
 
     def all(self) -> list[Reservation]:
-        """Every reservation with its status as of now."""
+        """Every reservation with its status (and current window, if it renews) as of now."""
         now = _now()
-        return [attrs.evolve(r, status=reservation_status(r, now)) for r in self._items.values()]
+        return [self._as_of(r, now) for r in self._items.values()]
+
+    @staticmethod
+    def _as_of(res: Reservation, now: int) -> Reservation:
+        end = window_end(res, now)
+        start = res.start_time if end == res.end_time else end - (res.end_time - res.start_time)
+        status = reservation_status(res, now)
+        return attrs.evolve(res, status=status, start_time=start, end_time=end)
 
     def window_free(self, gpu_type: str | None, start: int, end: int) -> tuple[int, int]:
         """CPUs and GPUs (of ``gpu_type``; any when ``None``) no reservation holds in the window."""
@@ -142,11 +173,15 @@ class ReservationBook:
             raise InvalidRequest(f"durationHours: must be positive, got {request.duration_hours}")
         start = request.start_time or _now()
         end = start + int(request.duration_hours * 3600 * 1000)
-        cpus, gpus = self.window_free(placement.gpu_type, start, end)
+        held_until = FOREVER if request.auto_renew else end
+        cpus, gpus = self.window_free(placement.gpu_type, start, held_until)
         if placement.cpus > cpus or placement.gpu_count > gpus:
+            window = (
+                "from its start on (it auto-renews)" if request.auto_renew else "in that window"
+            )
             raise CapacityError(
                 f"reservation: asked for {placement.cpus} CPUs and {placement.gpu_count} "
-                f"x {placement.gpu_type or 'GPU'}; free in that window: {cpus} CPUs, {gpus} GPUs"
+                f"x {placement.gpu_type or 'GPU'}; free {window}: {cpus} CPUs, {gpus} GPUs"
             )
         from ..store import new_id
 
@@ -165,7 +200,7 @@ class ReservationBook:
         )
         self._items[res.reservation_id] = res
         await self._save()
-        return attrs.evolve(res, status=reservation_status(res, _now()))
+        return self._as_of(res, _now())
 
     async def cancel(self, reservation_id: str) -> Reservation:
         """Mark a reservation cancelled.
@@ -191,7 +226,7 @@ class ReservationBook:
                 t
                 for r in self._items.values()
                 if _overlaps(r, start, end)
-                for t in (r.start_time, r.end_time)
+                for t in (r.start_time, _held_until(r))
                 if start < t < end
             }
         )
