@@ -11,68 +11,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import attrs
 import orjson
 import pytest
-from aiohttp import web
 
+from tests.live_server import LiveServer, Starter
 from vi_flow._sse import ServerSentEvent, iter_sse
-from vi_flow.server.app import create_app
-from vi_flow.server.bootstrap import read_admin_token
 from vi_flow.server.state import ServerSettings
 
 
-@attrs.define
-class Answer:
-    """One HTTP answer: status, decoded JSON body and headers."""
-
-    status: int
-    body: Any
-    headers: Any
-
-
-@attrs.define
-class Server:
-    """A running server and a raw aiohttp session to call it with."""
-
-    root: str
-    token: str
-    home: Path
-    app: web.Application
-    session: aiohttp.ClientSession
-    runner: web.AppRunner
-
-    async def stop(self) -> None:
-        """Stop the server gracefully (as a restart would)."""
-        await self.runner.cleanup()
-
-    def headers(
-        self, token: str | None = None, extra: dict[str, str] | None = None
-    ) -> dict[str, str]:
-        """Authorization plus ``extra``."""
-        return {"Authorization": f"Bearer {token or self.token}", **(extra or {})}
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        token: str | None = None,
-        headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
-    ) -> Answer:
-        """Call ``/v1<path>`` with the admin token unless ``token`` is given."""
-        async with self.session.request(
-            method,
-            f"{self.root}/v1{path}",
-            json=json,
-            params=params,
-            headers=self.headers(token, headers),
-        ) as resp:
-            raw = await resp.read()
-            return Answer(resp.status, orjson.loads(raw) if raw else None, resp.headers)
+class Server(LiveServer):
+    """A running server; ``sse`` reads event streams, ``flow`` creates flows."""
 
     async def sse(
         self,
@@ -109,27 +57,13 @@ StartServer = Callable[..., Awaitable[Server]]
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """Start servers that are stopped after the test."""
-    runners: list[web.AppRunner] = []
-    session = aiohttp.ClientSession()
+    async with Starter(Server) as starter:
 
-    async def start(home: Path | None = None, **settings: Any) -> Server:
-        home = home or tmp_path / "home"
-        settings.setdefault("heartbeat_interval", 0.2)
-        app = create_app(ServerSettings(home=home, **settings))
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        token = read_admin_token(home) or ""
-        return Server(f"http://127.0.0.1:{port}", token, home, app, session, runner)
+        async def start(home: Path | None = None, **settings: Any) -> Server:
+            settings.setdefault("heartbeat_interval", 0.2)
+            return await starter.start(ServerSettings(home=home or tmp_path / "home", **settings))
 
-    yield start
-    await session.close()
-    for runner in runners:
-        if runner.server is not None:
-            await runner.cleanup()
+        yield start
 
 
 @pytest.fixture

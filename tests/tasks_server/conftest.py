@@ -7,60 +7,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import asyncssh
-import attrs
 import pytest
-from aiohttp import web
 
-from vi_flow.server.app import create_app
-from vi_flow.server.bootstrap import read_admin_token
+from tests.live_server import LiveServer, Starter
 from vi_flow.server.state import ServerSettings
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-@attrs.define
-class Answer:
-    """One HTTP answer: status and decoded JSON body (or raw bytes)."""
-
-    status: int
-    body: Any
-    raw: bytes = b""
-
-
-@attrs.define
-class TaskServer:
-    """A running server, its admin token and a raw aiohttp session."""
-
-    root: str
-    token: str
-    home: Path
-    app: web.Application
-    runner: web.AppRunner
-    session: aiohttp.ClientSession
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Any = None,
-        token: str | None = None,
-    ) -> Answer:
-        """Call ``/v1<path>``; the body is JSON when it parses, else raw bytes."""
-        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
-        async with self.session.request(
-            method, f"{self.root}/v1{path}", json=json, params=params, headers=headers
-        ) as resp:
-            raw = await resp.read()
-            try:
-                body = await resp.json(content_type=None) if raw else None
-            except ValueError:
-                body = None
-            return Answer(resp.status, body, raw)
+class TaskServer(LiveServer):
+    """A running server with the local provider; ``submit`` and ``wait`` drive tasks."""
 
     async def submit(self, **config: Any) -> dict[str, Any]:
         """POST a task config (camelCase keys); assert 201."""
@@ -80,10 +38,6 @@ class TaskServer:
                     return dict(task)
                 await asyncio.sleep(0.02)
 
-    async def stop(self) -> None:
-        """Stop the app (runs the cleanup contexts)."""
-        await self.runner.cleanup()
-
 
 StartServer = Callable[..., Awaitable[TaskServer]]
 
@@ -91,26 +45,13 @@ StartServer = Callable[..., Awaitable[TaskServer]]
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """Start task servers (``extra`` goes to ``ServerSettings.extra``); stopped after the test."""
-    runners: list[web.AppRunner] = []
-    session = aiohttp.ClientSession()
+    async with Starter(TaskServer) as starter:
 
-    async def start(home: Path | None = None, **extra: Any) -> TaskServer:
-        home = home or tmp_path / "home"
-        app = create_app(ServerSettings(home=home, extra=extra))
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        token = read_admin_token(home) or ""
-        return TaskServer(f"http://127.0.0.1:{port}", token, home, app, runner, session)
+        async def start(home: Path | None = None, **extra: Any) -> TaskServer:
+            settings = ServerSettings(home=home or tmp_path / "home", extra=extra)
+            return await starter.start(settings)
 
-    yield start
-    await session.close()
-    for runner in runners:
-        if runner.server is not None:
-            await runner.cleanup()
+        yield start
 
 
 @pytest.fixture

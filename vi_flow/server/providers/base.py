@@ -134,6 +134,17 @@ class TaskPaths:
     stderr: Path
     output_dir: Path
 
+    @classmethod
+    def under(cls, root: Path) -> TaskPaths:
+        """The standard layout: ``workspace/``, ``logs/stdout.log``, ``logs/stderr.log``, ``output/``."""
+        return cls(
+            root=root,
+            workdir=root / "workspace",
+            stdout=root / "logs" / "stdout.log",
+            stderr=root / "logs" / "stderr.log",
+            output_dir=root / "output",
+        )
+
 
 @attrs.frozen
 class Mount:

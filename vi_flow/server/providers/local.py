@@ -162,14 +162,7 @@ class LocalProvider:
 
     def task_paths(self, task_id: str) -> TaskPaths:
         """``<home>/tasks/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
-        root = self.home / "tasks" / task_id
-        return TaskPaths(
-            root=root,
-            workdir=root / "workspace",
-            stdout=root / "logs" / "stdout.log",
-            stderr=root / "logs" / "stderr.log",
-            output_dir=root / "output",
-        )
+        return TaskPaths.under(self.home / "tasks" / task_id)
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
         """Nothing: a local task's commands run directly on this machine."""

@@ -206,14 +206,7 @@ class SlurmProvider:
 
     def task_paths(self, task_id: str) -> TaskPaths:
         """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
-        root = self.settings.tasks_dir / task_id
-        return TaskPaths(
-            root=root,
-            workdir=root / "workspace",
-            stdout=root / "logs" / "stdout.log",
-            stderr=root / "logs" / "stderr.log",
-            output_dir=root / "output",
-        )
+        return TaskPaths.under(self.settings.tasks_dir / task_id)
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
         """``srun --jobid=N --overlap`` in the task's workspace (with ``SLURM_CONF`` if set).
