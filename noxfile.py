@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typing, docs, bench, demo and the Slurm suite.
+"""Developer sessions: tests, lint, typing, docs, bench, demo, the Slurm and Ray suites.
 
 Each session installs what it needs into its own virtual environment, so a fresh machine
 with Python and pip needs only ``python -m pip install nox`` first.
@@ -22,9 +22,9 @@ MYPY = "mypy==2.4.1"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite against the embedded local server (Slurm tests excluded)."""
+    """Run the test suite against the embedded local server (Slurm and Ray tests excluded)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not slurm", *session.posargs)
+    session.run("pytest", "-m", "not slurm and not ray", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -33,6 +33,14 @@ def tests_slurm(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     env = {"VI_FLOW_REQUIRE_SLURM": "1"}
     session.run("pytest", "-m", "slurm", "tests/slurm", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def tests_ray(session: nox.Session) -> None:
+    """Run the Ray provider tests and the seed 002 examples against a real local Ray head."""
+    session.install("-e", ".[test,ray]")
+    env = {"VI_FLOW_REQUIRE_RAY": "1"}
+    session.run("pytest", "-m", "ray", "tests/ray", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

@@ -27,7 +27,7 @@ __all__ = ["serve"]
 )
 @click.option(
     "--provider",
-    type=click.Choice(["local", "slurm"]),
+    type=click.Choice(["local", "slurm", "ray"]),
     default="local",
     show_default=True,
     help="Where tasks run.",
@@ -52,6 +52,7 @@ __all__ = ["serve"]
     help="File with the JWT from 'scontrol token' (provider slurm).",
 )
 @click.option("--slurm-partition", help="Partition for task jobs (provider slurm).")
+@click.option("--ray-url", help="Ray dashboard (Jobs API) URL (provider ray).")
 def serve(
     host: str,
     port: int,
@@ -63,6 +64,7 @@ def serve(
     slurm_user: str | None,
     slurm_token_file: Path | None,
     slurm_partition: str | None,
+    ray_url: str | None,
 ) -> None:
     """Run the local vi-flow server until Ctrl-C or SIGTERM.
 
@@ -81,6 +83,11 @@ def serve(
     slurm = {k: v for k, v in slurm.items() if v is not None}
     if slurm and provider != "slurm":
         raise click.UsageError("--slurm-* options need --provider slurm")
+    if ray_url and provider != "ray":
+        raise click.UsageError("--ray-url needs --provider ray")
+    extra: dict[str, object] = {"slurm": slurm} if slurm else {}
+    if ray_url:
+        extra["ray"] = {"url": ray_url}
     settings = ServerSettings(
         home=(home or default_home()).expanduser(),
         host=host,
@@ -88,6 +95,6 @@ def serve(
         provider=provider,
         llm_base_url=llm_base_url,
         llm_api_key=llm_api_key,
-        extra={"slurm": slurm} if slurm else {},
+        extra=extra,
     )
     run_server(settings)

@@ -2,7 +2,7 @@
 
 Every provider implements :class:`~vi_flow.server.providers.base.ComputeProvider`. A
 provider module exposes ``create(settings) -> ComputeProvider``; :func:`create_provider`
-imports the one named in the settings (``local`` or ``slurm``) only when it is used.
+imports the one named in the settings (``local``, ``slurm`` or ``ray``) only when it is used.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = [
 PROVIDERS: dict[str, str] = {
     "local": "vi_flow.server.providers.local",
     "slurm": "vi_flow.server.providers.slurm",
+    "ray": "vi_flow.server.providers.ray",
 }
 """Provider name -> module exposing ``create(settings) -> ComputeProvider``."""
 

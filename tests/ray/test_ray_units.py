@@ -1,0 +1,116 @@
+"""The Ray provider's pieces that need no cluster: settings, catalog, and the entry point
+(run here with ``/bin/sh``, as Ray's job supervisor runs it)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vi_flow.models.tasks import TaskConfig
+from vi_flow.server.providers import PROVIDERS, CapacityError
+from vi_flow.server.providers._ray_api import RayJob, RayNode
+from vi_flow.server.providers._ray_catalog import catalog, placement
+from vi_flow.server.providers._ray_entrypoint import (
+    ENV_FILE,
+    entrypoint,
+    prepare,
+    read_exit_code,
+    read_started,
+    revoke,
+)
+from vi_flow.server.providers.base import LaunchSpec, Placement, TaskPaths
+from vi_flow.server.providers.ray import RaySettings
+from vi_flow.server.state import ServerSettings
+
+NODE = {
+    "node_id": "n1",
+    "state": "ALIVE",
+    "resources_total": {"CPU": 2.0, "GPU": 4.0, "memory": 8 * 1024**3, "accelerator_type:H100": 1},
+}
+
+
+def test_settings_come_from_extra_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VI_FLOW_RAY_URL", raising=False)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:7000")
+    settings = RaySettings.from_server_settings(ServerSettings(home=tmp_path))
+    assert settings.url == "http://127.0.0.1:7000"
+    assert settings.tasks_dir == tmp_path / "ray" / "tasks"
+    monkeypatch.setenv("VI_FLOW_RAY_URL", "http://127.0.0.1:7001/")
+    assert RaySettings.from_server_settings(ServerSettings(home=tmp_path)).url.endswith(":7001")
+    given = ServerSettings(home=tmp_path, extra={"ray": {"url": "http://h:1", "poll_interval": 1}})
+    assert RaySettings.from_server_settings(given).url == "http://h:1"
+    assert PROVIDERS["ray"] == "vi_flow.server.providers.ray"
+
+
+def test_catalog_and_placement_from_the_node_list() -> None:
+    busy = RayNode.from_api(NODE, {"GPU": [3.0, 4.0], "CPU": [1.0, 2.0]})
+    assert (busy.gpu_type, busy.accelerator, busy.free_gpus, busy.memory_gb) == (
+        "h100",
+        "H100",
+        1,
+        8,
+    )
+    found = {i.instance_type: i.available for i in catalog([busy])}
+    assert found == {"cpu": True, "h100": True, "2xh100": False, "4xh100": False}
+    assert placement(TaskConfig(command="x", gpu="h100:2"), [busy]).instance_type == "2xh100"
+    with pytest.raises(CapacityError, match=r"'a100'.*h100 \(up to 4 per node\)"):
+        placement(TaskConfig(command="x", gpu="a100"), [busy])
+    with pytest.raises(CapacityError, match="at most 2"):
+        placement(TaskConfig(command="x", cpus=3), [busy])
+    dead = RayNode.from_api({**NODE, "state": "DEAD"}, {})
+    with pytest.raises(CapacityError, match="no GPUs"):
+        placement(TaskConfig(command="x", gpu="h100"), [dead])
+
+
+def test_job_record_keeps_only_the_first_line_of_rays_message() -> None:
+    job = RayJob.from_api(
+        {
+            "submission_id": "t",
+            "status": "FAILED",
+            "message": "failed\nlog tail",
+            "start_time": 5000,
+        }
+    )
+    assert (job.state, job.message, job.start_time, job.terminal) == ("FAILED", "failed", 5.0, True)
+
+
+def _spec(root: Path, argv: list[str], env: dict[str, str]) -> LaunchSpec:
+    paths = TaskPaths(
+        root, root / "work space", root / "logs" / "o.log", root / "logs" / "e.log", root / "out"
+    )
+    config = TaskConfig(command=argv)
+    return LaunchSpec("task_1", "org", config, Placement("cpu"), argv, env, paths)
+
+
+def _run(spec: LaunchSpec, gpus: str = "") -> int:
+    env = {"PATH": os.environ["PATH"], "CUDA_VISIBLE_DEVICES": gpus}
+    return subprocess.run(["/bin/sh", "-c", entrypoint(spec)], env=env, timeout=10).returncode
+
+
+def test_entry_point_runs_the_command_with_its_secret_env(tmp_path: Path) -> None:
+    root = tmp_path / "it's here"
+    spec = _spec(
+        root, ["/bin/sh", "-c", 'echo "$TOKEN" "$(pwd)"; echo err >&2; exit 7'], {"TOKEN": "a b'c"}
+    )
+    prepare(spec)
+    assert stat.S_IMODE((root / ENV_FILE).stat().st_mode) == 0o600
+    assert _run(spec, "2,3") == 7
+    assert spec.paths.stdout.read_text() == f"a b'c {spec.paths.workdir}\n"
+    assert spec.paths.stderr.read_text() == "err\n"
+    assert read_exit_code(spec.paths) == 7
+    started = read_started(spec.paths)
+    assert started is not None and started.gpu_ids == (2, 3)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".vi-flow-env")) == []
+
+
+def test_a_revoked_token_means_the_command_never_runs(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, ["touch", str(tmp_path / "ran")], {})
+    prepare(spec)
+    assert revoke(spec.paths) is True
+    assert _run(spec) == 0
+    assert not (tmp_path / "ran").exists() and read_started(spec.paths) is None
+    assert revoke(spec.paths) is False  # nothing left to take

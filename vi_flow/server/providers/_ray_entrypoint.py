@@ -1,0 +1,144 @@
+"""The shell entry point a vi_flow task runs as on Ray, and the files it shares with us.
+
+Ray's Jobs API shows a job's ``entrypoint``, ``runtime_env`` and ``metadata`` to anyone who
+can reach the dashboard, so none of them carries the task's environment. It goes into a
+mode-0600 file in the task directory (:data:`ENV_FILE`) that doubles as the task's *start
+token*: the entry point claims it with an atomic ``mv`` before it runs anything, and a
+cancel revokes it with an atomic unlink. Exactly one of the two wins, so a job cancelled
+while Ray still has it PENDING (Ray cannot stop those: its stop answers ``true`` and the
+job starts later) finds no token when it starts and exits without running the command.
+
+The entry point then writes :data:`STARTED_FILE` (the ``CUDA_VISIBLE_DEVICES`` Ray gave
+it; its mtime is when the command began), sources and deletes the environment, runs the
+command with stdout/stderr appended to the task's log files, and writes the command's
+exit status to :data:`EXIT_FILE` (Ray's record keeps only a sentence about it). Blocking
+helpers here run in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+from pathlib import Path
+
+import attrs
+
+from ._slurm_jobs import write_secret_file
+from .base import LaunchSpec, TaskPaths
+
+__all__ = [
+    "CLAIMED_FILE",
+    "ENV_FILE",
+    "EXIT_FILE",
+    "STARTED_FILE",
+    "Started",
+    "entrypoint",
+    "forget_secrets",
+    "prepare",
+    "read_exit_code",
+    "read_started",
+    "revoke",
+]
+
+#: The environment, mode 0600, until the entry point claims it (the start token).
+ENV_FILE = ".vi-flow-env"
+#: The claimed environment, deleted as soon as the entry point has read it.
+CLAIMED_FILE = ".vi-flow-env.claimed"
+#: Written when the command starts: the GPUs Ray assigned.
+STARTED_FILE = ".vi-flow-started"
+#: The command's exit status, written when it ends.
+EXIT_FILE = ".vi-flow-exit"
+#: What the entry point exits with when the token was revoked (never a command's status
+#: here: the provider stops watching a cancelled job's outcome).
+REVOKED_EXIT = 0
+
+
+def entrypoint(spec: LaunchSpec) -> str:
+    """The ``/bin/sh`` command line Ray runs for ``spec`` (every path quoted)."""
+    paths = spec.paths
+    root = paths.root
+
+    def q(path: Path | str) -> str:
+        return shlex.quote(str(path))
+
+    token, claimed = q(root / ENV_FILE), q(root / CLAIMED_FILE)
+    lines = [
+        f"cd {q(paths.workdir)} || exit 127",
+        f"mv {token} {claimed} 2>/dev/null || "
+        f"{{ echo 'vi_flow: task {spec.task_id} was cancelled before it started' >&2; "
+        f"exit {REVOKED_EXIT}; }}",
+        f'printf "%s\\n" "${{CUDA_VISIBLE_DEVICES-}}" > {q(root / STARTED_FILE)}',
+        f". {claimed}; rm -f {claimed}",
+        f"{shlex.join(spec.argv)} >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
+        "rc=$?",
+        f'printf "%s\\n" "$rc" > {q(root / EXIT_FILE)}',
+        'exit "$rc"',
+    ]
+    return "\n".join(lines)
+
+
+def prepare(spec: LaunchSpec) -> None:
+    """Make the task's directories, mounts and start token; clear markers of a past run."""
+    paths = spec.paths
+    for directory in (paths.workdir, paths.output_dir, paths.stdout.parent, paths.stderr.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    for mount in spec.mounts:
+        visible = mount.visible_path
+        if visible != mount.host_path and not visible.exists():
+            visible.parent.mkdir(parents=True, exist_ok=True)
+            visible.symlink_to(mount.host_path, target_is_directory=True)
+    for name in (STARTED_FILE, EXIT_FILE, CLAIMED_FILE):
+        (paths.root / name).unlink(missing_ok=True)
+    write_secret_file(paths.root / ENV_FILE, spec.env)
+
+
+def revoke(paths: TaskPaths) -> bool:
+    """Take the start token away; True when the command had not started (and now never
+    will), False when the entry point had already claimed it."""
+    try:
+        (paths.root / ENV_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def forget_secrets(paths: TaskPaths) -> None:
+    """Delete whatever is left of the environment once the job has ended."""
+    for name in (ENV_FILE, CLAIMED_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (paths.root / name).unlink()
+
+
+@attrs.frozen
+class Started:
+    """What the entry point recorded when the command started.
+
+    Attributes:
+        time: Epoch seconds (the marker's mtime).
+        gpu_ids: The device indices in ``CUDA_VISIBLE_DEVICES`` (empty without GPUs).
+    """
+
+    time: float
+    gpu_ids: tuple[int, ...]
+
+
+def read_started(paths: TaskPaths) -> Started | None:
+    """The start marker, or None while the command has not started."""
+    marker = paths.root / STARTED_FILE
+    try:
+        stamp = os.stat(marker).st_mtime
+        text = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    ids = tuple(int(part) for part in text.split(",") if part.strip().isdigit())
+    return Started(stamp, ids)
+
+
+def read_exit_code(paths: TaskPaths) -> int | None:
+    """The command's exit status, or None when it did not end by itself."""
+    try:
+        text = (paths.root / EXIT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None
