@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -97,3 +98,28 @@ def test_two_homes_get_two_servers(tmp_path: Path) -> None:
     finally:
         embedded.release(one)
         embedded.release(two)
+
+
+def test_a_stuck_shutdown_step_does_not_hang_or_fail_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup step that never ends is cancelled after the stop timeout, and logged."""
+    from vi_flow.server import serve
+
+    real_create_app = serve.create_app
+
+    async def stuck(app: Any) -> None:
+        await asyncio.Event().wait()
+
+    def create_app_with_a_stuck_cleanup(settings: Any) -> Any:
+        app = real_create_app(settings)
+        app.on_cleanup.insert(0, stuck)
+        return app
+
+    monkeypatch.setattr(serve, "create_app", create_app_with_a_stuck_cleanup)
+    monkeypatch.setattr(embedded, "_STOP_TIMEOUT", 0.5)
+    server = embedded.acquire(tmp_path / "home")
+    assert _call(server, "GET", "/health") == {"status": "ok"}
+    embedded.release(server)  # returns, does not raise
+    assert not _running(server)
+    assert "did not stop within" in caplog.text and "stuck" in caplog.text

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import logging
 import os
 import threading
 from pathlib import Path
@@ -24,7 +26,13 @@ from .state import ServerSettings
 
 __all__ = ["EmbeddedServer", "acquire", "release"]
 
+log = logging.getLogger("vi_flow.server")
+
 _START_TIMEOUT = 60.0
+#: How long a graceful stop may take before the server's leftover work is cancelled.
+#: Every step of the shutdown is bounded by itself; this guards ``close()`` from a
+#: step that is not, so a client's ``close()`` never hangs or raises for the server.
+_STOP_TIMEOUT = 30.0
 
 
 class EmbeddedServer:
@@ -76,10 +84,33 @@ class EmbeddedServer:
         runner, self._runner = self._runner, None
         if runner is not None and self._thread.is_alive():
             future = asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop)
-            future.result(timeout=_START_TIMEOUT)
+            try:
+                future.result(timeout=_STOP_TIMEOUT)
+            except concurrent.futures.TimeoutError:
+                log.warning(
+                    "the embedded server for %s did not stop within %.0f s; cancelling what "
+                    "is left: %s",
+                    self.home,
+                    _STOP_TIMEOUT,
+                    self._pending_work(),
+                )
+                future.cancel()
         self._loop.call_soon_threadsafe(self._loop.stop)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=_START_TIMEOUT)
+
+    def _pending_work(self) -> str:
+        """The server loop's unfinished coroutines, for the log (best effort)."""
+
+        async def describe() -> str:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            return ", ".join(sorted(repr(t.get_coro()) for t in tasks)) or "nothing"
+
+        try:
+            return asyncio.run_coroutine_threadsafe(describe(), self._loop).result(timeout=5)
+        except concurrent.futures.TimeoutError:
+            return "unknown (the server loop does not answer)"
 
     def __repr__(self) -> str:
         return f"<EmbeddedServer {self.base_url} home={str(self.home)!r} refs={self._refs}>"
