@@ -19,7 +19,9 @@ stops jobs past ``max_run_time`` itself. Ray cannot stop a PENDING job (the stop
 a task that had not started is reported ``cancelled`` at once and its job, whenever Ray
 starts it, exits without running the command; the poller stops it if it shows up RUNNING
 and deletes its record once it ends. A job stopped with ``ray job stop`` or the dashboard
-is reported ``cancelled`` with reason ``CancelledOutsideViFlow``.
+is reported ``cancelled`` with reason ``CancelledOutsideViFlow``. The sink, the poller,
+recovery, the node list cache and volumes come from :class:`._polling.PollingJobProvider`;
+this module owns what is Ray's.
 
 Settings come from ``ServerSettings.extra["ray"]`` (the keys of :class:`RaySettings`),
 else ``VI_FLOW_RAY_URL`` (or ``RAY_API_SERVER_ADDRESS``), ``VI_FLOW_RAY_TASKS_DIR``,
@@ -39,22 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ...models.tasks import (
-    AvailabilitySlot,
-    AvailableInstance,
-    Reservation,
-    ReservationRequest,
-    TaskConfig,
-    TaskStatus,
-)
+from ...models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
+from ._polling import PollingJobProvider, now_ms, own_outcome
 from ._ray_api import (
     RayAuthError,
     RayConnectionError,
@@ -85,8 +78,6 @@ from .base import (
     RunningTask,
     TaskPaths,
     TaskUpdate,
-    UnsupportedOperation,
-    UpdateSink,
 )
 
 if TYPE_CHECKING:
@@ -130,11 +121,7 @@ class _Tracked:
     reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class RayProvider:
+class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
     """Runs vi_flow tasks as Ray jobs through the dashboard's Jobs REST API.
 
     Args:
@@ -143,88 +130,39 @@ class RayProvider:
     """
 
     name = "ray"
+    _backend = "Ray"
+    _backend_error = RayError
 
     def __init__(self, settings: RaySettings, *, api: RayJobsClient | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.api = api or RayJobsClient(
             settings.url, token_file=settings.token_file, timeout=settings.timeout
         )
-        self._sink: UpdateSink | None = None
-        self._tracked: dict[str, _Tracked] = {}
         # cancelled before they started: already reported, watched until Ray ends them
         self._draining: dict[str, _Tracked] = {}
-        self._poller: asyncio.Task[None] | None = None
-        self._nodes: list[RayNode] = []
-        self._nodes_at = -1e9
 
     def __repr__(self) -> str:
         return f"RayProvider(url={self.settings.url!r})"
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- backend hooks -------------------------------------------------------------------
 
-    async def start(self, sink: UpdateSink) -> None:
-        """Remember ``sink``, check that the dashboard answers (a warning if not), poll."""
-        self._sink = sink
-        try:
-            version = await self.api.version()
-            logger.info("Ray provider on %s (Ray %s)", self.settings.url, version)
-        except RayError as exc:
-            logger.warning("Ray is not usable yet: %s", exc.message)
-        self._poller = asyncio.create_task(self._poll_forever(), name="vi-flow-ray-poller")
+    async def _backend_version(self) -> str:
+        return f"Ray {await self.api.version()}"
 
-    async def close(self) -> None:
-        """Stop polling and close the HTTP session; Ray jobs keep running."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+    async def _fetch_nodes(self) -> list[RayNode]:
+        return await self.api.list_nodes()
+
+    async def _close_client(self) -> None:
         await self.api.aclose()
 
-    async def recover(self, tasks: Sequence[RunningTask]) -> None:
-        """Watch the jobs of tasks that were alive; submit those that never reached Ray."""
-        for task in tasks:
-            spec = task.spec
-            if task.provider_id:
-                self._tracked[spec.task_id] = _Tracked(
-                    spec.task_id, task.provider_id, spec.paths, task.status, spec.max_run_time
-                )
-            elif task.status == TaskStatus.PENDING:
-                await self._resubmit(spec)
-            else:
-                message = "the server stopped before the task reached Ray"
-                await self._report(
-                    TaskUpdate(
-                        spec.task_id,
-                        TaskStatus.FAILED,
-                        reason="ServerRestarted",
-                        message=message,
-                        time=_now_ms(),
-                    )
-                )
-        await self._poll_once()
+    def _recovered(self, task: RunningTask, job_id: str) -> _Tracked:
+        spec = task.spec
+        return _Tracked(spec.task_id, job_id, spec.paths, task.status, spec.max_run_time)
 
-    async def _resubmit(self, spec: LaunchSpec) -> None:
-        try:
-            await self.submit(spec)
-        except ProviderError as exc:
-            update = TaskUpdate(
-                spec.task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
-            )
-            await self._report(update)
+    async def _forget_secrets(self, tracked: _Tracked) -> None:
+        await asyncio.to_thread(forget_secrets, tracked.paths)
 
     # -- tasks ---------------------------------------------------------------------------
-
-    def task_paths(self, task_id: str) -> TaskPaths:
-        """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
-        root = self.settings.tasks_dir / task_id
-        return TaskPaths(
-            root=root,
-            workdir=root / "workspace",
-            stdout=root / "logs" / "stdout.log",
-            stderr=root / "logs" / "stderr.log",
-            output_dir=root / "output",
-        )
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
         """Nothing: Ray cannot run a command inside a job, so shells run on the server's
@@ -253,18 +191,8 @@ class RayProvider:
         except RayError as exc:
             await asyncio.to_thread(forget_secrets, spec.paths)
             raise self._provider_error(exc) from None
-        await self._report(
-            TaskUpdate(
-                spec.task_id,
-                TaskStatus.PENDING,
-                reason="WaitingForCapacity",
-                message=f"queued as Ray job {job_id}",
-                provider_id=job_id,
-                time=_now_ms(),
-            )
-        )
-        self._tracked[spec.task_id] = _Tracked(
-            spec.task_id, job_id, spec.paths, TaskStatus.PENDING, spec.max_run_time
+        await self._queued(
+            _Tracked(spec.task_id, job_id, spec.paths, TaskStatus.PENDING, spec.max_run_time)
         )
 
     def _body(self, spec: LaunchSpec) -> dict[str, Any]:
@@ -319,11 +247,7 @@ class RayProvider:
         if unstarted:
             await self._cancel_unstarted(tracked)
             return
-        deadline = time.monotonic() + max(grace, RAY_STOP_WAIT_S) + 5.0
-        while not tracked.reported.is_set() and time.monotonic() < deadline:
-            await self._refresh(tracked)
-            if not tracked.reported.is_set():
-                await asyncio.sleep(0.05)
+        await self._wait_reported(tracked, max(grace, RAY_STOP_WAIT_S) + 5.0)
 
     async def _stop(self, tracked: _Tracked) -> None:
         tracked.stopped_at = time.monotonic()
@@ -344,20 +268,12 @@ class RayProvider:
                 reason="Cancelled",
                 message=message,
                 provider_id=tracked.job_id,
-                time=_now_ms(),
+                time=now_ms(),
             )
         )
         tracked.reported.set()
 
     # -- polling -------------------------------------------------------------------------
-
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                await self._poll_once()
-            except Exception:  # the poller must outlive any one bad answer
-                logger.exception("Ray poll failed")
-            await asyncio.sleep(self.settings.poll_interval)
 
     async def _poll_once(self) -> None:
         watched = [*self._tracked.values(), *self._draining.values()]
@@ -428,22 +344,6 @@ class RayProvider:
             tracked.timed_out = False  # try again on the next poll
             logger.warning("could not stop Ray job %s: %s", tracked.job_id, exc.message)
 
-    async def _finish(
-        self, tracked: _Tracked, update: TaskUpdate, started: TaskUpdate | None = None
-    ) -> None:
-        """Stop watching (once, even when two polls race) and report the end.
-
-        ``started`` is reported first for a command that began and ended between polls.
-        """
-        if self._tracked.pop(tracked.task_id, None) is None:
-            return
-        tracked.status = update.status
-        await asyncio.to_thread(forget_secrets, tracked.paths)
-        if started is not None:
-            await self._report(started)
-        await self._report(update)
-        tracked.reported.set()
-
     def _running(self, tracked: _Tracked, job: RayJob) -> TaskUpdate:
         started = tracked.started
         where = f" on node {job.node_id[:12]}" if job.node_id else ""
@@ -454,7 +354,7 @@ class RayProvider:
             message=f"running as Ray job {tracked.job_id}{where}",
             provider_id=tracked.job_id,
             gpu_ids=list(started.gpu_ids) if started else None,
-            time=int(started.time * 1000) if started else _now_ms(),
+            time=int(started.time * 1000) if started else now_ms(),
         )
 
     async def _ended(self, tracked: _Tracked, job: RayJob, status: TaskStatus) -> TaskUpdate:
@@ -469,21 +369,17 @@ class RayProvider:
             reason=reason,
             message=message,
             provider_id=tracked.job_id,
-            time=int(job.end_time * 1000) if job.end_time else _now_ms(),
+            time=int(job.end_time * 1000) if job.end_time else now_ms(),
         )
 
     @staticmethod
     def _outcome(
         tracked: _Tracked, job: RayJob, status: TaskStatus, exit_code: int | None
     ) -> tuple[str | None, str]:
-        if tracked.timed_out:
-            limit = tracked.max_run_time or 0
-            return "MaxRunTimeExceeded", f"stopped after exceeding max_run_time of {limit:g} s"
-        if status == TaskStatus.COMPLETED:
-            return None, "exited with status 0"
+        known = own_outcome(tracked, status)
+        if known is not None:
+            return known
         if status == TaskStatus.CANCELLED:
-            if tracked.cancel_requested:
-                return "Cancelled", "cancelled by request"
             return (
                 "CancelledOutsideViFlow",
                 f"Ray job {job.submission_id} was stopped outside vi_flow "
@@ -502,62 +398,18 @@ class RayProvider:
             TaskStatus.FAILED,
             reason="JobLost",
             message=f"Ray no longer knows job {tracked.job_id} (deleted, or the cluster restarted)",
-            time=_now_ms(),
+            time=now_ms(),
         )
 
-    async def _report(self, update: TaskUpdate) -> None:
-        if self._sink is None:
-            return
-        try:
-            await self._sink(update)
-        except Exception:  # the sink is the service's; never let it kill the poller
-            logger.exception("task update for %s could not be recorded", update.task_id)
-
     # -- capacity ------------------------------------------------------------------------
-
-    async def _node_list(self, *, fresh: bool) -> list[RayNode]:
-        if fresh or time.monotonic() - self._nodes_at > self.settings.catalog_ttl:
-            try:
-                self._nodes = await self.api.list_nodes()
-            except RayError as exc:
-                raise self._provider_error(exc) from None
-            self._nodes_at = time.monotonic()
-        return self._nodes
 
     async def instances(self) -> list[AvailableInstance]:
         """One entry for CPU-only jobs and one per GPU type and count (1, 2, 4, ... per node)."""
         return catalog(await self._node_list(fresh=True))
 
-    async def create_reservation(self, request: ReservationRequest) -> Reservation:
-        """Not available: Ray has no reservations."""
-        raise UnsupportedOperation(self.name, "create_reservation")
-
     async def list_reservations(self) -> list[Reservation]:
         """None: Ray has no reservations."""
         return []
-
-    async def cancel_reservation(self, reservation_id: str) -> Reservation:
-        """Not available: Ray has no reservations."""
-        raise UnsupportedOperation(self.name, "cancel_reservation")
-
-    async def availability(
-        self, instance_type: str | None, start: int, end: int, duration_ms: int
-    ) -> list[AvailabilitySlot]:
-        """Not available: Ray's scheduler decides when queued jobs start."""
-        raise UnsupportedOperation(self.name, "availability search")
-
-    # -- volumes -------------------------------------------------------------------------
-
-    async def create_volume(self, volume_id: str, size_gb: int) -> Path:
-        """A directory under ``volumes_dir`` (size is not enforced)."""
-        path = self.settings.volumes_dir / volume_id
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        return path
-
-    async def delete_volume(self, volume_id: str) -> None:
-        """Remove the volume's directory."""
-        path = self.settings.volumes_dir / volume_id
-        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
     # -- errors --------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ sink, decoding Slurm's raw wait status, and stops jobs past ``max_run_time`` its
 (Slurm's own time limit, also set, counts whole minutes). Task directories and
 volumes live under directories every node must see (one host in tests). Logs and shells
 go through the server's SSH endpoint like the local provider's: it follows the job's
-output file and runs commands inside the job with ``srun --jobid=N --overlap``.
+output file and runs commands inside the job with ``srun --jobid=N --overlap``. The sink,
+the poller, recovery, the node list cache and volumes come from
+:class:`._polling.PollingJobProvider`; this module owns what is Slurm's.
 
 Settings come from ``ServerSettings.extra["slurm"]`` (a mapping with the keys of
 :class:`SlurmSettings`), else from ``VI_FLOW_SLURM_URL``, ``VI_FLOW_SLURM_USER``,
@@ -26,26 +28,22 @@ cluster's ``KillWait``, since Slurm sends SIGTERM, waits ``KillWait``, then SIGK
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
-import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ...models.tasks import (
-    AvailabilitySlot,
     AvailableInstance,
     Reservation,
-    ReservationRequest,
     ReservationStatus,
     TaskConfig,
     TaskStatus,
 )
+from ._polling import PollingJobProvider, now_ms, own_outcome
 from ._slurm_catalog import catalog, placement
 from ._slurm_rest import (
     JobSubmission,
@@ -69,10 +67,7 @@ from .base import (
     ProviderError,
     ProviderUnavailable,
     RunningTask,
-    TaskPaths,
     TaskUpdate,
-    UnsupportedOperation,
-    UpdateSink,
 )
 
 if TYPE_CHECKING:
@@ -119,11 +114,7 @@ class _Tracked:
     reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class SlurmProvider:
+class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, SlurmError]):
     """Runs vi_flow tasks as Slurm batch jobs through ``slurmrestd``.
 
     Args:
@@ -132,81 +123,43 @@ class SlurmProvider:
     """
 
     name = "slurm"
+    _backend = "Slurm"
+    _backend_error = SlurmError
+    _reservations_note = " (ask a Slurm administrator)"
 
     def __init__(self, settings: SlurmSettings, *, rest: SlurmRestClient | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.rest = rest or SlurmRestClient(
             settings.url,
             user=settings.user,
             token_file=settings.token_file,
             max_retries=settings.max_retries,
         )
-        self._sink: UpdateSink | None = None
-        self._tracked: dict[str, _Tracked] = {}
-        self._poller: asyncio.Task[None] | None = None
-        self._nodes: list[SlurmNode] = []
-        self._nodes_at = -1e9
 
     def __repr__(self) -> str:
         return f"SlurmProvider(url={self.settings.url!r}, user={self.settings.user!r})"
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- backend hooks -------------------------------------------------------------------
 
-    async def start(self, sink: UpdateSink) -> None:
-        """Remember ``sink``, check that Slurm answers (a warning if not), start polling."""
-        self._sink = sink
-        try:
-            version = await self.rest.version()
-            logger.info("Slurm provider on %s (REST %s)", self.settings.url, version)
-        except SlurmError as exc:
-            logger.warning("Slurm is not usable yet: %s", exc.message)
-        self._poller = asyncio.create_task(self._poll_forever(), name="vi-flow-slurm-poller")
+    async def _backend_version(self) -> str:
+        return f"REST {await self.rest.version()}"
 
-    async def close(self) -> None:
-        """Stop polling and close the HTTP session; Slurm jobs keep running."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+    async def _fetch_nodes(self) -> list[SlurmNode]:
+        return await self.rest.list_nodes()
+
+    async def _close_client(self) -> None:
         await self.rest.aclose()
 
-    async def recover(self, tasks: Sequence[RunningTask]) -> None:
-        """Watch the jobs of tasks that were alive; submit those that never reached Slurm."""
-        for task in tasks:
-            if task.provider_id:
-                env_file = task.spec.paths.root / ENV_FILE
-                tracked = _Tracked(task.spec.task_id, int(task.provider_id), task.status, env_file)
-                tracked.max_run_time = task.spec.max_run_time
-                self._tracked[task.spec.task_id] = tracked
-            elif task.status == TaskStatus.PENDING:
-                await self._resubmit(task.spec)
-            else:
-                await self._report(
-                    TaskUpdate(
-                        task.spec.task_id,
-                        TaskStatus.FAILED,
-                        reason="ServerRestarted",
-                        message="the server stopped before the task reached Slurm",
-                        time=_now_ms(),
-                    )
-                )
-        await self._poll_once()
+    def _recovered(self, task: RunningTask, job_id: str) -> _Tracked:
+        spec = task.spec
+        env_file = spec.paths.root / ENV_FILE
+        return _Tracked(spec.task_id, int(job_id), task.status, env_file, spec.max_run_time)
 
-    async def _resubmit(self, spec: LaunchSpec) -> None:
-        try:
-            await self.submit(spec)
-        except ProviderError as exc:
-            update = TaskUpdate(
-                spec.task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
-            )
-            await self._report(update)
+    async def _forget_secrets(self, tracked: _Tracked) -> None:
+        if tracked.env_file is not None:
+            await asyncio.to_thread(tracked.env_file.unlink, missing_ok=True)
 
     # -- tasks ---------------------------------------------------------------------------
-
-    def task_paths(self, task_id: str) -> TaskPaths:
-        """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
-        return TaskPaths.under(self.settings.tasks_dir / task_id)
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
         """``srun --jobid=N --overlap`` in the task's workspace (with ``SLURM_CONF`` if set).
@@ -247,19 +200,8 @@ class SlurmProvider:
         except SlurmError as exc:
             await asyncio.to_thread(env_file.unlink, missing_ok=True)
             raise self._provider_error(exc) from None
-        await self._report(
-            TaskUpdate(
-                spec.task_id,
-                TaskStatus.PENDING,
-                reason="WaitingForCapacity",
-                message=f"queued as Slurm job {job_id}",
-                provider_id=str(job_id),
-                time=_now_ms(),
-            )
-        )
-        self._tracked[spec.task_id] = _Tracked(
-            spec.task_id, job_id, TaskStatus.PENDING, env_file, spec.max_run_time
-        )
+        tracked = _Tracked(spec.task_id, job_id, TaskStatus.PENDING, env_file, spec.max_run_time)
+        await self._queued(tracked)
 
     def _prepare(self, spec: LaunchSpec, env_file: Path) -> None:
         """Make the task's directories, mounts and env file (blocking; run in a thread)."""
@@ -318,21 +260,9 @@ class SlurmProvider:
         except SlurmError as exc:
             tracked.cancel_requested = False
             raise self._provider_error(exc) from None
-        deadline = time.monotonic() + grace + 5.0
-        while not tracked.reported.is_set() and time.monotonic() < deadline:
-            await self._refresh(tracked)
-            if not tracked.reported.is_set():
-                await asyncio.sleep(0.05)
+        await self._wait_reported(tracked, grace + 5.0)
 
     # -- polling -------------------------------------------------------------------------
-
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                await self._poll_once()
-            except Exception:  # the poller must outlive any one bad answer
-                logger.exception("Slurm poll failed")
-            await asyncio.sleep(self.settings.poll_interval)
 
     async def _poll_once(self) -> None:
         tracked = list(self._tracked.values())
@@ -393,30 +323,13 @@ class SlurmProvider:
         never_started = job.status == "cancelled" and job.signal is None and job.exit_code is None
         return job.node is not None and job.start_time is not None and not never_started
 
-    async def _finish(
-        self, tracked: _Tracked, update: TaskUpdate, started: TaskUpdate | None = None
-    ) -> None:
-        """Stop watching (once, even when two polls race) and report the end.
-
-        ``started`` is reported first for a job that began and ended between two polls.
-        """
-        if self._tracked.pop(tracked.task_id, None) is None:
-            return
-        tracked.status = update.status
-        if tracked.env_file is not None:
-            await asyncio.to_thread(tracked.env_file.unlink, missing_ok=True)
-        if started is not None:
-            await self._report(started)
-        await self._report(update)
-        tracked.reported.set()
-
     def _lost(self, tracked: _Tracked) -> TaskUpdate:
         return TaskUpdate(
             tracked.task_id,
             TaskStatus.FAILED,
             reason="JobLost",
             message=f"Slurm no longer knows job {tracked.job_id} (purged or the cluster reset)",
-            time=_now_ms(),
+            time=now_ms(),
         )
 
     def _update(self, tracked: _Tracked, job: SlurmJob, status: TaskStatus) -> TaskUpdate:
@@ -426,7 +339,7 @@ class SlurmProvider:
             tracked.task_id,
             status,
             provider_id=str(job.job_id),
-            time=int(stamp * 1000) if stamp else _now_ms(),
+            time=int(stamp * 1000) if stamp else now_ms(),
         )
         if status == TaskStatus.RUNNING:
             message = f"running as Slurm job {job.job_id} on {job.node}"
@@ -443,14 +356,10 @@ class SlurmProvider:
     def _outcome(
         self, tracked: _Tracked, job: SlurmJob, status: TaskStatus
     ) -> tuple[str | None, str | None]:
-        if tracked.timed_out:
-            limit = tracked.max_run_time or 0
-            return "MaxRunTimeExceeded", f"stopped after exceeding max_run_time of {limit:g} s"
-        if status == TaskStatus.COMPLETED:
-            return None, "exited with status 0"
+        known = own_outcome(tracked, status)
+        if known is not None:
+            return known
         if status == TaskStatus.CANCELLED:
-            if tracked.cancel_requested:
-                return "Cancelled", "cancelled by request"
             return (
                 "CancelledOutsideViFlow",
                 f"Slurm job {job.job_id} was cancelled outside vi_flow (scancel or an admin)",
@@ -462,32 +371,11 @@ class SlurmProvider:
             return "Killed", f"Slurm job {job.job_id} was killed by signal {job.signal}"
         return "NonZeroExit", f"exited with code {job.exit_code}"
 
-    async def _report(self, update: TaskUpdate) -> None:
-        if self._sink is None:
-            return
-        try:
-            await self._sink(update)
-        except Exception:  # the sink is the service's; never let it kill the poller
-            logger.exception("task update for %s could not be recorded", update.task_id)
-
     # -- capacity ------------------------------------------------------------------------
-
-    async def _node_list(self, *, fresh: bool) -> list[SlurmNode]:
-        if fresh or time.monotonic() - self._nodes_at > self.settings.catalog_ttl:
-            try:
-                self._nodes = await self.rest.list_nodes()
-            except SlurmError as exc:
-                raise self._provider_error(exc) from None
-            self._nodes_at = time.monotonic()
-        return self._nodes
 
     async def instances(self) -> list[AvailableInstance]:
         """One entry for CPU-only jobs and one per GPU type and count (1, 2, 4, ... per node)."""
         return catalog(await self._node_list(fresh=True))
-
-    async def create_reservation(self, request: ReservationRequest) -> Reservation:
-        """Not available: Slurm reservations are made by an administrator (``scontrol``)."""
-        raise UnsupportedOperation(self.name, "create_reservation (ask a Slurm administrator)")
 
     async def list_reservations(self) -> list[Reservation]:
         """The cluster's reservations; a task names one by its Slurm name."""
@@ -500,7 +388,7 @@ class SlurmProvider:
     def _reservation(self, item: SlurmReservation) -> Reservation:
         start = int((item.start_time or 0) * 1000)
         end = int((item.end_time or 0) * 1000)
-        now = _now_ms()
+        now = now_ms()
         status = ReservationStatus.ACTIVE if start <= now < end else ReservationStatus.SCHEDULED
         if end and end <= now:
             status = ReservationStatus.EXPIRED
@@ -519,29 +407,6 @@ class SlurmProvider:
             end_time=end,
             region="slurm",
         )
-
-    async def cancel_reservation(self, reservation_id: str) -> Reservation:
-        """Not available: Slurm reservations are removed by an administrator."""
-        raise UnsupportedOperation(self.name, "cancel_reservation (ask a Slurm administrator)")
-
-    async def availability(
-        self, instance_type: str | None, start: int, end: int, duration_ms: int
-    ) -> list[AvailabilitySlot]:
-        """Not available: Slurm's own scheduler decides when queued jobs start."""
-        raise UnsupportedOperation(self.name, "availability search")
-
-    # -- volumes -------------------------------------------------------------------------
-
-    async def create_volume(self, volume_id: str, size_gb: int) -> Path:
-        """A directory under ``volumes_dir`` (size is not enforced)."""
-        path = self.settings.volumes_dir / volume_id
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        return path
-
-    async def delete_volume(self, volume_id: str) -> None:
-        """Remove the volume's directory."""
-        path = self.settings.volumes_dir / volume_id
-        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
     # -- errors --------------------------------------------------------------------------
 

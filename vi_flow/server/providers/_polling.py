@@ -1,0 +1,329 @@
+"""The skeleton of a provider that runs tasks as jobs of a remote scheduler and polls them.
+
+The Slurm (:mod:`.slurm`) and Ray (:mod:`.ray`) providers differ in how they talk to their
+backend and read a job's state, and in nothing else here. :class:`PollingJobProvider`
+owns what they share: the update sink and its error guard, the table of watched tasks,
+the poller task (started by ``start``, cancelled by ``close``), recovery after a server
+restart, reporting a queued task and the end of a watched one (with the reasons for the
+ends vi_flow causes, :func:`own_outcome`), the node list cached for ``catalog_ttl``
+seconds, task and volume directories, and the calls neither backend offers (creating
+and cancelling reservations, the availability search). A subclass
+supplies the backend through a few hooks: its version, its node list, one poll, one
+job's refresh, how a recovered task is tracked, how its secrets are forgotten, and how a
+backend error becomes a :class:`~.base.ProviderError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Generic, Protocol, TypeVar
+
+from ...models.tasks import (
+    AvailabilitySlot,
+    Reservation,
+    ReservationRequest,
+    TaskStatus,
+)
+from .base import (
+    LaunchSpec,
+    ProviderError,
+    RunningTask,
+    TaskPaths,
+    TaskUpdate,
+    UnsupportedOperation,
+    UpdateSink,
+)
+
+__all__ = ["JobSettings", "PollingJobProvider", "TrackedJob", "now_ms", "own_outcome"]
+
+
+def now_ms() -> int:
+    """The current time in milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+class JobSettings(Protocol):
+    """The settings every polling provider has (read-only, as on a frozen attrs class)."""
+
+    @property
+    def url(self) -> str:
+        """The backend's base URL."""
+
+    @property
+    def tasks_dir(self) -> Path:
+        """Where task directories live."""
+
+    @property
+    def volumes_dir(self) -> Path:
+        """Where volume directories live."""
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two polls."""
+
+    @property
+    def catalog_ttl(self) -> float:
+        """Seconds a node list is reused when checking a submission."""
+
+
+class TrackedJob(Protocol):
+    """What the skeleton reads and writes on a watched task's record."""
+
+    task_id: str
+    status: TaskStatus
+    max_run_time: float | None
+    cancel_requested: bool  # vi_flow asked the backend to stop it
+    timed_out: bool  # vi_flow stopped it for exceeding max_run_time
+    reported: asyncio.Event  # set once the task's end went to the sink
+
+    @property
+    def job_id(self) -> int | str:
+        """The backend's id for the task's job."""
+
+
+def own_outcome(tracked: TrackedJob, status: TaskStatus) -> tuple[str | None, str] | None:
+    """The reason and message of an end that vi_flow caused or that needs no explaining.
+
+    Args:
+        tracked: The watched task.
+        status: The terminal status its job reached.
+
+    Returns:
+        ``(reason, message)`` for a task stopped past ``max_run_time``, a success, or a
+        cancel vi_flow asked for; ``None`` when only the backend can say what happened.
+    """
+    if tracked.timed_out:
+        limit = tracked.max_run_time or 0
+        return "MaxRunTimeExceeded", f"stopped after exceeding max_run_time of {limit:g} s"
+    if status == TaskStatus.COMPLETED:
+        return None, "exited with status 0"
+    if status == TaskStatus.CANCELLED and tracked.cancel_requested:
+        return "Cancelled", "cancelled by request"
+    return None
+
+
+SettingsT = TypeVar("SettingsT", bound=JobSettings)
+TrackedT = TypeVar("TrackedT", bound=TrackedJob)
+NodeT = TypeVar("NodeT")
+ErrorT = TypeVar("ErrorT", bound=Exception)
+
+
+class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
+    """A compute provider whose tasks are jobs of a remote scheduler, watched by polling.
+
+    Subclasses set ``name``, ``_backend`` and ``_backend_error`` and implement the hooks.
+
+    Args:
+        settings: Where the backend is and where task files live.
+    """
+
+    name: str
+    """Short name (``slurm``, ``ray``), shown in errors and stored on tasks."""
+    _backend: ClassVar[str]  # as log lines and task messages name it: "Slurm", "Ray"
+    _backend_error: type[ErrorT]  # the base class of the backend client's errors
+    _reservations_note: ClassVar[str] = ""  # who to ask instead, after the operation
+
+    def __init__(self, settings: SettingsT) -> None:
+        self.settings = settings
+        self._logger = logging.getLogger(f"vi_flow.server.{self.name}")
+        self._sink: UpdateSink | None = None
+        self._tracked: dict[str, TrackedT] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._nodes: list[NodeT] = []
+        self._nodes_at = -1e9
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _backend_version(self) -> str:
+        """The backend's version as the start-up log line shows it (raises ``ErrorT``)."""
+
+    @abc.abstractmethod
+    async def _fetch_nodes(self) -> list[NodeT]:
+        """The backend's node list (raises ``ErrorT``)."""
+
+    @abc.abstractmethod
+    async def _close_client(self) -> None:
+        """Close the backend client."""
+
+    @abc.abstractmethod
+    async def _poll_once(self) -> None:
+        """Refresh every watched job once."""
+
+    @abc.abstractmethod
+    async def _refresh(self, tracked: TrackedT) -> None:
+        """Ask the backend about one job and report what changed."""
+
+    @abc.abstractmethod
+    def _recovered(self, task: RunningTask, job_id: str) -> TrackedT:
+        """The record that watches a task which was alive when the server stopped."""
+
+    @abc.abstractmethod
+    async def _forget_secrets(self, tracked: TrackedT) -> None:
+        """Delete the task's environment file if it is still there."""
+
+    @abc.abstractmethod
+    def _provider_error(self, exc: ErrorT) -> ProviderError:
+        """The provider error a backend error stands for."""
+
+    @abc.abstractmethod
+    async def submit(self, spec: LaunchSpec) -> None:
+        """Queue the task as a job and report it ``pending`` (see ``ComputeProvider``)."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, sink: UpdateSink) -> None:
+        """Remember ``sink``, check that the backend answers (a warning if not), start polling."""
+        self._sink = sink
+        try:
+            version = await self._backend_version()
+            self._logger.info("%s provider on %s (%s)", self._backend, self.settings.url, version)
+        except self._backend_error as exc:
+            self._logger.warning("%s is not usable yet: %s", self._backend, exc)
+        poller = self._poll_forever()
+        self._poller = asyncio.create_task(poller, name=f"vi-flow-{self.name}-poller")
+
+    async def close(self) -> None:
+        """Stop polling and close the HTTP session; the backend's jobs keep running."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        await self._close_client()
+
+    async def recover(self, tasks: Sequence[RunningTask]) -> None:
+        """Watch the jobs of tasks that were alive; submit those that never reached the backend."""
+        for task in tasks:
+            spec = task.spec
+            if task.provider_id:
+                self._tracked[spec.task_id] = self._recovered(task, task.provider_id)
+            elif task.status == TaskStatus.PENDING:
+                await self._resubmit(spec)
+            else:
+                message = f"the server stopped before the task reached {self._backend}"
+                update = TaskUpdate(
+                    spec.task_id,
+                    TaskStatus.FAILED,
+                    reason="ServerRestarted",
+                    message=message,
+                    time=now_ms(),
+                )
+                await self._report(update)
+        await self._poll_once()
+
+    async def _resubmit(self, spec: LaunchSpec) -> None:
+        try:
+            await self.submit(spec)
+        except ProviderError as exc:
+            update = TaskUpdate(
+                spec.task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
+            )
+            await self._report(update)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def task_paths(self, task_id: str) -> TaskPaths:
+        """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
+        return TaskPaths.under(self.settings.tasks_dir / task_id)
+
+    async def _queued(self, tracked: TrackedT) -> None:
+        """Report a just-submitted task ``pending`` with its job id, then watch it."""
+        await self._report(
+            TaskUpdate(
+                tracked.task_id,
+                TaskStatus.PENDING,
+                reason="WaitingForCapacity",
+                message=f"queued as {self._backend} job {tracked.job_id}",
+                provider_id=str(tracked.job_id),
+                time=now_ms(),
+            )
+        )
+        self._tracked[tracked.task_id] = tracked
+
+    async def _wait_reported(self, tracked: TrackedT, timeout: float) -> None:
+        """Poll one job until its end went to the sink, for ``timeout`` seconds at most."""
+        deadline = time.monotonic() + timeout
+        while not tracked.reported.is_set() and time.monotonic() < deadline:
+            await self._refresh(tracked)
+            if not tracked.reported.is_set():
+                await asyncio.sleep(0.05)
+
+    # -- polling -------------------------------------------------------------------------
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self._poll_once()
+            except Exception:  # the poller must outlive any one bad answer
+                self._logger.exception("%s poll failed", self._backend)
+            await asyncio.sleep(self.settings.poll_interval)
+
+    async def _finish(
+        self, tracked: TrackedT, update: TaskUpdate, started: TaskUpdate | None = None
+    ) -> None:
+        """Stop watching (once, even when two polls race) and report the end.
+
+        ``started`` is reported first for a job that began and ended between two polls.
+        """
+        if self._tracked.pop(tracked.task_id, None) is None:
+            return
+        tracked.status = update.status
+        await self._forget_secrets(tracked)
+        if started is not None:
+            await self._report(started)
+        await self._report(update)
+        tracked.reported.set()
+
+    async def _report(self, update: TaskUpdate) -> None:
+        if self._sink is None:
+            return
+        try:
+            await self._sink(update)
+        except Exception:  # the sink is the service's; never let it kill the poller
+            self._logger.exception("task update for %s could not be recorded", update.task_id)
+
+    # -- capacity ------------------------------------------------------------------------
+
+    async def _node_list(self, *, fresh: bool) -> list[NodeT]:
+        if fresh or time.monotonic() - self._nodes_at > self.settings.catalog_ttl:
+            try:
+                self._nodes = await self._fetch_nodes()
+            except self._backend_error as exc:
+                raise self._provider_error(exc) from None
+            self._nodes_at = time.monotonic()
+        return self._nodes
+
+    async def create_reservation(self, request: ReservationRequest) -> Reservation:
+        """Not available: reservations are not made through vi_flow on this backend."""
+        raise UnsupportedOperation(self.name, f"create_reservation{self._reservations_note}")
+
+    async def cancel_reservation(self, reservation_id: str) -> Reservation:
+        """Not available: reservations are not removed through vi_flow on this backend."""
+        raise UnsupportedOperation(self.name, f"cancel_reservation{self._reservations_note}")
+
+    async def availability(
+        self, instance_type: str | None, start: int, end: int, duration_ms: int
+    ) -> list[AvailabilitySlot]:
+        """Not available: the backend's own scheduler decides when queued jobs start."""
+        raise UnsupportedOperation(self.name, "availability search")
+
+    # -- volumes -------------------------------------------------------------------------
+
+    async def create_volume(self, volume_id: str, size_gb: int) -> Path:
+        """A directory under ``volumes_dir`` (size is not enforced)."""
+        path = self.settings.volumes_dir / volume_id
+        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        return path
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Remove the volume's directory."""
+        path = self.settings.volumes_dir / volume_id
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
