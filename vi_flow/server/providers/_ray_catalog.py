@@ -13,12 +13,21 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from ...models.tasks import AvailableInstance, GPURequest, TaskConfig
+from ...models.tasks import AvailableInstance, TaskConfig
+from ._gpu_catalog import GPU_MEMORY_GB as _KNOWN_GPU_MEMORY_GB
+from ._gpu_catalog import (
+    find_instance,
+    gpu_instances,
+    gpu_request,
+    instance_name,
+    resolve_gpu_type,
+)
 from ._ray_api import RayNode
-from ._slurm_catalog import GPU_MEMORY_GB as _KNOWN_GPU_MEMORY_GB
-from .base import CapacityError, InvalidRequest, Placement
+from .base import CapacityError, Placement
 
 __all__ = ["GPU_MEMORY_GB", "catalog", "placement"]
+
+_WHERE = "this Ray cluster"
 
 #: Memory per GPU by model (Ray does not report it; ``gpu:40gb`` requests need it).
 GPU_MEMORY_GB: Mapping[str, int] = {
@@ -29,10 +38,6 @@ GPU_MEMORY_GB: Mapping[str, int] = {
 }
 
 
-def _label(count: int, gpu_type: str) -> str:
-    return gpu_type if count == 1 else f"{count}x{gpu_type}"
-
-
 def _gpu_types(nodes: Sequence[RayNode]) -> dict[str, int]:
     """GPU type -> most GPUs of that type on one live node."""
     most: dict[str, int] = {}
@@ -40,12 +45,6 @@ def _gpu_types(nodes: Sequence[RayNode]) -> dict[str, int]:
         if node.alive and node.gpu_type:
             most[node.gpu_type] = max(most.get(node.gpu_type, 0), node.gpus)
     return most
-
-
-def _describe(types: Mapping[str, int]) -> str:
-    if not types:
-        return "no GPUs"
-    return ", ".join(f"{k} (up to {n} per node)" for k, n in sorted(types.items()))
 
 
 def placement(config: TaskConfig, nodes: Sequence[RayNode]) -> Placement:
@@ -71,46 +70,24 @@ def placement(config: TaskConfig, nodes: Sequence[RayNode]) -> Placement:
         raise CapacityError(
             f"memoryGb: asked for {memory_gb} GB; a Ray node here has at most {most} GB"
         )
-    instance = _label(gpu_count, gpu_type) if gpu_type else "cpu"
+    instance = instance_name(gpu_count, gpu_type) if gpu_type else "cpu"
     return Placement(instance, gpu_type, gpu_count, cpus, memory_gb, 0.0)
 
 
 def _gpus_for(config: TaskConfig, nodes: Sequence[RayNode]) -> tuple[str | None, int]:
     if config.instance_type:
-        known = {i.instance_type: i for i in catalog(nodes)}
-        entry = known.get(config.instance_type.lower())
-        if entry is None:
-            names = ", ".join(sorted(known))
-            raise CapacityError(
-                f"instanceType: {config.instance_type!r} is not on this Ray cluster; "
-                f"known instance types: {names}"
-            )
+        entry = find_instance(config.instance_type, catalog(nodes), _WHERE)
         return entry.gpu_type, entry.gpu_count
-    try:
-        request = config.gpu_request()
-    except ValueError as exc:
-        raise InvalidRequest(f"gpu: {exc}") from None
+    request = gpu_request(config)
     if request is None:
         return None, 0
-    return _resolve_gpu(request, _gpu_types(nodes)), request.gpu_count
+    return resolve_gpu_type(request, _gpu_types(nodes), GPU_MEMORY_GB, _WHERE), request.gpu_count
 
 
-def _resolve_gpu(request: GPURequest, types: Mapping[str, int]) -> str:
-    asked = request.gpu_type
-    if asked is not None and asked not in types:
-        raise CapacityError(
-            f"gpu: GPU type {asked!r} is not on this Ray cluster; it has {_describe(types)}"
-        )
-    candidates = [asked] if asked else sorted(types, key=lambda t: (GPU_MEMORY_GB.get(t, 0), t))
-    for kind in candidates:
-        if request.min_memory_gb and GPU_MEMORY_GB.get(kind, 0) < request.min_memory_gb:
-            continue
-        if types[kind] >= request.gpu_count:
-            return kind
-    what = f"{request.gpu_count} x {asked or 'GPU'}"
-    if request.min_memory_gb:
-        what += f" with at least {request.min_memory_gb} GB"
-    raise CapacityError(f"gpu: asked for {what}; this Ray cluster has {_describe(types)}")
+def _free_together(live: Sequence[RayNode], gpu_type: str) -> float:
+    """Most GPUs of ``gpu_type`` free now on one live node with a CPU free."""
+    nodes = [n for n in live if n.gpu_type == gpu_type and n.free_cpus >= 1]
+    return max((n.free_gpus for n in nodes), default=0)
 
 
 def catalog(nodes: Sequence[RayNode]) -> list[AvailableInstance]:
@@ -127,19 +104,12 @@ def catalog(nodes: Sequence[RayNode]) -> list[AvailableInstance]:
         )
     ]
     for kind, most in sorted(_gpu_types(live).items()):
-        for count in sorted({c for c in (1, 2, 4, 8, 16, 32, 64) if c <= most} | {most}):
-            free = any(
-                n.gpu_type == kind and n.free_gpus >= count and n.free_cpus >= 1 for n in live
-            )
-            items.append(
-                AvailableInstance(
-                    _label(count, kind),
-                    gpu_type=kind,
-                    gpu_count=count,
-                    gpu_memory_gb=GPU_MEMORY_GB.get(kind, 0),
-                    cpus=cpus,
-                    memory_gb=memory,
-                    available=free,
-                )
-            )
+        items += gpu_instances(
+            kind,
+            most,
+            gpu_memory_gb=GPU_MEMORY_GB.get(kind, 0),
+            cpus=cpus,
+            memory_gb=memory,
+            free_together=_free_together(live, kind),
+        )
     return [attrs.evolve(i, region="ray") for i in items]

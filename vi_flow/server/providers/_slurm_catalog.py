@@ -7,31 +7,25 @@ cluster cannot meet raises :class:`~.base.CapacityError` naming what exists.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import attrs
 
-from ...models.tasks import AvailableInstance, GPURequest, TaskConfig
+from ...models.tasks import AvailableInstance, TaskConfig
+from ._gpu_catalog import (
+    GPU_MEMORY_GB,
+    find_instance,
+    gpu_instances,
+    gpu_request,
+    instance_name,
+    resolve_gpu_type,
+)
 from ._slurm_jobs import SlurmNode
-from .base import CapacityError, InvalidRequest, Placement
+from .base import CapacityError, Placement
 
 __all__ = ["GPU_MEMORY_GB", "catalog", "placement"]
 
-#: Memory per GPU by model; Slurm's gres does not say, and ``gpu:40gb`` requests need it.
-GPU_MEMORY_GB: Mapping[str, int] = {
-    "a10": 24,
-    "a100": 80,
-    "h100": 80,
-    "h200": 141,
-    "l4": 24,
-    "l40s": 48,
-    "t4": 16,
-    "v100": 32,
-}
-
-
-def _gpu_label(count: int, gpu_type: str) -> str:
-    return gpu_type if count == 1 else f"{count}x{gpu_type}"
+_WHERE = "this Slurm cluster"
 
 
 def _gpu_types(nodes: Sequence[SlurmNode]) -> dict[str, int]:
@@ -43,16 +37,15 @@ def _gpu_types(nodes: Sequence[SlurmNode]) -> dict[str, int]:
     return most
 
 
-def _describe_types(types: Mapping[str, int]) -> str:
-    if not types:
-        return "no GPUs"
-    return ", ".join(f"{k} (up to {n} per node)" for k, n in sorted(types.items()))
-
-
 def _free(node: SlurmNode, gpu_type: str | None) -> int:
     if gpu_type is None:
         return node.idle_cpus
     return node.gpus.get(gpu_type, 0) - node.gpus_used.get(gpu_type, 0)
+
+
+def _free_together(usable: Sequence[SlurmNode], gpu_type: str) -> int:
+    """Most GPUs of ``gpu_type`` free now on one usable node with an idle CPU."""
+    return max((_free(n, gpu_type) for n in usable if n.idle_cpus), default=0)
 
 
 def placement(config: TaskConfig, nodes: Sequence[SlurmNode]) -> Placement:
@@ -75,50 +68,18 @@ def placement(config: TaskConfig, nodes: Sequence[SlurmNode]) -> Placement:
         raise CapacityError(
             f"memoryGb: asked for {memory_gb} GB; a node here has at most {most} GB"
         )
-    instance = _gpu_label(gpu_count, gpu_type) if gpu_type else "cpu"
+    instance = instance_name(gpu_count, gpu_type) if gpu_type else "cpu"
     return Placement(instance, gpu_type, gpu_count, cpus, memory_gb, 0.0)
 
 
 def _gpus_for(config: TaskConfig, nodes: Sequence[SlurmNode]) -> tuple[str | None, int]:
     if config.instance_type:
-        return _instance_gpus(config.instance_type, nodes)
-    try:
-        request = config.gpu_request()
-    except ValueError as exc:
-        raise InvalidRequest(f"gpu: {exc}") from None
+        entry = find_instance(config.instance_type, catalog(nodes), _WHERE)
+        return entry.gpu_type, entry.gpu_count
+    request = gpu_request(config)
     if request is None:
         return None, 0
-    return _resolve_gpu(request, _gpu_types(nodes)), request.gpu_count
-
-
-def _instance_gpus(name: str, nodes: Sequence[SlurmNode]) -> tuple[str | None, int]:
-    known = {i.instance_type: i for i in catalog(nodes)}
-    entry = known.get(name.lower())
-    if entry is None:
-        names = ", ".join(sorted(known))
-        raise CapacityError(
-            f"instanceType: {name!r} is not on this Slurm cluster; known instance types: {names}"
-        )
-    return entry.gpu_type, entry.gpu_count
-
-
-def _resolve_gpu(request: GPURequest, types: Mapping[str, int]) -> str:
-    asked = request.gpu_type
-    if asked is not None and asked not in types:
-        raise CapacityError(
-            f"gpu: GPU type {asked!r} is not on this Slurm cluster; it has {_describe_types(types)}"
-        )
-    candidates = [asked] if asked else sorted(types, key=lambda t: (GPU_MEMORY_GB.get(t, 0), t))
-    for kind in candidates:
-        memory = GPU_MEMORY_GB.get(kind, 0)
-        if request.min_memory_gb and memory < request.min_memory_gb:
-            continue
-        if types[kind] >= request.gpu_count:
-            return kind
-    what = f"{request.gpu_count} x {asked or 'GPU'}"
-    if request.min_memory_gb:
-        what += f" with at least {request.min_memory_gb} GB"
-    raise CapacityError(f"gpu: asked for {what}; this Slurm cluster has {_describe_types(types)}")
+    return resolve_gpu_type(request, _gpu_types(nodes), GPU_MEMORY_GB, _WHERE), request.gpu_count
 
 
 def catalog(nodes: Sequence[SlurmNode]) -> list[AvailableInstance]:
@@ -132,18 +93,12 @@ def catalog(nodes: Sequence[SlurmNode]) -> list[AvailableInstance]:
         )
     ]
     for kind, most in sorted(_gpu_types(nodes).items()):
-        counts = sorted({c for c in (1, 2, 4, 8, 16, 32, 64) if c <= most} | {most})
-        for count in counts:
-            free = any(_free(n, kind) >= count and n.idle_cpus for n in usable)
-            items.append(
-                AvailableInstance(
-                    _gpu_label(count, kind),
-                    gpu_type=kind,
-                    gpu_count=count,
-                    gpu_memory_gb=GPU_MEMORY_GB.get(kind, 0),
-                    cpus=cpus,
-                    memory_gb=memory,
-                    available=free,
-                )
-            )
+        items += gpu_instances(
+            kind,
+            most,
+            gpu_memory_gb=GPU_MEMORY_GB.get(kind, 0),
+            cpus=cpus,
+            memory_gb=memory,
+            free_together=_free_together(usable, kind),
+        )
     return [attrs.evolve(i, region="slurm") for i in items]

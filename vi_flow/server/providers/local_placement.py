@@ -13,10 +13,11 @@ from __future__ import annotations
 import attrs
 
 from ...models.tasks import AvailableInstance, GPURequest, TaskConfig
+from ._gpu_catalog import gpu_instances, gpu_request, instance_name
 from .base import CapacityError, InvalidRequest, Placement
 from .local_machine import Machine
 
-__all__ = ["build_catalog", "gpu_counts", "place"]
+__all__ = ["build_catalog", "place"]
 
 
 def place(machine: Machine, config: TaskConfig, catalog: list[AvailableInstance]) -> Placement:
@@ -66,16 +67,12 @@ def _find_type(machine: Machine, name: str, catalog: list[AvailableInstance]) ->
 
 
 def _place_gpu(machine: Machine, config: TaskConfig) -> Placement:
-    try:
-        request = config.gpu_request()
-    except ValueError as exc:
-        raise InvalidRequest(f"gpu: {exc}") from exc
+    request = gpu_request(config)
     if request is None:
         return Placement("cpu")
     gpu_type = _match_gpus(machine, request, config.gpu or f"gpu:{request.min_memory_gb}gb")
     count = request.gpu_count
-    instance = gpu_type if count == 1 else f"{count}x{gpu_type}"
-    return Placement(instance, gpu_type, count)
+    return Placement(instance_name(count, gpu_type), gpu_type, count)
 
 
 def _match_gpus(machine: Machine, request: GPURequest, asked: str) -> str:
@@ -104,24 +101,12 @@ def build_catalog(
     ]
     for gpu_type, devices in m.gpu_types().items():
         free = len([g for g in free_gpus if g in {d.index for d in devices}])
-        catalog.extend(
-            AvailableInstance(
-                gpu_type if count == 1 else f"{count}x{gpu_type}",
-                gpu_type=gpu_type,
-                gpu_count=count,
-                gpu_memory_gb=devices[0].memory_gb,
-                cpus=m.cpus,
-                memory_gb=m.memory_gb,
-                available=free >= count and free_cpus > 0,
-            )
-            for count in gpu_counts(len(devices))
+        catalog += gpu_instances(
+            gpu_type,
+            len(devices),
+            gpu_memory_gb=devices[0].memory_gb,
+            cpus=m.cpus,
+            memory_gb=m.memory_gb,
+            free_together=free if free_cpus > 0 else 0,
         )
     return catalog
-
-
-def gpu_counts(total: int) -> list[int]:
-    """The instance sizes offered for ``total`` GPUs of one type: powers of two, then all."""
-    counts = [c for c in (1, 2, 4, 8, 16, 32, 64) if c <= total]
-    if total not in counts:
-        counts.append(total)
-    return counts
