@@ -27,6 +27,8 @@ from typing import Any
 import attrs
 import pytest
 
+from tests.providers_kit import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "ray"
 HOW_TO = 'run `nox -s tests_ray` (or pip install "ray[default]==2.60.0")'
@@ -93,9 +95,7 @@ class RayCluster:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("VI_FLOW_REQUIRE_RAY") == "1":
-        pytest.fail(f"VI_FLOW_REQUIRE_RAY=1 but {reason}", pytrace=False)
-    pytest.skip(f"{reason}; {HOW_TO}")
+    unavailable("VI_FLOW_REQUIRE_RAY", reason, HOW_TO)
 
 
 def _free_port() -> int:

@@ -6,7 +6,6 @@ ports listen.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -14,35 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.providers_kit import Updates
 from vi_flow.models.tasks import TaskConfig, TaskStatus
-from vi_flow.server.providers.base import ComputeProvider, LaunchSpec, RunningTask, TaskUpdate
+from vi_flow.server.providers.base import ComputeProvider, LaunchSpec, RunningTask
 from vi_flow.server.providers.ray import RayProvider, RaySettings
 
 from .conftest import RayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
-
-
-class Updates:
-    """The update sink: records every update and lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self.items: list[TaskUpdate] = []
-
-    async def __call__(self, update: TaskUpdate) -> None:
-        self.items.append(update)
-
-    def of(self, task_id: str) -> list[TaskUpdate]:
-        return [u for u in self.items if u.task_id == task_id]
-
-    async def wait(self, task_id: str, *statuses: TaskStatus) -> TaskUpdate:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            for update in self.of(task_id):
-                if update.status in statuses:
-                    return update
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
 
 
 def settings_for(cluster: RayCluster, files: Path) -> RaySettings:
@@ -57,7 +35,7 @@ def settings_for(cluster: RayCluster, files: Path) -> RaySettings:
 @pytest.fixture
 async def provider(ray_cluster: RayCluster, ray_files: Path) -> AsyncIterator[RayProvider]:
     provider = RayProvider(settings_for(ray_cluster, ray_files))
-    await provider.start(Updates())
+    await provider.start(Updates(within=20))
     try:
         yield provider
     finally:
@@ -92,7 +70,7 @@ async def test_recover_watches_a_running_job_and_resubmits_an_unsent_one(
     running = await provider._sink.wait(task_id, TaskStatus.RUNNING)
     await provider.close()  # as if the server had stopped; the Ray job runs on
     unsent = await spec_for(provider, f"task_unsent{time.time_ns()}", "echo late")
-    later = Updates()
+    later = Updates(within=20)
     again = RayProvider(settings_for(ray_cluster, ray_files))
     await again.start(later)
     try:

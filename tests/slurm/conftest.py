@@ -20,6 +20,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from tests.providers_kit import unavailable
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "slurm"
 BINARIES = ("munged", "slurmctld", "slurmd", "slurmrestd", "scontrol", "sinfo")
@@ -48,9 +50,7 @@ class SlurmCluster:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("VI_FLOW_REQUIRE_SLURM") == "1":
-        pytest.fail(f"VI_FLOW_REQUIRE_SLURM=1 but {reason}", pytrace=False)
-    pytest.skip(f"{reason}; {HOW_TO}")
+    unavailable("VI_FLOW_REQUIRE_SLURM", reason, HOW_TO)
 
 
 def _free_ports(count: int) -> list[int]:

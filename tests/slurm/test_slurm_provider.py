@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.providers_kit import Updates
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 from vi_flow.server.providers.base import (
     CapacityError,
@@ -17,7 +18,6 @@ from vi_flow.server.providers.base import (
     LaunchSpec,
     ProviderUnavailable,
     RunningTask,
-    TaskUpdate,
     UnsupportedOperation,
 )
 from vi_flow.server.providers.slurm import SlurmCredentialsError, SlurmProvider, SlurmSettings
@@ -25,28 +25,6 @@ from vi_flow.server.providers.slurm import SlurmCredentialsError, SlurmProvider,
 from .conftest import SlurmCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
-
-
-class Updates:
-    """The update sink: records every update and lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self.items: list[TaskUpdate] = []
-
-    async def __call__(self, update: TaskUpdate) -> None:
-        self.items.append(update)
-
-    def of(self, task_id: str) -> list[TaskUpdate]:
-        return [u for u in self.items if u.task_id == task_id]
-
-    async def wait(self, task_id: str, *statuses: TaskStatus) -> TaskUpdate:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            for update in self.of(task_id):
-                if update.status in statuses:
-                    return update
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
 
 
 def settings_for(cluster: SlurmCluster, tmp_path: Path, **changes: object) -> SlurmSettings:
@@ -65,7 +43,7 @@ def settings_for(cluster: SlurmCluster, tmp_path: Path, **changes: object) -> Sl
 
 @pytest.fixture
 async def updates() -> Updates:
-    return Updates()
+    return Updates(within=8)
 
 
 @pytest.fixture
@@ -286,7 +264,7 @@ async def test_recover_watches_a_running_job(
     spec = await launch(provider, "task_recover", "sleep 60")
     running = await updates.wait("task_recover", TaskStatus.RUNNING)
     provider._tracked.clear()  # as if the server had stopped
-    later = Updates()
+    later = Updates(within=8)
     again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
     await again.start(later)
     try:

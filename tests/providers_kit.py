@@ -1,0 +1,47 @@
+"""Helpers for the real-cluster provider suites (Slurm, Ray): an update sink that tests
+wait on, and the skip-or-fail rule for a cluster that is not there."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from vi_flow.models.tasks import TaskStatus
+from vi_flow.server.providers.base import TaskUpdate
+
+
+class Updates:
+    """The update sink: records every update and lets a test wait for one.
+
+    Args:
+        within: Seconds ``wait`` waits before it fails the test.
+    """
+
+    def __init__(self, within: float) -> None:
+        self.within = within
+        self.items: list[TaskUpdate] = []
+
+    async def __call__(self, update: TaskUpdate) -> None:
+        self.items.append(update)
+
+    def of(self, task_id: str) -> list[TaskUpdate]:
+        return [u for u in self.items if u.task_id == task_id]
+
+    async def wait(self, task_id: str, *statuses: TaskStatus) -> TaskUpdate:
+        deadline = time.monotonic() + self.within
+        while time.monotonic() < deadline:
+            for update in self.of(task_id):
+                if update.status in statuses:
+                    return update
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
+
+
+def unavailable(require_var: str, reason: str, how_to: str) -> None:
+    """Skip with ``how_to``; fail instead where ``require_var=1`` (CI never skips)."""
+    if os.environ.get(require_var) == "1":
+        pytest.fail(f"{require_var}=1 but {reason}", pytrace=False)
+    pytest.skip(f"{reason}; {how_to}")
