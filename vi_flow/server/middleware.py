@@ -1,5 +1,9 @@
-"""Request ids, JSON errors and bearer-token authentication for every route.
+"""Request ids, access lines, JSON errors and bearer-token authentication for every route.
 
+- The outermost middleware assigns the request id and logs one ``info`` line per
+  request on ``vi_flow.server.access``: id, organization, method, path (never the query
+  string, which may carry a secret), status and duration. A client that leaves early
+  (timeout, disconnect) is an ``info`` line too, never a traceback.
 - Every response carries ``X-Request-Id`` (a client-sent one is echoed when sane,
   otherwise ``req_<hex>``); it is set in ``on_response_prepare`` so that streamed (SSE)
   and error responses get it too.
@@ -16,6 +20,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 
 import orjson
 from aiohttp import web
@@ -24,15 +29,23 @@ from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import STORE_KEY, Principal
 
-__all__ = ["PUBLIC_PATHS", "auth_middleware", "error_middleware", "setup_middleware"]
+__all__ = [
+    "PUBLIC_PATHS",
+    "access_middleware",
+    "auth_middleware",
+    "error_middleware",
+    "setup_middleware",
+]
 
 log = logging.getLogger("vi_flow.server")
+access_log = logging.getLogger("vi_flow.server.access")
 
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
 """Paths answered without a bearer token."""
 
 _TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, Principal])
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_GONE = "client disconnected after"
 
 _HTTP_CODES = {
     400: "INVALID_REQUEST",
@@ -73,10 +86,64 @@ def _assign_request_id(request: web.Request) -> None:
     request[REQUEST_ID] = sent if _SANE_ID.match(sent) else f"req_{secrets.token_hex(12)}"
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _log_request(request: web.Request, started: float, outcome: str) -> None:
+    principal: Principal | None = request.get(PRINCIPAL)
+    access_log.info(
+        "%s %s %s %s %s %.1f ms",
+        request_id_of(request),
+        principal.organization_id if principal is not None else "-",
+        request.method,
+        request.rel_url.raw_path,  # still percent-encoded: a path cannot break the line
+        outcome,
+        (time.perf_counter() - started) * 1000,
+    )
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign the request id and log one line when the handler is done (or the client left)."""
+    _assign_request_id(request)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a redirect; errors became responses further in
+        _log_request(request, started, str(exc.status))
+        raise
+    except asyncio.CancelledError:
+        # Cancelled with the client still there: the server is stopping.
+        _log_request(request, started, _GONE if _client_gone(request) else "cancelled after")
+        raise
+    except ConnectionResetError:
+        _log_request(request, started, _GONE)
+        # Nobody is left to read an answer; this stand-in fails quietly to send, where a
+        # raised error would make aiohttp log "Error handling request" with a traceback.
+        return web.Response(status=499)
+    _log_request(request, started, _GONE if _client_gone(request) else str(response.status))
+    return response
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception(
+        "unhandled error in %s %s (%s)", request.method, request.path, request_id_of(request)
+    )
+    return error_response(
+        request,
+        500,
+        "INTERNAL",
+        f"internal server error; quote request id {request_id_of(request)}",
+    )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Assign the request id and turn every failure into the wire error body."""
-    _assign_request_id(request)
+    """Turn every failure into the wire error body."""
+    if REQUEST_ID not in request:  # installed without the access middleware
+        _assign_request_id(request)
     try:
         return await handler(request)
     except APIProblem as exc:
@@ -88,18 +155,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return _from_http(request, exc)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        if _client_gone(request):
+            raise  # the access middleware notes it; there is no one to answer
+        return _internal_error(request)  # e.g. an outgoing connection of the handler
     except Exception:
-        log.exception(
-            "unhandled error in %s %s (%s)", request.method, request.path, request_id_of(request)
-        )
-        return error_response(
-            request,
-            500,
-            "INTERNAL",
-            f"internal server error; quote request id {request_id_of(request)}",
-        )
+        return _internal_error(request)
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -137,7 +200,8 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 
 
 def setup_middleware(app: web.Application) -> None:
-    """Install the error and auth middlewares and the ``X-Request-Id`` stamp."""
+    """Install the access, error and auth middlewares and the ``X-Request-Id`` stamp."""
     app[_TOKENS_KEY] = {}
-    app.middlewares.extend([error_middleware, auth_middleware])
+    # Outermost first: the access line sees the final status and the organization.
+    app.middlewares.extend([access_middleware, error_middleware, auth_middleware])
     app.on_response_prepare.append(_stamp_request_id)

@@ -14,6 +14,7 @@ can let them propagate.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ from ._records import new_id, now_ms, split_page
 __all__ = ["Store", "new_id", "now_ms", "split_page"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("vi_flow.server")
 
 FlowVersion = str | int
 """``"draft"``, ``"production"`` or a published version number."""
@@ -202,7 +205,9 @@ class Store:
 
     async def create_run(self, org_id: str, spec: RunSpec, run_id: str | None = None) -> Run:
         """Store a new Pending run (409 ``CONFLICT`` if ``run_id`` is taken) and return it."""
-        return await self.run(lambda c: rec.create_run(c, org_id, spec, run_id))
+        run = await self.run(lambda c: rec.create_run(c, org_id, spec, run_id))
+        log.info("run %s of %s: created, flow %s", run.run_id, org_id, spec.flow_id or "-")
+        return run
 
     async def get_run(self, run_id: str, org_id: str | None = None) -> Run:
         """The run (in ``org_id`` when given), or 404 ``RUN_NOT_FOUND``."""
@@ -238,7 +243,18 @@ class Store:
         a cancel. Entering ``Cancelled`` also sets ``spec.killed_at``.
         """
         cond = Condition(condition)
-        return await self.run(lambda c: rec.set_run_condition(c, run_id, cond, message, reason))
+
+        def change(c: sqlite3.Connection) -> tuple[Condition | None, Run]:
+            before = rec.get_run(c, None, run_id).status.condition
+            return before, rec.set_run_condition(c, run_id, cond, message, reason)
+
+        before, run = await self.run(change)
+        if before != cond and not (before is not None and before.terminal):
+            # The message is left out: it may quote a step's input or output.
+            was = before.value if before is not None else "-"
+            why = f" ({reason})" if reason else ""
+            log.info("run %s of %s: %s -> %s%s", run_id, run.organization_id, was, cond.value, why)
+        return run
 
     async def set_run_log(self, run_id: str, log: str) -> None:
         """Record where the run's event log lives (shown as ``status.log``)."""

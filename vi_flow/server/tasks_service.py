@@ -15,6 +15,7 @@ cancel, wait, reservation owners); the service's other parts live beside it:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from typing import Any
 
@@ -46,6 +47,8 @@ __all__ = ["DEFAULT_GRACE", "FOLLOW_POLL", "SCHEMA", "TASKS_KEY", "SessionContex
 DEFAULT_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task is cancelled."""
 
+log = logging.getLogger("vi_flow.server.tasks")
+
 
 class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
     """Task records and their life cycle over one compute provider.
@@ -67,6 +70,8 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
             ).fetchall()
         )
         recovered = [await self._running_task(row) for row in rows]
+        if recovered:
+            log.info("recovering %d tasks left pending or running", len(recovered))
         await self.provider.recover(recovered)
 
     async def close(self) -> None:
@@ -91,7 +96,11 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
     # -- provider updates --------------------------------------------------------------
 
     async def _record_update(self, update: TaskUpdate) -> None:
-        await self.store.run(lambda c: _apply_update(c, update))
+        before = await self.store.run(lambda c: _apply_update(c, update))
+        if before is not None and before != update.status:
+            # The provider's message is left out: it may quote the task's output.
+            code = f" (exit {update.exit_code})" if update.exit_code is not None else ""
+            log.info("task %s: %s -> %s%s", update.task_id, before.value, update.status.value, code)
         self._notify(update.task_id)
 
     # -- submit ------------------------------------------------------------------------
@@ -124,6 +133,7 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
         await asyncio.to_thread(prepare_task_dir, paths)
         await self._insert(spec, run_id, step_id)
         await self._queue(spec)
+        log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)
         return await self.get(task_id)
 
     async def _queue(self, spec: LaunchSpec) -> None:
@@ -266,17 +276,19 @@ def _update_columns(update: TaskUpdate) -> dict[str, Any]:
     return sets
 
 
-def _apply_update(conn: sqlite3.Connection, update: TaskUpdate) -> None:
-    """Record ``update`` unless the task is unknown or has already ended."""
+def _apply_update(conn: sqlite3.Connection, update: TaskUpdate) -> TaskStatus | None:
+    """Record ``update`` unless the task is unknown or has already ended; the old status."""
     row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (update.task_id,)).fetchone()
     if row is None or TaskStatus(row["status"]).terminal:
-        return
+        return None
+    before = TaskStatus(row["status"])
     sets = _update_columns(update)
     assignments = ", ".join(f"{k} = ?" for k in sets)
     conn.execute(
         f"UPDATE tasks SET {assignments} WHERE task_id = ?",
         (*sets.values(), update.task_id),
     )
+    return before
 
 
 TASKS_KEY = web.AppKey("vi_flow.tasks", TaskService)

@@ -167,6 +167,8 @@ class Engine:
             handle.cancel()
         self._timers.clear()
         tasks = [*self._tasks.values(), *self._background]
+        if self._tasks:
+            log.info("stopping %d running runs; the next start ends them", len(self._tasks))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -442,6 +444,8 @@ class Engine:
 
     async def _recover(self) -> None:
         rows = await self.store.run(tables.open_runs)
+        if rows:
+            log.info("recovering %d runs left open by the last server", len(rows))
         for row in rows:
             with contextlib.suppress(Exception):
                 await self._recover_one(row)
@@ -460,9 +464,11 @@ class Engine:
 
     async def _recover_one(self, row: RunRow) -> None:
         if row.state == "paused" and row.pause is not None:
+            log.info("run %s is still paused; its pause timeout is armed again", row.run_id)
             self._arm(Paused(row.run_id, row.pause["token"], int(row.pause["deadline"])))
             return
         if row.state == "done":
+            log.info("run %s had finished when the server stopped; closing it", row.run_id)
             await self._close_done(row)
             return
         log.info("run %s was %s when the server stopped; marking it Error", row.run_id, row.state)

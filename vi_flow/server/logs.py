@@ -1,0 +1,159 @@
+"""Where the server process logs: one line per event, to stderr or to a rotating file.
+
+:func:`configure_logging` gives the ``vi_flow.server`` logger tree (access lines, engine,
+tasks, providers) and aiohttp's own loggers one handler, at the level named by
+``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when unset).
+``vi-flow serve`` logs to stderr; the background server to ``<home>/logs/server.log``,
+rotated. aiohttp's access logger is silenced: the access middleware writes the
+request lines, without the query string that aiohttp's would show.
+:func:`close_logging` undoes it all.
+
+Example:
+    >>> configure_logging(file=home / "logs" / "server.log")
+    >>> ...
+    >>> close_logging()
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+
+__all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging"]
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""One line per record: ``2026-12-02 05:00:00,123 INFO vi_flow.server.access: ...``."""
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+"""The values ``VI_FLOW_LOG`` accepts (any case) and the levels they mean."""
+
+_LOGGERS = ("vi_flow.server", "aiohttp")
+# aiohttp's access line carries the full request line, query string included.
+_SILENCED = ("aiohttp.access",)
+_MAX_BYTES = 10 * 1024 * 1024
+_BACKUPS = 5
+
+
+@attrs.define
+class _Installed:
+    """What :func:`configure_logging` changed, so that :func:`close_logging` restores it."""
+
+    handler: logging.Handler
+    listener: logging.handlers.QueueListener | None
+    saved: list[tuple[logging.Logger, int, bool]]
+
+
+_installed: _Installed | None = None
+
+
+class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
+    """A rotating file that only its owner may read: requests name organizations."""
+
+    def _open(self) -> Any:
+        def opener(path: str, flags: int) -> int:
+            return os.open(path, flags, 0o600)
+
+        return open(  # the handler owns and closes the stream
+            self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=opener
+        )
+
+
+def _level() -> int:
+    raw = os.environ.get("VI_FLOW_LOG", "").strip()
+    if not raw:
+        return logging.INFO
+    try:
+        return LEVELS[raw.lower()]
+    except KeyError:
+        known = ", ".join(LEVELS)
+        raise ValueError(f"VI_FLOW_LOG={raw!r} is not a log level; use one of {known}") from None
+
+
+def _file_handler(file: Path, max_bytes: int) -> logging.Handler:
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handler = _PrivateRotatingFile(file, maxBytes=max_bytes, backupCount=_BACKUPS, encoding="utf-8")
+    os.chmod(file, 0o600)  # a file left by an older server may be wider
+    return handler
+
+
+def _queued(handler: logging.Handler) -> tuple[logging.Handler, logging.handlers.QueueListener]:
+    """Write through a thread, so that disk writes and rotation never block the event loop."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    listener.start()
+    return logging.handlers.QueueHandler(records), listener
+
+
+def _install(handler: logging.Handler, level: int) -> list[tuple[logging.Logger, int, bool]]:
+    saved = []
+    for name in (*_LOGGERS, *_SILENCED):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False  # a handler on the root (or the client's) would repeat lines
+    for name in _SILENCED:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return saved
+
+
+def configure_logging(
+    *, file: Path | None = None, stream: TextIO | None = None, max_bytes: int = _MAX_BYTES
+) -> None:
+    """Send the server's log lines to ``file`` (rotated) or to ``stream``.
+
+    Calling it again replaces what the previous call installed.
+
+    Args:
+        file: A log file, rotated at ``max_bytes`` with five backups (``server.log.1``
+            ...); its folder is created and the file is readable by its owner only.
+        stream: Where to write when no ``file`` is given; ``sys.stderr`` by default.
+        max_bytes: The size at which ``file`` is rotated.
+
+    Raises:
+        ValueError: ``VI_FLOW_LOG`` names no known level.
+    """
+    level = _level()
+    close_logging()
+    target = _file_handler(file, max_bytes) if file is not None else None
+    handler = target or logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    listener = None
+    if target is not None:
+        handler, listener = _queued(target)
+    global _installed
+    _installed = _Installed(handler, listener, _install(handler, level))
+
+
+def close_logging() -> None:
+    """Remove and close what :func:`configure_logging` installed; a no-op otherwise.
+
+    Lines still queued for the log file are written first.
+    """
+    global _installed
+    installed, _installed = _installed, None
+    if installed is None:
+        return
+    for logger, level, propagate in installed.saved:
+        logger.removeHandler(installed.handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if installed.listener is not None:
+        installed.listener.stop()
+        for handler in installed.listener.handlers:
+            handler.close()
+    installed.handler.close()
