@@ -337,7 +337,7 @@ def logs(task_id: str, follow: bool, tail: int, stderr: bool, both: bool, as_jso
 def ssh(task_id: str, print_only: bool) -> None:
     """Open an SSH session into a task with your ssh client (host key pinned).
 
-    Registers vi-flow's default key (in the config dir) on first use. Without a terminal, or
+    Registers vi-flow's default key (in HOME/client/ssh) on first use. Without a terminal, or
     with --print, prints the command line instead.
     """
     client = state().client()

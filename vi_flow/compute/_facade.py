@@ -461,7 +461,7 @@ class ComputeMethods:
         return True
 
     async def ensure_default_ssh_key(self) -> str | None:
-        """Create (once) ``<config dir>/ssh/id_ed25519`` and register it; returns its key id."""
+        """Create (once) ``<home>/client/ssh/id_ed25519`` and register it; returns its key id."""
         _, key = await self.ssh_keys.ensure_default()
         return key.key_id
 

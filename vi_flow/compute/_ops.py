@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from .._errors import TaskTimeoutError, ViFlowError
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
+from ..resources.ssh_keys import client_ssh_dir
 from ._follow import LogFollower
 from ._upload import UploadResult, check_target_dir, collect_files, progress_bar, upload_files
 from .ssh import ShellResult, SSHTarget, connect, interactive_shell, run_remote, write_known_hosts
@@ -120,7 +121,7 @@ async def _target_and_endpoint(
 
 
 def _target(client: ComputeClient, ep: SSHEndpoint, key: Path, *, logs: bool) -> SSHTarget:
-    known = client._settings.config_dir / "ssh" / f"known_hosts-{ep.host}-{ep.port}"
+    known = client_ssh_dir(client._settings.home) / f"known_hosts-{ep.host}-{ep.port}"
     return SSHTarget(
         host=ep.host,
         port=ep.port,

@@ -27,6 +27,8 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from ..resources.ssh_keys import write_private_file
+
 if TYPE_CHECKING:
     import asyncssh
 
@@ -120,14 +122,13 @@ def known_hosts_line(target: SSHTarget) -> str:
 
 
 def write_known_hosts(target: SSHTarget) -> Path:
-    """Write the pinned known-hosts file for ``target`` (mode 0600) and return its path."""
+    """Write the pinned known-hosts file for ``target`` (mode 0600) and return its path.
+
+    Atomic and safe to call from many threads at once (each write has its own temporary
+    file). Blocking: call it in a worker thread.
+    """
     path = target.known_hosts_path
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(known_hosts_line(target))
-    tmp.replace(path)
+    write_private_file(path, known_hosts_line(target).encode())
     return path
 
 

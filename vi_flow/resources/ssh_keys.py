@@ -1,9 +1,13 @@
 """``client.ssh_keys``: register public keys for task SSH, and the user's default key pair.
 
-The default key pair lives at ``<config dir>/ssh/id_ed25519`` (private key, mode 0600)
-and ``id_ed25519.pub``. :meth:`AsyncSSHKeys.ensure_default` creates it once (off the event
-loop; the file is created atomically so two processes never end up with different keys)
-and registers its public half with the server, which accepts only registered keys.
+The client's SSH state lives in the home, in :func:`client_ssh_dir` (``<home>/client/ssh``,
+mode 0700), so that a ``VI_FLOW_HOME`` holds everything of it and nothing is written
+elsewhere; ``<home>/ssh`` is the server's, for its host key. There the default key pair is
+``id_ed25519`` (private key) and ``id_ed25519.pub``, and the pinned known-hosts files sit
+beside them, every file mode 0600 and written by :func:`write_private_file`.
+:meth:`AsyncSSHKeys.ensure_default` creates the pair once (off the event loop; the file is
+created atomically so two processes never end up with different keys) and registers its
+public half with the server, which accepts only registered keys.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from ._base import AsyncResource
 if TYPE_CHECKING:
     from .._client import AsyncClient
 
-__all__ = ["DEFAULT_KEY_NAME", "AsyncSSHKeys", "KeyPair", "load_or_create_key_pair"]
+__all__ = [
+    "DEFAULT_KEY_NAME",
+    "AsyncSSHKeys",
+    "KeyPair",
+    "client_ssh_dir",
+    "load_or_create_key_pair",
+    "write_private_file",
+]
 
 DEFAULT_KEY_NAME = "vi-flow-default"
 
@@ -44,6 +55,41 @@ class KeyPair:
     public_key: str
 
 
+def client_ssh_dir(home: Path) -> Path:
+    """Return the directory of the client's SSH key pair and known-hosts files in ``home``."""
+    return home / "client" / "ssh"
+
+
+def write_private_file(target: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write ``target`` atomically with mode 0600, its directory created with mode 0700.
+
+    The data goes to a temporary file of its own first, so concurrent writers never
+    share one (a fixed ``.tmp`` name made parallel shells fail), and a reader sees the
+    old file or the new one, never half of one. Blocking: call it in a worker thread.
+
+    Args:
+        target: The file to write.
+        data: Its whole content.
+        replace: Replace an existing file; when ``False`` an existing file is kept (an
+            atomic create-if-absent, so racing processes agree on one key).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # mkstemp picks a fresh name in the target's directory (so os.replace and os.link stay
+    # on one file system) and creates the file with mode 0600.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if replace:
+            os.replace(tmp, target)
+            return
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # gone already when it replaced the target
+
+
 def load_or_create_key_pair(directory: Path) -> KeyPair:
     """Return the ed25519 key pair in ``directory``, creating it first if needed.
 
@@ -51,29 +97,16 @@ def load_or_create_key_pair(directory: Path) -> KeyPair:
     """
     import asyncssh
 
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = directory / "id_ed25519"
     if not private.exists():
         key = asyncssh.generate_private_key("ssh-ed25519", comment="vi-flow")
-        _create_exclusive(private, key.export_private_key("openssh"))
+        write_private_file(private, key.export_private_key("openssh"), replace=False)
     key = asyncssh.read_private_key(str(private))
     public = key.export_public_key("openssh").decode().strip()
     pub_path = directory / "id_ed25519.pub"
     if not pub_path.exists() or pub_path.read_text(encoding="utf-8").strip() != public:
-        pub_path.write_text(public + "\n", encoding="utf-8")
+        write_private_file(pub_path, f"{public}\n".encode())
     return KeyPair(private_path=private, public_key=public)
-
-
-def _create_exclusive(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".id_ed25519.")
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, target)  # atomic create-if-absent: a racing process keeps its key
-    finally:
-        os.unlink(tmp)
 
 
 class AsyncSSHKeys(AsyncResource):
@@ -116,7 +149,7 @@ class AsyncSSHKeys(AsyncResource):
         """
         async with self._lock:
             if self._default is None:
-                directory = self._client._settings.config_dir / "ssh"
+                directory = client_ssh_dir(self._client._settings.home)
                 pair = await anyio.to_thread.run_sync(load_or_create_key_pair, directory)
                 key = await self.create(DEFAULT_KEY_NAME, pair.public_key)
                 self._default = (pair, key)
