@@ -42,6 +42,7 @@ EXPECTED = {
     "FlowNotFoundError",
     "InsufficientCreditsError",
     "InternalServerError",
+    "LocalServerError",
     "NotFoundError",
     "NotImplementedByProviderError",
     "PaginatedResponse",

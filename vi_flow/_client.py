@@ -42,8 +42,10 @@ class ClientState(enum.Enum):
 class AsyncClient(PlatformMethods):
     """The async vi_flow client.
 
-    With nothing configured it starts the embedded local server on 127.0.0.1 and talks to
-    it; give ``base_url`` (or ``VI_FLOW_BASE_URL``) to reach a remote server instead.
+    With nothing configured it talks to the home's local server on 127.0.0.1, starting it
+    in the background when none runs (one server per home, shared by every process; see
+    ``local_server`` in the configuration); give ``base_url`` (or ``VI_FLOW_BASE_URL``)
+    to reach a remote server instead.
 
     Example:
         ```python
@@ -53,12 +55,12 @@ class AsyncClient(PlatformMethods):
         ```
 
     Args:
-        api_key: Bearer token (``VI_FLOW_API_KEY``); the embedded server supplies its own.
+        api_key: Bearer token (``VI_FLOW_API_KEY``); the local server's admin token by default.
         organization_id: Organization to act in (``VI_FLOW_ORGANIZATION_ID``).
         base_url: ``"local"`` (default) or the server's URL ending in ``/v1``.
         timeout: A :class:`Timeout` or seconds, per call unless overridden.
         max_retries: Retries of a failed call (default 2).
-        home: State directory of the embedded server (``VI_FLOW_HOME``).
+        home: State directory of the local server (``VI_FLOW_HOME``).
         sleep: How to wait between retries; tests pass a fake so they never wait.
     """
 
@@ -141,7 +143,10 @@ class AsyncClient(PlatformMethods):
         return AsyncFlow(self, flow_id)
 
     async def aclose(self) -> None:
-        """Close connections and stop the embedded server if this client started it; idempotent."""
+        """Close connections (and an in-process server this client holds); idempotent.
+
+        The home's background server keeps running, with the work it was given.
+        """
         if self._owner:
             await self.http.connection.aclose()
 

@@ -2,8 +2,10 @@
 
 The config file is TOML at ``$VI_FLOW_CONFIG`` or ``<config dir>/config.toml`` (the config dir
 is ``$VI_FLOW_CONFIG_DIR`` or the platform's user config dir). Its keys are the argument
-names: ``api_key``, ``organization_id``, ``base_url``, ``timeout``, ``max_retries``, ``home``.
-The default ``base_url`` is ``local``: the client starts the embedded server itself.
+names: ``api_key``, ``organization_id``, ``base_url``, ``timeout``, ``max_retries``, ``home``,
+``local_server`` and ``server_idle_timeout``. The default ``base_url`` is ``local``: the
+home's own server, which the client finds or starts in the background
+(``local_server = "background"``), or runs inside its own process (``"in-process"``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,18 @@ __all__ = [
 
 LOCAL: Final = "local"
 DEFAULT_MAX_RETRIES: Final = 2
-CONFIG_KEYS: Final = ("api_key", "organization_id", "base_url", "timeout", "max_retries", "home")
+CONFIG_KEYS: Final = (
+    "api_key",
+    "organization_id",
+    "base_url",
+    "timeout",
+    "max_retries",
+    "home",
+    "local_server",
+    "server_idle_timeout",
+)
+LOCAL_SERVER_MODES: Final = ("background", "in-process")
+DEFAULT_IDLE_TIMEOUT: Final = 600.0
 
 
 class NotGiven(enum.Enum):
@@ -95,10 +108,12 @@ class Settings:
     max_retries: int
     home: Path
     config_dir: Path
+    local_server: str = "background"
+    server_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
     @property
     def is_local(self) -> bool:
-        """Whether the client runs the embedded local server."""
+        """Whether the client talks to the home's local server."""
         return self.base_url == LOCAL
 
 
@@ -168,7 +183,7 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
 def _parse_value(key: str, value: str) -> Any:
     if key == "max_retries":
         return int(value)
-    if key == "timeout":
+    if key in ("timeout", "server_idle_timeout"):
         return float(value)
     return value
 
@@ -212,6 +227,11 @@ def resolve_settings(
     if retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {retries}")
     raw_timeout = _pick(timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
+    mode = str(_pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background"))
+    if mode not in LOCAL_SERVER_MODES:
+        raise ValueError(
+            f"local_server must be one of {', '.join(LOCAL_SERVER_MODES)}, got {mode!r}"
+        )
     return Settings(
         base_url=url,
         api_key=_pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None),
@@ -222,7 +242,24 @@ def resolve_settings(
         max_retries=retries,
         home=Path(_pick(home, "VI_FLOW_HOME", file, "home", default_home())).expanduser(),
         config_dir=config_dir(),
+        local_server=mode,
+        server_idle_timeout=_idle_timeout(file),
     )
+
+
+def _idle_timeout(file: dict[str, Any]) -> float:
+    raw = _pick(NOT_GIVEN, "VI_FLOW_SERVER_IDLE_TIMEOUT", file, "server_idle_timeout", None)
+    if raw is None:
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"server_idle_timeout must be a number of seconds (0 = never), got {raw!r}"
+        ) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"server_idle_timeout must be >= 0 seconds, got {raw!r}")
+    return seconds
 
 
 def _coerce_timeout(value: Any) -> Timeout:

@@ -5,7 +5,8 @@ Every error a user can catch derives from :class:`ViFlowError`::
     ViFlowError
     ├── APIError                      the server could not be reached or answered badly
     │   ├── APIConnectionError        no answer: refused, reset, DNS, TLS
-    │   │   └── APITimeoutError       no answer in time
+    │   │   ├── APITimeoutError       no answer in time
+    │   │   └── LocalServerError      the home's local server could not be found or started
     │   ├── APIResponseValidationError  an answer that is not the JSON it should be
     │   └── APIStatusError            a non-2xx answer (status, code, request id, body)
     │       ├── BadRequestError               400
@@ -50,6 +51,7 @@ __all__ = [
     "FlowNotFoundError",
     "InsufficientCreditsError",
     "InternalServerError",
+    "LocalServerError",
     "NotFoundError",
     "NotImplementedByProviderError",
     "PaginationError",
@@ -95,6 +97,10 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """No answer came back in time."""
+
+
+class LocalServerError(APIConnectionError):
+    """The home's local server could not be found or started (the message says why)."""
 
 
 class APIResponseValidationError(APIError):

@@ -20,13 +20,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
-from . import __version__
+from . import __version__, _local
 from ._config import NOT_GIVEN, NotGiven, Settings, Timeout
 from ._errors import (
     APIConnectionError,
@@ -38,9 +38,6 @@ from ._errors import (
 )
 from .models._base import from_wire, to_wire
 
-if TYPE_CHECKING:
-    from .server.embedded import EmbeddedServer
-
 __all__ = ["Connection", "Endpoint", "HTTPCore", "Sleep", "path"]
 
 T = TypeVar("T")
@@ -48,6 +45,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 log = logging.getLogger("vi_flow")
 
+#: The organization of the local server's admin token.
+DEFAULT_ORGANIZATION = "org_default"
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 INITIAL_BACKOFF = 0.5
@@ -79,25 +78,38 @@ class Endpoint:
 
 
 class Connection:
-    """The shared part of a client: the endpoint, the aiohttp session and the embedded server.
+    """The shared part of a client: the endpoint, the aiohttp session and the local server.
 
-    The session is created on first use, on the loop that uses it.
+    The session is created on first use, on the loop that uses it. With the ``local`` base
+    URL the endpoint is the home's server (:mod:`vi_flow._local`), found again when it
+    stops answering: a restarted server gets a new port.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.closed = False
         self._endpoint: Endpoint | None = None
-        self._embedded: EmbeddedServer | None = None
+        self._attached: _local.Attached | None = None
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
 
     async def endpoint(self) -> Endpoint:
-        """Return the endpoint, starting the embedded server on first use when local."""
+        """Return the endpoint, finding (or starting) the home's server on first use."""
         if self._endpoint is None:
-            self._endpoint = await self._resolve()
+            async with self._lock:
+                if self._endpoint is None:
+                    self._endpoint = await self._resolve()
         return self._endpoint
+
+    async def reconnect(self, stale: Endpoint) -> Endpoint:
+        """After ``stale`` stopped answering: the home's server as it is now (local only)."""
+        if not self.settings.is_local or (self._attached and self._attached.release):
+            return stale  # a remote URL stays as given; our own in-process server is ours
+        async with self._lock:
+            if self._endpoint is stale:
+                self._endpoint = await self._resolve()
+            return self._endpoint or stale
 
     async def _resolve(self) -> Endpoint:
         s = self.settings
@@ -105,17 +117,17 @@ class Connection:
             return Endpoint(s.base_url, s.api_key, s.organization_id)
         import anyio.to_thread
 
-        from .server import embedded
-
-        server = await anyio.to_thread.run_sync(embedded.acquire, s.home)
+        attached = await anyio.to_thread.run_sync(_local.attach, s)
         if self.closed:  # closed while the server was starting
-            await anyio.to_thread.run_sync(embedded.release, server)
+            if attached.release is not None:
+                await anyio.to_thread.run_sync(attached.release)
             raise ClientStateError("the client was closed")
-        self._embedded = server
+        self._attached = attached
         return Endpoint(
-            server.base_url,
-            s.api_key or server.api_key,
-            s.organization_id or server.organization_id,
+            attached.info.url,
+            s.api_key or _local.admin_token(s.home),
+            # the admin token's organization; a key the user gave names its own
+            s.organization_id or (None if s.api_key else DEFAULT_ORGANIZATION),
         )
 
     def session(self) -> aiohttp.ClientSession:
@@ -134,20 +146,18 @@ class Connection:
         return self._session
 
     async def aclose(self) -> None:
-        """Close the session and release the embedded server; idempotent."""
+        """Close the session and let an in-process server go; idempotent."""
         if self.closed:
             return
         self.closed = True
         if self._session is not None and self._session_loop is asyncio.get_running_loop():
             await self._session.close()
         self._session = None
-        if self._embedded is not None:
+        attached, self._attached = self._attached, None
+        if attached is not None and attached.release is not None:
             import anyio.to_thread
 
-            from .server import embedded
-
-            server, self._embedded = self._embedded, None
-            await anyio.to_thread.run_sync(embedded.release, server)
+            await anyio.to_thread.run_sync(attached.release)
 
 
 def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
@@ -330,6 +340,9 @@ class HTTPCore:
                     raise
                 delay = self._backoff(attempt, None)
                 log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
+                if not isinstance(exc, APITimeoutError):
+                    endpoint = await self.connection.reconnect(endpoint)
+                    request.retarget(endpoint, url)
             else:
                 if resp.status < 400:
                     try:
@@ -454,6 +467,10 @@ class _Request:
             hdrs["Idempotency-Key"] = f"vi-{uuid.uuid4().hex}"
         self.headers = hdrs
         self.retryable = method in IDEMPOTENT_METHODS or "Idempotency-Key" in hdrs
+
+    def retarget(self, endpoint: Endpoint, url: str) -> None:
+        """Send the next attempt to ``endpoint`` (the same server, found again)."""
+        self.full_url = endpoint.base_url + url
 
 
 def _query(value: Any) -> str:

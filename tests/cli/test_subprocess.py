@@ -59,9 +59,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+/v1)", line)
-        assert match, line
+        seen = []  # start-up log lines come first; the address line ends them
+        while not (
+            match := re.search(
+                r"listening on (http://127\.0\.0\.1:\d+/v1)", seen[-1] if seen else ""
+            )
+        ):
+            seen.append(proc.stderr.readline())
+            assert seen[-1], "".join(seen)
         yield match.group(1), (home / "admin-token").read_text().strip(), proc
     finally:
         if proc.poll() is None:

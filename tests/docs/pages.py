@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from ..localserver.kit import stop_server
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 #: Every page whose code blocks the tests run: the docs site and the README.
@@ -100,6 +102,8 @@ def free_port() -> int:
 def serving(argv: list[str], env: Mapping[str, str], cwd: Path) -> Iterator[str]:
     """Run a ``vi-flow serve`` command in the background; yield the line it prints once bound.
 
+    The start-up log lines before it are skipped.
+
     On exit the server gets ``SIGTERM`` and must stop cleanly (exit status 0).
     """
     proc = subprocess.Popen(
@@ -109,6 +113,8 @@ def serving(argv: list[str], env: Mapping[str, str], cwd: Path) -> Iterator[str]
     assert proc.stderr is not None
     try:
         first = proc.stderr.readline().rstrip("\n")
+        while first and "vi-flow server listening on" not in first:  # log lines come first
+            first = proc.stderr.readline().rstrip("\n")
         if not first:
             raise AssertionError(f"{argv} exited {proc.wait()} without printing a line")
         yield first
@@ -120,3 +126,12 @@ def serving(argv: list[str], env: Mapping[str, str], cwd: Path) -> Iterator[str]
             proc.kill()
             _, rest = proc.communicate()
     assert proc.returncode == 0, f"{argv} did not stop cleanly on SIGTERM: {rest}"
+
+
+@contextlib.contextmanager
+def home_server_stopped(env: Mapping[str, str]) -> Iterator[None]:
+    """Stop, afterwards, the background server the page's code started in the user's home."""
+    try:
+        yield
+    finally:
+        stop_server(Path(env["VI_FLOW_HOME"]))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from .fake_model import fake_model
-from .pages import Block, all_blocks, blocks, page_id, serving, user_env
+from .pages import Block, all_blocks, blocks, home_server_stopped, page_id, serving, user_env
 
 MAX_NOT_RUN = 1
 
@@ -79,7 +79,7 @@ def test_page_code_runs(page: Path, tmp_path: Path) -> None:
     path = tmp_path / f"doc_{page.stem.replace('-', '_')}.py"
     path.write_text(script, encoding="utf-8")
     env = user_env(tmp_path) | {"PYTHONWARNINGS": "error::DeprecationWarning"}
-    with _server(script, tmp_path, env) as settings:
+    with home_server_stopped(env), _server(script, tmp_path, env) as settings:
         proc = subprocess.run(
             [sys.executable, str(path)],
             cwd=tmp_path,

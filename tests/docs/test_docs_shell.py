@@ -25,7 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from .pages import Block, all_blocks, blocks, free_port, page_id, serving, user_env
+from .pages import (
+    Block,
+    all_blocks,
+    blocks,
+    free_port,
+    home_server_stopped,
+    page_id,
+    serving,
+    user_env,
+)
 
 #: The set-up commands of index.md and the README (they install and run the whole suite),
 #: the README's development commands, and production.md's ``sudo cat`` block.
@@ -74,6 +83,7 @@ def test_page_commands_run(page: Path, tmp_path: Path) -> None:
     work.mkdir()
     _write_files(page, work)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(home_server_stopped(env))
         if SERVER in script:
             port = free_port()
             stack.enter_context(serving(["vi-flow", "serve", "--port", str(port)], env, work))

@@ -114,7 +114,8 @@ def _hint_for(exc: BaseException) -> str | None:
         (e.TaskNotFoundError, "'vi-flow tasks list' shows the tasks"),
         (e.PreconditionFailedError, "someone changed it meanwhile; fetch it again and retry"),
         (e.APITimeoutError, "the server is slow or overloaded; retry, or raise --timeout"),
-        (e.APIConnectionError, "is the server running? start one with 'vi-flow serve'"),
+        (e.LocalServerError, "'vi-flow server logs' shows the home's server log"),
+        (e.APIConnectionError, "is the server at --base-url / VI_FLOW_BASE_URL running?"),
         (e.RateLimitError, "too many requests; wait a little and retry"),
         (e.NotImplementedByProviderError, "the server's compute provider cannot do this"),
     ]

@@ -10,8 +10,9 @@ from ._state import CliState
 __all__ = ["COMMANDS", "cli"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("vi_flow.cli.serve:serve", "Run the local vi-flow server until Ctrl-C / SIGTERM."),
-    "demo": ("vi_flow.cli.demo:demo", "Run the guided demo on the embedded local server."),
+    "serve": ("vi_flow.cli.serve:serve", "Run the home's server in the foreground."),
+    "server": ("vi_flow.cli.server:server", "Start, inspect, stop the home's background server."),
+    "demo": ("vi_flow.cli.demo:demo", "Run the guided demo on the home's local server."),
     "flows": ("vi_flow.cli.flows:flows", "Create, list, publish and delete flows."),
     "runs": ("vi_flow.cli.runs:runs", "List, inspect, watch and cancel runs."),
     "execute": ("vi_flow.cli.execute:execute", "Execute a flow and show its steps live."),
@@ -39,7 +40,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     envvar="VI_FLOW_BASE_URL",
     show_envvar=True,
     metavar="URL",
-    help="Server URL ending in /v1, or 'local' for the embedded server (the default).",
+    help="Server URL ending in /v1, or 'local' for the home's own server (the default).",
 )
 @click.option(
     "--api-key",
@@ -73,8 +74,9 @@ def cli(
 ) -> None:
     """vi-flow: run AI flows and the GPU tasks behind them.
 
-    With nothing configured, commands talk to the embedded local server (state under
-    VI_FLOW_HOME). Start with 'vi-flow demo'.
+    With nothing configured, commands talk to the home's local server (state under
+    VI_FLOW_HOME), started in the background on first use and shared by every process
+    ('vi-flow server status'). Start with 'vi-flow demo'.
     """
     obj = CliState(base_url=base_url, api_key=api_key, color=color, debug=debug, json=as_json)
     ctx.obj = obj

@@ -37,6 +37,8 @@ def show(as_json: bool) -> None:
         "timeout": {"connect": timeout.connect, "read": timeout.read, "total": timeout.total},
         "maxRetries": settings.max_retries,
         "home": str(settings.home),
+        "localServer": settings.local_server,
+        "serverIdleTimeout": settings.server_idle_timeout,
         "configFile": str(config_path()),
     }
     if wants_json(as_json):
@@ -50,6 +52,8 @@ def show(as_json: bool) -> None:
             ("timeout", f"connect {timeout.connect}s, read {timeout.read}s"),
             ("max_retries", data["maxRetries"]),
             ("home", data["home"]),
+            ("local_server", data["localServer"]),
+            ("server_idle_timeout", f"{settings.server_idle_timeout:g} s (0: never)"),
             ("config file", data["configFile"]),
         ]
     )
@@ -61,7 +65,8 @@ def show(as_json: bool) -> None:
 def set_(key: str, value: str) -> None:
     """Set KEY to VALUE in the config file (mode 0600).
 
-    Keys: api_key, organization_id, base_url, timeout, max_retries, home.
+    Keys: api_key, organization_id, base_url, timeout, max_retries, home, local_server
+    (background or in-process), server_idle_timeout (seconds, 0: never).
     """
     from .._config import CONFIG_KEYS, write_config_value
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+from ._failures import EXIT_FAILURE, CommandFailed
+
+if TYPE_CHECKING:
+    from ..server import ServerSettings
 
 __all__ = ["serve"]
 
@@ -66,13 +72,15 @@ def serve(
     slurm_partition: str | None,
     ray_url: str | None,
 ) -> None:
-    """Run the local vi-flow server until Ctrl-C or SIGTERM.
+    """Run the home's vi-flow server in the foreground until Ctrl-C or SIGTERM.
 
-    Clients reach it with --base-url http://HOST:PORT/v1 and the admin token in
-    HOME/admin-token.
+    It owns the home: clients with the default 'local' base URL use it, and a second
+    server on the same home exits 1 naming this one. Remote clients reach it with
+    --base-url http://HOST:PORT/v1 and the admin token in HOME/admin-token. Logs go to
+    stderr at the level of VI_FLOW_LOG (default info).
     """
     from .._config import default_home
-    from ..server import ServerSettings, run_server
+    from ..server import ServerSettings
 
     slurm = {
         "url": slurm_url,
@@ -89,7 +97,7 @@ def serve(
     if ray_url:
         extra["ray"] = {"url": ray_url}
     settings = ServerSettings(
-        home=(home or default_home()).expanduser(),
+        home=(home or default_home()).expanduser().resolve(),
         host=host,
         port=port,
         provider=provider,
@@ -97,4 +105,21 @@ def serve(
         llm_api_key=llm_api_key,
         extra=extra,
     )
-    run_server(settings)
+    _serve_logged(settings)
+
+
+def _serve_logged(settings: ServerSettings) -> None:
+    from ..server import run_server
+    from ..server.home import HomeError
+    from ..server.logs import close_logging, configure_logging
+
+    try:
+        configure_logging()
+    except ValueError as exc:  # a bad VI_FLOW_LOG
+        raise click.UsageError(str(exc)) from None
+    try:
+        run_server(settings)
+    except HomeError as exc:  # another server owns the home, or it is unusable
+        raise CommandFailed(str(exc), exit_code=EXIT_FAILURE) from None
+    finally:
+        close_logging()

@@ -3,36 +3,52 @@
 :func:`create_app` builds the application: the store and settings under their
 ``AppKey``\\ s, the middlewares (request id, JSON errors, auth), then each feature
 module's ``setup(app)`` (``routes/admin``, ``flows``, ``runs``, ``executions``,
-``tasks``). Opening the app opens the store and makes sure the default organization
-and ``<home>/admin-token`` exist; closing it closes the store last.
+``tasks``). Opening the app takes the home's lock (one server per home), opens the
+store and makes sure the default organization and ``<home>/admin-token`` exist; closing
+it closes the store and lets the lock go last.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from .bootstrap import ensure_admin
 from .helpers import setup_idempotency
+from .home import HomeError, HomeLock, unpublish
 from .middleware import setup_middleware
-from .routes import admin, executions, flows, runs, tasks
-from .state import SETTINGS_KEY, STORE_KEY, ServerSettings
-from .store import Store
+from .routes import admin, executions, flows, lifecycle, runs, tasks
+from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
+from .store import Store, now_ms
 
 __all__ = ["ServerSettings", "create_app"]
 
 log = logging.getLogger("vi_flow.server")
 
-_FEATURES = (admin, flows, runs, executions, tasks)
+_FEATURES = (admin, flows, runs, executions, tasks, lifecycle)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store, home = app[STORE_KEY], app[SETTINGS_KEY].home
-    await store.run(lambda conn: ensure_admin(conn, home))
-    yield
-    await store.close()
+    # The lock comes before the database: a second server on this home never opens it.
+    lock = HomeLock(home)
+    lock.acquire()
+    try:
+        try:
+            await store.run(lambda conn: ensure_admin(conn, home))
+        except (sqlite3.Error, OSError) as exc:  # a full or read-only disk, a broken file
+            await store.close()
+            raise HomeError(f"cannot open the vi-flow database {store.path}: {exc}") from None
+        yield
+        await store.close()
+    finally:
+        unpublish(home, app[IDENTITY_KEY].secret)  # before the lock: never a stale file
+        lock.release()
 
 
 def create_app(settings: ServerSettings) -> web.Application:
@@ -47,6 +63,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     """
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SETTINGS_KEY] = settings
+    app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     app[STORE_KEY] = Store(settings.home / "state.db")
     setup_middleware(app)
     setup_idempotency(app)

@@ -1,10 +1,14 @@
-"""The in-process local server that clients with the ``local`` base URL talk to.
+"""The in-process local server: the home's server, run inside a client's own process.
 
-:func:`acquire` starts (or shares) one server per home directory per process: the
-aiohttp application runs on its own daemon thread with its own event loop, bound to a
-free loopback port. :func:`release` stops it when the last holder lets go; every server
-still running is stopped at interpreter exit. After ``os.fork()`` the child starts its
-own servers (the parent's threads do not exist there).
+Clients use it with ``local_server = "in-process"`` (notebooks, tests); the default is
+the home's background server (:mod:`vi_flow._local`). :func:`acquire` starts (or shares)
+one server per home per process: the aiohttp application runs on its own daemon thread
+with its own event loop, bound to a free loopback port. It takes the home's lock like
+every server, so it never runs beside another server of the home: then :func:`acquire`
+raises :class:`~vi_flow.server.home.HomeBusyError` and the client attaches to that one.
+:func:`release` stops it when the last holder lets go; every server still running is
+stopped at interpreter exit, and the work it holds stops with it. After ``os.fork()`` the
+child starts its own servers (the parent's threads do not exist there).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..models.server import ServerInfo
 from .bootstrap import DEFAULT_ORG, read_admin_token
+from .home import read_run_file
 from .serve import start
 from .state import ServerSettings
 
@@ -79,6 +85,9 @@ class EmbeddedServer:
         future = asyncio.run_coroutine_threadsafe(start(settings), self._loop)
         self._runner, self.port = future.result(timeout=_START_TIMEOUT)
         self.api_key = read_admin_token(self.home) or ""
+        info = read_run_file(self.home)
+        assert info is not None, "start() publishes the run file before it returns"
+        self.info: ServerInfo = info
 
     def _stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -146,7 +155,9 @@ def _launch(home: Path, **settings: Any) -> EmbeddedServer:
     thread.start()
     server = EmbeddedServer(home, loop, thread)
     try:
-        server._start(ServerSettings(home=home, host="127.0.0.1", port=0, **settings))
+        server._start(
+            ServerSettings(home=home, host="127.0.0.1", port=0, mode="in-process", **settings)
+        )
     except BaseException:
         server._stop()
         raise

@@ -1,7 +1,9 @@
-"""Serving the application: start it on a TCP port, and run it as a daemon.
+"""Serving the application: start it on a TCP port, publish it, and run it as a process.
 
-:func:`start` is shared by :func:`run_server` (``vi-flow serve``) and the embedded
-server; :func:`run_server` blocks until SIGTERM or SIGINT, then shuts down cleanly.
+:func:`start` is shared by every way of serving (``vi-flow serve``, the background
+server, the in-process one): it builds the app (which takes the home's lock), binds the
+port and publishes the run file. :func:`run_server` blocks until SIGTERM, SIGINT, an
+admin's ``POST /v1/server/shutdown`` or the idle timeout, then shuts down cleanly.
 """
 
 from __future__ import annotations
@@ -11,34 +13,74 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
+from .. import __version__
+from ..models.server import ServerInfo
 from .app import create_app
-from .state import ServerSettings
+from .home import publish
+from .routes.lifecycle import LIFECYCLE_KEY
+from .state import IDENTITY_KEY, ServerSettings
+from .tasks_service import TASKS_KEY
 
-__all__ = ["run_server", "start"]
+__all__ = ["run_server", "start", "url_of"]
 
 log = logging.getLogger("vi_flow.server")
+
+
+def url_of(host: str, port: int) -> str:
+    """The base URL a client on this host uses for a server bound to ``host:port``."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/v1"
 
 
 async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
     """Start the application on ``settings.host:settings.port``; return the runner and port.
 
-    Call ``await runner.cleanup()`` to stop it (closes the store and every feature).
+    Call ``await runner.cleanup()`` to stop it (closes every feature and the store,
+    removes the run file and lets the home's lock go).
+
+    Raises:
+        HomeBusyError: Another server owns the home; nothing was opened.
+        HomeError: The home cannot be used (read-only, full, not a directory).
     """
-    runner = web.AppRunner(
-        create_app(settings), access_log=None, handle_signals=False, shutdown_timeout=5.0
-    )
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        port = int(runner.addresses[0][1])
+        app[LIFECYCLE_KEY].connections = lambda: (
+            len(runner.server.connections) if runner.server else 0
+        )
+        await asyncio.to_thread(publish, _info(app, settings, port))
     except BaseException:
         await runner.cleanup()
         raise
-    port = int(runner.addresses[0][1])
     return runner, port
+
+
+def _info(app: web.Application, settings: ServerSettings, port: int) -> ServerInfo:
+    identity, service = app[IDENTITY_KEY], app[TASKS_KEY]
+    return ServerInfo(
+        pid=identity.pid,
+        url=url_of(settings.host, port),
+        version=__version__,
+        mode=settings.mode,
+        started_at=identity.started_at,
+        home=str(settings.home),
+        secret=identity.secret,
+        ssh_host=service.ssh_host or None,
+        ssh_port=service.ssh_port or None,
+    )
 
 
 def _on_signal(loop: asyncio.AbstractEventLoop, sig: signal.Signals, stop: asyncio.Event) -> None:
@@ -54,29 +96,49 @@ def _install_signals(stop: asyncio.Event) -> None:
         _on_signal(loop, sig, stop)
 
 
-async def _serve(settings: ServerSettings) -> None:
+async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) -> None:
     stop = asyncio.Event()
     _install_signals(stop)
     runner, port = await start(settings)
-    sys.stderr.write(
-        f"vi-flow server listening on http://{settings.host}:{port}/v1 (home: {settings.home})\n"
+    runner.app[LIFECYCLE_KEY].request_stop = stop.set
+    url = url_of(settings.host, port)
+    log.info(
+        "vi-flow %s serving %s on %s (pid %d, %s)",
+        __version__,
+        settings.home,
+        url,
+        runner.app[IDENTITY_KEY].pid,
+        settings.mode,
     )
-    sys.stderr.flush()
+    if settings.mode == "foreground":
+        sys.stderr.write(
+            f"vi-flow server listening on http://{settings.host}:{port}/v1 "
+            f"(home: {settings.home})\n"
+        )
+        sys.stderr.flush()
+    if ready is not None:
+        ready(port)
     try:
         await stop.wait()
     finally:
         log.info("vi-flow server shutting down")
         await runner.cleanup()
+        log.info("vi-flow server stopped")
 
 
-def run_server(settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly and return.
+def run_server(settings: ServerSettings, *, ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM, SIGINT, a shutdown request or the idle timeout; then stop cleanly.
 
-    Prints ``vi-flow server listening on http://HOST:PORT/v1 (home: DIR)`` to stderr
-    once the port is bound.
+    In the ``foreground`` mode it prints ``vi-flow server listening on
+    http://HOST:PORT/v1 (home: DIR)`` to stderr once the port is bound.
 
     Args:
-        settings: Home directory, host, port and feature settings.
+        settings: Home directory, host, port, mode and feature settings.
+        ready: Called with the port once the server answers and its run file is written.
+
+    Raises:
+        HomeBusyError: Another server owns the home (nothing was opened).
+        HomeError: The home cannot be used.
     """
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, ready))

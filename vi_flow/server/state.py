@@ -19,10 +19,12 @@ from .store import Store
 
 __all__ = [
     "ENGINE_KEY",
+    "IDENTITY_KEY",
     "SETTINGS_KEY",
     "STORE_KEY",
     "Principal",
     "RunStarter",
+    "ServerIdentity",
     "ServerSettings",
 ]
 
@@ -40,6 +42,10 @@ class ServerSettings:
         llm_api_key: Its key; never shown in reprs or logs.
         heartbeat_interval: Seconds between SSE heartbeat comments while idle.
         tool_pause_timeout: Seconds a run waits for client tool results before failing.
+        mode: How it runs: ``foreground`` (``vi-flow serve``), ``background`` (started
+            for the home's clients) or ``in-process`` (inside a client's process).
+        idle_timeout: Seconds without clients or work after which a background server
+            exits; 0 means never.
         extra: Free-form settings for feature modules.
     """
 
@@ -51,7 +57,24 @@ class ServerSettings:
     llm_api_key: str | None = attrs.field(default=None, repr=False)
     heartbeat_interval: float = 15.0
     tool_pause_timeout: float = 3600.0
+    mode: str = "foreground"
+    idle_timeout: float = 0.0
     extra: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ServerIdentity:
+    """Who this server process is: published in the home's run file.
+
+    Attributes:
+        secret: Proves the server's identity to clients (never logged or answered).
+        started_at: When the application was built, in ms since the epoch.
+        pid: The server's process id.
+    """
+
+    secret: str = attrs.field(repr=False)
+    started_at: int
+    pid: int
 
 
 @attrs.frozen
@@ -95,3 +118,6 @@ SETTINGS_KEY = web.AppKey("vi_flow.settings", ServerSettings)
 
 ENGINE_KEY = web.AppKey("vi_flow.engine", RunStarter)
 """Where the run engine registers itself (``routes/executions`` does, in its ``setup``)."""
+
+IDENTITY_KEY = web.AppKey("vi_flow.identity", ServerIdentity)
+"""This server's :class:`ServerIdentity`."""

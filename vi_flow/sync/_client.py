@@ -89,7 +89,7 @@ class Client(SyncPlatformMethods):
         return Flow(self._async.flow(flow_id), self._portal)
 
     def close(self) -> None:
-        """Close connections, stop the embedded server if started, stop the portal; idempotent."""
+        """Close connections (and an in-process server), stop the portal; idempotent."""
         self._portal.close()
 
     def __enter__(self) -> Self:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import attrs
 from aiohttp import web
 
+from ...models.server import identity_proof
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, principal_of, read_json
 from ..openapi import build_openapi
-from ..state import STORE_KEY
+from ..state import IDENTITY_KEY, STORE_KEY
 
 __all__ = ["setup"]
 
@@ -35,8 +36,19 @@ async def _name_of(request: web.Request) -> str:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Say the server is up (no authentication)."""
-    return json_response({"status": "ok"})
+    """Say the server is up (no authentication).
+
+    With ``?challenge=`` (up to 128 characters) it also proves which server this is: the
+    answer's ``proof`` is :func:`~vi_flow.models.server.identity_proof` of the secret in
+    the home's run file, which only this process and the home's owner can compute.
+    """
+    challenge = request.query.get("challenge")
+    if challenge is None:
+        return json_response({"status": "ok"})
+    if not 0 < len(challenge) <= 128:
+        raise APIProblem.validation("challenge", "must be 1 to 128 characters")
+    proof = identity_proof(request.app[IDENTITY_KEY].secret, challenge)
+    return json_response({"status": "ok", "proof": proof})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -1,0 +1,120 @@
+"""A background server killed with ``kill -9`` mid-work; the in-process mode beside it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import vi_flow
+from vi_flow.models import FlowCompleted, LogLine
+
+from .kit import alive, env_for, run_file, server_pids, stop_server
+
+pytestmark = pytest.mark.anyio
+
+TICKS = "import time\nfor i in range(60):\n    print(i, flush=True)\n    time.sleep(0.1)"
+
+
+def _ticking_flow() -> dict[str, object]:
+    return {
+        "name": "ticks",
+        "blocks": [
+            {
+                "block": "task",
+                "id": "tick",
+                "settings": {"command": [sys.executable, "-u", "-c", TICKS], "cpus": 1},
+            }
+        ],
+    }
+
+
+async def test_kill_9_mid_stream_the_stream_resumes_on_a_new_server_exactly_once(
+    home: Path,
+) -> None:
+    async with vi_flow.AsyncClient() as client:
+        flow = await client.flows.create(_ticking_flow())
+        task = await client.run(["sleep", "60"])
+        old = run_file(home)
+        assert old is not None
+        seen: list[int] = []
+        last = None
+        with anyio.fail_after(90):
+            async for event in client.flow(flow.flow_id).events():
+                seen.append(event.event_id)
+                last = event
+                if isinstance(event, LogLine) and event.line.strip() == "5":
+                    os.kill(old.pid, signal.SIGKILL)
+        new = run_file(home)
+        assert new is not None and new.pid != old.pid and alive(new.pid)
+        assert not alive(old.pid)
+        assert server_pids(home) == [new.pid]
+        assert isinstance(last, FlowCompleted) and last.status == "Error"
+        assert len(seen) == len(set(seen)) and seen == sorted(seen)
+        run_id = last.execution_id
+        stored = [e.event_id async for e in client.flow(flow.flow_id).run(run_id).events()]
+        assert seen == stored  # every event exactly once
+        ended = await client.get_task(task.task_id)
+        assert ended.status == "failed" and ended.reason == "ServerRestarted"
+
+
+def _in_process_holder(home: Path) -> subprocess.Popen[str]:
+    code = (
+        "import sys, vi_flow\n"
+        "c = vi_flow.Client()\nc.flows.create({'name': 'held', 'blocks': []})\n"
+        "print('ready', flush=True)\nsys.stdin.readline()\nc.close()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env_for(home, VI_FLOW_LOCAL_SERVER="in-process"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def test_a_client_attaches_to_an_in_process_server_of_another_process(home: Path) -> None:
+    holder = _in_process_holder(home)
+    try:
+        info = run_file(home)
+        assert info is not None and info.mode == "in-process" and info.pid == holder.pid
+        async with vi_flow.AsyncClient() as client:  # the default: background
+            names = [f.spec.name for f in (await client.flows.list()).items]
+        assert names == ["held"]
+        async with vi_flow.AsyncClient() as client:  # in-process too: the home is taken
+            os.environ["VI_FLOW_LOCAL_SERVER"] = "in-process"
+            try:
+                assert len((await client.flows.list()).items) == 1
+            finally:
+                del os.environ["VI_FLOW_LOCAL_SERVER"]
+        assert server_pids(home) == [holder.pid]
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert run_file(home) is None  # the in-process server went with its process
+
+
+async def test_in_process_takes_the_lock_and_blocks_a_second_server(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_LOCAL_SERVER", "in-process")
+    async with vi_flow.AsyncClient() as client:
+        await client.flows.list()
+        info = run_file(home)
+        assert info is not None and info.pid == os.getpid() and info.mode == "in-process"
+        serve = subprocess.run(
+            [sys.executable, "-m", "vi_flow.cli", "serve", "--port", "0"],
+            env=env_for(home),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert serve.returncode == 1 and f"pid {os.getpid()}" in serve.stderr
+    assert run_file(home) is None
+    stop_server(home)

@@ -1,0 +1,192 @@
+"""Work belongs to the server, not the process that asked; start, status, stop, logs, idle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from vi_flow.models.server import LOG_DIR, LOG_FILE, RUN_FILE
+
+from .kit import alive, cli, cli_command, cli_json, env_for, run_file, script, server_pids, wait_for
+
+SLOW = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.5; done"
+TEMPLATE_FLOW = {
+    "name": "hello",
+    "blocks": [{"block": "template", "id": "t", "settings": {"template": "hi {{ message }}"}}],
+}
+
+
+def _condition(home: Path, run_id: str) -> str:
+    condition: str = cli_json(home, "runs", "get", run_id)["status"]["conditions"][-1]["condition"]
+    return condition
+
+
+def _task(home: Path, task_id: str) -> dict[str, object]:
+    task: dict[str, object] = cli_json(home, "tasks", "status", task_id)
+    return task
+
+
+def test_a_task_started_by_a_command_that_exits_keeps_running(home: Path) -> None:
+    started = cli_json(home, "tasks", "run", "--", "bash", "-c", SLOW)
+    task_id = started["taskId"]
+    time.sleep(1)  # the command has exited; its task must not die with it
+    assert _task(home, task_id)["status"] in ("pending", "running")
+    done = wait_for(lambda: (t := _task(home, task_id))["status"] == "completed" and t, 30)
+    assert done["exitCode"] == 0
+    logs = cli(home, "tasks", "logs", task_id).stdout
+    assert logs.split() == [f"line{i}" for i in range(1, 7)]
+
+
+def test_a_script_exits_while_its_task_and_async_run_go_on(home: Path) -> None:
+    code = f"""
+import json, vi_flow
+with vi_flow.Client() as c:
+    flow = c.flows.create({json.dumps(TEMPLATE_FLOW)})
+    task = c.run({["bash", "-c", SLOW]!r})
+    job = c.flow(flow.flow_id).execute_async(message="there")
+    print(json.dumps({{"task": task.task_id, "run": job.execution_id}}))
+"""
+    ids = json.loads(script(home, code).stdout)
+    # another terminal, next to it: lists must not disturb the script's work
+    listed = cli_json(home, "tasks", "list")
+    assert ids["task"] in [t["taskId"] for t in listed]
+    wait_for(lambda: _condition(home, ids["run"]) not in ("Pending", "Running"), 30)
+    assert _condition(home, ids["run"]) == "Succeeded"
+    task = wait_for(lambda: (t := _task(home, ids["task"]))["status"] == "completed" and t, 30)
+    assert task["exitCode"] == 0
+    assert len(server_pids(home)) == 1
+
+
+def test_cli_commands_beside_a_foreground_serve_never_kill_its_tasks(home: Path) -> None:
+    serve = subprocess.Popen(
+        [*cli_command(), "serve", "--port", "0"],
+        env=env_for(home),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+        task_id = cli_json(home, "tasks", "run", "--", "bash", "-c", SLOW)["taskId"]
+        for _ in range(3):
+            cli(home, "tasks", "list")
+            cli(home, "flows", "list")
+        assert server_pids(home) == [serve.pid]
+        done = wait_for(lambda: (t := _task(home, task_id))["status"] == "completed" and t, 30)
+        assert done["exitCode"] == 0
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=30)
+
+
+def test_start_status_stop(home: Path) -> None:
+    started = cli_json(home, "server", "start")
+    assert started["running"] and started["started"]
+    again = cli_json(home, "server", "start")
+    assert again["pid"] == started["pid"] and not again["started"]
+    status = cli_json(home, "server", "status")
+    for key in ("url", "pid", "uptimeS", "version", "activeRuns", "activeTasks"):
+        assert key in status, key
+    assert status["pid"] == started["pid"] and status["mode"] == "background"
+    stopped = cli_json(home, "server", "stop")
+    assert stopped["stopped"] and not alive(started["pid"])
+    assert not (home / RUN_FILE).exists()
+    down = cli(home, "server", "status", "--json", check=False)
+    assert down.returncode == 1 and json.loads(down.stdout)["running"] is False
+    assert cli_json(home, "server", "stop")["stopped"] is False  # nothing to stop: fine
+
+
+def test_stop_refuses_while_a_task_runs_and_force_cancels_it(home: Path) -> None:
+    task_id = cli_json(home, "tasks", "run", "--", "sleep", "60")["taskId"]
+    wait_for(lambda: _task(home, task_id)["status"] == "running", 30)
+    info = run_file(home)
+    assert info is not None
+    refused = cli(home, "server", "stop", check=False)
+    assert refused.returncode == 5 and "--force" in refused.stderr + refused.stdout
+    assert alive(info.pid) and _task(home, task_id)["status"] == "running"
+    cli(home, "server", "stop", "--force")
+    assert not alive(info.pid)
+    assert _task(home, task_id)["status"] == "cancelled"  # a new server shows how it ended
+
+
+def test_a_restart_keeps_what_the_server_accepted(home: Path) -> None:
+    ids = json.loads(
+        script(
+            home,
+            f"import json, vi_flow\nc = vi_flow.Client()\n"
+            f"f = c.flows.create({json.dumps(TEMPLATE_FLOW)})\n"
+            f"r = c.flow(f.flow_id).execute(message='x')\nprint(json.dumps([f.flow_id, r.execution_id]))",
+        ).stdout
+    )
+    cli(home, "server", "stop")
+    assert ids[0] in cli(home, "flows", "list").stdout
+    assert _condition(home, ids[1]) == "Succeeded"
+
+
+def test_an_idle_background_server_exits_by_itself(home: Path) -> None:
+    script(home, "import vi_flow\nvi_flow.Client().flows.list()", VI_FLOW_SERVER_IDLE_TIMEOUT="1")
+    info = run_file(home)
+    assert info is not None
+    wait_for(lambda: not alive(info.pid), 30, "the idle server to exit")
+    assert not (home / RUN_FILE).exists()
+    assert "idle timeout" in (home / LOG_DIR / LOG_FILE).read_text()
+
+
+def test_a_server_with_work_does_not_idle_out(home: Path) -> None:
+    env = {"VI_FLOW_SERVER_IDLE_TIMEOUT": "1"}
+    task_id = cli_json(home, "tasks", "run", "--", "sleep", "4", **env)["taskId"]
+    info = run_file(home)
+    assert info is not None
+    time.sleep(3)
+    assert alive(info.pid) and _task(home, task_id)["status"] == "running"
+    wait_for(lambda: not alive(info.pid), 30, "the server to exit once the task ended")
+
+
+def test_serve_in_the_foreground_never_idles_out(home: Path) -> None:
+    serve = subprocess.Popen(
+        [*cli_command(), "serve", "--port", "0"],
+        env=env_for(home, VI_FLOW_SERVER_IDLE_TIMEOUT="1"),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+        time.sleep(3)
+        assert serve.poll() is None
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def test_the_server_log_has_one_line_per_request_and_no_secret(home: Path) -> None:
+    cli(home, "flows", "list")
+    token = (home / "admin-token").read_text().strip()
+    done = cli(home, "flows", "get", "flow_missing", check=False)
+    assert done.returncode == 4
+    log = cli(home, "server", "logs", "-n", "200").stdout
+    lines = [line for line in log.splitlines() if "GET /v1/flows/flow_missing" in line]
+    assert len(lines) == 1 and " 404 " in lines[0] and "org_default" in lines[0]
+    assert lines[0][:4].isdigit()  # starts with the time
+    assert "req_" in lines[0]
+    assert token not in (home / LOG_DIR / LOG_FILE).read_text()
+
+
+def test_logs_follow_shows_new_requests(home: Path) -> None:
+    cli(home, "server", "start")
+    follow = subprocess.Popen(
+        [*cli_command(), "server", "logs", "-f", "-n", "0"],
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1)
+        cli(home, "flows", "get", "flow_followed", check=False)
+        assert follow.stdout is not None
+        line = follow.stdout.readline()
+        while "flow_followed" not in line:
+            assert line
+            line = follow.stdout.readline()
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=10)

@@ -1,0 +1,283 @@
+"""Finding the home's local server, or starting it: what ``base_url="local"`` means.
+
+A home has at most one server (it holds the home's lock). It publishes itself in
+``<home>/server.json``; :func:`find_server` reads that file and trusts it only when the
+process lives and answers a random challenge with the proof only it can compute.
+:func:`ensure_server` starts the background server when none answers: under the home's
+start lock (so ten processes starting at once start one server), it runs
+``python -m vi_flow.server --detach``, which returns once the server answers.
+:func:`attach` is what a client calls: the background server by default, or a server
+inside this process (``local_server = "in-process"``) when the home is free.
+
+Everything here blocks; async callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import orjson
+
+from . import __version__
+from ._config import Settings
+from ._errors import LocalServerError
+from .models.server import (
+    LOG_DIR,
+    LOG_FILE,
+    RUN_FILE,
+    START_LOCK_FILE,
+    STDIO_FILE,
+    ServerInfo,
+    identity_proof,
+)
+
+__all__ = [
+    "Attached",
+    "admin_token",
+    "attach",
+    "call_server",
+    "ensure_server",
+    "find_server",
+    "log_tail",
+    "pid_alive",
+]
+
+#: How long a background server may take to answer after it was started.
+START_TIMEOUT: Final = 60.0
+#: How long the identity check waits for an answer; a live server answers in ms.
+_PROBE_TIMEOUT: Final = 5.0
+
+
+class Attached:
+    """A client's hold on the home's server.
+
+    Attributes:
+        info: The server's run file.
+        release: Lets an in-process server go (``None`` for any other server).
+    """
+
+    __slots__ = ("info", "release")
+
+    def __init__(self, info: ServerInfo, release: Callable[[], None] | None = None) -> None:
+        self.info = info
+        self.release = release
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (and is not a zombie, where that can be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _read_run_file(home: Path) -> ServerInfo | None:
+    try:
+        raw = (home / RUN_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LocalServerError(f"cannot read {home / RUN_FILE}: {exc.strerror or exc}") from None
+    try:
+        return ServerInfo.from_json(raw)
+    except ValueError:
+        return None  # half a file from a crash, or not ours: treated as no server
+
+
+def call_server(
+    info: ServerInfo, method: str, path: str, *, token: str | None = None, body: object = None
+) -> tuple[int, object]:
+    """One plain HTTP call to the server of ``info``; the status and the decoded JSON.
+
+    Raises:
+        OSError: No answer (refused, reset, timed out).
+        http.client.HTTPException: A broken answer.
+    """
+    host, _, port = info.url.split("//", 1)[1].split("/", 1)[0].rpartition(":")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else orjson.dumps(body)
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=_PROBE_TIMEOUT)
+    try:
+        conn.request(method, f"/v1{path}", body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return resp.status, None
+
+
+def _answers_as(info: ServerInfo) -> bool:
+    """Whether the server at ``info.url`` proves it owns ``info.secret``."""
+    challenge = secrets.token_hex(16)
+    try:
+        status, answer = call_server(info, "GET", f"/health?challenge={challenge}")
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    proof = answer.get("proof") if status == 200 and isinstance(answer, dict) else None
+    return isinstance(proof, str) and secrets.compare_digest(
+        proof, identity_proof(info.secret, challenge)
+    )
+
+
+def find_server(home: Path) -> ServerInfo | None:
+    """The home's running server, or ``None`` when none answers as the run file says.
+
+    A run file whose process is gone, or whose port answers without the proof (another
+    program took it), is not trusted.
+
+    Raises:
+        LocalServerError: The run file cannot be read (permissions).
+    """
+    info = _read_run_file(home)
+    if info is None or not pid_alive(info.pid) or not _answers_as(info):
+        return None
+    return info
+
+
+def _check_version(info: ServerInfo) -> ServerInfo:
+    if info.version != __version__:
+        raise LocalServerError(
+            f"the server of home {info.home} (pid {info.pid}, {info.url}) runs vi-flow "
+            f"{info.version}, but this is vi-flow {__version__}; restart it with "
+            f"'VI_FLOW_HOME={info.home} vi-flow server stop' and run this again"
+        )
+    return info
+
+
+def log_tail(home: Path, lines: int = 20) -> str:
+    """The last lines of the background server's log and output, for error messages."""
+    parts = []
+    for name in (STDIO_FILE, LOG_FILE):
+        try:
+            text = (home / LOG_DIR / name).read_text(errors="replace")
+        except OSError:
+            continue
+        if tail := text.splitlines()[-lines:]:
+            parts.append(
+                f"--- {home / LOG_DIR / name} (last {len(tail)} lines)\n" + "\n".join(tail)
+            )
+    return "\n".join(parts)
+
+
+def _failure(message: str, home: Path) -> LocalServerError:
+    """``message``, with the last lines of the server's log when there are any."""
+    tail = log_tail(home)
+    return LocalServerError(f"{message}\n{tail}" if tail else message)
+
+
+def _prepare(home: Path) -> None:
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalServerError(
+            f"cannot use {home} as the vi-flow home: {exc.strerror or exc}"
+        ) from None
+
+
+def _spawn(home: Path, idle_timeout: float) -> None:
+    command = [sys.executable, "-m", "vi_flow.server", "--home", str(home), "--detach"]
+    command += ["--idle-timeout", repr(idle_timeout)]
+    try:
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            start_new_session=True,  # Ctrl-C in the caller's terminal never reaches it
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise _failure(
+            f"the vi-flow server for {home} did not answer within {START_TIMEOUT:.0f} s", home
+        ) from None
+    if done.returncode != 0:
+        why = done.stderr.decode("utf-8", "replace").strip()
+        raise _failure(f"could not start the vi-flow server for {home}: {why}", home)
+
+
+def ensure_server(home: Path, idle_timeout: float) -> ServerInfo:
+    """Find the home's server, or start the background server and wait until it answers.
+
+    Args:
+        home: The home.
+        idle_timeout: Seconds without clients or work after which a server started here
+            exits (0: never).
+
+    Raises:
+        LocalServerError: The home is unusable, the server did not start (with the
+            last lines of its log), or it runs another vi-flow version.
+    """
+    home = home.expanduser().resolve()
+    if info := find_server(home):
+        return _check_version(info)
+    import filelock  # only on the way to starting a server: it costs a warm start ~10 ms
+
+    _prepare(home)
+    try:
+        with filelock.FileLock(home / START_LOCK_FILE, timeout=START_TIMEOUT, mode=0o600):
+            if not (info := find_server(home)):  # another process may have started it
+                _spawn(home, idle_timeout)
+                info = find_server(home)
+    except filelock.Timeout:
+        raise _failure(
+            f"another process has been starting the server of {home} for over "
+            f"{START_TIMEOUT:.0f} s",
+            home,
+        ) from None
+    except OSError as exc:
+        raise LocalServerError(f"cannot lock the vi-flow home {home}: {exc}") from None
+    if info is None:
+        raise _failure(f"the vi-flow server of {home} started but does not answer", home)
+    return _check_version(info)
+
+
+def _in_process(settings: Settings) -> Attached | None:
+    """A server inside this process, or ``None`` when another one owns the home."""
+    from .server import embedded
+    from .server.home import HomeBusyError, HomeError
+
+    try:
+        server = embedded.acquire(settings.home)
+    except HomeBusyError:
+        return None
+    except HomeError as exc:
+        raise LocalServerError(str(exc)) from None
+    return Attached(server.info, lambda: embedded.release(server))
+
+
+def attach(settings: Settings) -> Attached:
+    """The server a ``local`` client talks to (see the module docstring).
+
+    Raises:
+        LocalServerError: No server could be found or started.
+    """
+    if settings.local_server == "in-process" and (own := _in_process(settings)):
+        return own
+    return Attached(ensure_server(settings.home, settings.server_idle_timeout))
+
+
+def admin_token(home: Path) -> str | None:
+    """The home's admin token, if this user may read it."""
+    with contextlib.suppress(OSError):
+        return (home / "admin-token").read_text().strip() or None
+    return None

@@ -1,0 +1,241 @@
+"""``vi-flow server start|status|stop|logs``: the home's local server.
+
+Every command with the default ``local`` base URL talks to one server per home, started
+in the background on first use. These commands manage it. They read the home's run file
+and admin token themselves, so they work whatever the server's version.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._failures import EXIT_CONFLICT, EXIT_FAILURE, CommandFailed
+from ._lazy import LazyGroup
+from ._output import duration, emit_json, json_option, kv_table, wants_json
+from ._state import state
+
+__all__ = ["server"]
+
+#: How long ``stop`` waits for the server to exit after asking it to, before SIGTERM.
+_STOP_WAIT = 60.0
+_HOME_KEY = "vi_flow.server_home"
+
+
+@click.group(cls=LazyGroup)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The home whose server to manage (default: VI_FLOW_HOME, the config, or the "
+    "user data dir).",
+)
+@click.pass_context
+def server(ctx: click.Context, home: Path | None) -> None:
+    """Start, inspect, stop and read the logs of the home's local server."""
+    ctx.meta[_HOME_KEY] = home
+
+
+def _home() -> Path:
+    from .. import _config
+
+    given: Path | None = click.get_current_context().meta.get(_HOME_KEY)
+    try:
+        home = given or _config.resolve_settings().home
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return home.expanduser().resolve()
+
+
+@server.command("start")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds without clients or work before it exits (0: never; default: the "
+    "server_idle_timeout setting, 600).",
+)
+@json_option
+def start(idle_timeout: float | None, as_json: bool) -> None:
+    """Start the home's server in the background (or say which one already runs)."""
+    from .. import _config, _local
+
+    home = _home()
+    if idle_timeout is None:
+        idle_timeout = _config.resolve_settings().server_idle_timeout
+    already = _local.find_server(home)
+    info = already or _local.ensure_server(home, idle_timeout)
+    if wants_json(as_json):
+        emit_json({"running": True, "started": already is None, **_brief(info)})
+        return
+    verb = "already running" if already else "started"
+    state().console.print(f"vi-flow server {verb}: {info.url} (pid {info.pid}, home {home})")
+
+
+def _brief(info: Any) -> dict[str, Any]:
+    return {
+        "url": info.url,
+        "pid": info.pid,
+        "version": info.version,
+        "mode": info.mode,
+        "home": info.home,
+        "ssh": f"{info.ssh_host}:{info.ssh_port}" if info.ssh_port else None,
+    }
+
+
+def _status_of(info: Any, home: Path) -> dict[str, Any]:
+    from .. import _local
+
+    try:
+        code, body = _local.call_server(info, "GET", "/server", token=_local.admin_token(home))
+    except OSError as exc:
+        raise CommandFailed(f"the server at {info.url} does not answer: {exc}") from None
+    if code != 200 or not isinstance(body, dict):
+        raise CommandFailed(f"the server at {info.url} answered {code} to GET /v1/server")
+    return body
+
+
+@server.command("status")
+@json_option
+def status(as_json: bool) -> None:
+    """Show the home's server: URL, pid, uptime, version, and the work it holds.
+
+    Exits 1 when no server runs for the home.
+    """
+    from .. import _local
+
+    home = _home()
+    info = _local.find_server(home)
+    if info is None:
+        if wants_json(as_json):
+            emit_json({"running": False, "home": str(home)})
+        else:
+            state().console.print(f"no vi-flow server runs for home {home}")
+        raise SystemExit(EXIT_FAILURE)
+    data = {"running": True, **_brief(info), **_status_of(info, home)}
+    if wants_json(as_json):
+        emit_json(data)
+        return
+    kv_table(
+        [
+            ("url", data["url"]),
+            ("pid", data["pid"]),
+            ("version", data["version"]),
+            ("mode", data["mode"]),
+            ("uptime", duration(data["uptimeS"] * 1000)),
+            ("home", data["home"]),
+            ("ssh", data["ssh"] or "-"),
+            ("runs in flight", data["activeRuns"]),
+            ("tasks in flight", data["activeTasks"]),
+            ("reservations", data["activeReservations"]),
+            ("idle timeout", f"{data['idleTimeoutS']:g} s" if data["idleTimeoutS"] else "never"),
+        ]
+    )
+
+
+@server.command("stop")
+@click.option("--force", is_flag=True, help="Cancel runs and tasks still in flight, then stop.")
+@json_option
+def stop(force: bool, as_json: bool) -> None:
+    """Stop the home's server, once no run or task is in flight (or --force).
+
+    Without --force it refuses (exit 5) while runs or tasks are in flight; with --force
+    it cancels them cleanly first. Stopping a server that is not running succeeds.
+    """
+    from .. import _local
+
+    home = _home()
+    info = _local.find_server(home)
+    if info is None:
+        _say(as_json, {"stopped": False, "home": str(home)}, f"no vi-flow server runs for {home}")
+        return
+    code, body = _local.call_server(
+        info, "POST", "/server/shutdown", token=_local.admin_token(home), body={"force": force}
+    )
+    if code == 409 and isinstance(body, dict):
+        error = body.get("error", {})
+        message = error.get("message", "the server refused to stop")
+        busy = error.get("code") == "SERVER_BUSY"
+        hint = "vi-flow server stop --force cancels them" if busy else None
+        raise CommandFailed(message, exit_code=EXIT_CONFLICT, hint=hint)
+    if code != 202:
+        raise CommandFailed(f"the server at {info.url} answered {code} to the stop request")
+    _wait_gone(info.pid)
+    _say(
+        as_json,
+        {"stopped": True, "pid": info.pid, "home": str(home)},
+        f"vi-flow server {info.pid} stopped (home {home})",
+    )
+
+
+def _wait_gone(pid: int) -> None:
+    from .. import _local
+
+    deadline = time.monotonic() + _STOP_WAIT
+    while _local.pid_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGTERM)  # it accepted the stop but hangs: be firmer
+            deadline = time.monotonic() + _STOP_WAIT
+        time.sleep(0.05)
+
+
+def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if wants_json(as_json):
+        emit_json(data)
+    else:
+        state().console.print(text)
+
+
+@server.command("logs")
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+def logs(lines: int, follow: bool) -> None:
+    """Print the background server's log (HOME/logs/server.log)."""
+    from ..models.server import LOG_DIR, LOG_FILE
+
+    path = _home() / LOG_DIR / LOG_FILE
+    if not path.exists() and not follow:
+        raise CommandFailed(f"no server log yet at {path}", exit_code=EXIT_FAILURE)
+    _print_tail(path, lines)
+    if follow:
+        _follow(path)
+
+
+def _print_tail(path: Path, lines: int) -> None:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    for line in text.splitlines()[-lines:] if lines else []:
+        click.echo(line)
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to ``path``, across rotations, until Ctrl-C."""
+    handle, inode = _open_at_end(path)
+    while True:
+        chunk = handle.readline() if handle else ""
+        if chunk:
+            click.echo(chunk, nl=False)
+            continue
+        time.sleep(0.2)
+        try:
+            rotated = path.stat().st_ino != inode
+        except FileNotFoundError:
+            continue
+        if rotated:  # the log rolled over: read the new file from its start
+            if handle:
+                handle.close()
+            handle, inode = open(path, errors="replace"), path.stat().st_ino  # noqa: SIM115
+
+
+def _open_at_end(path: Path) -> tuple[Any, int | None]:
+    try:
+        handle = open(path, errors="replace")  # noqa: SIM115 - held for the whole follow
+    except FileNotFoundError:
+        return None, None
+    handle.seek(0, os.SEEK_END)
+    return handle, os.fstat(handle.fileno()).st_ino

@@ -1,0 +1,138 @@
+"""One server per home: the exclusive lock a server holds for its life, and its run file.
+
+Every server (``vi-flow serve``, the background server, the in-process one) takes
+:class:`HomeLock` before it opens the database, so two servers never share one home. The
+lock is an OS file lock (``filelock``: ``flock`` on POSIX), so it vanishes with the
+process, also after ``kill -9``. Once the server answers it publishes its
+:class:`~vi_flow.models.server.ServerInfo` in ``<home>/server.json``, written to a
+unique temporary file and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import filelock
+
+from ..models.server import LOCK_FILE, RUN_FILE, ServerInfo
+
+__all__ = [
+    "HomeBusyError",
+    "HomeError",
+    "HomeLock",
+    "prepare_home",
+    "publish",
+    "read_run_file",
+    "unpublish",
+]
+
+
+class HomeError(RuntimeError):
+    """The home cannot be used: not writable, full, or not a directory."""
+
+
+class HomeBusyError(HomeError):
+    """Another server holds the home's lock.
+
+    Attributes:
+        home: The home.
+        holder: What the holder published about itself, if anything yet.
+    """
+
+    def __init__(self, home: Path, holder: ServerInfo | None) -> None:
+        self.home = home
+        self.holder = holder
+        if holder is None:
+            who = "another vi-flow server (it has not published its address yet)"
+        else:
+            who = f"the vi-flow server at {holder.url} (pid {holder.pid}, {holder.mode})"
+        super().__init__(
+            f"home {home} is already served by {who}; use that server, or stop it with "
+            f"'VI_FLOW_HOME={home} vi-flow server stop'"
+        )
+
+
+def prepare_home(home: Path) -> None:
+    """Create the home (mode 0700) if missing.
+
+    Raises:
+        HomeError: It cannot be created or is not a directory; names the home and why.
+    """
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HomeError(f"cannot use {home} as the vi-flow home: {exc.strerror or exc}") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeError(f"cannot use {home} as the vi-flow home: it is not writable")
+
+
+class HomeLock:
+    """The exclusive, process-lifetime lock of one home.
+
+    Args:
+        home: The home directory.
+    """
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._lock = filelock.FileLock(home / LOCK_FILE, timeout=0, mode=0o600)
+
+    def acquire(self) -> None:
+        """Take the lock now or fail.
+
+        Raises:
+            HomeBusyError: Another server holds it.
+            HomeError: The home cannot hold a lock file.
+        """
+        prepare_home(self.home)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise HomeBusyError(self.home, read_run_file(self.home)) from None
+        except OSError as exc:
+            raise HomeError(f"cannot lock the vi-flow home {self.home}: {exc}") from None
+
+    def release(self) -> None:
+        """Let the lock go (the process exiting does the same)."""
+        self._lock.release(force=True)
+
+
+def read_run_file(home: Path) -> ServerInfo | None:
+    """The run file's contents; ``None`` when there is none or it is not a run file."""
+    try:
+        return ServerInfo.from_json((home / RUN_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def publish(info: ServerInfo) -> None:
+    """Write ``<home>/server.json`` atomically, mode 0600.
+
+    Raises:
+        HomeError: It could not be written (read-only or full disk); nothing is left.
+    """
+    home = Path(info.home)
+    tmp = ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".server.", suffix=".tmp", dir=home)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(info.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, home / RUN_FILE)
+    except OSError as exc:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
+
+
+def unpublish(home: Path, secret: str) -> None:
+    """Remove the run file if it is still the one of the server that owns ``secret``."""
+    current = read_run_file(home)
+    if current is not None and current.secret == secret:
+        with contextlib.suppress(OSError):
+            (home / RUN_FILE).unlink()

@@ -1,0 +1,174 @@
+"""The server's own life: its status, a draining stop, and the idle exit.
+
+``GET /v1/server`` tells an admin which process serves the home and what work it holds;
+``POST /v1/server/shutdown`` stops it, refusing while work runs unless ``force`` (then it
+cancels that work first, so tasks end cleanly rather than by a kill). A background server
+also watches itself: after ``idle_timeout`` seconds with no client connection and no run,
+task or reservation in flight, it stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+
+import attrs
+from aiohttp import web
+
+from ... import __version__
+from ...models.common import Condition
+from ...models.server import ServerStatus
+from ...models.tasks import ReservationStatus
+from ..errors import APIProblem
+from ..helpers import json_response, principal_of, read_body
+from ..state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY
+from ..tasks_service import TASKS_KEY
+from .executions import EXECUTION_ENGINE_KEY
+
+__all__ = ["LIFECYCLE_KEY", "Lifecycle", "setup"]
+
+log = logging.getLogger("vi_flow.server")
+
+_OPEN_RESERVATIONS = frozenset({ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE})
+#: How often an idle background server looks at itself.
+_IDLE_CHECK = 5.0
+
+
+@attrs.define
+class Lifecycle:
+    """How the process that serves the app lets routes stop it and count connections.
+
+    Attributes:
+        request_stop: Stops the serving process; ``None`` when it cannot be stopped
+            through the API (an in-process server lives as long as its process).
+        connections: How many client connections are open now.
+    """
+
+    request_stop: Callable[[], None] | None = None
+    connections: Callable[[], int] = lambda: 0
+
+
+LIFECYCLE_KEY = web.AppKey("vi_flow.lifecycle", Lifecycle)
+
+
+def _require_admin(request: web.Request) -> None:
+    if not principal_of(request).admin:
+        raise APIProblem(403, "PERMISSION_DENIED", "this API key is not an admin key")
+
+
+async def server_status(app: web.Application) -> ServerStatus:
+    """The server and the work it holds, across every organization."""
+    store, settings, identity = app[STORE_KEY], app[SETTINGS_KEY], app[IDENTITY_KEY]
+    runs = await store.list_active_runs()
+    tasks = await store.run(
+        lambda c: c.execute(
+            "SELECT count(*) FROM tasks WHERE status IN ('pending','running')"
+        ).fetchone()[0]
+    )
+    reservations = await app[TASKS_KEY].provider.list_reservations()
+    return ServerStatus(
+        pid=identity.pid,
+        version=__version__,
+        mode=settings.mode,
+        started_at=identity.started_at,
+        uptime_s=round(time.time() - identity.started_at / 1000, 3),
+        home=str(settings.home),
+        idle_timeout_s=settings.idle_timeout,
+        active_runs=len(runs),
+        active_tasks=int(tasks),
+        active_reservations=sum(r.status in _OPEN_RESERVATIONS for r in reservations),
+        connections=app[LIFECYCLE_KEY].connections(),
+    )
+
+
+async def get_server(request: web.Request) -> web.Response:
+    """Who serves this home and what work it holds (admin only)."""
+    _require_admin(request)
+    return json_response(await server_status(request.app))
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    """Stop the server; 409 while work runs unless ``{"force": true}`` (admin only)."""
+    _require_admin(request)
+    force = (await read_body(request)).get("force", False)
+    if not isinstance(force, bool):
+        raise APIProblem.validation("force", f"must be true or false, got {force!r}")
+    stop = request.app[LIFECYCLE_KEY].request_stop
+    if stop is None:
+        raise APIProblem(
+            409,
+            "SERVER_IN_PROCESS",
+            f"this server runs inside process {os.getpid()} and stops when that process exits",
+        )
+    status = await server_status(request.app)
+    if (status.active_tasks or status.active_runs) and not force:
+        raise APIProblem(
+            409,
+            "SERVER_BUSY",
+            f"{status.active_tasks} task(s) and {status.active_runs} run(s) are not finished; "
+            "stop with force to cancel them",
+        )
+    if force:
+        await _cancel_all_work(request.app)
+    log.info("shutdown requested by %s (force=%s)", principal_of(request).token_name, force)
+    asyncio.get_running_loop().call_soon(stop)
+    return json_response(await server_status(request.app), 202)
+
+
+async def _cancel_all_work(app: web.Application) -> None:
+    """Cancel every run and task still in flight, as their own cancel routes would."""
+    store, engine, service = app[STORE_KEY], app[EXECUTION_ENGINE_KEY], app[TASKS_KEY]
+    for run in await store.list_active_runs():
+        await engine.cancel(run)
+        await store.set_run_condition(
+            run.run_id, Condition.CANCELLED, "cancelled: the server was stopped", "ServerStopped"
+        )
+    rows = await store.run(
+        lambda c: c.execute(
+            "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
+        ).fetchall()
+    )
+    await asyncio.gather(*(service.cancel(row["task_id"]) for row in rows))
+
+
+async def _idle_watch(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    watcher = None
+    if settings.mode == "background" and settings.idle_timeout > 0:
+        watcher = asyncio.create_task(_exit_when_idle(app, settings.idle_timeout))
+    yield
+    if watcher is not None:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _exit_when_idle(app: web.Application, timeout: float) -> None:
+    idle_since = time.monotonic()
+    while True:
+        await asyncio.sleep(min(_IDLE_CHECK, timeout / 4))
+        status = await server_status(app)
+        busy = (
+            status.connections
+            or status.active_runs
+            or status.active_tasks
+            or status.active_reservations
+        )
+        if busy:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= timeout:
+            stop = app[LIFECYCLE_KEY].request_stop
+            if stop is not None:
+                log.info("no client and no work for %.0f s: stopping (idle timeout)", timeout)
+                stop()
+                return
+
+
+def setup(app: web.Application) -> None:
+    """Add ``/v1/server`` and ``/v1/server/shutdown``, and the idle watch."""
+    app[LIFECYCLE_KEY] = Lifecycle()
+    app.router.add_get("/v1/server", get_server)
+    app.router.add_post("/v1/server/shutdown", shutdown)
+    app.cleanup_ctx.append(_idle_watch)
