@@ -10,6 +10,7 @@ with ``get_model`` and ends with a summary and the commands to try next.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -211,17 +212,59 @@ def _summary(cli: CliState, home: Path, result: dict[str, Any], seconds: float) 
             ("model", ", ".join(str(p) for p in model.files) or "(no files)"),
         ]
     )  # fmt: skip
-    cli.console.print("\n[bold]Try next[/] (the demo's state is in the home above):")
-    for line in (
-        f"export VI_FLOW_HOME={home}",
-        "vi-flow flows list",
-        f'vi-flow execute {assistant_id} --param city=Lima --tool-result get_weather=\'{{"summary": "sunny", "temp_c": 24}}\' --stream',
-        f"vi-flow runs watch {train.run_id}",
-        "vi-flow tasks list",
-        f"vi-flow execute {trainer_id} --stream",
-        "vi-flow serve --port 8000        # a long-running server for many clients",
-    ):
-        cli.console.print(f"  {line}", markup=False, highlight=False)
+    cli.console.print(
+        "\n[bold]Try next[/] in a shell here; each line sets VI_FLOW_HOME to the home above, "
+        "where the demo's state is:"
+    )
+    for line in _try_next(home, assistant_id, trainer_id, train.run_id):
+        # soft_wrap: a wrapped line would no longer paste as one command
+        cli.console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _try_next(home: Path, assistant_id: str, trainer_id: str, run_id: str) -> list[str]:
+    """The commands to try next; each works alone, pasted in a fresh shell here.
+
+    A fresh shell has neither the demo's home in its environment nor, when the demo ran
+    in a virtual environment (``nox -s demo``), ``vi-flow`` on its ``PATH``.
+    """
+    vf = f"{_environment(home)} {_vi_flow_command()}"
+    tool_result = shlex.quote('get_weather={"summary": "sunny", "temp_c": 24}')
+    return [
+        f"{vf} flows list",
+        f"{vf} execute {assistant_id} --param city=Lima --tool-result {tool_result} --stream",
+        f"{vf} runs watch {run_id}",
+        f"{vf} tasks list",
+        f"{vf} execute {trainer_id} --stream",
+        f"{vf} server status        # the local server of the home, shared by these commands",
+    ]
+
+
+def _environment(home: Path) -> str:
+    """The variables that point a command at the demo's data, as shell assignments."""
+    from .._config import resolve_settings
+
+    words = [f"VI_FLOW_HOME={shlex.quote(os.path.abspath(home))}"]
+    if not resolve_settings().is_local:
+        words.append("VI_FLOW_BASE_URL=local")  # the demo ran locally despite the settings
+    return " ".join(words)
+
+
+def _vi_flow_command() -> str:
+    """This installation's ``vi-flow``, by path: its console script, else ``python -m``."""
+    script = Path(sys.executable).parent / "vi-flow"
+    if script.is_file():
+        return shlex.quote(_shown(script))
+    return f"{shlex.quote(_shown(Path(sys.executable)))} -m vi_flow.cli"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is inside it, else absolute."""
+    absolute = Path(os.path.abspath(path))  # not resolved: a venv's python is a symlink
+    try:
+        relative = absolute.relative_to(os.getcwd())
+    except ValueError:
+        return str(absolute)
+    return str(relative) if relative.parent != Path() else f"./{relative}"
 
 
 @click.command()
