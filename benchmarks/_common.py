@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import json
 import math
 import os
 import re
@@ -23,10 +24,31 @@ import attrs
 
 
 def private_home() -> str:
-    """Point VI_FLOW_HOME at a fresh temporary directory and return it."""
+    """Point VI_FLOW_HOME at a fresh temporary directory and return it.
+
+    The home's background server, if the benchmark starts one, is stopped at exit.
+    """
     home = tempfile.mkdtemp(prefix="vi-flow-bench-")
     os.environ["VI_FLOW_HOME"] = home
+    atexit.register(_stop_home_server, Path(home))
     return home
+
+
+def _stop_home_server(home: Path) -> None:
+    """SIGTERM the home's server (named by its run file) and wait until it is gone."""
+    try:
+        pid = int(json.loads((home / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return
+    if pid == os.getpid():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
 
 
 async def rate(fn: Callable[[], Awaitable[None]], *, count: int) -> float:
