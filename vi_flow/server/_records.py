@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,9 +21,10 @@ from ..models._base import from_wire, to_wire
 from ..models.common import Condition, ResourceCondition, ResourceMetadata
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec, RunStatus
+from .clock import now_ms
 from .errors import APIProblem
 
-__all__ = ["SCHEMA", "new_id", "now_ms", "split_page"]
+__all__ = ["SCHEMA", "new_id", "split_page"]
 
 T = TypeVar("T")
 
@@ -59,11 +59,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 _ACTIVE = tuple(c.value for c in Condition if not c.terminal)
-
-
-def now_ms() -> int:
-    """The current time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
 
 
 def new_id(prefix: str) -> str:

@@ -19,12 +19,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .bootstrap import ensure_admin
+from .clock import now_ms
 from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, unpublish
 from .middleware import setup_middleware
 from .routes import admin, executions, flows, lifecycle, runs, tasks
 from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
-from .store import Store, now_ms
+from .store import Store
 
 __all__ = ["ServerSettings", "create_app"]
 

@@ -25,7 +25,8 @@ from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec
 from . import _records as rec
 from ._dbthread import DBThread
-from ._records import new_id, now_ms, split_page
+from ._records import new_id, split_page
+from .clock import now_ms
 
 __all__ = ["Store", "new_id", "now_ms", "split_page"]
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..models._base import from_wire, to_wire
 from ..models.tasks import Task, TaskConfig, TaskStatus
+from .clock import now_ms
 from .errors import APIProblem
 from .providers.base import (
     LaunchSpec,
@@ -35,7 +36,7 @@ from .providers.base import (
     TaskUpdate,
     problem_for,
 )
-from .store import new_id, now_ms
+from .store import new_id
 from .tasks_launch import build_spec, check_config, prepare_task_dir, task_env
 from .tasks_logs import FOLLOW_POLL, TaskOutputs
 from .tasks_records import SCHEMA, to_json

@@ -18,8 +18,9 @@ import attrs
 import orjson
 
 from ..models.tasks import SSHEndpoint, SSHKey, TaskStatus
+from .clock import now_ms
 from .errors import APIProblem
-from .store import new_id, now_ms
+from .store import new_id
 from .tasks_records import TaskRecords
 
 __all__ = ["SSHAccess", "SessionContext"]

@@ -21,9 +21,10 @@ import orjson
 
 from ..models._base import to_wire
 from ..models.tasks import Task, TaskConfig, Volume, VolumeSpec
+from .clock import now_ms
 from .errors import APIProblem
 from .providers.base import Mount
-from .store import new_id, now_ms
+from .store import new_id
 from .tasks_launch import visible_path
 from .tasks_records import TaskRecords
 

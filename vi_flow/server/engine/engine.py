@@ -34,13 +34,14 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.runs import Run, RunSpec
+from ..clock import now_ms
 from ..errors import APIProblem
 from ..state import ServerSettings
 from ..store import Store
 from . import tables
 from .blocks import BlockRegistry
 from .eventlog import EventLog
-from .executor import Executor, Paused, now_ms, spec_of
+from .executor import Executor, Paused, spec_of
 from .request import ExecuteRequest, check_against_flow, step_id_of
 from .tables import RunRow, StepRow
 

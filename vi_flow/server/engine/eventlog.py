@@ -17,11 +17,11 @@ import collections
 import contextlib
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from ...models.events import FlowCompleted, StreamEvent, event_to_wire
+from ..clock import now_ms
 
 __all__ = ["SCHEMA", "Database", "EventLog", "RunChannel", "frame"]
 
@@ -261,7 +261,7 @@ class EventLog:
         channel.next_id += 1
         if cls is FlowCompleted:
             channel.ended = True
-        event = cls(execution_id=run_id, event_id=event_id, time=_now_ms(), **fields)
+        event = cls(execution_id=run_id, event_id=event_id, time=now_ms(), **fields)
         event_type, data = event_to_wire(event)
         self._pending.append((run_id, event_id, event_type, frame(event_id, event_type, data)))
         self._appended += 1
@@ -361,7 +361,3 @@ def _by_run(rows: list[_Row]) -> dict[str, list[_Row]]:
     for row in rows:
         groups.setdefault(row[0], []).append(row)
     return groups
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -39,6 +39,7 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.flows import FlowSpec
+from ..clock import now_ms
 from ..state import ServerSettings
 from ..store import Store
 from ..tasks_service import TaskService
@@ -49,12 +50,7 @@ from .render import RenderError, render_value
 from .request import ExecuteRequest, step_id_of
 from .tables import RunRow, StepRow
 
-__all__ = ["Executor", "Paused", "add_usage", "namespace_for", "now_ms", "request_of", "spec_of"]
-
-
-def now_ms() -> int:
-    """The current time in ms since the epoch."""
-    return int(time.time() * 1000)
+__all__ = ["Executor", "Paused", "add_usage", "namespace_for", "request_of", "spec_of"]
 
 
 def add_usage(total: TokenUsage | None, more: TokenUsage | None) -> TokenUsage | None:

@@ -31,6 +31,7 @@ from ...models.tasks import (
     ReservationRequest,
     TaskStatus,
 )
+from ..clock import now_ms
 from .base import (
     LaunchSpec,
     ProviderError,
@@ -41,12 +42,7 @@ from .base import (
     UpdateSink,
 )
 
-__all__ = ["JobSettings", "PollingJobProvider", "TrackedJob", "now_ms", "own_outcome"]
-
-
-def now_ms() -> int:
-    """The current time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
+__all__ = ["JobSettings", "PollingJobProvider", "TrackedJob", "own_outcome"]
 
 
 class JobSettings(Protocol):

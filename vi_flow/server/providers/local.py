@@ -36,6 +36,7 @@ from ...models.tasks import (
     TaskConfig,
     TaskStatus,
 )
+from ..clock import now_ms
 from .base import (
     ComputeProvider,
     InvalidRequest,
@@ -62,7 +63,6 @@ from .local_process import (
     append_line,
     end_orphan,
     final_update,
-    now_ms,
     prepare_launch,
     signal_group,
     started_update,

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ...models.tasks import ReservationStatus
+from ..clock import now_ms
 from .base import CapacityError, InvalidRequest, LaunchSpec
 from .local_machine import Machine
-from .local_process import Job, now_ms
+from .local_process import Job
 from .local_reservations import ReservationBook, reservation_status
 
 __all__ = [

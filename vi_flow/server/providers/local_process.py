@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
 from ...models.tasks import TaskStatus
+from ..clock import now_ms
 from .base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "describe_exit",
     "end_orphan",
     "final_update",
-    "now_ms",
     "prepare_launch",
     "signal_group",
     "started_update",
@@ -45,11 +44,6 @@ KILL_WAIT = 5.0
 
 MAX_RUN_TIME_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task exceeds its ``max_run_time``."""
-
-
-def now_ms() -> int:
-    """Now, in milliseconds since the epoch."""
-    return int(time.time() * 1000)
 
 
 @attrs.define

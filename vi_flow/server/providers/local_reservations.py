@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from pathlib import Path
 
 import attrs
@@ -26,14 +25,11 @@ from ...models.tasks import (
     ReservationRequest,
     ReservationStatus,
 )
+from ..clock import now_ms
 from .base import CapacityError, InvalidRequest, Placement
 from .local_machine import Machine
 
 __all__ = ["FOREVER", "ReservationBook", "reservation_status", "window_end"]
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 #: The end of an auto-renewing reservation's hold (ms): it renews until cancelled.
@@ -142,7 +138,7 @@ class ReservationBook:
 
     def all(self) -> list[Reservation]:
         """Every reservation with its status (and current window, if it renews) as of now."""
-        now = _now()
+        now = now_ms()
         return [self._as_of(r, now) for r in self._items.values()]
 
     @staticmethod
@@ -171,7 +167,7 @@ class ReservationBook:
         """
         if request.duration_hours <= 0:
             raise InvalidRequest(f"durationHours: must be positive, got {request.duration_hours}")
-        start = request.start_time or _now()
+        start = request.start_time or now_ms()
         end = start + int(request.duration_hours * 3600 * 1000)
         held_until = FOREVER if request.auto_renew else end
         cpus, gpus = self.window_free(placement.gpu_type, start, held_until)
@@ -195,12 +191,12 @@ class ReservationBook:
             cpus=placement.cpus,
             start_time=start,
             end_time=end,
-            created_at=_now(),
+            created_at=now_ms(),
             auto_renew=request.auto_renew,
         )
         self._items[res.reservation_id] = res
         await self._save()
-        return self._as_of(res, _now())
+        return self._as_of(res, now_ms())
 
     async def cancel(self, reservation_id: str) -> Reservation:
         """Mark a reservation cancelled.

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ...models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
-from ._polling import PollingJobProvider, now_ms, own_outcome
+from ..clock import now_ms
+from ._polling import PollingJobProvider, own_outcome
 from ._ray_api import (
     RayAuthError,
     RayConnectionError,

@@ -43,7 +43,8 @@ from ...models.tasks import (
     TaskConfig,
     TaskStatus,
 )
-from ._polling import PollingJobProvider, now_ms, own_outcome
+from ..clock import now_ms
+from ._polling import PollingJobProvider, own_outcome
 from ._slurm_catalog import catalog, placement
 from ._slurm_rest import (
     JobSubmission,
