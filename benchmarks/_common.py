@@ -184,20 +184,7 @@ def rss_mb() -> tuple[float, float]:
 
 
 def compute_client(**kwargs: Any) -> Any:
-    """``vi_flow.AsyncClient(**kwargs)`` with the task methods, wired here if the lead has not yet."""
+    """``vi_flow.AsyncClient(**kwargs)``: the client with the seed's task methods."""
     import vi_flow
-    from vi_flow.compute import ComputeMethods
 
-    if issubclass(vi_flow.AsyncClient, ComputeMethods):
-        return vi_flow.AsyncClient(**kwargs)
-    from vi_flow.resources.ssh_keys import AsyncSSHKeys
-    from vi_flow.resources.tasks import AsyncTasks
-
-    class _ComputeClient(ComputeMethods, vi_flow.AsyncClient):  # type: ignore[misc]
-        def _init(self, http: Any, *, owner: bool) -> None:
-            super()._init(http, owner=owner)  # type: ignore[misc]
-            client: Any = self
-            self.tasks = AsyncTasks(client)
-            self.ssh_keys = AsyncSSHKeys(client)
-
-    return _ComputeClient(**kwargs)
+    return vi_flow.AsyncClient(**kwargs)

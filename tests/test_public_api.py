@@ -19,6 +19,7 @@ EXPECTED = {
     "AsyncFlow",
     "AsyncJob",
     "AsyncRun",
+    "AsyncPausedResult",
     "AsyncTask",
     "ExecuteResult",
     "Flow",

@@ -46,14 +46,13 @@ if TYPE_CHECKING:
     from ._config import NOT_GIVEN as NOT_GIVEN
     from ._config import Timeout as Timeout
     from ._pagination import AsyncPaginator as AsyncPaginator
-    from ._pagination import PaginatedResponse as PaginatedResponse
     from .compute import AsyncTask as AsyncTask
     from .compute.ssh import ShellResult as ShellResult
     from .execution import AsyncFlow as AsyncFlow
     from .execution import AsyncJob as AsyncJob
     from .execution import AsyncRun as AsyncRun
     from .execution import ExecuteResult as ExecuteResult
-    from .execution import PausedResult as PausedResult
+    from .execution import PausedResult as AsyncPausedResult
     from .execution import ToolHandlerWarning as ToolHandlerWarning
     from .models import PaginationParams as PaginationParams
     from .models.tasks import TaskConfig as TaskConfig
@@ -63,7 +62,9 @@ if TYPE_CHECKING:
     from .sync.compute import Task as Task
     from .sync.execution import Flow as Flow
     from .sync.execution import Job as Job
+    from .sync.execution import PausedResult as PausedResult
     from .sync.execution import Run as Run
+    from .sync.pagination import PaginatedResponse as PaginatedResponse
 
 _LAZY: dict[str, str] = {
     "AsyncTask": ".compute",
@@ -77,14 +78,15 @@ _LAZY: dict[str, str] = {
     "NOT_GIVEN": "._config",
     "Timeout": "._config",
     "AsyncPaginator": "._pagination",
-    "PaginatedResponse": "._pagination",
+    "PaginatedResponse": ".sync.pagination",
     "PaginationParams": ".models",
     "Client": ".sync._client",
     "AsyncFlow": ".execution",
     "AsyncJob": ".execution",
     "AsyncRun": ".execution",
     "ExecuteResult": ".execution",
-    "PausedResult": ".execution",
+    "AsyncPausedResult": ".execution:PausedResult",
+    "PausedResult": ".sync.execution",
     "ToolHandlerWarning": ".execution",
     "Flow": ".sync.execution",
     "Job": ".sync.execution",
@@ -102,6 +104,7 @@ __all__ = [
     "AsyncFlow",
     "AsyncJob",
     "AsyncPaginator",
+    "AsyncPausedResult",
     "AsyncRun",
     "AsyncTask",
     "AuthenticationError",
@@ -146,10 +149,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    where = _LAZY.get(name)
+    if where is None:
         raise AttributeError(f"module 'vi_flow' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    module, _, attribute = where.partition(":")  # "module:attribute" when named otherwise
+    value = getattr(importlib.import_module(module, __name__), attribute or name)
     globals()[name] = value
     return value
 

@@ -1,4 +1,9 @@
-"""``AsyncClient``: the async entry point that owns the connection and the resource namespaces."""
+"""``AsyncClient``: the async entry point that owns the connection and the resource namespaces.
+
+The client composes its parts: the resource namespaces (``flows``, ``runs``, ``tasks``...),
+``compute`` (seed 002's GPU-task methods) and ``platform`` (its escape hatches). The
+seed's names (``client.run``, ``client.logs``...) are forwarded to those parts.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ import anyio
 
 from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, resolve_settings
 from ._errors import ClientStateError
+from ._forward import forward
 from ._http import Connection, HTTPCore, Sleep
-from .compute._platform import PlatformMethods
+from .compute._facade import AsyncCompute
+from .compute._ops import ComputeClient
+from .compute._platform import AsyncPlatform
 from .resources.flows import AsyncFlows
 from .resources.instances import AsyncInstances
 from .resources.reservations import AsyncReservations
@@ -39,7 +47,7 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
-class AsyncClient(PlatformMethods):
+class AsyncClient:
     """The async vi_flow client.
 
     With nothing configured it talks to the home's local server on 127.0.0.1, starting it
@@ -98,13 +106,16 @@ class AsyncClient(PlatformMethods):
         self.http = http
         self._owner = owner
         self._pid = os.getpid()
-        self.flows = AsyncFlows(self)
-        self.runs = AsyncRuns(self)
-        self.tasks = AsyncTasks(self)
-        self.volumes = AsyncVolumes(self)
-        self.instances = AsyncInstances(self)
-        self.reservations = AsyncReservations(self)
-        self.ssh_keys = AsyncSSHKeys(self)
+        self.flows = AsyncFlows(http)
+        self.runs = AsyncRuns(http)
+        self.tasks = AsyncTasks(http)
+        self.volumes = AsyncVolumes(http)
+        self.instances = AsyncInstances(http)
+        self.reservations = AsyncReservations(http)
+        self.ssh_keys = AsyncSSHKeys(http, self._settings.home)
+        context = ComputeClient(self.tasks, self.ssh_keys, self._settings.home)
+        self.compute = AsyncCompute(http, context, self.volumes, self.instances, self.reservations)
+        self.platform = AsyncPlatform(self.compute)
 
     @property
     def _settings(self) -> Settings:
@@ -140,7 +151,53 @@ class AsyncClient(PlatformMethods):
         """Return an execution proxy for a flow (no request is made)."""
         from .execution import AsyncFlow
 
-        return AsyncFlow(self, flow_id)
+        return AsyncFlow(self.http, flow_id)
+
+    def get_provider_init(self) -> Self:
+        """Seed 002's initialization interface: the client itself (``list_projects``, keys)."""
+        return self
+
+    # -- seed 002's names, forwarded to the parts that do the work --------------------
+
+    run = forward("compute", AsyncCompute.run)
+    submit = forward("compute", AsyncCompute.submit)
+    status = forward("compute", AsyncCompute.status)
+    cancel = forward("compute", AsyncCompute.cancel)
+    get_task = forward("compute", AsyncCompute.get_task)
+    list_tasks = forward("compute", AsyncCompute.list_tasks)
+    logs = forward("compute", AsyncCompute.logs)
+    follow_logs = forward("compute", AsyncCompute.follow_logs)
+    shell = forward("compute", AsyncCompute.shell)
+    ssh = forward("compute", AsyncCompute.ssh)
+    resolve_ssh_endpoint = forward("compute", AsyncCompute.resolve_ssh_endpoint)
+    get_task_ssh_connection_info = forward("compute", AsyncCompute.get_task_ssh_connection_info)
+    wait_for_ssh = forward("compute", AsyncCompute.wait_for_ssh)
+    upload_code_to_task = forward("compute", AsyncCompute.upload_code_to_task)
+    create_volume = forward("compute", AsyncCompute.create_volume)
+    list_volumes = forward("compute", AsyncCompute.list_volumes)
+    delete_volume = forward("compute", AsyncCompute.delete_volume)
+    mount_volume = forward("compute", AsyncCompute.mount_volume)
+    find_instances = forward("compute", AsyncCompute.find_instances)
+    normalize_instance_request = forward("compute", AsyncCompute.normalize_instance_request)
+    reserve = forward("compute", AsyncCompute.reserve)
+    list_reservations = forward("compute", AsyncCompute.list_reservations)
+    get_reservation = forward("compute", AsyncCompute.get_reservation)
+    reservation_availability = forward("compute", AsyncCompute.reservation_availability)
+    list_ssh_keys = forward("compute", AsyncCompute.list_ssh_keys)
+    list_platform_ssh_keys = forward("compute", AsyncCompute.list_platform_ssh_keys)
+    create_platform_ssh_key = forward("compute", AsyncCompute.create_platform_ssh_key)
+    delete_platform_ssh_key = forward("compute", AsyncCompute.delete_platform_ssh_key)
+    ensure_default_ssh_key = forward("compute", AsyncCompute.ensure_default_ssh_key)
+    get_model = forward("compute", AsyncCompute.get_model)
+    provider_port = forward("platform", AsyncPlatform.provider_port)
+    get_remote_operations = forward("platform", AsyncPlatform.get_remote_operations)
+    get_ssh_key_manager = forward("platform", AsyncPlatform.get_ssh_key_manager)
+    get_ssh_tunnel_manager = forward("platform", AsyncPlatform.get_ssh_tunnel_manager)
+    get_user = forward("platform", AsyncPlatform.get_user)
+    get_user_teammates = forward("platform", AsyncPlatform.get_user_teammates)
+    list_projects = forward("platform", AsyncPlatform.list_projects)
+    ensure_dev_task = forward("platform", AsyncPlatform.ensure_dev_task)
+    dev_context = forward("platform", AsyncPlatform.dev_context)
 
     async def aclose(self) -> None:
         """Close connections (and an in-process server this client holds); idempotent.

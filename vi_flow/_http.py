@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from . import __version__, _local
+from . import __version__, local
 from ._config import NOT_GIVEN, NotGiven, Settings, Timeout
 from ._errors import (
     APIConnectionError,
@@ -81,7 +81,7 @@ class Connection:
     """The shared part of a client: the endpoint, the aiohttp session and the local server.
 
     The session is created on first use, on the loop that uses it. With the ``local`` base
-    URL the endpoint is the home's server (:mod:`vi_flow._local`), found again when it
+    URL the endpoint is the home's server (:mod:`vi_flow.local`), found again when it
     stops answering: a restarted server gets a new port.
     """
 
@@ -89,7 +89,7 @@ class Connection:
         self.settings = settings
         self.closed = False
         self._endpoint: Endpoint | None = None
-        self._attached: _local.Attached | None = None
+        self._attached: local.Attached | None = None
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
@@ -117,7 +117,7 @@ class Connection:
             return Endpoint(s.base_url, s.api_key, s.organization_id)
         import anyio.to_thread
 
-        attached = await anyio.to_thread.run_sync(_local.attach, s)
+        attached = await anyio.to_thread.run_sync(local.attach, s)
         if self.closed:  # closed while the server was starting
             if attached.release is not None:
                 await anyio.to_thread.run_sync(attached.release)
@@ -125,7 +125,7 @@ class Connection:
         self._attached = attached
         return Endpoint(
             attached.info.url,
-            s.api_key or _local.admin_token(s.home),
+            s.api_key or local.admin_token(s.home),
             # the admin token's organization; a key the user gave names its own
             s.organization_id or (None if s.api_key else DEFAULT_ORGANIZATION),
         )

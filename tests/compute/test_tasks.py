@@ -205,7 +205,7 @@ async def test_default_key_is_private_and_registered(client: vi_flow.AsyncClient
 async def test_unregistered_key_is_refused(client: vi_flow.AsyncClient, tmp_path: Path) -> None:
     task = await client.run("sleep 60", wait=True)
     try:
-        target = await ssh_target(client, task.task_id)
+        target = await ssh_target(client.compute._context, task.task_id)
         stranger = tmp_path / "stranger"
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
         with pytest.raises(asyncssh.PermissionDenied):
@@ -257,7 +257,7 @@ async def test_follow_100k_lines_through_two_cuts(
 ) -> None:
     """The real server's SSH, a proxy cut twice mid-stream: every line exactly once, in order."""
     task = await client.run([PY, "-c", _NUMBERED, str(tmp_path)])
-    real = await ssh_target(client, task.task_id, logs=True)
+    real = await ssh_target(client.compute._context, task.task_id, logs=True)
     endpoint = await client.tasks.ssh_endpoint(task.task_id)
     proxy = TCPProxy(real.port)
     await proxy.start()
@@ -338,7 +338,7 @@ async def test_interactive_shell_on_the_server_pty(client: vi_flow.AsyncClient) 
     master, slave = os.openpty()
     cooked = termios.tcgetattr(slave)
     try:
-        async with await open_ssh(client, task.task_id) as conn:
+        async with await open_ssh(client.compute._context, task.task_id) as conn:
             shell = asyncio.ensure_future(interactive_shell(conn, stdin_fd=slave, stdout_fd=slave))
             while termios.tcgetattr(slave) == cooked:
                 await asyncio.sleep(0.01)

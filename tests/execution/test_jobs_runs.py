@@ -46,7 +46,7 @@ async def test_job_of_failing_flow(aclient: vi_flow.AsyncClient) -> None:
 
 
 async def test_wait_rejects_bad_poll_interval(aclient: vi_flow.AsyncClient) -> None:
-    job = AsyncJob(aclient, "run_x")
+    job = AsyncJob(aclient.http, "run_x")
     with pytest.raises(ValueError, match="poll_interval"):
         await job.wait(poll_interval=0)
 

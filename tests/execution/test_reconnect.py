@@ -20,7 +20,7 @@ from aiohttp import web
 
 import vi_flow
 from vi_flow._errors import APIConnectionError
-from vi_flow._sse import ResumableEventStream
+from vi_flow.execution._stream import ResumableEventStream
 from vi_flow.models import Condition, FlowCompleted, LogLine, StreamEvent, event_to_wire
 from vi_flow.server import embedded
 

@@ -14,11 +14,15 @@ from typing import Any
 import pytest
 
 import vi_flow
-from vi_flow import FlowExecutionError, FlowNotFoundError, ToolCallLimitError
+from vi_flow import (  # the top-level names: a sync user's PausedResult is the sync one
+    AsyncPausedResult,
+    FlowExecutionError,
+    FlowNotFoundError,
+    PausedResult,
+    ToolCallLimitError,
+)
 from vi_flow.execution import ExecuteResult
-from vi_flow.execution import PausedResult as AsyncPausedResult
 from vi_flow.models import FlowCompleted, RunStarted, StepCompleted, ToolCall, ToolResult
-from vi_flow.sync.execution import PausedResult
 
 WEATHER_FLOW: dict[str, Any] = {
     "name": "Weather assistant",

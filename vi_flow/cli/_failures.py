@@ -72,7 +72,7 @@ class CommandFailed(click.ClickException):
 
 def exit_code_for(exc: BaseException) -> int:
     """Return the documented exit code for an exception."""
-    from .. import _errors as e
+    import vi_flow as e
 
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
@@ -90,7 +90,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 def describe(exc: BaseException) -> tuple[str, str | None]:
     """Return the one-line message and an optional hint for an exception."""
-    from .. import _errors as e
+    import vi_flow as e
 
     if isinstance(exc, e.APIStatusError):
         code = exc.code or f"HTTP {exc.status_code}"
@@ -104,7 +104,7 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
 
 
 def _hint_for(exc: BaseException) -> str | None:
-    from .. import _errors as e
+    import vi_flow as e
 
     hints: list[tuple[type[BaseException], str]] = [
         (e.AuthenticationError, "check --api-key / VI_FLOW_API_KEY ('vi-flow config show')"),

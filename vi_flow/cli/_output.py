@@ -48,7 +48,7 @@ def wants_json(as_json: bool) -> bool:
 def _encode(obj: Any, *, indent: bool) -> str:
     import orjson
 
-    from ..models._base import to_wire
+    from ..models import to_wire
 
     option = orjson.OPT_INDENT_2 if indent else 0
     return orjson.dumps(to_wire(obj), option=option | orjson.OPT_NON_STR_KEYS).decode()
@@ -126,7 +126,7 @@ def preview(value: Any, width: int = 60) -> str:
     else:
         import orjson
 
-        from ..models._base import to_wire
+        from ..models import to_wire
 
         try:
             text = orjson.dumps(to_wire(value)).decode()

@@ -16,7 +16,7 @@ import click
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..sync._client import Client
+    from .. import Client
 
 __all__ = ["CliState", "state"]
 
@@ -94,7 +94,7 @@ class CliState:
     def client(self) -> Client:
         """Return this invocation's sync client, creating it on first use."""
         if self._client is None:
-            from ..sync._client import Client
+            from .. import Client
 
             kwargs: dict[str, Any] = {}
             if self.base_url:

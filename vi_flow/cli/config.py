@@ -23,7 +23,7 @@ def show(as_json: bool) -> None:
 
     The API key is never shown, only whether one is set.
     """
-    from .._config import NOT_GIVEN, config_path, resolve_settings
+    from ..config import NOT_GIVEN, config_path, resolve_settings
 
     cli = state()
     settings = resolve_settings(
@@ -68,7 +68,7 @@ def set_(key: str, value: str) -> None:
     Keys: api_key, organization_id, base_url, timeout, max_retries, home, local_server
     (background or in-process), server_idle_timeout (seconds, 0: never).
     """
-    from .._config import CONFIG_KEYS, write_config_value
+    from ..config import CONFIG_KEYS, write_config_value
 
     if key not in CONFIG_KEYS:
         raise click.BadParameter(

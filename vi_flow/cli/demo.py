@@ -25,8 +25,8 @@ from ._output import duration, kv_table
 from ._state import CliState, state
 
 if TYPE_CHECKING:
+    from .. import Client
     from ..models.events import ToolCall
-    from ..sync._client import Client
 
 __all__ = ["TRAIN_SCRIPT", "demo"]
 
@@ -241,7 +241,7 @@ def _try_next(home: Path, assistant_id: str, trainer_id: str, run_id: str) -> li
 
 def _environment(home: Path) -> str:
     """The variables that point a command at the demo's data, as shell assignments."""
-    from .._config import resolve_settings
+    from ..config import resolve_settings
 
     words = [f"VI_FLOW_HOME={shlex.quote(os.path.abspath(home))}"]
     if not resolve_settings().is_local:
@@ -279,7 +279,7 @@ def demo(home: Path | None) -> None:
     Creates a tool-calling flow and a small training flow, executes both with a live
     view, downloads the trained model and prints what to try next.
     """
-    from ..sync._client import Client
+    from .. import Client
 
     cli = state()
     chosen = _home(home)

@@ -110,7 +110,7 @@ def create(spec_file: Path, flow_id: str | None, as_json: bool) -> None:
           id: hello
           settings: {template: "Hello, {{ message }}!"}
     """
-    from .._errors import UnprocessableEntityError
+    from .. import UnprocessableEntityError
 
     spec = load_spec_file(spec_file)
     try:

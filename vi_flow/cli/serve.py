@@ -79,7 +79,7 @@ def serve(
     --base-url http://HOST:PORT/v1 and the admin token in HOME/admin-token. Logs go to
     stderr at the level of VI_FLOW_LOG (default info).
     """
-    from .._config import default_home
+    from ..config import default_home
     from ..server import ServerSettings
 
     slurm = {

@@ -41,11 +41,11 @@ def server(ctx: click.Context, home: Path | None) -> None:
 
 
 def _home() -> Path:
-    from .. import _config
+    from .. import config
 
     given: Path | None = click.get_current_context().meta.get(_HOME_KEY)
     try:
-        home = given or _config.resolve_settings().home
+        home = given or config.resolve_settings().home
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     return home.expanduser().resolve()
@@ -61,13 +61,13 @@ def _home() -> Path:
 @json_option
 def start(idle_timeout: float | None, as_json: bool) -> None:
     """Start the home's server in the background (or say which one already runs)."""
-    from .. import _config, _local
+    from .. import config, local
 
     home = _home()
     if idle_timeout is None:
-        idle_timeout = _config.resolve_settings().server_idle_timeout
-    already = _local.find_server(home)
-    info = already or _local.ensure_server(home, idle_timeout)
+        idle_timeout = config.resolve_settings().server_idle_timeout
+    already = local.find_server(home)
+    info = already or local.ensure_server(home, idle_timeout)
     if wants_json(as_json):
         emit_json({"running": True, "started": already is None, **_brief(info)})
         return
@@ -87,10 +87,10 @@ def _brief(info: Any) -> dict[str, Any]:
 
 
 def _status_of(info: Any, home: Path) -> dict[str, Any]:
-    from .. import _local
+    from .. import local
 
     try:
-        code, body = _local.call_server(info, "GET", "/server", token=_local.admin_token(home))
+        code, body = local.call_server(info, "GET", "/server", token=local.admin_token(home))
     except OSError as exc:
         raise CommandFailed(f"the server at {info.url} does not answer: {exc}") from None
     if code != 200 or not isinstance(body, dict):
@@ -105,10 +105,10 @@ def status(as_json: bool) -> None:
 
     Exits 1 when no server runs for the home.
     """
-    from .. import _local
+    from .. import local
 
     home = _home()
-    info = _local.find_server(home)
+    info = local.find_server(home)
     if info is None:
         if wants_json(as_json):
             emit_json({"running": False, "home": str(home)})
@@ -145,15 +145,15 @@ def stop(force: bool, as_json: bool) -> None:
     Without --force it refuses (exit 5) while runs or tasks are in flight; with --force
     it cancels them cleanly first. Stopping a server that is not running succeeds.
     """
-    from .. import _local
+    from .. import local
 
     home = _home()
-    info = _local.find_server(home)
+    info = local.find_server(home)
     if info is None:
         _say(as_json, {"stopped": False, "home": str(home)}, f"no vi-flow server runs for {home}")
         return
-    code, body = _local.call_server(
-        info, "POST", "/server/shutdown", token=_local.admin_token(home), body={"force": force}
+    code, body = local.call_server(
+        info, "POST", "/server/shutdown", token=local.admin_token(home), body={"force": force}
     )
     if code == 409 and isinstance(body, dict):
         error = body.get("error", {})
@@ -172,10 +172,10 @@ def stop(force: bool, as_json: bool) -> None:
 
 
 def _wait_gone(pid: int) -> None:
-    from .. import _local
+    from .. import local
 
     deadline = time.monotonic() + _STOP_WAIT
-    while _local.pid_alive(pid):
+    while local.pid_alive(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGTERM)  # it accepted the stop but hangs: be firmer
             deadline = time.monotonic() + _STOP_WAIT

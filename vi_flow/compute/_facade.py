@@ -1,9 +1,11 @@
-"""``ComputeMethods``: the GPU-task methods of seed 002, mixed into ``AsyncClient``.
+"""``AsyncCompute``: the GPU-task methods of seed 002, which ``AsyncClient`` offers too.
 
 ``run``, ``submit``, ``status``, ``cancel``, ``logs``, ``shell``, ``ssh``, volumes,
 instances, reservations, SSH keys, ``upload_code_to_task`` and ``get_model``, under
-their seed names. Each is a few lines over the resources (``self.tasks``...) and the
-operations in :mod:`vi_flow.compute._ops`; handles come back as :class:`AsyncTask`.
+their seed names. Each is a few lines over the resources it is given (``self.tasks``...)
+and the operations in :mod:`vi_flow.compute._ops`; handles come back as
+:class:`AsyncTask`. The client holds one as ``client.compute`` and forwards the seed's
+names to it.
 """
 
 from __future__ import annotations
@@ -37,21 +39,19 @@ from ._task import AsyncTask
 from .ssh import ShellResult, ssh_command_line
 
 if TYPE_CHECKING:
-    from .._config import Settings
     from .._http import HTTPCore
     from ..resources.instances import AsyncInstances
     from ..resources.reservations import AsyncReservations
-    from ..resources.ssh_keys import AsyncSSHKeys
-    from ..resources.tasks import AsyncTasks, LogStream
+    from ..resources.tasks import LogStream
     from ..resources.volumes import AsyncVolumes
     from ._upload import UploadResult
 
-__all__ = ["ComputeMethods", "ModelArtifacts"]
+__all__ = ["AsyncCompute", "ModelArtifacts"]
 
 
 @attrs.frozen
 class ModelArtifacts:
-    """What :meth:`ComputeMethods.get_model` downloaded.
+    """What :meth:`AsyncCompute.get_model` downloaded.
 
     Attributes:
         run_id: The run.
@@ -77,28 +77,38 @@ def _check_node(node: int | None) -> None:
         raise ValueError(f"node {node} does not exist: tasks here run on a single node (0)")
 
 
-class ComputeMethods:
-    """The seed's GPU-task methods; ``AsyncClient`` inherits them.
+class AsyncCompute:
+    """The seed's GPU-task methods over the task, volume, instance, reservation and key resources.
 
-    The client provides ``http``, ``_settings`` and the ``tasks``, ``volumes``,
-    ``instances``, ``reservations`` and ``ssh_keys`` resources.
+    Args:
+        http: The HTTP core (``get_model`` downloads through it).
+        context: The tasks and SSH keys resources and the home, which task handles use.
+        volumes: The volumes resource.
+        instances: The instances resource.
+        reservations: The reservations resource.
     """
 
-    if TYPE_CHECKING:
-        http: HTTPCore
-        tasks: AsyncTasks
-        volumes: AsyncVolumes
-        instances: AsyncInstances
-        reservations: AsyncReservations
-        ssh_keys: AsyncSSHKeys
-
-        @property
-        def _settings(self) -> Settings: ...
+    def __init__(
+        self,
+        http: HTTPCore,
+        context: _ops.ComputeClient,
+        volumes: AsyncVolumes,
+        instances: AsyncInstances,
+        reservations: AsyncReservations,
+    ) -> None:
+        self.http = http
+        self._context = context
+        self.tasks = context.tasks
+        self.ssh_keys = context.ssh_keys
+        self.volumes = volumes
+        self.instances = instances
+        self.reservations = reservations
 
     # -- tasks ---------------------------------------------------------------------------
 
     async def run(
         self,
+        /,
         task: TaskConfig | str | Path | list[str],
         gpu: str | None = None,
         cpus: int | None = None,
@@ -130,7 +140,7 @@ class ComputeMethods:
         config = await _configs.build_config(
             task, mounts=mounts, gpu=gpu, cpus=cpus, memory_gb=memory_gb, **kwargs
         )
-        handle = AsyncTask(self, await self.tasks.create(config))
+        handle = AsyncTask(self._context, await self.tasks.create(config))
         if wait:
             await handle.wait(until="running")
         return handle
@@ -178,7 +188,7 @@ class ComputeMethods:
 
     async def get_task(self, task_id: str) -> AsyncTask:
         """Return a handle on an existing task (``TaskNotFoundError`` when missing)."""
-        return AsyncTask(self, await self.tasks.get(task_id))
+        return AsyncTask(self._context, await self.tasks.get(task_id))
 
     async def list_tasks(
         self,
@@ -194,7 +204,7 @@ class ComputeMethods:
         async for page in self.tasks.list(
             status=status, pagination={"page_size": min(limit, 1000)}
         ):
-            handles += [AsyncTask(self, t) for t in page.items[: limit - len(handles)]]
+            handles += [AsyncTask(self._context, t) for t in page.items[: limit - len(handles)]]
             if len(handles) >= limit:
                 break
         return handles
@@ -265,7 +275,9 @@ class ComputeMethods:
 
         Survives dropped SSH connections by resuming at the exact byte offset.
         """
-        lines = _ops.follow_lines(self, task_id, stream=stream, poll_interval=poll_interval)
+        lines = _ops.follow_lines(
+            self._context, task_id, stream=stream, poll_interval=poll_interval
+        )
         async with contextlib.aclosing(lines):
             async for _, line in lines:
                 yield line
@@ -295,12 +307,12 @@ class ComputeMethods:
             The command's output and exit status (``str(result)`` is the output).
         """
         _check_node(node)
-        return await _ops.shell(self, task_id, command, echo=echo)
+        return await _ops.shell(self._context, task_id, command, echo=echo)
 
     async def ssh(self, task_id: str, node: int | None = None) -> str:
         """Return an ``ssh`` command line for your own OpenSSH client, host key pinned."""
         _check_node(node)
-        return ssh_command_line(await _ops.ssh_target(self, task_id))
+        return ssh_command_line(await _ops.ssh_target(self._context, task_id))
 
     async def resolve_ssh_endpoint(self, task_id: str, node: int | None = None) -> tuple[str, int]:
         """Return the ``(host, port)`` of a task's SSH server."""
@@ -315,7 +327,7 @@ class ComputeMethods:
         known-hosts file, so the returned key works with :meth:`ssh`'s command line.
         """
         try:
-            target = await _ops.ssh_target(self, task_id)
+            target = await _ops.ssh_target(self._context, task_id)
         except (APIStatusError, OSError) as exc:
             return None, str(exc)
         return target.key_path, ""
@@ -328,7 +340,9 @@ class ComputeMethods:
         progress_adapter: object | None = None,
     ) -> AsyncTask:
         """Wait until the task runs and answers over SSH (``TaskTimeoutError`` after ``timeout``)."""
-        return AsyncTask(self, await _ops.wait_for_ssh(self, task_id, timeout=timeout))
+        return AsyncTask(
+            self._context, await _ops.wait_for_ssh(self._context, task_id, timeout=timeout)
+        )
 
     async def upload_code_to_task(
         self,
@@ -346,7 +360,7 @@ class ComputeMethods:
         outside ``target_dir``. A progress bar shows on a terminal.
         """
         return await _ops.upload_code(
-            self, task_id, source_dir=source_dir, target_dir=target_dir, timeout=timeout
+            self._context, task_id, source_dir=source_dir, target_dir=target_dir, timeout=timeout
         )
 
     # -- volumes and instances -----------------------------------------------------------

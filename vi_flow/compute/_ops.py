@@ -1,7 +1,7 @@
 """The task operations shared by :class:`AsyncTask` and the client's top-level methods.
 
-Each function takes the client (anything with ``tasks`` and ``ssh_keys`` resources and
-settings) and a task id: waiting for a status, opening a pinned SSH connection as the
+Each function takes a :class:`ComputeClient` (the ``tasks`` and ``ssh_keys`` resources and
+the home) and a task id: waiting for a status, opening a pinned SSH connection as the
 task's user or its logs user, following logs, running a command or a shell.
 """
 
@@ -11,10 +11,11 @@ import contextlib
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from .._errors import TaskTimeoutError, ViFlowError
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
@@ -26,7 +27,6 @@ from .ssh import ShellResult, SSHTarget, connect, interactive_shell, run_remote,
 if TYPE_CHECKING:
     import asyncssh
 
-    from .._config import Settings
     from ..resources.ssh_keys import AsyncSSHKeys
     from ..resources.tasks import AsyncTasks, LogStream
 
@@ -48,19 +48,19 @@ Until = Literal["running", "terminal"]
 _FIRST_POLL = 0.05
 
 
-class ComputeClient(Protocol):
-    """What the compute operations need from a client (``AsyncClient`` has it all)."""
+@attrs.frozen
+class ComputeClient:
+    """What the compute operations need: the tasks and SSH keys resources, and the home.
 
-    @property
-    def tasks(self) -> AsyncTasks:
-        """The tasks resource."""
+    Attributes:
+        tasks: The tasks resource.
+        ssh_keys: The SSH keys resource.
+        home: Where the client keeps its SSH key and known hosts (``HOME/client/ssh``).
+    """
 
-    @property
-    def ssh_keys(self) -> AsyncSSHKeys:
-        """The SSH keys resource."""
-
-    @property
-    def _settings(self) -> Settings: ...
+    tasks: AsyncTasks
+    ssh_keys: AsyncSSHKeys
+    home: Path
 
 
 def _reached(status: TaskStatus, until: Until) -> bool:
@@ -121,7 +121,7 @@ async def _target_and_endpoint(
 
 
 def _target(client: ComputeClient, ep: SSHEndpoint, key: Path, *, logs: bool) -> SSHTarget:
-    known = client_ssh_dir(client._settings.home) / f"known_hosts-{ep.host}-{ep.port}"
+    known = client_ssh_dir(client.home) / f"known_hosts-{ep.host}-{ep.port}"
     return SSHTarget(
         host=ep.host,
         port=ep.port,

@@ -1,9 +1,10 @@
-"""``PlatformMethods``: the rest of seed 002's ``Flow`` facade, mixed into ``AsyncClient``.
+"""``AsyncPlatform``: the rest of seed 002's ``Flow`` facade, which ``AsyncClient`` offers too.
 
 These are the power-user escape hatches of ``flow-compute`` (``provider_port``,
 ``get_remote_operations``, ``dev_context``...) and its account calls (``get_user``,
 ``list_projects``). In vi_flow the compute provider lives behind the server, so each
-returns the client-side object that does that job here, documented on the method.
+returns the client-side object that does that job here, documented on the method. The
+client holds one as ``client.platform`` and forwards the seed's names to it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import NotImplementedByProviderError
 from ..models.tasks import TaskStatus
-from ._facade import ComputeMethods
+from ._facade import AsyncCompute
 
 if TYPE_CHECKING:
     from .._http import HTTPCore
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ._upload import UploadResult
     from .ssh import ShellResult
 
-__all__ = ["DEV_TASK_NAME", "PlatformMethods", "RemoteOperations", "SSHTunnelManager"]
+__all__ = ["DEV_TASK_NAME", "AsyncPlatform", "RemoteOperations", "SSHTunnelManager"]
 
 DEV_TASK_NAME = "vi-flow-dev"
 _DEV_COMMAND = "while true; do sleep 3600; done"
@@ -33,18 +34,18 @@ _DEV_COMMAND = "while true; do sleep 3600; done"
 class RemoteOperations:
     """What runs on a task's instance: commands and files (``get_remote_operations()``)."""
 
-    def __init__(self, client: ComputeMethods) -> None:
-        self._client = client
+    def __init__(self, compute: AsyncCompute) -> None:
+        self._compute = compute
 
     async def execute_command(self, task_id: str, command: str | Sequence[str]) -> ShellResult:
         """Run a command in the task and return its output and exit status."""
-        return await self._client.shell(task_id, command)
+        return await self._compute.shell(task_id, command)
 
     async def upload(
         self, task_id: str, source_dir: str | Path, target_dir: str = "/workspace"
     ) -> UploadResult:
         """Copy a directory into the task over SFTP (``.gitignore``/``.flowignore`` respected)."""
-        return await self._client.upload_code_to_task(
+        return await self._compute.upload_code_to_task(
             task_id, Path(source_dir), target_dir=target_dir
         )
 
@@ -66,24 +67,28 @@ class SSHTunnelManager:
         )
 
 
-class PlatformMethods(ComputeMethods):
-    """Seed 002's GPU-task methods plus its escape hatches; ``AsyncClient`` inherits them."""
+class AsyncPlatform:
+    """Seed 002's escape hatches and account calls, over the compute methods.
+
+    Args:
+        compute: The seed's GPU-task methods (and through them the HTTP core and keys).
+    """
+
+    def __init__(self, compute: AsyncCompute) -> None:
+        self._compute = compute
+        self.http = compute.http
 
     def provider_port(self) -> HTTPCore:
         """The raw API under every call: ``await port.request("GET", "/instances")``."""
         return self.http
 
-    def get_provider_init(self) -> PlatformMethods:
-        """The initialization interface: the client itself (``list_projects``, SSH keys)."""
-        return self
-
     def get_remote_operations(self) -> RemoteOperations:
         """Commands and file copies on task instances."""
-        return RemoteOperations(self)
+        return RemoteOperations(self._compute)
 
     def get_ssh_key_manager(self) -> AsyncSSHKeys:
         """The organization's SSH keys: ``client.ssh_keys``."""
-        return self.ssh_keys
+        return self._compute.ssh_keys
 
     def get_ssh_tunnel_manager(self) -> SSHTunnelManager:
         """Port forwarding to tasks (refused by the local server; see the class)."""
@@ -108,10 +113,12 @@ class PlatformMethods(ComputeMethods):
 
     async def ensure_dev_task(self) -> AsyncTask:
         """Return the running development task, starting one when none runs."""
-        running = await self.list_tasks(status=[TaskStatus.PENDING, TaskStatus.RUNNING], limit=100)
+        running = await self._compute.list_tasks(
+            status=[TaskStatus.PENDING, TaskStatus.RUNNING], limit=100
+        )
         task = next((t for t in running if t.name == DEV_TASK_NAME), None)
         if task is None:
-            task = await self.run(_DEV_COMMAND, name=DEV_TASK_NAME)
+            task = await self._compute.run(_DEV_COMMAND, name=DEV_TASK_NAME)
         await task.wait(until="running")
         return task
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._errors import FlowExecutionError
 from .._http import HTTPCore, path
@@ -21,9 +21,6 @@ from ._request import ExecuteRequest, ToolChoice, Version
 from ._results import ExecuteResult, PausedResult
 from ._run import AsyncJob, AsyncRun, run_stream
 from ._tools import ToolHandler, check_handler
-
-if TYPE_CHECKING:
-    from .._client import AsyncClient
 
 __all__ = ["AsyncFlow"]
 
@@ -70,15 +67,11 @@ class AsyncFlow:
         flow_id: The flow executed.
     """
 
-    def __init__(self, client: AsyncClient, flow_id: str) -> None:
+    def __init__(self, http: HTTPCore, flow_id: str) -> None:
         if not isinstance(flow_id, str) or not flow_id:
             raise ValueError(f"flow_id must be a non-empty str, got {flow_id!r}")
-        self._client = client
+        self._http = http
         self.flow_id = flow_id
-
-    @property
-    def _http(self) -> HTTPCore:
-        return self._client.http
 
     def __repr__(self) -> str:
         return f"AsyncFlow(flow_id={self.flow_id!r})"
@@ -270,11 +263,11 @@ class AsyncFlow:
             json=request.to_wire(),
             timeout=request_timeout(timeout),
         )
-        return AsyncJob(self._client, str(answer["executionId"]))
+        return AsyncJob(self._http, str(answer["executionId"]))
 
     def run(self, execution_id: str) -> AsyncRun:
         """Return a handle on a previous execution of this flow (no request is made)."""
-        return AsyncRun(self._client, execution_id)
+        return AsyncRun(self._http, execution_id)
 
     def _loop(
         self, handler: ToolHandler | None, max_tool_rounds: int, timeout: TimeoutArg

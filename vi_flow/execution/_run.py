@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import anyio
@@ -15,7 +15,6 @@ from typing_extensions import Self
 
 from .._errors import FlowExecutionError, TaskTimeoutError
 from .._http import HTTPCore, path
-from .._sse import ResumableEventStream
 from ..models._base import to_wire
 from ..models.common import Condition
 from ..models.events import (
@@ -29,10 +28,8 @@ from ..models.events import (
 from ..models.runs import Run
 from ._loop import TimeoutArg, ToolLoop, stream_timeout
 from ._results import ExecuteResult, ToolResultsArg
+from ._stream import ResumableEventStream
 from ._tools import coerce_tool_results
-
-if TYPE_CHECKING:
-    from .._client import AsyncClient
 
 __all__ = ["AsyncJob", "AsyncRun", "run_stream"]
 
@@ -109,13 +106,9 @@ class AsyncRun:
         execution_id: The run id.
     """
 
-    def __init__(self, client: AsyncClient, execution_id: str) -> None:
-        self._client = client
+    def __init__(self, http: HTTPCore, execution_id: str) -> None:
+        self._http = http
         self.execution_id = _check_id(execution_id)
-
-    @property
-    def _http(self) -> HTTPCore:
-        return self._client.http
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(execution_id={self.execution_id!r})"

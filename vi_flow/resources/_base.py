@@ -1,20 +1,15 @@
-"""What every async resource namespace shares: the client's HTTP core."""
+"""What every async resource namespace shares: the HTTP core it sends requests through."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .._client import AsyncClient
     from .._http import HTTPCore
 
 
 class AsyncResource:
-    """A namespace of API calls (``client.flows``, ``client.runs``...) bound to one client."""
+    """A namespace of API calls (``client.flows``, ``client.runs``...) over one HTTP core."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    @property
-    def _http(self) -> HTTPCore:
-        return self._client.http
+    def __init__(self, http: HTTPCore) -> None:
+        self._http = http

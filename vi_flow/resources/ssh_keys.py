@@ -28,7 +28,7 @@ from ..models.tasks import SSHKey, SSHKeyRequest
 from ._base import AsyncResource
 
 if TYPE_CHECKING:
-    from .._client import AsyncClient
+    from .._http import HTTPCore
 
 __all__ = [
     "DEFAULT_KEY_NAME",
@@ -112,8 +112,9 @@ def load_or_create_key_pair(directory: Path) -> KeyPair:
 class AsyncSSHKeys(AsyncResource):
     """Manage SSH keys: ``client.ssh_keys``."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        super().__init__(client)
+    def __init__(self, http: HTTPCore, home: Path) -> None:
+        super().__init__(http)
+        self._home = home
         self._lock = anyio.Lock()
         self._default: tuple[KeyPair, SSHKey] | None = None
 
@@ -149,7 +150,7 @@ class AsyncSSHKeys(AsyncResource):
         """
         async with self._lock:
             if self._default is None:
-                directory = client_ssh_dir(self._client._settings.home)
+                directory = client_ssh_dir(self._home)
                 pair = await anyio.to_thread.run_sync(load_or_create_key_pair, directory)
                 key = await self.create(DEFAULT_KEY_NAME, pair.public_key)
                 self._default = (pair, key)

@@ -1,7 +1,7 @@
 """The in-process local server: the home's server, run inside a client's own process.
 
 Clients use it with ``local_server = "in-process"`` (notebooks, tests); the default is
-the home's background server (:mod:`vi_flow._local`). :func:`acquire` starts (or shares)
+the home's background server (:mod:`vi_flow.local`). :func:`acquire` starts (or shares)
 one server per home per process: the aiohttp application runs on its own daemon thread
 with its own event loop, bound to a free loopback port. It takes the home's lock like
 every server, so it never runs beside another server of the home: then :func:`acquire`

@@ -1,4 +1,8 @@
-"""``Client``: the blocking client, one ``AsyncClient`` living on one portal thread."""
+"""``Client``: the blocking client, one ``AsyncClient`` living on one portal thread.
+
+Like the async client it composes its parts (the blocking resources, ``compute`` and
+``platform``) and forwards seed 002's names to them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from .._client import AsyncClient, ClientState
 from .._config import NOT_GIVEN, NotGiven, Timeout
+from .._forward import forward
 from .._http import Sleep
 from .._portal import Portal
-from .compute import Instances, Reservations, SSHKeys, Tasks, Volumes
-from .platform import SyncPlatformMethods
+from .compute import Compute, Instances, Reservations, SSHKeys, Tasks, Volumes
+from .platform import Platform
 from .resources import Flows, Runs
 
 if TYPE_CHECKING:
@@ -22,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["Client"]
 
 
-class Client(SyncPlatformMethods):
+class Client:
     """The blocking vi_flow client: the same API as :class:`AsyncClient`, without ``await``.
 
     It runs one ``AsyncClient`` on a private portal thread, so it also works from code that
@@ -71,6 +76,8 @@ class Client(SyncPlatformMethods):
         self.instances = Instances(self._async.instances, self._portal)
         self.reservations = Reservations(self._async.reservations, self._portal)
         self.ssh_keys = SSHKeys(self._async.ssh_keys, self._portal)
+        self.compute = Compute(self._async.compute, self._portal)
+        self.platform = Platform(self._async.platform, self._portal, self.ssh_keys)
 
     @property
     def async_client(self) -> AsyncClient:
@@ -87,6 +94,52 @@ class Client(SyncPlatformMethods):
         from .execution import Flow
 
         return Flow(self._async.flow(flow_id), self._portal)
+
+    def get_provider_init(self) -> Self:
+        """Seed 002's initialization interface: the client itself (``list_projects``, keys)."""
+        return self
+
+    # -- seed 002's names, forwarded to the parts that do the work --------------------
+
+    run = forward("compute", Compute.run)
+    submit = forward("compute", Compute.submit)
+    status = forward("compute", Compute.status)
+    cancel = forward("compute", Compute.cancel)
+    get_task = forward("compute", Compute.get_task)
+    list_tasks = forward("compute", Compute.list_tasks)
+    logs = forward("compute", Compute.logs)
+    follow_logs = forward("compute", Compute.follow_logs)
+    shell = forward("compute", Compute.shell)
+    ssh = forward("compute", Compute.ssh)
+    resolve_ssh_endpoint = forward("compute", Compute.resolve_ssh_endpoint)
+    get_task_ssh_connection_info = forward("compute", Compute.get_task_ssh_connection_info)
+    wait_for_ssh = forward("compute", Compute.wait_for_ssh)
+    upload_code_to_task = forward("compute", Compute.upload_code_to_task)
+    create_volume = forward("compute", Compute.create_volume)
+    list_volumes = forward("compute", Compute.list_volumes)
+    delete_volume = forward("compute", Compute.delete_volume)
+    mount_volume = forward("compute", Compute.mount_volume)
+    find_instances = forward("compute", Compute.find_instances)
+    normalize_instance_request = forward("compute", Compute.normalize_instance_request)
+    reserve = forward("compute", Compute.reserve)
+    list_reservations = forward("compute", Compute.list_reservations)
+    get_reservation = forward("compute", Compute.get_reservation)
+    reservation_availability = forward("compute", Compute.reservation_availability)
+    list_ssh_keys = forward("compute", Compute.list_ssh_keys)
+    list_platform_ssh_keys = forward("compute", Compute.list_platform_ssh_keys)
+    create_platform_ssh_key = forward("compute", Compute.create_platform_ssh_key)
+    delete_platform_ssh_key = forward("compute", Compute.delete_platform_ssh_key)
+    ensure_default_ssh_key = forward("compute", Compute.ensure_default_ssh_key)
+    get_model = forward("compute", Compute.get_model)
+    provider_port = forward("platform", Platform.provider_port)
+    get_remote_operations = forward("platform", Platform.get_remote_operations)
+    get_ssh_key_manager = forward("platform", Platform.get_ssh_key_manager)
+    get_ssh_tunnel_manager = forward("platform", Platform.get_ssh_tunnel_manager)
+    get_user = forward("platform", Platform.get_user)
+    get_user_teammates = forward("platform", Platform.get_user_teammates)
+    list_projects = forward("platform", Platform.list_projects)
+    ensure_dev_task = forward("platform", Platform.ensure_dev_task)
+    dev_context = forward("platform", Platform.dev_context)
 
     def close(self) -> None:
         """Close connections (and an in-process server), stop the portal; idempotent."""

@@ -1,4 +1,4 @@
-"""The blocking face of GPU tasks: the ``Task`` handle, the task resources, ``SyncComputeMethods``.
+"""The blocking face of GPU tasks: the ``Task`` handle, the task resources, ``Compute``.
 
 Each method is one typed line over the portal to its async twin in
 :mod:`vi_flow.compute` and :mod:`vi_flow.resources`; no logic lives here. Streams
@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .._pagination import PaginatedResponse
 from ..compute._task import StatusView, TaskFields
 from ..models import PaginationParams
 from ..models.tasks import (
@@ -35,12 +34,13 @@ from ..models.tasks import (
 from ..models.tasks import (
     Task as TaskData,
 )
+from .pagination import PaginatedResponse
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .._portal import Portal
-    from ..compute._facade import ComputeMethods, ModelArtifacts
+    from ..compute._facade import AsyncCompute, ModelArtifacts
     from ..compute._ops import Until
     from ..compute._task import AsyncTask
     from ..compute._upload import UploadResult
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from ..resources.tasks import AsyncTasks, LogStream
     from ..resources.volumes import AsyncVolumes
 
-__all__ = ["Instances", "Reservations", "SSHKeys", "SyncComputeMethods", "Task", "Tasks", "Volumes"]
+__all__ = ["Compute", "Instances", "Reservations", "SSHKeys", "Task", "Tasks", "Volumes"]
 
 
 class Task(TaskFields):
@@ -97,9 +97,13 @@ class Task(TaskFields):
         """Return the last ``tail`` lines of the log now (empty while pending)."""
         return self._portal.call(self._async.logs, tail, stream)
 
-    def follow_logs(self, stream: LogStream = "stdout") -> Iterator[str]:
+    def follow_logs(
+        self, stream: LogStream = "stdout", *, poll_interval: float = 0.5
+    ) -> Iterator[str]:
         """Iterate log lines as written, until the task ended and all are read."""
-        return self._portal.iterate(lambda: self._async.follow_logs(stream))
+        return self._portal.iterate(
+            lambda: self._async.follow_logs(stream, poll_interval=poll_interval)
+        )
 
     def shell(
         self, command: str | Sequence[str] | None = None, *, echo: bool = True
@@ -334,21 +338,22 @@ class SSHKeys:
         return self._portal.call(self._async.ensure_default)
 
 
-class SyncComputeMethods:
-    """The seed's GPU-task methods, blocking; the sync ``Client`` inherits them.
+class Compute:
+    """The seed's GPU-task methods, blocking: ``client.compute`` (and the client's own names).
 
-    See :class:`vi_flow.compute.ComputeMethods` for each method's documentation.
+    See :class:`vi_flow.compute.AsyncCompute` for each method's documentation.
     """
 
-    if TYPE_CHECKING:
-        _portal: Portal
-        _async: ComputeMethods
+    def __init__(self, compute: AsyncCompute, portal: Portal) -> None:
+        self._async = compute
+        self._portal = portal
 
     def _task(self, task: AsyncTask) -> Task:
         return Task(task, self._portal)
 
     def run(
         self,
+        /,
         task: TaskConfig | str | Path | list[str],
         gpu: str | None = None,
         cpus: int | None = None,
@@ -453,9 +458,13 @@ class SyncComputeMethods:
             return self._portal.iterate(lambda: self._async.follow_logs(task_id, chosen))  # type: ignore[arg-type]
         return self._portal.call(self._async.logs, task_id, False, tail, stderr, source, stream)
 
-    def follow_logs(self, task_id: str, stream: LogStream = "stdout") -> Iterator[str]:
+    def follow_logs(
+        self, task_id: str, stream: LogStream = "stdout", *, poll_interval: float = 0.5
+    ) -> Iterator[str]:
         """Iterate a task's log lines as written, until it ended and all are read."""
-        return self._portal.iterate(lambda: self._async.follow_logs(task_id, stream))
+        return self._portal.iterate(
+            lambda: self._async.follow_logs(task_id, stream, poll_interval=poll_interval)
+        )
 
     def shell(
         self,

@@ -1,7 +1,7 @@
-"""``SyncPlatformMethods``: seed 002's escape hatches and account calls, blocking.
+"""``Platform``: seed 002's escape hatches and account calls, blocking.
 
 Each method is one line over the portal, as everywhere in the sync layer; see
-:class:`vi_flow.compute._platform.PlatformMethods` for what each one means here.
+:class:`vi_flow.compute._platform.AsyncPlatform` for what each one means here.
 """
 
 from __future__ import annotations
@@ -12,36 +12,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..compute._platform import SSHTunnelManager
-from .compute import SSHKeys, SyncComputeMethods, Task
+from .compute import SSHKeys, Task
 
 if TYPE_CHECKING:
-    from .._client import AsyncClient
+    from .._http import HTTPCore
     from .._portal import Portal
+    from ..compute._platform import AsyncPlatform
     from ..compute._upload import UploadResult
     from ..compute.ssh import ShellResult
 
-__all__ = ["RawAPI", "RemoteOperations", "SyncPlatformMethods"]
+__all__ = ["Platform", "RawAPI", "RemoteOperations"]
 
 
 class RawAPI:
     """The raw API under every call, blocking: ``port.request("GET", "/instances")``."""
 
-    def __init__(self, client: AsyncClient, portal: Portal) -> None:
-        self._client = client
+    def __init__(self, http: HTTPCore, portal: Portal) -> None:
+        self._http = http
         self._portal = portal
 
     def request(
         self, method: str, url: str, *, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> Any:
         """Send one request with the client's retries; returns the decoded JSON."""
-        return self._portal.call(self._client.http.request, method, url, json=json, params=params)
+        return self._portal.call(self._http.request, method, url, json=json, params=params)
 
 
 class RemoteOperations:
     """Commands and file copies on task instances, blocking."""
 
-    def __init__(self, client: AsyncClient, portal: Portal) -> None:
-        self._ops = client.get_remote_operations()
+    def __init__(self, platform: AsyncPlatform, portal: Portal) -> None:
+        self._ops = platform.get_remote_operations()
         self._portal = portal
 
     def execute_command(self, task_id: str, command: str | Sequence[str]) -> ShellResult:
@@ -55,20 +56,20 @@ class RemoteOperations:
         return self._portal.call(self._ops.upload, task_id, source_dir, target_dir)
 
 
-class SyncPlatformMethods(SyncComputeMethods):
-    """Seed 002's GPU-task methods plus its escape hatches, blocking; ``Client`` inherits them."""
+class Platform:
+    """Seed 002's escape hatches and account calls, blocking: ``client.platform``.
 
-    if TYPE_CHECKING:
-        _async: AsyncClient
-        ssh_keys: SSHKeys
+    See :class:`vi_flow.compute._platform.AsyncPlatform` for each method's documentation.
+    """
+
+    def __init__(self, platform: AsyncPlatform, portal: Portal, ssh_keys: SSHKeys) -> None:
+        self._async = platform
+        self._portal = portal
+        self._ssh_keys = ssh_keys
 
     def provider_port(self) -> RawAPI:
         """The raw API under every call."""
-        return RawAPI(self._async, self._portal)
-
-    def get_provider_init(self) -> SyncPlatformMethods:
-        """The initialization interface: the client itself."""
-        return self
+        return RawAPI(self._async.http, self._portal)
 
     def get_remote_operations(self) -> RemoteOperations:
         """Commands and file copies on task instances."""
@@ -76,7 +77,7 @@ class SyncPlatformMethods(SyncComputeMethods):
 
     def get_ssh_key_manager(self) -> SSHKeys:
         """The organization's SSH keys: ``client.ssh_keys``."""
-        return self.ssh_keys
+        return self._ssh_keys
 
     def get_ssh_tunnel_manager(self) -> SSHTunnelManager:
         """Port forwarding to tasks (refused by the local server)."""
@@ -94,10 +95,14 @@ class SyncPlatformMethods(SyncComputeMethods):
         """The projects this key reaches: its organization."""
         return self._portal.call(self._async.list_projects)
 
+    def ensure_dev_task(self) -> Task:
+        """Return the running development task, starting one when none runs."""
+        return Task(self._portal.call(self._async.ensure_dev_task), self._portal)
+
     @contextmanager
     def dev_context(self, auto_stop: bool = False) -> Iterator[Task]:
         """A long-lived development task, reused while it runs; cancelled on exit if ``auto_stop``."""
-        task = Task(self._portal.call(self._async.ensure_dev_task), self._portal)
+        task = self.ensure_dev_task()
         try:
             yield task
         finally:

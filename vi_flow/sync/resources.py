@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._pagination import PaginatedResponse
 from ..models import Condition, DeletedFlow, DeletedRun, Flow, FlowSpec, PaginationParams, Run
+from .pagination import PaginatedResponse
 
 if TYPE_CHECKING:
     from .._portal import Portal

@@ -1,0 +1,199 @@
+"""``ResumableEventStream``: one run's events over as many SSE connections as it takes.
+
+It turns one or more SSE connections into one sequence of :mod:`vi_flow.models.events`
+objects: when a connection drops it reconnects with ``Last-Event-ID`` and drops events it
+has already yielded, so nothing is lost or repeated; when a connection ends cleanly
+before ``flow_completed`` it asks whether the run is still going and reconnects if so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+import aiohttp
+
+from .._errors import APIConnectionError
+from .._sse import STREAM_ERRORS, ServerSentEvent, SSEDecoder
+from ..models.events import FlowCompleted, StreamEvent, ToolCallsRequired, parse_event
+
+__all__ = ["ResumableEventStream"]
+
+log = logging.getLogger("vi_flow")
+
+Connect = Callable[["ResumableEventStream"], AbstractAsyncContextManager[aiohttp.ClientResponse]]
+StillRunning = Callable[["ResumableEventStream"], Awaitable[bool]]
+Sleep = Callable[[float], Awaitable[None]]
+OnToolCalls = Callable[[ToolCallsRequired], Awaitable[None]]
+
+
+class ResumableEventStream:
+    """One run's events over as many SSE connections as it takes.
+
+    ``connect(stream)`` opens a connection; it reads :attr:`execution_id` and
+    :attr:`last_event_id` to resume (send ``Last-Event-ID``). After a dropped connection
+    the stream waits (exponential backoff through ``sleep``, or the server's ``retry:``)
+    and reconnects; events whose id it has already yielded are skipped. A connection that
+    ends cleanly before ``flow_completed`` calls ``still_running(stream)``: when it says
+    yes the stream reconnects; when the run is over, one more connection (only after one
+    that brought news) replays what the server still has, then the stream ends. A
+    failing ``still_running`` (the server is restarting) counts as a failed attempt. Consecutive failed connections are
+    bounded by ``max_reconnects``; any event received resets the count.
+
+    Args:
+        connect: Opens one SSE response (an async context manager).
+        still_running: Whether the run may still produce events.
+        sleep: How to wait between attempts (the client's injectable sleep).
+        execution_id: The run, when already known.
+        last_event_id: Resume after this event id.
+        max_reconnects: Consecutive reconnects allowed without receiving an event.
+        backoff: First delay in seconds; doubles per failed attempt.
+        max_backoff: The longest delay.
+        on_tool_calls: Awaited with each ``ToolCallsRequired`` before it is yielded
+            (the tool-call loop answers the calls there, on a side request).
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        still_running: StillRunning,
+        sleep: Sleep,
+        execution_id: str | None = None,
+        last_event_id: int | None = None,
+        max_reconnects: int = 5,
+        backoff: float = 0.25,
+        max_backoff: float = 5.0,
+        on_tool_calls: OnToolCalls | None = None,
+    ) -> None:
+        self._connect = connect
+        self._still_running = still_running
+        self._sleep = sleep
+        self.execution_id = execution_id
+        self.last_event_id = last_event_id
+        self.max_reconnects = max_reconnects
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.reconnects = 0
+        self.finished = False
+        self._retry_ms: int | None = None
+        self._on_tool_calls = on_tool_calls
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        failures = 0
+        while not self.finished:
+            progressed = False
+            error: BaseException | None = None
+            try:
+                async with self._connect(self) as resp:
+                    self._learn_execution_id(resp)
+                    decoder = SSEDecoder()
+                    hook = self._on_tool_calls
+                    async for chunk in resp.content.iter_any():
+                        for event in self._parse(decoder.feed(chunk)):
+                            progressed = True
+                            if hook is not None and type(event) is ToolCallsRequired:
+                                await _not_a_drop(hook(event))
+                            if type(event) is FlowCompleted:
+                                self.finished = True
+                                yield event
+                                return
+                            yield event
+                        self._retry_ms = decoder.retry
+            except _HookError as wrapped:
+                raise wrapped.error from wrapped.error.__cause__
+            except STREAM_ERRORS as exc:
+                error = exc
+            failures = 0 if progressed else failures + 1
+            if error is None:
+                try:
+                    if not await self._resume_after_eof(progressed):
+                        return
+                except STREAM_ERRORS as exc:  # the server is away: try to reconnect
+                    error = exc
+            await self._before_reconnect(failures, error)
+
+    def _parse(self, batch: list[ServerSentEvent]) -> list[StreamEvent]:
+        """Parse a chunk's events, dropping those already yielded before a reconnect."""
+        events: list[StreamEvent] = []
+        last = self.last_event_id
+        for name, data, sse_id, _ in batch:
+            event_id = _int_id(sse_id)
+            if event_id is not None:
+                if last is not None and event_id <= last:
+                    continue
+                last = event_id
+            events.append(parse_event(name, data, event_id))
+        self.last_event_id = last
+        if self.execution_id is None and events:
+            self.execution_id = events[0].execution_id or None
+        return events
+
+    def _learn_execution_id(self, resp: aiohttp.ClientResponse) -> None:
+        if self.execution_id is None:
+            self.execution_id = resp.headers.get("X-Execution-Id") or None
+
+    async def _resume_after_eof(self, progressed: bool) -> bool:
+        """Whether to reconnect after a clean end before ``flow_completed``.
+
+        Yes while the run is still going; once it is over, one more connection (after
+        one that brought news) replays whatever the server has left, then no more.
+        """
+        if self.execution_id is None:
+            return False
+        return await self._still_running(self) or progressed
+
+    async def _before_reconnect(self, failures: int, error: BaseException | None) -> None:
+        if error is not None and self.execution_id is None:
+            raise APIConnectionError(
+                f"the event stream broke before its run was known: {error!r}"
+            ) from error
+        if failures > self.max_reconnects:
+            raise APIConnectionError(
+                f"the event stream of run {self.execution_id} broke {failures} times in a row"
+                f" without news (last error: {error!r})"
+            ) from error
+        self.reconnects += 1
+        delay = self._delay(failures)
+        log.info(
+            "run %s: event stream ended (%r); reconnecting in %.2fs",
+            self.execution_id,
+            error,
+            delay,
+        )
+        await self._sleep(delay)
+
+    def _delay(self, failures: int) -> float:
+        if failures == 0:
+            return 0.0
+        base = self._retry_ms / 1000 if self._retry_ms is not None else self.backoff
+        return float(min(base * 2 ** (failures - 1), self.max_backoff))
+
+
+class _HookError(Exception):
+    """Carries an error of the tool-call hook past the reconnect handler."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _not_a_drop(hook: Awaitable[None]) -> None:
+    # A failed side request is the caller's error, not a dropped stream to reconnect.
+    try:
+        await hook
+    except STREAM_ERRORS as exc:
+        raise _HookError(exc) from exc
+
+
+def _int_id(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
