@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..models.loglines import LineSplitter
+
 if TYPE_CHECKING:
     import asyncssh
 
@@ -42,7 +44,7 @@ class _File:
         self.stream = stream
         self.path = path
         self.offset = offset
-        self.partial = b""
+        self.lines = LineSplitter()  # holds a partial line across reconnects
         self.final_size: int | None = None
         self.proc: Any = None
         self.reader: asyncio.Task[bytes] | None = None
@@ -53,9 +55,7 @@ class _File:
 
     def take_lines(self, data: bytes) -> list[str]:
         self.offset += len(data)
-        parts = (self.partial + data).split(b"\n")
-        self.partial = parts.pop()
-        return [p.decode("utf-8", errors="replace") for p in parts]
+        return self.lines.feed(data)
 
     def stop(self) -> None:
         if self.reader is not None:
@@ -141,9 +141,8 @@ class LogFollower:
                 except _Broken as exc:
                     await self._recover(exc)
             for f in self._files:
-                if f.partial:
-                    yield f.stream, f.partial.decode("utf-8", errors="replace")
-                    f.partial = b""
+                for line in f.lines.flush():
+                    yield f.stream, line
         finally:
             await self._close()
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..models.loglines import decode_line, split_lines
 from ..models.tasks import TaskOutputFile
 
 __all__ = [
-    "LineSplitter",
     "UnsafePath",
     "file_size",
     "list_outputs",
@@ -37,7 +37,7 @@ def file_size(path: Path) -> int:
 
 
 def tail_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of ``path`` (decoded as UTF-8, errors replaced).
+    """The last ``count`` lines of ``path``, split as :mod:`vi_flow.models.loglines` does.
 
     Reads backwards in blocks, so a huge log costs only what is returned.
     """
@@ -56,7 +56,9 @@ def tail_lines(path: Path, count: int) -> list[str]:
             position -= step
             handle.seek(position)
             data = handle.read(step) + data
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    lines, rest = split_lines(b"", data)
+    if rest:
+        lines.append(decode_line(rest))
     return lines[-count:]
 
 
@@ -68,24 +70,6 @@ def read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
             return handle.read(limit)
     except OSError:
         return b""
-
-
-class LineSplitter:
-    """Turns byte chunks into complete lines, keeping a trailing partial line for later."""
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, chunk: bytes) -> list[str]:
-        """The complete lines in what was fed so far (without line endings)."""
-        data = self._rest + chunk
-        *lines, self._rest = data.split(b"\n")
-        return [line.rstrip(b"\r").decode("utf-8", errors="replace") for line in lines]
-
-    def flush(self) -> list[str]:
-        """The trailing partial line, if any (at the end of a stream)."""
-        rest, self._rest = self._rest, b""
-        return [rest.decode("utf-8", errors="replace")] if rest else []
 
 
 def resolve_inside(root: Path, relative: str) -> Path:

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..models.loglines import LineSplitter
 from ..models.tasks import TaskLogs, TaskOutputFile
 from . import task_files as files
 from .tasks_records import TaskRecords
@@ -59,7 +60,7 @@ class TaskOutputs(TaskRecords):
         paths = self.provider.task_paths(task_id)
         sources = {"stdout": paths.stdout, "stderr": paths.stderr}
         offsets = dict.fromkeys(sources, 0)
-        splitters = {name: files.LineSplitter() for name in sources}
+        splitters = {name: LineSplitter() for name in sources}
         while True:
             event = self._event(task_id)
             ended = (await self._status(task_id)).terminal

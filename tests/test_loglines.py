@@ -1,0 +1,38 @@
+"""The log-line splitter both sides use: any chunking gives the same lines, text is safe."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vi_flow.models.loglines import LineSplitter, split_lines
+
+
+def lines_of(*chunks: bytes) -> list[str]:
+    splitter = LineSplitter()
+    out = [line for chunk in chunks for line in splitter.feed(chunk)]
+    return out + splitter.flush()
+
+
+def test_endings_partial_lines_and_bad_bytes() -> None:
+    assert split_lines(b"", b"a\nb") == (["a"], b"b")
+    assert split_lines(b"b", b"c\r\nd\re\n") == (["bc", "d\re"], b"")
+    assert lines_of(b"x\n", b"", b"\n", b"tail") == ["x", "", "tail"]
+    assert lines_of(b"\xff ok\n") == ["\ufffd ok"]
+
+
+def test_a_character_cut_by_a_chunk_is_decoded_whole() -> None:
+    snowman = "\u2603\n".encode()
+    assert lines_of(snowman[:1], snowman[1:2], snowman[2:]) == ["\u2603"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b"\n", b"\r", b"\r\n", "\u00e9".encode(), b"\xff"])),
+    st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+)
+def test_any_chunking_splits_identically(parts: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(parts)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert lines_of(*chunks) == lines_of(stream)
