@@ -9,11 +9,14 @@ from typing import Any
 import pytest
 
 import vi_flow
-from vi_flow.models import ToolCall
+from vi_flow.models import MAX_NESTING, ToolCall
 
 pytestmark = pytest.mark.anyio
 
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+TOO_DEEP: Any = 1
+for _ in range(MAX_NESTING):
+    TOO_DEEP = [TOO_DEEP]
 
 
 def _dead_url() -> str:
@@ -57,6 +60,7 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"max_tool_rounds": "3"}, ValueError, "max_tool_rounds"),
     ({"message": 3}, TypeError, "message"),
     ({"parameters": ["a"]}, TypeError, "parameters"),
+    ({"parameters": {"p": TOO_DEEP}}, ValueError, f"parameters: .* deeper than {MAX_NESTING}"),
     ({"block_overrides": {"s": 1}}, TypeError, "block_overrides"),
     ({"trace": "yes"}, TypeError, "trace"),
     ({"tool_handler": "not callable"}, TypeError, "tool_handler"),

@@ -34,6 +34,17 @@ from .events import (
     event_to_wire,
     parse_event,
 )
+from .execution import (
+    MAX_ATTACHMENTS,
+    MAX_NESTING,
+    MAX_TOOLS,
+    TOOL_CHOICES,
+    ExecuteRequest,
+    ExecuteRequestError,
+    ExecutionJob,
+    ToolChoice,
+    Version,
+)
 from .flows import DeletedFlow, Flow, FlowBlock, FlowInput, FlowSpec
 from .runs import DeletedRun, Run, RunSpec, RunStatus
 from .tasks import (
@@ -103,6 +114,17 @@ __all__ = [
     "loads",
     "parse_event",
     "to_wire",
+]
+__all__ += [  # the execute request and the jobs answer (vi_flow.models.execution)
+    "MAX_ATTACHMENTS",
+    "MAX_NESTING",
+    "MAX_TOOLS",
+    "TOOL_CHOICES",
+    "ExecuteRequest",
+    "ExecuteRequestError",
+    "ExecutionJob",
+    "ToolChoice",
+    "Version",
 ]
 __all__ += [  # the task models (vi_flow.models.tasks)
     "AvailabilitySlot",

@@ -6,7 +6,7 @@
 
 - ``POST /v1/flows/{flowId}/execute`` -> ``ExecutionOutcome`` (completed, paused, failed)
 - ``POST /v1/flows/{flowId}/events`` -> SSE of the whole run (``X-Execution-Id`` header)
-- ``POST /v1/flows/{flowId}/jobs`` -> 202 ``{"executionId", "status"}``
+- ``POST /v1/flows/{flowId}/jobs`` -> 202 ``ExecutionJob`` (``{"executionId", "status"}``)
 - ``POST /v1/runs/{runId}/tool-results`` (``?wait=true`` answers the next outcome)
 - ``GET /v1/runs/{runId}/events`` (``Last-Event-ID`` or ``?after=`` replays, then live)
 - ``GET /v1/runs/{runId}/trace``, ``GET /v1/runs/{runId}/steps/{stepId}/trace``
@@ -29,6 +29,7 @@ from aiohttp import web
 from ...models._base import from_wire
 from ...models.common import Condition
 from ...models.events import ToolResult
+from ...models.execution import ExecutionJob
 from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_of, principal_of, read_body
@@ -72,7 +73,7 @@ async def jobs(request: web.Request) -> web.Response:
     run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
     run = await request.app[STORE_KEY].get_run(run_id)
     status = run.status.condition or Condition.PENDING
-    return json_response({"executionId": run_id, "status": status.value}, 202)
+    return json_response(ExecutionJob(execution_id=run_id, status=status), 202)
 
 
 async def flow_events(request: web.Request) -> web.StreamResponse:
