@@ -113,8 +113,9 @@ RULES = {
     ),
     "the CLI uses only public modules": (
         lambda m: _in(m, "vi_flow.cli"),
-        lambda m, t: _in(t, "vi_flow.cli")
-        or not any(part.startswith("_") for part in t.split(".")),
+        lambda m, t: (
+            _in(t, "vi_flow.cli") or not any(part.startswith("_") for part in t.split("."))
+        ),
     ),
     "nothing imports cli": (
         lambda m: not _in(m, "vi_flow.cli"),

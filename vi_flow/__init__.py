@@ -59,12 +59,12 @@ if TYPE_CHECKING:
     from .models.tasks import TaskStatus as TaskStatus
     from .models.tasks import VolumeSpec as VolumeSpec
     from .sync._client import Client as Client
+    from .sync._pagination import PaginatedResponse as PaginatedResponse
     from .sync.compute import Task as Task
     from .sync.execution import Flow as Flow
     from .sync.execution import Job as Job
     from .sync.execution import PausedResult as PausedResult
     from .sync.execution import Run as Run
-    from .sync.pagination import PaginatedResponse as PaginatedResponse
 
 _LAZY: dict[str, str] = {
     "AsyncTask": ".compute",
@@ -78,7 +78,7 @@ _LAZY: dict[str, str] = {
     "NOT_GIVEN": "._config",
     "Timeout": "._config",
     "AsyncPaginator": "._pagination",
-    "PaginatedResponse": ".sync.pagination",
+    "PaginatedResponse": ".sync._pagination",
     "PaginationParams": ".models",
     "Client": ".sync._client",
     "AsyncFlow": ".execution",

@@ -4,7 +4,7 @@
 page; ``async for`` yields pages, fetched lazily; ``.all_items()`` yields every item. A
 repeated page token or more than :data:`MAX_PAGES` pages raises
 :class:`~vi_flow.PaginationError` instead of spinning. The blocking face the seeds call
-``PaginatedResponse`` lives in :mod:`vi_flow.sync.pagination`.
+``PaginatedResponse`` lives in :mod:`vi_flow.sync._pagination`.
 """
 
 from __future__ import annotations

@@ -24,10 +24,9 @@ from vi_flow.resources.runs import AsyncRuns
 from vi_flow.resources.ssh_keys import AsyncSSHKeys
 from vi_flow.resources.tasks import AsyncTasks
 from vi_flow.resources.volumes import AsyncVolumes
-from vi_flow.sync.compute import Compute, Instances, Reservations, SSHKeys, Task, Tasks, Volumes
+from vi_flow.sync.compute import Compute, Platform, Task
 from vi_flow.sync.execution import Flow, Job, Run
-from vi_flow.sync.platform import Platform
-from vi_flow.sync.resources import Flows, Runs
+from vi_flow.sync.resources import Flows, Instances, Reservations, Runs, SSHKeys, Tasks, Volumes
 
 PAIRS: list[tuple[type[Any], type[Any]]] = [
     (AsyncClient, Client),

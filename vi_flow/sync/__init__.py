@@ -1,8 +1,8 @@
 """The blocking API: thin typed wrappers that run the async core on a portal thread.
 
-``vi_flow.Client`` is the entry point; this package also holds the blocking handles, among
-them :class:`PausedResult`, whose ``resume()`` blocks (``vi_flow.PausedResult`` is the
-async one that ``AsyncFlow.execute`` returns).
+``vi_flow.Client`` is the entry point. The package mirrors the async tree file for file:
+``_client``, ``_pagination``, ``resources/``, ``execution/``, ``compute/``; each blocking
+method is one typed line over the portal to its async twin.
 """
 
 from .execution import Flow, Job, PausedResult, Run

@@ -15,9 +15,8 @@ from .._config import NOT_GIVEN, NotGiven, Timeout
 from .._forward import forward
 from .._http import Sleep
 from .._portal import Portal
-from .compute import Compute, Instances, Reservations, SSHKeys, Tasks, Volumes
-from .platform import Platform
-from .resources import Flows, Runs
+from .compute import Compute, Platform
+from .resources import Flows, Instances, Reservations, Runs, SSHKeys, Tasks, Volumes
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -1,7 +1,5 @@
-"""``Platform``: seed 002's escape hatches and account calls, blocking.
-
-Each method is one line over the portal, as everywhere in the sync layer; see
-:class:`vi_flow.compute._platform.AsyncPlatform` for what each one means here.
+"""``Platform``: seed 002's escape hatches and account calls, blocking, over
+:class:`~vi_flow.compute._platform.AsyncPlatform`.
 """
 
 from __future__ import annotations
@@ -11,15 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..compute._platform import SSHTunnelManager
-from .compute import SSHKeys, Task
+from ...compute._platform import SSHTunnelManager
 
 if TYPE_CHECKING:
-    from .._http import HTTPCore
-    from .._portal import Portal
-    from ..compute._platform import AsyncPlatform
-    from ..compute._upload import UploadResult
-    from ..compute.ssh import ShellResult
+    from ..._http import HTTPCore
+    from ..._portal import Portal
+    from ...compute._platform import AsyncPlatform
+    from ...compute._upload import UploadResult
+    from ...compute.ssh import ShellResult
+
+from ..resources.ssh_keys import SSHKeys
+from ._task import Task
 
 __all__ = ["Platform", "RawAPI", "RemoteOperations"]
 

@@ -1,0 +1,95 @@
+"""Blocking ``Run`` and ``Job`` over :class:`~vi_flow.execution.AsyncRun` and
+:class:`~vi_flow.execution.AsyncJob`; streams cross the portal in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ..._portal import Portal
+from ...execution import AsyncJob, AsyncRun, ExecuteResult
+from ...execution._loop import TimeoutArg
+from ...execution._results import ToolResultsArg
+from ...models.common import Condition
+from ...models.events import RunTrace, StepTrace, StreamEvent, ToolCall
+from ...models.runs import Run as RunModel
+
+__all__ = ["Job", "Run"]
+
+
+# Events cross the portal in batches of up to this many: large enough that a fast stream
+# costs few round trips, while a slow one still delivers each event as it arrives.
+_BATCH = 1024
+
+
+class Run:
+    """A previous execution, blocking: inspect it, follow its events, cancel it.
+
+    Attributes:
+        execution_id: The run id.
+    """
+
+    def __init__(self, run: AsyncRun, portal: Portal) -> None:
+        self._run = run
+        self._portal = portal
+        self.execution_id = run.execution_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(execution_id={self.execution_id!r})"
+
+    def get(self) -> RunModel:
+        """Return the run as stored. See :meth:`AsyncRun.get`."""
+        return self._portal.call(self._run.get)
+
+    def status(self) -> Condition:
+        """Return the run's current condition."""
+        return self._portal.call(self._run.status)
+
+    def trace(self) -> RunTrace:
+        """Return per-step timing and tokens (and snapshots when traced)."""
+        return self._portal.call(self._run.trace)
+
+    def step_trace(self, step_id: str) -> StepTrace:
+        """Return the trace of one step."""
+        return self._portal.call(self._run.step_trace, step_id)
+
+    def events(
+        self, *, after: int | None = None, timeout: TimeoutArg = None
+    ) -> Iterator[StreamEvent]:
+        """Iterate the run's events, replayed from ``after`` then live to ``FlowCompleted``."""
+        events = self._run.events(after=after, timeout=timeout)
+        return self._portal.iterate(lambda: events, batch=_BATCH)
+
+    def cancel(self) -> RunModel:
+        """Cancel the run and return it."""
+        return self._portal.call(self._run.cancel)
+
+    def submit_tool_results(
+        self, tool_results: ToolResultsArg, *, tool_calls: Sequence[ToolCall] | None = None
+    ) -> list[str]:
+        """Answer a paused run's tool calls without waiting. See :meth:`AsyncRun.submit_tool_results`."""
+        return self._portal.call(self._run.submit_tool_results, tool_results, tool_calls=tool_calls)
+
+
+class Job(Run):
+    """A run submitted with ``Flow.execute_async``, blocking.
+
+    Attributes:
+        execution_id: The run id, available at once.
+    """
+
+    def __init__(self, job: AsyncJob, portal: Portal) -> None:
+        super().__init__(job, portal)
+        self._job = job
+
+    def wait(self, *, timeout: float | None = None, poll_interval: float = 1.0) -> Condition:
+        """Poll until the run ends and return its final condition.
+
+        Raises:
+            TaskTimeoutError: The run had not ended after ``timeout`` seconds.
+        """
+        return self._portal.call(self._job.wait, timeout=timeout, poll_interval=poll_interval)
+
+    def result(self, *, timeout: float | None = None, poll_interval: float = 1.0) -> ExecuteResult:
+        """Wait for the run and return its output. See :meth:`AsyncJob.result`."""
+        return self._portal.call(self._job.result, timeout=timeout, poll_interval=poll_interval)

@@ -1,0 +1,13 @@
+"""The blocking resource namespaces (``client.flows``, ``client.tasks``...), one per async twin."""
+
+from __future__ import annotations
+
+from .flows import Flows
+from .instances import Instances
+from .reservations import Reservations
+from .runs import Runs
+from .ssh_keys import SSHKeys
+from .tasks import Tasks
+from .volumes import Volumes
+
+__all__ = ["Flows", "Instances", "Reservations", "Runs", "SSHKeys", "Tasks", "Volumes"]
