@@ -17,7 +17,7 @@ from .._http import HTTPCore, path
 from ..models.common import Condition
 from ..models.events import ExecutionOutcome, FlowCompleted, StepCompleted, StreamEvent
 from ._loop import TimeoutArg, ToolLoop, check_rounds, request_timeout, stream_timeout
-from ._request import ExecuteRequest, ToolChoice, Version
+from ._request import ExecuteRequest, ExecutionJob, ToolChoice, Version
 from ._results import ExecuteResult, PausedResult
 from ._run import AsyncJob, AsyncRun, run_stream
 from ._tools import ToolHandler, check_handler
@@ -257,13 +257,14 @@ class AsyncFlow:
             trace=trace,
             version=version,
         )
-        answer = await self._http.request(
+        job = await self._http.request(
             "POST",
             path("/flows/{}/jobs", self.flow_id),
             json=request.to_wire(),
             timeout=request_timeout(timeout),
+            cast=ExecutionJob,
         )
-        return AsyncJob(self._http, str(answer["executionId"]))
+        return AsyncJob(self._http, job.execution_id)
 
     def run(self, execution_id: str) -> AsyncRun:
         """Return a handle on a previous execution of this flow (no request is made)."""
