@@ -9,7 +9,7 @@ import pytest
 from vi_flow.models import from_wire, to_wire
 from vi_flow.models.loglines import LineSplitter
 from vi_flow.models.tasks import GPURequest, TaskConfig, TaskStatus, VolumeSpec, parse_gpu
-from vi_flow.server.task_files import UnsafePath, resolve_inside, tail_lines
+from vi_flow.server.tasks.files import UnsafePath, resolve_inside, tail_lines
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import TaskConfig
-from vi_flow.server.tasks_service import TASKS_KEY
+from vi_flow.server.tasks import TASKS_KEY
 
 from .conftest import StartServer, TaskServer
 
@@ -168,7 +168,7 @@ async def test_run_artifacts_and_the_engine_service(server: TaskServer) -> None:
     assert ("stderr", "err") in lines
     done = await service.wait(task.task_id, timeout=5)
     assert done.exit_code == 0 and done.run_id == run_id and done.step_id == "train"
-    assert await service.tail(task.task_id, 2, "stdout") == ["line 2", "line 3"]
+    assert await service.outputs.tail(task.task_id, 2, "stdout") == ["line 2", "line 3"]
     listing = (await server.call("GET", f"/runs/{run_id}/artifacts")).body
     assert listing == {"items": [{"path": "model/w.bin", "size": 1}]}
     blob = await server.call("GET", f"/runs/{run_id}/artifacts/model/w.bin")

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from vi_flow.server.providers.local import LocalProvider
-from vi_flow.server.tasks_service import TASKS_KEY
+from vi_flow.server.tasks import TASKS_KEY
 
 from .conftest import StartServer, group_alive
 

@@ -23,7 +23,7 @@ from .app import create_app
 from .home import publish
 from .routes.lifecycle import LIFECYCLE_KEY
 from .state import IDENTITY_KEY, ServerSettings
-from .tasks_service import TASKS_KEY
+from .tasks import TASKS_KEY
 
 __all__ = ["run_server", "start", "url_of"]
 

@@ -42,7 +42,7 @@ from ...models.flows import FlowSpec
 from ..clock import now_ms
 from ..state import ServerSettings
 from ..store import Store
-from ..tasks_service import TaskService
+from ..tasks import TaskService
 from . import tables
 from .blocks import BlockContext, BlockRegistry, Pause, Resume, StepDone, StepError
 from .eventlog import EventLog

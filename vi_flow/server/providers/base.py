@@ -1,6 +1,6 @@
 """The one interface between the server and whatever runs tasks (this machine, Slurm, ...).
 
-The task service (:mod:`vi_flow.server.tasks_service`) owns task records, volumes and
+The task service (:mod:`vi_flow.server.tasks`) owns task records, volumes and
 SSH keys in SQLite; a :class:`ComputeProvider` owns execution. The service hands the
 provider a fully resolved :class:`LaunchSpec` (paths, environment, mounts) and the
 provider reports every change of a task back through the :data:`UpdateSink` given to

@@ -34,7 +34,7 @@ from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_of, principal_of, read_body
 from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
-from ..tasks_service import TASKS_KEY
+from ..tasks import TASKS_KEY
 
 __all__ = ["EXECUTION_ENGINE_KEY", "setup"]
 

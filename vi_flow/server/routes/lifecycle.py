@@ -25,7 +25,7 @@ from ...models.tasks import ReservationStatus
 from ..errors import APIProblem
 from ..helpers import json_response, principal_of, read_body
 from ..state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY
-from ..tasks_service import TASKS_KEY
+from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
 
 __all__ = ["LIFECYCLE_KEY", "Lifecycle", "setup"]

@@ -1,10 +1,12 @@
 """Routes for GPU tasks and what they use: tasks, logs, SSH endpoints, volumes, instances,
 reservations, SSH keys and run artifacts (see "Tasks wire" in the contracts).
 
-:func:`setup` builds the :class:`~vi_flow.server.tasks_service.TaskService` over the
+:func:`setup` builds the :class:`~vi_flow.server.tasks.TaskService` over the
 provider named in the settings, registers it under
-:data:`~vi_flow.server.tasks_service.TASKS_KEY`, and starts the provider and the SSH
-server in a cleanup context (stopped in reverse order when the app closes).
+:data:`~vi_flow.server.tasks.TASKS_KEY`, and starts the provider and the SSH
+server in a cleanup context (stopped in reverse order when the app closes). Handlers
+call the service for the task life cycle and its parts (``volumes``, ``ssh``,
+``outputs``, ``records``) for the rest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from ...models.tasks import (
     TaskStatus,
     VolumeRequest,
 )
-from .. import task_files as files
 from ..errors import APIProblem
 from ..helpers import (
     idempotent,
@@ -39,9 +40,10 @@ from ..helpers import (
 )
 from ..providers import create_provider
 from ..providers.base import ProviderError, problem_for
-from ..sshd import TaskSSHServer
 from ..state import SETTINGS_KEY, STORE_KEY
-from ..tasks_service import TASKS_KEY, TaskService
+from ..tasks import TASKS_KEY, TaskService, files
+from ..tasks.records import SSHAddress
+from ..tasks.sshd import TaskSSHServer
 
 __all__ = ["setup"]
 
@@ -105,7 +107,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     """List tasks, newest first (filters: status, limit)."""
     page = paginate(request)
     size = _int_query(request, "limit", page.size, 1, 1000)
-    items, cursor = await _service(request).list_tasks(
+    items, cursor = await _service(request).records.list_tasks(
         org_of(request), _statuses(request), size, page.after
     )
     return page_response(items, cursor)
@@ -136,20 +138,24 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr", "both"):
         raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
-    logs = await _service(request).logs(request.match_info["taskId"], org_of(request), tail, stream)
+    logs = await _service(request).outputs.logs(
+        request.match_info["taskId"], org_of(request), tail, stream
+    )
     return json_response(logs)
 
 
 async def task_ssh(request: web.Request) -> web.StreamResponse:
     """The task's SSH endpoint (host key to pin, log paths, exec prefix)."""
-    endpoint = await _service(request).ssh_endpoint(request.match_info["taskId"], org_of(request))
+    endpoint = await _service(request).ssh.ssh_endpoint(
+        request.match_info["taskId"], org_of(request)
+    )
     return json_response(endpoint)
 
 
 async def mount_volume(request: web.Request) -> web.StreamResponse:
     """Mount a volume into a pending or running task."""
     body = await read_json(request, MountRequest)
-    task = await _service(request).mount(
+    task = await _service(request).volumes.mount(
         org_of(request), request.match_info["taskId"], body.volume_id, body.mount_path
     )
     return json_response(task)
@@ -161,14 +167,14 @@ async def mount_volume(request: web.Request) -> web.StreamResponse:
 async def _outputs_of_run(service: TaskService, run_id: str) -> dict[str, tuple[str, int]]:
     """path -> (task_id, size); later tasks win on a clash."""
     found: dict[str, tuple[str, int]] = {}
-    for task_id in await service.run_task_ids(run_id):
-        for item in await service.output_files(task_id):
+    for task_id in await service.records.run_task_ids(run_id):
+        for item in await service.outputs.output_files(task_id):
             found[item.path] = (task_id, item.size)
     return found
 
 
 async def _file_response(service: TaskService, task_id: str, path: str) -> web.StreamResponse:
-    root = service.output_dir(task_id)
+    root = service.outputs.output_dir(task_id)
     try:
         target = files.resolve_inside(root, path)
     except files.UnsafePath as exc:
@@ -181,7 +187,7 @@ async def list_task_outputs(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     task_id = request.match_info["taskId"]
     await service.get(task_id, org_of(request))
-    return json_response({"items": await service.output_files(task_id)})
+    return json_response({"items": await service.outputs.output_files(task_id)})
 
 
 async def get_task_output(request: web.Request) -> web.StreamResponse:
@@ -196,10 +202,10 @@ async def get_task_output(request: web.Request) -> web.StreamResponse:
 
 async def _check_exists(service: TaskService, task_id: str, path: str) -> None:
     try:
-        files.resolve_inside(service.output_dir(task_id), path)
+        files.resolve_inside(service.outputs.output_dir(task_id), path)
     except files.UnsafePath as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
-    if path not in {f.path for f in await service.output_files(task_id)}:
+    if path not in {f.path for f in await service.outputs.output_files(task_id)}:
         raise APIProblem.not_found("NOT_FOUND", "artifact", path)
 
 
@@ -219,7 +225,7 @@ async def get_run_artifact(request: web.Request) -> web.StreamResponse:
     path = request.match_info["path"]
     service = _service(request)
     try:
-        files.resolve_inside(service.output_dir("x"), path)
+        files.resolve_inside(service.outputs.output_dir("x"), path)
     except files.UnsafePath as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
     found = await _outputs_of_run(service, run_id)
@@ -235,7 +241,7 @@ async def get_run_artifact(request: web.Request) -> web.StreamResponse:
 async def create_volume(request: web.Request) -> web.StreamResponse:
     """Create a volume."""
     body = await read_json(request, VolumeRequest)
-    volume = await _service(request).create_volume(
+    volume = await _service(request).volumes.create_volume(
         org_of(request), body.size_gb, body.name, body.interface, body.region
     )
     return json_response(volume, status=201)
@@ -245,19 +251,21 @@ async def list_volumes(request: web.Request) -> web.StreamResponse:
     """List volumes, newest first."""
     page = paginate(request)
     size = _int_query(request, "limit", page.size, 1, 1000)
-    items, cursor = await _service(request).list_volumes(org_of(request), size, page.after)
+    items, cursor = await _service(request).volumes.list_volumes(org_of(request), size, page.after)
     return page_response(items, cursor)
 
 
 async def get_volume(request: web.Request) -> web.StreamResponse:
     """Get a volume by id or name."""
-    volume = await _service(request).get_volume(org_of(request), request.match_info["volumeId"])
+    volume = await _service(request).volumes.get_volume(
+        org_of(request), request.match_info["volumeId"]
+    )
     return json_response(volume)
 
 
 async def delete_volume(request: web.Request) -> web.StreamResponse:
     """Delete a volume (409 while a task mounts it)."""
-    volume_id = await _service(request).delete_volume(
+    volume_id = await _service(request).volumes.delete_volume(
         org_of(request), request.match_info["volumeId"]
     )
     return json_response({"volumeId": volume_id, "deleted": True})
@@ -377,25 +385,27 @@ async def reservation_availability(request: web.Request) -> web.StreamResponse:
 async def create_ssh_key(request: web.Request) -> web.StreamResponse:
     """Register an SSH public key for the organization."""
     body = await read_json(request, SSHKeyRequest)
-    key, created = await _service(request).add_ssh_key(org_of(request), body.name, body.public_key)
+    key, created = await _service(request).ssh.add_ssh_key(
+        org_of(request), body.name, body.public_key
+    )
     return json_response(key, status=201 if created else 200)
 
 
 async def list_ssh_keys(request: web.Request) -> web.StreamResponse:
     """List the organization's SSH keys."""
-    return json_response({"items": await _service(request).list_ssh_keys(org_of(request))})
+    return json_response({"items": await _service(request).ssh.list_ssh_keys(org_of(request))})
 
 
 async def get_ssh_key(request: web.Request) -> web.StreamResponse:
     """Get an SSH key."""
-    key = await _service(request).get_ssh_key(org_of(request), request.match_info["keyId"])
+    key = await _service(request).ssh.get_ssh_key(org_of(request), request.match_info["keyId"])
     return json_response(key)
 
 
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     """Delete an SSH key."""
     key_id = request.match_info["keyId"]
-    await _service(request).delete_ssh_key(org_of(request), key_id)
+    await _service(request).ssh.delete_ssh_key(org_of(request), key_id)
     return json_response({"keyId": key_id, "deleted": True})
 
 
@@ -405,14 +415,10 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
 async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
     service, settings = app[TASKS_KEY], app[SETTINGS_KEY]
     await service.start()
-    sshd = TaskSSHServer(settings.home, service, host=_ssh_host(settings.host))
+    sshd = TaskSSHServer(settings.home, service.ssh, host=_ssh_host(settings.host))
     await sshd.start()
     app[_SSHD_KEY] = sshd
-    service.ssh_host, service.ssh_port, service.ssh_host_key = (
-        sshd.host,
-        sshd.port,
-        sshd.host_key_line,
-    )
+    service.records.ssh_address = SSHAddress(sshd.host, sshd.port, sshd.host_key_line)
     try:
         yield
     finally:

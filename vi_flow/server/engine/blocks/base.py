@@ -29,7 +29,7 @@ from ....models.events import TokenUsage, ToolCall, ToolResult
 from ...state import ServerSettings
 
 if TYPE_CHECKING:
-    from ...tasks_service import TaskService
+    from ...tasks import TaskService
 
 __all__ = ["Block", "BlockContext", "Pause", "Resume", "StepDone", "StepError"]
 

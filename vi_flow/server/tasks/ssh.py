@@ -4,7 +4,7 @@ An organization registers OpenSSH public keys (the ``ssh_keys`` table, one row p
 fingerprint); any of them may log in to the organization's tasks. A login as
 ``<task_id>`` runs inside the task (through the provider's exec prefix while it runs),
 ``<task_id>+logs`` lands on the log host. :class:`SessionContext` is what the SSH server
-(:mod:`vi_flow.server.sshd`) needs for one session, and :meth:`SSHAccess.ssh_endpoint`
+(:mod:`vi_flow.server.tasks.sshd`) needs for one session, and :meth:`SSHAccess.ssh_endpoint`
 tells a client how to connect.
 """
 
@@ -17,11 +17,11 @@ import asyncssh
 import attrs
 import orjson
 
-from ..models.tasks import SSHEndpoint, SSHKey, TaskStatus
-from .clock import now_ms
-from .errors import APIProblem
-from .store import new_id
-from .tasks_records import TaskRecords
+from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
+from ..clock import now_ms
+from ..errors import APIProblem
+from ..store import new_id
+from .records import TaskRecords
 
 __all__ = ["SSHAccess", "SessionContext"]
 
@@ -47,8 +47,17 @@ class SessionContext:
     exec_prefix: list[str]
 
 
-class SSHAccess(TaskRecords):
-    """SSH keys and SSH sessions on tasks (a part of the task service)."""
+class SSHAccess:
+    """SSH keys and SSH sessions on tasks (a part of the task service).
+
+    Args:
+        records: The service's task records.
+    """
+
+    def __init__(self, records: TaskRecords) -> None:
+        self._records = records
+        self._store = records.store
+        self._provider = records.provider
 
     # -- ssh keys ----------------------------------------------------------------------
 
@@ -67,12 +76,12 @@ class SSHAccess(TaskRecords):
         fingerprint = key.get_fingerprint("sha256")
         line = key.export_public_key("openssh").decode().strip()
         row = (new_id("sshkey"), org_id, name, line, fingerprint, now_ms())
-        found, created = await self.store.run(lambda c: _insert_key(c, row))
+        found, created = await self._store.run(lambda c: _insert_key(c, row))
         return _ssh_key(found), created
 
     async def list_ssh_keys(self, org_id: str) -> list[SSHKey]:
         """The organization's keys, oldest first."""
-        rows = await self.store.run(
+        rows = await self._store.run(
             lambda c: c.execute(
                 "SELECT * FROM ssh_keys WHERE org_id = ? ORDER BY seq", (org_id,)
             ).fetchall()
@@ -85,7 +94,7 @@ class SSHAccess(TaskRecords):
         Raises:
             APIProblem: 404 ``NOT_FOUND``.
         """
-        row = await self.store.run(
+        row = await self._store.run(
             lambda c: c.execute(
                 "SELECT * FROM ssh_keys WHERE org_id = ? AND key_id = ?", (org_id, key_id)
             ).fetchone()
@@ -97,7 +106,7 @@ class SSHAccess(TaskRecords):
     async def delete_ssh_key(self, org_id: str, key_id: str) -> None:
         """Remove a key (404 if unknown)."""
         await self.get_ssh_key(org_id, key_id)
-        await self.store.run(
+        await self._store.run(
             lambda c: c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
         )
 
@@ -107,19 +116,21 @@ class SSHAccess(TaskRecords):
         """The session a login maps to: ``<task_id>`` (inside the task) or
         ``<task_id>+logs`` (on the log host); ``None`` for an unknown task."""
         task_id, _, kind = username.partition("+")
-        row = await self.store.run(
+        row = await self._store.run(
             lambda c: c.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         )
         if row is None or kind not in ("", "logs"):
             return None
-        paths = self.provider.task_paths(task_id)
+        paths = self._provider.task_paths(task_id)
         env = dict(orjson.loads(row["env"]))
         gpu_ids = orjson.loads(row["gpu_ids"])
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
         running = row["status"] == TaskStatus.RUNNING.value
         prefix = (
-            self.provider.exec_prefix(task_id, row["provider_id"]) if running and kind == "" else []
+            self._provider.exec_prefix(task_id, row["provider_id"])
+            if running and kind == ""
+            else []
         )
         return SessionContext(task_id, row["org_id"], paths.root, paths.workdir, env, prefix)
 
@@ -133,23 +144,24 @@ class SSHAccess(TaskRecords):
         Raises:
             APIProblem: 404 for an unknown task; 503 while the SSH server is not running.
         """
-        task = await self.get(task_id, org_id)
-        if self.ssh_port is None or self.ssh_host is None:
+        task = await self._records.get(task_id, org_id)
+        address = self._records.ssh_address
+        if address is None:
             raise APIProblem(503, "SSH_UNAVAILABLE", "the SSH server is not running")
-        paths = self.provider.task_paths(task_id)
-        host = f"[{self.ssh_host}]:{self.ssh_port}"
+        paths = self._provider.task_paths(task_id)
+        host = f"[{address.host}]:{address.port}"
         return SSHEndpoint(
             task_id=task_id,
-            host=self.ssh_host,
-            port=self.ssh_port,
+            host=address.host,
+            port=address.port,
             user=task_id,
             logs_user=f"{task_id}+logs",
-            host_key=self.ssh_host_key,
-            known_hosts=f"{host} {self.ssh_host_key}",
+            host_key=address.host_key,
+            known_hosts=f"{host} {address.host_key}",
             workdir=str(paths.workdir),
             stdout_path=str(paths.stdout),
             stderr_path=str(paths.stderr),
-            exec_prefix=self.provider.exec_prefix(task_id, task.provider_id),
+            exec_prefix=self._provider.exec_prefix(task_id, task.provider_id),
             status=task.status,
         )
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from .tasks_service import SessionContext
+from .ssh import SessionContext
 
 __all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
 
@@ -41,7 +41,7 @@ _CLOSE_WAIT = 5.0
 
 
 class SessionResolver(Protocol):
-    """What the SSH server asks the task service."""
+    """What the SSH server asks the task service's SSH part (:class:`.ssh.SSHAccess`)."""
 
     async def session(self, username: str) -> SessionContext | None:
         """The session a login maps to, ``None`` for an unknown one."""
@@ -346,7 +346,7 @@ class TaskSSHServer:
 
     Args:
         home: The server home; the host key lives in ``<home>/ssh/``.
-        resolver: The task service (sessions and authorized keys).
+        resolver: The task service's SSH part (sessions and authorized keys).
         host: The address to bind (loopback).
         port: The port; 0 picks a free one.
     """

@@ -14,10 +14,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..models.loglines import LineSplitter
-from ..models.tasks import TaskLogs, TaskOutputFile
-from . import task_files as files
-from .tasks_records import TaskRecords
+from ...models.loglines import LineSplitter
+from ...models.tasks import TaskLogs, TaskOutputFile
+from . import files
+from .records import TaskRecords
 
 __all__ = ["FOLLOW_POLL", "TaskOutputs"]
 
@@ -25,12 +25,20 @@ FOLLOW_POLL = 0.05
 """Seconds :meth:`TaskOutputs.follow` waits for news before reading the logs again."""
 
 
-class TaskOutputs(TaskRecords):
-    """Task logs and output files (a part of the task service)."""
+class TaskOutputs:
+    """Task logs and output files (a part of the task service).
+
+    Args:
+        records: The service's task records.
+    """
+
+    def __init__(self, records: TaskRecords) -> None:
+        self._records = records
+        self._provider = records.provider
 
     async def logs(self, task_id: str, org_id: str | None, tail: int, stream: str) -> TaskLogs:
         """A snapshot of the last ``tail`` lines of ``stream`` (stdout, stderr or both)."""
-        task = await self.get(task_id, org_id)
+        task = await self._records.get(task_id, org_id)
         lines = await self.tail(task_id, tail, stream)
         return TaskLogs(
             task_id=task_id,
@@ -44,7 +52,7 @@ class TaskOutputs(TaskRecords):
 
     async def tail(self, task_id: str, lines: int = 50, stream: str = "both") -> list[str]:
         """The last ``lines`` lines of ``stream`` (``both``: stdout's, then stderr's)."""
-        paths = self.provider.task_paths(task_id)
+        paths = self._provider.task_paths(task_id)
         chosen = {"stdout": [paths.stdout], "stderr": [paths.stderr]}.get(
             stream, [paths.stdout, paths.stderr]
         )
@@ -57,13 +65,13 @@ class TaskOutputs(TaskRecords):
     async def follow(self, task_id: str) -> AsyncIterator[tuple[str, str]]:
         """Yield ``(stream, line)`` from the start of the logs until the task ended and
         both logs are drained."""
-        paths = self.provider.task_paths(task_id)
+        paths = self._provider.task_paths(task_id)
         sources = {"stdout": paths.stdout, "stderr": paths.stderr}
         offsets = dict.fromkeys(sources, 0)
         splitters = {name: LineSplitter() for name in sources}
         while True:
-            event = self._event(task_id)
-            ended = (await self._status(task_id)).terminal
+            event = self._records.changed(task_id)
+            ended = (await self._records.status(task_id)).terminal
             got_any = False
             for name, path in sources.items():
                 chunk = await asyncio.to_thread(files.read_from, path, offsets[name])
@@ -82,7 +90,7 @@ class TaskOutputs(TaskRecords):
 
     def output_dir(self, task_id: str) -> Path:
         """The task's ``$VI_FLOW_OUTPUT_DIR``."""
-        return self.provider.task_paths(task_id).output_dir
+        return self._provider.task_paths(task_id).output_dir
 
     async def output_files(self, task_id: str) -> list[TaskOutputFile]:
         """Files the task wrote to its output directory."""

@@ -1,11 +1,11 @@
-"""The task service's SQLite tables and reading task records back.
+"""The task feature's SQLite tables and reading task records back.
 
 :data:`SCHEMA` holds the tables the service adds to the server's store (tasks, volumes,
-task mounts, SSH keys and reservation owners). :class:`TaskRecords` is the base of
-:class:`~vi_flow.server.tasks_service.TaskService`: it holds the store and the provider,
-turns a ``tasks`` row into a :class:`~vi_flow.models.tasks.Task` (with its log sizes),
-pages through an organization's tasks, and keeps the per-task events that wake waiters
-when a task changes.
+task mounts, SSH keys and reservation owners). :class:`TaskRecords` is the part every
+other part of the :class:`~vi_flow.server.tasks.service.TaskService` holds: the store
+and the provider, turning a ``tasks`` row into a :class:`~vi_flow.models.tasks.Task`
+(with its log sizes and where its SSH server listens), paging through an organization's
+tasks, and the per-task events that wake waiters when a task changes.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import orjson
 
-from ..models._base import from_wire
-from ..models.tasks import Task, TaskConfig, TaskStatus
-from . import task_files as files
-from .errors import APIProblem
-from .providers.base import ComputeProvider, Placement
-from .store import Store
+from ...models._base import from_wire
+from ...models.tasks import Task, TaskConfig, TaskStatus
+from ..errors import APIProblem
+from ..providers.base import ComputeProvider, Placement
+from ..store import Store
+from . import files
 
-__all__ = ["SCHEMA", "TaskRecords", "to_json"]
+__all__ = ["SCHEMA", "SSHAddress", "TaskRecords", "to_json"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -95,8 +96,23 @@ def to_json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+@attrs.frozen
+class SSHAddress:
+    """Where the embedded SSH server listens, once it does.
+
+    Attributes:
+        host: Its address (``127.0.0.1`` or ``::1``).
+        port: Its port.
+        host_key: Its public host key line, for clients to pin.
+    """
+
+    host: str
+    port: int
+    host_key: str
+
+
 class TaskRecords:
-    """Reading task records and waking their waiters; the base of the task service.
+    """Reading task records and waking their waiters; every part of the service holds it.
 
     Args:
         store: The server's store (the service adds :data:`SCHEMA` to it).
@@ -106,19 +122,20 @@ class TaskRecords:
     def __init__(self, store: Store, provider: ComputeProvider) -> None:
         self.store = store
         self.provider = provider
-        self.ssh_host: str | None = None
-        self.ssh_port: int | None = None
-        self.ssh_host_key: str = ""
+        self.ssh_address: SSHAddress | None = None
+        """Set once the SSH server listens; tasks name it as their SSH host."""
         self._changed: dict[str, asyncio.Event] = {}
 
     # -- change events -----------------------------------------------------------------
 
-    def _notify(self, task_id: str) -> None:
+    def notify(self, task_id: str) -> None:
+        """Wake whoever waits on ``task_id`` (its status or logs changed)."""
         event = self._changed.pop(task_id, None)
         if event is not None:
             event.set()
 
-    def _event(self, task_id: str) -> asyncio.Event:
+    def changed(self, task_id: str) -> asyncio.Event:
+        """An event set at the task's next change; take it *before* reading the task."""
         return self._changed.setdefault(task_id, asyncio.Event())
 
     # -- reading tasks -----------------------------------------------------------------
@@ -155,8 +172,8 @@ class TaskRecords:
             cpus=placement.cpus,
             provider=row["provider"],
             provider_id=row["provider_id"],
-            ssh_host=self.ssh_host,
-            ssh_port=self.ssh_port,
+            ssh_host=None if self.ssh_address is None else self.ssh_address.host,
+            ssh_port=None if self.ssh_address is None else self.ssh_address.port,
             ssh_user=row["task_id"],
             workdir=str(paths.workdir),
             output_dir=env.get("VI_FLOW_OUTPUT_DIR", str(paths.output_dir)),
@@ -178,7 +195,12 @@ class TaskRecords:
         sizes = await asyncio.to_thread(self._sizes, [r["task_id"] for r in rows])
         return [self._task(row, size) for row, size in zip(rows, sizes, strict=True)]
 
-    async def _status(self, task_id: str) -> TaskStatus:
+    async def status(self, task_id: str) -> TaskStatus:
+        """The task's status alone (no file sizes read).
+
+        Raises:
+            APIProblem: 404 ``TASK_NOT_FOUND``.
+        """
         row = await self.store.run(
             lambda c: c.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         )

@@ -3,7 +3,7 @@
 A volume is a directory the provider creates (``create_volume``), recorded per
 organization in the ``volumes`` table under a unique name. Tasks mount volumes when they
 are submitted (``VolumeSpec`` entries, resolved by id or name and created on first use)
-or later with :meth:`VolumeRecords.mount`; each mount is a ``task_mounts`` row and a
+or later with :meth:`Volumes.mount`; each mount is a ``task_mounts`` row and a
 symlink inside the task's workspace. A volume mounted by a pending or running task
 cannot be deleted.
 """
@@ -19,16 +19,16 @@ from pathlib import Path
 import attrs
 import orjson
 
-from ..models._base import to_wire
-from ..models.tasks import Task, TaskConfig, Volume, VolumeSpec
-from .clock import now_ms
-from .errors import APIProblem
-from .providers.base import Mount
-from .store import new_id
-from .tasks_launch import visible_path
-from .tasks_records import TaskRecords
+from ...models._base import to_wire
+from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
+from ..clock import now_ms
+from ..errors import APIProblem
+from ..providers.base import Mount
+from ..store import new_id
+from .launch import visible_path
+from .records import TaskRecords
 
-__all__ = ["VolumeRecords", "mount_rows"]
+__all__ = ["Volumes", "mount_rows"]
 
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -38,8 +38,17 @@ _ATTACHED_SQL = (
 )
 
 
-class VolumeRecords(TaskRecords):
-    """Volume records, and mounting them into tasks (a part of the task service)."""
+class Volumes:
+    """Volume records, and mounting them into tasks (a part of the task service).
+
+    Args:
+        records: The service's task records.
+    """
+
+    def __init__(self, records: TaskRecords) -> None:
+        self._records = records
+        self._store = records.store
+        self._provider = records.provider
 
     async def create_volume(
         self,
@@ -59,10 +68,10 @@ class VolumeRecords(TaskRecords):
         _check_volume(name, size_gb, interface)
         if await self._find_volume(org_id, name) is not None:
             raise APIProblem.conflict(f"a volume named {name!r} already exists")
-        path = await self.provider.create_volume(volume_id, size_gb)
+        path = await self._provider.create_volume(volume_id, size_gb)
         row = (volume_id, org_id, name, size_gb, interface, region or "local", str(path), now_ms())
         try:
-            await self.store.run(lambda c: _insert_volume(c, row))
+            await self._store.run(lambda c: _insert_volume(c, row))
         except sqlite3.IntegrityError as exc:
             raise APIProblem.conflict(f"a volume named {name!r} already exists") from exc
         found = await self._find_volume(org_id, volume_id)
@@ -79,7 +88,7 @@ class VolumeRecords(TaskRecords):
                 return None, []
             return row, _attached(conn, row["volume_id"])
 
-        row, attached = await self.store.run(find)
+        row, attached = await self._store.run(find)
         return None if row is None else _volume(row, attached)
 
     async def get_volume(self, org_id: str, ident: str) -> Volume:
@@ -106,7 +115,7 @@ class VolumeRecords(TaskRecords):
             ).fetchall()
             return [(row, _attached(conn, row["volume_id"])) for row in rows]
 
-        rows = await self.store.run(select)
+        rows = await self._store.run(select)
         cursor = rows[size - 1][0]["seq"] if len(rows) > size else None
         return [_volume(row, attached) for row, attached in rows[:size]], cursor
 
@@ -122,10 +131,10 @@ class VolumeRecords(TaskRecords):
                 f"volume {volume.name!r} is mounted by task {volume.attached_to[0]!r}; "
                 "cancel the task or wait for it to end first"
             )
-        await self.store.run(
+        await self._store.run(
             lambda c: c.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
         )
-        await self.provider.delete_volume(volume.volume_id)
+        await self._provider.delete_volume(volume.volume_id)
         return volume.volume_id
 
     # -- mounts ------------------------------------------------------------------------
@@ -137,12 +146,12 @@ class VolumeRecords(TaskRecords):
             APIProblem: 404 for an unknown task/volume, 409 for an ended task, 422 for a
                 bad or taken mount path.
         """
-        task = await self.get(task_id, org_id)
+        task = await self._records.get(task_id, org_id)
         if task.status.terminal:
             raise APIProblem.conflict(f"task {task_id!r} has ended ({task.status.value})")
         volume = await self.get_volume(org_id, ident)
         path = mount_path or f"/volumes/{volume.name}"
-        visible = visible_path(self.provider.task_paths(task_id).workdir, path)
+        visible = visible_path(self._provider.task_paths(task_id).workdir, path)
         try:
             await asyncio.to_thread(_link, Path(volume.path), visible)
         except FileExistsError as exc:
@@ -152,11 +161,12 @@ class VolumeRecords(TaskRecords):
             volumes=[*task.config.volumes, VolumeSpec(mount_path=path, volume_id=volume.volume_id)],
         )
         row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
-        await self.store.run(lambda c: _record_mount(c, row, config))
-        return await self.get(task_id)
+        await self._store.run(lambda c: _record_mount(c, row, config))
+        return await self._records.get(task_id)
 
-    async def _mounts(self, task_id: str) -> list[Mount]:
-        rows = await self.store.run(
+    async def mounts(self, task_id: str) -> list[Mount]:
+        """The volumes mounted into ``task_id``."""
+        rows = await self._store.run(
             lambda c: c.execute(
                 "SELECT * FROM task_mounts WHERE task_id = ?", (task_id,)
             ).fetchall()
@@ -172,9 +182,12 @@ class VolumeRecords(TaskRecords):
             for r in rows
         ]
 
-    async def _resolve_volumes(
-        self, org_id: str, workdir: Path, specs: Sequence[VolumeSpec]
-    ) -> list[Mount]:
+    async def resolve(self, org_id: str, workdir: Path, specs: Sequence[VolumeSpec]) -> list[Mount]:
+        """The mounts a new task's volume specs ask for, creating volumes named anew.
+
+        Raises:
+            APIProblem: 422 for a mount path used twice or an unknown volume id.
+        """
         mounts: list[Mount] = []
         seen: set[Path] = set()
         for index, spec in enumerate(specs):

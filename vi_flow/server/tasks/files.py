@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..models.loglines import decode_line, split_lines
-from ..models.tasks import TaskOutputFile
+from ...models.loglines import decode_line, split_lines
+from ...models.tasks import TaskOutputFile
 
 __all__ = [
     "UnsafePath",

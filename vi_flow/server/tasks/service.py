@@ -1,4 +1,4 @@
-"""The server's task service: task, volume, mount and SSH key records, over one provider.
+"""The server's task service: the task life cycle over one provider, and the parts it holds.
 
 :class:`TaskService` is what the ``/v1/tasks`` routes, the SSH server and the flow
 engine's ``task`` block use. It validates a :class:`~vi_flow.models.tasks.TaskConfig`,
@@ -6,10 +6,11 @@ resolves it with the :class:`~vi_flow.server.providers.base.ComputeProvider` (in
 GPUs, paths), stores the task in SQLite (its own tables, added with ``store.migrate``),
 queues it on the provider and records every :class:`TaskUpdate` the provider reports.
 Waiters (``wait``, ``follow``) are woken on each change. Registered on the application
-under :data:`TASKS_KEY`. This module owns the task life cycle (start, submit, updates,
-cancel, wait, reservation owners); the service's other parts live beside it:
-:mod:`.tasks_records` (tables, reading tasks), :mod:`.tasks_volumes`, :mod:`.tasks_ssh`,
-:mod:`.tasks_logs` and :mod:`.tasks_launch`.
+under :data:`TASKS_KEY`. This module owns the life cycle (start, submit, updates,
+cancel, wait, reservation owners); the service holds its other parts, each built over
+the same :class:`~.records.TaskRecords`: ``records`` (tables, reading tasks),
+``volumes`` (:mod:`.volumes`), ``ssh`` (:mod:`.ssh`: keys and sessions) and ``outputs``
+(:mod:`.outputs`: logs and output files); :mod:`.launch` has the pure steps of a launch.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 import orjson
 from aiohttp import web
 
-from ..models._base import from_wire, to_wire
-from ..models.tasks import Task, TaskConfig, TaskStatus
-from .clock import now_ms
-from .errors import APIProblem
-from .providers.base import (
+from ...models._base import from_wire, to_wire
+from ...models.tasks import Task, TaskConfig, TaskOutputFile, TaskStatus
+from ..clock import now_ms
+from ..errors import APIProblem
+from ..providers.base import (
+    ComputeProvider,
     LaunchSpec,
     Mount,
     Placement,
@@ -36,14 +39,14 @@ from .providers.base import (
     TaskUpdate,
     problem_for,
 )
-from .store import new_id
-from .tasks_launch import build_spec, check_config, prepare_task_dir, task_env
-from .tasks_logs import FOLLOW_POLL, TaskOutputs
-from .tasks_records import SCHEMA, to_json
-from .tasks_ssh import SessionContext, SSHAccess
-from .tasks_volumes import VolumeRecords, mount_rows
+from ..store import Store, new_id
+from .launch import build_spec, check_config, prepare_task_dir, task_env
+from .outputs import TaskOutputs
+from .records import SCHEMA, TaskRecords, to_json
+from .ssh import SSHAccess
+from .volumes import Volumes, mount_rows
 
-__all__ = ["DEFAULT_GRACE", "FOLLOW_POLL", "SCHEMA", "TASKS_KEY", "SessionContext", "TaskService"]
+__all__ = ["DEFAULT_GRACE", "TASKS_KEY", "TaskService"]
 
 DEFAULT_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task is cancelled."""
@@ -51,13 +54,53 @@ DEFAULT_GRACE = 5.0
 log = logging.getLogger("vi_flow.server.tasks")
 
 
-class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
+class TaskService:
     """Task records and their life cycle over one compute provider.
 
     Args:
         store: The server's store (this service adds its own tables).
         provider: The compute provider.
+
+    Attributes:
+        records: Reading tasks, and the events that wake their waiters.
+        volumes: Volumes and mounting them into tasks.
+        ssh: SSH keys, and what an SSH login maps to.
+        outputs: Task logs and output files.
     """
+
+    def __init__(self, store: Store, provider: ComputeProvider) -> None:
+        self.store = store
+        self.provider = provider
+        self.records = TaskRecords(store, provider)
+        self.volumes = Volumes(self.records)
+        self.ssh = SSHAccess(self.records)
+        self.outputs = TaskOutputs(self.records)
+
+    @property
+    def ssh_host(self) -> str | None:
+        """Where the SSH server listens (``None`` until it does)."""
+        address = self.records.ssh_address
+        return None if address is None else address.host
+
+    @property
+    def ssh_port(self) -> int | None:
+        """The SSH server's port (``None`` until it listens)."""
+        address = self.records.ssh_address
+        return None if address is None else address.port
+
+    # -- reading (the flow engine's task block and the routes use these) -----------------
+
+    async def get(self, task_id: str, org_id: str | None = None) -> Task:
+        """The task ``task_id`` (of ``org_id`` when given); see :meth:`TaskRecords.get`."""
+        return await self.records.get(task_id, org_id)
+
+    def follow(self, task_id: str) -> AsyncIterator[tuple[str, str]]:
+        """``(stream, line)`` until the task ended; see :meth:`TaskOutputs.follow`."""
+        return self.outputs.follow(task_id)
+
+    async def output_files(self, task_id: str) -> list[TaskOutputFile]:
+        """Files the task wrote to its output directory."""
+        return await self.outputs.output_files(task_id)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -80,7 +123,7 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
         await self.provider.close()
 
     async def _running_task(self, row: sqlite3.Row) -> RunningTask:
-        mounts = await self._mounts(row["task_id"])
+        mounts = await self.volumes.mounts(row["task_id"])
         return RunningTask(
             spec=self._spec(row, mounts),
             status=TaskStatus(row["status"]),
@@ -102,7 +145,7 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
             # The provider's message is left out: it may quote the task's output.
             code = f" (exit {update.exit_code})" if update.exit_code is not None else ""
             log.info("task %s: %s -> %s%s", update.task_id, before.value, update.status.value, code)
-        self._notify(update.task_id)
+        self.records.notify(update.task_id)
 
     # -- submit ------------------------------------------------------------------------
 
@@ -128,7 +171,7 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
             raise problem_for(exc) from exc
         task_id = new_id("task")
         paths = self.provider.task_paths(task_id)
-        mounts = await self._resolve_volumes(org_id, paths.workdir, config.volumes)
+        mounts = await self.volumes.resolve(org_id, paths.workdir, config.volumes)
         env = task_env(config, task_id, paths, mounts)
         spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
         await asyncio.to_thread(prepare_task_dir, paths)
@@ -215,7 +258,7 @@ class TaskService(VolumeRecords, SSHAccess, TaskOutputs):
 
     async def _wait(self, task_id: str, until_running: bool) -> Task:
         while True:
-            event = self._event(task_id)
+            event = self.records.changed(task_id)
             task = await self.get(task_id)
             if task.status.terminal or (until_running and task.status != TaskStatus.PENDING):
                 return task

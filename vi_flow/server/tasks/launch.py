@@ -4,7 +4,7 @@ The checks a task configuration must pass before it is recorded, the ``argv`` a 
 runs as, the environment the service adds (task id, workspace, output directory, one
 ``VI_FLOW_VOLUME_<NAME>`` per mounted volume), where a volume's mount path appears in the
 workspace, and the task directory prepared before the provider sees the task. Pure
-functions; :class:`~vi_flow.server.tasks_service.TaskService` puts them together.
+functions; :class:`~vi_flow.server.tasks.service.TaskService` puts them together.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..models.tasks import TaskConfig
-from .errors import APIProblem
-from .providers.base import LaunchSpec, Mount, Placement, TaskPaths
+from ...models.tasks import TaskConfig
+from ..errors import APIProblem
+from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
 
 __all__ = [
     "build_spec",
