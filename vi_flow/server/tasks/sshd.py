@@ -32,7 +32,7 @@ from .ssh import SessionContext
 
 __all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vi_flow.server.sshd")  # the name server log lines show, kept stable
 
 HOST_KEY_FILE = "ssh_host_ed25519_key"
 _CHUNK = 64 * 1024
