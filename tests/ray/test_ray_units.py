@@ -12,9 +12,11 @@ import pytest
 
 from vi_flow.models.tasks import TaskConfig
 from vi_flow.server.providers import PROVIDERS, CapacityError
-from vi_flow.server.providers._ray_api import RayJob, RayNode
-from vi_flow.server.providers._ray_catalog import catalog, placement
-from vi_flow.server.providers._ray_entrypoint import (
+from vi_flow.server.providers.base import LaunchSpec, Placement, TaskPaths
+from vi_flow.server.providers.ray import RaySettings
+from vi_flow.server.providers.ray.api import RayJob, RayNode
+from vi_flow.server.providers.ray.catalog import catalog, placement
+from vi_flow.server.providers.ray.entrypoint import (
     ENV_FILE,
     entrypoint,
     prepare,
@@ -22,8 +24,6 @@ from vi_flow.server.providers._ray_entrypoint import (
     read_started,
     revoke,
 )
-from vi_flow.server.providers.base import LaunchSpec, Placement, TaskPaths
-from vi_flow.server.providers.ray import RaySettings
 from vi_flow.server.state import ServerSettings
 
 NODE = {

@@ -1,8 +1,12 @@
 """Compute providers: which backend runs tasks, chosen by ``ServerSettings.provider``.
 
-Every provider implements :class:`~vi_flow.server.providers.base.ComputeProvider`. A
-provider module exposes ``create(settings) -> ComputeProvider``; :func:`create_provider`
-imports the one named in the settings (``local``, ``slurm`` or ``ray``) only when it is used.
+Every provider implements :class:`~vi_flow.server.providers.base.ComputeProvider` and is
+a sub-package named after it (``local/``, ``slurm/``, ``ray/``; each has ``provider.py``
+and its parts) that exposes ``create(settings) -> ComputeProvider``; :func:`create_provider`
+imports the one named in the settings only when it is used. What several providers
+share stays here: :mod:`.base` (the interface), :mod:`._polling` (the skeleton of the
+Slurm and Ray providers), :mod:`._gpu_catalog` (GPU sizing and cluster placement) and
+:mod:`._secrets` (the file a job's environment travels in).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ PROVIDERS: dict[str, str] = {
     "slurm": "vi_flow.server.providers.slurm",
     "ray": "vi_flow.server.providers.ray",
 }
-"""Provider name -> module exposing ``create(settings) -> ComputeProvider``."""
+"""Provider name -> package exposing ``create(settings) -> ComputeProvider``."""
 
 
 def create_provider(settings: ServerSettings) -> ComputeProvider:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .base import ProviderError
+from ..base import ProviderError
 
 if TYPE_CHECKING:
-    from ..state import ServerSettings
+    from ...state import ServerSettings
 
 __all__ = ["DEFAULT_URL", "RayCredentialsError", "RaySettings"]
 

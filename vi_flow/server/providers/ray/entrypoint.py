@@ -24,8 +24,8 @@ from pathlib import Path
 
 import attrs
 
-from ._slurm_jobs import write_secret_file
-from .base import LaunchSpec, TaskPaths
+from .._secrets import ENV_FILE, write_secret_file
+from ..base import LaunchSpec, TaskPaths
 
 __all__ = [
     "CLAIMED_FILE",
@@ -41,8 +41,7 @@ __all__ = [
     "revoke",
 ]
 
-#: The environment, mode 0600, until the entry point claims it (the start token).
-ENV_FILE = ".vi-flow-env"
+# ENV_FILE (from .._secrets) holds the environment until the entry point claims it.
 #: The claimed environment, deleted as soon as the entry point has read it.
 CLAIMED_FILE = ".vi-flow-env.claimed"
 #: Written when the command starts: the GPUs Ray assigned.

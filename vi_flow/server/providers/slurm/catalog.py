@@ -2,7 +2,7 @@
 
 Pure functions of the nodes ``slurmrestd`` reports, so the provider can check a task
 against a cached node list and tests can check them without a cluster. A request the
-cluster cannot meet raises :class:`~.base.CapacityError` naming what exists.
+cluster cannot meet raises :class:`~..base.CapacityError` naming what exists.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from ...models.tasks import AvailableInstance, TaskConfig
-from ._gpu_catalog import (
+from ....models.tasks import AvailableInstance, TaskConfig
+from .._gpu_catalog import (
     GPU_MEMORY_GB,
     find_instance,
     gpu_instances,
@@ -20,8 +20,8 @@ from ._gpu_catalog import (
     instance_name,
     resolve_gpu_type,
 )
-from ._slurm_jobs import SlurmNode
-from .base import CapacityError, Placement
+from ..base import CapacityError, Placement
+from .jobs import SlurmNode
 
 __all__ = ["GPU_MEMORY_GB", "catalog", "placement"]
 

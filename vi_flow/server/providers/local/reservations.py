@@ -18,16 +18,16 @@ from pathlib import Path
 
 import attrs
 
-from ...models._base import from_wire, to_wire
-from ...models.tasks import (
+from ....models._base import from_wire, to_wire
+from ....models.tasks import (
     AvailabilitySlot,
     Reservation,
     ReservationRequest,
     ReservationStatus,
 )
-from ..clock import now_ms
-from .base import CapacityError, InvalidRequest, Placement
-from .local_machine import Machine
+from ...clock import now_ms
+from ..base import CapacityError, InvalidRequest, Placement
+from .machine import Machine
 
 __all__ = ["FOREVER", "ReservationBook", "reservation_status", "window_end"]
 
@@ -179,7 +179,7 @@ class ReservationBook:
                 f"reservation: asked for {placement.cpus} CPUs and {placement.gpu_count} "
                 f"x {placement.gpu_type or 'GPU'}; free {window}: {cpus} CPUs, {gpus} GPUs"
             )
-        from ..store import new_id
+        from ...store import new_id
 
         res = Reservation(
             reservation_id=new_id("res"),

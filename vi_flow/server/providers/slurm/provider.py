@@ -1,9 +1,9 @@
 """The Slurm compute provider: vi_flow tasks as Slurm batch jobs, over ``slurmrestd``.
 
 It implements :class:`~vi_flow.server.providers.base.ComputeProvider` with the REST
-client in :mod:`._slurm_rest` (no C bindings, no CLI calls from the server). A task
+client in :mod:`.rest` (no C bindings, no CLI calls from the server). A task
 becomes one batch job: its command, CPUs, memory, ``gres`` GPUs, working directory and
-log files come from the :class:`~.base.LaunchSpec`; its environment travels in a
+log files come from the :class:`~..base.LaunchSpec`; its environment travels in a
 mode-0600 file the job sources and deletes, because Slurm keeps a job's environment in
 its state directory where other users and admins can read it. A poller (one ``GET`` per job,
 or one ``GET /jobs`` when many are watched) reports state changes through the update
@@ -13,13 +13,13 @@ volumes live under directories every node must see (one host in tests). Logs and
 go through the server's SSH endpoint like the local provider's: it follows the job's
 output file and runs commands inside the job with ``srun --jobid=N --overlap``. The sink,
 the poller, recovery, the node list cache and volumes come from
-:class:`._polling.PollingJobProvider`; this module owns what is Slurm's.
+:class:`.._polling.PollingJobProvider`; this module owns what is Slurm's.
 
 Settings come from ``ServerSettings.extra["slurm"]`` (a mapping with the keys of
 :class:`SlurmSettings`), else from ``VI_FLOW_SLURM_URL``, ``VI_FLOW_SLURM_USER``,
 ``VI_FLOW_SLURM_TOKEN_FILE``, ``VI_FLOW_SLURM_PARTITION`` and ``SLURM_CONF``.
 
-What Slurm cannot do here fails with :class:`~.base.UnsupportedOperation`: creating and
+What Slurm cannot do here fails with :class:`~..base.UnsupportedOperation`: creating and
 cancelling reservations (an administrator makes them with ``scontrol``; they are listed
 and tasks can run in them) and the availability search. ``grace`` on cancel is the
 cluster's ``KillWait``, since Slurm sends SIGTERM, waits ``KillWait``, then SIGKILL.
@@ -36,17 +36,27 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ...models.tasks import (
+from ....models.tasks import (
     AvailableInstance,
     Reservation,
     ReservationStatus,
     TaskConfig,
     TaskStatus,
 )
-from ..clock import now_ms
-from ._polling import PollingJobProvider, own_outcome
-from ._slurm_catalog import catalog, placement
-from ._slurm_rest import (
+from ...clock import now_ms
+from .._polling import PollingJobProvider, own_outcome
+from .._secrets import ENV_FILE, write_secret_file
+from ..base import (
+    CapacityError,
+    LaunchSpec,
+    Placement,
+    ProviderError,
+    ProviderUnavailable,
+    RunningTask,
+    TaskUpdate,
+)
+from .catalog import catalog, placement
+from .rest import (
     JobSubmission,
     SlurmAuthError,
     SlurmConnectionError,
@@ -58,21 +68,11 @@ from ._slurm_rest import (
     SlurmReservation,
     SlurmRestClient,
     SlurmUnavailableError,
-    write_secret_file,
 )
-from ._slurm_settings import SlurmCredentialsError, SlurmSettings
-from .base import (
-    CapacityError,
-    LaunchSpec,
-    Placement,
-    ProviderError,
-    ProviderUnavailable,
-    RunningTask,
-    TaskUpdate,
-)
+from .settings import SlurmCredentialsError, SlurmSettings
 
 if TYPE_CHECKING:
-    from ..state import ServerSettings
+    from ...state import ServerSettings
 
 __all__ = ["SlurmCredentialsError", "SlurmProvider", "SlurmSettings", "create"]
 
@@ -81,8 +81,6 @@ logger = logging.getLogger("vi_flow.server.slurm")
 DEFAULT_MEMORY_MB = 1024
 #: From this many watched tasks on, one ``GET /jobs`` per poll replaces one GET per job.
 BULK_POLL_FROM = 4
-#: The task's environment, mode 0600, in its directory until the job has read it.
-ENV_FILE = ".vi-flow-env"
 #: Variables safe to show in Slurm's job record; everything else goes through the file.
 PUBLIC_ENV = ("VI_FLOW_TASK_ID",)
 _TERMINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
@@ -179,7 +177,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         return prefix
 
     async def place(self, config: TaskConfig) -> Placement:
-        """Resolve a config against the cluster's nodes (see :func:`._slurm_catalog.placement`).
+        """Resolve a config against the cluster's nodes (see :func:`.catalog.placement`).
 
         Raises:
             ProviderUnavailable: Slurm cannot be reached.

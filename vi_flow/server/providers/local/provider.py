@@ -10,10 +10,10 @@ is enforced the same way. The catalog comes from the machine (``os.cpu_count``, 
 ``nvidia-smi``), or from ``settings.extra["local_cpus"|"local_gpus"|"local_memory_gb"]``.
 Reservations live in ``<home>/compute/reservations.json``; volumes are directories under
 ``<home>/volumes/``. This module owns :class:`LocalProvider` (the queue, the scheduler
-loop and the task life cycle); :mod:`.local_process` runs and stops one process group,
-:mod:`.local_capacity` accounts for free CPUs and GPUs, :mod:`.local_placement` resolves
-requests against the machine, :mod:`.local_machine` detects it and
-:mod:`.local_reservations` keeps the reservation book.
+loop and the task life cycle); :mod:`.process` runs and stops one process group,
+:mod:`.capacity` accounts for free CPUs and GPUs, :mod:`.placement` resolves
+requests against the machine, :mod:`.machine` detects it and
+:mod:`.reservations` keeps the reservation book.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...models.tasks import (
+from ....models.tasks import (
     AvailabilitySlot,
     AvailableInstance,
     Reservation,
@@ -36,8 +36,8 @@ from ...models.tasks import (
     TaskConfig,
     TaskStatus,
 )
-from ..clock import now_ms
-from .base import (
+from ...clock import now_ms
+from ..base import (
     ComputeProvider,
     InvalidRequest,
     LaunchSpec,
@@ -47,16 +47,16 @@ from .base import (
     TaskUpdate,
     UpdateSink,
 )
-from .local_capacity import (
+from .capacity import (
     check_reservation_fits,
     fit,
     free_capacity,
     next_boundary,
     reservation_ended,
 )
-from .local_machine import GPUDevice, Machine, detect_machine
-from .local_placement import build_catalog, place
-from .local_process import (
+from .machine import GPUDevice, Machine, detect_machine
+from .placement import build_catalog, place
+from .process import (
     KILL_WAIT,
     MAX_RUN_TIME_GRACE,
     Job,
@@ -70,10 +70,10 @@ from .local_process import (
     task_environment,
     terminate,
 )
-from .local_reservations import ReservationBook
+from .reservations import ReservationBook
 
 if TYPE_CHECKING:
-    from ..state import ServerSettings
+    from ...state import ServerSettings
 
 __all__ = [
     "KILL_WAIT",
@@ -85,7 +85,7 @@ __all__ = [
     "detect_machine",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
 
 
 class LocalProvider:

@@ -8,7 +8,7 @@ which Slurm stores in its state directory), job state and wait-status decoding, 
 and the node and reservation lists. Slurm error numbers become :class:`SlurmError`
 subclasses that say whether retrying could help; only transient ones are retried.
 Tokens never appear in logs, reprs or error messages. The decoded records and the
-submission live in :mod:`._slurm_jobs` and are re-exported here.
+submission live in :mod:`.jobs` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 from typing_extensions import Self
 
-from ._slurm_jobs import (
+from .jobs import (
     BASE_ENV,
     JobSubmission,
     SlurmJob,
@@ -37,7 +37,6 @@ from ._slurm_jobs import (
     parse_gpu_indices,
     parse_gres,
     rest_int,
-    write_secret_file,
 )
 
 __all__ = [
@@ -59,7 +58,6 @@ __all__ = [
     "job_status",
     "parse_gpu_indices",
     "parse_gres",
-    "write_secret_file",
 ]
 
 logger = logging.getLogger("vi_flow.server.slurm")

@@ -3,7 +3,7 @@
 Pure functions of the nodes the dashboard reports, so the provider can check a task
 against a cached node list. A GPU's type is Ray's ``accelerator_type`` resource in lower
 case (``H100`` -> ``h100``). A request the cluster cannot meet raises
-:class:`~.base.CapacityError` naming what exists, before anything is submitted (Ray
+:class:`~..base.CapacityError` naming what exists, before anything is submitted (Ray
 would keep such a job PENDING until its start timeout).
 """
 
@@ -13,17 +13,17 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from ...models.tasks import AvailableInstance, TaskConfig
-from ._gpu_catalog import GPU_MEMORY_GB as _KNOWN_GPU_MEMORY_GB
-from ._gpu_catalog import (
+from ....models.tasks import AvailableInstance, TaskConfig
+from .._gpu_catalog import GPU_MEMORY_GB as _KNOWN_GPU_MEMORY_GB
+from .._gpu_catalog import (
     find_instance,
     gpu_instances,
     gpu_request,
     instance_name,
     resolve_gpu_type,
 )
-from ._ray_api import RayNode
-from .base import CapacityError, Placement
+from ..base import CapacityError, Placement
+from .api import RayNode
 
 __all__ = ["GPU_MEMORY_GB", "catalog", "placement"]
 

@@ -1,10 +1,10 @@
 """The Ray compute provider: vi_flow tasks as Ray jobs, over the dashboard's Jobs REST API.
 
 It implements :class:`~vi_flow.server.providers.base.ComputeProvider` with the aiohttp
-client in :mod:`._ray_api` (no ``ray`` import: the server does not need Ray installed).
+client in :mod:`.api` (no ``ray`` import: the server does not need Ray installed).
 A task becomes one Ray job whose submission id is the task id. Its CPUs, GPUs, memory and
 GPU type (Ray's ``accelerator_type`` resource) go to the ``entrypoint_*`` fields; its
-command runs from the shell entry point of :mod:`._ray_entrypoint`, which appends stdout
+command runs from the shell entry point of :mod:`.entrypoint`, which appends stdout
 and stderr to the task's log files (so logs, follows and shells go through the server's
 SSH endpoint exactly as with the local provider) and records the GPUs Ray assigned and
 the exit status in files beside them. The environment, secrets included, travels in a
@@ -20,7 +20,7 @@ a task that had not started is reported ``cancelled`` at once and its job, whene
 starts it, exits without running the command; the poller stops it if it shows up RUNNING
 and deletes its record once it ends. A job stopped with ``ray job stop`` or the dashboard
 is reported ``cancelled`` with reason ``CancelledOutsideViFlow``. The sink, the poller,
-recovery, the node list cache and volumes come from :class:`._polling.PollingJobProvider`;
+recovery, the node list cache and volumes come from :class:`.._polling.PollingJobProvider`;
 this module owns what is Ray's.
 
 Settings come from ``ServerSettings.extra["ray"]`` (the keys of :class:`RaySettings`),
@@ -28,7 +28,7 @@ else ``VI_FLOW_RAY_URL`` (or ``RAY_API_SERVER_ADDRESS``), ``VI_FLOW_RAY_TASKS_DI
 ``VI_FLOW_RAY_VOLUMES_DIR`` and ``VI_FLOW_RAY_TOKEN_FILE``. Task and volume directories
 must be visible at the same path on every node that runs entry points and on the server.
 
-Limits, each failing with :class:`~.base.UnsupportedOperation` or documented here:
+Limits, each failing with :class:`~..base.UnsupportedOperation` or documented here:
 reservations and the availability search do not exist in Ray; ``grace`` on cancel is the
 cluster's ``RAY_JOB_STOP_WAIT_TIME_S`` (3 s by default: SIGTERM to the entry point's
 process tree, then SIGKILL); and shells run on the server's host with the task's
@@ -46,31 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ...models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
-from ..clock import now_ms
-from ._polling import PollingJobProvider, own_outcome
-from ._ray_api import (
-    RayAuthError,
-    RayConnectionError,
-    RayError,
-    RayInvalidRequestError,
-    RayJob,
-    RayJobNotFoundError,
-    RayJobsClient,
-    RayNode,
-)
-from ._ray_catalog import catalog, placement
-from ._ray_entrypoint import (
-    Started,
-    entrypoint,
-    forget_secrets,
-    prepare,
-    read_exit_code,
-    read_started,
-    revoke,
-)
-from ._ray_settings import RayCredentialsError, RaySettings
-from .base import (
+from ....models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
+from ...clock import now_ms
+from .._polling import PollingJobProvider, own_outcome
+from ..base import (
     InvalidRequest,
     LaunchSpec,
     Placement,
@@ -80,9 +59,30 @@ from .base import (
     TaskPaths,
     TaskUpdate,
 )
+from .api import (
+    RayAuthError,
+    RayConnectionError,
+    RayError,
+    RayInvalidRequestError,
+    RayJob,
+    RayJobNotFoundError,
+    RayJobsClient,
+    RayNode,
+)
+from .catalog import catalog, placement
+from .entrypoint import (
+    Started,
+    entrypoint,
+    forget_secrets,
+    prepare,
+    read_exit_code,
+    read_started,
+    revoke,
+)
+from .settings import RayCredentialsError, RaySettings
 
 if TYPE_CHECKING:
-    from ..state import ServerSettings
+    from ...state import ServerSettings
 
 __all__ = ["RayCredentialsError", "RayProvider", "RaySettings", "create"]
 
@@ -171,7 +171,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         return []
 
     async def place(self, config: TaskConfig) -> Placement:
-        """Resolve a config against the cluster's nodes (see :func:`._ray_catalog.placement`).
+        """Resolve a config against the cluster's nodes (see :func:`.catalog.placement`).
 
         Raises:
             ProviderUnavailable: The dashboard cannot be reached.

@@ -1,17 +1,15 @@
 """What slurmrestd says about jobs, nodes and reservations, and what we submit to it.
 
 Plain records decoded from the REST answers (v0.0.37/v0.0.38 shapes), the batch script
-and body of a job submission, and the mode-0600 secret file a job sources and deletes.
-:mod:`._slurm_rest` owns the wire; this module owns the shapes.
+and body of a job submission (its secrets go in the file of :mod:`.._secrets`).
+:mod:`.rest` owns the wire; this module owns the shapes.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -28,7 +26,6 @@ __all__ = [
     "parse_gpu_indices",
     "parse_gres",
     "rest_int",
-    "write_secret_file",
 ]
 
 #: What every job starts with (a REST job inherits nothing from the submitter). Logs are
@@ -153,7 +150,7 @@ class JobSubmission:
         gpu_type: GPU type for ``gres`` (``"h100"``), or None for any type.
         gpu_count: GPUs to allocate (0 for none).
         env: Environment of the job: never secrets, Slurm stores it in its state dir.
-        secret_file: A mode-0600 file of ``export`` lines (see :func:`write_secret_file`)
+        secret_file: A mode-0600 file of ``export`` lines (see :mod:`.._secrets`)
             that the job sources and deletes before running ``command``.
         time_limit_s: Wall-clock limit; Slurm rounds it up to whole minutes.
         partition: The partition, or None for the cluster's default.
@@ -206,21 +203,6 @@ class JobSubmission:
         if self.reservation:
             job["reservation"] = self.reservation
         return {"script": self.script(), "job": job}
-
-
-def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
-    """Write ``export NAME=value`` lines to ``path``, readable only by its owner.
-
-    Blocking: call it off the event loop. The file is created with mode 0600 before any
-    byte is written, so no other user ever sees the values.
-    """
-    for name in secrets:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"secret name {name!r} is not a valid environment variable name")
-    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 @attrs.frozen

@@ -7,20 +7,20 @@ a queued task gets if it can start now (memory is one machine-wide pool that tas
 for ``memory_gb`` draw from; reservations do not hold memory), and the reservation checks decide whether a task
 bound to a reservation may wait for it (:func:`check_reservation_fits`) or must fail
 because the reservation ended (:func:`reservation_ended`). Pure functions over the
-:class:`~vi_flow.server.providers.local_machine.Machine`, the
-:class:`~vi_flow.server.providers.local_reservations.ReservationBook` and the jobs.
+:class:`~vi_flow.server.providers.local.machine.Machine`, the
+:class:`~vi_flow.server.providers.local.reservations.ReservationBook` and the jobs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ...models.tasks import ReservationStatus
-from ..clock import now_ms
-from .base import CapacityError, InvalidRequest, LaunchSpec
-from .local_machine import Machine
-from .local_process import Job
-from .local_reservations import ReservationBook, reservation_status
+from ....models.tasks import ReservationStatus
+from ...clock import now_ms
+from ..base import CapacityError, InvalidRequest, LaunchSpec
+from .machine import Machine
+from .process import Job
+from .reservations import ReservationBook, reservation_status
 
 __all__ = [
     "check_reservation_fits",

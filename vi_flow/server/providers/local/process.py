@@ -19,9 +19,9 @@ from pathlib import Path
 
 import attrs
 
-from ...models.tasks import TaskStatus
-from ..clock import now_ms
-from .base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
+from ....models.tasks import TaskStatus
+from ...clock import now_ms
+from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
 
 __all__ = [
     "KILL_WAIT",

@@ -2,7 +2,7 @@
 
 :func:`place` resolves a :class:`~vi_flow.models.tasks.TaskConfig` (an instance type, or
 a ``gpu`` request, plus CPUs and memory) against the detected
-:class:`~vi_flow.server.providers.local_machine.Machine`, and fails with
+:class:`~vi_flow.server.providers.local.machine.Machine`, and fails with
 :class:`~vi_flow.server.providers.base.CapacityError` for what the machine can never
 give. :func:`build_catalog` lists ``cpu`` plus, per GPU type, ``<type>``, ``2x<type>``,
 ... up to the number of GPUs found, each marked available when free now.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import attrs
 
-from ...models.tasks import AvailableInstance, GPURequest, TaskConfig
-from ._gpu_catalog import gpu_instances, gpu_request, instance_name
-from .base import CapacityError, InvalidRequest, Placement
-from .local_machine import Machine
+from ....models.tasks import AvailableInstance, GPURequest, TaskConfig
+from .._gpu_catalog import gpu_instances, gpu_request, instance_name
+from ..base import CapacityError, InvalidRequest, Placement
+from .machine import Machine
 
 __all__ = ["build_catalog", "place"]
 
