@@ -7,6 +7,8 @@ meets as a TypeError. This test compares each pair of classes method by method.
 from __future__ import annotations
 
 import inspect
+import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -78,7 +80,19 @@ def _shape(func: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
     return [
         (p.name, p.kind, "differs" if (func.__name__, p.name) in DEFAULTS_DIFFER else p.default)
         for p in params
-    ]
+    ] + _unpacked(func)
+
+
+def _unpacked(func: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    """The keys of a ``**options: Unpack[SomeTypedDict]``: named parameters all the same."""
+    for param in inspect.signature(func).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD and isinstance(param.annotation, str):
+            hint = eval(param.annotation, vars(sys.modules[func.__module__]))
+            (kind,) = typing.get_args(hint) or (None,)
+            if kind is not None and hasattr(kind, "__optional_keys__"):
+                keys = kind.__required_keys__ | kind.__optional_keys__
+                return [(key, "unpacked", None) for key in sorted(keys)]
+    return []
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0].__name__}-{p[1].__name__}")
@@ -103,3 +117,17 @@ def test_the_test_notices_a_parameter_added_on_one_side() -> None:
         def get(self, flow_id: str) -> None: ...
 
     assert _shape(_methods(A)["get"]) != _shape(_methods(S)["get"])
+
+
+def test_an_unknown_execution_keyword_is_a_type_error_on_both_sides() -> None:
+    with Client() as client:
+        with pytest.raises(
+            TypeError, match="execute\\(\\) got an unexpected keyword argument 'mesage'"
+        ):
+            client.flow("flow_x").execute(mesage="hi")  # type: ignore[call-arg]
+        with pytest.raises(
+            TypeError, match="events\\(\\) got an unexpected keyword argument 'mesage'"
+        ):
+            client.async_client.flow("flow_x").events(mesage="hi")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="'attachments'"):
+            client.flow("flow_x").execute_async(attachments=["https://x"])  # type: ignore[call-arg]

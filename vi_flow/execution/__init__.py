@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+from ..models.execution import ToolChoice, Version
 from ._flow import AsyncFlow
-from ._request import ToolChoice, Version
+from ._options import ExecuteOptions, RunInputs, SyncExecuteOptions
 from ._results import ExecuteResult, PausedResult
 from ._run import AsyncJob, AsyncRun
 from ._tools import AsyncToolHandler, SyncToolHandler, ToolHandler, ToolHandlerWarning
@@ -17,8 +18,11 @@ __all__ = [
     "AsyncJob",
     "AsyncRun",
     "AsyncToolHandler",
+    "ExecuteOptions",
     "ExecuteResult",
     "PausedResult",
+    "RunInputs",
+    "SyncExecuteOptions",
     "SyncToolHandler",
     "ToolChoice",
     "ToolHandler",

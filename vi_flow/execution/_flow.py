@@ -9,18 +9,20 @@ too, not at the first ``async for`` step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
+
+from typing_extensions import Unpack
 
 from .._errors import FlowExecutionError
 from .._http import HTTPCore, path
 from ..models.common import Condition
 from ..models.events import ExecutionOutcome, FlowCompleted, StepCompleted, StreamEvent
-from ._loop import TimeoutArg, ToolLoop, check_rounds, request_timeout, stream_timeout
-from ._request import ExecuteRequest, ExecutionJob, ToolChoice, Version
+from ..models.execution import ExecuteRequest, ExecutionJob
+from ._loop import ToolLoop, check_rounds, request_timeout, stream_timeout
+from ._options import ExecuteOptions, RunInputs, check_names, request_of
 from ._results import ExecuteResult, PausedResult
 from ._run import AsyncJob, AsyncRun, run_stream
-from ._tools import ToolHandler, check_handler
+from ._tools import check_handler
 
 __all__ = ["AsyncFlow"]
 
@@ -76,21 +78,7 @@ class AsyncFlow:
     def __repr__(self) -> str:
         return f"AsyncFlow(flow_id={self.flow_id!r})"
 
-    async def execute(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: ToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> ExecuteResult | PausedResult:
+    async def execute(self, **options: Unpack[ExecuteOptions]) -> ExecuteResult | PausedResult:
         """Execute the flow to completion (or to a tool-call pause without a handler).
 
         Returns:
@@ -107,17 +95,8 @@ class AsyncFlow:
             FlowExecutionError: The run failed; carries the failing step and the message.
             ToolCallLimitError: The handler answered ``max_tool_rounds`` pauses already.
         """
-        request = ExecuteRequest.build(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            trace=trace,
-            version=version,
-        )
-        loop = self._loop(tool_handler, max_tool_rounds, timeout)
+        request = request_of(options, ExecuteOptions, "execute")
+        loop = self._loop(options)
         return await self._execute(request, loop)
 
     async def _execute(
@@ -133,20 +112,7 @@ class AsyncFlow:
         return await loop.settle(outcome)
 
     def events(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: ToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-        cancel_on_disconnect: bool = False,
+        self, *, cancel_on_disconnect: bool = False, **options: Unpack[ExecuteOptions]
     ) -> AsyncIterator[StreamEvent]:
         """Execute the flow and stream every event, ``RunStarted`` to ``FlowCompleted``.
 
@@ -164,20 +130,10 @@ class AsyncFlow:
         Raises:
             ValueError: As for :meth:`execute`, at the call.
         """
-        request = ExecuteRequest.build(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            trace=trace,
-            version=version,
-        )
+        request = request_of(options, ExecuteOptions, "events")
         if not isinstance(cancel_on_disconnect, bool):
             raise TypeError(f"cancel_on_disconnect must be a bool, got {cancel_on_disconnect!r}")
-        loop = self._loop(tool_handler, max_tool_rounds, timeout)
-        return self._stream(request, loop, cancel_on_disconnect)
+        return self._stream(request, self._loop(options), cancel_on_disconnect)
 
     def _stream(
         self, request: ExecuteRequest, loop: ToolLoop, cancel_on_disconnect: bool
@@ -191,21 +147,7 @@ class AsyncFlow:
         )
         return run_stream(self._http, first=first, timeout=loop.timeout, loop=loop)
 
-    def steps(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: ToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> AsyncIterator[StepCompleted]:
+    def steps(self, **options: Unpack[ExecuteOptions]) -> AsyncIterator[StepCompleted]:
         """Execute the flow and yield each ``StepCompleted`` as its step finishes.
 
         Takes the arguments of :meth:`execute`; tool calls are answered as in :meth:`events`.
@@ -213,33 +155,10 @@ class AsyncFlow:
         Raises:
             FlowExecutionError: The run failed (after the steps that completed).
         """
-        events = self.events(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_handler=tool_handler,
-            max_tool_rounds=max_tool_rounds,
-            trace=trace,
-            version=version,
-            timeout=timeout,
-        )
-        return _completed_steps(events)
+        check_names(options, ExecuteOptions, "steps")
+        return _completed_steps(self.events(**options))
 
-    async def execute_async(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> AsyncJob:
+    async def execute_async(self, **options: Unpack[RunInputs]) -> AsyncJob:
         """Submit the flow to run on the server and return at once with a job handle.
 
         Takes the arguments of :meth:`execute` except ``tool_handler``,
@@ -248,20 +167,12 @@ class AsyncFlow:
         Returns:
             An ``AsyncJob`` whose ``execution_id`` is known at once.
         """
-        request = ExecuteRequest.build(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            tools=tools,
-            tool_choice=tool_choice,
-            trace=trace,
-            version=version,
-        )
+        request = request_of(options, RunInputs, "execute_async")
         job = await self._http.request(
             "POST",
             path("/flows/{}/jobs", self.flow_id),
             json=request.to_wire(),
-            timeout=request_timeout(timeout),
+            timeout=request_timeout(options.get("timeout")),
             cast=ExecutionJob,
         )
         return AsyncJob(self._http, job.execution_id)
@@ -270,11 +181,11 @@ class AsyncFlow:
         """Return a handle on a previous execution of this flow (no request is made)."""
         return AsyncRun(self._http, execution_id)
 
-    def _loop(
-        self, handler: ToolHandler | None, max_tool_rounds: int, timeout: TimeoutArg
-    ) -> ToolLoop:
+    def _loop(self, options: ExecuteOptions) -> ToolLoop:
+        handler = options.get("tool_handler")
         check_handler(handler)
-        return ToolLoop(self._http, handler, check_rounds(max_tool_rounds), timeout)
+        rounds = check_rounds(options.get("max_tool_rounds", 10))
+        return ToolLoop(self._http, handler, rounds, options.get("timeout"))
 
 
 async def _completed_steps(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StepCompleted]:

@@ -8,13 +8,14 @@ any request (use ``vi_flow.AsyncClient`` for those).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator
+from typing import cast
+
+from typing_extensions import Unpack
 
 from ..._portal import Portal
 from ...execution import AsyncFlow, ExecuteResult
-from ...execution._loop import TimeoutArg
-from ...execution._request import ToolChoice, Version
+from ...execution._options import ExecuteOptions, RunInputs, SyncExecuteOptions, check_names
 from ...execution._tools import SyncToolHandler, ToolHandlerReturn, check_handler
 from ...models.events import StepCompleted, StreamEvent, ToolCall
 from ._results import PausedResult, _wrap
@@ -40,6 +41,15 @@ def _sync_only(handler: SyncToolHandler | None) -> SyncToolHandler | None:
         return returned
 
     return call
+
+
+def _async_options(options: SyncExecuteOptions, method: str) -> ExecuteOptions:
+    """The async twin's options: the sync handler checked and wrapped (see :func:`_sync_only`)."""
+    check_names(options, SyncExecuteOptions, method)
+    converted = cast("ExecuteOptions", dict(options))
+    if "tool_handler" in options:
+        converted["tool_handler"] = _sync_only(options["tool_handler"])
+    return converted
 
 
 class Flow:
@@ -69,131 +79,32 @@ class Flow:
     def __repr__(self) -> str:
         return f"Flow(flow_id={self.flow_id!r})"
 
-    def execute(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: SyncToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> ExecuteResult | PausedResult:
+    def execute(self, **options: Unpack[SyncExecuteOptions]) -> ExecuteResult | PausedResult:
         """Execute the flow to completion. See :meth:`AsyncFlow.execute`.
 
         Raises:
             TypeError: An async ``tool_handler`` (before any request).
         """
-        result = self._portal.call(
-            self._flow.execute,
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_handler=_sync_only(tool_handler),
-            max_tool_rounds=max_tool_rounds,
-            trace=trace,
-            version=version,
-            timeout=timeout,
-        )
+        result = self._portal.call(self._flow.execute, **_async_options(options, "execute"))
         return _wrap(result, self._portal)
 
     def events(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: SyncToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-        cancel_on_disconnect: bool = False,
+        self, *, cancel_on_disconnect: bool = False, **options: Unpack[SyncExecuteOptions]
     ) -> Iterator[StreamEvent]:
         """Execute the flow and iterate every event. See :meth:`AsyncFlow.events`."""
         events = self._flow.events(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_handler=_sync_only(tool_handler),
-            max_tool_rounds=max_tool_rounds,
-            trace=trace,
-            version=version,
-            timeout=timeout,
-            cancel_on_disconnect=cancel_on_disconnect,
+            cancel_on_disconnect=cancel_on_disconnect, **_async_options(options, "events")
         )
         return self._portal.iterate(lambda: events, batch=_BATCH)
 
-    def steps(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        attachments: Sequence[str] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        tool_handler: SyncToolHandler | None = None,
-        max_tool_rounds: int = 10,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> Iterator[StepCompleted]:
+    def steps(self, **options: Unpack[SyncExecuteOptions]) -> Iterator[StepCompleted]:
         """Execute the flow and iterate each ``StepCompleted``. See :meth:`AsyncFlow.steps`."""
-        steps = self._flow.steps(
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            attachments=attachments,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_handler=_sync_only(tool_handler),
-            max_tool_rounds=max_tool_rounds,
-            trace=trace,
-            version=version,
-            timeout=timeout,
-        )
+        steps = self._flow.steps(**_async_options(options, "steps"))
         return self._portal.iterate(lambda: steps, batch=_BATCH)
 
-    def execute_async(
-        self,
-        *,
-        message: str | None = None,
-        parameters: Mapping[str, Any] | None = None,
-        block_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice | None = None,
-        trace: bool = False,
-        version: Version = "draft",
-        timeout: TimeoutArg = None,
-    ) -> Job:
+    def execute_async(self, **options: Unpack[RunInputs]) -> Job:
         """Submit the flow and return at once with a job. See :meth:`AsyncFlow.execute_async`."""
-        job = self._portal.call(
-            self._flow.execute_async,
-            message=message,
-            parameters=parameters,
-            block_overrides=block_overrides,
-            tools=tools,
-            tool_choice=tool_choice,
-            trace=trace,
-            version=version,
-            timeout=timeout,
-        )
-        return Job(job, self._portal)
+        return Job(self._portal.call(self._flow.execute_async, **options), self._portal)
 
     def run(self, execution_id: str) -> Run:
         """Return a handle on a previous execution of this flow (no request is made)."""
