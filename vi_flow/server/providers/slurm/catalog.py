@@ -1,7 +1,9 @@
 """What a Slurm cluster offers, from its node list: the instance catalog and placement.
 
 Pure functions of the nodes ``slurmrestd`` reports, so the provider can check a task
-against a cached node list and tests can check them without a cluster. A request the
+against a cached node list and tests can check them without a cluster. Each node is
+described as a :class:`~.._gpu_catalog.ClusterNode` (a drained or down node counts for
+sizes, never as free) and :mod:`.._gpu_catalog` does the rest, as for Ray. A request the
 cluster cannot meet raises :class:`~..base.CapacityError` naming what exists.
 """
 
@@ -9,96 +11,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
-
 from ....models.tasks import AvailableInstance, TaskConfig
 from .._gpu_catalog import (
     GPU_MEMORY_GB,
-    find_instance,
-    gpu_instances,
-    gpu_request,
-    instance_name,
-    resolve_gpu_type,
+    Cluster,
+    ClusterNode,
+    cluster_catalog,
+    cluster_placement,
 )
-from ..base import CapacityError, Placement
+from ..base import Placement
 from .jobs import SlurmNode
 
-__all__ = ["GPU_MEMORY_GB", "catalog", "placement"]
+__all__ = ["GPU_MEMORY_GB", "SLURM", "catalog", "placement"]
 
-_WHERE = "this Slurm cluster"
-
-
-def _gpu_types(nodes: Sequence[SlurmNode]) -> dict[str, int]:
-    """GPU type -> most GPUs of that type on one node."""
-    most: dict[str, int] = {}
-    for node in nodes:
-        for kind, count in node.gpus.items():
-            most[kind] = max(most.get(kind, 0), count)
-    return most
+SLURM = Cluster(where="this Slurm cluster", node="a node", region="slurm")
 
 
-def _free(node: SlurmNode, gpu_type: str | None) -> int:
-    if gpu_type is None:
-        return node.idle_cpus
-    return node.gpus.get(gpu_type, 0) - node.gpus_used.get(gpu_type, 0)
-
-
-def _free_together(usable: Sequence[SlurmNode], gpu_type: str) -> int:
-    """Most GPUs of ``gpu_type`` free now on one usable node with an idle CPU."""
-    return max((_free(n, gpu_type) for n in usable if n.idle_cpus), default=0)
+def _node(node: SlurmNode) -> ClusterNode:
+    usable = node.available
+    return ClusterNode(
+        cpus=node.cpus,
+        memory_gb=node.memory_mb // 1024,
+        gpus=node.gpus,
+        free_cpus=node.idle_cpus if usable else 0,
+        free_gpus={k: n - node.gpus_used.get(k, 0) for k, n in node.gpus.items()} if usable else {},
+    )
 
 
 def placement(config: TaskConfig, nodes: Sequence[SlurmNode]) -> Placement:
-    """Resolve a config against the cluster's nodes.
+    """Resolve a config against the cluster's nodes (see :func:`.._gpu_catalog.cluster_placement`).
 
     Raises:
-        CapacityError: No node has the GPU type, count, CPUs or memory asked for; the
-            message names what the cluster has.
-        InvalidRequest: Bad GPU shorthand or unknown instance type.
+        CapacityError: No node has the GPU type, count, CPUs or memory asked for.
+        InvalidRequest: Bad GPU shorthand.
     """
-    gpu_type, gpu_count = _gpus_for(config, nodes)
-    cpus = config.cpus or 1
-    memory_gb = config.memory_gb or 0
-    fitting = [n for n in nodes if gpu_type is None or n.gpus.get(gpu_type, 0) >= gpu_count]
-    if not any(n.cpus >= cpus for n in fitting):
-        most = max((n.cpus for n in fitting), default=0)
-        raise CapacityError(f"cpus: asked for {cpus} CPUs; a node here has at most {most}")
-    if memory_gb and not any(n.memory_mb >= memory_gb * 1024 for n in fitting):
-        most = max((n.memory_mb for n in fitting), default=0) // 1024
-        raise CapacityError(
-            f"memoryGb: asked for {memory_gb} GB; a node here has at most {most} GB"
-        )
-    instance = instance_name(gpu_count, gpu_type) if gpu_type else "cpu"
-    return Placement(instance, gpu_type, gpu_count, cpus, memory_gb, 0.0)
-
-
-def _gpus_for(config: TaskConfig, nodes: Sequence[SlurmNode]) -> tuple[str | None, int]:
-    if config.instance_type:
-        entry = find_instance(config.instance_type, catalog(nodes), _WHERE)
-        return entry.gpu_type, entry.gpu_count
-    request = gpu_request(config)
-    if request is None:
-        return None, 0
-    return resolve_gpu_type(request, _gpu_types(nodes), GPU_MEMORY_GB, _WHERE), request.gpu_count
+    return cluster_placement(config, [_node(n) for n in nodes], SLURM)
 
 
 def catalog(nodes: Sequence[SlurmNode]) -> list[AvailableInstance]:
     """One entry for CPU-only jobs and one per GPU type and count (1, 2, 4, ... per node)."""
-    usable = [n for n in nodes if n.available]
-    cpus = max((n.cpus for n in nodes), default=0)
-    memory = max((n.memory_mb for n in nodes), default=0) // 1024
-    items = [
-        AvailableInstance(
-            "cpu", cpus=cpus, memory_gb=memory, available=any(n.idle_cpus for n in usable)
-        )
-    ]
-    for kind, most in sorted(_gpu_types(nodes).items()):
-        items += gpu_instances(
-            kind,
-            most,
-            gpu_memory_gb=GPU_MEMORY_GB.get(kind, 0),
-            cpus=cpus,
-            memory_gb=memory,
-            free_together=_free_together(usable, kind),
-        )
-    return [attrs.evolve(i, region="slurm") for i in items]
+    return cluster_catalog([_node(n) for n in nodes], SLURM)
