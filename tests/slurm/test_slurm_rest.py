@@ -221,7 +221,7 @@ async def test_expired_token_names_the_token_file(
 async def test_secrets_stay_out_of_slurm_state(
     rest: SlurmRestClient, slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    from vi_flow.server.providers._secrets import write_secret_file
+    from vi_flow.server.providers._job_files import write_secret_file
 
     secret = "s3cr3t-value-" + str(time.time_ns())
     secret_file = tmp_path / "env"

@@ -6,7 +6,7 @@ and its parts) that exposes ``create(settings) -> ComputeProvider``; :func:`crea
 imports the one named in the settings only when it is used. What several providers
 share stays here: :mod:`.base` (the interface), :mod:`._polling` (the skeleton of the
 Slurm and Ray providers), :mod:`._gpu_catalog` (GPU sizing and cluster placement) and
-:mod:`._secrets` (the file a job's environment travels in).
+:mod:`._job_files` (what a Slurm or Ray job finds in its task directory).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from .base import (
     TaskUpdate,
     UnsupportedOperation,
     UpdateSink,
+    report_to,
 )
 
 __all__ = ["JobSettings", "PollingJobProvider", "TrackedJob", "own_outcome"]
@@ -279,12 +280,7 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         tracked.reported.set()
 
     async def _report(self, update: TaskUpdate) -> None:
-        if self._sink is None:
-            return
-        try:
-            await self._sink(update)
-        except Exception:  # the sink is the service's; never let it kill the poller
-            self._logger.exception("task update for %s could not be recorded", update.task_id)
+        await report_to(self._sink, update, self._logger)
 
     # -- capacity ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ Errors are typed: :class:`ProviderUnavailable` (transient, names the URL; ``503`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -47,6 +48,7 @@ __all__ = [
     "UnsupportedOperation",
     "UpdateSink",
     "problem_for",
+    "report_to",
 ]
 
 
@@ -259,6 +261,20 @@ class RunningTask:
 
 UpdateSink = Callable[[TaskUpdate], Awaitable[None]]
 """Where a provider reports task changes; called from the server's event loop."""
+
+
+async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging.Logger) -> None:
+    """Hand ``update`` to the service's ``sink`` (if started), logging what it raises.
+
+    The sink is the service's code: an error there must never stop the provider's
+    scheduler or poller, which would leave every other task unwatched.
+    """
+    if sink is None:
+        return
+    try:
+        await sink(update)
+    except Exception:
+        logger.exception("task update for %s could not be recorded", update.task_id)
 
 
 # -- the protocol -----------------------------------------------------------------------

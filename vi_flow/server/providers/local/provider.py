@@ -46,6 +46,7 @@ from ..base import (
     TaskPaths,
     TaskUpdate,
     UpdateSink,
+    report_to,
 )
 from .capacity import (
     check_reservation_fits,
@@ -54,7 +55,7 @@ from .capacity import (
     next_boundary,
     reservation_ended,
 )
-from .machine import GPUDevice, Machine, detect_machine
+from .machine import Machine, detect_machine
 from .placement import build_catalog, place
 from .process import (
     KILL_WAIT,
@@ -75,15 +76,7 @@ from .reservations import ReservationBook
 if TYPE_CHECKING:
     from ...state import ServerSettings
 
-__all__ = [
-    "KILL_WAIT",
-    "MAX_RUN_TIME_GRACE",
-    "GPUDevice",
-    "LocalProvider",
-    "Machine",
-    "create",
-    "detect_machine",
-]
+__all__ = ["KILL_WAIT", "MAX_RUN_TIME_GRACE", "LocalProvider", "create"]
 
 log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
 
@@ -362,12 +355,7 @@ class LocalProvider:
         self._wake.set()
 
     async def _report(self, update: TaskUpdate) -> None:
-        if self._sink is None:
-            return
-        try:
-            await self._sink(update)
-        except Exception:  # the sink is the service's; never let it kill the scheduler
-            log.exception("task update for %s could not be recorded", update.task_id)
+        await report_to(self._sink, update, log)
 
     # -- reservations --------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import attrs
 
-from .._secrets import ENV_FILE, write_secret_file
+from .._job_files import ENV_FILE, make_task_dirs, write_secret_file
 from ..base import LaunchSpec, TaskPaths
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "revoke",
 ]
 
-# ENV_FILE (from .._secrets) holds the environment until the entry point claims it.
+# ENV_FILE (from .._job_files) holds the environment until the entry point claims it.
 #: The claimed environment, deleted as soon as the entry point has read it.
 CLAIMED_FILE = ".vi-flow-env.claimed"
 #: Written when the command starts: the GPUs Ray assigned.
@@ -80,13 +80,7 @@ def entrypoint(spec: LaunchSpec) -> str:
 def prepare(spec: LaunchSpec) -> None:
     """Make the task's directories, mounts and start token; clear markers of a past run."""
     paths = spec.paths
-    for directory in (paths.workdir, paths.output_dir, paths.stdout.parent, paths.stderr.parent):
-        directory.mkdir(parents=True, exist_ok=True)
-    for mount in spec.mounts:
-        visible = mount.visible_path
-        if visible != mount.host_path and not visible.exists():
-            visible.parent.mkdir(parents=True, exist_ok=True)
-            visible.symlink_to(mount.host_path, target_is_directory=True)
+    make_task_dirs(spec)
     for name in (STARTED_FILE, EXIT_FILE, CLAIMED_FILE):
         (paths.root / name).unlink(missing_ok=True)
     write_secret_file(paths.root / ENV_FILE, spec.env)

@@ -1,7 +1,7 @@
 """What slurmrestd says about jobs, nodes and reservations, and what we submit to it.
 
 Plain records decoded from the REST answers (v0.0.37/v0.0.38 shapes), the batch script
-and body of a job submission (its secrets go in the file of :mod:`.._secrets`).
+and body of a job submission (its secrets go in the file of :mod:`.._job_files`).
 :mod:`.rest` owns the wire; this module owns the shapes.
 """
 
@@ -150,7 +150,7 @@ class JobSubmission:
         gpu_type: GPU type for ``gres`` (``"h100"``), or None for any type.
         gpu_count: GPUs to allocate (0 for none).
         env: Environment of the job: never secrets, Slurm stores it in its state dir.
-        secret_file: A mode-0600 file of ``export`` lines (see :mod:`.._secrets`)
+        secret_file: A mode-0600 file of ``export`` lines (see :mod:`.._job_files`)
             that the job sources and deletes before running ``command``.
         time_limit_s: Wall-clock limit; Slurm rounds it up to whole minutes.
         partition: The partition, or None for the cluster's default.

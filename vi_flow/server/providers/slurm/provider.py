@@ -44,8 +44,8 @@ from ....models.tasks import (
     TaskStatus,
 )
 from ...clock import now_ms
+from .._job_files import ENV_FILE, make_task_dirs, write_secret_file
 from .._polling import PollingJobProvider, own_outcome
-from .._secrets import ENV_FILE, write_secret_file
 from ..base import (
     CapacityError,
     LaunchSpec,
@@ -204,19 +204,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
 
     def _prepare(self, spec: LaunchSpec, env_file: Path) -> None:
         """Make the task's directories, mounts and env file (blocking; run in a thread)."""
-        paths = spec.paths
-        for directory in (
-            paths.workdir,
-            paths.output_dir,
-            paths.stdout.parent,
-            paths.stderr.parent,
-        ):
-            directory.mkdir(parents=True, exist_ok=True)
-        for mount in spec.mounts:
-            visible = mount.visible_path
-            if visible != mount.host_path and not visible.exists():
-                visible.parent.mkdir(parents=True, exist_ok=True)
-                visible.symlink_to(mount.host_path, target_is_directory=True)
+        make_task_dirs(spec)
         secret = {k: v for k, v in spec.env.items() if k not in PUBLIC_ENV}
         write_secret_file(env_file, secret)
 

@@ -1,0 +1,50 @@
+"""What a Slurm or Ray job finds in its task directory, made before it is submitted.
+
+The directories and volume links (:func:`make_task_dirs`), on storage every node sees,
+and the task's environment. Slurm keeps a job's environment in its state directory and
+Ray's dashboard shows a job's ``runtime_env`` to anyone who can reach it, so both
+providers put it in a mode-0600 file of ``export`` lines in the task directory
+(:data:`ENV_FILE`) that the job sources and deletes. Blocking: run these in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from .base import LaunchSpec
+
+__all__ = ["ENV_FILE", "make_task_dirs", "write_secret_file"]
+
+#: The task's environment, mode 0600, in its directory until the job has read it.
+ENV_FILE = ".vi-flow-env"
+
+
+def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
+    """Write ``export NAME=value`` lines to ``path``, readable only by its owner.
+
+    Blocking: call it off the event loop. The file is created with mode 0600 before any
+    byte is written, so no other user ever sees the values.
+    """
+    for name in secrets:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"secret name {name!r} is not a valid environment variable name")
+    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def make_task_dirs(spec: LaunchSpec) -> None:
+    """Create the task's workspace, output and log directories and its volume links."""
+    paths = spec.paths
+    for directory in (paths.workdir, paths.output_dir, paths.stdout.parent, paths.stderr.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    for mount in spec.mounts:
+        visible = mount.visible_path
+        if visible != mount.host_path and not visible.exists():
+            visible.parent.mkdir(parents=True, exist_ok=True)
+            visible.symlink_to(mount.host_path, target_is_directory=True)
