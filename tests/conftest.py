@@ -9,15 +9,14 @@ by its pid afterwards, and the test fails: a server that outlives its test is a 
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from vi_flow.models.server import RUN_FILE, ServerInfo
+from vi_flow.models.server import RUN_FILE
+
+from .localserver.kit import stop_server
 
 
 @pytest.fixture
@@ -40,33 +39,5 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     monkeypatch.setenv("VI_FLOW_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("VI_FLOW_LOCAL_SERVER", "in-process")
     yield
-    leftovers = [p for p in tmp_path.rglob(RUN_FILE) if _stop_server_of(p)]
+    leftovers = [p for p in tmp_path.rglob(RUN_FILE) if stop_server(p.parent)]
     assert not leftovers, f"the test left a background server running: {leftovers}"
-
-
-def _stop_server_of(run_file: Path) -> bool:
-    """Stop the server a run file names, if it is another live process; True if it was."""
-    try:
-        info = ServerInfo.from_json(run_file.read_bytes())
-    except (OSError, ValueError):
-        return False
-    if info.pid == os.getpid() or not _alive(info.pid):
-        return False
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while _alive(info.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vi_flow.local import pid_alive
 from vi_flow.models.server import RUN_FILE, ServerInfo
 
 BIN = Path(sys.executable).parent / "vi-flow"
@@ -87,14 +88,7 @@ def run_file(home: Path) -> ServerInfo | None:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live (non-zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
+    return pid_alive(pid)
 
 
 def server_pids(home: Path) -> list[int]:
@@ -122,14 +116,18 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "conditi
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def stop_server(home: Path) -> None:
-    """Stop the home's server by its pid (SIGTERM, then SIGKILL) and wait for it."""
+def stop_server(home: Path) -> bool:
+    """Stop the home's server by its pid (SIGTERM, then SIGKILL); True if one was running.
+
+    A server in this very process (the in-process mode) is left to its clients.
+    """
     info = run_file(home)
     if info is None or info.pid == os.getpid() or not alive(info.pid):
-        return
+        return False
     os.kill(info.pid, signal.SIGTERM)
     try:
         wait_for(lambda: not alive(info.pid), 30, f"server {info.pid} to stop")
     except AssertionError:
         os.kill(info.pid, signal.SIGKILL)
         wait_for(lambda: not alive(info.pid), 10, f"server {info.pid} to die")
+    return True
