@@ -17,7 +17,7 @@ from vi_flow import (
     RunNotFoundError,
     UnprocessableEntityError,
 )
-from vi_flow.models import Condition, FlowBlock, FlowSpec
+from vi_flow.models import Condition, FlowBlock, FlowSpec, PaginationParams
 
 from ..proxy import cutting_proxy
 
@@ -110,6 +110,15 @@ async def test_runs_move_to_a_terminal_condition(client: vi_flow.AsyncClient) ->
     listed = await client.runs.list(flow_id=flow.flow_id, condition="Succeeded")
     assert [r.run_id for r in listed.items] == ["run_abc123"]
     assert (await client.runs.list(condition=Condition.FAILED)).items == []
+    for spelled in ("succeeded", "SUCCEEDED", " Succeeded "):  # any case, as users type it
+        assert [r.run_id for r in (await client.runs.list(condition=spelled)).items] == [
+            "run_abc123"
+        ]
+    with pytest.raises(ValueError, match="condition must be one of .*Succeeded.*'done'"):
+        client.runs.list(condition="done")
+    pages = PaginationParams(page_size=1)  # passed positionally, as the seeds' tables allow
+    assert len((await client.runs.list(pages)).items) == 1
+    assert len((await client.flows.list(pages)).items) == 1
     assert (await client.runs.delete("run_abc123")).deleted
     with pytest.raises(RunNotFoundError):
         await client.runs.get("run_abc123")

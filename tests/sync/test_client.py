@@ -86,3 +86,16 @@ def test_two_clients_on_threads_share_one_home() -> None:
     assert errors == []
     with vi_flow.Client() as client:
         assert len(list(client.flows.list().all_items())) == 9
+
+
+def test_pagination_positionally_and_conditions_in_any_case() -> None:
+    with vi_flow.Client() as client:
+        flow = client.flows.create({"name": "p", "blocks": []})
+        client.flows.create({"name": "q", "blocks": []})
+        assert len(client.flows.list(vi_flow.PaginationParams(page_size=1)).items) == 1
+        assert len(client.flows.list({"page_size": 1}).items) == 1
+        run = client.flow(flow.flow_id).execute()
+        listed = client.runs.list(vi_flow.PaginationParams(page_size=50), condition="succeeded")
+        assert [r.run_id for r in listed.items] == [run.execution_id]
+        with pytest.raises(ValueError, match="got 'finished'"):
+            client.runs.list(condition="finished")

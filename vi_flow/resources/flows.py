@@ -26,7 +26,7 @@ class AsyncFlows(AsyncResource):
     """Manage flows: ``client.flows``."""
 
     def list(
-        self, *, pagination: PaginationParams | dict[str, Any] | None = None
+        self, pagination: PaginationParams | dict[str, Any] | None = None
     ) -> AsyncPaginator[Flow]:
         """List the organization's flows, oldest first.
 

@@ -9,7 +9,23 @@ from .._pagination import AsyncPaginator
 from ..models import Condition, DeletedRun, Page, PaginationParams, Run
 from ._base import AsyncResource
 
-__all__ = ["AsyncRuns", "check_version"]
+__all__ = ["AsyncRuns", "check_version", "condition_named"]
+
+
+def condition_named(value: Condition | str) -> Condition:
+    """The run condition ``value`` names, in any case (``"succeeded"`` -> ``Succeeded``).
+
+    Raises:
+        ValueError: Not a condition; the message lists the known ones.
+    """
+    if isinstance(value, Condition) and value.known:
+        return value
+    known = {c.value.lower(): c for c in Condition}
+    found = known.get(str(value).strip().lower()) if isinstance(value, str) else None
+    if found is None:
+        names = ", ".join(c.value for c in Condition)
+        raise ValueError(f"condition must be one of {names} (any case), got {value!r}")
+    return found
 
 
 def check_version(version: str | int) -> str | int:
@@ -36,22 +52,23 @@ class AsyncRuns(AsyncResource):
 
     def list(
         self,
+        pagination: PaginationParams | dict[str, Any] | None = None,
         *,
         flow_id: str | None = None,
         condition: Condition | str | None = None,
-        pagination: PaginationParams | dict[str, Any] | None = None,
     ) -> AsyncPaginator[Run]:
         """List runs, oldest first, optionally of one flow or in one condition.
 
         Args:
             flow_id: Only runs of this flow.
-            condition: Only runs whose current condition is this (e.g. ``"Succeeded"``).
+            condition: Only runs whose current condition is this (``"Succeeded"``, in any
+                case, or a ``Condition``).
             pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
         """
         params = PaginationParams.coerce(pagination)
         filters = {
             "flowId": flow_id,
-            "condition": Condition(condition).value if condition else None,
+            "condition": condition_named(condition).value if condition else None,
         }
 
         async def fetch(p: PaginationParams) -> Page[Run]:

@@ -22,7 +22,7 @@ class Flows:
         self._portal = portal
 
     def list(
-        self, *, pagination: PaginationParams | dict[str, Any] | None = None
+        self, pagination: PaginationParams | dict[str, Any] | None = None
     ) -> PaginatedResponse[Flow]:
         """List flows: ``.items`` is the first page; iterate for pages; ``.all_items()`` for all."""
         return PaginatedResponse(self._async.list(pagination=pagination), self._portal)

@@ -23,10 +23,10 @@ class Runs:
 
     def list(
         self,
+        pagination: PaginationParams | dict[str, Any] | None = None,
         *,
         flow_id: str | None = None,
         condition: Condition | str | None = None,
-        pagination: PaginationParams | dict[str, Any] | None = None,
     ) -> PaginatedResponse[Run]:
         """List runs, optionally of one flow or in one condition."""
         paginator = self._async.list(flow_id=flow_id, condition=condition, pagination=pagination)
