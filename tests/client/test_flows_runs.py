@@ -114,7 +114,7 @@ async def test_runs_move_to_a_terminal_condition(client: vi_flow.AsyncClient) ->
         assert [r.run_id for r in (await client.runs.list(condition=spelled)).items] == [
             "run_abc123"
         ]
-    with pytest.raises(ValueError, match="condition must be one of .*Succeeded.*'done'"):
+    with pytest.raises(ValueError, match=r"condition must be one of .*Succeeded.*'done'"):
         client.runs.list(condition="done")
     pages = PaginationParams(page_size=1)  # passed positionally, as the seeds' tables allow
     assert len((await client.runs.list(pages)).items) == 1
