@@ -10,6 +10,7 @@ import pytest
 
 from vi_flow.server.engine.blocks import BlockContext
 from vi_flow.server.routes.executions import EXECUTION_ENGINE_KEY
+from vi_flow.server.state import STORE_KEY
 
 from .conftest import Server, StartServer, data
 
@@ -69,7 +70,12 @@ async def test_post_runs_executes_on_the_engine(server: Server) -> None:
 
 
 async def test_unknown_block_type_fails_its_step(server: Server) -> None:
-    flow = await server.flow({"block": "no_such_block", "id": "x"})
+    # Refused at create since issue 12; a flow stored before that still fails its step.
+    flow = await server.flow({"block": "template", "id": "x"})
+    spec = '{"name": "old", "blocks": [{"block": "no_such_block", "id": "x"}]}'
+    await server.app[STORE_KEY].run(
+        lambda c: c.execute("UPDATE flows SET spec = ? WHERE flow_id = ?", (spec, flow))
+    )
     outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
     assert outcome["state"] == "failed" and "no_such_block" in outcome["error"]
 

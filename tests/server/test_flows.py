@@ -125,9 +125,10 @@ async def test_page_size_limits_are_inclusive(server: Server) -> None:
         assert (await server.call("GET", "/flows", params={"pageSize": size})).status == 200
 
 
-async def test_garbage_page_token_is_422(server: Server) -> None:
+async def test_garbage_page_token_is_400(server: Server) -> None:
     answer = await server.call("GET", "/flows", params={"pageToken": "!!garbage!!"})
-    assert answer.status == 422
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "INVALID_PAGE_TOKEN"
     assert answer.body["error"]["message"].startswith("pageToken:")
 
 

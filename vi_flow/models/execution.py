@@ -19,6 +19,7 @@ import attrs
 
 from ._base import camel, converter
 from .common import Condition
+from .limits import MAX_NESTING, depth
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -38,13 +39,6 @@ MAX_ATTACHMENTS = 10
 
 MAX_TOOLS = 64
 """The most tool definitions one execution may carry."""
-
-MAX_NESTING = 64
-"""The deepest nesting of objects and lists in one field (``parameters``, a tool, ...).
-
-Well below what JSON encoders take (orjson stops at 254 levels), so a request that
-passes is one the server can store and replay.
-"""
 
 TOOL_CHOICES = ("auto", "none", "required")
 """The ``tool_choice`` modes; a ``{"type": "function", ...}`` dict names one tool instead."""
@@ -108,23 +102,8 @@ def check_version(version: object) -> str | int:
     raise _BadValue("version", f"expected {expected}, got {_shown(version)}")
 
 
-def _depth(value: object) -> int:
-    """How deeply objects and lists nest in ``value`` (0 for a scalar), without recursing."""
-    deepest, stack = 0, [(value, 1)]
-    while stack and deepest <= MAX_NESTING:
-        item, level = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend((child, level + 1) for child in item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend((child, level + 1) for child in item)
-        else:
-            continue
-        deepest = max(deepest, level)
-    return deepest
-
-
 def _check_nesting(field: str, value: object, where: str = "") -> None:
-    if _depth(value) > MAX_NESTING:
+    if depth(value) > MAX_NESTING:
         problem = f"objects and lists nest deeper than {MAX_NESTING} levels"
         raise _BadValue(field, problem, where=where)
 

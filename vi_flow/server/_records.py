@@ -9,6 +9,7 @@ back and the handler answers the right 404/409/412.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -24,9 +25,12 @@ from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
 from .errors import APIProblem
 
-__all__ = ["SCHEMA", "new_id", "split_page"]
+__all__ = ["SCHEMA", "new_id", "readable", "split_page"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("vi_flow.server")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL);
@@ -79,6 +83,35 @@ def split_page(
         return list(rows), None
     page = list(rows[:size])
     return page, cursor_of(page[-1])
+
+
+def readable(rows: Sequence[T], decode: Callable[[T], R], kind: str) -> list[R]:
+    """``decode`` each row, skipping (with a warning) any stored record it cannot read.
+
+    What was accepted can always be read back: one bad record (written by an older
+    server, or edited by hand) must not make a whole list answer 500.
+    """
+    out: list[R] = []
+    for row in rows:
+        item = _decode_or_none(row, decode, kind)
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def _decode_or_none(row: T, decode: Callable[[T], R], kind: str) -> R | None:
+    try:
+        return decode(row)
+    except Exception as exc:  # any decoding failure: the list goes on without it
+        log.warning("skipped an unreadable %s record %s: %r", kind, _row_id(row), exc)
+        return None
+
+
+def _row_id(row: object) -> str:
+    try:
+        return str(row[1])  # type: ignore[index]  # flow_id, run_id: the second column
+    except (TypeError, IndexError, KeyError):
+        return "?"
 
 
 def _json(obj: Any) -> str:
@@ -179,7 +212,7 @@ def list_flows(
         (org_id, after, size + 1),
     ).fetchall()
     page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
-    return [_flow(r) for r in page], cursor
+    return readable(page, _flow, "flow"), cursor
 
 
 def _etag_matches(if_match: str, etag: str) -> bool:
@@ -336,7 +369,7 @@ def list_runs(
         (org_id, after, flow_id, flow_id, condition, condition, size + 1),
     ).fetchall()
     page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
-    return [_run(r) for r in page], cursor
+    return readable(page, _run, "run"), cursor
 
 
 def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
@@ -344,7 +377,7 @@ def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
     rows = conn.execute(
         f"SELECT * FROM runs WHERE condition IN ({marks}) ORDER BY seq", _ACTIVE
     ).fetchall()
-    return [_run(r) for r in rows]
+    return readable(rows, _run, "run")
 
 
 def set_run_condition(

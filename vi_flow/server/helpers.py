@@ -28,6 +28,7 @@ from aiohttp import web
 
 from ..models._base import camel, dumps, from_wire
 from ..models.common import MAX_PAGE_SIZE
+from ..models.limits import MAX_INT, LimitError, check_json
 from .errors import APIProblem
 from .state import STORE_KEY, Principal
 
@@ -113,6 +114,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         raise APIProblem(400, "INVALID_REQUEST", f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise APIProblem.validation("body", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        check_json(data)
+    except LimitError as exc:
+        raise APIProblem.validation(exc.field, exc.problem) from None
     return data
 
 
@@ -182,15 +187,26 @@ def encode_page_token(cursor: int | None) -> str | None:
     return base64.urlsafe_b64encode(orjson.dumps({"v": 1, "after": cursor})).decode().rstrip("=")
 
 
+def _bad_token(token: str) -> APIProblem:
+    shown = token if len(token) <= 80 else token[:77] + "..."
+    return APIProblem(400, "INVALID_PAGE_TOKEN", f"pageToken: invalid page token {shown!r}")
+
+
 def decode_page_token(token: str) -> int:
-    """The cursor inside a page token; a foreign token is 422 naming ``pageToken``."""
+    """The cursor inside a page token we issued; anything else is 400 ``INVALID_PAGE_TOKEN``.
+
+    The token comes from the client, so it is read defensively: its cursor must be an
+    int a SQLite ``INTEGER`` holds (a forged ``after = 2**63`` would overflow the query).
+    """
+    if len(token) > 512:
+        raise _bad_token(token)
     try:
         data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         after = data["after"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise APIProblem.validation("pageToken", f"invalid page token {token!r}") from exc
-    if not isinstance(after, int) or after < 0:
-        raise APIProblem.validation("pageToken", f"invalid page token {token!r}")
+    except (binascii.Error, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise _bad_token(token) from exc
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_INT:
+        raise _bad_token(token)
     return after
 
 
@@ -198,7 +214,7 @@ def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
     """Read ``pageSize`` (1..1000) and ``pageToken`` from the query string.
 
     Raises:
-        APIProblem: 422 naming ``pageSize`` or ``pageToken``.
+        APIProblem: 422 naming ``pageSize``; 400 ``INVALID_PAGE_TOKEN`` for a bad token.
     """
     raw = request.query.get("pageSize")
     size = default_size

@@ -6,13 +6,25 @@ example ``blocks[1].id: duplicate block id 'fetch'``.
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol, TypeVar
 
 from ..models.flows import FlowSpec
+from ..models.limits import MAX_BLOCKS, MAX_ID_LENGTH, MAX_NESTING, LimitError, check_name, depth
 from .errors import APIProblem
 
-__all__ = ["check_chosen_id", "resolve_parameters", "validate_flow_spec"]
+__all__ = [
+    "BlockCatalog",
+    "check_blocks",
+    "check_chosen_id",
+    "limited",
+    "resolve_parameters",
+    "validate_flow_spec",
+]
+
+T = TypeVar("T")
 
 _CHOSEN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -41,12 +53,23 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
     """
     if not spec.name.strip():
         raise APIProblem.validation(f"{prefix}name", "must not be empty")
+    limited(check_name, f"{prefix}name", spec.name)
+    _check_count(f"{prefix}blocks", spec.blocks)
+    _check_count(f"{prefix}inputs", spec.inputs)
+    if spec.training_project is not None:
+        limited(check_name, f"{prefix}trainingProject", spec.training_project)
+    _check_depth(f"{prefix}settings", spec.settings)
+    _check_depth(f"{prefix}tolerations", spec.tolerations)
     seen: set[str] = set()
     for i, block in enumerate(spec.blocks):
         if not block.block.strip():
             raise APIProblem.validation(f"{prefix}blocks[{i}].block", "required (the block type)")
+        limited(check_name, f"{prefix}blocks[{i}].block", block.block)
+        _check_depth(f"{prefix}blocks[{i}].settings", block.settings)
+        _check_depth(f"{prefix}blocks[{i}].style", block.style)
         if block.id is None:
             continue
+        limited(check_name, f"{prefix}blocks[{i}].id", block.id, MAX_ID_LENGTH)
         if not block.id.strip():
             raise APIProblem.validation(f"{prefix}blocks[{i}].id", "must not be empty")
         if block.id in seen:
@@ -63,11 +86,82 @@ def _check_inputs(spec: FlowSpec, prefix: str) -> None:
     for i, item in enumerate(spec.inputs):
         if not item.name.strip():
             raise APIProblem.validation(f"{prefix}inputs[{i}].name", "must not be empty")
+        limited(check_name, f"{prefix}inputs[{i}].name", item.name, MAX_ID_LENGTH)
+        _check_depth(f"{prefix}inputs[{i}].default", item.default)
         if item.name in names:
             raise APIProblem.validation(
                 f"{prefix}inputs[{i}].name", f"duplicate input {item.name!r}"
             )
         names.add(item.name)
+
+
+def limited(check: Callable[..., T], *args: Any) -> T:
+    """Run a check of :mod:`vi_flow.models.limits`; its ``LimitError`` becomes a 422."""
+    try:
+        return check(*args)
+    except LimitError as exc:
+        raise APIProblem.validation(exc.field, exc.problem) from None
+
+
+def _check_depth(field: str, value: object) -> None:
+    # The same limit as an execute request's fields: a stored spec is one the engine can
+    # render and the store can write back (orjson stops at 254 levels).
+    if depth(value) > MAX_NESTING:
+        problem = f"objects and lists nest deeper than {MAX_NESTING} levels"
+        raise APIProblem.validation(field, problem)
+
+
+def _check_count(field: str, items: Collection[Any]) -> None:
+    if len(items) > MAX_BLOCKS:
+        raise APIProblem.validation(field, f"at most {MAX_BLOCKS} are allowed, got {len(items)}")
+
+
+class BlockCatalog(Protocol):
+    """The block types a server runs (the engine's ``BlockRegistry``)."""
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a block type."""
+
+    def names(self) -> list[str]:
+        """Every block type name."""
+
+    def settings_of(self, name: str) -> Collection[str] | None:
+        """The settings ``name`` reads, ``None`` when it does not say."""
+
+
+def _closest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> None:
+    """Check that every block type exists and reads every setting it is given.
+
+    A misspelled setting would otherwise be ignored silently at execute (a ``tmpl``
+    instead of ``template`` gives empty output and exit 0), so it is refused here with
+    the closest known name.
+
+    Raises:
+        APIProblem: 422 naming ``blocks[i].block`` or ``blocks[i].settings.<name>``.
+    """
+    for i, block in enumerate(spec.blocks):
+        where = f"{prefix}blocks[{i}]"
+        if not catalog.known(block.block):
+            names = catalog.names()
+            problem = f"unknown block type {block.block!r}{_closest(block.block, names)}"
+            raise APIProblem.validation(f"{where}.block", f"{problem} (known: {', '.join(names)})")
+        _check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
+
+
+def _check_settings(
+    where: str, block: str, settings: Mapping[str, Any], known: Collection[str] | None
+) -> None:
+    if known is None:
+        return
+    for name in settings:
+        if name not in known:
+            problem = f"unknown setting of a {block!r} block{_closest(name, known)}"
+            raise APIProblem.validation(f"{where}.settings.{name[:40]}", problem)
 
 
 def resolve_parameters(spec: FlowSpec, given: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from aiohttp import web
 
 from ...models.flows import DeletedFlow, Flow, FlowSpec
+from ...models.limits import MAX_INT, shown
 from ..errors import APIProblem
 from ..helpers import (
     idempotent,
@@ -24,7 +24,8 @@ from ..helpers import (
     structure,
 )
 from ..state import STORE_KEY
-from ..validation import check_chosen_id, validate_flow_spec
+from ..validation import check_blocks, check_chosen_id, validate_flow_spec
+from .executions import EXECUTION_ENGINE_KEY
 
 __all__ = ["setup"]
 
@@ -35,9 +36,13 @@ def _flow_response(flow: Flow, status: int = 200) -> web.Response:
 
 async def _read_spec(request: web.Request) -> FlowSpec:
     body: dict[str, Any] = await read_body(request)
+    prefix = ""
     if isinstance(body.get("spec"), dict) and "name" not in body:
-        return validate_flow_spec(structure(body["spec"], FlowSpec, "spec."), "spec.")
-    return validate_flow_spec(structure(body, FlowSpec))
+        body, prefix = body["spec"], "spec."
+    spec = validate_flow_spec(structure(body, FlowSpec, prefix), prefix)
+    # Checked at create and update, so a bad block fails now, not at execute.
+    check_blocks(spec, request.app[EXECUTION_ENGINE_KEY].registry, prefix)
+    return spec
 
 
 async def list_flows(request: web.Request) -> web.Response:
@@ -90,20 +95,16 @@ async def publish_flow(request: web.Request) -> web.Response:
     return json_response({"version": version})
 
 
-@attrs.frozen
-class _Promote:
-    version: int
-
-
 async def promote_flow(request: web.Request) -> web.Response:
     """Make a published version the flow's production version."""
-    body = structure(await read_body(request), _Promote)
-    if isinstance(body.version, bool) or body.version < 1:
+    # Read before any conversion: the converter would turn ``true`` into version 1.
+    version = (await read_body(request)).get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_INT:
         raise APIProblem.validation(
-            "version", f"expected a published version number, got {body.version!r}"
+            "version", f"expected a published version number, got {shown(version)}"
         )
     flow = await request.app[STORE_KEY].promote_flow(
-        org_of(request), request.match_info["flowId"], body.version
+        org_of(request), request.match_info["flowId"], version
     )
     return _flow_response(flow)
 

@@ -17,6 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
+from ...models.limits import (
+    MAX_DURATION_HOURS,
+    MAX_INT,
+    MAX_VOLUME_GB,
+    check_int,
+    check_name,
+    check_number,
+    check_relative_path,
+    check_time_ms,
+)
 from ...models.tasks import (
     AvailableInstance,
     MountRequest,
@@ -44,6 +54,7 @@ from ..state import SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
 from ..tasks.sshd import TaskSSHServer
+from ..validation import limited
 
 __all__ = ["setup"]
 
@@ -68,14 +79,32 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-def _float_query(request: web.Request, name: str) -> float | None:
+def _float_query(
+    request: web.Request, name: str, low: float = -MAX_INT, high: float = MAX_INT
+) -> float | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise APIProblem.validation(name, f"expected a number, got {raw!r}") from None
+        raise APIProblem.validation(name, f"expected a number, got {raw[:40]!r}") from None
+    return limited(check_number, name, value, low, high)  # nan, inf and 1e400 too
+
+
+def _check_config(config: TaskConfig) -> None:
+    # A working directory is made inside the task's workspace: never an absolute one.
+    if config.working_dir is not None:
+        limited(check_relative_path, "workingDir", config.working_dir)
+    for i, volume in enumerate(config.volumes):
+        limited(check_int, f"volumes[{i}].sizeGb", volume.size_gb, 1, MAX_VOLUME_GB)
+
+
+def _check_file_path(path: str) -> None:
+    try:
+        check_relative_path("path", path)
+    except ValueError as exc:
+        raise APIProblem(400, "INVALID_REQUEST", str(exc)) from None
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -85,6 +114,7 @@ def _float_query(request: web.Request, name: str) -> float | None:
 async def create_task(request: web.Request) -> web.StreamResponse:
     """Submit a task (body: TaskConfig)."""
     config = await read_json(request, TaskConfig)
+    _check_config(config)
     task = await _service(request).submit(org_of(request), config)
     return json_response(task, status=201)
 
@@ -193,9 +223,9 @@ async def list_task_outputs(request: web.Request) -> web.StreamResponse:
 async def get_task_output(request: web.Request) -> web.StreamResponse:
     """Download one output file of a task."""
     service = _service(request)
-    task_id = request.match_info["taskId"]
+    task_id, path = request.match_info["taskId"], request.match_info["path"]
+    _check_file_path(path)
     await service.get(task_id, org_of(request))
-    path = request.match_info["path"]
     await _check_exists(service, task_id, path)
     return await _file_response(service, task_id, path)
 
@@ -221,8 +251,9 @@ async def list_run_artifacts(request: web.Request) -> web.StreamResponse:
 async def get_run_artifact(request: web.Request) -> web.StreamResponse:
     """Download one artifact of a run."""
     run_id = request.match_info["runId"]
-    await request.app[STORE_KEY].get_run(run_id, org_of(request))
     path = request.match_info["path"]
+    _check_file_path(path)
+    await request.app[STORE_KEY].get_run(run_id, org_of(request))
     service = _service(request)
     try:
         files.resolve_inside(service.outputs.output_dir("x"), path)
@@ -241,6 +272,9 @@ async def get_run_artifact(request: web.Request) -> web.StreamResponse:
 async def create_volume(request: web.Request) -> web.StreamResponse:
     """Create a volume."""
     body = await read_json(request, VolumeRequest)
+    limited(check_int, "sizeGb", body.size_gb, 1, MAX_VOLUME_GB)
+    if body.name is not None:
+        limited(check_name, "name", body.name)
     volume = await _service(request).volumes.create_volume(
         org_of(request), body.size_gb, body.name, body.interface, body.region
     )
@@ -317,10 +351,23 @@ async def _owned(request: web.Request, reservation_id: str) -> Reservation:
     raise APIProblem.not_found("NOT_FOUND", "reservation", reservation_id)
 
 
+def _check_reservation(body: ReservationRequest) -> None:
+    # Checked before the provider holds anything: a time SQLite cannot store was saved
+    # and then broke every later list.
+    if body.start_time is not None:
+        limited(check_time_ms, "startTime", body.start_time)
+    limited(check_number, "durationHours", body.duration_hours, 0, MAX_DURATION_HOURS)
+    if body.cpus is not None:
+        limited(check_int, "cpus", body.cpus, 0, 1_000_000)
+    if body.name is not None:
+        limited(check_name, "name", body.name)
+
+
 @idempotent
 async def create_reservation(request: web.Request) -> web.StreamResponse:
     """Reserve capacity for a time window."""
     body = await read_json(request, ReservationRequest)
+    _check_reservation(body)
     service = _service(request)
     try:
         reservation = await service.provider.create_reservation(body)
@@ -357,12 +404,17 @@ async def cancel_reservation(request: web.Request) -> web.StreamResponse:
     return json_response(cancelled)
 
 
+def _time_query(request: web.Request, name: str) -> float | None:
+    value = _float_query(request, name)
+    return None if value is None else limited(check_time_ms, name, value)
+
+
 async def reservation_availability(request: web.Request) -> web.StreamResponse:
     """Windows in which an instance type could be reserved."""
     now = int(time.time() * 1000)
-    start = int(_float_query(request, "earliestStartTime") or now)
-    end = int(_float_query(request, "latestEndTime") or start + 7 * 24 * 3600 * 1000)
-    hours = _float_query(request, "durationHours") or 1.0
+    start = int(_time_query(request, "earliestStartTime") or now)
+    end = int(_time_query(request, "latestEndTime") or start + 7 * 24 * 3600 * 1000)
+    hours = _float_query(request, "durationHours", 0, MAX_DURATION_HOURS) or 1.0
     if end <= start:
         raise APIProblem.validation("latestEndTime", "must be after earliestStartTime")
     instance_type = request.query.get("instanceType") or None

@@ -9,9 +9,14 @@ replace a built-in. See :mod:`.base` for the protocol.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
 
+import attrs
+
+from ....models._base import camel
+from ....models.tasks import TaskConfig
 from .base import Block, BlockContext, Pause, Resume, StepDone, StepError
 from .emit import emit_block
 from .llm import llm_block
@@ -21,6 +26,7 @@ from .tool import tool_block
 
 __all__ = [
     "BUILTIN_BLOCKS",
+    "BUILTIN_SETTINGS",
     "Block",
     "BlockContext",
     "BlockRegistry",
@@ -40,6 +46,25 @@ BUILTIN_BLOCKS: dict[str, Block] = {
     "emit": emit_block,
 }
 """Block type name -> the built-in block."""
+
+
+def _both_spellings(*names: str) -> frozenset[str]:
+    # ``BlockContext.setting`` reads a name in snake_case or camelCase.
+    return frozenset(names) | {camel(n) for n in names}
+
+
+BUILTIN_SETTINGS: dict[str, frozenset[str]] = {
+    "template": _both_spellings("template", "format"),
+    "tool": _both_spellings("tool", "arguments", "calls", "timeout"),
+    "llm": _both_spellings(
+        "prompt", "system", "model", "temperature", "max_tokens", "max_iterations", "timeout"
+    ),
+    "task": _both_spellings(
+        *(a.name for a in attrs.fields(TaskConfig)), "tail_lines", "allow_failure"
+    ),
+    "emit": _both_spellings("count", "interval", "line", "stream"),
+}
+"""Block type name -> the settings the built-in reads (its docstring lists them)."""
 
 log = logging.getLogger("vi_flow.server.engine")
 
@@ -69,6 +94,31 @@ class BlockRegistry:
             except Exception as exc:  # a broken plugin must not break the server
                 log.warning("block plugin %r (%s) failed to load: %r", ep.name, ep.value, exc)
                 self._errors[ep.name] = f"{type(exc).__name__}: {exc}"
+
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a built-in or an installed plugin (even one that failed to load)."""
+        if name not in self._blocks and not self._loaded:
+            self._load_plugins()
+        return name in self._blocks or name in self._errors
+
+    def names(self) -> list[str]:
+        """Every known block type name, sorted."""
+        if not self._loaded:
+            self._load_plugins()
+        return sorted({*self._blocks, *self._errors})
+
+    def settings_of(self, name: str) -> Collection[str] | None:
+        """The settings block ``name`` reads, or ``None`` when it does not say.
+
+        A plugin may declare them as a ``settings`` attribute (a collection of names);
+        one that does not is not checked.
+        """
+        if name in BUILTIN_SETTINGS:
+            return BUILTIN_SETTINGS[name]
+        declared = getattr(self._blocks.get(name), "settings", None)
+        if isinstance(declared, Collection) and not isinstance(declared, str):
+            return frozenset(str(n) for n in declared)
+        return None
 
     def get(self, name: str) -> Block:
         """Return the block for ``name``.

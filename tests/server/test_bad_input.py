@@ -1,0 +1,247 @@
+"""Bad input never breaks the server: each case of issue 12 is a 4xx that changes nothing.
+
+Every case drives a real server over HTTP and checks three things: the answer is the
+documented error naming the field, nothing was saved (no record, no directory), and the
+lists still answer 200, also after a restart where the issue found them poisoned.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vi_flow.models.limits import MAX_INT, MAX_NAME_LENGTH
+from vi_flow.server.state import STORE_KEY
+
+from .conftest import Server, StartServer, spec
+
+pytestmark = pytest.mark.anyio
+
+LISTS = ("/flows", "/runs", "/tasks", "/volumes", "/reservations", "/ssh-keys")
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth  # orjson cannot write it, so by hand
+
+
+def _token(after: object) -> str:
+    raw = json.dumps({"v": 1, "after": after}).encode()  # orjson refuses 2**64
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _tree(home: Path) -> set[str]:
+    return {str(p.relative_to(home)) for p in home.rglob("*") if p.is_dir()}
+
+
+def _escaped() -> bool:
+    return Path("/tmp/vi_flow_escape").exists()
+
+
+def _refused(answer: Any, field: str, status: int = 422) -> None:
+    assert answer.status == status, answer.body
+    message = answer.body["error"]["message"]
+    assert message.startswith(f"{field}"), message
+    assert len(message) < 400, "the bad value is named, not echoed"
+
+
+async def _lists_answer(server: Server) -> dict[str, list[Any]]:
+    items = {}
+    for path in LISTS:
+        answer = await server.call("GET", path)
+        assert answer.status == 200, (path, answer.body)
+        items[path] = answer.body["items"]
+    return items
+
+
+async def _still_fine_after_restart(server: Server, start_server: StartServer) -> Server:
+    before = await _lists_answer(server)
+    await server.stop()
+    restarted = await start_server(server.home)
+    assert await _lists_answer(restarted) == before
+    return restarted
+
+
+# -- the 500s of the issue -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [65, 250, 300])
+async def test_deeply_nested_settings_are_refused_at_create(
+    server: Server, start_server: StartServer, depth: int
+) -> None:
+    body = f'{{"name": "deep", "settings": {{"x": {_nested(depth)}}}}}'
+    headers = {"Content-Type": "application/json"}
+    answer = await server.call("POST", "/flows", data=body.encode(), headers=headers)
+    _refused(answer, "settings")
+    assert "nest deeper than 64" in answer.body["error"]["message"]
+    block = f'{{"name": "d", "blocks": [{{"block": "template", "settings": {_nested(depth)}}}]}}'
+    answer = await server.call("POST", "/flows", data=block.encode(), headers=headers)
+    _refused(answer, "blocks[0].settings")
+    restarted = await _still_fine_after_restart(server, start_server)
+    assert (await restarted.call("GET", "/flows")).body["items"] == []
+
+
+async def test_a_reservation_time_out_of_range_is_refused_and_not_saved(
+    server: Server, start_server: StartServer
+) -> None:
+    for body, field in (
+        ({"cpus": 1, "startTime": 1e23}, "startTime"),
+        ({"cpus": 1, "startTime": 2**63}, "startTime"),
+        ({"cpus": 1, "startTime": -5}, "startTime"),
+        ({"cpus": 1, "startTime": 300_000_000_000_000}, "startTime"),  # past the year 9999
+        ({"cpus": 1, "durationHours": 1e9}, "durationHours"),
+        ({"cpus": 2**62}, "cpus"),
+    ):
+        _refused(await server.call("POST", "/reservations", json=body), field)
+    restarted = await _still_fine_after_restart(server, start_server)
+    assert (await restarted.call("GET", "/reservations")).body["items"] == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "1e23", "-1", "soon"])
+@pytest.mark.parametrize("name", ["earliestStartTime", "latestEndTime", "durationHours"])
+async def test_availability_takes_finite_in_range_numbers(
+    server: Server, name: str, value: str
+) -> None:
+    answer = await server.call("GET", "/reservations/availability", params={name: value})
+    _refused(answer, name)
+
+
+async def test_a_huge_volume_is_refused_and_leaves_no_directory(
+    server: Server, start_server: StartServer
+) -> None:
+    before = _tree(server.home)
+    for body, field in (
+        ({"sizeGb": 2**64}, "sizeGb"),
+        ({"sizeGb": 2**63 - 1}, "sizeGb"),
+        ({"sizeGb": 0}, "sizeGb"),
+        ({"sizeGb": 1, "name": "n" * (MAX_NAME_LENGTH + 1)}, "name"),
+    ):
+        _refused(await server.call("POST", "/volumes", json=body), field)
+    assert _tree(server.home) == before
+    restarted = await _still_fine_after_restart(server, start_server)
+    assert (await restarted.call("GET", "/volumes")).body["items"] == []
+
+
+@pytest.mark.parametrize("path", ["/flows", "/runs", "/tasks", "/volumes"])
+async def test_a_forged_page_token_is_400(server: Server, path: str) -> None:
+    for token in (_token(2**63), _token(2**64), _token(-1), _token(True), _token("9"), "!!"):
+        answer = await server.call("GET", path, params={"pageToken": token})
+        _refused(answer, "pageToken", 400)
+        assert answer.body["error"]["code"] == "INVALID_PAGE_TOKEN"
+    last = await server.call("GET", path, params={"pageToken": _token(MAX_INT)})
+    assert last.status == 200 and last.body["items"] == []
+
+
+async def test_promoting_a_version_past_64_bits_is_422(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("p", "a"))).body
+    path = f"/flows/{flow['flowId']}"
+    assert (await server.call("POST", f"{path}/publish")).status == 200
+    for version in (2**64, 2**63, 0, True, "one"):
+        _refused(await server.call("POST", f"{path}/promote", json={"version": version}), "version")
+    assert (await server.call("GET", path)).body["productionVersion"] is None
+
+
+async def test_a_nul_byte_in_a_file_path_is_400(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("f", "a"))).body["flowId"]
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    for path in (f"/runs/{run_id}/artifacts/a%00b", "/tasks/task_x/outputs/a%00b"):
+        answer = await server.call("GET", path)
+        _refused(answer, "path", 400)
+        assert "NUL" in answer.body["error"]["message"]
+    await _lists_answer(server)
+
+
+# -- size limits --------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+async def test_names_ids_and_lists_have_limits(server: Server) -> None:
+    for body, field in (
+        ({"name": "n" * 20_000_000}, "name"),
+        ({"name": "n" * (MAX_NAME_LENGTH + 1)}, "name"),
+        ({"name": "tab\there"}, "name"),
+        ({"name": "x", "blocks": [{"block": "template", "id": "i" * 200}]}, "blocks[0].id"),
+        ({"name": "x", "blocks": [{"block": "template"}] * 1001}, "blocks"),
+        ({"name": "x", "inputs": [{"name": "i" * 200}]}, "inputs[0].name"),
+        ({"name": "x", "settings": {"big": "s" * (8 * 1024 * 1024 + 1)}}, "settings.big"),
+    ):
+        _refused(await server.call("POST", "/flows", json=body), field)
+    assert (await server.call("GET", "/flows")).body["items"] == []
+    big = "n" * MAX_NAME_LENGTH
+    assert (await server.call("POST", "/flows", json={"name": big})).status == 201
+
+
+@pytest.mark.parametrize("working_dir", ["/tmp/vi_flow_escape", "../escape", "a/../../b", "a\x00b"])
+async def test_a_working_dir_must_stay_in_the_workspace(server: Server, working_dir: str) -> None:
+    before = _tree(server.home)
+    body = {"command": "true", "workingDir": working_dir}
+    _refused(await server.call("POST", "/tasks", json=body), "workingDir")
+    assert not _escaped()
+    assert _tree(server.home) == before
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+# -- flow specs are checked at create and update -----------------------------------------
+
+
+async def test_an_unknown_block_type_is_422_naming_it(server: Server) -> None:
+    body = {"name": "x", "blocks": [{"block": "template"}, {"block": "templat"}]}
+    answer = await server.call("POST", "/flows", json=body)
+    _refused(answer, "blocks[1].block")
+    assert "'templat'" in answer.body["error"]["message"]
+    assert "did you mean 'template'" in answer.body["error"]["message"]
+    wrapped = await server.call("POST", "/flows", json={"spec": {**body, "blocks": body["blocks"]}})
+    _refused(wrapped, "spec.blocks[1].block")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+
+
+async def test_an_unknown_setting_is_422_with_the_closest_name(server: Server) -> None:
+    body = {"name": "x", "blocks": [{"block": "template", "settings": {"tmpl": "hi"}}]}
+    answer = await server.call("POST", "/flows", json=body)
+    _refused(answer, "blocks[0].settings.tmpl")
+    assert "did you mean 'template'" in answer.body["error"]["message"]
+    flow = (await server.call("POST", "/flows", json=spec("ok", "a"))).body
+    update = await server.call("PUT", f"/flows/{flow['flowId']}", json=body)
+    _refused(update, "blocks[0].settings.tmpl")
+    assert (await server.call("GET", f"/flows/{flow['flowId']}")).body == flow
+
+
+async def test_known_settings_in_either_spelling_are_accepted(server: Server) -> None:
+    blocks = [
+        {"block": "template", "settings": {"template": "x", "format": "text"}},
+        {"block": "llm", "settings": {"maxTokens": 3, "max_iterations": 2, "prompt": "p"}},
+        {"block": "tool", "settings": {"tool": "t", "arguments": {}}},
+        {"block": "task", "settings": {"command": "true", "workingDir": "w", "tailLines": 5}},
+        {"block": "emit", "settings": {"count": 1}},
+    ]
+    assert (await server.call("POST", "/flows", json={"name": "x", "blocks": blocks})).status == 201
+
+
+# -- what was accepted can always be read back -------------------------------------------
+
+
+async def test_an_unreadable_record_is_skipped_with_a_warning(
+    server: Server, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = (await server.call("POST", "/flows", json=spec("good", "a"))).body["flowId"]
+    bad = (await server.call("POST", "/flows", json=spec("bad", "a"))).body["flowId"]
+    run_id = (await server.call("POST", f"/flows/{good}/execute", json={})).body["executionId"]
+
+    def spoil(conn: Any) -> None:
+        conn.execute("UPDATE flows SET spec = '{\"name\": 7' WHERE flow_id = ?", (bad,))
+        conn.execute("UPDATE runs SET conditions = 'nope' WHERE run_id = ?", (run_id,))
+
+    await server.app[STORE_KEY].run(spoil)
+    with caplog.at_level(logging.WARNING, logger="vi_flow.server"):
+        flows = await server.call("GET", "/flows")
+        runs = await server.call("GET", "/runs")
+    assert flows.status == 200 and [f["flowId"] for f in flows.body["items"]] == [good]
+    assert runs.status == 200 and runs.body["items"] == []
+    assert f"unreadable flow record {bad}" in caplog.text
+    assert f"unreadable run record {run_id}" in caplog.text
+    restarted = await _still_fine_after_restart(server, start_server)
+    assert [f["flowId"] for f in (await restarted.call("GET", "/flows")).body["items"]] == [good]

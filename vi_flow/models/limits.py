@@ -1,0 +1,228 @@
+"""The limits every request must keep, written once for the client and the server.
+
+The server checks each JSON body against :func:`check_json` before it structures it
+(nesting, string and list sizes, numbers a 64-bit store can hold, finite floats), and
+individual fields against the narrower checks here (names, times, sizes, relative
+paths). Each check raises :class:`LimitError` (a ``ValueError``) whose ``field`` is the
+wire path and whose ``problem`` names the bad value without echoing a whole body; the
+server answers it as ``422 VALIDATION_ERROR`` ``"<field>: <problem>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import reprlib
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "MAX_BLOCKS",
+    "MAX_DURATION_HOURS",
+    "MAX_ID_LENGTH",
+    "MAX_INT",
+    "MAX_LIST_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_NESTING",
+    "MAX_PATH_LENGTH",
+    "MAX_STRING_LENGTH",
+    "MAX_TIME_MS",
+    "MAX_VOLUME_GB",
+    "LimitError",
+    "check_int",
+    "check_json",
+    "check_name",
+    "check_number",
+    "check_relative_path",
+    "check_time_ms",
+    "depth",
+    "shown",
+]
+
+MAX_NESTING = 64
+"""The deepest nesting of objects and lists in one field (``parameters``, a setting, ...).
+
+Well below what JSON encoders take (orjson stops at 254 levels), so a request that
+passes is one the server can store and replay.
+"""
+
+_ENVELOPE = 8
+# A whole body may nest a few levels more than one field: ``blocks[0].settings`` is
+# three levels of envelope around a field that may itself nest MAX_NESTING deep.
+
+MAX_INT = 2**63 - 1
+"""The largest integer anywhere in a body: what SQLite and orjson store exactly."""
+
+MAX_STRING_LENGTH = 8 * 1024 * 1024
+"""The longest string anywhere in a body (a template, a tool result), in characters."""
+
+MAX_LIST_LENGTH = 100_000
+"""The most items in one JSON list, or keys in one JSON object."""
+
+MAX_NAME_LENGTH = 256
+"""The longest display name (a flow's, a volume's, a block type)."""
+
+MAX_ID_LENGTH = 128
+"""The longest id (a block id, a chosen flow or run id, an input's name)."""
+
+MAX_BLOCKS = 1000
+"""The most blocks (and declared inputs) in one flow."""
+
+MAX_PATH_LENGTH = 4096
+"""The longest relative path (a working directory, an artifact)."""
+
+MAX_TIME_MS = 253_402_300_799_999
+"""The last millisecond of the year 9999: the latest time a request may name."""
+
+MAX_DURATION_HOURS = 24 * 366
+"""The longest reservation window, in hours (a year)."""
+
+MAX_VOLUME_GB = 65_536
+"""The largest volume, in GB."""
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60
+shown = _repr.repr
+"""``repr`` cut short, so an error names the bad value without echoing all of it."""
+
+
+class LimitError(ValueError):
+    """A value outside its limit; ``str(error)`` is ``"<field>: <problem>"``.
+
+    Attributes:
+        field: The wire path of the bad value (``blocks[2].settings.x``).
+        problem: What is wrong, naming the value or the limit.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def depth(value: object, limit: int = MAX_NESTING) -> int:
+    """How deeply objects and lists nest in ``value`` (0 for a scalar), without recursing.
+
+    Counting stops once it passes ``limit``, so a hostile value costs little.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, level + 1) for child in item)
+        else:
+            continue
+        deepest = max(deepest, level)
+    return deepest
+
+
+# A path is kept as linked (parent, part) pairs and spelled out only for an error.
+_Path = tuple[Any, str] | None
+
+
+def _spell(path: _Path, root: str, most: int = 6) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    parts.reverse()
+    if len(parts) > most:
+        parts = [*parts[: most - 1], "..."]
+    text = root + "".join(p if p.startswith(("[", ".")) else f".{p}" for p in parts)
+    return text.lstrip(".") or "body"
+
+
+def _check_scalar(item: object, where: str) -> None:
+    if isinstance(item, str):
+        if len(item) > MAX_STRING_LENGTH:
+            raise LimitError(where, f"longer than {MAX_STRING_LENGTH} characters")
+    elif isinstance(item, bool):
+        return
+    elif isinstance(item, int):
+        if not -MAX_INT - 1 <= item <= MAX_INT:
+            raise LimitError(where, f"integer out of the 64-bit range: {shown(item)}")
+    elif isinstance(item, float) and (not math.isfinite(item) or abs(item) > MAX_INT):
+        raise LimitError(where, f"number out of range: {item!r}")
+
+
+def check_json(value: object, root: str = "") -> None:
+    """Check a parsed JSON body against the limits above, without recursing.
+
+    Args:
+        value: The parsed body.
+        root: Prepended to paths in the error (``"spec"``).
+
+    Raises:
+        LimitError: Naming the first value found past a limit.
+    """
+    stack: list[tuple[object, _Path, int]] = [(value, None, 0)]
+    while stack:
+        item, path, level = stack.pop()
+        if isinstance(item, (Mapping, list)):
+            if level >= MAX_NESTING + _ENVELOPE:
+                problem = f"objects and lists nest deeper than {MAX_NESTING} levels"
+                raise LimitError(_spell(path, root), problem)
+            if len(item) > MAX_LIST_LENGTH:
+                raise LimitError(_spell(path, root), f"more than {MAX_LIST_LENGTH} items")
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    _check_scalar(key, _spell(path, root))
+                    stack.append((child, (path, str(key)[:40]), level + 1))
+            else:
+                stack.extend((child, (path, f"[{i}]"), level + 1) for i, child in enumerate(item))
+        else:
+            try:
+                _check_scalar(item, "")
+            except LimitError as exc:
+                raise LimitError(_spell(path, root), exc.problem) from None
+
+
+def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
+    """A name or id of at most ``most`` characters, without control characters."""
+    if not isinstance(value, str):
+        raise LimitError(field, f"expected a string, got {shown(value)}")
+    if len(value) > most:
+        raise LimitError(field, f"longer than {most} characters ({len(value)})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise LimitError(field, f"must not hold control characters: {shown(value)}")
+
+
+def check_int(field: str, value: object, low: int, high: int) -> int:
+    """An int (not a bool) in ``low..high``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LimitError(field, f"expected an integer, got {shown(value)}")
+    if not low <= value <= high:
+        raise LimitError(field, f"must be between {low} and {high}, got {shown(value)}")
+    return value
+
+
+def check_number(field: str, value: object, low: float, high: float) -> float:
+    """A finite int or float in ``low..high`` (``nan``, ``inf`` and ``1e400`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LimitError(field, f"expected a number, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LimitError(field, f"expected a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise LimitError(field, f"must be between {low:g} and {high:g}, got {shown(value)}")
+    return float(value)
+
+
+def check_time_ms(field: str, value: object) -> int:
+    """A time in ms since the epoch, from 1970 to the end of year 9999."""
+    return int(check_number(field, value, 0, MAX_TIME_MS))
+
+
+def check_relative_path(field: str, value: object) -> str:
+    """A relative path that stays where it is put: no leading ``/``, no ``..``, no NUL."""
+    if not isinstance(value, str):
+        raise LimitError(field, f"expected a string, got {shown(value)}")
+    if len(value) > MAX_PATH_LENGTH:
+        raise LimitError(field, f"longer than {MAX_PATH_LENGTH} characters")
+    if "\x00" in value:
+        raise LimitError(field, "must not hold a NUL byte")
+    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
+        raise LimitError(field, f"must be a relative path, got {shown(value)}")
+    if ".." in value.replace("\\", "/").split("/"):
+        raise LimitError(field, f"must not climb out with '..', got {shown(value)}")
+    return value
