@@ -245,3 +245,59 @@ async def test_an_unreadable_record_is_skipped_with_a_warning(
     assert f"unreadable run record {run_id}" in caplog.text
     restarted = await _still_fine_after_restart(server, start_server)
     assert [f["flowId"] for f in (await restarted.call("GET", "/flows")).body["items"]] == [good]
+
+
+# -- ids chosen by a client are scoped to its organization -------------------------------
+
+
+async def _second_token(server: Server) -> str:
+    org = (await server.call("POST", "/organizations", json={"name": "acme"})).body
+    made = await server.call(
+        "POST", f"/organizations/{org['organizationId']}/tokens", json={"name": "ci"}
+    )
+    return str(made.body["token"])
+
+
+async def test_a_chosen_flow_id_is_per_organization(
+    server: Server, start_server: StartServer
+) -> None:
+    other = await _second_token(server)
+    mine = await server.call("POST", "/flows", params={"flowId": "flow_shared"}, json=spec("m"))
+    theirs = await server.call(
+        "POST", "/flows", params={"flowId": "flow_shared"}, json=spec("t"), token=other
+    )
+    assert mine.status == 201 and theirs.status == 201, theirs.body  # no 409 oracle
+    again = await server.call("POST", "/flows", params={"flowId": "flow_shared"}, json=spec("m"))
+    assert again.status == 409  # the organization's own id is still taken
+    for token, name in ((None, "m"), (other, "t")):
+        assert (await server.call("POST", "/flows/flow_shared/publish", token=token)).status == 200
+        got = await server.call("GET", "/flows/flow_shared", token=token)
+        assert got.body["spec"]["name"] == name and got.body["latestVersion"] == 1
+    assert (await server.call("DELETE", "/flows/flow_shared", token=other)).status == 200
+    restarted = await _still_fine_after_restart(server, start_server)
+    kept = await restarted.call("GET", "/flows/flow_shared")
+    assert kept.body["spec"]["name"] == "m" and kept.body["latestVersion"] == 1
+    run = await restarted.call("POST", "/runs", json={"flowId": "flow_shared", "version": 1})
+    assert run.status == 201
+
+
+async def test_an_older_database_moves_to_per_organization_flow_ids(
+    server: Server, start_server: StartServer
+) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("old", "a"))).body["flowId"]
+    assert (await server.call("POST", f"/flows/{flow}/publish")).status == 200
+
+    def to_the_old_shape(conn: Any) -> None:
+        conn.execute("DELETE FROM migrations WHERE name = 'flows-per-organization-1'")
+        conn.execute("ALTER TABLE flow_versions RENAME TO fv")
+        conn.execute(
+            "CREATE TABLE flow_versions (flow_id TEXT NOT NULL, version INTEGER NOT NULL,"
+            " spec TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (flow_id, version))"
+        )
+        conn.execute("INSERT INTO flow_versions SELECT flow_id, version, spec, created_at FROM fv")
+        conn.execute("DROP TABLE fv")
+
+    await server.app[STORE_KEY].run(to_the_old_shape)
+    restarted = await _still_fine_after_restart(server, start_server)
+    promoted = await restarted.call("POST", f"/flows/{flow}/promote", json={"version": 1})
+    assert promoted.status == 200 and promoted.body["productionVersion"] == 1

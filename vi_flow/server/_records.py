@@ -25,7 +25,7 @@ from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
 from .errors import APIProblem
 
-__all__ = ["SCHEMA", "new_id", "readable", "split_page"]
+__all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "split_page"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,6 +61,34 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body_hash TEXT NOT NULL, status INTEGER NOT NULL, body BLOB NOT NULL,
     created_at INTEGER NOT NULL, PRIMARY KEY (org_id, key, method, path));
 """
+
+MIGRATIONS = (
+    (
+        # Client-chosen flow ids are scoped to their organization: another organization
+        # may use the same id, so a taken id is never an oracle of what others have.
+        "flows-per-organization-1",
+        """
+CREATE TABLE flows_scoped (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, flow_id TEXT NOT NULL,
+    org_id TEXT NOT NULL, spec TEXT NOT NULL, etag TEXT NOT NULL,
+    generation INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    production_version INTEGER, latest_version INTEGER, UNIQUE (org_id, flow_id));
+INSERT INTO flows_scoped SELECT seq, flow_id, org_id, spec, etag, generation, created_at,
+    updated_at, production_version, latest_version FROM flows;
+DROP TABLE flows;
+ALTER TABLE flows_scoped RENAME TO flows;
+CREATE INDEX IF NOT EXISTS flows_by_org ON flows (org_id, seq);
+CREATE TABLE flow_versions_scoped (
+    org_id TEXT NOT NULL, flow_id TEXT NOT NULL, version INTEGER NOT NULL,
+    spec TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (org_id, flow_id, version));
+INSERT INTO flow_versions_scoped SELECT f.org_id, v.flow_id, v.version, v.spec, v.created_at
+    FROM flow_versions v JOIN flows f ON f.flow_id = v.flow_id;
+DROP TABLE flow_versions;
+ALTER TABLE flow_versions_scoped RENAME TO flow_versions;
+""",
+    ),
+)
+"""Changes to :data:`SCHEMA`, applied once each, in order, when the store opens."""
 
 _ACTIVE = tuple(c.value for c in Condition if not c.terminal)
 
@@ -232,35 +260,39 @@ def update_flow(
         )
     conn.execute(
         "UPDATE flows SET spec = ?, etag = ?, generation = generation + 1, updated_at = ?"
-        " WHERE flow_id = ?",
-        (_json(spec), secrets.token_hex(8), now_ms(), flow_id),
+        " WHERE flow_id = ? AND org_id = ?",
+        (_json(spec), secrets.token_hex(8), now_ms(), flow_id, org_id),
     )
     return get_flow(conn, org_id, flow_id)
 
 
 def delete_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> None:
     _flow_row(conn, org_id, flow_id)
-    conn.execute("DELETE FROM flow_versions WHERE flow_id = ?", (flow_id,))
-    conn.execute("DELETE FROM flows WHERE flow_id = ?", (flow_id,))
+    where, args = "WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
+    conn.execute(f"DELETE FROM flow_versions {where}", args)
+    conn.execute(f"DELETE FROM flows {where}", args)
 
 
 def publish_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> int:
     row = _flow_row(conn, org_id, flow_id)
     version = (row["latest_version"] or 0) + 1
     conn.execute(
-        "INSERT INTO flow_versions (flow_id, version, spec, created_at) VALUES (?, ?, ?, ?)",
-        (flow_id, version, row["spec"], now_ms()),
+        "INSERT INTO flow_versions (org_id, flow_id, version, spec, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (org_id, flow_id, version, row["spec"], now_ms()),
     )
     conn.execute(
-        "UPDATE flows SET latest_version = ?, etag = ?, updated_at = ? WHERE flow_id = ?",
-        (version, secrets.token_hex(8), now_ms(), flow_id),
+        "UPDATE flows SET latest_version = ?, etag = ?, updated_at = ?"
+        " WHERE flow_id = ? AND org_id = ?",
+        (version, secrets.token_hex(8), now_ms(), flow_id, org_id),
     )
     return version
 
 
-def _version_spec(conn: sqlite3.Connection, flow_id: str, version: int) -> str:
+def _version_spec(conn: sqlite3.Connection, org_id: str, flow_id: str, version: int) -> str:
     row = conn.execute(
-        "SELECT spec FROM flow_versions WHERE flow_id = ? AND version = ?", (flow_id, version)
+        "SELECT spec FROM flow_versions WHERE org_id = ? AND flow_id = ? AND version = ?",
+        (org_id, flow_id, version),
     ).fetchone()
     if row is None:
         raise APIProblem.not_found("FLOW_VERSION_NOT_FOUND", f"flow {flow_id!r} version", version)
@@ -269,10 +301,11 @@ def _version_spec(conn: sqlite3.Connection, flow_id: str, version: int) -> str:
 
 def promote_flow(conn: sqlite3.Connection, org_id: str, flow_id: str, version: int) -> Flow:
     _flow_row(conn, org_id, flow_id)
-    _version_spec(conn, flow_id, version)
+    _version_spec(conn, org_id, flow_id, version)
     conn.execute(
-        "UPDATE flows SET production_version = ?, etag = ?, updated_at = ? WHERE flow_id = ?",
-        (version, secrets.token_hex(8), now_ms(), flow_id),
+        "UPDATE flows SET production_version = ?, etag = ?, updated_at = ?"
+        " WHERE flow_id = ? AND org_id = ?",
+        (version, secrets.token_hex(8), now_ms(), flow_id, org_id),
     )
     return get_flow(conn, org_id, flow_id)
 
@@ -293,7 +326,7 @@ def resolve_flow_version(
         raise APIProblem.validation(
             "version", f"expected 'draft', 'production' or an int, got {version!r}"
         )
-    spec = _version_spec(conn, flow_id, version)
+    spec = _version_spec(conn, org_id, flow_id, version)
     return from_wire(orjson.loads(spec), FlowSpec), str(version)
 
 

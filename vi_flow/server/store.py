@@ -68,6 +68,8 @@ class Store:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(rec.SCHEMA)
             self._conn = conn
+            for name, sql in rec.MIGRATIONS:
+                self._migrate(name, sql)
         return self._conn
 
     def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
