@@ -12,7 +12,8 @@ class CuttingProxy:
 
     ``swallow_answers``: the first N connections forward the request, wait for the answer
     to start, then close without passing it on (the server did the work; the client never
-    heard). ``cut()`` closes every open connection now.
+    heard). ``cut()`` closes every open connection now; ``stall()`` keeps them open but
+    stops passing the server's bytes on (a hung proxy: the client hears silence).
     """
 
     def __init__(self, upstream_port: int, *, swallow_answers: int = 0) -> None:
@@ -20,6 +21,7 @@ class CuttingProxy:
         self.swallow_answers = swallow_answers
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stalled: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -32,6 +34,10 @@ class CuttingProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def stall(self) -> None:
+        """Keep every open connection but pass nothing more from the server to the client."""
+        self._stalled.update(self._writers)
 
     def cut(self) -> None:
         for writer in list(self._writers):
@@ -56,6 +62,8 @@ class CuttingProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with suppress(ConnectionError, OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                if writer in self._stalled:
+                    continue  # read and dropped, so the server is never held up
                 writer.write(data)
                 await writer.drain()
         with suppress(Exception):

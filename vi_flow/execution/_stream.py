@@ -8,8 +8,10 @@ before ``flow_completed`` it asks whether the run is still going and reconnects 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 import aiohttp
@@ -17,6 +19,7 @@ import aiohttp
 from .._errors import APIConnectionError
 from .._sse import STREAM_ERRORS, ServerSentEvent, SSEDecoder
 from ..models.events import FlowCompleted, StreamEvent, ToolCallsRequired, parse_event
+from ..models.execution import HEARTBEAT_HEADER
 
 __all__ = ["ResumableEventStream"]
 
@@ -93,7 +96,7 @@ class ResumableEventStream:
                     self._learn_execution_id(resp)
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
-                    async for chunk in resp.content.iter_any():
+                    async for chunk in _chunks(resp):
                         for event in self._parse(decoder.feed(chunk)):
                             progressed = True
                             if hook is not None and type(event) is ToolCallsRequired:
@@ -172,6 +175,41 @@ class ResumableEventStream:
             return 0.0
         base = self._retry_ms / 1000 if self._retry_ms is not None else self.backoff
         return float(min(base * 2 ** (failures - 1), self.max_backoff))
+
+
+def silence_limit(headers: Mapping[str, str]) -> float | None:
+    """Seconds of silence after which a stream is dead: twice its announced heartbeat.
+
+    ``None`` when the server announces none (the read timeout alone then applies).
+    """
+    try:
+        heartbeat = float(headers.get(HEARTBEAT_HEADER, ""))
+    except ValueError:
+        return None
+    return 2 * heartbeat if math.isfinite(heartbeat) and heartbeat > 0 else None
+
+
+async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body's chunks; silence past :func:`silence_limit` is an ``asyncio.TimeoutError``.
+
+    A stalled proxy or a half-dead link keeps the socket open and sends nothing; the
+    heartbeat says how long a live server stays silent, so the stream reconnects (and
+    resumes with ``Last-Event-ID``) after that, not after the whole read timeout.
+    """
+    limit = silence_limit(resp.headers)
+    while True:
+        if limit is None:
+            chunk = await resp.content.readany()
+        else:
+            try:
+                chunk = await asyncio.wait_for(resp.content.readany(), limit)
+            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError(
+                    f"no bytes for {limit:g}s (twice the heartbeat)"
+                ) from None
+        if not chunk:
+            return
+        yield chunk
 
 
 class _HookError(Exception):

@@ -22,6 +22,7 @@ from .common import Condition
 from .limits import MAX_NESTING, depth
 
 __all__ = [
+    "HEARTBEAT_HEADER",
     "MAX_ATTACHMENTS",
     "MAX_NESTING",
     "MAX_TOOLS",
@@ -33,6 +34,12 @@ __all__ = [
     "Version",
     "check_version",
 ]
+
+HEARTBEAT_HEADER = "X-Heartbeat-Interval"
+"""The header in which an event stream announces its heartbeat interval, in seconds.
+
+A client takes twice that much silence as a dead connection and resumes the stream.
+"""
 
 MAX_ATTACHMENTS = 10
 """The most attachment URLs one execution may carry."""

@@ -12,7 +12,8 @@
 - ``GET /v1/runs/{runId}/trace``, ``GET /v1/runs/{runId}/steps/{stepId}/trace``
 - ``GET``/``PUT /v1/organizations/{organizationId}/credits`` (``PUT`` needs an admin key)
 
-Streams send ``: heartbeat`` comments every ``heartbeat_interval`` seconds while idle.
+Streams send ``: heartbeat`` comments every ``heartbeat_interval`` seconds while idle,
+and announce that interval in the ``X-Heartbeat-Interval`` header.
 A run started by a stream keeps running when its client goes away unless the request
 said ``cancelOnDisconnect``.
 """
@@ -29,7 +30,7 @@ from aiohttp import web
 from ...models._base import from_wire
 from ...models.common import Condition
 from ...models.events import ToolResult
-from ...models.execution import ExecutionJob
+from ...models.execution import HEARTBEAT_HEADER, ExecutionJob
 from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_of, principal_of, read_body
@@ -102,9 +103,13 @@ async def _stream(
     request: web.Request, run_id: str, after: int, *, cancel_on_disconnect: bool = False
 ) -> web.StreamResponse:
     engine = _engine(request)
-    response = web.StreamResponse(headers={**_SSE_HEADERS, "X-Execution-Id": run_id})
+    heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
+    # Announced, so a client treats 2x this much silence as a dead connection (a stalled
+    # proxy keeps the socket open) and resumes with Last-Event-ID instead of waiting.
+    headers = {**_SSE_HEADERS, "X-Execution-Id": run_id, HEARTBEAT_HEADER: f"{heartbeat:g}"}
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    frames = engine.log.follow(run_id, after, request.app[SETTINGS_KEY].heartbeat_interval)
+    frames = engine.log.follow(run_id, after, heartbeat)
     try:
         await _pump(response, frames)
     except ConnectionResetError:  # the client went away; the run goes on unless asked
