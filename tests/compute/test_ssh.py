@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -57,6 +59,19 @@ async def test_exec_returns_output_and_exit_status(test_sshd: LocalSSHD) -> None
     assert not result.ok
     assert str(result) == "out\n"
     assert piped.stdout == "fed"
+
+
+async def test_echo_goes_through_sys_stdout_so_redirect_stdout_captures_it(
+    test_sshd: LocalSSHD,
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    conn = await connect(test_sshd.target())
+    async with conn:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            command = "printf 'caf\\303\\251 '; printf 'out\\n'; echo err >&2"
+            result = await run_remote(conn, command, echo=True)
+    assert out.getvalue() == result.stdout == "café out\n"
+    assert err.getvalue() == "err\n"
 
 
 async def test_wrong_host_key_is_refused(test_sshd: LocalSSHD) -> None:

@@ -300,7 +300,7 @@ async def test_instances_reservations_and_normalize(client: vi_flow.AsyncClient)
 
 
 async def test_get_model_downloads_run_artifacts(
-    client: vi_flow.AsyncClient, tmp_path: Path
+    client: vi_flow.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     command = (
         'mkdir -p "$VI_FLOW_OUTPUT_DIR/weights" && printf w > "$VI_FLOW_OUTPUT_DIR/model.bin"'
@@ -326,6 +326,10 @@ async def test_get_model_downloads_run_artifacts(
     ]
     assert (tmp_path / "model" / "model.bin").read_bytes() == b"w"
     assert (tmp_path / "model" / "weights" / "config.json").read_bytes() == b"cfg"
+    monkeypatch.chdir(tmp_path)  # the default: ./models/<run_id>, answered as absolute paths
+    default = await client.get_model(run.run_id)
+    assert default.path == tmp_path.resolve() / "models" / run.run_id
+    assert all(p.is_absolute() and p.is_file() for p in default.files)
 
 
 async def test_interactive_shell_on_the_server_pty(client: vi_flow.AsyncClient) -> None:

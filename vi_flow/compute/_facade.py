@@ -487,8 +487,12 @@ class AsyncCompute:
         Args:
             run_id: The run.
             save_dir: Where to save them (default ``./models/<run_id>``).
+
+        Returns:
+            The run id, the directory and the saved files, as absolute paths.
         """
-        target = Path(save_dir) if save_dir is not None else Path("models") / run_id
+        chosen = Path(save_dir).expanduser() if save_dir is not None else Path("models") / run_id
+        target = chosen.resolve()
         url = path("/runs/{}/artifacts", run_id)
         listing = await self.http.request("GET", url, cast=Page[TaskOutputFile])
         files = [await self._download(url, item.path, target) for item in listing.items]

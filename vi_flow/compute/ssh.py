@@ -14,6 +14,7 @@ argument such as ``"; rm -rf ~"`` stays one literal word. Log follows live in
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import shlex
@@ -223,16 +224,28 @@ async def run_remote(
 async def _collect(proc: asyncssh.SSHClientProcess[bytes], *, echo: bool) -> tuple[bytes, bytes]:
     chunks: dict[str, list[bytes]] = {"out": [], "err": []}
 
-    async def pump(reader: asyncssh.SSHReader[bytes], name: str, fd: int) -> None:
+    async def pump(reader: asyncssh.SSHReader[bytes], name: str) -> None:
+        # Through sys.stdout/sys.stderr as they are now, not fd 1/2: redirect_stdout and
+        # notebooks capture the output too. A multi-byte character may span two reads.
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         while data := await reader.read(65536):
             chunks[name].append(data)
             if echo:
-                _write_all(fd, data)
+                _echo(name, decoder.decode(data))
+        if echo:
+            _echo(name, decoder.decode(b"", final=True))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pump, proc.stdout, "out", _fileno(sys.stdout, 1))
-        tg.start_soon(pump, proc.stderr, "err", _fileno(sys.stderr, 2))
+        tg.start_soon(pump, proc.stdout, "out")
+        tg.start_soon(pump, proc.stderr, "err")
     return b"".join(chunks["out"]), b"".join(chunks["err"])
+
+
+def _echo(name: str, text: str) -> None:
+    if text:
+        stream = sys.stdout if name == "out" else sys.stderr
+        stream.write(text)
+        stream.flush()
 
 
 def _fileno(stream: Any, default: int) -> int:
@@ -243,6 +256,7 @@ def _fileno(stream: Any, default: int) -> int:
 
 
 def _write_all(fd: int, data: bytes) -> None:
+    """An interactive shell's output, straight to the terminal's descriptor."""
     view = memoryview(data)
     while view:
         try:
