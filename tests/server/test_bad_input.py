@@ -301,3 +301,28 @@ async def test_an_older_database_moves_to_per_organization_flow_ids(
     restarted = await _still_fine_after_restart(server, start_server)
     promoted = await restarted.call("POST", f"/flows/{flow}/promote", json={"version": 1})
     assert promoted.status == 200 and promoted.body["productionVersion"] == 1
+
+
+# -- numbers past 64 bits in versions and event ids --------------------------------------
+
+
+async def test_versions_and_event_ids_past_64_bits_are_422(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json=spec("v", "a"))).body["flowId"]
+    for version in ("99999999999999999999", "9" * 5000, 2**63):
+        run = await server.call("POST", "/runs", json={"flowId": flow, "version": version})
+        _refused(run, "version")
+        execute = await server.call("POST", f"/flows/{flow}/execute", json={"version": version})
+        _refused(execute, "version")
+    assert (await server.call("GET", "/runs")).body["items"] == []
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    for after in (str(2**63), "9" * 5000, "-1"):
+        events = await server.call(
+            "GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": after}
+        )
+        _refused(events, "Last-Event-ID")
+
+
+async def test_a_command_with_a_nul_byte_is_422(server: Server) -> None:
+    for command in ("echo a\x00b", ["echo", "a\x00b"]):
+        _refused(await server.call("POST", "/tasks", json={"command": command}), "command")
+    assert (await server.call("GET", "/tasks")).body["items"] == []

@@ -19,7 +19,7 @@ import attrs
 
 from ._base import camel, converter
 from .common import Condition
-from .limits import MAX_NESTING, depth
+from .limits import MAX_INT, MAX_NESTING, depth
 
 __all__ = [
     "HEARTBEAT_HEADER",
@@ -99,11 +99,11 @@ def check_version(version: object) -> str | int:
     """Return ``version`` when it is ``"draft"``, ``"production"`` or a positive int.
 
     Raises:
-        ValueError: Anything else, such as ``"main"``, ``0`` or ``True``.
+        ValueError: Anything else, such as ``"main"``, ``0``, ``True`` or ``2**63``.
     """
     if isinstance(version, str) and version in ("draft", "production"):
         return version
-    if isinstance(version, int) and not isinstance(version, bool) and version > 0:
+    if isinstance(version, int) and not isinstance(version, bool) and 0 < version <= MAX_INT:
         return version
     expected = "'draft', 'production' or a positive int (a published version)"
     raise _BadValue("version", f"expected {expected}, got {_shown(version)}")
@@ -299,7 +299,12 @@ class ExecuteRequest:
             raise _BadType("body", f"expected a JSON object, got {type(body).__name__}")
         given = {name: body[key] for name, key in _WIRE_KEYS.items() if body.get(key) is not None}
         version = given.get("version")
-        if isinstance(version, str) and version.isascii() and version.isdigit():
+        if (
+            isinstance(version, str)
+            and version.isascii()
+            and version.isdigit()
+            and len(version) < 20
+        ):
             given["version"] = int(version)  # query strings and forms send numbers as text
         return cls.build(**given)
 

@@ -31,6 +31,7 @@ from ...models._base import from_wire
 from ...models.common import Condition
 from ...models.events import ToolResult
 from ...models.execution import HEARTBEAT_HEADER, ExecutionJob
+from ...models.limits import MAX_INT
 from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_of, principal_of, read_body
@@ -93,9 +94,11 @@ def _after(request: web.Request) -> int:
     try:
         after = int(raw.strip())
     except ValueError:
-        raise APIProblem.validation("Last-Event-ID", f"expected an event id, got {raw!r}") from None
-    if after < 0:
-        raise APIProblem.validation("Last-Event-ID", f"must be >= 0, got {after}")
+        raise APIProblem.validation(
+            "Last-Event-ID", f"expected an event id, got {raw[:40]!r}"
+        ) from None
+    if not 0 <= after <= MAX_INT:
+        raise APIProblem.validation("Last-Event-ID", f"must be 0..{MAX_INT}, got {after}")
     return after
 
 

@@ -13,6 +13,7 @@ import attrs
 from aiohttp import web
 
 from ...models.common import Condition
+from ...models.execution import check_version
 from ...models.runs import DeletedRun, RunSpec
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_of, page_response, paginate, read_json
@@ -39,13 +40,12 @@ class _CreateRun:
 
 
 def _version_arg(value: Any) -> str | int:
-    if value in ("draft", "production") or (isinstance(value, int) and not isinstance(value, bool)):
-        return value  # type: ignore[no-any-return]
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    raise APIProblem.validation(
-        "version", f"expected 'draft', 'production' or a number, got {value!r}"
-    )
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        value = int(value)  # query strings and forms send numbers as text
+    try:
+        return check_version(value)  # a number SQLite holds: 2**63 would be a 500
+    except ValueError as exc:
+        raise APIProblem.validation("version", str(exc).removeprefix("version: ")) from None
 
 
 async def _default_version(store: Store, org: str, flow_id: str) -> str | int:

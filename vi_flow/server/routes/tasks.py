@@ -96,6 +96,9 @@ def _check_config(config: TaskConfig) -> None:
     # A working directory is made inside the task's workspace: never an absolute one.
     if config.working_dir is not None:
         limited(check_relative_path, "workingDir", config.working_dir)
+    argv = [config.command] if isinstance(config.command, str) else config.command or []
+    if any("\x00" in part for part in argv):  # no process can take it: the task would hang
+        raise APIProblem.validation("command", "must not hold a NUL byte")
     for i, volume in enumerate(config.volumes):
         limited(check_int, f"volumes[{i}].sizeGb", volume.size_gb, 1, MAX_VOLUME_GB)
 
