@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
+
+from vi_flow.server.helpers import IDEMPOTENCY_LOCKS
 
 from .conftest import Server, StartServer, spec
 
@@ -68,3 +72,14 @@ async def test_replay_survives_a_restart(server: Server, start_server: StartServ
     again = await restarted.call("POST", "/flows", json=spec("d"), headers=headers)
     assert again.body == first.body
     assert len((await restarted.call("GET", "/flows")).body["items"]) == 1
+
+
+async def test_the_lock_map_keeps_only_keys_in_use(server: Server) -> None:
+    async def post(key: str) -> int:
+        headers = {"Idempotency-Key": key}
+        return (await server.call("POST", "/flows", json=spec(key), headers=headers)).status
+
+    statuses = await asyncio.gather(*(post(f"k{i % 5}") for i in range(40)))
+    assert set(statuses) == {201}
+    assert len((await server.call("GET", "/flows")).body["items"]) == 5  # one per key
+    assert len(server.app[IDEMPOTENCY_LOCKS]) == 0  # nothing left once every request ended

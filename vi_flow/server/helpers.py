@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
@@ -33,9 +34,11 @@ from .errors import APIProblem
 from .state import STORE_KEY, Principal
 
 __all__ = [
+    "IDEMPOTENCY_LOCKS",
     "PRINCIPAL",
     "REQUEST_ID",
     "Handler",
+    "KeyedLocks",
     "PageRequest",
     "decode_page_token",
     "encode_page_token",
@@ -238,17 +241,43 @@ def page_response(items: list[Any], next_cursor: int | None) -> web.Response:
 
 # -- idempotency -----------------------------------------------------------------------
 
-_LOCKS_KEY = web.AppKey("vi_flow.idempotency_locks", dict[tuple[str, str], asyncio.Lock])
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key, kept only while someone holds or waits for it.
+
+    A lock per idempotency key ever seen would grow without bound; here the entry goes
+    when its last user leaves, so the map holds only keys in use right now.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the ``async with`` body."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
-def _lock_for(request: web.Request, key: tuple[str, str]) -> asyncio.Lock:
-    locks = request.app[_LOCKS_KEY]
-    return locks.setdefault(key, asyncio.Lock())
+IDEMPOTENCY_LOCKS = web.AppKey("vi_flow.idempotency_locks", KeyedLocks)
+"""The per-key locks that serialize requests with one ``Idempotency-Key``."""
 
 
 def setup_idempotency(app: web.Application) -> None:
     """Give the application the per-key locks :func:`idempotent` needs."""
-    app[_LOCKS_KEY] = {}
+    app[IDEMPOTENCY_LOCKS] = KeyedLocks()
 
 
 async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
@@ -293,7 +322,7 @@ def idempotent(handler: Handler) -> Handler:
             return await handler(request)
         if len(key) > 255:
             raise APIProblem.validation("Idempotency-Key", "must be at most 255 characters")
-        async with _lock_for(request, (org_of(request), key)):
+        async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)):
             return await _answer_once(request, handler, key)
 
     return wrapper
