@@ -1,19 +1,53 @@
-"""The OpenAPI 3.1 document, generated from the routes registered on the application.
+"""The OpenAPI 3.1 document, generated from the routes and the shared wire models.
 
 Every feature module's routes appear without extra work: paths come from
 ``app.router``, summaries from the first line of each handler's docstring, tags from
-the first path segment after ``/v1``.
+the first path segment after ``/v1``. What a route reads and answers is written once in
+:data:`_ROUTES`, as the attrs models of :mod:`vi_flow.models` that the server
+structures bodies into and serializes answers from; their JSON Schemas are derived from
+the same type hints (camelCase names, required = no default), so the document says
+what the wire carries. Event streams are ``text/event-stream``, downloads
+``application/octet-stream``, and ``/health`` and ``/openapi.json`` need no token.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
+import types
+import typing
+from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from aiohttp import web
 
-__all__ = ["build_openapi"]
+from ..models._base import camel
+from ..models.common import MAX_PAGE_SIZE, ResourceCondition, ResourceMetadata
+from ..models.events import RunTrace, StepTrace, ToolResult
+from ..models.execution import ExecuteRequest, ExecutionJob
+from ..models.flows import DeletedFlow, Flow, FlowSpec
+from ..models.runs import DeletedRun, Run
+from ..models.server import ServerStatus
+from ..models.tasks import (
+    AvailabilitySlot,
+    AvailableInstance,
+    MountRequest,
+    Reservation,
+    ReservationRequest,
+    SSHEndpoint,
+    SSHKey,
+    SSHKeyRequest,
+    Task,
+    TaskConfig,
+    TaskLogs,
+    TaskOutputFile,
+    Volume,
+    VolumeRequest,
+)
+
+__all__ = ["build_openapi", "json_schema"]
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
@@ -31,35 +65,269 @@ _ERROR_SCHEMA = {
             "required": ["code", "message"],
         }
     },
+    "required": ["error"],
+}
+
+# -- JSON Schema from attrs models -----------------------------------------------------
+
+_SCALARS: dict[Any, dict[str, Any]] = {
+    str: {"type": "string"},
+    int: {"type": "integer"},
+    float: {"type": "number"},
+    bool: {"type": "boolean"},
+    type(None): {"type": "null"},
+    Any: {},
+    object: {},
 }
 
 
-def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
+def json_schema(tp: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a type hint; attrs classes go to ``components`` as ``$ref``\\ s."""
+    if tp in _SCALARS:
+        return dict(_SCALARS[tp])
+    if attrs.has(tp):
+        _add_component(tp, components)
+        return {"$ref": f"#/components/schemas/{tp.__name__}"}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"type": "string", "examples": [m.value for m in tp]}  # open: others are kept
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [json_schema(a, components) for a in args]}
+    if origin is typing.Literal:
+        return {"enum": list(args)}
+    if origin in (list, tuple, set, frozenset) or origin is typing.Sequence:
+        item = json_schema(args[0], components) if args else {}
+        return {"type": "array", "items": item}
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        value = json_schema(args[1], components) if len(args) == 2 else {}
+        return {"type": "object", "additionalProperties": value}
+    return {}
+
+
+def _add_component(cls: type[Any], components: dict[str, Any]) -> None:
+    name = cls.__name__
+    if name in components:
+        return
+    components[name] = {}  # a placeholder first, so a model that nests itself ends
+    hints = typing.get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in attrs.fields(cls):
+        properties[camel(field.name)] = json_schema(hints.get(field.name, Any), components)
+        if field.default is attrs.NOTHING:
+            required.append(camel(field.name))
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    doc = inspect.getdoc(cls)
+    if doc:
+        schema["description"] = doc.split("\n\n")[0]
+    components[name] = schema
+
+
+# -- what each route reads and answers -------------------------------------------------
+
+
+@attrs.frozen
+class _Route:
+    body: Any = None
+    answer: Any = None
+    status: int = 200
+    media: str = "application/json"
+    paged: bool = False
+
+
+_SSE = "text/event-stream"
+_FILE = "application/octet-stream"
+
+
+def _obj(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+def _items(model: Any) -> Any:
+    return ("items", model)
+
+
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_DELETED = _obj(deleted=_BOOL)
+_CREDITS = _obj(organizationId=_STR, credits={"anyOf": [_INT, {"type": "null"}]})
+
+_ROUTES: dict[tuple[str, str], _Route] = {
+    ("GET", "/v1/health"): _Route(answer=_obj(status=_STR)),
+    ("GET", "/v1/openapi.json"): _Route(answer={"type": "object"}),
+    ("POST", "/v1/organizations"): _Route(
+        body=_obj(name=_STR), answer=_obj(organizationId=_STR), status=201
+    ),
+    ("POST", "/v1/organizations/{organizationId}/tokens"): _Route(
+        body=_obj(name=_STR), answer=_obj(token=_STR, name=_STR), status=201
+    ),
+    ("GET", "/v1/flows"): _Route(answer=Flow, paged=True),
+    ("POST", "/v1/flows"): _Route(body=FlowSpec, answer=Flow, status=201),
+    ("GET", "/v1/flows/{flowId}"): _Route(answer=Flow),
+    ("PUT", "/v1/flows/{flowId}"): _Route(body=FlowSpec, answer=Flow),
+    ("DELETE", "/v1/flows/{flowId}"): _Route(answer=DeletedFlow),
+    ("POST", "/v1/flows/{flowId}/publish"): _Route(answer=_obj(version=_INT)),
+    ("POST", "/v1/flows/{flowId}/promote"): _Route(body=_obj(version=_INT), answer=Flow),
+    ("POST", "/v1/flows/{flowId}/execute"): _Route(body=ExecuteRequest),
+    ("POST", "/v1/flows/{flowId}/events"): _Route(body=ExecuteRequest, media=_SSE),
+    ("POST", "/v1/flows/{flowId}/jobs"): _Route(
+        body=ExecuteRequest, answer=ExecutionJob, status=202
+    ),
+    ("GET", "/v1/runs"): _Route(answer=Run, paged=True),
+    ("POST", "/v1/runs"): _Route(
+        body=_obj(flowId=_STR, runId=_STR, version={}, message=_STR, parameters={}),
+        answer=Run,
+        status=201,
+    ),
+    ("GET", "/v1/runs/{runId}"): _Route(answer=Run),
+    ("DELETE", "/v1/runs/{runId}"): _Route(answer=DeletedRun),
+    ("POST", "/v1/runs/{runId}/cancel"): _Route(answer=Run),
+    ("GET", "/v1/runs/{runId}/events"): _Route(media=_SSE),
+    ("POST", "/v1/runs/{runId}/tool-results"): _Route(
+        body=_obj(toolResults={"type": "array", "items": ToolResult})
+    ),
+    ("GET", "/v1/organizations/{organizationId}/credits"): _Route(answer=_CREDITS),
+    ("PUT", "/v1/organizations/{organizationId}/credits"): _Route(
+        body=_obj(credits=_CREDITS["properties"]["credits"]), answer=_CREDITS
+    ),
+    ("GET", "/v1/server"): _Route(answer=ServerStatus),
+    ("POST", "/v1/server/shutdown"): _Route(
+        body=_obj(force=_BOOL), answer=ServerStatus, status=202
+    ),
+    ("GET", "/v1/runs/{runId}/trace"): _Route(answer=RunTrace),
+    ("GET", "/v1/runs/{runId}/steps/{stepId}/trace"): _Route(answer=StepTrace),
+    ("GET", "/v1/runs/{runId}/artifacts"): _Route(answer=_items(TaskOutputFile)),
+    ("GET", "/v1/runs/{runId}/artifacts/{path}"): _Route(media=_FILE),
+    ("POST", "/v1/tasks"): _Route(body=TaskConfig, answer=Task, status=201),
+    ("GET", "/v1/tasks"): _Route(answer=Task, paged=True),
+    ("GET", "/v1/tasks/{taskId}"): _Route(answer=Task),
+    ("POST", "/v1/tasks/{taskId}/cancel"): _Route(
+        body=_obj(gracePeriod={"type": "number"}, force=_BOOL), answer=Task
+    ),
+    ("GET", "/v1/tasks/{taskId}/logs"): _Route(answer=TaskLogs),
+    ("GET", "/v1/tasks/{taskId}/ssh"): _Route(answer=SSHEndpoint),
+    ("POST", "/v1/tasks/{taskId}/volumes"): _Route(body=MountRequest, answer=Task),
+    ("GET", "/v1/tasks/{taskId}/outputs"): _Route(answer=_items(TaskOutputFile)),
+    ("GET", "/v1/tasks/{taskId}/outputs/{path}"): _Route(media=_FILE),
+    ("POST", "/v1/volumes"): _Route(body=VolumeRequest, answer=Volume, status=201),
+    ("GET", "/v1/volumes"): _Route(answer=Volume, paged=True),
+    ("GET", "/v1/volumes/{volumeId}"): _Route(answer=Volume),
+    ("DELETE", "/v1/volumes/{volumeId}"): _Route(answer=_DELETED),
+    ("GET", "/v1/instances"): _Route(answer=_items(AvailableInstance)),
+    ("POST", "/v1/reservations"): _Route(body=ReservationRequest, answer=Reservation, status=201),
+    ("GET", "/v1/reservations"): _Route(answer=_items(Reservation)),
+    ("GET", "/v1/reservations/availability"): _Route(answer=_items(AvailabilitySlot)),
+    ("GET", "/v1/reservations/{reservationId}"): _Route(answer=Reservation),
+    ("DELETE", "/v1/reservations/{reservationId}"): _Route(answer=Reservation),
+    ("POST", "/v1/ssh-keys"): _Route(body=SSHKeyRequest, answer=SSHKey, status=201),
+    ("GET", "/v1/ssh-keys"): _Route(answer=_items(SSHKey)),
+    ("GET", "/v1/ssh-keys/{keyId}"): _Route(answer=SSHKey),
+    ("DELETE", "/v1/ssh-keys/{keyId}"): _Route(answer=_DELETED),
+}
+
+_PUBLIC = {("GET", "/v1/health"), ("GET", "/v1/openapi.json")}
+"""Routes that answer without a bearer token."""
+
+_PAGE_PARAMS = [
+    {
+        "name": "pageSize",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+    },
+    {"name": "pageToken", "in": "query", "required": False, "schema": {"type": "string"}},
+]
+
+# Referenced by the run and event models through their nested fields.
+_ALWAYS = (ResourceCondition, ResourceMetadata)
+
+
+def _answer_schema(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
+    answer = route.answer
+    if route.paged:
+        item = json_schema(answer, components)
+        return {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": item},
+                "nextPage": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+            "required": ["items", "nextPage"],
+        }
+    if isinstance(answer, tuple):
+        item = json_schema(answer[1], components)
+        return _obj(items={"type": "array", "items": item})
+    if isinstance(answer, dict):
+        return answer
+    return json_schema(answer, components) if answer is not None else {}
+
+
+def _body_schema(body: Any, components: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        return json_schema(body, components)
+    # An inline object may name a model for a property's items (tool results).
+    properties = {
+        name: {"type": "array", "items": json_schema(value["items"], components)}
+        if isinstance(value, dict)
+        and isinstance(value.get("items"), type)
+        and attrs.has(value["items"])
+        else value
+        for name, value in body.get("properties", {}).items()
+    }
+    return {**body, "properties": properties}
+
+
+def _success(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
+    if route.media == _SSE:
+        description = "An event stream: `id:` event id, `event:` type, `data:` JSON"
+        return {"description": description, "content": {_SSE: {"schema": _STR}}}
+    if route.media == _FILE:
+        binary = {"type": "string", "contentMediaType": _FILE}
+        return {"description": "The file's bytes", "content": {_FILE: {"schema": binary}}}
+    schema = _answer_schema(route, components)
+    return {"description": "Success", "content": {"application/json": {"schema": schema}}}
+
+
+def _operation(method: str, path: str, handler: Any, components: dict[str, Any]) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     segments = [s for s in path.split("/") if s and s != "v1"]
+    route = _ROUTES.get((method, path), _Route())
     op: dict[str, Any] = {
         "operationId": f"{method.lower()}_{_NON_WORD.sub('_', path).strip('_')}",
         "summary": doc.splitlines()[0] if doc else f"{method} {path}",
         "tags": [segments[0] if segments else "server"],
         "responses": {
-            "200": {"description": "Success", "content": {"application/json": {}}},
+            str(route.status): _success(route, components),
             "default": {
                 "description": "Error",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             },
         },
     }
-    params = _PARAM.findall(path)
+    params = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in _PARAM.findall(path)
+    ]
+    if route.paged:
+        params.extend(_PAGE_PARAMS)
     if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ]
+        op["parameters"] = params
+    if route.body is not None:
+        schema = _body_schema(route.body, components)
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+    if (method, path) in _PUBLIC:
+        op["security"] = []
     return op
 
 
 def build_openapi(app: web.Application, title: str = "vi_flow local server") -> dict[str, Any]:
     """The OpenAPI 3.1 document describing every route of ``app``."""
+    components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    for model in _ALWAYS:
+        json_schema(model, components)
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
@@ -68,7 +336,7 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
             continue
         path = _PARAM.sub(r"{\1}", path)
         paths.setdefault(path, {})[route.method.lower()] = _operation(
-            route.method, path, route.handler
+            route.method, path, route.handler, components
         )
     return {
         "openapi": "3.1.0",
@@ -76,7 +344,7 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
         "servers": [{"url": "/"}],
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": {"Error": _ERROR_SCHEMA},
+            "schemas": dict(sorted(components.items())),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
