@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from vi_flow.server.helpers import IDEMPOTENCY_LOCKS
+from vi_flow.server.state import STORE_KEY
 
 from .conftest import Server, StartServer, spec
 
@@ -83,3 +84,22 @@ async def test_the_lock_map_keeps_only_keys_in_use(server: Server) -> None:
     assert set(statuses) == {201}
     assert len((await server.call("GET", "/flows")).body["items"]) == 5  # one per key
     assert len(server.app[IDEMPOTENCY_LOCKS]) == 0  # nothing left once every request ended
+
+
+async def test_the_resource_and_its_record_are_saved_together(server: Server) -> None:
+    store = server.app[STORE_KEY]
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("the server died between two transactions")
+
+    store.put_idempotent = crash  # type: ignore[method-assign]  # a separate save would fail
+    headers = {"Idempotency-Key": "together"}
+    first = await server.call("POST", "/flows", json=spec("one"), headers=headers)
+    again = await server.call("POST", "/flows", json=spec("one"), headers=headers)
+    assert first.status == again.status == 201
+    assert again.body["flowId"] == first.body["flowId"] and again.headers["Idempotent-Replayed"]
+    body = {"flowId": first.body["flowId"]}
+    runs = [await server.call("POST", "/runs", json=body, headers=headers) for _ in range(2)]
+    assert runs[0].body["runId"] == runs[1].body["runId"]
+    assert len((await server.call("GET", "/flows")).body["items"]) == 1
+    assert len((await server.call("GET", "/runs")).body["items"]) == 1

@@ -32,6 +32,7 @@ from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json
 from .errors import APIProblem
 from .state import STORE_KEY, Principal
+from .store import IDEMPOTENCY_SLOT, IdempotencySlot
 
 __all__ = [
     "IDEMPOTENCY_LOCKS",
@@ -297,7 +298,14 @@ async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.
             content_type="application/json",
             headers={"Idempotent-Replayed": "true"},
         )
-    response = await handler(request)
+    slot = IdempotencySlot(org, key, request.method, request.path, body_hash)
+    token = IDEMPOTENCY_SLOT.set(slot)
+    try:
+        response = await handler(request)
+    finally:
+        IDEMPOTENCY_SLOT.reset(token)
+    if slot.saved:  # saved with the resource, in its transaction
+        return response
     if isinstance(response, web.Response) and 200 <= response.status < 300:
         body = response.body if isinstance(response.body, bytes) else b""
         await store.put_idempotent(

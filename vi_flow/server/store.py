@@ -13,13 +13,17 @@ can let them propagate.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import attrs
+
+from ..models._base import dumps
 from ..models.common import Condition
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec
@@ -28,7 +32,7 @@ from ._dbthread import DBThread
 from ._records import new_id, split_page
 from .clock import now_ms
 
-__all__ = ["Store", "new_id", "now_ms", "split_page"]
+__all__ = ["IDEMPOTENCY_SLOT", "IdempotencySlot", "Store", "new_id", "now_ms", "split_page"]
 
 T = TypeVar("T")
 
@@ -36,6 +40,43 @@ log = logging.getLogger("vi_flow.server")
 
 FlowVersion = str | int
 """``"draft"``, ``"production"`` or a published version number."""
+
+
+@attrs.define
+class IdempotencySlot:
+    """The ``Idempotency-Key`` of the request being answered, and whether it is saved.
+
+    The idempotency wrapper sets it; a store method that creates the request's resource
+    saves the answer in the same transaction (``saved`` becomes true), so a crash can
+    never leave the resource without the record that would replay it.
+    """
+
+    org_id: str
+    key: str
+    method: str
+    path: str
+    body_hash: str
+    saved: bool = False
+
+
+IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.ContextVar(
+    "vi_flow_idempotency_slot", default=None
+)
+"""The slot of the request this task answers, ``None`` without an ``Idempotency-Key``."""
+
+
+def _answer_once(answer_status: int | None) -> Callable[[sqlite3.Connection, Any], None]:
+    """What to do in the creating transaction: save the answer when a slot waits for it."""
+    slot = IDEMPOTENCY_SLOT.get()  # read here, on the loop: the DB thread has no context
+
+    def save(conn: sqlite3.Connection, resource: Any) -> None:
+        if slot is None or answer_status is None or slot.saved:
+            return
+        record = (slot.body_hash, answer_status, dumps(resource))
+        rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, record)
+        slot.saved = True
+
+    return save
 
 
 class Store:
@@ -154,9 +195,27 @@ class Store:
 
     # -- flows -----------------------------------------------------------------------
 
-    async def create_flow(self, org_id: str, spec: FlowSpec, flow_id: str | None = None) -> Flow:
-        """Store a new flow whose draft is ``spec`` (409 ``CONFLICT`` if ``flow_id`` is taken)."""
-        return await self.run(lambda c: rec.create_flow(c, org_id, spec, flow_id))
+    async def create_flow(
+        self,
+        org_id: str,
+        spec: FlowSpec,
+        flow_id: str | None = None,
+        *,
+        answer_status: int | None = None,
+    ) -> Flow:
+        """Store a new flow whose draft is ``spec`` (409 ``CONFLICT`` if ``flow_id`` is taken).
+
+        With ``answer_status`` (the HTTP status the flow is answered with), a waiting
+        :class:`IdempotencySlot` is saved in the same transaction.
+        """
+        save = _answer_once(answer_status)
+
+        def create(c: sqlite3.Connection) -> Flow:
+            flow = rec.create_flow(c, org_id, spec, flow_id)
+            save(c, flow)
+            return flow
+
+        return await self.run(create)
 
     async def get_flow(self, org_id: str, flow_id: str) -> Flow:
         """The flow, or ``APIProblem`` 404 ``FLOW_NOT_FOUND``."""
@@ -206,9 +265,26 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------
 
-    async def create_run(self, org_id: str, spec: RunSpec, run_id: str | None = None) -> Run:
-        """Store a new Pending run (409 ``CONFLICT`` if ``run_id`` is taken) and return it."""
-        run = await self.run(lambda c: rec.create_run(c, org_id, spec, run_id))
+    async def create_run(
+        self,
+        org_id: str,
+        spec: RunSpec,
+        run_id: str | None = None,
+        *,
+        answer_status: int | None = None,
+    ) -> Run:
+        """Store a new Pending run (409 ``CONFLICT`` if ``run_id`` is taken) and return it.
+
+        ``answer_status`` saves a waiting :class:`IdempotencySlot`, as for :meth:`create_flow`.
+        """
+        save = _answer_once(answer_status)
+
+        def create(c: sqlite3.Connection) -> Run:
+            made = rec.create_run(c, org_id, spec, run_id)
+            save(c, made)
+            return made
+
+        run = await self.run(create)
         log.info("run %s of %s: created, flow %s", run.run_id, org_id, spec.flow_id or "-")
         return run
 

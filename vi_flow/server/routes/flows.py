@@ -57,7 +57,8 @@ async def create_flow(request: web.Request) -> web.Response:
     """Create a flow from a flow spec; ?flowId= chooses its id (honours Idempotency-Key)."""
     flow_id = check_chosen_id(request.query.get("flowId"), "flow", "flowId")
     spec = await _read_spec(request)
-    flow = await request.app[STORE_KEY].create_flow(org_of(request), spec, flow_id)
+    store = request.app[STORE_KEY]
+    flow = await store.create_flow(org_of(request), spec, flow_id, answer_status=201)
     return _flow_response(flow, 201)
 
 

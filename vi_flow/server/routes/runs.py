@@ -85,7 +85,7 @@ async def create_run(request: web.Request) -> web.Response:
         message=body.message,
         parameters=resolve_parameters(flow, body.parameters),
     )
-    run = await store.create_run(org, spec, run_id)
+    run = await store.create_run(org, spec, run_id, answer_status=201)
     await _starter(request.app).start(run)
     return json_response(run, 201)
 
