@@ -4,11 +4,14 @@
   command, rendered from the click command tree (usage, help and options).
 * ``<!-- vi-flow:openapi -->`` becomes the wire protocol, rendered from the
   ``/v1/openapi.json`` document of a local server started in-process for the build.
+* ``<!-- vi-flow:limits -->`` becomes the table of request limits, from the constants
+  of :mod:`vi_flow.models.limits` and their docstrings.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import tempfile
 import urllib.request
@@ -20,6 +23,7 @@ import click
 
 CLI_MARKER = "<!-- vi-flow:cli-reference -->"
 OPENAPI_MARKER = "<!-- vi-flow:openapi -->"
+LIMITS_MARKER = "<!-- vi-flow:limits -->"
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
@@ -28,7 +32,31 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if OPENAPI_MARKER in markdown:
         markdown = markdown.replace(OPENAPI_MARKER, openapi_reference(fetch_openapi()))
+    if LIMITS_MARKER in markdown:
+        markdown = markdown.replace(LIMITS_MARKER, limits_reference())
     return markdown
+
+
+def limits_reference() -> str:
+    """The request limits as a Markdown table: name, value and what it bounds."""
+    import ast
+
+    from vi_flow.models import limits
+
+    source = ast.parse(inspect.getsource(limits))
+    docs: dict[str, str] = {}
+    body = source.body
+    for node, after in itertools.pairwise(body):
+        doc = getattr(getattr(after, "value", None), "value", None)
+        if isinstance(node, ast.Assign) and isinstance(doc, str):
+            first = doc.split("\n\n")[0].replace("\n", " ").replace("``", "`")
+            docs[getattr(node.targets[0], "id", "")] = first
+    rows = ["| limit | value | what it bounds |", "|---|---|---|"]
+    for name in limits.__all__:
+        value = getattr(limits, name)
+        if name.isupper() and isinstance(value, int):
+            rows.append(f"| `{name}` | {value:,} | {docs.get(name, '')} |")
+    return "\n".join(rows) + "\n"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -107,6 +135,27 @@ def fetch_openapi() -> dict[str, Any]:
     return document
 
 
+def _schema_name(schema: dict[str, Any]) -> str:
+    ref = schema.get("$ref")
+    if ref:
+        return f"`{ref.rsplit('/', 1)[1]}`"
+    if schema.get("type") == "object" and "items" in schema.get("properties", {}):
+        return f"page of {_schema_name(schema['properties']['items'].get('items', {}))}"
+    return "JSON" if schema else ""
+
+
+def _body_of(op: dict[str, Any]) -> str:
+    content = op.get("requestBody", {}).get("content", {})
+    return _schema_name(content.get("application/json", {}).get("schema", {}))
+
+
+def _answer_of(op: dict[str, Any]) -> str:
+    status, answer = next(iter(op.get("responses", {}).items()), ("", {}))
+    media, spec = next(iter(answer.get("content", {}).items()), ("", {}))
+    what = _schema_name(spec.get("schema", {})) if media == "application/json" else f"`{media}`"
+    return f"{status} {what}".strip()
+
+
 def openapi_reference(document: dict[str, Any]) -> str:
     """Render an OpenAPI document as Markdown: one table of operations per tag."""
     by_tag: dict[str, list[str]] = {}
@@ -114,10 +163,15 @@ def openapi_reference(document: dict[str, Any]) -> str:
         for method, op in methods.items():
             tag = (op.get("tags") or ["other"])[0]
             summary = str(op.get("summary", "")).replace("|", "\\|").replace("``", "`")
-            by_tag.setdefault(tag, []).append(f"| `{method.upper()}` | `{path}` | {summary} |")
+            answer = _answer_of(op)
+            by_tag.setdefault(tag, []).append(
+                f"| `{method.upper()}` | `{path}` | {summary} | {_body_of(op)} | {answer} |"
+            )
     out = [f"OpenAPI {document.get('openapi', '?')} — {len(document.get('paths', {}))} paths.\n"]
     for tag in sorted(by_tag):
-        out.append(f"### {tag}\n\n| method | path | summary |\n|---|---|---|")
+        out.append(
+            f"### {tag}\n\n| method | path | summary | body | answer |\n|---|---|---|---|---|"
+        )
         out.extend(by_tag[tag])
         out.append("")
     return "\n".join(out)

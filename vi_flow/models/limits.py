@@ -62,7 +62,7 @@ MAX_NAME_LENGTH = 256
 """The longest display name (a flow's, a volume's, a block type)."""
 
 MAX_ID_LENGTH = 128
-"""The longest id (a block id, a chosen flow or run id, an input's name)."""
+"""The longest block id or input name (a chosen flow or run id: 64 after its prefix)."""
 
 MAX_BLOCKS = 1000
 """The most blocks (and declared inputs) in one flow."""
