@@ -239,24 +239,22 @@ async def test_fifty_tasks_on_two_cores_all_complete(client: vi_flow.AsyncClient
     assert outputs == [f"task-{i}" for i in range(50)]
 
 
-# Prints numbered lines; after lines 25,000 and 70,000 it waits for a gate file, so the
-# test cuts the connection at a moment when more data can only come over a new one.
+# Prints numbered lines; after lines 25,000 and 70,000 it waits for a gate file in its
+# workspace (all a sandboxed task can see), so the test cuts the connection at a moment when more data can only come over a new one.
 _NUMBERED = """
 import os, sys, time
 for i in range(100_000):
     sys.stdout.write(f"line {i:06d}\\n")
     if i + 1 in (25_000, 70_000):
         sys.stdout.flush()
-        while not os.path.exists(os.path.join(sys.argv[1], str(i + 1))):
+        while not os.path.exists(str(i + 1)):
             time.sleep(0.005)
 """
 
 
-async def test_follow_100k_lines_through_two_cuts(
-    client: vi_flow.AsyncClient, tmp_path: Path
-) -> None:
+async def test_follow_100k_lines_through_two_cuts(client: vi_flow.AsyncClient) -> None:
     """The real server's SSH, a proxy cut twice mid-stream: every line exactly once, in order."""
-    task = await client.run([PY, "-c", _NUMBERED, str(tmp_path)])
+    task = await client.run([PY, "-c", _NUMBERED])
     real = await ssh_target(client.compute._context, task.task_id, logs=True)
     endpoint = await client.tasks.ssh_endpoint(task.task_id)
     proxy = TCPProxy(real.port)
@@ -279,7 +277,7 @@ async def test_follow_100k_lines_through_two_cuts(
             got.append(line)
             if len(got) in (25_000, 70_000):
                 proxy.cut()
-                (tmp_path / str(len(got))).touch()
+                (Path(endpoint.workdir) / str(len(got))).touch()
     finally:
         await proxy.close()
     assert proxy.cuts == 2 and follower.reconnects == 2
@@ -328,8 +326,11 @@ async def test_get_model_downloads_run_artifacts(
     assert (tmp_path / "model" / "weights" / "config.json").read_bytes() == b"cfg"
     monkeypatch.chdir(tmp_path)  # the default: ./models/<run_id>, answered as absolute paths
     default = await client.get_model(run.run_id)
-    assert default.path == tmp_path.resolve() / "models" / run.run_id
-    assert all(p.is_absolute() and p.is_file() for p in default.files)
+    assert default.path.is_absolute() and default.path.parts[-2:] == ("models", run.run_id)
+    assert sorted(p.relative_to(default.path).as_posix() for p in default.files) == [
+        "model.bin",
+        "weights/config.json",
+    ]
 
 
 async def test_interactive_shell_on_the_server_pty(client: vi_flow.AsyncClient) -> None:

@@ -491,8 +491,8 @@ class AsyncCompute:
         Returns:
             The run id, the directory and the saved files, as absolute paths.
         """
-        chosen = Path(save_dir).expanduser() if save_dir is not None else Path("models") / run_id
-        target = chosen.resolve()
+        chosen = save_dir if save_dir is not None else Path("models") / run_id
+        target = await anyio.to_thread.run_sync(lambda: Path(chosen).expanduser().resolve())
         url = path("/runs/{}/artifacts", run_id)
         listing = await self.http.request("GET", url, cast=Page[TaskOutputFile])
         files = [await self._download(url, item.path, target) for item in listing.items]
