@@ -5,7 +5,8 @@ policy; the aiohttp session and the endpoint live in a :class:`Connection` that 
 by ``with_options`` share, so they share the connection pool.
 
 Retries: connection errors, timeouts, 408, 409, 429 and 5xx, with exponential backoff and
-jitter (0.5 s doubling, 8 s cap) or the server's ``Retry-After`` (capped). A POST is retried
+jitter (0.5 s doubling, 8 s cap) or the server's ``Retry-After`` (capped). A total timeout
+(``timeout=0.5`` on a call sets one) bounds the whole call, retries and waits included. A POST is retried
 only when it carries an ``Idempotency-Key``, made once per logical call and reused on every
 attempt. A server may veto a retry with ``X-Should-Retry: false``.
 """
@@ -158,6 +159,23 @@ class Connection:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(attached.release)
+
+
+def _within(budget: Timeout, deadline: float | None) -> Timeout:
+    """``budget`` for one attempt, its total cut to what is left of the call's deadline."""
+    if deadline is None:
+        return budget
+    left = max(deadline - time.monotonic(), 0.001)
+    return Timeout(
+        connect=None if budget.connect is None else min(budget.connect, left),
+        read=None if budget.read is None else min(budget.read, left),
+        total=left,
+    )
+
+
+def _past(deadline: float | None, delay: float) -> bool:
+    """Whether waiting ``delay`` before another attempt would run past the deadline."""
+    return deadline is not None and time.monotonic() + delay >= deadline
 
 
 def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
@@ -331,14 +349,21 @@ class HTTPCore:
         request = _Request(method, endpoint, url, json, params, headers)
         budget = self.timeout if isinstance(timeout, NotGiven) else Timeout.coerce(timeout)
         retries = self.max_retries if max_retries is None else max_retries
+        # A total timeout bounds the whole call, retries and waits included.
+        deadline = None if budget.total is None else time.monotonic() + budget.total
         attempt = 0
         while True:
             try:
-                resp = await self._attempt(session, request, budget)
+                resp = await self._attempt(session, request, _within(budget, deadline))
             except APIConnectionError as exc:
                 if attempt >= retries or not request.retryable:
                     raise
                 delay = self._backoff(attempt, None)
+                if _past(deadline, delay):
+                    raise APITimeoutError(
+                        f"{method} {request.full_url} gave no answer within the call's "
+                        f"timeout of {budget.total} s ({exc})"
+                    ) from exc
                 log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
                 if not isinstance(exc, APITimeoutError):
                     endpoint = await self.connection.reconnect(endpoint)
@@ -356,6 +381,8 @@ class HTTPCore:
                 delay = self._backoff(
                     attempt, getattr(error, "retry_after", None) or _retry_after(resp.headers)
                 )
+                if _past(deadline, delay):
+                    raise error
                 log.info("%s %s answered %s; retrying in %.2fs", method, url, resp.status, delay)
             attempt += 1
             await self.sleep(delay)

@@ -6,13 +6,14 @@ never gives on purpose (500s, garbage JSON, Retry-After, repeated page tokens).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-Answer = Callable[[web.Request], web.StreamResponse]
+Answer = Callable[[web.Request], web.StreamResponse | Awaitable[web.StreamResponse]]
 
 
 class Scripted:
@@ -33,7 +34,8 @@ class Scripted:
             }
         )
         answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        return answer(request)
+        given = answer(request)
+        return await given if inspect.isawaitable(given) else given
 
 
 def json_answer(status: int, body: bytes, **headers: str) -> Answer:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
+from aiohttp import web
 
 import vi_flow
 from vi_flow import (
     APIConnectionError,
     APIResponseValidationError,
+    APITimeoutError,
     AuthenticationError,
     ConflictError,
     FlowNotFoundError,
@@ -183,3 +188,33 @@ async def test_closed_client_cannot_be_used() -> None:
     await client.aclose()
     with pytest.raises(vi_flow.ClientStateError):
         await client.flows.get("flow_1")
+
+
+def _slow(seconds: float) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def answer(_: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.Response(status=200, body=FLOW, content_type="application/json")
+
+    return answer
+
+
+async def test_a_call_timeout_bounds_the_whole_call_retries_included() -> None:
+    async with scripted_server([_slow(5)]) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", max_retries=2) as client:
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError):
+                await client.with_options(timeout=0.5).flows.get("flow_1")
+            took = time.monotonic() - started
+    assert took < 1.5, f"three attempts of 0.5 s each would take 1.5 s and more; took {took}"
+    assert len(server.requests) == 1
+
+
+async def test_a_retry_after_longer_than_the_call_timeout_is_not_waited_for() -> None:
+    answers = [json_answer(503, ERROR_500, **{"Retry-After": "5"})]
+    async with scripted_server(answers) as (url, server):
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", max_retries=2) as client:
+            started = time.monotonic()
+            with pytest.raises(InternalServerError):
+                await client.with_options(timeout=1.0).flows.get("flow_1")
+    assert time.monotonic() - started < 2.0
+    assert len(server.requests) == 1
