@@ -18,13 +18,46 @@ PYTHON = os.environ.get("VI_FLOW_NOX_PYTHON") or None
 # Checkers are pinned: a new release must not fail a commit that was clean yesterday.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+RAY = "ray[default]==2.60.0"  # the Ray the provider's suite is run against
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the test suite against the embedded local server (Slurm and Ray tests excluded)."""
+    _install_bubblewrap(session)
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "not slurm and not ray", *session.posargs)
+
+
+def _install_bubblewrap(session: nox.Session) -> None:
+    """The local provider sandboxes tasks with ``bwrap``; install it where we may (root)."""
+    import os
+    import shutil
+
+    if shutil.which("bwrap") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "install", "-y", "-q", "bubblewrap", external=True)
+
+
+@nox.session(python=PYTHON)
+def tests_lowest(session: nox.Session) -> None:
+    """Run the suite with every dependency at the lowest version pyproject.toml allows."""
+    floors = session.create_tmp() + "/floors.txt"
+    with open(floors, "w", encoding="utf-8") as out:
+        out.writelines(f"{pin}\n" for pin in _floors())
+    session.install("-c", floors, "-e", ".[test]")
+    session.run("pytest", "-m", "not slurm and not ray", *session.posargs)
+
+
+def _floors() -> list[str]:
+    """``name==floor`` for each runtime dependency of pyproject.toml that has a ``>=`` floor."""
+    import re
+
+    import tomllib
+
+    with open("pyproject.toml", "rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    found = (re.match(r"^([A-Za-z0-9_.-]+)(\[[^]]*\])?>=([^,;\s]+)", d) for d in deps)
+    return [f"{m.group(1)}=={m.group(3)}" for m in found if m and ";" not in m.string]
 
 
 @nox.session(python=PYTHON)
@@ -38,7 +71,7 @@ def tests_slurm(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests_ray(session: nox.Session) -> None:
     """Run the Ray provider tests and the seed 002 examples against a real local Ray head."""
-    session.install("-e", ".[test,ray]")
+    session.install("-e", ".[test]", RAY)
     env = {"VI_FLOW_REQUIRE_RAY": "1"}
     session.run("pytest", "-m", "ray", "tests/ray", *session.posargs, env=env)
 

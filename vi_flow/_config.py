@@ -173,10 +173,12 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     data = read_config_file(path)
     data[key] = _parse_value(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"{k} = {_toml_value(v)}\n" for k, v in sorted(data.items())]
+    import tomli_w  # a TOML writer: any value, newlines and tabs included, reads back
+
+    text = tomli_w.dumps(dict(sorted(data.items())))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.writelines(lines)
+        fh.write(text)
     return path
 
 
@@ -186,13 +188,6 @@ def _parse_value(key: str, value: str) -> Any:
     if key in ("timeout", "server_idle_timeout"):
         return float(value)
     return value
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    return repr(value)
 
 
 def _pick(arg: Any, env: str, file: dict[str, Any], key: str, default: Any) -> Any:

@@ -49,7 +49,7 @@ def test_unknown_subcommand_suggests_too(vf_offline: Invoker) -> None:
 def test_unknown_option_suggests_the_closest(vf_offline: Invoker) -> None:
     result = vf_offline("flows", "list", "--jsn")
     assert result.exit_code == 2
-    assert "No such option '--jsn'" in result.stderr
+    assert "No such option" in result.stderr and "--jsn" in result.stderr  # click's wording
     assert "--json" in result.stderr
 
 

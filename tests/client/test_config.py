@@ -61,3 +61,11 @@ def test_broken_config_file_names_the_file() -> None:
     path.write_text("api_key = [unclosed\n")
     with pytest.raises(ValueError, match=str(path)):
         resolve_settings()
+
+
+@pytest.mark.parametrize("value", ['a "quoted"\tvalue\nwith a newline', "back\\slash ü"])
+def test_any_value_is_written_as_toml_that_reads_back(value: str) -> None:
+    write_config_value("organization_id", value)
+    write_config_value("max_retries", "3")
+    assert resolve_settings().organization_id == value  # and the file still parses
+    assert resolve_settings().max_retries == 3
