@@ -68,6 +68,10 @@ async def test_run_accepts_argv_yaml_and_config(
     assert await from_config.logs() == "from-env"
     with pytest.raises(TypeError, match="unknown task option"):
         await client.run("true", colour="blue")
+    before = await client.list_tasks(limit=100)
+    with pytest.raises(ValueError, match="task file 'missing.yaml' does not exist"):
+        await client.run("missing.yaml")  # a typo is not run as a shell command
+    assert len(await client.list_tasks(limit=100)) == len(before)
 
 
 async def test_run_wait_true_returns_running(client: vi_flow.AsyncClient) -> None:

@@ -33,9 +33,22 @@ INSTANCE_REQUIREMENT_KEYS = frozenset({"gpu_type", "max_price", "min_gpu_memory_
 
 
 def _is_yaml_path(task: str | Path) -> bool:
+    """Whether ``task`` names a task file: a ``Path``, or one word ending in .yaml/.yml.
+
+    Raises:
+        ValueError: It looks like a task file that does not exist (it is not run as a
+            command: ``run("train.yaml")`` with a typo must not start a shell).
+    """
     if isinstance(task, Path):
         return True
-    return task.endswith((".yaml", ".yml")) and os.path.isfile(task)
+    if not task.endswith((".yaml", ".yml")) or len(task.split()) != 1:
+        return False
+    if not os.path.isfile(task):
+        raise ValueError(
+            f"task file {task!r} does not exist (looked in {os.getcwd()}); to run it as a "
+            f"command instead, pass a list such as [{task!r}]"
+        )
+    return True
 
 
 async def _base_config(task: TaskConfig | str | Path | list[str]) -> TaskConfig:
