@@ -69,7 +69,7 @@ async def test_run_accepts_argv_yaml_and_config(
     with pytest.raises(TypeError, match="unknown task option"):
         await client.run("true", colour="blue")
     before = await client.list_tasks(limit=100)
-    with pytest.raises(ValueError, match="task file 'missing.yaml' does not exist"):
+    with pytest.raises(ValueError, match=r"task file 'missing\.yaml' does not exist"):
         await client.run("missing.yaml")  # a typo is not run as a shell command
     assert len(await client.list_tasks(limit=100)) == len(before)
 
