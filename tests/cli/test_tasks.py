@@ -55,9 +55,22 @@ def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:
 
 def test_bad_gpu_request_is_one_line(vf: Invoker) -> None:
     result = vf("tasks", "run", "--gpu", "h100:9", "true")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad argument, as the exit-code table says
     assert result.stderr.startswith("error: VALIDATION_ERROR: gpu:")
     assert "Traceback" not in result.stderr
+
+
+def test_json_errors_are_json_on_stderr_with_the_same_exit_code(vf: Invoker) -> None:
+    for args in (
+        ("--json", "tasks", "run", "--gpu", "h100:9", "true"),  # the global --json
+        ("tasks", "status", "task_missing", "--json"),  # a command's --json
+    ):
+        result = vf(*args)
+        error = json.loads(result.stderr)["error"]
+        assert error["exitCode"] == result.exit_code in (2, 4)
+        assert error["code"] in ("VALIDATION_ERROR", "TASK_NOT_FOUND")
+        assert error["message"] and error["requestId"].startswith("req_")
+        assert result.stdout == ""
 
 
 def test_run_needs_a_command(vf: Invoker) -> None:
@@ -89,7 +102,7 @@ def test_volumes(vf: Invoker) -> None:
     vf("tasks", "cancel", task_id, "--force")
     assert vf("volumes", "delete", "data", "--yes").exit_code == 0
     bad = vf("volumes", "create", "--name", "../x")
-    assert bad.exit_code == 1 and "name:" in bad.stderr
+    assert bad.exit_code == 2 and "name:" in bad.stderr
 
 
 def test_instances_and_reservations(vf: Invoker) -> None:
@@ -113,7 +126,7 @@ def test_ssh_keys(vf: Invoker, tmp_path: Path) -> None:
     key_id = added.stdout.split()[0]
     assert key_id in vf("ssh-keys", "list").stdout
     bad = vf("ssh-keys", "add", str(write(tmp_path / "k.pub", "not a key\n")))
-    assert bad.exit_code == 1 and "publicKey" in bad.stderr
+    assert bad.exit_code == 2 and "publicKey" in bad.stderr
     assert vf("ssh-keys", "delete", key_id).exit_code == 0
     assert json.loads(vf("ssh-keys", "list", "--json").stdout) == []
 

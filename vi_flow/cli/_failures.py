@@ -6,7 +6,7 @@ The exit codes are part of the CLI's interface (documented in ``docs/cli.md``):
 |---|---|
 | 0 | success |
 | 1 | failure (a failed run or task, a rejected request) |
-| 2 | usage: unknown command or option, bad argument, bad spec file |
+| 2 | usage: unknown command or option, bad argument (also one the server answers 400 or 422), bad spec file |
 | 3 | authentication: the API key is missing, wrong, or may not do this |
 | 4 | not found |
 | 5 | conflict (409) or stale etag (412) |
@@ -14,7 +14,9 @@ The exit codes are part of the CLI's interface (documented in ``docs/cli.md``):
 | 130 | interrupted (Ctrl-C) |
 
 An error prints ``error: CODE: message`` (the server's code and message) and, where one
-helps, a ``hint:`` line; ``--debug`` prints the traceback as well.
+helps, a ``hint:`` line; ``--debug`` prints the traceback as well. With ``--json`` (the
+global one or the command's) it prints ``{"error": {"code", "message", "hint",
+"requestId", "exitCode"}}`` on stderr instead, so a script reading JSON gets JSON.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ __all__ = [
     "EXIT_OK",
     "EXIT_TRANSIENT",
     "EXIT_USAGE",
+    "JSON_WANTED",
     "CommandFailed",
     "exit_code_for",
+    "json_wanted",
     "run_guarded",
 ]
 
@@ -66,8 +70,8 @@ class CommandFailed(click.ClickException):
         self.hint = hint
 
     def show(self, file: Any = None) -> None:
-        """Print ``error: message`` and the hint to stderr."""
-        _report(self.message, self.hint)
+        """Print ``error: message`` and the hint to stderr (JSON with ``--json``)."""
+        _report(self.message, self.hint, exit_code=self.exit_code)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -76,6 +80,8 @@ def exit_code_for(exc: BaseException) -> int:
 
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
+        # a value the SDK or the server refused: the arguments need fixing
+        ((e.BadRequestError, e.UnprocessableEntityError, ValueError, TypeError), EXIT_USAGE),
         (e.NotFoundError, EXIT_NOT_FOUND),
         ((e.ConflictError, e.PreconditionFailedError), EXIT_CONFLICT),
         ((e.APIConnectionError, e.RateLimitError, e.InternalServerError), EXIT_TRANSIENT),
@@ -125,7 +131,35 @@ def _hint_for(exc: BaseException) -> str | None:
     return None
 
 
-def _report(message: str, hint: str | None) -> None:
+JSON_WANTED = "vi_flow.json"
+"""The root context's ``meta`` key set when ``--json`` was given (globally or to a command)."""
+
+
+def json_wanted() -> bool:
+    """Whether this invocation asked for JSON, as far as it was parsed."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().meta.get(JSON_WANTED))
+
+
+def _report(
+    message: str,
+    hint: str | None,
+    *,
+    exit_code: int = EXIT_FAILURE,
+    error: BaseException | None = None,
+) -> None:
+    if json_wanted():
+        import orjson
+
+        body = {
+            "code": getattr(error, "code", None),
+            "message": message,
+            "hint": hint,
+            "requestId": getattr(error, "request_id", None),
+            "exitCode": exit_code,
+        }
+        click.echo(orjson.dumps({"error": body}).decode(), err=True)
+        return
     click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
     if hint:
         click.echo(click.style("hint: ", fg="yellow") + hint, err=True)
@@ -161,5 +195,6 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
         if debug:
             traceback.print_exc()
         message, hint = describe(exc)
-        _report(message, hint)
-        raise click.exceptions.Exit(exit_code_for(exc)) from None
+        code = exit_code_for(exc)
+        _report(message, hint, exit_code=code, error=exc)
+        raise click.exceptions.Exit(code) from None

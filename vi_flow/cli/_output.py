@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ._failures import JSON_WANTED
 from ._state import state
 
 __all__ = [
@@ -36,8 +37,16 @@ def json_option(func: F) -> F:
         "--json",
         "as_json",
         is_flag=True,
-        help="Print JSON (NDJSON when following) instead of a table.",
+        is_eager=True,  # known before any other option can fail, so that error is JSON too
+        callback=_remember_json,
+        help="Print JSON (NDJSON when following) instead of a table; errors too, on stderr.",
     )(func)
+
+
+def _remember_json(ctx: click.Context, _: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.find_root().meta[JSON_WANTED] = True
+    return value
 
 
 def wants_json(as_json: bool) -> bool:

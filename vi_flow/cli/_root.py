@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ._failures import JSON_WANTED
 from ._lazy import LazyGroup
 from ._state import CliState
 
@@ -80,6 +81,8 @@ def cli(
     """
     obj = CliState(base_url=base_url, api_key=api_key, color=color, debug=debug, json=as_json)
     ctx.obj = obj
+    if as_json:
+        ctx.meta[JSON_WANTED] = True
     ctx.meta["vi_flow.debug"] = debug
     if obj.use_color is not None:
         ctx.color = obj.use_color
