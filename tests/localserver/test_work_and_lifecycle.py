@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,3 +192,44 @@ def test_logs_follow_shows_new_requests(home: Path) -> None:
     finally:
         follow.terminate()
         follow.communicate(timeout=10)
+
+
+def test_ctrl_c_during_a_blocking_execute_leaves_the_run_going(home: Path) -> None:
+    """The run belongs to the server: Ctrl-C stops waiting, not the run (documented)."""
+    spec = {
+        "name": "slow",
+        "blocks": [
+            {"block": "task", "id": "nap", "settings": {"command": "sleep 2; echo rested"}},
+            {"block": "template", "id": "done", "settings": {"template": "done"}},
+        ],
+    }
+    code = (
+        "import json, vi_flow\n"
+        f"c = vi_flow.Client()\nf = c.flows.create({spec!r})\nprint(f.flow_id, flush=True)\n"
+        "c.flow(f.flow_id).execute()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    flow_id = proc.stdout.readline().strip()
+    listing = (
+        f"import vi_flow\nprint(vi_flow.Client().runs.list(flow_id={flow_id!r}).items[0].run_id)"
+    )
+    run_id = wait_for(lambda: _first_run(home, listing), 30, "the run to exist")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    wait_for(lambda: _condition(home, run_id) not in ("Pending", "Running"), 30)
+    assert _condition(home, run_id) == "Succeeded"
+
+
+def _first_run(home: Path, listing: str) -> str | None:
+    done = subprocess.run(
+        [sys.executable, "-c", listing], env=env_for(home), capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
