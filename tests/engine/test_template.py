@@ -31,6 +31,17 @@ async def test_template_renders_message_parameters_and_outputs(server: Server) -
     assert run.body["status"]["conditions"][-1]["condition"] == "Succeeded"
 
 
+async def test_an_omitted_message_renders_as_empty(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "template", "id": "greet", "settings": {"template": "Hello{{ message }}!"}}
+    )
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert (outcome["state"], outcome["output"]) == ("completed", "Hello!")
+    named = {"parameters": {"message": " from a parameter"}}  # an input named message wins
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=named)).body
+    assert outcome["output"] == "Hello from a parameter!"
+
+
 async def test_missing_name_fails_the_step_naming_it(server: Server) -> None:
     flow = await server.flow(
         {"block": "template", "id": "a", "settings": {"template": "{{ steps.nope.output }}"}}

@@ -125,6 +125,8 @@ def namespace_for(row: RunRow, request: ExecuteRequest, previous: Any) -> dict[s
     )
     if request.message is not None:
         names["message"] = request.message
+    else:  # the seed lets a caller omit the message: it renders as "", never an error
+        names.setdefault("message", "")
     return names
 
 
