@@ -102,11 +102,11 @@ def test_execute_stream_plain_and_json(vf: Invoker, tmp_path: Path) -> None:
 
 
 def test_failed_run_exits_1_naming_the_step(vf: Invoker, tmp_path: Path) -> None:
-    flow_id = _create(vf, tmp_path)
+    flow_id = _create(vf, tmp_path, SPEC.replace("{{ message }}", "{{ nickname }}"))
     result = vf("execute", flow_id)
     assert result.exit_code == 1
     assert "at step 'hello'" in result.stderr
-    assert "message" in result.stderr
+    assert "nickname" in result.stderr
 
 
 def test_runs_list_get_watch_cancel(vf: Invoker, tmp_path: Path) -> None:

@@ -77,24 +77,41 @@ def emit_ndjson(obj: Any) -> None:
 def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> None:
-    """Print a rich table; the first column never wraps (it holds ids)."""
+    """Print a rich table (the first column, ids, never wraps); piped: tab-separated lines."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not cells:
+        click.echo("(none)", err=True)
+        return
+    if _piped():
+        _plain([list(columns), *cells])
+        return
     from rich.table import Table
 
     grid = Table(title=title, title_justify="left", header_style="bold")
     for i, name in enumerate(columns):
         grid.add_column(name, no_wrap=i == 0, overflow="fold")
-    count = 0
-    for row in rows:
-        grid.add_row(*("" if v is None else str(v) for v in row))
-        count += 1
-    if count == 0:
-        state().err_console.print("(none)")
-        return
+    for row in cells:
+        grid.add_row(*row)
     state().console.print(grid)
 
 
+def _piped() -> bool:
+    """Output goes to a pipe or file, and nobody forced colour (``--color always``)."""
+    cli = state()
+    return not cli.interactive and cli.color != "always"
+
+
+def _plain(lines: Iterable[Sequence[str]]) -> None:
+    """Tab-separated lines, uncut, for pipes (``cut -f1``, ``awk``): no box drawing."""
+    for cells in lines:
+        click.echo("\t".join(c.replace("\t", " ").replace("\n", " ") for c in cells))
+
+
 def kv_table(pairs: Iterable[tuple[str, Any]], *, title: str | None = None) -> None:
-    """Print ``name: value`` pairs as a two-column table without a header."""
+    """Print ``name: value`` pairs as a two-column table without a header; piped: tab-separated."""
+    if _piped():
+        _plain([k, str(v)] for k, v in pairs if v is not None and v != "")
+        return
     from rich.table import Table
 
     grid = Table(title=title, title_justify="left", show_header=False)
