@@ -38,6 +38,11 @@ def test_run_argv_follow_and_json(vf: Invoker) -> None:
     records = [json.loads(line) for line in ndjson.stdout.splitlines()]
     assert records[0]["line"] == "task hi"
     assert records[-1]["status"] == "completed" and records[-1]["exitCode"] == 0
+    args = ("--follow", "--json", "-e", "GREETING=yo", "--", sys.executable, "-c", code)
+    followed = vf("tasks", "run", *args)
+    rows = [json.loads(line) for line in followed.stdout.splitlines()]  # NDJSON throughout
+    assert rows[0]["taskId"].startswith("task_") and rows[1]["line"] == "task yo"
+    assert rows[-1]["exitCode"] == 0
 
 
 def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:

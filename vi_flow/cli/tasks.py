@@ -193,14 +193,14 @@ def run(
         .client()
         .run(target, gpu=gpu, cpus=cpus, memory_gb=memory_gb, mounts=mounts or None, **kwargs)
     )
-    _announce(handle.data, as_json)
+    _announce(handle.data, as_json, follow=follow)
     if follow:
         _follow(handle.task_id, "stdout", wants_json(as_json))
 
 
-def _announce(task: Task, as_json: bool) -> None:
+def _announce(task: Task, as_json: bool, *, follow: bool = False) -> None:
     if wants_json(as_json):
-        emit_json(task)
+        (emit_ndjson if follow else emit_json)(task)  # following: NDJSON throughout
     else:
         click.echo(task.task_id)
         click.echo(f"follow it: vi-flow tasks logs -f {task.task_id}", err=True)
