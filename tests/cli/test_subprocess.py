@@ -98,6 +98,7 @@ def test_wrong_key_exits_3(served: tuple[str, str, subprocess.Popen[str]]) -> No
     assert out.returncode == 3
     assert out.stderr.startswith("error: UNAUTHENTICATED")
     assert "wrong" not in out.stderr
+    assert "admin-token" in out.stderr and "VI_FLOW_API_KEY" in out.stderr  # where the key is
 
 
 @pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")

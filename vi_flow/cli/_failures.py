@@ -113,7 +113,11 @@ def _hint_for(exc: BaseException) -> str | None:
     import vi_flow as e
 
     hints: list[tuple[type[BaseException], str]] = [
-        (e.AuthenticationError, "check --api-key / VI_FLOW_API_KEY ('vi-flow config show')"),
+        (
+            e.AuthenticationError,
+            "set --api-key or VI_FLOW_API_KEY; a 'vi-flow serve' keeps its admin token in "
+            "HOME/admin-token: export VI_FLOW_API_KEY=$(cat HOME/admin-token)",
+        ),
         (e.PermissionDeniedError, "this key may not do that; use a key of the right organization"),
         (e.FlowNotFoundError, "'vi-flow flows list' shows the flows (and 'flows get' versions)"),
         (e.RunNotFoundError, "'vi-flow runs list' shows the runs"),

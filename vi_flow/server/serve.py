@@ -111,9 +111,11 @@ async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) 
         settings.mode,
     )
     if settings.mode == "foreground":
+        token = settings.home / "admin-token"
         sys.stderr.write(
             f"vi-flow server listening on http://{settings.host}:{port}/v1 "
             f"(home: {settings.home})\n"
+            f"clients elsewhere: VI_FLOW_BASE_URL={url} VI_FLOW_API_KEY=$(cat {token})\n"
         )
         sys.stderr.flush()
     if ready is not None:
