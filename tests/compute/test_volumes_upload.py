@@ -107,6 +107,12 @@ async def test_upload_refuses_dotdot_target_and_remote_symlinks(
         with pytest.raises(UploadError, match="symbolic link"):
             await client.upload_code_to_task(task.task_id, source_dir=root, target_dir="up2")
         assert not (tmp_path / marker).exists()
+        # The target directory itself made a link out of the task (issue 11: `code`).
+        await task.shell("ln -s ../../.. code && ln -s ../../../admin-token token")
+        with pytest.raises(UploadError, match="symbolic link"):
+            await client.upload_code_to_task(task.task_id, source_dir=root, target_dir="code")
+        workdir = Path((await client.tasks.ssh_endpoint(task.task_id)).workdir)
+        assert not (workdir.parents[2] / "evil").exists()  # nothing landed in the home
     finally:
         await task.cancel(force=True)
 

@@ -15,7 +15,12 @@ import pytest
 
 from tests.providers_kit import Updates
 from vi_flow.models.tasks import TaskConfig, TaskStatus
-from vi_flow.server.providers.base import ComputeProvider, LaunchSpec, RunningTask
+from vi_flow.server.providers.base import (
+    ComputeProvider,
+    LaunchSpec,
+    RunningTask,
+    UnsupportedOperation,
+)
 from vi_flow.server.providers.ray import RayProvider, RaySettings
 
 from .conftest import RayCluster
@@ -57,7 +62,9 @@ async def spec_for(provider: RayProvider, task_id: str, command: str) -> LaunchS
 
 async def test_is_a_compute_provider(provider: RayProvider) -> None:
     assert isinstance(provider, ComputeProvider)
-    assert provider.name == "ray" and provider.exec_prefix("task_x", "task_x") == []
+    assert provider.name == "ray"
+    with pytest.raises(UnsupportedOperation, match="Ray cannot run them there"):
+        provider.exec_prefix("task_x", "task_x")  # never a shell on the server's host
 
 
 async def test_recover_watches_a_running_job_and_resubmits_an_unsent_one(

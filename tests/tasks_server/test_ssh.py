@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ async def test_exec_runs_in_the_workspace_with_the_task_env(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     endpoint = await _endpoint(server, client_key, command="sleep 30", env={"MODEL": "llama"})
-    assert endpoint["host"] == "127.0.0.1" and endpoint["execPrefix"] == []
+    assert endpoint["host"] == "127.0.0.1"
+    assert endpoint["execPrefix"][:1] in ([], [shutil.which("bwrap")])  # the sandbox
     assert endpoint["knownHosts"].startswith(f"[127.0.0.1]:{endpoint['port']} ssh-ed25519 ")
     async with _connect(endpoint, client_key) as conn:
         result = await conn.run('pwd; echo "$MODEL $VI_FLOW_TASK_ID"; echo err >&2; exit 7')
@@ -88,8 +89,9 @@ async def test_pty_shell_works(server: TaskServer, client_key: asyncssh.SSHKey) 
     endpoint = await _endpoint(server, client_key, command="sleep 30")
     async with _connect(endpoint, client_key) as conn:
         process = await conn.create_process(term_type="xterm", term_size=(80, 24))
-        process.stdin.write("stty size; echo pty-$((40+2)); tty\n")
-        output = await _read_until(process, "/dev/pts/")
+        # `tty` cannot name the terminal in the sandbox's private /dev/pts; `test -t` can see it.
+        process.stdin.write("stty size; echo pty-$((40+2)); test -t 0 && echo tty-$((1+1))\n")
+        output = await _read_until(process, "tty-2")
         assert "24 80" in output and "pty-42" in output
         process.change_terminal_size(100, 40)
         process.stdin.write("stty size; exit 5\n")
@@ -141,17 +143,36 @@ async def test_a_dropped_connection_stops_its_command(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     endpoint = await _endpoint(server, client_key, command="sleep 30")
-    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
-        process = await conn.create_process(f"echo $$; exec tail -F {endpoint['stdoutPath']}")
-        pid = int((await process.stdout.readline()).strip())
-        os.kill(pid, 0)
+    async with _connect(endpoint, client_key) as conn:
+        process = await conn.create_process("echo started; exec sleep 1234.5")
+        assert (await process.stdout.readline()).strip() == "started"
+        await _wait_for_pids("sleep 1234.5")
     for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _pids_of("sleep 1234.5"):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the command outlived its SSH connection")
+
+
+async def _wait_for_pids(command_line: str) -> None:
+    for _ in range(300):
+        if _pids_of(command_line):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{command_line!r} never started")
+
+
+def _pids_of(command_line: str) -> list[int]:
+    """Host pids running ``command_line`` (a sandboxed session's ``$$`` is its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if args == command_line:
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.mark.anyio
@@ -159,17 +180,16 @@ async def test_server_stop_closes_open_sessions(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     endpoint = await _endpoint(server, client_key, command="sleep 30")
-    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
-        process = await conn.create_process(f"echo $$; exec tail -F {endpoint['stdoutPath']}")
-        pid = int((await process.stdout.readline()).strip())
+    async with _connect(endpoint, client_key) as conn:
+        process = await conn.create_process("echo started; exec sleep 1234.6")
+        assert (await process.stdout.readline()).strip() == "started"
+        await _wait_for_pids("sleep 1234.6")
         started = asyncio.get_running_loop().time()
         await server.stop()
         assert asyncio.get_running_loop().time() - started < 4
         await process.wait_closed()
     for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _pids_of("sleep 1234.6"):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the command outlived the server")

@@ -245,7 +245,7 @@ async def upload_files(
     target = check_target_dir(target_dir)
     plan = [(remote_path(target, rel), local) for rel, local in files]
     made: set[str] = set()
-    await _ensure_dir(sftp, target, made, check_link=False)
+    await _ensure_dir(sftp, target, made, nested=False)
     sent = 0
     for remote, local in plan:
         await _ensure_parents(sftp, target, posixpath.dirname(remote), made)
@@ -261,12 +261,14 @@ async def _ensure_parents(sftp: asyncssh.SFTPClient, top: str, parent: str, made
     current = top
     for part in relative.split("/"):
         current = posixpath.join(current, part)
-        await _ensure_dir(sftp, current, made, check_link=True)
+        await _ensure_dir(sftp, current, made, nested=True)
 
 
 async def _ensure_dir(
-    sftp: asyncssh.SFTPClient, directory: str, made: set[str], *, check_link: bool
+    sftp: asyncssh.SFTPClient, directory: str, made: set[str], *, nested: bool
 ) -> None:
+    """Make ``directory`` (its parents too unless ``nested``); refuse a symbolic link,
+    the target directory included (a task could point ``code`` anywhere)."""
     import asyncssh
 
     if directory in made:
@@ -274,12 +276,12 @@ async def _ensure_dir(
     try:
         attrs_ = await sftp.lstat(directory)
     except asyncssh.SFTPNoSuchFile:
-        if check_link:
+        if nested:
             await sftp.mkdir(directory)
         else:
             await sftp.makedirs(directory, exist_ok=True)
     else:
-        if check_link and attrs_.type == asyncssh.FILEXFER_TYPE_SYMLINK:
+        if attrs_.type == asyncssh.FILEXFER_TYPE_SYMLINK:
             raise UploadError(f"refusing to write through the remote symbolic link {directory}")
     made.add(directory)
 

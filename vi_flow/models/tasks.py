@@ -18,6 +18,7 @@ import attrs
 from ._base import OpenEnum
 
 __all__ = [
+    "ENV_REDACTED",
     "AvailabilitySlot",
     "AvailableInstance",
     "GPURequest",
@@ -184,6 +185,15 @@ def _env(values: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(values).items()}
 
 
+ENV_REDACTED = "<redacted>"
+"""What the server answers in place of each task env value: values are write-only."""
+
+
+def _env_names(env: dict[str, str]) -> str:
+    # repr() shows names only: a config printed in a log or traceback leaks no secret.
+    return repr({name: ENV_REDACTED for name in env})
+
+
 @attrs.frozen
 class TaskConfig:
     """What a task runs and on what.
@@ -197,7 +207,8 @@ class TaskConfig:
         min_gpu_memory_gb: The least memory per GPU.
         cpus: CPU cores to hold (default 1).
         memory_gb: Memory to hold, in GB.
-        env: Extra environment variables.
+        env: Extra environment variables. Write-only: the server answers each value as
+            ``"<redacted>"`` (:data:`ENV_REDACTED`) and ``repr()`` shows names only.
         volumes: Volumes to mount (``VolumeSpec`` or ``{"volume_id", "mount_path"}``).
         working_dir: Directory the command starts in, relative to the task workspace.
         max_price_per_hour: The most to pay per hour; instances above it are refused.
@@ -213,7 +224,7 @@ class TaskConfig:
     min_gpu_memory_gb: int | None = None
     cpus: int | None = None
     memory_gb: int | None = None
-    env: dict[str, str] = attrs.field(factory=dict, converter=_env)
+    env: dict[str, str] = attrs.field(factory=dict, converter=_env, repr=_env_names)
     volumes: list[VolumeSpec] = attrs.field(factory=list, converter=_volume_specs)
     working_dir: str | None = None
     max_price_per_hour: float | None = None

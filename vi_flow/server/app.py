@@ -10,6 +10,7 @@ it closes the store and lets the lock go last.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ from aiohttp import web
 from .bootstrap import ensure_admin
 from .clock import now_ms
 from .helpers import setup_idempotency
-from .home import HomeError, HomeLock, unpublish
+from .home import HomeError, HomeLock, restrict_home, unpublish
 from .middleware import setup_middleware
 from .routes import admin, executions, flows, lifecycle, runs, tasks
 from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
@@ -42,6 +43,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         try:
             await store.run(lambda conn: ensure_admin(conn, home))
+            await asyncio.to_thread(restrict_home, home)
         except (sqlite3.Error, OSError) as exc:  # a full or read-only disk, a broken file
             await store.close()
             raise HomeError(f"cannot open the vi-flow database {store.path}: {exc}") from None

@@ -26,6 +26,7 @@ __all__ = [
     "prepare_home",
     "publish",
     "read_run_file",
+    "restrict_home",
     "unpublish",
 ]
 
@@ -67,6 +68,26 @@ def prepare_home(home: Path) -> None:
         raise HomeError(f"cannot use {home} as the vi-flow home: {exc.strerror or exc}") from None
     if not os.access(home, os.W_OK | os.X_OK):
         raise HomeError(f"cannot use {home} as the vi-flow home: it is not writable")
+
+
+_SECRET_FILES = ("state.db", "state.db-wal", "state.db-shm", "admin-token", "server.log")
+
+
+def restrict_home(home: Path) -> None:
+    """Only the server's user may read the home: it 0700, its database, tokens, log and
+    SSH keys 0600 (an existing home made by an older version included; blocking)."""
+    with contextlib.suppress(OSError):
+        os.chmod(home, 0o700)
+    for name in _SECRET_FILES:
+        with contextlib.suppress(OSError):
+            os.chmod(home / name, 0o600)
+    keys = home / "ssh"
+    if keys.is_dir():
+        with contextlib.suppress(OSError):
+            os.chmod(keys, 0o700)
+        for key in keys.iterdir():
+            with contextlib.suppress(OSError):
+                os.chmod(key, 0o600)
 
 
 class HomeLock:

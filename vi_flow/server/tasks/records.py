@@ -19,7 +19,7 @@ import attrs
 import orjson
 
 from ...models._base import from_wire
-from ...models.tasks import Task, TaskConfig, TaskStatus
+from ...models.tasks import ENV_REDACTED, Task, TaskConfig, TaskStatus
 from ..errors import APIProblem
 from ..providers.base import ComputeProvider, Placement
 from ..store import Store
@@ -150,6 +150,8 @@ class TaskRecords:
 
     def _task(self, row: sqlite3.Row, sizes: tuple[int, int]) -> Task:
         config = from_wire(orjson.loads(row["config"]), TaskConfig)
+        # Env values are write-only: answers name the variables, never their values.
+        config = attrs.evolve(config, env=dict.fromkeys(config.env, ENV_REDACTED))
         placement = Placement(**orjson.loads(row["placement"]))
         paths = self.provider.task_paths(row["task_id"])
         env = orjson.loads(row["env"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,6 +50,8 @@ from .volumes import Volumes, mount_rows
 __all__ = ["DEFAULT_GRACE", "TASKS_KEY", "TaskService"]
 
 DEFAULT_GRACE = 5.0
+ALLOW_UNSANDBOXED = "VI_FLOW_ALLOW_UNSANDBOXED"
+"""Set to ``1`` to run tasks of several organizations without a sandbox (documented)."""
 """Seconds between SIGTERM and SIGKILL when a task is cancelled."""
 
 log = logging.getLogger("vi_flow.server.tasks")
@@ -164,6 +167,7 @@ class TaskService:
                 501/503 for provider errors.
         """
         check_config(config)
+        await self._check_isolation()
         await self._check_reservation(org_id, config.reservation_id)
         try:
             placement = await self.provider.place(config)
@@ -179,6 +183,23 @@ class TaskService:
         await self._queue(spec)
         log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)
         return await self.get(task_id)
+
+    async def _check_isolation(self) -> None:
+        """Refuse tasks on a server that hosts several organizations but cannot sandbox
+        them, unless the operator accepted it (``VI_FLOW_ALLOW_UNSANDBOXED=1``)."""
+        sandbox = getattr(self.provider, "sandbox", None)
+        if sandbox is None or sandbox.enabled or os.environ.get(ALLOW_UNSANDBOXED) == "1":
+            return
+        count = await self.store.run(lambda c: c.execute("SELECT COUNT(*) FROM orgs").fetchone()[0])
+        if count > 1:
+            raise APIProblem(
+                503,
+                "SANDBOX_UNAVAILABLE",
+                f"tasks are not sandboxed on this server ({sandbox.reason}) and it hosts "
+                f"{count} organizations, so it runs no tasks: install bubblewrap, or set "
+                f"{ALLOW_UNSANDBOXED}=1 to accept that tasks can read every organization's "
+                "files (docs/production.md, 'What a task can reach')",
+            )
 
     async def _queue(self, spec: LaunchSpec) -> None:
         """Hand ``spec`` to the provider; forget the task when the provider refuses it."""

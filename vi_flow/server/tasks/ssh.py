@@ -2,8 +2,10 @@
 
 An organization registers OpenSSH public keys (the ``ssh_keys`` table, one row per
 fingerprint); any of them may log in to the organization's tasks. A login as
-``<task_id>`` runs inside the task (through the provider's exec prefix while it runs),
-``<task_id>+logs`` lands on the log host. :class:`SessionContext` is what the SSH server
+``<task_id>`` runs inside the running task (through the provider's exec prefix: the
+sandbox locally, ``srun`` on Slurm); a login to a task that is not running, or whose
+provider cannot run commands inside it (Ray), is refused with a sentence saying why.
+``<task_id>+logs`` runs only the server's fixed log reader, never a command. :class:`SessionContext` is what the SSH server
 (:mod:`vi_flow.server.tasks.sshd`) needs for one session, and :meth:`SSHAccess.ssh_endpoint`
 tells a client how to connect.
 """
@@ -20,6 +22,7 @@ import orjson
 from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
 from ..clock import now_ms
 from ..errors import APIProblem
+from ..providers.base import ProviderError
 from ..store import new_id
 from .records import TaskRecords
 
@@ -37,6 +40,8 @@ class SessionContext:
         workdir: Where commands start.
         env: The task's environment (without the server's own).
         exec_prefix: Put before commands to run inside the task (empty for log logins).
+        logs: The log files a ``+logs`` login may follow; ``()`` for a task login.
+        refusal: Why commands cannot run in this session (``None``: they can).
     """
 
     task_id: str
@@ -45,6 +50,13 @@ class SessionContext:
     workdir: Path
     env: dict[str, str]
     exec_prefix: list[str]
+    logs: tuple[Path, ...] = ()
+    refusal: str | None = None
+
+    @property
+    def is_logs(self) -> bool:
+        """Whether this is a ``<task_id>+logs`` login."""
+        return bool(self.logs)
 
 
 class SSHAccess:
@@ -126,13 +138,25 @@ class SSHAccess:
         gpu_ids = orjson.loads(row["gpu_ids"])
         if gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
-        running = row["status"] == TaskStatus.RUNNING.value
-        prefix = (
-            self._provider.exec_prefix(task_id, row["provider_id"])
-            if running and kind == ""
-            else []
+        if kind == "logs":
+            logs = (paths.stdout, paths.stderr)
+            return SessionContext(task_id, row["org_id"], paths.root, paths.workdir, {}, [], logs)
+        prefix: list[str] = []
+        refusal = None
+        if row["status"] != TaskStatus.RUNNING.value:
+            refusal = (
+                f"task {task_id} is {row['status']}, not running: commands and shells need "
+                f"a running task (its logs: `vi-flow logs {task_id}` or the "
+                f"{task_id}+logs login)"
+            )
+        else:
+            try:
+                prefix = self._provider.exec_prefix(task_id, row["provider_id"])
+            except ProviderError as exc:
+                refusal = f"cannot run commands in task {task_id}: {exc.message}"
+        return SessionContext(
+            task_id, row["org_id"], paths.root, paths.workdir, env, prefix, refusal=refusal
         )
-        return SessionContext(task_id, row["org_id"], paths.root, paths.workdir, env, prefix)
 
     async def authorized_keys(self, org_id: str) -> list[str]:
         """The public key lines that may log in to the organization's tasks."""
@@ -161,9 +185,16 @@ class SSHAccess:
             workdir=str(paths.workdir),
             stdout_path=str(paths.stdout),
             stderr_path=str(paths.stderr),
-            exec_prefix=self._provider.exec_prefix(task_id, task.provider_id),
+            exec_prefix=self._published_prefix(task_id, task.provider_id),
             status=task.status,
         )
+
+    def _published_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+        """The exec prefix shown to clients: informational, and ``[]`` where none applies."""
+        try:
+            return self._provider.exec_prefix(task_id, provider_id)
+        except ProviderError:
+            return []
 
 
 def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqlite3.Row, bool]:

@@ -5,9 +5,14 @@ under ``<home>/ssh/`` and published with each task's SSH endpoint, so clients pi
 Authentication is by public key only: the login names a task (``<task_id>`` runs inside
 the task, ``<task_id>+logs`` on the log host) and the key must be registered for that
 task's organization. ``exec`` runs ``/bin/sh -c <command>`` in the task workspace with
-the task's environment (behind the provider's exec prefix); without a command a shell
-starts, on a PTY when one was requested. The SFTP subsystem is chrooted to the task
-directory. Auth decisions are logged without key material.
+the task's environment (behind the provider's exec prefix: the local sandbox, ``srun``)
+and an allow-listed environment, never the server's; without a command a shell starts, on
+a PTY when one was requested. A login to a task that is not running, or that its
+provider cannot enter (Ray), is answered with the reason and exit status 1. A ``+logs``
+login runs no command at all: the server itself follows the one log file the client's
+``tail -c +N -F -- <log>`` names, opened without following symbolic links. The SFTP
+subsystem is rooted in the task directory and resolves no path outside it, through
+``..`` or a symbolic link. Auth decisions are logged without key material.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import fcntl
 import functools
 import logging
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -28,6 +34,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from ..providers.local.sandbox import allowed_environment
 from .ssh import SessionContext
 
 __all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
@@ -38,6 +45,8 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 _CHUNK = 64 * 1024
 _PTY_DRAIN = 0.5
 _CLOSE_WAIT = 5.0
+_LOG_POLL = 0.2
+_CLIENT_ENV = ("TERM", "LANG", "LANGUAGE", "COLUMNS", "LINES")
 
 
 class SessionResolver(Protocol):
@@ -129,8 +138,10 @@ def _argv(context: SessionContext, command: str | None, pty: bool, shell: str) -
 
 
 def _environment(context: SessionContext, client_env: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VI_FLOW_")}
-    env.update(client_env)
+    """An allow-list: never the server's environment; of the client's, only the terminal
+    and locale (``LD_PRELOAD`` and friends would reach ``srun`` on the server host)."""
+    env = allowed_environment(os.environ, context.workdir)
+    env.update({k: v for k, v in client_env.items() if k in _CLIENT_ENV or k.startswith("LC_")})
     env.update(context.env)
     env.setdefault("TERM", "xterm")
     return env
@@ -320,8 +331,96 @@ class _FDWriter:
         """The PTY master is closed with its read side."""
 
 
+def _log_request(context: SessionContext, command: str | None) -> tuple[Path, int, bool] | None:
+    """``(log, offset, follow)`` for ``[exec] tail -c +N [-s S] [-F] [--] <log>``, where
+    ``<log>`` is one of the task's logs; ``None`` for anything else."""
+    try:
+        words = shlex.split(command or "")
+    except ValueError:
+        return None
+    if words[:1] == ["exec"]:
+        words = words[1:]
+    if len(words) < 4 or words[:2] != ["tail", "-c"] or Path(words[-1]) not in context.logs:
+        return None
+    start, options = words[2], words[3:-1]
+    if options[-1:] == ["--"]:
+        options = options[:-1]
+    follow = options[-1:] == ["-F"]
+    if follow:
+        options = options[:-1]
+    if options[:1] == ["-s"] and len(options) == 2:
+        options = []
+    if options or start[:1] != "+" or not start[1:].isdigit():
+        return None
+    return Path(words[-1]), max(int(start[1:]) - 1, 0), follow
+
+
+def _read_log(path: Path, fd: int | None, offset: int) -> tuple[int | None, bytes]:
+    """Read on from ``offset`` (blocking); opens the file without following a link."""
+    if fd is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, b""
+    if os.fstat(fd).st_size < offset:  # truncated: tail -F starts over
+        offset = 0
+    return fd, os.pread(fd, _CHUNK, offset)
+
+
+async def _follow_log(
+    process: asyncssh.SSHServerProcess[bytes], path: Path, offset: int, follow: bool
+) -> int:
+    fd: int | None = None
+    try:
+        while True:
+            fd, data = await asyncio.to_thread(_read_log, path, fd, offset)
+            if not data and not follow:
+                return 0
+            if not data:
+                await asyncio.sleep(_LOG_POLL)
+                continue
+            offset += len(data)
+            process.stdout.write(data)
+            await process.stdout.drain()
+    except OSError as exc:
+        process.stderr.write(f"vi-flow: cannot read {path.name}: {exc.strerror}\n".encode())
+        return 1
+    except asyncssh.Error:
+        return 1
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+async def _serve_logs(process: asyncssh.SSHServerProcess[bytes], context: SessionContext) -> int:
+    """The fixed log reader of a ``+logs`` login."""
+    request = _log_request(context, process.command)
+    if request is None:
+        names = " or ".join(str(p) for p in context.logs)
+        process.stderr.write(
+            f"vi-flow: a {context.task_id}+logs login runs no commands; it only follows the "
+            f"task's logs (tail -c +N [-F] -- {names})\n".encode()
+        )
+        return 1
+    follow = asyncio.ensure_future(_follow_log(process, *request))
+    closed = asyncio.ensure_future(process.wait_closed())
+    try:
+        await asyncio.wait({follow, closed}, return_when=asyncio.FIRST_COMPLETED)
+        return follow.result() if follow.done() else 0
+    finally:
+        follow.cancel()
+        closed.cancel()
+
+
 async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str) -> None:
     context = _context_of(process.channel)
+    if context.is_logs:
+        process.exit(await _serve_logs(process, context))
+        return
+    if context.refusal is not None:
+        process.stderr.write(f"vi-flow: {context.refusal}\n".encode())
+        process.exit(1)
+        return
     pty = process.get_terminal_type() is not None
     argv = _argv(context, process.command, pty, shell)
     env = _environment(context, dict(process.env))
@@ -336,9 +435,65 @@ async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str)
 
 
 class _SFTPServer(asyncssh.SFTPServer):
+    """SFTP rooted in the task directory: every path's directory must resolve beneath the
+    root, and operations that follow the last component (open, stat, list, ...) check
+    the whole path, so ``..`` and symbolic links never lead out of it."""
+
     def __init__(self, channel: asyncssh.SSHServerChannel[bytes]) -> None:
         context = _context_of(channel)
+        self._root = os.path.realpath(context.root).encode()
+        self._refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
         super().__init__(channel, chroot=str(context.root).encode())
+
+    def map_path(self, path: bytes) -> bytes:
+        if self._refusal:
+            raise asyncssh.SFTPPermissionDenied(self._refusal)
+        mapped = super().map_path(path)
+        self._beneath(os.path.dirname(mapped), path)
+        return mapped
+
+    def _beneath(self, local: bytes, shown: bytes) -> None:
+        real = os.path.realpath(local)
+        if real != self._root and not real.startswith(self._root + b"/"):
+            name = shown.decode(errors="replace")
+            raise asyncssh.SFTPPermissionDenied(f"{name} leads outside the task directory")
+
+    def _followed(self, path: bytes) -> None:
+        self._beneath(self.map_path(path), path)
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Any:
+        self._followed(path)
+        return super().open(path, pflags, attrs)
+
+    def open56(
+        self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs
+    ) -> Any:
+        self._followed(path)
+        return super().open56(path, desired_access, flags, attrs)
+
+    def stat(self, path: bytes) -> Any:
+        self._followed(path)
+        return super().stat(path)
+
+    def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> Any:
+        self._followed(path)
+        return super().setstat(path, attrs)
+
+    def scandir(self, path: bytes) -> Any:
+        self._followed(path)
+        return super().scandir(path)
+
+    def realpath(self, path: bytes) -> Any:
+        self._followed(path)
+        return super().realpath(path)
+
+    def statvfs(self, path: bytes) -> Any:
+        self._followed(path)
+        return super().statvfs(path)
+
+    def link(self, oldpath: bytes, newpath: bytes) -> Any:
+        self._followed(oldpath)
+        return super().link(oldpath, newpath)
 
 
 class TaskSSHServer:

@@ -162,6 +162,10 @@ class Volumes:
         )
         row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
         await self._store.run(lambda c: _record_mount(c, row, config))
+        # A sandboxing provider binds it into the sessions opened from now on.
+        mounted = getattr(self._provider, "mounted", None)
+        if mounted is not None:
+            mounted(task_id, Path(volume.path))
         return await self._records.get(task_id)
 
     async def mounts(self, task_id: str) -> list[Mount]:
@@ -255,9 +259,13 @@ def _attached(conn: sqlite3.Connection, volume_id: str) -> list[str]:
 def _record_mount(conn: sqlite3.Connection, row: tuple[str, ...], config: TaskConfig) -> None:
     """Add a ``task_mounts`` row and store the task's config with the new volume."""
     conn.execute("INSERT OR REPLACE INTO task_mounts VALUES (?,?,?,?,?,?)", row)
+    # Only the volumes change: the stored config keeps its env values (answers redact them).
+    stored = orjson.loads(
+        conn.execute("SELECT config FROM tasks WHERE task_id = ?", (row[0],)).fetchone()[0]
+    )
+    stored["volumes"] = to_wire(config)["volumes"]
     conn.execute(
-        "UPDATE tasks SET config = ? WHERE task_id = ?",
-        (orjson.dumps(to_wire(config)).decode(), row[0]),
+        "UPDATE tasks SET config = ? WHERE task_id = ?", (orjson.dumps(stored).decode(), row[0])
     )
 
 

@@ -22,6 +22,7 @@ import attrs
 from ....models.tasks import TaskStatus
 from ...clock import now_ms
 from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
+from .sandbox import allowed_environment
 
 __all__ = [
     "KILL_WAIT",
@@ -61,6 +62,8 @@ class Job:
     stopper: asyncio.Task[None] | None = None
     done: asyncio.Event = attrs.Factory(asyncio.Event)
     watcher: asyncio.Task[None] | None = None
+    sandboxed: bool = False
+    late_volumes: list[Path] = attrs.Factory(list)  # mounted while it ran
 
 
 # -- starting --------------------------------------------------------------------------
@@ -95,9 +98,10 @@ def _link_mount(host_path: Path, visible: Path) -> None:
 
 
 def task_environment(job: Job, base: Mapping[str, str], machine_has_gpus: bool) -> dict[str, str]:
-    """``base`` without the server's ``VI_FLOW_*`` variables, plus the task's own and
-    ``CUDA_VISIBLE_DEVICES`` (empty on a GPU machine when the task has no GPUs)."""
-    env = {k: v for k, v in base.items() if not k.startswith("VI_FLOW_")}
+    """An allow-list of ``base`` (``PATH``, ``HOME``, locale; never the server's own
+    variables or secrets), the task's own environment and ``CUDA_VISIBLE_DEVICES``
+    (empty on a GPU machine when the task has no GPUs)."""
+    env = allowed_environment(base, job.spec.paths.workdir)
     env.update(job.spec.env)
     if machine_has_gpus or job.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_ids)
@@ -113,10 +117,36 @@ def append_line(path: Path, text: str) -> None:
 # -- stopping --------------------------------------------------------------------------
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a process group that may already be gone."""
+def signal_group(pgid: int, sig: signal.Signals, spare_leader: bool = False) -> None:
+    """Send ``sig`` to a process group that may already be gone.
+
+    ``spare_leader``: the leader is the sandbox's ``bwrap``, which would die of SIGTERM
+    and take the task down with SIGKILL before its grace period; the task's own
+    processes get the signal instead (the sandbox's PID 1 ignores it and exits with them).
+    """
+    if spare_leader and sig != signal.SIGKILL:
+        for pid in _group_members(pgid):
+            if pid != pgid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(entry))
+    return members
 
 
 async def stop_job(job: Job, grace: float) -> None:
@@ -124,7 +154,7 @@ async def stop_job(job: Job, grace: float) -> None:
     process = job.process
     if process is None or process.returncode is not None:
         return
-    signal_group(process.pid, signal.SIGTERM)
+    signal_group(process.pid, signal.SIGTERM, spare_leader=job.sandboxed)
     try:
         await asyncio.wait_for(asyncio.shield(job.done.wait()), grace)
     except asyncio.TimeoutError:
@@ -133,9 +163,11 @@ async def stop_job(job: Job, grace: float) -> None:
             await asyncio.wait_for(asyncio.shield(job.done.wait()), KILL_WAIT)
 
 
-async def terminate(process: asyncio.subprocess.Process, grace: float) -> None:
+async def terminate(
+    process: asyncio.subprocess.Process, grace: float, sandboxed: bool = False
+) -> None:
     """SIGTERM the process's group, SIGKILL after ``grace`` seconds; wait for the leader."""
-    signal_group(process.pid, signal.SIGTERM)
+    signal_group(process.pid, signal.SIGTERM, spare_leader=sandboxed)
     try:
         await asyncio.wait_for(asyncio.shield(process.wait()), grace)
     except asyncio.TimeoutError:

@@ -72,6 +72,7 @@ from .process import (
     terminate,
 )
 from .reservations import ReservationBook
+from .sandbox import Sandbox, check_executable, detect_sandbox
 
 if TYPE_CHECKING:
     from ...state import ServerSettings
@@ -107,6 +108,7 @@ class LocalProvider:
         self._max_run_time_grace = float(
             self._extra.get("local_max_run_time_grace", MAX_RUN_TIME_GRACE)
         )
+        self.sandbox = Sandbox(None, "not checked yet")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -116,6 +118,15 @@ class LocalProvider:
         self.machine = await detect_machine(self._extra)
         self.reservations.machine = self.machine
         await self.reservations.load()
+        self.sandbox = await asyncio.to_thread(detect_sandbox, self.home, self._extra)
+        if self.sandbox.enabled:
+            log.info("local provider: tasks and SSH sessions run in a bubblewrap sandbox")
+        else:
+            log.warning(
+                "local provider: tasks are NOT sandboxed (%s); they can read the server's "
+                "home and every organization's files",
+                self.sandbox.reason,
+            )
         self._loop_task = asyncio.create_task(self._scheduler(), name="vi-flow-local-scheduler")
         log.info("local provider: %d CPUs, %s", self.machine.cpus, self.machine.describe_gpus())
 
@@ -158,8 +169,25 @@ class LocalProvider:
         return TaskPaths.under(self.home / "tasks" / task_id)
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
-        """Nothing: a local task's commands run directly on this machine."""
-        return []
+        """The sandbox of the running task (``[]`` when unsandboxed): a session sees the
+        task's directory and volumes, never the rest of the machine.
+
+        Raises:
+            InvalidRequest: The task is not running here.
+        """
+        job = self._jobs.get(task_id)
+        if job is None or job.state != "running":
+            raise InvalidRequest(f"task {task_id} is not running")
+        spec = job.spec
+        volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+        return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir)
+
+    def mounted(self, task_id: str, host_path: Path) -> None:
+        """A volume was mounted into a queued or running task: SSH sessions opened from
+        now on see it (the task's running processes keep the sandbox they started in)."""
+        job = self._jobs.get(task_id)
+        if job is not None:
+            job.late_volumes.append(host_path)
 
     # -- placement and catalog ---------------------------------------------------------
 
@@ -304,10 +332,18 @@ class LocalProvider:
 
     async def _spawn(self, job: Job, out: int, err: int, cwd: Path) -> asyncio.subprocess.Process:
         """Start the task's command as the leader of a new process group."""
+        spec = job.spec
+        volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+        job.sandboxed = self.sandbox.enabled
+        env = task_environment(job, os.environ, bool(self.machine.gpus))
+        if job.sandboxed:
+            # bwrap would start and then fail with status 1; fail as an unsandboxed start does.
+            await asyncio.to_thread(check_executable, spec.argv[0], cwd, env["PATH"])
         return await asyncio.create_subprocess_exec(
-            *job.spec.argv,
+            *self.sandbox.prefix(spec.paths.root, volumes, cwd),
+            *spec.argv,
             cwd=cwd,
-            env=task_environment(job, os.environ, bool(self.machine.gpus)),
+            env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -344,8 +380,10 @@ class LocalProvider:
             job.stop_message = job.stop_message or (
                 f"stopped after exceeding max_run_time of {limit:g} s"
             )
-            await terminate(process, self._max_run_time_grace)
+            await terminate(process, self._max_run_time_grace, job.sandboxed)
         code = process.returncode if process.returncode is not None else -9
+        if job.sandboxed:
+            code = self.sandbox.exit_code(code)
         # The leader is gone; make sure nothing it left behind keeps running.
         signal_group(process.pid, signal.SIGKILL)
         self._jobs.pop(job.spec.task_id, None)

@@ -31,9 +31,10 @@ must be visible at the same path on every node that runs entry points and on the
 Limits, each failing with :class:`~..base.UnsupportedOperation` or documented here:
 reservations and the availability search do not exist in Ray; ``grace`` on cancel is the
 cluster's ``RAY_JOB_STOP_WAIT_TIME_S`` (3 s by default: SIGTERM to the entry point's
-process tree, then SIGKILL); and shells run on the server's host with the task's
-environment and GPUs (``exec_prefix`` is empty), because Ray has no way to run a command
-inside another job, so on a multi-node cluster a shell does not run on the job's node.
+process tree, then SIGKILL); and SSH commands and shells are refused
+(``exec_prefix`` raises :class:`~..base.UnsupportedOperation`), because Ray has no way to
+run a command inside another job, and running it on the server's host would hand the
+task's user the server's machine.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ..base import (
     RunningTask,
     TaskPaths,
     TaskUpdate,
+    UnsupportedOperation,
 )
 from .api import (
     RayAuthError,
@@ -166,9 +168,15 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
     # -- tasks ---------------------------------------------------------------------------
 
     def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
-        """Nothing: Ray cannot run a command inside a job, so shells run on the server's
-        host, in the task's workspace with its environment and ``CUDA_VISIBLE_DEVICES``."""
-        return []
+        """Never: Ray cannot run a command inside a job, and the server's host is no place
+        for a task's shell.
+
+        Raises:
+            UnsupportedOperation: Always.
+        """
+        raise UnsupportedOperation(
+            self.name, "commands or shells inside a running job (Ray cannot run them there)"
+        )
 
     async def place(self, config: TaskConfig) -> Placement:
         """Resolve a config against the cluster's nodes (see :func:`.catalog.placement`).

@@ -1,0 +1,268 @@
+"""A task, and an SSH session into it, sees its own files and nothing else of the host.
+
+Each test tries an escape for real (the ones issue 11 lists) and asserts it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncssh
+import pytest
+
+from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
+
+from .conftest import TaskServer
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
+
+CANARY = "server-canary-4f1d2c"
+
+# Tries every secret of the host; prints LEAK for each one it could read.
+_PROBE = r"""
+for p in "$VI_FLOW_WORKSPACE/../../../admin-token" {home}/admin-token {home}/state.db \
+         {home}/ssh/ssh_host_ed25519_key {home}/tasks/{other}/workspace/secret.txt \
+         {other_volume}/secret.txt /etc/shadow; do
+  if cat "$p" >/dev/null 2>&1; then echo "LEAK $p"; fi
+done
+ls {home}/tasks 2>/dev/null | grep -vx "$VI_FLOW_TASK_ID" | sed 's/^/LEAK task /'
+echo x > {home}/planted 2>/dev/null  # at most into its private /tmp: checked on the host
+env | grep -q {canary} && echo "LEAK server env"
+grep -l {secret} /proc/[0-9]*/environ 2>/dev/null | sed 's/^/LEAK environ /'
+ps -eo args 2>/dev/null | grep -c . | sed 's/^/processes /'
+echo probed
+"""
+
+
+async def _other_org(server: TaskServer) -> str:
+    org = await server.call("POST", "/organizations", json={"name": "other"})
+    assert org.status == 201, org.body
+    token = await server.call(
+        "POST", f"/organizations/{org.body['organizationId']}/tokens", json={"name": "t"}
+    )
+    return str(token.body["token"])
+
+
+async def _victim(server: TaskServer) -> tuple[str, Path]:
+    """Organization B's task (holding a secret file and env value) and volume."""
+    other = await _other_org(server)
+    volume = await server.call("POST", "/volumes", json={"name": "theirs"}, token=other)
+    assert volume.status == 201, volume.body
+    task = await server.call(
+        "POST",
+        "/tasks",
+        json={
+            "command": "echo b-secret > secret.txt; echo b-secret > $VI_FLOW_VOLUME_DATA/secret.txt;"
+            " sleep 30",
+            "env": {"HF_TOKEN": "b-secret-token"},
+            "volumes": [{"volumeId": volume.body["volumeId"], "mountPath": "data"}],
+        },
+        token=other,
+    )
+    assert task.status == 201, task.body
+    with anyio.fail_after(8):
+        while (await server.call("GET", f"/tasks/{task.body['taskId']}", token=other)).body[
+            "status"
+        ] != "running":
+            await asyncio.sleep(0.02)
+    volume_path = server.home / "volumes" / volume.body["volumeId"]
+    return task.body["taskId"], volume_path
+
+
+def _probe(server: TaskServer, other: str, volume: Path) -> str:
+    return _PROBE.format(
+        home=server.home,
+        other=other,
+        other_volume=volume,
+        canary=CANARY,
+        secret="b-secret-token",
+    )
+
+
+async def _logs(server: TaskServer, task_id: str) -> str:
+    answer = await server.call("GET", f"/tasks/{task_id}/logs", params={"tail": "200"})
+    return "\n".join(answer.body["lines"])
+
+
+@pytest.fixture
+async def sandboxed(start_server: Any, monkeypatch: pytest.MonkeyPatch) -> TaskServer:
+    monkeypatch.setenv("SERVER_SECRET", CANARY)  # the server's own environment
+    server: TaskServer = await start_server(local_cpus=4, local_gpus=[])
+    return server
+
+
+@pytest.mark.anyio
+async def test_a_task_reaches_nothing_of_the_server_or_another_org(sandboxed: TaskServer) -> None:
+    other, volume = await _victim(sandboxed)
+    task = await sandboxed.submit(command=_probe(sandboxed, other, volume))
+    done = await sandboxed.wait(task["taskId"], within=20)
+    out = await _logs(sandboxed, task["taskId"])
+    assert "probed" in out, (done, out)
+    assert [line for line in out.splitlines() if "LEAK" in line] == []
+    assert not (sandboxed.home / "planted").exists()
+    processes = next(line for line in out.splitlines() if line.startswith("processes"))
+    assert int(processes.split()[1]) <= 8, out  # its own PID namespace
+
+
+@pytest.mark.anyio
+async def test_an_ssh_session_reaches_nothing_either(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    other, volume = await _victim(sandboxed)
+    public = client_key.export_public_key().decode()
+    await sandboxed.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    task = await sandboxed.submit(command="sleep 30")
+    await sandboxed.wait(task["taskId"], until={"running"})
+    endpoint = (await sandboxed.call("GET", f"/tasks/{task['taskId']}/ssh")).body
+    async with _connect(endpoint, client_key) as conn:
+        result = await conn.run(_probe(sandboxed, other, volume))
+        assert "probed" in result.stdout, result.stderr
+        assert [line for line in result.stdout.splitlines() if "LEAK" in line] == []
+        pwd = await conn.run("pwd; touch made-here && echo ok")
+        assert pwd.stdout.split() == [endpoint["workdir"], "ok"]
+
+
+def _connect(endpoint: dict[str, Any], key: asyncssh.SSHKey, user: str | None = None) -> Any:
+    return asyncssh.connect(
+        endpoint["host"],
+        endpoint["port"],
+        username=user or endpoint["user"],
+        client_keys=[key],
+        known_hosts=asyncssh.import_known_hosts(endpoint["knownHosts"]),
+        agent_path=None,
+        config=None,
+    )
+
+
+@pytest.mark.anyio
+async def test_without_a_sandbox_a_second_organization_gets_no_tasks(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("VI_FLOW_ALLOW_UNSANDBOXED", raising=False)
+    server: TaskServer = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
+    assert "tasks are NOT sandboxed" in caplog.text
+    alone = await server.submit(command="true")  # one organization: its own risk
+    await server.wait(alone["taskId"])
+    other = await _other_org(server)
+    refused = await server.call("POST", "/tasks", json={"command": "true"}, token=other)
+    assert refused.status == 503 and refused.body["error"]["code"] == "SANDBOX_UNAVAILABLE"
+    assert "VI_FLOW_ALLOW_UNSANDBOXED" in refused.body["error"]["message"]
+    monkeypatch.setenv("VI_FLOW_ALLOW_UNSANDBOXED", "1")
+    accepted = await server.call("POST", "/tasks", json={"command": "true"}, token=other)
+    assert accepted.status == 201, accepted.body
+
+
+async def _login_endpoint(server: TaskServer, key: asyncssh.SSHKey, command: str) -> dict[str, Any]:
+    public = key.export_public_key().decode()
+    await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    task = await server.submit(command=command)
+    await server.wait(task["taskId"], until={"running"})
+    return dict((await server.call("GET", f"/tasks/{task['taskId']}/ssh")).body)
+
+
+@pytest.mark.anyio
+async def test_logs_logins_run_only_the_log_reader(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _login_endpoint(sandboxed, client_key, "echo hello; sleep 30")
+    with anyio.fail_after(5):
+        while "hello" not in await _logs(sandboxed, endpoint["taskId"]):
+            await asyncio.sleep(0.05)
+    async with _connect(endpoint, client_key, endpoint["logsUser"]) as conn:
+        for command in (
+            f"cat {sandboxed.home}/admin-token",
+            f"tail -c +1 -- {sandboxed.home}/admin-token",
+            f"tail -c +1 -- {endpoint['stdoutPath']}; cat /etc/passwd",
+            "env",
+        ):
+            refused = await conn.run(command)
+            assert refused.exit_status == 1 and refused.stdout == "", command
+            assert "runs no commands" in refused.stderr
+        shell = await conn.run()
+        assert shell.exit_status == 1 and "runs no commands" in shell.stderr
+        log = await conn.run(f"tail -c +1 -- {endpoint['stdoutPath']}")
+        assert log.stdout == "hello\n"
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="cannot use SFTP"):
+            async with conn.start_sftp_client() as sftp:
+                await sftp.listdir("/")
+
+
+@pytest.mark.anyio
+async def test_a_login_to_a_task_that_is_not_running_is_refused(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _login_endpoint(sandboxed, client_key, "sleep 30")
+    await sandboxed.call("POST", f"/tasks/{endpoint['taskId']}/cancel", json={"force": True})
+    await sandboxed.wait(endpoint["taskId"])
+    async with _connect(endpoint, client_key) as conn:
+        refused = await conn.run("echo ran on the host")
+        assert refused.exit_status == 1 and refused.stdout == ""
+        assert f"task {endpoint['taskId']} is cancelled, not running" in refused.stderr
+
+
+@pytest.mark.anyio
+async def test_sftp_never_follows_a_link_out_of_the_task(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    (sandboxed.home / "outside.txt").write_text("server secret\n")
+    endpoint = await _login_endpoint(
+        sandboxed,
+        client_key,
+        "ln -s ../../../admin-token token; ln -s ../../.. up; ln -s ../../../outside.txt o;"
+        " echo ready; sleep 30",
+    )
+    with anyio.fail_after(5):
+        while "ready" not in await _logs(sandboxed, endpoint["taskId"]):
+            await asyncio.sleep(0.05)
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        for path in ("/workspace/token", "/workspace/up/admin-token", "/workspace/o"):
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="outside the task"):
+                async with sftp.open(path) as handle:
+                    await handle.read()
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            await sftp.listdir("/workspace/up")
+        with pytest.raises(asyncssh.SFTPPermissionDenied):
+            async with sftp.open("/workspace/up/planted", "w") as handle:
+                await handle.write("x")
+        await sftp.symlink("../../../admin-token", "/workspace/mine")  # kept in the root
+        with pytest.raises(asyncssh.SFTPError):
+            async with sftp.open("/workspace/mine") as handle:
+                await handle.read()
+        assert (await sftp.lstat("/workspace/token")).type == asyncssh.FILEXFER_TYPE_SYMLINK
+    assert not (sandboxed.home / "planted").exists()
+
+
+@pytest.mark.anyio
+async def test_a_canary_secret_appears_in_no_answer_log_or_other_task(
+    sandboxed: TaskServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary = "canary-hf-token-9b7e"
+    task = await sandboxed.submit(command="sleep 30", env={"HF_TOKEN": canary})
+    await sandboxed.wait(task["taskId"], until={"running"})
+    answers = [
+        await sandboxed.call("GET", "/tasks"),
+        await sandboxed.call("GET", f"/tasks/{task['taskId']}"),
+        await sandboxed.call("GET", f"/tasks/{task['taskId']}/ssh"),
+        await sandboxed.call("GET", f"/tasks/{task['taskId']}/logs"),
+    ]
+    for answer in answers:
+        assert canary not in repr(answer.body)
+    assert answers[1].body["config"]["env"] == {"HF_TOKEN": ENV_REDACTED}  # names only
+    config = TaskConfig(command="x", env={"HF_TOKEN": canary})
+    assert canary not in repr(config) and "HF_TOKEN" in repr(config)
+    spy = await sandboxed.submit(
+        command="ps -eo args; cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'; env"
+    )
+    await sandboxed.wait(spy["taskId"])
+    assert canary not in await _logs(sandboxed, spy["taskId"])
+    assert canary not in caplog.text
+    home = sandboxed.home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in ("state.db", "admin-token", "ssh/ssh_host_ed25519_key"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    await sandboxed.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})

@@ -1,0 +1,175 @@
+"""The bubblewrap sandbox every local task, and every SSH session into one, runs in.
+
+A sandboxed command sees a fresh root: the system (``/usr``, ``/etc`` without its
+secrets, the ``/bin`` and ``/lib`` links) and the server's own Python read-only, a private
+``/tmp``, its own ``/proc`` in a new PID namespace (other processes are invisible), a
+minimal ``/dev`` plus the GPUs (``/dev/nvidia*``), and, writable, only its task
+directory (with ``logs/`` read-only: the server writes the logs) and its volumes, each at
+the same path as on the host so paths in ``VI_FLOW_*`` variables stay true. The server's
+home, other tasks, other organizations' volumes, ``state.db``, tokens and the SSH host key
+are simply not there. Capabilities are dropped; the environment is built by the caller
+as an allow-list (:func:`allowed_environment`), never inherited.
+
+:func:`detect_sandbox` checks once, at start, that ``bwrap`` exists and can make its
+namespaces here; where it cannot, :class:`Sandbox` says why and tasks run unsandboxed
+(the server then refuses a second organization unless ``VI_FLOW_ALLOW_UNSANDBOXED=1``).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = ["Sandbox", "allowed_environment", "check_executable", "detect_sandbox"]
+
+_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_DIRS = ("/usr", "/etc", "/opt")
+# Host secrets that a world-readable /etc would otherwise show to a task (run as root).
+_ETC_SECRETS = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+_ETC_SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d", "/etc/munge", "/etc/slurm")
+_ENV_KEPT = ("LANG", "LANGUAGE", "TZ")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def allowed_environment(base: Mapping[str, str], home: Path) -> dict[str, str]:
+    """The environment a task or session starts from: ``PATH`` (the server's, so tools
+    such as ``srun`` are found), ``HOME`` (its workspace), the locale and time zone of
+    ``base`` — nothing else of the server's."""
+    env = {k: v for k, v in base.items() if k in _ENV_KEPT or k.startswith("LC_")}
+    env["PATH"] = base.get("PATH") or _PATH
+    env["HOME"] = str(home)
+    return env
+
+
+@attrs.frozen
+class Sandbox:
+    """How (and whether) local commands are sandboxed.
+
+    Attributes:
+        bwrap: The ``bwrap`` executable, ``None`` when commands run unsandboxed.
+        reason: Why there is no sandbox (empty when there is one).
+        read_only: Host paths shown read-only at the same place (the server's Python).
+    """
+
+    bwrap: str | None
+    reason: str = ""
+    read_only: tuple[Path, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether commands run inside bubblewrap."""
+        return self.bwrap is not None
+
+    def prefix(self, root: Path, volumes: Iterable[Path], cwd: Path) -> list[str]:
+        """The argv put before a command to run it in the sandbox of the task at ``root``
+        (``[]`` when unsandboxed)."""
+        if self.bwrap is None:
+            return []
+        args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        args += ["--unshare-cgroup-try", "--die-with-parent"]
+        if os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+        args += _system_binds()
+        for path in self.read_only:
+            args += ["--ro-bind-try", str(path), str(path)]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        for device in sorted(glob.glob("/dev/nvidia*")):
+            args += ["--dev-bind-try", device, device]
+        args += ["--bind", str(root), str(root)]
+        logs = root / "logs"
+        args += ["--ro-bind-try", str(logs), str(logs)]
+        for volume in volumes:
+            args += ["--bind", str(volume), str(volume)]
+        # The sandbox's own root (where the home's path was made) is read-only too.
+        args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]
+        return args
+
+    @staticmethod
+    def exit_code(returncode: int) -> int:
+        """The command's own status from bwrap's (which reports a signal N as 128 + N)."""
+        if 128 < returncode <= 128 + 64:
+            return -(returncode - 128)
+        return returncode
+
+
+def check_executable(command: str, cwd: Path, path: str) -> None:
+    """Raise like ``exec`` would when ``command`` cannot run (the sandbox shows the
+    system and the task directory at their host paths; blocking).
+
+    Raises:
+        FileNotFoundError: No such executable.
+    """
+    if "/" in command:
+        found = (cwd / command) if not command.startswith("/") else Path(command)
+        if found.is_file() and os.access(found, os.X_OK):
+            return
+    elif shutil.which(command, path=path) is not None:
+        return
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in _SYSTEM_DIRS:
+        args += ["--ro-bind-try", path, path]
+    for path in _SYSTEM_LINKS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in _ETC_SECRETS:
+        if os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
+    for path in _ETC_SECRET_DIRS:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path]
+    return args
+
+
+def _python_paths(home: Path) -> tuple[Path, ...]:
+    """The server's interpreter and environment, so ``sys.executable`` runs in a task;
+    never a directory that holds the home."""
+    found: list[Path] = []
+    for raw in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        path = Path(raw).resolve()
+        if path == Path("/") or path == home or path in home.parents:
+            continue
+        found.append(path)
+    return tuple(sorted(found))
+
+
+def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
+    """Find ``bwrap`` and check it can build a sandbox here (blocking; run in a thread).
+
+    ``extra["sandbox"] = False`` turns it off (tests of the unsandboxed mode);
+    ``extra["sandbox_read_only"]`` adds host paths shown read-only.
+    """
+    if extra.get("sandbox") is False:
+        return Sandbox(None, "turned off by the server settings (sandbox = false)")
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return Sandbox(None, "bubblewrap (bwrap) is not installed")
+    home = Path(home).resolve()
+    read_only = _python_paths(home) + tuple(Path(p) for p in extra.get("sandbox_read_only", ()))
+    sandbox = Sandbox(bwrap, "", read_only)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        argv = [*sandbox.prefix(root, [], root), "/bin/sh", "-c", "true"]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return Sandbox(None, f"bwrap could not run: {exc}")
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip() or f"status {done.returncode}"
+        return Sandbox(None, f"bwrap cannot create namespaces here: {detail}")
+    return sandbox
