@@ -18,7 +18,7 @@ SEED_FLOW = {
         {
             "block": "template",
             "id": "prepare",
-            "settings": {"template": "data", "format": "text", "x": 1},
+            "settings": {"template": "data", "format": "text"},
         },
         {"block": "template", "id": "train", "settings": {"template": "model"}},
     ],
