@@ -41,6 +41,7 @@ EXPECTED = {
     "ConflictError",
     "FlowExecutionError",
     "FlowNotFoundError",
+    "HostKeyChangedError",
     "InsufficientCreditsError",
     "InternalServerError",
     "LocalServerError",

@@ -26,6 +26,7 @@ Every error a user can catch derives from :class:`ViFlowError`::
     ├── FlowExecutionError            a run ended Failed/Error (carries the failing step)
     ├── ToolCallLimitError            ``max_tool_rounds`` exhausted
     ├── TaskTimeoutError              waiting for a task or job exceeded its timeout
+    ├── HostKeyChangedError           a task server's SSH host key differs from the pinned one
     ├── PaginationError               a server sent a repeated page token or too many pages
     └── ClientStateError              a closed client was used, or a sync client from its own portal
 
@@ -49,6 +50,7 @@ __all__ = [
     "ConflictError",
     "FlowExecutionError",
     "FlowNotFoundError",
+    "HostKeyChangedError",
     "InsufficientCreditsError",
     "InternalServerError",
     "LocalServerError",
@@ -257,6 +259,30 @@ class ToolCallLimitError(ViFlowError):
 
 class TaskTimeoutError(ViFlowError, TimeoutError):
     """Waiting for a task, job or SSH endpoint took longer than the timeout given."""
+
+
+class HostKeyChangedError(ViFlowError):
+    """A server's SSH host key is not the one pinned on first use: refused, never re-pinned.
+
+    Attributes:
+        host: The SSH host.
+        port: The SSH port.
+        pinned: The SHA256 fingerprint pinned before.
+        presented: The SHA256 fingerprint the server publishes now.
+        known_hosts: The pin file; delete it to accept a planned key rotation.
+    """
+
+    def __init__(self, host: str, port: int, pinned: str, presented: str, known_hosts: str):
+        super().__init__(
+            f"the SSH host key of {host}:{port} changed: pinned {pinned}, the server now "
+            f"publishes {presented}. If its key was rotated on purpose, delete {known_hosts} "
+            "and connect again; otherwise do not trust this server."
+        )
+        self.host = host
+        self.port = port
+        self.pinned = pinned
+        self.presented = presented
+        self.known_hosts = known_hosts
 
 
 class PaginationError(ViFlowError):

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import asyncssh
+import attrs
 import pytest
 
+from vi_flow import HostKeyChangedError
 from vi_flow.compute._follow import LogFollower
 from vi_flow.compute.ssh import (
     build_remote_command,
@@ -77,14 +79,12 @@ async def test_echo_goes_through_sys_stdout_so_redirect_stdout_captures_it(
 async def test_wrong_host_key_is_refused(test_sshd: LocalSSHD) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     target = test_sshd.target()
-    import attrs
 
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
         await connect(attrs.evolve(target, host_key=other.strip()))
 
 
 async def test_unregistered_client_key_is_refused(test_sshd: LocalSSHD, tmp_path: Path) -> None:
-    import attrs
 
     stranger = tmp_path / "stranger"
     asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
@@ -98,6 +98,16 @@ async def test_known_hosts_and_command_line(test_sshd: LocalSSHD) -> None:
     assert path.read_text() == known_hosts_line(target)
     assert path.read_text().startswith(f"[127.0.0.1]:{target.port} ssh-ed25519 ")
     assert os.stat(path).st_mode & 0o777 == 0o600
+    rotated = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    changed = attrs.evolve(target, host_key=rotated.strip())
+    with pytest.raises(HostKeyChangedError) as caught:
+        write_known_hosts(changed)  # the API now publishes another key: never re-pinned
+    pinned = asyncssh.import_public_key(target.host_key).get_fingerprint("sha256")
+    assert caught.value.pinned == pinned and pinned in str(caught.value)
+    assert caught.value.presented in str(caught.value) and str(path) in str(caught.value)
+    assert path.read_text() == known_hosts_line(target)
+    path.unlink()  # the documented way to accept a planned rotation
+    assert write_known_hosts(changed).read_text() == known_hosts_line(changed)
     line = ssh_command_line(target)
     assert "StrictHostKeyChecking=yes" in line
     assert f"UserKnownHostsFile={path}" in line

@@ -28,6 +28,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from .._errors import HostKeyChangedError
 from ..resources.ssh_keys import write_private_file
 
 if TYPE_CHECKING:
@@ -123,14 +124,40 @@ def known_hosts_line(target: SSHTarget) -> str:
 
 
 def write_known_hosts(target: SSHTarget) -> Path:
-    """Write the pinned known-hosts file for ``target`` (mode 0600) and return its path.
+    """Pin ``target``'s host key on first use (mode 0600) and return the file's path.
 
-    Atomic and safe to call from many threads at once (each write has its own temporary
-    file). Blocking: call it in a worker thread.
+    The first key seen for a host and port stays pinned: a server that later publishes
+    another one is refused, whatever the API says. Atomic and safe to call from many
+    threads and processes at once (create-if-absent, each write its own temporary file).
+    Blocking: call it in a worker thread.
+
+    Raises:
+        HostKeyChangedError: The pinned key differs; names both fingerprints and the file
+            to delete to accept a planned rotation.
     """
     path = target.known_hosts_path
-    write_private_file(path, known_hosts_line(target).encode())
+    line = known_hosts_line(target)
+    if not path.exists():
+        write_private_file(path, line.encode(), replace=False)
+    pinned = path.read_text(encoding="utf-8")
+    if pinned.split()[1:3] != line.split()[1:3]:
+        raise HostKeyChangedError(
+            target.host,
+            target.port,
+            _fingerprint(" ".join(pinned.split()[1:3])),
+            _fingerprint(target.host_key),
+            str(path),
+        )
     return path
+
+
+def _fingerprint(key_line: str) -> str:
+    import asyncssh
+
+    try:
+        return str(asyncssh.import_public_key(key_line.strip()).get_fingerprint("sha256"))
+    except (asyncssh.KeyImportError, ValueError):
+        return "an unreadable key"
 
 
 def ssh_command_line(target: SSHTarget) -> str:

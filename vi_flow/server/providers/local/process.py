@@ -29,6 +29,7 @@ __all__ = [
     "MAX_RUN_TIME_GRACE",
     "Job",
     "append_line",
+    "ask_to_stop",
     "describe_exit",
     "end_orphan",
     "final_update",
@@ -117,34 +118,46 @@ def append_line(path: Path, text: str) -> None:
 # -- stopping --------------------------------------------------------------------------
 
 
-def signal_group(pgid: int, sig: signal.Signals, spare_leader: bool = False) -> None:
-    """Send ``sig`` to a process group that may already be gone.
-
-    ``spare_leader``: the leader is the sandbox's ``bwrap``, which would die of SIGTERM
-    and take the task down with SIGKILL before its grace period; the task's own
-    processes get the signal instead (the sandbox's PID 1 ignores it and exits with them).
-    """
-    if spare_leader and sig != signal.SIGKILL:
-        for pid in _group_members(pgid):
-            if pid != pgid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-        return
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to a process group that may already be gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def _group_members(pgid: int) -> list[int]:
+async def ask_to_stop(pgid: int, sandboxed: bool) -> None:
+    """SIGTERM the task's processes.
+
+    In a sandbox the group's leader is ``bwrap``, which would die of SIGTERM and take
+    the task down with SIGKILL before its grace period: the task's own processes get the
+    signal instead (the sandbox's PID 1 exits with them). Right after a start they may
+    not exist yet, so wait for them a little.
+    """
+    if not sandboxed:
+        signal_group(pgid, signal.SIGTERM)
+        return
+    for _ in range(50):
+        members = await asyncio.to_thread(_task_processes, pgid)
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        if members:
+            return
+        await asyncio.sleep(0.02)
+
+
+def _task_processes(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that are not bubblewrap itself (blocking)."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
+            argv0 = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0", 1)[0]
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid):
+        if len(fields) > 2 and fields[2] == str(pgid) and not argv0.endswith(b"bwrap"):
             members.append(int(entry))
     return members
 
@@ -154,7 +167,7 @@ async def stop_job(job: Job, grace: float) -> None:
     process = job.process
     if process is None or process.returncode is not None:
         return
-    signal_group(process.pid, signal.SIGTERM, spare_leader=job.sandboxed)
+    await ask_to_stop(process.pid, job.sandboxed)
     try:
         await asyncio.wait_for(asyncio.shield(job.done.wait()), grace)
     except asyncio.TimeoutError:
@@ -167,7 +180,7 @@ async def terminate(
     process: asyncio.subprocess.Process, grace: float, sandboxed: bool = False
 ) -> None:
     """SIGTERM the process's group, SIGKILL after ``grace`` seconds; wait for the leader."""
-    signal_group(process.pid, signal.SIGTERM, spare_leader=sandboxed)
+    await ask_to_stop(process.pid, sandboxed)
     try:
         await asyncio.wait_for(asyncio.shield(process.wait()), grace)
     except asyncio.TimeoutError:
