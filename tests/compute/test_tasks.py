@@ -406,3 +406,16 @@ async def test_gpu_task_gets_its_gpus(gpu_client: vi_flow.AsyncClient) -> None:
         await gpu_client.run("true", gpu="h100:9")
     with pytest.raises(UnprocessableEntityError, match="a100"):
         await gpu_client.run("true", gpu="a100:3")
+
+
+async def test_100_concurrent_shells_on_one_client(client: vi_flow.AsyncClient) -> None:
+    """Issue 11: parallel shells share one pin file; none fails (no shared temporary name)."""
+    task = await client.run("sleep 60", wait=True)
+    try:
+        for count in (20, 100):
+            results = await asyncio.wait_for(
+                asyncio.gather(*(task.shell(f"echo shell-{i}") for i in range(count))), 120
+            )
+            assert [r.stdout for r in results] == [f"shell-{i}\n" for i in range(count)]
+    finally:
+        await task.cancel(force=True)
