@@ -60,3 +60,15 @@ async def test_cancelling_the_run_cancels_its_task(server: Server) -> None:
     assert data(events[-1])["status"] == "Cancelled"
     tasks = (await server.call("GET", "/tasks")).body["items"]
     assert [t["status"] for t in tasks] == ["cancelled"]
+
+
+@pytest.mark.parametrize("working_dir", ["/tmp/vi_flow_escape_step", "../up", "{{ message }}"])
+async def test_a_task_step_keeps_its_working_dir_in_the_workspace(
+    server: Server, working_dir: str
+) -> None:
+    settings = {"command": "pwd", "workingDir": working_dir}
+    flow = await server.flow({"block": "task", "id": "t", "settings": settings})
+    body = {"message": "/tmp/vi_flow_escape_step"}  # a rendered setting is checked too
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["state"] == "failed" and "workingDir" in outcome["error"], outcome
+    assert (await server.call("GET", "/tasks")).body["items"] == []

@@ -16,6 +16,7 @@ import collections
 from typing import Any
 
 from ....models._base import to_wire
+from ....models.limits import check_relative_path
 from ....models.tasks import TaskConfig, TaskStatus
 from ...errors import APIProblem
 from .base import BlockContext, StepError
@@ -33,9 +34,12 @@ def _config(ctx: BlockContext) -> TaskConfig:
             f"task step {ctx.step_id!r}: settings.command is required", "INVALID_SETTINGS"
         )
     try:
-        return TaskConfig.from_dict(fields)
+        config = TaskConfig.from_dict(fields)
+        if config.working_dir is not None:  # inside the task's workspace, as for POST /tasks
+            check_relative_path("settings.workingDir", config.working_dir)
     except (TypeError, ValueError) as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc}", "INVALID_SETTINGS") from exc
+    return config
 
 
 async def task_block(ctx: BlockContext) -> Any:
