@@ -16,6 +16,7 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
+from vi_flow.server.providers.local.sandbox import detect_sandbox
 
 from .conftest import TaskServer
 
@@ -266,3 +267,14 @@ async def test_a_canary_secret_appears_in_no_answer_log_or_other_task(
     for name in ("state.db", "admin-token", "ssh/ssh_host_ed25519_key"):
         assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
     await sandboxed.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
+def test_the_home_is_hidden_even_under_a_read_only_system_directory(tmp_path: Path) -> None:
+    home = tmp_path / "opt" / "vi-flow"  # as if the home were /opt/vi-flow, bound read-only
+    sandbox = detect_sandbox(home, {"sandbox_read_only": [str(tmp_path / "opt")]})
+    assert sandbox.enabled, sandbox.reason
+    root = home / "tasks" / "task_x"
+    argv = sandbox.prefix(root, [], root / "workspace")
+    hide = next(i for i in range(len(argv)) if argv[i : i + 2] == ["--tmpfs", str(home)])
+    shown = argv.index(str(tmp_path / "opt"))
+    assert shown < hide < argv.index(str(root))  # hidden after the system, before the task

@@ -184,6 +184,12 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
             self._logger.info("%s provider on %s (%s)", self._backend, self.settings.url, version)
         except self._backend_error as exc:
             self._logger.warning("%s is not usable yet: %s", self._backend, exc)
+        self._logger.warning(
+            "%s: every organization's jobs run as the one account this server submits as; "
+            "organizations are NOT isolated from each other on this cluster "
+            "(docs/production.md, 'What a task can reach')",
+            self._backend,
+        )
         poller = self._poll_forever()
         self._poller = asyncio.create_task(poller, name=f"vi-flow-{self.name}-poller")
 

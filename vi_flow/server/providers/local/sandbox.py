@@ -59,11 +59,14 @@ class Sandbox:
         bwrap: The ``bwrap`` executable, ``None`` when commands run unsandboxed.
         reason: Why there is no sandbox (empty when there is one).
         read_only: Host paths shown read-only at the same place (the server's Python).
+        hidden: Paths covered by an empty directory (the home, should it lie under a
+            system directory such as ``/opt``).
     """
 
     bwrap: str | None
     reason: str = ""
     read_only: tuple[Path, ...] = ()
+    hidden: tuple[Path, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -83,6 +86,8 @@ class Sandbox:
         for path in self.read_only:
             args += ["--ro-bind-try", str(path), str(path)]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        for path in self.hidden:
+            args += ["--tmpfs", str(path)]
         for device in sorted(glob.glob("/dev/nvidia*")):
             args += ["--dev-bind-try", device, device]
         args += ["--bind", str(root), str(root)]
@@ -161,7 +166,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         return Sandbox(None, "bubblewrap (bwrap) is not installed")
     home = Path(home).resolve()
     read_only = _python_paths(home) + tuple(Path(p) for p in extra.get("sandbox_read_only", ()))
-    sandbox = Sandbox(bwrap, "", read_only)
+    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         argv = [*sandbox.prefix(root, [], root), "/bin/sh", "-c", "true"]
