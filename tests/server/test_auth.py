@@ -90,3 +90,41 @@ async def test_only_admins_manage_organizations(server: Server) -> None:
 async def test_openapi_and_health_need_no_token(server: Server) -> None:
     assert (await server.call("GET", "/openapi.json", token="")).status == 200
     assert (await server.call("GET", "/health", token="")).body == {"status": "ok"}
+
+
+async def test_a_revoked_token_is_refused_at_once(server: Server) -> None:
+    """Issue 11: tokens can be listed (names only) and revoked; the cache forgets them."""
+    org_id, token = await _second_org(server)
+    assert (await server.call("GET", "/flows", token=token)).status == 200  # now cached
+    listed = await server.call("GET", f"/organizations/{org_id}/tokens")
+    assert [t["name"] for t in listed.body["items"]] == ["ci"]
+    assert token not in str(listed.body)
+    assert (await server.call("GET", f"/organizations/{org_id}/tokens", token=token)).status == 403
+    refused = await server.call("DELETE", f"/organizations/{org_id}/tokens/ci", token=token)
+    assert refused.status == 403
+    revoked = await server.call("DELETE", f"/organizations/{org_id}/tokens/ci")
+    assert revoked.status == 200 and revoked.body == {"name": "ci", "revoked": 1}
+    gone = await server.call("GET", "/flows", token=token)
+    assert gone.status == 401 and gone.body["error"]["code"] == "UNAUTHENTICATED"
+    again = await server.call("DELETE", f"/organizations/{org_id}/tokens/ci")
+    assert again.status == 404
+    whoami = (await server.call("GET", "/whoami")).body
+    admin = await server.call(
+        "DELETE", f"/organizations/{whoami['organizationId']}/tokens/{whoami['tokenName']}"
+    )
+    assert admin.status == 409 and "admin token" in admin.body["error"]["message"]
+
+
+async def test_a_token_deleted_behind_the_server_stops_working_within_a_second(
+    server: Server,
+) -> None:
+    """Another replica revoking it (here: the row deleted directly) is seen within 1 s."""
+    import asyncio
+    import sqlite3
+
+    org_id, token = await _second_org(server)
+    assert (await server.call("GET", "/flows", token=token)).status == 200
+    with sqlite3.connect(server.home / "state.db") as conn:
+        conn.execute("DELETE FROM tokens WHERE org_id = ?", (org_id,))
+    await asyncio.sleep(1.1)
+    assert (await server.call("GET", "/flows", token=token)).status == 401

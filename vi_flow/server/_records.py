@@ -172,6 +172,36 @@ def create_token(conn: sqlite3.Connection, org_id: str, name: str, admin: bool) 
     return token
 
 
+def list_tokens(conn: sqlite3.Connection, org_id: str) -> list[dict[str, object]]:
+    if not org_exists(conn, org_id):
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    rows = conn.execute(
+        "SELECT name, admin, created_at FROM tokens WHERE org_id = ? ORDER BY created_at, name",
+        (org_id,),
+    ).fetchall()
+    return [
+        {"name": r["name"], "admin": bool(r["admin"]), "createdAt": r["created_at"]} for r in rows
+    ]
+
+
+def revoke_tokens(conn: sqlite3.Connection, org_id: str, name: str) -> int:
+    """Delete the organization's tokens named ``name``; the admin token is never revoked
+    here (it is the operator's way in: replace ``<home>/admin-token`` instead)."""
+    if not org_exists(conn, org_id):
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    rows = conn.execute(
+        "SELECT admin FROM tokens WHERE org_id = ? AND name = ?", (org_id, name)
+    ).fetchall()
+    if not rows:
+        raise APIProblem.not_found("NOT_FOUND", "token", name)
+    if any(r["admin"] for r in rows):
+        raise APIProblem(
+            409, "CONFLICT", f"token {name!r} is the admin token; it cannot be revoked"
+        )
+    conn.execute("DELETE FROM tokens WHERE org_id = ? AND name = ?", (org_id, name))
+    return len(rows)
+
+
 def lookup_token(conn: sqlite3.Connection, token: str) -> tuple[str, str, bool] | None:
     row = conn.execute(
         "SELECT org_id, name, admin FROM tokens WHERE token_hash = ?", (hash_token(token),)

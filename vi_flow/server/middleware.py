@@ -43,7 +43,10 @@ access_log = logging.getLogger("vi_flow.server.access")
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
 """Paths answered without a bearer token."""
 
-_TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, Principal])
+_TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, tuple[Principal, float]])
+TOKEN_CACHE_SECONDS = 1.0
+"""How long a server process trusts a looked-up token: a token revoked through another
+replica is refused within this time (at once by the process that revoked it)."""
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GONE = "client disconnected after"
 
@@ -172,12 +175,22 @@ async def _principal(request: web.Request) -> Principal:
         raise APIProblem(401, "UNAUTHENTICATED", "missing bearer token in the Authorization header")
     token = token.strip()
     cache = request.app[_TOKENS_KEY]
-    if token not in cache:
-        found = await request.app[STORE_KEY].lookup_token(token)
-        if found is None:
-            raise APIProblem(401, "UNAUTHENTICATED", "the API key is not valid")
-        cache[token] = Principal(*found)
-    return cache[token]
+    now = time.monotonic()
+    cached = cache.get(token)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    found = await request.app[STORE_KEY].lookup_token(token)
+    if found is None:
+        cache.pop(token, None)
+        raise APIProblem(401, "UNAUTHENTICATED", "the API key is not valid")
+    principal = Principal(*found)
+    cache[token] = (principal, now + TOKEN_CACHE_SECONDS)
+    return principal
+
+
+def forget_tokens(app: web.Application) -> None:
+    """Drop every cached token: the next request of each is looked up again."""
+    app[_TOKENS_KEY].clear()
 
 
 @web.middleware

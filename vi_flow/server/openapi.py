@@ -164,6 +164,15 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/organizations/{organizationId}/tokens"): _Route(
         body=_obj(name=_STR), answer=_obj(token=_STR, name=_STR), status=201
     ),
+    ("GET", "/v1/organizations/{organizationId}/tokens"): _Route(
+        answer=_obj(
+            items={"type": "array", "items": _obj(name=_STR, admin=_BOOL, createdAt=_INT)},
+            nextPage={"type": "null"},
+        )
+    ),
+    ("DELETE", "/v1/organizations/{organizationId}/tokens/{name}"): _Route(
+        answer=_obj(name=_STR, revoked=_INT)
+    ),
     ("GET", "/v1/flows"): _Route(answer=Flow, paged=True),
     ("POST", "/v1/flows"): _Route(body=FlowSpec, answer=Flow, status=201),
     ("GET", "/v1/flows/{flowId}"): _Route(answer=Flow),

@@ -189,6 +189,14 @@ class Store:
         """Create a bearer token for ``org_id``; only its sha256 is stored. Returns it."""
         return await self.run(lambda c: rec.create_token(c, org_id, name, admin))
 
+    async def list_tokens(self, org_id: str) -> list[dict[str, object]]:
+        """The organization's tokens: name, admin flag and creation time, never a secret."""
+        return await self.run(lambda c: rec.list_tokens(c, org_id))
+
+    async def revoke_tokens(self, org_id: str, name: str) -> int:
+        """Delete the organization's tokens named ``name``; returns how many."""
+        return await self.run(lambda c: rec.revoke_tokens(c, org_id, name))
+
     async def lookup_token(self, token: str) -> tuple[str, str, bool] | None:
         """``(organization_id, token_name, admin)`` for a bearer token, or ``None``."""
         return await self.run(lambda c: rec.lookup_token(c, token))

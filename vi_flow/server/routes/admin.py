@@ -12,6 +12,7 @@ from aiohttp import web
 from ...models.server import identity_proof
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, principal_of, read_json
+from ..middleware import forget_tokens
 from ..openapi import build_openapi
 from ..state import IDENTITY_KEY, STORE_KEY
 
@@ -87,6 +88,22 @@ async def create_token(request: web.Request) -> web.Response:
     return json_response({"token": token, "name": name}, 201)
 
 
+async def list_tokens(request: web.Request) -> web.Response:
+    """An organization's tokens (admin only): names, never the tokens themselves."""
+    _require_admin(request)
+    items = await request.app[STORE_KEY].list_tokens(request.match_info["organizationId"])
+    return json_response({"items": items, "nextPage": None})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Revoke an organization's tokens of one name (admin only); refused at once."""
+    _require_admin(request)
+    org_id, name = request.match_info["organizationId"], request.match_info["name"]
+    count = await request.app[STORE_KEY].revoke_tokens(org_id, name)
+    forget_tokens(request.app)
+    return json_response({"name": name, "revoked": count})
+
+
 def setup(app: web.Application) -> None:
     """Add health, whoami, openapi, organization and token routes."""
     app.router.add_get("/v1/health", health)
@@ -94,3 +111,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/whoami", whoami)
     app.router.add_post("/v1/organizations", create_organization)
     app.router.add_post("/v1/organizations/{organizationId}/tokens", create_token)
+    app.router.add_get("/v1/organizations/{organizationId}/tokens", list_tokens)
+    app.router.add_delete("/v1/organizations/{organizationId}/tokens/{name}", revoke_token)
