@@ -1,10 +1,12 @@
 """Seed 002's examples, unchanged, against a local server whose compute provider is Ray.
 
 Every seed test is re-collected here with the ``ray_server`` fixture, so the SDK's
-default client talks to a server that runs tasks as Ray jobs. Three are replaced by
+default client talks to a server that runs tasks as Ray jobs. Some are replaced by
 their Ray reading: Ray has no reservations (creating one answers ``501 NOT_SUPPORTED``
-naming the provider; the list is empty), and this head has four fake H100s, so the GPU
-examples run on them and the refusals name them.
+naming the provider; the list is empty); this head has four fake H100s, so the GPU
+examples run on them and the refusals name them; and Ray cannot run a command inside a
+job, so the examples that check their work through a shell see it refused, naming Ray
+(issue 11: never a shell on the server's host).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ REPLACED = {
     "test_ssh_keys_reservations_and_normalize",
     "test_gpu_examples_fail_clearly_without_gpus",
     "test_gpu_examples_on_a_gpu_machine",  # a local server with fake A100s, not Ray
+    # they check their work through a shell, which Ray refuses (see below)
+    "test_submit_and_shell",
+    "test_upload_code",
+    "test_mount_volume_by_name_and_id",
+    "test_async_seed_flow",
 }
 
 
@@ -62,3 +69,13 @@ def test_gpu_examples_on_the_ray_h100s(flow: Any) -> None:
     task = flow.run(cfg)
     assert task.wait(timeout=30) == TaskStatus.COMPLETED and task.gpu_type == "h100"
     assert flow.logs(task.task_id) in ("0", "1", "2", "3")
+
+
+def test_shells_are_refused_on_ray_naming_the_reason(flow: Any) -> None:
+    task = flow.submit("sleep 30")
+    assert flow.wait_for_ssh(task.task_id, timeout=30).status == "running"
+    result = flow.shell(task.task_id, command="echo from-the-task")
+    assert result.exit_status == 1 and result.stdout == ""
+    assert "Ray cannot run them there" in result.stderr
+    assert flow.ssh(task.task_id).startswith("ssh -i ")  # the command line is still given
+    flow.cancel(task.task_id, force=True)
