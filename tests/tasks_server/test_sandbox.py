@@ -278,3 +278,15 @@ def test_the_home_is_hidden_even_under_a_read_only_system_directory(tmp_path: Pa
     hide = next(i for i in range(len(argv)) if argv[i : i + 2] == ["--tmpfs", str(home)])
     shown = argv.index(str(tmp_path / "opt"))
     assert shown < hide < argv.index(str(root))  # hidden after the system, before the task
+
+
+def test_an_interpreter_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Path) -> None:
+    """CI checks the project out under /tmp: its venv's python must run in a task."""
+    venv = tmp_path / "checkout" / ".nox" / "tests"  # tmp_path lies under /tmp here
+    home = tmp_path / "home"
+    sandbox = detect_sandbox(home, {"sandbox_read_only": [str(venv)]})
+    assert sandbox.enabled, sandbox.reason
+    root = home / "tasks" / "task_x"
+    argv = sandbox.prefix(root, [], root / "workspace")
+    private_tmp = next(i for i in range(len(argv)) if argv[i : i + 2] == ["--tmpfs", "/tmp"])
+    assert private_tmp < argv.index(str(venv))  # mounted on top of the private /tmp

@@ -83,9 +83,12 @@ class Sandbox:
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         args += _system_binds()
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # Order matters, each mount lies on the ones before: the read-only paths after the
+        # private /tmp (an interpreter in a venv under /tmp stays visible), the hidden home
+        # after them (a home under a read-only directory is still hidden).
         for path in self.read_only:
             args += ["--ro-bind-try", str(path), str(path)]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for path in self.hidden:
             args += ["--tmpfs", str(path)]
         for device in sorted(glob.glob("/dev/nvidia*")):
