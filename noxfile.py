@@ -41,7 +41,11 @@ def _install_bubblewrap(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests_lowest(session: nox.Session) -> None:
     """Run the suite with every dependency at the lowest version pyproject.toml allows."""
-    floors = session.create_tmp() + "/floors.txt"
+    import tempfile
+
+    # Not session.create_tmp(): it moves TMPDIR into .nox/, and with it every test's home
+    # into the directory of the interpreter that the task sandbox must show.
+    floors = os.path.join(tempfile.mkdtemp(prefix="vi-flow-floors-"), "floors.txt")
     with open(floors, "w", encoding="utf-8") as out:
         out.writelines(f"{pin}\n" for pin in _floors())
     session.install("-c", floors, "-e", ".[test]")

@@ -1,4 +1,4 @@
-"""``vi-flow demo``: a guided tour on the embedded local server, in well under a minute.
+"""``vi-flow demo``: a guided tour on the home's local server, in well under a minute.
 
 It creates a tool-calling flow (template -> tool -> template; a local Python function
 answers the tool call) and a small training flow (a ``task`` block running a short
@@ -274,7 +274,7 @@ def _shown(path: Path) -> str:
     help="State directory (default: VI_FLOW_HOME if set, else a new temporary one).",
 )
 def demo(home: Path | None) -> None:
-    """Run the guided demo on the embedded local server (no configuration needed).
+    """Run the guided demo on the home's local server (no configuration needed).
 
     Creates a tool-calling flow and a small training flow, executes both with a live
     view, downloads the trained model and prints what to try next.
@@ -283,7 +283,7 @@ def demo(home: Path | None) -> None:
 
     cli = state()
     chosen = _home(home)
-    cli.console.print(f"[bold]vi-flow demo[/] — embedded local server, home {chosen}")
+    cli.console.print(f"[bold]vi-flow demo[/] — the home's local server, home {chosen}")
     started = time.monotonic()
     with Client(base_url="local", home=chosen) as client:
         result = _tour(cli, client, chosen)
