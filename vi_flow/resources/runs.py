@@ -7,9 +7,10 @@ from typing import Any
 from .._http import path
 from .._pagination import AsyncPaginator
 from ..models import Condition, DeletedRun, Page, PaginationParams, Run
+from ..models.execution import check_version  # the one check, shared with the server
 from ._base import AsyncResource
 
-__all__ = ["AsyncRuns", "check_version", "condition_named"]
+__all__ = ["AsyncRuns", "condition_named"]
 
 
 def condition_named(value: Condition | str) -> Condition:
@@ -26,25 +27,6 @@ def condition_named(value: Condition | str) -> Condition:
         names = ", ".join(c.value for c in Condition)
         raise ValueError(f"condition must be one of {names} (any case), got {value!r}")
     return found
-
-
-def check_version(version: str | int) -> str | int:
-    """Validate a flow version: ``"draft"``, ``"production"`` or a positive int.
-
-    Raises:
-        ValueError: Any other value, named in the message.
-    """
-    if isinstance(version, bool):
-        raise ValueError(
-            f"version must be 'draft', 'production' or a positive int, got {version!r}"
-        )
-    if isinstance(version, int):
-        if version < 1:
-            raise ValueError(f"version must be a positive int, got {version}")
-        return version
-    if version in ("draft", "production"):
-        return version
-    raise ValueError(f"version must be 'draft', 'production' or a positive int, got {version!r}")
 
 
 class AsyncRuns(AsyncResource):
