@@ -32,7 +32,15 @@ from ._dbthread import DBThread
 from ._records import new_id, split_page
 from .clock import now_ms
 
-__all__ = ["IDEMPOTENCY_SLOT", "IdempotencySlot", "Store", "new_id", "now_ms", "split_page"]
+__all__ = [
+    "IDEMPOTENCY_SLOT",
+    "IdempotencySlot",
+    "Store",
+    "answer_saver",
+    "new_id",
+    "now_ms",
+    "split_page",
+]
 
 T = TypeVar("T")
 
@@ -65,8 +73,13 @@ IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.C
 """The slot of the request this task answers, ``None`` without an ``Idempotency-Key``."""
 
 
-def _answer_once(answer_status: int | None) -> Callable[[sqlite3.Connection, Any], None]:
-    """What to do in the creating transaction: save the answer when a slot waits for it."""
+def answer_saver(answer_status: int | None) -> Callable[[sqlite3.Connection, Any], None]:
+    """What to do in the creating transaction: save the answer when a slot waits for it.
+
+    Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`), then call
+    the function it returns with the connection and the answered resource inside the
+    transaction that creates the resource: both are saved, or neither.
+    """
     slot = IDEMPOTENCY_SLOT.get()  # read here, on the loop: the DB thread has no context
 
     def save(conn: sqlite3.Connection, resource: Any) -> None:
@@ -216,7 +229,7 @@ class Store:
         With ``answer_status`` (the HTTP status the flow is answered with), a waiting
         :class:`IdempotencySlot` is saved in the same transaction.
         """
-        save = _answer_once(answer_status)
+        save = answer_saver(answer_status)
 
         def create(c: sqlite3.Connection) -> Flow:
             flow = rec.create_flow(c, org_id, spec, flow_id)
@@ -230,10 +243,10 @@ class Store:
         return await self.run(lambda c: rec.get_flow(c, org_id, flow_id))
 
     async def list_flows(
-        self, org_id: str, size: int, after: int = 0
+        self, org_id: str, size: int, after: int = 0, *, newest: bool = True
     ) -> tuple[list[Flow], int | None]:
-        """Up to ``size`` flows after cursor ``after``, and the next cursor (or ``None``)."""
-        return await self.run(lambda c: rec.list_flows(c, org_id, size, after))
+        """Up to ``size`` flows after cursor ``after`` (newest first unless ``newest=False``)."""
+        return await self.run(lambda c: rec.list_flows(c, org_id, size, after, newest))
 
     async def update_flow(
         self, org_id: str, flow_id: str, spec: FlowSpec, *, if_match: str | None = None
@@ -285,7 +298,7 @@ class Store:
 
         ``answer_status`` saves a waiting :class:`IdempotencySlot`, as for :meth:`create_flow`.
         """
-        save = _answer_once(answer_status)
+        save = answer_saver(answer_status)
 
         def create(c: sqlite3.Connection) -> Run:
             made = rec.create_run(c, org_id, spec, run_id)
@@ -308,9 +321,15 @@ class Store:
         *,
         flow_id: str | None = None,
         condition: str | None = None,
+        newest: bool = True,
     ) -> tuple[list[Run], int | None]:
-        """Runs of ``org_id`` (optionally of one flow / in one current condition), paged."""
-        return await self.run(lambda c: rec.list_runs(c, org_id, flow_id, condition, size, after))
+        """Runs of ``org_id`` (optionally of one flow / in one current condition), paged.
+
+        Newest first unless ``newest=False``.
+        """
+        return await self.run(
+            lambda c: rec.list_runs(c, org_id, flow_id, condition, size, after, newest)
+        )
 
     async def list_active_runs(self) -> list[Run]:
         """Every run of every organization whose condition is not terminal."""

@@ -19,6 +19,7 @@ from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
 __all__ = [
     "build_spec",
     "check_config",
+    "check_env",
     "command_argv",
     "prepare_task_dir",
     "task_env",
@@ -51,6 +52,31 @@ def check_config(config: TaskConfig) -> None:
         )
     if config.working_dir and ".." in Path(config.working_dir).parts:
         raise APIProblem.validation("workingDir", f"{config.working_dir!r} must not contain '..'")
+    check_env(config.env)
+
+
+def check_env(env: dict[str, str]) -> None:
+    """Refuse variables no process can be given: no process would start with them.
+
+    Raises:
+        APIProblem: 422 naming ``env`` (a bad name) or ``env.<NAME>`` (a bad value).
+    """
+    for name, value in env.items():
+        if not name or "=" in name or not _encodable(name):
+            raise APIProblem.validation(
+                "env", f"{name[:64]!r} is not a variable name (empty, '=', NUL or not UTF-8)"
+            )
+        if not _encodable(value):
+            raise APIProblem.validation(f"env.{name[:64]}", "must not hold NUL or invalid UTF-8")
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be handed to a process: UTF-8 without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+        return False
+    return "\x00" not in text
 
 
 def volume_env_name(name: str) -> str:

@@ -24,7 +24,7 @@ from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
 from ..clock import now_ms
 from ..errors import APIProblem
 from ..providers.base import Mount
-from ..store import new_id
+from ..store import answer_saver, new_id
 from .launch import visible_path
 from .records import TaskRecords
 
@@ -57,8 +57,14 @@ class Volumes:
         name: str | None,
         interface: str = "file",
         region: str | None = None,
+        *,
+        answer_status: int | None = None,
     ) -> Volume:
         """Create a volume (directory) named ``name`` (``vol-<hex>`` when omitted).
+
+        With ``answer_status`` (the HTTP status the volume is answered with), a waiting
+        ``Idempotency-Key`` record is saved in the transaction that records the volume.
+        A directory made for a volume whose record could not be saved is removed.
 
         Raises:
             APIProblem: 422 for a bad name/size/interface, 409 for a duplicate name.
@@ -68,15 +74,24 @@ class Volumes:
         _check_volume(name, size_gb, interface)
         if await self._find_volume(org_id, name) is not None:
             raise APIProblem.conflict(f"a volume named {name!r} already exists")
+        save = answer_saver(answer_status)
         path = await self._provider.create_volume(volume_id, size_gb)
         row = (volume_id, org_id, name, size_gb, interface, region or "local", str(path), now_ms())
+
+        def insert(conn: sqlite3.Connection) -> Volume:
+            _insert_volume(conn, row)
+            made = conn.execute("SELECT * FROM volumes WHERE volume_id = ?", (volume_id,))
+            volume = _volume(made.fetchone(), [])
+            save(conn, volume)  # an Idempotency-Key's record, in the same transaction
+            return volume
+
         try:
-            await self._store.run(lambda c: _insert_volume(c, row))
-        except sqlite3.IntegrityError as exc:
-            raise APIProblem.conflict(f"a volume named {name!r} already exists") from exc
-        found = await self._find_volume(org_id, volume_id)
-        assert found is not None
-        return found
+            return await self._store.run(insert)
+        except BaseException as exc:
+            await self._provider.delete_volume(volume_id)  # no directory without its record
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise APIProblem.conflict(f"a volume named {name!r} already exists") from exc
+            raise
 
     async def _find_volume(self, org_id: str, ident: str) -> Volume | None:
         def find(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, list[str]]:

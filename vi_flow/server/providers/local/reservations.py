@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from ....models._base import from_wire, to_wire
+from ....models.limits import check_time_ms
 from ....models.tasks import (
     AvailabilitySlot,
     Reservation,
@@ -30,6 +33,8 @@ from ..base import CapacityError, InvalidRequest, Placement
 from .machine import Machine
 
 __all__ = ["FOREVER", "ReservationBook", "reservation_status", "window_end"]
+
+log = logging.getLogger("vi_flow.server")
 
 
 #: The end of an auto-renewing reservation's hold (ms): it renews until cancelled.
@@ -71,6 +76,25 @@ def _overlaps(res: Reservation, start: int, end: int) -> bool:
     )
 
 
+def _readable(item: Any) -> Reservation | None:
+    """The stored reservation, or ``None`` (with a server warning) when it cannot be used.
+
+    One bad record (written by an older server, or edited by hand) must not make every
+    reservation list, or the scheduler, fail.
+    """
+    try:
+        res = from_wire(item, Reservation)
+        check_time_ms("startTime", res.start_time)
+        check_time_ms("endTime", res.end_time)
+        if res.end_time <= res.start_time:
+            raise ValueError("endTime: must be after startTime")
+    except Exception as exc:  # any decoding failure: the book goes on without it
+        name = item.get("reservationId", "?") if isinstance(item, dict) else "?"
+        log.warning("skipped an unreadable reservation record %s: %r", name, exc)
+        return None
+    return res
+
+
 class ReservationBook:
     """The local provider's reservations.
 
@@ -91,8 +115,8 @@ class ReservationBook:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        items = [from_wire(item, Reservation) for item in data]
-        return {r.reservation_id: r for r in items}
+        items = [_readable(item) for item in data] if isinstance(data, list) else []
+        return {r.reservation_id: r for r in items if r is not None}
 
     def _write(self, items: list[Reservation]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,94 @@
+"""Bad input around tasks never breaks the server: env bytes, volumes, stored reservations.
+
+Each case drives a real server over HTTP: the answer is the documented error naming the
+field, nothing is left behind (no record, no directory), and the lists still answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Server, StartServer
+
+pytestmark = pytest.mark.anyio
+
+
+def _refused(answer: Any, field: str) -> None:
+    assert answer.status == 422, answer.body
+    message = answer.body["error"]["message"]
+    assert message.startswith(field), message
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"A\x00B": "x"}, "env"),
+        ({"A=B": "x"}, "env"),
+        ({"": "x"}, "env"),
+        ({"GOOD": "a\x00b"}, "env.GOOD"),
+    ],
+)
+async def test_an_env_no_process_can_take_is_422_naming_it(
+    server: Server, env: dict[str, str], field: str
+) -> None:
+    answer = await server.call("POST", "/tasks", json={"command": "true", "env": env})
+    _refused(answer, field)
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+async def test_an_env_value_with_a_lone_surrogate_is_422(server: Server) -> None:
+    body = b'{"command": "true", "env": {"GOOD": "a\\ud800b"}}'  # valid JSON, not valid UTF-8
+    headers = {"Content-Type": "application/json"}
+    answer = await server.call("POST", "/tasks", data=body, headers=headers)
+    assert 400 <= answer.status < 500, answer.body
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+def _volume_dirs(home: Path) -> list[str]:
+    root = home / "volumes"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+async def test_racing_volumes_with_one_name_leave_one_directory(server: Server) -> None:
+    body = {"sizeGb": 1, "name": "shared"}
+    answers = await asyncio.gather(*(server.call("POST", "/volumes", json=body) for _ in range(8)))
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [201] + [409] * 7, statuses
+    made = next(a.body for a in answers if a.status == 201)
+    assert _volume_dirs(server.home) == [made["volumeId"]]  # the losers' directories are gone
+    listed = (await server.call("GET", "/volumes")).body["items"]
+    assert [v["volumeId"] for v in listed] == [made["volumeId"]]
+
+
+async def test_a_bad_stored_reservation_is_skipped_with_a_warning(
+    server: Server, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await server.call("POST", "/reservations", json={"cpus": 1, "durationHours": 1})
+    assert made.status == 201, made.body
+    good = made.body["reservationId"]
+    await server.stop()
+    book = server.home / "compute" / "reservations.json"
+    items = json.loads(book.read_text())
+    spoiled = [
+        {**items[0], "reservationId": "res_far", "startTime": 1e23},
+        {**items[0], "reservationId": "res_backwards", "endTime": 0},
+        {**items[0], "reservationId": "res_typed", "cpus": "many"},
+        "not a record",
+    ]
+    book.write_text(json.dumps(items + spoiled))
+    with caplog.at_level(logging.WARNING, logger="vi_flow.server"):
+        restarted = await start_server(server.home)
+        listed = await restarted.call("GET", "/reservations")
+    assert listed.status == 200, listed.body
+    assert [r["reservationId"] for r in listed.body["items"]] == [good]
+    for name in ("res_far", "res_backwards", "res_typed"):
+        assert f"unreadable reservation record {name}" in caplog.text
+    assert (await restarted.call("GET", f"/reservations/{good}")).status == 200
+    again = await restarted.call("POST", "/reservations", json={"cpus": 1, "durationHours": 1})
+    assert again.status == 201, again.body
