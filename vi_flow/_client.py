@@ -30,6 +30,7 @@ from .resources.reservations import AsyncReservations
 from .resources.runs import AsyncRuns
 from .resources.ssh_keys import AsyncSSHKeys
 from .resources.tasks import AsyncTasks
+from .resources.tokens import AsyncTokens
 from .resources.volumes import AsyncVolumes
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class AsyncClient:
         self.instances = AsyncInstances(http)
         self.reservations = AsyncReservations(http)
         self.ssh_keys = AsyncSSHKeys(http, self._settings.home)
+        self.tokens = AsyncTokens(http)
         context = ComputeClient(self.tasks, self.ssh_keys, self._settings.home)
         self.compute = AsyncCompute(http, context, self.volumes, self.instances, self.reservations)
         self.platform = AsyncPlatform(self.compute)

@@ -25,10 +25,20 @@ from vi_flow.resources.reservations import AsyncReservations
 from vi_flow.resources.runs import AsyncRuns
 from vi_flow.resources.ssh_keys import AsyncSSHKeys
 from vi_flow.resources.tasks import AsyncTasks
+from vi_flow.resources.tokens import AsyncTokens
 from vi_flow.resources.volumes import AsyncVolumes
 from vi_flow.sync.compute import Compute, Platform, Task
 from vi_flow.sync.execution import Flow, Job, Run
-from vi_flow.sync.resources import Flows, Instances, Reservations, Runs, SSHKeys, Tasks, Volumes
+from vi_flow.sync.resources import (
+    Flows,
+    Instances,
+    Reservations,
+    Runs,
+    SSHKeys,
+    Tasks,
+    Tokens,
+    Volumes,
+)
 
 PAIRS: list[tuple[type[Any], type[Any]]] = [
     (AsyncClient, Client),
@@ -41,6 +51,7 @@ PAIRS: list[tuple[type[Any], type[Any]]] = [
     (AsyncInstances, Instances),
     (AsyncReservations, Reservations),
     (AsyncSSHKeys, SSHKeys),
+    (AsyncTokens, Tokens),
     (AsyncFlow, Flow),
     (AsyncRun, Run),
     (AsyncJob, Job),

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "instances": ("vi_flow.cli.instances:instances", "Find instance types and their prices."),
     "reservations": ("vi_flow.cli.reservations:reservations", "Reserve capacity ahead of time."),
     "ssh-keys": ("vi_flow.cli.ssh_keys:ssh_keys", "Register the SSH keys task shells accept."),
+    "tokens": ("vi_flow.cli.tokens:tokens", "List, create and revoke API keys (admin)."),
     "config": ("vi_flow.cli.config:config", "Show or set client settings (the config file)."),
 }
 

@@ -25,6 +25,9 @@ __all__ = [
     "RUN_FILE",
     "START_LOCK_FILE",
     "STDIO_FILE",
+    "APIToken",
+    "CreatedToken",
+    "RevokedTokens",
     "ServerInfo",
     "ServerStatus",
     "identity_proof",
@@ -116,6 +119,47 @@ class ServerStatus:
     active_tasks: int
     active_reservations: int
     connections: int
+
+
+@attrs.frozen
+class APIToken:
+    """An organization's API key as listed: its name, never the key itself.
+
+    Attributes:
+        name: The token's name (several tokens may share one; revoking it revokes all).
+        admin: Whether it is the server's admin token.
+        created_at: When it was created, in ms since the epoch.
+    """
+
+    name: str
+    admin: bool = False
+    created_at: int = 0
+
+
+@attrs.frozen
+class CreatedToken:
+    """A new API key: the only answer that ever holds the key (it is stored hashed).
+
+    Attributes:
+        name: The token's name.
+        token: The key itself (``vf_...``); not in ``repr()``. Keep it now, it is never shown again.
+    """
+
+    name: str
+    token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class RevokedTokens:
+    """What revoking a token name did.
+
+    Attributes:
+        name: The revoked name.
+        revoked: How many tokens had that name (all refused from now on).
+    """
+
+    name: str
+    revoked: int
 
 
 def identity_proof(secret: str, challenge: str) -> str:

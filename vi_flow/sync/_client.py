@@ -16,7 +16,7 @@ from .._forward import forward
 from .._http import Sleep
 from .._portal import Portal
 from .compute import Compute, Platform
-from .resources import Flows, Instances, Reservations, Runs, SSHKeys, Tasks, Volumes
+from .resources import Flows, Instances, Reservations, Runs, SSHKeys, Tasks, Tokens, Volumes
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -75,6 +75,7 @@ class Client:
         self.instances = Instances(self._async.instances, self._portal)
         self.reservations = Reservations(self._async.reservations, self._portal)
         self.ssh_keys = SSHKeys(self._async.ssh_keys, self._portal)
+        self.tokens = Tokens(self._async.tokens, self._portal)
         self.compute = Compute(self._async.compute, self._portal)
         self.platform = Platform(self._async.platform, self._portal, self.ssh_keys)
 

@@ -8,6 +8,7 @@ from .reservations import Reservations
 from .runs import Runs
 from .ssh_keys import SSHKeys
 from .tasks import Tasks
+from .tokens import Tokens
 from .volumes import Volumes
 
-__all__ = ["Flows", "Instances", "Reservations", "Runs", "SSHKeys", "Tasks", "Volumes"]
+__all__ = ["Flows", "Instances", "Reservations", "Runs", "SSHKeys", "Tasks", "Tokens", "Volumes"]
