@@ -188,3 +188,66 @@ def compute_client(**kwargs: Any) -> Any:
     import vi_flow
 
     return vi_flow.AsyncClient(**kwargs)
+
+
+# --------------------------------------------------------------------------- issue 15: rotated
+# rounds, medians with their spread, ratios judged in the same run.
+
+
+def rotated(names: list[str], round_no: int) -> list[str]:
+    """``names`` rotated by ``round_no``, so no contender is always first (or last)."""
+    shift = round_no % len(names)
+    return names[shift:] + names[:shift]
+
+
+class Samples:
+    """Named series of samples (a rate or a latency per round)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.values[name])
+
+    def spread(self, name: str, unit: str) -> str:
+        """``median unit (min-max)``."""
+        got = self.values[name]
+        return f"{statistics.median(got):>10,.0f} {unit} ({min(got):,.0f}–{max(got):,.0f})"
+
+
+def ratio_line(
+    samples: Samples,
+    label: str,
+    ours: str,
+    base: str,
+    unit: str,
+    goal: float,
+    *,
+    lower_is_better: bool = False,
+) -> float:
+    """Print one ``ours vs base`` line with medians, min-max and the verdict; return the ratio.
+
+    For a latency (``lower_is_better``) the ratio is ``ours / base`` and the goal an upper
+    bound; for a rate it is ``ours / base`` and the goal a lower bound.
+    """  # fmt: skip
+    ratio = samples.median(ours) / samples.median(base)
+    met = ratio <= goal if lower_is_better else ratio >= goal
+    sign = "<=" if lower_is_better else ">="
+    print(f"  {label}")
+    print(f"      {ours:<18} {samples.spread(ours, unit)}")
+    print(f"      {base:<18} {samples.spread(base, unit)}")
+    verdict = "ok" if met else "BELOW GOAL"
+    print(f"      ratio {ratio:5.2f}  (goal {sign} {goal:.2g})  {verdict}")
+    return ratio
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident set of process ``pid`` in MB (VmRSS)."""
+    with open(f"/proc/{pid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,88 +1,172 @@
-"""``client.flows.get()`` requests/s against raw aiohttp on the same local server, same run.
+"""Requests against a ``vi-flow serve`` in its own process: gets, the sync bridge, execute.
 
-Sequential and 64 concurrent; rounds alternate between the two so that noise on a shared
-machine hits both alike; the medians are compared. Goal: at least 0.7x raw aiohttp.
+The server runs in its own process, so client and server never share a GIL. In every
+round the contenders run in rotated order (nobody is always first); the medians of the
+rounds are compared, with min-max printed. Contenders:
+
+* ``raw``: aiohttp + orjson on one session (the strongest plain client);
+* ``async``: ``AsyncClient.flows.get``;
+* ``sync``: ``Client.flows.get`` (one thread), and 64 threads sharing one ``Client``;
+* ``execute``: ``AsyncFlow.execute()`` of a one-block ``template`` flow, in seconds per
+  call beside a ``flows.get`` on the same server (``get``), sequential.
+
+Goals (issue 15): async >= 0.7x raw; sync >= 0.85x async sequential; 64 threads on one
+``Client`` >= 0.6x async at 64 concurrent; execute <= 3x a get. ``--quick`` shrinks counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import orjson
-from _common import median, private_home, report
+from _common import Samples, ServerProcess, quick_flag, ratio_line, rotated, server_process
 
 import vi_flow
 
-ROUNDS = 5
-SEQUENTIAL = 400
-CONCURRENT_TASKS = 64
-CONCURRENT_PER_TASK = 15
+QUICK = quick_flag()
+ROUNDS = 3 if QUICK else 7
+SEQUENTIAL = 100 if QUICK else 400
+CONCURRENT = 64
+PER_WORKER = 4 if QUICK else 12
+EXECUTES = 30 if QUICK else 150
+
+Call = Callable[[], Awaitable[None]]
 
 
-async def _concurrent(fn: object) -> float:
+async def sequential(fn: Call, count: int) -> float:
+    """Calls per second of ``count`` calls one after another."""
+    started = time.perf_counter()
+    for _ in range(count):
+        await fn()
+    return count / (time.perf_counter() - started)
+
+
+async def concurrent(fn: Call) -> float:
+    """Calls per second of CONCURRENT coroutines making PER_WORKER calls each."""
+
     async def worker() -> None:
-        for _ in range(CONCURRENT_PER_TASK):
-            await fn()  # type: ignore[operator]
+        for _ in range(PER_WORKER):
+            await fn()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENT_TASKS)))
-    return CONCURRENT_TASKS * CONCURRENT_PER_TASK / (time.perf_counter() - started)
+    await asyncio.gather(*(worker() for _ in range(CONCURRENT)))
+    return CONCURRENT * PER_WORKER / (time.perf_counter() - started)
 
 
-async def _sequential(fn: object) -> float:
+def threaded(fn: Callable[[], object]) -> float:
+    """Calls per second of CONCURRENT threads making PER_WORKER calls each."""
+
+    def worker() -> None:
+        for _ in range(PER_WORKER):
+            fn()
+
+    threads = [threading.Thread(target=worker) for _ in range(CONCURRENT)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return CONCURRENT * PER_WORKER / (time.perf_counter() - started)
+
+
+def sync_sequential(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     for _ in range(SEQUENTIAL):
-        await fn()  # type: ignore[operator]
+        fn()
     return SEQUENTIAL / (time.perf_counter() - started)
 
 
-async def main() -> None:
-    private_home()
-    async with vi_flow.AsyncClient() as client:
-        flow = await client.flows.create(
-            {"name": "bench", "blocks": [{"block": "template", "id": "a"}]}
-        )
-        endpoint = await client.http.connection.endpoint()
-        url = f"{endpoint.base_url}/flows/{flow.flow_id}"
-        headers = {"Authorization": f"Bearer {endpoint.api_key}"}
-        async with aiohttp.ClientSession() as raw:
+async def _async_contenders(
+    server: ServerProcess, client: vi_flow.AsyncClient, raw: aiohttp.ClientSession,
+    flow_id: str, exec_id: str,
+) -> dict[str, Callable[[], Awaitable[float]]]:  # fmt: skip
+    url = f"{server.base_url}/flows/{flow_id}"
+    headers = {"Authorization": f"Bearer {server.api_key}"}
 
-            async def raw_get() -> None:
-                async with raw.get(url, headers=headers) as resp:
-                    orjson.loads(await resp.read())
+    async def raw_get() -> None:
+        async with raw.get(url, headers=headers) as resp:
+            orjson.loads(await resp.read())
 
-            async def sdk_get() -> None:
-                await client.flows.get(flow.flow_id)
+    async def sdk_get() -> None:
+        await client.flows.get(flow_id)
 
-            results: dict[str, list[float]] = {
-                "seq_sdk": [],
-                "seq_raw": [],
-                "con_sdk": [],
-                "con_raw": [],
-            }
-            await _sequential(sdk_get)
-            await _sequential(raw_get)  # warm both paths
-            for _ in range(ROUNDS):
-                results["seq_raw"].append(await _sequential(raw_get))
-                results["seq_sdk"].append(await _sequential(sdk_get))
-                results["con_raw"].append(await _concurrent(raw_get))
-                results["con_sdk"].append(await _concurrent(sdk_get))
-    report(
-        f"flows.get() vs raw aiohttp + orjson (median of {ROUNDS} alternating rounds)",
-        [
-            ("sequential", median(results["seq_sdk"]), median(results["seq_raw"])),
-            (
-                f"{CONCURRENT_TASKS} concurrent",
-                median(results["con_sdk"]),
-                median(results["con_raw"]),
-            ),
-        ],
-        "req/s",
-        0.7,
-    )
+    flow = client.flow(exec_id)
+
+    async def execute() -> None:
+        await flow.execute(message="hi")
+
+    return {
+        "raw seq": lambda: sequential(raw_get, SEQUENTIAL),
+        "async seq": lambda: sequential(sdk_get, SEQUENTIAL),
+        "raw 64": lambda: concurrent(raw_get),
+        "async 64": lambda: concurrent(sdk_get),
+        "get": lambda: sequential(sdk_get, EXECUTES),
+        "execute": lambda: sequential(execute, EXECUTES),
+    }
+
+
+async def async_round(
+    server: ServerProcess, flow_id: str, exec_id: str, samples: Samples, order: list[str]
+) -> None:
+    """One round of the async contenders (each its own fresh connections, warmed once)."""
+    async with (
+        vi_flow.AsyncClient(base_url=server.base_url, api_key=server.api_key) as client,
+        aiohttp.ClientSession() as raw,
+    ):
+        contenders = await _async_contenders(server, client, raw, flow_id, exec_id)
+        for name in order:
+            if name in contenders:
+                samples.add(name, await contenders[name]())
+
+
+def _setup(server: ServerProcess) -> tuple[str, str]:
+    with vi_flow.Client(base_url=server.base_url, api_key=server.api_key) as client:
+        flow = client.flows.create({"name": "bench", "blocks": [{"block": "template", "id": "a"}]})
+        one = client.flows.create(
+            {"name": "one-block", "blocks": [
+                {"block": "template", "id": "t", "settings": {"template": "hello {{message}}"}}]}
+        )  # fmt: skip
+        return flow.flow_id, one.flow_id
+
+
+def main() -> None:
+    samples = Samples()
+    names = ["raw seq", "async seq", "sync seq", "raw 64", "async 64", "sync 64 threads",
+             "get", "execute"]  # fmt: skip
+    with server_process() as server:
+        flow_id, exec_id = _setup(server)
+        with vi_flow.Client(base_url=server.base_url, api_key=server.api_key) as client:
+
+            def sync_get() -> None:
+                client.flows.get(flow_id)
+
+            sync_get()
+            for round_no in range(ROUNDS + 1):  # round 0 warms every path and is dropped
+                order = rotated(names, round_no)
+                target = samples if round_no else Samples()
+                asyncio.run(async_round(server, flow_id, exec_id, target, order))
+                target.add("sync seq", sync_sequential(sync_get))
+                target.add("sync 64 threads", threaded(sync_get))
+    _report(samples)
+
+
+def _report(samples: Samples) -> None:
+    print(f"\nRequests to a server in its own process (median of {ROUNDS} rotated rounds)")
+    ratio_line(samples, "flows.get sequential: async vs raw aiohttp + orjson",
+               "async seq", "raw seq", "req/s", 0.7)  # fmt: skip
+    ratio_line(samples, "flows.get 64 concurrent: async vs raw aiohttp + orjson",
+               "async 64", "raw 64", "req/s", 0.7)  # fmt: skip
+    ratio_line(samples, "flows.get sequential: sync vs async",
+               "sync seq", "async seq", "req/s", 0.85)  # fmt: skip
+    ratio_line(samples, "flows.get: 64 threads on one Client vs async 64 concurrent",
+               "sync 64 threads", "async 64", "req/s", 0.6)  # fmt: skip
+    ratio_line(samples, "execute of a one-block template flow vs flows.get (rate: get/execute <= 3 means ratio >= 0.33)",
+               "execute", "get", "req/s", 1 / 3)  # fmt: skip
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
