@@ -10,17 +10,33 @@ repeated page token or more than :data:`MAX_PAGES` pages raises
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import PaginationError
 from .models.common import Page, PaginationParams
 
-__all__ = ["MAX_PAGES", "AsyncPaginator", "FetchPage"]
+__all__ = ["MAX_PAGES", "AsyncPaginator", "FetchPage", "Order", "check_order"]
 
 T = TypeVar("T")
 MAX_PAGES = 100_000
 
 FetchPage = Callable[[PaginationParams], Awaitable[Page[T]]]
+Order = Literal["newest", "oldest"]
+"""The order of a list: ``"newest"`` first (every list's default) or ``"oldest"`` first."""
+
+
+def check_order(order: str) -> Order:
+    """``order`` as sent to the server (any case).
+
+    Raises:
+        ValueError: Not ``"newest"`` or ``"oldest"``, before any request.
+    """
+    value = order.strip().lower() if isinstance(order, str) else None
+    if value == "newest":
+        return "newest"
+    if value == "oldest":
+        return "oldest"
+    raise ValueError(f"order must be 'newest' or 'oldest', got {order!r}")
 
 
 class AsyncPaginator(Generic[T]):

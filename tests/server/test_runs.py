@@ -87,13 +87,13 @@ async def test_list_filters_and_pages(server: Server) -> None:
     for run_id in runs:
         await _wait_for(server, run_id, "Succeeded")
     by_flow = await server.call("GET", "/runs", params={"flowId": first})
-    assert [r["runId"] for r in by_flow.body["items"]] == [runs[0], runs[2]]
+    assert [r["runId"] for r in by_flow.body["items"]] == [runs[2], runs[0]]  # newest first
     done = await server.call("GET", "/runs", params={"condition": "Succeeded", "pageSize": "2"})
     assert len(done.body["items"]) == 2 and done.body["nextPage"]
     rest = await server.call(
         "GET", "/runs", params={"condition": "Succeeded", "pageToken": done.body["nextPage"]}
     )
-    assert [r["runId"] for r in rest.body["items"]] == [runs[2]]
+    assert [r["runId"] for r in rest.body["items"]] == [runs[0]]
     none = await server.call("GET", "/runs", params={"condition": "Running"})
     assert none.body == {"items": [], "nextPage": None}
 

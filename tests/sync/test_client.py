@@ -17,7 +17,7 @@ def test_crud_and_pages() -> None:
     with vi_flow.Client() as client:
         made = [client.flows.create({**SPEC, "name": f"f{i}"}).flow_id for i in range(5)]
         first = client.flows.list(pagination={"page_size": 2})
-        assert [f.flow_id for f in first.items] == made[:2] and first.next_page
+        assert [f.flow_id for f in first.items] == made[:-3:-1] and first.next_page
         assert [len(page.items) for page in client.flows.list(pagination={"page_size": 2})] == [
             2,
             2,
@@ -25,7 +25,7 @@ def test_crud_and_pages() -> None:
         ]
         assert [
             f.flow_id for f in client.flows.list(pagination={"page_size": 2}).all_items()
-        ] == made
+        ] == made[::-1]  # newest first
         client.flows.delete(made[0])
         with pytest.raises(FlowNotFoundError, match=made[0]):
             client.flows.get(made[0])

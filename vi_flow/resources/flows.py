@@ -6,7 +6,7 @@ from typing import Any
 
 from .._errors import FlowNotFoundError, NotFoundError
 from .._http import path
-from .._pagination import AsyncPaginator
+from .._pagination import AsyncPaginator, Order, check_order
 from ..models import DeletedFlow, Flow, FlowSpec, Page, PaginationParams
 from ..models._base import wire_keys
 from ._base import AsyncResource
@@ -26,24 +26,30 @@ class AsyncFlows(AsyncResource):
     """Manage flows: ``client.flows``."""
 
     def list(
-        self, pagination: PaginationParams | dict[str, Any] | None = None
+        self,
+        pagination: PaginationParams | dict[str, Any] | None = None,
+        *,
+        order: Order = "newest",
     ) -> AsyncPaginator[Flow]:
-        """List the organization's flows, oldest first.
+        """List the organization's flows, newest first.
 
         Args:
             pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
+            order: ``"newest"`` first (the default) or ``"oldest"`` first.
 
         Returns:
             A paginator: await it for the first page, ``async for`` it for every page.
 
         Raises:
-            ValueError: The page size is out of range (before any request).
+            ValueError: The page size or order is out of range (before any request).
         """
-        return AsyncPaginator(self._page, PaginationParams.coerce(pagination))
+        chosen = check_order(order)
 
-    async def _page(self, params: PaginationParams) -> Page[Flow]:
-        query = {"pageSize": params.page_size, "pageToken": params.page_token}
-        return await self._http.request("GET", "/flows", params=query, cast=Page[Flow])
+        async def fetch(p: PaginationParams) -> Page[Flow]:
+            query = {"pageSize": p.page_size, "pageToken": p.page_token, "order": chosen}
+            return await self._http.request("GET", "/flows", params=query, cast=Page[Flow])
+
+        return AsyncPaginator(fetch, PaginationParams.coerce(pagination))
 
     async def get(self, flow_id: str) -> Flow:
         """Get one flow.

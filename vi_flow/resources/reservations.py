@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 
 from .._http import path
+from .._pagination import Order, check_order
 from ..models import Page
 from ..models.tasks import AvailabilitySlot, Reservation, ReservationRequest
 from ._base import AsyncResource
@@ -53,9 +54,12 @@ class AsyncReservations(AsyncResource):
         )
         return await self._http.request("POST", "/reservations", json=body, cast=Reservation)
 
-    async def list(self) -> list[Reservation]:
-        """List the organization's reservations."""
-        page = await self._http.request("GET", "/reservations", cast=Page[Reservation])
+    async def list(self, *, order: Order = "newest") -> list[Reservation]:
+        """List the organization's reservations, newest first (``order="oldest"``: oldest first)."""
+        query = {"order": check_order(order)}
+        page = await self._http.request(
+            "GET", "/reservations", params=query, cast=Page[Reservation]
+        )
         return page.items
 
     async def get(self, reservation_id: str) -> Reservation:

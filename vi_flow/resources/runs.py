@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._http import path
-from .._pagination import AsyncPaginator
+from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Condition, DeletedRun, Page, PaginationParams, Run
 from ..models.execution import check_version  # the one check, shared with the server
 from ._base import AsyncResource
@@ -38,19 +38,22 @@ class AsyncRuns(AsyncResource):
         *,
         flow_id: str | None = None,
         condition: Condition | str | None = None,
+        order: Order = "newest",
     ) -> AsyncPaginator[Run]:
-        """List runs, oldest first, optionally of one flow or in one condition.
+        """List runs, newest first, optionally of one flow or in one condition.
 
         Args:
             flow_id: Only runs of this flow.
             condition: Only runs whose current condition is this (``"Succeeded"``, in any
                 case, or a ``Condition``).
+            order: ``"newest"`` first (the default) or ``"oldest"`` first.
             pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
         """
         params = PaginationParams.coerce(pagination)
         filters = {
             "flowId": flow_id,
             "condition": condition_named(condition).value if condition else None,
+            "order": check_order(order),
         }
 
         async def fetch(p: PaginationParams) -> Page[Run]:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from .._http import path
-from .._pagination import AsyncPaginator
+from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Page, PaginationParams
 from ..models.tasks import (
     MountRequest,
@@ -67,18 +67,22 @@ class AsyncTasks(AsyncResource):
         *,
         status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
         pagination: PaginationParams | dict[str, Any] | None = None,
+        order: Order = "newest",
     ) -> AsyncPaginator[Task]:
         """List tasks, newest first, optionally only those in the given statuses.
 
         Args:
             status: One status (``"running"``) or several.
             pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
+            order: ``"newest"`` first (the default) or ``"oldest"`` first.
         """
         params = PaginationParams.coerce(pagination)
         wanted = _status_filter(status)
+        chosen = check_order(order)
 
         async def fetch(p: PaginationParams) -> Page[Task]:
-            query = {"status": wanted, "pageSize": p.page_size, "pageToken": p.page_token}
+            query: dict[str, Any] = {"status": wanted, "order": chosen}
+            query |= {"pageSize": p.page_size, "pageToken": p.page_token}
             return await self._http.request("GET", "/tasks", params=query, cast=Page[Task])
 
         return AsyncPaginator(fetch, params)

@@ -6,7 +6,7 @@ import builtins
 from typing import Any, Literal
 
 from .._http import path
-from .._pagination import AsyncPaginator
+from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Page, PaginationParams
 from ..models.tasks import Volume, VolumeRequest
 from ._base import AsyncResource
@@ -49,13 +49,17 @@ class AsyncVolumes(AsyncResource):
         return await self._http.request("POST", "/volumes", json=body, cast=Volume)
 
     def list(
-        self, *, pagination: PaginationParams | dict[str, Any] | None = None
+        self,
+        *,
+        pagination: PaginationParams | dict[str, Any] | None = None,
+        order: Order = "newest",
     ) -> AsyncPaginator[Volume]:
-        """List volumes, newest first."""
+        """List volumes, newest first (``order="oldest"`` for oldest first)."""
         params = PaginationParams.coerce(pagination)
+        chosen = check_order(order)
 
         async def fetch(p: PaginationParams) -> Page[Volume]:
-            query = {"pageSize": p.page_size, "pageToken": p.page_token}
+            query = {"pageSize": p.page_size, "pageToken": p.page_token, "order": chosen}
             return await self._http.request("GET", "/volumes", params=query, cast=Page[Volume])
 
         return AsyncPaginator(fetch, params)

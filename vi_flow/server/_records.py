@@ -25,7 +25,7 @@ from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
 from .errors import APIProblem
 
-__all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "split_page"]
+__all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "seq_window", "split_page"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -111,6 +111,17 @@ def split_page(
         return list(rows), None
     page = list(rows[:size])
     return page, cursor_of(page[-1])
+
+
+def seq_window(after: int, newest: bool, column: str = "seq") -> tuple[str, tuple[int, ...], str]:
+    """SQL for one page of a table keyed by ``column``: ``(condition, parameters, ORDER BY)``.
+
+    Newest first: ``column < after`` (no bound when ``after`` is 0, the first page) and
+    ``column DESC``; oldest first: ``column > after`` and ``column ASC``.
+    """
+    if newest:
+        return f"(? = 0 OR {column} < ?)", (after, after), f"{column} DESC"
+    return f"{column} > ?", (after,), f"{column} ASC"
 
 
 def readable(rows: Sequence[T], decode: Callable[[T], R], kind: str) -> list[R]:
@@ -263,11 +274,12 @@ def get_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> Flow:
 
 
 def list_flows(
-    conn: sqlite3.Connection, org_id: str, size: int, after: int
+    conn: sqlite3.Connection, org_id: str, size: int, after: int, newest: bool = True
 ) -> tuple[list[Flow], int | None]:
+    where, bound, order = seq_window(after, newest)
     rows = conn.execute(
-        "SELECT * FROM flows WHERE org_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (org_id, after, size + 1),
+        f"SELECT * FROM flows WHERE org_id = ? AND {where} ORDER BY {order} LIMIT ?",
+        (org_id, *bound, size + 1),
     ).fetchall()
     page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
     return readable(page, _flow, "flow"), cursor
@@ -425,11 +437,13 @@ def list_runs(
     condition: str | None,
     size: int,
     after: int,
+    newest: bool = True,
 ) -> tuple[list[Run], int | None]:
+    where, bound, order = seq_window(after, newest)
     rows = conn.execute(
-        "SELECT * FROM runs WHERE org_id = ? AND seq > ? AND (? IS NULL OR flow_id = ?)"
-        " AND (? IS NULL OR condition = ?) ORDER BY seq LIMIT ?",
-        (org_id, after, flow_id, flow_id, condition, condition, size + 1),
+        f"SELECT * FROM runs WHERE org_id = ? AND {where} AND (? IS NULL OR flow_id = ?)"
+        f" AND (? IS NULL OR condition = ?) ORDER BY {order} LIMIT ?",
+        (org_id, *bound, flow_id, flow_id, condition, condition, size + 1),
     ).fetchall()
     page, cursor = split_page(rows, size, lambda r: int(r["seq"]))
     return readable(page, _run, "run"), cursor

@@ -5,7 +5,7 @@
   ``422 VALIDATION_ERROR`` naming the field path (``blocks[0].block: required field
   missing``), invalid JSON ``400 INVALID_REQUEST``.
 - :func:`principal_of` / :func:`org_of` give the authenticated caller.
-- :func:`paginate` reads ``pageSize``/``pageToken``; :func:`page_response` answers
+- :func:`paginate` reads ``pageSize``/``pageToken``/``order``; :func:`page_response` answers
   ``{"items", "nextPage"}`` with an opaque token.
 - :func:`idempotent` makes a POST handler honour ``Idempotency-Key``.
 """
@@ -170,38 +170,44 @@ async def read_json(request: web.Request, cls: type[T], prefix: str = "") -> T:
 # -- pagination ------------------------------------------------------------------------
 
 
+ORDERS = ("newest", "oldest")
+
+
 @attrs.frozen
 class PageRequest:
-    """A parsed ``?pageSize=&pageToken=``.
+    """A parsed ``?pageSize=&pageToken=&order=``.
 
     Attributes:
         size: Items wanted, 1..1000.
-        after: The cursor to continue after (0 for the first page). For store tables
-            with an ``INTEGER PRIMARY KEY`` ``seq``: ``WHERE seq > ? ORDER BY seq LIMIT size+1``.
+        after: The cursor to continue after (0 for the first page): the ``seq`` of the
+            last item of the previous page.
+        order: ``"newest"`` (the default: highest ``seq`` first) or ``"oldest"``.
     """
 
     size: int
     after: int = 0
+    order: str = "newest"
+
+    @property
+    def newest(self) -> bool:
+        """Whether the list runs newest first (highest ``seq`` first)."""
+        return self.order == "newest"
 
 
-def encode_page_token(cursor: int | None) -> str | None:
-    """The opaque ``nextPage`` token for a cursor (``None`` stays ``None``)."""
+def encode_page_token(cursor: int | None, order: str = "newest") -> str | None:
+    """The opaque ``nextPage`` token for a cursor in an order (``None`` stays ``None``)."""
     if cursor is None:
         return None
-    return base64.urlsafe_b64encode(orjson.dumps({"v": 1, "after": cursor})).decode().rstrip("=")
+    data = orjson.dumps({"v": 1, "after": cursor, "order": order})
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _bad_token(token: str) -> APIProblem:
+def _bad_token(token: str, why: str = "invalid page token") -> APIProblem:
     shown = token if len(token) <= 80 else token[:77] + "..."
-    return APIProblem(400, "INVALID_PAGE_TOKEN", f"pageToken: invalid page token {shown!r}")
+    return APIProblem(400, "INVALID_PAGE_TOKEN", f"pageToken: {why} {shown!r}")
 
 
-def decode_page_token(token: str) -> int:
-    """The cursor inside a page token we issued; anything else is 400 ``INVALID_PAGE_TOKEN``.
-
-    The token comes from the client, so it is read defensively: its cursor must be an
-    int a SQLite ``INTEGER`` holds (a forged ``after = 2**63`` would overflow the query).
-    """
+def _token_data(token: str) -> dict[str, Any]:
     if len(token) > 512:
         raise _bad_token(token)
     try:
@@ -211,14 +217,43 @@ def decode_page_token(token: str) -> int:
         raise _bad_token(token) from exc
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_INT:
         raise _bad_token(token)
-    return after
+    if data.get("order", "newest") not in ORDERS:
+        raise _bad_token(token)
+    return {"after": after, "order": data.get("order")}
+
+
+def decode_page_token(token: str) -> int:
+    """The cursor inside a page token we issued; anything else is 400 ``INVALID_PAGE_TOKEN``.
+
+    The token comes from the client, so it is read defensively: its cursor must be an
+    int a SQLite ``INTEGER`` holds (a forged ``after = 2**63`` would overflow the query).
+    """
+    return int(_token_data(token)["after"])
+
+
+def _order_of(request: web.Request, token: dict[str, Any] | None) -> str:
+    raw = request.query.get("order")
+    wanted = raw.strip().lower() if raw is not None else None
+    if wanted is not None and wanted not in ORDERS:
+        raise APIProblem.validation("order", f"must be 'newest' or 'oldest', got {raw!r}")
+    issued = token.get("order") if token else None
+    if wanted and issued and wanted != issued:
+        raise APIProblem(
+            400,
+            "INVALID_PAGE_TOKEN",
+            f"pageToken: the token continues a list ordered {issued!r}, not {wanted!r}",
+        )
+    return str(wanted or issued or "newest")
 
 
 def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
-    """Read ``pageSize`` (1..1000) and ``pageToken`` from the query string.
+    """Read ``pageSize`` (1..1000), ``pageToken`` and ``order`` from the query string.
+
+    ``order`` is ``newest`` (the default) or ``oldest``; a token carries the order it was
+    issued for, so a later page keeps it (asking for the other order with it is a 400).
 
     Raises:
-        APIProblem: 422 naming ``pageSize``; 400 ``INVALID_PAGE_TOKEN`` for a bad token.
+        APIProblem: 422 naming ``pageSize`` or ``order``; 400 ``INVALID_PAGE_TOKEN``.
     """
     raw = request.query.get("pageSize")
     size = default_size
@@ -232,12 +267,13 @@ def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
             "pageSize", f"must be between 1 and {MAX_PAGE_SIZE}, got {size}"
         )
     token = request.query.get("pageToken")
-    return PageRequest(size, decode_page_token(token) if token else 0)
+    data = _token_data(token) if token else None
+    return PageRequest(size, data["after"] if data else 0, _order_of(request, data))
 
 
-def page_response(items: list[Any], next_cursor: int | None) -> web.Response:
-    """Answer ``{"items": [...], "nextPage": token|null}``."""
-    return json_response({"items": items, "nextPage": encode_page_token(next_cursor)})
+def page_response(items: list[Any], next_cursor: int | None, order: str = "newest") -> web.Response:
+    """Answer ``{"items": [...], "nextPage": token|null}`` (the token keeps ``order``)."""
+    return json_response({"items": items, "nextPage": encode_page_token(next_cursor, order)})
 
 
 # -- idempotency -----------------------------------------------------------------------

@@ -46,10 +46,12 @@ async def _read_spec(request: web.Request) -> FlowSpec:
 
 
 async def list_flows(request: web.Request) -> web.Response:
-    """List the organization's flows, oldest first, one page at a time."""
+    """List the organization's flows, newest first (``order=oldest``), one page at a time."""
     page = paginate(request)
-    flows, cursor = await request.app[STORE_KEY].list_flows(org_of(request), page.size, page.after)
-    return page_response(flows, cursor)
+    flows, cursor = await request.app[STORE_KEY].list_flows(
+        org_of(request), page.size, page.after, newest=page.newest
+    )
+    return page_response(flows, cursor, page.order)
 
 
 @idempotent

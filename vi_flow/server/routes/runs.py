@@ -54,7 +54,7 @@ async def _default_version(store: Store, org: str, flow_id: str) -> str | int:
 
 
 async def list_runs(request: web.Request) -> web.Response:
-    """List the organization's runs, oldest first; filter by flowId and condition."""
+    """List the organization's runs, newest first (``order=oldest``); filter by flowId, condition."""
     page = paginate(request)
     runs, cursor = await request.app[STORE_KEY].list_runs(
         org_of(request),
@@ -62,8 +62,9 @@ async def list_runs(request: web.Request) -> web.Response:
         page.after,
         flow_id=request.query.get("flowId") or None,
         condition=request.query.get("condition") or None,
+        newest=page.newest,
     )
-    return page_response(runs, cursor)
+    return page_response(runs, cursor, page.order)
 
 
 @idempotent

@@ -137,13 +137,13 @@ def _statuses(request: web.Request) -> list[str]:
 
 
 async def list_tasks(request: web.Request) -> web.StreamResponse:
-    """List tasks, newest first (filters: status, limit)."""
+    """List tasks, newest first (``order=oldest``; filters: status, limit)."""
     page = paginate(request)
     size = _int_query(request, "limit", page.size, 1, 1000)
     items, cursor = await _service(request).records.list_tasks(
-        org_of(request), _statuses(request), size, page.after
+        org_of(request), _statuses(request), size, page.after, newest=page.newest
     )
-    return page_response(items, cursor)
+    return page_response(items, cursor, page.order)
 
 
 async def get_task(request: web.Request) -> web.StreamResponse:
@@ -285,11 +285,13 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
 
 
 async def list_volumes(request: web.Request) -> web.StreamResponse:
-    """List volumes, newest first."""
+    """List volumes, newest first (``order=oldest``)."""
     page = paginate(request)
     size = _int_query(request, "limit", page.size, 1, 1000)
-    items, cursor = await _service(request).volumes.list_volumes(org_of(request), size, page.after)
-    return page_response(items, cursor)
+    items, cursor = await _service(request).volumes.list_volumes(
+        org_of(request), size, page.after, newest=page.newest
+    )
+    return page_response(items, cursor, page.order)
 
 
 async def get_volume(request: web.Request) -> web.StreamResponse:
@@ -381,7 +383,8 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
 
 
 async def list_reservations(request: web.Request) -> web.StreamResponse:
-    """List the organization's reservations."""
+    """List the organization's reservations, newest first (``order=oldest``)."""
+    newest = paginate(request).newest
     service = _service(request)
     try:
         reservations = await service.provider.list_reservations()
@@ -393,6 +396,7 @@ async def list_reservations(request: web.Request) -> web.StreamResponse:
 
 
 async def get_reservation(request: web.Request) -> web.StreamResponse:
+    mine.sort(key=lambda r: (r.created_at, r.reservation_id), reverse=newest)
     """Get a reservation."""
     return json_response(await _owned(request, request.match_info["reservationId"]))
 

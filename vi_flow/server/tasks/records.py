@@ -20,6 +20,7 @@ import orjson
 
 from ...models._base import from_wire
 from ...models.tasks import ENV_REDACTED, Task, TaskConfig, TaskStatus
+from .._records import seq_window
 from ..errors import APIProblem
 from ..providers.base import ComputeProvider, Placement
 from ..store import Store
@@ -219,21 +220,26 @@ class TaskRecords:
         return (await self._tasks([await self._row(task_id, org_id)]))[0]
 
     async def list_tasks(
-        self, org_id: str, statuses: Sequence[str], size: int, after: int = 0
+        self,
+        org_id: str,
+        statuses: Sequence[str],
+        size: int,
+        after: int = 0,
+        *,
+        newest: bool = True,
     ) -> tuple[list[Task], int | None]:
-        """A page of the organization's tasks, newest first; returns the next cursor.
+        """A page of the organization's tasks, newest first (unless ``newest=False``).
 
-        ``after`` is the ``seq`` of the last task of the previous page (0 for the first).
+        ``after`` is the ``seq`` of the last task of the previous page (0 for the first);
+        returns the page and the next cursor.
         """
-        where = "org_id = ?"
-        params: list[Any] = [org_id]
+        window, bound, order = seq_window(after, newest)
+        where = f"org_id = ? AND {window}"
+        params: list[Any] = [org_id, *bound]
         if statuses:
             where += f" AND status IN ({', '.join('?' for _ in statuses)})"
             params.extend(statuses)
-        if after:
-            where += " AND seq < ?"
-            params.append(after)
-        sql = f"SELECT * FROM tasks WHERE {where} ORDER BY seq DESC LIMIT ?"
+        sql = f"SELECT * FROM tasks WHERE {where} ORDER BY {order} LIMIT ?"
         rows = await self.store.run(lambda c: c.execute(sql, (*params, size + 1)).fetchall())
         cursor = rows[size - 1]["seq"] if len(rows) > size else None
         return await self._tasks(rows[:size]), cursor

@@ -21,6 +21,7 @@ import orjson
 
 from ...models._base import to_wire
 from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
+from .._records import seq_window
 from ..clock import now_ms
 from ..errors import APIProblem
 from ..providers.base import Mount
@@ -118,15 +119,15 @@ class Volumes:
         return volume
 
     async def list_volumes(
-        self, org_id: str, size: int, after: int = 0
+        self, org_id: str, size: int, after: int = 0, *, newest: bool = True
     ) -> tuple[list[Volume], int | None]:
-        """A page of volumes, newest first."""
+        """A page of volumes, newest first (unless ``newest=False``)."""
+        window, bound, order = seq_window(after, newest)
 
         def select(conn: sqlite3.Connection) -> list[tuple[sqlite3.Row, list[str]]]:
             rows = conn.execute(
-                "SELECT * FROM volumes WHERE org_id = ? AND (? = 0 OR seq < ?)"
-                " ORDER BY seq DESC LIMIT ?",
-                (org_id, after, after, size + 1),
+                f"SELECT * FROM volumes WHERE org_id = ? AND {window} ORDER BY {order} LIMIT ?",
+                (org_id, *bound, size + 1),
             ).fetchall()
             return [(row, _attached(conn, row["volume_id"])) for row in rows]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..._pagination import Order
 from ...models import DeletedFlow, Flow, FlowSpec, PaginationParams
 from .._pagination import PaginatedResponse
 
@@ -22,10 +23,13 @@ class Flows:
         self._portal = portal
 
     def list(
-        self, pagination: PaginationParams | dict[str, Any] | None = None
+        self,
+        pagination: PaginationParams | dict[str, Any] | None = None,
+        *,
+        order: Order = "newest",
     ) -> PaginatedResponse[Flow]:
-        """List flows: ``.items`` is the first page; iterate for pages; ``.all_items()`` for all."""
-        return PaginatedResponse(self._async.list(pagination=pagination), self._portal)
+        """List flows, newest first: ``.items`` is the first page; ``.all_items()`` for all."""
+        return PaginatedResponse(self._async.list(pagination=pagination, order=order), self._portal)
 
     def get(self, flow_id: str) -> Flow:
         """Get one flow (``FlowNotFoundError`` when missing)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING
 
+from ..._pagination import Order
 from ...models.tasks import (
     AvailabilitySlot,
     Reservation,
@@ -47,9 +48,9 @@ class Reservations:
             auto_renew=auto_renew,
         )
 
-    def list(self) -> builtins.list[Reservation]:
-        """List reservations."""
-        return self._portal.call(self._async.list)
+    def list(self, *, order: Order = "newest") -> builtins.list[Reservation]:
+        """List reservations, newest first."""
+        return self._portal.call(self._async.list, order=order)
 
     def get(self, reservation_id: str) -> Reservation:
         """Get one reservation."""

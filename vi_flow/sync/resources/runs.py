@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..._pagination import Order
 from ...models import Condition, DeletedRun, PaginationParams, Run
 from .._pagination import PaginatedResponse
 
@@ -27,9 +28,10 @@ class Runs:
         *,
         flow_id: str | None = None,
         condition: Condition | str | None = None,
+        order: Order = "newest",
     ) -> PaginatedResponse[Run]:
-        """List runs, optionally of one flow or in one condition."""
-        paginator = self._async.list(flow_id=flow_id, condition=condition, pagination=pagination)
+        """List runs, newest first, optionally of one flow or in one condition."""
+        paginator = self._async.list(pagination, flow_id=flow_id, condition=condition, order=order)
         return PaginatedResponse(paginator, self._portal)
 
     def get(self, run_id: str) -> Run:

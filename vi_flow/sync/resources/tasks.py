@@ -6,6 +6,7 @@ import builtins
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..._pagination import Order
 from ...models import PaginationParams
 from ...models.tasks import (
     SSHEndpoint,
@@ -42,10 +43,11 @@ class Tasks:
         *,
         status: TaskStatus | str | Iterable[TaskStatus | str] | None = None,
         pagination: PaginationParams | dict[str, Any] | None = None,
+        order: Order = "newest",
     ) -> PaginatedResponse[TaskData]:
         """List tasks, newest first: ``.items`` is the first page; ``.all_items()`` all."""
         return PaginatedResponse(
-            self._async.list(status=status, pagination=pagination), self._portal
+            self._async.list(status=status, pagination=pagination, order=order), self._portal
         )
 
     def get(self, task_id: str) -> TaskData:

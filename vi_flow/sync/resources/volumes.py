@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..._pagination import Order
 from ...models import PaginationParams
 from ...models.tasks import (
     Volume,
@@ -43,10 +44,13 @@ class Volumes:
         )
 
     def list(
-        self, *, pagination: PaginationParams | dict[str, Any] | None = None
+        self,
+        *,
+        pagination: PaginationParams | dict[str, Any] | None = None,
+        order: Order = "newest",
     ) -> PaginatedResponse[Volume]:
-        """List volumes, newest first."""
-        return PaginatedResponse(self._async.list(pagination=pagination), self._portal)
+        """List volumes, newest first (``order="oldest"``: oldest first)."""
+        return PaginatedResponse(self._async.list(pagination=pagination, order=order), self._portal)
 
     def get(self, volume: str) -> Volume:
         """Get a volume by id or name."""
