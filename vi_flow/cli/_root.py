@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ssh-keys": ("vi_flow.cli.ssh_keys:ssh_keys", "Register the SSH keys task shells accept."),
     "tokens": ("vi_flow.cli.tokens:tokens", "List, create and revoke API keys (admin)."),
     "config": ("vi_flow.cli.config:config", "Show or set client settings (the config file)."),
+    "console": ("vi_flow.cli.console:console", "Open the web console in your browser."),
 }
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

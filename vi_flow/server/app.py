@@ -3,9 +3,9 @@
 :func:`create_app` builds the application: the store and settings under their
 ``AppKey``\\ s, the middlewares (request id, JSON errors, auth), then each feature
 module's ``setup(app)`` (``routes/admin``, ``flows``, ``runs``, ``executions``,
-``tasks``). Opening the app takes the home's lock (one server per home), opens the
-store and makes sure the default organization and ``<home>/admin-token`` exist; closing
-it closes the store and lets the lock go last.
+``tasks``, the web console at ``/``). Opening the app takes the home's lock (one server
+per home), opens the store and makes sure the default organization and
+``<home>/admin-token`` exist; closing it closes the store and lets the lock go last.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .bootstrap import ensure_admin
 from .clock import now_ms
+from .console import routes as console
 from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
 from .middleware import setup_middleware
@@ -32,7 +33,7 @@ __all__ = ["ServerSettings", "create_app"]
 
 log = logging.getLogger("vi_flow.server")
 
-_FEATURES = (admin, flows, runs, executions, tasks, lifecycle)
+_FEATURES = (admin, flows, runs, executions, tasks, lifecycle, console)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,10 @@
   and error responses get it too.
 - :class:`~vi_flow.server.errors.APIProblem` and aiohttp's HTTP exceptions become the
   wire error body; anything else is logged and answered ``500 INTERNAL``.
-- The bearer token maps to a :class:`~vi_flow.server.state.Principal`; an
+- The bearer token maps to a :class:`~vi_flow.server.state.Principal`; without an
+  ``Authorization`` header, the web console's session cookie does (with its CSRF check,
+  :mod:`vi_flow.server.console.sessions`). Paths outside ``/v1/`` (the console's pages)
+  authenticate themselves. An
   ``Organization-Id`` header naming another organization is answered 404, never 403,
   so one organization cannot probe for another.
 """
@@ -25,6 +28,7 @@ import time
 import orjson
 from aiohttp import web
 
+from .console.sessions import COOKIE, session_principal
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import STORE_KEY, Principal
@@ -170,6 +174,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def _principal(request: web.Request) -> Principal:
     header = request.headers.get("Authorization", "")
+    if not header and COOKIE in request.cookies:
+        return await session_principal(request)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIProblem(401, "UNAUTHENTICATED", "missing bearer token in the Authorization header")
@@ -196,7 +202,7 @@ def forget_tokens(app: web.Application) -> None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation."""
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
         return await handler(request)
     principal = await _principal(request)
     wanted = request.headers.get("Organization-Id")

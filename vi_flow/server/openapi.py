@@ -173,6 +173,11 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("DELETE", "/v1/organizations/{organizationId}/tokens/{name}"): _Route(
         answer=_obj(name=_STR, revoked=_INT)
     ),
+    ("POST", "/v1/console/sign-in"): _Route(
+        body=_obj(),
+        answer=_obj(signInPath=_STR, organizationId=_STR, expiresInSeconds=_INT),
+        status=201,
+    ),
     ("GET", "/v1/flows"): _Route(answer=Flow, paged=True),
     ("POST", "/v1/flows"): _Route(body=FlowSpec, answer=Flow, status=201),
     ("GET", "/v1/flows/{flowId}"): _Route(answer=Flow),
@@ -341,7 +346,8 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("formatter") or info.get("path")
-        if not path or route.method in ("HEAD", "OPTIONS", "*"):
+        # The web console's pages (outside /v1) are not part of the API.
+        if not path or not path.startswith("/v1/") or route.method in ("HEAD", "OPTIONS", "*"):
             continue
         path = _PARAM.sub(r"{\1}", path)
         paths.setdefault(path, {})[route.method.lower()] = _operation(

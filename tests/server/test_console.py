@@ -1,0 +1,127 @@
+"""The web console's sign-in, session cookie, CSRF check and organization isolation, over HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from vi_flow.server.state import STORE_KEY
+
+from .conftest import Server, spec
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+async def _sign_in_path(server: Server, token: str | None = None) -> str:
+    answer = await server.call("POST", "/console/sign-in", token=token)
+    assert answer.status == 201, answer.body
+    assert answer.body["expiresInSeconds"] == 60
+    return str(answer.body["signInPath"])
+
+
+async def _open(server: Server, path: str) -> Any:
+    async with server.session.get(server.root + path, allow_redirects=False) as resp:
+        await resp.read()
+        return resp
+
+
+async def _sign_in(server: Server, token: str | None = None) -> dict[str, str]:
+    """Sign in; the headers a signed-in browser sends (cookie, CSRF token, origin)."""
+    resp = await _open(server, await _sign_in_path(server, token))
+    assert resp.status == 303, resp.status
+    cookie = resp.cookies["vi_flow_console"]
+    headers = {"Cookie": f"vi_flow_console={cookie.value}", "Origin": server.root}
+    session = await server.call("GET", "/../console/api/session", token="", headers=headers)
+    return {**headers, "X-CSRF-Token": session.body["csrfToken"]}
+
+
+async def _org_token(server: Server, name: str) -> str:
+    org = (await server.call("POST", "/organizations", json={"name": name})).body["organizationId"]
+    made = await server.call("POST", f"/organizations/{org}/tokens", json={"name": "ci"})
+    return str(made.body["token"])
+
+
+async def test_a_sign_in_url_works_once_and_sets_a_strict_http_only_cookie(server: Server) -> None:
+    path = await _sign_in_path(server)
+    first = await _open(server, path)
+    assert first.status == 303 and first.headers["Location"] == "/"
+    cookie = first.cookies["vi_flow_console"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    assert not cookie["secure"]  # plain http on loopback; https would make it Secure
+    again = await _open(server, path)
+    assert again.status == 403 and "vi_flow_console" not in again.cookies
+    assert (await _open(server, "/console/signin?code=made-up")).status == 403
+
+
+async def test_an_expired_code_is_refused(server: Server) -> None:
+    path = await _sign_in_path(server)
+    await server.app[STORE_KEY].run(lambda c: c.execute("UPDATE console_codes SET expires_at = 0"))
+    assert (await _open(server, path)).status == 403
+
+
+async def test_the_cookie_reads_the_api_and_writes_only_with_the_csrf_token(server: Server) -> None:
+    headers = await _sign_in(server)
+    flow = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=headers)
+    assert flow.status == 201
+    listed = await server.call("GET", "/flows", token="", headers={"Cookie": headers["Cookie"]})
+    assert listed.status == 200 and len(listed.body["items"]) == 1
+    no_csrf = {k: v for k, v in headers.items() if k != "X-CSRF-Token"}
+    refused = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=no_csrf)
+    assert refused.status == 403 and "X-CSRF-Token" in refused.body["error"]["message"]
+    elsewhere = {**headers, "Origin": "http://evil.example"}
+    refused = await server.call(
+        "POST", "/flows", json={"spec": spec()}, token="", headers=elsewhere
+    )
+    assert refused.status == 403 and "cross-origin" in refused.body["error"]["message"]
+    minted = await server.call("POST", "/console/sign-in", token="", headers=headers)
+    assert minted.status == 403  # a session cannot make itself new sign-in links
+
+
+async def test_another_organizations_objects_answer_404(server: Server) -> None:
+    flow = (await server.call("POST", "/flows", json={"spec": spec()})).body["flowId"]
+    run = (await server.call("POST", "/runs", json={"flowId": flow})).body["runId"]
+    other = await _sign_in(server, await _org_token(server, "other"))
+    cookie = {"Cookie": other["Cookie"]}
+    assert (await server.call("GET", f"/runs/{run}", token="", headers=cookie)).status == 404
+    assert (await server.call("GET", f"/flows/{flow}", token="", headers=cookie)).status == 404
+    for page in (f"/runs/{run}", f"/flows/{flow}", "/tasks/task_nope"):
+        async with server.session.get(server.root + page, headers=cookie) as resp:
+            assert resp.status == 404, page
+    mine = await _sign_in(server)
+    async with server.session.get(f"{server.root}/runs/{run}", headers=mine) as resp:
+        assert resp.status == 200
+    async with server.session.get(f"{server.root}/runs/{run}") as resp:
+        assert resp.status == 401  # no session: the page says how to sign in
+
+
+async def test_sign_out_and_a_revoked_token_end_the_session(server: Server) -> None:
+    headers = await _sign_in(server)
+    answer = await server.call("POST", "/../console/api/signout", token="", headers=headers)
+    assert answer.status == 204
+    assert (await server.call("GET", "/runs", token="", headers=headers)).status == 401
+    token = await _org_token(server, "team")
+    headers = await _sign_in(server, token)
+    assert (await server.call("GET", "/runs", token="", headers=headers)).status == 200
+    org = (await server.call("GET", "/whoami", token=token)).body["organizationId"]
+    await server.call("DELETE", f"/organizations/{org}/tokens/ci")
+    assert (await server.call("GET", "/runs", token="", headers=headers)).status == 401
+
+
+async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vi_flow.server.access")
+    path = await _sign_in_path(server)
+    await _open(server, path)
+    code = path.partition("code=")[2]
+    assert code not in caplog.text and "/console/signin" in caplog.text
+    async with server.session.get(server.root + "/") as resp:
+        html = await resp.text()
+        assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert '<script src="/console/static/app.js"' in html and "http" not in html
+    async with server.session.get(server.root + "/console/static/app.js") as resp:
+        assert resp.status == 200 and resp.content_type == "text/javascript"
+    async with server.session.get(server.root + "/console/static/..%2fsessions.py") as resp:
+        assert resp.status == 404

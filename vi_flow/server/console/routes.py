@@ -1,0 +1,205 @@
+"""Console routes: the pages, their static files, sign-in by one-time code, sign-out.
+
+- ``POST /v1/console/sign-in`` (bearer token only) answers a one-time sign-in path.
+- ``GET /console/signin?code=`` trades the code for a session cookie and redirects to
+  ``/``, so the code is in no later URL; a used or expired code is refused (403).
+- ``GET /console/api/session`` says who is signed in and hands the page its CSRF token;
+  ``POST /console/api/signout`` ends the session.
+- ``GET /console/api/runs/{runId}/last-event`` is the newest event id of a run, so the
+  page can show the tail of a long run without replaying all of it.
+- Page paths (``/``, ``/runs/{id}``...) answer the page; an object of another
+  organization (or none) answers it with 404, and no session with 401.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import APIProblem
+from ..helpers import PRINCIPAL, json_response, principal_of
+from ..state import STORE_KEY
+from . import sessions
+from .sessions import COOKIE, CSRF_HEADER, ConsoleSession
+
+__all__ = ["SECURITY_HEADERS", "setup"]
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none';"
+    " base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+"""Headers on every console answer: nothing from other hosts, no framing, no referrer."""
+
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_Finder = Callable[[web.Request, str, str], Awaitable[Any]]
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
+
+
+def _page(status: int = 200) -> web.Response:
+    return web.Response(
+        body=_static("index.html"),
+        status=status,
+        content_type="text/html",
+        headers=SECURITY_HEADERS,
+    )
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """One of the console's static files (a fixed list: no path is ever joined)."""
+    name = request.match_info["name"]
+    if name not in _STATIC:
+        raise web.HTTPNotFound()
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
+    return web.Response(body=_static(name), content_type=_STATIC[name], headers=headers)
+
+
+# -- sign in and out ---------------------------------------------------------------------
+
+
+async def create_sign_in(request: web.Request) -> web.Response:
+    """A one-time sign-in path for the caller's bearer token (not for a console session)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIProblem(403, "PERMISSION_DENIED", "sign-in codes are made for API keys only")
+    code = await sessions.create_code(request, token.strip())
+    return json_response(
+        {
+            "signInPath": f"/console/signin?code={code}",
+            "organizationId": principal_of(request).organization_id,
+            "expiresInSeconds": sessions.CODE_TTL_MS // 1000,
+        },
+        201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+_REFUSED = (
+    b"<!doctype html><meta charset=utf-8><title>Sign-in refused</title>"
+    b"<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    b"<h1>This sign-in link cannot be used</h1><p>A sign-in link works once, for one minute."
+    b" Run <code>vi-flow console</code> for a new one.</p></main>"
+)
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    """Trade a one-time code for a session cookie and go to ``/`` (the code left behind)."""
+    session_id = await sessions.exchange_code(request, request.query.get("code", ""))
+    if session_id is None:
+        return web.Response(
+            body=_REFUSED, status=403, content_type="text/html", headers=SECURITY_HEADERS
+        )
+    response = web.HTTPSeeOther("/", headers=SECURITY_HEADERS)
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        max_age=sessions.SESSION_TTL_MS // 1000,
+    )
+    raise response
+
+
+async def _signed_in(request: web.Request) -> ConsoleSession:
+    session = await sessions.find_session(request)
+    if session is None:
+        raise APIProblem(401, "UNAUTHENTICATED", "not signed in; run 'vi-flow console'")
+    request[PRINCIPAL] = session.principal
+    return session
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """Who is signed in, and the CSRF token for this session's state-changing calls."""
+    session = await _signed_in(request)
+    body = {
+        "organizationId": session.principal.organization_id,
+        "tokenName": session.principal.token_name,
+        "csrfToken": session.csrf,
+        "csrfHeader": CSRF_HEADER,
+    }
+    return json_response(body, headers=SECURITY_HEADERS)
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    """End the session (CSRF-checked) and drop its cookie."""
+    sessions.check_csrf(request, await _signed_in(request))
+    await sessions.delete_session(request)
+    response = web.Response(status=204, headers=SECURITY_HEADERS)
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+# -- run tail and pages ------------------------------------------------------------------
+
+
+async def last_event(request: web.Request) -> web.Response:
+    """The newest stored event id of a run of the session's organization (0: none yet)."""
+    from ..routes.executions import EXECUTION_ENGINE_KEY
+
+    session = await _signed_in(request)
+    run_id = request.match_info["runId"]
+    await request.app[STORE_KEY].get_run(run_id, session.principal.organization_id)
+    engine = request.app[EXECUTION_ENGINE_KEY]
+    last = (await engine.log.channel(run_id)).committed if await engine.has_run(run_id) else 0
+    return json_response({"lastEventId": last}, headers=SECURITY_HEADERS)
+
+
+async def _find_run(request: web.Request, org: str, run_id: str) -> Any:
+    return await request.app[STORE_KEY].get_run(run_id, org)
+
+
+async def _find_flow(request: web.Request, org: str, flow_id: str) -> Any:
+    return await request.app[STORE_KEY].get_flow(org, flow_id)
+
+
+async def _find_task(request: web.Request, org: str, task_id: str) -> Any:
+    from ..tasks import TASKS_KEY
+
+    return await request.app[TASKS_KEY].get(task_id, org)
+
+
+_FINDERS: dict[str, _Finder] = {"runs": _find_run, "flows": _find_flow, "tasks": _find_task}
+
+
+async def page(request: web.Request) -> web.Response:
+    """The console page: 401 without a session, 404 for an object the session cannot see."""
+    session = await sessions.find_session(request)
+    if session is None:
+        return _page(401)
+    request[PRINCIPAL] = session.principal
+    kind, ident = request.match_info.get("kind"), request.match_info.get("id")
+    if kind is not None and ident is not None:
+        try:
+            await _FINDERS[kind](request, session.principal.organization_id, ident)
+        except APIProblem as exc:
+            return _page(exc.status if exc.status == 404 else 400)
+    return _page()
+
+
+def setup(app: web.Application) -> None:
+    """Add the console's pages, static files, sign-in and session routes."""
+    app.router.add_post("/v1/console/sign-in", create_sign_in)
+    app.router.add_get("/console/signin", sign_in)
+    app.router.add_get("/console/static/{name}", static_file)
+    app.router.add_get("/console/api/session", get_session)
+    app.router.add_post("/console/api/signout", sign_out)
+    app.router.add_get("/console/api/runs/{runId}/last-event", last_event)
+    for path in ("/", "/runs", "/flows", "/tasks", "/volumes", "/reservations"):
+        app.router.add_get(path, page)
+    app.router.add_get("/{kind:runs|flows|tasks}/{id}", page)
+    app.on_startup.append(_migrate)
+
+
+async def _migrate(app: web.Application) -> None:
+    await app[STORE_KEY].migrate(sessions.MIGRATION, sessions.SCHEMA)
