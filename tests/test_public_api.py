@@ -27,6 +27,7 @@ EXPECTED = {
     "PausedResult",
     "Run",
     "ShellResult",
+    "ShellUnavailableError",
     "Task",
     "TaskConfig",
     "TaskStatus",

@@ -27,6 +27,7 @@ Every error a user can catch derives from :class:`ViFlowError`::
     ├── ToolCallLimitError            ``max_tool_rounds`` exhausted
     ├── TaskTimeoutError              waiting for a task or job exceeded its timeout
     ├── HostKeyChangedError           a task server's SSH host key differs from the pinned one
+    ├── ShellUnavailableError         the task's provider cannot run commands inside it (Ray)
     ├── PaginationError               a server sent a repeated page token or too many pages
     └── ClientStateError              a closed client was used, or a sync client from its own portal
 
@@ -61,6 +62,7 @@ __all__ = [
     "PreconditionFailedError",
     "RateLimitError",
     "RunNotFoundError",
+    "ShellUnavailableError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "ToolCallLimitError",
@@ -283,6 +285,28 @@ class HostKeyChangedError(ViFlowError):
         self.pinned = pinned
         self.presented = presented
         self.known_hosts = known_hosts
+
+
+class ShellUnavailableError(ViFlowError):
+    """The task's compute provider cannot run a command or shell inside it (Ray jobs).
+
+    Raised before any command is sent; the command never runs anywhere (never on the
+    server's host). The task's logs, uploads and status work as usual.
+
+    Attributes:
+        task_id: The task.
+        provider: The compute provider that runs it, such as ``"ray"``.
+        reason: The server's sentence saying why.
+    """
+
+    def __init__(self, task_id: str, provider: str, reason: str) -> None:
+        super().__init__(
+            f"task {task_id} runs on the {provider!r} provider, which cannot run commands "
+            f"or shells inside it: {reason}"
+        )
+        self.task_id = task_id
+        self.provider = provider
+        self.reason = reason
 
 
 class PaginationError(ViFlowError):

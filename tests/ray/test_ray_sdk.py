@@ -53,9 +53,9 @@ async def test_two_h100_are_visible_to_the_task_and_its_shell_is_refused(client:
     task = await client.run('echo "$CUDA_VISIBLE_DEVICES"; sleep 60', gpu="h100:2", wait=True)
     assert task.gpu_type == "h100" and task.gpu_count == 2
     # Ray cannot run a command inside the job; never on the server's host (issue 11).
-    result = await client.shell(task.task_id, command="cat /etc/hostname; exit 5")
-    assert result.exit_status == 1 and result.stdout == ""
-    assert "Ray cannot run them there" in result.stderr
+    with pytest.raises(vi_flow.ShellUnavailableError, match="Ray cannot run them there") as err:
+        await client.shell(task.task_id, command="cat /etc/hostname; exit 5")
+    assert (err.value.provider, err.value.task_id) == ("ray", task.task_id)
     devices = await client.logs(task.task_id)  # what Ray gave the entry point
     assert len(devices.split(",")) == 2
     assert await client.cancel(task.task_id)

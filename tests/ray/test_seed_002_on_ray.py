@@ -74,8 +74,8 @@ def test_gpu_examples_on_the_ray_h100s(flow: Any) -> None:
 def test_shells_are_refused_on_ray_naming_the_reason(flow: Any) -> None:
     task = flow.submit("sleep 30")
     assert flow.wait_for_ssh(task.task_id, timeout=30).status == "running"
-    result = flow.shell(task.task_id, command="echo from-the-task")
-    assert result.exit_status == 1 and result.stdout == ""
-    assert "Ray cannot run them there" in result.stderr
+    with pytest.raises(vi_flow.ShellUnavailableError, match="'ray' provider") as err:
+        flow.shell(task.task_id, command="echo from-the-task")
+    assert "Ray cannot run them there" in err.value.reason
     assert flow.ssh(task.task_id).startswith("ssh -i ")  # the command line is still given
     flow.cancel(task.task_id, force=True)

@@ -305,6 +305,9 @@ class AsyncCompute:
 
         Returns:
             The command's output and exit status (``str(result)`` is the output).
+
+        Raises:
+            ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
         """
         _check_node(node)
         return await _ops.shell(self._context, task_id, command, echo=echo)

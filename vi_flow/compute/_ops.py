@@ -22,7 +22,15 @@ from ..models.tasks import SSHEndpoint, Task, TaskStatus
 from ..resources.ssh_keys import client_ssh_dir
 from ._follow import LogFollower
 from ._upload import UploadResult, check_target_dir, collect_files, progress_bar, upload_files
-from .ssh import ShellResult, SSHTarget, connect, interactive_shell, run_remote, write_known_hosts
+from .ssh import (
+    ShellResult,
+    SSHTarget,
+    check_commands_allowed,
+    connect,
+    interactive_shell,
+    run_remote,
+    write_known_hosts,
+)
 
 if TYPE_CHECKING:
     import asyncssh
@@ -192,10 +200,15 @@ async def shell(
 
     Without ``command``: an interactive PTY shell when stdin is a terminal; otherwise
     stdin is read to its end and run as a script. Waits for the task to run first.
+
+    Raises:
+        ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
     """
     task = await wait_for(client, task_id, until="running", timeout=timeout)
     _check_running(task)
-    conn = await open_ssh(client, task_id)
+    target, endpoint = await _target_and_endpoint(client, task_id, logs=False)
+    check_commands_allowed(endpoint)
+    conn = await connect(target)
     try:
         if command is not None:
             return await run_remote(conn, command, echo=echo)

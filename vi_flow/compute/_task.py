@@ -253,6 +253,9 @@ class AsyncTask(TaskFields):
 
         Returns:
             Output and exit status (``str(result)`` is the output).
+
+        Raises:
+            ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
         """
         return await _ops.shell(self._client, self.task_id, command, echo=echo)
 

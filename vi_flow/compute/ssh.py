@@ -28,16 +28,19 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import HostKeyChangedError
+from .._errors import HostKeyChangedError, ShellUnavailableError
 from ..resources.ssh_keys import write_private_file
 
 if TYPE_CHECKING:
     import asyncssh
 
+    from ..models.tasks import SSHEndpoint
+
 __all__ = [
     "SSHTarget",
     "ShellResult",
     "build_remote_command",
+    "check_commands_allowed",
     "connect",
     "interactive_shell",
     "known_hosts_line",
@@ -115,6 +118,19 @@ def build_remote_command(command: str | Sequence[str]) -> str:
     if not argv:
         raise ValueError("command must not be an empty list")
     return shlex.join(str(arg) for arg in argv)
+
+
+def check_commands_allowed(endpoint: SSHEndpoint) -> None:
+    """Refuse, before connecting, a command or shell that the task's provider cannot run.
+
+    Raises:
+        ShellUnavailableError: The endpoint says commands cannot run inside the task (a
+            Ray job); names the provider and the server's reason.
+    """
+    if endpoint.commands_refused is not None:
+        raise ShellUnavailableError(
+            endpoint.task_id, endpoint.provider or "unknown", endpoint.commands_refused
+        )
 
 
 def known_hosts_line(target: SSHTarget) -> str:

@@ -301,6 +301,10 @@ class SSHEndpoint:
             (``[]`` locally, ``["srun", "--jobid=N", "--overlap"]`` on Slurm); the SSH
             server applies it itself, clients must not add it.
         status: The task status when the endpoint was read.
+        provider: The compute provider that runs the task (``local``, ``slurm``, ``ray``).
+        commands_refused: Why commands and shells cannot run inside this task on its
+            provider (a Ray job cannot be entered); ``None`` where they can. Logs and
+            SFTP work either way.
     """
 
     task_id: str
@@ -315,6 +319,8 @@ class SSHEndpoint:
     stderr_path: str
     exec_prefix: list[str] = attrs.Factory(list)
     status: TaskStatus = TaskStatus.PENDING
+    provider: str = ""
+    commands_refused: str | None = None
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ import orjson
 from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
 from ..clock import now_ms
 from ..errors import APIProblem
-from ..providers.base import ProviderError
+from ..providers.base import ProviderError, UnsupportedOperation
 from ..store import new_id
 from .records import TaskRecords
 
@@ -173,6 +173,7 @@ class SSHAccess:
         if address is None:
             raise APIProblem(503, "SSH_UNAVAILABLE", "the SSH server is not running")
         paths = self._provider.task_paths(task_id)
+        prefix, refusal = self._published_prefix(task_id, task.provider_id)
         host = f"[{address.host}]:{address.port}"
         return SSHEndpoint(
             task_id=task_id,
@@ -185,16 +186,23 @@ class SSHAccess:
             workdir=str(paths.workdir),
             stdout_path=str(paths.stdout),
             stderr_path=str(paths.stderr),
-            exec_prefix=self._published_prefix(task_id, task.provider_id),
+            exec_prefix=prefix,
             status=task.status,
+            provider=self._provider.name,
+            commands_refused=refusal,
         )
 
-    def _published_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
-        """The exec prefix shown to clients: informational, and ``[]`` where none applies."""
+    def _published_prefix(
+        self, task_id: str, provider_id: str | None
+    ) -> tuple[list[str], str | None]:
+        """The exec prefix shown to clients (informational: the SSH server applies it), or
+        ``[]`` and the provider's reason when commands cannot run inside the task."""
         try:
-            return self._provider.exec_prefix(task_id, provider_id)
+            return self._provider.exec_prefix(task_id, provider_id), None
+        except UnsupportedOperation as exc:
+            return [], exc.message
         except ProviderError:
-            return []
+            return [], None
 
 
 def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqlite3.Row, bool]:
