@@ -135,6 +135,8 @@ class _Route:
     status: int = 200
     media: str = "application/json"
     paged: bool = False
+    also_sse: bool = False  # the same path answers an event stream when asked for one
+    params: tuple[dict[str, Any], ...] = ()
 
 
 _SSE = "text/event-stream"
@@ -154,6 +156,25 @@ _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _DELETED = _obj(deleted=_BOOL)
 _CREDITS = _obj(organizationId=_STR, credits={"anyOf": [_INT, {"type": "null"}]})
+
+
+def _query(name: str, schema: dict[str, Any], description: str, where: str = "query") -> Any:
+    return {
+        "name": name,
+        "in": where,
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_LOG_PARAMS = (
+    _query("follow", _BOOL, "Answer a `text/event-stream` of `log` events, then `end`"),
+    _query("stream", {"enum": ["stdout", "stderr", "all", "both"]}, "Which log (stream: all)"),
+    _query("tail", _INT, "Trailing lines of the JSON snapshot"),
+    _query("lastEventId", _STR, "Resume the stream after `<stdout offset>:<stderr offset>`"),
+    _query("Last-Event-ID", _STR, "Resume the stream (as lastEventId)", "header"),
+)
 
 _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/health"): _Route(answer=_obj(status=_STR)),
@@ -221,7 +242,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/tasks/{taskId}/cancel"): _Route(
         body=_obj(gracePeriod={"type": "number"}, force=_BOOL), answer=Task
     ),
-    ("GET", "/v1/tasks/{taskId}/logs"): _Route(answer=TaskLogs),
+    ("GET", "/v1/tasks/{taskId}/logs"): _Route(answer=TaskLogs, also_sse=True, params=_LOG_PARAMS),
     ("GET", "/v1/tasks/{taskId}/ssh"): _Route(answer=SSHEndpoint),
     ("POST", "/v1/tasks/{taskId}/volumes"): _Route(body=MountRequest, answer=Task),
     ("GET", "/v1/tasks/{taskId}/outputs"): _Route(answer=_items(TaskOutputFile)),
@@ -301,8 +322,10 @@ def _success(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
     if route.media == _FILE:
         binary = {"type": "string", "contentMediaType": _FILE}
         return {"description": "The file's bytes", "content": {_FILE: {"schema": binary}}}
-    schema = _answer_schema(route, components)
-    return {"description": "Success", "content": {"application/json": {"schema": schema}}}
+    content = {"application/json": {"schema": _answer_schema(route, components)}}
+    if route.also_sse:
+        content[_SSE] = {"schema": _STR}
+    return {"description": "Success", "content": content}
 
 
 def _operation(method: str, path: str, handler: Any, components: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +350,7 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
     ]
     if route.paged:
         params.extend(_PAGE_PARAMS)
+    params.extend(route.params)
     if params:
         op["parameters"] = params
     if route.body is not None:

@@ -55,6 +55,7 @@ from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
 from ..tasks.sshd import TaskSSHServer
 from ..validation import limited
+from . import task_logs as task_logs_sse
 
 __all__ = ["setup"]
 
@@ -166,7 +167,10 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
-    """Snapshot of a task's logs (tail, stream=stdout|stderr|both)."""
+    """Snapshot of a task's logs (tail, stream=stdout|stderr|both); with ``follow`` (or
+    ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
+    if task_logs_sse.wants_stream(request):
+        return await task_logs_sse.follow_logs(request)
     tail = _int_query(request, "tail", 100, 0, MAX_TAIL)
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr", "both"):

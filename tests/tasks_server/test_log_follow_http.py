@@ -1,0 +1,154 @@
+"""A task's logs over HTTP: ``GET /v1/tasks/{id}/logs?follow=`` as a resumable SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from vi_flow._sse import ServerSentEvent, SSEDecoder
+
+from .conftest import TaskServer
+
+
+async def _events(
+    server: TaskServer,
+    task_id: str,
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    stop_after: int | None = None,
+) -> tuple[int, Any, list[ServerSentEvent]]:
+    """``(status, headers, events)`` of one logs stream, read to its end (or ``stop_after``)."""
+    decoder, events = SSEDecoder(), []
+    async with server.session.get(
+        f"{server.root}/v1/tasks/{task_id}/logs",
+        params={"follow": "true", **(params or {})},
+        headers=server.headers(extra=headers),
+    ) as resp:
+        if resp.status != 200:
+            return (
+                resp.status,
+                resp.headers,
+                [ServerSentEvent("error", await resp.read(), None, None)],
+            )
+        async for chunk in resp.content.iter_any():
+            events += decoder.feed(chunk)
+            if stop_after is not None and len(events) >= stop_after:
+                break
+        return resp.status, resp.headers, events
+
+
+def _text(events: list[ServerSentEvent], stream: str | None = None) -> str:
+    logs = [orjson.loads(e.data) for e in events if e.event == "log"]
+    return "".join(d["text"] for d in logs if stream is None or d["stream"] == stream)
+
+
+@pytest.mark.anyio
+async def test_follow_streams_both_logs_then_the_end_state(server: TaskServer) -> None:
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.1; done; exit 3"
+    task = await server.submit(command=script)
+    status, headers, events = await _events(server, task["taskId"])
+    assert status == 200 and headers["Content-Type"] == "text/event-stream"
+    assert float(headers["X-Heartbeat-Interval"]) > 0
+    assert _text(events, "stdout") == "out1\nout2\nout3\n"
+    assert _text(events, "stderr") == "err1\nerr2\nerr3\n"
+    assert events[-1].event == "end"
+    end = orjson.loads(events[-1].data)
+    assert (end["status"], end["exitCode"], end["reason"]) == ("failed", 3, "NonZeroExit")
+    assert events[-1].id == "15:15"  # three 5-byte lines in each log
+    for event in events[:-1]:
+        data = orjson.loads(event.data)
+        out, err = (int(x) for x in (event.id or "").split(":"))
+        assert data["offset"] == (out if data["stream"] == "stdout" else err)
+
+
+@pytest.mark.anyio
+async def test_last_event_id_resumes_exactly(server: TaskServer) -> None:
+    task = await server.submit(command="for i in $(seq 1 200); do echo line$i; echo e$i >&2; done")
+    await server.wait(task["taskId"])
+    whole = _text((await _events(server, task["taskId"]))[2], "stdout")
+    _, _, first = await _events(server, task["taskId"], stop_after=1)
+    resumed = await _events(server, task["taskId"], headers={"Last-Event-ID": str(first[0].id)})
+    assert _text(first, "stdout") + _text(resumed[2], "stdout") == whole
+    by_query = await _events(server, task["taskId"], params={"lastEventId": str(first[0].id)})
+    assert _text(by_query[2]) == _text(resumed[2])
+    assert whole == "".join(f"line{i}\n" for i in range(1, 201))
+
+
+@pytest.mark.anyio
+async def test_one_stream_only_and_follow_false(server: TaskServer) -> None:
+    task = await server.submit(command="echo a; echo b >&2; printf partial; sleep 30")
+    await server.wait(task["taskId"], until={"running"})
+    params = {"follow": "false", "stream": "stdout"}
+    for _ in range(200):  # the shell may not have written yet
+        status, _, events = await _events(server, task["taskId"], params=params)
+        if events:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 200
+    # Only whole lines while the task runs, and no end event: it has not ended.
+    assert [e.event for e in events] == ["log"] and _text(events) == "a\n"
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+    _, _, events = await _events(server, task["taskId"], params={"stream": "stderr"})
+    assert _text(events) == "b\n" and events[-1].event == "end"
+    _, _, events = await _events(server, task["taskId"], params={"stream": "stdout"})
+    assert _text(events) == "a\npartial"  # the last, unfinished line once it is over
+
+
+@pytest.mark.anyio
+async def test_utf8_and_a_line_longer_than_one_read(server: TaskServer) -> None:
+    script = "python3 -c \"import sys; sys.stdout.write('é' * 300000 + '\\n✓ done\\n')\""
+    task = await server.submit(command=script)
+    _, _, events = await _events(server, task["taskId"])
+    assert len([e for e in events if e.event == "log"]) > 1  # sent in pieces
+    assert _text(events) == "é" * 300000 + "\n✓ done\n"  # no character cut in two
+
+
+@pytest.mark.anyio
+async def test_bad_requests_name_the_bad_value(server: TaskServer) -> None:
+    task = await server.submit(command="true")
+    cases = [
+        ({}, {"Last-Event-ID": "12"}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": "a:b"}, "Last-Event-ID"),
+        ({"lastEventId": "-1:0"}, {}, "lastEventId"),
+        ({"stream": "both-ish"}, {}, "stream"),
+        ({"follow": "maybe"}, {}, "follow"),
+    ]
+    for params, headers, name in cases:
+        status, _, events = await _events(server, task["taskId"], params=params, headers=headers)
+        assert status == 400, (params, headers)
+        assert orjson.loads(events[0].data)["error"]["message"].startswith(name)
+
+
+@pytest.mark.anyio
+async def test_another_organization_gets_404(server: TaskServer) -> None:
+    task = await server.submit(command="echo secret")
+    org = await server.call("POST", "/organizations", json={"name": "other"})
+    token = await server.call(
+        "POST", f"/organizations/{org.body['organizationId']}/tokens", json={"name": "t"}
+    )
+    async with server.session.get(
+        f"{server.root}/v1/tasks/{task['taskId']}/logs?follow=true",
+        headers={"Authorization": f"Bearer {token.body['token']}"},
+    ) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "TASK_NOT_FOUND"
+
+
+@pytest.mark.anyio
+async def test_a_log_replaced_by_a_link_is_not_followed(server: TaskServer, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("server secret\n")
+    task = await server.submit(command="echo hi")
+    done = await server.wait(task["taskId"])
+    log = Path(done["workdir"]).parent / "logs" / "stdout.log"
+    log.unlink()
+    log.symlink_to(secret)  # what a task with write access to its directory could do
+    _, _, events = await _events(server, task["taskId"], params={"stream": "stdout"})
+    assert "server secret" not in b"".join(e.data for e in events).decode()
+    assert [e.event for e in events] == ["error"]
+    assert orjson.loads(events[0].data)["code"] == "LOG_UNREADABLE"

@@ -1,0 +1,211 @@
+"""``GET /v1/tasks/{taskId}/logs`` as a stream: a task's logs over HTTP (SSE), resumable.
+
+Asked for with ``?follow=true|false`` (or ``Accept: text/event-stream``); without either
+the route answers its JSON snapshot (``routes/tasks``). The stream sends whole lines:
+
+- ``event: log`` with ``data: {"stream", "offset", "text"}``, ``offset`` being the byte
+  offset in that stream's log right after ``text``;
+- every event's ``id`` is ``<stdout offset>:<stderr offset>``, so ``Last-Event-ID`` (or
+  ``?lastEventId=``) resumes both streams exactly where the client stopped;
+- ``event: end`` with the task (``status``, ``exitCode``, ``reason``, ...) once the task
+  has finished and its logs are drained; ``follow=false`` sends what exists, then the
+  end event if the task is over, and closes;
+- ``: heartbeat`` comments while idle, the interval announced in ``X-Heartbeat-Interval``.
+
+Files are opened and read in worker threads, never on the event loop, and without
+following a link the task may have put in place of its log (:mod:`..tasks.logfile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import orjson
+from aiohttp import web
+
+from ...models._base import dumps
+from ...models.execution import HEARTBEAT_HEADER
+from ...models.limits import MAX_INT
+from ..errors import APIProblem
+from ..helpers import org_of
+from ..state import SETTINGS_KEY
+from ..tasks import TASKS_KEY, TaskService
+from ..tasks.logfile import LogReader, NotALogFile
+
+__all__ = ["STREAMS", "follow_logs", "parse_event_id", "wants_stream"]
+
+STREAMS = ("stdout", "stderr")
+_CHOICES = {"stdout": ("stdout",), "stderr": ("stderr",), "all": STREAMS, "both": STREAMS}
+_POLL_MIN, _POLL_MAX = 0.02, 0.25
+_HEARTBEAT = b": heartbeat\n\n"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer this answer
+}
+
+
+def wants_stream(request: web.Request) -> bool:
+    """Whether a logs request asks for the event stream rather than the JSON snapshot."""
+    return "follow" in request.query or "text/event-stream" in request.headers.get("Accept", "")
+
+
+def parse_event_id(raw: str) -> dict[str, int]:
+    """Byte offsets per stream from an event id ``<stdout offset>:<stderr offset>``.
+
+    Raises:
+        ValueError: Not two offsets in 0..2**63-1.
+    """
+    parts = raw.strip().split(":")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"expected '<stdout offset>:<stderr offset>', got {raw[:40]!r}")
+    offsets = [int(p) for p in parts]
+    if any(o > MAX_INT for o in offsets):
+        raise ValueError(f"offsets must be 0..{MAX_INT}, got {raw[:40]!r}")
+    return dict(zip(STREAMS, offsets, strict=True))
+
+
+def _start(request: web.Request) -> dict[str, int]:
+    name, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
+    if not raw:
+        name, raw = "lastEventId", request.query.get("lastEventId")
+    if not raw:
+        return dict.fromkeys(STREAMS, 0)
+    try:
+        return parse_event_id(raw)
+    except ValueError as exc:
+        raise APIProblem(400, "INVALID_REQUEST", f"{name}: {exc}") from None
+
+
+def _follow(request: web.Request) -> bool:
+    raw = request.query.get("follow", "true").strip().lower()
+    if raw not in ("true", "false", "1", "0", ""):
+        raise APIProblem(
+            400, "INVALID_REQUEST", f"follow: expected true or false, got {raw[:20]!r}"
+        )
+    return raw in ("true", "1", "")
+
+
+def _streams(request: web.Request) -> tuple[str, ...]:
+    raw = request.query.get("stream", "all")
+    if raw not in _CHOICES:
+        raise APIProblem(
+            400, "INVALID_REQUEST", f"stream: must be stdout, stderr or all, got {raw[:20]!r}"
+        )
+    return _CHOICES[raw]
+
+
+class _LogStream:
+    """One client's follow: where each stream stands and how to send what comes next."""
+
+    def __init__(self, service: TaskService, task_id: str, streams: tuple[str, ...]) -> None:
+        paths = service.provider.task_paths(task_id)
+        files = {"stdout": paths.stdout, "stderr": paths.stderr}
+        self.service = service
+        self.task_id = task_id
+        self.readers = {name: LogReader(paths.root, files[name]) for name in streams}
+        self.offsets = dict.fromkeys(STREAMS, 0)
+
+    def event_id(self) -> str:
+        return ":".join(str(self.offsets[name]) for name in STREAMS)
+
+    def read(self, final: bool) -> list[bytes]:
+        """Frames for what the logs hold past the offsets (blocking: run in a thread)."""
+        frames = []
+        for name, reader in self.readers.items():
+            start, data = reader.read(self.offsets[name], final=final)
+            if data:
+                self.offsets[name] = start + len(data)
+                frames.append(self._frame(name, data))
+        return frames
+
+    def _frame(self, name: str, data: bytes) -> bytes:
+        text = data.decode("utf-8", "replace")
+        body = orjson.dumps({"stream": name, "offset": self.offsets[name], "text": text})
+        return b"id: %s\nevent: log\ndata: %s\n\n" % (self.event_id().encode(), body)
+
+    async def end_frame(self) -> bytes:
+        task = await self.service.get(self.task_id)
+        return b"id: %s\nevent: end\ndata: %s\n\n" % (self.event_id().encode(), dumps(task))
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+
+
+async def _read(stream: _LogStream, final: bool) -> list[bytes]:
+    try:
+        return await asyncio.to_thread(stream.read, final)
+    except NotALogFile as exc:
+        raise _Refused(f"the task's log is not readable: {exc}") from exc
+
+
+class _Refused(Exception):
+    """The task replaced its log with something the server will not read."""
+
+
+async def _pump(
+    response: web.StreamResponse, request: web.Request, stream: _LogStream, follow: bool
+) -> None:
+    heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
+    records, poll, quiet_since = stream.service.records, _POLL_MIN, time.monotonic()
+    while True:
+        changed = records.changed(stream.task_id)
+        frames = await _read(stream, final=False)
+        if not frames:
+            if (await records.status(stream.task_id)).terminal:
+                await _drain(response, stream)
+                return
+            if not follow:
+                return
+            if _gone(request):
+                return
+            if time.monotonic() - quiet_since >= heartbeat:
+                await response.write(_HEARTBEAT)
+                quiet_since = time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), poll)
+            poll = min(poll * 2, _POLL_MAX)
+            continue
+        for frame in frames:
+            await response.write(frame)
+        poll, quiet_since = _POLL_MIN, time.monotonic()
+
+
+async def _drain(response: web.StreamResponse, stream: _LogStream) -> None:
+    """The task is over: send what it wrote before it ended, the last line too, then the end."""
+    while frames := await _read(stream, final=True):
+        for frame in frames:
+            await response.write(frame)
+    await response.write(await stream.end_frame())
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def follow_logs(request: web.Request) -> web.StreamResponse:
+    """Stream a task's log lines as SSE (``follow``, ``stream``, ``Last-Event-ID``)."""
+    service: TaskService = request.app[TASKS_KEY]
+    task_id = request.match_info["taskId"]
+    follow, streams, start = _follow(request), _streams(request), _start(request)
+    await service.get(task_id, org_of(request))  # 404 for another organization's task
+    heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
+    response = web.StreamResponse(headers={**_SSE_HEADERS, HEARTBEAT_HEADER: f"{heartbeat:g}"})
+    stream = _LogStream(service, task_id, streams)
+    stream.offsets.update(start)
+    await response.prepare(request)
+    try:
+        await _pump(response, request, stream, follow)
+    except _Refused as exc:
+        error = orjson.dumps({"code": "LOG_UNREADABLE", "message": str(exc)})
+        await response.write(b"event: error\ndata: %s\n\n" % error)
+    except ConnectionResetError:  # the client went away
+        return response
+    finally:
+        await asyncio.to_thread(stream.close)
+    await response.write_eof()
+    return response

@@ -1,0 +1,120 @@
+"""Reading a task's log file by byte offset, the way an untrusted task cannot redirect.
+
+A task may replace anything in its directory, so a log is opened one path component at a
+time below the task directory with ``O_NOFOLLOW`` (a symbolic link anywhere on the way
+is refused, not followed), non-blocking (a FIFO put in its place cannot hang a worker
+thread) and must be a regular file. :class:`LogReader` keeps the file open between
+reads and hands out whole lines: what it returns ends at a newline, except for the
+unfinished last line of a finished task and a line longer than one read, which is cut
+at a UTF-8 character boundary. Everything here blocks: call it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from pathlib import Path
+
+__all__ = ["READ_SIZE", "LogReader", "NotALogFile", "open_beneath", "whole_lines"]
+
+READ_SIZE = 256 * 1024
+"""The most bytes one read returns (a longer line is sent in pieces)."""
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class NotALogFile(OSError):
+    """The log path leads through a symbolic link or to something not a regular file."""
+
+
+def open_beneath(root: Path, path: Path) -> int | None:
+    """Open ``path`` (inside ``root``) for reading without following any link below
+    ``root``; ``None`` when it does not exist (yet).
+
+    Raises:
+        NotALogFile: A link, a FIFO, a directory ... where the log should be.
+    """
+    parts = path.relative_to(root).parts
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        for part in parts[:-1]:
+            fd, parent = os.open(part, _DIR_FLAGS, dir_fd=fd), fd
+            os.close(parent)
+        log_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP / ENOTDIR: a link or a file where a directory should be
+        raise NotALogFile(f"{path.name}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(log_fd).st_mode):
+        os.close(log_fd)
+        raise NotALogFile(f"{path.name}: not a regular file")
+    return log_fd
+
+
+def whole_lines(data: bytes, *, final: bool) -> bytes:
+    """The part of ``data`` to hand out now: up to its last newline; all of it when the
+    log is final; a full read without a newline up to its last whole UTF-8 character."""
+    if final or not data:
+        return data
+    end = data.rfind(b"\n") + 1
+    if end or len(data) < READ_SIZE:
+        return data[:end]
+    return data[: _last_char_end(data)]
+
+
+def _last_char_end(data: bytes) -> int:
+    """Where the last complete UTF-8 character of ``data`` ends."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            need = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if need <= back else len(data) - back
+    return len(data)  # not UTF-8: any cut will do
+
+
+class LogReader:
+    """One log file, read on from any offset; reopened only while it does not exist.
+
+    Args:
+        root: The task directory (trusted: the server made it).
+        path: The log file inside it.
+    """
+
+    def __init__(self, root: Path, path: Path) -> None:
+        self.root = root
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()  # a close never races a read still in its thread
+
+    def read(self, offset: int, *, final: bool) -> tuple[int, bytes]:
+        """``(start, data)``: whole lines from ``offset`` on (see :func:`whole_lines`);
+        ``start`` is 0 instead of ``offset`` when the file was truncated below it.
+
+        Raises:
+            NotALogFile: The task put something else where its log was.
+        """
+        with self._lock:
+            if self._fd is None:
+                self._fd = open_beneath(self.root, self.path)
+                if self._fd is None:
+                    return offset, b""
+            if os.fstat(self._fd).st_size < offset:  # truncated: start over, as tail -F does
+                offset = 0
+            data = os.pread(self._fd, READ_SIZE, offset)
+        return offset, whole_lines(data, final=final and len(data) < READ_SIZE)
+
+    def close(self) -> None:
+        """Close the file; idempotent."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
