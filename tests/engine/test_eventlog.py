@@ -8,11 +8,28 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 
 from vi_flow._sse import SSEDecoder
 from vi_flow.models.common import Condition
-from vi_flow.models.events import FlowCompleted, LogLine
+from vi_flow.models.events import (
+    EVENT_TYPES,
+    FlowCompleted,
+    LogLine,
+    RunStarted,
+    StepCompleted,
+    StepFailed,
+    StepInput,
+    StepOutput,
+    StepPaused,
+    StepStarted,
+    TokenUsage,
+    ToolCall,
+    ToolCallsRequired,
+    ToolFunction,
+    event_to_wire,
+)
 from vi_flow.server.engine import tables
 from vi_flow.server.engine.eventlog import EventLog
 from vi_flow.server.store import Store
@@ -97,4 +114,84 @@ async def test_heartbeat_ticks_while_idle(db: CountingStore) -> None:
         if len(ticks) == 3:
             break
     assert ticks[0] is not None and ticks[1:] == [None, None]
+    await log.close()
+
+
+async def test_live_readers_far_behind_are_served_from_memory(db: CountingStore) -> None:
+    # 30,000 events committed while a reader has not read any: it gets them all, in
+    # order, from the frames just written, without reading SQLite back.
+    log = EventLog(db, max_pending=50000)
+    log.start()
+    await log.append(LogLine, "run_m", step_id="s", line="first")
+    await log.sync()
+    reader_channel = await log.channel("run_m")
+    for i in range(30000):
+        await log.append(LogLine, "run_m", step_id="s", line=f"l{i}")
+    await log.append(FlowCompleted, "run_m", status=Condition.SUCCEEDED)
+    await log.sync()
+    before = db.transactions
+    raw = await _drain(log, "run_m", 1)
+    assert db.transactions == before  # no read-back
+    assert _ids(raw) == list(range(2, 30003))
+    assert reader_channel.finished
+    await log.close()
+
+
+async def test_a_reader_past_the_memory_window_reads_sqlite_exactly(db: CountingStore) -> None:
+    log = EventLog(db, max_pending=4000)
+    log.start()
+    pad = "x" * 1000
+    for i in range(12000):  # ~12 MB of frames: more than the ring keeps
+        await log.append(LogLine, "run_big", step_id="s", line=f"{i} {pad}")
+    await log.append(FlowCompleted, "run_big", status=Condition.SUCCEEDED)
+    await log.sync()
+    for after in (0, 1, 5000, 11999, 12000):
+        assert _ids(await _drain(log, "run_big", after)) == list(range(after + 1, 12002))
+    await log.close()
+
+
+def _samples() -> dict[type[Any], dict[str, Any]]:
+    usage = TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    call = ToolCall(id="c1", function=ToolFunction(name="f", arguments='{"a": 1}'))
+    return {
+        RunStarted: {"flow_id": "f1", "flow_version": "2"},
+        StepStarted: {"step_id": "s", "block": "llm", "index": 3},
+        StepInput: {"step_id": "s", "input": {"a": [1, "é", None]}},
+        StepOutput: {"step_id": "s", "output": [1.5, True]},
+        StepCompleted: {
+            "step_id": "s",
+            "block": "b",
+            "output": "o",
+            "duration_ms": 9,
+            "usage": usage,
+        },
+        StepFailed: {"step_id": "s", "block": "b", "error": "bad", "code": None},
+        StepPaused: {"step_id": "s"},
+        ToolCallsRequired: {"step_id": "s", "tool_calls": [call]},
+        FlowCompleted: {"status": Condition.FAILED, "error": "e", "usage": usage},
+        LogLine: {"step_id": "s", "stream": "stderr", "line": "x\\ny"},
+    }
+
+
+@pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=lambda c: c.TYPE)
+async def test_every_event_type_is_stored_as_the_model_writes_it(
+    db: CountingStore, cls: type[Any]
+) -> None:
+    fields = _samples()[cls]
+    log = EventLog(db)
+    log.start()
+    await log.append(cls, "run_w", **fields)
+    await log.append(cls, "run_w")  # every default
+    await log.sync()
+    raw, _ = await log.read("run_w", 0)
+    events = SSEDecoder().feed(raw)
+    stored = [(e.event, e.data) for e in events]
+    t1, t2 = (orjson.loads(e.data)["time"] for e in events)
+    expected = [
+        event_to_wire(cls(execution_id="run_w", event_id=1, time=t1, **fields)),
+        event_to_wire(cls(execution_id="run_w", event_id=2, time=t2)),
+    ]
+    assert stored == expected
+    with pytest.raises(TypeError):
+        await log.append(cls, "run_w", no_such_field=1)
     await log.close()

@@ -20,6 +20,10 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+import attrs
+import orjson
+
+from ...models._base import camel
 from ...models.events import FlowCompleted, StreamEvent, event_to_wire
 from ..clock import now_ms
 
@@ -36,7 +40,7 @@ CREATE TABLE IF NOT EXISTS engine_events (
 """
 
 TERMINAL_TYPE = FlowCompleted.TYPE
-_RING = 8192
+_RING_BYTES = 8 << 20  # recent frames kept per run for live readers (~80k log events)
 _CHUNK_EVENTS = 2048  # events per stored row at most
 _READ_ROWS = 8  # rows per read: at most 16k events in memory per reader
 
@@ -53,6 +57,59 @@ def frame(event_id: int, event_type: str, data: bytes) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event_type.encode(), data)
 
 
+Encode = Callable[..., bytes]
+"""``encode(execution_id, event_id, time, **fields)``: one event's JSON data."""
+
+# Field types whose values orjson writes exactly as the models' converter would.
+_PLAIN: tuple[Any, ...] = (str, int, bool, Any, str | None, int | None)
+_ENCODERS: dict[type[Any], Encode] = {}
+
+
+def _encoder(cls: type[StreamEvent]) -> Encode:
+    """The JSON encoder of one event class, built once.
+
+    For a class whose fields are all plain values (``log``, ``step_started``...) it is
+    generated: one dict literal with the wire names in the models' field order, straight
+    to orjson, with the class's defaults and ``TypeError`` for an unknown field, as its
+    constructor. Other classes (nested models, enums) go through the model and the shared
+    converter. ``tests/engine/test_eventlog.py`` checks both give the same bytes.
+    """
+    found = _ENCODERS.get(cls)
+    if found is None:
+        found = _ENCODERS[cls] = _generate(cls) or _through_model(cls)
+    return found
+
+
+def _through_model(cls: type[StreamEvent]) -> Encode:
+    def encode(execution_id: str, event_id: int, time: int, **fields: Any) -> bytes:
+        event = cls(execution_id=execution_id, event_id=event_id, time=time, **fields)
+        return event_to_wire(event)[1]
+
+    return encode
+
+
+def _generate(cls: type[StreamEvent]) -> Encode | None:
+    attrs.resolve_types(cls)
+    fields = attrs.fields(cls)
+    if any(a.type not in _PLAIN or a.converter is not None for a in fields):
+        return None
+    env: dict[str, Any] = {"_dumps": orjson.dumps}
+    params: list[str] = []
+    items: list[str] = []
+    for i, a in enumerate(fields):
+        if a.name in ("execution_id", "event_id", "time"):
+            params.insert(len(items), a.name)
+        else:
+            env[f"_d{i}"] = a.default
+            params.append(f"{a.name}=_d{i}")
+        items.append(f"{camel(a.name)!r}: {a.name}")
+    head = ", ".join(params[:3]) + (", *, " + ", ".join(params[3:]) if params[3:] else "")
+    code = f"def encode({head}):\n    return _dumps({{{', '.join(items)}}})"
+    exec(code, env)  # generated from the model's own field names only
+    encode: Encode = env["encode"]
+    return encode
+
+
 _Row = tuple[str, int, str, bytes]
 """A queued event: run id, event id, type and its SSE frame."""
 _Chunk = tuple[str, int, int, bytes, int, "int | None"]
@@ -61,6 +118,10 @@ _Chunk = tuple[str, int, int, bytes, int, "int | None"]
 
 class RunChannel:
     """The live side of one run's log: ids handed out, ids committed, recent frames.
+
+    The ring keeps the stored rows themselves (the bytes written to SQLite, joined once
+    per commit), up to about :data:`_RING_BYTES`: a live reader is served from it
+    without a copy per event and without reading back what was just written.
 
     Attributes:
         run_id: The run.
@@ -78,18 +139,22 @@ class RunChannel:
         self.finished = finished
         self.ended = finished
         self.settled = settled
-        self._ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=_RING)
+        self._ring: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self._ring_bytes = 0
         self._changed: asyncio.Event = asyncio.Event()
 
-    def publish(self, rows: Sequence[_Row]) -> None:
-        """Record committed rows and wake everyone waiting for them."""
-        for _, event_id, event_type, framed in rows:
-            self._ring.append((event_id, framed))
-            if event_type in _SETTLING:
-                self.settled = event_id
-            if event_type == TERMINAL_TYPE:
+    def publish(self, chunks: Sequence[_Chunk]) -> None:
+        """Record committed rows (one run's, in order) and wake everyone waiting."""
+        for _, first, last, frames, terminal, settled in chunks:
+            self._ring.append((first, last, frames))
+            self._ring_bytes += len(frames)
+            if settled is not None:
+                self.settled = settled
+            if terminal:
                 self.finished = True
-        self.committed = rows[-1][1]
+        while self._ring_bytes > _RING_BYTES and len(self._ring) > 1:
+            self._ring_bytes -= len(self._ring.popleft()[2])
+        self.committed = chunks[-1][2]
         self.wake()
 
     def wake(self) -> None:
@@ -99,10 +164,16 @@ class RunChannel:
 
     def recent(self, after: int) -> list[bytes] | None:
         """Frames committed after ``after`` if the ring still holds them all, else None."""
-        if not self._ring or self._ring[0][0] > after + 1:
+        ring = self._ring
+        if not ring or ring[0][0] > after + 1:
             return None
-        start = after + 1 - self._ring[0][0]
-        return [self._ring[i][1] for i in range(start, len(self._ring))]
+        out: list[bytes] = []
+        for first, last, frames in reversed(ring):
+            if last <= after:
+                break
+            out.append(_slice_after(frames, first, after))
+        out.reverse()
+        return out
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait for the next commit; False when ``timeout`` passed first."""
@@ -261,8 +332,8 @@ class EventLog:
         channel.next_id += 1
         if cls is FlowCompleted:
             channel.ended = True
-        event = cls(execution_id=run_id, event_id=event_id, time=now_ms(), **fields)
-        event_type, data = event_to_wire(event)
+        data = _encoder(cls)(run_id, event_id, now_ms(), **fields)
+        event_type = cls.TYPE  # type: ignore[union-attr]
         self._pending.append((run_id, event_id, event_type, frame(event_id, event_type, data)))
         self._appended += 1
         self._wake.set()
@@ -294,8 +365,8 @@ class EventLog:
         rows, self._pending = self._pending, []
         if not rows:
             return
-        groups = _by_run(rows)
-        chunks = [chunk for group in groups.values() for chunk in _chunks(group)]
+        per_run = {run_id: _chunks(group) for run_id, group in _by_run(rows).items()}
+        chunks = [chunk for part in per_run.values() for chunk in part]
         error: Exception | None = None
         try:
             await self._db.run(lambda c: _insert(c, chunks))
@@ -303,10 +374,10 @@ class EventLog:
             log.exception("event log write failed; %d events lost", len(rows))
             error = exc
         else:
-            for run_id, group in groups.items():
+            for run_id, part in per_run.items():
                 channel = self._channels.get(run_id)
                 if channel is not None:
-                    channel.publish(group)
+                    channel.publish(part)
         self._written += len(rows)
         self._settle_waiters(error)
 
