@@ -6,6 +6,7 @@ JSON output is the wire form of the models (camelCase, the same as the HTTP API)
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ __all__ = [
     "emit_ndjson",
     "json_option",
     "kv_table",
+    "order_option",
     "preview",
     "table",
     "wants_json",
@@ -41,6 +43,26 @@ def json_option(func: F) -> F:
         callback=_remember_json,
         help="Print JSON (NDJSON when following) instead of a table; errors too, on stderr.",
     )(func)
+
+
+def order_option(func: F) -> F:
+    """Add ``--order newest|oldest`` (newest first by default) and ``--oldest`` to a list command.
+
+    The command receives one ``order`` argument, ``"newest"`` or ``"oldest"``.
+    """
+
+    @functools.wraps(func)
+    def run(*args: Any, order: str | None, oldest: bool, **kwargs: Any) -> Any:
+        if oldest and order == "newest":
+            raise click.UsageError("--oldest and --order newest contradict each other")
+        return func(*args, order="oldest" if oldest else (order or "newest"), **kwargs)
+
+    with_order = click.option(
+        "--order",
+        type=click.Choice(["newest", "oldest"], case_sensitive=False),
+        help="Which end of the list comes first  [default: newest]",
+    )(run)
+    return click.option("--oldest", is_flag=True, help="Oldest first (--order oldest).")(with_order)  # type: ignore[return-value]
 
 
 def _remember_json(ctx: click.Context, _: click.Parameter, value: bool) -> bool:

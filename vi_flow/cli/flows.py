@@ -11,11 +11,12 @@ import click
 
 from ._failures import EXIT_USAGE, CommandFailed
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, kv_table, table, wants_json, when
+from ._output import emit_json, json_option, kv_table, order_option, table, wants_json, when
 from ._specfile import load_spec_file
 from ._state import state
 
 if TYPE_CHECKING:
+    from .._pagination import Order
     from ..models import Flow
 
 __all__ = ["flows"]
@@ -36,10 +37,12 @@ def flows() -> None:
     type=click.IntRange(1),
     help="Show at most this many flows.",
 )
+@order_option
 @json_option
-def list_(limit: int, as_json: bool) -> None:
-    """List flows."""
-    items = list(itertools.islice(state().client().flows.list().all_items(), limit))
+def list_(limit: int, order: Order, as_json: bool) -> None:
+    """List flows, newest first."""
+    pages = state().client().flows.list(order=order)
+    items = list(itertools.islice(pages.all_items(), limit))
     if wants_json(as_json):
         emit_json(items)
         return

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, kv_table, table, wants_json, when
+from ._output import emit_json, json_option, kv_table, order_option, table, wants_json, when
 from ._state import state
 
 if TYPE_CHECKING:
+    from .._pagination import Order
     from ..models.tasks import Reservation
 
 __all__ = ["reservations"]
@@ -98,10 +99,11 @@ def create(
 
 
 @reservations.command("list")
+@order_option
 @json_option
-def list_(as_json: bool) -> None:
-    """List reservations."""
-    items = state().client().reservations.list()
+def list_(order: Order, as_json: bool) -> None:
+    """List reservations, newest first."""
+    items = state().client().reservations.list(order=order)
     if wants_json(as_json):
         emit_json(items)
     else:

@@ -10,10 +10,20 @@ import click
 from ._failures import CommandFailed
 from ._lazy import LazyGroup
 from ._live import RunView
-from ._output import duration, emit_json, json_option, kv_table, table, wants_json, when
+from ._output import (
+    duration,
+    emit_json,
+    json_option,
+    kv_table,
+    order_option,
+    table,
+    wants_json,
+    when,
+)
 from ._state import state
 
 if TYPE_CHECKING:
+    from .._pagination import Order
     from ..models import Run
 
 __all__ = ["runs"]
@@ -45,12 +55,15 @@ def _condition(run: Run) -> str:
     type=click.IntRange(1),
     help="Show at most this many runs.",
 )
+@order_option
 @json_option
-def list_(flow_id: str | None, condition: str | None, limit: int, as_json: bool) -> None:
-    """List runs, optionally of one flow or in one condition."""
+def list_(
+    flow_id: str | None, condition: str | None, limit: int, order: Order, as_json: bool
+) -> None:
+    """List runs, newest first, optionally of one flow or in one condition."""
     if condition:
         condition = next(c for c in CONDITIONS if c.lower() == condition.lower())
-    pages = state().client().runs.list(flow_id=flow_id, condition=condition)
+    pages = state().client().runs.list(flow_id=flow_id, condition=condition, order=order)
     items = list(itertools.islice(pages.all_items(), limit))
     if wants_json(as_json):
         emit_json(items)

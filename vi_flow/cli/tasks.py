@@ -17,10 +17,20 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, emit_ndjson, json_option, kv_table, table, wants_json, when
+from ._output import (
+    emit_json,
+    emit_ndjson,
+    json_option,
+    kv_table,
+    order_option,
+    table,
+    wants_json,
+    when,
+)
 from ._state import state
 
 if TYPE_CHECKING:
+    from .._pagination import Order
     from ..models.tasks import Task
     from ..resources.tasks import LogStream
 
@@ -277,11 +287,14 @@ def status(task_id: str | None, as_json: bool) -> None:
     help="Only these; repeatable.",
 )
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@order_option
 @json_option
-def list_(statuses: tuple[str, ...], limit: int, as_json: bool) -> None:
+def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List tasks, newest first."""
-    handles = state().client().list_tasks(status=list(statuses) or None, limit=limit)
-    items = [h.data for h in handles]
+    import itertools
+
+    pages = state().client().tasks.list(status=list(statuses) or None, order=order)
+    items = list(itertools.islice(pages.all_items(), limit))
     if wants_json(as_json):
         emit_json(items)
     else:

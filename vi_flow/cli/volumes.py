@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, table, wants_json, when
+from ._output import emit_json, json_option, order_option, table, wants_json, when
 from ._state import state
+
+if TYPE_CHECKING:
+    from .._pagination import Order
 
 __all__ = ["volumes"]
 
@@ -42,10 +45,12 @@ def create(name: str | None, size_gb: int, interface: str, as_json: bool) -> Non
 
 @volumes.command("list")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@order_option
 @json_option
-def list_(limit: int, as_json: bool) -> None:
+def list_(limit: int, order: Order, as_json: bool) -> None:
     """List volumes, newest first."""
-    items = list(itertools.islice(state().client().volumes.list().all_items(), limit))
+    pages = state().client().volumes.list(order=order)
+    items = list(itertools.islice(pages.all_items(), limit))
     if wants_json(as_json):
         emit_json(items)
         return

@@ -1,0 +1,47 @@
+"""``vi-flow ... list`` is newest first; ``--order oldest`` / ``--oldest`` reverses it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import Invoker, write
+
+SPEC = "name: n\nblocks:\n  - block: template\n    id: t\n    settings:\n      template: x\n"
+
+
+def _ids(vf: Invoker, *args: str) -> list[str]:
+    result = vf(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    items = json.loads(result.stdout)
+    key = next(k for k in items[0] if k.endswith("Id") and k != "organizationId")
+    return [item[key] for item in items]
+
+
+def test_flows_runs_volumes_and_tasks_list_newest_first(vf: Invoker, tmp_path: Path) -> None:
+    spec = str(write(tmp_path / "spec.yaml", SPEC))
+    flows = [vf("flows", "create", "-f", spec).stdout.strip() for _ in range(3)]
+    assert _ids(vf, "flows", "list") == flows[::-1]
+    assert _ids(vf, "flows", "list", "--oldest") == flows
+    assert _ids(vf, "flows", "list", "--order", "OLDEST", "--limit", "2") == flows[:2]
+    for _ in range(2):
+        assert vf("execute", flows[0], "-m", "hi").exit_code == 0
+    run_ids = _ids(vf, "runs", "list", "--oldest")
+    assert len(run_ids) == 2
+    assert _ids(vf, "runs", "list") == run_ids[::-1]
+    assert _ids(vf, "runs", "list", "--order", "oldest") == run_ids
+    volumes = [vf("volumes", "create", "--name", f"v{i}").stdout.strip() for i in range(2)]
+    assert _ids(vf, "volumes", "list") == volumes[::-1]
+    assert _ids(vf, "volumes", "list", "--oldest") == volumes
+    tasks = [vf("tasks", "run", "--", "true").stdout.strip() for _ in range(2)]
+    assert _ids(vf, "tasks", "list") == tasks[::-1]
+    assert _ids(vf, "tasks", "list", "--oldest") == tasks
+
+
+@pytest.mark.parametrize("args", [("--order", "sideways"), ("--oldest", "--order", "newest")])
+def test_a_bad_order_is_a_usage_error(vf_offline: Invoker, args: tuple[str, ...]) -> None:
+    result = vf_offline("flows", "list", *args)
+    assert result.exit_code == 2
+    assert "--order" in result.stderr
