@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import click
 
 __all__ = [
+    "ARGV_JSON",
     "EXIT_AUTH",
     "EXIT_CONFLICT",
     "EXIT_FAILURE",
@@ -40,6 +41,7 @@ __all__ = [
     "EXIT_USAGE",
     "JSON_WANTED",
     "CommandFailed",
+    "JsonUsageError",
     "exit_code_for",
     "json_wanted",
     "run_guarded",
@@ -72,6 +74,39 @@ class CommandFailed(click.ClickException):
     def show(self, file: Any = None) -> None:
         """Print ``error: message`` and the hint to stderr (JSON with ``--json``)."""
         _report(self.message, self.hint, exit_code=self.exit_code)
+
+
+class JsonUsageError(click.ClickException):
+    """A click error (a bad option, argument or value) reported as JSON under ``--json``.
+
+    Click raises these while it parses the arguments, before a command runs; with
+    ``--json`` anywhere on the command line they become one JSON document on stderr
+    with the same exit code (2 for usage errors), like the errors of command bodies.
+    """
+
+    def __init__(self, original: click.ClickException) -> None:
+        super().__init__(original.format_message())
+        setattr(self, "exit_code", original.exit_code)  # noqa: B010 - see CommandFailed
+        ctx = getattr(original, "ctx", None)
+        self.hint = f"see '{ctx.command_path} --help'" if ctx is not None else None
+
+    def show(self, file: Any = None) -> None:
+        """Print ``{"error": {...}}`` to stderr."""
+        _json_report(self.message, self.hint, exit_code=self.exit_code, code="USAGE_ERROR")
+
+
+def as_json_error(exc: click.ClickException, ctx: click.Context | None) -> click.ClickException:
+    """``exc`` as a :class:`JsonUsageError` when JSON was asked for; else ``exc`` itself."""
+    if isinstance(exc, (CommandFailed, JsonUsageError)):
+        return exc
+    asked = ctx is not None and bool(ctx.find_root().meta.get(ARGV_JSON) or json_wanted_in(ctx))
+    return JsonUsageError(exc) if asked else exc
+
+
+def asks_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options of a command line (before any ``--``)."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -138,11 +173,39 @@ def _hint_for(exc: BaseException) -> str | None:
 JSON_WANTED = "vi_flow.json"
 """The root context's ``meta`` key set when ``--json`` was given (globally or to a command)."""
 
+ARGV_JSON = "vi_flow.argv_json"
+"""The root context's ``meta`` key set when ``--json`` is on the command line at all."""
+
+
+def json_wanted_in(ctx: click.Context) -> bool:
+    """Whether ``ctx``'s invocation asked for JSON, as far as it was parsed."""
+    return bool(ctx.find_root().meta.get(JSON_WANTED))
+
 
 def json_wanted() -> bool:
     """Whether this invocation asked for JSON, as far as it was parsed."""
     ctx = click.get_current_context(silent=True)
-    return bool(ctx and ctx.find_root().meta.get(JSON_WANTED))
+    return bool(ctx and json_wanted_in(ctx))
+
+
+def _json_report(
+    message: str,
+    hint: str | None,
+    *,
+    exit_code: int,
+    code: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    import orjson
+
+    body = {
+        "code": code,
+        "message": message,
+        "hint": hint,
+        "requestId": request_id,
+        "exitCode": exit_code,
+    }
+    click.echo(orjson.dumps({"error": body}).decode(), err=True)
 
 
 def _report(
@@ -153,16 +216,8 @@ def _report(
     error: BaseException | None = None,
 ) -> None:
     if json_wanted():
-        import orjson
-
-        body = {
-            "code": getattr(error, "code", None),
-            "message": message,
-            "hint": hint,
-            "requestId": getattr(error, "request_id", None),
-            "exitCode": exit_code,
-        }
-        click.echo(orjson.dumps({"error": body}).decode(), err=True)
+        code, rid = getattr(error, "code", None), getattr(error, "request_id", None)
+        _json_report(message, hint, exit_code=exit_code, code=code, request_id=rid)
         return
     click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
     if hint:
@@ -187,7 +242,9 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
     debug = bool(ctx.find_root().meta.get("vi_flow.debug"))
     try:
         return body()
-    except (click.exceptions.Exit, click.ClickException, click.Abort):
+    except click.ClickException as exc:
+        raise as_json_error(exc, ctx) from None
+    except (click.exceptions.Exit, click.Abort):
         raise
     except BrokenPipeError:
         _silence_stdout()

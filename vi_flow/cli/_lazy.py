@@ -70,6 +70,26 @@ class LazyGroup(click.Group):
             ctx.fail(f"No such command {name!r}.{hint} See '{ctx.command_path} --help'.")
         return super().resolve_command(ctx, args)
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        """Parse the arguments; under ``--json`` a parse error is reported as JSON too."""
+        from ._failures import ARGV_JSON, JsonUsageError, asks_json
+
+        asked = asks_json(args)  # now: parsing consumes the list
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as exc:
+            asked = asked or bool(parent and parent.find_root().meta.get(ARGV_JSON))
+            raise JsonUsageError(exc) if asked else exc from None
+        if parent is None and asked:
+            ctx.meta[ARGV_JSON] = True
+        return ctx
+
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand; turn what it raises into one line and an exit code."""
         from ._failures import run_guarded
