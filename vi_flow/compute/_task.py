@@ -94,8 +94,18 @@ class TaskFields:
 
     @property
     def exit_code(self) -> int | None:
-        """The exit status once ended (negative: killed by that signal)."""
+        """The process's ``exit()`` code, 0-255, once ended; None when a signal ended it."""
         return self.data.exit_code
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended the process (9 for SIGKILL), when one did."""
+        return self.data.signal
+
+    @property
+    def raw_reason(self) -> str | None:
+        """The engine's own words for :attr:`reason` (Slurm's ``state_reason``)."""
+        return self.data.raw_reason
 
     @property
     def message(self) -> str | None:
@@ -104,7 +114,8 @@ class TaskFields:
 
     @property
     def reason(self) -> str | None:
-        """A short machine-readable reason (``NonZeroExit``, ``Cancelled``...)."""
+        """A name from the documented list (``NonZeroExit``, ``Killed``, ``Cancelled``,
+        ``TimeLimit``, ``PartitionDown``, ...; docs/tasks.md, "How a task ended")."""
         return self.data.reason
 
     @property

@@ -336,10 +336,13 @@ class Task:
         created_at: Submission time.
         started_at: When it began running.
         ended_at: When it reached a terminal status.
-        exit_code: The process exit status (negative: killed by that signal).
+        exit_code: The code the process passed to ``exit()``, 0-255; None while it runs
+            and when it did not exit by itself (killed by a signal, never started).
         message: A sentence about the current status (why it failed, what it waits for).
-        reason: A short machine-readable reason (``NonZeroExit``, ``MaxRunTimeExceeded``,
-            ``Cancelled``, ``ServerRestarted``, ``WaitingForCapacity``, ...).
+        reason: One name from a documented list (docs/tasks.md, "How a task ended"):
+            ``Completed``, ``NonZeroExit``, ``Killed``, ``Cancelled``, ``TimeLimit``,
+            ``OutOfMemory``, ``LaunchFailed``, ... once ended; ``Resources``,
+            ``PartitionDown``, ``Priority``, ``WaitingForCapacity``, ... while pending.
         instance_type: The instance type it runs on.
         gpu_type: The GPU model assigned, if any.
         gpu_count: How many GPUs it holds.
@@ -357,6 +360,9 @@ class Task:
         stdout_size: Bytes in the stdout log.
         stderr_size: Bytes in the stderr log.
         price_per_hour: The instance price.
+        signal: The signal that ended the process (9 for SIGKILL), when one did.
+        raw_reason: The engine's own words for ``reason`` (Slurm's ``state_reason``,
+            such as ``ReqNodeNotAvail, UnavailableNodes:n1``), when it gave any.
     """
 
     task_id: str
@@ -387,6 +393,8 @@ class Task:
     stdout_size: int = 0
     stderr_size: int = 0
     price_per_hour: float = 0.0
+    signal: int | None = None
+    raw_reason: str | None = None
 
 
 @attrs.frozen

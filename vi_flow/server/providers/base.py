@@ -225,13 +225,16 @@ class TaskUpdate:
     Attributes:
         task_id: The task.
         status: Its new status.
-        exit_code: The exit status once ended (negative: killed by that signal).
+        exit_code: The process's ``exit()`` code, 0-255, once ended; None when it did not
+            exit by itself (see :mod:`._exits`).
         message: A sentence about why (shown to the user).
-        reason: A short machine-readable reason (``NonZeroExit``, ``MaxRunTimeExceeded``,
-            ``Cancelled``, ``ServerRestarted``, ``WaitingForCapacity``, ...).
+        reason: A name from :data:`._exits.END_REASONS` (ended) or
+            :data:`._exits.PENDING_REASONS` (pending), ``Started`` (running).
         provider_id: The provider's own id once known (pgid, Slurm job id).
         gpu_ids: Device indices assigned when it starts.
         time: When it happened, ms since the epoch.
+        signal: The signal that ended the process, when one did.
+        raw_reason: The engine's own words for ``reason`` (Slurm's ``state_reason``).
     """
 
     task_id: str
@@ -242,6 +245,8 @@ class TaskUpdate:
     provider_id: str | None = None
     gpu_ids: list[int] | None = None
     time: int = 0
+    signal: int | None = None
+    raw_reason: str | None = None
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ from ..providers.base import ComputeProvider, Placement
 from ..store import Store
 from . import files
 
-__all__ = ["SCHEMA", "SSHAddress", "TaskRecords", "to_json"]
+__all__ = ["SCHEMA", "SCHEMA_EXITS", "SSHAddress", "TaskRecords", "to_json"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS reservation_orgs (
     reservation_id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL
 );
+"""
+
+#: How a task ended and why it waits: the signal and the engine's own words.
+SCHEMA_EXITS = """
+ALTER TABLE tasks ADD COLUMN signal INTEGER;
+ALTER TABLE tasks ADD COLUMN raw_reason TEXT;
 """
 
 
@@ -185,6 +191,8 @@ class TaskRecords:
             stdout_size=sizes[0],
             stderr_size=sizes[1],
             price_per_hour=placement.price_per_hour,
+            signal=row["signal"],
+            raw_reason=row["raw_reason"],
         )
 
     def _sizes(self, task_ids: Sequence[str]) -> list[tuple[int, int]]:

@@ -43,7 +43,7 @@ from ..providers.base import (
 from ..store import Store, new_id
 from .launch import build_spec, check_config, prepare_task_dir, task_env
 from .outputs import TaskOutputs
-from .records import SCHEMA, TaskRecords, to_json
+from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
 from .ssh import SSHAccess
 from .volumes import Volumes, mount_rows
 
@@ -110,6 +110,7 @@ class TaskService:
     async def start(self) -> None:
         """Create the tables, start the provider and reconcile tasks left from before."""
         await self.store.migrate("tasks-1", SCHEMA)
+        await self.store.migrate("tasks-2-exits", SCHEMA_EXITS)
         await self.provider.start(self._record_update)
         rows = await self.store.run(
             lambda c: c.execute(
@@ -329,11 +330,13 @@ def _update_columns(update: TaskUpdate) -> dict[str, Any]:
     when = update.time or now_ms()
     sets: dict[str, Any] = {"status": update.status.value, "message": update.message}
     sets["reason"] = update.reason
+    sets["raw_reason"] = update.raw_reason
     if update.status == TaskStatus.RUNNING:
         sets["started_at"] = when
     if update.status.terminal:
         sets["ended_at"] = when
         sets["exit_code"] = update.exit_code
+        sets["signal"] = update.signal
     if update.provider_id is not None:
         sets["provider_id"] = update.provider_id
     if update.gpu_ids is not None:

@@ -21,6 +21,7 @@ import attrs
 
 from ....models.tasks import TaskStatus
 from ...clock import now_ms
+from .._exits import describe, end_reason, from_returncode
 from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
 from .sandbox import allowed_environment
 
@@ -55,7 +56,7 @@ class Job:
     spec: LaunchSpec
     process: asyncio.subprocess.Process | None = None
     gpu_ids: list[int] = attrs.Factory(list)
-    stop_reason: str | None = None  # "Cancelled" or "MaxRunTimeExceeded"
+    stop_reason: str | None = None  # "Cancelled", "TimeLimit", "ServerStopped"
     stop_message: str | None = None
     state: str = "queued"  # queued -> launching -> running -> done
     stop_grace: float = 0.0
@@ -222,30 +223,31 @@ def _group_alive_in(pgid: int, workdir: Path) -> bool:
 
 
 def describe_exit(code: int) -> str:
-    """``exited with status N`` or ``killed by SIGNAME``."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with status {code}"
+    """``exited with status N`` or ``killed by SIGNAME (signal N)`` for a ``returncode``."""
+    return describe(from_returncode(code))
 
 
 def final_update(job: Job, code: int) -> TaskUpdate:
-    """The update that ends ``job``, whose process exited with ``code``."""
-    task_id = job.spec.task_id
+    """The update that ends ``job``, whose process ended with ``returncode`` ``code``
+    (negative: killed by that signal); figures as :mod:`.._exits` defines them."""
+    end = from_returncode(code)
+    status = TaskStatus.FAILED
     if job.stop_reason == "Cancelled":
-        return TaskUpdate(
-            task_id, TaskStatus.CANCELLED, code, job.stop_message, "Cancelled", time=now_ms()
-        )
-    if job.stop_reason is not None:
-        message = f"{job.stop_message} ({describe_exit(code)})"
-        return TaskUpdate(task_id, TaskStatus.FAILED, code, message, job.stop_reason, time=now_ms())
-    if code == 0:
-        return TaskUpdate(task_id, TaskStatus.COMPLETED, 0, "exited with status 0", time=now_ms())
+        status, reason, message = TaskStatus.CANCELLED, "Cancelled", job.stop_message
+    elif job.stop_reason is not None:
+        reason, message = job.stop_reason, f"{job.stop_message} ({describe(end)})"
+    else:
+        reason, message = end_reason(end), describe(end)
+        if reason == "Completed":
+            status = TaskStatus.COMPLETED
     return TaskUpdate(
-        task_id, TaskStatus.FAILED, code, describe_exit(code), "NonZeroExit", time=now_ms()
+        job.spec.task_id,
+        status,
+        end.exit_code,
+        message,
+        reason,
+        time=now_ms(),
+        signal=end.signal,
     )
 
 

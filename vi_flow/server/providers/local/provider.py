@@ -376,7 +376,7 @@ class LocalProvider:
         try:
             await asyncio.wait_for(asyncio.shield(process.wait()), limit)
         except asyncio.TimeoutError:
-            job.stop_reason = job.stop_reason or "MaxRunTimeExceeded"
+            job.stop_reason = job.stop_reason or "TimeLimit"
             job.stop_message = job.stop_message or (
                 f"stopped after exceeding max_run_time of {limit:g} s"
             )
