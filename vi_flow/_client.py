@@ -70,6 +70,9 @@ class AsyncClient:
         timeout: A :class:`Timeout` or seconds, per call unless overridden.
         max_retries: Retries of a failed call (default 2).
         home: State directory of the local server (``VI_FLOW_HOME``).
+        http_transport: ``"aiohttp"`` (default) or ``"stdlib"``: plain calls over
+            ``http.client``, which starts faster in a short-lived process; streams still
+            use aiohttp (``VI_FLOW_HTTP_TRANSPORT``).
         sleep: How to wait between retries; tests pass a fake so they never wait.
     """
 
@@ -82,6 +85,7 @@ class AsyncClient:
         timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
         max_retries: int | NotGiven | None = NOT_GIVEN,
         home: str | Path | NotGiven | None = NOT_GIVEN,
+        http_transport: str | NotGiven | None = NOT_GIVEN,
         sleep: Sleep | None = None,
     ) -> None:
         _configure_logging()
@@ -92,6 +96,7 @@ class AsyncClient:
             timeout=timeout,
             max_retries=max_retries,
             home=home,
+            http_transport=http_transport,
         )
         self._init(
             HTTPCore(
@@ -115,7 +120,7 @@ class AsyncClient:
         self.reservations = AsyncReservations(http)
         self.ssh_keys = AsyncSSHKeys(http, self._settings.home)
         self.tokens = AsyncTokens(http)
-        context = ComputeClient(self.tasks, self.ssh_keys, self._settings.home)
+        context = ComputeClient(self.tasks, self.ssh_keys, self._settings.home, http)
         self.compute = AsyncCompute(http, context, self.volumes, self.instances, self.reservations)
         self.platform = AsyncPlatform(self.compute)
 

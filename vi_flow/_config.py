@@ -3,8 +3,10 @@
 The config file is TOML at ``$VI_FLOW_CONFIG`` or ``<config dir>/config.toml`` (the config dir
 is ``$VI_FLOW_CONFIG_DIR`` or the platform's user config dir). Its keys are the argument
 names: ``api_key``, ``organization_id``, ``base_url``, ``timeout``, ``max_retries``, ``home``,
-``local_server`` and ``server_idle_timeout``. The default ``base_url`` is ``local``: the
-home's own server, which the client finds or starts in the background
+``local_server``, ``server_idle_timeout``, ``http_transport``, ``log_transport`` and
+``ca_file`` (a PEM file of CA certificates to trust for an ``https`` base URL, such as
+a reverse proxy's own CA). The default ``base_url`` is
+``local``: the home's own server, which the client finds or starts in the background
 (``local_server = "background"``), or runs inside its own process (``"in-process"``).
 """
 
@@ -44,9 +46,20 @@ CONFIG_KEYS: Final = (
     "home",
     "local_server",
     "server_idle_timeout",
+    "http_transport",
+    "log_transport",
+    "ca_file",
 )
 LOCAL_SERVER_MODES: Final = ("background", "in-process")
+#: ``aiohttp``: one pooled session for everything. ``stdlib``: calls that are not streams go
+#: through :mod:`http.client` on a worker thread, so a short-lived process (the CLI) does not
+#: pay for importing aiohttp; streams still use aiohttp.
+HTTP_TRANSPORTS: Final = ("aiohttp", "stdlib")
 DEFAULT_IDLE_TIMEOUT: Final = 600.0
+#: How a log follow reaches a task: ``ssh`` (the task's SSH endpoint), ``http`` (the API's
+#: SSE stream, which works wherever the API does, a reverse proxy included) or ``auto``
+#: (SSH when it answers, else HTTP).
+LOG_TRANSPORTS: Final = ("auto", "ssh", "http")
 
 
 class NotGiven(enum.Enum):
@@ -110,6 +123,9 @@ class Settings:
     config_dir: Path
     local_server: str = "background"
     server_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    http_transport: str = "aiohttp"
+    log_transport: str = "auto"
+    ca_file: Path | None = None
 
     @property
     def is_local(self) -> bool:
@@ -206,6 +222,7 @@ def resolve_settings(
     timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
     max_retries: int | NotGiven | None = NOT_GIVEN,
     home: str | Path | NotGiven | None = NOT_GIVEN,
+    http_transport: str | NotGiven | None = NOT_GIVEN,
 ) -> Settings:
     """Resolve every setting from its argument, its env variable, the config file, a default.
 
@@ -239,7 +256,36 @@ def resolve_settings(
         config_dir=config_dir(),
         local_server=mode,
         server_idle_timeout=_idle_timeout(file),
+        http_transport=_http_transport(http_transport, file),
+        log_transport=_log_transport(file),
+        ca_file=_ca_file(file),
     )
+
+
+def _http_transport(arg: str | NotGiven | None, file: dict[str, Any]) -> str:
+    value = _pick(arg, "VI_FLOW_HTTP_TRANSPORT", file, "http_transport", "aiohttp")
+    if value not in HTTP_TRANSPORTS:
+        raise ValueError(
+            f"http_transport must be one of {', '.join(HTTP_TRANSPORTS)}, got {value!r}"
+        )
+    return str(value)
+
+
+def _log_transport(file: dict[str, Any]) -> str:
+    value = _pick(NOT_GIVEN, "VI_FLOW_LOG_TRANSPORT", file, "log_transport", "auto")
+    if value not in LOG_TRANSPORTS:
+        raise ValueError(f"log_transport must be one of {', '.join(LOG_TRANSPORTS)}, got {value!r}")
+    return str(value)
+
+
+def _ca_file(file: dict[str, Any]) -> Path | None:
+    value = _pick(NOT_GIVEN, "VI_FLOW_CA_FILE", file, "ca_file", None)
+    if value is None:
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"ca_file must name a PEM file of CA certificates, got {str(value)!r}")
+    return path
 
 
 def _idle_timeout(file: dict[str, Any]) -> float:

@@ -17,14 +17,15 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, overload
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from . import __version__, local
@@ -38,6 +39,11 @@ from ._errors import (
     error_for_status,
 )
 from .models._base import from_wire, to_wire
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ._stdlib_http import Answer
 
 __all__ = ["Connection", "Endpoint", "HTTPCore", "Sleep", "path"]
 
@@ -53,7 +59,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 60.0
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+USER_AGENT = f"vi-flow-python/{__version__}"
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp  # imported on first use: the stdlib transport never needs it
+
+    return (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
 def path(template: str, *segments: str) -> str:
@@ -131,16 +143,24 @@ class Connection:
             s.organization_id or (None if s.api_key else DEFAULT_ORGANIZATION),
         )
 
-    def session(self) -> aiohttp.ClientSession:
-        """Return the session for the running loop, creating it on first use."""
+    def ensure_open(self) -> None:
+        """Raise ``ClientStateError`` once the client is closed."""
         if self.closed:
             raise ClientStateError("this client is closed; create a new one")
+
+    def session(self) -> aiohttp.ClientSession:
+        """Return the session for the running loop, creating it on first use."""
+        self.ensure_open()
+        import aiohttp
+
         loop = asyncio.get_running_loop()
         if self._session is None or self._session_loop is not loop or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=100),
+                connector=aiohttp.TCPConnector(
+                    limit=100, limit_per_host=100, ssl=_tls(self.settings.ca_file)
+                ),
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
-                headers={"User-Agent": f"vi-flow-python/{__version__}"},
+                headers={"User-Agent": USER_AGENT},
                 auto_decompress=True,
             )
             self._session_loop = loop
@@ -161,6 +181,13 @@ class Connection:
             await anyio.to_thread.run_sync(attached.release)
 
 
+def _tls(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """Verify servers against the ``ca_file`` setting's CAs, or the system's (``True``)."""
+    if ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
 def _within(budget: Timeout, deadline: float | None) -> Timeout:
     """``budget`` for one attempt, its total cut to what is left of the call's deadline."""
     if deadline is None:
@@ -179,6 +206,8 @@ def _past(deadline: float | None, delay: float) -> bool:
 
 
 def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    import aiohttp
+
     return aiohttp.ClientTimeout(
         total=timeout.total, connect=timeout.connect, sock_read=timeout.read
     )
@@ -308,7 +337,10 @@ class HTTPCore:
             APIConnectionError: No answer, after the retries.
             APIResponseValidationError: An answer that is not the expected JSON.
         """
-        async with self._send(method, url, json, params, headers, timeout, max_retries) as resp:
+        lean = self.connection.settings.http_transport == "stdlib"
+        async with self._send(
+            method, url, json, params, headers, timeout, max_retries, lean=lean
+        ) as resp:
             body = await resp.read()
             request_id = resp.headers.get("X-Request-Id")
         return self._decode(body, cast, request_id, resp.status)
@@ -343,9 +375,13 @@ class HTTPCore:
         headers: Mapping[str, str] | None,
         timeout: Timeout | float | NotGiven | None,
         max_retries: int | None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        *,
+        lean: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Yield the first 2xx answer: an aiohttp response, or a whole ``Answer`` when lean."""
         endpoint = await self.connection.endpoint()
-        session = self.connection.session()
+        self.connection.ensure_open()
+        session = None if lean else self.connection.session()
         request = _Request(method, endpoint, url, json, params, headers)
         budget = self.timeout if isinstance(timeout, NotGiven) else Timeout.coerce(timeout)
         retries = self.max_retries if max_retries is None else max_retries
@@ -388,24 +424,14 @@ class HTTPCore:
             await self.sleep(delay)
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, request: _Request, timeout: Timeout
-    ) -> aiohttp.ClientResponse:
+        self, session: aiohttp.ClientSession | None, request: _Request, timeout: Timeout
+    ) -> aiohttp.ClientResponse | Answer:
         started = time.perf_counter()
-        try:
-            resp = await session.request(
-                request.method,
-                request.full_url,
-                data=request.body,
-                params=request.params,
-                headers=request.headers,
-                timeout=_client_timeout(timeout),
-            )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise APITimeoutError(
-                f"{request.method} {request.full_url} timed out ({exc or 'no answer'})"
-            ) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise APIConnectionError(f"could not reach {request.full_url}: {exc}") from exc
+        resp = await (
+            self._lean_attempt(request, timeout)
+            if session is None
+            else self._aiohttp_attempt(session, request, timeout)
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %s in %.1f ms (request id %s)",
@@ -418,10 +444,46 @@ class HTTPCore:
         return resp
 
     @staticmethod
-    async def _read_error(resp: aiohttp.ClientResponse) -> APIStatusError:
+    async def _lean_attempt(request: _Request, timeout: Timeout) -> Answer:
+        from . import _stdlib_http
+
+        return await _stdlib_http.send(
+            request.method,
+            request.full_url,
+            body=request.body,
+            params=request.params,
+            headers={"User-Agent": USER_AGENT, **request.headers},
+            budget=timeout,
+        )
+
+    @staticmethod
+    async def _aiohttp_attempt(
+        session: aiohttp.ClientSession, request: _Request, timeout: Timeout
+    ) -> aiohttp.ClientResponse:
+        import aiohttp
+
+        try:
+            return await session.request(
+                request.method,
+                request.full_url,
+                data=request.body,
+                params=request.params,
+                headers=request.headers,
+                timeout=_client_timeout(timeout),
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise APITimeoutError(
+                f"{request.method} {request.full_url} timed out ({exc or 'no answer'})"
+            ) from exc
+        except _connection_errors() as exc:
+            raise APIConnectionError(f"could not reach {request.full_url}: {exc}") from exc
+
+    @staticmethod
+    async def _read_error(resp: aiohttp.ClientResponse | Answer) -> APIStatusError:
+        broken: tuple[type[BaseException], ...] = (*_connection_errors(), asyncio.TimeoutError)
         try:
             body = await resp.read()
-        except (*_CONNECTION_ERRORS, asyncio.TimeoutError):
+        except broken:
             body = b""
         finally:
             resp.release()
@@ -429,7 +491,7 @@ class HTTPCore:
 
     @staticmethod
     def _should_retry(
-        request: _Request, resp: aiohttp.ClientResponse, error: APIStatusError
+        request: _Request, resp: aiohttp.ClientResponse | Answer, error: APIStatusError
     ) -> bool:
         if resp.headers.get("X-Should-Retry", "").lower() == "false":
             return False

@@ -91,6 +91,26 @@ def test_serve_answers_and_stops_on_sigint(served: tuple[str, str, subprocess.Po
     assert proc.wait(timeout=15) == 0
 
 
+def test_a_plain_command_never_imports_aiohttp(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """``http_transport = "stdlib"`` for the CLI: a list is answered without aiohttp."""
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    env.pop("VI_FLOW_HTTP_TRANSPORT", None)
+    code = (
+        "import sys; from vi_flow.cli._root import cli\n"
+        "try:\n    cli.main(['flows', 'list', '--json'], prog_name='vi-flow')\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('aiohttp' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["[]", "False"]
+
+
 def test_wrong_key_exits_3(served: tuple[str, str, subprocess.Popen[str]]) -> None:
     base, _, _ = served
     env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": "wrong"}

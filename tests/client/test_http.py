@@ -1,4 +1,8 @@
-"""The request loop: retries, Retry-After, idempotency keys, typed errors, bad bodies."""
+"""The request loop: retries, Retry-After, idempotency keys, typed errors, bad bodies.
+
+Every test runs on both transports (``http_transport``): the pooled aiohttp session and
+the CLI's ``http.client`` one; the loop's behaviour must not depend on which sends.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,12 @@ from vi_flow import (
 from .scripted import json_answer, scripted_server
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "stdlib"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("VI_FLOW_HTTP_TRANSPORT", request.param)
+    return str(request.param)
 
 FLOW = orjson.dumps(
     {

@@ -101,6 +101,8 @@ class CliState:
                 kwargs["base_url"] = self.base_url
             if self.api_key:
                 kwargs["api_key"] = self.api_key
+            # One command, a few calls: skip importing aiohttp unless a stream needs it.
+            kwargs["http_transport"] = os.environ.get("VI_FLOW_HTTP_TRANSPORT") or "stdlib"
             try:
                 self._client = Client(**kwargs)
             except ValueError as exc:  # a bad setting (base URL, timeout, config file)

@@ -53,6 +53,7 @@ class Client:
         timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
         max_retries: int | NotGiven | None = NOT_GIVEN,
         home: str | Path | NotGiven | None = NOT_GIVEN,
+        http_transport: str | NotGiven | None = NOT_GIVEN,
         sleep: Sleep | None = None,
     ) -> None:
         self._portal = Portal()
@@ -65,6 +66,7 @@ class Client:
             timeout=timeout,
             max_retries=max_retries,
             home=home,
+            http_transport=http_transport,
             sleep=sleep,
         )
         self._async = self._portal.enter_async_context(client)
