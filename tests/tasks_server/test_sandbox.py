@@ -6,6 +6,7 @@ Each test tries an escape for real (the ones issue 11 lists) and asserts it fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import stat
 from pathlib import Path
@@ -236,6 +237,39 @@ async def test_sftp_never_follows_a_link_out_of_the_task(
                 await handle.read()
         assert (await sftp.lstat("/workspace/token")).type == asyncssh.FILEXFER_TYPE_SYMLINK
     assert not (sandboxed.home / "planted").exists()
+
+
+# Swaps ``d`` between a directory of its own and a link to the server's home, forever.
+_SWAPPER = (
+    "while :; do rm -rf d; mkdir d; echo mine > d/admin-token; rm -rf d; ln -s ../../.. d;"
+    " done & echo ready; wait"
+)
+
+
+@pytest.mark.anyio
+async def test_sftp_never_follows_a_link_swapped_in_while_it_resolves(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _login_endpoint(sandboxed, client_key, _SWAPPER)
+    with anyio.fail_after(5):
+        while "ready" not in await _logs(sandboxed, endpoint["taskId"]):
+            await asyncio.sleep(0.05)
+    outcomes: dict[str, int] = {}
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        for i in range(400):
+            try:
+                async with sftp.open("/workspace/d/admin-token") as handle:
+                    read = await handle.read()
+                if read not in ("", "mine\n"):  # never print what it read: it may be the admin token
+                    pytest.fail("SFTP followed a link out of the task directory")
+                outcomes["read its own file"] = outcomes.get("read its own file", 0) + 1
+            except asyncssh.SFTPError as exc:
+                outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+            with contextlib.suppress(asyncssh.SFTPError):
+                async with sftp.open(f"/workspace/d/planted-{i}", "w") as handle:
+                    await handle.write("x")
+    assert not list(sandboxed.home.glob("planted-*"))
+    assert outcomes.get("SFTPPermissionDenied", 0) > 0, outcomes  # the link was met, refused
 
 
 @pytest.mark.anyio

@@ -11,8 +11,8 @@ a PTY when one was requested. A login to a task that is not running, or that its
 provider cannot enter (Ray), is answered with the reason and exit status 1. A ``+logs``
 login runs no command at all: the server itself follows the one log file the client's
 ``tail -c +N -F -- <log>`` names, opened without following symbolic links. The SFTP
-subsystem is rooted in the task directory and resolves no path outside it, through
-``..`` or a symbolic link. Auth decisions are logged without key material.
+subsystem (:mod:`.sftp`) is rooted in the task directory and walks every path from it
+without following a symbolic link. Auth decisions are logged without key material.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from ..providers.local.sandbox import allowed_environment
+from .sftp import TaskSFTPServer
 from .ssh import SessionContext
 
 __all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
@@ -434,66 +435,11 @@ async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str)
     process.exit(code if code >= 0 else 128 - code)
 
 
-class _SFTPServer(asyncssh.SFTPServer):
-    """SFTP rooted in the task directory: every path's directory must resolve beneath the
-    root, and operations that follow the last component (open, stat, list, ...) check
-    the whole path, so ``..`` and symbolic links never lead out of it."""
-
-    def __init__(self, channel: asyncssh.SSHServerChannel[bytes]) -> None:
-        context = _context_of(channel)
-        self._root = os.path.realpath(context.root).encode()
-        self._refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
-        super().__init__(channel, chroot=str(context.root).encode())
-
-    def map_path(self, path: bytes) -> bytes:
-        if self._refusal:
-            raise asyncssh.SFTPPermissionDenied(self._refusal)
-        mapped = super().map_path(path)
-        self._beneath(os.path.dirname(mapped), path)
-        return mapped
-
-    def _beneath(self, local: bytes, shown: bytes) -> None:
-        real = os.path.realpath(local)
-        if real != self._root and not real.startswith(self._root + b"/"):
-            name = shown.decode(errors="replace")
-            raise asyncssh.SFTPPermissionDenied(f"{name} leads outside the task directory")
-
-    def _followed(self, path: bytes) -> None:
-        self._beneath(self.map_path(path), path)
-
-    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Any:
-        self._followed(path)
-        return super().open(path, pflags, attrs)
-
-    def open56(
-        self, path: bytes, desired_access: int, flags: int, attrs: asyncssh.SFTPAttrs
-    ) -> Any:
-        self._followed(path)
-        return super().open56(path, desired_access, flags, attrs)
-
-    def stat(self, path: bytes) -> Any:
-        self._followed(path)
-        return super().stat(path)
-
-    def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> Any:
-        self._followed(path)
-        return super().setstat(path, attrs)
-
-    def scandir(self, path: bytes) -> Any:
-        self._followed(path)
-        return super().scandir(path)
-
-    def realpath(self, path: bytes) -> Any:
-        self._followed(path)
-        return super().realpath(path)
-
-    def statvfs(self, path: bytes) -> Any:
-        self._followed(path)
-        return super().statvfs(path)
-
-    def link(self, oldpath: bytes, newpath: bytes) -> Any:
-        self._followed(oldpath)
-        return super().link(oldpath, newpath)
+def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
+    """SFTP for one session: its task directory, paths walked without following links."""
+    context = _context_of(channel)
+    refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
+    return TaskSFTPServer(channel, context.root, refusal)
 
 
 class TaskSSHServer:
@@ -529,7 +475,7 @@ class TaskSSHServer:
             server_host_keys=[key],
             process_factory=functools.partial(_handle_process, shell=shell),
             encoding=None,
-            sftp_factory=_SFTPServer,
+            sftp_factory=_sftp_server,
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,

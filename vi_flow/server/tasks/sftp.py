@@ -1,0 +1,283 @@
+"""SFTP rooted in a task directory: every path is walked from the root, never followed.
+
+Each request walks its path one component at a time from a descriptor of the task root,
+``openat(dir, name, O_PATH | O_DIRECTORY | O_NOFOLLOW)`` (``os.open(..., dir_fd=)``), and
+acts on the last component relative to the directory it found (``dir_fd=``,
+``O_NOFOLLOW``, ``follow_symlinks=False``). Nothing is checked by name and then used by
+name again, so a symbolic link that the task swaps in between is never followed: a link
+anywhere in a path is refused with *permission denied*. ``..`` is resolved lexically and
+never climbs above the root. A ``+logs`` login gets no SFTP at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPName
+
+__all__ = ["TaskSFTPServer", "components"]
+
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def components(path: bytes) -> list[bytes]:
+    """The names of ``path`` below the root, ``..`` resolved lexically (never above it)."""
+    normal = posixpath.normpath(posixpath.join(b"/", path))
+    return [part for part in normal.split(b"/") if part and part != b"."]
+
+
+def _link_refusal(shown: bytes) -> asyncssh.SFTPPermissionDenied:
+    name = shown.decode(errors="replace")
+    return asyncssh.SFTPPermissionDenied(
+        f"{name} goes through a symbolic link; SFTP never follows one (it could lead "
+        "outside the task directory)"
+    )
+
+
+def _is_link(dir_fd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_at(dir_fd: int, name: bytes, flags: int, shown: bytes, mode: int = 0o777) -> int:
+    """``openat`` that never follows a link: one is refused, naming the path."""
+    try:
+        return os.open(name, flags, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(dir_fd, name):
+            raise _link_refusal(shown) from None
+        raise
+
+
+def _open_flags(pflags: int) -> int:
+    """SFTP v3 open flags as ``os.open`` flags."""
+    read, write = pflags & asyncssh.FXF_READ, pflags & asyncssh.FXF_WRITE
+    flags = os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
+    for bit, extra in (
+        (asyncssh.FXF_APPEND, os.O_APPEND),
+        (asyncssh.FXF_CREAT, os.O_CREAT),
+        (asyncssh.FXF_TRUNC, os.O_TRUNC),
+        (asyncssh.FXF_EXCL, os.O_EXCL),
+    ):
+        if pflags & bit:
+            flags |= extra
+    return flags
+
+
+_DISPOSITIONS = {
+    asyncssh.FXF_CREATE_NEW: os.O_CREAT | os.O_EXCL,
+    asyncssh.FXF_CREATE_TRUNCATE: os.O_CREAT | os.O_TRUNC,
+    asyncssh.FXF_OPEN_OR_CREATE: os.O_CREAT,
+    asyncssh.FXF_TRUNCATE_EXISTING: os.O_TRUNC,
+}
+
+
+def _open56_flags(desired_access: int, flags: int) -> int:
+    """SFTP v5/v6 access and disposition as ``os.open`` flags."""
+    read = desired_access & asyncssh.ACE4_READ_DATA
+    write = desired_access & (asyncssh.ACE4_WRITE_DATA | asyncssh.ACE4_APPEND_DATA)
+    result = os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
+    result |= _DISPOSITIONS.get(flags & asyncssh.FXF_ACCESS_DISPOSITION, 0)
+    if flags & asyncssh.FXF_APPEND_DATA or desired_access & asyncssh.ACE4_APPEND_DATA:
+        result |= os.O_APPEND
+    return result
+
+
+def _file_mode(flags: int) -> str:
+    access = flags & os.O_ACCMODE
+    if access == os.O_RDONLY:
+        return "rb"
+    prefix = "a" if flags & os.O_APPEND else "r" if access == os.O_RDWR else "w"
+    return f"{prefix}+b" if access == os.O_RDWR else f"{prefix}b"
+
+
+def _set_attributes(path: str, attrs: SFTPAttrs) -> None:
+    """Apply ``attrs`` to ``path`` (a ``/proc/self/fd/N`` path: exactly that inode)."""
+    if attrs.size is not None:
+        os.truncate(path, attrs.size)
+    if attrs.uid is not None and attrs.gid is not None:
+        os.chown(path, attrs.uid, attrs.gid)
+    if attrs.permissions is not None:
+        os.chmod(path, stat.S_IMODE(attrs.permissions))
+    if attrs.atime is not None and attrs.mtime is not None:
+        os.utime(path, (attrs.atime, attrs.mtime))
+
+
+class TaskSFTPServer(asyncssh.SFTPServer):
+    """SFTP in one task directory, every path walked beneath its root without links.
+
+    Args:
+        channel: The SSH channel.
+        root: The task directory (the SFTP ``/``).
+        refusal: Set for a login that may not use SFTP (``+logs``): every request is
+            answered *permission denied* with it.
+    """
+
+    def __init__(
+        self, channel: asyncssh.SSHServerChannel[bytes], root: Path, refusal: str = ""
+    ) -> None:
+        super().__init__(channel)
+        self._root = os.fsencode(os.path.realpath(root))
+        self._refusal = refusal
+        self._root_fd = -1 if refusal else os.open(self._root, _DIR & ~os.O_NOFOLLOW)
+
+    # -- the walk ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """``(directory fd, last name)`` of ``path``; the root itself is ``(root, b".")``."""
+        if self._refusal:
+            raise asyncssh.SFTPPermissionDenied(self._refusal)
+        *dirs, last = components(path) or [b"."]
+        fd = self._root_fd
+        try:
+            for name in dirs:
+                step = _open_at(fd, name, _DIR, path)
+                if fd != self._root_fd:
+                    os.close(fd)
+                fd = step
+            yield fd, last
+        finally:
+            if fd != self._root_fd:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _node(self, path: bytes, flags: int = os.O_PATH) -> Iterator[int]:
+        """A descriptor of ``path`` itself, never of a link's target."""
+        with self._parent(path) as (parent, last):
+            fd = _open_at(parent, last, flags | _NOFOLLOW, path)
+        try:
+            if stat.S_ISLNK(os.fstat(fd).st_mode):  # O_PATH | O_NOFOLLOW opens a link itself
+                raise _link_refusal(path)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def map_path(self, path: bytes) -> bytes:
+        """Never used: every request walks its path (a request that would map by name is refused)."""
+        raise asyncssh.SFTPOpUnsupported("not supported by this server")
+
+    def exit(self) -> None:
+        """Close the root's descriptor when the session ends."""
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
+        perms = 0o666 if attrs.permissions is None else attrs.permissions
+        with self._parent(path) as (parent, last):
+            fd = _open_at(parent, last, flags | _NOFOLLOW, path, perms)
+        return open(fd, _file_mode(flags), buffering=0)  # the SFTP session closes it
+
+    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Any:
+        """Open a file beneath the root (a link is refused)."""
+        return self._open(path, _open_flags(pflags), attrs)
+
+    def open56(self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs) -> Any:
+        """Open a file beneath the root, SFTP v5/v6 flags (a link is refused)."""
+        return self._open(path, _open56_flags(desired_access, flags), attrs)
+
+    def lstat(self, path: bytes) -> os.stat_result:
+        """Attributes of ``path`` itself."""
+        with self._parent(path) as (parent, last):
+            return os.stat(last, dir_fd=parent, follow_symlinks=False)
+
+    def stat(self, path: bytes) -> os.stat_result:
+        """Attributes of ``path``; a link is described, never followed."""
+        return self.lstat(path)
+
+    def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """Set attributes of ``path`` (a link is refused)."""
+        with self._node(path) as fd:
+            _set_attributes(f"/proc/self/fd/{fd}", attrs)
+
+    def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """Set attributes of ``path`` (a link is refused)."""
+        self.setstat(path, attrs)
+
+    def statvfs(self, path: bytes) -> os.statvfs_result:
+        """File system attributes where ``path`` lives."""
+        with self._node(path) as fd:
+            return os.statvfs(fd)
+
+    # -- directories and names ------------------------------------------------------------
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        """The entries of a directory beneath the root, each described as itself."""
+        with self._node(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
+            here = SFTPAttrs.from_local(os.fstat(fd))
+            for name in (b".", b".."):
+                yield SFTPName(name, attrs=here)
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    attrs = SFTPAttrs.from_local(entry.stat(follow_symlinks=False))
+                    yield SFTPName(os.fsencode(entry.name), attrs=attrs)
+
+    def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        """Create a directory."""
+        mode = 0o777 if attrs.permissions is None else attrs.permissions
+        with self._parent(path) as (parent, last):
+            os.mkdir(last, mode, dir_fd=parent)
+
+    def rmdir(self, path: bytes) -> None:
+        """Remove an empty directory."""
+        with self._parent(path) as (parent, last):
+            os.rmdir(last, dir_fd=parent)
+
+    def remove(self, path: bytes) -> None:
+        """Remove a file or a link (the link itself)."""
+        with self._parent(path) as (parent, last):
+            os.unlink(last, dir_fd=parent)
+
+    def realpath(self, path: bytes) -> bytes:
+        """``path`` made absolute and normal; a link in it is refused."""
+        with self._parent(path) as (parent, last):
+            if _is_link(parent, last):
+                raise _link_refusal(path)
+        return b"/" + b"/".join(components(path))
+
+    def _move(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
+        with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
+            if not replace:
+                with contextlib.suppress(FileNotFoundError):
+                    os.stat(new, dir_fd=new_dir, follow_symlinks=False)
+                    raise asyncssh.SFTPFileAlreadyExists("file already exists")
+            os.replace(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """Rename, refusing to replace an existing name (SFTP's rename)."""
+        self._move(oldpath, newpath, replace=False)
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        """Rename, replacing an existing name."""
+        self._move(oldpath, newpath, replace=True)
+
+    def readlink(self, path: bytes) -> bytes:
+        """A link's text (the link is read, not followed)."""
+        with self._parent(path) as (parent, last):
+            return os.fsencode(os.readlink(last, dir_fd=parent))
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        """Make a link (an absolute target is taken beneath the root); SFTP never follows it."""
+        if posixpath.isabs(oldpath):
+            oldpath = self._root + b"/" + b"/".join(components(oldpath))
+        with self._parent(newpath) as (parent, last):
+            os.symlink(oldpath, last, dir_fd=parent)
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        """Make a hard link to a file beneath the root (a link is linked as itself)."""
+        with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
+            os.link(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir, follow_symlinks=False)
