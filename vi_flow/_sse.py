@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import NamedTuple
 
 import aiohttp
 
 from ._errors import APIConnectionError
 from .models.events import EVENT_TYPES
+from .models.execution import HEARTBEAT_HEADER
 
 __all__ = [
     "STREAM_ERRORS",
     "SSEDecoder",
     "ServerSentEvent",
     "iter_sse",
+    "read_chunks",
+    "silence_limit",
 ]
 
 log = logging.getLogger("vi_flow")
@@ -227,3 +231,38 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEven
     async for chunk in resp.content.iter_any():
         for event in decoder.feed(chunk):
             yield event
+
+
+def silence_limit(headers: Mapping[str, str]) -> float | None:
+    """Seconds of silence after which a stream is dead: twice its announced heartbeat.
+
+    ``None`` when the server announces none (the read timeout alone then applies).
+    """
+    try:
+        heartbeat = float(headers.get(HEARTBEAT_HEADER, ""))
+    except ValueError:
+        return None
+    return 2 * heartbeat if math.isfinite(heartbeat) and heartbeat > 0 else None
+
+
+async def read_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body's chunks; silence past :func:`silence_limit` is an ``asyncio.TimeoutError``.
+
+    A stalled proxy or a half-dead link keeps the socket open and sends nothing; the
+    heartbeat says how long a live server stays silent, so a stream reconnects (and
+    resumes with ``Last-Event-ID``) after that, not after the whole read timeout.
+    """
+    limit = silence_limit(resp.headers)
+    while True:
+        if limit is None:
+            chunk = await resp.content.readany()
+        else:
+            try:
+                chunk = await asyncio.wait_for(resp.content.readany(), limit)
+            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError(
+                    f"no bytes for {limit:g}s (twice the heartbeat)"
+                ) from None
+        if not chunk:
+            return
+        yield chunk

@@ -1,4 +1,4 @@
-"""Follow a task's log files over SSH by byte offset, across dropped connections.
+"""Follow a task's log files by byte offset, across dropped connections: over SSH or HTTP.
 
 :class:`LogFollower` runs ``tail -c +N -F <file>`` in the task for each followed file
 (stdout, stderr or both) and counts every byte it receives. When the connection drops
@@ -8,25 +8,51 @@ guessed. A partial line (bytes after the last newline) is kept across reconnects
 
 The follow ends when a probe says the task is terminal (answering each file's final
 size, as the server measured it) *and* each file has been read to that size, so the
-last lines a task writes before exiting are always delivered.
+last lines a task writes before exiting are always delivered. A connection counts as
+come back once it has stayed up for :data:`STEADY` seconds or brought bytes: only
+reconnects that fail in a row count toward giving up, so a follow of a quiet task
+survives any number of drops as long as the server answers again. A dead link is found
+by SSH keepalives.
+
+:class:`HTTPLogFollower` reads the server's SSE log stream (``GET
+/v1/tasks/{id}/logs?follow=true``) instead, for clients that cannot reach the task's SSH
+endpoint (behind a reverse proxy, on another network): each event carries both streams'
+byte offsets in its id, so a reconnect with ``Last-Event-ID`` resumes exactly; silence
+past twice the announced heartbeat counts as a dead connection; the stream ends with
+the server's ``end`` event, carrying the task's final state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 
+from .._errors import APIConnectionError, APIStatusError, ViFlowError
 from ..models.loglines import LineSplitter
 
 if TYPE_CHECKING:
+    import aiohttp
     import asyncssh
 
-__all__ = ["Connector", "LogFollower", "TerminalProbe"]
+__all__ = [
+    "STEADY",
+    "Connector",
+    "HTTPLogFollower",
+    "LogFollower",
+    "LogStreamOpener",
+    "LogUnreadableError",
+    "TerminalProbe",
+]
+
+log = logging.getLogger("vi_flow")
 
 Connector = Callable[[], Awaitable["asyncssh.SSHClientConnection"]]
 """Opens a fresh (pinned) SSH connection to the task."""
@@ -34,7 +60,18 @@ Connector = Callable[[], Awaitable["asyncssh.SSHClientConnection"]]
 TerminalProbe = Callable[[], Awaitable["Mapping[str, int] | None"]]
 """Answers ``None`` while the task runs, and each stream's final size once it has ended."""
 
+LogStreamOpener = Callable[[str | None], AbstractAsyncContextManager["aiohttp.ClientResponse"]]
+"""Opens the task's SSE log stream, resuming after the given event id (``None``: start)."""
+
+STEADY = 5.0
+"""Seconds a connection must stay up (without bytes) to count as having come back."""
+
 _READ_SIZE = 1 << 16
+_MAX_BACKOFF = 5.0
+
+
+class LogUnreadableError(ViFlowError):
+    """The server refused to read the task's log (the task replaced it with a link)."""
 
 
 class _File:
@@ -83,7 +120,8 @@ class LogFollower:
             of each stream (streams it does not name are taken as empty).
         offsets: Byte offsets to start from (default 0, the beginning).
         poll_interval: Seconds between task-state probes.
-        max_retries: Reconnect attempts in a row without progress before giving up.
+        max_retries: Reconnect attempts in a row that fail before giving up (a
+            connection that came back, see :data:`STEADY`, starts the count again).
         sleep: The sleep used for reconnect backoff (injectable for tests).
     """
 
@@ -107,6 +145,7 @@ class LogFollower:
         self._sleep = sleep
         self._conn: Any = None
         self._failures = 0
+        self._connected_at: float | None = None
         self.reconnects = 0
         """How many times the follow reconnected (for tests and diagnostics)."""
 
@@ -156,6 +195,7 @@ class LogFollower:
         try:
             if self._conn is None:
                 self._conn = await self._connect()
+                self._connected_at = time.monotonic()
             for f in self._files:
                 if f.proc is None and not f.drained:
                     f.proc = await self._conn.create_process(
@@ -200,13 +240,14 @@ class LogFollower:
 
     async def _recover(self, exc: _Broken) -> None:
         await self._close()
+        if _came_back(self._connected_at):
+            self._failures = 0
+        self._connected_at = None
         self._failures += 1
         if self._failures > self._max_retries:
-            from .._errors import APIConnectionError
-
             raise APIConnectionError(f"lost the SSH connection to the task: {exc}") from exc
         self.reconnects += 1
-        await self._sleep(min(0.05 * 2 ** (self._failures - 1), 2.0))
+        await self._sleep(_backoff(self._failures))
 
     async def _close(self) -> None:
         readers = [f.reader for f in self._files if f.reader is not None]
@@ -221,6 +262,14 @@ class LogFollower:
             await asyncio.gather(*readers, return_exceptions=True)
             if conn is not None:
                 await conn.wait_closed()
+
+
+def _came_back(connected_at: float | None) -> bool:
+    return connected_at is not None and time.monotonic() - connected_at >= STEADY
+
+
+def _backoff(failures: int) -> float:
+    return float(min(0.05 * 2 ** (failures - 1), _MAX_BACKOFF)) if failures else 0.0
 
 
 def _result(task: asyncio.Task[bytes]) -> bytes:
@@ -240,3 +289,117 @@ def _tail_command(path: str, offset: int) -> str:
     # `-s 0.2`: where inotify is unavailable (or the file is yet to appear) tail polls;
     # its 1 s default would show up as latency.
     return f"exec tail -c +{offset + 1} -s 0.2 -F -- {shlex.quote(path)}"
+
+
+class HTTPLogFollower:
+    """Stream lines of a task's logs over the server's SSE log stream, exactly once each.
+
+    Iterate it (``async for stream, line in follower``) like a :class:`LogFollower`.
+
+    Args:
+        open_stream: Opens the log stream, resuming after an event id (``None``: from
+            the ``offsets``).
+        streams: The streams to follow (``"stdout"``, ``"stderr"``).
+        offsets: Byte offsets to start from (default 0).
+        on_end: Called with the ``end`` event's data (the task, as wire JSON).
+        max_retries: Attempts in a row that fail to open the stream before giving up
+            (an opened stream starts the count again).
+        sleep: The sleep used for reconnect backoff (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        open_stream: LogStreamOpener,
+        streams: list[str],
+        *,
+        offsets: Mapping[str, int] | None = None,
+        on_end: Callable[[Any], None] | None = None,
+        max_retries: int = 12,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        start = offsets or {}
+        self._open = open_stream
+        self._lines = {name: LineSplitter() for name in streams}
+        self._offsets = {name: start.get(name, 0) for name in ("stdout", "stderr")}
+        self._on_end = on_end
+        self._max_retries = max_retries
+        self._sleep = sleep
+        self.reconnects = 0
+        """How many times the follow reconnected (for tests and diagnostics)."""
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """Bytes received so far per followed stream."""
+        return {name: self._offsets[name] for name in self._lines}
+
+    def __aiter__(self) -> AsyncGenerator[tuple[str, str], None]:
+        return self._run()
+
+    def _event_id(self) -> str:
+        return f"{self._offsets['stdout']}:{self._offsets['stderr']}"
+
+    async def _run(self) -> AsyncGenerator[tuple[str, str], None]:
+        from .._sse import STREAM_ERRORS  # aiohttp: loaded when a follow starts
+
+        failures = quiet = 0
+        while True:
+            opened, error = False, None
+            try:
+                async with self._open(self._event_id()) as resp:
+                    opened, failures = True, 0
+                    async for pair in self._events(resp):
+                        if pair is None:
+                            for name, splitter in self._lines.items():
+                                for line in splitter.flush():
+                                    yield name, line
+                            return
+                        quiet = 0
+                        yield pair
+            except STREAM_ERRORS as exc:
+                error = exc
+            except APIStatusError as exc:
+                if exc.status_code < 500:
+                    raise
+                error = exc
+            failures, quiet = (failures, quiet + 1) if opened else (failures + 1, quiet)
+            await self._before_reconnect(failures, quiet, error)
+
+    async def _events(
+        self, resp: aiohttp.ClientResponse
+    ) -> AsyncGenerator[tuple[str, str] | None, None]:
+        """The lines of one connection; ``None`` once the server said the follow ended."""
+        from .._sse import SSEDecoder, read_chunks
+
+        decoder = SSEDecoder()
+        async for chunk in read_chunks(resp):
+            for event in decoder.feed(chunk):
+                if event.event == "log":
+                    for pair in self._take(orjson.loads(event.data)):
+                        yield pair
+                elif event.event == "end":
+                    if self._on_end is not None:
+                        self._on_end(orjson.loads(event.data))
+                    yield None
+                    return
+                elif event.event == "error":
+                    raise LogUnreadableError(orjson.loads(event.data).get("message", ""))
+
+    def _take(self, data: dict[str, Any]) -> list[tuple[str, str]]:
+        name = data["stream"]
+        self._offsets[name] = int(data["offset"])
+        splitter = self._lines.get(name)
+        if splitter is None:
+            return []
+        return [(name, line) for line in splitter.feed(str(data["text"]).encode())]
+
+    async def _before_reconnect(
+        self, failures: int, quiet: int, error: BaseException | None
+    ) -> None:
+        if failures > self._max_retries:
+            raise APIConnectionError(
+                f"lost the task's log stream {failures} times in a row: {error!r}"
+            ) from error
+        self.reconnects += 1
+        delay = _backoff(max(failures, quiet))
+        log.info("log stream ended (%r); resuming at %s in %.2fs", error, self._event_id(), delay)
+        await self._sleep(delay)

@@ -3,11 +3,16 @@
 Each function takes a :class:`ComputeClient` (the ``tasks`` and ``ssh_keys`` resources and
 the home) and a task id: waiting for a status, opening a pinned SSH connection as the
 task's user or its logs user, following logs, running a command or a shell.
+
+A log follow goes over SSH or over the API's SSE stream, as the ``log_transport``
+setting says; with ``auto`` it tries the task's SSH endpoint first and, when that does
+not answer (a client behind a reverse proxy, on another network), follows over HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,9 +23,11 @@ import anyio.to_thread
 import attrs
 
 from .._errors import TaskTimeoutError, ViFlowError
+from .._http import HTTPCore, path
+from ..models._base import from_wire
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
 from ..resources.ssh_keys import client_ssh_dir
-from ._follow import LogFollower
+from ._follow import HTTPLogFollower, LogFollower
 from ._upload import UploadResult, check_target_dir, collect_files, progress_bar, upload_files
 from .ssh import (
     ShellResult,
@@ -33,6 +40,7 @@ from .ssh import (
 )
 
 if TYPE_CHECKING:
+    import aiohttp
     import asyncssh
 
     from ..resources.ssh_keys import AsyncSSHKeys
@@ -54,21 +62,27 @@ Until = Literal["running", "terminal"]
 """What :func:`wait_for` waits for: the task running (or already over), or over."""
 
 _FIRST_POLL = 0.05
+_SSH_PROBE_TIMEOUT = 5.0
+
+log = logging.getLogger("vi_flow")
 
 
 @attrs.frozen
 class ComputeClient:
-    """What the compute operations need: the tasks and SSH keys resources, and the home.
+    """What the compute operations need: the tasks and SSH keys resources, the home, and
+    the HTTP core (for the log stream).
 
     Attributes:
         tasks: The tasks resource.
         ssh_keys: The SSH keys resource.
         home: Where the client keeps its SSH key and known hosts (``HOME/client/ssh``).
+        http: The client's HTTP core (its settings say the ``log_transport``).
     """
 
     tasks: AsyncTasks
     ssh_keys: AsyncSSHKeys
     home: Path
+    http: HTTPCore
 
 
 def _reached(status: TaskStatus, until: Until) -> bool:
@@ -239,13 +253,36 @@ async def follow_lines(
     on_update: Callable[[Task], None] | None = None,
     offsets: Mapping[str, int] | None = None,
 ) -> AsyncGenerator[tuple[str, str], None]:
-    """Yield ``(stream, line)`` of a task's logs over SSH until it ended and is drained.
+    """Yield ``(stream, line)`` of a task's logs until it ended and is drained, over SSH
+    or HTTP (the ``log_transport`` setting).
 
     Survives dropped connections (resumes at the exact byte offset). ``on_update``
-    receives every task state read, the last one terminal (with its exit code).
+    receives task states read on the way, the last one terminal (with its exit code).
     """
     names = _streams(stream)
+    follower: LogFollower | HTTPLogFollower
+    if client.http.connection.settings.log_transport == "http":
+        follower = _http_follower(client, task_id, names, on_update, offsets)
+    else:
+        follower = await _ssh_follower(client, task_id, names, poll_interval, on_update, offsets)
+    async with contextlib.aclosing(follower.__aiter__()) as items:
+        async for item in items:
+            yield item
+
+
+async def _ssh_follower(
+    client: ComputeClient,
+    task_id: str,
+    names: list[str],
+    poll_interval: float,
+    on_update: Callable[[Task], None] | None,
+    offsets: Mapping[str, int] | None,
+) -> LogFollower | HTTPLogFollower:
+    """The SSH follow; with ``log_transport = auto``, the HTTP one when SSH does not answer."""
     target, endpoint = await _target_and_endpoint(client, task_id, logs=True)
+    first = await _first_connection(client, target)
+    if first is None:
+        return _http_follower(client, task_id, names, on_update, offsets)
     paths = {"stdout": endpoint.stdout_path, "stderr": endpoint.stderr_path}
 
     async def final_sizes() -> dict[str, int] | None:
@@ -256,16 +293,61 @@ async def follow_lines(
             return None
         return {"stdout": task.stdout_size, "stderr": task.stderr_size}
 
-    follower = LogFollower(
-        lambda: connect(target),
+    async def connector() -> asyncssh.SSHClientConnection:
+        nonlocal first
+        conn, first = first, None
+        return conn if conn is not None else await connect(target)
+
+    return LogFollower(
+        connector,
         {name: paths[name] for name in names},
         is_terminal=final_sizes,
         offsets=offsets,
         poll_interval=poll_interval,
     )
-    async with contextlib.aclosing(follower.__aiter__()) as items:
-        async for item in items:
-            yield item
+
+
+async def _first_connection(
+    client: ComputeClient, target: SSHTarget
+) -> asyncssh.SSHClientConnection | None:
+    """A connection to ``target``; ``None`` when it does not answer and HTTP may be used."""
+    if client.http.connection.settings.log_transport == "ssh":
+        return await connect(target)
+    import asyncssh
+
+    try:
+        return await connect(target, connect_timeout=_SSH_PROBE_TIMEOUT)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        where = f"{target.host}:{target.port}"
+        log.info("ssh %s does not answer (%s); following the logs over HTTP", where, exc)
+        return None
+
+
+def _http_follower(
+    client: ComputeClient,
+    task_id: str,
+    names: list[str],
+    on_update: Callable[[Task], None] | None,
+    offsets: Mapping[str, int] | None,
+) -> HTTPLogFollower:
+    url = path("/tasks/{}/logs", task_id)
+    query = {"follow": "true", "stream": names[0] if len(names) == 1 else "all"}
+
+    def open_stream(
+        event_id: str | None,
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        headers = {"Accept": "text/event-stream"}
+        if event_id is not None:
+            headers["Last-Event-ID"] = event_id
+        return client.http.stream("GET", url, params=query, headers=headers)
+
+    def on_end(data: object) -> None:
+        if on_update is not None:
+            on_update(from_wire(data, Task))
+
+    return HTTPLogFollower(
+        open_stream, names, offsets=offsets, on_end=on_end, sleep=client.http.sleep
+    )
 
 
 async def upload_code(

@@ -8,20 +8,17 @@ before ``flow_completed`` it asks whether the run is still going and reconnects 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
 from .._errors import APIConnectionError
-from .._sse import STREAM_ERRORS, ServerSentEvent, SSEDecoder
+from .._sse import STREAM_ERRORS, ServerSentEvent, SSEDecoder, read_chunks, silence_limit
 from ..models.events import FlowCompleted, StreamEvent, ToolCallsRequired, parse_event
-from ..models.execution import HEARTBEAT_HEADER
 
-__all__ = ["ResumableEventStream"]
+__all__ = ["ResumableEventStream", "silence_limit"]
 
 log = logging.getLogger("vi_flow")
 
@@ -96,7 +93,7 @@ class ResumableEventStream:
                     self._learn_execution_id(resp)
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
-                    async for chunk in _chunks(resp):
+                    async for chunk in read_chunks(resp):
                         for event in self._parse(decoder.feed(chunk)):
                             progressed = True
                             if hook is not None and type(event) is ToolCallsRequired:
@@ -175,41 +172,6 @@ class ResumableEventStream:
             return 0.0
         base = self._retry_ms / 1000 if self._retry_ms is not None else self.backoff
         return float(min(base * 2 ** (failures - 1), self.max_backoff))
-
-
-def silence_limit(headers: Mapping[str, str]) -> float | None:
-    """Seconds of silence after which a stream is dead: twice its announced heartbeat.
-
-    ``None`` when the server announces none (the read timeout alone then applies).
-    """
-    try:
-        heartbeat = float(headers.get(HEARTBEAT_HEADER, ""))
-    except ValueError:
-        return None
-    return 2 * heartbeat if math.isfinite(heartbeat) and heartbeat > 0 else None
-
-
-async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body's chunks; silence past :func:`silence_limit` is an ``asyncio.TimeoutError``.
-
-    A stalled proxy or a half-dead link keeps the socket open and sends nothing; the
-    heartbeat says how long a live server stays silent, so the stream reconnects (and
-    resumes with ``Last-Event-ID``) after that, not after the whole read timeout.
-    """
-    limit = silence_limit(resp.headers)
-    while True:
-        if limit is None:
-            chunk = await resp.content.readany()
-        else:
-            try:
-                chunk = await asyncio.wait_for(resp.content.readany(), limit)
-            except asyncio.TimeoutError:
-                raise asyncio.TimeoutError(
-                    f"no bytes for {limit:g}s (twice the heartbeat)"
-                ) from None
-        if not chunk:
-            return
-        yield chunk
 
 
 class _HookError(Exception):
