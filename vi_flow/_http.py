@@ -428,7 +428,7 @@ class HTTPCore:
     ) -> aiohttp.ClientResponse | Answer:
         started = time.perf_counter()
         resp = await (
-            self._lean_attempt(request, timeout)
+            self._lean_attempt(request, timeout, self.connection.settings.ca_file)
             if session is None
             else self._aiohttp_attempt(session, request, timeout)
         )
@@ -444,12 +444,14 @@ class HTTPCore:
         return resp
 
     @staticmethod
-    async def _lean_attempt(request: _Request, timeout: Timeout) -> Answer:
+    async def _lean_attempt(request: _Request, timeout: Timeout, ca_file: Path | None) -> Answer:
         from . import _stdlib_http
 
+        tls = _tls(ca_file)
         return await _stdlib_http.send(
             request.method,
             request.full_url,
+            tls=tls if isinstance(tls, ssl.SSLContext) else None,
             body=request.body,
             params=request.params,
             headers={"User-Agent": USER_AGENT, **request.headers},

@@ -9,6 +9,7 @@ per call, the answer read whole. Retries, timeouts and errors stay the request l
 from __future__ import annotations
 
 import http.client
+import ssl
 import time
 from collections.abc import Mapping
 from email.message import Message
@@ -48,8 +49,11 @@ async def send(
     params: Mapping[str, str] | None,
     headers: Mapping[str, str],
     budget: Timeout,
+    tls: ssl.SSLContext | None = None,
 ) -> Answer:
     """Send one request and read its answer whole, off the event loop.
+
+    ``tls`` verifies an https server (the system's CAs when ``None``).
 
     Raises:
         APITimeoutError: No connection or no answer within ``budget``.
@@ -59,20 +63,35 @@ async def send(
     try:
         with anyio.fail_after(budget.total):
             return await anyio.to_thread.run_sync(
-                _blocking_send, method, target, body, dict(headers), budget, abandon_on_cancel=True
+                _blocking_send,
+                method,
+                target,
+                body,
+                dict(headers),
+                budget,
+                tls,
+                abandon_on_cancel=True,
             )
     except TimeoutError as exc:  # the whole call's budget; the socket's own are below
         raise APITimeoutError(f"{method} {url} gave no answer within {budget.total} s") from exc
 
 
 def _blocking_send(
-    method: str, url: str, body: bytes | None, headers: dict[str, str], timeout: Timeout
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    timeout: Timeout,
+    tls: ssl.SSLContext | None,
 ) -> Answer:
     parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     host = parts.hostname or "localhost"
     started = time.monotonic()
-    conn = cls(host, parts.port, timeout=timeout.connect)
+    conn = (
+        http.client.HTTPSConnection(host, parts.port, timeout=timeout.connect, context=tls)
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(host, parts.port, timeout=timeout.connect)
+    )
     try:
         conn.connect()
         if conn.sock is not None:
