@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -35,6 +36,7 @@ from .ssh import (
     check_commands_allowed,
     connect,
     interactive_shell,
+    known_hosts_file,
     run_remote,
     write_known_hosts,
 )
@@ -143,7 +145,9 @@ async def _target_and_endpoint(
 
 
 def _target(client: ComputeClient, ep: SSHEndpoint, key: Path, *, logs: bool) -> SSHTarget:
-    known = client_ssh_dir(client.home) / f"known_hosts-{ep.host}-{ep.port}"
+    settings = client.http.connection.settings
+    server = "local" if settings.is_local else urlsplit(settings.base_url).netloc
+    known = known_hosts_file(client_ssh_dir(client.home), server, ep.host)
     return SSHTarget(
         host=ep.host,
         port=ep.port,

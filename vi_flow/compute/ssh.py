@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import shlex
 import signal
 import sys
@@ -43,6 +44,7 @@ __all__ = [
     "check_commands_allowed",
     "connect",
     "interactive_shell",
+    "known_hosts_file",
     "known_hosts_line",
     "run_remote",
     "ssh_command_line",
@@ -139,13 +141,31 @@ def known_hosts_line(target: SSHTarget) -> str:
     return f"{host} {target.host_key.strip()}\n"
 
 
+def known_hosts_file(directory: Path, server: str, host: str) -> Path:
+    """The pin file of one server's SSH host key: one per API server and SSH host.
+
+    The SSH port is not part of it: the home's local server picks a new port at every
+    start, and a pin per port would meet every restart as a stranger, so a changed key
+    would never be noticed.
+
+    Args:
+        directory: The client's SSH directory.
+        server: Who published the endpoint: ``"local"`` for the home's own server (the
+            home is its identity), else the API's ``host:port``.
+        host: The SSH host.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{server}-{host}")
+    return directory / f"known_hosts-{name}"
+
+
 def write_known_hosts(target: SSHTarget) -> Path:
     """Pin ``target``'s host key on first use (mode 0600) and return the file's path.
 
-    The first key seen for a host and port stays pinned: a server that later publishes
-    another one is refused, whatever the API says. Atomic and safe to call from many
-    threads and processes at once (create-if-absent, each write its own temporary file).
-    Blocking: call it in a worker thread.
+    The first key seen for a server stays pinned: a server that later publishes another
+    one is refused, whatever the API says. When only its port changed (a restarted local
+    server), the line is rewritten for the new port, so the user's own ``ssh`` finds it.
+    Atomic and safe to call from many threads and processes at once (create-if-absent,
+    each write its own temporary file). Blocking: call it in a worker thread.
 
     Raises:
         HostKeyChangedError: The pinned key differs; names both fingerprints and the file
@@ -164,6 +184,8 @@ def write_known_hosts(target: SSHTarget) -> Path:
             _fingerprint(target.host_key),
             str(path),
         )
+    if pinned != line:
+        write_private_file(path, line.encode())
     return path
 
 
