@@ -120,7 +120,7 @@ async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(
     async with server.session.get(server.root + "/") as resp:
         html = await resp.text()
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
-    assert '<script src="/console/static/app.js"' in html and "http" not in html
+    assert 'src="/console/static/app.js"' in html and "http" not in html
     async with server.session.get(server.root + "/console/static/app.js") as resp:
         assert resp.status == 200 and resp.content_type == "text/javascript"
     async with server.session.get(server.root + "/console/static/..%2fsessions.py") as resp:

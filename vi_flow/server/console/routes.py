@@ -37,7 +37,12 @@ SECURITY_HEADERS = {
 }
 """Headers on every console answer: nothing from other hosts, no framing, no referrer."""
 
-_STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_JS = "text/javascript"
+_STATIC = {
+    **dict.fromkeys(("app.js", "lib.js", "runs.js", "flows.js", "tasks.js"), _JS),
+    "app.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 _Finder = Callable[[web.Request, str, str], Awaitable[Any]]
 
 

@@ -1,1 +1,107 @@
+// The console's entry: session, navigation between pages, and the simple lists.
 'use strict';
+import { api, badge, errorText, h, leavePage, navigate, notice, state, table, when } from './lib.js';
+import { runPage, runsPage } from './runs.js';
+import { flowPage, flowsPage } from './flows.js';
+import { taskPage, tasksPage } from './tasks.js';
+
+const ROUTES = [
+  [/^\/(runs)?$/, runsPage],
+  [/^\/runs\/([^/]+)$/, runPage],
+  [/^\/flows$/, flowsPage],
+  [/^\/flows\/([^/]+)$/, flowPage],
+  [/^\/tasks$/, tasksPage],
+  [/^\/tasks\/([^/]+)$/, taskPage],
+  [/^\/volumes$/, volumesPage],
+  [/^\/reservations$/, reservationsPage],
+];
+
+const main = () => document.getElementById('main');
+
+function markNav(path) {
+  for (const a of document.querySelectorAll('nav a')) {
+    const here = path === a.getAttribute('href') || path.startsWith(a.getAttribute('href') + '/') ||
+      (path === '/' && a.getAttribute('href') === '/runs');
+    if (here) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
+}
+
+async function render() {
+  leavePage();
+  const path = location.pathname;
+  const root = main();
+  root.replaceChildren();
+  markNav(path);
+  if (!state.session) { signedOut(); return; }
+  for (const [pattern, page] of ROUTES) {
+    const match = path.match(pattern);
+    if (!match) continue;
+    try {
+      await page(root, ...match.slice(1).filter((x) => x && x !== 'runs').map(decodeURIComponent));
+    } catch (err) {
+      const text = err.status === 404 ? 'Not found: nothing here belongs to your organization.' : errorText(err);
+      root.replaceChildren(h('h1', {}, err.status === 404 ? 'Not found' : 'Something went wrong'), notice(text, 'error'));
+    }
+    return;
+  }
+  root.append(h('h1', {}, 'Not found'), notice(`There is no page at ${path}.`, 'error'));
+}
+
+function signedOut(text) {
+  state.session = null;
+  leavePage();
+  document.getElementById('signout').hidden = true;
+  document.getElementById('who').textContent = '';
+  main().replaceChildren(h('section', { class: 'signin' },
+    h('h1', {}, 'Sign in to the vi-flow console'),
+    h('p', {}, text || 'You are not signed in.'),
+    h('p', {}, 'In a terminal where vi-flow has your API key, run ', h('code', {}, 'vi-flow console'),
+      ' (or ', h('code', {}, 'vi-flow console --print-url'), ' and open the URL it prints). ',
+      'Each sign-in link works once, for one minute.')));
+}
+
+async function signOut() {
+  try { await api('POST', '/console/api/signout'); } catch (err) { console.error(err); }
+  signedOut('You signed out.');
+}
+
+async function volumesPage(root) {
+  const page = await api('GET', '/v1/volumes?pageSize=200');
+  const rows = page.items.map((v) => h('tr', {},
+    h('td', {}, v.name), h('td', { class: 'mono' }, v.volumeId), h('td', {}, `${v.sizeGb} GB`),
+    h('td', {}, v.region), h('td', {}, (v.attachedTo || []).join(', ') || '–'), h('td', {}, when(v.createdAt))));
+  root.append(h('h1', {}, 'Volumes'),
+    rows.length ? table(['Name', 'ID', 'Size', 'Region', 'Attached to', 'Created'], rows) : notice('No volumes yet.'));
+}
+
+async function reservationsPage(root) {
+  const page = await api('GET', '/v1/reservations?pageSize=200');
+  const rows = page.items.map((r) => h('tr', {},
+    h('td', {}, r.name), h('td', { class: 'mono' }, r.reservationId), h('td', {}, badge(r.status)),
+    h('td', {}, r.instanceType + (r.gpuCount ? ` (${r.gpuCount}× ${r.gpuType || 'GPU'})` : '')),
+    h('td', {}, when(r.startTime)), h('td', {}, when(r.endTime))));
+  root.append(h('h1', {}, 'Reservations'),
+    rows.length ? table(['Name', 'ID', 'State', 'Instance', 'Starts', 'Ends'], rows) : notice('No reservations.'));
+}
+
+async function start() {
+  document.addEventListener('click', (e) => {
+    const a = e.target.closest('a[data-link]');
+    if (!a || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    navigate(a.getAttribute('href'));
+  });
+  window.addEventListener('popstate', render);
+  document.addEventListener('signed-out', () => signedOut('Your session has ended.'));
+  document.getElementById('signout').addEventListener('click', signOut);
+  try {
+    state.session = await api('GET', '/console/api/session');
+    document.getElementById('who').textContent = state.session.organizationId;
+    document.getElementById('signout').hidden = false;
+  } catch {
+    state.session = null;
+  }
+  render();
+}
+
+start();

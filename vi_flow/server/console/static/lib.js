@@ -1,0 +1,261 @@
+// Shared pieces of the console: elements, the API call, formatting, a windowed list.
+'use strict';
+
+export const state = { session: null, leaving: [] };
+
+/** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'class') el.className = value;
+    else if (key === 'text') el.textContent = value;
+    else if (key === 'style') Object.assign(el.style, value); // CSSOM: allowed by the CSP
+    else if (key in el && typeof value !== 'string') el[key] = value;
+    else el.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+/** A link handled by the console's router (no page reload). */
+export function link(href, text, attrs = {}) {
+  return h('a', { href, 'data-link': true, ...attrs }, text);
+}
+
+/** Go to a console page without reloading (the router listens to popstate). */
+export function navigate(url, replace = false) {
+  if (replace) history.replaceState(null, '', url);
+  else history.pushState(null, '', url);
+  window.dispatchEvent(new PopStateEvent('popstate'));
+}
+
+/** Run fn when the user leaves the current page (close streams, stop timers). */
+export function onLeave(fn) { state.leaving.push(fn); }
+
+export function leavePage() {
+  for (const fn of state.leaving.splice(0)) {
+    try { fn(); } catch (err) { console.error(err); }
+  }
+}
+
+/** Repeat fn every ms milliseconds until the page is left. */
+export function every(ms, fn) {
+  const timer = setInterval(fn, ms);
+  onLeave(() => clearInterval(timer));
+}
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Call the server's API with the session cookie (and the CSRF token when writing). */
+export async function api(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  if (method !== 'GET' && state.session) headers[state.session.csrfHeader] = state.session.csrfToken;
+  const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!resp.ok) {
+    const error = (data && data.error) || {};
+    if (resp.status === 401) document.dispatchEvent(new CustomEvent('signed-out'));
+    throw new ApiError(resp.status, error.code || 'HTTP_' + resp.status, error.message || resp.statusText);
+  }
+  return data;
+}
+
+/** Build a query string from an object, leaving out empty values. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, v);
+  const s = q.toString();
+  return s ? '?' + s : '';
+}
+
+export function when(ms) {
+  if (!ms) return '–';
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+export function duration(ms) {
+  if (ms === null || ms === undefined) return '–';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  const m = Math.floor(ms / 60000);
+  return m < 60 ? `${m} min ${Math.round((ms % 60000) / 1000)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+export function pretty(value) {
+  return typeof value === 'string' ? value : JSON.stringify(value, null, 2);
+}
+
+/** A coloured state label (Succeeded, running, Failed...). */
+export function badge(text) {
+  const t = String(text || 'unknown');
+  return h('span', { class: 'badge badge-' + t.toLowerCase(), 'data-state': t }, t);
+}
+
+export function table(headers, rows, attrs = {}) {
+  return h('div', { class: 'table-wrap' },
+    h('table', attrs,
+      h('thead', {}, h('tr', {}, headers.map((x) => h('th', { scope: 'col' }, x)))),
+      h('tbody', {}, rows)));
+}
+
+export function notice(text, kind = 'info') {
+  return h('p', { class: 'notice notice-' + kind, role: kind === 'error' ? 'alert' : 'status' }, text);
+}
+
+export function errorText(err) {
+  return err instanceof ApiError ? `${err.message} (${err.code})` : String(err && err.message || err);
+}
+
+/** A button that disables itself while its action runs and shows a failure next to it. */
+export function actionButton(label, action, attrs = {}) {
+  const out = h('span', { class: 'action-error', role: 'alert' });
+  const button = h('button', {
+    type: 'button', ...attrs,
+    onclick: async () => {
+      button.disabled = true;
+      out.textContent = '';
+      try { await action(); } catch (err) { out.textContent = errorText(err); } finally { button.disabled = false; }
+    },
+  }, label);
+  return h('span', { class: 'action' }, button, out);
+}
+
+/**
+ * A list that renders only the rows in view, so 100,000 items keep a small DOM.
+ * Rows are one line of fixed height; `render(item)` fills a row element.
+ */
+export class VirtualList {
+  constructor({ label, rowHeight = 22, render, onPick }) {
+    this.items = [];
+    this.rowHeight = rowHeight;
+    this.render = render;
+    this.onPick = onPick;
+    this.selected = -1;
+    this.follow = true;
+    this.spacer = h('div', { class: 'vl-spacer' });
+    this.el = h('div', {
+      class: 'vlist', tabindex: '0', role: 'list', 'aria-label': label,
+      onscroll: () => { this.follow = this.atBottom(); this.schedule(); },
+      onkeydown: (e) => this.key(e),
+    }, this.spacer);
+    this.pool = [];
+    this.pending = false;
+    new ResizeObserver(() => this.schedule()).observe(this.el);
+  }
+
+  atBottom() {
+    return this.el.scrollTop + this.el.clientHeight >= this.el.scrollHeight - this.rowHeight;
+  }
+
+  setItems(items) { this.items = items; this.schedule(); }
+
+  schedule() {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => { this.pending = false; this.draw(); });
+  }
+
+  draw() {
+    const n = this.items.length;
+    this.spacer.style.height = `${n * this.rowHeight}px`;
+    if (this.follow) this.el.scrollTop = this.el.scrollHeight;
+    const first = Math.max(0, Math.floor(this.el.scrollTop / this.rowHeight) - 5);
+    const count = Math.min(n - first, Math.ceil(this.el.clientHeight / this.rowHeight) + 10);
+    while (this.pool.length < count) {
+      const row = h('div', { class: 'vl-row', role: 'listitem' });
+      row.addEventListener('click', () => this.pick(Number(row.dataset.index)));
+      this.spacer.append(row);
+      this.pool.push(row);
+    }
+    this.pool.forEach((row, i) => {
+      if (i >= count) { row.hidden = true; return; }
+      const index = first + i;
+      row.hidden = false;
+      row.dataset.index = index;
+      row.style.top = `${index * this.rowHeight}px`;
+      row.classList.toggle('selected', index === this.selected);
+      this.render(row, this.items[index], index);
+    });
+  }
+
+  pick(index) {
+    if (index < 0 || index >= this.items.length) return;
+    this.selected = index;
+    this.follow = false;
+    const top = index * this.rowHeight;
+    if (top < this.el.scrollTop) this.el.scrollTop = top;
+    else if (top + this.rowHeight > this.el.scrollTop + this.el.clientHeight) {
+      this.el.scrollTop = top + this.rowHeight - this.el.clientHeight;
+    }
+    this.schedule();
+    if (this.onPick) this.onPick(this.items[index]);
+  }
+
+  key(e) {
+    const page = Math.max(1, Math.floor(this.el.clientHeight / this.rowHeight) - 1);
+    const moves = { ArrowDown: 1, ArrowUp: -1, PageDown: page, PageUp: -page };
+    if (e.key in moves) this.pick(Math.max(0, Math.min(this.items.length - 1, (this.selected < 0 ? this.items.length : this.selected) + moves[e.key])));
+    else if (e.key === 'Home') this.pick(0);
+    else if (e.key === 'End') { this.pick(this.items.length - 1); this.follow = true; }
+    else return;
+    e.preventDefault();
+  }
+}
+
+/**
+ * Read an event stream with fetch until `stop(event)` says so (or it ends), then hang up.
+ * Used for pages of history; live streams use EventSource, which resumes by itself.
+ */
+export async function readEvents(url, stop) {
+  const controller = new AbortController();
+  const resp = await fetch(url, { credentials: 'same-origin', signal: controller.signal, headers: { Accept: 'text/event-stream' } });
+  if (!resp.ok) throw new ApiError(resp.status, 'HTTP_' + resp.status, resp.statusText);
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const event = { id: '', type: 'message', data: '' };
+        for (const line of block.split('\n')) {
+          const colon = line.indexOf(':');
+          if (colon <= 0) continue;
+          const field = line.slice(0, colon);
+          const val = line.slice(colon + 1).replace(/^ /, '');
+          if (field === 'id') event.id = val;
+          else if (field === 'event') event.type = val;
+          else if (field === 'data') event.data += val;
+        }
+        if (event.data && stop(event)) return;
+      }
+    }
+  } finally {
+    controller.abort();
+  }
+}

@@ -1,0 +1,140 @@
+// Tasks: the list (state, instance), and one task (live log, state changes, Cancel, artifacts).
+'use strict';
+import { VirtualList, actionButton, api, badge, duration, every, h, link, notice, onLeave, table, when } from './lib.js';
+
+const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
+const KEEP = 50000; // log lines kept in memory; the page shows a window of them
+const FROM_END = 2 * 1024 * 1024; // a long log opens on its last 2 MiB
+
+function instance(t) {
+  return t.instanceType + (t.gpuCount ? ` · ${t.gpuCount}× ${t.gpuType || 'GPU'}` : '');
+}
+
+export async function tasksPage(root) {
+  const body = h('tbody');
+  root.append(h('h1', {}, 'Tasks'), h('div', { class: 'table-wrap' }, h('table', { id: 'tasks' },
+    h('thead', {}, h('tr', {}, ['Task', 'Name', 'State', 'Instance', 'Created', 'Exit code'].map((x) => h('th', { scope: 'col' }, x)))), body)));
+  const load = async () => {
+    const page = await api('GET', '/v1/tasks?pageSize=100');
+    body.replaceChildren(...page.items.map((t) => h('tr', { 'data-task': t.taskId },
+      h('td', {}, link(`/tasks/${t.taskId}`, t.taskId, { class: 'mono' })), h('td', {}, t.name),
+      h('td', {}, badge(t.status)), h('td', {}, instance(t)), h('td', {}, when(t.createdAt)),
+      h('td', {}, t.exitCode ?? '–'))));
+    if (!page.items.length) body.append(h('tr', {}, h('td', { colspan: 6 }, 'No tasks yet.')));
+  };
+  await load();
+  every(2000, () => load().catch(() => {}));
+}
+
+function facts(t) {
+  const pairs = [
+    ['State', badge(t.status)], ['Instance', instance(t)], ['Provider', t.provider],
+    ['Command', h('code', {}, t.config.command || '')], ['Exit code', t.exitCode ?? '–'],
+    ['Reason', [t.reason, t.message].filter(Boolean).join(': ') || '–'],
+    ['Ran for', t.startedAt ? duration((t.endedAt || Date.now()) - t.startedAt) : '–'],
+  ];
+  if (t.runId) pairs.push(['Run', link(`/runs/${t.runId}`, t.runId, { class: 'mono' })]);
+  return h('dl', { class: 'facts' }, pairs.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+function changes(t, seen) {
+  const items = [['created', t.createdAt]];
+  if (t.startedAt) items.push(['started', t.startedAt]);
+  for (const [state, at] of seen) if (!ENDED.has(state) && state !== 'running') items.push([state, at]);
+  if (t.endedAt) items.push([`${t.status}${t.reason ? ' (' + t.reason + ')' : ''}`, t.endedAt]);
+  return h('ol', { class: 'changes' }, items.map(([s, at]) => h('li', {}, h('span', { class: 'muted' }, when(at)), ' ', s)));
+}
+
+async function artifacts(taskId) {
+  const out = await api('GET', `/v1/tasks/${taskId}/outputs`);
+  const items = out.items || [];
+  if (!items.length) return notice('No artifacts (files the task wrote to its output directory).');
+  return table(['File', 'Size'], items.map((f) => h('tr', {},
+    h('td', {}, h('a', { href: `/v1/tasks/${taskId}/outputs/${f.path.split('/').map(encodeURIComponent).join('/')}`, download: f.path.split('/').pop() }, f.path)),
+    h('td', {}, `${f.size.toLocaleString()} bytes`))));
+}
+
+function logView() {
+  const counter = h('span', { class: 'muted' });
+  const list = new VirtualList({
+    label: 'Task log',
+    rowHeight: 20,
+    render: (row, line) => {
+      row.className = 'vl-row log-line' + (line.stream === 'stderr' ? ' stderr' : '') + (row.classList.contains('selected') ? ' selected' : '');
+      row.textContent = line.text;
+    },
+  });
+  return { counter, list };
+}
+
+export async function taskPage(root, taskId) {
+  let task = await api('GET', `/v1/tasks/${taskId}`);
+  const seen = [];
+  const head = h('div', { class: 'page-head' });
+  const info = h('div', { class: 'two-col' });
+  const files = h('section', {}, h('h2', {}, 'Artifacts'), h('div'));
+  const { counter, list } = logView();
+  let lines = [];
+  let dropped = 0;
+  let skipped = false;
+  const drawCount = () => {
+    counter.textContent = `${(lines.length + dropped).toLocaleString()} lines` +
+      (dropped ? ` (the first ${dropped.toLocaleString()} are no longer kept here)` : '') +
+      (skipped ? ' · earlier output skipped: showing the log\'s last 2 MiB' : '');
+  };
+  const draw = () => {
+    const ended = ENDED.has(task.status);
+    head.replaceChildren(
+      h('div', {}, h('h1', {}, 'Task ', h('span', { class: 'mono' }, task.taskId)), h('p', { class: 'meta' }, task.name)),
+      h('div', { class: 'head-actions' }, h('span', { id: 'task-state' }, badge(task.status)),
+        ended ? '' : actionButton('Cancel task', async () => { task = await api('POST', `/v1/tasks/${taskId}/cancel`, {}); draw(); })));
+    info.replaceChildren(h('section', {}, h('h2', {}, 'Details'), facts(task)),
+      h('section', {}, h('h2', {}, 'State changes'), changes(task, seen)));
+  };
+  const refresh = async () => {
+    const before = task.status;
+    task = await api('GET', `/v1/tasks/${taskId}`);
+    if (task.status !== before) {
+      seen.push([task.status, Date.now()]);
+      draw();
+      if (ENDED.has(task.status)) files.lastChild.replaceWith(await artifacts(taskId));
+    }
+  };
+  draw();
+  root.append(head, info,
+    h('section', {}, h('div', { class: 'section-head' }, h('h2', {}, 'Log'), counter), list.el), files);
+  files.lastChild.replaceWith(await artifacts(taskId));
+
+  // Live log over SSE; EventSource resumes after a dropped connection with Last-Event-ID.
+  let from = '';
+  const big = (task.stdoutSize || 0) + (task.stderrSize || 0) > 2 * FROM_END;
+  if (big) {
+    skipped = true;
+    from = `&lastEventId=${Math.max(0, task.stdoutSize - FROM_END)}:${Math.max(0, task.stderrSize - FROM_END)}`;
+  }
+  let queue = [];
+  let flushing = false;
+  const firstPartial = { stdout: big, stderr: big };
+  const flush = () => {
+    flushing = false;
+    lines = lines.concat(queue);
+    queue = [];
+    if (lines.length > KEEP) { dropped += lines.length - KEEP; lines = lines.slice(lines.length - KEEP); }
+    list.setItems(lines);
+    drawCount();
+  };
+  const source = new EventSource(`/v1/tasks/${taskId}/logs?follow=true${from}`);
+  source.addEventListener('log', (msg) => {
+    const data = JSON.parse(msg.data);
+    if (firstPartial[data.stream]) { firstPartial[data.stream] = false; return; } // may start mid-line
+    for (const text of String(data.text).replace(/\n$/, '').split('\n')) queue.push({ stream: data.stream, text });
+    if (!flushing) { flushing = true; requestAnimationFrame(flush); }
+  });
+  source.addEventListener('end', async () => {
+    source.close();
+    await refresh();
+  });
+  onLeave(() => source.close());
+  drawCount();
+  every(1500, () => { if (!ENDED.has(task.status)) refresh().catch(() => {}); });
+}
