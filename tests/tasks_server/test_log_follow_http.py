@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
+import vi_flow
+from tests.live_server import Starter
+from tests.proxy import CuttingProxy, cutting_proxy
 from vi_flow._sse import ServerSentEvent, SSEDecoder
+from vi_flow.server.state import ServerSettings
 
 from .conftest import TaskServer
 
@@ -152,3 +158,79 @@ async def test_a_log_replaced_by_a_link_is_not_followed(server: TaskServer, tmp_
     assert "server secret" not in b"".join(e.data for e in events).decode()
     assert [e.event for e in events] == ["error"]
     assert orjson.loads(events[0].data)["code"] == "LOG_UNREADABLE"
+
+
+# -- the SDK over HTTP ---------------------------------------------------------------------
+
+_WRITER = """
+import time
+for i in range(3000):
+    print(f"line {i}", flush=True)
+    if i % 100 == 0:
+        time.sleep(0.04)
+"""
+
+
+async def _cut_now_and_then(proxy: CuttingProxy, rng: random.Random) -> None:
+    while True:
+        await asyncio.sleep(rng.uniform(0.02, 0.25))
+        proxy.cut()
+
+
+@pytest.mark.anyio
+async def test_100_http_follows_with_random_cuts_lose_and_repeat_nothing(
+    server: TaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "http")
+    rng = random.Random(13)
+    task = await server.submit(command=["python3", "-c", _WRITER])
+    port = int(server.root.rsplit(":", 1)[1])
+    async with (
+        cutting_proxy(port) as proxy,
+        vi_flow.AsyncClient(
+            base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=server.token, home=tmp_path
+        ) as client,
+    ):
+
+        async def follow(i: int) -> tuple[list[str], int | None]:
+            await asyncio.sleep(rng.uniform(0, 3))  # some during the run, some after it
+            handle = await client.get_task(task["taskId"])
+            lines = [line async for line in handle.follow_logs()]
+            return lines, handle.exit_code
+
+        cutter = asyncio.ensure_future(_cut_now_and_then(proxy, rng))
+        try:
+            results = await asyncio.gather(*(follow(i) for i in range(100)))
+        finally:
+            cutter.cancel()
+    expected = [f"line {i}" for i in range(3000)]
+    for lines, exit_code in results:
+        assert lines == expected  # nothing lost, nothing repeated, in order
+        assert exit_code == 0  # the end event's task reached the handle
+    assert proxy.connections > 150  # the cuts did force reconnects
+
+
+@pytest.mark.anyio
+async def test_a_stalled_link_is_left_after_twice_the_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "http")
+    settings = ServerSettings(home=tmp_path / "home", heartbeat_interval=0.2)
+    async with Starter(TaskServer) as starter:
+        server = await starter.start(settings)
+        task = await server.submit(command="echo first; sleep 1.5; echo second")
+        port = int(server.root.rsplit(":", 1)[1])
+        async with (
+            cutting_proxy(port) as proxy,
+            vi_flow.AsyncClient(
+                base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=server.token, home=tmp_path
+            ) as client,
+        ):
+            lines = []
+            with anyio.fail_after(6):  # far below the 60 s read timeout
+                async for line in client.follow_logs(task["taskId"]):
+                    lines.append(line)
+                    if line == "first":
+                        proxy.stall()  # the socket stays open, nothing more arrives
+    assert lines == ["first", "second"]
+    assert proxy.connections >= 2
