@@ -69,7 +69,7 @@ async def test_default_key_is_in_the_home(client: vi_flow.AsyncClient) -> None:
     key_id = await client.ensure_default_ssh_key()
     private = Path(os.environ["VI_FLOW_HOME"]) / "client" / "ssh" / "id_ed25519"
     assert _mode(private) == 0o600
-    assert key_id in [k.key_id for k in await client.list_ssh_keys()]
+    assert key_id in [k["id"] for k in await client.list_ssh_keys()]
     assert _written_under(Path(os.environ["VI_FLOW_CONFIG_DIR"])) == []
 
 

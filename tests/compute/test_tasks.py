@@ -202,7 +202,7 @@ async def test_default_key_is_private_and_registered(client: vi_flow.AsyncClient
     key_id = await client.ensure_default_ssh_key()
     private = Path(os.environ["VI_FLOW_HOME"]) / "client" / "ssh" / "id_ed25519"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert key_id in [k.key_id for k in await client.list_ssh_keys()]
+    assert key_id in [k["id"] for k in await client.list_ssh_keys()]
     assert await client.ensure_default_ssh_key() == key_id
 
 

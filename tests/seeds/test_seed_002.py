@@ -163,17 +163,21 @@ def test_upload_code(flow: vi_flow.Client, tmp_path: Path) -> None:
 
 def test_ssh_keys_reservations_and_normalize(flow: vi_flow.Client) -> None:
     key_id = flow.ensure_default_ssh_key()
-    assert key_id in [k.key_id for k in flow.list_ssh_keys()]
+    assert key_id in [k["id"] for k in flow.list_ssh_keys()]  # the seed's dict[str, str]
     public = flow.ssh_keys.ensure_default()[0].public_key
     other = flow.create_platform_ssh_key("laptop", public)
-    assert other.key_id == key_id  # the same key registered twice is one entry
-    assert [k.key_id for k in flow.list_platform_ssh_keys()] == [key_id]
+    assert other["id"] == key_id  # the same key registered twice is one entry
+    assert all(isinstance(v, str) for v in other.values())
+    assert set(other) >= {"id", "name", "public_key", "fingerprint", "created_at"}
+    assert [k["id"] for k in flow.list_platform_ssh_keys()] == [key_id]
     assert flow.delete_platform_ssh_key(key_id) is True
     assert flow.list_platform_ssh_keys() == []
     reservation = flow.reservations.create(instance_type=_cheapest(flow), duration_hours=1)
     assert flow.get_reservation(reservation.reservation_id) == reservation
     assert reservation.reservation_id in [r.reservation_id for r in flow.list_reservations()]
-    assert isinstance(flow.reservation_availability({"instance_type": _cheapest(flow)}), list)
+    slots = flow.reservation_availability({"instance_type": _cheapest(flow)})
+    assert slots and all(isinstance(s, dict) for s in slots)  # the seed's list[dict]
+    assert slots[0]["instance_type"] == _cheapest(flow) and slots[0]["end_time"] > 0
     assert flow.normalize_instance_request(8, "a100") == ("8xa100", 1, None)
 
 

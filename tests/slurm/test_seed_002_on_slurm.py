@@ -39,7 +39,7 @@ for _name, _obj in vars(seed).items():
 
 def test_ssh_keys_reservations_and_normalize_on_slurm(flow: Any) -> None:
     key_id = flow.ensure_default_ssh_key()
-    assert key_id in [k.key_id for k in flow.list_ssh_keys()]
+    assert key_id in [k["id"] for k in flow.list_ssh_keys()]
     assert flow.delete_platform_ssh_key(key_id) is True
     with pytest.raises(vi_flow.NotImplementedByProviderError, match="slurm"):
         flow.reservations.create(instance_type="h100", duration_hours=1)

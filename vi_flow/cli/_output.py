@@ -10,7 +10,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -18,6 +18,7 @@ from ._failures import JSON_WANTED
 from ._state import state
 
 __all__ = [
+    "Order",
     "duration",
     "emit_json",
     "emit_ndjson",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Order = Literal["newest", "oldest"]
+"""What ``--order`` gives a list command (the SDK's ``order=``)."""
 
 
 def json_option(func: F) -> F:

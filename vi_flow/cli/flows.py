@@ -11,12 +11,11 @@ import click
 
 from ._failures import EXIT_USAGE, CommandFailed
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, kv_table, order_option, table, wants_json, when
+from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
 from ._specfile import load_spec_file
 from ._state import state
 
 if TYPE_CHECKING:
-    from .._pagination import Order
     from ..models import Flow
 
 __all__ = ["flows"]

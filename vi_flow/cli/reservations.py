@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, kv_table, order_option, table, wants_json, when
+from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
 from ._state import state
 
 if TYPE_CHECKING:
-    from .._pagination import Order
     from ..models.tasks import Reservation
 
 __all__ = ["reservations"]

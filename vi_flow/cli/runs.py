@@ -11,6 +11,7 @@ from ._failures import CommandFailed
 from ._lazy import LazyGroup
 from ._live import RunView
 from ._output import (
+    Order,
     duration,
     emit_json,
     json_option,
@@ -23,7 +24,6 @@ from ._output import (
 from ._state import state
 
 if TYPE_CHECKING:
-    from .._pagination import Order
     from ..models import Run
 
 __all__ = ["runs"]

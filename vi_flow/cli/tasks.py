@@ -18,6 +18,7 @@ import click
 
 from ._lazy import LazyGroup
 from ._output import (
+    Order,
     emit_json,
     emit_ndjson,
     json_option,
@@ -30,7 +31,6 @@ from ._output import (
 from ._state import state
 
 if TYPE_CHECKING:
-    from .._pagination import Order
     from ..models.tasks import Task
     from ..resources.tasks import LogStream
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, order_option, table, wants_json, when
+from ._output import Order, emit_json, json_option, order_option, table, wants_json, when
 from ._state import state
-
-if TYPE_CHECKING:
-    from .._pagination import Order
 
 __all__ = ["volumes"]
 

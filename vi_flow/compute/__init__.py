@@ -8,21 +8,39 @@ handle they return;
 
 from __future__ import annotations
 
+from ._dicts import (
+    CatalogEntry,
+    GPUInstanceDict,
+    InstanceRequirements,
+    TaskDict,
+    catalog_entry,
+    gpu_instance_dict,
+    task_dict,
+)
 from ._facade import AsyncCompute, ModelArtifacts
 from ._follow import LogFollower
+from ._simple import AsyncClientFacade
 from ._task import AsyncTask, StatusView
 from ._upload import IgnoreRules, UploadError, UploadResult
 from .ssh import ShellResult, SSHTarget
 
 __all__ = [
+    "AsyncClientFacade",
     "AsyncCompute",
     "AsyncTask",
+    "CatalogEntry",
+    "GPUInstanceDict",
     "IgnoreRules",
+    "InstanceRequirements",
     "LogFollower",
     "ModelArtifacts",
     "SSHTarget",
     "ShellResult",
     "StatusView",
+    "TaskDict",
     "UploadError",
     "UploadResult",
+    "catalog_entry",
+    "gpu_instance_dict",
+    "task_dict",
 ]

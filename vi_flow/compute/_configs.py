@@ -18,6 +18,7 @@ import anyio.to_thread
 import attrs
 
 from ..models.tasks import TaskConfig, VolumeSpec, parse_gpu
+from ._dicts import InstanceRequirements
 
 __all__ = [
     "INSTANCE_REQUIREMENT_KEYS",
@@ -29,7 +30,7 @@ __all__ = [
 
 _FIELDS = frozenset(a.name for a in attrs.fields(TaskConfig))
 _VOLUME_SCHEME = "volume://"
-INSTANCE_REQUIREMENT_KEYS = frozenset({"gpu_type", "max_price", "min_gpu_memory_gb", "gpu_count"})
+INSTANCE_REQUIREMENT_KEYS = frozenset(InstanceRequirements.__annotations__)
 
 
 def _is_yaml_path(task: str | Path) -> bool:

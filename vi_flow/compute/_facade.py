@@ -24,10 +24,8 @@ from .._errors import APIStatusError, NotFoundError
 from .._http import path
 from ..models import Page
 from ..models.tasks import (
-    AvailabilitySlot,
     AvailableInstance,
     Reservation,
-    SSHKey,
     TaskConfig,
     TaskOutputFile,
     TaskStatus,
@@ -35,6 +33,7 @@ from ..models.tasks import (
 )
 from ..resources.tasks import artifact_path
 from . import _configs, _ops
+from ._dicts import InstanceRequirements, slot_dict, ssh_key_dict
 from ._task import AsyncTask
 from .ssh import ShellResult, ssh_command_line
 
@@ -399,13 +398,17 @@ class AsyncCompute:
         return True
 
     async def find_instances(
-        self, requirements: Mapping[str, Any] | None = None, limit: int = 10
+        self, requirements: InstanceRequirements | Mapping[str, Any] | None = None, limit: int = 10
     ) -> list[AvailableInstance]:
         """List instance types meeting ``requirements``, cheapest first.
 
         Args:
-            requirements: Any of ``gpu_type``, ``max_price``, ``min_gpu_memory_gb``, ``gpu_count``.
+            requirements: An ``InstanceRequirements`` dict: any of ``gpu_type``,
+                ``max_price``, ``min_gpu_memory_gb``, ``gpu_count``.
             limit: At most this many.
+
+        Returns:
+            ``AvailableInstance`` objects (``catalog_entry(i)`` gives the seed's dict).
         """
         wanted = dict(requirements or {})
         unknown = sorted(set(wanted) - _configs.INSTANCE_REQUIREMENT_KEYS)
@@ -441,36 +444,49 @@ class AsyncCompute:
         except NotFoundError:
             return None
 
-    async def reservation_availability(self, params: Mapping[str, Any]) -> list[AvailabilitySlot]:
-        """List windows that could be reserved.
+    async def reservation_availability(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """List windows that could be reserved, as the seed's dicts.
 
         Args:
             params: ``instance_type``, ``gpu``, ``earliest_start_time``, ``latest_end_time``
                 (ms since the epoch or datetimes), ``duration_hours``; ``region`` is ignored.
+
+        Returns:
+            One dict per slot: ``instance_type``, ``start_time``, ``end_time`` (ms since
+            the epoch), ``gpu_count``, ``cpus``, ``region``. The typed alternative is
+            ``client.reservations.availability()`` (``AvailabilitySlot`` objects).
         """
         start: int | float | datetime | None = params.get("earliest_start_time")
         end: int | float | datetime | None = params.get("latest_end_time")
-        return await self.reservations.availability(
+        slots = await self.reservations.availability(
             instance_type=params.get("instance_type"),
             gpu=params.get("gpu"),
             earliest_start_time=_configs.to_millis(start),
             latest_end_time=_configs.to_millis(end),
             duration_hours=params.get("duration_hours"),
         )
+        return [slot_dict(slot) for slot in slots]
 
     # -- SSH keys ------------------------------------------------------------------------
 
-    async def list_ssh_keys(self, project_id: str | None = None) -> list[SSHKey]:
-        """List the organization's registered SSH keys (``project_id`` is accepted, unused)."""
-        return await self.ssh_keys.list()
+    async def list_ssh_keys(self, project_id: str | None = None) -> list[dict[str, str]]:
+        """List the organization's registered SSH keys as dicts (``project_id`` is unused).
 
-    async def list_platform_ssh_keys(self) -> list[SSHKey]:
-        """List the organization's registered SSH keys."""
-        return await self.ssh_keys.list()
+        Each dict has ``id`` (also ``key_id``), ``name``, ``public_key``, ``fingerprint``
+        and ``created_at`` (ISO 8601); ``client.ssh_keys.list()`` gives ``SSHKey`` objects.
+        """
+        return [ssh_key_dict(key) for key in await self.ssh_keys.list()]
 
-    async def create_platform_ssh_key(self, name: str, public_key: str) -> SSHKey:
-        """Register a public key for task SSH."""
-        return await self.ssh_keys.create(name, public_key)
+    async def list_platform_ssh_keys(self) -> list[dict[str, str]]:
+        """List the organization's registered SSH keys as dicts (as :meth:`list_ssh_keys`)."""
+        return await self.list_ssh_keys()
+
+    async def create_platform_ssh_key(self, name: str, public_key: str) -> dict[str, str]:
+        """Register a public key for task SSH; returns it as a dict (see :meth:`list_ssh_keys`).
+
+        ``client.ssh_keys.create(name, public_key)`` returns an ``SSHKey`` object instead.
+        """
+        return ssh_key_dict(await self.ssh_keys.create(name, public_key))
 
     async def delete_platform_ssh_key(self, key_id: str) -> bool:
         """Unregister a key; ``True`` once deleted."""

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ...models.tasks import (
-    AvailabilitySlot,
     AvailableInstance,
     Reservation,
-    SSHKey,
     TaskConfig,
     TaskStatus,
     Volume,
@@ -25,6 +23,7 @@ from ...models.tasks import (
 
 if TYPE_CHECKING:
     from ..._portal import Portal
+    from ...compute._dicts import InstanceRequirements
     from ...compute._facade import AsyncCompute, ModelArtifacts
     from ...compute._task import AsyncTask
     from ...compute._upload import UploadResult
@@ -249,7 +248,7 @@ class Compute:
         return self._portal.call(self._async.mount_volume, volume_id, task_id, mount_point)
 
     def find_instances(
-        self, requirements: Mapping[str, Any] | None = None, limit: int = 10
+        self, requirements: InstanceRequirements | Mapping[str, Any] | None = None, limit: int = 10
     ) -> builtins.list[AvailableInstance]:
         """List instance types meeting ``requirements``, cheapest first."""
         return self._portal.call(self._async.find_instances, requirements, limit)
@@ -274,22 +273,20 @@ class Compute:
         """Get a reservation, ``None`` when missing."""
         return self._portal.call(self._async.get_reservation, reservation_id)
 
-    def reservation_availability(
-        self, params: Mapping[str, Any]
-    ) -> builtins.list[AvailabilitySlot]:
-        """List windows that could be reserved."""
+    def reservation_availability(self, params: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
+        """List windows that could be reserved, as dicts."""
         return self._portal.call(self._async.reservation_availability, params)
 
-    def list_ssh_keys(self, project_id: str | None = None) -> builtins.list[SSHKey]:
-        """List registered SSH keys."""
+    def list_ssh_keys(self, project_id: str | None = None) -> builtins.list[dict[str, str]]:
+        """List registered SSH keys, as dicts."""
         return self._portal.call(self._async.list_ssh_keys, project_id)
 
-    def list_platform_ssh_keys(self) -> builtins.list[SSHKey]:
-        """List registered SSH keys."""
+    def list_platform_ssh_keys(self) -> builtins.list[dict[str, str]]:
+        """List registered SSH keys, as dicts."""
         return self._portal.call(self._async.list_platform_ssh_keys)
 
-    def create_platform_ssh_key(self, name: str, public_key: str) -> SSHKey:
-        """Register a public key."""
+    def create_platform_ssh_key(self, name: str, public_key: str) -> dict[str, str]:
+        """Register a public key; returns it as a dict."""
         return self._portal.call(self._async.create_platform_ssh_key, name, public_key)
 
     def delete_platform_ssh_key(self, key_id: str) -> bool:

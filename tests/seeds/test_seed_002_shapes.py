@@ -1,0 +1,92 @@
+"""Seed 002's shapes under its names: the ``Client`` facade, the dict returns, the TypedDicts.
+
+``from flow.sdk.client import Client`` is ``from vi_flow.sync.compute import Client``: its
+``status()`` returns ``list[Task]`` (for one id too) and ``volumes()`` is a method, while
+``vi_flow.Client`` is the seed's ``Flow`` (``status(task_id)`` is a string).
+"""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+import vi_flow
+from vi_flow.compute import (
+    AsyncClientFacade,
+    CatalogEntry,
+    GPUInstanceDict,
+    InstanceRequirements,
+    TaskDict,
+    catalog_entry,
+    gpu_instance_dict,
+)
+from vi_flow.models.tasks import TaskStatus
+from vi_flow.sync.compute import Client, Task
+
+
+def test_the_client_facade_has_the_seed_shapes() -> None:
+    with Client() as client:
+        task = client.run("echo hi", wait=True)  # the seed: "wait for task completion"
+        assert task.status == TaskStatus.COMPLETED
+        one = client.status(task.task_id)
+        assert isinstance(one, list) and [t.task_id for t in one] == [task.task_id]
+        assert isinstance(one[0], Task) and one[0].status == "completed"
+        assert [t.task_id for t in client.status()] == [task.task_id]
+        listed = client.list()
+        assert listed == [
+            {
+                "task_id": task.task_id,
+                "name": task.name,
+                "status": "completed",
+                "instance_type": task.data.instance_type,
+                "created_at": task.data.created_at,
+                "started_at": task.data.started_at,
+                "ended_at": task.data.ended_at,
+                "exit_code": 0,
+            }
+        ]
+        assert set(listed[0]) == set(TaskDict.__annotations__)
+        assert client.volumes() == []
+        assert client.provider_port().status(task.task_id) == "completed"  # Flow's shape
+        assert client.ssh(task.task_id).startswith("ssh ")
+        running = client.run("sleep 30")
+        assert client.cancel(running.task_id, force=True) in (True, False)
+        try:  # a GPU reservation: refused by name on a machine without GPUs
+            assert client.reserve("a100", duration_hours=1).startswith("res_")
+        except vi_flow.UnprocessableEntityError as exc:
+            assert "a100" in str(exc)
+
+
+def test_the_facade_wraps_a_given_client_and_leaves_it_open() -> None:
+    with vi_flow.Client() as full:
+        Client(full).close()
+        assert full.list_tasks() == []  # still usable
+
+
+@pytest.mark.anyio
+async def test_the_async_facade() -> None:
+    async with AsyncClientFacade() as client:
+        task = await client.run(["echo", "x"], wait=True)
+        assert [t.task_id for t in await client.status(task.task_id)] == [task.task_id]
+        assert (await client.list())[0]["status"] == "completed"
+        assert await client.volumes() == []
+
+
+def test_typed_dicts_and_converters() -> None:
+    assert typing.get_type_hints(InstanceRequirements).keys() == {
+        "gpu_type",
+        "max_price",
+        "min_gpu_memory_gb",
+        "gpu_count",
+    }
+    with vi_flow.Client() as flow:
+        wanted: InstanceRequirements = {"max_price": 100.0}
+        instance = flow.find_instances(wanted, limit=1)[0]
+        entry: CatalogEntry = catalog_entry(instance)
+        assert entry["instance_type"] == instance.instance_type
+        assert set(entry) == set(CatalogEntry.__annotations__)
+        gpu: GPUInstanceDict = gpu_instance_dict(instance)
+        assert gpu["name"] == instance.instance_type
+        with pytest.raises(ValueError, match="max_prize"):
+            flow.find_instances({"max_prize": 1.0})  # type: ignore[typeddict-unknown-key]
