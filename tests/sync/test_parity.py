@@ -16,7 +16,7 @@ import pytest
 
 from vi_flow import AsyncClient, Client
 from vi_flow._forward import forward
-from vi_flow.compute import AsyncCompute, AsyncTask
+from vi_flow.compute import AsyncClientFacade, AsyncCompute, AsyncTask
 from vi_flow.compute._platform import AsyncPlatform
 from vi_flow.execution import AsyncFlow, AsyncJob, AsyncRun
 from vi_flow.resources.flows import AsyncFlows
@@ -27,7 +27,7 @@ from vi_flow.resources.ssh_keys import AsyncSSHKeys
 from vi_flow.resources.tasks import AsyncTasks
 from vi_flow.resources.tokens import AsyncTokens
 from vi_flow.resources.volumes import AsyncVolumes
-from vi_flow.sync.compute import Compute, Platform, Task
+from vi_flow.sync.compute import ClientFacade, Compute, Platform, Task
 from vi_flow.sync.execution import Flow, Job, Run
 from vi_flow.sync.resources import (
     Flows,
@@ -56,6 +56,7 @@ PAIRS: list[tuple[type[Any], type[Any]]] = [
     (AsyncRun, Run),
     (AsyncJob, Job),
     (AsyncTask, Task),
+    (AsyncClientFacade, ClientFacade),
 ]
 
 #: Names that differ on purpose, with the reason.
