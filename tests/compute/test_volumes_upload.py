@@ -141,6 +141,9 @@ async def test_mount_volume_on_running_task_and_bad_mounts(client: vi_flow.Async
         assert await client.mount_volume("extra", task.task_id, mount_point="/extra")
         seen = await task.shell("test -d extra && echo visible")
         assert seen.stdout == "visible\n"
+        # New sessions see the variable too, holding the same directory as the mount path.
+        probe = 'echo x > "$VI_FLOW_VOLUME_EXTRA/f" && cat extra/f'
+        assert (await task.shell(probe)).stdout == "x\n"
     finally:
         await task.cancel(force=True)
     with pytest.raises(ValueError, match="volume://"):

@@ -26,7 +26,7 @@ from ..clock import now_ms
 from ..errors import APIProblem
 from ..providers.base import Mount
 from ..store import answer_saver, new_id
-from .launch import visible_path
+from .launch import visible_path, volume_env_name
 from .records import TaskRecords
 
 __all__ = ["Volumes", "mount_rows"]
@@ -273,15 +273,19 @@ def _attached(conn: sqlite3.Connection, volume_id: str) -> list[str]:
 
 
 def _record_mount(conn: sqlite3.Connection, row: tuple[str, ...], config: TaskConfig) -> None:
-    """Add a ``task_mounts`` row and store the task's config with the new volume."""
+    """Add a ``task_mounts`` row; store the task's config with the new volume, and its
+    environment with the volume's ``VI_FLOW_VOLUME_<NAME>`` (SSH sessions opened from now
+    on get it, as the task's processes started at launch got the others)."""
     conn.execute("INSERT OR REPLACE INTO task_mounts VALUES (?,?,?,?,?,?)", row)
+    task_id, _, name, host_path = row[:4]
+    found = conn.execute("SELECT config, env FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     # Only the volumes change: the stored config keeps its env values (answers redact them).
-    stored = orjson.loads(
-        conn.execute("SELECT config FROM tasks WHERE task_id = ?", (row[0],)).fetchone()[0]
-    )
+    stored = orjson.loads(found["config"])
     stored["volumes"] = to_wire(config)["volumes"]
+    env = {**orjson.loads(found["env"]), volume_env_name(name): host_path}
     conn.execute(
-        "UPDATE tasks SET config = ? WHERE task_id = ?", (orjson.dumps(stored).decode(), row[0])
+        "UPDATE tasks SET config = ?, env = ? WHERE task_id = ?",
+        (orjson.dumps(stored).decode(), orjson.dumps(env).decode(), task_id),
     )
 
 
