@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +264,10 @@ async def test_sftp_never_follows_a_link_swapped_in_while_it_resolves(
             try:
                 async with sftp.open("/workspace/d/admin-token") as handle:
                     read = await handle.read()
-                if read not in ("", "mine\n"):  # never print what it read: it may be the admin token
+                if read not in (
+                    "",
+                    "mine\n",
+                ):  # never print what it read: it may be the admin token
                     pytest.fail("SFTP followed a link out of the task directory")
                 outcomes["read its own file"] = outcomes.get("read its own file", 0) + 1
             except asyncssh.SFTPError as exc:
@@ -305,13 +312,19 @@ async def test_a_canary_secret_appears_in_no_answer_log_or_other_task(
 
 def test_the_home_is_hidden_even_under_a_read_only_system_directory(tmp_path: Path) -> None:
     home = tmp_path / "opt" / "vi-flow"  # as if the home were /opt/vi-flow, bound read-only
+    root = home / "tasks" / "task_x"
+    (root / "workspace").mkdir(parents=True)
+    (home / "admin-token").write_text("secret")
+    (tmp_path / "opt" / "tool").write_text("a tool\n")
     sandbox = detect_sandbox(home, {"sandbox_read_only": [str(tmp_path / "opt")]})
     assert sandbox.enabled, sandbox.reason
-    root = home / "tasks" / "task_x"
     argv = sandbox.prefix(root, [], root / "workspace")
     hide = next(i for i in range(len(argv)) if argv[i : i + 2] == ["--tmpfs", str(home)])
-    shown = argv.index(str(tmp_path / "opt"))
-    assert shown < hide < argv.index(str(root))  # hidden after the system, before the task
+    assert hide < argv.index(str(root))  # hidden before the task's own directory is shown
+    shown = subprocess.run([*argv, "cat", str(tmp_path / "opt" / "tool")], check=False)
+    assert shown.returncode == 0
+    hidden = subprocess.run([*argv, "cat", str(home / "admin-token")], check=False)
+    assert hidden.returncode != 0
 
 
 def test_an_interpreter_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Path) -> None:
@@ -324,3 +337,40 @@ def test_an_interpreter_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Pat
     argv = sandbox.prefix(root, [], root / "workspace")
     private_tmp = next(i for i in range(len(argv)) if argv[i : i + 2] == ["--tmpfs", "/tmp"])
     assert private_tmp < argv.index(str(venv))  # mounted on top of the private /tmp
+
+
+# Run by the venv's own python (the server's interpreter): a task's python in the sandbox.
+_IN_VENV = """
+import json, subprocess, sys
+from pathlib import Path
+from vi_flow.server.providers.local.sandbox import detect_sandbox
+home = Path(sys.argv[1])
+root = home / "tasks" / "task_x"
+sandbox = detect_sandbox(home, {})
+argv = sandbox.prefix(root, [], root / "workspace")
+probe = "import os, sys; print(os.listdir(sys.argv[1]), os.path.exists(sys.argv[2]))"
+done = subprocess.run([*argv, sys.executable, "-c", probe, str(home), str(home / "admin-token")],
+                      capture_output=True, text=True)
+print(json.dumps([sandbox.reason, done.returncode, done.stdout, done.stderr]))
+"""
+
+
+def test_a_home_inside_the_servers_venv_leaves_the_interpreter_visible(tmp_path: Path) -> None:
+    """The server's venv holds the home: its python runs in a task, the home stays hidden."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    home = venv / "var" / "vi-flow"
+    (home / "tasks" / "task_x" / "workspace").mkdir(parents=True)
+    (home / "admin-token").write_text("secret")
+    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]  # vi_flow and its deps
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _IN_VENV, str(home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    reason, code, out, err = json.loads(ran.stdout)
+    assert (reason, code) == ("", 0), err
+    assert out.split() == ["['tasks']", "False"]  # of the home, only the task's own path

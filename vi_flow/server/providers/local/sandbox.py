@@ -58,7 +58,8 @@ class Sandbox:
     Attributes:
         bwrap: The ``bwrap`` executable, ``None`` when commands run unsandboxed.
         reason: Why there is no sandbox (empty when there is one).
-        read_only: Host paths shown read-only at the same place (the server's Python).
+        read_only: Host paths shown read-only at the same place (the server's Python;
+            of a directory that holds the home, its other entries).
         hidden: Paths covered by an empty directory (the home, should it lie under a
             system directory such as ``/opt``).
     """
@@ -144,23 +145,39 @@ def _system_binds() -> list[str]:
     return args
 
 
-def _python_paths(home: Path) -> tuple[Path, ...]:
-    """The server's interpreter and environment, so ``sys.executable`` runs in a task;
-    never a directory that holds the home."""
-    found: list[Path] = []
-    for raw in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
-        path = Path(raw).resolve()
-        if path == Path("/") or path == home or path in home.parents:
-            continue
-        found.append(path)
-    return tuple(sorted(found))
+def _python_paths() -> list[Path]:
+    """The server's interpreter and environment, so ``sys.executable`` runs in a task."""
+    return [Path(raw) for raw in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+
+
+def _beside_home(path: Path, home: Path) -> list[Path]:
+    """``path`` to show read-only; when it holds the home (a home inside the server's
+    venv), everything in it except the way to the home; nothing of the home itself."""
+    real = path.resolve()
+    if real == Path("/") or real == home or home in real.parents:
+        return []
+    if real not in home.parents:
+        return [path]
+    if path.is_symlink():  # a link to a directory holding the home: skipped whole
+        return []
+    try:
+        children = sorted(path.iterdir())
+    except OSError:
+        return []
+    return [shown for child in children for shown in _beside_home(child, home)]
+
+
+def _read_only(paths: Iterable[Path], home: Path) -> tuple[Path, ...]:
+    return tuple(sorted({shown for path in paths for shown in _beside_home(path, home)}))
 
 
 def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     """Find ``bwrap`` and check it can build a sandbox here (blocking; run in a thread).
 
     ``extra["sandbox"] = False`` turns it off (tests of the unsandboxed mode);
-    ``extra["sandbox_read_only"]`` adds host paths shown read-only.
+    ``extra["sandbox_read_only"]`` adds host paths shown read-only. A read-only path that
+    holds the home (the server's venv, when the home was put inside it) is shown without
+    the home: each of its entries but the one leading to the home.
     """
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)")
@@ -168,7 +185,8 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     if bwrap is None:
         return Sandbox(None, "bubblewrap (bwrap) is not installed")
     home = Path(home).resolve()
-    read_only = _python_paths(home) + tuple(Path(p) for p in extra.get("sandbox_read_only", ()))
+    extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
+    read_only = _read_only([*_python_paths(), *extra_paths], home)
     sandbox = Sandbox(bwrap, "", read_only, hidden=(home,))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
