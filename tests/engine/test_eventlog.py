@@ -195,3 +195,26 @@ async def test_every_event_type_is_stored_as_the_model_writes_it(
     with pytest.raises(TypeError):
         await log.append(cls, "run_w", no_such_field=1)
     await log.close()
+
+
+async def test_lines_appended_together_are_the_frames_of_single_appends(
+    db: CountingStore,
+) -> None:
+    log = EventLog(db)
+    log.start()
+    await log.append(LogLine, "run_l", step_id="s%d", stream="stderr", line="one")
+    lines = ["two", 'quote " and %s', "é\ttab", ""]
+    await log.append_lines("run_l", "s%d", "stderr", lines)
+    await log.append(LogLine, "run_l", step_id="s%d", stream="stderr", line="last")
+    await log.sync()
+    raw, last = await log.read("run_l", 0)
+    events = SSEDecoder().feed(raw)
+    assert last == 6 and [e.id for e in events] == ["1", "2", "3", "4", "5", "6"]
+    for event, line in zip(events, ["one", *lines, "last"], strict=True):
+        time = orjson.loads(event.data)["time"]
+        model = LogLine(
+            execution_id="run_l", event_id=int(event.id or 0), time=time, step_id="s%d",
+            stream="stderr", line=line,
+        )  # fmt: skip
+        assert (event.event, event.data) == event_to_wire(model)
+    await log.close()

@@ -1,11 +1,12 @@
 """The append-only per-run event log: SQLite first, then an in-memory fan-out.
 
 Every event a run produces gets the run's next event id, is serialized once to its SSE
-frame, and is queued for the writer. The writer group-commits whatever was queued
-within a few milliseconds as one SQLite transaction and only then publishes the frames
-to the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk.
-Readers follow a run with :meth:`EventLog.follow`: they replay committed events from
-the channel's ring of recent frames (or from SQLite when they are further behind) and
+frame, and is queued for the writer. The writer commits whatever is queued as one SQLite
+transaction at once (what is appended meanwhile goes in the next one, so batches grow
+with the load and nothing waits on a timer), and only then publishes the stored rows to
+the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk.
+Readers follow a run with :meth:`EventLog.follow`: they get committed events from the
+channel's ring of recently stored rows (or from SQLite when they are further behind) and
 then wait for the next commit, yielding ``None`` as a heartbeat tick while idle. A slow
 reader never holds memory: it just reads from SQLite again.
 """
@@ -20,12 +21,11 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import attrs
 import orjson
 
-from ...models._base import camel
-from ...models.events import FlowCompleted, StreamEvent, event_to_wire
+from ...models.events import FlowCompleted, StreamEvent, ToolCallsRequired
 from ..clock import now_ms
+from .frames import encoder, frame, log_layout
 
 __all__ = ["SCHEMA", "Database", "EventLog", "RunChannel", "frame"]
 
@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS engine_events (
     PRIMARY KEY (run_id, first_id)) WITHOUT ROWID;
 """
 
-TERMINAL_TYPE = FlowCompleted.TYPE
 _RING_BYTES = 8 << 20  # recent frames kept per run for live readers (~80k log events)
 _CHUNK_EVENTS = 2048  # events per stored row at most
 _READ_ROWS = 8  # rows per read: at most 16k events in memory per reader
@@ -52,66 +51,18 @@ class Database(Protocol):
         """Call ``fn(conn)`` inside a transaction on the database thread."""
 
 
-def frame(event_id: int, event_type: str, data: bytes) -> bytes:
-    """Return the SSE frame of one event (``id:``, ``event:``, ``data:``)."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event_type.encode(), data)
+class _Queued:
+    """One run's events queued for the next commit: consecutive ids from ``first``."""
+
+    __slots__ = ("first", "frames", "settled", "terminal")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.frames: list[bytes] = []
+        self.settled: int | None = None
+        self.terminal = False
 
 
-Encode = Callable[..., bytes]
-"""``encode(execution_id, event_id, time, **fields)``: one event's JSON data."""
-
-# Field types whose values orjson writes exactly as the models' converter would.
-_PLAIN: tuple[Any, ...] = (str, int, bool, Any, str | None, int | None)
-_ENCODERS: dict[type[Any], Encode] = {}
-
-
-def _encoder(cls: type[StreamEvent]) -> Encode:
-    """The JSON encoder of one event class, built once.
-
-    For a class whose fields are all plain values (``log``, ``step_started``...) it is
-    generated: one dict literal with the wire names in the models' field order, straight
-    to orjson, with the class's defaults and ``TypeError`` for an unknown field, as its
-    constructor. Other classes (nested models, enums) go through the model and the shared
-    converter. ``tests/engine/test_eventlog.py`` checks both give the same bytes.
-    """
-    found = _ENCODERS.get(cls)
-    if found is None:
-        found = _ENCODERS[cls] = _generate(cls) or _through_model(cls)
-    return found
-
-
-def _through_model(cls: type[StreamEvent]) -> Encode:
-    def encode(execution_id: str, event_id: int, time: int, **fields: Any) -> bytes:
-        event = cls(execution_id=execution_id, event_id=event_id, time=time, **fields)
-        return event_to_wire(event)[1]
-
-    return encode
-
-
-def _generate(cls: type[StreamEvent]) -> Encode | None:
-    attrs.resolve_types(cls)
-    fields = attrs.fields(cls)
-    if any(a.type not in _PLAIN or a.converter is not None for a in fields):
-        return None
-    env: dict[str, Any] = {"_dumps": orjson.dumps}
-    params: list[str] = []
-    items: list[str] = []
-    for i, a in enumerate(fields):
-        if a.name in ("execution_id", "event_id", "time"):
-            params.insert(len(items), a.name)
-        else:
-            env[f"_d{i}"] = a.default
-            params.append(f"{a.name}=_d{i}")
-        items.append(f"{camel(a.name)!r}: {a.name}")
-    head = ", ".join(params[:3]) + (", *, " + ", ".join(params[3:]) if params[3:] else "")
-    code = f"def encode({head}):\n    return _dumps({{{', '.join(items)}}})"
-    exec(code, env)  # generated from the model's own field names only
-    encode: Encode = env["encode"]
-    return encode
-
-
-_Row = tuple[str, int, str, bytes]
-"""A queued event: run id, event id, type and its SSE frame."""
 _Chunk = tuple[str, int, int, bytes, int, "int | None"]
 """A stored row: run id, first and last event id, frames, terminal flag, settle id."""
 
@@ -184,20 +135,22 @@ class RunChannel:
         return False
 
 
-_SETTLING = frozenset({TERMINAL_TYPE, "tool_calls_required"})
+_SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsRequired})
 
 
-def _chunks(rows: Sequence[_Row]) -> list[_Chunk]:
-    """Cut one run's consecutive events into stored rows of at most ``_CHUNK_EVENTS``."""
-    out: list[_Chunk] = []
-    for at in range(0, len(rows), _CHUNK_EVENTS):
-        part = rows[at : at + _CHUNK_EVENTS]
-        settled = [r[1] for r in part if r[2] in _SETTLING]
-        terminal = int(part[-1][2] == TERMINAL_TYPE)
-        out.append(
-            (part[0][0], part[0][1], part[-1][1], b"".join(r[3] for r in part), terminal,
-             settled[-1] if settled else None)
-        )  # fmt: skip
+def _chunks(run_id: str, queued: _Queued) -> list[_Chunk]:
+    """Cut one run's queued events into stored rows of at most ``_CHUNK_EVENTS``.
+
+    The settle id and the terminal flag go on the batch's last row (``_tail`` reads the
+    highest settle id of a run; the terminal event is always a run's last).
+    """
+    frames, first = queued.frames, queued.first
+    out: list[_Chunk] = [
+        (run_id, first + at, first + min(at + _CHUNK_EVENTS, len(frames)) - 1,
+         b"".join(frames[at : at + _CHUNK_EVENTS]), 0, None)
+        for at in range(0, len(frames), _CHUNK_EVENTS)
+    ]  # fmt: skip
+    out[-1] = (*out[-1][:4], int(queued.terminal), queued.settled)
     return out
 
 
@@ -249,17 +202,20 @@ class EventLog:
 
     Args:
         db: Where the rows go (the server's store).
-        window: Seconds the writer waits to gather a group commit.
+        window: Seconds the writer waits to gather a group commit (default 0: it writes
+            at once, and whatever is appended while a write is in flight goes in the
+            next one, so batches grow with the load and nobody waits on a timer).
         max_pending: Queued events at which appenders wait for the writer.
     """
 
-    def __init__(self, db: Database, *, window: float = 0.002, max_pending: int = 20000) -> None:
+    def __init__(self, db: Database, *, window: float = 0.0, max_pending: int = 20000) -> None:
         self._db = db
         self._window = window
         self._max_pending = max_pending
         self._channels: dict[str, RunChannel] = {}
         self._opening: dict[str, asyncio.Future[RunChannel]] = {}
-        self._pending: list[_Row] = []
+        self._pending: dict[str, _Queued] = {}
+        self._queued = 0
         self._appended = 0
         self._written = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -330,17 +286,48 @@ class EventLog:
             raise RuntimeError("the event log is closed")
         event_id = channel.next_id
         channel.next_id += 1
-        if cls is FlowCompleted:
-            channel.ended = True
-        data = _encoder(cls)(run_id, event_id, now_ms(), **fields)
-        event_type = cls.TYPE  # type: ignore[union-attr]
-        self._pending.append((run_id, event_id, event_type, frame(event_id, event_type, data)))
+        framed = encoder(cls)(run_id, event_id, now_ms(), **fields)
+        queued = self._pending.get(run_id)
+        if queued is None:
+            queued = self._pending[run_id] = _Queued(event_id)
+            self._wake.set()
+        queued.frames.append(framed)
+        if cls in _SETTLING:
+            queued.settled = event_id
+            if cls is FlowCompleted:
+                channel.ended = queued.terminal = True
         self._appended += 1
-        self._wake.set()
-        if len(self._pending) >= self._max_pending:
+        self._queued += 1
+        if self._queued >= self._max_pending:
             # keep the writer busy: wait for the batch in flight, not for this one
             await self._written_up_to(self._appended - self._max_pending)
         return event_id
+
+    async def append_lines(
+        self, run_id: str, step_id: str, stream: str, lines: Sequence[str]
+    ) -> None:
+        """Queue one ``log`` event per line (as :meth:`append` of ``LogLine`` each, cheaper).
+
+        The frames are the ones ``append(LogLine, ...)`` writes, byte for byte: the
+        parts every line shares are encoded once per call.
+        """
+        channel = self._channels.get(run_id) or await self.channel(run_id)
+        if self._closed:
+            raise RuntimeError("the event log is closed")
+        if not lines:
+            return
+        layout, first, now = log_layout(run_id, step_id, stream), channel.next_id, now_ms()
+        channel.next_id += len(lines)
+        queued = self._pending.get(run_id)
+        if queued is None:
+            queued = self._pending[run_id] = _Queued(first)
+            self._wake.set()
+        dumps = orjson.dumps
+        queued.frames += [layout % (i, i, now, dumps(line)) for i, line in enumerate(lines, first)]
+        self._appended += len(lines)
+        self._queued += len(lines)
+        if self._queued >= self._max_pending:
+            await self._written_up_to(self._appended - self._max_pending)
 
     async def sync(self) -> None:
         """Wait until every event appended so far is committed and published."""
@@ -357,28 +344,29 @@ class EventLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._pending) < self._max_pending // 4:
+            if self._window and self._queued < self._max_pending // 4:
                 await asyncio.sleep(self._window)
             await self._write_batch()
 
     async def _write_batch(self) -> None:
-        rows, self._pending = self._pending, []
-        if not rows:
+        pending, count = self._pending, self._queued
+        if not pending:
             return
-        per_run = {run_id: _chunks(group) for run_id, group in _by_run(rows).items()}
+        self._pending, self._queued = {}, 0
+        per_run = {run_id: _chunks(run_id, queued) for run_id, queued in pending.items()}
         chunks = [chunk for part in per_run.values() for chunk in part]
         error: Exception | None = None
         try:
             await self._db.run(lambda c: _insert(c, chunks))
         except Exception as exc:
-            log.exception("event log write failed; %d events lost", len(rows))
+            log.exception("event log write failed; %d events lost", count)
             error = exc
         else:
             for run_id, part in per_run.items():
                 channel = self._channels.get(run_id)
                 if channel is not None:
                     channel.publish(part)
-        self._written += len(rows)
+        self._written += count
         self._settle_waiters(error)
 
     def _settle_waiters(self, error: Exception | None) -> None:
@@ -425,10 +413,3 @@ class EventLog:
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
             return b"", channel.committed
         return stored, last
-
-
-def _by_run(rows: list[_Row]) -> dict[str, list[_Row]]:
-    groups: dict[str, list[_Row]] = {}
-    for row in rows:
-        groups.setdefault(row[0], []).append(row)
-    return groups

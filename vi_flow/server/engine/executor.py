@@ -12,6 +12,7 @@ restarted server can continue a paused run or close an interrupted one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import sqlite3
 import time
@@ -301,6 +302,7 @@ class Executor:
             tool_choice=request.tool_choice, resume=resume, server=self.settings,
             http=self._http(), emit_log=self._log_emitter(row.run_id, step_id),
             organization_id=row.org_id, tasks=self.tasks,
+            emit_logs=functools.partial(self.log.append_lines, row.run_id, step_id),
         )  # fmt: skip
 
     def _log_emitter(self, run_id: str, step_id: str) -> Callable[[str, str], Any]:

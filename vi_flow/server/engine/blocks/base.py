@@ -19,7 +19,7 @@ whose no-argument instance is one)::
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -116,6 +116,8 @@ class BlockContext:
         server: The server's settings.
         http: A shared aiohttp session for outgoing calls.
         emit_log: Appends a ``log`` event for this step: ``await emit_log(stream, line)``.
+        emit_logs: Appends one ``log`` event per line, in order, in one go:
+            ``await emit_logs(stream, lines)`` (``None``: :meth:`logs` calls ``emit_log``).
         organization_id: The run's organization.
         tasks: The server's task service (``None`` when it has no compute provider).
     """
@@ -139,6 +141,7 @@ class BlockContext:
     emit_log: Callable[[str, str], Awaitable[None]]
     organization_id: str = ""
     tasks: TaskService | None = None
+    emit_logs: Callable[[str, Sequence[str]], Awaitable[None]] | None = None
 
     def setting(self, name: str, default: Any = None) -> Any:
         """A rendered setting by snake_case name, also accepting its camelCase spelling."""
@@ -151,6 +154,14 @@ class BlockContext:
     async def log(self, line: str, stream: str = "stdout") -> None:
         """Stream one line as a ``log`` event of this step."""
         await self.emit_log(stream, line)
+
+    async def logs(self, lines: Sequence[str], stream: str = "stdout") -> None:
+        """Stream several lines as ``log`` events of this step, in order."""
+        if self.emit_logs is not None:
+            await self.emit_logs(stream, lines)
+            return
+        for line in lines:
+            await self.emit_log(stream, line)
 
     @staticmethod
     def new_call_id() -> str:

@@ -29,10 +29,20 @@ async def emit_block(ctx: BlockContext) -> Any:
         raise StepError(f"emit step {ctx.step_id!r}: interval must be >= 0", "INVALID_SETTINGS")
     line = str(ctx.setting("line", "event {i}"))
     stream = str(ctx.setting("stream", "stdout"))
-    for i in range(1, count + 1):
-        await ctx.emit_log(stream, line.replace("{i}", str(i)))
-        if interval:
+    if interval:
+        for i in range(1, count + 1):
+            await ctx.emit_log(stream, line.replace("{i}", str(i)))
             await asyncio.sleep(interval)
-        elif i % _YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # let the writer and the readers run
+        return {"count": count}
+    head, numbered, tail = line.partition("{i}")
+    for start in range(1, count + 1, _YIELD_EVERY):
+        numbers = range(start, min(start + _YIELD_EVERY, count + 1))
+        if "{i}" in tail:
+            batch = [line.replace("{i}", str(i)) for i in numbers]
+        elif numbered:
+            batch = [f"{head}{i}{tail}" for i in numbers]
+        else:
+            batch = [line] * len(numbers)
+        await ctx.logs(batch, stream)
+        await asyncio.sleep(0)  # let the writer and the readers run
     return {"count": count}
