@@ -1,0 +1,215 @@
+"""The web console in a real browser: sign-in, live runs, tool calls, task logs, isolation.
+
+Each test acts as a user would (clicks, typing, the keyboard) on the home's real server;
+the ``visit`` fixture fails a test whose pages reach any other host.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import ConsoleServer, http_status
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+TOOL_FLOW = (
+    {"block": "emit", "id": "prepare", "settings": {"count": 20}},
+    {"block": "tool", "id": "ask", "settings": {"tool": "lookup", "arguments": {"city": "Oslo"}}},
+)
+
+
+def _signed_in(visit: Any, server: ConsoleServer, token: str | None = None, **size: int) -> Any:
+    one = visit(**size)
+    one.page.goto(server.sign_in_url(token))
+    one.page.wait_for_selector("#signout:not([hidden])")
+    return one
+
+
+def test_sign_in_by_one_time_url_never_shows_the_key(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    url = console_server.sign_in_url()
+    one = visit()
+    one.page.goto(url)
+    one.page.wait_for_selector("#signout:not([hidden])")
+    assert one.page.url == console_server.root + "/"  # the code is in no later URL
+    assert one.page.inner_text("#who") == "org_default"
+    cookie = next(c for c in one.context.cookies() if c["name"] == "vi_flow_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert one.page.evaluate("document.cookie") == ""  # the page's script cannot read it
+    assert console_server.token not in one.page.content()
+    one.shot("runs")
+
+    again = visit()  # the same link in another browser: refused
+    answer = again.page.goto(url)
+    assert answer is not None and answer.status == 403
+    assert "cannot be used" in again.page.inner_text("h1")
+    assert not [c for c in again.context.cookies() if c["name"] == "vi_flow_console"]
+
+    one.page.click("#signout")
+    one.page.wait_for_selector("text=You signed out.")
+    one.page.reload()
+    one.page.wait_for_selector("text=You are not signed in.")
+    assert one.page.evaluate("fetch('/v1/runs').then(r => r.status)") == 401
+
+
+def test_a_runs_events_arrive_live(visit: Any, console_server: ConsoleServer) -> None:
+    flow = console_server.flow(
+        "live", {"block": "emit", "settings": {"count": 150, "interval": 0.03}}
+    )
+    job = console_server.call("POST", f"/flows/{flow}/jobs", {})
+    one = _signed_in(visit, console_server)
+    one.page.click("nav >> text=Runs")
+    newest = one.page.locator("#runs tbody tr").first
+    assert newest.get_attribute("data-run") == job["executionId"]  # newest first
+    newest.locator("a.mono").focus()
+    one.page.keyboard.press("Enter")  # by keyboard
+    counter = one.page.locator(".section-head .muted")
+    one.page.wait_for_selector(".ev-log")
+    first = _count(counter.inner_text())
+    _until(lambda: _count(counter.inner_text()) > first + 20)
+    one.page.wait_for_selector(".ev-flow_completed", timeout=30_000)
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]")
+    assert _count(counter.inner_text()) == console_server.event_count(job["executionId"])
+    one.page.wait_for_selector(".timeline .step .badge-succeeded")
+    one.shot("run")
+
+
+def _until(ready: Any, timeout: float = 30.0) -> None:
+    """Poll ``ready()`` (the page's CSP forbids Playwright's string predicates)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _count(text: str) -> int:
+    found = re.search(r"of ([\d,]+)", text)
+    return int(found.group(1).replace(",", "")) if found else 0
+
+
+def test_answer_a_paused_runs_tool_call_in_the_form(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    flow = console_server.flow("weather", *TOOL_FLOW)
+    paused = console_server.call("POST", f"/flows/{flow}/execute", {"trace": True})
+    assert paused["state"] == "paused"
+    one = _signed_in(visit, console_server)
+    posts: list[str] = []
+    one.page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    one.page.goto(f"{console_server.root}/runs/{paused['executionId']}")
+    form = one.page.locator("form.tool-call")
+    form.wait_for()
+    assert "Oslo" in form.inner_text()
+    one.shot("tool-call")
+    form.locator("textarea").fill("{sunny")
+    form.locator("button").click()
+    assert "Not valid JSON" in form.locator(".field-error").inner_text()
+    assert form.locator("textarea").get_attribute("aria-invalid") == "true" and posts == []
+    form.locator("textarea").fill('{"sky": "sunny", "celsius": 21}')
+    form.locator("button").click()
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+    run = console_server.call("GET", f"/runs/{paused['executionId']}/trace")
+    assert run["status"] == "Succeeded" and run["steps"][-1]["output"] == {
+        "sky": "sunny",
+        "celsius": 21,
+    }
+    one.page.wait_for_selector(".timeline [data-step=ask] .badge-succeeded")
+
+
+def test_follow_a_tasks_log_live_and_cancel_it(visit: Any, console_server: ConsoleServer) -> None:
+    task = console_server.call(
+        "POST",
+        "/tasks",
+        {
+            "name": "counter",
+            "command": "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done",
+        },
+    )
+    one = _signed_in(visit, console_server)
+    one.page.click("nav >> text=Tasks")
+    one.page.click(f"a:text('{task['taskId']}')")
+    one.page.wait_for_selector(".log-line:text('tick 5')")
+    one.page.wait_for_selector(".log-line:text('tick 30')")  # still arriving
+    one.page.wait_for_selector("#task-state [data-state=running]")
+    one.shot("task")
+    one.page.click("text=Cancel task")
+    one.page.wait_for_selector("#task-state [data-state=cancelled]", timeout=30_000)
+    assert console_server.call("GET", f"/tasks/{task['taskId']}")["status"] == "cancelled"
+    assert "Cancel" in one.page.inner_text(".facts")  # the reason is shown
+
+
+def test_another_organization_sees_none_of_it(visit: Any, console_server: ConsoleServer) -> None:
+    flow = console_server.flow("private", {"block": "emit", "settings": {"count": 3}})
+    run = console_server.call("POST", f"/flows/{flow}/execute", {})["executionId"]
+    task = console_server.call("POST", "/tasks", {"command": "echo secret"})["taskId"]
+    them = _signed_in(visit, console_server, console_server.other_token)
+    assert them.page.inner_text("#who") != "org_default"
+    them.page.wait_for_selector("text=No runs match.")
+    them.page.click("nav >> text=Tasks")
+    them.page.wait_for_selector("text=No tasks yet.")
+    for path in (f"/runs/{run}", f"/flows/{flow}", f"/tasks/{task}"):
+        answer = them.page.goto(console_server.root + path)
+        assert answer is not None and answer.status == 404, path
+        them.page.wait_for_selector("h1:text('Not found')")
+    for path in (
+        f"/v1/runs/{run}",
+        f"/v1/runs/{run}/events",
+        f"/v1/tasks/{task}",
+        f"/v1/tasks/{task}/logs?follow=true",
+        f"/v1/flows/{flow}",
+    ):
+        assert them.page.evaluate(f"fetch('{path}').then(r => r.status)") == 404, path
+    assert http_status(f"{console_server.root}/runs/{run}") == 401  # no session at all
+
+
+def test_a_run_of_100000_events_opens_in_under_two_seconds(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    flow = console_server.flow("big", {"block": "emit", "settings": {"count": 100_000}})
+    run = console_server.call("POST", f"/flows/{flow}/execute", {})["executionId"]
+    one = _signed_in(visit, console_server)
+    started = time.perf_counter()
+    one.page.goto(f"{console_server.root}/runs/{run}")
+    one.page.wait_for_selector(".ev-flow_completed")
+    one.page.wait_for_selector(".timeline .step")
+    took = time.perf_counter() - started
+    assert took < 2.0, f"the run page took {took:.2f} s"
+    assert one.page.locator(".vl-row").count() < 200  # the DOM holds a window, not 100,000 rows
+    one.page.click("text=Load 1000 earlier")
+    counter = one.page.locator(".section-head .muted")
+    _until(lambda: counter.inner_text().startswith("events 97,006"))
+
+
+def test_a_log_of_a_million_lines_stays_responsive(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    task = console_server.call("POST", "/tasks", {"command": "seq 1 1000000"})["taskId"]
+    deadline = time.monotonic() + 60
+    while console_server.call("GET", f"/tasks/{task}")["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    one = _signed_in(visit, console_server)
+    started = time.perf_counter()
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('1000000')")
+    assert time.perf_counter() - started < 5.0
+    assert one.page.locator(".vl-row").count() < 200
+
+
+def test_pages_read_well_on_a_phone(visit: Any, console_server: ConsoleServer) -> None:
+    flow = console_server.flow("phone", *TOOL_FLOW)
+    paused = console_server.call("POST", f"/flows/{flow}/execute", {"trace": True})
+    one = _signed_in(visit, console_server, width=390, height=844)
+    for path in ("/runs", f"/runs/{paused['executionId']}", f"/flows/{flow}", "/tasks", "/volumes"):
+        one.page.goto(console_server.root + path)
+        one.page.wait_for_selector("main h1")
+        width = one.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    one.page.goto(f"{console_server.root}/runs/{paused['executionId']}")
+    one.page.wait_for_selector("form.tool-call")
+    one.shot("phone")
