@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typing, docs, bench, demo, the Slurm and Ray suites.
+"""Developer sessions: tests, lint, typing, docs, bench, demo, the Slurm, Ray and browser suites.
 
 Each session installs what it needs into its own virtual environment, so a fresh machine
 with Python and pip needs only ``python -m pip install nox`` first.
@@ -19,6 +19,8 @@ PYTHON = os.environ.get("VI_FLOW_NOX_PYTHON") or None
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 RAY = "ray[default]==2.60.0"  # the Ray the provider's suite is run against
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browser here
+_LOCAL_ONLY = "not slurm and not ray and not browser"
 
 
 @nox.session(python=PYTHON)
@@ -26,7 +28,7 @@ def tests(session: nox.Session) -> None:
     """Run the test suite against the embedded local server (Slurm and Ray tests excluded)."""
     _install_bubblewrap(session)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not slurm and not ray", *session.posargs)
+    session.run("pytest", "-m", _LOCAL_ONLY, *session.posargs)
 
 
 def _install_bubblewrap(session: nox.Session) -> None:
@@ -49,7 +51,7 @@ def tests_lowest(session: nox.Session) -> None:
     with open(floors, "w", encoding="utf-8") as out:
         out.writelines(f"{pin}\n" for pin in _floors())
     session.install("-c", floors, "-e", ".[test]")
-    session.run("pytest", "-m", "not slurm and not ray", *session.posargs)
+    session.run("pytest", "-m", _LOCAL_ONLY, *session.posargs)
 
 
 def _floors() -> list[str]:
@@ -78,6 +80,23 @@ def tests_ray(session: nox.Session) -> None:
     session.install("-e", ".[test]", RAY)
     env = {"VI_FLOW_REQUIRE_RAY": "1"}
     session.run("pytest", "-m", "ray", "tests/ray", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def tests_browser(session: nox.Session) -> None:
+    """Drive the web console in Debian's Chromium with Playwright (tests/browser).
+
+    ``VI_FLOW_DOCS_SCREENSHOTS=1 nox -s tests_browser`` also refreshes docs/img/console-*.png.
+    """
+    import shutil
+
+    _install_bubblewrap(session)
+    if not os.path.exists(CHROMIUM) and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "chromium", external=True)
+    session.install("-e", ".[test,browser]")
+    env = {"VI_FLOW_REQUIRE_BROWSER": "1", "VI_FLOW_CHROMIUM": CHROMIUM}
+    session.run("pytest", "-m", "browser", "tests/browser", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)
