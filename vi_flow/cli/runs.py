@@ -1,8 +1,9 @@
-"""``vi-flow runs``: list, get, cancel and watch runs."""
+"""``vi-flow runs``: list, get, cancel, watch and resume runs."""
 
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -145,3 +146,43 @@ def watch(run_id: str, after: int | None, as_json: bool) -> None:
     follow_run(cli, events, view, cancel=False)
     if view.final is not None and view.final.status.value != "Succeeded":
         raise CommandFailed(f"run {run_id} {view.final.status.value}: {view.final.error or ''}")
+
+
+@runs.command("resume")
+@click.argument("run_id")
+@click.option(
+    "-t",
+    "--tool-result",
+    "tool_results",
+    multiple=True,
+    metavar="CALL_ID=JSON",
+    help="Answer the tool call CALL_ID with the JSON value; repeatable. "
+    "Without it, on a terminal, each pending call is asked for.",
+)
+@json_option
+def resume(run_id: str, tool_results: tuple[str, ...], as_json: bool) -> None:
+    """Answer a paused run's tool calls; the run goes on on the server.
+
+    \b
+    Examples:
+      vi-flow runs resume run_123 --tool-result call_1='{"temp_c": 21}'
+      vi-flow runs resume run_123          # on a terminal: asks for each pending call
+    """
+    from ._resume import parse_call_results, pending_calls, prompt_results
+
+    answers = parse_call_results(tool_results)
+    cli = state()
+    if not answers:
+        if not (sys.stdin.isatty() and cli.interactive):
+            raise click.UsageError("give --tool-result CALL_ID=JSON for each pending call")
+        calls = pending_calls(cli, run_id)
+        if not calls:
+            raise CommandFailed(f"run {run_id} waits for no tool call")
+        answers = prompt_results(calls)
+    run = cli.client().runs.get(run_id)
+    accepted = cli.client().flow(run.spec.flow_id).run(run_id).submit_tool_results(answers)
+    if wants_json(as_json):
+        emit_json({"runId": run_id, "accepted": accepted})
+    else:
+        for call_id in accepted:
+            click.echo(f"{run_id}: answered {call_id}")
