@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,29 @@ async def test_a_stalled_link_is_left_after_twice_the_heartbeat(
                         proxy.stall()  # the socket stays open, nothing more arrives
     assert lines == ["first", "second"]
     assert proxy.connections >= 2
+
+
+@pytest.mark.anyio
+async def test_auto_follows_over_http_when_ssh_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VI_FLOW_LOG_TRANSPORT", raising=False)  # auto
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        nowhere = closed.getsockname()[1]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        ssh_port = free.getsockname()[1]
+    settings = ServerSettings(home=tmp_path / "home", ssh_port=ssh_port, ssh_public_port=nowhere)
+    async with Starter(TaskServer) as starter:
+        server = await starter.start(settings)
+        task = await server.submit(command="echo one; echo two >&2; exit 4")
+        async with vi_flow.AsyncClient(
+            base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
+        ) as client:
+            endpoint = await client.tasks.ssh_endpoint(task["taskId"])
+            assert endpoint.port == nowhere  # what the server advertises
+            handle = await client.get_task(task["taskId"])
+            lines = [line async for line in handle.follow_logs(stream="both")]
+    assert sorted(lines) == ["one", "two"]
+    assert handle.exit_code == 4

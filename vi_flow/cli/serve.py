@@ -59,6 +59,41 @@ __all__ = ["serve"]
 )
 @click.option("--slurm-partition", help="Partition for task jobs (provider slurm).")
 @click.option("--ray-url", help="Ray dashboard (Jobs API) URL (provider ray).")
+@click.option(
+    "--ssh-host",
+    envvar="VI_FLOW_SSH_HOST",
+    show_envvar=True,
+    help="Address the SSH server binds (shells, log follows, uploads) [default: as --host].",
+)
+@click.option(
+    "--ssh-port",
+    default=0,
+    show_default=True,
+    envvar="VI_FLOW_SSH_PORT",
+    show_envvar=True,
+    type=click.IntRange(0, 65535),
+    help="SSH port (0 picks a free one; set one for clients elsewhere).",
+)
+@click.option(
+    "--public-url",
+    envvar="VI_FLOW_PUBLIC_URL",
+    show_envvar=True,
+    help="API URL clients elsewhere use, such as a reverse proxy's https://flows.example.com.",
+)
+@click.option(
+    "--ssh-public-host",
+    envvar="VI_FLOW_SSH_PUBLIC_HOST",
+    show_envvar=True,
+    help="SSH host name task endpoints advertise [default: the bound address, or the "
+    "--public-url host for a wildcard bind].",
+)
+@click.option(
+    "--ssh-public-port",
+    envvar="VI_FLOW_SSH_PUBLIC_PORT",
+    show_envvar=True,
+    type=click.IntRange(1, 65535),
+    help="SSH port task endpoints advertise (a forwarded port) [default: --ssh-port].",
+)
 def serve(
     host: str,
     port: int,
@@ -71,16 +106,24 @@ def serve(
     slurm_token_file: Path | None,
     slurm_partition: str | None,
     ray_url: str | None,
+    ssh_host: str | None,
+    ssh_port: int,
+    public_url: str | None,
+    ssh_public_host: str | None,
+    ssh_public_port: int | None,
 ) -> None:
     """Run the home's vi-flow server in the foreground until Ctrl-C or SIGTERM.
 
     It owns the home: clients with the default 'local' base URL use it, and a second
     server on the same home exits 1 naming this one. Remote clients reach it with
-    --base-url http://HOST:PORT/v1 and the admin token in HOME/admin-token. Logs go to
-    stderr at the level of VI_FLOW_LOG (default info).
+    --base-url http://HOST:PORT/v1 (or --public-url) and the admin token in
+    HOME/admin-token; they reach task shells and log follows over SSH at the advertised
+    --ssh-public-host/--ssh-public-port, or follow logs over HTTP. Logs go to stderr at the
+    level of VI_FLOW_LOG (default info).
     """
     from ..config import default_home
     from ..server import ServerSettings
+    from ..server.endpoints import EndpointError, check_endpoints
 
     slurm = {
         "url": slurm_url,
@@ -104,12 +147,22 @@ def serve(
         llm_base_url=llm_base_url,
         llm_api_key=llm_api_key,
         extra=extra,
+        ssh_host=ssh_host,
+        ssh_port=ssh_port,
+        public_url=public_url,
+        ssh_public_host=ssh_public_host,
+        ssh_public_port=ssh_public_port,
     )
+    try:
+        check_endpoints(settings)
+    except EndpointError as exc:
+        raise click.UsageError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     _serve_logged(settings)
 
 
 def _serve_logged(settings: ServerSettings) -> None:
     from ..server import run_server
+    from ..server.endpoints import EndpointError
     from ..server.home import HomeError
     from ..server.logs import close_logging, configure_logging
 
@@ -121,5 +174,11 @@ def _serve_logged(settings: ServerSettings) -> None:
         run_server(settings)
     except HomeError as exc:  # another server owns the home, or it is unusable
         raise CommandFailed(str(exc), exit_code=EXIT_FAILURE) from None
+    except EndpointError as exc:  # the SSH port is taken
+        raise CommandFailed(str(exc), exit_code=EXIT_FAILURE) from None
+    except OSError as exc:  # the HTTP port is taken, the address is not this machine's
+        where = f"{settings.host}:{settings.port}"
+        message = f"cannot listen on {where}: {exc.strerror or exc}"
+        raise CommandFailed(message, exit_code=EXIT_FAILURE) from None
     finally:
         close_logging()

@@ -22,6 +22,7 @@ from aiohttp import web
 from .bootstrap import ensure_admin
 from .clock import now_ms
 from .console import routes as console
+from .endpoints import check_endpoints
 from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
 from .middleware import setup_middleware
@@ -64,7 +65,11 @@ def create_app(settings: ServerSettings) -> web.Application:
     Returns:
         The application; run it with ``aiohttp.web.AppRunner`` (see
         :func:`vi_flow.server.run_server` and :mod:`vi_flow.server.embedded`).
+
+    Raises:
+        EndpointError: A listen address or public name in ``settings`` is unusable.
     """
+    check_endpoints(settings)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SETTINGS_KEY] = settings
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())

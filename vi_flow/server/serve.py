@@ -20,6 +20,7 @@ from aiohttp import web
 from .. import __version__
 from ..models.server import ServerInfo
 from .app import create_app
+from .endpoints import public_base_url
 from .home import publish
 from .routes.lifecycle import LIFECYCLE_KEY
 from .state import IDENTITY_KEY, ServerSettings
@@ -110,12 +111,15 @@ async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) 
         runner.app[IDENTITY_KEY].pid,
         settings.mode,
     )
+    service = runner.app[TASKS_KEY]
+    log.info("ssh endpoints advertised as %s:%s", service.ssh_host, service.ssh_port)
     if settings.mode == "foreground":
         token = settings.home / "admin-token"
         sys.stderr.write(
             f"vi-flow server listening on http://{settings.host}:{port}/v1 "
             f"(home: {settings.home})\n"
-            f"clients elsewhere: VI_FLOW_BASE_URL={url} VI_FLOW_API_KEY=$(cat {token})\n"
+            f"clients elsewhere: VI_FLOW_BASE_URL={public_base_url(settings, url)} "
+            f"VI_FLOW_API_KEY=$(cat {token})\n"
         )
         sys.stderr.flush()
     if ready is not None:

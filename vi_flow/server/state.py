@@ -46,6 +46,12 @@ class ServerSettings:
             for the home's clients) or ``in-process`` (inside a client's process).
         idle_timeout: Seconds without clients or work after which a background server
             exits; 0 means never.
+        ssh_host: The address the SSH server binds; ``None``: where the API binds.
+        ssh_port: The SSH server's port; 0 picks a free one.
+        public_url: The API base URL clients elsewhere use (a reverse proxy's URL).
+        ssh_public_host: The SSH host name task endpoints advertise (see
+            :mod:`vi_flow.server.endpoints` for the defaults).
+        ssh_public_port: The SSH port task endpoints advertise; ``None``: ``ssh_port``.
         extra: Free-form settings for feature modules.
     """
 
@@ -59,6 +65,11 @@ class ServerSettings:
     tool_pause_timeout: float = 3600.0
     mode: str = "foreground"
     idle_timeout: float = 0.0
+    ssh_host: str | None = None
+    ssh_port: int = 0
+    public_url: str | None = None
+    ssh_public_host: str | None = None
+    ssh_public_port: int | None = None
     extra: dict[str, Any] = attrs.Factory(dict)
 
 

@@ -38,6 +38,7 @@ from ...models.tasks import (
     TaskStatus,
     VolumeRequest,
 )
+from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
 from ..errors import APIProblem
 from ..helpers import (
     idempotent,
@@ -50,7 +51,7 @@ from ..helpers import (
 )
 from ..providers import create_provider
 from ..providers.base import ProviderError, problem_for
-from ..state import SETTINGS_KEY, STORE_KEY
+from ..state import SETTINGS_KEY, STORE_KEY, ServerSettings
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
 from ..tasks.sshd import TaskSSHServer
@@ -478,10 +479,14 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
 async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
     service, settings = app[TASKS_KEY], app[SETTINGS_KEY]
     await service.start()
-    sshd = TaskSSHServer(settings.home, service.ssh, host=_ssh_host(settings.host))
-    await sshd.start()
+    try:
+        sshd = await _start_sshd(settings, service)
+    except BaseException:
+        await service.close()
+        raise
     app[_SSHD_KEY] = sshd
-    service.records.ssh_address = SSHAddress(sshd.host, sshd.port, sshd.host_key_line)
+    host, port = advertised_ssh(settings, sshd.host, sshd.port)
+    service.records.ssh_address = SSHAddress(host, port, sshd.host_key_line)
     try:
         yield
     finally:
@@ -489,8 +494,17 @@ async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
 
 
-def _ssh_host(http_host: str) -> str:
-    return "::1" if http_host == "::1" else "127.0.0.1"
+async def _start_sshd(settings: ServerSettings, service: TaskService) -> TaskSSHServer:
+    host = ssh_listen_host(settings)
+    sshd = TaskSSHServer(settings.home, service.ssh, host=host, port=settings.ssh_port)
+    try:
+        await sshd.start()
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        where = f"{host}:{settings.ssh_port}"
+        raise EndpointError(
+            "ssh_port", f"cannot listen on {where}: {exc.strerror or exc}"
+        ) from None
+    return sshd
 
 
 def _routes() -> list[tuple[str, str, Any]]:

@@ -1,0 +1,135 @@
+"""Where the server listens and the names it gives clients: the API URL and the SSH endpoint.
+
+A server on one host binds its HTTP API and its SSH server to loopback and names them so.
+A server that others reach (``vi-flow serve --host 0.0.0.0``, or behind a reverse proxy)
+must tell clients names that work from *their* side: :func:`check_endpoints` validates
+those settings once, at start, with errors that name the bad value;
+:func:`ssh_listen_host` and :func:`advertised_ssh` say where the SSH server binds and
+what each task's SSH endpoint names; :func:`public_base_url` is the API URL to print.
+
+Defaults: SSH binds where HTTP binds (loopback stays loopback), on a free port; a
+wildcard bind is advertised under the host name of ``public_url``, else this machine's
+host name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from urllib.parse import urlsplit
+
+from .state import ServerSettings
+
+__all__ = [
+    "EndpointError",
+    "advertised_ssh",
+    "check_endpoints",
+    "public_base_url",
+    "ssh_listen_host",
+]
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+class EndpointError(ValueError):
+    """A listen address or public name the server cannot use.
+
+    ``str(error)`` is ``"<setting>: <problem naming the value>"``.
+
+    Attributes:
+        setting: The setting, as :class:`~vi_flow.server.state.ServerSettings` names it.
+        problem: What is wrong with its value.
+    """
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return len(value) <= 253 and _HOSTNAME.fullmatch(value) is not None
+    return True
+
+
+def _check_host(option: str, value: str | None) -> None:
+    if value is not None and not _is_host(value):
+        raise EndpointError(
+            option, f"expected a host name or IP address (no scheme, no port), got {value!r}"
+        )
+
+
+def _check_port(option: str, value: int | None, low: int) -> None:
+    if value is not None and (isinstance(value, bool) or not low <= value <= 65535):
+        raise EndpointError(option, f"expected a port {low}..65535, got {value!r}")
+
+
+def _check_public_url(value: str | None) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    problem = ""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "expected an http(s) URL such as https://flows.example.com"
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        problem = "must not carry a query, a fragment or credentials"
+    else:
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            problem = "has an invalid port"
+    if problem:
+        raise EndpointError("public_url", f"{problem}, got {value!r}")
+
+
+def check_endpoints(settings: ServerSettings) -> None:
+    """Validate the listen and public settings before anything starts.
+
+    Raises:
+        EndpointError: Naming the setting (``ssh_host``, ``public_url`` ...) and its value.
+    """
+    _check_host("ssh_host", settings.ssh_host)
+    _check_port("ssh_port", settings.ssh_port, 0)
+    _check_host("ssh_public_host", settings.ssh_public_host)
+    _check_port("ssh_public_port", settings.ssh_public_port, 1)
+    _check_public_url(settings.public_url)
+    if settings.ssh_public_port is not None and settings.ssh_port == 0:
+        raise EndpointError(
+            "ssh_public_port",
+            f"{settings.ssh_public_port} needs a fixed ssh_port (the SSH server would "
+            "listen on a different, random port each start)",
+        )
+
+
+def ssh_listen_host(settings: ServerSettings) -> str:
+    """The address the SSH server binds: ``ssh_host``, else where the HTTP API binds."""
+    if settings.ssh_host is not None:
+        return settings.ssh_host
+    return "0.0.0.0" if settings.host == "" else settings.host
+
+
+def advertised_ssh(settings: ServerSettings, bound_host: str, bound_port: int) -> tuple[str, int]:
+    """The SSH host and port each task's endpoint names (what clients connect to)."""
+    port = settings.ssh_public_port or bound_port
+    if settings.ssh_public_host is not None:
+        return settings.ssh_public_host, port
+    if bound_host not in _WILDCARDS:
+        return bound_host, port
+    if settings.public_url is not None:
+        return urlsplit(settings.public_url).hostname or bound_host, port
+    return socket.gethostname(), port
+
+
+def public_base_url(settings: ServerSettings, local_url: str) -> str:
+    """The API base URL for clients elsewhere: ``public_url`` (ending in ``/v1``), else
+    ``local_url``."""
+    if settings.public_url is None:
+        return local_url
+    url = settings.public_url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
