@@ -159,6 +159,7 @@ def ray_server(ray_cluster: RayCluster, ray_files: Path) -> Iterator[object]:
         "tasks_dir": str(ray_files / "tasks"),
         "volumes_dir": str(ray_files / "volumes"),
         "poll_interval": 0.05,
+        "idle_poll_interval": 0.5,
     }
     home = Path(os.environ["VI_FLOW_HOME"])
     server = embedded.acquire(home, provider="ray", extra={"ray": settings})

@@ -34,6 +34,7 @@ def settings_for(cluster: RayCluster, files: Path) -> RaySettings:
         tasks_dir=files / "tasks",
         volumes_dir=files / "volumes",
         poll_interval=0.05,
+        idle_poll_interval=0.5,
     )
 
 

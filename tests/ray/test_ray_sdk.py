@@ -139,7 +139,7 @@ async def test_max_run_time_stops_the_task(client: Any) -> None:
     task = await client.run(TaskConfig(command="echo begin; sleep 30", max_run_time=1.0))
     assert await task.wait(timeout=20) == TaskStatus.FAILED
     record = await client.get_task(task.task_id)
-    assert record.reason == "MaxRunTimeExceeded"
+    assert record.reason == "TimeLimit"
     assert "max_run_time of 1 s" in (record.message or "")
     assert await task.logs() == "begin"
 

@@ -14,13 +14,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
 import pytest
 
-from tests.providers_kit import unavailable
+from tests.providers_kit import Updates, unavailable
+from vi_flow.models.tasks import TaskConfig
+from vi_flow.server.providers.base import LaunchSpec
+from vi_flow.server.providers.slurm import SlurmProvider, SlurmSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "slurm"
@@ -130,6 +133,7 @@ def slurm_server(
         "volumes_dir": str(files / "volumes"),
         "slurm_conf": str(slurm_cluster.slurm_conf),
         "poll_interval": 0.05,
+        "idle_poll_interval": 0.5,
     }
     home = Path(os.environ["VI_FLOW_HOME"])
     server = embedded.acquire(home, provider="slurm", extra={"slurm": settings})
@@ -137,3 +141,62 @@ def slurm_server(
         yield server
     finally:
         embedded.release(server)
+
+
+# -- the provider on this cluster, for tests of the provider protocol --------------------
+
+
+def settings_for(cluster: SlurmCluster, tmp_path: Path, **changes: object) -> SlurmSettings:
+    values: dict[str, object] = {
+        "url": cluster.url,
+        "user": cluster.user,
+        "token_file": cluster.token_file,
+        "tasks_dir": tmp_path / "tasks",
+        "volumes_dir": tmp_path / "volumes",
+        "slurm_conf": str(cluster.slurm_conf),
+        "poll_interval": 0.05,
+        "idle_poll_interval": 0.5,
+        **changes,
+    }
+    return SlurmSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def updates() -> Updates:
+    return Updates(within=8)
+
+
+@pytest.fixture
+async def provider(
+    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates
+) -> AsyncIterator[SlurmProvider]:
+    provider = SlurmProvider(settings_for(slurm_cluster, tmp_path))
+    await provider.start(updates)
+    try:
+        yield provider
+    finally:
+        for task_id in list(provider._tracked):
+            await provider.cancel(task_id, 0)
+        await provider.close()
+
+
+async def launch(
+    provider: SlurmProvider,
+    task_id: str,
+    command: str,
+    env: dict[str, str] | None = None,
+    **config: object,
+) -> LaunchSpec:
+    task_config = TaskConfig(name=task_id, command=command, **config)  # type: ignore[arg-type]
+    spec = LaunchSpec(
+        task_id=task_id,
+        organization_id="org_default",
+        config=task_config,
+        placement=await provider.place(task_config),
+        argv=["/bin/sh", "-c", command],
+        env={"VI_FLOW_TASK_ID": task_id, **(env or {})},
+        paths=provider.task_paths(task_id),
+        max_run_time=task_config.max_run_time,
+    )
+    await provider.submit(spec)
+    return spec

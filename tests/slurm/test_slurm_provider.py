@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,66 +19,11 @@ from vi_flow.server.providers.base import (
     RunningTask,
     UnsupportedOperation,
 )
-from vi_flow.server.providers.slurm import SlurmCredentialsError, SlurmProvider, SlurmSettings
+from vi_flow.server.providers.slurm import SlurmCredentialsError, SlurmProvider
 
-from .conftest import SlurmCluster
+from .conftest import SlurmCluster, launch, settings_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
-
-
-def settings_for(cluster: SlurmCluster, tmp_path: Path, **changes: object) -> SlurmSettings:
-    values: dict[str, object] = {
-        "url": cluster.url,
-        "user": cluster.user,
-        "token_file": cluster.token_file,
-        "tasks_dir": tmp_path / "tasks",
-        "volumes_dir": tmp_path / "volumes",
-        "slurm_conf": str(cluster.slurm_conf),
-        "poll_interval": 0.05,
-        **changes,
-    }
-    return SlurmSettings(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def updates() -> Updates:
-    return Updates(within=8)
-
-
-@pytest.fixture
-async def provider(
-    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates
-) -> AsyncIterator[SlurmProvider]:
-    provider = SlurmProvider(settings_for(slurm_cluster, tmp_path))
-    await provider.start(updates)
-    try:
-        yield provider
-    finally:
-        for task_id in list(provider._tracked):
-            await provider.cancel(task_id, 0)
-        await provider.close()
-
-
-async def launch(
-    provider: SlurmProvider,
-    task_id: str,
-    command: str,
-    env: dict[str, str] | None = None,
-    **config: object,
-) -> LaunchSpec:
-    task_config = TaskConfig(name=task_id, command=command, **config)  # type: ignore[arg-type]
-    spec = LaunchSpec(
-        task_id=task_id,
-        organization_id="org_default",
-        config=task_config,
-        placement=await provider.place(task_config),
-        argv=["/bin/sh", "-c", command],
-        env={"VI_FLOW_TASK_ID": task_id, **(env or {})},
-        paths=provider.task_paths(task_id),
-        max_run_time=task_config.max_run_time,
-    )
-    await provider.submit(spec)
-    return spec
 
 
 async def test_is_a_compute_provider(provider: SlurmProvider) -> None:
@@ -305,5 +249,5 @@ async def test_max_run_time_stops_the_job(provider: SlurmProvider, updates: Upda
     done = await updates.wait(
         "task_slow", TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
     )
-    assert (done.status, done.reason) == (TaskStatus.FAILED, "MaxRunTimeExceeded")
+    assert (done.status, done.reason) == (TaskStatus.FAILED, "TimeLimit")
     assert done.message and "max_run_time of 1 s" in done.message

@@ -3,7 +3,9 @@
 The Slurm (:mod:`.slurm`) and Ray (:mod:`.ray`) providers differ in how they talk to their
 backend and read a job's state, and in nothing else here. :class:`PollingJobProvider`
 owns what they share: the update sink and its error guard, the table of watched tasks,
-the poller task (started by ``start``, cancelled by ``close``), recovery after a server
+the poller task (started by ``start``, cancelled by ``close``; it polls every
+``poll_interval`` while jobs change and backs off to ``idle_poll_interval`` while
+nothing does, waking early for a new task or a ``max_run_time`` deadline), recovery after a server
 restart, reporting a queued task and the end of a watched one (with the reasons for the
 ends vi_flow causes, :func:`own_outcome`), the node list cached for ``catalog_ttl``
 seconds, task and volume directories, and the calls neither backend offers (creating
@@ -63,7 +65,11 @@ class JobSettings(Protocol):
 
     @property
     def poll_interval(self) -> float:
-        """Seconds between two polls."""
+        """Seconds between two polls while jobs change."""
+
+    @property
+    def idle_poll_interval(self) -> float:
+        """The longest pause between two polls, reached by doubling while nothing changes."""
 
     @property
     def catalog_ttl(self) -> float:
@@ -79,6 +85,7 @@ class TrackedJob(Protocol):
     cancel_requested: bool  # vi_flow asked the backend to stop it
     timed_out: bool  # vi_flow stopped it for exceeding max_run_time
     reported: asyncio.Event  # set once the task's end went to the sink
+    deadline: float | None  # epoch seconds when max_run_time runs out, once started
 
     @property
     def job_id(self) -> int | str:
@@ -98,9 +105,9 @@ def own_outcome(tracked: TrackedJob, status: TaskStatus) -> tuple[str | None, st
     """
     if tracked.timed_out:
         limit = tracked.max_run_time or 0
-        return "MaxRunTimeExceeded", f"stopped after exceeding max_run_time of {limit:g} s"
+        return "TimeLimit", f"stopped after exceeding max_run_time of {limit:g} s"
     if status == TaskStatus.COMPLETED:
-        return None, "exited with status 0"
+        return "Completed", "exited with status 0"
     if status == TaskStatus.CANCELLED and tracked.cancel_requested:
         return "Cancelled", "cancelled by request"
     return None
@@ -135,6 +142,8 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         self._poller: asyncio.Task[None] | None = None
         self._nodes: list[NodeT] = []
         self._nodes_at = -1e9
+        self._changed = False  # something was reported since the last pause was chosen
+        self._wake = asyncio.Event()  # cut the pause short: a task was submitted
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -243,13 +252,14 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
             TaskUpdate(
                 tracked.task_id,
                 TaskStatus.PENDING,
-                reason="WaitingForCapacity",
+                reason="Queued",
                 message=f"queued as {self._backend} job {tracked.job_id}",
                 provider_id=str(tracked.job_id),
                 time=now_ms(),
             )
         )
         self._tracked[tracked.task_id] = tracked
+        self._wake.set()
 
     async def _wait_reported(self, tracked: TrackedT, timeout: float) -> None:
         """Poll one job until its end went to the sink, for ``timeout`` seconds at most."""
@@ -262,12 +272,29 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
     # -- polling -------------------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
+        pause = self.settings.poll_interval
         while True:
             try:
                 await self._poll_once()
             except Exception:  # the poller must outlive any one bad answer
                 self._logger.exception("%s poll failed", self._backend)
-            await asyncio.sleep(self.settings.poll_interval)
+            pause = self._next_pause(pause)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
+            self._wake.clear()
+
+    def _next_pause(self, pause: float) -> float:
+        """``poll_interval`` after a change; else twice the last pause, up to
+        ``idle_poll_interval`` and never past the next ``max_run_time`` deadline."""
+        fast = self.settings.poll_interval
+        changed, self._changed = self._changed, False
+        if changed:
+            return fast
+        pause = min(pause * 2, max(fast, self.settings.idle_poll_interval))
+        deadlines = [t.deadline for t in self._tracked.values() if t.deadline is not None]
+        if deadlines:
+            pause = min(pause, max(fast, min(deadlines) - time.time()))
+        return pause
 
     async def _finish(
         self, tracked: TrackedT, update: TaskUpdate, started: TaskUpdate | None = None
@@ -286,6 +313,7 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         tracked.reported.set()
 
     async def _report(self, update: TaskUpdate) -> None:
+        self._changed = True
         await report_to(self._sink, update, self._logger)
 
     # -- capacity ------------------------------------------------------------------------

@@ -11,7 +11,8 @@ job starts later) finds no token when it starts and exits without running the co
 The entry point then writes :data:`STARTED_FILE` (the ``CUDA_VISIBLE_DEVICES`` Ray gave
 it; its mtime is when the command began), sources and deletes the environment, runs the
 command with stdout/stderr appended to the task's log files, and writes the command's
-exit status to :data:`EXIT_FILE` (Ray's record keeps only a sentence about it). Blocking
+exit status to :data:`EXIT_FILE` (Ray's record keeps only a sentence about it), as the
+shell reports it (signal N as 128 + N), also when Ray stops the job with SIGTERM. Blocking
 helpers here run in threads.
 """
 
@@ -63,12 +64,16 @@ def entrypoint(spec: LaunchSpec) -> str:
 
     token, claimed = q(root / ENV_FILE), q(root / CLAIMED_FILE)
     lines = [
+        # Ray stops a job with SIGTERM to every process of it: the command dies of it,
+        # this shell notes it and lives on to record the command's status.
+        "trap 'stopped=1' TERM",
         f"cd {q(paths.workdir)} || exit 127",
         f"mv {token} {claimed} 2>/dev/null || "
         f"{{ echo 'vi_flow: task {spec.task_id} was cancelled before it started' >&2; "
         f"exit {REVOKED_EXIT}; }}",
         f'printf "%s\\n" "${{CUDA_VISIBLE_DEVICES-}}" > {q(root / STARTED_FILE)}',
         f". {claimed}; rm -f {claimed}",
+        '[ -z "${stopped-}" ] || exit 143',
         f"{shlex.join(spec.argv)} >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
         "rc=$?",
         f'printf "%s\\n" "$rc" > {q(root / EXIT_FILE)}',

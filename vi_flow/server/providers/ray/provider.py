@@ -49,6 +49,7 @@ import attrs
 
 from ....models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
 from ...clock import now_ms
+from .._exits import Exit, describe, end_reason, from_shell_status
 from .._polling import PollingJobProvider, own_outcome
 from ..base import (
     InvalidRequest,
@@ -122,6 +123,8 @@ class _Tracked:
     timed_out: bool = False
     stopped_at: float = 0.0  # monotonic time of our last stop request
     reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
+    deadline: float | None = None  # epoch seconds when max_run_time runs out
+    raw_reason: str | None = None  # Ray's sentence about the pending job, last reported
 
 
 class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
@@ -321,7 +324,12 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         status = self._status(tracked, job)
         if status == TaskStatus.RUNNING:
             await self._enforce_max_run_time(tracked)
-        if status == tracked.status or self._tracked.get(tracked.task_id) is not tracked:
+        if self._tracked.get(tracked.task_id) is not tracked:
+            return
+        if status == tracked.status:
+            if status == TaskStatus.PENDING and job.message != tracked.raw_reason:
+                tracked.raw_reason = job.message
+                await self._report(self._waiting(tracked, job))
             return
         if status not in _TERMINAL:
             tracked.status = status
@@ -342,9 +350,10 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
 
     async def _enforce_max_run_time(self, tracked: _Tracked) -> None:
         limit, started = tracked.max_run_time, tracked.started
-        if tracked.timed_out or limit is None or started is None:
+        if limit is None or started is None:
             return
-        if time.time() < started.time + limit:
+        tracked.deadline = started.time + limit
+        if tracked.timed_out or time.time() < tracked.deadline:
             return
         tracked.timed_out = True
         try:
@@ -366,15 +375,30 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
             time=int(started.time * 1000) if started else now_ms(),
         )
 
+    def _waiting(self, tracked: _Tracked, job: RayJob) -> TaskUpdate:
+        """A pending job: Ray gives no reason code, only a sentence (kept as raw)."""
+        return TaskUpdate(
+            tracked.task_id,
+            TaskStatus.PENDING,
+            reason="WaitingForCapacity",
+            raw_reason=job.message or None,
+            message=f"waiting in Ray as job {tracked.job_id}: {job.message or 'pending'}",
+            provider_id=tracked.job_id,
+            time=now_ms(),
+        )
+
     async def _ended(self, tracked: _Tracked, job: RayJob, status: TaskStatus) -> TaskUpdate:
-        exit_code = await asyncio.to_thread(read_exit_code, tracked.paths)
-        if exit_code is None and job.state != "STOPPED":
-            exit_code = job.driver_exit_code
-        reason, message = self._outcome(tracked, job, status, exit_code)
+        status_file = await asyncio.to_thread(read_exit_code, tracked.paths)
+        if status_file is None and job.state != "STOPPED":
+            status_file = job.driver_exit_code
+        # the entry point's shell reports a signal N as 128 + N, as a shell does
+        end = from_shell_status(status_file)
+        reason, message = self._outcome(tracked, job, status, end, status_file is not None)
         return TaskUpdate(
             tracked.task_id,
             status,
-            exit_code=exit_code,
+            exit_code=end.exit_code,
+            signal=end.signal,
             reason=reason,
             message=message,
             provider_id=tracked.job_id,
@@ -383,7 +407,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
 
     @staticmethod
     def _outcome(
-        tracked: _Tracked, job: RayJob, status: TaskStatus, exit_code: int | None
+        tracked: _Tracked, job: RayJob, status: TaskStatus, end: Exit, ran: bool
     ) -> tuple[str | None, str]:
         known = own_outcome(tracked, status)
         if known is not None:
@@ -394,12 +418,12 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
                 f"Ray job {job.submission_id} was stopped outside vi_flow "
                 "(ray job stop, the dashboard or the Jobs API)",
             )
-        if exit_code is not None:
-            return "NonZeroExit", f"exited with code {exit_code}"
+        if ran:
+            return end_reason(end), describe(end)
         if job.error_type == "JOB_SUPERVISOR_ACTOR_START_TIMEOUT":
             return "StartTimeout", f"Ray could not start job {job.submission_id}: {job.message}"
         kind = f" ({job.error_type})" if job.error_type else ""
-        return "RayJobFailed", f"Ray job {job.submission_id} failed{kind}: {job.message}"
+        return "EngineFailed", f"Ray job {job.submission_id} failed{kind}: {job.message}"
 
     def _lost(self, tracked: _Tracked) -> TaskUpdate:
         return TaskUpdate(

@@ -37,7 +37,9 @@ class RaySettings:
         volumes_dir: Volume directories, with the same requirement.
         token_file: A file holding the cluster's token when it runs with
             ``RAY_AUTH_MODE=token`` (sent as ``Authorization: Bearer``); None otherwise.
-        poll_interval: Seconds between job state polls.
+        poll_interval: Seconds between job state polls while jobs change.
+        idle_poll_interval: The longest pause between polls: it doubles from
+            ``poll_interval`` up to this while nothing changes.
         catalog_ttl: Seconds a node list is reused when checking a submission.
         timeout: Seconds for one HTTP request.
     """
@@ -47,6 +49,7 @@ class RaySettings:
     volumes_dir: Path
     token_file: Path | None = None
     poll_interval: float = 0.2
+    idle_poll_interval: float = 3.0
     catalog_ttl: float = 5.0
     timeout: float = 10.0
 
@@ -72,6 +75,7 @@ class RaySettings:
             volumes_dir=Path(pick("volumes_dir", "VI_FLOW_RAY_VOLUMES_DIR", home / "volumes")),
             token_file=Path(token_file) if token_file else None,
             poll_interval=float(given.get("poll_interval", 0.2)),
+            idle_poll_interval=float(given.get("idle_poll_interval", 3.0)),
             catalog_ttl=float(given.get("catalog_ttl", 5.0)),
             timeout=float(given.get("timeout", 10.0)),
         )

@@ -1,8 +1,12 @@
 """What slurmrestd says about jobs, nodes and reservations, and what we submit to it.
 
-Plain records decoded from the REST answers (v0.0.37/v0.0.38 shapes), the batch script
-and body of a job submission (its secrets go in the file of :mod:`.._job_files`).
-:mod:`.rest` owns the wire; this module owns the shapes.
+Plain records decoded from the REST answers, the batch script and body of a job
+submission (its secrets go in the file of :mod:`.._job_files`). This module is the one
+adapter between REST versions: v0.0.37/38 (Debian's Slurm 22.05) and v0.0.40+ (current
+Slurm) differ in numbers (``{"set", "number"}`` objects), job states and node flags
+(lists), exit codes (an object naming the signal) and the submission's environment,
+script and GPU fields; :meth:`JobSubmission.body` and the ``from_rest`` readers take
+both. :mod:`.rest` owns the wire; this module owns the shapes.
 """
 
 from __future__ import annotations
@@ -15,13 +19,18 @@ from typing import Any
 import attrs
 from typing_extensions import Self
 
+from .._exits import Exit, from_wait_status
+
 __all__ = [
     "BASE_ENV",
+    "LAUNCH_FAILURES",
+    "LEGACY_VERSIONS",
     "JobSubmission",
     "SlurmJob",
     "SlurmNode",
     "SlurmReservation",
     "decode_wait_status",
+    "exit_of",
     "job_status",
     "parse_gpu_indices",
     "parse_gres",
@@ -47,12 +56,32 @@ def decode_wait_status(raw: int | None) -> tuple[int | None, int | None]:
     Returns:
         ``(exit_code, None)`` for a normal exit, ``(None, signal)`` for a signal.
     """
-    if raw is None:
-        return None, None
-    signal = raw & 0x7F
-    if signal:
-        return None, signal
-    return (raw >> 8) & 0xFF, None
+    end = from_wait_status(raw)
+    return end.exit_code, end.signal
+
+
+def exit_of(value: Any) -> Exit:
+    """A job's end from its ``exit_code``, in either REST shape.
+
+    v0.0.37/38 send the raw ``waitpid`` status (an int); v0.0.39+ send
+    ``{"status": ["SIGNALED"], "return_code": {...}, "signal": {"id": {...}}}``.
+    """
+    if not isinstance(value, dict):
+        return from_wait_status(rest_int(value))
+    status = {str(s).upper() for s in value.get("status") or ()}
+    if status & {"SIGNALED", "CORE_DUMPED"}:
+        number = rest_int((value.get("signal") or {}).get("id"))
+        if number:
+            return Exit(signal=number)
+    code = rest_int(value.get("return_code"))
+    return Exit() if code is None or status & {"PENDING", "INVALID"} else Exit(exit_code=code)
+
+
+#: REST versions whose shapes are the old ones (plain numbers, a mapping environment).
+LEGACY_VERSIONS = frozenset({"v0.0.37", "v0.0.38"})
+
+#: ``state_reason`` values of a job that ended because it could not start on its node.
+LAUNCH_FAILURES = frozenset({"JobLaunchFailure", "launch_failed_requeued_held", "Prolog"})
 
 
 _STATUS_BY_STATE = {
@@ -130,6 +159,35 @@ def _state(value: Any) -> str:
     return str(value or "UNKNOWN")
 
 
+def _launch_failed(data: Mapping[str, Any], end: Exit) -> bool:
+    """A launch failure's ``exit_code`` is a Slurm error number, never a process's end:
+    a raw wait status is a signal below 256 or an exit code times 256, and v0.0.39+
+    name the signal or give a code of 0-255."""
+    if str(data.get("state_reason") or "") not in LAUNCH_FAILURES:
+        return False
+    if isinstance(data.get("exit_code"), dict) and end.signal is not None:
+        return False  # v0.0.39+ said SIGNALED
+    raw = _raw_exit(data.get("exit_code"))
+    return raw is None or (raw >= 256 and raw & 0xFF != 0)
+
+
+def _number(value: int) -> dict[str, Any]:
+    """A v0.0.39+ ``*_no_val`` number."""
+    return {"set": True, "infinite": False, "number": value}
+
+
+def _raw_exit(value: Any) -> int | None:
+    return rest_int(value.get("return_code") if isinstance(value, dict) else value)
+
+
+def _node_flags(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """v0.0.37/38 send ``state_flags``; v0.0.39+ put the flags after the base ``state``."""
+    if "state_flags" in data:
+        return tuple(str(f) for f in data.get("state_flags") or ())
+    state = data.get("state")
+    return tuple(str(f) for f in state[1:]) if isinstance(state, list) else ()
+
+
 def _time(value: Any) -> float | None:
     seconds = rest_int(value)
     return float(seconds) if seconds else None
@@ -182,27 +240,39 @@ class JobSubmission:
         lines.append(f"exec /bin/bash -c {shlex.quote(self.command)}")
         return "\n".join(lines) + "\n"
 
-    def body(self) -> dict[str, Any]:
-        """The ``POST /job/submit`` body for REST v0.0.37 / v0.0.38."""
+    def body(self, version: str = "v0.0.38") -> dict[str, Any]:
+        """The ``POST /job/submit`` body in the shape of REST ``version``.
+
+        v0.0.37/38 take the environment as a mapping, plain numbers and ``gres``;
+        v0.0.40+ take ``K=V`` strings, ``{"set", "number"}`` objects, ``tres_per_node``
+        and the script inside ``job`` (v0.0.40 also at the top, where it began).
+        """
+        legacy = version in LEGACY_VERSIONS
+        env = {**BASE_ENV, **self.env}
         job: dict[str, Any] = {
             "name": self.name,
             "cpus_per_task": self.cpus,
-            "memory_per_node": self.memory_mb,
+            "memory_per_node": self.memory_mb if legacy else _number(self.memory_mb),
             "current_working_directory": self.working_dir,
             "standard_output": self.stdout_path,
             "standard_error": self.stderr_path,
-            "environment": {**BASE_ENV, **self.env},
+            "environment": env if legacy else [f"{k}={v}" for k, v in env.items()],
         }
         if self.gpu_count:
-            kind = f"{self.gpu_type}:" if self.gpu_type else ""
-            job["gres"] = f"gpu:{kind}{self.gpu_count}"
+            gres = f"gpu:{self.gpu_type}:" if self.gpu_type else "gpu:"
+            key, prefix = ("gres", "") if legacy else ("tres_per_node", "gres/")
+            job[key] = f"{prefix}{gres}{self.gpu_count}"
         if self.time_limit_s is not None:
-            job["time_limit"] = max(1, -(-int(self.time_limit_s) // 60))
+            minutes = max(1, -(-int(self.time_limit_s) // 60))
+            job["time_limit"] = minutes if legacy else _number(minutes)
         if self.partition:
             job["partition"] = self.partition
         if self.reservation:
             job["reservation"] = self.reservation
-        return {"script": self.script(), "job": job}
+        if legacy:
+            return {"script": self.script(), "job": job}
+        job["script"] = self.script()
+        return {"script": self.script(), "job": job} if version == "v0.0.40" else {"job": job}
 
 
 @attrs.frozen
@@ -224,6 +294,11 @@ class SlurmJob:
         submit_time: Epoch seconds, or None.
         start_time: Epoch seconds, or None.
         end_time: Epoch seconds, or None while it is not over.
+        raw_exit: Slurm's ``exit_code`` figure as sent (for a launch failure, Slurm's
+            error number, such as 4021).
+        launch_failed: It never started on its node (``JobLaunchFailure`` with a Slurm
+            error number; Slurm 22.05 gives the same reason to a batch script killed by
+            a signal, which is not one).
     """
 
     job_id: int
@@ -240,17 +315,24 @@ class SlurmJob:
     submit_time: float | None
     start_time: float | None
     end_time: float | None
+    raw_exit: int | None = None
+    launch_failed: bool = False
 
     @classmethod
     def from_rest(cls, data: Mapping[str, Any]) -> Self:
-        """Build from one item of ``GET /job/{id}``'s ``jobs`` list."""
+        """Build from one item of ``GET /job/{id}``'s ``jobs`` list (any known version)."""
         job_id = rest_int(data.get("job_id")) or 0
         state = _state(data.get("job_state")).upper()
         status = job_status(state)
-        exit_code, signal = decode_wait_status(rest_int(data.get("exit_code")))
+        end = exit_of(data.get("exit_code"))
+        exit_code, signal = end.exit_code, end.signal
         if status == "cancelled" and exit_code == 0:
             exit_code = None  # a job cancelled while pending never exited
         terminal = status in ("completed", "failed", "cancelled")
+        raw = _raw_exit(data.get("exit_code"))
+        launch_failed = terminal and _launch_failed(data, end)
+        if launch_failed:
+            exit_code, signal = None, None  # the raw figure is Slurm's error, not a status
 
         def path(key: str) -> str:
             return str(data.get(key) or "").replace("%j", str(job_id))
@@ -270,6 +352,8 @@ class SlurmJob:
             submit_time=_time(data.get("submit_time")),
             start_time=_time(data.get("start_time")) if status != "pending" else None,
             end_time=_time(data.get("end_time")) if terminal else None,
+            raw_exit=raw,
+            launch_failed=launch_failed,
         )
 
 
@@ -317,7 +401,7 @@ class SlurmNode:
         return cls(
             name=str(data.get("name") or ""),
             state=_state(data.get("state")).lower(),
-            flags=tuple(str(f) for f in data.get("state_flags") or ()),
+            flags=_node_flags(data),
             cpus=rest_int(data.get("cpus")) or 0,
             idle_cpus=rest_int(data.get("idle_cpus")) or 0,
             memory_mb=memory,

@@ -44,6 +44,7 @@ from ....models.tasks import (
     TaskStatus,
 )
 from ...clock import now_ms
+from .._exits import SLURM_END_STATES, Exit, describe, end_reason, slurm_pending_reason
 from .._job_files import ENV_FILE, make_task_dirs, write_secret_file
 from .._polling import PollingJobProvider, own_outcome
 from ..base import (
@@ -65,6 +66,7 @@ from .rest import (
     SlurmJob,
     SlurmJobNotFoundError,
     SlurmNode,
+    SlurmNotNowError,
     SlurmReservation,
     SlurmRestClient,
     SlurmUnavailableError,
@@ -79,18 +81,18 @@ __all__ = ["SlurmCredentialsError", "SlurmProvider", "SlurmSettings", "create"]
 logger = logging.getLogger("vi_flow.server.slurm")
 
 DEFAULT_MEMORY_MB = 1024
-#: From this many watched tasks on, one ``GET /jobs`` per poll replaces one GET per job.
-BULK_POLL_FROM = 4
+#: Job state requests in flight at once during one poll.
+POLL_CONCURRENCY = 8
 #: Variables safe to show in Slurm's job record; everything else goes through the file.
 PUBLIC_ENV = ("VI_FLOW_TASK_ID",)
 _TERMINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
-_FAILURE_REASONS = {
-    "TIMEOUT": ("MaxRunTimeExceeded", "exceeded its time limit"),
-    "DEADLINE": ("MaxRunTimeExceeded", "missed its deadline"),
-    "OUT_OF_MEMORY": ("OutOfMemory", "ran out of memory"),
-    "NODE_FAIL": ("NodeFailure", "lost its node"),
-    "BOOT_FAIL": ("NodeFailure", "could not boot its node"),
-    "PREEMPTED": ("Preempted", "was preempted"),
+#: What a launch failure's Slurm error number means for the task (4021: slurmd could
+#: not open the job's output files, as on a node that does not see the task directory).
+_LAUNCH_ERRORS = {
+    4021: "could not open the task's log files there",
+    4010: "could not create the batch directory there",
+    4005: "the job's user does not exist there",
+    4022: "the node's prolog failed",
 }
 
 
@@ -111,6 +113,9 @@ class _Tracked:
     cancel_requested: bool = False
     timed_out: bool = False
     reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
+    deadline: float | None = None  # epoch seconds when max_run_time runs out
+    raw_reason: str | None = "None"  # Slurm's pending reason last reported ("None": none)
+    unsent: LaunchSpec | None = None  # Slurm refused it for now: submit again (job_id 0)
 
 
 class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, SlurmError]):
@@ -128,6 +133,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
 
     def __init__(self, settings: SlurmSettings, *, rest: SlurmRestClient | None = None) -> None:
         super().__init__(settings)
+        self._polls = asyncio.Semaphore(POLL_CONCURRENCY)
         self.rest = rest or SlurmRestClient(
             settings.url,
             user=settings.user,
@@ -193,13 +199,55 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         """
         env_file = spec.paths.root / ENV_FILE
         await asyncio.to_thread(self._prepare, spec, env_file)
-        submission = self._submission(spec, env_file)
+        tracked = _Tracked(spec.task_id, 0, TaskStatus.PENDING, env_file, spec.max_run_time)
         try:
-            job_id = await self.rest.submit_job(submission)
+            tracked.job_id = await self.rest.submit_job(self._submission(spec, env_file))
+        except SlurmNotNowError as exc:
+            await self._hold_back(tracked, spec, exc)
+            return
         except SlurmError as exc:
             await asyncio.to_thread(env_file.unlink, missing_ok=True)
             raise self._provider_error(exc) from None
-        tracked = _Tracked(spec.task_id, job_id, TaskStatus.PENDING, env_file, spec.max_run_time)
+        await self._queued(tracked)
+
+    async def _hold_back(self, tracked: _Tracked, spec: LaunchSpec, exc: SlurmError) -> None:
+        """Keep a task Slurm refused for now (a drained node, a partition down) pending;
+        the poller submits it again until Slurm takes it."""
+        first = tracked.unsent is None
+        tracked.unsent = spec
+        self._tracked[spec.task_id] = tracked
+        raw = f"Slurm error {exc.errno}" if exc.errno is not None else "refused"
+        if not first and tracked.raw_reason == raw:
+            return
+        tracked.raw_reason = raw
+        reason = "PartitionDown" if exc.errno in (2015, 2070) else "ReqNodeNotAvail"
+        await self._report(
+            TaskUpdate(
+                spec.task_id,
+                TaskStatus.PENDING,
+                reason=reason,
+                raw_reason=raw,
+                message=f"Slurm does not take the job now; submitting again: {exc.message}",
+                time=now_ms(),
+            )
+        )
+
+    async def _resend(self, tracked: _Tracked) -> None:
+        """Submit a held-back task again (one try per poll)."""
+        spec = tracked.unsent
+        assert spec is not None and tracked.env_file is not None
+        try:
+            job_id = await self.rest.submit_job(self._submission(spec, tracked.env_file))
+        except SlurmNotNowError as exc:
+            await self._hold_back(tracked, spec, exc)
+            return
+        except SlurmError as exc:
+            if exc.transient:
+                return
+            update = TaskUpdate(spec.task_id, TaskStatus.FAILED, reason="SubmitFailed")
+            await self._finish(tracked, attrs.evolve(update, message=exc.message, time=now_ms()))
+            return
+        tracked.job_id, tracked.unsent, tracked.raw_reason = job_id, None, "None"
         await self._queued(tracked)
 
     def _prepare(self, spec: LaunchSpec, env_file: Path) -> None:
@@ -240,6 +288,10 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         if tracked is None:
             return
         tracked.cancel_requested = True
+        if tracked.unsent is not None:  # Slurm never took it
+            update = TaskUpdate(task_id, TaskStatus.CANCELLED, reason="Cancelled")
+            await self._finish(tracked, attrs.evolve(update, message="cancelled by request"))
+            return
         try:
             await self.rest.cancel_job(tracked.job_id)
         except SlurmJobNotFoundError:
@@ -252,16 +304,16 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     # -- polling -------------------------------------------------------------------------
 
     async def _poll_once(self) -> None:
-        tracked = list(self._tracked.values())
-        if len(tracked) < BULK_POLL_FROM:
-            await asyncio.gather(*(self._refresh(t) for t in tracked))
-            return
-        try:  # one request for all jobs instead of one per job
-            jobs = {job.job_id: job for job in await self.rest.list_jobs()}
-        except SlurmError as exc:
-            logger.debug("cannot list Slurm jobs: %s", exc.message)
-            return
-        await asyncio.gather(*(self._refresh(t, jobs.get(t.job_id)) for t in tracked))
+        """One ``GET /job/{id}`` per watched job (never the whole queue: other users'
+        jobs cost nothing here), a few at a time."""
+        await asyncio.gather(*(self._refresh_limited(t) for t in list(self._tracked.values())))
+
+    async def _refresh_limited(self, tracked: _Tracked) -> None:
+        async with self._polls:
+            if tracked.unsent is not None:
+                await self._resend(tracked)
+            else:
+                await self._refresh(tracked)
 
     async def _refresh(self, tracked: _Tracked, job: SlurmJob | None = None) -> None:
         if job is None:
@@ -270,7 +322,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             except SlurmJobNotFoundError:
                 await self._finish(tracked, self._lost(tracked))
                 return
-            except SlurmError as exc:
+            except SlurmError as exc:  # transient or not, the next poll asks again
                 logger.debug("cannot poll Slurm job %s: %s", tracked.job_id, exc.message)
                 return
         await self._apply(tracked, job)
@@ -282,7 +334,12 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             status = TaskStatus.FAILED
         elif status == TaskStatus.RUNNING:
             await self._enforce_max_run_time(tracked, job)
-        if status == tracked.status or self._tracked.get(tracked.task_id) is not tracked:
+        if self._tracked.get(tracked.task_id) is not tracked:
+            return
+        if status == tracked.status:
+            if status == TaskStatus.PENDING and job.reason != tracked.raw_reason:
+                tracked.raw_reason = job.reason
+                await self._report(self._update(tracked, job, status))
             return
         update = self._update(tracked, job, status)
         if status not in _TERMINAL:
@@ -296,7 +353,10 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     async def _enforce_max_run_time(self, tracked: _Tracked, job: SlurmJob) -> None:
         """Stop a job past ``max_run_time`` (Slurm's own limit is in whole minutes)."""
         limit, started = tracked.max_run_time, job.start_time
-        if tracked.timed_out or limit is None or started is None or time.time() < started + limit:
+        if limit is None or started is None:
+            return
+        tracked.deadline = started + limit
+        if tracked.timed_out or time.time() < tracked.deadline:
             return
         tracked.timed_out = True
         try:
@@ -334,11 +394,18 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             gpu_ids = list(job.gpu_ids) if job.status == "running" else None
             return attrs.evolve(update, reason="Started", message=message, gpu_ids=gpu_ids)
         if status == TaskStatus.PENDING:
-            message = f"waiting in the Slurm queue as job {job.job_id} ({job.reason})"
-            return attrs.evolve(update, reason="WaitingForCapacity", message=message)
-        exit_code = job.exit_code if job.signal is None else -job.signal
-        reason, why = self._outcome(tracked, job, status)
-        return attrs.evolve(update, exit_code=exit_code, reason=reason, message=why)
+            waits = slurm_pending_reason(job.reason)
+            message = f"waiting in the Slurm queue as job {job.job_id}: {job.reason or 'queued'}"
+            return attrs.evolve(update, reason=waits, raw_reason=job.reason, message=message)
+        ended, why = self._outcome(tracked, job, status)
+        return attrs.evolve(
+            update,
+            exit_code=job.exit_code,
+            signal=job.signal,
+            reason=ended,
+            raw_reason=job.reason if job.reason not in ("", "None") else None,
+            message=why,
+        )
 
     def _outcome(
         self, tracked: _Tracked, job: SlurmJob, status: TaskStatus
@@ -351,12 +418,22 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
                 "CancelledOutsideViFlow",
                 f"Slurm job {job.job_id} was cancelled outside vi_flow (scancel or an admin)",
             )
-        if job.state in _FAILURE_REASONS:
-            reason, what = _FAILURE_REASONS[job.state]
+        if job.launch_failed:
+            return "LaunchFailed", self._launch_failure(tracked, job)
+        if job.state in SLURM_END_STATES:
+            reason, what = SLURM_END_STATES[job.state]
             return reason, f"Slurm job {job.job_id} {what}"
-        if job.signal is not None:
-            return "Killed", f"Slurm job {job.job_id} was killed by signal {job.signal}"
-        return "NonZeroExit", f"exited with code {job.exit_code}"
+        end = Exit(job.exit_code, job.signal)
+        return end_reason(end), describe(end)
+
+    def _launch_failure(self, tracked: _Tracked, job: SlurmJob) -> str:
+        node = job.node or "its node"
+        what = _LAUNCH_ERRORS.get(job.raw_exit or 0, f"Slurm error {job.raw_exit}")
+        message = f"Slurm could not launch job {job.job_id} on node {node}: {what}"
+        if job.raw_exit in (4021, 4010):
+            root = self.task_paths(tracked.task_id).root
+            message += f"; the task directory {root} is not shared with node {node}"
+        return message
 
     # -- capacity ------------------------------------------------------------------------
 
@@ -398,7 +475,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     # -- errors --------------------------------------------------------------------------
 
     def _provider_error(self, exc: SlurmError) -> ProviderError:
-        if isinstance(exc, SlurmConnectionError | SlurmUnavailableError):
+        if isinstance(exc, SlurmConnectionError | SlurmUnavailableError | SlurmNotNowError):
             return ProviderUnavailable(exc.message, self.settings.url)
         if isinstance(exc, SlurmAuthError):
             return SlurmCredentialsError(exc.message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
+import anyio
 import orjson
 from typing_extensions import Self
 
@@ -42,6 +44,7 @@ from .jobs import (
 __all__ = [
     "BASE_ENV",
     "KNOWN_VERSIONS",
+    "NOT_NOW_ERRNOS",
     "JobSubmission",
     "SlurmAuthError",
     "SlurmConnectionError",
@@ -50,6 +53,7 @@ __all__ = [
     "SlurmJob",
     "SlurmJobNotFoundError",
     "SlurmNode",
+    "SlurmNotNowError",
     "SlurmReservation",
     "SlurmRestClient",
     "SlurmUnavailableError",
@@ -62,8 +66,11 @@ __all__ = [
 
 logger = logging.getLogger("vi_flow.server.slurm")
 
-#: REST versions this module speaks, best first (v0.0.39+ changed the job and node shapes).
-KNOWN_VERSIONS: tuple[str, ...] = ("v0.0.38", "v0.0.37")
+#: REST versions this module speaks, best first (:mod:`.jobs` adapts the shapes): Slurm
+#: 22.05 (Debian's) offers v0.0.37/38, 23.11 v0.0.40, 24.05 v0.0.41, 24.11 v0.0.42.
+KNOWN_VERSIONS: tuple[str, ...] = ("v0.0.42", "v0.0.41", "v0.0.40", "v0.0.38", "v0.0.37")
+#: Answers bigger than this are decoded in a thread, not on the event loop.
+DECODE_IN_THREAD_FROM = 64 * 1024
 
 _VERSION_IN_PATH = re.compile(r"^/slurm/(v\d+\.\d+\.\d+)/")
 _TOKEN_CACHE_S = 10.0
@@ -110,6 +117,11 @@ class SlurmInvalidRequestError(SlurmError):
     """Slurm can never satisfy the request (error 2014 and kin): retrying will not help."""
 
 
+class SlurmNotNowError(SlurmError):
+    """Slurm refused a submission for now: its node or partition is down, drained or
+    busy (2015, 2016, 2068, 2070). The job was not queued; it may be submitted again."""
+
+
 class SlurmVersionError(SlurmError):
     """``slurmrestd`` offers no REST version this module knows."""
 
@@ -120,6 +132,8 @@ _TRANSIENT_ERRNOS = frozenset(
 )
 _AUTH_ERRNOS = frozenset({1007, 2002, 2010})
 _NOT_FOUND_ERRNOS = frozenset({2017})
+#: Refusals that name a state that passes: partition or nodes unavailable or busy.
+NOT_NOW_ERRNOS = frozenset({2015, 2016, 2068, 2070})
 #: 2021 ``ESLURM_ALREADY_DONE``: cancelling a finished job is not an error for us.
 ALREADY_DONE = 2021
 
@@ -131,6 +145,8 @@ def _error_class(errno: int | None, http_status: int) -> type[SlurmError]:
         return SlurmJobNotFoundError
     if errno in _TRANSIENT_ERRNOS or http_status in (502, 503, 504):
         return SlurmUnavailableError
+    if errno in NOT_NOW_ERRNOS:
+        return SlurmNotNowError
     if errno == -1 and http_status == 500:
         # 22.05 answers a token slurmctld rejects with a bare SLURM_ERROR (-1).
         return SlurmAuthError
@@ -146,6 +162,20 @@ def _token_expiry(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, int | float) else None
+
+
+async def _parse(raw: bytes) -> Any:
+    """The JSON in ``raw`` (None if it is not JSON); a big answer is parsed in a thread."""
+    if len(raw) >= DECODE_IN_THREAD_FROM:
+        return await anyio.to_thread.run_sync(_loads, raw)
+    return _loads(raw)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _read_token(path: Path) -> str:
@@ -217,10 +247,7 @@ class SlurmRestClient:
             SlurmVersionError: The daemon offers none of them.
         """
         if self._version is None:
-            document = await self._call("GET", "/openapi/v3", versioned=False)
-            offered = {
-                m.group(1) for p in document.get("paths", {}) if (m := _VERSION_IN_PATH.match(p))
-            }
+            offered = await self._offered_versions()
             known = [v for v in KNOWN_VERSIONS if v in offered]
             if not known:
                 raise SlurmVersionError(
@@ -228,7 +255,25 @@ class SlurmRestClient:
                     f"{sorted(offered) or 'none'}; vi_flow knows {list(KNOWN_VERSIONS)}"
                 )
             self._version = known[0]
+            logger.debug("slurmrestd at %s: REST %s of %s", self.url, known[0], sorted(offered))
         return self._version
+
+    async def _offered_versions(self) -> set[str]:
+        """The versions the daemon's OpenAPI document lists; probed by ``ping`` without one."""
+        for path in ("/openapi/v3", "/openapi"):
+            try:
+                document = await self._call("GET", path, versioned=False)
+            except SlurmInvalidRequestError:
+                continue  # this daemon serves its document elsewhere, or not at all
+            paths = document.get("paths", {})
+            return {m.group(1) for p in paths if (m := _VERSION_IN_PATH.match(p))}
+        offered = set()
+        for version in KNOWN_VERSIONS:
+            with contextlib.suppress(SlurmInvalidRequestError):
+                await self._call("GET", f"/slurm/{version}/ping", versioned=False)
+                offered.add(version)
+                break
+        return offered
 
     async def _headers(self, *, reload: bool = False) -> dict[str, str]:
         now = time.monotonic()
@@ -264,7 +309,8 @@ class SlurmRestClient:
             SlurmInvalidRequestError: Slurm can never run it (2014: no node has what it
                 asks for); a job Slurm queued anyway is cancelled first.
         """
-        answer = await self._call("POST", "/job/submit", json=submission.body(), resend=False)
+        body = submission.body(await self.version())
+        answer = await self._call("POST", "/job/submit", json=body, resend=False)
         job_id = rest_int(answer.get("job_id"))
         errors = answer.get("errors") or []
         if errors or job_id is None:
@@ -388,14 +434,10 @@ class SlurmRestClient:
             raise SlurmConnectionError(
                 f"cannot reach slurmrestd at {self.url} ({what}): {exc}"
             ) from exc
-        logger.debug("%s -> %s", what, status)
-        return self._decode(raw, status, what)
+        logger.debug("%s -> %s (%d bytes)", what, status, len(raw))
+        return self._decode(await _parse(raw), status, what)
 
-    def _decode(self, raw: bytes, status: int, what: str) -> dict[str, Any]:
-        try:
-            answer = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            answer = None
+    def _decode(self, answer: Any, status: int, what: str) -> dict[str, Any]:
         if status in (401, 403):
             raise self._error([], status, what)
         if not isinstance(answer, dict):

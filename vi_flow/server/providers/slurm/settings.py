@@ -37,7 +37,9 @@ class SlurmSettings:
         volumes_dir: Volume directories; every node must see it.
         partition: The partition for jobs, or None for the cluster default.
         slurm_conf: ``SLURM_CONF`` for ``srun`` in shells, when not the system default.
-        poll_interval: Seconds between job state polls.
+        poll_interval: Seconds between job state polls while jobs change.
+        idle_poll_interval: The longest pause between polls: it doubles from
+            ``poll_interval`` up to this while nothing changes.
         catalog_ttl: Seconds a node list is reused when checking a submission.
         max_retries: Retries of transient REST failures (connection refused, busy).
     """
@@ -50,6 +52,7 @@ class SlurmSettings:
     partition: str | None = None
     slurm_conf: str | None = None
     poll_interval: float = 0.2
+    idle_poll_interval: float = 3.0
     catalog_ttl: float = 5.0
     max_retries: int = 2
 
@@ -72,6 +75,7 @@ class SlurmSettings:
             partition=pick("partition", "VI_FLOW_SLURM_PARTITION", None),
             slurm_conf=pick("slurm_conf", "SLURM_CONF", None),
             poll_interval=float(given.get("poll_interval", 0.2)),
+            idle_poll_interval=float(given.get("idle_poll_interval", 3.0)),
             catalog_ttl=float(given.get("catalog_ttl", 5.0)),
             max_retries=int(given.get("max_retries", 2)),
         )

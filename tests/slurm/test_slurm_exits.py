@@ -1,0 +1,132 @@
+"""How a Slurm task ended and why it waits, in the figures every provider reports.
+
+The endings match tests/tasks_server/test_exits.py (local) and tests/ray/test_ray_exits.py:
+``exit 3``, ``kill -9 $$``, a cancel and a time limit. Then what only Slurm says: a down
+partition, a drained node, and a node that cannot open the task's files. Every test
+that changes the cluster puts it back, even when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.providers_kit import Updates
+from vi_flow.models.tasks import TaskStatus
+from vi_flow.server.providers.base import TaskUpdate
+from vi_flow.server.providers.slurm import SlurmProvider
+
+from .conftest import SlurmCluster, launch
+
+pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
+
+FAILED, CANCELLED, COMPLETED = TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.COMPLETED
+
+
+def figures(update: TaskUpdate) -> tuple[Any, ...]:
+    return update.status, update.exit_code, update.signal, update.reason
+
+
+async def ended(updates: Updates, task_id: str) -> TaskUpdate:
+    return await updates.wait(task_id, COMPLETED, FAILED, CANCELLED)
+
+
+async def test_exit_3_is_exit_code_3(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_x3", "exit 3")
+    done = await ended(updates, "task_x3")
+    assert figures(done) == (FAILED, 3, None, "NonZeroExit")
+    assert done.message == "exited with status 3"
+
+
+async def test_kill_9_is_signal_9(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_k9", "kill -9 $$")
+    done = await ended(updates, "task_k9")
+    assert figures(done) == (FAILED, None, 9, "Killed")
+    assert done.message == "killed by SIGKILL (signal 9)"
+
+
+async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_cx", "sleep 60")
+    await updates.wait("task_cx", TaskStatus.RUNNING)
+    await provider.cancel("task_cx", 1.0)
+    assert figures(await ended(updates, "task_cx")) == (CANCELLED, None, 15, "Cancelled")
+
+
+async def test_time_limit_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
+    await launch(provider, "task_tl", "sleep 60", max_run_time=1.0)
+    assert figures(await ended(updates, "task_tl")) == (FAILED, None, 15, "TimeLimit")
+
+
+@pytest.fixture
+def partition_down(slurm_cluster: SlurmCluster) -> Iterator[None]:
+    slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=down")
+    try:
+        yield
+    finally:
+        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=up")
+
+
+@pytest.fixture
+def node_drained(slurm_cluster: SlurmCluster) -> Iterator[str]:
+    node = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
+    slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=drain", "reason=test")
+    try:
+        yield node
+    finally:  # a test may have resumed it already; Slurm refuses a second resume
+        if "drain" in slurm_cluster.run("sinfo", "-h", "-N", "-o", "%T", "-n", node):
+            slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume")
+
+
+async def reason_seen(updates: Updates, task_id: str, reason: str, within: float) -> TaskUpdate:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        found = [u for u in updates.of(task_id) if u.reason == reason]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{task_id} never showed {reason}: {updates.of(task_id)}")
+
+
+async def test_a_down_partition_shows_at_the_first_poll(
+    provider: SlurmProvider, updates: Updates, partition_down: None
+) -> None:
+    await launch(provider, "task_pd", "echo never")
+    waiting = await reason_seen(updates, "task_pd", "PartitionDown", within=2)
+    assert [u.reason for u in updates.of("task_pd")] == ["Queued", "PartitionDown"]
+    assert (waiting.status, waiting.raw_reason) == (TaskStatus.PENDING, "PartitionDown")
+    assert waiting.message and "PartitionDown" in waiting.message
+
+
+async def test_a_node_without_the_task_directory_is_launch_failed(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    # The job waits behind the down partition while its files vanish from the one node,
+    # as on a node that does not mount the task directory; then the partition comes up.
+    slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=down")
+    try:
+        spec = await launch(provider, "task_ns", "echo never")
+        await reason_seen(updates, "task_ns", "PartitionDown", within=2)
+        shutil.rmtree(spec.paths.stdout.parent)
+    finally:
+        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=up")
+    done = await ended(updates, "task_ns")
+    assert figures(done) == (FAILED, None, None, "LaunchFailed")
+    node = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
+    assert done.message and f"not shared with node {node}" in done.message
+    assert str(spec.paths.root) in done.message
+
+
+async def test_a_drained_node_keeps_the_task_pending_not_failed(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster, node_drained: str
+) -> None:
+    await launch(provider, "task_dr", "echo ran")
+    waiting = await reason_seen(updates, "task_dr", "ReqNodeNotAvail", within=3)
+    assert waiting.status == TaskStatus.PENDING and waiting.raw_reason
+    slurm_cluster.run("scontrol", "update", f"nodename={node_drained}", "state=resume")
+    done = await ended(updates, "task_dr")
+    assert figures(done) == (COMPLETED, 0, None, "Completed")
