@@ -167,6 +167,7 @@ class Visit:
 
     def shot(self, name: str, *, full_page: bool = True) -> None:
         """Save a screenshot (into docs/img/ when VI_FLOW_DOCS_SCREENSHOTS=1)."""
+        self.shots.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(self.shots / f"console-{name}.png"), full_page=full_page)
 
 

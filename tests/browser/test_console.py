@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +43,6 @@ def test_sign_in_by_one_time_url_never_shows_the_key(
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
     assert one.page.evaluate("document.cookie") == ""  # the page's script cannot read it
     assert console_server.token not in one.page.content()
-    one.shot("runs")
 
     again = visit()  # the same link in another browser: refused
     answer = again.page.goto(url)
@@ -66,6 +66,7 @@ def test_a_runs_events_arrive_live(visit: Any, console_server: ConsoleServer) ->
     one.page.click("nav >> text=Runs")
     newest = one.page.locator("#runs tbody tr").first
     assert newest.get_attribute("data-run") == job["executionId"]  # newest first
+    one.shot("runs")
     newest.locator("a.mono").focus()
     one.page.keyboard.press("Enter")  # by keyboard
     counter = one.page.locator(".section-head .muted")
@@ -141,6 +142,20 @@ def test_follow_a_tasks_log_live_and_cancel_it(visit: Any, console_server: Conso
     one.page.wait_for_selector("#task-state [data-state=cancelled]", timeout=30_000)
     assert console_server.call("GET", f"/tasks/{task['taskId']}")["status"] == "cancelled"
     assert "Cancel" in one.page.inner_text(".facts")  # the reason is shown
+
+
+def test_a_finished_tasks_artifacts_download(visit: Any, console_server: ConsoleServer) -> None:
+    command = 'echo trained > "$VI_FLOW_OUTPUT_DIR/model.txt"; echo done; exit 3'
+    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector("#task-state [data-state=failed]", timeout=30_000)
+    one.page.wait_for_selector(".log-line:text-is('done')")
+    assert "3" in one.page.inner_text(".facts dd:nth-of-type(5)")  # the exit code
+    with one.page.expect_download() as download:
+        one.page.click("a:text('model.txt')")
+    assert download.value.suggested_filename == "model.txt"
+    assert Path(download.value.path()).read_text() == "trained\n"
 
 
 def test_another_organization_sees_none_of_it(visit: Any, console_server: ConsoleServer) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vi_flow.server.state import STORE_KEY
+from vi_flow.server.state import SETTINGS_KEY, STORE_KEY
 
 from .conftest import Server, spec
 
@@ -125,3 +125,20 @@ async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(
         assert resp.status == 200 and resp.content_type == "text/javascript"
     async with server.session.get(server.root + "/console/static/..%2fsessions.py") as resp:
         assert resp.status == 404
+
+
+async def test_behind_a_tls_proxy_the_cookie_is_secure_and_its_origin_trusted(
+    start_server: Any,
+) -> None:
+    def behind_proxy(app: Any) -> None:
+        app[SETTINGS_KEY].public_url = "https://flows.example.com/v1"
+
+    server = await start_server(prepare=behind_proxy)
+    resp = await _open(server, await _sign_in_path(server))
+    cookie = resp.cookies["vi_flow_console"]
+    assert cookie["secure"]
+    headers = {"Cookie": f"vi_flow_console={cookie.value}", "Origin": "https://flows.example.com"}
+    session = await server.call("GET", "/../console/api/session", token="", headers=headers)
+    headers["X-CSRF-Token"] = session.body["csrfToken"]
+    made = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=headers)
+    assert made.status == 201

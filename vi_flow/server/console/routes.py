@@ -110,7 +110,7 @@ async def sign_in(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=request.secure or (sessions.public_origin(request) or "").startswith("https:"),
         max_age=sessions.SESSION_TTL_MS // 1000,
     )
     raise response

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import sqlite3
+from urllib.parse import urlsplit
 
 import attrs
 from aiohttp import web
@@ -21,7 +22,7 @@ from aiohttp import web
 from .._records import hash_token
 from ..clock import now_ms
 from ..errors import APIProblem
-from ..state import STORE_KEY, Principal
+from ..state import SETTINGS_KEY, STORE_KEY, Principal
 
 __all__ = [
     "CODE_TTL_MS",
@@ -35,6 +36,7 @@ __all__ = [
     "delete_session",
     "exchange_code",
     "find_session",
+    "public_origin",
     "session_principal",
 ]
 
@@ -145,11 +147,24 @@ async def delete_session(request: web.Request) -> None:
     )
 
 
+def public_origin(request: web.Request) -> str | None:
+    """The origin of the server's ``public_url`` (its reverse proxy), when one is set."""
+    public = request.app[SETTINGS_KEY].public_url
+    if not public:
+        return None
+    parts = urlsplit(public)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _same_origin(request: web.Request) -> bool:
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    # Behind a TLS proxy the browser's origin is the proxy's: https, the public host.
+    return origin is None or origin in (
+        f"{request.scheme}://{request.host}",
+        public_origin(request),
+    )
 
 
 def check_csrf(request: web.Request, session: ConsoleSession) -> None:
