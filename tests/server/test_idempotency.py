@@ -103,3 +103,51 @@ async def test_the_resource_and_its_record_are_saved_together(server: Server) ->
     assert runs[0].body["runId"] == runs[1].body["runId"]
     assert len((await server.call("GET", "/flows")).body["items"]) == 1
     assert len((await server.call("GET", "/runs")).body["items"]) == 1
+
+
+CREATES = [
+    ("/tasks", {"command": "true"}, "taskId"),
+    ("/volumes", {"sizeGb": 1}, "volumeId"),
+    ("/reservations", {"cpus": 1, "durationHours": 1}, "reservationId"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), CREATES)
+async def test_tasks_volumes_and_reservations_are_saved_with_their_record(
+    server: Server, path: str, body: dict[str, object], field: str
+) -> None:
+    store = server.app[STORE_KEY]
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("the server died between two transactions")
+
+    store.put_idempotent = crash  # type: ignore[method-assign]  # a separate save would fail
+    headers = {"Idempotency-Key": f"together-{path}"}
+    first = await server.call("POST", path, json=body, headers=headers)
+    again = await server.call("POST", path, json=body, headers=headers)
+    assert first.status == again.status == 201, first.body
+    assert again.body[field] == first.body[field] and again.headers["Idempotent-Replayed"]
+    assert len((await server.call("GET", path)).body["items"]) == 1
+
+
+@pytest.mark.parametrize(("path", "body", "field"), CREATES)
+async def test_concurrent_duplicates_make_one_task_volume_or_reservation(
+    server: Server, path: str, body: dict[str, object], field: str
+) -> None:
+    headers = {"Idempotency-Key": "same"}
+    answers = await asyncio.gather(
+        *(server.call("POST", path, json=body, headers=headers) for _ in range(6))
+    )
+    assert {a.status for a in answers} == {201}
+    assert len({a.body[field] for a in answers}) == 1
+    assert len((await server.call("GET", path)).body["items"]) == 1
+
+
+async def test_a_task_the_provider_refuses_leaves_no_replayable_answer(server: Server) -> None:
+    headers = {"Idempotency-Key": "refused"}
+    body = {"command": "true", "cpus": 10_000}  # more than this machine has: refused
+    first = await server.call("POST", "/tasks", json=body, headers=headers)
+    assert 400 <= first.status < 500, first.body
+    again = await server.call("POST", "/tasks", json=body, headers=headers)
+    assert again.status == first.status and "Idempotent-Replayed" not in again.headers
+    assert (await server.call("GET", "/tasks")).body["items"] == []

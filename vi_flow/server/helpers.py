@@ -338,6 +338,10 @@ async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.
     token = IDEMPOTENCY_SLOT.set(slot)
     try:
         response = await handler(request)
+    except BaseException:
+        if slot.saved:  # the resource was saved, then its request failed: no replay of it
+            await store.forget_idempotent(org, key, request.method, request.path)
+        raise
     finally:
         IDEMPOTENCY_SLOT.reset(token)
     if slot.saved:  # saved with the resource, in its transaction

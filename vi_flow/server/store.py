@@ -383,3 +383,8 @@ class Store:
     ) -> None:
         """Remember the first answer ``(body_hash, status, body)`` for an idempotency key."""
         await self.run(lambda c: rec.put_idempotent(c, org_id, key, method, path, record))
+
+    async def forget_idempotent(self, org_id: str, key: str, method: str, path: str) -> None:
+        """Drop the answer saved for an idempotency key (its request failed after all)."""
+        sql = "DELETE FROM idempotency WHERE org_id = ? AND key = ? AND method = ? AND path = ?"
+        await self.run(lambda c: c.execute(sql, (org_id, key, method, path)))

@@ -120,7 +120,7 @@ async def create_task(request: web.Request) -> web.StreamResponse:
     """Submit a task (body: TaskConfig)."""
     config = await read_json(request, TaskConfig)
     _check_config(config)
-    task = await _service(request).submit(org_of(request), config)
+    task = await _service(request).submit(org_of(request), config, answer_status=201)
     return json_response(task, status=201)
 
 
@@ -284,7 +284,7 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
     if body.name is not None:
         limited(check_name, "name", body.name)
     volume = await _service(request).volumes.create_volume(
-        org_of(request), body.size_gb, body.name, body.interface, body.region
+        org_of(request), body.size_gb, body.name, body.interface, body.region, answer_status=201
     )
     return json_response(volume, status=201)
 
@@ -383,7 +383,11 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
         reservation = await service.provider.create_reservation(body)
     except ProviderError as exc:
         raise problem_for(exc) from exc
-    await service.claim_reservation(reservation.reservation_id, org_of(request))
+    try:
+        await service.claim_reservation(reservation, org_of(request), answer_status=201)
+    except BaseException:
+        await service.provider.cancel_reservation(reservation.reservation_id)  # held by none
+        raise
     return json_response(reservation, status=201)
 
 
@@ -397,11 +401,11 @@ async def list_reservations(request: web.Request) -> web.StreamResponse:
         raise problem_for(exc) from exc
     org = org_of(request)
     mine = [r for r in reservations if await service.reservation_org(r.reservation_id) == org]
+    mine.sort(key=lambda r: (r.created_at, r.reservation_id), reverse=newest)
     return json_response({"items": mine})
 
 
 async def get_reservation(request: web.Request) -> web.StreamResponse:
-    mine.sort(key=lambda r: (r.created_at, r.reservation_id), reverse=newest)
     """Get a reservation."""
     return json_response(await _owned(request, request.match_info["reservationId"]))
 

@@ -155,6 +155,10 @@ class TaskRecords:
             raise APIProblem.not_found("TASK_NOT_FOUND", "task", task_id)
         return row
 
+    def decode(self, row: sqlite3.Row) -> Task:
+        """The task of a ``tasks`` row as it is answered, before it wrote any log."""
+        return self._task(row, (0, 0))
+
     def _task(self, row: sqlite3.Row, sizes: tuple[int, int]) -> Task:
         config = from_wire(orjson.loads(row["config"]), TaskConfig)
         # Env values are write-only: answers name the variables, never their values.

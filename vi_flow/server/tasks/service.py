@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 
 from ...models._base import from_wire, to_wire
-from ...models.tasks import Task, TaskConfig, TaskOutputFile, TaskStatus
+from ...models.tasks import Reservation, Task, TaskConfig, TaskOutputFile, TaskStatus
 from ..clock import now_ms
 from ..errors import APIProblem
 from ..providers.base import (
@@ -40,7 +40,7 @@ from ..providers.base import (
     TaskUpdate,
     problem_for,
 )
-from ..store import Store, new_id
+from ..store import Store, answer_saver, new_id
 from .launch import build_spec, check_config, prepare_task_dir, task_env
 from .outputs import TaskOutputs
 from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
@@ -160,8 +160,12 @@ class TaskService:
         *,
         run_id: str | None = None,
         step_id: str | None = None,
+        answer_status: int | None = None,
     ) -> Task:
         """Validate, record and queue a task.
+
+        With ``answer_status`` (the HTTP status the task is answered with), a waiting
+        ``Idempotency-Key`` record is saved in the transaction that records the task.
 
         Raises:
             APIProblem: 422 for bad input or a request the provider can never meet,
@@ -180,7 +184,7 @@ class TaskService:
         env = task_env(config, task_id, paths, mounts)
         spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
         await asyncio.to_thread(prepare_task_dir, paths)
-        await self._insert(spec, run_id, step_id)
+        await self._insert(spec, run_id, step_id, answer_saver(answer_status))
         await self._queue(spec)
         log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)
         return await self.get(task_id)
@@ -212,9 +216,16 @@ class TaskService:
             )
             raise problem_for(exc) from exc
 
-    async def _insert(self, spec: LaunchSpec, run_id: str | None, step_id: str | None) -> None:
+    async def _insert(
+        self,
+        spec: LaunchSpec,
+        run_id: str | None,
+        step_id: str | None,
+        save: Callable[[sqlite3.Connection, Any], None],
+    ) -> None:
         row = _task_row(spec, self.provider.name, run_id, step_id)
         mounts = mount_rows(spec.task_id, spec.mounts)
+        select = "SELECT * FROM tasks WHERE task_id = ?"
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -227,6 +238,8 @@ class TaskService:
                 " visible_path) VALUES (?,?,?,?,?,?)",
                 mounts,
             )
+            made = conn.execute(select, (spec.task_id,)).fetchone()
+            save(conn, self.records.decode(made))  # an Idempotency-Key's record with it
 
         await self.store.run(insert)
 
@@ -288,13 +301,24 @@ class TaskService:
 
     # -- reservations (organization ownership only; the provider holds the rest) ---------
 
-    async def claim_reservation(self, reservation_id: str, org_id: str) -> None:
-        """Record that ``org_id`` owns ``reservation_id``."""
-        await self.store.run(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO reservation_orgs VALUES (?, ?)", (reservation_id, org_id)
+    async def claim_reservation(
+        self, reservation: Reservation, org_id: str, *, answer_status: int | None = None
+    ) -> None:
+        """Record that ``org_id`` owns ``reservation``.
+
+        With ``answer_status``, a waiting ``Idempotency-Key`` record (answering
+        ``reservation``) is saved in the same transaction.
+        """
+        save = answer_saver(answer_status)
+
+        def claim(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO reservation_orgs VALUES (?, ?)",
+                (reservation.reservation_id, org_id),
             )
-        )
+            save(conn, reservation)
+
+        await self.store.run(claim)
 
     async def reservation_org(self, reservation_id: str) -> str | None:
         """The organization owning a reservation, ``None`` if not recorded."""
