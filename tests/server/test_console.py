@@ -86,6 +86,10 @@ async def test_another_organizations_objects_answer_404(server: Server) -> None:
     cookie = {"Cookie": other["Cookie"]}
     assert (await server.call("GET", f"/runs/{run}", token="", headers=cookie)).status == 404
     assert (await server.call("GET", f"/flows/{flow}", token="", headers=cookie)).status == 404
+    tail = await server.call(
+        "GET", f"/../console/api/runs/{run}/last-event", token="", headers=cookie
+    )
+    assert tail.status == 404
     for page in (f"/runs/{run}", f"/flows/{flow}", "/tasks/task_nope"):
         async with server.session.get(server.root + page, headers=cookie) as resp:
             assert resp.status == 404, page
