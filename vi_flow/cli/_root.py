@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("vi_flow.cli.runs:runs", "List, inspect, watch and cancel runs."),
     "execute": ("vi_flow.cli.execute:execute", "Execute a flow and show its steps live."),
     "tasks": ("vi_flow.cli.tasks:tasks", "Run GPU/CPU tasks: logs, shells, SSH, uploads."),
+    "ssh": ("vi_flow.cli.tasks:ssh", "SSH into a task, or write its ~/.ssh/config entry."),
     "volumes": ("vi_flow.cli.volumes:volumes", "Create, list, mount and delete volumes."),
     "instances": ("vi_flow.cli.instances:instances", "Find instance types and their prices."),
     "reservations": ("vi_flow.cli.reservations:reservations", "Reserve capacity ahead of time."),

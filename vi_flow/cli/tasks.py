@@ -113,6 +113,25 @@ def _follow(task_id: str, stream: LogStream, as_json: bool) -> None:
     raise click.exceptions.Exit(exit_code_of(task))
 
 
+def _watch(task_id: str, interval: float, as_json: bool) -> None:
+    """Print the task's status whenever it changes (NDJSON with --json) until it ends."""
+    import time
+
+    client, last = state().client(), None
+    while True:
+        task = client.tasks.get(task_id)
+        if task.status != last:
+            last = task.status
+            if as_json:
+                emit_ndjson(task)
+            else:
+                code = f" (exit code {task.exit_code})" if task.exit_code is not None else ""
+                click.echo(f"{when(int(time.time() * 1000))}  {task_id}  {last.value}{code}")
+        if task.status.terminal:
+            raise click.exceptions.Exit(exit_code_of(task))
+        time.sleep(interval)
+
+
 _RESOURCE_OPTIONS = [
     click.option("--gpu", help="GPU shorthand: a100, a100:4, 4xa100, gpu:40gb."),
     click.option("--instance-type", help="An instance type from 'vi-flow instances find'."),
@@ -257,10 +276,27 @@ def submit(
 
 @tasks.command("status")
 @click.argument("task_id", required=False)
+@click.option(
+    "-w",
+    "--watch",
+    is_flag=True,
+    help="Print each change of the task's status until it ends; exit with its code.",
+)
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05),
+    help="Seconds between checks with --watch.",
+)
 @json_option
-def status(task_id: str | None, as_json: bool) -> None:
+def status(task_id: str | None, watch: bool, interval: float, as_json: bool) -> None:
     """Show one task in detail, or the recent tasks without TASK_ID."""
     client = state().client()
+    if watch:
+        if task_id is None:
+            raise click.UsageError("--watch needs a TASK_ID")
+        _watch(task_id, interval, wants_json(as_json))
     if task_id is None:
         items = [h.data for h in client.list_tasks(limit=20)]
         if wants_json(as_json):
@@ -347,15 +383,42 @@ def logs(task_id: str, follow: bool, tail: int, stderr: bool, both: bool, as_jso
 @tasks.command("ssh")
 @click.argument("task_id")
 @click.option("--print", "print_only", is_flag=True, help="Only print the ssh command line.")
-def ssh(task_id: str, print_only: bool) -> None:
+@click.option("--config", "show_config", is_flag=True, help="Print an ~/.ssh/config entry.")
+@click.option(
+    "--config-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the entry into this ssh config file (e.g. ~/.ssh/config); "
+    "an earlier entry for the alias is replaced.",
+)
+@click.option("--alias", help="The entry's Host name  [default: the task id]")
+def ssh(
+    task_id: str,
+    print_only: bool,
+    show_config: bool,
+    config_file: Path | None,
+    alias: str | None,
+) -> None:
     """Open an SSH session into a task with your ssh client (host key pinned).
 
     Registers vi-flow's default key (in HOME/client/ssh) on first use. Without a terminal, or
-    with --print, prints the command line instead.
+    with --print, prints the command line instead. --config prints an ~/.ssh/config entry
+    and --config-file writes it, so that plain 'ssh ALIAS' (and scp, rsync, editors) works.
     """
     client = state().client()
     client.ensure_default_ssh_key()
     line = client.ssh(task_id)
+    if show_config or config_file:
+        from ._sshconfig import config_entry, write_entry
+
+        entry = config_entry(line, alias or task_id)
+        if config_file is None:
+            click.echo(entry, nl=False)
+            return
+        write_entry(config_file.expanduser(), entry, alias or task_id)
+        click.echo(
+            f"wrote Host {alias or task_id} to {config_file}; connect: ssh {alias or task_id}"
+        )
+        return
     if print_only or not state().interactive or shutil.which("ssh") is None:
         click.echo(line)
         return
@@ -367,11 +430,20 @@ def ssh(task_id: str, print_only: bool) -> None:
 @tasks.command("shell")
 @click.argument("task_id")
 @click.option("-c", "--command", help="Run this command and exit with its status.")
-def shell(task_id: str, command: str | None) -> None:
-    """Open an interactive shell in a task, or run one command with -c."""
+@click.option(
+    "-n", "--no-stdin", is_flag=True, help="With -c: do not pass this process's stdin on."
+)
+def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
+    """Open an interactive shell in a task, or run one command with -c.
+
+    With -c, piped standard input goes to the command (echo hi | vi-flow tasks shell T -c
+    'wc -l'); on a terminal, or with -n, the command gets none.
+    """
     if command is None and not sys.stdin.isatty():
         raise click.UsageError("an interactive shell needs a terminal; use -c COMMAND")
-    result = state().client().shell(task_id, command=command, echo=True)
+    piped = command is not None and not no_stdin and not sys.stdin.isatty()
+    data = sys.stdin.buffer.read() if piped else None
+    result = state().client().shell(task_id, command=command, echo=True, input=data)
     if command is not None:
         code = result.exit_status if result.exit_status is not None else 1
         raise click.exceptions.Exit(code)

@@ -290,6 +290,7 @@ class AsyncCompute:
         record: bool = False,
         *,
         echo: bool = False,
+        input: bytes | None = None,
     ) -> ShellResult:
         """Run a command in a task, or open an interactive shell on this terminal.
 
@@ -301,6 +302,8 @@ class AsyncCompute:
             progress_context: Accepted for the seed's signature.
             record: Accepted for the seed's signature.
             echo: Also copy the output to this process's stdout/stderr as it arrives.
+            input: Bytes for the command's standard input (then end of file); with no
+                command, the script to run instead of this process's stdin.
 
         Returns:
             The command's output and exit status (``str(result)`` is the output).
@@ -309,7 +312,7 @@ class AsyncCompute:
             ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
         """
         _check_node(node)
-        return await _ops.shell(self._context, task_id, command, echo=echo)
+        return await _ops.shell(self._context, task_id, command, echo=echo, input=input)
 
     async def ssh(self, task_id: str, node: int | None = None) -> str:
         """Return an ``ssh`` command line for your own OpenSSH client, host key pinned."""

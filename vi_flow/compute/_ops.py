@@ -213,11 +213,13 @@ async def shell(
     *,
     echo: bool = False,
     timeout: float = 600.0,  # noqa: ASYNC109 - how long to wait for the task to run
+    input: bytes | None = None,
 ) -> ShellResult:
     """Run a command in a running task, or attach an interactive shell to this terminal.
 
-    Without ``command``: an interactive PTY shell when stdin is a terminal; otherwise
-    stdin is read to its end and run as a script. Waits for the task to run first.
+    ``input`` is the command's standard input. Without ``command``: ``input`` as a
+    script, else an interactive PTY shell when stdin is a terminal, else stdin read to
+    its end and run as a script. Waits for the task to run first.
 
     Raises:
         ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
@@ -229,11 +231,13 @@ async def shell(
     conn = await connect(target)
     try:
         if command is not None:
-            return await run_remote(conn, command, echo=echo)
-        if sys.stdin is not None and sys.stdin.isatty():
+            return await run_remote(conn, command, input=input, echo=echo)
+        if input is None and sys.stdin is not None and sys.stdin.isatty():
             status = await interactive_shell(conn)
             return ShellResult(stdout="", stderr="", exit_status=status)
-        script = await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+        script = (
+            input if input is not None else await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+        )
         return await run_remote(conn, "exec /bin/sh", input=script, echo=echo)
     finally:
         conn.close()

@@ -171,10 +171,18 @@ class Compute:
         record: bool = False,
         *,
         echo: bool = True,
+        input: bytes | None = None,
     ) -> ShellResult:
         """Run a command in a task (printing its output), or an interactive shell."""
         return self._portal.call(
-            self._async.shell, task_id, command, node, progress_context, record, echo=echo
+            self._async.shell,
+            task_id,
+            command,
+            node,
+            progress_context,
+            record,
+            echo=echo,
+            input=input,
         )
 
     def ssh(self, task_id: str, node: int | None = None) -> str:
