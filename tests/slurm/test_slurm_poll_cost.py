@@ -2,8 +2,8 @@
 
 Another user (``nobody``) queues 2,000 held jobs, as on a busy site; the whole queue is
 about 6 MB as ``GET /jobs`` (what vi_flow used to fetch every 0.2 s). The server watches
-10 tasks of its own and must spend under 5 % of a core on it; its requests never ask for
-the queue. The foreign jobs are cancelled afterwards, also when the test fails.
+10 tasks of its own and must spend under 5 % of a core on it (about 0.1 % here). The
+foreign jobs are cancelled afterwards, also when the test fails.
 """
 
 from __future__ import annotations

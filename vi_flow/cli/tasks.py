@@ -57,9 +57,11 @@ def _pairs(values: Iterable[str], option: str) -> dict[str, str]:
 
 def exit_code_of(task: Task) -> int:
     """The process exit code a task maps to: its own, 128 + N when killed by signal N."""
+    if task.signal is not None:
+        return 128 + task.signal
     if task.exit_code is None:
         return 0 if task.status.value == "completed" else 1
-    return 128 - task.exit_code if task.exit_code < 0 else task.exit_code
+    return task.exit_code
 
 
 def _summary_rows(items: Iterable[Task]) -> list[tuple[Any, ...]]:
@@ -86,6 +88,7 @@ def _show_task(task: Task) -> None:
             ("reason", task.reason),
             ("message", task.message),
             ("exit code", task.exit_code),
+            ("signal", task.signal),
             ("instance", task.instance_type),
             ("gpus", gpus),
             ("cpus", task.cpus),
