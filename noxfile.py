@@ -41,6 +41,16 @@ def _install_bubblewrap(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fuzz_nightly(session: nox.Session) -> None:
+    """Schemathesis and the in-suite fuzz with many more examples than CI (issue 12)."""
+    _install_bubblewrap(session)
+    session.install("-e", ".[test]")
+    env = {"VI_FLOW_SCHEMATHESIS_EXAMPLES": os.environ.get("VI_FLOW_SCHEMATHESIS_EXAMPLES", "1000")}
+    files = ("tests/server/test_schemathesis.py", "tests/server/test_fuzz.py")
+    session.run("pytest", *files, "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
 def tests_lowest(session: nox.Session) -> None:
     """Run the suite with every dependency at the lowest version pyproject.toml allows."""
     import tempfile

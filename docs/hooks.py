@@ -156,6 +156,36 @@ def _answer_of(op: dict[str, Any]) -> str:
     return f"{status} {what}".strip()
 
 
+def _parameters_of(op: dict[str, Any]) -> str:
+    """Query parameters and headers a client may send (paths are in the path already)."""
+    names = [
+        f"`{p['name']}`" if p["in"] == "query" else f"`{p['name']}:` header"
+        for p in op.get("parameters", [])
+        if p["in"] in ("query", "header") and p["name"] != "X-Request-Id"
+    ]
+    return ", ".join(names)
+
+
+def _events_of(op: dict[str, Any]) -> list[str]:
+    for answer in op.get("responses", {}).values():
+        schema = answer.get("content", {}).get("text/event-stream", {}).get("schema", {})
+        kinds = [e["properties"]["event"]["const"] for e in schema.get("oneOf", [])]
+        if kinds:
+            return kinds
+    return []
+
+
+def _streams(document: dict[str, Any]) -> list[str]:
+    out = ["### Event types\n", "| stream | event types |", "|---|---|"]
+    for path, methods in document.get("paths", {}).items():
+        for method, op in methods.items():
+            kinds = _events_of(op)
+            if kinds:
+                listed = ", ".join(f"`{k}`" for k in kinds)
+                out.append(f"| `{method.upper()} {path}` | {listed} |")
+    return [*out, ""]
+
+
 def openapi_reference(document: dict[str, Any]) -> str:
     """Render an OpenAPI document as Markdown: one table of operations per tag."""
     by_tag: dict[str, list[str]] = {}
@@ -165,13 +195,15 @@ def openapi_reference(document: dict[str, Any]) -> str:
             summary = str(op.get("summary", "")).replace("|", "\\|").replace("``", "`")
             answer = _answer_of(op)
             by_tag.setdefault(tag, []).append(
-                f"| `{method.upper()}` | `{path}` | {summary} | {_body_of(op)} | {answer} |"
+                f"| `{method.upper()}` | `{path}` | {summary} | {_parameters_of(op)} |"
+                f" {_body_of(op)} | {answer} |"
             )
     out = [f"OpenAPI {document.get('openapi', '?')} — {len(document.get('paths', {}))} paths.\n"]
     for tag in sorted(by_tag):
         out.append(
-            f"### {tag}\n\n| method | path | summary | body | answer |\n|---|---|---|---|---|"
+            f"### {tag}\n\n| method | path | summary | parameters | body | answer |\n"
+            "|---|---|---|---|---|---|"
         )
         out.extend(by_tag[tag])
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + _streams(document))

@@ -41,7 +41,7 @@ async def test_bodies_statuses_and_media_types_are_declared(server: Server) -> N
     assert paths["/v1/health"]["get"]["security"] == []
     assert "security" not in paths["/v1/flows"]["get"]
     names = [p["name"] for p in paths["/v1/flows"]["get"]["parameters"]]
-    assert names == ["pageSize", "pageToken"]
+    assert names == ["pageSize", "pageToken", "order", "X-Request-Id"]
     bodiless = {("post", "/v1/flows/{flowId}/publish"), ("post", "/v1/runs/{runId}/cancel")}
     for path, item in paths.items():
         for method, op in item.items():
@@ -134,3 +134,39 @@ async def test_real_answers_match_their_schemas(server: Server) -> None:
         assert str(answer.status) == status, (path, answer.body)
         schema = _schema(doc, path, method, status)
         assert _violations(doc, schema, answer.body, path) == []
+
+
+async def test_queries_headers_events_and_links_are_declared(server: Server) -> None:
+    paths = (await _doc(server))["paths"]
+
+    def names(path: str, method: str, where: str) -> set[str]:
+        return {p["name"] for p in paths[path][method]["parameters"] if p["in"] == where}
+
+    assert {"flowId", "condition"} <= names("/v1/runs", "get", "query")
+    assert {"earliestStartTime", "durationHours", "gpu"} <= names(
+        "/v1/reservations/availability", "get", "query"
+    )
+    assert {"status", "limit"} <= names("/v1/tasks", "get", "query")
+    assert "Last-Event-ID" in names("/v1/runs/{runId}/events", "get", "header")
+    assert "If-Match" in names("/v1/flows/{flowId}", "put", "header")
+    for path in ("/v1/flows", "/v1/runs", "/v1/tasks", "/v1/volumes", "/v1/reservations"):
+        assert "Idempotency-Key" in names(path, "post", "header"), path
+    assert "Idempotency-Key" not in names("/v1/flows/{flowId}", "put", "header")
+    created = paths["/v1/flows"]["post"]["responses"]["201"]
+    assert {"X-Request-Id", "ETag", "Idempotent-Replayed"} <= set(created["headers"])
+    targets = {link["operationId"] for link in created["links"].values()}
+    assert {"get_v1_flows_flowId", "delete_v1_flows_flowId", "post_v1_flows_flowId_execute"} <= (
+        targets
+    )
+    stream = paths["/v1/runs/{runId}/events"]["get"]["responses"]["200"]
+    assert "X-Heartbeat-Interval" in stream["headers"]
+    events = stream["content"]["text/event-stream"]["schema"]["oneOf"]
+    kinds = {e["properties"]["event"]["const"] for e in events}
+    assert {"run_started", "step_completed", "tool_calls_required", "flow_completed"} <= kinds
+    data = next(e for e in events if e["properties"]["event"]["const"] == "flow_completed")
+    assert data["properties"]["data"]["contentMediaType"] == "application/json"
+    execute = paths["/v1/flows/{flowId}/execute"]["post"]["responses"]["200"]
+    assert execute["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ExecutionOutcome"
+    }
+    assert not [p for p in paths if not p.startswith("/v1/")]  # the console's pages are not API

@@ -6,8 +6,11 @@ the first path segment after ``/v1``. What a route reads and answers is written 
 :data:`_ROUTES`, as the attrs models of :mod:`vi_flow.models` that the server
 structures bodies into and serializes answers from; their JSON Schemas are derived from
 the same type hints (camelCase names, required = no default), so the document says
-what the wire carries. Event streams are ``text/event-stream``, downloads
-``application/octet-stream``, and ``/health`` and ``/openapi.json`` need no token.
+what the wire carries. Event streams are ``text/event-stream`` with the schema of each
+event type, downloads ``application/octet-stream``, and ``/health`` and ``/openapi.json``
+need no token. Query parameters, headers and links come from
+:mod:`vi_flow.server._openapi_parts`. Only the API (``/v1/...``) is described: the
+console's browser pages are not part of it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import attrs
 from aiohttp import web
 
 from ..models._base import camel
-from ..models.common import MAX_PAGE_SIZE, ResourceCondition, ResourceMetadata
-from ..models.events import RunTrace, StepTrace, ToolResult
+from ..models.common import ResourceCondition, ResourceMetadata
+from ..models.events import ExecutionOutcome, RunTrace, StepTrace, ToolResult
 from ..models.execution import ExecuteRequest, ExecutionJob
 from ..models.flows import DeletedFlow, Flow, FlowSpec
 from ..models.runs import DeletedRun, Run
@@ -46,11 +49,12 @@ from ..models.tasks import (
     Volume,
     VolumeRequest,
 )
+from . import _openapi_parts as parts
+from .helpers import idempotent
 
 __all__ = ["build_openapi", "json_schema"]
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
-_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -137,6 +141,7 @@ class _Route:
     paged: bool = False
     also_sse: bool = False  # the same path answers an event stream when asked for one
     params: tuple[dict[str, Any], ...] = ()
+    events: Any = None  # an event stream's types: name -> model or schema of its data
 
 
 _SSE = "text/event-stream"
@@ -177,7 +182,7 @@ _LOG_PARAMS = (
 )
 
 _ROUTES: dict[tuple[str, str], _Route] = {
-    ("GET", "/v1/health"): _Route(answer=_obj(status=_STR)),
+    ("GET", "/v1/health"): _Route(answer=_obj(status=_STR, proof=_STR)),
     ("GET", "/v1/openapi.json"): _Route(answer={"type": "object"}),
     ("POST", "/v1/organizations"): _Route(
         body=_obj(name=_STR), answer=_obj(organizationId=_STR), status=201
@@ -206,8 +211,10 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("DELETE", "/v1/flows/{flowId}"): _Route(answer=DeletedFlow),
     ("POST", "/v1/flows/{flowId}/publish"): _Route(answer=_obj(version=_INT)),
     ("POST", "/v1/flows/{flowId}/promote"): _Route(body=_obj(version=_INT), answer=Flow),
-    ("POST", "/v1/flows/{flowId}/execute"): _Route(body=ExecuteRequest),
-    ("POST", "/v1/flows/{flowId}/events"): _Route(body=ExecuteRequest, media=_SSE),
+    ("POST", "/v1/flows/{flowId}/execute"): _Route(body=ExecuteRequest, answer=ExecutionOutcome),
+    ("POST", "/v1/flows/{flowId}/events"): _Route(
+        body=ExecuteRequest, media=_SSE, events=parts.RUN_EVENTS
+    ),
     ("POST", "/v1/flows/{flowId}/jobs"): _Route(
         body=ExecuteRequest, answer=ExecutionJob, status=202
     ),
@@ -220,9 +227,10 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/runs/{runId}"): _Route(answer=Run),
     ("DELETE", "/v1/runs/{runId}"): _Route(answer=DeletedRun),
     ("POST", "/v1/runs/{runId}/cancel"): _Route(answer=Run),
-    ("GET", "/v1/runs/{runId}/events"): _Route(media=_SSE),
+    ("GET", "/v1/runs/{runId}/events"): _Route(media=_SSE, events=parts.RUN_EVENTS),
     ("POST", "/v1/runs/{runId}/tool-results"): _Route(
-        body=_obj(toolResults={"type": "array", "items": ToolResult})
+        body=_obj(toolResults={"type": "array", "items": ToolResult}),
+        answer=[ExecutionOutcome, _obj(accepted=_INT)],  # ?wait=true: the next outcome
     ),
     ("GET", "/v1/organizations/{organizationId}/credits"): _Route(answer=_CREDITS),
     ("PUT", "/v1/organizations/{organizationId}/credits"): _Route(
@@ -242,7 +250,9 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/tasks/{taskId}/cancel"): _Route(
         body=_obj(gracePeriod={"type": "number"}, force=_BOOL), answer=Task
     ),
-    ("GET", "/v1/tasks/{taskId}/logs"): _Route(answer=TaskLogs, also_sse=True, params=_LOG_PARAMS),
+    ("GET", "/v1/tasks/{taskId}/logs"): _Route(
+        answer=TaskLogs, also_sse=True, params=_LOG_PARAMS, events=parts.LOG_EVENTS
+    ),
     ("GET", "/v1/tasks/{taskId}/ssh"): _Route(answer=SSHEndpoint),
     ("POST", "/v1/tasks/{taskId}/volumes"): _Route(body=MountRequest, answer=Task),
     ("GET", "/v1/tasks/{taskId}/outputs"): _Route(answer=_items(TaskOutputFile)),
@@ -266,16 +276,6 @@ _ROUTES: dict[tuple[str, str], _Route] = {
 _PUBLIC = {("GET", "/v1/health"), ("GET", "/v1/openapi.json")}
 """Routes that answer without a bearer token."""
 
-_PAGE_PARAMS = [
-    {
-        "name": "pageSize",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-    },
-    {"name": "pageToken", "in": "query", "required": False, "schema": {"type": "string"}},
-]
-
 # Referenced by the run and event models through their nested fields.
 _ALWAYS = (ResourceCondition, ResourceMetadata)
 
@@ -295,9 +295,14 @@ def _answer_schema(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
     if isinstance(answer, tuple):
         item = json_schema(answer[1], components)
         return _obj(items={"type": "array", "items": item})
-    if isinstance(answer, dict):
-        return answer
-    return json_schema(answer, components) if answer is not None else {}
+    if isinstance(answer, list):  # one of several shapes
+        return {"anyOf": [_schema_of(a, components) for a in answer]}
+    return _schema_of(answer, components) if answer is not None else {}
+
+
+def _schema_of(value: Any, components: dict[str, Any]) -> dict[str, Any]:
+    """A ready schema (a dict) as it is, else the schema of a model or type hint."""
+    return value if isinstance(value, dict) else json_schema(value, components)
 
 
 def _body_schema(body: Any, components: dict[str, Any]) -> dict[str, Any]:
@@ -315,17 +320,76 @@ def _body_schema(body: Any, components: dict[str, Any]) -> dict[str, Any]:
     return {**body, "properties": properties}
 
 
+def _events(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
+    """The ``text/event-stream`` content: each event's type and the schema of its data."""
+    events = {name: _schema_of(data, components) for name, data in (route.events or {}).items()}
+    numbered = route.media == _SSE  # run events count up; log events carry two offsets
+    return {"schema": parts.sse_schema(events, numbered=numbered) if events else _STR}
+
+
+def _headers(method: str, path: str, handler: Any, route: _Route) -> dict[str, Any]:
+    names = ["X-Request-Id"]
+    if path.startswith("/v1/flows") and route.answer is Flow:
+        names.append("ETag")
+    if route.events is not None:
+        names.append("X-Heartbeat-Interval")
+    if _is_idempotent(handler):
+        names.append("Idempotent-Replayed")
+    return {name: parts.ANSWER_HEADERS[name] for name in names}
+
+
 def _success(route: _Route, components: dict[str, Any]) -> dict[str, Any]:
     if route.media == _SSE:
         description = "An event stream: `id:` event id, `event:` type, `data:` JSON"
-        return {"description": description, "content": {_SSE: {"schema": _STR}}}
+        return {"description": description, "content": {_SSE: _events(route, components)}}
     if route.media == _FILE:
         binary = {"type": "string", "contentMediaType": _FILE}
         return {"description": "The file's bytes", "content": {_FILE: {"schema": binary}}}
     content = {"application/json": {"schema": _answer_schema(route, components)}}
     if route.also_sse:
-        content[_SSE] = {"schema": _STR}
+        content[_SSE] = _events(route, components)
     return {"description": "Success", "content": content}
+
+
+async def _any_handler(request: web.Request) -> web.StreamResponse:
+    raise NotImplementedError  # never called: only its wrapper's code is looked at
+
+
+_IDEMPOTENT_CODE = idempotent(_any_handler).__code__
+"""Every handler :func:`~vi_flow.server.helpers.idempotent` wraps runs this code."""
+
+
+def _is_idempotent(handler: Any) -> bool:
+    return getattr(handler, "__code__", None) is _IDEMPOTENT_CODE
+
+
+def _parameters(method: str, path: str, handler: Any, route: _Route) -> list[dict[str, Any]]:
+    params = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in _PARAM.findall(path)
+    ]
+    if route.paged:
+        params.extend(parts.PAGE_PARAMS)
+    params.extend(parts.QUERY.get((method, path), ()))
+    params.extend(route.params)
+    params.extend(parts.REQUEST_HEADERS.get((method, path), ()))
+    if _is_idempotent(handler):
+        params.append(parts.IDEMPOTENCY_KEY)
+    params.append(parts.REQUEST_ID)
+    return params
+
+
+def _responses(
+    method: str, path: str, handler: Any, route: _Route, components: dict[str, Any]
+) -> dict[str, Any]:
+    success = _success(route, components)
+    success["headers"] = _headers(method, path, handler, route)
+    error = {
+        "description": "Error",
+        "headers": {"X-Request-Id": parts.ANSWER_HEADERS["X-Request-Id"]},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    return {str(route.status): success, "default": error}
 
 
 def _operation(method: str, path: str, handler: Any, components: dict[str, Any]) -> dict[str, Any]:
@@ -333,26 +397,12 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
     segments = [s for s in path.split("/") if s and s != "v1"]
     route = _ROUTES.get((method, path), _Route())
     op: dict[str, Any] = {
-        "operationId": f"{method.lower()}_{_NON_WORD.sub('_', path).strip('_')}",
+        "operationId": parts.operation_id(method, path),
         "summary": doc.splitlines()[0] if doc else f"{method} {path}",
         "tags": [segments[0] if segments else "server"],
-        "responses": {
-            str(route.status): _success(route, components),
-            "default": {
-                "description": "Error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        },
+        "parameters": _parameters(method, path, handler, route),
+        "responses": _responses(method, path, handler, route, components),
     }
-    params = [
-        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-        for p in _PARAM.findall(path)
-    ]
-    if route.paged:
-        params.extend(_PAGE_PARAMS)
-    params.extend(route.params)
-    if params:
-        op["parameters"] = params
     if route.body is not None:
         schema = _body_schema(route.body, components)
         op["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
@@ -377,6 +427,7 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
         paths.setdefault(path, {})[route.method.lower()] = _operation(
             route.method, path, route.handler, components
         )
+    parts.add_links(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1"},

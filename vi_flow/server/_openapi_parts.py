@@ -1,0 +1,251 @@
+"""The parts of the OpenAPI document beyond bodies and answers: parameters, headers, links.
+
+:mod:`vi_flow.server.openapi` builds each operation; this module holds what it adds
+around the bodies: the query parameters each route reads (beyond paging), the request
+headers (``Idempotency-Key``, ``Last-Event-ID``, ``If-Match``, ``X-Request-Id``), the
+answer headers (``X-Request-Id``, ``ETag``, ``X-Heartbeat-Interval``,
+``Idempotent-Replayed``), the event types of each event stream, and the links that
+chain a created resource to the operations on it (create -> get -> delete).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..models.common import MAX_PAGE_SIZE
+from ..models.events import EVENT_TYPES
+from ..models.limits import MAX_DURATION_HOURS, MAX_ID_LENGTH, MAX_TIME_MS
+
+__all__ = [
+    "ANSWER_HEADERS",
+    "IDEMPOTENCY_KEY",
+    "LOG_EVENTS",
+    "PAGE_PARAMS",
+    "QUERY",
+    "REQUEST_HEADERS",
+    "REQUEST_ID",
+    "RUN_EVENTS",
+    "add_links",
+    "operation_id",
+    "sse_schema",
+]
+
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+_STR: dict[str, Any] = {"type": "string"}
+_BOOL_TEXT: dict[str, Any] = {"type": "string", "enum": ["true", "false", "1", "0"]}
+
+
+def _query(name: str, schema: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": dict(schema),
+        "description": description,
+    }
+
+
+def _header(name: str, schema: Mapping[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": dict(schema),
+        "description": description,
+    }
+
+
+def _int(low: int, high: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+def _number(low: float, high: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": low, "maximum": high}
+
+
+PAGE_PARAMS = [
+    _query("pageSize", _int(1, MAX_PAGE_SIZE), "Items per page."),
+    _query("pageToken", _STR, "The `nextPage` token of the previous page."),
+    _query("order", {"type": "string", "enum": ["newest", "oldest"]}, "List order."),
+]
+"""Every paged list reads these."""
+
+_LIMIT = _query("limit", _int(1, 1000), "At most this many items.")
+_LAST_EVENT_ID = "Resume after this event id (what the stream's last `id:` said)."
+
+QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/v1/health"): [
+        _query(
+            "challenge",
+            {"type": "string", "minLength": 1, "maxLength": 128},
+            "A nonce: the answer's `proof` shows which server answered.",
+        )
+    ],
+    ("POST", "/v1/flows"): [
+        _query("flowId", {"type": "string", "maxLength": MAX_ID_LENGTH}, "Choose the flow's id.")
+    ],
+    ("GET", "/v1/runs"): [
+        _query("flowId", _STR, "Only runs of this flow."),
+        _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),
+    ],
+    ("GET", "/v1/runs/{runId}/events"): [
+        _query("after", {"type": "string", "pattern": "^[0-9]{1,19}$"}, _LAST_EVENT_ID)
+    ],
+    ("POST", "/v1/runs/{runId}/tool-results"): [
+        _query("wait", _BOOL_TEXT, "Answer the run's next outcome instead of `accepted`.")
+    ],
+    ("GET", "/v1/tasks"): [
+        _query("status", _STR, "Only tasks in these statuses (comma-separated)."),
+        _LIMIT,
+    ],
+    ("GET", "/v1/volumes"): [_LIMIT],
+    ("GET", "/v1/instances"): [
+        _query("gpuType", _STR, "Only this GPU type."),
+        _query("maxPrice", _number(0, 1e9), "At most this price per hour."),
+        _query("minGpuMemoryGb", _number(0, 1e9), "At least this GPU memory."),
+        _query("gpuCount", _number(0, 1e9), "At least this many GPUs."),
+        _LIMIT,
+    ],
+    ("GET", "/v1/reservations/availability"): [
+        _query("earliestStartTime", _int(0, MAX_TIME_MS), "Start of the search (ms)."),
+        _query("latestEndTime", _int(0, MAX_TIME_MS), "End of the search (ms)."),
+        _query("durationHours", _number(0, MAX_DURATION_HOURS), "Window length."),
+        _query("instanceType", _STR, "The instance type to reserve."),
+        _query("gpu", _STR, "A GPU type (or `<type>:<count>`)."),
+    ],
+}
+"""Query parameters beyond paging, per route."""
+
+IDEMPOTENCY_KEY = _header(
+    "Idempotency-Key",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "Retries with the same key and body get the first answer again.",
+)
+REQUEST_ID = _header(
+    "X-Request-Id",
+    {"type": "string", "maxLength": 128},
+    "Your id for this request; echoed when sane, else the server makes one.",
+)
+
+REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("PUT", "/v1/flows/{flowId}"): [
+        _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
+    ],
+    ("GET", "/v1/runs/{runId}/events"): [
+        _header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,19}$"}, _LAST_EVENT_ID)
+    ],
+}
+"""Request headers beyond ``Authorization``, ``Idempotency-Key`` and ``X-Request-Id``."""
+
+
+def _answer_header(description: str, schema: Mapping[str, Any] = _STR) -> dict[str, Any]:
+    return {"description": description, "schema": dict(schema)}
+
+
+ANSWER_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-Id": _answer_header("The request's id; quote it when reporting a problem."),
+    "ETag": _answer_header("The flow's version tag, for `If-Match`."),
+    "X-Heartbeat-Interval": _answer_header(
+        "Seconds between heartbeats: twice that without a byte means the stream is gone.",
+        {"type": "string", "pattern": "^[0-9.]+$"},
+    ),
+    "Idempotent-Replayed": _answer_header(
+        "`true` when this is the stored first answer to the `Idempotency-Key`.",
+        {"type": "string", "enum": ["true"]},
+    ),
+}
+"""Answer headers by name (which answers carry which is decided in ``openapi``)."""
+
+
+def _event(name: str, data: Mapping[str, Any], *, numbered: bool = True) -> dict[str, Any]:
+    id_schema = {"type": "string", "pattern": "^[0-9]+$"} if numbered else _STR
+    return {
+        "type": "object",
+        "properties": {
+            "id": id_schema,
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": dict(data),
+            },
+        },
+        "required": ["event", "data"],
+    }
+
+
+def sse_schema(events: Mapping[str, Mapping[str, Any]], *, numbered: bool = True) -> dict[str, Any]:
+    """The schema of one event of a stream: ``event:`` one of ``events``, ``data:`` JSON."""
+    return {"oneOf": [_event(name, data, numbered=numbered) for name, data in events.items()]}
+
+
+RUN_EVENTS: dict[str, type[Any]] = dict(EVENT_TYPES)
+"""A run's event types and the model of each one's ``data``."""
+
+LOG_EVENTS: dict[str, Any] = {
+    "log": {
+        "type": "object",
+        "properties": {
+            "stream": {"type": "string"},
+            "offset": {"type": "integer"},
+            "text": {"type": "string"},
+        },
+    },
+    "end": {"type": "object"},
+}
+"""A task log stream's event types and the schema of each one's ``data``."""
+
+_LINKED: dict[str, tuple[str, str]] = {
+    "/v1/flows": ("flowId", "Flow"),
+    "/v1/runs": ("runId", "Run"),
+    "/v1/tasks": ("taskId", "Task"),
+    "/v1/volumes": ("volumeId", "Volume"),
+    "/v1/reservations": ("reservationId", "Reservation"),
+    "/v1/ssh-keys": ("keyId", "SSHKey"),
+}
+"""Collections whose ``POST`` creates an item: the item's id parameter and model name."""
+
+
+def operation_id(method: str, path: str) -> str:
+    """The ``operationId`` of a route: ``get_v1_flows_flowId``."""
+    return f"{method.lower()}_{_NON_WORD.sub('_', path).strip('_')}"
+
+
+def add_links(paths: dict[str, dict[str, Any]]) -> None:
+    """Link each created resource to every operation on it (create -> get -> delete).
+
+    The answer of ``POST /v1/flows`` gets a link to each operation under
+    ``/v1/flows/{flowId}`` that needs no other parameter, its id taken from the answer;
+    an execution job links to its run.
+    """
+    for collection, (param, _name) in _LINKED.items():
+        _link(paths, ("post", collection), f"{collection}/{{{param}}}", param, param)
+    _link(paths, ("post", "/v1/flows/{flowId}/jobs"), "/v1/runs/{runId}", "runId", "executionId")
+
+
+def _link_name(operation: str) -> str:
+    """``get_v1_flows_flowId`` -> ``GetFlowsFlowId``."""
+    return "".join(w[:1].upper() + w[1:] for w in operation.split("_") if w != "v1")
+
+
+def _link(
+    paths: dict[str, dict[str, Any]], source: tuple[str, str], item: str, param: str, field: str
+) -> None:
+    method, path = source
+    operation = paths.get(path, {}).get(method)
+    if operation is None:
+        return
+    answer = next(v for k, v in operation["responses"].items() if k.startswith("2"))
+    links = answer.setdefault("links", {})
+    for target, ops in paths.items():
+        if target != item and not target.startswith(item + "/"):
+            continue
+        if target.count("{") != 1:
+            continue  # another parameter (a step, a file) the answer cannot give
+        for op in ops.values():
+            links[_link_name(op["operationId"])] = {
+                "operationId": op["operationId"],
+                "parameters": {param: f"$response.body#/{field}"},
+            }
