@@ -19,17 +19,23 @@ export async function tasksPage(root) {
     body.replaceChildren(...page.items.map((t) => h('tr', { 'data-task': t.taskId },
       h('td', {}, link(`/tasks/${t.taskId}`, t.taskId, { class: 'mono' })), h('td', {}, t.name),
       h('td', {}, badge(t.status)), h('td', {}, instance(t)), h('td', {}, when(t.createdAt)),
-      h('td', {}, t.exitCode ?? '–'))));
+      h('td', {}, ended(t)))));
     if (!page.items.length) body.append(h('tr', {}, h('td', { colspan: 6 }, 'No tasks yet.')));
   };
   await load();
   every(2000, () => load().catch(() => {}));
 }
 
+// The exit code, or the signal that ended the process (docs/tasks.md, "How a task ended").
+function ended(t) {
+  if (t.signal != null) return `signal ${t.signal}`;
+  return t.exitCode ?? '–';
+}
+
 function facts(t) {
   const pairs = [
     ['State', badge(t.status)], ['Instance', instance(t)], ['Provider', t.provider],
-    ['Command', h('code', {}, t.config.command || '')], ['Exit code', t.exitCode ?? '–'],
+    ['Command', h('code', {}, t.config.command || '')], ['Exit code', ended(t)],
     ['Reason', [t.reason, t.message].filter(Boolean).join(': ') || '–'],
     ['Ran for', t.startedAt ? duration((t.endedAt || Date.now()) - t.startedAt) : '–'],
   ];
