@@ -79,6 +79,14 @@ def test_a_runs_events_arrive_live(visit: Any, console_server: ConsoleServer) ->
     one.page.wait_for_selector(".timeline .step .badge-succeeded")
     one.shot("run")
 
+    one.page.click("nav >> text=Runs")  # filters: by flow, then by condition
+    one.page.select_option("select[name=flowId]", flow)
+    one.page.wait_for_url(re.compile(f"flowId={flow}"))
+    one.page.wait_for_selector(f"#runs tr[data-run='{job['executionId']}']")
+    assert one.page.locator("#runs tbody tr").count() == 1
+    one.page.select_option("select[name=condition]", "Failed")
+    one.page.wait_for_selector("text=No runs match.")
+
 
 def _until(ready: Any, timeout: float = 30.0) -> None:
     """Poll ``ready()`` (the page's CSP forbids Playwright's string predicates)."""
@@ -120,6 +128,31 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
         "celsius": 21,
     }
     one.page.wait_for_selector(".timeline [data-step=ask] .badge-succeeded")
+
+
+def test_execute_a_flow_from_its_form(visit: Any, console_server: ConsoleServer) -> None:
+    inputs = [
+        {"name": "city", "required": True, "description": "Where"},
+        {"name": "days", "required": False, "default": 3},
+    ]
+    flow = console_server.flow(
+        "forecast", {"block": "emit", "settings": {"count": 5}}, inputs=inputs
+    )
+    one = _signed_in(visit, console_server)
+    one.page.click("nav >> text=Flows")
+    one.page.click("a:text('forecast')")
+    form = one.page.locator("form.execute")
+    form.locator("button[type=submit]").click()  # the required input is empty: the browser says so
+    assert one.page.url.endswith(f"/flows/{flow}")
+    form.locator("input[name='param:city']").fill("Oslo")
+    form.locator("input[name='param:days']").fill("5")
+    one.shot("flow")
+    form.locator("button[type=submit]").click()
+    one.page.wait_for_url(re.compile(r"/runs/run_"))
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+    run_id = one.page.url.rsplit("/", 1)[1]
+    parameters = console_server.call("GET", f"/runs/{run_id}")["spec"]["parameters"]
+    assert parameters == {"city": "Oslo", "days": 5}
 
 
 def test_follow_a_tasks_log_live_and_cancel_it(visit: Any, console_server: ConsoleServer) -> None:
