@@ -25,6 +25,7 @@ from .console import routes as console
 from .endpoints import check_endpoints
 from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
+from .limits import setup_limits
 from .middleware import setup_middleware
 from .routes import admin, executions, flows, lifecycle, runs, tasks
 from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
@@ -75,6 +76,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     app[STORE_KEY] = Store(settings.home / "state.db")
     setup_middleware(app)
+    setup_limits(app)
     setup_idempotency(app)
     app.cleanup_ctx.append(_store_ctx)
     for feature in _FEATURES:

@@ -22,6 +22,7 @@ from ..models.server import ServerInfo
 from .app import create_app
 from .endpoints import public_base_url
 from .home import publish
+from .limits import BUDGET_KEY, install_accept_guard, raise_open_file_limit
 from .routes.lifecycle import LIFECYCLE_KEY
 from .state import IDENTITY_KEY, ServerSettings
 from .tasks import TASKS_KEY
@@ -52,7 +53,10 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
         HomeBusyError: Another server owns the home; nothing was opened.
         HomeError: The home cannot be used (read-only, full, not a directory).
     """
+    soft, hard = raise_open_file_limit()
+    log.info("open files: limit %d (hard limit %d)", soft, hard)
     app = create_app(settings)
+    install_accept_guard(asyncio.get_running_loop(), app[BUDGET_KEY])
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
