@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 
 import orjson
@@ -136,10 +137,17 @@ class _LogStream:
 
 
 async def _read(stream: _LogStream, final: bool) -> list[bytes]:
-    try:
-        return await asyncio.to_thread(stream.read, final)
-    except NotALogFile as exc:
-        raise _Refused(f"the task's log is not readable: {exc}") from exc
+    while True:
+        try:
+            return await asyncio.to_thread(stream.read, final)
+        except NotALogFile as exc:
+            raise _Refused(f"the task's log is not readable: {exc}") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise _Refused(f"cannot read the task's log: {exc.strerror or exc}") from exc
+        # Out of descriptors (the server answers new clients 503 meanwhile): wait, retry;
+        # ending here would send the end event before the log was drained.
+        await asyncio.sleep(_POLL_MAX)
 
 
 class _Refused(Exception):

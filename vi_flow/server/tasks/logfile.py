@@ -12,6 +12,7 @@ at a UTF-8 character boundary. Everything here blocks: call it in a worker threa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -50,6 +51,8 @@ def open_beneath(root: Path, path: Path) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP / ENOTDIR: a link or a file where a directory should be
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # out of descriptors: the file is fine, try again later
         raise NotALogFile(f"{path.name}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
