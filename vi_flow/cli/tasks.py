@@ -464,14 +464,19 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
 )
 @json_option
 def upload(task_id: str, source_dir: str, target_dir: str, as_json: bool) -> None:
-    """Upload SOURCE_DIR (honouring .gitignore and .flowignore) to a running task."""
+    """Upload SOURCE_DIR to a running task, as one stream.
+
+    Inside a git repository the files git would commit are sent; elsewhere every
+    .gitignore applies to its directory. .flowignore files leave out more.
+    """
     result = (
         state().client().upload_code_to_task(task_id, source_dir=source_dir, target_dir=target_dir)
     )
     if wants_json(as_json):
         emit_json(result)
         return
-    click.echo(f"uploaded {result.files} files ({result.bytes} bytes) to {result.target_dir}")
+    where = result.path or result.target_dir  # the real directory, where it is known
+    click.echo(f"uploaded {result.files} files ({result.bytes} bytes) to {where}")
     for skipped in result.skipped:
         click.echo(f"skipped {skipped}", err=True)
 

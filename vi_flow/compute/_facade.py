@@ -359,10 +359,13 @@ class AsyncCompute:
         progress_reporter: object | None = None,
         git_incremental: bool | None = None,
     ) -> UploadResult:
-        """Upload a directory (default: the current one) to a running task over SFTP.
+        """Upload a directory (default: the current one) to a running task, as one stream.
 
-        ``.gitignore`` and ``.flowignore`` at its root are honoured; nothing is written
-        outside ``target_dir``. A progress bar shows on a terminal.
+        Inside a git repository the files git would commit are sent (``git ls-files``);
+        elsewhere every ``.gitignore`` applies to its own directory; ``.flowignore`` files
+        leave out more. Nothing is written outside ``target_dir`` (``/workspace`` is the
+        task's working directory; ``UploadResult.path`` says where that is). A progress
+        bar shows on a terminal.
         """
         return await _ops.upload_code(
             self._context, task_id, source_dir=source_dir, target_dir=target_dir, timeout=timeout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import posixpath
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,15 @@ from ..models._base import from_wire
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
 from ..resources.ssh_keys import client_ssh_dir
 from ._follow import HTTPLogFollower, LogFollower
-from ._upload import UploadResult, check_target_dir, collect_files, progress_bar, upload_files
+from ._upload import (
+    WORKSPACE,
+    UploadResult,
+    check_target_dir,
+    collect_files,
+    progress_bar,
+    send_tree,
+    upload_files,
+)
 from .ssh import (
     ShellResult,
     SSHTarget,
@@ -366,25 +375,44 @@ async def upload_code(
     target_dir: str = "/workspace",
     timeout: float = 600.0,  # noqa: ASYNC109 - the seed API takes timeout=
 ) -> UploadResult:
-    """Send a directory to a running task over SFTP (see :mod:`vi_flow.compute._upload`).
+    """Send a directory to a running task as one stream (see :mod:`vi_flow.compute._upload`).
 
     A rich progress bar is shown when stderr is a terminal.
     """
-    check_target_dir(target_dir)
+    target = check_target_dir(target_dir)
     source = Path(source_dir) if source_dir is not None else Path(".")
     files, skipped = await anyio.to_thread.run_sync(collect_files, source)
     total = await anyio.to_thread.run_sync(lambda: sum(p.stat().st_size for _, p in files))
     task = await wait_for(client, task_id, until="running", timeout=timeout)
     _check_running(task)
-    async with await open_ssh(client, task_id) as conn, conn.start_sftp_client() as sftp:
+    async with await open_ssh(client, task_id) as conn:
         bar = progress_bar(total)
         try:
-            count, sent = await upload_files(
-                sftp, files, target_dir, progress=bar[0] if bar else None
-            )
+            count, sent = await _send(conn, files, target_dir, bar[0] if bar else None)
         finally:
             if bar is not None:
                 bar[1]()
     return UploadResult(
-        target_dir=check_target_dir(target_dir), files=count, bytes=sent, skipped=skipped
+        target_dir=target, files=count, bytes=sent, skipped=skipped, path=_real(task, target)
     )
+
+
+async def _send(
+    conn: asyncssh.SSHClientConnection,
+    files: list[tuple[str, Path]],
+    target_dir: str,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int]:
+    """One tar stream; file by file over SFTP where the task has no ``tar``."""
+    done = await send_tree(conn, files, target_dir, progress=progress)
+    if done is not None:
+        return done
+    async with conn.start_sftp_client() as sftp:
+        return await upload_files(sftp, files, target_dir, progress=progress)
+
+
+def _real(task: Task, target: str) -> str | None:
+    """Where ``target`` (``/workspace/...``) is on the task's machine."""
+    if not task.workdir:
+        return None
+    return posixpath.normpath(posixpath.join(task.workdir, posixpath.relpath(target, WORKSPACE)))

@@ -44,7 +44,7 @@ class RemoteOperations:
     async def upload(
         self, task_id: str, source_dir: str | Path, target_dir: str = "/workspace"
     ) -> UploadResult:
-        """Copy a directory into the task over SFTP (``.gitignore``/``.flowignore`` respected)."""
+        """Copy a directory into the task (see ``upload_code_to_task``: ignore files respected)."""
         return await self._compute.upload_code_to_task(
             task_id, Path(source_dir), target_dir=target_dir
         )

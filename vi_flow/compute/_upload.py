@@ -1,29 +1,31 @@
-"""Upload a directory to a task over SFTP, honouring ignore files, never escaping the target.
+"""Upload a directory to a task as one stream, honouring ignore files, never escaping the target.
 
-Files are chosen by :func:`collect_files`: a walk of the source directory that skips what
-``.gitignore`` and ``.flowignore`` (at its root) exclude, plus ``.git/``. Symbolic links
-are never followed out of the source: a link to a file inside it is sent as that file's
-content, anything else (links leaving the source, links to directories) is skipped and
-reported. :func:`upload_files` writes each file under ``target_dir`` only: relative paths
-with ``..`` or an absolute path are refused, and so is writing through a symbolic link
-that already exists on the remote side. Local reads run in a worker thread.
+Files are chosen by :func:`~vi_flow.compute._ignore.collect_files` (git's view of the
+tree, or nested ``.gitignore`` files; ``.flowignore`` files too). :func:`send_tree` sends
+them all as one tar stream into ``tar -x`` running in the task (one SSH channel, however
+many files), after one check that no directory or file on the way is a symbolic link;
+where the task has no ``tar``, :func:`upload_files` writes them one by one over SFTP with
+the same checks. Either way only plain relative paths below ``target_dir`` are written.
+Local reads run in a worker thread.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
-import re
 import sys
-from collections.abc import Callable, Iterable
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
+import anyio.from_thread
 import anyio.to_thread
 import attrs
 
 from .._errors import ViFlowError
+from ._ignore import IgnoreRules, collect_files
 
 if TYPE_CHECKING:
     import asyncssh
@@ -36,10 +38,10 @@ __all__ = [
     "collect_files",
     "progress_bar",
     "remote_path",
+    "send_tree",
     "upload_files",
 ]
 
-IGNORE_FILES = (".gitignore", ".flowignore")
 _CHUNK = 256 * 1024
 
 
@@ -52,151 +54,20 @@ class UploadResult:
     """What an upload sent.
 
     Attributes:
-        target_dir: The remote directory written to.
+        target_dir: The remote directory written to, as the task's SFTP server shows it
+            (``/workspace`` is the task's working directory).
         files: Number of files sent.
         bytes: Bytes sent.
         skipped: Source paths left out because they are symbolic links that leave the
             source directory or point to directories.
+        path: Where the files are on the task's machine (``None`` when unknown).
     """
 
     target_dir: str
     files: int
     bytes: int
     skipped: list[str] = attrs.Factory(list)
-
-
-def _segment_regex(pattern: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[" and "]" in pattern[i + 1 :]:
-            end = pattern.index("]", i + 1)
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-@attrs.frozen
-class _Rule:
-    regex: re.Pattern[str]
-    negate: bool
-    dir_only: bool
-
-
-def _parse_rule(line: str) -> _Rule | None:
-    line = line.rstrip("\n").rstrip()
-    if not line or line.startswith("#"):
-        return None
-    negate = line.startswith("!")
-    if negate or line.startswith("\\"):
-        line = line[1:]
-    dir_only = line.endswith("/")
-    line = line.strip("/") if dir_only else line
-    anchored = "/" in line.lstrip("/") or line.startswith("/")
-    body = _segment_regex(line.lstrip("/"))
-    prefix = "" if anchored else "(?:.*/)?"
-    return _Rule(re.compile(f"^{prefix}{body}$"), negate, dir_only)
-
-
-class IgnoreRules:
-    """A small ``.gitignore`` matcher: ``*``, ``?``, ``[...]``, ``**``, ``!``, ``/`` anchors,
-    trailing ``/`` for directories; the last matching rule wins.
-
-    Args:
-        lines: The pattern lines, in file order.
-    """
-
-    def __init__(self, lines: Iterable[str] = ()) -> None:
-        self._rules = [r for r in map(_parse_rule, lines) if r is not None]
-
-    @classmethod
-    def from_directory(cls, root: Path) -> IgnoreRules:
-        """Read ``.gitignore`` and ``.flowignore`` at ``root`` (blocking)."""
-        lines = [".git/"]
-        for name in IGNORE_FILES:
-            file = root / name
-            if file.is_file():
-                lines += file.read_text(encoding="utf-8", errors="replace").splitlines()
-        return cls(lines)
-
-    def ignored(self, relative: str, *, is_dir: bool) -> bool:
-        """Whether the POSIX path ``relative`` (from the root) is excluded."""
-        result = False
-        for rule in self._rules:
-            if rule.dir_only and not is_dir:
-                continue
-            if rule.regex.match(relative):
-                result = not rule.negate
-        return result
-
-
-def collect_files(source: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """Walk ``source`` and return ``(relative POSIX path, local file)`` pairs and skipped links.
-
-    Blocking: call it in a worker thread.
-    """
-    root = source.resolve(strict=True)
-    if not root.is_dir():
-        raise NotADirectoryError(f"source_dir is not a directory: {source}")
-    rules = IgnoreRules.from_directory(root)
-    files: list[tuple[str, Path]] = []
-    skipped: list[str] = []
-    _walk(root, root, "", rules, files, skipped)
-    return files, skipped
-
-
-def _walk(
-    root: Path,
-    directory: Path,
-    prefix: str,
-    rules: IgnoreRules,
-    files: list[tuple[str, Path]],
-    skipped: list[str],
-) -> None:
-    with os.scandir(directory) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            relative = prefix + entry.name
-            if entry.is_symlink():
-                _add_link(root, Path(entry.path), relative, rules, files, skipped)
-            elif entry.is_dir(follow_symlinks=False):
-                if not rules.ignored(relative, is_dir=True):
-                    _walk(root, Path(entry.path), relative + "/", rules, files, skipped)
-            elif entry.is_file(follow_symlinks=False) and not rules.ignored(relative, is_dir=False):
-                files.append((relative, Path(entry.path)))
-
-
-def _add_link(
-    root: Path,
-    link: Path,
-    relative: str,
-    rules: IgnoreRules,
-    files: list[tuple[str, Path]],
-    skipped: list[str],
-) -> None:
-    if rules.ignored(relative, is_dir=False):
-        return
-    resolved = link.resolve()
-    if resolved.is_file() and resolved.is_relative_to(root):
-        files.append((relative, resolved))
-    else:
-        skipped.append(relative)
+    path: str | None = None
 
 
 def remote_path(target_dir: str, relative: str) -> str:
@@ -208,6 +79,8 @@ def remote_path(target_dir: str, relative: str) -> str:
     parts = relative.split("/")
     if relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise UploadError(f"refusing to upload {relative!r}: not a plain relative path")
+    if "\n" in relative:
+        raise UploadError(f"refusing to upload {relative!r}: a newline in a file name")
     return posixpath.join(target_dir, *parts)
 
 
@@ -227,6 +100,161 @@ def check_target_dir(target_dir: str) -> str:
 
 
 Progress = Callable[[int], None]
+
+#: Prints each path read on stdin (relative to the task's working directory) that is a
+#: symbolic link; run first, so that the tar below never writes through one.
+_FIND_LINKS = 'while IFS= read -r p; do if [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
+#: Unpacks the tar stream on stdin into "$1" (made first), as the task's own user.
+_EXTRACT = 'mkdir -p -- "$1" && exec tar -x -f - --no-same-owner -C "$1"'
+_NOT_FOUND = 127  # the shell's status for a command it cannot find
+
+
+def _workspace_relative(target: str) -> str:
+    """``target`` (the SFTP view, ``/workspace/...``) from the task's working directory."""
+    return posixpath.relpath(target, WORKSPACE)
+
+
+def _paths_on_the_way(relative_target: str, files: list[tuple[str, Path]]) -> list[str]:
+    """The target, every directory to pass through and every file to write, in order."""
+    seen: dict[str, None] = {}
+    parts = relative_target.split("/")
+    for i in range(len(parts)):
+        if parts[i] not in ("..", "."):
+            seen["/".join(parts[: i + 1])] = None
+    for relative, _ in files:
+        names = relative.split("/")
+        for i in range(len(names)):
+            seen[posixpath.join(relative_target, *names[: i + 1])] = None
+    return list(seen)
+
+
+async def _refuse_remote_links(conn: asyncssh.SSHClientConnection, paths: list[str]) -> bool:
+    """Refuse a symbolic link among ``paths``; ``False`` when the task has no ``sh``."""
+    from .ssh import run_remote
+
+    listing = "".join(p + "\n" for p in paths).encode("utf-8", "surrogateescape")
+    try:
+        found = await run_remote(conn, ["sh", "-c", _FIND_LINKS], input=listing)
+    except BrokenPipeError:  # it ended before reading: no shell to run it
+        return False
+    if found.exit_status == _NOT_FOUND:
+        return False
+    if found.exit_status != 0:
+        raise UploadError(f"could not check the target in the task: {found.stderr.strip()}")
+    if found.stdout:
+        first = posixpath.normpath(posixpath.join(WORKSPACE, found.stdout.splitlines()[0]))
+        raise UploadError(f"refusing to write through the remote symbolic link {first}")
+    return True
+
+
+async def send_tree(
+    conn: asyncssh.SSHClientConnection,
+    files: list[tuple[str, Path]],
+    target_dir: str,
+    *,
+    progress: Progress | None = None,
+) -> tuple[int, int] | None:
+    """Send ``files`` as one tar stream into ``tar -x`` in the task; return (files, bytes).
+
+    Returns ``None`` when the task has no ``sh`` or ``tar`` (nothing was written; use
+    :func:`upload_files`).
+
+    Raises:
+        UploadError: A path escapes ``target_dir``, a remote entry on the way is a
+            symbolic link, or ``tar`` in the task failed (its message is quoted).
+    """
+    from .ssh import build_remote_command
+
+    target = check_target_dir(target_dir)
+    for relative, _ in files:
+        remote_path(target, relative)
+    relative_target = _workspace_relative(target)
+    if not await _refuse_remote_links(conn, _paths_on_the_way(relative_target, files)):
+        return None
+    command = build_remote_command(["sh", "-c", _EXTRACT, "sh", relative_target])
+    proc = await conn.create_process(command, encoding=None)
+    async with proc:
+        sent = await _stream_tar(proc, files, progress)
+        errors = await proc.stderr.read()
+        done = await proc.wait(check=False)
+    if done.exit_status == _NOT_FOUND:
+        return None
+    if done.exit_status != 0:
+        why = errors.decode("utf-8", "replace").strip()
+        raise UploadError(f"unpacking in the task failed (exit {done.exit_status}): {why}")
+    return len(files), sent
+
+
+async def _stream_tar(
+    proc: asyncssh.SSHClientProcess[bytes], files: list[tuple[str, Path]], progress: Progress | None
+) -> int:
+    send, receive = anyio.create_memory_object_stream[bytes](8)
+
+    async def pump() -> None:
+        """Copy the chunks to the remote stdin; if it closes early (no ``tar``, or it
+        failed), stop: the producer then stops too, and the exit status says why."""
+        with receive:
+            try:
+                async for chunk in receive:
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+                proc.stdin.write_eof()
+            except (BrokenPipeError, ConnectionError):
+                pass
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(pump)
+        sent = await anyio.to_thread.run_sync(_write_tar, files, send, progress)
+    return sent
+
+
+class _ToStream:
+    """A file object for :mod:`tarfile` (in a worker thread) that sends what it is given
+    to the event loop in chunks of about ``_CHUNK`` bytes."""
+
+    def __init__(self, send: anyio.abc.ObjectSendStream[bytes]) -> None:
+        self._send = send
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        if len(self._buffer) >= _CHUNK:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buffer:
+            anyio.from_thread.run(self._send.send, bytes(self._buffer))
+            self._buffer.clear()
+
+
+def _write_tar(
+    files: list[tuple[str, Path]],
+    send: anyio.abc.ObjectSendStream[bytes],
+    progress: Progress | None,
+) -> int:
+    out, sent = _ToStream(send), 0
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for relative, local in files:
+                sent += _add_file(tar, relative, local)
+                if progress is not None:
+                    anyio.from_thread.run_sync(progress, local.stat().st_size)
+        out.flush()
+    except anyio.BrokenResourceError:
+        pass  # the remote side stopped reading; its exit status tells why
+    finally:
+        anyio.from_thread.run(send.aclose)
+    return sent
+
+
+def _add_file(tar: tarfile.TarFile, relative: str, local: Path) -> int:
+    info = tar.gettarinfo(str(local), arcname=relative)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    with local.open("rb") as handle:
+        tar.addfile(info, handle)
+    return info.size
 
 
 async def upload_files(
