@@ -34,6 +34,7 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.runs import Run, RunSpec
+from .. import _records as records
 from ..clock import now_ms
 from ..errors import APIProblem
 from ..state import ServerSettings
@@ -41,7 +42,7 @@ from ..store import Store
 from . import tables
 from .blocks import BlockRegistry
 from .eventlog import EventLog
-from .executor import Executor, Paused, spec_of
+from .executor import Begun, Executor, Paused, set_condition, spec_of
 from .request import ExecuteRequest, check_against_flow, step_id_of
 from .tables import RunRow, StepRow
 
@@ -119,6 +120,46 @@ def _accept_results(conn: sqlite3.Connection, org: str, run_id: str, given: dict
     row.state = "running"
     tables.save_run(conn, row)
     return True
+
+
+def _new_row(run: Run, request: ExecuteRequest, state: str = "pending") -> RunRow:
+    return RunRow(
+        run_id=run.run_id, org_id=run.organization_id, flow_id=run.spec.flow_id,
+        flow_version=run.spec.flow_version, state=state,
+        request=attrs.asdict(request), spec=to_wire(run.spec.flow), started_at=now_ms(),
+    )  # fmt: skip
+
+
+def _create_and_begin(
+    conn: sqlite3.Connection, org: str, flow_id: str, request: ExecuteRequest
+) -> Begun:
+    """Create a run of a flow version and start it, in one transaction.
+
+    Resolves the version, checks the request against the flow, spends a credit, stores
+    the run (``Pending``, then ``Running``), its engine state and its first step
+    (``Running``): what ``run_started`` and ``step_started`` will announce is stored
+    before they are.
+
+    Raises:
+        APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
+    """
+    spec, label = records.resolve_flow_version(conn, org, flow_id, request.version)
+    request = check_against_flow(request, spec)
+    tables.spend_credit(conn, org)
+    run = records.create_run(conn, org, RunSpec(
+        flow=spec, training_project=spec.training_project, flow_id=flow_id,
+        flow_version=label, message=request.message, parameters=request.parameters,
+    ))  # fmt: skip
+    row = _new_row(run, request, "running")
+    tables.insert_run(conn, row)
+    records.set_run_log(conn, run.run_id, f"engine_events:{run.run_id}")
+    set_condition(conn, run.run_id, Condition.RUNNING)
+    step = None
+    if spec.blocks:
+        block = spec.blocks[0].block
+        step = StepRow(step_id_of(spec, 0), 0, block, "Running", started_at=now_ms(), duration_ms=0)
+        tables.put_step(conn, run.run_id, step)
+    return Begun(row, step)
 
 
 class _RunLock:
@@ -207,18 +248,12 @@ class Engine:
         Raises:
             APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
         """
-        spec, label = await self.store.resolve_flow_version(org, flow_id, request.version)
-        request = check_against_flow(request, spec)
-        await self.store.run(lambda c: tables.spend_credit(c, org))
-        run = await self.store.create_run(
-            org,
-            RunSpec(
-                flow=spec, training_project=spec.training_project, flow_id=flow_id,
-                flow_version=label, message=request.message, parameters=request.parameters,
-            ),
-        )  # fmt: skip
-        await self._insert_and_launch(run, request)
-        return run.run_id
+        begun = await self.store.run(lambda c: _create_and_begin(c, org, flow_id, request))
+        run_id = begun.row.run_id
+        log.info("run %s of %s: created, flow %s", run_id, org, flow_id)
+        self.log.new_channel(run_id)
+        self._launch(run_id, begun)
+        return run_id
 
     async def start(self, run: Run) -> None:
         """Execute a run stored by ``POST /v1/runs`` (the ``RunStarter`` protocol).
@@ -238,17 +273,13 @@ class Engine:
         await self._insert_and_launch(run, request)
 
     async def _insert_and_launch(self, run: Run, request: ExecuteRequest) -> None:
-        row = RunRow(
-            run_id=run.run_id, org_id=run.organization_id, flow_id=run.spec.flow_id,
-            flow_version=run.spec.flow_version, state="pending",
-            request=attrs.asdict(request), spec=to_wire(run.spec.flow), started_at=now_ms(),
-        )  # fmt: skip
+        row = _new_row(run, request)
         await self.store.run(lambda c: tables.insert_run(c, row))
         await self.store.set_run_log(run.run_id, f"engine_events:{run.run_id}")
         self._launch(run.run_id)
 
-    def _launch(self, run_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._drive(run_id))
+    def _launch(self, run_id: str, begun: Begun | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._drive(run_id, begun))
         self._tasks[run_id] = task
 
         def forget(done: asyncio.Task[None]) -> None:
@@ -257,9 +288,9 @@ class Engine:
 
         task.add_done_callback(forget)
 
-    async def _drive(self, run_id: str) -> None:
+    async def _drive(self, run_id: str, begun: Begun | None) -> None:
         try:
-            paused = await self.executor.drive(run_id)
+            paused = await self.executor.drive(run_id, begun)
         except asyncio.CancelledError:
             if run_id not in self._cancelling:
                 raise  # server shutdown: leave the run for recovery

@@ -63,6 +63,8 @@ class _Queued:
         self.terminal = False
 
 
+Event = tuple[type[StreamEvent], dict[str, Any]]
+"""An event to append: its class and fields (see :meth:`EventLog.append`)."""
 _Chunk = tuple[str, int, int, bytes, int, "int | None"]
 """A stored row: run id, first and last event id, frames, terminal flag, settle id."""
 
@@ -105,7 +107,7 @@ class RunChannel:
                 self.finished = True
         while self._ring_bytes > _RING_BYTES and len(self._ring) > 1:
             self._ring_bytes -= len(self._ring.popleft()[2])
-        self.committed = chunks[-1][2]
+        self.committed = max(self.committed, chunks[-1][2])
         self.wake()
 
     def wake(self) -> None:
@@ -155,6 +157,8 @@ def _chunks(run_id: str, queued: _Queued) -> list[_Chunk]:
 
 
 def _insert(conn: sqlite3.Connection, chunks: Sequence[_Chunk]) -> None:
+    if not chunks:
+        return
     conn.executemany(
         "INSERT INTO engine_events (run_id, first_id, last_id, frames, terminal, settled)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -262,6 +266,10 @@ class EventLog:
         finally:
             del self._opening[run_id]
 
+    def new_channel(self, run_id: str) -> RunChannel:
+        """Open the channel of a run just created (it has no events: nothing to read)."""
+        return self._channels.setdefault(run_id, RunChannel(run_id, 0, False, 0))
+
     def stop_followers(self) -> None:
         """End every :meth:`follow` iterator at its next wake-up (server shutdown)."""
         self.stopping = True
@@ -282,11 +290,18 @@ class EventLog:
         too many events are queued.
         """
         channel = self._channels.get(run_id) or await self.channel(run_id)
+        event_id = self._queue(channel, cls, fields)
+        if self._queued >= self._max_pending:
+            # keep the writer busy: wait for the batch in flight, not for this one
+            await self._written_up_to(self._appended - self._max_pending)
+        return event_id
+
+    def _queue(self, channel: RunChannel, cls: type[StreamEvent], fields: dict[str, Any]) -> int:
         if self._closed:
             raise RuntimeError("the event log is closed")
-        event_id = channel.next_id
-        channel.next_id += 1
+        run_id, event_id = channel.run_id, channel.next_id
         framed = encoder(cls)(run_id, event_id, now_ms(), **fields)
+        channel.next_id += 1
         queued = self._pending.get(run_id)
         if queued is None:
             queued = self._pending[run_id] = _Queued(event_id)
@@ -298,10 +313,21 @@ class EventLog:
                 channel.ended = queued.terminal = True
         self._appended += 1
         self._queued += 1
-        if self._queued >= self._max_pending:
-            # keep the writer busy: wait for the batch in flight, not for this one
-            await self._written_up_to(self._appended - self._max_pending)
         return event_id
+
+    async def commit_with(
+        self, fn: Callable[[sqlite3.Connection], T], run_id: str, events: Sequence[Event] = ()
+    ) -> T:
+        """Store ``fn``'s changes and ``events`` of ``run_id`` in one transaction.
+
+        Whatever else is queued goes in the same transaction. The state and the events
+        that announce it become visible together, so a reader never sees an event
+        before what it announces; one commit replaces two.
+        """
+        channel = self._channels.get(run_id) or await self.channel(run_id)
+        for cls, fields in events:  # no await from here to the swap in _commit
+            self._queue(channel, cls, fields)
+        return await self._commit(fn)
 
     async def append_lines(
         self, run_id: str, step_id: str, stream: str, lines: Sequence[str]
@@ -346,28 +372,47 @@ class EventLog:
             self._wake.clear()
             if self._window and self._queued < self._max_pending // 4:
                 await asyncio.sleep(self._window)
-            await self._write_batch()
+            if self._pending:
+                with contextlib.suppress(Exception):  # logged; the waiters have the error
+                    await self._commit(None)
 
-    async def _write_batch(self) -> None:
+    async def _commit(self, fn: Callable[[sqlite3.Connection], T] | None) -> T:
+        """Write what is queued (and ``fn``'s changes) in one transaction, then publish.
+
+        The write and its bookkeeping finish even when the caller is cancelled
+        meanwhile (the transaction runs on the database thread regardless).
+        """
         pending, count = self._pending, self._queued
-        if not pending:
-            return
         self._pending, self._queued = {}, 0
         per_run = {run_id: _chunks(run_id, queued) for run_id, queued in pending.items()}
+        return await asyncio.shield(self._store(fn, per_run, count))
+
+    async def _store(
+        self, fn: Callable[[sqlite3.Connection], T] | None,
+        per_run: dict[str, list[_Chunk]], count: int,
+    ) -> T:  # fmt: skip
         chunks = [chunk for part in per_run.values() for chunk in part]
-        error: Exception | None = None
+
+        def write(conn: sqlite3.Connection) -> Any:
+            result = None if fn is None else fn(conn)
+            _insert(conn, chunks)
+            return result
+
         try:
-            await self._db.run(lambda c: _insert(c, chunks))
+            result: T = await self._db.run(write)
         except Exception as exc:
-            log.exception("event log write failed; %d events lost", count)
-            error = exc
-        else:
-            for run_id, part in per_run.items():
-                channel = self._channels.get(run_id)
-                if channel is not None:
-                    channel.publish(part)
+            if count:
+                log.exception("event log write failed; %d events lost", count)
+            self._written += count
+            self._settle_waiters(exc)
+            raise
+        for run_id, part in per_run.items():
+            channel = self._channels.get(run_id)
+            if channel is not None and part:
+                channel.publish(part)
         self._written += count
-        self._settle_waiters(error)
+        self._settle_waiters(None)
+        return result
 
     def _settle_waiters(self, error: Exception | None) -> None:
         keep: list[tuple[int, asyncio.Future[None]]] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 import sqlite3
 import time
@@ -40,16 +41,19 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.flows import FlowSpec
+from .. import _records as records
 from ..clock import now_ms
 from ..state import ServerSettings
 from ..store import Store
 from ..tasks import TaskService
 from . import tables
 from .blocks import BlockContext, BlockRegistry, Pause, Resume, StepDone, StepError
-from .eventlog import EventLog
+from .eventlog import Event, EventLog
 from .render import RenderError, render_value
 from .request import ExecuteRequest, step_id_of
 from .tables import RunRow, StepRow
+
+log = logging.getLogger("vi_flow.server")
 
 __all__ = ["Executor", "Paused", "add_usage", "namespace_for", "request_of", "spec_of"]
 
@@ -84,6 +88,31 @@ class Paused:
     run_id: str
     token: str
     deadline: int
+
+
+@attrs.frozen
+class Begun:
+    """A run whose start the engine stored with its creation (one transaction).
+
+    Attributes:
+        row: Its engine state (``running``).
+        step: The first step's record, stored ``Running`` (None for a flow without steps).
+    """
+
+    row: RunRow
+    step: StepRow | None
+
+
+@attrs.frozen
+class _Carry:
+    """A finished step's state changes and events, stored with the next commit."""
+
+    store: Callable[[sqlite3.Connection], None]
+    events: list[Event]
+
+
+def _no_change(conn: sqlite3.Connection) -> None:
+    del conn
 
 
 @attrs.frozen
@@ -159,35 +188,46 @@ class Executor:
 
     # -- the run ----------------------------------------------------------------------
 
-    async def drive(self, run_id: str) -> Paused | None:
-        """Run ``run_id`` from its stored state until it ends or pauses."""
-        row = await self.store.run(lambda c: tables.get_run(c, run_id))
+    async def drive(self, run_id: str, begun: Begun | None = None) -> Paused | None:
+        """Run ``run_id`` from its stored state until it ends or pauses.
+
+        ``begun``: the run was just created and started in one transaction (its
+        ``run_started`` and first ``step_started`` are still to be announced).
+        """
+        if begun is None:
+            row = await self.store.run(lambda c: tables.get_run(c, run_id))
+        else:
+            row = begun.row
+            await self.log.append(RunStarted, run_id, **_started_fields(row))
         if row.state == "done":
             return None
         spec, request = spec_of(row), request_of(row)
         if row.state == "pending":
             await self._begin(row)
-        resume = self._resume_of(row)
+        resume, carry = self._resume_of(row), _Carry(_no_change, [])
+        stored = begun.step if begun is not None else None
         for index in range(row.step_index, len(spec.blocks)):
-            result = await self._step(row, spec, request, index, resume)
-            resume = None
+            result = await self._step(row, spec, request, index, resume, carry, stored)
+            resume, stored = None, None
             if isinstance(result, Paused):
                 return result
             if isinstance(result, _Failure):
                 await self.finish(row, Condition.FAILED, error=result.message,
                                   failed_step=result.step_id)  # fmt: skip
                 return None
+            carry = result
         last = step_id_of(spec, len(spec.blocks) - 1) if spec.blocks else None
-        await self.finish(row, Condition.SUCCEEDED, output=row.outputs.get(last or ""))
+        await self.finish(row, Condition.SUCCEEDED, output=row.outputs.get(last or ""), carry=carry)
         return None
 
     async def _begin(self, row: RunRow) -> None:
         row.state = "running"
-        await self.store.run(lambda c: tables.save_run(c, row))
-        await self.store.set_run_condition(row.run_id, Condition.RUNNING)
-        await self.log.append(
-            RunStarted, row.run_id, flow_id=row.flow_id, flow_version=row.flow_version
-        )
+
+        def begin(conn: sqlite3.Connection) -> None:
+            tables.save_run(conn, row)
+            set_condition(conn, row.run_id, Condition.RUNNING)
+
+        await self.log.commit_with(begin, row.run_id, [(RunStarted, _started_fields(row))])
 
     @staticmethod
     def _resume_of(row: RunRow) -> Resume | None:
@@ -206,33 +246,35 @@ class Executor:
         error: str | None = None,
         failed_step: str | None = None,
         reason: str | None = None,
+        carry: _Carry | None = None,
     ) -> None:
-        """End the run: store the outcome and condition, then append ``flow_completed``."""
+        """End the run: store the outcome, condition and ``flow_completed`` in one commit.
+
+        ``carry``: the last step's own changes and events, stored in the same commit.
+        """
         ended = now_ms()
         row.state, row.pause, row.ended_at = "done", None, ended
         row.outcome = {"status": status.value, "output": output, "error": error,
                        "failedStep": failed_step}  # fmt: skip
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
+        carry = carry or _Carry(_no_change, [])
 
         def store_outcome(conn: sqlite3.Connection) -> None:
+            carry.store(conn)
             tables.save_run(conn, row)
             tables.close_running_steps(conn, row.run_id, step_status.value, ended)
+            set_condition(conn, row.run_id, status, error, reason)
+            tables.mark_closed(conn, row.run_id)
 
-        await self.store.run(store_outcome)
-        await self.store.set_run_condition(row.run_id, status, error, reason)
-        await self.close(row)
+        channel = await self.log.channel(row.run_id)
+        events = [*carry.events, *([] if channel.ended else [_completed_event(row)])]
+        await self.log.commit_with(store_outcome, row.run_id, events)
+        self.log.forget(row.run_id)
 
     async def close(self, row: RunRow) -> None:
         """Append the terminal event of a finished run (once) and mark it closed."""
-        outcome = row.outcome or {}
         if not (await self.log.channel(row.run_id)).ended:
-            await self.log.append(
-                FlowCompleted, row.run_id,
-                status=Condition(outcome.get("status", "Error")), output=outcome.get("output"),
-                error=outcome.get("error"), failed_step=outcome.get("failedStep"),
-                duration_ms=max(0, (row.ended_at or now_ms()) - row.started_at),
-                usage=_usage(row.usage),
-            )  # fmt: skip
+            await self.log.append(FlowCompleted, row.run_id, **_completed_event(row)[1])
         await self.log.sync()
         await self.store.run(lambda c: tables.mark_closed(c, row.run_id))
         self.log.forget(row.run_id)
@@ -241,16 +283,23 @@ class Executor:
 
     async def _step(
         self, row: RunRow, spec: FlowSpec, request: ExecuteRequest, index: int,
-        resume: Resume | None,
-    ) -> Paused | _Failure | None:  # fmt: skip
+        resume: Resume | None, carry: _Carry, stored: StepRow | None = None,
+    ) -> Paused | _Failure | _Carry:  # fmt: skip
         block = spec.blocks[index]
         step_id = step_id_of(spec, index)
-        step = self._step_record(row, step_id, index, block.block, resume)
-        if resume is None:
-            await self.store.run(lambda c: tables.put_step(c, row.run_id, step))
-            await self.log.append(
-                StepStarted, row.run_id, step_id=step_id, block=block.block, index=index
-            )
+        step = stored or self._step_record(row, step_id, index, block.block, resume)
+        started_event: Event = (StepStarted, {"step_id": step_id, "block": block.block, "index": index})  # fmt: skip
+        if stored is not None:
+            await self.log.append(StepStarted, row.run_id, **started_event[1])
+        elif resume is None:
+
+            def start(conn: sqlite3.Connection) -> None:
+                carry.store(conn)
+                tables.put_step(conn, row.run_id, step)
+
+            await self.log.commit_with(start, row.run_id, [*carry.events, started_event])
+        elif carry.events:
+            await self.log.commit_with(carry.store, row.run_id, carry.events)
         started = time.monotonic()
         try:
             ctx = self._context(row, spec, request, index, resume)
@@ -272,8 +321,7 @@ class Executor:
         if isinstance(result, Pause):
             return await self._pause(row, step, result, started)
         done = result if isinstance(result, StepDone) else StepDone(output=result)
-        await self._completed(row, step, done, request.trace, started)
-        return None
+        return self._completed(row, step, done, request.trace, started)
 
     @staticmethod
     def _step_record(
@@ -320,15 +368,16 @@ class Executor:
     ) -> _Failure:
         step.status, step.error, step.ended_at = Condition.FAILED.value, message, now_ms()
         step.duration_ms = self._elapsed(step, started)
-        await self.store.run(lambda c: tables.put_step(c, row.run_id, step))
-        await self.log.append(
-            StepFailed, row.run_id, step_id=step.step_id, block=step.block, error=message, code=code
+        fields = {"step_id": step.step_id, "block": step.block, "error": message, "code": code}
+        await self.log.commit_with(
+            lambda c: tables.put_step(c, row.run_id, step), row.run_id, [(StepFailed, fields)]
         )
         return _Failure(step.step_id, f"step {step.step_id!r} failed: {message}", code)
 
-    async def _completed(
+    def _completed(
         self, row: RunRow, step: StepRow, done: StepDone, trace: bool, started: float
-    ) -> None:
+    ) -> _Carry:
+        """Record a step's success in memory; its changes and events go with the next commit."""
         step.status, step.ended_at = Condition.SUCCEEDED.value, now_ms()
         step.duration_ms = self._elapsed(step, started)
         step.usage = to_wire(done.usage) if done.usage is not None else None
@@ -338,16 +387,17 @@ class Executor:
         row.step_index, row.pause = step.index + 1, None
         row.usage = to_wire(add_usage(_usage(row.usage), done.usage))
 
+        saved = attrs.evolve(row, outputs=dict(row.outputs))  # as it stands now, not later
+
         def store_step(conn: sqlite3.Connection) -> None:
             tables.put_step(conn, row.run_id, step)
-            tables.save_run(conn, row)
+            tables.save_run(conn, saved)
 
-        await self.store.run(store_step)
-        await self.log.append(StepOutput, row.run_id, step_id=step.step_id, output=done.output)
-        await self.log.append(
-            StepCompleted, row.run_id, step_id=step.step_id, block=step.block,
-            output=done.output, duration_ms=step.duration_ms, usage=done.usage,
-        )  # fmt: skip
+        return _Carry(store_step, [
+            (StepOutput, {"step_id": step.step_id, "output": done.output}),
+            (StepCompleted, {"step_id": step.step_id, "block": step.block, "output": done.output,
+                             "duration_ms": step.duration_ms, "usage": done.usage}),
+        ])  # fmt: skip
 
     async def _pause(self, row: RunRow, step: StepRow, pause: Pause, started: float) -> Paused:
         timeout = pause.timeout if pause.timeout is not None else self.settings.tool_pause_timeout
@@ -361,10 +411,44 @@ class Executor:
             "input": step.input, "deadline": paused.deadline, "token": paused.token,
             "timeout": timeout,
         }  # fmt: skip
-        await self.store.run(lambda c: tables.save_run(c, row))
-        await self.log.append(StepPaused, row.run_id, step_id=step.step_id, reason="tool_calls")
-        await self.log.append(
-            ToolCallsRequired, row.run_id, step_id=step.step_id, tool_calls=pause.tool_calls
-        )
-        await self.log.sync()
+        await self.log.commit_with(lambda c: tables.save_run(c, row), row.run_id, [
+            (StepPaused, {"step_id": step.step_id, "reason": "tool_calls"}),
+            (ToolCallsRequired, {"step_id": step.step_id, "tool_calls": pause.tool_calls}),
+        ])  # fmt: skip
         return paused
+
+
+def _started_fields(row: RunRow) -> dict[str, Any]:
+    return {"flow_id": row.flow_id, "flow_version": row.flow_version}
+
+
+def _completed_event(row: RunRow) -> Event:
+    """The terminal ``flow_completed`` of a finished run, from its stored outcome."""
+    outcome = row.outcome or {}
+    return FlowCompleted, {
+        "status": Condition(outcome.get("status", "Error")), "output": outcome.get("output"),
+        "error": outcome.get("error"), "failed_step": outcome.get("failedStep"),
+        "duration_ms": max(0, (row.ended_at or now_ms()) - row.started_at),
+        "usage": _usage(row.usage),
+    }  # fmt: skip
+
+
+def set_condition(
+    conn: sqlite3.Connection, run_id: str, condition: Condition,
+    message: str | None = None, reason: str | None = None,
+) -> None:  # fmt: skip
+    """Append a condition to the run record (as ``Store.set_run_condition``, in a transaction).
+
+    A terminal condition is never changed; a change is logged (without the message,
+    which may quote a step's input or output).
+    """
+    before = records.get_run(conn, None, run_id)
+    was = before.status.condition
+    records.set_run_condition(conn, run_id, condition, message, reason)
+    if was == condition or (was is not None and was.terminal):
+        return
+    why = f" ({reason})" if reason else ""
+    state = was.value if was is not None else "-"
+    log.info(
+        "run %s of %s: %s -> %s%s", run_id, before.organization_id, state, condition.value, why
+    )
