@@ -15,6 +15,7 @@ import attrs
 from aiohttp import web
 
 from ..models.runs import Run
+from .quotas import Quotas
 from .store import Store
 
 __all__ = [
@@ -52,6 +53,7 @@ class ServerSettings:
         ssh_public_host: The SSH host name task endpoints advertise (see
             :mod:`vi_flow.server.endpoints` for the defaults).
         ssh_public_port: The SSH port task endpoints advertise; ``None``: ``ssh_port``.
+        quotas: Per-organization quotas (defaults, changed by ``VI_FLOW_QUOTA_<NAME>``).
         extra: Free-form settings for feature modules.
     """
 
@@ -70,6 +72,7 @@ class ServerSettings:
     public_url: str | None = None
     ssh_public_host: str | None = None
     ssh_public_port: int | None = None
+    quotas: Quotas = attrs.Factory(Quotas.from_env)
     extra: dict[str, Any] = attrs.Factory(dict)
 
 

@@ -373,16 +373,41 @@ def _check_reservation(body: ReservationRequest) -> None:
         limited(check_name, "name", body.name)
 
 
+async def _mine(request: web.Request) -> list[Reservation]:
+    """The caller's organization's reservations, with their status as of now."""
+    service = _service(request)
+    try:
+        reservations = await service.provider.list_reservations()
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    org = org_of(request)
+    return [r for r in reservations if await service.reservation_org(r.reservation_id) == org]
+
+
+async def _check_quota(request: web.Request, body: ReservationRequest) -> None:
+    service = _service(request)
+    config = TaskConfig(
+        command="true", gpu=body.gpu, instance_type=body.instance_type, cpus=body.cpus
+    )  # placed as the provider will place the reservation
+    try:
+        placement = await service.provider.place(config)
+    except ProviderError as exc:
+        raise problem_for(exc) from exc
+    service.quotas.check_reservation(await _mine(request), placement.cpus, placement.gpu_count)
+
+
 @idempotent
 async def create_reservation(request: web.Request) -> web.StreamResponse:
     """Reserve capacity for a time window."""
     body = await read_json(request, ReservationRequest)
     _check_reservation(body)
     service = _service(request)
-    try:
-        reservation = await service.provider.create_reservation(body)
-    except ProviderError as exc:
-        raise problem_for(exc) from exc
+    async with service.reservations_lock:  # the quota is checked and used as one step
+        await _check_quota(request, body)
+        try:
+            reservation = await service.provider.create_reservation(body)
+        except ProviderError as exc:
+            raise problem_for(exc) from exc
     try:
         await service.claim_reservation(reservation, org_of(request), answer_status=201)
     except BaseException:
@@ -544,7 +569,8 @@ def _routes() -> list[tuple[str, str, Any]]:
 def setup(app: web.Application) -> None:
     """Register the task service and the task, volume, instance, reservation, SSH key and
     artifact routes; start the provider and SSH server with the app."""
-    service = TaskService(app[STORE_KEY], create_provider(app[SETTINGS_KEY]))
+    settings = app[SETTINGS_KEY]
+    service = TaskService(app[STORE_KEY], create_provider(settings), settings.quotas)
     app[TASKS_KEY] = service
     for method, path, handler in _routes():
         app.router.add_route(method, path, handler)

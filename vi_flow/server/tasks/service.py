@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,6 +41,7 @@ from ..providers.base import (
     TaskUpdate,
     problem_for,
 )
+from ..quotas import Quotas
 from ..store import Store, answer_saver, new_id
 from .launch import build_spec, check_config, prepare_task_dir, task_env
 from .outputs import TaskOutputs
@@ -63,17 +65,23 @@ class TaskService:
     Args:
         store: The server's store (this service adds its own tables).
         provider: The compute provider.
+        quotas: The per-organization quotas (the defaults when omitted).
 
     Attributes:
+        reservations_lock: Held while a reservation is checked against the quotas and made.
         records: Reading tasks, and the events that wake their waiters.
         volumes: Volumes and mounting them into tasks.
         ssh: SSH keys, and what an SSH login maps to.
         outputs: Task logs and output files.
     """
 
-    def __init__(self, store: Store, provider: ComputeProvider) -> None:
+    def __init__(
+        self, store: Store, provider: ComputeProvider, quotas: Quotas | None = None
+    ) -> None:
         self.store = store
         self.provider = provider
+        self.quotas = quotas or Quotas()
+        self.reservations_lock = asyncio.Lock()
         self.records = TaskRecords(store, provider)
         self.volumes = Volumes(self.records)
         self.ssh = SSHAccess(self.records)
@@ -172,6 +180,7 @@ class TaskService:
                 501/503 for provider errors.
         """
         check_config(config)
+        self.quotas.check_pending_tasks(await self.store.run(lambda c: _pending(c, org_id)))
         await self._check_isolation()
         await self._check_reservation(org_id, config.reservation_id)
         try:
@@ -184,7 +193,11 @@ class TaskService:
         env = task_env(config, task_id, paths, mounts)
         spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
         await asyncio.to_thread(prepare_task_dir, paths)
-        await self._insert(spec, run_id, step_id, answer_saver(answer_status))
+        try:
+            await self._insert(spec, run_id, step_id, answer_saver(answer_status))
+        except APIProblem:  # over the quota after all (a request racing this one)
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            raise
         await self._queue(spec)
         log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)
         return await self.get(task_id)
@@ -228,6 +241,7 @@ class TaskService:
         select = "SELECT * FROM tasks WHERE task_id = ?"
 
         def insert(conn: sqlite3.Connection) -> None:
+            self.quotas.check_pending_tasks(_pending(conn, spec.organization_id))
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
                 " created_at, provider, run_id, step_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -385,3 +399,9 @@ def _apply_update(conn: sqlite3.Connection, update: TaskUpdate) -> TaskStatus | 
 
 TASKS_KEY = web.AppKey("vi_flow.tasks", TaskService)
 """Where :func:`vi_flow.server.routes.tasks.setup` registers the :class:`TaskService`."""
+
+
+def _pending(conn: sqlite3.Connection, org_id: str) -> int:
+    """How many tasks of ``org_id`` wait to start."""
+    sql = "SELECT COUNT(*) FROM tasks WHERE org_id = ? AND status = 'pending'"
+    return int(conn.execute(sql, (org_id,)).fetchone()[0])

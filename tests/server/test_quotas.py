@@ -1,0 +1,102 @@
+"""Per-organization quotas over real HTTP: over one is a clear error that changes nothing.
+
+Each test starts a real server whose quotas come from ``VI_FLOW_QUOTA_<NAME>``, as an
+operator would set them, and checks that the answer names the quota, that nothing
+was made, that other organizations are not held back, and that freeing one makes room.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from vi_flow.server.quotas import Quotas
+
+from .conftest import Server, StartServer
+
+pytestmark = pytest.mark.anyio
+
+HOUR_MS = 3600 * 1000
+
+
+def _over(answer: Any, quota: str, status: int) -> None:
+    assert answer.status == status, answer.body
+    assert answer.body["error"]["code"] == "QUOTA_EXCEEDED"
+    message = answer.body["error"]["message"]
+    assert message.startswith(f"{quota}:") and f"VI_FLOW_QUOTA_{quota.upper()}" in message
+
+
+async def _other_token(server: Server) -> str:
+    org = (await server.call("POST", "/organizations", json={"name": "other"})).body
+    made = await server.call(
+        "POST", f"/organizations/{org['organizationId']}/tokens", json={"name": "ci"}
+    )
+    return str(made.body["token"])
+
+
+def _later(hours: int) -> int:
+    return int(time.time() * 1000) + hours * HOUR_MS
+
+
+async def test_reservations_per_organization(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_RESERVATIONS", "2")
+    server = await start_server()
+    made = []
+    for hours in (1, 3):
+        body = {"cpus": 1, "startTime": _later(hours), "durationHours": 1}
+        answer = await server.call("POST", "/reservations", json=body)
+        assert answer.status == 201, answer.body
+        made.append(answer.body["reservationId"])
+    third = {"cpus": 1, "startTime": _later(5), "durationHours": 1}
+    _over(await server.call("POST", "/reservations", json=third), "reservations", 422)
+    assert len((await server.call("GET", "/reservations")).body["items"]) == 2
+    other = await _other_token(server)
+    theirs = await server.call("POST", "/reservations", json=third, token=other)
+    assert theirs.status == 201, theirs.body  # a quota per organization
+    assert (await server.call("DELETE", f"/reservations/{made[0]}")).status == 200
+    again = await server.call("POST", "/reservations", json=third)
+    assert again.status == 201, again.body  # a cancelled one no longer counts
+
+
+async def test_reserved_cpus_per_organization(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_RESERVED_CPUS", "1")
+    server = await start_server()
+    first = {"cpus": 1, "startTime": _later(1), "durationHours": 1}
+    assert (await server.call("POST", "/reservations", json=first)).status == 201
+    second = {"cpus": 1, "startTime": _later(3), "durationHours": 1}
+    _over(await server.call("POST", "/reservations", json=second), "reserved_cpus", 422)
+    assert len((await server.call("GET", "/reservations")).body["items"]) == 1
+
+
+async def test_pending_tasks_per_organization(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_PENDING_TASKS", "2")
+    server = await start_server()
+    body = {"cpus": 1, "startTime": _later(2), "durationHours": 1}
+    reservation = (await server.call("POST", "/reservations", json=body)).body["reservationId"]
+    waiting = {"command": "true", "cpus": 1, "reservationId": reservation}  # waits for it
+    tasks = [(await server.call("POST", "/tasks", json=waiting)).body for _ in range(2)]
+    assert [t["status"] for t in tasks] == ["pending", "pending"]
+    _over(await server.call("POST", "/tasks", json=waiting), "pending_tasks", 429)
+    assert len((await server.call("GET", "/tasks")).body["items"]) == 2
+    cancelled = await server.call("POST", f"/tasks/{tasks[0]['taskId']}/cancel", json={})
+    assert cancelled.status == 200, cancelled.body
+    assert (await server.call("POST", "/tasks", json=waiting)).status == 201
+
+
+def test_quotas_come_from_the_environment_and_bad_values_are_named() -> None:
+    env = {"VI_FLOW_QUOTA_PENDING_TASKS": "5", "VI_FLOW_QUOTA_RESERVATIONS": "none"}
+    quotas = Quotas.from_env({**env, "VI_FLOW_QUOTA_RESERVED_CPUS": ""})
+    assert quotas.pending_tasks == 5 and quotas.reservations is None
+    assert quotas.reserved_cpus == Quotas().reserved_cpus  # empty: as if not set
+    assert Quotas.from_env({}) == Quotas()
+    for bad in ("lots", "-1", "1.5"):
+        with pytest.raises(ValueError, match=r"^VI_FLOW_QUOTA_RESERVED_GPUS: "):
+            Quotas.from_env({"VI_FLOW_QUOTA_RESERVED_GPUS": bad})
