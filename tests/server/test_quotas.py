@@ -7,6 +7,7 @@ was made, that other organizations are not held back, and that freeing one makes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -100,3 +101,14 @@ def test_quotas_come_from_the_environment_and_bad_values_are_named() -> None:
     for bad in ("lots", "-1", "1.5"):
         with pytest.raises(ValueError, match=r"^VI_FLOW_QUOTA_RESERVED_GPUS: "):
             Quotas.from_env({"VI_FLOW_QUOTA_RESERVED_GPUS": bad})
+
+
+async def test_racing_reservations_stay_within_the_quota(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_RESERVATIONS", "3")
+    server = await start_server()
+    bodies = [{"cpus": 1, "startTime": _later(2 * i + 1), "durationHours": 1} for i in range(8)]
+    answers = await asyncio.gather(*(server.call("POST", "/reservations", json=b) for b in bodies))
+    assert sorted(a.status for a in answers) == [201] * 3 + [422] * 5
+    assert len((await server.call("GET", "/reservations")).body["items"]) == 3

@@ -408,11 +408,11 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
             reservation = await service.provider.create_reservation(body)
         except ProviderError as exc:
             raise problem_for(exc) from exc
-    try:
-        await service.claim_reservation(reservation, org_of(request), answer_status=201)
-    except BaseException:
-        await service.provider.cancel_reservation(reservation.reservation_id)  # held by none
-        raise
+        try:
+            await service.claim_reservation(reservation, org_of(request), answer_status=201)
+        except BaseException:
+            await service.provider.cancel_reservation(reservation.reservation_id)  # held by none
+            raise
     return json_response(reservation, status=201)
 
 
