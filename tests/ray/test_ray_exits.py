@@ -6,6 +6,7 @@ The endings match tests/tasks_server/test_exits.py (local) and tests/slurm/test_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,3 +50,17 @@ async def test_cancel_is_sigterm(client: Any) -> None:
 async def test_time_limit_is_sigterm(client: Any) -> None:
     task = await client.run(TaskConfig(command="sleep 60", max_run_time=1.0))
     assert await figures(client, task) == ("failed", None, 15, "TimeLimit")
+
+
+async def test_a_job_waiting_for_gpus_says_so_with_rays_words(client: Any) -> None:
+    holder = await client.run("sleep 60", gpu="h100:4", wait=True)
+    waiting = await client.run("echo later", gpu="h100:4")
+    for _ in range(200):
+        record = await client.get_task(waiting.task_id)
+        if record.raw_reason:
+            break
+        await asyncio.sleep(0.05)
+    assert (record.status, record.reason) == ("pending", "WaitingForCapacity")
+    assert record.raw_reason and record.raw_reason in (record.message or "")
+    await client.cancel(waiting.task_id)
+    await client.cancel(holder.task_id)

@@ -9,11 +9,15 @@ on free loopback ports with four fake H100 GPUs, under a fresh scratch directory
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -43,6 +47,44 @@ class SlurmCluster:
     jobs_dir: Path
     slurm_conf: Path
 
+    def restart_slurmd(self, hiding: Path | None = None) -> None:
+        """Restart the node's slurmd; with ``hiding``, in a mount namespace where an empty
+        tmpfs covers that directory (a node that does not share it), until the next call.
+        """
+        slurm = self.work / "slurm"
+        pid_file = slurm / "run" / "slurmd.pid"
+        node = self.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
+        _stop(int(pid_file.read_text()))
+        command = ["slurmd", "-D", "-N", node]
+        if hiding is not None:
+            mount = f"mount -t tmpfs -o size=1m vi-flow-hidden {shlex.quote(str(hiding))}"
+            command = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"{mount} && exec {shlex.join(command)}",
+            ]
+        env = {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
+        with (slurm / "log" / "slurmd.out").open("ab") as log:
+            daemon = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        _SLURMDS[daemon.pid] = daemon
+        pid_file.write_text(f"{daemon.pid}\n")  # stop_cluster.sh stops this one
+        deadline = time.monotonic() + 20
+        while "idle" not in self.run("sinfo", "-h", "-N", "-o", "%T"):
+            assert daemon.poll() is None, f"slurmd exited ({daemon.returncode})"
+            assert time.monotonic() < deadline, "the node did not come back idle"
+            time.sleep(0.1)
+
     def run(self, *argv: str) -> str:
         """Run a Slurm command (``scancel``, ``squeue``, ...) against this cluster."""
         env = {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
@@ -50,6 +92,28 @@ class SlurmCluster:
         if done.returncode:
             raise AssertionError(f"{argv} failed ({done.returncode}): {done.stderr}")
         return done.stdout
+
+
+#: The slurmd processes the tests started themselves, by pid (reaped when stopped).
+_SLURMDS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM a daemon of the cluster and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    own = _SLURMDS.pop(pid, None)
+    if own is not None:
+        own.wait(timeout=10)
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not stop")
 
 
 def _unavailable(reason: str) -> None:

@@ -2,16 +2,17 @@
 
 The endings match tests/tasks_server/test_exits.py (local) and tests/ray/test_ray_exits.py:
 ``exit 3``, ``kill -9 $$``, a cancel and a time limit. Then what only Slurm says: a down
-partition, a drained node, and a node that cannot open the task's files. Every test
-that changes the cluster puts it back, even when it fails.
+partition, a drained node, and a node that does not mount the task directory (its slurmd
+restarted in a mount namespace). Every test that changes the cluster puts it back, even
+when it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,25 +103,6 @@ async def test_a_down_partition_shows_at_the_first_poll(
     assert waiting.message and "PartitionDown" in waiting.message
 
 
-async def test_a_node_without_the_task_directory_is_launch_failed(
-    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
-) -> None:
-    # The job waits behind the down partition while its files vanish from the one node,
-    # as on a node that does not mount the task directory; then the partition comes up.
-    slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=down")
-    try:
-        spec = await launch(provider, "task_ns", "echo never")
-        await reason_seen(updates, "task_ns", "PartitionDown", within=2)
-        shutil.rmtree(spec.paths.stdout.parent)
-    finally:
-        slurm_cluster.run("scontrol", "update", "partitionname=debug", "state=up")
-    done = await ended(updates, "task_ns")
-    assert figures(done) == (FAILED, None, None, "LaunchFailed")
-    node = slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
-    assert done.message and f"not shared with node {node}" in done.message
-    assert str(spec.paths.root) in done.message
-
-
 async def test_a_drained_node_keeps_the_task_pending_not_failed(
     provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster, node_drained: str
 ) -> None:
@@ -130,3 +112,29 @@ async def test_a_drained_node_keeps_the_task_pending_not_failed(
     slurm_cluster.run("scontrol", "update", f"nodename={node_drained}", "state=resume")
     done = await ended(updates, "task_dr")
     assert figures(done) == (COMPLETED, 0, None, "Completed")
+
+
+@pytest.fixture
+def node_without_tasks_dir(slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[str]:
+    """The node's slurmd in a mount namespace where the tasks directory is an empty tmpfs."""
+    tasks_dir = tmp_path / "tasks"  # what settings_for gives the provider
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    slurm_cluster.restart_slurmd(hiding=tasks_dir)
+    try:
+        yield slurm_cluster.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
+    finally:
+        slurm_cluster.restart_slurmd()
+
+
+async def test_a_node_that_does_not_mount_the_task_directory_is_named(
+    provider: SlurmProvider, updates: Updates, node_without_tasks_dir: str
+) -> None:
+    spec = await launch(provider, "task_mnt", "echo never")
+    done = await ended(updates, "task_mnt")
+    assert figures(done) == (FAILED, None, None, "LaunchFailed")
+    assert done.raw_reason == "JobLaunchFailure"
+    assert done.message == (
+        f"Slurm could not launch job {done.provider_id} on node {node_without_tasks_dir}: "
+        f"could not open the task's log files there; the task directory {spec.paths.root} "
+        f"is not shared with node {node_without_tasks_dir}"
+    )

@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
+from vi_flow.server.providers._exits import END_REASONS
+
 from .conftest import TaskServer
 
 pytestmark = pytest.mark.anyio
 
 
 def figures(task: dict[str, Any]) -> tuple[Any, ...]:
+    assert task["reason"] in END_REASONS  # the documented list
     return task["status"], task["exitCode"], task["signal"], task["reason"]
 
 
