@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -49,6 +49,9 @@ from .tables import RunRow, StepRow
 __all__ = ["Engine"]
 
 log = logging.getLogger("vi_flow.server.engine")
+
+Save = Callable[[sqlite3.Connection, Any], None]
+"""Saves something in the transaction that reads a run's outcome."""
 
 _RESTARTED = "the server stopped during the run"
 _CANCEL_WAIT = 10.0
@@ -418,10 +421,14 @@ class Engine:
                 self._launch(run_id)
         return list(given), settled
 
-    async def outcome(self, run_id: str, after: int = 0) -> ExecutionOutcome:
+    async def outcome(
+        self, run_id: str, after: int = 0, save: Save | None = None
+    ) -> ExecutionOutcome:
         """Wait until the run pauses or ends after event ``after``; return its outcome.
 
         A run already paused (with no resume under way) or ended answers at once.
+        ``save(conn, outcome)`` runs in the transaction that reads the outcome (the
+        execute route saves its idempotent answer there).
         """
         channel = await self.log.channel(run_id)
         if after and channel.settled == after and not channel.finished:
@@ -430,7 +437,14 @@ class Engine:
                 return build_outcome(row, steps)
         while channel.settled <= after and not channel.finished and not self.log.stopping:
             await channel.wait(None)
-        return build_outcome(*await self._snapshot(run_id))
+
+        def read(conn: sqlite3.Connection) -> ExecutionOutcome:
+            outcome = build_outcome(tables.get_run(conn, run_id), tables.get_steps(conn, run_id))
+            if save is not None:
+                save(conn, outcome)
+            return outcome
+
+        return await self.store.run(read)
 
     async def _snapshot(self, run_id: str) -> tuple[RunRow, list[StepRow]]:
         def read(conn: sqlite3.Connection) -> tuple[RunRow, list[StepRow]]:

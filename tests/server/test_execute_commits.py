@@ -1,0 +1,70 @@
+"""Execute stores a run's start and its end each in one commit: what a client sees after.
+
+The execute path writes the run, its engine state and first step in one transaction and
+the result, condition and events in another (issue 15). These tests check what must
+hold whatever the batching: the answer, the stored run, the event log in order, the
+replay of an ``Idempotency-Key`` (its answer is saved with the outcome's read), and a
+step's record being on disk when the next step's events are.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vi_flow._sse import SSEDecoder
+
+from .conftest import Server
+
+pytestmark = pytest.mark.anyio
+
+ONE = {"name": "one", "blocks": [{"block": "template", "id": "t", "settings": {"template": "hi {{ message }}"}}]}  # fmt: skip
+TWO = {"name": "two", "blocks": [
+    {"block": "template", "id": "a", "settings": {"template": "a {{ message }}"}},
+    {"block": "template", "id": "b", "settings": {"template": "b {{ steps.a.output }}"}},
+]}  # fmt: skip
+
+
+async def _flow(server: Server, spec: dict[str, object]) -> str:
+    return str((await server.call("POST", "/flows", json=spec)).body["flowId"])
+
+
+async def _events(server: Server, run_id: str) -> list[tuple[str, int]]:
+    resp = await server.call("GET", f"/runs/{run_id}/events")
+    return [(e.event, int(e.id or 0)) for e in SSEDecoder().feed(resp.raw)]
+
+
+async def test_execute_answers_and_stores_the_whole_run(server: Server) -> None:
+    flow_id = await _flow(server, TWO)
+    answer = await server.call("POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert answer.status == 200, answer.body
+    assert answer.body["state"] == "completed" and answer.body["output"] == "b a x"
+    run_id = answer.body["executionId"]
+    assert [s["status"] for s in answer.body["steps"]] == ["Succeeded", "Succeeded"]
+    run = (await server.call("GET", f"/runs/{run_id}")).body
+    assert run["status"]["log"] == f"engine_events:{run_id}"
+    assert [c["condition"] for c in run["status"]["conditions"]] == ["Pending", "Running", "Succeeded"]  # fmt: skip
+    assert await _events(server, run_id) == [
+        ("run_started", 1), ("step_started", 2), ("step_output", 3), ("step_completed", 4),
+        ("step_started", 5), ("step_output", 6), ("step_completed", 7), ("flow_completed", 8),
+    ]  # fmt: skip
+
+
+async def test_an_idempotent_execute_runs_once_and_replays_its_outcome(server: Server) -> None:
+    flow_id = await _flow(server, ONE)
+    headers = {"Idempotency-Key": "exec-1"}
+    path = f"/flows/{flow_id}/execute"
+    first = await server.call("POST", path, json={"message": "x"}, headers=headers)
+    again = await server.call("POST", path, json={"message": "x"}, headers=headers)
+    assert first.status == again.status == 200
+    assert again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
+    runs = (await server.call("GET", "/runs")).body["items"]
+    assert [r["runId"] for r in runs] == [first.body["executionId"]]
+    other = await server.call("POST", path, json={"message": "y"}, headers=headers)
+    assert other.status == 422
+
+
+async def test_a_refused_execute_stores_nothing(server: Server) -> None:
+    flow_id = await _flow(server, ONE)
+    bad = await server.call("POST", f"/flows/{flow_id}/execute", json={"version": 7})
+    assert bad.status == 404
+    assert (await server.call("GET", "/runs")).body["items"] == []
