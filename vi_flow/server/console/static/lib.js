@@ -112,6 +112,20 @@ export function badge(text) {
   return h('span', { class: 'badge badge-' + t.toLowerCase(), 'data-state': t }, t);
 }
 
+/**
+ * Replace a live table's rows, but only when they changed, and keep the keyboard focus on
+ * the same row (rows carry data-key), so a refresh never throws a keyboard user out.
+ */
+export function refreshRows(body, rows) {
+  const signature = rows.map((r) => r.textContent + '|' + (r.dataset.key || '')).join('\n');
+  if (body.dataset.signature === signature) return;
+  body.dataset.signature = signature;
+  const active = document.activeElement;
+  const key = active && body.contains(active) ? active.closest('tr')?.dataset.key : null;
+  body.replaceChildren(...rows);
+  if (key) body.querySelector(`tr[data-key="${CSS.escape(key)}"] a`)?.focus();
+}
+
 export function table(headers, rows, attrs = {}) {
   return h('div', { class: 'table-wrap' },
     h('table', attrs,

@@ -2,7 +2,7 @@
 'use strict';
 import {
   VirtualList, actionButton, api, badge, duration, every, h, link, navigate, notice, onLeave,
-  pretty, query, readEvents, when,
+  pretty, query, readEvents, refreshRows, when,
 } from './lib.js';
 
 const CONDITIONS = ['Pending', 'Running', 'Succeeded', 'Failed', 'Error', 'Cancelled'];
@@ -18,7 +18,7 @@ export function condition(run) {
 
 function runRow(run) {
   const c = condition(run);
-  return h('tr', { 'data-run': run.runId },
+  return h('tr', { 'data-run': run.runId, 'data-key': run.runId },
     h('td', {}, link(`/runs/${run.runId}`, run.runId, { class: 'mono' })),
     h('td', {}, link(`/flows/${run.spec.flowId}`, run.spec.flow.name || run.spec.flowId)),
     h('td', {}, String(run.spec.flowVersion)),
@@ -54,8 +54,8 @@ export async function runsPage(root) {
       body)), more);
   const load = async () => {
     const page = await api('GET', '/v1/runs' + query({ flowId, condition: cond, pageToken: token, pageSize: 50 }));
-    body.replaceChildren(...page.items.map(runRow));
-    if (!page.items.length) body.append(h('tr', {}, h('td', { colspan: 6 }, 'No runs match.')));
+    const rows = page.items.map(runRow);
+    refreshRows(body, rows.length ? rows : [h('tr', {}, h('td', { colspan: 6 }, 'No runs match.'))]);
     more.replaceChildren(
       token ? link('/runs' + query({ flowId, condition: cond }), 'Newest') : '',
       page.nextPage ? link('/runs' + query({ flowId, condition: cond, pageToken: page.nextPage }), 'Older runs →') : '');
@@ -265,7 +265,11 @@ export async function runPage(root, runId) {
     for (const type of ['run_started', 'step_started', 'step_input', 'step_output', 'step_completed', 'step_failed', 'step_paused', 'tool_calls_required', 'flow_completed', 'log', 'message']) {
       source.addEventListener(type, take);
     }
-    source.onerror = () => { if (TERMINAL.has(condition(run))) source.close(); };
+    // The browser reconnects by itself, with Last-Event-ID; stop only when nothing is left.
+    source.onerror = () => {
+      const have = events.length ? events[events.length - 1].id : 0;
+      if (TERMINAL.has(condition(run)) && have >= lastEventId && !historyMode) source.close();
+    };
   };
   onLeave(() => { if (source) source.close(); clearTimeout(traceTimer); });
 

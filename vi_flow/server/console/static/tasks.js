@@ -1,6 +1,8 @@
 // Tasks: the list (state, instance), and one task (live log, state changes, Cancel, artifacts).
 'use strict';
-import { VirtualList, actionButton, api, badge, duration, every, h, link, notice, onLeave, table, when } from './lib.js';
+import {
+  VirtualList, actionButton, api, badge, duration, every, h, link, notice, onLeave, refreshRows, table, when,
+} from './lib.js';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
 const KEEP = 50000; // log lines kept in memory; the page shows a window of them
@@ -16,11 +18,11 @@ export async function tasksPage(root) {
     h('thead', {}, h('tr', {}, ['Task', 'Name', 'State', 'Instance', 'Created', 'Exit code'].map((x) => h('th', { scope: 'col' }, x)))), body)));
   const load = async () => {
     const page = await api('GET', '/v1/tasks?pageSize=100');
-    body.replaceChildren(...page.items.map((t) => h('tr', { 'data-task': t.taskId },
+    const rows = page.items.map((t) => h('tr', { 'data-task': t.taskId, 'data-key': t.taskId },
       h('td', {}, link(`/tasks/${t.taskId}`, t.taskId, { class: 'mono' })), h('td', {}, t.name),
       h('td', {}, badge(t.status)), h('td', {}, instance(t)), h('td', {}, when(t.createdAt)),
-      h('td', {}, ended(t)))));
-    if (!page.items.length) body.append(h('tr', {}, h('td', { colspan: 6 }, 'No tasks yet.')));
+      h('td', {}, ended(t))));
+    refreshRows(body, rows.length ? rows : [h('tr', {}, h('td', { colspan: 6 }, 'No tasks yet.'))]);
   };
   await load();
   every(2000, () => load().catch(() => {}));
