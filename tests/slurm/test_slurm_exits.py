@@ -108,7 +108,10 @@ async def test_a_drained_node_keeps_the_task_pending_not_failed(
 ) -> None:
     await launch(provider, "task_dr", "echo ran")
     waiting = await reason_seen(updates, "task_dr", "ReqNodeNotAvail", within=3)
-    assert waiting.status == TaskStatus.PENDING and waiting.raw_reason
+    assert waiting.status == TaskStatus.PENDING
+    assert waiting.raw_reason == (
+        "Required node not available (down, drained or reserved) (Slurm error 2068)"
+    )
     slurm_cluster.run("scontrol", "update", f"nodename={node_drained}", "state=resume")
     done = await ended(updates, "task_dr")
     assert figures(done) == (COMPLETED, 0, None, "Completed")

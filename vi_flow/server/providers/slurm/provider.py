@@ -216,7 +216,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         first = tracked.unsent is None
         tracked.unsent = spec
         self._tracked[spec.task_id] = tracked
-        raw = f"Slurm error {exc.errno}" if exc.errno is not None else "refused"
+        raw = exc.message.split(": ", 1)[-1]  # Slurm's words, without the request
         if not first and tracked.raw_reason == raw:
             return
         tracked.raw_reason = raw

@@ -128,7 +128,7 @@ class SlurmVersionError(SlurmError):
 
 # Slurm error numbers (slurm/slurm_errno.h) -> the class that describes them.
 _TRANSIENT_ERRNOS = frozenset(
-    {1000, 1001, 1002, 1003, 1004, 1800, 1801, 1802, 1803, 2016, 2020, 2027, 5000, 5004}
+    {1000, 1001, 1002, 1003, 1004, 1800, 1801, 1802, 1803, 2020, 2027, 5000, 5004}
 )
 _AUTH_ERRNOS = frozenset({1007, 2002, 2010})
 _NOT_FOUND_ERRNOS = frozenset({2017})
