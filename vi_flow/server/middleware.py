@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
@@ -88,9 +89,13 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     return response
 
 
+# Request ids are unique, not secret: a random prefix per process, then a counter.
+_ID_PREFIX, _ID_SEQ = secrets.token_hex(6), itertools.count(1)
+
+
 def _assign_request_id(request: web.Request) -> None:
     sent = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = sent if _SANE_ID.match(sent) else f"req_{secrets.token_hex(12)}"
+    request[REQUEST_ID] = sent if _SANE_ID.match(sent) else f"req_{_ID_PREFIX}{next(_ID_SEQ):012x}"
 
 
 def _client_gone(request: web.Request) -> bool:
