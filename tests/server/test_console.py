@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from typing import Any
 
 import pytest
 
+from vi_flow.server.console import routes as console_routes
 from vi_flow.server.state import SETTINGS_KEY, STORE_KEY
 
 from .conftest import Server, spec
@@ -146,3 +148,10 @@ async def test_behind_a_tls_proxy_the_cookie_is_secure_and_its_origin_trusted(
     headers["X-CSRF-Token"] = session.body["csrfToken"]
     made = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=headers)
     assert made.status == 201
+
+
+def test_every_static_file_of_the_package_is_served() -> None:
+    shipped = {
+        p.name for p in resources.files("vi_flow.server.console").joinpath("static").iterdir()
+    }
+    assert shipped - {"index.html"} == set(console_routes.STATIC_TYPES)

@@ -25,7 +25,7 @@ from ..state import STORE_KEY
 from . import sessions
 from .sessions import COOKIE, CSRF_HEADER, ConsoleSession
 
-__all__ = ["SECURITY_HEADERS", "setup"]
+__all__ = ["SECURITY_HEADERS", "STATIC_TYPES", "setup"]
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none';"
@@ -38,11 +38,12 @@ SECURITY_HEADERS = {
 """Headers on every console answer: nothing from other hosts, no framing, no referrer."""
 
 _JS = "text/javascript"
-_STATIC = {
+STATIC_TYPES = {
     **dict.fromkeys(("app.js", "lib.js", "runs.js", "flows.js", "tasks.js"), _JS),
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
+"""The static files the console serves, by name, with their media types (no path is joined)."""
 _Finder = Callable[[web.Request, str, str], Awaitable[Any]]
 
 
@@ -62,10 +63,10 @@ def _page(status: int = 200) -> web.Response:
 async def static_file(request: web.Request) -> web.Response:
     """One of the console's static files (a fixed list: no path is ever joined)."""
     name = request.match_info["name"]
-    if name not in _STATIC:
+    if name not in STATIC_TYPES:
         raise web.HTTPNotFound()
     headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache"}
-    return web.Response(body=_static(name), content_type=_STATIC[name], headers=headers)
+    return web.Response(body=_static(name), content_type=STATIC_TYPES[name], headers=headers)
 
 
 # -- sign in and out ---------------------------------------------------------------------
