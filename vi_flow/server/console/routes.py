@@ -21,7 +21,9 @@ from aiohttp import web
 
 from ..errors import APIProblem
 from ..helpers import PRINCIPAL, json_response, principal_of
+from ..routes.executions import EXECUTION_ENGINE_KEY
 from ..state import STORE_KEY
+from ..tasks import TASKS_KEY
 from . import sessions
 from .sessions import COOKIE, CSRF_HEADER, ConsoleSession
 
@@ -151,8 +153,6 @@ async def sign_out(request: web.Request) -> web.Response:
 
 async def last_event(request: web.Request) -> web.Response:
     """The newest stored event id of a run of the session's organization (0: none yet)."""
-    from ..routes.executions import EXECUTION_ENGINE_KEY
-
     session = await _signed_in(request)
     run_id = request.match_info["runId"]
     await request.app[STORE_KEY].get_run(run_id, session.principal.organization_id)
@@ -170,8 +170,6 @@ async def _find_flow(request: web.Request, org: str, flow_id: str) -> Any:
 
 
 async def _find_task(request: web.Request, org: str, task_id: str) -> Any:
-    from ..tasks import TASKS_KEY
-
     return await request.app[TASKS_KEY].get(task_id, org)
 
 
