@@ -92,3 +92,35 @@ async def test_a_bad_stored_reservation_is_skipped_with_a_warning(
     assert (await restarted.call("GET", f"/reservations/{good}")).status == 200
     again = await restarted.call("POST", "/reservations", json={"cpus": 1, "durationHours": 1})
     assert again.status == 201, again.body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"command": "true", "name": "a\x00b"}, "name"),
+        (
+            {
+                "command": "true",
+                "volumes": [
+                    {"name": "fine", "mountPath": "/data", "sizeGb": 1},
+                    {"name": "late", "mountPath": "a\x00b", "sizeGb": 1},
+                ],
+            },
+            "volumes.mountPath",
+        ),
+    ],
+)
+async def test_a_task_with_a_nul_in_its_name_or_a_mount_is_422_and_makes_nothing(
+    server: Server, body: dict[str, Any], field: str
+) -> None:
+    _refused(await server.call("POST", "/tasks", json=body), field)
+    assert (await server.call("GET", "/volumes")).body["items"] == []  # not even the first
+    assert _volume_dirs(server.home) == []
+    good = await server.call("POST", "/tasks", json={"command": "true"})
+    assert good.status == 201, good.body
+    for _ in range(200):  # the scheduler still runs tasks
+        task = (await server.call("GET", f"/tasks/{good.body['taskId']}")).body
+        if task["status"] not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.1)
+    assert task["status"] == "completed", task

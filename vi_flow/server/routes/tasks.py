@@ -103,6 +103,8 @@ def _check_config(config: TaskConfig) -> None:
         raise APIProblem.validation("command", "must not hold a NUL byte")
     for i, volume in enumerate(config.volumes):
         limited(check_int, f"volumes[{i}].sizeGb", volume.size_gb, 1, MAX_VOLUME_GB)
+    if config.name is not None:
+        limited(check_name, "name", config.name)
 
 
 def _check_file_path(path: str) -> None:

@@ -88,12 +88,12 @@ def visible_path(workdir: Path, mount_path: str) -> Path:
     """Where ``mount_path`` appears inside the task's workspace.
 
     Raises:
-        APIProblem: 422 for an empty path or one with ``..``.
+        APIProblem: 422 for an empty path or one with ``..`` or a NUL byte.
     """
     relative = mount_path.strip().lstrip("/")
-    if not relative or ".." in relative.split("/"):
+    if not relative or ".." in relative.split("/") or not _encodable(relative):
         raise APIProblem.validation(
-            "volumes.mountPath", f"{mount_path!r} must be a path without '..'"
+            "volumes.mountPath", f"{mount_path[:200]!r} must be a path without '..' or NUL"
         )
     return workdir / relative
 

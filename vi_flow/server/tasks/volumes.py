@@ -209,14 +209,15 @@ class Volumes:
             APIProblem: 422 for a mount path used twice or an unknown volume id.
         """
         mounts: list[Mount] = []
-        seen: set[Path] = set()
-        for index, spec in enumerate(specs):
+        seen: list[Path] = []
+        for index, spec in enumerate(specs):  # every path checked before a volume is made
             visible = visible_path(workdir, spec.mount_path)
             if visible in seen:
                 raise APIProblem.validation(
                     f"volumes[{index}].mountPath", f"{spec.mount_path!r} is used twice"
                 )
-            seen.add(visible)
+            seen.append(visible)
+        for index, (spec, visible) in enumerate(zip(specs, seen, strict=True)):
             volume = await self._volume_for_spec(org_id, index, spec)
             mounts.append(
                 Mount(volume.volume_id, volume.name, Path(volume.path), spec.mount_path, visible)
