@@ -261,3 +261,58 @@ async def test_auto_follows_over_http_when_ssh_does_not_answer(
             lines = [line async for line in handle.follow_logs(stream="both")]
     assert sorted(lines) == ["one", "two"]
     assert handle.exit_code == 4
+
+
+def test_bad_transport_and_ca_file_settings_name_the_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vi_flow._config import resolve_settings
+
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "pigeon")
+    with pytest.raises(
+        ValueError, match="log_transport must be one of auto, ssh, http, got 'pigeon'"
+    ):
+        resolve_settings(home=tmp_path)
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "http")
+    monkeypatch.setenv("VI_FLOW_CA_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="ca_file must name a PEM file"):
+        resolve_settings(home=tmp_path)
+
+
+# -- the SSH follow ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_ssh_follow_of_a_quiet_task_resumes_at_once_each_time_ssh_comes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "ssh")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        ssh_port = free.getsockname()[1]
+    async with cutting_proxy(ssh_port) as proxy, Starter(TaskServer) as starter:
+        settings = ServerSettings(
+            home=tmp_path / "home", ssh_port=ssh_port, ssh_public_port=proxy.port
+        )
+        server = await starter.start(settings)
+        task = await server.submit(command="echo start; sleep 16; echo end")
+        async with vi_flow.AsyncClient(
+            base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
+        ) as client:
+            lines: list[str] = []
+            cutter: asyncio.Future[None] | None = None
+            async for line in client.follow_logs(task["taskId"]):
+                lines.append(line)
+                if line == "start":
+                    cutter = asyncio.ensure_future(_cut_ten_times(proxy))
+            assert cutter is not None and cutter.done()
+    assert lines == ["start", "end"]
+    # Each drop of a connection that had come back is a first failure (no growing backoff,
+    # no giving up): every cut met a live connection.
+    assert proxy.connections >= 11
+
+
+async def _cut_ten_times(proxy: CuttingProxy) -> None:
+    for _ in range(10):  # more drops than the reconnect attempts allowed in a row
+        await asyncio.sleep(1.3)
+        proxy.cut()

@@ -63,8 +63,9 @@ TerminalProbe = Callable[[], Awaitable["Mapping[str, int] | None"]]
 LogStreamOpener = Callable[[str | None], AbstractAsyncContextManager["aiohttp.ClientResponse"]]
 """Opens the task's SSE log stream, resuming after the given event id (``None``: start)."""
 
-STEADY = 5.0
-"""Seconds a connection must stay up (without bytes) to count as having come back."""
+STEADY = 1.0
+"""Seconds a connection (its ``tail`` started) must stay up, without bytes, to count as
+having come back; one that breaks sooner counts as another failed attempt."""
 
 _READ_SIZE = 1 << 16
 _MAX_BACKOFF = 5.0
