@@ -109,7 +109,10 @@ _LISTENING = re.compile(rb"listening on (http://\S+/v1)")
 
 @contextlib.contextmanager
 def server_process(
-    *args: str, env: dict[str, str] | None = None, start_timeout: float = 60.0
+    *args: str,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 60.0,
+    launcher: list[str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run ``vi-flow serve --port 0`` on 127.0.0.1 with a fresh home; stop it with SIGTERM.
 
@@ -119,13 +122,16 @@ def server_process(
         *args: More ``vi-flow serve`` options (``--provider slurm``...).
         env: Environment of the server (default: this process's).
         start_timeout: Seconds to wait for the "listening on" line.
+        launcher: Run this instead of ``vi-flow serve`` (``HOME`` is appended first,
+            then ``args``); it must print the same "listening on" line.
     """
     home = Path(tempfile.mkdtemp(prefix="vi-flow-bench-server-"))
     log_path = home / "server.log"
     argv = [sys.executable, "-m", "vi_flow.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command = [*launcher, str(home), *args] if launcher else [*argv, "--home", str(home), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [*argv, "--home", str(home), *args],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
