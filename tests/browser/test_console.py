@@ -281,6 +281,23 @@ def test_a_log_of_a_million_lines_stays_responsive(
     assert one.page.locator(".vl-row").count() < 200
 
 
+def test_volumes_and_reservations_are_listed(visit: Any, console_server: ConsoleServer) -> None:
+    volume = console_server.call("POST", "/volumes", {"name": "datasets", "sizeGb": 2})
+    reservation = console_server.call(
+        "POST", "/reservations", {"name": "nightly", "cpus": 1, "durationHours": 1}
+    )
+    one = _signed_in(visit, console_server)
+    one.page.click("nav >> text=Volumes")
+    one.page.wait_for_selector(f"td:text('{volume['volumeId']}')")
+    assert "datasets" in one.page.inner_text("table") and "2 GB" in one.page.inner_text("table")
+    one.page.click("nav >> text=Reservations")
+    one.page.wait_for_selector(f"td:text('{reservation['reservationId']}')")
+    assert "nightly" in one.page.inner_text("table")
+    them = _signed_in(visit, console_server, console_server.other_token)
+    them.page.click("nav >> text=Volumes")
+    them.page.wait_for_selector("text=No volumes yet.")
+
+
 def test_pages_read_well_on_a_phone(visit: Any, console_server: ConsoleServer) -> None:
     flow = console_server.flow("phone", *TOOL_FLOW)
     paused = console_server.call("POST", f"/flows/{flow}/execute", {"trace": True})
