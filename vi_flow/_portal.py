@@ -10,6 +10,7 @@ its own thread (they would deadlock), and starts afresh in a child after ``os.fo
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
@@ -195,6 +196,10 @@ class _Pump(Generic[T]):
         return items, finished
 
 
+async def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
 def _wake(event: anyio.Event | None) -> None:
     if event is not None:
         event.set()
@@ -240,6 +245,7 @@ class Portal:
         self._portal: BlockingPortal | None = None
         self._runner: AbstractContextManager[BlockingPortal] | None = None
         self._thread_id: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._contexts = ExitStack()
         self._pumps: set[_Pump[Any]] = set()
 
@@ -341,9 +347,17 @@ class Portal:
             raise
 
     def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> Future[T]:
+        # One hop to the loop thread (``start_task_soon`` would wait for the task to be
+        # spawned first: a second round trip per call). Tasks still running when the
+        # portal stops are cancelled with its loop, so the caller's future is too.
+        loop = self._loop
+        if loop is None:
+            raise ClientStateError(_CLOSED)
+        coro = _run(fn)
         try:
-            return portal.start_task_soon(fn)
+            return asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError as exc:  # the portal stopped: closed by another thread
+            coro.close()
             raise ClientStateError(_CLOSED) from exc
 
     def _iterate(
@@ -408,6 +422,7 @@ class Portal:
             runner = start_blocking_portal("asyncio", name="vi-flow-portal")
             portal = runner.__enter__()
             self._thread_id = portal.call(threading.get_ident)
+            self._loop = portal.call(asyncio.get_running_loop)
             self._runner, self._portal = runner, portal
         return self._portal
 

@@ -16,7 +16,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.from_thread import BlockingPortal
 
 from vi_flow._errors import ClientStateError
 from vi_flow._portal import Portal
@@ -145,15 +144,15 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
             raise
 
     portal.call(double, 1)
-    spawn = BlockingPortal.start_task_soon
+    spawn = asyncio.run_coroutine_threadsafe
 
-    def spawn_then_interrupt(self: BlockingPortal, *args: Any, **kwargs: Any) -> Any:
+    def spawn_then_interrupt(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.undo()  # only the first spawn is interrupted
-        spawn(self, *args, **kwargs)
+        spawn(*args, **kwargs)
         started.wait(5)
         raise KeyboardInterrupt  # before the caller holds the task's future
 
-    monkeypatch.setattr(BlockingPortal, "start_task_soon", spawn_then_interrupt)
+    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", spawn_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
     assert cancelled.is_set()
