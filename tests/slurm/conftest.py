@@ -51,39 +51,60 @@ class SlurmCluster:
         """Restart the node's slurmd; with ``hiding``, in a mount namespace where an empty
         tmpfs covers that directory (a node that does not share it), until the next call.
         """
-        slurm = self.work / "slurm"
-        pid_file = slurm / "run" / "slurmd.pid"
         node = self.run("sinfo", "-h", "-N", "-o", "%N").split()[0]
-        _stop(int(pid_file.read_text()))
         command = ["slurmd", "-D", "-N", node]
         if hiding is not None:
             mount = f"mount -t tmpfs -o size=1m vi-flow-hidden {shlex.quote(str(hiding))}"
-            command = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f"{mount} && exec {shlex.join(command)}",
-            ]
-        env = {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
-        with (slurm / "log" / "slurmd.out").open("ab") as log:
-            daemon = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        _SLURMDS[daemon.pid] = daemon
-        pid_file.write_text(f"{daemon.pid}\n")  # stop_cluster.sh stops this one
+            sh = f"{mount} && exec {shlex.join(command)}"
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", sh]
+        daemon = self._respawn("slurmd", command)
         deadline = time.monotonic() + 20
         while "idle" not in self.run("sinfo", "-h", "-N", "-o", "%T"):
             assert daemon.poll() is None, f"slurmd exited ({daemon.returncode})"
             assert time.monotonic() < deadline, "the node did not come back idle"
             time.sleep(0.1)
+
+    def restart_slurmctld(self, down_for: float) -> None:
+        """Stop the controller, leave it down ``down_for`` seconds, start it again (its
+        state kept) and wait until it answers (blocking: call it in a thread)."""
+        try:
+            self._stop("slurmctld")
+            time.sleep(down_for)
+        finally:
+            daemon = self._respawn("slurmctld", ["slurmctld", "-D", "-i"])
+        deadline = time.monotonic() + 20
+        while subprocess.run(["scontrol", "ping"], env=self._env, capture_output=True).returncode:
+            assert daemon.poll() is None, f"slurmctld exited ({daemon.returncode})"
+            assert time.monotonic() < deadline, "slurmctld did not answer again"
+            time.sleep(0.1)
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
+
+    def _respawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """Stop daemon ``name`` (if it runs) and start ``command`` in its place, where
+        stop_cluster.sh will find it."""
+        slurm = self.work / "slurm"
+        self._stop(name)
+        with (slurm / "log" / f"{name}.out").open("ab") as log:
+            daemon = subprocess.Popen(
+                command,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        _DAEMONS[daemon.pid] = daemon
+        (slurm / "run" / f"{name}.pid").write_text(f"{daemon.pid}\n")
+        return daemon
+
+    def _stop(self, name: str) -> None:
+        """Stop daemon ``name`` if it runs (slurmctld removes its pid file as it exits)."""
+        pid_file = self.work / "slurm" / "run" / f"{name}.pid"
+        if pid_file.exists():
+            _stop(int(pid_file.read_text()))
 
     def run(self, *argv: str) -> str:
         """Run a Slurm command (``scancel``, ``squeue``, ...) against this cluster."""
@@ -94,15 +115,15 @@ class SlurmCluster:
         return done.stdout
 
 
-#: The slurmd processes the tests started themselves, by pid (reaped when stopped).
-_SLURMDS: dict[int, subprocess.Popen[bytes]] = {}
+#: The daemons the tests started themselves, by pid (reaped when stopped).
+_DAEMONS: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _stop(pid: int) -> None:
     """SIGTERM a daemon of the cluster and wait until it is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    own = _SLURMDS.pop(pid, None)
+    own = _DAEMONS.pop(pid, None)
     if own is not None:
         own.wait(timeout=10)
         return

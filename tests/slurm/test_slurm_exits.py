@@ -52,8 +52,12 @@ async def test_kill_9_is_signal_9(provider: SlurmProvider, updates: Updates) -> 
 
 
 async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
-    await launch(provider, "task_cx", "sleep 60")
+    spec = await launch(provider, "task_cx", "echo up; sleep 60")
     await updates.wait("task_cx", TaskStatus.RUNNING)
+    for _ in range(400):  # the command runs (not only its job): cancelled mid-setup,
+        if spec.paths.stdout.exists() and spec.paths.stdout.read_text():  # Slurm may say 143
+            break
+        await asyncio.sleep(0.02)
     await provider.cancel("task_cx", 1.0)
     assert figures(await ended(updates, "task_cx")) == (CANCELLED, None, 15, "Cancelled")
 
@@ -141,3 +145,13 @@ async def test_a_node_that_does_not_mount_the_task_directory_is_named(
         f"could not open the task's log files there; the task directory {spec.paths.root} "
         f"is not shared with node {node_without_tasks_dir}"
     )
+
+
+async def test_a_controller_restart_is_waited_out_not_final(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    await launch(provider, "task_ctl", "sleep 4")
+    await updates.wait("task_ctl", TaskStatus.RUNNING)
+    await asyncio.to_thread(slurm_cluster.restart_slurmctld, 3.0)  # polls fail meanwhile
+    assert figures(await ended(updates, "task_ctl")) == (COMPLETED, 0, None, "Completed")
+    assert [u.status for u in updates.of("task_ctl")][-2:] == [TaskStatus.RUNNING, COMPLETED]
