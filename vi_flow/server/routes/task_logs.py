@@ -39,7 +39,7 @@ __all__ = ["STREAMS", "follow_logs", "parse_event_id", "wants_stream"]
 
 STREAMS = ("stdout", "stderr")
 _CHOICES = {"stdout": ("stdout",), "stderr": ("stderr",), "all": STREAMS, "both": STREAMS}
-_POLL_MIN, _POLL_MAX = 0.02, 0.25
+_POLL_MIN, _POLL_MAX = 0.005, 0.25  # after news, then doubling while idle
 _HEARTBEAT = b": heartbeat\n\n"
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
