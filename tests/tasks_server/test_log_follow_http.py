@@ -147,14 +147,23 @@ async def test_another_organization_gets_404(server: TaskServer) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_log_replaced_by_a_link_is_not_followed(server: TaskServer, tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("server secret\n")
+@pytest.mark.parametrize("replaced", ["the log", "its directory"])
+async def test_a_log_replaced_by_a_link_is_not_followed(
+    server: TaskServer, tmp_path: Path, replaced: str
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "stdout.log").write_text("server secret\n")
     task = await server.submit(command="echo hi")
     done = await server.wait(task["taskId"])
-    log = Path(done["workdir"]).parent / "logs" / "stdout.log"
-    log.unlink()
-    log.symlink_to(secret)  # what a task with write access to its directory could do
+    logs = Path(done["workdir"]).parent / "logs"
+    # What a task with write access to its directory could do:
+    if replaced == "the log":
+        (logs / "stdout.log").unlink()
+        (logs / "stdout.log").symlink_to(secrets / "stdout.log")
+    else:
+        logs.rename(logs.with_name("old-logs"))
+        logs.symlink_to(secrets)
     _, _, events = await _events(server, task["taskId"], params={"stream": "stdout"})
     assert "server secret" not in b"".join(e.data for e in events).decode()
     assert [e.event for e in events] == ["error"]

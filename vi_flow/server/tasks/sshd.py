@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from ..providers.local.sandbox import allowed_environment
+from .logfile import open_beneath
 from .sftp import TaskSFTPServer
 from .ssh import SessionContext
 
@@ -356,12 +357,12 @@ def _log_request(context: SessionContext, command: str | None) -> tuple[Path, in
     return Path(words[-1]), max(int(start[1:]) - 1, 0), follow
 
 
-def _read_log(path: Path, fd: int | None, offset: int) -> tuple[int | None, bytes]:
-    """Read on from ``offset`` (blocking); opens the file without following a link."""
+def _read_log(root: Path, path: Path, fd: int | None, offset: int) -> tuple[int | None, bytes]:
+    """Read on from ``offset`` (blocking); the file is opened below the task directory
+    without following a link on the way (:func:`.logfile.open_beneath`)."""
     if fd is None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = open_beneath(root, path)
+        if fd is None:
             return None, b""
     if os.fstat(fd).st_size < offset:  # truncated: tail -F starts over
         offset = 0
@@ -369,12 +370,12 @@ def _read_log(path: Path, fd: int | None, offset: int) -> tuple[int | None, byte
 
 
 async def _follow_log(
-    process: asyncssh.SSHServerProcess[bytes], path: Path, offset: int, follow: bool
+    process: asyncssh.SSHServerProcess[bytes], root: Path, path: Path, offset: int, follow: bool
 ) -> int:
     fd: int | None = None
     try:
         while True:
-            fd, data = await asyncio.to_thread(_read_log, path, fd, offset)
+            fd, data = await asyncio.to_thread(_read_log, root, path, fd, offset)
             if not data and not follow:
                 return 0
             if not data:
@@ -384,7 +385,7 @@ async def _follow_log(
             process.stdout.write(data)
             await process.stdout.drain()
     except OSError as exc:
-        process.stderr.write(f"vi-flow: cannot read {path.name}: {exc.strerror}\n".encode())
+        process.stderr.write(f"vi-flow: cannot read {path.name}: {exc.strerror or exc}\n".encode())
         return 1
     except asyncssh.Error:
         return 1
@@ -403,7 +404,7 @@ async def _serve_logs(process: asyncssh.SSHServerProcess[bytes], context: Sessio
             f"task's logs (tail -c +N [-F] -- {names})\n".encode()
         )
         return 1
-    follow = asyncio.ensure_future(_follow_log(process, *request))
+    follow = asyncio.ensure_future(_follow_log(process, context.root, *request))
     closed = asyncio.ensure_future(process.wait_closed())
     try:
         await asyncio.wait({follow, closed}, return_when=asyncio.FIRST_COMPLETED)
