@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from typing import Any
 import attrs
 import pytest
 
+from tests.docs.fake_model import fake_model
+from tests.docs.pages import serving
 from tests.providers_kit import unavailable
 
 CHROMIUM = os.environ.get("VI_FLOW_CHROMIUM", "/usr/bin/chromium")
@@ -95,44 +98,27 @@ class ConsoleServer:
         return str(self.call("POST", "/flows", {"spec": spec})["flowId"])
 
 
-def _start(home: Path) -> ConsoleServer:
-    env = {**os.environ, "VI_FLOW_HOME": str(home)}
-    env.pop("VI_FLOW_API_KEY", None)
-    subprocess.run(
-        [VI_FLOW, "server", "start", "--idle-timeout", "0"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    status = subprocess.run(
-        [VI_FLOW, "server", "status", "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    root = json.loads(status.stdout)["url"].removesuffix("/v1")
-    return ConsoleServer(home, root, (home / "admin-token").read_text().strip())
-
-
 @pytest.fixture(scope="module")
-def console_server() -> Iterator[ConsoleServer]:
-    """The home's background server in a fresh home, with a second organization."""
-    home = Path(tempfile.mkdtemp(prefix="vi-flow-console-"))
-    server = _start(home)
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
+    """``vi-flow serve`` on a fresh home (a scripted model behind its ``llm`` blocks), with
+    a second organization; stopped with SIGTERM afterwards, by pid."""
+    work = tmp_path_factory.mktemp("console")
+    home = Path(tempfile.mkdtemp(prefix="vi-flow-console-"))  # short: the sandbox mounts it
+    env = {k: v for k, v in os.environ.items() if k != "VI_FLOW_API_KEY"}
     try:
-        org = server.call("POST", "/organizations", {"name": "other team"})["organizationId"]
-        server.other_token = server.call("POST", f"/organizations/{org}/tokens", {"name": "them"})[
-            "token"
-        ]
-        yield server
+        with fake_model() as model:
+            argv = [VI_FLOW, "serve", "--port", "0", "--home", str(home), "--llm-base-url", model]
+            with serving(argv, env, work) as banner:
+                found = re.search(r"(http://\S+)/v1", banner)
+                assert found, banner
+                server = ConsoleServer(home, found[1], (home / "admin-token").read_text().strip())
+                org = server.call("POST", "/organizations", {"name": "other team"})[
+                    "organizationId"
+                ]
+                made = server.call("POST", f"/organizations/{org}/tokens", {"name": "them"})
+                server.other_token = made["token"]
+                yield server
     finally:
-        env = {**os.environ, "VI_FLOW_HOME": str(home)}
-        subprocess.run(
-            [VI_FLOW, "server", "stop", "--force"], env=env, capture_output=True, timeout=90
-        )
         shutil.rmtree(home, ignore_errors=True)
 
 

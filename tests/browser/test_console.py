@@ -162,6 +162,39 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
     one.page.wait_for_selector(".timeline [data-step=ask] .badge-succeeded")
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_a_models_tool_call_answered_in_the_form_and_its_tokens(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    flow = console_server.flow("chat", {"block": "llm", "id": "chat"})
+    body = {
+        "message": "Weather in Oslo?",
+        "tools": [WEATHER_TOOL],
+        "toolChoice": "auto",
+        "trace": True,
+    }
+    run = console_server.call("POST", f"/flows/{flow}/jobs", body)["executionId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/runs/{run}")
+    form = one.page.locator("form.tool-call")
+    form.wait_for()
+    assert "get_weather" in form.inner_text() and '"city": "Oslo"' in form.inner_text()
+    form.locator("textarea").fill('{"temp_c": 21}')
+    form.locator("button").click()
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+    one.page.wait_for_selector(".usage:has-text('= 30 tokens')")  # two model calls of 15
+    one.page.click(".timeline [data-step=chat] summary")
+    assert "It is 21 °C in Oslo." in one.page.inner_text(".timeline [data-step=chat] details")
+
+
 def test_execute_a_flow_from_its_form(visit: Any, console_server: ConsoleServer) -> None:
     inputs = [
         {"name": "city", "required": True, "description": "Where"},
