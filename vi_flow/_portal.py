@@ -20,8 +20,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import CancelledError
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -105,6 +104,54 @@ class _Call(Generic[T]):
             self.finished.wait(_CANCEL_GRACE)
 
 
+class _Reply(Generic[T]):
+    """The outcome of one task on the portal, for a blocking caller.
+
+    Lighter than a ``concurrent.futures.Future`` (no condition variable): the caller
+    blocks on a lock the loop thread releases once, when the task is done.
+    """
+
+    __slots__ = ("_error", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def settle(self, task: asyncio.Future[T]) -> None:
+        """Take the task's outcome (a done callback, on the loop thread)."""
+        if task.cancelled():
+            self._error = CancelledError()
+        else:
+            self._error = task.exception()
+            self._value = None if self._error is not None else task.result()
+        self._lock.release()
+
+    def cancel(self) -> None:
+        """Settle as cancelled: the task never started."""
+        self._error = CancelledError()
+        self._lock.release()
+
+    def done(self) -> bool:
+        """Whether the task is done."""
+        return not self._lock.locked()
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the task to be done."""
+        if self._lock.acquire(timeout=timeout):
+            self._lock.release()
+
+    def result(self) -> T:
+        """Wait for the task; return its result or raise its exception."""
+        self._lock.acquire()
+        self._lock.release()
+        if self._error is not None:
+            raise self._error
+        value: T = self._value
+        return value
+
+
 class _Pump(Generic[T]):
     """One async iterator, advanced by its own task on the portal, handed out in batches.
 
@@ -122,7 +169,7 @@ class _Pump(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._pump_wakeup: anyio.Event | None = None
         self._taker_wakeup: anyio.Event | None = None
-        self.future: Future[None] | None = None
+        self.future: _Reply[None] | None = None
 
     async def run(self) -> None:
         with anyio.CancelScope() as scope:
@@ -196,10 +243,6 @@ class _Pump(Generic[T]):
         return items, finished
 
 
-async def _run(fn: Callable[[], Awaitable[T]]) -> T:
-    return await fn()
-
-
 def _wake(event: anyio.Event | None) -> None:
     if event is not None:
         event.set()
@@ -212,7 +255,7 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
             await aclose()
 
 
-def _result(future: Future[T]) -> T:
+def _result(future: _Reply[T]) -> T:
     try:
         return future.result()
     except CancelledError as exc:  # the portal stopped under the call
@@ -246,6 +289,9 @@ class Portal:
         self._runner: AbstractContextManager[BlockingPortal] | None = None
         self._thread_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: deque[tuple[Callable[[], Awaitable[Any]], _Reply[Any]]] = deque()
+        self._inbox_lock = threading.Lock()
+        self._wake_pending = False
         self._contexts = ExitStack()
         self._pumps: set[_Pump[Any]] = set()
 
@@ -328,6 +374,7 @@ class Portal:
         finally:
             _stop(portal, runner)
             self._thread_id = None
+            self._cancel_inbox()
 
     def _shutdown(
         self, portal: BlockingPortal, on_close: Callable[[], Awaitable[object]] | None
@@ -346,19 +393,45 @@ class Portal:
             call.abandon(portal)
             raise
 
-    def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> Future[T]:
-        # One hop to the loop thread (``start_task_soon`` would wait for the task to be
-        # spawned first: a second round trip per call). Tasks still running when the
-        # portal stops are cancelled with its loop, so the caller's future is too.
+    def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> _Reply[T]:
+        """Start ``fn()`` as a task on the loop thread; the reply carries its outcome.
+
+        One hop per call (``start_task_soon`` waits for the task to be spawned: a second
+        round trip), and one wake-up of the loop for every burst of calls: calls from
+        many threads queue in an inbox the loop drains at once. Tasks still running when
+        the portal stops are cancelled with its loop, and their callers' replies too.
+        """
         loop = self._loop
         if loop is None:
             raise ClientStateError(_CLOSED)
-        coro = _run(fn)
+        reply: _Reply[T] = _Reply()
+        with self._inbox_lock:
+            self._inbox.append((fn, reply))
+            if self._wake_pending:
+                return reply
+            self._wake_pending = True
         try:
-            return asyncio.run_coroutine_threadsafe(coro, loop)
+            loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError as exc:  # the portal stopped: closed by another thread
-            coro.close()
+            self._cancel_inbox()
             raise ClientStateError(_CLOSED) from exc
+        return reply
+
+    def _drain_inbox(self) -> None:
+        """Start every queued call (on the loop thread)."""
+        with self._inbox_lock:
+            items, self._wake_pending = list(self._inbox), False
+            self._inbox.clear()
+        for fn, reply in items:
+            asyncio.ensure_future(fn()).add_done_callback(reply.settle)
+
+    def _cancel_inbox(self) -> None:
+        """Cancel the calls the loop never started (it stopped first)."""
+        with self._inbox_lock:
+            items, self._wake_pending = list(self._inbox), False
+            self._inbox.clear()
+        for _, reply in items:
+            reply.cancel()
 
     def _iterate(
         self, make_iter: Callable[[], AsyncIterable[T]], batch: int
@@ -405,7 +478,7 @@ class Portal:
             return
         if future is not None:
             # Best effort: a cleanup that hangs must not keep the caller waiting for ever.
-            wait_futures([future], timeout=_CANCEL_GRACE)
+            future.wait(_CANCEL_GRACE)
 
     def _started(self) -> BlockingPortal:
         self._check_thread()

@@ -144,15 +144,15 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
             raise
 
     portal.call(double, 1)
-    spawn = asyncio.run_coroutine_threadsafe
+    spawn = Portal._submit
 
-    def spawn_then_interrupt(*args: Any, **kwargs: Any) -> Any:
+    def spawn_then_interrupt(self: Portal, *args: Any, **kwargs: Any) -> Any:
         monkeypatch.undo()  # only the first spawn is interrupted
-        spawn(*args, **kwargs)
+        spawn(self, *args, **kwargs)
         started.wait(5)
         raise KeyboardInterrupt  # before the caller holds the task's future
 
-    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", spawn_then_interrupt)
+    monkeypatch.setattr(Portal, "_submit", spawn_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
     assert cancelled.is_set()
