@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
 import anyio
 import anyio.to_thread
@@ -256,7 +256,8 @@ class AsyncCompute:
 
         Args:
             task_id: The task.
-            follow: Stream lines over SSH until the task ended and every line was read.
+            follow: Stream lines until the task ended and every line was read (over SSH
+                or HTTP, as the ``log_transport`` setting says).
             tail: Trailing lines to return when not following (empty while pending).
             stderr: Read standard error instead of standard output.
             source: Accepted for the seed's signature; logs come from the task itself.
@@ -272,7 +273,9 @@ class AsyncCompute:
     ) -> AsyncIterator[str]:
         """Yield a task's log lines as written, exactly once each, until it ended and is drained.
 
-        Survives dropped SSH connections by resuming at the exact byte offset.
+        Over the task's SSH endpoint, or the API's event stream when SSH does not answer
+        (the ``log_transport`` setting: ``auto``, ``ssh`` or ``http``); survives dropped
+        connections by resuming at the exact byte offset.
         """
         lines = _ops.follow_lines(
             self._context, task_id, stream=stream, poll_interval=poll_interval
@@ -290,7 +293,7 @@ class AsyncCompute:
         record: bool = False,
         *,
         echo: bool = False,
-        input: bytes | None = None,
+        input: bytes | BinaryIO | None = None,
     ) -> ShellResult:
         """Run a command in a task, or open an interactive shell on this terminal.
 
@@ -302,8 +305,9 @@ class AsyncCompute:
             progress_context: Accepted for the seed's signature.
             record: Accepted for the seed's signature.
             echo: Also copy the output to this process's stdout/stderr as it arrives.
-            input: Bytes for the command's standard input (then end of file); with no
-                command, the script to run instead of this process's stdin.
+            input: The command's standard input (then end of file): bytes, or a binary
+                file read while the command runs (``sys.stdin.buffer`` streams a pipe
+                through); with no command, the script to run instead of this process's stdin.
 
         Returns:
             The command's output and exit status (``str(result)`` is the output).

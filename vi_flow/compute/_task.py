@@ -239,6 +239,7 @@ class AsyncTask(TaskFields):
     ) -> AsyncIterator[str]:
         """Yield log lines as they are written, until the task ended and all are read.
 
+        Over SSH, or over HTTP where SSH does not answer (the ``log_transport`` setting).
         Afterwards the handle holds the final state (``exit_code``, ``status``).
         """
         lines = _ops.follow_lines(
