@@ -110,6 +110,51 @@ def test_call_from_threads_at_once(portal: Portal) -> None:
     assert sorted(results) == [2 * i for i in range(8)]
 
 
+def test_64_threads_each_get_their_own_answers(portal: Portal) -> None:
+    # Calls from many threads share the loop's wake-ups; none may get another's answer.
+    wrong: list[tuple[int, int]] = []
+
+    def worker(i: int) -> None:
+        for j in range(50):
+            got = portal.call(double, i * 1000 + j)
+            if got != 2 * (i * 1000 + j):
+                wrong.append((i, got))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert wrong == [] and not any(t.is_alive() for t in threads)
+
+
+def test_close_while_many_threads_call_leaves_none_waiting() -> None:
+    portal = Portal()
+    outcomes: list[str] = []
+
+    def calls() -> None:
+        for _ in range(200):
+            portal.call(double, 1)
+
+    def worker() -> None:
+        try:
+            calls()
+        except ClientStateError:
+            outcomes.append("closed")
+        else:
+            outcomes.append("done")
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    portal.close()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outcomes) == 16
+
+
 def test_ctrl_c_during_call_cancels_the_async_work(portal: Portal, sigint_raises: None) -> None:
     started, cancelled = threading.Event(), threading.Event()
 
