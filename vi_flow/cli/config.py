@@ -39,6 +39,8 @@ def show(as_json: bool) -> None:
         "home": str(settings.home),
         "localServer": settings.local_server,
         "serverIdleTimeout": settings.server_idle_timeout,
+        "logTransport": settings.log_transport,
+        "caFile": None if settings.ca_file is None else str(settings.ca_file),
         "configFile": str(config_path()),
     }
     if wants_json(as_json):
@@ -54,6 +56,8 @@ def show(as_json: bool) -> None:
             ("home", data["home"]),
             ("local_server", data["localServer"]),
             ("server_idle_timeout", f"{settings.server_idle_timeout:g} s (0: never)"),
+            ("log_transport", data["logTransport"]),
+            ("ca_file", data["caFile"] or "(the system's CAs)"),
             ("config file", data["configFile"]),
         ]
     )
@@ -66,7 +70,8 @@ def set_(key: str, value: str) -> None:
     """Set KEY to VALUE in the config file (mode 0600).
 
     Keys: api_key, organization_id, base_url, timeout, max_retries, home, local_server
-    (background or in-process), server_idle_timeout (seconds, 0: never).
+    (background or in-process), server_idle_timeout (seconds, 0: never), log_transport
+    (auto, ssh or http), ca_file (a PEM file of CA certificates to trust).
     """
     from ..config import CONFIG_KEYS, write_config_value
 
