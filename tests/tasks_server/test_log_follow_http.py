@@ -325,3 +325,22 @@ async def _cut_ten_times(proxy: CuttingProxy) -> None:
     for _ in range(10):  # more drops than the reconnect attempts allowed in a row
         await asyncio.sleep(1.3)
         proxy.cut()
+
+
+@pytest.mark.anyio
+async def test_an_idle_stream_sends_heartbeats(tmp_path: Path) -> None:
+    settings = ServerSettings(home=tmp_path / "home", heartbeat_interval=0.1)
+    async with Starter(TaskServer) as starter:
+        server = await starter.start(settings)
+        task = await server.submit(command="sleep 30")
+        raw = b""
+        async with server.session.get(
+            f"{server.root}/v1/tasks/{task['taskId']}/logs?follow=true",
+            headers=server.headers(),
+        ) as resp:
+            assert resp.headers["X-Heartbeat-Interval"] == "0.1"
+            with anyio.move_on_after(0.6):
+                async for chunk in resp.content.iter_any():
+                    raw += chunk
+        await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+    assert raw.count(b": heartbeat\n\n") >= 3

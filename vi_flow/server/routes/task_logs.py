@@ -34,12 +34,14 @@ from ..helpers import org_of
 from ..state import SETTINGS_KEY
 from ..tasks import TASKS_KEY, TaskService
 from ..tasks.logfile import LogReader, NotALogFile
+from ..tasks.records import TaskRecords
 
 __all__ = ["STREAMS", "follow_logs", "parse_event_id", "wants_stream"]
 
 STREAMS = ("stdout", "stderr")
 _CHOICES = {"stdout": ("stdout",), "stderr": ("stderr",), "all": STREAMS, "both": STREAMS}
 _POLL_MIN, _POLL_MAX = 0.005, 0.25  # after news, then doubling while idle
+_STATUS_EVERY = 5.0  # seconds between status reads when no change was announced
 _HEARTBEAT = b": heartbeat\n\n"
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -154,32 +156,56 @@ class _Refused(Exception):
     """The task replaced its log with something the server will not read."""
 
 
+class _Ended:
+    """Whether the task is over, read from the store only when that may have changed: its
+    change event fired, or :data:`_STATUS_EVERY` passed. Thousands of idle follows must
+    not query the database at every poll."""
+
+    def __init__(self, records: TaskRecords, task_id: str) -> None:
+        self._records, self._task_id = records, task_id
+        self._event: asyncio.Event | None = None
+        self._next = 0.0
+
+    async def check(self) -> bool:
+        event = self._event
+        if event is not None and not event.is_set() and time.monotonic() < self._next:
+            return False
+        self._event = self._records.changed(self._task_id)  # before the read: no change lost
+        self._next = time.monotonic() + _STATUS_EVERY
+        return (await self._records.status(self._task_id)).terminal
+
+    async def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, less when the task changes."""
+        if self._event is None:
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
 async def _pump(
     response: web.StreamResponse, request: web.Request, stream: _LogStream, follow: bool
 ) -> None:
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
-    records, poll, quiet_since = stream.service.records, _POLL_MIN, time.monotonic()
+    ended = _Ended(stream.service.records, stream.task_id)
+    poll, quiet_since = _POLL_MIN, time.monotonic()
     while True:
-        changed = records.changed(stream.task_id)
         frames = await _read(stream, final=False)
-        if not frames:
-            if (await records.status(stream.task_id)).terminal:
-                await _drain(response, stream)
-                return
-            if not follow:
-                return
-            if _gone(request):
-                return
-            if time.monotonic() - quiet_since >= heartbeat:
-                await response.write(_HEARTBEAT)
-                quiet_since = time.monotonic()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), poll)
-            poll = min(poll * 2, _POLL_MAX)
+        if frames:
+            for frame in frames:
+                await response.write(frame)
+            poll, quiet_since = _POLL_MIN, time.monotonic()
             continue
-        for frame in frames:
-            await response.write(frame)
-        poll, quiet_since = _POLL_MIN, time.monotonic()
+        if await ended.check():
+            await _drain(response, stream)
+            return
+        if not follow or _gone(request):
+            return
+        if time.monotonic() - quiet_since >= heartbeat:
+            await response.write(_HEARTBEAT)
+            quiet_since = time.monotonic()
+        await ended.wait(poll)
+        poll = min(poll * 2, _POLL_MAX)
 
 
 async def _drain(response: web.StreamResponse, stream: _LogStream) -> None:
