@@ -1,7 +1,7 @@
 """Schemathesis against a live server: every operation of ``/v1/openapi.json``, never a 5xx.
 
 A real server (its own home, on 127.0.0.1) runs in a thread with its own event loop,
-and the ``st`` command line (a real subprocess) reads the served document and calls
+and the schemathesis command line (``st``, a real subprocess) reads the served document and calls
 every operation with the admin token: examples, coverage, fuzzing and stateful phases
 (the document's links chain create -> get -> delete). Every answer must be below 500
 and conform to the document: status code, content type, headers and body schema.
@@ -82,9 +82,8 @@ def live(tmp_path: Path) -> Iterator[_ThreadServer]:
 
 
 def _schemathesis(live: _ThreadServer, cwd: Path) -> subprocess.CompletedProcess[str]:
-    st = Path(sys.executable).with_name("st")
     command = [
-        str(st), "run", f"{live.root}/v1/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", "run", f"{live.root}/v1/openapi.json",
         "--header", f"Authorization: Bearer {read_admin_token(live.home)}",
         "--checks", CHECKS,
         "--max-examples", EXAMPLES,
