@@ -112,18 +112,24 @@ def tests_browser(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_proxy(session: nox.Session) -> None:
-    """The SDK through Debian's nginx terminating TLS in front of a real server (issue 13);
-    never skipped here: nginx is installed when missing (as root)."""
+    """The SDK through Debian's nginx and Caddy terminating TLS in front of a real server
+    (issue 13); never skipped here: the proxies are installed when missing (as root)."""
     import shutil
 
     _install_bubblewrap(session)
-    nginx = shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")
-    if not nginx and shutil.which("apt-get") and os.geteuid() == 0:
+    missing = [name for name in ("nginx", "caddy") if not _has_binary(name)]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
         session.run("apt-get", "update", "-q", external=True)
-        session.run("apt-get", "install", "-y", "-q", "nginx", external=True)
+        session.run("apt-get", "install", "-y", "-q", *missing, external=True)
     session.install("-e", ".[test]")
-    env = {"VI_FLOW_REQUIRE_NGINX": "1"}
+    env = {"VI_FLOW_REQUIRE_PROXY": "1"}
     session.run("pytest", "tests/server/test_proxy_nginx.py", *session.posargs, env=env)
+
+
+def _has_binary(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None or os.path.exists(f"/usr/sbin/{name}")
 
 
 @nox.session(python=PYTHON)

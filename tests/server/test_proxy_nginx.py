@@ -1,10 +1,11 @@
-"""The SDK through a real nginx that terminates TLS in front of the server (docs/production.md).
+"""The SDK through a real nginx, and a real Caddy, terminating TLS in front of the server,
+configured with the snippets of docs/production.md.
 
-nginx comes from Debian (``nox -s tests_proxy`` installs it when root); without it these
-tests skip saying so, and with ``VI_FLOW_REQUIRE_NGINX=1`` (CI) they fail instead. The
+Both come from Debian (``nox -s tests_proxy`` installs them when root); without one its
+tests skip saying so, and with ``VI_FLOW_REQUIRE_PROXY=1`` (CI) they fail instead. The
 certificate is made here, signed by a throwaway CA the client trusts through its
 ``ca_file`` setting. The server advertises an SSH port nothing listens on, as a server
-behind a proxy would be reached: log follows must go over HTTP, through nginx.
+behind a proxy would be reached: log follows must go over HTTP, through the proxy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -51,13 +53,31 @@ http {{
 """
 
 
-def _location_from_docs() -> str:
-    """The ``location`` block of docs/production.md's nginx snippet: the test runs what
-    the docs tell operators to run."""
+CADDYFILE = """
+{{
+    admin off
+    auto_https disable_redirects
+    storage file_system {tmp}/data
+    skip_install_trust
+}}
+https://localhost:{port} {{
+    bind 127.0.0.1
+    tls {tmp}/cert.pem {tmp}/key.pem
+    log {{
+        output file {tmp}/access.log
+    }}
+{proxy}
+}}
+"""
+
+
+def _from_docs(opening: str, upstream: int) -> str:
+    """The block of docs/production.md that starts with ``opening`` (indented by 4) and
+    ends at its closing brace: the test runs what the docs tell operators to run."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "production.md").read_text()
-    start = text.index("    location / {")
+    start = text.index(opening)
     end = text.index("\n    }\n", start) + len("\n    }\n")
-    return text[start:end]
+    return text[start:end].replace("127.0.0.1:8000", f"127.0.0.1:{upstream}")
 
 
 def _free_port() -> int:
@@ -115,33 +135,42 @@ def _make_certificates(tmp: Path) -> Path:
     return tmp / "ca.pem"
 
 
-def _nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
     )
     if found is None:
         unavailable(
-            "VI_FLOW_REQUIRE_NGINX",
-            "nginx is not installed",
-            "run 'nox -s tests_proxy' (installs Debian's nginx as root) or apt-get install nginx",
+            "VI_FLOW_REQUIRE_PROXY",
+            f"{name} is not installed",
+            f"run 'nox -s tests_proxy' (installs Debian's {name} as root) or apt-get install {name}",
         )
     return str(found)
 
 
+def _proxy_argv(name: str, tmp: Path, port: int, upstream: int) -> list[str]:
+    """Write the proxy's configuration (the docs' block in it); return its command line."""
+    if name == "nginx":
+        location = _from_docs("    location / {", upstream)
+        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, location=location))
+        return [_binary("nginx"), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)]
+    proxy = _from_docs("    reverse_proxy 127.0.0.1:8000 {", upstream)
+    (tmp / "Caddyfile").write_text(CADDYFILE.format(tmp=tmp, port=port, proxy=proxy))
+    return [_binary("caddy"), "run", "--config", str(tmp / "Caddyfile"), "--adapter", "caddyfile"]
+
+
 @contextlib.contextmanager
-def _nginx(tmp: Path, port: int, upstream: int) -> Iterator[None]:
-    """nginx on ``port`` (TLS) in front of ``upstream``, with the docs' ``location``."""
-    binary = _nginx_binary()
-    location = _location_from_docs().replace("127.0.0.1:8000", f"127.0.0.1:{upstream}")
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, location=location))
+def _proxy(name: str, tmp: Path, port: int, upstream: int) -> Iterator[None]:
+    """``name`` (nginx or caddy) on ``port`` (TLS) in front of ``upstream``."""
+    argv = _proxy_argv(name, tmp, port, upstream)
+    env = {**os.environ, "HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
     with (tmp / "stderr.log").open("wb") as err:
-        proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(tmp)], stderr=err)
+        proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
     try:
         _wait_listening(port, proc, tmp)
         yield
     finally:
-        proc.send_signal(signal.SIGQUIT)
+        proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -153,20 +182,23 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], tmp: Path) -> None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"nginx exited: {(tmp / 'stderr.log').read_text()}")
+            raise AssertionError(f"the proxy exited: {(tmp / 'stderr.log').read_text()}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise AssertionError("nginx did not listen")
+    raise AssertionError("the proxy did not listen")
 
 
-@pytest.fixture
-async def behind_nginx(tmp_path: Path) -> AsyncIterator[tuple[LiveServer, str, Path, Path]]:
-    """The server behind nginx, advertising an SSH port nothing listens on:
-    ``(server, the proxy's API URL, the CA file, nginx's directory)``."""
-    _nginx_binary()
-    tmp = tmp_path / "nginx"
+@pytest.fixture(params=["nginx", "caddy"])
+async def behind_proxy(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[LiveServer, str, Path, Path]]:
+    """The server behind the proxy, advertising an SSH port nothing listens on:
+    ``(server, the proxy's API URL, the CA file, the proxy's directory)``."""
+    name = str(request.param)
+    _binary(name)
+    tmp = tmp_path / name
     tmp.mkdir()
     ca_file = _make_certificates(tmp)
     port = _free_port()
@@ -179,7 +211,7 @@ async def behind_nginx(tmp_path: Path) -> AsyncIterator[tuple[LiveServer, str, P
     )
     async with Starter(LiveServer) as starter:
         server = await starter.start(settings)
-        with _nginx(tmp, port, int(server.root.rsplit(":", 1)[1])):
+        with _proxy(name, tmp, port, int(server.root.rsplit(":", 1)[1])):
             yield server, f"https://localhost:{port}/v1", ca_file, tmp
 
 
@@ -190,12 +222,12 @@ _FLOW = {
 
 
 @pytest.mark.anyio
-async def test_the_sdk_lists_executes_and_follows_logs_through_nginx_with_tls(
-    behind_nginx: tuple[LiveServer, str, Path, Path],
+async def test_the_sdk_lists_executes_and_follows_logs_through_the_proxy_with_tls(
+    behind_proxy: tuple[LiveServer, str, Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server, url, ca_file, tmp = behind_nginx
+    server, url, ca_file, tmp = behind_proxy
     monkeypatch.setenv("VI_FLOW_CA_FILE", str(ca_file))
     monkeypatch.delenv("VI_FLOW_LOG_TRANSPORT", raising=False)  # auto
     async with vi_flow.AsyncClient(base_url=url, api_key=server.token, home=tmp_path) as client:
@@ -213,17 +245,17 @@ async def test_the_sdk_lists_executes_and_follows_logs_through_nginx_with_tls(
             running = not (await client.tasks.get(task.task_id)).status.terminal
             seen.append((line, time.monotonic() - started, running))
     assert [line for line, _, _ in seen] == ["first", "second"]
-    assert seen[0][2] and seen[0][1] < 1.5  # streamed live: nginx does not buffer it
+    assert seen[0][2] and seen[0][1] < 1.5  # streamed live: the proxy does not buffer it
     assert task.exit_code == 0
     access = (tmp / "access.log").read_text()
-    assert f"GET /v1/tasks/{task.task_id}/logs?follow=true" in access  # over HTTP, via nginx
+    assert f"/v1/tasks/{task.task_id}/logs?follow=true" in access  # over HTTP, via the proxy
 
 
 @pytest.mark.anyio
 async def test_without_the_ca_file_the_proxy_is_not_trusted(
-    behind_nginx: tuple[LiveServer, str, Path, Path], tmp_path: Path
+    behind_proxy: tuple[LiveServer, str, Path, Path], tmp_path: Path
 ) -> None:
-    server, url, _, _ = behind_nginx
+    server, url, _, _ = behind_proxy
     async with vi_flow.AsyncClient(
         base_url=url, api_key=server.token, home=tmp_path, max_retries=0
     ) as client:
