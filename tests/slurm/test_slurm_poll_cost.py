@@ -28,7 +28,7 @@ FOREIGN = 2000
 FOREIGN_NAME = "vi-flow-test-foreign"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def foreign_jobs(slurm_cluster: SlurmCluster) -> Iterator[int]:
     """2,000 held jobs of user ``nobody`` (one ``sbatch`` loop; about 10 s)."""
     loop = (
