@@ -5,10 +5,13 @@ client in :mod:`.rest` (no C bindings, no CLI calls from the server). A task
 becomes one batch job: its command, CPUs, memory, ``gres`` GPUs, working directory and
 log files come from the :class:`~..base.LaunchSpec`; its environment travels in a
 mode-0600 file the job sources and deletes, because Slurm keeps a job's environment in
-its state directory where other users and admins can read it. A poller (one ``GET`` per job,
-or one ``GET /jobs`` when many are watched) reports state changes through the update
-sink, decoding Slurm's raw wait status, and stops jobs past ``max_run_time`` itself
-(Slurm's own time limit, also set, counts whole minutes). Task directories and
+its state directory where other users and admins can read it. A poller (one ``GET`` per
+watched job, never the whole queue, backing off while nothing changes) reports state
+changes through the update sink: pending reasons mapped with Slurm's own words kept, ends
+as :mod:`.._exits` defines them, a launch failure naming the node that cannot see the
+task directory. It stops jobs past ``max_run_time`` itself (Slurm's own time limit, also
+set, counts whole minutes). A submission Slurm refuses for now (a drained node, a
+partition down) stays pending and is submitted again at each poll. Task directories and
 volumes live under directories every node must see (one host in tests). Logs and shells
 go through the server's SSH endpoint like the local provider's: it follows the job's
 output file and runs commands inside the job with ``srun --jobid=N --overlap``. The sink,

@@ -1,12 +1,15 @@
 """A small aiohttp client for ``slurmrestd``, the REST face of a Slurm cluster.
 
-It owns everything the Slurm provider needs to know about the wire: finding the REST
-version from ``/openapi/v3`` (the highest one this module knows), JWT headers read from a
+It owns everything the Slurm provider needs to know about the wire: choosing the REST
+version (the newest of :data:`KNOWN_VERSIONS` that the daemon's OpenAPI document lists,
+or that answers ``ping`` when it serves none; v0.0.37 to v0.0.42), JWT headers read from a
 token file, job submission (the command runs from a generated batch script; secrets
 travel in a mode-0600 file the script sources and deletes, never in the job environment,
 which Slurm stores in its state directory), job state and wait-status decoding, cancel,
 and the node and reservation lists. Slurm error numbers become :class:`SlurmError`
-subclasses that say whether retrying could help; only transient ones are retried.
+subclasses that say whether retrying could help; only transient ones are retried, and a
+refusal for now (a drained node, a partition down: :class:`SlurmNotNowError`) is told
+apart from one for good. Long answers are parsed off the event loop.
 Tokens never appear in logs, reprs or error messages. The decoded records and the
 submission live in :mod:`.jobs` and are re-exported here.
 """
