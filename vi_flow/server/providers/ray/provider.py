@@ -12,8 +12,10 @@ mode-0600 file the entry point sources and deletes, never in ``runtime_env`` or
 ``metadata``, which anyone reaching the dashboard can read.
 
 A poller (one ``GET /api/jobs/{id}`` per watched job) reports state changes through the
-update sink: ``running`` once the command has started (not when Ray's job supervisor
-starts), then ``completed``/``failed``/``cancelled`` with the exit status and a reason. It
+update sink: ``pending`` with Ray's sentence as the raw reason, ``running`` once the
+command has started (not when Ray's job supervisor starts), then
+``completed``/``failed``/``cancelled`` with the exit code, signal and reason that
+:mod:`.._exits` defines (the entry point's shell reports a signal N as 128 + N). It
 stops jobs past ``max_run_time`` itself. Ray cannot stop a PENDING job (the stop answers
 ``true`` and the job starts later), so a cancel revokes the task's start token first:
 a task that had not started is reported ``cancelled`` at once and its job, whenever Ray
