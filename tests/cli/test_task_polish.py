@@ -4,13 +4,21 @@ and ``runs watch`` of a finished run: against the embedded local server (and rea
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import Invoker, write
+from .test_subprocess import _cli, served
+
+__all__ = ["served"]
 
 
 def _run(vf: Invoker, *args: str) -> str:
@@ -99,3 +107,35 @@ def test_ssh_config_file_that_cannot_be_written_is_an_error(
         assert result.exit_code == 1 and "/proc/forbidden" in result.stderr
     finally:
         vf("tasks", "cancel", task_id, "--force")
+
+
+def test_piped_stdin_streams_through_as_the_command_runs(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """``head -1`` gets the first line at once and ends the command; vi-flow does not wait
+    for the writer (it would for minutes), and the writer then stops on its broken pipe."""
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    started = subprocess.run(
+        [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
+    )
+    task_id = started.stdout.strip()
+    # Writes a line every 0.1 s for 2 minutes, and stops at once when nobody reads.
+    writer = "import time\nfor i in range(1200): print('line', i, flush=True); time.sleep(0.1)"
+    pipeline = (
+        f"{sys.executable} -c {shlex.quote(writer)} 2>/dev/null"
+        f" | {' '.join(_cli())} tasks shell {task_id} -c 'head -1'"
+    )
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        ["bash", "-c", pipeline], stdout=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+    assert out == "line 0\n"
+    assert time.monotonic() - began < 60

@@ -445,8 +445,8 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
     if command is None and not sys.stdin.isatty():
         raise click.UsageError("an interactive shell needs a terminal; use -c COMMAND")
     piped = command is not None and not no_stdin and not sys.stdin.isatty()
-    data = sys.stdin.buffer.read() if piped else None
-    result = state().client().shell(task_id, command=command, echo=True, input=data)
+    source = sys.stdin.buffer if piped else None  # streamed as the command runs
+    result = state().client().shell(task_id, command=command, echo=True, input=source)
     if command is not None:
         code = result.exit_status if result.exit_status is not None else 1
         raise click.exceptions.Exit(code)

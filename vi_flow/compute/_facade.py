@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
 import anyio
 import anyio.to_thread
@@ -293,7 +293,7 @@ class AsyncCompute:
         record: bool = False,
         *,
         echo: bool = False,
-        input: bytes | None = None,
+        input: bytes | BinaryIO | None = None,
     ) -> ShellResult:
         """Run a command in a task, or open an interactive shell on this terminal.
 
@@ -305,8 +305,9 @@ class AsyncCompute:
             progress_context: Accepted for the seed's signature.
             record: Accepted for the seed's signature.
             echo: Also copy the output to this process's stdout/stderr as it arrives.
-            input: Bytes for the command's standard input (then end of file); with no
-                command, the script to run instead of this process's stdin.
+            input: The command's standard input (then end of file): bytes, or a binary
+                file read while the command runs (``sys.stdin.buffer`` streams a pipe
+                through); with no command, the script to run instead of this process's stdin.
 
         Returns:
             The command's output and exit status (``str(result)`` is the output).

@@ -17,7 +17,7 @@ import posixpath
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -222,7 +222,7 @@ async def shell(
     *,
     echo: bool = False,
     timeout: float = 600.0,  # noqa: ASYNC109 - how long to wait for the task to run
-    input: bytes | None = None,
+    input: bytes | BinaryIO | None = None,
 ) -> ShellResult:
     """Run a command in a running task, or attach an interactive shell to this terminal.
 
@@ -244,8 +244,9 @@ async def shell(
         if input is None and sys.stdin is not None and sys.stdin.isatty():
             status = await interactive_shell(conn)
             return ShellResult(stdout="", stderr="", exit_status=status)
+        source = sys.stdin.buffer if input is None else input
         script = (
-            input if input is not None else await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+            source if isinstance(source, bytes) else await anyio.to_thread.run_sync(source.read)
         )
         return await run_remote(conn, "exec /bin/sh", input=script, echo=echo)
     finally:

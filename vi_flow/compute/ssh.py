@@ -14,18 +14,22 @@ argument such as ``"; rm -rf ~"`` stays one literal word. Log follows live in
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import concurrent.futures
 import contextlib
 import os
 import re
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import attrs
 
@@ -258,7 +262,7 @@ async def run_remote(
     conn: asyncssh.SSHClientConnection,
     command: str | Sequence[str],
     *,
-    input: bytes | None = None,
+    input: bytes | BinaryIO | None = None,
     echo: bool = False,
 ) -> ShellResult:
     """Run one command on an open connection and collect what it printed.
@@ -266,16 +270,22 @@ async def run_remote(
     Args:
         conn: An open connection (see :func:`connect`).
         command: A shell command line, or an argv list quoted word by word.
-        input: Bytes fed to the command's standard input, then EOF.
+        input: The command's standard input: bytes, or a binary file read as the command
+            runs (``sys.stdin.buffer``: a pipe streams through), then EOF.
         echo: Also copy the output to this process's stdout/stderr as it arrives.
     """
     line = build_remote_command(command)
     proc = await conn.create_process(line, encoding=None)
     async with proc:
-        if input is not None:
-            proc.stdin.write(input)
-        proc.stdin.write_eof()
-        out, err = await _collect(proc, echo=echo)
+        async with anyio.create_task_group() as feeding:
+            if input is None or isinstance(input, (bytes, bytearray)):
+                if input:
+                    proc.stdin.write(bytes(input))
+                proc.stdin.write_eof()
+            else:
+                feeding.start_soon(_feed, proc, input)
+            out, err = await _collect(proc, echo=echo)
+            feeding.cancel_scope.cancel()  # the command has ended: stop reading its input
         completed = await proc.wait(check=False)
     status = completed.exit_status
     return ShellResult(
@@ -284,6 +294,55 @@ async def run_remote(
         exit_status=status if status is not None and status >= 0 else None,
         exit_signal=completed.exit_signal[0] if completed.exit_signal else None,
     )
+
+
+async def _feed(proc: asyncssh.SSHClientProcess[bytes], source: BinaryIO) -> None:
+    """Copy ``source`` to the command's stdin as it comes, then EOF.
+
+    The reads happen in a daemon thread of their own: a read that never returns (a
+    writer that goes on after the command ended) must hold up neither this call nor
+    the interpreter's exit.
+    """
+    send, receive = anyio.create_memory_object_stream[bytes](4)
+    loop = asyncio.get_running_loop()
+    reader = threading.Thread(
+        target=_read_into, args=(source, send, loop), daemon=True, name="vi-flow stdin"
+    )
+    reader.start()
+    try:
+        with receive:
+            async for data in receive:
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        proc.stdin.write_eof()
+    except (BrokenPipeError, ConnectionError):
+        pass  # the command stopped reading (it ended); its exit status says the rest
+
+
+def _reader(source: BinaryIO) -> Callable[[int], bytes]:
+    """How to read what is there: ``os.read`` on a real file descriptor (a blocked read
+    then holds no lock of the file object, which the interpreter's exit takes), else the
+    object's own ``read1``/``read``."""
+    try:
+        fd = source.fileno()
+    except (OSError, ValueError, AttributeError):  # io.BytesIO, a test runner's stdin
+        read: Callable[[int], bytes] = getattr(source, "read1", source.read)
+        return read
+    return lambda size: os.read(fd, size)
+
+
+def _read_into(
+    source: BinaryIO,
+    send: anyio.abc.ObjectSendStream[bytes],
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    read = _reader(source)
+    try:
+        while data := read(65536):
+            asyncio.run_coroutine_threadsafe(send.send(data), loop).result()
+        asyncio.run_coroutine_threadsafe(send.aclose(), loop).result()
+    except (OSError, RuntimeError, anyio.BrokenResourceError, concurrent.futures.CancelledError):
+        pass  # the loop ended, or the command stopped reading: nothing more to pass on
 
 
 async def _collect(proc: asyncssh.SSHClientProcess[bytes], *, echo: bool) -> tuple[bytes, bytes]:

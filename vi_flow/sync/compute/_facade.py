@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
 from ...models.tasks import (
     AvailableInstance,
@@ -171,7 +171,7 @@ class Compute:
         record: bool = False,
         *,
         echo: bool = True,
-        input: bytes | None = None,
+        input: bytes | BinaryIO | None = None,
     ) -> ShellResult:
         """Run a command in a task (printing its output), or an interactive shell."""
         return self._portal.call(
