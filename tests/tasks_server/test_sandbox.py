@@ -374,3 +374,33 @@ def test_a_home_inside_the_servers_venv_leaves_the_interpreter_visible(tmp_path:
     reason, code, out, err = json.loads(ran.stdout)
     assert (reason, code) == ("", 0), err
     assert out.split() == ["['tasks']", "False"]  # of the home, only the task's own path
+
+
+# Waits, in its own sandbox, for a volume that is mounted after it started.
+_WAITER = (
+    'while [ ! -f "$VI_FLOW_WORKSPACE/volumes/late/hello" ]; do sleep 0.05; done;'
+    ' cat "$VI_FLOW_WORKSPACE/volumes/late/hello"; echo written > "$VI_FLOW_WORKSPACE/volumes/late/back"'
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root server can mount into a running sandbox")
+async def test_a_volume_mounted_later_reaches_the_running_task(sandboxed: TaskServer) -> None:
+    volume = await sandboxed.call("POST", "/volumes", json={"name": "late"})
+    assert volume.status == 201, volume.body
+    host = sandboxed.home / "volumes" / volume.body["volumeId"]
+    (host / "hello").write_text("from the volume\n")
+    task = await sandboxed.submit(command=_WAITER)
+    await sandboxed.wait(task["taskId"], until={"running"})
+    await asyncio.sleep(0.3)  # it runs, in a sandbox made without the volume
+    mounted = await sandboxed.call(
+        "POST", f"/tasks/{task['taskId']}/volumes", json={"volumeId": "late"}
+    )
+    assert mounted.status == 200, mounted.body
+    done = await sandboxed.wait(task["taskId"], within=10)
+    assert done["status"] == "completed", await _logs(sandboxed, task["taskId"])
+    assert "from the volume" in await _logs(sandboxed, task["taskId"])
+    assert (host / "back").read_text() == "written\n"
+    assert (host / "hello").exists()
+    mounts = await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
+    assert str(host) not in mounts  # mounted in the task's namespace only, never on the host

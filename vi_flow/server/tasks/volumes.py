@@ -178,10 +178,11 @@ class Volumes:
         )
         row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
         await self._store.run(lambda c: _record_mount(c, row, config))
-        # A sandboxing provider binds it into the sessions opened from now on.
+        # A sandboxing provider shows it to the sessions opened from now on (and, where
+        # it can, to the task's running processes).
         mounted = getattr(self._provider, "mounted", None)
         if mounted is not None:
-            mounted(task_id, Path(volume.path))
+            await mounted(task_id, Path(volume.path))
         return await self._records.get(task_id)
 
     async def mounts(self, task_id: str) -> list[Mount]:

@@ -55,6 +55,7 @@ from .capacity import (
     next_boundary,
     reservation_ended,
 )
+from .late_mount import late_mounts_supported, mount_into
 from .machine import Machine, detect_machine
 from .placement import build_catalog, place
 from .process import (
@@ -182,12 +183,20 @@ class LocalProvider:
         volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
         return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir)
 
-    def mounted(self, task_id: str, host_path: Path) -> None:
+    async def mounted(self, task_id: str, host_path: Path) -> None:
         """A volume was mounted into a queued or running task: SSH sessions opened from
-        now on see it (the task's running processes keep the sandbox they started in)."""
+        now on see it; so do the running processes of a sandboxed task when the server
+        runs as root (:mod:`.late_mount`), else they keep the sandbox they started in."""
         job = self._jobs.get(task_id)
-        if job is not None:
-            job.late_volumes.append(host_path)
+        if job is None:
+            return
+        job.late_volumes.append(host_path)
+        if job.process is None or not job.sandboxed or not late_mounts_supported():
+            return
+        try:
+            await mount_into(job.process.pid, host_path, host_path)
+        except OSError as exc:
+            log.warning("local provider: %s: volume reaches new sessions only: %s", task_id, exc)
 
     # -- placement and catalog ---------------------------------------------------------
 
