@@ -371,6 +371,11 @@ class HTTPLogFollower:
         """The lines of one connection; ``None`` once the server said the follow ended."""
         from .._sse import SSEDecoder, read_chunks
 
+        if not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            raise ViFlowError(
+                "the server does not stream task logs over HTTP (a vi-flow server older "
+                "than this client?); set log_transport = ssh"
+            )
         decoder = SSEDecoder()
         async for chunk in read_chunks(resp):
             for event in decoder.feed(chunk):
