@@ -27,7 +27,9 @@ from .models.events import EVENT_TYPES
 from .models.execution import HEARTBEAT_HEADER
 
 __all__ = [
+    "EVENT_NAMES",
     "STREAM_ERRORS",
+    "RawFrame",
     "SSEDecoder",
     "ServerSentEvent",
     "iter_sse",
@@ -82,7 +84,9 @@ class SSEDecoder:
                 ...
     """
 
-    __slots__ = ("_data", "_event", "_head", "_last_id", "_pending", "_retry", "_skip_lf")
+    __slots__ = (
+        "_data", "_event", "_head", "_id_before", "_last_id", "_pending", "_retry", "_skip_lf",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []  # pieces of a line whose end has not arrived yet
@@ -91,6 +95,7 @@ class SSEDecoder:
         self._data: list[bytes] = []
         self._event = ""
         self._last_id: str | None = None
+        self._id_before: str | None = None  # the last id before this chunk's raw frames
         self._retry: int | None = None
 
     @property
@@ -99,39 +104,66 @@ class SSEDecoder:
         return self._last_id
 
     @property
+    def id_before(self) -> str | None:
+        """The last ``id:`` seen before the frames :meth:`feed_raw` last returned."""
+        return self._id_before
+
+    @property
     def retry(self) -> int | None:
         """The last ``retry:`` value in milliseconds, or ``None``."""
         return self._retry
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume one chunk; return the events it completed, in order."""
+        frames, events = self.feed_raw(chunk)
+        if not frames:
+            return events
+        out, last_id, retry, names = [], self._id_before, self._retry, EVENT_NAMES
+        for ident, name, data in frames:
+            if ident:
+                last_id = ident.decode()
+            event = (names.get(name) or name.decode("utf-8", "replace")) if name else "message"
+            out.append(_new(ServerSentEvent, (event, data, last_id, retry)))
+        return [*out, *events]
+
+    def feed_raw(self, chunk: bytes) -> tuple[list[RawFrame], list[ServerSentEvent]]:
+        """Consume one chunk: its canonical frames raw, then any other events it completed.
+
+        The frames come first, in order, as ``(id, event, data)`` bytes (``b""`` for a
+        field the frame does not have: its id is then the last one seen before it); the
+        events (frames of other shapes, and all that follows one in this chunk) come
+        after them. :meth:`feed` gives the same as :class:`ServerSentEvent` objects; a
+        reader that wants bytes (the run event stream) skips making them.
+        """
         if self._head is not None:
             chunk = self._strip_bom(chunk)
         if self._skip_lf and chunk:
             self._skip_lf = False
             if chunk[0] == 10:
                 chunk = chunk[1:]
+        self._id_before = self._last_id
         if not chunk:
-            return []
+            return [], []
         if b"\n" not in chunk and b"\r" not in chunk:
             self._pending.append(chunk)  # the middle of a long line: no copying
-            return []
+            return [], []
         if self._pending:
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
             self._pending.clear()
         out: list[ServerSentEvent] = []
+        frames: list[RawFrame] = []
         pos = 0
         if not self._data and not self._event and b"\r" not in chunk:
-            pos = self._frames(chunk, out)
+            frames, pos = self._frames(chunk)
             rest = len(chunk) - pos
             if 0 < rest <= _MAX_HELD and chunk.find(b"\n\n", pos) < 0:
                 # An unfinished frame: keep it raw so the next chunk takes the fast path.
                 self._pending.append(chunk[pos:])
-                return out
+                return frames, out
         if pos < len(chunk):
             self._lines(self._split(chunk[pos:] if pos else chunk), out)
-        return out
+        return frames, out
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         head = self._head + chunk if self._head else chunk
@@ -141,26 +173,24 @@ class SSEDecoder:
         self._head = None
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
-    def _frames(self, buf: bytes, out: list[ServerSentEvent]) -> int:
-        """Decode the canonical frames at the start of ``buf``; return where they end.
+    def _frames(self, buf: bytes) -> tuple[list[RawFrame], int]:
+        """The canonical frames at the start of ``buf`` and where they end.
 
-        A frame of the shape every vi_flow server sends (``id: <digits>``, ``event:``,
-        one ``data:`` line, blank line) decodes here in one regex step; anything else
-        stops this fast path and goes through the general line rules.
+        Frames of the shape every vi_flow server sends (optional ``id: <digits>``,
+        optional ``event:``, one ``data:`` line, blank line) are matched by two regular
+        expression passes (the run of them, then its fields), with no Python step per
+        frame; the first frame of any other shape (a comment, a multi-line ``data``...)
+        ends the run, and it and the rest go through the general line rules.
         """
-        pos = 0
-        last_id, retry, names = self._last_id, self._retry, _NAMES
-        for match in _FRAME.finditer(buf):
-            if match.start() != pos:
+        end = _RUN.match(buf).end()  # type: ignore[union-attr]  # matches "" at worst
+        if not end:
+            return [], 0
+        frames: list[RawFrame] = _FRAME.findall(buf, 0, end)
+        for ident, _, _ in reversed(frames):
+            if ident:
+                self._last_id = ident.decode()
                 break
-            event_id, name, data = match.groups()
-            if event_id is not None:
-                last_id = event_id.decode()
-            event = (names.get(name) or name.decode("utf-8", "replace")) if name else "message"
-            out.append(_new(ServerSentEvent, (event, data, last_id, retry)))
-            pos = match.end()
-        self._last_id = last_id
-        return pos
+        return frames, end
 
     def _split(self, chunk: bytes) -> list[bytes]:
         """Return the complete lines of ``chunk``; keep an unfinished last line pending."""
@@ -205,7 +235,7 @@ class SSEDecoder:
                 if b"\0" not in value:
                     last_id = value.decode("utf-8", "replace")
             elif name == b"event":
-                event = _NAMES.get(value) or value.decode("utf-8", "replace")
+                event = EVENT_NAMES.get(value) or value.decode("utf-8", "replace")
             elif name == b"data":
                 data.append(value)
             elif name == b"retry" and value.isdigit():
@@ -215,8 +245,14 @@ class SSEDecoder:
 
 _MAX_HELD = 1 << 16
 _new = tuple.__new__
-_NAMES = {name.encode(): name for name in EVENT_TYPES}
-_FRAME = re.compile(rb"(?:id: ([0-9]+)\n)?(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n")
+EVENT_NAMES = {name.encode(): name for name in EVENT_TYPES}
+"""The known event names as the wire spells them (bytes) -> the same as ``str``."""
+_ONE = rb"(?:id: ([0-9]+)\n)?(?:event: ([^\n]*)\n)?data: ([^\n]*)\n\n"
+_FRAME = re.compile(_ONE)
+_RUN = re.compile(rb"(?:(?:id: [0-9]+\n)?(?:event: [^\n]*\n)?data: [^\n]*\n\n)*")
+
+RawFrame = tuple[bytes, bytes, bytes]
+"""A canonical frame's ``id``, ``event`` and ``data`` values (``b""`` where absent)."""
 
 
 def _strip_eol(line: bytes) -> bytes:

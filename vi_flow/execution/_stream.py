@@ -15,7 +15,15 @@ from contextlib import AbstractAsyncContextManager
 import aiohttp
 
 from .._errors import APIConnectionError
-from .._sse import STREAM_ERRORS, ServerSentEvent, SSEDecoder, read_chunks, silence_limit
+from .._sse import (
+    EVENT_NAMES,
+    STREAM_ERRORS,
+    RawFrame,
+    ServerSentEvent,
+    SSEDecoder,
+    read_chunks,
+    silence_limit,
+)
 from ..models.events import FlowCompleted, StreamEvent, ToolCallsRequired, parse_event
 
 __all__ = ["ResumableEventStream", "silence_limit"]
@@ -94,7 +102,7 @@ class ResumableEventStream:
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
                     async for chunk in read_chunks(resp):
-                        for event in self._parse(decoder.feed(chunk)):
+                        for event in self._parse(*decoder.feed_raw(chunk), decoder.id_before):
                             progressed = True
                             if hook is not None and type(event) is ToolCallsRequired:
                                 await _not_a_drop(hook(event))
@@ -117,10 +125,25 @@ class ResumableEventStream:
                     error = exc
             await self._before_reconnect(failures, error)
 
-    def _parse(self, batch: list[ServerSentEvent]) -> list[StreamEvent]:
-        """Parse a chunk's events, dropping those already yielded before a reconnect."""
+    def _parse(
+        self, frames: list[RawFrame], batch: list[ServerSentEvent], id_before: str | None
+    ) -> list[StreamEvent]:
+        """Parse a chunk's events, dropping those already yielded before a reconnect.
+
+        ``frames`` (raw, canonical) come before ``batch`` (decoded); a frame without an
+        id has the last id before it, as the SSE rules say.
+        """
         events: list[StreamEvent] = []
-        last = self.last_event_id
+        last, carried, names = self.last_event_id, _int_id(id_before), EVENT_NAMES
+        for ident, wire_name, data in frames:
+            event_id = int(ident) if ident else carried
+            carried = event_id
+            if event_id is not None:
+                if last is not None and event_id <= last:
+                    continue
+                last = event_id
+            kind = names.get(wire_name) or wire_name.decode("utf-8", "replace") or "message"
+            events.append(parse_event(kind, data, event_id))
         for name, data, sse_id, _ in batch:
             event_id = _int_id(sse_id)
             if event_id is not None:
