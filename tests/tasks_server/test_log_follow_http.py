@@ -344,3 +344,19 @@ async def test_an_idle_stream_sends_heartbeats(tmp_path: Path) -> None:
                     raw += chunk
         await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
     assert raw.count(b": heartbeat\n\n") >= 3
+
+
+@pytest.mark.anyio
+async def test_the_json_snapshot_does_not_follow_a_link_either(
+    server: TaskServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("server secret\n")
+    task = await server.submit(command="echo hi")
+    done = await server.wait(task["taskId"])
+    log = Path(done["workdir"]).parent / "logs" / "stdout.log"
+    log.unlink()
+    log.symlink_to(secret)
+    snapshot = await server.call("GET", f"/tasks/{task['taskId']}/logs")
+    assert snapshot.status == 200 and snapshot.body["lines"] == []
+    assert snapshot.body["stdoutSize"] == 0  # not the size of what the link points at

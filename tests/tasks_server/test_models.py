@@ -68,8 +68,10 @@ def test_status_is_open_and_knows_terminal() -> None:
 def test_file_helpers(tmp_path: Path) -> None:
     log = tmp_path / "log"
     log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
-    assert tail_lines(log, 2) == ["line 99998", "line 99999"]
-    assert tail_lines(tmp_path / "missing", 5) == []
+    assert tail_lines(tmp_path, log, 2) == ["line 99998", "line 99999"]
+    assert tail_lines(tmp_path, tmp_path / "missing", 5) == []
+    (tmp_path / "link").symlink_to(log)  # a link a task put in place of its log
+    assert tail_lines(tmp_path, tmp_path / "link", 5) == []
     splitter = LineSplitter()
     assert splitter.feed(b"a\nb") == ["a"]
     assert splitter.feed(b"c\r\n") == ["bc"]

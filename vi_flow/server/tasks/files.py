@@ -6,11 +6,14 @@ Everything here touches the file system and is meant to run in a worker thread
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from pathlib import Path
 
 from ...models.loglines import decode_line, split_lines
 from ...models.tasks import TaskOutputFile
+from .logfile import NotALogFile, open_beneath
 
 __all__ = [
     "UnsafePath",
@@ -29,25 +32,35 @@ class UnsafePath(ValueError):
 
 
 def file_size(path: Path) -> int:
-    """The size of ``path`` in bytes, 0 when it does not exist."""
+    """The size of the regular file ``path`` in bytes; 0 when it does not exist or is
+    something else (a link a task put in place of its log is not followed)."""
     try:
-        return path.stat().st_size
+        status = path.lstat()
     except OSError:
         return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
-def tail_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of ``path``, split as :mod:`vi_flow.models.loglines` does.
+def _open_log(root: Path, path: Path) -> int | None:
+    """A task's log opened as :func:`.logfile.open_beneath` does; ``None`` when it cannot
+    be (missing, or replaced by a link)."""
+    with contextlib.suppress(NotALogFile):
+        return open_beneath(root, path)
+    return None
+
+
+def tail_lines(root: Path, path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of the log ``path`` of the task directory ``root``, split
+    as :mod:`vi_flow.models.loglines` does.
 
     Reads backwards in blocks, so a huge log costs only what is returned.
     """
     if count <= 0:
         return []
-    try:
-        handle = path.open("rb")
-    except OSError:
+    fd = _open_log(root, path)
+    if fd is None:
         return []
-    with handle:
+    with os.fdopen(fd, "rb") as handle:
         end = handle.seek(0, os.SEEK_END)
         data = b""
         position = end
@@ -62,14 +75,14 @@ def tail_lines(path: Path, count: int) -> list[str]:
     return lines[-count:]
 
 
-def read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
-    """Up to ``limit`` bytes of ``path`` starting at byte ``offset`` (``b""`` if none)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read(limit)
-    except OSError:
+def read_from(root: Path, path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    """Up to ``limit`` bytes of the log ``path`` of the task directory ``root`` from byte
+    ``offset`` (``b""`` if none)."""
+    fd = _open_log(root, path)
+    if fd is None:
         return b""
+    with os.fdopen(fd, "rb") as handle:
+        return os.pread(handle.fileno(), limit, offset)
 
 
 def resolve_inside(root: Path, relative: str) -> Path:

@@ -58,7 +58,7 @@ class TaskOutputs:
         )
 
         def read() -> list[str]:
-            return [line for path in chosen for line in files.tail_lines(path, lines)]
+            return [line for path in chosen for line in files.tail_lines(paths.root, path, lines)]
 
         return await asyncio.to_thread(read)
 
@@ -74,7 +74,7 @@ class TaskOutputs:
             ended = (await self._records.status(task_id)).terminal
             got_any = False
             for name, path in sources.items():
-                chunk = await asyncio.to_thread(files.read_from, path, offsets[name])
+                chunk = await asyncio.to_thread(files.read_from, paths.root, path, offsets[name])
                 offsets[name] += len(chunk)
                 got_any = got_any or bool(chunk)
                 for line in splitters[name].feed(chunk):
