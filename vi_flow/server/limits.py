@@ -5,7 +5,7 @@ Every connection, log follow and SSH session holds file descriptors. At start,
 figure is logged; a systemd unit sets the hard one with ``LimitNOFILE``). Past the
 limit the server answers rather than stalls:
 
-- :func:`guard_middleware` answers new requests ``503 SERVER_BUSY`` with
+- :func:`guard_middleware` answers new requests ``503 SERVER_OVERLOADED`` with
   ``Retry-After`` (and closes the connection) while the open descriptors, counted once a
   second off the event loop, are within :attr:`FileBudget.reserve` of the limit;
 - when ``accept()`` itself fails with "too many open files", :func:`install_accept_guard`
@@ -147,7 +147,9 @@ BUDGET_KEY = web.AppKey("vi_flow.file_budget", FileBudget)
 
 def _busy_body(budget: FileBudget) -> bytes:
     message = f"the server is at its open-file limit ({budget.limit}); retry shortly"
-    return orjson.dumps({"error": {"code": "SERVER_BUSY", "message": message, "requestId": ""}})
+    return orjson.dumps(
+        {"error": {"code": "SERVER_OVERLOADED", "message": message, "requestId": ""}}
+    )
 
 
 def _busy_headers() -> dict[str, str]:
