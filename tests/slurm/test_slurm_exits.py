@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from tests.providers_kit import Updates
-from vi_flow.models.tasks import TaskStatus
-from vi_flow.server.providers.base import TaskUpdate
+from tests.proxy import CuttingProxy
+from vi_flow.models.tasks import TaskConfig, TaskStatus
+from vi_flow.server.providers.base import LaunchSpec, Placement, RunningTask, TaskUpdate
 from vi_flow.server.providers.slurm import SlurmProvider
 
-from .conftest import SlurmCluster, launch
+from .conftest import SlurmCluster, launch, settings_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
 
@@ -155,3 +156,44 @@ async def test_a_controller_restart_is_waited_out_not_final(
     await asyncio.to_thread(slurm_cluster.restart_slurmctld, 3.0)  # polls fail meanwhile
     assert figures(await ended(updates, "task_ctl")) == (COMPLETED, 0, None, "Completed")
     assert [u.status for u in updates.of("task_ctl")][-2:] == [TaskStatus.RUNNING, COMPLETED]
+
+
+async def test_a_task_resubmitted_while_slurmrestd_is_unreachable_waits_for_it(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    # After a restart the server submits the tasks that never reached Slurm. With
+    # slurmrestd unreachable they stay pending and go in once it answers again.
+    rest_port = int(slurm_cluster.url.rsplit(":", 1)[1])
+    proxy = CuttingProxy(rest_port)
+    await proxy.start()
+    await proxy.stop()  # nothing listens on proxy.port now: connections are refused
+    settings = settings_for(slurm_cluster, tmp_path, url=f"http://127.0.0.1:{proxy.port}")
+    provider, updates = SlurmProvider(settings), Updates(within=10)
+    await provider.start(updates)
+    spec = LaunchSpec(
+        task_id="task_unreached",
+        organization_id="org_default",
+        config=TaskConfig(name="task_unreached", command="echo late"),
+        placement=Placement("cpu"),
+        argv=["/bin/sh", "-c", "echo late"],
+        env={"VI_FLOW_TASK_ID": "task_unreached"},
+        paths=provider.task_paths("task_unreached"),
+    )
+    server = None
+    try:
+        await provider.recover([RunningTask(spec, TaskStatus.PENDING, None)])
+        waiting = updates.of("task_unreached")
+        assert [(u.status, u.reason) for u in waiting] == [(TaskStatus.PENDING, "Queued")]
+        assert waiting[0].message and "cannot be reached" in waiting[0].message
+        await asyncio.sleep(1)  # a few polls fail; none fails the task
+        assert {u.status for u in updates.of("task_unreached")} == {TaskStatus.PENDING}
+        server = await asyncio.start_server(proxy._handle, "127.0.0.1", proxy.port)
+        done = await ended(updates, "task_unreached")
+        assert figures(done) == (COMPLETED, 0, None, "Completed")
+        assert spec.paths.stdout.read_text() == "late\n"
+    finally:
+        await provider.close()
+        if server is not None:
+            server.close()
+            proxy.cut()
+            await server.wait_closed()

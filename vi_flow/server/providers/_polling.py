@@ -37,6 +37,7 @@ from ..clock import now_ms
 from .base import (
     LaunchSpec,
     ProviderError,
+    ProviderUnavailable,
     RunningTask,
     TaskPaths,
     TaskUpdate,
@@ -44,6 +45,7 @@ from .base import (
     UpdateSink,
     report_to,
 )
+from .local.sandbox import Sandbox
 
 __all__ = ["JobSettings", "PollingJobProvider", "TrackedJob", "own_outcome"]
 
@@ -144,8 +146,15 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         self._nodes_at = -1e9
         self._changed = False  # something was reported since the last pause was chosen
         self._wake = asyncio.Event()  # cut the pause short: a task was submitted
+        self._unreached: dict[str, LaunchSpec] = {}  # to resubmit once the backend answers
+        self._dropped: set[str] = set()  # cancelled while being resubmitted
+        self._resubmitting: str | None = None
+        self.sandbox = Sandbox(None, "this provider runs jobs unsandboxed")
 
     # -- hooks ---------------------------------------------------------------------------
+
+    async def _check_sandbox(self) -> None:
+        """Set ``self.sandbox``, the bubblewrap its jobs run behind (none by default)."""
 
     @abc.abstractmethod
     async def _backend_version(self) -> str:
@@ -183,24 +192,41 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
     async def submit(self, spec: LaunchSpec) -> None:
         """Queue the task as a job and report it ``pending`` (see ``ComputeProvider``)."""
 
+    @abc.abstractmethod
+    async def cancel(self, task_id: str, grace: float) -> None:
+        """Stop the task's job and report it ``cancelled`` (see ``ComputeProvider``); a
+        task still waiting to be resubmitted goes through :meth:`_cancel_unreached`."""
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, sink: UpdateSink) -> None:
         """Remember ``sink``, check that the backend answers (a warning if not), start polling."""
         self._sink = sink
+        await self._check_sandbox()
         try:
             version = await self._backend_version()
             self._logger.info("%s provider on %s (%s)", self._backend, self.settings.url, version)
         except self._backend_error as exc:
             self._logger.warning("%s is not usable yet: %s", self._backend, exc)
-        self._logger.warning(
-            "%s: every organization's jobs run as the one account this server submits as; "
-            "organizations are NOT isolated from each other on this cluster "
-            "(docs/production.md, 'What a task can reach')",
-            self._backend,
-        )
+        self._log_isolation()
         poller = self._poll_forever()
         self._poller = asyncio.create_task(poller, name=f"vi-flow-{self.name}-poller")
+
+    def _log_isolation(self) -> None:
+        if self.sandbox.enabled:
+            self._logger.info(
+                "%s: every job runs in a bubblewrap sandbox on its node: it sees its own "
+                "task directory and volumes, not another task's (docs/production.md)",
+                self._backend,
+            )
+            return
+        self._logger.warning(
+            "%s: every organization's jobs run as the one account this server submits as, "
+            "unsandboxed (%s); organizations are NOT isolated from each other on this "
+            "cluster (docs/production.md, 'What a task can reach')",
+            self._backend,
+            self.sandbox.reason,
+        )
 
     async def close(self) -> None:
         """Stop polling and close the HTTP session; the backend's jobs keep running."""
@@ -232,13 +258,55 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         await self._poll_once()
 
     async def _resubmit(self, spec: LaunchSpec) -> None:
+        """Submit a task again after a restart; while the backend cannot be reached it
+        stays pending and is tried again at each poll (only a refusal fails it)."""
+        task_id = spec.task_id
         try:
             await self.submit(spec)
+        except ProviderUnavailable as exc:
+            if task_id not in self._unreached:
+                message = f"{self._backend} cannot be reached; submitting again: {exc.message}"
+                update = TaskUpdate(task_id, TaskStatus.PENDING, message=message, reason="Queued")
+                await self._report(update)
+            self._unreached[task_id] = spec
+            return
         except ProviderError as exc:
             update = TaskUpdate(
-                spec.task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
+                task_id, TaskStatus.FAILED, reason="SubmitFailed", message=exc.message
             )
             await self._report(update)
+        self._unreached.pop(task_id, None)
+
+    async def _resubmit_unreached(self) -> None:
+        for task_id, spec in list(self._unreached.items()):
+            if task_id not in self._unreached:
+                continue  # cancelled meanwhile
+            self._resubmitting = task_id
+            try:
+                await self._resubmit(spec)
+            finally:
+                self._resubmitting = None
+            if task_id in self._dropped:  # cancelled while its submission was on the way
+                self._dropped.discard(task_id)
+                self._unreached.pop(task_id, None)
+                await self.cancel(task_id, 0)
+
+    async def _cancel_unreached(self, task_id: str) -> bool:
+        """Cancel a task that has not reached the backend yet; False if it is not one."""
+        if self._unreached.pop(task_id, None) is None:
+            return False
+        if task_id == self._resubmitting:
+            self._dropped.add(task_id)
+        await self._report(
+            TaskUpdate(
+                task_id,
+                TaskStatus.CANCELLED,
+                reason="Cancelled",
+                message="cancelled by request",
+                time=now_ms(),
+            )
+        )
+        return True
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -275,6 +343,7 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         pause = self.settings.poll_interval
         while True:
             try:
+                await self._resubmit_unreached()
                 await self._poll_once()
             except Exception:  # the poller must outlive any one bad answer
                 self._logger.exception("%s poll failed", self._backend)

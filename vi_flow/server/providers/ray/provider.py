@@ -246,6 +246,8 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         Raises:
             ProviderUnavailable: The command runs and the dashboard cannot be reached.
         """
+        if await self._cancel_unreached(task_id):
+            return
         tracked = self._tracked.get(task_id)
         if tracked is None:
             return

@@ -59,6 +59,7 @@ from ..base import (
     RunningTask,
     TaskUpdate,
 )
+from ..local.sandbox import job_sandbox
 from .catalog import catalog, placement
 from .rest import (
     JobSubmission,
@@ -99,6 +100,10 @@ _LAUNCH_ERRORS = {
 }
 
 
+def _volumes(spec: LaunchSpec) -> tuple[Path, ...]:
+    return tuple(mount.host_path for mount in spec.mounts)
+
+
 def create(settings: ServerSettings) -> SlurmProvider:
     """Build the provider from the server settings (see :class:`SlurmSettings`)."""
     return SlurmProvider(SlurmSettings.from_server_settings(settings))
@@ -119,6 +124,7 @@ class _Tracked:
     deadline: float | None = None  # epoch seconds when max_run_time runs out
     raw_reason: str | None = "None"  # Slurm's pending reason last reported ("None": none)
     unsent: LaunchSpec | None = None  # Slurm refused it for now: submit again (job_id 0)
+    volumes: tuple[Path, ...] = ()  # what its sandbox shows besides its task directory
 
 
 class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, SlurmError]):
@@ -161,7 +167,15 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     def _recovered(self, task: RunningTask, job_id: str) -> _Tracked:
         spec = task.spec
         env_file = spec.paths.root / ENV_FILE
-        return _Tracked(spec.task_id, int(job_id), task.status, env_file, spec.max_run_time)
+        tracked = _Tracked(spec.task_id, int(job_id), task.status, env_file, spec.max_run_time)
+        tracked.volumes = _volumes(spec)
+        return tracked
+
+    async def _check_sandbox(self) -> None:
+        """Find out, once, whether jobs run in bubblewrap (see :func:`job_sandbox`)."""
+        s = self.settings
+        hidden = (s.tasks_dir, s.volumes_dir, s.token_file.parent)
+        self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
 
     async def _forget_secrets(self, tracked: _Tracked) -> None:
         if tracked.env_file is not None:
@@ -179,11 +193,12 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         job_id = provider_id or (str(tracked.job_id) if tracked else None)
         if not job_id:
             return []
-        workdir = self.task_paths(task_id).workdir
-        prefix = ["srun", f"--jobid={job_id}", "--overlap", "--quiet", f"--chdir={workdir}"]
+        paths = self.task_paths(task_id)
+        prefix = ["srun", f"--jobid={job_id}", "--overlap", "--quiet", f"--chdir={paths.workdir}"]
         if self.settings.slurm_conf:
             prefix = ["env", f"SLURM_CONF={self.settings.slurm_conf}", *prefix]
-        return prefix
+        volumes = tracked.volumes if tracked else ()
+        return prefix + self.sandbox.prefix(paths.root, volumes, paths.workdir)
 
     async def place(self, config: TaskConfig) -> Placement:
         """Resolve a config against the cluster's nodes (see :func:`.catalog.placement`).
@@ -203,6 +218,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         env_file = spec.paths.root / ENV_FILE
         await asyncio.to_thread(self._prepare, spec, env_file)
         tracked = _Tracked(spec.task_id, 0, TaskStatus.PENDING, env_file, spec.max_run_time)
+        tracked.volumes = _volumes(spec)
         try:
             tracked.job_id = await self.rest.submit_job(self._submission(spec, env_file))
         except SlurmNotNowError as exc:
@@ -279,6 +295,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             time_limit_s=spec.max_run_time,
             partition=self.settings.partition,
             reservation=spec.reservation_id,
+            sandbox=tuple(self.sandbox.prefix(spec.paths.root, _volumes(spec), spec.paths.workdir)),
         )
 
     async def cancel(self, task_id: str, grace: float) -> None:
@@ -287,6 +304,8 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         Slurm sends SIGTERM, then SIGKILL after the cluster's ``KillWait``; ``grace`` bounds
         how long this waits for Slurm to confirm. A finished or unknown task is a no-op.
         """
+        if await self._cancel_unreached(task_id):
+            return
         tracked = self._tracked.get(task_id)
         if tracked is None:
             return
