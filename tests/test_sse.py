@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vi_flow._sse import ServerSentEvent, SSEDecoder
+from vi_flow._sse import EVENT_NAMES, ServerSentEvent, SSEDecoder
 
 Event = tuple[str, bytes, "str | None", "int | None"]
 
@@ -18,6 +18,21 @@ def decode(*chunks: bytes) -> list[Event]:
     for chunk in chunks:
         out.extend(decoder.feed(chunk))
     return [tuple(e) for e in out]  # type: ignore[misc]
+
+
+def decode_raw(*chunks: bytes) -> list[Event]:
+    """What ``feed_raw`` gives (raw frames, then events), rebuilt as ``feed`` answers."""
+    decoder = SSEDecoder()
+    out: list[Event] = []
+    for chunk in chunks:
+        frames, events = decoder.feed_raw(chunk)
+        last_id = decoder.id_before
+        for ident, name, data in frames:
+            last_id = ident.decode() if ident else last_id
+            event = EVENT_NAMES.get(name) or name.decode("utf-8", "replace") or "message"
+            out.append((event, data, last_id, decoder.retry_before))
+        out.extend(tuple(e) for e in events)  # type: ignore[misc]
+    return out
 
 
 def reference(stream: bytes) -> list[Event]:
@@ -181,3 +196,4 @@ def test_fast_path_matches_the_rules_under_any_chunking(stream: bytes, cuts: lis
     expected = reference(stream)
     assert decode(stream) == expected
     assert decode(*chunks) == expected
+    assert decode_raw(*chunks) == expected

@@ -85,7 +85,8 @@ class SSEDecoder:
     """
 
     __slots__ = (
-        "_data", "_event", "_head", "_id_before", "_last_id", "_pending", "_retry", "_skip_lf",
+        "_data", "_event", "_head", "_id_before", "_last_id", "_pending", "_retry",
+        "_retry_before", "_skip_lf",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -97,6 +98,7 @@ class SSEDecoder:
         self._last_id: str | None = None
         self._id_before: str | None = None  # the last id before this chunk's raw frames
         self._retry: int | None = None
+        self._retry_before: int | None = None
 
     @property
     def last_event_id(self) -> str | None:
@@ -109,6 +111,11 @@ class SSEDecoder:
         return self._id_before
 
     @property
+    def retry_before(self) -> int | None:
+        """The ``retry:`` value in force for the frames :meth:`feed_raw` last returned."""
+        return self._retry_before
+
+    @property
     def retry(self) -> int | None:
         """The last ``retry:`` value in milliseconds, or ``None``."""
         return self._retry
@@ -118,7 +125,7 @@ class SSEDecoder:
         frames, events = self.feed_raw(chunk)
         if not frames:
             return events
-        out, last_id, retry, names = [], self._id_before, self._retry, EVENT_NAMES
+        out, last_id, retry, names = [], self._id_before, self._retry_before, EVENT_NAMES
         for ident, name, data in frames:
             if ident:
                 last_id = ident.decode()
@@ -141,7 +148,7 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[0] == 10:
                 chunk = chunk[1:]
-        self._id_before = self._last_id
+        self._id_before, self._retry_before = self._last_id, self._retry
         if not chunk:
             return [], []
         if b"\n" not in chunk and b"\r" not in chunk:
