@@ -42,6 +42,12 @@ async def test_failing_task_fails_the_step(server: Server) -> None:
     )
     outcome = (await server.call("POST", f"/flows/{allowed}/execute", json={})).body
     assert outcome["state"] == "completed" and outcome["output"]["exitCode"] == 3
+    assert (outcome["output"]["signal"], outcome["output"]["reason"]) == (None, "NonZeroExit")
+    killed = await server.flow(
+        {"block": "task", "settings": {"command": "kill -9 $$", "allow_failure": True}}
+    )
+    output = (await server.call("POST", f"/flows/{killed}/execute", json={})).body["output"]
+    assert (output["exitCode"], output["signal"], output["reason"]) == (None, 9, "Killed")
 
 
 async def test_task_without_command_fails(server: Server) -> None:

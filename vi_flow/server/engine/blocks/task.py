@@ -6,8 +6,10 @@ in snake_case or camelCase) plus two block options: ``tail_lines`` (log lines ke
 the output, default 50) and ``allow_failure`` (a non-zero exit does not fail the step).
 The task goes through the server's task service, so it is listed under ``/v1/tasks``
 with the run and step ids. Every line it prints becomes a ``log`` event of the step.
-The output is ``{"taskId", "status", "exitCode", "logTail", "artifacts"}`` where
-``artifacts`` lists the files written to ``$VI_FLOW_OUTPUT_DIR`` (``{"path", "size"}``).
+The output is ``{"taskId", "status", "exitCode", "signal", "reason", "logTail",
+"artifacts"}`` where ``exitCode``, ``signal`` and ``reason`` say how the task ended
+(docs/tasks.md, "How a task ended") and ``artifacts`` lists the files written to
+``$VI_FLOW_OUTPUT_DIR`` (``{"path", "size"}``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ async def task_block(ctx: BlockContext) -> Any:
         "taskId": task.task_id,
         "status": task.status.value,
         "exitCode": task.exit_code,
+        "signal": task.signal,
+        "reason": task.reason,
         "logTail": list(tail),
         "artifacts": to_wire(await tasks.output_files(task.task_id)),
     }
