@@ -360,3 +360,30 @@ async def test_the_json_snapshot_does_not_follow_a_link_either(
     snapshot = await server.call("GET", f"/tasks/{task['taskId']}/logs")
     assert snapshot.status == 200 and snapshot.body["lines"] == []
     assert snapshot.body["stdoutSize"] == 0  # not the size of what the link points at
+
+
+@pytest.mark.anyio
+async def test_the_ssh_follow_leaves_a_stalled_link_after_its_keepalives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "ssh")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        ssh_port = free.getsockname()[1]
+    async with cutting_proxy(ssh_port) as proxy, Starter(TaskServer) as starter:
+        settings = ServerSettings(
+            home=tmp_path / "home", ssh_port=ssh_port, ssh_public_port=proxy.port
+        )
+        server = await starter.start(settings)
+        task = await server.submit(command="echo first; sleep 2; echo second")
+        async with vi_flow.AsyncClient(
+            base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
+        ) as client:
+            lines: list[str] = []
+            with anyio.fail_after(25):  # a 15 s keepalive would take 45 s or more
+                async for line in client.follow_logs(task["taskId"]):
+                    lines.append(line)
+                    if line == "first":
+                        proxy.stall()  # open, silent: no byte, no keepalive answer
+    assert lines == ["first", "second"]
+    assert proxy.connections >= 2

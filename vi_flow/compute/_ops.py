@@ -74,6 +74,9 @@ Until = Literal["running", "terminal"]
 
 _FIRST_POLL = 0.05
 _SSH_PROBE_TIMEOUT = 5.0
+# The silence rule of an SSH log follow: a quiet task sends nothing, so the link is probed
+# with keepalives; three unanswered ones (about 10 s) and the follow reconnects.
+SSH_FOLLOW_KEEPALIVE = 2.5
 
 log = logging.getLogger("vi_flow")
 
@@ -314,7 +317,7 @@ async def _ssh_follower(
     async def connector() -> asyncssh.SSHClientConnection:
         nonlocal first
         conn, first = first, None
-        return conn if conn is not None else await connect(target)
+        return conn if conn is not None else await _follow_connection(target)
 
     return LogFollower(
         connector,
@@ -330,15 +333,23 @@ async def _first_connection(
 ) -> asyncssh.SSHClientConnection | None:
     """A connection to ``target``; ``None`` when it does not answer and HTTP may be used."""
     if client.http.connection.settings.log_transport == "ssh":
-        return await connect(target)
+        return await _follow_connection(target)
     import asyncssh
 
     try:
-        return await connect(target, connect_timeout=_SSH_PROBE_TIMEOUT)
+        return await _follow_connection(target, connect_timeout=_SSH_PROBE_TIMEOUT)
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         where = f"{target.host}:{target.port}"
         log.info("ssh %s does not answer (%s); following the logs over HTTP", where, exc)
         return None
+
+
+async def _follow_connection(
+    target: SSHTarget, connect_timeout: float = 30.0
+) -> asyncssh.SSHClientConnection:
+    return await connect(
+        target, connect_timeout=connect_timeout, keepalive_interval=SSH_FOLLOW_KEEPALIVE
+    )
 
 
 def _http_follower(

@@ -222,12 +222,14 @@ def ssh_command_line(target: SSHTarget) -> str:
 
 
 async def connect(
-    target: SSHTarget, *, connect_timeout: float = 30.0
+    target: SSHTarget, *, connect_timeout: float = 30.0, keepalive_interval: float = 15.0
 ) -> asyncssh.SSHClientConnection:
     """Open an SSH connection to ``target`` with its host key pinned.
 
     Only the key at ``target.key_path`` is offered; no agent, no ``~/.ssh/config``,
-    no default keys, and the server must present exactly ``target.host_key``.
+    no default keys, and the server must present exactly ``target.host_key``. After
+    ``keepalive_interval`` seconds of silence a keepalive is sent; three unanswered
+    ones close the connection (a dead link, or a proxy that stopped passing bytes).
 
     Raises:
         asyncssh.HostKeyNotVerifiable: The server presented another host key.
@@ -248,7 +250,8 @@ async def connect(
         gss_host=None,
         preferred_auth="publickey",
         connect_timeout=connect_timeout,
-        keepalive_interval=15,
+        keepalive_interval=keepalive_interval,
+        keepalive_count_max=3,
     )
 
 
