@@ -21,6 +21,7 @@ from aiohttp import web
 
 from tests.providers_kit import Updates
 from vi_flow.models.tasks import TaskConfig, TaskStatus
+from vi_flow.server.providers._exits import PENDING_REASONS, slurm_pending_reason
 from vi_flow.server.providers.base import LaunchSpec
 from vi_flow.server.providers.slurm import SlurmProvider, SlurmSettings
 from vi_flow.server.providers.slurm.rest import (
@@ -236,3 +237,24 @@ async def test_the_provider_reports_the_same_figures_on_v0_0_41(
     finally:
         await provider.close()
     assert all("SECRET=s3" not in json.dumps(body) for body in fake.submitted)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("None", "Queued"),
+        ("Resources", "Resources"),
+        ("Priority", "Priority"),
+        ("PartitionDown", "PartitionDown"),
+        ("PartitionInactive", "PartitionDown"),
+        ("ReqNodeNotAvail, UnavailableNodes:n[1-3]", "ReqNodeNotAvail"),
+        ("JobHeldAdmin", "Held"),
+        ("launch_failed_requeued_held", "Held"),
+        ("QOSMaxCpuPerUserLimit", "Limit"),
+        ("AssocGrpGRES", "Limit"),
+        ("SomethingNew", "Other"),
+    ],
+)
+def test_pending_reasons_map_slurms_words(raw: str, reason: str) -> None:
+    assert slurm_pending_reason(raw) == reason
+    assert reason in PENDING_REASONS

@@ -97,6 +97,7 @@ _SLURM_PENDING: dict[str, str] = {
     "DependencyNeverSatisfied": "Dependency",
     "JobHeldUser": "Held",
     "JobHeldAdmin": "Held",
+    "launch_failed_requeued_held": "Held",  # its launches failed; an admin must release it
     "Reservation": "Reservation",
     "BeginTime": "BeginTime",
 }
