@@ -16,7 +16,7 @@ from typing import Any
 
 from ..models.common import MAX_PAGE_SIZE
 from ..models.events import EVENT_TYPES
-from ..models.limits import MAX_DURATION_HOURS, MAX_ID_LENGTH, MAX_TIME_MS
+from ..models.limits import MAX_DURATION_HOURS, MAX_INT, MAX_TIME_MS
 
 __all__ = [
     "ANSWER_HEADERS",
@@ -27,7 +27,9 @@ __all__ = [
     "REQUEST_HEADERS",
     "REQUEST_ID",
     "RUN_EVENTS",
+    "VERSION",
     "add_links",
+    "chosen_id",
     "operation_id",
     "sse_schema",
 ]
@@ -65,6 +67,20 @@ def _number(low: float, high: float) -> dict[str, Any]:
     return {"type": "number", "minimum": low, "maximum": high}
 
 
+def chosen_id(prefix: str) -> dict[str, Any]:
+    """The schema of an id a client may choose: ``<prefix>_`` and up to 64 more characters."""
+    return {"type": "string", "pattern": f"^{prefix}_[A-Za-z0-9_-]{{1,64}}$"}
+
+
+VERSION: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+        {"type": "string", "enum": ["draft", "production"]},
+    ]
+}
+"""A flow version: a published number, ``draft`` or ``production``."""
+
+
 PAGE_PARAMS = [
     _query("pageSize", _int(1, MAX_PAGE_SIZE), "Items per page."),
     _query("pageToken", _STR, "The `nextPage` token of the previous page."),
@@ -83,9 +99,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "A nonce: the answer's `proof` shows which server answered.",
         )
     ],
-    ("POST", "/v1/flows"): [
-        _query("flowId", {"type": "string", "maxLength": MAX_ID_LENGTH}, "Choose the flow's id.")
-    ],
+    ("POST", "/v1/flows"): [_query("flowId", chosen_id("flow"), "Choose the flow's id.")],
     ("GET", "/v1/runs"): [
         _query("flowId", _STR, "Only runs of this flow."),
         _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),

@@ -210,7 +210,9 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("PUT", "/v1/flows/{flowId}"): _Route(body=FlowSpec, answer=Flow),
     ("DELETE", "/v1/flows/{flowId}"): _Route(answer=DeletedFlow),
     ("POST", "/v1/flows/{flowId}/publish"): _Route(answer=_obj(version=_INT)),
-    ("POST", "/v1/flows/{flowId}/promote"): _Route(body=_obj(version=_INT), answer=Flow),
+    ("POST", "/v1/flows/{flowId}/promote"): _Route(
+        body={**_obj(version=parts.VERSION["anyOf"][0]), "required": ["version"]}, answer=Flow
+    ),
     ("POST", "/v1/flows/{flowId}/execute"): _Route(body=ExecuteRequest, answer=ExecutionOutcome),
     ("POST", "/v1/flows/{flowId}/events"): _Route(
         body=ExecuteRequest, media=_SSE, events=parts.RUN_EVENTS
@@ -220,7 +222,16 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ),
     ("GET", "/v1/runs"): _Route(answer=Run, paged=True),
     ("POST", "/v1/runs"): _Route(
-        body=_obj(flowId=_STR, runId=_STR, version={}, message=_STR, parameters={}),
+        body={
+            **_obj(
+                flowId=_STR,
+                runId=parts.chosen_id("run"),
+                version=parts.VERSION,
+                message=_STR,
+                parameters={"type": "object"},
+            ),
+            "required": ["flowId"],
+        },
         answer=Run,
         status=201,
     ),
