@@ -17,8 +17,9 @@ from typing import Any
 
 import aiohttp
 import attrs
-import orjson
 from typing_extensions import Self
+
+from .._wire import build_records, parse_json
 
 __all__ = [
     "TERMINAL_STATES",
@@ -227,7 +228,9 @@ class RayJobsClient:
         answer = await self._call("GET", "/api/v0/nodes?limit=10000")
         items = answer.get("data", {}).get("result", {}).get("result") or []
         usage = await self._usage()
-        return [RayNode.from_api(item, usage.get(item.get("node_id"), {})) for item in items]
+        return await build_records(
+            lambda item: RayNode.from_api(item, usage.get(item.get("node_id"), {})), items
+        )
 
     async def _usage(self) -> Mapping[str, Any]:
         """Resources in use by node id, ``{"GPU": [used, total], ...}`` (empty if unknown)."""
@@ -257,17 +260,13 @@ class RayJobsClient:
             raise RayConnectionError(
                 f"cannot reach the Ray dashboard at {self.url} ({what}): {exc}"
             ) from None
-        return self._decode(raw, status, what)
-
-    def _decode(self, raw: bytes, status: int, what: str) -> dict[str, Any]:
         if status >= 400:
             raise self._error(raw, status, what)
-        try:
-            answer = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
+        answer = await parse_json(raw)
+        if answer is None:
             raise RayConnectionError(
                 f"the Ray dashboard at {self.url} answered {what} with HTTP {status}, not JSON"
-            ) from None
+            )
         return answer if isinstance(answer, dict) else {"items": answer}
 
     def _error(self, raw: bytes, status: int, what: str) -> RayError:

@@ -239,7 +239,9 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         if not first and tracked.raw_reason == raw:
             return
         tracked.raw_reason = raw
-        reason = "PartitionDown" if exc.errno in (2015, 2070) else "ReqNodeNotAvail"
+        reason = {2015: "PartitionDown", 2070: "PartitionDown", 2016: "Resources"}.get(
+            exc.errno or 0, "ReqNodeNotAvail"
+        )
         await self._report(
             TaskUpdate(
                 spec.task_id,

@@ -24,13 +24,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import aiohttp
-import anyio
 import orjson
 from typing_extensions import Self
 
+from .._wire import build_records, parse_json
 from .jobs import (
     BASE_ENV,
     JobSubmission,
@@ -72,11 +72,6 @@ logger = logging.getLogger("vi_flow.server.slurm")
 #: REST versions this module speaks, best first (:mod:`.jobs` adapts the shapes): Slurm
 #: 22.05 (Debian's) offers v0.0.37/38, 23.11 v0.0.40, 24.05 v0.0.41, 24.11 v0.0.42.
 KNOWN_VERSIONS: tuple[str, ...] = ("v0.0.42", "v0.0.41", "v0.0.40", "v0.0.38", "v0.0.37")
-#: Answers bigger than this are parsed in a thread (orjson holds the GIL while it parses,
-#: about 5 ms a MB, but the loop runs between the read and the records being built).
-DECODE_IN_THREAD_FROM = 64 * 1024
-
-T = TypeVar("T")
 _VERSION_IN_PATH = re.compile(r"^/slurm/(v\d+\.\d+\.\d+)/")
 _TOKEN_CACHE_S = 10.0
 
@@ -167,31 +162,6 @@ def _token_expiry(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, int | float) else None
-
-
-#: From this many items on, a list's records are built in a thread.
-RECORDS_IN_THREAD_FROM = 200
-
-
-async def _records(build: Callable[[Any], T], items: list[Any]) -> list[T]:
-    """``build`` of each item; a long list is built off the event loop."""
-    if len(items) >= RECORDS_IN_THREAD_FROM:
-        return await anyio.to_thread.run_sync(lambda: [build(item) for item in items])
-    return [build(item) for item in items]
-
-
-async def _parse(raw: bytes) -> Any:
-    """The JSON in ``raw`` (None if it is not JSON); a big answer is parsed in a thread."""
-    if len(raw) >= DECODE_IN_THREAD_FROM:
-        return await anyio.to_thread.run_sync(_loads, raw)
-    return _loads(raw)
-
-
-def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _read_token(path: Path) -> str:
@@ -351,7 +321,7 @@ class SlurmRestClient:
     async def list_jobs(self) -> list[SlurmJob]:
         """Every job the controller still knows (finished ones until ``MinJobAge``)."""
         answer = await self._call("GET", "/jobs")
-        return await _records(SlurmJob.from_rest, answer.get("jobs") or [])
+        return await build_records(SlurmJob.from_rest, answer.get("jobs") or [])
 
     async def cancel_job(self, job_id: int) -> None:
         """Cancel a pending or running job; cancelling a finished job is a no-op.
@@ -368,7 +338,7 @@ class SlurmRestClient:
     async def list_nodes(self) -> list[SlurmNode]:
         """Every node with its CPUs, memory, GPUs by type and state."""
         answer = await self._call("GET", "/nodes")
-        return await _records(SlurmNode.from_rest, answer.get("nodes") or [])
+        return await build_records(SlurmNode.from_rest, answer.get("nodes") or [])
 
     async def list_reservations(self) -> list[SlurmReservation]:
         """Every reservation the cluster has."""
@@ -451,7 +421,7 @@ class SlurmRestClient:
                 f"cannot reach slurmrestd at {self.url} ({what}): {exc}"
             ) from exc
         logger.debug("%s -> %s (%d bytes)", what, status, len(raw))
-        return self._decode(await _parse(raw), status, what)
+        return self._decode(await parse_json(raw), status, what)
 
     def _decode(self, answer: Any, status: int, what: str) -> dict[str, Any]:
         if status in (401, 403):
