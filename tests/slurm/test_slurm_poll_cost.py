@@ -46,6 +46,7 @@ def foreign_jobs(slurm_cluster: SlurmCluster) -> Iterator[int]:
         slurm_cluster.run("scancel", "-u", "nobody", "-n", FOREIGN_NAME)
 
 
+@pytest.mark.timeout(300)  # 2,000 sbatch calls first, then 25 s of watching
 async def test_ten_watched_tasks_cost_little_beside_2000_foreign_jobs(
     slurm_cluster: SlurmCluster, tmp_path: Path, foreign_jobs: int
 ) -> None:
