@@ -30,7 +30,18 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Sandbox", "allowed_environment", "check_executable", "detect_sandbox"]
+__all__ = [
+    "JOB_SANDBOX_ENV",
+    "Sandbox",
+    "allowed_environment",
+    "check_executable",
+    "detect_sandbox",
+    "job_sandbox",
+]
+
+#: ``0`` turns off the sandbox of Slurm and Ray jobs (they then run as the submitting
+#: account sees fit, and organizations are not isolated from each other there).
+JOB_SANDBOX_ENV = "VI_FLOW_JOB_SANDBOX"
 
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_DIRS = ("/usr", "/etc", "/opt")
@@ -199,3 +210,23 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         detail = done.stderr.decode(errors="replace").strip() or f"status {done.returncode}"
         return Sandbox(None, f"bwrap cannot create namespaces here: {detail}")
     return sandbox
+
+
+def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
+    """The sandbox of cluster jobs (Slurm, Ray): bubblewrap, found by name on each node.
+
+    A job's sandbox shows what a local task's does (the system, the server's Python where
+    a node has it at the same path, its own task directory and volumes, a private
+    ``/tmp``, its own PID namespace); ``hidden`` (the directories
+    of every task and volume, the server's files) is covered should it lie under a
+    system directory. It is used when ``bwrap`` works on the server's host (checked
+    here, blocking: run in a thread), unless ``VI_FLOW_JOB_SANDBOX=0``; a node without
+    ``bwrap`` then fails the job with a message saying so.
+    """
+    if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
+        return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)")
+    shown = sorted({Path(p).resolve() for p in hidden})
+    detected = detect_sandbox(shown[0] if shown else Path("/nonexistent"), {})
+    if not detected.enabled:
+        return detected
+    return Sandbox("bwrap", read_only=detected.read_only, hidden=tuple(shown))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -54,8 +55,14 @@ EXIT_FILE = ".vi-flow-exit"
 REVOKED_EXIT = 0
 
 
-def entrypoint(spec: LaunchSpec) -> str:
-    """The ``/bin/sh`` command line Ray runs for ``spec`` (every path quoted)."""
+def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
+    """The ``/bin/sh`` command line Ray runs for ``spec`` (every path quoted).
+
+    Args:
+        spec: The task.
+        sandbox: The bubblewrap argv (ending in ``--``) the command runs behind; a node
+            without ``bwrap`` then fails the task saying so. Empty: no sandbox.
+    """
     paths = spec.paths
     root = paths.root
 
@@ -74,12 +81,24 @@ def entrypoint(spec: LaunchSpec) -> str:
         f'printf "%s\\n" "${{CUDA_VISIBLE_DEVICES-}}" > {q(root / STARTED_FILE)}',
         f". {claimed}; rm -f {claimed}",
         '[ -z "${stopped-}" ] || exit 143',
-        f"{shlex.join(spec.argv)} >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
+        *_sandbox_check(sandbox, q(paths.stderr)),
+        f"{shlex.join([*sandbox, *spec.argv])} >> {q(paths.stdout)} 2>> {q(paths.stderr)}"
+        " < /dev/null",
         "rc=$?",
         f'printf "%s\\n" "$rc" > {q(root / EXIT_FILE)}',
         'exit "$rc"',
     ]
     return "\n".join(lines)
+
+
+def _sandbox_check(sandbox: Sequence[str], stderr: str) -> list[str]:
+    if not sandbox:
+        return []
+    message = (
+        "vi_flow: bwrap (bubblewrap) is not installed on $(hostname);"
+        " this server runs every job in a sandbox"
+    )
+    return [f'command -v bwrap >/dev/null || {{ echo "{message}" >> {stderr}; exit 127; }}']
 
 
 def prepare(spec: LaunchSpec) -> None:

@@ -64,6 +64,7 @@ from ..base import (
     TaskUpdate,
     UnsupportedOperation,
 )
+from ..local.sandbox import job_sandbox
 from .api import (
     RayAuthError,
     RayConnectionError,
@@ -163,6 +164,16 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
     async def _close_client(self) -> None:
         await self.api.aclose()
 
+    async def _check_sandbox(self) -> None:
+        """Find out, once, whether jobs run in bubblewrap (see :func:`job_sandbox`)."""
+        s = self.settings
+        hidden = [s.tasks_dir, s.volumes_dir] + ([s.token_file.parent] if s.token_file else [])
+        self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
+
+    def _sandbox_argv(self, spec: LaunchSpec) -> list[str]:
+        volumes = [mount.host_path for mount in spec.mounts]
+        return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir)
+
     def _recovered(self, task: RunningTask, job_id: str) -> _Tracked:
         spec = task.spec
         return _Tracked(spec.task_id, job_id, spec.paths, task.status, spec.max_run_time)
@@ -213,7 +224,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         """The ``POST /api/jobs/`` body: resources and ids only, never the environment."""
         place = spec.placement
         body: dict[str, Any] = {
-            "entrypoint": entrypoint(spec),
+            "entrypoint": entrypoint(spec, self._sandbox_argv(spec)),
             "submission_id": spec.task_id,
             "entrypoint_num_cpus": place.cpus,
             "metadata": {

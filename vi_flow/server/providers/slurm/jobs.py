@@ -193,6 +193,22 @@ def _time(value: Any) -> float | None:
     return float(seconds) if seconds else None
 
 
+#: A node without bubblewrap fails the job, saying so, rather than run it unsandboxed.
+_SANDBOX_CHECK = (
+    "if ! command -v bwrap >/dev/null; then",
+    '  echo "vi-flow: bwrap (bubblewrap) is not installed on $(hostname); this server runs'
+    ' every job in a sandbox" >&2; exit 127',
+    "fi",
+)
+#: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
+#: Slurm reports the signal as it would without the sandbox.
+_SANDBOX_EXIT = (
+    "status=$?",
+    'if [ "$status" -gt 128 ] && [ "$status" -le 192 ]; then kill -$((status - 128)) $$; fi',
+    'exit "$status"',
+)
+
+
 @attrs.frozen
 class JobSubmission:
     """What to run as one Slurm batch job.
@@ -213,6 +229,8 @@ class JobSubmission:
         time_limit_s: Wall-clock limit; Slurm rounds it up to whole minutes.
         partition: The partition, or None for the cluster's default.
         reservation: A reservation to run in, or None.
+        sandbox: The bubblewrap argv (ending in ``--``) the command runs behind, so the
+            job sees only its own task directory and volumes; empty for none.
     """
 
     name: str
@@ -229,15 +247,21 @@ class JobSubmission:
     time_limit_s: float | None = None
     partition: str | None = None
     reservation: str | None = None
+    sandbox: tuple[str, ...] = ()
 
     def script(self) -> str:
-        """The batch script: load and delete the secret file, then run the command."""
+        """The batch script: load and delete the secret file, then run the command (in
+        its sandbox, if any)."""
         lines = ["#!/bin/bash"]
         if self.secret_file:
             quoted = shlex.quote(self.secret_file)
             lines.append(f"if [ -f {quoted} ]; then . {quoted}; rm -f {quoted}; fi")
         lines.append(f"cd {shlex.quote(self.working_dir)} || exit 127")
-        lines.append(f"exec /bin/bash -c {shlex.quote(self.command)}")
+        run = f"/bin/bash -c {shlex.quote(self.command)}"
+        if not self.sandbox:
+            lines.append(f"exec {run}")
+            return "\n".join(lines) + "\n"
+        lines += [*_SANDBOX_CHECK, f"{shlex.join(self.sandbox)} {run}", *_SANDBOX_EXIT]
         return "\n".join(lines) + "\n"
 
     def body(self, version: str = "v0.0.38") -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""On Slurm, a job sees its own task directory and volumes, not another organization's.
+
+Every job of this one-host cluster runs as the one account the server submits as (root
+here), so file modes cannot keep organizations apart: the batch script runs the command
+in a bubblewrap sandbox on the node, and shells (``srun --jobid``) enter the same one.
+Organization B's job holds a secret file and a secret environment value; organization
+A's job and A's shell try to read them, and every other task's directory, and fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import vi_flow
+from vi_flow.models.tasks import TaskStatus
+
+pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
+
+SECRET = "b-secret-token-5e1f"
+
+# Prints LEAK for every secret it could reach; ends with "probed".
+_PROBE = r"""
+tasks="$VI_FLOW_WORKSPACE/../.."
+ls "$tasks" 2>/dev/null | grep -vx "$VI_FLOW_TASK_ID" | sed 's/^/LEAK task /'
+for p in "$tasks/{victim}/workspace/secret.txt" "$tasks/{victim}/.vi-flow-env" {volume}/secret.txt; do
+  if cat "$p" >/dev/null 2>&1; then echo "LEAK $p"; fi
+done
+grep -l {secret} /proc/[0-9]*/environ 2>/dev/null | sed 's/^/LEAK environ /'
+echo probed
+"""
+
+
+@pytest.fixture
+async def client(slurm_server: object) -> AsyncIterator[vi_flow.AsyncClient]:
+    async with vi_flow.AsyncClient() as c:
+        yield c
+
+
+async def _organization_b(client: Any) -> vi_flow.AsyncClient:
+    org = await client.http.request("POST", "/organizations", json={"name": "b"})
+    token = await client.tokens.create("b", organization_id=org["organizationId"])
+    base_url = (await client.http.connection.endpoint()).base_url
+    return vi_flow.AsyncClient(base_url=base_url, api_key=token.token)
+
+
+async def test_a_job_and_a_shell_reach_nothing_of_another_organization(client: Any) -> None:
+    async with await _organization_b(client) as b:
+        volume = await b.create_volume(1, name="theirs", interface="file")
+        assert volume.path  # where the volume lives on the cluster's shared storage
+        victim = await b.run(
+            f"echo {SECRET} > secret.txt; echo {SECRET} > data/secret.txt; sleep 60",
+            env={"HF_TOKEN": SECRET},
+            mounts={"/data": "volume://theirs"},
+            wait=True,
+        )
+        probe = _PROBE.format(victim=victim.task_id, volume=volume.path, secret=SECRET)
+        try:
+            task = await client.run(probe)
+            assert await task.wait(timeout=20) == TaskStatus.COMPLETED
+            out = await task.logs()
+            assert "probed" in out, out
+            assert [line for line in out.splitlines() if "LEAK" in line] == []
+            holder = await client.run("sleep 60", wait=True)
+            shell = await client.shell(holder.task_id, command=probe)
+            assert "probed" in shell.stdout, shell.stderr
+            assert [line for line in shell.stdout.splitlines() if "LEAK" in line] == []
+            await client.cancel(holder.task_id)
+        finally:
+            await b.cancel(victim.task_id)
