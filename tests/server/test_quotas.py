@@ -112,3 +112,37 @@ async def test_racing_reservations_stay_within_the_quota(
     answers = await asyncio.gather(*(server.call("POST", "/reservations", json=b) for b in bodies))
     assert sorted(a.status for a in answers) == [201] * 3 + [422] * 5
     assert len((await server.call("GET", "/reservations")).body["items"]) == 3
+
+
+async def test_events_per_run_fail_the_step_that_logs_past_them(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_EVENTS_PER_RUN", "50")
+    server = await start_server()
+    blocks = [{"block": "emit", "id": "flood", "settings": {"count": 10**12}}]
+    flow = (await server.call("POST", "/flows", json={"name": "f", "blocks": blocks})).body
+    outcome = (await server.call("POST", f"/flows/{flow['flowId']}/execute", json={})).body
+    assert outcome["status"] == "Failed" and outcome["failedStep"] == "flood", outcome
+    assert (
+        "events_per_run" in outcome["error"] and "VI_FLOW_QUOTA_EVENTS_PER_RUN" in outcome["error"]
+    )
+    events = await server.call("GET", f"/runs/{outcome['executionId']}/events")
+    kinds = [line for line in events.raw.decode().splitlines() if line.startswith("event:")]
+    assert kinds[-1] == "event: flow_completed" and len(kinds) <= 50 + 3  # + the failure
+    small = [{"block": "emit", "settings": {"count": 10}}]
+    fine = (await server.call("POST", "/flows", json={"name": "s", "blocks": small})).body
+    done = (await server.call("POST", f"/flows/{fine['flowId']}/execute", json={})).body
+    assert done["status"] == "Succeeded", done  # another run has its own quota
+
+
+async def test_a_task_step_logging_past_the_events_quota_fails_and_its_task_stops(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VI_FLOW_QUOTA_EVENTS_PER_RUN", "40")
+    server = await start_server()
+    blocks = [{"block": "task", "id": "chatty", "settings": {"command": "yes"}}]
+    flow = (await server.call("POST", "/flows", json={"name": "t", "blocks": blocks})).body
+    outcome = (await server.call("POST", f"/flows/{flow['flowId']}/execute", json={})).body
+    assert outcome["status"] == "Failed" and "events_per_run" in outcome["error"], outcome
+    tasks = (await server.call("GET", "/tasks")).body["items"]
+    assert [t["status"] for t in tasks] == ["cancelled"], tasks  # not left running

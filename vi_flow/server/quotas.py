@@ -12,7 +12,10 @@ quota on what is held (reservations) is ``422``: only cancelling one frees it.
   or active);
 - ``reserved_cpus`` and ``reserved_gpus``: the CPUs and GPUs those reservations hold
   together;
-- ``pending_tasks``: tasks of an organization waiting to start.
+- ``pending_tasks``: tasks of an organization waiting to start;
+- ``events_per_run``: events one run holds (steps, and the ``log`` lines blocks and
+  tasks write): a step whose logging would pass it fails with a message naming the
+  quota, so one run cannot fill the server's disk.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ class Quotas:
         reserved_cpus: CPUs those reservations hold together.
         reserved_gpus: GPUs those reservations hold together.
         pending_tasks: Tasks waiting to start per organization.
+        events_per_run: Events one run may hold: a step logging past it fails.
     """
 
     reservations: int | None = attrs.field(default=100, converter=_limit)
     reserved_cpus: int | None = attrs.field(default=None, converter=_limit)
     reserved_gpus: int | None = attrs.field(default=None, converter=_limit)
     pending_tasks: int | None = attrs.field(default=1000, converter=_limit)
+    events_per_run: int | None = attrs.field(default=1_000_000, converter=_limit)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Quotas:

@@ -182,7 +182,7 @@ class Engine:
     def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
         self.settings = settings
-        self.log = EventLog(store)
+        self.log = EventLog(store, max_events=settings.quotas.events_per_run)
         self.registry = BlockRegistry()
         self._session: aiohttp.ClientSession | None = None
         self.executor = Executor(store, settings, self.log, self.registry, self._http)

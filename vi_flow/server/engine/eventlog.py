@@ -23,11 +23,11 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
-from ...models.events import FlowCompleted, StreamEvent, ToolCallsRequired
+from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
 from ..clock import now_ms
 from .frames import encoder, frame, log_layout
 
-__all__ = ["SCHEMA", "Database", "EventLog", "RunChannel", "frame"]
+__all__ = ["SCHEMA", "Database", "EventLog", "EventQuotaExceeded", "RunChannel", "frame"]
 
 T = TypeVar("T")
 log = logging.getLogger("vi_flow.server.engine")
@@ -201,6 +201,19 @@ def _read(conn: sqlite3.Connection, run_id: str, after: int) -> tuple[bytes, int
     return b"".join([first, *(bytes(r[2]) for r in rows[1:])]), int(rows[-1][1])
 
 
+class EventQuotaExceeded(Exception):
+    """A run's ``log`` events would pass the ``events_per_run`` quota.
+
+    The step that logs fails with this message (the run's other events are written).
+    """
+
+    def __init__(self, held: int, count: int, limit: int) -> None:
+        super().__init__(
+            f"events_per_run: {count} more log events would make {held + count} events for "
+            f"this run, over its quota of {limit} (the server's VI_FLOW_QUOTA_EVENTS_PER_RUN)"
+        )
+
+
 class EventLog:
     """Appends events durably and fans them out to live readers.
 
@@ -210,10 +223,21 @@ class EventLog:
             at once, and whatever is appended while a write is in flight goes in the
             next one, so batches grow with the load and nobody waits on a timer).
         max_pending: Queued events at which appenders wait for the writer.
+        max_events: The events one run may hold (the ``events_per_run`` quota; ``None``:
+            no limit). A ``log`` event past it raises :class:`EventQuotaExceeded`, which
+            fails the step that logs; the events that end the run are always written.
     """
 
-    def __init__(self, db: Database, *, window: float = 0.0, max_pending: int = 20000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        window: float = 0.0,
+        max_pending: int = 20000,
+        max_events: int | None = None,
+    ) -> None:
         self._db = db
+        self.max_events = max_events
         self._window = window
         self._max_pending = max_pending
         self._channels: dict[str, RunChannel] = {}
@@ -290,6 +314,8 @@ class EventLog:
         too many events are queued.
         """
         channel = self._channels.get(run_id) or await self.channel(run_id)
+        if cls is LogLine:
+            self._check_room(channel, 1)
         event_id = self._queue(channel, cls, fields)
         if self._queued >= self._max_pending:
             # keep the writer busy: wait for the batch in flight, not for this one
@@ -342,6 +368,7 @@ class EventLog:
             raise RuntimeError("the event log is closed")
         if not lines:
             return
+        self._check_room(channel, len(lines))
         layout, first, now = log_layout(run_id, step_id, stream), channel.next_id, now_ms()
         channel.next_id += len(lines)
         queued = self._pending.get(run_id)
@@ -354,6 +381,12 @@ class EventLog:
         self._queued += len(lines)
         if self._queued >= self._max_pending:
             await self._written_up_to(self._appended - self._max_pending)
+
+    def _check_room(self, channel: RunChannel, count: int) -> None:
+        """Refuse ``count`` more ``log`` events past the run's ``events_per_run`` quota."""
+        held = channel.next_id - 1
+        if self.max_events is not None and held + count > self.max_events:
+            raise EventQuotaExceeded(held, count, self.max_events)
 
     async def sync(self) -> None:
         """Wait until every event appended so far is committed and published."""

@@ -21,6 +21,7 @@ from ....models._base import to_wire
 from ....models.limits import check_relative_path
 from ....models.tasks import TaskConfig, TaskStatus
 from ...errors import APIProblem
+from ..eventlog import EventQuotaExceeded
 from .base import BlockContext, StepError
 
 __all__ = ["task_block"]
@@ -59,9 +60,13 @@ async def task_block(ctx: BlockContext) -> Any:
     except APIProblem as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc.message}", exc.code) from exc
     tail: collections.deque[str] = collections.deque(maxlen=int(ctx.setting("tail_lines", 50)))
-    async for stream, line in tasks.follow(task.task_id):
-        tail.append(line)
-        await ctx.log(line, stream)
+    try:
+        async for stream, line in tasks.follow(task.task_id):
+            tail.append(line)
+            await ctx.log(line, stream)
+    except EventQuotaExceeded:
+        await tasks.cancel(task.task_id)  # its logs have nowhere to go: stop it
+        raise
     task = await tasks.get(task.task_id)
     output = {
         "taskId": task.task_id,
