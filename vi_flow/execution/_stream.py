@@ -102,16 +102,20 @@ class ResumableEventStream:
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
                     async for chunk in read_chunks(resp):
-                        for event in self._parse(*decoder.feed_raw(chunk), decoder.id_before):
-                            progressed = True
+                        batch = self._parse(*decoder.feed_raw(chunk), decoder.id_before)
+                        self._retry_ms = decoder.retry
+                        if not batch:
+                            continue
+                        progressed = True
+                        end = batch.pop() if type(batch[-1]) is FlowCompleted else None
+                        for event in batch:  # the hot loop: one check, one yield
                             if hook is not None and type(event) is ToolCallsRequired:
                                 await _not_a_drop(hook(event))
-                            if type(event) is FlowCompleted:
-                                self.finished = True
-                                yield event
-                                return
                             yield event
-                        self._retry_ms = decoder.retry
+                        if end is not None:
+                            self.finished = True
+                            yield end
+                            return
             except _HookError as wrapped:
                 raise wrapped.error from wrapped.error.__cause__
             except STREAM_ERRORS as exc:
@@ -131,8 +135,30 @@ class ResumableEventStream:
         """Parse a chunk's events, dropping those already yielded before a reconnect.
 
         ``frames`` (raw, canonical) come before ``batch`` (decoded); a frame without an
-        id has the last id before it, as the SSE rules say.
+        id has the last id before it, as the SSE rules say. The list ends at the first
+        ``flow_completed``: nothing after it belongs to the run.
         """
+        events = self._parse_frames(frames, id_before)
+        if events and type(events[-1]) is FlowCompleted:
+            batch = []
+        last = self.last_event_id
+        for name, data, sse_id, _ in batch:
+            event_id = _int_id(sse_id)
+            if event_id is not None:
+                if last is not None and event_id <= last:
+                    continue
+                last = event_id
+            event = parse_event(name, data, event_id)
+            events.append(event)
+            if type(event) is FlowCompleted:
+                break
+        self.last_event_id = last
+        if self.execution_id is None and events:
+            self.execution_id = events[0].execution_id or None
+        return events
+
+    def _parse_frames(self, frames: list[RawFrame], id_before: str | None) -> list[StreamEvent]:
+        """The raw frames' events (sets ``last_event_id``); stops after ``flow_completed``."""
         events: list[StreamEvent] = []
         last, carried, names = self.last_event_id, _int_id(id_before), EVENT_NAMES
         for ident, wire_name, data in frames:
@@ -143,17 +169,11 @@ class ResumableEventStream:
                     continue
                 last = event_id
             kind = names.get(wire_name) or wire_name.decode("utf-8", "replace") or "message"
-            events.append(parse_event(kind, data, event_id))
-        for name, data, sse_id, _ in batch:
-            event_id = _int_id(sse_id)
-            if event_id is not None:
-                if last is not None and event_id <= last:
-                    continue
-                last = event_id
-            events.append(parse_event(name, data, event_id))
+            event = parse_event(kind, data, event_id)
+            events.append(event)
+            if type(event) is FlowCompleted:
+                break
         self.last_event_id = last
-        if self.execution_id is None and events:
-            self.execution_id = events[0].execution_id or None
         return events
 
     def _learn_execution_id(self, resp: aiohttp.ClientResponse) -> None:

@@ -12,8 +12,9 @@ without detailed validation, and JSON goes through orjson.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import attrs
 import orjson
@@ -126,8 +127,35 @@ class ToolResult:
 # --------------------------------------------------------------------------- events
 
 
+class _Deferred:
+    """Lets an event parsed from the wire fill its fields on first use.
+
+    :func:`parse_event` gives events whose fields are all plain JSON values (``log``,
+    ``step_started``...) only their decoded data in ``_wire``; the first read of any
+    other field fills them all from it, exactly as an eager parse would (those fields
+    cannot fail to structure, and the one required key is checked up front). A reader
+    that only counts events, or looks at their type and id, never pays for the rest.
+    """
+
+    __slots__ = ("_wire",)
+
+    if not TYPE_CHECKING:  # for mypy, events have their declared fields only
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                wire = object.__getattribute__(self, "_wire")
+            except AttributeError:
+                raise AttributeError(
+                    f"{type(self).__name__!r} object has no attribute {name!r}"
+                ) from None
+            _FILL[type(self)](self, wire)
+            with contextlib.suppress(AttributeError):  # another thread filled it first
+                _Deferred._wire.__delete__(self)
+            return object.__getattribute__(self, name)
+
+
 @attrs.frozen(kw_only=True)
-class BaseEvent:
+class BaseEvent(_Deferred):
     """Fields every event carries.
 
     Attributes:
@@ -446,7 +474,7 @@ def _build_structure(cls: type[Any]) -> _Structure:
     ``KeyError``.
     """
     env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = ["def structure(o):", "    obj = _new(_cls)"]
+    lines = ["def fill(obj, o):"]
     for i, a in enumerate(attrs.fields(cls)):
         wire = camel(a.name)
         env[f"_set{i}"] = _slot_setter(cls, a.name)
@@ -460,8 +488,9 @@ def _build_structure(cls: type[Any]) -> _Structure:
             value = f"o.get({wire!r}, _default{i})"
         value = _wrap(env, i, a, value)
         lines.append(f"    _set{i}(obj, {value})")
-    lines.append("    return obj")
+    lines += ["def structure(o):", "    obj = _new(_cls)", "    fill(obj, o)", "    return obj"]
     exec("\n".join(lines), env)  # generated from our own field names only
+    _FILL[cls] = env["fill"]
     fn: _Structure = env["structure"]
     return fn
 
@@ -491,9 +520,19 @@ def _resolved(cls: type[Any]) -> type[Any]:
     return cls
 
 
+_FILL: dict[type[Any], Callable[[Any, dict[str, Any]], None]] = {}
 _STRUCTURE: dict[str, _Structure] = {
     name: _build_structure(_resolved(cls)) for name, cls in EVENT_TYPES.items()
 }
+# Classes whose fields are all plain JSON values: nothing but a missing executionId can
+# make them fail to structure, so parse_event defers the rest (see _Deferred).
+_DEFERRED: dict[str, type[Any]] = {
+    name: cls for name, cls in EVENT_TYPES.items()
+    if all(a.type in _PASS_THROUGH and a.converter is None for a in attrs.fields(cls))
+}  # fmt: skip
+_new_event = object.__new__
+_set_event_id = BaseEvent.__dict__["event_id"].__set__
+_set_wire = _Deferred.__dict__["_wire"].__set__
 
 
 def _unknown(event_type: str, data: Any, event_id: int | None) -> UnknownEvent:
@@ -530,8 +569,15 @@ def parse_event(event_type: str, data: bytes | str, event_id: int | None = None)
         return _unknown(event_type, payload, event_id)
     if event_id is not None:
         payload["eventId"] = event_id
+    deferred = _DEFERRED.get(event_type)
+    if deferred is not None and "executionId" in payload:
+        event: StreamEvent = _new_event(deferred)
+        if event_id is not None:
+            _set_event_id(event, event_id)
+        _set_wire(event, payload)
+        return event
     try:
-        event: StreamEvent = structure(payload)
+        event = structure(payload)
     except (KeyError, TypeError, ValueError, AttributeError, BaseValidationError):
         return _unknown(event_type, payload, event_id)
     return event
