@@ -63,7 +63,7 @@ class Quotas:
     reserved_cpus: int | None = attrs.field(default=None, converter=_limit)
     reserved_gpus: int | None = attrs.field(default=None, converter=_limit)
     pending_tasks: int | None = attrs.field(default=1000, converter=_limit)
-    events_per_run: int | None = attrs.field(default=1_000_000, converter=_limit)
+    events_per_run: int | None = attrs.field(default=5_000_000, converter=_limit)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Quotas:
