@@ -14,13 +14,16 @@ Screenshots go to ``tmp_path``, or to ``docs/img/console-*.png`` with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +34,6 @@ import attrs
 import pytest
 
 from tests.docs.fake_model import fake_model
-from tests.docs.pages import serving
 from tests.providers_kit import unavailable
 
 CHROMIUM = os.environ.get("VI_FLOW_CHROMIUM", "/usr/bin/chromium")
@@ -98,20 +100,44 @@ class ConsoleServer:
         return str(self.call("POST", "/flows", {"spec": spec})["flowId"])
 
 
+@contextlib.contextmanager
+def _serve(argv: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
+    """Run ``vi-flow serve`` aside; yield its base URL; SIGTERM it (by pid) afterwards.
+
+    Its log goes to a file, never a pipe: a busy console writes an access line per request,
+    and a pipe nobody reads would fill up and stop the server mid-test.
+    """
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening on (http://\S+)/v1", log.read_text())):
+            assert proc.poll() is None, f"vi-flow serve exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"vi-flow serve did not start: {log.read_text()}"
+            time.sleep(0.1)
+        yield found[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"vi-flow serve did not stop cleanly: {log.read_text()[-2000:]}"
+
+
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
     """``vi-flow serve`` on a fresh home (a scripted model behind its ``llm`` blocks), with
-    a second organization; stopped with SIGTERM afterwards, by pid."""
-    work = tmp_path_factory.mktemp("console")
+    a second organization."""
+    log = tmp_path_factory.mktemp("console") / "server.log"
     home = Path(tempfile.mkdtemp(prefix="vi-flow-console-"))  # short: the sandbox mounts it
     env = {k: v for k, v in os.environ.items() if k != "VI_FLOW_API_KEY"}
     try:
         with fake_model() as model:
             argv = [VI_FLOW, "serve", "--port", "0", "--home", str(home), "--llm-base-url", model]
-            with serving(argv, env, work) as banner:
-                found = re.search(r"(http://\S+)/v1", banner)
-                assert found, banner
-                server = ConsoleServer(home, found[1], (home / "admin-token").read_text().strip())
+            with _serve(argv, env, log) as root:
+                server = ConsoleServer(home, root, (home / "admin-token").read_text().strip())
                 org = server.call("POST", "/organizations", {"name": "other team"})[
                     "organizationId"
                 ]
@@ -157,9 +183,22 @@ class Visit:
         self.page.screenshot(path=str(self.shots / f"console-{name}.png"), full_page=full_page)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, so fixtures know whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def visit(browser: Any, console_server: ConsoleServer, tmp_path: Path) -> Iterator[Any]:
-    """Open browser contexts on the console; fail if any request leaves the server's origin."""
+def visit(
+    browser: Any, console_server: ConsoleServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """Open browser contexts on the console; fail if any request leaves the server's origin.
+
+    When the test fails, each page's screenshot is left in ``tmp_path`` (``failed-N.png``).
+    """
     opened: list[Visit] = []
     shots = DOCS_IMG if os.environ.get("VI_FLOW_DOCS_SCREENSHOTS") == "1" else tmp_path
 
@@ -181,7 +220,10 @@ def visit(browser: Any, console_server: ConsoleServer, tmp_path: Path) -> Iterat
         return one
 
     yield open_one
-    for one in opened:
+    failed = getattr(request.node, "report_call", None)
+    for n, one in enumerate(opened):
+        if failed is not None and failed.failed:
+            one.page.screenshot(path=str(tmp_path / f"failed-{n}.png"), full_page=True)
         one.context.close()
     assert [u for one in opened for u in one.problems] == []
 
