@@ -126,6 +126,8 @@ async def memory_check(server: ServerProcess, flow_id: str) -> None:
             if count % every == 0:
                 marks.append((rss_mb()[0], process_rss_mb(pid)))
     wall = time.perf_counter() - started
+    if count != MEMORY_COUNT + 5:  # run_started, step_started/output/completed, flow_completed
+        raise RuntimeError(f"memory run: {count} events, expected {MEMORY_COUNT + 5}")
     print(f"\nMemory: {count:,} live events through AsyncFlow.events(), none kept ({wall:.1f} s)")
     for who, i in (("client", 0), ("server", 1)):
         series = [m[i] for m in marks]
@@ -137,7 +139,9 @@ async def memory_check(server: ServerProcess, flow_id: str) -> None:
 
 async def main() -> None:
     samples = Samples()
-    with server_process() as server:
+    # the server's default quota is 1,000,000 events per run; the memory run needs a few more
+    env = {**os.environ, "VI_FLOW_QUOTA_EVENTS_PER_RUN": str(2 * MEMORY_COUNT)}
+    with server_process(env=env) as server:
         flows, runs, memory = await setup(server)
         names = [f"{kind} {n}" for n in STREAMS for kind in ("live", "replay")]
         for round_no in range(ROUNDS):
