@@ -148,9 +148,13 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
         shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright (skipped without them, unless required)."""
+    """Debian's Chromium driven by Playwright (skipped without them, unless required).
+
+    Per module: Playwright's sync API runs an event loop of its own, which must be gone
+    before any async test of the same pytest run starts its loop.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

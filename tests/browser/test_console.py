@@ -146,6 +146,7 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
     form = one.page.locator("form.tool-call")
     form.wait_for()
     assert "Oslo" in form.inner_text()
+    one.page.wait_for_selector(".timeline [data-step=ask]")
     one.shot("tool-call")
     form.locator("textarea").fill("{sunny")
     form.locator("button").click()

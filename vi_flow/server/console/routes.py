@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
 
 _JS = "text/javascript"
 STATIC_TYPES = {
-    **dict.fromkeys(("app.js", "lib.js", "runs.js", "flows.js", "tasks.js"), _JS),
+    **dict.fromkeys(("app.js", "lib.js", "runs.js", "events.js", "flows.js", "tasks.js"), _JS),
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

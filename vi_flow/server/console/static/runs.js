@@ -1,15 +1,13 @@
 // Runs: the list (newest first, filters, live status) and one run (timeline, events, tool calls).
 'use strict';
 import {
-  VirtualList, actionButton, api, badge, duration, every, h, link, navigate, notice, onLeave,
-  pretty, query, readEvents, refreshRows, when,
+  actionButton, api, badge, duration, every, h, link, navigate, notice, onLeave,
+  pretty, query, refreshRows, when,
 } from './lib.js';
+import { RunEvents } from './events.js';
 
 const CONDITIONS = ['Pending', 'Running', 'Succeeded', 'Failed', 'Error', 'Cancelled'];
 const TERMINAL = new Set(['Succeeded', 'Failed', 'Error', 'Cancelled']);
-const TAIL = 2000; // events shown when a run page opens (its newest ones)
-const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
-const PAGE = 1000;
 
 export function condition(run) {
   const list = run.status.conditions || [];
@@ -65,26 +63,6 @@ export async function runsPage(root) {
 }
 
 // -- one run -------------------------------------------------------------------------------
-
-function summary(type, data) {
-  switch (type) {
-    case 'log': return `${data.stepId || ''} ${data.stream === 'stderr' ? '!' : '›'} ${data.line}`;
-    case 'step_started': return `${data.stepId} (${data.block}) started`;
-    case 'step_completed': return `${data.stepId} completed in ${duration(data.durationMs)}`;
-    case 'step_failed': return `${data.stepId} failed: ${data.error || ''}`;
-    case 'step_paused': return `${data.stepId} paused (${data.reason || ''})`;
-    case 'tool_calls_required': return `${data.stepId} needs ${data.toolCalls.map((c) => c.function.name).join(', ')}`;
-    case 'flow_completed': return `run ${data.status}${data.error ? ': ' + data.error : ''}`;
-    case 'step_input': case 'step_output': return `${data.stepId} ${type.slice(5)}: ${JSON.stringify(data[type.slice(5)]).slice(0, 200)}`;
-    default: return JSON.stringify(data).slice(0, 200);
-  }
-}
-
-function toEvent(id, type, raw) {
-  let data;
-  try { data = JSON.parse(raw); } catch { data = { raw }; }
-  return { id: Number(id), type, data, text: summary(type, data) };
-}
 
 function timeline(trace) {
   const steps = trace.steps || [];
@@ -154,54 +132,33 @@ function toolForm(runId, call, done) {
   return form;
 }
 
-export async function runPage(root, runId) {
-  let run = await api('GET', `/v1/runs/${runId}`);
-  const { lastEventId } = await api('GET', `/console/api/runs/${runId}/last-event`);
-  const head = h('div', { class: 'page-head' });
-  const tools = h('section', { class: 'tools', 'aria-live': 'polite' });
-  const steps = h('section', {}, h('h2', {}, 'Steps'), h('div', { class: 'timeline-box' }, notice('Loading…')));
-  const tokens = h('p', { class: 'usage' });
-  const counter = h('span', { class: 'muted', 'aria-live': 'off' });
-  const detail = h('pre', { class: 'event-detail', 'aria-live': 'polite' }, 'Select an event (click, or arrow keys in the list) to see all of it.');
-  const list = new VirtualList({
-    label: 'Run events',
-    render: (row, e) => {
-      row.textContent = '';
-      row.append(h('span', { class: 'ev-id' }, e.id), h('span', { class: 'ev-type ev-' + e.type }, e.type), h('span', { class: 'ev-text' }, e.text));
-    },
-    onPick: (e) => { detail.textContent = `#${e.id} ${e.type}\n` + pretty(e.data); },
-  });
-  let events = [];
-  let latest = lastEventId;
-  let historyMode = false;
-  const earlier = h('button', { type: 'button', onclick: () => loadEarlier() }, `Load ${PAGE} earlier`);
-  const jump = h('button', { type: 'button', hidden: true, onclick: () => jumpToLatest() }, 'Jump to latest');
-  const answered = new Set();
-
+/** The run's head: id, flow, condition and Cancel; redrawn only when the condition changes. */
+function runHead(onCancel) {
+  const el = h('div', { class: 'page-head' });
   let shown = null;
-  const drawHead = () => {
+  const draw = (run) => {
     const c = condition(run);
     if (c === shown) return;
     shown = c;
-    head.replaceChildren(
+    el.replaceChildren(
       h('div', {}, h('h1', {}, 'Run ', h('span', { class: 'mono' }, run.runId)),
         h('p', { class: 'meta' }, 'Flow ', link(`/flows/${run.spec.flowId}`, run.spec.flow.name || run.spec.flowId),
           ` · version ${run.spec.flowVersion} · created ${when(run.metadata.timeCreated)}`)),
       h('div', { class: 'head-actions' }, h('span', { id: 'run-condition' }, badge(c)),
-        TERMINAL.has(c) ? '' : actionButton('Cancel run', async () => { run = await api('POST', `/v1/runs/${runId}/cancel`); drawHead(); tools.replaceChildren(); })));
+        TERMINAL.has(c) ? '' : actionButton('Cancel run', onCancel)));
   };
-  const drawCount = () => {
-    const first = events.length ? events[0].id : 0;
-    const last = events.length ? events[events.length - 1].id : 0;
-    counter.textContent = events.length ? `events ${first.toLocaleString()}–${last.toLocaleString()} of ${latest.toLocaleString()}` : 'no events yet';
-    earlier.hidden = first <= 1;
-    jump.hidden = !historyMode;
-  };
-  let traceTimer = null;
-  const refreshTrace = () => {
-    if (traceTimer) return;
-    traceTimer = setTimeout(async () => {
-      traceTimer = null;
+  return { el, draw };
+}
+
+/** Steps and token usage from the run's trace, fetched at most once per 150 ms. */
+function runTrace(runId) {
+  const steps = h('section', {}, h('h2', {}, 'Steps'), h('div', { class: 'timeline-box' }, notice('Loading…')));
+  const tokens = h('p', { class: 'usage' });
+  let timer = null;
+  const refresh = () => {
+    if (timer) return;
+    timer = setTimeout(async () => {
+      timer = null;
       try {
         const trace = await api('GET', `/v1/runs/${runId}/trace`);
         steps.lastChild.replaceChildren(timeline(trace));
@@ -209,114 +166,59 @@ export async function runPage(root, runId) {
       } catch (err) { console.error(err); }
     }, 150);
   };
-  const showCalls = (e) => {
-    tools.replaceChildren();
-    const calls = e.data.toolCalls.filter((c) => !answered.has(c.id));
-    if (!calls.length || TERMINAL.has(condition(run))) return;
-    tools.append(h('h2', {}, 'Waiting for tool results'),
-      h('p', {}, `Step ${e.data.stepId} is paused until each call below is answered.`),
-      ...calls.map((c) => toolForm(runId, c, (form) => { answered.add(c.id); form.replaceWith(notice(`Sent the result of ${c.function.name}.`)); })));
-    tools.querySelector('textarea')?.focus();
-  };
-  const pendingCalls = () => {
-    for (let i = events.length - 1; i >= 0; i--) {
-      const e = events[i];
-      if (e.type === 'tool_calls_required') return e;
-      if (e.type === 'step_completed' || e.type === 'step_failed' || e.type === 'flow_completed') return null;
-    }
-    return null;
-  };
-  const react = async (e) => {
-    if (e.type.startsWith('step_') || e.type === 'flow_completed') refreshTrace();
-    if (e.type === 'tool_calls_required') showCalls(e);
-    if (e.type === 'step_completed' || e.type === 'step_failed' || e.type === 'flow_completed') tools.replaceChildren();
-    if (e.type === 'flow_completed') setTimeout(refreshTrace, 1000); // the last step's end lands after
-    if (e.type === 'flow_completed' || e.type === 'run_started') {
-      run = await api('GET', `/v1/runs/${runId}`);
-      drawHead();
-    }
-  };
-
-  // Live: events arrive in batches and are drawn once per frame.
-  let queue = [];
-  let flushing = false;
-  const flush = () => {
-    flushing = false;
-    const batch = queue;
-    queue = [];
-    latest = Math.max(latest, batch[batch.length - 1].id);
-    if (!historyMode) {
-      events = events.concat(batch);
-      if (events.length > KEEP) events = events.slice(events.length - KEEP);
-      list.setItems(events);
-    }
-    drawCount();
-    for (const e of batch) if (e.type !== 'log') react(e);
-  };
-  let source = null;
-  const connect = (after) => {
-    if (source) source.close();
-    source = new EventSource(`/v1/runs/${runId}/events?after=${after}`);
-    const take = (msg) => {
-      queue.push(toEvent(msg.lastEventId, msg.type, msg.data));
-      if (msg.type === 'flow_completed') { source.close(); }
-      if (!flushing) { flushing = true; requestAnimationFrame(flush); }
-    };
-    for (const type of ['run_started', 'step_started', 'step_input', 'step_output', 'step_completed', 'step_failed', 'step_paused', 'tool_calls_required', 'flow_completed', 'log', 'message']) {
-      source.addEventListener(type, take);
-    }
-    // The browser reconnects by itself, with Last-Event-ID; stop only when nothing is left.
-    source.onerror = () => {
-      const have = events.length ? events[events.length - 1].id : 0;
-      if (TERMINAL.has(condition(run)) && have >= lastEventId && !historyMode) source.close();
-    };
-  };
-  onLeave(() => { if (source) source.close(); clearTimeout(traceTimer); });
-
-  const loadEarlier = async () => {
-    const first = events.length ? events[0].id : latest + 1;
-    const from = Math.max(0, first - 1 - PAGE);
-    const older = [];
-    await readEvents(`/v1/runs/${runId}/events?after=${from}`, (msg) => {
-      const id = Number(msg.id);
-      if (id >= first) return true;
-      older.push(toEvent(id, msg.type, msg.data));
-      return false;
-    });
-    events = older.concat(events);
-    if (events.length > KEEP) { events = events.slice(0, KEEP); historyMode = true; }
-    list.follow = false;
-    list.setItems(events);
-    list.selected += older.length;
-    list.el.scrollTop += older.length * list.rowHeight;
-    drawCount();
-  };
-  const jumpToLatest = () => {
-    historyMode = false;
-    events = [];
-    list.follow = true;
-    list.setItems(events);
-    connect(Math.max(0, latest - TAIL));
-  };
-
-  drawHead();
-  root.append(head, tools, steps, tokens,
-    h('section', {}, h('div', { class: 'section-head' }, h('h2', {}, 'Events'), counter, earlier, jump), list.el, detail));
-  drawCount();
-  refreshTrace();
-  connect(Math.max(0, lastEventId - TAIL));
-  // A paused run's pending calls are in its newest events; show their forms when they arrive.
-  const firstPaint = setInterval(() => {
-    if (!events.length && lastEventId) return;
-    clearInterval(firstPaint);
-    const pending = pendingCalls();
-    if (pending && condition(run) === 'Running') showCalls(pending);
-  }, 50);
-  onLeave(() => clearInterval(firstPaint));
-  every(3000, async () => {
-    if (TERMINAL.has(condition(run))) return;
-    run = await api('GET', `/v1/runs/${runId}`);
-    drawHead();
-  });
+  onLeave(() => clearTimeout(timer));
+  return { els: [steps, tokens], refresh };
 }
 
+/** The forms of the calls a paused run waits for; each call is answered on its own. */
+function toolCalls(runId) {
+  const el = h('section', { class: 'tools', 'aria-live': 'polite' });
+  const answered = new Set();
+  const show = (e) => {
+    el.replaceChildren();
+    const calls = e.data.toolCalls.filter((c) => !answered.has(c.id));
+    if (!calls.length) return;
+    el.append(h('h2', {}, 'Waiting for tool results'),
+      h('p', {}, `Step ${e.data.stepId} is paused until each call below is answered.`),
+      ...calls.map((c) => toolForm(runId, c, (form) => { answered.add(c.id); form.replaceWith(notice(`Sent the result of ${c.function.name}.`)); })));
+    el.querySelector('textarea')?.focus();
+  };
+  return { el, show, clear: () => el.replaceChildren() };
+}
+
+const STEP_END = new Set(['step_completed', 'step_failed', 'flow_completed']);
+
+/** The newest tool_calls_required that no later step end answered, or null. */
+function pendingCalls(events) {
+  for (let i = events.length - 1; i >= 0; i--) {
+    if (events[i].type === 'tool_calls_required') return events[i];
+    if (STEP_END.has(events[i].type)) return null;
+  }
+  return null;
+}
+
+export async function runPage(root, runId) {
+  let run = await api('GET', `/v1/runs/${runId}`);
+  const { lastEventId } = await api('GET', `/console/api/runs/${runId}/last-event`);
+  const reload = async () => { run = await api('GET', `/v1/runs/${runId}`); head.draw(run); };
+  const tools = toolCalls(runId);
+  const trace = runTrace(runId);
+  const head = runHead(async () => { run = await api('POST', `/v1/runs/${runId}/cancel`); head.draw(run); tools.clear(); });
+  const onEvent = (e) => {
+    if (e.type.startsWith('step_') || e.type === 'flow_completed') trace.refresh();
+    if (e.type === 'tool_calls_required' && !TERMINAL.has(condition(run))) tools.show(e);
+    if (STEP_END.has(e.type)) tools.clear();
+    if (e.type === 'flow_completed') setTimeout(trace.refresh, 1000); // the last step's end lands after
+    if (e.type === 'flow_completed' || e.type === 'run_started') reload().catch(() => {});
+  };
+  const stream = new RunEvents(runId, lastEventId, onEvent, () => TERMINAL.has(condition(run)));
+  head.draw(run);
+  root.append(head.el, tools.el, ...trace.els, stream.el);
+  trace.refresh();
+  // A paused run's pending calls are among its newest events: show their forms once loaded.
+  stream.whenLoaded(() => {
+    const pending = pendingCalls(stream.events);
+    if (pending && condition(run) === 'Running') tools.show(pending);
+  });
+  every(3000, () => { if (!TERMINAL.has(condition(run))) reload().catch(() => {}); });
+}
