@@ -3,8 +3,8 @@
 :func:`create_app` builds the application: the store and settings under their
 ``AppKey``\\ s, the middlewares (request id, JSON errors, auth), then each feature
 module's ``setup(app)`` (``routes/admin``, ``flows``, ``runs``, ``executions``,
-``tasks``, the web console at ``/``). Opening the app takes the home's lock (one server
-per home), opens the store and makes sure the default organization and
+``tasks``, ``retention``, the web console at ``/``). Opening the app takes the home's
+lock (one server per home), opens the store and makes sure the default organization and
 ``<home>/admin-token`` exist; closing it closes the store and lets the lock go last.
 """
 
@@ -27,7 +27,7 @@ from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
 from .limits import setup_limits
 from .middleware import setup_middleware
-from .routes import admin, executions, flows, lifecycle, runs, tasks
+from .routes import admin, executions, flows, lifecycle, retention, runs, tasks
 from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
 from .store import Store
 
@@ -35,7 +35,7 @@ __all__ = ["ServerSettings", "create_app"]
 
 log = logging.getLogger("vi_flow.server")
 
-_FEATURES = (admin, flows, runs, executions, tasks, lifecycle, console)
+_FEATURES = (admin, flows, runs, executions, tasks, retention, lifecycle, console)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

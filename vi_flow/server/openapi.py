@@ -31,6 +31,7 @@ from ..models.common import ResourceCondition, ResourceMetadata
 from ..models.events import ExecutionOutcome, RunTrace, StepTrace, ToolResult
 from ..models.execution import ExecuteRequest, ExecutionJob
 from ..models.flows import DeletedFlow, Flow, FlowSpec
+from ..models.retention import PruneResult, RetentionPolicy
 from ..models.runs import DeletedRun, Run
 from ..models.server import ServerStatus
 from ..models.tasks import (
@@ -246,6 +247,25 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/organizations/{organizationId}/credits"): _Route(answer=_CREDITS),
     ("PUT", "/v1/organizations/{organizationId}/credits"): _Route(
         body=_obj(credits=_CREDITS["properties"]["credits"]), answer=_CREDITS
+    ),
+    ("POST", "/v1/retention/prune"): _Route(
+        body={
+            **_obj(
+                olderThan={"anyOf": [{"type": "number", "minimum": 0}, _STR]},
+                dryRun=_BOOL,
+                organizationId=_STR,
+            ),
+            "required": ["olderThan"],
+        },
+        answer=PruneResult,
+    ),
+    ("GET", "/v1/organizations/{organizationId}/retention"): _Route(answer=RetentionPolicy),
+    ("PUT", "/v1/organizations/{organizationId}/retention"): _Route(
+        body={
+            **_obj(days={"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}]}),
+            "required": ["days"],
+        },
+        answer=RetentionPolicy,
     ),
     ("GET", "/v1/server"): _Route(answer=ServerStatus),
     ("POST", "/v1/server/shutdown"): _Route(

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..models.runs import Run
 from .quotas import Quotas
+from .retention import RetentionSettings
 from .store import Store
 
 __all__ = [
@@ -54,6 +55,8 @@ class ServerSettings:
             :mod:`vi_flow.server.endpoints` for the defaults).
         ssh_public_port: The SSH port task endpoints advertise; ``None``: ``ssh_port``.
         quotas: Per-organization quotas (defaults, changed by ``VI_FLOW_QUOTA_<NAME>``).
+        retention: How long finished runs and tasks are kept (forever by default;
+            ``VI_FLOW_RETENTION_DAYS``) and how often they are pruned.
         extra: Free-form settings for feature modules.
     """
 
@@ -73,6 +76,7 @@ class ServerSettings:
     ssh_public_host: str | None = None
     ssh_public_port: int | None = None
     quotas: Quotas = attrs.Factory(Quotas.from_env)
+    retention: RetentionSettings = attrs.Factory(RetentionSettings.from_env)
     extra: dict[str, Any] = attrs.Factory(dict)
 
 

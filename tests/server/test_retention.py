@@ -1,0 +1,199 @@
+"""Retention over real HTTP: pruning finished runs, tasks, task directories and
+idempotency records past an age, per organization, and nothing else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from vi_flow.server.bootstrap import DEFAULT_ORG
+from vi_flow.server.retention import remove_tree
+from vi_flow.server.routes.retention import PRUNER_KEY
+
+from .conftest import Server, StartServer, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def _finished_run(server: Server, flow_id: str, token: str | None = None) -> str:
+    created = await server.call("POST", "/runs", json={"flowId": flow_id}, token=token)
+    assert created.status == 201, created.body
+    run_id: str = created.body["runId"]
+    with anyio.fail_after(10):
+        while True:
+            run = (await server.call("GET", f"/runs/{run_id}", token=token)).body
+            if run["status"]["conditions"][-1]["condition"] == "Succeeded":
+                return run_id
+            await anyio.sleep(0.01)
+
+
+async def _flow(server: Server, token: str | None = None) -> str:
+    answer = await server.call("POST", "/flows", json=spec("f", "a"), token=token)
+    return str(answer.body["flowId"])
+
+
+async def _second_org(server: Server) -> tuple[str, str]:
+    org_id = (await server.call("POST", "/organizations", json={"name": "acme"})).body[
+        "organizationId"
+    ]
+    token = await server.call("POST", f"/organizations/{org_id}/tokens", json={"name": "ci"})
+    return org_id, token.body["token"]
+
+
+async def _prune(server: Server, token: str | None = None, **body: Any) -> dict[str, Any]:
+    answer = await server.call("POST", "/retention/prune", json=body, token=token)
+    assert answer.status == 200, answer.body
+    return dict(answer.body)
+
+
+async def test_old_finished_runs_and_their_events_go_recent_ones_stay(server: Server) -> None:
+    flow_id = await _flow(server)
+    old = [await _finished_run(server, flow_id) for _ in range(3)]
+    await anyio.sleep(1.2)
+    recent = await _finished_run(server, flow_id)
+    dry = await _prune(server, olderThan="1s", dryRun=True)
+    assert (dry["dryRun"], dry["runs"]) == (True, 3)
+    assert (await server.call("GET", f"/runs/{old[0]}/events")).status == 200  # nothing gone
+    done = await _prune(server, olderThan="1s")
+    assert done["runs"] == 3 and done["olderThan"] == 1.0
+    for run_id in old:
+        assert (await server.call("GET", f"/runs/{run_id}")).status == 404
+        assert (await server.call("GET", f"/runs/{run_id}/events")).status == 404
+    assert (await server.call("GET", f"/runs/{recent}")).status == 200
+    events = await server.call("GET", f"/runs/{recent}/events")
+    assert events.status == 200 and b"flow_completed" in events.raw
+    listed = (await server.call("GET", "/runs")).body["items"]
+    assert [r["runId"] for r in listed] == [recent]
+
+
+async def test_a_running_run_and_another_organization_are_untouched(server: Server) -> None:
+    org_id, token = await _second_org(server)
+    theirs = await _finished_run(server, await _flow(server, token), token)
+    flow_id = await _flow(server)
+    mine = await _finished_run(server, flow_id)
+    await anyio.sleep(1.1)
+    store = server.app[PRUNER_KEY].store
+    await store.run(  # a run still Running, last changed long ago (a stuck one)
+        lambda c: c.execute(
+            "UPDATE runs SET condition = 'Running', updated_at = 0 WHERE run_id = ?", (mine,)
+        )
+    )
+    done = await _prune(server, olderThan=1)
+    assert done["runs"] == 0 and done["organizations"] == [DEFAULT_ORG]
+    assert (await server.call("GET", f"/runs/{theirs}", token=token)).status == 200
+    assert (await server.call("GET", f"/runs/{mine}")).status == 200
+    # Their own key prunes only their organization; naming another one needs an admin.
+    refused = await server.call(
+        "POST", "/retention/prune", json={"olderThan": 1, "organizationId": "*"}, token=token
+    )
+    assert refused.status == 403
+    assert (await _prune(server, token, olderThan=1))["runs"] == 1
+    assert (await server.call("GET", f"/runs/{theirs}", token=token)).status == 404
+    everyone = await _prune(server, olderThan=1, organizationId="*")
+    assert everyone["runs"] == 0 and everyone["organizations"] == []
+    assert org_id not in everyone["organizations"]
+
+
+async def test_bad_input_is_named(server: Server) -> None:
+    cases = [
+        ({}, "olderThan"),
+        ({"olderThan": -1}, "olderThan"),
+        ({"olderThan": "thirty days"}, "olderThan"),
+        ({"olderThan": "30x"}, "olderThan"),
+        ({"olderThan": True}, "olderThan"),
+        ({"olderThan": 1e300}, "olderThan"),
+        ({"olderThan": "30d", "dryRun": "yes"}, "dryRun"),
+        ({"olderThan": "30d", "organizationId": 5}, "organizationId"),
+    ]
+    for body, field in cases:
+        answer = await server.call("POST", "/retention/prune", json=body)
+        assert answer.status == 422, (body, answer.body)
+        assert answer.body["error"]["message"].startswith(f"{field}:"), answer.body
+    missing = await server.call(
+        "POST", "/retention/prune", json={"olderThan": 1, "organizationId": "org_nope"}
+    )
+    assert missing.status == 404
+    bad_days = await server.call(
+        "PUT", f"/organizations/{DEFAULT_ORG}/retention", json={"days": -3}
+    )
+    assert bad_days.status == 422 and "days" in bad_days.body["error"]["message"]
+
+
+async def test_an_organization_policy_overrides_the_default(server: Server) -> None:
+    org_id, token = await _second_org(server)
+    got = await server.call("GET", f"/organizations/{org_id}/retention", token=token)
+    assert got.body == {"organizationId": org_id, "days": None, "inherited": True}
+    denied = await server.call(
+        "PUT", f"/organizations/{org_id}/retention", json={"days": 1}, token=token
+    )
+    assert denied.status == 403
+    put = await server.call("PUT", f"/organizations/{org_id}/retention", json={"days": 1e-5})
+    assert put.body == {"organizationId": org_id, "days": 1e-5, "inherited": False}
+    theirs = await _finished_run(server, await _flow(server, token), token)
+    mine = await _finished_run(server, await _flow(server))
+    await anyio.sleep(1.2)  # past 1e-5 days (0.864 s)
+    results = await server.app[PRUNER_KEY].prune_due()  # what the periodic job runs
+    assert [(r.organizations, r.runs) for r in results] == [([org_id], 1)]
+    assert (await server.call("GET", f"/runs/{theirs}", token=token)).status == 404
+    assert (await server.call("GET", f"/runs/{mine}")).status == 200
+    back = await server.call("PUT", f"/organizations/{org_id}/retention", json={"days": None})
+    assert back.body["inherited"] is True
+
+
+async def test_expired_idempotency_records_go(server: Server) -> None:
+    headers = {"Idempotency-Key": "k1"}
+    first = await server.call("POST", "/flows", json=spec("f", "a"), headers=headers)
+    await anyio.sleep(1.1)
+    assert (await _prune(server, olderThan=1))["idempotencyRecords"] == 1
+    again = await server.call("POST", "/flows", json=spec("f", "a"), headers=headers)
+    assert again.status == 201 and again.body["flowId"] != first.body["flowId"]
+
+
+async def test_old_tasks_and_their_directories_go_without_following_links(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = await start_server()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    plant = (
+        f"ln -s {precious} link_dir; ln -s {precious / 'keep.txt'} link_file;"
+        " mkdir -p deep/er && chmod 500 deep; echo done"
+    )
+    task = (await server.call("POST", "/tasks", json={"command": plant})).body
+    running = (await server.call("POST", "/tasks", json={"command": "sleep 30"})).body
+    with anyio.fail_after(10):
+        while (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] != "completed":
+            await anyio.sleep(0.02)
+    root = server.home / "tasks" / task["taskId"]
+    assert (root / "workspace" / "link_dir").is_symlink()
+    await anyio.sleep(1.1)
+    done = await _prune(server, olderThan=1)
+    assert (done["tasks"], done["taskDirectories"]) == (1, 1)
+    assert not root.exists() and (precious / "keep.txt").read_text() == "mine"
+    assert (await server.call("GET", f"/tasks/{task['taskId']}")).status == 404
+    assert (await server.call("GET", f"/tasks/{running['taskId']}")).status == 200
+    assert (server.home / "tasks" / running["taskId"]).is_dir()
+    await server.call("POST", f"/tasks/{running['taskId']}/cancel", json={"force": True})
+
+
+def test_remove_tree_never_leaves_its_directory(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("x")
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("y")
+    os.symlink(outside, root / "a" / "to_outside")
+    os.symlink(outside / "f", root / "f_link")
+    os.chmod(root / "a", 0o500)
+    assert remove_tree(root) is True
+    assert not root.exists() and (outside / "f").read_text() == "x"
+    link = tmp_path / "root_link"
+    os.symlink(outside, link)
+    assert remove_tree(link) is False and (outside / "f").exists()
+    assert remove_tree(tmp_path / "missing") is False

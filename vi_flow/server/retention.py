@@ -1,0 +1,430 @@
+"""Retention: deleting finished runs, tasks and idempotency records past an age.
+
+:class:`Pruner` removes, for one organization or all of them, what finished before a
+cutoff: terminal runs with their event log, step records and tool answers; terminal
+tasks with their mount records and their directories on disk; ``Idempotency-Key``
+answers saved before it. It works in bounded batches (``batch`` rows per transaction on
+the store's DB thread, a pause between them), so requests queued behind a batch wait
+for one small transaction at most, never for the whole prune.
+
+A run the engine still holds open, a pending or running task, and anything newer than
+the cutoff are never touched. Task directories are removed without following links (a
+task may have planted one to a file of the server's): see :func:`remove_tree`.
+
+The periodic job (:mod:`vi_flow.server.routes.retention`) prunes each organization by
+its :class:`~vi_flow.models.retention.RetentionPolicy`: its own override
+(``retention_orgs``) or the server's default :attr:`RetentionSettings.days`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from ..models.common import Condition
+from ..models.retention import PruneResult, RetentionPolicy, parse_age
+from .clock import now_ms
+from .store import Store
+
+__all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings", "remove_tree"]
+
+log = logging.getLogger("vi_flow.server")
+
+MIGRATION = "retention-1"
+SCHEMA = "CREATE TABLE IF NOT EXISTS retention_orgs (org_id TEXT PRIMARY KEY, days REAL NOT NULL);"
+"""Per-organization overrides of the default age; ``days = 0`` keeps everything."""
+
+_RUN_DONE = tuple(c.value for c in Condition if c.terminal)
+_TASK_DONE = ("completed", "failed", "cancelled")
+_DAY = 86400.0
+
+
+def _env_age(env: Mapping[str, str], name: str, unit: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw or raw.lower() in ("none", "off"):
+        return None
+    return parse_age(raw if raw[-1].isalpha() else f"{raw}{unit}", name)
+
+
+@attrs.frozen
+class RetentionSettings:
+    """How long the server keeps finished work, and how it prunes.
+
+    Attributes:
+        days: The default age in days past which finished runs, tasks and idempotency
+            records are pruned; ``None`` (the default) keeps them forever. An
+            organization's override (``PUT /v1/organizations/{id}/retention``) wins.
+        interval: Seconds between periodic prunes.
+        batch: Rows deleted per transaction.
+        pause: Seconds between two batches, so other requests interleave.
+    """
+
+    days: float | None = None
+    interval: float = 3600.0
+    batch: int = 200
+    pause: float = 0.005
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RetentionSettings:
+        """The defaults, changed by ``VI_FLOW_RETENTION_DAYS`` (days, or ``30d``/``12h``)
+        and ``VI_FLOW_RETENTION_INTERVAL`` (seconds, or ``1h``).
+
+        Raises:
+            ValueError: A variable that is not an age, named.
+        """
+        env = os.environ if env is None else env
+        days = _env_age(env, "VI_FLOW_RETENTION_DAYS", "d")
+        interval = _env_age(env, "VI_FLOW_RETENTION_INTERVAL", "s")
+        settings = cls(days=None if not days else days / _DAY)
+        return attrs.evolve(settings, interval=interval) if interval else settings
+
+
+# -- removing a task directory --------------------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(root: Path) -> bool:
+    """Remove the directory ``root`` and everything under it, following no link.
+
+    Every name is opened relative to its parent's descriptor with ``O_NOFOLLOW``: a link
+    (to a volume, to ``/etc``) is unlinked, never entered, even if it replaced a
+    directory while this ran. A directory on another file system (a mount point) is
+    left in place. Directories a task made read-only are made writable first.
+
+    Returns:
+        Whether ``root`` existed as a directory and is gone.
+    """
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:  # ELOOP: root itself is a link
+        log.warning("retention: %s is not a directory, left in place: %s", root, exc)
+        return False
+    try:
+        _clear(fd, os.fstat(fd).st_dev)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(root)
+    except OSError as exc:  # a mount point was left inside
+        log.warning("retention: task directory %s is not empty, left in place: %s", root, exc)
+        return False
+    return True
+
+
+@attrs.define
+class _Level:
+    """A directory being emptied: its descriptor, the names left, its name in its parent."""
+
+    fd: int
+    names: list[str]
+    name: str | None = None
+
+
+def _clear(top: int, device: int) -> None:
+    """Empty the directory open as ``top``: depth first, one descriptor per level."""
+    stack = [_Level(top, _names(top))]
+    try:
+        _unwind(stack, device)
+    finally:
+        for level in stack[1:]:  # an error midway: no descriptor is leaked
+            os.close(level.fd)
+
+
+def _unwind(stack: list[_Level], device: int) -> None:
+    while stack:
+        level = stack[-1]
+        if level.names:
+            child = _enter_or_remove(level.fd, level.names.pop(), device)
+            if child is not None:
+                stack.append(child)
+            continue
+        stack.pop()
+        if level.name is not None:
+            os.close(level.fd)
+            with contextlib.suppress(OSError):  # a mount point left inside it
+                os.rmdir(level.name, dir_fd=stack[-1].fd)
+
+
+def _names(fd: int) -> list[str]:
+    os.fchmod(fd, stat.S_IRWXU)  # a task may have made it read-only
+    with os.scandir(fd) as entries:
+        return [e.name for e in entries]
+
+
+def _enter_or_remove(parent: int, name: str, device: int) -> _Level | None:
+    """Unlink ``name`` unless it is a directory; open a directory to empty it."""
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=parent)
+        return None
+    if info.st_dev != device:
+        log.warning("retention: a mount point inside a task directory is left: %s", name)
+        return None
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError:  # replaced by a link or a file meanwhile: remove that name itself
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=parent)
+        return None
+    try:
+        return _Level(fd, _names(fd), name)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# -- the SQL, run on the store's thread -------------------------------------------------
+
+
+def _marks(values: tuple[str, ...] | list[str]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _scope(org_id: str | None) -> tuple[str, tuple[str, ...]]:
+    return ("", ()) if org_id is None else (" AND org_id = ?", (org_id,))
+
+
+def _old_runs(conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int) -> list[str]:
+    where, bound = _scope(org_id)
+    rows = conn.execute(
+        f"SELECT run_id FROM runs WHERE condition IN ({_marks(_RUN_DONE)}) AND updated_at < ?"
+        f"{where} AND NOT EXISTS (SELECT 1 FROM engine_runs e"
+        " WHERE e.run_id = runs.run_id AND e.closed = 0) ORDER BY seq LIMIT ?",
+        (*_RUN_DONE, cutoff, *bound, limit),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+_RUN_TABLES = ("runs", "engine_runs", "engine_steps", "engine_answers", "engine_events")
+
+
+def _delete_runs(conn: sqlite3.Connection, run_ids: list[str]) -> None:
+    for table in _RUN_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE run_id IN ({_marks(run_ids)})", run_ids)
+
+
+def _old_tasks(conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int) -> list[str]:
+    where, bound = _scope(org_id)
+    rows = conn.execute(
+        f"SELECT task_id FROM tasks WHERE status IN ({_marks(_TASK_DONE)})"
+        f" AND COALESCE(ended_at, created_at) < ?{where} ORDER BY seq LIMIT ?",
+        (*_TASK_DONE, cutoff, *bound, limit),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _delete_tasks(conn: sqlite3.Connection, task_ids: list[str]) -> None:
+    for table in ("tasks", "task_mounts"):
+        conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
+
+
+def _delete_idempotency(
+    conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int
+) -> int:
+    where, bound = _scope(org_id)
+    cursor = conn.execute(
+        "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
+        f" WHERE created_at < ?{where} LIMIT ?)",
+        (cutoff, *bound, limit),
+    )
+    return cursor.rowcount
+
+
+def _count(conn: sqlite3.Connection, org_id: str | None, cutoff: int) -> tuple[int, int, int]:
+    big = 1 << 62
+    idem_where, bound = _scope(org_id)
+    idem = conn.execute(
+        f"SELECT count(*) FROM idempotency WHERE created_at < ?{idem_where}", (cutoff, *bound)
+    ).fetchone()[0]
+    return (
+        len(_old_runs(conn, org_id, cutoff, big)),
+        len(_old_tasks(conn, org_id, cutoff, big)),
+        idem,
+    )
+
+
+def _policies(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
+    rows = conn.execute(
+        "SELECT o.org_id, r.days FROM orgs o LEFT JOIN retention_orgs r ON r.org_id = o.org_id"
+        " ORDER BY o.created_at"
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+# -- the pruner -------------------------------------------------------------------------
+
+
+class Pruner:
+    """Prunes finished work in bounded batches; one prune at a time.
+
+    Args:
+        store: The server's store.
+        settings: The default age, the batch size and the pause between batches.
+        task_root: The directory of a task (the provider's ``task_paths(id).root``);
+            ``None`` leaves task directories alone.
+        forget_run: Called with each pruned run id (the engine drops its live channel).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: RetentionSettings,
+        task_root: Callable[[str], Path] | None = None,
+        forget_run: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._task_root = task_root
+        self._forget_run = forget_run
+        self.lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Create the overrides table."""
+        await self.store.migrate(MIGRATION, SCHEMA)
+
+    # -- policies ------------------------------------------------------------------
+
+    def _policy(self, org_id: str, days: float | None) -> RetentionPolicy:
+        if days is None:
+            return RetentionPolicy(org_id, self.settings.days, inherited=True)
+        return RetentionPolicy(org_id, days or None, inherited=False)
+
+    async def policy(self, org_id: str) -> RetentionPolicy:
+        """The organization's retention: its override, else the server's default."""
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT days FROM retention_orgs WHERE org_id = ?", (org_id,)
+            ).fetchone()
+        )
+        return self._policy(org_id, None if row is None else float(row[0]))
+
+    async def set_policy(self, org_id: str, days: float | None) -> RetentionPolicy:
+        """Override the organization's age (``0`` keeps all); ``None`` drops the override."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM retention_orgs WHERE org_id = ?", (org_id,))
+            if days is not None:
+                conn.execute("INSERT INTO retention_orgs VALUES (?, ?)", (org_id, days))
+
+        await self.store.run(write)
+        return await self.policy(org_id)
+
+    # -- pruning -------------------------------------------------------------------
+
+    async def prune(
+        self, older_than: float, org_id: str | None = None, *, dry_run: bool = False
+    ) -> PruneResult:
+        """Remove (or with ``dry_run`` count) what finished more than ``older_than`` s ago.
+
+        Args:
+            older_than: The age in seconds.
+            org_id: The organization; ``None`` prunes every organization.
+            dry_run: Count only; nothing is deleted.
+        """
+        cutoff = now_ms() - int(older_than * 1000)
+        orgs = [org_id] if org_id is not None else []
+        result = PruneResult(dry_run, older_than, cutoff, orgs)
+        async with self.lock:
+            if dry_run:
+                runs, tasks, idem = await self.store.run(lambda c: _count(c, org_id, cutoff))
+                dirs = tasks if self._task_root is not None else 0
+                return attrs.evolve(
+                    result, runs=runs, tasks=tasks, task_directories=dirs,
+                    idempotency_records=idem,
+                )  # fmt: skip
+            runs = await self._prune_runs(org_id, cutoff)
+            tasks, dirs = await self._prune_tasks(org_id, cutoff)
+            idem = await self._prune_idempotency(org_id, cutoff)
+        return attrs.evolve(
+            result, runs=runs, tasks=tasks, task_directories=dirs, idempotency_records=idem
+        )
+
+    async def _pause(self) -> None:
+        await asyncio.sleep(self.settings.pause)
+
+    async def _prune_runs(self, org_id: str | None, cutoff: int) -> int:
+        done, batch = 0, self.settings.batch
+
+        def step(conn: sqlite3.Connection) -> list[str]:
+            ids = _old_runs(conn, org_id, cutoff, batch)
+            if ids:
+                _delete_runs(conn, ids)
+            return ids
+
+        while ids := await self.store.run(step):
+            done += len(ids)
+            for run_id in ids:
+                if self._forget_run is not None:
+                    self._forget_run(run_id)
+            if len(ids) < batch:
+                break
+            await self._pause()
+        return done
+
+    async def _prune_tasks(self, org_id: str | None, cutoff: int) -> tuple[int, int]:
+        done = dirs = 0
+        batch = self.settings.batch
+        while ids := await self.store.run(lambda c: _old_tasks(c, org_id, cutoff, batch)):
+            dirs += await asyncio.to_thread(self._remove_dirs, ids)
+            await self.store.run(lambda c: _delete_tasks(c, ids))
+            done += len(ids)
+            if len(ids) < batch:
+                break
+            await self._pause()
+        return done, dirs
+
+    def _remove_dirs(self, task_ids: list[str]) -> int:
+        return sum(self._remove_dir(task_id) for task_id in task_ids)
+
+    def _remove_dir(self, task_id: str) -> bool:
+        if self._task_root is None:
+            return False
+        try:
+            return remove_tree(self._task_root(task_id))
+        except OSError as exc:
+            log.warning("retention: task %s: its directory was not removed: %s", task_id, exc)
+            return False
+
+    async def _prune_idempotency(self, org_id: str | None, cutoff: int) -> int:
+        done, batch = 0, self.settings.batch
+        while count := await self.store.run(
+            lambda c: _delete_idempotency(c, org_id, cutoff, batch)
+        ):
+            done += count
+            if count < batch:
+                break
+            await self._pause()
+        return done
+
+    async def prune_due(self) -> list[PruneResult]:
+        """Prune every organization whose policy keeps less than forever; log each."""
+        policies = await self.store.run(_policies)
+        results = []
+        for org_id, days in policies:
+            policy = self._policy(org_id, days)
+            if policy.days is None:
+                continue
+            result = await self.prune(policy.days * _DAY, org_id)
+            if result.runs or result.tasks or result.idempotency_records:
+                log.info(
+                    "retention: %s: pruned %d runs, %d tasks (%d directories) and %d"
+                    " idempotency records older than %g days",
+                    org_id, result.runs, result.tasks, result.task_directories,
+                    result.idempotency_records, policy.days,
+                )  # fmt: skip
+            results.append(result)
+        return results
