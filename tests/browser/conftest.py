@@ -135,7 +135,17 @@ def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console
     env = {k: v for k, v in os.environ.items() if k != "VI_FLOW_API_KEY"}
     try:
         with fake_model() as model:
-            argv = [VI_FLOW, "serve", "--port", "0", "--home", str(home), "--llm-base-url", model]
+            argv = [
+                VI_FLOW,
+                "--debug",
+                "serve",
+                "--port",
+                "0",
+                "--home",
+                str(home),
+                "--llm-base-url",
+                model,
+            ]
             with _serve(argv, env, log) as root:
                 server = ConsoleServer(home, root, (home / "admin-token").read_text().strip())
                 org = server.call("POST", "/organizations", {"name": "other team"})[
