@@ -138,6 +138,15 @@ export async function taskPage(root, taskId) {
     for (const text of String(data.text).replace(/\n$/, '').split('\n')) queue.push({ stream: data.stream, text });
     if (!flushing) { flushing = true; requestAnimationFrame(flush); }
   });
+  // A server-sent `event: error` (the log cannot be read) has data; a dropped connection
+  // has none, and the browser reconnects by itself with Last-Event-ID.
+  source.addEventListener('error', (e) => {
+    if (!e.data) return;
+    source.close();
+    let message = e.data;
+    try { message = JSON.parse(e.data).message; } catch { /* shown as sent */ }
+    counter.after(notice(`The log cannot be read: ${message}`, 'error'));
+  });
   source.addEventListener('end', async () => {
     source.close();
     await refresh();
