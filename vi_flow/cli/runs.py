@@ -1,4 +1,4 @@
-"""``vi-flow runs``: list, get, cancel, watch and resume runs."""
+"""``vi-flow runs``: list, get, cancel, watch, resume and prune runs."""
 
 from __future__ import annotations
 
@@ -186,3 +186,44 @@ def resume(run_id: str, tool_results: tuple[str, ...], as_json: bool) -> None:
     else:
         for call_id in accepted:
             click.echo(f"{run_id}: answered {call_id}")
+
+
+def _age(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """``--older-than`` read as the server reads ``olderThan`` (``30d``, ``12h``, seconds)."""
+    from ..models.retention import parse_age
+
+    try:
+        return parse_age(value, "--older-than")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--older-than: "), ctx, param) from None
+
+
+@runs.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    metavar="AGE",
+    callback=_age,
+    help="Age past which finished work goes: 30d, 12h, 90m or seconds.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option(
+    "--organization",
+    "organization_id",
+    help="Another organization (admin key), or '*' for every one [default: the key's own].",
+)
+@json_option
+def prune(older_than: float, dry_run: bool, organization_id: str | None, as_json: bool) -> None:
+    """Delete finished runs (with their events), finished tasks (with their directories)
+    and idempotency records older than --older-than; pending and running work stays."""
+    result = (
+        state().client().runs.prune(older_than, dry_run=dry_run, organization_id=organization_id)
+    )
+    if wants_json(as_json):
+        emit_json(result)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {result.runs} runs, {result.tasks} tasks ({result.task_directories}"
+        f" directories) and {result.idempotency_records} idempotency records"
+    )

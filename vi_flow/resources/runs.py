@@ -1,4 +1,4 @@
-"""``client.runs``: list, get, create, cancel and delete runs."""
+"""``client.runs``: list, get, create, cancel, delete and prune runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from .._http import path
 from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Condition, DeletedRun, Page, PaginationParams, Run
 from ..models.execution import check_version  # the one check, shared with the server
+from ..models.retention import PruneResult, parse_age
 from ._base import AsyncResource
 
 __all__ = ["AsyncRuns", "condition_named"]
@@ -100,3 +101,32 @@ class AsyncRuns(AsyncResource):
     async def delete(self, run_id: str) -> DeletedRun:
         """Delete a finished run (a running one gives ``ConflictError``)."""
         return await self._http.request("DELETE", path("/runs/{}", run_id), cast=DeletedRun)
+
+    async def prune(
+        self,
+        older_than: str | float,
+        *,
+        dry_run: bool = False,
+        organization_id: str | None = None,
+    ) -> PruneResult:
+        """Delete finished runs, tasks and idempotency records older than ``older_than``.
+
+        Runs go with their events; tasks with their directories. Pending and running
+        work is never touched.
+
+        Args:
+            older_than: Seconds, or a text such as ``"30d"``, ``"12h"`` (units s, m, h,
+                d, w).
+            dry_run: Only count what would go.
+            organization_id: Another organization (admin keys only), or ``"*"`` for all;
+                the key's own organization by default.
+
+        Raises:
+            ValueError: ``older_than`` is not an age (negative, garbage), named.
+        """
+        body = {
+            "olderThan": parse_age(older_than, "older_than"),
+            "dryRun": dry_run,
+            "organizationId": organization_id,
+        }
+        return await self._http.request("POST", "/retention/prune", json=body, cast=PruneResult)

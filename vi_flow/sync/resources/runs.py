@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._pagination import Order
 from ...models import Condition, DeletedRun, PaginationParams, Run
+from ...models.retention import PruneResult
 from .._pagination import PaginatedResponse
 
 if TYPE_CHECKING:
@@ -64,3 +65,15 @@ class Runs:
     def delete(self, run_id: str) -> DeletedRun:
         """Delete a finished run."""
         return self._portal.call(self._async.delete, run_id)
+
+    def prune(
+        self,
+        older_than: str | float,
+        *,
+        dry_run: bool = False,
+        organization_id: str | None = None,
+    ) -> PruneResult:
+        """Delete finished runs, tasks and idempotency records older than ``older_than``."""
+        return self._portal.call(
+            self._async.prune, older_than, dry_run=dry_run, organization_id=organization_id
+        )
