@@ -146,6 +146,7 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
     form = one.page.locator("form.tool-call")
     form.wait_for()
     assert "Oslo" in form.inner_text()
+    assert one.page.inner_text("#run-paused") == "waiting for tool results"
     one.page.wait_for_selector(".timeline [data-step=ask]")
     one.shot("tool-call")
     form.locator("textarea").fill("{sunny")
@@ -155,6 +156,7 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
     form.locator("textarea").fill('{"sky": "sunny", "celsius": 21}')
     form.locator("button").click()
     one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+    assert one.page.locator("#run-paused").count() == 0
     run = console_server.call("GET", f"/runs/{paused['executionId']}/trace")
     assert run["status"] == "Succeeded" and run["steps"][-1]["output"] == {
         "sky": "sunny",

@@ -173,17 +173,20 @@ function runTrace(runId) {
 /** The forms of the calls a paused run waits for; each call is answered on its own. */
 function toolCalls(runId) {
   const el = h('section', { class: 'tools', 'aria-live': 'polite' });
+  const marker = h('span', { class: 'badge badge-paused', id: 'run-paused' }, 'waiting for tool results');
   const answered = new Set();
+  const clear = () => { el.replaceChildren(); marker.remove(); };
   const show = (e) => {
-    el.replaceChildren();
+    clear();
     const calls = e.data.toolCalls.filter((c) => !answered.has(c.id));
     if (!calls.length) return;
+    document.getElementById('run-condition')?.after(marker);
     el.append(h('h2', {}, 'Waiting for tool results'),
       h('p', {}, `Step ${e.data.stepId} is paused until each call below is answered.`),
       ...calls.map((c) => toolForm(runId, c, (form) => { answered.add(c.id); form.replaceWith(notice(`Sent the result of ${c.function.name}.`)); })));
     el.querySelector('textarea')?.focus();
   };
-  return { el, show, clear: () => el.replaceChildren() };
+  return { el, show, clear };
 }
 
 const STEP_END = new Set(['step_completed', 'step_failed', 'flow_completed']);
