@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from vi_flow.server.bootstrap import DEFAULT_ORG
-from vi_flow.server.retention import remove_tree
+from vi_flow.server.retention import RetentionSettings, remove_tree
 from vi_flow.server.routes.retention import PRUNER_KEY
 
 from .conftest import Server, StartServer, spec
@@ -50,7 +50,11 @@ async def _prune(server: Server, token: str | None = None, **body: Any) -> dict[
     return dict(answer.body)
 
 
-async def test_old_finished_runs_and_their_events_go_recent_ones_stay(server: Server) -> None:
+async def test_old_finished_runs_and_their_events_go_recent_ones_stay(
+    start_server: StartServer,
+) -> None:
+    small = RetentionSettings(batch=2, pause=0)  # 3 runs: two batches
+    server = await start_server(prepare=lambda app: setattr(app[PRUNER_KEY], "settings", small))
     flow_id = await _flow(server)
     old = [await _finished_run(server, flow_id) for _ in range(3)]
     await anyio.sleep(1.2)
@@ -179,6 +183,16 @@ async def test_old_tasks_and_their_directories_go_without_following_links(
     assert (await server.call("GET", f"/tasks/{running['taskId']}")).status == 200
     assert (server.home / "tasks" / running["taskId"]).is_dir()
     await server.call("POST", f"/tasks/{running['taskId']}/cancel", json={"force": True})
+
+
+def test_settings_read_the_environment() -> None:
+    env = {"VI_FLOW_RETENTION_DAYS": "30", "VI_FLOW_RETENTION_INTERVAL": "10m"}
+    assert RetentionSettings.from_env(env) == RetentionSettings(days=30.0, interval=600.0)
+    assert RetentionSettings.from_env({"VI_FLOW_RETENTION_DAYS": "12h"}).days == 0.5
+    assert RetentionSettings.from_env({"VI_FLOW_RETENTION_DAYS": "0"}).days is None
+    assert RetentionSettings.from_env({}) == RetentionSettings()
+    with pytest.raises(ValueError, match=r"VI_FLOW_RETENTION_DAYS: .*'-2'$"):
+        RetentionSettings.from_env({"VI_FLOW_RETENTION_DAYS": "-2"})
 
 
 def test_remove_tree_never_leaves_its_directory(tmp_path: Path) -> None:

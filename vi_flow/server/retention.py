@@ -51,7 +51,11 @@ def _env_age(env: Mapping[str, str], name: str, unit: str) -> float | None:
     raw = env.get(name, "").strip()
     if not raw or raw.lower() in ("none", "off"):
         return None
-    return parse_age(raw if raw[-1].isalpha() else f"{raw}{unit}", name)
+    text = raw if raw[-1].isalpha() else f"{raw}{unit}"  # a bare number is in ``unit``
+    try:
+        return parse_age(text, name)
+    except ValueError as exc:  # name what was written, not what it was read as
+        raise ValueError(str(exc).replace(repr(text), repr(raw))) from None
 
 
 @attrs.frozen
@@ -69,8 +73,8 @@ class RetentionSettings:
 
     days: float | None = None
     interval: float = 3600.0
-    batch: int = 200
-    pause: float = 0.005
+    batch: int = 100
+    pause: float = 0.02
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetentionSettings:
