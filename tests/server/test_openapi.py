@@ -170,3 +170,20 @@ async def test_queries_headers_events_and_links_are_declared(server: Server) -> 
         "$ref": "#/components/schemas/ExecutionOutcome"
     }
     assert not [p for p in paths if not p.startswith("/v1/")]  # the console's pages are not API
+
+
+async def test_bodies_say_what_the_server_refuses(server: Server) -> None:
+    doc = await _doc(server)
+    schemas, paths = doc["components"]["schemas"], doc["paths"]
+    blocks = {v["properties"]["block"]["const"]: v for v in schemas["FlowBlock"]["oneOf"]}
+    assert {"template", "task", "tool", "llm"} <= set(blocks)
+    template = blocks["template"]["properties"]["settings"]
+    assert "template" in template["properties"] and template["additionalProperties"] is False
+    assert schemas["TaskConfig"]["required"] == ["command"]
+    assert schemas["VolumeRequest"]["properties"]["sizeGb"]["minimum"] == 1
+    created = paths["/v1/organizations"]["post"]["requestBody"]
+    assert created["required"] and created["content"]["application/json"]["schema"]["required"]
+    name = schemas["FlowSpec"]["properties"]["name"]
+    assert name["minLength"] == 1 and name["maxLength"] == 256
+    flow = await server.call("POST", "/flows", json={"name": " ", "blocks": []})
+    assert flow.status == 422  # blank, as the pattern says

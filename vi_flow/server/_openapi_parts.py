@@ -16,12 +16,21 @@ from typing import Any
 
 from ..models.common import MAX_PAGE_SIZE
 from ..models.events import EVENT_TYPES
-from ..models.limits import MAX_DURATION_HOURS, MAX_INT, MAX_TIME_MS
+from ..models.limits import (
+    MAX_DURATION_HOURS,
+    MAX_ID_LENGTH,
+    MAX_INT,
+    MAX_NAME_LENGTH,
+    MAX_TIME_MS,
+    MAX_VOLUME_GB,
+)
 
 __all__ = [
     "ANSWER_HEADERS",
     "IDEMPOTENCY_KEY",
+    "ID_NAME",
     "LOG_EVENTS",
+    "NAME",
     "PAGE_PARAMS",
     "QUERY",
     "REQUEST_HEADERS",
@@ -32,6 +41,7 @@ __all__ = [
     "chosen_id",
     "operation_id",
     "sse_schema",
+    "tighten",
 ]
 
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
@@ -69,13 +79,14 @@ def _number(low: float, high: float) -> dict[str, Any]:
 
 def chosen_id(prefix: str) -> dict[str, Any]:
     """The schema of an id a client may choose: ``<prefix>_`` and up to 64 more characters."""
-    return {"type": "string", "pattern": f"^{prefix}_[A-Za-z0-9_-]{{1,64}}$"}
+    return {"type": "string", "pattern": f"^({prefix}_[A-Za-z0-9_-]{{1,64}})?$"}  # "": none
 
 
 VERSION: dict[str, Any] = {
     "anyOf": [
         {"type": "integer", "minimum": 1, "maximum": MAX_INT},
         {"type": "string", "enum": ["draft", "production"]},
+        {"type": "null"},
     ]
 }
 """A flow version: a published number, ``draft`` or ``production``."""
@@ -88,6 +99,7 @@ PAGE_PARAMS = [
 ]
 """Every paged list reads these."""
 
+_STATUSES = " *(pending|running|completed|failed|cancelled) *"
 _LIMIT = _query("limit", _int(1, 1000), "At most this many items.")
 _LAST_EVENT_ID = "Resume after this event id (what the stream's last `id:` said)."
 
@@ -105,26 +117,30 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),
     ],
     ("GET", "/v1/runs/{runId}/events"): [
-        _query("after", {"type": "string", "pattern": "^[0-9]{1,19}$"}, _LAST_EVENT_ID)
+        _query("after", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
     ],
     ("POST", "/v1/runs/{runId}/tool-results"): [
         _query("wait", _BOOL_TEXT, "Answer the run's next outcome instead of `accepted`.")
     ],
     ("GET", "/v1/tasks"): [
-        _query("status", _STR, "Only tasks in these statuses (comma-separated)."),
+        _query(
+            "status",
+            {"type": "string", "pattern": f"^({_STATUSES})?(,({_STATUSES})?)*$"},
+            "Only tasks in these statuses (comma-separated).",
+        ),
         _LIMIT,
     ],
     ("GET", "/v1/volumes"): [_LIMIT],
     ("GET", "/v1/instances"): [
         _query("gpuType", _STR, "Only this GPU type."),
-        _query("maxPrice", _number(0, 1e9), "At most this price per hour."),
-        _query("minGpuMemoryGb", _number(0, 1e9), "At least this GPU memory."),
-        _query("gpuCount", _number(0, 1e9), "At least this many GPUs."),
+        _query("maxPrice", _number(-MAX_INT, MAX_INT), "At most this price per hour."),
+        _query("minGpuMemoryGb", _number(-MAX_INT, MAX_INT), "At least this GPU memory."),
+        _query("gpuCount", _number(-MAX_INT, MAX_INT), "At least this many GPUs."),
         _LIMIT,
     ],
     ("GET", "/v1/reservations/availability"): [
-        _query("earliestStartTime", _int(0, MAX_TIME_MS), "Start of the search (ms)."),
-        _query("latestEndTime", _int(0, MAX_TIME_MS), "End of the search (ms)."),
+        _query("earliestStartTime", _number(0, MAX_TIME_MS), "Start of the search (ms)."),
+        _query("latestEndTime", _number(0, MAX_TIME_MS), "End of the search (ms)."),
         _query("durationHours", _number(0, MAX_DURATION_HOURS), "Window length."),
         _query("instanceType", _STR, "The instance type to reserve."),
         _query("gpu", _STR, "A GPU type (or `<type>:<count>`)."),
@@ -134,13 +150,13 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
 
 IDEMPOTENCY_KEY = _header(
     "Idempotency-Key",
-    {"type": "string", "minLength": 1, "maxLength": 255},
-    "Retries with the same key and body get the first answer again.",
+    {"type": "string", "maxLength": 255},
+    "Retries with the same key and body get the first answer again (empty: no key).",
 )
 REQUEST_ID = _header(
     "X-Request-Id",
-    {"type": "string", "maxLength": 128},
-    "Your id for this request; echoed when sane, else the server makes one.",
+    _STR,
+    "Your id for this request; echoed when sane (else the server makes one, never refusing).",
 )
 
 REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -148,7 +164,7 @@ REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
     ],
     ("GET", "/v1/runs/{runId}/events"): [
-        _header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,19}$"}, _LAST_EVENT_ID)
+        _header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
     ],
 }
 """Request headers beyond ``Authorization``, ``Idempotency-Key`` and ``X-Request-Id``."""
@@ -263,3 +279,63 @@ def _link(
                 "operationId": op["operationId"],
                 "parameters": {param: f"$response.body#/{field}"},
             }
+
+
+_NOT_CONTROL = "[^\\u0000-\\u001f\\u007f]"
+_NOT_BLANK = (  # what Python's str.strip keeps: no control character, no Unicode space
+    "[^\\u0000-\\u0020\\u007f\\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+NAME: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": f"^{_NOT_CONTROL}*{_NOT_BLANK}{_NOT_CONTROL}*$",
+}
+"""A name the server keeps: not blank, at most 256 characters, no control characters."""
+
+ID_NAME: dict[str, Any] = {**NAME, "maxLength": MAX_ID_LENGTH}
+"""A step or input name: as :data:`NAME`, at most 128 characters."""
+
+# What the server checks beyond the models' types: (component, property) -> schema, and
+# the properties each component requires. The document says what is refused.
+_NARROWER: dict[tuple[str, str], dict[str, Any]] = {
+    ("FlowSpec", "name"): NAME,
+    ("FlowInput", "name"): ID_NAME,
+    ("ExecuteRequest", "version"): VERSION,
+    ("TaskConfig", "name"): {
+        "type": "string",
+        "maxLength": MAX_NAME_LENGTH,
+        "pattern": f"^{_NOT_CONTROL}*$",
+    },
+    ("TaskConfig", "maxRunTime"): {
+        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]
+    },
+    ("VolumeRequest", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},
+    ("VolumeSpec", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},
+    ("ReservationRequest", "durationHours"): {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": MAX_DURATION_HOURS,
+    },
+    ("ReservationRequest", "startTime"): {
+        "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_TIME_MS}, {"type": "null"}]
+    },
+}
+_REQUIRED: dict[str, list[str]] = {
+    "TaskConfig": ["command"],
+    "MountRequest": ["volumeId"],
+}
+
+
+def tighten(components: dict[str, Any]) -> None:
+    """Narrow the model schemas to what the server accepts (names, ranges, required)."""
+    for (name, prop), schema in _NARROWER.items():
+        properties = components.get(name, {}).get("properties", {})
+        if prop in properties:
+            properties[prop] = schema
+    for name, required in _REQUIRED.items():
+        if name in components:
+            components[name]["required"] = sorted(
+                {*components[name].get("required", []), *required}
+            )

@@ -15,6 +15,7 @@ console's browser pages are not part of it.
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 import re
@@ -161,6 +162,7 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _DELETED = _obj(deleted=_BOOL)
+_NAMED = {**_obj(name=parts.NAME), "required": ["name"]}
 _CREDITS = _obj(organizationId=_STR, credits={"anyOf": [_INT, {"type": "null"}]})
 
 
@@ -186,10 +188,10 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/health"): _Route(answer=_obj(status=_STR, proof=_STR)),
     ("GET", "/v1/openapi.json"): _Route(answer={"type": "object"}),
     ("POST", "/v1/organizations"): _Route(
-        body=_obj(name=_STR), answer=_obj(organizationId=_STR), status=201
+        body=_NAMED, answer=_obj(organizationId=_STR), status=201
     ),
     ("POST", "/v1/organizations/{organizationId}/tokens"): _Route(
-        body=_obj(name=_STR), answer=_obj(token=_STR, name=_STR), status=201
+        body=_NAMED, answer=_obj(token=_STR, name=_STR), status=201
     ),
     ("GET", "/v1/organizations/{organizationId}/tokens"): _Route(
         answer=_obj(
@@ -241,7 +243,10 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/runs/{runId}/cancel"): _Route(answer=Run),
     ("GET", "/v1/runs/{runId}/events"): _Route(media=_SSE, events=parts.RUN_EVENTS),
     ("POST", "/v1/runs/{runId}/tool-results"): _Route(
-        body=_obj(toolResults={"type": "array", "items": ToolResult}),
+        body={
+            **_obj(toolResults={"type": "array", "items": ToolResult, "minItems": 1}),
+            "required": ["toolResults"],
+        },
         answer=[ExecutionOutcome, _obj(accepted=_INT)],  # ?wait=true: the next outcome
     ),
     ("GET", "/v1/organizations/{organizationId}/credits"): _Route(answer=_CREDITS),
@@ -341,7 +346,7 @@ def _body_schema(body: Any, components: dict[str, Any]) -> dict[str, Any]:
         return json_schema(body, components)
     # An inline object may name a model for a property's items (tool results).
     properties = {
-        name: {"type": "array", "items": json_schema(value["items"], components)}
+        name: {**value, "items": json_schema(value["items"], components)}
         if isinstance(value, dict)
         and isinstance(value.get("items"), type)
         and attrs.has(value["items"])
@@ -423,6 +428,13 @@ def _responses(
     return {str(route.status): success, "default": error}
 
 
+def _needs_body(schema: dict[str, Any], components: dict[str, Any]) -> bool:
+    """Whether a body is required: its schema (or the model it names) requires a field."""
+    ref = schema.get("$ref", "")
+    named = components.get(ref.rsplit("/", 1)[-1], {}) if ref else schema
+    return bool(named.get("required"))
+
+
 def _operation(method: str, path: str, handler: Any, components: dict[str, Any]) -> dict[str, Any]:
     doc = inspect.getdoc(handler) or ""
     segments = [s for s in path.split("/") if s and s != "v1"]
@@ -436,10 +448,40 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
     }
     if route.body is not None:
         schema = _body_schema(route.body, components)
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+        content = {"application/json": {"schema": schema}}
+        op["requestBody"] = {"required": _needs_body(schema, components), "content": content}
     if (method, path) in _PUBLIC:
         op["security"] = []
     return op
+
+
+def _block_types(app: web.Application, components: dict[str, Any]) -> None:
+    """``FlowBlock`` as one of the block types the server runs, with the settings each reads.
+
+    A flow spec with an unknown block type or setting is refused (422), so the document
+    says which are known: a client (or a fuzzer) can tell a valid spec from the schema.
+    """
+    from .routes.executions import EXECUTION_ENGINE_KEY  # the engine feature owns the key
+
+    engine = app.get(EXECUTION_ENGINE_KEY)
+    if engine is None or "FlowBlock" not in components:
+        return
+    generic = components["FlowBlock"]
+    variants = []
+    for name in engine.registry.names():
+        settings = engine.registry.settings_of(name)
+        variant = copy.deepcopy(generic)
+        variant.pop("description", None)
+        variant["properties"]["block"] = {"const": name}
+        variant["properties"]["id"] = {"anyOf": [parts.ID_NAME, {"type": "null"}]}
+        if settings is not None:
+            variant["properties"]["settings"] = {
+                "type": "object",
+                "properties": {key: {} for key in sorted(settings)},
+                "additionalProperties": False,
+            }
+        variants.append(variant)
+    components["FlowBlock"] = {"description": generic.get("description", ""), "oneOf": variants}
 
 
 def build_openapi(app: web.Application, title: str = "vi_flow local server") -> dict[str, Any]:
@@ -459,6 +501,8 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
             route.method, path, route.handler, components
         )
     parts.add_links(paths)
+    parts.tighten(components)
+    _block_types(app, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1"},
