@@ -345,4 +345,5 @@ def test_pages_read_well_on_a_phone(visit: Any, console_server: ConsoleServer) -
         assert width <= 390, (path, width)
     one.page.goto(f"{console_server.root}/runs/{paused['executionId']}")
     one.page.wait_for_selector("form.tool-call")
+    one.page.wait_for_selector(".timeline [data-step=ask]")
     one.shot("phone")
