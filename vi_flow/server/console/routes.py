@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -49,6 +50,7 @@ STATIC_TYPES = {
 _Finder = Callable[[web.Request, str, str], Awaitable[Any]]
 
 
+@functools.cache  # a few KB from the package, read once: no file I/O per request
 def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
