@@ -153,6 +153,8 @@ def _create_and_begin(
         flow=spec, training_project=spec.training_project, flow_id=flow_id,
         flow_version=label, message=request.message, parameters=request.parameters,
     ))  # fmt: skip
+    # logged here, in the transaction, so that it comes before the state changes logged below
+    log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
     row = _new_row(run, request, "running")
     tables.insert_run(conn, row)
     records.set_run_log(conn, run.run_id, f"engine_events:{run.run_id}")
@@ -253,7 +255,6 @@ class Engine:
         """
         begun = await self.store.run(lambda c: _create_and_begin(c, org, flow_id, request))
         run_id = begun.row.run_id
-        log.info("run %s of %s: created, flow %s", run_id, org, flow_id)
         self.log.new_channel(run_id)
         self._launch(run_id, begun)
         return run_id
