@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vi_flow.models.limits import MAX_INT, MAX_NAME_LENGTH
+from vi_flow.models.limits import MAX_EMIT_LINES, MAX_INT, MAX_NAME_LENGTH
 from vi_flow.server.state import STORE_KEY
 
 from .conftest import Server, StartServer, spec
@@ -326,3 +326,13 @@ async def test_a_command_with_a_nul_byte_is_422(server: Server) -> None:
     for command in ("echo a\x00b", ["echo", "a\x00b"]):
         _refused(await server.call("POST", "/tasks", json={"command": command}), "command")
     assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+async def test_an_emit_step_of_a_stored_flow_has_a_bounded_count(server: Server) -> None:
+    for count in (MAX_EMIT_LINES + 1, 10**12, -1, "many", 1.5):
+        blocks = [{"block": "emit", "settings": {"count": count}}]
+        answer = await server.call("POST", "/flows", json={"name": "e", "blocks": blocks})
+        _refused(answer, "blocks[0].settings.count")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+    blocks = [{"block": "emit", "settings": {"count": MAX_EMIT_LINES}}]
+    assert (await server.call("POST", "/flows", json={"name": "e", "blocks": blocks})).status == 201

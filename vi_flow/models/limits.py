@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "MAX_BLOCKS",
     "MAX_DURATION_HOURS",
+    "MAX_EMIT_LINES",
     "MAX_ID_LENGTH",
     "MAX_INT",
     "MAX_LIST_LENGTH",
@@ -78,6 +79,9 @@ MAX_DURATION_HOURS = 24 * 366
 
 MAX_VOLUME_GB = 65_536
 """The largest volume, in GB."""
+
+MAX_EMIT_LINES = 1_000_000
+"""The most log lines one ``emit`` step of a stored flow asks for (its ``count``)."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60

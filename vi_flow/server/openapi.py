@@ -53,6 +53,7 @@ from ..models.tasks import (
 )
 from . import _openapi_parts as parts
 from .helpers import idempotent
+from .validation import SETTING_LIMITS
 
 __all__ = ["build_openapi", "json_schema"]
 
@@ -455,6 +456,16 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
     return op
 
 
+def _setting(block: str, name: str) -> dict[str, Any]:
+    """The schema of one setting: a range where the server checks one, else any value."""
+    low_high = SETTING_LIMITS.get((block, name))
+    return (
+        {}
+        if low_high is None
+        else {"type": "integer", "minimum": low_high[0], "maximum": low_high[1]}
+    )
+
+
 def _block_types(app: web.Application, components: dict[str, Any]) -> None:
     """``FlowBlock`` as one of the block types the server runs, with the settings each reads.
 
@@ -477,7 +488,7 @@ def _block_types(app: web.Application, components: dict[str, Any]) -> None:
         if settings is not None:
             variant["properties"]["settings"] = {
                 "type": "object",
-                "properties": {key: {} for key in sorted(settings)},
+                "properties": {key: _setting(name, key) for key in sorted(settings)},
                 "additionalProperties": False,
             }
         variants.append(variant)

@@ -12,10 +12,20 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
 
 from ..models.flows import FlowSpec
-from ..models.limits import MAX_BLOCKS, MAX_ID_LENGTH, MAX_NESTING, LimitError, check_name, depth
+from ..models.limits import (
+    MAX_BLOCKS,
+    MAX_EMIT_LINES,
+    MAX_ID_LENGTH,
+    MAX_NESTING,
+    LimitError,
+    check_int,
+    check_name,
+    depth,
+)
 from .errors import APIProblem
 
 __all__ = [
+    "SETTING_LIMITS",
     "BlockCatalog",
     "check_blocks",
     "check_chosen_id",
@@ -151,6 +161,19 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
             problem = f"unknown block type {block.block!r}{_closest(block.block, names)}"
             raise APIProblem.validation(f"{where}.block", f"{problem} (known: {', '.join(names)})")
         _check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
+        _check_values(where, block.block, block.settings)
+
+
+SETTING_LIMITS: dict[tuple[str, str], tuple[int, int]] = {
+    ("emit", "count"): (0, MAX_EMIT_LINES),
+}
+"""(block type, setting) -> the whole numbers a stored flow may give it."""
+
+
+def _check_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
+    for (kind, name), (low, high) in SETTING_LIMITS.items():
+        if kind == block and name in settings:
+            limited(check_int, f"{where}.settings.{name}", settings[name], low, high)
 
 
 def _check_settings(
