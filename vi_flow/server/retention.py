@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -198,19 +199,35 @@ def _marks(values: tuple[str, ...] | list[str]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def _scope(org_id: str | None) -> tuple[str, tuple[str, ...]]:
+def _org_clause(org_id: str | None) -> tuple[str, tuple[str, ...]]:
     return ("", ()) if org_id is None else (" AND org_id = ?", (org_id,))
 
 
-def _old_runs(conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int) -> list[str]:
-    where, bound = _scope(org_id)
+Rows = list[tuple[int, str]]
+"""Selected rows: a cursor (``seq`` or ``rowid``) and the id to delete."""
+
+
+@attrs.frozen
+class _Scope:
+    """What a prune removes: finished before ``cutoff`` (ms), in ``org_id`` (None: all)."""
+
+    org_id: str | None
+    cutoff: int
+
+
+Select = Callable[[sqlite3.Connection, _Scope, int, int], Rows]
+"""``select(conn, scope, after, limit)``: up to ``limit`` rows past the cursor ``after``."""
+
+
+def _old_runs(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+    where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
-        f"SELECT run_id FROM runs WHERE condition IN ({_marks(_RUN_DONE)}) AND updated_at < ?"
-        f"{where} AND NOT EXISTS (SELECT 1 FROM engine_runs e"
+        f"SELECT seq, run_id FROM runs WHERE condition IN ({_marks(_RUN_DONE)})"
+        f" AND updated_at < ?{where} AND seq > ? AND NOT EXISTS (SELECT 1 FROM engine_runs e"
         " WHERE e.run_id = runs.run_id AND e.closed = 0) ORDER BY seq LIMIT ?",
-        (*_RUN_DONE, cutoff, *bound, limit),
+        (*_RUN_DONE, scope.cutoff, *bound, after, limit),
     ).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 _RUN_TABLES = ("runs", "engine_runs", "engine_steps", "engine_answers", "engine_events")
@@ -221,14 +238,14 @@ def _delete_runs(conn: sqlite3.Connection, run_ids: list[str]) -> None:
         conn.execute(f"DELETE FROM {table} WHERE run_id IN ({_marks(run_ids)})", run_ids)
 
 
-def _old_tasks(conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int) -> list[str]:
-    where, bound = _scope(org_id)
+def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+    where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
-        f"SELECT task_id FROM tasks WHERE status IN ({_marks(_TASK_DONE)})"
-        f" AND COALESCE(ended_at, created_at) < ?{where} ORDER BY seq LIMIT ?",
-        (*_TASK_DONE, cutoff, *bound, limit),
+        f"SELECT seq, task_id FROM tasks WHERE status IN ({_marks(_TASK_DONE)})"
+        f" AND COALESCE(ended_at, created_at) < ?{where} AND seq > ? ORDER BY seq LIMIT ?",
+        (*_TASK_DONE, scope.cutoff, *bound, after, limit),
     ).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
 
 
 def _delete_tasks(conn: sqlite3.Connection, task_ids: list[str]) -> None:
@@ -236,29 +253,26 @@ def _delete_tasks(conn: sqlite3.Connection, task_ids: list[str]) -> None:
         conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
 
 
-def _delete_idempotency(
-    conn: sqlite3.Connection, org_id: str | None, cutoff: int, limit: int
-) -> int:
-    where, bound = _scope(org_id)
-    cursor = conn.execute(
-        "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
-        f" WHERE created_at < ?{where} LIMIT ?)",
-        (cutoff, *bound, limit),
-    )
-    return cursor.rowcount
+def _old_idempotency(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+    where, bound = _org_clause(scope.org_id)
+    rows = conn.execute(
+        f"SELECT rowid FROM idempotency WHERE created_at < ?{where} AND rowid > ?"
+        " ORDER BY rowid LIMIT ?",
+        (scope.cutoff, *bound, after, limit),
+    ).fetchall()
+    return [(r[0], str(r[0])) for r in rows]
 
 
-def _count(conn: sqlite3.Connection, org_id: str | None, cutoff: int) -> tuple[int, int, int]:
-    big = 1 << 62
-    idem_where, bound = _scope(org_id)
-    idem = conn.execute(
-        f"SELECT count(*) FROM idempotency WHERE created_at < ?{idem_where}", (cutoff, *bound)
-    ).fetchone()[0]
-    return (
-        len(_old_runs(conn, org_id, cutoff, big)),
-        len(_old_tasks(conn, org_id, cutoff, big)),
-        idem,
-    )
+def _delete_idempotency(conn: sqlite3.Connection, rowids: list[str]) -> None:
+    conn.execute(f"DELETE FROM idempotency WHERE rowid IN ({_marks(rowids)})", rowids)
+
+
+def _apply(
+    delete: Callable[[sqlite3.Connection, list[str]], None],
+    ids: list[str],
+    conn: sqlite3.Connection,
+) -> None:
+    delete(conn, ids)
 
 
 def _policies(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
@@ -294,6 +308,7 @@ class Pruner:
         self.settings = settings
         self._task_root = task_root
         self._forget_run = forget_run
+        self._removed = 0  # task directories removed by the prune in progress
         self.lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -342,57 +357,68 @@ class Pruner:
         cutoff = now_ms() - int(older_than * 1000)
         orgs = [org_id] if org_id is not None else []
         result = PruneResult(dry_run, older_than, cutoff, orgs)
+        scope = _Scope(org_id, cutoff)
         async with self.lock:
+            self._removed = 0
             if dry_run:
-                runs, tasks, idem = await self.store.run(lambda c: _count(c, org_id, cutoff))
+                runs, tasks, idem = [
+                    await self._count(select, scope)
+                    for select in (_old_runs, _old_tasks, _old_idempotency)
+                ]
                 dirs = tasks if self._task_root is not None else 0
-                return attrs.evolve(
-                    result, runs=runs, tasks=tasks, task_directories=dirs,
-                    idempotency_records=idem,
-                )  # fmt: skip
-            runs = await self._prune_runs(org_id, cutoff)
-            tasks, dirs = await self._prune_tasks(org_id, cutoff)
-            idem = await self._prune_idempotency(org_id, cutoff)
+            else:
+                runs = await self._drain(_old_runs, scope, _delete_runs, self._forget)
+                tasks = await self._drain(_old_tasks, scope, _delete_tasks, self._remove_dirs)
+                dirs = self._removed
+                idem = await self._drain(_old_idempotency, scope, _delete_idempotency)
         return attrs.evolve(
             result, runs=runs, tasks=tasks, task_directories=dirs, idempotency_records=idem
         )
 
-    async def _pause(self) -> None:
-        await asyncio.sleep(self.settings.pause)
+    async def _select(self, select: Select, scope: _Scope, after: int, limit: int) -> Rows:
+        return await self.store.run(lambda conn: select(conn, scope, after, limit))
 
-    async def _prune_runs(self, org_id: str | None, cutoff: int) -> int:
+    async def _count(self, select: Select, scope: _Scope) -> int:
+        """How many rows ``select`` finds, read in pages (a read blocks nobody for long)."""
+        total, after, size = 0, 0, self.settings.batch * 10
+        while rows := await self._select(select, scope, after, size):
+            total, after = total + len(rows), rows[-1][0]
+            if len(rows) < size:
+                break
+        return total
+
+    async def _drain(
+        self,
+        select: Select,
+        scope: _Scope,
+        delete: Callable[[sqlite3.Connection, list[str]], None],
+        before: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> int:
+        """Delete what ``select`` finds, ``batch`` rows per transaction, pausing between.
+
+        ``before`` runs on each batch's ids before their rows go (task directories).
+        """
         done, batch = 0, self.settings.batch
-
-        def step(conn: sqlite3.Connection) -> list[str]:
-            ids = _old_runs(conn, org_id, cutoff, batch)
-            if ids:
-                _delete_runs(conn, ids)
-            return ids
-
-        while ids := await self.store.run(step):
+        while rows := await self._select(select, scope, 0, batch):
+            ids = [ident for _, ident in rows]
+            if before is not None:
+                await before(ids)
+            await self.store.run(functools.partial(_apply, delete, ids))
             done += len(ids)
-            for run_id in ids:
-                if self._forget_run is not None:
-                    self._forget_run(run_id)
             if len(ids) < batch:
                 break
-            await self._pause()
+            await asyncio.sleep(self.settings.pause)
         return done
 
-    async def _prune_tasks(self, org_id: str | None, cutoff: int) -> tuple[int, int]:
-        done = dirs = 0
-        batch = self.settings.batch
-        while ids := await self.store.run(lambda c: _old_tasks(c, org_id, cutoff, batch)):
-            dirs += await asyncio.to_thread(self._remove_dirs, ids)
-            await self.store.run(lambda c: _delete_tasks(c, ids))
-            done += len(ids)
-            if len(ids) < batch:
-                break
-            await self._pause()
-        return done, dirs
+    async def _forget(self, run_ids: list[str]) -> None:
+        if self._forget_run is not None:
+            for run_id in run_ids:
+                self._forget_run(run_id)
 
-    def _remove_dirs(self, task_ids: list[str]) -> int:
-        return sum(self._remove_dir(task_id) for task_id in task_ids)
+    async def _remove_dirs(self, task_ids: list[str]) -> None:
+        self._removed += await asyncio.to_thread(
+            lambda: sum(self._remove_dir(task_id) for task_id in task_ids)
+        )
 
     def _remove_dir(self, task_id: str) -> bool:
         if self._task_root is None:
@@ -402,17 +428,6 @@ class Pruner:
         except OSError as exc:
             log.warning("retention: task %s: its directory was not removed: %s", task_id, exc)
             return False
-
-    async def _prune_idempotency(self, org_id: str | None, cutoff: int) -> int:
-        done, batch = 0, self.settings.batch
-        while count := await self.store.run(
-            lambda c: _delete_idempotency(c, org_id, cutoff, batch)
-        ):
-            done += count
-            if count < batch:
-                break
-            await self._pause()
-        return done
 
     async def prune_due(self) -> list[PruneResult]:
         """Prune every organization whose policy keeps less than forever; log each."""
