@@ -148,6 +148,17 @@ async def test_an_organization_policy_overrides_the_default(server: Server) -> N
     assert back.body["inherited"] is True
 
 
+async def test_the_periodic_job_prunes_by_the_default_age(start_server: StartServer) -> None:
+    every = RetentionSettings(days=1e-5, interval=0.2, pause=0)  # 0.864 s, 5 times a second
+    server = await start_server(prepare=lambda app: setattr(app[PRUNER_KEY], "settings", every))
+    run_id = await _finished_run(server, await _flow(server))
+    with anyio.fail_after(10):
+        while (await server.call("GET", f"/runs/{run_id}")).status == 200:
+            await anyio.sleep(0.1)
+    policy = await server.call("GET", f"/organizations/{DEFAULT_ORG}/retention")
+    assert policy.body == {"organizationId": DEFAULT_ORG, "days": 1e-5, "inherited": True}
+
+
 async def test_expired_idempotency_records_go(server: Server) -> None:
     headers = {"Idempotency-Key": "k1"}
     first = await server.call("POST", "/flows", json=spec("f", "a"), headers=headers)
