@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,6 +144,19 @@ def test_a_server_with_work_does_not_idle_out(home: Path) -> None:
     time.sleep(3)
     assert alive(info.pid) and _task(home, task_id)["status"] == "running"
     wait_for(lambda: not alive(info.pid), 30, "the server to exit once the task ended")
+
+
+def test_an_open_ssh_connection_keeps_an_idle_server_up(home: Path) -> None:
+    """A client still reading over SSH (a long log follow, a shell) is a client too."""
+    cli(home, "server", "start", VI_FLOW_SERVER_IDLE_TIMEOUT="1")
+    info = run_file(home)
+    assert info is not None and info.ssh_host and info.ssh_port
+    with socket.create_connection((info.ssh_host, info.ssh_port), timeout=10) as conn:
+        assert conn.recv(64).startswith(b"SSH-2.0-")  # the server's banner: it is connected
+        time.sleep(4)
+        assert alive(info.pid)
+        assert cli_json(home, "server", "status")["connections"] >= 1
+    wait_for(lambda: not alive(info.pid), 30, "the server to exit once the SSH client left")
 
 
 def test_serve_in_the_foreground_never_idles_out(home: Path) -> None:

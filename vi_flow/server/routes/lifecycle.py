@@ -27,6 +27,7 @@ from ..helpers import json_response, principal_of, read_body
 from ..state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
+from .tasks import SSHD_KEY
 
 __all__ = ["LIFECYCLE_KEY", "Lifecycle", "setup"]
 
@@ -80,8 +81,13 @@ async def server_status(app: web.Application) -> ServerStatus:
         active_runs=len(runs),
         active_tasks=int(tasks),
         active_reservations=sum(r.status in _OPEN_RESERVATIONS for r in reservations),
-        connections=app[LIFECYCLE_KEY].connections(),
+        connections=app[LIFECYCLE_KEY].connections() + _ssh_connections(app),
     )
+
+
+def _ssh_connections(app: web.Application) -> int:
+    sshd = app.get(SSHD_KEY)
+    return 0 if sshd is None else sshd.connection_count
 
 
 async def get_server(request: web.Request) -> web.Response:

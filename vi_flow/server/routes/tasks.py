@@ -58,9 +58,9 @@ from ..tasks.sshd import TaskSSHServer
 from ..validation import limited
 from . import task_logs as task_logs_sse
 
-__all__ = ["setup"]
+__all__ = ["SSHD_KEY", "setup"]
 
-_SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
+SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
 MAX_TAIL = 100_000
 
 
@@ -515,7 +515,7 @@ async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await service.close()
         raise
-    app[_SSHD_KEY] = sshd
+    app[SSHD_KEY] = sshd
     host, port = advertised_ssh(settings, sshd.host, sshd.port)
     service.records.ssh_address = SSHAddress(host, port, sshd.host_key_line)
     try:

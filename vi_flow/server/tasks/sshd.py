@@ -488,6 +488,11 @@ class TaskSSHServer:
         self.port = int(sockets[0].getsockname()[1])
         log.info("ssh server listening on %s:%d", self.host, self.port)
 
+    @property
+    def connection_count(self) -> int:
+        """SSH connections open now (shells, log follows, SFTP): clients, for the idle exit."""
+        return len(self._connections)
+
     async def close(self) -> None:
         """Stop listening, close open connections (their commands are killed) and wait."""
         if self._acceptor is None:
