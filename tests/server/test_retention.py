@@ -4,6 +4,7 @@ idempotency records past an age, per organization, and nothing else."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ async def test_a_running_run_and_another_organization_are_untouched(server: Serv
     assert (await _prune(server, token, olderThan=1))["runs"] == 1
     assert (await server.call("GET", f"/runs/{theirs}", token=token)).status == 404
     everyone = await _prune(server, olderThan=1, organizationId="*")
-    assert everyone["runs"] == 0 and everyone["organizations"] == []
+    assert everyone["runs"] == 0 and everyone["organizations"] == ["*"]
     assert org_id not in everyone["organizations"]
 
 
@@ -194,6 +195,23 @@ async def test_old_tasks_and_their_directories_go_without_following_links(
     assert (await server.call("GET", f"/tasks/{running['taskId']}")).status == 200
     assert (server.home / "tasks" / running["taskId"]).is_dir()
     await server.call("POST", f"/tasks/{running['taskId']}/cancel", json={"force": True})
+
+
+async def test_a_finished_task_of_a_run_still_going_stays(server: Server) -> None:
+    task_id = (await server.call("POST", "/tasks", json={"command": "true"})).body["taskId"]
+    run_id = await _finished_run(server, await _flow(server))
+    with anyio.fail_after(10):
+        while (await server.call("GET", f"/tasks/{task_id}")).body["status"] != "completed":
+            await anyio.sleep(0.02)
+
+    def link(conn: sqlite3.Connection) -> None:  # the run paused at a later step, for days
+        conn.execute("UPDATE runs SET condition = 'Running' WHERE run_id = ?", (run_id,))
+        conn.execute("UPDATE tasks SET run_id = ? WHERE task_id = ?", (run_id, task_id))
+
+    await server.app[PRUNER_KEY].store.run(link)
+    await anyio.sleep(1.1)
+    assert (await _prune(server, olderThan=1))["tasks"] == 0
+    assert (await server.call("GET", f"/tasks/{task_id}")).status == 200
 
 
 def test_settings_read_the_environment() -> None:

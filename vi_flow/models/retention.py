@@ -72,7 +72,7 @@ class PruneResult:
         dry_run: Whether nothing was deleted, only counted.
         older_than: The age in seconds: what finished before ``now - older_than`` went.
         cutoff: That moment, in ms since the epoch.
-        organizations: The organizations pruned.
+        organizations: The organization pruned, or ``["*"]``: every one.
         runs: Finished runs (with their events, steps and tool answers).
         tasks: Finished tasks (with their mounts records).
         task_directories: Task directories removed from disk.

@@ -7,9 +7,10 @@ answers saved before it. It works in bounded batches (``batch`` rows per transac
 the store's DB thread, a pause between them), so requests queued behind a batch wait
 for one small transaction at most, never for the whole prune.
 
-A run the engine still holds open, a pending or running task, and anything newer than
-the cutoff are never touched. Task directories are removed without following links (a
-task may have planted one to a file of the server's): see :func:`remove_tree`.
+A run the engine still holds open, a pending or running task, a finished task of a run
+still going, and anything newer than the cutoff are never touched. Task directories are
+removed without following links (a task may have planted one to a file of the
+server's): see :func:`remove_tree`.
 
 The periodic job (:mod:`vi_flow.server.routes.retention`) prunes each organization by
 its :class:`~vi_flow.models.retention.RetentionPolicy`: its own override
@@ -240,10 +241,13 @@ def _delete_runs(conn: sqlite3.Connection, run_ids: list[str]) -> None:
 
 def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
     where, bound = _org_clause(scope.org_id)
+    # A task of a run still going (paused for days, say) stays: the run reads its outputs.
     rows = conn.execute(
         f"SELECT seq, task_id FROM tasks WHERE status IN ({_marks(_TASK_DONE)})"
-        f" AND COALESCE(ended_at, created_at) < ?{where} AND seq > ? ORDER BY seq LIMIT ?",
-        (*_TASK_DONE, scope.cutoff, *bound, after, limit),
+        f" AND COALESCE(ended_at, created_at) < ?{where} AND seq > ?"
+        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = tasks.run_id"
+        f" AND r.condition NOT IN ({_marks(_RUN_DONE)})) ORDER BY seq LIMIT ?",
+        (*_TASK_DONE, scope.cutoff, *bound, after, *_RUN_DONE, limit),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
 
@@ -355,7 +359,7 @@ class Pruner:
             dry_run: Count only; nothing is deleted.
         """
         cutoff = now_ms() - int(older_than * 1000)
-        orgs = [org_id] if org_id is not None else []
+        orgs = [org_id if org_id is not None else "*"]
         result = PruneResult(dry_run, older_than, cutoff, orgs)
         scope = _Scope(org_id, cutoff)
         async with self.lock:
