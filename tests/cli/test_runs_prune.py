@@ -40,3 +40,9 @@ def test_bad_ages_are_named_before_any_request(vf_offline: Invoker) -> None:
         assert "--older-than" in result.stderr and repr(age) in result.stderr
     missing = vf_offline("runs", "prune")
     assert missing.exit_code == 2 and "--older-than" in missing.stderr
+
+
+def test_serve_names_a_bad_retention_age(vf_offline: Invoker) -> None:
+    result = vf_offline("serve", "--port", "0", "--retention-days", "soon")
+    assert result.exit_code == 2
+    assert "--retention-days:" in result.stderr and "'soon'" in result.stderr

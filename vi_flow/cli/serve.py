@@ -11,6 +11,7 @@ from ._failures import EXIT_FAILURE, CommandFailed
 
 if TYPE_CHECKING:
     from ..server import ServerSettings
+    from ..server.retention import RetentionSettings
 
 __all__ = ["serve"]
 
@@ -94,6 +95,14 @@ __all__ = ["serve"]
     type=click.IntRange(1, 65535),
     help="SSH port task endpoints advertise (a forwarded port) [default: --ssh-port].",
 )
+@click.option(
+    "--retention-days",
+    envvar="VI_FLOW_RETENTION_DAYS",
+    show_envvar=True,
+    metavar="AGE",
+    help="Prune finished runs and tasks older than this many days (or 12h, 2w), hourly "
+    "(VI_FLOW_RETENTION_INTERVAL); unset keeps everything.",
+)
 def serve(
     host: str,
     port: int,
@@ -111,6 +120,7 @@ def serve(
     public_url: str | None,
     ssh_public_host: str | None,
     ssh_public_port: int | None,
+    retention_days: str | None,
 ) -> None:
     """Run the home's vi-flow server in the foreground until Ctrl-C or SIGTERM.
 
@@ -152,12 +162,27 @@ def serve(
         public_url=public_url,
         ssh_public_host=ssh_public_host,
         ssh_public_port=ssh_public_port,
+        retention=_retention(retention_days),
     )
     try:
         check_endpoints(settings)
     except EndpointError as exc:
         raise click.UsageError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     _serve_logged(settings)
+
+
+def _retention(days: str | None) -> RetentionSettings:
+    """The retention settings, ``--retention-days`` over the environment's."""
+    import os
+
+    from ..server.retention import RetentionSettings
+
+    env = {**os.environ, "VI_FLOW_RETENTION_DAYS": days or ""}
+    try:
+        return RetentionSettings.from_env(env)
+    except ValueError as exc:
+        problem = str(exc).replace("VI_FLOW_RETENTION_DAYS:", "--retention-days:")
+        raise click.UsageError(problem) from None
 
 
 def _serve_logged(settings: ServerSettings) -> None:
