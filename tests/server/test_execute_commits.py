@@ -68,3 +68,24 @@ async def test_a_refused_execute_stores_nothing(server: Server) -> None:
     bad = await server.call("POST", f"/flows/{flow_id}/execute", json={"version": 7})
     assert bad.status == 404
     assert (await server.call("GET", "/runs")).body["items"] == []
+
+
+ASK = {"name": "ask", "blocks": [
+    {"block": "tool", "id": "ask", "settings": {"tool": "lookup", "arguments": {"q": "x"}}},
+    {"block": "template", "id": "end", "settings": {"template": "got {{ steps.ask.output }}"}},
+]}  # fmt: skip
+
+
+async def test_an_idempotent_execute_that_pauses_replays_the_pause(server: Server) -> None:
+    # The answer of an execute is its first outcome: the pause, even once the run ends.
+    flow_id = await _flow(server, ASK)
+    headers = {"Idempotency-Key": "exec-pause"}
+    path = f"/flows/{flow_id}/execute"
+    first = await server.call("POST", path, json={"message": "x"}, headers=headers)
+    assert first.status == 200 and first.body["state"] == "paused", first.body
+    run_id, call = first.body["executionId"], first.body["toolCalls"][0]["id"]
+    results = {"toolResults": [{"toolCallId": call, "output": "42"}]}
+    done = await server.call("POST", f"/runs/{run_id}/tool-results?wait=true", json=results)
+    assert done.body["state"] == "completed" and done.body["output"] == "got 42"
+    again = await server.call("POST", path, json={"message": "x"}, headers=headers)
+    assert again.body == first.body and again.headers["Idempotent-Replayed"] == "true"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +55,7 @@ Save = Callable[[sqlite3.Connection, Any], None]
 """Saves something in the transaction that reads a run's outcome."""
 
 _RESTARTED = "the server stopped during the run"
+_FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
 _CANCEL_WAIT = 10.0
 
 
@@ -193,6 +195,7 @@ class Engine:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._locks: dict[str, _RunLock] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._finals: dict[str, ExecutionOutcome] = {}  # outcomes read as runs ended
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -247,15 +250,31 @@ class Engine:
 
     # -- starting ---------------------------------------------------------------------
 
-    async def submit(self, org: str, flow_id: str, request: ExecuteRequest) -> str:
+    async def submit(
+        self, org: str, flow_id: str, request: ExecuteRequest, save: Save | None = None
+    ) -> str:
         """Start executing a flow version; return the run (execution) id.
+
+        ``save``: as for :meth:`outcome`, which it spares a transaction: when the run
+        ends without pausing, its outcome is read and ``save(conn, outcome)`` called in
+        the transaction that ends it, and :meth:`outcome` answers from memory.
 
         Raises:
             APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
         """
         begun = await self.store.run(lambda c: _create_and_begin(c, org, flow_id, request))
         run_id = begun.row.run_id
-        self.log.new_channel(run_id)
+        channel = self.log.new_channel(run_id)
+
+        def final(conn: sqlite3.Connection, save: Save) -> None:
+            if channel.settled:  # it paused: that answered the call, the answer is saved
+                return
+            outcome = build_outcome(tables.get_run(conn, run_id), tables.get_steps(conn, run_id))
+            save(conn, outcome)
+            self._finals[run_id] = outcome
+
+        if save is not None:
+            self.executor.on_finish[run_id] = functools.partial(final, save=save)
         self._launch(run_id, begun)
         return run_id
 
@@ -293,6 +312,8 @@ class Engine:
         task.add_done_callback(forget)
 
     async def _drive(self, run_id: str, begun: Begun | None) -> None:
+        if begun is not None:  # nobody waits for the outcome a few seconds on: forget it
+            asyncio.get_running_loop().call_later(_FINAL_KEPT, self._finals.pop, run_id, None)
         try:
             paused = await self.executor.drive(run_id, begun)
         except asyncio.CancelledError:
@@ -438,6 +459,9 @@ class Engine:
                 return build_outcome(row, steps)
         while channel.settled <= after and not channel.finished and not self.log.stopping:
             await channel.wait(None)
+        final = self._finals.pop(run_id, None) if channel.finished else None
+        if final is not None and not after:  # read (and saved) when the run ended
+            return final
 
         def read(conn: sqlite3.Connection) -> ExecutionOutcome:
             outcome = build_outcome(tables.get_run(conn, run_id), tables.get_steps(conn, run_id))

@@ -185,6 +185,8 @@ class Executor:
         self.registry = registry
         self._http = http
         self.tasks: TaskService | None = None
+        self.on_finish: dict[str, Callable[[sqlite3.Connection], None]] = {}
+        """Per run: called in the transaction that ends it (after its changes)."""
 
     # -- the run ----------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class Executor:
                        "failedStep": failed_step}  # fmt: skip
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
         carry = carry or _Carry(_no_change, [])
+        on_finish = self.on_finish.pop(row.run_id, _no_change)
 
         def store_outcome(conn: sqlite3.Connection) -> None:
             carry.store(conn)
@@ -265,6 +268,7 @@ class Executor:
             tables.close_running_steps(conn, row.run_id, step_status.value, ended)
             set_condition(conn, row.run_id, status, error, reason)
             tables.mark_closed(conn, row.run_id)
+            on_finish(conn)
 
         channel = await self.log.channel(row.run_id)
         events = [*carry.events, *([] if channel.ended else [_completed_event(row)])]

@@ -64,9 +64,11 @@ async def execute(request: web.Request) -> web.Response:
     """Run a flow to completion or to its first pause; answer the ``ExecutionOutcome``."""
     engine = _engine(request)
     body = parse_request(await read_body(request))
-    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
-    # the idempotent answer is saved in the transaction that reads the outcome
-    return json_response(await engine.outcome(run_id, 0, answer_saver(200)))
+    # the idempotent answer is saved in the transaction that ends the run (or, when it
+    # pauses, in the one that reads the pause)
+    save = answer_saver(200)
+    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
+    return json_response(await engine.outcome(run_id, 0, save))
 
 
 @idempotent
