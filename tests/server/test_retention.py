@@ -78,19 +78,17 @@ async def test_old_finished_runs_and_their_events_go_recent_ones_stay(
 async def test_a_running_run_and_another_organization_are_untouched(server: Server) -> None:
     org_id, token = await _second_org(server)
     theirs = await _finished_run(server, await _flow(server, token), token)
-    flow_id = await _flow(server)
-    mine = await _finished_run(server, flow_id)
-    await anyio.sleep(1.1)
-    store = server.app[PRUNER_KEY].store
-    await store.run(  # a run still Running, last changed long ago (a stuck one)
-        lambda c: c.execute(
-            "UPDATE runs SET condition = 'Running', updated_at = 0 WHERE run_id = ?", (mine,)
-        )
-    )
+    slow = {"name": "slow", "blocks": [{"block": "emit", "id": "e",
+            "settings": {"count": 600, "interval": 0.05}}]}  # fmt: skip
+    flow_id = (await server.call("POST", "/flows", json=slow)).body["flowId"]
+    mine = (await server.call("POST", "/runs", json={"flowId": flow_id})).body["runId"]
+    await anyio.sleep(1.2)  # Running since more than a second
     done = await _prune(server, olderThan=1)
     assert done["runs"] == 0 and done["organizations"] == [DEFAULT_ORG]
     assert (await server.call("GET", f"/runs/{theirs}", token=token)).status == 200
-    assert (await server.call("GET", f"/runs/{mine}")).status == 200
+    running = (await server.call("GET", f"/runs/{mine}")).body
+    assert running["status"]["conditions"][-1]["condition"] == "Running"
+    await server.call("POST", f"/runs/{mine}/cancel")
     # Their own key prunes only their organization; naming another one needs an admin.
     refused = await server.call(
         "POST", "/retention/prune", json={"olderThan": 1, "organizationId": "*"}, token=token
@@ -101,6 +99,31 @@ async def test_a_running_run_and_another_organization_are_untouched(server: Serv
     everyone = await _prune(server, olderThan=1, organizationId="*")
     assert everyone["runs"] == 0 and everyone["organizations"] == ["*"]
     assert org_id not in everyone["organizations"]
+
+
+async def test_a_run_of_many_events_goes_a_few_rows_at_a_time(server: Server) -> None:
+    loud = {
+        "name": "loud",
+        "blocks": [{"block": "emit", "id": "e", "settings": {"count": 300_000}}],
+    }
+    flow_id = (await server.call("POST", "/flows", json=loud)).body["flowId"]
+    run_id = (await server.call("POST", "/runs", json={"flowId": flow_id})).body["runId"]
+    store = server.app[PRUNER_KEY].store
+
+    def rows(conn: sqlite3.Connection) -> int:
+        sql = "SELECT count(*) FROM engine_events WHERE run_id = ?"
+        return int(conn.execute(sql, (run_id,)).fetchone()[0])
+
+    with anyio.fail_after(60):
+        while (await server.call("GET", f"/runs/{run_id}")).body["status"]["conditions"][-1][
+            "condition"
+        ] != "Succeeded":
+            await anyio.sleep(0.1)
+    assert await store.run(rows) > 64  # more than one transaction's worth of event rows
+    await anyio.sleep(1.1)
+    assert (await _prune(server, olderThan=1))["runs"] == 1
+    assert await store.run(rows) == 0
+    assert (await server.call("GET", f"/runs/{run_id}/events")).status == 404
 
 
 async def test_bad_input_is_named(server: Server) -> None:

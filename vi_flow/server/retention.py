@@ -28,6 +28,7 @@ import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 
@@ -39,6 +40,8 @@ from .store import Store
 __all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings", "remove_tree"]
 
 log = logging.getLogger("vi_flow.server")
+
+T = TypeVar("T")
 
 MIGRATION = "retention-1"
 SCHEMA = "CREATE TABLE IF NOT EXISTS retention_orgs (org_id TEXT PRIMARY KEY, days REAL NOT NULL);"
@@ -239,6 +242,20 @@ def _delete_runs(conn: sqlite3.Connection, run_ids: list[str]) -> None:
         conn.execute(f"DELETE FROM {table} WHERE run_id IN ({_marks(run_ids)})", run_ids)
 
 
+_EVENT_ROWS = 64
+"""Event rows (up to 2,048 events each) deleted per transaction before their runs go."""
+
+
+def _trim_events(conn: sqlite3.Connection, run_ids: list[str]) -> int:
+    """Delete up to :data:`_EVENT_ROWS` event rows of ``run_ids``; how many went."""
+    cursor = conn.execute(
+        "DELETE FROM engine_events WHERE (run_id, first_id) IN (SELECT run_id, first_id"
+        f" FROM engine_events WHERE run_id IN ({_marks(run_ids)}) LIMIT ?)",
+        (*run_ids, _EVENT_ROWS),
+    )
+    return cursor.rowcount
+
+
 def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
     where, bound = _org_clause(scope.org_id)
     # A task of a run still going (paused for days, say) stays: the run reads its outputs.
@@ -272,11 +289,10 @@ def _delete_idempotency(conn: sqlite3.Connection, rowids: list[str]) -> None:
 
 
 def _apply(
-    delete: Callable[[sqlite3.Connection, list[str]], None],
-    ids: list[str],
-    conn: sqlite3.Connection,
-) -> None:
-    delete(conn, ids)
+    fn: Callable[[sqlite3.Connection, list[str]], T], ids: list[str], conn: sqlite3.Connection
+) -> T:
+    """``fn(conn, ids)``: a batch's statement, bound to its ids for the store's thread."""
+    return fn(conn, ids)
 
 
 def _policies(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
@@ -371,7 +387,7 @@ class Pruner:
                 ]
                 dirs = tasks if self._task_root is not None else 0
             else:
-                runs = await self._drain(_old_runs, scope, _delete_runs, self._forget)
+                runs = await self._drain(_old_runs, scope, _delete_runs, self._before_runs)
                 tasks = await self._drain(_old_tasks, scope, _delete_tasks, self._remove_dirs)
                 dirs = self._removed
                 idem = await self._drain(_old_idempotency, scope, _delete_idempotency)
@@ -414,7 +430,12 @@ class Pruner:
             await asyncio.sleep(self.settings.pause)
         return done
 
-    async def _forget(self, run_ids: list[str]) -> None:
+    async def _before_runs(self, run_ids: list[str]) -> None:
+        """Delete the runs' events a few rows per transaction (a run may hold millions),
+        and drop their live channels."""
+        trim = functools.partial(_apply, _trim_events, run_ids)
+        while await self.store.run(trim) == _EVENT_ROWS:
+            pass
         if self._forget_run is not None:
             for run_id in run_ids:
                 self._forget_run(run_id)
