@@ -11,6 +11,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,10 +102,12 @@ def _show_task(task: Task) -> None:
     )
 
 
-def _follow(task_id: str, stream: LogStream, as_json: bool) -> None:
+def _follow(
+    task_id: str, stream: LogStream, as_json: bool, since: datetime | timedelta | None = None
+) -> None:
     """Print log lines as written until the task ends; exit with its exit code."""
     client = state().client()
-    for line in client.follow_logs(task_id, stream):
+    for line in client.follow_logs(task_id, stream, since=since):
         if as_json:
             emit_ndjson({"taskId": task_id, "line": line})
         else:
@@ -114,6 +117,29 @@ def _follow(task_id: str, stream: LogStream, as_json: bool) -> None:
     if as_json:
         emit_ndjson({"taskId": task_id, "status": task.status.value, "exitCode": task.exit_code})
     raise click.exceptions.Exit(exit_code_of(task))
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_since(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> datetime | timedelta | None:
+    """``--since``: a duration ago (``30s``, ``10m``, ``2h``, ``1d``) or an ISO 8601 time."""
+    if value is None:
+        return None
+    text = value.strip()
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in _SINCE_UNITS and number.replace(".", "", 1).isdigit():
+        return timedelta(seconds=float(number) * _SINCE_UNITS[unit])
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (30s, 10m, 2h, 1d) nor a time (2026-12-02T08:00)",
+            ctx,
+            param,
+        ) from None
 
 
 def _watch(task_id: str, interval: float, as_json: bool) -> None:
@@ -361,21 +387,35 @@ def cancel(task_id: str, force: bool, as_json: bool) -> None:
 @click.option(
     "-n",
     "--tail",
-    default=100,
-    show_default=True,
     type=click.IntRange(0, 100000),
-    help="Lines to show (without --follow).",
+    help="Lines to show (without --follow)  [default: 100; with --since, all]",
 )
 @click.option("--stderr", is_flag=True, help="Standard error instead of standard output.")
 @click.option("--both", is_flag=True, help="Standard output then standard error.")
+@click.option(
+    "--since",
+    callback=_parse_since,
+    help="Only lines written since then: a duration ago (30s, 10m, 2h, 1d) or a time "
+    "(2026-12-02T08:00, local unless it names a zone); to within a second.",
+)
 @json_option
-def logs(task_id: str, follow: bool, tail: int, stderr: bool, both: bool, as_json: bool) -> None:
+def logs(
+    task_id: str,
+    follow: bool,
+    tail: int | None,
+    stderr: bool,
+    both: bool,
+    since: datetime | timedelta | None,
+    as_json: bool,
+) -> None:
     """Print a task's log; with -f, follow it as it is written."""
     stream: LogStream = "both" if both else ("stderr" if stderr else "stdout")
     if follow:
-        _follow(task_id, stream, wants_json(as_json))
+        _follow(task_id, stream, wants_json(as_json), since)
         return
-    snapshot = state().client().tasks.logs(task_id, tail=tail, stream=stream)
+    if tail is None:  # --since alone: every line since then
+        tail = 100 if since is None else 100_000
+    snapshot = state().client().tasks.logs(task_id, tail=tail, stream=stream, since=since)
     if wants_json(as_json):
         emit_json(snapshot)
         return

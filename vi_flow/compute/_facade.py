@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
@@ -269,16 +269,24 @@ class AsyncCompute:
         return (await self.tasks.logs(task_id, tail=tail, stream=chosen)).text
 
     async def follow_logs(
-        self, task_id: str, stream: LogStream = "stdout", *, poll_interval: float = 0.5
+        self,
+        task_id: str,
+        stream: LogStream = "stdout",
+        *,
+        poll_interval: float = 0.5,
+        since: datetime | timedelta | None = None,
     ) -> AsyncIterator[str]:
         """Yield a task's log lines as written, exactly once each, until it ended and is drained.
 
         Over the task's SSH endpoint, or the API's event stream when SSH does not answer
         (the ``log_transport`` setting: ``auto``, ``ssh`` or ``http``); survives dropped
-        connections by resuming at the exact byte offset.
+        connections by resuming at the exact byte offset. With ``since`` (a time, or a
+        ``timedelta`` before now), starts at the lines written since then (see
+        ``tasks.logs``).
         """
+        offsets = None if since is None else await self._context.tasks.log_offsets(task_id, since)
         lines = _ops.follow_lines(
-            self._context, task_id, stream=stream, poll_interval=poll_interval
+            self._context, task_id, stream=stream, poll_interval=poll_interval, offsets=offsets
         )
         async with contextlib.aclosing(lines):
             async for _, line in lines:

@@ -7,7 +7,9 @@ and the top-level task methods of the client are built on it.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -111,7 +113,12 @@ class AsyncTasks(AsyncResource):
         return await self._http.request("POST", url, json=body, cast=Task)
 
     async def logs(
-        self, task_id: str, *, tail: int = 100, stream: LogStream = "stdout"
+        self,
+        task_id: str,
+        *,
+        tail: int = 100,
+        stream: LogStream = "stdout",
+        since: datetime | timedelta | None = None,
     ) -> TaskLogs:
         """Read the last ``tail`` lines of a task's log (empty while pending).
 
@@ -119,10 +126,22 @@ class AsyncTasks(AsyncResource):
             task_id: The task.
             tail: How many trailing lines, 0 to 100,000.
             stream: ``"stdout"``, ``"stderr"`` or ``"both"``.
+            since: Only lines written since this time (a ``timedelta``: that long ago).
+                The server notes log sizes once a second, so lines written up to a second
+                before ``since`` may be included; none written after it are left out.
         """
         url = path("/tasks/{}/logs", task_id)
-        query = {"tail": tail, "stream": stream}
+        query = {"tail": tail, "stream": stream, "since": since_ms(since)}
         return await self._http.request("GET", url, params=query, cast=TaskLogs)
+
+    async def log_offsets(self, task_id: str, since: datetime | timedelta) -> dict[str, int]:
+        """Byte offsets in ``stdout`` and ``stderr`` where the lines written since ``since``
+        start (what ``follow_logs(..., since=...)`` resumes from)."""
+        url = path("/tasks/{}/logs/offsets", task_id)
+        offsets: dict[str, int] = await self._http.request(
+            "GET", url, params={"since": since_ms(since)}
+        )
+        return offsets
 
     async def ssh_endpoint(self, task_id: str) -> SSHEndpoint:
         """Get where and how to reach a task over SSH, and its server's host key."""
@@ -141,3 +160,21 @@ class AsyncTasks(AsyncResource):
         url = path("/tasks/{}/outputs", task_id)
         page = await self._http.request("GET", url, cast=Page[TaskOutputFile])
         return page.items
+
+
+def since_ms(since: datetime | timedelta | None) -> int | None:
+    """``since`` as milliseconds since the epoch (a ``timedelta``: that long before now).
+
+    Raises:
+        TypeError: Not a ``datetime`` or ``timedelta``.
+        ValueError: A negative ``timedelta``.
+    """
+    if since is None:
+        return None
+    if isinstance(since, timedelta):
+        if since < timedelta(0):
+            raise ValueError(f"since: a timedelta must not be negative, got {since!r}")
+        return max(0, int((time.time() - since.total_seconds()) * 1000))
+    if isinstance(since, datetime):
+        return max(0, int(since.timestamp() * 1000))  # a naive datetime is local time
+    raise TypeError(f"since must be a datetime or a timedelta, got {since!r}")

@@ -181,6 +181,7 @@ _LOG_PARAMS = (
     _query("follow", _BOOL, "Answer a `text/event-stream` of `log` events, then `end`"),
     _query("stream", {"enum": ["stdout", "stderr", "all", "both"]}, "Which log (stream: all)"),
     _query("tail", _INT, "Trailing lines of the JSON snapshot"),
+    _query("since", _INT, "Only lines written since this time (milliseconds since the epoch)"),
     _query("lastEventId", _STR, "Resume the stream after `<stdout offset>:<stderr offset>`"),
     _query("Last-Event-ID", _STR, "Resume the stream (as lastEventId)", "header"),
 )
@@ -289,6 +290,10 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ),
     ("GET", "/v1/tasks/{taskId}/logs"): _Route(
         answer=TaskLogs, also_sse=True, params=_LOG_PARAMS, events=parts.LOG_EVENTS
+    ),
+    ("GET", "/v1/tasks/{taskId}/logs/offsets"): _Route(
+        answer={**_obj(stdout=_INT, stderr=_INT), "required": ["stdout", "stderr"]},
+        params=(_query("since", _INT, "A time in milliseconds since the epoch"),),
     ),
     ("GET", "/v1/tasks/{taskId}/ssh"): _Route(answer=SSHEndpoint),
     ("POST", "/v1/tasks/{taskId}/volumes"): _Route(body=MountRequest, answer=Task),

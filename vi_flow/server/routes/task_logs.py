@@ -70,16 +70,40 @@ def parse_event_id(raw: str) -> dict[str, int]:
     return dict(zip(STREAMS, offsets, strict=True))
 
 
-def _start(request: web.Request) -> dict[str, int]:
+def _start(request: web.Request) -> dict[str, int] | None:
     name, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
     if not raw:
         name, raw = "lastEventId", request.query.get("lastEventId")
     if not raw:
-        return dict.fromkeys(STREAMS, 0)
+        return None
     try:
         return parse_event_id(raw)
     except ValueError as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"{name}: {exc}") from None
+
+
+def since_query(request: web.Request) -> int | None:
+    """The ``since`` parameter: a time in milliseconds since the epoch, or ``None``."""
+    raw = request.query.get("since")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or int(raw) > MAX_INT:
+        raise APIProblem(
+            400,
+            "INVALID_REQUEST",
+            f"since: expected milliseconds since the epoch, got {raw[:40]!r}",
+        )
+    return int(raw)
+
+
+async def _start_since(
+    request: web.Request, service: TaskService, task_id: str, start: dict[str, int] | None
+) -> dict[str, int]:
+    """Where the stream starts: ``Last-Event-ID``, else ``since``, else the beginning."""
+    since = since_query(request)
+    if start is not None or since is None:
+        return start or dict.fromkeys(STREAMS, 0)
+    return await service.log_times.offsets_since(task_id, since)
 
 
 def _follow(request: web.Request) -> bool:
@@ -227,6 +251,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["taskId"]
     follow, streams, start = _follow(request), _streams(request), _start(request)
     await service.get(task_id, org_of(request))  # 404 for another organization's task
+    start = await _start_since(request, service, task_id, start)
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
     response = web.StreamResponse(headers={**_SSE_HEADERS, HEARTBEAT_HEADER: f"{heartbeat:g}"})
     stream = _LogStream(service, task_id, streams)

@@ -170,7 +170,7 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
-    """Snapshot of a task's logs (tail, stream=stdout|stderr|both); with ``follow`` (or
+    """Snapshot of a task's logs (tail, stream=stdout|stderr|both, since); with ``follow`` (or
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
     if task_logs_sse.wants_stream(request):
         return await task_logs_sse.follow_logs(request)
@@ -179,9 +179,23 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     if stream not in ("stdout", "stderr", "both"):
         raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
     logs = await _service(request).outputs.logs(
-        request.match_info["taskId"], org_of(request), tail, stream
+        request.match_info["taskId"],
+        org_of(request),
+        tail,
+        stream,
+        task_logs_sse.since_query(request),
     )
     return json_response(logs)
+
+
+async def task_log_offsets(request: web.Request) -> web.StreamResponse:
+    """Byte offsets in stdout and stderr where the lines written since ``since`` start."""
+    service, task_id = _service(request), request.match_info["taskId"]
+    since = task_logs_sse.since_query(request)
+    if since is None:
+        raise APIProblem.validation("since", "required: milliseconds since the epoch")
+    await service.get(task_id, org_of(request))  # 404 for another organization's task
+    return json_response(await service.log_times.offsets_since(task_id, since))
 
 
 async def task_ssh(request: web.Request) -> web.StreamResponse:
@@ -545,6 +559,7 @@ def _routes() -> list[tuple[str, str, Any]]:
         ("GET", "/v1/tasks/{taskId}", get_task),
         ("POST", "/v1/tasks/{taskId}/cancel", cancel_task),
         ("GET", "/v1/tasks/{taskId}/logs", task_logs),
+        ("GET", "/v1/tasks/{taskId}/logs/offsets", task_log_offsets),
         ("GET", "/v1/tasks/{taskId}/ssh", task_ssh),
         ("POST", "/v1/tasks/{taskId}/volumes", mount_volume),
         ("GET", "/v1/tasks/{taskId}/outputs", list_task_outputs),

@@ -49,9 +49,9 @@ def _open_log(root: Path, path: Path) -> int | None:
     return None
 
 
-def tail_lines(root: Path, path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of the log ``path`` of the task directory ``root``, split
-    as :mod:`vi_flow.models.loglines` does.
+def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
+    """The last ``count`` lines of the log ``path`` of the task directory ``root`` (none
+    before byte offset ``start``), split as :mod:`vi_flow.models.loglines` does.
 
     Reads backwards in blocks, so a huge log costs only what is returned.
     """
@@ -64,8 +64,9 @@ def tail_lines(root: Path, path: Path, count: int) -> list[str]:
         end = handle.seek(0, os.SEEK_END)
         data = b""
         position = end
-        while position > 0 and data.count(b"\n") <= count:
-            step = min(_TAIL_BLOCK, position)
+        start = min(start, end)
+        while position > start and data.count(b"\n") <= count:
+            step = min(_TAIL_BLOCK, position - start)
             position -= step
             handle.seek(position)
             data = handle.read(step) + data

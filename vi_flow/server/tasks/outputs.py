@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from ...models.loglines import LineSplitter
 from ...models.tasks import TaskLogs, TaskOutputFile
 from . import files
+from .logtimes import LogTimes
 from .records import TaskRecords
 
 __all__ = ["FOLLOW_POLL", "TaskOutputs"]
@@ -30,16 +31,29 @@ class TaskOutputs:
 
     Args:
         records: The service's task records.
+        log_times: When the logs were written (for ``since``).
     """
 
-    def __init__(self, records: TaskRecords) -> None:
+    def __init__(self, records: TaskRecords, log_times: LogTimes) -> None:
         self._records = records
         self._provider = records.provider
+        self._log_times = log_times
 
-    async def logs(self, task_id: str, org_id: str | None, tail: int, stream: str) -> TaskLogs:
-        """A snapshot of the last ``tail`` lines of ``stream`` (stdout, stderr or both)."""
+    async def logs(
+        self,
+        task_id: str,
+        org_id: str | None,
+        tail: int,
+        stream: str,
+        since_ms: int | None = None,
+    ) -> TaskLogs:
+        """A snapshot of the last ``tail`` lines of ``stream`` (stdout, stderr or both),
+        of those written since ``since_ms`` when given."""
         task = await self._records.get(task_id, org_id)
-        lines = await self.tail(task_id, tail, stream)
+        starts = None
+        if since_ms is not None:
+            starts = await self._log_times.offsets_since(task_id, since_ms)
+        lines = await self.tail(task_id, tail, stream, starts)
         return TaskLogs(
             task_id=task_id,
             status=task.status,
@@ -50,15 +64,26 @@ class TaskOutputs:
             exit_code=task.exit_code,
         )
 
-    async def tail(self, task_id: str, lines: int = 50, stream: str = "both") -> list[str]:
-        """The last ``lines`` lines of ``stream`` (``both``: stdout's, then stderr's)."""
+    async def tail(
+        self,
+        task_id: str,
+        lines: int = 50,
+        stream: str = "both",
+        starts: Mapping[str, int] | None = None,
+    ) -> list[str]:
+        """The last ``lines`` lines of ``stream`` (``both``: stdout's, then stderr's), none
+        from before the byte offsets ``starts`` when given."""
         paths = self._provider.task_paths(task_id)
-        chosen = {"stdout": [paths.stdout], "stderr": [paths.stderr]}.get(
-            stream, [paths.stdout, paths.stderr]
-        )
+        every = {"stdout": paths.stdout, "stderr": paths.stderr}
+        chosen = [stream] if stream in every else list(every)
+        floor = starts or {}
 
         def read() -> list[str]:
-            return [line for path in chosen for line in files.tail_lines(paths.root, path, lines)]
+            return [
+                line
+                for name in chosen
+                for line in files.tail_lines(paths.root, every[name], lines, floor.get(name, 0))
+            ]
 
         return await asyncio.to_thread(read)
 

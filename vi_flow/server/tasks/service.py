@@ -44,6 +44,7 @@ from ..providers.base import (
 from ..quotas import Quotas
 from ..store import Store, answer_saver, new_id
 from .launch import build_spec, check_config, prepare_task_dir, task_env
+from .logtimes import SCHEMA_LOG_TIMES, LogTimes
 from .outputs import TaskOutputs
 from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
 from .ssh import SSHAccess
@@ -73,6 +74,7 @@ class TaskService:
         volumes: Volumes and mounting them into tasks.
         ssh: SSH keys, and what an SSH login maps to.
         outputs: Task logs and output files.
+        log_times: When each part of the logs was written (``--since``).
     """
 
     def __init__(
@@ -85,7 +87,8 @@ class TaskService:
         self.records = TaskRecords(store, provider)
         self.volumes = Volumes(self.records)
         self.ssh = SSHAccess(self.records)
-        self.outputs = TaskOutputs(self.records)
+        self.log_times = LogTimes(self.records)
+        self.outputs = TaskOutputs(self.records, self.log_times)
 
     @property
     def ssh_host(self) -> str | None:
@@ -119,6 +122,7 @@ class TaskService:
         """Create the tables, start the provider and reconcile tasks left from before."""
         await self.store.migrate("tasks-1", SCHEMA)
         await self.store.migrate("tasks-2-exits", SCHEMA_EXITS)
+        await self.store.migrate("tasks-3-log-times", SCHEMA_LOG_TIMES)
         await self.provider.start(self._record_update)
         rows = await self.store.run(
             lambda c: c.execute(
@@ -129,9 +133,11 @@ class TaskService:
         if recovered:
             log.info("recovering %d tasks left pending or running", len(recovered))
         await self.provider.recover(recovered)
+        self.log_times.start()
 
     async def close(self) -> None:
         """Stop the provider (a local provider stops its running tasks)."""
+        await self.log_times.close()
         await self.provider.close()
 
     async def _running_task(self, row: sqlite3.Row) -> RunningTask:

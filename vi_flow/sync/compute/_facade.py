@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
 
@@ -155,11 +156,19 @@ class Compute:
         return self._portal.call(self._async.logs, task_id, False, tail, stderr, source, stream)
 
     def follow_logs(
-        self, task_id: str, stream: LogStream = "stdout", *, poll_interval: float = 0.5
+        self,
+        task_id: str,
+        stream: LogStream = "stdout",
+        *,
+        poll_interval: float = 0.5,
+        since: datetime | timedelta | None = None,
     ) -> Iterator[str]:
-        """Iterate a task's log lines as written, until it ended and all are read."""
+        """Iterate a task's log lines as written (since ``since``), until it ended and all
+        are read."""
         return self._portal.iterate(
-            lambda: self._async.follow_logs(task_id, stream, poll_interval=poll_interval)
+            lambda: self._async.follow_logs(
+                task_id, stream, poll_interval=poll_interval, since=since
+            )
         )
 
     def shell(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..._pagination import Order
@@ -62,9 +63,20 @@ class Tasks:
             self._async.cancel, task_id, force=force, grace_period=grace_period
         )
 
-    def logs(self, task_id: str, *, tail: int = 100, stream: LogStream = "stdout") -> TaskLogs:
-        """Read the last ``tail`` lines of a task's log."""
-        return self._portal.call(self._async.logs, task_id, tail=tail, stream=stream)
+    def logs(
+        self,
+        task_id: str,
+        *,
+        tail: int = 100,
+        stream: LogStream = "stdout",
+        since: datetime | timedelta | None = None,
+    ) -> TaskLogs:
+        """Read the last ``tail`` lines of a task's log (written since ``since``)."""
+        return self._portal.call(self._async.logs, task_id, tail=tail, stream=stream, since=since)
+
+    def log_offsets(self, task_id: str, since: datetime | timedelta) -> dict[str, int]:
+        """Byte offsets where the lines written since ``since`` start."""
+        return self._portal.call(self._async.log_offsets, task_id, since)
 
     def ssh_endpoint(self, task_id: str) -> SSHEndpoint:
         """Get a task's SSH endpoint and host key."""

@@ -1,0 +1,120 @@
+"""``since``: the lines of a task's log written since a time, snapshot and follow, SDK and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import vi_flow
+
+from .conftest import TaskServer
+
+pytestmark = pytest.mark.anyio
+
+# "early" lines, a pause well over the server's one-second notes, then "late" lines
+SCRIPT = (
+    "import sys, time\n"
+    "for i in range(3): print('early', i, flush=True); print('e-early', i, file=sys.stderr)\n"
+    "time.sleep(3)\n"
+    "for i in range(3): print('late', i, flush=True); print('e-late', i, file=sys.stderr)\n"
+    "time.sleep({linger})\n"
+)
+
+
+async def _task_with_a_pause(server: TaskServer, linger: float = 0) -> tuple[str, datetime]:
+    """Submit the script; return its id and a time between its early and late lines."""
+    task = await server.submit(command=[sys.executable, "-c", SCRIPT.format(linger=linger)])
+    await server.wait(task["taskId"], until={"running"})
+    await asyncio.sleep(2.0)  # the early lines are out and noted; the late ones are not
+    return task["taskId"], datetime.now()
+
+
+def _client(server: TaskServer, home: Path) -> vi_flow.AsyncClient:
+    return vi_flow.AsyncClient(base_url=f"{server.root}/v1", api_key=server.token, home=home)
+
+
+async def test_snapshot_since_has_only_the_lines_written_since(
+    server: TaskServer, tmp_path: Path
+) -> None:
+    task_id, middle = await _task_with_a_pause(server)
+    await server.wait(task_id)
+    async with _client(server, tmp_path) as client:
+        late = await client.tasks.logs(task_id, since=middle, tail=1000)
+        both = await client.tasks.logs(task_id, since=middle, stream="both")
+        every = await client.tasks.logs(task_id, since=timedelta(hours=1))
+    assert late.lines == ["late 0", "late 1", "late 2"]
+    assert both.lines == ["late 0", "late 1", "late 2", "e-late 0", "e-late 1", "e-late 2"]
+    assert every.lines == [*(f"early {i}" for i in range(3)), *(f"late {i}" for i in range(3))]
+
+
+async def test_follow_since_starts_at_the_lines_written_since(
+    server: TaskServer, tmp_path: Path
+) -> None:
+    task_id, middle = await _task_with_a_pause(server, linger=1)
+    async with _client(server, tmp_path) as client:
+        lines = [line async for line in client.follow_logs(task_id, "both", since=middle)]
+    assert sorted(lines) == sorted(
+        ["late 0", "late 1", "late 2", "e-late 0", "e-late 1", "e-late 2"]
+    )
+
+
+async def test_since_before_the_task_is_every_line_and_bad_since_is_named(
+    server: TaskServer, tmp_path: Path
+) -> None:
+    task = await server.submit(command=["echo", "one"])
+    await server.wait(task["taskId"])
+    async with _client(server, tmp_path) as client:
+        offsets = await client.tasks.log_offsets(task["taskId"], timedelta(days=1))
+        with pytest.raises(ValueError, match="negative"):
+            await client.tasks.logs(task["taskId"], since=timedelta(seconds=-1))
+    assert offsets == {"stdout": 0, "stderr": 0}
+    for bad in ("yesterday", "-5", "1e3", str(2**64)):
+        answer = await server.call("GET", f"/tasks/{task['taskId']}/logs?since={bad}")
+        assert answer.status in (400, 422) and "since" in answer.body["error"]["message"], bad
+    answer = await server.call("GET", f"/tasks/{task['taskId']}/logs/offsets")
+    assert answer.status == 422 and "since" in answer.body["error"]["message"]
+
+
+async def test_another_organizations_task_offsets_are_404(server: TaskServer) -> None:
+    task = await server.submit(command=["echo", "one"])
+    org = await server.call("POST", "/organizations", json={"name": "other"})
+    token = await server.call(
+        "POST", f"/organizations/{org.body['organizationId']}/tokens", json={"name": "t"}
+    )
+    answer = await server.call(
+        "GET", f"/tasks/{task['taskId']}/logs/offsets?since=0", token=token.body["token"]
+    )
+    assert answer.status == 404
+
+
+async def test_cli_logs_since(server: TaskServer, tmp_path: Path) -> None:
+    task_id, middle = await _task_with_a_pause(server)
+    await server.wait(task_id)
+    env = {
+        **os.environ,
+        "VI_FLOW_BASE_URL": f"{server.root}/v1",
+        "VI_FLOW_API_KEY": server.token,
+        "VI_FLOW_HOME": str(tmp_path),
+    }
+    cli = [sys.executable, "-m", "vi_flow.cli", "tasks", "logs", task_id]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    late = await asyncio.to_thread(run, "--since", middle.isoformat())
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.split("\n") == ["late 0", "late 1", "late 2", ""]
+    hour = await asyncio.to_thread(run, "--since", "1h", "-f")
+    assert hour.returncode == 0, hour.stderr
+    assert hour.stdout.splitlines() == [
+        *(f"early {i}" for i in range(3)),
+        *(f"late {i}" for i in range(3)),
+    ]
+    bad = await asyncio.to_thread(run, "--since", "soon")
+    assert bad.returncode == 2 and "'soon' is neither a duration" in bad.stderr
