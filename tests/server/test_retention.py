@@ -263,3 +263,21 @@ def test_remove_tree_never_leaves_its_directory(tmp_path: Path) -> None:
     os.symlink(outside, link)
     assert remove_tree(link) is False and (outside / "f").exists()
     assert remove_tree(tmp_path / "missing") is False
+
+
+async def test_a_pruned_tasks_log_times_go_with_it(server: Server) -> None:
+    command = "echo one; sleep 1.5; echo two"
+    task = (await server.call("POST", "/tasks", json={"command": command})).body
+    with anyio.fail_after(15):
+        while (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] != "completed":
+            await anyio.sleep(0.05)
+
+    def noted() -> int:
+        with sqlite3.connect(server.home / "state.db") as db:
+            query = "SELECT count(*) FROM task_log_times WHERE task_id = ?"
+            return int(db.execute(query, (task["taskId"],)).fetchone()[0])
+
+    assert noted() >= 1  # the server noted when its lines were written (for --since)
+    await anyio.sleep(1.1)
+    assert (await _prune(server, olderThan=1))["tasks"] == 1
+    assert noted() == 0

@@ -270,7 +270,7 @@ def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) 
 
 
 def _delete_tasks(conn: sqlite3.Connection, task_ids: list[str]) -> None:
-    for table in ("tasks", "task_mounts"):
+    for table in ("tasks", "task_mounts", "task_log_times"):
         conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
 
 
