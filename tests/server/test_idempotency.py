@@ -151,3 +151,21 @@ async def test_a_task_the_provider_refuses_leaves_no_replayable_answer(server: S
     again = await server.call("POST", "/tasks", json=body, headers=headers)
     assert again.status == first.status and "Idempotent-Replayed" not in again.headers
     assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+async def test_a_background_job_is_saved_with_its_record(server: Server) -> None:
+    store = server.app[STORE_KEY]
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("the server died between two transactions")
+
+    store.put_idempotent = crash  # type: ignore[method-assign]  # a separate save would fail
+    flow = (await server.call("POST", "/flows", json=spec("job"))).body["flowId"]
+    headers = {"Idempotency-Key": "one-job"}
+    answers = await asyncio.gather(
+        *(server.call("POST", f"/flows/{flow}/jobs", json={}, headers=headers) for _ in range(6))
+    )
+    assert {a.status for a in answers} == {202}
+    assert len({a.body["executionId"] for a in answers}) == 1
+    assert answers[0].body["status"] in ("Running", "Succeeded")
+    assert len((await server.call("GET", "/runs")).body["items"]) == 1

@@ -34,6 +34,7 @@ from ...models.events import (
     ToolCall,
     ToolResult,
 )
+from ...models.execution import ExecutionJob
 from ...models.runs import Run, RunSpec
 from .. import _records as records
 from ..clock import now_ms
@@ -263,6 +264,32 @@ class Engine:
             APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
         """
         begun = await self.store.run(lambda c: _create_and_begin(c, org, flow_id, request))
+        return self._started(begun, save)
+
+    async def submit_job(
+        self, org: str, flow_id: str, request: ExecuteRequest, save: Save
+    ) -> ExecutionJob:
+        """Start executing a flow version in the background; return its job.
+
+        ``save(conn, job)`` runs in the transaction that creates the run (an
+        ``Idempotency-Key``'s answer: the run and its answer are saved together, or neither).
+
+        Raises:
+            APIProblem: As :meth:`submit`.
+        """
+
+        def create(conn: sqlite3.Connection) -> tuple[Begun, ExecutionJob]:
+            begun = _create_and_begin(conn, org, flow_id, request)
+            job = ExecutionJob(execution_id=begun.row.run_id, status=Condition.RUNNING)
+            save(conn, job)
+            return begun, job
+
+        begun, job = await self.store.run(create)
+        self._started(begun, None)
+        return job
+
+    def _started(self, begun: Begun, save: Save | None) -> str:
+        """Open the new run's channel and launch it; see :meth:`submit` for ``save``."""
         run_id = begun.row.run_id
         channel = self.log.new_channel(run_id)
 

@@ -28,9 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from ...models._base import from_wire
-from ...models.common import Condition
 from ...models.events import ToolResult
-from ...models.execution import HEARTBEAT_HEADER, ExecutionJob
+from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT
 from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
@@ -76,10 +75,11 @@ async def jobs(request: web.Request) -> web.Response:
     """Start a flow in the background; answer 202 with the execution id at once."""
     engine = _engine(request)
     body = parse_request(await read_body(request))
-    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
-    run = await request.app[STORE_KEY].get_run(run_id)
-    status = run.status.condition or Condition.PENDING
-    return json_response(ExecutionJob(execution_id=run_id, status=status), 202)
+    # the run and the idempotent answer are saved in one transaction
+    job = await engine.submit_job(
+        org_of(request), request.match_info["flowId"], body, answer_saver(202)
+    )
+    return json_response(job, 202)
 
 
 async def flow_events(request: web.Request) -> web.StreamResponse:
