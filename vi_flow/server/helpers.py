@@ -45,6 +45,7 @@ __all__ = [
     "encode_page_token",
     "idempotent",
     "json_response",
+    "org_in_path",
     "org_of",
     "page_response",
     "paginate",
@@ -98,6 +99,23 @@ def principal_of(request: web.Request) -> Principal:
 def org_of(request: web.Request) -> str:
     """The organization id every resource of ``request`` is scoped to."""
     return principal_of(request).organization_id
+
+
+async def org_in_path(request: web.Request, *, admin_for: str | None = None) -> str:
+    """The ``{organizationId}`` of the path, when the caller may act on it.
+
+    An admin key may name any organization, another key only its own: anything else is
+    404, as for an organization that does not exist. ``admin_for`` (such as ``"setting
+    credits"``) makes the route admin-only (403 naming what needs the admin key).
+    """
+    org_id, principal = request.match_info["organizationId"], principal_of(request)
+    if admin_for is not None and not principal.admin:
+        raise APIProblem(403, "PERMISSION_DENIED", f"{admin_for} needs an admin API key")
+    if not principal.admin and org_id != principal.organization_id:
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    if not await request.app[STORE_KEY].org_exists(org_id):
+        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    return org_id
 
 
 # -- request bodies --------------------------------------------------------------------

@@ -33,7 +33,7 @@ from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT
 from ..engine import Engine, parse_request, tables
 from ..errors import APIProblem
-from ..helpers import idempotent, json_response, org_of, principal_of, read_body
+from ..helpers import idempotent, json_response, org_in_path, org_of, read_body
 from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
 from ..store import answer_saver
 from ..tasks import TASKS_KEY
@@ -202,27 +202,16 @@ async def step_trace(request: web.Request) -> web.Response:
 # -- credits ---------------------------------------------------------------------------
 
 
-async def _org_checked(request: web.Request, *, admin: bool) -> str:
-    org_id, principal = request.match_info["organizationId"], principal_of(request)
-    if admin and not principal.admin:
-        raise APIProblem(403, "PERMISSION_DENIED", "setting credits needs an admin API key")
-    if not principal.admin and org_id != principal.organization_id:
-        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
-    if not await request.app[STORE_KEY].org_exists(org_id):
-        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
-    return org_id
-
-
 async def get_credits(request: web.Request) -> web.Response:
     """An organization's remaining credits (``null``: unlimited)."""
-    org_id = await _org_checked(request, admin=False)
+    org_id = await org_in_path(request)
     credits = await request.app[STORE_KEY].run(lambda c: tables.get_credits(c, org_id))
     return json_response({"organizationId": org_id, "credits": credits})
 
 
 async def put_credits(request: web.Request) -> web.Response:
     """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
-    org_id = await _org_checked(request, admin=True)
+    org_id = await org_in_path(request, admin_for="setting credits")
     credits = (await read_body(request)).get("credits")
     if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
         raise APIProblem.validation("credits", f"expected an integer or null, got {credits!r}")

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ...models.retention import MAX_AGE, parse_age
 from ..errors import APIProblem
-from ..helpers import json_response, principal_of, read_body
+from ..helpers import json_response, org_in_path, principal_of, read_body
 from ..retention import Pruner
 from ..state import SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
@@ -88,20 +88,9 @@ async def prune(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def _org_checked(request: web.Request, *, admin: bool) -> str:
-    org_id, principal = request.match_info["organizationId"], principal_of(request)
-    if admin and not principal.admin:
-        raise APIProblem(403, "PERMISSION_DENIED", "setting retention needs an admin API key")
-    if not principal.admin and org_id != principal.organization_id:
-        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
-    if not await request.app[STORE_KEY].org_exists(org_id):
-        raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
-    return org_id
-
-
 async def get_retention(request: web.Request) -> web.Response:
     """The organization's retention policy (``days: null`` keeps everything)."""
-    org_id = await _org_checked(request, admin=False)
+    org_id = await org_in_path(request)
     return json_response(await request.app[PRUNER_KEY].policy(org_id))
 
 
@@ -120,7 +109,7 @@ def _days(body: dict[str, Any]) -> float | None:
 
 async def put_retention(request: web.Request) -> web.Response:
     """Override an organization's retention (admin): days, 0 (keep all) or null (default)."""
-    org_id = await _org_checked(request, admin=True)
+    org_id = await org_in_path(request, admin_for="setting retention")
     days = _days(await read_body(request))
     return json_response(await request.app[PRUNER_KEY].set_policy(org_id, days))
 
