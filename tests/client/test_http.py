@@ -38,6 +38,7 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("VI_FLOW_HTTP_TRANSPORT", request.param)
     return str(request.param)
 
+
 FLOW = orjson.dumps(
     {
         "organizationId": "org_1",

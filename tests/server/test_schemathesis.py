@@ -103,7 +103,7 @@ def test_every_operation_answers_below_500_as_documented(
     live: _ThreadServer, tmp_path: Path
 ) -> None:
     done = _schemathesis(live, tmp_path)  # `st` may write a .hypothesis cache: not in the tree
-    print(done.stdout[-6000:])  # the summary, shown with -s or when the test fails
+    print(done.stdout[-6000:])  # noqa: T201 - the summary, shown with -s or when the test fails
     assert done.returncode == 0, done.stdout[-20_000:] + done.stderr[-5000:]
     assert " 0 selected" not in done.stdout
     _lists_answer(live)  # after the fuzz
