@@ -175,3 +175,24 @@ async def test_an_older_database_moves_to_per_organization_run_ids(
     assert made.status == 201, made.body
     assert (await restarted.call("DELETE", f"/runs/{SHARED}")).status == 200
     assert (await _condition(restarted, other, "Succeeded"))["spec"]["flowId"] == theirs
+
+
+async def test_pruning_one_organization_keeps_the_other_one_s_run_of_that_id(
+    server: Server,
+) -> None:
+    other = await _second_token(server)
+    for token in (None, other):
+        flow = await _flow(server, ENDS, token)
+        made = await server.call(
+            "POST", "/runs", json={"flowId": flow, "runId": SHARED}, token=token
+        )
+        assert made.status == 201, made.body
+        await _condition(server, token, "Succeeded")
+    mine = await _events(server, None)
+    await asyncio.sleep(1.2)
+    pruned = await server.call("POST", "/retention/prune", json={"olderThan": 1}, token=other)
+    assert pruned.status == 200 and pruned.body["runs"] == 1, pruned.body
+    assert (await server.call("GET", f"/runs/{SHARED}", token=other)).status == 404
+    assert (await server.call("GET", f"/runs/{SHARED}/events", token=other)).status == 404
+    assert (await server.call("GET", f"/runs/{SHARED}")).status == 200
+    assert await _events(server, None) == mine
