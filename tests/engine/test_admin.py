@@ -132,6 +132,7 @@ async def test_bad_plugins_fail_their_step_only(start_server: StartServer) -> No
 async def test_forget_deletes_the_engine_state(server: Server) -> None:
     flow = await server.flow({"block": "template"})
     run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
-    await server.app[EXECUTION_ENGINE_KEY].forget(run_id)
+    org = (await server.call("GET", f"/runs/{run_id}")).body["organizationId"]
+    await server.app[EXECUTION_ENGINE_KEY].forget((org, run_id))
     events, _ = await server.sse("GET", f"/runs/{run_id}/events")
     assert events == []

@@ -55,6 +55,8 @@ class CountingStore:
 async def db(tmp_path: Path) -> AsyncIterator[CountingStore]:
     store = Store(tmp_path / "state.db")
     await store.migrate(tables.MIGRATION, tables.SCHEMA)
+    for name, sql in tables.MIGRATIONS:
+        await store.migrate(name, sql)
     yield CountingStore(store)
     await store.close()
 
@@ -63,9 +65,9 @@ def _ids(raw: bytes) -> list[int]:
     return [int(e.id or 0) for e in SSEDecoder().feed(raw)]
 
 
-async def _drain(log: EventLog, run_id: str, after: int) -> bytes:
+async def _drain(log: EventLog, key: tuple[str, str], after: int) -> bytes:
     out = b""
-    async for chunk in log.follow(run_id, after, idle=5):
+    async for chunk in log.follow(key, after, idle=5):
         out += chunk or b""
     return out
 
@@ -74,28 +76,28 @@ async def test_group_commit_and_exact_replay(db: CountingStore) -> None:
     log = EventLog(db, max_pending=3000)
     log.start()
     for i in range(10000):
-        await log.append(LogLine, "run_a", step_id="s", line=f"l{i}")
+        await log.append(LogLine, ("org", "run_a"), step_id="s", line=f"l{i}")
         if i == 5000:
-            await log.append(LogLine, "run_b", step_id="s", line="other run")
-    await log.append(FlowCompleted, "run_a", status=Condition.SUCCEEDED)
+            await log.append(LogLine, ("org", "run_b"), step_id="s", line="other run")
+    await log.append(FlowCompleted, ("org", "run_a"), status=Condition.SUCCEEDED)
     await log.sync()
     assert db.transactions < 30  # thousands of events, a handful of transactions
-    log.forget("run_a")
+    log.forget(("org", "run_a"))
     for after in (0, 1, 2047, 2048, 2049, 4097, 9999, 10000, 10001):
-        assert _ids(await _drain(log, "run_a", after)) == list(range(after + 1, 10002))
+        assert _ids(await _drain(log, ("org", "run_a"), after)) == list(range(after + 1, 10002))
     await log.close()
 
 
 async def test_follow_sees_live_events_after_they_are_stored(db: CountingStore) -> None:
     log = EventLog(db)
     log.start()
-    await log.append(LogLine, "run_live", step_id="s", line="first")
+    await log.append(LogLine, ("org", "run_live"), step_id="s", line="first")
     await log.sync()
-    reader = asyncio.create_task(_drain(log, "run_live", 0))
+    reader = asyncio.create_task(_drain(log, ("org", "run_live"), 0))
     for i in range(50):
-        await log.append(LogLine, "run_live", step_id="s", line=f"l{i}")
+        await log.append(LogLine, ("org", "run_live"), step_id="s", line=f"l{i}")
         await asyncio.sleep(0)
-    await log.append(FlowCompleted, "run_live", status=Condition.SUCCEEDED)
+    await log.append(FlowCompleted, ("org", "run_live"), status=Condition.SUCCEEDED)
     assert _ids(await reader) == list(range(1, 53))
     rows = await db.run(
         lambda c: c.execute("SELECT SUM(last_id - first_id + 1) FROM engine_events").fetchone()
@@ -107,9 +109,9 @@ async def test_follow_sees_live_events_after_they_are_stored(db: CountingStore) 
 async def test_heartbeat_ticks_while_idle(db: CountingStore) -> None:
     log = EventLog(db)
     log.start()
-    await log.append(LogLine, "run_idle", step_id="s", line="x")
+    await log.append(LogLine, ("org", "run_idle"), step_id="s", line="x")
     ticks: list[Any] = []
-    async for chunk in log.follow("run_idle", 0, idle=0.05):
+    async for chunk in log.follow(("org", "run_idle"), 0, idle=0.05):
         ticks.append(chunk)
         if len(ticks) == 3:
             break
@@ -122,15 +124,15 @@ async def test_live_readers_far_behind_are_served_from_memory(db: CountingStore)
     # order, from the frames just written, without reading SQLite back.
     log = EventLog(db, max_pending=50000)
     log.start()
-    await log.append(LogLine, "run_m", step_id="s", line="first")
+    await log.append(LogLine, ("org", "run_m"), step_id="s", line="first")
     await log.sync()
-    reader_channel = await log.channel("run_m")
+    reader_channel = await log.channel(("org", "run_m"))
     for i in range(30000):
-        await log.append(LogLine, "run_m", step_id="s", line=f"l{i}")
-    await log.append(FlowCompleted, "run_m", status=Condition.SUCCEEDED)
+        await log.append(LogLine, ("org", "run_m"), step_id="s", line=f"l{i}")
+    await log.append(FlowCompleted, ("org", "run_m"), status=Condition.SUCCEEDED)
     await log.sync()
     before = db.transactions
-    raw = await _drain(log, "run_m", 1)
+    raw = await _drain(log, ("org", "run_m"), 1)
     assert db.transactions == before  # no read-back
     assert _ids(raw) == list(range(2, 30003))
     assert reader_channel.finished
@@ -142,11 +144,11 @@ async def test_a_reader_past_the_memory_window_reads_sqlite_exactly(db: Counting
     log.start()
     pad = "x" * 1000
     for i in range(12000):  # ~12 MB of frames: more than the ring keeps
-        await log.append(LogLine, "run_big", step_id="s", line=f"{i} {pad}")
-    await log.append(FlowCompleted, "run_big", status=Condition.SUCCEEDED)
+        await log.append(LogLine, ("org", "run_big"), step_id="s", line=f"{i} {pad}")
+    await log.append(FlowCompleted, ("org", "run_big"), status=Condition.SUCCEEDED)
     await log.sync()
     for after in (0, 1, 5000, 11999, 12000):
-        assert _ids(await _drain(log, "run_big", after)) == list(range(after + 1, 12002))
+        assert _ids(await _drain(log, ("org", "run_big"), after)) == list(range(after + 1, 12002))
     await log.close()
 
 
@@ -180,10 +182,10 @@ async def test_every_event_type_is_stored_as_the_model_writes_it(
     fields = _samples()[cls]
     log = EventLog(db)
     log.start()
-    await log.append(cls, "run_w", **fields)
-    await log.append(cls, "run_w")  # every default
+    await log.append(cls, ("org", "run_w"), **fields)
+    await log.append(cls, ("org", "run_w"))  # every default
     await log.sync()
-    raw, _ = await log.read("run_w", 0)
+    raw, _ = await log.read(("org", "run_w"), 0)
     events = SSEDecoder().feed(raw)
     stored = [(e.event, e.data) for e in events]
     t1, t2 = (orjson.loads(e.data)["time"] for e in events)
@@ -193,7 +195,7 @@ async def test_every_event_type_is_stored_as_the_model_writes_it(
     ]
     assert stored == expected
     with pytest.raises(TypeError):
-        await log.append(cls, "run_w", no_such_field=1)
+        await log.append(cls, ("org", "run_w"), no_such_field=1)
     await log.close()
 
 
@@ -202,12 +204,12 @@ async def test_lines_appended_together_are_the_frames_of_single_appends(
 ) -> None:
     log = EventLog(db)
     log.start()
-    await log.append(LogLine, "run_l", step_id="s%d", stream="stderr", line="one")
+    await log.append(LogLine, ("org", "run_l"), step_id="s%d", stream="stderr", line="one")
     lines = ["two", 'quote " and %s', "é\ttab", ""]
-    await log.append_lines("run_l", "s%d", "stderr", lines)
-    await log.append(LogLine, "run_l", step_id="s%d", stream="stderr", line="last")
+    await log.append_lines(("org", "run_l"), "s%d", "stderr", lines)
+    await log.append(LogLine, ("org", "run_l"), step_id="s%d", stream="stderr", line="last")
     await log.sync()
-    raw, last = await log.read("run_l", 0)
+    raw, last = await log.read(("org", "run_l"), 0)
     events = SSEDecoder().feed(raw)
     assert last == 6 and [e.id for e in events] == ["1", "2", "3", "4", "5", "6"]
     for event, line in zip(events, ["one", *lines, "last"], strict=True):

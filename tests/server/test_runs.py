@@ -112,8 +112,8 @@ class _IdleEngine:
     async def cancel(self, run: Run) -> None:
         self.cancelled.append(run.run_id)
 
-    async def forget(self, run_id: str) -> None:
-        self.forgotten.append(run_id)
+    async def forget(self, key: tuple[str, str]) -> None:
+        self.forgotten.append(key[1])
 
 
 async def test_engine_hook_cancel_and_delete(start_server: StartServer) -> None:

@@ -64,9 +64,11 @@ async def test_a_broken_migration_leaves_nothing(store: Store) -> None:
 
 async def test_terminal_runs_do_not_change(store: Store) -> None:
     run = await store.create_run("org", RunSpec(flow=FlowSpec(name="f"), flow_id="flow_x"))
-    await store.set_run_condition(run.run_id, Condition.RUNNING)
-    cancelled = await store.set_run_condition(run.run_id, "Cancelled", "stop", "UserCancelled")
-    late = await store.set_run_condition(run.run_id, Condition.SUCCEEDED)
+    await store.set_run_condition(("org", run.run_id), Condition.RUNNING)
+    cancelled = await store.set_run_condition(
+        ("org", run.run_id), "Cancelled", "stop", "UserCancelled"
+    )
+    late = await store.set_run_condition(("org", run.run_id), Condition.SUCCEEDED)
     assert late == cancelled
     assert [c.condition for c in late.status.conditions] == ["Pending", "Running", "Cancelled"]
     assert late.status.conditions[-1].reason == "UserCancelled"

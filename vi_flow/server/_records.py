@@ -87,6 +87,24 @@ DROP TABLE flow_versions;
 ALTER TABLE flow_versions_scoped RENAME TO flow_versions;
 """,
     ),
+    (
+        # Client-chosen run ids are scoped to their organization, for the same reason.
+        "runs-per-organization-1",
+        """
+CREATE TABLE runs_scoped (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,
+    org_id TEXT NOT NULL, flow_id TEXT NOT NULL, condition TEXT NOT NULL,
+    spec TEXT NOT NULL, conditions TEXT NOT NULL, log TEXT NOT NULL DEFAULT '',
+    generation INTEGER NOT NULL, etag TEXT NOT NULL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, UNIQUE (org_id, run_id));
+INSERT INTO runs_scoped SELECT seq, run_id, org_id, flow_id, condition, spec, conditions, log,
+    generation, etag, created_at, updated_at FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_scoped RENAME TO runs;
+CREATE INDEX IF NOT EXISTS runs_by_org ON runs (org_id, seq);
+CREATE INDEX IF NOT EXISTS runs_by_condition ON runs (condition);
+""",
+    ),
 )
 """Changes to :data:`SCHEMA`, applied once each, in order, when the store opens."""
 
@@ -390,10 +408,9 @@ def _run(row: sqlite3.Row) -> Run:
     )
 
 
-def _run_row(conn: sqlite3.Connection, org_id: str | None, run_id: str) -> sqlite3.Row:
+def _run_row(conn: sqlite3.Connection, org_id: str, run_id: str) -> sqlite3.Row:
     row: sqlite3.Row | None = conn.execute(
-        "SELECT * FROM runs WHERE run_id = ? AND (? IS NULL OR org_id = ?)",
-        (run_id, org_id, org_id),
+        "SELECT * FROM runs WHERE org_id = ? AND run_id = ?", (org_id, run_id)
     ).fetchone()
     if row is None:
         raise APIProblem.not_found("RUN_NOT_FOUND", "run", run_id)
@@ -426,7 +443,7 @@ def create_run(
     return get_run(conn, org_id, run_id)
 
 
-def get_run(conn: sqlite3.Connection, org_id: str | None, run_id: str) -> Run:
+def get_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> Run:
     return _run(_run_row(conn, org_id, run_id))
 
 
@@ -459,12 +476,13 @@ def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
 
 def set_run_condition(
     conn: sqlite3.Connection,
+    org_id: str,
     run_id: str,
     condition: Condition,
     message: str | None,
     reason: str | None,
 ) -> Run:
-    run = get_run(conn, None, run_id)
+    run = get_run(conn, org_id, run_id)
     current = run.status.condition
     if current is not None and current.terminal:
         return run
@@ -475,22 +493,23 @@ def set_run_condition(
         spec = attrs.evolve(spec, killed_at=now)
     conn.execute(
         "UPDATE runs SET condition = ?, conditions = ?, spec = ?, etag = ?, updated_at = ?"
-        " WHERE run_id = ?",
+        " WHERE org_id = ? AND run_id = ?",
         (
             condition.value,
             _json([*run.status.conditions, entry]),
             _json(spec),
             secrets.token_hex(8),
             now,
+            org_id,
             run_id,
         ),
     )
-    return get_run(conn, None, run_id)
+    return get_run(conn, org_id, run_id)
 
 
-def set_run_log(conn: sqlite3.Connection, run_id: str, log: str) -> None:
-    _run_row(conn, None, run_id)
-    conn.execute("UPDATE runs SET log = ? WHERE run_id = ?", (log, run_id))
+def set_run_log(conn: sqlite3.Connection, org_id: str, run_id: str, log: str) -> None:
+    _run_row(conn, org_id, run_id)
+    conn.execute("UPDATE runs SET log = ? WHERE org_id = ? AND run_id = ?", (log, org_id, run_id))
 
 
 def delete_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> None:
@@ -499,7 +518,7 @@ def delete_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> None:
         raise APIProblem.conflict(
             f"run {run_id!r} is {row['condition']}; cancel it before deleting it"
         )
-    conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM runs WHERE org_id = ? AND run_id = ?", (org_id, run_id))
 
 
 # -- idempotency ---------------------------------------------------------------------

@@ -224,34 +224,49 @@ Select = Callable[[sqlite3.Connection, _Scope, int, int], Rows]
 
 
 def _old_runs(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+    """Old finished runs; the ident is the run's ``seq`` (run ids are per organization)."""
     where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
-        f"SELECT seq, run_id FROM runs WHERE condition IN ({_marks(_RUN_DONE)})"
+        f"SELECT seq FROM runs WHERE condition IN ({_marks(_RUN_DONE)})"
         f" AND updated_at < ?{where} AND seq > ? AND NOT EXISTS (SELECT 1 FROM engine_runs e"
-        " WHERE e.run_id = runs.run_id AND e.closed = 0) ORDER BY seq LIMIT ?",
+        " WHERE e.org_id = runs.org_id AND e.run_id = runs.run_id AND e.closed = 0)"
+        " ORDER BY seq LIMIT ?",
         (*_RUN_DONE, scope.cutoff, *bound, after, limit),
     ).fetchall()
+    return [(r[0], str(r[0])) for r in rows]
+
+
+_ENGINE_TABLES = ("engine_runs", "engine_steps", "engine_answers", "engine_events")
+
+
+def _of_runs(seqs: list[str]) -> str:
+    """SQL: the row belongs to one of the runs whose ``seq`` is in ``seqs``."""
+    return f"(org_id, run_id) IN (SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)}))"
+
+
+def _delete_runs(conn: sqlite3.Connection, seqs: list[str]) -> None:
+    for table in _ENGINE_TABLES:
+        conn.execute(f"DELETE FROM {table} WHERE {_of_runs(seqs)}", seqs)
+    conn.execute(f"DELETE FROM runs WHERE seq IN ({_marks(seqs)})", seqs)
+
+
+def _run_keys(conn: sqlite3.Connection, seqs: list[str]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        f"SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)})", seqs
+    ).fetchall()
     return [(r[0], r[1]) for r in rows]
-
-
-_RUN_TABLES = ("runs", "engine_runs", "engine_steps", "engine_answers", "engine_events")
-
-
-def _delete_runs(conn: sqlite3.Connection, run_ids: list[str]) -> None:
-    for table in _RUN_TABLES:
-        conn.execute(f"DELETE FROM {table} WHERE run_id IN ({_marks(run_ids)})", run_ids)
 
 
 _EVENT_ROWS = 64
 """Event rows (up to 2,048 events each) deleted per transaction before their runs go."""
 
 
-def _trim_events(conn: sqlite3.Connection, run_ids: list[str]) -> int:
-    """Delete up to :data:`_EVENT_ROWS` event rows of ``run_ids``; how many went."""
+def _trim_events(conn: sqlite3.Connection, seqs: list[str]) -> int:
+    """Delete up to :data:`_EVENT_ROWS` event rows of the runs ``seqs``; how many went."""
     cursor = conn.execute(
-        "DELETE FROM engine_events WHERE (run_id, first_id) IN (SELECT run_id, first_id"
-        f" FROM engine_events WHERE run_id IN ({_marks(run_ids)}) LIMIT ?)",
-        (*run_ids, _EVENT_ROWS),
+        "DELETE FROM engine_events WHERE (org_id, run_id, first_id) IN (SELECT org_id, run_id,"
+        f" first_id FROM engine_events WHERE {_of_runs(seqs)} LIMIT ?)",
+        (*seqs, _EVENT_ROWS),
     )
     return cursor.rowcount
 
@@ -262,7 +277,8 @@ def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) 
     rows = conn.execute(
         f"SELECT seq, task_id FROM tasks WHERE status IN ({_marks(_TASK_DONE)})"
         f" AND COALESCE(ended_at, created_at) < ?{where} AND seq > ?"
-        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = tasks.run_id"
+        " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.org_id = tasks.org_id"
+        " AND r.run_id = tasks.run_id"
         f" AND r.condition NOT IN ({_marks(_RUN_DONE)})) ORDER BY seq LIMIT ?",
         (*_TASK_DONE, scope.cutoff, *bound, after, *_RUN_DONE, limit),
     ).fetchall()
@@ -314,7 +330,8 @@ class Pruner:
         settings: The default age, the batch size and the pause between batches.
         task_root: The directory of a task (the provider's ``task_paths(id).root``);
             ``None`` leaves task directories alone.
-        forget_run: Called with each pruned run id (the engine drops its live channel).
+        forget_run: Called with each pruned run's ``(org id, run id)`` (the engine drops
+            its live channel).
     """
 
     def __init__(
@@ -322,7 +339,7 @@ class Pruner:
         store: Store,
         settings: RetentionSettings,
         task_root: Callable[[str], Path] | None = None,
-        forget_run: Callable[[str], None] | None = None,
+        forget_run: Callable[[tuple[str, str]], None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -430,15 +447,15 @@ class Pruner:
             await asyncio.sleep(self.settings.pause)
         return done
 
-    async def _before_runs(self, run_ids: list[str]) -> None:
+    async def _before_runs(self, seqs: list[str]) -> None:
         """Delete the runs' events a few rows per transaction (a run may hold millions),
         and drop their live channels."""
-        trim = functools.partial(_apply, _trim_events, run_ids)
+        trim = functools.partial(_apply, _trim_events, seqs)
         while await self.store.run(trim) == _EVENT_ROWS:
             pass
         if self._forget_run is not None:
-            for run_id in run_ids:
-                self._forget_run(run_id)
+            for key in await self.store.run(lambda c: _run_keys(c, seqs)):
+                self._forget_run(key)
 
     async def _remove_dirs(self, task_ids: list[str]) -> None:
         self._removed += await asyncio.to_thread(

@@ -124,8 +124,8 @@ class RunStarter(Protocol):
     async def cancel(self, run: Run) -> None:
         """Stop executing ``run``; the caller marks it Cancelled afterwards."""
 
-    async def forget(self, run_id: str) -> None:
-        """Drop what the engine keeps of a deleted run (its event log, step state)."""
+    async def forget(self, key: tuple[str, str]) -> None:
+        """Drop what the engine keeps of a deleted run ``(org id, run id)`` (events, steps)."""
 
 
 STORE_KEY = web.AppKey("vi_flow.store", Store)

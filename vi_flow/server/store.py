@@ -309,8 +309,11 @@ class Store:
         log.info("run %s of %s: created, flow %s", run.run_id, org_id, spec.flow_id or "-")
         return run
 
-    async def get_run(self, run_id: str, org_id: str | None = None) -> Run:
-        """The run (in ``org_id`` when given), or 404 ``RUN_NOT_FOUND``."""
+    async def get_run(self, run_id: str, org_id: str) -> Run:
+        """The run ``run_id`` of ``org_id``, or 404 ``RUN_NOT_FOUND``.
+
+        Run ids are scoped to their organization: another organization may use the same id.
+        """
         return await self.run(lambda c: rec.get_run(c, org_id, run_id))
 
     async def list_runs(
@@ -337,12 +340,12 @@ class Store:
 
     async def set_run_condition(
         self,
-        run_id: str,
+        key: tuple[str, str],
         condition: Condition | str,
         message: str | None = None,
         reason: str | None = None,
     ) -> Run:
-        """Append a condition to the run's history and return the updated run.
+        """Append a condition to the history of the run ``key`` (org id, run id); return it.
 
         A run already in a terminal condition (Succeeded, Failed, Error, Cancelled) is
         never changed: the call returns it as it is, so a late engine update cannot undo
@@ -351,20 +354,20 @@ class Store:
         cond = Condition(condition)
 
         def change(c: sqlite3.Connection) -> tuple[Condition | None, Run]:
-            before = rec.get_run(c, None, run_id).status.condition
-            return before, rec.set_run_condition(c, run_id, cond, message, reason)
+            before = rec.get_run(c, *key).status.condition
+            return before, rec.set_run_condition(c, *key, cond, message, reason)
 
         before, run = await self.run(change)
         if before != cond and not (before is not None and before.terminal):
             # The message is left out: it may quote a step's input or output.
             was = before.value if before is not None else "-"
             why = f" ({reason})" if reason else ""
-            log.info("run %s of %s: %s -> %s%s", run_id, run.organization_id, was, cond.value, why)
+            log.info("run %s of %s: %s -> %s%s", key[1], key[0], was, cond.value, why)
         return run
 
-    async def set_run_log(self, run_id: str, log: str) -> None:
-        """Record where the run's event log lives (shown as ``status.log``)."""
-        await self.run(lambda c: rec.set_run_log(c, run_id, log))
+    async def set_run_log(self, key: tuple[str, str], log: str) -> None:
+        """Record where the event log of the run ``key`` lives (shown as ``status.log``)."""
+        await self.run(lambda c: rec.set_run_log(c, *key, log))
 
     async def delete_run(self, org_id: str, run_id: str) -> None:
         """Delete a terminal run; a non-terminal one gives 409 ``CONFLICT``."""

@@ -156,10 +156,10 @@ async def sign_out(request: web.Request) -> web.Response:
 async def last_event(request: web.Request) -> web.Response:
     """The newest stored event id of a run of the session's organization (0: none yet)."""
     session = await _signed_in(request)
-    run_id = request.match_info["runId"]
-    await request.app[STORE_KEY].get_run(run_id, session.principal.organization_id)
+    key = (session.principal.organization_id, request.match_info["runId"])
+    await request.app[STORE_KEY].get_run(key[1], key[0])
     engine = request.app[EXECUTION_ENGINE_KEY]
-    last = (await engine.log.channel(run_id)).committed if await engine.has_run(run_id) else 0
+    last = (await engine.log.channel(key)).committed if await engine.has_run(key) else 0
     return json_response({"lastEventId": last}, headers=SECURITY_HEADERS)
 
 

@@ -43,7 +43,7 @@ from ..state import ServerSettings
 from ..store import Store
 from . import tables
 from .blocks import BlockRegistry
-from .eventlog import EventLog
+from .eventlog import EventLog, RunKey
 from .executor import Begun, Executor, Paused, set_condition, spec_of
 from .request import ExecuteRequest, check_against_flow, step_id_of
 from .tables import RunRow, StepRow
@@ -58,6 +58,10 @@ Save = Callable[[sqlite3.Connection, Any], None]
 _RESTARTED = "the server stopped during the run"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
 _CANCEL_WAIT = 10.0
+
+
+def _key(run: Run) -> RunKey:
+    return run.organization_id, run.run_id
 
 
 def _usage(data: Any) -> TokenUsage | None:
@@ -95,10 +99,10 @@ def build_outcome(row: RunRow, steps: list[StepRow]) -> ExecutionOutcome:
     )  # fmt: skip
 
 
-def _accept_results(conn: sqlite3.Connection, org: str, run_id: str, given: dict[str, Any]) -> bool:
+def _accept_results(conn: sqlite3.Connection, key: RunKey, given: dict[str, Any]) -> bool:
     """Record tool results for a paused run; True when they complete the pause."""
-    row = tables.get_run(conn, run_id, org)
-    answers = tables.get_answers(conn, run_id)
+    row, run_id = tables.get_run(conn, key), key[1]
+    answers = tables.get_answers(conn, key)
     paused = row.state == "paused" and row.pause is not None
     pending = [c["id"] for c in row.pause["toolCalls"]] if paused and row.pause else []
     unknown = sorted(i for i in given if i not in answers and i not in pending)
@@ -118,7 +122,7 @@ def _accept_results(conn: sqlite3.Connection, org: str, run_id: str, given: dict
             f"tool call id(s) already answered with a different result: {', '.join(changed)}"
         )
     new = {i: result for i, result in given.items() if i not in answers}
-    tables.put_answers(conn, run_id, new)
+    tables.put_answers(conn, key, new)
     answers.update(new)
     if not paused or row.pause is None or any(i not in answers for i in pending):
         return False
@@ -160,13 +164,13 @@ def _create_and_begin(
     log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
     row = _new_row(run, request, "running")
     tables.insert_run(conn, row)
-    records.set_run_log(conn, run.run_id, f"engine_events:{run.run_id}")
-    set_condition(conn, run.run_id, Condition.RUNNING)
+    records.set_run_log(conn, org, run.run_id, f"engine_events:{run.run_id}")
+    set_condition(conn, row.key, Condition.RUNNING)
     step = None
     if spec.blocks:
         block = spec.blocks[0].block
         step = StepRow(step_id_of(spec, 0), 0, block, "Running", started_at=now_ms(), duration_ms=0)
-        tables.put_step(conn, run.run_id, step)
+        tables.put_step(conn, row.key, step)
     return Begun(row, step)
 
 
@@ -191,18 +195,20 @@ class Engine:
         self.registry = BlockRegistry()
         self._session: aiohttp.ClientSession | None = None
         self.executor = Executor(store, settings, self.log, self.registry, self._http)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancelling: set[str] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._locks: dict[str, _RunLock] = {}
+        self._tasks: dict[RunKey, asyncio.Task[None]] = {}
+        self._cancelling: set[RunKey] = set()
+        self._timers: dict[RunKey, asyncio.TimerHandle] = {}
+        self._locks: dict[RunKey, _RunLock] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._finals: dict[str, ExecutionOutcome] = {}  # outcomes read as runs ended
+        self._finals: dict[RunKey, ExecutionOutcome] = {}  # outcomes read as runs ended
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create the tables, start the event writer and recover interrupted runs."""
         await self.store.migrate(tables.MIGRATION, tables.SCHEMA)
+        for name, sql in tables.MIGRATIONS:
+            await self.store.migrate(name, sql)
         self.log.start()
         await self._recover()
 
@@ -237,9 +243,9 @@ class Engine:
         return self._session
 
     @contextlib.asynccontextmanager
-    async def _locked(self, run_id: str) -> AsyncIterator[None]:
+    async def _locked(self, key: RunKey) -> AsyncIterator[None]:
         """Serialize state changes of one paused run (results, cancel, timeout)."""
-        entry = self._locks.setdefault(run_id, _RunLock())
+        entry = self._locks.setdefault(key, _RunLock())
         entry.users += 1
         try:
             async with entry.lock:
@@ -247,14 +253,14 @@ class Engine:
         finally:
             entry.users -= 1
             if not entry.users:
-                del self._locks[run_id]
+                del self._locks[key]
 
     # -- starting ---------------------------------------------------------------------
 
     async def submit(
         self, org: str, flow_id: str, request: ExecuteRequest, save: Save | None = None
-    ) -> str:
-        """Start executing a flow version; return the run (execution) id.
+    ) -> RunKey:
+        """Start executing a flow version; return the run's ``(org, run id)``.
 
         ``save``: as for :meth:`outcome`, which it spares a transaction: when the run
         ends without pausing, its outcome is read and ``save(conn, outcome)`` called in
@@ -288,22 +294,22 @@ class Engine:
         self._started(begun, None)
         return job
 
-    def _started(self, begun: Begun, save: Save | None) -> str:
+    def _started(self, begun: Begun, save: Save | None) -> RunKey:
         """Open the new run's channel and launch it; see :meth:`submit` for ``save``."""
-        run_id = begun.row.run_id
-        channel = self.log.new_channel(run_id)
+        key = begun.row.key
+        channel = self.log.new_channel(key)
 
         def final(conn: sqlite3.Connection, save: Save) -> None:
             if channel.settled:  # it paused: that answered the call, the answer is saved
                 return
-            outcome = build_outcome(tables.get_run(conn, run_id), tables.get_steps(conn, run_id))
+            outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
             save(conn, outcome)
-            self._finals[run_id] = outcome
+            self._finals[key] = outcome
 
         if save is not None:
-            self.executor.on_finish[run_id] = functools.partial(final, save=save)
-        self._launch(run_id, begun)
-        return run_id
+            self.executor.on_finish[key] = functools.partial(final, save=save)
+        self._launch(key, begun)
+        return key
 
     async def start(self, run: Run) -> None:
         """Execute a run stored by ``POST /v1/runs`` (the ``RunStarter`` protocol).
@@ -316,7 +322,7 @@ class Engine:
             await self.store.run(lambda c: tables.spend_credit(c, run.organization_id))
         except APIProblem as exc:
             await self.store.set_run_condition(
-                run.run_id, Condition.FAILED, exc.message, "InsufficientCredits"
+                _key(run), Condition.FAILED, exc.message, "InsufficientCredits"
             )
             raise
         request = ExecuteRequest(message=run.spec.message, parameters=dict(run.spec.parameters))
@@ -325,51 +331,51 @@ class Engine:
     async def _insert_and_launch(self, run: Run, request: ExecuteRequest) -> None:
         row = _new_row(run, request)
         await self.store.run(lambda c: tables.insert_run(c, row))
-        await self.store.set_run_log(run.run_id, f"engine_events:{run.run_id}")
-        self._launch(run.run_id)
+        await self.store.set_run_log(row.key, f"engine_events:{run.run_id}")
+        self._launch(row.key)
 
-    def _launch(self, run_id: str, begun: Begun | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._drive(run_id, begun))
-        self._tasks[run_id] = task
+    def _launch(self, key: RunKey, begun: Begun | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(self._drive(key, begun))
+        self._tasks[key] = task
 
         def forget(done: asyncio.Task[None]) -> None:
-            if self._tasks.get(run_id) is done:
-                del self._tasks[run_id]
+            if self._tasks.get(key) is done:
+                del self._tasks[key]
 
         task.add_done_callback(forget)
 
-    async def _drive(self, run_id: str, begun: Begun | None) -> None:
+    async def _drive(self, key: RunKey, begun: Begun | None) -> None:
         if begun is not None:  # nobody waits for the outcome a few seconds on: forget it
-            asyncio.get_running_loop().call_later(_FINAL_KEPT, self._finals.pop, run_id, None)
+            asyncio.get_running_loop().call_later(_FINAL_KEPT, self._finals.pop, key, None)
         try:
-            paused = await self.executor.drive(run_id, begun)
+            paused = await self.executor.drive(key, begun)
         except asyncio.CancelledError:
-            if run_id not in self._cancelling:
+            if key not in self._cancelling:
                 raise  # server shutdown: leave the run for recovery
             uncancel = getattr(asyncio.current_task(), "uncancel", None)
             if uncancel is not None:  # Python 3.11+: let later awaits run normally
                 uncancel()
-            await self._stop_compute(run_id)
-            await self._end(run_id, Condition.CANCELLED, "cancelled by the user", "UserCancelled")
+            await self._stop_compute(key)
+            await self._end(key, Condition.CANCELLED, "cancelled by the user", "UserCancelled")
         except Exception as exc:
-            log.exception("run %s crashed", run_id)
-            await self._end(run_id, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
+            log.exception("run %s of %s crashed", key[1], key[0])
+            await self._end(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
         else:
             if paused is not None:
                 self._arm(paused)
         finally:
-            self._cancelling.discard(run_id)
+            self._cancelling.discard(key)
 
-    async def _stop_compute(self, run_id: str) -> None:
+    async def _stop_compute(self, key: RunKey) -> None:
         if self.executor.tasks is None:
             return
         try:
-            await self.executor.tasks.cancel_run(run_id)
+            await self.executor.tasks.cancel_run(key)
         except Exception:  # the run ends Cancelled either way
-            log.exception("could not cancel the tasks of run %s", run_id)
+            log.exception("could not cancel the tasks of run %s of %s", key[1], key[0])
 
-    async def _end(self, run_id: str, status: Condition, message: str, reason: str) -> None:
-        row = await self.store.run(lambda c: tables.get_run(c, run_id))
+    async def _end(self, key: RunKey, status: Condition, message: str, reason: str) -> None:
+        row = await self.store.run(lambda c: tables.get_run(c, key))
         if row.state == "done":  # interrupted while finishing: finish the finishing
             if not row.closed:
                 await self._close_done(row)
@@ -381,55 +387,55 @@ class Engine:
 
     async def cancel(self, run: Run) -> None:
         """Stop a run (the ``RunStarter`` protocol); it ends ``Cancelled``."""
-        await self.cancel_run(run.run_id)
+        await self.cancel_run(_key(run))
 
-    async def cancel_run(self, run_id: str) -> None:
+    async def cancel_run(self, key: RunKey) -> None:
         """Stop a run and append its terminal ``flow_completed`` (Cancelled)."""
         for _ in range(3):  # a resume racing the cancel starts a new task: stop that too
-            async with self._locked(run_id):
-                task = self._tasks.get(run_id)
+            async with self._locked(key):
+                task = self._tasks.get(key)
                 if task is None or task.done():
-                    await self._cancel_idle(run_id)
+                    await self._cancel_idle(key)
                     return
-                self._cancelling.add(run_id)
+                self._cancelling.add(key)
                 task.cancel()
             await asyncio.wait({task}, timeout=_CANCEL_WAIT)
 
-    async def _cancel_idle(self, run_id: str) -> None:
-        self._disarm(run_id)
-        row = await self.store.run(lambda c: tables.find_run(c, run_id))
+    async def _cancel_idle(self, key: RunKey) -> None:
+        self._disarm(key)
+        row = await self.store.run(lambda c: tables.find_run(c, key))
         if row is not None and row.state != "done":
             await self.executor.finish(
                 row, Condition.CANCELLED, error="cancelled by the user",
                 failed_step=(row.pause or {}).get("stepId"), reason="UserCancelled",
             )  # fmt: skip
 
-    def cancel_soon(self, run_id: str) -> None:
+    def cancel_soon(self, key: RunKey) -> None:
         """Cancel a run in the background (from a handler that is itself going away)."""
-        task = asyncio.get_running_loop().create_task(self.cancel_run(run_id))
+        task = asyncio.get_running_loop().create_task(self.cancel_run(key))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     def _arm(self, paused: Paused) -> None:
-        self._disarm(paused.run_id)
+        self._disarm(paused.key)
         delay = max(0.0, (paused.deadline - now_ms()) / 1000)
         loop = asyncio.get_running_loop()
-        self._timers[paused.run_id] = loop.call_later(delay, self._spawn_expire, paused)
+        self._timers[paused.key] = loop.call_later(delay, self._spawn_expire, paused)
 
-    def _disarm(self, run_id: str) -> None:
-        handle = self._timers.pop(run_id, None)
+    def _disarm(self, key: RunKey) -> None:
+        handle = self._timers.pop(key, None)
         if handle is not None:
             handle.cancel()
 
     def _spawn_expire(self, paused: Paused) -> None:
-        self._timers.pop(paused.run_id, None)
+        self._timers.pop(paused.key, None)
         task = asyncio.get_running_loop().create_task(self._expire(paused))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _expire(self, paused: Paused) -> None:
-        async with self._locked(paused.run_id):
-            row = await self.store.run(lambda c: tables.find_run(c, paused.run_id))
+        async with self._locked(paused.key):
+            row = await self.store.run(lambda c: tables.find_run(c, paused.key))
             pause = row.pause if row is not None else None
             if row is None or row.state != "paused" or not pause or pause["token"] != paused.token:
                 return
@@ -438,7 +444,7 @@ class Engine:
                 " (pause timeout)"
             )
             await self.log.append(
-                StepFailed, row.run_id, step_id=pause["stepId"], block=pause["block"],
+                StepFailed, row.key, step_id=pause["stepId"], block=pause["block"],
                 error=message, code="TOOL_RESULTS_TIMEOUT",
             )  # fmt: skip
             await self.executor.finish(
@@ -461,17 +467,18 @@ class Engine:
                 different result for a call already answered.
         """
         given = {r.tool_call_id: to_wire(r) for r in results}
-        async with self._locked(run_id):
-            await self.store.run(lambda c: tables.get_run(c, run_id, org))
-            channel = await self.log.channel(run_id)
+        key = (org, run_id)
+        async with self._locked(key):
+            await self.store.run(lambda c: tables.get_run(c, key))
+            channel = await self.log.channel(key)
             settled = channel.settled
-            if await self.store.run(lambda c: _accept_results(c, org, run_id, given)):
-                self._disarm(run_id)
-                self._launch(run_id)
+            if await self.store.run(lambda c: _accept_results(c, key, given)):
+                self._disarm(key)
+                self._launch(key)
         return list(given), settled
 
     async def outcome(
-        self, run_id: str, after: int = 0, save: Save | None = None
+        self, key: RunKey, after: int = 0, save: Save | None = None
     ) -> ExecutionOutcome:
         """Wait until the run pauses or ends after event ``after``; return its outcome.
 
@@ -479,48 +486,48 @@ class Engine:
         ``save(conn, outcome)`` runs in the transaction that reads the outcome (the
         execute route saves its idempotent answer there).
         """
-        channel = await self.log.channel(run_id)
+        channel = await self.log.channel(key)
         if after and channel.settled == after and not channel.finished:
-            row, steps = await self._snapshot(run_id)
+            row, steps = await self._snapshot(key)
             if row.state == "paused":  # nobody resumed it: answer the pause as it is
                 return build_outcome(row, steps)
         while channel.settled <= after and not channel.finished and not self.log.stopping:
             await channel.wait(None)
-        final = self._finals.pop(run_id, None) if channel.finished else None
+        final = self._finals.pop(key, None) if channel.finished else None
         if final is not None and not after:  # read (and saved) when the run ended
             return final
 
         def read(conn: sqlite3.Connection) -> ExecutionOutcome:
-            outcome = build_outcome(tables.get_run(conn, run_id), tables.get_steps(conn, run_id))
+            outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
             if save is not None:
                 save(conn, outcome)
             return outcome
 
         return await self.store.run(read)
 
-    async def _snapshot(self, run_id: str) -> tuple[RunRow, list[StepRow]]:
+    async def _snapshot(self, key: RunKey) -> tuple[RunRow, list[StepRow]]:
         def read(conn: sqlite3.Connection) -> tuple[RunRow, list[StepRow]]:
-            return tables.get_run(conn, run_id), tables.get_steps(conn, run_id)
+            return tables.get_run(conn, key), tables.get_steps(conn, key)
 
         return await self.store.run(read)
 
-    async def forget(self, run_id: str) -> None:
+    async def forget(self, key: RunKey) -> None:
         """Delete a (deleted, finished) run's engine state and event log."""
-        await self.store.run(lambda c: tables.delete_run(c, run_id))
-        self.log.forget(run_id)
+        await self.store.run(lambda c: tables.delete_run(c, key))
+        self.log.forget(key)
 
-    async def has_run(self, run_id: str) -> bool:
+    async def has_run(self, key: RunKey) -> bool:
         """Whether the engine has state (and so an event log) for ``run_id``."""
-        return await self.store.run(lambda c: tables.find_run(c, run_id)) is not None
+        return await self.store.run(lambda c: tables.find_run(c, key)) is not None
 
     # -- traces -----------------------------------------------------------------------
 
     async def trace(self, org: str, run_id: str) -> RunTrace:
         """The run's trace: status, per-step timing and tokens (snapshots when traced)."""
-        run = await self.store.get_run(run_id, org)
+        run, key = await self.store.get_run(run_id, org), (org, run_id)
 
         def read(conn: sqlite3.Connection) -> tuple[RunRow | None, list[StepRow]]:
-            return tables.find_run(conn, run_id), tables.get_steps(conn, run_id)
+            return tables.find_run(conn, key), tables.get_steps(conn, key)
 
         row, steps = await self.store.run(read)
         duration = None if row is None else (row.ended_at or now_ms()) - row.started_at
@@ -547,23 +554,23 @@ class Engine:
         for row in rows:
             with contextlib.suppress(Exception):
                 await self._recover_one(row)
-        known = {row.run_id for row in rows}
+        known = {row.key for row in rows}
         for run in await self.store.list_active_runs():
-            if run.run_id not in known:
+            if _key(run) not in known:
                 await self.store.set_run_condition(
-                    run.run_id, Condition.ERROR, _RESTARTED, "ServerRestarted"
+                    _key(run), Condition.ERROR, _RESTARTED, "ServerRestarted"
                 )
 
     async def _close_done(self, row: RunRow) -> None:
         outcome = row.outcome or {}
         status = Condition(outcome.get("status", "Error"))
-        await self.store.set_run_condition(row.run_id, status, outcome.get("error"))
+        await self.store.set_run_condition(row.key, status, outcome.get("error"))
         await self.executor.close(row)
 
     async def _recover_one(self, row: RunRow) -> None:
         if row.state == "paused" and row.pause is not None:
             log.info("run %s is still paused; its pause timeout is armed again", row.run_id)
-            self._arm(Paused(row.run_id, row.pause["token"], int(row.pause["deadline"])))
+            self._arm(Paused(row.key, row.pause["token"], int(row.pause["deadline"])))
             return
         if row.state == "done":
             log.info("run %s had finished when the server stopped; closing it", row.run_id)

@@ -27,10 +27,15 @@ from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequi
 from ..clock import now_ms
 from .frames import encoder, frame, log_layout
 
-__all__ = ["SCHEMA", "Database", "EventLog", "EventQuotaExceeded", "RunChannel", "frame"]
+__all__ = [
+    "SCHEMA", "Database", "EventLog", "EventQuotaExceeded", "RunChannel", "RunKey", "frame",
+]  # fmt: skip
 
 T = TypeVar("T")
 log = logging.getLogger("vi_flow.server.engine")
+
+RunKey = tuple[str, str]
+"""A run as the engine knows it: ``(organization id, run id)``; run ids are per organization."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS engine_events (
@@ -65,8 +70,8 @@ class _Queued:
 
 Event = tuple[type[StreamEvent], dict[str, Any]]
 """An event to append: its class and fields (see :meth:`EventLog.append`)."""
-_Chunk = tuple[str, int, int, bytes, int, "int | None"]
-"""A stored row: run id, first and last event id, frames, terminal flag, settle id."""
+_Chunk = tuple[str, str, int, int, bytes, int, "int | None"]
+"""A stored row: organization id, run id, first and last event id, frames, terminal flag, settle id."""
 
 
 class RunChannel:
@@ -77,6 +82,7 @@ class RunChannel:
     without a copy per event and without reading back what was just written.
 
     Attributes:
+        key: The run's organization and id.
         run_id: The run.
         next_id: The id the next appended event gets.
         committed: The highest event id on disk.
@@ -85,8 +91,9 @@ class RunChannel:
         settled: The id of the last committed pause or terminal event.
     """
 
-    def __init__(self, run_id: str, last_id: int, finished: bool, settled: int) -> None:
-        self.run_id = run_id
+    def __init__(self, key: RunKey, last_id: int, finished: bool, settled: int) -> None:
+        self.key = key
+        self.run_id = key[1]
         self.next_id = last_id + 1
         self.committed = last_id
         self.finished = finished
@@ -98,7 +105,7 @@ class RunChannel:
 
     def publish(self, chunks: Sequence[_Chunk]) -> None:
         """Record committed rows (one run's, in order) and wake everyone waiting."""
-        for _, first, last, frames, terminal, settled in chunks:
+        for _, _, first, last, frames, terminal, settled in chunks:
             self._ring.append((first, last, frames))
             self._ring_bytes += len(frames)
             if settled is not None:
@@ -107,7 +114,7 @@ class RunChannel:
                 self.finished = True
         while self._ring_bytes > _RING_BYTES and len(self._ring) > 1:
             self._ring_bytes -= len(self._ring.popleft()[2])
-        self.committed = max(self.committed, chunks[-1][2])
+        self.committed = max(self.committed, chunks[-1][3])
         self.wake()
 
     def wake(self) -> None:
@@ -140,7 +147,7 @@ class RunChannel:
 _SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsRequired})
 
 
-def _chunks(run_id: str, queued: _Queued) -> list[_Chunk]:
+def _chunks(key: RunKey, queued: _Queued) -> list[_Chunk]:
     """Cut one run's queued events into stored rows of at most ``_CHUNK_EVENTS``.
 
     The settle id and the terminal flag go on the batch's last row (``_tail`` reads the
@@ -148,11 +155,11 @@ def _chunks(run_id: str, queued: _Queued) -> list[_Chunk]:
     """
     frames, first = queued.frames, queued.first
     out: list[_Chunk] = [
-        (run_id, first + at, first + min(at + _CHUNK_EVENTS, len(frames)) - 1,
+        (*key, first + at, first + min(at + _CHUNK_EVENTS, len(frames)) - 1,
          b"".join(frames[at : at + _CHUNK_EVENTS]), 0, None)
         for at in range(0, len(frames), _CHUNK_EVENTS)
     ]  # fmt: skip
-    out[-1] = (*out[-1][:4], int(queued.terminal), queued.settled)
+    out[-1] = (*out[-1][:5], int(queued.terminal), queued.settled)
     return out
 
 
@@ -160,22 +167,22 @@ def _insert(conn: sqlite3.Connection, chunks: Sequence[_Chunk]) -> None:
     if not chunks:
         return
     conn.executemany(
-        "INSERT INTO engine_events (run_id, first_id, last_id, frames, terminal, settled)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO engine_events (org_id, run_id, first_id, last_id, frames, terminal,"
+        " settled) VALUES (?, ?, ?, ?, ?, ?, ?)",
         chunks,
     )
 
 
-def _tail(conn: sqlite3.Connection, run_id: str) -> tuple[int, bool, int]:
+def _tail(conn: sqlite3.Connection, key: RunKey) -> tuple[int, bool, int]:
     row = conn.execute(
-        "SELECT last_id, terminal FROM engine_events WHERE run_id = ?"
+        "SELECT last_id, terminal FROM engine_events WHERE org_id = ? AND run_id = ?"
         " ORDER BY first_id DESC LIMIT 1",
-        (run_id,),
+        key,
     ).fetchone()
     if row is None:
         return 0, False, 0
     settled = conn.execute(
-        "SELECT MAX(settled) FROM engine_events WHERE run_id = ?", (run_id,)
+        "SELECT MAX(settled) FROM engine_events WHERE org_id = ? AND run_id = ?", key
     ).fetchone()[0]
     return int(row[0]), bool(row[1]), int(settled or 0)
 
@@ -189,11 +196,11 @@ def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     return frames[start + 2 :] if start >= 0 else b""
 
 
-def _read(conn: sqlite3.Connection, run_id: str, after: int) -> tuple[bytes, int]:
+def _read(conn: sqlite3.Connection, key: RunKey, after: int) -> tuple[bytes, int]:
     rows = conn.execute(
         "SELECT first_id, last_id, frames FROM engine_events"
-        " WHERE run_id = ? AND last_id > ? ORDER BY first_id LIMIT ?",
-        (run_id, after, _READ_ROWS),
+        " WHERE org_id = ? AND run_id = ? AND last_id > ? ORDER BY first_id LIMIT ?",
+        (*key, after, _READ_ROWS),
     ).fetchall()
     if not rows:
         return b"", after
@@ -240,9 +247,9 @@ class EventLog:
         self.max_events = max_events
         self._window = window
         self._max_pending = max_pending
-        self._channels: dict[str, RunChannel] = {}
-        self._opening: dict[str, asyncio.Future[RunChannel]] = {}
-        self._pending: dict[str, _Queued] = {}
+        self._channels: dict[RunKey, RunChannel] = {}
+        self._opening: dict[RunKey, asyncio.Future[RunChannel]] = {}
+        self._pending: dict[RunKey, _Queued] = {}
         self._queued = 0
         self._appended = 0
         self._written = 0
@@ -268,19 +275,19 @@ class EventLog:
 
     # -- channels -----------------------------------------------------------------
 
-    async def channel(self, run_id: str) -> RunChannel:
+    async def channel(self, key: RunKey) -> RunChannel:
         """Return the run's live channel, loading its tail from SQLite the first time."""
-        found = self._channels.get(run_id)
+        found = self._channels.get(key)
         if found is not None:
             return found
-        opening = self._opening.get(run_id)
+        opening = self._opening.get(key)
         if opening is not None:
             return await asyncio.shield(opening)
         future: asyncio.Future[RunChannel] = asyncio.get_running_loop().create_future()
-        self._opening[run_id] = future
+        self._opening[key] = future
         try:
-            last, finished, settled = await self._db.run(lambda c: _tail(c, run_id))
-            found = self._channels.setdefault(run_id, RunChannel(run_id, last, finished, settled))
+            last, finished, settled = await self._db.run(lambda c: _tail(c, key))
+            found = self._channels.setdefault(key, RunChannel(key, last, finished, settled))
             future.set_result(found)
             return found
         except BaseException as exc:
@@ -288,11 +295,11 @@ class EventLog:
             future.exception()  # mark retrieved: later callers re-raise it themselves
             raise
         finally:
-            del self._opening[run_id]
+            del self._opening[key]
 
-    def new_channel(self, run_id: str) -> RunChannel:
+    def new_channel(self, key: RunKey) -> RunChannel:
         """Open the channel of a run just created (it has no events: nothing to read)."""
-        return self._channels.setdefault(run_id, RunChannel(run_id, 0, False, 0))
+        return self._channels.setdefault(key, RunChannel(key, 0, False, 0))
 
     def stop_followers(self) -> None:
         """End every :meth:`follow` iterator at its next wake-up (server shutdown)."""
@@ -300,20 +307,20 @@ class EventLog:
         for channel in self._channels.values():
             channel.wake()
 
-    def forget(self, run_id: str) -> None:
+    def forget(self, key: RunKey) -> None:
         """Drop a finished run's channel; readers holding it keep working."""
-        self._channels.pop(run_id, None)
+        self._channels.pop(key, None)
 
     # -- writing ------------------------------------------------------------------
 
-    async def append(self, cls: type[StreamEvent], run_id: str, **fields: Any) -> int:
-        """Queue one event of ``cls`` for ``run_id`` with the next event id; return the id.
+    async def append(self, cls: type[StreamEvent], key: RunKey, **fields: Any) -> int:
+        """Queue one event of ``cls`` for the run ``key`` with the next event id; return the id.
 
         The event is on disk and visible to readers only after the writer's next
         commit; call :meth:`sync` to wait for that. Appenders wait for the writer when
         too many events are queued.
         """
-        channel = self._channels.get(run_id) or await self.channel(run_id)
+        channel = self._channels.get(key) or await self.channel(key)
         if cls is LogLine:
             self._check_room(channel, 1)
         event_id = self._queue(channel, cls, fields)
@@ -325,12 +332,12 @@ class EventLog:
     def _queue(self, channel: RunChannel, cls: type[StreamEvent], fields: dict[str, Any]) -> int:
         if self._closed:
             raise RuntimeError("the event log is closed")
-        run_id, event_id = channel.run_id, channel.next_id
-        framed = encoder(cls)(run_id, event_id, now_ms(), **fields)
+        key, event_id = channel.key, channel.next_id
+        framed = encoder(cls)(channel.run_id, event_id, now_ms(), **fields)
         channel.next_id += 1
-        queued = self._pending.get(run_id)
+        queued = self._pending.get(key)
         if queued is None:
-            queued = self._pending[run_id] = _Queued(event_id)
+            queued = self._pending[key] = _Queued(event_id)
             self._wake.set()
         queued.frames.append(framed)
         if cls in _SETTLING:
@@ -342,38 +349,38 @@ class EventLog:
         return event_id
 
     async def commit_with(
-        self, fn: Callable[[sqlite3.Connection], T], run_id: str, events: Sequence[Event] = ()
+        self, fn: Callable[[sqlite3.Connection], T], key: RunKey, events: Sequence[Event] = ()
     ) -> T:
-        """Store ``fn``'s changes and ``events`` of ``run_id`` in one transaction.
+        """Store ``fn``'s changes and ``events`` of the run ``key`` in one transaction.
 
         Whatever else is queued goes in the same transaction. The state and the events
         that announce it become visible together, so a reader never sees an event
         before what it announces; one commit replaces two.
         """
-        channel = self._channels.get(run_id) or await self.channel(run_id)
+        channel = self._channels.get(key) or await self.channel(key)
         for cls, fields in events:  # no await from here to the swap in _commit
             self._queue(channel, cls, fields)
         return await self._commit(fn)
 
     async def append_lines(
-        self, run_id: str, step_id: str, stream: str, lines: Sequence[str]
+        self, key: RunKey, step_id: str, stream: str, lines: Sequence[str]
     ) -> None:
         """Queue one ``log`` event per line (as :meth:`append` of ``LogLine`` each, cheaper).
 
         The frames are the ones ``append(LogLine, ...)`` writes, byte for byte: the
         parts every line shares are encoded once per call.
         """
-        channel = self._channels.get(run_id) or await self.channel(run_id)
+        channel = self._channels.get(key) or await self.channel(key)
         if self._closed:
             raise RuntimeError("the event log is closed")
         if not lines:
             return
         self._check_room(channel, len(lines))
-        layout, first, now = log_layout(run_id, step_id, stream), channel.next_id, now_ms()
+        layout, first, now = log_layout(key[1], step_id, stream), channel.next_id, now_ms()
         channel.next_id += len(lines)
-        queued = self._pending.get(run_id)
+        queued = self._pending.get(key)
         if queued is None:
-            queued = self._pending[run_id] = _Queued(first)
+            queued = self._pending[key] = _Queued(first)
             self._wake.set()
         dumps = orjson.dumps
         queued.frames += [layout % (i, i, now, dumps(line)) for i, line in enumerate(lines, first)]
@@ -417,12 +424,12 @@ class EventLog:
         """
         pending, count = self._pending, self._queued
         self._pending, self._queued = {}, 0
-        per_run = {run_id: _chunks(run_id, queued) for run_id, queued in pending.items()}
+        per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
         return await asyncio.shield(self._store(fn, per_run, count))
 
     async def _store(
         self, fn: Callable[[sqlite3.Connection], T] | None,
-        per_run: dict[str, list[_Chunk]], count: int,
+        per_run: dict[RunKey, list[_Chunk]], count: int,
     ) -> T:  # fmt: skip
         chunks = [chunk for part in per_run.values() for chunk in part]
 
@@ -439,8 +446,8 @@ class EventLog:
             self._written += count
             self._settle_waiters(exc)
             raise
-        for run_id, part in per_run.items():
-            channel = self._channels.get(run_id)
+        for key, part in per_run.items():
+            channel = self._channels.get(key)
             if channel is not None and part:
                 channel.publish(part)
         self._written += count
@@ -461,17 +468,17 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------------
 
-    async def read(self, run_id: str, after: int) -> tuple[bytes, int]:
+    async def read(self, key: RunKey, after: int) -> tuple[bytes, int]:
         """Committed SSE frames after event ``after`` (a bounded chunk) and the last id."""
-        return await self._db.run(lambda c: _read(c, run_id, after))
+        return await self._db.run(lambda c: _read(c, key, after))
 
-    async def follow(self, run_id: str, after: int, idle: float) -> AsyncIterator[bytes | None]:
+    async def follow(self, key: RunKey, after: int, idle: float) -> AsyncIterator[bytes | None]:
         """Yield SSE frames (joined in chunks) after ``after`` until the run's terminal event.
 
         Yields ``None`` every ``idle`` seconds without news, so the caller can send a
         heartbeat. A finished run is replayed and the iterator ends.
         """
-        channel = await self.channel(run_id)
+        channel = await self.channel(key)
         cursor = after
         while True:
             if cursor < channel.committed:
@@ -487,7 +494,7 @@ class EventLog:
         recent = channel.recent(cursor)
         if recent is not None:
             return b"".join(recent), channel.committed
-        stored, last = await self.read(channel.run_id, cursor)
+        stored, last = await self.read(channel.key, cursor)
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
             return b"", channel.committed
         return stored, last

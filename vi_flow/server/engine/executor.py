@@ -48,7 +48,7 @@ from ..store import Store
 from ..tasks import TaskService
 from . import tables
 from .blocks import BlockContext, BlockRegistry, Pause, Resume, StepDone, StepError
-from .eventlog import Event, EventLog
+from .eventlog import Event, EventLog, RunKey
 from .render import RenderError, render_value
 from .request import ExecuteRequest, step_id_of
 from .tables import RunRow, StepRow
@@ -80,12 +80,12 @@ class Paused:
     """A run stopped at a durable pause.
 
     Attributes:
-        run_id: The run.
+        key: The run's ``(org id, run id)``.
         token: Identifies this pause (a later pause of the run has another).
         deadline: When the pause times out, in ms since the epoch.
     """
 
-    run_id: str
+    key: RunKey
     token: str
     deadline: int
 
@@ -185,22 +185,22 @@ class Executor:
         self.registry = registry
         self._http = http
         self.tasks: TaskService | None = None
-        self.on_finish: dict[str, Callable[[sqlite3.Connection], None]] = {}
+        self.on_finish: dict[RunKey, Callable[[sqlite3.Connection], None]] = {}
         """Per run: called in the transaction that ends it (after its changes)."""
 
     # -- the run ----------------------------------------------------------------------
 
-    async def drive(self, run_id: str, begun: Begun | None = None) -> Paused | None:
-        """Run ``run_id`` from its stored state until it ends or pauses.
+    async def drive(self, key: RunKey, begun: Begun | None = None) -> Paused | None:
+        """Run the run ``key`` from its stored state until it ends or pauses.
 
         ``begun``: the run was just created and started in one transaction (its
         ``run_started`` and first ``step_started`` are still to be announced).
         """
         if begun is None:
-            row = await self.store.run(lambda c: tables.get_run(c, run_id))
+            row = await self.store.run(lambda c: tables.get_run(c, key))
         else:
             row = begun.row
-            await self.log.append(RunStarted, run_id, **_started_fields(row))
+            await self.log.append(RunStarted, key, **_started_fields(row))
         if row.state == "done":
             return None
         spec, request = spec_of(row), request_of(row)
@@ -227,9 +227,9 @@ class Executor:
 
         def begin(conn: sqlite3.Connection) -> None:
             tables.save_run(conn, row)
-            set_condition(conn, row.run_id, Condition.RUNNING)
+            set_condition(conn, row.key, Condition.RUNNING)
 
-        await self.log.commit_with(begin, row.run_id, [(RunStarted, _started_fields(row))])
+        await self.log.commit_with(begin, row.key, [(RunStarted, _started_fields(row))])
 
     @staticmethod
     def _resume_of(row: RunRow) -> Resume | None:
@@ -260,28 +260,28 @@ class Executor:
                        "failedStep": failed_step}  # fmt: skip
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
         carry = carry or _Carry(_no_change, [])
-        on_finish = self.on_finish.pop(row.run_id, _no_change)
+        on_finish = self.on_finish.pop(row.key, _no_change)
 
         def store_outcome(conn: sqlite3.Connection) -> None:
             carry.store(conn)
             tables.save_run(conn, row)
-            tables.close_running_steps(conn, row.run_id, step_status.value, ended)
-            set_condition(conn, row.run_id, status, error, reason)
-            tables.mark_closed(conn, row.run_id)
+            tables.close_running_steps(conn, row.key, step_status.value, ended)
+            set_condition(conn, row.key, status, error, reason)
+            tables.mark_closed(conn, row.key)
             on_finish(conn)
 
-        channel = await self.log.channel(row.run_id)
+        channel = await self.log.channel(row.key)
         events = [*carry.events, *([] if channel.ended else [_completed_event(row)])]
-        await self.log.commit_with(store_outcome, row.run_id, events)
-        self.log.forget(row.run_id)
+        await self.log.commit_with(store_outcome, row.key, events)
+        self.log.forget(row.key)
 
     async def close(self, row: RunRow) -> None:
         """Append the terminal event of a finished run (once) and mark it closed."""
-        if not (await self.log.channel(row.run_id)).ended:
-            await self.log.append(FlowCompleted, row.run_id, **_completed_event(row)[1])
+        if not (await self.log.channel(row.key)).ended:
+            await self.log.append(FlowCompleted, row.key, **_completed_event(row)[1])
         await self.log.sync()
-        await self.store.run(lambda c: tables.mark_closed(c, row.run_id))
-        self.log.forget(row.run_id)
+        await self.store.run(lambda c: tables.mark_closed(c, row.key))
+        self.log.forget(row.key)
 
     # -- one step ---------------------------------------------------------------------
 
@@ -294,22 +294,22 @@ class Executor:
         step = stored or self._step_record(row, step_id, index, block.block, resume)
         started_event: Event = (StepStarted, {"step_id": step_id, "block": block.block, "index": index})  # fmt: skip
         if stored is not None:
-            await self.log.append(StepStarted, row.run_id, **started_event[1])
+            await self.log.append(StepStarted, row.key, **started_event[1])
         elif resume is None:
 
             def start(conn: sqlite3.Connection) -> None:
                 carry.store(conn)
-                tables.put_step(conn, row.run_id, step)
+                tables.put_step(conn, row.key, step)
 
-            await self.log.commit_with(start, row.run_id, [*carry.events, started_event])
+            await self.log.commit_with(start, row.key, [*carry.events, started_event])
         elif carry.events:
-            await self.log.commit_with(carry.store, row.run_id, carry.events)
+            await self.log.commit_with(carry.store, row.key, carry.events)
         started = time.monotonic()
         try:
             ctx = self._context(row, spec, request, index, resume)
             if request.trace and resume is None:
                 step.input = ctx.settings
-                await self.log.append(StepInput, row.run_id, step_id=step_id, input=ctx.settings)
+                await self.log.append(StepInput, row.key, step_id=step_id, input=ctx.settings)
             result = await self.registry.get(block.block)(ctx)
             _check_json(step_id, result)
         except asyncio.CancelledError:
@@ -352,14 +352,14 @@ class Executor:
             message=request.message, parameters=request.parameters,
             attachments=request.attachments, previous=previous, tools=request.tools,
             tool_choice=request.tool_choice, resume=resume, server=self.settings,
-            http=self._http(), emit_log=self._log_emitter(row.run_id, step_id),
+            http=self._http(), emit_log=self._log_emitter(row.key, step_id),
             organization_id=row.org_id, tasks=self.tasks,
-            emit_logs=functools.partial(self.log.append_lines, row.run_id, step_id),
+            emit_logs=functools.partial(self.log.append_lines, row.key, step_id),
         )  # fmt: skip
 
-    def _log_emitter(self, run_id: str, step_id: str) -> Callable[[str, str], Any]:
+    def _log_emitter(self, key: RunKey, step_id: str) -> Callable[[str, str], Any]:
         async def emit(stream: str, line: str) -> None:
-            await self.log.append(LogLine, run_id, step_id=step_id, stream=stream, line=line)
+            await self.log.append(LogLine, key, step_id=step_id, stream=stream, line=line)
 
         return emit
 
@@ -374,7 +374,7 @@ class Executor:
         step.duration_ms = self._elapsed(step, started)
         fields = {"step_id": step.step_id, "block": step.block, "error": message, "code": code}
         await self.log.commit_with(
-            lambda c: tables.put_step(c, row.run_id, step), row.run_id, [(StepFailed, fields)]
+            lambda c: tables.put_step(c, row.key, step), row.key, [(StepFailed, fields)]
         )
         return _Failure(step.step_id, f"step {step.step_id!r} failed: {message}", code)
 
@@ -394,7 +394,7 @@ class Executor:
         saved = attrs.evolve(row, outputs=dict(row.outputs))  # as it stands now, not later
 
         def store_step(conn: sqlite3.Connection) -> None:
-            tables.put_step(conn, row.run_id, step)
+            tables.put_step(conn, row.key, step)
             tables.save_run(conn, saved)
 
         return _Carry(store_step, [
@@ -405,7 +405,7 @@ class Executor:
 
     async def _pause(self, row: RunRow, step: StepRow, pause: Pause, started: float) -> Paused:
         timeout = pause.timeout if pause.timeout is not None else self.settings.tool_pause_timeout
-        paused = Paused(row.run_id, secrets.token_hex(8), now_ms() + int(timeout * 1000))
+        paused = Paused(row.key, secrets.token_hex(8), now_ms() + int(timeout * 1000))
         calls = to_wire(pause.tool_calls)
         row.state, row.step_index = "paused", step.index
         row.pause = {
@@ -415,7 +415,7 @@ class Executor:
             "input": step.input, "deadline": paused.deadline, "token": paused.token,
             "timeout": timeout,
         }  # fmt: skip
-        await self.log.commit_with(lambda c: tables.save_run(c, row), row.run_id, [
+        await self.log.commit_with(lambda c: tables.save_run(c, row), row.key, [
             (StepPaused, {"step_id": step.step_id, "reason": "tool_calls"}),
             (ToolCallsRequired, {"step_id": step.step_id, "tool_calls": pause.tool_calls}),
         ])  # fmt: skip
@@ -438,7 +438,7 @@ def _completed_event(row: RunRow) -> Event:
 
 
 def set_condition(
-    conn: sqlite3.Connection, run_id: str, condition: Condition,
+    conn: sqlite3.Connection, key: RunKey, condition: Condition,
     message: str | None = None, reason: str | None = None,
 ) -> None:  # fmt: skip
     """Append a condition to the run record (as ``Store.set_run_condition``, in a transaction).
@@ -446,13 +446,11 @@ def set_condition(
     A terminal condition is never changed; a change is logged (without the message,
     which may quote a step's input or output).
     """
-    before = records.get_run(conn, None, run_id)
+    before = records.get_run(conn, *key)
     was = before.status.condition
-    records.set_run_condition(conn, run_id, condition, message, reason)
+    records.set_run_condition(conn, *key, condition, message, reason)
     if was == condition or (was is not None and was.terminal):
         return
     why = f" ({reason})" if reason else ""
     state = was.value if was is not None else "-"
-    log.info(
-        "run %s of %s: %s -> %s%s", run_id, before.organization_id, state, condition.value, why
-    )
+    log.info("run %s of %s: %s -> %s%s", key[1], key[0], state, condition.value, why)

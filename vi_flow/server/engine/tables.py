@@ -19,8 +19,9 @@ import orjson
 
 from ..errors import APIProblem
 from .eventlog import SCHEMA as EVENTS_SCHEMA
+from .eventlog import RunKey
 
-__all__ = ["MIGRATION", "SCHEMA", "RunRow", "StepRow"]
+__all__ = ["MIGRATION", "MIGRATIONS", "SCHEMA", "RunRow", "StepRow"]
 
 MIGRATION = "engine-1"
 
@@ -45,6 +46,55 @@ CREATE TABLE IF NOT EXISTS engine_credits (
     org_id TEXT PRIMARY KEY, credits INTEGER NOT NULL);
 """
 )
+
+MIGRATIONS = (
+    (
+        # Run ids are scoped to their organization (as ``runs`` is, see
+        # ``runs-per-organization-1``): every engine table is keyed by (org_id, run_id).
+        "engine-2-runs-per-organization",
+        """
+CREATE TABLE engine_runs_scoped (
+    org_id TEXT NOT NULL, run_id TEXT NOT NULL, flow_id TEXT NOT NULL,
+    flow_version TEXT NOT NULL, state TEXT NOT NULL, request BLOB NOT NULL,
+    spec BLOB NOT NULL, step_index INTEGER NOT NULL DEFAULT 0,
+    outputs BLOB NOT NULL DEFAULT '{}', pause BLOB, usage BLOB, outcome BLOB,
+    closed INTEGER NOT NULL DEFAULT 0, started_at INTEGER NOT NULL, ended_at INTEGER,
+    PRIMARY KEY (org_id, run_id));
+INSERT INTO engine_runs_scoped SELECT org_id, run_id, flow_id, flow_version, state, request,
+    spec, step_index, outputs, pause, usage, outcome, closed, started_at, ended_at
+    FROM engine_runs;
+CREATE TABLE engine_steps_scoped (
+    org_id TEXT NOT NULL, run_id TEXT NOT NULL, step_id TEXT NOT NULL, idx INTEGER NOT NULL,
+    block TEXT NOT NULL, status TEXT NOT NULL, started_at INTEGER, ended_at INTEGER,
+    duration_ms INTEGER, input BLOB, output BLOB, error TEXT, usage BLOB,
+    PRIMARY KEY (org_id, run_id, step_id));
+INSERT INTO engine_steps_scoped SELECT r.org_id, s.run_id, s.step_id, s.idx, s.block,
+    s.status, s.started_at, s.ended_at, s.duration_ms, s.input, s.output, s.error, s.usage
+    FROM engine_steps s JOIN engine_runs r ON r.run_id = s.run_id;
+CREATE TABLE engine_answers_scoped (
+    org_id TEXT NOT NULL, run_id TEXT NOT NULL, tool_call_id TEXT NOT NULL,
+    result BLOB NOT NULL, PRIMARY KEY (org_id, run_id, tool_call_id));
+INSERT INTO engine_answers_scoped SELECT r.org_id, a.run_id, a.tool_call_id, a.result
+    FROM engine_answers a JOIN engine_runs r ON r.run_id = a.run_id;
+CREATE TABLE engine_events_scoped (
+    org_id TEXT NOT NULL, run_id TEXT NOT NULL, first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL, frames BLOB NOT NULL, terminal INTEGER NOT NULL, settled INTEGER,
+    PRIMARY KEY (org_id, run_id, first_id)) WITHOUT ROWID;
+INSERT INTO engine_events_scoped SELECT r.org_id, e.run_id, e.first_id, e.last_id, e.frames,
+    e.terminal, e.settled FROM engine_events e JOIN engine_runs r ON r.run_id = e.run_id;
+DROP TABLE engine_events;
+DROP TABLE engine_answers;
+DROP TABLE engine_steps;
+DROP TABLE engine_runs;
+ALTER TABLE engine_runs_scoped RENAME TO engine_runs;
+ALTER TABLE engine_steps_scoped RENAME TO engine_steps;
+ALTER TABLE engine_answers_scoped RENAME TO engine_answers;
+ALTER TABLE engine_events_scoped RENAME TO engine_events;
+CREATE INDEX IF NOT EXISTS engine_runs_open ON engine_runs (closed, state);
+""",
+    ),
+)
+"""Changes to :data:`SCHEMA`, applied once each, in order, after it."""
 
 
 def _load(blob: Any) -> Any:
@@ -94,6 +144,11 @@ class RunRow:
     started_at: int = 0
     ended_at: int | None = None
 
+    @property
+    def key(self) -> RunKey:
+        """The run's ``(org_id, run_id)``."""
+        return self.org_id, self.run_id
+
 
 _RUN_COLUMNS = (
     "run_id, org_id, flow_id, flow_version, state, request, spec, step_index, outputs,"
@@ -134,21 +189,18 @@ def insert_run(conn: sqlite3.Connection, run: RunRow) -> None:
     )  # fmt: skip
 
 
-def get_run(conn: sqlite3.Connection, run_id: str, org_id: str | None = None) -> RunRow:
+def get_run(conn: sqlite3.Connection, key: RunKey) -> RunRow:
     """The run's engine state; 404 ``RUN_NOT_FOUND`` when the engine never ran it."""
-    row = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE run_id = ? AND (? IS NULL OR org_id = ?)",
-        (run_id, org_id, org_id),
-    ).fetchone()
-    if row is None:
-        raise APIProblem.not_found("RUN_NOT_FOUND", "run", run_id)
-    return _run_row(row)
+    found = find_run(conn, key)
+    if found is None:
+        raise APIProblem.not_found("RUN_NOT_FOUND", "run", key[1])
+    return found
 
 
-def find_run(conn: sqlite3.Connection, run_id: str) -> RunRow | None:
+def find_run(conn: sqlite3.Connection, key: RunKey) -> RunRow | None:
     """The run's engine state, or None."""
     row = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE run_id = ?", (run_id,)
+        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE org_id = ? AND run_id = ?", key
     ).fetchone()
     return None if row is None else _run_row(row)
 
@@ -157,10 +209,10 @@ def save_run(conn: sqlite3.Connection, run: RunRow) -> None:
     """Write back the mutable columns of a run."""
     conn.execute(
         "UPDATE engine_runs SET state = ?, step_index = ?, outputs = ?, pause = ?, usage = ?,"
-        " outcome = ?, closed = ?, ended_at = ? WHERE run_id = ?",
+        " outcome = ?, closed = ?, ended_at = ? WHERE org_id = ? AND run_id = ?",
         (
             run.state, run.step_index, orjson.dumps(run.outputs), _dump(run.pause),
-            _dump(run.usage), _dump(run.outcome), int(run.closed), run.ended_at, run.run_id,
+            _dump(run.usage), _dump(run.outcome), int(run.closed), run.ended_at, *run.key,
         ),
     )  # fmt: skip
 
@@ -171,17 +223,15 @@ def open_runs(conn: sqlite3.Connection) -> list[RunRow]:
     return [_run_row(r) for r in rows]
 
 
-def delete_run(conn: sqlite3.Connection, run_id: str) -> None:
+def delete_run(conn: sqlite3.Connection, key: RunKey) -> None:
     """Delete everything the engine stored for a run, its event log included."""
-    conn.execute("DELETE FROM engine_runs WHERE run_id = ?", (run_id,))
-    conn.execute("DELETE FROM engine_steps WHERE run_id = ?", (run_id,))
-    conn.execute("DELETE FROM engine_answers WHERE run_id = ?", (run_id,))
-    conn.execute("DELETE FROM engine_events WHERE run_id = ?", (run_id,))
+    for table in ("engine_runs", "engine_steps", "engine_answers", "engine_events"):
+        conn.execute(f"DELETE FROM {table} WHERE org_id = ? AND run_id = ?", key)
 
 
-def mark_closed(conn: sqlite3.Connection, run_id: str) -> None:
+def mark_closed(conn: sqlite3.Connection, key: RunKey) -> None:
     """Record that the run's terminal event is on disk."""
-    conn.execute("UPDATE engine_runs SET closed = 1 WHERE run_id = ?", (run_id,))
+    conn.execute("UPDATE engine_runs SET closed = 1 WHERE org_id = ? AND run_id = ?", key)
 
 
 # -- steps ------------------------------------------------------------------------------
@@ -218,13 +268,14 @@ class StepRow:
     usage: dict[str, Any] | None = None
 
 
-def put_step(conn: sqlite3.Connection, run_id: str, step: StepRow) -> None:
+def put_step(conn: sqlite3.Connection, key: RunKey, step: StepRow) -> None:
     """Insert or replace a step's trace record."""
     conn.execute(
-        "INSERT OR REPLACE INTO engine_steps (run_id, step_id, idx, block, status, started_at,"
-        " ended_at, duration_ms, input, output, error, usage) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR REPLACE INTO engine_steps (org_id, run_id, step_id, idx, block, status,"
+        " started_at, ended_at, duration_ms, input, output, error, usage)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
-            run_id, step.step_id, step.index, step.block, step.status, step.started_at,
+            *key, step.step_id, step.index, step.block, step.status, step.started_at,
             step.ended_at, step.duration_ms, _dump(step.input), _dump(step.output), step.error,
             _dump(step.usage),
         ),
@@ -247,38 +298,39 @@ def _step_row(row: sqlite3.Row) -> StepRow:
     )
 
 
-def get_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRow]:
+def get_steps(conn: sqlite3.Connection, key: RunKey) -> list[StepRow]:
     """Every step record of a run, in flow order."""
     rows = conn.execute(
-        "SELECT * FROM engine_steps WHERE run_id = ? ORDER BY idx", (run_id,)
+        "SELECT * FROM engine_steps WHERE org_id = ? AND run_id = ? ORDER BY idx", key
     ).fetchall()
     return [_step_row(r) for r in rows]
 
 
-def close_running_steps(conn: sqlite3.Connection, run_id: str, status: str, ended: int) -> None:
+def close_running_steps(conn: sqlite3.Connection, key: RunKey, status: str, ended: int) -> None:
     """Give steps still ``Running`` a final status (on cancel, timeout or restart)."""
     conn.execute(
-        "UPDATE engine_steps SET status = ?, ended_at = ? WHERE run_id = ? AND status = 'Running'",
-        (status, ended, run_id),
+        "UPDATE engine_steps SET status = ?, ended_at = ?"
+        " WHERE org_id = ? AND run_id = ? AND status = 'Running'",
+        (status, ended, *key),
     )
 
 
 # -- tool answers -----------------------------------------------------------------------
 
 
-def get_answers(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
+def get_answers(conn: sqlite3.Connection, key: RunKey) -> dict[str, Any]:
     """Tool call id -> the result (wire JSON) accepted for it."""
     rows = conn.execute(
-        "SELECT tool_call_id, result FROM engine_answers WHERE run_id = ?", (run_id,)
+        "SELECT tool_call_id, result FROM engine_answers WHERE org_id = ? AND run_id = ?", key
     ).fetchall()
     return {r[0]: orjson.loads(r[1]) for r in rows}
 
 
-def put_answers(conn: sqlite3.Connection, run_id: str, answers: dict[str, Any]) -> None:
+def put_answers(conn: sqlite3.Connection, key: RunKey, answers: dict[str, Any]) -> None:
     """Remember accepted tool results."""
     conn.executemany(
-        "INSERT INTO engine_answers (run_id, tool_call_id, result) VALUES (?, ?, ?)",
-        [(run_id, call_id, orjson.dumps(result)) for call_id, result in answers.items()],
+        "INSERT INTO engine_answers (org_id, run_id, tool_call_id, result) VALUES (?, ?, ?, ?)",
+        [(*key, call_id, orjson.dumps(result)) for call_id, result in answers.items()],
     )
 
 

@@ -32,6 +32,7 @@ from ...models.events import ToolResult
 from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT
 from ..engine import Engine, parse_request, tables
+from ..engine.eventlog import RunKey
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, org_in_path, org_of, read_body
 from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
@@ -66,8 +67,8 @@ async def execute(request: web.Request) -> web.Response:
     # the idempotent answer is saved in the transaction that ends the run (or, when it
     # pauses, in the one that reads the pause)
     save = answer_saver(200)
-    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
-    return json_response(await engine.outcome(run_id, 0, save))
+    key = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
+    return json_response(await engine.outcome(key, 0, save))
 
 
 @idempotent
@@ -86,8 +87,8 @@ async def flow_events(request: web.Request) -> web.StreamResponse:
     """Start a flow and stream its events from ``run_started`` to ``flow_completed``."""
     engine = _engine(request)
     body = parse_request(await read_body(request))
-    run_id = await engine.submit(org_of(request), request.match_info["flowId"], body)
-    return await _stream(request, run_id, 0, cancel_on_disconnect=body.cancel_on_disconnect)
+    key = await engine.submit(org_of(request), request.match_info["flowId"], body)
+    return await _stream(request, key, 0, cancel_on_disconnect=body.cancel_on_disconnect)
 
 
 # -- streams ---------------------------------------------------------------------------
@@ -107,24 +108,24 @@ def _after(request: web.Request) -> int:
 
 
 async def _stream(
-    request: web.Request, run_id: str, after: int, *, cancel_on_disconnect: bool = False
+    request: web.Request, key: RunKey, after: int, *, cancel_on_disconnect: bool = False
 ) -> web.StreamResponse:
     engine = _engine(request)
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
     # Announced, so a client treats 2x this much silence as a dead connection (a stalled
     # proxy keeps the socket open) and resumes with Last-Event-ID instead of waiting.
-    headers = {**_SSE_HEADERS, "X-Execution-Id": run_id, HEARTBEAT_HEADER: f"{heartbeat:g}"}
+    headers = {**_SSE_HEADERS, "X-Execution-Id": key[1], HEARTBEAT_HEADER: f"{heartbeat:g}"}
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    frames = engine.log.follow(run_id, after, heartbeat)
+    frames = engine.log.follow(key, after, heartbeat)
     try:
         await _pump(response, frames)
     except ConnectionResetError:  # the client went away; the run goes on unless asked
         if cancel_on_disconnect:
-            engine.cancel_soon(run_id)
+            engine.cancel_soon(key)
     except asyncio.CancelledError:
         if cancel_on_disconnect:
-            engine.cancel_soon(run_id)
+            engine.cancel_soon(key)
         raise
     return response
 
@@ -143,12 +144,12 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     run_id, org = request.match_info["runId"], org_of(request)
     after = _after(request)
     await request.app[STORE_KEY].get_run(run_id, org)
-    if not await _engine(request).has_run(run_id):
+    if not await _engine(request).has_run((org, run_id)):
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         await response.write_eof()
         return response
-    return await _stream(request, run_id, after)
+    return await _stream(request, (org, run_id), after)
 
 
 # -- tool results ----------------------------------------------------------------------
@@ -175,11 +176,11 @@ def _tool_results(body: dict[str, Any]) -> list[ToolResult]:
 
 async def tool_results(request: web.Request) -> web.Response:
     """Answer a paused run's tool calls; ``?wait=true`` answers the next outcome."""
-    engine, run_id = _engine(request), request.match_info["runId"]
+    engine, run_id, org = _engine(request), request.match_info["runId"], org_of(request)
     results = _tool_results(await read_body(request))
-    accepted, settled = await engine.tool_results(org_of(request), run_id, results)
+    accepted, settled = await engine.tool_results(org, run_id, results)
     if request.query.get("wait", "").lower() in ("1", "true", "yes"):
-        return json_response(await engine.outcome(run_id, settled))
+        return json_response(await engine.outcome((org, run_id), settled))
     return json_response({"accepted": accepted})
 
 

@@ -130,7 +130,10 @@ async def _cancel_all_work(app: web.Application) -> None:
     for run in await store.list_active_runs():
         await engine.cancel(run)
         await store.set_run_condition(
-            run.run_id, Condition.CANCELLED, "cancelled: the server was stopped", "ServerStopped"
+            (run.organization_id, run.run_id),
+            Condition.CANCELLED,
+            "cancelled: the server was stopped",
+            "ServerStopped",
         )
     rows = await store.run(
         lambda c: c.execute(

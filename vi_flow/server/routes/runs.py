@@ -105,16 +105,19 @@ async def cancel_run(request: web.Request) -> web.Response:
         return json_response(run)
     await _starter(request.app).cancel(run)
     run = await store.set_run_condition(
-        run.run_id, Condition.CANCELLED, "cancelled by the user", "UserCancelled"
+        (run.organization_id, run.run_id),
+        Condition.CANCELLED,
+        "cancelled by the user",
+        "UserCancelled",
     )
     return json_response(run)
 
 
 async def delete_run(request: web.Request) -> web.Response:
     """Delete a finished run; a run still Pending or Running is 409 CONFLICT."""
-    run_id = request.match_info["runId"]
-    await request.app[STORE_KEY].delete_run(org_of(request), run_id)
-    await _starter(request.app).forget(run_id)
+    org, run_id = org_of(request), request.match_info["runId"]
+    await request.app[STORE_KEY].delete_run(org, run_id)
+    await _starter(request.app).forget((org, run_id))
     return json_response(DeletedRun(run_id=run_id))
 
 

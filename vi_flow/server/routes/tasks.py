@@ -218,10 +218,12 @@ async def mount_volume(request: web.Request) -> web.StreamResponse:
 # -- outputs / artifacts -----------------------------------------------------------------
 
 
-async def _outputs_of_run(service: TaskService, run_id: str) -> dict[str, tuple[str, int]]:
+async def _outputs_of_run(
+    service: TaskService, org_id: str, run_id: str
+) -> dict[str, tuple[str, int]]:
     """path -> (task_id, size); later tasks win on a clash."""
     found: dict[str, tuple[str, int]] = {}
-    for task_id in await service.records.run_task_ids(run_id):
+    for task_id in await service.records.run_task_ids(org_id, run_id):
         for item in await service.outputs.output_files(task_id):
             found[item.path] = (task_id, item.size)
     return found
@@ -267,7 +269,7 @@ async def list_run_artifacts(request: web.Request) -> web.StreamResponse:
     """Files the run's tasks wrote to their output directories."""
     run_id = request.match_info["runId"]
     await request.app[STORE_KEY].get_run(run_id, org_of(request))
-    found = await _outputs_of_run(_service(request), run_id)
+    found = await _outputs_of_run(_service(request), org_of(request), run_id)
     items = [TaskOutputFile(path, size) for path, (_, size) in sorted(found.items())]
     return json_response({"items": items})
 
@@ -283,7 +285,7 @@ async def get_run_artifact(request: web.Request) -> web.StreamResponse:
         files.resolve_inside(service.outputs.output_dir("x"), path)
     except files.UnsafePath as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
-    found = await _outputs_of_run(service, run_id)
+    found = await _outputs_of_run(service, org_of(request), run_id)
     if path not in found:
         raise APIProblem.not_found("NOT_FOUND", "artifact", path)
     return await _file_response(service, found[path][0], path)

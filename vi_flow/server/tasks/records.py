@@ -256,11 +256,12 @@ class TaskRecords:
         cursor = rows[size - 1]["seq"] if len(rows) > size else None
         return await self._tasks(rows[:size]), cursor
 
-    async def run_task_ids(self, run_id: str) -> list[str]:
-        """The run's tasks, oldest first."""
+    async def run_task_ids(self, org_id: str, run_id: str) -> list[str]:
+        """The tasks of the run ``run_id`` of ``org_id``, oldest first."""
         rows = await self.store.run(
             lambda c: c.execute(
-                "SELECT task_id FROM tasks WHERE run_id = ? ORDER BY seq", (run_id,)
+                "SELECT task_id FROM tasks WHERE org_id = ? AND run_id = ? ORDER BY seq",
+                (org_id, run_id),
             ).fetchall()
         )
         return [r["task_id"] for r in rows]

@@ -288,12 +288,13 @@ class TaskService:
         except TimeoutError:
             return await self.get(task_id)
 
-    async def cancel_run(self, run_id: str, grace: float = DEFAULT_GRACE) -> None:
-        """Cancel every task of ``run_id`` that has not ended."""
+    async def cancel_run(self, key: tuple[str, str], grace: float = DEFAULT_GRACE) -> None:
+        """Cancel every task of the run ``key`` (org id, run id) that has not ended."""
         rows = await self.store.run(
             lambda c: c.execute(
-                "SELECT task_id FROM tasks WHERE run_id = ? AND status IN ('pending','running')",
-                (run_id,),
+                "SELECT task_id FROM tasks WHERE org_id = ? AND run_id = ?"
+                " AND status IN ('pending','running')",
+                key,
             ).fetchall()
         )
         await asyncio.gather(*(self.cancel(r["task_id"], grace) for r in rows))
