@@ -1,6 +1,7 @@
 """The embedded SSH server through which task shells, commands, log follows and uploads go.
 
-An ``asyncssh`` server on 127.0.0.1 (a free port). Its ed25519 host key is generated once
+An ``asyncssh`` server (:func:`listen`) on the socket :mod:`.sshlisten` bound at start-up,
+imported only when SSH is first needed. Its ed25519 host key is generated once
 under ``<home>/ssh/`` and published with each task's SSH endpoint, so clients pin it.
 Authentication is by public key only: the login names a task (``<task_id>`` runs inside
 the task, ``<task_id>+logs`` on the log host) and the key must be registered for that
