@@ -72,6 +72,8 @@ class TaskSSHServer:
         log.info("ssh server listening on %s:%d", self.host, self.port)
 
     def _first_connection(self) -> None:
+        if self._sock is not None:  # once: the listener stays readable until accepted
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
         task = asyncio.ensure_future(self.ready())
         task.add_done_callback(_log_failure)
 
