@@ -54,7 +54,7 @@ from ..providers.base import ProviderError, problem_for
 from ..state import SETTINGS_KEY, STORE_KEY, ServerSettings
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
-from ..tasks.sshd import TaskSSHServer
+from ..tasks.sshlisten import TaskSSHServer
 from ..validation import limited
 from . import task_logs as task_logs_sse
 
@@ -533,7 +533,7 @@ async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     app[SSHD_KEY] = sshd
     host, port = advertised_ssh(settings, sshd.host, sshd.port)
-    service.records.ssh_address = SSHAddress(host, port, sshd.host_key_line)
+    service.records.ssh_address = SSHAddress(host, port, sshd.ready)
     try:
         yield
     finally:

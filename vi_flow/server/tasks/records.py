@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -110,12 +110,13 @@ class SSHAddress:
     Attributes:
         host: Its address (``127.0.0.1`` or ``::1``).
         port: Its port.
-        host_key: Its public host key line, for clients to pin.
+        host_key: Answers its public host key line, for clients to pin (starting the SSH
+            implementation on first call; raises ``OSError`` when it cannot start).
     """
 
     host: str
     port: int
-    host_key: str
+    host_key: Callable[[], Awaitable[str]]
 
 
 class TaskRecords:

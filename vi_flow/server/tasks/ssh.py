@@ -15,7 +15,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import asyncssh
 import attrs
 import orjson
 
@@ -79,6 +78,8 @@ class SSHAccess:
         Raises:
             APIProblem: 422 naming ``publicKey`` when it is not an OpenSSH public key.
         """
+        import asyncssh  # here, not at import: the idle server never loads it
+
         try:
             key = asyncssh.import_public_key(public_key.strip())
         except (asyncssh.KeyImportError, ValueError) as exc:
@@ -174,6 +175,10 @@ class SSHAccess:
             raise APIProblem(503, "SSH_UNAVAILABLE", "the SSH server is not running")
         paths = self._provider.task_paths(task_id)
         prefix, refusal = self._published_prefix(task_id, task.provider_id)
+        try:
+            host_key = await address.host_key()
+        except (OSError, ValueError) as exc:  # the host key cannot be read, the port bound
+            raise APIProblem(503, "SSH_UNAVAILABLE", f"the SSH server cannot start: {exc}") from exc
         host = f"[{address.host}]:{address.port}"
         return SSHEndpoint(
             task_id=task_id,
@@ -181,8 +186,8 @@ class SSHAccess:
             port=address.port,
             user=task_id,
             logs_user=f"{task_id}+logs",
-            host_key=address.host_key,
-            known_hosts=f"{host} {address.host_key}",
+            host_key=host_key,
+            known_hosts=f"{host} {host_key}",
             workdir=str(paths.workdir),
             stdout_path=str(paths.stdout),
             stderr_path=str(paths.stderr),

@@ -1,6 +1,7 @@
 """The embedded SSH server through which task shells, commands, log follows and uploads go.
 
-An ``asyncssh`` server on 127.0.0.1 (a free port). Its ed25519 host key is generated once
+An ``asyncssh`` server (:func:`listen`) on the socket :mod:`.sshlisten` bound at start-up,
+imported only when SSH is first needed. Its ed25519 host key is generated once
 under ``<home>/ssh/`` and published with each task's SSH endpoint, so clients pin it.
 Authentication is by public key only: the login names a task (``<task_id>`` runs inside
 the task, ``<task_id>+logs`` on the log host) and the key must be registered for that
@@ -26,6 +27,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import termios
 from collections.abc import Awaitable, Callable
@@ -39,7 +41,7 @@ from .logfile import open_beneath
 from .sftp import TaskSFTPServer
 from .ssh import SessionContext
 
-__all__ = ["SessionResolver", "TaskSSHServer", "load_host_key"]
+__all__ = ["SessionResolver", "listen", "load_host_key"]
 
 log = logging.getLogger("vi_flow.server.sshd")  # the name server log lines show, kept stable
 
@@ -443,67 +445,33 @@ def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
     return TaskSFTPServer(channel, context.root, refusal)
 
 
-class TaskSSHServer:
-    """The embedded SSH server.
+async def listen(
+    resolver: SessionResolver,
+    registry: set[asyncssh.SSHServerConnection],
+    key: asyncssh.SSHKey,
+    where: socket.socket | tuple[str, int],
+) -> asyncssh.SSHAcceptor:
+    """Serve SSH on the listening socket ``where`` (or bind ``(host, port)``).
 
-    Args:
-        home: The server home; the host key lives in ``<home>/ssh/``.
-        resolver: The task service's SSH part (sessions and authorized keys).
-        host: The address to bind (loopback).
-        port: The port; 0 picks a free one.
+    Each connection joins ``registry`` while it is open.
     """
-
-    def __init__(
-        self, home: Path, resolver: SessionResolver, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.home = Path(home)
-        self.host = host
-        self.port = port
-        self._resolver = resolver
-        self._acceptor: asyncssh.SSHAcceptor | None = None
-        self._connections: set[asyncssh.SSHServerConnection] = set()
-        self.host_key_line = ""
-
-    async def start(self) -> None:
-        """Load (or create) the host key and start listening."""
-        key = await asyncio.to_thread(load_host_key, self.home / "ssh")
-        self.host_key_line = key.export_public_key("openssh").decode().strip()
-        shell = await asyncio.to_thread(shutil.which, "bash") or "/bin/sh"
-        self._acceptor = await asyncssh.create_server(
-            lambda: _Server(self._resolver, self._connections),
-            self.host,
-            self.port,
-            server_host_keys=[key],
-            process_factory=functools.partial(_handle_process, shell=shell),
-            encoding=None,
-            sftp_factory=_sftp_server,
-            allow_scp=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_pty=True,
-            line_editor=False,
-            keepalive_interval=30,
-        )
-        sockets = self._acceptor.sockets
-        self.port = int(sockets[0].getsockname()[1])
-        log.info("ssh server listening on %s:%d", self.host, self.port)
-
-    @property
-    def connection_count(self) -> int:
-        """SSH connections open now (shells, log follows, SFTP): clients, for the idle exit."""
-        return len(self._connections)
-
-    async def close(self) -> None:
-        """Stop listening, close open connections (their commands are killed) and wait."""
-        if self._acceptor is None:
-            return
-        acceptor, self._acceptor = self._acceptor, None
-        acceptor.close()
-        connections = list(self._connections)
-        for conn in connections:
-            conn.close()
-        waits = [asyncio.ensure_future(conn.wait_closed()) for conn in connections]
-        waits.append(asyncio.ensure_future(acceptor.wait_closed()))
-        _done, pending = await asyncio.wait(waits, timeout=_CLOSE_WAIT)
-        for future in pending:
-            future.cancel()
+    shell = await asyncio.to_thread(shutil.which, "bash") or "/bin/sh"
+    bind: dict[str, Any] = (
+        {"sock": where}
+        if isinstance(where, socket.socket)
+        else {"host": where[0], "port": where[1]}
+    )
+    return await asyncssh.listen(
+        server_factory=lambda: _Server(resolver, registry),
+        server_host_keys=[key],
+        process_factory=functools.partial(_handle_process, shell=shell),
+        encoding=None,
+        sftp_factory=_sftp_server,
+        allow_scp=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_pty=True,
+        line_editor=False,
+        keepalive_interval=30,
+        **bind,
+    )

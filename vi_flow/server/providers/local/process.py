@@ -24,6 +24,7 @@ from ...clock import now_ms
 from .._exits import describe, end_reason, from_returncode
 from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
 from .sandbox import allowed_environment
+from .spawn import TaskProcess
 
 __all__ = [
     "KILL_WAIT",
@@ -54,7 +55,7 @@ class Job:
     """One submitted task, from the queue until its process ended."""
 
     spec: LaunchSpec
-    process: asyncio.subprocess.Process | None = None
+    process: TaskProcess | None = None
     gpu_ids: list[int] = attrs.Factory(list)
     stop_reason: str | None = None  # "Cancelled", "TimeLimit", "ServerStopped"
     stop_message: str | None = None
@@ -177,9 +178,7 @@ async def stop_job(job: Job, grace: float) -> None:
             await asyncio.wait_for(asyncio.shield(job.done.wait()), KILL_WAIT)
 
 
-async def terminate(
-    process: asyncio.subprocess.Process, grace: float, sandboxed: bool = False
-) -> None:
+async def terminate(process: TaskProcess, grace: float, sandboxed: bool = False) -> None:
     """SIGTERM the process's group, SIGKILL after ``grace`` seconds; wait for the leader."""
     await ask_to_stop(process.pid, sandboxed)
     try:

@@ -74,6 +74,7 @@ from .process import (
 )
 from .reservations import ReservationBook
 from .sandbox import Sandbox, check_executable, detect_sandbox
+from .spawn import TaskProcess, spawn
 
 if TYPE_CHECKING:
     from ...state import ServerSettings
@@ -105,6 +106,7 @@ class LocalProvider:
         )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._launching: set[asyncio.Task[None]] = set()
         self._closing = False
         self._max_run_time_grace = float(
             self._extra.get("local_max_run_time_grace", MAX_RUN_TIME_GRACE)
@@ -138,6 +140,8 @@ class LocalProvider:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        if self._launching:  # let each launch finish: a half-made spawn would leak
+            await asyncio.wait(set(self._launching))
         jobs = [job for job in self._jobs.values() if job.process is not None]
         for job in jobs:
             job.stop_reason = "ServerStopped"
@@ -297,8 +301,20 @@ class LocalProvider:
             self._queue.remove(spec)
             job = self._jobs[spec.task_id]
             job.gpu_ids = gpu_ids
-            job.state = "launching"
-            await self._launch(job)
+            job.state = "launching"  # its capacity is taken from here on
+            self._start_launch(job)
+
+    def _start_launch(self, job: Job) -> None:
+        """Launch ``job`` beside the others: each waits on its own thread work and fork,
+        so 50 tasks submitted at once start together, not one after another."""
+        task = asyncio.create_task(self._launch(job), name=f"vi-flow-launch:{job.spec.task_id}")
+        self._launching.add(task)
+        task.add_done_callback(self._launched)
+
+    def _launched(self, task: asyncio.Task[None]) -> None:
+        self._launching.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("local provider: a launch failed", exc_info=task.exception())
 
     async def _mark_waiting(self, spec: LaunchSpec) -> None:
         job = self._jobs[spec.task_id]
@@ -339,8 +355,8 @@ class LocalProvider:
         if job.stop_reason is not None:  # cancelled while it was being launched
             job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
 
-    async def _spawn(self, job: Job, out: int, err: int, cwd: Path) -> asyncio.subprocess.Process:
-        """Start the task's command as the leader of a new process group."""
+    async def _spawn(self, job: Job, out: int, err: int, cwd: Path) -> TaskProcess:
+        """Start the task's command as the leader of a new process group (off the loop)."""
         spec = job.spec
         volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
         job.sandboxed = self.sandbox.enabled
@@ -348,16 +364,8 @@ class LocalProvider:
         if job.sandboxed:
             # bwrap would start and then fail with status 1; fail as an unsandboxed start does.
             await asyncio.to_thread(check_executable, spec.argv[0], cwd, env["PATH"])
-        return await asyncio.create_subprocess_exec(
-            *self.sandbox.prefix(spec.paths.root, volumes, cwd),
-            *spec.argv,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
+        argv = [*self.sandbox.prefix(spec.paths.root, volumes, cwd), *spec.argv]
+        return await spawn(argv, cwd=cwd, env=env, stdout=out, stderr=err)
 
     async def _finish_without_start(
         self, job: Job, message: str, reason: str = "StartFailed"
