@@ -2,8 +2,8 @@
 
 Every server (``vi-flow serve``, the background server, the in-process one) takes
 :class:`HomeLock` before it opens the database, so two servers never share one home. The
-lock is an OS file lock (``flock``, taken directly: the ``filelock`` package costs an
-idle server a megabyte), so it vanishes with the process, also after ``kill -9``. Once the server answers it publishes its
+lock is an OS file lock (``filelock``: ``flock`` on POSIX), so it vanishes with the
+process, also after ``kill -9``. Once the server answers it publishes its
 :class:`~vi_flow.models.server.ServerInfo` in ``<home>/server.json``, written to a
 unique temporary file and renamed, so a reader never sees half a file.
 """
@@ -11,11 +11,11 @@ unique temporary file and renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+import filelock
 
 from ..models.server import LOCK_FILE, RUN_FILE, ServerInfo
 
@@ -99,7 +99,7 @@ class HomeLock:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self._fd: int | None = None
+        self._lock = filelock.FileLock(home / LOCK_FILE, timeout=0, mode=0o600)
 
     def acquire(self) -> None:
         """Take the lock now or fail.
@@ -109,29 +109,16 @@ class HomeLock:
             HomeError: The home cannot hold a lock file.
         """
         prepare_home(self.home)
-        if self._fd is not None:
-            return
         try:
-            fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise HomeBusyError(self.home, read_run_file(self.home)) from None
         except OSError as exc:
             raise HomeError(f"cannot lock the vi-flow home {self.home}: {exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in _CONTENDED:
-                raise HomeBusyError(self.home, read_run_file(self.home)) from None
-            raise HomeError(f"cannot lock the vi-flow home {self.home}: {exc}") from None
-        self._fd = fd
 
     def release(self) -> None:
         """Let the lock go (the process exiting does the same)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing the only descriptor releases the flock
-
-
-_CONTENDED = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+        self._lock.release(force=True)
 
 
 def read_run_file(home: Path) -> ServerInfo | None:
