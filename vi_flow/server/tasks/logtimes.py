@@ -15,12 +15,13 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..clock import now_ms
 from ..providers.base import TaskPaths
 from ..store import Store
-from .logfile import NotALogFile, open_beneath
+from .logfile import open_beneath
 from .records import TaskRecords
 
 __all__ = ["SAMPLE_INTERVAL", "SCHEMA_LOG_TIMES", "LogTimes"]
@@ -122,16 +123,8 @@ def _all_sizes(paths: dict[str, TaskPaths]) -> dict[str, tuple[int, int]]:
 
 
 def _size(root: Path, path: Path) -> int:
-    try:
-        fd = open_beneath(root, path)
-    except (NotALogFile, OSError):
-        return 0
-    if fd is None:
-        return 0
-    try:
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+    with _opened(root, path) as fd:
+        return 0 if fd is None else os.fstat(fd).st_size
 
 
 def _line_starts(paths: TaskPaths, sizes: dict[str, int]) -> dict[str, int]:
@@ -143,17 +136,25 @@ def _line_start(root: Path, path: Path, offset: int) -> int:
     """``offset`` moved back to the start of the line it falls in (or cuts)."""
     if offset <= 0:
         return 0
-    try:
-        fd = open_beneath(root, path)
-    except (NotALogFile, OSError):
-        return 0
-    if fd is None:
-        return 0
-    try:
+    with _opened(root, path) as fd:
+        if fd is None:
+            return 0
         offset = min(offset, os.fstat(fd).st_size)
         start = max(0, offset - _LINE_SEARCH)
         before = os.pread(fd, offset - start, start)
-    finally:
-        os.close(fd)
     newline = before.rfind(b"\n")
     return start + newline + 1 if newline >= 0 else start
+
+
+@contextlib.contextmanager
+def _opened(root: Path, path: Path) -> Iterator[int | None]:
+    """The log opened beneath ``root`` (as the log readers do), or ``None``."""
+    try:
+        fd = open_beneath(root, path)
+    except OSError:  # NotALogFile included: a link or a FIFO in its place
+        fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
