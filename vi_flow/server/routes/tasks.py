@@ -437,13 +437,7 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
 async def list_reservations(request: web.Request) -> web.StreamResponse:
     """List the organization's reservations, newest first (``order=oldest``)."""
     newest = paginate(request).newest
-    service = _service(request)
-    try:
-        reservations = await service.provider.list_reservations()
-    except ProviderError as exc:
-        raise problem_for(exc) from exc
-    org = org_of(request)
-    mine = [r for r in reservations if await service.reservation_org(r.reservation_id) == org]
+    mine = await _mine(request)
     mine.sort(key=lambda r: (r.created_at, r.reservation_id), reverse=newest)
     return json_response({"items": mine})
 
