@@ -83,6 +83,9 @@ __all__ = ["KILL_WAIT", "MAX_RUN_TIME_GRACE", "LocalProvider", "create"]
 
 log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
 
+LAUNCH_WAIT = 30.0
+"""The most a cancel waits for a task still being launched to start (then it is stopped)."""
+
 
 class LocalProvider:
     """Runs tasks as local process groups with a CPU/GPU capacity scheduler.
@@ -246,12 +249,16 @@ class LocalProvider:
 
     @staticmethod
     async def _cancel_launching(job: Job, grace: float) -> None:
-        """Ask :meth:`_launch` to stop the job once it started; wait for it to end."""
+        """Ask :meth:`_launch` to stop the job once it started; wait for it to end.
+
+        The wait covers the launch too (a busy machine may take seconds to start 50
+        sandboxes): a cancel answers once the process is gone, not while it is starting.
+        """
         job.stop_reason = job.stop_reason or "Cancelled"
         job.stop_message = job.stop_message or "cancelled by request"
         job.stop_grace = grace
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(job.done.wait()), grace + KILL_WAIT)
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), grace + KILL_WAIT + LAUNCH_WAIT)
 
     async def _drop_queued(self, task_id: str) -> None:
         self._queue = [s for s in self._queue if s.task_id != task_id]
