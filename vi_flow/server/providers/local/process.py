@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -145,6 +146,32 @@ async def ask_to_stop(pgid: int, sandboxed: bool) -> None:
         if members:
             return
         await asyncio.sleep(0.02)
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no live (non-zombie) process is left in group ``pgid``; whether none is
+    (blocking). A SIGKILL is delivered asynchronously: this is what makes "cancelled"
+    mean "nothing of it runs any more"."""
+    deadline = time.monotonic() + timeout
+    while _live_in_group(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _live_in_group(pgid: int) -> bool:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _task_processes(pgid: int) -> list[int]:

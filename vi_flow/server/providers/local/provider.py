@@ -71,6 +71,7 @@ from .process import (
     stop_job,
     task_environment,
     terminate,
+    wait_group_gone,
 )
 from .reservations import ReservationBook
 from .sandbox import Sandbox, check_executable, detect_sandbox
@@ -410,6 +411,7 @@ class LocalProvider:
             code = self.sandbox.exit_code(code)
         # The leader is gone; make sure nothing it left behind keeps running.
         signal_group(process.pid, signal.SIGKILL)
+        await asyncio.to_thread(wait_group_gone, process.pid, KILL_WAIT)
         self._jobs.pop(job.spec.task_id, None)
         await self._report(final_update(job, code))
         job.state = "done"
