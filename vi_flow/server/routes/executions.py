@@ -214,6 +214,8 @@ async def put_credits(request: web.Request) -> web.Response:
     """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
     org_id = await org_in_path(request, admin_for="setting credits")
     credits = (await read_body(request)).get("credits")
+    if isinstance(credits, float) and credits.is_integer() and abs(credits) <= MAX_INT:
+        credits = int(credits)  # 5.0 is the integer 5 in JSON
     if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
         raise APIProblem.validation("credits", f"expected an integer or null, got {credits!r}")
     if credits is not None and credits < 0:
