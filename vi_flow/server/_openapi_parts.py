@@ -134,6 +134,7 @@ PAGE_PARAMS = [
 
 _STATUSES = " *(pending|running|completed|failed|cancelled) *"
 _LIMIT = _query("limit", _int(1, 1000), "At most this many items.")
+_EVENT_ID = {"type": "string", "pattern": "^ *[0-9]{0,18} *$"}
 _LAST_EVENT_ID = "Resume after this event id (what the stream's last `id:` said)."
 
 QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -149,9 +150,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("flowId", _STR, "Only runs of this flow."),
         _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),
     ],
-    ("GET", "/v1/runs/{runId}/events"): [
-        _query("after", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
-    ],
+    ("GET", "/v1/runs/{runId}/events"): [_query("after", _EVENT_ID, _LAST_EVENT_ID)],
     ("POST", "/v1/runs/{runId}/tool-results"): [
         _query("wait", _BOOL_TEXT, "Answer the run's next outcome instead of `accepted`.")
     ],
@@ -196,9 +195,7 @@ REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("PUT", "/v1/flows/{flowId}"): [
         _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
     ],
-    ("GET", "/v1/runs/{runId}/events"): [
-        _header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
-    ],
+    ("GET", "/v1/runs/{runId}/events"): [_header("Last-Event-ID", _EVENT_ID, _LAST_EVENT_ID)],
 }
 """Request headers beyond ``Authorization``, ``Idempotency-Key`` and ``X-Request-Id``."""
 

@@ -70,7 +70,7 @@ def _service(request: web.Request) -> TaskService:
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -179,6 +179,7 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     task_logs_sse.resume_point(request)  # a bad one is refused here too, as documented
     tail = _int_query(request, "tail", 100, 0, MAX_TAIL)
     stream = request.query.get("stream", "stdout")
+    stream = "both" if stream == "all" else stream  # as the stream's `all`
     if stream not in ("stdout", "stderr", "both"):
         raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
     logs = await _service(request).outputs.logs(
