@@ -100,7 +100,7 @@ def _after(request: web.Request) -> int:
         ("Last-Event-ID", request.headers.get("Last-Event-ID")),
         ("after", request.query.get("after")),
     )
-    ids = [_event_id(name, raw) for name, raw in given if raw]
+    ids = [_event_id(name, raw) for name, raw in given if raw and raw.strip()]  # " ": none
     return ids[0] if ids else 0
 
 
