@@ -85,10 +85,10 @@ def _float_query(
     request: web.Request, name: str, low: float = -MAX_INT, high: float = MAX_INT
 ) -> float | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
-        value = float(raw)
+        value = float(raw)  # "" is not a number either
     except ValueError:
         raise APIProblem.validation(name, f"expected a number, got {raw[:40]!r}") from None
     return limited(check_number, name, value, low, high)  # nan, inf and 1e400 too
