@@ -25,6 +25,7 @@ __all__ = [
     "dumps",
     "from_wire",
     "loads",
+    "strict_converter",
     "to_wire",
     "wire_keys",
 ]
@@ -64,8 +65,22 @@ class OpenEnum(str, enum.Enum):
         return str(self.value)
 
 
-def _build_converter() -> Any:
+def _strict_hook(kind: type[Any], accepts: tuple[type[Any], ...]) -> Any:
+    """A structure hook that takes only ``accepts`` (never a bool for a number)."""
+
+    def hook(value: Any, _cls: Any) -> Any:
+        if not isinstance(value, accepts) or (isinstance(value, bool) and kind is not bool):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r:.40}")
+        return kind(value)
+
+    return hook
+
+
+def _build_converter(*, strict: bool = False) -> Any:
     conv = make_converter(omit_if_default=False, forbid_extra_keys=False)
+    if strict:  # what the server reads: `{}` is not a string, "3" not a number
+        for kind, accepts in ((str, (str,)), (int, (int,)), (float, (int, float)), (bool, (bool,))):
+            conv.register_structure_hook(kind, _strict_hook(kind, accepts))
 
     def unstructure_factory(cls: type[Any]) -> Any:
         overrides: dict[str, Any] = {
@@ -88,6 +103,9 @@ def _build_converter() -> Any:
 
 converter = _build_converter()
 """The cattrs converter shared by the client and the local server."""
+
+strict_converter = _build_converter(strict=True)
+"""As :data:`converter`, but a scalar must have its field's JSON type (request bodies)."""
 
 
 def to_wire(obj: Any) -> Any:

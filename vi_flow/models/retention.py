@@ -12,7 +12,7 @@ import re
 
 import attrs
 
-__all__ = ["PruneResult", "RetentionPolicy", "parse_age"]
+__all__ = ["MAX_AGE", "PruneResult", "RetentionPolicy", "parse_age"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

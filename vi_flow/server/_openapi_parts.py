@@ -27,8 +27,11 @@ from ..models.limits import (
 
 __all__ = [
     "ANSWER_HEADERS",
+    "ANY_INTEGER",
+    "ANY_NUMBER",
     "IDEMPOTENCY_KEY",
     "ID_NAME",
+    "JSON_VALUE",
     "LOG_EVENTS",
     "NAME",
     "PAGE_PARAMS",
@@ -38,6 +41,7 @@ __all__ = [
     "RUN_EVENTS",
     "VERSION",
     "add_links",
+    "bound_numbers",
     "chosen_id",
     "operation_id",
     "sse_schema",
@@ -77,6 +81,31 @@ def _number(low: float, high: float) -> dict[str, Any]:
     return {"type": "number", "minimum": low, "maximum": high}
 
 
+_TWO_63 = MAX_INT + 1
+ANY_NUMBER: dict[str, Any] = {
+    "type": "number",
+    "exclusiveMinimum": -_TWO_63,
+    "exclusiveMaximum": _TWO_63,
+}
+"""Any number the server takes: every number of a body is within (-2**63, 2**63)."""
+ANY_INTEGER: dict[str, Any] = {"type": "integer", "minimum": -_TWO_63, "maximum": MAX_INT}
+"""Any integer the server takes: 64-bit."""
+JSON_VALUE: dict[str, Any] = {
+    "description": "Any JSON value whose numbers fit the server's 64-bit limits.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        ANY_INTEGER,
+        ANY_NUMBER,
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
+"""The ``JsonValue`` component: what a free-form value (``parameters``, extras) may hold."""
+_JSON_REF = {"$ref": "#/components/schemas/JsonValue"}
+
+
 def chosen_id(prefix: str) -> dict[str, Any]:
     """The schema of an id a client may choose: ``<prefix>_`` and up to 64 more characters."""
     return {"type": "string", "pattern": f"^({prefix}_[A-Za-z0-9_-]{{1,64}})?$"}  # "": none
@@ -94,13 +123,18 @@ VERSION: dict[str, Any] = {
 
 PAGE_PARAMS = [
     _query("pageSize", _int(1, MAX_PAGE_SIZE), "Items per page."),
-    _query("pageToken", _STR, "The `nextPage` token of the previous page."),
+    _query(
+        "pageToken",
+        {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+        "The `nextPage` token of the previous page (opaque base64url: any other is a 400).",
+    ),
     _query("order", {"type": "string", "enum": ["newest", "oldest"]}, "List order."),
 ]
 """Every paged list reads these."""
 
 _STATUSES = " *(pending|running|completed|failed|cancelled) *"
 _LIMIT = _query("limit", _int(1, 1000), "At most this many items.")
+_EVENT_ID = {"type": "string", "pattern": "^ *[0-9]{0,18} *$"}
 _LAST_EVENT_ID = "Resume after this event id (what the stream's last `id:` said)."
 
 QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
@@ -116,9 +150,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("flowId", _STR, "Only runs of this flow."),
         _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),
     ],
-    ("GET", "/v1/runs/{runId}/events"): [
-        _query("after", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
-    ],
+    ("GET", "/v1/runs/{runId}/events"): [_query("after", _EVENT_ID, _LAST_EVENT_ID)],
     ("POST", "/v1/runs/{runId}/tool-results"): [
         _query("wait", _BOOL_TEXT, "Answer the run's next outcome instead of `accepted`.")
     ],
@@ -133,9 +165,9 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("GET", "/v1/volumes"): [_LIMIT],
     ("GET", "/v1/instances"): [
         _query("gpuType", _STR, "Only this GPU type."),
-        _query("maxPrice", _number(-MAX_INT, MAX_INT), "At most this price per hour."),
-        _query("minGpuMemoryGb", _number(-MAX_INT, MAX_INT), "At least this GPU memory."),
-        _query("gpuCount", _number(-MAX_INT, MAX_INT), "At least this many GPUs."),
+        _query("maxPrice", ANY_NUMBER, "At most this price per hour."),
+        _query("minGpuMemoryGb", ANY_NUMBER, "At least this GPU memory."),
+        _query("gpuCount", ANY_NUMBER, "At least this many GPUs."),
         _LIMIT,
     ],
     ("GET", "/v1/reservations/availability"): [
@@ -163,9 +195,7 @@ REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("PUT", "/v1/flows/{flowId}"): [
         _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
     ],
-    ("GET", "/v1/runs/{runId}/events"): [
-        _header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{0,18}$"}, _LAST_EVENT_ID)
-    ],
+    ("GET", "/v1/runs/{runId}/events"): [_header("Last-Event-ID", _EVENT_ID, _LAST_EVENT_ID)],
 }
 """Request headers beyond ``Authorization``, ``Idempotency-Key`` and ``X-Request-Id``."""
 
@@ -322,6 +352,63 @@ _NARROWER: dict[tuple[str, str], dict[str, Any]] = {
         "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_TIME_MS}, {"type": "null"}]
     },
 }
+_NARROWER.update(
+    {
+        ("TaskConfig", "command"): {
+            "anyOf": [
+                {"type": "string", "pattern": f"^[^\\u0000]*{_NOT_BLANK}[^\\u0000]*$"},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": "^[^\\u0000]*$"},
+                },
+            ]
+        },
+        ("VolumeRequest", "interface"): {"type": "string", "enum": ["file", "block"]},
+        ("VolumeSpec", "interface"): {"type": "string", "enum": ["file", "block"]},
+        ("ExecuteRequest", "attachments"): {
+            "type": "array",
+            "maxItems": 10,
+            "items": {"type": "string", "pattern": "^[Hh][Tt][Tt][Pp][Ss]://[^/?#]+"},
+        },
+        ("ExecuteRequest", "tools"): {
+            "type": "array",
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "parameters": {"anyOf": [{"type": "null"}, {"type": "object"}]},
+                        },
+                        "required": ["name"],
+                    },
+                },
+                "required": ["function"],
+            },
+        },
+        ("ExecuteRequest", "toolChoice"): {
+            "anyOf": [
+                {"type": "null"},
+                {"type": "string", "enum": ["auto", "none", "required"]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "function": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"],
+                        }
+                    },
+                    "required": ["function"],
+                },
+            ]
+        },
+    }
+)
 _REQUIRED: dict[str, list[str]] = {
     "TaskConfig": ["command"],
     "MountRequest": ["volumeId"],
@@ -339,3 +426,30 @@ def tighten(components: dict[str, Any]) -> None:
             components[name]["required"] = sorted(
                 {*components[name].get("required", []), *required}
             )
+
+
+def bound_numbers(schema: Any) -> None:
+    """Say the server's 64-bit limits on the numbers of free-form values.
+
+    Every body is checked (:func:`vi_flow.models.limits.check_json`): an integer is
+    64-bit, any other number within (-2**63, 2**63), wherever it is. So a free-form
+    value (an empty schema, an object's other properties, an array's items) is a
+    :data:`JSON_VALUE`.
+    """
+    if isinstance(schema, list):
+        for item in schema:
+            bound_numbers(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    for key, value in list(schema.items()):
+        if key in ("additionalProperties", "items") and value in ({}, True):
+            schema[key] = dict(_JSON_REF)
+        elif key == "properties" and isinstance(value, dict):
+            for name, prop in value.items():
+                value[name] = dict(_JSON_REF) if prop == {} else prop
+                bound_numbers(value[name])
+        else:
+            bound_numbers(value)
+    if schema.get("type") == "object" and "additionalProperties" not in schema:
+        schema["additionalProperties"] = dict(_JSON_REF)

@@ -27,7 +27,7 @@ import cattrs
 import orjson
 from aiohttp import web
 
-from ..models._base import camel, dumps, from_wire
+from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json
 from .errors import APIProblem
@@ -128,7 +128,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         APIProblem: 400 ``INVALID_REQUEST`` for invalid JSON; 422 when not an object.
     """
     raw = await request.read()
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n"):  # JSON's whitespace only: a form feed is not JSON
         return {}
     try:
         data = orjson.loads(raw)
@@ -159,7 +159,8 @@ def _validation_message(exc: Exception, prefix: str) -> str:
 def structure(data: Any, cls: type[T], prefix: str = "") -> T:
     """Structure wire data into ``cls``; failures become 422 naming the field path."""
     try:
-        return from_wire(data, cls)
+        result: T = strict_converter.structure(data, cls)  # a scalar of the wrong type: 422
+        return result
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
         message = (
             _validation_message(exc, prefix)
@@ -337,7 +338,12 @@ def setup_idempotency(app: web.Application) -> None:
 
 async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
     org, store = org_of(request), request.app[STORE_KEY]
+    # The query is part of the request (``?flowId=`` chooses an id): a key reused with
+    # another query is a different request, never a replay.
+    query = request.query_string.encode("utf-8", "surrogatepass")
     body_hash = hashlib.sha256(await request.read()).hexdigest()
+    if query:
+        body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
     stored = await store.get_idempotent(org, key, request.method, request.path)
     if stored is not None:
         if stored[0] != body_hash:

@@ -32,7 +32,8 @@ from ..models.common import ResourceCondition, ResourceMetadata
 from ..models.events import ExecutionOutcome, RunTrace, StepTrace, ToolResult
 from ..models.execution import ExecuteRequest, ExecutionJob
 from ..models.flows import DeletedFlow, Flow, FlowSpec
-from ..models.retention import PruneResult, RetentionPolicy
+from ..models.limits import MAX_INT
+from ..models.retention import MAX_AGE, PruneResult, RetentionPolicy
 from ..models.runs import DeletedRun, Run
 from ..models.server import ServerStatus
 from ..models.tasks import (
@@ -164,7 +165,10 @@ _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _DELETED = _obj(deleted=_BOOL)
 _NAMED = {**_obj(name=parts.NAME), "required": ["name"]}
-_CREDITS = _obj(organizationId=_STR, credits={"anyOf": [_INT, {"type": "null"}]})
+_CREDITS = _obj(
+    organizationId=_STR,
+    credits={"anyOf": [{**_INT, "minimum": 0, "maximum": MAX_INT}, {"type": "null"}]},
+)
 
 
 def _query(name: str, schema: dict[str, Any], description: str, where: str = "query") -> Any:
@@ -177,13 +181,16 @@ def _query(name: str, schema: dict[str, Any], description: str, where: str = "qu
     }
 
 
+_OFFSETS = {"type": "string", "pattern": "^( *[0-9]{1,18}:[0-9]{1,18} *)?$"}  # "": none
+_AGE_TEXT = "^\\s*[0-9]{1,3}(\\.[0-9]{1,3})?\\s*[smhdw]?\\s*$"  # at most 999 weeks
+_SINCE = {**_INT, "minimum": 0, "maximum": MAX_INT}
 _LOG_PARAMS = (
     _query("follow", _BOOL, "Answer a `text/event-stream` of `log` events, then `end`"),
     _query("stream", {"enum": ["stdout", "stderr", "all", "both"]}, "Which log (stream: all)"),
-    _query("tail", _INT, "Trailing lines of the JSON snapshot"),
-    _query("since", _INT, "Only lines written since this time (milliseconds since the epoch)"),
-    _query("lastEventId", _STR, "Resume the stream after `<stdout offset>:<stderr offset>`"),
-    _query("Last-Event-ID", _STR, "Resume the stream (as lastEventId)", "header"),
+    _query("tail", {**_INT, "minimum": 0, "maximum": 100_000}, "Trailing lines of the snapshot"),
+    _query("since", _SINCE, "Only lines written since this time (milliseconds since the epoch)"),
+    _query("lastEventId", _OFFSETS, "Resume the stream after `<stdout offset>:<stderr offset>`"),
+    _query("Last-Event-ID", _OFFSETS, "Resume the stream (as lastEventId)", "header"),
 )
 
 _ROUTES: dict[tuple[str, str], _Route] = {
@@ -258,9 +265,14 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("POST", "/v1/retention/prune"): _Route(
         body={
             **_obj(
-                olderThan={"anyOf": [{"type": "number", "minimum": 0}, _STR]},
+                olderThan={
+                    "anyOf": [
+                        {"type": "number", "minimum": 0, "maximum": MAX_AGE},
+                        {"type": "string", "pattern": _AGE_TEXT},
+                    ]
+                },
                 dryRun=_BOOL,
-                organizationId=_STR,
+                organizationId={"anyOf": [_STR, {"type": "null"}]},
             ),
             "required": ["olderThan"],
         },
@@ -269,7 +281,11 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/organizations/{organizationId}/retention"): _Route(answer=RetentionPolicy),
     ("PUT", "/v1/organizations/{organizationId}/retention"): _Route(
         body={
-            **_obj(days={"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}]}),
+            **_obj(
+                days={
+                    "anyOf": [{"type": "number", "minimum": 0, "maximum": 36_500}, {"type": "null"}]
+                }
+            ),
             "required": ["days"],
         },
         answer=RetentionPolicy,
@@ -286,14 +302,17 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v1/tasks"): _Route(answer=Task, paged=True),
     ("GET", "/v1/tasks/{taskId}"): _Route(answer=Task),
     ("POST", "/v1/tasks/{taskId}/cancel"): _Route(
-        body=_obj(gracePeriod={"type": "number"}, force=_BOOL), answer=Task
+        body=_obj(gracePeriod={"type": "number", "minimum": 0, "maximum": 300}, force=_BOOL),
+        answer=Task,
     ),
     ("GET", "/v1/tasks/{taskId}/logs"): _Route(
         answer=TaskLogs, also_sse=True, params=_LOG_PARAMS, events=parts.LOG_EVENTS
     ),
     ("GET", "/v1/tasks/{taskId}/logs/offsets"): _Route(
         answer={**_obj(stdout=_INT, stderr=_INT), "required": ["stdout", "stderr"]},
-        params=(_query("since", _INT, "A time in milliseconds since the epoch"),),
+        params=(
+            {**_query("since", _SINCE, "A time in milliseconds since the epoch"), "required": True},
+        ),
     ),
     ("GET", "/v1/tasks/{taskId}/ssh"): _Route(answer=SSHEndpoint),
     ("POST", "/v1/tasks/{taskId}/volumes"): _Route(body=MountRequest, answer=Task),
@@ -519,6 +538,8 @@ def build_openapi(app: web.Application, title: str = "vi_flow local server") -> 
     parts.add_links(paths)
     parts.tighten(components)
     _block_types(app, components)
+    parts.bound_numbers([paths, components])
+    components["JsonValue"] = parts.JSON_VALUE
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1"},

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import APIProblem
-from ..helpers import PRINCIPAL, json_response, principal_of
+from ..helpers import PRINCIPAL, json_response, principal_of, read_body
 from ..routes.executions import EXECUTION_ENGINE_KEY
 from ..state import STORE_KEY
 from ..tasks import TASKS_KEY
@@ -81,6 +81,7 @@ async def create_sign_in(request: web.Request) -> web.Response:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIProblem(403, "PERMISSION_DENIED", "sign-in codes are made for API keys only")
+    await read_body(request)  # empty or a JSON object, as the document says
     code = await sessions.create_code(request, token.strip())
     return json_response(
         {

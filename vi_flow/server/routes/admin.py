@@ -6,22 +6,18 @@ Organizations and tokens can only be created with an admin token (the one in
 
 from __future__ import annotations
 
-import attrs
 from aiohttp import web
 
+from ...models.limits import check_name
 from ...models.server import identity_proof
 from ..errors import APIProblem
-from ..helpers import idempotent, json_response, principal_of, read_json
+from ..helpers import idempotent, json_response, principal_of, read_body
 from ..middleware import forget_tokens
 from ..openapi import build_openapi
 from ..state import IDENTITY_KEY, STORE_KEY
+from ..validation import limited
 
 __all__ = ["setup"]
-
-
-@attrs.frozen
-class _Named:
-    name: str
 
 
 def _require_admin(request: web.Request) -> None:
@@ -30,10 +26,12 @@ def _require_admin(request: web.Request) -> None:
 
 
 async def _name_of(request: web.Request) -> str:
-    body = await read_json(request, _Named)
-    if not body.name.strip():
+    name = (await read_body(request)).get("name")
+    limited(check_name, "name", name)  # a string without control characters
+    assert isinstance(name, str)
+    if not name.strip():
         raise APIProblem.validation("name", "must not be empty")
-    return body.name
+    return name
 
 
 async def health(request: web.Request) -> web.Response:

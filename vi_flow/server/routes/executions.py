@@ -95,16 +95,22 @@ async def flow_events(request: web.Request) -> web.StreamResponse:
 
 
 def _after(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after") or "0"
-    try:
-        after = int(raw.strip())
-    except ValueError:
-        raise APIProblem.validation(
-            "Last-Event-ID", f"expected an event id, got {raw[:40]!r}"
-        ) from None
-    if not 0 <= after <= MAX_INT:
-        raise APIProblem.validation("Last-Event-ID", f"must be 0..{MAX_INT}, got {after}")
-    return after
+    """The event id to resume after: ``Last-Event-ID``, else ``?after=``; each is checked."""
+    given = (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("after", request.query.get("after")),
+    )
+    ids = [_event_id(name, raw) for name, raw in given if raw and raw.strip()]  # " ": none
+    return ids[0] if ids else 0
+
+
+def _event_id(name: str, raw: str) -> int:
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise APIProblem.validation(name, f"expected an event id, got {raw[:40]!r}")
+    if len(text) > 19 or int(text) > MAX_INT:
+        raise APIProblem.validation(name, f"must be 0..{MAX_INT}, got {text[:40]}")
+    return int(text)
 
 
 async def _stream(
@@ -214,6 +220,8 @@ async def put_credits(request: web.Request) -> web.Response:
     """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
     org_id = await org_in_path(request, admin_for="setting credits")
     credits = (await read_body(request)).get("credits")
+    if isinstance(credits, float) and credits.is_integer() and abs(credits) <= MAX_INT:
+        credits = int(credits)  # 5.0 is the integer 5 in JSON
     if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
         raise APIProblem.validation("credits", f"expected an integer or null, got {credits!r}")
     if credits is not None and credits < 0:

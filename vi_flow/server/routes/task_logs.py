@@ -36,7 +36,7 @@ from ..tasks import TASKS_KEY, TaskService
 from ..tasks.logfile import LogReader, NotALogFile
 from ..tasks.records import TaskRecords
 
-__all__ = ["STREAMS", "follow_logs", "parse_event_id", "wants_stream"]
+__all__ = ["STREAMS", "follow_logs", "parse_event_id", "resume_point", "wants_stream"]
 
 STREAMS = ("stdout", "stderr")
 _CHOICES = {"stdout": ("stdout",), "stderr": ("stderr",), "all": STREAMS, "both": STREAMS}
@@ -70,7 +70,12 @@ def parse_event_id(raw: str) -> dict[str, int]:
     return dict(zip(STREAMS, offsets, strict=True))
 
 
-def _start(request: web.Request) -> dict[str, int] | None:
+def resume_point(request: web.Request) -> dict[str, int] | None:
+    """The offsets in ``Last-Event-ID`` (or ``?lastEventId=``); ``None`` when not given.
+
+    Raises:
+        APIProblem: 400 naming the header or parameter when it is not two offsets.
+    """
     name, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
     if not raw:
         name, raw = "lastEventId", request.query.get("lastEventId")
@@ -249,7 +254,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     """Stream a task's log lines as SSE (``follow``, ``stream``, ``Last-Event-ID``)."""
     service: TaskService = request.app[TASKS_KEY]
     task_id = request.match_info["taskId"]
-    follow, streams, start = _follow(request), _streams(request), _start(request)
+    follow, streams, start = _follow(request), _streams(request), resume_point(request)
     await service.get(task_id, org_of(request))  # 404 for another organization's task
     start = await _start_since(request, service, task_id, start)
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval

@@ -70,7 +70,7 @@ def _service(request: web.Request) -> TaskService:
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -85,10 +85,10 @@ def _float_query(
     request: web.Request, name: str, low: float = -MAX_INT, high: float = MAX_INT
 ) -> float | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
-        value = float(raw)
+        value = float(raw)  # "" is not a number either
     except ValueError:
         raise APIProblem.validation(name, f"expected a number, got {raw[:40]!r}") from None
     return limited(check_number, name, value, low, high)  # nan, inf and 1e400 too
@@ -159,11 +159,13 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
     """Cancel a task (SIGTERM, then SIGKILL after the grace period)."""
     service = _service(request)
     task_id = request.match_info["taskId"]
-    await service.get(task_id, org_of(request))
-    body = await read_body(request)
+    body = await read_body(request)  # checked first: a bad body is refused for any task
     grace = body.get("gracePeriod", 5.0)
     if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 300:
         raise APIProblem.validation("gracePeriod", f"must be 0..300 seconds, got {grace!r}")
+    if not isinstance(body.get("force", False), bool):
+        raise APIProblem.validation("force", f"must be true or false, got {body['force']!r}")
+    await service.get(task_id, org_of(request))
     if body.get("force"):
         grace = 0.0
     return json_response(await service.cancel(task_id, float(grace)))
@@ -174,8 +176,10 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
     if task_logs_sse.wants_stream(request):
         return await task_logs_sse.follow_logs(request)
+    task_logs_sse.resume_point(request)  # a bad one is refused here too, as documented
     tail = _int_query(request, "tail", 100, 0, MAX_TAIL)
     stream = request.query.get("stream", "stdout")
+    stream = "both" if stream == "all" else stream  # as the stream's `all`
     if stream not in ("stdout", "stderr", "both"):
         raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
     logs = await _service(request).outputs.logs(
@@ -516,6 +520,9 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
 
 # -- wiring ------------------------------------------------------------------------------
 
+_RESERVATION = "/v1/reservations/{reservationId:(?!availability$)[^/]+}"
+"""A reservation's path; ``availability`` is a route of its own (``Allow`` says only GET)."""
+
 
 async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
     service, settings = app[TASKS_KEY], app[SETTINGS_KEY]
@@ -570,8 +577,8 @@ def _routes() -> list[tuple[str, str, Any]]:
         ("POST", "/v1/reservations", create_reservation),
         ("GET", "/v1/reservations", list_reservations),
         ("GET", "/v1/reservations/availability", reservation_availability),
-        ("GET", "/v1/reservations/{reservationId}", get_reservation),
-        ("DELETE", "/v1/reservations/{reservationId}", cancel_reservation),
+        ("GET", _RESERVATION, get_reservation),
+        ("DELETE", _RESERVATION, cancel_reservation),
         ("POST", "/v1/ssh-keys", create_ssh_key),
         ("GET", "/v1/ssh-keys", list_ssh_keys),
         ("GET", "/v1/ssh-keys/{keyId}", get_ssh_key),
