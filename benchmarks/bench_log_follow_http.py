@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from _common import (
     quick_flag,
     server_process,
 )
+from bench_logs import FLOOD, STEADY, Recorder  # the same writers and reader bookkeeping
 
 QUICK = quick_flag()
 LINES = 20_000 if QUICK else 200_000
@@ -42,58 +42,6 @@ RATE = 2_000
 SECONDS = 1.0 if QUICK else 3.0
 ROUNDS = 1 if QUICK else 3
 LIMIT = 120.0
-
-FLOOD = r"""
-import sys
-out, pad = sys.stdout, "x" * 40
-for i in range(int(sys.argv[1])):
-    out.write(f"{i:08d} {pad}\n")
-out.flush()
-"""
-
-STEADY = r"""
-import os, sys, time
-n, rate = int(sys.argv[1]), float(sys.argv[2])
-os.write(1, b"ready\n")
-deadline = time.monotonic() + 30
-while not os.path.exists("go") and time.monotonic() < deadline:
-    time.sleep(0.001)
-start, pad = time.perf_counter(), "x" * 40
-for i in range(n):
-    wait = start + i / rate - time.perf_counter()
-    if wait > 0:
-        time.sleep(wait)
-    os.write(1, f"{time.time_ns()} {i:07d} {pad}\n".encode())
-"""
-
-
-class Recorder:
-    """Counts one reader's lines, times them and takes their latency."""
-
-    def __init__(self, expected: int, steady: bool, ready: Callable[[], None]) -> None:
-        self.expected, self.steady, self.ready = expected, steady, ready
-        self.count, self.first, self.last = 0, 0.0, 0.0
-        self.latencies_ms: list[float] = []
-
-    @property
-    def done(self) -> bool:
-        return self.count >= self.expected
-
-    def line(self, line: str) -> None:
-        if self.steady:
-            if line == "ready":
-                self.ready()
-                return
-            self.latencies_ms.append((time.time_ns() - int(line.split(" ", 1)[0])) / 1e6)
-        now = time.perf_counter()
-        self.first = self.first or now
-        self.last = now
-        self.count += 1
-
-    @property
-    def rate(self) -> float:
-        span = self.last - self.first
-        return (self.count - 1) / span if span > 0 else float("nan")
 
 
 async def http_read(client: Any, task_id: str, recorder: Recorder) -> None:
