@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -38,6 +39,16 @@ class Updates:
                     return update
             await asyncio.sleep(0.02)
         raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
+
+    async def latest(self, task_id: str, check: Callable[[TaskUpdate], bool]) -> TaskUpdate:
+        """Wait until the task's latest update passes ``check`` and return it."""
+        deadline = time.monotonic() + self.within
+        while time.monotonic() < deadline:
+            updates = self.of(task_id)
+            if updates and check(updates[-1]):
+                return updates[-1]
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{task_id}: no update passed the check: {self.of(task_id)}")
 
 
 def unavailable(require_var: str, reason: str, how_to: str) -> None:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import NamedTuple
 
 import aiohttp
+import anyio
 
 from ._errors import APIConnectionError
 from .models.events import EVENT_TYPES
@@ -310,12 +311,12 @@ async def read_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         if limit is None:
             chunk = await resp.content.readany()
         else:
-            try:
-                chunk = await asyncio.wait_for(resp.content.readany(), limit)
-            except asyncio.TimeoutError:
-                raise asyncio.TimeoutError(
-                    f"no bytes for {limit:g}s (twice the heartbeat)"
-                ) from None
+            # Not asyncio.wait_for: on 3.10/3.11 it can drop a cancellation that arrives
+            # with the last chunk, and this loop would then read a live stream for ever.
+            with anyio.move_on_after(limit) as scope:
+                chunk = await resp.content.readany()
+            if scope.cancelled_caught:
+                raise asyncio.TimeoutError(f"no bytes for {limit:g}s (twice the heartbeat)")
         if not chunk:
             return
         yield chunk

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
-from ..clock import now_ms
+from ..clock import now_ms, wait_event
 from .frames import encoder, frame, log_layout
 
 __all__ = [
@@ -137,11 +137,7 @@ class RunChannel:
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait for the next commit; False when ``timeout`` passed first."""
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
-            return True
-        return False
+        return await wait_event(self._changed, timeout)
 
 
 _SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsRequired})

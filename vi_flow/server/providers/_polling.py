@@ -33,7 +33,7 @@ from ...models.tasks import (
     ReservationRequest,
     TaskStatus,
 )
-from ..clock import now_ms
+from ..clock import now_ms, wait_event
 from .base import (
     LaunchSpec,
     ProviderError,
@@ -348,8 +348,7 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
             except Exception:  # the poller must outlive any one bad answer
                 self._logger.exception("%s poll failed", self._backend)
             pause = self._next_pause(pause)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), pause)
+            await wait_event(self._wake, pause)
             self._wake.clear()
 
     def _next_pause(self, pause: float) -> float:

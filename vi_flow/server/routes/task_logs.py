@@ -19,7 +19,6 @@ following a link the task may have put in place of its log (:mod:`..tasks.logfil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import time
 
@@ -29,6 +28,7 @@ from aiohttp import web
 from ...models._base import dumps
 from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT
+from ..clock import wait_event
 from ..errors import APIProblem
 from ..helpers import org_of
 from ..state import SETTINGS_KEY
@@ -208,8 +208,7 @@ class _Ended:
         if self._event is None:
             await asyncio.sleep(timeout)
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+        await wait_event(self._event, timeout)
 
 
 async def _pump(

@@ -10,12 +10,12 @@ event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from ...models.loglines import LineSplitter
 from ...models.tasks import TaskLogs, TaskOutputFile
+from ..clock import wait_event
 from . import files
 from .logtimes import LogTimes
 from .records import TaskRecords
@@ -110,8 +110,7 @@ class TaskOutputs:
                         yield name, line
                 return
             if not got_any:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), FOLLOW_POLL)
+                await wait_event(event, FOLLOW_POLL)
 
     def output_dir(self, task_id: str) -> Path:
         """The task's ``$VI_FLOW_OUTPUT_DIR``."""

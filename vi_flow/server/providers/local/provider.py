@@ -36,7 +36,7 @@ from ....models.tasks import (
     TaskConfig,
     TaskStatus,
 )
-from ...clock import now_ms
+from ...clock import now_ms, wait_event
 from ..base import (
     ComputeProvider,
     InvalidRequest,
@@ -284,8 +284,7 @@ class LocalProvider:
                 await self._start_what_fits()
             except Exception:  # keep scheduling whatever went wrong with one task
                 log.exception("local scheduler pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), next_boundary(self.reservations))
+            await wait_event(self._wake, next_boundary(self.reservations))
 
     async def _start_what_fits(self) -> None:
         now = now_ms()
