@@ -34,6 +34,8 @@ from .clock import now_ms
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
+    "AlreadyAnswered",
+    "AnswerSaver",
     "IdempotencySlot",
     "Store",
     "answer_saver",
@@ -65,6 +67,7 @@ class IdempotencySlot:
     path: str
     body_hash: str
     saved: bool = False
+    lookup_pending: bool = False  # the creating transaction looks the key up (check)
 
 
 IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.ContextVar(
@@ -73,23 +76,58 @@ IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.C
 """The slot of the request this task answers, ``None`` without an ``Idempotency-Key``."""
 
 
-def answer_saver(answer_status: int | None) -> Callable[[sqlite3.Connection, Any], None]:
-    """What to do in the creating transaction: save the answer when a slot waits for it.
+class AlreadyAnswered(Exception):
+    """The request's ``Idempotency-Key`` already has an answer, found by
+    :meth:`AnswerSaver.check` in the creating transaction (which rolls back: nothing new
+    is made); the idempotency wrapper replays ``stored``."""
 
-    Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`), then call
-    the function it returns with the connection and the answered resource inside the
-    transaction that creates the resource: both are saved, or neither.
+    def __init__(self, stored: tuple[str, int, bytes]) -> None:
+        super().__init__("the Idempotency-Key already has an answer")
+        self.stored = stored
+
+
+class AnswerSaver:
+    """Saves the request's idempotent answer in the transaction that makes its resource.
+
+    Make it on the event loop with :func:`answer_saver` (it reads the request's
+    :data:`IDEMPOTENCY_SLOT`); call it with the connection and the answered resource
+    inside that transaction: both are saved, or neither.
     """
-    slot = IDEMPOTENCY_SLOT.get()  # read here, on the loop: the DB thread has no context
 
-    def save(conn: sqlite3.Connection, resource: Any) -> None:
-        if slot is None or answer_status is None or slot.saved:
+    __slots__ = ("_slot", "_status")
+
+    def __init__(self, slot: IdempotencySlot | None, answer_status: int | None) -> None:
+        self._slot = slot
+        self._status = answer_status
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """First thing in the creating transaction: when the idempotency wrapper left the
+        key's lookup to it, raise :class:`AlreadyAnswered` if an answer is stored."""
+        slot = self._slot
+        if slot is None or not slot.lookup_pending:
             return
-        record = (slot.body_hash, answer_status, dumps(resource))
+        stored = rec.get_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path)
+        if stored is not None:
+            raise AlreadyAnswered(stored)
+        slot.lookup_pending = False
+
+    def __call__(self, conn: sqlite3.Connection, resource: Any) -> None:
+        slot = self._slot
+        if slot is None or self._status is None or slot.saved:
+            return
+        record = (slot.body_hash, self._status, dumps(resource))
         rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, record)
         slot.saved = True
 
-    return save
+
+def answer_saver(answer_status: int | None) -> AnswerSaver:
+    """What to do in the creating transaction: save the answer when a slot waits for it.
+
+    Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`: the DB
+    thread has no context), then use what it returns inside the transaction that creates
+    the resource.
+    """
+    return AnswerSaver(IDEMPOTENCY_SLOT.get(), answer_status)
 
 
 class Store:
