@@ -390,18 +390,7 @@ class Store:
         a cancel. Entering ``Cancelled`` also sets ``spec.killed_at``.
         """
         cond = Condition(condition)
-
-        def change(c: sqlite3.Connection) -> tuple[Condition | None, Run]:
-            before = rec.get_run(c, *key).status.condition
-            return before, rec.set_run_condition(c, *key, cond, message, reason)
-
-        before, run = await self.run(change)
-        if before != cond and not (before is not None and before.terminal):
-            # The message is left out: it may quote a step's input or output.
-            was = before.value if before is not None else "-"
-            why = f" ({reason})" if reason else ""
-            log.info("run %s of %s: %s -> %s%s", key[1], key[0], was, cond.value, why)
-        return run
+        return await self.run(lambda c: rec.set_run_condition(c, *key, cond, message, reason))
 
     async def set_run_log(self, key: tuple[str, str], log: str) -> None:
         """Record where the event log of the run ``key`` lives (shown as ``status.log``)."""
