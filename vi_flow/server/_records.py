@@ -418,16 +418,21 @@ def _run_row(conn: sqlite3.Connection, org_id: str, run_id: str) -> sqlite3.Row:
 
 
 def create_run(
-    conn: sqlite3.Connection, org_id: str, spec: RunSpec, run_id: str | None = None
+    conn: sqlite3.Connection,
+    org_id: str,
+    spec: RunSpec,
+    run_id: str | None = None,
+    log: str = "",
 ) -> Run:
+    """Insert a run (``Pending``); ``log`` says where its event log lives, when known."""
     run_id, now = run_id or new_id("run"), now_ms()
     first = ResourceCondition(Condition.PENDING, last_transition_time=now)
     _insert(
         conn,
         "run",
         run_id,
-        "INSERT INTO runs (run_id, org_id, flow_id, condition, spec, conditions, generation, etag,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+        "INSERT INTO runs (run_id, org_id, flow_id, condition, spec, conditions, log, generation,"
+        " etag, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
         (
             run_id,
             org_id,
@@ -435,6 +440,7 @@ def create_run(
             "Pending",
             _json(spec),
             _json([first]),
+            log,
             secrets.token_hex(8),
             now,
             now,

@@ -153,15 +153,15 @@ def _create_and_begin(
     spec, label = records.resolve_flow_version(conn, org, flow_id, request.version)
     request = check_against_flow(request, spec)
     tables.spend_credit(conn, org)
+    run_id = records.new_id("run")
     run = records.create_run(conn, org, RunSpec(
         flow=spec, training_project=spec.training_project, flow_id=flow_id,
         flow_version=label, message=request.message, parameters=request.parameters,
-    ))  # fmt: skip
+    ), run_id, log=f"engine_events:{run_id}")  # fmt: skip
     # logged here, in the transaction, so that it comes before the state changes logged below
     log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
     row = _new_row(run, request, "running")
     tables.insert_run(conn, row)
-    records.set_run_log(conn, org, run.run_id, f"engine_events:{run.run_id}")
     set_condition(conn, row.key, Condition.RUNNING)
     step = None
     if spec.blocks:
