@@ -146,6 +146,7 @@ async def test_logs_snapshot_while_pending(server: TaskServer) -> None:
         "stdoutSize": 0,
         "stderrSize": 0,
         "exitCode": None,
+        "signal": None,
     }
     task = (await server.call("GET", f"/tasks/{waiting['taskId']}")).body
     assert task["reason"] == "WaitingForCapacity"
