@@ -10,6 +10,7 @@ behind a proxy would be reached: log follows must go over HTTP, through the prox
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -247,8 +248,11 @@ async def test_the_sdk_lists_executes_and_follows_logs_through_the_proxy_with_tl
     assert [line for line, _, _ in seen] == ["first", "second"]
     assert seen[0][2] and seen[0][1] < 1.5  # streamed live: the proxy does not buffer it
     assert task.exit_code == 0
-    access = (tmp / "access.log").read_text()
-    assert f"/v1/tasks/{task.task_id}/logs?follow=true" in access  # over HTTP, via the proxy
+    follow = f"/v1/tasks/{task.task_id}/logs?follow=true"  # over HTTP, via the proxy
+    deadline = time.monotonic() + 10  # the proxy logs a stream once it has closed it
+    while follow not in (tmp / "access.log").read_text() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert follow in (tmp / "access.log").read_text()
 
 
 @pytest.mark.anyio
