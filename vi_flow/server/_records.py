@@ -1,6 +1,6 @@
 """Synchronous SQL for the foundation's tables; runs only on the store's DB thread.
 
-Each function takes the open ``sqlite3.Connection`` first and is called by
+Each function takes the open ``Connection`` first and is called by
 :class:`vi_flow.server.store.Store` inside a transaction. Missing rows raise
 :class:`~vi_flow.server.errors.APIProblem` with the wire code, so the transaction rolls
 back and the handler answers the right 404/409/412.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from ..models.common import Condition, ResourceCondition, ResourceMetadata
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
+from .db import Connection, IntegrityError, Row
 from .errors import APIProblem
 
 __all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "seq_window", "split_page"]
@@ -178,7 +178,7 @@ def _json(obj: Any) -> str:
 # -- organizations and tokens ---------------------------------------------------------
 
 
-def create_org(conn: sqlite3.Connection, name: str, org_id: str | None = None) -> str:
+def create_org(conn: Connection, name: str, org_id: str | None = None) -> str:
     org_id = org_id or new_id("org")
     conn.execute(
         "INSERT INTO orgs (org_id, name, created_at) VALUES (?, ?, ?)", (org_id, name, now_ms())
@@ -186,11 +186,11 @@ def create_org(conn: sqlite3.Connection, name: str, org_id: str | None = None) -
     return org_id
 
 
-def org_exists(conn: sqlite3.Connection, org_id: str) -> bool:
+def org_exists(conn: Connection, org_id: str) -> bool:
     return conn.execute("SELECT 1 FROM orgs WHERE org_id = ?", (org_id,)).fetchone() is not None
 
 
-def create_token(conn: sqlite3.Connection, org_id: str, name: str, admin: bool) -> str:
+def create_token(conn: Connection, org_id: str, name: str, admin: bool) -> str:
     if not org_exists(conn, org_id):
         raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
     token = f"vf_{secrets.token_urlsafe(32)}"
@@ -201,7 +201,7 @@ def create_token(conn: sqlite3.Connection, org_id: str, name: str, admin: bool) 
     return token
 
 
-def list_tokens(conn: sqlite3.Connection, org_id: str) -> list[dict[str, object]]:
+def list_tokens(conn: Connection, org_id: str) -> list[dict[str, object]]:
     if not org_exists(conn, org_id):
         raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
     rows = conn.execute(
@@ -213,7 +213,7 @@ def list_tokens(conn: sqlite3.Connection, org_id: str) -> list[dict[str, object]
     ]
 
 
-def revoke_tokens(conn: sqlite3.Connection, org_id: str, name: str) -> int:
+def revoke_tokens(conn: Connection, org_id: str, name: str) -> int:
     """Delete the organization's tokens named ``name``; the admin token is never revoked
     here (it is the operator's way in: replace ``<home>/admin-token`` instead)."""
     if not org_exists(conn, org_id):
@@ -231,7 +231,7 @@ def revoke_tokens(conn: sqlite3.Connection, org_id: str, name: str) -> int:
     return len(rows)
 
 
-def lookup_token(conn: sqlite3.Connection, token: str) -> tuple[str, str, bool] | None:
+def lookup_token(conn: Connection, token: str) -> tuple[str, str, bool] | None:
     row = conn.execute(
         "SELECT org_id, name, admin FROM tokens WHERE token_hash = ?", (hash_token(token),)
     ).fetchone()
@@ -241,7 +241,7 @@ def lookup_token(conn: sqlite3.Connection, token: str) -> tuple[str, str, bool] 
 # -- flows ---------------------------------------------------------------------------
 
 
-def _flow(row: sqlite3.Row) -> Flow:
+def _flow(row: Row) -> Flow:
     return Flow(
         organization_id=row["org_id"],
         flow_id=row["flow_id"],
@@ -254,8 +254,8 @@ def _flow(row: sqlite3.Row) -> Flow:
     )
 
 
-def _flow_row(conn: sqlite3.Connection, org_id: str, flow_id: str) -> sqlite3.Row:
-    row: sqlite3.Row | None = conn.execute(
+def _flow_row(conn: Connection, org_id: str, flow_id: str) -> Row:
+    row: Row | None = conn.execute(
         "SELECT * FROM flows WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
     ).fetchone()
     if row is None:
@@ -263,18 +263,14 @@ def _flow_row(conn: sqlite3.Connection, org_id: str, flow_id: str) -> sqlite3.Ro
     return row
 
 
-def _insert(
-    conn: sqlite3.Connection, kind: str, ident: str, sql: str, args: tuple[Any, ...]
-) -> None:
+def _insert(conn: Connection, kind: str, ident: str, sql: str, args: tuple[Any, ...]) -> None:
     try:
         conn.execute(sql, args)
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise APIProblem.conflict(f"{kind} id {ident!r} is already taken") from None
 
 
-def create_flow(
-    conn: sqlite3.Connection, org_id: str, spec: FlowSpec, flow_id: str | None = None
-) -> Flow:
+def create_flow(conn: Connection, org_id: str, spec: FlowSpec, flow_id: str | None = None) -> Flow:
     flow_id, now = flow_id or new_id("flow"), now_ms()
     _insert(
         conn,
@@ -287,12 +283,12 @@ def create_flow(
     return get_flow(conn, org_id, flow_id)
 
 
-def get_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> Flow:
+def get_flow(conn: Connection, org_id: str, flow_id: str) -> Flow:
     return _flow(_flow_row(conn, org_id, flow_id))
 
 
 def list_flows(
-    conn: sqlite3.Connection, org_id: str, size: int, after: int, newest: bool = True
+    conn: Connection, org_id: str, size: int, after: int, newest: bool = True
 ) -> tuple[list[Flow], int | None]:
     where, bound, order = seq_window(after, newest)
     rows = conn.execute(
@@ -309,7 +305,7 @@ def _etag_matches(if_match: str, etag: str) -> bool:
 
 
 def update_flow(
-    conn: sqlite3.Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
+    conn: Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
 ) -> Flow:
     row = _flow_row(conn, org_id, flow_id)
     if if_match is not None and not _etag_matches(if_match, row["etag"]):
@@ -326,14 +322,14 @@ def update_flow(
     return get_flow(conn, org_id, flow_id)
 
 
-def delete_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> None:
+def delete_flow(conn: Connection, org_id: str, flow_id: str) -> None:
     _flow_row(conn, org_id, flow_id)
     where, args = "WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
     conn.execute(f"DELETE FROM flow_versions {where}", args)
     conn.execute(f"DELETE FROM flows {where}", args)
 
 
-def publish_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> int:
+def publish_flow(conn: Connection, org_id: str, flow_id: str) -> int:
     row = _flow_row(conn, org_id, flow_id)
     version = (row["latest_version"] or 0) + 1
     conn.execute(
@@ -349,7 +345,7 @@ def publish_flow(conn: sqlite3.Connection, org_id: str, flow_id: str) -> int:
     return version
 
 
-def _version_spec(conn: sqlite3.Connection, org_id: str, flow_id: str, version: int) -> str:
+def _version_spec(conn: Connection, org_id: str, flow_id: str, version: int) -> str:
     row = conn.execute(
         "SELECT spec FROM flow_versions WHERE org_id = ? AND flow_id = ? AND version = ?",
         (org_id, flow_id, version),
@@ -359,7 +355,7 @@ def _version_spec(conn: sqlite3.Connection, org_id: str, flow_id: str, version: 
     return str(row["spec"])
 
 
-def promote_flow(conn: sqlite3.Connection, org_id: str, flow_id: str, version: int) -> Flow:
+def promote_flow(conn: Connection, org_id: str, flow_id: str, version: int) -> Flow:
     _flow_row(conn, org_id, flow_id)
     _version_spec(conn, org_id, flow_id, version)
     conn.execute(
@@ -371,7 +367,7 @@ def promote_flow(conn: sqlite3.Connection, org_id: str, flow_id: str, version: i
 
 
 def resolve_flow_version(
-    conn: sqlite3.Connection, org_id: str, flow_id: str, version: str | int
+    conn: Connection, org_id: str, flow_id: str, version: str | int
 ) -> tuple[FlowSpec, str]:
     row = _flow_row(conn, org_id, flow_id)
     if version == "draft":
@@ -393,7 +389,7 @@ def resolve_flow_version(
 # -- runs ----------------------------------------------------------------------------
 
 
-def _run(row: sqlite3.Row) -> Run:
+def _run(row: Row) -> Run:
     conditions = [from_wire(c, ResourceCondition) for c in orjson.loads(row["conditions"])]
     return Run(
         organization_id=row["org_id"],
@@ -408,8 +404,8 @@ def _run(row: sqlite3.Row) -> Run:
     )
 
 
-def _run_row(conn: sqlite3.Connection, org_id: str, run_id: str) -> sqlite3.Row:
-    row: sqlite3.Row | None = conn.execute(
+def _run_row(conn: Connection, org_id: str, run_id: str) -> Row:
+    row: Row | None = conn.execute(
         "SELECT * FROM runs WHERE org_id = ? AND run_id = ?", (org_id, run_id)
     ).fetchone()
     if row is None:
@@ -417,9 +413,7 @@ def _run_row(conn: sqlite3.Connection, org_id: str, run_id: str) -> sqlite3.Row:
     return row
 
 
-def create_run(
-    conn: sqlite3.Connection, org_id: str, spec: RunSpec, run_id: str | None = None
-) -> Run:
+def create_run(conn: Connection, org_id: str, spec: RunSpec, run_id: str | None = None) -> Run:
     run_id, now = run_id or new_id("run"), now_ms()
     first = ResourceCondition(Condition.PENDING, last_transition_time=now)
     _insert(
@@ -443,12 +437,12 @@ def create_run(
     return get_run(conn, org_id, run_id)
 
 
-def get_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> Run:
+def get_run(conn: Connection, org_id: str, run_id: str) -> Run:
     return _run(_run_row(conn, org_id, run_id))
 
 
 def list_runs(
-    conn: sqlite3.Connection,
+    conn: Connection,
     org_id: str,
     flow_id: str | None,
     condition: str | None,
@@ -466,7 +460,7 @@ def list_runs(
     return readable(page, _run, "run"), cursor
 
 
-def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
+def list_active_runs(conn: Connection) -> list[Run]:
     marks = ", ".join("?" for _ in _ACTIVE)
     rows = conn.execute(
         f"SELECT * FROM runs WHERE condition IN ({marks}) ORDER BY seq", _ACTIVE
@@ -475,7 +469,7 @@ def list_active_runs(conn: sqlite3.Connection) -> list[Run]:
 
 
 def set_run_condition(
-    conn: sqlite3.Connection,
+    conn: Connection,
     org_id: str,
     run_id: str,
     condition: Condition,
@@ -507,12 +501,12 @@ def set_run_condition(
     return get_run(conn, org_id, run_id)
 
 
-def set_run_log(conn: sqlite3.Connection, org_id: str, run_id: str, log: str) -> None:
+def set_run_log(conn: Connection, org_id: str, run_id: str, log: str) -> None:
     _run_row(conn, org_id, run_id)
     conn.execute("UPDATE runs SET log = ? WHERE org_id = ? AND run_id = ?", (log, org_id, run_id))
 
 
-def delete_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> None:
+def delete_run(conn: Connection, org_id: str, run_id: str) -> None:
     row = _run_row(conn, org_id, run_id)
     if not Condition(row["condition"]).terminal:
         raise APIProblem.conflict(
@@ -525,7 +519,7 @@ def delete_run(conn: sqlite3.Connection, org_id: str, run_id: str) -> None:
 
 
 def get_idempotent(
-    conn: sqlite3.Connection, org_id: str, key: str, method: str, path: str
+    conn: Connection, org_id: str, key: str, method: str, path: str
 ) -> tuple[str, int, bytes] | None:
     row = conn.execute(
         "SELECT body_hash, status, body FROM idempotency"
@@ -536,7 +530,7 @@ def get_idempotent(
 
 
 def put_idempotent(
-    conn: sqlite3.Connection,
+    conn: Connection,
     org_id: str,
     key: str,
     method: str,
@@ -544,7 +538,9 @@ def put_idempotent(
     record: tuple[str, int, bytes],
 ) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO idempotency (org_id, key, method, path, body_hash, status, body,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, key, method, path)"
+        " DO UPDATE SET body_hash = excluded.body_hash, status = excluded.status,"
+        " body = excluded.body, created_at = excluded.created_at",
         (org_id, key, method, path, *record, now_ms()),
     )
