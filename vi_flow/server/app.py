@@ -61,6 +61,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await store.run(lambda conn: ensure_admin(conn, home))
             await asyncio.to_thread(restrict_home, home)
+        except db.NewerDatabaseError:
+            await store.close()
+            raise
         except (db.Error, OSError) as exc:  # a full or read-only disk, a broken file
             await store.close()
             where = store.database.name

@@ -28,6 +28,7 @@ from ._errors import (
     PostgresIntegrityError,
 )
 from ._types import Connection, Cursor, Row
+from ._urls import redact
 from .dialect import Migration, migration_sql
 from .sqlite import SQLiteDatabase
 
@@ -47,6 +48,7 @@ __all__ = [
     "is_postgres_url",
     "migration_sql",
     "open_database",
+    "redact",
 ]
 
 _SCHEMES = ("postgresql://", "postgres://")

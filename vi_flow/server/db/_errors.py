@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from ..home import HomeError
+
 __all__ = [
     "DatabaseError",
     "Error",
@@ -32,10 +34,11 @@ class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):
     """A PostgreSQL constraint failed: a duplicate key, a NULL in a NOT NULL column."""
 
 
-class NewerDatabaseError(Exception):
+class NewerDatabaseError(HomeError):
     """The database records migrations this vi_flow does not know: a newer one wrote it.
 
-    The server refuses to start rather than run old code on a newer schema.
+    The server refuses to start rather than run old code on a newer schema (``vi-flow
+    serve`` says so and exits 1, as for any home it cannot use).
 
     Attributes:
         database: The database (a file path, or a URL without its password).

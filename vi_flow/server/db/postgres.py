@@ -20,7 +20,6 @@ as 0/1, as SQLite stores them, because the tables use integer columns for flags.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -28,9 +27,10 @@ import psycopg
 from psycopg.rows import RowMaker
 
 from ._errors import PostgresError, PostgresIntegrityError
+from ._urls import redact
 from .dialect import to_pyformat
 
-__all__ = ["PostgresConnection", "PostgresDatabase", "PostgresRow", "redact"]
+__all__ = ["PostgresConnection", "PostgresDatabase", "PostgresRow"]
 
 
 class PostgresRow:
@@ -123,14 +123,6 @@ class PostgresConnection:
     def close(self) -> None:
         """Close the connection."""
         self.raw.close()
-
-
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
-    return _PASSWORD.sub(r"\1***@", url)
 
 
 class PostgresDatabase:
