@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 from aiohttp import web
 
@@ -53,6 +54,19 @@ async def test_a_migration_may_differ_per_dialect(database: str) -> None:
     word = await store.run(lambda c: c.execute("SELECT word FROM said").fetchone()[0])
     assert word == store.dialect
     await store.close()
+
+
+async def test_stores_opening_together_migrate_once(database: str) -> None:
+    if not database.startswith("postgresql"):
+        pytest.skip("one server per SQLite file: its home's lock keeps a second one out")
+    stores = [Store.open(database) for _ in range(4)]
+    sql = "CREATE TABLE things (id INTEGER); INSERT INTO things VALUES (1);"
+    async with anyio.create_task_group() as group:
+        for store in stores:
+            group.start_soon(store.migrate, "things-1", sql)
+    assert await _count(stores[0], "SELECT count(*) FROM things") == 1
+    for store in stores:
+        await store.close()
 
 
 async def _record_future_migration(database: str) -> None:

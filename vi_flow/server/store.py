@@ -105,9 +105,8 @@ class Store:
     """The server's database (SQLite or PostgreSQL), used only from its own thread.
 
     Args:
-        database: A SQLite file (normally ``<home>/state.db``, created on first use), or
-            an opened :class:`~vi_flow.server.db.Database`; :meth:`open` also takes a
-            ``postgresql://`` URL.
+        database: A SQLite file (normally ``<home>/state.db``, created on first use), a
+            ``postgresql://`` URL, or a :class:`~vi_flow.server.db.Database`.
         known_migrations: Every migration name this server's features apply. Given, the
             store refuses a database that records any other name (a newer vi-flow wrote
             it): the first use raises :class:`~vi_flow.server.db.NewerDatabaseError`.
@@ -120,10 +119,10 @@ class Store:
     """
 
     def __init__(
-        self, database: Path | Database, *, known_migrations: Collection[str] | None = None
+        self, database: Path | str | Database, *, known_migrations: Collection[str] | None = None
     ) -> None:
         self.database: Database = (
-            SQLiteDatabase(database) if isinstance(database, Path) else database
+            open_database(database) if isinstance(database, (Path, str)) else database
         )
         self._known = None if known_migrations is None else set(known_migrations)
         self._thread: DBThread | None = None
@@ -131,7 +130,11 @@ class Store:
 
     @classmethod
     def open(cls, target: str | Path, *, known_migrations: Collection[str] | None = None) -> Store:
-        """The store of ``target``: a ``postgresql://`` URL, else a SQLite file path."""
+        """The store of ``target``: a ``postgresql://`` URL, else a SQLite file path.
+
+        Raises:
+            ImportError: A PostgreSQL URL without psycopg (``pip install 'vi-flow[postgres]'``).
+        """
         return cls(open_database(target), known_migrations=known_migrations)
 
     @property
@@ -160,8 +163,7 @@ class Store:
             self._migrate(name, sql)
 
     def _refuse_newer(self, conn: Connection) -> None:
-        known = self._known or set()
-        known.update(name for name, _ in rec.MIGRATIONS)
+        known = {*(self._known or ()), *(name for name, _ in rec.MIGRATIONS)}
         rows = conn.execute("SELECT name FROM migrations ORDER BY applied_at, name").fetchall()
         unknown = [r[0] for r in rows if r[0] not in known]
         if unknown:
@@ -197,8 +199,6 @@ class Store:
 
     def _migrate(self, name: str, sql: Migration) -> None:
         conn = self._connection()
-        if self._known is not None:
-            self._known.add(name)
         if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
             return
         self.database.script(conn, migration_sql(sql, self.dialect), (name, now_ms()))

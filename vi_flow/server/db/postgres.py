@@ -125,6 +125,13 @@ class PostgresConnection:
         self.raw.close()
 
 
+_MIGRATION_LOCK = 0x76695F666C6F77  # "vi_flow": the advisory lock migrations take
+
+
+def _recorded(conn: PostgresConnection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is not None
+
+
 class PostgresDatabase:
     """A PostgreSQL database named by a ``postgresql://`` URL (libpq's connection string).
 
@@ -168,6 +175,12 @@ class PostgresDatabase:
         script leaves nothing behind."""
         self.begin(conn)
         try:
+            # Replicas that start together migrate one at a time, each seeing what the
+            # one before it recorded.
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            if record is not None and _recorded(conn, record[0]):
+                self.commit(conn)
+                return
             conn.script(sql)
             if record is not None:
                 conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", record)
