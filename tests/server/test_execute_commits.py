@@ -9,6 +9,8 @@ step's record being on disk when the next step's events are.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from vi_flow._sse import SSEDecoder
@@ -89,3 +91,28 @@ async def test_an_idempotent_execute_that_pauses_replays_the_pause(server: Serve
     assert done.body["state"] == "completed" and done.body["output"] == "got 42"
     again = await server.call("POST", path, json={"message": "x"}, headers=headers)
     assert again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_duplicate_executes_make_one_run_and_spend_one_credit(server: Server) -> None:
+    # The key is looked up in the transaction that makes the run (one round trip fewer):
+    # a duplicate must still find the first's answer there, make nothing, spend nothing.
+    flow_id = await _flow(server, ONE)
+    org = (await server.call("GET", "/whoami")).body["organizationId"]
+    credits = f"/organizations/{org}/credits"
+    assert (await server.call("PUT", credits, json={"credits": 2})).status == 200
+    headers = {"Idempotency-Key": "exec-many"}
+    path = f"/flows/{flow_id}/execute"
+    answers = await asyncio.gather(
+        *(server.call("POST", path, json={"message": "x"}, headers=headers) for _ in range(5))
+    )
+    assert {a.status for a in answers} == {200}
+    assert len({a.body["executionId"] for a in answers}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == 4
+    assert len((await server.call("GET", "/runs")).body["items"]) == 1
+    assert (await server.call("GET", credits)).body["credits"] == 1
+    refused = await server.call("POST", path, json={"message": "y"}, headers=headers)
+    assert refused.status == 422 and refused.body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert (await server.call("GET", credits)).body["credits"] == 1
+    job = await server.call("POST", f"/flows/{flow_id}/jobs", json={}, headers=headers)
+    assert job.status == 202  # another path: another request, the key is free there
+    assert len((await server.call("GET", "/runs")).body["items"]) == 2

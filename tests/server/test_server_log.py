@@ -206,6 +206,47 @@ async def test_a_reset_the_client_did_not_cause_is_a_500(
     assert "ERROR vi_flow.server: unhandled error in GET /v1/upstream-reset" in log.getvalue()
 
 
+async def _send_raw(server: LiveServer, request: bytes, *, until: bytes | None = None) -> bytes:
+    """Send raw bytes; read the answer to ``until`` (else to the close), within 5 s."""
+    host, port = server.root.split("//")[1].split("/")[0].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        with anyio.fail_after(5):  # an answer at once, never a wait for a body
+            return await (reader.readuntil(until) if until else reader.read())
+    finally:
+        writer.close()
+
+
+async def test_a_malformed_request_is_one_info_line_not_a_traceback(
+    server: Server, log: io.StringIO
+) -> None:
+    answer = await _send_raw(server, b"GET /v1/flows HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n")
+    long = await _send_raw(server, b"GET /v1/flows HTTP/1.1\r\nX: " + b"h" * 9000 + b"\r\n\r\n")
+    assert b" 400 Bad Request" in answer.split(b"\r\n")[0]
+    assert b" 400 Bad Request" in long.split(b"\r\n")[0]
+    await asyncio.sleep(0.1)
+    text = log.getvalue()
+    assert "Traceback" not in text and " ERROR " not in text
+    refused = [line for line in text.splitlines() if "refused a malformed request" in line]
+    assert len(refused) == 2 and all(" INFO aiohttp.server: " in line for line in refused)
+    assert "Invalid header value char" in refused[0] and "hhhhhhhhhhhhhhhhhhh" * 10 not in text
+
+
+async def test_a_body_declared_over_the_limit_is_refused_at_once(server: Server) -> None:
+    token = server.headers()["Authorization"].encode()
+    answer = await _send_raw(
+        server,
+        b"POST /v1/flows HTTP/1.1\r\nHost: x\r\nAuthorization: " + token
+        + b"\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}",
+        until=b"}}",
+    )  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"99999999999 bytes is over the limit" in answer
+    assert (await server.call("GET", "/flows")).body["items"] == []  # nothing was made
+
+
 # -- state changes ----------------------------------------------------------------------
 
 

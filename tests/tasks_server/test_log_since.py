@@ -118,3 +118,17 @@ async def test_cli_logs_since(server: TaskServer, tmp_path: Path) -> None:
     ]
     bad = await asyncio.to_thread(run, "--since", "soon")
     assert bad.returncode == 2 and "'soon' is neither a duration" in bad.stderr
+
+
+async def test_the_snapshot_names_the_signal_that_ended_the_task(
+    server: TaskServer, tmp_path: Path
+) -> None:
+    killed = await server.submit(command=["/bin/sh", "-c", "echo before; kill -9 $$"])
+    exited = await server.submit(command=["/bin/sh", "-c", "echo before; exit 3"])
+    await server.wait(killed["taskId"])
+    await server.wait(exited["taskId"])
+    async with _client(server, tmp_path) as client:
+        by_signal = await client.tasks.logs(killed["taskId"])
+        by_code = await client.tasks.logs(exited["taskId"])
+    assert (by_signal.lines, by_signal.exit_code, by_signal.signal) == (["before"], None, 9)
+    assert (by_code.lines, by_code.exit_code, by_code.signal) == (["before"], 3, None)

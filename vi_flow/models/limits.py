@@ -25,6 +25,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
+    "MAX_REQUEST_BODY",
     "MAX_STRING_LENGTH",
     "MAX_TIME_MS",
     "MAX_VOLUME_GB",
@@ -52,6 +53,9 @@ _ENVELOPE = 8
 
 MAX_INT = 2**63 - 1
 """The largest integer anywhere in a body: what SQLite and orjson store exactly."""
+
+MAX_REQUEST_BODY = 64 * 1024 * 1024
+"""The largest request body in bytes; one that says it is larger is refused (413) unread."""
 
 MAX_STRING_LENGTH = 8 * 1024 * 1024
 """The longest string anywhere in a body (a template, a tool result), in characters."""

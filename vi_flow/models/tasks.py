@@ -408,7 +408,8 @@ class TaskLogs:
         lines: The last ``tail`` lines, without line endings.
         stdout_size: Bytes in the stdout log when read (a follow starts from here).
         stderr_size: Bytes in the stderr log when read.
-        exit_code: The exit status once ended.
+        exit_code: The exit status once ended (``None`` when a signal ended it).
+        signal: The signal that ended the process (9 for SIGKILL), when one did.
     """
 
     task_id: str
@@ -418,6 +419,7 @@ class TaskLogs:
     stdout_size: int = 0
     stderr_size: int = 0
     exit_code: int | None = None
+    signal: int | None = None
 
     @property
     def text(self) -> str:

@@ -422,15 +422,22 @@ def _run_row(conn: Connection, org_id: str, run_id: str) -> Row:
     return row
 
 
-def create_run(conn: Connection, org_id: str, spec: RunSpec, run_id: str | None = None) -> Run:
+def create_run(
+    conn: Connection,
+    org_id: str,
+    spec: RunSpec,
+    run_id: str | None = None,
+    log: str = "",
+) -> Run:
+    """Insert a run (``Pending``); ``log`` says where its event log lives, when known."""
     run_id, now = run_id or new_id("run"), now_ms()
     first = ResourceCondition(Condition.PENDING, last_transition_time=now)
     _insert(
         conn,
         "run",
         run_id,
-        "INSERT INTO runs (run_id, org_id, flow_id, condition, spec, conditions, generation, etag,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+        "INSERT INTO runs (run_id, org_id, flow_id, condition, spec, conditions, log, generation,"
+        " etag, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
         (
             run_id,
             org_id,
@@ -438,6 +445,7 @@ def create_run(conn: Connection, org_id: str, spec: RunSpec, run_id: str | None 
             "Pending",
             _json(spec),
             _json([first]),
+            log,
             secrets.token_hex(8),
             now,
             now,
@@ -477,6 +485,46 @@ def list_active_runs(conn: Connection) -> list[Run]:
     return readable(rows, _run, "run")
 
 
+def change_run_condition(
+    conn: Connection,
+    org_id: str,
+    run_id: str,
+    condition: Condition,
+    message: str | None,
+    reason: str | None,
+) -> Condition:
+    """Append ``condition`` to the run's history unless the run already ended; log the
+    change (without the message, which may quote a step's input or output). Returns the
+    condition the run had. Only the condition columns are read and written (the hot path
+    of every run): the spec only on a cancel, to stamp ``killed_at``.
+    """
+    row: Row | None = conn.execute(
+        "SELECT condition, conditions FROM runs WHERE org_id = ? AND run_id = ?",
+        (org_id, run_id),
+    ).fetchone()
+    if row is None:
+        raise APIProblem.not_found("RUN_NOT_FOUND", "run", run_id)
+    current = Condition(row["condition"])
+    if current.terminal:
+        return current
+    now = now_ms()
+    entry = ResourceCondition(condition, last_transition_time=now, message=message, reason=reason)
+    history = [*orjson.loads(row["conditions"]), to_wire(entry)]
+    changes = {"condition": condition.value, "conditions": orjson.dumps(history).decode()}
+    if condition == Condition.CANCELLED:
+        spec = attrs.evolve(get_run(conn, org_id, run_id).spec, killed_at=now)
+        changes["spec"] = _json(spec)
+    assignments = "".join(f"{column} = ?, " for column in changes)
+    conn.execute(
+        f"UPDATE runs SET {assignments}etag = ?, updated_at = ? WHERE org_id = ? AND run_id = ?",
+        (*changes.values(), secrets.token_hex(8), now, org_id, run_id),
+    )
+    if current != condition:
+        why = f" ({reason})" if reason else ""
+        log.info("run %s of %s: %s -> %s%s", run_id, org_id, current.value, condition.value, why)
+    return current
+
+
 def set_run_condition(
     conn: Connection,
     org_id: str,
@@ -485,28 +533,8 @@ def set_run_condition(
     message: str | None,
     reason: str | None,
 ) -> Run:
-    run = get_run(conn, org_id, run_id)
-    current = run.status.condition
-    if current is not None and current.terminal:
-        return run
-    now = now_ms()
-    entry = ResourceCondition(condition, last_transition_time=now, message=message, reason=reason)
-    spec = run.spec
-    if condition == Condition.CANCELLED:
-        spec = attrs.evolve(spec, killed_at=now)
-    conn.execute(
-        "UPDATE runs SET condition = ?, conditions = ?, spec = ?, etag = ?, updated_at = ?"
-        " WHERE org_id = ? AND run_id = ?",
-        (
-            condition.value,
-            _json([*run.status.conditions, entry]),
-            _json(spec),
-            secrets.token_hex(8),
-            now,
-            org_id,
-            run_id,
-        ),
-    )
+    """As :func:`change_run_condition`; returns the run as it is now."""
+    change_run_condition(conn, org_id, run_id, condition, message, reason)
     return get_run(conn, org_id, run_id)
 
 

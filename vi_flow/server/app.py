@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..models.limits import MAX_REQUEST_BODY
 from . import db
 from . import retention as pruning
 from .bootstrap import ensure_admin
@@ -89,7 +90,7 @@ def create_app(settings: ServerSettings) -> web.Application:
         EndpointError: A listen address or public name in ``settings`` is unusable.
     """
     check_endpoints(settings)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_REQUEST_BODY)
     app[SETTINGS_KEY] = settings
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     database = settings.database or settings.home / "state.db"

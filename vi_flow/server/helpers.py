@@ -32,7 +32,7 @@ from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json
 from .errors import APIProblem
 from .state import STORE_KEY, Principal
-from .store import IDEMPOTENCY_SLOT, IdempotencySlot
+from .store import IDEMPOTENCY_SLOT, AlreadyAnswered, IdempotencySlot
 
 __all__ = [
     "IDEMPOTENCY_LOCKS",
@@ -336,7 +336,9 @@ def setup_idempotency(app: web.Application) -> None:
     app[IDEMPOTENCY_LOCKS] = KeyedLocks()
 
 
-async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.StreamResponse:
+async def _answer_once(
+    request: web.Request, handler: Handler, key: str, *, early_lookup: bool
+) -> web.StreamResponse:
     org, store = org_of(request), request.app[STORE_KEY]
     # The query is part of the request (``?flowId=`` chooses an id): a key reused with
     # another query is a different request, never a replay.
@@ -344,24 +346,18 @@ async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.
     body_hash = hashlib.sha256(await request.read()).hexdigest()
     if query:
         body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
-    stored = await store.get_idempotent(org, key, request.method, request.path)
-    if stored is not None:
-        if stored[0] != body_hash:
-            raise APIProblem(
-                422,
-                "IDEMPOTENCY_KEY_REUSED",
-                f"Idempotency-Key {key!r} was already used with a different request body",
-            )
-        return web.Response(
-            body=stored[2],
-            status=stored[1],
-            content_type="application/json",
-            headers={"Idempotent-Replayed": "true"},
-        )
-    slot = IdempotencySlot(org, key, request.method, request.path, body_hash)
+    if early_lookup:
+        stored = await store.get_idempotent(org, key, request.method, request.path)
+        if stored is not None:
+            return _replay(key, stored, body_hash)
+    slot = IdempotencySlot(
+        org, key, request.method, request.path, body_hash, lookup_pending=not early_lookup
+    )
     token = IDEMPOTENCY_SLOT.set(slot)
     try:
         response = await handler(request)
+    except AlreadyAnswered as found:  # looked up in the creating transaction
+        return _replay(key, found.stored, body_hash)
     except BaseException:
         if slot.saved:  # the resource was saved, then its request failed: no replay of it
             await store.forget_idempotent(org, key, request.method, request.path)
@@ -378,15 +374,23 @@ async def _answer_once(request: web.Request, handler: Handler, key: str) -> web.
     return response
 
 
-def idempotent(handler: Handler) -> Handler:
-    """Make a POST handler honour the ``Idempotency-Key`` header.
+def _replay(key: str, stored: tuple[str, int, bytes], body_hash: str) -> web.Response:
+    """The stored answer again, or 422 when the key came with another body."""
+    if stored[0] != body_hash:
+        raise APIProblem(
+            422,
+            "IDEMPOTENCY_KEY_REUSED",
+            f"Idempotency-Key {key!r} was already used with a different request body",
+        )
+    return web.Response(
+        body=stored[2],
+        status=stored[1],
+        content_type="application/json",
+        headers={"Idempotent-Replayed": "true"},
+    )
 
-    The first 2xx answer for (organization, key, method, path) is stored and replayed
-    for later requests with the same key (with ``Idempotent-Replayed: true``); the same
-    key with a different body is ``422 IDEMPOTENCY_KEY_REUSED``. Requests with one key
-    are serialized, so concurrent retries never run the handler twice.
-    """
 
+def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Idempotency-Key")
@@ -395,6 +399,25 @@ def idempotent(handler: Handler) -> Handler:
         if len(key) > 255:
             raise APIProblem.validation("Idempotency-Key", "must be at most 255 characters")
         async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)):
-            return await _answer_once(request, handler, key)
+            return await _answer_once(request, handler, key, early_lookup=early_lookup)
 
     return wrapper
+
+
+def idempotent(handler: Handler) -> Handler:
+    """Make a POST handler honour the ``Idempotency-Key`` header.
+
+    The first 2xx answer for (organization, key, method, path) is stored and replayed
+    for later requests with the same key (with ``Idempotent-Replayed: true``); the same
+    key with a different body is ``422 IDEMPOTENCY_KEY_REUSED``. Requests with one key
+    are serialized, so concurrent retries never run the handler twice.
+    """
+    return _idempotent(handler, early_lookup=True)
+
+
+def idempotent_in_transaction(handler: Handler) -> Handler:
+    """As :func:`idempotent`, for a handler whose first transaction calls
+    :meth:`~vi_flow.server.store.AnswerSaver.check` before it makes anything: the key is
+    looked up there, not in a transaction of its own (one round trip fewer per request).
+    """
+    return _idempotent(handler, early_lookup=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging"]
 
@@ -96,7 +97,28 @@ def _queued(handler: logging.Handler) -> tuple[logging.Handler, logging.handlers
     return logging.handlers.QueueHandler(records), listener
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad header byte, a line over 8 KiB) as
+    an ERROR with a traceback. That is the client's mistake, answered 400: one INFO line
+    with the reason (cut short, escaped) says it without alarming the operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            lines = (exc.message or type(exc).__name__).strip().splitlines() or [""]
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed request from %s: %d %r"
+            record.args = (remote, exc.code, lines[0][:120])
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_MALFORMED = _MalformedRequests()
+
+
 def _install(handler: logging.Handler, level: int) -> list[tuple[logging.Logger, int, bool]]:
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # a second add is a no-op
     saved = []
     for name in (*_LOGGERS, *_SILENCED):
         logger = logging.getLogger(name)

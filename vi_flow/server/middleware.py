@@ -29,6 +29,7 @@ import time
 import orjson
 from aiohttp import web
 
+from ..models.limits import MAX_REQUEST_BODY
 from .console.sessions import COOKIE, session_principal
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
@@ -151,17 +152,31 @@ def _internal_error(request: web.Request) -> web.Response:
     )
 
 
+def _check_declared_size(request: web.Request) -> None:
+    """Refuse at once a body that says it is over the limit: never wait for its bytes."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_REQUEST_BODY:
+        raise APIProblem(
+            413,
+            "INVALID_REQUEST",
+            f"the request body of {declared} bytes is over the limit of {MAX_REQUEST_BODY}",
+        )
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the wire error body."""
     if REQUEST_ID not in request:  # installed without the access middleware
         _assign_request_id(request)
     try:
+        _check_declared_size(request)
         return await handler(request)
     except APIProblem as exc:
         response = error_response(request, exc.status, exc.code, exc.message)
         if not exc.transient:
             response.headers["X-Should-Retry"] = "false"
+        if exc.status == 413:  # an unread body must not be read as the next request
+            response.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400:

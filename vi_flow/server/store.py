@@ -43,6 +43,8 @@ from .db import (
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
+    "AlreadyAnswered",
+    "AnswerSaver",
     "IdempotencySlot",
     "Store",
     "answer_saver",
@@ -74,6 +76,7 @@ class IdempotencySlot:
     path: str
     body_hash: str
     saved: bool = False
+    lookup_pending: bool = False  # the creating transaction looks the key up (check)
 
 
 IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.ContextVar(
@@ -82,23 +85,58 @@ IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.C
 """The slot of the request this task answers, ``None`` without an ``Idempotency-Key``."""
 
 
-def answer_saver(answer_status: int | None) -> Callable[[Connection, Any], None]:
-    """What to do in the creating transaction: save the answer when a slot waits for it.
+class AlreadyAnswered(Exception):
+    """The request's ``Idempotency-Key`` already has an answer, found by
+    :meth:`AnswerSaver.check` in the creating transaction (which rolls back: nothing new
+    is made); the idempotency wrapper replays ``stored``."""
 
-    Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`), then call
-    the function it returns with the connection and the answered resource inside the
-    transaction that creates the resource: both are saved, or neither.
+    def __init__(self, stored: tuple[str, int, bytes]) -> None:
+        super().__init__("the Idempotency-Key already has an answer")
+        self.stored = stored
+
+
+class AnswerSaver:
+    """Saves the request's idempotent answer in the transaction that makes its resource.
+
+    Make it on the event loop with :func:`answer_saver` (it reads the request's
+    :data:`IDEMPOTENCY_SLOT`); call it with the connection and the answered resource
+    inside that transaction: both are saved, or neither.
     """
-    slot = IDEMPOTENCY_SLOT.get()  # read here, on the loop: the DB thread has no context
 
-    def save(conn: Connection, resource: Any) -> None:
-        if slot is None or answer_status is None or slot.saved:
+    __slots__ = ("_slot", "_status")
+
+    def __init__(self, slot: IdempotencySlot | None, answer_status: int | None) -> None:
+        self._slot = slot
+        self._status = answer_status
+
+    def check(self, conn: Connection) -> None:
+        """First thing in the creating transaction: when the idempotency wrapper left the
+        key's lookup to it, raise :class:`AlreadyAnswered` if an answer is stored."""
+        slot = self._slot
+        if slot is None or not slot.lookup_pending:
             return
-        record = (slot.body_hash, answer_status, dumps(resource))
+        stored = rec.get_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path)
+        if stored is not None:
+            raise AlreadyAnswered(stored)
+        slot.lookup_pending = False
+
+    def __call__(self, conn: Connection, resource: Any) -> None:
+        slot = self._slot
+        if slot is None or self._status is None or slot.saved:
+            return
+        record = (slot.body_hash, self._status, dumps(resource))
         rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, record)
         slot.saved = True
 
-    return save
+
+def answer_saver(answer_status: int | None) -> AnswerSaver:
+    """What to do in the creating transaction: save the answer when a slot waits for it.
+
+    Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`: the DB
+    thread has no context), then use what it returns inside the transaction that creates
+    the resource.
+    """
+    return AnswerSaver(IDEMPOTENCY_SLOT.get(), answer_status)
 
 
 class Store:
@@ -391,18 +429,7 @@ class Store:
         a cancel. Entering ``Cancelled`` also sets ``spec.killed_at``.
         """
         cond = Condition(condition)
-
-        def change(c: Connection) -> tuple[Condition | None, Run]:
-            before = rec.get_run(c, *key).status.condition
-            return before, rec.set_run_condition(c, *key, cond, message, reason)
-
-        before, run = await self.run(change)
-        if before != cond and not (before is not None and before.terminal):
-            # The message is left out: it may quote a step's input or output.
-            was = before.value if before is not None else "-"
-            why = f" ({reason})" if reason else ""
-            log.info("run %s of %s: %s -> %s%s", key[1], key[0], was, cond.value, why)
-        return run
+        return await self.run(lambda c: rec.set_run_condition(c, *key, cond, message, reason))
 
     async def set_run_log(self, key: tuple[str, str], log: str) -> None:
         """Record where the event log of the run ``key`` lives (shown as ``status.log``)."""

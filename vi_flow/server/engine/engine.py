@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -40,7 +40,7 @@ from ..clock import now_ms
 from ..db import Connection
 from ..errors import APIProblem
 from ..state import ServerSettings
-from ..store import Store
+from ..store import AnswerSaver, Store
 from . import tables
 from .blocks import BlockRegistry
 from .eventlog import EventLog, RunKey
@@ -51,9 +51,6 @@ from .tables import RunRow, StepRow
 __all__ = ["Engine"]
 
 log = logging.getLogger("vi_flow.server.engine")
-
-Save = Callable[[Connection, Any], None]
-"""Saves something in the transaction that reads a run's outcome."""
 
 _RESTARTED = "the server stopped during the run"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
@@ -154,15 +151,15 @@ def _create_and_begin(conn: Connection, org: str, flow_id: str, request: Execute
     spec, label = records.resolve_flow_version(conn, org, flow_id, request.version)
     request = check_against_flow(request, spec)
     tables.spend_credit(conn, org)
+    run_id = records.new_id("run")
     run = records.create_run(conn, org, RunSpec(
         flow=spec, training_project=spec.training_project, flow_id=flow_id,
         flow_version=label, message=request.message, parameters=request.parameters,
-    ))  # fmt: skip
+    ), run_id, log=f"engine_events:{run_id}")  # fmt: skip
     # logged here, in the transaction, so that it comes before the state changes logged below
     log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
     row = _new_row(run, request, "running")
     tables.insert_run(conn, row)
-    records.set_run_log(conn, org, run.run_id, f"engine_events:{run.run_id}")
     set_condition(conn, row.key, Condition.RUNNING)
     step = None
     if spec.blocks:
@@ -256,7 +253,7 @@ class Engine:
     # -- starting ---------------------------------------------------------------------
 
     async def submit(
-        self, org: str, flow_id: str, request: ExecuteRequest, save: Save | None = None
+        self, org: str, flow_id: str, request: ExecuteRequest, save: AnswerSaver | None = None
     ) -> RunKey:
         """Start executing a flow version; return the run's ``(org, run id)``.
 
@@ -267,11 +264,16 @@ class Engine:
         Raises:
             APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
         """
-        begun = await self.store.run(lambda c: _create_and_begin(c, org, flow_id, request))
-        return self._started(begun, save)
+
+        def create(conn: Connection) -> Begun:
+            if save is not None:
+                save.check(conn)  # an Idempotency-Key answered before: nothing is made
+            return _create_and_begin(conn, org, flow_id, request)
+
+        return self._started(await self.store.run(create), save)
 
     async def submit_job(
-        self, org: str, flow_id: str, request: ExecuteRequest, save: Save
+        self, org: str, flow_id: str, request: ExecuteRequest, save: AnswerSaver
     ) -> ExecutionJob:
         """Start executing a flow version in the background; return its job.
 
@@ -283,6 +285,7 @@ class Engine:
         """
 
         def create(conn: Connection) -> tuple[Begun, ExecutionJob]:
+            save.check(conn)
             begun = _create_and_begin(conn, org, flow_id, request)
             job = ExecutionJob(execution_id=begun.row.run_id, status=Condition.RUNNING)
             save(conn, job)
@@ -292,12 +295,12 @@ class Engine:
         self._started(begun, None)
         return job
 
-    def _started(self, begun: Begun, save: Save | None) -> RunKey:
+    def _started(self, begun: Begun, save: AnswerSaver | None) -> RunKey:
         """Open the new run's channel and launch it; see :meth:`submit` for ``save``."""
         key = begun.row.key
         channel = self.log.new_channel(key)
 
-        def final(conn: Connection, save: Save) -> None:
+        def final(conn: Connection, save: AnswerSaver) -> None:
             if channel.settled:  # it paused: that answered the call, the answer is saved
                 return
             outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
@@ -476,7 +479,7 @@ class Engine:
         return list(given), settled
 
     async def outcome(
-        self, key: RunKey, after: int = 0, save: Save | None = None
+        self, key: RunKey, after: int = 0, save: AnswerSaver | None = None
     ) -> ExecutionOutcome:
         """Wait until the run pauses or ends after event ``after``; return its outcome.
 

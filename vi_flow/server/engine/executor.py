@@ -446,11 +446,4 @@ def set_condition(
     A terminal condition is never changed; a change is logged (without the message,
     which may quote a step's input or output).
     """
-    before = records.get_run(conn, *key)
-    was = before.status.condition
-    records.set_run_condition(conn, *key, condition, message, reason)
-    if was == condition or (was is not None and was.terminal):
-        return
-    why = f" ({reason})" if reason else ""
-    state = was.value if was is not None else "-"
-    log.info("run %s of %s: %s -> %s%s", key[1], key[0], state, condition.value, why)
+    records.change_run_condition(conn, *key, condition, message, reason)

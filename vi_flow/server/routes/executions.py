@@ -34,7 +34,13 @@ from ..db import Connection
 from ..engine import Engine, parse_request, tables
 from ..engine.eventlog import RunKey
 from ..errors import APIProblem
-from ..helpers import idempotent, json_response, org_in_path, org_of, read_body
+from ..helpers import (
+    idempotent_in_transaction,
+    json_response,
+    org_in_path,
+    org_of,
+    read_body,
+)
 from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
 from ..store import answer_saver
 from ..tasks import TASKS_KEY
@@ -59,7 +65,7 @@ def _engine(request: web.Request) -> Engine:
 # -- starting runs ---------------------------------------------------------------------
 
 
-@idempotent
+@idempotent_in_transaction
 async def execute(request: web.Request) -> web.Response:
     """Run a flow to completion or to its first pause; answer the ``ExecutionOutcome``."""
     engine = _engine(request)
@@ -71,7 +77,7 @@ async def execute(request: web.Request) -> web.Response:
     return json_response(await engine.outcome(key, 0, save))
 
 
-@idempotent
+@idempotent_in_transaction
 async def jobs(request: web.Request) -> web.Response:
     """Start a flow in the background; answer 202 with the execution id at once."""
     engine = _engine(request)

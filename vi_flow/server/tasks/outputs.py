@@ -62,6 +62,7 @@ class TaskOutputs:
             stdout_size=task.stdout_size,
             stderr_size=task.stderr_size,
             exit_code=task.exit_code,
+            signal=task.signal,
         )
 
     async def tail(
