@@ -16,12 +16,19 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 import attrs
+import pytest
 from aiohttp import web
 
 from vi_flow.server.app import create_app
 from vi_flow.server.bootstrap import read_admin_token
 from vi_flow.server.db import open_database
 from vi_flow.server.state import ServerSettings
+
+SQLITE_ONLY = pytest.mark.skipif(
+    os.environ.get("VI_FLOW_TEST_DATABASE") == "postgres",
+    reason="about SQLite's own file (an old state.db built by hand)",
+)
+"""For tests of the SQLite file itself, skipped where servers use PostgreSQL."""
 
 
 def state_sql(home: Path, statement: str, *args: object) -> list[Any]:
