@@ -1,5 +1,5 @@
-"""Developer sessions: tests, lint, typing, docs, bench, demo, the Slurm, Ray, browser and
-reverse-proxy suites.
+"""Developer sessions: tests, lint, typing, docs, bench, demo, the Slurm, Ray, browser,
+reverse-proxy and PostgreSQL suites.
 
 Each session installs what it needs into its own virtual environment, so a fresh machine
 with Python and pip needs only ``python -m pip install nox`` first.
@@ -20,6 +20,7 @@ PYTHON = os.environ.get("VI_FLOW_NOX_PYTHON") or None
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 RAY = "ray[default]==2.60.0"  # the Ray the provider's suite is run against
+PG_INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's PostgreSQL (tests_postgres)
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browser here
 _LOCAL_ONLY = "not slurm and not ray and not browser"
 
@@ -91,6 +92,23 @@ def tests_ray(session: nox.Session) -> None:
     session.install("-e", ".[test]", RAY)
     env = {"VI_FLOW_REQUIRE_RAY": "1"}
     session.run("pytest", "-m", "ray", "tests/ray", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def tests_postgres(session: nox.Session) -> None:
+    """The storage suite (and the server suite with ``VI_FLOW_TEST_DATABASE=postgres``) on
+    a throwaway PostgreSQL cluster (issue 17); Debian's ``postgresql`` is installed when
+    missing (as root). ``tests/pgcluster.py`` starts the cluster, runs pytest with
+    ``VI_FLOW_TEST_POSTGRES_URL`` and ``VI_FLOW_REQUIRE_POSTGRES=1``, and always stops it."""
+    import glob
+    import shutil
+
+    if not glob.glob(PG_INITDB) and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "postgresql", external=True)
+    session.install("-e", ".[test,postgres]")
+    pytest = ["pytest", "-p", "no:cacheprovider", *(session.posargs or ["tests/storage"])]
+    session.run("python", "tests/pgcluster.py", "--", *pytest)
 
 
 @nox.session(python=PYTHON)

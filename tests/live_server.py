@@ -8,6 +8,7 @@ with their own helpers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -15,11 +16,34 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 import attrs
+import pytest
 from aiohttp import web
 
 from vi_flow.server.app import create_app
 from vi_flow.server.bootstrap import read_admin_token
+from vi_flow.server.db import open_database
 from vi_flow.server.state import ServerSettings
+
+SQLITE_ONLY = pytest.mark.skipif(
+    os.environ.get("VI_FLOW_TEST_DATABASE") == "postgres",
+    reason="about SQLite's own file (an old state.db built by hand)",
+)
+"""For tests of the SQLite file itself, skipped where servers use PostgreSQL."""
+
+
+def state_sql(home: Path, statement: str, *args: object) -> list[Any]:
+    """Run one statement (``?`` placeholders) on a server's database, as another replica
+    would: ``VI_FLOW_DATABASE`` when set, else ``<home>/state.db``. Returns a SELECT's rows."""
+    database = open_database(os.environ.get("VI_FLOW_DATABASE") or home / "state.db")
+    conn = database.connect()
+    try:
+        database.begin(conn)
+        cursor = conn.execute(statement, args)
+        rows = cursor.fetchall() if statement.lstrip().upper().startswith("SELECT") else []
+        database.commit(conn)
+    finally:
+        conn.close()
+    return rows
 
 
 @attrs.define

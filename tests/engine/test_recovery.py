@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
+from ..live_server import state_sql
 from .conftest import Server, StartServer, data, names
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
 
 def _sql(server: Server, statement: str, *args: object) -> None:
-    with sqlite3.connect(server.home / "state.db") as conn:
-        conn.execute(statement, args)
+    state_sql(server.home, statement, *args)
 
 
 async def test_done_run_without_terminal_event_gets_one(start_server: StartServer) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vi_flow.local import pid_alive
-from vi_flow.models.server import RUN_FILE, ServerInfo
+from vi_flow.models.server import LOCK_FILE, RUN_FILE, ServerInfo
 
 BIN = Path(sys.executable).parent / "vi-flow"
 
@@ -92,8 +92,9 @@ def alive(pid: int) -> bool:
 
 
 def server_pids(home: Path) -> list[int]:
-    """The processes that hold ``home``'s database open: the servers of the home."""
-    db = str(home / "state.db")
+    """The processes that hold ``home``'s database open: the servers of the home (its
+    lock file where the database is PostgreSQL's, not a file of the home)."""
+    db = str(home / (LOCK_FILE if os.environ.get("VI_FLOW_DATABASE") else "state.db"))
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

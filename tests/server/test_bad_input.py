@@ -18,6 +18,7 @@ import pytest
 from vi_flow.models.limits import MAX_EMIT_LINES, MAX_INT, MAX_NAME_LENGTH
 from vi_flow.server.state import STORE_KEY
 
+from ..live_server import SQLITE_ONLY
 from .conftest import Server, StartServer, spec
 
 pytestmark = pytest.mark.anyio
@@ -281,6 +282,7 @@ async def test_a_chosen_flow_id_is_per_organization(
     assert run.status == 201
 
 
+@SQLITE_ONLY
 async def test_an_older_database_moves_to_per_organization_flow_ids(
     server: Server, start_server: StartServer
 ) -> None:

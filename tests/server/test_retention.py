@@ -4,7 +4,6 @@ idempotency records past an age, per organization, and nothing else."""
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,11 @@ import anyio
 import pytest
 
 from vi_flow.server.bootstrap import DEFAULT_ORG
+from vi_flow.server.db import Connection
 from vi_flow.server.retention import RetentionSettings, remove_tree
 from vi_flow.server.routes.retention import PRUNER_KEY
 
+from ..live_server import state_sql
 from .conftest import Server, StartServer, spec
 
 pytestmark = pytest.mark.anyio
@@ -110,7 +111,7 @@ async def test_a_run_of_many_events_goes_a_few_rows_at_a_time(server: Server) ->
     run_id = (await server.call("POST", "/runs", json={"flowId": flow_id})).body["runId"]
     store = server.app[PRUNER_KEY].store
 
-    def rows(conn: sqlite3.Connection) -> int:
+    def rows(conn: Connection) -> int:
         sql = "SELECT count(*) FROM engine_events WHERE run_id = ?"
         return int(conn.execute(sql, (run_id,)).fetchone()[0])
 
@@ -227,7 +228,7 @@ async def test_a_finished_task_of_a_run_still_going_stays(server: Server) -> Non
         while (await server.call("GET", f"/tasks/{task_id}")).body["status"] != "completed":
             await anyio.sleep(0.02)
 
-    def link(conn: sqlite3.Connection) -> None:  # the run paused at a later step, for days
+    def link(conn: Connection) -> None:  # the run paused at a later step, for days
         conn.execute("UPDATE runs SET condition = 'Running' WHERE run_id = ?", (run_id,))
         conn.execute("UPDATE tasks SET run_id = ? WHERE task_id = ?", (run_id, task_id))
 
@@ -273,9 +274,8 @@ async def test_a_pruned_tasks_log_times_go_with_it(server: Server) -> None:
             await anyio.sleep(0.05)
 
     def noted() -> int:
-        with sqlite3.connect(server.home / "state.db") as db:
-            query = "SELECT count(*) FROM task_log_times WHERE task_id = ?"
-            return int(db.execute(query, (task["taskId"],)).fetchone()[0])
+        query = "SELECT count(*) FROM task_log_times WHERE task_id = ?"
+        return int(state_sql(server.home, query, task["taskId"])[0][0])
 
     assert noted() >= 1  # the server noted when its lines were written (for --since)
     await anyio.sleep(1.1)

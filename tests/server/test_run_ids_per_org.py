@@ -17,6 +17,7 @@ import pytest
 from vi_flow._sse import SSEDecoder
 from vi_flow.server.state import STORE_KEY
 
+from ..live_server import SQLITE_ONLY
 from .conftest import Server, StartServer
 
 pytestmark = pytest.mark.anyio
@@ -152,6 +153,7 @@ def _to_the_old_shape(conn: Any) -> None:
         conn.execute(f"DROP TABLE old_{table}")
 
 
+@SQLITE_ONLY
 async def test_an_older_database_moves_to_per_organization_run_ids(
     server: Server, start_server: StartServer
 ) -> None:

@@ -14,16 +14,19 @@ import asyncio
 import logging
 import os
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from ..models.limits import MAX_REQUEST_BODY
+from . import db
+from . import retention as pruning
 from .bootstrap import ensure_admin
 from .clock import now_ms
 from .console import routes as console
+from .console import sessions
 from .endpoints import check_endpoints
+from .engine import tables as engine_tables
 from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
 from .limits import setup_limits
@@ -31,12 +34,23 @@ from .middleware import setup_middleware
 from .routes import admin, executions, flows, lifecycle, retention, runs, tasks
 from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
 from .store import Store
+from .tasks import service as task_service
 
 __all__ = ["ServerSettings", "create_app"]
 
 log = logging.getLogger("vi_flow.server")
 
 _FEATURES = (admin, flows, runs, executions, tasks, retention, lifecycle, console)
+
+MIGRATIONS = (
+    engine_tables.MIGRATION,
+    *(name for name, _ in engine_tables.MIGRATIONS),
+    *(name for name, _ in task_service.MIGRATIONS),
+    pruning.MIGRATION,
+    sessions.MIGRATION,
+)
+"""Every migration the features apply: a database that records another name was written
+by a newer vi-flow, and the server refuses it (:class:`~vi_flow.server.db.NewerDatabaseError`)."""
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -48,9 +62,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await store.run(lambda conn: ensure_admin(conn, home))
             await asyncio.to_thread(restrict_home, home)
-        except (sqlite3.Error, OSError) as exc:  # a full or read-only disk, a broken file
+        except db.NewerDatabaseError:
             await store.close()
-            raise HomeError(f"cannot open the vi-flow database {store.path}: {exc}") from None
+            raise
+        except (db.Error, OSError) as exc:  # a full or read-only disk, a broken file
+            await store.close()
+            where = store.database.name
+            raise HomeError(f"cannot open the vi-flow database {where}: {exc}") from None
         yield
         await store.close()
     finally:
@@ -75,7 +93,8 @@ def create_app(settings: ServerSettings) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BODY)
     app[SETTINGS_KEY] = settings
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
-    app[STORE_KEY] = Store(settings.home / "state.db")
+    database = settings.database or settings.home / "state.db"
+    app[STORE_KEY] = Store.open(database, known_migrations=MIGRATIONS)
     setup_middleware(app)
     setup_limits(app)
     setup_idempotency(app)

@@ -8,10 +8,10 @@ file gets a fresh token. Only the token's sha256 is stored in the database.
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
 from . import _records as rec
+from .db import Connection
 
 __all__ = ["ADMIN_TOKEN_FILE", "DEFAULT_ORG", "ensure_admin", "read_admin_token"]
 
@@ -37,7 +37,7 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def ensure_admin(conn: sqlite3.Connection, home: Path) -> None:
+def ensure_admin(conn: Connection, home: Path) -> None:
     """Create ``org_default`` and a valid admin token file if missing (DB thread only)."""
     if not rec.org_exists(conn, DEFAULT_ORG):
         rec.create_org(conn, "default", DEFAULT_ORG)

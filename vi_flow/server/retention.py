@@ -24,7 +24,6 @@ import contextlib
 import functools
 import logging
 import os
-import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ import attrs
 from ..models.common import Condition
 from ..models.retention import PruneResult, RetentionPolicy, parse_age
 from .clock import now_ms
+from .db import Connection
 from .store import Store
 
 __all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings", "remove_tree"]
@@ -219,11 +219,11 @@ class _Scope:
     cutoff: int
 
 
-Select = Callable[[sqlite3.Connection, _Scope, int, int], Rows]
+Select = Callable[[Connection, _Scope, int, int], Rows]
 """``select(conn, scope, after, limit)``: up to ``limit`` rows past the cursor ``after``."""
 
 
-def _old_runs(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+def _old_runs(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
     """Old finished runs; the ident is the run's ``seq`` (run ids are per organization)."""
     where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
@@ -244,13 +244,13 @@ def _of_runs(seqs: list[str]) -> str:
     return f"(org_id, run_id) IN (SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)}))"
 
 
-def _delete_runs(conn: sqlite3.Connection, seqs: list[str]) -> None:
+def _delete_runs(conn: Connection, seqs: list[str]) -> None:
     for table in _ENGINE_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE {_of_runs(seqs)}", seqs)
     conn.execute(f"DELETE FROM runs WHERE seq IN ({_marks(seqs)})", seqs)
 
 
-def _run_keys(conn: sqlite3.Connection, seqs: list[str]) -> list[tuple[str, str]]:
+def _run_keys(conn: Connection, seqs: list[str]) -> list[tuple[str, str]]:
     rows = conn.execute(
         f"SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)})", seqs
     ).fetchall()
@@ -261,7 +261,7 @@ _EVENT_ROWS = 64
 """Event rows (up to 2,048 events each) deleted per transaction before their runs go."""
 
 
-def _trim_events(conn: sqlite3.Connection, seqs: list[str]) -> int:
+def _trim_events(conn: Connection, seqs: list[str]) -> int:
     """Delete up to :data:`_EVENT_ROWS` event rows of the runs ``seqs``; how many went."""
     cursor = conn.execute(
         "DELETE FROM engine_events WHERE (org_id, run_id, first_id) IN (SELECT org_id, run_id,"
@@ -271,7 +271,7 @@ def _trim_events(conn: sqlite3.Connection, seqs: list[str]) -> int:
     return cursor.rowcount
 
 
-def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+def _old_tasks(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
     where, bound = _org_clause(scope.org_id)
     # A task of a run still going (paused for days, say) stays: the run reads its outputs.
     rows = conn.execute(
@@ -285,12 +285,12 @@ def _old_tasks(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) 
     return [(r[0], r[1]) for r in rows]
 
 
-def _delete_tasks(conn: sqlite3.Connection, task_ids: list[str]) -> None:
+def _delete_tasks(conn: Connection, task_ids: list[str]) -> None:
     for table in ("tasks", "task_mounts", "task_log_times"):
         conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
 
 
-def _old_idempotency(conn: sqlite3.Connection, scope: _Scope, after: int, limit: int) -> Rows:
+def _old_idempotency(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
     where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
         f"SELECT rowid FROM idempotency WHERE created_at < ?{where} AND rowid > ?"
@@ -300,18 +300,16 @@ def _old_idempotency(conn: sqlite3.Connection, scope: _Scope, after: int, limit:
     return [(r[0], str(r[0])) for r in rows]
 
 
-def _delete_idempotency(conn: sqlite3.Connection, rowids: list[str]) -> None:
+def _delete_idempotency(conn: Connection, rowids: list[str]) -> None:
     conn.execute(f"DELETE FROM idempotency WHERE rowid IN ({_marks(rowids)})", rowids)
 
 
-def _apply(
-    fn: Callable[[sqlite3.Connection, list[str]], T], ids: list[str], conn: sqlite3.Connection
-) -> T:
+def _apply(fn: Callable[[Connection, list[str]], T], ids: list[str], conn: Connection) -> T:
     """``fn(conn, ids)``: a batch's statement, bound to its ids for the store's thread."""
     return fn(conn, ids)
 
 
-def _policies(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
+def _policies(conn: Connection) -> list[tuple[str, float | None]]:
     rows = conn.execute(
         "SELECT o.org_id, r.days FROM orgs o LEFT JOIN retention_orgs r ON r.org_id = o.org_id"
         " ORDER BY o.created_at"
@@ -371,7 +369,7 @@ class Pruner:
     async def set_policy(self, org_id: str, days: float | None) -> RetentionPolicy:
         """Override the organization's age (``0`` keeps all); ``None`` drops the override."""
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: Connection) -> None:
             conn.execute("DELETE FROM retention_orgs WHERE org_id = ?", (org_id,))
             if days is not None:
                 conn.execute("INSERT INTO retention_orgs VALUES (?, ?)", (org_id, days))
@@ -428,7 +426,7 @@ class Pruner:
         self,
         select: Select,
         scope: _Scope,
-        delete: Callable[[sqlite3.Connection, list[str]], None],
+        delete: Callable[[Connection, list[str]], None],
         before: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> int:
         """Delete what ``select`` finds, ``batch`` rows per transaction, pausing between.

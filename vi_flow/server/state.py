@@ -8,6 +8,7 @@ engine under :data:`ENGINE_KEY`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +58,9 @@ class ServerSettings:
         quotas: Per-organization quotas (defaults, changed by ``VI_FLOW_QUOTA_<NAME>``).
         retention: How long finished runs and tasks are kept (forever by default;
             ``VI_FLOW_RETENTION_DAYS``) and how often they are pruned.
+        database: Where the state lives: a ``postgresql://`` URL (teams: several
+            replicas share it; needs the ``postgres`` extra) or a SQLite file; ``None``:
+            ``<home>/state.db``. Defaults to ``VI_FLOW_DATABASE``.
         extra: Free-form settings for feature modules.
     """
 
@@ -77,6 +81,9 @@ class ServerSettings:
     ssh_public_port: int | None = None
     quotas: Quotas = attrs.Factory(Quotas.from_env)
     retention: RetentionSettings = attrs.Factory(RetentionSettings.from_env)
+    database: str | None = attrs.field(
+        default=attrs.Factory(lambda: os.environ.get("VI_FLOW_DATABASE") or None), repr=False
+    )
     extra: dict[str, Any] = attrs.Factory(dict)
 
 

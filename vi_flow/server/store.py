@@ -1,6 +1,7 @@
-"""Durable server state: one SQLite database (WAL) used from one dedicated thread.
+"""Durable server state: one database (SQLite, or PostgreSQL for teams) used from one thread.
 
-:class:`Store` owns ``<home>/state.db``. Every SQL statement runs on the store's own
+:class:`Store` owns ``<home>/state.db`` or the database of a ``postgresql://`` URL (see
+:mod:`vi_flow.server.db`). Every SQL statement runs on the store's own
 thread, never on the event loop: ``await store.run(fn)`` hands ``fn(conn)`` to that thread
 inside a transaction. Feature modules add their tables with :meth:`Store.migrate` and
 query them with :meth:`Store.run`; the foundation's resources (organizations, tokens,
@@ -16,10 +17,9 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 
@@ -31,6 +31,15 @@ from . import _records as rec
 from ._dbthread import DBThread
 from ._records import new_id, split_page
 from .clock import now_ms
+from .db import (
+    Connection,
+    Database,
+    Migration,
+    NewerDatabaseError,
+    SQLiteDatabase,
+    migration_sql,
+    open_database,
+)
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
@@ -100,7 +109,7 @@ class AnswerSaver:
         self._slot = slot
         self._status = answer_status
 
-    def check(self, conn: sqlite3.Connection) -> None:
+    def check(self, conn: Connection) -> None:
         """First thing in the creating transaction: when the idempotency wrapper left the
         key's lookup to it, raise :class:`AlreadyAnswered` if an answer is stored."""
         slot = self._slot
@@ -111,7 +120,7 @@ class AnswerSaver:
             raise AlreadyAnswered(stored)
         slot.lookup_pending = False
 
-    def __call__(self, conn: sqlite3.Connection, resource: Any) -> None:
+    def __call__(self, conn: Connection, resource: Any) -> None:
         slot = self._slot
         if slot is None or self._status is None or slot.saved:
             return
@@ -131,10 +140,14 @@ def answer_saver(answer_status: int | None) -> AnswerSaver:
 
 
 class Store:
-    """The server's SQLite database, used only from its own thread.
+    """The server's database (SQLite or PostgreSQL), used only from its own thread.
 
     Args:
-        path: The database file (normally ``<home>/state.db``); created on first use.
+        database: A SQLite file (normally ``<home>/state.db``, created on first use), a
+            ``postgresql://`` URL, or a :class:`~vi_flow.server.db.Database`.
+        known_migrations: Every migration name this server's features apply. Given, the
+            store refuses a database that records any other name (a newer vi-flow wrote
+            it): the first use raises :class:`~vi_flow.server.db.NewerDatabaseError`.
 
     Example:
         >>> store = Store(home / "state.db")
@@ -143,75 +156,101 @@ class Store:
         >>> await store.close()
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, database: Path | str | Database, *, known_migrations: Collection[str] | None = None
+    ) -> None:
+        self.database: Database = (
+            open_database(database) if isinstance(database, (Path, str)) else database
+        )
+        self._known = None if known_migrations is None else set(known_migrations)
         self._thread: DBThread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
+
+    @classmethod
+    def open(cls, target: str | Path, *, known_migrations: Collection[str] | None = None) -> Store:
+        """The store of ``target``: a ``postgresql://`` URL, else a SQLite file path.
+
+        Raises:
+            ImportError: A PostgreSQL URL without psycopg (``pip install 'vi-flow[postgres]'``).
+        """
+        return cls(open_database(target), known_migrations=known_migrations)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.database.dialect
 
     # -- core ------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(rec.SCHEMA)
+            conn = self.database.connect()
             self._conn = conn
-            for name, sql in rec.MIGRATIONS:
-                self._migrate(name, sql)
-        return self._conn
+            try:
+                self._prepare(conn)
+            except BaseException:
+                self._close()
+                raise
+        return cast(Connection, self._conn)
 
-    def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _prepare(self, conn: Any) -> None:
+        self.database.script(conn, migration_sql(rec.SCHEMA, self.dialect), None)
+        if self._known is not None:
+            self._refuse_newer(conn)
+        for name, sql in rec.MIGRATIONS:
+            self._migrate(name, sql)
+
+    def _refuse_newer(self, conn: Connection) -> None:
+        known = {*(self._known or ()), *(name for name, _ in rec.MIGRATIONS)}
+        rows = conn.execute("SELECT name FROM migrations ORDER BY applied_at, name").fetchall()
+        unknown = [r[0] for r in rows if r[0] not in known]
+        if unknown:
+            raise NewerDatabaseError(self.database.name, unknown)
+
+    def _transact(self, fn: Callable[[Connection], T]) -> T:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        self.database.begin(conn)
         try:
             result = fn(conn)
         except BaseException:
-            conn.execute("ROLLBACK")
+            self.database.rollback(conn)
             raise
-        conn.execute("COMMIT")
+        self.database.commit(conn)
         return result
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _call(self, fn: Callable[[], T]) -> Awaitable[T]:
+        if self._thread is None:
+            where = (
+                self.database.path.parent.name if isinstance(self.database, SQLiteDatabase) else ""
+            )
+            self._thread = DBThread(f"vi-flow-{self.dialect}:{where}")
+        return self._thread.call(fn)
+
+    async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` on the DB thread in a transaction; commit if it returns.
 
         An exception from ``fn`` rolls the transaction back and is re-raised here. ``fn``
-        must not call ``commit``/``rollback`` or start its own transaction. Rows are
-        ``sqlite3.Row`` (index by column name).
+        must not call ``commit``/``rollback`` or start its own transaction. Rows index by
+        column name and by position (:class:`~vi_flow.server.db.Row`).
         """
-        if self._thread is None:
-            self._thread = DBThread(f"vi-flow-sqlite:{self.path.parent.name}")
-        return await self._thread.call(functools.partial(self._transact, fn))
+        return await self._call(functools.partial(self._transact, fn))
 
-    def _migrate(self, name: str, sql: str) -> None:
+    def _migrate(self, name: str, sql: Migration) -> None:
         conn = self._connection()
         if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
             return
-        quoted = name.replace("'", "''")
-        script = (
-            f"BEGIN IMMEDIATE;\n{sql}\n;\nINSERT INTO migrations (name, applied_at)"
-            f" VALUES ('{quoted}', {now_ms()});\nCOMMIT;"
-        )
-        try:
-            conn.executescript(script)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        self.database.script(conn, migration_sql(sql, self.dialect), (name, now_ms()))
 
-    async def migrate(self, name: str, sql: str) -> None:
+    async def migrate(self, name: str, sql: Migration) -> None:
         """Apply the schema script ``sql`` once per database, recorded under ``name``.
 
         Calling it again with the same ``name`` does nothing (even if ``sql`` changed:
         add a new name such as ``"tasks-2"`` for a later change). The script runs in one
-        transaction; ``CREATE TABLE IF NOT EXISTS`` keeps it safe to write twice.
+        transaction; ``CREATE TABLE IF NOT EXISTS`` keeps it safe to write twice. Write
+        it in SQLite's words (PostgreSQL gets its types, see
+        :func:`~vi_flow.server.db.dialect.postgres_ddl`) or give one script per dialect.
         """
-        if self._thread is None:
-            self._thread = DBThread(f"vi-flow-sqlite:{self.path.parent.name}")
-        await self._thread.call(functools.partial(self._migrate, name, sql))
+        await self._call(functools.partial(self._migrate, name, sql))
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -269,7 +308,7 @@ class Store:
         """
         save = answer_saver(answer_status)
 
-        def create(c: sqlite3.Connection) -> Flow:
+        def create(c: Connection) -> Flow:
             flow = rec.create_flow(c, org_id, spec, flow_id)
             save(c, flow)
             return flow
@@ -338,7 +377,7 @@ class Store:
         """
         save = answer_saver(answer_status)
 
-        def create(c: sqlite3.Connection) -> Run:
+        def create(c: Connection) -> Run:
             made = rec.create_run(c, org_id, spec, run_id)
             save(c, made)
             return made

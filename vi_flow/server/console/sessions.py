@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import sqlite3
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from .._records import hash_token
 from ..clock import now_ms
+from ..db import Connection
 from ..errors import APIProblem
 from ..state import SETTINGS_KEY, STORE_KEY, Principal
 
@@ -73,7 +73,7 @@ class ConsoleSession:
     csrf: str = attrs.field(repr=False)
 
 
-def _create_code(conn: sqlite3.Connection, token: str) -> str:
+def _create_code(conn: Connection, token: str) -> str:
     now = now_ms()
     conn.execute("DELETE FROM console_codes WHERE expires_at <= ?", (now,))
     code = secrets.token_urlsafe(32)
@@ -89,7 +89,7 @@ async def create_code(request: web.Request, token: str) -> str:
     return await request.app[STORE_KEY].run(lambda c: _create_code(c, token))
 
 
-def _exchange(conn: sqlite3.Connection, code: str) -> str | None:
+def _exchange(conn: Connection, code: str) -> str | None:
     row = conn.execute(
         "DELETE FROM console_codes WHERE code_hash = ? RETURNING token_hash, expires_at",
         (hash_token(code),),
@@ -119,7 +119,7 @@ async def exchange_code(request: web.Request, code: str) -> str | None:
     return await request.app[STORE_KEY].run(lambda c: _exchange(c, code))
 
 
-def _find(conn: sqlite3.Connection, session_id: str) -> ConsoleSession | None:
+def _find(conn: Connection, session_id: str) -> ConsoleSession | None:
     row = conn.execute(
         "SELECT t.org_id, t.name, t.admin, s.csrf FROM console_sessions s"
         " JOIN tokens t ON t.token_hash = s.token_hash"

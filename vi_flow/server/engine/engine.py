@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from ...models.execution import ExecutionJob
 from ...models.runs import Run, RunSpec
 from .. import _records as records
 from ..clock import now_ms
+from ..db import Connection
 from ..errors import APIProblem
 from ..state import ServerSettings
 from ..store import AnswerSaver, Store
@@ -96,7 +96,7 @@ def build_outcome(row: RunRow, steps: list[StepRow]) -> ExecutionOutcome:
     )  # fmt: skip
 
 
-def _accept_results(conn: sqlite3.Connection, key: RunKey, given: dict[str, Any]) -> bool:
+def _accept_results(conn: Connection, key: RunKey, given: dict[str, Any]) -> bool:
     """Record tool results for a paused run; True when they complete the pause."""
     row, run_id = tables.get_run(conn, key), key[1]
     answers = tables.get_answers(conn, key)
@@ -137,9 +137,7 @@ def _new_row(run: Run, request: ExecuteRequest, state: str = "pending") -> RunRo
     )  # fmt: skip
 
 
-def _create_and_begin(
-    conn: sqlite3.Connection, org: str, flow_id: str, request: ExecuteRequest
-) -> Begun:
+def _create_and_begin(conn: Connection, org: str, flow_id: str, request: ExecuteRequest) -> Begun:
     """Create a run of a flow version and start it, in one transaction.
 
     Resolves the version, checks the request against the flow, spends a credit, stores
@@ -267,7 +265,7 @@ class Engine:
             APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
         """
 
-        def create(conn: sqlite3.Connection) -> Begun:
+        def create(conn: Connection) -> Begun:
             if save is not None:
                 save.check(conn)  # an Idempotency-Key answered before: nothing is made
             return _create_and_begin(conn, org, flow_id, request)
@@ -286,7 +284,7 @@ class Engine:
             APIProblem: As :meth:`submit`.
         """
 
-        def create(conn: sqlite3.Connection) -> tuple[Begun, ExecutionJob]:
+        def create(conn: Connection) -> tuple[Begun, ExecutionJob]:
             save.check(conn)
             begun = _create_and_begin(conn, org, flow_id, request)
             job = ExecutionJob(execution_id=begun.row.run_id, status=Condition.RUNNING)
@@ -302,7 +300,7 @@ class Engine:
         key = begun.row.key
         channel = self.log.new_channel(key)
 
-        def final(conn: sqlite3.Connection, save: AnswerSaver) -> None:
+        def final(conn: Connection, save: AnswerSaver) -> None:
             if channel.settled:  # it paused: that answered the call, the answer is saved
                 return
             outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
@@ -500,7 +498,7 @@ class Engine:
         if final is not None and not after:  # read (and saved) when the run ended
             return final
 
-        def read(conn: sqlite3.Connection) -> ExecutionOutcome:
+        def read(conn: Connection) -> ExecutionOutcome:
             outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
             if save is not None:
                 save(conn, outcome)
@@ -509,7 +507,7 @@ class Engine:
         return await self.store.run(read)
 
     async def _snapshot(self, key: RunKey) -> tuple[RunRow, list[StepRow]]:
-        def read(conn: sqlite3.Connection) -> tuple[RunRow, list[StepRow]]:
+        def read(conn: Connection) -> tuple[RunRow, list[StepRow]]:
             return tables.get_run(conn, key), tables.get_steps(conn, key)
 
         return await self.store.run(read)
@@ -529,7 +527,7 @@ class Engine:
         """The run's trace: status, per-step timing and tokens (snapshots when traced)."""
         run, key = await self.store.get_run(run_id, org), (org, run_id)
 
-        def read(conn: sqlite3.Connection) -> tuple[RunRow | None, list[StepRow]]:
+        def read(conn: Connection) -> tuple[RunRow | None, list[StepRow]]:
             return tables.find_run(conn, key), tables.get_steps(conn, key)
 
         row, steps = await self.store.run(read)

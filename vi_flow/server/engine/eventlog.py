@@ -17,7 +17,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -25,6 +24,7 @@ import orjson
 
 from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
 from ..clock import now_ms, wait_event
+from ..db import Connection
 from .frames import encoder, frame, log_layout
 
 __all__ = [
@@ -52,7 +52,7 @@ _READ_ROWS = 8  # rows per read: at most 16k events in memory per reader
 class Database(Protocol):
     """Runs a synchronous function with the SQLite connection, off the event loop."""
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+    def run(self, fn: Callable[[Connection], T]) -> Awaitable[T]:
         """Call ``fn(conn)`` inside a transaction on the database thread."""
 
 
@@ -159,7 +159,7 @@ def _chunks(key: RunKey, queued: _Queued) -> list[_Chunk]:
     return out
 
 
-def _insert(conn: sqlite3.Connection, chunks: Sequence[_Chunk]) -> None:
+def _insert(conn: Connection, chunks: Sequence[_Chunk]) -> None:
     if not chunks:
         return
     conn.executemany(
@@ -169,7 +169,7 @@ def _insert(conn: sqlite3.Connection, chunks: Sequence[_Chunk]) -> None:
     )
 
 
-def _tail(conn: sqlite3.Connection, key: RunKey) -> tuple[int, bool, int]:
+def _tail(conn: Connection, key: RunKey) -> tuple[int, bool, int]:
     row = conn.execute(
         "SELECT last_id, terminal FROM engine_events WHERE org_id = ? AND run_id = ?"
         " ORDER BY first_id DESC LIMIT 1",
@@ -192,7 +192,7 @@ def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     return frames[start + 2 :] if start >= 0 else b""
 
 
-def _read(conn: sqlite3.Connection, key: RunKey, after: int) -> tuple[bytes, int]:
+def _read(conn: Connection, key: RunKey, after: int) -> tuple[bytes, int]:
     rows = conn.execute(
         "SELECT first_id, last_id, frames FROM engine_events"
         " WHERE org_id = ? AND run_id = ? AND last_id > ? ORDER BY first_id LIMIT ?",
@@ -345,7 +345,7 @@ class EventLog:
         return event_id
 
     async def commit_with(
-        self, fn: Callable[[sqlite3.Connection], T], key: RunKey, events: Sequence[Event] = ()
+        self, fn: Callable[[Connection], T], key: RunKey, events: Sequence[Event] = ()
     ) -> T:
         """Store ``fn``'s changes and ``events`` of the run ``key`` in one transaction.
 
@@ -412,7 +412,7 @@ class EventLog:
                 with contextlib.suppress(Exception):  # logged; the waiters have the error
                     await self._commit(None)
 
-    async def _commit(self, fn: Callable[[sqlite3.Connection], T] | None) -> T:
+    async def _commit(self, fn: Callable[[Connection], T] | None) -> T:
         """Write what is queued (and ``fn``'s changes) in one transaction, then publish.
 
         The write and its bookkeeping finish even when the caller is cancelled
@@ -424,12 +424,12 @@ class EventLog:
         return await asyncio.shield(self._store(fn, per_run, count))
 
     async def _store(
-        self, fn: Callable[[sqlite3.Connection], T] | None,
+        self, fn: Callable[[Connection], T] | None,
         per_run: dict[RunKey, list[_Chunk]], count: int,
     ) -> T:  # fmt: skip
         chunks = [chunk for part in per_run.values() for chunk in part]
 
-        def write(conn: sqlite3.Connection) -> Any:
+        def write(conn: Connection) -> Any:
             result = None if fn is None else fn(conn)
             _insert(conn, chunks)
             return result

@@ -15,7 +15,6 @@ import asyncio
 import functools
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +42,7 @@ from ...models.events import (
 from ...models.flows import FlowSpec
 from .. import _records as records
 from ..clock import now_ms
+from ..db import Connection
 from ..state import ServerSettings
 from ..store import Store
 from ..tasks import TaskService
@@ -107,11 +107,11 @@ class Begun:
 class _Carry:
     """A finished step's state changes and events, stored with the next commit."""
 
-    store: Callable[[sqlite3.Connection], None]
+    store: Callable[[Connection], None]
     events: list[Event]
 
 
-def _no_change(conn: sqlite3.Connection) -> None:
+def _no_change(conn: Connection) -> None:
     del conn
 
 
@@ -185,7 +185,7 @@ class Executor:
         self.registry = registry
         self._http = http
         self.tasks: TaskService | None = None
-        self.on_finish: dict[RunKey, Callable[[sqlite3.Connection], None]] = {}
+        self.on_finish: dict[RunKey, Callable[[Connection], None]] = {}
         """Per run: called in the transaction that ends it (after its changes)."""
 
     # -- the run ----------------------------------------------------------------------
@@ -225,7 +225,7 @@ class Executor:
     async def _begin(self, row: RunRow) -> None:
         row.state = "running"
 
-        def begin(conn: sqlite3.Connection) -> None:
+        def begin(conn: Connection) -> None:
             tables.save_run(conn, row)
             set_condition(conn, row.key, Condition.RUNNING)
 
@@ -262,7 +262,7 @@ class Executor:
         carry = carry or _Carry(_no_change, [])
         on_finish = self.on_finish.pop(row.key, _no_change)
 
-        def store_outcome(conn: sqlite3.Connection) -> None:
+        def store_outcome(conn: Connection) -> None:
             carry.store(conn)
             tables.save_run(conn, row)
             tables.close_running_steps(conn, row.key, step_status.value, ended)
@@ -297,7 +297,7 @@ class Executor:
             await self.log.append(StepStarted, row.key, **started_event[1])
         elif resume is None:
 
-            def start(conn: sqlite3.Connection) -> None:
+            def start(conn: Connection) -> None:
                 carry.store(conn)
                 tables.put_step(conn, row.key, step)
 
@@ -393,7 +393,7 @@ class Executor:
 
         saved = attrs.evolve(row, outputs=dict(row.outputs))  # as it stands now, not later
 
-        def store_step(conn: sqlite3.Connection) -> None:
+        def store_step(conn: Connection) -> None:
             tables.put_step(conn, row.key, step)
             tables.save_run(conn, saved)
 
@@ -438,7 +438,7 @@ def _completed_event(row: RunRow) -> Event:
 
 
 def set_condition(
-    conn: sqlite3.Connection, key: RunKey, condition: Condition,
+    conn: Connection, key: RunKey, condition: Condition,
     message: str | None = None, reason: str | None = None,
 ) -> None:  # fmt: skip
     """Append a condition to the run record (as ``Store.set_run_condition``, in a transaction).

@@ -11,12 +11,12 @@ transaction (see :meth:`vi_flow.server.store.Store.run`).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import attrs
 import orjson
 
+from ..db import Connection, Row
 from ..errors import APIProblem
 from .eventlog import SCHEMA as EVENTS_SCHEMA
 from .eventlog import RunKey
@@ -156,7 +156,7 @@ _RUN_COLUMNS = (
 )
 
 
-def _run_row(row: sqlite3.Row) -> RunRow:
+def _run_row(row: Row) -> RunRow:
     return RunRow(
         run_id=row["run_id"],
         org_id=row["org_id"],
@@ -176,7 +176,7 @@ def _run_row(row: sqlite3.Row) -> RunRow:
     )
 
 
-def insert_run(conn: sqlite3.Connection, run: RunRow) -> None:
+def insert_run(conn: Connection, run: RunRow) -> None:
     """Store a new run's engine state."""
     conn.execute(
         f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -189,7 +189,7 @@ def insert_run(conn: sqlite3.Connection, run: RunRow) -> None:
     )  # fmt: skip
 
 
-def get_run(conn: sqlite3.Connection, key: RunKey) -> RunRow:
+def get_run(conn: Connection, key: RunKey) -> RunRow:
     """The run's engine state; 404 ``RUN_NOT_FOUND`` when the engine never ran it."""
     found = find_run(conn, key)
     if found is None:
@@ -197,7 +197,7 @@ def get_run(conn: sqlite3.Connection, key: RunKey) -> RunRow:
     return found
 
 
-def find_run(conn: sqlite3.Connection, key: RunKey) -> RunRow | None:
+def find_run(conn: Connection, key: RunKey) -> RunRow | None:
     """The run's engine state, or None."""
     row = conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE org_id = ? AND run_id = ?", key
@@ -205,7 +205,7 @@ def find_run(conn: sqlite3.Connection, key: RunKey) -> RunRow | None:
     return None if row is None else _run_row(row)
 
 
-def save_run(conn: sqlite3.Connection, run: RunRow) -> None:
+def save_run(conn: Connection, run: RunRow) -> None:
     """Write back the mutable columns of a run."""
     conn.execute(
         "UPDATE engine_runs SET state = ?, step_index = ?, outputs = ?, pause = ?, usage = ?,"
@@ -217,19 +217,19 @@ def save_run(conn: sqlite3.Connection, run: RunRow) -> None:
     )  # fmt: skip
 
 
-def open_runs(conn: sqlite3.Connection) -> list[RunRow]:
+def open_runs(conn: Connection) -> list[RunRow]:
     """Runs whose terminal event is not on disk yet (running, paused or just done)."""
     rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE closed = 0").fetchall()
     return [_run_row(r) for r in rows]
 
 
-def delete_run(conn: sqlite3.Connection, key: RunKey) -> None:
+def delete_run(conn: Connection, key: RunKey) -> None:
     """Delete everything the engine stored for a run, its event log included."""
     for table in ("engine_runs", "engine_steps", "engine_answers", "engine_events"):
         conn.execute(f"DELETE FROM {table} WHERE org_id = ? AND run_id = ?", key)
 
 
-def mark_closed(conn: sqlite3.Connection, key: RunKey) -> None:
+def mark_closed(conn: Connection, key: RunKey) -> None:
     """Record that the run's terminal event is on disk."""
     conn.execute("UPDATE engine_runs SET closed = 1 WHERE org_id = ? AND run_id = ?", key)
 
@@ -268,12 +268,16 @@ class StepRow:
     usage: dict[str, Any] | None = None
 
 
-def put_step(conn: sqlite3.Connection, key: RunKey, step: StepRow) -> None:
+def put_step(conn: Connection, key: RunKey, step: StepRow) -> None:
     """Insert or replace a step's trace record."""
     conn.execute(
-        "INSERT OR REPLACE INTO engine_steps (org_id, run_id, step_id, idx, block, status,"
-        " started_at, ended_at, duration_ms, input, output, error, usage)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO engine_steps (org_id, run_id, step_id, idx, block, status, started_at,"
+        " ended_at, duration_ms, input, output, error, usage) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT (org_id, run_id, step_id) DO UPDATE SET idx = excluded.idx,"
+        " block = excluded.block, status = excluded.status, started_at = excluded.started_at,"
+        " ended_at = excluded.ended_at, duration_ms = excluded.duration_ms,"
+        " input = excluded.input, output = excluded.output, error = excluded.error,"
+        " usage = excluded.usage",
         (
             *key, step.step_id, step.index, step.block, step.status, step.started_at,
             step.ended_at, step.duration_ms, _dump(step.input), _dump(step.output), step.error,
@@ -282,7 +286,7 @@ def put_step(conn: sqlite3.Connection, key: RunKey, step: StepRow) -> None:
     )  # fmt: skip
 
 
-def _step_row(row: sqlite3.Row) -> StepRow:
+def _step_row(row: Row) -> StepRow:
     return StepRow(
         step_id=row["step_id"],
         index=int(row["idx"]),
@@ -298,7 +302,7 @@ def _step_row(row: sqlite3.Row) -> StepRow:
     )
 
 
-def get_steps(conn: sqlite3.Connection, key: RunKey) -> list[StepRow]:
+def get_steps(conn: Connection, key: RunKey) -> list[StepRow]:
     """Every step record of a run, in flow order."""
     rows = conn.execute(
         "SELECT * FROM engine_steps WHERE org_id = ? AND run_id = ? ORDER BY idx", key
@@ -306,7 +310,7 @@ def get_steps(conn: sqlite3.Connection, key: RunKey) -> list[StepRow]:
     return [_step_row(r) for r in rows]
 
 
-def close_running_steps(conn: sqlite3.Connection, key: RunKey, status: str, ended: int) -> None:
+def close_running_steps(conn: Connection, key: RunKey, status: str, ended: int) -> None:
     """Give steps still ``Running`` a final status (on cancel, timeout or restart)."""
     conn.execute(
         "UPDATE engine_steps SET status = ?, ended_at = ?"
@@ -318,7 +322,7 @@ def close_running_steps(conn: sqlite3.Connection, key: RunKey, status: str, ende
 # -- tool answers -----------------------------------------------------------------------
 
 
-def get_answers(conn: sqlite3.Connection, key: RunKey) -> dict[str, Any]:
+def get_answers(conn: Connection, key: RunKey) -> dict[str, Any]:
     """Tool call id -> the result (wire JSON) accepted for it."""
     rows = conn.execute(
         "SELECT tool_call_id, result FROM engine_answers WHERE org_id = ? AND run_id = ?", key
@@ -326,7 +330,7 @@ def get_answers(conn: sqlite3.Connection, key: RunKey) -> dict[str, Any]:
     return {r[0]: orjson.loads(r[1]) for r in rows}
 
 
-def put_answers(conn: sqlite3.Connection, key: RunKey, answers: dict[str, Any]) -> None:
+def put_answers(conn: Connection, key: RunKey, answers: dict[str, Any]) -> None:
     """Remember accepted tool results."""
     conn.executemany(
         "INSERT INTO engine_answers (org_id, run_id, tool_call_id, result) VALUES (?, ?, ?, ?)",
@@ -337,23 +341,25 @@ def put_answers(conn: sqlite3.Connection, key: RunKey, answers: dict[str, Any]) 
 # -- credits ----------------------------------------------------------------------------
 
 
-def set_credits(conn: sqlite3.Connection, org_id: str, credits: int | None) -> None:
+def set_credits(conn: Connection, org_id: str, credits: int | None) -> None:
     """Set an organization's credits; None removes the limit."""
     if credits is None:
         conn.execute("DELETE FROM engine_credits WHERE org_id = ?", (org_id,))
         return
     conn.execute(
-        "INSERT OR REPLACE INTO engine_credits (org_id, credits) VALUES (?, ?)", (org_id, credits)
+        "INSERT INTO engine_credits (org_id, credits) VALUES (?, ?)"
+        " ON CONFLICT (org_id) DO UPDATE SET credits = excluded.credits",
+        (org_id, credits),
     )
 
 
-def get_credits(conn: sqlite3.Connection, org_id: str) -> int | None:
+def get_credits(conn: Connection, org_id: str) -> int | None:
     """An organization's remaining credits, or None when unlimited."""
     row = conn.execute("SELECT credits FROM engine_credits WHERE org_id = ?", (org_id,)).fetchone()
     return None if row is None else int(row[0])
 
 
-def spend_credit(conn: sqlite3.Connection, org_id: str) -> None:
+def spend_credit(conn: Connection, org_id: str) -> None:
     """Take one credit for an execution; 402 ``INSUFFICIENT_CREDITS`` when none is left."""
     credits = get_credits(conn, org_id)
     if credits is None:

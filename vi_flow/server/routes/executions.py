@@ -21,7 +21,6 @@ said ``cancelOnDisconnect``.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from ...models._base import from_wire
 from ...models.events import ToolResult
 from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT
+from ..db import Connection
 from ..engine import Engine, parse_request, tables
 from ..engine.eventlog import RunKey
 from ..errors import APIProblem
@@ -233,7 +233,7 @@ async def put_credits(request: web.Request) -> web.Response:
     if credits is not None and credits < 0:
         raise APIProblem.validation("credits", f"must be >= 0, got {credits}")
 
-    def write(conn: sqlite3.Connection) -> None:
+    def write(conn: Connection) -> None:
         tables.set_credits(conn, org_id, credits)
 
     await request.app[STORE_KEY].run(write)

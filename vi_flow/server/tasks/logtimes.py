@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import db
 from ..clock import now_ms
 from ..providers.base import TaskPaths
 from ..store import Store
@@ -89,7 +89,7 @@ class LogTimes:
         while True:
             try:
                 await self.note()
-            except (OSError, sqlite3.Error) as exc:  # a busy disk: try again next time
+            except (OSError, db.Error) as exc:  # a busy disk: try again next time
                 log.warning("could not note log sizes: %s", exc)
             await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -109,7 +109,8 @@ class LogTimes:
         at = now_ms()
         await self._store.run(
             lambda c: c.executemany(
-                "INSERT OR REPLACE INTO task_log_times VALUES (?, ?, ?, ?)",
+                "INSERT INTO task_log_times VALUES (?, ?, ?, ?) ON CONFLICT (task_id, at_ms)"
+                " DO UPDATE SET stdout = excluded.stdout, stderr = excluded.stderr",
                 [(task_id, at, out, err) for task_id, (out, err) in changed],
             )
         )

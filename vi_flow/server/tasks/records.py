@@ -11,7 +11,6 @@ tasks, and the per-task events that wake waiters when a task changes.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import orjson
 from ...models._base import from_wire
 from ...models.tasks import ENV_REDACTED, Task, TaskConfig, TaskStatus
 from .._records import seq_window
+from ..db import Row
 from ..errors import APIProblem
 from ..providers.base import ComputeProvider, Placement
 from ..store import Store
@@ -148,19 +148,19 @@ class TaskRecords:
 
     # -- reading tasks -----------------------------------------------------------------
 
-    async def _row(self, task_id: str, org_id: str | None) -> sqlite3.Row:
-        row: sqlite3.Row | None = await self.store.run(
+    async def _row(self, task_id: str, org_id: str | None) -> Row:
+        row: Row | None = await self.store.run(
             lambda c: c.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         )
         if row is None or (org_id is not None and row["org_id"] != org_id):
             raise APIProblem.not_found("TASK_NOT_FOUND", "task", task_id)
         return row
 
-    def decode(self, row: sqlite3.Row) -> Task:
+    def decode(self, row: Row) -> Task:
         """The task of a ``tasks`` row as it is answered, before it wrote any log."""
         return self._task(row, (0, 0))
 
-    def _task(self, row: sqlite3.Row, sizes: tuple[int, int]) -> Task:
+    def _task(self, row: Row, sizes: tuple[int, int]) -> Task:
         config = from_wire(orjson.loads(row["config"]), TaskConfig)
         # Env values are write-only: answers name the variables, never their values.
         config = attrs.evolve(config, env=dict.fromkeys(config.env, ENV_REDACTED))
@@ -207,7 +207,7 @@ class TaskRecords:
             result.append((files.file_size(paths.stdout), files.file_size(paths.stderr)))
         return result
 
-    async def _tasks(self, rows: Sequence[sqlite3.Row]) -> list[Task]:
+    async def _tasks(self, rows: Sequence[Row]) -> list[Task]:
         sizes = await asyncio.to_thread(self._sizes, [r["task_id"] for r in rows])
         return [self._task(row, size) for row, size in zip(rows, sizes, strict=True)]
 

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from aiohttp import web
 from ...models._base import from_wire, to_wire
 from ...models.tasks import Reservation, Task, TaskConfig, TaskOutputFile, TaskStatus
 from ..clock import now_ms
+from ..db import Connection, Row
 from ..errors import APIProblem
 from ..providers.base import (
     ComputeProvider,
@@ -50,7 +50,7 @@ from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
 from .ssh import SSHAccess
 from .volumes import Volumes, mount_rows
 
-__all__ = ["DEFAULT_GRACE", "TASKS_KEY", "TaskService"]
+__all__ = ["DEFAULT_GRACE", "MIGRATIONS", "TASKS_KEY", "TaskService"]
 
 DEFAULT_GRACE = 5.0
 ALLOW_UNSANDBOXED = "VI_FLOW_ALLOW_UNSANDBOXED"
@@ -58,6 +58,13 @@ ALLOW_UNSANDBOXED = "VI_FLOW_ALLOW_UNSANDBOXED"
 """Seconds between SIGTERM and SIGKILL when a task is cancelled."""
 
 log = logging.getLogger("vi_flow.server.tasks")
+
+MIGRATIONS = (
+    ("tasks-1", SCHEMA),
+    ("tasks-2-exits", SCHEMA_EXITS),
+    ("tasks-3-log-times", SCHEMA_LOG_TIMES),
+)
+"""The task feature's tables, applied once each, in order, when the service starts."""
 
 
 class TaskService:
@@ -120,9 +127,8 @@ class TaskService:
 
     async def start(self) -> None:
         """Create the tables, start the provider and reconcile tasks left from before."""
-        await self.store.migrate("tasks-1", SCHEMA)
-        await self.store.migrate("tasks-2-exits", SCHEMA_EXITS)
-        await self.store.migrate("tasks-3-log-times", SCHEMA_LOG_TIMES)
+        for name, sql in MIGRATIONS:
+            await self.store.migrate(name, sql)
         await self.provider.start(self._record_update)
         rows = await self.store.run(
             lambda c: c.execute(
@@ -140,7 +146,7 @@ class TaskService:
         await self.log_times.close()
         await self.provider.close()
 
-    async def _running_task(self, row: sqlite3.Row) -> RunningTask:
+    async def _running_task(self, row: Row) -> RunningTask:
         mounts = await self.volumes.mounts(row["task_id"])
         return RunningTask(
             spec=self._spec(row, mounts),
@@ -148,7 +154,7 @@ class TaskService:
             provider_id=row["provider_id"],
         )
 
-    def _spec(self, row: sqlite3.Row, mounts: list[Mount]) -> LaunchSpec:
+    def _spec(self, row: Row, mounts: list[Mount]) -> LaunchSpec:
         config = from_wire(orjson.loads(row["config"]), TaskConfig)
         placement = Placement(**orjson.loads(row["placement"]))
         paths = self.provider.task_paths(row["task_id"])
@@ -240,13 +246,13 @@ class TaskService:
         spec: LaunchSpec,
         run_id: str | None,
         step_id: str | None,
-        save: Callable[[sqlite3.Connection, Any], None],
+        save: Callable[[Connection, Any], None],
     ) -> None:
         row = _task_row(spec, self.provider.name, run_id, step_id)
         mounts = mount_rows(spec.task_id, spec.mounts)
         select = "SELECT * FROM tasks WHERE task_id = ?"
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: Connection) -> None:
             self.quotas.check_pending_tasks(_pending(conn, spec.organization_id))
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
@@ -332,9 +338,10 @@ class TaskService:
         """
         save = answer_saver(answer_status)
 
-        def claim(conn: sqlite3.Connection) -> None:
+        def claim(conn: Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO reservation_orgs VALUES (?, ?)",
+                "INSERT INTO reservation_orgs VALUES (?, ?) ON CONFLICT (reservation_id)"
+                " DO UPDATE SET org_id = excluded.org_id",
                 (reservation.reservation_id, org_id),
             )
             save(conn, reservation)
@@ -389,7 +396,7 @@ def _update_columns(update: TaskUpdate) -> dict[str, Any]:
     return sets
 
 
-def _apply_update(conn: sqlite3.Connection, update: TaskUpdate) -> TaskStatus | None:
+def _apply_update(conn: Connection, update: TaskUpdate) -> TaskStatus | None:
     """Record ``update`` unless the task is unknown or has already ended; the old status."""
     row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (update.task_id,)).fetchone()
     if row is None or TaskStatus(row["status"]).terminal:
@@ -408,7 +415,7 @@ TASKS_KEY = web.AppKey("vi_flow.tasks", TaskService)
 """Where :func:`vi_flow.server.routes.tasks.setup` registers the :class:`TaskService`."""
 
 
-def _pending(conn: sqlite3.Connection, org_id: str) -> int:
+def _pending(conn: Connection, org_id: str) -> int:
     """How many tasks of ``org_id`` wait to start."""
     sql = "SELECT COUNT(*) FROM tasks WHERE org_id = ? AND status = 'pending'"
     return int(conn.execute(sql, (org_id,)).fetchone()[0])

@@ -12,7 +12,6 @@ tells a client how to connect.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import attrs
@@ -20,6 +19,7 @@ import orjson
 
 from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
 from ..clock import now_ms
+from ..db import Connection, Row
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
 from ..store import new_id
@@ -210,7 +210,7 @@ class SSHAccess:
             return [], None
 
 
-def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqlite3.Row, bool]:
+def _insert_key(conn: Connection, row: tuple[object, ...]) -> tuple[Row, bool]:
     """Insert ``(key_id, org_id, name, line, fingerprint, created)`` unless the
     organization has that fingerprint; returns the key's row and whether it is new."""
     key_id, org_id, _, _, fingerprint, _ = row
@@ -227,7 +227,7 @@ def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqli
     return conn.execute("SELECT * FROM ssh_keys WHERE key_id = ?", (key_id,)).fetchone(), True
 
 
-def _ssh_key(row: sqlite3.Row) -> SSHKey:
+def _ssh_key(row: Row) -> SSHKey:
     return SSHKey(
         key_id=row["key_id"],
         name=row["name"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ...models._base import to_wire
 from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
 from .._records import seq_window
 from ..clock import now_ms
+from ..db import Connection, IntegrityError, Row
 from ..errors import APIProblem
 from ..providers.base import Mount
 from ..store import answer_saver, new_id
@@ -79,7 +79,7 @@ class Volumes:
         path = await self._provider.create_volume(volume_id, size_gb)
         row = (volume_id, org_id, name, size_gb, interface, region or "local", str(path), now_ms())
 
-        def insert(conn: sqlite3.Connection) -> Volume:
+        def insert(conn: Connection) -> Volume:
             _insert_volume(conn, row)
             made = conn.execute("SELECT * FROM volumes WHERE volume_id = ?", (volume_id,))
             volume = _volume(made.fetchone(), [])
@@ -90,12 +90,12 @@ class Volumes:
             return await self._store.run(insert)
         except BaseException as exc:
             await self._provider.delete_volume(volume_id)  # no directory without its record
-            if isinstance(exc, sqlite3.IntegrityError):
+            if isinstance(exc, IntegrityError):
                 raise APIProblem.conflict(f"a volume named {name!r} already exists") from exc
             raise
 
     async def _find_volume(self, org_id: str, ident: str) -> Volume | None:
-        def find(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, list[str]]:
+        def find(conn: Connection) -> tuple[Row | None, list[str]]:
             row = conn.execute(
                 "SELECT * FROM volumes WHERE org_id = ? AND (volume_id = ? OR name = ?)",
                 (org_id, ident, ident),
@@ -124,7 +124,7 @@ class Volumes:
         """A page of volumes, newest first (unless ``newest=False``)."""
         window, bound, order = seq_window(after, newest)
 
-        def select(conn: sqlite3.Connection) -> list[tuple[sqlite3.Row, list[str]]]:
+        def select(conn: Connection) -> list[tuple[Row, list[str]]]:
             rows = conn.execute(
                 f"SELECT * FROM volumes WHERE org_id = ? AND {window} ORDER BY {order} LIMIT ?",
                 (org_id, *bound, size + 1),
@@ -261,7 +261,7 @@ def _check_volume(name: str, size_gb: int, interface: str) -> None:
         raise APIProblem.validation("interface", f"must be 'file' or 'block', got {interface!r}")
 
 
-def _insert_volume(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
+def _insert_volume(conn: Connection, row: tuple[object, ...]) -> None:
     conn.execute(
         "INSERT INTO volumes (volume_id, org_id, name, size_gb, interface, region,"
         " path, created_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -269,16 +269,21 @@ def _insert_volume(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
     )
 
 
-def _attached(conn: sqlite3.Connection, volume_id: str) -> list[str]:
+def _attached(conn: Connection, volume_id: str) -> list[str]:
     """Pending or running tasks that mount ``volume_id``."""
     return [a["task_id"] for a in conn.execute(_ATTACHED_SQL, (volume_id,)).fetchall()]
 
 
-def _record_mount(conn: sqlite3.Connection, row: tuple[str, ...], config: TaskConfig) -> None:
+def _record_mount(conn: Connection, row: tuple[str, ...], config: TaskConfig) -> None:
     """Add a ``task_mounts`` row; store the task's config with the new volume, and its
     environment with the volume's ``VI_FLOW_VOLUME_<NAME>`` (SSH sessions opened from now
     on get it, as the task's processes started at launch got the others)."""
-    conn.execute("INSERT OR REPLACE INTO task_mounts VALUES (?,?,?,?,?,?)", row)
+    conn.execute(
+        "INSERT INTO task_mounts VALUES (?,?,?,?,?,?) ON CONFLICT (task_id, mount_path)"
+        " DO UPDATE SET volume_id = excluded.volume_id, name = excluded.name,"
+        " host_path = excluded.host_path, visible_path = excluded.visible_path",
+        row,
+    )
     task_id, _, name, host_path = row[:4]
     found = conn.execute("SELECT config, env FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     # Only the volumes change: the stored config keeps its env values (answers redact them).
@@ -298,7 +303,7 @@ def _link(host_path: Path, visible: Path) -> None:
     visible.symlink_to(host_path, target_is_directory=True)
 
 
-def _volume(row: sqlite3.Row, attached: list[str]) -> Volume:
+def _volume(row: Row, attached: list[str]) -> Volume:
     return Volume(
         volume_id=row["volume_id"],
         name=row["name"],

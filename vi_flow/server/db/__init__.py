@@ -1,0 +1,109 @@
+"""The server's database, SQLite or PostgreSQL, behind one DB-API shaped interface.
+
+Query functions take a :class:`Connection` and write SQL once, with ``?`` placeholders
+and the SQL both dialects accept (``INSERT ... ON CONFLICT``, ``COALESCE``, ``RETURNING``);
+rows index by name and by position (:class:`Row`). A :class:`Database` opens the
+connection and frames transactions and migrations for its dialect:
+
+- :class:`SQLiteDatabase` (``<home>/state.db``, WAL): one server, no setup — the default;
+- ``PostgresDatabase`` (``postgresql://`` URLs, psycopg 3, the ``postgres`` extra): for
+  teams, where several replicas share one database. Imported only when asked for, so the
+  SQLite server never loads psycopg.
+
+Errors are the DB-API classes of :mod:`sqlite3` on both backends (PostgreSQL raises
+subclasses), see :mod:`vi_flow.server.db._errors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._errors import (
+    DatabaseError,
+    Error,
+    IntegrityError,
+    NewerDatabaseError,
+    PostgresError,
+    PostgresIntegrityError,
+)
+from ._types import Connection, Cursor, Row
+from ._urls import redact
+from .dialect import Migration, migration_sql
+from .sqlite import SQLiteDatabase
+
+__all__ = [
+    "Connection",
+    "Cursor",
+    "Database",
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "Migration",
+    "NewerDatabaseError",
+    "PostgresError",
+    "PostgresIntegrityError",
+    "Row",
+    "SQLiteDatabase",
+    "is_postgres_url",
+    "migration_sql",
+    "open_database",
+    "redact",
+]
+
+_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Database(Protocol):
+    """Opens connections of one dialect and frames their transactions."""
+
+    dialect: str
+    """``"sqlite"`` or ``"postgresql"``."""
+
+    @property
+    def name(self) -> str:
+        """A path or a URL without its password, for messages."""
+        ...
+
+    def connect(self) -> Any:
+        """A new :class:`Connection`."""
+        ...
+
+    def begin(self, conn: Any) -> None:
+        """Start a transaction."""
+        ...
+
+    def commit(self, conn: Any) -> None:
+        """Commit it."""
+        ...
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back the open transaction, if any."""
+        ...
+
+    def script(self, conn: Any, sql: str, record: tuple[str, int] | None) -> None:
+        """Run a schema script and record ``(name, applied_at)`` (unless None) with it."""
+        ...
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether ``target`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(_SCHEMES)
+
+
+def open_database(target: str | Path) -> Database:
+    """The database named by ``target``: a ``postgresql://`` URL, else a SQLite file path.
+
+    Raises:
+        ImportError: A PostgreSQL URL without psycopg installed (``pip install
+            'vi-flow[postgres]'``).
+    """
+    if not is_postgres_url(target):
+        return SQLiteDatabase(Path(target))
+    try:
+        from .postgres import PostgresDatabase
+    except ImportError as exc:
+        raise ImportError(
+            f"PostgreSQL needs psycopg: pip install 'vi-flow[postgres]' ({exc})"
+        ) from exc
+    return PostgresDatabase(str(target))

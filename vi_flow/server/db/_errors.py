@@ -1,0 +1,55 @@
+"""Database errors, one tree for both backends.
+
+The classes are the standard library's DB-API ones from :mod:`sqlite3` (always
+importable); the PostgreSQL backend raises subclasses of them, so one ``except
+db.IntegrityError`` serves both backends and code written for SQLite keeps working.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ..home import HomeError
+
+__all__ = [
+    "DatabaseError",
+    "Error",
+    "IntegrityError",
+    "NewerDatabaseError",
+    "PostgresError",
+    "PostgresIntegrityError",
+]
+
+Error = sqlite3.Error
+DatabaseError = sqlite3.DatabaseError
+IntegrityError = sqlite3.IntegrityError
+
+
+class PostgresError(sqlite3.DatabaseError):
+    """A PostgreSQL error (the psycopg exception is its ``__cause__``)."""
+
+
+class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):
+    """A PostgreSQL constraint failed: a duplicate key, a NULL in a NOT NULL column."""
+
+
+class NewerDatabaseError(HomeError):
+    """The database records migrations this vi_flow does not know: a newer one wrote it.
+
+    The server refuses to start rather than run old code on a newer schema (``vi-flow
+    serve`` says so and exits 1, as for any home it cannot use).
+
+    Attributes:
+        database: The database (a file path, or a URL without its password).
+        unknown: The recorded migration names this code does not know.
+    """
+
+    def __init__(self, database: str, unknown: Sequence[str]) -> None:
+        self.database = database
+        self.unknown = list(unknown)
+        names = ", ".join(repr(n) for n in self.unknown)
+        super().__init__(
+            f"the database {database} was migrated by a newer vi-flow (unknown migrations:"
+            f" {names}); upgrade vi-flow to use it"
+        )

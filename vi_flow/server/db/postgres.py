@@ -1,0 +1,190 @@
+"""The PostgreSQL backend, for teams: several server replicas share one database.
+
+Driver: psycopg 3, its synchronous ``psycopg.Connection``, used on the store's DB thread
+exactly as the SQLite connection is. Why psycopg and not asyncpg: psycopg is DB-API
+shaped (``execute(sql, params)``, ``fetchone``/``fetchall``, ``rowcount``), so every
+query function of the server keeps its shape and runs on both backends; its placeholders
+are ``%s``, a mechanical translation of ``?`` (:func:`~vi_flow.server.db.dialect.to_pyformat`);
+``LISTEN``/``NOTIFY`` is there through ``conn.notifies()`` for replicas to wake each other.
+asyncpg would need every query rewritten to its own API with ``$n`` placeholders, and a
+second way of running SQL next to SQLite's thread.
+
+Parameters are bound on the client (``psycopg.ClientCursor``): the statement reaches the
+server with literals in it, so an untyped ``? IS NULL`` or a number compared with a text
+parameter resolves as SQLite resolves it, instead of failing on an unknown parameter type.
+Transactions are explicit (``autocommit`` on, then ``BEGIN``/``COMMIT`` from the store),
+the same model as the SQLite connection's ``isolation_level=None``. Booleans are stored
+as 0/1, as SQLite stores them, because the tables use integer columns for flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import RowMaker
+
+from ._errors import PostgresError, PostgresIntegrityError
+from ._urls import redact
+from .dialect import to_pyformat
+
+__all__ = ["PostgresConnection", "PostgresDatabase", "PostgresRow"]
+
+
+class PostgresRow:
+    """A row that indexes by column name and by position, as ``sqlite3.Row`` does."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: Sequence[Any]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, str):
+            return self._values[self._names[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PostgresRow):
+            return list(self._values) == list(other._values) and self._names == other._names
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like sqlite3.Row's peers
+
+    def keys(self) -> list[str]:
+        """The column names, in order."""
+        return list(self._names)
+
+    def __repr__(self) -> str:
+        return f"PostgresRow({dict(zip(self._names, self._values, strict=True))!r})"
+
+
+def _row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[PostgresRow]:
+    names = {col.name: i for i, col in enumerate(cursor.description or ())}
+    return lambda values: PostgresRow(names, values)
+
+
+def _param(value: Any) -> Any:
+    return int(value) if type(value) is bool else value
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.IntegrityError as exc:
+        raise PostgresIntegrityError(str(exc).strip()) from exc
+    except psycopg.Error as exc:
+        raise PostgresError(str(exc).strip()) from exc
+
+
+class PostgresConnection:
+    """A :class:`~vi_flow.server.db.Connection` over a psycopg connection.
+
+    Statements use ``?`` placeholders, as on SQLite; rows are :class:`PostgresRow`.
+    """
+
+    def __init__(self, raw: psycopg.Connection[PostgresRow]) -> None:
+        self.raw = raw
+
+    def execute(
+        self, sql: str, parameters: Sequence[Any] = (), /
+    ) -> psycopg.ClientCursor[PostgresRow]:
+        """Run one statement; errors are :mod:`~vi_flow.server.db` errors."""
+        cursor = psycopg.ClientCursor(self.raw)
+        with _translated_errors():
+            cursor.execute(to_pyformat(sql), [_param(p) for p in parameters])
+        return cursor
+
+    def executemany(
+        self, sql: str, parameters: Iterable[Sequence[Any]], /
+    ) -> psycopg.ClientCursor[PostgresRow]:
+        """Run one statement for each parameter sequence."""
+        cursor = psycopg.ClientCursor(self.raw)
+        rows = [[_param(p) for p in params] for params in parameters]
+        with _translated_errors():
+            cursor.executemany(to_pyformat(sql), rows)
+        return cursor
+
+    def script(self, sql: str) -> None:
+        """Run several ``;``-separated statements without parameters (a migration)."""
+        with _translated_errors():
+            self.raw.execute(sql.encode())
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.raw.close()
+
+
+_MIGRATION_LOCK = 0x76695F666C6F77  # "vi_flow": the advisory lock migrations take
+
+
+def _recorded(conn: PostgresConnection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is not None
+
+
+class PostgresDatabase:
+    """A PostgreSQL database named by a ``postgresql://`` URL (libpq's connection string).
+
+    Args:
+        url: ``postgresql://user:password@host:port/dbname``; libpq's options (``sslmode``,
+            ``options=-csearch_path=...``) go in the query string.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @property
+    def name(self) -> str:
+        """The URL without its password, for messages."""
+        return redact(self.url)
+
+    def connect(self) -> PostgresConnection:
+        """Open a connection in autocommit mode: the store issues ``BEGIN``/``COMMIT``."""
+        with _translated_errors():
+            raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
+        return PostgresConnection(raw)
+
+    def begin(self, conn: PostgresConnection) -> None:
+        """Start a transaction."""
+        conn.execute("BEGIN")
+
+    def commit(self, conn: PostgresConnection) -> None:
+        """Commit the transaction."""
+        conn.execute("COMMIT")
+
+    def rollback(self, conn: PostgresConnection) -> None:
+        """Roll the transaction back, if one is open (also an aborted one)."""
+        if conn.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.raw.execute("ROLLBACK")
+
+    def script(self, conn: PostgresConnection, sql: str, record: tuple[str, int] | None) -> None:
+        """Run the schema script ``sql`` and record the migration (unless ``record`` is
+        None) in one transaction: PostgreSQL's DDL is transactional, so a failing
+        script leaves nothing behind."""
+        self.begin(conn)
+        try:
+            # Replicas that start together migrate one at a time, each seeing what the
+            # one before it recorded.
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            if record is not None and _recorded(conn, record[0]):
+                self.commit(conn)
+                return
+            conn.script(sql)
+            if record is not None:
+                conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", record)
+        except BaseException:
+            self.rollback(conn)
+            raise
+        self.commit(conn)
