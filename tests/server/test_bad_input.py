@@ -156,6 +156,20 @@ async def test_a_nul_byte_in_a_file_path_is_400(server: Server) -> None:
     await _lists_answer(server)
 
 
+async def test_a_nul_byte_in_an_id_or_a_query_value_is_refused_on_any_database(
+    server: Server,
+) -> None:
+    # PostgreSQL cannot compare text holding NUL: the server refuses it before a query.
+    for path in ("/flows/flow_a%00b", "/runs/run_%00", "/tasks/task_a%00b/logs"):
+        answer = await server.call("GET", path)
+        _refused(answer, "path", 400)
+    for query in ({"flowId": "f\x00"}, {"status": "pending\x00"}):
+        answer = await server.call("GET", "/runs" if "flowId" in query else "/tasks", params=query)
+        _refused(answer, next(iter(query)))
+        assert "NUL" in answer.body["error"]["message"]
+    await _lists_answer(server)
+
+
 # -- size limits --------------------------------------------------------------------------
 
 

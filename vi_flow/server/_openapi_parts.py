@@ -35,6 +35,7 @@ __all__ = [
     "LOG_EVENTS",
     "NAME",
     "PAGE_PARAMS",
+    "PATH_TEXT",
     "QUERY",
     "REQUEST_HEADERS",
     "REQUEST_ID",
@@ -49,7 +50,9 @@ __all__ = [
 ]
 
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
-_STR: dict[str, Any] = {"type": "string"}
+_STR: dict[str, Any] = {"type": "string", "pattern": "^[^\\u0000]*$"}  # no NUL in a URL
+PATH_TEXT: dict[str, Any] = _STR
+"""A path parameter: any text but NUL (a path holding ``%00`` is a 400)."""
 _BOOL_TEXT: dict[str, Any] = {"type": "string", "enum": ["true", "false", "1", "0"]}
 
 

@@ -29,7 +29,7 @@ import time
 import orjson
 from aiohttp import web
 
-from ..models.limits import MAX_REQUEST_BODY
+from ..models.limits import MAX_REQUEST_BODY, shown
 from .console.sessions import COOKIE, session_principal
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
@@ -163,6 +163,17 @@ def _check_declared_size(request: web.Request) -> None:
         )
 
 
+def _check_no_nul(request: web.Request) -> None:
+    """A NUL character (``%00``) is in no id, file path or parameter value: refuse it
+    before any database sees it (PostgreSQL cannot even compare text holding one)."""
+    if "\x00" in request.path:
+        raise APIProblem(400, "INVALID_REQUEST", "path: must not contain a NUL character (%00)")
+    for name, value in request.query.items():
+        if "\x00" in name or "\x00" in value:
+            field = shown(name) if "\x00" in name else name
+            raise APIProblem.validation(field, "must not contain a NUL character")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into the wire error body."""
@@ -170,6 +181,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         _assign_request_id(request)
     try:
         _check_declared_size(request)
+        _check_no_nul(request)
         return await handler(request)
     except APIProblem as exc:
         response = error_response(request, exc.status, exc.code, exc.message)

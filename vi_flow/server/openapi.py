@@ -426,7 +426,7 @@ def _is_idempotent(handler: Any) -> bool:
 
 def _parameters(method: str, path: str, handler: Any, route: _Route) -> list[dict[str, Any]]:
     params = [
-        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": p, "in": "path", "required": True, "schema": parts.PATH_TEXT}
         for p in _PARAM.findall(path)
     ]
     if route.paged:
