@@ -15,6 +15,8 @@ every server a test starts keeps its state there (``VI_FLOW_DATABASE``), not in
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import secrets
 from collections.abc import Iterator
@@ -87,11 +89,18 @@ def postgres_schema(postgres_url: str | None) -> Iterator[str]:
         unavailable(
             "VI_FLOW_REQUIRE_POSTGRES", "VI_FLOW_TEST_POSTGRES_URL is not set", POSTGRES_HOW_TO
         )
-    try:
-        import psycopg
-    except ImportError:
+    if importlib.util.find_spec("psycopg") is None:
         unavailable("VI_FLOW_REQUIRE_POSTGRES", "psycopg is not installed", POSTGRES_HOW_TO)
     assert postgres_url is not None
+    with fresh_schema(postgres_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_schema(postgres_url: str) -> Iterator[str]:
+    """A URL of ``postgres_url`` whose tables live in a new schema, dropped on exit."""
+    import psycopg
+
     schema = f"t_{secrets.token_hex(6)}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}".encode())

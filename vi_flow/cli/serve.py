@@ -103,6 +103,15 @@ __all__ = ["serve"]
     help="Prune finished runs and tasks older than this many days (or 12h, 2w), hourly "
     "(VI_FLOW_RETENTION_INTERVAL); unset keeps everything.",
 )
+@click.option(
+    "--database",
+    envvar="VI_FLOW_DATABASE",
+    show_envvar=True,
+    metavar="URL",
+    help="Keep the server's state in PostgreSQL (postgresql://USER@HOST/DB, needs "
+    "vi-flow[postgres]) instead of HOME/state.db; one server per database. Give the "
+    "password in ~/.pgpass or PGPASSWORD rather than in the URL.",
+)
 def serve(
     host: str,
     port: int,
@@ -121,6 +130,7 @@ def serve(
     ssh_public_host: str | None,
     ssh_public_port: int | None,
     retention_days: str | None,
+    database: str | None,
 ) -> None:
     """Run the home's vi-flow server in the foreground until Ctrl-C or SIGTERM.
 
@@ -163,12 +173,26 @@ def serve(
         ssh_public_host=ssh_public_host,
         ssh_public_port=ssh_public_port,
         retention=_retention(retention_days),
+        database=_database(database),
     )
     try:
         check_endpoints(settings)
     except EndpointError as exc:
         raise click.UsageError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     _serve_logged(settings)
+
+
+def _database(target: str | None) -> str | None:
+    """The ``--database`` value, checked: PostgreSQL needs its driver installed."""
+    import importlib.util
+
+    from ..server.db import is_postgres_url
+
+    if target and is_postgres_url(target) and importlib.util.find_spec("psycopg") is None:
+        raise click.UsageError(
+            "--database: PostgreSQL needs psycopg: pip install 'vi-flow[postgres]'"
+        )
+    return target or None
 
 
 def _retention(days: str | None) -> RetentionSettings:

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -58,11 +59,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     # The lock comes before the database: a second server on this home never opens it.
     lock = HomeLock(home)
     lock.acquire()
+    owner: Any = None
     try:
         try:
+            owner = await _claim(store.database)  # a shared database: one server at a time
             await store.run(lambda conn: ensure_admin(conn, home))
             await asyncio.to_thread(restrict_home, home)
-        except db.NewerDatabaseError:
+        except HomeError:  # a newer database, or one another server serves
             await store.close()
             raise
         except (db.Error, OSError) as exc:  # a full or read-only disk, a broken file
@@ -72,8 +75,20 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         await store.close()
     finally:
+        if owner is not None:
+            await asyncio.to_thread(owner.close)
         unpublish(home, app[IDENTITY_KEY].secret)  # before the lock: never a stale file
         lock.release()
+
+
+async def _claim(database: db.Database) -> Any:
+    """On PostgreSQL, the session that holds the database for this server (see
+    :mod:`vi_flow.server.db.owner`); on SQLite the home's lock already does."""
+    if database.dialect != "postgresql":
+        return None
+    from .db.owner import claim
+
+    return await asyncio.to_thread(claim, database)  # type: ignore[arg-type]
 
 
 def create_app(settings: ServerSettings) -> web.Application:

@@ -58,9 +58,9 @@ class ServerSettings:
         quotas: Per-organization quotas (defaults, changed by ``VI_FLOW_QUOTA_<NAME>``).
         retention: How long finished runs and tasks are kept (forever by default;
             ``VI_FLOW_RETENTION_DAYS``) and how often they are pruned.
-        database: Where the state lives: a ``postgresql://`` URL (teams: several
-            replicas share it; needs the ``postgres`` extra) or a SQLite file; ``None``:
-            ``<home>/state.db``. Defaults to ``VI_FLOW_DATABASE``.
+        database: Where the state lives: a ``postgresql://`` URL (teams; one server per
+            database and schema; needs the ``postgres`` extra) or a SQLite file;
+            ``None``: ``<home>/state.db``. Defaults to ``VI_FLOW_DATABASE``.
         extra: Free-form settings for feature modules.
     """
 

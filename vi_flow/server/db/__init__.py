@@ -7,8 +7,8 @@ connection and frames transactions and migrations for its dialect:
 
 - :class:`SQLiteDatabase` (``<home>/state.db``, WAL): one server, no setup — the default;
 - ``PostgresDatabase`` (``postgresql://`` URLs, psycopg 3, the ``postgres`` extra): for
-  teams, where several replicas share one database. Imported only when asked for, so the
-  SQLite server never loads psycopg.
+  teams; one server per database and schema for now (:mod:`~vi_flow.server.db.owner`).
+  Imported only when asked for, so the SQLite server never loads psycopg.
 
 Errors are the DB-API classes of :mod:`sqlite3` on both backends (PostgreSQL raises
 subclasses), see :mod:`vi_flow.server.db._errors`.
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ._errors import (
     DatabaseError,
+    DatabaseInUseError,
     Error,
     IntegrityError,
     NewerDatabaseError,
@@ -37,6 +38,7 @@ __all__ = [
     "Cursor",
     "Database",
     "DatabaseError",
+    "DatabaseInUseError",
     "Error",
     "IntegrityError",
     "Migration",

@@ -1,4 +1,5 @@
-"""The PostgreSQL backend, for teams: several server replicas share one database.
+"""The PostgreSQL backend, for teams: the state on a database server (one vi-flow server per
+database for now, see :mod:`~vi_flow.server.db.owner`).
 
 Driver: psycopg 3, its synchronous ``psycopg.Connection``, used on the store's DB thread
 exactly as the SQLite connection is. Why psycopg and not asyncpg: psycopg is DB-API
@@ -150,10 +151,18 @@ class PostgresDatabase:
         """The URL without its password, for messages."""
         return redact(self.url)
 
-    def connect(self) -> PostgresConnection:
-        """Open a connection in autocommit mode: the store issues ``BEGIN``/``COMMIT``."""
+    def connect(self, application_name: str = "vi-flow") -> PostgresConnection:
+        """Open a connection in autocommit mode: the store issues ``BEGIN``/``COMMIT``.
+
+        ``application_name`` is how the session shows in ``pg_stat_activity``.
+        """
         with _translated_errors():
-            raw = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
+            raw = psycopg.connect(
+                self.url,
+                autocommit=True,
+                row_factory=_row_factory,
+                application_name=application_name[:63],
+            )
         return PostgresConnection(raw)
 
     def begin(self, conn: PostgresConnection) -> None:
