@@ -96,10 +96,11 @@ def tests_ray(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_postgres(session: nox.Session) -> None:
-    """The storage suite (and the server suite with ``VI_FLOW_TEST_DATABASE=postgres``) on
-    a throwaway PostgreSQL cluster (issue 17); Debian's ``postgresql`` is installed when
-    missing (as root). ``tests/pgcluster.py`` starts the cluster, runs pytest with
-    ``VI_FLOW_TEST_POSTGRES_URL`` and ``VI_FLOW_REQUIRE_POSTGRES=1``, and always stops it."""
+    """The storage suite, and the server, engine, execution and seed suites with the
+    server on PostgreSQL, on a throwaway cluster (issue 17); Debian's ``postgresql`` is
+    installed when missing (as root). ``tests/pgcluster.py`` starts the cluster, runs
+    pytest with ``VI_FLOW_TEST_POSTGRES_URL`` and ``VI_FLOW_REQUIRE_POSTGRES=1``, and
+    always stops it."""
     import glob
     import shutil
 
@@ -107,8 +108,15 @@ def tests_postgres(session: nox.Session) -> None:
         session.run("apt-get", "update", "-q", external=True)
         session.run("apt-get", "install", "-y", "-q", "postgresql", external=True)
     session.install("-e", ".[test,postgres]")
-    pytest = ["pytest", "-p", "no:cacheprovider", *(session.posargs or ["tests/storage"])]
-    session.run("python", "tests/pgcluster.py", "--", *pytest)
+    # The storage suite on both databases, then the server's own suites, the engine and
+    # the seed examples with the server on PostgreSQL (VI_FLOW_TEST_DATABASE=postgres).
+    paths = session.posargs or [
+        "tests/storage", "tests/seeds", "tests/server", "tests/engine", "tests/execution",
+    ]  # fmt: skip
+    marks = "not slurm and not ray and not browser"
+    pytest = ["pytest", "-p", "no:cacheprovider", "-m", marks, *paths]
+    env = {"VI_FLOW_TEST_DATABASE": "postgres"}
+    session.run("python", "tests/pgcluster.py", "--", *pytest, env=env)
 
 
 @nox.session(python=PYTHON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import fresh_schema
 from vi_flow.server import embedded
 
 
@@ -91,13 +93,23 @@ def test_threads_acquire_one_server(tmp_path: Path) -> None:
     assert not got[0].running
 
 
-def test_two_homes_get_two_servers(tmp_path: Path) -> None:
-    one, two = embedded.acquire(tmp_path / "a"), embedded.acquire(tmp_path / "b")
+def test_two_homes_get_two_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    one = embedded.acquire(tmp_path / "a")
     try:
-        assert one.port != two.port and one.api_key != two.api_key
+        with contextlib.ExitStack() as schemas:
+            if os.environ.get("VI_FLOW_DATABASE", "").startswith("postgresql"):
+                # one server per database and schema: the second home gets a schema of its own
+                url = request.getfixturevalue("postgres_url")
+                monkeypatch.setenv("VI_FLOW_DATABASE", schemas.enter_context(fresh_schema(url)))
+            two = embedded.acquire(tmp_path / "b")
+            try:
+                assert one.port != two.port and one.api_key != two.api_key
+            finally:
+                embedded.release(two)
     finally:
         embedded.release(one)
-        embedded.release(two)
 
 
 def test_a_stuck_shutdown_step_does_not_hang_or_fail_release(

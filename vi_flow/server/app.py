@@ -76,7 +76,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
     finally:
         if owner is not None:
-            await asyncio.to_thread(owner.close)
+            owner.close()  # at once: this may run at exit, when no worker thread is left
         unpublish(home, app[IDENTITY_KEY].secret)  # before the lock: never a stale file
         lock.release()
 
