@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from vi_flow.models.common import Condition
-from vi_flow.models.flows import FlowSpec
-from vi_flow.models.runs import RunSpec
 from vi_flow.server.errors import APIProblem
 from vi_flow.server.state import ServerSettings
 from vi_flow.server.store import Store
@@ -60,33 +57,6 @@ async def test_a_broken_migration_leaves_nothing(store: Store) -> None:
     )
     assert "half" not in tables
     await store.migrate("bad-1", "CREATE TABLE half (id INTEGER);")
-
-
-async def test_terminal_runs_do_not_change(store: Store) -> None:
-    run = await store.create_run("org", RunSpec(flow=FlowSpec(name="f"), flow_id="flow_x"))
-    await store.set_run_condition(("org", run.run_id), Condition.RUNNING)
-    cancelled = await store.set_run_condition(
-        ("org", run.run_id), "Cancelled", "stop", "UserCancelled"
-    )
-    late = await store.set_run_condition(("org", run.run_id), Condition.SUCCEEDED)
-    assert late == cancelled
-    assert [c.condition for c in late.status.conditions] == ["Pending", "Running", "Cancelled"]
-    assert late.status.conditions[-1].reason == "UserCancelled"
-    assert await store.list_active_runs() == []
-
-
-async def test_flow_versions(store: Store) -> None:
-    flow = await store.create_flow("org", FlowSpec(name="one"))
-    with pytest.raises(APIProblem) as none_yet:
-        await store.get_flow_version("org", flow.flow_id, "production")
-    assert none_yet.value.code == "FLOW_VERSION_NOT_FOUND"
-    assert await store.publish_flow("org", flow.flow_id) == 1
-    await store.promote_flow("org", flow.flow_id, 1)
-    assert (await store.get_flow_version("org", flow.flow_id, "production")).name == "one"
-    assert (await store.get_flow_version("org", flow.flow_id, 1)).name == "one"
-    with pytest.raises(APIProblem) as other_org:
-        await store.get_flow_version("other", flow.flow_id, "draft")
-    assert other_org.value.code == "FLOW_NOT_FOUND"
 
 
 async def test_close_and_reuse(store: Store) -> None:

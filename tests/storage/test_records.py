@@ -77,6 +77,9 @@ async def test_flow_versions(store: Store) -> None:
     )
     assert (await store.get_flow_version("org", flow.flow_id, 2)).name == "two"
     assert (await store.get_flow_version("org", flow.flow_id, "draft")).name == "two"
+    with pytest.raises(APIProblem) as other_org:
+        await store.get_flow_version("other", flow.flow_id, "draft")
+    assert other_org.value.code == "FLOW_NOT_FOUND"
     await store.delete_flow("org", flow.flow_id)
     with pytest.raises(APIProblem) as gone:
         await store.get_flow("org", flow.flow_id)
@@ -93,6 +96,8 @@ async def test_runs_conditions_and_filters(store: Store) -> None:
     done = await store.set_run_condition(("org", "run_1"), "Cancelled", "stop", "UserCancelled")
     late = await store.set_run_condition(("org", "run_1"), Condition.SUCCEEDED)
     assert late == done and done.spec.killed_at is not None
+    assert [c.condition for c in late.status.conditions] == ["Pending", "Running", "Cancelled"]
+    assert late.status.conditions[-1].reason == "UserCancelled"
     by_flow, _ = await store.list_runs("org", 10, flow_id="flow_y")
     assert [r.run_id for r in by_flow] == [second.run_id]
     cancelled, _ = await store.list_runs("org", 10, condition="Cancelled")

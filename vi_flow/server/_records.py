@@ -525,19 +525,6 @@ def change_run_condition(
     return current
 
 
-def set_run_condition(
-    conn: Connection,
-    org_id: str,
-    run_id: str,
-    condition: Condition,
-    message: str | None,
-    reason: str | None,
-) -> Run:
-    """As :func:`change_run_condition`; returns the run as it is now."""
-    change_run_condition(conn, org_id, run_id, condition, message, reason)
-    return get_run(conn, org_id, run_id)
-
-
 def set_run_log(conn: Connection, org_id: str, run_id: str, log: str) -> None:
     _run_row(conn, org_id, run_id)
     conn.execute("UPDATE runs SET log = ? WHERE org_id = ? AND run_id = ?", (log, org_id, run_id))

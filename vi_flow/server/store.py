@@ -429,7 +429,12 @@ class Store:
         a cancel. Entering ``Cancelled`` also sets ``spec.killed_at``.
         """
         cond = Condition(condition)
-        return await self.run(lambda c: rec.set_run_condition(c, *key, cond, message, reason))
+
+        def change(c: Connection) -> Run:
+            rec.change_run_condition(c, *key, cond, message, reason)
+            return rec.get_run(c, *key)
+
+        return await self.run(change)
 
     async def set_run_log(self, key: tuple[str, str], log: str) -> None:
         """Record where the event log of the run ``key`` lives (shown as ``status.log``)."""
