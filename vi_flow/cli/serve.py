@@ -183,16 +183,16 @@ def serve(
 
 
 def _database(target: str | None) -> str | None:
-    """The ``--database`` value, checked: PostgreSQL needs its driver installed."""
-    import importlib.util
+    """The ``--database`` value, checked as the server will (a kind it knows, its driver)."""
+    from ..server.db import DatabaseSettingError, open_database
 
-    from ..server.db import is_postgres_url
-
-    if target and is_postgres_url(target) and importlib.util.find_spec("psycopg") is None:
-        raise click.UsageError(
-            "--database: PostgreSQL needs psycopg: pip install 'vi-flow[postgres]'"
-        )
-    return target or None
+    if not target:
+        return None
+    try:
+        open_database(target)
+    except DatabaseSettingError as exc:
+        raise click.UsageError(f"--database: {exc}") from None
+    return target
 
 
 def _retention(days: str | None) -> RetentionSettings:

@@ -171,7 +171,7 @@ class Store:
         """The store of ``target``: a ``postgresql://`` URL, else a SQLite file path.
 
         Raises:
-            ImportError: A PostgreSQL URL without psycopg (``pip install 'vi-flow[postgres]'``).
+            DatabaseSettingError: A URL of another kind, or PostgreSQL without psycopg.
         """
         return cls(open_database(target), known_migrations=known_migrations)
 

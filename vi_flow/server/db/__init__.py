@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ._errors import (
     DatabaseError,
     DatabaseInUseError,
+    DatabaseSettingError,
     Error,
     IntegrityError,
     NewerDatabaseError,
@@ -39,6 +40,7 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseInUseError",
+    "DatabaseSettingError",
     "Error",
     "IntegrityError",
     "Migration",
@@ -97,15 +99,20 @@ def open_database(target: str | Path) -> Database:
     """The database named by ``target``: a ``postgresql://`` URL, else a SQLite file path.
 
     Raises:
-        ImportError: A PostgreSQL URL without psycopg installed (``pip install
-            'vi-flow[postgres]'``).
+        DatabaseSettingError: A URL of another kind (``mysql://``...), or a PostgreSQL
+            URL without psycopg installed (``pip install 'vi-flow[postgres]'``).
     """
     if not is_postgres_url(target):
+        if "://" in str(target):
+            raise DatabaseSettingError(
+                f"the database {redact(str(target))!r} is neither a postgresql:// URL nor a"
+                " SQLite file path"
+            )
         return SQLiteDatabase(Path(target))
     try:
         from .postgres import PostgresDatabase
     except ImportError as exc:
-        raise ImportError(
+        raise DatabaseSettingError(
             f"PostgreSQL needs psycopg: pip install 'vi-flow[postgres]' ({exc})"
-        ) from exc
+        ) from None
     return PostgresDatabase(str(target))

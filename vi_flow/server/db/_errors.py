@@ -15,6 +15,7 @@ from ..home import HomeError
 __all__ = [
     "DatabaseError",
     "DatabaseInUseError",
+    "DatabaseSettingError",
     "Error",
     "IntegrityError",
     "NewerDatabaseError",
@@ -75,3 +76,8 @@ class DatabaseInUseError(HomeError):
             " (replicas that share one are not supported yet): stop it, or give this server"
             " its own database or schema"
         )
+
+
+class DatabaseSettingError(HomeError):
+    """``--database`` (``VI_FLOW_DATABASE``) names no database this server can use: a URL
+    of another kind than ``postgresql://``, or PostgreSQL without its driver installed."""

@@ -1,0 +1,34 @@
+"""``--database`` / ``VI_FLOW_DATABASE`` that names nothing usable: a clear error, the
+password never shown, nothing created."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vi_flow.server import db
+
+BAD = "mysql://vi:s3cret-pw@db.internal/vi"
+
+
+def test_a_url_of_another_kind_is_refused_without_its_password() -> None:
+    with pytest.raises(db.DatabaseSettingError) as refused:
+        db.open_database(BAD)
+    assert "s3cret-pw" not in str(refused.value)
+    assert "neither a postgresql:// URL nor a SQLite file path" in str(refused.value)
+
+
+def test_vi_flow_serve_names_the_bad_database_and_creates_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    serve = [sys.executable, "-m", "vi_flow.cli", "serve", "--home", str(home)]
+    answer = subprocess.run(
+        [*serve, "--database", BAD], capture_output=True, text=True, timeout=60, env=os.environ
+    )
+    assert answer.returncode == 2, answer.stderr
+    assert "--database: the database 'mysql://vi:***@db.internal/vi'" in answer.stderr
+    assert "s3cret-pw" not in answer.stderr + answer.stdout
+    assert not home.exists() and not Path("mysql:").exists()
