@@ -32,23 +32,35 @@ class Updates:
         return [u for u in self.items if u.task_id == task_id]
 
     async def wait(self, task_id: str, *statuses: TaskStatus) -> TaskUpdate:
-        deadline = time.monotonic() + self.within
-        while time.monotonic() < deadline:
-            for update in self.of(task_id):
-                if update.status in statuses:
-                    return update
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"{task_id} never reached {statuses}: {self.of(task_id)}")
+        """Wait until the task has an update in one of ``statuses``; return the first."""
+        return await self._polled(
+            task_id,
+            lambda updates: next((u for u in updates if u.status in statuses), None),
+            f"never reached {statuses}",
+        )
 
     async def latest(self, task_id: str, check: Callable[[TaskUpdate], bool]) -> TaskUpdate:
         """Wait until the task's latest update passes ``check`` and return it."""
+        return await self._polled(
+            task_id,
+            lambda updates: updates[-1] if updates and check(updates[-1]) else None,
+            "no update passed the check",
+        )
+
+    async def _polled(
+        self,
+        task_id: str,
+        find: Callable[[list[TaskUpdate]], TaskUpdate | None],
+        failure: str,
+    ) -> TaskUpdate:
+        """Poll the task's updates until ``find`` picks one, ``within`` seconds at most."""
         deadline = time.monotonic() + self.within
         while time.monotonic() < deadline:
-            updates = self.of(task_id)
-            if updates and check(updates[-1]):
-                return updates[-1]
+            found = find(self.of(task_id))
+            if found is not None:
+                return found
             await asyncio.sleep(0.02)
-        raise AssertionError(f"{task_id}: no update passed the check: {self.of(task_id)}")
+        raise AssertionError(f"{task_id} {failure}: {self.of(task_id)}")
 
 
 def unavailable(require_var: str, reason: str, how_to: str) -> None:

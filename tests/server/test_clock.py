@@ -12,11 +12,6 @@ from vi_flow.server.clock import wait_event
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_cancel_that_arrives_as_the_event_is_set_stops_the_loop() -> None:
     """The race that hung a provider's close(): its poller was cancelled in the same
     loop turn as a submit woke it. ``asyncio.wait_for`` (3.10, 3.11) returned the

@@ -56,10 +56,9 @@ async def test_a_migration_may_differ_per_dialect(database: str) -> None:
     await store.close()
 
 
-async def test_stores_opening_together_migrate_once(database: str) -> None:
-    if not database.startswith("postgresql"):
-        pytest.skip("one server per SQLite file: its home's lock keeps a second one out")
-    stores = [Store.open(database) for _ in range(4)]
+async def test_stores_opening_together_migrate_once(postgres_schema: str) -> None:
+    # PostgreSQL only: on SQLite the home's lock keeps a second server (and store) out.
+    stores = [Store.open(postgres_schema) for _ in range(4)]
     sql = "CREATE TABLE things (id INTEGER); INSERT INTO things VALUES (1);"
     async with anyio.create_task_group() as group:
         for store in stores:

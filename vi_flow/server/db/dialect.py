@@ -57,15 +57,12 @@ def to_pyformat(sql: str) -> str:
     out: list[str] = []
     quote: str | None = None
     for char in sql:
-        if quote is not None:
-            if char == quote:
-                quote = None  # a doubled quote ('') closes and reopens: same result
-            out.append("%%" if char == "%" else char)
-        elif char in "'\"":
-            quote = char
-            out.append(char)
-        elif char == "?":
+        if quote is None and char == "?":
             out.append("%s")
-        else:
-            out.append("%%" if char == "%" else char)
+            continue
+        if char == quote:
+            quote = None  # a doubled quote ('') closes and reopens: same result
+        elif quote is None and char in "'\"":
+            quote = char
+        out.append("%%" if char == "%" else char)
     return "".join(out)
