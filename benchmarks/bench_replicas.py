@@ -1,0 +1,365 @@
+"""Replicas on PostgreSQL beside the SQLite server: executions/s and live events/s.
+
+Three configurations run side by side, each its own ``vi-flow serve`` processes on
+127.0.0.1 (each with its own home), and are measured in rotated order every round:
+
+* ``sqlite``: one server on its home's SQLite database (the baseline);
+* ``pg 1``: one server on a fresh PostgreSQL schema;
+* ``pg 3``: three replicas on one other fresh schema; clients are spread round robin over
+  the three ports, and the readers of a run read from the two replicas that do not
+  execute it (its events reach them through the database and its NOTIFY).
+
+Measures, each round:
+
+* ``exec``: CLIENTS coroutines each making EXECUTES ``AsyncFlow.execute()`` calls of a
+  one-block ``template`` flow (client i on port i mod N); executions/s over all of them.
+* ``events``: RUNS runs started with ``POST /v1/flows/{id}/jobs`` (run j on port j mod N),
+  each read by READERS ``GET /v1/runs/{id}/events`` streams (on the other ports when
+  there are three). A run first emits one line and waits GATE seconds, so every reader
+  is connected before its ``bulk`` step emits LINES log lines; events/s is the bulk
+  lines delivered to all readers over the time from the first bulk event any reader saw
+  to the last reader's end. Every reader must get every event of its run exactly once
+  (checked by count), or the benchmark stops with the run id.
+
+Printed: medians with min-max, the servers' CPU (percent of one core, all replicas
+summed), and the ratio of each PostgreSQL configuration to SQLite. No goal is judged:
+the figures say what replicas cost or give on this machine. Round 0 warms every path and
+is dropped.
+
+PostgreSQL: ``VI_FLOW_TEST_POSTGRES_URL`` if set (a fresh schema per configuration,
+dropped afterwards), else a throwaway cluster from ``tests/pgcluster.py``; without
+PostgreSQL or ``psycopg`` it prints a skip line and exits 0. Until the server runs
+replicas, a second server on one schema is refused: ``pg 3`` is then reported as
+skipped. ``--quick`` shrinks the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import attrs
+from _common import Samples, ServerProcess, quick_flag, rotated, server_process
+
+import vi_flow
+
+QUICK = quick_flag()
+ROUNDS = 2 if QUICK else 5
+CLIENTS = 16
+EXECUTES = 4 if QUICK else 16
+RUNS = 3
+READERS = 2
+LINES = 5_000 if QUICK else 50_000
+GATE = 0.5
+TIMEOUT = aiohttp.ClientTimeout(total=120)
+BULK = b'"stepId":"bulk"'
+# run_started; gate: step_started, log, step_output, step_completed; bulk: step_started,
+# LINES logs, step_output, step_completed; flow_completed
+FRAMES = LINES + 9
+SKIP = "bench_replicas: skipped"
+
+
+@attrs.frozen
+class Setup:
+    """One configuration: its servers, and the flows created on it."""
+
+    name: str
+    servers: list[ServerProcess]
+    exec_flow: str
+    emit_flow: str
+
+    def peer(self, index: int, shift: int) -> ServerProcess:
+        """The server ``shift`` places after ``index`` (itself when there is one)."""
+        return self.servers[(index + shift) % len(self.servers)]
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str | None]:
+    """A PostgreSQL URL (``VI_FLOW_TEST_POSTGRES_URL`` or a throwaway cluster), or None."""
+    url = os.environ.get("VI_FLOW_TEST_POSTGRES_URL", "")
+    if url and url != "start":
+        yield url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.pgcluster import find_bindir, running_cluster
+
+    if find_bindir() is None:
+        yield None
+        return
+    with running_cluster() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def fresh_schema(url: str) -> Iterator[str]:
+    """``url`` with a new schema first on its search path; the schema is dropped on exit."""
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}".encode())
+    try:
+        joiner = "&" if "?" in url else "?"
+        yield f"{url}{joiner}options={quote(f'-c search_path={schema}')}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+def reachable(url: str) -> str | None:
+    """None when ``url`` answers, else why not (without the URL: it may hold a password)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            conn.execute(b"SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL did not answer ({type(exc).__name__})"
+    return None
+
+
+# -- servers -----------------------------------------------------------------------------
+
+
+def start_servers(
+    stack: contextlib.ExitStack, count: int, database: str | None
+) -> list[ServerProcess]:
+    """``count`` servers, each with its own home, on ``database`` (None: SQLite)."""
+    # the URL goes in the environment, not in argv, where ps would show a password
+    env = {**os.environ, "VI_FLOW_DATABASE": database} if database else None
+    return [stack.enter_context(server_process(env=env)) for _ in range(count)]
+
+
+async def create_flows(name: str, servers: list[ServerProcess]) -> Setup:
+    first = servers[0]
+    emit = {"name": "replica-events", "blocks": [
+        {"block": "emit", "id": "gate", "settings": {"count": 1, "interval": GATE}},
+        {"block": "emit", "id": "bulk", "settings": {"count": LINES}}]}  # fmt: skip
+    one = {"name": "one-block", "blocks": [
+        {"block": "template", "id": "t", "settings": {"template": "hello {{message}}"}}]}  # fmt: skip
+    async with vi_flow.AsyncClient(base_url=first.base_url, api_key=first.api_key) as client:
+        exec_flow = (await client.flows.create(one)).flow_id
+        emit_flow = (await client.flows.create(emit)).flow_id
+    return Setup(name, servers, exec_flow, emit_flow)
+
+
+@attrs.define
+class Window:
+    """A measured stretch of time and the servers' CPU seconds in it."""
+
+    servers: list[ServerProcess]
+    wall: float | None = None
+    cpu: float = 0.0
+
+    def open(self) -> None:
+        """Start the window (later calls keep the first start)."""
+        if self.wall is None:
+            self.wall, self.cpu = time.perf_counter(), cpu_seconds(self.servers)
+
+    def close(self, count: int, ended: float | None = None) -> tuple[float, float]:
+        """``count`` per second over the window, and the servers' CPU in % of one core."""
+        assert self.wall is not None
+        cpu = cpu_seconds(self.servers) - self.cpu
+        wall = (ended or time.perf_counter()) - self.wall
+        return count / wall, 100 * cpu / wall
+
+
+def cpu_seconds(servers: list[ServerProcess]) -> float:
+    """User + system CPU seconds of the servers' processes, summed."""
+    total = 0
+    for server in servers:
+        with open(f"/proc/{server.process.pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+# -- executions --------------------------------------------------------------------------
+
+
+async def executions(setup: Setup) -> tuple[float, float]:
+    """Executions/s of CLIENTS coroutines spread round robin over the servers; CPU %."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(vi_flow.AsyncClient(base_url=s.base_url, api_key=s.api_key))
+            for s in setup.servers
+        ]  # fmt: skip
+
+        async def worker(index: int) -> None:
+            flow = clients[index % len(clients)].flow(setup.exec_flow)
+            for _ in range(EXECUTES):
+                await flow.execute(message="hi")
+
+        window = Window(setup.servers)
+        window.open()
+        await asyncio.gather(*(worker(i) for i in range(CLIENTS)))
+        return window.close(CLIENTS * EXECUTES)
+
+
+# -- live events -------------------------------------------------------------------------
+
+
+@attrs.define
+class Reading:
+    """What one reader saw: frames, when the bulk step first showed, when it ended."""
+
+    frames: int = 0
+    bulk_at: float | None = None
+    ended_at: float = 0.0
+    late: bool = False
+
+
+async def read_run(
+    session: aiohttp.ClientSession, server: ServerProcess, run_id: str, window: Window
+) -> Reading:
+    """Read one run's stream to its end, counting frames and timing the bulk step."""
+    seen, last, tail, first = Reading(), b"", b"", True
+    async with session.get(
+        f"{server.base_url}/runs/{run_id}/events", headers=_headers(server)
+    ) as resp:
+        resp.raise_for_status()
+        async for chunk in resp.content.iter_any():
+            seen.frames += chunk.count(b"\n\n") + (last == b"\n" and chunk[:1] == b"\n")
+            if seen.bulk_at is None and BULK in tail + chunk:
+                seen.bulk_at, seen.late = time.perf_counter(), first
+                window.open()
+            first, last, tail = False, chunk[-1:], chunk[-len(BULK) :]
+    seen.ended_at = time.perf_counter()
+    if seen.frames != FRAMES:
+        raise RuntimeError(
+            f"run {run_id} on {server.base_url}: {seen.frames} frames, expected {FRAMES}"
+        )
+    return seen
+
+
+def _headers(server: ServerProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}", "Accept": "text/event-stream"}
+
+
+async def start_run(session: aiohttp.ClientSession, server: ServerProcess, flow_id: str) -> str:
+    async with session.post(
+        f"{server.base_url}/flows/{flow_id}/jobs", json={}, headers=_headers(server)
+    ) as resp:
+        resp.raise_for_status()
+        return str((await resp.json())["executionId"])
+
+
+async def live_events(setup: Setup, late: list[int]) -> tuple[float, float]:
+    """Bulk log events/s delivered to RUNS x READERS readers, and the servers' CPU %.
+
+    The window opens when the first reader sees the bulk step and closes when the last
+    reader has its run's end; readers that connected after the bulk began are counted.
+    """
+    window = Window(setup.servers)
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        owners = [setup.peer(j, 0) for j in range(RUNS)]
+        runs = await asyncio.gather(*(start_run(session, s, setup.emit_flow) for s in owners))
+        readers = [
+            read_run(session, setup.peer(j, 1 + k), run, window)
+            for j, run in enumerate(runs) for k in range(READERS)
+        ]  # fmt: skip
+        seen = await asyncio.gather(*readers)
+    late.append(sum(r.late for r in seen))
+    return window.close(RUNS * READERS * LINES, max(r.ended_at for r in seen))
+
+
+# -- rounds and report -------------------------------------------------------------------
+
+
+async def measure(setup: Setup, samples: Samples, late: list[int]) -> None:
+    for kind in ("exec", "events"):
+        value, cpu = await (executions(setup) if kind == "exec" else live_events(setup, late))
+        samples.add(f"{setup.name} {kind}", value)
+        samples.add(f"{setup.name} {kind} cpu%", cpu)
+
+
+def report(samples: Samples, names: list[str], late: list[int]) -> None:
+    print(f"\nReplicas on PostgreSQL vs one SQLite server (median of {ROUNDS} rotated rounds)")
+    units = {"exec": "exec/s", "events": "ev/s"}
+    titles = {
+        "exec": f"executions/s: {CLIENTS} clients x {EXECUTES} executes of a one-block template flow",
+        "events": f"live events/s: {RUNS} runs x {LINES:,} log lines, {READERS} readers each",
+    }
+    for kind in ("exec", "events"):
+        print(f"  {titles[kind]}")
+        base = samples.median(f"sqlite {kind}")
+        for name in names:
+            key = f"{name} {kind}"
+            ratio = samples.median(key) / base
+            print(f"      {name:<7} {samples.spread(key, units[kind])}  ratio {ratio:4.2f}"
+                  f"  server CPU {samples.spread(f'{key} cpu%', '%')}")  # fmt: skip
+    if any(late):
+        print(f"  note: {sum(late)} reader(s) connected after the bulk step began (part replayed)")
+
+
+async def run_rounds(setups: list[Setup]) -> None:
+    samples, scratch, late = Samples(), Samples(), [0]
+    names = [s.name for s in setups]
+    by_name = {s.name: s for s in setups}
+    for round_no in range(ROUNDS + 1):  # round 0 warms every path and is dropped
+        for name in rotated(names, round_no):
+            await measure(by_name[name], samples if round_no else scratch, late if round_no else [])
+    report(samples, names, late)
+
+
+def configurations(stack: contextlib.ExitStack, url: str) -> list[tuple[str, list[ServerProcess]]]:
+    """The servers of each configuration; ``pg 3`` is left out (and said so) when refused."""
+    found = [("sqlite", start_servers(stack, 1, None))]
+    found.append(("pg 1", start_servers(stack, 1, stack.enter_context(fresh_schema(url)))))
+    replicas = contextlib.ExitStack()
+    try:
+        servers = start_servers(replicas, 3, stack.enter_context(fresh_schema(url)))
+    except RuntimeError as exc:
+        replicas.close()
+        # the server names the database; its URL may hold a password
+        reason = re.sub(r"postgresql://\S+", "postgresql://...", str(exc).strip().splitlines()[-1])
+        print(f"pg 3: skipped, a second server on one schema did not start: {reason}")
+        return found
+    stack.enter_context(replicas)
+    found.append(("pg 3", servers))
+    return found
+
+
+def main() -> int:
+    if importlib.util.find_spec("psycopg") is None:
+        print(f"{SKIP}: psycopg is not installed (pip install 'vi-flow[postgres]')")
+        return 0
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres())
+        if url is None:
+            print(f"{SKIP}: no PostgreSQL (set VI_FLOW_TEST_POSTGRES_URL or install postgresql)")
+            return 0
+        problem = reachable(url)
+        if problem:
+            print(f"{SKIP}: {problem}")
+            return 0
+        started = time.perf_counter()
+        found = configurations(stack, url)
+        print(
+            f"servers up in {time.perf_counter() - started:.1f} s: "
+            + ", ".join(n for n, _ in found)
+        )
+        asyncio.run(_main(found))
+    return 0
+
+
+async def _main(found: list[tuple[str, list[ServerProcess]]]) -> None:
+    setups = [await create_flows(name, servers) for name, servers in found]
+    await run_rounds(setups)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
