@@ -61,7 +61,8 @@ RUNS = 3
 READERS = 2
 LINES = 5_000 if QUICK else 50_000
 GATE = 0.5
-TIMEOUT = aiohttp.ClientTimeout(total=120)
+LIMIT = 120.0  # seconds for one measure (all executes, or one stream), so a hang ends
+TIMEOUT = aiohttp.ClientTimeout(total=LIMIT)
 BULK = b'"stepId":"bulk"'
 # run_started; gate: step_started, log, step_output, step_completed; bulk: step_started,
 # LINES logs, step_output, step_completed; flow_completed
@@ -148,8 +149,8 @@ async def create_flows(name: str, servers: list[ServerProcess]) -> Setup:
     emit = {"name": "replica-events", "blocks": [
         {"block": "emit", "id": "gate", "settings": {"count": 1, "interval": GATE}},
         {"block": "emit", "id": "bulk", "settings": {"count": LINES}}]}  # fmt: skip
-    one = {"name": "one-block", "blocks": [
-        {"block": "template", "id": "t", "settings": {"template": "hello {{message}}"}}]}  # fmt: skip
+    template = {"template": "hello {{message}}"}
+    one = {"name": "one-block", "blocks": [{"block": "template", "id": "t", "settings": template}]}
     async with vi_flow.AsyncClient(base_url=first.base_url, api_key=first.api_key) as client:
         exec_flow = (await client.flows.create(one)).flow_id
         emit_flow = (await client.flows.create(emit)).flow_id
@@ -194,9 +195,11 @@ async def executions(setup: Setup) -> tuple[float, float]:
     """Executions/s of CLIENTS coroutines spread round robin over the servers; CPU %."""
     async with contextlib.AsyncExitStack() as stack:
         clients = [
-            await stack.enter_async_context(vi_flow.AsyncClient(base_url=s.base_url, api_key=s.api_key))
+            await stack.enter_async_context(
+                vi_flow.AsyncClient(base_url=s.base_url, api_key=s.api_key)
+            )
             for s in setup.servers
-        ]  # fmt: skip
+        ]
 
         async def worker(index: int) -> None:
             flow = clients[index % len(clients)].flow(setup.exec_flow)
@@ -205,7 +208,7 @@ async def executions(setup: Setup) -> tuple[float, float]:
 
         window = Window(setup.servers)
         window.open()
-        await asyncio.gather(*(worker(i) for i in range(CLIENTS)))
+        await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(CLIENTS))), LIMIT)
         return window.close(CLIENTS * EXECUTES)
 
 
@@ -226,17 +229,14 @@ async def read_run(
     session: aiohttp.ClientSession, server: ServerProcess, run_id: str, window: Window
 ) -> Reading:
     """Read one run's stream to its end, counting frames and timing the bulk step."""
-    seen, last, tail, first = Reading(), b"", b"", True
-    async with session.get(
-        f"{server.base_url}/runs/{run_id}/events", headers=_headers(server)
-    ) as resp:
-        resp.raise_for_status()
-        async for chunk in resp.content.iter_any():
-            seen.frames += chunk.count(b"\n\n") + (last == b"\n" and chunk[:1] == b"\n")
-            if seen.bulk_at is None and BULK in tail + chunk:
-                seen.bulk_at, seen.late = time.perf_counter(), first
-                window.open()
-            first, last, tail = False, chunk[-1:], chunk[-len(BULK) :]
+    seen = Reading()
+    try:
+        await _read(session, server, run_id, window, seen)
+    except asyncio.TimeoutError:
+        raise RuntimeError(
+            f"run {run_id} on {server.base_url}: stream still open after {LIMIT:.0f} s, "
+            f"{seen.frames} of {FRAMES} frames"
+        ) from None
     seen.ended_at = time.perf_counter()
     if seen.frames != FRAMES:
         raise RuntimeError(
@@ -245,13 +245,31 @@ async def read_run(
     return seen
 
 
-def _headers(server: ServerProcess) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.api_key}", "Accept": "text/event-stream"}
+async def _read(
+    session: aiohttp.ClientSession, server: ServerProcess, run_id: str, window: Window,
+    seen: Reading,
+) -> None:  # fmt: skip
+    last, tail, first = b"", b"", True
+    async with session.get(
+        f"{server.base_url}/runs/{run_id}/events",
+        headers={**_auth(server), "Accept": "text/event-stream"},
+    ) as resp:
+        resp.raise_for_status()
+        async for chunk in resp.content.iter_any():
+            seen.frames += chunk.count(b"\n\n") + (last == b"\n" and chunk[:1] == b"\n")
+            if seen.bulk_at is None and BULK in tail + chunk:
+                seen.bulk_at, seen.late = time.perf_counter(), first
+                window.open()
+            first, last, tail = False, chunk[-1:], chunk[-len(BULK) :]
+
+
+def _auth(server: ServerProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.api_key}"}
 
 
 async def start_run(session: aiohttp.ClientSession, server: ServerProcess, flow_id: str) -> str:
     async with session.post(
-        f"{server.base_url}/flows/{flow_id}/jobs", json={}, headers=_headers(server)
+        f"{server.base_url}/flows/{flow_id}/jobs", json={}, headers=_auth(server)
     ) as resp:
         resp.raise_for_status()
         return str((await resp.json())["executionId"])
@@ -290,7 +308,7 @@ def report(samples: Samples, names: list[str], late: list[int]) -> None:
     print(f"\nReplicas on PostgreSQL vs one SQLite server (median of {ROUNDS} rotated rounds)")
     units = {"exec": "exec/s", "events": "ev/s"}
     titles = {
-        "exec": f"executions/s: {CLIENTS} clients x {EXECUTES} executes of a one-block template flow",
+        "exec": f"executions/s: {CLIENTS} clients x {EXECUTES} executes of a one-block flow",
         "events": f"live events/s: {RUNS} runs x {LINES:,} log lines, {READERS} readers each",
     }
     for kind in ("exec", "events"):
