@@ -323,6 +323,26 @@ def report(samples: Samples, names: list[str], late: list[int]) -> None:
         print(f"  note: {sum(late)} reader(s) connected after the bulk step began (part replayed)")
 
 
+_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) |^Traceback", re.MULTILINE)
+
+
+def log_problems(setups: list[Setup]) -> None:
+    """Print the warnings and errors the servers logged (a clean run logs none)."""
+    for setup in setups:
+        for index, server in enumerate(setup.servers):
+            text = (server.home / "server.log").read_text(errors="replace")
+            lines = [line for line in text.splitlines() if _PROBLEM.search(line)]
+            for line in lines[:3]:
+                print(f"  {setup.name} server {index} logged: {_redacted(line)[:300]}")
+            if len(lines) > 3:
+                print(f"  {setup.name} server {index}: {len(lines) - 3} more such lines")
+
+
+def _redacted(text: str) -> str:
+    """``text`` without database URLs (one may hold a password)."""
+    return re.sub(r"postgresql://\S+", "postgresql://...", text)
+
+
 async def run_rounds(setups: list[Setup]) -> None:
     samples, scratch, late = Samples(), Samples(), [0]
     names = [s.name for s in setups]
@@ -331,6 +351,7 @@ async def run_rounds(setups: list[Setup]) -> None:
         for name in rotated(names, round_no):
             await measure(by_name[name], samples if round_no else scratch, late if round_no else [])
     report(samples, names, late)
+    log_problems(setups)
 
 
 def configurations(stack: contextlib.ExitStack, url: str) -> list[tuple[str, list[ServerProcess]]]:
@@ -342,8 +363,7 @@ def configurations(stack: contextlib.ExitStack, url: str) -> list[tuple[str, lis
         servers = start_servers(replicas, 3, stack.enter_context(fresh_schema(url)))
     except RuntimeError as exc:
         replicas.close()
-        # the server names the database; its URL may hold a password
-        reason = re.sub(r"postgresql://\S+", "postgresql://...", str(exc).strip().splitlines()[-1])
+        reason = _redacted(str(exc).strip().splitlines()[-1])
         print(f"pg 3: skipped, a second server on one schema did not start: {reason}")
         return found
     stack.enter_context(replicas)
@@ -374,7 +394,24 @@ def main() -> int:
     return 0
 
 
+async def live_replicas(name: str, servers: list[ServerProcess]) -> None:
+    """Check that every replica lists all of them live (``GET /v1/server``)."""
+    if len(servers) == 1:
+        return
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        seen = []
+        for server in servers:
+            async with session.get(f"{server.base_url}/server", headers=_auth(server)) as resp:
+                resp.raise_for_status()
+                seen.append(len((await resp.json()).get("replicas", [])))
+    print(f"{name}: live replicas listed by each: {seen}")
+    if seen != [len(servers)] * len(servers):
+        raise RuntimeError(f"{name}: expected every replica to list {len(servers)} live ones")
+
+
 async def _main(found: list[tuple[str, list[ServerProcess]]]) -> None:
+    for name, servers in found:
+        await live_replicas(name, servers)
     setups = [await create_flows(name, servers) for name, servers in found]
     await run_rounds(setups)
 
