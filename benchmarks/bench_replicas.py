@@ -43,7 +43,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,6 +68,9 @@ BULK = b'"stepId":"bulk"'
 # LINES logs, step_output, step_completed; flow_completed
 FRAMES = LINES + 9
 SKIP = "bench_replicas: skipped"
+Measure = tuple[float, dict[str, float]]  # per second; CPU % of one core by who spent it
+CLOCK = os.sysconf("SC_CLK_TCK")
+CPU_OF = ("servers", "PostgreSQL", "this client", "machine")
 
 
 @attrs.frozen
@@ -120,16 +123,25 @@ def fresh_schema(url: str) -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE".encode())
 
 
-def reachable(url: str) -> str | None:
-    """None when ``url`` answers, else why not (without the URL: it may hold a password)."""
+def probe(url: str) -> tuple[str | None, int | None]:
+    """Why ``url`` does not answer (None: it does), and its postmaster's pid if it is local.
+
+    The reason leaves the URL out: it may hold a password.
+    """
     import psycopg
 
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
-            conn.execute(b"SELECT 1")
+            backend = conn.execute(b"SELECT pg_backend_pid()").fetchone()
     except psycopg.Error as exc:
-        return f"PostgreSQL did not answer ({type(exc).__name__})"
-    return None
+        return f"PostgreSQL did not answer ({type(exc).__name__})", None
+    return None, _parent(int(backend[0])) if backend else None
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of local process ``pid`` (a backend's postmaster), or None if not here."""
+    stat = proc_stat(pid)  # None: PostgreSQL on another host, or in another pid namespace
+    return int(stat[1][1]) if stat and stat[0] == b"postgres" else None
 
 
 # -- servers -----------------------------------------------------------------------------
@@ -157,41 +169,78 @@ async def create_flows(name: str, servers: list[ServerProcess]) -> Setup:
     return Setup(name, servers, exec_flow, emit_flow)
 
 
+Meter = Callable[[], float]  # CPU seconds so far, of something
+
+
 @attrs.define
 class Window:
-    """A measured stretch of time and the servers' CPU seconds in it."""
+    """A measured stretch of time, and the CPU seconds each meter counted in it."""
 
-    servers: list[ServerProcess]
+    meters: dict[str, Meter]
     wall: float | None = None
-    cpu: float = 0.0
+    then: dict[str, float] = attrs.Factory(dict)
 
     def open(self) -> None:
         """Start the window (later calls keep the first start)."""
         if self.wall is None:
-            self.wall, self.cpu = time.perf_counter(), cpu_seconds(self.servers)
+            self.wall, self.then = time.perf_counter(), {n: m() for n, m in self.meters.items()}
 
-    def close(self, count: int, ended: float | None = None) -> tuple[float, float]:
-        """``count`` per second over the window, and the servers' CPU in % of one core."""
+    def close(self, count: int, ended: float | None = None) -> Measure:
+        """``count`` per second over the window, and each meter's CPU in % of one core."""
         assert self.wall is not None
-        cpu = cpu_seconds(self.servers) - self.cpu
+        spent = {name: meter() - self.then[name] for name, meter in self.meters.items()}
         wall = (ended or time.perf_counter()) - self.wall
-        return count / wall, 100 * cpu / wall
+        return count / wall, {name: 100 * cpu / wall for name, cpu in spent.items()}
 
 
-def cpu_seconds(servers: list[ServerProcess]) -> float:
-    """User + system CPU seconds of the servers' processes, summed."""
-    total = 0
-    for server in servers:
-        with open(f"/proc/{server.process.pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def meters(setup: Setup, postmaster: int | None) -> dict[str, Meter]:
+    """What a window counts: the servers, PostgreSQL (when local), this client, the machine."""
+    found: dict[str, Meter] = {"servers": lambda: cpu_seconds(s.process.pid for s in setup.servers)}
+    if postmaster is not None:
+        found["PostgreSQL"] = lambda: cpu_seconds(cluster_pids(postmaster))
+    found["this client"] = time.process_time
+    found["machine"] = machine_busy
+    return found
+
+
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine (``/proc/stat``), every core summed."""
+    with open("/proc/stat", "rb") as stat:
+        ticks = [int(t) for t in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK  # idle and iowait are not busy
+
+
+def proc_stat(pid: int) -> tuple[bytes, list[bytes]] | None:
+    """Process ``pid``'s name and the fields after it in ``/proc/PID/stat``; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            head, rest = stat.read().rsplit(b")", 1)
+    except OSError:
+        return None
+    return head.split(b"(", 1)[1], rest.split()
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of processes ``pids``, summed (gone ones count 0)."""
+    stats = [stat[1] for stat in map(proc_stat, pids) if stat]
+    return sum(int(fields[11]) + int(fields[12]) for fields in stats) / CLOCK
+
+
+def cluster_pids(postmaster: int) -> list[int]:
+    """The postmaster and its children: every process of a local PostgreSQL cluster."""
+    children = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    return [postmaster, *(p for p in children if _parent_is(p, postmaster))]
+
+
+def _parent_is(pid: int, parent: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and int(stat[1][1]) == parent
 
 
 # -- executions --------------------------------------------------------------------------
 
 
-async def executions(setup: Setup) -> tuple[float, float]:
+async def executions(setup: Setup, window: Window) -> Measure:
     """Executions/s of CLIENTS coroutines spread round robin over the servers; CPU %."""
     async with contextlib.AsyncExitStack() as stack:
         clients = [
@@ -206,7 +255,6 @@ async def executions(setup: Setup) -> tuple[float, float]:
             for _ in range(EXECUTES):
                 await flow.execute(message="hi")
 
-        window = Window(setup.servers)
         window.open()
         await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(CLIENTS))), LIMIT)
         return window.close(CLIENTS * EXECUTES)
@@ -275,13 +323,12 @@ async def start_run(session: aiohttp.ClientSession, server: ServerProcess, flow_
         return str((await resp.json())["executionId"])
 
 
-async def live_events(setup: Setup, late: list[int]) -> tuple[float, float]:
+async def live_events(setup: Setup, window: Window, late: list[int]) -> Measure:
     """Bulk log events/s delivered to RUNS x READERS readers, and the servers' CPU %.
 
     The window opens when the first reader sees the bulk step and closes when the last
     reader has its run's end; readers that connected after the bulk began are counted.
     """
-    window = Window(setup.servers)
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         owners = [setup.peer(j, 0) for j in range(RUNS)]
         runs = await asyncio.gather(*(start_run(session, s, setup.emit_flow) for s in owners))
@@ -297,11 +344,15 @@ async def live_events(setup: Setup, late: list[int]) -> tuple[float, float]:
 # -- rounds and report -------------------------------------------------------------------
 
 
-async def measure(setup: Setup, samples: Samples, late: list[int]) -> None:
+async def measure(setup: Setup, samples: Samples, late: list[int], postmaster: int | None) -> None:
     for kind in ("exec", "events"):
-        value, cpu = await (executions(setup) if kind == "exec" else live_events(setup, late))
+        window = Window(meters(setup, postmaster))
+        value, cpu = await (
+            executions(setup, window) if kind == "exec" else live_events(setup, window, late)
+        )
         samples.add(f"{setup.name} {kind}", value)
-        samples.add(f"{setup.name} {kind} cpu%", cpu)
+        for who, share in cpu.items():
+            samples.add(f"{setup.name} {kind} {who}", share)
 
 
 def report(samples: Samples, names: list[str], late: list[int]) -> None:
@@ -317,8 +368,10 @@ def report(samples: Samples, names: list[str], late: list[int]) -> None:
         for name in names:
             key = f"{name} {kind}"
             ratio = samples.median(key) / base
-            print(f"      {name:<7} {samples.spread(key, units[kind])}  ratio {ratio:4.2f}"
-                  f"  server CPU {samples.spread(f'{key} cpu%', '%')}")  # fmt: skip
+            print(f"      {name:<7} {samples.spread(key, units[kind])}  ratio {ratio:4.2f}")
+            shares = [(who, samples.spread(f"{key} {who}", "%").strip()) for who in CPU_OF
+                      if f"{key} {who}" in samples.values]  # fmt: skip
+            print("              CPU: " + ", ".join(f"{who} {share}" for who, share in shares))
     if any(late):
         print(f"  note: {sum(late)} reader(s) connected after the bulk step began (part replayed)")
 
@@ -343,13 +396,14 @@ def _redacted(text: str) -> str:
     return re.sub(r"postgresql://\S+", "postgresql://...", text)
 
 
-async def run_rounds(setups: list[Setup]) -> None:
+async def run_rounds(setups: list[Setup], postmaster: int | None) -> None:
     samples, scratch, late = Samples(), Samples(), [0]
     names = [s.name for s in setups]
     by_name = {s.name: s for s in setups}
     for round_no in range(ROUNDS + 1):  # round 0 warms every path and is dropped
         for name in rotated(names, round_no):
-            await measure(by_name[name], samples if round_no else scratch, late if round_no else [])
+            target = samples if round_no else scratch
+            await measure(by_name[name], target, late if round_no else [], postmaster)
     report(samples, names, late)
     log_problems(setups)
 
@@ -380,7 +434,7 @@ def main() -> int:
         if url is None:
             print(f"{SKIP}: no PostgreSQL (set VI_FLOW_TEST_POSTGRES_URL or install postgresql)")
             return 0
-        problem = reachable(url)
+        problem, postmaster = probe(url)
         if problem:
             print(f"{SKIP}: {problem}")
             return 0
@@ -390,7 +444,7 @@ def main() -> int:
             f"servers up in {time.perf_counter() - started:.1f} s: "
             + ", ".join(n for n, _ in found)
         )
-        asyncio.run(_main(found))
+        asyncio.run(_main(found, postmaster))
     return 0
 
 
@@ -409,11 +463,11 @@ async def live_replicas(name: str, servers: list[ServerProcess]) -> None:
         raise RuntimeError(f"{name}: expected every replica to list {len(servers)} live ones")
 
 
-async def _main(found: list[tuple[str, list[ServerProcess]]]) -> None:
+async def _main(found: list[tuple[str, list[ServerProcess]]], postmaster: int | None) -> None:
     for name, servers in found:
         await live_replicas(name, servers)
     setups = [await create_flows(name, servers) for name, servers in found]
-    await run_rounds(setups)
+    await run_rounds(setups, postmaster)
 
 
 if __name__ == "__main__":
