@@ -133,9 +133,10 @@ def probe(url: str) -> tuple[str | None, int | None]:
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             backend = conn.execute(b"SELECT pg_backend_pid()").fetchone()
+            # while the connection is open: its backend exits when it closes
+            return None, _parent(int(backend[0])) if backend else None
     except psycopg.Error as exc:
         return f"PostgreSQL did not answer ({type(exc).__name__})", None
-    return None, _parent(int(backend[0])) if backend else None
 
 
 def _parent(pid: int) -> int | None:
