@@ -21,16 +21,19 @@ Measures, each round:
   to the last reader's end. Every reader must get every event of its run exactly once
   (checked by count), or the benchmark stops with the run id.
 
-Printed: medians with min-max, the servers' CPU (percent of one core, all replicas
-summed), and the ratio of each PostgreSQL configuration to SQLite. No goal is judged:
-the figures say what replicas cost or give on this machine. Round 0 warms every path and
-is dropped.
+Printed: medians with min-max, the ratio of each PostgreSQL configuration to SQLite, and
+where the CPU went in each measure (percent of one core): the servers (replicas summed),
+the PostgreSQL cluster's processes (when it runs on this host), this client, the whole
+machine. No goal is judged: the figures say what replicas cost or give on this machine.
+Round 0 warms every path and is dropped. Before the rounds every replica must list all
+of them live (``GET /v1/server``); after them the warnings and errors the servers logged
+are printed (a clean run prints none).
 
 PostgreSQL: ``VI_FLOW_TEST_POSTGRES_URL`` if set (a fresh schema per configuration,
 dropped afterwards), else a throwaway cluster from ``tests/pgcluster.py``; without
-PostgreSQL or ``psycopg`` it prints a skip line and exits 0. Until the server runs
-replicas, a second server on one schema is refused: ``pg 3`` is then reported as
-skipped. ``--quick`` shrinks the counts.
+PostgreSQL or ``psycopg`` it prints a skip line and exits 0. A server without replicas
+refuses a second server on one schema: ``pg 3`` is then reported as skipped.
+``--quick`` shrinks the counts.
 """
 
 from __future__ import annotations
@@ -153,7 +156,9 @@ def start_servers(
 ) -> list[ServerProcess]:
     """``count`` servers, each with its own home, on ``database`` (None: SQLite)."""
     # the URL goes in the environment, not in argv, where ps would show a password
-    env = {**os.environ, "VI_FLOW_DATABASE": database} if database else None
+    env = {k: v for k, v in os.environ.items() if k != "VI_FLOW_DATABASE"}
+    if database:
+        env["VI_FLOW_DATABASE"] = database
     return [stack.enter_context(server_process(env=env)) for _ in range(count)]
 
 
