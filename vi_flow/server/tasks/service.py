@@ -134,6 +134,21 @@ class TaskService:
         """``(stream, line)`` until the task ended; see :meth:`TaskOutputs.follow`."""
         return self.outputs.follow(task_id)
 
+    async def elsewhere(self, task_id: str, org_id: str) -> str | None:
+        """The name of the live replica that holds the files of this task of ``org_id``
+        when it is another one (the local provider, with replicas), else None."""
+        if not self.replica.shared or isinstance(self.provider, ClusterPoller):
+            return None  # one server, or files on storage every replica shares
+        me = self.replica.id
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT r.name FROM tasks t JOIN replicas r ON r.replica_id = t.replica"
+                " WHERE t.task_id = ? AND t.org_id = ? AND t.replica != ?",
+                (task_id, org_id, me),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     async def output_files(self, task_id: str) -> list[TaskOutputFile]:
         """Files the task wrote to its output directory."""
         return await self.outputs.output_files(task_id)
