@@ -234,26 +234,23 @@ class Store:
         if unknown:
             raise NewerDatabaseError(self.database.name, unknown)
 
-    def _transact(self, fn: Callable[[Connection], T]) -> T:
+    def _transact(self, fn: Callable[[Connection], T], again: bool = True) -> T:
         conn = self._connection()
-        try:
-            self.database.begin(conn)
-        except DatabaseError:
-            if not getattr(conn, "broken", False):
-                raise
-            # A PostgreSQL connection lost while idle (a restart, a failover): nothing was
-            # done yet, so open a new one and begin again.
-            log.warning("the database connection was lost; reconnecting to %s", self.database.name)
-            self._close()
-            conn = self._connection()
-            self.database.begin(conn)
+        self.database.begin(conn)
         try:
             result = fn(conn)
-        except BaseException:
-            if getattr(conn, "broken", False):
-                self._close()  # the next transaction opens a new connection
-            else:
+        except BaseException as exc:
+            if not getattr(conn, "broken", False):
                 self.database.rollback(conn)
+                raise
+            self._close()  # the next transaction opens a new connection
+            if again and isinstance(exc, DatabaseError) and getattr(conn, "sent", 0) <= 1:
+                # A PostgreSQL connection lost while idle (a restart, a failover): the
+                # first statement found it gone, nothing was done: again, on a new one.
+                log.warning(
+                    "the database connection was lost; reconnecting to %s", self.database.name
+                )
+                return self._transact(fn, again=False)
             raise
         try:
             self.database.commit(conn)

@@ -98,14 +98,26 @@ class PostgresConnection:
 
     def __init__(self, raw: psycopg.Connection[PostgresRow]) -> None:
         self.raw = raw
+        self.pending_begin = False
+        """A transaction was begun and its ``BEGIN`` not sent yet: it goes with the first
+        statement, in the same round trip (one fewer per transaction)."""
+        self.sent = 0
+        """Statements sent since the transaction began."""
 
     def execute(
         self, sql: str, parameters: Sequence[Any] = (), /
     ) -> psycopg.ClientCursor[PostgresRow]:
         """Run one statement; errors are :mod:`~vi_flow.server.db` errors."""
         cursor = psycopg.ClientCursor(self.raw)
+        query, params = to_pyformat(sql), [_param(p) for p in parameters]
+        self.sent += 1
         with _translated_errors():
-            cursor.execute(to_pyformat(sql), [_param(p) for p in parameters])
+            if self.pending_begin:
+                self.pending_begin = False
+                cursor.execute("BEGIN; " + query, params)
+                cursor.nextset()  # the statement's own result
+            else:
+                cursor.execute(query, params)
         return cursor
 
     def executemany(
@@ -114,14 +126,23 @@ class PostgresConnection:
         """Run one statement for each parameter sequence."""
         cursor = psycopg.ClientCursor(self.raw)
         rows = [[_param(p) for p in params] for params in parameters]
+        self._send_begin()
         with _translated_errors():
             cursor.executemany(to_pyformat(sql), rows)
         return cursor
 
     def script(self, sql: str) -> None:
         """Run several ``;``-separated statements without parameters (a migration)."""
+        self._send_begin()
         with _translated_errors():
             self.raw.execute(sql.encode())
+
+    def _send_begin(self) -> None:
+        self.sent += 1
+        if self.pending_begin:
+            self.pending_begin = False
+            with _translated_errors():
+                self.raw.execute(b"BEGIN")
 
     @property
     def broken(self) -> bool:
@@ -174,15 +195,19 @@ class PostgresDatabase:
         return PostgresConnection(raw)
 
     def begin(self, conn: PostgresConnection) -> None:
-        """Start a transaction."""
-        conn.execute("BEGIN")
+        """Start a transaction (its ``BEGIN`` goes with the first statement)."""
+        conn.pending_begin, conn.sent = True, 0
 
     def commit(self, conn: PostgresConnection) -> None:
         """Commit the transaction."""
+        if conn.pending_begin:  # nothing was sent: nothing to commit
+            conn.pending_begin = False
+            return
         conn.execute("COMMIT")
 
     def rollback(self, conn: PostgresConnection) -> None:
         """Roll the transaction back, if one is open (also an aborted one)."""
+        conn.pending_begin = False
         if conn.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.raw.execute("ROLLBACK")
 

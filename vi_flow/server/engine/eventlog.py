@@ -346,6 +346,8 @@ class EventLog:
             channel = self._channels.get(key)
             if channel is not None:
                 channel.heard(int(last), bool(terminal), settled)
+                if terminal:  # it ended elsewhere: its readers hold the channel, drop it here
+                    del self._channels[key]
             elif key in self._opening:
                 _, was_terminal, was_settled = self._early.get(key, (0, False, None))
                 self._early[key] = (int(last), bool(terminal) or was_terminal,
