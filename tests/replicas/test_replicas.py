@@ -1,0 +1,347 @@
+"""Replicas on one PostgreSQL schema, proven as a user runs them (issue 17).
+
+Each test starts real ``vi-flow serve`` processes, each with its own home, on one fresh
+schema, and talks to them over loopback HTTP: directly (to say which replica owns a run:
+the one that started it) or through :class:`~.kit.RoundRobinProxy`, the load balancer.
+Replica leases are 2 s (``VI_FLOW_REPLICA_LEASE``), so a takeover comes within seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+import vi_flow
+from vi_flow import AsyncPausedResult
+from vi_flow.models import Condition, FlowCompleted, Run, StreamEvent
+
+from ..execution.conftest import TOOL_FLOW, emit_flow
+from .kit import Cluster, Replica, RoundRobinProxy, call, data, sse
+
+pytestmark = pytest.mark.anyio
+
+TERMINAL = {c.value for c in Condition if c.terminal}
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+async def create_flow(replica: Replica, spec: dict[str, Any]) -> str:
+    answer = await call(replica, "POST", "/flows", json={"spec": spec})
+    assert answer.status == 201, answer.body
+    return str(answer.body["flowId"])
+
+
+async def start_job(replica: Replica, flow_id: str, token: str | None = None) -> str:
+    """Start a run of ``flow_id`` on ``replica`` (which then owns it); its id."""
+    answer = await call(replica, "POST", f"/flows/{flow_id}/jobs", json={}, token=token)
+    assert answer.status == 202, answer.body
+    return str(answer.body["executionId"])
+
+
+def conditions(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(run["status"]["conditions"])
+
+
+def condition(run: dict[str, Any]) -> str | None:
+    history = conditions(run)
+    return str(history[-1]["condition"]) if history else None
+
+
+async def get_run(replica: Replica, run_id: str, token: str | None = None) -> dict[str, Any]:
+    answer = await call(replica, "GET", f"/runs/{run_id}", token=token)
+    assert answer.status == 200, answer.body
+    return dict(answer.body)
+
+
+async def wait_ended(
+    replica: Replica, run_id: str, within: float, token: str | None = None
+) -> dict[str, Any]:
+    """Poll the run on ``replica`` until it has a terminal condition (bounded)."""
+    with anyio.fail_after(within):
+        while condition(run := await get_run(replica, run_id, token)) not in TERMINAL:
+            await anyio.sleep(0.1)
+    return run
+
+
+async def stored(replica: Replica, run_id: str, token: str | None = None) -> list[Any]:
+    """Every event of a finished run as ``replica`` replays it: ``(id, event, data)``."""
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(replica, f"/runs/{run_id}/events", token=token)) as it:
+            return [(int(e.id or 0), e.event, data(e)) async for e in it]
+
+
+def one_end(run: dict[str, Any]) -> None:
+    """The run's history holds exactly one terminal condition, its last."""
+    ends = [c["condition"] for c in conditions(run) if c["condition"] in TERMINAL]
+    assert len(ends) == 1 and conditions(run)[-1]["condition"] == ends[0], conditions(run)
+
+
+def exactly_once(ids: list[int]) -> None:
+    """Event ids 1..n, each once, in order."""
+    assert ids == list(range(1, len(ids) + 1)), ids
+
+
+# -- 1. one schema, three replicas ------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_start_on_one_schema_and_share_flows(cluster: Cluster) -> None:
+    a, b, c = await cluster.start("a", "b", "c")
+    assert len({a.pid, b.pid, c.pid}) == 3 and len({a.port, b.port, c.port}) == 3
+    for replica in (a, b, c):
+        answer = await call(replica, "GET", "/server")
+        assert answer.status == 200 and answer.body["pid"] == replica.pid, answer.body
+        assert answer.body.get("replica") == replica.name, answer.body
+    async with a.client() as client:
+        flow = await client.flows.create({"name": "shared", "blocks": []})
+    for replica in (b, c):
+        async with replica.client() as client:  # its own home's admin token
+            listed = [f.flow_id async for f in client.flows.list().all_items()]
+        assert listed == [flow.flow_id]
+        answer = await call(replica, "GET", f"/flows/{flow.flow_id}", token=a.token)
+        assert answer.status == 200, answer.body  # A's token holds on every replica
+
+
+# -- 2. a live stream on another replica; resume on a third -----------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_stream_on_b_of_a_run_on_a_is_live_and_resumes_exactly_on_c(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await cluster.start("a", "b", "c")
+    flow_id = await create_flow(a, emit_flow(80, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    seen: list[tuple[int, str, Any]] = []
+    running_when_seen = None
+    with anyio.fail_after(60):
+        async with contextlib.aclosing(sse(b, f"/runs/{run_id}/events")) as events:
+            async for event in events:
+                seen.append((int(event.id or 0), event.event, data(event)))
+                if len(seen) == 10:  # still going on A while B already streams it
+                    running_when_seen = condition(await get_run(a, run_id))
+                if len(seen) == 40:
+                    break
+    assert running_when_seen == "Running"
+    rest: list[tuple[int, str, Any]] = []
+    with anyio.fail_after(60):
+        headers = {"Last-Event-ID": str(seen[-1][0])}
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events", headers=headers)) as it:
+            rest = [(int(e.id or 0), e.event, data(e)) async for e in it]
+    whole = seen + rest
+    exactly_once([i for i, _, _ in whole])
+    assert [name for _, name, _ in whole].count("flow_completed") == 1
+    assert whole[-1][1] == "flow_completed" and whole[-1][2]["status"] == "Succeeded"
+    assert sum(name == "log" for _, name, _ in whole) == 80
+    assert whole == await stored(a, run_id)
+
+
+# -- 3. cancel through a replica that does not own the run ------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_sent_to_b_ends_a_run_running_on_a(cluster: Cluster) -> None:
+    a, b, c = await cluster.start("a", "b", "c")
+    flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events")) as live:
+            async for event in live:
+                if event.event == "log":
+                    break
+    with anyio.fail_after(15):  # the call answers once the cancel is stored
+        answer = await call(b, "POST", f"/runs/{run_id}/cancel")
+    assert answer.status == 200, answer.body
+    run = await wait_ended(c, run_id, 15)
+    assert condition(run) == "Cancelled"
+    one_end(run)
+    events = await stored(b, run_id)
+    exactly_once([i for i, _, _ in events])
+    ends = [d for _, name, d in events if name == "flow_completed"]
+    assert len(ends) == 1 and events[-1][1] == "flow_completed"
+    assert ends[0]["status"] == "Cancelled"
+    assert sum(name == "log" for _, name, _ in events) < 2000
+
+
+# -- 4. tool calls answered on another replica ------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_tool_results_on_b_resume_a_run_paused_on_a(cluster: Cluster) -> None:
+    a, b, c = await cluster.start("a", "b", "c")
+    async with a.client() as on_a, b.client() as on_b, c.client() as on_c:
+        flow = await on_a.flows.create(TOOL_FLOW)
+        paused = await on_a.flow(flow.flow_id).execute(message="hi")
+        assert isinstance(paused, AsyncPausedResult)
+        (call_id,) = [tc.id for tc in paused.tool_calls]
+        run_id = paused.execution_id
+        accepted = (
+            await on_b.flow(flow.flow_id)
+            .run(run_id)
+            .submit_tool_results([{"tool_call_id": call_id, "output": "42"}])
+        )
+        assert accepted == [call_id]
+        with anyio.fail_after(30):
+            events = [e async for e in on_c.flow(flow.flow_id).run(run_id).events()]
+        trace = await on_c.flow(flow.flow_id).run(run_id).trace()
+    exactly_once([e.event_id for e in events])
+    ends = [e for e in events if isinstance(e, FlowCompleted)]
+    assert len(ends) == 1 and ends[0] is events[-1]
+    assert ends[0].status is Condition.SUCCEEDED and ends[0].output == "got 42"
+    assert [s.step_id for s in trace.steps] == ["greet", "ask", "final"]
+    one_end(await get_run(c, run_id))
+
+    # the same, with B waiting for the outcome the owner (A) reaches
+    second = await call(a, "POST", f"/flows/{flow.flow_id}/execute", json={"message": "x"})
+    assert second.status == 200 and second.body["state"] == "paused", second.body
+    results = [{"toolCallId": second.body["toolCalls"][0]["id"], "output": "7"}]
+    with anyio.fail_after(30):
+        outcome = await call(
+            b,
+            "POST",
+            f"/runs/{second.body['executionId']}/tool-results?wait=true",
+            json={"toolResults": results},
+        )
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 7"
+
+
+# -- 5. one Idempotency-Key across replicas ---------------------------------------------
+
+
+@pytest.mark.timeout(180)
+async def test_one_idempotency_key_on_three_replicas_makes_one_resource(
+    cluster: Cluster,
+) -> None:
+    replicas = await cluster.start("a", "b", "c")
+    token = replicas[0].token
+    block = {"block": "template", "id": "t", "settings": {"template": "ok"}}
+    spec = {"name": "once", "blocks": [block]}
+
+    async def hundred(path: str, body: Any, key: str) -> list[Any]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            answers: list[Any] = [None] * 100
+
+            async def post(i: int) -> None:
+                answers[i] = await call(
+                    replicas[i % 3],
+                    "POST",
+                    path,
+                    json=body,
+                    token=token,
+                    headers={"Idempotency-Key": key},
+                    session=session,
+                    seconds=60,
+                )
+
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as tg:
+                    for i in range(100):
+                        tg.start_soon(post, i)
+        return answers
+
+    made = await hundred("/flows", {"spec": spec}, f"flow-{uuid.uuid4().hex}")
+    assert {a.status for a in made} == {201}, {a.status: a.body for a in made}
+    assert len({a.raw for a in made}) == 1  # every answer the same, byte for byte
+    flow_id = made[0].body["flowId"]
+    async with replicas[1].client(token) as client:
+        assert [f.flow_id async for f in client.flows.list().all_items()] == [flow_id]
+
+    jobs = await hundred(f"/flows/{flow_id}/jobs", {}, f"job-{uuid.uuid4().hex}")
+    assert {a.status for a in jobs} == {202}, {a.status: a.body for a in jobs}
+    assert len({a.raw for a in jobs}) == 1
+    async with replicas[2].client(token) as client:
+        runs: list[Run] = [r async for r in client.runs.list().all_items()]
+    assert [r.run_id for r in runs] == [jobs[0].body["executionId"]]
+
+
+# -- 6 and 7. a replica goes away under live runs and streams ---------------------------
+
+VICTIM_LINES = 600  # 60 s at 0.1 s a line: still running when its replica goes
+OTHER_LINES = 100  # 10 s: ends normally on its own replica
+
+
+async def _follow(
+    proxy: RoundRobinProxy, token: str, flow_id: str, run_id: str, into: list[StreamEvent]
+) -> None:
+    """Follow a run through the balancer with the SDK's resumable stream."""
+    async with vi_flow.AsyncClient(base_url=proxy.base_url, api_key=token) as client:
+        with anyio.fail_after(150):
+            async for event in client.flow(flow_id).run(run_id).events():
+                into.append(event)  # noqa: PERF401 - the test watches it fill
+
+
+async def _lose_a_replica(
+    cluster: Cluster, how: str, victim_runs: int, other_runs: int, streams: int
+) -> None:
+    """Start runs on A, B and C, follow them through the balancer, then stop A (``kill``:
+    SIGKILL, ``term``: SIGTERM); every stream must end exactly once, every run too."""
+    a, b, c = await cluster.start("a", "b", "c")
+    token = a.token
+    slow = await create_flow(a, emit_flow(VICTIM_LINES, interval=0.1))
+    short = await create_flow(a, emit_flow(OTHER_LINES, interval=0.1))
+    owned: dict[str, tuple[Replica, str]] = {}
+    for _ in range(victim_runs):
+        owned[await start_job(a, slow, token)] = (a, slow)
+    for i in range(other_runs):
+        owner = (b, c)[i % 2]
+        owned[await start_job(owner, short, token)] = (owner, short)
+    runs = list(owned)
+    followed: list[tuple[str, list[StreamEvent]]] = [
+        (runs[i % len(runs)], []) for i in range(streams)
+    ]
+    async with RoundRobinProxy([a.port, b.port, c.port]) as proxy:
+        async with anyio.create_task_group() as tg:
+            for run_id, into in followed:
+                tg.start_soon(_follow, proxy, token, owned[run_id][1], run_id, into)
+            with anyio.fail_after(60):  # every stream is live before A goes
+                while not all(into for _, into in followed):
+                    await anyio.sleep(0.05)
+            assert proxy.served[a.port] > 0
+            before = sum(proxy.served.values())
+            if how == "kill":
+                cluster.kill(a)
+            else:
+                assert cluster.terminate(a) == 0, a.output()
+            lost_at = time.monotonic()
+        ended_in = time.monotonic() - lost_at
+    assert sum(proxy.served.values()) > before  # streams reconnected through B and C
+    assert ended_in < cluster.lease + 30
+    for run_id, events in followed:
+        exactly_once([e.event_id for e in events])
+        ends = [e for e in events if isinstance(e, FlowCompleted)]
+        assert len(ends) == 1 and ends[0] is events[-1], run_id
+    for run_id, (owner, _) in owned.items():
+        run = await get_run(b, run_id, token)
+        one_end(run)
+        full = await stored(c, run_id, token)
+        for followed_id, events in followed:
+            if followed_id == run_id:
+                assert [e.event_id for e in events] == [i for i, _, _ in full]
+        last = conditions(run)[-1]
+        if owner is a:
+            assert (last["condition"], last.get("reason")) == ("Error", "ReplicaLost"), last
+            assert full[-1][2]["status"] == "Error"
+        else:
+            assert last["condition"] == "Succeeded", last
+            assert sum(name == "log" for _, name, _ in full) == OTHER_LINES
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_of_a_replica_under_20_runs_and_50_streams_loses_nothing(
+    cluster: Cluster,
+) -> None:
+    await _lose_a_replica(cluster, "kill", victim_runs=20, other_runs=10, streams=50)
+
+
+@pytest.mark.timeout(240)
+async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(cluster: Cluster) -> None:
+    await _lose_a_replica(cluster, "term", victim_runs=5, other_runs=4, streams=12)
