@@ -345,3 +345,32 @@ async def test_kill_9_of_a_replica_under_20_runs_and_50_streams_loses_nothing(
 @pytest.mark.timeout(240)
 async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(cluster: Cluster) -> None:
     await _lose_a_replica(cluster, "term", victim_runs=5, other_runs=4, streams=12)
+
+
+# -- 8. a paused run outlives its replica -----------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_run_paused_on_a_killed_replica_stays_paused_and_resumes_on_b(
+    cluster: Cluster,
+) -> None:
+    a, b, _ = await cluster.start("a", "b", "c")
+    flow_id = await create_flow(a, TOOL_FLOW)
+    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
+    run_id = paused.body["executionId"]
+    cluster.kill(a)
+    await anyio.sleep(3 * cluster.lease)  # long past the lease: a live replica took it
+    run = await get_run(b, run_id, a.token)
+    assert condition(run) == "Running", conditions(run)  # paused runs show as Running
+    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "9"}]
+    with anyio.fail_after(30):
+        outcome = await call(
+            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results}
+        )
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 9"
+    events = await stored(b, run_id, a.token)
+    exactly_once([i for i, _, _ in events])
+    assert [name for _, name, _ in events].count("flow_completed") == 1
+    one_end(await get_run(b, run_id, a.token))
