@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ import vi_flow
 from vi_flow import AsyncPausedResult
 from vi_flow.models import Condition, FlowCompleted, Run, StreamEvent
 
+from ..conftest import fresh_schema
 from ..execution.conftest import TOOL_FLOW, emit_flow
 from .kit import Cluster, Replica, RoundRobinProxy, call, data, sse
 
@@ -30,6 +32,14 @@ TERMINAL = {c.value for c in Condition if c.terminal}
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+async def three(cluster: Cluster) -> tuple[Replica, Replica, Replica]:
+    """Replicas A, then B and C together (A made the schema; starting all three on an
+    empty one at once is the first test's own subject)."""
+    (a,) = await cluster.start("a")
+    b, c = await cluster.start("b", "c")
+    return a, b, c
 
 
 async def create_flow(replica: Replica, spec: dict[str, Any]) -> str:
@@ -92,8 +102,25 @@ def exactly_once(ids: list[int]) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_three_replicas_start_on_one_schema_and_share_flows(cluster: Cluster) -> None:
-    a, b, c = await cluster.start("a", "b", "c")
+async def test_three_replicas_started_at_once_on_an_empty_schema_all_come_up(
+    postgres_url: str | None, postgres_schema: str, tmp_path: Path
+) -> None:
+    assert postgres_url is not None  # postgres_schema skipped (or failed) otherwise
+    for round_ in range(3):  # a race at start shows in some rounds, not all
+        with fresh_schema(postgres_url) as database:
+            cluster = Cluster(tmp_path / f"round{round_}", database)
+            try:
+                replicas = await cluster.start("a", "b", "c")
+                for replica in replicas:
+                    answer = await call(replica, "GET", "/health")
+                    assert answer.status == 200, (replica.name, answer.body)
+            finally:
+                cluster.stop_all()
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_share_flows_and_tokens(cluster: Cluster) -> None:
+    a, b, c = await three(cluster)
     assert len({a.pid, b.pid, c.pid}) == 3 and len({a.port, b.port, c.port}) == 3
     for replica in (a, b, c):
         answer = await call(replica, "GET", "/server")
@@ -105,8 +132,9 @@ async def test_three_replicas_start_on_one_schema_and_share_flows(cluster: Clust
         async with replica.client() as client:  # its own home's admin token
             listed = [f.flow_id async for f in client.flows.list().all_items()]
         assert listed == [flow.flow_id]
-        answer = await call(replica, "GET", f"/flows/{flow.flow_id}", token=a.token)
-        assert answer.status == 200, answer.body  # A's token holds on every replica
+        for other in (a, b, c):  # every replica's token holds on every replica
+            answer = await call(replica, "GET", f"/flows/{flow.flow_id}", token=other.token)
+            assert answer.status == 200, (replica.name, other.name, answer.body)
 
 
 # -- 2. a live stream on another replica; resume on a third -----------------------------
@@ -116,7 +144,7 @@ async def test_three_replicas_start_on_one_schema_and_share_flows(cluster: Clust
 async def test_a_stream_on_b_of_a_run_on_a_is_live_and_resumes_exactly_on_c(
     cluster: Cluster,
 ) -> None:
-    a, b, c = await cluster.start("a", "b", "c")
+    a, b, c = await three(cluster)
     flow_id = await create_flow(a, emit_flow(80, interval=0.05))
     run_id = await start_job(a, flow_id)
     seen: list[tuple[int, str, Any]] = []
@@ -148,7 +176,7 @@ async def test_a_stream_on_b_of_a_run_on_a_is_live_and_resumes_exactly_on_c(
 
 @pytest.mark.timeout(120)
 async def test_cancel_sent_to_b_ends_a_run_running_on_a(cluster: Cluster) -> None:
-    a, b, c = await cluster.start("a", "b", "c")
+    a, b, c = await three(cluster)
     flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
     run_id = await start_job(a, flow_id)
     with anyio.fail_after(30):
@@ -175,7 +203,7 @@ async def test_cancel_sent_to_b_ends_a_run_running_on_a(cluster: Cluster) -> Non
 
 @pytest.mark.timeout(120)
 async def test_tool_results_on_b_resume_a_run_paused_on_a(cluster: Cluster) -> None:
-    a, b, c = await cluster.start("a", "b", "c")
+    a, b, c = await three(cluster)
     async with a.client() as on_a, b.client() as on_b, c.client() as on_c:
         flow = await on_a.flows.create(TOOL_FLOW)
         paused = await on_a.flow(flow.flow_id).execute(message="hi")
@@ -220,7 +248,7 @@ async def test_tool_results_on_b_resume_a_run_paused_on_a(cluster: Cluster) -> N
 async def test_one_idempotency_key_on_three_replicas_makes_one_resource(
     cluster: Cluster,
 ) -> None:
-    replicas = await cluster.start("a", "b", "c")
+    replicas = await three(cluster)
     token = replicas[0].token
     block = {"block": "template", "id": "t", "settings": {"template": "ok"}}
     spec = {"name": "once", "blocks": [block]}
@@ -284,7 +312,7 @@ async def _lose_a_replica(
 ) -> None:
     """Start runs on A, B and C, follow them through the balancer, then stop A (``kill``:
     SIGKILL, ``term``: SIGTERM); every stream must end exactly once, every run too."""
-    a, b, c = await cluster.start("a", "b", "c")
+    a, b, c = await three(cluster)
     token = a.token
     slow = await create_flow(a, emit_flow(VICTIM_LINES, interval=0.1))
     short = await create_flow(a, emit_flow(OTHER_LINES, interval=0.1))
@@ -312,9 +340,16 @@ async def _lose_a_replica(
             else:
                 assert cluster.terminate(a) == 0, a.output()
             lost_at = time.monotonic()
+            victims = [into for run_id, into in followed if owned[run_id][0] is a]
+            with anyio.fail_after(cluster.lease + 20):  # its runs end once taken over
+                while not all(isinstance(into[-1], FlowCompleted) for into in victims):
+                    await anyio.sleep(0.05)
+            handed_over_in = time.monotonic() - lost_at
         ended_in = time.monotonic() - lost_at
     assert sum(proxy.served.values()) > before  # streams reconnected through B and C
     assert ended_in < cluster.lease + 30
+    if how == "kill":  # nobody took A's runs before its lease ran out
+        assert handed_over_in > cluster.lease / 2, handed_over_in
     for run_id, events in followed:
         exactly_once([e.event_id for e in events])
         ends = [e for e in events if isinstance(e, FlowCompleted)]
@@ -354,7 +389,7 @@ async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(cluster: Clust
 async def test_a_run_paused_on_a_killed_replica_stays_paused_and_resumes_on_b(
     cluster: Cluster,
 ) -> None:
-    a, b, _ = await cluster.start("a", "b", "c")
+    a, b, _ = await three(cluster)
     flow_id = await create_flow(a, TOOL_FLOW)
     paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
     assert paused.status == 200 and paused.body["state"] == "paused", paused.body
