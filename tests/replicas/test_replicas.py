@@ -24,6 +24,7 @@ from vi_flow.models import Condition, FlowCompleted, Run, StreamEvent
 
 from ..conftest import fresh_schema
 from ..execution.conftest import TOOL_FLOW, emit_flow
+from ..live_server import Answer
 from .kit import Cluster, Replica, RoundRobinProxy, call, data, sse
 
 pytestmark = pytest.mark.anyio
@@ -241,54 +242,73 @@ async def test_tool_results_on_b_resume_a_run_paused_on_a(cluster: Cluster) -> N
     assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 7"
 
 
-# -- 5. one Idempotency-Key across replicas ---------------------------------------------
+# -- 5. one Idempotency-Key across replicas; credits spent once ------------------------
+
+
+async def post_many(
+    replicas: list[Replica], count: int, path: str, body: Any, headers: dict[str, str]
+) -> list[Answer]:
+    """``count`` concurrent POSTs, the i-th to ``replicas[i % len]``, with A's token."""
+    token = replicas[0].token
+    answers: list[Answer] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def post(i: int) -> None:
+            replica = replicas[i % len(replicas)]
+            answer = await call(
+                replica, "POST", path, json=body, token=token, headers=headers,
+                session=session, seconds=60,
+            )  # fmt: skip
+            answers.append(answer)
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(post, i)
+    return answers
 
 
 @pytest.mark.timeout(180)
 async def test_one_idempotency_key_on_three_replicas_makes_one_resource(
     cluster: Cluster,
 ) -> None:
-    replicas = await three(cluster)
-    token = replicas[0].token
+    replicas = list(await three(cluster))
     block = {"block": "template", "id": "t", "settings": {"template": "ok"}}
-    spec = {"name": "once", "blocks": [block]}
-
-    async def hundred(path: str, body: Any, key: str) -> list[Any]:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            answers: list[Any] = [None] * 100
-
-            async def post(i: int) -> None:
-                answers[i] = await call(
-                    replicas[i % 3],
-                    "POST",
-                    path,
-                    json=body,
-                    token=token,
-                    headers={"Idempotency-Key": key},
-                    session=session,
-                    seconds=60,
-                )
-
-            with anyio.fail_after(90):
-                async with anyio.create_task_group() as tg:
-                    for i in range(100):
-                        tg.start_soon(post, i)
-        return answers
-
-    made = await hundred("/flows", {"spec": spec}, f"flow-{uuid.uuid4().hex}")
-    assert {a.status for a in made} == {201}, {a.status: a.body for a in made}
+    key = {"Idempotency-Key": f"flow-{uuid.uuid4().hex}"}
+    made = await post_many(
+        replicas, 100, "/flows", {"spec": {"name": "once", "blocks": [block]}}, key
+    )
+    assert [a.status for a in made] == [201] * 100, {a.status: a.body for a in made}
     assert len({a.raw for a in made}) == 1  # every answer the same, byte for byte
     flow_id = made[0].body["flowId"]
-    async with replicas[1].client(token) as client:
+    async with replicas[1].client(replicas[0].token) as client:
         assert [f.flow_id async for f in client.flows.list().all_items()] == [flow_id]
 
-    jobs = await hundred(f"/flows/{flow_id}/jobs", {}, f"job-{uuid.uuid4().hex}")
-    assert {a.status for a in jobs} == {202}, {a.status: a.body for a in jobs}
+    key = {"Idempotency-Key": f"job-{uuid.uuid4().hex}"}
+    jobs = await post_many(replicas, 100, f"/flows/{flow_id}/jobs", {}, key)
+    assert [a.status for a in jobs] == [202] * 100, {a.status: a.body for a in jobs}
     assert len({a.raw for a in jobs}) == 1
-    async with replicas[2].client(token) as client:
+    async with replicas[2].client(replicas[0].token) as client:
         runs: list[Run] = [r async for r in client.runs.list().all_items()]
     assert [r.run_id for r in runs] == [jobs[0].body["executionId"]]
+
+
+@pytest.mark.timeout(180)
+async def test_credits_spent_on_three_replicas_at_once_are_spent_once(cluster: Cluster) -> None:
+    replicas = list(await three(cluster))
+    a = replicas[0]
+    flow_id = await create_flow(a, {"name": "paid", "blocks": []})
+    credits = "/organizations/org_default/credits"
+    assert (await call(a, "PUT", credits, json={"credits": 10})).status == 200
+    answers = await post_many(replicas, 40, f"/flows/{flow_id}/jobs", {}, {})
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [202] * 10 + [402] * 30, statuses
+    assert {a.body["error"]["code"] for a in answers if a.status == 402} == {"INSUFFICIENT_CREDITS"}
+    left = await call(replicas[1], "GET", credits, token=a.token)
+    assert left.status == 200 and left.body["credits"] == 0, left.body
+    async with replicas[2].client(a.token) as client:
+        runs = [r.run_id async for r in client.runs.list().all_items()]
+    assert sorted(runs) == sorted(a.body["executionId"] for a in answers if a.status == 202)
 
 
 # -- 6 and 7. a replica goes away under live runs and streams ---------------------------
