@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import attrs
 import pytest
 
 import vi_flow
@@ -317,14 +318,55 @@ VICTIM_LINES = 600  # 60 s at 0.1 s a line: still running when its replica goes
 OTHER_LINES = 100  # 10 s: ends normally on its own replica
 
 
-async def _follow(
-    proxy: RoundRobinProxy, token: str, flow_id: str, run_id: str, into: list[StreamEvent]
-) -> None:
-    """Follow a run through the balancer with the SDK's resumable stream."""
-    async with vi_flow.AsyncClient(base_url=proxy.base_url, api_key=token) as client:
-        with anyio.fail_after(150):
-            async for event in client.flow(flow_id).run(run_id).events():
-                into.append(event)  # noqa: PERF401 - the test watches it fill
+@attrs.define
+class Stream:
+    """One client's event stream through a balancer: of a run started on ``owner``
+    (``run_id``), or one that starts its run (``POST .../events``, ``run_id`` None) on
+    the balancer's first upstream, which is ``owner``."""
+
+    owner: Replica
+    flow_id: str
+    run_id: str | None
+    proxy: RoundRobinProxy
+    events: list[StreamEvent] = attrs.Factory(list)
+
+    async def follow(self, token: str) -> None:
+        async with vi_flow.AsyncClient(base_url=self.proxy.base_url, api_key=token) as client:
+            flow = client.flow(self.flow_id)
+            events = flow.events() if self.run_id is None else flow.run(self.run_id).events()
+            with anyio.fail_after(150):
+                async for event in events:
+                    self.events.append(event)  # one by one: the test watches it fill
+
+    @property
+    def run(self) -> str:
+        return self.run_id or self.events[0].execution_id
+
+
+async def _streams(
+    stack: contextlib.AsyncExitStack,
+    replicas: tuple[Replica, Replica, Replica],
+    victim_runs: int,
+    other_runs: int,
+    streams: int,
+) -> list[Stream]:
+    """Runs on A (slow) and on B and C (short), ``streams`` followers of them through one
+    balancer, and two ``flow.events()`` streams that start their run on A, two on B."""
+    a, b, c = replicas
+    slow = await create_flow(a, emit_flow(VICTIM_LINES, interval=0.1))
+    short = await create_flow(a, emit_flow(OTHER_LINES, interval=0.1))
+    proxy = await stack.enter_async_context(RoundRobinProxy([a.port, b.port, c.port]))
+    runs = [(a, slow, await start_job(a, slow)) for _ in range(victim_runs)]
+    for i in range(other_runs):
+        owner = (b, c)[i % 2]
+        runs.append((owner, short, await start_job(owner, short, a.token)))
+    made = [Stream(*runs[i % len(runs)], proxy) for i in range(streams)]
+    for owner, flow, others in ((a, slow, (b, c)), (b, short, (c, a))):
+        for _ in range(2):
+            ports = [owner.port, *(o.port for o in others)]  # the run starts on ``owner``
+            own = await stack.enter_async_context(RoundRobinProxy(ports))
+            made.append(Stream(owner, flow, None, own))
+    return made
 
 
 async def _lose_a_replica(
@@ -332,57 +374,53 @@ async def _lose_a_replica(
 ) -> None:
     """Start runs on A, B and C, follow them through the balancer, then stop A (``kill``:
     SIGKILL, ``term``: SIGTERM); every stream must end exactly once, every run too."""
-    a, b, c = await three(cluster)
-    token = a.token
-    slow = await create_flow(a, emit_flow(VICTIM_LINES, interval=0.1))
-    short = await create_flow(a, emit_flow(OTHER_LINES, interval=0.1))
-    owned: dict[str, tuple[Replica, str]] = {}
-    for _ in range(victim_runs):
-        owned[await start_job(a, slow, token)] = (a, slow)
-    for i in range(other_runs):
-        owner = (b, c)[i % 2]
-        owned[await start_job(owner, short, token)] = (owner, short)
-    runs = list(owned)
-    followed: list[tuple[str, list[StreamEvent]]] = [
-        (runs[i % len(runs)], []) for i in range(streams)
-    ]
-    async with RoundRobinProxy([a.port, b.port, c.port]) as proxy:
+    replicas = await three(cluster)
+    a, token = replicas[0], replicas[0].token
+    async with contextlib.AsyncExitStack() as stack:
+        followed = await _streams(stack, replicas, victim_runs, other_runs, streams)
+        balancers = {id(s.proxy): s.proxy for s in followed}.values()
         async with anyio.create_task_group() as tg:
-            for run_id, into in followed:
-                tg.start_soon(_follow, proxy, token, owned[run_id][1], run_id, into)
+            for stream in followed:
+                tg.start_soon(stream.follow, token)
             with anyio.fail_after(60):  # every stream is live before A goes
-                while not all(into for _, into in followed):
+                while not all(stream.events for stream in followed):
                     await anyio.sleep(0.05)
-            assert proxy.served[a.port] > 0
-            before = sum(proxy.served.values())
+            assert followed[0].proxy.served[a.port] > 0
+            before = sum(sum(p.served.values()) for p in balancers)
             if how == "kill":
                 cluster.kill(a)
             else:
                 assert cluster.terminate(a) == 0, a.output()
             lost_at = time.monotonic()
-            victims = [into for run_id, into in followed if owned[run_id][0] is a]
+            victims = [stream.events for stream in followed if stream.owner is a]
             with anyio.fail_after(cluster.lease + 20):  # its runs end once taken over
-                while not all(isinstance(into[-1], FlowCompleted) for into in victims):
+                while not all(isinstance(events[-1], FlowCompleted) for events in victims):
                     await anyio.sleep(0.05)
             handed_over_in = time.monotonic() - lost_at
         ended_in = time.monotonic() - lost_at
-    assert sum(proxy.served.values()) > before  # streams reconnected through B and C
+        # the streams A served reconnected through B and C
+        assert sum(sum(p.served.values()) for p in balancers) > before
     assert ended_in < cluster.lease + 30
     if how == "kill":  # nobody took A's runs before its lease ran out
         assert handed_over_in > cluster.lease / 2, handed_over_in
-    for run_id, events in followed:
+    await _check_ends(replicas, followed)
+
+
+async def _check_ends(replicas: tuple[Replica, Replica, Replica], followed: list[Stream]) -> None:
+    """Each stream got its run's events exactly once; each run ended once: A's ``Error``
+    (``ReplicaLost``), the others ``Succeeded``."""
+    a, b, c = replicas
+    for stream in followed:
+        events = stream.events
         exactly_once([e.event_id for e in events])
         ends = [e for e in events if isinstance(e, FlowCompleted)]
-        assert len(ends) == 1 and ends[0] is events[-1], run_id
-    for run_id, (owner, _) in owned.items():
-        run = await get_run(b, run_id, token)
+        assert len(ends) == 1 and ends[0] is events[-1], stream.run
+        full = await stored(c, stream.run, a.token)
+        assert [e.event_id for e in events] == [i for i, _, _ in full], stream.run
+        run = await get_run(b, stream.run, a.token)
         one_end(run)
-        full = await stored(c, run_id, token)
-        for followed_id, events in followed:
-            if followed_id == run_id:
-                assert [e.event_id for e in events] == [i for i, _, _ in full]
         last = conditions(run)[-1]
-        if owner is a:
+        if stream.owner is a:
             assert (last["condition"], last.get("reason")) == ("Error", "ReplicaLost"), last
             assert full[-1][2]["status"] == "Error"
         else:
