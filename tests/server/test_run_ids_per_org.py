@@ -141,14 +141,14 @@ _OLD_ENGINE = {
 def _to_the_old_shape(conn: Any) -> None:
     """The tables as a server before per-organization run ids wrote them."""
     conn.execute(
-        "DELETE FROM migrations WHERE name IN"
-        " ('runs-per-organization-1', 'engine-2-runs-per-organization')"
+        "DELETE FROM migrations WHERE name IN ('runs-per-organization-1',"
+        " 'engine-2-runs-per-organization', 'engine-3-run-owners')"
     )
     for table, create in {"runs": _OLD_RUNS, **_OLD_ENGINE}.items():
-        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-        kept = ", ".join(c for c in columns if c != "org_id" or table in ("runs", "engine_runs"))
         conn.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
         conn.execute(create)
+        old = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        kept = ", ".join(old)
         conn.execute(f"INSERT INTO {table} ({kept}) SELECT {kept} FROM old_{table}")
         conn.execute(f"DROP TABLE old_{table}")
 

@@ -109,8 +109,25 @@ __all__ = ["serve"]
     show_envvar=True,
     metavar="URL",
     help="Keep the server's state in PostgreSQL (postgresql://USER@HOST/DB, needs "
-    "vi-flow[postgres]) instead of HOME/state.db; one server per database. Give the "
-    "password in ~/.pgpass or PGPASSWORD rather than in the URL.",
+    "vi-flow[postgres]) instead of HOME/state.db. Several servers (replicas, each with its "
+    "own home) may share one database behind a load balancer. Give the password in "
+    "~/.pgpass or PGPASSWORD rather than in the URL.",
+)
+@click.option(
+    "--replica-name",
+    envvar="VI_FLOW_REPLICA_NAME",
+    show_envvar=True,
+    metavar="NAME",
+    help="How this server shows among the replicas of its database (logs, "
+    "'vi-flow server status') [default: HOST:PID].",
+)
+@click.option(
+    "--replica-lease",
+    envvar="VI_FLOW_REPLICA_LEASE",
+    show_envvar=True,
+    type=click.FloatRange(min=1.0),
+    metavar="SECONDS",
+    help="Seconds a replica may stay silent before the others take its runs over [default: 15].",
 )
 def serve(
     host: str,
@@ -131,6 +148,8 @@ def serve(
     ssh_public_port: int | None,
     retention_days: str | None,
     database: str | None,
+    replica_name: str | None,
+    replica_lease: float | None,
 ) -> None:
     """Run the home's vi-flow server in the foreground until Ctrl-C or SIGTERM.
 
@@ -174,7 +193,10 @@ def serve(
         ssh_public_port=ssh_public_port,
         retention=_retention(retention_days),
         database=_database(database),
+        replica_name=replica_name,
     )
+    if replica_lease is not None:
+        settings.replica_lease = replica_lease
     try:
         check_endpoints(settings)
     except EndpointError as exc:

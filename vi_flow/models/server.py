@@ -106,6 +106,9 @@ class ServerStatus:
         active_tasks: Tasks that are pending or running.
         active_reservations: Reservations not yet ended.
         connections: Open client connections.
+        replica: This server's name among the replicas of its database.
+        replicas: The names of every live replica of its database (this one included;
+            just this one on SQLite).
     """
 
     pid: int
@@ -119,6 +122,8 @@ class ServerStatus:
     active_tasks: int
     active_reservations: int
     connections: int
+    replica: str | None = None
+    replicas: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen

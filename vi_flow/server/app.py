@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -32,8 +31,17 @@ from .helpers import setup_idempotency
 from .home import HomeError, HomeLock, restrict_home, unpublish
 from .limits import setup_limits
 from .middleware import setup_middleware
+from .replicas import MIGRATION as REPLICAS_MIGRATION
+from .replicas import Replica
 from .routes import admin, executions, flows, lifecycle, retention, runs, tasks
-from .state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY, ServerIdentity, ServerSettings
+from .state import (
+    IDENTITY_KEY,
+    REPLICA_KEY,
+    SETTINGS_KEY,
+    STORE_KEY,
+    ServerIdentity,
+    ServerSettings,
+)  # fmt: skip
 from .store import Store
 from .tasks import service as task_service
 
@@ -49,21 +57,23 @@ MIGRATIONS = (
     *(name for name, _ in task_service.MIGRATIONS),
     pruning.MIGRATION,
     sessions.MIGRATION,
+    REPLICAS_MIGRATION,
 )
 """Every migration the features apply: a database that records another name was written
 by a newer vi-flow, and the server refuses it (:class:`~vi_flow.server.db.NewerDatabaseError`)."""
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store, home = app[STORE_KEY], app[SETTINGS_KEY].home
+    store, home, replica = app[STORE_KEY], app[SETTINGS_KEY].home, app[REPLICA_KEY]
     # The lock comes before the database: a second server on this home never opens it.
     lock = HomeLock(home)
     lock.acquire()
-    owner: Any = None
+    joined = False
     try:
         try:
-            owner = await _claim(store.database)  # a shared database: one server at a time
             await store.run(lambda conn: ensure_admin(conn, home))
+            await replica.open()  # on PostgreSQL: heartbeats, and messages from the others
+            joined = True
             await asyncio.to_thread(restrict_home, home)
         except HomeError:  # a newer database, or one another server serves
             await store.close()
@@ -73,22 +83,14 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
             where = store.database.name
             raise HomeError(f"cannot open the vi-flow database {where}: {exc}") from None
         yield
+        await replica.close()
+        joined = False
         await store.close()
     finally:
-        if owner is not None:
-            owner.close()  # at once: this may run at exit, when no worker thread is left
+        if joined:
+            await replica.close()
         unpublish(home, app[IDENTITY_KEY].secret)  # before the lock: never a stale file
         lock.release()
-
-
-async def _claim(database: db.Database) -> Any:
-    """On PostgreSQL, the session that holds the database for this server (see
-    :mod:`vi_flow.server.db.owner`); on SQLite the home's lock already does."""
-    if database.dialect != "postgresql":
-        return None
-    from .db.owner import claim
-
-    return await asyncio.to_thread(claim, database)  # type: ignore[arg-type]
 
 
 def create_app(settings: ServerSettings) -> web.Application:
@@ -109,7 +111,8 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[SETTINGS_KEY] = settings
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     database = settings.database or settings.home / "state.db"
-    app[STORE_KEY] = Store.open(database, known_migrations=MIGRATIONS)
+    app[STORE_KEY] = store = Store.open(database, known_migrations=MIGRATIONS)
+    app[REPLICA_KEY] = Replica(store, settings.replica_name, settings.replica_lease)
     setup_middleware(app)
     setup_limits(app)
     setup_idempotency(app)

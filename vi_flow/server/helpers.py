@@ -32,7 +32,7 @@ from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json
 from .errors import APIProblem
 from .state import STORE_KEY, Principal
-from .store import IDEMPOTENCY_SLOT, AlreadyAnswered, IdempotencySlot
+from .store import IDEMPOTENCY_SLOT, PENDING_ANSWER, AlreadyAnswered, IdempotencySlot, Store
 
 __all__ = [
     "IDEMPOTENCY_LOCKS",
@@ -348,6 +348,8 @@ async def _answer_once(
         body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
     if early_lookup:
         stored = await store.get_idempotent(org, key, request.method, request.path)
+        if stored is not None and stored[1] == PENDING_ANSWER:
+            stored = await _answer_of(store, org, key, request)
         if stored is not None:
             return _replay(key, stored, body_hash)
     slot = IdempotencySlot(
@@ -357,9 +359,12 @@ async def _answer_once(
     try:
         response = await handler(request)
     except AlreadyAnswered as found:  # looked up in the creating transaction
-        return _replay(key, found.stored, body_hash)
+        stored = found.stored
+        if stored[1] == PENDING_ANSWER:  # another replica is answering it: wait
+            stored = await _answer_of(store, org, key, request)
+        return _replay(key, stored, body_hash)
     except BaseException:
-        if slot.saved:  # the resource was saved, then its request failed: no replay of it
+        if slot.saved or slot.reserved:  # saved, then its request failed: no replay of it
             await store.forget_idempotent(org, key, request.method, request.path)
         raise
     finally:
@@ -371,7 +376,37 @@ async def _answer_once(
         await store.put_idempotent(
             org, key, request.method, request.path, (body_hash, response.status, body)
         )
+    elif slot.reserved:  # no answer to replay: let the key go
+        await store.forget_idempotent(org, key, request.method, request.path)
     return response
+
+
+_PENDING_WAIT = 900.0  # seconds a request waits for another replica's answer to its key
+
+
+async def _answer_of(
+    store: Store, org: str, key: str, request: web.Request
+) -> tuple[str, int, bytes]:
+    """The answer another replica is giving to ``key``, once it is saved.
+
+    Raises:
+        APIProblem: 409 ``IDEMPOTENCY_KEY_IN_USE`` when it is given up or takes too long.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _PENDING_WAIT
+    while loop.time() < deadline:
+        await asyncio.sleep(0.2)
+        stored = await store.get_idempotent(org, key, request.method, request.path)
+        if stored is None:
+            break
+        if stored[1] != PENDING_ANSWER:
+            return stored
+    raise APIProblem(
+        409,
+        "IDEMPOTENCY_KEY_IN_USE",
+        f"a request with Idempotency-Key {key!r} is being answered by another server"
+        " replica, or failed there; retry it",
+    )
 
 
 def _replay(key: str, stored: tuple[str, int, bytes], body_hash: str) -> web.Response:

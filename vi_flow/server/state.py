@@ -17,12 +17,14 @@ from aiohttp import web
 
 from ..models.runs import Run
 from .quotas import Quotas
+from .replicas import Replica, lease_from_env
 from .retention import RetentionSettings
 from .store import Store
 
 __all__ = [
     "ENGINE_KEY",
     "IDENTITY_KEY",
+    "REPLICA_KEY",
     "SETTINGS_KEY",
     "STORE_KEY",
     "Principal",
@@ -58,9 +60,13 @@ class ServerSettings:
         quotas: Per-organization quotas (defaults, changed by ``VI_FLOW_QUOTA_<NAME>``).
         retention: How long finished runs and tasks are kept (forever by default;
             ``VI_FLOW_RETENTION_DAYS``) and how often they are pruned.
-        database: Where the state lives: a ``postgresql://`` URL (teams; one server per
-            database and schema; needs the ``postgres`` extra) or a SQLite file;
+        database: Where the state lives: a ``postgresql://`` URL (teams: several servers,
+            replicas, may share it; needs the ``postgres`` extra) or a SQLite file;
             ``None``: ``<home>/state.db``. Defaults to ``VI_FLOW_DATABASE``.
+        replica_name: How this server shows among the replicas of one database
+            (``VI_FLOW_REPLICA_NAME``; default ``HOST:PID``).
+        replica_lease: Seconds a replica may stay silent before the others take its runs
+            over (``VI_FLOW_REPLICA_LEASE``, default 15; see :mod:`vi_flow.server.replicas`).
         extra: Free-form settings for feature modules.
     """
 
@@ -84,6 +90,10 @@ class ServerSettings:
     database: str | None = attrs.field(
         default=attrs.Factory(lambda: os.environ.get("VI_FLOW_DATABASE") or None), repr=False
     )
+    replica_name: str | None = attrs.field(
+        default=attrs.Factory(lambda: os.environ.get("VI_FLOW_REPLICA_NAME") or None)
+    )
+    replica_lease: float = attrs.Factory(lease_from_env)
     extra: dict[str, Any] = attrs.Factory(dict)
 
 
@@ -146,3 +156,6 @@ ENGINE_KEY = web.AppKey("vi_flow.engine", RunStarter)
 
 IDENTITY_KEY = web.AppKey("vi_flow.identity", ServerIdentity)
 """This server's :class:`ServerIdentity`."""
+
+REPLICA_KEY = web.AppKey("vi_flow.replica", Replica)
+"""This server among the replicas of its database (see :mod:`vi_flow.server.replicas`)."""

@@ -34,6 +34,7 @@ from .clock import now_ms
 from .db import (
     Connection,
     Database,
+    DatabaseError,
     Migration,
     NewerDatabaseError,
     SQLiteDatabase,
@@ -43,6 +44,7 @@ from .db import (
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
+    "PENDING_ANSWER",
     "AlreadyAnswered",
     "AnswerSaver",
     "IdempotencySlot",
@@ -77,6 +79,14 @@ class IdempotencySlot:
     body_hash: str
     saved: bool = False
     lookup_pending: bool = False  # the creating transaction looks the key up (check)
+    reserved: bool = False  # a placeholder answer holds the key for this request (replicas)
+
+
+PENDING_ANSWER = 0
+"""The status of a placeholder answer: on PostgreSQL, a request whose answer is saved
+later than its resource (an execute answers when the run ends) holds its key with it,
+so a replica that gets the same key meanwhile waits for the answer instead of making a
+second resource."""
 
 
 IDEMPOTENCY_SLOT: contextvars.ContextVar[IdempotencySlot | None] = contextvars.ContextVar(
@@ -115,18 +125,35 @@ class AnswerSaver:
         slot = self._slot
         if slot is None or not slot.lookup_pending:
             return
-        stored = rec.get_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path)
-        if stored is not None:
-            raise AlreadyAnswered(stored)
+        _lookup(conn, slot)
         slot.lookup_pending = False
+        if getattr(conn, "dialect", "sqlite") == "postgresql" and self._status is not None:
+            placeholder = (slot.body_hash, PENDING_ANSWER, b"")
+            rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, placeholder)
+            slot.reserved = True
 
     def __call__(self, conn: Connection, resource: Any) -> None:
         slot = self._slot
         if slot is None or self._status is None or slot.saved:
             return
+        if getattr(conn, "dialect", "sqlite") == "postgresql" and not slot.reserved:
+            # Another replica may have answered the key since it was looked up: the key's
+            # lock orders the two transactions, and the later one makes nothing.
+            _lookup(conn, slot)
         record = (slot.body_hash, self._status, dumps(resource))
         rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, record)
         slot.saved = True
+
+
+def _lookup(conn: Connection, slot: IdempotencySlot) -> None:
+    """Raise :class:`AlreadyAnswered` when the slot's key has an answer. On PostgreSQL the
+    key is locked first, until the transaction ends: replicas answer a key one at a time."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        name = "\x1f".join((slot.org_id, slot.key, slot.method, slot.path))
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
+    stored = rec.get_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path)
+    if stored is not None:
+        raise AlreadyAnswered(stored)
 
 
 def answer_saver(answer_status: int | None) -> AnswerSaver:
@@ -209,13 +236,31 @@ class Store:
 
     def _transact(self, fn: Callable[[Connection], T]) -> T:
         conn = self._connection()
-        self.database.begin(conn)
+        try:
+            self.database.begin(conn)
+        except DatabaseError:
+            if not getattr(conn, "broken", False):
+                raise
+            # A PostgreSQL connection lost while idle (a restart, a failover): nothing was
+            # done yet, so open a new one and begin again.
+            log.warning("the database connection was lost; reconnecting to %s", self.database.name)
+            self._close()
+            conn = self._connection()
+            self.database.begin(conn)
         try:
             result = fn(conn)
         except BaseException:
-            self.database.rollback(conn)
+            if getattr(conn, "broken", False):
+                self._close()  # the next transaction opens a new connection
+            else:
+                self.database.rollback(conn)
             raise
-        self.database.commit(conn)
+        try:
+            self.database.commit(conn)
+        except BaseException:
+            if getattr(conn, "broken", False):
+                self._close()
+            raise
         return result
 
     def _call(self, fn: Callable[[], T]) -> Awaitable[T]:

@@ -7,7 +7,7 @@ connection and frames transactions and migrations for its dialect:
 
 - :class:`SQLiteDatabase` (``<home>/state.db``, WAL): one server, no setup — the default;
 - ``PostgresDatabase`` (``postgresql://`` URLs, psycopg 3, the ``postgres`` extra): for
-  teams; one server per database and schema for now (:mod:`~vi_flow.server.db.owner`).
+  teams; several servers (replicas, :mod:`vi_flow.server.replicas`) may share one.
   Imported only when asked for, so the SQLite server never loads psycopg.
 
 Errors are the DB-API classes of :mod:`sqlite3` on both backends (PostgreSQL raises
@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from ._errors import (
     DatabaseError,
-    DatabaseInUseError,
     DatabaseSettingError,
     Error,
     IntegrityError,
@@ -39,7 +38,6 @@ __all__ = [
     "Cursor",
     "Database",
     "DatabaseError",
-    "DatabaseInUseError",
     "DatabaseSettingError",
     "Error",
     "IntegrityError",
@@ -49,6 +47,7 @@ __all__ = [
     "PostgresIntegrityError",
     "Row",
     "SQLiteDatabase",
+    "for_update",
     "is_postgres_url",
     "migration_sql",
     "open_database",
@@ -88,6 +87,13 @@ class Database(Protocol):
     def script(self, conn: Any, sql: str, record: tuple[str, int] | None) -> None:
         """Run a schema script and record ``(name, applied_at)`` (unless None) with it."""
         ...
+
+
+def for_update(conn: Connection) -> str:
+    """`` FOR UPDATE`` on PostgreSQL, to add to a ``SELECT`` of rows the transaction will
+    change: another server's transaction on the same rows waits for this one (replicas).
+    Empty on SQLite, whose ``BEGIN IMMEDIATE`` already serializes every writer."""
+    return " FOR UPDATE" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
 
 
 def is_postgres_url(target: str | Path) -> bool:

@@ -14,7 +14,6 @@ from ..home import HomeError
 
 __all__ = [
     "DatabaseError",
-    "DatabaseInUseError",
     "DatabaseSettingError",
     "Error",
     "IntegrityError",
@@ -54,27 +53,6 @@ class NewerDatabaseError(HomeError):
         super().__init__(
             f"the database {database} was migrated by a newer vi-flow (unknown migrations:"
             f" {names}); upgrade vi-flow to use it"
-        )
-
-
-class DatabaseInUseError(HomeError):
-    """Another vi-flow server serves this PostgreSQL database (schema) already.
-
-    Replicas that share one database are not supported yet (docs/production.md says
-    what is missing): a second server refuses to start, as on a home that is in use.
-
-    Attributes:
-        database: The database (a URL without its password).
-        holder: The other server, as it named itself (host, pid, since when).
-    """
-
-    def __init__(self, database: str, holder: str) -> None:
-        self.database = database
-        self.holder = holder
-        super().__init__(
-            f"the database {database} is served by {holder}; one vi-flow server per database"
-            " (replicas that share one are not supported yet): stop it, or give this server"
-            " its own database or schema"
         )
 
 

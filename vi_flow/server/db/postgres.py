@@ -1,5 +1,5 @@
-"""The PostgreSQL backend, for teams: the state on a database server (one vi-flow server per
-database for now, see :mod:`~vi_flow.server.db.owner`).
+"""The PostgreSQL backend, for teams: the state on a database server, which several vi-flow
+servers may share (see :mod:`vi_flow.server.replicas`).
 
 Driver: psycopg 3, its synchronous ``psycopg.Connection``, used on the store's DB thread
 exactly as the SQLite connection is. Why psycopg and not asyncpg: psycopg is DB-API
@@ -94,6 +94,8 @@ class PostgresConnection:
     Statements use ``?`` placeholders, as on SQLite; rows are :class:`PostgresRow`.
     """
 
+    dialect = "postgresql"
+
     def __init__(self, raw: psycopg.Connection[PostgresRow]) -> None:
         self.raw = raw
 
@@ -121,6 +123,11 @@ class PostgresConnection:
         with _translated_errors():
             self.raw.execute(sql.encode())
 
+    @property
+    def broken(self) -> bool:
+        """Whether the connection is lost (the server restarted, the network failed)."""
+        return bool(self.raw.broken or self.raw.closed)
+
     def close(self) -> None:
         """Close the connection."""
         self.raw.close()
@@ -137,8 +144,9 @@ class PostgresDatabase:
     """A PostgreSQL database named by a ``postgresql://`` URL (libpq's connection string).
 
     Args:
-        url: ``postgresql://user:password@host:port/dbname``; libpq's options (``sslmode``,
-            ``options=-csearch_path=...``) go in the query string.
+        url: ``postgresql://user:password@host:port/dbname``; libpq's options go in the
+            query string (``sslmode``, ``options=-csearch_path%3D...``: the ``=`` inside an
+            option is written ``%3D``).
     """
 
     dialect = "postgresql"

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -39,6 +39,7 @@ from .. import _records as records
 from ..clock import now_ms
 from ..db import Connection
 from ..errors import APIProblem
+from ..replicas import Replica
 from ..state import ServerSettings
 from ..store import AnswerSaver, Store
 from . import tables
@@ -53,6 +54,7 @@ __all__ = ["Engine"]
 log = logging.getLogger("vi_flow.server.engine")
 
 _RESTARTED = "the server stopped during the run"
+_REPLICA_LOST = "the server replica running it stopped (another replica took the run over)"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
 _CANCEL_WAIT = 10.0
 
@@ -96,9 +98,14 @@ def build_outcome(row: RunRow, steps: list[StepRow]) -> ExecutionOutcome:
     )  # fmt: skip
 
 
-def _accept_results(conn: Connection, key: RunKey, given: dict[str, Any]) -> bool:
-    """Record tool results for a paused run; True when they complete the pause."""
-    row, run_id = tables.get_run(conn, key), key[1]
+def _accept_results(
+    conn: Connection, key: RunKey, given: dict[str, Any], me: str
+) -> tuple[bool, str | None]:
+    """Record tool results for a paused run; True when they complete the pause, and the
+    replica that owned the run (this replica ``me`` drives it from now on)."""
+    row, run_id = tables.get_run(conn, key, lock=True), key[1]
+    if row.state != "done" and tables.cancel_asked(conn, key):
+        raise APIProblem.conflict(f"run {run_id!r} is being cancelled; tool results are refused")
     answers = tables.get_answers(conn, key)
     paused = row.state == "paused" and row.pause is not None
     pending = [c["id"] for c in row.pause["toolCalls"]] if paused and row.pause else []
@@ -122,22 +129,59 @@ def _accept_results(conn: Connection, key: RunKey, given: dict[str, Any]) -> boo
     tables.put_answers(conn, key, new)
     answers.update(new)
     if not paused or row.pause is None or any(i not in answers for i in pending):
-        return False
+        return False, row.owner
     row.pause["results"] = [answers[i] for i in pending]
     row.state = "running"
     tables.save_run(conn, row)
-    return True
+    tables.set_owner(conn, key, me)
+    return True, row.owner
 
 
-def _new_row(run: Run, request: ExecuteRequest, state: str = "pending") -> RunRow:
+def _claim_expiry(conn: Connection, paused: Paused, me: str) -> RunRow | None:
+    """The paused run whose pause timed out, moved out of ``paused``; None when it was
+    answered, cancelled or taken by another replica meanwhile."""
+    row = tables.find_run(conn, paused.key, lock=True)
+    pause = row.pause if row is not None else None
+    if row is None or row.state != "paused" or not pause or pause["token"] != paused.token:
+        return None
+    if row.owner not in (None, me) or tables.cancel_asked(conn, paused.key):
+        return None
+    row.state = "running"
+    tables.save_run(conn, row)
+    return row
+
+
+def _claim_cancel(conn: Connection, key: RunKey, me: str) -> str:
+    """Record a cancel of the run and say who carries it out: ``done`` (nothing to do),
+    ``here`` (this replica: it owns the run, or takes it since no replica is driving
+    it) or ``owner`` (the live replica driving it, told by a message)."""
+    row = tables.find_run(conn, key, lock=True)
+    if row is None or row.state == "done":
+        return "done"
+    tables.ask_cancel(conn, key)
+    if row.owner == me:
+        return "here"
+    alive = (
+        row.owner is not None
+        and conn.execute("SELECT 1 FROM replicas WHERE replica_id = ?", (row.owner,)).fetchone()
+    )
+    if row.state == "paused" or not alive:
+        tables.set_owner(conn, key, me)
+        return "taken"
+    return "owner"
+
+
+def _new_row(run: Run, request: ExecuteRequest, owner: str, state: str = "pending") -> RunRow:
     return RunRow(
         run_id=run.run_id, org_id=run.organization_id, flow_id=run.spec.flow_id,
-        flow_version=run.spec.flow_version, state=state,
-        request=attrs.asdict(request), spec=to_wire(run.spec.flow), started_at=now_ms(),
+        flow_version=run.spec.flow_version, state=state, request=attrs.asdict(request),
+        spec=to_wire(run.spec.flow), started_at=now_ms(), owner=owner,
     )  # fmt: skip
 
 
-def _create_and_begin(conn: Connection, org: str, flow_id: str, request: ExecuteRequest) -> Begun:
+def _create_and_begin(
+    conn: Connection, org: str, flow_id: str, request: ExecuteRequest, owner: str
+) -> Begun:
     """Create a run of a flow version and start it, in one transaction.
 
     Resolves the version, checks the request against the flow, spends a credit, stores
@@ -158,7 +202,7 @@ def _create_and_begin(conn: Connection, org: str, flow_id: str, request: Execute
     ), run_id, log=f"engine_events:{run_id}")  # fmt: skip
     # logged here, in the transaction, so that it comes before the state changes logged below
     log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
-    row = _new_row(run, request, "running")
+    row = _new_row(run, request, owner, "running")
     tables.insert_run(conn, row)
     set_condition(conn, row.key, Condition.RUNNING)
     step = None
@@ -181,11 +225,18 @@ class Engine:
     Args:
         store: The server's store (the engine adds its own tables).
         settings: The server's settings.
+        replica: This server among those sharing the database (see
+            :mod:`vi_flow.server.replicas`); None: a replica of its own, opened and
+            closed with the engine.
     """
 
-    def __init__(self, store: Store, settings: ServerSettings) -> None:
+    def __init__(
+        self, store: Store, settings: ServerSettings, replica: Replica | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self._own_replica = replica is None
+        self.replica = replica if replica is not None else Replica(store)
         self.log = EventLog(store, max_events=settings.quotas.events_per_run)
         self.registry = BlockRegistry()
         self._session: aiohttp.ClientSession | None = None
@@ -196,6 +247,7 @@ class Engine:
         self._locks: dict[RunKey, _RunLock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._finals: dict[RunKey, ExecutionOutcome] = {}  # outcomes read as runs ended
+        self._cancels: set[RunKey] = set()  # cancels asked by other replicas, under way
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -204,6 +256,16 @@ class Engine:
         await self.store.migrate(tables.MIGRATION, tables.SCHEMA)
         for name, sql in tables.MIGRATIONS:
             await self.store.migrate(name, sql)
+        if self._own_replica:
+            await self.replica.open()
+        replica = self.replica
+        if replica.shared:
+            self.log.announce = self._announce
+        replica.handle("e", lambda message: self.log.heard(message[2:]))
+        replica.handle("c", self._cancel_message)
+        replica.handle("resync", lambda _: self.log.resync())
+        replica.on_tick(self._tick)
+        replica.on_lost(self._give_up)
         self.log.start()
         await self._recover()
 
@@ -229,6 +291,8 @@ class Engine:
         """Write what the event log still queues and close outgoing connections."""
         await self.shutdown()
         await self.log.close()
+        if self._own_replica:
+            await self.replica.close()
         if self._session is not None:
             await self._session.close()
 
@@ -268,7 +332,7 @@ class Engine:
         def create(conn: Connection) -> Begun:
             if save is not None:
                 save.check(conn)  # an Idempotency-Key answered before: nothing is made
-            return _create_and_begin(conn, org, flow_id, request)
+            return _create_and_begin(conn, org, flow_id, request, self.replica.id)
 
         return self._started(await self.store.run(create), save)
 
@@ -286,7 +350,7 @@ class Engine:
 
         def create(conn: Connection) -> tuple[Begun, ExecutionJob]:
             save.check(conn)
-            begun = _create_and_begin(conn, org, flow_id, request)
+            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id)
             job = ExecutionJob(execution_id=begun.row.run_id, status=Condition.RUNNING)
             save(conn, job)
             return begun, job
@@ -330,7 +394,7 @@ class Engine:
         await self._insert_and_launch(run, request)
 
     async def _insert_and_launch(self, run: Run, request: ExecuteRequest) -> None:
-        row = _new_row(run, request)
+        row = _new_row(run, request, self.replica.id)
         await self.store.run(lambda c: tables.insert_run(c, row))
         await self.store.set_run_log(row.key, f"engine_events:{run.run_id}")
         self._launch(row.key)
@@ -391,7 +455,31 @@ class Engine:
         await self.cancel_run(_key(run))
 
     async def cancel_run(self, key: RunKey) -> None:
-        """Stop a run and append its terminal ``flow_completed`` (Cancelled)."""
+        """Stop a run and append its terminal ``flow_completed`` (Cancelled).
+
+        A run driven by another replica is cancelled there (the cancel is stored, and
+        that replica told); this waits until its terminal event is stored, a while at most.
+        """
+        if key not in self._tasks:
+            where = await self.store.run(lambda c: _claim_cancel(c, key, self.replica.id))
+            if where == "taken":  # paused, or its replica is gone: this one ends it
+                await self.log.refresh(key)
+            elif where == "owner":
+                await self._await_end(key, _CANCEL_WAIT + 2 * self.replica.lease)
+                return
+        await self._cancel_here(key)
+
+    async def _await_end(self, key: RunKey, seconds: float) -> None:
+        channel = await self.log.channel(key)
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not channel.finished and not self.log.stopping:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.warning("run %s of %s: its replica has not ended it yet", key[1], key[0])
+                return
+            await self.log.wait(channel, min(left, 1.0))
+
+    async def _cancel_here(self, key: RunKey) -> None:
         for _ in range(3):  # a resume racing the cancel starts a new task: stop that too
             async with self._locked(key):
                 task = self._tasks.get(key)
@@ -413,9 +501,69 @@ class Engine:
 
     def cancel_soon(self, key: RunKey) -> None:
         """Cancel a run in the background (from a handler that is itself going away)."""
-        task = asyncio.get_running_loop().create_task(self.cancel_run(key))
+        self._spawn(self.cancel_run(key))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # -- replicas ---------------------------------------------------------------------
+
+    def _announce(self, conn: Connection, notes: list[list[Any]]) -> None:
+        self.replica.send_many(conn, "e", notes)
+
+    def _cancel_message(self, message: list[Any]) -> None:
+        """Another replica stored a cancel of a run this one drives: carry it out."""
+        key = (str(message[2]), str(message[3]))
+        if key in self._tasks:
+            self._cancel_once(key)
+
+    def _cancel_once(self, key: RunKey) -> None:
+        if key in self._cancelling or key in self._cancels:
+            return
+        self._cancels.add(key)
+
+        async def cancel() -> None:
+            try:
+                await self.cancel_run(key)
+            finally:
+                self._cancels.discard(key)
+
+        self._spawn(cancel())
+
+    async def _tick(self) -> None:
+        """Every heartbeat: take over the runs of replicas that died, and carry out
+        cancels whose message was missed."""
+        if self.log.stopping:  # shutting down: another replica (or the next start) takes them
+            return
+        me = self.replica.id
+
+        def read(conn: Connection) -> tuple[list[RunRow], list[RunKey]]:
+            return tables.claim_orphans(conn, me), tables.cancels_for(conn, me)
+
+        orphans, cancels = await self.store.run(read)
+        for row in orphans:
+            log.info("run %s of %s: taken over from a replica that stopped", row.run_id, row.org_id)
+            with contextlib.suppress(Exception):
+                await self._recover_one(row)
+        for key in cancels:
+            self._cancel_once(key)
+
+    async def _give_up(self) -> None:
+        """This replica lost its lease: stop driving its runs without ending them (the
+        replica that takes them over ends them) and drop what it had not written."""
+        keys = {*self._tasks, *self._timers}
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.log.drop(keys)
+        for key in keys:
+            self._finals.pop(key, None)
 
     def _arm(self, paused: Paused) -> None:
         self._disarm(paused.key)
@@ -436,9 +584,10 @@ class Engine:
 
     async def _expire(self, paused: Paused) -> None:
         async with self._locked(paused.key):
-            row = await self.store.run(lambda c: tables.find_run(c, paused.key))
+            me = self.replica.id
+            row = await self.store.run(lambda c: _claim_expiry(c, paused, me))
             pause = row.pause if row is not None else None
-            if row is None or row.state != "paused" or not pause or pause["token"] != paused.token:
+            if row is None or pause is None:
                 return
             message = (
                 f"no tool results for step {pause['stepId']!r} within {pause['timeout']:g}s"
@@ -473,8 +622,12 @@ class Engine:
             await self.store.run(lambda c: tables.get_run(c, key))
             channel = await self.log.channel(key)
             settled = channel.settled
-            if await self.store.run(lambda c: _accept_results(c, key, given)):
+            me = self.replica.id
+            complete, owner = await self.store.run(lambda c: _accept_results(c, key, given, me))
+            if complete:
                 self._disarm(key)
+                if owner != me:  # paused on another replica: this one drives it on
+                    await self.log.refresh(key)
                 self._launch(key)
         return list(given), settled
 
@@ -492,8 +645,9 @@ class Engine:
             row, steps = await self._snapshot(key)
             if row.state == "paused":  # nobody resumed it: answer the pause as it is
                 return build_outcome(row, steps)
+        recheck = 2.0 if self.replica.shared else None
         while channel.settled <= after and not channel.finished and not self.log.stopping:
-            await channel.wait(None)
+            await self.log.wait(channel, recheck)
         final = self._finals.pop(key, None) if channel.finished else None
         if final is not None and not after:  # read (and saved) when the run ended
             return final
@@ -549,18 +703,28 @@ class Engine:
     # -- recovery ---------------------------------------------------------------------
 
     async def _recover(self) -> None:
-        rows = await self.store.run(tables.open_runs)
+        """Take over the open runs no live replica owns (on SQLite: every one, since the
+        home's lock says the last server is gone)."""
+        me = self.replica.id
+        rows = await self.store.run(lambda c: tables.claim_orphans(c, me))
         if rows:
-            log.info("recovering %d runs left open by the last server", len(rows))
+            log.info("recovering %d runs left open by a server that stopped", len(rows))
         for row in rows:
             with contextlib.suppress(Exception):
                 await self._recover_one(row)
-        known = {row.key for row in rows}
+        # Runs stored by POST /v1/runs whose engine state was never written: the server
+        # stopped between the two. With replicas, only those older than a lease (one being
+        # started now by another replica is not an orphan).
+        started_before = now_ms() - int(self.replica.lease * 1000) if self.replica.shared else None
+        known = await self.store.run(_open_keys)
         for run in await self.store.list_active_runs():
-            if _key(run) not in known:
-                await self.store.set_run_condition(
-                    _key(run), Condition.ERROR, _RESTARTED, "ServerRestarted"
-                )
+            if _key(run) in known:
+                continue
+            if started_before is not None and run.metadata.time_created > started_before:
+                continue
+            await self.store.set_run_condition(
+                _key(run), Condition.ERROR, _RESTARTED, "ServerRestarted"
+            )
 
     async def _close_done(self, row: RunRow) -> None:
         outcome = row.outcome or {}
@@ -569,6 +733,14 @@ class Engine:
         await self.executor.close(row)
 
     async def _recover_one(self, row: RunRow) -> None:
+        await self.log.refresh(row.key)  # what this replica knew of it may be behind
+        if row.state != "done" and await self.store.run(lambda c: tables.cancel_asked(c, row.key)):
+            log.info("run %s was being cancelled; ending it Cancelled", row.run_id)
+            await self.executor.finish(
+                row, Condition.CANCELLED, error="cancelled by the user",
+                failed_step=(row.pause or {}).get("stepId"), reason="UserCancelled",
+            )  # fmt: skip
+            return
         if row.state == "paused" and row.pause is not None:
             log.info("run %s is still paused; its pause timeout is armed again", row.run_id)
             self._arm(Paused(row.key, row.pause["token"], int(row.pause["deadline"])))
@@ -577,10 +749,20 @@ class Engine:
             log.info("run %s had finished when the server stopped; closing it", row.run_id)
             await self._close_done(row)
             return
-        log.info("run %s was %s when the server stopped; marking it Error", row.run_id, row.state)
+        log.info("run %s was %s when its server stopped; marking it Error", row.run_id, row.state)
         spec = spec_of(row)
         started = row.state == "running" and row.step_index < len(spec.blocks)
         failed = step_id_of(spec, row.step_index) if started else None
-        await self.executor.finish(
-            row, Condition.ERROR, error=_RESTARTED, failed_step=failed, reason="ServerRestarted"
+        message, reason = (
+            (_REPLICA_LOST, "ReplicaLost")
+            if self.replica.shared
+            else (_RESTARTED, "ServerRestarted")
         )
+        await self.executor.finish(
+            row, Condition.ERROR, error=message, failed_step=failed, reason=reason
+        )
+
+
+def _open_keys(conn: Connection) -> set[RunKey]:
+    rows = conn.execute("SELECT org_id, run_id FROM engine_runs WHERE closed = 0").fetchall()
+    return {(r[0], r[1]) for r in rows}

@@ -99,6 +99,7 @@ class RunChannel:
         self.finished = finished
         self.ended = finished
         self.settled = settled
+        self.stale = False
         self._ring: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._ring_bytes = 0
         self._changed: asyncio.Event = asyncio.Event()
@@ -125,8 +126,8 @@ class RunChannel:
     def recent(self, after: int) -> list[bytes] | None:
         """Frames committed after ``after`` if the ring still holds them all, else None."""
         ring = self._ring
-        if not ring or ring[0][0] > after + 1:
-            return None
+        if not ring or ring[0][0] > after + 1 or ring[-1][1] < self.committed:
+            return None  # older than the ring, or written by another replica
         out: list[bytes] = []
         for first, last, frames in reversed(ring):
             if last <= after:
@@ -138,6 +139,27 @@ class RunChannel:
     async def wait(self, timeout: float | None) -> bool:
         """Wait for the next commit; False when ``timeout`` passed first."""
         return await wait_event(self._changed, timeout)
+
+    def heard(self, last: int, terminal: bool, settled: int | None) -> None:
+        """Another replica committed this run's events up to ``last``: wake the readers,
+        who read them from the database (the ring holds only this replica's writes)."""
+        changed = last > self.committed or (terminal and not self.finished)
+        self.committed = max(self.committed, last)
+        if settled is not None and settled > self.settled:
+            self.settled, changed = settled, True
+        if terminal:
+            self.finished = self.ended = True
+        if changed:
+            self.wake()
+
+    def reset(self, last: int, finished: bool, settled: int) -> None:
+        """Start again from the stored tail (this replica takes the run over)."""
+        self._ring.clear()
+        self._ring_bytes = 0
+        self.next_id, self.committed = last + 1, last
+        self.finished = self.ended = finished
+        self.settled = settled
+        self.wake()
 
 
 _SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsRequired})
@@ -254,6 +276,10 @@ class EventLog:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self.stopping = False
+        self.announce: Callable[[Connection, list[list[Any]]], None] | None = None
+        """Replicas: called in each write's transaction with ``[org, run, last id,
+        terminal, settle id]`` per run written, to wake the other replicas' readers."""
+        self._early: dict[RunKey, tuple[int, bool, int | None]] = {}
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -284,6 +310,9 @@ class EventLog:
         try:
             last, finished, settled = await self._db.run(lambda c: _tail(c, key))
             found = self._channels.setdefault(key, RunChannel(key, last, finished, settled))
+            early = self._early.pop(key, None)
+            if early is not None:  # another replica wrote while the tail was read
+                found.heard(*early)
             future.set_result(found)
             return found
         except BaseException as exc:
@@ -306,6 +335,63 @@ class EventLog:
     def forget(self, key: RunKey) -> None:
         """Drop a finished run's channel; readers holding it keep working."""
         self._channels.pop(key, None)
+
+    # -- replicas -----------------------------------------------------------------
+
+    def heard(self, notes: Sequence[Sequence[Any]]) -> None:
+        """Other replicas committed events: ``[org, run, last id, terminal, settle id]``
+        per run (see :attr:`announce`); wake this replica's readers of those runs."""
+        for org, run_id, last, terminal, settled in notes:
+            key = (org, run_id)
+            channel = self._channels.get(key)
+            if channel is not None:
+                channel.heard(int(last), bool(terminal), settled)
+            elif key in self._opening:
+                _, was_terminal, was_settled = self._early.get(key, (0, False, None))
+                self._early[key] = (int(last), bool(terminal) or was_terminal,
+                                    max(settled or 0, was_settled or 0) or None)  # fmt: skip
+
+    def resync(self) -> None:
+        """Messages may have been missed: have every reader check the database again."""
+        for channel in self._channels.values():
+            channel.stale = True
+            channel.wake()
+
+    async def refresh(self, key: RunKey) -> RunChannel:
+        """Reload the run's channel from what is stored (this replica takes the run over)."""
+        last, finished, settled = await self._db.run(lambda c: _tail(c, key))
+        channel = self._channels.get(key)
+        if channel is None:
+            return await self.channel(key)
+        channel.reset(last, finished, settled)
+        return channel
+
+    async def wait(self, channel: RunChannel, timeout: float | None) -> bool:
+        """Wait for news of the run (a commit here, or one another replica announced);
+        False when ``timeout`` passed without any.
+
+        With replicas, a wait that times out (or follows a missed message) reads the
+        run's tail from the database: a lost wake-up costs one timeout, never a reader.
+        """
+        if not channel.stale and await channel.wait(timeout):
+            return True
+        if self.announce is None:
+            return False
+        before = (channel.committed, channel.settled, channel.finished)
+        channel.stale = False
+        last, finished, settled = await self._db.run(lambda c: _tail(c, channel.key))
+        channel.heard(last, finished, settled)
+        return (channel.committed, channel.settled, channel.finished) != before
+
+    def drop(self, keys: set[RunKey]) -> None:
+        """Discard the queued events of runs this replica no longer owns."""
+        for key in keys:
+            queued = self._pending.pop(key, None)
+            if queued is not None:
+                self._queued -= len(queued.frames)
+                self._written += len(queued.frames)
+            self._channels.pop(key, None)
+        self._settle_waiters(None)
 
     # -- writing ------------------------------------------------------------------
 
@@ -429,9 +515,14 @@ class EventLog:
     ) -> T:  # fmt: skip
         chunks = [chunk for part in per_run.values() for chunk in part]
 
+        announce = self.announce
+
         def write(conn: Connection) -> Any:
             result = None if fn is None else fn(conn)
             _insert(conn, chunks)
+            if announce is not None and chunks:
+                announce(conn, [[*key, part[-1][3], part[-1][5], part[-1][6]]
+                                for key, part in per_run.items() if part])  # fmt: skip
             return result
 
         try:
@@ -483,7 +574,7 @@ class EventLog:
                 continue
             if channel.finished or self.stopping:
                 return
-            if not await channel.wait(idle):
+            if not await self.wait(channel, idle):
                 yield None
 
     async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[bytes, int]:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ..db import Connection, Row
+from ..db import Connection, Row, for_update
 from ..errors import APIProblem
 from .eventlog import SCHEMA as EVENTS_SCHEMA
 from .eventlog import RunKey
@@ -93,6 +93,15 @@ ALTER TABLE engine_events_scoped RENAME TO engine_events;
 CREATE INDEX IF NOT EXISTS engine_runs_open ON engine_runs (closed, state);
 """,
     ),
+    (
+        # Replicas (see vi_flow.server.replicas): the replica that drives a run, and a
+        # cancel asked on another one, for the owner to carry out.
+        "engine-3-run-owners",
+        """
+ALTER TABLE engine_runs ADD COLUMN owner TEXT;
+ALTER TABLE engine_runs ADD COLUMN cancel INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
 )
 """Changes to :data:`SCHEMA`, applied once each, in order, after it."""
 
@@ -126,6 +135,7 @@ class RunRow:
         closed: Whether the terminal event is on disk.
         started_at: Start time (ms).
         ended_at: End time (ms), once done.
+        owner: The replica driving it (see :mod:`vi_flow.server.replicas`).
     """
 
     run_id: str
@@ -143,6 +153,7 @@ class RunRow:
     closed: bool = False
     started_at: int = 0
     ended_at: int | None = None
+    owner: str | None = None
 
     @property
     def key(self) -> RunKey:
@@ -152,7 +163,7 @@ class RunRow:
 
 _RUN_COLUMNS = (
     "run_id, org_id, flow_id, flow_version, state, request, spec, step_index, outputs,"
-    " pause, usage, outcome, closed, started_at, ended_at"
+    " pause, usage, outcome, closed, started_at, ended_at, owner"
 )
 
 
@@ -173,36 +184,87 @@ def _run_row(row: Row) -> RunRow:
         closed=bool(row["closed"]),
         started_at=int(row["started_at"]),
         ended_at=row["ended_at"],
+        owner=row["owner"],
     )
 
 
 def insert_run(conn: Connection, run: RunRow) -> None:
     """Store a new run's engine state."""
     conn.execute(
-        f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             run.run_id, run.org_id, run.flow_id, run.flow_version, run.state,
             orjson.dumps(run.request), orjson.dumps(run.spec), run.step_index,
             orjson.dumps(run.outputs), _dump(run.pause), _dump(run.usage),
-            _dump(run.outcome), int(run.closed), run.started_at, run.ended_at,
+            _dump(run.outcome), int(run.closed), run.started_at, run.ended_at, run.owner,
         ),
     )  # fmt: skip
 
 
-def get_run(conn: Connection, key: RunKey) -> RunRow:
-    """The run's engine state; 404 ``RUN_NOT_FOUND`` when the engine never ran it."""
-    found = find_run(conn, key)
+def get_run(conn: Connection, key: RunKey, *, lock: bool = False) -> RunRow:
+    """The run's engine state; 404 ``RUN_NOT_FOUND`` when the engine never ran it.
+
+    ``lock``: as for :func:`find_run`.
+    """
+    found = find_run(conn, key, lock=lock)
     if found is None:
         raise APIProblem.not_found("RUN_NOT_FOUND", "run", key[1])
     return found
 
 
-def find_run(conn: Connection, key: RunKey) -> RunRow | None:
-    """The run's engine state, or None."""
+def find_run(conn: Connection, key: RunKey, *, lock: bool = False) -> RunRow | None:
+    """The run's engine state, or None.
+
+    ``lock``: the transaction changes it; on PostgreSQL other servers' changes of the
+    run wait for this transaction (see :func:`~vi_flow.server.db.for_update`).
+    """
     row = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE org_id = ? AND run_id = ?", key
+        f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE org_id = ? AND run_id = ?"
+        + (for_update(conn) if lock else ""),
+        key,
     ).fetchone()
     return None if row is None else _run_row(row)
+
+
+def set_owner(conn: Connection, key: RunKey, owner: str) -> None:
+    """Make ``owner`` the replica that drives the run."""
+    conn.execute("UPDATE engine_runs SET owner = ? WHERE org_id = ? AND run_id = ?", (owner, *key))
+
+
+def ask_cancel(conn: Connection, key: RunKey) -> None:
+    """Record that the run is to be cancelled (its owner does it, or whoever takes it over)."""
+    conn.execute("UPDATE engine_runs SET cancel = 1 WHERE org_id = ? AND run_id = ?", key)
+
+
+def cancel_asked(conn: Connection, key: RunKey) -> bool:
+    """Whether a cancel of the run was asked."""
+    row = conn.execute(
+        "SELECT cancel FROM engine_runs WHERE org_id = ? AND run_id = ?", key
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def claim_orphans(conn: Connection, owner: str) -> list[RunRow]:
+    """Make ``owner`` the owner of every open run whose replica is gone; return them.
+
+    Two replicas claiming at once each get a disjoint share: on PostgreSQL the second
+    update waits for the first's row locks, then finds those rows owned by a live replica.
+    """
+    rows = conn.execute(
+        "UPDATE engine_runs SET owner = ? WHERE closed = 0 AND (owner IS NULL OR owner NOT IN"
+        f" (SELECT replica_id FROM replicas)) RETURNING {_RUN_COLUMNS}",
+        (owner,),
+    ).fetchall()
+    return [_run_row(r) for r in rows]
+
+
+def cancels_for(conn: Connection, owner: str) -> list[RunKey]:
+    """Open runs of ``owner`` another replica asked to cancel."""
+    rows = conn.execute(
+        "SELECT org_id, run_id FROM engine_runs WHERE closed = 0 AND cancel = 1 AND owner = ?",
+        (owner,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
 
 
 def save_run(conn: Connection, run: RunRow) -> None:
@@ -360,14 +422,18 @@ def get_credits(conn: Connection, org_id: str) -> int | None:
 
 
 def spend_credit(conn: Connection, org_id: str) -> None:
-    """Take one credit for an execution; 402 ``INSUFFICIENT_CREDITS`` when none is left."""
-    credits = get_credits(conn, org_id)
-    if credits is None:
+    """Take one credit for an execution; 402 ``INSUFFICIENT_CREDITS`` when none is left.
+
+    One conditional ``UPDATE``, so replicas spending at once never spend one credit twice.
+    """
+    spent = conn.execute(
+        "UPDATE engine_credits SET credits = credits - 1 WHERE org_id = ? AND credits > 0",
+        (org_id,),
+    ).rowcount
+    if spent or get_credits(conn, org_id) is None:
         return
-    if credits <= 0:
-        raise APIProblem(
-            402,
-            "INSUFFICIENT_CREDITS",
-            f"organization {org_id!r} has no credits left (each execution costs 1)",
-        )
-    conn.execute("UPDATE engine_credits SET credits = ? WHERE org_id = ?", (credits - 1, org_id))
+    raise APIProblem(
+        402,
+        "INSUFFICIENT_CREDITS",
+        f"organization {org_id!r} has no credits left (each execution costs 1)",
+    )

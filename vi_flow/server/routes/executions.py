@@ -41,7 +41,7 @@ from ..helpers import (
     org_of,
     read_body,
 )
-from ..state import ENGINE_KEY, SETTINGS_KEY, STORE_KEY
+from ..state import ENGINE_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..store import answer_saver
 from ..tasks import TASKS_KEY
 
@@ -257,7 +257,7 @@ async def _shutdown(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     """Create the engine, register it as the run starter and add the execution routes."""
-    engine = Engine(app[STORE_KEY], app[SETTINGS_KEY])
+    engine = Engine(app[STORE_KEY], app[SETTINGS_KEY], app[REPLICA_KEY])
     app[EXECUTION_ENGINE_KEY] = engine
     app[ENGINE_KEY] = engine
     app.cleanup_ctx.append(_engine_ctx)

@@ -24,7 +24,7 @@ from ...models.server import ServerStatus
 from ...models.tasks import ReservationStatus
 from ..errors import APIProblem
 from ..helpers import json_response, principal_of, read_body
-from ..state import IDENTITY_KEY, SETTINGS_KEY, STORE_KEY
+from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
 from .tasks import SSHD_KEY
@@ -70,6 +70,7 @@ async def server_status(app: web.Application) -> ServerStatus:
         ).fetchone()[0]
     )
     reservations = await app[TASKS_KEY].provider.list_reservations()
+    replica = app[REPLICA_KEY]
     return ServerStatus(
         pid=identity.pid,
         version=__version__,
@@ -82,6 +83,8 @@ async def server_status(app: web.Application) -> ServerStatus:
         active_tasks=int(tasks),
         active_reservations=sum(r.status in _OPEN_RESERVATIONS for r in reservations),
         connections=app[LIFECYCLE_KEY].connections() + _ssh_connections(app),
+        replica=replica.name,
+        replicas=await replica.names(),
     )
 
 

@@ -51,7 +51,7 @@ from ..helpers import (
 )
 from ..providers import create_provider
 from ..providers.base import ProviderError, problem_for
-from ..state import SETTINGS_KEY, STORE_KEY, ServerSettings
+from ..state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, ServerSettings
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
 from ..tasks.sshlisten import TaskSSHServer
@@ -590,7 +590,9 @@ def setup(app: web.Application) -> None:
     """Register the task service and the task, volume, instance, reservation, SSH key and
     artifact routes; start the provider and SSH server with the app."""
     settings = app[SETTINGS_KEY]
-    service = TaskService(app[STORE_KEY], create_provider(settings), settings.quotas)
+    service = TaskService(
+        app[STORE_KEY], create_provider(settings), settings.quotas, app[REPLICA_KEY]
+    )
     app[TASKS_KEY] = service
     for method, path, handler in _routes():
         app.router.add_route(method, path, handler)

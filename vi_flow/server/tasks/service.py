@@ -42,6 +42,7 @@ from ..providers.base import (
     problem_for,
 )
 from ..quotas import Quotas
+from ..replicas import Replica
 from ..store import Store, answer_saver, new_id
 from .launch import build_spec, check_config, prepare_task_dir, task_env
 from .logtimes import SCHEMA_LOG_TIMES, LogTimes
@@ -63,6 +64,8 @@ MIGRATIONS = (
     ("tasks-1", SCHEMA),
     ("tasks-2-exits", SCHEMA_EXITS),
     ("tasks-3-log-times", SCHEMA_LOG_TIMES),
+    # Replicas: the replica whose provider runs the task (see vi_flow.server.replicas).
+    ("tasks-4-replicas", "ALTER TABLE tasks ADD COLUMN replica TEXT;"),
 )
 """The task feature's tables, applied once each, in order, when the service starts."""
 
@@ -74,6 +77,9 @@ class TaskService:
         store: The server's store (this service adds its own tables).
         provider: The compute provider.
         quotas: The per-organization quotas (the defaults when omitted).
+        replica: This server among the replicas of its database: a task belongs to the
+            replica whose provider runs it; the others pass its cancel on and hear of its
+            changes (see :mod:`vi_flow.server.replicas`). None: the only server.
 
     Attributes:
         reservations_lock: Held while a reservation is checked against the quotas and made.
@@ -85,9 +91,16 @@ class TaskService:
     """
 
     def __init__(
-        self, store: Store, provider: ComputeProvider, quotas: Quotas | None = None
+        self,
+        store: Store,
+        provider: ComputeProvider,
+        quotas: Quotas | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.store = store
+        self.replica = replica if replica is not None else Replica(store)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
         self.provider = provider
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
@@ -130,19 +143,48 @@ class TaskService:
         for name, sql in MIGRATIONS:
             await self.store.migrate(name, sql)
         await self.provider.start(self._record_update)
+        self.replica.handle("t", self._heard)
+        self.replica.handle("tc", self._cancel_message)
+        self.replica.on_tick(self._take_over)
+        await self._take_over()
+        self.log_times.start()
+
+    async def _take_over(self) -> None:
+        """Reconcile the pending and running tasks of servers that stopped (at start, and
+        with replicas at every heartbeat: those of a replica that died)."""
+        if self._closed:
+            return
+        me = self.replica.id
         rows = await self.store.run(
             lambda c: c.execute(
-                "SELECT * FROM tasks WHERE status IN ('pending', 'running') ORDER BY seq"
+                "UPDATE tasks SET replica = ? WHERE status IN ('pending', 'running') AND"
+                " (replica IS NULL OR replica NOT IN (SELECT replica_id FROM replicas))"
+                " RETURNING *",
+                (me,),
             ).fetchall()
         )
+        if not rows:
+            return
+        rows.sort(key=lambda row: row["seq"])
         recovered = [await self._running_task(row) for row in rows]
-        if recovered:
-            log.info("recovering %d tasks left pending or running", len(recovered))
+        log.info("recovering %d tasks left pending or running", len(recovered))
         await self.provider.recover(recovered)
-        self.log_times.start()
+
+    def _heard(self, message: list[Any]) -> None:
+        """Another replica recorded a change of these tasks: wake their waiters here."""
+        for task_id in message[2:]:
+            self.records.notify(str(task_id))
+
+    def _cancel_message(self, message: list[Any]) -> None:
+        task_id, grace = str(message[2]), float(message[3])
+        if message[4] == self.replica.id:
+            task = asyncio.get_running_loop().create_task(self.cancel(task_id, grace))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Stop the provider (a local provider stops its running tasks)."""
+        self._closed = True
         await self.log_times.close()
         await self.provider.close()
 
@@ -164,7 +206,13 @@ class TaskService:
     # -- provider updates --------------------------------------------------------------
 
     async def _record_update(self, update: TaskUpdate) -> None:
-        before = await self.store.run(lambda c: _apply_update(c, update))
+        def apply(conn: Connection) -> TaskStatus | None:
+            before = _apply_update(conn, update)
+            if before is not None:
+                self.replica.send(conn, "t", update.task_id)
+            return before
+
+        before = await self.store.run(apply)
         if before is not None and before != update.status:
             # The provider's message is left out: it may quote the task's output.
             code = f" (exit {update.exit_code})" if update.exit_code is not None else ""
@@ -256,8 +304,9 @@ class TaskService:
             self.quotas.check_pending_tasks(_pending(conn, spec.organization_id))
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
-                " created_at, provider, run_id, step_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                row,
+                " created_at, provider, run_id, step_id, replica)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*row, self.replica.id),
             )
             conn.executemany(
                 "INSERT INTO task_mounts (task_id, volume_id, name, host_path, mount_path,"
@@ -285,6 +334,13 @@ class TaskService:
         task = await self.get(task_id)
         if task.status.terminal:
             return task
+        owner = await self.store.run(lambda c: _live_owner(c, task_id))
+        if owner is not None and owner != self.replica.id:  # its provider is another replica's
+            await self.store.run(lambda c: self.replica.send(c, "tc", task_id, grace, owner))
+            try:
+                return await self.wait(task_id, timeout=grace + 10 + self.replica.lease)
+            except TimeoutError:
+                return await self.get(task_id)
         try:
             await self.provider.cancel(task_id, grace)
         except ProviderError as exc:
@@ -413,6 +469,16 @@ def _apply_update(conn: Connection, update: TaskUpdate) -> TaskStatus | None:
 
 TASKS_KEY = web.AppKey("vi_flow.tasks", TaskService)
 """Where :func:`vi_flow.server.routes.tasks.setup` registers the :class:`TaskService`."""
+
+
+def _live_owner(conn: Connection, task_id: str) -> str | None:
+    """The live replica whose provider runs the task, if any."""
+    row = conn.execute(
+        "SELECT t.replica FROM tasks t JOIN replicas r ON r.replica_id = t.replica"
+        " WHERE t.task_id = ?",
+        (task_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _pending(conn: Connection, org_id: str) -> int:

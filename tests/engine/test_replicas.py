@@ -1,0 +1,191 @@
+"""Replicas in one process: two or three servers on one PostgreSQL schema, each its own home.
+
+Any replica serves any run: a stream opened on B of a run executing on A is live, cancel
+and tool results sent to B reach the run, and when A stops its runs are taken over after
+the lease. (``tests/replicas`` does the same with server processes and ``kill -9``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vi_flow.server.db import open_database
+from vi_flow.server.state import REPLICA_KEY, STORE_KEY
+
+from .conftest import Server, StartServer, data, names
+from .test_tools import ECHO, TOOL
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+LEASE = 1.0
+
+
+@pytest.fixture
+def database(postgres_schema: str) -> str:
+    return postgres_schema
+
+
+async def _replicas(start: StartServer, tmp_path: Path, database: str, n: int) -> list[Server]:
+    return [
+        await start(tmp_path / f"r{i}", database=database, replica_lease=LEASE, heartbeat_interval=30,
+                    replica_name=f"r{i}")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _sql(database: str, statement: str, *args: object) -> None:
+    """Run one statement on the database, from a connection of its own."""
+    db = open_database(database)
+    conn = db.connect()
+    try:
+        conn.execute(statement, args)
+    finally:
+        conn.close()
+
+
+def _last(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's latest condition."""
+    return dict(run["status"]["conditions"][-1])
+
+
+async def _slow_job(server: Server, count: int = 80, interval: float = 0.02) -> str:
+    flow = await server.flow({"block": "emit", "settings": {"count": count, "interval": interval}})
+    job = await server.call("POST", f"/flows/{flow}/jobs", json={})
+    assert job.status in (200, 201, 202), job.body
+    return str(job.body["executionId"])
+
+
+async def test_a_stream_on_b_of_a_run_on_a_is_live_and_resumes_exactly_on_c(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b, c = await _replicas(start_server, tmp_path, database, 3)
+    run_id = await _slow_job(a, count=100, interval=0.02)
+    first, _ = await b.sse("GET", f"/runs/{run_id}/events", limit=20)
+    # live: the 20th event reached B while A was still emitting (100 events, 20 ms apart)
+    state = await a.call("GET", f"/runs/{run_id}")
+    assert _last(state.body)["condition"] == "Running", state.body
+    last_id = first[-1].id
+    rest, _ = await c.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": str(last_id)})
+    ids = [int(e.id) for e in first + rest if e.id]
+    assert ids == list(range(1, len(ids) + 1))
+    assert names(rest)[-1] == "flow_completed" and data(rest[-1])["status"] == "Succeeded"
+    assert names(first + rest).count("log") == 100
+
+
+async def test_cancel_sent_to_b_ends_the_run_running_on_a(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    run_id = await _slow_job(a, count=1000, interval=0.01)
+    await b.sse("GET", f"/runs/{run_id}/events", limit=5)
+    answer = await b.call("POST", f"/runs/{run_id}/cancel")
+    assert answer.status == 200 and _last(answer.body)["condition"] == "Cancelled", answer.body
+    events, _ = await a.sse("GET", f"/runs/{run_id}/events")
+    assert names(events).count("flow_completed") == 1
+    assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 1000
+
+
+async def test_tool_results_sent_to_b_resume_a_run_paused_on_a(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b, c = await _replicas(start_server, tmp_path, database, 3)
+    flow = await a.flow(TOOL, ECHO)
+    paused = await a.call("POST", f"/flows/{flow}/execute", json={"parameters": {"city": "Oslo"}})
+    assert paused.body["state"] == "paused", paused.body
+    run_id, call = paused.body["executionId"], paused.body["toolCalls"][0]
+    results = {"toolResults": [{"toolCallId": call["id"], "output": {"temp": 21}}]}
+    answer = await b.call(
+        "POST", f"/runs/{run_id}/tool-results", json=results, params={"wait": "true"}
+    )
+    assert answer.status == 200 and answer.body["state"] == "completed", answer.body
+    assert answer.body["output"] == "It is 21"
+    events, _ = await c.sse("GET", f"/runs/{run_id}/events")
+    assert names(events).count("flow_completed") == 1 and data(events[-1])["status"] == "Succeeded"
+
+
+async def test_runs_of_a_silent_replica_are_taken_over_after_the_lease(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    running = await _slow_job(a, count=10_000, interval=0.01)
+    flow = await a.flow(TOOL, ECHO)
+    paused = await a.call("POST", f"/flows/{flow}/execute", json={"parameters": {"city": "Oslo"}})
+    await b.sse("GET", f"/runs/{running}/events", limit=3)
+    a.app[REPLICA_KEY]._stop.set()  # A hangs: its heartbeats stop, its row stays
+    events, _ = await b.sse("GET", f"/runs/{running}/events")
+    end = data(events[-1])
+    assert names(events).count("flow_completed") == 1 and end["status"] == "Error"
+    run = await b.call("GET", f"/runs/{running}")
+    assert _last(run.body)["reason"] == "ReplicaLost", run.body["status"]
+    # the paused run lives on: B resumes it
+    run_id, call = paused.body["executionId"], paused.body["toolCalls"][0]
+    results = {"toolResults": [{"toolCallId": call["id"], "output": {"temp": 5}}]}
+    answer = await b.call(
+        "POST", f"/runs/{run_id}/tool-results", json=results, params={"wait": "true"}
+    )
+    assert answer.status == 200 and answer.body["output"] == "It is 5", answer.body
+
+
+async def test_concurrent_idempotent_creates_on_three_replicas_make_one_resource(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    servers = await _replicas(start_server, tmp_path, database, 3)
+    for server in servers:  # warm: each replica's connection and tables are ready
+        await server.flow({"block": "template", "settings": {"template": "x"}})
+    spec: dict[str, Any] = {"name": "once", "blocks": [], "inputs": []}
+    headers = {"Idempotency-Key": "same-key-1"}
+    answers = await asyncio.gather(*(
+        servers[i % 3].call("POST", "/flows", json={"spec": spec}, headers=headers)
+        for i in range(60)
+    ))  # fmt: skip
+    assert {a.status for a in answers} == {201}, {a.status for a in answers}
+    assert len({a.body["flowId"] for a in answers}) == 1
+    listed = await servers[1].call("GET", "/flows")
+    assert [f["spec"]["name"] for f in listed.body["items"]].count("once") == 1
+    flow = answers[0].body["flowId"]
+    headers = {"Idempotency-Key": "same-key-2"}
+    jobs = await asyncio.gather(*(
+        servers[i % 3].call("POST", f"/flows/{flow}/jobs", json={}, headers=headers)
+        for i in range(30)
+    ))  # fmt: skip
+    assert len({j.body["executionId"] for j in jobs}) == 1
+    runs = await servers[2].call("GET", "/runs", params={"flowId": flow})
+    assert len(runs.body["items"]) == 1, runs.body
+    # execute answers when the run ends: the key is held meanwhile, the others wait
+    slow = await servers[0].flow({"block": "emit", "settings": {"count": 20, "interval": 0.01}})
+    headers = {"Idempotency-Key": "same-key-3"}
+    executed = await asyncio.gather(*(
+        servers[i % 3].call("POST", f"/flows/{slow}/execute", json={}, headers=headers)
+        for i in range(15)
+    ))  # fmt: skip
+    assert {e.status for e in executed} == {200}, [e.body for e in executed]
+    assert len({e.body["executionId"] for e in executed}) == 1
+    assert {e.body["state"] for e in executed} == {"completed"}
+    runs = await servers[1].call("GET", "/runs", params={"flowId": slow})
+    assert len(runs.body["items"]) == 1, runs.body
+
+
+async def test_replicas_reconnect_when_their_database_connections_are_cut(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    run_id = await _slow_job(a, count=150, interval=0.02)
+    first, _ = await b.sse("GET", f"/runs/{run_id}/events", limit=5)
+    backends = [
+        await server.app[STORE_KEY].run(
+            lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        )
+        for server in (a, b)
+    ]
+    cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ? OR application_name IN (?, ?)"
+    _sql(database, cut, backends[0], "vi-flow replica r0", "vi-flow replica r1")
+    _sql(database, cut, backends[1], "", "")
+    rest, _ = await b.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id})
+    ids = [int(e.id) for e in first + rest if e.id]
+    assert ids == list(range(1, len(ids) + 1)) and names(rest)[-1] == "flow_completed"
+    assert (await a.call("GET", "/flows")).status == 200
+    assert (await b.call("GET", "/flows")).status == 200

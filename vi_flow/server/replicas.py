@@ -1,0 +1,348 @@
+"""Replicas: several servers on one PostgreSQL database, each serving any request.
+
+Every server is a *replica* with a row in ``replicas`` (its id, name and last heartbeat).
+On SQLite there is only ever one (the home's lock), and the row only names the owner of
+the runs it starts. On PostgreSQL:
+
+- **Leases.** A replica heartbeats every ``lease / 3`` seconds (the database's clock,
+  so hosts need not agree on the time). A replica silent for longer than ``lease`` is
+  dead: any live one deletes its row at its next tick, and the runs it owned become
+  orphans that the engine claims (see :class:`~vi_flow.server.engine.Engine`). A replica
+  that finds its own row gone, or could not heartbeat for most of a lease, gives up what
+  it owns at once (others may already have taken it) and joins again under a new id.
+- **Wake-ups.** ``NOTIFY`` on one channel per schema carries small messages (which run
+  has new events, which run should be cancelled) between replicas; the tables stay the
+  truth, so a message lost while a replica reconnects only delays it until its next
+  tick, which reads the tables again.
+
+The listening and the heartbeat share one connection and one thread, so neither waits
+behind the store's queue of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ._records import new_id
+from .clock import now_ms, wait_event
+from .db import Connection
+from .store import Store
+
+__all__ = ["MIGRATION", "SCHEMA", "Message", "Replica", "lease_from_env"]
+
+log = logging.getLogger("vi_flow.server")
+
+MIGRATION = "replicas-1"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS replicas (replica_id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+    " started_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL);"
+)
+
+Message = list[Any]
+"""A decoded ``NOTIFY`` payload: ``[kind, sender id, *data]``."""
+
+_DEFAULT_LEASE = 15.0
+_PAYLOAD_BYTES = 7000  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
+_PG_NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+
+
+def lease_from_env(env: dict[str, str] | None = None) -> float:
+    """``VI_FLOW_REPLICA_LEASE`` in seconds (default 15).
+
+    Raises:
+        ValueError: Not a number of at least one second, naming the value.
+    """
+    raw = (env if env is not None else os.environ).get("VI_FLOW_REPLICA_LEASE", "").strip()
+    if not raw:
+        return _DEFAULT_LEASE
+    try:
+        lease = float(raw)
+    except ValueError:
+        lease = -1.0
+    if not lease >= 1.0 or lease != lease or lease == float("inf"):
+        raise ValueError(f"VI_FLOW_REPLICA_LEASE must be a number of seconds >= 1, not {raw!r}")
+    return lease
+
+
+def default_name() -> str:
+    """``HOST:PID``: how a replica shows when it is not given a name."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _now_sql(dialect: str) -> str:
+    return _PG_NOW if dialect == "postgresql" else str(now_ms())
+
+
+class Replica:
+    """This server among the servers that share its database.
+
+    Args:
+        store: The server's store.
+        name: How it shows in logs and ``GET /v1/server``.
+        lease: Seconds of silence after which the others take its work over.
+    """
+
+    def __init__(
+        self, store: Store, name: str | None = None, lease: float = _DEFAULT_LEASE
+    ) -> None:
+        self.store = store
+        self.name = name or default_name()
+        self.lease = lease
+        self.id = new_id("rep")
+        self.shared = store.dialect == "postgresql"
+        self._handlers: dict[str, Callable[[Message], None]] = {}
+        self._on_tick: list[Callable[[], Any]] = []
+        self._on_lost: list[Callable[[], Any]] = []
+        self._channel = ""
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._beat_ok = time.monotonic()
+        self._ticking: asyncio.Task[None] | None = None
+        self._tick_now = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._losing = False
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def handle(self, kind: str, handler: Callable[[Message], None]) -> None:
+        """Call ``handler(message)`` on the loop for each message of ``kind`` from others."""
+        self._handlers[kind] = handler
+
+    def on_tick(self, callback: Callable[[], Any]) -> None:
+        """Call ``await callback()`` after each heartbeat (every ``lease / 3`` seconds)."""
+        self._on_tick.append(callback)
+
+    def on_lost(self, callback: Callable[[], Any]) -> None:
+        """Call ``await callback()`` when this replica lost its lease (before it rejoins)."""
+        self._on_lost.append(callback)
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Join: record this replica (on SQLite, as the only one) and start heartbeating."""
+        await self.store.migrate(MIGRATION, SCHEMA)
+        self._loop = asyncio.get_running_loop()
+        if self.shared:
+            self._channel = await self.store.run(_channel_name)
+        await self.store.run(self._join)
+        self._beat_ok = time.monotonic()
+        log.info("replica %s (%s) joined, lease %gs", self.name, self.id, self.lease)
+        if self.shared:
+            self._thread = threading.Thread(
+                target=self._listen_main, name=f"vi-flow-replica-{self.id}", daemon=True
+            )
+            self._thread.start()
+            self._ticking = self._loop.create_task(self._tick_loop())
+
+    async def close(self) -> None:
+        """Leave: stop heartbeating and delete this replica's row (others take over now)."""
+        self._stop.set()
+        if self._ticking is not None:
+            self._ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticking
+        for task in list(self._background):
+            task.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+        with contextlib.suppress(Exception):
+            await self.store.run(
+                lambda c: c.execute("DELETE FROM replicas WHERE replica_id = ?", (self.id,))
+            )
+
+    def _join(self, conn: Connection) -> None:
+        if not self.shared:  # the home's lock: every other row is a server that died
+            conn.execute("DELETE FROM replicas")
+        now = _now_sql(self.store.dialect)
+        conn.execute(
+            "INSERT INTO replicas (replica_id, name, started_at, heartbeat_at)"
+            f" VALUES (?, ?, {now}, {now})",
+            (self.id, self.name),
+        )
+
+    async def names(self) -> list[str]:
+        """The names of the live replicas (this one included), oldest first."""
+        rows = await self.store.run(
+            lambda c: c.execute("SELECT name FROM replicas ORDER BY started_at, name").fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, conn: Connection, kind: str, *data: Any) -> None:
+        """Notify the other replicas, when the transaction on ``conn`` commits."""
+        if self.shared:
+            conn.execute(
+                "SELECT pg_notify(?, ?)",
+                (self._channel, orjson.dumps([kind, self.id, *data]).decode()),
+            )
+
+    def send_many(self, conn: Connection, kind: str, items: list[Any]) -> None:
+        """Notify ``[kind, id, items...]`` split into payloads PostgreSQL accepts."""
+        if not self.shared or not items:
+            return
+        batch: list[Any] = []
+        size = 0
+        for item in items:
+            encoded = len(orjson.dumps(item)) + 1
+            if batch and size + encoded > _PAYLOAD_BYTES:
+                self.send(conn, kind, *batch)
+                batch, size = [], 0
+            batch.append(item)
+            size += encoded
+        self.send(conn, kind, *batch)
+
+    # -- ticks --------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await wait_event(self._tick_now, self.lease / 3)
+            self._tick_now.clear()
+            if time.monotonic() - self._beat_ok > self.lease * 0.8:
+                await self._lost("no heartbeat for most of a lease")
+                continue
+            try:
+                await self.store.run(self._expire)
+            except Exception as exc:  # the database is away; the next tick tries again
+                log.warning(
+                    "replica %s: could not check the other replicas: %s", self.name, _one_line(exc)
+                )
+                continue
+            for callback in self._on_tick:
+                await self._call(callback, "tick")
+
+    async def _call(self, callback: Callable[[], Any], what: str) -> None:
+        try:
+            await callback()
+        except Exception:
+            log.exception("replica %s: %s failed", self.name, what)
+
+    def _expire(self, conn: Connection) -> None:
+        cutoff = f"{_PG_NOW} - {int(self.lease * 1000)}"
+        dead = conn.execute(
+            f"DELETE FROM replicas WHERE heartbeat_at < {cutoff} AND replica_id != ?"
+            " RETURNING name",
+            (self.id,),
+        ).fetchall()
+        for row in dead:
+            log.warning(
+                "replica %s: replica %s missed its lease; taking its work over", self.name, row[0]
+            )
+
+    async def _lost(self, why: str) -> None:
+        if self._losing:
+            return
+        self._losing = True
+        try:
+            await self._give_up(why)
+        finally:
+            self._losing = False
+
+    async def _give_up(self, why: str) -> None:
+        log.error(
+            "replica %s (%s) lost its lease (%s); giving up its runs", self.name, self.id, why
+        )
+        for callback in self._on_lost:
+            await self._call(callback, "giving up")
+        self.id = new_id("rep")
+        try:
+            await self.store.run(self._join)
+        except Exception as exc:
+            log.warning("replica %s: could not rejoin yet: %s", self.name, exc)
+            return
+        self._beat_ok = time.monotonic()
+        log.info("replica %s rejoined as %s", self.name, self.id)
+
+    def _beat(self, alive: bool) -> None:
+        if alive:
+            self._beat_ok = time.monotonic()
+            self._tick_now.set()
+        elif not self._losing:
+            task = asyncio.get_running_loop().create_task(self._lost("its row was taken over"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _deliver(self, payload: str) -> None:
+        try:
+            message = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(message, list) or len(message) < 2 or message[1] == self.id:
+            return
+        handler = self._handlers.get(message[0])
+        if handler is not None:
+            try:
+                handler(message)
+            except Exception:
+                log.exception("replica %s: message %r failed", self.name, message[0])
+
+    def _resync(self) -> None:
+        handler = self._handlers.get("resync")
+        if handler is not None:
+            handler(["resync", self.id])
+
+    # -- the listening thread -----------------------------------------------------------
+
+    def _listen_main(self) -> None:
+        from .db.postgres import PostgresDatabase
+
+        database = self.store.database
+        assert isinstance(database, PostgresDatabase)
+        loop = self._loop
+        assert loop is not None
+        interval = self.lease / 3
+        while not self._stop.is_set():
+            try:
+                conn = database.connect(f"vi-flow replica {self.name}")
+            except Exception as exc:
+                log.warning("replica %s: cannot reach the database: %s", self.name, _one_line(exc))
+                self._stop.wait(1.0)
+                continue
+            try:
+                self._listen(conn, loop, interval)
+            except Exception as exc:
+                log.warning(
+                    "replica %s: lost the database connection: %s", self.name, _one_line(exc)
+                )
+                self._stop.wait(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _listen(self, conn: Any, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        from psycopg import sql
+
+        conn.raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        call = loop.call_soon_threadsafe
+        call(self._resync)  # anything sent while nobody listened: read the tables again
+        next_beat = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_beat:
+                rows = conn.execute(
+                    f"UPDATE replicas SET heartbeat_at = {_PG_NOW} WHERE replica_id = ?",
+                    (self.id,),
+                ).rowcount
+                call(self._beat, rows > 0)
+                next_beat = time.monotonic() + interval
+            wait = max(0.05, min(0.5, next_beat - time.monotonic()))
+            for notice in conn.raw.notifies(timeout=wait):
+                call(self._deliver, notice.payload)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _channel_name(conn: Connection) -> str:
+    return f"vi_flow.{conn.execute('SELECT current_schema()').fetchone()[0]}"
