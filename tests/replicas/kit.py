@@ -114,10 +114,11 @@ class Cluster:
         replicas = [self.spawn(name) for name in names]
         async with anyio.create_task_group() as tg:
             for replica in replicas:
-                tg.start_soon(self._wait_ready, replica)
+                tg.start_soon(self.wait_ready, replica)
         return replicas
 
-    async def _wait_ready(self, replica: Replica) -> None:
+    async def wait_ready(self, replica: Replica) -> None:
+        """Wait until a spawned replica answers (fail with its output if it exits)."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if not replica.alive():
