@@ -505,3 +505,56 @@ async def test_a_run_paused_on_a_killed_replica_stays_paused_and_resumes_on_b(
     exactly_once([i for i, _, _ in events])
     assert [name for _, name, _ in events].count("flow_completed") == 1
     one_end(await get_run(b, run_id, a.token))
+
+
+# -- 9. asked of a replica while the owner is dead, before its lease ran out -------------
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_sent_to_b_while_the_owner_lies_dead_answers_and_ends_the_run_once(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events")) as live:
+            async for event in live:
+                if event.event == "log":
+                    break
+    cluster.kill(a)
+    with anyio.fail_after(cluster.lease + 15):  # answered, at the latest after a takeover
+        answer = await call(b, "POST", f"/runs/{run_id}/cancel", token=a.token)
+    assert answer.status == 200, answer.body
+    run = await wait_ended(c, run_id, cluster.lease + 15, a.token)
+    one_end(run)
+    last = conditions(run)[-1]
+    assert (last["condition"], last.get("reason")) in {
+        ("Cancelled", "UserCancelled"),  # the taker honoured the stored cancel
+        ("Error", "ReplicaLost"),  # or took the run first
+    }, last
+    events = await stored(b, run_id, a.token)
+    exactly_once([i for i, _, _ in events])
+    assert [name for _, name, _ in events].count("flow_completed") == 1
+    assert events[-1][2]["status"] == last["condition"]
+
+
+@pytest.mark.timeout(120)
+async def test_tool_results_sent_to_b_while_the_owner_lies_dead_resume_the_run(
+    cluster: Cluster,
+) -> None:
+    a, b, _ = await three(cluster)
+    flow_id = await create_flow(a, TOOL_FLOW)
+    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
+    run_id = paused.body["executionId"]
+    cluster.kill(a)
+    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "5"}]
+    with anyio.fail_after(cluster.lease + 20):  # the taker resumes it
+        outcome = await call(
+            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results},
+            token=a.token,
+        )  # fmt: skip
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 5"
+    one_end(await get_run(b, run_id, a.token))
