@@ -558,3 +558,29 @@ async def test_tool_results_sent_to_b_while_the_owner_lies_dead_resume_the_run(
     assert outcome.status == 200, outcome.body
     assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 5"
     one_end(await get_run(b, run_id, a.token))
+
+
+# -- 10. a replica that joins late ------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alone(
+    cluster: Cluster,
+) -> None:
+    (a,) = await cluster.start("a")
+    flow_id = await create_flow(a, emit_flow(60, interval=0.1))  # 6 s
+    async with a.client() as on_a:
+        task = await on_a.run(["sleep", "30"], wait=True)
+        try:
+            run_id = await start_job(a, flow_id)
+            b, c = await cluster.start("b", "c")  # their start-up recovery runs now
+            await anyio.sleep(2 * cluster.lease)  # and a few of their heartbeat ticks
+            async with c.client(a.token) as on_c:
+                assert await on_c.status(task.task_id) == "running"
+                run = await wait_ended(b, run_id, 30, a.token)
+                assert await on_c.status(task.task_id) == "running"
+        finally:
+            await on_a.cancel(task.task_id, force=True)
+    one_end(run)
+    last = conditions(run)[-1]
+    assert (last["condition"], last.get("reason")) == ("Succeeded", None), last
