@@ -78,12 +78,25 @@ def _floors() -> list[str]:
     return [f"{m.group(1)}=={m.group(3)}" for m in found if m and ";" not in m.string]
 
 
+def _install_postgres(session: nox.Session) -> None:
+    """Debian's ``postgresql``, when missing (as root), for tests/pgcluster.py."""
+    import glob
+    import shutil
+
+    if not glob.glob(PG_INITDB) and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "postgresql", external=True)
+
+
 @nox.session(python=PYTHON)
 def tests_slurm(session: nox.Session) -> None:
-    """Run the Slurm provider tests and the seed 002 examples against a real one-host cluster."""
-    session.install("-e", ".[test]")
+    """Run the Slurm provider tests and the seed 002 examples against a real one-host
+    cluster; the replica test (two servers sharing the cluster) on a throwaway PostgreSQL."""
+    _install_postgres(session)
+    session.install("-e", ".[test,postgres]")
     env = {"VI_FLOW_REQUIRE_SLURM": "1"}
-    session.run("pytest", "-m", "slurm", "tests/slurm", *session.posargs, env=env)
+    pytest = ["pytest", "-m", "slurm", "tests/slurm", *session.posargs]
+    session.run("python", "tests/pgcluster.py", "--", *pytest, env=env)
 
 
 @nox.session(python=PYTHON)
@@ -101,12 +114,7 @@ def tests_postgres(session: nox.Session) -> None:
     installed when missing (as root). ``tests/pgcluster.py`` starts the cluster, runs
     pytest with ``VI_FLOW_TEST_POSTGRES_URL`` and ``VI_FLOW_REQUIRE_POSTGRES=1``, and
     always stops it."""
-    import glob
-    import shutil
-
-    if not glob.glob(PG_INITDB) and shutil.which("apt-get") and os.geteuid() == 0:
-        session.run("apt-get", "update", "-q", external=True)
-        session.run("apt-get", "install", "-y", "-q", "postgresql", external=True)
+    _install_postgres(session)
     session.install("-e", ".[test,postgres]")
     # The storage suite on both databases, then the server's own suites, the engine and
     # the seed examples with the server on PostgreSQL (VI_FLOW_TEST_DATABASE=postgres).

@@ -189,3 +189,19 @@ async def test_replicas_reconnect_when_their_database_connections_are_cut(
     assert ids == list(range(1, len(ids) + 1)) and names(rest)[-1] == "flow_completed"
     assert (await a.call("GET", "/flows")).status == 200
     assert (await b.call("GET", "/flows")).status == 200
+
+
+async def test_local_tasks_stay_on_their_replica_and_cancel_reaches_them(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    made = await a.call("POST", "/tasks", json={"command": "sleep 30"})
+    assert made.status == 201, made.body
+    task_id = made.body["taskId"]
+    assert (await b.call("GET", f"/tasks/{task_id}")).status == 200
+    logs = await b.call("GET", f"/tasks/{task_id}/logs")
+    assert logs.status == 409 and logs.body["error"]["code"] == "TASK_ON_OTHER_REPLICA"
+    assert "'r0'" in logs.body["error"]["message"]
+    assert (await a.call("GET", f"/tasks/{task_id}/logs")).status == 200
+    cancelled = await b.call("POST", f"/tasks/{task_id}/cancel")
+    assert cancelled.status == 200 and cancelled.body["status"] == "cancelled", cancelled.body

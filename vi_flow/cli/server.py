@@ -132,8 +132,17 @@ def status(as_json: bool) -> None:
             ("tasks in flight", data["activeTasks"]),
             ("reservations", data["activeReservations"]),
             ("idle timeout", f"{data['idleTimeoutS']:g} s" if data["idleTimeoutS"] else "never"),
+            *_replica_rows(data),
         ]
     )
+
+
+def _replica_rows(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The replica lines, for a server that shares its database with others."""
+    replicas = data.get("replicas") or []
+    if len(replicas) < 2:
+        return []
+    return [("replica", data.get("replica") or "-"), ("replicas", ", ".join(replicas))]
 
 
 @server.command("stop")

@@ -39,6 +39,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def ensure_admin(conn: Connection, home: Path) -> None:
     """Create ``org_default`` and a valid admin token file if missing (DB thread only)."""
+    if getattr(conn, "dialect", "sqlite") == "postgresql":  # replicas starting at once
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('vi_flow.bootstrap'))")
     if not rec.org_exists(conn, DEFAULT_ORG):
         rec.create_org(conn, "default", DEFAULT_ORG)
     token = read_admin_token(home)

@@ -53,6 +53,7 @@ Message = list[Any]
 
 _DEFAULT_LEASE = 15.0
 _PAYLOAD_BYTES = 7000  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
+_HOLD_LOCK = 0x76666C6B  # "vflk": the first key of the locks replicas hold (see hold)
 _PG_NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
 
 
@@ -112,6 +113,8 @@ class Replica:
         self._tick_now = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._losing = False
+        self._locks: dict[str, Callable[[bool], None]] = {}  # the listening thread holds them
+        self._locks_guard = threading.Lock()
 
     # -- wiring -------------------------------------------------------------------------
 
@@ -122,6 +125,20 @@ class Replica:
     def on_tick(self, callback: Callable[[], Any]) -> None:
         """Call ``await callback()`` after each heartbeat (every ``lease / 3`` seconds)."""
         self._on_tick.append(callback)
+
+    def hold(self, name: str, on_change: Callable[[bool], None]) -> None:
+        """Try to hold the lock ``name`` for as long as this replica lives; call
+        ``on_change(held)`` on the loop whenever that changes.
+
+        One replica of the database holds it at a time (a PostgreSQL advisory lock of
+        the session that heartbeats: it is free the moment that session ends, a dead
+        replica's at once). On SQLite the only server holds it.
+        """
+        if not self.shared:
+            on_change(True)
+            return
+        with self._locks_guard:
+            self._locks[name] = on_change
 
     def on_lost(self, callback: Callable[[], Any]) -> None:
         """Call ``await callback()`` when this replica lost its lease (before it rejoins)."""
@@ -309,8 +326,9 @@ class Replica:
                 log.warning("replica %s: cannot reach the database: %s", self.name, _one_line(exc))
                 self._stop.wait(1.0)
                 continue
+            held: set[str] = set()
             try:
-                self._listen(conn, loop, interval)
+                self._listen(conn, loop, interval, held)
             except Exception as exc:
                 log.warning(
                     "replica %s: lost the database connection: %s", self.name, _one_line(exc)
@@ -319,8 +337,13 @@ class Replica:
             finally:
                 with contextlib.suppress(Exception):
                     conn.close()
+                for name in held:  # the session's locks went with it
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(self._locks[name], False)
 
-    def _listen(self, conn: Any, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    def _listen(
+        self, conn: Any, loop: asyncio.AbstractEventLoop, interval: float, held: set[str]
+    ) -> None:
         from psycopg import sql
 
         conn.raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
@@ -334,10 +357,25 @@ class Replica:
                     (self.id,),
                 ).rowcount
                 call(self._beat, rows > 0)
+                self._take_locks(conn, held, call)
                 next_beat = time.monotonic() + interval
             wait = max(0.05, min(0.5, next_beat - time.monotonic()))
             for notice in conn.raw.notifies(timeout=wait):
                 call(self._deliver, notice.payload)
+
+    def _take_locks(self, conn: Any, held: set[str], call: Callable[..., Any]) -> None:
+        with self._locks_guard:
+            wanted = dict(self._locks)
+        for name, on_change in wanted.items():
+            if name in held:
+                continue
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(?, hashtext(current_schema() || ' ' || ?))",
+                (_HOLD_LOCK, name),
+            ).fetchone()
+            if row[0]:
+                held.add(name)
+                call(on_change, True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -546,7 +546,7 @@ class Engine:
         for row in orphans:
             log.info("run %s of %s: taken over from a replica that stopped", row.run_id, row.org_id)
             with contextlib.suppress(Exception):
-                await self._recover_one(row)
+                await self._recover_one(row, lost=True)
         for key in cancels:
             self._cancel_once(key)
 
@@ -713,9 +713,10 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self._recover_one(row)
         # Runs stored by POST /v1/runs whose engine state was never written: the server
-        # stopped between the two. With replicas, only those older than a lease (one being
-        # started now by another replica is not an orphan).
-        started_before = now_ms() - int(self.replica.lease * 1000) if self.replica.shared else None
+        # stopped between the two. With other replicas alive, only those older than a
+        # lease (one being started now by another replica is not an orphan).
+        others = len(await self.replica.names()) > 1
+        started_before = now_ms() - int(self.replica.lease * 1000) if others else None
         known = await self.store.run(_open_keys)
         for run in await self.store.list_active_runs():
             if _key(run) in known:
@@ -732,7 +733,9 @@ class Engine:
         await self.store.set_run_condition(row.key, status, outcome.get("error"))
         await self.executor.close(row)
 
-    async def _recover_one(self, row: RunRow) -> None:
+    async def _recover_one(self, row: RunRow, *, lost: bool = False) -> None:
+        """End or re-arm one open run this replica just took: at its start (the server
+        that ran it stopped) or, ``lost``, from a replica that died meanwhile."""
         await self.log.refresh(row.key)  # what this replica knew of it may be behind
         if row.state != "done" and await self.store.run(lambda c: tables.cancel_asked(c, row.key)):
             log.info("run %s was being cancelled; ending it Cancelled", row.run_id)
@@ -754,9 +757,7 @@ class Engine:
         started = row.state == "running" and row.step_index < len(spec.blocks)
         failed = step_id_of(spec, row.step_index) if started else None
         message, reason = (
-            (_REPLICA_LOST, "ReplicaLost")
-            if self.replica.shared
-            else (_RESTARTED, "ServerRestarted")
+            (_REPLICA_LOST, "ReplicaLost") if lost else (_RESTARTED, "ServerRestarted")
         )
         await self.executor.finish(
             row, Condition.ERROR, error=message, failed_step=failed, reason=reason

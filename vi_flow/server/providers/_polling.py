@@ -149,7 +149,25 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         self._unreached: dict[str, LaunchSpec] = {}  # to resubmit once the backend answers
         self._dropped: set[str] = set()  # cancelled while being resubmitted
         self._resubmitting: str | None = None
+        self._polling = True  # with replicas, only the one holding the cluster's lock polls
         self.sandbox = Sandbox(None, "this provider runs jobs unsandboxed")
+
+    @property
+    def cluster(self) -> str:
+        """This backend, for the lock that lets one replica at a time poll it."""
+        return f"{self.name} {self.settings.url}"
+
+    def poll_here(self, on: bool) -> None:
+        """Poll the backend (the default), or leave it to another replica (see
+        :class:`~.base.ClusterPoller`)."""
+        if on != self._polling:
+            self._logger.info(
+                "%s: %s",
+                self._backend,
+                "this replica polls it" if on else "another replica polls it",
+            )
+        self._polling = on
+        self._wake.set()
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -344,7 +362,8 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         while True:
             try:
                 await self._resubmit_unreached()
-                await self._poll_once()
+                if self._polling:
+                    await self._poll_once()
             except Exception:  # the poller must outlive any one bad answer
                 self._logger.exception("%s poll failed", self._backend)
             pause = self._next_pause(pause)

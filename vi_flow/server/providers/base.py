@@ -35,6 +35,7 @@ from ..errors import APIProblem
 
 __all__ = [
     "CapacityError",
+    "ClusterPoller",
     "ComputeProvider",
     "InvalidRequest",
     "LaunchSpec",
@@ -286,6 +287,19 @@ async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging
 
 
 @runtime_checkable
+@runtime_checkable
+class ClusterPoller(Protocol):
+    """A provider that watches its jobs by polling a cluster (Slurm, Ray): with replicas,
+    one of them polls each cluster at a time (see :mod:`vi_flow.server.replicas`)."""
+
+    @property
+    def cluster(self) -> str:
+        """Names the cluster: replicas with the same name poll it one at a time."""
+
+    def poll_here(self, on: bool) -> None:
+        """Poll (``True``, the default) or leave the polling to another replica."""
+
+
 class ComputeProvider(Protocol):
     """What the server needs from a compute backend. All methods run on the event loop
     and must not block it (do blocking work in threads, HTTP with aiohttp).

@@ -8,7 +8,8 @@
   keeps everything, ``{"days": null}`` goes back to the default.
 
 The periodic job prunes each organization by its policy every
-``settings.retention.interval`` seconds, in the background of the server.
+``settings.retention.interval`` seconds, in the background of the server; with replicas,
+on the one that holds the ``retention`` lock (see :meth:`~vi_flow.server.replicas.Replica.hold`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +26,7 @@ from ...models.retention import MAX_AGE, parse_age
 from ..errors import APIProblem
 from ..helpers import json_response, org_in_path, principal_of, read_body
 from ..retention import Pruner
-from ..state import SETTINGS_KEY, STORE_KEY
+from ..state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
 
@@ -121,11 +122,15 @@ _FIRST = 60.0
 """Seconds after start-up of the first prune (a server restarted often still prunes)."""
 
 
-async def _periodic(pruner: Pruner) -> None:
+async def _periodic(pruner: Pruner, mine: Callable[[], bool]) -> None:
+    """Prune every ``interval`` seconds while ``mine()``: with replicas, one of them
+    holds the periodic prune at a time."""
     wait = min(_FIRST, pruner.settings.interval)
     while True:
         await asyncio.sleep(wait)
         wait = pruner.settings.interval
+        if not mine():
+            continue
         try:
             await pruner.prune_due()
         except Exception:  # a full disk, a locked database: try again next time
@@ -135,7 +140,9 @@ async def _periodic(pruner: Pruner) -> None:
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     pruner = app[PRUNER_KEY]
     await pruner.open()
-    job = asyncio.get_running_loop().create_task(_periodic(pruner))
+    held = [False]
+    app[REPLICA_KEY].hold("retention", lambda now: held.__setitem__(0, now))
+    job = asyncio.get_running_loop().create_task(_periodic(pruner, lambda: held[0]))
     try:
         yield
     finally:

@@ -11,8 +11,9 @@ call the service for the task life cycle and its parts (``volumes``, ``ssh``,
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -62,6 +63,29 @@ __all__ = ["SSHD_KEY", "setup"]
 
 SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
 MAX_TAIL = 100_000
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _on_its_replica(handler: Handler) -> Handler:
+    """Answer 409 ``TASK_ON_OTHER_REPLICA`` for a task whose files (logs, outputs, its
+    shell) are on another replica's host: the local provider's, with replicas."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["taskId"]
+        owner = await _service(request).elsewhere(task_id, org_of(request))
+        if owner is not None:
+            raise APIProblem(
+                409,
+                "TASK_ON_OTHER_REPLICA",
+                f"task {task_id!r} runs on server replica {owner!r} (the local provider), and"
+                " its logs, files and shell are there: send this request to that replica",
+            )
+        return await handler(request)
+
+    return wrapper
 
 
 def _service(request: web.Request) -> TaskService:
@@ -171,6 +195,7 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
     return json_response(await service.cancel(task_id, float(grace)))
 
 
+@_on_its_replica
 async def task_logs(request: web.Request) -> web.StreamResponse:
     """Snapshot of a task's logs (tail, stream=stdout|stderr|both, since); with ``follow`` (or
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
@@ -192,6 +217,7 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     return json_response(logs)
 
 
+@_on_its_replica
 async def task_log_offsets(request: web.Request) -> web.StreamResponse:
     """Byte offsets in stdout and stderr where the lines written since ``since`` start."""
     service, task_id = _service(request), request.match_info["taskId"]
@@ -202,6 +228,7 @@ async def task_log_offsets(request: web.Request) -> web.StreamResponse:
     return json_response(await service.log_times.offsets_since(task_id, since))
 
 
+@_on_its_replica
 async def task_ssh(request: web.Request) -> web.StreamResponse:
     """The task's SSH endpoint (host key to pin, log paths, exec prefix)."""
     endpoint = await _service(request).ssh.ssh_endpoint(
@@ -210,6 +237,7 @@ async def task_ssh(request: web.Request) -> web.StreamResponse:
     return json_response(endpoint)
 
 
+@_on_its_replica
 async def mount_volume(request: web.Request) -> web.StreamResponse:
     """Mount a volume into a pending or running task."""
     body = await read_json(request, MountRequest)
@@ -242,6 +270,7 @@ async def _file_response(service: TaskService, task_id: str, path: str) -> web.S
     return web.FileResponse(target, headers={"Content-Type": "application/octet-stream"})
 
 
+@_on_its_replica
 async def list_task_outputs(request: web.Request) -> web.StreamResponse:
     """Files the task wrote to $VI_FLOW_OUTPUT_DIR."""
     service = _service(request)
@@ -250,6 +279,7 @@ async def list_task_outputs(request: web.Request) -> web.StreamResponse:
     return json_response({"items": await service.outputs.output_files(task_id)})
 
 
+@_on_its_replica
 async def get_task_output(request: web.Request) -> web.StreamResponse:
     """Download one output file of a task."""
     service = _service(request)

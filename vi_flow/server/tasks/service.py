@@ -32,6 +32,7 @@ from ..clock import now_ms
 from ..db import Connection, Row
 from ..errors import APIProblem
 from ..providers.base import (
+    ClusterPoller,
     ComputeProvider,
     LaunchSpec,
     Mount,
@@ -101,6 +102,7 @@ class TaskService:
         self.replica = replica if replica is not None else Replica(store)
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._poller = False  # this replica polls the cluster for every replica
         self.provider = provider
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
@@ -132,6 +134,21 @@ class TaskService:
         """``(stream, line)`` until the task ended; see :meth:`TaskOutputs.follow`."""
         return self.outputs.follow(task_id)
 
+    async def elsewhere(self, task_id: str, org_id: str) -> str | None:
+        """The name of the live replica that holds the files of this task of ``org_id``
+        when it is another one (the local provider, with replicas), else None."""
+        if not self.replica.shared or isinstance(self.provider, ClusterPoller):
+            return None  # one server, or files on storage every replica shares
+        me = self.replica.id
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT r.name FROM tasks t JOIN replicas r ON r.replica_id = t.replica"
+                " WHERE t.task_id = ? AND t.org_id = ? AND t.replica != ?",
+                (task_id, org_id, me),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     async def output_files(self, task_id: str) -> list[TaskOutputFile]:
         """Files the task wrote to its output directory."""
         return await self.outputs.output_files(task_id)
@@ -147,13 +164,49 @@ class TaskService:
         self.replica.handle("tc", self._cancel_message)
         self.replica.on_tick(self._take_over)
         await self._take_over()
+        if self.replica.shared and isinstance(self.provider, ClusterPoller):
+            self.provider.poll_here(False)  # until this replica holds the cluster's lock
+            self.replica.handle("tp", lambda _: self._adopt_soon())
+            self.replica.hold(f"poll {self.provider.cluster}", self._polling)
         self.log_times.start()
+
+    def _polling(self, held: bool) -> None:
+        """This replica became (or stopped being) the one that polls the cluster."""
+        assert isinstance(self.provider, ClusterPoller)
+        self._poller = held
+        self.provider.poll_here(held)
+        if held:
+            self._adopt_soon()
+
+    def _adopt_soon(self) -> None:
+        if self._poller and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._adopt())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _adopt(self) -> None:
+        """As the replica that polls the cluster, watch every job on it that another
+        replica submitted (their tasks become this replica's)."""
+        me, provider = self.replica.id, self.provider.name
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "UPDATE tasks SET replica = ? WHERE provider = ? AND provider_id IS NOT NULL"
+                " AND status IN ('pending', 'running') AND (replica IS NULL OR replica != ?)"
+                " RETURNING *",
+                (me, provider, me),
+            ).fetchall()
+        )
+        if rows:
+            log.info("watching %d tasks submitted by other replicas", len(rows))
+            await self.provider.recover([await self._running_task(row) for row in rows])
 
     async def _take_over(self) -> None:
         """Reconcile the pending and running tasks of servers that stopped (at start, and
         with replicas at every heartbeat: those of a replica that died)."""
         if self._closed:
             return
+        if self._poller:
+            await self._adopt()
         me = self.replica.id
         rows = await self.store.run(
             lambda c: c.execute(
@@ -259,6 +312,8 @@ class TaskService:
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             raise
         await self._queue(spec)
+        if self.replica.shared and isinstance(self.provider, ClusterPoller) and not self._poller:
+            await self.store.run(lambda c: self.replica.send(c, "tp"))  # the poller watches it
         log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)
         return await self.get(task_id)
 
