@@ -117,13 +117,6 @@ async def blocked_by(watch: Any, pid: int) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bootstrap.ensure_admin checks for org_default, then inserts it, with no lock: "
-    "of replicas starting together on an empty database all but one exit 1 "
-    '(duplicate key value violates unique constraint "orgs_pkey")',
-)
 @pytest.mark.timeout(120)
 async def test_three_replicas_started_at_once_on_an_empty_database_all_come_up(
     cluster: Cluster,
