@@ -93,6 +93,13 @@ def one_end(run: dict[str, Any]) -> None:
     assert len(ends) == 1 and conditions(run)[-1]["condition"] == ends[0], conditions(run)
 
 
+async def live_replicas(replica: Replica) -> list[str]:
+    """The live replicas ``replica`` knows of (``GET /v1/server``), by name, sorted."""
+    answer = await call(replica, "GET", "/server")
+    assert answer.status == 200, answer.body
+    return sorted(answer.body["replicas"])
+
+
 def exactly_once(ids: list[int]) -> None:
     """Event ids 1..n, each once, in order."""
     assert ids == list(range(1, len(ids) + 1)), ids
@@ -159,6 +166,7 @@ async def test_three_replicas_share_flows_and_tokens(cluster: Cluster) -> None:
         answer = await call(replica, "GET", "/server")
         assert answer.status == 200 and answer.body["pid"] == replica.pid, answer.body
         assert answer.body.get("replica") == replica.name, answer.body
+        assert sorted(answer.body.get("replicas", [])) == ["a", "b", "c"], answer.body
     async with a.client() as client:
         flow = await client.flows.create({"name": "shared", "blocks": []})
     for replica in (b, c):
@@ -434,6 +442,7 @@ async def _lose_a_replica(
     assert ended_in < cluster.lease + 30
     if how == "kill":  # nobody took A's runs before its lease ran out
         assert handed_over_in > cluster.lease / 2, handed_over_in
+    assert await live_replicas(replicas[1]) == ["b", "c"]
     await _check_ends(replicas, followed)
 
 
@@ -570,6 +579,11 @@ async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alon
             await anyio.sleep(2 * cluster.lease)  # and a few of their heartbeat ticks
             async with c.client(a.token) as on_c:
                 assert await on_c.status(task.task_id) == "running"
+                logs = await call(c, "GET", f"/tasks/{task.task_id}/logs", token=a.token)
+                assert logs.status == 409, logs.body  # its files are on A's host
+                assert logs.body["error"]["code"] == "TASK_ON_OTHER_REPLICA"
+                assert "'a'" in logs.body["error"]["message"], logs.body
+                assert (await call(a, "GET", f"/tasks/{task.task_id}/logs")).status == 200
                 run = await wait_ended(b, run_id, 30, a.token)
                 assert await on_c.status(task.task_id) == "running"
         finally:
@@ -577,3 +591,20 @@ async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alon
     one_end(run)
     last = conditions(run)[-1]
     assert (last["condition"], last.get("reason")) == ("Succeeded", None), last
+
+
+# -- 11. a replica restarted in place ---------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: Cluster) -> None:
+    a, b, _ = await three(cluster)
+    flow_id = await create_flow(a, {"name": "kept", "blocks": []})
+    assert cluster.terminate(a) == 0, a.output()
+    with anyio.fail_after(10):  # a clean stop leaves at once, no lease to wait for
+        while await live_replicas(b) != ["b", "c"]:
+            await anyio.sleep(0.1)
+    (again,) = await cluster.start("a")
+    assert again.home == a.home and again.token == a.token  # its home's token still holds
+    assert await live_replicas(b) == ["a", "b", "c"]
+    assert (await call(again, "GET", f"/flows/{flow_id}")).status == 200
