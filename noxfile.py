@@ -192,8 +192,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks; each prints ratios against a baseline measured in the same run."""
-    session.install("-e", ".[test]")
+    """Run the benchmarks; each prints ratios against a baseline measured in the same run
+    (bench_replicas.py on a throwaway PostgreSQL, installed like tests_postgres)."""
+    _install_postgres(session)
+    session.install("-e", ".[test,postgres]")
     for script in sorted(os.listdir("benchmarks")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", f"benchmarks/{script}", *session.posargs)

@@ -205,3 +205,24 @@ async def test_local_tasks_stay_on_their_replica_and_cancel_reaches_them(
     assert (await a.call("GET", f"/tasks/{task_id}/logs")).status == 200
     cancelled = await b.call("POST", f"/tasks/{task_id}/cancel")
     assert cancelled.status == 200 and cancelled.body["status"] == "cancelled", cancelled.body
+
+
+async def test_concurrent_publishes_and_conditional_updates_on_two_replicas(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    flow = await a.flow({"block": "template", "settings": {"template": "x"}})
+    published = await asyncio.gather(*(
+        (a, b)[i % 2].call("POST", f"/flows/{flow}/publish") for i in range(10)
+    ))  # fmt: skip
+    assert all(p.status in (200, 201) for p in published), [p.body for p in published]
+    versions = sorted(p.body["version"] for p in published)
+    assert versions == list(range(1, 11)), versions
+    etag = (await a.call("GET", f"/flows/{flow}")).body["etag"]
+    spec = {"name": "changed", "blocks": [], "inputs": []}
+    updates = await asyncio.gather(*(
+        (a, b)[i % 2].call("PUT", f"/flows/{flow}", json={"spec": spec},
+                           headers={"If-Match": f'"{etag}"'})
+        for i in range(6)
+    ))  # fmt: skip
+    assert sorted(u.status for u in updates) == [200] + [412] * 5, [u.body for u in updates]

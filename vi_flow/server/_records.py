@@ -22,7 +22,7 @@ from ..models.common import Condition, ResourceCondition, ResourceMetadata
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
-from .db import Connection, IntegrityError, Migration, Row
+from .db import Connection, IntegrityError, Migration, Row, for_update
 from .errors import APIProblem
 
 __all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "seq_window", "split_page"]
@@ -263,9 +263,12 @@ def _flow(row: Row) -> Flow:
     )
 
 
-def _flow_row(conn: Connection, org_id: str, flow_id: str) -> Row:
+def _flow_row(conn: Connection, org_id: str, flow_id: str, *, lock: bool = False) -> Row:
+    """The flow's row (404 ``FLOW_NOT_FOUND``); ``lock``: the transaction changes it, and
+    another replica's change of it waits (see :func:`~vi_flow.server.db.for_update`)."""
     row: Row | None = conn.execute(
-        "SELECT * FROM flows WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
+        "SELECT * FROM flows WHERE flow_id = ? AND org_id = ?" + (for_update(conn) if lock else ""),
+        (flow_id, org_id),
     ).fetchone()
     if row is None:
         raise APIProblem.not_found("FLOW_NOT_FOUND", "flow", flow_id)
@@ -316,7 +319,7 @@ def _etag_matches(if_match: str, etag: str) -> bool:
 def update_flow(
     conn: Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
 ) -> Flow:
-    row = _flow_row(conn, org_id, flow_id)
+    row = _flow_row(conn, org_id, flow_id, lock=True)
     if if_match is not None and not _etag_matches(if_match, row["etag"]):
         raise APIProblem(
             412,
@@ -332,14 +335,14 @@ def update_flow(
 
 
 def delete_flow(conn: Connection, org_id: str, flow_id: str) -> None:
-    _flow_row(conn, org_id, flow_id)
+    _flow_row(conn, org_id, flow_id, lock=True)
     where, args = "WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
     conn.execute(f"DELETE FROM flow_versions {where}", args)
     conn.execute(f"DELETE FROM flows {where}", args)
 
 
 def publish_flow(conn: Connection, org_id: str, flow_id: str) -> int:
-    row = _flow_row(conn, org_id, flow_id)
+    row = _flow_row(conn, org_id, flow_id, lock=True)
     version = (row["latest_version"] or 0) + 1
     conn.execute(
         "INSERT INTO flow_versions (org_id, flow_id, version, spec, created_at)"
@@ -365,7 +368,7 @@ def _version_spec(conn: Connection, org_id: str, flow_id: str, version: int) -> 
 
 
 def promote_flow(conn: Connection, org_id: str, flow_id: str, version: int) -> Flow:
-    _flow_row(conn, org_id, flow_id)
+    _flow_row(conn, org_id, flow_id, lock=True)
     _version_spec(conn, org_id, flow_id, version)
     conn.execute(
         "UPDATE flows SET production_version = ?, etag = ?, updated_at = ?"
