@@ -5,7 +5,8 @@ with its own home, on one database URL, and stops every one of them by its pid
 (SIGTERM, then SIGKILL) however the test ends. :class:`RoundRobinProxy` is the load
 balancer in front of them: a loopback TCP proxy that hands each new connection to the
 next replica that accepts it, so a client that reconnects after a replica dies lands on
-a live one. :func:`call` and :func:`sse` are raw HTTP calls to one replica.
+a live one. :func:`call` and :func:`sse` are raw HTTP calls to one replica; the helpers
+after them start runs and read runs and their events as the tests check them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 
 import vi_flow
 from vi_flow._sse import ServerSentEvent, iter_sse
+from vi_flow.models import Condition
 from vi_flow.models.server import RUN_FILE, ServerInfo
 from vi_flow.server.bootstrap import ADMIN_TOKEN_FILE
 
@@ -37,6 +39,9 @@ from ..localserver.kit import env_for
 
 LEASE = 2.0
 """``VI_FLOW_REPLICA_LEASE`` of every replica: short, so a takeover comes fast."""
+
+TERMINAL = {c.value for c in Condition if c.terminal}
+"""The conditions a run ends in, as the wire spells them."""
 
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
@@ -239,6 +244,80 @@ async def sse(
 def data(event: ServerSentEvent) -> Any:
     """The decoded JSON ``data:`` of one SSE event."""
     return orjson.loads(event.data)
+
+
+# -- runs and their events, as the tests check them --------------------------------------
+
+
+async def three(cluster: Cluster) -> tuple[Replica, Replica, Replica]:
+    """Replicas A, then B and C together (A made the schema; starting all three on an
+    empty one at once is the first test's own subject)."""
+    (a,) = await cluster.start("a")
+    b, c = await cluster.start("b", "c")
+    return a, b, c
+
+
+async def create_flow(replica: Replica, spec: dict[str, Any]) -> str:
+    answer = await call(replica, "POST", "/flows", json={"spec": spec})
+    assert answer.status == 201, answer.body
+    return str(answer.body["flowId"])
+
+
+async def start_job(replica: Replica, flow_id: str, token: str | None = None) -> str:
+    """Start a run of ``flow_id`` on ``replica`` (which then owns it); its id."""
+    answer = await call(replica, "POST", f"/flows/{flow_id}/jobs", json={}, token=token)
+    assert answer.status == 202, answer.body
+    return str(answer.body["executionId"])
+
+
+def conditions(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(run["status"]["conditions"])
+
+
+def condition(run: dict[str, Any]) -> str | None:
+    history = conditions(run)
+    return str(history[-1]["condition"]) if history else None
+
+
+async def get_run(replica: Replica, run_id: str, token: str | None = None) -> dict[str, Any]:
+    answer = await call(replica, "GET", f"/runs/{run_id}", token=token)
+    assert answer.status == 200, answer.body
+    return dict(answer.body)
+
+
+async def wait_ended(
+    replica: Replica, run_id: str, within: float, token: str | None = None
+) -> dict[str, Any]:
+    """Poll the run on ``replica`` until it has a terminal condition (bounded)."""
+    with anyio.fail_after(within):
+        while condition(run := await get_run(replica, run_id, token)) not in TERMINAL:
+            await anyio.sleep(0.1)
+    return run
+
+
+async def stored(replica: Replica, run_id: str, token: str | None = None) -> list[Any]:
+    """Every event of a finished run as ``replica`` replays it: ``(id, event, data)``."""
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(replica, f"/runs/{run_id}/events", token=token)) as it:
+            return [(int(e.id or 0), e.event, data(e)) async for e in it]
+
+
+def one_end(run: dict[str, Any]) -> None:
+    """The run's history holds exactly one terminal condition, its last."""
+    ends = [c["condition"] for c in conditions(run) if c["condition"] in TERMINAL]
+    assert len(ends) == 1 and conditions(run)[-1]["condition"] == ends[0], conditions(run)
+
+
+async def live_replicas(replica: Replica) -> list[str]:
+    """The live replicas ``replica`` knows of (``GET /v1/server``), by name, sorted."""
+    answer = await call(replica, "GET", "/server")
+    assert answer.status == 200, answer.body
+    return sorted(answer.body["replicas"])
+
+
+def exactly_once(ids: list[int]) -> None:
+    """Event ids 1..n, each once, in order."""
+    assert ids == list(range(1, len(ids) + 1)), ids
 
 
 # -- the load balancer -------------------------------------------------------------------

@@ -24,86 +24,27 @@ from vi_flow.models import Condition, FlowCompleted, Run, StreamEvent
 
 from ..execution.conftest import TOOL_FLOW, emit_flow
 from ..live_server import Answer
-from .kit import Cluster, Replica, RoundRobinProxy, call, data, sse
+from .kit import (
+    Cluster,
+    Replica,
+    RoundRobinProxy,
+    call,
+    condition,
+    conditions,
+    create_flow,
+    data,
+    exactly_once,
+    get_run,
+    live_replicas,
+    one_end,
+    sse,
+    start_job,
+    stored,
+    three,
+    wait_ended,
+)
 
 pytestmark = pytest.mark.anyio
-
-TERMINAL = {c.value for c in Condition if c.terminal}
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-async def three(cluster: Cluster) -> tuple[Replica, Replica, Replica]:
-    """Replicas A, then B and C together (A made the schema; starting all three on an
-    empty one at once is the first test's own subject)."""
-    (a,) = await cluster.start("a")
-    b, c = await cluster.start("b", "c")
-    return a, b, c
-
-
-async def create_flow(replica: Replica, spec: dict[str, Any]) -> str:
-    answer = await call(replica, "POST", "/flows", json={"spec": spec})
-    assert answer.status == 201, answer.body
-    return str(answer.body["flowId"])
-
-
-async def start_job(replica: Replica, flow_id: str, token: str | None = None) -> str:
-    """Start a run of ``flow_id`` on ``replica`` (which then owns it); its id."""
-    answer = await call(replica, "POST", f"/flows/{flow_id}/jobs", json={}, token=token)
-    assert answer.status == 202, answer.body
-    return str(answer.body["executionId"])
-
-
-def conditions(run: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(run["status"]["conditions"])
-
-
-def condition(run: dict[str, Any]) -> str | None:
-    history = conditions(run)
-    return str(history[-1]["condition"]) if history else None
-
-
-async def get_run(replica: Replica, run_id: str, token: str | None = None) -> dict[str, Any]:
-    answer = await call(replica, "GET", f"/runs/{run_id}", token=token)
-    assert answer.status == 200, answer.body
-    return dict(answer.body)
-
-
-async def wait_ended(
-    replica: Replica, run_id: str, within: float, token: str | None = None
-) -> dict[str, Any]:
-    """Poll the run on ``replica`` until it has a terminal condition (bounded)."""
-    with anyio.fail_after(within):
-        while condition(run := await get_run(replica, run_id, token)) not in TERMINAL:
-            await anyio.sleep(0.1)
-    return run
-
-
-async def stored(replica: Replica, run_id: str, token: str | None = None) -> list[Any]:
-    """Every event of a finished run as ``replica`` replays it: ``(id, event, data)``."""
-    with anyio.fail_after(30):
-        async with contextlib.aclosing(sse(replica, f"/runs/{run_id}/events", token=token)) as it:
-            return [(int(e.id or 0), e.event, data(e)) async for e in it]
-
-
-def one_end(run: dict[str, Any]) -> None:
-    """The run's history holds exactly one terminal condition, its last."""
-    ends = [c["condition"] for c in conditions(run) if c["condition"] in TERMINAL]
-    assert len(ends) == 1 and conditions(run)[-1]["condition"] == ends[0], conditions(run)
-
-
-async def live_replicas(replica: Replica) -> list[str]:
-    """The live replicas ``replica`` knows of (``GET /v1/server``), by name, sorted."""
-    answer = await call(replica, "GET", "/server")
-    assert answer.status == 200, answer.body
-    return sorted(answer.body["replicas"])
-
-
-def exactly_once(ids: list[int]) -> None:
-    """Event ids 1..n, each once, in order."""
-    assert ids == list(range(1, len(ids) + 1)), ids
-
 
 # -- 1. one schema, three replicas ------------------------------------------------------
 
