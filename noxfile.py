@@ -120,6 +120,7 @@ def tests_postgres(session: nox.Session) -> None:
     # the seed examples with the server on PostgreSQL (VI_FLOW_TEST_DATABASE=postgres).
     paths = session.posargs or [
         "tests/storage", "tests/seeds", "tests/server", "tests/engine", "tests/execution",
+        "tests/replicas",
     ]  # fmt: skip
     marks = "not slurm and not ray and not browser"
     pytest = ["pytest", "-p", "no:cacheprovider", "-m", marks, *paths]

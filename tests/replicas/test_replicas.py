@@ -1,0 +1,551 @@
+"""Replicas on one PostgreSQL schema, proven as a user runs them (issue 17).
+
+Each test starts real ``vi-flow serve`` processes, each with its own home, on one fresh
+schema, and talks to them over loopback HTTP: directly (to say which replica owns a run:
+the one that started it) or through :class:`~.kit.RoundRobinProxy`, the load balancer.
+Replica leases are 2 s (``VI_FLOW_REPLICA_LEASE``), so a takeover comes within seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import anyio
+import attrs
+import pytest
+
+import vi_flow
+from vi_flow import AsyncPausedResult
+from vi_flow.models import Condition, FlowCompleted, Run, StreamEvent
+
+from ..execution.conftest import TOOL_FLOW, emit_flow
+from ..live_server import Answer
+from .kit import (
+    Cluster,
+    Replica,
+    RoundRobinProxy,
+    call,
+    condition,
+    conditions,
+    create_flow,
+    data,
+    exactly_once,
+    get_run,
+    live_replicas,
+    one_end,
+    sse,
+    start_job,
+    stored,
+    three,
+    wait_ended,
+)
+
+pytestmark = pytest.mark.anyio
+
+# -- 1. one schema, three replicas ------------------------------------------------------
+
+
+_BLOCKED_BY = """
+WITH RECURSIVE blocked(pid) AS (
+    SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))
+    UNION
+    SELECT a.pid FROM pg_stat_activity a JOIN blocked b ON b.pid = ANY(pg_blocking_pids(a.pid))
+) SELECT count(*) FROM blocked
+"""
+"""How many sessions wait, directly or behind another, on the locks of session ``%s``
+(asked from another session: inside a transaction ``pg_stat_activity`` is a snapshot)."""
+
+
+async def blocked_by(watch: Any, pid: int) -> int:
+    row = await (await watch.execute(_BLOCKED_BY, (pid,))).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_started_at_once_on_an_empty_database_all_come_up(
+    cluster: Cluster,
+) -> None:
+    """Three replicas that start at the same moment on a database with no organization yet
+    (a first deployment) all come up. The race is made certain, not left to timing: the
+    test holds a SHARE lock on ``orgs`` (reads pass, writes wait) until all three
+    replicas wait behind it, then lets them go together."""
+    import psycopg
+
+    (first,) = await cluster.start("first")  # makes the tables; then as if never started
+    assert cluster.terminate(first) == 0, first.output()
+    connect = psycopg.AsyncConnection.connect
+    async with (
+        await connect(cluster.database) as conn,
+        await connect(cluster.database, autocommit=True) as watch,
+    ):
+        async with conn.transaction():
+            await conn.execute("DELETE FROM tokens")
+            await conn.execute("DELETE FROM orgs")
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE orgs IN SHARE MODE")
+            replicas = [cluster.spawn(name) for name in ("a", "b", "c")]
+            holder = conn.info.backend_pid
+            with anyio.fail_after(60):
+                while await blocked_by(watch, holder) < 3:
+                    assert all(r.alive() for r in replicas), [r.output() for r in replicas]
+                    await anyio.sleep(0.1)
+    for replica in replicas:  # the lock is gone: all three went on together
+        await cluster.wait_ready(replica)
+        answer = await call(replica, "GET", "/health")
+        assert answer.status == 200, (replica.name, answer.body)
+
+
+@pytest.mark.timeout(120)
+async def test_three_replicas_share_flows_and_tokens(cluster: Cluster) -> None:
+    a, b, c = await three(cluster)
+    assert len({a.pid, b.pid, c.pid}) == 3 and len({a.port, b.port, c.port}) == 3
+    for replica in (a, b, c):
+        answer = await call(replica, "GET", "/server")
+        assert answer.status == 200 and answer.body["pid"] == replica.pid, answer.body
+        assert answer.body.get("replica") == replica.name, answer.body
+        assert sorted(answer.body.get("replicas", [])) == ["a", "b", "c"], answer.body
+    async with a.client() as client:
+        flow = await client.flows.create({"name": "shared", "blocks": []})
+    for replica in (b, c):
+        async with replica.client() as client:  # its own home's admin token
+            listed = [f.flow_id async for f in client.flows.list().all_items()]
+        assert listed == [flow.flow_id]
+        for other in (a, b, c):  # every replica's token holds on every replica
+            answer = await call(replica, "GET", f"/flows/{flow.flow_id}", token=other.token)
+            assert answer.status == 200, (replica.name, other.name, answer.body)
+
+
+# -- 2. a live stream on another replica; resume on a third -----------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_stream_on_b_of_a_run_on_a_is_live_and_resumes_exactly_on_c(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(80, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    seen: list[tuple[int, str, Any]] = []
+    running_when_seen = None
+    with anyio.fail_after(60):
+        async with contextlib.aclosing(sse(b, f"/runs/{run_id}/events")) as events:
+            async for event in events:
+                seen.append((int(event.id or 0), event.event, data(event)))
+                if len(seen) == 10:  # still going on A while B already streams it
+                    running_when_seen = condition(await get_run(a, run_id))
+                if len(seen) == 40:
+                    break
+    assert running_when_seen == "Running"
+    rest: list[tuple[int, str, Any]] = []
+    with anyio.fail_after(60):
+        headers = {"Last-Event-ID": str(seen[-1][0])}
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events", headers=headers)) as it:
+            rest = [(int(e.id or 0), e.event, data(e)) async for e in it]
+    whole = seen + rest
+    exactly_once([i for i, _, _ in whole])
+    assert [name for _, name, _ in whole].count("flow_completed") == 1
+    assert whole[-1][1] == "flow_completed" and whole[-1][2]["status"] == "Succeeded"
+    assert sum(name == "log" for _, name, _ in whole) == 80
+    assert whole == await stored(a, run_id)
+
+
+# -- 3. cancel through a replica that does not own the run ------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_sent_to_b_ends_a_run_running_on_a(cluster: Cluster) -> None:
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events")) as live:
+            async for event in live:
+                if event.event == "log":
+                    break
+    with anyio.fail_after(15):  # the call answers once the cancel is stored
+        answer = await call(b, "POST", f"/runs/{run_id}/cancel")
+    assert answer.status == 200, answer.body
+    run = await wait_ended(c, run_id, 15)
+    assert condition(run) == "Cancelled"
+    one_end(run)
+    events = await stored(b, run_id)
+    exactly_once([i for i, _, _ in events])
+    ends = [d for _, name, d in events if name == "flow_completed"]
+    assert len(ends) == 1 and events[-1][1] == "flow_completed"
+    assert ends[0]["status"] == "Cancelled"
+    assert sum(name == "log" for _, name, _ in events) < 2000
+
+
+# -- 4. tool calls answered on another replica ------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_tool_results_on_b_resume_a_run_paused_on_a(cluster: Cluster) -> None:
+    a, b, c = await three(cluster)
+    async with a.client() as on_a, b.client() as on_b, c.client() as on_c:
+        flow = await on_a.flows.create(TOOL_FLOW)
+        paused = await on_a.flow(flow.flow_id).execute(message="hi")
+        assert isinstance(paused, AsyncPausedResult)
+        (call_id,) = [tc.id for tc in paused.tool_calls]
+        run_id = paused.execution_id
+        accepted = (
+            await on_b.flow(flow.flow_id)
+            .run(run_id)
+            .submit_tool_results([{"tool_call_id": call_id, "output": "42"}])
+        )
+        assert accepted == [call_id]
+        with anyio.fail_after(30):
+            events = [e async for e in on_c.flow(flow.flow_id).run(run_id).events()]
+        trace = await on_c.flow(flow.flow_id).run(run_id).trace()
+    exactly_once([e.event_id for e in events])
+    ends = [e for e in events if isinstance(e, FlowCompleted)]
+    assert len(ends) == 1 and ends[0] is events[-1]
+    assert ends[0].status is Condition.SUCCEEDED and ends[0].output == "got 42"
+    assert [s.step_id for s in trace.steps] == ["greet", "ask", "final"]
+    one_end(await get_run(c, run_id))
+
+    # the same, with B waiting for the outcome the owner (A) reaches
+    second = await call(a, "POST", f"/flows/{flow.flow_id}/execute", json={"message": "x"})
+    assert second.status == 200 and second.body["state"] == "paused", second.body
+    results = [{"toolCallId": second.body["toolCalls"][0]["id"], "output": "7"}]
+    with anyio.fail_after(30):
+        outcome = await call(
+            b,
+            "POST",
+            f"/runs/{second.body['executionId']}/tool-results?wait=true",
+            json={"toolResults": results},
+        )
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 7"
+
+
+# -- 5. one Idempotency-Key across replicas; credits spent once ------------------------
+
+
+async def post_many(
+    replicas: list[Replica], count: int, path: str, body: Any, headers: dict[str, str]
+) -> list[Answer]:
+    """``count`` concurrent POSTs, the i-th to ``replicas[i % len]``, with A's token."""
+    token = replicas[0].token
+    answers: list[Answer] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def post(i: int) -> None:
+            replica = replicas[i % len(replicas)]
+            answer = await call(
+                replica, "POST", path, json=body, token=token, headers=headers,
+                session=session, seconds=60,
+            )  # fmt: skip
+            answers.append(answer)
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(post, i)
+    return answers
+
+
+@pytest.mark.timeout(180)
+async def test_one_idempotency_key_on_three_replicas_makes_one_resource(
+    cluster: Cluster,
+) -> None:
+    replicas = list(await three(cluster))
+    block = {"block": "template", "id": "t", "settings": {"template": "ok"}}
+    key = {"Idempotency-Key": f"flow-{uuid.uuid4().hex}"}
+    made = await post_many(
+        replicas, 100, "/flows", {"spec": {"name": "once", "blocks": [block]}}, key
+    )
+    assert [a.status for a in made] == [201] * 100, {a.status: a.body for a in made}
+    assert len({a.raw for a in made}) == 1  # every answer the same, byte for byte
+    flow_id = made[0].body["flowId"]
+    async with replicas[1].client(replicas[0].token) as client:
+        assert [f.flow_id async for f in client.flows.list().all_items()] == [flow_id]
+
+    key = {"Idempotency-Key": f"job-{uuid.uuid4().hex}"}
+    jobs = await post_many(replicas, 100, f"/flows/{flow_id}/jobs", {}, key)
+    assert [a.status for a in jobs] == [202] * 100, {a.status: a.body for a in jobs}
+    assert len({a.raw for a in jobs}) == 1
+    async with replicas[2].client(replicas[0].token) as client:
+        runs: list[Run] = [r async for r in client.runs.list().all_items()]
+    assert [r.run_id for r in runs] == [jobs[0].body["executionId"]]
+
+
+@pytest.mark.timeout(180)
+async def test_credits_spent_on_three_replicas_at_once_are_spent_once(cluster: Cluster) -> None:
+    replicas = list(await three(cluster))
+    a = replicas[0]
+    flow_id = await create_flow(a, {"name": "paid", "blocks": []})
+    credits = "/organizations/org_default/credits"
+    assert (await call(a, "PUT", credits, json={"credits": 10})).status == 200
+    answers = await post_many(replicas, 40, f"/flows/{flow_id}/jobs", {}, {})
+    statuses = sorted(answer.status for answer in answers)
+    assert statuses == [202] * 10 + [402] * 30, statuses
+    assert {a.body["error"]["code"] for a in answers if a.status == 402} == {"INSUFFICIENT_CREDITS"}
+    left = await call(replicas[1], "GET", credits, token=a.token)
+    assert left.status == 200 and left.body["credits"] == 0, left.body
+    async with replicas[2].client(a.token) as client:
+        runs = [r.run_id async for r in client.runs.list().all_items()]
+    assert sorted(runs) == sorted(a.body["executionId"] for a in answers if a.status == 202)
+
+
+# -- 6 and 7. a replica goes away under live runs and streams ---------------------------
+
+VICTIM_LINES = 600  # 60 s at 0.1 s a line: still running when its replica goes
+OTHER_LINES = 100  # 10 s: ends normally on its own replica
+
+
+@attrs.define
+class Stream:
+    """One client's event stream through a balancer: of a run started on ``owner``
+    (``run_id``), or one that starts its run (``POST .../events``, ``run_id`` None) on
+    the balancer's first upstream, which is ``owner``."""
+
+    owner: Replica
+    flow_id: str
+    run_id: str | None
+    proxy: RoundRobinProxy
+    events: list[StreamEvent] = attrs.Factory(list)
+
+    async def follow(self, token: str) -> None:
+        async with vi_flow.AsyncClient(base_url=self.proxy.base_url, api_key=token) as client:
+            flow = client.flow(self.flow_id)
+            events = flow.events() if self.run_id is None else flow.run(self.run_id).events()
+            with anyio.fail_after(150):
+                async for event in events:
+                    self.events.append(event)  # one by one: the test watches it fill
+
+    @property
+    def run(self) -> str:
+        return self.run_id or self.events[0].execution_id
+
+
+async def _streams(
+    stack: contextlib.AsyncExitStack,
+    replicas: tuple[Replica, Replica, Replica],
+    victim_runs: int,
+    other_runs: int,
+    streams: int,
+) -> list[Stream]:
+    """Runs on A (slow) and on B and C (short), ``streams`` followers of them through one
+    balancer, and two ``flow.events()`` streams that start their run on A, two on B."""
+    a, b, c = replicas
+    slow = await create_flow(a, emit_flow(VICTIM_LINES, interval=0.1))
+    short = await create_flow(a, emit_flow(OTHER_LINES, interval=0.1))
+    proxy = await stack.enter_async_context(RoundRobinProxy([a.port, b.port, c.port]))
+    runs = [(a, slow, await start_job(a, slow)) for _ in range(victim_runs)]
+    for i in range(other_runs):
+        owner = (b, c)[i % 2]
+        runs.append((owner, short, await start_job(owner, short, a.token)))
+    made = [Stream(*runs[i % len(runs)], proxy) for i in range(streams)]
+    for owner, flow, others in ((a, slow, (b, c)), (b, short, (c, a))):
+        for _ in range(2):
+            ports = [owner.port, *(o.port for o in others)]  # the run starts on ``owner``
+            own = await stack.enter_async_context(RoundRobinProxy(ports))
+            made.append(Stream(owner, flow, None, own))
+    return made
+
+
+async def _lose_a_replica(
+    cluster: Cluster, how: str, victim_runs: int, other_runs: int, streams: int
+) -> None:
+    """Start runs on A, B and C, follow them through the balancer, then stop A (``kill``:
+    SIGKILL, ``term``: SIGTERM); every stream must end exactly once, every run too."""
+    replicas = await three(cluster)
+    a, token = replicas[0], replicas[0].token
+    async with contextlib.AsyncExitStack() as stack:
+        followed = await _streams(stack, replicas, victim_runs, other_runs, streams)
+        balancers = {id(s.proxy): s.proxy for s in followed}.values()
+        async with anyio.create_task_group() as tg:
+            for stream in followed:
+                tg.start_soon(stream.follow, token)
+            with anyio.fail_after(60):  # every stream is live before A goes
+                while not all(stream.events for stream in followed):
+                    await anyio.sleep(0.05)
+            assert followed[0].proxy.served[a.port] > 0
+            before = sum(sum(p.served.values()) for p in balancers)
+            if how == "kill":
+                cluster.kill(a)
+            else:
+                assert cluster.terminate(a) == 0, a.output()
+            lost_at = time.monotonic()
+            victims = [stream.events for stream in followed if stream.owner is a]
+            with anyio.fail_after(cluster.lease + 20):  # its runs end once taken over
+                while not all(isinstance(events[-1], FlowCompleted) for events in victims):
+                    await anyio.sleep(0.05)
+            handed_over_in = time.monotonic() - lost_at
+        ended_in = time.monotonic() - lost_at
+        # the streams A served reconnected through B and C
+        assert sum(sum(p.served.values()) for p in balancers) > before
+    assert ended_in < cluster.lease + 30
+    if how == "kill":  # nobody took A's runs before its lease ran out
+        assert handed_over_in > cluster.lease / 2, handed_over_in
+    assert await live_replicas(replicas[1]) == ["b", "c"]
+    await _check_ends(replicas, followed)
+
+
+async def _check_ends(replicas: tuple[Replica, Replica, Replica], followed: list[Stream]) -> None:
+    """Each stream got its run's events exactly once; each run ended once: A's ``Error``
+    (``ReplicaLost``), the others ``Succeeded``."""
+    a, b, c = replicas
+    for stream in followed:
+        events = stream.events
+        exactly_once([e.event_id for e in events])
+        ends = [e for e in events if isinstance(e, FlowCompleted)]
+        assert len(ends) == 1 and ends[0] is events[-1], stream.run
+        full = await stored(c, stream.run, a.token)
+        assert [e.event_id for e in events] == [i for i, _, _ in full], stream.run
+        run = await get_run(b, stream.run, a.token)
+        one_end(run)
+        last = conditions(run)[-1]
+        if stream.owner is a:
+            assert (last["condition"], last.get("reason")) == ("Error", "ReplicaLost"), last
+            assert full[-1][2]["status"] == "Error"
+        else:
+            assert last["condition"] == "Succeeded", last
+            assert sum(name == "log" for _, name, _ in full) == OTHER_LINES
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_of_a_replica_under_20_runs_and_50_streams_loses_nothing(
+    cluster: Cluster,
+) -> None:
+    await _lose_a_replica(cluster, "kill", victim_runs=20, other_runs=10, streams=50)
+
+
+@pytest.mark.timeout(240)
+async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(cluster: Cluster) -> None:
+    await _lose_a_replica(cluster, "term", victim_runs=5, other_runs=4, streams=12)
+
+
+# -- 8. a paused run outlives its replica -----------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_run_paused_on_a_killed_replica_stays_paused_and_resumes_on_b(
+    cluster: Cluster,
+) -> None:
+    a, b, _ = await three(cluster)
+    flow_id = await create_flow(a, TOOL_FLOW)
+    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
+    run_id = paused.body["executionId"]
+    cluster.kill(a)
+    await anyio.sleep(3 * cluster.lease)  # long past the lease: a live replica took it
+    run = await get_run(b, run_id, a.token)
+    assert condition(run) == "Running", conditions(run)  # paused runs show as Running
+    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "9"}]
+    with anyio.fail_after(30):
+        outcome = await call(
+            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results}
+        )
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 9"
+    events = await stored(b, run_id, a.token)
+    exactly_once([i for i, _, _ in events])
+    assert [name for _, name, _ in events].count("flow_completed") == 1
+    one_end(await get_run(b, run_id, a.token))
+
+
+# -- 9. asked of a replica while the owner is dead, before its lease ran out -------------
+
+
+@pytest.mark.timeout(120)
+async def test_cancel_sent_to_b_while_the_owner_lies_dead_answers_and_ends_the_run_once(
+    cluster: Cluster,
+) -> None:
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
+    run_id = await start_job(a, flow_id)
+    with anyio.fail_after(30):
+        async with contextlib.aclosing(sse(c, f"/runs/{run_id}/events")) as live:
+            async for event in live:
+                if event.event == "log":
+                    break
+    cluster.kill(a)
+    with anyio.fail_after(cluster.lease + 15):  # answered, at the latest after a takeover
+        answer = await call(b, "POST", f"/runs/{run_id}/cancel", token=a.token)
+    assert answer.status == 200, answer.body
+    run = await wait_ended(c, run_id, cluster.lease + 15, a.token)
+    one_end(run)
+    last = conditions(run)[-1]
+    assert (last["condition"], last.get("reason")) in {
+        ("Cancelled", "UserCancelled"),  # the taker honoured the stored cancel
+        ("Error", "ReplicaLost"),  # or took the run first
+    }, last
+    events = await stored(b, run_id, a.token)
+    exactly_once([i for i, _, _ in events])
+    assert [name for _, name, _ in events].count("flow_completed") == 1
+    assert events[-1][2]["status"] == last["condition"]
+
+
+@pytest.mark.timeout(120)
+async def test_tool_results_sent_to_b_while_the_owner_lies_dead_resume_the_run(
+    cluster: Cluster,
+) -> None:
+    a, b, _ = await three(cluster)
+    flow_id = await create_flow(a, TOOL_FLOW)
+    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
+    run_id = paused.body["executionId"]
+    cluster.kill(a)
+    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "5"}]
+    with anyio.fail_after(cluster.lease + 20):  # the taker resumes it
+        outcome = await call(
+            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results},
+            token=a.token,
+        )  # fmt: skip
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 5"
+    one_end(await get_run(b, run_id, a.token))
+
+
+# -- 10. a replica that joins late ------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alone(
+    cluster: Cluster,
+) -> None:
+    (a,) = await cluster.start("a")
+    flow_id = await create_flow(a, emit_flow(60, interval=0.1))  # 6 s
+    async with a.client() as on_a:
+        task = await on_a.run(["sleep", "30"], wait=True)
+        try:
+            run_id = await start_job(a, flow_id)
+            b, c = await cluster.start("b", "c")  # their start-up recovery runs now
+            await anyio.sleep(2 * cluster.lease)  # and a few of their heartbeat ticks
+            async with c.client(a.token) as on_c:
+                assert await on_c.status(task.task_id) == "running"
+                logs = await call(c, "GET", f"/tasks/{task.task_id}/logs", token=a.token)
+                assert logs.status == 409, logs.body  # its files are on A's host
+                assert logs.body["error"]["code"] == "TASK_ON_OTHER_REPLICA"
+                assert "'a'" in logs.body["error"]["message"], logs.body
+                assert (await call(a, "GET", f"/tasks/{task.task_id}/logs")).status == 200
+                run = await wait_ended(b, run_id, 30, a.token)
+                assert await on_c.status(task.task_id) == "running"
+        finally:
+            await on_a.cancel(task.task_id, force=True)
+    one_end(run)
+    last = conditions(run)[-1]
+    assert (last["condition"], last.get("reason")) == ("Succeeded", None), last
+
+
+# -- 11. a replica restarted in place ---------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: Cluster) -> None:
+    a, b, _ = await three(cluster)
+    flow_id = await create_flow(a, {"name": "kept", "blocks": []})
+    assert cluster.terminate(a) == 0, a.output()
+    with anyio.fail_after(10):  # a clean stop leaves at once, no lease to wait for
+        while await live_replicas(b) != ["b", "c"]:
+            await anyio.sleep(0.1)
+    (again,) = await cluster.start("a")
+    assert again.home == a.home and again.token == a.token  # its home's token still holds
+    assert await live_replicas(b) == ["a", "b", "c"]
+    assert (await call(again, "GET", f"/flows/{flow_id}")).status == 200
