@@ -226,3 +226,14 @@ async def test_concurrent_publishes_and_conditional_updates_on_two_replicas(
         for i in range(6)
     ))  # fmt: skip
     assert sorted(u.status for u in updates) == [200] + [412] * 5, [u.body for u in updates]
+
+
+async def test_each_replica_reports_the_work_it_holds_and_every_live_replica(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    a, b = await _replicas(start_server, tmp_path, database, 2)
+    run_id = await _slow_job(a, count=1000, interval=0.01)
+    on_a, on_b = (await a.call("GET", "/server")).body, (await b.call("GET", "/server")).body
+    assert (on_a["activeRuns"], on_b["activeRuns"]) == (1, 0), (on_a, on_b)
+    assert on_a["replica"] == "r0" and on_b["replicas"] == ["r0", "r1"]
+    await b.call("POST", f"/runs/{run_id}/cancel")

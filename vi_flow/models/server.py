@@ -102,8 +102,9 @@ class ServerStatus:
         uptime_s: Seconds since then.
         home: The home it owns.
         idle_timeout_s: Seconds of idleness after which it exits; 0 means never.
-        active_runs: Runs that are Pending or Running (paused ones included).
-        active_tasks: Tasks that are pending or running.
+        active_runs: Runs that are Pending or Running (paused ones included); with
+            replicas, those this replica drives.
+        active_tasks: Tasks that are pending or running; with replicas, this replica's.
         active_reservations: Reservations not yet ended.
         connections: Open client connections.
         replica: This server's name among the replicas of its database.

@@ -20,8 +20,10 @@ from aiohttp import web
 
 from ... import __version__
 from ...models.common import Condition
+from ...models.runs import Run
 from ...models.server import ServerStatus
 from ...models.tasks import ReservationStatus
+from ..db import Connection
 from ..errors import APIProblem
 from ..helpers import json_response, principal_of, read_body
 from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
@@ -60,15 +62,38 @@ def _require_admin(request: web.Request) -> None:
         raise APIProblem(403, "PERMISSION_DENIED", "this API key is not an admin key")
 
 
+async def _held_work(app: web.Application) -> tuple[list[Run], list[str]]:
+    """The runs and task ids in flight that this server holds, across every organization:
+    with replicas, those it drives (the others' work is theirs to stop)."""
+    store, replica = app[STORE_KEY], app[REPLICA_KEY]
+    runs = await store.list_active_runs()
+    if not replica.shared:
+        tasks = await store.run(
+            lambda c: c.execute(
+                "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
+            ).fetchall()
+        )
+        return runs, [str(row[0]) for row in tasks]
+    me = replica.id
+
+    def mine(conn: Connection) -> tuple[set[tuple[str, str]], list[str]]:
+        owned = conn.execute(
+            "SELECT org_id, run_id FROM engine_runs WHERE closed = 0 AND owner = ?", (me,)
+        ).fetchall()
+        tasks = conn.execute(
+            "SELECT task_id FROM tasks WHERE status IN ('pending','running') AND replica = ?",
+            (me,),
+        ).fetchall()
+        return {(r[0], r[1]) for r in owned}, [str(r[0]) for r in tasks]
+
+    owned, task_ids = await store.run(mine)
+    return [r for r in runs if (r.organization_id, r.run_id) in owned], task_ids
+
+
 async def server_status(app: web.Application) -> ServerStatus:
     """The server and the work it holds, across every organization."""
-    store, settings, identity = app[STORE_KEY], app[SETTINGS_KEY], app[IDENTITY_KEY]
-    runs = await store.list_active_runs()
-    tasks = await store.run(
-        lambda c: c.execute(
-            "SELECT count(*) FROM tasks WHERE status IN ('pending','running')"
-        ).fetchone()[0]
-    )
+    settings, identity = app[SETTINGS_KEY], app[IDENTITY_KEY]
+    runs, tasks = await _held_work(app)
     reservations = await app[TASKS_KEY].provider.list_reservations()
     replica = app[REPLICA_KEY]
     return ServerStatus(
@@ -80,7 +105,7 @@ async def server_status(app: web.Application) -> ServerStatus:
         home=str(settings.home),
         idle_timeout_s=settings.idle_timeout,
         active_runs=len(runs),
-        active_tasks=int(tasks),
+        active_tasks=len(tasks),
         active_reservations=sum(r.status in _OPEN_RESERVATIONS for r in reservations),
         connections=app[LIFECYCLE_KEY].connections() + _ssh_connections(app),
         replica=replica.name,
@@ -128,9 +153,11 @@ async def shutdown(request: web.Request) -> web.Response:
 
 
 async def _cancel_all_work(app: web.Application) -> None:
-    """Cancel every run and task still in flight, as their own cancel routes would."""
+    """Cancel every run and task still in flight that this server holds, as their own
+    cancel routes would."""
     store, engine, service = app[STORE_KEY], app[EXECUTION_ENGINE_KEY], app[TASKS_KEY]
-    for run in await store.list_active_runs():
+    runs, task_ids = await _held_work(app)
+    for run in runs:
         await engine.cancel(run)
         await store.set_run_condition(
             (run.organization_id, run.run_id),
@@ -138,12 +165,7 @@ async def _cancel_all_work(app: web.Application) -> None:
             "cancelled: the server was stopped",
             "ServerStopped",
         )
-    rows = await store.run(
-        lambda c: c.execute(
-            "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
-        ).fetchall()
-    )
-    await asyncio.gather(*(service.cancel(row["task_id"]) for row in rows))
+    await asyncio.gather(*(service.cancel(task_id) for task_id in task_ids))
 
 
 async def _idle_watch(app: web.Application) -> AsyncIterator[None]:
