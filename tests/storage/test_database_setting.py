@@ -32,3 +32,15 @@ def test_vi_flow_serve_names_the_bad_database_and_creates_nothing(tmp_path: Path
     assert "--database: the database 'mysql://vi:***@db.internal/vi'" in answer.stderr
     assert "s3cret-pw" not in answer.stderr + answer.stdout
     assert not home.exists() and not Path("mysql:").exists()
+
+
+@pytest.mark.parametrize("lease", ["0.5", "nan", "inf", "abc"])
+def test_vi_flow_serve_refuses_a_replica_lease_that_is_not_1_to_86400_seconds(
+    tmp_path: Path, lease: str
+) -> None:
+    home = tmp_path / "home"
+    serve = [sys.executable, "-m", "vi_flow.cli", "serve", "--home", str(home)]
+    env = {**os.environ, "VI_FLOW_REPLICA_LEASE": lease}
+    answer = subprocess.run(serve, capture_output=True, text=True, timeout=60, env=env)
+    assert answer.returncode == 2, answer.stderr
+    assert "--replica-lease" in answer.stderr and not home.exists()

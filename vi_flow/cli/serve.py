@@ -125,7 +125,8 @@ __all__ = ["serve"]
     "--replica-lease",
     envvar="VI_FLOW_REPLICA_LEASE",
     show_envvar=True,
-    type=click.FloatRange(min=1.0),
+    type=float,
+    callback=lambda ctx, param, value: _lease(value),
     metavar="SECONDS",
     help="Seconds a replica may stay silent before the others take its runs over [default: 15].",
 )
@@ -202,6 +203,13 @@ def serve(
     except EndpointError as exc:
         raise click.UsageError(f"--{exc.setting.replace('_', '-')}: {exc.problem}") from None
     _serve_logged(settings)
+
+
+def _lease(value: float | None) -> float | None:
+    """``--replica-lease``: seconds from 1 to a day (not NaN, not infinite)."""
+    if value is not None and not 1.0 <= value <= 86400.0:
+        raise click.BadParameter(f"must be between 1 and 86400 seconds, not {value!r}")
+    return value
 
 
 def _database(target: str | None) -> str | None:

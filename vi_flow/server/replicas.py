@@ -70,8 +70,8 @@ def lease_from_env(env: dict[str, str] | None = None) -> float:
         lease = float(raw)
     except ValueError:
         lease = -1.0
-    if not lease >= 1.0 or lease != lease or lease == float("inf"):
-        raise ValueError(f"VI_FLOW_REPLICA_LEASE must be a number of seconds >= 1, not {raw!r}")
+    if not 1.0 <= lease <= 86400.0:  # NaN fails too
+        raise ValueError(f"VI_FLOW_REPLICA_LEASE must be 1 to 86400 seconds, not {raw!r}")
     return lease
 
 
