@@ -199,7 +199,7 @@ async def bench(server: ServerProcess, seed: Seed) -> Outcome:
         started = time.perf_counter()
         await asyncio.to_thread(seed, recent, RUNS)
         seed_s = time.perf_counter() - started
-        async with http.get(f"{base}/runs/run_old{RUNS - 1:07d}") as resp:  # a real run to it
+        async with http.get(f"{base}/runs/run_old{RUNS - 1:07d}") as resp:  # a clone reads as a run
             assert resp.status == 200, await resp.text()
         urls = [f"{base}/runs/{recent}", f"{base}/runs?pageSize=20"]
         idle = await _measure(http, urls, asyncio.ensure_future(asyncio.sleep(IDLE_SECONDS)))
