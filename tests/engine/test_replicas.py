@@ -181,9 +181,13 @@ async def test_replicas_reconnect_when_their_database_connections_are_cut(
         )
         for server in (a, b)
     ]
-    cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ? OR application_name IN (?, ?)"
-    _sql(database, cut, backends[0], "vi-flow replica r0", "vi-flow replica r1")
-    _sql(database, cut, backends[1], "", "")
+    # this test's servers' sessions only: their stores' (by pid) and their listeners'
+    # (by the names this module gives its replicas)
+    cut = (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN (?, ?)"
+        " OR application_name IN ('vi-flow replica r0', 'vi-flow replica r1')"
+    )
+    _sql(database, cut, *backends)
     rest, _ = await b.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id})
     ids = [int(e.id) for e in first + rest if e.id]
     assert ids == list(range(1, len(ids) + 1)) and names(rest)[-1] == "flow_completed"
