@@ -153,8 +153,8 @@ def _claim_expiry(conn: Connection, paused: Paused, me: str) -> RunRow | None:
 
 def _claim_cancel(conn: Connection, key: RunKey, me: str) -> str:
     """Record a cancel of the run and say who carries it out: ``done`` (nothing to do),
-    ``here`` (this replica: it owns the run, or takes it since no replica is driving
-    it) or ``owner`` (the live replica driving it, told by a message)."""
+    ``here`` (this replica owns it), ``taken`` (this replica takes it: it is paused, or
+    its replica is gone) or ``owner`` (the live replica driving it, told by a message)."""
     row = tables.find_run(conn, key, lock=True)
     if row is None or row.state == "done":
         return "done"
@@ -621,6 +621,8 @@ class Engine:
         async with self._locked(key):
             await self.store.run(lambda c: tables.get_run(c, key))
             channel = await self.log.channel(key)
+            if self.replica.shared:  # the settle point to wait after is the stored one
+                await self.log.recheck(channel)
             settled = channel.settled
             me = self.replica.id
             complete, owner = await self.store.run(lambda c: _accept_results(c, key, given, me))

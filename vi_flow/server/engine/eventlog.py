@@ -380,10 +380,15 @@ class EventLog:
         if self.announce is None:
             return False
         before = (channel.committed, channel.settled, channel.finished)
+        await self.recheck(channel)
+        return (channel.committed, channel.settled, channel.finished) != before
+
+    async def recheck(self, channel: RunChannel) -> None:
+        """Bring the channel up to the run's stored tail (replicas: another replica may
+        have written what this one was not told of); never moves anything back."""
         channel.stale = False
         last, finished, settled = await self._db.run(lambda c: _tail(c, channel.key))
         channel.heard(last, finished, settled)
-        return (channel.committed, channel.settled, channel.finished) != before
 
     def drop(self, keys: set[RunKey]) -> None:
         """Discard the queued events of runs this replica no longer owns."""
