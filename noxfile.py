@@ -148,7 +148,8 @@ def tests_browser(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def tests_proxy(session: nox.Session) -> None:
     """The SDK through Debian's nginx and Caddy terminating TLS in front of a real server
-    (issue 13); never skipped here: the proxies are installed when missing (as root)."""
+    (issue 13), and the replicas' nginx configuration of docs/production.md (issue 17);
+    never skipped here: the proxies are installed when missing (as root)."""
     import shutil
 
     _install_bubblewrap(session)
@@ -158,7 +159,8 @@ def tests_proxy(session: nox.Session) -> None:
         session.run("apt-get", "install", "-y", "-q", *missing, external=True)
     session.install("-e", ".[test]")
     env = {"VI_FLOW_REQUIRE_PROXY": "1"}
-    session.run("pytest", "tests/server/test_proxy_nginx.py", *session.posargs, env=env)
+    tests = ["tests/server/test_proxy_nginx.py", "tests/docs/test_nginx_replicas_conf.py"]
+    session.run("pytest", *tests, *session.posargs, env=env)
 
 
 def _has_binary(name: str) -> bool:
