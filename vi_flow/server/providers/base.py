@@ -287,7 +287,6 @@ async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging
 
 
 @runtime_checkable
-@runtime_checkable
 class ClusterPoller(Protocol):
     """A provider that watches its jobs by polling a cluster (Slurm, Ray): with replicas,
     one of them polls each cluster at a time (see :mod:`vi_flow.server.replicas`)."""
@@ -300,6 +299,7 @@ class ClusterPoller(Protocol):
         """Poll (``True``, the default) or leave the polling to another replica."""
 
 
+@runtime_checkable
 class ComputeProvider(Protocol):
     """What the server needs from a compute backend. All methods run on the event loop
     and must not block it (do blocking work in threads, HTTP with aiohttp).
