@@ -16,6 +16,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -87,9 +88,21 @@ def main(argv: Sequence[str]) -> int:
     if not command:
         sys.stderr.write("usage: python tests/pgcluster.py -- COMMAND...\n")
         return 2
+    # SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C: the cluster is stopped, not left
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with running_cluster() as url:
         env = {**os.environ, "VI_FLOW_TEST_POSTGRES_URL": url, "VI_FLOW_REQUIRE_POSTGRES": "1"}
-        return subprocess.run(command, env=env, check=False).returncode
+        child = subprocess.Popen(command, env=env)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":
