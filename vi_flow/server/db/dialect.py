@@ -47,7 +47,6 @@ def migration_sql(migration: Migration, dialect: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-@functools.lru_cache(maxsize=4096)  # the server's statements are a few hundred constants
 def to_pyformat(sql: str) -> str:
     """``?`` placeholders as ``%s``, and every ``%`` doubled.
 
