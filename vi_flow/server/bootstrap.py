@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from . import _records as rec
-from .db import Connection
+from .db import Connection, lock_name
 
 __all__ = ["ADMIN_TOKEN_FILE", "DEFAULT_ORG", "ensure_admin", "read_admin_token"]
 
@@ -39,8 +39,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def ensure_admin(conn: Connection, home: Path) -> None:
     """Create ``org_default`` and a valid admin token file if missing (DB thread only)."""
-    if getattr(conn, "dialect", "sqlite") == "postgresql":  # replicas starting at once
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('vi_flow.bootstrap'))")
+    lock_name(conn, "vi_flow.bootstrap")  # replicas starting at once make it once
     if not rec.org_exists(conn, DEFAULT_ORG):
         rec.create_org(conn, "default", DEFAULT_ORG)
     token = read_admin_token(home)

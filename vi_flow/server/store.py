@@ -38,7 +38,9 @@ from .db import (
     Migration,
     NewerDatabaseError,
     SQLiteDatabase,
+    lock_name,
     migration_sql,
+    on_postgres,
     open_database,
 )
 
@@ -127,7 +129,7 @@ class AnswerSaver:
             return
         _lookup(conn, slot)
         slot.lookup_pending = False
-        if getattr(conn, "dialect", "sqlite") == "postgresql" and self._status is not None:
+        if on_postgres(conn) and self._status is not None:
             placeholder = (slot.body_hash, PENDING_ANSWER, b"")
             rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, placeholder)
             slot.reserved = True
@@ -136,7 +138,7 @@ class AnswerSaver:
         slot = self._slot
         if slot is None or self._status is None or slot.saved:
             return
-        if getattr(conn, "dialect", "sqlite") == "postgresql" and not slot.reserved:
+        if on_postgres(conn) and not slot.reserved:
             # Another replica may have answered the key since it was looked up: the key's
             # lock orders the two transactions, and the later one makes nothing.
             _lookup(conn, slot)
@@ -148,9 +150,7 @@ class AnswerSaver:
 def _lookup(conn: Connection, slot: IdempotencySlot) -> None:
     """Raise :class:`AlreadyAnswered` when the slot's key has an answer. On PostgreSQL the
     key is locked first, until the transaction ends: replicas answer a key one at a time."""
-    if getattr(conn, "dialect", "sqlite") == "postgresql":
-        name = "\x1f".join((slot.org_id, slot.key, slot.method, slot.path))
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
+    lock_name(conn, "\x1f".join((slot.org_id, slot.key, slot.method, slot.path)))
     stored = rec.get_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path)
     if stored is not None:
         raise AlreadyAnswered(stored)

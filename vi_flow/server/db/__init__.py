@@ -49,7 +49,9 @@ __all__ = [
     "SQLiteDatabase",
     "for_update",
     "is_postgres_url",
+    "lock_name",
     "migration_sql",
+    "on_postgres",
     "open_database",
     "redact",
 ]
@@ -89,11 +91,25 @@ class Database(Protocol):
         ...
 
 
+def on_postgres(conn: Connection) -> bool:
+    """Whether ``conn`` is a PostgreSQL connection (a ``sqlite3.Connection`` has no
+    ``dialect``): where several servers (replicas) may write at once."""
+    return getattr(conn, "dialect", "sqlite") == "postgresql"
+
+
 def for_update(conn: Connection) -> str:
     """`` FOR UPDATE`` on PostgreSQL, to add to a ``SELECT`` of rows the transaction will
     change: another server's transaction on the same rows waits for this one (replicas).
     Empty on SQLite, whose ``BEGIN IMMEDIATE`` already serializes every writer."""
-    return " FOR UPDATE" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
+    return " FOR UPDATE" if on_postgres(conn) else ""
+
+
+def lock_name(conn: Connection, name: str) -> None:
+    """On PostgreSQL, hold a lock named ``name`` until the transaction ends: another
+    server's transaction that locks the same name waits for this one (replicas). Nothing
+    on SQLite, whose ``BEGIN IMMEDIATE`` already serializes every writer."""
+    if on_postgres(conn):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
 
 def is_postgres_url(target: str | Path) -> bool:
