@@ -104,7 +104,7 @@ def _accept_results(
     """Record tool results for a paused run; True when they complete the pause, and the
     replica that owned the run (this replica ``me`` drives it from now on)."""
     row, run_id = tables.get_run(conn, key, lock=True), key[1]
-    if row.state != "done" and tables.cancel_asked(conn, key):
+    if row.state != "done" and row.cancel:
         raise APIProblem.conflict(f"run {run_id!r} is being cancelled; tool results are refused")
     answers = tables.get_answers(conn, key)
     paused = row.state == "paused" and row.pause is not None
@@ -144,7 +144,7 @@ def _claim_expiry(conn: Connection, paused: Paused, me: str) -> RunRow | None:
     pause = row.pause if row is not None else None
     if row is None or row.state != "paused" or not pause or pause["token"] != paused.token:
         return None
-    if row.owner not in (None, me) or tables.cancel_asked(conn, paused.key):
+    if row.owner not in (None, me) or row.cancel:
         return None
     row.state = "running"
     tables.save_run(conn, row)
@@ -739,7 +739,7 @@ class Engine:
         """End or re-arm one open run this replica just took: at its start (the server
         that ran it stopped) or, ``lost``, from a replica that died meanwhile."""
         await self.log.refresh(row.key)  # what this replica knew of it may be behind
-        if row.state != "done" and await self.store.run(lambda c: tables.cancel_asked(c, row.key)):
+        if row.state != "done" and row.cancel:
             log.info("run %s was being cancelled; ending it Cancelled", row.run_id)
             await self.executor.finish(
                 row, Condition.CANCELLED, error="cancelled by the user",

@@ -136,6 +136,8 @@ class RunRow:
         started_at: Start time (ms).
         ended_at: End time (ms), once done.
         owner: The replica driving it (see :mod:`vi_flow.server.replicas`).
+        cancel: Whether a cancel was asked (its owner, or whoever takes it over, ends it
+            ``Cancelled``); see :func:`ask_cancel`.
     """
 
     run_id: str
@@ -154,6 +156,7 @@ class RunRow:
     started_at: int = 0
     ended_at: int | None = None
     owner: str | None = None
+    cancel: bool = False
 
     @property
     def key(self) -> RunKey:
@@ -163,7 +166,7 @@ class RunRow:
 
 _RUN_COLUMNS = (
     "run_id, org_id, flow_id, flow_version, state, request, spec, step_index, outputs,"
-    " pause, usage, outcome, closed, started_at, ended_at, owner"
+    " pause, usage, outcome, closed, started_at, ended_at, owner, cancel"
 )
 
 
@@ -185,18 +188,20 @@ def _run_row(row: Row) -> RunRow:
         started_at=int(row["started_at"]),
         ended_at=row["ended_at"],
         owner=row["owner"],
+        cancel=bool(row["cancel"]),
     )
 
 
 def insert_run(conn: Connection, run: RunRow) -> None:
     """Store a new run's engine state."""
     conn.execute(
-        f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO engine_runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             run.run_id, run.org_id, run.flow_id, run.flow_version, run.state,
             orjson.dumps(run.request), orjson.dumps(run.spec), run.step_index,
             orjson.dumps(run.outputs), _dump(run.pause), _dump(run.usage),
             _dump(run.outcome), int(run.closed), run.started_at, run.ended_at, run.owner,
+            int(run.cancel),
         ),
     )  # fmt: skip
 
@@ -234,14 +239,6 @@ def set_owner(conn: Connection, key: RunKey, owner: str) -> None:
 def ask_cancel(conn: Connection, key: RunKey) -> None:
     """Record that the run is to be cancelled (its owner does it, or whoever takes it over)."""
     conn.execute("UPDATE engine_runs SET cancel = 1 WHERE org_id = ? AND run_id = ?", key)
-
-
-def cancel_asked(conn: Connection, key: RunKey) -> bool:
-    """Whether a cancel of the run was asked."""
-    row = conn.execute(
-        "SELECT cancel FROM engine_runs WHERE org_id = ? AND run_id = ?", key
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def claim_orphans(conn: Connection, owner: str) -> list[RunRow]:
