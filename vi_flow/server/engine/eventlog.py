@@ -361,11 +361,10 @@ class EventLog:
 
     async def refresh(self, key: RunKey) -> RunChannel:
         """Reload the run's channel from what is stored (this replica takes the run over)."""
-        last, finished, settled = await self._db.run(lambda c: _tail(c, key))
         channel = self._channels.get(key)
-        if channel is None:
+        if channel is None:  # a new channel reads the tail itself
             return await self.channel(key)
-        channel.reset(last, finished, settled)
+        channel.reset(*await self._db.run(lambda c: _tail(c, key)))
         return channel
 
     async def wait(self, channel: RunChannel, timeout: float | None) -> bool:
