@@ -68,26 +68,28 @@ async def _held_work(app: web.Application) -> tuple[list[Run], list[str]]:
     store, replica = app[STORE_KEY], app[REPLICA_KEY]
     runs = await store.list_active_runs()
     if not replica.shared:
-        tasks = await store.run(
-            lambda c: c.execute(
-                "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
-            ).fetchall()
-        )
-        return runs, [str(row[0]) for row in tasks]
+        return runs, await store.run(_task_ids)
     me = replica.id
 
-    def mine(conn: Connection) -> tuple[set[tuple[str, str]], list[str]]:
+    def read(conn: Connection) -> tuple[set[tuple[str, str]], list[str]]:
         owned = conn.execute(
             "SELECT org_id, run_id FROM engine_runs WHERE closed = 0 AND owner = ?", (me,)
         ).fetchall()
-        tasks = conn.execute(
-            "SELECT task_id FROM tasks WHERE status IN ('pending','running') AND replica = ?",
-            (me,),
-        ).fetchall()
-        return {(r[0], r[1]) for r in owned}, [str(r[0]) for r in tasks]
+        return {(r[0], r[1]) for r in owned}, _task_ids(conn, me)
 
-    owned, task_ids = await store.run(mine)
+    owned, task_ids = await store.run(read)
     return [r for r in runs if (r.organization_id, r.run_id) in owned], task_ids
+
+
+def _task_ids(conn: Connection, replica: str | None = None) -> list[str]:
+    """The tasks in flight: every one, or those of ``replica``."""
+    sql = "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
+    rows = (
+        conn.execute(sql, ())
+        if replica is None
+        else conn.execute(f"{sql} AND replica = ?", (replica,))
+    )
+    return [str(r[0]) for r in rows.fetchall()]
 
 
 async def server_status(app: web.Application) -> ServerStatus:
