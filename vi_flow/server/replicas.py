@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from ._records import new_id
+from .background import spawn
 from .clock import now_ms, wait_event
 from .db import Connection
 from .store import Store
@@ -286,9 +287,7 @@ class Replica:
             self._beat_ok = time.monotonic()
             self._tick_now.set()
         elif not self._losing:
-            task = asyncio.get_running_loop().create_task(self._lost("its row was taken over"))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            spawn(self._background, self._lost("its row was taken over"))
 
     def _deliver(self, payload: str) -> None:
         try:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from ...models.events import (
 from ...models.execution import ExecutionJob
 from ...models.runs import Run, RunSpec
 from .. import _records as records
+from ..background import spawn
 from ..clock import now_ms
 from ..db import Connection
 from ..errors import APIProblem
@@ -501,12 +502,7 @@ class Engine:
 
     def cancel_soon(self, key: RunKey) -> None:
         """Cancel a run in the background (from a handler that is itself going away)."""
-        self._spawn(self.cancel_run(key))
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        spawn(self._background, self.cancel_run(key))
 
     # -- replicas ---------------------------------------------------------------------
 
@@ -530,7 +526,7 @@ class Engine:
             finally:
                 self._cancels.discard(key)
 
-        self._spawn(cancel())
+        spawn(self._background, cancel())
 
     async def _tick(self) -> None:
         """Every heartbeat: take over the runs of replicas that died, and carry out
@@ -578,9 +574,7 @@ class Engine:
 
     def _spawn_expire(self, paused: Paused) -> None:
         self._timers.pop(paused.key, None)
-        task = asyncio.get_running_loop().create_task(self._expire(paused))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        spawn(self._background, self._expire(paused))
 
     async def _expire(self, paused: Paused) -> None:
         async with self._locked(paused.key):

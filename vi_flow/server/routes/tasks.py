@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +42,7 @@ from ...models.tasks import (
 from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
 from ..errors import APIProblem
 from ..helpers import (
+    Handler,
     idempotent,
     json_response,
     org_of,
@@ -63,9 +64,6 @@ __all__ = ["SSHD_KEY", "setup"]
 
 SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
 MAX_TAIL = 100_000
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _on_its_replica(handler: Handler) -> Handler:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from ...models._base import from_wire, to_wire
 from ...models.tasks import Reservation, Task, TaskConfig, TaskOutputFile, TaskStatus
+from ..background import spawn
 from ..clock import now_ms
 from ..db import Connection, Row
 from ..errors import APIProblem
@@ -180,9 +181,7 @@ class TaskService:
 
     def _adopt_soon(self) -> None:
         if self._poller and not self._closed:
-            task = asyncio.get_running_loop().create_task(self._adopt())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            spawn(self._background, self._adopt())
 
     async def _adopt(self) -> None:
         """As the replica that polls the cluster, watch every job on it that another
@@ -231,9 +230,7 @@ class TaskService:
     def _cancel_message(self, message: list[Any]) -> None:
         task_id, grace = str(message[2]), float(message[3])
         if message[4] == self.replica.id:
-            task = asyncio.get_running_loop().create_task(self.cancel(task_id, grace))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            spawn(self._background, self.cancel(task_id, grace))
 
     async def close(self) -> None:
         """Stop the provider (a local provider stops its running tasks)."""
