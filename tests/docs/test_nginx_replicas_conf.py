@@ -21,6 +21,7 @@ import pytest
 import vi_flow
 from tests.live_server import LiveServer, Starter
 from tests.server.test_proxy_nginx import (
+    NGINX_MAIN,
     _binary,
     _free_port,
     _make_certificates,
@@ -31,23 +32,6 @@ from vi_flow.server.state import ServerSettings
 from .pages import DOCS, blocks
 
 REPLICA_PORTS = ("8001", "8002", "8003")
-
-MAIN_CONF = """
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-{conf}
-}}
-"""
 
 
 def _replicas_block() -> str:
@@ -69,7 +53,7 @@ def _write_conf(tmp: Path, port: int, replicas: list[int]) -> Path:
     conf = _replace(conf, "/etc/ssl/private/flows.example.com.key", str(tmp / "key.pem"))
     for shown, replica in zip(REPLICA_PORTS, replicas, strict=True):
         conf = _replace(conf, f"127.0.0.1:{shown} ", f"127.0.0.1:{replica} ")
-    (tmp / "nginx.conf").write_text(MAIN_CONF.format(tmp=tmp, conf=conf))
+    (tmp / "nginx.conf").write_text(NGINX_MAIN.format(tmp=tmp, conf=conf))
     return tmp / "nginx.conf"
 
 

@@ -30,7 +30,7 @@ from tests.live_server import LiveServer, Starter
 from tests.providers_kit import unavailable
 from vi_flow.server.state import ServerSettings
 
-NGINX_CONF = """
+NGINX_MAIN = """
 daemon off;
 master_process off;
 pid {tmp}/nginx.pid;
@@ -43,15 +43,18 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
-    server {{
+{conf}
+}}
+"""
+"""nginx.conf for an unprivileged nginx in ``tmp``, around the ``http`` block's ``conf``."""
+
+NGINX_SERVER = """    server {{
         listen 127.0.0.1:{port} ssl;
         server_name localhost;
         ssl_certificate {tmp}/cert.pem;
         ssl_certificate_key {tmp}/key.pem;
 {location}
-    }}
-}}
-"""
+    }}"""
 
 
 CADDYFILE = """
@@ -153,7 +156,8 @@ def _proxy_argv(name: str, tmp: Path, port: int, upstream: int) -> list[str]:
     """Write the proxy's configuration (the docs' block in it); return its command line."""
     if name == "nginx":
         location = _from_docs("    location / {", upstream)
-        (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, port=port, location=location))
+        server = NGINX_SERVER.format(tmp=tmp, port=port, location=location)
+        (tmp / "nginx.conf").write_text(NGINX_MAIN.format(tmp=tmp, conf=server))
         return [_binary("nginx"), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)]
     proxy = _from_docs("    reverse_proxy 127.0.0.1:8000 {", upstream)
     (tmp / "Caddyfile").write_text(CADDYFILE.format(tmp=tmp, port=port, proxy=proxy))
