@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -209,23 +210,28 @@ def slurm_server(
     from vi_flow.server import embedded
 
     # not under tmp_path: tests upload tmp_path into tasks, which must not include them
-    files = tmp_path_factory.mktemp("slurm-server")
-    settings = {
-        "url": slurm_cluster.url,
-        "user": slurm_cluster.user,
-        "token_file": str(slurm_cluster.token_file),
-        "tasks_dir": str(files / "tasks"),
-        "volumes_dir": str(files / "volumes"),
-        "slurm_conf": str(slurm_cluster.slurm_conf),
-        "poll_interval": 0.05,
-        "idle_poll_interval": 0.5,
-    }
+    settings = server_settings(slurm_cluster, tmp_path_factory.mktemp("slurm-server"))
     home = Path(os.environ["VI_FLOW_HOME"])
     server = embedded.acquire(home, provider="slurm", extra={"slurm": settings})
     try:
         yield server
     finally:
         embedded.release(server)
+
+
+def server_settings(cluster: SlurmCluster, files: Path) -> dict[str, Any]:
+    """A server's ``extra["slurm"]`` for this cluster, its task and volume directories
+    under ``files`` (servers sharing the cluster share them), polling fast."""
+    return {
+        "url": cluster.url,
+        "user": cluster.user,
+        "token_file": str(cluster.token_file),
+        "tasks_dir": str(files / "tasks"),
+        "volumes_dir": str(files / "volumes"),
+        "slurm_conf": str(cluster.slurm_conf),
+        "poll_interval": 0.05,
+        "idle_poll_interval": 0.5,
+    }
 
 
 # -- the provider on this cluster, for tests of the provider protocol --------------------

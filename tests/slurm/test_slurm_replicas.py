@@ -18,22 +18,9 @@ from tests.live_server import LiveServer, Starter
 from vi_flow.server.state import ServerSettings
 from vi_flow.server.tasks import TASKS_KEY
 
-from .conftest import SlurmCluster
+from .conftest import SlurmCluster, server_settings
 
 pytestmark = [pytest.mark.slurm, pytest.mark.anyio, pytest.mark.timeout(120)]
-
-
-def _settings(cluster: SlurmCluster, files: Path) -> dict[str, Any]:
-    return {
-        "url": cluster.url,
-        "user": cluster.user,
-        "token_file": str(cluster.token_file),
-        "tasks_dir": str(files / "tasks"),
-        "volumes_dir": str(files / "volumes"),
-        "slurm_conf": str(cluster.slurm_conf),
-        "poll_interval": 0.05,
-        "idle_poll_interval": 0.5,
-    }
 
 
 def _polls(server: LiveServer) -> bool:
@@ -60,7 +47,7 @@ async def test_one_replica_polls_the_cluster_and_hands_over_when_it_stops(
         servers = [
             await starter.start(ServerSettings(
                 home=tmp_path / name, provider="slurm", database=postgres_schema,
-                extra={"slurm": _settings(slurm_cluster, files)}, replica_lease=1.0,
+                extra={"slurm": server_settings(slurm_cluster, files)}, replica_lease=1.0,
                 replica_name=name,
             ))
             for name in ("a", "b")
