@@ -424,26 +424,39 @@ async def test_a_replica_stopped_with_sigterm_hands_its_runs_over(cluster: Clust
 # -- 8. a paused run outlives its replica -----------------------------------------------
 
 
+async def _paused_run(a: Replica) -> tuple[str, str]:
+    """A run of the tool flow executed on ``a``, paused: its id and its tool call's id."""
+    flow_id = await create_flow(a, TOOL_FLOW)
+    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
+    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
+    return paused.body["executionId"], paused.body["toolCalls"][0]["id"]
+
+
+async def _answer(
+    b: Replica, run_id: str, call_id: str, output: str, *, within: float, token: str | None = None
+) -> None:
+    """Send the tool call's ``output`` to ``b`` and wait: the run completes with it."""
+    results = [{"toolCallId": call_id, "output": output}]
+    with anyio.fail_after(within):
+        outcome = await call(
+            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results},
+            token=token,
+        )  # fmt: skip
+    assert outcome.status == 200, outcome.body
+    assert outcome.body["state"] == "completed" and outcome.body["output"] == f"got {output}"
+
+
 @pytest.mark.timeout(120)
 async def test_a_run_paused_on_a_killed_replica_stays_paused_and_resumes_on_b(
     cluster: Cluster,
 ) -> None:
     a, b, _ = await three(cluster)
-    flow_id = await create_flow(a, TOOL_FLOW)
-    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
-    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
-    run_id = paused.body["executionId"]
+    run_id, call_id = await _paused_run(a)
     cluster.kill(a)
     await anyio.sleep(3 * cluster.lease)  # long past the lease: a live replica took it
     run = await get_run(b, run_id, a.token)
     assert condition(run) == "Running", conditions(run)  # paused runs show as Running
-    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "9"}]
-    with anyio.fail_after(30):
-        outcome = await call(
-            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results}
-        )
-    assert outcome.status == 200, outcome.body
-    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 9"
+    await _answer(b, run_id, call_id, "9", within=30)
     events = await stored(b, run_id, a.token)
     exactly_once([i for i, _, _ in events])
     assert [name for _, name, _ in events].count("flow_completed") == 1
@@ -487,19 +500,10 @@ async def test_tool_results_sent_to_b_while_the_owner_lies_dead_resume_the_run(
     cluster: Cluster,
 ) -> None:
     a, b, _ = await three(cluster)
-    flow_id = await create_flow(a, TOOL_FLOW)
-    paused = await call(a, "POST", f"/flows/{flow_id}/execute", json={"message": "x"})
-    assert paused.status == 200 and paused.body["state"] == "paused", paused.body
-    run_id = paused.body["executionId"]
+    run_id, call_id = await _paused_run(a)
     cluster.kill(a)
-    results = [{"toolCallId": paused.body["toolCalls"][0]["id"], "output": "5"}]
-    with anyio.fail_after(cluster.lease + 20):  # the taker resumes it
-        outcome = await call(
-            b, "POST", f"/runs/{run_id}/tool-results?wait=true", json={"toolResults": results},
-            token=a.token,
-        )  # fmt: skip
-    assert outcome.status == 200, outcome.body
-    assert outcome.body["state"] == "completed" and outcome.body["output"] == "got 5"
+    # the taker resumes it
+    await _answer(b, run_id, call_id, "5", within=cluster.lease + 20, token=a.token)
     one_end(await get_run(b, run_id, a.token))
 
 
