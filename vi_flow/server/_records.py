@@ -431,10 +431,21 @@ def create_run(
     spec: RunSpec,
     run_id: str | None = None,
     log: str = "",
+    *,
+    running: bool = False,
 ) -> Run:
-    """Insert a run (``Pending``); ``log`` says where its event log lives, when known."""
+    """Insert a run (``Pending``); ``log`` says where its event log lives, when known.
+
+    ``running``: the run starts in the same transaction: it is stored ``Running`` at once,
+    its history ``Pending`` then ``Running`` (as :func:`change_run_condition` would
+    leave it, without reading the row back and writing it again), and the change logged.
+    The run is returned as stored, built from what was written rather than read back.
+    """
     run_id, now = run_id or new_id("run"), now_ms()
-    first = ResourceCondition(Condition.PENDING, last_transition_time=now)
+    conditions = [ResourceCondition(Condition.PENDING, last_transition_time=now)]
+    if running:
+        conditions.append(ResourceCondition(Condition.RUNNING, last_transition_time=now))
+    etag = secrets.token_hex(8)
     _insert(
         conn,
         "run",
@@ -445,16 +456,26 @@ def create_run(
             run_id,
             org_id,
             spec.flow_id,
-            "Pending",
+            conditions[-1].condition.value,
             _json(spec),
-            _json([first]),
+            _json(conditions),
             log,
-            secrets.token_hex(8),
+            etag,
             now,
             now,
         ),
     )
-    return get_run(conn, org_id, run_id)
+    if running:
+        log_change(run_id, org_id, Condition.PENDING, Condition.RUNNING, None)
+    return Run(
+        organization_id=org_id,
+        run_id=run_id,
+        spec=spec,
+        status=RunStatus(log=log, observed_generation=1, conditions=conditions),
+        metadata=ResourceMetadata(now, now, 1),
+        self_link=f"/v1/runs/{run_id}",
+        etag=etag,
+    )
 
 
 def get_run(conn: Connection, org_id: str, run_id: str) -> Run:
@@ -523,9 +544,16 @@ def change_run_condition(
         (*changes.values(), secrets.token_hex(8), now, org_id, run_id),
     )
     if current != condition:
-        why = f" ({reason})" if reason else ""
-        log.info("run %s of %s: %s -> %s%s", run_id, org_id, current.value, condition.value, why)
+        log_change(run_id, org_id, current, condition, reason)
     return current
+
+
+def log_change(
+    run_id: str, org_id: str, before: Condition, after: Condition, reason: str | None
+) -> None:
+    """Log a run's change of condition (never its message: it may quote a step's data)."""
+    why = f" ({reason})" if reason else ""
+    log.info("run %s of %s: %s -> %s%s", run_id, org_id, before.value, after.value, why)
 
 
 def set_run_log(conn: Connection, org_id: str, run_id: str, log: str) -> None:

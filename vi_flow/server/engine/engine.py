@@ -46,7 +46,7 @@ from ..store import AnswerSaver, Store
 from . import tables
 from .blocks import BlockRegistry
 from .eventlog import EventLog, RunKey
-from .executor import Begun, Executor, Paused, set_condition, spec_of
+from .executor import Begun, Executor, Paused, spec_of
 from .request import ExecuteRequest, check_against_flow, step_id_of
 from .tables import RunRow, StepRow
 
@@ -197,21 +197,21 @@ def _create_and_begin(
     request = check_against_flow(request, spec)
     tables.spend_credit(conn, org)
     run_id = records.new_id("run")
+    # logged here, in the transaction, so that it comes before the state changes logged
+    # by create_run and later
+    log.info("run %s of %s: created, flow %s", run_id, org, flow_id)
     run = records.create_run(conn, org, RunSpec(
         flow=spec, training_project=spec.training_project, flow_id=flow_id,
         flow_version=label, message=request.message, parameters=request.parameters,
-    ), run_id, log=f"engine_events:{run_id}")  # fmt: skip
-    # logged here, in the transaction, so that it comes before the state changes logged below
-    log.info("run %s of %s: created, flow %s", run.run_id, org, flow_id)
+    ), run_id, log=f"engine_events:{run_id}", running=True)  # fmt: skip
     row = _new_row(run, request, owner, "running")
     tables.insert_run(conn, row)
-    set_condition(conn, row.key, Condition.RUNNING)
     step = None
     if spec.blocks:
         block = spec.blocks[0].block
         step = StepRow(step_id_of(spec, 0), 0, block, "Running", started_at=now_ms(), duration_ms=0)
         tables.put_step(conn, row.key, step)
-    return Begun(row, step)
+    return Begun(row, step, spec)
 
 
 class _RunLock:
@@ -365,10 +365,10 @@ class Engine:
         key = begun.row.key
         channel = self.log.new_channel(key)
 
-        def final(conn: Connection, save: AnswerSaver) -> None:
+        def final(conn: Connection, row: RunRow, save: AnswerSaver) -> None:
             if channel.settled:  # it paused: that answered the call, the answer is saved
                 return
-            outcome = build_outcome(tables.get_run(conn, key), tables.get_steps(conn, key))
+            outcome = build_outcome(row, tables.get_steps(conn, key))  # row: as just saved
             save(conn, outcome)
             self._finals[key] = outcome
 

@@ -97,10 +97,12 @@ class Begun:
     Attributes:
         row: Its engine state (``running``).
         step: The first step's record, stored ``Running`` (None for a flow without steps).
+        spec: The flow spec ``row.spec`` holds, already structured (None: from ``row``).
     """
 
     row: RunRow
     step: StepRow | None
+    spec: FlowSpec | None = None
 
 
 @attrs.frozen
@@ -185,7 +187,7 @@ class Executor:
         self.registry = registry
         self._http = http
         self.tasks: TaskService | None = None
-        self.on_finish: dict[RunKey, Callable[[Connection], None]] = {}
+        self.on_finish: dict[RunKey, Callable[[Connection, RunRow], None]] = {}
         """Per run: called in the transaction that ends it (after its changes)."""
 
     # -- the run ----------------------------------------------------------------------
@@ -203,7 +205,8 @@ class Executor:
             await self.log.append(RunStarted, key, **_started_fields(row))
         if row.state == "done":
             return None
-        spec, request = spec_of(row), request_of(row)
+        spec = begun.spec if begun is not None and begun.spec is not None else spec_of(row)
+        request = request_of(row)
         if row.state == "pending":
             await self._begin(row)
         resume, carry = self._resume_of(row), _Carry(_no_change, [])
@@ -260,15 +263,17 @@ class Executor:
                        "failedStep": failed_step}  # fmt: skip
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
         carry = carry or _Carry(_no_change, [])
-        on_finish = self.on_finish.pop(row.key, _no_change)
+        on_finish = self.on_finish.pop(row.key, None)
+        # flow_completed goes in this commit (or went in an earlier one): closed with it
+        row.closed = True
 
         def store_outcome(conn: Connection) -> None:
             carry.store(conn)
             tables.save_run(conn, row)
             tables.close_running_steps(conn, row.key, step_status.value, ended)
             set_condition(conn, row.key, status, error, reason)
-            tables.mark_closed(conn, row.key)
-            on_finish(conn)
+            if on_finish is not None:
+                on_finish(conn, row)
 
         channel = await self.log.channel(row.key)
         events = [*carry.events, *([] if channel.ended else [_completed_event(row)])]
