@@ -8,7 +8,6 @@ and a stable exit code (see :mod:`vi_flow.cli._failures`).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
@@ -65,6 +64,8 @@ class LazyGroup(click.Group):
         """Find the subcommand; a mistyped name fails with exit 2 and a suggestion."""
         name = args[0]
         if self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            import difflib  # only for a misspelt name: not loaded at start
+
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             ctx.fail(f"No such command {name!r}.{hint} See '{ctx.command_path} --help'.")

@@ -6,7 +6,6 @@ example ``blocks[1].id: duplicate block id 'fetch'``.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
@@ -140,6 +139,8 @@ class BlockCatalog(Protocol):
 
 
 def _closest(word: str, choices: Collection[str]) -> str:
+    import difflib  # only for a misspelt name: not loaded at start
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -13,7 +13,6 @@ from ...models.server import identity_proof
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, principal_of, read_body
 from ..middleware import forget_tokens
-from ..openapi import build_openapi
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
 
@@ -52,6 +51,8 @@ async def health(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this server (no authentication)."""
+    from ..openapi import build_openapi  # about 1,000 lines read by few: loaded on first use
+
     return json_response(build_openapi(request.app))
 
 
