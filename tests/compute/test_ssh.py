@@ -246,6 +246,31 @@ async def test_follow_early_break_closes(test_sshd: LocalSSHD) -> None:
     assert time.monotonic() - start < 1
 
 
+async def test_a_slow_probe_holds_up_no_lines_and_is_cancelled_on_close(
+    test_sshd: LocalSSHD,
+) -> None:
+    """The task-state probe runs beside the reads: lines already sent come at once."""
+    (test_sshd.workspace / "out.log").write_text("a\nb\n")
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    follower = LogFollower(
+        lambda: connect(test_sshd.target()), {"stdout": "out.log"}, is_terminal=slow
+    )
+    batches = follower.batches()
+    start = time.monotonic()
+    assert await batches.__anext__() == ("stdout", ["a", "b"])
+    assert time.monotonic() - start < 10
+    await batches.aclose()
+    assert cancelled.is_set()
+
+
 async def test_interactive_shell_on_a_pty(test_sshd: LocalSSHD) -> None:
     import termios
 

@@ -163,31 +163,39 @@ class LogFollower:
     async def batches(self) -> AsyncGenerator[tuple[str, list[str]], None]:
         """``(stream, lines)`` for each chunk received, in order, until the task ended and
         every stream is drained."""
+        probe: asyncio.Task[Mapping[str, int] | None] | None = None
         try:
             next_probe = 0.0
             while not all(f.drained for f in self._files):
                 try:
                     await self._ensure_tails()
-                    if self._final_unknown and time.monotonic() >= next_probe:
+                    if probe is None and self._final_unknown and time.monotonic() >= next_probe:
+                        # Asked beside the reads, not before them: its HTTP round trip
+                        # never holds up lines that are already here.
                         next_probe = time.monotonic() + self._poll_interval
-                        sizes = await self._is_terminal()
-                        if sizes is not None:
-                            self._set_final_sizes(sizes)
-                            continue
+                        probe = asyncio.ensure_future(self._is_terminal())
                     wait = self._poll_interval
-                    if self._final_unknown:
+                    if probe is None and self._final_unknown:
                         wait = max(0.0, next_probe - time.monotonic())
-                    batches, broken = await self._read_some(wait)
+                    batches, broken = await self._read_some(wait, probe)
+                    if probe is not None and probe.done():
+                        answered, probe = probe, None
+                        if (sizes := answered.result()) is not None:
+                            self._set_final_sizes(sizes)
                     for batch in batches:
                         yield batch
                     if broken is not None:
                         raise broken
-                except _Broken as exc:
+                except _Broken as exc:  # noqa: PERF203 - rare, and reconnecting is the point
                     await self._recover(exc)
             for f in self._files:
                 if rest := f.lines.flush():
                     yield f.stream, rest
         finally:
+            if probe is not None:
+                probe.cancel()
+                with anyio.move_on_after(2, shield=True):
+                    await asyncio.gather(probe, return_exceptions=True)
             await self._close()
 
     @property
@@ -212,30 +220,37 @@ class LogFollower:
         except (OSError, asyncssh.Error) as exc:
             raise _Broken(str(exc)) from exc
 
-    async def _read_some(self, wait: float) -> tuple[list[tuple[str, list[str]]], _Broken | None]:
-        readers: dict[asyncio.Task[bytes], _File] = {}
+    async def _read_some(
+        self, wait: float, probe: asyncio.Task[Any] | None
+    ) -> tuple[list[tuple[str, list[str]]], _Broken | None]:
+        """What the tails sent within ``wait`` seconds; returns early when ``probe`` is
+        answered."""
+        readers: dict[asyncio.Future[Any], _File] = {}
         for f in self._files:
             if f.reader is not None:
                 readers[f.reader] = f
-        if not readers:
+        waiting = {*readers, probe} if probe is not None else set(readers)
+        if not waiting:
             await anyio.sleep(wait)
             return [], None
-        done, _ = await asyncio.wait(readers, timeout=wait, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(waiting, timeout=wait, return_when="FIRST_COMPLETED")
         batches: list[tuple[str, list[str]]] = []
         broken: _Broken | None = None
         for task in done:
-            f = readers[task]
-            f.reader = None
+            read = readers.get(task)
+            if read is None:  # the probe
+                continue
+            read.reader = None
             try:
                 data = _result(task)
             except _Broken as exc:
                 broken = exc
                 continue
             self._failures = 0
-            if lines := f.take_lines(data):
-                batches.append((f.stream, lines))
-            if f.drained:
-                f.stop()
+            if lines := read.take_lines(data):
+                batches.append((read.stream, lines))
+            if read.drained:
+                read.stop()
         return batches, broken
 
     def _set_final_sizes(self, sizes: Mapping[str, int]) -> None:
