@@ -38,6 +38,7 @@ import asyncssh
 
 from ..providers.local.sandbox import allowed_environment
 from .logfile import LogReader
+from .logwatch import LogChanges
 from .sftp import TaskSFTPServer
 from .ssh import SessionContext
 
@@ -363,21 +364,23 @@ async def _follow_log(
     process: asyncssh.SSHServerProcess[bytes], root: Path, path: Path, offset: int, follow: bool
 ) -> int:
     """Send the log from ``offset`` on as ``tail -c +N [-F]`` would: large reads and writes
-    (:data:`.logfile.READ_SIZE`), and at its end a poll that starts short after news and
-    doubles while the log stays quiet, so a live follow lags little and an idle one
-    costs little."""
-    reader = LogReader(root, path)
+    (:data:`.logfile.READ_SIZE`); at its end, wait for the next write (inotify,
+    :mod:`.logwatch`) or a poll that starts short after news and doubles while the log
+    stays quiet, so a live follow lags little and an idle one costs little."""
+    reader, changes = LogReader(root, path), LogChanges()
     poll = _LOG_POLL_MIN
     try:
         while True:
+            changes.clear()  # before the read: a write after it still wakes the wait
             # final=True: the bytes as they are, an unfinished last line too (the client
             # splits lines); only a full read is cut at a line's end.
             offset, data = await asyncio.to_thread(reader.read, offset, final=True)
             if not data and not follow:
                 return 0
             if not data:
-                await asyncio.sleep(poll)
-                poll = min(poll * 2, _LOG_POLL_MAX)
+                if not changes.arm(reader.fileno()):  # newly watched: read once more
+                    await changes.wait(poll)
+                    poll = min(poll * 2, _LOG_POLL_MAX)
                 continue
             poll = _LOG_POLL_MIN
             offset += len(data)
@@ -389,6 +392,7 @@ async def _follow_log(
     except asyncssh.Error:
         return 1
     finally:
+        changes.close()
         # In a thread (it waits for a read still running there); shielded, so a
         # cancelled follow still closes its file.
         await asyncio.shield(asyncio.to_thread(reader.close))
