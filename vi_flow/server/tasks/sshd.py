@@ -91,6 +91,7 @@ class _Server(asyncssh.SSHServer):
         self._resolver = resolver
         self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._accepted: tuple[str, bytes] | None = None
         self.context: SessionContext | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -102,6 +103,7 @@ class _Server(asyncssh.SSHServer):
             self._registry.discard(self._conn)
 
     async def begin_auth(self, username: str) -> bool:
+        self._accepted = None  # a new login name: its organization's keys, read afresh
         self.context = await self._resolver.session(username)
         return True
 
@@ -120,9 +122,14 @@ class _Server(asyncssh.SSHServer):
             log.info("ssh: refused login %r (unknown task)", username)
             return False
         wanted = key.public_data
+        if (username, wanted) == self._accepted:
+            # asyncssh asks twice, without and then with the signature (which it checks
+            # itself): the same key on the same login needs no second database read.
+            return True
         for line in await self._resolver.authorized_keys(context.organization_id):
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
                 if asyncssh.import_public_key(line).public_data == wanted:
+                    self._accepted = (username, wanted)
                     return True
         log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
