@@ -63,6 +63,14 @@ async def test_exec_returns_output_and_exit_status(test_sshd: LocalSSHD) -> None
     assert piped.stdout == "fed"
 
 
+async def test_aes_gcm_is_preferred(test_sshd: LocalSSHD) -> None:
+    """The cheaper cipher for bulk log bytes, where the server offers it."""
+    conn = await connect(test_sshd.target())
+    async with conn:
+        assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+        assert conn.get_extra_info("recv_cipher") == "aes128-gcm@openssh.com"
+
+
 async def test_echo_goes_through_sys_stdout_so_redirect_stdout_captures_it(
     test_sshd: LocalSSHD,
 ) -> None:
