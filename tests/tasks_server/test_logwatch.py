@@ -45,3 +45,40 @@ async def test_no_file_yet_is_not_watched() -> None:
     changes = LogChanges()
     assert not changes.arm(None)
     changes.close()
+
+
+async def test_follows_share_one_inotify_instance_closed_with_the_last(tmp_path: Path) -> None:
+    from vi_flow.server.tasks import logwatch
+
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    fds = []
+    for log in logs:
+        log.write_bytes(b"")
+        fds.append(os.open(log, os.O_RDONLY))
+    first, second, same_file = LogChanges(), LogChanges(), LogChanges()
+    try:
+        assert first.arm(fds[0]) and second.arm(fds[1]) and same_file.arm(fds[0])
+        assert len(logwatch._instances) == 1
+        for changes in (first, second, same_file):
+            changes.clear()
+        await _woken(second, logs[1])
+        first.close()  # the other follow of a.log keeps its watch
+        await _woken(same_file, logs[0])
+        second.close()
+        assert len(logwatch._instances) == 1
+        same_file.close()
+        assert not logwatch._instances
+    finally:
+        for changes in (first, second, same_file):
+            changes.close()
+        for fd in fds:
+            os.close(fd)
+
+
+async def _woken(changes: LogChanges, log: Path) -> None:
+    """Append to ``log``; ``changes`` must wake long before its 30 s timeout."""
+    with log.open("ab") as out:
+        out.write(b"line\n")
+    start = time.monotonic()
+    await changes.wait(30)
+    assert time.monotonic() - start < 10
