@@ -34,7 +34,9 @@ from _common import (
     quick_flag,
     server_process,
 )
-from bench_logs import FLOOD, STEADY, Recorder  # the same writers and reader bookkeeping
+
+# The same writers, reader bookkeeping and tail -F baseline as the SSH benchmark.
+from bench_logs import FLOOD, STEADY, Recorder, tail_read
 
 QUICK = quick_flag()
 LINES = 20_000 if QUICK else 200_000
@@ -54,32 +56,6 @@ async def http_read(client: Any, task_id: str, recorder: Recorder) -> None:
                 break
     finally:
         await lines.aclose()  # type: ignore[attr-defined]
-
-
-async def tail_read(path: Path, recorder: Recorder) -> None:
-    """GNU ``tail -n +1 -F`` of the file, its output read through a pipe."""
-    proc = await asyncio.create_subprocess_exec(
-        "tail",
-        "-n",
-        "+1",
-        "-F",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    partial = b""
-    try:
-        while not recorder.done:
-            data = await proc.stdout.read(1 << 16)
-            if not data:
-                break
-            *lines, partial = (partial + data).split(b"\n")
-            for line in lines:
-                recorder.line(line.decode("utf-8", "replace"))
-    finally:
-        proc.kill()
-        await proc.wait()
 
 
 async def one_round(client: Any, kind: str) -> dict[str, Recorder]:

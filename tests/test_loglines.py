@@ -36,3 +36,23 @@ def test_any_chunking_splits_identically(parts: list[bytes], cuts: list[int]) ->
     points = sorted({min(c, len(stream)) for c in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert lines_of(*chunks) == lines_of(stream)
+
+
+def _line_by_line(data: bytes) -> tuple[list[str], bytes]:
+    """The rule, written the slow way: split the bytes, then decode each line."""
+    *lines, rest = data.split(b"\n")
+    return [line.removesuffix(b"\r").decode("utf-8", errors="replace") for line in lines], rest
+
+
+_TRICKY = [b"a", b"\n", b"\r", b"\r\n", b"\xe2\x82", b"\xe2\x82\xac", b"\xed\xa0\x80", b"\xf0\x9f"]
+_TRICKY += [b"\xf0\x9f\x98\x80", b"\xff", b"\xc3", b"\x80", b"\x00"]  # cut, bad, surrogate
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(_TRICKY)),
+    st.binary(max_size=8),
+)
+def test_one_decode_per_chunk_equals_a_decode_per_line(parts: list[bytes], rest: bytes) -> None:
+    chunk = b"".join(parts)
+    assert split_lines(rest, chunk) == _line_by_line(rest + chunk)

@@ -63,6 +63,14 @@ async def test_exec_returns_output_and_exit_status(test_sshd: LocalSSHD) -> None
     assert piped.stdout == "fed"
 
 
+async def test_aes_gcm_is_preferred(test_sshd: LocalSSHD) -> None:
+    """The cheaper cipher for bulk log bytes, where the server offers it."""
+    conn = await connect(test_sshd.target())
+    async with conn:
+        assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+        assert conn.get_extra_info("recv_cipher") == "aes128-gcm@openssh.com"
+
+
 async def test_echo_goes_through_sys_stdout_so_redirect_stdout_captures_it(
     test_sshd: LocalSSHD,
 ) -> None:
@@ -244,6 +252,31 @@ async def test_follow_early_break_closes(test_sshd: LocalSSHD) -> None:
     await agen.aclose()
     assert first == ("stdout", "a")
     assert time.monotonic() - start < 1
+
+
+async def test_a_slow_probe_holds_up_no_lines_and_is_cancelled_on_close(
+    test_sshd: LocalSSHD,
+) -> None:
+    """The task-state probe runs beside the reads: lines already sent come at once."""
+    (test_sshd.workspace / "out.log").write_text("a\nb\n")
+    cancelled = asyncio.Event()
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    follower = LogFollower(
+        lambda: connect(test_sshd.target()), {"stdout": "out.log"}, is_terminal=slow
+    )
+    batches = follower.batches()
+    start = time.monotonic()
+    assert await batches.__anext__() == ("stdout", ["a", "b"])
+    assert time.monotonic() - start < 10
+    await batches.aclose()
+    assert cancelled.is_set()
 
 
 async def test_interactive_shell_on_a_pty(test_sshd: LocalSSHD) -> None:

@@ -139,6 +139,20 @@ async def test_logs_user_follows_log_files_by_offset_after_the_end(
 
 
 @pytest.mark.anyio
+async def test_logs_user_gets_every_byte_of_long_lines_and_an_unfinished_last_line(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    """Reads are large and a full one is cut at a line's end, yet nothing is held back:
+    a line longer than a read, and the last line without its newline, arrive whole."""
+    script = "import sys; sys.stdout.write('a' * 600000 + '\\n' + 'b' * 70000 + '\\nend')"
+    endpoint = await _endpoint(server, client_key, command=f'python3 -c "{script}"')
+    await server.wait(endpoint["taskId"])
+    async with _connect(endpoint, client_key, user=endpoint["logsUser"]) as conn:
+        result = await conn.run(f"tail -c +1 {endpoint['stdoutPath']}")
+    assert result.stdout == "a" * 600_000 + "\n" + "b" * 70_000 + "\nend"
+
+
+@pytest.mark.anyio
 async def test_a_dropped_connection_stops_its_command(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:

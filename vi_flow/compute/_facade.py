@@ -289,8 +289,9 @@ class AsyncCompute:
             self._context, task_id, stream=stream, poll_interval=poll_interval, offsets=offsets
         )
         async with contextlib.aclosing(lines):
-            async for _, line in lines:
-                yield line
+            async for _, batch in lines:
+                for line in batch:
+                    yield line
 
     async def shell(
         self,

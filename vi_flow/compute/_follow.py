@@ -25,6 +25,7 @@ the server's ``end`` event, carrying the task's final state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import time
@@ -67,7 +68,7 @@ STEADY = 1.0
 """Seconds a connection (its ``tail`` started) must stay up, without bytes, to count as
 having come back; one that breaks sooner counts as another failed attempt."""
 
-_READ_SIZE = 1 << 16
+_READ_SIZE = 1 << 18  # what the server sends in one write: fewer, larger reads
 _MAX_BACKOFF = 5.0
 
 
@@ -112,7 +113,8 @@ class LogFollower:
     """Stream lines of a task's log files, exactly once each, until the task ends.
 
     Iterate it (``async for stream, line in follower``) to get ``(stream, line)``
-    pairs, ``line`` without its newline.
+    pairs, ``line`` without its newline; :meth:`batches` gives the lines of each
+    received chunk together.
 
     Args:
         connect: Opens a new SSH connection to the task (called again after a drop).
@@ -156,34 +158,44 @@ class LogFollower:
         return {f.stream: f.offset for f in self._files}
 
     def __aiter__(self) -> AsyncGenerator[tuple[str, str], None]:
-        return self._run()
+        return _pairs(self.batches())
 
-    async def _run(self) -> AsyncGenerator[tuple[str, str], None]:
+    async def batches(self) -> AsyncGenerator[tuple[str, list[str]], None]:
+        """``(stream, lines)`` for each chunk received, in order, until the task ended and
+        every stream is drained."""
+        probe: asyncio.Task[Mapping[str, int] | None] | None = None
         try:
             next_probe = 0.0
             while not all(f.drained for f in self._files):
                 try:
                     await self._ensure_tails()
-                    if self._final_unknown and time.monotonic() >= next_probe:
+                    if probe is None and self._final_unknown and time.monotonic() >= next_probe:
+                        # Asked beside the reads, not before them: its HTTP round trip
+                        # never holds up lines that are already here.
                         next_probe = time.monotonic() + self._poll_interval
-                        sizes = await self._is_terminal()
-                        if sizes is not None:
-                            self._set_final_sizes(sizes)
-                            continue
+                        probe = asyncio.ensure_future(self._is_terminal())
                     wait = self._poll_interval
-                    if self._final_unknown:
+                    if probe is None and self._final_unknown:
                         wait = max(0.0, next_probe - time.monotonic())
-                    lines, broken = await self._read_some(wait)
-                    for stream, line in lines:
-                        yield stream, line
+                    batches, broken = await self._read_some(wait, probe)
+                    if probe is not None and probe.done():
+                        answered, probe = probe, None
+                        if (sizes := answered.result()) is not None:
+                            self._set_final_sizes(sizes)
+                    for batch in batches:
+                        yield batch
                     if broken is not None:
                         raise broken
-                except _Broken as exc:
+                except _Broken as exc:  # noqa: PERF203 - rare, and reconnecting is the point
                     await self._recover(exc)
             for f in self._files:
-                for line in f.lines.flush():
-                    yield f.stream, line
+                if rest := f.lines.flush():
+                    yield f.stream, rest
         finally:
+            if probe is not None:
+                probe.cancel()
+                with anyio.move_on_after(2, shield=True):
+                    await asyncio.gather(probe, return_exceptions=True)
             await self._close()
 
     @property
@@ -208,30 +220,38 @@ class LogFollower:
         except (OSError, asyncssh.Error) as exc:
             raise _Broken(str(exc)) from exc
 
-    async def _read_some(self, wait: float) -> tuple[list[tuple[str, str]], _Broken | None]:
-        readers: dict[asyncio.Task[bytes], _File] = {}
+    async def _read_some(
+        self, wait: float, probe: asyncio.Task[Any] | None
+    ) -> tuple[list[tuple[str, list[str]]], _Broken | None]:
+        """What the tails sent within ``wait`` seconds; returns early when ``probe`` is
+        answered."""
+        readers: dict[asyncio.Future[Any], _File] = {}
         for f in self._files:
             if f.reader is not None:
                 readers[f.reader] = f
-        if not readers:
+        waiting = {*readers, probe} if probe is not None else set(readers)
+        if not waiting:
             await anyio.sleep(wait)
             return [], None
-        done, _ = await asyncio.wait(readers, timeout=wait, return_when="FIRST_COMPLETED")
-        lines: list[tuple[str, str]] = []
+        done, _ = await asyncio.wait(waiting, timeout=wait, return_when="FIRST_COMPLETED")
+        batches: list[tuple[str, list[str]]] = []
         broken: _Broken | None = None
         for task in done:
-            f = readers[task]
-            f.reader = None
+            read = readers.get(task)
+            if read is None:  # the probe
+                continue
+            read.reader = None
             try:
                 data = _result(task)
             except _Broken as exc:
                 broken = exc
                 continue
             self._failures = 0
-            lines.extend((f.stream, line) for line in f.take_lines(data))
-            if f.drained:
-                f.stop()
-        return lines, broken
+            if lines := read.take_lines(data):
+                batches.append((read.stream, lines))
+            if read.drained:
+                read.stop()
+        return batches, broken
 
     def _set_final_sizes(self, sizes: Mapping[str, int]) -> None:
         for f in self._files:
@@ -265,6 +285,16 @@ class LogFollower:
                 await conn.wait_closed()
 
 
+async def _pairs(
+    batches: AsyncGenerator[tuple[str, list[str]], None],
+) -> AsyncGenerator[tuple[str, str], None]:
+    """One ``(stream, line)`` per line of the batches (closing them when closed early)."""
+    async with contextlib.aclosing(batches):
+        async for stream, lines in batches:
+            for line in lines:
+                yield stream, line
+
+
 def _came_back(connected_at: float | None) -> bool:
     return connected_at is not None and time.monotonic() - connected_at >= STEADY
 
@@ -295,7 +325,8 @@ def _tail_command(path: str, offset: int) -> str:
 class HTTPLogFollower:
     """Stream lines of a task's logs over the server's SSE log stream, exactly once each.
 
-    Iterate it (``async for stream, line in follower``) like a :class:`LogFollower`.
+    Iterate it (``async for stream, line in follower``), or its :meth:`batches`, like a
+    :class:`LogFollower`.
 
     Args:
         open_stream: Opens the log stream, resuming after an event id (``None``: from
@@ -334,12 +365,13 @@ class HTTPLogFollower:
         return {name: self._offsets[name] for name in self._lines}
 
     def __aiter__(self) -> AsyncGenerator[tuple[str, str], None]:
-        return self._run()
+        return _pairs(self.batches())
 
     def _event_id(self) -> str:
         return f"{self._offsets['stdout']}:{self._offsets['stderr']}"
 
-    async def _run(self) -> AsyncGenerator[tuple[str, str], None]:
+    async def batches(self) -> AsyncGenerator[tuple[str, list[str]], None]:
+        """``(stream, lines)`` for each log event, until the server's end event."""
         from .._sse import STREAM_ERRORS  # aiohttp: loaded when a follow starts
 
         failures = quiet = 0
@@ -348,14 +380,14 @@ class HTTPLogFollower:
             try:
                 async with self._open(self._event_id()) as resp:
                     opened, failures = True, 0
-                    async for pair in self._events(resp):
-                        if pair is None:
+                    async for batch in self._events(resp):
+                        if batch is None:
                             for name, splitter in self._lines.items():
-                                for line in splitter.flush():
-                                    yield name, line
+                                if rest := splitter.flush():
+                                    yield name, rest
                             return
                         quiet = 0
-                        yield pair
+                        yield batch
             except STREAM_ERRORS as exc:
                 error = exc
             except APIStatusError as exc:
@@ -367,7 +399,7 @@ class HTTPLogFollower:
 
     async def _events(
         self, resp: aiohttp.ClientResponse
-    ) -> AsyncGenerator[tuple[str, str] | None, None]:
+    ) -> AsyncGenerator[tuple[str, list[str]] | None, None]:
         """The lines of one connection; ``None`` once the server said the follow ended."""
         from .._sse import SSEDecoder, read_chunks
 
@@ -380,8 +412,8 @@ class HTTPLogFollower:
         async for chunk in read_chunks(resp):
             for event in decoder.feed(chunk):
                 if event.event == "log":
-                    for pair in self._take(orjson.loads(event.data)):
-                        yield pair
+                    if batch := self._take(orjson.loads(event.data)):
+                        yield batch
                 elif event.event == "end":
                     if self._on_end is not None:
                         self._on_end(orjson.loads(event.data))
@@ -390,13 +422,12 @@ class HTTPLogFollower:
                 elif event.event == "error":
                     raise LogUnreadableError(orjson.loads(event.data).get("message", ""))
 
-    def _take(self, data: dict[str, Any]) -> list[tuple[str, str]]:
+    def _take(self, data: dict[str, Any]) -> tuple[str, list[str]] | None:
         name = data["stream"]
         self._offsets[name] = int(data["offset"])
         splitter = self._lines.get(name)
-        if splitter is None:
-            return []
-        return [(name, line) for line in splitter.feed(str(data["text"]).encode())]
+        lines = splitter.feed(str(data["text"]).encode()) if splitter is not None else []
+        return (name, lines) if lines else None
 
     async def _before_reconnect(
         self, failures: int, quiet: int, error: BaseException | None

@@ -273,9 +273,10 @@ async def follow_lines(
     poll_interval: float = 0.5,
     on_update: Callable[[Task], None] | None = None,
     offsets: Mapping[str, int] | None = None,
-) -> AsyncGenerator[tuple[str, str], None]:
-    """Yield ``(stream, line)`` of a task's logs until it ended and is drained, over SSH
-    or HTTP (the ``log_transport`` setting).
+) -> AsyncGenerator[tuple[str, list[str]], None]:
+    """Yield ``(stream, lines)`` of a task's logs until it ended and is drained, over SSH
+    or HTTP (the ``log_transport`` setting); lines come in the batches they arrived in,
+    so only the outermost iterator pays a step per line.
 
     Survives dropped connections (resumes at the exact byte offset). ``on_update``
     receives task states read on the way, the last one terminal (with its exit code).
@@ -286,9 +287,9 @@ async def follow_lines(
         follower = _http_follower(client, task_id, names, on_update, offsets)
     else:
         follower = await _ssh_follower(client, task_id, names, poll_interval, on_update, offsets)
-    async with contextlib.aclosing(follower.__aiter__()) as items:
-        async for item in items:
-            yield item
+    async with contextlib.aclosing(follower.batches()) as batches:
+        async for batch in batches:
+            yield batch
 
 
 async def _ssh_follower(

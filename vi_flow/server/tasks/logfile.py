@@ -114,6 +114,10 @@ class LogReader:
             data = os.pread(self._fd, READ_SIZE, offset)
         return offset, whole_lines(data, final=final and len(data) < READ_SIZE)
 
+    def fileno(self) -> int | None:
+        """The open file's descriptor (to watch it); ``None`` before it was opened."""
+        return self._fd
+
     def close(self) -> None:
         """Close the file; idempotent."""
         with self._lock:

@@ -37,7 +37,8 @@ from typing import Any, Protocol
 import asyncssh
 
 from ..providers.local.sandbox import allowed_environment
-from .logfile import open_beneath
+from .logfile import LogReader
+from .logwatch import LogChanges
 from .sftp import TaskSFTPServer
 from .ssh import SessionContext
 
@@ -49,7 +50,7 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 _CHUNK = 64 * 1024
 _PTY_DRAIN = 0.5
 _CLOSE_WAIT = 5.0
-_LOG_POLL = 0.2
+_LOG_POLL_MIN, _LOG_POLL_MAX = 0.002, 0.2  # after news, then doubling while quiet
 _CLIENT_ENV = ("TERM", "LANG", "LANGUAGE", "COLUMNS", "LINES")
 
 
@@ -90,6 +91,7 @@ class _Server(asyncssh.SSHServer):
         self._resolver = resolver
         self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._accepted: tuple[str, bytes] | None = None
         self.context: SessionContext | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -101,6 +103,7 @@ class _Server(asyncssh.SSHServer):
             self._registry.discard(self._conn)
 
     async def begin_auth(self, username: str) -> bool:
+        self._accepted = None  # a new login name: its organization's keys, read afresh
         self.context = await self._resolver.session(username)
         return True
 
@@ -119,9 +122,14 @@ class _Server(asyncssh.SSHServer):
             log.info("ssh: refused login %r (unknown task)", username)
             return False
         wanted = key.public_data
+        if (username, wanted) == self._accepted:
+            # asyncssh asks twice, without and then with the signature (which it checks
+            # itself): the same key on the same login needs no second database read.
+            return True
         for line in await self._resolver.authorized_keys(context.organization_id):
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
                 if asyncssh.import_public_key(line).public_data == wanted:
+                    self._accepted = (username, wanted)
                     return True
         log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
@@ -359,30 +367,29 @@ def _log_request(context: SessionContext, command: str | None) -> tuple[Path, in
     return Path(words[-1]), max(int(start[1:]) - 1, 0), follow
 
 
-def _read_log(root: Path, path: Path, fd: int | None, offset: int) -> tuple[int | None, bytes]:
-    """Read on from ``offset`` (blocking); the file is opened below the task directory
-    without following a link on the way (:func:`.logfile.open_beneath`)."""
-    if fd is None:
-        fd = open_beneath(root, path)
-        if fd is None:
-            return None, b""
-    if os.fstat(fd).st_size < offset:  # truncated: tail -F starts over
-        offset = 0
-    return fd, os.pread(fd, _CHUNK, offset)
-
-
 async def _follow_log(
     process: asyncssh.SSHServerProcess[bytes], root: Path, path: Path, offset: int, follow: bool
 ) -> int:
-    fd: int | None = None
+    """Send the log from ``offset`` on as ``tail -c +N [-F]`` would: large reads and writes
+    (:data:`.logfile.READ_SIZE`); at its end, wait for the next write (inotify,
+    :mod:`.logwatch`) or a poll that starts short after news and doubles while the log
+    stays quiet, so a live follow lags little and an idle one costs little."""
+    reader, changes = LogReader(root, path), LogChanges()
+    poll = _LOG_POLL_MIN
     try:
         while True:
-            fd, data = await asyncio.to_thread(_read_log, root, path, fd, offset)
+            changes.clear()  # before the read: a write after it still wakes the wait
+            # final=True: the bytes as they are, an unfinished last line too (the client
+            # splits lines); only a full read is cut at a line's end.
+            offset, data = await asyncio.to_thread(reader.read, offset, final=True)
             if not data and not follow:
                 return 0
             if not data:
-                await asyncio.sleep(_LOG_POLL)
+                if not changes.arm(reader.fileno()):  # newly watched: read once more
+                    await changes.wait(poll)
+                    poll = min(poll * 2, _LOG_POLL_MAX)
                 continue
+            poll = _LOG_POLL_MIN
             offset += len(data)
             process.stdout.write(data)
             await process.stdout.drain()
@@ -392,8 +399,10 @@ async def _follow_log(
     except asyncssh.Error:
         return 1
     finally:
-        if fd is not None:
-            os.close(fd)
+        changes.close()
+        # In a thread (it waits for a read still running there); shielded, so a
+        # cancelled follow still closes its file.
+        await asyncio.shield(asyncio.to_thread(reader.close))
 
 
 async def _serve_logs(process: asyncssh.SSHServerProcess[bytes], context: SessionContext) -> int:
