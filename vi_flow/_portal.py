@@ -62,30 +62,57 @@ class _Abandoned(Exception):
 
 
 class _Call(Generic[T]):
-    """One coroutine to run on the portal, cancellable from the calling thread.
+    """One coroutine to run on the portal, cancellable from the calling thread, and its outcome.
 
-    Cancellation goes through this object rather than the task's future, because Ctrl-C
-    may strike while the task is being spawned, before the caller holds the future.
+    Lighter than a task plus a ``concurrent.futures.Future``: the caller blocks on a lock
+    the coroutine itself releases once, as its last step (no condition variable, no done
+    callback a loop turn later). Cancellation goes through this object rather than the
+    task, because Ctrl-C may strike before the loop has started it.
     """
+
+    __slots__ = ("_cancelled", "_error", "_fn", "_lock", "_scope", "_task", "_value")
 
     def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
         self._fn = fn
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
+        self._task: asyncio.Task[None] | None = None
         self._cancelled = False
-        self.started = False
-        self.finished = threading.Event()
 
-    async def run(self) -> T:
-        self.started = True
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            if self._cancelled:
-                scope.cancel()
-            try:
-                return await self._fn()
-            finally:
-                self.finished.set()
-        raise _Abandoned
+    def start(self) -> None:
+        """Start the coroutine as a task (on the loop thread), unless it was cancelled."""
+        if self._cancelled:
+            self.settle_cancelled()
+        else:
+            self._task = asyncio.ensure_future(self._run())  # held until it ends
+
+    async def _run(self) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancelled:
+                    scope.cancel()
+                self._value = await self._fn()
+                return
+            self._error = _Abandoned()  # cancelled by abandon(): nobody reads it
+        except asyncio.CancelledError:  # the portal stopped under the call
+            self._error = CancelledError()
+            raise
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the loop stops, as for any task
+        finally:
+            self._task = None  # no cycle through the coroutine: freed by refcount
+            self._lock.release()  # exactly once: the caller wakes as the task ends
+
+    def settle_cancelled(self) -> None:
+        """Settle as cancelled: the coroutine never started."""
+        self._error = CancelledError()
+        self._lock.release()
 
     def cancel(self) -> None:
         """Cancel the coroutine, or keep it from starting; call on the portal thread."""
@@ -99,51 +126,20 @@ class _Call(Generic[T]):
             portal.call(self.cancel)
         except RuntimeError:  # the portal stopped, and with it the coroutine
             return
-        # The task, if it was spawned at all, has started by now (the loop runs FIFO).
-        if self.started:
-            self.finished.wait(_CANCEL_GRACE)
-
-
-class _Reply(Generic[T]):
-    """The outcome of one task on the portal, for a blocking caller.
-
-    Lighter than a ``concurrent.futures.Future`` (no condition variable): the caller
-    blocks on a lock the loop thread releases once, when the task is done.
-    """
-
-    __slots__ = ("_error", "_lock", "_value")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    def settle(self, task: asyncio.Future[T]) -> None:
-        """Take the task's outcome (a done callback, on the loop thread)."""
-        if task.cancelled():
-            self._error = CancelledError()
-        else:
-            self._error = task.exception()
-            self._value = None if self._error is not None else task.result()
-        self._lock.release()
-
-    def cancel(self) -> None:
-        """Settle as cancelled: the task never started."""
-        self._error = CancelledError()
-        self._lock.release()
+        # Not started yet: the loop settles it (cancelled, without running it) very soon.
+        self.wait(_CANCEL_GRACE)
 
     def done(self) -> bool:
-        """Whether the task is done."""
+        """Whether the coroutine is done (or will never run)."""
         return not self._lock.locked()
 
     def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the task to be done."""
+        """Wait up to ``timeout`` seconds for the coroutine to be done."""
         if self._lock.acquire(timeout=timeout):
             self._lock.release()
 
     def result(self) -> T:
-        """Wait for the task; return its result or raise its exception."""
+        """Wait for the coroutine; return its result or raise its exception."""
         self._lock.acquire()
         self._lock.release()
         if self._error is not None:
@@ -169,7 +165,7 @@ class _Pump(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._pump_wakeup: anyio.Event | None = None
         self._taker_wakeup: anyio.Event | None = None
-        self.future: _Reply[None] | None = None
+        self.future: _Call[None] | None = None
 
     async def run(self) -> None:
         with anyio.CancelScope() as scope:
@@ -255,9 +251,9 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
             await aclose()
 
 
-def _result(future: _Reply[T]) -> T:
+def _result(call: _Call[T]) -> T:
     try:
-        return future.result()
+        return call.result()
     except CancelledError as exc:  # the portal stopped under the call
         raise ClientStateError(_CLOSED_DURING_CALL) from exc
 
@@ -289,7 +285,7 @@ class Portal:
         self._runner: AbstractContextManager[BlockingPortal] | None = None
         self._thread_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[tuple[Callable[[], Awaitable[Any]], _Reply[Any]]] = deque()
+        self._inbox: deque[_Call[Any]] = deque()
         self._inbox_lock = threading.Lock()
         self._wake_pending = False
         self._contexts = ExitStack()
@@ -388,13 +384,14 @@ class Portal:
     def _call(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> T:
         call = _Call(fn)
         try:
-            return _result(self._submit(portal, call.run))
+            self._submit(call)
+            return _result(call)
         except KeyboardInterrupt:
             call.abandon(portal)
             raise
 
-    def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> _Reply[T]:
-        """Start ``fn()`` as a task on the loop thread; the reply carries its outcome.
+    def _submit(self, call: _Call[Any]) -> None:
+        """Have the loop thread start ``call``, which then carries its outcome.
 
         One hop per call (``start_task_soon`` waits for the task to be spawned: a second
         round trip), and one wake-up of the loop for every burst of calls: calls from
@@ -404,34 +401,32 @@ class Portal:
         loop = self._loop
         if loop is None:
             raise ClientStateError(_CLOSED)
-        reply: _Reply[T] = _Reply()
         with self._inbox_lock:
-            self._inbox.append((fn, reply))
+            self._inbox.append(call)
             if self._wake_pending:
-                return reply
+                return
             self._wake_pending = True
         try:
             loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError as exc:  # the portal stopped: closed by another thread
             self._cancel_inbox()
             raise ClientStateError(_CLOSED) from exc
-        return reply
 
     def _drain_inbox(self) -> None:
         """Start every queued call (on the loop thread)."""
         with self._inbox_lock:
             items, self._wake_pending = list(self._inbox), False
             self._inbox.clear()
-        for fn, reply in items:
-            asyncio.ensure_future(fn()).add_done_callback(reply.settle)
+        for call in items:
+            call.start()
 
     def _cancel_inbox(self) -> None:
         """Cancel the calls the loop never started (it stopped first)."""
         with self._inbox_lock:
             items, self._wake_pending = list(self._inbox), False
             self._inbox.clear()
-        for _, reply in items:
-            reply.cancel()
+        for call in items:
+            call.settle_cancelled()
 
     def _iterate(
         self, make_iter: Callable[[], AsyncIterable[T]], batch: int
@@ -440,7 +435,8 @@ class Portal:
         pump = _Pump(make_iter)
         self._pumps.add(pump)
         try:
-            pump.future = self._submit(portal, pump.run)
+            pump.future = _Call(pump.run)
+            self._submit(pump.future)
             while True:
                 self._check_current(portal)
                 items, finished = self._call(portal, functools.partial(pump.take, batch))
