@@ -87,7 +87,7 @@ class _Call(Generic[T]):
         if self._cancelled:
             self.settle_cancelled()
         else:
-            self._task = asyncio.ensure_future(self._run())  # held until it ends
+            self._task = asyncio.ensure_future(self._run())  # the loop holds tasks weakly
 
     async def _run(self) -> None:
         try:
@@ -106,7 +106,7 @@ class _Call(Generic[T]):
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: the loop stops, as for any task
         finally:
-            self._task = None  # no cycle through the coroutine: freed by refcount
+            self._task = None  # ending: the task needs no holder any more
             self._lock.release()  # exactly once: the caller wakes as the task ends
 
     def settle_cancelled(self) -> None:

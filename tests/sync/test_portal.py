@@ -9,7 +9,9 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import CancelledError
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from vi_flow._errors import ClientStateError
-from vi_flow._portal import Portal
+from vi_flow._portal import Portal, _Call
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -94,6 +96,57 @@ def test_call_raises_the_exception_with_its_type(portal: Portal) -> None:
 
     with pytest.raises(Boom, match="bad value 7"):
         portal.call(fail)
+
+
+def test_a_failed_call_logs_no_unretrieved_task_exception(
+    portal: Portal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exception goes to the caller; the task on the loop must not keep it as its own.
+    async def fail() -> None:
+        raise Boom("bad value 7")
+
+    for _ in range(3):
+        with pytest.raises(Boom):
+            portal.call(fail)
+    gc.collect()
+    assert portal.call(double, 1) == 2
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_result_is_freed_without_the_cycle_collector(portal: Portal) -> None:
+    class Result:
+        pass
+
+    async def make() -> Result:
+        return Result()
+
+    gc.disable()
+    try:
+        got = weakref.ref(portal.call(make))
+        portal.call(double, 1)  # the loop has left the first call's task behind
+        assert got() is None
+    finally:
+        gc.enable()
+
+
+def test_a_call_cancelled_before_the_loop_starts_it_never_runs() -> None:
+    # Ctrl-C may reach the loop (as a cancel) before the call it queued is started.
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    call = _Call(work)
+
+    async def cancel_then_start() -> None:
+        call.cancel()
+        call.start()
+        await asyncio.sleep(0)
+
+    asyncio.run(cancel_then_start())
+    assert ran == [] and call.done()
+    with pytest.raises(CancelledError):
+        call.result()
 
 
 def test_call_from_threads_at_once(portal: Portal) -> None:
