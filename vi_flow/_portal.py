@@ -70,7 +70,7 @@ class _Call(Generic[T]):
     task, because Ctrl-C may strike before the loop has started it.
     """
 
-    __slots__ = ("_cancelled", "_error", "_fn", "_lock", "_scope", "_task", "_value")
+    __slots__ = ("_cancelled", "_error", "_fn", "_lock", "_scope", "_task", "_value", "started")
 
     def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
         self._fn = fn
@@ -81,12 +81,14 @@ class _Call(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancelled = False
+        self.started = False
 
     def start(self) -> None:
         """Start the coroutine as a task (on the loop thread), unless it was cancelled."""
         if self._cancelled:
             self.settle_cancelled()
         else:
+            self.started = True
             self._task = asyncio.ensure_future(self._run())  # the loop holds tasks weakly
 
     async def _run(self) -> None:
@@ -119,15 +121,6 @@ class _Call(Generic[T]):
         self._cancelled = True
         if self._scope is not None:
             self._scope.cancel()
-
-    def abandon(self, portal: BlockingPortal) -> None:
-        """Cancel from the calling thread and give the coroutine a moment to clean up."""
-        try:
-            portal.call(self.cancel)
-        except RuntimeError:  # the portal stopped, and with it the coroutine
-            return
-        # Not started yet: the loop settles it (cancelled, without running it) very soon.
-        self.wait(_CANCEL_GRACE)
 
     def done(self) -> bool:
         """Whether the coroutine is done (or will never run)."""
@@ -387,8 +380,24 @@ class Portal:
             self._submit(call)
             return _result(call)
         except KeyboardInterrupt:
-            call.abandon(portal)
+            self._abandon(portal, call)
             raise
+
+    def _abandon(self, portal: BlockingPortal, call: _Call[Any]) -> None:
+        """Cancel ``call`` after Ctrl-C and give its coroutine a moment to clean up."""
+
+        def cancel() -> None:
+            call.cancel()
+            # Settles the call if it is still queued, and starts what a Ctrl-C inside
+            # _submit left queued with no wake-up coming.
+            self._drain_inbox()
+
+        try:
+            portal.call(cancel)
+        except RuntimeError:  # the portal stopped, and with it the coroutine
+            return
+        if call.started:  # else it never ran: queued and settled just now, or never queued
+            call.wait(_CANCEL_GRACE)
 
     def _submit(self, call: _Call[Any]) -> None:
         """Have the loop thread start ``call``, which then carries its outcome.

@@ -256,6 +256,48 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
     assert cancelled.is_set()
 
 
+def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C between "a wake-up is pending" and the wake-up itself must not leave later
+    # calls queued behind a wake-up that never comes; the interrupted call never runs.
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    portal.call(double, 1)
+    loop = portal._loop
+    assert loop is not None
+
+    def interrupted(*args: Any) -> Any:
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(work)
+    assert portal.call(double, 3) == 6
+    assert ran == []
+
+
+def test_ctrl_c_before_the_call_is_queued_returns_at_once(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    portal.call(double, 1)
+
+    def interrupted(self: Portal, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Portal, "_submit", interrupted)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(double, 2)
+    assert time.monotonic() - t0 < 1  # no wait for a cleanup of what never ran
+    monkeypatch.undo()
+    assert portal.call(double, 2) == 4
+
+
 def test_works_inside_a_running_event_loop(portal: Portal) -> None:
     async def main() -> list[int]:
         first = portal.call(double, 21)
