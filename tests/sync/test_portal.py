@@ -140,13 +140,72 @@ def test_a_call_cancelled_before_the_loop_starts_it_never_runs() -> None:
 
     async def cancel_then_start() -> None:
         call.cancel()
-        call.start()
+        call.start(set())
         await asyncio.sleep(0)
 
     asyncio.run(cancel_then_start())
     assert ran == [] and call.done()
     with pytest.raises(CancelledError):
         call.result()
+
+
+def test_a_call_cancelled_before_its_first_step_never_runs_and_settles() -> None:
+    # Ctrl-C may reach the loop after the call's task exists but before it ran at all.
+    ran: list[int] = []
+    running: set[_Call[Any]] = set()
+
+    async def work() -> None:
+        ran.append(1)
+
+    call = _Call(work)
+
+    async def start_then_cancel() -> None:
+        call.start(running)
+        call.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(start_then_cancel())
+    assert ran == [] and call.done() and not running
+
+
+def test_closing_settles_a_call_whose_task_never_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task cancelled (by the loop's shutdown) before its first step runs no code at all:
+    # its caller must still be answered.
+    p = Portal()
+    p.call(double, 1)
+    started = threading.Event()
+    real_start = _Call.start
+
+    def start_then_stop(self: _Call[Any], running: set[_Call[Any]]) -> None:
+        real_start(self, running)
+        assert self._task is not None
+        self._task.cancel()  # as the shutdown would, before the first step
+        self._task = None
+        started.set()
+
+    monkeypatch.setattr(_Call, "start", start_then_stop)
+    monkeypatch.setattr(_Call, "_run", _never_entered)
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            p.call(double, 2)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert started.wait(5)
+    monkeypatch.undo()
+    p.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientStateError)
+
+
+async def _never_entered(self: _Call[Any]) -> None:
+    raise AssertionError("a cancelled task's coroutine ran")
 
 
 def test_call_from_threads_at_once(portal: Portal) -> None:
