@@ -292,6 +292,8 @@ class Portal:
         self._inbox: deque[_Call[Any]] = deque()
         self._inbox_lock = threading.Lock()
         self._wake_pending = False
+        self._wake_fd: int | None = None  # an eventfd the loop watches (Linux), else None
+        self._inbox_closed = False
         self._running: set[_Call[Any]] = set()  # started and not settled; the loop's own
         self._contexts = ExitStack()
         self._pumps: set[_Pump[Any]] = set()
@@ -375,6 +377,7 @@ class Portal:
         finally:
             _stop(portal, runner)
             self._thread_id = None
+            self._close_inbox()
             self._cancel_inbox()
 
     def _shutdown(
@@ -418,20 +421,40 @@ class Portal:
         round trip), and one wake-up of the loop for every burst of calls: calls from
         many threads queue in an inbox the loop drains at once. Tasks still running when
         the portal stops are cancelled with its loop, and their callers' replies too.
+        On Linux the wake-up is one write to an eventfd: a quarter of the cost of
+        ``call_soon_threadsafe``'s socket send, and one read instead of two on the loop.
         """
         loop = self._loop
         if loop is None:
             raise ClientStateError(_CLOSED)
         with self._inbox_lock:
+            if self._inbox_closed or loop.is_closed():
+                raise ClientStateError(_CLOSED)
             self._inbox.append(call)
             if self._wake_pending:
                 return
             self._wake_pending = True
+            if self._wake_fd is not None:  # written under the lock: never after its close
+                os.eventfd_write(self._wake_fd, 1)
+                return
         try:
             loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError as exc:  # the portal stopped: closed by another thread
             self._cancel_inbox()
             raise ClientStateError(_CLOSED) from exc
+
+    def _on_wake(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):  # already read by an earlier turn
+            os.eventfd_read(fd)
+        self._drain_inbox()
+
+    def _close_inbox(self) -> None:
+        """Refuse further calls and close the wake-up fd (the loop has stopped)."""
+        with self._inbox_lock:
+            self._inbox_closed = True
+            fd, self._wake_fd = self._wake_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _drain_inbox(self) -> None:
         """Start every queued call (on the loop thread)."""
@@ -517,6 +540,10 @@ class Portal:
             self._thread_id = portal.call(threading.get_ident)
             self._loop = portal.call(asyncio.get_running_loop)
             self._runner, self._portal = runner, portal
+            if hasattr(os, "eventfd"):
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                portal.call(self._loop.add_reader, fd, self._on_wake, fd)
+                self._wake_fd = fd
         return self._portal
 
     def _check_thread(self) -> None:
@@ -527,6 +554,8 @@ class Portal:
         # The parent's loop thread does not exist here: start afresh. Its runner is kept
         # alive on purpose, since finalizing it would wait for that thread for ever.
         _FORSAKEN.append((self._runner, self._contexts))
+        if self._wake_fd is not None:  # this process's copy; the parent keeps its own
+            os.close(self._wake_fd)
         self._reset()
 
 

@@ -240,6 +240,29 @@ def test_64_threads_each_get_their_own_answers(portal: Portal) -> None:
     assert wrong == [] and not any(t.is_alive() for t in threads)
 
 
+def test_without_eventfd_calls_wake_the_loop_with_call_soon_threadsafe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # macOS and Windows have no eventfd: the portal falls back to the loop's own wake-up.
+    monkeypatch.delattr(os, "eventfd", raising=False)
+    p = Portal()
+    results: list[int] = []
+
+    def worker(i: int) -> None:
+        results.extend(p.call(double, i) for _ in range(20))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert p._wake_fd is None
+    assert sorted(set(results)) == [2 * i for i in range(8)] and len(results) == 160
+    p.close()
+    with pytest.raises(ClientStateError, match="closed"):
+        p.call(double, 1)
+
+
 def test_close_while_many_threads_call_leaves_none_waiting() -> None:
     portal = Portal()
     outcomes: list[str] = []
@@ -334,6 +357,7 @@ def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
+    monkeypatch.setattr(os, "eventfd_write", interrupted, raising=False)
     with pytest.raises(KeyboardInterrupt):
         portal.call(work)
     assert portal.call(double, 3) == 6
