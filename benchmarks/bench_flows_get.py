@@ -1,8 +1,10 @@
 """Requests against a ``vi-flow serve`` in its own process: gets, the sync bridge, execute.
 
 The server runs in its own process, so client and server never share a GIL. In every
-round the contenders run in rotated order (nobody is always first); the medians of the
-rounds are compared, with min-max printed. Contenders:
+round the contenders run in rotated order (nobody is always first, the sync ones
+included); the medians of the rounds are compared, with min-max printed. Every contender
+measures warm connections: the async ones open a fresh client per stretch of the round
+and warm it (one call, then one burst of 64) before timing. Contenders:
 
 * ``raw``: aiohttp + orjson on one session (the strongest plain client);
 * ``async``: ``AsyncClient.flows.get``;
@@ -58,16 +60,23 @@ async def concurrent(fn: Call) -> float:
 
 
 def threaded(fn: Callable[[], object]) -> float:
-    """Calls per second of CONCURRENT threads making PER_WORKER calls each."""
+    """Calls per second of CONCURRENT threads making PER_WORKER calls each.
+
+    The clock starts once every thread is started and waiting, as the async contender's
+    starts once its coroutines exist: starting 64 threads is not the client's cost.
+    """
+    ready = threading.Barrier(CONCURRENT + 1)
 
     def worker() -> None:
+        ready.wait()
         for _ in range(PER_WORKER):
             fn()
 
     threads = [threading.Thread(target=worker) for _ in range(CONCURRENT)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
+    ready.wait()
+    started = time.perf_counter()
     for thread in threads:
         thread.join()
     return CONCURRENT * PER_WORKER / (time.perf_counter() - started)
@@ -99,6 +108,11 @@ async def _async_contenders(
     async def execute() -> None:
         await flow.execute(message="hi")
 
+    await raw_get()
+    await sdk_get()
+    # One burst each, so that the 64-at-once contenders find their connections open too.
+    await asyncio.gather(*(raw_get() for _ in range(CONCURRENT)))
+    await asyncio.gather(*(sdk_get() for _ in range(CONCURRENT)))
     return {
         "raw seq": lambda: sequential(raw_get, SEQUENTIAL),
         "async seq": lambda: sequential(sdk_get, SEQUENTIAL),
@@ -112,7 +126,7 @@ async def _async_contenders(
 async def async_round(
     server: ServerProcess, flow_id: str, exec_id: str, samples: Samples, order: list[str]
 ) -> None:
-    """One round of the async contenders (each its own fresh connections, warmed once)."""
+    """The async contenders of ``order``, in that order, on one fresh and warmed client."""
     async with (
         vi_flow.AsyncClient(base_url=server.base_url, api_key=server.api_key) as client,
         aiohttp.ClientSession() as raw,
@@ -133,6 +147,17 @@ def _setup(server: ServerProcess) -> tuple[str, str]:
         return flow.flow_id, one.flow_id
 
 
+def stretches(order: list[str], sync: set[str]) -> list[list[str]]:
+    """``order`` cut where it changes between sync and async contenders."""
+    cut: list[list[str]] = []
+    for name in order:
+        if cut and (name in sync) == (cut[-1][0] in sync):
+            cut[-1].append(name)
+        else:
+            cut.append([name])
+    return cut
+
+
 def main() -> None:
     samples = Samples()
     names = ["raw seq", "async seq", "sync seq", "raw 64", "async 64", "sync 64 threads",
@@ -144,13 +169,19 @@ def main() -> None:
             def sync_get() -> None:
                 client.flows.get(flow_id)
 
+            sync = {
+                "sync seq": lambda: sync_sequential(sync_get),
+                "sync 64 threads": lambda: threaded(sync_get),
+            }
             sync_get()
             for round_no in range(ROUNDS + 1):  # round 0 warms every path and is dropped
-                order = rotated(names, round_no)
                 target = samples if round_no else Samples()
-                asyncio.run(async_round(server, flow_id, exec_id, target, order))
-                target.add("sync seq", sync_sequential(sync_get))
-                target.add("sync 64 threads", threaded(sync_get))
+                for stretch in stretches(rotated(names, round_no), set(sync)):
+                    if stretch[0] in sync:
+                        for name in stretch:
+                            target.add(name, sync[name]())
+                    else:
+                        asyncio.run(async_round(server, flow_id, exec_id, target, stretch))
     _report(samples)
 
 

@@ -62,88 +62,88 @@ class _Abandoned(Exception):
 
 
 class _Call(Generic[T]):
-    """One coroutine to run on the portal, cancellable from the calling thread.
+    """One coroutine to run on the portal, cancellable from the calling thread, and its outcome.
 
-    Cancellation goes through this object rather than the task's future, because Ctrl-C
-    may strike while the task is being spawned, before the caller holds the future.
+    Lighter than a task plus a ``concurrent.futures.Future``: the caller blocks on a lock
+    the coroutine itself releases once, as its last step (no condition variable, no done
+    callback a loop turn later). Cancellation goes through this object rather than the
+    task, because Ctrl-C may strike before the loop has started it. A call is cancelled
+    the way ``asyncio.run`` cancels its task on Ctrl-C, with ``Task.cancel()``: an anyio
+    cancel scope around every call cost about a tenth of the bridge's time per call.
     """
+
+    __slots__ = (
+        "_cancelled", "_entered", "_error", "_fn", "_lock", "_running", "_task", "_value",
+        "started",
+    )  # fmt: skip
 
     def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
         self._fn = fn
-        self._scope: anyio.CancelScope | None = None
-        self._cancelled = False
-        self.started = False
-        self.finished = threading.Event()
-
-    async def run(self) -> T:
-        self.started = True
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            if self._cancelled:
-                scope.cancel()
-            try:
-                return await self._fn()
-            finally:
-                self.finished.set()
-        raise _Abandoned
-
-    def cancel(self) -> None:
-        """Cancel the coroutine, or keep it from starting; call on the portal thread."""
-        self._cancelled = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    def abandon(self, portal: BlockingPortal) -> None:
-        """Cancel from the calling thread and give the coroutine a moment to clean up."""
-        try:
-            portal.call(self.cancel)
-        except RuntimeError:  # the portal stopped, and with it the coroutine
-            return
-        # The task, if it was spawned at all, has started by now (the loop runs FIFO).
-        if self.started:
-            self.finished.wait(_CANCEL_GRACE)
-
-
-class _Reply(Generic[T]):
-    """The outcome of one task on the portal, for a blocking caller.
-
-    Lighter than a ``concurrent.futures.Future`` (no condition variable): the caller
-    blocks on a lock the loop thread releases once, when the task is done.
-    """
-
-    __slots__ = ("_error", "_lock", "_value")
-
-    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
         self._value: Any = None
         self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[_Call[Any]] = set()
+        self._cancelled = False
+        self._entered = False
+        self.started = False
 
-    def settle(self, task: asyncio.Future[T]) -> None:
-        """Take the task's outcome (a done callback, on the loop thread)."""
-        if task.cancelled():
+    def start(self, running: set[_Call[Any]]) -> None:
+        """Start the coroutine as a task (on the loop thread), unless it was cancelled.
+
+        The call stays in ``running`` until it settles, so that a portal whose loop
+        stopped first can settle it (a task cancelled before its first step runs no code).
+        """
+        if self._cancelled:
+            self.settle_cancelled()
+            return
+        self.started = True
+        self._running = running
+        running.add(self)
+        self._task = asyncio.ensure_future(self._run())  # the loop holds tasks weakly
+
+    async def _run(self) -> None:
+        self._entered = True
+        try:
+            if self._cancelled:  # Ctrl-C came before the task's first step
+                self._error = _Abandoned()
+                return
+            self._value = await self._fn()
+        except asyncio.CancelledError:  # Ctrl-C, or the portal stopped under the call
             self._error = CancelledError()
-        else:
-            self._error = task.exception()
-            self._value = None if self._error is not None else task.result()
-        self._lock.release()
+            raise
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the loop stops, as for any task
+        finally:
+            self._task = None  # ending: the task needs no holder any more
+            self._running.discard(self)
+            self._lock.release()  # exactly once: the caller wakes as the task ends
 
-    def cancel(self) -> None:
-        """Settle as cancelled: the task never started."""
+    def settle_cancelled(self) -> None:
+        """Settle as cancelled: the coroutine never started, or its loop is gone."""
         self._error = CancelledError()
         self._lock.release()
 
+    def cancel(self) -> None:
+        """Cancel the coroutine, or keep it from starting; call on the portal thread."""
+        self._cancelled = True
+        if self._entered and self._task is not None:
+            self._task.cancel()
+
     def done(self) -> bool:
-        """Whether the task is done."""
+        """Whether the coroutine is done (or will never run)."""
         return not self._lock.locked()
 
     def wait(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the task to be done."""
+        """Wait up to ``timeout`` seconds for the coroutine to be done."""
         if self._lock.acquire(timeout=timeout):
             self._lock.release()
 
     def result(self) -> T:
-        """Wait for the task; return its result or raise its exception."""
+        """Wait for the coroutine; return its result or raise its exception."""
         self._lock.acquire()
         self._lock.release()
         if self._error is not None:
@@ -169,7 +169,7 @@ class _Pump(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._pump_wakeup: anyio.Event | None = None
         self._taker_wakeup: anyio.Event | None = None
-        self.future: _Reply[None] | None = None
+        self.future: _Call[None] | None = None
 
     async def run(self) -> None:
         with anyio.CancelScope() as scope:
@@ -255,9 +255,9 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
             await aclose()
 
 
-def _result(future: _Reply[T]) -> T:
+def _result(call: _Call[T]) -> T:
     try:
-        return future.result()
+        return call.result()
     except CancelledError as exc:  # the portal stopped under the call
         raise ClientStateError(_CLOSED_DURING_CALL) from exc
 
@@ -289,9 +289,12 @@ class Portal:
         self._runner: AbstractContextManager[BlockingPortal] | None = None
         self._thread_id: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: deque[tuple[Callable[[], Awaitable[Any]], _Reply[Any]]] = deque()
+        self._inbox: deque[_Call[Any]] = deque()
         self._inbox_lock = threading.Lock()
         self._wake_pending = False
+        self._wake_fd: int | None = None  # an eventfd the loop watches (Linux), else None
+        self._inbox_closed = False
+        self._running: set[_Call[Any]] = set()  # started and not settled; the loop's own
         self._contexts = ExitStack()
         self._pumps: set[_Pump[Any]] = set()
 
@@ -374,6 +377,7 @@ class Portal:
         finally:
             _stop(portal, runner)
             self._thread_id = None
+            self._close_inbox()
             self._cancel_inbox()
 
     def _shutdown(
@@ -388,50 +392,88 @@ class Portal:
     def _call(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> T:
         call = _Call(fn)
         try:
-            return _result(self._submit(portal, call.run))
+            self._submit(call)
+            return _result(call)
         except KeyboardInterrupt:
-            call.abandon(portal)
+            self._abandon(portal, call)
             raise
 
-    def _submit(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> _Reply[T]:
-        """Start ``fn()`` as a task on the loop thread; the reply carries its outcome.
+    def _abandon(self, portal: BlockingPortal, call: _Call[Any]) -> None:
+        """Cancel ``call`` after Ctrl-C and give its coroutine a moment to clean up."""
+
+        def cancel() -> None:
+            call.cancel()
+            # Settles the call if it is still queued, and starts what a Ctrl-C inside
+            # _submit left queued with no wake-up coming.
+            self._drain_inbox()
+
+        try:
+            portal.call(cancel)
+        except RuntimeError:  # the portal stopped, and with it the coroutine
+            return
+        if call.started:  # else it never ran: queued and settled just now, or never queued
+            call.wait(_CANCEL_GRACE)
+
+    def _submit(self, call: _Call[Any]) -> None:
+        """Have the loop thread start ``call``, which then carries its outcome.
 
         One hop per call (``start_task_soon`` waits for the task to be spawned: a second
         round trip), and one wake-up of the loop for every burst of calls: calls from
         many threads queue in an inbox the loop drains at once. Tasks still running when
         the portal stops are cancelled with its loop, and their callers' replies too.
+        On Linux the wake-up is one write to an eventfd: a quarter of the cost of
+        ``call_soon_threadsafe``'s socket send, and one read instead of two on the loop.
         """
         loop = self._loop
         if loop is None:
             raise ClientStateError(_CLOSED)
-        reply: _Reply[T] = _Reply()
         with self._inbox_lock:
-            self._inbox.append((fn, reply))
+            if self._inbox_closed or loop.is_closed():
+                raise ClientStateError(_CLOSED)
+            self._inbox.append(call)
             if self._wake_pending:
-                return reply
+                return
             self._wake_pending = True
+            if self._wake_fd is not None:  # written under the lock: never after its close
+                os.eventfd_write(self._wake_fd, 1)
+                return
         try:
             loop.call_soon_threadsafe(self._drain_inbox)
         except RuntimeError as exc:  # the portal stopped: closed by another thread
             self._cancel_inbox()
             raise ClientStateError(_CLOSED) from exc
-        return reply
+
+    def _on_wake(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):  # already read by an earlier turn
+            os.eventfd_read(fd)
+        self._drain_inbox()
+
+    def _close_inbox(self) -> None:
+        """Refuse further calls and close the wake-up fd (the loop has stopped)."""
+        with self._inbox_lock:
+            self._inbox_closed = True
+            fd, self._wake_fd = self._wake_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _drain_inbox(self) -> None:
         """Start every queued call (on the loop thread)."""
         with self._inbox_lock:
             items, self._wake_pending = list(self._inbox), False
             self._inbox.clear()
-        for fn, reply in items:
-            asyncio.ensure_future(fn()).add_done_callback(reply.settle)
+        for call in items:
+            call.start(self._running)
 
     def _cancel_inbox(self) -> None:
-        """Cancel the calls the loop never started (it stopped first)."""
+        """Settle the calls the loop never started or never finished (it stopped first)."""
         with self._inbox_lock:
             items, self._wake_pending = list(self._inbox), False
             self._inbox.clear()
-        for _, reply in items:
-            reply.cancel()
+            if self._loop is not None and self._loop.is_closed():
+                items += self._running
+                self._running = set()
+        for call in items:
+            call.settle_cancelled()
 
     def _iterate(
         self, make_iter: Callable[[], AsyncIterable[T]], batch: int
@@ -440,7 +482,8 @@ class Portal:
         pump = _Pump(make_iter)
         self._pumps.add(pump)
         try:
-            pump.future = self._submit(portal, pump.run)
+            pump.future = _Call(pump.run)
+            self._submit(pump.future)
             while True:
                 self._check_current(portal)
                 items, finished = self._call(portal, functools.partial(pump.take, batch))
@@ -497,6 +540,10 @@ class Portal:
             self._thread_id = portal.call(threading.get_ident)
             self._loop = portal.call(asyncio.get_running_loop)
             self._runner, self._portal = runner, portal
+            if hasattr(os, "eventfd"):
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                portal.call(self._loop.add_reader, fd, self._on_wake, fd)
+                self._wake_fd = fd
         return self._portal
 
     def _check_thread(self) -> None:
@@ -507,6 +554,8 @@ class Portal:
         # The parent's loop thread does not exist here: start afresh. Its runner is kept
         # alive on purpose, since finalizing it would wait for that thread for ever.
         _FORSAKEN.append((self._runner, self._contexts))
+        if self._wake_fd is not None:  # this process's copy; the parent keeps its own
+            os.close(self._wake_fd)
         self._reset()
 
 

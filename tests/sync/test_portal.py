@@ -9,7 +9,9 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import CancelledError
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from vi_flow._errors import ClientStateError
-from vi_flow._portal import Portal
+from vi_flow._portal import Portal, _Call
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -96,6 +98,116 @@ def test_call_raises_the_exception_with_its_type(portal: Portal) -> None:
         portal.call(fail)
 
 
+def test_a_failed_call_logs_no_unretrieved_task_exception(
+    portal: Portal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exception goes to the caller; the task on the loop must not keep it as its own.
+    async def fail() -> None:
+        raise Boom("bad value 7")
+
+    for _ in range(3):
+        with pytest.raises(Boom):
+            portal.call(fail)
+    gc.collect()
+    assert portal.call(double, 1) == 2
+    assert "never retrieved" not in caplog.text
+
+
+def test_a_result_is_freed_without_the_cycle_collector(portal: Portal) -> None:
+    class Result:
+        pass
+
+    async def make() -> Result:
+        return Result()
+
+    gc.disable()
+    try:
+        got = weakref.ref(portal.call(make))
+        portal.call(double, 1)  # the loop has left the first call's task behind
+        assert got() is None
+    finally:
+        gc.enable()
+
+
+def test_a_call_cancelled_before_the_loop_starts_it_never_runs() -> None:
+    # Ctrl-C may reach the loop (as a cancel) before the call it queued is started.
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    call = _Call(work)
+
+    async def cancel_then_start() -> None:
+        call.cancel()
+        call.start(set())
+        await asyncio.sleep(0)
+
+    asyncio.run(cancel_then_start())
+    assert ran == [] and call.done()
+    with pytest.raises(CancelledError):
+        call.result()
+
+
+def test_a_call_cancelled_before_its_first_step_never_runs_and_settles() -> None:
+    # Ctrl-C may reach the loop after the call's task exists but before it ran at all.
+    ran: list[int] = []
+    running: set[_Call[Any]] = set()
+
+    async def work() -> None:
+        ran.append(1)
+
+    call = _Call(work)
+
+    async def start_then_cancel() -> None:
+        call.start(running)
+        call.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(start_then_cancel())
+    assert ran == [] and call.done() and not running
+
+
+def test_closing_settles_a_call_whose_task_never_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task cancelled (by the loop's shutdown) before its first step runs no code at all:
+    # its caller must still be answered.
+    p = Portal()
+    p.call(double, 1)
+    started = threading.Event()
+    real_start = _Call.start
+
+    def start_then_stop(self: _Call[Any], running: set[_Call[Any]]) -> None:
+        real_start(self, running)
+        assert self._task is not None
+        self._task.cancel()  # as the shutdown would, before the first step
+        self._task = None
+        started.set()
+
+    monkeypatch.setattr(_Call, "start", start_then_stop)
+    monkeypatch.setattr(_Call, "_run", _never_entered)
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            p.call(double, 2)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert started.wait(5)
+    monkeypatch.undo()
+    p.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ClientStateError)
+
+
+async def _never_entered(self: _Call[Any]) -> None:
+    raise AssertionError("a cancelled task's coroutine ran")
+
+
 def test_call_from_threads_at_once(portal: Portal) -> None:
     results: list[int] = []
 
@@ -126,6 +238,29 @@ def test_64_threads_each_get_their_own_answers(portal: Portal) -> None:
     for t in threads:
         t.join(30)
     assert wrong == [] and not any(t.is_alive() for t in threads)
+
+
+def test_without_eventfd_calls_wake_the_loop_with_call_soon_threadsafe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # macOS and Windows have no eventfd: the portal falls back to the loop's own wake-up.
+    monkeypatch.delattr(os, "eventfd", raising=False)
+    p = Portal()
+    results: list[int] = []
+
+    def worker(i: int) -> None:
+        results.extend(p.call(double, i) for _ in range(20))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert p._wake_fd is None
+    assert sorted(set(results)) == [2 * i for i in range(8)] and len(results) == 160
+    p.close()
+    with pytest.raises(ClientStateError, match="closed"):
+        p.call(double, 1)
 
 
 def test_close_while_many_threads_call_leaves_none_waiting() -> None:
@@ -201,6 +336,49 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
     assert cancelled.is_set()
+
+
+def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C between "a wake-up is pending" and the wake-up itself must not leave later
+    # calls queued behind a wake-up that never comes; the interrupted call never runs.
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    portal.call(double, 1)
+    loop = portal._loop
+    assert loop is not None
+
+    def interrupted(*args: Any) -> Any:
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
+    monkeypatch.setattr(os, "eventfd_write", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(work)
+    assert portal.call(double, 3) == 6
+    assert ran == []
+
+
+def test_ctrl_c_before_the_call_is_queued_returns_at_once(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    portal.call(double, 1)
+
+    def interrupted(self: Portal, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Portal, "_submit", interrupted)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(double, 2)
+    assert time.monotonic() - t0 < 1  # no wait for a cleanup of what never ran
+    monkeypatch.undo()
+    assert portal.call(double, 2) == 4
 
 
 def test_works_inside_a_running_event_loop(portal: Portal) -> None:
