@@ -12,7 +12,6 @@ without detailed validation, and JSON goes through orjson.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import operator
 from collections.abc import Callable, Mapping
@@ -160,8 +159,10 @@ class _Deferred:
             if type(wire) is bytes:
                 wire = _lazy_payload(self, wire)
             _FILL[type(self)](self, wire)
-            with contextlib.suppress(AttributeError):  # another thread filled it first
-                _Deferred._wire.__delete__(self)
+            try:  # noqa: SIM105 - suppress() costs a context manager per first use
+                _delete_wire(self)
+            except AttributeError:  # another thread filled it first
+                pass
             return object.__getattribute__(self, name)
 
 
@@ -614,6 +615,8 @@ DEFERRED_WIRE: Mapping[bytes, tuple[type[Any], _Check | None]] = {
 check (``None``: none) the decoded data must pass besides holding ``executionId``."""
 _set_event_id = BaseEvent.__dict__["event_id"].__set__
 _set_wire = _Deferred.__dict__["_wire"].__set__
+_delete_wire = _Deferred.__dict__["_wire"].__delete__
+_loads = orjson.loads
 
 
 def _unknown(event_type: str, data: Any, event_id: int | None) -> UnknownEvent:
@@ -700,7 +703,7 @@ LAZY_PREFIX = b'{"executionId":'
 
 def _lazy_payload(event: Any, data: bytes) -> dict[str, Any]:
     try:
-        payload = orjson.loads(data)
+        payload = _loads(data)
     except orjson.JSONDecodeError as exc:
         payload = exc
     if type(payload) is dict and "executionId" in payload:
