@@ -200,7 +200,7 @@ class ResumableEventStream:
         """
         del id_before  # canonical frames always carry their id
         events: list[StreamEvent] = []
-        append, loads, lazy, new, set_id, set_wire = events.append, orjson.loads, *_LAZY
+        append, loads, plain, checked, new, set_id, set_wire = events.append, orjson.loads, *_LAZY
         last = self.last_event_id
         floor = -1 if last is None else last  # canonical ids are digits: never below 0
         for ident, wire_name, data in frames:
@@ -208,26 +208,26 @@ class ResumableEventStream:
             if event_id <= floor:
                 continue  # yielded before a reconnect
             floor = event_id
-            cls, check = lazy.get(wire_name, _EAGER)
+            cls = plain.get(wire_name)
             if cls is not None:
-                if check is None:
-                    if data.startswith(LAZY_PREFIX) and data.endswith(b"}"):
-                        event = new(cls)
-                        set_id(event, event_id)
-                        set_wire(event, data)
-                        append(event)
-                        continue
-                else:
-                    try:
-                        payload = loads(data)
-                    except orjson.JSONDecodeError:
-                        payload = None
-                    if type(payload) is dict and "executionId" in payload and check(payload):
-                        event = new(cls)
-                        set_id(event, event_id)
-                        set_wire(event, payload)
-                        append(event)
-                        continue
+                if data.startswith(LAZY_PREFIX) and data[-1] == 125:  # ends with "}"
+                    event = new(cls)
+                    set_id(event, event_id)
+                    set_wire(event, data)
+                    append(event)
+                    continue
+            elif wire_name in checked:
+                cls, check = checked[wire_name]
+                try:
+                    payload = loads(data)
+                except orjson.JSONDecodeError:
+                    payload = None
+                if type(payload) is dict and "executionId" in payload and check(payload):
+                    event = new(cls)
+                    set_id(event, event_id)
+                    set_wire(event, payload)
+                    append(event)
+                    continue
             kind = EVENT_NAMES.get(wire_name) or wire_name.decode("utf-8", "replace") or "message"
             event = parse_event(kind, data, event_id)
             append(event)
@@ -295,8 +295,8 @@ def event_batches(events: AsyncIterator[StreamEvent]) -> AsyncIterator[list[Stre
 
 # A fast link hands over 256 KiB at once: parsed whole, its thousand-odd events would all
 # live at once, survive into the garbage collector's older generations and fall out of
-# the CPU caches (measured: ~30 % slower per event than 64 KiB pieces).
-_PIECE = 1 << 16
+# the CPU caches (measured: ~30 % slower per event than 32-64 KiB pieces).
+_PIECE = 1 << 15
 
 
 def _pieces(chunk: bytes) -> Sequence[bytes]:
@@ -330,11 +330,15 @@ async def _not_a_drop(hook: Awaitable[None]) -> None:
         raise _HookError(exc) from exc
 
 
-# What models.events.deferred_event does, as locals of the hot loop. flow_completed is never deferred
-# (its status is converted), so the loop checks for it on the parse_event side only.
-_LAZY = (DEFERRED_WIRE, *deferred_steps())
+# What models.events.lazy_event / deferred_event do, as locals of the hot loop.
+# flow_completed is never deferred (its status is converted), so the loop checks for it
+# on the parse_event side only.
+_LAZY = (
+    {name: cls for name, (cls, check) in DEFERRED_WIRE.items() if check is None},
+    {name: (cls, check) for name, (cls, check) in DEFERRED_WIRE.items() if check is not None},
+    *deferred_steps(),
+)
 assert all(cls is not FlowCompleted for cls, _ in DEFERRED_WIRE.values())
-_EAGER: tuple[None, None] = (None, None)
 
 
 def _int_id(value: str | None) -> int | None:

@@ -22,7 +22,8 @@ __all__ = ["Job", "Run"]
 # Events cross the portal in batches of up to this many: large enough that a fast stream
 # costs few round trips, while a slow one still delivers each event as it arrives.
 _BATCH = 1024
-# A run's events cross as one list per chunk read; a round trip takes up to this many.
+# A run's events cross as one list per piece read (32 KiB); a round trip takes up to
+# this many: more would keep more events alive at once, fewer costs more round trips.
 _CHUNKS = 2
 
 
