@@ -9,7 +9,9 @@ server on 127.0.0.1 sends the bodies.
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 from typing import Any
 
 import aiohttp
@@ -87,6 +89,13 @@ async def test_plain_events_read_their_json_on_first_use() -> None:
     assert first.line == "l1" and first.execution_id == RUN
     with pytest.raises(AttributeError):
         object.__getattribute__(first, "_wire")  # filled: the data is let go
+
+
+async def test_a_lazy_event_copies_pickles_and_hashes_as_an_eager_one() -> None:
+    lazy = (await read(frame(log(1)) + frame(done(2))))[0]
+    twin = (await read(frame(log(1)) + frame(done(2))))[0]
+    assert pickle.loads(pickle.dumps(lazy)) == log(1)
+    assert copy.copy(twin) == log(1) and hash(lazy) == hash(log(1))
 
 
 @pytest.mark.parametrize(
