@@ -197,3 +197,17 @@ def test_fast_path_matches_the_rules_under_any_chunking(stream: bytes, cuts: lis
     assert decode(stream) == expected
     assert decode(*chunks) == expected
     assert decode_raw(*chunks) == expected
+
+
+def test_a_frame_glued_to_an_odd_line_start_is_read_by_the_rules() -> None:
+    # "xid: 5" is a field named "xid", not an id; the fast path must not match inside it.
+    stream = b"id: 1\nevent: log\ndata: a\n\nxid: 5\nevent: log\ndata: b\n\n"
+    assert decode_raw(stream) == decode(stream) == reference(stream)
+    assert [e[2] for e in decode_raw(stream)] == ["1", "1"]
+
+
+def test_frames_without_id_or_event_leave_the_fast_path_alike() -> None:
+    stream = b"data: a\n\nevent: log\ndata: b\n\nid: 7\ndata: c\n\n"
+    frames, events = SSEDecoder().feed_raw(stream)
+    assert frames == [] and len(events) == 3
+    assert decode_raw(stream) == reference(stream)

@@ -137,9 +137,8 @@ class SSEDecoder:
     def feed_raw(self, chunk: bytes) -> tuple[list[RawFrame], list[ServerSentEvent]]:
         """Consume one chunk: its canonical frames raw, then any other events it completed.
 
-        The frames come first, in order, as ``(id, event, data)`` bytes (``b""`` for a
-        field the frame does not have: its id is then the last one seen before it); the
-        events (frames of other shapes, and all that follows one in this chunk) come
+        The frames come first, in order, as ``(id, event, data)`` bytes (every one has an
+        id; ``event`` is ``b""`` when the line was empty); the events (frames of other shapes, and all that follows one in this chunk) come
         after them. :meth:`feed` gives the same as :class:`ServerSentEvent` objects; a
         reader that wants bytes (the run event stream) skips making them.
         """
@@ -184,23 +183,20 @@ class SSEDecoder:
     def _frames(self, buf: bytes) -> tuple[list[RawFrame], int]:
         """The complete frames of ``buf`` when all are canonical, and where they end.
 
-        Frames of the shape every vi_flow server sends (optional ``id: <digits>``,
-        optional ``event:``, one ``data:`` line, blank line) are found by one regular
-        expression pass with no Python step per frame; the lengths of what it matched
-        must add up to the whole span, or some frame had another shape (a comment, a
-        multi-line ``data``...): then nothing is taken here and the general line rules
-        read the chunk.
+        Frames of the shape every vi_flow server sends (``id: <digits>``, ``event:``, one
+        ``data:`` line, blank line) are found by one regular expression pass with no
+        Python step per frame. Each match starts at a line start and holds exactly four
+        line ends, so when the span has four per match nothing lay between them: else
+        some frame had another shape (a comment, a multi-line ``data``, no ``id``...),
+        nothing is taken here and the general line rules read the chunk.
         """
         end = buf.rfind(b"\n\n") + 2
         if end < 2:
             return [], 0
         frames: list[RawFrame] = _FRAME.findall(buf, 0, end)
-        if not frames or _span(frames) != end:
+        if not frames or 4 * len(frames) != buf.count(b"\n", 0, end):
             return [], 0
-        for ident, _, _ in reversed(frames):
-            if ident:
-                self._last_id = ident.decode()
-                break
+        self._last_id = frames[-1][0].decode()
         return frames, end
 
     def _split(self, chunk: bytes) -> list[bytes]:
@@ -258,19 +254,12 @@ _MAX_HELD = 1 << 16
 _new = tuple.__new__
 EVENT_NAMES = {name.encode(): name for name in EVENT_TYPES}
 """The known event names as the wire spells them (bytes) -> the same as ``str``."""
-# "." is any byte but LF (no DOTALL): the same as [^\n], and a faster loop in re
-_FRAME = re.compile(rb"(?:id: ([0-9]+)\n)?(?:event: (.*)\n)?data: (.*)\n\n")
+# "." is any byte but LF (no DOTALL): the same as [^\n], and a faster loop in re. The
+# look-behind anchors a match at a line start (or at the start of the buffer).
+_FRAME = re.compile(rb"(?<![^\n])id: ([0-9]+)\nevent: (.*)\ndata: (.*)\n\n")
 
 RawFrame = tuple[bytes, bytes, bytes]
-"""A canonical frame's ``id``, ``event`` and ``data`` values (``b""`` where absent)."""
-
-
-def _span(frames: list[RawFrame]) -> int:
-    """The bytes the canonical frames take: ``id: `` + LF, ``event: `` + LF, ``data: `` + 2 LF."""
-    ids, names, data = zip(*frames, strict=True)
-    count = len(frames)
-    fields = sum(map(len, ids)) + sum(map(len, names)) + sum(map(len, data))
-    return fields + 5 * (count - ids.count(b"")) + 8 * (count - names.count(b"")) + 8 * count
+"""A canonical frame's ``id``, ``event`` and ``data`` values (``event`` may be ``b""``)."""
 
 
 def _strip_eol(line: bytes) -> bytes:

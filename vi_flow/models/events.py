@@ -12,8 +12,10 @@ without detailed validation, and JSON goes through orjson.
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import operator
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import attrs
@@ -49,6 +51,8 @@ __all__ = [
     "event_to_wire",
     "parse_event",
 ]
+
+log = logging.getLogger("vi_flow")
 
 
 def _condition(value: Any) -> Condition:
@@ -130,11 +134,15 @@ class ToolResult:
 class _Deferred:
     """Lets an event parsed from the wire fill its fields on first use.
 
-    :func:`parse_event` gives events whose fields are all plain JSON values (``log``,
-    ``step_started``...) only their decoded data in ``_wire``; the first read of any
-    other field fills them all from it, exactly as an eager parse would (those fields
-    cannot fail to structure, and the one required key is checked up front). A reader
-    that only counts events, or looks at their type and id, never pays for the rest.
+    :func:`parse_event` gives events whose fields are plain JSON values (``log``,
+    ``step_started``...) or nested values it checked (``usage``, ``tool_calls``) only
+    their id and decoded data in ``_wire``; the first read of any other field fills them
+    all from it, exactly as an eager parse would (such fields cannot fail to structure,
+    and the one required key is checked up front). A reader that only counts events, or
+    looks at their type and id, never pays for the rest.
+
+    A run's event stream goes one step further for the classes of plain fields: ``_wire``
+    holds the ``data:`` bytes, decoded on first use too (see :func:`lazy_event`).
     """
 
     __slots__ = ("_wire",)
@@ -148,9 +156,13 @@ class _Deferred:
                 raise AttributeError(
                     f"{type(self).__name__!r} object has no attribute {name!r}"
                 ) from None
+            if type(wire) is bytes:
+                wire = _lazy_payload(self, wire)
             _FILL[type(self)](self, wire)
-            with contextlib.suppress(AttributeError):  # another thread filled it first
-                _Deferred._wire.__delete__(self)
+            try:  # noqa: SIM105 - suppress() costs a context manager per first use
+                _delete_wire(self)
+            except AttributeError:  # another thread filled it first
+                pass
             return object.__getattribute__(self, name)
 
 
@@ -471,10 +483,11 @@ def _build_structure(cls: type[Any]) -> _Structure:
     The class is frozen, so instead of going through ``__init__`` (one frozen setattr
     per field) the function fills the slots directly; it is the hot path of every
     stream. Nested values use the cattrs converter, a missing ``executionId`` raises
-    ``KeyError``.
+    ``KeyError``. ``fill_rest``, all but ``event_id``, is what a deferred event runs on
+    first use (see :class:`_Deferred`).
     """
     env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = ["def fill(obj, o):"]
+    lines, rest = ["def fill(obj, o):"], ["def fill_rest(obj, o):"]
     for i, a in enumerate(attrs.fields(cls)):
         wire = camel(a.name)
         env[f"_set{i}"] = _slot_setter(cls, a.name)
@@ -488,9 +501,12 @@ def _build_structure(cls: type[Any]) -> _Structure:
             value = f"o.get({wire!r}, _default{i})"
         value = _wrap(env, i, a, value)
         lines.append(f"    _set{i}(obj, {value})")
+        if a.name != "event_id":  # a deferred event has it already (from the SSE id)
+            rest.append(lines[-1])
+    lines += rest
     lines += ["def structure(o):", "    obj = _new(_cls)", "    fill(obj, o)", "    return obj"]
     exec("\n".join(lines), env)  # generated from our own field names only
-    _FILL[cls] = env["fill"]
+    _FILL[cls] = env["fill_rest"]
     fn: _Structure = env["structure"]
     return fn
 
@@ -524,15 +540,83 @@ _FILL: dict[type[Any], Callable[[Any, dict[str, Any]], None]] = {}
 _STRUCTURE: dict[str, _Structure] = {
     name: _build_structure(_resolved(cls)) for name, cls in EVENT_TYPES.items()
 }
-# Classes whose fields are all plain JSON values: nothing but a missing executionId can
-# make them fail to structure, so parse_event defers the rest (see _Deferred).
-_DEFERRED: dict[str, type[Any]] = {
-    name: cls for name, cls in EVENT_TYPES.items()
-    if all(a.type in _PASS_THROUGH and a.converter is None for a in attrs.fields(cls))
+_Check = Callable[[dict[str, Any]], bool]
+
+
+def _plain_usage(value: Any) -> bool:
+    """Whether a wire ``usage`` is absent, ``None`` or a dict of ints: then it cannot fail."""
+    if type(value) is dict:
+        return all(map(operator.is_, map(type, value.values()), repeat(int)))
+    return value is None or value is _ABSENT
+
+
+def _plain_calls(value: Any) -> bool:
+    """Whether wire ``toolCalls`` are absent or dicts of the right types: then they cannot fail."""
+    return value is _ABSENT or (type(value) is list and all(map(_plain_call, value)))
+
+
+def _plain_call(call: Any) -> bool:
+    if type(call) is not dict or type(call.get("id")) is not str:
+        return False
+    function = call.get("function")
+    return (
+        type(call.get("type", "")) is str
+        and type(function) is dict
+        and type(function.get("name")) is str
+        and type(function.get("arguments", "")) is str
+    )
+
+
+_ABSENT: Any = object()  # what a check is given for a key the data does not have
+
+# Nested fields whose wire value, when it passes the check, cannot fail to structure.
+_CHECKED: dict[Any, Callable[[Any], bool]] = {
+    TokenUsage | None: _plain_usage,
+    list[ToolCall]: _plain_calls,
+}
+
+
+def _deferral(cls: type[Any]) -> tuple[bool, _Check | None]:
+    """Whether ``cls`` may be deferred, and the check its data must pass first (if any).
+
+    A class may when every field is a plain JSON value or a nested value with a check:
+    then nothing but a missing ``executionId`` or a failed check can make it fail to
+    structure. A class with a converter (``flow_completed``'s status) never is.
+    """
+    checks: dict[str, Callable[[Any], bool]] = {}
+    for a in attrs.fields(cls):
+        if a.converter is not None:
+            return False, None
+        if a.type not in _PASS_THROUGH:
+            if a.type not in _CHECKED:
+                return False, None
+            checks[camel(a.name)] = _CHECKED[a.type]
+    if not checks:
+        return True, None
+    if len(checks) > 1:  # pragma: no cover - no event class has two today
+        raise TypeError(f"{cls.__name__}: one checked field at most")
+    ((key, plain),) = checks.items()
+
+    def check(o: dict[str, Any]) -> bool:
+        return plain(o.get(key, _ABSENT))
+
+    return True, check
+
+
+_DEFERRED: dict[str, tuple[type[Any], _Check | None]] = {
+    name: (cls, deferral[1]) for name, cls in EVENT_TYPES.items()
+    if (deferral := _deferral(cls))[0]
 }  # fmt: skip
 _new_event = object.__new__
+DEFERRED_WIRE: Mapping[bytes, tuple[type[Any], _Check | None]] = {
+    name.encode(): entry for name, entry in _DEFERRED.items()
+}
+"""The wire names (bytes) of the classes :func:`parse_event` defers -> the class and the
+check (``None``: none) the decoded data must pass besides holding ``executionId``."""
 _set_event_id = BaseEvent.__dict__["event_id"].__set__
 _set_wire = _Deferred.__dict__["_wire"].__set__
+_delete_wire = _Deferred.__dict__["_wire"].__delete__
+_loads = orjson.loads
 
 
 def _unknown(event_type: str, data: Any, event_id: int | None) -> UnknownEvent:
@@ -546,6 +630,9 @@ def _unknown(event_type: str, data: Any, event_id: int | None) -> UnknownEvent:
         type=event_type,
         data=data,
     )
+
+
+_NOT_DEFERRED: tuple[None, None] = (None, None)
 
 
 def parse_event(event_type: str, data: bytes | str, event_id: int | None = None) -> StreamEvent:
@@ -567,20 +654,74 @@ def parse_event(event_type: str, data: bytes | str, event_id: int | None = None)
     structure = _STRUCTURE.get(event_type)
     if structure is None or not isinstance(payload, dict):
         return _unknown(event_type, payload, event_id)
-    if event_id is not None:
-        payload["eventId"] = event_id
-    deferred = _DEFERRED.get(event_type)
-    if deferred is not None and "executionId" in payload:
+    deferred, check = _DEFERRED.get(event_type, _NOT_DEFERRED)
+    if deferred is not None and "executionId" in payload and (check is None or check(payload)):
         event: StreamEvent = _new_event(deferred)
-        if event_id is not None:
-            _set_event_id(event, event_id)
+        _set_event_id(event, event_id if event_id is not None else payload.get("eventId", 0))
         _set_wire(event, payload)
         return event
+    if event_id is not None:
+        payload["eventId"] = event_id
     try:
         event = structure(payload)
     except (KeyError, TypeError, ValueError, AttributeError, BaseValidationError):
         return _unknown(event_type, payload, event_id)
     return event
+
+
+def deferred_event(cls: type[Any], event_id: int, payload: dict[str, Any]) -> Any:
+    """A :data:`DEFERRED_WIRE` event from its decoded data, which must hold ``executionId``
+    and pass the class's check.
+
+    What :func:`parse_event` makes for such a class; a stream's hot loop inlines it.
+    """
+    event = _new_event(cls)
+    _set_event_id(event, event_id)
+    _set_wire(event, payload)
+    return event
+
+
+def lazy_event(cls: type[Any], event_id: int, data: bytes) -> Any:
+    """An event of a plain :data:`DEFERRED_WIRE` class (no check) that decodes ``data``
+    on first use: what a run's event stream makes of a frame whose data looks like the
+    server's (it starts with :data:`LAZY_PREFIX` and ends with ``}``).
+
+    Type and ``event_id`` are known at once; the JSON is read when any other field is.
+    Data that then does not decode to an object with ``executionId`` (a corrupted frame,
+    which :func:`parse_event` would have made an :class:`UnknownEvent`) leaves every
+    field at its default and logs a warning.
+    """
+    event = _new_event(cls)
+    _set_event_id(event, event_id)
+    _set_wire(event, data)
+    return event
+
+
+LAZY_PREFIX = b'{"executionId":'
+"""How the data of every event a vi_flow server sends begins (compact orjson)."""
+
+
+def _lazy_payload(event: Any, data: bytes) -> dict[str, Any]:
+    try:
+        payload = _loads(data)
+    except orjson.JSONDecodeError as exc:
+        payload = exc
+    if type(payload) is dict and "executionId" in payload:
+        return payload
+    log.warning(
+        "event %s (%s): its data is not an event object (%s); its fields keep their defaults",
+        event.event_id, event_name(event), payload if isinstance(payload, Exception) else "no executionId",
+    )  # fmt: skip
+    return {"executionId": ""}
+
+
+_Setter = Callable[[Any, Any], None]
+
+
+def deferred_steps() -> tuple[Callable[[type[Any]], Any], _Setter, _Setter]:
+    """:func:`deferred_event`'s three steps (new, set the id, set the data), for a hot
+    loop to hold as locals instead of paying a call per event."""
+    return _new_event, _set_event_id, _set_wire
 
 
 def event_name(event: StreamEvent) -> str:

@@ -19,7 +19,7 @@ from ...execution._options import ExecuteOptions, RunInputs, SyncExecuteOptions,
 from ...execution._tools import SyncToolHandler, ToolHandlerReturn, check_handler
 from ...models.events import StepCompleted, StreamEvent, ToolCall
 from ._results import PausedResult, _wrap
-from ._run import _BATCH, Job, Run
+from ._run import _BATCH, Job, Run, iterate_events
 
 __all__ = ["Flow"]
 
@@ -95,7 +95,7 @@ class Flow:
         events = self._flow.events(
             cancel_on_disconnect=cancel_on_disconnect, **_async_options(options, "events")
         )
-        return self._portal.iterate(lambda: events, batch=_BATCH)
+        return iterate_events(self._portal, events)
 
     def steps(self, **options: Unpack[SyncExecuteOptions]) -> Iterator[StepCompleted]:
         """Execute the flow and iterate each ``StepCompleted``. See :meth:`AsyncFlow.steps`."""

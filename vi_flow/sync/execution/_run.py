@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 
 from ..._portal import Portal
 from ...execution import AsyncJob, AsyncRun, ExecuteResult
 from ...execution._loop import TimeoutArg
 from ...execution._results import ToolResultsArg
+from ...execution._stream import event_batches
 from ...models.common import Condition
 from ...models.events import RunTrace, StepTrace, StreamEvent, ToolCall
 from ...models.runs import Run as RunModel
@@ -20,6 +22,29 @@ __all__ = ["Job", "Run"]
 # Events cross the portal in batches of up to this many: large enough that a fast stream
 # costs few round trips, while a slow one still delivers each event as it arrives.
 _BATCH = 1024
+# A run's events cross as one list per piece read (32 KiB); a round trip takes up to
+# this many: more would keep more events alive at once, fewer costs more round trips.
+_CHUNKS = 2
+
+
+def iterate_events(portal: Portal, events: AsyncIterator[StreamEvent]) -> Iterator[StreamEvent]:
+    """Iterate a fresh async event iterator from blocking code.
+
+    A run's stream crosses the portal a chunk's list at a time and is flattened here, in
+    the caller's thread: the cross-thread cost is per chunk, not per event.
+    """
+    batches = event_batches(events)
+    if batches is None:
+        return portal.iterate(lambda: events, batch=_BATCH)
+    return _flatten(portal.iterate(lambda: batches, batch=_CHUNKS))
+
+
+def _flatten(
+    batches: Generator[list[StreamEvent], None, None],
+) -> Generator[StreamEvent, None, None]:
+    with contextlib.closing(batches):  # a break or close() here closes the stream there
+        for batch in batches:
+            yield from batch
 
 
 class Run:
@@ -57,8 +82,7 @@ class Run:
         self, *, after: int | None = None, timeout: TimeoutArg = None
     ) -> Iterator[StreamEvent]:
         """Iterate the run's events, replayed from ``after`` then live to ``FlowCompleted``."""
-        events = self._run.events(after=after, timeout=timeout)
-        return self._portal.iterate(lambda: events, batch=_BATCH)
+        return iterate_events(self._portal, self._run.events(after=after, timeout=timeout))
 
     def cancel(self) -> RunModel:
         """Cancel the run and return it."""
