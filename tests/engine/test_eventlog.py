@@ -286,3 +286,18 @@ async def test_lines_that_cannot_be_encoded_leave_no_gap(db: CountingStore) -> N
     assert _ids(raw) == [1, 2, 3]
     assert [orjson.loads(e.data).get("line") for e in SSEDecoder().feed(raw)][:2] == ["one", "two"]
     await log.close()
+
+
+async def test_a_live_reader_gets_the_stored_rows_as_they_are(db: CountingStore) -> None:
+    # three rows committed at once reach the reader as three chunks of whole frames:
+    # the ring's bytes, not a copy joining them
+    log = EventLog(db, max_pending=100_000)
+    log.start()
+    key = ("org", "run_rows_live")
+    await log.append_lines(key, "s", "stdout", [f"line {i}" for i in range(5000)])
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    chunks = [chunk async for chunk in log.follow(key, 0, idle=5)]
+    assert [len(_ids(c or b"")) for c in chunks] == [2048, 2048, 905]
+    assert _ids(b"".join(c or b"" for c in chunks)) == list(range(1, 5002))
+    await log.close()

@@ -581,7 +581,8 @@ class EventLog:
         return await self._db.run(lambda c: _read(c, key, after))
 
     async def follow(self, key: RunKey, after: int, idle: float) -> AsyncIterator[bytes | None]:
-        """Yield SSE frames (joined in chunks) after ``after`` until the run's terminal event.
+        """Yield SSE frames (in chunks of whole frames) after ``after`` until the run's
+        terminal event.
 
         Yields ``None`` every ``idle`` seconds without news, so the caller can send a
         heartbeat. A finished run is replayed and the iterator ends.
@@ -590,19 +591,20 @@ class EventLog:
         cursor = after
         while True:
             if cursor < channel.committed:
-                chunk, cursor = await self._catch_up(channel, cursor)
-                yield chunk
+                chunks, cursor = await self._catch_up(channel, cursor)
+                for chunk in chunks:  # the ring's rows as they are: no copy to join them
+                    yield chunk
                 continue
             if channel.finished or self.stopping:
                 return
             if not await self.wait(channel, idle):
                 yield None
 
-    async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[bytes, int]:
+    async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[list[bytes], int]:
         recent = channel.recent(cursor)
         if recent is not None:
-            return b"".join(recent), channel.committed
+            return [chunk for chunk in recent if chunk], channel.committed
         stored, last = await self.read(channel.key, cursor)
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
-            return b"", channel.committed
-        return stored, last
+            return [], channel.committed
+        return [stored], last
