@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,7 +32,8 @@ from vi_flow.models.events import (
     event_to_wire,
 )
 from vi_flow.server.engine import tables
-from vi_flow.server.engine.eventlog import EventLog
+from vi_flow.server.engine.eventlog import _CHUNK_EVENTS, EventLog
+from vi_flow.server.engine.frames import log_frames, log_layout
 from vi_flow.server.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
@@ -219,4 +221,83 @@ async def test_lines_appended_together_are_the_frames_of_single_appends(
             stream="stderr", line=line,
         )  # fmt: skip
         assert (event.event, event.data) == event_to_wire(model)
+    await log.close()
+
+
+_LINES = [
+    "plain", "", "é and 中文 and 🚀", 'a "quote"', "back\\slash", "tab\there", "new\nline",
+    "del \x7f", "line sep \u2028", "nbsp \xa0", "bell \x07", "%d %s %%",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("lines", [[line] for line in _LINES] + [_LINES, _LINES[2:3] * 3])
+def test_log_frames_are_the_model_frames_for_any_line(lines: list[str]) -> None:
+    # one batch string for lines without escapes, one JSON call per line otherwise: the
+    # same bytes either way, and the bytes the model writes
+    got = log_frames("run_%d", "s%s", 'std"out', 7, 1234, lines)
+    layout = log_layout("run_%d", "s%s", 'std"out')
+    assert got == b"".join(layout % (i, i, 1234, orjson.dumps(line)) for i, line in enumerate(lines, 7))  # fmt: skip
+    events = SSEDecoder().feed(got)
+    for event_id, (event, line) in enumerate(zip(events, lines, strict=True), 7):
+        model = LogLine(
+            execution_id="run_%d", event_id=event_id, time=1234, step_id="s%s", stream='std"out',
+            line=line,
+        )  # fmt: skip
+        assert (event.id, event.event, event.data) == (str(event_id), *event_to_wire(model))
+
+
+async def test_batches_and_single_events_share_rows_of_bounded_size(db: CountingStore) -> None:
+    log = EventLog(db, max_pending=100_000)
+    log.start()
+    key = ("org", "run_rows")
+    for i in range(1000):
+        await log.append(LogLine, key, step_id="s", line=f"single {i}")
+    await log.append_lines(key, "s", "stdout", [f"batch {i}" for i in range(5000)])
+    await log.append_lines(key, "s", "stdout", ["x"] * 300)
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    rows = await db.run(
+        lambda c: c.execute(
+            "SELECT first_id, last_id FROM engine_events WHERE run_id = ? ORDER BY first_id",
+            (key[1],),
+        ).fetchall()
+    )
+    spans = [(int(r[0]), int(r[1])) for r in rows]
+    assert spans[0][0] == 1 and spans[-1][1] == 6301
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans))  # contiguous
+    assert all(0 < last - first + 1 <= _CHUNK_EVENTS for first, last in spans)
+    log.forget(key)
+    for after in (0, 999, 1000, 1001, 2048, 6000, 6300, 6301):
+        assert _ids(await _drain(log, key, after)) == list(range(after + 1, 6302))
+    await log.close()
+
+
+async def test_lines_that_cannot_be_encoded_leave_no_gap(db: CountingStore) -> None:
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_bad")
+    await log.append_lines(key, "s", "stdout", ["one"])
+    with pytest.raises(TypeError):  # orjson refuses a lone surrogate
+        await log.append_lines(key, "s", "stdout", ["fine", "bad \ud800"])
+    await log.append_lines(key, "s", "stdout", ["two"])
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    raw = await _drain(log, key, 0)
+    assert _ids(raw) == [1, 2, 3]
+    assert [orjson.loads(e.data).get("line") for e in SSEDecoder().feed(raw)][:2] == ["one", "two"]
+    await log.close()
+
+
+async def test_a_live_reader_gets_the_stored_rows_as_they_are(db: CountingStore) -> None:
+    # three rows committed at once reach the reader as three chunks of whole frames:
+    # the ring's bytes, not a copy joining them
+    log = EventLog(db, max_pending=100_000)
+    log.start()
+    key = ("org", "run_rows_live")
+    await log.append_lines(key, "s", "stdout", [f"line {i}" for i in range(5000)])
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    chunks = [chunk async for chunk in log.follow(key, 0, idle=5)]
+    assert [len(_ids(c or b"")) for c in chunks] == [2048, 2048, 905]
+    assert _ids(b"".join(c or b"" for c in chunks)) == list(range(1, 5002))
     await log.close()

@@ -20,12 +20,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-import orjson
-
 from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
 from ..clock import now_ms, wait_event
 from ..db import Connection
-from .frames import encoder, frame, log_layout
+from .frames import encoder, frame, log_frames
 
 __all__ = [
     "SCHEMA", "Database", "EventLog", "EventQuotaExceeded", "RunChannel", "RunKey", "frame",
@@ -57,15 +55,24 @@ class Database(Protocol):
 
 
 class _Queued:
-    """One run's events queued for the next commit: consecutive ids from ``first``."""
+    """One run's events queued for the next commit: consecutive ids from ``first``.
 
-    __slots__ = ("first", "frames", "settled", "terminal")
+    ``parts`` holds their frames as encoded, one event or a batch of lines per part
+    (at most ``_CHUNK_EVENTS`` each), with the count of events in each.
+    """
+
+    __slots__ = ("count", "first", "parts", "settled", "terminal")
 
     def __init__(self, first: int) -> None:
         self.first = first
-        self.frames: list[bytes] = []
+        self.count = 0
+        self.parts: list[tuple[int, bytes]] = []
         self.settled: int | None = None
         self.terminal = False
+
+    def add(self, count: int, frames: bytes) -> None:
+        self.parts.append((count, frames))
+        self.count += count
 
 
 Event = tuple[type[StreamEvent], dict[str, Any]]
@@ -166,18 +173,21 @@ _SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsReq
 
 
 def _chunks(key: RunKey, queued: _Queued) -> list[_Chunk]:
-    """Cut one run's queued events into stored rows of at most ``_CHUNK_EVENTS``.
+    """Join one run's queued parts into stored rows of at most ``_CHUNK_EVENTS`` events.
 
     The settle id and the terminal flag go on the batch's last row (``_tail`` reads the
     highest settle id of a run; the terminal event is always a run's last).
     """
-    frames, first = queued.frames, queued.first
-    out: list[_Chunk] = [
-        (*key, first + at, first + min(at + _CHUNK_EVENTS, len(frames)) - 1,
-         b"".join(frames[at : at + _CHUNK_EVENTS]), 0, None)
-        for at in range(0, len(frames), _CHUNK_EVENTS)
-    ]  # fmt: skip
-    out[-1] = (*out[-1][:5], int(queued.terminal), queued.settled)
+    out: list[_Chunk] = []
+    row: list[bytes] = []
+    first, held = queued.first, 0
+    for count, frames in queued.parts:
+        if held and held + count > _CHUNK_EVENTS:
+            out.append((*key, first, first + held - 1, b"".join(row), 0, None))
+            first, held, row = first + held, 0, []
+        row.append(frames)
+        held += count
+    out.append((*key, first, first + held - 1, b"".join(row), int(queued.terminal), queued.settled))
     return out
 
 
@@ -394,8 +404,8 @@ class EventLog:
         for key in keys:
             queued = self._pending.pop(key, None)
             if queued is not None:
-                self._queued -= len(queued.frames)
-                self._written += len(queued.frames)
+                self._queued -= queued.count
+                self._written += queued.count
             self._channels.pop(key, None)
         self._settle_waiters(None)
 
@@ -427,7 +437,7 @@ class EventLog:
         if queued is None:
             queued = self._pending[key] = _Queued(event_id)
             self._wake.set()
-        queued.frames.append(framed)
+        queued.add(1, framed)
         if cls in _SETTLING:
             queued.settled = event_id
             if cls is FlowCompleted:
@@ -455,8 +465,8 @@ class EventLog:
     ) -> None:
         """Queue one ``log`` event per line (as :meth:`append` of ``LogLine`` each, cheaper).
 
-        The frames are the ones ``append(LogLine, ...)`` writes, byte for byte: the
-        parts every line shares are encoded once per call.
+        The frames are the ones ``append(LogLine, ...)`` writes, byte for byte, encoded
+        per batch (:func:`~vi_flow.server.engine.frames.log_frames`).
         """
         channel = self._channels.get(key) or await self.channel(key)
         if self._closed:
@@ -464,14 +474,19 @@ class EventLog:
         if not lines:
             return
         self._check_room(channel, len(lines))
-        layout, first, now = log_layout(key[1], step_id, stream), channel.next_id, now_ms()
+        first, now = channel.next_id, now_ms()
+        parts = [  # encoded before anything changes: a line orjson refuses leaves no gap
+            (len(part), log_frames(key[1], step_id, stream, first + at, now, part))
+            for at in range(0, len(lines), _CHUNK_EVENTS)  # no part larger than a row
+            for part in (lines[at : at + _CHUNK_EVENTS],)
+        ]
         channel.next_id += len(lines)
         queued = self._pending.get(key)
         if queued is None:
             queued = self._pending[key] = _Queued(first)
             self._wake.set()
-        dumps = orjson.dumps
-        queued.frames += [layout % (i, i, now, dumps(line)) for i, line in enumerate(lines, first)]
+        for count, frames in parts:
+            queued.add(count, frames)
         self._appended += len(lines)
         self._queued += len(lines)
         if self._queued >= self._max_pending:
@@ -566,7 +581,8 @@ class EventLog:
         return await self._db.run(lambda c: _read(c, key, after))
 
     async def follow(self, key: RunKey, after: int, idle: float) -> AsyncIterator[bytes | None]:
-        """Yield SSE frames (joined in chunks) after ``after`` until the run's terminal event.
+        """Yield SSE frames (in chunks of whole frames) after ``after`` until the run's
+        terminal event.
 
         Yields ``None`` every ``idle`` seconds without news, so the caller can send a
         heartbeat. A finished run is replayed and the iterator ends.
@@ -575,19 +591,20 @@ class EventLog:
         cursor = after
         while True:
             if cursor < channel.committed:
-                chunk, cursor = await self._catch_up(channel, cursor)
-                yield chunk
+                chunks, cursor = await self._catch_up(channel, cursor)
+                for chunk in chunks:  # the ring's rows as they are: no copy to join them
+                    yield chunk
                 continue
             if channel.finished or self.stopping:
                 return
             if not await self.wait(channel, idle):
                 yield None
 
-    async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[bytes, int]:
+    async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[list[bytes], int]:
         recent = channel.recent(cursor)
         if recent is not None:
-            return b"".join(recent), channel.committed
+            return [chunk for chunk in recent if chunk], channel.committed
         stored, last = await self.read(channel.key, cursor)
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
-            return b"", channel.committed
-        return stored, last
+            return [], channel.committed
+        return [stored], last

@@ -16,7 +16,7 @@ from .base import BlockContext, StepError
 
 __all__ = ["emit_block"]
 
-_YIELD_EVERY = 512
+_YIELD_EVERY = 2048  # one stored row per batch (eventlog._CHUNK_EVENTS)
 
 
 async def emit_block(ctx: BlockContext) -> Any:
