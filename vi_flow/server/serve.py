@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import signal
@@ -112,11 +111,12 @@ def _release_startup_memory() -> None:
     (about 1 MB here) instead of keeping them for allocations that may never come.
     """
     gc.collect()
-    libc = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    if libc is None:
+    if not sys.platform.startswith("linux"):
         return
+    # CDLL(None): the symbols the process already has, libc's among them (find_library
+    # would run ldconfig in a subprocess)
     with contextlib.suppress(OSError, AttributeError):  # musl has no malloc_trim
-        ctypes.CDLL(libc).malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) -> None:
