@@ -194,9 +194,9 @@ class ResumableEventStream:
 
         The hot loop of every stream, written out flat, with what ``models.events`` does
         inlined: a frame of a class with plain fields whose data looks like the server's
-        becomes a :func:`~vi_flow.models.events.lazy_event` (its JSON read on first
-        use); one of a class with nested fields is decoded and checked now and fills its
-        fields on first use; anything else goes through :func:`parse_event`.
+        becomes a :func:`~vi_flow.models.events.deferred_event` of its bytes (JSON read
+        on first use); one of a class with nested fields is decoded and checked now and
+        fills its fields on first use; anything else goes through :func:`parse_event`.
         """
         del id_before  # canonical frames always carry their id
         events: list[StreamEvent] = []
@@ -330,7 +330,7 @@ async def _not_a_drop(hook: Awaitable[None]) -> None:
         raise _HookError(exc) from exc
 
 
-# What models.events.lazy_event / deferred_event do, as locals of the hot loop.
+# What models.events.deferred_event does, as locals of the hot loop.
 # flow_completed is never deferred (its status is converted), so the loop checks for it
 # on the parse_event side only.
 _LAZY = (

@@ -142,7 +142,7 @@ class _Deferred:
     looks at their type and id, never pays for the rest.
 
     A run's event stream goes one step further for the classes of plain fields: ``_wire``
-    holds the ``data:`` bytes, decoded on first use too (see :func:`lazy_event`).
+    holds the ``data:`` bytes, decoded on first use too (see :func:`deferred_event`).
     """
 
     __slots__ = ("_wire",)
@@ -656,9 +656,8 @@ def parse_event(event_type: str, data: bytes | str, event_id: int | None = None)
         return _unknown(event_type, payload, event_id)
     deferred, check = _DEFERRED.get(event_type, _NOT_DEFERRED)
     if deferred is not None and "executionId" in payload and (check is None or check(payload)):
-        event: StreamEvent = _new_event(deferred)
-        _set_event_id(event, event_id if event_id is not None else payload.get("eventId", 0))
-        _set_wire(event, payload)
+        given = event_id if event_id is not None else payload.get("eventId", 0)
+        event: StreamEvent = deferred_event(deferred, given, payload)
         return event
     if event_id is not None:
         payload["eventId"] = event_id
@@ -669,31 +668,22 @@ def parse_event(event_type: str, data: bytes | str, event_id: int | None = None)
     return event
 
 
-def deferred_event(cls: type[Any], event_id: int, payload: dict[str, Any]) -> Any:
-    """A :data:`DEFERRED_WIRE` event from its decoded data, which must hold ``executionId``
-    and pass the class's check.
+def deferred_event(cls: type[Any], event_id: int, wire: dict[str, Any] | bytes) -> Any:
+    """A :data:`DEFERRED_WIRE` event that fills its fields from ``wire`` on first use.
 
-    What :func:`parse_event` makes for such a class; a stream's hot loop inlines it.
+    ``wire`` is the decoded data, which must hold ``executionId`` and pass the class's
+    check (what :func:`parse_event` makes), or, for a class without a check, the raw
+    ``data:`` bytes (what a run's event stream makes of a frame whose data looks like
+    the server's: it starts with :data:`LAZY_PREFIX` and ends with ``}``). Type and
+    ``event_id`` are known at once; the bytes are decoded when any other field is read,
+    and data that then does not decode to an object with ``executionId`` (a corrupted
+    frame, which :func:`parse_event` would have made an :class:`UnknownEvent`) leaves
+    every field at its default and logs a warning. A stream's hot loop inlines this
+    (see :func:`deferred_steps`).
     """
     event = _new_event(cls)
     _set_event_id(event, event_id)
-    _set_wire(event, payload)
-    return event
-
-
-def lazy_event(cls: type[Any], event_id: int, data: bytes) -> Any:
-    """An event of a plain :data:`DEFERRED_WIRE` class (no check) that decodes ``data``
-    on first use: what a run's event stream makes of a frame whose data looks like the
-    server's (it starts with :data:`LAZY_PREFIX` and ends with ``}``).
-
-    Type and ``event_id`` are known at once; the JSON is read when any other field is.
-    Data that then does not decode to an object with ``executionId`` (a corrupted frame,
-    which :func:`parse_event` would have made an :class:`UnknownEvent`) leaves every
-    field at its default and logs a warning.
-    """
-    event = _new_event(cls)
-    _set_event_id(event, event_id)
-    _set_wire(event, data)
+    _set_wire(event, wire)
     return event
 
 
