@@ -43,6 +43,10 @@ _CANCEL_GRACE = 5.0
 _BATCH_BUDGET = 0.005
 #: Loop turns without a new item after which a round trip stops collecting.
 _IDLE_TURNS = 2
+#: How often the main thread, waiting for a call, wakes to run a signal handler. The
+#: kernel may hand a process's SIGINT to any thread that does not block it (the loop's,
+#: say); Python then runs the handler only when the main thread next runs bytecode.
+_SIGNAL_POLL = 0.05
 
 _CLOSED = "this vi_flow sync client is closed; create a new Client to make more calls"
 _CLOSED_DURING_CALL = "this vi_flow sync client was closed while the call was running"
@@ -143,9 +147,19 @@ class _Call(Generic[T]):
             self._lock.release()
 
     def result(self) -> T:
-        """Wait for the coroutine; return its result or raise its exception."""
-        self._lock.acquire()
-        self._lock.release()
+        """Wait for the coroutine; return its result or raise its exception.
+
+        On the main thread the wait is sliced, so that Ctrl-C raises
+        ``KeyboardInterrupt`` within ``_SIGNAL_POLL`` even when the kernel delivered
+        SIGINT to another thread, whose wake-up the main thread never sees.
+        """
+        lock = self._lock
+        if threading.current_thread() is threading.main_thread():
+            while not lock.acquire(timeout=_SIGNAL_POLL):
+                pass  # the loop's jump back runs any pending signal handler
+        else:
+            lock.acquire()
+        lock.release()
         if self._error is not None:
             raise self._error
         value: T = self._value
@@ -515,11 +529,17 @@ class Portal:
         future = pump.future
         if future is not None and future.done():
             return
+
+        def cancel() -> None:
+            pump.cancel()
+            # Starts the pump if a Ctrl-C inside _submit left it queued with no wake-up.
+            self._drain_inbox()
+
         try:
-            portal.call(pump.cancel)  # also when Ctrl-C came before the future did
+            portal.call(cancel)  # also when Ctrl-C came before the future did
         except RuntimeError:  # the portal stopped meanwhile
             return
-        if future is not None:
+        if future is not None and future.started:  # else Ctrl-C came before it was queued
             # Best effort: a cleanup that hangs must not keep the caller waiting for ever.
             future.wait(_CANCEL_GRACE)
 

@@ -148,7 +148,10 @@ def test_ctrl_c_cancels_the_run(
     served: tuple[str, str, subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     base, token, _ = served
-    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    env = {
+        **os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token,
+        "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack
+    }  # fmt: skip
     spec = tmp_path / "wait.yaml"
     spec.write_text(
         "name: waits\nblocks:\n  - block: task\n    id: nap\n    settings: {command: sleep 60}\n"
@@ -168,7 +171,12 @@ def test_ctrl_c_cancels_the_run(
         if "step nap (task) started" in line:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"the CLI did not exit within 30 s of Ctrl-C; its threads:\n{err}")
     assert proc.returncode == 130, err
     run_id = lines[0].split()[1]
     assert f"run {run_id} cancelled" in err

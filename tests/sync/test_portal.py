@@ -364,6 +364,80 @@ def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
     assert ran == []
 
 
+def _interrupt_loop_thread_when(portal: Portal, started: threading.Event) -> None:
+    """Deliver SIGINT to the portal's loop thread, as the kernel may for a process's."""
+
+    def fire() -> None:
+        if started.wait(5) and portal._thread_id is not None:
+            signal.pthread_kill(portal._thread_id, signal.SIGINT)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
+def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
+    portal: Portal, sigint_raises: None
+) -> None:
+    # The main thread waits on a lock the kernel's signal never wakes; it must still
+    # notice the pending KeyboardInterrupt (the CLI hung on Ctrl-C this way).
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    portal.call(double, 1)
+    _interrupt_loop_thread_when(portal, started)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(forever)
+    assert time.monotonic() - t0 < 2
+    assert cancelled.is_set()
+    assert portal.call(double, 2) == 4
+
+
+def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_iteration(
+    portal: Portal, sigint_raises: None
+) -> None:
+    started, closed = threading.Event(), threading.Event()
+    portal.call(double, 1)
+    _interrupt_loop_thread_when(portal, started)
+    got: list[int] = []
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        got.extend(portal.iterate(lambda: _closing_stream(closed, started)))
+    assert time.monotonic() - t0 < 2
+    assert got == [0]
+    assert closed.is_set()
+
+
+def test_ctrl_c_while_starting_an_iteration_leaves_the_portal_working(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while the iterator's pump wakes the loop: the pump is stopped, and later
+    # calls are not left queued behind a wake-up that never comes.
+    portal.call(double, 1)
+    loop = portal._loop
+    assert loop is not None
+
+    def interrupted(*args: Any) -> Any:
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
+    monkeypatch.setattr(os, "eventfd_write", interrupted, raising=False)
+    closed = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(portal.iterate(lambda: _closing_stream(closed)))
+    assert portal.call(double, 3) == 6
+    assert time.monotonic() - t0 < 2
+    assert not portal._pumps
+
+
 def test_ctrl_c_before_the_call_is_queued_returns_at_once(
     portal: Portal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
