@@ -85,3 +85,34 @@ def test_a_restarted_daemon_keeps_its_flows(tmp_path: Path) -> None:
             proc.terminate()
             proc.communicate(timeout=15)
         assert proc.returncode == 0
+
+
+_LAZY = ("difflib", "importlib.metadata", "importlib.resources", "vi_flow.server.openapi")
+_IDLE_SCRIPT = f"""
+import os, signal, sys, threading, urllib.request
+from pathlib import Path
+from vi_flow.server import ServerSettings, run_server
+home = Path(sys.argv[1])
+def ready(port):
+    def probe():
+        token = (home / "admin-token").read_text().strip()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{{port}}/v1/flows", headers={{"Authorization": f"Bearer {{token}}"}}
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+        print(sorted(m for m in {_LAZY!r} if m in sys.modules), flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=probe).start()
+run_server(ServerSettings(home=home, port=0), ready=ready)
+"""
+
+
+def test_an_idle_server_has_not_loaded_what_few_requests_need(tmp_path: Path) -> None:
+    """Idle memory (issue 15): plugins, console files, OpenAPI and spelling hints load late."""
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", _IDLE_SCRIPT, str(tmp_path / "home")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

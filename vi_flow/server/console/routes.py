@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -52,6 +51,8 @@ _Finder = Callable[[web.Request, str, str], Awaitable[Any]]
 
 @functools.cache  # a few KB from the package, read once: no file I/O per request
 def _static(name: str) -> bytes:
+    from importlib import resources  # on the console's first request, not at start
+
     return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
 

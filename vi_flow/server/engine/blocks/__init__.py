@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from importlib.metadata import entry_points
 from typing import Any
 
 import attrs
@@ -85,6 +84,9 @@ class BlockRegistry:
         self._loaded = False
 
     def _load_plugins(self) -> None:
+        # Imported here: importlib.metadata is 0.8 MB of an idle server that needs no plugin.
+        from importlib.metadata import entry_points
+
         self._loaded = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in self._blocks:
