@@ -43,6 +43,7 @@ from .db import (
     on_postgres,
     open_database,
 )
+from .db.sqlite import WalCheckpointer
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
@@ -192,6 +193,7 @@ class Store:
         self._known = None if known_migrations is None else set(known_migrations)
         self._thread: DBThread | None = None
         self._conn: Any = None
+        self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
     def open(cls, target: str | Path, *, known_migrations: Collection[str] | None = None) -> Store:
@@ -214,6 +216,9 @@ class Store:
             conn = self.database.connect()
             self._conn = conn
             try:
+                if isinstance(self.database, SQLiteDatabase):
+                    WalCheckpointer.bound(conn)
+                    self._checkpointer = WalCheckpointer(self.database.path)
                 self._prepare(conn)
             except BaseException:
                 self._close()
@@ -258,6 +263,8 @@ class Store:
             if getattr(conn, "broken", False):
                 self._close()
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.nudge()
         return result
 
     def _call(self, fn: Callable[[], T]) -> Awaitable[T]:
@@ -295,6 +302,9 @@ class Store:
         await self._call(functools.partial(self._migrate, name, sql))
 
     def _close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -2,15 +2,29 @@
 
 The connection is ``sqlite3.Connection`` itself (it already is a
 :class:`~vi_flow.server.db.Connection`); transactions are ``BEGIN IMMEDIATE`` so that the
-write lock is taken up front and a reader never has to upgrade.
+write lock is taken up front and a reader never has to upgrade. The server's own
+connection checkpoints through a :class:`WalCheckpointer`, off its commits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 
-__all__ = ["SQLiteDatabase"]
+__all__ = ["SQLiteDatabase", "WalCheckpointer"]
+
+#: The page size of a new database: the event log stores rows of up to 2,048 events
+#: (hundreds of KB), which 16 KiB pages hold in a quarter of the overflow pages, WAL
+#: frame headers and checksums of SQLite's default 4 KiB.
+PAGE_SIZE = 16384
+#: WAL size after which the writer's own commit checkpoints (SQLite's default: 1,000
+#: pages). The checkpointer thread copies the WAL back long before; the writer's
+#: checkpoint restarts the WAL, bounding it under continuous writes.
+WRITER_CHECKPOINT_BYTES = 16 * 1024 * 1024
+#: The WAL file is cut back to this size once a checkpoint has emptied it.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 class SQLiteDatabase:
@@ -35,6 +49,7 @@ class SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file only; no-op on others
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
@@ -73,3 +88,69 @@ class SQLiteDatabase:
         except BaseException:
             self.rollback(conn)
             raise
+
+
+class WalCheckpointer:
+    """Copies a WAL file back into its database on its own thread, off the writer's path.
+
+    SQLite checkpoints inside the ``COMMIT`` that takes the WAL past 1,000 pages, so one
+    commit in every few hundred waited for a copy of megabytes (and an fsync). The writer
+    calls :meth:`nudge` after each commit instead; this thread then runs a ``PASSIVE``
+    checkpoint (it never blocks the writer or readers), at most once per ``pause``
+    seconds, with its own connection. Whatever it has not copied, the writer's own
+    automatic checkpoint still does at :data:`WRITER_CHECKPOINT_BYTES` (see
+    :meth:`bound`), so the WAL stays bounded under continuous writes.
+
+    Args:
+        path: The database file.
+        pause: The least time between two checkpoints.
+    """
+
+    def __init__(self, path: Path, *, pause: float = 0.05) -> None:
+        self._path = path
+        self._pause = pause
+        self._wanted = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, name=f"vi-flow-checkpoint:{path.parent.name}", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def bound(conn: sqlite3.Connection) -> None:
+        """Set the writer's connection to checkpoint only past the bound, and to cut the
+        WAL file back once emptied."""
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_BYTES // page}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+
+    def nudge(self) -> None:
+        """Say that a commit added to the WAL (cheap; called on the writer's thread)."""
+        if not self._wanted.is_set():
+            self._wanted.set()
+
+    def stop(self) -> None:
+        """End the thread after the checkpoint it may be running; returns once it ended."""
+        self._stopped.set()
+        self._wanted.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:  # the writer's own bound still checkpoints
+            return
+        try:
+            while True:
+                self._wanted.wait()
+                if self._stopped.is_set():
+                    return
+                self._wanted.clear()
+                # A failed checkpoint (the disk full, the file gone) leaves the WAL to the
+                # writer's own bound; the writer reports the error if it persists.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._stopped.wait(self._pause):
+                    return
+        finally:
+            conn.close()
