@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from vi_flow.server.db.sqlite import PAGE_SIZE, WRITER_CHECKPOINT_BYTES
+from vi_flow.server.db.sqlite import WRITER_CHECKPOINT_BYTES
 from vi_flow.server.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -59,7 +59,6 @@ async def test_the_wal_stays_bounded_under_continuous_writes(tmp_path: Path) -> 
     store = Store(tmp_path / "state.db")
     await store.migrate("rows-1", ROWS)
     page = await store.run(lambda c: c.execute("PRAGMA page_size").fetchone()[0])
-    assert page == PAGE_SIZE  # a new database gets the larger pages
     commits = 3 * WRITER_CHECKPOINT_BYTES // page  # bounded: three times over the bound
     largest = 0
     try:
@@ -75,14 +74,3 @@ async def test_the_wal_stays_bounded_under_continuous_writes(tmp_path: Path) -> 
     # The WAL restarts once a checkpoint has caught up; it never grows past the bound
     # (plus the frames of the commits between two looks, at most three per commit).
     assert WRITER_CHECKPOINT_BYTES // 2 < largest <= WRITER_CHECKPOINT_BYTES + 150 * (page + 24)
-
-
-async def test_an_existing_database_keeps_its_page_size(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "state.db")
-    conn.execute("CREATE TABLE old (a)")
-    conn.close()
-    store = Store(tmp_path / "state.db")
-    try:
-        assert await store.run(lambda c: c.execute("PRAGMA page_size").fetchone()[0]) == 4096
-    finally:
-        await store.close()

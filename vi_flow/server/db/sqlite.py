@@ -15,10 +15,6 @@ from pathlib import Path
 
 __all__ = ["SQLiteDatabase", "WalCheckpointer"]
 
-#: The page size of a new database: the event log stores rows of up to 2,048 events
-#: (hundreds of KB), which 16 KiB pages hold in a quarter of the overflow pages, WAL
-#: frame headers and checksums of SQLite's default 4 KiB.
-PAGE_SIZE = 16384
 #: WAL size after which the writer's own commit checkpoints (SQLite's default: 1,000
 #: pages). The checkpointer thread copies the WAL back long before; the writer's
 #: checkpoint restarts the WAL, bounding it under continuous writes.
@@ -49,7 +45,6 @@ class SQLiteDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new file only; no-op on others
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
