@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,18 +46,33 @@ class Boom(Exception):
     pass
 
 
-def interrupt_main_when(started: threading.Event) -> threading.Thread:
-    """Send a real SIGINT to the main thread once the async side has started."""
-    main = threading.main_thread().ident
-    assert main is not None
+def interrupt_when(started: threading.Event, thread: int | None = None) -> threading.Thread:
+    """Send a real SIGINT once the async side has started: to the main thread, or to
+    ``thread`` (the loop's, say, as the kernel may for a signal sent to the process)."""
+    target = thread or threading.main_thread().ident
+    assert target is not None
 
     def fire() -> None:
         if started.wait(5):
-            signal.pthread_kill(main, signal.SIGINT)
+            signal.pthread_kill(target, signal.SIGINT)
 
-    thread = threading.Thread(target=fire, daemon=True)
-    thread.start()
-    return thread
+    firing = threading.Thread(target=fire, daemon=True)
+    firing.start()
+    return firing
+
+
+def sleeper(started: threading.Event, cancelled: threading.Event) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that sets ``started``, sleeps, and sets ``cancelled`` if cancelled."""
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    return forever
 
 
 @pytest.fixture
@@ -292,16 +307,9 @@ def test_close_while_many_threads_call_leaves_none_waiting() -> None:
 
 def test_ctrl_c_during_call_cancels_the_async_work(portal: Portal, sigint_raises: None) -> None:
     started, cancelled = threading.Event(), threading.Event()
+    forever = sleeper(started, cancelled)
 
-    async def forever() -> None:
-        started.set()
-        try:
-            await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
-            cancelled.set()
-            raise
-
-    interrupt_main_when(started)
+    interrupt_when(started)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
@@ -314,14 +322,7 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
     portal: Portal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started, cancelled = threading.Event(), threading.Event()
-
-    async def forever() -> None:
-        started.set()
-        try:
-            await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
-            cancelled.set()
-            raise
+    forever = sleeper(started, cancelled)
 
     portal.call(double, 1)
     spawn = Portal._submit
@@ -338,16 +339,8 @@ def test_ctrl_c_while_the_call_is_spawned_still_cancels_it(
     assert cancelled.is_set()
 
 
-def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
-    portal: Portal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Ctrl-C between "a wake-up is pending" and the wake-up itself must not leave later
-    # calls queued behind a wake-up that never comes; the interrupted call never runs.
-    ran: list[int] = []
-
-    async def work() -> None:
-        ran.append(1)
-
+def interrupt_next_wake_up(portal: Portal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start ``portal``; then raise KeyboardInterrupt where the next call wakes its loop."""
     portal.call(double, 1)
     loop = portal._loop
     assert loop is not None
@@ -358,20 +351,23 @@ def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
 
     monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
     monkeypatch.setattr(os, "eventfd_write", interrupted, raising=False)
+
+
+def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C between "a wake-up is pending" and the wake-up itself must not leave later
+    # calls queued behind a wake-up that never comes; the interrupted call never runs.
+    ran: list[int] = []
+
+    async def work() -> None:
+        ran.append(1)
+
+    interrupt_next_wake_up(portal, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         portal.call(work)
     assert portal.call(double, 3) == 6
     assert ran == []
-
-
-def _interrupt_loop_thread_when(portal: Portal, started: threading.Event) -> None:
-    """Deliver SIGINT to the portal's loop thread, as the kernel may for a process's."""
-
-    def fire() -> None:
-        if started.wait(5) and portal._thread_id is not None:
-            signal.pthread_kill(portal._thread_id, signal.SIGINT)
-
-    threading.Thread(target=fire, daemon=True).start()
 
 
 def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
@@ -380,17 +376,10 @@ def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
     # The main thread waits on a lock the kernel's signal never wakes; it must still
     # notice the pending KeyboardInterrupt (the CLI hung on Ctrl-C this way).
     started, cancelled = threading.Event(), threading.Event()
-
-    async def forever() -> None:
-        started.set()
-        try:
-            await anyio.sleep(30)
-        except anyio.get_cancelled_exc_class():
-            cancelled.set()
-            raise
+    forever = sleeper(started, cancelled)
 
     portal.call(double, 1)
-    _interrupt_loop_thread_when(portal, started)
+    interrupt_when(started, portal._thread_id)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
@@ -404,7 +393,7 @@ def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_iteration(
 ) -> None:
     started, closed = threading.Event(), threading.Event()
     portal.call(double, 1)
-    _interrupt_loop_thread_when(portal, started)
+    interrupt_when(started, portal._thread_id)
     got: list[int] = []
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -419,16 +408,7 @@ def test_ctrl_c_while_starting_an_iteration_leaves_the_portal_working(
 ) -> None:
     # Ctrl-C while the iterator's pump wakes the loop: the pump is stopped, and later
     # calls are not left queued behind a wake-up that never comes.
-    portal.call(double, 1)
-    loop = portal._loop
-    assert loop is not None
-
-    def interrupted(*args: Any) -> Any:
-        monkeypatch.undo()
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", interrupted)
-    monkeypatch.setattr(os, "eventfd_write", interrupted, raising=False)
+    interrupt_next_wake_up(portal, monkeypatch)
     closed = threading.Event()
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -618,7 +598,7 @@ def test_ctrl_c_while_iterating_closes_the_async_iterator(
     portal: Portal, sigint_raises: None
 ) -> None:
     started, closed = threading.Event(), threading.Event()
-    interrupt_main_when(started)
+    interrupt_when(started)
     got: list[int] = []
     with pytest.raises(KeyboardInterrupt):
         got.extend(portal.iterate(lambda: _closing_stream(closed, started)))
