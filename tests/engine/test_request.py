@@ -221,3 +221,12 @@ def test_the_jobs_answer_keeps_an_unknown_status() -> None:
     assert job.execution_id == "run_1" and job.status.value == "Queued"
     assert not job.status.known
     assert to_wire(ExecutionJob("run_1")) == {"executionId": "run_1", "status": "Pending"}
+
+
+def test_a_key_past_a_limit_is_named_by_the_path_to_it() -> None:
+    from vi_flow.models.limits import MAX_STRING_LENGTH, LimitError, check_json
+
+    body = {"a": {"b": [{"ok": 1, "x" * (MAX_STRING_LENGTH + 1): 2}]}}
+    with pytest.raises(LimitError) as caught:
+        check_json(body, "spec")
+    assert str(caught.value) == f"spec.a.b[0]: longer than {MAX_STRING_LENGTH} characters"

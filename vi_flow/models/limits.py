@@ -175,7 +175,10 @@ def check_json(value: object, root: str = "") -> None:
                 raise LimitError(_spell(path, root), f"more than {MAX_LIST_LENGTH} items")
             if isinstance(item, Mapping):
                 for key, child in item.items():
-                    _check_scalar(key, _spell(path, root))
+                    try:
+                        _check_scalar(key, "")
+                    except LimitError as exc:  # the path is spelled out only for an error
+                        raise LimitError(_spell(path, root), exc.problem) from None
                     stack.append((child, (path, str(key)[:40]), level + 1))
             else:
                 stack.extend((child, (path, f"[{i}]"), level + 1) for i, child in enumerate(item))
