@@ -105,16 +105,24 @@ class Begun:
     spec: FlowSpec | None = None
 
 
+def _no_change(conn: Connection) -> None:
+    del conn
+
+
 @attrs.frozen
 class _Carry:
-    """A finished step's state changes and events, stored with the next commit."""
+    """A finished step's state changes and events, stored with the next commit.
+
+    ``store`` writes the step and the run as the step left it; ``store_step`` the step
+    alone, for the commit that ends the run (it writes the run as it ends).
+    """
 
     store: Callable[[Connection], None]
+    store_step: Callable[[Connection], None]
     events: list[Event]
 
 
-def _no_change(conn: Connection) -> None:
-    del conn
+_NOTHING_CARRIED = _Carry(_no_change, _no_change, [])
 
 
 @attrs.frozen
@@ -209,7 +217,7 @@ class Executor:
         request = request_of(row)
         if row.state == "pending":
             await self._begin(row)
-        resume, carry = self._resume_of(row), _Carry(_no_change, [])
+        resume, carry = self._resume_of(row), _NOTHING_CARRIED
         stored = begun.step if begun is not None else None
         for index in range(row.step_index, len(spec.blocks)):
             result = await self._step(row, spec, request, index, resume, carry, stored)
@@ -262,13 +270,13 @@ class Executor:
         row.outcome = {"status": status.value, "output": output, "error": error,
                        "failedStep": failed_step}  # fmt: skip
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
-        carry = carry or _Carry(_no_change, [])
+        carry = carry or _NOTHING_CARRIED
         on_finish = self.on_finish.pop(row.key, None)
         # flow_completed goes in this commit (or went in an earlier one): closed with it
         row.closed = True
 
         def store_outcome(conn: Connection) -> None:
-            carry.store(conn)
+            carry.store_step(conn)  # the step; the run is saved whole just below
             tables.save_run(conn, row)
             tables.close_running_steps(conn, row.key, step_status.value, ended)
             set_condition(conn, row.key, status, error, reason)
@@ -398,11 +406,14 @@ class Executor:
 
         saved = attrs.evolve(row, outputs=dict(row.outputs))  # as it stands now, not later
 
-        def store_step(conn: Connection) -> None:
+        def put_step(conn: Connection) -> None:
             tables.put_step(conn, row.key, step)
+
+        def store_step(conn: Connection) -> None:
+            put_step(conn)
             tables.save_run(conn, saved)
 
-        return _Carry(store_step, [
+        return _Carry(store_step, put_step, [
             (StepOutput, {"step_id": step.step_id, "output": done.output}),
             (StepCompleted, {"step_id": step.step_id, "block": step.block, "output": done.output,
                              "duration_ms": step.duration_ms, "usage": done.usage}),
