@@ -414,18 +414,29 @@ class Portal:
 
     def _abandon(self, portal: BlockingPortal, call: _Call[Any]) -> None:
         """Cancel ``call`` after Ctrl-C and give its coroutine a moment to clean up."""
+        self._cancel_and_wait(portal, call.cancel, call)
 
-        def cancel() -> None:
-            call.cancel()
-            # Settles the call if it is still queued, and starts what a Ctrl-C inside
-            # _submit left queued with no wake-up coming.
+    def _cancel_and_wait(
+        self, portal: BlockingPortal, cancel: Callable[[], None], call: _Call[Any] | None
+    ) -> None:
+        """Run ``cancel`` on the loop, then give ``call`` a moment to finish its cleanup.
+
+        On the loop, the inbox is drained after ``cancel``: a cancelled call still queued
+        settles, and what a Ctrl-C inside :meth:`_submit` left queued with no wake-up
+        coming starts. The wait is best effort (a cleanup that hangs must not keep the
+        caller waiting for ever) and skipped for a call that never started: settled just
+        now, or never queued.
+        """
+
+        def on_loop() -> None:
+            cancel()
             self._drain_inbox()
 
         try:
-            portal.call(cancel)
+            portal.call(on_loop)
         except RuntimeError:  # the portal stopped, and with it the coroutine
             return
-        if call.started:  # else it never ran: queued and settled just now, or never queued
+        if call is not None and call.started:
             call.wait(_CANCEL_GRACE)
 
     def _submit(self, call: _Call[Any]) -> None:
@@ -529,19 +540,8 @@ class Portal:
         future = pump.future
         if future is not None and future.done():
             return
-
-        def cancel() -> None:
-            pump.cancel()
-            # Starts the pump if a Ctrl-C inside _submit left it queued with no wake-up.
-            self._drain_inbox()
-
-        try:
-            portal.call(cancel)  # also when Ctrl-C came before the future did
-        except RuntimeError:  # the portal stopped meanwhile
-            return
-        if future is not None and future.started:  # else Ctrl-C came before it was queued
-            # Best effort: a cleanup that hangs must not keep the caller waiting for ever.
-            future.wait(_CANCEL_GRACE)
+        # also when Ctrl-C came before the future did
+        self._cancel_and_wait(portal, pump.cancel, future)
 
     def _started(self) -> BlockingPortal:
         self._check_thread()
