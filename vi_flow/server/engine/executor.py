@@ -113,16 +113,22 @@ def _no_change(conn: Connection) -> None:
 class _Carry:
     """A finished step's state changes and events, stored with the next commit.
 
-    ``store`` writes the step and the run as the step left it; ``store_step`` the step
-    alone, for the commit that ends the run (it writes the run as it ends).
+    ``store_step`` writes the step; ``run`` is the run as the step left it. The commit
+    that ends the run stores the step alone (it writes the run as it ends).
     """
 
-    store: Callable[[Connection], None]
     store_step: Callable[[Connection], None]
+    run: RunRow | None
     events: list[Event]
 
+    def store(self, conn: Connection) -> None:
+        """Write the step and the run as the step left it."""
+        self.store_step(conn)
+        if self.run is not None:
+            tables.save_run(conn, self.run)
 
-_NOTHING_CARRIED = _Carry(_no_change, _no_change, [])
+
+_NOTHING_CARRIED = _Carry(_no_change, None, [])
 
 
 @attrs.frozen
@@ -409,11 +415,7 @@ class Executor:
         def put_step(conn: Connection) -> None:
             tables.put_step(conn, row.key, step)
 
-        def store_step(conn: Connection) -> None:
-            put_step(conn)
-            tables.save_run(conn, saved)
-
-        return _Carry(store_step, put_step, [
+        return _Carry(put_step, saved, [
             (StepOutput, {"step_id": step.step_id, "output": done.output}),
             (StepCompleted, {"step_id": step.step_id, "block": step.block, "output": done.output,
                              "duration_ms": step.duration_ms, "usage": done.usage}),
