@@ -2,8 +2,9 @@
 
 A :class:`Portal` owns one anyio blocking portal (asyncio backend) running on its own
 daemon thread, started on first use. Blocking code crosses into it with :meth:`Portal.call`
-(one coroutine, Ctrl-C cancels it) and :meth:`Portal.iterate` (an async iterator drained in
-batches, closed on ``break``). The portal also owns async context managers entered on it
+(one coroutine, Ctrl-C cancels it), :meth:`Portal.iterate` (an async iterator drained in
+batches, closed on ``break``) and :meth:`Portal.drive` (an async generator run in the
+caller's own thread, hopping to the loop only for its I/O). The portal also owns async context managers entered on it
 (the sync client's ``AsyncClient``), closes them on :meth:`Portal.close`, refuses calls from
 its own thread (they would deadlock), and starts afresh in a child after ``os.fork()``.
 """
@@ -15,11 +16,20 @@ import atexit
 import contextlib
 import functools
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+)
 from concurrent.futures import CancelledError
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, ExitStack
 from types import TracebackType
@@ -31,6 +41,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from typing_extensions import ParamSpec, Self
 
 from vi_flow._errors import ClientStateError
+from vi_flow._hop import Awaiter, Hop
 
 __all__ = ["Portal"]
 
@@ -269,6 +280,43 @@ async def _aclose(iterator: AsyncIterator[Any]) -> None:
             await aclose()
 
 
+_CLOSING: set[asyncio.Task[None]] = set()
+#: How many hops a driven generator whose portal is gone may still try while closing.
+_ORPHAN_HOPS = 16
+
+
+def _close_orphan(generator: AsyncGenerator[Any, None]) -> None:
+    """Close a driven generator whose portal is gone: each hop of its cleanup fails.
+
+    Left to the garbage collector, its cleanup's first hop would surface as "async
+    generator ignored GeneratorExit".
+    """
+    step = generator.aclose()
+    try:
+        step.send(None)
+        for _ in range(_ORPHAN_HOPS):
+            step.throw(ClientStateError(_CLOSED))
+    except (StopIteration, Exception):  # closed, or its cleanup failed: nobody to tell
+        return
+    step.close()
+
+
+async def _aclose_driven(generator: AsyncGenerator[Any, None]) -> None:
+    """Close a driven generator from the portal's own loop: its hops are awaited in place."""
+    step = generator.aclose()
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            hop = step.send(value) if error is None else step.throw(error)
+        except (StopIteration, Exception):  # closed; a failed cleanup has no one to tell
+            return
+        try:
+            value, error = await hop.fn(), None
+        except Exception as exc:
+            value, error = None, exc
+
+
 def _result(call: _Call[T]) -> T:
     try:
         return call.result()
@@ -356,6 +404,70 @@ class Portal:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         return self._iterate(make_iter, batch)
+
+    def drive(self, make: Callable[[Awaiter], AsyncGenerator[T, None]]) -> Generator[T, None, None]:
+        """Run an async generator in the calling thread; only its I/O crosses to the portal.
+
+        ``make(hop)`` returns the generator; it must await nothing but ``hop(fn)`` (and
+        coroutines that do the same), each of which runs ``await fn()`` on the portal. So
+        what the generator computes (parsing, building objects) stays in the caller's
+        thread and one round trip costs one hop, where :meth:`iterate` sends every item
+        across. Ctrl-C in a hop cancels it and is raised inside the generator, whose
+        cleanup runs (and hops) before ``KeyboardInterrupt`` reaches the caller;
+        ``break``, ``close()`` and garbage collection close the generator likewise.
+
+        Raises:
+            ClientStateError: The portal is closed, or this is the portal's own thread.
+        """
+        portal = self._started()
+        generator = make(Hop)
+        try:
+            while True:
+                self._check_current(portal)
+                try:
+                    item: T = self._step(portal, functools.partial(generator.asend, None))
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            self._close_driven(portal, generator)
+
+    def _step(self, portal: BlockingPortal, start: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Advance a driven generator by one ``asend``/``aclose``, running its hops."""
+        hooks = sys.get_asyncgen_hooks()
+        # A loop running in this thread (Jupyter's) must not adopt the generators made
+        # here (a generator takes the hooks at its first asend, aclose or athrow): its
+        # finalizer would step them as tasks, where a Hop is no awaitable.
+        sys.set_asyncgen_hooks(firstiter=None, finalizer=None)
+        try:
+            step = start()
+            value: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    hop = step.send(value) if error is None else step.throw(error)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+                try:
+                    if type(hop) is not Hop:
+                        raise TypeError(f"a driven generator awaited {hop!r}; only a Hop may")
+                    value, error = self._call(portal, hop.fn), None
+                except BaseException as exc:  # its own error (or Ctrl-C), raised where it awaited
+                    value, error = None, exc
+        finally:
+            sys.set_asyncgen_hooks(hooks.firstiter, hooks.finalizer)
+
+    def _close_driven(self, portal: BlockingPortal, generator: AsyncGenerator[Any, None]) -> None:
+        if self._portal is not portal:  # closed (its loop took the connections) or forked
+            _close_orphan(generator)
+            return
+        if threading.get_ident() == self._thread_id:  # collected on the portal thread
+            closing = asyncio.ensure_future(_aclose_driven(generator))
+            _CLOSING.add(closing)  # the loop holds tasks weakly
+            closing.add_done_callback(_CLOSING.discard)
+            return
+        self._step(portal, generator.aclose)
 
     def enter_async_context(self, cm: AbstractAsyncContextManager[T]) -> T:
         """Enter ``cm`` on the portal and keep it open until :meth:`close` exits it.

@@ -10,7 +10,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +20,7 @@ import anyio.lowlevel
 import pytest
 
 from vi_flow._errors import ClientStateError
+from vi_flow._hop import Awaiter
 from vi_flow._portal import Portal, _Call
 
 pytestmark = pytest.mark.timeout(10)
@@ -604,6 +605,173 @@ def test_ctrl_c_while_iterating_closes_the_async_iterator(
         got.extend(portal.iterate(lambda: _closing_stream(closed, started)))
     assert got == [0]
     assert closed.is_set()
+
+
+# -- drive ------------------------------------------------------------------------------
+
+
+async def _loop_thread() -> int:
+    await anyio.lowlevel.checkpoint()
+    return threading.get_ident()
+
+
+def _driven(
+    log: list[str], items: int = 3, hop_error: BaseException | None = None
+) -> Callable[[Awaiter], AsyncGenerator[tuple[int, int, int], None]]:
+    """A driven generator: each item is one hop; its cleanup hops too, and says so."""
+
+    async def fail() -> int:
+        await anyio.lowlevel.checkpoint()
+        assert hop_error is not None
+        raise hop_error
+
+    def make(hop: Awaiter) -> AsyncGenerator[tuple[int, int, int], None]:
+        async def generator() -> AsyncGenerator[tuple[int, int, int], None]:
+            try:
+                for i in range(items):
+                    loop = await hop(_loop_thread if hop_error is None else fail)
+                    yield i, threading.get_ident(), loop
+            finally:
+                try:
+                    log.append(f"cleanup hop on {await hop(_loop_thread)}")
+                except ClientStateError:
+                    log.append("cleanup without a portal")
+                log.append("closed")
+
+        return generator()
+
+    return make
+
+
+def test_drive_runs_the_generator_here_and_only_its_hops_on_the_portal(portal: Portal) -> None:
+    log: list[str] = []
+    got = list(portal.drive(_driven(log)))
+    here, there = threading.get_ident(), portal._thread_id
+    assert got == [(0, here, there), (1, here, there), (2, here, there)]
+    assert log == [f"cleanup hop on {there}", "closed"]
+
+
+def test_a_hop_error_is_raised_where_the_generator_awaited(portal: Portal) -> None:
+    log: list[str] = []
+    with pytest.raises(Boom):
+        next(portal.drive(_driven(log, hop_error=Boom())))
+    assert log == [f"cleanup hop on {portal._thread_id}", "closed"]
+    assert portal.call(double, 2) == 4
+
+
+@pytest.mark.parametrize("how", ["break", "close", "collect"])
+def test_a_driven_generator_is_closed_through_its_hops(portal: Portal, how: str) -> None:
+    log: list[str] = []
+    it = portal.drive(_driven(log, items=100))
+    for i, _, _ in it:
+        if i == 1:
+            break
+    if how == "close":
+        it.close()
+    elif how == "collect":
+        del it
+        gc.collect()
+    else:
+        it.close()  # the break itself leaves it open: a for loop does not close
+    assert log == [f"cleanup hop on {portal._thread_id}", "closed"]
+
+
+def test_a_driven_generator_collected_on_the_portal_thread_still_cleans_up(
+    portal: Portal,
+) -> None:
+    log: list[str] = []
+    box = [portal.drive(_driven(log, items=100))]
+    assert next(box[0])[0] == 0
+
+    async def drop() -> None:
+        box.clear()  # the last reference goes on the portal thread
+
+    portal.call(drop)
+    deadline = time.monotonic() + 2
+    while "closed" not in log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log == [f"cleanup hop on {portal._thread_id}", "closed"]
+
+
+@pytest.mark.parametrize("to", ["main", "loop"])
+def test_ctrl_c_in_a_hop_cancels_it_and_runs_the_cleanup(
+    portal: Portal, sigint_raises: None, to: str
+) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+    forever = sleeper(started, cancelled)
+    log: list[str] = []
+
+    def make(hop: Awaiter) -> AsyncGenerator[int, None]:
+        async def generator() -> AsyncGenerator[int, None]:
+            try:
+                yield 0
+                await hop(forever)
+                yield 1
+            finally:
+                log.append(f"cleanup hop on {await hop(_loop_thread)}")
+
+        return generator()
+
+    portal.call(double, 1)
+    interrupt_when(started, portal._thread_id if to == "loop" else None)
+    got: list[int] = []
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        got.extend(portal.drive(make))
+    assert time.monotonic() - t0 < 2
+    assert got == [0]
+    assert cancelled.is_set()
+    assert log == [f"cleanup hop on {portal._thread_id}"]
+    assert portal.call(double, 2) == 4
+
+
+def test_a_driven_generator_may_await_only_hops(portal: Portal) -> None:
+    def make(hop: Awaiter) -> AsyncGenerator[int, None]:
+        async def generator() -> AsyncGenerator[int, None]:
+            await asyncio.sleep(0)  # a loop's await, here where no loop runs
+            yield 1
+
+        return generator()
+
+    with pytest.raises(TypeError, match="only a Hop"):
+        next(portal.drive(make))
+
+
+def test_a_driven_generator_outliving_its_portal_closes_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unraisable: list[Any] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    log: list[str] = []
+    p = Portal()
+    it = p.drive(_driven(log, items=100))
+    assert next(it)[0] == 0
+    p.close()
+    with pytest.raises(ClientStateError):
+        next(it)  # the portal is gone: the next step says so
+    del it
+    gc.collect()
+    assert log == ["cleanup without a portal", "closed"]
+    assert unraisable == []
+
+
+def test_a_loop_running_in_the_caller_thread_leaves_driven_generators_alone(
+    portal: Portal, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Jupyter: the caller's thread runs a loop. Its generator hooks would adopt the
+    # driven generator and, at shutdown, step it as a task, where a Hop is no awaitable.
+    log: list[str] = []
+
+    async def main() -> Iterator[tuple[int, int, int]]:
+        it = portal.drive(_driven(log, items=100))
+        next(it)
+        return it
+
+    it = asyncio.run(main())
+    assert log == []  # the loop's shutdown did not touch it
+    it.close()
+    assert log == [f"cleanup hop on {portal._thread_id}", "closed"]
+    assert "asynchronous generator" not in caplog.text
 
 
 # -- close ------------------------------------------------------------------------------

@@ -8,15 +8,18 @@ before ``flow_completed`` it asks whether the run is still going and reconnects 
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import aiohttp
 import orjson
 
 from .._errors import APIConnectionError
+from .._hop import Awaiter, now
 from .._sse import (
     EVENT_NAMES,
     STREAM_ERRORS,
@@ -103,14 +106,17 @@ class ResumableEventStream:
         _STREAMS[events] = self
         return events
 
-    def batches(self) -> AsyncIterator[list[StreamEvent]]:
+    def batches(self, hop: Awaiter = now) -> AsyncGenerator[list[StreamEvent], None]:
         """The same events, a list per chunk read (the tool-call hook may split one).
 
-        For a reader on another thread: handing over lists costs one wake-up per chunk,
-        not per event. A ``ToolCallsRequired`` always starts a list, and its hook runs
-        only when the list before it has been taken.
+        For :meth:`Portal.drive <vi_flow._portal.Portal.drive>`: with its ``hop``, every
+        await of the stream (connecting, each chunk read, the tool-call hook, the checks
+        and waits between connections) runs through ``hop``, so that the sync client
+        parses and builds the events in its caller's thread. A ``ToolCallsRequired``
+        always starts a list, and its hook runs only when the list before it has been
+        taken.
         """
-        return self._batches()
+        return self._batches(hop)
 
     async def _events(self) -> AsyncIterator[StreamEvent]:
         batches = self._batches()
@@ -121,17 +127,17 @@ class ResumableEventStream:
         finally:
             await batches.aclose()
 
-    async def _batches(self) -> AsyncGenerator[list[StreamEvent], None]:
+    async def _batches(self, hop: Awaiter = now) -> AsyncGenerator[list[StreamEvent], None]:
         failures = 0
         while not self.finished:
             progressed = False
             error: BaseException | None = None
             try:
-                async with self._connect(self) as resp:
+                async with _hopped_context(self._connect(self), hop) as resp:
                     self._learn_execution_id(resp)
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
-                    async for chunk in read_chunks(resp):
+                    async for chunk in _hopped_chunks(resp, hop):
                         for piece in _pieces(chunk):
                             batch = self._parse(*decoder.feed_raw(piece), decoder.id_before)
                             self._retry_ms = decoder.retry
@@ -142,7 +148,7 @@ class ResumableEventStream:
                             parts = _at_tool_calls(batch) if hook is not None else (batch,)
                             for part in parts if batch else ():
                                 if hook is not None and type(part[0]) is ToolCallsRequired:
-                                    await _not_a_drop(hook(part[0]))
+                                    await hop(functools.partial(_not_a_drop, hook, part[0]))
                                 yield part
                             if end is not None:
                                 self.finished = True
@@ -155,11 +161,11 @@ class ResumableEventStream:
             failures = 0 if progressed else failures + 1
             if error is None:
                 try:
-                    if not await self._resume_after_eof(progressed):
+                    if not await hop(functools.partial(self._resume_after_eof, progressed)):
                         return
                 except STREAM_ERRORS as exc:  # the server is away: try to reconnect
                     error = exc
-            await self._before_reconnect(failures, error)
+            await hop(functools.partial(self._before_reconnect, failures, error))
 
     def _parse(
         self, frames: list[RawFrame], batch: list[ServerSentEvent], id_before: str | None
@@ -283,14 +289,53 @@ _STREAMS: weakref.WeakKeyDictionary[AsyncIterator[StreamEvent], ResumableEventSt
 )
 
 
-def event_batches(events: AsyncIterator[StreamEvent]) -> AsyncIterator[list[StreamEvent]] | None:
+def event_batches(
+    events: AsyncIterator[StreamEvent],
+) -> Callable[[Awaiter], AsyncGenerator[list[StreamEvent], None]] | None:
     """The lists-per-chunk form of a fresh run event iterator, or ``None`` for another one.
 
     ``events`` must not have been started: the lists replace it (see
-    :meth:`ResumableEventStream.batches`). The sync layer flattens them in its own thread.
+    :meth:`ResumableEventStream.batches`, which this returns). The sync layer drives
+    them in its caller's thread and flattens them there.
     """
     stream = _STREAMS.get(events)
-    return None if stream is None else stream.batches()
+    return None if stream is None else stream.batches
+
+
+def _hopped_context(
+    connection: AbstractAsyncContextManager[aiohttp.ClientResponse], hop: Awaiter
+) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """``connection`` entered and exited through ``hop``."""
+    return connection if hop is now else _Hopped(connection, hop)
+
+
+class _Hopped(AbstractAsyncContextManager[aiohttp.ClientResponse]):
+    def __init__(
+        self, connection: AbstractAsyncContextManager[aiohttp.ClientResponse], hop: Awaiter
+    ) -> None:
+        self._connection = connection
+        self._hop = hop
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        return await self._hop(self._connection.__aenter__)
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._hop(lambda: self._connection.__aexit__(*exc))
+
+
+def _hopped_chunks(resp: aiohttp.ClientResponse, hop: Awaiter) -> AsyncIterator[bytes]:
+    """The body's chunks (:func:`read_chunks`), each read through ``hop``."""
+    chunks = read_chunks(resp)
+    return chunks if hop is now else _each_hopped(chunks, hop)
+
+
+async def _each_hopped(chunks: AsyncIterator[bytes], hop: Awaiter) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            chunk = await hop(chunks.__anext__)
+        except StopAsyncIteration:
+            return
+        yield chunk
 
 
 # A fast link hands over 256 KiB at once: parsed whole, its thousand-odd events would all
@@ -322,10 +367,10 @@ class _HookError(Exception):
         self.error = error
 
 
-async def _not_a_drop(hook: Awaitable[None]) -> None:
+async def _not_a_drop(hook: OnToolCalls, event: ToolCallsRequired) -> None:
     # A failed side request is the caller's error, not a dropped stream to reconnect.
     try:
-        await hook
+        await hook(event)
     except STREAM_ERRORS as exc:
         raise _HookError(exc) from exc
 

@@ -1,5 +1,5 @@
 """Blocking ``Run`` and ``Job`` over :class:`~vi_flow.execution.AsyncRun` and
-:class:`~vi_flow.execution.AsyncJob`; streams cross the portal in batches.
+:class:`~vi_flow.execution.AsyncJob`; a run's stream is parsed in the caller's thread.
 """
 
 from __future__ import annotations
@@ -19,24 +19,23 @@ from ...models.runs import Run as RunModel
 __all__ = ["Job", "Run"]
 
 
-# Events cross the portal in batches of up to this many: large enough that a fast stream
-# costs few round trips, while a slow one still delivers each event as it arrives.
+# Events of other iterators cross the portal in batches of up to this many: large enough
+# that a fast stream costs few round trips, while a slow one still delivers each event as
+# it arrives.
 _BATCH = 1024
-# A run's events cross as one list per piece read (32 KiB); a round trip takes up to
-# this many: more would keep more events alive at once, fewer costs more round trips.
-_CHUNKS = 2
 
 
 def iterate_events(portal: Portal, events: AsyncIterator[StreamEvent]) -> Iterator[StreamEvent]:
     """Iterate a fresh async event iterator from blocking code.
 
-    A run's stream crosses the portal a chunk's list at a time and is flattened here, in
-    the caller's thread: the cross-thread cost is per chunk, not per event.
+    A run's stream runs in the caller's thread (:meth:`Portal.drive`): only the bytes of
+    each chunk read cross from the portal; the events are parsed and built here, where
+    they are used, a chunk's list at a time.
     """
     batches = event_batches(events)
     if batches is None:
         return portal.iterate(lambda: events, batch=_BATCH)
-    return _flatten(portal.iterate(lambda: batches, batch=_CHUNKS))
+    return _flatten(portal.drive(batches))
 
 
 def _flatten(
