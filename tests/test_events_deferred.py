@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 import threading
 from typing import Any
 
@@ -102,8 +103,15 @@ def test_events_filled_from_many_threads_at_once_agree() -> None:
         seen[k] = [e.line for e in events]  # type: ignore[union-attr]
 
     threads = [threading.Thread(target=read, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Threads switch every microsecond: the race of two first reads is then certain to
+    # happen (the CI once hit it at the default 5 ms).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
     assert all(s == ["hello"] * 2000 for s in seen)

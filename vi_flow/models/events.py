@@ -153,9 +153,9 @@ class _Deferred:
             try:
                 wire = object.__getattribute__(self, "_wire")
             except AttributeError:
-                raise AttributeError(
-                    f"{type(self).__name__!r} object has no attribute {name!r}"
-                ) from None
+                # Filled by another thread since this lookup missed (it sets the fields,
+                # then drops the wire), or no such attribute: the plain lookup says which.
+                return object.__getattribute__(self, name)
             if type(wire) is bytes:
                 wire = _lazy_payload(self, wire)
             _FILL[type(self)](self, wire)
