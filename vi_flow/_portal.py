@@ -4,9 +4,10 @@ A :class:`Portal` owns one anyio blocking portal (asyncio backend) running on it
 daemon thread, started on first use. Blocking code crosses into it with :meth:`Portal.call`
 (one coroutine, Ctrl-C cancels it), :meth:`Portal.iterate` (an async iterator drained in
 batches, closed on ``break``) and :meth:`Portal.drive` (an async generator run in the
-caller's own thread, hopping to the loop only for its I/O). The portal also owns async context managers entered on it
-(the sync client's ``AsyncClient``), closes them on :meth:`Portal.close`, refuses calls from
-its own thread (they would deadlock), and starts afresh in a child after ``os.fork()``.
+caller's own thread, hopping to the loop only for its I/O). The portal also owns async
+context managers entered on it (the sync client's ``AsyncClient``), closes them on
+:meth:`Portal.close`, refuses calls from its own thread (they would deadlock), and starts
+afresh in a child after ``os.fork()``.
 """
 
 from __future__ import annotations
