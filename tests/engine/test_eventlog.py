@@ -301,3 +301,51 @@ async def test_a_live_reader_gets_the_stored_rows_as_they_are(db: CountingStore)
     assert [len(_ids(c or b"")) for c in chunks] == [2048, 2048, 905]
     assert _ids(b"".join(c or b"" for c in chunks)) == list(range(1, 5002))
     await log.close()
+
+
+async def test_rows_are_stored_deflated_and_replay_byte_for_byte(db: CountingStore) -> None:
+    # what a live reader got from memory, a replay reads back from SQLite exactly, from
+    # any event on; the database holds a fraction of those bytes
+    log = EventLog(db, max_pending=100_000)
+    log.start()
+    key = ("org", "run_packed")
+    lines = [f"epoch {i // 100} step {i} loss={1 / (i + 1):.6f}" for i in range(5000)]
+    await log.append_lines(key, "train", "stdout", lines)
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    live = b"".join([chunk async for chunk in log.follow(key, 0, idle=5) if chunk])
+    log.forget(key)
+    assert await _drain(log, key, 0) == live
+    for after in (1, 2047, 2048, 3000, 5000):
+        start = live.find(b"id: %d\n" % (after + 1))
+        assert await _drain(log, key, after) == live[start:]
+    stored = await db.run(
+        lambda c: c.execute(
+            "SELECT SUM(length(frames)) FROM engine_events WHERE run_id = ?", (key[1],)
+        ).fetchone()[0]
+    )
+    assert stored * 4 < len(live)
+    await log.close()
+
+
+async def test_rows_stored_as_plain_frames_still_replay(db: CountingStore) -> None:
+    # rows written before rows were deflated (and rows too small to deflate) are frames
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_plain")
+    frames = log_frames("run_plain", "s", "stdout", 1, 1234, [f"old line {i}" for i in range(100)])
+    await db.run(
+        lambda c: c.execute(
+            "INSERT INTO engine_events (org_id, run_id, first_id, last_id, frames, terminal,"
+            " settled) VALUES (?, ?, 1, 100, ?, 0, NULL)",
+            (*key, frames),
+        )
+    )
+    await log.append(LogLine, key, step_id="s", line="new")
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    log.forget(key)
+    replay = await _drain(log, key, 0)
+    assert replay.startswith(frames) and _ids(replay) == list(range(1, 103))
+    assert await _drain(log, key, 50) == frames[frames.find(b"id: 51\n") :] + replay[len(frames) :]
+    await log.close()
