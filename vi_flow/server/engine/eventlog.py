@@ -87,8 +87,8 @@ _Chunk = tuple[str, str, int, int, bytes, int, "int | None"]
 class RunChannel:
     """The live side of one run's log: ids handed out, ids committed, recent frames.
 
-    The ring keeps the stored rows themselves (the bytes written to SQLite, joined once
-    per commit), up to about :data:`_RING_BYTES`: a live reader is served from it
+    The ring keeps the frames of the stored rows (joined once per commit; SQLite gets
+    them deflated), up to about :data:`_RING_BYTES`: a live reader is served from it
     without a copy per event and without reading back what was just written.
 
     Attributes:
