@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -56,18 +57,24 @@ async def test_follows_share_one_inotify_instance_closed_with_the_last(tmp_path:
         log.write_bytes(b"")
         fds.append(os.open(log, os.O_RDONLY))
     first, second, same_file = LogChanges(), LogChanges(), LogChanges()
+    # One instance per event loop: look at this test's only. A server an earlier test
+    # started may still be following a log on its own loop, in another thread, or on
+    # this one if the runner shares its loop between tests.
+    loop = asyncio.get_running_loop()
+    before = logwatch._instances.get(loop)
     try:
         assert first.arm(fds[0]) and second.arm(fds[1]) and same_file.arm(fds[0])
-        assert len(logwatch._instances) == 1
+        shared = logwatch._instances[loop]
+        assert before is None or shared is before
         for changes in (first, second, same_file):
             changes.clear()
         await _woken(second, logs[1])
         first.close()  # the other follow of a.log keeps its watch
         await _woken(same_file, logs[0])
         second.close()
-        assert len(logwatch._instances) == 1
+        assert logwatch._instances[loop] is shared
         same_file.close()
-        assert not logwatch._instances
+        assert logwatch._instances.get(loop) is before  # closed with its last watch
     finally:
         for changes in (first, second, same_file):
             changes.close()
