@@ -90,6 +90,65 @@ async def test_group_commit_and_exact_replay(db: CountingStore) -> None:
     await log.close()
 
 
+class GatedStore:
+    """A real store whose writes wait at a gate while one is set (a slow disk)."""
+
+    def __init__(self, inner: CountingStore) -> None:
+        self.inner = inner
+        self.gate: asyncio.Event | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        gate = self.gate
+        if gate is not None:
+            await gate.wait()
+        return await self.inner.run(fn)
+
+
+async def _plateau(count: Callable[[], int]) -> int:
+    """Let the loop run until ``count()`` stops moving; return it."""
+    last = -1
+    while count() != last:
+        last = count()
+        await asyncio.sleep(0.02)
+    return last
+
+
+async def test_appenders_keep_making_events_while_a_batch_is_written(db: CountingStore) -> None:
+    # An appender waits only while max_pending events are queued behind the write in
+    # flight: once the writer takes the queue it goes on, during the next write, so
+    # making and writing overlap; and it never holds more than that bound unwritten.
+    gated = GatedStore(db)
+    log = EventLog(gated, max_pending=1000)
+    log.start()
+    key = ("org", "run_p")
+    await log.append_lines(key, "s", "stdout", ["first"])
+    await log.sync()
+    made = 0
+
+    async def produce() -> None:
+        nonlocal made
+        for b in range(12):
+            await log.append_lines(key, "s", "stdout", [f"{b}-{i}" for i in range(300)])
+            made += 300
+
+    first, second = asyncio.Event(), asyncio.Event()
+    gated.gate = first
+    producer = asyncio.create_task(produce())
+    # four batches (1,200) are taken by the writer and held at the gate; four more are
+    # queued behind that write, and the call that queued the fourth of them waits
+    assert await _plateau(lambda: made) == 2100
+    gated.gate = second
+    first.set()  # the first write ends; the writer takes the next 1,200 to the second gate
+    assert await _plateau(lambda: made) == 3300  # made while the second write is held
+    gated.gate = None
+    second.set()
+    await producer
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    assert _ids(await _drain(log, key, 0)) == list(range(1, 3603))
+    await log.close()
+
+
 async def test_follow_sees_live_events_after_they_are_stored(db: CountingStore) -> None:
     log = EventLog(db)
     log.start()
@@ -230,7 +289,11 @@ _LINES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("lines", [[line] for line in _LINES] + [_LINES, _LINES[2:3] * 3])
+@pytest.mark.parametrize(
+    "lines",
+    [[line] for line in _LINES]
+    + [_LINES, _LINES[2:3] * 3, [f"line {i}" for i in range(9, 12)], []],
+)
 def test_log_frames_are_the_model_frames_for_any_line(lines: list[str]) -> None:
     # one batch string for lines without escapes, one JSON call per line otherwise: the
     # same bytes either way, and the bytes the model writes

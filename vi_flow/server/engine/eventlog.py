@@ -278,7 +278,9 @@ class EventLog:
         window: Seconds the writer waits to gather a group commit (default 0: it writes
             at once, and whatever is appended while a write is in flight goes in the
             next one, so batches grow with the load and nobody waits on a timer).
-        max_pending: Queued events at which appenders wait for the writer.
+        max_pending: Queued events at which appenders wait for the writer to take the
+            queue (it does when its write in flight ends): events are made while a batch
+            is written, and at most about twice this many are unwritten at once.
         max_events: The events one run may hold (the ``events_per_run`` quota; ``None``:
             no limit). A ``log`` event past it raises :class:`EventQuotaExceeded`, which
             fails the step that logs; the events that end the run are always written.
@@ -303,6 +305,7 @@ class EventLog:
         self._appended = 0
         self._written = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -325,6 +328,7 @@ class EventLog:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        self._make_room()
 
     # -- channels -----------------------------------------------------------------
 
@@ -429,6 +433,7 @@ class EventLog:
                 self._written += queued.count
             self._channels.pop(key, None)
         self._settle_waiters(None)
+        self._make_room()
 
     # -- writing ------------------------------------------------------------------
 
@@ -444,8 +449,7 @@ class EventLog:
             self._check_room(channel, 1)
         event_id = self._queue(channel, cls, fields)
         if self._queued >= self._max_pending:
-            # keep the writer busy: wait for the batch in flight, not for this one
-            await self._written_up_to(self._appended - self._max_pending)
+            await self._room()
         return event_id
 
     def _queue(self, channel: RunChannel, cls: type[StreamEvent], fields: dict[str, Any]) -> int:
@@ -511,13 +515,28 @@ class EventLog:
         self._appended += len(lines)
         self._queued += len(lines)
         if self._queued >= self._max_pending:
-            await self._written_up_to(self._appended - self._max_pending)
+            await self._room()
 
     def _check_room(self, channel: RunChannel, count: int) -> None:
         """Refuse ``count`` more ``log`` events past the run's ``events_per_run`` quota."""
         held = channel.next_id - 1
         if self.max_events is not None and held + count > self.max_events:
             raise EventQuotaExceeded(held, count, self.max_events)
+
+    async def _room(self) -> None:
+        """Wait until the writer takes the queue (it does as soon as its write in flight
+        ends): appenders keep making events while a batch is written, never more than
+        ``max_pending`` ahead of it."""
+        while self._queued >= self._max_pending and not self._closed:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            await waiter
+
+    def _make_room(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def sync(self) -> None:
         """Wait until every event appended so far is committed and published."""
@@ -548,6 +567,7 @@ class EventLog:
         """
         pending, count = self._pending, self._queued
         self._pending, self._queued = {}, 0
+        self._make_room()
         per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
         return await asyncio.shield(self._store(fn, per_run, count))
 
