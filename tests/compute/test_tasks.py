@@ -130,6 +130,25 @@ async def test_follow_both_streams_via_logs(client: vi_flow.AsyncClient) -> None
     assert only_err == ["err1"]
 
 
+async def test_a_python_task_s_prints_reach_a_follower_while_it_runs(
+    client: vi_flow.AsyncClient,
+) -> None:
+    # no flush=True: Python buffers a pipe's output in 8 KiB blocks unless
+    # PYTHONUNBUFFERED is set, which the service does for every task that leaves it alone
+    task = await client.run([PY, "-c", "import time\nprint('epoch 1')\ntime.sleep(60)"])
+    follow = task.follow_logs()
+    assert await asyncio.wait_for(follow.__anext__(), 20) == "epoch 1"
+    assert await task.status() == TaskStatus.RUNNING
+    await client.cancel(task.task_id)
+    await follow.aclose()
+    # a task that sets it keeps its choice ("" turns Python's buffering back on)
+    env = {"PYTHONUNBUFFERED": ""}
+    show = "import os; print(repr(os.environ['PYTHONUNBUFFERED']))"
+    chosen = await client.run(TaskConfig(name="buffered", command=[PY, "-c", show], env=env))
+    await chosen.wait(timeout=30)
+    assert await chosen.logs() == "''"
+
+
 async def test_cancel_while_following_ends_the_follow(client: vi_flow.AsyncClient) -> None:
     task = await client.run("echo started; sleep 60")
     seen: list[str] = []

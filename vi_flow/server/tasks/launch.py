@@ -101,8 +101,14 @@ def visible_path(workdir: Path, mount_path: str) -> Path:
 def task_env(
     config: TaskConfig, task_id: str, paths: TaskPaths, mounts: list[Mount]
 ) -> dict[str, str]:
-    """The task's own environment plus the variables the service sets."""
-    env = dict(config.env)
+    """The task's own environment plus the variables the service sets.
+
+    ``PYTHONUNBUFFERED=1`` unless the task's env sets it: a Python program writes its
+    output to a pipe or file in 8 KiB blocks, so its prints would reach the log (and a
+    follower) only when a block fills or it exits. A task that wants buffering sets
+    ``PYTHONUNBUFFERED`` to ``""``.
+    """
+    env = {"PYTHONUNBUFFERED": "1", **config.env}
     env.update(
         {
             "VI_FLOW_TASK_ID": task_id,
