@@ -62,9 +62,10 @@ def fuzz_nightly(session: nox.Session) -> None:
 def tests_lowest(session: nox.Session) -> None:
     """Run the suite with every dependency at the lowest version pyproject.toml allows.
 
-    The docs' and seeds' examples and the Schemathesis run are left to ``tests``: they
-    drive the same SDK and server calls as the rest of the suite, which runs here whole,
-    and they are a third of its time (CI stays under 30 minutes).
+    The docs' and seeds' examples, the Schemathesis run and the local server's process
+    lifecycle (idle exits, restarts, Ctrl-C: waits on the clock) are left to ``tests``:
+    they drive the same SDK and server calls as the rest of the suite, which runs here
+    whole, and they are almost half of its time (CI stays under 30 minutes).
     """
     import tempfile
 
@@ -74,7 +75,10 @@ def tests_lowest(session: nox.Session) -> None:
     with open(floors, "w", encoding="utf-8") as out:
         out.writelines(f"{pin}\n" for pin in _floors())
     session.install("-c", floors, "-e", ".[test]")
-    left_to_tests = ["tests/docs", "tests/seeds", "tests/server/test_schemathesis.py"]
+    left_to_tests = [
+        "tests/docs", "tests/seeds", "tests/server/test_schemathesis.py",
+        "tests/localserver/test_work_and_lifecycle.py",
+    ]  # fmt: skip
     ignore = [f"--ignore={path}" for path in left_to_tests]
     session.run("pytest", "-m", _LOCAL_ONLY, *ignore, *session.posargs)
 

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 import vi_flow
+import vi_flow.compute._follow
 from tests.live_server import Starter
 from tests.proxy import CuttingProxy, cutting_proxy
 from vi_flow._sse import ServerSentEvent, SSEDecoder
@@ -296,6 +297,9 @@ async def test_the_ssh_follow_of_a_quiet_task_resumes_at_once_each_time_ssh_come
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "ssh")
+    # a connection up for STEADY seconds has come back: 0.3 s instead of 1 s, so that ten
+    # cuts take seconds
+    monkeypatch.setattr(vi_flow.compute._follow, "STEADY", 0.3)
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         ssh_port = free.getsockname()[1]
@@ -304,27 +308,37 @@ async def test_the_ssh_follow_of_a_quiet_task_resumes_at_once_each_time_ssh_come
             home=tmp_path / "home", ssh_port=ssh_port, ssh_public_port=proxy.port
         )
         server = await starter.start(settings)
-        task = await server.submit(command="echo start; sleep 16; echo end")
+        # quiet until the test is done cutting: it prints "end" once `release` exists
+        task = await server.submit(
+            command="echo start; until [ -e release ]; do sleep 0.05; done; echo end"
+        )
+        release = Path((await server.call("GET", f"/tasks/{task['taskId']}")).body["workdir"])
         async with vi_flow.AsyncClient(
             base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
         ) as client:
             lines: list[str] = []
             cutter: asyncio.Future[None] | None = None
-            async for line in client.follow_logs(task["taskId"]):
-                lines.append(line)
-                if line == "start":
-                    cutter = asyncio.ensure_future(_cut_ten_times(proxy))
+            with anyio.fail_after(60):
+                async for line in client.follow_logs(task["taskId"]):
+                    lines.append(line)
+                    if line == "start":
+                        cutter = asyncio.ensure_future(_cut_ten_times(proxy, release / "release"))
             assert cutter is not None and cutter.done()
+            cutter.result()
     assert lines == ["start", "end"]
     # Each drop of a connection that had come back is a first failure (no growing backoff,
     # no giving up): every cut met a live connection.
     assert proxy.connections >= 11
 
 
-async def _cut_ten_times(proxy: CuttingProxy) -> None:
+async def _cut_ten_times(proxy: CuttingProxy, release: Path) -> None:
     for _ in range(10):  # more drops than the reconnect attempts allowed in a row
-        await asyncio.sleep(1.3)
+        before = proxy.connections
         proxy.cut()
+        while proxy.connections == before:  # the follow comes back at once...
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.8)  # ...its SSH session opens and stays up past STEADY
+    await anyio.Path(release).touch()
 
 
 @pytest.mark.anyio
