@@ -104,8 +104,7 @@ async def test_a_lazy_event_copies_pickles_and_hashes_as_an_eager_one() -> None:
         (b"log", b"not json"),
         (b"log", b'{"line": "no executionId"}'),
         (b"log", b"[1, 2]"),
-        (b"step_completed", b'{"executionId": "run_s", "usage": {"promptTokens": "many"}}'),
-        (b"tool_calls_required", b'{"executionId": "run_s", "toolCalls": [{"id": 1}]}'),
+        (b"step_completed", b'{"usage": {"promptTokens": "many"}, "executionId": "run_s"}'),
         (b"brand_new", b'{"executionId": "run_s"}'),
     ],
 )
@@ -130,6 +129,33 @@ async def test_a_corrupted_object_keeps_its_class_with_defaults_and_a_warning(
     with caplog.at_level(logging.WARNING, logger="vi_flow"):
         assert first.line == "" and first.execution_id == ""
     assert "event 1 (log): its data is not an event object" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "field"),
+    [
+        (b"step_completed", b'{"executionId":"run_s","stepId":"s","usage":{"promptTokens":"many"}}', "usage"),
+        (b"step_completed", b'{"executionId":"run_s","stepId":"s","usage":{"totalTokens":null}}', "usage"),
+        (b"tool_calls_required", b'{"executionId":"run_s","stepId":"s","toolCalls":[{"id":1}]}', "toolCalls"),
+        (b"tool_calls_required", b'{"executionId":"run_s","stepId":"s","toolCalls":"x"}', "toolCalls"),
+    ],
+)  # fmt: skip
+async def test_a_nested_value_of_the_wrong_shape_keeps_its_default_with_a_warning(
+    name: bytes, data: bytes, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only decoding tells the shape, and a stream decodes on first use: the event keeps
+    # its class and its other fields, the field that does not fit its default.
+    body = b"id: 1\nevent: %s\ndata: %s\n\n" % (name, data) + frame(done(2))
+    first, end = await read(body)
+    assert isinstance(first, (StepCompleted, ToolCallsRequired)) and first.event_id == 1
+    with caplog.at_level(logging.WARNING, logger="vi_flow"):
+        assert first.step_id == "s" and first.execution_id == "run_s"
+    nested = first.usage if isinstance(first, StepCompleted) else first.tool_calls
+    assert nested == (None if field == "usage" else [])
+    assert f"event 1 ({name.decode()}): its {field} is not of its type's shape" in caplog.text
+    assert isinstance(end, FlowCompleted)
+    # parse_event, which decodes at once, still makes such data an UnknownEvent
+    assert isinstance(parse_event(name.decode(), data, 1), UnknownEvent)
 
 
 async def test_a_big_chunk_is_read_in_pieces_without_loss() -> None:

@@ -16,7 +16,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
-import orjson
 
 from .._errors import APIConnectionError
 from .._hop import Awaiter, now
@@ -199,14 +198,14 @@ class ResumableEventStream:
         """The raw frames' events (sets ``last_event_id``); stops after ``flow_completed``.
 
         The hot loop of every stream, written out flat, with what ``models.events`` does
-        inlined: a frame of a class with plain fields whose data looks like the server's
-        becomes a :func:`~vi_flow.models.events.deferred_event` of its bytes (JSON read
-        on first use); one of a class with nested fields is decoded and checked now and
-        fills its fields on first use; anything else goes through :func:`parse_event`.
+        inlined: a frame of a deferred class whose data looks like the server's becomes a
+        :func:`~vi_flow.models.events.deferred_event` of its bytes (JSON read, and a
+        nested value checked, on first use); anything else goes through
+        :func:`parse_event`.
         """
         del id_before  # canonical frames always carry their id
         events: list[StreamEvent] = []
-        append, loads, plain, checked, new, set_id, set_wire = events.append, orjson.loads, *_LAZY
+        append, (lazy, new, set_id, set_wire) = events.append, _LAZY
         last = self.last_event_id
         floor = -1 if last is None else last  # canonical ids are digits: never below 0
         for ident, wire_name, data in frames:
@@ -214,26 +213,13 @@ class ResumableEventStream:
             if event_id <= floor:
                 continue  # yielded before a reconnect
             floor = event_id
-            cls = plain.get(wire_name)
-            if cls is not None:
-                if data.startswith(LAZY_PREFIX) and data[-1] == 125:  # ends with "}"
-                    event = new(cls)
-                    set_id(event, event_id)
-                    set_wire(event, data)
-                    append(event)
-                    continue
-            elif wire_name in checked:
-                cls, check = checked[wire_name]
-                try:
-                    payload = loads(data)
-                except orjson.JSONDecodeError:
-                    payload = None
-                if type(payload) is dict and "executionId" in payload and check(payload):
-                    event = new(cls)
-                    set_id(event, event_id)
-                    set_wire(event, payload)
-                    append(event)
-                    continue
+            cls = lazy.get(wire_name)
+            if cls is not None and data.startswith(LAZY_PREFIX) and data[-1] == 125:  # "}"
+                event = new(cls)
+                set_id(event, event_id)
+                set_wire(event, data)
+                append(event)
+                continue
             kind = EVENT_NAMES.get(wire_name) or wire_name.decode("utf-8", "replace") or "message"
             event = parse_event(kind, data, event_id)
             append(event)
@@ -375,14 +361,11 @@ async def _not_a_drop(hook: OnToolCalls, event: ToolCallsRequired) -> None:
         raise _HookError(exc) from exc
 
 
-# What models.events.deferred_event does, as locals of the hot loop.
+# What models.events.deferred_event does, as locals of the hot loop: every deferred class
+# keeps its data bytes (a nested value is checked when they are decoded).
 # flow_completed is never deferred (its status is converted), so the loop checks for it
 # on the parse_event side only.
-_LAZY = (
-    {name: cls for name, (cls, check) in DEFERRED_WIRE.items() if check is None},
-    {name: (cls, check) for name, (cls, check) in DEFERRED_WIRE.items() if check is not None},
-    *deferred_steps(),
-)
+_LAZY = ({name: cls for name, (cls, _) in DEFERRED_WIRE.items()}, *deferred_steps())
 assert all(cls is not FlowCompleted for cls, _ in DEFERRED_WIRE.values())
 
 

@@ -141,8 +141,8 @@ class _Deferred:
     and the one required key is checked up front). A reader that only counts events, or
     looks at their type and id, never pays for the rest.
 
-    A run's event stream goes one step further for the classes of plain fields: ``_wire``
-    holds the ``data:`` bytes, decoded on first use too (see :func:`deferred_event`).
+    A run's event stream goes one step further: ``_wire`` holds the ``data:`` bytes,
+    decoded (and the nested value checked) on first use too (see :func:`deferred_event`).
     """
 
     __slots__ = ("_wire",)
@@ -576,8 +576,9 @@ _CHECKED: dict[Any, Callable[[Any], bool]] = {
 }
 
 
-def _deferral(cls: type[Any]) -> tuple[bool, _Check | None]:
-    """Whether ``cls`` may be deferred, and the check its data must pass first (if any).
+def _deferral(cls: type[Any]) -> tuple[bool, tuple[str, Callable[[Any], bool]] | None]:
+    """Whether ``cls`` may be deferred, and the wire key and check of its nested value
+    (if it has one).
 
     A class may when every field is a plain JSON value or a nested value with a check:
     then nothing but a missing ``executionId`` or a failed check can make it fail to
@@ -596,23 +597,40 @@ def _deferral(cls: type[Any]) -> tuple[bool, _Check | None]:
     if len(checks) > 1:  # pragma: no cover - no event class has two today
         raise TypeError(f"{cls.__name__}: one checked field at most")
     ((key, plain),) = checks.items()
+    return True, (key, plain)
 
+
+def _whole_check(key: str, plain: Callable[[Any], bool]) -> _Check:
     def check(o: dict[str, Any]) -> bool:
         return plain(o.get(key, _ABSENT))
 
-    return True, check
+    return check
 
 
-_DEFERRED: dict[str, tuple[type[Any], _Check | None]] = {
-    name: (cls, deferral[1]) for name, cls in EVENT_TYPES.items()
-    if (deferral := _deferral(cls))[0]
-}  # fmt: skip
+def _deferred_classes() -> tuple[
+    dict[str, tuple[type[Any], _Check | None]], dict[type[Any], tuple[str, Callable[[Any], bool]]]
+]:
+    deferred: dict[str, tuple[type[Any], _Check | None]] = {}
+    nested_of: dict[type[Any], tuple[str, Callable[[Any], bool]]] = {}
+    for name, cls in EVENT_TYPES.items():
+        may, nested = _deferral(cls)
+        if may:
+            deferred[name] = (cls, None if nested is None else _whole_check(*nested))
+            if nested is not None:
+                nested_of[cls] = nested
+    return deferred, nested_of
+
+
+# event name -> the class parse_event defers and the check of its whole data; a deferred
+# class -> the wire key of its nested value and that value's check
+_DEFERRED, _NESTED = _deferred_classes()
 _new_event = object.__new__
 DEFERRED_WIRE: Mapping[bytes, tuple[type[Any], _Check | None]] = {
     name.encode(): entry for name, entry in _DEFERRED.items()
 }
 """The wire names (bytes) of the classes :func:`parse_event` defers -> the class and the
-check (``None``: none) the decoded data must pass besides holding ``executionId``."""
+check (``None``: none) the decoded data must pass besides holding ``executionId``. A run's
+event stream defers them all as bytes (see :func:`deferred_event`)."""
 _set_event_id = BaseEvent.__dict__["event_id"].__set__
 _set_wire = _Deferred.__dict__["_wire"].__set__
 _delete_wire = _Deferred.__dict__["_wire"].__delete__
@@ -672,13 +690,14 @@ def deferred_event(cls: type[Any], event_id: int, wire: dict[str, Any] | bytes) 
     """A :data:`DEFERRED_WIRE` event that fills its fields from ``wire`` on first use.
 
     ``wire`` is the decoded data, which must hold ``executionId`` and pass the class's
-    check (what :func:`parse_event` makes), or, for a class without a check, the raw
-    ``data:`` bytes (what a run's event stream makes of a frame whose data looks like
-    the server's: it starts with :data:`LAZY_PREFIX` and ends with ``}``). Type and
-    ``event_id`` are known at once; the bytes are decoded when any other field is read,
-    and data that then does not decode to an object with ``executionId`` (a corrupted
-    frame, which :func:`parse_event` would have made an :class:`UnknownEvent`) leaves
-    every field at its default and logs a warning. A stream's hot loop inlines this
+    check (what :func:`parse_event` makes), or the raw ``data:`` bytes (what a run's
+    event stream makes of a frame whose data looks like the server's: it starts with
+    :data:`LAZY_PREFIX` and ends with ``}``). Type and ``event_id`` are known at once;
+    the bytes are decoded when any other field is read. What :func:`parse_event` would
+    have made an :class:`UnknownEvent` then keeps its class and logs a warning: data
+    that does not decode to an object with ``executionId`` (a corrupted frame) leaves
+    every field at its default; a nested value of the wrong shape (``usage``,
+    ``tool_calls``) leaves that field at its default. A stream's hot loop inlines this
     (see :func:`deferred_steps`).
     """
     event = _new_event(cls)
@@ -697,7 +716,15 @@ def _lazy_payload(event: Any, data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         payload = exc
     if type(payload) is dict and "executionId" in payload:
-        return payload
+        nested = _NESTED.get(type(event))
+        if nested is None or nested[1](payload.get(nested[0], _ABSENT)):
+            return payload
+        key = nested[0]
+        log.warning(
+            "event %s (%s): its %s is not of its type's shape; that field keeps its default",
+            event.event_id, event_name(event), key,
+        )  # fmt: skip
+        return {name: value for name, value in payload.items() if name != key}
     log.warning(
         "event %s (%s): its data is not an event object (%s); its fields keep their defaults",
         event.event_id, event_name(event), payload if isinstance(payload, Exception) else "no executionId",
