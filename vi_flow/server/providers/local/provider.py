@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ from .process import (
 )
 from .reservations import ReservationBook
 from .sandbox import Sandbox, check_executable, detect_sandbox
-from .spawn import TaskProcess, spawn
+from .spawn import TaskProcess, start_process
 
 if TYPE_CHECKING:
     from ...state import ServerSettings
@@ -83,6 +84,11 @@ if TYPE_CHECKING:
 __all__ = ["KILL_WAIT", "MAX_RUN_TIME_GRACE", "LocalProvider", "create"]
 
 log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
+
+
+class _NotStarted(Exception):
+    """A task's process could not be started; the message says what failed."""
+
 
 LAUNCH_WAIT = 30.0
 """The most a cancel waits for a task still being launched to start (then it is stopped)."""
@@ -343,36 +349,47 @@ class LocalProvider:
 
     async def _launch(self, job: Job) -> None:
         spec = job.spec
+        job.sandboxed = self.sandbox.enabled
+        env = task_environment(job, os.environ, bool(self.machine.gpus))
         try:
-            out, err, cwd = await asyncio.to_thread(prepare_launch, spec)
-        except (OSError, InvalidRequest) as exc:
-            await self._finish_without_start(job, f"could not prepare the workspace: {exc}")
+            # One worker-thread hop for the workspace, the sandbox's check and the fork:
+            # 50 tasks submitted at once queue 50 jobs on the default executor, not 150.
+            popen = await asyncio.to_thread(self._start, job, env)
+        except _NotStarted as exc:
+            await self._finish_without_start(job, str(exc))
             return
-        try:
-            job.process = await self._spawn(job, out, err, cwd)
-        except OSError as exc:
-            await self._finish_without_start(job, f"could not start {spec.argv[0]!r}: {exc}")
-            return
-        finally:
-            os.close(out)
-            os.close(err)
+        job.process = TaskProcess(popen)
         await self._report(started_update(job))
         job.state = "running"
         job.watcher = asyncio.create_task(self._watch(job), name=f"vi-flow-task:{spec.task_id}")
         if job.stop_reason is not None:  # cancelled while it was being launched
             job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
 
-    async def _spawn(self, job: Job, out: int, err: int, cwd: Path) -> TaskProcess:
-        """Start the task's command as the leader of a new process group (off the loop)."""
+    def _start(self, job: Job, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Prepare the task's directory and start its command as the leader of a new
+        process group (blocking: a worker thread's).
+
+        Raises:
+            _NotStarted: Saying what failed, for the task's stderr and message.
+        """
         spec = job.spec
-        volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-        job.sandboxed = self.sandbox.enabled
-        env = task_environment(job, os.environ, bool(self.machine.gpus))
-        if job.sandboxed:
-            # bwrap would start and then fail with status 1; fail as an unsandboxed start does.
-            await asyncio.to_thread(check_executable, spec.argv[0], cwd, env["PATH"])
-        argv = [*self.sandbox.prefix(spec.paths.root, volumes, cwd), *spec.argv]
-        return await spawn(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        try:
+            out, err, cwd = prepare_launch(spec)
+        except (OSError, InvalidRequest) as exc:
+            raise _NotStarted(f"could not prepare the workspace: {exc}") from exc
+        try:
+            if job.sandboxed:
+                # bwrap would start and then fail with status 1; fail as an unsandboxed
+                # start does.
+                check_executable(spec.argv[0], cwd, env["PATH"])
+            volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+            argv = [*self.sandbox.prefix(spec.paths.root, volumes, cwd), *spec.argv]
+            return start_process(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        except OSError as exc:
+            raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
+        finally:
+            os.close(out)
+            os.close(err)
 
     async def _finish_without_start(
         self, job: Job, message: str, reason: str = "StartFailed"

@@ -2,8 +2,8 @@
 
 ``asyncio.create_subprocess_exec`` forks on the event loop and, before Python 3.12, starts
 one watcher thread per child; with 50 tasks submitted at once those forks and thread starts
-queue behind each other on the loop. :func:`spawn` runs ``subprocess.Popen`` in a worker
-thread instead, so the loop keeps serving while a fork and ``exec`` happen, and learns of
+queue behind each other on the loop. :func:`start_process` is ``subprocess.Popen`` for a
+worker thread instead, so the loop keeps serving while a fork and ``exec`` happen, and learns of
 the exit through a pidfd the loop watches (a worker thread blocked in ``wait`` where the
 kernel has no pidfds). :class:`TaskProcess` offers what the provider uses of an asyncio
 process: ``pid``, ``returncode`` and ``wait()``.
@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["TaskProcess", "spawn"]
+__all__ = ["TaskProcess", "start_process"]
 
 
 class TaskProcess:
@@ -62,16 +62,17 @@ class TaskProcess:
         return code
 
 
-async def spawn(
+def start_process(
     argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: int, stderr: int
-) -> TaskProcess:
-    """Start ``argv`` as the leader of a new session (and process group), stdin empty.
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as the leader of a new session (and process group), stdin empty
+    (blocking: call it on a worker thread, then wrap it in a :class:`TaskProcess` on the
+    loop).
 
     Raises:
         OSError: It could not be started (as ``exec`` reports it).
     """
-    popen = await asyncio.to_thread(
-        subprocess.Popen,
+    return subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=dict(env),
@@ -80,4 +81,3 @@ async def spawn(
         stderr=stderr,
         start_new_session=True,
     )
-    return TaskProcess(popen)
