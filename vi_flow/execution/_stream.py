@@ -365,8 +365,8 @@ async def _not_a_drop(hook: OnToolCalls, event: ToolCallsRequired) -> None:
 # keeps its data bytes (a nested value is checked when they are decoded).
 # flow_completed is never deferred (its status is converted), so the loop checks for it
 # on the parse_event side only.
-_LAZY = ({name: cls for name, (cls, _) in DEFERRED_WIRE.items()}, *deferred_steps())
-assert all(cls is not FlowCompleted for cls, _ in DEFERRED_WIRE.values())
+_LAZY = (DEFERRED_WIRE, *deferred_steps())
+assert FlowCompleted not in DEFERRED_WIRE.values()
 
 
 def _int_id(value: str | None) -> int | None:

@@ -625,12 +625,12 @@ def _deferred_classes() -> tuple[
 # class -> the wire key of its nested value and that value's check
 _DEFERRED, _NESTED = _deferred_classes()
 _new_event = object.__new__
-DEFERRED_WIRE: Mapping[bytes, tuple[type[Any], _Check | None]] = {
-    name.encode(): entry for name, entry in _DEFERRED.items()
+DEFERRED_WIRE: Mapping[bytes, type[Any]] = {
+    name.encode(): cls for name, (cls, _) in _DEFERRED.items()
 }
-"""The wire names (bytes) of the classes :func:`parse_event` defers -> the class and the
-check (``None``: none) the decoded data must pass besides holding ``executionId``. A run's
-event stream defers them all as bytes (see :func:`deferred_event`)."""
+"""The wire names (bytes) of the classes :func:`parse_event` defers -> the class. A run's
+event stream defers them all as bytes, their nested values checked on first use (see
+:func:`deferred_event`)."""
 _set_event_id = BaseEvent.__dict__["event_id"].__set__
 _set_wire = _Deferred.__dict__["_wire"].__set__
 _delete_wire = _Deferred.__dict__["_wire"].__delete__
