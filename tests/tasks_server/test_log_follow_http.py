@@ -312,7 +312,7 @@ async def test_the_ssh_follow_of_a_quiet_task_resumes_at_once_each_time_ssh_come
         task = await server.submit(
             command="echo start; until [ -e release ]; do sleep 0.05; done; echo end"
         )
-        release = Path((await server.call("GET", f"/tasks/{task['taskId']}")).body["workdir"])
+        workdir = Path((await server.call("GET", f"/tasks/{task['taskId']}")).body["workdir"])
         async with vi_flow.AsyncClient(
             base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
         ) as client:
@@ -322,7 +322,7 @@ async def test_the_ssh_follow_of_a_quiet_task_resumes_at_once_each_time_ssh_come
                 async for line in client.follow_logs(task["taskId"]):
                     lines.append(line)
                     if line == "start":
-                        cutter = asyncio.ensure_future(_cut_ten_times(proxy, release / "release"))
+                        cutter = asyncio.ensure_future(_cut_ten_times(proxy, workdir / "release"))
             assert cutter is not None and cutter.done()
             cutter.result()
     assert lines == ["start", "end"]

@@ -3,9 +3,9 @@
 ``asyncio.create_subprocess_exec`` forks on the event loop and, before Python 3.12, starts
 one watcher thread per child; with 50 tasks submitted at once those forks and thread starts
 queue behind each other on the loop. :func:`start_process` is ``subprocess.Popen`` for a
-worker thread instead, so the loop keeps serving while a fork and ``exec`` happen, and learns of
-the exit through a pidfd the loop watches (a worker thread blocked in ``wait`` where the
-kernel has no pidfds). :class:`TaskProcess` offers what the provider uses of an asyncio
+worker thread instead, so the loop keeps serving while a fork and ``exec`` happen, and
+learns of the exit through a pidfd the loop watches (a worker thread blocked in ``wait``
+where the kernel has no pidfds). :class:`TaskProcess` offers what the provider uses of an asyncio
 process: ``pid``, ``returncode`` and ``wait()``.
 """
 
