@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -309,6 +310,16 @@ def test_log_frames_are_the_model_frames_for_any_line(lines: list[str]) -> None:
         assert (event.id, event.event, event.data) == (str(event_id), *event_to_wire(model))
 
 
+@pytest.mark.parametrize("first", [1, 7, 998, 999, 1000, 1001, 99_001, 999_999, 10**12 - 3])
+@pytest.mark.parametrize("count", [1, 2, 3, 1500, 2048])
+def test_log_frames_number_ids_across_thousands(first: int, count: int) -> None:
+    # the ids are made from tables of three digits; each frame still has its own id
+    lines = [f"line {i}" for i in range(count)]
+    layout = log_layout("r", "s", "stdout")
+    expected = b"".join(layout % (i, i, 5, orjson.dumps(line)) for i, line in enumerate(lines, first))  # fmt: skip
+    assert log_frames("r", "s", "stdout", first, 5, lines) == expected
+
+
 async def test_batches_and_single_events_share_rows_of_bounded_size(db: CountingStore) -> None:
     log = EventLog(db, max_pending=100_000)
     log.start()
@@ -366,20 +377,27 @@ async def test_a_live_reader_gets_the_stored_rows_as_they_are(db: CountingStore)
     await log.close()
 
 
-async def test_rows_are_stored_deflated_and_replay_byte_for_byte(db: CountingStore) -> None:
+async def test_rows_are_stored_compact_and_replay_byte_for_byte(db: CountingStore) -> None:
     # what a live reader got from memory, a replay reads back from SQLite exactly, from
-    # any event on; the database holds a fraction of those bytes
+    # any event on, whether a row holds batches of lines (stored as lines), single
+    # events (stored as frames) or both; the database holds a fraction of those bytes
     log = EventLog(db, max_pending=100_000)
     log.start()
     key = ("org", "run_packed")
     lines = [f"epoch {i // 100} step {i} loss={1 / (i + 1):.6f}" for i in range(5000)]
-    await log.append_lines(key, "train", "stdout", lines)
+    await log.append(StepStarted, key, step_id="train", block="task")
+    await log.append_lines(key, "train", "stdout", lines[:1500])
+    await log.append(LogLine, key, step_id="train", stream="stderr", line='one "by" one')
+    await log.append_lines(key, "train", "stderr", _LINES * 10)
+    await log.append_lines(key, "train", "stdout", lines[1500:])
     await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
     await log.sync()
     live = b"".join([chunk async for chunk in log.follow(key, 0, idle=5) if chunk])
+    count = 1 + 1500 + 1 + 10 * len(_LINES) + 3500 + 1
+    assert _ids(live) == list(range(1, count + 1))
     log.forget(key)
     assert await _drain(log, key, 0) == live
-    for after in (1, 2047, 2048, 3000, 5000):
+    for after in (1, 2, 1501, 1502, 1503, 2047, 2048, 3000, count - 1):
         start = live.find(b"id: %d\n" % (after + 1))
         assert await _drain(log, key, after) == live[start:]
     stored = await db.run(
@@ -391,8 +409,10 @@ async def test_rows_are_stored_deflated_and_replay_byte_for_byte(db: CountingSto
     await log.close()
 
 
-async def test_rows_stored_as_plain_frames_still_replay(db: CountingStore) -> None:
-    # rows written before rows were deflated (and rows too small to deflate) are frames
+@pytest.mark.parametrize("deflated", [False, True])
+async def test_rows_stored_as_frames_still_replay(db: CountingStore, deflated: bool) -> None:
+    # rows written before rows were deflated (and rows too small to deflate) are frames;
+    # rows written before batches were stored as lines are deflated frames
     log = EventLog(db)
     log.start()
     key = ("org", "run_plain")
@@ -401,7 +421,7 @@ async def test_rows_stored_as_plain_frames_still_replay(db: CountingStore) -> No
         lambda c: c.execute(
             "INSERT INTO engine_events (org_id, run_id, first_id, last_id, frames, terminal,"
             " settled) VALUES (?, ?, 1, 100, ?, 0, NULL)",
-            (*key, frames),
+            (*key, zlib.compress(frames) if deflated else frames),
         )
     )
     await log.append(LogLine, key, step_id="s", line="new")

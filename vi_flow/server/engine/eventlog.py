@@ -8,8 +8,8 @@ the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk.
 Readers follow a run with :meth:`EventLog.follow`: they get committed events from the
 channel's ring of recently stored rows (or from SQLite when they are further behind) and
 then wait for the next commit, yielding ``None`` as a heartbeat tick while idle. A slow
-reader never holds memory: it just reads from SQLite again. Rows are stored deflated
-(:func:`_pack`); the ring keeps them as sent.
+reader never holds memory: it just reads from SQLite again. Rows are stored compact
+(:func:`_pack`: the lines of log batches, deflated); the ring keeps them as sent.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
+
+import orjson
 
 from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
 from ..clock import now_ms, wait_event
@@ -57,11 +59,17 @@ class Database(Protocol):
         """Call ``fn(conn)`` inside a transaction on the database thread."""
 
 
+_Lines = tuple[str, str, int, int, Sequence[str]]
+"""A batch of ``log`` events as :func:`~vi_flow.server.engine.frames.log_frames` takes
+it, less the run: step id, stream, first event id, time, lines."""
+
+
 class _Queued:
     """One run's events queued for the next commit: consecutive ids from ``first``.
 
     ``parts`` holds their frames as encoded, one event or a batch of lines per part
-    (at most ``_CHUNK_EVENTS`` each), with the count of events in each.
+    (at most ``_CHUNK_EVENTS`` each), with the count of events in each and, for a batch
+    of lines, what made its frames (what the database stores, see :func:`_pack`).
     """
 
     __slots__ = ("count", "first", "parts", "settled", "terminal")
@@ -69,19 +77,20 @@ class _Queued:
     def __init__(self, first: int) -> None:
         self.first = first
         self.count = 0
-        self.parts: list[tuple[int, bytes]] = []
+        self.parts: list[tuple[int, bytes, _Lines | None]] = []
         self.settled: int | None = None
         self.terminal = False
 
-    def add(self, count: int, frames: bytes) -> None:
-        self.parts.append((count, frames))
+    def add(self, count: int, frames: bytes, lines: _Lines | None = None) -> None:
+        self.parts.append((count, frames, lines))
         self.count += count
 
 
 Event = tuple[type[StreamEvent], dict[str, Any]]
 """An event to append: its class and fields (see :meth:`EventLog.append`)."""
-_Chunk = tuple[str, str, int, int, bytes, int, "int | None"]
-"""A stored row: organization id, run id, first and last event id, frames, terminal flag, settle id."""
+_Chunk = tuple[str, str, int, int, bytes, int, "int | None", "list[bytes | _Lines] | None"]
+"""A stored row: organization id, run id, first and last event id, frames, terminal flag,
+settle id, and its parts when a batch of lines is among them (see :func:`_pack`)."""
 
 
 class RunChannel:
@@ -116,7 +125,7 @@ class RunChannel:
 
     def publish(self, chunks: Sequence[_Chunk]) -> None:
         """Record committed rows (one run's, in order) and wake everyone waiting."""
-        for _, _, first, last, frames, terminal, settled in chunks:
+        for _, _, first, last, frames, terminal, settled, _ in chunks:
             self._ring.append((first, last, frames))
             self._ring_bytes += len(frames)
             if settled is not None:
@@ -183,33 +192,51 @@ def _chunks(key: RunKey, queued: _Queued) -> list[_Chunk]:
     """
     out: list[_Chunk] = []
     row: list[bytes] = []
-    first, held = queued.first, 0
-    for count, frames in queued.parts:
+    batches: list[bytes | _Lines] = []  # the row's parts, kept when a batch of lines is one
+    first, held, lined = queued.first, 0, False
+    for count, frames, lines in queued.parts:
         if held and held + count > _CHUNK_EVENTS:
-            out.append((*key, first, first + held - 1, b"".join(row), 0, None))
-            first, held, row = first + held, 0, []
+            out.append((*key, first, first + held - 1, b"".join(row), 0, None, batches if lined else None))  # fmt: skip
+            first, held, row, batches, lined = first + held, 0, [], [], False
         row.append(frames)
+        batches.append(frames if lines is None else lines)
+        lined = lined or lines is not None
         held += count
-    out.append((*key, first, first + held - 1, b"".join(row), int(queued.terminal), queued.settled))
+    out.append((*key, first, first + held - 1, b"".join(row), int(queued.terminal), queued.settled,
+                batches if lined else None))  # fmt: skip
     return out
 
 
-def _pack(frames: bytes) -> bytes:
-    """A row's frames as stored: deflated when that is worth it, else as they are.
+def _pack(frames: bytes, parts: list[bytes | _Lines] | None) -> bytes:
+    """A row as stored: its frames, or with batches of lines among its parts, the JSON
+    array of its parts (a frame as a string, a batch as ``[step id, stream, first id,
+    time, lines]``); deflated when 1 KiB or longer.
 
-    SSE frames of one run repeat themselves (the run id, the field names, the step): a
-    row of log events deflates 10-20 times, so the database writes (and its WAL
-    checkpoints copy) that much less, and a replay reads that much less. zlib runs
-    without the GIL, on the database thread. The frames of a row always start with
-    ``id:``, and zlib's stream always with ``x`` (0x78), so :func:`_unpack` tells them
-    apart, and rows stored before this read as they are.
+    A batch of ``log`` events is stored as its lines, not its frames: the frames repeat
+    the run, the step and the field names on every line, and deflating them cost a
+    write more CPU than the rest of storing them (a tenth of the bytes of the frames
+    are the lines). :func:`_unpack` makes the same frames again from the lines. Rows of
+    other events are their frames, which repeat themselves too (a row of them deflates
+    several times), so the database writes (and its WAL checkpoints copy) that much
+    less. zlib runs without the GIL, on the database thread. Frames start with ``id:``,
+    the array with ``[`` and zlib's stream always with ``x`` (0x78), so :func:`_unpack`
+    tells them apart, and rows stored before either change read as they are.
     """
-    return zlib.compress(frames, 1) if len(frames) >= _PACK_BYTES else frames
+    data = frames
+    if parts is not None:
+        data = orjson.dumps([p.decode() if isinstance(p, bytes) else p for p in parts])
+    return zlib.compress(data, 1) if len(data) >= _PACK_BYTES else data
 
 
-def _unpack(stored: bytes) -> bytes:
-    """The frames of a stored row (see :func:`_pack`)."""
-    return zlib.decompress(stored) if stored[:1] == b"x" else stored
+def _unpack(stored: bytes, run_id: str) -> bytes:
+    """The frames of a stored row of the run ``run_id`` (see :func:`_pack`)."""
+    data = zlib.decompress(stored) if stored[:1] == b"x" else stored
+    if data[:1] != b"[":
+        return data
+    return b"".join([
+        part.encode() if isinstance(part, str) else log_frames(run_id, *part)
+        for part in orjson.loads(data)
+    ])  # fmt: skip
 
 
 def _insert(conn: Connection, chunks: Sequence[_Chunk]) -> None:
@@ -218,7 +245,7 @@ def _insert(conn: Connection, chunks: Sequence[_Chunk]) -> None:
     conn.executemany(
         "INSERT INTO engine_events (org_id, run_id, first_id, last_id, frames, terminal,"
         " settled) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(*row[:4], _pack(row[4]), *row[5:]) for row in chunks],
+        [(*row[:4], _pack(row[4], row[7]), *row[5:7]) for row in chunks],
     )
 
 
@@ -253,8 +280,10 @@ def _read(conn: Connection, key: RunKey, after: int) -> tuple[bytes, int]:
     ).fetchall()
     if not rows:
         return b"", after
-    first = _slice_after(_unpack(bytes(rows[0][2])), int(rows[0][0]), after)
-    return b"".join([first, *(_unpack(bytes(r[2])) for r in rows[1:])]), int(rows[-1][1])
+    run_id = key[1]
+    first = _slice_after(_unpack(bytes(rows[0][2]), run_id), int(rows[0][0]), after)
+    rest = (_unpack(bytes(r[2]), run_id) for r in rows[1:])
+    return b"".join([first, *rest]), int(rows[-1][1])
 
 
 class EventQuotaExceeded(Exception):
@@ -501,17 +530,18 @@ class EventLog:
         self._check_room(channel, len(lines))
         first, now = channel.next_id, now_ms()
         parts = [  # encoded before anything changes: a line orjson refuses leaves no gap
-            (len(part), log_frames(key[1], step_id, stream, first + at, now, part))
+            (len(part), log_frames(key[1], *batch), batch)
             for at in range(0, len(lines), _CHUNK_EVENTS)  # no part larger than a row
             for part in (lines[at : at + _CHUNK_EVENTS],)
+            for batch in ((step_id, stream, first + at, now, part),)
         ]
         channel.next_id += len(lines)
         queued = self._pending.get(key)
         if queued is None:
             queued = self._pending[key] = _Queued(first)
             self._wake.set()
-        for count, frames in parts:
-            queued.add(count, frames)
+        for count, frames, batch in parts:
+            queued.add(count, frames, batch)
         self._appended += len(lines)
         self._queued += len(lines)
         if self._queued >= self._max_pending:

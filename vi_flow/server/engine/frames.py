@@ -119,17 +119,43 @@ def log_frames(
         return b"".join([layout % (i, i, time, dumps(line)) for i, line in enumerate(lines, first)])
     run, step, out = (_escaped(v).decode() for v in (run_id, step_id, stream))
     count = len(lines)
-    ids = list(map(str, range(first, first + count)))
-    # 'id: ' ID MID ID REST LINE END, six pieces per line, placed by slice: no per-line
-    # string is built, only the one join (a quarter faster than an f-string per line)
-    pieces = [f'\nevent: log\ndata: {{"executionId":{run},"eventId":'] * (6 * count)
-    pieces[0::6] = ids
-    pieces[2::6] = ids
-    pieces[3::6] = [f',"time":{time},"stepId":{step},"stream":{out},"line":"'] * count
-    pieces[4::6] = lines
-    pieces[5::6] = ['"}\n\nid: '] * count
-    pieces[0], pieces[-1] = "id: " + ids[0], '"}\n\n'
+    high, low = _id_digits(first, count)
+    # 'id: ' ID MID ID REST LINE END, an id in two pieces: eight pieces per line, placed
+    # by slice: no per-line string is built, only the one join (a quarter faster than an
+    # f-string per line)
+    pieces = [f'\nevent: log\ndata: {{"executionId":{run},"eventId":'] * (8 * count)
+    pieces[0::8] = high
+    pieces[1::8] = low
+    pieces[3::8] = high
+    pieces[4::8] = low
+    pieces[5::8] = [f',"time":{time},"stepId":{step},"stream":{out},"line":"'] * count
+    pieces[6::8] = lines
+    pieces[7::8] = ['"}\n\nid: '] * count
+    pieces[0], pieces[-1] = "id: " + high[0], '"}\n\n'
     return "".join(pieces).encode()
+
+
+_DIGITS = [str(i) for i in range(1000)]
+_DIGITS_PADDED = [f"{i:03d}" for i in range(1000)]
+
+
+def _id_digits(first: int, count: int) -> tuple[list[str], list[str]]:
+    """The decimal ids ``first`` .. ``first + count - 1``, each split in two strings: all
+    but the last three digits (``""`` below 1000), and those three digits.
+
+    Both come from tables and repeats, not a ``str()`` per id, which took 40 % of
+    :func:`log_frames` (a replay makes the frames of stored lines again).
+    """
+    high: list[str] = []
+    low: list[str] = []
+    at, end = first, first + count
+    while at < end:
+        thousands, rest = divmod(at, 1000)
+        n = min(end - at, 1000 - rest)
+        high += [str(thousands) if thousands else ""] * n
+        low += (_DIGITS_PADDED if thousands else _DIGITS)[rest : rest + n]
+        at += n
+    return high, low
 
 
 def _escaped(value: str) -> bytes:
