@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vi_flow.server.db import log_when_committed
 from vi_flow.server.errors import APIProblem
 from vi_flow.server.state import ServerSettings
 from vi_flow.server.store import Store
@@ -39,6 +42,57 @@ async def test_a_failing_fn_rolls_back(store: Store) -> None:
     with pytest.raises(APIProblem):
         await store.run(insert_then_fail)
     assert not await store.org_exists("o")
+
+
+async def test_a_change_is_logged_once_committed_on_the_loop_and_never_if_rolled_back(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a state change logged inside a transaction is only true once it commits: the line
+    # waits for the commit, is written on the event loop's thread, and a rollback drops it
+    logger = logging.getLogger("vi_flow.server.test_held")
+    caplog.set_level(logging.INFO, logger=logger.name)
+
+    def change(conn: sqlite3.Connection, fail: bool) -> None:
+        conn.execute("INSERT INTO orgs (org_id, name, created_at) VALUES ('o', 'n', 0)")
+        log_when_committed(logger, "org %s: %s", "o", "created")
+        assert not [r for r in caplog.records if r.name == logger.name]  # not yet
+        if fail:
+            raise APIProblem(409, "CONFLICT", "no")
+
+    with pytest.raises(APIProblem):
+        await store.run(lambda conn: change(conn, fail=True))
+    assert not [r for r in caplog.records if r.name == logger.name]
+    await store.run(lambda conn: change(conn, fail=False))
+    lines = [r for r in caplog.records if r.name == logger.name]
+    assert [r.getMessage() for r in lines] == ["org o: created"]
+    assert lines[0].threadName == threading.current_thread().name
+    log_when_committed(logger, "outside a transaction: %s", "at once")
+    assert caplog.records[-1].getMessage() == "outside a transaction: at once"
+
+
+async def test_a_committed_change_is_logged_even_when_its_caller_was_cancelled(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("vi_flow.server.test_held")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO orgs (org_id, name, created_at) VALUES ('o', 'n', 0)")
+        log_when_committed(logger, "org %s: created", "o")
+        entered.set()
+        release.wait(10)
+
+    task = asyncio.get_running_loop().create_task(store.run(slow))
+    while not entered.is_set():
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert await store.org_exists("o")  # the transaction committed all the same
+    assert [r.getMessage() for r in caplog.records if r.name == logger.name] == ["org o: created"]
 
 
 async def test_migrations_apply_once(store: Store) -> None:

@@ -8,7 +8,6 @@ interpreter starts shutting down).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -19,7 +18,12 @@ __all__ = ["DBThread"]
 T = TypeVar("T")
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(
+    future: asyncio.Future[Any], result: Any, error: BaseException | None,
+    then: Callable[[], None] | None,
+) -> None:  # fmt: skip
+    if then is not None:
+        then()
     if future.cancelled():
         return
     if error is not None:
@@ -40,8 +44,12 @@ class DBThread:
         while (job := self._jobs.get()) is not None:
             job()
 
-    async def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the thread and wait for its result without blocking the loop."""
+    async def call(self, fn: Callable[[], T], then: Callable[[], None] | None = None) -> T:
+        """Run ``fn`` on the thread and wait for its result without blocking the loop.
+
+        ``then()`` runs on the loop once ``fn`` has run, before the result is handed over,
+        even when the caller was cancelled meanwhile (on the thread if the loop closed).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -52,8 +60,11 @@ class DBThread:
                 result = fn()
             except BaseException as exc:  # handed over to the awaiting coroutine
                 error = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed while the job ran
-                loop.call_soon_threadsafe(_settle, future, result, error)
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error, then)
+            except RuntimeError:  # the loop closed while the job ran
+                if then is not None:
+                    then()
 
         self._jobs.put(job)
         return await future

@@ -22,7 +22,7 @@ from ..models.common import Condition, ResourceCondition, ResourceMetadata
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec, RunStatus
 from .clock import now_ms
-from .db import Connection, IntegrityError, Migration, Row, for_update
+from .db import Connection, IntegrityError, Migration, Row, for_update, log_when_committed
 from .errors import APIProblem
 
 __all__ = ["MIGRATIONS", "SCHEMA", "new_id", "readable", "seq_window", "split_page"]
@@ -553,7 +553,7 @@ def log_change(
 ) -> None:
     """Log a run's change of condition (never its message: it may quote a step's data)."""
     why = f" ({reason})" if reason else ""
-    log.info("run %s of %s: %s -> %s%s", run_id, org_id, before.value, after.value, why)
+    log_when_committed(log, "run %s of %s: %s -> %s%s", run_id, org_id, before.value, after.value, why)  # fmt: skip
 
 
 def set_run_log(conn: Connection, org_id: str, run_id: str, log: str) -> None:

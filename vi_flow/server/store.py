@@ -43,6 +43,7 @@ from .db import (
     on_postgres,
     open_database,
 )
+from .db._held import Held, hold, release
 from .db.sqlite import WalCheckpointer
 
 __all__ = [
@@ -239,11 +240,13 @@ class Store:
         if unknown:
             raise NewerDatabaseError(self.database.name, unknown)
 
-    def _transact(self, fn: Callable[[Connection], T], again: bool = True) -> T:
+    def _transact(self, fn: Callable[[Connection], T], held: Held, again: bool = True) -> T:
+        """``fn(conn)`` in a transaction; the lines it logs when committed go to ``held``
+        (left empty unless it commits)."""
         conn = self._connection()
         self.database.begin(conn)
         try:
-            result = fn(conn)
+            result = hold(held, fn, conn)
         except BaseException as exc:
             if not getattr(conn, "broken", False):
                 self.database.rollback(conn)
@@ -255,11 +258,12 @@ class Store:
                 log.warning(
                     "the database connection was lost; reconnecting to %s", self.database.name
                 )
-                return self._transact(fn, again=False)
+                return self._transact(fn, held, again=False)
             raise
         try:
             self.database.commit(conn)
         except BaseException:
+            held.clear()
             if getattr(conn, "broken", False):
                 self._close()
             raise
@@ -267,13 +271,13 @@ class Store:
             self._checkpointer.nudge()
         return result
 
-    def _call(self, fn: Callable[[], T]) -> Awaitable[T]:
+    def _call(self, fn: Callable[[], T], then: Callable[[], None] | None = None) -> Awaitable[T]:
         if self._thread is None:
             where = (
                 self.database.path.parent.name if isinstance(self.database, SQLiteDatabase) else ""
             )
             self._thread = DBThread(f"vi-flow-{self.dialect}:{where}")
-        return self._thread.call(fn)
+        return self._thread.call(fn, then)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` on the DB thread in a transaction; commit if it returns.
@@ -282,7 +286,10 @@ class Store:
         must not call ``commit``/``rollback`` or start its own transaction. Rows index by
         column name and by position (:class:`~vi_flow.server.db.Row`).
         """
-        return await self._call(functools.partial(self._transact, fn))
+        held: Held = []  # written on the loop once committed, see db.log_when_committed
+        return await self._call(
+            functools.partial(self._transact, fn, held), functools.partial(release, held)
+        )
 
     def _migrate(self, name: str, sql: Migration) -> None:
         conn = self._connection()

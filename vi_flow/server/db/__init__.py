@@ -28,6 +28,7 @@ from ._errors import (
     PostgresError,
     PostgresIntegrityError,
 )
+from ._held import log_when_committed
 from ._types import Connection, Cursor, Row
 from ._urls import redact
 from .dialect import Migration, migration_sql
@@ -50,6 +51,7 @@ __all__ = [
     "for_update",
     "is_postgres_url",
     "lock_name",
+    "log_when_committed",
     "migration_sql",
     "on_postgres",
     "open_database",

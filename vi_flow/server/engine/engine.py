@@ -38,7 +38,7 @@ from ...models.runs import Run, RunSpec
 from .. import _records as records
 from ..background import spawn
 from ..clock import now_ms
-from ..db import Connection
+from ..db import Connection, log_when_committed
 from ..errors import APIProblem
 from ..replicas import Replica
 from ..state import ServerSettings
@@ -197,9 +197,9 @@ def _create_and_begin(
     request = check_against_flow(request, spec)
     tables.spend_credit(conn, org)
     run_id = records.new_id("run")
-    # logged here, in the transaction, so that it comes before the state changes logged
+    # held here, in the transaction, so that it comes before the state changes logged
     # by create_run and later
-    log.info("run %s of %s: created, flow %s", run_id, org, flow_id)
+    log_when_committed(log, "run %s of %s: created, flow %s", run_id, org, flow_id)
     run = records.create_run(conn, org, RunSpec(
         flow=spec, training_project=spec.training_project, flow_id=flow_id,
         flow_version=label, message=request.message, parameters=request.parameters,
