@@ -87,6 +87,8 @@ async def test_pending_tasks_per_organization(
     assert [t["status"] for t in tasks] == ["pending", "pending"]
     _over(await server.call("POST", "/tasks", json=waiting), "pending_tasks", 429)
     assert len((await server.call("GET", "/tasks")).body["items"]) == 2
+    # refused where it would be recorded: its directory was made, and is gone again
+    assert sorted(p.name for p in (server.home / "tasks").iterdir()) == sorted(t["taskId"] for t in tasks)  # fmt: skip
     cancelled = await server.call("POST", f"/tasks/{tasks[0]['taskId']}/cancel", json={})
     assert cancelled.status == 200, cancelled.body
     assert (await server.call("POST", "/tasks", json=waiting)).status == 201

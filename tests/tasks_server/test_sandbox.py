@@ -21,7 +21,7 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
-from vi_flow.server.providers.local.sandbox import detect_sandbox
+from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child
 
 from .conftest import TaskServer
 
@@ -344,7 +344,7 @@ def test_an_interpreter_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Pat
 _IN_VENV = """
 import json, subprocess, sys
 from pathlib import Path
-from vi_flow.server.providers.local.sandbox import detect_sandbox
+from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child
 home = Path(sys.argv[1])
 root = home / "tasks" / "task_x"
 sandbox = detect_sandbox(home, {})
@@ -405,3 +405,67 @@ async def test_a_volume_mounted_later_reaches_the_running_task(sandboxed: TaskSe
     assert (host / "hello").exists()
     mounts = await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
     assert str(host) not in mounts  # mounted in the task's namespace only, never on the host
+
+
+def _host_processes_with(argv: bytes) -> list[int]:
+    """Host pids whose command line is ``argv`` (NUL-separated, as /proc shows it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes() == argv:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_sandboxed_task_ends_once_nothing_of_it_runs_and_keeps_no_fd(
+    sandboxed: TaskServer,
+) -> None:
+    # the shell exits at once, leaving two sleeps behind in its sandbox: the task is
+    # reported ended only once they are gone (its sandbox's init has ended, as bubblewrap
+    # told on its --info-fd), and the server keeps no descriptor of any task
+    warm = await sandboxed.submit(command="true")  # the client's connection is open after it
+    await sandboxed.wait(warm["taskId"], within=20)
+    fds = len(os.listdir("/proc/self/fd"))
+    marker = b"sleep\x00301.25\x00"
+    tasks = [
+        await sandboxed.submit(command="sleep 301.25 & sleep 301.25 & echo up") for _ in range(3)
+    ]
+    for task in tasks:
+        assert (await sandboxed.wait(task["taskId"], within=20))["status"] == "completed"
+        assert "up" in await _logs(sandboxed, task["taskId"])
+    assert _host_processes_with(marker) == []
+    assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_sandbox_child_is_the_init_of_the_sandbox_and_anything_else_is_none(
+    tmp_path: Path,
+) -> None:
+    sandbox = detect_sandbox(tmp_path, {})
+    root = tmp_path / "task"
+    (root / "workspace").mkdir(parents=True)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    prefix = sandbox.prefix(root, [], root / "workspace", write)
+    with subprocess.Popen(
+        [*prefix, "/bin/sh", "-c", "echo $$"], stdout=subprocess.PIPE, pass_fds=[write],
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        os.close(write)
+        out, _ = process.communicate(timeout=20)
+    assert out.strip() == b"2"  # the command is the second process of its own namespace
+    init = sandbox_child(read)
+    assert init is not None and init != process.pid
+    with contextlib.suppress(OSError):  # gone, or a zombie of the task's group
+        stat = Path(f"/proc/{init}/stat").read_bytes()
+        assert stat[stat.rfind(b")") + 2 :].split()[2] == str(process.pid).encode()
+    for junk in (b"", b"not json", b'{"child-pid": true}', b'{"child-pid": 1}', b"[1]"):
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.write(write, junk)
+        os.close(write)
+        assert sandbox_child(read) is None
+    read, write = os.pipe()  # nothing written, the writer still open: no wait
+    os.set_blocking(read, False)
+    assert sandbox_child(read) is None
+    os.close(write)

@@ -290,7 +290,8 @@ class TaskService:
                 501/503 for provider errors.
         """
         check_config(config)
-        self.quotas.check_pending_tasks(await self.store.run(lambda c: _pending(c, org_id)))
+        # the pending-tasks quota is checked where the task is recorded (one transaction,
+        # not two; a task refused there leaves nothing behind)
         await self._check_isolation()
         await self._check_reservation(org_id, config.reservation_id)
         try:

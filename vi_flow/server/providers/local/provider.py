@@ -75,7 +75,7 @@ from .process import (
     wait_group_gone,
 )
 from .reservations import ReservationBook
-from .sandbox import Sandbox, check_executable, detect_sandbox
+from .sandbox import Sandbox, check_executable, detect_sandbox, sandbox_child
 from .spawn import TaskProcess, start_process
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ class LocalProvider:
         try:
             # One worker-thread hop for the workspace, the sandbox's check and the fork:
             # 50 tasks submitted at once queue 50 jobs on the default executor, not 150.
-            popen = await asyncio.to_thread(self._start, job, env)
+            popen, job.sandbox_info = await asyncio.to_thread(self._start, job, env)
         except _NotStarted as exc:
             await self._finish_without_start(job, str(exc))
             return
@@ -365,9 +365,10 @@ class LocalProvider:
         if job.stop_reason is not None:  # cancelled while it was being launched
             job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
 
-    def _start(self, job: Job, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _start(self, job: Job, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int | None]:
         """Prepare the task's directory and start its command as the leader of a new
-        process group (blocking: a worker thread's).
+        process group (blocking: a worker thread's); the process, and in a sandbox the
+        read end of bubblewrap's ``--info-fd`` (for :func:`sandbox_child`).
 
         Raises:
             _NotStarted: Saying what failed, for the task's stderr and message.
@@ -377,19 +378,28 @@ class LocalProvider:
             out, err, cwd = prepare_launch(spec)
         except (OSError, InvalidRequest) as exc:
             raise _NotStarted(f"could not prepare the workspace: {exc}") from exc
+        info: tuple[int, int] | None = None
         try:
             if job.sandboxed:
                 # bwrap would start and then fail with status 1; fail as an unsandboxed
                 # start does.
                 check_executable(spec.argv[0], cwd, env["PATH"])
+                info = os.pipe()
+                os.set_blocking(info[0], False)
             volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-            argv = [*self.sandbox.prefix(spec.paths.root, volumes, cwd), *spec.argv]
-            return start_process(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+            writes = [info[1]] if info else []
+            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, *writes)
+            popen = start_process(
+                [*prefix, *spec.argv], cwd=cwd, env=env, stdout=out, stderr=err, pass_fds=writes
+            )
         except OSError as exc:
+            if info:
+                os.close(info[0])
             raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
         finally:
-            os.close(out)
-            os.close(err)
+            for fd in (out, err, *(info[1:] if info else ())):
+                os.close(fd)
+        return popen, info[0] if info else None
 
     async def _finish_without_start(
         self, job: Job, message: str, reason: str = "StartFailed"
@@ -411,6 +421,14 @@ class LocalProvider:
         job.done.set()
 
     async def _watch(self, job: Job) -> None:
+        try:
+            await self._watch_until_gone(job)
+        finally:
+            if job.sandbox_info is not None:  # cancelled (the server stops): let the fd go
+                os.close(job.sandbox_info)
+                job.sandbox_info = None
+
+    async def _watch_until_gone(self, job: Job) -> None:
         process = job.process
         assert process is not None
         limit = job.spec.max_run_time
@@ -427,7 +445,11 @@ class LocalProvider:
             code = self.sandbox.exit_code(code)
         # The leader is gone; make sure nothing it left behind keeps running.
         signal_group(process.pid, signal.SIGKILL)
-        await asyncio.to_thread(wait_group_gone, process.pid, KILL_WAIT)
+        init = None
+        if job.sandbox_info is not None:  # in a sandbox, only its init is left to wait for
+            info, job.sandbox_info = job.sandbox_info, None
+            init = sandbox_child(info)
+        await wait_group_gone(process.pid, KILL_WAIT, None if init is None else [init])
         self._jobs.pop(job.spec.task_id, None)
         await self._report(final_update(job, code))
         job.state = "done"

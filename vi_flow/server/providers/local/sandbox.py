@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import orjson
 
 __all__ = [
     "JOB_SANDBOX_ENV",
@@ -37,6 +38,7 @@ __all__ = [
     "check_executable",
     "detect_sandbox",
     "job_sandbox",
+    "sandbox_child",
 ]
 
 #: ``0`` turns off the sandbox of Slurm and Ray jobs (they then run as the submitting
@@ -85,12 +87,17 @@ class Sandbox:
         """Whether commands run inside bubblewrap."""
         return self.bwrap is not None
 
-    def prefix(self, root: Path, volumes: Iterable[Path], cwd: Path) -> list[str]:
+    def prefix(
+        self, root: Path, volumes: Iterable[Path], cwd: Path, info_fd: int | None = None
+    ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``
-        (``[]`` when unsandboxed)."""
+        (``[]`` when unsandboxed); bubblewrap writes its ``--info-fd`` JSON to ``info_fd``
+        (see :func:`sandbox_child`)."""
         if self.bwrap is None:
             return []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        if info_fd is not None:
+            args += ["--info-fd", str(info_fd)]
         args += ["--unshare-cgroup-try", "--die-with-parent"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
@@ -120,6 +127,29 @@ class Sandbox:
         if 128 < returncode <= 128 + 64:
             return -(returncode - 128)
         return returncode
+
+
+def sandbox_child(info: int) -> int | None:
+    """The pid of the sandbox's own init (its PID namespace's process 1, seen from the
+    host), from what bubblewrap wrote to its ``--info-fd``, the read end ``info``, which
+    is closed; None when it wrote nothing usable (it failed before its child existed).
+
+    Once that process has ended, every process of the sandbox has: the kernel ends a PID
+    namespace's processes before its process 1 exits. The command never holds the fd
+    (bubblewrap closes it), so what is read is bubblewrap's alone. Never blocks: the read
+    end is non-blocking, and bubblewrap wrote, if at all, when it started the child.
+    """
+    try:
+        data = os.read(info, 1 << 16)
+    except OSError:  # nothing was written (BlockingIOError), or it cannot be read
+        data = b""
+    finally:
+        os.close(info)
+    try:
+        pid = orjson.loads(data).get("child-pid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 else None
 
 
 def check_executable(command: str, cwd: Path, path: str) -> None:

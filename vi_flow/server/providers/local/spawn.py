@@ -63,11 +63,12 @@ class TaskProcess:
 
 
 def start_process(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: int, stderr: int
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` as the leader of a new session (and process group), stdin empty
-    (blocking: call it on a worker thread, then wrap it in a :class:`TaskProcess` on the
-    loop).
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: int, stderr: int,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Start ``argv`` as the leader of a new session (and process group), stdin empty,
+    with ``pass_fds`` open in it too (blocking: call it on a worker thread, then wrap it
+    in a :class:`TaskProcess` on the loop).
 
     Raises:
         OSError: It could not be started (as ``exec`` reports it).
@@ -80,4 +81,5 @@ def start_process(
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
+        pass_fds=pass_fds,
     )
