@@ -145,10 +145,24 @@ async def _stream(
 async def _pump(response: web.StreamResponse, frames: AsyncIterator[bytes | None]) -> None:
     try:
         async for chunk in frames:
-            await response.write(_HEARTBEAT if chunk is None else chunk)
+            if chunk is None:
+                await response.write(_HEARTBEAT)
+            elif _ends_run(chunk):  # the last frames leave with the stream's end, one send
+                await response.write_eof(chunk)
+                return
+            else:
+                await response.write(chunk)
     finally:
         await frames.aclose()  # type: ignore[attr-defined]
     await response.write_eof()
+
+
+def _ends_run(chunk: bytes) -> bool:
+    """Whether the last frame of ``chunk`` is the run's terminal ``flow_completed``
+    (nothing follows it). A frame's data is JSON on one line, so the last ``event:``
+    line of the chunk is its last frame's."""
+    at = chunk.rfind(b"\nevent: ")
+    return at >= 0 and chunk.startswith(b"flow_completed\n", at + 8)
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
