@@ -124,3 +124,48 @@ def test_settings_never_show_the_llm_key(tmp_path: Path) -> None:
     settings = ServerSettings(home=tmp_path, llm_api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(settings)
     assert settings.home == tmp_path and settings.host == "127.0.0.1"
+
+
+async def test_calls_made_at_once_share_transactions_yet_each_commits_or_fails_alone(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 40 calls at once: those queued while one transaction runs share the next (a
+    # savepoint each); a call that raises undoes only its own writes, and its neighbours
+    # still commit, in the order they were made, each seeing the writes before it
+    logger = logging.getLogger("vi_flow.server.test_group")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    await store.run(
+        lambda c: c.execute("CREATE TABLE IF NOT EXISTS seen (i INTEGER, before INTEGER)")
+    )
+    begins: list[str] = []
+    await store.run(lambda c: c.set_trace_callback(begins.append))  # type: ignore[attr-defined]
+
+    def write(conn: sqlite3.Connection, i: int) -> int:
+        before = conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        conn.execute("INSERT INTO seen (i, before) VALUES (?, ?)", (i, before))
+        log_when_committed(logger, "wrote %d", i)
+        if i % 7 == 3:
+            raise APIProblem(409, "CONFLICT", f"no {i}")
+        return i
+
+    outcomes = await asyncio.gather(
+        *(store.run(lambda c, i=i: write(c, i)) for i in range(40)), return_exceptions=True
+    )
+    await store.run(lambda c: c.set_trace_callback(None))  # type: ignore[attr-defined]
+    failed = {i for i in range(40) if i % 7 == 3}
+    for i, outcome in enumerate(outcomes):
+        if i in failed:
+            assert isinstance(outcome, APIProblem) and outcome.message == f"no {i}"
+        else:
+            assert outcome == i
+    rows = await store.run(
+        lambda c: c.execute("SELECT i, before FROM seen ORDER BY rowid").fetchall()
+    )
+    kept = [i for i in range(40) if i not in failed]
+    assert [r[0] for r in rows] == kept
+    assert [r[1] for r in rows] == list(range(len(kept)))  # each saw those before it
+    assert sorted(r.getMessage() for r in caplog.records if r.name == logger.name) == sorted(
+        f"wrote {i}" for i in kept
+    )
+    transactions = [s for s in begins if s.startswith("BEGIN")]
+    assert 1 <= len(transactions) < 40, len(transactions)

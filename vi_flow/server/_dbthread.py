@@ -69,6 +69,11 @@ class DBThread:
         self._jobs.put(job)
         return await future
 
+    def post(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` to run on the thread; nobody waits for it here (it reports back
+        by itself, and must not raise)."""
+        self._jobs.put(job)
+
     def stop(self) -> None:
         """Finish the queued work, then end the thread (without waiting for it)."""
         self._jobs.put(None)
