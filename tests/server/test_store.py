@@ -169,3 +169,31 @@ async def test_calls_made_at_once_share_transactions_yet_each_commits_or_fails_a
     )
     transactions = [s for s in begins if s.startswith("BEGIN")]
     assert 1 <= len(transactions) < 40, len(transactions)
+
+
+async def test_an_error_that_ends_a_shared_transaction_fails_those_before_and_not_after(
+    store: Store,
+) -> None:
+    # SQLite rolls a whole transaction back on some errors (a full disk, an I/O error);
+    # here a call ends it itself: the calls that shared it before fail with that error
+    # (their writes are gone), and those after it run in a new transaction and commit
+    await store.run(lambda c: c.execute("CREATE TABLE IF NOT EXISTS kept (i INTEGER)"))
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(store.run(lambda c: gate.wait(10)))
+    await asyncio.sleep(0.05)  # the database thread is held: the calls below queue
+
+    def write(conn: sqlite3.Connection, i: int) -> int:
+        conn.execute("INSERT INTO kept (i) VALUES (?)", (i,))
+        if i == 4:
+            conn.execute("ROLLBACK")  # what SQLite does itself on such an error
+        return i
+
+    calls = [asyncio.ensure_future(store.run(lambda c, i=i: write(c, i))) for i in range(8)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, sqlite3.Error) for o in outcomes[:5]), outcomes
+    assert outcomes[5:] == [5, 6, 7]
+    rows = await store.run(lambda c: c.execute("SELECT i FROM kept ORDER BY i").fetchall())
+    assert [r[0] for r in rows] == [5, 6, 7]

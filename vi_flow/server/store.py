@@ -320,9 +320,11 @@ class Store:
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` on the DB thread in a transaction; commit if it returns.
 
-        An exception from ``fn`` rolls the transaction back and is re-raised here. ``fn``
-        must not call ``commit``/``rollback`` or start its own transaction. Rows index by
-        column name and by position (:class:`~vi_flow.server.db.Row`).
+        An exception from ``fn`` rolls its changes back and is re-raised here. ``fn``
+        must not call ``commit``/``rollback`` or start its own transaction: on SQLite,
+        calls made while a transaction runs share the next one, each in a savepoint of
+        its own (see :meth:`_run_group`). Rows index by column name and by position
+        (:class:`~vi_flow.server.db.Row`).
         """
         if isinstance(self.database, SQLiteDatabase):
             return cast(T, await self._join_group(fn))
@@ -360,7 +362,12 @@ class Store:
             group, self._group = self._group[:_GROUP_MOST], self._group[_GROUP_MOST:]
             if self._group:  # more than one group's worth: the rest goes next
                 self._db_thread().post(functools.partial(self._run_group, loop))
-        outcomes = self._transact_group([fn for fn, _ in group])
+        try:
+            outcomes = self._transact_group([fn for fn, _ in group])
+        except BaseException as exc:  # never leave a caller waiting for ever
+            with contextlib.suppress(Exception):
+                self.database.rollback(self._connection())
+            outcomes = [(None, exc, []) for _ in group]
         if len(outcomes) < len(group):  # out of time: the rest go first in the next group
             with self._group_lock:
                 if not self._group:
@@ -395,10 +402,12 @@ class Store:
             if at and time.perf_counter() - started > _GROUP_TIME:
                 break
             held = []
-            conn.execute("SAVEPOINT vi_flow_call")
             try:
+                conn.execute("SAVEPOINT vi_flow_call")
                 result = hold(held, fn, conn)
+                conn.execute("RELEASE vi_flow_call")
             except BaseException as exc:
+                held.clear()
                 if _undo_savepoint(conn):
                     outcomes.append((None, exc, []))
                     continue
@@ -406,7 +415,6 @@ class Store:
                 # I/O error...): what ran before it is undone too; the rest start again
                 lost: list[_Outcome] = [(None, exc, []) for _ in range(len(outcomes) + 1)]
                 return lost + self._transact_group(fns[at + 1 :]) if fns[at + 1 :] else lost
-            conn.execute("RELEASE vi_flow_call")
             outcomes.append((result, None, held))
         try:
             self.database.commit(conn)

@@ -5,7 +5,7 @@ the transaction commits: :func:`log_when_committed` holds the line until then, a
 rollback drops it. The store (:meth:`~vi_flow.server.store.Store.run`) writes the held
 lines on the event loop when the result comes back, so the database thread never waits
 on a log handler's write (a write there released the GIL mid-transaction, and taking it
-back from a busy loop cost a run of 32 at once about a sixth of its time).
+back from a busy loop cost a run of 32 at once about an eighth of its time).
 """
 
 from __future__ import annotations
