@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import sqlite3
 import zlib
@@ -343,6 +344,22 @@ async def test_batches_and_single_events_share_rows_of_bounded_size(db: Counting
     log.forget(key)
     for after in (0, 999, 1000, 1001, 2048, 6000, 6300, 6301):
         assert _ids(await _drain(log, key, after)) == list(range(after + 1, 6302))
+    await log.close()
+
+
+async def test_lines_of_any_sequence_are_stored_and_replayed(db: CountingStore) -> None:
+    # a block may hand its lines in any sequence; the database stores them as a list
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_sequence")
+    await log.append_lines(key, "s", "stdout", collections.UserList(["one", "two"]))
+    await log.append_lines(key, "s", "stdout", ("three",))
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    await log.sync()
+    log.forget(key)
+    raw = await _drain(log, key, 0)
+    lines = [orjson.loads(e.data).get("line") for e in SSEDecoder().feed(raw)]
+    assert lines[:3] == ["one", "two", "three"] and _ids(raw) == [1, 2, 3, 4]
     await log.close()
 
 

@@ -527,6 +527,8 @@ class EventLog:
             raise RuntimeError("the event log is closed")
         if not lines:
             return
+        if not isinstance(lines, (list, tuple)):  # stored as a JSON array (see _pack)
+            lines = list(lines)
         self._check_room(channel, len(lines))
         first, now = channel.next_id, now_ms()
         parts = [  # encoded before anything changes: a line orjson refuses leaves no gap
