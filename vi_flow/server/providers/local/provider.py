@@ -392,10 +392,12 @@ class LocalProvider:
             popen = start_process(
                 [*prefix, *spec.argv], cwd=cwd, env=env, stdout=out, stderr=err, pass_fds=writes
             )
-        except OSError as exc:
+        except BaseException as exc:
             if info:
                 os.close(info[0])
-            raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
+            raise
         finally:
             for fd in (out, err, *(info[1:] if info else ())):
                 os.close(fd)
