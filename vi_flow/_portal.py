@@ -360,6 +360,8 @@ class Portal:
         self._running: set[_Call[Any]] = set()  # started and not settled; the loop's own
         self._contexts = ExitStack()
         self._pumps: set[_Pump[Any]] = set()
+        # driven generators not closed yet (their drive() may be suspended at a yield)
+        self._driven: weakref.WeakSet[AsyncGenerator[Any, None]] = weakref.WeakSet()
 
     def __enter__(self) -> Self:
         return self
@@ -422,6 +424,7 @@ class Portal:
         """
         portal = self._started()
         generator = make(Hop)
+        self._driven.add(generator)
         try:
             while True:
                 self._check_current(portal)
@@ -432,6 +435,7 @@ class Portal:
                 yield item
         finally:
             self._close_driven(portal, generator)
+            self._driven.discard(generator)
 
     def _step(self, portal: BlockingPortal, start: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Advance a driven generator by one ``asend``/``aclose``, running its hops."""
@@ -458,6 +462,21 @@ class Portal:
                     value, error = None, exc
         finally:
             sys.set_asyncgen_hooks(hooks.firstiter, hooks.finalizer)
+
+    def _close_open_driven(
+        self, portal: BlockingPortal, generator: AsyncGenerator[Any, None]
+    ) -> None:
+        """Close a driven generator left open (its ``drive()`` suspended at a ``yield``,
+        say after Ctrl-C struck outside a hop) through its hops, while the loop still
+        runs: its connection is left on the loop, in order. Left to the loop's shutdown,
+        the generators inside (a stream and the request under it) were closed at once,
+        in any order, and an inner one closed first made the outer one fail ("generator
+        didn't stop after athrow()"). One that its own thread is stepping right now is
+        left to it: its next hop finds the portal closed."""
+        if getattr(generator, "ag_running", False):
+            return
+        with contextlib.suppress(Exception):
+            self._step(portal, generator.aclose)
 
     def _close_driven(self, portal: BlockingPortal, generator: AsyncGenerator[Any, None]) -> None:
         if self._portal is not portal:  # closed (its loop took the connections) or forked
@@ -511,6 +530,8 @@ class Portal:
         self, portal: BlockingPortal, on_close: Callable[[], Awaitable[object]] | None
     ) -> None:
         with self._contexts:  # exits the async contexts last
+            for generator in list(self._driven):
+                self._close_open_driven(portal, generator)
             for pump in list(self._pumps):
                 self._cancel_pump(portal, pump)
             if on_close is not None:

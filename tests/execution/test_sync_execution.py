@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -146,3 +148,28 @@ def test_sync_steps_of_failed_run_raise(client: vi_flow.Client) -> None:
         for step in flow.steps(message="m"):
             seen.append(step.step_id)  # noqa: PERF401 - the list must survive the raise
     assert seen == ["greet"] and info.value.step_id == "broken"
+
+
+def test_a_stream_left_open_is_closed_with_the_client_not_by_the_loops_shutdown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ctrl-C outside a hop leaves the CLI's stream open at a yield, and the CLI exits.
+    # Closing the client closes the stream through its hops; left to the loop's
+    # shutdown, the stream and the request under it were closed at once, in any order,
+    # and "generator didn't stop after athrow()" was logged when the inner went first.
+    left: list[str] = []
+    shutdown = asyncio.BaseEventLoop.shutdown_asyncgens
+
+    async def recording(loop: asyncio.BaseEventLoop) -> None:
+        left.extend(repr(agen) for agen in loop._asyncgens)  # type: ignore[attr-defined]
+        await shutdown(loop)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "shutdown_asyncgens", recording)
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with vi_flow.Client() as client:
+        flow = new_flow(client, emit_flow(200, interval=0.05))
+        events = iter(flow.events())
+        assert isinstance(next(events), RunStarted)
+        next(events)
+    assert not [agen for agen in left if "HTTPCore" in agen or "read_chunks" in agen], left
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
