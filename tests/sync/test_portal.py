@@ -737,11 +737,14 @@ def test_a_driven_generator_may_await_only_hops(portal: Portal) -> None:
         next(portal.drive(make))
 
 
-def test_a_driven_generator_left_open_is_closed_through_its_hops_when_its_portal_closes(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("stepped", [False, True])
+def test_a_driven_generator_left_open_is_closed_when_its_portal_closes(
+    monkeypatch: pytest.MonkeyPatch, stepped: bool
 ) -> None:
-    # (Ctrl-C outside a hop leaves the CLI's stream open at a yield; closed at the
-    # loop's shutdown instead, the generators inside it went in any order)
+    # left open at a yield (Ctrl-C outside a hop leaves the CLI's stream so): closed
+    # through its hops while the loop runs (left to the loop's shutdown, the generators
+    # inside it went in any order). One its own thread was stepping at the close: its
+    # hops find the portal gone, and it closes quietly.
     unraisable: list[Any] = []
     monkeypatch.setattr("sys.unraisablehook", unraisable.append)
     log: list[str] = []
@@ -749,33 +752,15 @@ def test_a_driven_generator_left_open_is_closed_through_its_hops_when_its_portal
     it = p.drive(_driven(log, items=100))
     assert next(it)[0] == 0
     loop_thread = p._thread_id
+    if stepped:
+        p._driven.clear()  # as if its thread were stepping it at the close
     p.close()
-    assert log == [f"cleanup hop on {loop_thread}", "closed"]
     with pytest.raises(ClientStateError):
         next(it)  # the portal is gone: the next step says so
     del it
     gc.collect()
-    assert log == [f"cleanup hop on {loop_thread}", "closed"]
-    assert unraisable == []
-
-
-def test_a_driven_generator_outliving_its_portal_closes_quietly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # one its own thread was stepping when the portal closed: its hops find it gone
-    unraisable: list[Any] = []
-    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
-    log: list[str] = []
-    p = Portal()
-    it = p.drive(_driven(log, items=100))
-    assert next(it)[0] == 0
-    p._driven.clear()  # as if its thread were stepping it at the close
-    p.close()
-    with pytest.raises(ClientStateError):
-        next(it)
-    del it
-    gc.collect()
-    assert log == ["cleanup without a portal", "closed"]
+    cleanup = "cleanup without a portal" if stepped else f"cleanup hop on {loop_thread}"
+    assert log == [cleanup, "closed"]
     assert unraisable == []
 
 
