@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from vi_flow.server.db import log_when_committed
@@ -197,3 +198,28 @@ async def test_an_error_that_ends_a_shared_transaction_fails_those_before_and_no
     assert outcomes[5:] == [5, 6, 7]
     rows = await store.run(lambda c: c.execute("SELECT i FROM kept ORDER BY i").fetchall())
     assert [r[0] for r in rows] == [5, 6, 7]
+
+
+async def test_calls_from_two_event_loops_each_come_back_on_their_own(store: Store) -> None:
+    # a server has one loop; a test or an embedding program may call from two at once:
+    # a shared transaction hands each result to the loop of its caller
+    await store.run(lambda c: c.execute("CREATE TABLE IF NOT EXISTS n (i INTEGER)"))
+
+    async def calls(offset: int) -> list[int]:
+        return list(
+            await asyncio.gather(*(
+                store.run(lambda c, i=i: c.execute("INSERT INTO n VALUES (?)", (i,)) and i)
+                for i in range(offset, offset + 200)
+            ))
+        )  # fmt: skip
+
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.extend(asyncio.run(calls(1000))))
+    thread.start()
+    with anyio.fail_after(20):
+        mine = await calls(0)
+        while thread.is_alive():
+            await asyncio.sleep(0.01)
+    assert mine == list(range(200)) and other == list(range(1000, 1200))
+    count = await store.run(lambda c: c.execute("SELECT COUNT(*) FROM n").fetchone()[0])
+    assert count == 400

@@ -81,6 +81,18 @@ def _undo_savepoint(conn: Connection) -> bool:
     return True
 
 
+def _hand_over(
+    loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[Any]], outcomes: list[_Outcome]
+) -> None:
+    """From the database thread: have ``loop`` settle its ``futures`` (one wake-up)."""
+    try:
+        loop.call_soon_threadsafe(_settle_group, futures, outcomes)
+    except RuntimeError:  # the loop closed while the group ran: write what committed
+        for _, error, held in outcomes:
+            if error is None:
+                release(held)
+
+
 def _settle_group(futures: list[asyncio.Future[Any]], outcomes: list[_Outcome]) -> None:
     """On the loop: write the committed functions' held lines, hand out the results."""
     for future, (result, error, held) in zip(futures, outcomes, strict=True):
@@ -343,10 +355,10 @@ class Store:
             self._group.append((fn, future))
             first = len(self._group) == 1
         if first:  # no group is waiting for the thread: this one starts one
-            self._db_thread().post(functools.partial(self._run_group, loop))
+            self._db_thread().post(self._run_group)
         return future
 
-    def _run_group(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _run_group(self) -> None:
         """Run every function queued by now (at most :data:`_GROUP_MOST`) in one SQLite
         transaction, each in a savepoint of its own, and settle them with one wake-up of
         the loop.
@@ -361,7 +373,7 @@ class Store:
         with self._group_lock:
             group, self._group = self._group[:_GROUP_MOST], self._group[_GROUP_MOST:]
             if self._group:  # more than one group's worth: the rest goes next
-                self._db_thread().post(functools.partial(self._run_group, loop))
+                self._db_thread().post(self._run_group)
         try:
             outcomes = self._transact_group([fn for fn, _ in group])
         except BaseException as exc:  # never leave a caller waiting for ever
@@ -371,15 +383,16 @@ class Store:
         if len(outcomes) < len(group):  # out of time: the rest go first in the next group
             with self._group_lock:
                 if not self._group:
-                    self._db_thread().post(functools.partial(self._run_group, loop))
+                    self._db_thread().post(self._run_group)
                 self._group[:0] = group[len(outcomes) :]
-        futures = [future for _, future in group[: len(outcomes)]]
-        try:
-            loop.call_soon_threadsafe(_settle_group, futures, outcomes)
-        except RuntimeError:  # the loop closed while the group ran
-            for _, error, held in outcomes:
-                if error is None:
-                    release(held)
+        # each future is settled on its own loop (a server has one; a test may have more)
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[_Outcome]]] = {}
+        for (_, future), outcome in zip(group[: len(outcomes)], outcomes, strict=True):
+            futures, theirs = by_loop.setdefault(future.get_loop(), ([], []))
+            futures.append(future)
+            theirs.append(outcome)
+        for loop, (futures, theirs) in by_loop.items():
+            _hand_over(loop, futures, theirs)
 
     def _transact_group(self, fns: list[Callable[[Connection], Any]]) -> list[_Outcome]:
         """The outcomes of ``fns``, run in one transaction; of the first ones only, when
