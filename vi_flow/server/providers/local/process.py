@@ -190,23 +190,23 @@ _ENDED = (b"Z", b"X")  # zombie, dead
 def _runs_in_group(pid: int, pgid: int) -> bool:
     """Whether ``pid`` is still a live process of group ``pgid`` (one small ``/proc``
     read; a pid reused by another group's process does not count)."""
-    stat = _stat_head(pid)
-    if stat is None:
-        return False
-    fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
-    return len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in _ENDED
+    found = _state_and_group(pid)
+    return found is not None and found[1] == str(pgid).encode() and found[0] not in _ENDED
 
 
-def _stat_head(pid: int | str) -> bytes | None:
-    """The start of ``/proc/<pid>/stat`` ("pid (comm) state ppid pgrp ..."); None when gone."""
+def _state_and_group(pid: int | str) -> tuple[bytes, bytes] | None:
+    """The state and process group of ``pid``, from the start of ``/proc/<pid>/stat``
+    ("pid (comm) state ppid pgrp ..."); None when it is gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
         try:
-            return os.read(fd, 1024)
+            stat = os.read(fd, 1024)
         finally:
             os.close(fd)
     except OSError:
         return None
+    fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
+    return (fields[0], fields[2]) if len(fields) > 2 else None
 
 
 def _task_processes(pgid: int) -> list[int]:
@@ -232,12 +232,9 @@ def _group_members(pgid: int) -> Iterator[tuple[int, bytes]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        stat = _stat_head(entry)
-        if stat is None:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split(maxsplit=3)
-        if len(fields) > 2 and fields[2] == wanted:
-            yield int(entry), fields[0]
+        found = _state_and_group(entry)
+        if found is not None and found[1] == wanted:
+            yield int(entry), found[0]
 
 
 async def stop_job(job: Job, grace: float) -> None:

@@ -378,30 +378,36 @@ class LocalProvider:
             out, err, cwd = prepare_launch(spec)
         except (OSError, InvalidRequest) as exc:
             raise _NotStarted(f"could not prepare the workspace: {exc}") from exc
-        info: tuple[int, int] | None = None
+        info: int | None = None  # the read end of bubblewrap's --info-fd, and its write end
+        write: int | None = None
         try:
             if job.sandboxed:
                 # bwrap would start and then fail with status 1; fail as an unsandboxed
                 # start does.
                 check_executable(spec.argv[0], cwd, env["PATH"])
-                info = os.pipe()
-                os.set_blocking(info[0], False)
+                info, write = os.pipe()
+                os.set_blocking(info, False)
             volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-            writes = [info[1]] if info else []
-            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, *writes)
+            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write)
             popen = start_process(
-                [*prefix, *spec.argv], cwd=cwd, env=env, stdout=out, stderr=err, pass_fds=writes
+                [*prefix, *spec.argv],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=err,
+                pass_fds=() if write is None else (write,),
             )
         except BaseException as exc:
-            if info:
-                os.close(info[0])
+            if info is not None:
+                os.close(info)
             if isinstance(exc, OSError):
                 raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
             raise
         finally:
-            for fd in (out, err, *(info[1:] if info else ())):
-                os.close(fd)
-        return popen, info[0] if info else None
+            for fd in (out, err, write):
+                if fd is not None:
+                    os.close(fd)
+        return popen, info
 
     async def _finish_without_start(
         self, job: Job, message: str, reason: str = "StartFailed"
