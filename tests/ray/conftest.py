@@ -3,7 +3,9 @@
 ``scripts/ray/start_ray.sh`` starts ``ray start --head --block`` with every port on
 127.0.0.1, 2 CPUs, four fake H100 GPUs and a small object store, under a fresh scratch
 directory (short, because Ray's unix sockets live under it); ``stop_ray.sh`` stops exactly
-that head at the end. Without the ``ray`` CLI the tests skip with a note on how to run
+that head at the end. Should the head die during the session (Ray's dashboard has, once, on
+a loaded CI machine, right after it answered), the next test's fixture prints the tail of
+Ray's own logs and starts it again, at most twice a session. Without the ``ray`` CLI the tests skip with a note on how to run
 them; with ``VI_FLOW_REQUIRE_RAY=1`` (CI) they fail instead, so they are never silently
 skipped. Tests reach Ray only through vi_flow, except where they play someone else using
 the Jobs API (``RayCluster.call``).
@@ -20,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,57 @@ SCRIPTS = ROOT / "scripts" / "ray"
 HOW_TO = 'run `nox -s tests_ray` (or pip install "ray[default]==2.60.0")'
 
 
-@attrs.frozen
+#: How many times a session may start a head again after it died.
+RESTARTS = 2
+
+
+@attrs.define
 class RayCluster:
     """Where the session's head lives and how to reach its Jobs API."""
 
     work: Path
     url: str
+    env: dict[str, str] = attrs.field(factory=dict, repr=False)
+    restarts: int = 0
+
+    def answers(self) -> bool:
+        """Whether the Jobs API answers ``GET /api/version`` now."""
+        try:
+            self.call("GET", "/api/version")
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def ensure_up(self, report: Callable[[str], object] = print) -> None:
+        """Start the head again when it died since the last test, telling ``report`` why
+        it died; fail once it has died more than :data:`RESTARTS` times in the session."""
+        if self.answers():
+            return
+        why = self.log_tails()
+        if self.restarts >= RESTARTS:
+            pytest.fail(f"the Ray head died again after {self.restarts} restarts:\n{why}")
+        self.restarts += 1
+        report(f"the Ray head died; starting it again ({self.restarts}/{RESTARTS}):\n{why}")
+        _script("stop_ray.sh", self.env)
+        started = _script("start_ray.sh", self.env)
+        if started.returncode:
+            pytest.fail(f"start_ray.sh failed:\n{started.stdout}{started.stderr}")
+
+    def log_tails(self, lines: int = 20) -> str:
+        """The last lines of the head's own logs: how ``ray start`` and the dashboard ended."""
+        logs = self.work / "ray"
+        found = [logs / "log" / "ray-start.out"]
+        for name in ("dashboard.log", "dashboard.err", "gcs_server.err", "raylet.err"):
+            found += sorted(logs.glob(f"tmp/session_2*/logs/{name}"))  # not session_latest
+        parts = []
+        for path in found:
+            try:
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            if text:
+                parts.append(f"--- {path.relative_to(logs)}\n" + "\n".join(text))
+        return "\n".join(parts) or "(no Ray logs were found)"
 
     def call(self, method: str, path: str) -> Any:
         """One Jobs API call as another Ray user would make it; None for a 404."""
@@ -80,6 +127,8 @@ class RayCluster:
         of tasks that never started, stop what runs, wait until every job has ended."""
         for token in tasks_dir.glob("*/.vi-flow-env"):
             token.unlink(missing_ok=True)
+        if not self.answers():
+            return  # the head died, and its jobs with it: the next test starts it again
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             alive = [
@@ -92,6 +141,14 @@ class RayCluster:
                     self.call("POST", f"/api/jobs/{job['submission_id']}/stop")
             time.sleep(0.2)
         raise AssertionError(f"Ray jobs still alive after the test: {alive}")
+
+
+def _tell(config: pytest.Config, text: str) -> None:
+    """Show ``text`` on the terminal now, past pytest's capture."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    with capture.global_and_fixture_disabled():
+        terminal.write_line("\n" + text, yellow=True)
 
 
 def _unavailable(reason: str) -> None:
@@ -129,7 +186,7 @@ def ray_cluster() -> Iterator[RayCluster]:
     try:
         if started.returncode:
             _unavailable(f"start_ray.sh failed:\n{started.stdout}{started.stderr}")
-        yield RayCluster(work=work, url=f"http://127.0.0.1:{port}")
+        yield RayCluster(work=work, url=f"http://127.0.0.1:{port}", env=env)
     finally:
         _script("stop_ray.sh", env)
         if os.environ.get("VI_FLOW_RAY_KEEP") != "1":
@@ -137,8 +194,13 @@ def ray_cluster() -> Iterator[RayCluster]:
 
 
 @pytest.fixture
-def ray_files(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def ray_files(
+    ray_cluster: RayCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
+) -> Iterator[Path]:
     """Task and volume directories for one test; its jobs are settled afterwards."""
+    ray_cluster.ensure_up(lambda text: _tell(pytestconfig, text))
     # not under tmp_path: tests upload tmp_path into tasks, which must not include them
     files = tmp_path_factory.mktemp("ray-server")
     yield files
