@@ -246,7 +246,10 @@ def ratio_line(
     print(f"      {ours:<18} {samples.spread(ours, unit)}")
     print(f"      {base:<18} {samples.spread(base, unit)}")
     verdict = "ok" if met else "BELOW GOAL"
-    print(f"      ratio {ratio:5.2f}  (goal {sign} {goal:.2g})  {verdict}")
+    shown = f"{ratio:5.2f}"
+    if float(shown) == goal:  # 1.304 would read "1.30 (goal <= 1.3) BELOW GOAL"
+        shown = f"{ratio:5.3f}"
+    print(f"      ratio {shown}  (goal {sign} {goal:.2g})  {verdict}")
     return ratio
 
 
