@@ -3,12 +3,12 @@
 ``scripts/ray/start_ray.sh`` starts ``ray start --head --block`` with every port on
 127.0.0.1, 2 CPUs, four fake H100 GPUs and a small object store, under a fresh scratch
 directory (short, because Ray's unix sockets live under it); ``stop_ray.sh`` stops exactly
-that head at the end. Should the head die during the session (Ray's dashboard has, once, on
-a loaded CI machine, right after it answered), the next test's fixture prints the tail of
-Ray's own logs and starts it again, at most twice a session. Without the ``ray`` CLI the tests skip with a note on how to run
-them; with ``VI_FLOW_REQUIRE_RAY=1`` (CI) they fail instead, so they are never silently
-skipped. Tests reach Ray only through vi_flow, except where they play someone else using
-the Jobs API (``RayCluster.call``).
+that head at the end. Should the head die during the session (it did once in CI, right
+after it answered), the next test's fixture prints the tail of Ray's own logs and starts
+it again, at most twice a session. Without the ``ray`` CLI the tests skip with a note on
+how to run them; with ``VI_FLOW_REQUIRE_RAY=1`` (CI) they fail instead, so they are never
+silently skipped. Tests reach Ray only through vi_flow, except where they play someone
+else using the Jobs API (``RayCluster.call``).
 """
 
 from __future__ import annotations
