@@ -13,15 +13,17 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["DBThread"]
+__all__ = ["DBThread", "settle"]
 
 T = TypeVar("T")
 
 
-def _settle(
+def settle(
     future: asyncio.Future[Any], result: Any, error: BaseException | None,
-    then: Callable[[], None] | None,
+    then: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
+    """On the loop: run ``then()``, then give ``future`` the result or the error (unless
+    its caller was cancelled meanwhile)."""
     if then is not None:
         then()
     if future.cancelled():
@@ -61,7 +63,7 @@ class DBThread:
             except BaseException as exc:  # handed over to the awaiting coroutine
                 error = exc
             try:
-                loop.call_soon_threadsafe(_settle, future, result, error, then)
+                loop.call_soon_threadsafe(settle, future, result, error, then)
             except RuntimeError:  # the loop closed while the job ran
                 if then is not None:
                     then()

@@ -32,7 +32,7 @@ from ..models.common import Condition
 from ..models.flows import Flow, FlowSpec
 from ..models.runs import Run, RunSpec
 from . import _records as rec
-from ._dbthread import DBThread
+from ._dbthread import DBThread, settle
 from ._records import new_id, split_page
 from .clock import now_ms
 from .db import (
@@ -98,12 +98,7 @@ def _settle_group(futures: list[asyncio.Future[Any]], outcomes: list[_Outcome]) 
     for future, (result, error, held) in zip(futures, outcomes, strict=True):
         if error is None:
             release(held)
-        if future.cancelled():
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+        settle(future, result, error)
 
 
 log = logging.getLogger("vi_flow.server")
