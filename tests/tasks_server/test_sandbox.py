@@ -344,7 +344,7 @@ def test_an_interpreter_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Pat
 _IN_VENV = """
 import json, subprocess, sys
 from pathlib import Path
-from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child
+from vi_flow.server.providers.local.sandbox import detect_sandbox
 home = Path(sys.argv[1])
 root = home / "tasks" / "task_x"
 sandbox = detect_sandbox(home, {})
