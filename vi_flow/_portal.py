@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import functools
 import os
+import selectors
 import sys
 import threading
 import time
@@ -355,6 +356,7 @@ class Portal:
         self._inbox: deque[_Call[Any]] = deque()
         self._inbox_lock = threading.Lock()
         self._wake_pending = False
+        self._asleep = True  # whether the loop may be waiting (True without a watch)
         self._wake_fd: int | None = None  # an eventfd the loop watches (Linux), else None
         self._inbox_closed = False
         self._running: set[_Call[Any]] = set()  # started and not settled; the loop's own
@@ -581,7 +583,9 @@ class Portal:
         many threads queue in an inbox the loop drains at once. Tasks still running when
         the portal stops are cancelled with its loop, and their callers' replies too.
         On Linux the wake-up is one write to an eventfd: a quarter of the cost of
-        ``call_soon_threadsafe``'s socket send, and one read instead of two on the loop.
+        ``call_soon_threadsafe``'s socket send, and one read instead of two on the loop;
+        and it is written only while the loop sleeps (:class:`_WatchedSelector`): a loop
+        busy with other calls drains the inbox before it would wait again.
         """
         loop = self._loop
         if loop is None:
@@ -590,7 +594,7 @@ class Portal:
             if self._inbox_closed or loop.is_closed():
                 raise ClientStateError(_CLOSED)
             self._inbox.append(call)
-            if self._wake_pending:
+            if self._wake_pending or not self._asleep:
                 return
             self._wake_pending = True
             if self._wake_fd is not None:  # written under the lock: never after its close
@@ -601,6 +605,22 @@ class Portal:
         except RuntimeError as exc:  # the portal stopped: closed by another thread
             self._cancel_inbox()
             raise ClientStateError(_CLOSED) from exc
+
+    def _before_wait(self) -> bool:
+        """Called by the loop before it waits for I/O: whether calls are queued (then it
+        only polls, and drains them); else it is marked asleep, to be woken by the next."""
+        with self._inbox_lock:
+            if self._inbox:
+                return True
+            self._asleep = True
+            return False
+
+    def _after_wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called by the loop once its wait returns: calls queued meanwhile, with no
+        wake-up written for them, are drained in this turn."""
+        self._asleep = False
+        if self._inbox:
+            loop.call_soon(self._drain_inbox)
 
     def _on_wake(self, fd: int) -> None:
         with contextlib.suppress(BlockingIOError):  # already read by an earlier turn
@@ -689,7 +709,8 @@ class Portal:
 
     def _start_locked(self) -> BlockingPortal:
         if self._portal is None:
-            runner = start_blocking_portal("asyncio", name="vi-flow-portal")
+            options = {"loop_factory": self._new_loop} if hasattr(os, "eventfd") else {}
+            runner = start_blocking_portal("asyncio", options, name="vi-flow-portal")
             portal = runner.__enter__()
             self._thread_id = portal.call(threading.get_ident)
             self._loop = portal.call(asyncio.get_running_loop)
@@ -699,6 +720,12 @@ class Portal:
                 portal.call(self._loop.add_reader, fd, self._on_wake, fd)
                 self._wake_fd = fd
         return self._portal
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        selector = _WatchedSelector(self)
+        loop = asyncio.SelectorEventLoop(selector)
+        selector.loop = loop
+        return loop
 
     def _check_thread(self) -> None:
         if self._thread_id is not None and threading.get_ident() == self._thread_id:
@@ -711,6 +738,29 @@ class Portal:
         if self._wake_fd is not None:  # this process's copy; the parent keeps its own
             os.close(self._wake_fd)
         self._reset()
+
+
+class _WatchedSelector(selectors.DefaultSelector):
+    """The selector of a portal's loop (Linux): it tells the portal when the loop is about
+    to wait and when it wakes, so that calls from other threads write a wake-up only
+    while it sleeps. From many threads the loop is seldom asleep: most calls then cost
+    neither a write nor a turn of the loop for the wake-up, and no thread gives up the
+    GIL to write it.
+    """
+
+    def __init__(self, portal: Portal) -> None:
+        super().__init__()
+        self._portal = portal
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self._portal._before_wait():
+            timeout = 0
+        try:
+            return super().select(timeout)
+        finally:
+            if self.loop is not None:
+                self._portal._after_wait(self.loop)
 
 
 def _stop(portal: BlockingPortal, runner: AbstractContextManager[BlockingPortal] | None) -> None:

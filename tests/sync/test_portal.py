@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import random
 import signal
 import threading
 import time
@@ -279,6 +280,62 @@ def test_without_eventfd_calls_wake_the_loop_with_call_soon_threadsafe(
         p.call(double, 1)
 
 
+def wait_until_asleep(portal: Portal) -> None:
+    deadline = time.monotonic() + 5
+    while not portal._asleep:
+        assert time.monotonic() < deadline, "the portal's loop never went to wait"
+        time.sleep(0.001)
+
+
+def test_a_call_wakes_a_loop_that_waits_with_nothing_to_do(portal: Portal) -> None:
+    assert portal.call(double, 1) == 2
+    wait_until_asleep(portal)
+    time.sleep(0.2)  # deep in its wait: no timer is due, nothing else will wake it
+    done = threading.Event()
+    caller = threading.Thread(target=lambda: (portal.call(double, 2), done.set()))
+    caller.start()
+    assert done.wait(5), "the call never woke the portal's loop"
+    caller.join()
+
+
+def test_a_call_queued_while_the_loop_is_busy_runs_without_a_wake_up(portal: Portal) -> None:
+    # No wake-up is written for a call queued while the loop is awake: the loop must
+    # find it before it waits, or the call would wait for ever.
+    got: list[int] = []
+    caller = threading.Thread(target=lambda: got.append(portal.call(double, 5)))
+
+    async def busy() -> None:
+        caller.start()
+        deadline = time.monotonic() + 5
+        while not portal._inbox and time.monotonic() < deadline:
+            time.sleep(0.001)  # the loop stays busy until the call is queued
+
+    portal.call(busy)
+    caller.join(5)
+    assert got == [10]
+
+
+def test_calls_racing_the_loop_to_sleep_are_never_stranded(portal: Portal) -> None:
+    # Each call ends at once, so the loop keeps going to wait just as the next call
+    # comes; a call queued after it looked and before it slept would wait for ever.
+    counts = [0] * 8
+
+    def worker(i: int) -> None:
+        rng = random.Random(i)
+        for _ in range(300):
+            portal.call(double, i)
+            counts[i] += 1
+            if rng.random() < 0.5:
+                time.sleep(rng.random() / 5000)  # 0 to 0.2 ms
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert counts == [300] * 8 and not any(t.is_alive() for t in threads)
+
+
 def test_close_while_many_threads_call_leaves_none_waiting() -> None:
     portal = Portal()
     outcomes: list[str] = []
@@ -345,6 +402,7 @@ def interrupt_next_wake_up(portal: Portal, monkeypatch: pytest.MonkeyPatch) -> N
     portal.call(double, 1)
     loop = portal._loop
     assert loop is not None
+    wait_until_asleep(portal)  # an awake loop is not woken: it drains before it waits
 
     def interrupted(*args: Any) -> Any:
         monkeypatch.undo()
