@@ -247,8 +247,10 @@ def ratio_line(
     print(f"      {base:<18} {samples.spread(base, unit)}")
     verdict = "ok" if met else "BELOW GOAL"
     shown = f"{ratio:5.2f}"
-    if float(shown) == goal:  # 1.304 would read "1.30 (goal <= 1.3) BELOW GOAL"
-        shown = f"{ratio:5.3f}"
+    digits = 2
+    while float(shown) == goal and ratio != goal and digits < 6:
+        digits += 1  # 1.3004 would read "1.30 (goal <= 1.3) BELOW GOAL": 1.3004 it is
+        shown = f"{ratio:5.{digits}f}"
     print(f"      ratio {shown}  (goal {sign} {goal:.2g})  {verdict}")
     return ratio
 
