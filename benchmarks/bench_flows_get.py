@@ -22,6 +22,7 @@ Goals (issue 15): async >= 0.7x raw; sync >= 0.85x async sequential; 64 threads 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -103,17 +104,21 @@ class ThreadCrew:
             thread.start()
 
     def _work(self) -> None:
-        while True:
-            self._go.wait()
-            if self._closing:
-                return
-            try:
-                for _ in range(PER_WORKER):
-                    self._fn()
-            except BaseException:
-                self._done.abort()  # the burst fails instead of waiting for ever
-                raise
-            self._done.wait()
+        try:
+            while True:
+                self._go.wait()
+                if self._closing:
+                    return
+                try:
+                    for _ in range(PER_WORKER):
+                        self._fn()
+                except BaseException:
+                    self._done.abort()  # the burst fails instead of waiting for ever
+                    self._go.abort()
+                    raise
+                self._done.wait()
+        except threading.BrokenBarrierError:
+            return  # another thread's call failed: the benchmark stops
 
     def burst(self) -> float:
         """Calls per second of one burst."""
@@ -124,7 +129,8 @@ class ThreadCrew:
 
     def close(self) -> None:
         self._closing = True
-        self._go.wait(timeout=30)
+        with contextlib.suppress(threading.BrokenBarrierError):  # a burst failed: all ended
+            self._go.wait(timeout=30)
         for thread in self._threads:
             thread.join(30)
 
