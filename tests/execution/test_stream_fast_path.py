@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import anyio.to_thread
+import orjson
 import pytest
 from aiohttp import web
 
@@ -86,9 +87,26 @@ async def test_plain_events_read_their_json_on_first_use() -> None:
     assert type(object.__getattribute__(first, "_wire")) is bytes  # not decoded yet
     assert isinstance(first, LogLine) and first.event_id == 1
     assert type(object.__getattribute__(first, "_wire")) is bytes  # the id needed no JSON
-    assert first.line == "l1" and first.execution_id == RUN
-    with pytest.raises(AttributeError):
-        object.__getattribute__(first, "_wire")  # filled: the data is let go
+    assert first.line == "l1"
+    decoded = object.__getattribute__(first, "_wire")
+    assert type(decoded) is dict  # decoded once, on the first read
+    assert first.execution_id == RUN and first.time == 0
+    assert object.__getattribute__(first, "_wire") is decoded  # and not again
+
+
+async def test_a_nested_value_is_made_once_and_kept() -> None:
+    usage = {"promptTokens": 3, "completionTokens": 4, "totalTokens": 7}
+    calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    body = (
+        b'id: 1\nevent: step_completed\ndata: {"executionId":"run_s","usage":%s}\n\n'
+        b'id: 2\nevent: tool_calls_required\ndata: {"executionId":"run_s","toolCalls":%s}\n\n'
+    ) % (orjson.dumps(usage), orjson.dumps(calls)) + frame(done(3))
+    completed, required, _ = await read(body)
+    assert isinstance(completed, StepCompleted) and isinstance(required, ToolCallsRequired)
+    assert completed.usage == TokenUsage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    assert completed.usage is completed.usage
+    assert required.tool_calls is required.tool_calls
+    assert required.tool_calls[0].function.name == "f"
 
 
 async def test_a_lazy_event_copies_pickles_and_hashes_as_an_eager_one() -> None:
@@ -150,7 +168,8 @@ async def test_a_nested_value_of_the_wrong_shape_keeps_its_default_with_a_warnin
     assert isinstance(first, (StepCompleted, ToolCallsRequired)) and first.event_id == 1
     with caplog.at_level(logging.WARNING, logger="vi_flow"):
         assert first.step_id == "s" and first.execution_id == "run_s"
-    nested = first.usage if isinstance(first, StepCompleted) else first.tool_calls
+        assert "shape" not in caplog.text  # only what is read is structured
+        nested = first.usage if isinstance(first, StepCompleted) else first.tool_calls
     assert nested == (None if field == "usage" else [])
     assert f"event 1 ({name.decode()}): its {field} is not of its type's shape" in caplog.text
     assert isinstance(end, FlowCompleted)

@@ -16,7 +16,8 @@ import logging
 import operator
 from collections.abc import Callable, Mapping
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from types import MemberDescriptorType
+from typing import Any, ClassVar, TypeAlias
 
 import attrs
 import orjson
@@ -132,38 +133,27 @@ class ToolResult:
 
 
 class _Deferred:
-    """Lets an event parsed from the wire fill its fields on first use.
+    """Lets an event parsed from the wire read its fields from its JSON on use.
 
     :func:`parse_event` gives events whose fields are plain JSON values (``log``,
     ``step_started``...) or nested values it checked (``usage``, ``tool_calls``) only
-    their id and decoded data in ``_wire``; the first read of any other field fills them
-    all from it, exactly as an eager parse would (such fields cannot fail to structure,
-    and the one required key is checked up front). A reader that only counts events, or
-    looks at their type and id, never pays for the rest.
+    their id and decoded data in ``_wire``; a run's event stream gives them the ``data:``
+    bytes themselves, decoded (and the nested value checked) when any field but the id is
+    first read (see :func:`deferred_event`). Each field of these classes is then a
+    property that reads its own key of that data (:func:`_read_from_wire`), exactly what
+    an eager parse would have set (such fields cannot fail to structure, and the one
+    required key is checked up front); a nested value is structured on its first read and
+    kept. A reader that only counts events, or looks at their type and id, never decodes
+    them; one that reads a field pays for the JSON and that field alone.
 
-    A run's event stream goes one step further: ``_wire`` holds the ``data:`` bytes,
-    decoded (and the nested value checked) on first use too (see :func:`deferred_event`).
+    An event made by its constructor (or copied, or unpickled) keeps its fields in its
+    slots, as any attrs class; ``_wire`` is then ``None`` (or unset).
     """
 
     __slots__ = ("_wire",)
 
-    if not TYPE_CHECKING:  # for mypy, events have their declared fields only
-
-        def __getattr__(self, name: str) -> Any:
-            try:
-                wire = object.__getattribute__(self, "_wire")
-            except AttributeError:
-                # Filled by another thread since this lookup missed (it sets the fields,
-                # then drops the wire), or no such attribute: the plain lookup says which.
-                return object.__getattribute__(self, name)
-            if type(wire) is bytes:
-                wire = _lazy_payload(self, wire)
-            _FILL[type(self)](self, wire)
-            try:  # noqa: SIM105 - suppress() costs a context manager per first use
-                _delete_wire(self)
-            except AttributeError:  # another thread filled it first
-                pass
-            return object.__getattribute__(self, name)
+    def __attrs_pre_init__(self) -> None:
+        _set_wire(self, None)
 
 
 @attrs.frozen(kw_only=True)
@@ -483,11 +473,10 @@ def _build_structure(cls: type[Any]) -> _Structure:
     The class is frozen, so instead of going through ``__init__`` (one frozen setattr
     per field) the function fills the slots directly; it is the hot path of every
     stream. Nested values use the cattrs converter, a missing ``executionId`` raises
-    ``KeyError``. ``fill_rest``, all but ``event_id``, is what a deferred event runs on
-    first use (see :class:`_Deferred`).
+    ``KeyError``.
     """
     env: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines, rest = ["def fill(obj, o):"], ["def fill_rest(obj, o):"]
+    lines = ["def fill(obj, o):"]
     for i, a in enumerate(attrs.fields(cls)):
         wire = camel(a.name)
         env[f"_set{i}"] = _slot_setter(cls, a.name)
@@ -501,12 +490,8 @@ def _build_structure(cls: type[Any]) -> _Structure:
             value = f"o.get({wire!r}, _default{i})"
         value = _wrap(env, i, a, value)
         lines.append(f"    _set{i}(obj, {value})")
-        if a.name != "event_id":  # a deferred event has it already (from the SSE id)
-            rest.append(lines[-1])
-    lines += rest
     lines += ["def structure(o):", "    obj = _new(_cls)", "    fill(obj, o)", "    return obj"]
     exec("\n".join(lines), env)  # generated from our own field names only
-    _FILL[cls] = env["fill_rest"]
     fn: _Structure = env["structure"]
     return fn
 
@@ -523,11 +508,16 @@ def _wrap(env: dict[str, Any], i: int, a: attrs.Attribute[Any], value: str) -> s
 
 
 def _slot_setter(cls: type[Any], name: str) -> Callable[[Any, Any], None]:
+    setter: Callable[[Any, Any], None] = _slot(cls, name).__set__
+    return setter
+
+
+def _slot(cls: type[Any], name: str) -> Any:
+    """The slot (member descriptor) that holds field ``name`` of ``cls``'s instances."""
     for klass in cls.__mro__:
         descriptor = klass.__dict__.get(name)
-        if descriptor is not None:
-            setter: Callable[[Any, Any], None] = descriptor.__set__
-            return setter
+        if isinstance(descriptor, MemberDescriptorType):
+            return descriptor
     raise AttributeError(f"{cls.__name__} has no slot {name!r}")  # pragma: no cover
 
 
@@ -536,7 +526,6 @@ def _resolved(cls: type[Any]) -> type[Any]:
     return cls
 
 
-_FILL: dict[type[Any], Callable[[Any, dict[str, Any]], None]] = {}
 _STRUCTURE: dict[str, _Structure] = {
     name: _build_structure(_resolved(cls)) for name, cls in EVENT_TYPES.items()
 }
@@ -607,23 +596,17 @@ def _whole_check(key: str, plain: Callable[[Any], bool]) -> _Check:
     return check
 
 
-def _deferred_classes() -> tuple[
-    dict[str, tuple[type[Any], _Check | None]], dict[type[Any], tuple[str, Callable[[Any], bool]]]
-]:
+def _deferred_classes() -> dict[str, tuple[type[Any], _Check | None]]:
     deferred: dict[str, tuple[type[Any], _Check | None]] = {}
-    nested_of: dict[type[Any], tuple[str, Callable[[Any], bool]]] = {}
     for name, cls in EVENT_TYPES.items():
         may, nested = _deferral(cls)
         if may:
             deferred[name] = (cls, None if nested is None else _whole_check(*nested))
-            if nested is not None:
-                nested_of[cls] = nested
-    return deferred, nested_of
+    return deferred
 
 
-# event name -> the class parse_event defers and the check of its whole data; a deferred
-# class -> the wire key of its nested value and that value's check
-_DEFERRED, _NESTED = _deferred_classes()
+# event name -> the class parse_event defers and the check of its whole data
+_DEFERRED = _deferred_classes()
 _new_event = object.__new__
 DEFERRED_WIRE: Mapping[bytes, type[Any]] = {
     name.encode(): cls for name, (cls, _) in _DEFERRED.items()
@@ -633,7 +616,6 @@ event stream defers them all as bytes, their nested values checked on first use 
 :func:`deferred_event`)."""
 _set_event_id = BaseEvent.__dict__["event_id"].__set__
 _set_wire = _Deferred.__dict__["_wire"].__set__
-_delete_wire = _Deferred.__dict__["_wire"].__delete__
 _loads = orjson.loads
 
 
@@ -710,26 +692,88 @@ LAZY_PREFIX = b'{"executionId":'
 """How the data of every event a vi_flow server sends begins (compact orjson)."""
 
 
-def _lazy_payload(event: Any, data: bytes) -> dict[str, Any]:
+def _decoded(event: Any, data: bytes) -> dict[str, Any]:
+    """Decode a deferred event's ``data:`` bytes and keep the result as its wire.
+
+    Data that is not an object with ``executionId`` (a corrupted frame) leaves every
+    field at its default, with a warning; a nested value is checked when it is read.
+    """
     try:
         payload = _loads(data)
     except orjson.JSONDecodeError as exc:
         payload = exc
-    if type(payload) is dict and "executionId" in payload:
-        nested = _NESTED.get(type(event))
-        if nested is None or nested[1](payload.get(nested[0], _ABSENT)):
-            return payload
-        key = nested[0]
+    if type(payload) is not dict or "executionId" not in payload:
         log.warning(
-            "event %s (%s): its %s is not of its type's shape; that field keeps its default",
-            event.event_id, event_name(event), key,
+            "event %s (%s): its data is not an event object (%s); its fields keep their defaults",
+            event.event_id, event_name(event), payload if isinstance(payload, Exception) else "no executionId",
         )  # fmt: skip
-        return {name: value for name, value in payload.items() if name != key}
+        payload = {"executionId": ""}
+    _set_wire(event, payload)
+    return payload
+
+
+def _misshapen(event: Any, key: str) -> bool:
     log.warning(
-        "event %s (%s): its data is not an event object (%s); its fields keep their defaults",
-        event.event_id, event_name(event), payload if isinstance(payload, Exception) else "no executionId",
+        "event %s (%s): its %s is not of its type's shape; that field keeps its default",
+        event.event_id, event_name(event), key,
     )  # fmt: skip
-    return {"executionId": ""}
+    return False
+
+
+def _read_from_wire(cls: type[Any], a: attrs.Attribute[Any]) -> property:
+    """Field ``a`` of the deferred class ``cls``: read from the event's wire, else its slot.
+
+    A plain value is looked up in the decoded data on every read (a dict lookup; an event
+    keeps its data, not a copy in its slots); a nested value (``usage``, ``tool_calls``)
+    or one whose default is a factory is made on its first read and kept in the slot, so
+    it is the same object every time. Setting (the constructor, ``copy``, ``pickle``)
+    goes straight to the slot.
+    """
+    slot, key = _slot(cls, a.name), camel(a.name)
+    from_slot = slot.__get__
+    default: Any = a.default
+    factory = default.factory if isinstance(default, attrs.Factory) else None  # type: ignore[arg-type]
+    if a.type in _PASS_THROUGH and factory is None:
+
+        def read(event: Any) -> Any:
+            try:
+                wire = event._wire
+            except AttributeError:  # copied or unpickled: the slots hold the fields
+                return from_slot(event)
+            if type(wire) is dict:
+                return wire.get(key, default)
+            if wire is None:  # made by the constructor
+                return from_slot(event)
+            return _decoded(event, wire).get(key, default)
+
+    else:
+        keep = slot.__set__
+        hook = None if a.type in _PASS_THROUGH else converter.get_structure_hook(a.type)
+        plain = _CHECKED.get(a.type)
+
+        def read(event: Any) -> Any:
+            try:
+                return from_slot(event)  # made by the constructor, or read before
+            except AttributeError:
+                wire = event._wire
+            if type(wire) is bytes:
+                wire = _decoded(event, wire)
+            if key in wire and (plain is None or plain(wire[key]) or _misshapen(event, key)):
+                value = wire[key]
+                if hook is not None and value is not None:
+                    value = hook(value, a.type)
+            else:
+                value = default if factory is None else factory()
+            keep(event, value)
+            return value
+
+    return property(read, slot.__set__, doc=f"``{a.name}``, read from the event's data on use.")
+
+
+for _cls, _ in _DEFERRED.values():
+    for _a in attrs.fields(_cls):
+        if _a.name != "event_id":  # set from the SSE id when the event is made
+            setattr(_cls, _a.name, _read_from_wire(_cls, _a))
 
 
 _Setter = Callable[[Any, Any], None]
