@@ -669,7 +669,7 @@ def parse_event(event_type: str, data: bytes | str, event_id: int | None = None)
 
 
 def deferred_event(cls: type[Any], event_id: int, wire: dict[str, Any] | bytes) -> Any:
-    """A :data:`DEFERRED_WIRE` event that fills its fields from ``wire`` on first use.
+    """A :data:`DEFERRED_WIRE` event that reads its fields from ``wire`` when they are used.
 
     ``wire`` is the decoded data, which must hold ``executionId`` and pass the class's
     check (what :func:`parse_event` makes), or the raw ``data:`` bytes (what a run's
