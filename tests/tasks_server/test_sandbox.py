@@ -377,6 +377,31 @@ def test_a_home_inside_the_servers_venv_leaves_the_interpreter_visible(tmp_path:
     assert out.split() == ["['tasks']", "False"]  # of the home, only the task's own path
 
 
+def test_an_interpreter_reached_through_a_link_outside_its_prefixes_runs_in_a_task(
+    tmp_path: Path,
+) -> None:
+    """A venv whose python links to another venv's python (what Python 3.10's venv makes
+    from a venv): every link on the way is shown, not only the prefixes."""
+    hop = tmp_path / "other-venv" / "bin"  # under /tmp: the task's /tmp is private
+    hop.mkdir(parents=True)
+    (hop / "python").symlink_to(os.path.realpath(sys.executable))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(hop / "python")
+    home = tmp_path / "home"
+    (home / "tasks" / "task_x" / "workspace").mkdir(parents=True)
+    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]  # vi_flow and its deps
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _IN_VENV, str(home)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    reason, code, out, err = json.loads(ran.stdout)
+    assert (reason, code) == ("", 0), err
+    assert out.split() == ["['tasks']", "False"]
+
+
 # Waits, in its own sandbox, for a volume that is mounted after it started.
 _WAITER = (
     'while [ ! -f "$VI_FLOW_WORKSPACE/volumes/late/hello" ]; do sleep 0.05; done;'

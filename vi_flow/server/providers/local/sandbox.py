@@ -187,8 +187,27 @@ def _system_binds() -> list[str]:
 
 
 def _python_paths() -> list[Path]:
-    """The server's interpreter and environment, so ``sys.executable`` runs in a task."""
-    return [Path(raw) for raw in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    """The server's interpreter and environment, so ``sys.executable`` runs in a task:
+    its prefixes, and each link on the way from ``sys.executable`` to the binary that lies
+    outside them (a venv made by another venv's python, on Python 3.10, links to that
+    python, not to the binary)."""
+    prefixes = {Path(raw) for raw in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    links: list[Path] = []
+    link = Path(sys.executable)
+    for _ in range(_MAX_LINKS):
+        if not link.is_symlink():
+            break
+        if not any(prefix == link or prefix in link.parents for prefix in prefixes):
+            links.append(link)  # bound at its own path: the file it leads to
+        try:
+            target = Path(os.readlink(link))
+        except OSError:
+            break
+        link = target if target.is_absolute() else link.parent / target
+    return [*prefixes, *links]
+
+
+_MAX_LINKS = 40  # as the kernel's own limit of links followed in one path
 
 
 def _beside_home(path: Path, home: Path) -> list[Path]:
