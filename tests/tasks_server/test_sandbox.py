@@ -356,6 +356,19 @@ print(json.dumps([sandbox.reason, done.returncode, done.stdout, done.stderr]))
 """
 
 
+def _task_of_venv(venv: Path, home: Path) -> tuple[str, int, str, str]:
+    """Run ``_IN_VENV`` with ``venv``'s python: the sandbox's reason, and the task's exit
+    status, stdout and stderr."""
+    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]  # vi_flow and its deps
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _IN_VENV, str(home)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    reason, code, out, err = json.loads(ran.stdout)
+    return reason, code, out, err
+
+
 def test_a_home_inside_the_servers_venv_leaves_the_interpreter_visible(tmp_path: Path) -> None:
     """The server's venv holds the home: its python runs in a task, the home stays hidden."""
     venv = tmp_path / "venv"
@@ -363,16 +376,7 @@ def test_a_home_inside_the_servers_venv_leaves_the_interpreter_visible(tmp_path:
     home = venv / "var" / "vi-flow"
     (home / "tasks" / "task_x" / "workspace").mkdir(parents=True)
     (home / "admin-token").write_text("secret")
-    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]  # vi_flow and its deps
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    ran = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", _IN_VENV, str(home)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    reason, code, out, err = json.loads(ran.stdout)
+    reason, code, out, err = _task_of_venv(venv, home)
     assert (reason, code) == ("", 0), err
     assert out.split() == ["['tasks']", "False"]  # of the home, only the task's own path
 
@@ -391,13 +395,7 @@ def test_an_interpreter_reached_through_a_link_outside_its_prefixes_runs_in_a_ta
     (venv / "bin" / "python").symlink_to(hop / "python")
     home = tmp_path / "home"
     (home / "tasks" / "task_x" / "workspace").mkdir(parents=True)
-    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]  # vi_flow and its deps
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    ran = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", _IN_VENV, str(home)],
-        capture_output=True, text=True, env=env, check=True,
-    )  # fmt: skip
-    reason, code, out, err = json.loads(ran.stdout)
+    reason, code, out, err = _task_of_venv(venv, home)
     assert (reason, code) == ("", 0), err
     assert out.split() == ["['tasks']", "False"]
 
