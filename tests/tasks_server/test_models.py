@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from vi_flow.models import from_wire, to_wire
 from vi_flow.models.loglines import LineSplitter
-from vi_flow.models.tasks import GPURequest, TaskConfig, TaskStatus, VolumeSpec, parse_gpu
-from vi_flow.server.tasks.files import UnsafePath, resolve_inside, tail_lines
+from vi_flow.models.tasks import (
+    GPURequest,
+    TaskConfig,
+    TaskOutputFile,
+    TaskStatus,
+    VolumeSpec,
+    parse_gpu,
+)
+from vi_flow.server.tasks.files import UnsafePath, list_outputs, open_output, tail_lines
 
 
 @pytest.mark.parametrize(
@@ -76,9 +84,23 @@ def test_file_helpers(tmp_path: Path) -> None:
     assert splitter.feed(b"a\nb") == ["a"]
     assert splitter.feed(b"c\r\n") == ["bc"]
     assert splitter.feed(b"tail") == [] and splitter.flush() == ["tail"]
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "link").symlink_to(tmp_path)
-    for bad in ("../log", "/etc/passwd", "a/../../log", "link/log", ""):
+    out = tmp_path / "out"
+    (out / "x").mkdir(parents=True)
+    (out / "x" / "y").write_bytes(b"model")
+    (out / "link").symlink_to(tmp_path)
+    (out / "file-link").symlink_to(log)
+    (out / "inner-link").symlink_to(out / "x" / "y")
+    for bad in ("../log", "/etc/passwd", "a/../../log", "", "/", ".", "./"):
         with pytest.raises(UnsafePath):
-            resolve_inside(tmp_path / "out", bad)
-    assert resolve_inside(tmp_path / "out", "x/y") == (tmp_path / "out" / "x" / "y").resolve()
+            open_output(out, bad)
+    for refused in ("link/log", "file-link", "inner-link", "x", "missing"):  # no link followed
+        assert open_output(out, refused) is None, refused
+    fd = open_output(out, "./x//y")
+    assert fd is not None
+    with os.fdopen(fd, "rb") as handle:
+        assert handle.read() == b"model"
+    assert list_outputs(out) == [TaskOutputFile("x/y", 5)]  # the links are not listed
+    assert list_outputs(tmp_path / "missing") == []
+    (tmp_path / "swapped").symlink_to(out)  # the output directory itself a link
+    assert list_outputs(tmp_path / "swapped") == []
+    assert open_output(tmp_path / "swapped", "x/y") is None

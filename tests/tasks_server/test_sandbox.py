@@ -279,6 +279,42 @@ async def test_sftp_never_follows_a_link_swapped_in_while_it_resolves(
     assert outcomes.get("SFTPPermissionDenied", 0) > 0, outcomes  # the link was met, refused
 
 
+# Swaps an output file for a link to the server's admin token, and an output directory
+# for a link to the server's home, over and over (each swap one atomic rename).
+_OUTPUT_SWAPPER = (
+    'cd "$VI_FLOW_OUTPUT_DIR"; echo mine > r; echo ready;'
+    " while :; do ln -s {home}/admin-token t1; mv -T t1 a; ln -f r t2; mv -T t2 a;"
+    " rm -rf d; mkdir d; echo mine > d/admin-token; rm -rf d; ln -s {home} d; done"
+)
+
+
+@pytest.mark.anyio
+async def test_an_output_swapped_for_a_link_while_it_is_fetched_is_never_read_through(
+    sandboxed: TaskServer,
+) -> None:
+    token = (sandboxed.home / "admin-token").read_bytes().strip()
+    task = await sandboxed.submit(command=_OUTPUT_SWAPPER.format(home=sandboxed.home))
+    outputs = f"/tasks/{task['taskId']}/outputs"
+    with anyio.fail_after(5):
+        while "ready" not in await _logs(sandboxed, task["taskId"]):
+            await asyncio.sleep(0.05)
+    statuses: dict[int, int] = {}
+    for _ in range(150):
+        for path in (f"{outputs}/a", f"{outputs}/d/admin-token", outputs):
+            answer = await sandboxed.call("GET", path)
+            statuses[answer.status] = statuses.get(answer.status, 0) + 1
+            if token in answer.raw:  # never print it
+                pytest.fail(f"GET {path} answered with the server's admin token")
+            if answer.status == 200 and path != outputs:
+                assert answer.raw == b"mine\n"
+            elif path == outputs:
+                listed = {item["path"] for item in answer.body["items"]}
+                assert listed <= {"r", "a", "t2", "d/admin-token"}, listed  # never a link
+    assert set(statuses) <= {200, 404}, statuses  # no 500 from a file changing underfoot
+    assert statuses.get(200, 0) > 150, statuses  # the outputs were served between swaps
+    await sandboxed.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
 @pytest.mark.anyio
 async def test_a_canary_secret_appears_in_no_answer_log_or_other_task(
     sandboxed: TaskServer, caplog: pytest.LogCaptureFixture

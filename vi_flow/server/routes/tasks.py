@@ -11,9 +11,12 @@ call the service for the task life cycle and its parts (``volumes``, ``ssh``,
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -247,6 +250,8 @@ async def mount_volume(request: web.Request) -> web.StreamResponse:
 
 # -- outputs / artifacts -----------------------------------------------------------------
 
+_FILE_CHUNK = 256 * 1024  # bytes of an output file read (in a worker thread) per write
+
 
 async def _outputs_of_run(
     service: TaskService, org_id: str, run_id: str
@@ -259,13 +264,38 @@ async def _outputs_of_run(
     return found
 
 
-async def _file_response(service: TaskService, task_id: str, path: str) -> web.StreamResponse:
+async def _file_response(
+    request: web.Request, service: TaskService, task_id: str, path: str
+) -> web.StreamResponse:
+    """Send the output file ``path`` of the task, as it was when opened (404 when it is
+    not a regular file reached without links: a task may swap its files at any time)."""
     root = service.outputs.output_dir(task_id)
+    fd = await asyncio.to_thread(_open_output, root, path)
+    if fd is None:
+        raise APIProblem.not_found("NOT_FOUND", "artifact", path)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        size = os.fstat(fd).st_size
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        sent = 0
+        while sent < size:
+            chunk = await asyncio.to_thread(handle.read, min(_FILE_CHUNK, size - sent))
+            if not chunk:  # cut short meanwhile: the answer cannot be whole, end it
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write(chunk)
+            sent += len(chunk)
+        await response.write_eof()
+    return response
+
+
+def _open_output(root: Path, path: str) -> int | None:
     try:
-        target = files.resolve_inside(root, path)
+        return files.open_output(root, path)
     except files.UnsafePath as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
-    return web.FileResponse(target, headers={"Content-Type": "application/octet-stream"})
 
 
 @_on_its_replica
@@ -285,14 +315,10 @@ async def get_task_output(request: web.Request) -> web.StreamResponse:
     _check_file_path(path)
     await service.get(task_id, org_of(request))
     await _check_exists(service, task_id, path)
-    return await _file_response(service, task_id, path)
+    return await _file_response(request, service, task_id, path)
 
 
 async def _check_exists(service: TaskService, task_id: str, path: str) -> None:
-    try:
-        files.resolve_inside(service.outputs.output_dir(task_id), path)
-    except files.UnsafePath as exc:
-        raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
     if path not in {f.path for f in await service.outputs.output_files(task_id)}:
         raise APIProblem.not_found("NOT_FOUND", "artifact", path)
 
@@ -313,14 +339,10 @@ async def get_run_artifact(request: web.Request) -> web.StreamResponse:
     _check_file_path(path)
     await request.app[STORE_KEY].get_run(run_id, org_of(request))
     service = _service(request)
-    try:
-        files.resolve_inside(service.outputs.output_dir("x"), path)
-    except files.UnsafePath as exc:
-        raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
     found = await _outputs_of_run(service, org_of(request), run_id)
     if path not in found:
         raise APIProblem.not_found("NOT_FOUND", "artifact", path)
-    return await _file_response(service, found[path][0], path)
+    return await _file_response(request, service, found[path][0], path)
 
 
 # -- volumes -----------------------------------------------------------------------------

@@ -19,8 +19,9 @@ __all__ = [
     "UnsafePath",
     "file_size",
     "list_outputs",
+    "open_output",
+    "output_path",
     "read_from",
-    "resolve_inside",
     "tail_lines",
 ]
 
@@ -86,33 +87,52 @@ def read_from(root: Path, path: Path, offset: int, limit: int = 1 << 20) -> byte
         return os.pread(handle.fileno(), limit, offset)
 
 
-def resolve_inside(root: Path, relative: str) -> Path:
-    """``root / relative`` if it stays inside ``root`` after resolving symlinks.
+def output_path(root: Path, relative: str) -> Path:
+    """``root / relative``, checked without touching the disk (what is there is the
+    task's to change at any moment: :func:`open_output` opens it safely).
 
     Raises:
-        UnsafePath: ``relative`` is absolute, contains ``..`` or resolves outside ``root``.
+        UnsafePath: ``relative`` is empty, absolute or contains ``..``.
     """
-    parts = relative.replace("\\", "/").split("/")
-    if relative.startswith("/") or ".." in parts or not relative.strip("/"):
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if relative.startswith("/") or ".." in relative.replace("\\", "/").split("/") or not parts:
         raise UnsafePath(f"path {relative!r} must be relative and stay inside the directory")
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if target != base and base not in target.parents:
-        raise UnsafePath(f"path {relative!r} leaves the directory")
-    return target
+    return root.joinpath(*parts)
+
+
+def open_output(root: Path, relative: str) -> int | None:
+    """The output file ``relative`` of the output directory ``root``, open for reading;
+    ``None`` when there is no such regular file.
+
+    A task may swap any part of the path for a link between a check and an open, so the
+    file is opened one component at a time without following links (as a log is:
+    :func:`.logfile.open_beneath`), never by a path resolved beforehand.
+
+    Raises:
+        UnsafePath: ``relative`` is empty, absolute or contains ``..``.
+    """
+    path = output_path(root, relative)
+    try:
+        return open_beneath(root, path)
+    except NotALogFile:  # a link, a FIFO, a directory...: not an output file
+        return None
 
 
 def list_outputs(root: Path) -> list[TaskOutputFile]:
-    """Regular files under ``root`` (relative POSIX paths, sorted); links leaving it skipped."""
-    if not root.is_dir():
-        return []
-    base = root.resolve()
+    """Regular files under ``root`` (relative POSIX paths, sorted); links are not followed
+    nor listed, and what a task changes during the walk is skipped, never read through."""
     found: list[TaskOutputFile] = []
-    for directory, _dirs, files in os.walk(base):
-        for name in files:
-            path = Path(directory) / name
-            real = path.resolve()
-            if base not in real.parents or not real.is_file():
-                continue
-            found.append(TaskOutputFile(path.relative_to(base).as_posix(), real.stat().st_size))
+    try:
+        walk = os.fwalk(root, follow_symlinks=False)
+        for directory, _dirs, names, dir_fd in walk:
+            for name in names:
+                try:
+                    status = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:  # gone, or replaced meanwhile
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    relative = Path(directory, name).relative_to(root).as_posix()
+                    found.append(TaskOutputFile(relative, status.st_size))
+    except OSError:  # the directory itself is missing or unreadable: no outputs
+        return []
     return sorted(found, key=lambda f: f.path)

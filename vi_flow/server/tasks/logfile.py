@@ -43,6 +43,10 @@ def open_beneath(root: Path, path: Path) -> int | None:
         fd = os.open(root, _DIR_FLAGS)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # the directory itself replaced by a link or a file
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise NotALogFile(f"{root.name}: {exc.strerror or exc}") from None
     try:
         for part in parts[:-1]:
             fd, parent = os.open(part, _DIR_FLAGS, dir_fd=fd), fd
