@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import asyncssh
+
 from .conftest import Invoker, write
 
 
@@ -132,6 +134,11 @@ def test_ssh_keys(vf: Invoker, tmp_path: Path) -> None:
     assert key_id in vf("ssh-keys", "list").stdout
     bad = vf("ssh-keys", "add", str(write(tmp_path / "k.pub", "not a key\n")))
     assert bad.exit_code == 2 and "publicKey" in bad.stderr
+    private = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    refused = vf("ssh-keys", "add", str(write(tmp_path / "id_ed25519", private)))
+    assert refused.exit_code == 2 and "is a private key" in refused.stderr  # never sent
+    assert "id_ed25519.pub" in refused.stderr and "PRIVATE" not in refused.stderr
+    assert [key["keyId"] for key in json.loads(vf("ssh-keys", "list", "--json").stdout)] == [key_id]
     assert vf("ssh-keys", "delete", key_id).exit_code == 0
     assert json.loads(vf("ssh-keys", "list", "--json").stdout) == []
 

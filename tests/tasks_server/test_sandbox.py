@@ -209,6 +209,14 @@ async def test_a_login_to_a_task_that_is_not_running_is_refused(
         refused = await conn.run("echo ran on the host")
         assert refused.exit_status == 1 and refused.stdout == ""
         assert f"task {endpoint['taskId']} is cancelled, not running" in refused.stderr
+    # the command it suggests is one the CLI has
+    suggested = str(refused.stderr).split("`")[1].split()
+    assert suggested == ["vi-flow", "tasks", "logs", endpoint["taskId"]]
+    from click.testing import CliRunner
+
+    from vi_flow.cli._root import cli
+
+    assert CliRunner().invoke(cli, [*suggested[1:-1], "--help"]).exit_code == 0
 
 
 @pytest.mark.anyio

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..models.limits import is_private_key
 from ._lazy import LazyGroup
 from ._output import emit_json, json_option, table, wants_json, when
 from ._state import state
@@ -52,6 +53,12 @@ def add(public_key_file: Path | None, name: str | None, use_default: bool, as_js
         note = f" (private key {pair.private_path})"
     else:
         text = public_key_file.read_text(encoding="utf-8").strip()
+        if is_private_key(text):  # never sent: the server needs the public half only
+            raise click.BadParameter(
+                f"{public_key_file} is a private key; give its public key"
+                f" ({public_key_file.name}.pub)",
+                param_hint="PUBLIC_KEY_FILE",
+            )
         key = client.ssh_keys.create(name or public_key_file.name, text)
         note = ""
     if wants_json(as_json):

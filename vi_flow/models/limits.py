@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "MAX_BLOCKS",
     "MAX_DURATION_HOURS",
+    "MAX_EMIT_INTERVAL",
     "MAX_EMIT_LINES",
     "MAX_ID_LENGTH",
     "MAX_INT",
@@ -86,6 +87,9 @@ MAX_VOLUME_GB = 65_536
 
 MAX_EMIT_LINES = 1_000_000
 """The most log lines one ``emit`` step of a stored flow asks for (its ``count``)."""
+
+MAX_EMIT_INTERVAL = 3600
+"""The longest pause, in seconds, an ``emit`` step of a stored flow makes between lines."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60
@@ -197,6 +201,12 @@ def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
         raise LimitError(field, f"longer than {most} characters ({len(value)})")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise LimitError(field, f"must not hold control characters: {shown(value)}")
+
+
+def is_private_key(text: str) -> bool:
+    """Whether ``text`` holds a private key (OpenSSH, PEM or PuTTY): what must never be
+    sent where a public key is asked for."""
+    return "PRIVATE KEY-----" in text or text.lstrip().startswith("PuTTY-User-Key-File")
 
 
 def check_int(field: str, value: object, low: int, high: int) -> int:

@@ -24,6 +24,7 @@ import attrs
 
 from .._http import path
 from ..models import Page
+from ..models.limits import is_private_key
 from ..models.tasks import SSHKey, SSHKeyRequest
 from ._base import AsyncResource
 
@@ -122,8 +123,11 @@ class AsyncSSHKeys(AsyncResource):
         """Register a public key (an already registered key answers the existing entry).
 
         Raises:
+            ValueError: ``public_key`` is a private key (it is not sent).
             UnprocessableEntityError: ``public_key`` is not an OpenSSH public key.
         """
+        if is_private_key(public_key):
+            raise ValueError("public_key is a private key: give the public key (the .pub file)")
         body = SSHKeyRequest(name=name, public_key=public_key)
         return await self._http.request("POST", "/ssh-keys", json=body, cast=SSHKey)
 

@@ -17,12 +17,14 @@ from pathlib import Path
 import attrs
 import orjson
 
+from ...models.limits import check_name, is_private_key
 from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
 from ..clock import now_ms
 from ..db import Connection, Row
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
 from ..store import new_id
+from ..validation import limited
 from .records import TaskRecords
 
 __all__ = ["SSHAccess", "SessionContext"]
@@ -80,6 +82,11 @@ class SSHAccess:
         """
         import asyncssh  # here, not at import: the idle server never loads it
 
+        if is_private_key(public_key):  # asyncssh would take it (and derive its public half)
+            raise APIProblem.validation(
+                "publicKey", "this is a private key: send the public key (the .pub file)"
+            )
+        limited(check_name, "name", name)
         try:
             key = asyncssh.import_public_key(public_key.strip())
         except (asyncssh.KeyImportError, ValueError) as exc:
@@ -147,7 +154,7 @@ class SSHAccess:
         if row["status"] != TaskStatus.RUNNING.value:
             refusal = (
                 f"task {task_id} is {row['status']}, not running: commands and shells need "
-                f"a running task (its logs: `vi-flow logs {task_id}` or the "
+                f"a running task (its logs: `vi-flow tasks logs {task_id}` or the "
                 f"{task_id}+logs login)"
             )
         else:
