@@ -352,3 +352,97 @@ async def test_an_emit_step_of_a_stored_flow_has_a_bounded_count(server: Server)
     assert (await server.call("GET", "/flows")).body["items"] == []
     blocks = [{"block": "emit", "settings": {"count": MAX_EMIT_LINES}}]
     assert (await server.call("POST", "/flows", json={"name": "e", "blocks": blocks})).status == 201
+
+
+# -- found by trying the API as a hostile user (2026-12-04) ---------------------------------
+
+
+async def test_a_body_that_does_not_decode_is_400_and_an_unknown_encoding_415(
+    server: Server,
+) -> None:
+    for encoding in ("gzip", "deflate"):
+        answer = await server.call(
+            "POST",
+            "/flows",
+            data=b'{"name": "x"}',
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert answer.status == 400, (encoding, answer.body)
+        assert answer.body["error"]["code"] == "INVALID_REQUEST"
+        assert encoding in answer.body["error"]["message"]
+    answer = await server.call(
+        "POST",
+        "/flows",
+        data=b'{"name": "x"}',
+        headers={"Content-Type": "application/json", "Content-Encoding": "bogus"},
+    )
+    assert answer.status == 415, answer.body
+    assert "bogus" in answer.body["error"]["message"]
+    assert (await server.call("GET", "/flows")).body["items"] == []
+
+
+async def test_task_amounts_must_be_positive(server: Server) -> None:
+    for field, value in (
+        ("memoryGb", -5),
+        ("memoryGb", 0),
+        ("cpus", 0),
+        ("minGpuMemoryGb", -1),
+        ("memoryGb", True),
+        ("maxPricePerHour", -0.5),
+    ):
+        answer = await server.call("POST", "/tasks", json={"command": "true", field: value})
+        _refused(answer, field)
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+async def test_an_emit_interval_is_checked_when_the_flow_is_stored(server: Server) -> None:
+    for interval in ("x", [1], -5, True, 10**9):
+        blocks = [{"block": "emit", "settings": {"count": 1, "interval": interval}}]
+        answer = await server.call("POST", "/flows", json={"name": "e", "blocks": blocks})
+        _refused(answer, "blocks[0].settings.interval")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+    blocks = [{"block": "emit", "settings": {"count": 2, "interval": 0.01}}]
+    assert (await server.call("POST", "/flows", json={"name": "e", "blocks": blocks})).status == 201
+
+
+async def test_a_private_key_is_never_taken_for_a_public_one(server: Server) -> None:
+    import asyncssh
+
+    private = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    answer = await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": private})
+    _refused(answer, "publicKey")
+    assert "PRIVATE" not in answer.body["error"]["message"]  # the key is not echoed
+    public = asyncssh.import_private_key(private).export_public_key().decode()
+    answer = await server.call("POST", "/ssh-keys", json={"name": "k\n", "publicKey": public})
+    _refused(answer, "name")
+    assert (await server.call("GET", "/ssh-keys")).body["items"] == []
+
+
+async def test_a_token_given_the_admin_tokens_name_can_be_revoked(server: Server) -> None:
+    tokens = "/organizations/org_default/tokens"
+    made = await server.call("POST", tokens, json={"name": "admin"})
+    assert made.status == 201, made.body
+    other = made.body["token"]
+    assert (await server.call("GET", "/whoami", token=other)).status == 200
+    assert (await server.call("DELETE", f"{tokens}/admin")).status in (200, 204)
+    assert (await server.call("GET", "/whoami", token=other)).status == 401
+    assert (await server.call("GET", "/whoami")).status == 200  # the admin token stays
+    refused = await server.call("DELETE", f"{tokens}/admin")
+    assert refused.status == 409 and "admin token" in refused.body["error"]["message"]
+
+
+async def test_a_string_or_an_object_is_never_taken_for_a_list(server: Server) -> None:
+    for body, field in (
+        ({"name": "a", "blocks": "abc"}, "blocks"),
+        ({"name": "a", "blocks": {}}, "blocks"),
+        ({"name": "a", "inputs": {}}, "inputs"),
+        ({"name": "a", "tolerations": {"x": "ab"}}, "tolerations"),
+    ):
+        answer = await server.call("POST", "/flows", json=body)
+        _refused(answer, field)
+        assert "list" in answer.body["error"]["message"]
+        assert answer.body["error"]["message"].count(field) == 1, answer.body  # one problem
+    for volumes in ("x", "/host/path:/data", {"a": 1}):
+        answer = await server.call("POST", "/tasks", json={"command": "true", "volumes": volumes})
+        _refused(answer, "volumes")
+    assert await _lists_answer(server) == {path: [] for path in LISTS}  # no volume was made

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 import orjson
+from cattrs.cols import list_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
@@ -76,11 +77,30 @@ def _strict_hook(kind: type[Any], accepts: tuple[type[Any], ...]) -> Any:
     return hook
 
 
+def _is_list(kind: Any) -> bool:
+    return kind is list or typing.get_origin(kind) is list
+
+
+def _strict_list_hook(structure: Any) -> Any:
+    """``structure`` (cattrs' hook for a list type) for a JSON array only."""
+
+    def hook(value: Any, cls: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__} {value!r:.40}")
+        return structure(value, cls)
+
+    return hook
+
+
 def _build_converter(*, strict: bool = False) -> Any:
     conv = make_converter(omit_if_default=False, forbid_extra_keys=False)
     if strict:  # what the server reads: `{}` is not a string, "3" not a number
         for kind, accepts in ((str, (str,)), (int, (int,)), (float, (int, float)), (bool, (bool,))):
             conv.register_structure_hook(kind, _strict_hook(kind, accepts))
+        # nor a string or an object a list (cattrs would take each character or key)
+        conv.register_structure_hook_factory(
+            _is_list, lambda t: _strict_list_hook(list_structure_factory(t, conv))
+        )
 
     def unstructure_factory(cls: type[Any]) -> Any:
         overrides: dict[str, Any] = {

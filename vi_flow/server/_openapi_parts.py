@@ -344,6 +344,16 @@ _NARROWER: dict[tuple[str, str], dict[str, Any]] = {
     ("TaskConfig", "maxRunTime"): {
         "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]
     },
+    **{
+        ("TaskConfig", amount): {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_INT}, {"type": "null"}]
+        }
+        for amount in ("cpus", "memoryGb", "minGpuMemoryGb")
+    },
+    ("TaskConfig", "maxPricePerHour"): {
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_INT}, {"type": "null"}]
+    },
+    ("SSHKeyRequest", "name"): NAME,
     ("VolumeRequest", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},
     ("VolumeSpec", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},
     ("ReservationRequest", "durationHours"): {

@@ -224,7 +224,8 @@ def list_tokens(conn: Connection, org_id: str) -> list[dict[str, object]]:
 
 def revoke_tokens(conn: Connection, org_id: str, name: str) -> int:
     """Delete the organization's tokens named ``name``; the admin token is never revoked
-    here (it is the operator's way in: replace ``<home>/admin-token`` instead)."""
+    here (it is the operator's way in: replace ``<home>/admin-token`` instead), but
+    other tokens given its name are."""
     if not org_exists(conn, org_id):
         raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
     rows = conn.execute(
@@ -232,12 +233,13 @@ def revoke_tokens(conn: Connection, org_id: str, name: str) -> int:
     ).fetchall()
     if not rows:
         raise APIProblem.not_found("NOT_FOUND", "token", name)
-    if any(r["admin"] for r in rows):
+    revoked = sum(1 for r in rows if not r["admin"])
+    if not revoked:
         raise APIProblem(
             409, "CONFLICT", f"token {name!r} is the admin token; it cannot be revoked"
         )
-    conn.execute("DELETE FROM tokens WHERE org_id = ? AND name = ?", (org_id, name))
-    return len(rows)
+    conn.execute("DELETE FROM tokens WHERE org_id = ? AND name = ? AND admin = 0", (org_id, name))
+    return revoked
 
 
 def lookup_token(conn: Connection, token: str) -> tuple[str, str, bool] | None:

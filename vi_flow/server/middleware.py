@@ -28,6 +28,8 @@ import time
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..models.limits import MAX_REQUEST_BODY, shown
 from .console.sessions import COOKIE, session_principal
@@ -163,6 +165,28 @@ def _check_declared_size(request: web.Request) -> None:
         )
 
 
+_ENCODINGS = ("", "identity", "gzip", "deflate")  # what aiohttp decodes without extras
+
+
+def _check_encoding(request: web.Request) -> None:
+    """Refuse a body in a ``Content-Encoding`` the server cannot decode (it would be read
+    as it is and fail later, or worse, be taken for JSON)."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _ENCODINGS and request.body_exists:
+        raise APIProblem(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Encoding {shown(encoding)} is not supported; send the body as it is,"
+            " or gzip or deflate it",
+        )
+
+
+def _unreadable(request: web.Request) -> str:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    how = f" as Content-Encoding {shown(encoding)}" if encoding else ""
+    return f"the request body could not be decoded{how}"
+
+
 def _check_no_nul(request: web.Request) -> None:
     """A NUL character (``%00``) is in no id, file path or parameter value: refuse it
     before any database sees it (PostgreSQL cannot even compare text holding one)."""
@@ -181,8 +205,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         _assign_request_id(request)
     try:
         _check_declared_size(request)
+        _check_encoding(request)
         _check_no_nul(request)
         return await handler(request)
+    except (RequestPayloadError, HttpProcessingError):  # a body that does not decode
+        response = error_response(request, 400, "INVALID_REQUEST", _unreadable(request))
+        response.force_close()  # the rest of it cannot be read: no next request follows
+        return response
     except APIProblem as exc:
         response = error_response(request, exc.status, exc.code, exc.message)
         if not exc.transient:

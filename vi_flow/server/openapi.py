@@ -482,12 +482,11 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
 
 def _setting(block: str, name: str) -> dict[str, Any]:
     """The schema of one setting: a range where the server checks one, else any value."""
-    low_high = SETTING_LIMITS.get((block, name))
-    return (
-        {}
-        if low_high is None
-        else {"type": "integer", "minimum": low_high[0], "maximum": low_high[1]}
-    )
+    limits = SETTING_LIMITS.get((block, name))
+    if limits is None:
+        return {}
+    number, low, high = limits
+    return {"type": number, "minimum": low, "maximum": high}
 
 
 def _block_types(app: web.Application, components: dict[str, Any]) -> None:

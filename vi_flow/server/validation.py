@@ -13,12 +13,14 @@ from typing import Any, Protocol, TypeVar
 from ..models.flows import FlowSpec
 from ..models.limits import (
     MAX_BLOCKS,
+    MAX_EMIT_INTERVAL,
     MAX_EMIT_LINES,
     MAX_ID_LENGTH,
     MAX_NESTING,
     LimitError,
     check_int,
     check_name,
+    check_number,
     depth,
 )
 from .errors import APIProblem
@@ -165,16 +167,19 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
         _check_values(where, block.block, block.settings)
 
 
-SETTING_LIMITS: dict[tuple[str, str], tuple[int, int]] = {
-    ("emit", "count"): (0, MAX_EMIT_LINES),
+SETTING_LIMITS: dict[tuple[str, str], tuple[str, int, int]] = {
+    ("emit", "count"): ("integer", 0, MAX_EMIT_LINES),
+    ("emit", "interval"): ("number", 0, MAX_EMIT_INTERVAL),
 }
-"""(block type, setting) -> the whole numbers a stored flow may give it."""
+"""(block type, setting) -> the JSON type (``integer`` or ``number``) and the range a
+stored flow may give it."""
 
 
 def _check_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
-    for (kind, name), (low, high) in SETTING_LIMITS.items():
+    for (kind, name), (number, low, high) in SETTING_LIMITS.items():
         if kind == block and name in settings:
-            limited(check_int, f"{where}.settings.{name}", settings[name], low, high)
+            check = check_int if number == "integer" else check_number
+            limited(check, f"{where}.settings.{name}", settings[name], low, high)
 
 
 def _check_settings(

@@ -128,6 +128,15 @@ def _check_config(config: TaskConfig) -> None:
         raise APIProblem.validation("command", "must not hold a NUL byte")
     for i, volume in enumerate(config.volumes):
         limited(check_int, f"volumes[{i}].sizeGb", volume.size_gb, 1, MAX_VOLUME_GB)
+    for field, amount in (
+        ("cpus", config.cpus),
+        ("memoryGb", config.memory_gb),
+        ("minGpuMemoryGb", config.min_gpu_memory_gb),
+    ):
+        if amount is not None:  # none: the provider's default
+            limited(check_int, field, amount, 1, MAX_INT)
+    if config.max_price_per_hour is not None:
+        limited(check_number, "maxPricePerHour", config.max_price_per_hour, 0, MAX_INT)
     if config.name is not None:
         limited(check_name, "name", config.name)
 

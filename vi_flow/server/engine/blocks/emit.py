@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ....models.limits import MAX_EMIT_INTERVAL, shown
 from .base import BlockContext, StepError
 
 __all__ = ["emit_block"]
@@ -23,10 +24,16 @@ async def emit_block(ctx: BlockContext) -> Any:
     """Append ``count`` log events for this step, then output the count."""
     count = ctx.setting("count", 1)
     interval = ctx.setting("interval", 0)
-    if not isinstance(count, int) or count < 0:
-        raise StepError(f"emit step {ctx.step_id!r}: count must be an int >= 0", "INVALID_SETTINGS")
-    if not isinstance(interval, (int, float)) or interval < 0:
-        raise StepError(f"emit step {ctx.step_id!r}: interval must be >= 0", "INVALID_SETTINGS")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        problem = f"count must be an int >= 0, got {shown(count)}"
+        raise StepError(f"emit step {ctx.step_id!r}: {problem}", "INVALID_SETTINGS")
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or not 0 <= interval <= MAX_EMIT_INTERVAL
+    ):
+        problem = f"interval must be 0 to {MAX_EMIT_INTERVAL} seconds, got {shown(interval)}"
+        raise StepError(f"emit step {ctx.step_id!r}: {problem}", "INVALID_SETTINGS")
     line = str(ctx.setting("line", "event {i}"))
     stream = str(ctx.setting("stream", "stdout"))
     if interval:
