@@ -90,8 +90,8 @@ class _Call(Generic[T]):
     """
 
     __slots__ = (
-        "_cancelled", "_entered", "_error", "_fn", "_lock", "_running", "_task", "_value",
-        "started",
+        "_cancelled", "_entered", "_error", "_fn", "_lock", "_running", "_settled", "_task",
+        "_value", "started",
     )  # fmt: skip
 
     def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
@@ -104,6 +104,8 @@ class _Call(Generic[T]):
         self._running: set[_Call[Any]] = set()
         self._cancelled = False
         self._entered = False
+        self._settled = False  # set before the lock is released (the lock says nothing once
+        # the caller holds it: Ctrl-C may strike between its acquire and its release)
         self.started = False
 
     def start(self, running: set[_Call[Any]]) -> None:
@@ -137,11 +139,13 @@ class _Call(Generic[T]):
         finally:
             self._task = None  # ending: the task needs no holder any more
             self._running.discard(self)
+            self._settled = True
             self._lock.release()  # exactly once: the caller wakes as the task ends
 
     def settle_cancelled(self) -> None:
         """Settle as cancelled: the coroutine never started, or its loop is gone."""
         self._error = CancelledError()
+        self._settled = True
         self._lock.release()
 
     def cancel(self) -> None:
@@ -152,11 +156,11 @@ class _Call(Generic[T]):
 
     def done(self) -> bool:
         """Whether the coroutine is done (or will never run)."""
-        return not self._lock.locked()
+        return self._settled
 
     def wait(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the coroutine to be done."""
-        if self._lock.acquire(timeout=timeout):
+        if not self._settled and self._lock.acquire(timeout=timeout):
             self._lock.release()
 
     def result(self) -> T:

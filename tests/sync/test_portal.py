@@ -494,6 +494,24 @@ def test_ctrl_c_before_the_call_is_queued_returns_at_once(
     assert portal.call(double, 2) == 4
 
 
+def test_ctrl_c_just_as_the_call_ends_returns_at_once(
+    portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    portal.call(double, 1)
+
+    def interrupted_after_the_wait(self: _Call[Any]) -> Any:
+        self._lock.acquire()  # the call ended and its caller took the lock...
+        raise KeyboardInterrupt  # ...when Ctrl-C struck, before it let go of it
+
+    monkeypatch.setattr(_Call, "result", interrupted_after_the_wait)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(double, 2)
+    assert time.monotonic() - t0 < 1  # it waited for its grace period (5 s) before
+    monkeypatch.undo()
+    assert portal.call(double, 2) == 4
+
+
 def test_works_inside_a_running_event_loop(portal: Portal) -> None:
     async def main() -> list[int]:
         first = portal.call(double, 21)
