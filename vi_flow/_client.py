@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, resolve_settings
+from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, resolve_settings, shown_url
 from ._errors import ClientStateError
 from ._forward import forward
 from ._http import Connection, HTTPCore, Sleep
@@ -228,7 +228,8 @@ class AsyncClient:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return f"AsyncClient(base_url={self._settings.base_url!r}, state={self.state.value})"
+        url = shown_url(self._settings.base_url)
+        return f"AsyncClient(base_url={url!r}, state={self.state.value})"
 
 
 _logging_configured = False

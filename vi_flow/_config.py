@@ -62,6 +62,16 @@ DEFAULT_IDLE_TIMEOUT: Final = 600.0
 LOG_TRANSPORTS: Final = ("auto", "ssh", "http")
 
 
+def shown_url(url: str) -> str:
+    """``url`` as reprs, errors and logs show it: the password of its user info
+    (``https://user:secret@host``) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    authority, at, after = rest.partition("@")
+    if not sep or not at or any(c in authority for c in "/?#") or ":" not in authority:
+        return url
+    return f"{scheme}://{authority.partition(':')[0]}:***@{after}"
+
+
 class NotGiven(enum.Enum):
     """The type of :data:`NOT_GIVEN`: "the caller did not pass this", distinct from ``None``."""
 
@@ -114,7 +124,7 @@ class Timeout:
 class Settings:
     """Resolved client settings. The API key never appears in the repr."""
 
-    base_url: str
+    base_url: str = attrs.field(repr=lambda url: repr(shown_url(url)))
     api_key: str | None = attrs.field(repr=False)
     organization_id: str | None
     timeout: Timeout
@@ -232,7 +242,7 @@ def resolve_settings(
     file = read_config_file()
     url = str(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL)).rstrip("/")
     if url != LOCAL and not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {url!r}")
+        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
     retries = int(
         _pick(max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES)
     )

@@ -29,7 +29,7 @@ from urllib.parse import quote
 import orjson
 
 from . import __version__, local
-from ._config import NOT_GIVEN, NotGiven, Settings, Timeout
+from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, shown_url
 from ._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -87,7 +87,8 @@ class Endpoint:
         self.organization_id = organization_id
 
     def __repr__(self) -> str:
-        return f"Endpoint(base_url={self.base_url!r}, organization_id={self.organization_id!r})"
+        url = shown_url(self.base_url)
+        return f"Endpoint(base_url={url!r}, organization_id={self.organization_id!r})"
 
 
 class Connection:
@@ -397,7 +398,7 @@ class HTTPCore:
                 delay = self._backoff(attempt, None)
                 if _past(deadline, delay):
                     raise APITimeoutError(
-                        f"{method} {request.full_url} gave no answer within the call's "
+                        f"{method} {shown_url(request.full_url)} gave no answer within the call's "
                         f"timeout of {budget.total} s ({exc})"
                     ) from exc
                 log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
@@ -475,10 +476,12 @@ class HTTPCore:
             )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise APITimeoutError(
-                f"{request.method} {request.full_url} timed out ({exc or 'no answer'})"
+                f"{request.method} {shown_url(request.full_url)} timed out ({exc or 'no answer'})"
             ) from exc
         except _connection_errors() as exc:
-            raise APIConnectionError(f"could not reach {request.full_url}: {exc}") from exc
+            raise APIConnectionError(
+                f"could not reach {shown_url(request.full_url)}: {exc}"
+            ) from exc
 
     @staticmethod
     async def _read_error(resp: aiohttp.ClientResponse | Answer) -> APIStatusError:

@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 import anyio.to_thread
 
-from ._config import Timeout
+from ._config import Timeout, shown_url
 from ._errors import APIConnectionError, APITimeoutError
 
 __all__ = ["Answer", "send"]
@@ -102,8 +102,8 @@ def _blocking_send(
         return Answer(resp.status, resp.msg, resp.read())
     except TimeoutError as exc:
         waited = time.monotonic() - started
-        raise APITimeoutError(f"{method} {url} timed out after {waited:.1f} s") from exc
+        raise APITimeoutError(f"{method} {shown_url(url)} timed out after {waited:.1f} s") from exc
     except (OSError, http.client.HTTPException) as exc:
-        raise APIConnectionError(f"could not reach {url}: {exc}") from exc
+        raise APIConnectionError(f"could not reach {shown_url(url)}: {exc}") from exc
     finally:
         conn.close()

@@ -165,6 +165,20 @@ async def test_unreachable_server_is_a_connection_error_naming_the_url() -> None
     assert len(sleeps.delays) == 2
 
 
+async def test_a_password_in_the_base_url_is_shown_nowhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vi_flow")
+    async with vi_flow.AsyncClient(
+        base_url="http://me:pw-sekret@127.0.0.1:9/v1", api_key=None, sleep=Sleeps()
+    ) as client:
+        with pytest.raises(APIConnectionError, match=r"me:\*\*\*@127\.0\.0\.1:9") as info:
+            await client.flows.get("flow_1")
+        shown = [str(info.value), repr(client), repr(client.http.connection.settings)]
+    assert not [text for text in shown if "pw-sekret" in text], shown
+    assert "pw-sekret" not in caplog.text and "retrying" in caplog.text
+
+
 async def test_unknown_fields_are_ignored() -> None:
     async with scripted_server([json_answer(200, FLOW)]) as (url, _):
         async with vi_flow.AsyncClient(base_url=url, api_key="k") as client:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._client import AsyncClient, ClientState
-from .._config import NOT_GIVEN, NotGiven, Timeout
+from .._config import NOT_GIVEN, NotGiven, Timeout, shown_url
 from .._forward import forward
 from .._http import Sleep
 from .._portal import Portal
@@ -159,4 +159,5 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client(base_url={self._async._settings.base_url!r}, state={self.state.value})"
+        url = shown_url(self._async._settings.base_url)
+        return f"Client(base_url={url!r}, state={self.state.value})"
