@@ -18,6 +18,7 @@ from vi_flow.models.tasks import (
     parse_gpu,
 )
 from vi_flow.server.tasks.files import UnsafePath, list_outputs, open_output, tail_lines
+from vi_flow.server.tasks.logfile import READ_SIZE
 
 
 @pytest.mark.parametrize(
@@ -78,6 +79,10 @@ def test_file_helpers(tmp_path: Path) -> None:
     log.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
     assert tail_lines(tmp_path, log, 2) == ["line 99998", "line 99999"]
     assert tail_lines(tmp_path, tmp_path / "missing", 5) == []
+    long = tmp_path / "long.log"
+    long.write_bytes(b"first\n" + b"a" * (3 * READ_SIZE) + b"z")  # one line of 768 KiB
+    assert tail_lines(tmp_path, long, 1) == ["a" * (READ_SIZE - 1) + "z"]  # its end only
+    assert tail_lines(tmp_path, long, 4)[0] == "first"  # within 4 reads of the end
     (tmp_path / "link").symlink_to(log)  # a link a task put in place of its log
     assert tail_lines(tmp_path, tmp_path / "link", 5) == []
     splitter = LineSplitter()

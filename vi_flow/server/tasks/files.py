@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...models.loglines import decode_line, split_lines
 from ...models.tasks import TaskOutputFile
-from .logfile import NotALogFile, open_beneath
+from .logfile import READ_SIZE, NotALogFile, open_beneath
 
 __all__ = [
     "UnsafePath",
@@ -54,24 +54,27 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     """The last ``count`` lines of the log ``path`` of the task directory ``root`` (none
     before byte offset ``start``), split as :mod:`vi_flow.models.loglines` does.
 
-    Reads backwards in blocks, so a huge log costs only what is returned.
+    Reads backwards in blocks, each once, and at most ``count`` times :data:`READ_SIZE`
+    bytes: a huge log costs only what is returned, and a line longer than that (one
+    line of 60 MB) comes back as its end.
     """
     if count <= 0:
         return []
     fd = _open_log(root, path)
     if fd is None:
         return []
+    blocks: list[bytes] = []
+    ends = 0  # line ends in the blocks read so far
     with os.fdopen(fd, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        data = b""
-        position = end
-        start = min(start, end)
-        while position > start and data.count(b"\n") <= count:
-            step = min(_TAIL_BLOCK, position - start)
+        position = handle.seek(0, os.SEEK_END)
+        floor = max(min(start, position), position - count * READ_SIZE)
+        while position > floor and ends <= count:
+            step = min(_TAIL_BLOCK, position - floor)
             position -= step
-            handle.seek(position)
-            data = handle.read(step) + data
-    lines, rest = split_lines(b"", data)
+            block = os.pread(fd, step, position)
+            blocks.append(block)
+            ends += block.count(b"\n")
+    lines, rest = split_lines(b"", b"".join(reversed(blocks)))
     if rest:
         lines.append(decode_line(rest))
     return lines[-count:]
