@@ -154,3 +154,18 @@ async def test_jobs_answer_at_once_and_finish(server: Server) -> None:
     assert answer.status == 202 and answer.body["status"] in ("Pending", "Running")
     events, _ = await server.sse("GET", f"/runs/{answer.body['executionId']}/events")
     assert names(events).count("log") == 3 and events[-1].event == "flow_completed"
+
+
+async def test_a_template_that_doubles_its_input_stops_at_the_limit(server: Server) -> None:
+    doubling = [{"block": "template", "id": "s0", "settings": {"template": "{{ parameters.big }}"}}]
+    for i in range(1, 8):  # 512 KiB doubled 7 times would be 64 MiB
+        twice = f"{{{{ steps.s{i - 1}.output }}}}" * 2
+        doubling.append({"block": "template", "id": f"s{i}", "settings": {"template": twice}})
+    flow = await server.flow(*doubling)
+    body = {"parameters": {"big": "A" * (1 << 19)}}
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["state"] == "failed"
+    failed = [step for step in outcome["steps"] if step["status"] == "Failed"]
+    assert [step["stepId"] for step in failed] == ["s5"]  # 16 MiB: over 8 MiB characters
+    assert "over 8388608 characters" in outcome["error"] and "steps.s4.output" in outcome["error"]
+    assert (await server.call("GET", f"/flows/{flow}")).status == 200

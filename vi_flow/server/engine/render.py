@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["RenderError", "render_text", "render_value"]
+from ...models.limits import MAX_STRING_LENGTH
+
+__all__ = ["MAX_RENDERED", "RenderError", "render_text", "render_value"]
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
@@ -103,9 +105,10 @@ def render_text(template: str, namespace: Mapping[str, Any]) -> str:
         as JSON.
 
     Raises:
-        RenderError: A placeholder names something that does not exist.
+        RenderError: A placeholder names something that does not exist, or the text
+            would be longer than :data:`MAX_RENDERED` characters.
     """
-    return _PLACEHOLDER.sub(lambda m: _to_text(_evaluate(m.group(1), namespace)), template)
+    return _render_text(template, namespace, [MAX_RENDERED])
 
 
 def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
@@ -122,15 +125,40 @@ def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
         The rendered value.
 
     Raises:
-        RenderError: A placeholder names something that does not exist.
+        RenderError: A placeholder names something that does not exist, or the text
+            rendered in all would be longer than :data:`MAX_RENDERED` characters.
     """
+    return _render_value(value, namespace, [MAX_RENDERED])
+
+
+MAX_RENDERED = MAX_STRING_LENGTH
+"""The most characters one rendering may write (a template that repeats a step's output
+would otherwise double it at every step: gigabytes after a few)."""
+
+
+def _render_text(template: str, namespace: Mapping[str, Any], left: list[int]) -> str:
+    def one(match: re.Match[str]) -> str:
+        text = _to_text(_evaluate(match.group(1), namespace))
+        left[0] -= len(text)
+        if left[0] < 0:
+            name = match.group(1).split("|")[0].strip()
+            raise RenderError(
+                name,
+                f"the rendered text would be over {MAX_RENDERED} characters at {{{{ {name} }}}}",
+            )
+        return text
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def _render_value(value: Any, namespace: Mapping[str, Any], left: list[int]) -> Any:
     if isinstance(value, str):
         whole = _PLACEHOLDER.fullmatch(value.strip())
         if whole is not None and "{{" not in whole.group(1):
-            return _evaluate(whole.group(1), namespace)
-        return render_text(value, namespace)
+            return _evaluate(whole.group(1), namespace)  # the value itself: nothing written
+        return _render_text(value, namespace, left)
     if isinstance(value, list):
-        return [render_value(item, namespace) for item in value]
+        return [_render_value(item, namespace, left) for item in value]
     if isinstance(value, dict):
-        return {key: render_value(item, namespace) for key, item in value.items()}
+        return {key: _render_value(item, namespace, left) for key, item in value.items()}
     return value
