@@ -348,7 +348,7 @@ async def _answer_once(
         body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
     if early_lookup:
         stored = await store.get_idempotent(org, key, request.method, request.path)
-        if stored is not None and stored[1] == PENDING_ANSWER:
+        if stored is not None and stored[1] == PENDING_ANSWER and stored[0] == body_hash:
             stored = await _answer_of(store, org, key, request)
         if stored is not None:
             return _replay(key, stored, body_hash)
@@ -360,11 +360,13 @@ async def _answer_once(
         response = await handler(request)
     except AlreadyAnswered as found:  # looked up in the creating transaction
         stored = found.stored
-        if stored[1] == PENDING_ANSWER:  # another replica is answering it: wait
+        if stored[1] == PENDING_ANSWER and stored[0] == body_hash:  # being answered: wait
             stored = await _answer_of(store, org, key, request)
         return _replay(key, stored, body_hash)
     except BaseException:
-        if slot.saved or slot.reserved:  # saved, then its request failed: no replay of it
+        # saved, then its request failed: no replay of it; but a placeholder naming a run
+        # stays (a retry answers that run's outcome rather than start another)
+        if slot.saved or (slot.reserved and not slot.holds_run):
             await store.forget_idempotent(org, key, request.method, request.path)
         raise
     finally:
@@ -376,7 +378,7 @@ async def _answer_once(
         await store.put_idempotent(
             org, key, request.method, request.path, (body_hash, response.status, body)
         )
-    elif slot.reserved:  # no answer to replay: let the key go
+    elif slot.reserved and not slot.holds_run:  # no answer to replay: let the key go
         await store.forget_idempotent(org, key, request.method, request.path)
     return response
 

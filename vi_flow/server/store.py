@@ -124,6 +124,7 @@ class IdempotencySlot:
     saved: bool = False
     lookup_pending: bool = False  # the creating transaction looks the key up (check)
     reserved: bool = False  # a placeholder answer holds the key for this request (replicas)
+    holds_run: bool = False  # the placeholder names the run the request made (hold)
 
 
 PENDING_ANSWER = 0
@@ -175,6 +176,28 @@ class AnswerSaver:
             placeholder = (slot.body_hash, PENDING_ANSWER, b"")
             rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, placeholder)
             slot.reserved = True
+
+    def hold(self, conn: Connection, run_id: str) -> None:
+        """In the transaction that creates the run whose outcome is the answer: hold the
+        key with a placeholder naming the run. A retry that finds it (this request still
+        running elsewhere, or cut short by a crash) answers that run's outcome instead of
+        starting a second run (:meth:`held_run`)."""
+        slot = self._slot
+        if slot is None or self._status is None or slot.saved:
+            return
+        placeholder = (slot.body_hash, PENDING_ANSWER, run_id.encode())
+        rec.put_idempotent(conn, slot.org_id, slot.key, slot.method, slot.path, placeholder)
+        slot.reserved = slot.holds_run = True
+
+    def held_run(self, stored: tuple[str, int, bytes]) -> str | None:
+        """The run a placeholder found by :meth:`check` names, when it was made by a
+        request with this body; ``None`` for anything else (a stored answer to replay,
+        another body: the idempotency wrapper answers those)."""
+        slot = self._slot
+        body_hash, status, body = stored
+        if slot is None or status != PENDING_ANSWER or body_hash != slot.body_hash or not body:
+            return None
+        return body.decode()
 
     def __call__(self, conn: Connection, resource: Any) -> None:
         slot = self._slot

@@ -333,7 +333,10 @@ class Engine:
         def create(conn: Connection) -> Begun:
             if save is not None:
                 save.check(conn)  # an Idempotency-Key answered before: nothing is made
-            return _create_and_begin(conn, org, flow_id, request, self.replica.id)
+            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id)
+            if save is not None:
+                save.hold(conn, begun.row.run_id)  # a retry finds this run, makes none
+            return begun
 
         return self._started(await self.store.run(create), save)
 

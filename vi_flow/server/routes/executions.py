@@ -42,7 +42,7 @@ from ..helpers import (
     read_body,
 )
 from ..state import ENGINE_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
-from ..store import answer_saver
+from ..store import AlreadyAnswered, answer_saver
 from ..tasks import TASKS_KEY
 
 __all__ = ["EXECUTION_ENGINE_KEY", "setup"]
@@ -73,7 +73,15 @@ async def execute(request: web.Request) -> web.Response:
     # the idempotent answer is saved in the transaction that ends the run (or, when it
     # pauses, in the one that reads the pause)
     save = answer_saver(200)
-    key = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
+    try:
+        key = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
+    except AlreadyAnswered as found:
+        # the same request made a run that has not answered yet (it still runs on another
+        # replica, or a crash cut its request short): its outcome is the answer
+        run_id = save.held_run(found.stored)
+        if run_id is None:
+            raise
+        key = (org_of(request), run_id)
     return json_response(await engine.outcome(key, 0, save))
 
 
