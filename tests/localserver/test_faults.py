@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -61,6 +62,56 @@ async def test_kill_9_mid_stream_the_stream_resumes_on_a_new_server_exactly_once
         assert seen == stored  # every event exactly once
         ended = await client.get_task(task.task_id)
         assert ended.status == "failed" and ended.reason == "ServerRestarted"
+
+
+async def test_kill_9_mid_execute_the_retried_call_answers_its_own_run_not_a_new_one(
+    home: Path,
+) -> None:
+    async with vi_flow.AsyncClient() as client:
+        flow = await client.flows.create(_ticking_flow())
+        old = run_file(home)
+        assert old is not None
+        execute = asyncio.create_task(client.flow(flow.flow_id).execute())
+        with anyio.fail_after(30):
+            while not [t async for t in client.tasks.list().all_items()]:
+                await anyio.sleep(0.1)
+        os.kill(old.pid, signal.SIGKILL)  # the execute's request is cut short; it retries
+        with anyio.fail_after(90), pytest.raises(vi_flow.FlowExecutionError) as failed:
+            await execute  # the run it started, ended by the restart
+        assert "the server stopped during the run" in failed.value.message
+        runs = [r async for r in client.runs.list(flow_id=flow.flow_id).all_items()]
+        assert [r.run_id for r in runs] == [failed.value.execution_id]  # one run: the first
+        tasks = [t async for t in client.tasks.list().all_items()]
+        assert len(tasks) == 1  # the task block ran once
+
+
+async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(
+    home: Path,
+) -> None:
+    async with vi_flow.AsyncClient() as client:
+        cpus = len(os.sched_getaffinity(0))
+        hog = await client.run(["sleep", "60"], cpus=cpus)  # every CPU: the next one waits
+        waiting = {"name": "waits", "blocks": [
+            {"block": "task", "id": "t", "settings": {"command": "echo ran", "cpus": 1}}]}  # fmt: skip
+        flow = await client.flows.create(waiting)
+        job = await client.flow(flow.flow_id).execute_async()
+        with anyio.fail_after(30):
+            while len(tasks := [t async for t in client.tasks.list().all_items()]) < 2:
+                await anyio.sleep(0.1)
+        queued = next(t for t in tasks if t.task_id != hog.task_id)
+        assert queued.status == "pending"
+        old = run_file(home)
+        assert old is not None
+        os.kill(old.pid, signal.SIGKILL)
+        run = await client.runs.get(job.execution_id)  # the client starts a new server
+        assert run.status.condition == "Error"
+        with anyio.fail_after(30):
+            while (task := await client.get_task(queued.task_id)).status == "pending":
+                await anyio.sleep(0.1)
+        assert task.status == "failed" and task.reason == "ServerRestarted", task
+        assert task.started_at is None  # it never ran
+        await anyio.sleep(1)  # nothing starts it later either
+        assert (await client.get_task(queued.task_id)).status == "failed"
 
 
 def _in_process_holder(home: Path) -> subprocess.Popen[str]:

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from ...models._base import from_wire, to_wire
+from ...models.common import Condition
 from ...models.tasks import Reservation, Task, TaskConfig, TaskOutputFile, TaskStatus
 from ..background import spawn
 from ..clock import now_ms
@@ -218,9 +219,26 @@ class TaskService:
         if not rows:
             return
         rows.sort(key=lambda row: row["seq"])
+        # A task block's task whose run ended meanwhile (the engine ends the runs a stopped
+        # server left open before this runs) has no one to use it: it never starts, or
+        # it is stopped once its provider has it back.
+        ownerless = await self.store.run(lambda c: _of_ended_runs(c, rows))
+        unstarted = {r["task_id"] for r in rows if r["task_id"] in ownerless and _unsent(r)}
+        for task_id in sorted(unstarted):
+            await self._record_update(
+                TaskUpdate(
+                    task_id, TaskStatus.FAILED, message=_RUN_ENDED, reason="ServerRestarted",
+                    time=now_ms(),
+                )
+            )  # fmt: skip
+        rows = [row for row in rows if row["task_id"] not in unstarted]
+        if not rows:
+            return
         recovered = [await self._running_task(row) for row in rows]
         log.info("recovering %d tasks left pending or running", len(recovered))
         await self.provider.recover(recovered)
+        for task_id in sorted(ownerless - unstarted):
+            spawn(self._background, self.cancel(task_id))
 
     def _heard(self, message: list[Any]) -> None:
         """Another replica recorded a change of these tasks: wake their waiters here."""
@@ -484,6 +502,29 @@ def _task_row(
         run_id,
         step_id,
     )
+
+
+_RUN_ENDED = "its run ended when the server stopped, so it was not started"
+
+
+def _unsent(row: Row) -> bool:
+    """Whether the task is pending and no engine has it yet (nothing to stop)."""
+    return bool(row["status"] == "pending" and not row["provider_id"])
+
+
+def _of_ended_runs(conn: Connection, rows: list[Row]) -> set[str]:
+    """The tasks of ``rows`` that belong to a run that has ended."""
+    ended = set()
+    for row in rows:
+        if not row["run_id"]:
+            continue
+        run = conn.execute(
+            "SELECT condition FROM runs WHERE org_id = ? AND run_id = ?",
+            (row["org_id"], row["run_id"]),
+        ).fetchone()
+        if run is not None and Condition(run["condition"]).terminal:
+            ended.add(str(row["task_id"]))
+    return ended
 
 
 def _update_columns(update: TaskUpdate) -> dict[str, Any]:
