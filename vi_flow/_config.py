@@ -209,10 +209,21 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
 
 
 def _parse_value(key: str, value: str) -> Any:
+    """``value`` as the config file keeps it, checked as a client would read it back
+    (a value every later command would refuse is refused here, naming the key)."""
     if key == "max_retries":
-        return int(value)
-    if key in ("timeout", "server_idle_timeout"):
+        return _retries(value)
+    if key == "timeout":
+        _coerce_timeout(value)
         return float(value)
+    if key == "server_idle_timeout":
+        return _seconds_or_never(value)
+    if key == "base_url":
+        return _base_url(value)
+    if key in _CHOICES:
+        return _one_of(key, value, _CHOICES[key])
+    if key == "ca_file":
+        _checked_ca_file(value)
     return value
 
 
@@ -240,20 +251,13 @@ def resolve_settings(
         ValueError: A value is invalid; the message names the setting and where it came from.
     """
     file = read_config_file()
-    url = str(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL)).rstrip("/")
-    if url != LOCAL and not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
-    retries = int(
+    url = _base_url(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL))
+    retries = _retries(
         _pick(max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES)
     )
-    if retries < 0:
-        raise ValueError(f"max_retries must be >= 0, got {retries}")
     raw_timeout = _pick(timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
-    mode = str(_pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background"))
-    if mode not in LOCAL_SERVER_MODES:
-        raise ValueError(
-            f"local_server must be one of {', '.join(LOCAL_SERVER_MODES)}, got {mode!r}"
-        )
+    raw_mode = _pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background")
+    mode = _one_of("local_server", raw_mode, LOCAL_SERVER_MODES)
     return Settings(
         base_url=url,
         api_key=_pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None),
@@ -272,26 +276,54 @@ def resolve_settings(
     )
 
 
+def _base_url(value: object) -> str:
+    url = str(value).rstrip("/")
+    if url != LOCAL and not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
+    return url
+
+
+def _retries(value: Any) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        retries: int = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"max_retries must be a whole number >= 0, got {value!r}") from None
+    if retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {retries}")
+    return retries
+
+
+def _one_of(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "local_server": LOCAL_SERVER_MODES,
+    "log_transport": LOG_TRANSPORTS,
+    "http_transport": HTTP_TRANSPORTS,
+}
+
+
 def _http_transport(arg: str | NotGiven | None, file: dict[str, Any]) -> str:
     value = _pick(arg, "VI_FLOW_HTTP_TRANSPORT", file, "http_transport", "aiohttp")
-    if value not in HTTP_TRANSPORTS:
-        raise ValueError(
-            f"http_transport must be one of {', '.join(HTTP_TRANSPORTS)}, got {value!r}"
-        )
-    return str(value)
+    return _one_of("http_transport", value, HTTP_TRANSPORTS)
 
 
 def _log_transport(file: dict[str, Any]) -> str:
     value = _pick(NOT_GIVEN, "VI_FLOW_LOG_TRANSPORT", file, "log_transport", "auto")
-    if value not in LOG_TRANSPORTS:
-        raise ValueError(f"log_transport must be one of {', '.join(LOG_TRANSPORTS)}, got {value!r}")
-    return str(value)
+    return _one_of("log_transport", value, LOG_TRANSPORTS)
 
 
 def _ca_file(file: dict[str, Any]) -> Path | None:
     value = _pick(NOT_GIVEN, "VI_FLOW_CA_FILE", file, "ca_file", None)
-    if value is None:
-        return None
+    return None if value is None else _checked_ca_file(value)
+
+
+def _checked_ca_file(value: object) -> Path:
     path = Path(str(value)).expanduser()
     if not path.is_file():
         raise ValueError(f"ca_file must name a PEM file of CA certificates, got {str(value)!r}")
@@ -302,6 +334,10 @@ def _idle_timeout(file: dict[str, Any]) -> float:
     raw = _pick(NOT_GIVEN, "VI_FLOW_SERVER_IDLE_TIMEOUT", file, "server_idle_timeout", None)
     if raw is None:
         return DEFAULT_IDLE_TIMEOUT
+    return _seconds_or_never(raw)
+
+
+def _seconds_or_never(raw: Any) -> float:
     try:
         seconds = float(raw)
     except (TypeError, ValueError):

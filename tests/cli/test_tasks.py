@@ -60,6 +60,23 @@ def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:
     assert vf("tasks", "status", "task_missing").exit_code == 4
 
 
+def test_a_bad_task_file_is_a_usage_error_naming_the_file(vf: Invoker, tmp_path: Path) -> None:
+    cases = {
+        "unclosed.yaml": ("name: [unclosed\n", "unclosed.yaml:2:1: not valid YAML"),
+        "env.yaml": ("command: [echo, hi]\nenv: [1, 2]\n", "env.yaml: env must be a mapping"),
+        "volumes.yaml": ("command: x\nvolumes: data\n", "volumes must be a list"),
+    }
+    for name, (text, said) in cases.items():
+        bad = vf("tasks", "run", "-f", str(write(tmp_path / name, text)))
+        assert bad.exit_code == 2, (name, bad.stderr)
+        assert said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    bad = vf("tasks", "run", "-f", str(binary))
+    assert bad.exit_code == 2 and "binary.yaml: not UTF-8" in bad.stderr, bad.stderr
+    assert json.loads(vf("tasks", "list", "--json").stdout) == []
+
+
 def test_bad_gpu_request_is_one_line(vf: Invoker) -> None:
     result = vf("tasks", "run", "--gpu", "h100:9", "true")
     assert result.exit_code == 2  # a bad argument, as the exit-code table says

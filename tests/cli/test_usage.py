@@ -150,6 +150,26 @@ def test_config_set_unknown_key_is_a_usage_error(vf_offline: Invoker) -> None:
     assert "unknown key 'colour'" in result.stderr
 
 
+def test_config_set_refuses_a_value_every_later_command_would_refuse(
+    vf_offline: Invoker, tmp_path: Path
+) -> None:
+    for key, value in (
+        ("local_server", "weird"),
+        ("base_url", "not a url"),
+        ("log_transport", "foo"),
+        ("http_transport", "curl"),
+        ("ca_file", str(tmp_path / "missing.pem")),
+        ("max_retries", "2.5"),
+        ("server_idle_timeout", "never"),
+    ):
+        result = vf_offline("config", "set", key, value)
+        assert result.exit_code == 2, (key, result.stdout, result.stderr)
+        assert key in result.stderr, result.stderr
+    assert not (tmp_path / "config" / "config.toml").exists()  # nothing was written
+    assert vf_offline("config", "show").exit_code == 0
+    assert vf_offline("config", "set", "local_server", "in-process").exit_code == 0
+
+
 def test_api_key_option_is_never_printed(vf_offline: Invoker) -> None:
     result = vf_offline("--api-key", "tok-zzz-999", "config", "show")
     assert result.exit_code == 0

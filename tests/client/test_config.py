@@ -53,6 +53,9 @@ def test_bad_values_are_named() -> None:
         write_config_value("colour", "red")
     with pytest.raises(ValueError, match="timeout"):
         Timeout(connect=-1)
+    for retries in ("x", 2.7, True):
+        with pytest.raises(ValueError, match="max_retries must be a whole number"):
+            resolve_settings(max_retries=retries)  # type: ignore[arg-type]
 
 
 def test_broken_config_file_names_the_file() -> None:

@@ -9,13 +9,14 @@ are written in the seed's shorthand (``"a100"``, ``"a100:4"``, ``"4xa100"``,
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
 
 from ._base import OpenEnum
+from .limits import shown
 
 __all__ = [
     "ENV_REDACTED",
@@ -176,13 +177,17 @@ def _volume_spec(value: VolumeSpec | Mapping[str, Any]) -> VolumeSpec:
 def _volume_specs(values: Any) -> list[VolumeSpec]:
     if values is None:
         return []
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"volumes must be a list of volume specs, got {shown(values)}")
     return [_volume_spec(v) for v in values]
 
 
 def _env(values: Any) -> dict[str, str]:
     if values is None:
         return {}
-    return {str(k): str(v) for k, v in dict(values).items()}
+    if not isinstance(values, Mapping):
+        raise TypeError(f"env must be a mapping of names to values, got {shown(values)}")
+    return {str(k): str(v) for k, v in values.items()}
 
 
 ENV_REDACTED = "<redacted>"
@@ -275,10 +280,22 @@ class TaskConfig:
         """
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise ValueError(f"{where}: not valid YAML: {exc.problem or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a task YAML file must hold a mapping of config fields")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
 @attrs.frozen
