@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,30 @@ def test_json_after_a_double_dash_is_an_argument_not_the_option(vf_offline: Invo
     result = vf_offline("flows", "list", "--limit", "x", "--", "--json")
     assert result.exit_code == 2
     assert not result.stderr.lstrip().startswith("{")
+
+
+def test_a_failure_a_command_explains_is_json_too(vf: Invoker, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\nblocks:\n  - block: nosuchblock\n")
+    for args in (
+        ["flows", "create", "-f", str(spec), "--json"],
+        ["--json", "flows", "create", "-f", str(spec)],
+    ):
+        result = vf(*args)
+        assert result.exit_code == 2, result.stderr
+        assert result.stdout == ""
+        error = json.loads(result.stderr)["error"]  # one JSON document, nothing else
+        assert error["exitCode"] == 2 and "spec.yaml" in error["message"]
+    without = vf("flows", "create", "-f", str(spec))
+    assert without.stderr.startswith("error: ") and "spec.yaml" in without.stderr
+
+
+def test_the_commands_that_say_what_they_did_say_it_in_json(vf: Invoker, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\nblocks: []\n")
+    flow_id = json.loads(vf("flows", "create", "-f", str(spec), "--json").stdout)["flowId"]
+    assert json.loads(vf("--json", "flows", "delete", flow_id, "-y").stdout) == {"deleted": flow_id}
+    volume = json.loads(vf("volumes", "create", "--name", "scratch", "--json").stdout)["volumeId"]
+    assert json.loads(vf("volumes", "delete", volume, "-y", "--json").stdout) == {"deleted": volume}
+    said = json.loads(vf("config", "set", "timeout", "30", "--json").stdout)
+    assert said["key"] == "timeout" and said["value"] == "30" and said["path"]

@@ -70,10 +70,13 @@ class CommandFailed(click.ClickException):
         # failure here carries its own, which click reads from the instance.
         setattr(self, "exit_code", exit_code)  # noqa: B010
         self.hint = hint
+        # Whether the invocation asked for JSON, noted while its context is current: click
+        # shows the error after the context is gone (see as_json_error).
+        self.json: bool | None = None
 
     def show(self, file: Any = None) -> None:
         """Print ``error: message`` and the hint to stderr (JSON with ``--json``)."""
-        _report(self.message, self.hint, exit_code=self.exit_code)
+        _report(self.message, self.hint, exit_code=self.exit_code, as_json=self.json)
 
 
 class JsonUsageError(click.ClickException):
@@ -97,9 +100,12 @@ class JsonUsageError(click.ClickException):
 
 def as_json_error(exc: click.ClickException, ctx: click.Context | None) -> click.ClickException:
     """``exc`` as a :class:`JsonUsageError` when JSON was asked for; else ``exc`` itself."""
-    if isinstance(exc, (CommandFailed, JsonUsageError)):
+    if isinstance(exc, JsonUsageError):
         return exc
     asked = ctx is not None and bool(ctx.find_root().meta.get(ARGV_JSON) or json_wanted_in(ctx))
+    if isinstance(exc, CommandFailed):
+        exc.json = asked
+        return exc
     return JsonUsageError(exc) if asked else exc
 
 
@@ -214,8 +220,9 @@ def _report(
     *,
     exit_code: int = EXIT_FAILURE,
     error: BaseException | None = None,
+    as_json: bool | None = None,
 ) -> None:
-    if json_wanted():
+    if json_wanted() if as_json is None else as_json:
         code, rid = getattr(error, "code", None), getattr(error, "request_id", None)
         _json_report(message, hint, exit_code=exit_code, code=code, request_id=rid)
         return

@@ -93,6 +93,14 @@ def emit_json(obj: Any) -> None:
     click.echo(_encode(obj, indent=True))
 
 
+def emit_done(as_json: bool, data: dict[str, Any], text: str) -> None:
+    """Say what a command did: ``data`` as JSON under ``--json``, else ``text``."""
+    if wants_json(as_json):
+        emit_json(data)
+    else:
+        click.echo(text)
+
+
 def emit_ndjson(obj: Any) -> None:
     """Print one compact JSON line and flush (for following streams)."""
     sys.stdout.write(_encode(obj, indent=False) + "\n")

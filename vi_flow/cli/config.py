@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, kv_table, wants_json
+from ._output import emit_done, emit_json, json_option, kv_table, wants_json
 from ._state import state
 
 __all__ = ["config"]
@@ -66,7 +66,8 @@ def show(as_json: bool) -> None:
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
-def set_(key: str, value: str) -> None:
+@json_option
+def set_(key: str, value: str, as_json: bool) -> None:
     """Set KEY to VALUE in the config file (mode 0600).
 
     Keys: api_key, organization_id, base_url, timeout, max_retries, home, local_server
@@ -84,4 +85,5 @@ def set_(key: str, value: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="VALUE") from None
     shown = "***" if key == "api_key" else value
-    click.echo(f"{key} = {shown}  ({path})")
+    data = {"key": key, "value": shown, "path": str(path)}
+    emit_done(as_json, data, f"{key} = {shown}  ({path})")

@@ -11,7 +11,17 @@ import click
 
 from ._failures import EXIT_USAGE, CommandFailed
 from ._lazy import LazyGroup
-from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
+from ._output import (
+    Order,
+    emit_done,
+    emit_json,
+    json_option,
+    kv_table,
+    order_option,
+    table,
+    wants_json,
+    when,
+)
 from ._specfile import load_spec_file
 from ._state import state
 
@@ -132,12 +142,13 @@ def create(spec_file: Path, flow_id: str | None, as_json: bool) -> None:
 @flows.command("delete")
 @click.argument("flow_id")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(flow_id: str, yes: bool) -> None:
+@json_option
+def delete(flow_id: str, yes: bool, as_json: bool) -> None:
     """Delete a flow (its runs stay)."""
-    if not yes and state().interactive:
-        click.confirm(f"Delete flow {flow_id}?", abort=True)
+    if not yes and state().interactive:  # asked on stderr: stdout is the answer's
+        click.confirm(f"Delete flow {flow_id}?", abort=True, err=True)
     state().client().flows.delete(flow_id)
-    click.echo(f"deleted {flow_id}")
+    emit_done(as_json, {"deleted": flow_id}, f"deleted {flow_id}")
 
 
 @flows.command("publish")

@@ -8,7 +8,7 @@ import click
 
 from ..models.limits import is_private_key
 from ._lazy import LazyGroup
-from ._output import emit_json, json_option, table, wants_json, when
+from ._output import emit_done, emit_json, json_option, table, wants_json, when
 from ._state import state
 
 __all__ = ["ssh_keys"]
@@ -69,7 +69,8 @@ def add(public_key_file: Path | None, name: str | None, use_default: bool, as_js
 
 @ssh_keys.command("delete")
 @click.argument("key_id")
-def delete(key_id: str) -> None:
+@json_option
+def delete(key_id: str, as_json: bool) -> None:
     """Unregister a key."""
     state().client().ssh_keys.delete(key_id)
-    click.echo(f"deleted {key_id}")
+    emit_done(as_json, {"deleted": key_id}, f"deleted {key_id}")

@@ -8,7 +8,7 @@ from typing import Literal
 import click
 
 from ._lazy import LazyGroup
-from ._output import Order, emit_json, json_option, order_option, table, wants_json, when
+from ._output import Order, emit_done, emit_json, json_option, order_option, table, wants_json, when
 from ._state import state
 
 __all__ = ["volumes"]
@@ -68,12 +68,13 @@ def list_(limit: int, order: Order, as_json: bool) -> None:
 @volumes.command("delete")
 @click.argument("volume")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(volume: str, yes: bool) -> None:
+@json_option
+def delete(volume: str, yes: bool, as_json: bool) -> None:
     """Delete VOLUME (id or name) and its data; refused while a running task mounts it."""
-    if not yes and state().interactive:
-        click.confirm(f"Delete volume {volume} and all its data?", abort=True)
+    if not yes and state().interactive:  # asked on stderr: stdout is the answer's
+        click.confirm(f"Delete volume {volume} and all its data?", abort=True, err=True)
     state().client().volumes.delete(volume)
-    click.echo(f"deleted {volume}")
+    emit_done(as_json, {"deleted": volume}, f"deleted {volume}")
 
 
 @volumes.command("mount")
