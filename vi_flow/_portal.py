@@ -368,6 +368,8 @@ class Portal:
         self._pumps: set[_Pump[Any]] = set()
         # driven generators not closed yet (their drive() may be suspended at a yield)
         self._driven: weakref.WeakSet[AsyncGenerator[Any, None]] = weakref.WeakSet()
+        # those a thread is stepping right now (in a hop, or computing between hops)
+        self._stepping: set[AsyncGenerator[Any, None]] = set()
 
     def __enter__(self) -> Self:
         return self
@@ -434,10 +436,19 @@ class Portal:
         try:
             while True:
                 self._check_current(portal)
+                self._stepping.add(generator)
                 try:
                     item: T = self._step(portal, functools.partial(generator.asend, None))
                 except StopAsyncIteration:
                     return
+                except ClientStateError:
+                    raise
+                except Exception as exc:  # what a close under the step left it to raise
+                    if self._closed:
+                        raise ClientStateError(_CLOSED_DURING_CALL) from exc
+                    raise
+                finally:
+                    self._stepping.discard(generator)
                 yield item
         finally:
             self._close_driven(portal, generator)
@@ -478,8 +489,9 @@ class Portal:
         the generators inside (a stream and the request under it) were closed at once,
         in any order, and an inner one closed first made the outer one fail ("generator
         didn't stop after athrow()"). One that its own thread is stepping right now is
-        left to it: its next hop finds the portal closed."""
-        if getattr(generator, "ag_running", False):
+        left to it (``ag_running`` does not say so: it is false while the generator
+        awaits a hop), and :meth:`_shutdown` gives it time to end its step."""
+        if generator in self._stepping:
             return
         with contextlib.suppress(Exception):
             self._step(portal, generator.aclose)
@@ -540,8 +552,28 @@ class Portal:
                 self._close_open_driven(portal, generator)
             for pump in list(self._pumps):
                 self._cancel_pump(portal, pump)
+            self._end_steps(portal)
             if on_close is not None:
                 self._call(portal, on_close)
+
+    def _end_steps(self, portal: BlockingPortal) -> None:
+        """End the steps other threads are taking in their driven generators: their hops
+        are cancelled (each raises ``ClientStateError`` in its generator), and they get a
+        moment to run their cleanup hops while the loop and the connections are still
+        there, so that a stream and the request under it close in order."""
+        if not self._stepping:
+            return
+
+        def on_loop() -> None:
+            self._drain_inbox()  # a hop queued, not started yet, is cancelled too
+            for call in list(self._running):
+                call.cancel()
+
+        with contextlib.suppress(RuntimeError):  # the loop stopped: nothing runs any more
+            portal.call(on_loop)
+        deadline = time.monotonic() + _CANCEL_GRACE
+        while self._stepping and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _call(self, portal: BlockingPortal, fn: Callable[[], Awaitable[T]]) -> T:
         call = _Call(fn)

@@ -99,3 +99,32 @@ def test_pagination_positionally_and_conditions_in_any_case() -> None:
         assert [r.run_id for r in listed.items] == [run.execution_id]
         with pytest.raises(ValueError, match="got 'finished'"):
             client.runs.list(condition="finished")
+
+
+def test_a_close_under_streaming_threads_gives_each_a_client_state_error(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    slow = {"name": "slow", "blocks": [
+        {"block": "emit", "id": "e", "settings": {"count": 200, "interval": 0.05}}]}  # fmt: skip
+    client = vi_flow.Client()
+    flow_id = client.flows.create(slow).flow_id
+    errors: list[BaseException] = []
+    streaming = [threading.Event() for _ in range(4)]
+
+    def stream(seen: threading.Event) -> None:
+        try:
+            for _ in client.flow(flow_id).events():
+                seen.set()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stream, args=(seen,)) for seen in streaming]
+    for thread in threads:
+        thread.start()
+    assert all(seen.wait(20) for seen in streaming)
+    client.close()
+    for thread in threads:
+        thread.join(20)
+    assert [type(error) for error in errors] == [ClientStateError] * 4, errors
+    err = capfd.readouterr().err
+    assert "asynchronous generator" not in err and "Traceback" not in err, err
