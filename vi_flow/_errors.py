@@ -29,7 +29,8 @@ Every error a user can catch derives from :class:`ViFlowError`::
     ├── HostKeyChangedError           a task server's SSH host key differs from the pinned one
     ├── ShellUnavailableError         the task's provider cannot run commands inside it (Ray)
     ├── PaginationError               a server sent a repeated page token or too many pages
-    └── ClientStateError              a closed client was used, or a sync client from its own portal
+    └── ClientStateError              a closed client was used, a sync client from its own portal,
+                                      or its local server was stopped on purpose
 
 Arguments that are wrong before any request is made raise the builtin ``ValueError`` or
 ``TypeError`` with a sentence naming the bad value.
@@ -314,7 +315,9 @@ class PaginationError(ViFlowError):
 
 
 class ClientStateError(ViFlowError, RuntimeError):
-    """The client was used after ``close()``, or a sync client from its own portal thread."""
+    """The client was used after ``close()``, a sync client from its own portal thread, or
+    the home's local server it used was stopped on purpose (``vi-flow server stop``: the
+    client does not start another; a new client does)."""
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

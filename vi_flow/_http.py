@@ -122,8 +122,20 @@ class Connection:
             return stale  # a remote URL stays as given; our own in-process server is ours
         async with self._lock:
             if self._endpoint is stale:
+                self._check_not_stopped()
                 self._endpoint = await self._resolve()
             return self._endpoint or stale
+
+    def _check_not_stopped(self) -> None:
+        """Raise when the server this client used was stopped on request: starting
+        another would undo ``vi-flow server stop`` (a new client starts one)."""
+        attached, home = self._attached, self.settings.home
+        if attached is not None and local.stopped_on_request(home, attached.info.pid):
+            raise ClientStateError(
+                f"the home's server (pid {attached.info.pid}) was stopped on request"
+                " (vi-flow server stop); this client does not start another: a new client"
+                " or command does"
+            )
 
     async def _resolve(self) -> Endpoint:
         s = self.settings

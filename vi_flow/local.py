@@ -35,6 +35,7 @@ from .models.server import (
     RUN_FILE,
     START_LOCK_FILE,
     STDIO_FILE,
+    STOPPED_FILE,
     ServerInfo,
     identity_proof,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "find_server",
     "log_tail",
     "pid_alive",
+    "stopped_on_request",
 ]
 
 #: How long a background server may take to answer after it was started.
@@ -274,6 +276,14 @@ def attach(settings: Settings) -> Attached:
     if settings.local_server == "in-process" and (own := _in_process(settings)):
         return own
     return Attached(ensure_server(settings.home, settings.server_idle_timeout))
+
+
+def stopped_on_request(home: Path, pid: int) -> bool:
+    """Whether the home's server ``pid`` was stopped on request (``vi-flow server stop``)."""
+    try:
+        return bool(orjson.loads((home / STOPPED_FILE).read_bytes()).get("pid") == pid)
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def admin_token(home: Path) -> str | None:

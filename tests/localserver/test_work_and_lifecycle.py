@@ -113,6 +113,29 @@ def test_stop_refuses_while_a_task_runs_and_force_cancels_it(home: Path) -> None
     assert _task(home, task_id)["status"] == "cancelled"  # a new server shows how it ended
 
 
+def test_a_follower_left_running_does_not_undo_a_stop(home: Path) -> None:
+    task_id = cli_json(home, "tasks", "run", "--", "sleep", "60")["taskId"]
+    wait_for(lambda: _task(home, task_id)["status"] == "running", 30)
+    follower = subprocess.Popen(
+        [*cli_command(), "tasks", "logs", "-f", task_id],
+        env=env_for(home, VI_FLOW_LOG_TRANSPORT="http"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # following
+        cli(home, "server", "stop", "--force")
+        _, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+        follower.wait()
+    assert follower.returncode != 0 and "stopped on request" in err, err
+    time.sleep(1)
+    assert server_pids(home) == [] and run_file(home) is None  # nobody started another
+    assert _task(home, task_id)["status"] == "cancelled"  # a new command starts one
+
+
 def test_a_restart_keeps_what_the_server_accepted(home: Path) -> None:
     ids = json.loads(
         script(

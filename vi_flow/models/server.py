@@ -25,6 +25,7 @@ __all__ = [
     "RUN_FILE",
     "START_LOCK_FILE",
     "STDIO_FILE",
+    "STOPPED_FILE",
     "APIToken",
     "CreatedToken",
     "RevokedTokens",
@@ -35,6 +36,9 @@ __all__ = [
 
 RUN_FILE: Final = "server.json"
 """The run file, under the home: where the home's server is and how to recognise it."""
+STOPPED_FILE: Final = "server.stopped"
+"""Written by a server stopped on request (``vi-flow server stop``): its pid. A client
+that was using that server does not start another for the home; a new client does."""
 LOCK_FILE: Final = "server.lock"
 """The file a server holds an exclusive lock on for its whole life."""
 START_LOCK_FILE: Final = "server-start.lock"

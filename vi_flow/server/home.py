@@ -16,7 +16,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..models.server import LOCK_FILE, RUN_FILE, ServerInfo
+import orjson
+
+from ..models.server import LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
 __all__ = [
     "HomeBusyError",
@@ -180,6 +182,21 @@ def publish(info: ServerInfo) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
+
+
+def mark_stopped(home: Path, pid: int) -> None:
+    """Say in ``<home>/server.stopped`` that the server ``pid`` is stopping on request
+    (:data:`~vi_flow.models.server.STOPPED_FILE`); best effort, atomic, mode 0600."""
+    tmp = ""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".stopped.", suffix=".tmp", dir=home)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps({"pid": pid}))
+        os.replace(tmp, home / STOPPED_FILE)
+    except OSError:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def unpublish(home: Path, secret: str) -> None:

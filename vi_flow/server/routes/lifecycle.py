@@ -26,6 +26,7 @@ from ...models.tasks import ReservationStatus
 from ..db import Connection
 from ..errors import APIProblem
 from ..helpers import json_response, principal_of, read_body
+from ..home import mark_stopped
 from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
@@ -150,6 +151,9 @@ async def shutdown(request: web.Request) -> web.Response:
     if force:
         await _cancel_all_work(request.app)
     log.info("shutdown requested by %s (force=%s)", principal_of(request).token_name, force)
+    # the clients that used this server do not start another for the home (see
+    # STOPPED_FILE): a follower left running must not undo the stop
+    await asyncio.to_thread(mark_stopped, request.app[SETTINGS_KEY].home, os.getpid())
     asyncio.get_running_loop().call_soon(stop)
     return json_response(await server_status(request.app), 202)
 
