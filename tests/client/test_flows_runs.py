@@ -174,3 +174,10 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         flow = await first.flows.create(SPEC)
     async with vi_flow.AsyncClient() as second:
         assert (await second.flows.get(flow.flow_id)).spec == flow.spec
+
+
+async def test_a_flow_id_filter_that_could_match_nothing_is_refused() -> None:
+    async with vi_flow.AsyncClient(base_url="http://127.0.0.1:9/v1", api_key="k") as client:
+        for bad in ("", 5):
+            with pytest.raises(ValueError, match="flow_id must be a non-empty string"):
+                client.runs.list(flow_id=bad)  # type: ignore[arg-type]

@@ -446,3 +446,27 @@ async def test_a_string_or_an_object_is_never_taken_for_a_list(server: Server) -
         answer = await server.call("POST", "/tasks", json={"command": "true", "volumes": volumes})
         _refused(answer, "volumes")
     assert await _lists_answer(server) == {path: [] for path in LISTS}  # no volume was made
+
+
+async def test_an_unknown_run_condition_is_422_not_an_empty_list(server: Server) -> None:
+    answer = await server.call("GET", "/runs", params={"condition": "Sleeping"})
+    _refused(answer, "condition")
+    assert "Succeeded" in answer.body["error"]["message"]
+    assert (await server.call("GET", "/runs", params={"condition": "Succeeded"})).status == 200
+
+
+async def test_an_availability_window_ending_at_0_ends_before_it_starts(server: Server) -> None:
+    window = {"earliestStartTime": "100", "latestEndTime": "0"}
+    answer = await server.call("GET", "/reservations/availability", params=window)
+    _refused(answer, "latestEndTime")
+
+
+async def test_a_weak_etag_does_not_satisfy_if_match(server: Server) -> None:
+    made = await server.call("POST", "/flows", json=spec("e"))
+    etag = made.headers["ETag"].strip('"')
+    weak = await server.call("PUT", f"/flows/{made.body['flowId']}", json=spec("w"),
+                             headers={"If-Match": f'W/"{etag}"'})  # fmt: skip
+    assert weak.status == 412, weak.body
+    strong = await server.call("PUT", f"/flows/{made.body['flowId']}", json=spec("s"),
+                               headers={"If-Match": f'"{etag}"'})  # fmt: skip
+    assert strong.status == 200, strong.body

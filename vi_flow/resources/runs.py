@@ -50,6 +50,8 @@ class AsyncRuns(AsyncResource):
             order: ``"newest"`` first (the default) or ``"oldest"`` first.
             pagination: ``PaginationParams`` or a dict such as ``{"page_size": 50}``.
         """
+        if flow_id is not None and (not isinstance(flow_id, str) or not flow_id):
+            raise ValueError(f"flow_id must be a non-empty string or None, got {flow_id!r}")
         params = PaginationParams.coerce(pagination)
         filters = {
             "flowId": flow_id,

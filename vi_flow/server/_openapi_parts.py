@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..models.common import MAX_PAGE_SIZE
+from ..models.common import MAX_PAGE_SIZE, Condition
 from ..models.events import EVENT_TYPES
 from ..models.limits import (
     MAX_DURATION_HOURS,
@@ -151,7 +151,11 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("POST", "/v1/flows"): [_query("flowId", chosen_id("flow"), "Choose the flow's id.")],
     ("GET", "/v1/runs"): [
         _query("flowId", _STR, "Only runs of this flow."),
-        _query("condition", _STR, "Only runs in this current condition (`Running`, ...)."),
+        _query(
+            "condition",
+            {"type": "string", "enum": ["", *(c.value for c in Condition)]},
+            "Only runs in this current condition (`Running`, ...).",
+        ),
     ],
     ("GET", "/v1/runs/{runId}/events"): [_query("after", _EVENT_ID, _LAST_EVENT_ID)],
     ("POST", "/v1/runs/{runId}/tool-results"): [

@@ -314,8 +314,9 @@ def list_flows(
 
 
 def _etag_matches(if_match: str, etag: str) -> bool:
-    candidates = [c.strip().removeprefix("W/").strip('"') for c in if_match.split(",")]
-    return "*" in candidates or etag in candidates
+    # If-Match compares strongly (RFC 9110 13.1.1): a weak tag W/"..." matches nothing
+    candidates = [c.strip() for c in if_match.split(",")]
+    return "*" in candidates or any(c.strip('"') == etag for c in candidates if c[:2] != "W/")
 
 
 def update_flow(

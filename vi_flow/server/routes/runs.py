@@ -53,6 +53,21 @@ async def _default_version(store: Store, org: str, flow_id: str) -> str | int:
     return "production" if flow.production_version is not None else "draft"
 
 
+_CONDITIONS = tuple(c.value for c in Condition)
+
+
+def _condition(raw: str | None) -> str | None:
+    """The ``condition`` filter: a run condition as the server writes it (422 otherwise:
+    an unknown one matched nothing, silently)."""
+    if not raw:
+        return None
+    if raw not in _CONDITIONS:
+        raise APIProblem.validation(
+            "condition", f"must be one of {', '.join(_CONDITIONS)}, got {raw[:40]!r}"
+        )
+    return raw
+
+
 async def list_runs(request: web.Request) -> web.Response:
     """List the organization's runs, newest first (``order=oldest``); filter by flowId, condition."""
     page = paginate(request)
@@ -61,7 +76,7 @@ async def list_runs(request: web.Request) -> web.Response:
         page.size,
         page.after,
         flow_id=request.query.get("flowId") or None,
-        condition=request.query.get("condition") or None,
+        condition=_condition(request.query.get("condition")),
         newest=page.newest,
     )
     return page_response(runs, cursor, page.order)

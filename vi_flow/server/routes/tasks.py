@@ -528,8 +528,10 @@ def _time_query(request: web.Request, name: str) -> float | None:
 async def reservation_availability(request: web.Request) -> web.StreamResponse:
     """Windows in which an instance type could be reserved."""
     now = int(time.time() * 1000)
-    start = int(_time_query(request, "earliestStartTime") or now)
-    end = int(_time_query(request, "latestEndTime") or start + 7 * 24 * 3600 * 1000)
+    given_start = _time_query(request, "earliestStartTime")
+    start = now if given_start is None else int(given_start)
+    given_end = _time_query(request, "latestEndTime")  # 0 is a time, not "none given"
+    end = start + 7 * 24 * 3600 * 1000 if given_end is None else int(given_end)
     hours = _float_query(request, "durationHours", 0, MAX_DURATION_HOURS) or 1.0
     if end <= start:
         raise APIProblem.validation("latestEndTime", "must be after earliestStartTime")
