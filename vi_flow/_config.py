@@ -175,8 +175,10 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         ValueError: The file is not valid TOML or has unknown keys (names the file and key).
     """
     path = path or config_path()
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():
+        raise ValueError(f"config file {path} is not a file")
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -185,6 +187,8 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the config file {path}: {exc}") from None
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"config file {path} has unknown key(s): {', '.join(unknown)}")
@@ -266,7 +270,7 @@ def resolve_settings(
         ),
         timeout=Timeout() if raw_timeout is NOT_GIVEN else _coerce_timeout(raw_timeout),
         max_retries=retries,
-        home=Path(_pick(home, "VI_FLOW_HOME", file, "home", default_home())).expanduser(),
+        home=_home(_pick(home, "VI_FLOW_HOME", file, "home", default_home())),
         config_dir=config_dir(),
         local_server=mode,
         server_idle_timeout=_idle_timeout(file),
@@ -274,6 +278,13 @@ def resolve_settings(
         log_transport=_log_transport(file),
         ca_file=_ca_file(file),
     )
+
+
+def _home(value: object) -> Path:
+    path = Path(str(value)).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"home must be a directory, got {str(path)!r} (not a directory)")
+    return path
 
 
 def _base_url(value: object) -> str:

@@ -66,7 +66,8 @@ def test_ssh_config_entry_is_printed_written_once_and_works(vf: Invoker, tmp_pat
         config = write(tmp_path / "ssh" / "config", "Host other\n    HostName example.org\n")
         for _ in range(2):  # written again: replaced, not added
             wrote = vf("tasks", "ssh", task_id, "--config-file", str(config), "--alias", "box")
-            assert wrote.exit_code == 0 and "ssh box" in wrote.stdout
+            assert wrote.exit_code == 0, wrote.stderr
+            assert wrote.stdout.strip().endswith(f"connect: ssh -F {config} box")  # as it works
         text = config.read_text()
         assert text.startswith("Host other\n") and text.count("Host box") == 1
         assert config.stat().st_mode & 0o777 == 0o600

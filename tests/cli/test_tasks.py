@@ -173,3 +173,14 @@ def test_upload_honours_gitignore(vf: Invoker, tmp_path: Path) -> None:
     # the shell's output goes straight to the process's fds, so check with exit codes
     assert vf("tasks", "shell", task_id, "-c", "test -f main.py && test ! -e skip").exit_code == 0
     vf("tasks", "cancel", task_id, "--force")
+
+
+def test_empty_values_are_refused_not_taken_for_none(vf: Invoker, tmp_path: Path) -> None:
+    spec = write(tmp_path / "spec.yaml", "name: x\nblocks: []\n")
+    made = vf("flows", "create", "-f", str(spec), "--id", "")
+    assert made.exit_code == 2 and "flow_id must be a non-empty string" in made.stderr
+    gpu = vf("tasks", "run", "--gpu", "", "--", "true")
+    assert gpu.exit_code == 2 and "invalid GPU request ''" in gpu.stderr
+    assert json.loads(vf("tasks", "list", "--json").stdout) == []
+    assert json.loads(vf("flows", "list", "--json").stdout) == []
+    assert vf("reservations", "list", "--limit", "1").exit_code == 0

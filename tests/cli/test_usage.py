@@ -190,3 +190,21 @@ def test_bad_base_url_is_a_usage_error(vf_offline: Invoker) -> None:
     result = vf_offline("--base-url", "ftp://example", "flows", "list")
     assert result.exit_code == 2
     assert "base_url must be 'local' or an http(s) URL" in result.stderr
+
+
+def test_a_home_or_config_file_of_the_wrong_kind_is_a_usage_error(
+    vf_offline: Invoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a_file = tmp_path / "spec.yaml"
+    a_file.write_text("name: x\n")
+    result = vf_offline("flows", "list", env={"VI_FLOW_HOME": str(a_file)})
+    assert result.exit_code == 2 and "home must be a directory" in result.stderr, result.stderr
+    (tmp_path / "config" / "config.toml").mkdir(parents=True)  # a directory in its place
+    result = vf_offline("config", "set", "timeout", "5")
+    assert result.exit_code == 2 and "is not a file" in result.stderr, result.stderr
+
+
+def test_help_summaries_are_whole_sentences(vf_offline: Invoker) -> None:
+    result = vf_offline("ssh-keys", "--help")
+    summary = " ".join(result.stdout.split())  # as wrapped to the terminal
+    assert "(such as ~/.ssh/id_ed25519.pub), or --default." in summary

@@ -148,3 +148,14 @@ async def test_mount_volume_on_running_task_and_bad_mounts(client: vi_flow.Async
         await task.cancel(force=True)
     with pytest.raises(ValueError, match="volume://"):
         await client.run("true", mounts={"/data": "s3://bucket/x"})
+
+
+def test_a_target_dir_no_upload_may_use_is_a_value_error_saying_why() -> None:
+    from vi_flow.compute._upload import check_target_dir
+
+    with pytest.raises(UploadError, match="must not be empty") as empty:
+        check_target_dir("")
+    assert isinstance(empty.value, ValueError)  # an argument to fix: the CLI exits 2
+    with pytest.raises(ValueError, match=r"must not contain '\.\.'"):
+        check_target_dir("../..")
+    assert check_target_dir(".") == "/workspace"

@@ -263,6 +263,8 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
         if debug:
             traceback.print_exc()
         message, hint = describe(exc)
+        if debug and hint and "--debug" in hint:
+            hint = None  # the traceback is above
         code = exit_code_for(exc)
         _report(message, hint, exit_code=code, error=exc)
         raise click.exceptions.Exit(code) from None

@@ -98,11 +98,12 @@ def create(
 
 
 @reservations.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
 @order_option
 @json_option
-def list_(order: Order, as_json: bool) -> None:
+def list_(limit: int, order: Order, as_json: bool) -> None:
     """List reservations, newest first."""
-    items = state().client().reservations.list(order=order)
+    items = state().client().reservations.list(order=order)[:limit]
     if wants_json(as_json):
         emit_json(items)
     else:

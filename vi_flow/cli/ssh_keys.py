@@ -44,7 +44,7 @@ def list_(as_json: bool) -> None:
 )
 @json_option
 def add(public_key_file: Path | None, name: str | None, use_default: bool, as_json: bool) -> None:
-    """Register PUBLIC_KEY_FILE (e.g. ~/.ssh/id_ed25519.pub), or --default."""
+    """Register PUBLIC_KEY_FILE (such as ~/.ssh/id_ed25519.pub), or --default."""
     client = state().client()
     if use_default == (public_key_file is not None):
         raise click.UsageError("give PUBLIC_KEY_FILE or --default")

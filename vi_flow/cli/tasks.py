@@ -256,12 +256,13 @@ def run(
         _follow(handle.task_id, "stdout", wants_json(as_json))
 
 
-def _announce(task: Task, as_json: bool, *, follow: bool = False) -> None:
+def _announce(task: Task, as_json: bool, *, follow: bool = False, ended: bool = False) -> None:
     if wants_json(as_json):
         (emit_ndjson if follow else emit_json)(task)  # following: NDJSON throughout
     else:
         click.echo(task.task_id)
-        click.echo(f"follow it: vi-flow tasks logs -f {task.task_id}", err=True)
+        if not follow and not ended:  # nothing to follow: it is followed, or over
+            click.echo(f"follow it: vi-flow tasks logs -f {task.task_id}", err=True)
 
 
 @tasks.command("submit")
@@ -298,7 +299,7 @@ def submit(
             wait=wait,
         )
     )
-    _announce(handle.data, as_json)
+    _announce(handle.data, as_json, ended=wait)
     if wait:
         raise click.exceptions.Exit(exit_code_of(handle.data))
 
@@ -457,9 +458,13 @@ def ssh(
         if config_file is None:
             click.echo(entry, nl=False)
             return
-        write_entry(config_file.expanduser(), entry, alias or task_id)
+        written = config_file.expanduser()
+        write_entry(written, entry, alias or task_id)
+        # plain `ssh ALIAS` reads ~/.ssh/config only: another file needs -F
+        default = Path("~/.ssh/config").expanduser()
+        use = "" if written.resolve() == default.resolve() else f"-F {shlex.quote(str(written))} "
         click.echo(
-            f"wrote Host {alias or task_id} to {config_file}; connect: ssh {alias or task_id}"
+            f"wrote Host {alias or task_id} to {written}; connect: ssh {use}{alias or task_id}"
         )
         return
     if print_only or not state().interactive or shutil.which("ssh") is None:

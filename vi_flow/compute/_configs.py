@@ -80,7 +80,7 @@ def mounts_to_volumes(mounts: str | Mapping[str, str] | None) -> list[VolumeSpec
         if not source.startswith(_VOLUME_SCHEME) or len(source) == len(_VOLUME_SCHEME):
             raise ValueError(
                 f"mount source {source!r} for {target!r} is not supported: "
-                "use 'volume://NAME' (create it with create_volume)"
+                "use 'volume://NAME' (create it with create_volume(), or `vi-flow volumes create`)"
             )
         specs.append(VolumeSpec(mount_path=target, volume_id=source[len(_VOLUME_SCHEME) :]))
     return specs
@@ -107,7 +107,7 @@ async def build_config(
     if volumes:
         changes["volumes"] = [*config.volumes, *volumes]
     config = attrs.evolve(config, **changes) if changes else config
-    if config.gpu:
+    if config.gpu is not None:  # "" too: a shorthand that names nothing is a mistake
         parse_gpu(config.gpu)
     return config
 

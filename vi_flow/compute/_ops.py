@@ -214,7 +214,8 @@ async def _answers(client: ComputeClient, task_id: str, error: type[Exception]) 
 def _check_running(task: Task) -> None:
     if task.status.terminal:
         raise ViFlowError(
-            f"task {task.task_id} has ended ({task.status.value}); it has no shell any more"
+            f"task {task.task_id} has ended ({task.status.value}): commands, shells and"
+            " uploads need a running task"
         )
 
 

@@ -49,6 +49,10 @@ class UploadError(ViFlowError):
     """An upload was refused because it would write outside its target directory."""
 
 
+class _BadTargetDir(UploadError, ValueError):
+    """A target directory no upload may use: an argument to fix (a ``ValueError`` too)."""
+
+
 @attrs.frozen
 class UploadResult:
     """What an upload sent.
@@ -94,8 +98,13 @@ def check_target_dir(target_dir: str) -> str:
     Raises:
         UploadError: It is empty or contains ``..``.
     """
-    if not target_dir or ".." in target_dir.split("/"):
-        raise UploadError(f"refusing target_dir {target_dir!r}: it must not contain '..'")
+    if not target_dir:
+        raise _BadTargetDir(
+            "target_dir must not be empty: give a directory of the task's workspace"
+            " ('.' for the workspace itself)"
+        )
+    if ".." in target_dir.split("/"):
+        raise _BadTargetDir(f"refusing target_dir {target_dir!r}: it must not contain '..'")
     return posixpath.normpath(posixpath.join(WORKSPACE, target_dir))
 
 

@@ -71,9 +71,12 @@ class AsyncFlows(AsyncResource):
                 the server makes one up when omitted.
 
         Raises:
+            ValueError: ``flow_id`` is empty or not a string.
             UnprocessableEntityError: The spec is invalid; the message names the field.
             ConflictError: A flow with the chosen id exists.
         """
+        if flow_id is not None and (not isinstance(flow_id, str) or not flow_id):
+            raise ValueError(f"flow_id must be a non-empty string or None, got {flow_id!r}")
         params = {"flowId": flow_id} if flow_id else None
         return await self._http.request(
             "POST", "/flows", json=_spec_body(spec), params=params, cast=Flow

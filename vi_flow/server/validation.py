@@ -22,6 +22,7 @@ from ..models.limits import (
     check_name,
     check_number,
     depth,
+    shown,
 )
 from .errors import APIProblem
 
@@ -52,7 +53,8 @@ def check_chosen_id(value: object, prefix: str, field: str) -> str | None:
     if isinstance(value, str) and value.startswith(head) and _CHOSEN_ID.match(value[len(head) :]):
         return value
     raise APIProblem.validation(
-        field, f"expected '{prefix}_' followed by letters, digits, '-' or '_', got {value!r}"
+        field,
+        f"expected '{prefix}_' followed by 1 to 64 letters, digits, '-' or '_', got {shown(value)}",
     )
 
 
