@@ -140,3 +140,16 @@ def test_piped_stdin_streams_through_as_the_command_runs(
         subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
     assert out == "line 0\n"
     assert time.monotonic() - began < 60
+
+
+def test_runs_watch_after_the_end_of_a_failed_run_still_exits_1(
+    vf: Invoker, tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "f.yaml", "name: f\nblocks:\n  - block: template\n    id: bad\n"
+                 "    settings: {template: '{{ steps.nope.output }}'}\n")  # fmt: skip
+    flow_id = vf("flows", "create", "-f", str(spec)).stdout.strip()
+    assert vf("execute", flow_id).exit_code == 1
+    run_id = json.loads(vf("runs", "list", "--json").stdout)[0]["runId"]
+    assert vf("runs", "watch", run_id).exit_code == 1
+    late = vf("runs", "watch", run_id, "--after", "99999")
+    assert late.exit_code == 1 and "Failed" in late.stderr, late.stderr

@@ -184,3 +184,12 @@ def test_empty_values_are_refused_not_taken_for_none(vf: Invoker, tmp_path: Path
     assert json.loads(vf("tasks", "list", "--json").stdout) == []
     assert json.loads(vf("flows", "list", "--json").stdout) == []
     assert vf("reservations", "list", "--limit", "1").exit_code == 0
+
+
+def test_a_file_that_is_not_text_is_named(vf: Invoker, tmp_path: Path) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    for args in (["flows", "create", "-f", str(binary)], ["ssh-keys", "add", str(binary)]):
+        result = vf(*args)
+        assert result.exit_code == 2, result.stderr
+        assert f"{binary}: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-__all__ = ["SpecFile", "load_spec_file"]
+__all__ = ["SpecFile", "load_spec_file", "read_text_file"]
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -68,6 +68,21 @@ def _child(node: Any, part: str) -> tuple[Any, int | None]:
     return None, None
 
 
+def read_text_file(path: Path, param_hint: str) -> str:
+    """The UTF-8 text of the file ``path`` a user gave.
+
+    Raises:
+        click.BadParameter: It cannot be read, or is not UTF-8 text (names the file).
+    """
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    except OSError as exc:
+        problem = f"cannot be read: {exc.strerror or exc}"
+    raise click.BadParameter(f"{path}: {problem}", param_hint=param_hint)
+
+
 def load_spec_file(path: Path) -> SpecFile:
     """Read a YAML (or JSON) flow spec file.
 
@@ -77,7 +92,7 @@ def load_spec_file(path: Path) -> SpecFile:
     """
     import yaml
 
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "'-f'")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

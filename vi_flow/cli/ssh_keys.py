@@ -9,6 +9,7 @@ import click
 from ..models.limits import is_private_key
 from ._lazy import LazyGroup
 from ._output import emit_done, emit_json, json_option, table, wants_json, when
+from ._specfile import read_text_file
 from ._state import state
 
 __all__ = ["ssh_keys"]
@@ -52,7 +53,7 @@ def add(public_key_file: Path | None, name: str | None, use_default: bool, as_js
         pair, key = client.ssh_keys.ensure_default()
         note = f" (private key {pair.private_path})"
     else:
-        text = public_key_file.read_text(encoding="utf-8").strip()
+        text = read_text_file(public_key_file, "PUBLIC_KEY_FILE").strip()
         if is_private_key(text):  # never sent: the server needs the public half only
             raise click.BadParameter(
                 f"{public_key_file} is a private key; give its public key"

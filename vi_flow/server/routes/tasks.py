@@ -448,6 +448,12 @@ def _check_reservation(body: ReservationRequest) -> None:
     if body.start_time is not None:
         limited(check_time_ms, "startTime", body.start_time)
     limited(check_number, "durationHours", body.duration_hours, 0, MAX_DURATION_HOURS)
+    if body.start_time is not None:
+        end = body.start_time + body.duration_hours * 3_600_000
+        if end <= time.time() * 1000:  # it could hold nothing: it is over already
+            raise APIProblem.validation(
+                "startTime", f"the reservation would have ended already (start {body.start_time})"
+            )
     if body.cpus is not None:
         limited(check_int, "cpus", body.cpus, 0, 1_000_000)
     if body.name is not None:
