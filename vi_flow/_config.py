@@ -270,7 +270,7 @@ def resolve_settings(
         ),
         timeout=Timeout() if raw_timeout is NOT_GIVEN else _coerce_timeout(raw_timeout),
         max_retries=retries,
-        home=_home(_pick(home, "VI_FLOW_HOME", file, "home", default_home())),
+        home=Path(_pick(home, "VI_FLOW_HOME", file, "home", default_home())).expanduser(),
         config_dir=config_dir(),
         local_server=mode,
         server_idle_timeout=_idle_timeout(file),
@@ -278,13 +278,6 @@ def resolve_settings(
         log_transport=_log_transport(file),
         ca_file=_ca_file(file),
     )
-
-
-def _home(value: object) -> Path:
-    path = Path(str(value)).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"home must be a directory, got {str(path)!r} (not a directory)")
-    return path
 
 
 def _base_url(value: object) -> str:
