@@ -71,9 +71,14 @@ def test_bad_json_or_unknown_call_is_named_and_nothing_is_sent(
     assert job.result().output == "Lima: ok"
 
 
-def test_without_results_and_without_a_terminal_it_is_a_usage_error(vf: Invoker) -> None:
-    result = vf("runs", "resume", "run_x")
+def test_without_results_and_without_a_terminal_it_is_a_usage_error_naming_the_calls(
+    vf: Invoker, paused: tuple[vi_flow.Job, str]
+) -> None:
+    job, call_id = paused
+    result = vf("runs", "resume", job.execution_id)
     assert result.exit_code == 2 and "--tool-result" in result.stderr
+    assert f"{call_id} (" in result.stderr  # which calls to answer
+    assert vf("runs", "resume", "run_x").exit_code == 4  # no such run
 
 
 def _read_until(fd: int, text: str, timeout: float = 30) -> str:

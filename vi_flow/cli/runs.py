@@ -177,11 +177,14 @@ def resume(run_id: str, tool_results: tuple[str, ...], as_json: bool) -> None:
     answers = parse_call_results(tool_results)
     cli = state()
     if not answers:
-        if not (sys.stdin.isatty() and cli.interactive):
-            raise click.UsageError("give --tool-result CALL_ID=JSON for each pending call")
         calls = pending_calls(cli, run_id)
         if not calls:
             raise CommandFailed(f"run {run_id} waits for no tool call")
+        if not (sys.stdin.isatty() and cli.interactive):
+            waiting = ", ".join(f"{call.id} ({call.function.name})" for call in calls)
+            raise click.UsageError(
+                f"give --tool-result CALL_ID=JSON for each pending call: {waiting}"
+            )
         answers = prompt_results(calls)
     run = cli.client().runs.get(run_id)
     accepted = cli.client().flow(run.spec.flow_id).run(run_id).submit_tool_results(answers)
