@@ -49,6 +49,7 @@ __all__ = [
     "find_server",
     "log_tail",
     "pid_alive",
+    "start_server",
     "stopped_on_request",
 ]
 
@@ -229,17 +230,24 @@ def ensure_server(home: Path, idle_timeout: float) -> ServerInfo:
         LocalServerError: The home is unusable, the server did not start (with the
             last lines of its log), or it runs another vi-flow version.
     """
+    return start_server(home, idle_timeout)[0]
+
+
+def start_server(home: Path, idle_timeout: float) -> tuple[ServerInfo, bool]:
+    """As :func:`ensure_server`; also whether this call started the server (of several
+    processes starting it at once, one did)."""
     home = home.expanduser().resolve()
     if info := find_server(home):
-        return _check_version(info)
+        return _check_version(info), False
     import filelock  # only on the way to starting a server: it costs a warm start ~10 ms
 
     _prepare(home)
+    started = False
     try:
         with filelock.FileLock(home / START_LOCK_FILE, timeout=START_TIMEOUT, mode=0o600):
             if not (info := find_server(home)):  # another process may have started it
                 _spawn(home, idle_timeout)
-                info = find_server(home)
+                info, started = find_server(home), True
     except filelock.Timeout:
         raise _failure(
             f"another process has been starting the server of {home} for over "
@@ -250,7 +258,7 @@ def ensure_server(home: Path, idle_timeout: float) -> ServerInfo:
         raise LocalServerError(f"cannot lock the vi-flow home {home}: {exc}") from None
     if info is None:
         raise _failure(f"the vi-flow server of {home} started but does not answer", home)
-    return _check_version(info)
+    return _check_version(info), started
 
 
 def _in_process(settings: Settings) -> Attached | None:

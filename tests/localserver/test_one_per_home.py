@@ -65,6 +65,22 @@ def test_ten_processes_at_once_start_one_server(home: Path) -> None:
     assert sorted(f["flowId"] for f in listed) == sorted(ids)
 
 
+def test_of_five_server_starts_at_once_one_says_it_started_it(home: Path) -> None:
+    procs = [
+        subprocess.Popen(
+            [*cli_command(), "server", "start", "--json"],
+            env=env_for(home),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    said = [json.loads(p.communicate(timeout=90)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 5
+    assert sorted(s["started"] for s in said) == [False, False, False, False, True]
+    assert len({s["pid"] for s in said}) == 1 and server_pids(home) == [said[0]["pid"]]
+
+
 @pytest.fixture
 def foreground(home: Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(

@@ -66,12 +66,11 @@ def start(idle_timeout: float | None, as_json: bool) -> None:
     home = _home()
     if idle_timeout is None:
         idle_timeout = config.resolve_settings().server_idle_timeout
-    already = local.find_server(home)
-    info = already or local.ensure_server(home, idle_timeout)
+    info, started = local.start_server(home, idle_timeout)
     if wants_json(as_json):
-        emit_json({"running": True, "started": already is None, **_brief(info)})
+        emit_json({"running": True, "started": started, **_brief(info)})
         return
-    verb = "already running" if already else "started"
+    verb = "started" if started else "already running"
     state().console.print(f"vi-flow server {verb}: {info.url} (pid {info.pid}, home {home})")
 
 
