@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from ..models._textfile import read_utf8, yaml_problem
+
 __all__ = ["SpecFile", "load_spec_file", "read_text_file"]
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -75,12 +77,12 @@ def read_text_file(path: Path, param_hint: str) -> str:
         click.BadParameter: It cannot be read, or is not UTF-8 text (names the file).
     """
     try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return read_utf8(path)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from None
     except OSError as exc:
-        problem = f"cannot be read: {exc.strerror or exc}"
-    raise click.BadParameter(f"{path}: {problem}", param_hint=param_hint)
+        message = f"{path}: cannot be read: {exc.strerror or exc}"
+        raise click.BadParameter(message, param_hint=param_hint) from None
 
 
 def load_spec_file(path: Path) -> SpecFile:
@@ -96,14 +98,8 @@ def load_spec_file(path: Path) -> SpecFile:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise click.BadParameter(
-            f"{where}: not valid YAML: {exc.problem or exc}", param_hint="'-f'"
-        ) from None
     except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{path}: not valid YAML: {exc}", param_hint="'-f'") from None
+        raise click.BadParameter(yaml_problem(path, exc), param_hint="'-f'") from None
     if not isinstance(data, dict):
         raise click.BadParameter(
             f"{path}:1: a flow spec must be a mapping with 'name' and 'blocks', "

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from ._base import OpenEnum
+from ._textfile import read_utf8, yaml_problem
 from .limits import shown
 
 __all__ = [
@@ -281,15 +282,9 @@ class TaskConfig:
         import yaml
 
         try:
-            data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            raise ValueError(f"{where}: not valid YAML: {exc.problem or exc}") from None
+            data = yaml.safe_load(read_utf8(Path(path)))
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from None
+            raise ValueError(yaml_problem(path, exc)) from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a task YAML file must hold a mapping of config fields")
         try:
