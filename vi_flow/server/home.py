@@ -169,34 +169,39 @@ def publish(info: ServerInfo) -> None:
         HomeError: It could not be written (read-only or full disk); nothing is left.
     """
     home = Path(info.home)
+    try:
+        _replace(home / RUN_FILE, info.to_json())
+    except OSError as exc:
+        raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (a file beside it, synced, then renamed over
+    it), mode 0600; nothing is left behind when it fails.
+
+    Raises:
+        OSError: It could not be written.
+    """
     tmp = ""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".server.", suffix=".tmp", dir=home)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(info.to_json())
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, home / RUN_FILE)
-    except OSError as exc:
+        os.replace(tmp, path)
+    except OSError:
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
+        raise
 
 
 def mark_stopped(home: Path, pid: int) -> None:
     """Say in ``<home>/server.stopped`` that the server ``pid`` is stopping on request
     (:data:`~vi_flow.models.server.STOPPED_FILE`); best effort, atomic, mode 0600."""
-    tmp = ""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".stopped.", suffix=".tmp", dir=home)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(orjson.dumps({"pid": pid}))
-        os.replace(tmp, home / STOPPED_FILE)
-    except OSError:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    with contextlib.suppress(OSError):
+        _replace(home / STOPPED_FILE, orjson.dumps({"pid": pid}))
 
 
 def unpublish(home: Path, secret: str) -> None:
