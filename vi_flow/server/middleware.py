@@ -168,10 +168,14 @@ def _check_declared_size(request: web.Request) -> None:
 _ENCODINGS = ("", "identity", "gzip", "deflate")  # what aiohttp decodes without extras
 
 
+def _encoding(request: web.Request) -> str:
+    return request.headers.get("Content-Encoding", "").strip().lower()
+
+
 def _check_encoding(request: web.Request) -> None:
     """Refuse a body in a ``Content-Encoding`` the server cannot decode (it would be read
     as it is and fail later, or worse, be taken for JSON)."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = _encoding(request)
     if encoding not in _ENCODINGS and request.body_exists:
         raise APIProblem(
             415,
@@ -182,7 +186,7 @@ def _check_encoding(request: web.Request) -> None:
 
 
 def _unreadable(request: web.Request) -> str:
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = _encoding(request)
     how = f" as Content-Encoding {shown(encoding)}" if encoding else ""
     return f"the request body could not be decoded{how}"
 
