@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..models._textfile import read_utf8, yaml_problem
+from ..models.textfile import read_utf8, yaml_problem
 
 __all__ = ["SpecFile", "load_spec_file", "read_text_file"]
 

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 import attrs
 
 from ._base import OpenEnum
-from ._textfile import read_utf8, yaml_problem
 from .limits import shown
+from .textfile import read_utf8, yaml_problem
 
 __all__ = [
     "ENV_REDACTED",
