@@ -262,9 +262,15 @@ def resolve_settings(
     raw_timeout = _pick(timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
     raw_mode = _pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background")
     mode = _one_of("local_server", raw_mode, LOCAL_SERVER_MODES)
+    key = _pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None)
+    if key and _has_user_info(url):
+        raise ValueError(
+            f"base_url {shown_url(url)!r} carries a user name and an api_key is set as well:"
+            " both would go in the one Authorization header; give one of them"
+        )
     return Settings(
         base_url=url,
-        api_key=_pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None),
+        api_key=key,
         organization_id=_pick(
             organization_id, "VI_FLOW_ORGANIZATION_ID", file, "organization_id", None
         ),
@@ -285,6 +291,11 @@ def _base_url(value: object) -> str:
     if url != LOCAL and not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
     return url
+
+
+def _has_user_info(url: str) -> bool:
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return "@" in authority
 
 
 def _retries(value: Any) -> int:

@@ -8,12 +8,13 @@ per call, the answer read whole. Retries, timeouts and errors stay the request l
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ssl
 import time
 from collections.abc import Mapping
 from email.message import Message
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import anyio.to_thread
 
@@ -97,6 +98,8 @@ def _blocking_send(
         if conn.sock is not None:
             conn.sock.settimeout(timeout.read)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
+        if parts.username is not None and "Authorization" not in headers:
+            headers["Authorization"] = _basic(parts.username, parts.password or "")
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return Answer(resp.status, resp.msg, resp.read())
@@ -107,3 +110,9 @@ def _blocking_send(
         raise APIConnectionError(f"could not reach {shown_url(url)}: {exc}") from exc
     finally:
         conn.close()
+
+
+def _basic(user: str, password: str) -> str:
+    """The ``Authorization`` value of a URL's user info, as aiohttp sends it."""
+    pair = f"{unquote(user)}:{unquote(password)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")

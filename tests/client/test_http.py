@@ -179,6 +179,23 @@ async def test_a_password_in_the_base_url_is_shown_nowhere(
     assert "pw-sekret" not in caplog.text and "retrying" in caplog.text
 
 
+async def test_user_info_in_the_base_url_is_sent_as_basic_auth() -> None:
+    async with scripted_server([json_answer(200, FLOW)]) as (url, server):
+        with_user = url.replace("http://", "http://me:p%40ss-w0rd@")
+        async with vi_flow.AsyncClient(base_url=with_user, api_key=None) as client:
+            await client.flows.get("flow_1")
+    # b64("me:p@ss-w0rd"): the user info percent-decoded, as a browser or curl sends it
+    assert server.requests[0]["headers"]["Authorization"] == "Basic bWU6cEBzcy13MHJk"
+
+
+async def test_user_info_and_an_api_key_are_refused_up_front() -> None:
+    with pytest.raises(ValueError, match=r"me:\*\*\*@127\.0\.0\.1:9.*one of them") as info:
+        vi_flow.AsyncClient(base_url="http://me:pw-sekret@127.0.0.1:9/v1", api_key="k")
+    assert "pw-sekret" not in str(info.value)
+    # an @ in the path or query is not user info
+    vi_flow.AsyncClient(base_url="http://127.0.0.1:9/v1/@team?x=a@b", api_key="k")
+
+
 async def test_unknown_fields_are_ignored() -> None:
     async with scripted_server([json_answer(200, FLOW)]) as (url, _):
         async with vi_flow.AsyncClient(base_url=url, api_key="k") as client:
