@@ -107,6 +107,11 @@ def test_failed_run_exits_1_naming_the_step(vf: Invoker, tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "at step 'hello'" in result.stderr
     assert "nickname" in result.stderr
+    as_json = vf("execute", flow_id, "--json")
+    assert as_json.exit_code == 1
+    assert as_json.stdout == ""  # the error alone, on stderr, as docs/cli.md says
+    error = json.loads(as_json.stderr)["error"]
+    assert "at step 'hello'" in error["message"] and error["exitCode"] == 1
 
 
 def test_runs_list_get_watch_cancel(vf: Invoker, tmp_path: Path) -> None:

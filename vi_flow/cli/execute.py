@@ -111,17 +111,18 @@ def _finish(view: RunView, as_json: bool, mode: str) -> None:
     final = view.final
     if final is None:
         raise CommandFailed(f"the event stream of run {view.run_id} ended early")
-    if mode == "quiet" and wants_json(as_json):
+    succeeded = final.status.value == "Succeeded"
+    if mode == "quiet" and wants_json(as_json) and succeeded:
         from ._live import event_json
 
         emit_json(event_json(final))
-    elif mode == "quiet" and final.output is not None and final.status.value == "Succeeded":
+    elif mode == "quiet" and final.output is not None and succeeded:
         out = final.output
         if isinstance(out, str):
             click.echo(out)
         else:
             emit_json(out)
-    if final.status.value != "Succeeded":
+    if not succeeded:  # the error alone, on stderr (JSON under --json): stdout stays empty
         where = f" at step {final.failed_step!r}" if final.failed_step else ""
         raise CommandFailed(
             f"run {final.execution_id} {final.status.value}{where}: {final.error or 'no message'}",
