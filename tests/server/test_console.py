@@ -111,8 +111,11 @@ async def test_sign_out_and_a_revoked_token_end_the_session(server: Server) -> N
     headers = await _sign_in(server, token)
     assert (await server.call("GET", "/runs", token="", headers=headers)).status == 200
     org = (await server.call("GET", "/whoami", token=token)).body["organizationId"]
+    unused = await _sign_in_path(server, token)  # a link made before the revocation
     await server.call("DELETE", f"/organizations/{org}/tokens/ci")
     assert (await server.call("GET", "/runs", token="", headers=headers)).status == 401
+    late = await _open(server, unused)
+    assert late.status == 403 and "vi_flow_console" not in late.cookies
 
 
 async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(

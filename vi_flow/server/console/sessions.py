@@ -97,6 +97,9 @@ def _exchange(conn: Connection, code: str) -> str | None:
     now = now_ms()
     if row is None or row["expires_at"] <= now:
         return None
+    alive = conn.execute("SELECT 1 FROM tokens WHERE token_hash = ?", (row["token_hash"],))
+    if alive.fetchone() is None:  # its token was revoked after the link was made
+        return None
     conn.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
     session_id = secrets.token_urlsafe(32)
     conn.execute(
