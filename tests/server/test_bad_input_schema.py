@@ -58,7 +58,10 @@ async def test_a_bad_cancel_body_is_refused_for_a_finished_task_too(server: Serv
     _refused(await server.call("POST", path, json={"force": {}}), "force")
     _refused(await server.call("POST", path, json={"gracePeriod": 1e54}), "gracePeriod")
     answer = await server.call("GET", f"/tasks/{task}/logs", headers={"Last-Event-ID": "x"})
-    _refused(answer, "Last-Event-ID", 400)
+    _refused(answer, "Last-Event-ID")
+    for query in ({"since": "-1"}, {"follow": "maybe"}, {"stream": "stdin"}):
+        answer = await server.call("GET", f"/tasks/{task}/logs", params={"follow": "1", **query})
+        _refused(answer, next(iter(query)))  # the stream's parameters: 422 like the rest
 
 
 async def test_an_idempotency_key_covers_the_query(server: Server) -> None:

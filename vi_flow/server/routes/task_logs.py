@@ -74,7 +74,7 @@ def resume_point(request: web.Request) -> dict[str, int] | None:
     """The offsets in ``Last-Event-ID`` (or ``?lastEventId=``); ``None`` when not given.
 
     Raises:
-        APIProblem: 400 naming the header or parameter when it is not two offsets.
+        APIProblem: 422 naming the header or parameter when it is not two offsets.
     """
     name, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
     if not raw:
@@ -84,7 +84,7 @@ def resume_point(request: web.Request) -> dict[str, int] | None:
     try:
         return parse_event_id(raw)
     except ValueError as exc:
-        raise APIProblem(400, "INVALID_REQUEST", f"{name}: {exc}") from None
+        raise APIProblem.validation(name, str(exc)) from None
 
 
 def since_query(request: web.Request) -> int | None:
@@ -93,10 +93,8 @@ def since_query(request: web.Request) -> int | None:
     if raw is None or raw == "":
         return None
     if not raw.isdigit() or int(raw) > MAX_INT:
-        raise APIProblem(
-            400,
-            "INVALID_REQUEST",
-            f"since: expected milliseconds since the epoch, got {raw[:40]!r}",
+        raise APIProblem.validation(
+            "since", f"expected milliseconds since the epoch, got {raw[:40]!r}"
         )
     return int(raw)
 
@@ -114,18 +112,14 @@ async def _start_since(
 def _follow(request: web.Request) -> bool:
     raw = request.query.get("follow", "true").strip().lower()
     if raw not in ("true", "false", "1", "0", ""):
-        raise APIProblem(
-            400, "INVALID_REQUEST", f"follow: expected true or false, got {raw[:20]!r}"
-        )
+        raise APIProblem.validation("follow", f"expected true or false, got {raw[:20]!r}")
     return raw in ("true", "1", "")
 
 
 def _streams(request: web.Request) -> tuple[str, ...]:
     raw = request.query.get("stream", "all")
     if raw not in _CHOICES:
-        raise APIProblem(
-            400, "INVALID_REQUEST", f"stream: must be stdout, stderr or all, got {raw[:20]!r}"
-        )
+        raise APIProblem.validation("stream", f"must be stdout, stderr or all, got {raw[:20]!r}")
     return _CHOICES[raw]
 
 
