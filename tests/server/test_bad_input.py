@@ -170,6 +170,19 @@ async def test_a_nul_byte_in_an_id_or_a_query_value_is_refused_on_any_database(
     await _lists_answer(server)
 
 
+async def test_a_parameter_given_twice_is_refused_unless_it_is_a_list(server: Server) -> None:
+    await server.call("POST", "/flows", json=spec("f", "a"))
+    await server.call("POST", "/flows", json=spec("g", "a"))
+    answer = await server.call("GET", "/flows?pageSize=1&pageSize=100")
+    _refused(answer, "pageSize")
+    assert "more than once" in answer.body["error"]["message"]
+    ordered = await server.call("GET", "/flows?order=oldest&pageSize=1&order=newest")
+    _refused(ordered, "order")
+    tasks = await server.call("GET", "/tasks?status=pending&status=running")
+    assert tasks.status == 200, tasks.body  # status is a list: it may repeat
+    assert len((await server.call("GET", "/flows?pageSize=1")).body["items"]) == 1
+
+
 # -- size limits --------------------------------------------------------------------------
 
 

@@ -191,15 +191,25 @@ def _unreadable(request: web.Request) -> str:
     return f"the request body could not be decoded{how}"
 
 
-def _check_no_nul(request: web.Request) -> None:
+_REPEATABLE = frozenset({"status"})  # the query parameters that are lists (GET /v1/tasks)
+
+
+def _check_query(request: web.Request) -> None:
     """A NUL character (``%00``) is in no id, file path or parameter value: refuse it
-    before any database sees it (PostgreSQL cannot even compare text holding one)."""
+    before any database sees it (PostgreSQL cannot even compare text holding one). A
+    parameter that is not a list is given once: which of two values would count is not
+    the caller's guess to make (nor a proxy's that checked the other one)."""
     if "\x00" in request.path:
         raise APIProblem(400, "INVALID_REQUEST", "path: must not contain a NUL character (%00)")
+    seen: set[str] = set()
     for name, value in request.query.items():
         if "\x00" in name or "\x00" in value:
             field = shown(name) if "\x00" in name else name
             raise APIProblem.validation(field, "must not contain a NUL character")
+        if name in seen and name not in _REPEATABLE:
+            field = name if name.isidentifier() else shown(name)
+            raise APIProblem.validation(field, "given more than once; give it once")
+        seen.add(name)
 
 
 @web.middleware
@@ -210,7 +220,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         _check_declared_size(request)
         _check_encoding(request)
-        _check_no_nul(request)
+        _check_query(request)
         return await handler(request)
     except (RequestPayloadError, HttpProcessingError):  # a body that does not decode
         response = error_response(request, 400, "INVALID_REQUEST", _unreadable(request))
