@@ -59,6 +59,7 @@ EXPECTED = {
     "TaskTimeoutError",
     "Timeout",
     "ToolCallLimitError",
+    "ToolCallsPendingError",
     "UnprocessableEntityError",
     "ViFlowError",
     "__version__",

@@ -36,6 +36,7 @@ from ._errors import (
     TaskNotFoundError,
     TaskTimeoutError,
     ToolCallLimitError,
+    ToolCallsPendingError,
     UnprocessableEntityError,
     ViFlowError,
 )
@@ -144,6 +145,7 @@ __all__ = [
     "TaskTimeoutError",
     "Timeout",
     "ToolCallLimitError",
+    "ToolCallsPendingError",
     "ToolHandlerWarning",
     "UnprocessableEntityError",
     "ViFlowError",

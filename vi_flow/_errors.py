@@ -25,6 +25,7 @@ Every error a user can catch derives from :class:`ViFlowError`::
     │       └── NotImplementedByProviderError 501 (an operation the compute provider lacks)
     ├── FlowExecutionError            a run ended Failed/Error (carries the failing step)
     ├── ToolCallLimitError            ``max_tool_rounds`` exhausted
+    ├── ToolCallsPendingError         ``steps()`` met tool calls it has no ``tool_handler`` for
     ├── TaskTimeoutError              waiting for a task or job exceeded its timeout
     ├── HostKeyChangedError           a task server's SSH host key differs from the pinned one
     ├── ShellUnavailableError         the task's provider cannot run commands inside it (Ray)
@@ -67,6 +68,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskTimeoutError",
     "ToolCallLimitError",
+    "ToolCallsPendingError",
     "UnprocessableEntityError",
     "ViFlowError",
     "error_for_status",
@@ -258,6 +260,31 @@ class ToolCallLimitError(ViFlowError):
         super().__init__(message)
         self.execution_id = execution_id
         self.rounds = rounds
+
+
+class ToolCallsPendingError(ViFlowError):
+    """``steps()`` met a run waiting for tool results, with no ``tool_handler`` to give them.
+
+    ``steps()`` yields only ``StepCompleted``, so it cannot hand the pause over as
+    ``events()`` does; it raises this instead of waiting for results nobody will send. The
+    run stays paused: answer it with ``flow.run(execution_id).submit_tool_results(...)``,
+    or cancel it.
+
+    Attributes:
+        execution_id: The paused run.
+        tool_calls: The calls it waits for (``ToolCall`` objects).
+    """
+
+    def __init__(self, *, execution_id: str, tool_calls: list[Any]) -> None:
+        names = ", ".join(f"{c.id} ({c.function.name})" for c in tool_calls[:5])
+        more = f" and {len(tool_calls) - 5} more" if len(tool_calls) > 5 else ""
+        super().__init__(
+            f"run {execution_id} waits for tool results ({names}{more}) and steps() has no"
+            " tool_handler to answer them: pass tool_handler=, use events() or execute(),"
+            f" or answer with flow.run({execution_id!r}).submit_tool_results(...)"
+        )
+        self.execution_id = execution_id
+        self.tool_calls = tool_calls
 
 
 class TaskTimeoutError(ViFlowError, TimeoutError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 import vi_flow
@@ -48,6 +49,24 @@ async def test_steps_yields_completed_steps(aclient: vi_flow.AsyncClient) -> Non
     assert [s.step_id for s in steps] == ["greet", "ask", "final"]
     assert all(isinstance(s, StepCompleted) for s in steps)
     assert steps[-1].output == "got out"
+
+
+async def test_steps_without_a_handler_raise_at_a_pause_instead_of_waiting(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    seen: list[str] = []
+    with pytest.raises(vi_flow.ToolCallsPendingError) as info:
+        with anyio.fail_after(20):  # it used to wait for the server's pause timeout (1 h)
+            async for step in flow.steps(message="m"):
+                seen.append(step.step_id)  # noqa: PERF401 - the list must survive the raise
+    assert seen == ["greet"]
+    error = info.value
+    assert [c.function.name for c in error.tool_calls] and error.execution_id in str(error)
+    run = flow.run(error.execution_id)  # the run stays paused: the error says how to go on
+    await run.submit_tool_results(["late"], tool_calls=error.tool_calls)
+    events = await collect(run.events())
+    assert isinstance(events[-1], FlowCompleted) and events[-1].output == "got late"
 
 
 async def test_steps_of_failed_run_raise_after_completed_ones(aclient: vi_flow.AsyncClient) -> None:

@@ -141,6 +141,12 @@ def test_submit_tool_results_while_iterating(client: vi_flow.Client) -> None:
     assert isinstance(last, FlowCompleted) and last.output == "got by hand"
 
 
+def test_sync_steps_without_a_handler_raise_at_a_pause(client: vi_flow.Client) -> None:
+    flow = new_flow(client, TOOL_FLOW)
+    with pytest.raises(vi_flow.ToolCallsPendingError, match="steps\\(\\) has no tool_handler"):
+        list(flow.steps(message="m"))
+
+
 def test_sync_steps_of_failed_run_raise(client: vi_flow.Client) -> None:
     flow = new_flow(client, FAIL_FLOW)
     seen: list[str] = []

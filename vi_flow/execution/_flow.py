@@ -13,10 +13,16 @@ from collections.abc import AsyncIterator
 
 from typing_extensions import Unpack
 
-from .._errors import FlowExecutionError
+from .._errors import FlowExecutionError, ToolCallsPendingError
 from .._http import HTTPCore, path
 from ..models.common import Condition
-from ..models.events import ExecutionOutcome, FlowCompleted, StepCompleted, StreamEvent
+from ..models.events import (
+    ExecutionOutcome,
+    FlowCompleted,
+    StepCompleted,
+    StreamEvent,
+    ToolCallsRequired,
+)
 from ..models.execution import ExecuteRequest, ExecutionJob
 from ._loop import ToolLoop, check_rounds, request_timeout, stream_timeout
 from ._options import ExecuteOptions, RunInputs, check_names, request_of
@@ -154,9 +160,12 @@ class AsyncFlow:
 
         Raises:
             FlowExecutionError: The run failed (after the steps that completed).
+            ToolCallsPendingError: The run waits for tool results and no ``tool_handler``
+                was given (the run stays paused; see the error).
         """
         check_names(options, ExecuteOptions, "steps")
-        return _completed_steps(self.events(**options))
+        answered = options.get("tool_handler") is not None
+        return _completed_steps(self.events(**options), answered)
 
     async def execute_async(self, **options: Unpack[RunInputs]) -> AsyncJob:
         """Submit the flow to run on the server and return at once with a job handle.
@@ -188,11 +197,19 @@ class AsyncFlow:
         return ToolLoop(self._http, handler, rounds, options.get("timeout"))
 
 
-async def _completed_steps(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StepCompleted]:
+async def _completed_steps(
+    events: AsyncIterator[StreamEvent], answered: bool
+) -> AsyncIterator[StepCompleted]:
+    """The ``StepCompleted`` of ``events``; a pause for tool calls raises unless
+    ``answered`` (a handler answers each before it is yielded)."""
     async with contextlib.aclosing(events):  # type: ignore[type-var]
         async for event in events:
             if isinstance(event, StepCompleted):
                 yield event
+            elif isinstance(event, ToolCallsRequired) and not answered:
+                raise ToolCallsPendingError(
+                    execution_id=event.execution_id, tool_calls=list(event.tool_calls)
+                )
             elif isinstance(event, FlowCompleted) and event.status is not Condition.SUCCEEDED:
                 raise FlowExecutionError(
                     event.error or f"the run ended {event.status.value}",
