@@ -56,6 +56,12 @@ def test_the_client_facade_has_the_seed_shapes() -> None:
             assert client.reserve("a100", duration_hours=1).startswith("res_")
         except vi_flow.UnprocessableEntityError as exc:
             assert "a100" in str(exc)
+        # not "no GPU": each of these held a CPU for an hour, unasked
+        with pytest.raises(ValueError, match="invalid GPU request ''"):
+            client.reserve("")
+        with pytest.raises(TypeError, match="got None"):
+            client.reserve(None)  # type: ignore[arg-type]
+        assert client.provider_port().list_reservations() == []
 
 
 def test_the_facade_wraps_a_given_client_and_leaves_it_open() -> None:

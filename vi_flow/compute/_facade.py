@@ -30,6 +30,7 @@ from ..models.tasks import (
     TaskOutputFile,
     TaskStatus,
     Volume,
+    parse_gpu,
 )
 from ..resources.tasks import artifact_path
 from . import _configs, _ops
@@ -444,7 +445,16 @@ class AsyncCompute:
     # -- reservations --------------------------------------------------------------------
 
     async def reserve(self, gpu: str, duration_hours: int = 1, auto_renew: bool = False) -> str:
-        """Reserve GPU capacity from now on; returns the reservation id."""
+        """Reserve GPU capacity from now on; returns the reservation id.
+
+        Raises:
+            TypeError: ``gpu`` is not a string.
+            ValueError: ``gpu`` is not GPU shorthand (``"a100"``, ``"a100:2"``); an empty
+                one would have held a CPU instead.
+        """
+        if not isinstance(gpu, str):
+            raise TypeError(f"gpu must be GPU shorthand such as 'a100' or 'a100:2', got {gpu!r}")
+        parse_gpu(gpu)  # before any request: "" is no GPU at all
         reservation = await self.reservations.create(
             gpu=gpu, duration_hours=duration_hours, auto_renew=auto_renew
         )
