@@ -13,6 +13,7 @@ a reverse proxy's own CA). The default ``base_url`` is
 from __future__ import annotations
 
 import enum
+import math
 import os
 import sys
 from pathlib import Path
@@ -88,9 +89,10 @@ NOT_GIVEN: Final = NotGiven.NOT_GIVEN
 
 
 def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
+    if value is not None and not 0 < value < math.inf:
         raise ValueError(
-            f"timeout {attribute.name} must be a positive number of seconds, got {value!r}"
+            f"timeout {attribute.name} must be a positive number of seconds (None for no"
+            f" limit), got {value!r}"
         )
 
 

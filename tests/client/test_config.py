@@ -53,6 +53,11 @@ def test_bad_values_are_named() -> None:
         write_config_value("colour", "red")
     with pytest.raises(ValueError, match="timeout"):
         Timeout(connect=-1)
+    for endless in (float("inf"), float("nan")):  # inf overflowed inside aiohttp's timer
+        with pytest.raises(ValueError, match=r"timeout connect .*None for no limit"):
+            Timeout.coerce(endless)
+        with pytest.raises(ValueError, match="timeout"):
+            resolve_settings(timeout=endless)
     for retries in ("x", 2.7, True):
         with pytest.raises(ValueError, match="max_retries must be a whole number"):
             resolve_settings(max_retries=retries)  # type: ignore[arg-type]
