@@ -81,6 +81,12 @@ def test_get_task_list_tasks_and_status(flow: vi_flow.Client) -> None:
     assert task.task_id in [x.task_id for x in flow.status()]
     assert flow.cancel(task.task_id) is True
     assert flow.status(task.task_id) == "cancelled"
+    assert [t.task_id for t in flow.list_tasks(limit=1)] == [task.task_id]
+    for list_call in (flow.list_tasks, flow.list_volumes):  # the error names limit
+        with pytest.raises(ValueError, match=r"^limit must be >= 1, got 0"):
+            list_call(limit=0)
+        with pytest.raises(TypeError, match=r"^limit must be a whole number"):
+            list_call(limit="3")  # type: ignore[arg-type]
 
 
 def test_logs_tail_and_follow_with_break(flow: vi_flow.Client) -> None:

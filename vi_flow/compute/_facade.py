@@ -202,7 +202,7 @@ class AsyncCompute:
         """
         handles: list[AsyncTask] = []
         async for page in self.tasks.list(
-            status=status, pagination={"page_size": min(limit, 1000)}
+            status=status, pagination={"page_size": min(_limit(limit), 1000)}
         ):
             handles += [AsyncTask(self._context, t) for t in page.items[: limit - len(handles)]]
             if len(handles) >= limit:
@@ -400,7 +400,7 @@ class AsyncCompute:
     async def list_volumes(self, limit: int = 100) -> list[Volume]:
         """List volumes, newest first."""
         volumes: list[Volume] = []
-        async for page in self.volumes.list(pagination={"page_size": min(limit, 1000)}):
+        async for page in self.volumes.list(pagination={"page_size": min(_limit(limit), 1000)}):
             volumes += page.items[: limit - len(volumes)]
             if len(volumes) >= limit:
                 break
@@ -557,3 +557,12 @@ class AsyncCompute:
             async for chunk in resp.content.iter_any():
                 await out.write(chunk)
         return destination
+
+
+def _limit(limit: object) -> int:
+    """``limit`` of a list call: a whole number >= 1 (the error names it, not the page size)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be a whole number >= 1, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return limit
