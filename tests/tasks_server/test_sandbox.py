@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,63 @@ async def test_sftp_never_follows_a_link_out_of_the_task(
                 await handle.read()
         assert (await sftp.lstat("/workspace/token")).type == asyncssh.FILEXFER_TYPE_SYMLINK
     assert not (sandboxed.home / "planted").exists()
+
+
+@pytest.mark.anyio
+async def test_sftp_cannot_touch_the_logs_directory(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # Moved away and replaced by a link to the home, logs/ was bound into the next
+    # session's sandbox (the admin token readable there); hard-linked, a log was writable.
+    endpoint = await _login_endpoint(sandboxed, client_key, "echo genuine; sleep 30")
+    logs = Path(endpoint["stdoutPath"]).parent
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            lambda: sftp.rename("/logs", "/logs.moved"),
+            lambda: sftp.posix_rename("/workspace", "/logs"),
+            lambda: sftp.symlink("../..", "/logs/up"),
+            lambda: sftp.remove("/logs/stdout.log"),
+            lambda: sftp.link("/logs/stdout.log", "/workspace/out.log"),
+            lambda: sftp.mkdir("/logs/x"),
+            lambda: sftp.rmdir("/logs"),
+            lambda: sftp.chmod("/logs/stdout.log", 0o666),
+        ]
+        for attempt in attempts:
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="logs/ is read-only"):
+                await attempt()
+        with pytest.raises(asyncssh.SFTPPermissionDenied, match="logs/ is read-only"):
+            async with sftp.open("/logs/stdout.log", "a") as handle:
+                await handle.write("FORGED\n")
+        async with sftp.open("/logs/stdout.log") as handle:  # reading stays allowed
+            assert "genuine" in await handle.read()
+        shell = await conn.run(f"cat {sandboxed.home}/admin-token; ls {logs}")
+        assert "stdout.log" in shell.stdout and "vf_" not in shell.stdout
+    assert logs.is_dir() and not logs.is_symlink()
+    assert not (logs.parent / "workspace" / "out.log").exists()
+
+
+@pytest.mark.anyio
+async def test_a_volume_mounted_through_a_planted_link_is_refused(sandboxed: TaskServer) -> None:
+    # The server made the mount's directories and link through links the task planted:
+    # as root, anywhere on the host (a site-packages entry ran the task's code outside).
+    outside = sandboxed.home.parent / "outside"
+    outside.mkdir()
+    await sandboxed.call("POST", "/volumes", json={"name": "vol"})
+    task = await sandboxed.submit(
+        command=f"ln -s {outside} v; ln -s / root; mkdir -p real; echo ready; sleep 30"
+    )
+    with anyio.fail_after(8):
+        while "ready" not in await _logs(sandboxed, task["taskId"]):
+            await asyncio.sleep(0.05)
+    mount = f"/tasks/{task['taskId']}/volumes"
+    for path in ("/v/pwned", "/v/new/deeper", f"/root{outside}/via-root"):
+        answer = await sandboxed.call("POST", mount, json={"volumeId": "vol", "mountPath": path})
+        assert answer.status == 422, answer.body
+        assert "goes through a link" in answer.body["error"]["message"]
+    assert list(outside.iterdir()) == []
+    fine = await sandboxed.call("POST", mount, json={"volumeId": "vol", "mountPath": "/real/v"})
+    assert fine.status == 200, fine.body  # a real directory of the workspace still works
+    assert (Path(task["workdir"]) / "real" / "v").is_symlink()
 
 
 # Swaps ``d`` between a directory of its own and a link to the server's home, forever.

@@ -35,10 +35,16 @@ class UnsafePath(ValueError):
 def file_size(path: Path) -> int:
     """The size of the regular file ``path`` in bytes; 0 when it does not exist or is
     something else (a link a task put in place of its log is not followed)."""
-    try:
-        status = path.lstat()
+    try:  # the directory too is taken as itself: a link put in place of logs/ is not followed
+        parent = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return 0
+    try:
+        status = os.stat(path.name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return 0
+    finally:
+        os.close(parent)
     return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 

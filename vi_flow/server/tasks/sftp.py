@@ -7,6 +7,11 @@ acts on the last component relative to the directory it found (``dir_fd=``,
 name again, so a symbolic link that the task swaps in between is never followed: a link
 anywhere in a path is refused with *permission denied*. ``..`` is resolved lexically and
 never climbs above the root. A ``+logs`` login gets no SFTP at all.
+
+``logs/`` is the server's, read-only to the task as in its sandbox: nothing in it or of
+it may be written, moved, removed or linked (a hard link would make a log writable from
+the workspace; ``logs`` moved away and replaced by a link would make the server bind and
+write its target).
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ def components(path: bytes) -> list[bytes]:
     """The names of ``path`` below the root, ``..`` resolved lexically (never above it)."""
     normal = posixpath.normpath(posixpath.join(b"/", path))
     return [part for part in normal.split(b"/") if part and part != b"."]
+
+
+_READ_ONLY = b"logs"  # the entry of the root that the server alone writes
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _writable(path: bytes) -> None:
+    """Refuse a change to ``logs/`` or anything in it."""
+    if components(path)[:1] == [_READ_ONLY]:
+        raise asyncssh.SFTPPermissionDenied(
+            "logs/ is read-only: the server writes the task's logs (read them, or copy"
+            " them elsewhere)"
+        )
 
 
 def _link_refusal(shown: bytes) -> asyncssh.SFTPPermissionDenied:
@@ -178,6 +196,8 @@ class TaskSFTPServer(asyncssh.SFTPServer):
 
     def _open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
         perms = 0o666 if attrs.permissions is None else attrs.permissions
+        if flags & _WRITES:
+            _writable(path)
         with self._parent(path) as (parent, last):
             fd = _open_at(parent, last, flags | _NOFOLLOW, path, perms)
         return open(fd, _file_mode(flags), buffering=0)  # the SFTP session closes it
@@ -201,6 +221,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Set attributes of ``path`` (a link is refused)."""
+        _writable(path)
         with self._node(path) as fd:
             _set_attributes(f"/proc/self/fd/{fd}", attrs)
 
@@ -229,16 +250,19 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Create a directory."""
         mode = 0o777 if attrs.permissions is None else attrs.permissions
+        _writable(path)
         with self._parent(path) as (parent, last):
             os.mkdir(last, mode, dir_fd=parent)
 
     def rmdir(self, path: bytes) -> None:
         """Remove an empty directory."""
+        _writable(path)
         with self._parent(path) as (parent, last):
             os.rmdir(last, dir_fd=parent)
 
     def remove(self, path: bytes) -> None:
         """Remove a file or a link (the link itself)."""
+        _writable(path)
         with self._parent(path) as (parent, last):
             os.unlink(last, dir_fd=parent)
 
@@ -250,6 +274,8 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         return b"/" + b"/".join(components(path))
 
     def _move(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
+        _writable(oldpath)
+        _writable(newpath)
         with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
             if not replace:
                 with contextlib.suppress(FileNotFoundError):
@@ -274,10 +300,14 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         """Make a link (an absolute target is taken beneath the root); SFTP never follows it."""
         if posixpath.isabs(oldpath):
             oldpath = self._root + b"/" + b"/".join(components(oldpath))
+        _writable(newpath)
         with self._parent(newpath) as (parent, last):
             os.symlink(oldpath, last, dir_fd=parent)
 
     def link(self, oldpath: bytes, newpath: bytes) -> None:
-        """Make a hard link to a file beneath the root (a link is linked as itself)."""
+        """Make a hard link to a file beneath the root (a link is linked as itself); a
+        log is never linked (the link would be writable)."""
+        _writable(oldpath)
+        _writable(newpath)
         with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
             os.link(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir, follow_symlinks=False)

@@ -21,6 +21,7 @@ import orjson
 from ...models._base import to_wire
 from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
 from .._records import seq_window
+from ..beneath import LinkInTheWay, link_beneath
 from ..clock import now_ms
 from ..db import Connection, IntegrityError, Row
 from ..errors import APIProblem
@@ -167,11 +168,16 @@ class Volumes:
             raise APIProblem.conflict(f"task {task_id!r} has ended ({task.status.value})")
         volume = await self.get_volume(org_id, ident)
         path = mount_path or f"/volumes/{volume.name}"
-        visible = visible_path(self._provider.task_paths(task_id).workdir, path)
+        paths = self._provider.task_paths(task_id)
+        visible = visible_path(paths.workdir, path)
         try:
-            await asyncio.to_thread(_link, Path(volume.path), visible)
+            await asyncio.to_thread(_link, paths.root, Path(volume.path), visible)
         except FileExistsError as exc:
             raise APIProblem.validation("mountPath", f"{path!r} is already used") from exc
+        except LinkInTheWay as exc:
+            raise APIProblem.validation(
+                "mountPath", f"{path!r} goes through a link or a file in the workspace"
+            ) from exc
         config = attrs.evolve(
             task.config,
             volumes=[*task.config.volumes, VolumeSpec(mount_path=path, volume_id=volume.volume_id)],
@@ -296,11 +302,12 @@ def _record_mount(conn: Connection, row: tuple[str, ...], config: TaskConfig) ->
     )
 
 
-def _link(host_path: Path, visible: Path) -> None:
-    if visible.is_symlink() or visible.exists():
+def _link(root: Path, host_path: Path, visible: Path) -> None:
+    """The volume's link at ``visible``, made below the task directory ``root`` without
+    following any link the task put on the way (which would have the server write
+    elsewhere on the host)."""
+    if not link_beneath(root, visible, host_path):
         raise FileExistsError(str(visible))
-    visible.parent.mkdir(parents=True, exist_ok=True)
-    visible.symlink_to(host_path, target_is_directory=True)
 
 
 def _volume(row: Row, attached: list[str]) -> Volume:

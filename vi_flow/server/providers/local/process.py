@@ -21,9 +21,10 @@ from pathlib import Path
 import attrs
 
 from ....models.tasks import TaskStatus
+from ...beneath import append_beneath, link_beneath, makedirs_beneath, open_beneath
 from ...clock import now_ms
 from .._exits import describe, end_reason, from_returncode
-from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskUpdate
+from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskPaths, TaskUpdate
 from .sandbox import allowed_environment
 from .spawn import TaskProcess
 
@@ -77,29 +78,42 @@ class Job:
 def prepare_launch(spec: LaunchSpec) -> tuple[int, int, Path]:
     """Create the directories, volume links and log files (blocking; run in a thread).
 
+    Everything is made below the task directory without following a link (see
+    :mod:`vi_flow.server.beneath`): what was put there before the start (over SFTP, or
+    by an upload) cannot send the server's writes elsewhere on the host.
+
     Returns the stdout and stderr file descriptors and the directory to start in.
+
+    Raises:
+        LinkInTheWay: A link where a directory or log file of the task belongs.
     """
     paths = spec.paths
+    paths.root.mkdir(parents=True, exist_ok=True)
     for directory in (paths.workdir, paths.output_dir, paths.stdout.parent):
-        directory.mkdir(parents=True, exist_ok=True)
+        makedirs_beneath(paths.root, directory)
     for mount in spec.mounts:
-        _link_mount(mount.host_path, mount.visible_path)
+        _link_mount(paths.root, mount.host_path, mount.visible_path)
     cwd = paths.workdir
-    if spec.config.working_dir:
-        cwd = (paths.workdir / spec.config.working_dir).resolve()
-        cwd.mkdir(parents=True, exist_ok=True)
-    out = os.open(paths.stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    err = os.open(paths.stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if spec.config.working_dir:  # relative, without "..": checked when it was accepted
+        cwd = paths.workdir / spec.config.working_dir
+        makedirs_beneath(paths.root, cwd)
+    logs = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    out = open_beneath(paths.root, paths.stdout, logs)
+    try:
+        err = open_beneath(paths.root, paths.stderr, logs)
+    except BaseException:
+        os.close(out)
+        raise
     return out, err, cwd
 
 
-def _link_mount(host_path: Path, visible: Path) -> None:
-    if visible.is_symlink() or visible.exists():
-        if visible.resolve() == host_path.resolve():
-            return
-        raise InvalidRequest(f"volumes: mount path {visible} already exists in the workspace")
-    visible.parent.mkdir(parents=True, exist_ok=True)
-    visible.symlink_to(host_path, target_is_directory=True)
+def _link_mount(root: Path, host_path: Path, visible: Path) -> None:
+    try:
+        link_beneath(root, visible, host_path)
+    except FileExistsError:
+        raise InvalidRequest(
+            f"volumes: mount path {visible} already exists in the workspace"
+        ) from None
 
 
 def task_environment(job: Job, base: Mapping[str, str], machine_has_gpus: bool) -> dict[str, str]:
@@ -113,10 +127,9 @@ def task_environment(job: Job, base: Mapping[str, str], machine_has_gpus: bool) 
     return env
 
 
-def append_line(path: Path, text: str) -> None:
-    """Append one line to a log file (blocking)."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(text.rstrip("\n") + "\n")
+def append_line(paths: TaskPaths, text: str) -> None:
+    """Append one line to the task's stderr log, never through a link (blocking)."""
+    append_beneath(paths.root, paths.stderr, text)
 
 
 # -- stopping --------------------------------------------------------------------------
@@ -274,7 +287,7 @@ def end_orphan(task: RunningTask) -> str:
     else:
         message = "the task's process ended with the server; its exit status is unknown"
     with contextlib.suppress(OSError):
-        append_line(task.spec.paths.stderr, f"[vi-flow] {message}")
+        append_line(task.spec.paths, f"[vi-flow] {message}")
     return message
 
 

@@ -413,7 +413,7 @@ class LocalProvider:
         self, job: Job, message: str, reason: str = "StartFailed"
     ) -> None:
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(append_line, job.spec.paths.stderr, message)
+            await asyncio.to_thread(append_line, job.spec.paths, message)
         self._jobs.pop(job.spec.task_id, None)
         await self._report(
             TaskUpdate(

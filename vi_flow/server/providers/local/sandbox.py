@@ -114,7 +114,8 @@ class Sandbox:
             args += ["--dev-bind-try", device, device]
         args += ["--bind", str(root), str(root)]
         logs = root / "logs"
-        args += ["--ro-bind-try", str(logs), str(logs)]
+        if not logs.is_symlink():  # bwrap would bind what a link points to, on the host
+            args += ["--ro-bind-try", str(logs), str(logs)]
         for volume in volumes:
             args += ["--bind", str(volume), str(volume)]
         # The sandbox's own root (where the home's path was made) is read-only too.
