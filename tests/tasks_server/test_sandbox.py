@@ -221,6 +221,30 @@ async def test_a_login_to_a_task_that_is_not_running_is_refused(
 
 
 @pytest.mark.anyio
+async def test_a_session_ends_with_its_task(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # A session kept running in the task's directory after a cancel, while the task's
+    # CPUs (and GPUs) went to the next task.
+    endpoint = await _login_endpoint(sandboxed, client_key, "sleep 60")
+    beats = Path(endpoint["stdoutPath"]).parent.parent / "output" / "beats"
+    async with _connect(endpoint, client_key) as conn:
+        session = asyncio.ensure_future(
+            conn.run('while :; do echo beat >> "$VI_FLOW_OUTPUT_DIR/beats"; sleep 0.1; done')
+        )
+        with anyio.fail_after(10):
+            while not beats.exists():
+                await asyncio.sleep(0.05)
+        await sandboxed.call("POST", f"/tasks/{endpoint['taskId']}/cancel", json={"force": True})
+        with anyio.fail_after(10):
+            ended = await session
+    assert ended.exit_status != 0 and "no longer runs; session closed" in ended.stderr
+    size = beats.stat().st_size
+    await asyncio.sleep(0.5)
+    assert beats.stat().st_size == size  # nothing of the session runs on
+
+
+@pytest.mark.anyio
 async def test_sftp_never_follows_a_link_out_of_the_task(
     sandboxed: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:

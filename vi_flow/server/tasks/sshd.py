@@ -50,6 +50,7 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 _CHUNK = 64 * 1024
 _PTY_DRAIN = 0.5
 _CLOSE_WAIT = 5.0
+_TASK_POLL = 1.0  # how often a command session checks that its task still runs
 _LOG_POLL_MIN, _LOG_POLL_MAX = 0.002, 0.2  # after news, then doubling while quiet
 _CLIENT_ENV = ("TERM", "LANG", "LANGUAGE", "COLUMNS", "LINES")
 
@@ -212,19 +213,25 @@ async def _supervise(
     process: asyncssh.SSHServerProcess[bytes],
     child: asyncio.subprocess.Process,
     outputs: Awaitable[Any],
+    ended: Callable[[], Awaitable[str]],
 ) -> int:
-    """Wait for the child and its output, or for the client to go away (then kill it)."""
+    """Wait for the child and its output; kill it when the client goes away or the task
+    ends (``ended()`` returns, saying how: a session ends with its task's sandbox)."""
     finished = asyncio.ensure_future(_finish(child, outputs))
     closed = asyncio.ensure_future(process.wait_closed())
+    over = asyncio.ensure_future(ended())
     try:
-        await asyncio.wait({finished, closed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({finished, closed, over}, return_when=asyncio.FIRST_COMPLETED)
         if finished.done():
             return finished.result()
         _kill_group(child.pid)
         await child.wait()
+        if over.done() and not closed.done():
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(f"\r\nvi-flow: {over.result()}; session closed\r\n".encode())
         return -9
     finally:
-        for future in (finished, closed):
+        for future in (finished, closed, over):
             future.cancel()
         if child.returncode is None:
             _kill_group(child.pid)
@@ -237,7 +244,11 @@ async def _finish(child: asyncio.subprocess.Process, outputs: Awaitable[Any]) ->
 
 
 async def _run_pipes(
-    process: asyncssh.SSHServerProcess[bytes], argv: list[str], cwd: Path, env: dict[str, str]
+    process: asyncssh.SSHServerProcess[bytes],
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    ended: Callable[[], Awaitable[str]],
 ) -> int:
     child = await asyncio.create_subprocess_exec(
         *argv,
@@ -254,7 +265,7 @@ async def _run_pipes(
         _pump_out(child.stdout, process.stdout), _pump_out(child.stderr, process.stderr)
     )
     try:
-        return await _supervise(process, child, outputs)
+        return await _supervise(process, child, outputs, ended)
     finally:
         feeder.cancel()
         outputs.cancel()
@@ -286,7 +297,11 @@ async def _pty_output(reader: asyncio.StreamReader, target: Any, child: Any) -> 
 
 
 async def _run_pty(
-    process: asyncssh.SSHServerProcess[bytes], argv: list[str], cwd: Path, env: dict[str, str]
+    process: asyncssh.SSHServerProcess[bytes],
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    ended: Callable[[], Awaitable[str]],
 ) -> int:
     master, slave = os.openpty()
     _set_size(master, process.term_size)
@@ -314,7 +329,8 @@ async def _run_pty(
     writer = _FDWriter(master)
     feeder = asyncio.create_task(_pump_in(process, writer, lambda size: _set_size(master, size)))
     try:
-        return await _supervise(process, child, _pty_output(reader, process.stdout, child))
+        output = _pty_output(reader, process.stdout, child)
+        return await _supervise(process, child, output, ended)
     finally:
         feeder.cancel()
         transport.close()
@@ -425,7 +441,20 @@ async def _serve_logs(process: asyncssh.SSHServerProcess[bytes], context: Sessio
         closed.cancel()
 
 
-async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str) -> None:
+async def _task_ended(resolver: SessionResolver, task_id: str) -> str:
+    """Return (saying so) once ``task_id`` no longer runs: checked every :data:`_TASK_POLL`."""
+    while True:
+        await asyncio.sleep(_TASK_POLL)
+        context = await resolver.session(task_id)
+        if context is None:
+            return f"task {task_id} is gone"
+        if context.refusal is not None:
+            return f"task {task_id} no longer runs"
+
+
+async def _handle_process(
+    process: asyncssh.SSHServerProcess[bytes], shell: str, resolver: SessionResolver
+) -> None:
     context = _context_of(process.channel)
     if context.is_logs:
         process.exit(await _serve_logs(process, context))
@@ -440,7 +469,8 @@ async def _handle_process(process: asyncssh.SSHServerProcess[bytes], shell: str)
     cwd = await asyncio.to_thread(_cwd, context)
     try:
         runner = _run_pty if pty else _run_pipes
-        code = await runner(process, argv, cwd, env)
+        ended = functools.partial(_task_ended, resolver, context.task_id)
+        code = await runner(process, argv, cwd, env, ended)
     except OSError as exc:
         process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
         code = 127
@@ -473,7 +503,7 @@ async def listen(
     return await asyncssh.listen(
         server_factory=lambda: _Server(resolver, registry),
         server_host_keys=[key],
-        process_factory=functools.partial(_handle_process, shell=shell),
+        process_factory=functools.partial(_handle_process, shell=shell, resolver=resolver),
         encoding=None,
         sftp_factory=_sftp_server,
         allow_scp=False,
