@@ -49,6 +49,7 @@ from .db import (
 )
 from .db._held import Held, hold, release
 from .db.sqlite import WalCheckpointer
+from .flowsecrets import shown_flow, shown_run
 
 __all__ = [
     "IDEMPOTENCY_SLOT",
@@ -535,7 +536,7 @@ class Store:
 
         def create(c: Connection) -> Flow:
             flow = rec.create_flow(c, org_id, spec, flow_id)
-            save(c, flow)
+            save(c, shown_flow(flow))  # the answer, as the route shows it
             return flow
 
         return await self.run(create)
@@ -604,7 +605,7 @@ class Store:
 
         def create(c: Connection) -> Run:
             made = rec.create_run(c, org_id, spec, run_id)
-            save(c, made)
+            save(c, shown_run(made))  # the answer, as the route shows it
             return made
 
         run = await self.run(create)

@@ -43,6 +43,7 @@ from ...models.flows import FlowSpec
 from .. import _records as records
 from ..clock import now_ms
 from ..db import Connection
+from ..flowsecrets import shown_settings
 from ..state import ServerSettings
 from ..store import Store
 from ..tasks import TaskService
@@ -327,8 +328,8 @@ class Executor:
         try:
             ctx = self._context(row, spec, request, index, resume)
             if request.trace and resume is None:
-                step.input = ctx.settings
-                await self.log.append(StepInput, row.key, step_id=step_id, input=ctx.settings)
+                step.input = shown_settings(block.block, ctx.settings)  # env values redacted
+                await self.log.append(StepInput, row.key, step_id=step_id, input=step.input)
             result = await self.registry.get(block.block)(ctx)
             _check_json(step_id, result)
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ paths then start with ``spec.``). ``PUT`` honours ``If-Match``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from ...models.flows import DeletedFlow, Flow, FlowSpec
 from ...models.limits import MAX_INT, shown
 from ..errors import APIProblem
+from ..flowsecrets import holds_redacted, kept_env, shown_flow
 from ..helpers import (
     idempotent,
     json_response,
@@ -31,15 +33,21 @@ __all__ = ["setup"]
 
 
 def _flow_response(flow: Flow, status: int = 200) -> web.Response:
-    return json_response(flow, status, headers={"ETag": f'"{flow.etag}"'})
+    return json_response(shown_flow(flow), status, headers={"ETag": f'"{flow.etag}"'})
 
 
-async def _read_spec(request: web.Request) -> FlowSpec:
+async def _read_spec(
+    request: web.Request, stored: Callable[[], Awaitable[Flow]] | None = None
+) -> FlowSpec:
+    """The spec of the body, checked; a task's env value ``"<redacted>"`` (a spec sent
+    back as it was read) keeps the value of the ``stored`` flow."""
     body: dict[str, Any] = await read_body(request)
     prefix = ""
     if isinstance(body.get("spec"), dict) and "name" not in body:
         body, prefix = body["spec"], "spec."
     spec = validate_flow_spec(structure(body, FlowSpec, prefix), prefix)
+    if holds_redacted(spec):
+        spec = kept_env(spec, None if stored is None else (await stored()).spec, prefix)
     # Checked at create and update, so a bad block fails now, not at execute.
     check_blocks(spec, request.app[EXECUTION_ENGINE_KEY].registry, prefix)
     return spec
@@ -51,7 +59,7 @@ async def list_flows(request: web.Request) -> web.Response:
     flows, cursor = await request.app[STORE_KEY].list_flows(
         org_of(request), page.size, page.after, newest=page.newest
     )
-    return page_response(flows, cursor, page.order)
+    return page_response([shown_flow(flow) for flow in flows], cursor, page.order)
 
 
 @idempotent
@@ -72,10 +80,11 @@ async def get_flow(request: web.Request) -> web.Response:
 
 async def update_flow(request: web.Request) -> web.Response:
     """Replace a flow's draft spec; If-Match with a stale etag is 412 ETAG_MISMATCH."""
-    spec = await _read_spec(request)
-    flow = await request.app[STORE_KEY].update_flow(
+    store, flow_id = request.app[STORE_KEY], request.match_info["flowId"]
+    spec = await _read_spec(request, lambda: store.get_flow(org_of(request), flow_id))
+    flow = await store.update_flow(
         org_of(request),
-        request.match_info["flowId"],
+        flow_id,
         spec,
         if_match=request.headers.get("If-Match"),
     )

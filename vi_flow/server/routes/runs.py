@@ -16,6 +16,7 @@ from ...models.common import Condition
 from ...models.execution import check_version
 from ...models.runs import DeletedRun, RunSpec
 from ..errors import APIProblem
+from ..flowsecrets import shown_run
 from ..helpers import idempotent, json_response, org_of, page_response, paginate, read_json
 from ..state import ENGINE_KEY, STORE_KEY, RunStarter
 from ..store import Store
@@ -79,7 +80,7 @@ async def list_runs(request: web.Request) -> web.Response:
         condition=_condition(request.query.get("condition")),
         newest=page.newest,
     )
-    return page_response(runs, cursor, page.order)
+    return page_response([shown_run(run) for run in runs], cursor, page.order)
 
 
 @idempotent
@@ -103,13 +104,13 @@ async def create_run(request: web.Request) -> web.Response:
     )
     run = await store.create_run(org, spec, run_id, answer_status=201)
     await _starter(request.app).start(run)
-    return json_response(run, 201)
+    return json_response(shown_run(run), 201)
 
 
 async def get_run(request: web.Request) -> web.Response:
     """Get one run with its condition history."""
     run = await request.app[STORE_KEY].get_run(request.match_info["runId"], org_of(request))
-    return json_response(run)
+    return json_response(shown_run(run))
 
 
 async def cancel_run(request: web.Request) -> web.Response:
@@ -117,7 +118,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     run = await store.get_run(request.match_info["runId"], org_of(request))
     if run.status.condition is not None and run.status.condition.terminal:
-        return json_response(run)
+        return json_response(shown_run(run))
     await _starter(request.app).cancel(run)
     run = await store.set_run_condition(
         (run.organization_id, run.run_id),
@@ -125,7 +126,7 @@ async def cancel_run(request: web.Request) -> web.Response:
         "cancelled by the user",
         "UserCancelled",
     )
-    return json_response(run)
+    return json_response(shown_run(run))
 
 
 async def delete_run(request: web.Request) -> web.Response:
