@@ -34,6 +34,12 @@ def _free_port(host: str = "127.0.0.1") -> int:
         (["--ssh-public-host", "ssh://flows.example.com"], "--ssh-public-host"),
         (["--ssh-host", "not a host"], "--ssh-host"),
         (["--ssh-public-port", "2222"], "--ssh-public-port"),
+        (["--llm-base-url", "ftp://llm.example/v1"], "--llm-base-url"),
+        (  # every llm step would fail inside aiohttp: refused at start, password hidden
+            ["--llm-base-url", "http://me:pw-sekret@127.0.0.1:9/v1", "--llm-api-key", "k"],
+            "--llm-base-url",
+        ),
+        (["--public-url", "https://me:pw-sekret@x.example.com"], "--public-url"),
     ],
 )
 def test_bad_endpoint_options_are_usage_errors_naming_them(
@@ -41,7 +47,7 @@ def test_bad_endpoint_options_are_usage_errors_naming_them(
 ) -> None:
     result = CliRunner().invoke(cli, ["serve", "--home", str(tmp_path / "home"), *args])
     assert result.exit_code == 2, result.output
-    assert f"{named}:" in result.output
+    assert f"{named}:" in result.output and "pw-sekret" not in result.output
     assert not (tmp_path / "home" / "state.db").exists()  # checked before anything started
 
 

@@ -19,6 +19,7 @@ import re
 import socket
 from urllib.parse import urlsplit
 
+from .._config import shown_url
 from .state import ServerSettings
 
 __all__ = [
@@ -85,7 +86,23 @@ def _check_public_url(value: str | None) -> None:
         except ValueError:
             problem = "has an invalid port"
     if problem:
-        raise EndpointError("public_url", f"{problem}, got {value!r}")
+        raise EndpointError("public_url", f"{problem}, got {shown_url(value)!r}")
+
+
+def _check_llm_url(value: str | None, with_key: bool) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    problem = ""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problem = "expected an http(s) URL such as http://127.0.0.1:8000/v1"
+    elif with_key and (parts.username or parts.password):
+        problem = (
+            "carries a user name and an llm_api_key is set as well: both would go in the"
+            " one Authorization header; give one of them"
+        )
+    if problem:
+        raise EndpointError("llm_base_url", f"{problem}, got {shown_url(value)!r}")
 
 
 def check_endpoints(settings: ServerSettings) -> None:
@@ -99,6 +116,7 @@ def check_endpoints(settings: ServerSettings) -> None:
     _check_host("ssh_public_host", settings.ssh_public_host)
     _check_port("ssh_public_port", settings.ssh_public_port, 1)
     _check_public_url(settings.public_url)
+    _check_llm_url(settings.llm_base_url, bool(settings.llm_api_key))
     if settings.ssh_public_port is not None and settings.ssh_port == 0:
         raise EndpointError(
             "ssh_public_port",
