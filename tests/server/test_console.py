@@ -57,6 +57,22 @@ async def test_a_sign_in_url_works_once_and_sets_a_strict_http_only_cookie(serve
     assert (await _open(server, "/console/signin?code=made-up")).status == 403
 
 
+async def test_a_sign_in_link_opened_by_another_page_is_refused(server: Server) -> None:
+    # Login CSRF: a page on another port (the same site) navigated the browser to the
+    # attacker's own link, switching the victim's console to the attacker's organization.
+    path = await _sign_in_path(server)
+    for fetched_from in ("same-site", "cross-site"):
+        async with server.session.get(
+            server.root + path, allow_redirects=False, headers={"Sec-Fetch-Site": fetched_from}
+        ) as resp:
+            assert resp.status == 403 and "vi_flow_console" not in resp.cookies
+            assert "opened by another page" in await resp.text()
+    async with server.session.get(
+        server.root + path, allow_redirects=False, headers={"Sec-Fetch-Site": "none"}
+    ) as resp:  # the user's own navigation: the code was left unused for it
+        assert resp.status == 303 and "vi_flow_console" in resp.cookies
+
+
 async def test_an_expired_code_is_refused(server: Server) -> None:
     path = await _sign_in_path(server)
     await server.app[STORE_KEY].run(lambda c: c.execute("UPDATE console_codes SET expires_at = 0"))

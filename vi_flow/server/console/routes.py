@@ -103,8 +103,28 @@ _REFUSED = (
 )
 
 
+_ELSEWHERE = (
+    b"<!doctype html><meta charset=utf-8><title>Sign-in refused</title>"
+    b"<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    b"<h1>This sign-in link was opened by another page</h1><p>A sign-in link works only"
+    b" when you open it yourself (from <code>vi-flow console</code>, or pasted into the"
+    b" address bar): another page could otherwise sign your browser in as someone else."
+    b" Run <code>vi-flow console</code> for a new one.</p></main>"
+)
+
+
 async def sign_in(request: web.Request) -> web.Response:
-    """Trade a one-time code for a session cookie and go to ``/`` (the code left behind)."""
+    """Trade a one-time code for a session cookie and go to ``/`` (the code left behind).
+
+    Only a navigation the user made (``Sec-Fetch-Site: none``, or from the console
+    itself) signs in: a page of another origin (another port of the same host is the
+    same *site*, so SameSite cookies do not help) could otherwise sign the browser in to
+    the page's own organization. The code is left unused then.
+    """
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return web.Response(
+            body=_ELSEWHERE, status=403, content_type="text/html", headers=SECURITY_HEADERS
+        )
     session_id = await sessions.exchange_code(request, request.query.get("code", ""))
     if session_id is None:
         return web.Response(
