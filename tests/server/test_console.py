@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib import resources
 from typing import Any
 
+import anyio
 import pytest
 
 from vi_flow.server.console import routes as console_routes
@@ -132,6 +134,42 @@ async def test_sign_out_and_a_revoked_token_end_the_session(server: Server) -> N
     assert (await server.call("GET", "/runs", token="", headers=headers)).status == 401
     late = await _open(server, unused)
     assert late.status == 403 and "vi_flow_console" not in late.cookies
+
+
+async def _events_until_end(server: Server, path: str, headers: dict[str, str]) -> list[bytes]:
+    """The frames of an event stream as they come, until it ends (bounded in time)."""
+    async with server.session.get(server.root + path, headers=headers) as resp:
+        assert resp.status == 200
+        with anyio.fail_after(20):
+            return [line async for line in resp.content if line.startswith(b"data:")]
+
+
+async def test_a_revoked_key_or_a_signed_out_session_ends_open_streams(server: Server) -> None:
+    # Streams were authorized once, at their start: they went on delivering a run's
+    # events after the key was revoked or the session signed out (found by QA).
+    slow = {"block": "emit", "id": "slow", "settings": {"count": 400, "interval": 0.05}}
+    token = await _org_token(server, "team")
+    cookie = await _sign_in(server, token)
+    org = (await server.call("GET", "/whoami", token=token)).body["organizationId"]
+    flow = (
+        await server.call("POST", "/flows", json={"name": "slow", "blocks": [slow]}, token=token)
+    ).body
+    run = (await server.call("POST", f"/flows/{flow['flowId']}/jobs", json={}, token=token)).body[
+        "executionId"
+    ]
+    path = f"/v1/runs/{run}/events"
+    by_key = asyncio.ensure_future(
+        _events_until_end(server, path, {"Authorization": f"Bearer {token}"})
+    )
+    by_cookie = asyncio.ensure_future(_events_until_end(server, path, {"Cookie": cookie["Cookie"]}))
+    await asyncio.sleep(1.0)
+    await server.call("DELETE", f"/organizations/{org}/tokens/ci")
+    with anyio.fail_after(5):  # both end within about a second, 20 s before the run would
+        key_frames, cookie_frames = await by_key, await by_cookie
+    for frames in (key_frames, cookie_frames):
+        assert 5 < len(frames) < 200, len(frames)
+        assert b"flow_completed" not in b"".join(frames)
+    assert (await server.call("GET", path, token=token)).status == 401
 
 
 async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(

@@ -39,6 +39,7 @@ from .state import STORE_KEY, Principal
 
 __all__ = [
     "PUBLIC_PATHS",
+    "StillAuthorized",
     "access_middleware",
     "auth_middleware",
     "error_middleware",
@@ -267,6 +268,36 @@ async def _principal(request: web.Request) -> Principal:
     principal = Principal(*found)
     cache[token] = (principal, now + TOKEN_CACHE_SECONDS)
     return principal
+
+
+class StillAuthorized:
+    """Whether a long stream's credentials still hold: a revoked API key or an ended
+    console session stops the stream before its next write, a second at most after.
+
+    :meth:`holds` looks again at most once a :data:`TOKEN_CACHE_SECONDS` (a bearer token
+    through the same cache as requests, so many streams of one key cost one lookup).
+    """
+
+    __slots__ = ("_next", "_request")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._next = time.monotonic() + TOKEN_CACHE_SECONDS
+
+    async def holds(self) -> bool:
+        """``False`` once the request's key or session is gone (a database error is not
+        taken for that: the stream goes on, and the next look decides)."""
+        now = time.monotonic()
+        if now < self._next or PRINCIPAL not in self._request:
+            return True
+        self._next = now + TOKEN_CACHE_SECONDS
+        try:
+            await _principal(self._request)
+        except APIProblem:
+            return False
+        except Exception:
+            log.warning("could not check a stream's credentials", exc_info=True)
+        return True
 
 
 def forget_tokens(app: web.Application) -> None:

@@ -41,6 +41,7 @@ from ..helpers import (
     org_of,
     read_body,
 )
+from ..middleware import StillAuthorized
 from ..state import ENGINE_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..store import AlreadyAnswered, answer_saver
 from ..tasks import TASKS_KEY
@@ -139,7 +140,7 @@ async def _stream(
     await response.prepare(request)
     frames = engine.log.follow(key, after, heartbeat)
     try:
-        await _pump(response, frames)
+        await _pump(response, frames, StillAuthorized(request))
     except ConnectionResetError:  # the client went away; the run goes on unless asked
         if cancel_on_disconnect:
             engine.cancel_soon(key)
@@ -150,9 +151,13 @@ async def _stream(
     return response
 
 
-async def _pump(response: web.StreamResponse, frames: AsyncIterator[bytes | None]) -> None:
+async def _pump(
+    response: web.StreamResponse, frames: AsyncIterator[bytes | None], still: StillAuthorized
+) -> None:
     try:
         async for chunk in frames:
+            if not await still.holds():
+                break  # a revoked key or ended session: the stream ends, its next call is 401
             if chunk is None:
                 await response.write(_HEARTBEAT)
             elif _ends_run(chunk):  # the last frames leave with the stream's end, one send

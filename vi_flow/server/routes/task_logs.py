@@ -31,6 +31,7 @@ from ...models.limits import MAX_INT
 from ..clock import wait_event
 from ..errors import APIProblem
 from ..helpers import org_of
+from ..middleware import StillAuthorized
 from ..state import SETTINGS_KEY
 from ..tasks import TASKS_KEY, TaskService
 from ..tasks.logfile import LogReader, NotALogFile
@@ -210,8 +211,11 @@ async def _pump(
 ) -> None:
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
     ended = _Ended(stream.service.records, stream.task_id)
+    still = StillAuthorized(request)
     poll, quiet_since = _POLL_MIN, time.monotonic()
     while True:
+        if not await still.holds():
+            return  # a revoked key or ended session: the stream ends, its next call is 401
         frames = await _read(stream, final=False)
         if frames:
             for frame in frames:
