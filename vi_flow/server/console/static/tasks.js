@@ -6,6 +6,7 @@ import {
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
 const KEEP = 50000; // log lines kept in memory; the page shows a window of them
+const KEEP_CHARS = 16 * 1024 * 1024; // and at most this much of their text (long lines)
 const FROM_END = 2 * 1024 * 1024; // a long log opens on its last 2 MiB
 
 function instance(t) {
@@ -114,28 +115,46 @@ export async function taskPage(root, taskId) {
   files.lastChild.replaceWith(await artifacts(taskId));
 
   // Live log over SSE; EventSource resumes after a dropped connection with Last-Event-ID.
+  // A long log opens on the last FROM_END bytes of each stream; a stream that starts
+  // after its beginning may start mid-line, and that first partial line is left out.
   let from = '';
   const big = (task.stdoutSize || 0) + (task.stderrSize || 0) > 2 * FROM_END;
+  const start = { stdout: 0, stderr: 0 };
   if (big) {
-    skipped = true;
-    from = `&lastEventId=${Math.max(0, task.stdoutSize - FROM_END)}:${Math.max(0, task.stderrSize - FROM_END)}`;
+    start.stdout = Math.max(0, task.stdoutSize - FROM_END);
+    start.stderr = Math.max(0, task.stderrSize - FROM_END);
+    skipped = start.stdout > 0 || start.stderr > 0;
+    from = `&lastEventId=${start.stdout}:${start.stderr}`;
   }
   let queue = [];
   let flushing = false;
-  const firstPartial = { stdout: big, stderr: big };
+  let kept = 0; // characters of text in lines
+  const midLine = { stdout: start.stdout > 0, stderr: start.stderr > 0 };
   const flush = () => {
     flushing = false;
+    for (const line of queue) kept += line.text.length;
     lines = lines.concat(queue);
     queue = [];
-    if (lines.length > KEEP) { dropped += lines.length - KEEP; lines = lines.slice(lines.length - KEEP); }
+    // Keep the newest KEEP lines, and no more than KEEP_CHARS of text.
+    let cut = Math.max(0, lines.length - KEEP);
+    let gone = 0;
+    for (let i = 0; i < cut; i++) gone += lines[i].text.length;
+    while (kept - gone > KEEP_CHARS && cut < lines.length - 1) gone += lines[cut++].text.length;
+    if (cut) { dropped += cut; kept -= gone; lines = lines.slice(cut); }
     list.setItems(lines);
     drawCount();
   };
   const source = new EventSource(`/v1/tasks/${taskId}/logs?follow=true${from}`);
   source.addEventListener('log', (msg) => {
     const data = JSON.parse(msg.data);
-    if (firstPartial[data.stream]) { firstPartial[data.stream] = false; return; } // may start mid-line
-    for (const text of String(data.text).replace(/\n$/, '').split('\n')) queue.push({ stream: data.stream, text });
+    let text = String(data.text);
+    if (midLine[data.stream]) {
+      midLine[data.stream] = false;
+      const end = text.indexOf('\n');
+      text = end < 0 ? '' : text.slice(end + 1);
+      if (!text) return;
+    }
+    for (const part of text.replace(/\n$/, '').split('\n')) queue.push({ stream: data.stream, text: part });
     if (!flushing) { flushing = true; requestAnimationFrame(flush); }
   });
   // A server-sent `event: error` (the log cannot be read) has data; a dropped connection
