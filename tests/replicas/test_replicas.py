@@ -8,6 +8,7 @@ Replica leases are 2 s (``VI_FLOW_REPLICA_LEASE``), so a takeover comes within s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -553,3 +554,29 @@ async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: C
     assert again.home == a.home and again.token == a.token  # its home's token still holds
     assert await live_replicas(b) == ["a", "b", "c"]
     assert (await call(again, "GET", f"/flows/{flow_id}")).status == 200
+
+
+async def test_an_execute_retried_on_b_after_its_replica_died_answers_the_first_run(
+    cluster: Cluster,
+) -> None:
+    # The retry (same Idempotency-Key, same body) found the dead replica's placeholder and
+    # waited for an answer that nobody would give: 15 minutes (found by QA).
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(2000, interval=0.05))
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
+    first = asyncio.ensure_future(
+        call(a, "POST", f"/flows/{flow_id}/execute", json={}, headers=key, seconds=60)
+    )
+    with anyio.fail_after(30):
+        while not (await call(b, "GET", f"/runs?flowId={flow_id}")).body["items"]:
+            await anyio.sleep(0.1)
+    await anyio.sleep(0.5)
+    cluster.kill(a)
+    with contextlib.suppress(aiohttp.ClientError):
+        await first
+    with anyio.fail_after(cluster.lease + 20):  # answered once the run is taken over
+        retried = await call(b, "POST", f"/flows/{flow_id}/execute", json={}, headers=key)
+    assert retried.status == 200, retried.body
+    runs = (await call(c, "GET", f"/runs?flowId={flow_id}")).body["items"]
+    assert [r["runId"] for r in runs] == [retried.body["executionId"]]  # no second run
+    assert retried.body["status"] == "Error", retried.body

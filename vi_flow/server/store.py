@@ -198,6 +198,10 @@ class AnswerSaver:
         body_hash, status, body = stored
         if slot is None or status != PENDING_ANSWER or body_hash != slot.body_hash or not body:
             return None
+        # This request answers that run now: its answer replaces the placeholder (on
+        # PostgreSQL the save would otherwise look the key up again, find the placeholder
+        # and wait for its maker, perhaps a replica that died), which stays if it fails.
+        slot.reserved = slot.holds_run = True
         return body.decode()
 
     def __call__(self, conn: Connection, resource: Any) -> None:
