@@ -103,9 +103,16 @@ def _read_run_file(home: Path) -> ServerInfo | None:
 
 
 def call_server(
-    info: ServerInfo, method: str, path: str, *, token: str | None = None, body: object = None
+    info: ServerInfo,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    body: object = None,
+    timeout: float = _PROBE_TIMEOUT,
 ) -> tuple[int, object]:
-    """One plain HTTP call to the server of ``info``; the status and the decoded JSON.
+    """One plain HTTP call to the server of ``info``; the status and the decoded JSON
+    (``timeout``: for connecting, and then for the answer).
 
     Raises:
         OSError: No answer (refused, reset, timed out).
@@ -116,7 +123,7 @@ def call_server(
     data = None if body is None else orjson.dumps(body)
     if data is not None:
         headers["Content-Type"] = "application/json"
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=_PROBE_TIMEOUT)
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
         conn.request(method, f"/v1{path}", body=data, headers=headers)
         resp = conn.getresponse()

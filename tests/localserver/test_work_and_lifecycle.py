@@ -113,6 +113,28 @@ def test_stop_refuses_while_a_task_runs_and_force_cancels_it(home: Path) -> None
     assert _task(home, task_id)["status"] == "cancelled"  # a new server shows how it ended
 
 
+def test_a_forced_stop_ends_runs_cancelled_server_stopped(home: Path) -> None:
+    # Force-stopped runs said "cancelled by the user" (found by QA).
+    emit = {"block": "emit", "settings": {"count": 600, "interval": 0.05}}
+    slow = {"name": "slow", "blocks": [emit]}
+    code = f"""
+import json, vi_flow
+c = vi_flow.Client()
+flow = c.flows.create({json.dumps(slow)})
+first = c.flow(flow.flow_id).execute_async().execution_id
+print(json.dumps({{"flow": flow.flow_id, "run": first}}), flush=True)
+"""
+    ids = json.loads(script(home, code).stdout)
+    wait_for(lambda: _condition(home, ids["run"]) == "Running", 30)
+    cli(home, "server", "stop", "--force")
+    run = cli_json(home, "runs", "get", ids["run"])
+    last = run["status"]["conditions"][-1]
+    assert (last["condition"], last["reason"]) == ("Cancelled", "ServerStopped"), last
+    assert "server was stopped" in last["message"]
+    runs = cli_json(home, "runs", "list", "--flow", ids["flow"])
+    assert [r["status"]["conditions"][-1]["condition"] for r in runs] == ["Cancelled"]
+
+
 def test_a_follower_left_running_does_not_undo_a_stop(home: Path) -> None:
     task_id = cli_json(home, "tasks", "run", "--", "sleep", "60")["taskId"]
     wait_for(lambda: _task(home, task_id)["status"] == "running", 30)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ._failures import EXIT_CONFLICT, EXIT_FAILURE, CommandFailed
+from ._failures import EXIT_CONFLICT, EXIT_FAILURE, EXIT_TRANSIENT, CommandFailed
 from ._lazy import LazyGroup
 from ._output import duration, emit_json, json_option, kv_table, wants_json
 from ._state import state
@@ -24,6 +24,7 @@ __all__ = ["server"]
 
 #: How long ``stop`` waits for the server to exit after asking it to, before SIGTERM.
 _STOP_WAIT = 60.0
+_STOP_ANSWER = 600.0  # for the stop request's answer (--force cancels all work first)
 _HOME_KEY = "vi_flow.server_home"
 
 
@@ -160,9 +161,21 @@ def stop(force: bool, as_json: bool) -> None:
     if info is None:
         _say(as_json, {"stopped": False, "home": str(home)}, f"no vi-flow server runs for {home}")
         return
-    code, body = local.call_server(
-        info, "POST", "/server/shutdown", token=local.admin_token(home), body={"force": force}
-    )
+    try:  # cancelling thousands of runs first takes a while: wait for the answer
+        code, body = local.call_server(
+            info,
+            "POST",
+            "/server/shutdown",
+            token=local.admin_token(home),
+            body={"force": force},
+            timeout=_STOP_ANSWER,
+        )
+    except OSError as exc:
+        raise CommandFailed(
+            f"the server at {info.url} gave no answer to the stop request: {exc}",
+            exit_code=EXIT_TRANSIENT,
+            hint="vi-flow server status tells whether it still runs",
+        ) from exc
     if code == 409 and isinstance(body, dict):
         error = body.get("error", {})
         message = error.get("message", "the server refused to stop")

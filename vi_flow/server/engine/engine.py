@@ -220,6 +220,9 @@ class _RunLock:
         self.users = 0
 
 
+_BY_THE_USER = ("cancelled by the user", "UserCancelled")
+
+
 class Engine:
     """Executes flows for one server.
 
@@ -244,6 +247,9 @@ class Engine:
         self.executor = Executor(store, settings, self.log, self.registry, self._http)
         self._tasks: dict[RunKey, asyncio.Task[None]] = {}
         self._cancelling: set[RunKey] = set()
+        # why a run being cancelled here ends: its error message and reason (the user's
+        # cancel unless said otherwise, as when the server is stopped with force)
+        self._why: dict[RunKey, tuple[str, str]] = {}
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
         self._locks: dict[RunKey, _RunLock] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -425,7 +431,7 @@ class Engine:
             if uncancel is not None:  # Python 3.11+: let later awaits run normally
                 uncancel()
             await self._stop_compute(key)
-            await self._end(key, Condition.CANCELLED, "cancelled by the user", "UserCancelled")
+            await self._end(key, Condition.CANCELLED, *self._why.get(key, _BY_THE_USER))
         except Exception as exc:
             log.exception("run %s of %s crashed", key[1], key[0])
             await self._end(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
@@ -454,9 +460,18 @@ class Engine:
 
     # -- cancel and timeouts ----------------------------------------------------------
 
-    async def cancel(self, run: Run) -> None:
-        """Stop a run (the ``RunStarter`` protocol); it ends ``Cancelled``."""
-        await self.cancel_run(_key(run))
+    async def cancel(self, run: Run, why: tuple[str, str] | None = None) -> None:
+        """Stop a run (the ``RunStarter`` protocol); it ends ``Cancelled``, with ``why``
+        (its error message and reason) when given, else as cancelled by the user."""
+        key = _key(run)
+        if why is None:
+            await self.cancel_run(key)
+            return
+        self._why[key] = why
+        try:
+            await self.cancel_run(key)
+        finally:
+            self._why.pop(key, None)
 
     async def cancel_run(self, key: RunKey) -> None:
         """Stop a run and append its terminal ``flow_completed`` (Cancelled).
@@ -498,9 +513,10 @@ class Engine:
         self._disarm(key)
         row = await self.store.run(lambda c: tables.find_run(c, key))
         if row is not None and row.state != "done":
+            error, reason = self._why.get(key, _BY_THE_USER)
             await self.executor.finish(
-                row, Condition.CANCELLED, error="cancelled by the user",
-                failed_step=(row.pause or {}).get("stepId"), reason="UserCancelled",
+                row, Condition.CANCELLED, error=error,
+                failed_step=(row.pause or {}).get("stepId"), reason=reason,
             )  # fmt: skip
 
     def cancel_soon(self, key: RunKey) -> None:

@@ -25,7 +25,7 @@ from ...models.server import ServerStatus
 from ...models.tasks import ReservationStatus
 from ..db import Connection
 from ..errors import APIProblem
-from ..helpers import json_response, principal_of, read_body
+from ..helpers import Handler, json_response, principal_of, read_body
 from ..home import mark_stopped
 from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
@@ -49,10 +49,12 @@ class Lifecycle:
         request_stop: Stops the serving process; ``None`` when it cannot be stopped
             through the API (an in-process server lives as long as its process).
         connections: How many client connections are open now.
+        stopping: A stop was accepted (:func:`refuse_while_stopping`).
     """
 
     request_stop: Callable[[], None] | None = None
     connections: Callable[[], int] = lambda: 0
+    stopping: bool = False  # a stop was accepted: requests that change things get 503
 
 
 LIFECYCLE_KEY = web.AppKey("vi_flow.lifecycle", Lifecycle)
@@ -148,6 +150,7 @@ async def shutdown(request: web.Request) -> web.Response:
             f"{status.active_tasks} task(s) and {status.active_runs} run(s) are not finished; "
             "stop with force to cancel them",
         )
+    request.app[LIFECYCLE_KEY].stopping = True  # from now on, no new work is taken
     if force:
         await _cancel_all_work(request.app)
     log.info("shutdown requested by %s (force=%s)", principal_of(request).token_name, force)
@@ -158,20 +161,43 @@ async def shutdown(request: web.Request) -> web.Response:
     return json_response(await server_status(request.app), 202)
 
 
+_STOPPED = ("cancelled: the server was stopped", "ServerStopped")
+
+
 async def _cancel_all_work(app: web.Application) -> None:
     """Cancel every run and task still in flight that this server holds, as their own
-    cancel routes would."""
+    cancel routes would (runs end ``Cancelled``, reason ``ServerStopped``). Work that
+    requests accepted just before the stop made is cancelled too: the server looks again
+    until nothing is left (a few rounds at most)."""
     store, engine, service = app[STORE_KEY], app[EXECUTION_ENGINE_KEY], app[TASKS_KEY]
-    runs, task_ids = await _held_work(app)
-    for run in runs:
-        await engine.cancel(run)
-        await store.set_run_condition(
-            (run.organization_id, run.run_id),
-            Condition.CANCELLED,
-            "cancelled: the server was stopped",
-            "ServerStopped",
+    for _ in range(_CANCEL_ROUNDS):
+        runs, task_ids = await _held_work(app)
+        if not runs and not task_ids:
+            return
+        for run in runs:
+            await engine.cancel(run, _STOPPED)
+            await store.set_run_condition(
+                (run.organization_id, run.run_id), Condition.CANCELLED, *_STOPPED
+            )
+        await asyncio.gather(*(service.cancel(task_id) for task_id in task_ids))
+
+
+_CANCEL_ROUNDS = 3
+_SHUTDOWN = "/v1/server/shutdown"  # a second stop request is answered as the first
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Once a stop was accepted, a request that would change something (start a run, a
+    task...) is ``503 SERVER_STOPPING``: nothing new starts that the stop would cut short.
+    Reads go on (a stream sees its run end)."""
+    stopping = request.app[LIFECYCLE_KEY].stopping
+    if stopping and request.method in _CHANGES and request.path != _SHUTDOWN:
+        raise APIProblem(
+            503, "SERVER_STOPPING", "the server is stopping; this request changed nothing"
         )
-    await asyncio.gather(*(service.cancel(task_id) for task_id in task_ids))
+    return await handler(request)
 
 
 async def _idle_watch(app: web.Application) -> AsyncIterator[None]:
@@ -209,6 +235,7 @@ async def _exit_when_idle(app: web.Application, timeout: float) -> None:
 def setup(app: web.Application) -> None:
     """Add ``/v1/server`` and ``/v1/server/shutdown``, and the idle watch."""
     app[LIFECYCLE_KEY] = Lifecycle()
+    app.middlewares.append(refuse_while_stopping)
     app.router.add_get("/v1/server", get_server)
-    app.router.add_post("/v1/server/shutdown", shutdown)
+    app.router.add_post(_SHUTDOWN, shutdown)
     app.cleanup_ctx.append(_idle_watch)
