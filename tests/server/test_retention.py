@@ -14,6 +14,7 @@ from vi_flow.server.bootstrap import DEFAULT_ORG
 from vi_flow.server.db import Connection
 from vi_flow.server.retention import RetentionSettings, remove_tree
 from vi_flow.server.routes.retention import PRUNER_KEY
+from vi_flow.server.state import STORE_KEY
 
 from ..live_server import state_sql
 from .conftest import Server, StartServer, spec
@@ -219,6 +220,39 @@ async def test_old_tasks_and_their_directories_go_without_following_links(
     assert (await server.call("GET", f"/tasks/{running['taskId']}")).status == 200
     assert (server.home / "tasks" / running["taskId"]).is_dir()
     await server.call("POST", f"/tasks/{running['taskId']}/cancel", json={"force": True})
+
+
+async def test_task_directories_whose_rows_another_replica_pruned_are_swept(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # With replicas, a prune deletes every replica's task rows but can remove only its
+    # own directories: the others' leaked, named by no row (found by QA).
+    server = await start_server()
+    gone, kept = [
+        (await server.call("POST", "/tasks", json={"command": "echo hi"})).body["taskId"]
+        for _ in range(2)
+    ]
+    with anyio.fail_after(10):
+        for task in (gone, kept):
+            while (await server.call("GET", f"/tasks/{task}")).body["status"] != "completed":
+                await anyio.sleep(0.02)
+    tasks = server.home / "tasks"
+    fresh_orphan, not_a_task = tasks / "task_00000000000000ff", tasks / "scratch"
+    for directory in (fresh_orphan, not_a_task):
+        directory.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tasks / "task_00000000000000aa").symlink_to(outside)
+    await server.app[STORE_KEY].run(
+        lambda c: c.execute("DELETE FROM tasks WHERE task_id = ?", (gone,))
+    )  # as a prune on another replica does
+    hour_ago = os.stat(tasks / gone).st_mtime - 3600
+    for name in (gone, kept, "scratch"):
+        os.utime(tasks / name, (hour_ago, hour_ago))
+    assert await server.app[PRUNER_KEY].sweep_orphans() == 1
+    assert not (tasks / gone).exists()
+    assert (tasks / kept).is_dir() and fresh_orphan.is_dir() and not_a_task.is_dir()
+    assert (tasks / "task_00000000000000aa").is_symlink() and outside.is_dir()
 
 
 async def test_a_finished_task_of_a_run_still_going_stays(server: Server) -> None:

@@ -24,7 +24,9 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import stat
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -285,6 +287,33 @@ def _old_tasks(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
     return [(r[0], r[1]) for r in rows]
 
 
+_ORPHAN_AGE = 600.0
+_TASK_DIR = re.compile(r"task_[0-9a-f]{16}")
+
+
+def _idle_task_dirs(top: Path, before: float) -> list[str]:
+    """The task directories in ``top`` (real ones, not links) last changed before ``before``."""
+    try:
+        entries = list(os.scandir(top))
+    except FileNotFoundError:
+        return []
+    names = []
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if (
+                _TASK_DIR.fullmatch(entry.name)
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_mtime < before
+            ):
+                names.append(entry.name)
+    return names
+
+
+def _known_tasks(conn: Connection, names: list[str]) -> set[str]:
+    rows = conn.execute(f"SELECT task_id FROM tasks WHERE task_id IN ({_marks(names)})", names)
+    return {row[0] for row in rows.fetchall()}
+
+
 def _delete_tasks(conn: Connection, task_ids: list[str]) -> None:
     for table in ("tasks", "task_mounts", "task_log_times"):
         conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
@@ -456,9 +485,10 @@ class Pruner:
                 self._forget_run(key)
 
     async def _remove_dirs(self, task_ids: list[str]) -> None:
-        self._removed += await asyncio.to_thread(
-            lambda: sum(self._remove_dir(task_id) for task_id in task_ids)
-        )
+        self._removed += await asyncio.to_thread(self._remove_dirs_now, task_ids)
+
+    def _remove_dirs_now(self, task_ids: list[str]) -> int:
+        return sum(self._remove_dir(task_id) for task_id in task_ids)
 
     def _remove_dir(self, task_id: str) -> bool:
         if self._task_root is None:
@@ -468,6 +498,26 @@ class Pruner:
         except OSError as exc:
             log.warning("retention: task %s: its directory was not removed: %s", task_id, exc)
             return False
+
+    async def sweep_orphans(self) -> int:
+        """Remove this server's task directories whose task is gone: with replicas, a
+        prune on another replica deleted their rows but could not reach them. Only
+        ``task_<hex>`` directories untouched for :data:`_ORPHAN_AGE` seconds are looked
+        at; returns how many were removed."""
+        if self._task_root is None:
+            return 0
+        top = self._task_root("task_0").parent
+        names = await asyncio.to_thread(_idle_task_dirs, top, time.time() - _ORPHAN_AGE)
+        removed = 0
+        for at in range(0, len(names), self.settings.batch):
+            batch = names[at : at + self.settings.batch]
+            known = await self.store.run(functools.partial(_known_tasks, names=batch))
+            gone = [name for name in batch if name not in known]
+            if gone:
+                removed += await asyncio.to_thread(self._remove_dirs_now, gone)
+        if removed:
+            log.info("retention: removed %d task directories whose tasks were pruned", removed)
+        return removed
 
     async def prune_due(self) -> list[PruneResult]:
         """Prune every organization whose policy keeps less than forever; log each."""

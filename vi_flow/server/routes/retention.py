@@ -124,15 +124,16 @@ _FIRST = 60.0
 
 async def _periodic(pruner: Pruner, mine: Callable[[], bool]) -> None:
     """Prune every ``interval`` seconds while ``mine()``: with replicas, one of them
-    holds the periodic prune at a time."""
+    holds the periodic prune at a time. Every replica removes the directories of its
+    own tasks that a prune elsewhere deleted (:meth:`Pruner.sweep_orphans`)."""
     wait = min(_FIRST, pruner.settings.interval)
     while True:
         await asyncio.sleep(wait)
         wait = pruner.settings.interval
-        if not mine():
-            continue
         try:
-            await pruner.prune_due()
+            await pruner.sweep_orphans()
+            if mine():
+                await pruner.prune_due()
         except Exception:  # a full disk, a locked database: try again next time
             log.exception("retention: the periodic prune failed")
 
