@@ -20,6 +20,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -222,7 +223,23 @@ def _spawn(home: Path, idle_timeout: float) -> None:
         ) from None
     if done.returncode != 0:
         why = done.stderr.decode("utf-8", "replace").strip()
+        if not why:  # killed before it could say why
+            code = done.returncode
+            why = f"killed by signal {-code}" if code < 0 else f"it exited with status {code}"
         raise _failure(f"could not start the vi-flow server for {home}: {why}", home)
+
+
+_PUBLISH_WAIT = 10.0
+
+
+def _published_soon(home: Path) -> ServerInfo | None:
+    """The home's server, should one publish itself within :data:`_PUBLISH_WAIT` s."""
+    deadline = time.monotonic() + _PUBLISH_WAIT
+    while time.monotonic() < deadline:
+        if info := find_server(home):
+            return info
+        time.sleep(0.1)
+    return None
 
 
 def ensure_server(home: Path, idle_timeout: float) -> ServerInfo:
@@ -253,8 +270,14 @@ def start_server(home: Path, idle_timeout: float) -> tuple[ServerInfo, bool]:
     try:
         with filelock.FileLock(home / START_LOCK_FILE, timeout=START_TIMEOUT, mode=0o600):
             if not (info := find_server(home)):  # another process may have started it
-                _spawn(home, idle_timeout)
-                info, started = find_server(home), True
+                try:
+                    _spawn(home, idle_timeout)
+                    info, started = find_server(home), True
+                except LocalServerError as exc:
+                    # a `vi-flow serve` that took the home just before, and has not yet
+                    # published where it listens: use it once it does
+                    if "already served" not in str(exc) or not (info := _published_soon(home)):
+                        raise
     except filelock.Timeout:
         raise _failure(
             f"another process has been starting the server of {home} for over "

@@ -123,6 +123,39 @@ def test_clients_and_cli_use_a_foreground_serve(
     assert second.returncode == 1 and str(foreground.pid) in second.stderr
 
 
+def test_clients_started_with_a_foreground_serve_use_it(tmp_path: Path) -> None:
+    # A client that found no server yet (the serve had taken the home but not yet said
+    # where it listens) failed, exit 6, "already served" (found by QA: 2 times in 3).
+    for attempt in range(3):
+        home = tmp_path / f"home{attempt}"
+        serve = subprocess.Popen(
+            [*cli_command(), "serve", "--port", "0"],
+            env=env_for(home),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            clients = [
+                subprocess.Popen(
+                    [*cli_command(), "flows", "list", "--json"],
+                    env=env_for(home),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(6)
+            ]
+            errors = [c.communicate(timeout=60)[1] for c in clients]
+            assert [c.returncode for c in clients] == [0] * 6, errors
+            info = run_file(home)  # the serve's, or (it came second) a background one
+            assert info is not None and server_pids(home) == [info.pid]
+        finally:
+            serve.terminate()
+            serve.communicate(timeout=30)
+            stop_server(home)
+
+
 def test_a_stale_run_file_is_replaced(home: Path) -> None:
     script(home, LIST_FLOWS)
     old = run_file(home)
