@@ -19,7 +19,7 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from .._config import shown_url
+from .db import redact
 from .state import ServerSettings
 
 __all__ = [
@@ -86,7 +86,7 @@ def _check_public_url(value: str | None) -> None:
         except ValueError:
             problem = "has an invalid port"
     if problem:
-        raise EndpointError("public_url", f"{problem}, got {shown_url(value)!r}")
+        raise EndpointError("public_url", f"{problem}, got {redact(value)!r}")
 
 
 def _check_llm_url(value: str | None, with_key: bool) -> None:
@@ -102,7 +102,7 @@ def _check_llm_url(value: str | None, with_key: bool) -> None:
             " one Authorization header; give one of them"
         )
     if problem:
-        raise EndpointError("llm_base_url", f"{problem}, got {shown_url(value)!r}")
+        raise EndpointError("llm_base_url", f"{problem}, got {redact(value)!r}")
 
 
 def check_endpoints(settings: ServerSettings) -> None:
