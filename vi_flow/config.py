@@ -20,6 +20,7 @@ from ._config import (
     default_home,
     read_config_file,
     resolve_settings,
+    shown_url,
     write_config_value,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "default_home",
     "read_config_file",
     "resolve_settings",
+    "shown_url",
     "write_config_value",
 ]

@@ -204,3 +204,12 @@ def test_help_summaries_are_whole_sentences(vf_offline: Invoker) -> None:
     result = vf_offline("ssh-keys", "--help")
     summary = " ".join(result.stdout.split())  # as wrapped to the terminal
     assert "(such as ~/.ssh/id_ed25519.pub), or --default." in summary
+
+
+def test_server_commands_refuse_a_base_url_they_would_ignore(vf_offline: Invoker) -> None:
+    # `--base-url URL server status` reported on the default home, silently (found by QA).
+    for command in (["status"], ["stop"], ["logs"], ["start"]):
+        result = vf_offline("--base-url", "http://me:pw-sekret@127.0.0.1:9/v1", "server", *command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "manages the local server of a home" in result.stderr
+        assert "pw-sekret" not in result.stderr

@@ -44,6 +44,13 @@ def server(ctx: click.Context, home: Path | None) -> None:
 def _home() -> Path:
     from .. import config
 
+    remote = state().base_url
+    if remote and remote.rstrip("/") != config.LOCAL:  # it would be ignored without a word
+        raise click.UsageError(
+            f"vi-flow server manages the local server of a home; --base-url "
+            f"{config.shown_url(remote)} names another (its state: GET /v1/server with an admin"
+            " key, or vi-flow server status on its host)"
+        )
     given: Path | None = click.get_current_context().meta.get(_HOME_KEY)
     try:
         home = given or config.resolve_settings().home
