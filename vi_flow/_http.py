@@ -253,7 +253,13 @@ def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> AP
             message = str(error.get("message") or message)
             request_id = error.get("requestId") or request_id
     except orjson.JSONDecodeError:
-        pass
+        if "html" in headers.get("Content-Type", "").lower():  # a web page, not the API
+            code = "NOT_THE_API"
+            message = (
+                f"HTTP {status} with a web page, not an answer of the vi-flow API: is"
+                " base_url the API's address (it ends in /v1, such as"
+                " http://127.0.0.1:8000/v1)?"
+            )
     return error_for_status(
         status,
         code=code,

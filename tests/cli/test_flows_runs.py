@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vi_flow.server import embedded
+
 from .conftest import Invoker, write
 
 SPEC = """\
@@ -165,3 +167,15 @@ def test_unanswered_tool_call_fails_the_run_instead_of_waiting(vf: Invoker, tmp_
     assert "at step 'answer'" in result.stderr
     bad = vf("execute", flow_id, "--tool-result", "get_weather")
     assert bad.exit_code == 2 and "--tool-result" in bad.stderr
+
+
+def test_a_base_url_without_v1_is_named_as_the_likely_mistake(
+    vf: Invoker, server: embedded.EmbeddedServer
+) -> None:
+    # The console's sign-in page answered, and the CLI printed its HTML and a hint to
+    # set --api-key, for a key that was fine (found by QA).
+    result = vf("--base-url", server.url_root + "/", "--api-key", "any", "flows", "list")
+    assert result.exit_code != 0
+    assert "<!doctype" not in result.stderr.lower()
+    assert "not an answer of the vi-flow API" in result.stderr and "/v1" in result.stderr
+    assert "--api-key" not in result.stderr.split("hint:", 1)[-1]

@@ -153,6 +153,8 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
 def _hint_for(exc: BaseException) -> str | None:
     import vi_flow as e
 
+    if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
+        return "--base-url / VI_FLOW_BASE_URL names the API, ending in /v1"
     hints: list[tuple[type[BaseException], str]] = [
         (
             e.AuthenticationError,
