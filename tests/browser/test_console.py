@@ -283,6 +283,21 @@ def test_another_organization_sees_none_of_it(visit: Any, console_server: Consol
     assert http_status(f"{console_server.root}/runs/{run}") == 401  # no session at all
 
 
+def test_a_tab_follows_a_sign_in_made_in_another_tab(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # The first tab kept showing its organization over the other one's data, and its
+    # actions failed on a stale CSRF token (found by QA).
+    one = _signed_in(visit, console_server)
+    assert one.page.inner_text("#who") == "org_default"
+    other = one.context.new_page()
+    other.goto(console_server.sign_in_url(console_server.other_token))
+    other.wait_for_selector("#signout:not([hidden])")
+    theirs = other.inner_text("#who")
+    assert theirs != "org_default"
+    _until(lambda: one.page.inner_text("#who") == theirs)  # reloaded on the new session
+
+
 def test_a_run_of_100000_events_opens_in_under_two_seconds(
     visit: Any, console_server: ConsoleServer
 ) -> None:

@@ -5,6 +5,8 @@ import { runPage, runsPage } from './runs.js';
 import { flowPage, flowsPage } from './flows.js';
 import { taskPage, tasksPage } from './tasks.js';
 
+const SESSION_CHECK_MS = 3000; // how often a page checks its session is still the same
+
 const ROUTES = [
   [/^\/(runs)?$/, runsPage],
   [/^\/runs\/([^/]+)$/, runPage],
@@ -102,6 +104,18 @@ async function start() {
     state.session = null;
   }
   render();
+  // Another tab may sign this browser in anew (another organization): the page would
+  // show one organization's name over another's data. Look again now and then.
+  const recheck = async () => {
+    if (!state.session) return;
+    let now;
+    try { now = await api('GET', '/console/api/session'); } catch { return; } // 401: signed out
+    if (now.organizationId !== state.session.organizationId || now.csrfToken !== state.session.csrfToken) {
+      location.reload();
+    }
+  };
+  setInterval(recheck, SESSION_CHECK_MS);
+  window.addEventListener('focus', recheck);
 }
 
 start();
