@@ -165,6 +165,32 @@ def test_answer_a_paused_runs_tool_call_in_the_form(
     one.page.wait_for_selector(".timeline [data-step=ask] .badge-succeeded")
 
 
+def test_a_reloaded_page_offers_forms_only_for_calls_not_yet_answered(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # After a reload the answered call's form came back, and answering it again failed
+    # with a cryptic 409 (found by QA).
+    calls = [{"name": name, "arguments": {"n": n}} for n, name in enumerate("abc")]
+    flow = console_server.flow("three", {"block": "tool", "id": "t", "settings": {"calls": calls}})
+    run = console_server.call("POST", f"/flows/{flow}/jobs", {})["executionId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/runs/{run}")
+    forms = one.page.locator("form.tool-call")
+    _until(lambda: forms.count() == 3)
+    forms.first.locator("textarea").fill('{"r": 1}')
+    forms.first.locator("button").click()
+    _until(lambda: forms.count() == 2)
+    one.page.reload()
+    one.page.wait_for_selector("#run-paused")
+    _until(lambda: forms.count() == 2)
+    assert [f.locator("h3 code").inner_text() for f in forms.all()] == ["b", "c"]
+    for left in (1, 0):
+        forms.first.locator("textarea").fill('{"r": 2}')
+        forms.first.locator("button").click()
+        _until(lambda left=left: forms.count() == left)
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {

@@ -6,7 +6,8 @@
 - ``GET /console/api/session`` says who is signed in and hands the page its CSRF token;
   ``POST /console/api/signout`` ends the session.
 - ``GET /console/api/runs/{runId}/last-event`` is the newest event id of a run, so the
-  page can show the tail of a long run without replaying all of it.
+  page can show the tail of a long run without replaying all of it, and the ids of its
+  tool calls answered so far.
 - Page paths (``/``, ``/runs/{id}``...) answer the page; an object of another
   organization (or none) answers it with 404, and no session with 401.
 """
@@ -176,13 +177,18 @@ async def sign_out(request: web.Request) -> web.Response:
 
 
 async def last_event(request: web.Request) -> web.Response:
-    """The newest stored event id of a run of the session's organization (0: none yet)."""
+    """The newest stored event id of a run of the session's organization (0: none yet),
+    and the ids of its tool calls answered so far (``answeredCalls``: a page opened on a
+    pause offers forms for the others only)."""
     session = await _signed_in(request)
     key = (session.principal.organization_id, request.match_info["runId"])
     await request.app[STORE_KEY].get_run(key[1], key[0])
     engine = request.app[EXECUTION_ENGINE_KEY]
-    last = (await engine.log.channel(key)).committed if await engine.has_run(key) else 0
-    return json_response({"lastEventId": last}, headers=SECURITY_HEADERS)
+    last, answered = 0, []
+    if await engine.has_run(key):
+        last, answered = (await engine.log.channel(key)).committed, await engine.answered_calls(key)
+    body = {"lastEventId": last, "answeredCalls": answered}
+    return json_response(body, headers=SECURITY_HEADERS)
 
 
 async def _find_run(request: web.Request, org: str, run_id: str) -> Any:

@@ -686,6 +686,10 @@ class Engine:
         await self.store.run(lambda c: tables.delete_run(c, key))
         self.log.forget(key)
 
+    async def answered_calls(self, key: RunKey) -> list[str]:
+        """The ids of the run's tool calls answered so far (a pause may wait for others)."""
+        return sorted(await self.store.run(lambda c: tables.get_answers(c, key)))
+
     async def has_run(self, key: RunKey) -> bool:
         """Whether the engine has state (and so an event log) for ``run_id``."""
         return await self.store.run(lambda c: tables.find_run(c, key)) is not None

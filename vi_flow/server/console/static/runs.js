@@ -171,10 +171,10 @@ function runTrace(runId) {
 }
 
 /** The forms of the calls a paused run waits for; each call is answered on its own. */
-function toolCalls(runId) {
+function toolCalls(runId, answeredBefore) {
   const el = h('section', { class: 'tools', 'aria-live': 'polite' });
   const marker = h('span', { class: 'badge badge-paused', id: 'run-paused' }, 'waiting for tool results');
-  const answered = new Set();
+  const answered = new Set(answeredBefore); // by this page, or before it was opened
   const clear = () => { el.replaceChildren(); marker.remove(); };
   const show = (e) => {
     clear();
@@ -202,9 +202,9 @@ function pendingCalls(events) {
 
 export async function runPage(root, runId) {
   let run = await api('GET', `/v1/runs/${runId}`);
-  const { lastEventId } = await api('GET', `/console/api/runs/${runId}/last-event`);
+  const { lastEventId, answeredCalls } = await api('GET', `/console/api/runs/${runId}/last-event`);
   const reload = async () => { run = await api('GET', `/v1/runs/${runId}`); head.draw(run); };
-  const tools = toolCalls(runId);
+  const tools = toolCalls(runId, answeredCalls || []);
   const trace = runTrace(runId);
   const head = runHead(async () => { run = await api('POST', `/v1/runs/${runId}/cancel`); head.draw(run); tools.clear(); });
   const onEvent = (e) => {
