@@ -32,6 +32,19 @@ async def test_a_token_name_is_a_string_without_control_characters(
     assert (await server.call("GET", path)).body["items"] == []
 
 
+@pytest.mark.parametrize("name", ["invoice\u202egpj.exe", "a\u2067b", "c\x85d"])
+async def test_names_hold_no_direction_or_c1_controls(server: Server, name: str) -> None:
+    # A right-to-left override in a name turned what followed it around in the console
+    # ("invoice\u202egpj.exe" shows as "invoiceexe.jpg"; found by QA).
+    _refused(await server.call("POST", "/flows", json={**spec("f", "a"), "name": name}), "name")
+    task = await server.call("POST", "/tasks", json={"command": "true", "name": name})
+    _refused(task, "name")
+    _refused(await server.call("POST", "/volumes", json={"name": name}), "name")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+    fine = await server.call("POST", "/flows", json={**spec("f", "a"), "name": "مرحبا שלום"})
+    assert fine.status == 201, fine.body  # right-to-left text itself is welcome
+
+
 @pytest.mark.parametrize("description", [{}, 3, ["a"]])
 async def test_a_scalar_of_another_json_type_is_refused_not_converted(
     server: Server, description: object
