@@ -277,3 +277,22 @@ async def test_auto_renew_reservation_rolls_on_until_cancelled(server: TaskServe
     cancelled = await server.call("DELETE", f"/reservations/{rolling['reservationId']}")
     assert cancelled.body["status"] == "cancelled"
     assert (await server.call("POST", "/reservations", json=later)).status == 201
+
+
+@pytest.mark.anyio
+async def test_mount_volume_into_a_task_still_waiting_to_start(server: TaskServer) -> None:
+    # Its directory does not exist yet: the mount makes it (beneath it, link by link).
+    await server.call("POST", "/volumes", json={"name": "early"})
+    hold = await server.call("POST", "/reservations", json={"cpus": 2, "durationHours": 1})
+    waiting = await server.submit(command='ls "$VI_FLOW_WORKSPACE/volumes"')
+    await asyncio.sleep(0.3)
+    task = (await server.call("GET", f"/tasks/{waiting['taskId']}")).body
+    assert task["status"] == "pending"
+    answer = await server.call(
+        "POST", f"/tasks/{waiting['taskId']}/volumes", json={"volumeId": "early"}
+    )
+    assert answer.status == 200, answer.body
+    await server.call("DELETE", f"/reservations/{hold.body['reservationId']}")
+    assert (await server.wait(waiting["taskId"]))["status"] == "completed"
+    logs = await server.call("GET", f"/tasks/{waiting['taskId']}/logs")
+    assert logs.body["lines"] == ["early"]

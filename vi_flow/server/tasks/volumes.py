@@ -306,6 +306,7 @@ def _link(root: Path, host_path: Path, visible: Path) -> None:
     """The volume's link at ``visible``, made below the task directory ``root`` without
     following any link the task put on the way (which would have the server write
     elsewhere on the host)."""
+    root.mkdir(parents=True, exist_ok=True)  # the server's own path: no task reaches above it
     if not link_beneath(root, visible, host_path):
         raise FileExistsError(str(visible))
 
