@@ -395,8 +395,8 @@ async def test_an_output_swapped_for_a_link_while_it_is_fetched_is_never_read_th
             statuses[answer.status] = statuses.get(answer.status, 0) + 1
             if token in answer.raw:  # never print it
                 pytest.fail(f"GET {path} answered with the server's admin token")
-            if answer.status == 200 and path != outputs:
-                assert answer.raw == b"mine\n"
+            if answer.status == 200 and path != outputs:  # empty: caught mid `echo mine >`
+                assert answer.raw in (b"mine\n", b"")
             elif path == outputs:
                 listed = {item["path"] for item in answer.body["items"]}
                 assert listed <= {"r", "a", "t2", "d/admin-token"}, listed  # never a link
