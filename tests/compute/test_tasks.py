@@ -356,6 +356,19 @@ async def test_get_model_downloads_run_artifacts(
     ]
 
 
+async def test_get_model_of_a_run_still_going_warns(
+    client: vi_flow.AsyncClient, tmp_path: Path
+) -> None:
+    # It answered an empty model, silently, as if the run had written nothing (found by QA).
+    slow = {"block": "emit", "settings": {"count": 200, "interval": 0.05}}
+    flow = await client.flows.create({"name": "slow", "blocks": [slow]})
+    run = await client.runs.create(flow.flow_id)
+    with pytest.warns(UserWarning, match=r"is (Pending|Running): its model may be incomplete"):
+        model = await client.get_model(run.run_id, save_dir=tmp_path / "early")
+    assert model.files == []
+    await client.runs.cancel(run.run_id)
+
+
 async def test_interactive_shell_on_the_server_pty(client: vi_flow.AsyncClient) -> None:
     import termios
 

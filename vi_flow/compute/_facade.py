@@ -11,6 +11,7 @@ names to it.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ import attrs
 from .._errors import APIStatusError, NotFoundError
 from .._http import path
 from ..models import Page
+from ..models.runs import Run
 from ..models.tasks import (
     AvailableInstance,
     Reservation,
@@ -538,7 +540,20 @@ class AsyncCompute:
 
         Returns:
             The run id, the directory and the saved files, as absolute paths.
+
+        Warns:
+            UserWarning: The run has not ended: its tasks may still write files (what
+                they wrote so far is downloaded).
         """
+        run = await self.http.request("GET", path("/runs/{}", run_id), cast=Run)
+        condition = run.status.condition
+        if condition is None or not condition.terminal:
+            warnings.warn(
+                f"run {run_id} is {condition.value if condition else 'Pending'}: its model may"
+                " be incomplete (get_model downloads what its tasks have written so far)",
+                UserWarning,
+                stacklevel=2,
+            )
         chosen = save_dir if save_dir is not None else Path("models") / run_id
         target = await anyio.to_thread.run_sync(lambda: Path(chosen).expanduser().resolve())
         url = path("/runs/{}/artifacts", run_id)
