@@ -17,7 +17,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from urllib.parse import SplitResult, urlsplit
 
 from .db import redact
 from .state import ServerSettings
@@ -71,38 +72,42 @@ def _check_port(option: str, value: int | None, low: int) -> None:
         raise EndpointError(option, f"expected a port {low}..65535, got {value!r}")
 
 
-def _check_public_url(value: str | None) -> None:
+def _check_http_url(
+    setting: str, value: str | None, example: str, problem_of: Callable[[SplitResult], str]
+) -> None:
+    """An http(s) URL with a host, and what ``problem_of`` finds wrong with it (``""``:
+    nothing); the error never shows a password the URL carries."""
     if value is None:
         return
     parts = urlsplit(value)
-    problem = ""
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        problem = "expected an http(s) URL such as https://flows.example.com"
-    elif parts.query or parts.fragment or parts.username or parts.password:
-        problem = "must not carry a query, a fragment or credentials"
+        problem = f"expected an http(s) URL such as {example}"
     else:
-        try:
-            parts.port  # noqa: B018 - parsing it is the check
-        except ValueError:
-            problem = "has an invalid port"
+        problem = problem_of(parts)
     if problem:
-        raise EndpointError("public_url", f"{problem}, got {redact(value)!r}")
+        raise EndpointError(setting, f"{problem}, got {redact(value)!r}")
 
 
-def _check_llm_url(value: str | None, with_key: bool) -> None:
-    if value is None:
-        return
-    parts = urlsplit(value)
-    problem = ""
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        problem = "expected an http(s) URL such as http://127.0.0.1:8000/v1"
-    elif with_key and (parts.username or parts.password):
-        problem = (
-            "carries a user name and an llm_api_key is set as well: both would go in the"
-            " one Authorization header; give one of them"
-        )
-    if problem:
-        raise EndpointError("llm_base_url", f"{problem}, got {redact(value)!r}")
+def _public_url_problem(parts: SplitResult) -> str:
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "must not carry a query, a fragment or credentials"
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "has an invalid port"
+    return ""
+
+
+def _llm_url_problem(with_key: bool) -> Callable[[SplitResult], str]:
+    def problem(parts: SplitResult) -> str:
+        if with_key and (parts.username or parts.password):
+            return (
+                "carries a user name and an llm_api_key is set as well: both would go in"
+                " the one Authorization header; give one of them"
+            )
+        return ""
+
+    return problem
 
 
 def check_endpoints(settings: ServerSettings) -> None:
@@ -115,8 +120,15 @@ def check_endpoints(settings: ServerSettings) -> None:
     _check_port("ssh_port", settings.ssh_port, 0)
     _check_host("ssh_public_host", settings.ssh_public_host)
     _check_port("ssh_public_port", settings.ssh_public_port, 1)
-    _check_public_url(settings.public_url)
-    _check_llm_url(settings.llm_base_url, bool(settings.llm_api_key))
+    _check_http_url(
+        "public_url", settings.public_url, "https://flows.example.com", _public_url_problem
+    )
+    _check_http_url(
+        "llm_base_url",
+        settings.llm_base_url,
+        "http://127.0.0.1:8000/v1",
+        _llm_url_problem(bool(settings.llm_api_key)),
+    )
     if settings.ssh_public_port is not None and settings.ssh_port == 0:
         raise EndpointError(
             "ssh_public_port",
