@@ -103,6 +103,11 @@ class Sandbox:
             args += ["--cap-drop", "ALL"]
         args += _system_binds()
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # The kernel's settings are not the task's: uid 0 without capabilities may still
+        # write /proc/sys (kernel.core_pattern would run a program as root on the host)
+        # and trigger /proc/sysrq-trigger. They are shown read-only.
+        for entry in _PROC_READ_ONLY:
+            args += ["--ro-bind-try", entry, entry]
         # Order matters, each mount lies on the ones before: the read-only paths after the
         # private /tmp (an interpreter in a venv under /tmp stays visible), the hidden home
         # after them (a home under a read-only directory is still hidden).
@@ -167,6 +172,9 @@ def check_executable(command: str, cwd: Path, path: str) -> None:
     elif shutil.which(command, path=path) is not None:
         return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
+_PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
 
 
 def _system_binds() -> list[str]:
