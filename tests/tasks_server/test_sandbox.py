@@ -146,6 +146,26 @@ def _connect(endpoint: dict[str, Any], key: asyncssh.SSHKey, user: str | None = 
     )
 
 
+# Writes a kernel setting back with the value it has (harmless if it succeeds).
+_SYSCTL = (
+    "for s in vm/overcommit_ratio kernel/core_pattern; do v=$(cat /proc/sys/$s);"
+    " if (printf '%s\\n' \"$v\" > /proc/sys/$s) 2>/dev/null; then echo WRITABLE $s;"
+    " else echo refused $s; fi; done;"
+    " [ -w /proc/sysrq-trigger ] && echo WRITABLE sysrq || echo refused sysrq"
+)
+
+
+@pytest.mark.anyio
+async def test_a_task_cannot_change_the_kernels_settings(sandboxed: TaskServer) -> None:
+    # uid 0 without capabilities could still write /proc/sys: kernel.core_pattern would
+    # have the kernel run a program of the task as root on the host (found by QA).
+    task = await sandboxed.submit(command=_SYSCTL)
+    await sandboxed.wait(task["taskId"], within=20)
+    out = await _logs(sandboxed, task["taskId"])
+    assert "refused vm/overcommit_ratio" in out and "refused sysrq" in out, out
+    assert "WRITABLE" not in out, out
+
+
 @pytest.mark.anyio
 async def test_without_a_sandbox_a_second_organization_gets_no_tasks(
     start_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -331,6 +351,30 @@ async def test_a_volume_mounted_through_a_planted_link_is_refused(sandboxed: Tas
     fine = await sandboxed.call("POST", mount, json={"volumeId": "vol", "mountPath": "/real/v"})
     assert fine.status == 200, fine.body  # a real directory of the workspace still works
     assert (Path(task["workdir"]) / "real" / "v").is_symlink()
+
+
+@pytest.mark.anyio
+async def test_sftp_refuses_a_fifo_instead_of_blocking_the_server(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # Opening a FIFO the task made blocked the server's event loop, for every
+    # organization, until the task opened its other end (found by QA).
+    endpoint = await _login_endpoint(sandboxed, client_key, "mkfifo ff; echo ready; sleep 30")
+    with anyio.fail_after(5):
+        while "ready" not in await _logs(sandboxed, endpoint["taskId"]):
+            await asyncio.sleep(0.05)
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        for mode in ("rb", "wb", "ab"):
+            with anyio.fail_after(5), pytest.raises(asyncssh.SFTPPermissionDenied) as info:
+                async with sftp.open("/workspace/ff", mode):
+                    pass
+            assert "not a regular file" in str(info.value)
+        with anyio.fail_after(5):
+            assert (await sandboxed.call("GET", "/health")).status == 200
+        async with sftp.open("/workspace/plain.txt", "w") as handle:  # files still work
+            await handle.write("ok")
+        async with sftp.open("/workspace/plain.txt") as handle:
+            assert await handle.read() == "ok"
 
 
 # Swaps ``d`` between a directory of its own and a link to the server's home, forever.

@@ -53,6 +53,11 @@ def _writable(path: bytes) -> None:
         )
 
 
+def _not_a_file(shown: bytes) -> asyncssh.SFTPPermissionDenied:
+    name = shown.decode(errors="replace")
+    return asyncssh.SFTPPermissionDenied(f"{name} is not a regular file")
+
+
 def _link_refusal(shown: bytes) -> asyncssh.SFTPPermissionDenied:
     name = shown.decode(errors="replace")
     return asyncssh.SFTPPermissionDenied(
@@ -198,8 +203,20 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         perms = 0o666 if attrs.permissions is None else attrs.permissions
         if flags & _WRITES:
             _writable(path)
+        # Non-blocking, then a regular file only: opening a FIFO the task made would
+        # block the server's event loop (every organization's API and shells) until the
+        # task chose to open its other end.
         with self._parent(path) as (parent, last):
-            fd = _open_at(parent, last, flags | _NOFOLLOW, path, perms)
+            try:
+                fd = _open_at(parent, last, flags | _NOFOLLOW | os.O_NONBLOCK, path, perms)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing
+                    raise _not_a_file(path) from None
+                raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _not_a_file(path)
+        os.set_blocking(fd, True)
         return open(fd, _file_mode(flags), buffering=0)  # the SFTP session closes it
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Any:
