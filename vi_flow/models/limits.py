@@ -39,6 +39,7 @@ __all__ = [
     "check_time_ms",
     "depth",
     "shown",
+    "type_name",
 ]
 
 MAX_NESTING = 64
@@ -94,6 +95,13 @@ MAX_EMIT_INTERVAL = 3600
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60
 shown = _repr.repr
+
+
+def type_name(value: object) -> str:
+    """What JSON-ish type ``value`` is, for a message that must not show it (a secret)."""
+    return "null" if value is None else type(value).__name__
+
+
 """``repr`` cut short, so an error names the bad value without echoing all of it."""
 
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from ._base import OpenEnum
-from .limits import shown
+from .limits import shown, type_name
 from .textfile import read_utf8, yaml_problem
 
 __all__ = [
@@ -184,10 +184,14 @@ def _volume_specs(values: Any) -> list[VolumeSpec]:
 
 
 def _env(values: Any) -> dict[str, str]:
+    # Values are secrets: errors name the variable and the type, never the value.
     if values is None:
         return {}
     if not isinstance(values, Mapping):
-        raise TypeError(f"env must be a mapping of names to values, got {shown(values)}")
+        raise TypeError(f"env must be a mapping of names to values, got a {type_name(values)}")
+    for name, value in values.items():
+        if value is None or not isinstance(value, (str, int, float)):
+            raise TypeError(f"env.{str(name)[:64]} must be a string, got a {type_name(value)}")
     return {str(k): str(v) for k, v in values.items()}
 
 

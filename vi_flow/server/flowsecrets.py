@@ -31,16 +31,19 @@ def _env(block: FlowBlock) -> dict[str, Any] | None:
 
 
 def shown_settings(block: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` of a ``block`` as answers show them: a task's env values redacted."""
+    """``settings`` of a ``block`` as answers show them: a task's env values redacted
+    (an env of another shape, which the task would refuse, as a whole)."""
     env = settings.get("env") if block == _TASK else None
-    if not isinstance(env, dict) or not env:
+    if env is None or env == {}:
         return settings
+    if not isinstance(env, dict):
+        return {**settings, "env": ENV_REDACTED}
     return {**settings, "env": dict.fromkeys(env, ENV_REDACTED)}
 
 
 def shown_spec(spec: FlowSpec) -> FlowSpec:
     """``spec`` as answers show it (the same object when it holds no env value)."""
-    if not any(_env(block) for block in spec.blocks):
+    if not any(b.block == _TASK and b.settings.get("env") for b in spec.blocks):
         return spec
     blocks = [
         attrs.evolve(block, settings=shown_settings(block.block, block.settings))

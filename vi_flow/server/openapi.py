@@ -480,8 +480,23 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
     return op
 
 
+_CHECKED_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
+    # a task block's env and name are checked when the flow is stored (validation)
+    ("task", "env"): {
+        "type": "object",
+        "propertyNames": {"type": "string", "pattern": "^[^=\\u0000]+$"},
+        "additionalProperties": {
+            "anyOf": [{"type": "string", "pattern": "^[^\\u0000]*$"}, {"type": "number"}]
+        },
+    },
+    ("task", "name"): parts.NAME,
+}
+
+
 def _setting(block: str, name: str) -> dict[str, Any]:
     """The schema of one setting: a range where the server checks one, else any value."""
+    if (block, name) in _CHECKED_SETTINGS:
+        return _CHECKED_SETTINGS[block, name]
     limits = SETTING_LIMITS.get((block, name))
     if limits is None:
         return {}

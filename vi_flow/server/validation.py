@@ -23,8 +23,10 @@ from ..models.limits import (
     check_number,
     depth,
     shown,
+    type_name,
 )
 from .errors import APIProblem
+from .tasks.launch import check_env
 
 __all__ = [
     "SETTING_LIMITS",
@@ -167,6 +169,8 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
             raise APIProblem.validation(f"{where}.block", f"{problem} (known: {', '.join(names)})")
         _check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
         _check_values(where, block.block, block.settings)
+        if block.block == "task":
+            _check_task_settings(f"{where}.settings", block.settings)
 
 
 SETTING_LIMITS: dict[tuple[str, str], tuple[str, int, int]] = {
@@ -182,6 +186,30 @@ def _check_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
         if kind == block and name in settings:
             check = check_int if number == "integer" else check_number
             limited(check, f"{where}.settings.{name}", settings[name], low, high)
+
+
+def _check_task_settings(where: str, settings: Mapping[str, Any]) -> None:
+    """What a ``task`` block's task would refuse, found when the flow is stored: its
+    ``env`` (a mapping of variable names to strings; values are secrets, never shown)
+    and its ``name`` (unless it is a template, rendered at run time)."""
+    env = settings.get("env")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise APIProblem.validation(
+                f"{where}.env", f"expected a mapping of names to values, got a {type_name(env)}"
+            )
+        for name, value in env.items():
+            if value is None or not isinstance(value, (str, int, float)):
+                raise APIProblem.validation(
+                    f"{where}.env.{str(name)[:64]}", f"expected a string, got a {type_name(value)}"
+                )
+        try:
+            check_env({str(name): str(value) for name, value in env.items()})
+        except APIProblem as exc:
+            raise APIProblem(exc.status, exc.code, f"{where}.{exc.message}") from None
+    name = settings.get("name")
+    if name is not None and not (isinstance(name, str) and "{{" in name):
+        limited(check_name, f"{where}.name", name)
 
 
 def _check_settings(

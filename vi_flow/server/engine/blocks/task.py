@@ -18,7 +18,7 @@ import collections
 from typing import Any
 
 from ....models._base import to_wire
-from ....models.limits import check_relative_path
+from ....models.limits import check_name, check_relative_path
 from ....models.tasks import TaskConfig, TaskStatus
 from ...errors import APIProblem
 from ..eventlog import EventQuotaExceeded
@@ -38,6 +38,7 @@ def _config(ctx: BlockContext) -> TaskConfig:
         )
     try:
         config = TaskConfig.from_dict(fields)
+        check_name("settings.name", config.name)  # as POST /v1/tasks (a template rendered)
         if config.working_dir is not None:  # inside the task's workspace, as for POST /tasks
             check_relative_path("settings.workingDir", config.working_dir)
     except (TypeError, ValueError) as exc:
