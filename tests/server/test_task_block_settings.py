@@ -66,7 +66,6 @@ async def test_an_overridden_env_of_the_wrong_shape_is_never_shown(server: Serve
     body = {"trace": True, "blockOverrides": {"t": {"env": SECRET}}}
     outcome = await server.call("POST", f"/flows/{made.body['flowId']}/execute", json=body)
     run_id = outcome.body["executionId"]
-    shown = [outcome.raw.decode()]
-    for path in (f"/runs/{run_id}", f"/runs/{run_id}/trace", f"/runs/{run_id}/events"):
-        shown.append((await server.call("GET", path)).raw.decode())
+    paths = (f"/runs/{run_id}", f"/runs/{run_id}/trace", f"/runs/{run_id}/events")
+    shown = [outcome.raw.decode()] + [(await server.call("GET", p)).raw.decode() for p in paths]
     assert not [text for text in shown if SECRET in text], json.dumps(shown)[:2000]
