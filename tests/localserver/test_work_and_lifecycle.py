@@ -152,7 +152,8 @@ def test_a_follower_left_running_does_not_undo_a_stop(home: Path) -> None:
     finally:
         follower.kill()
         follower.wait()
-    assert follower.returncode != 0 and "stopped on request" in err, err
+    # it saw the server stop, or (first) its task end, cancelled by the stop: SIGTERM
+    assert "stopped on request" in err or follower.returncode == 128 + signal.SIGTERM, err
     time.sleep(1)
     assert server_pids(home) == [] and run_file(home) is None  # nobody started another
     assert _task(home, task_id)["status"] == "cancelled"  # a new command starts one
