@@ -580,3 +580,23 @@ async def test_an_execute_retried_on_b_after_its_replica_died_answers_the_first_
     runs = (await call(c, "GET", f"/runs?flowId={flow_id}")).body["items"]
     assert [r["runId"] for r in runs] == [retried.body["executionId"]]  # no second run
     assert retried.body["status"] == "Error", retried.body
+
+
+@pytest.mark.timeout(180)
+async def test_prunes_on_three_replicas_at_once_take_turns_and_count_what_went(
+    cluster: Cluster,
+) -> None:
+    # They deadlocked on PostgreSQL (500 INTERNAL), and each counted every run it had
+    # selected, 3x what went (found by QA).
+    a, b, c = await three(cluster)
+    flow_id = await create_flow(a, emit_flow(150))
+    runs = [await start_job(replica, flow_id) for replica in (a, b, c) for _ in range(20)]
+    for run_id in runs:
+        await wait_ended(a, run_id, 60)
+    body = {"olderThan": 0, "organizationId": "*"}
+    answers = await asyncio.gather(
+        *(call(r, "POST", "/retention/prune", json=body, seconds=120) for r in (a, b, c))
+    )
+    assert [answer.status for answer in answers] == [200] * 3, [x.body for x in answers]
+    assert sum(answer.body["runs"] for answer in answers) == len(runs)
+    assert (await call(c, "GET", f"/runs?flowId={flow_id}")).body["items"] == []

@@ -36,7 +36,7 @@ import attrs
 from ..models.common import Condition
 from ..models.retention import PruneResult, RetentionPolicy, parse_age
 from .clock import now_ms
-from .db import Connection
+from .db import Connection, lock_name
 from .store import Store
 
 __all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings", "remove_tree"]
@@ -246,10 +246,10 @@ def _of_runs(seqs: list[str]) -> str:
     return f"(org_id, run_id) IN (SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)}))"
 
 
-def _delete_runs(conn: Connection, seqs: list[str]) -> None:
+def _delete_runs(conn: Connection, seqs: list[str]) -> int:
     for table in _ENGINE_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE {_of_runs(seqs)}", seqs)
-    conn.execute(f"DELETE FROM runs WHERE seq IN ({_marks(seqs)})", seqs)
+    return int(conn.execute(f"DELETE FROM runs WHERE seq IN ({_marks(seqs)})", seqs).rowcount)
 
 
 def _run_keys(conn: Connection, seqs: list[str]) -> list[tuple[str, str]]:
@@ -314,9 +314,11 @@ def _known_tasks(conn: Connection, names: list[str]) -> set[str]:
     return {row[0] for row in rows.fetchall()}
 
 
-def _delete_tasks(conn: Connection, task_ids: list[str]) -> None:
-    for table in ("tasks", "task_mounts", "task_log_times"):
+def _delete_tasks(conn: Connection, task_ids: list[str]) -> int:
+    for table in ("task_mounts", "task_log_times"):
         conn.execute(f"DELETE FROM {table} WHERE task_id IN ({_marks(task_ids)})", task_ids)
+    sql = f"DELETE FROM tasks WHERE task_id IN ({_marks(task_ids)})"
+    return int(conn.execute(sql, task_ids).rowcount)
 
 
 def _old_idempotency(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
@@ -329,12 +331,18 @@ def _old_idempotency(conn: Connection, scope: _Scope, after: int, limit: int) ->
     return [(r[0], str(r[0])) for r in rows]
 
 
-def _delete_idempotency(conn: Connection, rowids: list[str]) -> None:
-    conn.execute(f"DELETE FROM idempotency WHERE rowid IN ({_marks(rowids)})", rowids)
+def _delete_idempotency(conn: Connection, rowids: list[str]) -> int:
+    sql = f"DELETE FROM idempotency WHERE rowid IN ({_marks(rowids)})"
+    return int(conn.execute(sql, rowids).rowcount)
 
 
 def _apply(fn: Callable[[Connection, list[str]], T], ids: list[str], conn: Connection) -> T:
-    """``fn(conn, ids)``: a batch's statement, bound to its ids for the store's thread."""
+    """``fn(conn, ids)``: a batch's statement, bound to its ids for the store's thread.
+
+    Replicas that prune at once take turns, a transaction each: two deleting the same
+    runs' rows in different orders deadlocked on PostgreSQL.
+    """
+    lock_name(conn, "vi_flow.retention")
     return fn(conn, ids)
 
 
@@ -455,7 +463,7 @@ class Pruner:
         self,
         select: Select,
         scope: _Scope,
-        delete: Callable[[Connection, list[str]], None],
+        delete: Callable[[Connection, list[str]], int],
         before: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> int:
         """Delete what ``select`` finds, ``batch`` rows per transaction, pausing between.
@@ -467,8 +475,8 @@ class Pruner:
             ids = [ident for _, ident in rows]
             if before is not None:
                 await before(ids)
-            await self.store.run(functools.partial(_apply, delete, ids))
-            done += len(ids)
+            # what went: a replica pruning at once may have taken some of them first
+            done += await self.store.run(functools.partial(_apply, delete, ids))
             if len(ids) < batch:
                 break
             await asyncio.sleep(self.settings.pause)
