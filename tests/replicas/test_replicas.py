@@ -577,6 +577,7 @@ async def test_an_execute_retried_on_b_after_its_replica_died_answers_the_first_
     with anyio.fail_after(cluster.lease + 20):  # answered once the run is taken over
         retried = await call(b, "POST", f"/flows/{flow_id}/execute", json={}, headers=key)
     assert retried.status == 200, retried.body
+    assert retried.headers.get("Idempotent-Replayed") == "true"  # the first request's run
     runs = (await call(c, "GET", f"/runs?flowId={flow_id}")).body["items"]
     assert [r["runId"] for r in runs] == [retried.body["executionId"]]  # no second run
     assert retried.body["status"] == "Error", retried.body

@@ -74,6 +74,7 @@ async def execute(request: web.Request) -> web.Response:
     # the idempotent answer is saved in the transaction that ends the run (or, when it
     # pauses, in the one that reads the pause)
     save = answer_saver(200)
+    headers = {}
     try:
         key = await engine.submit(org_of(request), request.match_info["flowId"], body, save)
     except AlreadyAnswered as found:
@@ -83,7 +84,8 @@ async def execute(request: web.Request) -> web.Response:
         if run_id is None:
             raise
         key = (org_of(request), run_id)
-    return json_response(await engine.outcome(key, 0, save))
+        headers["Idempotent-Replayed"] = "true"  # the first request's run, answered
+    return json_response(await engine.outcome(key, 0, save), headers=headers)
 
 
 @idempotent_in_transaction
