@@ -455,7 +455,7 @@ class HTTPCore:
             log.debug(
                 "%s %s -> %s in %.1f ms (request id %s)",
                 request.method,
-                request.full_url,
+                shown_url(request.full_url),
                 resp.status,
                 (time.perf_counter() - started) * 1000,
                 resp.headers.get("X-Request-Id"),

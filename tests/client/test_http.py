@@ -179,13 +179,17 @@ async def test_a_password_in_the_base_url_is_shown_nowhere(
     assert "pw-sekret" not in caplog.text and "retrying" in caplog.text
 
 
-async def test_user_info_in_the_base_url_is_sent_as_basic_auth() -> None:
+async def test_user_info_in_the_base_url_is_sent_as_basic_auth(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="vi_flow")
     async with scripted_server([json_answer(200, FLOW)]) as (url, server):
         with_user = url.replace("http://", "http://me:p%40ss-w0rd@")
         async with vi_flow.AsyncClient(base_url=with_user, api_key=None) as client:
             await client.flows.get("flow_1")
     # b64("me:p@ss-w0rd"): the user info percent-decoded, as a browser or curl sends it
     assert server.requests[0]["headers"]["Authorization"] == "Basic bWU6cEBzcy13MHJk"
+    assert "me:***@" in caplog.text and "w0rd" not in caplog.text  # the debug request line
 
 
 async def test_user_info_and_an_api_key_are_refused_up_front() -> None:
