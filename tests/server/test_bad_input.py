@@ -489,3 +489,21 @@ async def test_a_reservation_that_would_have_ended_already_is_refused(server: Se
     past = {"cpus": 1, "startTime": 946_684_800_000, "durationHours": 1}  # 2000-01-01
     _refused(await server.call("POST", "/reservations", json=past), "startTime")
     assert (await server.call("GET", "/reservations")).body["items"] == []
+
+
+async def test_a_huge_bad_value_is_named_never_echoed_whole(server: Server) -> None:
+    # Several messages repeated a 100 KB value whole (found by QA).
+    huge = "x" * 100_000
+    org = (await server.call("GET", "/whoami")).body["organizationId"]
+    refused = [
+        await server.call("PUT", f"/organizations/{org}/credits", json={"credits": huge}),
+        await server.call("PUT", f"/organizations/{org}/retention", json={"days": huge}),
+        await server.call("POST", "/retention/prune", json={"olderThan": huge}),
+        await server.call("POST", "/runs", json={"flowId": "flow_" + "a" * 60_000}),
+        await server.call("POST", "/reservations", json={"gpu": huge}),
+        await server.call("POST", "/volumes", json={"name": "v", "interface": huge}),
+        await server.call("GET", "/flows", headers={"Organization-Id": "o" * 7000}),
+    ]
+    for answer in refused:
+        assert 400 <= answer.status < 500, answer.raw[:300]
+        assert len(answer.raw) < 2000, answer.raw[:300]

@@ -12,6 +12,8 @@ import re
 
 import attrs
 
+from .limits import shown
+
 __all__ = ["MAX_AGE", "PruneResult", "RetentionPolicy", "parse_age"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -30,13 +32,13 @@ def parse_age(value: object, name: str = "olderThan") -> float:
             names ``name`` and the value.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{name}: expected seconds or a text such as '30d', got {value!r}")
+        raise ValueError(f"{name}: expected seconds or a text such as '30d', got {shown(value)}")
     if isinstance(value, str):
         found = _AGE.match(value)
         if found is None:
             raise ValueError(
                 f"{name}: expected a number with an optional unit s, m, h, d or w"
-                f" (such as '30d'), got {value!r}"
+                f" (such as '30d'), got {shown(value)}"
             )
         seconds = float(found[1]) * _UNITS[found[2] or "s"]
     elif isinstance(value, int) and abs(value) > MAX_AGE:

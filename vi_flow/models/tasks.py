@@ -116,7 +116,7 @@ def parse_gpu(shorthand: str) -> GPURequest:
     match = _GPU_COUNT_X_TYPE.match(text) or _GPU_TYPE_COUNT.match(text)
     if not match:
         raise ValueError(
-            f"invalid GPU request {shorthand!r}: expected 'TYPE', 'TYPE:COUNT', "
+            f"invalid GPU request {shown(shorthand)}: expected 'TYPE', 'TYPE:COUNT', "
             "'COUNTxTYPE' or 'gpu:MEMgb' (for example 'a100', 'a100:4', 'gpu:40gb')"
         )
     gpu_type: str | None = match.group("type")
@@ -130,7 +130,7 @@ def _gpu_count(text: str | None, shorthand: str) -> int:
     count = 1 if text is None else int(text)
     if not 1 <= count <= MAX_GPU_COUNT:
         raise ValueError(
-            f"invalid GPU request {shorthand!r}: count must be 1..{MAX_GPU_COUNT}, got {count}"
+            f"invalid GPU request {shown(shorthand)}: count must be 1..{MAX_GPU_COUNT}, got {count}"
         )
     return count
 

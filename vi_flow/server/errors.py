@@ -8,6 +8,8 @@ else that escapes a handler becomes ``500 INTERNAL`` (logged with the request id
 
 from __future__ import annotations
 
+from ..models.limits import shown
+
 __all__ = ["APIProblem"]
 
 
@@ -42,7 +44,7 @@ class APIProblem(Exception):
     @classmethod
     def not_found(cls, code: str, kind: str, ident: object) -> APIProblem:
         """A 404 with ``code`` saying ``<kind> '<ident>' not found``."""
-        return cls(404, code, f"{kind} {ident!r} not found")
+        return cls(404, code, f"{kind} {shown(ident)} not found")
 
     @classmethod
     def conflict(cls, message: str) -> APIProblem:

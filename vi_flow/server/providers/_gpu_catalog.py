@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from ...models.limits import shown
 from ...models.tasks import AvailableInstance, GPURequest, TaskConfig
 from .base import CapacityError, InvalidRequest, Placement
 
@@ -144,7 +145,7 @@ def resolve_gpu_type(
     asked = request.gpu_type
     if asked is not None and asked not in types:
         raise CapacityError(
-            f"gpu: GPU type {asked!r} is not on {where}; it has {describe_gpu_types(types)}"
+            f"gpu: GPU type {shown(asked)} is not on {where}; it has {describe_gpu_types(types)}"
         )
     candidates = [asked] if asked else sorted(types, key=lambda t: (memory.get(t, 0), t))
     for kind in candidates:
@@ -152,7 +153,7 @@ def resolve_gpu_type(
             continue
         if types[kind] >= request.gpu_count:
             return kind
-    what = f"{request.gpu_count} x {asked or 'GPU'}"
+    what = f"{request.gpu_count} x {(asked or 'GPU')[:64]}"
     if request.min_memory_gb:
         what += f" with at least {request.min_memory_gb} GB"
     raise CapacityError(f"gpu: asked for {what}; {where} has {describe_gpu_types(types)}")

@@ -29,7 +29,7 @@ from aiohttp import web
 from ...models._base import from_wire
 from ...models.events import ToolResult
 from ...models.execution import HEARTBEAT_HEADER
-from ...models.limits import MAX_INT
+from ...models.limits import MAX_INT, shown
 from ..db import Connection
 from ..engine import Engine, parse_request, tables
 from ..engine.eventlog import RunKey
@@ -258,7 +258,7 @@ async def put_credits(request: web.Request) -> web.Response:
     if isinstance(credits, float) and credits.is_integer() and abs(credits) <= MAX_INT:
         credits = int(credits)  # 5.0 is the integer 5 in JSON
     if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
-        raise APIProblem.validation("credits", f"expected an integer or null, got {credits!r}")
+        raise APIProblem.validation("credits", f"expected an integer or null, got {shown(credits)}")
     if credits is not None and credits < 0:
         raise APIProblem.validation("credits", f"must be >= 0, got {credits}")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ...models.limits import shown
 from ...models.retention import MAX_AGE, parse_age
 from ..errors import APIProblem
 from ..helpers import json_response, org_in_path, principal_of, read_body
@@ -102,9 +103,9 @@ def _days(body: dict[str, Any]) -> float | None:
     if days is None:
         return None
     if isinstance(days, bool) or not isinstance(days, int | float):
-        raise APIProblem.validation("days", f"expected a number of days or null, got {days!r}")
+        raise APIProblem.validation("days", f"expected a number of days or null, got {shown(days)}")
     if not 0 <= days <= MAX_AGE / 86400:
-        raise APIProblem.validation("days", f"must be between 0 and 36500, got {days!r}")
+        raise APIProblem.validation("days", f"must be between 0 and 36500, got {shown(days)}")
     return float(days)
 
 

@@ -30,6 +30,7 @@ from ...models.limits import (
     check_number,
     check_relative_path,
     check_time_ms,
+    shown,
 )
 from ...models.tasks import (
     AvailableInstance,
@@ -196,9 +197,9 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
     body = await read_body(request)  # checked first: a bad body is refused for any task
     grace = body.get("gracePeriod", 5.0)
     if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 <= grace <= 300:
-        raise APIProblem.validation("gracePeriod", f"must be 0..300 seconds, got {grace!r}")
+        raise APIProblem.validation("gracePeriod", f"must be 0..300 seconds, got {shown(grace)}")
     if not isinstance(body.get("force", False), bool):
-        raise APIProblem.validation("force", f"must be true or false, got {body['force']!r}")
+        raise APIProblem.validation("force", f"must be true or false, got {shown(body['force'])}")
     await service.get(task_id, org_of(request))
     if body.get("force"):
         grace = 0.0

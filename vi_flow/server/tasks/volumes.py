@@ -19,6 +19,7 @@ import attrs
 import orjson
 
 from ...models._base import to_wire
+from ...models.limits import shown
 from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
 from .._records import seq_window
 from ..beneath import LinkInTheWay, link_beneath
@@ -264,7 +265,9 @@ def _check_volume(name: str, size_gb: int, interface: str) -> None:
     if size_gb < 1:
         raise APIProblem.validation("sizeGb", f"must be at least 1, got {size_gb}")
     if interface not in ("file", "block"):
-        raise APIProblem.validation("interface", f"must be 'file' or 'block', got {interface!r}")
+        raise APIProblem.validation(
+            "interface", f"must be 'file' or 'block', got {shown(interface)}"
+        )
 
 
 def _insert_volume(conn: Connection, row: tuple[object, ...]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import attrs
 
+from ....models.limits import shown
 from ....models.tasks import AvailableInstance, GPURequest, TaskConfig
 from .._gpu_catalog import gpu_instances, gpu_request, instance_name
 from ..base import CapacityError, InvalidRequest, Placement
@@ -61,7 +62,7 @@ def _find_type(machine: Machine, name: str, catalog: list[AvailableInstance]) ->
             return entry
     known = ", ".join(e.instance_type for e in catalog)
     raise CapacityError(
-        f"instanceType: {name!r} is not available on this machine "
+        f"instanceType: {shown(name)} is not available on this machine "
         f"({machine.describe_gpus()}); known instance types: {known}"
     )
 
@@ -83,11 +84,11 @@ def _match_gpus(machine: Machine, request: GPURequest, asked: str) -> str:
             continue
         if len(devices) >= request.gpu_count:
             return gpu_type
-    what = f"{request.gpu_count} x {request.gpu_type or 'any GPU'}"
+    what = f"{request.gpu_count} x {(request.gpu_type or 'any GPU')[:64]}"
     if request.min_memory_gb:
         what += f" with at least {request.min_memory_gb} GB"
     raise CapacityError(
-        f"gpu: {asked!r} asked for {what}; this machine has {machine.describe_gpus()}"
+        f"gpu: {shown(asked)} asked for {what}; this machine has {machine.describe_gpus()}"
     )
 
 
