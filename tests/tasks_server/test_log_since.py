@@ -132,3 +132,18 @@ async def test_the_snapshot_names_the_signal_that_ended_the_task(
         by_code = await client.tasks.logs(exited["taskId"])
     assert (by_signal.lines, by_signal.exit_code, by_signal.signal) == (["before"], None, 9)
     assert (by_code.lines, by_code.exit_code, by_code.signal) == (["before"], 3, None)
+
+
+async def test_since_after_the_task_ended_or_still_to_come_is_no_line(
+    server: TaskServer,
+) -> None:
+    # The lines after the last once-a-second sample counted as written since any later
+    # time: `since` an hour ahead answered the task's last line (found by QA).
+    task = await server.submit(command="echo early; sleep 1.5; echo late")
+    done = await server.wait(task["taskId"])
+    logs = f"/tasks/{task['taskId']}/logs"
+    for since in (done["endedAt"] + 1, done["endedAt"] + 3_600_000, 253402300799999):
+        answer = await server.call("GET", logs, params={"since": str(since)})
+        assert answer.status == 200 and answer.body["lines"] == [], (since, answer.body)
+    before = await server.call("GET", logs, params={"since": str(done["startedAt"])})
+    assert before.body["lines"] == ["early", "late"]

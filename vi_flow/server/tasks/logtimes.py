@@ -21,6 +21,7 @@ from .. import db
 from ..clock import now_ms
 from ..providers.base import TaskPaths
 from ..store import Store
+from .files import file_size
 from .logfile import open_beneath
 from .records import TaskRecords
 
@@ -71,18 +72,32 @@ class LogTimes:
                 await watcher
 
     async def offsets_since(self, task_id: str, since_ms: int) -> dict[str, int]:
-        """Byte offsets in stdout and stderr where the lines written since ``since_ms`` start."""
-        row = await self._store.run(
-            lambda c: c.execute(
+        """Byte offsets in stdout and stderr where the lines written since ``since_ms`` start.
+
+        A time after the task ended, or still to come, is the logs' ends: the sizes are
+        sampled once a second while the task runs, so the lines after the last sample
+        would otherwise count as written since then.
+        """
+
+        def read(conn: db.Connection) -> tuple[db.Row | None, db.Row | None]:
+            sample = conn.execute(
                 "SELECT stdout, stderr FROM task_log_times WHERE task_id = ? AND at_ms < ?"
                 " ORDER BY at_ms DESC LIMIT 1",
                 (task_id, since_ms),
             ).fetchone()
-        )
-        if row is None:
-            return {"stdout": 0, "stderr": 0}
+            task = conn.execute(
+                "SELECT ended_at FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            return sample, task
+
+        sample, task = await self._store.run(read)
         paths = self._records.provider.task_paths(task_id)
-        sizes = {"stdout": int(row["stdout"]), "stderr": int(row["stderr"])}
+        ended = None if task is None else task["ended_at"]
+        if since_ms >= now_ms() or (ended is not None and since_ms > ended):
+            return await asyncio.to_thread(_ends, paths)
+        if sample is None:
+            return {"stdout": 0, "stderr": 0}
+        sizes = {"stdout": int(sample["stdout"]), "stderr": int(sample["stderr"])}
         return await asyncio.to_thread(_line_starts, paths, sizes)
 
     async def _watch(self) -> None:
@@ -126,6 +141,11 @@ def _all_sizes(paths: dict[str, TaskPaths]) -> dict[str, tuple[int, int]]:
 def _size(root: Path, path: Path) -> int:
     with _opened(root, path) as fd:
         return 0 if fd is None else os.fstat(fd).st_size
+
+
+def _ends(paths: TaskPaths) -> dict[str, int]:
+    """The logs' sizes (where a line written from now on starts)."""
+    return {"stdout": file_size(paths.stdout), "stderr": file_size(paths.stderr)}
 
 
 def _line_starts(paths: TaskPaths, sizes: dict[str, int]) -> dict[str, int]:
