@@ -119,6 +119,8 @@ def exit_code_for(exc: BaseException) -> int:
     """Return the documented exit code for an exception."""
     import vi_flow as e
 
+    if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
+        return EXIT_USAGE  # --base-url needs fixing, not the key
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
         # a value the SDK or the server refused: the arguments need fixing

@@ -217,7 +217,9 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     stream = request.query.get("stream", "stdout")
     stream = "both" if stream == "all" else stream  # as the stream's `all`
     if stream not in ("stdout", "stderr", "both"):
-        raise APIProblem.validation("stream", f"must be stdout, stderr or both, got {stream!r}")
+        raise APIProblem.validation(
+            "stream", f"must be stdout, stderr, both or all, got {shown(stream)}"
+        )
     logs = await _service(request).outputs.logs(
         request.match_info["taskId"],
         org_of(request),
