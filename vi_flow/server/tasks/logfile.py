@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 import threading
 from pathlib import Path
+
+from .. import beneath
 
 __all__ = ["READ_SIZE", "LogReader", "NotALogFile", "open_beneath", "whole_lines"]
 
 READ_SIZE = 256 * 1024
 """The most bytes one read returns (a longer line is sent in pieces)."""
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class NotALogFile(OSError):
@@ -33,37 +31,20 @@ class NotALogFile(OSError):
 
 def open_beneath(root: Path, path: Path) -> int | None:
     """Open ``path`` (inside ``root``) for reading without following any link below
-    ``root``; ``None`` when it does not exist (yet).
+    ``root`` (:func:`vi_flow.server.beneath.open_beneath`); ``None`` when it does not
+    exist (yet).
 
     Raises:
         NotALogFile: A link, a FIFO, a directory ... where the log should be.
     """
-    parts = path.relative_to(root).parts
     try:
-        fd = os.open(root, _DIR_FLAGS)
+        return beneath.open_beneath(root, path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except OSError as exc:  # the directory itself replaced by a link or a file
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise
-        raise NotALogFile(f"{root.name}: {exc.strerror or exc}") from None
-    try:
-        for part in parts[:-1]:
-            fd, parent = os.open(part, _DIR_FLAGS, dir_fd=fd), fd
-            os.close(parent)
-        log_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:  # ELOOP / ENOTDIR: a link or a file where a directory should be
+    except OSError as exc:  # a link, or a file where a directory should be, a FIFO...
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise  # out of descriptors: the file is fine, try again later
         raise NotALogFile(f"{path.name}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(log_fd).st_mode):
-        os.close(log_fd)
-        raise NotALogFile(f"{path.name}: not a regular file")
-    return log_fd
 
 
 def whole_lines(data: bytes, *, final: bool) -> bytes:
