@@ -39,6 +39,7 @@ __all__ = [
     "Volume",
     "VolumeRequest",
     "VolumeSpec",
+    "env_problem",
     "parse_gpu",
 ]
 
@@ -183,15 +184,22 @@ def _volume_specs(values: Any) -> list[VolumeSpec]:
     return [_volume_spec(v) for v in values]
 
 
-def _env(values: Any) -> dict[str, str]:
-    # Values are secrets: errors name the variable and the type, never the value.
-    if values is None:
-        return {}
+def env_problem(values: object) -> tuple[str, str] | None:
+    """What makes ``values`` no task environment: the field (``env`` or ``env.<NAME>``)
+    and why, naming the type, never the value (a secret); ``None`` when it is one."""
     if not isinstance(values, Mapping):
-        raise TypeError(f"env must be a mapping of names to values, got a {type_name(values)}")
+        return "env", f"must be a mapping of names to values, got a {type_name(values)}"
     for name, value in values.items():
         if value is None or not isinstance(value, (str, int, float)):
-            raise TypeError(f"env.{str(name)[:64]} must be a string, got a {type_name(value)}")
+            return f"env.{str(name)[:64]}", f"must be a string, got a {type_name(value)}"
+    return None
+
+
+def _env(values: Any) -> dict[str, str]:
+    if values is None:
+        return {}
+    if problem := env_problem(values):
+        raise TypeError(" ".join(problem))
     return {str(k): str(v) for k, v in values.items()}
 
 

@@ -23,8 +23,8 @@ from ..models.limits import (
     check_number,
     depth,
     shown,
-    type_name,
 )
+from ..models.tasks import env_problem
 from .errors import APIProblem
 from .tasks.launch import check_env
 
@@ -194,15 +194,9 @@ def _check_task_settings(where: str, settings: Mapping[str, Any]) -> None:
     and its ``name`` (unless it is a template, rendered at run time)."""
     env = settings.get("env")
     if env is not None:
-        if not isinstance(env, Mapping):
-            raise APIProblem.validation(
-                f"{where}.env", f"expected a mapping of names to values, got a {type_name(env)}"
-            )
-        for name, value in env.items():
-            if value is None or not isinstance(value, (str, int, float)):
-                raise APIProblem.validation(
-                    f"{where}.env.{str(name)[:64]}", f"expected a string, got a {type_name(value)}"
-                )
+        if problem := env_problem(env):
+            field, why = problem
+            raise APIProblem.validation(f"{where}.{field}", why)
         try:
             check_env({str(name): str(value) for name, value in env.items()})
         except APIProblem as exc:
