@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -265,7 +266,7 @@ def resolve_settings(
     raw_mode = _pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background")
     mode = _one_of("local_server", raw_mode, LOCAL_SERVER_MODES)
     key = _pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None)
-    if key and _has_user_info(url):
+    if key and urlsplit(url).username is not None:  # user info: Basic auth of its own
         raise ValueError(
             f"base_url {shown_url(url)!r} carries a user name and an api_key is set as well:"
             " both would go in the one Authorization header; give one of them"
@@ -293,11 +294,6 @@ def _base_url(value: object) -> str:
     if url != LOCAL and not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
     return url
-
-
-def _has_user_info(url: str) -> bool:
-    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return "@" in authority
 
 
 def _retries(value: Any) -> int:
