@@ -31,6 +31,7 @@ from . import __version__
 from ._config import Settings
 from ._errors import LocalServerError
 from .models.server import (
+    HOME_SERVED,
     LOG_DIR,
     LOG_FILE,
     RUN_FILE,
@@ -276,7 +277,7 @@ def start_server(home: Path, idle_timeout: float) -> tuple[ServerInfo, bool]:
                 except LocalServerError as exc:
                     # a `vi-flow serve` that took the home just before, and has not yet
                     # published where it listens: use it once it does
-                    if "already served" not in str(exc) or not (info := _published_soon(home)):
+                    if HOME_SERVED not in str(exc) or not (info := _published_soon(home)):
                         raise
     except filelock.Timeout:
         raise _failure(

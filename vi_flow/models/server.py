@@ -19,6 +19,7 @@ import attrs
 from ._base import dumps, from_wire, loads
 
 __all__ = [
+    "HOME_SERVED",
     "LOCK_FILE",
     "LOG_DIR",
     "LOG_FILE",
@@ -49,6 +50,9 @@ LOG_FILE: Final = "server.log"
 """The background server's rotating log (``vi-flow server logs``)."""
 STDIO_FILE: Final = "server.stderr"
 """What the background process itself writes to stdout/stderr (crashes before logging)."""
+HOME_SERVED: Final = "is already served by"
+"""In the words of a server refused because another one holds the home: a client that
+started it then waits for that other one (it may not have published itself yet)."""
 
 
 @attrs.frozen

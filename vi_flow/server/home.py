@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from ..models.server import LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
+from ..models.server import HOME_SERVED, LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
 __all__ = [
     "HomeBusyError",
@@ -52,7 +52,7 @@ class HomeBusyError(HomeError):
         else:
             who = f"the vi-flow server at {holder.url} (pid {holder.pid}, {holder.mode})"
         super().__init__(
-            f"home {home} is already served by {who}; use that server, or stop it with "
+            f"home {home} {HOME_SERVED} {who}; use that server, or stop it with "
             f"'VI_FLOW_HOME={home} vi-flow server stop'"
         )
 
