@@ -32,10 +32,14 @@ async def test_a_token_name_is_a_string_without_control_characters(
     assert (await server.call("GET", path)).body["items"] == []
 
 
-@pytest.mark.parametrize("name", ["invoice\u202egpj.exe", "a\u2067b", "c\x85d"])
+@pytest.mark.parametrize(
+    "name", ["invoice\u202egpj.exe", "a\u2067b", "c\x85d", "d\u200fe", "f\u2028g", " \u3000"]
+)
 async def test_names_hold_no_direction_or_c1_controls(server: Server, name: str) -> None:
     # A right-to-left override in a name turned what followed it around in the console
-    # ("invoice\u202egpj.exe" shows as "invoiceexe.jpg"; found by QA).
+    # ("invoice\u202egpj.exe" shows as "invoiceexe.jpg"; found by QA). A right-to-left mark
+    # does it too; a line separator breaks a name shown on one line; a blank name names
+    # nothing (a task's was accepted).
     _refused(await server.call("POST", "/flows", json={**spec("f", "a"), "name": name}), "name")
     task = await server.call("POST", "/tasks", json={"command": "true", "name": name})
     _refused(task, "name")

@@ -201,19 +201,23 @@ def check_json(value: object, root: str = "") -> None:
                 raise LimitError(_spell(path, root), exc.problem) from None
 
 
-# Text-direction overrides, embeddings and isolates: in a name they turn what follows
-# around wherever it is shown ("invoice\u202egpj.exe" reads "invoiceexe.jpg").
-_DIRECTION = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Text-direction overrides, embeddings, isolates and marks: in a name they turn what
+# follows around wherever it is shown ("invoice\u202egpj.exe" reads "invoiceexe.jpg").
+_DIRECTION = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Line and paragraph separators: a name shown on one line would break in two.
+_SEPARATOR = frozenset("\u2028\u2029")
 
 
 def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
-    """A name or id of at most ``most`` characters, without control characters or
-    text-direction controls."""
+    """A name or id of at most ``most`` characters, not blank, without control
+    characters, line separators or text-direction controls."""
     if not isinstance(value, str):
         raise LimitError(field, f"expected a string, got {shown(value)}")
+    if not value.strip():
+        raise LimitError(field, "must not be empty" if not value else "must not be blank")
     if len(value) > most:
         raise LimitError(field, f"longer than {most} characters ({len(value)})")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value) or not _SEPARATOR.isdisjoint(value):
         raise LimitError(field, f"must not hold control characters: {shown(value)}")
     if not _DIRECTION.isdisjoint(value):
         raise LimitError(field, f"must not hold text-direction control characters: {shown(value)}")

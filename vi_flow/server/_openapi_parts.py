@@ -318,10 +318,14 @@ def _link(
             }
 
 
-# no control character (C0, DEL, C1) and no text-direction control (models.limits.check_name)
-_NOT_CONTROL = "[^\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069]"
+# no control character (C0, DEL, C1), line separator or text-direction control
+# (models.limits.check_name)
+_NOT_CONTROL = (
+    "[^\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200e\\u200f\\u2028\\u2029"
+    "\\u202a-\\u202e\\u2066-\\u2069]"
+)
 _NOT_BLANK = (  # and what Python's str.strip keeps: no Unicode space either
-    "[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a"
+    "[^\\u0000-\\u0020\\u007f-\\u00a0\\u061c\\u1680\\u2000-\\u200a\\u200e\\u200f"
     "\\u2028\\u2029\\u202a-\\u202f\\u205f\\u2066-\\u2069\\u3000]"
 )
 NAME: dict[str, Any] = {

@@ -66,8 +66,6 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
     Raises:
         APIProblem: 422 naming the first bad field.
     """
-    if not spec.name.strip():
-        raise APIProblem.validation(f"{prefix}name", "must not be empty")
     limited(check_name, f"{prefix}name", spec.name)
     _check_count(f"{prefix}blocks", spec.blocks)
     _check_count(f"{prefix}inputs", spec.inputs)
@@ -85,8 +83,6 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
         if block.id is None:
             continue
         limited(check_name, f"{prefix}blocks[{i}].id", block.id, MAX_ID_LENGTH)
-        if not block.id.strip():
-            raise APIProblem.validation(f"{prefix}blocks[{i}].id", "must not be empty")
         if block.id in seen:
             raise APIProblem.validation(
                 f"{prefix}blocks[{i}].id", f"duplicate block id {block.id!r}"
@@ -99,8 +95,6 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
 def _check_inputs(spec: FlowSpec, prefix: str) -> None:
     names: set[str] = set()
     for i, item in enumerate(spec.inputs):
-        if not item.name.strip():
-            raise APIProblem.validation(f"{prefix}inputs[{i}].name", "must not be empty")
         limited(check_name, f"{prefix}inputs[{i}].name", item.name, MAX_ID_LENGTH)
         _check_depth(f"{prefix}inputs[{i}].default", item.default)
         if item.name in names:

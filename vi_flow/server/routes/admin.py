@@ -26,10 +26,8 @@ def _require_admin(request: web.Request) -> None:
 
 async def _name_of(request: web.Request) -> str:
     name = (await read_body(request)).get("name")
-    limited(check_name, "name", name)  # a string without control characters
+    limited(check_name, "name", name)  # a string, not blank, without control characters
     assert isinstance(name, str)
-    if not name.strip():
-        raise APIProblem.validation("name", "must not be empty")
     return name
 
 
