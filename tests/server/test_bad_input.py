@@ -183,6 +183,14 @@ async def test_a_parameter_given_twice_is_refused_unless_it_is_a_list(server: Se
     assert len((await server.call("GET", "/flows?pageSize=1")).body["items"]) == 1
 
 
+async def test_enum_parameters_are_spelled_as_the_document_says(server: Server) -> None:
+    # The OpenAPI enums are lower case; "NEWEST" and "RUNNING" were taken as if they were.
+    for path in ("/flows?order=NEWEST", "/runs?order=%20oldest", "/tasks?order=Oldest"):
+        _refused(await server.call("GET", path), "order")
+    _refused(await server.call("GET", "/tasks?status=RUNNING"), "status")
+    assert (await server.call("GET", "/tasks?status=running,%20pending&order=oldest")).status == 200
+
+
 # -- size limits --------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
-from ..models.limits import MAX_INT, LimitError, check_json
+from ..models.limits import MAX_INT, LimitError, check_json, shown
 from .errors import APIProblem
 from .state import STORE_KEY, Principal
 from .store import IDEMPOTENCY_SLOT, PENDING_ANSWER, AlreadyAnswered, IdempotencySlot, Store
@@ -251,10 +251,9 @@ def decode_page_token(token: str) -> int:
 
 
 def _order_of(request: web.Request, token: dict[str, Any] | None) -> str:
-    raw = request.query.get("order")
-    wanted = raw.strip().lower() if raw is not None else None
+    wanted = request.query.get("order")  # as the document's enum says: no other spelling
     if wanted is not None and wanted not in ORDERS:
-        raise APIProblem.validation("order", f"must be 'newest' or 'oldest', got {raw!r}")
+        raise APIProblem.validation("order", f"must be 'newest' or 'oldest', got {shown(wanted)}")
     issued = token.get("order") if token else None
     if wanted and issued and wanted != issued:
         raise APIProblem(

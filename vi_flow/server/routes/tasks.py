@@ -162,9 +162,7 @@ async def create_task(request: web.Request) -> web.StreamResponse:
 
 
 def _statuses(request: web.Request) -> list[str]:
-    wanted = [
-        s.strip().lower() for raw in request.query.getall("status", []) for s in raw.split(",")
-    ]
+    wanted = [s.strip() for raw in request.query.getall("status", []) for s in raw.split(",")]
     wanted = [s for s in wanted if s]
     known = {s.value for s in TaskStatus}
     for status in wanted:
