@@ -114,6 +114,7 @@ def test_failed_run_exits_1_naming_the_step(vf: Invoker, tmp_path: Path) -> None
     assert as_json.stdout == ""  # the error alone, on stderr, as docs/cli.md says
     error = json.loads(as_json.stderr)["error"]
     assert "at step 'hello'" in error["message"] and error["exitCode"] == 1
+    assert error["code"] == "RUN_FAILED"  # was null: a script could not tell it apart
 
 
 def test_runs_list_get_watch_cancel(vf: Invoker, tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_a_failure_a_command_explains_is_json_too(vf: Invoker, tmp_path: Path) -
         assert result.stdout == ""
         error = json.loads(result.stderr)["error"]  # one JSON document, nothing else
         assert error["exitCode"] == 2 and "spec.yaml" in error["message"]
+        assert error["code"] == "USAGE_ERROR"  # the kind its exit code says, never null
     without = vf("flows", "create", "-f", str(spec))
     assert without.stderr.startswith("error: ") and "spec.yaml" in without.stderr
 

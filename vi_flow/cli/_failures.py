@@ -56,6 +56,17 @@ EXIT_AUTH = 3
 EXIT_NOT_FOUND = 4
 EXIT_CONFLICT = 5
 EXIT_TRANSIENT = 6
+
+# The ``code`` of a JSON error that no server code names (a failed run, a timeout, a
+# refused connection): the kind its exit code says, so a script never reads null.
+_CODE_OF_EXIT = {
+    EXIT_FAILURE: "FAILED",
+    EXIT_USAGE: "USAGE_ERROR",
+    EXIT_AUTH: "UNAUTHENTICATED",
+    EXIT_NOT_FOUND: "NOT_FOUND",
+    EXIT_CONFLICT: "CONFLICT",
+    EXIT_TRANSIENT: "UNAVAILABLE",
+}
 EXIT_INTERRUPTED = 130
 
 
@@ -63,9 +74,15 @@ class CommandFailed(click.ClickException):
     """A command failed in a way it explains itself: one line, an exit code, maybe a hint."""
 
     def __init__(
-        self, message: str, *, exit_code: int = EXIT_FAILURE, hint: str | None = None
+        self,
+        message: str,
+        *,
+        exit_code: int = EXIT_FAILURE,
+        hint: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.code = code  # the JSON error's code; none: the kind of the exit code
         # click declares exit_code as a class variable (a ClassVar from click 8.2); each
         # failure here carries its own, which click reads from the instance.
         setattr(self, "exit_code", exit_code)  # noqa: B010
@@ -76,7 +93,9 @@ class CommandFailed(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         """Print ``error: message`` and the hint to stderr (JSON with ``--json``)."""
-        _report(self.message, self.hint, exit_code=self.exit_code, as_json=self.json)
+        _report(
+            self.message, self.hint, exit_code=self.exit_code, as_json=self.json, code=self.code
+        )
 
 
 class JsonUsageError(click.ClickException):
@@ -209,7 +228,7 @@ def _json_report(
     import orjson
 
     body = {
-        "code": code,
+        "code": code or _CODE_OF_EXIT.get(exit_code, "FAILED"),
         "message": message,
         "hint": hint,
         "requestId": request_id,
@@ -225,9 +244,11 @@ def _report(
     exit_code: int = EXIT_FAILURE,
     error: BaseException | None = None,
     as_json: bool | None = None,
+    code: str | None = None,
 ) -> None:
     if json_wanted() if as_json is None else as_json:
-        code, rid = getattr(error, "code", None), getattr(error, "request_id", None)
+        code = code or getattr(error, "code", None)
+        rid = getattr(error, "request_id", None)
         _json_report(message, hint, exit_code=exit_code, code=code, request_id=rid)
         return
     click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)

@@ -128,6 +128,7 @@ def _finish(view: RunView, as_json: bool, mode: str) -> None:
             f"run {final.execution_id} {final.status.value}{where}: {final.error or 'no message'}",
             exit_code=EXIT_FAILURE,
             hint=f"'vi-flow runs get {final.execution_id}' shows its history",
+            code="RUN_FAILED",
         )
 
 

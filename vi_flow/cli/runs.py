@@ -145,11 +145,13 @@ def watch(run_id: str, after: int | None, as_json: bool) -> None:
     view = RunView(cli.console, mode=mode, title=f"run {run_id}")
     follow_run(cli, events, view, cancel=False)
     if view.final is not None and view.final.status.value != "Succeeded":
-        raise CommandFailed(f"run {run_id} {view.final.status.value}: {view.final.error or ''}")
+        raise CommandFailed(
+            f"run {run_id} {view.final.status.value}: {view.final.error or ''}", code="RUN_FAILED"
+        )
     if view.final is None:  # its end was before --after: the run says how it ended
         condition = client.runs.get(run_id).status.condition
         if condition is not None and condition.terminal and condition.value != "Succeeded":
-            raise CommandFailed(f"run {run_id} {condition.value}")
+            raise CommandFailed(f"run {run_id} {condition.value}", code="RUN_FAILED")
 
 
 @runs.command("resume")
