@@ -38,7 +38,7 @@ from ._errors import (
     ClientStateError,
     error_for_status,
 )
-from .models._base import from_wire, to_wire
+from .models._base import dumps_finite, from_wire
 
 if TYPE_CHECKING:
     import aiohttp
@@ -564,7 +564,7 @@ class _Request:
     ) -> None:
         self.method = method = method.upper()
         self.full_url = endpoint.base_url + url
-        self.body = None if json is None else orjson.dumps(to_wire(json))
+        self.body = None if json is None else dumps_finite(json)
         self.params = {k: _query(v) for k, v in params.items() if v is not None} if params else None
         hdrs: dict[str, str] = {"Accept": "application/json"}
         if self.body is not None:

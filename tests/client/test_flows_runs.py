@@ -85,6 +85,18 @@ async def test_malformed_spec_is_422_naming_the_field(client: vi_flow.AsyncClien
     assert (await client.flows.list()).items == []
 
 
+async def test_a_number_json_cannot_hold_is_refused_before_sending(
+    client: vi_flow.AsyncClient,
+) -> None:
+    # orjson writes nan and infinities as null: the server got "no value" in their place
+    spec = {**SPEC, "blocks": [{**SPEC["blocks"][0], "settings": {"w": [1.5, float("nan")]}}]}
+    with pytest.raises(ValueError, match=r"blocks\[0\]\.settings\.w\[1\]: .* got nan"):
+        await client.flows.create(spec)
+    assert (await client.flows.list()).items == []
+    flow = await client.flows.create({**SPEC, "blocks": [{**SPEC["blocks"][0], "w": None}]})
+    assert flow.spec.name == "demo"  # a null the caller gave goes as null
+
+
 async def test_stale_etag_is_rejected(client: vi_flow.AsyncClient) -> None:
     flow = await client.flows.create(SPEC)
     renamed = await client.flows.update(flow.flow_id, {**SPEC, "name": "v2"}, etag=flow.etag)

@@ -56,6 +56,12 @@ def test_bad_shapes_are_type_errors(returned: Any, match: str) -> None:
         coerce_tool_results(returned, CALLS)
 
 
+def test_an_output_json_cannot_hold_names_the_call_and_the_value() -> None:
+    # orjson writes nan as null: the run would have read "no value" from the tool
+    with pytest.raises(ValueError, match=r"call 'c2' .*temps\[1\]: expected a finite number"):
+        coerce_tool_results([1, {"temps": [20.5, float("nan")]}], CALLS)
+
+
 async def test_raising_handler_answers_every_call_with_an_error() -> None:
     def handler(calls: list[ToolCall]) -> list[Any]:
         raise OSError("disk gone")

@@ -61,6 +61,9 @@ def test_the_client_facade_has_the_seed_shapes() -> None:
             client.reserve("")
         with pytest.raises(TypeError, match="got None"):
             client.reserve(None)  # type: ignore[arg-type]
+        for endless in (float("inf"), float("nan")):  # orjson would send them as null
+            with pytest.raises(ValueError, match="durationHours: expected a finite number"):
+                client.reserve("a100", duration_hours=endless)  # type: ignore[arg-type]
         assert client.provider_port().list_reservations() == []
 
 

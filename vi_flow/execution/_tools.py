@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import anyio.to_thread
-import orjson
 
+from ..models._base import dumps_finite
 from ..models.events import ToolCall, ToolResult
 
 __all__ = [
@@ -168,9 +168,10 @@ def _result(item: Any, call_id: str) -> ToolResult:
     else:
         result = ToolResult(tool_call_id=call_id, output=item)
     try:
-        orjson.dumps(result.output)
-    except TypeError as exc:
-        raise TypeError(
+        dumps_finite(result.output)
+    except (TypeError, ValueError) as exc:  # not JSON, or a number JSON cannot hold
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(
             f"the output for call {result.tool_call_id!r} is not JSON-ready: {exc}"
         ) from None
     return result

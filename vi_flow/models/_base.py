@@ -9,6 +9,7 @@ server may extend are :class:`OpenEnum`: an unknown value is kept, not rejected.
 from __future__ import annotations
 
 import enum
+import math
 import re
 import typing
 from typing import Any, TypeVar
@@ -142,6 +143,30 @@ def from_wire(data: Any, cls: type[T]) -> T:
 def dumps(obj: Any) -> bytes:
     """Serialize a model or plain data to JSON bytes with orjson."""
     return orjson.dumps(to_wire(obj))
+
+
+def dumps_finite(obj: Any) -> bytes:
+    """Serialize like :func:`dumps`, refusing ``nan`` and infinities.
+
+    orjson writes them as ``null``, which would send "no value" where the caller gave
+    one (``duration_hours=float("inf")`` became a missing duration).
+
+    Raises:
+        ValueError: Naming the wire path of the first such number.
+    """
+    wire = to_wire(obj)
+    body = orjson.dumps(wire)
+    if b"null" in body:  # only then can a number have been written as null
+        stack: list[tuple[Any, str]] = [(wire, "")]
+        while stack:
+            item, where = stack.pop()
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{where or 'body'}: expected a finite number, got {item!r}")
+            if isinstance(item, dict):
+                stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
+            elif isinstance(item, (list, tuple)):
+                stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    return body
 
 
 def loads(data: bytes | str) -> Any:
