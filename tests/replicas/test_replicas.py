@@ -539,6 +539,38 @@ async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alon
     assert (last["condition"], last.get("reason")) == ("Succeeded", None), last
 
 
+@pytest.mark.timeout(120)
+async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
+    cluster: Cluster,
+) -> None:
+    # Found by QA: B took the dead A's task over as its driver, then answered its logs
+    # empty (they are on A's disk) and sent everyone else to B; A, started again, 409.
+    a, b, _ = await three(cluster)
+    async with a.client() as on_a:
+        task = await on_a.run(["sh", "-c", "echo kept-on-a; sleep 60"], wait=True)
+        with anyio.fail_after(30):
+            while "kept-on-a" not in (await on_a.logs(task.task_id)):
+                await anyio.sleep(0.2)
+    cluster.kill(a)  # its task dies with it (bubblewrap's --die-with-parent)
+    path = f"/tasks/{task.task_id}/logs"
+    with anyio.fail_after(30):  # a live replica takes it over and records its end
+        while (await call(b, "GET", f"/tasks/{task.task_id}", token=a.token)).body["status"] in (
+            "pending",
+            "running",
+        ):
+            await anyio.sleep(0.2)
+    away = await call(b, "GET", path, token=a.token)
+    assert away.status == 409, away.body
+    message = away.body["error"]["message"]
+    assert away.body["error"]["code"] == "TASK_ON_OTHER_REPLICA" and "'a'" in message
+    assert "not running now" in message, message
+    (again,) = await cluster.start("a")  # on its home, with its name
+    logs = await call(again, "GET", f"{path}?tail=10", token=a.token)
+    assert logs.status == 200 and "kept-on-a" in logs.raw.decode(), logs.body
+    there = await call(b, "GET", path, token=a.token)
+    assert there.status == 409 and "send this request to that replica" in str(there.body)
+
+
 # -- 11. a replica restarted in place ---------------------------------------------------
 
 

@@ -79,11 +79,18 @@ def _on_its_replica(handler: Handler) -> Handler:
         task_id = request.match_info["taskId"]
         owner = await _service(request).elsewhere(task_id, org_of(request))
         if owner is not None:
+            name, live = owner
+            where = (
+                "send this request to that replica"
+                if live
+                else "that replica is not running now: start it again with the same name"
+                " (on its host and home) to reach them"
+            )
             raise APIProblem(
                 409,
                 "TASK_ON_OTHER_REPLICA",
-                f"task {task_id!r} runs on server replica {owner!r} (the local provider), and"
-                " its logs, files and shell are there: send this request to that replica",
+                f"task {task_id!r} is on server replica {name!r} (the local provider): its"
+                f" logs, files and shell are on that replica's host; {where}",
             )
         return await handler(request)
 

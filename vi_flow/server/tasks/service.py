@@ -69,6 +69,9 @@ MIGRATIONS = (
     ("tasks-3-log-times", SCHEMA_LOG_TIMES),
     # Replicas: the replica whose provider runs the task (see vi_flow.server.replicas).
     ("tasks-4-replicas", "ALTER TABLE tasks ADD COLUMN replica TEXT;"),
+    # The name of the replica on whose host the task's files are: the driver (`replica`)
+    # changes when a replica takes over a dead one's tasks; the files stay where they are.
+    ("tasks-5-files-on", "ALTER TABLE tasks ADD COLUMN files_on TEXT;"),
 )
 """The task feature's tables, applied once each, in order, when the service starts."""
 
@@ -136,20 +139,31 @@ class TaskService:
         """``(stream, line)`` until the task ended; see :meth:`TaskOutputs.follow`."""
         return self.outputs.follow(task_id)
 
-    async def elsewhere(self, task_id: str, org_id: str) -> str | None:
-        """The name of the live replica that holds the files of this task of ``org_id``
-        when it is another one (the local provider, with replicas), else None."""
+    async def elsewhere(self, task_id: str, org_id: str) -> tuple[str, bool] | None:
+        """``(name, live)`` of the replica on whose host the files of this task of
+        ``org_id`` are, when that is another one (the local provider, with replicas),
+        else None. ``live``: whether a replica of that name runs now."""
         if not self.replica.shared or isinstance(self.provider, ClusterPoller):
             return None  # one server, or files on storage every replica shares
-        me = self.replica.id
-        row = await self.store.run(
-            lambda c: c.execute(
-                "SELECT r.name FROM tasks t JOIN replicas r ON r.replica_id = t.replica"
-                " WHERE t.task_id = ? AND t.org_id = ? AND t.replica != ?",
-                (task_id, org_id, me),
+        me, name = self.replica.id, self.replica.name
+
+        def owner(c: Connection) -> tuple[str, bool] | None:
+            row = c.execute(
+                "SELECT t.files_on, t.replica, r.name FROM tasks t"
+                " LEFT JOIN replicas r ON r.replica_id = t.replica"
+                " WHERE t.task_id = ? AND t.org_id = ?",
+                (task_id, org_id),
             ).fetchone()
-        )
-        return None if row is None else str(row[0])
+            if row is None:
+                return None  # no such task: the handler answers 404
+            if row[0] is None:  # recorded before files_on was: its driver's host
+                return None if row[1] == me or row[2] is None else (str(row[2]), True)
+            if row[0] == name:
+                return None  # here, even when another replica drove it while this one was away
+            live = c.execute("SELECT 1 FROM replicas WHERE name = ?", (row[0],)).fetchone()
+            return str(row[0]), live is not None
+
+        return await self.store.run(owner)
 
     async def output_files(self, task_id: str) -> list[TaskOutputFile]:
         """Files the task wrote to its output directory."""
@@ -375,9 +389,9 @@ class TaskService:
             self.quotas.check_pending_tasks(_pending(conn, spec.organization_id))
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
-                " created_at, provider, run_id, step_id, replica)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (*row, self.replica.id),
+                " created_at, provider, run_id, step_id, replica, files_on)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*row, self.replica.id, self.replica.name),
             )
             conn.executemany(
                 "INSERT INTO task_mounts (task_id, volume_id, name, host_path, mount_path,"
