@@ -108,6 +108,20 @@ async def test_a_bad_stored_reservation_is_skipped_with_a_warning(
             },
             "volumes.mountPath",
         ),
+        (  # a newline made a folder "data\nx" in the workspace
+            {"command": "true", "volumes": [{"name": "v", "mountPath": "/data\nx", "sizeGb": 1}]},
+            "volumes.mountPath",
+        ),
+        (  # both would be VI_FLOW_VOLUME_DATA: one path was lost without a word
+            {
+                "command": "true",
+                "volumes": [
+                    {"name": "data", "mountPath": "/a", "sizeGb": 1},
+                    {"name": "DATA", "mountPath": "/b", "sizeGb": 1},
+                ],
+            },
+            "volumes[1]",
+        ),
     ],
 )
 async def test_a_task_with_a_nul_in_its_name_or_a_mount_is_422_and_makes_nothing(

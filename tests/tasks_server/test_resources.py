@@ -20,6 +20,8 @@ async def test_volume_names_are_validated(server: TaskServer) -> None:
         answer = await server.call("POST", "/volumes", json={"name": name, "sizeGb": 1})
         assert answer.status == 422, name
         assert answer.body["error"]["message"].startswith("name"), answer.body
+    long = await server.call("POST", "/volumes", json={"name": "v" * 300, "sizeGb": 1})
+    assert "longer than 63 characters" in long.body["error"]["message"]  # the rule it breaks
     created = await server.call("POST", "/volumes", json={"name": "data", "sizeGb": 5})
     assert created.status == 201 and created.body["name"] == "data"
     duplicate = await server.call("POST", "/volumes", json={"name": "data"})
@@ -80,6 +82,33 @@ async def test_mount_volume_into_a_running_task(server: TaskServer) -> None:
     await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
     ended = await server.call("POST", f"/tasks/{task['taskId']}/volumes", json={"volumeId": "late"})
     assert ended.status == 409
+
+
+@pytest.mark.anyio
+async def test_two_volumes_of_one_variable_name_are_not_mounted_together(
+    server: TaskServer,
+) -> None:
+    # a_b and a-b are two volumes, but both would be VI_FLOW_VOLUME_A_B in a task: one
+    # path was silently lost (found by QA). One task may mount one of them, at any path.
+    for name in ("a_b", "a-b", "other"):
+        assert (await server.call("POST", "/volumes", json={"name": name})).status == 201
+    both = [{"volumeId": "a_b", "mountPath": "/x"}, {"volumeId": "a-b", "mountPath": "/y"}]
+    refused = await server.call("POST", "/tasks", json={"command": "true", "volumes": both})
+    assert refused.status == 422, refused.body
+    message = refused.body["error"]["message"]
+    assert message.startswith("volumes[1]") and "VI_FLOW_VOLUME_A_B" in message, message
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+    twice = [{"volumeId": "a_b", "mountPath": "/x"}, {"volumeId": "a_b", "mountPath": "/y"}]
+    task = await server.submit(command="sleep 30", volumes=twice)  # one volume, two paths
+    await server.wait(task["taskId"], until={"running"})
+    mount = f"/tasks/{task['taskId']}/volumes"
+    late = await server.call("POST", mount, json={"volumeId": "a-b"})
+    assert late.status == 422 and "VI_FLOW_VOLUME_A_B" in late.body["error"]["message"]
+    assert (await server.call("POST", mount, json={"volumeId": "other"})).status == 200
+    for path, words in (("/", "not the workspace itself"), ("a/../..", "'..'")):
+        answer = await server.call("POST", mount, json={"volumeId": "other", "mountPath": path})
+        assert answer.status == 422 and words in answer.body["error"]["message"], answer.body
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
 
 
 @pytest.mark.anyio

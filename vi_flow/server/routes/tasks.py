@@ -61,6 +61,7 @@ from ..state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, ServerSettings
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
 from ..tasks.sshlisten import TaskSSHServer
+from ..tasks.volumes import MAX_VOLUME_NAME
 from ..validation import limited
 from . import task_logs as task_logs_sse
 
@@ -371,7 +372,7 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, VolumeRequest)
     limited(check_int, "sizeGb", body.size_gb, 1, MAX_VOLUME_GB)
     if body.name is not None:
-        limited(check_name, "name", body.name)
+        limited(check_name, "name", body.name, MAX_VOLUME_NAME)
     volume = await _service(request).volumes.create_volume(
         org_of(request), body.size_gb, body.name, body.interface, body.region, answer_status=201
     )

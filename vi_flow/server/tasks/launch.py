@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ...models.limits import shown
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
 from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
@@ -88,14 +89,19 @@ def visible_path(workdir: Path, mount_path: str) -> Path:
     """Where ``mount_path`` appears inside the task's workspace.
 
     Raises:
-        APIProblem: 422 for an empty path or one with ``..`` or a NUL byte.
+        APIProblem: 422 for the workspace itself (``""``, ``/``), a path with ``..``,
+            a control character (a newline, NUL) or text that is not UTF-8.
     """
     relative = mount_path.strip().lstrip("/")
-    if not relative or ".." in relative.split("/") or not _encodable(relative):
-        raise APIProblem.validation(
-            "volumes.mountPath", f"{mount_path[:200]!r} must be a path without '..' or NUL"
-        )
-    return workdir / relative
+    if not relative:
+        problem = "must name a folder in the workspace, not the workspace itself"
+    elif ".." in relative.split("/"):
+        problem = "must not go up with '..'"
+    elif not _encodable(relative) or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in relative):
+        problem = "must not hold control characters (a newline, NUL) or invalid UTF-8"
+    else:
+        return workdir / relative
+    raise APIProblem.validation("volumes.mountPath", f"{shown(mount_path)} {problem}")
 
 
 def task_env(

@@ -33,7 +33,9 @@ from .records import TaskRecords
 
 __all__ = ["Volumes", "mount_rows"]
 
-_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_VOLUME_NAME = 63
+"""The longest volume name."""
+_VOLUME_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_VOLUME_NAME - 1}}}$")
 
 _ATTACHED_SQL = (
     "SELECT m.task_id FROM task_mounts m JOIN tasks t ON t.task_id = m.task_id"
@@ -168,6 +170,13 @@ class Volumes:
         if task.status.terminal:
             raise APIProblem.conflict(f"task {task_id!r} has ended ({task.status.value})")
         volume = await self.get_volume(org_id, ident)
+        names = [(m.volume_id, m.name) for m in await self.mounts(task_id)]
+        if clash := _env_name_clash([*names, (volume.volume_id, volume.name)]):
+            raise APIProblem.validation(
+                "volumeId",
+                f"volume {volume.name!r} and volume {names[clash[1]][1]!r}, mounted already,"
+                f" would both be {clash[2]}: rename one",
+            )
         path = mount_path or f"/volumes/{volume.name}"
         paths = self._provider.task_paths(task_id)
         visible = visible_path(paths.workdir, path)
@@ -225,14 +234,27 @@ class Volumes:
                     f"volumes[{index}].mountPath", f"{spec.mount_path!r} is used twice"
                 )
             seen.append(visible)
+        existing = [await self._existing(org_id, i, spec) for i, spec in enumerate(specs)]
+        names = [
+            (v.volume_id, v.name) if v else (None, spec.name)
+            for v, spec in zip(existing, specs, strict=True)
+        ]
+        if clash := _env_name_clash(names):  # before a volume is made: a refused task makes none
+            index, first, variable = clash
+            raise APIProblem.validation(
+                f"volumes[{index}]",
+                f"volume {names[index][1]!r} and volume {names[first][1]!r} (volumes[{first}])"
+                f" would both be {variable}: mount one of them, or rename one",
+            )
         for index, (spec, visible) in enumerate(zip(specs, seen, strict=True)):
-            volume = await self._volume_for_spec(org_id, index, spec)
+            volume = existing[index] or await self._volume_for_spec(org_id, index, spec)
             mounts.append(
                 Mount(volume.volume_id, volume.name, Path(volume.path), spec.mount_path, visible)
             )
         return mounts
 
-    async def _volume_for_spec(self, org_id: str, index: int, spec: VolumeSpec) -> Volume:
+    async def _existing(self, org_id: str, index: int, spec: VolumeSpec) -> Volume | None:
+        """The volume ``spec`` names when there is one (an unknown id is a 422)."""
         if spec.volume_id:
             found = await self._find_volume(org_id, spec.volume_id)
             if found is None:
@@ -240,11 +262,35 @@ class Volumes:
                     f"volumes[{index}].volumeId", f"volume {spec.volume_id!r} not found"
                 )
             return found
-        if spec.name:
-            found = await self._find_volume(org_id, spec.name)
-            if found is not None:
-                return found
+        return await self._find_volume(org_id, spec.name) if spec.name else None
+
+    async def _volume_for_spec(self, org_id: str, index: int, spec: VolumeSpec) -> Volume:
+        found = await self._existing(org_id, index, spec)  # an earlier spec may have made it
+        if found is not None:
+            return found
         return await self.create_volume(org_id, spec.size_gb, spec.name, spec.interface, None)
+
+
+def _env_name_clash(
+    volumes: Sequence[tuple[str | None, str | None]],
+) -> tuple[int, int, str] | None:
+    """The first two volumes of one task whose ``VI_FLOW_VOLUME_<NAME>`` is the same
+    (``data`` and ``DATA``, ``a-b`` and ``a_b``: one of their paths would be lost), as
+    ``(index, index of the earlier one, variable)``; None when there are none.
+
+    Args:
+        volumes: ``(volume_id, name)`` of each; the id is None for a volume still to be
+            made (its name alone says which it is), the name None for one made unnamed.
+    """
+    seen: dict[str, tuple[int, str]] = {}
+    for index, (volume_id, name) in enumerate(volumes):
+        if not name:
+            continue  # a volume made without a name gets one of its own
+        variable = volume_env_name(name)
+        first, which = seen.setdefault(variable, (index, volume_id or name))
+        if which != (volume_id or name):
+            return index, first, variable
+    return None
 
 
 def mount_rows(task_id: str, mounts: Sequence[Mount]) -> list[tuple[str, ...]]:
@@ -260,7 +306,7 @@ def _check_volume(name: str, size_gb: int, interface: str) -> None:
         raise APIProblem.validation(
             "name",
             f"invalid volume name {name!r}: use letters, digits, '-', '_' or '.' "
-            "(at most 63, no '/' and no '..')",
+            f"(at most {MAX_VOLUME_NAME}, no '/' and no '..')",
         )
     if size_gb < 1:
         raise APIProblem.validation("sizeGb", f"must be at least 1, got {size_gb}")
