@@ -47,6 +47,23 @@ def test_run_argv_follow_and_json(vf: Invoker) -> None:
     assert rows[-1]["exitCode"] == 0
 
 
+def test_a_followed_task_that_fails_says_why_on_stderr(vf: Invoker) -> None:
+    # Found by QA: a command that never started, or died saying why on stderr, printed
+    # only its task id; the reason was in the task's message and its stderr log.
+    missing = vf("tasks", "run", "--follow", "--", "/no/such/prog")
+    assert missing.exit_code == 127
+    assert "/no/such/prog" in missing.stderr, missing.stderr
+    code = "import sys; print('working'); sys.exit('boom: the disk is full')"
+    died = vf("tasks", "run", "--follow", "--", sys.executable, "-c", code)
+    assert died.exit_code == 1 and "working" in died.stdout
+    assert "stderr: boom: the disk is full" in died.stderr, died.stderr
+    as_json = vf("tasks", "logs", "-f", missing.stdout.split()[0], "--json")
+    last = json.loads(as_json.stdout.splitlines()[-1])
+    assert last["exitCode"] == 127 and last["reason"] and last["message"], last
+    both = vf("tasks", "logs", "--stderr", "--both", missing.stdout.split()[0])
+    assert both.exit_code == 2 and "--stderr or --both" in both.stderr
+
+
 def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:
     spec = write(tmp_path / "task.yaml", "name: sleeper\ncommand: sleep 30\n")
     task_id = _run(vf, "-f", str(spec))

@@ -114,9 +114,23 @@ def _follow(
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
     task = client.tasks.get(task_id)
+    code = exit_code_of(task)
     if as_json:
-        emit_ndjson({"taskId": task_id, "status": task.status.value, "exitCode": task.exit_code})
-    raise click.exceptions.Exit(exit_code_of(task))
+        ending = {"status": task.status.value, "exitCode": task.exit_code}
+        ending |= {"reason": task.reason, "message": task.message} if code else {}
+        emit_ndjson({"taskId": task_id, **ending})
+    elif code:  # say why, on stderr: the lines above may not (a command that never started)
+        why = ": ".join(part for part in (task.reason, task.message) if part)
+        click.echo(f"task {task_id} {task.status.value}" + (f": {why}" if why else ""), err=True)
+        if stream == "stdout" and task.stderr_size:  # its last words are on stderr
+            tail = client.tasks.logs(task_id, tail=_STDERR_TAIL, stream="stderr")
+            for line in tail.lines:
+                click.echo(f"  stderr: {line}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+_STDERR_TAIL = 10
+"""Lines of stderr a failed task's follow shows when it followed stdout."""
 
 
 _SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -410,6 +424,8 @@ def logs(
     as_json: bool,
 ) -> None:
     """Print a task's log; with -f, follow it as it is written."""
+    if stderr and both:
+        raise click.UsageError("give --stderr or --both, not both")
     stream: LogStream = "both" if both else ("stderr" if stderr else "stdout")
     if follow:
         _follow(task_id, stream, wants_json(as_json), since)

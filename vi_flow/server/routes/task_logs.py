@@ -27,7 +27,7 @@ from aiohttp import web
 
 from ...models._base import dumps
 from ...models.execution import HEARTBEAT_HEADER
-from ...models.limits import MAX_INT
+from ...models.limits import MAX_INT, shown
 from ..clock import wait_event
 from ..errors import APIProblem
 from ..helpers import org_of
@@ -120,7 +120,9 @@ def _follow(request: web.Request) -> bool:
 def _streams(request: web.Request) -> tuple[str, ...]:
     raw = request.query.get("stream", "all")
     if raw not in _CHOICES:
-        raise APIProblem.validation("stream", f"must be stdout, stderr or all, got {raw[:20]!r}")
+        raise APIProblem.validation(
+            "stream", f"must be stdout, stderr, both or all, got {shown(raw)}"
+        )
     return _CHOICES[raw]
 
 
