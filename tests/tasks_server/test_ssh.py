@@ -59,6 +59,23 @@ async def test_exec_runs_in_the_workspace_with_the_task_env(
 
 
 @pytest.mark.anyio
+async def test_an_unknown_subsystem_is_refused_not_run_as_a_shell(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # `ssh -s nosuchsubsystem` ran a shell that read no input and exited 0 (found by QA)
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        result = await conn.run(subsystem="nosuchsubsystem")
+        assert result.exit_status == 1 and result.stdout == ""
+        assert "no subsystem 'nosuchsubsystem'" in result.stderr
+        async with conn.start_sftp_client() as sftp:  # sftp is still served
+            assert await sftp.exists("logs")
+        with pytest.raises(asyncssh.ChannelOpenError) as forward:  # -L: refused as policy
+            await conn.open_connection("127.0.0.1", endpoint["port"])
+        assert forward.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+
+
+@pytest.mark.anyio
 async def test_unregistered_key_and_unknown_task_are_refused(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:

@@ -111,6 +111,20 @@ class _Server(asyncssh.SSHServer):
     def password_auth_supported(self) -> bool:
         return False
 
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        # No forwarding from a task's session (asyncssh would answer "Connection refused",
+        # which reads as if nothing listened there).
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding is not allowed here"
+        )
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "socket forwarding is not allowed here"
+        )
+
     def kbdint_auth_supported(self) -> bool:
         return False
 
@@ -461,6 +475,12 @@ async def _handle_process(
         return
     if context.refusal is not None:
         process.stderr.write(f"vi-flow: {context.refusal}\n".encode())
+        process.exit(1)
+        return
+    if process.subsystem is not None:  # sftp has its own handler; no other is served
+        process.stderr.write(
+            f"vi-flow: no subsystem {process.subsystem!r} here (sftp is)\n".encode()
+        )
         process.exit(1)
         return
     pty = process.get_terminal_type() is not None
