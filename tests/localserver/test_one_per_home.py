@@ -168,6 +168,21 @@ def test_a_stale_run_file_is_replaced(home: Path) -> None:
     assert new is not None and new.pid != old.pid and alive(new.pid)
 
 
+def test_a_run_file_removed_under_a_live_server_comes_back(home: Path) -> None:
+    # Found by QA: with server.json gone, status said no server ran, stop did nothing,
+    # and every client waited 10 s for a server that held the home and never republished.
+    script(home, LIST_FLOWS)
+    info = run_file(home)
+    assert info is not None
+    (home / RUN_FILE).unlink()
+    back = wait_for(lambda: run_file(home), timeout=15, what="the run file to be written again")
+    assert back.pid == info.pid and back.secret == info.secret
+    (home / RUN_FILE).write_bytes(b"garbage{")
+    wait_for(lambda: run_file(home), timeout=15, what="a spoilt run file to be replaced")
+    assert cli(home, "server", "status").returncode == 0
+    assert script(home, LIST_FLOWS).stdout.strip() == "0" and server_pids(home) == [info.pid]
+
+
 class _Impostor(http.server.BaseHTTPRequestHandler):
     seen_auth: list[str] = []
 

@@ -78,7 +78,9 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
         app[LIFECYCLE_KEY].connections = lambda: (
             len(runner.server.connections) if runner.server else 0
         )
-        await asyncio.to_thread(publish, _info(app, settings, port))
+        info = _info(app, settings, port)
+        await asyncio.to_thread(publish, info)
+        app[LIFECYCLE_KEY].published = info  # kept published while it serves
     except BaseException:
         await runner.cleanup()
         raise

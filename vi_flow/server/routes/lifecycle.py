@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import attrs
 from aiohttp import web
@@ -21,12 +22,12 @@ from aiohttp import web
 from ... import __version__
 from ...models.common import Condition
 from ...models.runs import Run
-from ...models.server import ServerStatus
+from ...models.server import ServerInfo, ServerStatus
 from ...models.tasks import ReservationStatus
 from ..db import Connection
 from ..errors import APIProblem
 from ..helpers import Handler, json_response, principal_of, read_body
-from ..home import mark_stopped
+from ..home import HomeError, mark_stopped, publish, read_run_file
 from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
@@ -39,6 +40,8 @@ log = logging.getLogger("vi_flow.server")
 _OPEN_RESERVATIONS = frozenset({ReservationStatus.SCHEDULED, ReservationStatus.ACTIVE})
 #: How often an idle background server looks at itself.
 _IDLE_CHECK = 5.0
+#: How often a server looks at its run file (someone may have removed it).
+_RUN_FILE_CHECK = 2.0
 
 
 @attrs.define
@@ -50,11 +53,14 @@ class Lifecycle:
             through the API (an in-process server lives as long as its process).
         connections: How many client connections are open now.
         stopping: A stop was accepted (:func:`refuse_while_stopping`).
+        published: What the server wrote to its home's run file; None before it did
+            (and for a server that publishes none).
     """
 
     request_stop: Callable[[], None] | None = None
     connections: Callable[[], int] = lambda: 0
     stopping: bool = False  # a stop was accepted: requests that change things get 503
+    published: ServerInfo | None = None
 
 
 LIFECYCLE_KEY = web.AppKey("vi_flow.lifecycle", Lifecycle)
@@ -211,10 +217,30 @@ async def _idle_watch(app: web.Application) -> AsyncIterator[None]:
     watcher = None
     if settings.mode == "background" and settings.idle_timeout > 0:
         watcher = asyncio.create_task(_exit_when_idle(app, settings.idle_timeout))
+    keeper = asyncio.create_task(_keep_published(app[LIFECYCLE_KEY]))
     yield
-    if watcher is not None:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+    for task in (watcher, keeper):  # cancelled before the home lets its run file go
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _keep_published(lifecycle: Lifecycle) -> None:
+    """Write the run file again when it went missing or was overwritten while this
+    server holds the home: clients would find no server, and start none either."""
+    while True:
+        await asyncio.sleep(_RUN_FILE_CHECK)
+        info = lifecycle.published
+        if info is None or lifecycle.stopping:
+            continue
+        current = await asyncio.to_thread(read_run_file, Path(info.home))
+        if current is not None and current.secret == info.secret:
+            continue
+        log.warning("the run file in %s was missing or not this server's: written again", info.home)
+        try:
+            await asyncio.to_thread(publish, info)
+        except HomeError as exc:
+            log.warning("%s", exc)
 
 
 async def _exit_when_idle(app: web.Application, timeout: float) -> None:
