@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import vi_flow
 from vi_flow.server import embedded
 
 from .conftest import Invoker, write
@@ -159,6 +161,20 @@ def test_execute_answers_tool_calls_from_the_command_line(vf: Invoker, tmp_path:
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "Lima: sunny\n"
     assert "get_weather" in result.stderr  # the call is shown
+
+
+def test_runs_list_shows_how_long_an_unfinished_run_has_run(vf: Invoker, tmp_path: Path) -> None:
+    # A paused run's record does not change while it waits: ELAPSED said 0ms (found by QA)
+    flow_id = json.loads(
+        vf("flows", "create", "-f", str(write(tmp_path / "tool.yaml", TOOL_SPEC)), "--json").stdout
+    )["flowId"]
+    with vi_flow.Client() as client:
+        paused = client.flow(flow_id).execute_async(parameters={"city": "Lima"})
+        time.sleep(1.2)
+        listed = vf("runs", "list", "--flow", flow_id)
+        row = next(line for line in listed.stdout.splitlines() if paused.execution_id in line)
+        assert "Running" in row and not row.rstrip().endswith("ms"), row  # 1.2s or more
+        client.runs.cancel(paused.execution_id)
 
 
 def test_unanswered_tool_call_fails_the_run_instead_of_waiting(vf: Invoker, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -42,6 +43,14 @@ def _condition(run: Run) -> str:
     return condition.value if condition is not None else "Unknown"
 
 
+def _elapsed(run: Run) -> str:
+    """How long the run took; for one not ended, how long it has run so far (a paused
+    run's record does not change while it waits)."""
+    condition = run.status.condition
+    end = run.metadata.last_updated if condition and condition.terminal else time.time() * 1000
+    return duration(end - run.metadata.time_created)
+
+
 @runs.command("list")
 @click.option("--flow", "flow_id", help="Only runs of this flow.")
 @click.option(
@@ -76,7 +85,7 @@ def list_(
             r.spec.flow_version,
             _condition(r),
             when(r.metadata.time_created),
-            duration(r.metadata.last_updated - r.metadata.time_created),
+            _elapsed(r),
         )
         for r in items
     ]
