@@ -183,6 +183,24 @@ def test_a_run_file_removed_under_a_live_server_comes_back(home: Path) -> None:
     assert script(home, LIST_FLOWS).stdout.strip() == "0" and server_pids(home) == [info.pid]
 
 
+def test_a_broken_config_file_does_not_keep_server_commands_from_their_home(
+    home: Path, tmp_path: Path
+) -> None:
+    # With the home in VI_FLOW_HOME, `server status` and `stop` read the whole config file
+    # first, and a broken one made them usage errors (--home worked; found by QA).
+    script(home, LIST_FLOWS)
+    info = run_file(home)
+    assert info is not None
+    broken = tmp_path / "broken.toml"
+    broken.write_text('base_url = "local\n')
+    status = cli(home, "server", "status", "--json", VI_FLOW_CONFIG=str(broken))
+    assert json.loads(status.stdout)["pid"] == info.pid
+    cli(home, "server", "stop", VI_FLOW_CONFIG=str(broken))
+    assert not alive(info.pid)
+    listed = cli(home, "flows", "list", check=False, VI_FLOW_CONFIG=str(broken))
+    assert listed.returncode == 2 and str(broken) in listed.stderr  # the client needs it
+
+
 class _Impostor(http.server.BaseHTTPRequestHandler):
     seen_auth: list[str] = []
 

@@ -52,6 +52,8 @@ def _home() -> Path:
             " key, or vi-flow server status on its host)"
         )
     given: Path | None = click.get_current_context().meta.get(_HOME_KEY)
+    if given is None and os.environ.get("VI_FLOW_HOME"):
+        given = config.default_home()  # the config file is not read: it may be the trouble
     try:
         home = given or config.resolve_settings().home
     except ValueError as exc:
