@@ -201,6 +201,15 @@ def test_a_broken_config_file_does_not_keep_server_commands_from_their_home(
     assert listed.returncode == 2 and str(broken) in listed.stderr  # the client needs it
 
 
+def test_a_server_log_that_cannot_be_written_is_one_line_not_a_traceback(home: Path) -> None:
+    (home / "logs" / "server.log").mkdir(parents=True)  # as root, chmod would not stop it
+    done = cli(home, "flows", "list", check=False)
+    assert done.returncode == 6, done.stderr
+    assert f"cannot write the server log {home / 'logs' / 'server.log'}" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert server_pids(home) == []
+
+
 class _Impostor(http.server.BaseHTTPRequestHandler):
     seen_auth: list[str] = []
 

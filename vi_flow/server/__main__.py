@@ -65,10 +65,14 @@ def _serve(home: Path, idle_timeout: float, tell: int | None) -> int:
             os.close(fd)
 
     settings = ServerSettings(home=home, mode="background", idle_timeout=idle_timeout)
+    log_file = home / LOG_DIR / LOG_FILE
     try:
-        configure_logging(file=home / LOG_DIR / LOG_FILE)
+        configure_logging(file=log_file)
     except ValueError as exc:  # a bad VI_FLOW_LOG
         say(f"{exc}\n")
+        return 1
+    except OSError as exc:  # an unwritable or immutable log file: one line, as for the rest
+        say(f"cannot write the server log {log_file}: {exc.strerror or exc}\n")
         return 1
     try:
         run_server(settings, ready=lambda _port: say("ok\n"))
