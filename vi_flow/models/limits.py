@@ -38,6 +38,7 @@ __all__ = [
     "check_relative_path",
     "check_time_ms",
     "depth",
+    "has_control_characters",
     "shown",
     "type_name",
 ]
@@ -208,6 +209,11 @@ _DIRECTION = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u
 _SEPARATOR = frozenset("\u2028\u2029")
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a C0 or C1 control character or DEL (a newline, NUL, ESC)."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
     """A name or id of at most ``most`` characters, not blank, without control
     characters, line separators or text-direction controls."""
@@ -217,7 +223,7 @@ def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
         raise LimitError(field, "must not be empty" if not value else "must not be blank")
     if len(value) > most:
         raise LimitError(field, f"longer than {most} characters ({len(value)})")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value) or not _SEPARATOR.isdisjoint(value):
+    if has_control_characters(value) or not _SEPARATOR.isdisjoint(value):
         raise LimitError(field, f"must not hold control characters: {shown(value)}")
     if not _DIRECTION.isdisjoint(value):
         raise LimitError(field, f"must not hold text-direction control characters: {shown(value)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...models.limits import shown
+from ...models.limits import has_control_characters, shown
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
 from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
@@ -97,7 +97,7 @@ def visible_path(workdir: Path, mount_path: str) -> Path:
         problem = "must name a folder in the workspace, not the workspace itself"
     elif ".." in relative.split("/"):
         problem = "must not go up with '..'"
-    elif not _encodable(relative) or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in relative):
+    elif not _encodable(relative) or has_control_characters(relative):
         problem = "must not hold control characters (a newline, NUL) or invalid UTF-8"
     else:
         return workdir / relative
