@@ -1,6 +1,8 @@
 // The console's entry: session, navigation between pages, and the simple lists.
 'use strict';
-import { api, badge, errorText, h, leavePage, navigate, notice, state, table, when } from './lib.js';
+import {
+  api, badge, drawPager, errorText, h, leavePage, navigate, notice, pageToken, query, state, table, when,
+} from './lib.js';
 import { runPage, runsPage } from './runs.js';
 import { flowPage, flowsPage } from './flows.js';
 import { taskPage, tasksPage } from './tasks.js';
@@ -68,18 +70,20 @@ async function signOut() {
 }
 
 async function volumesPage(root) {
-  const page = await api('GET', '/v1/volumes?pageSize=200');
+  const token = pageToken();
+  const page = await api('GET', '/v1/volumes' + query({ pageToken: token, pageSize: 200 }));
   const rows = page.items.map((v) => h('tr', {},
-    h('td', {}, v.name), h('td', { class: 'mono' }, v.volumeId), h('td', {}, `${v.sizeGb} GB`),
+    h('td', {}, h('span', { class: 'clip', title: v.name }, v.name)), h('td', { class: 'mono' }, v.volumeId), h('td', {}, `${v.sizeGb} GB`),
     h('td', {}, v.region), h('td', {}, (v.attachedTo || []).join(', ') || '–'), h('td', {}, when(v.createdAt))));
   root.append(h('h1', {}, 'Volumes'),
-    rows.length ? table(['Name', 'ID', 'Size', 'Region', 'Attached to', 'Created'], rows) : notice('No volumes yet.'));
+    rows.length ? table(['Name', 'ID', 'Size', 'Region', 'Attached to', 'Created'], rows) : notice('No volumes yet.'),
+    drawPager(h('p', { class: 'pager' }), { path: '/volumes', token, nextPage: page.nextPage, older: 'Older volumes →' }));
 }
 
 async function reservationsPage(root) {
   const page = await api('GET', '/v1/reservations?pageSize=200');
   const rows = page.items.map((r) => h('tr', {},
-    h('td', {}, r.name), h('td', { class: 'mono' }, r.reservationId), h('td', {}, badge(r.status)),
+    h('td', {}, h('span', { class: 'clip', title: r.name }, r.name)), h('td', { class: 'mono' }, r.reservationId), h('td', {}, badge(r.status)),
     h('td', {}, r.instanceType + (r.gpuCount ? ` (${r.gpuCount}× ${r.gpuType || 'GPU'})` : '')),
     h('td', {}, when(r.startTime)), h('td', {}, when(r.endTime))));
   root.append(h('h1', {}, 'Reservations'),

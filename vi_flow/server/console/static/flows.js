@@ -1,18 +1,20 @@
 // Flows: the list, and one flow (its spec, versions, and an Execute form built from its inputs).
 'use strict';
-import { api, h, link, navigate, notice, pretty, table, when } from './lib.js';
+import { api, drawPager, h, link, navigate, notice, pageToken, pretty, query, table, when } from './lib.js';
 
 export async function flowsPage(root) {
-  const page = await api('GET', '/v1/flows?pageSize=200');
+  const token = pageToken();
+  const page = await api('GET', '/v1/flows' + query({ pageToken: token, pageSize: 200 }));
   const rows = page.items.map((f) => h('tr', {},
-    h('td', {}, link(`/flows/${f.flowId}`, f.spec.name)),
+    h('td', {}, link(`/flows/${f.flowId}`, f.spec.name, { class: 'clip', title: f.spec.name })),
     h('td', { class: 'mono' }, f.flowId),
     h('td', {}, String(f.spec.blocks.length)),
     h('td', {}, f.latestVersion ?? '–'),
     h('td', {}, f.productionVersion ?? '–'),
     h('td', {}, when(f.metadata.lastUpdated))));
   root.append(h('h1', {}, 'Flows'),
-    rows.length ? table(['Name', 'ID', 'Blocks', 'Latest version', 'Production', 'Updated'], rows) : notice('No flows yet.'));
+    rows.length ? table(['Name', 'ID', 'Blocks', 'Latest version', 'Production', 'Updated'], rows) : notice('No flows yet.'),
+    drawPager(h('p', { class: 'pager' }), { path: '/flows', token, nextPage: page.nextPage, older: 'Older flows →' }));
 }
 
 function versions(flow) {
@@ -45,7 +47,7 @@ function executeForm(flow) {
     onsubmit: async (e) => {
       e.preventDefault();
       problem.textContent = '';
-      const parameters = {};
+      const parameters = Object.create(null); // an input may be named __proto__
       for (const input of inputs) {
         const text = form.elements['param:' + input.name].value;
         if (text !== '') parameters[input.name] = parameterValue(text);

@@ -86,6 +86,29 @@ export function query(params) {
   return s ? '?' + s : '';
 }
 
+/** The page of a list this URL asks for ('' for the first, newest one). */
+export function pageToken() {
+  return new URLSearchParams(location.search).get('pageToken') || '';
+}
+
+/**
+ * Draw the pager under a list read page by page into `el`: "Newest" while on a later page
+ * (`token`), and `older` to the next page when there is one; `params` are the list's
+ * filters, kept. Redrawn only when a link changes, so a live list's refresh leaves the
+ * keyboard focus where it was.
+ */
+export function drawPager(el, { path, params = {}, token, nextPage, older }) {
+  const links = [
+    token ? link(path + query(params), 'Newest') : '',
+    nextPage ? link(path + query({ ...params, pageToken: nextPage }), older) : '',
+  ];
+  const signature = links.map((a) => a && a.getAttribute('href')).join(' ');
+  if (el.dataset.signature === signature) return el;
+  el.dataset.signature = signature;
+  el.replaceChildren(...links);
+  return el;
+}
+
 export function when(ms) {
   if (!ms) return '–';
   const d = new Date(ms);

@@ -1,7 +1,7 @@
 // Runs: the list (newest first, filters, live status) and one run (timeline, events, tool calls).
 'use strict';
 import {
-  actionButton, api, badge, duration, every, h, link, navigate, notice, onLeave,
+  actionButton, api, badge, drawPager, duration, every, h, link, navigate, notice, onLeave,
   pretty, query, refreshRows, when,
 } from './lib.js';
 import { RunEvents } from './events.js';
@@ -18,7 +18,7 @@ function runRow(run) {
   const c = condition(run);
   return h('tr', { 'data-run': run.runId, 'data-key': run.runId },
     h('td', {}, link(`/runs/${run.runId}`, run.runId, { class: 'mono' })),
-    h('td', {}, link(`/flows/${run.spec.flowId}`, run.spec.flow.name || run.spec.flowId)),
+    h('td', {}, link(`/flows/${run.spec.flowId}`, run.spec.flow.name || run.spec.flowId, { class: 'clip', title: run.spec.flow.name })),
     h('td', {}, String(run.spec.flowVersion)),
     h('td', {}, badge(c)),
     h('td', {}, when(run.metadata.timeCreated)),
@@ -31,18 +31,37 @@ function select(name, label, options, value, onchange) {
       options.map(([v, text]) => h('option', { value: v, selected: v === value }, text))));
 }
 
+/** The Flow filter's choices: the flows (as many as one page holds), and always the one applied. */
+async function flowChoices(flowId) {
+  const flows = await api('GET', '/v1/flows?pageSize=1000');
+  const choices = flows.items.map((f) => [f.flowId, f.spec.name + ' · ' + f.flowId]);
+  if (flowId && !choices.some(([id]) => id === flowId)) choices.unshift([flowId, await flowLabel(flowId)]);
+  return [['', 'All flows'], ...choices];
+}
+
+// A filter by a flow beyond that page, or one that does not exist (for this organization),
+// still shows: a select without its value would show "All flows" over a filtered table.
+async function flowLabel(flowId) {
+  try {
+    const flow = await api('GET', `/v1/flows/${encodeURIComponent(flowId)}`);
+    return flow.spec.name + ' · ' + flowId;
+  } catch {
+    return 'unknown flow · ' + flowId;
+  }
+}
+
 export async function runsPage(root) {
   const params = new URLSearchParams(location.search);
   const flowId = params.get('flowId') || '';
   const cond = params.get('condition') || '';
   const token = params.get('pageToken') || '';
-  const flows = await api('GET', '/v1/flows?pageSize=200');
+  const flows = await flowChoices(flowId);
   const refilter = (e) => {
     const form = e.target.form;
     navigate('/runs' + query({ flowId: form.flowId.value, condition: form.condition.value }), true);
   };
   const filters = h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
-    select('flowId', 'Flow', [['', 'All flows'], ...flows.items.map((f) => [f.flowId, f.spec.name + ' · ' + f.flowId])], flowId, refilter),
+    select('flowId', 'Flow', flows, flowId, refilter),
     select('condition', 'Condition', [['', 'Any'], ...CONDITIONS.map((c) => [c, c])], cond, refilter));
   const body = h('tbody');
   const more = h('p', { class: 'pager' });
@@ -54,9 +73,7 @@ export async function runsPage(root) {
     const page = await api('GET', '/v1/runs' + query({ flowId, condition: cond, pageToken: token, pageSize: 50 }));
     const rows = page.items.map(runRow);
     refreshRows(body, rows.length ? rows : [h('tr', {}, h('td', { colspan: 6 }, 'No runs match.'))]);
-    more.replaceChildren(
-      token ? link('/runs' + query({ flowId, condition: cond }), 'Newest') : '',
-      page.nextPage ? link('/runs' + query({ flowId, condition: cond, pageToken: page.nextPage }), 'Older runs →') : '');
+    drawPager(more, { path: '/runs', params: { flowId, condition: cond }, token, nextPage: page.nextPage, older: 'Older runs →' });
   };
   await load();
   every(2000, () => load().catch(() => {}));

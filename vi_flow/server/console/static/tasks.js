@@ -1,12 +1,16 @@
 // Tasks: the list (state, instance), and one task (live log, state changes, Cancel, artifacts).
 'use strict';
 import {
-  VirtualList, actionButton, api, badge, duration, every, h, link, notice, onLeave, refreshRows, table, when,
+  VirtualList, actionButton, api, badge, drawPager, duration, every, h, link, notice, onLeave, pageToken,
+  query, refreshRows, table, when,
 } from './lib.js';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
 const KEEP = 50000; // log lines kept in memory; the page shows a window of them
 const KEEP_CHARS = 16 * 1024 * 1024; // and at most this much of their text (long lines)
+// A line keeps (and shows) no more characters than this and counts the rest: a line of
+// 17 MB drawn whole stalled the page for seconds, and one without an end would grow on.
+const LINE_CHARS = 256 * 1024;
 const FROM_END = 2 * 1024 * 1024; // a long log opens on its last 2 MiB
 
 function instance(t) {
@@ -14,16 +18,19 @@ function instance(t) {
 }
 
 export async function tasksPage(root) {
+  const token = pageToken();
   const body = h('tbody');
+  const more = h('p', { class: 'pager' });
   root.append(h('h1', {}, 'Tasks'), h('div', { class: 'table-wrap' }, h('table', { id: 'tasks' },
-    h('thead', {}, h('tr', {}, ['Task', 'Name', 'State', 'Instance', 'Created', 'Exit code'].map((x) => h('th', { scope: 'col' }, x)))), body)));
+    h('thead', {}, h('tr', {}, ['Task', 'Name', 'State', 'Instance', 'Created', 'Exit code'].map((x) => h('th', { scope: 'col' }, x)))), body)), more);
   const load = async () => {
-    const page = await api('GET', '/v1/tasks?pageSize=100');
+    const page = await api('GET', '/v1/tasks' + query({ pageToken: token, pageSize: 100 }));
     const rows = page.items.map((t) => h('tr', { 'data-task': t.taskId, 'data-key': t.taskId },
-      h('td', {}, link(`/tasks/${t.taskId}`, t.taskId, { class: 'mono' })), h('td', {}, t.name),
+      h('td', {}, link(`/tasks/${t.taskId}`, t.taskId, { class: 'mono' })), h('td', {}, h('span', { class: 'clip', title: t.name }, t.name)),
       h('td', {}, badge(t.status)), h('td', {}, instance(t)), h('td', {}, when(t.createdAt)),
       h('td', {}, ended(t))));
     refreshRows(body, rows.length ? rows : [h('tr', {}, h('td', { colspan: 6 }, 'No tasks yet.'))]);
+    drawPager(more, { path: '/tasks', token, nextPage: page.nextPage, older: 'Older tasks →' });
   };
   await load();
   every(2000, () => load().catch(() => {}));
@@ -70,10 +77,81 @@ function logView() {
     rowHeight: 20,
     render: (row, line) => {
       row.className = 'vl-row log-line' + (line.stream === 'stderr' ? ' stderr' : '') + (row.classList.contains('selected') ? ' selected' : '');
-      row.textContent = line.text;
+      row.textContent = line.more ? `${line.text} … (${line.more.toLocaleString()} more characters)` : line.text;
     },
   });
   return { counter, list };
+}
+
+/**
+ * The log's lines as the stream's frames bring them, handed to `list` (and their count to
+ * `drawn`) once per animation frame; the newest KEEP lines are kept, with no more than
+ * KEEP_CHARS of text, LINE_CHARS of any one. `midLine[stream]`: the stream starts inside
+ * a line, left out. Returns `take(stream, text)`, to call with each frame.
+ */
+function keptLines(list, midLine, drawn) {
+  let lines = [];
+  let dropped = 0; // lines no longer kept
+  let queue = [];
+  let flushing = false;
+  let kept = 0; // characters of text in lines and queue
+  // A stream's last line while no "\n" has ended it: the server sends a line longer than
+  // one read (256 KiB) in several frames, and the next frame of the stream goes on with it.
+  const open = { stdout: null, stderr: null };
+  const flush = () => {
+    flushing = false;
+    lines = lines.concat(queue);
+    queue = [];
+    let cut = Math.max(0, lines.length - KEEP);
+    let gone = 0;
+    for (let i = 0; i < cut; i++) gone += lines[i].text.length;
+    while (kept - gone > KEEP_CHARS && cut < lines.length - 1) gone += lines[cut++].text.length;
+    if (cut) { dropped += cut; kept -= gone; lines = lines.slice(cut); }
+    list.setItems(lines);
+    drawn(lines.length + dropped, dropped);
+  };
+  // `at`: the line's place in the whole log, so lines[i].at === dropped + i.
+  const push = (stream, text) => {
+    const line = { stream, text: '', more: 0, at: dropped + lines.length + queue.length };
+    grow(line, text);
+    queue.push(line);
+    return line;
+  };
+  const grow = (line, text) => {
+    let room = line.more ? 0 : LINE_CHARS - line.text.length;
+    if (text.length > room) {
+      const high = text.charCodeAt(room - 1);
+      if (high >= 0xD800 && high <= 0xDBFF) room -= 1; // not half of a surrogate pair
+      line.more += text.length - room;
+      text = text.slice(0, room);
+    }
+    line.text += text;
+    kept += text.length;
+  };
+  const join = (stream, text) => {
+    if (open[stream] && open[stream].at < dropped) { // its start is no longer kept: nor is its rest
+      open[stream] = null;
+      midLine[stream] = true;
+    }
+    if (midLine[stream]) { // leave out the partial line, up to its "\n" (maybe frames later)
+      const end = text.indexOf('\n');
+      if (end < 0) return;
+      midLine[stream] = false;
+      text = text.slice(end + 1);
+    }
+    const pieces = text.split('\n');
+    const rest = pieces.pop(); // after the last "\n": the start of a line not ended yet
+    let line = open[stream];
+    if (line && pieces.length) { grow(line, pieces.shift()); line = null; }
+    for (const piece of pieces) push(stream, piece);
+    if (line) grow(line, rest);
+    else if (rest) line = push(stream, rest);
+    open[stream] = line;
+  };
+  return (stream, text) => {
+    join(stream, text);
+    if (!flushing) { flushing = true; requestAnimationFrame(flush); }
+  };
 }
 
 export async function taskPage(root, taskId) {
@@ -83,11 +161,9 @@ export async function taskPage(root, taskId) {
   const info = h('div', { class: 'two-col' });
   const files = h('section', {}, h('h2', {}, 'Artifacts'), h('div'));
   const { counter, list } = logView();
-  let lines = [];
-  let dropped = 0;
   let skipped = false;
-  const drawCount = () => {
-    counter.textContent = `${(lines.length + dropped).toLocaleString()} lines` +
+  const drawCount = (total = 0, dropped = 0) => {
+    counter.textContent = `${total.toLocaleString()} lines` +
       (dropped ? ` (the first ${dropped.toLocaleString()} are no longer kept here)` : '') +
       (skipped ? ' · earlier output skipped: showing the log\'s last 2 MiB' : '');
   };
@@ -126,36 +202,11 @@ export async function taskPage(root, taskId) {
     skipped = start.stdout > 0 || start.stderr > 0;
     from = `&lastEventId=${start.stdout}:${start.stderr}`;
   }
-  let queue = [];
-  let flushing = false;
-  let kept = 0; // characters of text in lines
-  const midLine = { stdout: start.stdout > 0, stderr: start.stderr > 0 };
-  const flush = () => {
-    flushing = false;
-    for (const line of queue) kept += line.text.length;
-    lines = lines.concat(queue);
-    queue = [];
-    // Keep the newest KEEP lines, and no more than KEEP_CHARS of text.
-    let cut = Math.max(0, lines.length - KEEP);
-    let gone = 0;
-    for (let i = 0; i < cut; i++) gone += lines[i].text.length;
-    while (kept - gone > KEEP_CHARS && cut < lines.length - 1) gone += lines[cut++].text.length;
-    if (cut) { dropped += cut; kept -= gone; lines = lines.slice(cut); }
-    list.setItems(lines);
-    drawCount();
-  };
+  const take = keptLines(list, { stdout: start.stdout > 0, stderr: start.stderr > 0 }, drawCount);
   const source = new EventSource(`/v1/tasks/${taskId}/logs?follow=true${from}`);
   source.addEventListener('log', (msg) => {
     const data = JSON.parse(msg.data);
-    let text = String(data.text);
-    if (midLine[data.stream]) {
-      midLine[data.stream] = false;
-      const end = text.indexOf('\n');
-      text = end < 0 ? '' : text.slice(end + 1);
-      if (!text) return;
-    }
-    for (const part of text.replace(/\n$/, '').split('\n')) queue.push({ stream: data.stream, text: part });
-    if (!flushing) { flushing = true; requestAnimationFrame(flush); }
+    take(data.stream, String(data.text));
   });
   // A server-sent `event: error` (the log cannot be read) has data; a dropped connection
   // has none, and the browser reconnects by itself with Last-Event-ID.

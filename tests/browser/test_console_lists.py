@@ -1,0 +1,212 @@
+"""The console's lists past their first page, the Runs filter, odd input names, long log
+lines and long names (defects found by QA).
+
+Each test acts on the home's real server in Chromium, as in ``test_console.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import ConsoleServer
+from .test_console import _signed_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+LONG_NAME = "quarterly-revenue-forecast-" * 7 + "end"  # 192 characters, no space to break at
+
+
+@pytest.fixture(scope="module")
+def many_flows(console_server: ConsoleServer) -> list[str]:
+    """205 flows, oldest first: more than one page of the Flows list (200)."""
+    return [
+        console_server.flow(f"many-flow-{n:03d}", {"block": "emit", "settings": {"count": 1}})
+        for n in range(205)
+    ]
+
+
+def _walk(one: Any, server: ConsoleServer, path: str, older: str) -> list[list[str]]:
+    """Open a list's page and follow its ``older`` link to the end: each page's ids."""
+    one.page.goto(server.root + path)
+    pages = []
+    while True:
+        one.page.wait_for_selector("main tbody tr .mono")
+        pages.append(one.page.locator("main tbody tr .mono").all_inner_texts())
+        link = one.page.locator(f".pager a:text-is('{older}')")
+        if not link.count():
+            return pages
+        link.click()
+
+
+def _listed(server: ConsoleServer, kind: str, key: str) -> list[str]:
+    """The ids of the API's list, newest first (all of them fit one page of 1000)."""
+    return [item[key] for item in server.call("GET", f"/{kind}?pageSize=1000")["items"]]
+
+
+def _pages_back_and_forth(one: Any, server: ConsoleServer, kind: str, size: int) -> None:
+    key = {"flows": "flowId", "tasks": "taskId", "volumes": "volumeId"}[kind]
+    everything = _listed(server, kind, key)
+    assert len(everything) > size
+    pages = _walk(one, server, f"/{kind}", f"Older {kind} →")
+    assert pages == [everything[:size], everything[size:]]  # the oldest ones too, once each
+    one.page.click(".pager a:text-is('Newest')")
+    one.page.wait_for_selector("main tbody tr .mono")
+    assert one.page.locator("main tbody tr .mono").all_inner_texts() == pages[0]
+    assert "pageToken" not in one.page.url
+
+
+def test_the_flows_list_pages_back_to_the_oldest_flow(
+    visit: Any, console_server: ConsoleServer, many_flows: list[str]
+) -> None:
+    one = _signed_in(visit, console_server)
+    _pages_back_and_forth(one, console_server, "flows", 200)
+
+
+def test_the_tasks_list_pages_back_to_the_oldest_task(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    for n in range(105):  # not waited for: the list shows them in any state
+        console_server.call("POST", "/tasks", {"name": f"many-task-{n:03d}", "command": "true"})
+    one = _signed_in(visit, console_server)
+    _pages_back_and_forth(one, console_server, "tasks", 100)
+    one.page.focus(".pager a:text-is('Older tasks →')")
+    for _ in range(2):  # refreshes of the live list keep the keyboard focus on its pager
+        with one.page.expect_response(re.compile(r"/v1/tasks\?")) as refresh:
+            pass
+        refresh.value.finished()
+    time.sleep(0.3)  # the page draws right after it has read the answer
+    assert one.page.evaluate("document.activeElement.textContent") == "Older tasks →"
+
+
+def test_the_volumes_list_pages_back_to_the_oldest_volume(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    for n in range(201):
+        console_server.call("POST", "/volumes", {"name": f"many-volume-{n:03d}", "sizeGb": 1})
+    one = _signed_in(visit, console_server)
+    _pages_back_and_forth(one, console_server, "volumes", 200)
+
+
+def _flow_filter(one: Any) -> str:
+    """The text of the option the Runs page's Flow filter shows."""
+    chosen = one.page.locator("select[name=flowId] option:checked")
+    return str(chosen.inner_text())
+
+
+def test_the_runs_flow_filter_shows_the_filter_applied(
+    visit: Any, console_server: ConsoleServer, many_flows: list[str]
+) -> None:
+    # Its options were one page of 200 flows: for an older flow the select said "All
+    # flows" over a table of that flow's runs alone.
+    oldest = many_flows[0]
+    run = console_server.call("POST", f"/flows/{oldest}/jobs", {})["executionId"]
+    spec = {"name": "theirs", "blocks": [{"block": "emit"}], "inputs": []}
+    theirs = console_server.call(
+        "POST", "/flows", {"spec": spec}, token=console_server.other_token
+    )["flowId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/runs?flowId={oldest}")
+    one.page.wait_for_selector(f"#runs tr[data-run='{run}']")
+    assert one.page.locator("#runs tbody tr").count() == 1
+    assert _flow_filter(one) == f"many-flow-000 · {oldest}"
+    options = one.page.locator("select[name=flowId] option").count()
+    assert options == 1 + len(_listed(console_server, "flows", "flowId"))  # every flow
+    for missing in ("flow_0123456789abcdef", theirs):  # none, or another organization's
+        one.page.goto(f"{console_server.root}/runs?flowId={missing}")
+        one.page.wait_for_selector("text=No runs match.")
+        assert _flow_filter(one) == f"unknown flow · {missing}"
+
+    # A flow beyond the one page of options is named from GET /v1/flows/{id}.
+    answer = {"items": [], "nextPage": None}
+    one.page.route(re.compile(r"/v1/flows\?pageSize=1000$"), lambda r: r.fulfill(json=answer))
+    one.page.goto(f"{console_server.root}/runs?flowId={oldest}")
+    one.page.wait_for_selector(f"#runs tr[data-run='{run}']")
+    assert _flow_filter(one) == f"many-flow-000 · {oldest}"
+    assert one.page.locator("select[name=flowId] option").count() == 2
+
+
+def test_an_input_named_like_an_objects_builtin_is_sent(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # `parameters[name] = value` on a plain object set its prototype for "__proto__": the
+    # value was dropped and the run refused ("required input not given").
+    inputs = [{"name": name, "required": True} for name in ("__proto__", "constructor")]
+    flow = console_server.flow("odd inputs", {"block": "emit"}, inputs=inputs)
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/flows/{flow}")
+    form = one.page.locator("form.execute")
+    form.locator("input[name='param:__proto__']").fill('{"polluted": true}')
+    form.locator("input[name='param:constructor']").fill("Oslo")
+    form.locator("button[type=submit]").click()
+    one.page.wait_for_url(re.compile(r"/runs/run_"))
+    run_id = one.page.url.rsplit("/", 1)[1]
+    parameters = console_server.call("GET", f"/runs/{run_id}")["spec"]["parameters"]
+    assert parameters == {"__proto__": {"polluted": True}, "constructor": "Oslo"}
+
+
+def _log_rows(one: Any) -> list[tuple[int, str]]:
+    """The drawn log rows: each one's length and last 40 characters."""
+    rows = one.page.evaluate(
+        "[...document.querySelectorAll('.log-line:not([hidden])')]"
+        ".map(r => [r.textContent.length, r.textContent.slice(-40)])"
+    )
+    return [(n, tail) for n, tail in rows]
+
+
+def test_a_log_line_longer_than_one_read_stays_one_line(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # The server sends a line past 256 KiB in pieces, only the last one ending in "\n";
+    # the page drew each piece as a line of its own. The first sleep lets the page open
+    # before the log is long; the second makes it draw the line's start before its rest.
+    command = (
+        "sleep 2; head -c 8000000 /dev/zero | tr '\\0' x; sleep 1;"
+        " head -c 9000000 /dev/zero | tr '\\0' x; echo -end; echo after"
+    )
+    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('after')", timeout=60_000)
+    assert one.page.inner_text(".section-head .muted") == "2 lines"
+    note = " … (16,737,860 more characters)"  # 17,000,004 - 262,144 drawn
+    assert _log_rows(one) == [(262_144 + len(note), ("x" * 40 + note)[-40:]), (5, "after")]
+
+
+def test_the_rest_of_a_long_line_no_longer_kept_is_left_out(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # The long line's start is pushed out of the page's 50,000 lines by stderr before its
+    # end comes: that end is not a line of its own.
+    command = "head -c 300000 /dev/zero | tr '\\0' x; seq 50001 >&2; sleep 2; echo -end; echo next"
+    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('next')", timeout=60_000)
+    counter = one.page.inner_text(".section-head .muted")
+    assert counter == "50,003 lines (the first 3 are no longer kept here)"
+    assert _log_rows(one)[-2:] == [(5, "50001"), (4, "next")]
+
+
+def test_long_names_keep_every_column_in_view(visit: Any, console_server: ConsoleServer) -> None:
+    # The Flow select took its longest option's width and the Flow column did not wrap: at
+    # 1280 px the page was 1861 px wide, and Condition, Created and Took were off screen.
+    flow = console_server.flow(LONG_NAME, {"block": "emit"})
+    console_server.call("POST", f"/flows/{flow}/jobs", {})
+    console_server.call("POST", "/tasks", {"name": LONG_NAME, "command": "true"})
+    for width in (1280, 390):
+        one = _signed_in(visit, console_server, width=width, height=800)
+        for path in ("/runs", "/flows", "/tasks"):
+            one.page.goto(console_server.root + path)
+            one.page.wait_for_selector(f"main tbody :text('{LONG_NAME[:40]}')")
+            page_width = one.page.evaluate("document.documentElement.scrollWidth")
+            assert page_width <= width, (path, width, page_width)
+            if width == 1280:  # every column in view, none scrolled off
+                wrap = "document.querySelector('.table-wrap')"
+                over = one.page.evaluate(f"{wrap}.scrollWidth - {wrap}.clientWidth")
+                assert over <= 0, (path, over)
+            shown = one.page.locator(f"main tbody [title='{LONG_NAME}']")  # whole on hover
+            assert shown.count() == 1, path
