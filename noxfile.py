@@ -83,6 +83,22 @@ def tests_lowest(session: nox.Session) -> None:
     session.run("pytest", "-m", _LOCAL_ONLY, *ignore, *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def tests_newest(session: nox.Session) -> None:
+    """The SDK's suites (client, sync bridge, execution, compute, CLI, seeds, engine) with
+    the newest of everything: CI runs it on the newest Python supported
+    (``VI_FLOW_NOX_PYTHON=3.13``), as it runs ``tests_lowest`` on the oldest. The server's
+    own suites stay with ``tests``, which ran them on the default Python."""
+    _install_bubblewrap(session)
+    session.install("-e", ".[test]")
+    paths = [
+        "tests/client", "tests/sync", "tests/execution", "tests/compute", "tests/seeds",
+        "tests/cli", "tests/engine", "tests/test_sse.py", "tests/test_public_api.py",
+        "tests/test_loglines.py", "tests/test_events_deferred.py", "tests/test_architecture.py",
+    ]  # fmt: skip
+    session.run("pytest", "-p", "no:cacheprovider", "-m", _LOCAL_ONLY, *paths, *session.posargs)
+
+
 def _floors() -> list[str]:
     """``name==floor`` for each runtime dependency of pyproject.toml that has a ``>=`` floor."""
     import re
