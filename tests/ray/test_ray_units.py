@@ -114,3 +114,25 @@ def test_a_revoked_token_means_the_command_never_runs(tmp_path: Path) -> None:
     assert _run(spec) == 0
     assert not (tmp_path / "ran").exists() and read_started(spec.paths) is None
     assert revoke(spec.paths) is False  # nothing left to take
+
+
+def test_the_env_is_loaded_behind_the_sandbox_and_keeps_rays_gpus(tmp_path: Path) -> None:
+    # Found by QA on Slurm (the Ray entry point did the same): the env was sourced before
+    # bubblewrap ran, so the task's PATH chose the `bwrap` that ran, outside the sandbox.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "bwrap").write_text("#!/bin/sh\necho ESCAPED\n")
+    (tools / "bwrap").chmod(0o755)
+    sandbox = ["env", "IN_SANDBOX=1"]  # stands for bwrap's argv: it runs what follows
+    code = 'echo "$IN_SANDBOX $MINE ${CUDA_VISIBLE_DEVICES-none}"; command -v bwrap'
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "MINE": "x", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+    spec = _spec(tmp_path / "t", ["/bin/sh", "-c", code], env)
+    prepare(spec)
+    run = ["/bin/sh", "-c", entrypoint(spec, sandbox)]
+    for given, seen in (("2", "2"), (None, "none")):  # what Ray gave the job, or nothing
+        outer = {"PATH": "/usr/bin:/bin", **({"CUDA_VISIBLE_DEVICES": given} if given else {})}
+        (spec.paths.root / ENV_FILE).unlink(missing_ok=True)
+        prepare(spec)
+        spec.paths.stdout.unlink(missing_ok=True)
+        assert subprocess.run(run, env=outer, timeout=10).returncode == 0
+        assert spec.paths.stdout.read_text() == f"1 x {seen}\n{tools}/bwrap\n"

@@ -70,3 +70,24 @@ async def test_a_job_and_a_shell_reach_nothing_of_another_organization(client: A
             await client.cancel(holder.task_id)
         finally:
             await b.cancel(victim.task_id)
+
+
+async def test_a_tasks_environment_is_loaded_inside_its_sandbox(client: Any) -> None:
+    # Found by QA: the batch script sourced the task's env before it ran bubblewrap, so
+    # a PATH naming a folder of the task's own put its `bwrap` in charge, outside the
+    # sandbox, as root (it read the admin token). And CUDA_VISIBLE_DEVICES of the env
+    # took the place of what Slurm gave the job.
+    async with await _organization_b(client) as b:
+        tools = (await b.create_volume(1, name="tools", interface="file")).path
+        fake = "printf '#!/bin/sh\\necho ESCAPED\\n' > tools/bwrap; chmod +x tools/bwrap"
+        made = await b.run(fake, mounts={"/tools": "volume://tools"})
+        assert await made.wait(timeout=30) == TaskStatus.COMPLETED
+        env = {"PATH": f"{tools}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "0,1,2,3", "MINE": "x"}
+        task = await b.run(
+            'echo "inside $MINE $PATH"; echo "gpus=${CUDA_VISIBLE_DEVICES-none}"', env=env
+        )
+        assert await task.wait(timeout=30) == TaskStatus.COMPLETED
+        out = await task.logs()
+        assert "ESCAPED" not in out, out
+        assert f"inside x {tools}:/usr/bin:/bin" in out  # the env itself still applies
+        assert "gpus=none" in out, out  # a CPU job: Slurm gave it no GPUs

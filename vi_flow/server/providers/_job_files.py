@@ -15,9 +15,9 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from .base import LaunchSpec
+from .base import InvalidRequest, LaunchSpec
 
-__all__ = ["ENV_FILE", "make_task_dirs", "write_secret_file"]
+__all__ = ["ENV_FILE", "load_env", "make_task_dirs", "write_secret_file"]
 
 #: The task's environment, mode 0600, in its directory until the job has read it.
 ENV_FILE = ".vi-flow-env"
@@ -28,14 +28,40 @@ def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
 
     Blocking: call it off the event loop. The file is created with mode 0600 before any
     byte is written, so no other user ever sees the values.
+
+    Raises:
+        InvalidRequest: A name a shell cannot set (the server refuses them when a task is
+            submitted; a task stored before it did fails, rather than the server).
     """
     for name in secrets:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"secret name {name!r} is not a valid environment variable name")
+            raise InvalidRequest(f"env: {name[:64]!r} is not a variable name a shell can set")
     text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def load_env(path: str) -> str:
+    """A shell script that sources and deletes the environment file ``path``, then
+    runs its arguments with ``exec`` (``sh -c SCRIPT NAME ARGV...``): run it *inside* the
+    task's sandbox. Sourced on the node before the sandbox, a task's ``PATH`` chose the
+    ``bwrap`` that ran, as root, and its ``LD_PRELOAD`` went into it.
+
+    ``CUDA_VISIBLE_DEVICES`` stays what the cluster gave the job (unset when it gave
+    none): the task's own env cannot claim other GPUs.
+    """
+    quoted = shlex.quote(path)
+    return "\n".join(
+        [
+            "vf_gpus=${CUDA_VISIBLE_DEVICES-}; vf_gave=${CUDA_VISIBLE_DEVICES+1}",
+            f"if [ -f {quoted} ]; then . {quoted}; rm -f {quoted}; fi",
+            'if [ -n "$vf_gave" ]; then export CUDA_VISIBLE_DEVICES="$vf_gpus";'
+            " else unset CUDA_VISIBLE_DEVICES; fi",
+            "unset vf_gpus vf_gave",
+            'exec "$@"',
+        ]
+    )
 
 
 def make_task_dirs(spec: LaunchSpec) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import attrs
 
-from .._job_files import ENV_FILE, make_task_dirs, write_secret_file
+from .._job_files import ENV_FILE, load_env, make_task_dirs, write_secret_file
 from ..base import LaunchSpec, TaskPaths
 
 __all__ = [
@@ -70,6 +70,7 @@ def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
         return shlex.quote(str(path))
 
     token, claimed = q(root / ENV_FILE), q(root / CLAIMED_FILE)
+    run = ["/bin/sh", "-c", load_env(str(root / CLAIMED_FILE)), "vi-flow-task", *spec.argv]
     lines = [
         # Ray stops a job with SIGTERM to every process of it: the command dies of it,
         # this shell notes it and lives on to record the command's status.
@@ -79,11 +80,11 @@ def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
         f"{{ echo 'vi_flow: task {spec.task_id} was cancelled before it started' >&2; "
         f"exit {REVOKED_EXIT}; }}",
         f'printf "%s\\n" "${{CUDA_VISIBLE_DEVICES-}}" > {q(root / STARTED_FILE)}',
-        f". {claimed}; rm -f {claimed}",
         '[ -z "${stopped-}" ] || exit 143',
         *_sandbox_check(sandbox, q(paths.stderr)),
-        f"{shlex.join([*sandbox, *spec.argv])} >> {q(paths.stdout)} 2>> {q(paths.stderr)}"
-        " < /dev/null",
+        # the environment is loaded inside the sandbox: loaded here, the task's PATH
+        # would choose the bwrap that runs (as the node's user), its LD_PRELOAD go in it
+        f"{shlex.join([*sandbox, *run])} >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
         "rc=$?",
         f'printf "%s\\n" "$rc" > {q(root / EXIT_FILE)}',
         'exit "$rc"',

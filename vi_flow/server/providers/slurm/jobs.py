@@ -20,6 +20,7 @@ import attrs
 from typing_extensions import Self
 
 from .._exits import Exit, from_wait_status
+from .._job_files import load_env
 
 __all__ = [
     "BASE_ENV",
@@ -250,18 +251,17 @@ class JobSubmission:
     sandbox: tuple[str, ...] = ()
 
     def script(self) -> str:
-        """The batch script: load and delete the secret file, then run the command (in
-        its sandbox, if any)."""
-        lines = ["#!/bin/bash"]
+        """The batch script: in the command's sandbox (if any), load and delete the
+        secret file, then run the command. Nothing of the task's reaches the script
+        before the sandbox: its environment would choose the ``bwrap`` run as root."""
+        lines = ["#!/bin/bash", f"cd {shlex.quote(self.working_dir)} || exit 127"]
+        run = ["/bin/bash", "-c", self.command]
         if self.secret_file:
-            quoted = shlex.quote(self.secret_file)
-            lines.append(f"if [ -f {quoted} ]; then . {quoted}; rm -f {quoted}; fi")
-        lines.append(f"cd {shlex.quote(self.working_dir)} || exit 127")
-        run = f"/bin/bash -c {shlex.quote(self.command)}"
+            run = ["/bin/bash", "-c", load_env(self.secret_file), "vi-flow-task", *run]
         if not self.sandbox:
-            lines.append(f"exec {run}")
+            lines.append(f"exec {shlex.join(run)}")
             return "\n".join(lines) + "\n"
-        lines += [*_SANDBOX_CHECK, f"{shlex.join(self.sandbox)} {run}", *_SANDBOX_EXIT]
+        lines += [*_SANDBOX_CHECK, shlex.join([*self.sandbox, *run]), *_SANDBOX_EXIT]
         return "\n".join(lines) + "\n"
 
     def body(self, version: str = "v0.0.38") -> dict[str, Any]:
