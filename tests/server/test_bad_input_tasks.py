@@ -31,6 +31,11 @@ def _refused(answer: Any, field: str) -> None:
         ({"A\x00B": "x"}, "env"),
         ({"A=B": "x"}, "env"),
         ({"": "x"}, "env"),
+        # A shell cannot set these: a cluster job's shell failed on them, and the
+        # server's restart after it (found by QA on Slurm)
+        ({"A-B": "x"}, "env"),
+        ({"1X": "x"}, "env"),
+        ({"X$(id)": "x"}, "env"),
         ({"GOOD": "a\x00b"}, "env.GOOD"),
     ],
 )

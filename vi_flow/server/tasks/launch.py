@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _ENV_NAME = re.compile(r"[^A-Z0-9]+")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a POSIX shell can set
 
 
 def command_argv(config: TaskConfig) -> list[str]:
@@ -57,15 +58,20 @@ def check_config(config: TaskConfig) -> None:
 
 
 def check_env(env: dict[str, str]) -> None:
-    """Refuse variables no process can be given: no process would start with them.
+    """Refuse variables a task could not be given on every provider: a name a shell
+    cannot set (the cluster providers hand the environment over in a file the job's
+    shell reads; ``A-B`` failed the job there, and the server's start after it), or a
+    value no process can hold.
 
     Raises:
         APIProblem: 422 naming ``env`` (a bad name) or ``env.<NAME>`` (a bad value).
     """
     for name, value in env.items():
-        if not name or "=" in name or not _encodable(name):
+        if not _VARIABLE.fullmatch(name):
             raise APIProblem.validation(
-                "env", f"{name[:64]!r} is not a variable name (empty, '=', NUL or not UTF-8)"
+                "env",
+                f"{shown(name[:64])} is not a variable name: letters, digits and '_', not"
+                " starting with a digit",
             )
         if not _encodable(value):
             raise APIProblem.validation(f"env.{name[:64]}", "must not hold NUL or invalid UTF-8")
