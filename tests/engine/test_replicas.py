@@ -244,3 +244,41 @@ async def test_each_replica_reports_the_work_it_holds_and_every_live_replica(
     assert (on_a["activeRuns"], on_b["activeRuns"]) == (1, 0), (on_a, on_b)
     assert on_a["replica"] == "r0" and on_b["replicas"] == ["r0", "r1"]
     await b.call("POST", f"/runs/{run_id}/cancel")
+
+
+async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are_503(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # Found by QA: PostgreSQL restarted under a running run; its event write failed, the
+    # run crashed, and ending it failed the same way: it stayed Running for good, its
+    # stream waited for ever, and every request in the outage was a 500.
+    (a,) = await _replicas(start_server, tmp_path, database, 1)
+    run_id = await _slow_job(a, count=200, interval=0.02)
+    first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
+    import psycopg  # tests_postgres has it
+
+    # from another database, held open: no new session may open on this one meanwhile
+    admin = psycopg.connect(database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+        admin.execute(  # every session of the database: the store's, the event log's...
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )
+        await asyncio.sleep(3.0)  # the run's next event writes fail meanwhile
+        during = await a.call("GET", "/flows")
+        assert during.status == 503, during.body
+        assert during.body["error"]["code"] == "DATABASE_UNAVAILABLE"
+        assert during.headers["Retry-After"] == "1"
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+        admin.close()
+    for _ in range(300):  # the run ends once the database is back (Error, or Succeeded)
+        run = (await a.call("GET", f"/runs/{run_id}")).body
+        if _last(run)["condition"] != "Running":
+            break
+        await asyncio.sleep(0.1)
+    assert _last(run)["condition"] in ("Error", "Succeeded"), run
+    rest, _ = await a.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id})
+    assert names(rest)[-1] == "flow_completed"  # a stream of it ends too

@@ -33,6 +33,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..models.limits import MAX_REQUEST_BODY, shown
 from .console.sessions import COOKIE, session_principal
+from .db import DatabaseUnavailable
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import STORE_KEY, Principal
@@ -240,6 +241,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_http(request, exc)
     except asyncio.CancelledError:
         raise
+    except DatabaseUnavailable:  # a PostgreSQL restart: worth a retry in a moment
+        log.warning("%s %s: the database cannot be reached", request.method, request.path)
+        response = error_response(
+            request,
+            503,
+            "DATABASE_UNAVAILABLE",
+            "the server's database cannot be reached now; try again in a moment",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     except ConnectionResetError:
         if _client_gone(request):
             raise  # the access middleware notes it; there is no one to answer

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ._errors import (
     DatabaseError,
     DatabaseSettingError,
+    DatabaseUnavailable,
     Error,
     IntegrityError,
     NewerDatabaseError,
@@ -40,6 +41,7 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseSettingError",
+    "DatabaseUnavailable",
     "Error",
     "IntegrityError",
     "Migration",

@@ -15,6 +15,7 @@ from ..home import HomeError
 __all__ = [
     "DatabaseError",
     "DatabaseSettingError",
+    "DatabaseUnavailable",
     "Error",
     "IntegrityError",
     "NewerDatabaseError",
@@ -29,6 +30,11 @@ IntegrityError = sqlite3.IntegrityError
 
 class PostgresError(sqlite3.DatabaseError):
     """A PostgreSQL error (the psycopg exception is its ``__cause__``)."""
+
+
+class DatabaseUnavailable(PostgresError):
+    """PostgreSQL cannot be reached or dropped the connection (a restart, the network):
+    worth trying again in a moment (the server answers ``503``)."""
 
 
 class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import RowMaker
 
-from ._errors import PostgresError, PostgresIntegrityError
+from ._errors import DatabaseUnavailable, PostgresError, PostgresIntegrityError
 from ._urls import redact
 from .dialect import to_pyformat
 
@@ -84,6 +84,8 @@ def _translated_errors() -> Iterator[None]:
         yield
     except psycopg.IntegrityError as exc:
         raise PostgresIntegrityError(str(exc).strip()) from exc
+    except psycopg.OperationalError as exc:  # the server went away, or cannot be reached
+        raise DatabaseUnavailable(str(exc).strip()) from exc
     except psycopg.Error as exc:
         raise PostgresError(str(exc).strip()) from exc
 
