@@ -57,6 +57,7 @@ log = logging.getLogger("vi_flow.server.engine")
 _RESTARTED = "the server stopped during the run"
 _REPLICA_LOST = "the server replica running it stopped (another replica took the run over)"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
+_END_TRIES = 900.0  # seconds a run that crashed is tried to be ended (its database away)
 _CANCEL_WAIT = 10.0
 
 
@@ -431,10 +432,10 @@ class Engine:
             if uncancel is not None:  # Python 3.11+: let later awaits run normally
                 uncancel()
             await self._stop_compute(key)
-            await self._end(key, Condition.CANCELLED, *self._why.get(key, _BY_THE_USER))
+            await self._end_surely(key, Condition.CANCELLED, *self._why.get(key, _BY_THE_USER))
         except Exception as exc:
             log.exception("run %s of %s crashed", key[1], key[0])
-            await self._end(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
+            await self._end_surely(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
         else:
             if paused is not None:
                 self._arm(paused)
@@ -448,6 +449,27 @@ class Engine:
             await self.executor.tasks.cancel_run(key)
         except Exception:  # the run ends Cancelled either way
             log.exception("could not cancel the tasks of run %s of %s", key[1], key[0])
+
+    async def _end_surely(self, key: RunKey, status: Condition, message: str, reason: str) -> None:
+        """:meth:`_end`, tried again while it fails: a run crashes when its database went
+        away (a PostgreSQL restart), and ending it then fails the same way; left so, it
+        stayed Running, its streams waited for ever and a stop was refused. Tried for
+        :data:`_END_TRIES` s at most (a shutdown cancels it: recovery ends the run)."""
+        delay, deadline = 0.5, asyncio.get_running_loop().time() + _END_TRIES
+        while True:
+            try:
+                await self._end(key, status, message, reason)
+                return
+            except Exception:
+                if asyncio.get_running_loop().time() >= deadline:
+                    log.exception("run %s of %s could not be ended", key[1], key[0])
+                    return
+                log.warning(
+                    "run %s of %s could not be ended yet; trying again in %.1f s",
+                    key[1], key[0], delay, exc_info=True,
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _end(self, key: RunKey, status: Condition, message: str, reason: str) -> None:
         row = await self.store.run(lambda c: tables.get_run(c, key))
