@@ -499,6 +499,17 @@ async def test_a_reservation_that_would_have_ended_already_is_refused(server: Se
     assert (await server.call("GET", "/reservations")).body["items"] == []
 
 
+async def test_credits_must_be_named_to_be_changed(server: Server) -> None:
+    # {"credit": 5} (a typo) or {} removed an organization's limit (found by QA)
+    org = (await server.call("GET", "/whoami")).body["organizationId"]
+    path = f"/organizations/{org}/credits"
+    assert (await server.call("PUT", path, json={"credits": 0})).status == 200
+    for body in ({"credit": 5}, {}):
+        _refused(await server.call("PUT", path, json=body), "credits")
+    assert (await server.call("GET", path)).body["credits"] == 0
+    assert (await server.call("PUT", path, json={"credits": None})).body["credits"] is None
+
+
 async def test_a_huge_bad_value_is_named_never_echoed_whole(server: Server) -> None:
     # Several messages repeated a 100 KB value whole (found by QA).
     huge = "x" * 100_000

@@ -254,7 +254,12 @@ async def get_credits(request: web.Request) -> web.Response:
 async def put_credits(request: web.Request) -> web.Response:
     """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
     org_id = await org_in_path(request, admin_for="setting credits")
-    credits = (await read_body(request)).get("credits")
+    body = await read_body(request)
+    if "credits" not in body:  # {"credit": 5} or {} took the limit away, unlimited
+        raise APIProblem.validation(
+            "credits", "is required: an integer >= 0, or null to remove the limit"
+        )
+    credits = body["credits"]
     if isinstance(credits, float) and credits.is_integer() and abs(credits) <= MAX_INT:
         credits = int(credits)  # 5.0 is the integer 5 in JSON
     if credits is not None and (not isinstance(credits, int) or isinstance(credits, bool)):
