@@ -160,3 +160,17 @@ async def test_dashboard_down_answers_503_naming_the_url_and_records_nothing(
             assert await client.list_tasks() == []
     finally:
         embedded.release(server)
+
+
+async def test_a_volume_cannot_be_mounted_into_a_ray_job_that_exists(client: Any) -> None:
+    # It answered "mounted" while nothing in the job could see it: a Ray job's sandbox is
+    # made when it is submitted, and Ray runs no shells that could see it later
+    await client.create_volume(1, name="late", interface="file")
+    task = await client.run("sleep 30")
+    try:
+        with pytest.raises(vi_flow.APIStatusError) as refused:
+            await client.mount_volume("late", task.task_id)
+        assert refused.value.status_code == 501, refused.value
+        assert "when submitting" in str(refused.value)
+    finally:
+        await client.cancel(task.task_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 
 import vi_flow
@@ -91,3 +92,20 @@ async def test_a_tasks_environment_is_loaded_inside_its_sandbox(client: Any) -> 
         assert "ESCAPED" not in out, out
         assert f"inside x {tools}:/usr/bin:/bin" in out  # the env itself still applies
         assert "gpus=none" in out, out  # a CPU job: Slurm gave it no GPUs
+
+
+async def test_a_volume_mounted_into_a_running_job_reaches_the_shells_opened_after(
+    client: Any,
+) -> None:
+    # It answered "mounted" and a shell found a dangling link: the shells' sandbox had
+    # the job's volumes of submit time only (found by QA)
+    volume = await client.create_volume(1, name="late", interface="file")
+    mark = anyio.Path(volume.path, "mark")
+    await mark.write_text("here\n")  # on the cluster's shared storage
+    task = await client.run("sleep 30", wait=True)
+    try:
+        assert await client.mount_volume("late", task.task_id)
+        shown = await client.shell(task.task_id, command="cat volumes/late/mark", echo=False)
+        assert shown.exit_status == 0 and shown.stdout == "here\n", shown.stderr
+    finally:
+        await client.cancel(task.task_id)

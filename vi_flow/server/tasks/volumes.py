@@ -169,6 +169,14 @@ class Volumes:
         task = await self._records.get(task_id, org_id)
         if task.status.terminal:
             raise APIProblem.conflict(f"task {task_id!r} has ended ({task.status.value})")
+        mounted = getattr(self._provider, "mounted", None)
+        if mounted is None:  # a cluster job's sandbox is fixed when it is submitted
+            raise APIProblem(
+                501,
+                "NOT_SUPPORTED",
+                f"the {self._provider.name!r} compute provider cannot mount a volume into a"
+                " task that exists: name the volume in the task's volumes when submitting it",
+            )
         volume = await self.get_volume(org_id, ident)
         names = [(m.volume_id, m.name) for m in await self.mounts(task_id)]
         if clash := _env_name_clash([*names, (volume.volume_id, volume.name)]):
@@ -194,11 +202,9 @@ class Volumes:
         )
         row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
         await self._store.run(lambda c: _record_mount(c, row, config))
-        # A sandboxing provider shows it to the sessions opened from now on (and, where
-        # it can, to the task's running processes).
-        mounted = getattr(self._provider, "mounted", None)
-        if mounted is not None:
-            await mounted(task_id, Path(volume.path))
+        # The provider shows it to the sessions opened from now on (and, where it can,
+        # to the task's running processes).
+        await mounted(task_id, Path(volume.path))
         return await self._records.get(task_id)
 
     async def mounts(self, task_id: str) -> list[Mount]:

@@ -200,6 +200,14 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         volumes = tracked.volumes if tracked else ()
         return prefix + self.sandbox.prefix(paths.root, volumes, paths.workdir)
 
+    async def mounted(self, task_id: str, host_path: Path) -> None:
+        """A volume was mounted into a task that exists: the shells opened from now on
+        (``srun --overlap``, behind the job's sandbox) see it. The job's own processes
+        keep the sandbox its batch script made when it was submitted."""
+        tracked = self._tracked.get(task_id)
+        if tracked is not None and host_path not in tracked.volumes:
+            tracked.volumes = (*tracked.volumes, host_path)
+
     async def place(self, config: TaskConfig) -> Placement:
         """Resolve a config against the cluster's nodes (see :func:`.catalog.placement`).
 
