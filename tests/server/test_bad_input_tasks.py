@@ -47,6 +47,19 @@ async def test_an_env_no_process_can_take_is_422_naming_it(
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 
+async def test_a_command_or_variable_past_linuxs_argument_limit_is_422(server: Server) -> None:
+    # 200 KB were accepted and then failed at exec, "Argument list too long" (found by QA)
+    long = "echo " + "x" * 140_000
+    _refused(await server.call("POST", "/tasks", json={"command": long}), "command")
+    listed = {"command": ["echo", "y" * 140_000]}
+    _refused(await server.call("POST", "/tasks", json=listed), "command[1]")
+    big_env = {"command": "true", "env": {"BIG": "z" * 140_000}}
+    _refused(await server.call("POST", "/tasks", json=big_env), "env.BIG")
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+    fine = {"command": "echo " + "x" * 100_000, "env": {"BIG": "z" * 100_000}}
+    assert (await server.call("POST", "/tasks", json=fine)).status == 201
+
+
 async def test_an_env_value_with_a_lone_surrogate_is_422(server: Server) -> None:
     body = b'{"command": "true", "env": {"GOOD": "a\\ud800b"}}'  # valid JSON, not valid UTF-8
     headers = {"Content-Type": "application/json"}

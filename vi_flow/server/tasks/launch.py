@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _ENV_NAME = re.compile(r"[^A-Z0-9]+")
+_MAX_ARG = 131_072  # Linux's MAX_ARG_STRLEN: one argument, with its NUL
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a POSIX shell can set
 
 
@@ -48,6 +49,15 @@ def check_config(config: TaskConfig) -> None:
     command = config.command
     if command is None or (isinstance(command, str) and not command.strip()) or command == []:
         raise APIProblem.validation("command", "required")
+    words = [command] if isinstance(command, str) else command
+    for i, word in enumerate(words):
+        if len(word) >= _MAX_ARG // 4 and len(word.encode(errors="surrogatepass")) >= _MAX_ARG:
+            field = "command" if isinstance(command, str) else f"command[{i}]"
+            raise APIProblem.validation(
+                field,
+                f"{len(word.encode(errors='surrogatepass')):,} bytes: Linux passes at most"
+                f" {_MAX_ARG - 1:,} in one argument; put it in a file (upload it) and run that",
+            )
     if config.max_run_time is not None and config.max_run_time <= 0:
         raise APIProblem.validation(
             "maxRunTime", f"must be a positive number of seconds, got {config.max_run_time}"
@@ -75,6 +85,12 @@ def check_env(env: dict[str, str]) -> None:
             )
         if not _encodable(value):
             raise APIProblem.validation(f"env.{name[:64]}", "must not hold NUL or invalid UTF-8")
+        if len(value) >= _MAX_ARG // 4 and len(f"{name}={value}".encode()) >= _MAX_ARG:
+            raise APIProblem.validation(
+                f"env.{name[:64]}",
+                f"NAME=value is {len(f'{name}={value}'.encode()):,} bytes: Linux passes at most"
+                f" {_MAX_ARG - 1:,} in one variable; put it in a file",
+            )
 
 
 def _encodable(text: str) -> bool:
