@@ -282,3 +282,41 @@ async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are
     assert _last(run)["condition"] in ("Error", "Succeeded"), run
     rest, _ = await a.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id})
     assert names(rest)[-1] == "flow_completed"  # a stream of it ends too
+
+
+@pytest.mark.timeout(90)
+async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # Found by QA: past the lease, a replica whose database was away came back under a
+    # new id, took its own running task over as another's, and killed it as an orphan
+    # ("ServerRestarted") - or a replica on another host recorded it failed.
+    a, _ = await _replicas(start_server, tmp_path, database, 2, lease=LEASE)
+    made = await a.call("POST", "/tasks", json={"command": "sleep 6; echo survived"})
+    assert made.status == 201, made.body
+    task_id = made.body["taskId"]
+    for _ in range(100):
+        if (await a.call("GET", f"/tasks/{task_id}")).body["status"] == "running":
+            break
+        await asyncio.sleep(0.05)
+    import psycopg  # tests_postgres has it
+
+    admin = psycopg.connect(database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        await asyncio.sleep(3 * LEASE)  # both replicas miss their lease
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+        admin.close()
+    for _ in range(300):
+        task = (await a.call("GET", f"/tasks/{task_id}")).body
+        if task.get("status") not in ("pending", "running", None):
+            break
+        await asyncio.sleep(0.1)
+    assert (task["status"], task["exitCode"]) == ("completed", 0), task
+    logs = await a.call("GET", f"/tasks/{task_id}/logs")
+    assert logs.body["lines"] == ["survived"], logs.body

@@ -222,12 +222,20 @@ class TaskService:
         if self._poller:
             await self._adopt()
         me = self.replica.id
+        # A local task's process and files are on the host of the replica it was made on:
+        # while a replica of that name lives (one that lost its lease comes back under a
+        # new id), it alone takes the task over; another would fail a live task.
+        mine = (
+            "" if isinstance(self.provider, ClusterPoller)
+            else " AND (files_on IS NULL OR files_on = ? OR files_on NOT IN (SELECT name FROM replicas))"
+        )  # fmt: skip
+        params = (me,) if isinstance(self.provider, ClusterPoller) else (me, self.replica.name)
         rows = await self.store.run(
             lambda c: c.execute(
                 "UPDATE tasks SET replica = ? WHERE status IN ('pending', 'running') AND"
                 " (replica IS NULL OR replica NOT IN (SELECT replica_id FROM replicas))"
-                " RETURNING *",
-                (me,),
+                f"{mine} RETURNING *",
+                params,
             ).fetchall()
         )
         if not rows:

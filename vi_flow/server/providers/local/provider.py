@@ -162,8 +162,15 @@ class LocalProvider:
             await asyncio.wait(watchers, timeout=KILL_WAIT)
 
     async def recover(self, tasks: Sequence[RunningTask]) -> None:
-        """Re-queue tasks that never started; fail those whose process died with the server."""
+        """Re-queue tasks that never started; fail those whose process died with the server.
+
+        A task this server still runs is left alone: with replicas, a replica that lost
+        its lease (its database away) comes back under a new id and takes its own tasks
+        over again; it killed them as orphans.
+        """
         for task in tasks:
+            if task.spec.task_id in self._jobs:
+                continue
             if task.provider_id is None and task.status == TaskStatus.PENDING:
                 await self._requeue(task)
                 continue
