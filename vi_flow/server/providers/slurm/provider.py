@@ -23,8 +23,10 @@ Settings come from ``ServerSettings.extra["slurm"]`` (a mapping with the keys of
 ``VI_FLOW_SLURM_TOKEN_FILE``, ``VI_FLOW_SLURM_PARTITION`` and ``SLURM_CONF``.
 
 What Slurm cannot do here fails with :class:`~..base.UnsupportedOperation`: creating and
-cancelling reservations (an administrator makes them with ``scontrol``; they are listed
-and tasks can run in them) and the availability search. ``grace`` on cancel is the
+cancelling reservations (an administrator makes them with ``scontrol``) and the
+availability search. The server shows an organization only the reservations recorded as
+its own, and nothing records one made with ``scontrol`` yet: organizations can neither
+list nor use them (see the note in docs/production.md). ``grace`` on cancel is the
 cluster's ``KillWait``, since Slurm sends SIGTERM, waits ``KillWait``, then SIGKILL.
 """
 
