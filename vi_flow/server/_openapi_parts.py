@@ -337,6 +337,16 @@ NAME: dict[str, Any] = {
 """A name the server keeps: not blank, at most 256 characters, no control characters."""
 
 ID_NAME: dict[str, Any] = {**NAME, "maxLength": MAX_ID_LENGTH}
+
+ENV: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    "additionalProperties": {
+        "anyOf": [{"type": "string", "pattern": "^[^\\u0000]*$"}, {"type": "number"}]
+    },
+}
+"""A task's environment: names a shell can set, values without NUL (a value of more than
+128 KiB is refused too: Linux passes no longer variable)."""
 """A step or input name: as :data:`NAME`, at most 128 characters."""
 
 # What the server checks beyond the models' types: (component, property) -> schema, and
@@ -362,6 +372,7 @@ _NARROWER: dict[tuple[str, str], dict[str, Any]] = {
     ("TaskConfig", "maxPricePerHour"): {
         "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_INT}, {"type": "null"}]
     },
+    ("TaskConfig", "env"): ENV,
     ("SSHKeyRequest", "name"): NAME,
     ("VolumeRequest", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},
     ("VolumeSpec", "sizeGb"): {"type": "integer", "minimum": 1, "maximum": MAX_VOLUME_GB},

@@ -260,7 +260,8 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ),
     ("GET", "/v1/organizations/{organizationId}/credits"): _Route(answer=_CREDITS),
     ("PUT", "/v1/organizations/{organizationId}/credits"): _Route(
-        body=_obj(credits=_CREDITS["properties"]["credits"]), answer=_CREDITS
+        body={**_obj(credits=_CREDITS["properties"]["credits"]), "required": ["credits"]},
+        answer=_CREDITS,
     ),
     ("POST", "/v1/retention/prune"): _Route(
         body={
@@ -482,13 +483,7 @@ def _operation(method: str, path: str, handler: Any, components: dict[str, Any])
 
 _CHECKED_SETTINGS: dict[tuple[str, str], dict[str, Any]] = {
     # a task block's env and name are checked when the flow is stored (validation)
-    ("task", "env"): {
-        "type": "object",
-        "propertyNames": {"type": "string", "pattern": "^[^=\\u0000]+$"},
-        "additionalProperties": {
-            "anyOf": [{"type": "string", "pattern": "^[^\\u0000]*$"}, {"type": "number"}]
-        },
-    },
+    ("task", "env"): parts.ENV,
     ("task", "name"): parts.NAME,
 }
 
