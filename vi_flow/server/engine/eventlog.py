@@ -624,6 +624,10 @@ class EventLog:
         except Exception as exc:
             if count:
                 log.exception("event log write failed; %d events lost", count)
+            for key, part in per_run.items():  # a lost flow_completed was never appended:
+                channel = self._channels.get(key)  # the run's end appends it again
+                if channel is not None and any(chunk[5] for chunk in part):
+                    channel.ended = False
             self._written += count
             self._settle_waiters(exc)
             raise
