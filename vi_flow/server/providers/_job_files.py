@@ -17,10 +17,13 @@ from pathlib import Path
 
 from .base import InvalidRequest, LaunchSpec
 
-__all__ = ["ENV_FILE", "load_env", "make_task_dirs", "write_secret_file"]
+__all__ = ["ENV_FILE", "VARIABLE_NAME", "load_env", "make_task_dirs", "write_secret_file"]
 
 #: The task's environment, mode 0600, in its directory until the job has read it.
 ENV_FILE = ".vi-flow-env"
+#: A name a POSIX shell can set: what the file's ``export`` lines (and the server, when a
+#: task is submitted) accept.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
@@ -34,7 +37,7 @@ def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
             submitted; a task stored before it did fails, rather than the server).
     """
     for name in secrets:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        if not VARIABLE_NAME.fullmatch(name):
             raise InvalidRequest(f"env: {name[:64]!r} is not a variable name a shell can set")
     text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ...models.limits import has_control_characters, shown
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
+from ..providers._job_files import VARIABLE_NAME
 from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
 
 _ENV_NAME = re.compile(r"[^A-Z0-9]+")
 _MAX_ARG = 131_072  # Linux's MAX_ARG_STRLEN: one argument, with its NUL
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a POSIX shell can set
 
 
 def command_argv(config: TaskConfig) -> list[str]:
@@ -51,12 +51,12 @@ def check_config(config: TaskConfig) -> None:
         raise APIProblem.validation("command", "required")
     words = [command] if isinstance(command, str) else command
     for i, word in enumerate(words):
-        if len(word) >= _MAX_ARG // 4 and len(word.encode(errors="surrogatepass")) >= _MAX_ARG:
+        if size := _past_arg_limit(word):
             field = "command" if isinstance(command, str) else f"command[{i}]"
             raise APIProblem.validation(
                 field,
-                f"{len(word.encode(errors='surrogatepass')):,} bytes: Linux passes at most"
-                f" {_MAX_ARG - 1:,} in one argument; put it in a file (upload it) and run that",
+                f"{size:,} bytes: Linux passes at most {_MAX_ARG - 1:,} in one argument;"
+                " put it in a file (upload it) and run that",
             )
     if config.max_run_time is not None and config.max_run_time <= 0:
         raise APIProblem.validation(
@@ -77,7 +77,7 @@ def check_env(env: dict[str, str]) -> None:
         APIProblem: 422 naming ``env`` (a bad name) or ``env.<NAME>`` (a bad value).
     """
     for name, value in env.items():
-        if not _VARIABLE.fullmatch(name):
+        if not VARIABLE_NAME.fullmatch(name):
             raise APIProblem.validation(
                 "env",
                 f"{shown(name[:64])} is not a variable name: letters, digits and '_', not"
@@ -85,12 +85,21 @@ def check_env(env: dict[str, str]) -> None:
             )
         if not _encodable(value):
             raise APIProblem.validation(f"env.{name[:64]}", "must not hold NUL or invalid UTF-8")
-        if len(value) >= _MAX_ARG // 4 and len(f"{name}={value}".encode()) >= _MAX_ARG:
+        if size := _past_arg_limit(f"{name}={value}"):
             raise APIProblem.validation(
                 f"env.{name[:64]}",
-                f"NAME=value is {len(f'{name}={value}'.encode()):,} bytes: Linux passes at most"
-                f" {_MAX_ARG - 1:,} in one variable; put it in a file",
+                f"NAME=value is {size:,} bytes: Linux passes at most {_MAX_ARG - 1:,} in one"
+                " variable; put it in a file",
             )
+
+
+def _past_arg_limit(text: str) -> int | None:
+    """The size in bytes of ``text`` when Linux cannot pass it as one argument or
+    variable (:data:`_MAX_ARG`), else None (short texts are not encoded to tell)."""
+    if len(text) < _MAX_ARG // 4:
+        return None
+    size = len(text.encode(errors="surrogatepass"))
+    return size if size >= _MAX_ARG else None
 
 
 def _encodable(text: str) -> bool:
