@@ -25,11 +25,18 @@ def _checkpointers(home: Path) -> list[str]:
 
 
 def _rows_in_main_file(db: Path, into: Path) -> int:
-    """Rows the database file holds by itself, without its WAL (a copy, opened alone)."""
+    """Rows the database file holds by itself, without its WAL (a copy, opened alone).
+
+    The copy is taken while the checkpointer may be writing pages into the file, so it
+    can be torn (SQLite calls it malformed): that counts as "not there yet", and the
+    caller copies again.
+    """
     shutil.copyfile(db, into)
     conn = sqlite3.connect(into)
     try:
         return int(conn.execute("SELECT count(*) FROM rows").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return -1
     finally:
         conn.close()
 
