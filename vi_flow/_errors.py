@@ -39,6 +39,7 @@ Arguments that are wrong before any request is made raise the builtin ``ValueErr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -107,7 +108,15 @@ class APITimeoutError(APIConnectionError):
 
 
 class LocalServerError(APIConnectionError):
-    """The home's local server could not be found or started (the message says why)."""
+    """The home's local server could not be found or started (the message says why).
+
+    Attributes:
+        log_file: The server log that may tell more, when the server wrote one.
+    """
+
+    def __init__(self, message: str, *, log_file: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_file = log_file
 
 
 class APIResponseValidationError(APIError):

@@ -30,6 +30,7 @@ import orjson
 from . import __version__
 from ._config import Settings
 from ._errors import LocalServerError
+from .models.homes import foreign_home
 from .models.server import (
     HOME_SERVED,
     LOG_DIR,
@@ -158,8 +159,11 @@ def find_server(home: Path) -> ServerInfo | None:
     program took it), is not trusted.
 
     Raises:
-        LocalServerError: The run file cannot be read (permissions).
+        LocalServerError: The run file cannot be read (permissions), or the home belongs
+            to another user (whose run file could name any server).
     """
+    if (why := foreign_home(home)) is not None:
+        raise LocalServerError(why)
     info = _read_run_file(home)
     if info is None or not pid_alive(info.pid) or not _answers_as(info):
         return None
@@ -194,7 +198,9 @@ def log_tail(home: Path, lines: int = 20) -> str:
 def _failure(message: str, home: Path) -> LocalServerError:
     """``message``, with the last lines of the server's log when there are any."""
     tail = log_tail(home)
-    return LocalServerError(f"{message}\n{tail}" if tail else message)
+    if not tail:
+        return LocalServerError(message)
+    return LocalServerError(f"{message}\n{tail}", log_file=home / LOG_DIR / LOG_FILE)
 
 
 def _prepare(home: Path) -> None:

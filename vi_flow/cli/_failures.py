@@ -174,6 +174,8 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
 def _hint_for(exc: BaseException) -> str | None:
     import vi_flow as e
 
+    if isinstance(exc, e.LocalServerError):  # the log, when the server wrote one
+        return None if exc.log_file is None else "'vi-flow server logs' shows the whole log"
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return "--base-url / VI_FLOW_BASE_URL names the API, ending in /v1"
     hints: list[tuple[type[BaseException], str]] = [
@@ -188,7 +190,6 @@ def _hint_for(exc: BaseException) -> str | None:
         (e.TaskNotFoundError, "'vi-flow tasks list' shows the tasks"),
         (e.PreconditionFailedError, "someone changed it meanwhile; fetch it again and retry"),
         (e.APITimeoutError, "the server is slow or overloaded; retry, or raise --timeout"),
-        (e.LocalServerError, "'vi-flow server logs' shows the home's server log"),
         (e.APIConnectionError, "is the server at --base-url / VI_FLOW_BASE_URL running?"),
         (e.RateLimitError, "too many requests; wait a little and retry"),
         (e.NotImplementedByProviderError, "the server's compute provider cannot do this"),

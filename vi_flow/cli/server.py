@@ -227,11 +227,16 @@ def logs(lines: int, follow: bool) -> None:
     from ..models.server import LOG_DIR, LOG_FILE
 
     path = _home() / LOG_DIR / LOG_FILE
-    if not path.exists() and not follow:
-        raise CommandFailed(f"no server log yet at {path}", exit_code=EXIT_FAILURE)
-    _print_tail(path, lines)
-    if follow:
-        _follow(path)
+    try:
+        if not path.exists() and not follow:
+            raise CommandFailed(f"no server log yet at {path}", exit_code=EXIT_FAILURE)
+        _print_tail(path, lines)
+        if follow:
+            _follow(path)
+    except PermissionError as exc:  # another user's home
+        raise CommandFailed(
+            f"cannot read the server log {path}: {exc.strerror}", exit_code=EXIT_FAILURE
+        ) from None
 
 
 def _print_tail(path: Path, lines: int) -> None:

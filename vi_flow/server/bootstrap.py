@@ -7,7 +7,9 @@ file gets a fresh token. Only the token's sha256 is stored in the database.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from . import _records as rec
@@ -31,10 +33,17 @@ def read_admin_token(home: Path) -> str | None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.chmod(path, 0o600)
+    """Write ``text`` to ``path`` (mode 0600) through a new file renamed over it: never
+    through a link, nor into a file someone else made there."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def ensure_admin(conn: Connection, home: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from ..models.homes import foreign_home
 from ..models.server import HOME_SERVED, LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
 __all__ = [
@@ -61,7 +62,9 @@ def prepare_home(home: Path) -> None:
     """Create the home (mode 0700) if missing.
 
     Raises:
-        HomeError: It cannot be created or is not a directory; names the home and why.
+        HomeError: It cannot be created, is not a directory, or belongs to another user
+            (or holds a file or link of theirs where the server writes); names the home
+            and why.
     """
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,6 +72,8 @@ def prepare_home(home: Path) -> None:
         raise HomeError(f"cannot use {home} as the vi-flow home: {exc.strerror or exc}") from None
     if not os.access(home, os.W_OK | os.X_OK):
         raise HomeError(f"cannot use {home} as the vi-flow home: it is not writable")
+    if (why := foreign_home(home)) is not None:
+        raise HomeError(why)
 
 
 _SECRET_FILES = ("state.db", "state.db-wal", "state.db-shm", "admin-token", "server.log")

@@ -63,8 +63,8 @@ class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
     """A rotating file that only its owner may read: requests name organizations."""
 
     def _open(self) -> Any:
-        def opener(path: str, flags: int) -> int:
-            return os.open(path, flags, 0o600)
+        def opener(path: str, flags: int) -> int:  # never through a link
+            return os.open(path, flags | os.O_NOFOLLOW, 0o600)
 
         return open(  # the handler owns and closes the stream
             self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=opener
@@ -85,7 +85,8 @@ def _level() -> int:
 def _file_handler(file: Path, max_bytes: int) -> logging.Handler:
     file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     handler = _PrivateRotatingFile(file, maxBytes=max_bytes, backupCount=_BACKUPS, encoding="utf-8")
-    os.chmod(file, 0o600)  # a file left by an older server may be wider
+    if handler.stream is not None:  # a file left by an older server may be wider
+        os.fchmod(handler.stream.fileno(), 0o600)
     return handler
 
 

@@ -1,0 +1,81 @@
+"""A home is used only by the user it belongs to (found by QA, as a user who is not root).
+
+Root ran ``vi-flow flows list`` with ``VI_FLOW_HOME`` naming a directory another user had
+made: the server started there and wrote its admin token into that user's
+``admin-token`` file (they then ran tasks as uid 0), or, through links they had left at
+``admin-token`` and ``logs/server.log``, overwrote and appended to files of their choosing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vi_flow.server.bootstrap import _write_private
+from vi_flow.server.logs import _file_handler
+
+from .kit import cli, run_file
+
+#: Another user: only root can give a file away, so the CLI tests need root.
+OTHER = 65534  # nobody
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="making a file of another user needs root (CI runs as root)"
+)
+
+
+@needs_root
+def test_a_home_of_another_user_is_refused_and_left_as_it_was(home: Path) -> None:
+    home.mkdir(mode=0o777)
+    (home / "admin-token").write_text("theirs\n")
+    os.chown(home, OTHER, OTHER)
+    os.chown(home / "admin-token", OTHER, OTHER)
+    done = cli(home, "flows", "list", check=False)
+    assert done.returncode != 0
+    assert f"cannot use {home} as the vi-flow home: it belongs to nobody" in done.stderr
+    assert "server logs" not in done.stderr  # no hint at a log that was never written
+    assert (home / "admin-token").read_text() == "theirs\n"
+    assert run_file(home) is None and not (home / "state.db").exists()
+
+
+@needs_root
+def test_a_link_another_user_left_in_a_home_is_never_written_through(
+    home: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    home.mkdir(mode=0o777)  # the user's own home, once open to everyone
+    (home / "admin-token").symlink_to(victim)
+    os.lchown(home / "admin-token", OTHER, OTHER)
+    done = cli(home, "flows", "list", check=False)
+    assert done.returncode != 0
+    assert f"{home / 'admin-token'} belongs to nobody" in done.stderr, done.stderr
+    assert victim.read_text() == "keep\n" and run_file(home) is None
+    (home / "admin-token").unlink()  # once removed, the home is used as usual
+    cli(home, "flows", "list")
+    assert victim.read_text() == "keep\n"
+    assert (home / "admin-token").is_file() and not (home / "admin-token").is_symlink()
+
+
+def test_the_admin_token_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    token = tmp_path / "admin-token"
+    token.symlink_to(victim)
+    _write_private(token, "new-token")
+    assert victim.read_text() == "keep\n"
+    assert not token.is_symlink() and token.read_text() == "new-token\n"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-token", "victim"]
+
+
+def test_the_server_log_is_never_opened_through_a_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    victim.chmod(0o644)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "server.log").symlink_to(victim)
+    with pytest.raises(OSError):
+        _file_handler(tmp_path / "logs" / "server.log", 1 << 20)
+    assert victim.read_text() == "keep\n" and victim.stat().st_mode & 0o777 == 0o644
