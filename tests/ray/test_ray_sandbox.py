@@ -37,10 +37,20 @@ async def client(ray_server: object) -> AsyncIterator[vi_flow.AsyncClient]:
         yield c
 
 
-async def test_a_job_reaches_nothing_of_another_organization(client: Any) -> None:
+async def test_a_job_reaches_nothing_of_another_organization(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     org = await client.http.request("POST", "/organizations", json={"name": "b"})
     token = await client.tokens.create("b", organization_id=org["organizationId"])
     base_url = (await client.http.connection.endpoint()).base_url
+    # Found by QA: without Ray's token authentication any task can submit a Ray job of
+    # its own through the dashboard, outside the sandbox. With two organizations, such a
+    # server runs no tasks until its operator says every organization trusts the others.
+    with pytest.raises(vi_flow.APIStatusError) as refused:
+        await client.run("true")
+    assert refused.value.status_code == 503 and refused.value.code == "SANDBOX_UNAVAILABLE"
+    assert "token authentication" in refused.value.message
+    monkeypatch.setenv("VI_FLOW_ALLOW_UNSANDBOXED", "1")  # the sandbox itself is checked here
     async with vi_flow.AsyncClient(base_url=base_url, api_key=token.token) as b:
         volume = await b.create_volume(1, name="theirs", interface="file")
         assert volume.path

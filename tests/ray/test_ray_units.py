@@ -136,3 +136,52 @@ def test_the_env_is_loaded_behind_the_sandbox_and_keeps_rays_gpus(tmp_path: Path
         spec.paths.stdout.unlink(missing_ok=True)
         assert subprocess.run(run, env=outer, timeout=10).returncode == 0
         assert spec.paths.stdout.read_text() == f"1 x {seen}\n{tools}/bwrap\n"
+
+
+def test_links_the_task_leaves_never_carry_a_marker_out_of_its_directory(tmp_path: Path) -> None:
+    # Found by QA on Ray: the entry point's shell (outside the sandbox) wrote the exit
+    # status through a `.vi-flow-exit` link the task left in its directory (one pointed at
+    # the server's state.db, and every organization lost the server), and the server read
+    # the markers through links (one to /dev/zero grew the server by gigabytes a poll).
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    root = tmp_path / "t"
+    code = (
+        f'ln -s {victim} "$VI_FLOW_ROOT/.vi-flow-exit"; '
+        'ln -sf /dev/zero "$VI_FLOW_ROOT/.vi-flow-started"; exit 7'
+    )
+    spec = _spec(root, ["/bin/sh", "-c", code], {"VI_FLOW_ROOT": str(root)})
+    prepare(spec)
+    assert _run(spec) == 7
+    assert victim.read_text() == "keep\n"
+    assert read_exit_code(spec.paths) == 7  # written anew, in place of the link
+    assert (root / ".vi-flow-started").is_symlink()
+    assert read_started(spec.paths) is None  # not read through the link
+    (root / ".vi-flow-exit").unlink()
+    (root / ".vi-flow-exit").symlink_to("/dev/zero")
+    assert read_exit_code(spec.paths) is None
+    (root / ".vi-flow-exit").unlink()
+    os.mkfifo(root / ".vi-flow-exit")  # a FIFO with no writer would block an open
+    assert read_exit_code(spec.paths) is None
+
+
+def test_the_task_starts_from_an_allow_list_not_the_jobs_environment(tmp_path: Path) -> None:
+    # Found by QA on Ray: tasks saw the whole environment of whoever started Ray
+    # (RAY_ADDRESS, their HOME, anything else they had exported).
+    spec = _spec(tmp_path / "t", ["/bin/sh", "-c", "env"], {"MINE": "x"})
+    prepare(spec)
+    outer = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+        "RAY_ADDRESS": "127.0.0.1:6379",
+        "CLOUD_KEY": "secret",
+        "CUDA_VISIBLE_DEVICES": "1",
+    }
+    run = ["/bin/sh", "-c", entrypoint(spec, ["env", "IN_SANDBOX=1"])]
+    assert subprocess.run(run, env=outer, timeout=10).returncode == 0
+    seen = dict(line.split("=", 1) for line in spec.paths.stdout.read_text().splitlines())
+    assert "RAY_ADDRESS" not in seen and "CLOUD_KEY" not in seen
+    assert seen["HOME"] == str(spec.paths.workdir)
+    assert (seen["PATH"], seen["LANG"], seen["MINE"]) == ("/usr/bin:/bin", "C.UTF-8", "x")
+    assert (seen["CUDA_VISIBLE_DEVICES"], seen["IN_SANDBOX"]) == ("1", "1")

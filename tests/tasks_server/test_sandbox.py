@@ -178,7 +178,8 @@ async def test_without_a_sandbox_a_second_organization_gets_no_tasks(
     other = await _other_org(server)
     refused = await server.call("POST", "/tasks", json={"command": "true"}, token=other)
     assert refused.status == 503 and refused.body["error"]["code"] == "SANDBOX_UNAVAILABLE"
-    assert "VI_FLOW_ALLOW_UNSANDBOXED" in refused.body["error"]["message"]
+    message = refused.body["error"]["message"]
+    assert "VI_FLOW_ALLOW_UNSANDBOXED" in message and "turn the sandbox on" in message
     monkeypatch.setenv("VI_FLOW_ALLOW_UNSANDBOXED", "1")
     accepted = await server.call("POST", "/tasks", json={"command": "true"}, token=other)
     assert accepted.status == 201, accepted.body

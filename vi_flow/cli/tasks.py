@@ -486,6 +486,10 @@ def ssh(
     if print_only or not state().interactive or shutil.which("ssh") is None:
         click.echo(line)
         return
+    from ..compute.ssh import check_commands_allowed
+
+    # a shell the task's provider cannot run (Ray) is refused before ssh connects
+    check_commands_allowed(client.tasks.ssh_endpoint(task_id))
     argv = shlex.split(line)
     state().close()
     os.execvp(argv[0], argv)

@@ -230,7 +230,22 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         poller = self._poll_forever()
         self._poller = asyncio.create_task(poller, name=f"vi-flow-{self.name}-poller")
 
+    @property
+    def isolation_gap(self) -> tuple[str, str] | None:
+        """Why organizations are not isolated even though jobs are sandboxed, and what
+        closes the gap (the server then refuses a second organization, as with no
+        sandbox); None when they are."""
+        return None
+
     def _log_isolation(self) -> None:
+        if self.sandbox.enabled and (gap := self.isolation_gap):
+            self._logger.warning(
+                "%s: jobs run in a bubblewrap sandbox, but %s; organizations are NOT"
+                " isolated from each other on this cluster (%s; docs/production.md)",
+                self._backend,
+                *gap,
+            )
+            return
         if self.sandbox.enabled:
             self._logger.info(
                 "%s: every job runs in a bubblewrap sandbox on its node: it sees its own "

@@ -356,20 +356,32 @@ class TaskService:
         return await self.get(task_id)
 
     async def _check_isolation(self) -> None:
-        """Refuse tasks on a server that hosts several organizations but cannot sandbox
-        them, unless the operator accepted it (``VI_FLOW_ALLOW_UNSANDBOXED=1``)."""
+        """Refuse tasks on a server that hosts several organizations but cannot keep
+        their tasks apart (no sandbox, or a provider's own gap such as Ray without token
+        authentication), unless the operator accepted it (``VI_FLOW_ALLOW_UNSANDBOXED=1``)."""
         sandbox = getattr(self.provider, "sandbox", None)
-        if sandbox is None or sandbox.enabled or os.environ.get(ALLOW_UNSANDBOXED) == "1":
+        if sandbox is None or os.environ.get(ALLOW_UNSANDBOXED) == "1":
+            return
+        if not sandbox.enabled:
+            why = f"tasks are not sandboxed on this server ({sandbox.reason})"
+            if "not installed" in sandbox.reason:
+                fix = "install bubblewrap"
+            elif sandbox.reason.startswith("turned off"):
+                fix = "turn the sandbox on"
+            else:
+                fix = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
+        elif gap := getattr(self.provider, "isolation_gap", None):
+            why, fix = f"organizations' tasks are not isolated on this server: {gap[0]}", gap[1]
+        else:
             return
         count = await self.store.run(lambda c: c.execute("SELECT COUNT(*) FROM orgs").fetchone()[0])
         if count > 1:
             raise APIProblem(
                 503,
                 "SANDBOX_UNAVAILABLE",
-                f"tasks are not sandboxed on this server ({sandbox.reason}) and it hosts "
-                f"{count} organizations, so it runs no tasks: install bubblewrap, or set "
-                f"{ALLOW_UNSANDBOXED}=1 to accept that tasks can read every organization's "
-                "files (docs/production.md, 'What a task can reach')",
+                f"{why}, and it hosts {count} organizations, so it runs no tasks: {fix}, or"
+                f" set {ALLOW_UNSANDBOXED}=1 to accept that tasks can read every"
+                " organization's files (docs/production.md, 'What a task can reach')",
             )
 
     async def _queue(self, spec: LaunchSpec) -> None:

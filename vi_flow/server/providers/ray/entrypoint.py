@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,20 @@ EXIT_FILE = ".vi-flow-exit"
 REVOKED_EXIT = 0
 
 
+#: ``vf_mark FILE TEXT``: write a marker the server reads. The task may have left a link
+#: or anything else at that name in its directory (it can write there, and this shell
+#: runs outside the sandbox): it is removed, and the file made anew (``set -C``: never
+#: through a link). The task's processes are gone by then (its PID namespace ended).
+_MARK = 'vf_mark() { rm -rf -- "$1" && ( set -C && printf \'%s\\n\' "$2" > "$1" ); }'
+
+#: What the task's environment starts from (then its own, loaded in the sandbox): the
+#: node's ``PATH``, locale and time zone, the GPUs Ray gave the job; ``HOME`` is added.
+_ALLOWED_ENV = " ".join(
+    [f'${{{name}+"{name}=${name}"}}' for name in ("PATH", "LANG", "LANGUAGE", "TZ")]
+    + ['${CUDA_VISIBLE_DEVICES+"CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"}', "PYTHONUNBUFFERED=1"]
+)
+
+
 def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
     """The ``/bin/sh`` command line Ray runs for ``spec`` (every path quoted).
 
@@ -72,6 +87,7 @@ def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
     token, claimed = q(root / ENV_FILE), q(root / CLAIMED_FILE)
     run = ["/bin/sh", "-c", load_env(str(root / CLAIMED_FILE)), "vi-flow-task", *spec.argv]
     lines = [
+        _MARK,
         # Ray stops a job with SIGTERM to every process of it: the command dies of it,
         # this shell notes it and lives on to record the command's status.
         "trap 'stopped=1' TERM",
@@ -79,14 +95,17 @@ def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
         f"mv {token} {claimed} 2>/dev/null || "
         f"{{ echo 'vi_flow: task {spec.task_id} was cancelled before it started' >&2; "
         f"exit {REVOKED_EXIT}; }}",
-        f'printf "%s\\n" "${{CUDA_VISIBLE_DEVICES-}}" > {q(root / STARTED_FILE)}',
+        f'vf_mark {q(root / STARTED_FILE)} "${{CUDA_VISIBLE_DEVICES-}}"',
         '[ -z "${stopped-}" ] || exit 143',
         *_sandbox_check(sandbox, q(paths.stderr)),
         # the environment is loaded inside the sandbox: loaded here, the task's PATH
         # would choose the bwrap that runs (as the node's user), its LD_PRELOAD go in it
-        f"{shlex.join([*sandbox, *run])} >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
+        # and the job's own environment (Ray's, and whoever started it: RAY_ADDRESS,
+        # their HOME, their keys) stays out: the task starts from an allow-list
+        f"env -i {_ALLOWED_ENV} HOME={q(paths.workdir)} {shlex.join([*sandbox, *run])}"
+        f" >> {q(paths.stdout)} 2>> {q(paths.stderr)} < /dev/null",
         "rc=$?",
-        f'printf "%s\\n" "$rc" > {q(root / EXIT_FILE)}',
+        f'vf_mark {q(root / EXIT_FILE)} "$rc"',
         'exit "$rc"',
     ]
     return "\n".join(lines)
@@ -141,22 +160,39 @@ class Started:
     gpu_ids: tuple[int, ...]
 
 
+#: The most of a marker read: a status, or a list of GPU indices.
+_MARKER_BYTES = 4096
+
+
+def _read_marker(path: Path) -> tuple[float, str] | None:
+    """A marker's mtime and text; None when there is none, or when what is there is not a
+    plain file (the task can write in its directory: a link to ``/dev/zero``, a FIFO or a
+    device is never opened through, nor read without end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or a link
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st.st_mtime, os.read(fd, _MARKER_BYTES).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+
+
 def read_started(paths: TaskPaths) -> Started | None:
     """The start marker, or None while the command has not started."""
-    marker = paths.root / STARTED_FILE
-    try:
-        stamp = os.stat(marker).st_mtime
-        text = marker.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    found = _read_marker(paths.root / STARTED_FILE)
+    if found is None:
         return None
+    stamp, text = found
     ids = tuple(int(part) for part in text.split(",") if part.strip().isdigit())
     return Started(stamp, ids)
 
 
 def read_exit_code(paths: TaskPaths) -> int | None:
     """The command's exit status, or None when it did not end by itself."""
-    try:
-        text = (paths.root / EXIT_FILE).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.lstrip("-").isdigit() else None
+    found = _read_marker(paths.root / EXIT_FILE)
+    text = "" if found is None else found[1]
+    return int(text) if text.lstrip("-").isdigit() and len(text) < 12 else None

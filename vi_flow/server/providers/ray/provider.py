@@ -170,6 +170,20 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         hidden = [s.tasks_dir, s.volumes_dir] + ([s.token_file.parent] if s.token_file else [])
         self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
 
+    @property
+    def isolation_gap(self) -> tuple[str, str] | None:
+        """Without token authentication Ray's dashboard (and its GCS) takes jobs from
+        anyone who reaches it, and every task runs on a Ray node that does: a task
+        could submit a job of its own, outside the sandbox."""
+        if self.settings.token_file is not None:
+            return None
+        return (
+            "Ray runs without token authentication, so any task can submit a Ray job of"
+            " its own, outside the sandbox, through the dashboard on its node",
+            "run Ray with RAY_AUTH_MODE=token and give the server its token"
+            " (VI_FLOW_RAY_TOKEN_FILE)",
+        )
+
     def _sandbox_argv(self, spec: LaunchSpec) -> list[str]:
         volumes = [mount.host_path for mount in spec.mounts]
         return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir)
