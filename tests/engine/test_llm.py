@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -47,15 +48,9 @@ class FakeOpenAI:
 
 async def _fake(rounds: int) -> AsyncIterator[FakeOpenAI]:
     fake = FakeOpenAI(rounds)
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    yield fake
-    await runner.cleanup()
+    async for address in _endpoint(fake.handle):
+        fake.url = f"http://{address}"
+        yield fake
 
 
 @pytest.fixture
@@ -122,3 +117,118 @@ async def test_llm_without_endpoint_fails_the_step(start_server: StartServer) ->
     flow = await server.flow({"block": "llm"})
     outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
     assert outcome["state"] == "failed" and "llm_base_url" in outcome["error"]
+
+
+async def _endpoint(answer: Any) -> AsyncIterator[str]:
+    """An endpoint that answers every request with ``answer(request)``; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def _failed_text(server: Any, flow: str) -> str:
+    """A failed run's whole record as clients can read it: answer, run, events."""
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+    assert outcome["state"] == "failed", outcome
+    run_id = outcome["executionId"]
+    run = (await server.call("GET", f"/runs/{run_id}")).body
+    events = await server.call("GET", f"/runs/{run_id}/events")
+    return orjson.dumps([outcome, run]).decode() + str(events.body)
+
+
+async def test_the_servers_api_key_never_reaches_a_failed_run(start_server: StartServer) -> None:
+    # Found by QA: an endpoint's error page that quoted the request's Authorization header
+    # put the server's API key into the run's error and events.
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=500, text=f"bad auth: {request.headers['Authorization']}")
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key="sk-SECRET1")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        text = await _failed_text(server, flow)
+        assert "sk-SECRET1" not in text and "answered 500: bad auth: Bearer ***" in text
+
+
+async def test_the_endpoints_password_never_reaches_a_failed_run(start_server: StartServer) -> None:
+    # Found by QA: the URL's user and password were in the run's error, events and
+    # conditions whenever the endpoint could not be reached.
+    with socket.socket() as probe:  # a port nobody listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}/v1"
+    server = await start_server(llm_base_url=f"http://bob:hunter2pw@{address}")
+    flow = await server.flow({"block": "llm", "id": "chat"})
+    text = await _failed_text(server, flow)
+    assert "hunter2pw" not in text and "bob" not in text and f"http://{address}" in text
+
+
+async def test_repeated_or_missing_tool_call_ids_get_ids_of_their_own(
+    start_server: StartServer,
+) -> None:
+    # Found by QA: a model that gave two calls one id left a run no one could answer.
+    seen: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+        calls = [call | {"id": "same"}, call | {"id": "same"}, call]
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        if len(seen) > 1:
+            message = {"role": "assistant", "content": "done"}
+        return web.json_response({"choices": [{"message": message}]})
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        body = {"message": "x", "tools": TOOLS}
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+        ids = [call["id"] for call in outcome["toolCalls"]]
+        assert ids[0] == "same" and len(set(ids)) == 3, ids
+        results = {"toolResults": [{"toolCallId": i, "output": n} for n, i in enumerate(ids)]}
+        done = await server.call(
+            "POST", f"/runs/{outcome['executionId']}/tool-results", json=results,
+            params={"wait": "true"},
+        )  # fmt: skip
+        assert done.body["state"] == "completed" and done.body["output"] == "done"
+        told = [m["tool_call_id"] for m in seen[1]["messages"] if m["role"] == "tool"]
+        assert told == ids
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": [{"message": None}]},
+        {"choices": [{"message": {"content": "x", "tool_calls": ["not a call"]}}]},
+    ],
+)
+async def test_a_malformed_answer_fails_the_step_as_an_llm_error(
+    start_server: StartServer, body: dict[str, Any]
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        text = await _failed_text(server, flow)
+        assert "llm endpoint sent" in text and "AttributeError" not in text, text
+        assert '"reason":"StepFailed"' in text  # the failed run's condition says why
+
+
+async def test_usage_that_is_not_a_count_is_left_out(start_server: StartServer) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        usage = {"prompt_tokens": "lots", "completion_tokens": 2, "total_tokens": None}
+        return web.json_response({"choices": [{"message": {"content": "ok"}}], "usage": usage})
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["state"] == "completed", outcome
+        assert outcome["usage"] == {"promptTokens": 0, "completionTokens": 2, "totalTokens": 2}

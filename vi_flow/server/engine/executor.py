@@ -233,7 +233,7 @@ class Executor:
                 return result
             if isinstance(result, _Failure):
                 await self.finish(row, Condition.FAILED, error=result.message,
-                                  failed_step=result.step_id)  # fmt: skip
+                                  failed_step=result.step_id, reason="StepFailed")  # fmt: skip
                 return None
             carry = result
         last = step_id_of(spec, len(spec.blocks) - 1) if spec.blocks else None

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from ....models.events import TokenUsage, ToolCall, ToolFunction, ToolResult
 from .base import BlockContext, Pause, StepDone, StepError
@@ -54,17 +55,32 @@ def _tool_message(result: ToolResult) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": result.tool_call_id, "content": content}
 
 
+def _count(usage: dict[str, Any], name: str) -> int:
+    """A token count of the endpoint's ``usage`` (0 when it is not a count)."""
+    value = usage.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _add(total: TokenUsage | None, usage: Any) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return total
     base = total or TokenUsage()
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
+    prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
     return TokenUsage(
         prompt_tokens=base.prompt_tokens + prompt,
         completion_tokens=base.completion_tokens + completion,
-        total_tokens=base.total_tokens + int(usage.get("total_tokens") or prompt + completion),
+        total_tokens=base.total_tokens + (_count(usage, "total_tokens") or prompt + completion),
     )
+
+
+def _shown(ctx: BlockContext, text: str) -> str:
+    """``text`` without the endpoint's credentials: a failed step's message reaches the
+    run's events and every member of its organization; the endpoint is the server's."""
+    url = yarl.URL(ctx.server.llm_base_url or "")
+    for secret in (ctx.server.llm_api_key, url.password, url.raw_password):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _payload(ctx: BlockContext, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,34 +111,46 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
         headers["Authorization"] = f"Bearer {ctx.server.llm_api_key}"
     timeout = aiohttp.ClientTimeout(total=float(ctx.setting("timeout", _DEFAULT_TIMEOUT)))
     url = base.rstrip("/") + "/chat/completions"
+    shown = str(yarl.URL(url).with_user(None))  # the URL's user and password stay here
     try:
         async with ctx.http.post(
             url, data=orjson.dumps(body), headers=headers, timeout=timeout
         ) as resp:
             raw = await resp.read()
             if resp.status >= 400:
-                detail = raw[:300].decode("utf-8", "replace")
+                detail = _shown(ctx, raw[:300].decode("utf-8", "replace"))
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise StepError(f"llm endpoint {url} failed: {exc!r}", "LLM_ERROR") from exc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        why = _shown(ctx, repr(exc))
+        raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
     try:
         data: dict[str, Any] = orjson.loads(raw)
-        data["choices"][0]["message"]
+        if not isinstance(data["choices"][0]["message"], dict):
+            raise TypeError("message is not an object")
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise StepError(
-            f"llm endpoint sent an unexpected answer: {raw[:200]!r}", "LLM_ERROR"
-        ) from exc
+        answer = _shown(ctx, repr(raw[:200]))
+        raise StepError(f"llm endpoint sent an unexpected answer: {answer}", "LLM_ERROR") from exc
     return data
 
 
 def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
-    calls = []
-    for raw in message.get("tool_calls") or []:
-        function = raw.get("function") or {}
+    calls: list[ToolCall] = []
+    raws = message.get("tool_calls") or []
+    if not isinstance(raws, list) or not all(isinstance(raw, dict) for raw in raws):
+        raise StepError(f"llm endpoint sent unexpected tool calls: {raws!r:.200}", "LLM_ERROR")
+    for raw in raws:
+        function = raw.get("function")
+        function = function if isinstance(function, dict) else {}
         arguments = function.get("arguments", "{}")
+        # Each call is answered by its id: one the model left out or repeated (models
+        # and proxies do) gets one of ours, or the second call could never be answered.
+        given = raw.get("id")
+        taken = {call.id for call in calls}
         calls.append(
             ToolCall(
-                id=str(raw.get("id") or ctx.new_call_id()),
+                id=given
+                if isinstance(given, str) and given and given not in taken
+                else ctx.new_call_id(),
                 function=ToolFunction(
                     name=str(function.get("name", "")), arguments=_text(arguments)
                 ),
