@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
 import ssl
 import time
@@ -60,6 +61,9 @@ INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 60.0
 USER_AGENT = f"vi-flow-python/{__version__}"
+#: Sessions a forked child inherited from its parent: kept, never closed nor finalized
+#: there (see ``_let_go``).
+_INHERITED: list[object] = []
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -105,6 +109,7 @@ class Connection:
         self._endpoint: Endpoint | None = None
         self._attached: local.Attached | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._session_pid = 0
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
 
@@ -168,25 +173,44 @@ class Connection:
 
         loop = asyncio.get_running_loop()
         if self._session is None or self._session_loop is not loop or self._session.closed:
+            self._let_go()
             self._session = aiohttp.ClientSession(
+                # No pool limit: a stream holds its connection for the run's life, and
+                # with 100 open (aiohttp's default bound) every other call of the client
+                # waited, the tool results those streams were waiting for included.
                 connector=aiohttp.TCPConnector(
-                    limit=100, limit_per_host=100, ssl=_tls(self.settings.ca_file)
+                    limit=0, limit_per_host=0, ssl=_tls(self.settings.ca_file)
                 ),
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
                 headers={"User-Agent": USER_AGENT},
                 auto_decompress=True,
             )
-            self._session_loop = loop
+            self._session_loop, self._session_pid = loop, os.getpid()
         return self._session
+
+    def _let_go(self) -> None:
+        """Drop the session; one made before ``os.fork()`` is kept for good instead.
+
+        Its sockets are the parent's, registered with the parent's epoll instance,
+        which a forked child shares: finalizing the session here would unregister them
+        there too, and the parent's next call would wait for its whole read timeout.
+        """
+        if self._session is not None and self._session_pid != os.getpid():
+            _INHERITED.append(self._session)
+        self._session = None
 
     async def aclose(self) -> None:
         """Close the session and let an in-process server go; idempotent."""
         if self.closed:
             return
         self.closed = True
-        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+        if (
+            self._session is not None
+            and self._session_loop is asyncio.get_running_loop()
+            and self._session_pid == os.getpid()
+        ):
             await self._session.close()
-        self._session = None
+        self._let_go()
         attached, self._attached = self._attached, None
         if attached is not None and attached.release is not None:
             import anyio.to_thread

@@ -22,7 +22,7 @@ from vi_flow.models import (
     ToolCallsRequired,
 )
 
-from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, TOOL_FLOW, new_flow
+from .conftest import ASK, FAIL_FLOW, GREET, LOOP_FLOW, TOOL_FLOW, new_flow
 
 pytestmark = pytest.mark.anyio
 
@@ -168,3 +168,54 @@ async def test_stream_start_errors_surface_on_iteration(aclient: vi_flow.AsyncCl
     flow = await new_flow(aclient, PARAM_FLOW)
     with pytest.raises(UnprocessableEntityError, match="city"):
         await collect(flow.steps())
+
+
+async def test_more_open_streams_than_a_pool_of_100_leave_the_client_usable(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    # Found by QA: one client had a pool of 100 connections. With 100 streams open (each
+    # holds its connection for the run's life), every other call waited, the tool results
+    # those streams were waiting for included: none of them could end.
+    flow = await new_flow(aclient, TOOL_FLOW)
+    streams, paused = 110, anyio.Event()
+    waiting = 0
+
+    async def handler(calls: Any) -> list[str]:
+        nonlocal waiting
+        waiting += 1
+        if waiting == streams:
+            paused.set()
+        await paused.wait()  # every stream is open and paused at once
+        return ["r"]
+
+    async def one(outputs: list[Any]) -> None:
+        events = await collect(flow.events(message="m", tool_handler=handler))
+        outputs.append(events[-1].status)
+
+    outputs: list[Any] = []
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as group:
+            for _ in range(streams):
+                group.start_soon(one, outputs)
+            await paused.wait()
+            assert (await aclient.flows.get(flow.flow_id)).flow_id == flow.flow_id
+    assert outputs == [Condition.SUCCEEDED] * streams
+
+
+async def test_a_handler_slower_than_the_pause_gets_the_runs_own_end(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    # Found by QA: results sent after the step stopped waiting answered 409, and the SDK
+    # raised that ConflictError ("unknown tool call id") instead of how the run ended,
+    # also from events(), which does not raise for a failed run.
+    ask = ASK | {"settings": ASK["settings"] | {"timeout": 1}}
+    flow = await new_flow(aclient, {"name": "impatient", "blocks": [ask]})
+
+    async def slow(calls: Any) -> list[str]:
+        await anyio.sleep(2.5)
+        return ["late"]
+
+    with pytest.raises(FlowExecutionError, match="ToolResultsTimeout"):
+        await flow.execute(message="m", tool_handler=slow)
+    events = await collect(flow.events(message="m", tool_handler=slow))
+    assert isinstance(events[-1], FlowCompleted) and events[-1].status is Condition.ERROR

@@ -14,10 +14,11 @@ import logging
 from typing import Any, TypeAlias
 
 from .._config import NOT_GIVEN, NotGiven, Timeout
-from .._errors import APIError, FlowExecutionError, ToolCallLimitError
+from .._errors import APIError, ConflictError, FlowExecutionError, ToolCallLimitError
 from .._http import HTTPCore, path
 from ..models._base import to_wire
 from ..models.events import ExecutionOutcome, ToolCall, ToolCallsRequired, ToolResult
+from ..models.runs import Run
 from ._results import ExecuteResult, PausedResult, ToolResultsArg
 from ._tools import ToolHandler, call_tool_handler, coerce_tool_results
 
@@ -104,7 +105,25 @@ class ToolLoop:
         if self.handler is None:
             return
         results = await self.answer(event.execution_id, event.tool_calls)
-        await self.post_nowait(event.execution_id, results)
+        try:
+            await self.post_nowait(event.execution_id, results)
+        except ConflictError:  # the run stopped waiting (timed out, cancelled) meanwhile:
+            if await self._ended(event.execution_id) is None:  # its end is on the stream
+                raise
+
+    async def _ended(self, execution_id: str) -> FlowExecutionError | None:
+        """The failure of ``execution_id`` when it has ended, else None.
+
+        Results sent after the run stopped waiting for them (a handler slower than the
+        step's ``timeout``) answer 409; what the caller needs is how the run ended.
+        """
+        run = await self.http.request("GET", path("/runs/{}", execution_id), cast=Run)
+        last = run.status.conditions[-1] if run.status.conditions else None
+        if last is None or not last.condition.terminal:
+            return None
+        why = last.message or f"the run ended {last.condition.value}"
+        reason = f" ({last.reason})" if last.reason else ""
+        return FlowExecutionError(f"{why}{reason}", execution_id=execution_id)
 
     async def answer(self, execution_id: str, calls: list[ToolCall]) -> list[ToolResult]:
         """Run the handler for one pause, counting the round.
@@ -126,15 +145,24 @@ class ToolLoop:
         return await call_tool_handler(self.handler, calls, allow_async=self.allow_async)
 
     async def post(self, execution_id: str, results: list[ToolResult]) -> ExecutionOutcome:
-        """``POST /runs/{id}/tool-results?wait=true``: send results, get the next outcome."""
-        return await self.http.request(
-            "POST",
-            path("/runs/{}/tool-results", execution_id),
-            json={"toolResults": to_wire(results)},
-            params={"wait": True},
-            timeout=request_timeout(self.timeout),
-            cast=ExecutionOutcome,
-        )
+        """``POST /runs/{id}/tool-results?wait=true``: send results, get the next outcome.
+
+        Raises:
+            FlowExecutionError: The run ended before the results came (see :meth:`_ended`).
+        """
+        try:
+            return await self.http.request(
+                "POST",
+                path("/runs/{}/tool-results", execution_id),
+                json={"toolResults": to_wire(results)},
+                params={"wait": True},
+                timeout=request_timeout(self.timeout),
+                cast=ExecutionOutcome,
+            )
+        except ConflictError:
+            if (ended := await self._ended(execution_id)) is None:
+                raise
+            raise ended from None
 
     async def post_nowait(self, execution_id: str, results: list[ToolResult]) -> None:
         """``POST /runs/{id}/tool-results``: send results while a stream goes on."""
