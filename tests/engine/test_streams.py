@@ -85,12 +85,32 @@ async def test_run_keeps_going_when_its_stream_client_leaves(server: Server) -> 
 
 
 async def test_cancel_on_disconnect(server: Server) -> None:
-    flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
+    flow = await server.flow({"block": "emit", "settings": {"count": 2000, "interval": 0.005}})
     run_id = await _open_then_drop(server, flow, {"cancelOnDisconnect": True})
-    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
-    assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 500
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")  # another reader
+    assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 2000
     run = (await server.call("GET", f"/runs/{run_id}")).body
     assert run["status"]["conditions"][-1]["condition"] == "Cancelled"
+
+
+async def test_cancel_on_disconnect_waits_for_the_client_to_resume(server: Server) -> None:
+    # Found by QA: a dropped connection cancelled the run at once, though the SDK resumes
+    # the stream with Last-Event-ID a moment later ("nothing lost").
+    flow = await server.flow({"block": "emit", "settings": {"count": 400, "interval": 0.01}})
+    run_id = await _open_then_drop(server, flow, {"cancelOnDisconnect": True})
+    resumed = {"Last-Event-ID": "1"}
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events", headers=resumed)
+    assert data(events[-1])["status"] == "Succeeded" and names(events).count("log") == 400
+    # the resumed stream carries the flag on: its client gone for good, the run is cancelled
+    flow = await server.flow({"block": "emit", "settings": {"count": 2000, "interval": 0.005}})
+    run_id = await _open_then_drop(server, flow, {"cancelOnDisconnect": True})
+    async with server.session.get(
+        f"{server.root}/v1/runs/{run_id}/events", headers={**server.headers(), **resumed}
+    ) as resp:
+        async for _ in iter_sse(resp):
+            break
+    events, _ = await server.sse("GET", f"/runs/{run_id}/events")
+    assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 2000
 
 
 async def test_cancel_a_running_run(server: Server) -> None:

@@ -91,6 +91,15 @@ async def test_block_overrides_change_settings(server: Server) -> None:
     assert (await server.call("POST", f"/flows/{flow}/execute", json=body)).body["output"] == "b"
     bad = await server.call("POST", f"/flows/{flow}/execute", json={"blockOverrides": {"x": {}}})
     assert bad.status == 422 and "blockOverrides.x" in bad.body["error"]["message"]
+    # a misspelt setting was ignored (found by QA), as it is refused in a flow's own blocks
+    runs = (await server.call("GET", "/runs")).body
+    typo = await server.call(
+        "POST", f"/flows/{flow}/execute", json={"blockOverrides": {"t": {"tmpl": "b"}}}
+    )
+    assert typo.status == 422, typo.body
+    assert "blockOverrides.t.settings.tmpl" in typo.body["error"]["message"]
+    assert "did you mean 'template'" in typo.body["error"]["message"]
+    assert (await server.call("GET", "/runs")).body == runs  # no run was made
 
 
 @pytest.mark.parametrize(

@@ -129,8 +129,10 @@ class AsyncFlow:
         A failed run ends with a ``FlowCompleted`` whose ``status`` says so (no raise).
 
         Args:
-            cancel_on_disconnect: Cancel the run if this client goes away (default: the
-                run keeps going and can be followed with ``flow.run(id).events()``).
+            cancel_on_disconnect: Cancel the run if this client goes away: once it has
+                been gone 3 s without resuming the stream (a dropped connection resumes
+                at once); by default the run keeps going and can be followed with
+                ``flow.run(id).events()``.
             (others): As for :meth:`execute`.
 
         Raises:

@@ -33,6 +33,7 @@ __all__ = [
     "BlockCatalog",
     "check_blocks",
     "check_chosen_id",
+    "check_settings",
     "limited",
     "resolve_parameters",
     "validate_flow_spec",
@@ -161,7 +162,7 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
             names = catalog.names()
             problem = f"unknown block type {block.block!r}{_closest(block.block, names)}"
             raise APIProblem.validation(f"{where}.block", f"{problem} (known: {', '.join(names)})")
-        _check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
+        check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
         _check_values(where, block.block, block.settings)
         if block.block == "task":
             _check_task_settings(f"{where}.settings", block.settings)
@@ -200,9 +201,14 @@ def _check_task_settings(where: str, settings: Mapping[str, Any]) -> None:
         limited(check_name, f"{where}.name", name)
 
 
-def _check_settings(
+def check_settings(
     where: str, block: str, settings: Mapping[str, Any], known: Collection[str] | None
 ) -> None:
+    """Refuse a setting ``block`` does not read (``known``; ``None``: it does not say).
+
+    Raises:
+        APIProblem: 422 ``<where>.settings.<name>``, with the closest known name.
+    """
     if known is None:
         return
     for name in settings:

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
@@ -49,6 +49,9 @@ from .eventlog import EventLog, RunKey
 from .executor import Begun, Executor, Paused, spec_of
 from .request import ExecuteRequest, check_against_flow, step_id_of
 from .tables import RunRow, StepRow
+
+if TYPE_CHECKING:
+    from ..validation import BlockCatalog
 
 __all__ = ["Engine"]
 
@@ -182,7 +185,12 @@ def _new_row(run: Run, request: ExecuteRequest, owner: str, state: str = "pendin
 
 
 def _create_and_begin(
-    conn: Connection, org: str, flow_id: str, request: ExecuteRequest, owner: str
+    conn: Connection,
+    org: str,
+    flow_id: str,
+    request: ExecuteRequest,
+    owner: str,
+    catalog: BlockCatalog,
 ) -> Begun:
     """Create a run of a flow version and start it, in one transaction.
 
@@ -195,7 +203,7 @@ def _create_and_begin(
         APIProblem: 404 flow/version, 422 inputs/overrides, 402 no credits left.
     """
     spec, label = records.resolve_flow_version(conn, org, flow_id, request.version)
-    request = check_against_flow(request, spec)
+    request = check_against_flow(request, spec, catalog)
     tables.spend_credit(conn, org)
     run_id = records.new_id("run")
     # held here, in the transaction, so that it comes before the state changes logged
@@ -222,6 +230,10 @@ class _RunLock:
 
 
 _BY_THE_USER = ("cancelled by the user", "UserCancelled")
+
+#: Seconds a ``cancelOnDisconnect`` run waits for its client to resume its stream (with
+#: ``Last-Event-ID``) before it is cancelled.
+RESUME_GRACE = 3.0
 
 
 class Engine:
@@ -252,6 +264,9 @@ class Engine:
         # cancel unless said otherwise, as when the server is stopped with force)
         self._why: dict[RunKey, tuple[str, str]] = {}
         self._timers: dict[RunKey, asyncio.TimerHandle] = {}
+        # cancelOnDisconnect runs whose client went away, waiting RESUME_GRACE to resume
+        self._orphaned: dict[RunKey, asyncio.TimerHandle] = {}
+        self._guards: dict[RunKey, int] = {}  # open cancelOnDisconnect streams per run
         self._locks: dict[RunKey, _RunLock] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._finals: dict[RunKey, ExecutionOutcome] = {}  # outcomes read as runs ended
@@ -285,9 +300,10 @@ class Engine:
         compute task die and fails the run for the wrong reason.
         """
         self.log.stop_followers()
-        for handle in self._timers.values():
+        for handle in [*self._timers.values(), *self._orphaned.values()]:
             handle.cancel()
         self._timers.clear()
+        self._orphaned.clear()
         tasks = [*self._tasks.values(), *self._background]
         if self._tasks:
             log.info("stopping %d running runs; the next start ends them", len(self._tasks))
@@ -340,7 +356,7 @@ class Engine:
         def create(conn: Connection) -> Begun:
             if save is not None:
                 save.check(conn)  # an Idempotency-Key answered before: nothing is made
-            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id)
+            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id, self.registry)
             if save is not None:
                 save.hold(conn, begun.row.run_id)  # a retry finds this run, makes none
             return begun
@@ -361,7 +377,7 @@ class Engine:
 
         def create(conn: Connection) -> tuple[Begun, ExecutionJob]:
             save.check(conn)
-            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id)
+            begun = _create_and_begin(conn, org, flow_id, request, self.replica.id, self.registry)
             job = ExecutionJob(execution_id=begun.row.run_id, status=Condition.RUNNING)
             save(conn, job)
             return begun, job
@@ -545,6 +561,36 @@ class Engine:
         """Cancel a run in the background (from a handler that is itself going away)."""
         spawn(self._background, self.cancel_run(key))
 
+    def guard(self, key: RunKey) -> None:
+        """A ``cancelOnDisconnect`` stream of ``key`` opened (or resumed one)."""
+        self._guards[key] = self._guards.get(key, 0) + 1
+        if (handle := self._orphaned.pop(key, None)) is not None:
+            handle.cancel()
+
+    def guarded(self, key: RunKey) -> bool:
+        """Whether ``key`` has a ``cancelOnDisconnect`` stream, or is waiting for its
+        client to resume one (a resumed stream then carries the flag on)."""
+        return key in self._guards or key in self._orphaned
+
+    def unguard(self, key: RunKey, *, gone: bool) -> None:
+        """A ``cancelOnDisconnect`` stream of ``key`` ended; ``gone``: its client went
+        away. When it was the run's last such stream, the run is cancelled unless its
+        client resumes the stream within :data:`RESUME_GRACE` seconds: a dropped
+        connection is not a client gone (the SDK reconnects at once, and its new stream
+        may even come before this one is found dead)."""
+        left = self._guards.get(key, 0) - 1
+        if left > 0:
+            self._guards[key] = left
+            return
+        self._guards.pop(key, None)
+        if gone and key not in self._orphaned:
+            loop = asyncio.get_running_loop()
+            self._orphaned[key] = loop.call_later(RESUME_GRACE, self._orphan_ends, key)
+
+    def _orphan_ends(self, key: RunKey) -> None:
+        if self._orphaned.pop(key, None) is not None:
+            self.cancel_soon(key)
+
     # -- replicas ---------------------------------------------------------------------
 
     def _announce(self, conn: Connection, notes: list[list[Any]]) -> None:
@@ -591,9 +637,10 @@ class Engine:
         """This replica lost its lease: stop driving its runs without ending them (the
         replica that takes them over ends them) and drop what it had not written."""
         keys = {*self._tasks, *self._timers}
-        for handle in self._timers.values():
+        for handle in [*self._timers.values(), *self._orphaned.values()]:
             handle.cancel()
         self._timers.clear()
+        self._orphaned.clear()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

@@ -15,7 +15,7 @@ import attrs
 from ...models.execution import ExecuteRequest, ExecuteRequestError
 from ...models.flows import FlowSpec
 from ..errors import APIProblem
-from ..validation import resolve_parameters
+from ..validation import BlockCatalog, check_settings, resolve_parameters
 
 __all__ = [
     "ExecuteRequest",
@@ -42,19 +42,27 @@ def step_id_of(spec: FlowSpec, index: int) -> str:
     return spec.blocks[index].id or f"step{index + 1}"
 
 
-def check_against_flow(request: ExecuteRequest, spec: FlowSpec) -> ExecuteRequest:
+def check_against_flow(
+    request: ExecuteRequest, spec: FlowSpec, catalog: BlockCatalog | None = None
+) -> ExecuteRequest:
     """Apply input defaults and check overrides against the flow version.
 
     Raises:
-        APIProblem: 422 ``parameters.<name>`` for a missing required input, or
-            ``blockOverrides.<id>`` for a step the flow does not have.
+        APIProblem: 422 ``parameters.<name>`` for a missing required input,
+            ``blockOverrides.<id>`` for a step the flow does not have, or
+            ``blockOverrides.<id>.settings.<name>`` for a setting its block does not read
+            (as a flow's own settings are checked: a misspelt one would be ignored).
     """
     parameters = resolve_parameters(spec, request.parameters)
-    steps = {step_id_of(spec, i) for i in range(len(spec.blocks))}
-    for step_id in request.block_overrides:
+    steps = {step_id_of(spec, i): block for i, block in enumerate(spec.blocks)}
+    for step_id, settings in request.block_overrides.items():
         if step_id not in steps:
             raise APIProblem.validation(
                 f"blockOverrides.{step_id}",
                 f"the flow has no step {step_id!r} (steps: {sorted(steps)})",
             )
+        if catalog is not None:
+            kind = steps[step_id].block
+            known = catalog.settings_of(kind)
+            check_settings(f"blockOverrides.{step_id}", kind, settings, known)
     return attrs.evolve(request, parameters=parameters)

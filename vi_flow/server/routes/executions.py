@@ -141,15 +141,19 @@ async def _stream(
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     frames = engine.log.follow(key, after, heartbeat)
+    if cancel_on_disconnect:
+        engine.guard(key)
+    gone = False
     try:
         await _pump(response, frames, StillAuthorized(request))
     except ConnectionResetError:  # the client went away; the run goes on unless asked
-        if cancel_on_disconnect:
-            engine.cancel_soon(key)
+        gone = True
     except asyncio.CancelledError:
-        if cancel_on_disconnect:
-            engine.cancel_soon(key)
+        gone = True
         raise
+    finally:
+        if cancel_on_disconnect:
+            engine.unguard(key, gone=gone)
     return response
 
 
@@ -190,7 +194,10 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await response.write_eof()
         return response
-    return await _stream(request, (org, run_id), after)
+    # a client resuming its cancelOnDisconnect stream (it says where it was) keeps it so
+    resuming = "Last-Event-ID" in request.headers
+    cancel = resuming and _engine(request).guarded((org, run_id))
+    return await _stream(request, (org, run_id), after, cancel_on_disconnect=cancel)
 
 
 # -- tool results ----------------------------------------------------------------------
