@@ -45,10 +45,12 @@ def test_mapping_by_call_id() -> None:
     [
         (["only one"], "one per call"),
         ("a string", "list with one entry per call"),
-        ({"c1": 1}, "list with one entry per call"),
+        ({"c1": 1}, r"no answer for \['c2'\]"),
+        ({"c1": 1, "nope": 2}, r"unknown call id\(s\) \['nope'\]; no answer for \['c2'\]"),
         ([ToolResult(tool_call_id="c1"), ToolResult(tool_call_id="c1")], "answer"),
         ([{"tool_call_id": "c1", "oops": 1}, 2], "unknown ToolResult field"),
         ([object(), 1], "not JSON-ready"),
+        ([b"hello", 1], "bytes are not JSON"),  # was sent as base85 text (found by QA)
     ],
 )
 def test_bad_shapes_are_type_errors(returned: Any, match: str) -> None:

@@ -142,6 +142,15 @@ def coerce_tool_results(returned: Any, calls: Sequence[ToolCall]) -> list[ToolRe
     ids = [call.id for call in calls]
     if isinstance(returned, Mapping) and set(returned) == set(ids) and ids:
         results = [_result(returned[i], i) for i in ids]
+    elif isinstance(returned, Mapping):
+        unknown = sorted(str(key) for key in set(returned) - set(ids))
+        missing = [i for i in ids if i not in returned]
+        raise TypeError(
+            f"tool results given as a dict must answer exactly the calls {ids}:"
+            + (f" unknown call id(s) {unknown}" if unknown else "")
+            + (";" if unknown and missing else "")
+            + (f" no answer for {missing}" if missing else "")
+        )
     elif isinstance(returned, (list, tuple)):
         if len(returned) != len(ids):
             raise TypeError(

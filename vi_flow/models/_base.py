@@ -119,7 +119,17 @@ def _build_converter(*, strict: bool = False) -> Any:
     conv.register_structure_hook_factory(attrs.has, structure_factory)
     conv.register_structure_hook(OpenEnum, lambda v, cls: cls(v))
     conv.register_unstructure_hook(OpenEnum, lambda e: e.value)
+    # cattrs' orjson converter writes bytes as base85 text: a value the caller never
+    # wrote would reach the server (and a tool's answer) as if it were theirs
+    conv.register_unstructure_hook(bytes, _no_bytes)
     return conv
+
+
+def _no_bytes(value: bytes) -> Any:
+    raise TypeError(
+        f"bytes are not JSON ({value[:20]!r}...): decode them to str, or encode them"
+        " (base64) yourself"
+    )
 
 
 converter = _build_converter()
