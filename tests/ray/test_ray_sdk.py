@@ -174,3 +174,30 @@ async def test_a_volume_cannot_be_mounted_into_a_ray_job_that_exists(client: Any
         assert "when submitting" in str(refused.value)
     finally:
         await client.cancel(task.task_id)
+
+
+async def test_the_cli_refuses_a_shell_into_a_ray_job_before_ssh_connects(
+    client: Any, ray_server: Any
+) -> None:
+    # Found by QA: `vi-flow tasks ssh` at a terminal ran ssh, which connected and only
+    # then got the server's refusal; the SDK refuses before connecting.
+    task = await client.run("sleep 30", wait=True)
+    home = Path(os.environ["VI_FLOW_HOME"])
+    env = {
+        **os.environ,
+        "VI_FLOW_BASE_URL": ray_server.info.url,
+        "VI_FLOW_API_KEY": (home / "admin-token").read_text().strip(),
+    }
+    cli = f"{sys.executable} -m vi_flow.cli tasks ssh {task.task_id}"
+    try:  # `script` gives the command a terminal, as a person at one has
+        done = await asyncio.create_subprocess_exec(
+            "script", "-qec", cli, "/dev/null", env=env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(done.communicate(), timeout=30)
+        text = out.decode(errors="replace")
+        assert done.returncode == 1, text
+        assert "error: " in text and "Ray cannot run them there" in text, text
+    finally:
+        await client.cancel(task.task_id)
