@@ -231,6 +231,11 @@ def _parse_value(key: str, value: str) -> Any:
         return _one_of(key, value, _CHOICES[key])
     if key == "ca_file":
         _checked_ca_file(value)
+    if not value.strip():  # read back, a blank value counts as not set: say so now
+        raise ValueError(
+            f"{key}: a blank value sets nothing (to clear {key}, delete its line from the"
+            " config file)"
+        )
     return value
 
 

@@ -161,6 +161,8 @@ def test_config_set_refuses_a_value_every_later_command_would_refuse(
         ("ca_file", str(tmp_path / "missing.pem")),
         ("max_retries", "2.5"),
         ("server_idle_timeout", "never"),
+        ("api_key", ""),  # echoed as set, then read back as not set (found by QA)
+        ("organization_id", "  "),
     ):
         result = vf_offline("config", "set", key, value)
         assert result.exit_code == 2, (key, result.stdout, result.stderr)

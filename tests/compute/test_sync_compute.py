@@ -72,3 +72,20 @@ def test_volumes_namespace_is_callable_like_the_seed(client: vi_flow.Client) -> 
     client.create_volume(1, name="one", interface="file")
     client.create_volume(1, name="two", interface="file")
     assert sorted(v.name for v in client.volumes()) == ["one", "two"]
+
+
+def test_run_takes_flow_computes_positional_wait_and_mounts(client: vi_flow.Client) -> None:
+    # Found by QA: flow-compute's Flow.run(task, wait, mounts) by position sent the bool
+    # as the GPU (422 about gpu); the compute client's run(command, gpu, ...) keeps its order.
+    client.create_volume(1, name="posdata", interface="file")
+    task = client.run("ls -d data; sleep 30", True, {"/data": "volume://posdata"})
+    try:
+        assert task.status == "running"  # waited, as wait=True does
+        assert task.config.volumes[0].mount_path == "/data"
+    finally:
+        task.cancel()
+    assert client.run(TaskConfig(name="t", command="true"), False).task_id
+    with pytest.raises(TypeError, match="gpu must be a string"):
+        client.run("true", 5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="wait must be a bool"):
+        client.run("true", wait="yes")  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast, overload
 
 import anyio
 import anyio.to_thread
@@ -129,6 +129,9 @@ class AsyncCompute:
             memory_gb: Memory in GB.
             wait: Return only once the task runs (or has already ended).
             mounts: ``{"/data": "volume://datasets"}`` (target -> source).
+            (by position): ``run(task, gpu, cpus, memory_gb, wait)`` as the compute
+                client's ``run``, or ``run(task, wait, mounts)`` as flow-compute's
+                ``Flow.run`` (a bool second means ``wait``).
             **kwargs: Other ``TaskConfig`` fields (``instance_type``, ``env``, ``name``...).
 
         Returns:
@@ -139,6 +142,16 @@ class AsyncCompute:
                 request this machine can never meet (the message says what exists).
             ValueError: Bad GPU shorthand or mount, before any request.
         """
+        second, third = cast(object, gpu), cast(object, cpus)
+        if isinstance(second, bool):  # flow-compute's Flow.run(task, wait, mounts), by position
+            if third is not None and not isinstance(third, (str, Mapping)):
+                raise TypeError(f"mounts must be a string or a mapping, got {third!r}")
+            wait, gpu, cpus = second, None, None
+            mounts = mounts if third is None else third
+        elif second is not None and not isinstance(second, str):
+            raise TypeError(f"gpu must be a string such as 'a100:4', got {second!r}")
+        if not isinstance(cast(object, wait), bool):
+            raise TypeError(f"wait must be a bool, got {wait!r}")
         config = await _configs.build_config(
             task, mounts=mounts, gpu=gpu, cpus=cpus, memory_gb=memory_gb, **kwargs
         )
