@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 
@@ -129,3 +130,38 @@ async def test_a_token_deleted_behind_the_server_stops_working_within_a_second(
     state_sql(server.home, "DELETE FROM tokens WHERE org_id = ?", org_id)
     await asyncio.sleep(1.1)
     assert (await server.call("GET", "/flows", token=token)).status == 401
+
+
+async def _raw(server: Server, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send one request written byte for byte; the status and the body of the answer."""
+    host, port = server.root.split("//")[1].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        length = f"Content-Length: {len(body)}\r\n".encode()
+        writer.write(head + length + b"Connection: close\r\n\r\n" + body)
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_header_bytes_that_are_not_utf8_are_refused_not_500(server: Server) -> None:
+    # Found by QA: raw bytes in Authorization or Idempotency-Key answered 500 (the server
+    # encoded the header back to strict UTF-8).
+    bad_token = b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+    status, body = await _raw(server, bad_token)
+    assert status == 401 and b"UNAUTHENTICATED" in body, body
+    auth = f"Authorization: Bearer {server.token}\r\n".encode()
+    head = b"POST /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth
+    status, body = await _raw(server, head + b"Idempotency-Key: k\xff\xfe\r\n", b'{"name": "k"}')
+    assert status == 422 and b"Idempotency-Key" in body, body
+    assert (await server.call("GET", "/flows")).body["items"] == []  # nothing was made
+
+
+async def test_two_authorization_headers_are_refused(server: Server) -> None:
+    # Found by QA: the first of two won; a proxy picking the other acts as someone else.
+    _, other = await _second_org(server)
+    two = f"Authorization: Bearer {server.token}\r\nAuthorization: Bearer {other}\r\n"
+    status, body = await _raw(server, b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\n" + two.encode())
+    assert status == 400 and b"more than one Authorization" in body, body

@@ -171,3 +171,16 @@ async def test_a_chosen_flow_id(server: Server) -> None:
         answer = await server.call("POST", "/flows", json=spec("c"), params={"flowId": bad})
         assert answer.status == 422, bad
         assert answer.body["error"]["message"].startswith("flowId:")
+
+
+async def test_delete_with_a_stale_etag_is_412_and_keeps_the_flow(server: Server) -> None:
+    # Found by QA: DELETE ignored If-Match, so a guarded delete lost a concurrent edit.
+    flow = (await server.call("POST", "/flows", json=spec("one"))).body
+    path = f"/flows/{flow['flowId']}"
+    await server.call("PUT", path, json=spec("two"))
+    stale = await server.call("DELETE", path, headers={"If-Match": f'"{flow["etag"]}"'})
+    assert stale.status == 412 and stale.body["error"]["code"] == "ETAG_MISMATCH"
+    fresh = (await server.call("GET", path)).body
+    assert fresh["spec"]["name"] == "two"
+    gone = await server.call("DELETE", path, headers={"If-Match": f'"{fresh["etag"]}"'})
+    assert gone.status == 200 and (await server.call("GET", path)).status == 404

@@ -325,3 +325,27 @@ async def test_mount_volume_into_a_task_still_waiting_to_start(server: TaskServe
     assert (await server.wait(waiting["taskId"]))["status"] == "completed"
     logs = await server.call("GET", f"/tasks/{waiting['taskId']}/logs")
     assert logs.body["lines"] == ["early"]
+
+
+@pytest.mark.anyio
+async def test_a_volume_deleted_while_tasks_that_mount_it_are_made(server: TaskServer) -> None:
+    # Found by QA: the delete checked for tasks mounting the volume, then deleted it, in
+    # two steps; tasks made in between were accepted and failed to start (bwrap: no
+    # such source path). Whichever comes first now wins, whole.
+    for trial in range(5):
+        volume = (await server.call("POST", "/volumes", json={"name": f"race-{trial}"})).body
+        mount = [{"volumeId": volume["volumeId"], "mountPath": "/data"}]
+        body = {"command": "sleep 30", "volumes": mount}
+        made = [server.call("POST", "/tasks", json=body) for _ in range(3)]
+        answers = await asyncio.gather(
+            *made, server.call("DELETE", f"/volumes/{volume['volumeId']}")
+        )
+        *tasks, deleted = answers
+        created = [t.body["taskId"] for t in tasks if t.status == 201]
+        assert all(t.status in (201, 422) for t in tasks), [t.body for t in tasks]
+        if deleted.status == 200:  # then no task was made with it
+            assert created == [], (trial, created)
+        else:
+            assert deleted.status == 409 and created, deleted.body
+        for task_id in created:
+            await server.call("POST", f"/tasks/{task_id}/cancel", json={"force": True})

@@ -190,7 +190,8 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
 IDEMPOTENCY_KEY = _header(
     "Idempotency-Key",
     {"type": "string", "maxLength": 255},
-    "Retries with the same key and body get the first answer again (empty: no key).",
+    "Retries with the same key and body get the first answer again (empty: no key;"
+    " printable ASCII).",
 )
 REQUEST_ID = _header(
     "X-Request-Id",
@@ -200,6 +201,9 @@ REQUEST_ID = _header(
 
 REQUEST_HEADERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("PUT", "/v1/flows/{flowId}"): [
+        _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
+    ],
+    ("DELETE", "/v1/flows/{flowId}"): [
         _header("If-Match", _STR, "The flow's `ETag`: refused with 412 if it changed since.")
     ],
     ("GET", "/v1/runs/{runId}/events"): [_header("Last-Event-ID", _EVENT_ID, _LAST_EVENT_ID)],

@@ -319,16 +319,20 @@ def _etag_matches(if_match: str, etag: str) -> bool:
     return "*" in candidates or any(c.strip('"') == etag for c in candidates if c[:2] != "W/")
 
 
-def update_flow(
-    conn: Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
-) -> Flow:
-    row = _flow_row(conn, org_id, flow_id, lock=True)
+def _check_if_match(row: Row, flow_id: str, if_match: str | None) -> None:
     if if_match is not None and not _etag_matches(if_match, row["etag"]):
         raise APIProblem(
             412,
             "ETAG_MISMATCH",
             f"flow {flow_id!r} changed: etag is {row['etag']!r}, not {if_match!r}",
         )
+
+
+def update_flow(
+    conn: Connection, org_id: str, flow_id: str, spec: FlowSpec, if_match: str | None
+) -> Flow:
+    row = _flow_row(conn, org_id, flow_id, lock=True)
+    _check_if_match(row, flow_id, if_match)
     conn.execute(
         "UPDATE flows SET spec = ?, etag = ?, generation = generation + 1, updated_at = ?"
         " WHERE flow_id = ? AND org_id = ?",
@@ -337,8 +341,8 @@ def update_flow(
     return get_flow(conn, org_id, flow_id)
 
 
-def delete_flow(conn: Connection, org_id: str, flow_id: str) -> None:
-    _flow_row(conn, org_id, flow_id, lock=True)
+def delete_flow(conn: Connection, org_id: str, flow_id: str, if_match: str | None = None) -> None:
+    _check_if_match(_flow_row(conn, org_id, flow_id, lock=True), flow_id, if_match)
     where, args = "WHERE flow_id = ? AND org_id = ?", (flow_id, org_id)
     conn.execute(f"DELETE FROM flow_versions {where}", args)
     conn.execute(f"DELETE FROM flows {where}", args)

@@ -434,6 +434,8 @@ def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
             return await handler(request)
         if len(key) > 255:
             raise APIProblem.validation("Idempotency-Key", "must be at most 255 characters")
+        if not key.isascii() or not key.isprintable():  # raw bytes arrive as surrogates
+            raise APIProblem.validation("Idempotency-Key", "must be printable ASCII")
         async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)):
             return await _answer_once(request, handler, key, early_lookup=early_lookup)
 

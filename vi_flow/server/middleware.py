@@ -260,13 +260,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _principal(request: web.Request) -> Principal:
-    header = request.headers.get("Authorization", "")
+    given = request.headers.getall("Authorization", [])
+    if len(given) > 1:  # a proxy picking the other one would act as someone else
+        raise APIProblem(
+            400, "INVALID_REQUEST", "the request has more than one Authorization header"
+        )
+    header = given[0] if given else ""
     if not header and COOKIE in request.cookies:
         return await session_principal(request)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIProblem(401, "UNAUTHENTICATED", "missing bearer token in the Authorization header")
     token = token.strip()
+    if not token.isascii():  # tokens are ASCII; raw bytes arrive as surrogates
+        raise APIProblem(401, "UNAUTHENTICATED", "the API key is not valid")
     cache = request.app[_TOKENS_KEY]
     now = time.monotonic()
     cached = cache.get(token)

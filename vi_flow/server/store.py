@@ -561,9 +561,10 @@ class Store:
         """Replace the draft spec; a stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
         return await self.run(lambda c: rec.update_flow(c, org_id, flow_id, spec, if_match))
 
-    async def delete_flow(self, org_id: str, flow_id: str) -> None:
-        """Delete the flow and its published versions (runs keep their frozen spec)."""
-        await self.run(lambda c: rec.delete_flow(c, org_id, flow_id))
+    async def delete_flow(self, org_id: str, flow_id: str, *, if_match: str | None = None) -> None:
+        """Delete the flow and its published versions (runs keep their frozen spec); a
+        stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
+        await self.run(lambda c: rec.delete_flow(c, org_id, flow_id, if_match))
 
     async def publish_flow(self, org_id: str, flow_id: str) -> int:
         """Snapshot the draft as the next immutable version and return its number."""

@@ -2,7 +2,7 @@
 
 ``POST /v1/flows`` and ``PUT /v1/flows/{flowId}`` take the flow spec as the body,
 either bare (``{"name": ..., "blocks": [...]}``) or wrapped (``{"spec": {...}}``; error
-paths then start with ``spec.``). ``PUT`` honours ``If-Match``.
+paths then start with ``spec.``). ``PUT`` and ``DELETE`` honour ``If-Match``.
 """
 
 from __future__ import annotations
@@ -92,9 +92,10 @@ async def update_flow(request: web.Request) -> web.Response:
 
 
 async def delete_flow(request: web.Request) -> web.Response:
-    """Delete a flow and its published versions."""
+    """Delete a flow and its published versions; If-Match as for ``PUT``."""
     flow_id = request.match_info["flowId"]
-    await request.app[STORE_KEY].delete_flow(org_of(request), flow_id)
+    if_match = request.headers.get("If-Match")
+    await request.app[STORE_KEY].delete_flow(org_of(request), flow_id, if_match=if_match)
     return json_response(DeletedFlow(flow_id=flow_id))
 
 

@@ -52,7 +52,7 @@ from .logtimes import SCHEMA_LOG_TIMES, LogTimes
 from .outputs import TaskOutputs
 from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
 from .ssh import SSHAccess
-from .volumes import Volumes, mount_rows
+from .volumes import Volumes, missing_volumes, mount_rows
 
 __all__ = ["DEFAULT_GRACE", "MIGRATIONS", "TASKS_KEY", "TaskService"]
 
@@ -407,6 +407,10 @@ class TaskService:
 
         def insert(conn: Connection) -> None:
             self.quotas.check_pending_tasks(_pending(conn, spec.organization_id))
+            if gone := missing_volumes(conn, [mount[1] for mount in mounts]):
+                raise APIProblem.validation(  # deleted since it was resolved
+                    "volumes", f"volume {gone[0]!r} was deleted meanwhile"
+                )
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
                 " created_at, provider, run_id, step_id, replica, files_on)"

@@ -24,7 +24,7 @@ from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
 from .._records import seq_window
 from ..beneath import LinkInTheWay, link_beneath
 from ..clock import now_ms
-from ..db import Connection, IntegrityError, Row
+from ..db import Connection, IntegrityError, Row, for_update
 from ..errors import APIProblem
 from ..providers.base import Mount
 from ..store import answer_saver, new_id
@@ -146,14 +146,21 @@ class Volumes:
             APIProblem: 404 if unknown, 409 while a pending or running task mounts it.
         """
         volume = await self.get_volume(org_id, ident)
-        if volume.attached_to:
-            raise APIProblem.conflict(
-                f"volume {volume.name!r} is mounted by task {volume.attached_to[0]!r}; "
-                "cancel the task or wait for it to end first"
-            )
-        await self._store.run(
-            lambda c: c.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
-        )
+
+        def delete(conn: Connection) -> None:
+            # checked and deleted in one transaction, the volume's row locked: a task
+            # made meanwhile that mounts it either comes first (409 here) or finds it
+            # gone (QA: both succeeded, and the task failed to start)
+            if missing_volumes(conn, [volume.volume_id]):
+                raise APIProblem.not_found("NOT_FOUND", "volume", ident)
+            if attached := _attached(conn, volume.volume_id):
+                raise APIProblem.conflict(
+                    f"volume {volume.name!r} is mounted by task {attached[0]!r}; "
+                    "cancel the task or wait for it to end first"
+                )
+            conn.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
+
+        await self._store.run(delete)
         await self._provider.delete_volume(volume.volume_id)
         return volume.volume_id
 
@@ -328,6 +335,20 @@ def _insert_volume(conn: Connection, row: tuple[object, ...]) -> None:
         " path, created_at) VALUES (?,?,?,?,?,?,?,?)",
         row,
     )
+
+
+def missing_volumes(conn: Connection, volume_ids: Sequence[str]) -> list[str]:
+    """Those of ``volume_ids`` that no longer exist; the others are locked until the
+    transaction ends (PostgreSQL: a delete of one waits for it)."""
+    lock = for_update(conn)
+    return [
+        volume_id
+        for volume_id in dict.fromkeys(volume_ids)
+        if conn.execute(
+            "SELECT volume_id FROM volumes WHERE volume_id = ?" + lock, (volume_id,)
+        ).fetchone()
+        is None
+    ]
 
 
 def _attached(conn: Connection, volume_id: str) -> list[str]:
