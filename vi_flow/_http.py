@@ -572,6 +572,17 @@ class HTTPCore:
             ) from exc
 
 
+def _check_secret_header(name: str, value: str) -> None:
+    """Refuse a setting no HTTP header can carry, without showing it: the transports'
+    own errors quote the whole header (the API key with it; found by QA with a key file
+    saved with Windows line endings, whose ``\r`` ``$(cat ...)`` keeps)."""
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(
+            f"{name} holds a control or non-ASCII character (a file saved with Windows line"
+            " endings leaves a \\r at its end); its value is not shown"
+        )
+
+
 class _Request:
     """One logical request: fixed across attempts, including its idempotency key."""
 
@@ -594,8 +605,10 @@ class _Request:
         if self.body is not None:
             hdrs["Content-Type"] = "application/json"
         if endpoint.api_key:
+            _check_secret_header("api_key", endpoint.api_key)
             hdrs["Authorization"] = f"Bearer {endpoint.api_key}"
         if endpoint.organization_id:
+            _check_secret_header("organization_id", endpoint.organization_id)
             hdrs["Organization-Id"] = endpoint.organization_id
         if headers:
             hdrs.update(headers)

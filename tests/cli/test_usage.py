@@ -215,3 +215,12 @@ def test_server_commands_refuse_a_base_url_they_would_ignore(vf_offline: Invoker
         assert result.exit_code == 2, (command, result.output)
         assert "manages the local server of a home" in result.stderr
         assert "pw-sekret" not in result.stderr
+
+
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(vf: Invoker) -> None:
+    # Found by QA: a key read from a file saved with Windows line endings kept its "\r",
+    # and the HTTP library's error quoted the whole Authorization header.
+    result = vf("--api-key", "tok-zzz-secret-7\r", "flows", "list")
+    assert result.exit_code == 2, result.stderr
+    assert "api_key holds a control" in result.stderr
+    assert "tok-zzz-secret-7" not in result.stdout + result.stderr
