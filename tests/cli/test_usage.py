@@ -224,3 +224,11 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(vf: Invoker) ->
     assert result.exit_code == 2, result.stderr
     assert "api_key holds a control" in result.stderr
     assert "tok-zzz-secret-7" not in result.stdout + result.stderr
+
+
+def test_an_empty_api_key_given_is_refused_not_replaced(vf: Invoker) -> None:
+    # Found by QA: `--api-key "$KEY"` with an empty KEY ran as the home's admin.
+    for key in ("", "  "):
+        result = vf("--api-key", key, "tokens", "list")
+        assert result.exit_code == 2 and "--api-key" in result.stderr, result.stderr
+        assert result.stdout == ""

@@ -82,6 +82,11 @@ def cli(
     VI_FLOW_HOME), started in the background on first use and shared by every process
     ('vi-flow server status'). Start with 'vi-flow demo'.
     """
+    given = ctx.get_parameter_source("api_key") is click.core.ParameterSource.COMMANDLINE
+    if given and not (api_key or "").strip():  # a script's key that came out empty would
+        raise click.BadParameter(  # run as whoever the env, config or home names
+            "the key given is empty", param_hint="'--api-key'"
+        )
     obj = CliState(base_url=base_url, api_key=api_key, color=color, debug=debug, json=as_json)
     ctx.obj = obj
     if as_json:
