@@ -85,6 +85,11 @@ class SQLiteDatabase:
             raise
 
 
+def _bound_pages(conn: sqlite3.Connection) -> int:
+    """:data:`WRITER_CHECKPOINT_BYTES` in pages of the database ``conn`` opened."""
+    return WRITER_CHECKPOINT_BYTES // int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
 class WalCheckpointer:
     """Copies a WAL file back into its database on its own thread, off the writer's path.
 
@@ -115,8 +120,7 @@ class WalCheckpointer:
     def bound(conn: sqlite3.Connection) -> None:
         """Set the writer's connection to checkpoint only past the bound, and to cut the
         WAL file back once emptied."""
-        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_BYTES // page}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={_bound_pages(conn)}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
     def nudge(self) -> None:
@@ -131,7 +135,7 @@ class WalCheckpointer:
         self._thread.join()
 
     @staticmethod
-    def _checkpoint(conn: sqlite3.Connection) -> None:
+    def _checkpoint(conn: sqlite3.Connection, bound: int) -> None:
         """Copy the WAL back without blocking anyone; past the bound, finish the copy.
 
         A ``PASSIVE`` checkpoint copies the frames there were when it began. Under
@@ -140,10 +144,10 @@ class WalCheckpointer:
         checkpoint, finding this one busy, fails too (CI saw 68 MB against a 16 MB
         bound). Past the bound a ``RESTART`` one then waits for the commit under way and
         holds the next ones back until the WAL is copied, as the writer's own would.
+        ``bound``: the writer's bound in frames (pages).
         """
         _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        if copied < frames and frames * page > WRITER_CHECKPOINT_BYTES:
+        if copied < frames and frames > bound:
             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def _main(self) -> None:
@@ -151,6 +155,7 @@ class WalCheckpointer:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error:  # the writer's own bound still checkpoints
             return
+        bound = 0  # the writer's bound in pages, read once
         try:
             while True:
                 self._wanted.wait()
@@ -160,7 +165,8 @@ class WalCheckpointer:
                 # A failed checkpoint (the disk full, the file gone) leaves the WAL to the
                 # writer's own bound; the writer reports the error if it persists.
                 with contextlib.suppress(sqlite3.Error):
-                    self._checkpoint(conn)
+                    bound = bound or _bound_pages(conn)
+                    self._checkpoint(conn, bound)
                 if self._stopped.wait(self._pause):
                     return
         finally:

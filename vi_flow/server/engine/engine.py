@@ -300,10 +300,7 @@ class Engine:
         compute task die and fails the run for the wrong reason.
         """
         self.log.stop_followers()
-        for handle in [*self._timers.values(), *self._orphaned.values()]:
-            handle.cancel()
-        self._timers.clear()
-        self._orphaned.clear()
+        self._drop_timers()
         tasks = [*self._tasks.values(), *self._background]
         if self._tasks:
             log.info("stopping %d running runs; the next start ends them", len(self._tasks))
@@ -587,6 +584,13 @@ class Engine:
             loop = asyncio.get_running_loop()
             self._orphaned[key] = loop.call_later(RESUME_GRACE, self._orphan_ends, key)
 
+    def _drop_timers(self) -> None:
+        """Cancel the pause timeouts and the resume graces: nothing of them fires."""
+        for handle in [*self._timers.values(), *self._orphaned.values()]:
+            handle.cancel()
+        self._timers.clear()
+        self._orphaned.clear()
+
     def _orphan_ends(self, key: RunKey) -> None:
         if self._orphaned.pop(key, None) is not None:
             self.cancel_soon(key)
@@ -637,10 +641,7 @@ class Engine:
         """This replica lost its lease: stop driving its runs without ending them (the
         replica that takes them over ends them) and drop what it had not written."""
         keys = {*self._tasks, *self._timers}
-        for handle in [*self._timers.values(), *self._orphaned.values()]:
-            handle.cancel()
-        self._timers.clear()
-        self._orphaned.clear()
+        self._drop_timers()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

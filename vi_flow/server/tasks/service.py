@@ -363,13 +363,7 @@ class TaskService:
         if sandbox is None or os.environ.get(ALLOW_UNSANDBOXED) == "1":
             return
         if not sandbox.enabled:
-            why = f"tasks are not sandboxed on this server ({sandbox.reason})"
-            if "not installed" in sandbox.reason:
-                fix = "install bubblewrap"
-            elif sandbox.reason.startswith("turned off"):
-                fix = "turn the sandbox on"
-            else:
-                fix = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
+            why, fix = f"tasks are not sandboxed on this server ({sandbox.reason})", sandbox.fix
         elif gap := getattr(self.provider, "isolation_gap", None):
             why, fix = f"organizations' tasks are not isolated on this server: {gap[0]}", gap[1]
         else:

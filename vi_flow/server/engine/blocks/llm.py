@@ -138,6 +138,7 @@ def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
     raws = message.get("tool_calls") or []
     if not isinstance(raws, list) or not all(isinstance(raw, dict) for raw in raws):
         raise StepError(f"llm endpoint sent unexpected tool calls: {raws!r:.200}", "LLM_ERROR")
+    taken: set[str] = set()
     for raw in raws:
         function = raw.get("function")
         function = function if isinstance(function, dict) else {}
@@ -145,12 +146,13 @@ def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
         # Each call is answered by its id: one the model left out or repeated (models
         # and proxies do) gets one of ours, or the second call could never be answered.
         given = raw.get("id")
-        taken = {call.id for call in calls}
+        call_id = (
+            given if isinstance(given, str) and given and given not in taken else ctx.new_call_id()
+        )
+        taken.add(call_id)
         calls.append(
             ToolCall(
-                id=given
-                if isinstance(given, str) and given and given not in taken
-                else ctx.new_call_id(),
+                id=call_id,
                 function=ToolFunction(
                     name=str(function.get("name", "")), arguments=_text(arguments)
                 ),

@@ -71,6 +71,7 @@ class Sandbox:
     Attributes:
         bwrap: The ``bwrap`` executable, ``None`` when commands run unsandboxed.
         reason: Why there is no sandbox (empty when there is one).
+        fix: What an operator does to have one (said where tasks are refused for it).
         read_only: Host paths shown read-only at the same place (the server's Python;
             of a directory that holds the home, its other entries).
         hidden: Paths covered by an empty directory (the home, should it lie under a
@@ -81,6 +82,7 @@ class Sandbox:
     reason: str = ""
     read_only: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
+    fix: str = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
 
     @property
     def enabled(self) -> bool:
@@ -240,6 +242,9 @@ def _read_only(paths: Iterable[Path], home: Path) -> tuple[Path, ...]:
     return tuple(sorted({shown for path in paths for shown in _beside_home(path, home)}))
 
 
+_TURN_ON = "turn the sandbox on"
+
+
 def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     """Find ``bwrap`` and check it can build a sandbox here (blocking; run in a thread).
 
@@ -249,10 +254,10 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     the home: each of its entries but the one leading to the home.
     """
     if extra.get("sandbox") is False:
-        return Sandbox(None, "turned off by the server settings (sandbox = false)")
+        return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        return Sandbox(None, "bubblewrap (bwrap) is not installed")
+        return Sandbox(None, "bubblewrap (bwrap) is not installed", fix="install bubblewrap")
     home = Path(home).resolve()
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
     read_only = _read_only([*_python_paths(), *extra_paths], home)
@@ -282,7 +287,7 @@ def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
     ``bwrap`` then fails the job with a message saying so.
     """
     if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
-        return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)")
+        return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)", fix=_TURN_ON)
     shown = sorted({Path(p).resolve() for p in hidden})
     detected = detect_sandbox(shown[0] if shown else Path("/nonexistent"), {})
     if not detected.enabled:
