@@ -30,6 +30,7 @@ EXPECTED = {
     "ShellUnavailableError",
     "Task",
     "TaskConfig",
+    "TaskEndedError",
     "TaskStatus",
     "ToolHandlerWarning",
     "VolumeSpec",

@@ -29,6 +29,7 @@ Every error a user can catch derives from :class:`ViFlowError`::
     ├── TaskTimeoutError              waiting for a task or job exceeded its timeout
     ├── HostKeyChangedError           a task server's SSH host key differs from the pinned one
     ├── ShellUnavailableError         the task's provider cannot run commands inside it (Ray)
+    ├── TaskEndedError                a command, shell or upload met a task that has ended
     ├── PaginationError               a server sent a repeated page token or too many pages
     └── ClientStateError              a closed client was used, a sync client from its own portal,
                                       or its local server was stopped on purpose
@@ -39,8 +40,12 @@ Arguments that are wrong before any request is made raise the builtin ``ValueErr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "APIConnectionError",
@@ -66,6 +71,7 @@ __all__ = [
     "RateLimitError",
     "RunNotFoundError",
     "ShellUnavailableError",
+    "TaskEndedError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "ToolCallLimitError",
@@ -73,6 +79,7 @@ __all__ = [
     "UnprocessableEntityError",
     "ViFlowError",
     "error_for_status",
+    "sole_exception",
 ]
 
 
@@ -346,6 +353,24 @@ class ShellUnavailableError(ViFlowError):
         self.reason = reason
 
 
+class TaskEndedError(ViFlowError):
+    """A command, shell, SSH wait or upload met a task that has already ended.
+
+    Raised before anything is sent: these need a running task.
+
+    Attributes:
+        task_id: The task.
+        status: The status it ended with, such as ``"succeeded"`` or ``"cancelled"``.
+    """
+
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(
+            f"task {task_id} has ended ({status}): commands, shells and uploads need a running task"
+        )
+        self.task_id = task_id
+        self.status = status
+
+
 class PaginationError(ViFlowError):
     """The server repeated a page token or sent more pages than any list can have."""
 
@@ -400,3 +425,15 @@ def error_for_status(
     if cls is RateLimitError:
         return RateLimitError(message, retry_after=retry_after, **kw)
     return cls(message, **kw)
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """The one failure inside ``exc`` when it is a group of one (nested or not), else ``exc``.
+
+    anyio's task groups wrap whatever one of their tasks raised in an exception group;
+    a caller of ours should see the ``BrokenPipeError`` or ``TaskTimeoutError`` itself.
+    A group of several failures is left as it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -122,3 +123,30 @@ def test_on_a_terminal_each_pending_call_is_asked_for(
                 proc.wait()
             os.close(leader)
         assert job.result().output == "Lima: rainy"
+
+
+def test_ctrl_c_at_the_prompt_exits_130_and_answers_nothing(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    with vi_flow.Client(base_url=base, api_key=token) as client:
+        flow_id = client.flows.create(yaml.safe_load(TOOL_SPEC)).flow_id
+        job, _ = _paused(client, flow_id)
+        leader, follower = pty.openpty()
+        proc = subprocess.Popen(
+            [*_cli(), "runs", "resume", job.execution_id],
+            stdin=follower, stdout=follower, stderr=follower, env=env,
+        )  # fmt: skip
+        os.close(follower)
+        try:
+            _read_until(leader, "(JSON)")
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C on the terminal sends
+            assert proc.wait(timeout=30) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(leader)
+        assert job.status() == "Running"  # still paused, still answerable
+        job.cancel()

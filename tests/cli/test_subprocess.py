@@ -144,6 +144,32 @@ def test_logs_follow_into_head_exits_quietly(
     assert out.returncode == 0
 
 
+@pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")
+def test_shell_command_into_head_exits_quietly(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """The shell's output echo meets the broken pipe inside anyio's task groups: the
+    group's wrapping must not turn it into an error report."""
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    started = subprocess.run(
+        [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
+    )
+    assert started.returncode == 0, started.stderr
+    task_id = started.stdout.strip()
+    cli = " ".join(_cli())
+    pipeline = f"{cli} tasks shell {task_id} -n -c 'seq 300000' | head -1; exit ${{PIPESTATUS[0]}}"
+    try:
+        out = subprocess.run(
+            ["bash", "-c", pipeline], capture_output=True, text=True, env=env, timeout=60
+        )
+    finally:
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+    assert out.stdout == "1\n"
+    assert out.stderr == ""
+    assert out.returncode == 0
+
+
 def test_ctrl_c_cancels_the_run(
     served: tuple[str, str, subprocess.Popen[str]], tmp_path: Path
 ) -> None:

@@ -240,6 +240,45 @@ async def test_unregistered_key_is_refused(client: vi_flow.AsyncClient, tmp_path
         await task.cancel(force=True)
 
 
+async def test_an_ended_task_refuses_shells_waits_and_uploads_by_name(
+    client: vi_flow.AsyncClient, tmp_path: Path
+) -> None:
+    task = await client.run("true")
+    assert await task.wait(timeout=60) == TaskStatus.COMPLETED
+    attempts = {
+        "shell": client.shell(task.task_id, "echo hi"),
+        "wait_for_ssh": client.wait_for_ssh(task.task_id, timeout=30),
+        "upload": task.upload_code(tmp_path),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(vi_flow.TaskEndedError) as ended:
+            await attempt
+        assert (ended.value.task_id, ended.value.status) == (task.task_id, "completed"), name
+        assert "has ended (completed)" in str(ended.value), name
+
+
+async def test_shell_echo_into_a_closed_pipe_raises_the_broken_pipe_itself(
+    client: vi_flow.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the exception group anyio's task groups wrap it in."""
+
+    class Closed:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+    task = await client.run("sleep 60", wait=True)
+    try:
+        monkeypatch.setattr(sys, "stdout", Closed())
+        with pytest.raises(BrokenPipeError):
+            await task.shell("echo hi", echo=True)
+    finally:
+        monkeypatch.undo()
+        await task.cancel(force=True)
+
+
 async def test_wait_for_ssh_and_list_tasks(client: vi_flow.AsyncClient) -> None:
     task = await client.run("sleep 60")
     try:

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import click
 
+from .._errors import sole_exception
+
 __all__ = [
     "ARGV_JSON",
     "EXIT_AUTH",
@@ -275,19 +277,24 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
     debug = bool(ctx.find_root().meta.get("vi_flow.debug"))
     try:
         return body()
-    except click.ClickException as exc:
-        raise as_json_error(exc, ctx) from None
-    except (click.exceptions.Exit, click.Abort):
-        raise
-    except BrokenPipeError:
-        _silence_stdout()
-        raise click.exceptions.Exit(EXIT_OK) from None
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted", err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    except Exception as exc:
+    except BaseException as raised:
+        exc = sole_exception(raised)
+        if isinstance(exc, click.ClickException):
+            raise as_json_error(exc, ctx) from None
+        if isinstance(exc, click.Abort) and isinstance(exc.__context__, KeyboardInterrupt):
+            exc = exc.__context__  # Ctrl-C at a prompt: click made it an Abort (exit 1)
+        if isinstance(exc, BrokenPipeError):
+            _silence_stdout()
+            raise click.exceptions.Exit(EXIT_OK) from None
+        if isinstance(exc, KeyboardInterrupt):
+            click.echo("\ninterrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        if isinstance(exc, (click.exceptions.Exit, click.Abort)) or not isinstance(exc, Exception):
+            if exc is raised:
+                raise  # click's own exits, SystemExit and the like pass through
+            raise exc from None
         if debug:
-            traceback.print_exc()
+            traceback.print_exception(type(raised), raised, raised.__traceback__)
         message, hint = describe(exc)
         if debug and hint and "--debug" in hint:
             hint = None  # the traceback is above

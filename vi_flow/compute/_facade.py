@@ -339,6 +339,7 @@ class AsyncCompute:
 
         Raises:
             ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
+            TaskEndedError: The task ended before it ran the command.
         """
         _check_node(node)
         return await _ops.shell(self._context, task_id, command, echo=echo, input=input)
@@ -373,7 +374,12 @@ class AsyncCompute:
         show_progress: bool = True,
         progress_adapter: object | None = None,
     ) -> AsyncTask:
-        """Wait until the task runs and answers over SSH (``TaskTimeoutError`` after ``timeout``)."""
+        """Wait until the task runs and answers over SSH.
+
+        Raises:
+            TaskTimeoutError: Not reachable within ``timeout`` seconds.
+            TaskEndedError: The task ended before it could be reached.
+        """
         return AsyncTask(
             self._context, await _ops.wait_for_ssh(self._context, task_id, timeout=timeout)
         )
@@ -395,6 +401,9 @@ class AsyncCompute:
         leave out more. Nothing is written outside ``target_dir`` (``/workspace`` is the
         task's working directory; ``UploadResult.path`` says where that is). A progress
         bar shows on a terminal.
+
+        Raises:
+            TaskEndedError: The task ended before the upload began.
         """
         return await _ops.upload_code(
             self._context, task_id, source_dir=source_dir, target_dir=target_dir, timeout=timeout

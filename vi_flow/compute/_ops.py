@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import TaskTimeoutError, ViFlowError
+from .._errors import TaskEndedError, TaskTimeoutError
 from .._http import HTTPCore, path
 from ..models._base import from_wire
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
@@ -187,7 +187,7 @@ async def wait_for_ssh(
 
     Raises:
         TaskTimeoutError: Not reachable within ``timeout`` seconds.
-        ViFlowError: The task ended before it could be reached.
+        TaskEndedError: The task ended before it could be reached.
     """
     import asyncssh
 
@@ -213,10 +213,7 @@ async def _answers(client: ComputeClient, task_id: str, error: type[Exception]) 
 
 def _check_running(task: Task) -> None:
     if task.status.terminal:
-        raise ViFlowError(
-            f"task {task.task_id} has ended ({task.status.value}): commands, shells and"
-            " uploads need a running task"
-        )
+        raise TaskEndedError(task.task_id, task.status.value)
 
 
 async def shell(
@@ -236,6 +233,7 @@ async def shell(
 
     Raises:
         ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
+        TaskEndedError: The task ended before it ran the command.
     """
     task = await wait_for(client, task_id, until="running", timeout=timeout)
     _check_running(task)
@@ -392,6 +390,9 @@ async def upload_code(
     """Send a directory to a running task as one stream (see :mod:`vi_flow.compute._upload`).
 
     A rich progress bar is shown when stderr is a terminal.
+
+    Raises:
+        TaskEndedError: The task ended before the upload began.
     """
     target = check_target_dir(target_dir)
     source = Path(source_dir) if source_dir is not None else Path(".")

@@ -269,6 +269,7 @@ class AsyncTask(TaskFields):
 
         Raises:
             ShellUnavailableError: The task's provider cannot run commands inside it (Ray).
+            TaskEndedError: The task has ended.
         """
         return await _ops.shell(self._client, self.task_id, command, echo=echo)
 
@@ -277,14 +278,23 @@ class AsyncTask(TaskFields):
         return ssh_command_line(await _ops.ssh_target(self._client, self.task_id))
 
     async def wait_for_ssh(self, timeout: float = 600.0) -> Self:
-        """Wait until the task runs and answers over SSH."""
+        """Wait until the task runs and answers over SSH.
+
+        Raises:
+            TaskTimeoutError: Not reachable within ``timeout`` seconds.
+            TaskEndedError: The task ended before it could be reached.
+        """
         self._data = await _ops.wait_for_ssh(self._client, self.task_id, timeout=timeout)
         return self
 
     async def upload_code(
         self, source_dir: str | Path | None = None, target_dir: str = "/workspace"
     ) -> UploadResult:
-        """Upload a directory to the task (honours ``.gitignore``/``.flowignore``)."""
+        """Upload a directory to the task (honours ``.gitignore``/``.flowignore``).
+
+        Raises:
+            TaskEndedError: The task has ended.
+        """
         return await _ops.upload_code(
             self._client, self.task_id, source_dir=source_dir, target_dir=target_dir
         )

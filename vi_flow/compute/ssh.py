@@ -33,7 +33,7 @@ import anyio.abc
 import anyio.to_thread
 import attrs
 
-from .._errors import HostKeyChangedError, ShellUnavailableError
+from .._errors import HostKeyChangedError, ShellUnavailableError, sole_exception
 from ..resources.ssh_keys import write_private_file
 
 if TYPE_CHECKING:
@@ -286,17 +286,23 @@ async def run_remote(
     """
     line = build_remote_command(command)
     proc = await conn.create_process(line, encoding=None)
-    async with proc:
-        async with anyio.create_task_group() as feeding:
-            if input is None or isinstance(input, (bytes, bytearray)):
-                if input:
-                    proc.stdin.write(bytes(input))
-                proc.stdin.write_eof()
-            else:
-                feeding.start_soon(_feed, proc, input)
-            out, err = await _collect(proc, echo=echo)
-            feeding.cancel_scope.cancel()  # the command has ended: stop reading its input
-        completed = await proc.wait(check=False)
+    try:
+        async with proc:
+            async with anyio.create_task_group() as feeding:
+                if input is None or isinstance(input, (bytes, bytearray)):
+                    if input:
+                        proc.stdin.write(bytes(input))
+                    proc.stdin.write_eof()
+                else:
+                    feeding.start_soon(_feed, proc, input)
+                out, err = await _collect(proc, echo=echo)
+                feeding.cancel_scope.cancel()  # the command has ended: stop reading its input
+            completed = await proc.wait(check=False)
+    except BaseException as exc:
+        # the echo's BrokenPipeError (stdout piped to `head`), not the task groups' wrapping
+        if (failure := sole_exception(exc)) is exc:
+            raise
+        raise failure from None
     status = completed.exit_status
     return ShellResult(
         stdout=_text(out),
