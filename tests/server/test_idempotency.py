@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import anyio
+import orjson
 import pytest
 
 from vi_flow.server.helpers import IDEMPOTENCY_LOCKS
@@ -47,6 +49,23 @@ async def test_same_key_with_another_body_is_rejected(server: Server) -> None:
     other = await server.call("POST", "/flows", json=spec("b"), headers=headers)
     assert other.status == 422
     assert other.body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_a_retry_with_its_keys_in_another_order_is_a_replay(server: Server) -> None:
+    """A client that rebuilt its request (another JSON library, a dict made anew) sends
+    the same JSON with other key order and spacing: the same request, not a reuse."""
+    headers = {"Idempotency-Key": "key-order", "Content-Type": "application/json"}
+    body = spec("ordered")
+    first = await server.call("POST", "/flows", data=orjson.dumps(body), headers=headers)
+    reordered = orjson.loads(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    text = json.dumps(dict(reversed(list(reordered.items()))), indent=2).encode()
+    again = await server.call("POST", "/flows", data=text, headers=headers)
+    assert first.status == again.status == 201, again.body
+    assert again.body["flowId"] == first.body["flowId"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    changed = dict(body, description="another")
+    other = await server.call("POST", "/flows", data=orjson.dumps(changed), headers=headers)
+    assert other.status == 422 and other.body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
 async def test_without_a_key_every_post_creates(server: Server) -> None:

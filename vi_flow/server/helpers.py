@@ -335,6 +335,15 @@ def setup_idempotency(app: web.Application) -> None:
     app[IDEMPOTENCY_LOCKS] = KeyedLocks()
 
 
+def _canonical(body: bytes) -> bytes:
+    """The body as it compares for a retry: JSON with its keys sorted and no spacing (a
+    client that rebuilt its request may order the keys otherwise), else the bytes."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return body
+
+
 async def _answer_once(
     request: web.Request, handler: Handler, key: str, *, early_lookup: bool
 ) -> web.StreamResponse:
@@ -342,7 +351,7 @@ async def _answer_once(
     # The query is part of the request (``?flowId=`` chooses an id): a key reused with
     # another query is a different request, never a replay.
     query = request.query_string.encode("utf-8", "surrogatepass")
-    body_hash = hashlib.sha256(await request.read()).hexdigest()
+    body_hash = hashlib.sha256(_canonical(await request.read())).hexdigest()
     if query:
         body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
     if early_lookup:
