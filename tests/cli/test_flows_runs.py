@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 import vi_flow
 from vi_flow.server import embedded
 
@@ -66,6 +68,31 @@ def test_invalid_yaml_names_the_line(vf: Invoker, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"{bad}:4:" in result.stderr
     assert "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # a billion laughs: nine levels of nine would be 387 million strings sent as JSON
+        (
+            "name: x\nl0: &l0 [a, a, a, a, a, a, a, a, a]\n"
+            + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9))
+            + "blocks: []\n",
+            ":3:10: not valid YAML: aliases (*l0) are not supported",
+        ),
+        ("name: x\nblocks: &b\n  - *b\n", ":3:5: not valid YAML: aliases (*b) are not supported"),
+        ("name: x\nblocks: " + "[" * 50_000 + "]" * 50_000 + "\n", ": not valid YAML: nested too"),
+    ],
+    ids=["alias-bomb", "recursive-alias", "deep-nesting"],
+)
+def test_hostile_yaml_is_a_usage_error_naming_the_line(
+    vf: Invoker, tmp_path: Path, text: str, problem: str
+) -> None:
+    bad = write(tmp_path / "bad.yaml", text)
+    result = vf("flows", "create", "-f", str(bad))
+    assert result.exit_code == 2, result.stderr
+    assert f"{bad}{problem}" in result.stderr
+    assert vf("flows", "list").stdout.strip() == ""  # nothing was created
 
 
 def test_invalid_flow_names_the_line_and_field(vf: Invoker, tmp_path: Path) -> None:
@@ -196,3 +223,16 @@ def test_a_base_url_without_v1_is_named_as_the_likely_mistake(
     assert "<!doctype" not in result.stderr.lower()
     assert "not an answer of the vi-flow API" in result.stderr and "/v1" in result.stderr
     assert "--api-key" not in result.stderr.split("hint:", 1)[-1]
+
+
+def test_spec_and_task_files_read_from_stdin_with_a_dash(vf: Invoker) -> None:
+    spec = "name: piped\nblocks:\n  - block: template\n    id: a\n    settings: {template: hi}\n"
+    created = vf("flows", "create", "-f", "-", input=spec)
+    assert created.exit_code == 0, created.stderr
+    assert vf("execute", created.stdout.strip()).stdout == "hi\n"
+    bad = vf("flows", "create", "-f", "-", input="name: x\nblocks:\n  - id: b\n")
+    assert bad.exit_code == 2 and "<stdin>:3: blocks[0].block: required" in bad.stderr
+    task = vf("tasks", "run", "-f", "-", "--follow", input="command: [echo, piped]\n")
+    assert (task.exit_code, task.stdout.splitlines()[-1]) == (0, "piped"), task.stderr
+    typo = vf("tasks", "run", "-f", "-", input="comand: [echo, hi]\n")
+    assert typo.exit_code == 2 and "<stdin>: unknown task config field 'comand'" in typo.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
 import pytest
 
+import vi_flow
 from vi_flow import _errors as e
 from vi_flow.cli._failures import exit_code_for
 
@@ -232,3 +234,36 @@ def test_an_empty_api_key_given_is_refused_not_replaced(vf: Invoker) -> None:
         result = vf("--api-key", key, "tokens", "list")
         assert result.exit_code == 2 and "--api-key" in result.stderr, result.stderr
         assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "problem"),
+    [
+        (("runs", "list", "--limit", "1" + "0" * 22), "--limit", "is too large"),
+        (("tasks", "run", "--cpus", "9" * 20, "--", "true"), "--cpus", "is too large"),
+        (("volumes", "create", "--size-gb", "9" * 30), "--size-gb", "is too large"),
+        (("tasks", "run", "--max-price", "nan", "--", "true"), "--max-price", "not a finite"),
+        (("tasks", "run", "--max-run-time", "-inf", "--", "true"), "--max-run-time", "finite"),
+        (("tasks", "status", "t", "--watch", "--interval", "inf"), "--interval", "not in the"),
+        (("server", "start", "--idle-timeout", "nan"), "--idle-timeout", "not a finite"),
+        (("reservations", "create", "--hours", "1e300"), "--hours", "is too large"),
+        (("server", "--home", "", "status"), "--home", "an empty path names no home"),
+        (("serve", "--home", " "), "--home", "an empty path names no home"),
+    ],
+)
+def test_numbers_and_homes_no_command_can_use_are_usage_errors(
+    vf_offline: Invoker, args: tuple[str, ...], option: str, problem: str
+) -> None:
+    """Each was a Python message (a slice, the JSON encoder, a sleep's overflow), taken
+    as given (NaN), or the working directory as the home."""
+    result = vf_offline(*args)
+    assert result.exit_code == 2, result.stderr
+    assert f"Invalid value for '{option}'" in result.stderr and problem in result.stderr
+
+
+@pytest.mark.parametrize("args", [("--json", "--version"), ("--version", "--json")])
+def test_version_as_json(vf_offline: Invoker, args: tuple[str, ...]) -> None:
+    result = vf_offline(*args)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"version": vi_flow.__version__}
+    assert vf_offline("--version").stdout == f"vi-flow, version {vi_flow.__version__}\n"

@@ -66,6 +66,9 @@ def test_config_from_yaml_and_wire_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("nme: x\n")
     with pytest.raises(ValueError, match="unknown task config field 'nme'"):
         TaskConfig.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "alias.yaml").write_text("command: &c [sleep, '1']\nname: *c\n")
+    with pytest.raises(ValueError, match=r"alias.yaml:2:7: not valid YAML: aliases \(\*c\)"):
+        TaskConfig.from_yaml(tmp_path / "alias.yaml")
 
 
 def test_status_is_open_and_knows_terminal() -> None:

@@ -87,9 +87,16 @@ class LazyGroup(click.Group):
         except click.ClickException as exc:
             asked = asked or bool(parent and parent.find_root().meta.get(ARGV_JSON))
             raise JsonUsageError(exc) if asked else exc from None
-        if parent is None and asked:
-            ctx.meta[ARGV_JSON] = True
         return ctx
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Note ``--json`` on the root's command line before any option is handled: the
+        eager ``--version`` answers in JSON too."""
+        from ._failures import ARGV_JSON, asks_json
+
+        if ctx.parent is None and asks_json(args):
+            ctx.meta[ARGV_JSON] = True
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the subcommand; turn what it raises into one line and an exit code."""

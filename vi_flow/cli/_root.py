@@ -38,7 +38,14 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 auth, 4 not found, 5 conflict, "
     "6 transient (worth retrying), 130 interrupted.",
 )
-@click.version_option(package_name="vi-flow", prog_name="vi-flow")
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, _, value: _show_version(ctx) if value else None,
+    help="Show the version and exit (as JSON with --json).",
+)
 @click.option(
     "--base-url",
     envvar="VI_FLOW_BASE_URL",
@@ -95,3 +102,14 @@ def cli(
     if obj.use_color is not None:
         ctx.color = obj.use_color
     ctx.call_on_close(obj.close)
+
+
+def _show_version(ctx: click.Context) -> None:
+    from .. import __version__
+    from ._failures import ARGV_JSON
+
+    if ctx.meta.get(ARGV_JSON):
+        click.echo(f'{{"version": "{__version__}"}}')
+    else:
+        click.echo(f"vi-flow, version {__version__}")
+    ctx.exit()

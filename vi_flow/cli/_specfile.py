@@ -7,14 +7,15 @@ The server validates specs and names the bad field (``blocks[1].block: required`
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..models.textfile import read_utf8, yaml_problem
+from ..models.textfile import load_yaml, read_utf8, yaml_problem
 
-__all__ = ["SpecFile", "load_spec_file", "read_text_file"]
+__all__ = ["STDIN", "SpecFile", "load_spec_file", "read_text_file"]
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -70,19 +71,33 @@ def _child(node: Any, part: str) -> tuple[Any, int | None]:
     return None, None
 
 
+STDIN = Path("<stdin>")
+"""How a file given as ``-`` (standard input) is named in messages."""
+
+
 def read_text_file(path: Path, param_hint: str) -> str:
-    """The UTF-8 text of the file ``path`` a user gave.
+    """The UTF-8 text of the file ``path`` a user gave (``-`` or :data:`STDIN`: stdin).
 
     Raises:
         click.BadParameter: It cannot be read, or is not UTF-8 text (names the file).
     """
     try:
+        if path in (STDIN, Path("-")):
+            return _stdin_text()
         return read_utf8(path)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=param_hint) from None
     except OSError as exc:
         message = f"{path}: cannot be read: {exc.strerror or exc}"
         raise click.BadParameter(message, param_hint=param_hint) from None
+
+
+def _stdin_text() -> str:
+    data: bytes = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{STDIN}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def load_spec_file(path: Path) -> SpecFile:
@@ -95,9 +110,10 @@ def load_spec_file(path: Path) -> SpecFile:
     import yaml
 
     text = read_text_file(path, "'-f'")
+    if path == Path("-"):
+        path = STDIN
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root = load_yaml(text)
     except yaml.YAMLError as exc:
         raise click.BadParameter(yaml_problem(path, exc), param_hint="'-f'") from None
     if not isinstance(data, dict):

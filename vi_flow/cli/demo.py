@@ -22,6 +22,7 @@ import click
 from ._failures import CommandFailed
 from ._live import RunView
 from ._output import duration, kv_table
+from ._params import HomeDir
 from ._state import CliState, state
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ def _shown(path: Path) -> str:
 @click.command()
 @click.option(
     "--home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=HomeDir(),
     help="State directory (default: VI_FLOW_HOME if set, else a new temporary one).",
 )
 def demo(home: Path | None) -> None:

@@ -22,6 +22,7 @@ from ._output import (
     wants_json,
     when,
 )
+from ._params import int_range
 from ._specfile import load_spec_file
 from ._state import state
 
@@ -43,7 +44,7 @@ def flows() -> None:
     "--limit",
     default=50,
     show_default=True,
-    type=click.IntRange(1),
+    type=int_range(1),
     help="Show at most this many flows.",
 )
 @order_option
@@ -106,8 +107,8 @@ def get(flow_id: str, as_json: bool) -> None:
     "--file",
     "spec_file",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The flow spec, YAML or JSON (name, blocks, inputs, ...).",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="The flow spec, YAML or JSON (name, blocks, inputs, ...); - reads it from stdin.",
 )
 @click.option("--id", "flow_id", help="Choose the flow id instead of a generated one.")
 @json_option
@@ -165,7 +166,7 @@ def publish(flow_id: str, as_json: bool) -> None:
 
 @flows.command("promote")
 @click.argument("flow_id")
-@click.argument("version", type=click.IntRange(1))
+@click.argument("version", type=int_range(1))
 @json_option
 def promote(flow_id: str, version: int, as_json: bool) -> None:
     """Make published VERSION the production version of a flow."""

@@ -6,6 +6,7 @@ import click
 
 from ._lazy import LazyGroup
 from ._output import emit_json, json_option, table, wants_json
+from ._params import FiniteFloat, int_range
 
 __all__ = ["instances"]
 
@@ -17,15 +18,15 @@ def instances() -> None:
 
 @instances.command("find")
 @click.option("--gpu", "gpu_type", help="GPU type (a100, h100...).")
-@click.option("--max-price", type=float, help="Most to pay per hour.")
+@click.option("--max-price", type=FiniteFloat(), help="Most to pay per hour.")
 @click.option(
     "--min-gpu-memory",
     "min_gpu_memory_gb",
-    type=click.IntRange(1),
+    type=int_range(1),
     help="Least memory per GPU, in GB.",
 )
-@click.option("--gpu-count", type=click.IntRange(1), help="GPUs per instance.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--gpu-count", type=int_range(1), help="GPUs per instance.")
+@click.option("--limit", default=20, show_default=True, type=int_range(1))
 @json_option
 def find(
     gpu_type: str | None,

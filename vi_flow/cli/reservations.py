@@ -9,6 +9,7 @@ import click
 
 from ._lazy import LazyGroup
 from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
+from ._params import FiniteFloat, int_range
 from ._state import state
 
 if TYPE_CHECKING:
@@ -57,14 +58,14 @@ def _rows(items: list[Reservation]) -> list[tuple[object, ...]]:
 @reservations.command("create")
 @click.option("--gpu", help="GPU shorthand to hold (a100:2), or give --instance-type.")
 @click.option("--instance-type", help="An instance type from 'vi-flow instances find'.")
-@click.option("--cpus", type=click.IntRange(1), help="CPU cores to hold.")
+@click.option("--cpus", type=int_range(1), help="CPU cores to hold.")
 @click.option("--start", help="'now' (default), an ISO time in UTC, or ms since the epoch.")
 @click.option(
     "--hours",
     "duration_hours",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     help="Window length.",
 )
 @click.option("--name", help="Display name.")
@@ -98,7 +99,7 @@ def create(
 
 
 @reservations.command("list")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=100, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(limit: int, order: Order, as_json: bool) -> None:

@@ -23,6 +23,7 @@ from ._output import (
     wants_json,
     when,
 )
+from ._params import int_range
 from ._state import state
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def _elapsed(run: Run) -> str:
     "--limit",
     default=50,
     show_default=True,
-    type=click.IntRange(1),
+    type=int_range(1),
     help="Show at most this many runs.",
 )
 @order_option
@@ -136,7 +137,7 @@ def cancel(run_id: str, as_json: bool) -> None:
 
 @runs.command("watch")
 @click.argument("run_id")
-@click.option("--after", type=click.IntRange(0), help="Only events after this event id.")
+@click.option("--after", type=int_range(0), help="Only events after this event id.")
 @json_option
 def watch(run_id: str, after: int | None, as_json: bool) -> None:
     """Follow a run's events (replayed, then live) until it ends.

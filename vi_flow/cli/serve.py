@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ._failures import EXIT_FAILURE, CommandFailed
+from ._params import FiniteFloat, HomeDir
 
 if TYPE_CHECKING:
     from ..server import ServerSettings
@@ -27,7 +28,7 @@ __all__ = ["serve"]
 )
 @click.option(
     "--home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=HomeDir(),
     envvar="VI_FLOW_HOME",
     show_envvar=True,
     help="State directory (database, tokens, task files).",
@@ -125,7 +126,7 @@ __all__ = ["serve"]
     "--replica-lease",
     envvar="VI_FLOW_REPLICA_LEASE",
     show_envvar=True,
-    type=float,
+    type=FiniteFloat(),
     callback=lambda ctx, param, value: _lease(value),
     metavar="SECONDS",
     help="Seconds a replica may stay silent before the others take its runs over [default: 15].",

@@ -18,6 +18,7 @@ import click
 from ._failures import EXIT_CONFLICT, EXIT_FAILURE, EXIT_TRANSIENT, CommandFailed
 from ._lazy import LazyGroup
 from ._output import duration, emit_json, json_option, kv_table, wants_json
+from ._params import FiniteFloat, HomeDir, int_range
 from ._state import state
 
 __all__ = ["server"]
@@ -31,7 +32,7 @@ _HOME_KEY = "vi_flow.server_home"
 @click.group(cls=LazyGroup)
 @click.option(
     "--home",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=HomeDir(),
     help="The home whose server to manage (default: VI_FLOW_HOME, the config, or the "
     "user data dir).",
 )
@@ -64,7 +65,7 @@ def _home() -> Path:
 @server.command("start")
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help="Seconds without clients or work before it exits (0: never; default: the "
     "server_idle_timeout setting, 600).",
 )
@@ -220,7 +221,7 @@ def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
 
 
 @server.command("logs")
-@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("-n", "--lines", default=50, show_default=True, type=int_range(0))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
 def logs(lines: int, follow: bool) -> None:
     """Print the background server's log (HOME/logs/server.log)."""

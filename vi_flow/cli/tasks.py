@@ -29,10 +29,12 @@ from ._output import (
     wants_json,
     when,
 )
+from ._params import FiniteFloat, int_range
+from ._specfile import STDIN, read_text_file
 from ._state import state
 
 if TYPE_CHECKING:
-    from ..models.tasks import Task
+    from ..models.tasks import Task, TaskConfig
     from ..resources.tasks import LogStream
 
 __all__ = ["tasks"]
@@ -178,8 +180,8 @@ def _watch(task_id: str, interval: float, as_json: bool) -> None:
 _RESOURCE_OPTIONS = [
     click.option("--gpu", help="GPU shorthand: a100, a100:4, 4xa100, gpu:40gb."),
     click.option("--instance-type", help="An instance type from 'vi-flow instances find'."),
-    click.option("--cpus", type=click.IntRange(1), help="CPU cores."),
-    click.option("--memory-gb", type=click.IntRange(1), help="Memory in GB."),
+    click.option("--cpus", type=int_range(1), help="CPU cores."),
+    click.option("--memory-gb", type=int_range(1), help="Memory in GB."),
 ]
 
 
@@ -197,8 +199,8 @@ def _resource_options(func: Any) -> Any:
     "-f",
     "--file",
     "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A task YAML file (TaskConfig fields) instead of COMMAND.",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    help="A task YAML file (TaskConfig fields) instead of COMMAND; - reads it from stdin.",
 )
 @_resource_options
 @click.option("--name", help="A display name.")
@@ -213,8 +215,8 @@ def _resource_options(func: Any) -> Any:
     metavar="PATH=VOLUME",
     help="Mount volume VOLUME (id or name) at PATH; repeatable.",
 )
-@click.option("--max-price", type=float, help="Most to pay per hour.")
-@click.option("--max-run-time", type=float, help="Stop the task after this many seconds.")
+@click.option("--max-price", type=FiniteFloat(), help="Most to pay per hour.")
+@click.option("--max-run-time", type=FiniteFloat(), help="Stop the task after this many seconds.")
 @click.option("--reservation", "reservation_id", help="Run on a reservation's capacity.")
 @click.option("--follow", is_flag=True, help="Follow the logs and exit with the task's code.")
 @json_option
@@ -257,7 +259,7 @@ def run(
     if env:
         kwargs["env"] = _pairs(env, "--env")
     mounts = {path: f"volume://{vol}" for path, vol in _pairs(volumes, "--volume").items()}
-    target: Any = Path(config_file) if config_file else list(command)
+    target: Any = _task_file(config_file) if config_file else list(command)
     if len(command) == 1:
         target = command[0]  # one word is a shell command line, as typed
     handle = (
@@ -268,6 +270,19 @@ def run(
     _announce(handle.data, as_json, follow=follow)
     if follow:
         _follow(handle.task_id, "stdout", wants_json(as_json))
+
+
+def _task_file(config_file: str) -> Path | TaskConfig:
+    """The ``-f`` file as the SDK takes it: its path, or the config read from stdin."""
+    if config_file != "-":
+        return Path(config_file)
+    from ..models.tasks import TaskConfig
+
+    text = read_text_file(STDIN, "'-f'")
+    try:
+        return TaskConfig.from_yaml_text(text, str(STDIN))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-f'") from None
 
 
 def _announce(task: Task, as_json: bool, *, follow: bool = False, ended: bool = False) -> None:
@@ -330,7 +345,7 @@ def submit(
     "--interval",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(0.05),
+    type=FiniteFloat(0.05, 3600.0),
     help="Seconds between checks with --watch.",
 )
 @json_option
@@ -366,7 +381,7 @@ def status(task_id: str | None, watch: bool, interval: float, as_json: bool) -> 
     type=click.Choice(STATUSES, case_sensitive=False),
     help="Only these; repeatable.",
 )
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=20, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:

@@ -9,6 +9,7 @@ import click
 
 from ._lazy import LazyGroup
 from ._output import Order, emit_done, emit_json, json_option, order_option, table, wants_json, when
+from ._params import int_range
 from ._state import state
 
 __all__ = ["volumes"]
@@ -21,7 +22,7 @@ def volumes() -> None:
 
 @volumes.command("create")
 @click.option("--name", help="Name, unique in the organization (volume://NAME).")
-@click.option("--size-gb", default=1, show_default=True, type=click.IntRange(1), help="Capacity.")
+@click.option("--size-gb", default=1, show_default=True, type=int_range(1), help="Capacity.")
 @click.option(
     "--interface",
     type=click.Choice(["file", "block"]),
@@ -41,7 +42,7 @@ def create(name: str | None, size_gb: int, interface: str, as_json: bool) -> Non
 
 
 @volumes.command("list")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=100, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(limit: int, order: Order, as_json: bool) -> None:

@@ -17,7 +17,7 @@ import attrs
 
 from ._base import OpenEnum
 from .limits import shown, type_name
-from .textfile import read_utf8, yaml_problem
+from .textfile import load_yaml, read_utf8, yaml_problem
 
 __all__ = [
     "ENV_REDACTED",
@@ -291,18 +291,27 @@ class TaskConfig:
         Raises:
             ValueError: The file is not a mapping or names an unknown field.
         """
+        return cls.from_yaml_text(read_utf8(Path(path)), str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, where: str = "<string>") -> TaskConfig:
+        """Load a config from YAML text; ``where`` names it in errors (a path, ``<stdin>``).
+
+        Raises:
+            ValueError: Not YAML, not a mapping, or naming an unknown field.
+        """
         import yaml
 
         try:
-            data = yaml.safe_load(read_utf8(Path(path)))
+            data, _ = load_yaml(text)
         except yaml.YAMLError as exc:
-            raise ValueError(yaml_problem(path, exc)) from None
+            raise ValueError(yaml_problem(where, exc)) from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a task YAML file must hold a mapping of config fields")
+            raise ValueError(f"{where}: a task YAML file must hold a mapping of config fields")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(f"{where}: {exc}") from None
 
 
 @attrs.frozen

@@ -7,10 +7,11 @@ the same way.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_utf8", "yaml_problem"]
+__all__ = ["load_yaml", "read_utf8", "yaml_problem"]
 
 
 def read_utf8(path: Path) -> str:
@@ -34,3 +35,46 @@ def yaml_problem(path: Path | str, exc: Any) -> str:
         return f"{path}: not valid YAML: {exc}"
     problem = getattr(exc, "problem", None) or exc
     return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem}"
+
+
+def load_yaml(text: str) -> tuple[Any, Any]:
+    """The data of one YAML document and its node tree (``None, None`` when empty).
+
+    Aliases (``*name``) are refused: a spec never needs one, and they are how a small
+    file becomes one that refers to itself (a recursive structure) or that expands to
+    gigabytes when it is sent as JSON (the "billion laughs"). A document nested deeper
+    than Python's recursion allows is refused too.
+
+    Raises:
+        yaml.YAMLError: Not valid YAML, an alias, or nested too deeply (with its mark
+            where known; :func:`yaml_problem` words it).
+    """
+    import yaml
+
+    loader = _loader_class()(text)
+    try:
+        root = loader.get_single_node()
+        return (None if root is None else loader.construct_document(root)), root
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+@functools.cache
+def _loader_class() -> Any:
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                alias = self.peek_event()  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"aliases (*{alias.anchor}) are not supported: write the value out",
+                    alias.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliases
