@@ -4,6 +4,9 @@
 server, the in-process one): it builds the app (which takes the home's lock), binds the
 port and publishes the run file. :func:`run_server` blocks until SIGTERM, SIGINT, an
 admin's ``POST /v1/server/shutdown`` or the idle timeout, then shuts down cleanly.
+
+A connection with no request in progress that goes ``settings.head_deadline`` seconds
+without a complete request head is closed (slowloris; see :class:`_HeadDeadline`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -23,6 +26,7 @@ from .. import __version__
 from ..models.server import ServerInfo
 from .app import create_app
 from .endpoints import public_base_url
+from .helpers import Handler
 from .home import publish
 from .limits import BUDGET_KEY, install_accept_guard, raise_open_file_limit
 from .routes.lifecycle import LIFECYCLE_KEY
@@ -42,6 +46,64 @@ default (5 ms), and since every voluntary release by the loop restarts the waite
 clock, a commit waited 5-15 ms for each of those hand-backs, so the loop and the writer
 took turns instead of working at once (issue 15: a live run's event rate rose ~25 %).
 """
+
+
+class _HeadDeadline:
+    """Closes connections that send no complete first request head within ``seconds``.
+
+    aiohttp's keep-alive timer (the runner's ``keepalive_timeout``, set to the same
+    ``seconds``) closes a connection that waits for a request, idle or part-way through
+    a head, and never one whose request is being handled (streams, slow uploads). But
+    aiohttp 3.10, our floor, arms that timer only when a first request is done: a
+    connection that never finishes its first head was held for good (3.14 arms it at
+    connect too, and this is then a backstop). So a sweep, every tenth of ``seconds``,
+    times each of the server's connections from when it first sees it until a request
+    of it reaches the app; public API only (``Server.connections``, ``force_close``).
+    """
+
+    def __init__(self, runner: web.AppRunner, seconds: float) -> None:
+        self._runner = runner
+        self._seconds = seconds
+        self._headed: set[web.RequestHandler] = set()
+        self._waiting: dict[web.RequestHandler, float] = {}
+
+    def install(self, app: web.Application) -> None:
+        """Add the middleware that marks connections with a request, and the sweeper."""
+        headed = self._headed
+
+        @web.middleware
+        async def mark(request: web.Request, handler: Handler) -> web.StreamResponse:
+            headed.add(request.protocol)
+            return await handler(request)
+
+        app.middlewares.insert(0, mark)  # outermost: even a refused request had its head
+        app.cleanup_ctx.append(self._sweeping)
+
+    def sweep(self, now: float) -> None:
+        """Close each connection still without a request ``seconds`` after first seen."""
+        server = self._runner.server
+        connections = server.connections if server is not None else []
+        self._headed.intersection_update(connections)  # forget the closed ones
+        before = self._waiting
+        self._waiting = {c: before.get(c, now) for c in connections if c not in self._headed}
+        for connection, since in self._waiting.items():
+            if now - since >= self._seconds:
+                connection.force_close()
+
+    async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._seconds / 10)
+            self.sweep(loop.time())
+
+    async def _sweeping(self, app: web.Application) -> AsyncIterator[None]:
+        sweeper = asyncio.ensure_future(self._sweep_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
 
 def url_of(host: str, port: int) -> str:
@@ -69,7 +131,15 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
     log.info("open files: limit %d (hard limit %d)", soft, hard)
     app = create_app(settings)
     install_accept_guard(asyncio.get_running_loop(), app[BUDGET_KEY])
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    deadline = settings.head_deadline
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        keepalive_timeout=deadline,  # aiohttp's own: 75 s (3.10), 3630 s (3.14)
+    )
+    _HeadDeadline(runner, deadline).install(app)  # before setup: it adds a middleware
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

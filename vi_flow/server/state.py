@@ -23,6 +23,7 @@ from .store import Store
 
 __all__ = [
     "ENGINE_KEY",
+    "HEAD_DEADLINE",
     "IDENTITY_KEY",
     "REPLICA_KEY",
     "SETTINGS_KEY",
@@ -32,6 +33,17 @@ __all__ = [
     "ServerIdentity",
     "ServerSettings",
 ]
+
+HEAD_DEADLINE = 30.0
+"""Seconds a connection may go without a complete request head while no request of it is
+being handled (from connecting, from the end of its previous answer), then it is closed.
+
+Without it one client that connects and sends nothing, or a head a byte at a time
+(slowloris), held its descriptor for good, and enough of them spent the open-file limit
+(every other user then got 503). It stays above the SDK's keep-alive reuse (aiohttp's
+client keeps an idle pooled connection 15 s): the client always lets a connection go
+before the server would, so a request is never sent on one closing under it.
+"""
 
 
 @attrs.define
@@ -67,6 +79,8 @@ class ServerSettings:
             (``VI_FLOW_REPLICA_NAME``; default ``HOST:PID``).
         replica_lease: Seconds a replica may stay silent before the others take its runs
             over (``VI_FLOW_REPLICA_LEASE``, default 15; see :mod:`vi_flow.server.replicas`).
+        head_deadline: Seconds a connection with no request in progress may take to send
+            a complete request head before it is closed (:data:`HEAD_DEADLINE`).
         extra: Free-form settings for feature modules.
     """
 
@@ -94,6 +108,7 @@ class ServerSettings:
         default=attrs.Factory(lambda: os.environ.get("VI_FLOW_REPLICA_NAME") or None)
     )
     replica_lease: float = attrs.Factory(lease_from_env)
+    head_deadline: float = HEAD_DEADLINE
     extra: dict[str, Any] = attrs.Factory(dict)
 
 
