@@ -27,9 +27,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
-from .._errors import sole_exception
+import click
 
 __all__ = [
     "ARGV_JSON",
@@ -268,6 +269,13 @@ def _silence_stdout() -> None:
         pass
 
 
+def _sole(exc: BaseException) -> BaseException:
+    """What failed inside anyio's task groups (groups of one, nested), else ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
     """Run ``body``; report any failure in one line and exit with its documented code.
 
@@ -278,7 +286,7 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
     try:
         return body()
     except BaseException as raised:
-        exc = sole_exception(raised)
+        exc = _sole(raised)
         if isinstance(exc, click.ClickException):
             raise as_json_error(exc, ctx) from None
         if isinstance(exc, click.Abort) and isinstance(exc.__context__, KeyboardInterrupt):
