@@ -17,6 +17,9 @@ from .test_console import _signed_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
+TOOL_FLOW_PAUSING = (
+    {"block": "tool", "id": "ask", "settings": {"tool": "count", "arguments": {}}},
+)
 LONG_NAME = "quarterly-revenue-forecast-" * 7 + "end"  # 192 characters, no space to break at
 
 
@@ -210,3 +213,67 @@ def test_long_names_keep_every_column_in_view(visit: Any, console_server: Consol
                 assert over <= 0, (path, over)
             shown = one.page.locator(f"main tbody [title='{LONG_NAME}']")  # whole on hover
             assert shown.count() == 1, path
+
+
+def test_a_link_whose_id_climbs_out_signs_nothing_in(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # Client-side path traversal (found by QA): the router decoded the id of
+    # /runs/..%2F..%2Fconsole%2Fsignin%3Fcode%3DX and fetched /v1/runs/<it>, which the
+    # browser resolved to /console/signin?code=X, a same-origin request the server took
+    # for a sign-in: the victim's console was switched to the attacker's organization.
+    one = _signed_in(visit, console_server)
+    code = console_server.sign_in_url(console_server.other_token).split("code=", 1)[1]
+    for kind in ("runs", "tasks", "flows"):
+        climb = f"/{kind}/..%2F..%2Fconsole%2Fsignin%3Fcode%3D{code}%26"
+        one.page.goto(console_server.root + climb)
+        one.page.wait_for_selector("h1:text('Not found')")
+        session = one.page.evaluate("fetch('/console/api/session').then(r => r.json())")
+        assert session["organizationId"] == "org_default", kind
+    # and a fetch of the link itself (as a page's script would make it) is no sign-in
+    status = one.page.evaluate(
+        f"fetch('/console/signin?code={code}', {{redirect: 'manual'}}).then(r => r.status)"
+    )
+    assert status == 403
+    assert one.page.inner_text("#who") == "org_default"
+
+
+def test_numbers_past_two_to_the_53_keep_their_digits(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # The execute form sent 9007199254740993 as ...992 and 1e400 as null, and the run page
+    # showed ...992 (found by QA); the CLI sends the first exactly and 1e400 as text.
+    inputs = [{"name": name, "required": True} for name in ("big", "huge")]
+    flow = console_server.flow("numbers", *TOOL_FLOW_PAUSING, inputs=inputs)
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/flows/{flow}")
+    form = one.page.locator("form.execute")
+    form.locator("input[name='param:big']").fill("9007199254740993")
+    form.locator("input[name='param:huge']").fill("1e400")
+    form.locator("button[type=submit]").click()
+    one.page.wait_for_url(re.compile(r"/runs/run_"))
+    run_id = one.page.url.rsplit("/", 1)[1]
+    parameters = console_server.call("GET", f"/runs/{run_id}")["spec"]["parameters"]
+    assert parameters == {"big": 9007199254740993, "huge": "1e400"}
+    answer = one.page.locator("form.tool-call")
+    answer.locator("textarea").fill('{"n": 1e400}')
+    answer.locator("button").click()
+    assert "too large for JSON" in answer.locator(".field-error").inner_text()
+    answer.locator("textarea").fill('{"n": 1234567890123456789}')
+    answer.locator("button").click()
+    one.page.wait_for_selector("#run-condition [data-state=Succeeded]", timeout=30_000)
+    trace = console_server.call("GET", f"/runs/{run_id}/trace")
+    assert trace["steps"][-1]["output"] == {"n": 1234567890123456789}
+    one.page.reload()
+    one.page.wait_for_selector(".timeline [data-step=ask] details")
+    one.page.click(".timeline [data-step=ask] summary")
+    assert "1234567890123456789" in one.page.inner_text(".timeline [data-step=ask]")
+
+
+def test_a_tasks_command_shows_its_words_apart(visit: Any, console_server: ConsoleServer) -> None:
+    task = console_server.call("POST", "/tasks", {"command": ["sh", "-c", "printf 'x y'", ""]})
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task['taskId']}")
+    shown = one.page.locator("dd code").first.inner_text()
+    assert shown == """sh -c 'printf '"'"'x y'"'"'' ''"""
+    console_server.call("POST", f"/tasks/{task['taskId']}/cancel", {})

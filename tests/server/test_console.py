@@ -212,3 +212,25 @@ def test_every_static_file_of_the_package_is_served() -> None:
         p.name for p in resources.files("vi_flow.server.console").joinpath("static").iterdir()
     }
     assert shipped - {"index.html"} == set(console_routes.STATIC_TYPES)
+
+
+async def test_a_sign_in_link_fetched_by_a_script_is_refused(server: Server) -> None:
+    # A console page led into fetching /console/signin?code=... (an id with '..%2F' in
+    # its address, found by QA) sends Sec-Fetch-Site: same-origin, but it is no page
+    # the user opened: mode cors/same-origin and destination empty, not a document.
+    path = await _sign_in_path(server)
+    for mode, dest in (("cors", "empty"), ("same-origin", "empty"), ("no-cors", "image")):
+        headers = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": mode, "Sec-Fetch-Dest": dest}
+        async with server.session.get(
+            server.root + path, allow_redirects=False, headers=headers
+        ) as resp:
+            assert resp.status == 403 and "vi_flow_console" not in resp.cookies, (mode, dest)
+    opened = {
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": "document",
+    }
+    async with server.session.get(
+        server.root + path, allow_redirects=False, headers=opened
+    ) as resp:
+        assert resp.status == 303 and "vi_flow_console" in resp.cookies  # the code was kept

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -114,15 +114,28 @@ _ELSEWHERE = (
 )
 
 
+def _opened_by_the_user(headers: Mapping[str, str]) -> bool:
+    """Whether the fetch metadata says a page was loaded from the address bar, a link
+    the user opened, or the console itself; a browser without it (curl) passes."""
+    return (
+        headers.get("Sec-Fetch-Site", "none") in ("none", "same-origin")
+        and headers.get("Sec-Fetch-Mode", "navigate") == "navigate"
+        and headers.get("Sec-Fetch-Dest", "document") == "document"
+    )
+
+
 async def sign_in(request: web.Request) -> web.Response:
     """Trade a one-time code for a session cookie and go to ``/`` (the code left behind).
 
     Only a navigation the user made (``Sec-Fetch-Site: none``, or from the console
     itself) signs in: a page of another origin (another port of the same host is the
     same *site*, so SameSite cookies do not help) could otherwise sign the browser in to
-    the page's own organization. The code is left unused then.
+    the page's own organization. The code is left unused then. A request that is not
+    the loading of a page (``Sec-Fetch-Mode``/``Sec-Fetch-Dest``) is refused too: a
+    ``fetch`` the console's own script was led into making (a link whose id climbed out
+    with ``..%2F``) came from the console's origin, but no user opened it.
     """
-    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+    if not _opened_by_the_user(request.headers):
         return web.Response(
             body=_ELSEWHERE, status=403, content_type="text/html", headers=SECURITY_HEADERS
         )

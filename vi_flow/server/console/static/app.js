@@ -9,13 +9,18 @@ import { taskPage, tasksPage } from './tasks.js';
 
 const SESSION_CHECK_MS = 3000; // how often a page checks its session is still the same
 
+// An id in a page's address is one the server could have made or a user chose
+// (letters, digits, '_' and '-'): it is put into the API's URLs as it is, so
+// '..%2F' in an address must not lead the page's own requests to another endpoint.
+const ID = '([A-Za-z0-9_-]{1,64})';
+
 const ROUTES = [
   [/^\/(runs)?$/, runsPage],
-  [/^\/runs\/([^/]+)$/, runPage],
+  [new RegExp(`^/runs/${ID}$`), runPage],
   [/^\/flows$/, flowsPage],
-  [/^\/flows\/([^/]+)$/, flowPage],
+  [new RegExp(`^/flows/${ID}$`), flowPage],
   [/^\/tasks$/, tasksPage],
-  [/^\/tasks\/([^/]+)$/, taskPage],
+  [new RegExp(`^/tasks/${ID}$`), taskPage],
   [/^\/volumes$/, volumesPage],
   [/^\/reservations$/, reservationsPage],
 ];
@@ -41,7 +46,7 @@ async function render() {
     const match = path.match(pattern);
     if (!match) continue;
     try {
-      await page(root, ...match.slice(1).filter((x) => x && x !== 'runs').map(decodeURIComponent));
+      await page(root, ...match.slice(1).filter((x) => x && x !== 'runs'));
     } catch (err) {
       const text = err.status === 404 ? 'Not found: nothing here belongs to your organization.' : errorText(err);
       root.replaceChildren(h('h1', {}, err.status === 404 ? 'Not found' : 'Something went wrong'), notice(text, 'error'));

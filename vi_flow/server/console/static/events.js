@@ -1,6 +1,6 @@
 // A run's events on its page: the newest ones live over SSE, older ones paged in, few rows drawn.
 'use strict';
-import { VirtualList, duration, h, onLeave, pretty, readEvents } from './lib.js';
+import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents } from './lib.js';
 
 const TAIL = 2000; // events shown when a run page opens (its newest ones)
 const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
@@ -24,7 +24,7 @@ function summary(type, data) {
 
 function toEvent(id, type, raw) {
   let data;
-  try { data = JSON.parse(raw); } catch { data = { raw }; }
+  try { data = parseJSON(raw); } catch { data = { raw }; }
   return { id: Number(id), type, data, text: summary(type, data) };
 }
 

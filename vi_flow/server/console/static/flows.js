@@ -1,6 +1,8 @@
 // Flows: the list, and one flow (its spec, versions, and an Execute form built from its inputs).
 'use strict';
-import { api, drawPager, h, link, navigate, notice, pageToken, pretty, query, table, when } from './lib.js';
+import {
+  api, drawPager, h, hasNonFinite, link, navigate, notice, pageToken, parseJSON, pretty, query, table, when,
+} from './lib.js';
 
 export async function flowsPage(root) {
   const token = pageToken();
@@ -25,9 +27,14 @@ function versions(flow) {
   return h('ul', { class: 'versions' }, items);
 }
 
-/** A parameter's text as the JSON value it spells, or as plain text. */
+/**
+ * A parameter's text as the JSON value it spells, or as plain text (as the CLI's
+ * `-p NAME=VALUE` does): a number JSON cannot carry (1e400) is sent as the text typed.
+ */
 function parameterValue(text) {
-  try { return JSON.parse(text); } catch { return text; }
+  let value;
+  try { value = parseJSON(text); } catch { return text; }
+  return hasNonFinite(value) ? text : value;
 }
 
 function executeForm(flow) {

@@ -57,6 +57,29 @@ export class ApiError extends Error {
   }
 }
 
+// JSON.rawJSON and the reviver's source text (Chromium 114, Firefox 135, Safari 18.4):
+// where the browser has them, an integer past 2^53 keeps its digits, shown or sent.
+const EXACT = typeof JSON.rawJSON === 'function';
+
+/**
+ * `JSON.parse`, but an integer a double cannot hold (9007199254740993) stays the
+ * integer it spells where the browser can keep it: shown and sent again as its digits,
+ * as `vi-flow ... --json` shows it. Elsewhere it is the nearest double, as before.
+ */
+export function parseJSON(text) {
+  if (!EXACT) return JSON.parse(text);
+  return JSON.parse(text, (key, value, context) =>
+    (typeof value === 'number' && !Number.isSafeInteger(value) && context &&
+      /^-?\d+$/.test(context.source)) ? JSON.rawJSON(context.source) : value);
+}
+
+/** Whether a parsed value holds a number JSON cannot carry (1e400 parses as Infinity). */
+export function hasNonFinite(value) {
+  if (typeof value === 'number') return !Number.isFinite(value);
+  if (value === null || typeof value !== 'object' || (EXACT && JSON.isRawJSON(value))) return false;
+  return Object.values(value).some(hasNonFinite);
+}
+
 /** Call the server's API with the session cookie (and the CSRF token when writing). */
 export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
@@ -69,7 +92,7 @@ export async function api(method, path, body) {
   const resp = await fetch(path, init);
   const text = await resp.text();
   let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  try { data = text ? parseJSON(text) : null; } catch { data = null; }
   if (!resp.ok) {
     const error = (data && data.error) || {};
     if (resp.status === 401) document.dispatchEvent(new CustomEvent('signed-out'));

@@ -1,8 +1,8 @@
 // Runs: the list (newest first, filters, live status) and one run (timeline, events, tool calls).
 'use strict';
 import {
-  actionButton, api, badge, drawPager, duration, every, h, link, navigate, notice, onLeave,
-  pretty, query, refreshRows, when,
+  actionButton, api, badge, drawPager, duration, every, h, hasNonFinite, link, navigate, notice,
+  onLeave, parseJSON, pretty, query, refreshRows, when,
 } from './lib.js';
 import { RunEvents } from './events.js';
 
@@ -121,7 +121,8 @@ function toolForm(runId, call, done) {
       e.preventDefault();
       let output;
       try {
-        output = JSON.parse(area.value);
+        output = parseJSON(area.value);
+        if (hasNonFinite(output)) throw new Error('a number too large for JSON (such as 1e400)');
       } catch (err) {
         area.setAttribute('aria-invalid', 'true');
         problem.textContent = `Not valid JSON: ${err.message}`;
@@ -142,7 +143,7 @@ function toolForm(runId, call, done) {
   },
   h('h3', {}, h('code', {}, call.function.name)),
   h('p', { class: 'muted' }, 'Arguments'),
-  h('pre', {}, (() => { try { return pretty(JSON.parse(call.function.arguments)); } catch { return call.function.arguments; } })()),
+  h('pre', {}, (() => { try { return pretty(parseJSON(call.function.arguments)); } catch { return call.function.arguments; } })()),
   h('label', {}, 'Result (JSON)', area),
   h('label', { class: 'check' }, isError, ' Report as a tool error'),
   problem, send);

@@ -42,10 +42,17 @@ function ended(t) {
   return t.exitCode ?? '–';
 }
 
+/** An argv list as a shell would take it back (`sh -c 'printf x'`), as `shlex.join` writes it. */
+function commandLine(command) {
+  if (!Array.isArray(command)) return command || '';
+  return command.map((word) => (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(word) ? word
+    : `'${word.replaceAll("'", "'\"'\"'")}'`)).join(' ');
+}
+
 function facts(t) {
   const pairs = [
     ['State', badge(t.status)], ['Instance', instance(t)], ['Provider', t.provider],
-    ['Command', h('code', {}, t.config.command || '')], ['Exit code', ended(t)],
+    ['Command', h('code', {}, commandLine(t.config.command))], ['Exit code', ended(t)],
     ['Reason', [t.reason, t.message].filter(Boolean).join(': ') || '–'],
     ['Ran for', t.startedAt ? duration((t.endedAt || Date.now()) - t.startedAt) : '–'],
   ];
