@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -95,9 +96,13 @@ def _read_until(fd: int, text: str, timeout: float = 30) -> str:
     return seen.decode(errors="replace")
 
 
-def test_on_a_terminal_each_pending_call_is_asked_for(
-    served: tuple[str, str, subprocess.Popen[str]], tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def _resume_on_a_terminal(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> Iterator[tuple[vi_flow.Job, str, int, subprocess.Popen[bytes]]]:
+    """A paused run and ``vi-flow runs resume`` of it on a pseudo-terminal: the job (its
+    client open until the end), its call's id, the terminal's side to read and type on,
+    and the process (killed after)."""
     base, token, _ = served
     env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
     with vi_flow.Client(base_url=base, api_key=token) as client:
@@ -110,43 +115,34 @@ def test_on_a_terminal_each_pending_call_is_asked_for(
         )  # fmt: skip
         os.close(follower)
         try:
-            shown = _read_until(leader, "(JSON)")
-            assert call_id in shown and "get_weather" in shown
-            os.write(leader, b"not json\n")
-            assert "not JSON" in _read_until(leader, "(JSON)")
-            os.write(leader, b'{"summary": "rainy"}\n')
-            assert f"answered {call_id}" in _read_until(leader, "answered")
-            assert proc.wait(timeout=30) == 0
+            yield job, call_id, leader, proc
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             os.close(leader)
+
+
+def test_on_a_terminal_each_pending_call_is_asked_for(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    with _resume_on_a_terminal(served) as (job, call_id, leader, proc):
+        shown = _read_until(leader, "(JSON)")
+        assert call_id in shown and "get_weather" in shown
+        os.write(leader, b"not json\n")
+        assert "not JSON" in _read_until(leader, "(JSON)")
+        os.write(leader, b'{"summary": "rainy"}\n')
+        assert f"answered {call_id}" in _read_until(leader, "answered")
+        assert proc.wait(timeout=30) == 0
         assert job.result().output == "Lima: rainy"
 
 
 def test_ctrl_c_at_the_prompt_exits_130_and_answers_nothing(
     served: tuple[str, str, subprocess.Popen[str]],
 ) -> None:
-    base, token, _ = served
-    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
-    with vi_flow.Client(base_url=base, api_key=token) as client:
-        flow_id = client.flows.create(yaml.safe_load(TOOL_SPEC)).flow_id
-        job, _ = _paused(client, flow_id)
-        leader, follower = pty.openpty()
-        proc = subprocess.Popen(
-            [*_cli(), "runs", "resume", job.execution_id],
-            stdin=follower, stdout=follower, stderr=follower, env=env,
-        )  # fmt: skip
-        os.close(follower)
-        try:
-            _read_until(leader, "(JSON)")
-            proc.send_signal(signal.SIGINT)  # what Ctrl-C on the terminal sends
-            assert proc.wait(timeout=30) == 130
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            os.close(leader)
+    with _resume_on_a_terminal(served) as (job, _, leader, proc):
+        _read_until(leader, "(JSON)")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C on the terminal sends
+        assert proc.wait(timeout=30) == 130
         assert job.status() == "Running"  # still paused, still answerable
         job.cancel()
