@@ -64,9 +64,12 @@ async def test_kill_9_mid_stream_the_stream_resumes_on_a_new_server_exactly_once
         assert ended.status == "failed" and ended.reason == "ServerRestarted"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
 async def test_kill_9_mid_execute_the_retried_call_answers_its_own_run_not_a_new_one(
-    home: Path,
+    home: Path, sig: signal.Signals
 ) -> None:
+    # SIGTERM: the stopping server answered the run as it stood ("running") and saved
+    # that as the key's answer; the retry replayed it (found by QA): "the run ended Running".
     async with vi_flow.AsyncClient() as client:
         flow = await client.flows.create(_ticking_flow())
         old = run_file(home)
@@ -75,7 +78,7 @@ async def test_kill_9_mid_execute_the_retried_call_answers_its_own_run_not_a_new
         with anyio.fail_after(30):
             while not [t async for t in client.tasks.list().all_items()]:
                 await anyio.sleep(0.1)
-        os.kill(old.pid, signal.SIGKILL)  # the execute's request is cut short; it retries
+        os.kill(old.pid, sig)  # the execute's request is cut short; it retries
         with anyio.fail_after(90), pytest.raises(vi_flow.FlowExecutionError) as failed:
             await execute  # the run it started, ended by the restart
         assert "the server stopped during the run" in failed.value.message

@@ -733,6 +733,16 @@ class Engine:
         recheck = 2.0 if self.replica.shared else None
         while channel.settled <= after and not channel.finished and not self.log.stopping:
             await self.log.wait(channel, recheck)
+        if channel.settled <= after and not channel.finished:  # the server is stopping
+            # Not the run as it stands ("running"): a retry of the same request with its
+            # Idempotency-Key then replayed that for good. Nothing is saved; the run is
+            # ended by the next start (as after a crash), which answers the retry.
+            raise APIProblem(
+                503,
+                "SERVER_STOPPING",
+                f"the server is stopping before run {key[1]} paused or ended; retry with the"
+                " same Idempotency-Key to get its outcome from the next server",
+            )
         final = self._finals.pop(key, None) if channel.finished else None
         if final is not None and not after:  # read (and saved) when the run ended
             return final
