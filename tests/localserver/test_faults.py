@@ -88,6 +88,30 @@ async def test_kill_9_mid_execute_the_retried_call_answers_its_own_run_not_a_new
         assert len(tasks) == 1  # the task block ran once
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+async def test_an_ssh_log_follow_finds_the_restarted_server(
+    home: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    # It redialled the old server's SSH port until it gave up (exit 6), and missed the
+    # last lines (found by QA); the HTTP follow already found the new server.
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "ssh")
+    async with vi_flow.AsyncClient() as client:
+        task = await client.run([sys.executable, "-u", "-c", TICKS])
+        old = run_file(home)
+        assert old is not None
+        lines: list[str] = []
+        with anyio.fail_after(90):
+            async for line in task.follow_logs():
+                lines.append(line)
+                if line == "5":
+                    os.kill(old.pid, sig)
+        new = run_file(home)
+        assert new is not None and new.pid != old.pid
+        assert lines == [str(i) for i in range(len(lines))] and len(lines) > 5  # once each
+        assert lines == (await client.logs(task.task_id)).splitlines()  # all that was written
+        assert (await client.get_task(task.task_id)).status == "failed"
+
+
 async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(
     home: Path,
 ) -> None:

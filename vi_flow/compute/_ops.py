@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import TaskEndedError, TaskTimeoutError
+from .._errors import APIConnectionError, TaskEndedError, TaskTimeoutError
 from .._http import HTTPCore, path
 from ..models._base import from_wire
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
@@ -317,7 +317,15 @@ async def _ssh_follower(
     async def connector() -> asyncssh.SSHClientConnection:
         nonlocal first
         conn, first = first, None
-        return conn if conn is not None else await _follow_connection(target)
+        return conn if conn is not None else await _follow_connection(await retarget())
+
+    async def retarget() -> SSHTarget:
+        """Where the task's SSH server is now: a restarted server (the home's next one)
+        listens on another port. Its API not answering is one more failed reconnect."""
+        try:
+            return (await _target_and_endpoint(client, task_id, logs=True))[0]
+        except APIConnectionError as exc:
+            raise OSError(f"the server does not answer: {exc}") from exc
 
     return LogFollower(
         connector,
