@@ -41,6 +41,7 @@ Arguments that are wrong before any request is made raise the builtin ``ValueErr
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -428,12 +429,24 @@ def error_for_status(
 
 
 def sole_exception(exc: BaseException) -> BaseException:
-    """The one failure inside ``exc`` when it is a group of one (nested or not), else ``exc``.
+    """What failed inside ``exc`` when it is an exception group of one kind of failure
+    (nested or not: its first), else ``exc``.
 
-    anyio's task groups wrap whatever one of their tasks raised in an exception group;
-    a caller of ours should see the ``BrokenPipeError`` or ``TaskTimeoutError`` itself.
-    A group of several failures is left as it is.
+    anyio's task groups wrap whatever their tasks raised in an exception group; a caller
+    of ours should see the ``BrokenPipeError`` itself, or the ``ConnectionLost`` both
+    pumps of a dropped connection raised. A group of different failures is left as is.
     """
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        if len({type(leaf) for leaf in leaves}) != 1:
+            return exc
+        exc = leaves[0]
     return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -15,7 +15,7 @@ import pytest
 import vi_flow
 from vi_flow.models import FlowCompleted, LogLine
 
-from .kit import alive, env_for, run_file, server_pids, stop_server
+from .kit import alive, cli, cli_command, env_for, run_file, server_pids, stop_server
 
 pytestmark = pytest.mark.anyio
 
@@ -110,6 +110,32 @@ async def test_an_ssh_log_follow_finds_the_restarted_server(
         assert lines == [str(i) for i in range(len(lines))] and len(lines) > 5  # once each
         assert lines == (await client.logs(task.task_id)).splitlines()  # all that was written
         assert (await client.get_task(task.task_id)).status == "failed"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_a_shell_command_whose_server_dies_says_so_and_exits_6(
+    home: Path, sig: signal.Signals
+) -> None:
+    # kill -9 gave "error: ExceptionGroup: unhandled errors in a TaskGroup" (exit 1),
+    # SIGTERM a silent exit 1 (found by QA).
+    task_id = cli(home, "tasks", "run", "--", "sleep", "60").stdout.strip()
+    shell = subprocess.Popen(
+        [*cli_command(), "tasks", "shell", task_id, "-n", "-c", "echo ready; sleep 60"],
+        env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert shell.stdout is not None and shell.stdout.readline() == "ready\n"
+        server = run_file(home)
+        assert server is not None
+        os.kill(server.pid, sig)
+        _, err = shell.communicate(timeout=60)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+    assert shell.returncode == 6, err
+    assert "ExceptionGroup" not in err
+    assert "lost the SSH connection" in err or "ended without the command's exit status" in err
 
 
 async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._failures import EXIT_FAILURE, EXIT_TRANSIENT, CommandFailed
 from ._lazy import LazyGroup
 from ._output import (
     Order,
@@ -527,9 +529,18 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
     piped = command is not None and not no_stdin and not sys.stdin.isatty()
     source = sys.stdin.buffer if piped else None  # streamed as the command runs
     result = state().client().shell(task_id, command=command, echo=True, input=source)
-    if command is not None:
-        code = result.exit_status if result.exit_status is not None else 1
-        raise click.exceptions.Exit(code)
+    if command is None:
+        return
+    if result.exit_status is not None:
+        raise click.exceptions.Exit(result.exit_status)
+    if result.exit_signal:  # as a shell says it: 128 + the signal's number
+        number = getattr(signal.Signals, f"SIG{result.exit_signal}", None)
+        raise click.exceptions.Exit(128 + number if number is not None else EXIT_FAILURE)
+    raise CommandFailed(  # the session closed with no word of the command (--force, SIGTERM)
+        f"the session in task {task_id} ended without the command's exit status: the "
+        "task or its server stopped",
+        exit_code=EXIT_TRANSIENT,
+    )
 
 
 @tasks.command("upload")

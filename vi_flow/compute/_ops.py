@@ -15,7 +15,7 @@ import contextlib
 import logging
 import posixpath
 import sys
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 from urllib.parse import urlsplit
@@ -237,23 +237,46 @@ async def shell(
     """
     task = await wait_for(client, task_id, until="running", timeout=timeout)
     _check_running(task)
+    import asyncssh
+
     target, endpoint = await _target_and_endpoint(client, task_id, logs=False)
     check_commands_allowed(endpoint)
     conn = await connect(target)
     try:
-        if command is not None:
-            return await run_remote(conn, command, input=input, echo=echo)
-        if input is None and sys.stdin is not None and sys.stdin.isatty():
-            status = await interactive_shell(conn)
-            return ShellResult(stdout="", stderr="", exit_status=status)
-        source = sys.stdin.buffer if input is None else input
-        script = (
-            source if isinstance(source, bytes) else await anyio.to_thread.run_sync(source.read)
-        )
-        return await run_remote(conn, "exec /bin/sh", input=script, echo=echo)
+        with _lost_as_connection_error(task_id, asyncssh.ConnectionLost, asyncssh.DisconnectError):
+            return await _shell_on(conn, command, input, echo)
     finally:
         conn.close()
         await conn.wait_closed()
+
+
+@contextlib.contextmanager
+def _lost_as_connection_error(task_id: str, *lost: type[Exception]) -> Iterator[None]:
+    """The connection dropping under a command (its server stopped or died) is the
+    documented ``APIConnectionError``, not asyncssh's own error."""
+    try:
+        yield
+    except lost as exc:
+        raise APIConnectionError(
+            f"lost the SSH connection to task {task_id} (its server stopped?): {exc}"
+        ) from exc
+
+
+async def _shell_on(
+    conn: asyncssh.SSHClientConnection,
+    command: str | Sequence[str] | None,
+    input: bytes | BinaryIO | None,
+    echo: bool,
+) -> ShellResult:
+    """The command, or else the interactive shell or the script, on an open connection."""
+    if command is not None:
+        return await run_remote(conn, command, input=input, echo=echo)
+    if input is None and sys.stdin is not None and sys.stdin.isatty():
+        status = await interactive_shell(conn)
+        return ShellResult(stdout="", stderr="", exit_status=status)
+    source = sys.stdin.buffer if input is None else input
+    script = source if isinstance(source, bytes) else await anyio.to_thread.run_sync(source.read)
+    return await run_remote(conn, "exec /bin/sh", input=script, echo=echo)
 
 
 def _streams(stream: LogStream) -> list[str]:
