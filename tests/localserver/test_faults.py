@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -136,6 +137,24 @@ def test_a_shell_command_whose_server_dies_says_so_and_exits_6(
     assert shell.returncode == 6, err
     assert "ExceptionGroup" not in err
     assert "lost the SSH connection" in err or "ended without the command's exit status" in err
+
+
+async def test_a_task_wait_keeps_its_timeout_when_the_server_hangs(home: Path) -> None:
+    # The first look at the task was made before the timeout began: 35 s for a
+    # timeout of 5 while the server was stopped (found by QA).
+    async with vi_flow.AsyncClient() as client:
+        task = await client.run(["sleep", "60"])
+        server = run_file(home)
+        assert server is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(vi_flow.TaskTimeoutError, match="did not answer"):
+                await task.wait(timeout=1)
+            assert time.monotonic() - began < 5
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        await task.cancel(force=True)
 
 
 async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(

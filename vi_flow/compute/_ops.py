@@ -120,13 +120,16 @@ async def wait_for(
     """
     if until not in ("running", "terminal"):
         raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
-    task = await client.tasks.get(task_id)
+    task: Task | None = None
     delay = _FIRST_POLL
-    with anyio.move_on_after(timeout) as scope:
+    with anyio.move_on_after(timeout) as scope:  # the first look too: a server that hangs
+        task = await client.tasks.get(task_id)
         while not _reached(task.status, until):
             await anyio.sleep(delay)
             delay = min(delay * 1.5, poll_interval)
             task = await client.tasks.get(task_id)
+    if task is None:
+        raise TaskTimeoutError(f"the server did not answer for task {task_id} within {timeout} s")
     if scope.cancelled_caught:
         raise TaskTimeoutError(
             f"task {task_id} is still {task.status.value} after {timeout} s (waited for {until})"
