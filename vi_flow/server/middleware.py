@@ -20,10 +20,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import re
 import secrets
+import sqlite3
 import time
 
 import orjson
@@ -255,8 +257,44 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _client_gone(request):
             raise  # the access middleware notes it; there is no one to answer
         return _internal_error(request)  # e.g. an outgoing connection of the handler
-    except Exception:
+    except Exception as exc:
+        if _disk_full(exc):
+            return _disk_full_answer(request)
         return _internal_error(request)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether a failure (or one that caused it) is a full disk: SQLite's ``SQLITE_FULL``,
+    PostgreSQL's ``53100`` or a write's ``ENOSPC``/``EDQUOT``."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and (
+            getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
+        ):
+            return True
+        if getattr(exc, "sqlstate", None) == "53100":  # psycopg's DiskFull
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named from Python 3.11
+
+
+def _disk_full_answer(request: web.Request) -> web.Response:
+    """``507 INSUFFICIENT_STORAGE``, not retried: a full disk does not clear in seconds
+    (and the log that a 500's request id would lead to cannot be written either)."""
+    log.error("%s %s: the server's disk is full", request.method, request.path)
+    response = error_response(
+        request,
+        507,
+        "INSUFFICIENT_STORAGE",
+        "the server's disk is full: what this request would have written could not be; "
+        "free space on the server (its home, or its database's disk), then retry",
+    )
+    response.headers["X-Should-Retry"] = "false"
+    return response
 
 
 async def _principal(request: web.Request) -> Principal:
