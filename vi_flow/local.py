@@ -112,10 +112,10 @@ def call_server(
     *,
     token: str | None = None,
     body: object = None,
-    timeout: float = _PROBE_TIMEOUT,
+    timeout: float | None = None,
 ) -> tuple[int, object]:
     """One plain HTTP call to the server of ``info``; the status and the decoded JSON
-    (``timeout``: for connecting, and then for the answer).
+    (``timeout``: for connecting, and then for the answer; default :data:`_PROBE_TIMEOUT`).
 
     Raises:
         OSError: No answer (refused, reset, timed out).
@@ -126,7 +126,8 @@ def call_server(
     data = None if body is None else orjson.dumps(body)
     if data is not None:
         headers["Content-Type"] = "application/json"
-    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+    wait = _PROBE_TIMEOUT if timeout is None else timeout
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=wait)
     try:
         conn.request(method, f"/v1{path}", body=data, headers=headers)
         resp = conn.getresponse()
@@ -239,6 +240,20 @@ def _spawn(home: Path, idle_timeout: float) -> None:
 _PUBLISH_WAIT = 10.0
 
 
+def _silent_server(home: Path) -> LocalServerError | None:
+    """The error for a home whose published server lives but does not answer (stopped
+    with SIGSTOP, or overloaded): "use that server" would send the user to it."""
+    info = _read_run_file(home)
+    if info is None or not pid_alive(info.pid):
+        return None
+    return LocalServerError(
+        f"the server of home {home} (pid {info.pid}, {info.url}) holds the home but did "
+        f"not answer within {_PROBE_TIMEOUT:.0f} s: it may be stopped (SIGSTOP) or "
+        f"overloaded; wait for it, or stop it with 'VI_FLOW_HOME={home} vi-flow server "
+        f"stop' (or 'kill {info.pid}')"
+    )
+
+
 def _published_soon(home: Path) -> ServerInfo | None:
     """The home's server, should one publish itself within :data:`_PUBLISH_WAIT` s."""
     deadline = time.monotonic() + _PUBLISH_WAIT
@@ -283,8 +298,10 @@ def start_server(home: Path, idle_timeout: float) -> tuple[ServerInfo, bool]:
                 except LocalServerError as exc:
                     # a `vi-flow serve` that took the home just before, and has not yet
                     # published where it listens: use it once it does
-                    if HOME_SERVED not in str(exc) or not (info := _published_soon(home)):
+                    if HOME_SERVED not in str(exc):
                         raise
+                    if not (info := _published_soon(home)):
+                        raise _silent_server(home) or exc from None
     except filelock.Timeout:
         raise _failure(
             f"another process has been starting the server of {home} for over "

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import vi_flow
+import vi_flow.local
 from vi_flow.models import FlowCompleted, LogLine
 
 from .kit import alive, cli, cli_command, env_for, run_file, server_pids, stop_server
@@ -155,6 +156,27 @@ async def test_a_task_wait_keeps_its_timeout_when_the_server_hangs(home: Path) -
         finally:
             os.kill(server.pid, signal.SIGCONT)
         await task.cancel(force=True)
+
+
+def test_a_new_client_meeting_a_hung_server_says_it_does_not_answer(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said "already served by the vi-flow server at ...; use that server": the one
+    # that did not answer (found by QA).
+    cli(home, "server", "start")
+    server = run_file(home)
+    assert server is not None
+    monkeypatch.setattr(vi_flow.local, "_PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(vi_flow.local, "_PUBLISH_WAIT", 1.0)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(vi_flow.LocalServerError) as silent, vi_flow.Client() as client:
+            client.flows.list()
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    message = str(silent.value)
+    assert f"pid {server.pid}" in message and "did not answer within" in message
+    assert "use that server" not in message and "vi-flow server stop" in message
 
 
 async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(
