@@ -10,6 +10,10 @@ from typing import Any
 import asyncssh
 import pytest
 
+from vi_flow.server.tasks import sshd
+from vi_flow.server.tasks.sftp import MAX_READ
+from vi_flow.server.tasks.sshd import SSHLimits
+
 from .conftest import TaskServer
 
 
@@ -224,3 +228,97 @@ async def test_server_stop_closes_open_sessions(
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the command outlived the server")
+
+
+@pytest.mark.anyio
+async def test_one_sftp_read_answers_at_most_max_read_and_a_get_is_whole(
+    server: TaskServer, client_key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    # One read of 150 MB made the server hold ~800 MB (found by QA): a read answers at
+    # most MAX_READ bytes, and a client asks again for the rest.
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    data = bytes(range(256)) * (3 * MAX_READ // 256 + 7)
+    (Path(endpoint["workdir"]) / "big.bin").write_bytes(data)
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/workspace/big.bin", "rb") as handle:
+            # one SSH_FXP_READ of the whole file, as a hostile client sends it (asyncssh's
+            # own reads are blocks of its choice)
+            raw, _ = await handle._handler.read(handle._handle, 0, len(data))
+            assert raw == data[:MAX_READ]
+        await sftp.get("/workspace/big.bin", str(tmp_path / "got.bin"))
+    assert (tmp_path / "got.bin").read_bytes() == data
+
+
+@pytest.mark.anyio
+async def test_a_connection_holds_a_bounded_number_of_sftp_files(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # One organization held 18,400 SFTP handles and every other one got 503 (found by QA).
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    share = SSHLimits.SFTP_FILES_PER_CONNECTION
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        handles = [await sftp.open("/logs/stdout.log", "rb") for _ in range(share)]
+        with pytest.raises(asyncssh.SFTPFailure, match="too many open files"):
+            await sftp.open("/logs/stdout.log", "rb")
+        await handles.pop().close()
+        handles.append(await sftp.open("/logs/stdout.log", "rb"))  # one closed: one more
+        for handle in handles:
+            await handle.close()
+
+
+@pytest.mark.anyio
+async def test_a_connection_opened_while_its_task_ran_runs_nothing_after_it_ended(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # Each new channel of a connection made while the task ran got a fresh sandbox after
+    # the task ended (a shell could still exit 0), and after its key was deleted (QA).
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        assert (await conn.run("echo in")).stdout == "in\n"
+        keys = (await server.call("GET", "/ssh-keys")).body["items"]
+        await server.call("DELETE", f"/ssh-keys/{keys[0]['keyId']}")
+        refused = await conn.run("echo still in", check=False)
+        assert refused.exit_status == 1 and "no longer registered" in str(refused.stderr)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    endpoint = await _endpoint(server, other, command="sleep 30")
+    async with _connect(endpoint, other) as conn:
+        await server.call("POST", f"/tasks/{endpoint['taskId']}/cancel", json={"force": True})
+        await server.wait(endpoint["taskId"], until={"cancelled"})
+        late = await conn.run("touch late.txt; echo ran", check=False)
+        assert late.exit_status == 1 and "ran" not in str(late.stdout)
+    assert not (Path(endpoint["workdir"]) / "late.txt").exists()
+
+
+@pytest.mark.anyio
+async def test_an_absurd_terminal_size_is_clamped_not_the_end_of_the_connection(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        shell = await conn.run("stty size", term_type="xterm", term_size=(100_000, 70_000))
+        assert shell.stdout.split() == ["65535", "65535"]
+        assert (await conn.run("echo alive")).stdout == "alive\n"  # the connection lives
+
+
+@pytest.mark.anyio
+async def test_connections_that_never_log_in_are_bounded_and_closed(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 18,500 idle connections to the SSH port, no key needed, each held 120 s, spent the
+    # open-file limit and the API answered 503 to everyone (found by QA). SSH holds at
+    # most a quarter of the descriptors in connections; a login must finish in time.
+    monkeypatch.setattr(sshd, "open_file_limit", lambda: 4 * 8)  # 8 connections
+    monkeypatch.setattr(sshd, "LOGIN_TIMEOUT", 1.5)
+    endpoint = await _endpoint(server, client_key, command="sleep 30")  # SSH starts here
+    idle = [await asyncio.open_connection(endpoint["host"], endpoint["port"]) for _ in range(8)]
+    ninth = await asyncio.open_connection(endpoint["host"], endpoint["port"])
+    idle.append(ninth)
+    try:
+        await asyncio.wait_for(ninth[0].read(), 1.0)  # closed at once, before any timeout
+        for reader, _ in idle[:8]:  # the eight: closed once their login took too long
+            await asyncio.wait_for(reader.read(), 10)
+        async with _connect(endpoint, client_key) as conn:  # room again
+            assert (await conn.run("echo in")).stdout == "in\n"
+    finally:
+        for _, writer in idle:
+            writer.close()

@@ -23,12 +23,26 @@ import posixpath
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 
-__all__ = ["TaskSFTPServer", "components"]
+__all__ = ["MAX_READ", "FileShare", "TaskSFTPServer", "components"]
+
+MAX_READ = 256 * 1024
+"""The most one SFTP read answers (OpenSSH's sftp-server answers at most as much)."""
+
+
+class FileShare(Protocol):
+    """The share of open files an SFTP session counts against."""
+
+    def take(self) -> None:
+        """Count one more open file, or raise ``asyncssh.SFTPFailure`` past the share."""
+
+    def give_back(self) -> None:
+        """Count one open file closed."""
+
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -145,15 +159,23 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         root: The task directory (the SFTP ``/``).
         refusal: Set for a login that may not use SFTP (``+logs``): every request is
             answered *permission denied* with it.
+        files: Counts the session's open files against a share (``take`` raises
+            ``SFTPFailure`` past it); none: not counted.
     """
 
     def __init__(
-        self, channel: asyncssh.SSHServerChannel[bytes], root: Path, refusal: str = ""
+        self,
+        channel: asyncssh.SSHServerChannel[bytes],
+        root: Path,
+        refusal: str = "",
+        *,
+        files: FileShare | None = None,
     ) -> None:
         super().__init__(channel)
         self._root = os.fsencode(os.path.realpath(root))
         self._refusal = refusal
         self._root_fd = -1 if refusal else os.open(self._root, _DIR & ~os.O_NOFOLLOW)
+        self._files = files
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -219,13 +241,39 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         os.set_blocking(fd, True)
         return open(fd, _file_mode(flags), buffering=0)  # the SFTP session closes it
 
+    def _counted_open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
+        if self._files is None:
+            return self._open(path, flags, attrs)
+        self._files.take()
+        try:
+            return self._open(path, flags, attrs)
+        except BaseException:
+            self._files.give_back()
+            raise
+
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Any:
         """Open a file beneath the root (a link is refused)."""
-        return self._open(path, _open_flags(pflags), attrs)
+        return self._counted_open(path, _open_flags(pflags), attrs)
 
     def open56(self, path: bytes, desired_access: int, flags: int, attrs: SFTPAttrs) -> Any:
         """Open a file beneath the root, SFTP v5/v6 flags (a link is refused)."""
-        return self._open(path, _open56_flags(desired_access, flags), attrs)
+        return self._counted_open(path, _open56_flags(desired_access, flags), attrs)
+
+    def close(self, file_obj: Any) -> None:
+        """Close a file this session opened (and count it closed)."""
+        try:
+            file_obj.close()
+        finally:
+            if self._files is not None:
+                self._files.give_back()
+
+    def read(self, file_obj: Any, offset: int, size: int) -> bytes:
+        """At most :data:`MAX_READ` bytes at ``offset``: a client asking for 4 GiB in one
+        request made the server hold several times that (SFTP lets a read return less,
+        and clients ask again for the rest)."""
+        file_obj.seek(offset)
+        data: bytes = file_obj.read(min(size, MAX_READ))
+        return data
 
     def lstat(self, path: bytes) -> os.stat_result:
         """Attributes of ``path`` itself."""

@@ -53,6 +53,37 @@ _CLOSE_WAIT = 5.0
 _TASK_POLL = 1.0  # how often a command session checks that its task still runs
 _LOG_POLL_MIN, _LOG_POLL_MAX = 0.002, 0.2  # after news, then doubling while quiet
 _CLIENT_ENV = ("TERM", "LANG", "LANGUAGE", "COLUMNS", "LINES")
+LOGIN_TIMEOUT = 30.0
+"""Seconds a connection may take to log in (asyncssh's own: 120): an idle one holds a
+descriptor, as an HTTP connection without its request head does."""
+_TERM_MAX = 0xFFFF  # a terminal size field is 16 bits
+
+
+class SSHLimits:
+    """What SSH may hold of the process's descriptors: a quarter for its connections (those
+    still logging in too) and a quarter for SFTP's open files, at most
+    :data:`SFTP_FILES_PER_CONNECTION` a connection. The HTTP API keeps the other half:
+    one organization, or anyone who can reach the port, must not take it away from all.
+
+    Args:
+        open_file_limit: The process's soft limit (``RLIMIT_NOFILE``).
+    """
+
+    SFTP_FILES_PER_CONNECTION = 256
+
+    def __init__(self, open_file_limit: int) -> None:
+        self.connections = max(8, open_file_limit // 4)
+        self.sftp_files = max(8, open_file_limit // 4)
+        self.sftp_open = 0
+        """SFTP files open now, every connection's."""
+
+
+def open_file_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` of this process (a large number for "unlimited")."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 class SessionResolver(Protocol):
@@ -87,16 +118,26 @@ class _Server(asyncssh.SSHServer):
     """One connection: remembers the task session chosen by the login name."""
 
     def __init__(
-        self, resolver: SessionResolver, registry: set[asyncssh.SSHServerConnection]
+        self,
+        resolver: SessionResolver,
+        registry: set[asyncssh.SSHServerConnection],
+        limits: SSHLimits,
     ) -> None:
         self._resolver = resolver
         self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
         self._accepted: tuple[str, bytes] | None = None
         self.context: SessionContext | None = None
+        self.limits = limits
+        self.sftp_open = 0
+        """SFTP files this connection has open."""
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        if len(self._registry) >= self.limits.connections:
+            log.warning("ssh: refused a connection: %d are open", len(self._registry))
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
+            return
         self._registry.add(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -148,6 +189,22 @@ class _Server(asyncssh.SSHServer):
                     return True
         log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
+
+    async def current(self) -> SessionContext | None:
+        """The login's session as it is now, ``None`` when its task is gone or the key it
+        logged in with is no longer registered. Each new channel asks: a connection
+        outlives the task that was running at its login, and a key deleted since."""
+        if self._accepted is None:
+            return None
+        username, wanted = self._accepted
+        context = await self._resolver.session(username)
+        if context is None:
+            return None
+        for line in await self._resolver.authorized_keys(context.organization_id):
+            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
+                if asyncssh.import_public_key(line).public_data == wanted:
+                    return context
+        return None
 
 
 def _context_of(channel: Any) -> SessionContext:
@@ -290,7 +347,9 @@ def _make_controlling_tty() -> None:  # runs in the child between fork and exec
 
 
 def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
-    cols, rows, width, height = size
+    """Set the PTY's size, each field clamped to what a terminal size holds (a client's
+    65536 made ``struct.pack`` raise and asyncssh drop the whole connection)."""
+    cols, rows, width, height = (min(max(n, 0), _TERM_MAX) for n in size)
     if cols and rows:
         with contextlib.suppress(OSError):
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, width, height))
@@ -469,7 +528,14 @@ async def _task_ended(resolver: SessionResolver, task_id: str) -> str:
 async def _handle_process(
     process: asyncssh.SSHServerProcess[bytes], shell: str, resolver: SessionResolver
 ) -> None:
-    context = _context_of(process.channel)
+    owner = process.channel.get_connection().get_owner()
+    context = await owner.current() if isinstance(owner, _Server) else None
+    if context is None:
+        process.stderr.write(
+            b"vi-flow: this login's task is gone, or its SSH key is no longer registered\n"
+        )
+        process.exit(1)
+        return
     if context.is_logs:
         process.exit(await _serve_logs(process, context))
         return
@@ -498,10 +564,41 @@ async def _handle_process(
 
 
 def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
-    """SFTP for one session: its task directory, paths walked without following links."""
+    """SFTP for one session: its task directory, paths walked without following links,
+    its open files counted against the connection's and the server's share."""
     context = _context_of(channel)
     refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
-    return TaskSFTPServer(channel, context.root, refusal)
+    owner = channel.get_connection().get_owner()
+    assert isinstance(owner, _Server)  # _context_of found its context
+    return TaskSFTPServer(channel, context.root, refusal, files=_SFTPFiles(owner))
+
+
+class _SFTPFiles:
+    """Counts one SFTP session's open files against its connection's and the server's."""
+
+    def __init__(self, owner: _Server) -> None:
+        self._owner = owner
+
+    def take(self) -> None:
+        """Count one more open file.
+
+        Raises:
+            asyncssh.SFTPFailure: The connection or the server has its share open.
+        """
+        owner, limits = self._owner, self._owner.limits
+        if owner.sftp_open >= limits.SFTP_FILES_PER_CONNECTION:
+            raise asyncssh.SFTPFailure(
+                f"too many open files: a connection may hold {limits.SFTP_FILES_PER_CONNECTION}"
+            )
+        if limits.sftp_open >= limits.sftp_files:
+            raise asyncssh.SFTPFailure("too many open files on the server; try again later")
+        owner.sftp_open += 1
+        limits.sftp_open += 1
+
+    def give_back(self) -> None:
+        """One file was closed."""
+        self._owner.sftp_open -= 1
+        self._owner.limits.sftp_open -= 1
 
 
 async def listen(
@@ -515,13 +612,14 @@ async def listen(
     Each connection joins ``registry`` while it is open.
     """
     shell = await asyncio.to_thread(shutil.which, "bash") or "/bin/sh"
+    limits = SSHLimits(open_file_limit())
     bind: dict[str, Any] = (
         {"sock": where}
         if isinstance(where, socket.socket)
         else {"host": where[0], "port": where[1]}
     )
     return await asyncssh.listen(
-        server_factory=lambda: _Server(resolver, registry),
+        server_factory=lambda: _Server(resolver, registry, limits),
         server_host_keys=[key],
         process_factory=functools.partial(_handle_process, shell=shell, resolver=resolver),
         encoding=None,
@@ -532,5 +630,6 @@ async def listen(
         allow_pty=True,
         line_editor=False,
         keepalive_interval=30,
+        login_timeout=LOGIN_TIMEOUT,
         **bind,
     )
