@@ -268,10 +268,11 @@ async def test_a_connection_holds_a_bounded_number_of_sftp_files(
 
 @pytest.mark.anyio
 async def test_a_connection_opened_while_its_task_ran_runs_nothing_after_it_ended(
-    server: TaskServer, client_key: asyncssh.SSHKey
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each new channel of a connection made while the task ran got a fresh sandbox after
     # the task ended (a shell could still exit 0), and after its key was deleted (QA).
+    monkeypatch.setattr(sshd, "_RECHECK_AFTER", 0.0)  # what the login read: stale at once
     endpoint = await _endpoint(server, client_key, command="sleep 30")
     async with _connect(endpoint, client_key) as conn:
         assert (await conn.run("echo in")).stdout == "in\n"

@@ -30,6 +30,7 @@ import signal
 import socket
 import struct
 import termios
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ LOGIN_TIMEOUT = 30.0
 """Seconds a connection may take to log in (asyncssh's own: 120): an idle one holds a
 descriptor, as an HTTP connection without its request head does."""
 _TERM_MAX = 0xFFFF  # a terminal size field is 16 bits
+_RECHECK_AFTER = 1.0  # seconds a login's reads of its task and key stand for new channels
 
 
 class SSHLimits:
@@ -127,6 +129,7 @@ class _Server(asyncssh.SSHServer):
         self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
         self._accepted: tuple[str, bytes] | None = None
+        self._checked_at = -_RECHECK_AFTER  # when the task and the key were last read
         self.context: SessionContext | None = None
         self.limits = limits
         self.sftp_open = 0
@@ -186,6 +189,7 @@ class _Server(asyncssh.SSHServer):
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
                 if asyncssh.import_public_key(line).public_data == wanted:
                     self._accepted = (username, wanted)
+                    self._checked_at = time.monotonic()
                     return True
         log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
@@ -193,9 +197,12 @@ class _Server(asyncssh.SSHServer):
     async def current(self) -> SessionContext | None:
         """The login's session as it is now, ``None`` when its task is gone or the key it
         logged in with is no longer registered. Each new channel asks: a connection
-        outlives the task that was running at its login, and a key deleted since."""
+        outlives the task that was running at its login, and a key deleted since. What
+        was read within :data:`_RECHECK_AFTER` s (the login itself) is not read again."""
         if self._accepted is None:
             return None
+        if time.monotonic() - self._checked_at < _RECHECK_AFTER:
+            return self.context
         username, wanted = self._accepted
         context = await self._resolver.session(username)
         if context is None:
@@ -203,6 +210,7 @@ class _Server(asyncssh.SSHServer):
         for line in await self._resolver.authorized_keys(context.organization_id):
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
                 if asyncssh.import_public_key(line).public_data == wanted:
+                    self.context, self._checked_at = context, time.monotonic()
                     return context
         return None
 
