@@ -230,6 +230,13 @@ def test_a_link_whose_id_climbs_out_signs_nothing_in(
         one.page.wait_for_selector("h1:text('Not found')")
         session = one.page.evaluate("fetch('/console/api/session').then(r => r.json())")
         assert session["organizationId"] == "org_default", kind
+    # the longest id a user may choose still has its page
+    chosen = "flow_" + "x" * 64
+    console_server.call(
+        "POST", f"/flows?flowId={chosen}", {"name": "long id", "blocks": [{"block": "emit"}]}
+    )
+    one.page.goto(f"{console_server.root}/flows/{chosen}")
+    one.page.wait_for_selector("h1:text('long id')")
     # and a fetch of the link itself (as a page's script would make it) is no sign-in
     status = one.page.evaluate(
         f"fetch('/console/signin?code={code}', {{redirect: 'manual'}}).then(r => r.status)"

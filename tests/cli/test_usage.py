@@ -120,6 +120,7 @@ def test_debug_shows_the_traceback(vf_offline: Invoker, monkeypatch: pytest.Monk
         (e.APIConnectionError("down"), 6),
         (e.RateLimitError("busy"), 6),
         (e.InternalServerError("boom", status_code=503), 6),
+        (e.InternalServerError("full", status_code=507, code="INSUFFICIENT_STORAGE"), 1),
         (e.UnprocessableEntityError("bad"), 2),
         (e.BadRequestError("bad"), 2),
         (ValueError("bad gpu"), 2),

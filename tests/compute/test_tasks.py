@@ -490,3 +490,15 @@ async def test_100_concurrent_shells_on_one_client(client: vi_flow.AsyncClient) 
             assert [r.stdout for r in results] == [f"shell-{i}\n" for i in range(count)]
     finally:
         await task.cancel(force=True)
+
+
+async def test_a_wait_of_no_time_is_one_look(client: vi_flow.AsyncClient) -> None:
+    task = await client.run("true")
+    assert await task.wait(timeout=60) == TaskStatus.COMPLETED
+    assert await task.wait(timeout=0) == TaskStatus.COMPLETED  # over: no time needed
+    running = await client.run("sleep 30", wait=True)
+    try:
+        with pytest.raises(TaskTimeoutError, match="is still running after 0 s"):
+            await running.wait(timeout=0)
+    finally:
+        await running.cancel(force=True)

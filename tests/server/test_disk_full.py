@@ -39,3 +39,17 @@ async def test_a_full_database_is_507_not_retried_and_changes_nothing(server: Se
         await _cap_pages(server, 1_073_741_823)
     made = await server.call("POST", "/flows", json=spec("fits"))
     assert made.status == 201
+
+
+def test_a_full_postgresql_disk_is_a_full_disk_not_an_outage() -> None:
+    # psycopg's DiskFull is an OperationalError, which the backend made
+    # DatabaseUnavailable: 503 with Retry-After 1, retried (found in review).
+    psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL sessions run it")
+    from vi_flow.server.db import DatabaseUnavailable
+    from vi_flow.server.db.postgres import _translated_errors
+    from vi_flow.server.middleware import _disk_full
+
+    with pytest.raises(Exception) as raised, _translated_errors():
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+    assert not isinstance(raised.value, DatabaseUnavailable)
+    assert _disk_full(raised.value)

@@ -323,3 +323,53 @@ async def test_connections_that_never_log_in_are_bounded_and_closed(
     finally:
         for _, writer in idle:
             writer.close()
+
+
+@pytest.mark.anyio
+async def test_directories_being_read_count_as_open_files(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory read in part holds descriptors until closed; they were not counted, so
+    # a client could open as many as it liked (found in review).
+    monkeypatch.setattr(sshd.SSHLimits, "SFTP_FILES_PER_CONNECTION", 3)
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    for n in range(300):  # more than one read's worth of names: a read stops part way
+        (Path(endpoint["workdir"]) / f"f{n}").touch()
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        raw = sftp._handler
+        handles = [await raw.opendir(b"/workspace") for _ in range(3)]
+        for handle in handles:
+            await raw.readdir(handle)  # under way: its descriptors are held
+        with pytest.raises(asyncssh.SFTPFailure, match="too many open files"):
+            await sftp.open("/logs/stdout.log", "rb")
+        await raw.close(handles.pop())
+        await (await sftp.open("/logs/stdout.log", "rb")).close()
+
+
+@pytest.mark.anyio
+async def test_a_connection_holds_a_bounded_number_of_sessions(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each exec holds pipes and a sandbox: 5,000 channels on one connection spent more
+    # descriptors than SSH's shares (found in review).
+    monkeypatch.setattr(sshd.SSHLimits, "SESSIONS_PER_CONNECTION", 2)
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        running = [await conn.create_process("echo up; sleep 30") for _ in range(2)]
+        for process in running:
+            assert await process.stdout.readline() == "up\n"
+        third = await conn.run("echo three", check=False)
+        assert third.exit_status == 1 and "too many sessions" in str(third.stderr)
+        with pytest.raises(asyncssh.SFTPError, match="too many sessions"):
+            async with conn.start_sftp_client() as sftp:
+                await sftp.listdir("/")
+        done = running.pop()
+        done.close()
+        await done.wait_closed()
+        for _ in range(50):  # the server sees the channel closed and ends its session
+            if (four := await conn.run("echo four", check=False)).exit_status == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert four.stdout == "four\n"
+        for process in running:
+            process.close()

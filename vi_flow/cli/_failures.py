@@ -143,6 +143,8 @@ def exit_code_for(exc: BaseException) -> int:
 
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return EXIT_USAGE  # --base-url needs fixing, not the key
+    if isinstance(exc, e.APIStatusError) and exc.code == "INSUFFICIENT_STORAGE":
+        return EXIT_FAILURE  # the server's disk is full: not worth a retry soon
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
         # a value the SDK or the server refused: the arguments need fixing

@@ -109,7 +109,9 @@ def _show_version(ctx: click.Context) -> None:
     from ._failures import ARGV_JSON
 
     if ctx.meta.get(ARGV_JSON):
-        click.echo(f'{{"version": "{__version__}"}}')
+        import orjson
+
+        click.echo(orjson.dumps({"version": __version__}))
     else:
         click.echo(f"vi-flow, version {__version__}")
     ctx.exit()

@@ -76,13 +76,13 @@ STDIN = Path("<stdin>")
 
 
 def read_text_file(path: Path, param_hint: str) -> str:
-    """The UTF-8 text of the file ``path`` a user gave (``-`` or :data:`STDIN`: stdin).
+    """The UTF-8 text of the file ``path`` a user gave (``-``: standard input).
 
     Raises:
         click.BadParameter: It cannot be read, or is not UTF-8 text (names the file).
     """
     try:
-        if path in (STDIN, Path("-")):
+        if path == Path("-"):
             return _stdin_text()
         return read_utf8(path)
     except ValueError as exc:

@@ -280,7 +280,7 @@ def _task_file(config_file: str) -> Path | TaskConfig:
         return Path(config_file)
     from ..models.tasks import TaskConfig
 
-    text = read_text_file(STDIN, "'-f'")
+    text = read_text_file(Path("-"), "'-f'")
     try:
         return TaskConfig.from_yaml_text(text, str(STDIN))
     except ValueError as exc:

@@ -24,7 +24,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import APIConnectionError, TaskEndedError, TaskTimeoutError
+from .._errors import APIConnectionError, APIStatusError, TaskEndedError, TaskTimeoutError
 from .._http import HTTPCore, path
 from ..models._base import from_wire
 from ..models.tasks import SSHEndpoint, Task, TaskStatus
@@ -120,21 +120,30 @@ async def wait_for(
     """
     if until not in ("running", "terminal"):
         raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
-    task: Task | None = None
+    if timeout is not None and timeout <= 0:  # one look, however long it takes
+        task = await client.tasks.get(task_id)
+        if _reached(task.status, until):
+            return task
+        raise _still(task, timeout, until)
+    found: Task | None = None
     delay = _FIRST_POLL
     with anyio.move_on_after(timeout) as scope:  # the first look too: a server that hangs
-        task = await client.tasks.get(task_id)
-        while not _reached(task.status, until):
+        found = await client.tasks.get(task_id)
+        while not _reached(found.status, until):
             await anyio.sleep(delay)
             delay = min(delay * 1.5, poll_interval)
-            task = await client.tasks.get(task_id)
-    if task is None:
+            found = await client.tasks.get(task_id)
+    if found is None:
         raise TaskTimeoutError(f"the server did not answer for task {task_id} within {timeout} s")
     if scope.cancelled_caught:
-        raise TaskTimeoutError(
-            f"task {task_id} is still {task.status.value} after {timeout} s (waited for {until})"
-        )
-    return task
+        raise _still(found, timeout, until)
+    return found
+
+
+def _still(task: Task, timeout: float | None, until: Until) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"task {task.task_id} is still {task.status.value} after {timeout} s (waited for {until})"
+    )
 
 
 async def ssh_target(client: ComputeClient, task_id: str, *, logs: bool = False) -> SSHTarget:
@@ -352,6 +361,10 @@ async def _ssh_follower(
             return (await _target_and_endpoint(client, task_id, logs=True))[0]
         except APIConnectionError as exc:
             raise OSError(f"the server does not answer: {exc}") from exc
+        except APIStatusError as exc:  # a proxy's 502, a server still starting its SSH
+            if exc.status_code < 500:
+                raise
+            raise OSError(f"the server cannot say where the task's SSH is now: {exc}") from exc
 
     return LogFollower(
         connector,

@@ -263,6 +263,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _internal_error(request)
 
 
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named from Python 3.11
+
+
 def _disk_full(exc: BaseException | None) -> bool:
     """Whether a failure (or one that caused it) is a full disk: SQLite's ``SQLITE_FULL``,
     PostgreSQL's ``53100`` or a write's ``ENOSPC``/``EDQUOT``."""
@@ -277,9 +280,6 @@ def _disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named from Python 3.11
 
 
 def _disk_full_answer(request: web.Request) -> web.Response:

@@ -84,6 +84,8 @@ def _translated_errors() -> Iterator[None]:
         yield
     except psycopg.IntegrityError as exc:
         raise PostgresIntegrityError(str(exc).strip()) from exc
+    except psycopg.errors.DiskFull as exc:  # an OperationalError, but no retry will help
+        raise PostgresError(str(exc).strip()) from exc
     except psycopg.OperationalError as exc:  # the server went away, or cannot be reached
         raise DatabaseUnavailable(str(exc).strip()) from exc
     except psycopg.Error as exc:

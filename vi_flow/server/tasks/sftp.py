@@ -43,6 +43,9 @@ class FileShare(Protocol):
     def give_back(self) -> None:
         """Count one open file closed."""
 
+    def ended(self) -> None:
+        """The session ended (every file it opened was closed)."""
+
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -213,12 +216,6 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         """Never used: every request walks its path (a request that would map by name is refused)."""
         raise asyncssh.SFTPOpUnsupported("not supported by this server")
 
-    def exit(self) -> None:
-        """Close the root's descriptor when the session ends."""
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
-
     # -- files ---------------------------------------------------------------------------
 
     def _open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
@@ -241,15 +238,22 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         os.set_blocking(fd, True)
         return open(fd, _file_mode(flags), buffering=0)  # the SFTP session closes it
 
-    def _counted_open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
-        if self._files is None:
-            return self._open(path, flags, attrs)
-        self._files.take()
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count one open file (or directory) against the share while the body opens it;
+        give it back when the body fails."""
+        if self._files is not None:
+            self._files.take()
         try:
-            return self._open(path, flags, attrs)
+            yield
         except BaseException:
-            self._files.give_back()
+            if self._files is not None:
+                self._files.give_back()
             raise
+
+    def _counted_open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
+        with self._counted():
+            return self._open(path, flags, attrs)
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Any:
         """Open a file beneath the root (a link is refused)."""
@@ -260,9 +264,13 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         return self._counted_open(path, _open56_flags(desired_access, flags), attrs)
 
     def close(self, file_obj: Any) -> None:
-        """Close a file this session opened (and count it closed)."""
+        """Close a file this session opened (and count it closed). Never raises: the
+        session's end closes every file left open in one loop, which an error would end
+        (and ``close(2)`` frees the descriptor even when it reports one)."""
         try:
             file_obj.close()
+        except OSError:
+            pass
         finally:
             if self._files is not None:
                 self._files.give_back()
@@ -302,15 +310,31 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     # -- directories and names ------------------------------------------------------------
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        """The entries of a directory beneath the root, each described as itself."""
-        with self._node(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
-            here = SFTPAttrs.from_local(os.fstat(fd))
-            for name in (b".", b".."):
-                yield SFTPName(name, attrs=here)
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    attrs = SFTPAttrs.from_local(entry.stat(follow_symlinks=False))
-                    yield SFTPName(os.fsencode(entry.name), attrs=attrs)
+        """The entries of a directory beneath the root, each described as itself. A
+        directory being read holds descriptors as an open file does, and counts as one
+        (a client that reads part of many directories holds them all)."""
+        if self._files is not None:
+            self._files.take()
+        try:
+            with self._node(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
+                here = SFTPAttrs.from_local(os.fstat(fd))
+                for name in (b".", b".."):
+                    yield SFTPName(name, attrs=here)
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        attrs = SFTPAttrs.from_local(entry.stat(follow_symlinks=False))
+                        yield SFTPName(os.fsencode(entry.name), attrs=attrs)
+        finally:
+            if self._files is not None:
+                self._files.give_back()
+
+    def exit(self) -> None:
+        """Close the root's descriptor when the session ends; its share ends with it."""
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+        if self._files is not None:
+            self._files.ended()
 
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Create a directory."""

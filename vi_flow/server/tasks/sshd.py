@@ -66,12 +66,16 @@ class SSHLimits:
     still logging in too) and a quarter for SFTP's open files, at most
     :data:`SFTP_FILES_PER_CONNECTION` a connection. The HTTP API keeps the other half:
     one organization, or anyone who can reach the port, must not take it away from all.
+    A connection holds at most :data:`SESSIONS_PER_CONNECTION` sessions at once.
 
     Args:
         open_file_limit: The process's soft limit (``RLIMIT_NOFILE``).
     """
 
     SFTP_FILES_PER_CONNECTION = 256
+    SESSIONS_PER_CONNECTION = 32
+    """Commands, shells and SFTP sessions open at once on one connection (each holds
+    descriptors: pipes or a terminal, a sandbox, SFTP's root)."""
 
     def __init__(self, open_file_limit: int) -> None:
         self.connections = max(8, open_file_limit // 4)
@@ -134,6 +138,15 @@ class _Server(asyncssh.SSHServer):
         self.limits = limits
         self.sftp_open = 0
         """SFTP files this connection has open."""
+        self.sessions = 0
+        """Commands, shells and SFTP sessions this connection has open."""
+
+    def session_refusal(self) -> str | None:
+        """Why this connection may not open one more session now, if it may not."""
+        cap = self.limits.SESSIONS_PER_CONNECTION
+        if self.sessions >= cap:
+            return f"too many sessions on one connection (at most {cap} at once)"
+        return None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -537,13 +550,37 @@ async def _handle_process(
     process: asyncssh.SSHServerProcess[bytes], shell: str, resolver: SessionResolver
 ) -> None:
     owner = process.channel.get_connection().get_owner()
-    context = await owner.current() if isinstance(owner, _Server) else None
+    assert isinstance(owner, _Server)  # the server factory made it
+    try:
+        context = await owner.current()
+    except Exception:  # the database away: refuse this session, keep the connection's others
+        log.exception("ssh: cannot look up the session of a new channel")
+        process.stderr.write(b"vi-flow: cannot look up this login's task now; try again\n")
+        process.exit(1)
+        return
     if context is None:
         process.stderr.write(
             b"vi-flow: this login's task is gone, or its SSH key is no longer registered\n"
         )
         process.exit(1)
         return
+    if (busy := owner.session_refusal()) is not None:
+        process.stderr.write(f"vi-flow: {busy}\n".encode())
+        process.exit(1)
+        return
+    owner.sessions += 1
+    try:
+        await _run_session(process, context, shell, resolver)
+    finally:
+        owner.sessions -= 1
+
+
+async def _run_session(
+    process: asyncssh.SSHServerProcess[bytes],
+    context: SessionContext,
+    shell: str,
+    resolver: SessionResolver,
+) -> None:
     if context.is_logs:
         process.exit(await _serve_logs(process, context))
         return
@@ -575,17 +612,21 @@ def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
     """SFTP for one session: its task directory, paths walked without following links,
     its open files counted against the connection's and the server's share."""
     context = _context_of(channel)
-    refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
     owner = channel.get_connection().get_owner()
     assert isinstance(owner, _Server)  # _context_of found its context
-    return TaskSFTPServer(channel, context.root, refusal, files=_SFTPFiles(owner))
+    refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
+    if refusal or (refusal := owner.session_refusal() or ""):
+        return TaskSFTPServer(channel, context.root, refusal)  # holds no descriptor
+    return TaskSFTPServer(channel, context.root, files=_SFTPFiles(owner))
 
 
 class _SFTPFiles:
-    """Counts one SFTP session's open files against its connection's and the server's."""
+    """Counts one SFTP session (and its open files) against its connection's share and
+    the server's."""
 
     def __init__(self, owner: _Server) -> None:
         self._owner = owner
+        owner.sessions += 1
 
     def take(self) -> None:
         """Count one more open file.
@@ -607,6 +648,10 @@ class _SFTPFiles:
         """One file was closed."""
         self._owner.sftp_open -= 1
         self._owner.limits.sftp_open -= 1
+
+    def ended(self) -> None:
+        """The SFTP session ended."""
+        self._owner.sessions -= 1
 
 
 async def listen(

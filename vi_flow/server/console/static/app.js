@@ -10,9 +10,10 @@ import { taskPage, tasksPage } from './tasks.js';
 const SESSION_CHECK_MS = 3000; // how often a page checks its session is still the same
 
 // An id in a page's address is one the server could have made or a user chose
-// (letters, digits, '_' and '-'): it is put into the API's URLs as it is, so
-// '..%2F' in an address must not lead the page's own requests to another endpoint.
-const ID = '([A-Za-z0-9_-]{1,64})';
+// ('run_', 'flow_', 'task_' and up to 64 letters, digits, '_' and '-'): it is put into
+// the API's URLs as it is, so '..%2F' in an address must not lead the page's own
+// requests to another endpoint.
+const ID = '([a-z]+_[A-Za-z0-9_-]{1,64})';
 
 const ROUTES = [
   [/^\/(runs)?$/, runsPage],
