@@ -373,3 +373,19 @@ async def test_a_connection_holds_a_bounded_number_of_sessions(
         assert four.stdout == "four\n"
         for process in running:
             process.close()
+
+
+@pytest.mark.anyio
+async def test_the_server_holds_a_bounded_number_of_sessions_in_all(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sshd, "open_file_limit", lambda: 64)  # 8 sessions in all
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as one, _connect(endpoint, client_key) as two:
+        running = [await c.create_process("echo up; sleep 30") for c in (one, two) * 4]
+        for process in running:
+            assert await process.stdout.readline() == "up\n"
+        ninth = await two.run("echo nine", check=False)
+        assert ninth.exit_status == 1 and "too many sessions on the server" in str(ninth.stderr)
+        for process in running:
+            process.close()

@@ -66,7 +66,8 @@ class SSHLimits:
     still logging in too) and a quarter for SFTP's open files, at most
     :data:`SFTP_FILES_PER_CONNECTION` a connection. The HTTP API keeps the other half:
     one organization, or anyone who can reach the port, must not take it away from all.
-    A connection holds at most :data:`SESSIONS_PER_CONNECTION` sessions at once.
+    Sessions (commands, shells, SFTP) hold about four descriptors each: at most a
+    sixteenth of the limit of them at once, :data:`SESSIONS_PER_CONNECTION` a connection.
 
     Args:
         open_file_limit: The process's soft limit (``RLIMIT_NOFILE``).
@@ -82,6 +83,9 @@ class SSHLimits:
         self.sftp_files = max(8, open_file_limit // 4)
         self.sftp_open = 0
         """SFTP files open now, every connection's."""
+        self.sessions = max(8, open_file_limit // 16)  # ~4 descriptors each: a quarter
+        self.sessions_open = 0
+        """Sessions open now, every connection's."""
 
 
 def open_file_limit() -> int:
@@ -146,7 +150,19 @@ class _Server(asyncssh.SSHServer):
         cap = self.limits.SESSIONS_PER_CONNECTION
         if self.sessions >= cap:
             return f"too many sessions on one connection (at most {cap} at once)"
+        if self.limits.sessions_open >= self.limits.sessions:
+            return "too many sessions on the server; try again later"
         return None
+
+    def session_began(self) -> None:
+        """Count one more session of this connection's (and the server's)."""
+        self.sessions += 1
+        self.limits.sessions_open += 1
+
+    def session_ended(self) -> None:
+        """Count one session ended."""
+        self.sessions -= 1
+        self.limits.sessions_open -= 1
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -568,11 +584,11 @@ async def _handle_process(
         process.stderr.write(f"vi-flow: {busy}\n".encode())
         process.exit(1)
         return
-    owner.sessions += 1
+    owner.session_began()
     try:
         await _run_session(process, context, shell, resolver)
     finally:
-        owner.sessions -= 1
+        owner.session_ended()
 
 
 async def _run_session(
@@ -626,7 +642,7 @@ class _SFTPFiles:
 
     def __init__(self, owner: _Server) -> None:
         self._owner = owner
-        owner.sessions += 1
+        owner.session_began()
 
     def take(self) -> None:
         """Count one more open file.
@@ -651,7 +667,7 @@ class _SFTPFiles:
 
     def ended(self) -> None:
         """The SFTP session ended."""
-        self._owner.sessions -= 1
+        self._owner.session_ended()
 
 
 async def listen(
