@@ -10,6 +10,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from vi_flow.server.state import STORE_KEY
 from vi_flow.server.tasks import sshd
 from vi_flow.server.tasks.sftp import MAX_READ
 from vi_flow.server.tasks.sshd import SSHLimits
@@ -266,6 +267,11 @@ async def test_a_connection_holds_a_bounded_number_of_sftp_files(
             await handle.close()
 
 
+async def _cancel(server: TaskServer, endpoint: dict[str, Any]) -> None:
+    await server.call("POST", f"/tasks/{endpoint['taskId']}/cancel", json={"force": True})
+    await server.wait(endpoint["taskId"], until={"cancelled"})
+
+
 @pytest.mark.anyio
 async def test_a_connection_opened_while_its_task_ran_runs_nothing_after_it_ended(
     server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
@@ -274,17 +280,26 @@ async def test_a_connection_opened_while_its_task_ran_runs_nothing_after_it_ende
     # the task ended (a shell could still exit 0), and after its key was deleted (QA).
     monkeypatch.setattr(sshd, "_RECHECK_AFTER", 0.0)  # what the login read: stale at once
     endpoint = await _endpoint(server, client_key, command="sleep 30")
-    async with _connect(endpoint, client_key) as conn:
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
         assert (await conn.run("echo in")).stdout == "in\n"
+        assert "workspace" in await sftp.listdir("/")
         keys = (await server.call("GET", "/ssh-keys")).body["items"]
         await server.call("DELETE", f"/ssh-keys/{keys[0]['keyId']}")
-        refused = await conn.run("echo still in", check=False)
-        assert refused.exit_status == 1 and "no longer registered" in str(refused.stderr)
+        await asyncio.wait_for(conn.wait_closed(), 5)  # the key's logins end with it
+        with pytest.raises((asyncssh.Error, OSError)):
+            await sftp.listdir("/")
+    await _cancel(server, endpoint)  # its CPU for the next task (two cores)
     other = asyncssh.generate_private_key("ssh-ed25519")
     endpoint = await _endpoint(server, other, command="sleep 30")
+    async with _connect(endpoint, other) as conn:  # deleted elsewhere (another replica)
+        assert (await conn.run("echo in")).stdout == "in\n"
+        await server.app[STORE_KEY].run(lambda c: c.execute("DELETE FROM ssh_keys"))
+        refused = await conn.run("echo still in", check=False)
+        assert refused.exit_status == 1 and "no longer registered" in str(refused.stderr)
+    await _cancel(server, endpoint)
+    endpoint = await _endpoint(server, other, command="sleep 30")
     async with _connect(endpoint, other) as conn:
-        await server.call("POST", f"/tasks/{endpoint['taskId']}/cancel", json={"force": True})
-        await server.wait(endpoint["taskId"], until={"cancelled"})
+        await _cancel(server, endpoint)
         late = await conn.run("touch late.txt; echo ran", check=False)
         assert late.exit_status == 1 and "ran" not in str(late.stdout)
     assert not (Path(endpoint["workdir"]) / "late.txt").exists()

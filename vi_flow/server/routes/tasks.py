@@ -589,8 +589,11 @@ async def get_ssh_key(request: web.Request) -> web.StreamResponse:
 
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     """Delete an SSH key."""
-    key_id = request.match_info["keyId"]
-    await _service(request).ssh.delete_ssh_key(org_of(request), key_id)
+    key_id, org = request.match_info["keyId"], org_of(request)
+    key = await _service(request).ssh.delete_ssh_key(org, key_id)
+    # connections that logged in with it end now (their new channels would be refused,
+    # but an SFTP session opened on one is not looked at again)
+    request.app[SSHD_KEY].drop_logins(org, key.public_key)
     return json_response({"keyId": key_id, "deleted": True})
 
 

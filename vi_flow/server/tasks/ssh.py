@@ -123,12 +123,13 @@ class SSHAccess:
             raise APIProblem.not_found("NOT_FOUND", "ssh key", key_id)
         return _ssh_key(row)
 
-    async def delete_ssh_key(self, org_id: str, key_id: str) -> None:
-        """Remove a key (404 if unknown)."""
-        await self.get_ssh_key(org_id, key_id)
+    async def delete_ssh_key(self, org_id: str, key_id: str) -> SSHKey:
+        """Remove a key (404 if unknown); the key as it was."""
+        key = await self.get_ssh_key(org_id, key_id)
         await self._store.run(
             lambda c: c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
         )
+        return key
 
     # -- ssh sessions ------------------------------------------------------------------
 

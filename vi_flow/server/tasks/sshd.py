@@ -223,6 +223,16 @@ class _Server(asyncssh.SSHServer):
         log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
 
+    def logged_in_with(self, org_id: str, public_data: bytes) -> bool:
+        """Whether this connection logged in to a task of ``org_id`` with that key."""
+        context = self.context
+        return (
+            self._accepted is not None
+            and self._accepted[1] == public_data
+            and context is not None
+            and context.organization_id == org_id
+        )
+
     async def current(self) -> SessionContext | None:
         """The login's session as it is now, ``None`` when its task is gone or the key it
         logged in with is no longer registered. Each new channel asks: a connection
@@ -242,6 +252,22 @@ class _Server(asyncssh.SSHServer):
                     self.context, self._checked_at = context, time.monotonic()
                     return context
         return None
+
+
+def drop_logins(connections: set[asyncssh.SSHServerConnection], org_id: str, line: str) -> int:
+    """Close each connection that logged in to ``org_id`` with the public key ``line``;
+    how many."""
+    try:
+        wanted = asyncssh.import_public_key(line).public_data
+    except (asyncssh.KeyImportError, ValueError):
+        return 0
+    closed = 0
+    for conn in list(connections):
+        owner = conn.get_owner()
+        if isinstance(owner, _Server) and owner.logged_in_with(org_id, wanted):
+            conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the SSH key of this login was deleted")
+            closed += 1
+    return closed
 
 
 def _context_of(channel: Any) -> SessionContext:
