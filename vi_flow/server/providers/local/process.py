@@ -251,14 +251,17 @@ def _group_members(pgid: int) -> Iterator[tuple[int, bytes]]:
 
 
 async def stop_job(job: Job, grace: float) -> None:
-    """SIGTERM the job's group; SIGKILL it if it has not ended after ``grace`` seconds."""
+    """SIGTERM the job's group; SIGKILL it if it has not ended after ``grace`` seconds
+    (at once, without a SIGTERM, for no grace: a forced cancel is a kill, never a
+    SIGTERM the task may have died of first)."""
     process = job.process
     if process is None or process.returncode is not None:
         return
-    await ask_to_stop(process.pid, job.sandboxed)
-    try:
-        await asyncio.wait_for(asyncio.shield(job.done.wait()), grace)
-    except asyncio.TimeoutError:
+    if grace > 0:
+        await ask_to_stop(process.pid, job.sandboxed)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), grace)
+    if not job.done.is_set():
         signal_group(process.pid, signal.SIGKILL)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(job.done.wait()), KILL_WAIT)
