@@ -38,6 +38,7 @@ __all__ = [
     "FileBudget",
     "guard_middleware",
     "install_accept_guard",
+    "open_file_limit",
     "raise_open_file_limit",
     "setup_limits",
 ]
@@ -234,12 +235,17 @@ async def _budget_ctx(app: web.Application) -> AsyncIterator[None]:
         app[BUDGET_KEY].release_spare()
 
 
-def setup_limits(app: web.Application) -> None:
-    """Give ``app`` a :class:`FileBudget` for the current limit, its watcher and the 503
-    middleware (outermost, so refusals cost nothing and flood no access log)."""
+def open_file_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` of this process (a large number for "unlimited")."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    app[BUDGET_KEY] = FileBudget(soft if soft != resource.RLIM_INFINITY else 1 << 20)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def setup_limits(app: web.Application) -> None:
+    """Give ``app`` a :class:`FileBudget` for the current limit, its watcher and the 503
+    middleware (outermost, so refusals cost nothing and flood no access log)."""
+    app[BUDGET_KEY] = FileBudget(open_file_limit())
     app.middlewares.insert(0, guard_middleware)
     app.cleanup_ctx.append(_budget_ctx)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from ..limits import open_file_limit
 from ..providers.local.sandbox import allowed_environment
 from .logfile import LogReader
 from .logwatch import LogChanges
@@ -86,14 +87,6 @@ class SSHLimits:
         self.sessions = max(8, open_file_limit // 16)  # ~4 descriptors each: a quarter
         self.sessions_open = 0
         """Sessions open now, every connection's."""
-
-
-def open_file_limit() -> int:
-    """The soft ``RLIMIT_NOFILE`` of this process (a large number for "unlimited")."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 class SessionResolver(Protocol):
@@ -214,13 +207,19 @@ class _Server(asyncssh.SSHServer):
             # asyncssh asks twice, without and then with the signature (which it checks
             # itself): the same key on the same login needs no second database read.
             return True
-        for line in await self._resolver.authorized_keys(context.organization_id):
+        if await self._registered(context.organization_id, wanted):
+            self._accepted = (username, wanted)
+            self._checked_at = time.monotonic()
+            return True
+        log.info("ssh: refused login %r (key not registered for its organization)", username)
+        return False
+
+    async def _registered(self, org_id: str, wanted: bytes) -> bool:
+        """Whether the public key ``wanted`` is one of ``org_id``'s (one database read)."""
+        for line in await self._resolver.authorized_keys(org_id):
             with contextlib.suppress(asyncssh.KeyImportError, ValueError):
                 if asyncssh.import_public_key(line).public_data == wanted:
-                    self._accepted = (username, wanted)
-                    self._checked_at = time.monotonic()
                     return True
-        log.info("ssh: refused login %r (key not registered for its organization)", username)
         return False
 
     def logged_in_with(self, org_id: str, public_data: bytes) -> bool:
@@ -244,14 +243,10 @@ class _Server(asyncssh.SSHServer):
             return self.context
         username, wanted = self._accepted
         context = await self._resolver.session(username)
-        if context is None:
+        if context is None or not await self._registered(context.organization_id, wanted):
             return None
-        for line in await self._resolver.authorized_keys(context.organization_id):
-            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-                if asyncssh.import_public_key(line).public_data == wanted:
-                    self.context, self._checked_at = context, time.monotonic()
-                    return context
-        return None
+        self.context, self._checked_at = context, time.monotonic()
+        return context
 
 
 def drop_logins(connections: set[asyncssh.SSHServerConnection], org_id: str, line: str) -> int:
