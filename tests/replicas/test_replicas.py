@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import asyncssh
 import attrs
 import pytest
 
@@ -569,6 +570,41 @@ async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
     assert logs.status == 200 and "kept-on-a" in logs.raw.decode(), logs.body
     there = await call(b, "GET", path, token=a.token)
     assert there.status == 409 and "send this request to that replica" in str(there.body)
+
+
+@pytest.mark.timeout(120)
+async def test_a_key_deleted_on_b_ends_the_ssh_connections_made_with_it_on_a(
+    cluster: Cluster,
+) -> None:
+    # An SFTP session is not looked at again once open: a key deleted on another
+    # replica left one on A reading and writing the task's files (QA round 7).
+    a, b, _ = await three(cluster)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key().decode()
+    made = await call(a, "POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    assert made.status == 201, made.body
+    async with a.client() as on_a:
+        task = await on_a.run(["sleep", "60"], wait=True)
+    endpoint = (await call(a, "GET", f"/tasks/{task.task_id}/ssh")).body
+    known = asyncssh.import_known_hosts(endpoint["knownHosts"])
+    async with asyncssh.connect(
+        endpoint["host"],
+        endpoint["port"],
+        username=endpoint["user"],
+        client_keys=[key],
+        known_hosts=known,
+        agent_path=None,
+        config=None,
+    ) as conn, conn.start_sftp_client() as sftp:
+        assert "workspace" in await sftp.listdir("/")
+        gone = await call(b, "DELETE", f"/ssh-keys/{made.body['keyId']}")
+        assert gone.status == 200, gone.body
+        with anyio.fail_after(10):
+            await conn.wait_closed()
+        with pytest.raises((asyncssh.Error, OSError)):
+            await sftp.listdir("/")
+    cancel = await call(a, "POST", f"/tasks/{task.task_id}/cancel", json={"force": True})
+    assert cancel.status == 200, cancel.body
 
 
 # -- 11. a replica restarted in place ---------------------------------------------------

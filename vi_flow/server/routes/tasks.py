@@ -60,6 +60,7 @@ from ..providers.base import ProviderError, problem_for
 from ..state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, ServerSettings
 from ..tasks import TASKS_KEY, TaskService, files
 from ..tasks.records import SSHAddress
+from ..tasks.ssh import KEY_DELETED
 from ..tasks.sshlisten import TaskSSHServer
 from ..tasks.volumes import MAX_VOLUME_NAME
 from ..validation import limited
@@ -591,8 +592,9 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     """Delete an SSH key."""
     key_id, org = request.match_info["keyId"], org_of(request)
     key = await _service(request).ssh.delete_ssh_key(org, key_id)
-    # connections that logged in with it end now (their new channels would be refused,
-    # but an SFTP session opened on one is not looked at again)
+    # connections that logged in with it end now, here and (told by the delete's
+    # message) on the other replicas: their new channels would be refused, but an SFTP
+    # session opened on one is not looked at again
     request.app[SSHD_KEY].drop_logins(org, key.public_key)
     return json_response({"keyId": key_id, "deleted": True})
 
@@ -612,6 +614,8 @@ async def _compute_ctx(app: web.Application) -> AsyncIterator[None]:
         await service.close()
         raise
     app[SSHD_KEY] = sshd
+    # a key deleted on another replica ends the connections that logged in with it here
+    service.replica.handle(KEY_DELETED, lambda m: sshd.drop_logins(str(m[2]), str(m[3])))
     host, port = advertised_ssh(settings, sshd.host, sshd.port)
     service.records.ssh_address = SSHAddress(host, port, sshd.ready)
     try:

@@ -113,7 +113,7 @@ class TaskService:
         self.reservations_lock = asyncio.Lock()
         self.records = TaskRecords(store, provider)
         self.volumes = Volumes(self.records)
-        self.ssh = SSHAccess(self.records)
+        self.ssh = SSHAccess(self.records, self.replica)
         self.log_times = LogTimes(self.records)
         self.outputs = TaskOutputs(self.records, self.log_times)
 

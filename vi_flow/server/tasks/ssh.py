@@ -23,11 +23,15 @@ from ..clock import now_ms
 from ..db import Connection, Row
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
+from ..replicas import Replica
 from ..store import new_id
 from ..validation import limited
 from .records import TaskRecords
 
-__all__ = ["SSHAccess", "SessionContext"]
+__all__ = ["KEY_DELETED", "SSHAccess", "SessionContext"]
+
+KEY_DELETED = "kd"
+"""The replicas' message of a deleted key: ``[kind, sender, org id, public key line]``."""
 
 
 @attrs.frozen
@@ -65,10 +69,13 @@ class SSHAccess:
 
     Args:
         records: The service's task records.
+        replica: This server among its replicas: a deleted key is announced to the others
+            (``kd``), whose SSH servers close the connections that logged in with it.
     """
 
-    def __init__(self, records: TaskRecords) -> None:
+    def __init__(self, records: TaskRecords, replica: Replica) -> None:
         self._records = records
+        self._replica = replica
         self._store = records.store
         self._provider = records.provider
 
@@ -126,9 +133,12 @@ class SSHAccess:
     async def delete_ssh_key(self, org_id: str, key_id: str) -> SSHKey:
         """Remove a key (404 if unknown); the key as it was."""
         key = await self.get_ssh_key(org_id, key_id)
-        await self._store.run(
-            lambda c: c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
-        )
+
+        def delete(c: Connection) -> None:
+            c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
+            self._replica.send(c, KEY_DELETED, org_id, key.public_key)
+
+        await self._store.run(delete)
         return key
 
     # -- ssh sessions ------------------------------------------------------------------
