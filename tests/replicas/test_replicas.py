@@ -573,6 +573,26 @@ async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
 
 
 @pytest.mark.timeout(120)
+async def test_b_answers_a_task_on_as_host_with_its_paths_there_and_no_ssh_host_of_bs(
+    cluster: Cluster,
+) -> None:
+    # B named its own SSH port and a workspace under its own home for a task whose
+    # files and SSH session are on A (QA round 2).
+    a, b, _ = await three(cluster)
+    async with a.client() as on_a:
+        task = await on_a.run(["sleep", "60"], wait=True)
+    here = (await call(a, "GET", f"/tasks/{task.task_id}")).body
+    there = (await call(b, "GET", f"/tasks/{task.task_id}")).body
+    assert here["sshPort"] and str(a.home) in here["workdir"], here
+    assert there["sshHost"] is None and there["sshPort"] is None, there
+    assert there["workdir"] == here["workdir"] and there["outputDir"] == here["outputDir"]
+    (listed,) = (await call(b, "GET", "/tasks")).body["items"]
+    assert listed["sshPort"] is None and listed["workdir"] == here["workdir"]
+    cancel = await call(b, "POST", f"/tasks/{task.task_id}/cancel", json={"force": True})
+    assert cancel.status == 200 and cancel.body["status"] == "cancelled", cancel.body
+
+
+@pytest.mark.timeout(120)
 async def test_a_key_deleted_on_b_ends_the_ssh_connections_made_with_it_on_a(
     cluster: Cluster,
 ) -> None:
@@ -587,15 +607,18 @@ async def test_a_key_deleted_on_b_ends_the_ssh_connections_made_with_it_on_a(
         task = await on_a.run(["sleep", "60"], wait=True)
     endpoint = (await call(a, "GET", f"/tasks/{task.task_id}/ssh")).body
     known = asyncssh.import_known_hosts(endpoint["knownHosts"])
-    async with asyncssh.connect(
-        endpoint["host"],
-        endpoint["port"],
-        username=endpoint["user"],
-        client_keys=[key],
-        known_hosts=known,
-        agent_path=None,
-        config=None,
-    ) as conn, conn.start_sftp_client() as sftp:
+    async with (
+        asyncssh.connect(
+            endpoint["host"],
+            endpoint["port"],
+            username=endpoint["user"],
+            client_keys=[key],
+            known_hosts=known,
+            agent_path=None,
+            config=None,
+        ) as conn,
+        conn.start_sftp_client() as sftp,
+    ):
         assert "workspace" in await sftp.listdir("/")
         gone = await call(b, "DELETE", f"/ssh-keys/{made.body['keyId']}")
         assert gone.status == 200, gone.body

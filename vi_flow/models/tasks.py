@@ -384,8 +384,10 @@ class Task:
         cpus: CPU cores it holds.
         provider: The compute provider (``local``, ``slurm``).
         provider_id: The provider's own id (process group id, Slurm job id).
-        ssh_host: SSH host (see ``GET /v1/tasks/{id}/ssh`` for the full endpoint).
-        ssh_port: SSH port.
+        ssh_host: SSH host (see ``GET /v1/tasks/{id}/ssh`` for the full endpoint);
+            ``None`` while the server's SSH server is not listening, and on a replica
+            whose host does not hold the task's files (the local provider).
+        ssh_port: SSH port (``None`` when ``ssh_host`` is).
         ssh_user: SSH login (the task id).
         workdir: The task workspace.
         output_dir: Where ``$VI_FLOW_OUTPUT_DIR`` points.

@@ -132,6 +132,9 @@ class TaskRecords:
         self.provider = provider
         self.ssh_address: SSHAddress | None = None
         """Set once the SSH server listens; tasks name it as their SSH host."""
+        self.files_elsewhere: Callable[[Row], bool] = lambda row: False
+        """Whether a task's files are on another replica's host (the local provider, with
+        replicas): its answers then name no SSH host of this server, its own paths."""
         self._changed: dict[str, asyncio.Event] = {}
 
     # -- change events -----------------------------------------------------------------
@@ -167,6 +170,9 @@ class TaskRecords:
         placement = Placement(**orjson.loads(row["placement"]))
         paths = self.provider.task_paths(row["task_id"])
         env = orjson.loads(row["env"])
+        workdir, ssh = str(paths.workdir), self.ssh_address
+        if self.files_elsewhere(row):  # its paths on that host, no SSH server of this one
+            workdir, ssh = env.get("VI_FLOW_WORKSPACE", workdir), None
         return Task(
             task_id=row["task_id"],
             name=row["name"],
@@ -186,10 +192,10 @@ class TaskRecords:
             cpus=placement.cpus,
             provider=row["provider"],
             provider_id=row["provider_id"],
-            ssh_host=None if self.ssh_address is None else self.ssh_address.host,
-            ssh_port=None if self.ssh_address is None else self.ssh_address.port,
+            ssh_host=None if ssh is None else ssh.host,
+            ssh_port=None if ssh is None else ssh.port,
             ssh_user=row["task_id"],
-            workdir=str(paths.workdir),
+            workdir=workdir,
             output_dir=env.get("VI_FLOW_OUTPUT_DIR", str(paths.output_dir)),
             run_id=row["run_id"],
             step_id=row["step_id"],

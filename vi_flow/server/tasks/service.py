@@ -112,6 +112,8 @@ class TaskService:
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
         self.records = TaskRecords(store, provider)
+        if self.replica.shared and not isinstance(provider, ClusterPoller):
+            self.records.files_elsewhere = self._files_elsewhere
         self.volumes = Volumes(self.records)
         self.ssh = SSHAccess(self.records, self.replica)
         self.log_times = LogTimes(self.records)
@@ -138,6 +140,13 @@ class TaskService:
     def follow(self, task_id: str) -> AsyncIterator[tuple[str, str]]:
         """``(stream, line)`` until the task ended; see :meth:`TaskOutputs.follow`."""
         return self.outputs.follow(task_id)
+
+    def _files_elsewhere(self, row: Row) -> bool:
+        """Whether the files of the task ``row`` are on another replica's host (with
+        replicas and the local provider; :meth:`elsewhere` says which and whether it runs)."""
+        if row["files_on"] is None:  # recorded before files_on was: its driver's host
+            return bool(row["replica"] != self.replica.id)
+        return bool(row["files_on"] != self.replica.name)
 
     async def elsewhere(self, task_id: str, org_id: str) -> tuple[str, bool] | None:
         """``(name, live)`` of the replica on whose host the files of this task of
