@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
+import anyio
 import asyncssh
 import pytest
 
 from vi_flow.models.tasks import TaskConfig
-from vi_flow.server.tasks import TASKS_KEY
+from vi_flow.server.tasks import TASKS_KEY, volumes
 
 from .conftest import StartServer, TaskServer
 
@@ -108,6 +111,68 @@ async def test_two_volumes_of_one_variable_name_are_not_mounted_together(
     for path, words in (("/", "not the workspace itself"), ("a/../..", "'..'")):
         answer = await server.call("POST", mount, json={"volumeId": "other", "mountPath": path})
         assert answer.status == 422 and words in answer.body["error"]["message"], answer.body
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_mounts_at_once_into_one_task_are_all_kept_and_checked_together(
+    server: TaskServer,
+) -> None:
+    # Found by QA: five mounts at once kept one volume in the task's config, and two
+    # volumes of one variable name mounted at once were both accepted.
+    names = [f"pm{i}" for i in range(5)] + ["clash", "CLASH"]
+    for name in names:
+        assert (await server.call("POST", "/volumes", json={"name": name})).status == 201
+    task = await server.submit(command="sleep 30")
+    await server.wait(task["taskId"], until={"running"})
+    mount = f"/tasks/{task['taskId']}/volumes"
+    answers = await asyncio.gather(
+        *(server.call("POST", mount, json={"volumeId": name}) for name in names)
+    )
+    statuses = {name: answer.status for name, answer in zip(names, answers, strict=True)}
+    assert [statuses[f"pm{i}"] for i in range(5)] == [200] * 5, [a.body for a in answers]
+    assert sorted([statuses["clash"], statuses["CLASH"]]) == [200, 422], statuses
+    loser = "clash" if statuses["clash"] == 422 else "CLASH"
+    after = (await server.call("GET", f"/tasks/{task['taskId']}")).body
+    shown = sorted(v["mountPath"] for v in after["config"]["volumes"])
+    kept = sorted(f"/volumes/{n}" for n in names if n != loser)
+    assert shown == kept, shown
+    assert not (Path(task["workdir"]) / "volumes" / loser).exists()  # its link went too
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_a_volume_deleted_while_it_is_mounted_into_a_running_task(
+    server: TaskServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by QA: the mount and the delete both answered 200; the task's config named
+    # a volume that was gone, and every later shell into it failed (bwrap: no source).
+    making, deleted = threading.Event(), threading.Event()
+    make_link = volumes._link
+
+    def link(*args: Any) -> None:  # the delete comes while the mount makes its link
+        making.set()
+        deleted.wait(10)
+        make_link(*args)
+
+    monkeypatch.setattr(volumes, "_link", link)
+    task = await server.submit(command="sleep 30")
+    await server.wait(task["taskId"], until={"running"})
+    volume = (await server.call("POST", "/volumes", json={"name": "going"})).body
+    path = f"/tasks/{task['taskId']}/volumes"
+    mount = asyncio.ensure_future(server.call("POST", path, json={"volumeId": "going"}))
+    await anyio.to_thread.run_sync(making.wait, 10)
+    gone = await server.call("DELETE", f"/volumes/{volume['volumeId']}")
+    deleted.set()
+    mounted = await mount
+    assert gone.status == 200 and mounted.status == 404, mounted.body
+    config = (await server.call("GET", f"/tasks/{task['taskId']}")).body["config"]
+    assert config["volumes"] == [] and not (Path(task["workdir"]) / "volumes" / "going").exists()
+    monkeypatch.setattr(volumes, "_link", make_link)
+    kept = (await server.call("POST", "/volumes", json={"name": "kept"})).body
+    assert (await server.call("POST", path, json={"volumeId": "kept"})).status == 200
+    refused = await server.call("DELETE", f"/volumes/{kept['volumeId']}")
+    assert refused.status == 409 and task["taskId"] in refused.body["error"]["message"]
     await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
 
 

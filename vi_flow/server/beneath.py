@@ -104,6 +104,19 @@ def link_beneath(root: Path, path: Path, target: Path) -> bool:
     return _at(root, path, make, make=True)
 
 
+def unlink_beneath(root: Path, path: Path, target: Path) -> None:
+    """Remove ``path`` (below ``root``) when it is a symbolic link to ``target``, as
+    :func:`link_beneath` made it; anything else there, or on the way, is left alone."""
+
+    def unlink(fd: int, name: str) -> None:
+        with contextlib.suppress(OSError):
+            if os.readlink(name, dir_fd=fd) == str(target):
+                os.unlink(name, dir_fd=fd)
+
+    with contextlib.suppress(OSError):  # LinkInTheWay or gone: nothing of ours to remove
+        _at(root, path, unlink, make=False)
+
+
 def open_beneath(root: Path, path: Path, flags: int, mode: int = 0o644) -> int:
     """``os.open`` of ``path`` below ``root`` with ``O_NOFOLLOW``, the directories on the
     way walked without links (not made); the file must be a regular one.

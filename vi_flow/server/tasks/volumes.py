@@ -15,14 +15,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import attrs
 import orjson
 
 from ...models._base import to_wire
 from ...models.limits import shown
-from ...models.tasks import Task, TaskConfig, Volume, VolumeSpec
+from ...models.tasks import Task, TaskStatus, Volume, VolumeSpec
 from .._records import seq_window
-from ..beneath import LinkInTheWay, link_beneath
+from ..beneath import LinkInTheWay, link_beneath, unlink_beneath
 from ..clock import now_ms
 from ..db import Connection, IntegrityError, Row, for_update
 from ..errors import APIProblem
@@ -185,13 +184,6 @@ class Volumes:
                 " task that exists: name the volume in the task's volumes when submitting it",
             )
         volume = await self.get_volume(org_id, ident)
-        names = [(m.volume_id, m.name) for m in await self.mounts(task_id)]
-        if clash := _env_name_clash([*names, (volume.volume_id, volume.name)]):
-            raise APIProblem.validation(
-                "volumeId",
-                f"volume {volume.name!r} and volume {names[clash[1]][1]!r}, mounted already,"
-                f" would both be {clash[2]}: rename one",
-            )
         path = mount_path or f"/volumes/{volume.name}"
         paths = self._provider.task_paths(task_id)
         visible = visible_path(paths.workdir, path)
@@ -203,12 +195,12 @@ class Volumes:
             raise APIProblem.validation(
                 "mountPath", f"{path!r} goes through a link or a file in the workspace"
             ) from exc
-        config = attrs.evolve(
-            task.config,
-            volumes=[*task.config.volumes, VolumeSpec(mount_path=path, volume_id=volume.volume_id)],
-        )
         row = (task_id, volume.volume_id, volume.name, volume.path, path, str(visible))
-        await self._store.run(lambda c: _record_mount(c, row, config))
+        try:  # checked again where it is recorded: a delete or another mount may have come
+            await self._store.run(lambda c: _record_mount(c, row))
+        except BaseException:
+            await asyncio.to_thread(unlink_beneath, paths.root, visible, Path(volume.path))
+            raise
         # The provider shows it to the sessions opened from now on (and, where it can,
         # to the task's running processes).
         await mounted(task_id, Path(volume.path))
@@ -356,21 +348,50 @@ def _attached(conn: Connection, volume_id: str) -> list[str]:
     return [a["task_id"] for a in conn.execute(_ATTACHED_SQL, (volume_id,)).fetchall()]
 
 
-def _record_mount(conn: Connection, row: tuple[str, ...], config: TaskConfig) -> None:
+def _record_mount(conn: Connection, row: tuple[str, ...]) -> None:
     """Add a ``task_mounts`` row; store the task's config with the new volume, and its
     environment with the volume's ``VI_FLOW_VOLUME_<NAME>`` (SSH sessions opened from now
-    on get it, as the task's processes started at launch got the others)."""
+    on get it, as the task's processes started at launch got the others).
+
+    Checked in the transaction that records it, so that a delete of the volume and
+    other mounts into the task come before or after it, never between (QA: a volume
+    deleted while it was mounted, both answered 200; parallel mounts kept one volume
+    in the task's config and passed the check of their variables' names).
+
+    Raises:
+        APIProblem: 404 for a volume deleted meanwhile, 409 for a task that has ended,
+            422 naming ``volumeId`` for a volume whose variable another mount has.
+    """
+    task_id, volume_id, name, host_path = row[:4]
+    if missing_volumes(conn, [volume_id]):  # its row locked until this commits
+        raise APIProblem.not_found("NOT_FOUND", "volume", volume_id)
+    found = conn.execute(
+        "SELECT status, config, env FROM tasks WHERE task_id = ?" + for_update(conn), (task_id,)
+    ).fetchone()
+    if TaskStatus(found["status"]).terminal:
+        raise APIProblem.conflict(f"task {task_id!r} has ended ({found['status']})")
+    names = [
+        (r["volume_id"], r["name"])
+        for r in conn.execute(
+            "SELECT volume_id, name FROM task_mounts WHERE task_id = ?", (task_id,)
+        ).fetchall()
+    ]
+    if clash := _env_name_clash([*names, (volume_id, name)]):
+        raise APIProblem.validation(
+            "volumeId",
+            f"volume {name!r} and volume {names[clash[1]][1]!r}, mounted already,"
+            f" would both be {clash[2]}: rename one",
+        )
     conn.execute(
         "INSERT INTO task_mounts VALUES (?,?,?,?,?,?) ON CONFLICT (task_id, mount_path)"
         " DO UPDATE SET volume_id = excluded.volume_id, name = excluded.name,"
         " host_path = excluded.host_path, visible_path = excluded.visible_path",
         row,
     )
-    task_id, _, name, host_path = row[:4]
-    found = conn.execute("SELECT config, env FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     # Only the volumes change: the stored config keeps its env values (answers redact them).
     stored = orjson.loads(found["config"])
-    stored["volumes"] = to_wire(config)["volumes"]
+    added = to_wire(VolumeSpec(mount_path=row[4], volume_id=volume_id))
+    stored["volumes"] = [*stored.get("volumes", []), added]
     env = {**orjson.loads(found["env"]), volume_env_name(name): host_path}
     conn.execute(
         "UPDATE tasks SET config = ?, env = ? WHERE task_id = ?",
