@@ -573,6 +573,34 @@ async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
 
 
 @pytest.mark.timeout(120)
+async def test_a_key_revoked_on_a_ends_its_quiet_streams_on_b_at_once(cluster: Cluster) -> None:
+    # A stream waiting for a run's next event looked at its key only when it had one to
+    # send: up to a heartbeat (15 s) after the revocation, on any replica (QA round 8).
+    a, b, _ = await three(cluster)
+    org = (await call(a, "POST", "/organizations", json={"name": "team"})).body
+    tokens = f"/organizations/{org['organizationId']}/tokens"
+    token = (await call(a, "POST", tokens, json={"name": "leaving"})).body["token"]
+    quiet = {"block": "emit", "id": "quiet", "settings": {"count": 3, "interval": 60}}
+    made = await call(a, "POST", "/flows", json={"name": "q", "blocks": [quiet]}, token=token)
+    job = await call(a, "POST", f"/flows/{made.body['flowId']}/jobs", json={}, token=token)
+    lines: list[str] = []
+
+    async def follow() -> None:
+        async for event in sse(b, f"/runs/{job.body['executionId']}/events", token=token):
+            if event.event == "log":
+                lines.append(data(event)["line"])
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            while not lines:
+                await anyio.sleep(0.1)
+            assert (await call(a, "DELETE", f"{tokens}/leaving")).body["revoked"] == 1
+            revoked = time.monotonic()
+    assert time.monotonic() - revoked < 5 and lines == ["event 1"], lines
+
+
+@pytest.mark.timeout(120)
 async def test_b_answers_a_task_on_as_host_with_its_paths_there_and_no_ssh_host_of_bs(
     cluster: Cluster,
 ) -> None:

@@ -172,6 +172,39 @@ async def test_a_revoked_key_or_a_signed_out_session_ends_open_streams(server: S
     assert (await server.call("GET", path, token=token)).status == 401
 
 
+async def test_streams_waiting_for_an_event_end_at_once_when_their_key_or_session_goes(
+    server: Server,
+) -> None:
+    # A stream looked at its key only when it had something to send: one waiting for
+    # a run's next event went on for up to a heartbeat (15 s) after the revocation (QA).
+    quiet = {"block": "emit", "id": "quiet", "settings": {"count": 3, "interval": 30}}
+    token = await _org_token(server, "team")
+    by_key_cookie, signed_out = await _sign_in(server, token), await _sign_in(server, token)
+    org = (await server.call("GET", "/whoami", token=token)).body["organizationId"]
+    blocks = {"name": "quiet", "blocks": [quiet]}
+    flow = (await server.call("POST", "/flows", json=blocks, token=token)).body["flowId"]
+    run = (await server.call("POST", f"/flows/{flow}/jobs", json={}, token=token)).body
+    path = f"/v1/runs/{run['executionId']}/events"
+
+    def stream(headers: dict[str, str]) -> asyncio.Future[list[bytes]]:
+        return asyncio.ensure_future(_events_until_end(server, path, headers))
+
+    by_key = stream({"Authorization": f"Bearer {token}"})
+    by_cookie = stream({"Cookie": by_key_cookie["Cookie"]})
+    by_signed_out = stream({"Cookie": signed_out["Cookie"]})
+    await asyncio.sleep(1.5)  # each has the first event and waits 30 s for the next
+    ended = await server.call("POST", "/../console/api/signout", token="", headers=signed_out)
+    assert ended.status == 204
+    with anyio.fail_after(3):
+        assert b'"line":"event 2"' not in b"".join(await by_signed_out)
+    assert not by_key.done() and not by_cookie.done()  # another session's stream goes on
+    await server.call("DELETE", f"/organizations/{org}/tokens/ci")
+    with anyio.fail_after(3):
+        for frames in (await by_key, await by_cookie):
+            sent = b"".join(frames)
+            assert b'"line":"event 1"' in sent and b'"line":"event 2"' not in sent, sent
+
+
 async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:

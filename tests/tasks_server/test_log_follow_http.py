@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,31 @@ async def test_another_organization_gets_404(server: TaskServer) -> None:
     ) as resp:
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "TASK_NOT_FOUND"
+
+
+@pytest.mark.anyio
+async def test_a_revoked_key_ends_its_follow_before_the_revocation_is_answered(
+    server: TaskServer,
+) -> None:
+    # The follow looked at its key once a second: lines written after the revocation
+    # was answered still reached its holder (QA).
+    org = (await server.call("POST", "/organizations", json={"name": "team"})).body
+    path = f"/organizations/{org['organizationId']}/tokens"
+    token = (await server.call("POST", path, json={"name": "leaving"})).body["token"]
+    ticks = "for i in $(seq 500); do date +%s%N; sleep 0.02; done"
+    task = await server.call("POST", "/tasks", json={"command": ticks}, token=token)
+    assert task.status == 201, task.body
+    follow = asyncio.ensure_future(
+        _events(server, task.body["taskId"], headers={"Authorization": f"Bearer {token}"})
+    )
+    await asyncio.sleep(1.5)  # half way between two of the follow's looks at its key
+    assert (await server.call("DELETE", f"{path}/leaving")).body["revoked"] == 1
+    answered = time.time_ns()
+    with anyio.fail_after(5):  # ten seconds before the task would end
+        _, _, events = await follow
+    sent = [int(line) for line in _text(events).split()]
+    assert sent and max(sent) < answered, (max(sent) - answered) / 1e6
+    assert "end" not in [e.event for e in events]
 
 
 @pytest.mark.anyio

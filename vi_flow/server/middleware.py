@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -27,6 +28,7 @@ import re
 import secrets
 import sqlite3
 import time
+import weakref
 
 import orjson
 from aiohttp import web
@@ -34,17 +36,19 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..models.limits import MAX_REQUEST_BODY, shown
+from .background import spawn
 from .console.sessions import COOKIE, session_principal
 from .db import DatabaseUnavailable
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
-from .state import STORE_KEY, Principal
+from .state import REPLICA_KEY, STORE_KEY, Principal
 
 __all__ = [
     "PUBLIC_PATHS",
     "StillAuthorized",
     "access_middleware",
     "auth_middleware",
+    "credentials_gone",
     "error_middleware",
     "setup_middleware",
 ]
@@ -56,6 +60,9 @@ PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
 """Paths answered without a bearer token."""
 
 _TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, tuple[Principal, float]])
+_STREAMS_KEY: web.AppKey[weakref.WeakSet[StillAuthorized]] = web.AppKey("vi_flow.open_streams")
+"""The streams open now that look at their credentials (:class:`StillAuthorized`)."""
+_CHECKS_KEY = web.AppKey("vi_flow.stream_checks", set[asyncio.Task[None]])
 TOKEN_CACHE_SECONDS = 1.0
 """How long a server process trusts a looked-up token: a token revoked through another
 replica is refused within this time (at once by the process that revoked it)."""
@@ -332,33 +339,98 @@ class StillAuthorized:
 
     :meth:`holds` looks again at most once a :data:`TOKEN_CACHE_SECONDS` (a bearer token
     through the same cache as requests, so many streams of one key cost one lookup).
+    When keys are revoked or sessions end (:func:`credentials_gone`), every open stream
+    looks at once (:meth:`recheck`): :meth:`holds` answers ``False`` from then on, and a
+    stream given its ``response`` (one that calls :meth:`holds` before every write, and
+    may wait long for its next one) is ended there and then, its connection closed.
+
+    Args:
+        request: The stream's request.
+        response: Its prepared response, to end at once when its credentials go.
     """
 
-    __slots__ = ("_next", "_request")
+    __slots__ = ("__weakref__", "_cut", "_next", "_request", "_response")
 
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
+    def __init__(self, request: web.Request, response: web.StreamResponse | None = None) -> None:
+        self._request, self._response = request, response
         self._next = time.monotonic() + TOKEN_CACHE_SECONDS
+        self._cut = False
+        request.app[_STREAMS_KEY].add(self)
+
+    @property
+    def cut(self) -> bool:
+        """Whether the stream's key or session was found gone: write nothing more."""
+        return self._cut
 
     async def holds(self) -> bool:
         """``False`` once the request's key or session is gone (a database error is not
         taken for that: the stream goes on, and the next look decides)."""
         now = time.monotonic()
+        if self._cut:
+            return False
         if now < self._next or PRINCIPAL not in self._request:
             return True
         self._next = now + TOKEN_CACHE_SECONDS
+        return await self._look()
+
+    async def _look(self) -> bool:
         try:
             await _principal(self._request)
         except APIProblem:
+            self._cut = True
             return False
         except Exception:
             log.warning("could not check a stream's credentials", exc_info=True)
         return True
 
+    async def recheck(self) -> None:
+        """Look now; a stream whose key or session is gone is cut (and, given its
+        response, ended now: the end of its body, then its connection closed)."""
+        if self._cut or PRINCIPAL not in self._request or await self._look():
+            return
+        if self._response is not None:  # a slow client does not hold up the others
+            spawn(self._request.app[_CHECKS_KEY], self._end(self._response))
+
+    async def _end(self, response: web.StreamResponse) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(Exception):  # a client gone, or not reading
+            await asyncio.wait_for(response.write_eof(), _END_WITHIN)
+        transport.close()  # after what was written: no next request waits on it
+
+
+_END_WITHIN = 2.0
+"""Seconds a cut stream's client has to take the end of its body before its connection
+is closed all the same."""
+
+CREDENTIALS_GONE = "cg"
+"""The replicas' message that keys were revoked or a console session ended."""
+
 
 def forget_tokens(app: web.Application) -> None:
     """Drop every cached token: the next request of each is looked up again."""
     app[_TOKENS_KEY].clear()
+
+
+async def credentials_gone(app: web.Application) -> None:
+    """Keys were revoked or a console session ended (committed): every open stream of
+    this server is cut now if its own went (before the caller answers: nothing more is
+    sent after the answer), and the other replicas' streams as they hear of it."""
+    await app[STORE_KEY].run(lambda c: app[REPLICA_KEY].send(c, CREDENTIALS_GONE))
+    await _recheck(app)
+
+
+def _heard_credentials_gone(app: web.Application) -> None:
+    spawn(app[_CHECKS_KEY], _recheck(app))
+
+
+async def _recheck(app: web.Application) -> None:
+    """Forget cached tokens, and have every open stream look at its credentials now."""
+    forget_tokens(app)
+    open_now: weakref.WeakSet[StillAuthorized] = app[_STREAMS_KEY]
+    for stream in list(open_now):
+        await stream.recheck()
 
 
 @web.middleware
@@ -383,6 +455,9 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 def setup_middleware(app: web.Application) -> None:
     """Install the access, error and auth middlewares and the ``X-Request-Id`` stamp."""
     app[_TOKENS_KEY] = {}
+    app[_STREAMS_KEY] = weakref.WeakSet()
+    app[_CHECKS_KEY] = set()
+    app[REPLICA_KEY].handle(CREDENTIALS_GONE, lambda _: _heard_credentials_gone(app))
     # Outermost first: the access line sees the final status and the organization.
     app.middlewares.extend([access_middleware, error_middleware, auth_middleware])
     app.on_response_prepare.append(_stamp_request_id)

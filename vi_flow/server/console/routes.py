@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..errors import APIProblem
 from ..helpers import PRINCIPAL, json_response, principal_of, read_body
+from ..middleware import credentials_gone
 from ..routes.executions import EXECUTION_ENGINE_KEY
 from ..state import STORE_KEY
 from ..tasks import TASKS_KEY
@@ -181,6 +182,7 @@ async def sign_out(request: web.Request) -> web.Response:
     """End the session (CSRF-checked) and drop its cookie."""
     sessions.check_csrf(request, await _signed_in(request))
     await sessions.delete_session(request)
+    await credentials_gone(request.app)  # its open streams end now, on every replica
     response = web.Response(status=204, headers=SECURITY_HEADERS)
     response.del_cookie(COOKIE, path="/")
     return response

@@ -12,7 +12,7 @@ from ...models.limits import check_name
 from ...models.server import identity_proof
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, principal_of, read_body
-from ..middleware import forget_tokens
+from ..middleware import credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
 
@@ -97,7 +97,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     _require_admin(request)
     org_id, name = request.match_info["organizationId"], request.match_info["name"]
     count = await request.app[STORE_KEY].revoke_tokens(org_id, name)
-    forget_tokens(request.app)
+    await credentials_gone(request.app)  # its open streams end now, on every replica
     return json_response({"name": name, "revoked": count})
 
 

@@ -145,7 +145,7 @@ async def _stream(
         engine.guard(key)
     gone = False
     try:
-        await _pump(response, frames, StillAuthorized(request))
+        await _pump(response, frames, StillAuthorized(request, response))
     except ConnectionResetError:  # the client went away; the run goes on unless asked
         gone = True
     except asyncio.CancelledError:

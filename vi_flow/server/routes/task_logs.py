@@ -219,6 +219,8 @@ async def _pump(
         if not await still.holds():
             return  # a revoked key or ended session: the stream ends, its next call is 401
         frames = await _read(stream, final=False)
+        if still.cut:
+            return  # found gone while the log was read (credentials_gone): nothing more
         if frames:
             for frame in frames:
                 await response.write(frame)
