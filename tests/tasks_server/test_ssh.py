@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncssh
 import pytest
 
@@ -303,6 +304,45 @@ async def test_a_connection_opened_while_its_task_ran_runs_nothing_after_it_ende
         late = await conn.run("touch late.txt; echo ran", check=False)
         assert late.exit_status == 1 and "ran" not in str(late.stdout)
     assert not (Path(endpoint["workdir"]) / "late.txt").exists()
+
+
+@pytest.mark.anyio
+async def test_revoking_an_api_key_deletes_the_ssh_keys_it_registered_and_ends_their_logins(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # A revoked member kept SSH into the organization's tasks with the key its CLI had
+    # registered, and nothing told the admin which key that was (QA round 8).
+    org = (await server.call("POST", "/organizations", json={"name": "team"})).body
+    tokens = f"/organizations/{org['organizationId']}/tokens"
+    leaving = (await server.call("POST", tokens, json={"name": "leaving"})).body["token"]
+    staying = (await server.call("POST", tokens, json={"name": "staying"})).body["token"]
+    theirs, ours = client_key, asyncssh.generate_private_key("ssh-ed25519")
+    for token, key in ((leaving, theirs), (staying, ours)):
+        public = key.export_public_key().decode()
+        made = await server.call(
+            "POST", "/ssh-keys", json={"name": "laptop", "publicKey": public}, token=token
+        )
+        assert made.status == 201, made.body
+    keys = (await server.call("GET", "/ssh-keys", token=staying)).body["items"]
+    assert sorted(k["addedBy"] for k in keys) == ["leaving", "staying"]
+    task = await server.call("POST", "/tasks", json={"command": "sleep 30"}, token=staying)
+    path = f"/tasks/{task.body['taskId']}"
+    with anyio.fail_after(10):
+        while (await server.call("GET", path, token=staying)).body["status"] != "running":
+            await anyio.sleep(0.05)
+    endpoint = (await server.call("GET", f"{path}/ssh", token=staying)).body
+    async with _connect(endpoint, theirs) as conn, conn.start_sftp_client() as sftp:
+        assert "workspace" in await sftp.listdir("/")
+        assert (await server.call("DELETE", f"{tokens}/leaving")).status == 200
+        await asyncio.wait_for(conn.wait_closed(), 5)
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with _connect(endpoint, theirs):
+            pass
+    (kept,) = (await server.call("GET", "/ssh-keys", token=staying)).body["items"]
+    assert kept["addedBy"] == "staying"
+    async with _connect(endpoint, ours) as conn:
+        assert (await conn.run("echo still")).stdout == "still\n"
+    await server.call("POST", f"{path}/cancel", json={"force": True}, token=staying)
 
 
 @pytest.mark.anyio

@@ -28,8 +28,8 @@ def list_(as_json: bool) -> None:
     if wants_json(as_json):
         emit_json(items)
         return
-    rows = [(k.key_id, k.name, k.fingerprint, when(k.created_at)) for k in items]
-    table(["KEY ID", "NAME", "FINGERPRINT", "CREATED"], rows)
+    rows = [(k.key_id, k.name, k.fingerprint, k.added_by or "-", when(k.created_at)) for k in items]
+    table(["KEY ID", "NAME", "FINGERPRINT", "ADDED BY", "CREATED"], rows)
 
 
 @ssh_keys.command("add")

@@ -659,6 +659,8 @@ class SSHKey:
         public_key: The OpenSSH public key line.
         fingerprint: Its SHA256 fingerprint.
         created_at: Registration time.
+        added_by: The name of the API key that registered it: revoking that key deletes
+            it (``None`` for a key registered before vi-flow recorded it).
     """
 
     key_id: str
@@ -666,3 +668,4 @@ class SSHKey:
     public_key: str
     fingerprint: str = ""
     created_at: int = 0
+    added_by: str | None = None

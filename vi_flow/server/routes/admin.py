@@ -15,6 +15,7 @@ from ..helpers import idempotent, json_response, principal_of, read_body
 from ..middleware import credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
+from .tasks import forget_keys_of_revoked
 
 __all__ = ["setup"]
 
@@ -97,6 +98,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     _require_admin(request)
     org_id, name = request.match_info["organizationId"], request.match_info["name"]
     count = await request.app[STORE_KEY].revoke_tokens(org_id, name)
+    await forget_keys_of_revoked(request.app, org_id, name)  # and their SSH logins
     await credentials_gone(request.app)  # its open streams end now, on every replica
     return json_response({"name": name, "revoked": count})
 

@@ -52,6 +52,7 @@ from ..helpers import (
     org_of,
     page_response,
     paginate,
+    principal_of,
     read_body,
     read_json,
 )
@@ -572,7 +573,7 @@ async def create_ssh_key(request: web.Request) -> web.StreamResponse:
     """Register an SSH public key for the organization."""
     body = await read_json(request, SSHKeyRequest)
     key, created = await _service(request).ssh.add_ssh_key(
-        org_of(request), body.name, body.public_key
+        org_of(request), body.name, body.public_key, principal_of(request).token_name
     )
     return json_response(key, status=201 if created else 200)
 
@@ -586,6 +587,17 @@ async def get_ssh_key(request: web.Request) -> web.StreamResponse:
     """Get an SSH key."""
     key = await _service(request).ssh.get_ssh_key(org_of(request), request.match_info["keyId"])
     return json_response(key)
+
+
+async def forget_keys_of_revoked(app: web.Application, org_id: str, token_name: str) -> None:
+    """The API keys named ``token_name`` were revoked: delete the SSH keys they
+    registered, and end the connections that logged in with those (here; the other
+    replicas are told)."""
+    if TASKS_KEY not in app:
+        return
+    for line in await app[TASKS_KEY].ssh.delete_keys_added_by(org_id, token_name):
+        if SSHD_KEY in app:
+            app[SSHD_KEY].drop_logins(org_id, line)
 
 
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:

@@ -72,6 +72,8 @@ MIGRATIONS = (
     # The name of the replica on whose host the task's files are: the driver (`replica`)
     # changes when a replica takes over a dead one's tasks; the files stay where they are.
     ("tasks-5-files-on", "ALTER TABLE tasks ADD COLUMN files_on TEXT;"),
+    # The name of the API key that registered an SSH key: revoking it deletes the key.
+    ("tasks-6-ssh-key-added-by", "ALTER TABLE ssh_keys ADD COLUMN added_by TEXT;"),
 )
 """The task feature's tables, applied once each, in order, when the service starts."""
 

@@ -81,8 +81,11 @@ class SSHAccess:
 
     # -- ssh keys ----------------------------------------------------------------------
 
-    async def add_ssh_key(self, org_id: str, name: str, public_key: str) -> tuple[SSHKey, bool]:
+    async def add_ssh_key(
+        self, org_id: str, name: str, public_key: str, added_by: str | None = None
+    ) -> tuple[SSHKey, bool]:
         """Register a public key; returns ``(key, created)`` (an existing key is reused).
+        ``added_by``: the name of the API key registering it (:meth:`delete_keys_added_by`).
 
         Raises:
             APIProblem: 422 naming ``publicKey`` when it is not an OpenSSH public key.
@@ -102,7 +105,7 @@ class SSHAccess:
             raise APIProblem.validation("name", "required")
         fingerprint = key.get_fingerprint("sha256")
         line = key.export_public_key("openssh").decode().strip()
-        row = (new_id("sshkey"), org_id, name, line, fingerprint, now_ms())
+        row = (new_id("sshkey"), org_id, name, line, fingerprint, now_ms(), added_by)
         found, created = await self._store.run(lambda c: _insert_key(c, row))
         return _ssh_key(found), created
 
@@ -140,6 +143,25 @@ class SSHAccess:
 
         await self._store.run(delete)
         return key
+
+    async def delete_keys_added_by(self, org_id: str, token_name: str) -> list[str]:
+        """Delete the organization's keys that the API keys named ``token_name``
+        registered (they were revoked); returns their public key lines. The other
+        replicas close the connections that logged in with them (``kd``)."""
+
+        def delete(c: Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT public_key FROM ssh_keys WHERE org_id = ? AND added_by = ?",
+                (org_id, token_name),
+            ).fetchall()
+            c.execute(
+                "DELETE FROM ssh_keys WHERE org_id = ? AND added_by = ?", (org_id, token_name)
+            )
+            for row in rows:
+                self._replica.send(c, KEY_DELETED, org_id, row["public_key"])
+            return [str(row["public_key"]) for row in rows]
+
+        return await self._store.run(delete)
 
     # -- ssh sessions ------------------------------------------------------------------
 
@@ -229,17 +251,18 @@ class SSHAccess:
 
 
 def _insert_key(conn: Connection, row: tuple[object, ...]) -> tuple[Row, bool]:
-    """Insert ``(key_id, org_id, name, line, fingerprint, created)`` unless the
-    organization has that fingerprint; returns the key's row and whether it is new."""
-    key_id, org_id, _, _, fingerprint, _ = row
+    """Insert ``(key_id, org_id, name, line, fingerprint, created, added_by)`` unless
+    the organization has that fingerprint; returns the key's row and whether it is new."""
+    key_id, org_id, _, _, fingerprint, _, _ = row
     existing = conn.execute(
         "SELECT * FROM ssh_keys WHERE org_id = ? AND fingerprint = ?", (org_id, fingerprint)
     ).fetchone()
     if existing is not None:
         return existing, False
     conn.execute(
-        "INSERT INTO ssh_keys (key_id, org_id, name, public_key, fingerprint, created_at)"
-        " VALUES (?,?,?,?,?,?)",
+        "INSERT INTO ssh_keys"
+        " (key_id, org_id, name, public_key, fingerprint, created_at, added_by)"
+        " VALUES (?,?,?,?,?,?,?)",
         row,
     )
     return conn.execute("SELECT * FROM ssh_keys WHERE key_id = ?", (key_id,)).fetchone(), True
@@ -252,4 +275,5 @@ def _ssh_key(row: Row) -> SSHKey:
         public_key=row["public_key"],
         fingerprint=row["fingerprint"],
         created_at=row["created_at"],
+        added_by=row["added_by"],
     )
