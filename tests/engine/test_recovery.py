@@ -40,13 +40,21 @@ async def test_terminal_event_is_never_written_twice(start_server: StartServer) 
     assert names(events).count("flow_completed") == 1
 
 
-async def test_post_runs_with_no_credits_is_402_and_the_run_fails(server: Server) -> None:
+async def test_post_runs_with_no_credits_is_402_and_stores_nothing(server: Server) -> None:
+    # A 402 left a Failed run behind, so the same request with its chosen runId was 409
+    # once credits were added (QA round 8).
     flow = await server.flow({"block": "template"})
     await server.call("PUT", "/organizations/org_default/credits", json={"credits": 0})
-    answer = await server.call("POST", "/runs", json={"flowId": flow})
+    body = {"flowId": flow, "runId": "run_nightly_1"}
+    headers = {"Idempotency-Key": "nightly-1"}
+    answer = await server.call("POST", "/runs", json=body, headers=headers)
     assert answer.status == 402 and answer.body["error"]["code"] == "INSUFFICIENT_CREDITS"
-    runs = (await server.call("GET", "/runs")).body["items"]
-    assert [r["status"]["conditions"][-1]["reason"] for r in runs] == ["InsufficientCredits"]
+    assert (await server.call("GET", "/runs")).body["items"] == []
+    await server.call("PUT", "/organizations/org_default/credits", json={"credits": 1})
+    again = await server.call("POST", "/runs", json=body, headers=headers)
+    assert again.status == 201 and again.body["runId"] == "run_nightly_1", again.body
+    credits = await server.call("GET", "/organizations/org_default/credits")
+    assert credits.body["credits"] == 0
 
 
 async def test_openapi_lists_the_execution_routes(server: Server) -> None:

@@ -106,6 +106,9 @@ class _IdleEngine:
         self.cancelled: list[str] = []
         self.forgotten: list[str] = []
 
+    def charge(self, conn: Any, org_id: str) -> None:
+        pass  # free
+
     async def start(self, run: Run) -> None:
         self.started.append(run.run_id)
 

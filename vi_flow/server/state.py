@@ -16,6 +16,7 @@ import attrs
 from aiohttp import web
 
 from ..models.runs import Run
+from .db import Connection
 from .quotas import Quotas
 from .replicas import Replica, lease_from_env
 from .retention import RetentionSettings
@@ -145,13 +146,18 @@ class Principal:
 class RunStarter(Protocol):
     """What the run engine registers under :data:`ENGINE_KEY`.
 
-    ``POST /v1/runs`` stores a Pending run and calls :meth:`start`; ``POST
-    /v1/runs/{id}/cancel`` calls :meth:`cancel` before marking the run Cancelled.
-    Both must return quickly (schedule the work, do not run it inline).
+    ``POST /v1/runs`` stores a Pending run, paid for by :meth:`charge` in the same
+    transaction, and calls :meth:`start`; ``POST /v1/runs/{id}/cancel`` calls
+    :meth:`cancel` before marking the run Cancelled. Both must return quickly (schedule
+    the work, do not run it inline).
     """
 
+    def charge(self, conn: Connection, org_id: str) -> None:
+        """Take what a run costs ``org_id``, in the transaction that stores it (an
+        ``APIProblem``, 402, when it cannot pay: nothing is stored then)."""
+
     async def start(self, run: Run) -> None:
-        """Begin executing ``run`` in the background."""
+        """Begin executing ``run`` (paid for already) in the background."""
 
     async def cancel(self, run: Run) -> None:
         """Stop executing ``run``; the caller marks it Cancelled afterwards."""

@@ -601,15 +601,20 @@ class Store:
         run_id: str | None = None,
         *,
         answer_status: int | None = None,
+        charge: Callable[[Connection, str], None] | None = None,
     ) -> Run:
         """Store a new Pending run (409 ``CONFLICT`` if ``run_id`` is taken) and return it.
 
         ``answer_status`` saves a waiting :class:`IdempotencySlot`, as for :meth:`create_flow`.
+        ``charge(conn, org_id)`` runs in the same transaction (what the run costs): when
+        it raises, nothing is stored.
         """
         save = answer_saver(answer_status)
 
         def create(c: Connection) -> Run:
             made = rec.create_run(c, org_id, spec, run_id)
+            if charge is not None:
+                charge(c, org_id)
             save(c, shown_run(made))  # the answer, as the route shows it
             return made
 

@@ -400,20 +400,18 @@ class Engine:
         self._launch(key, begun)
         return key
 
-    async def start(self, run: Run) -> None:
-        """Execute a run stored by ``POST /v1/runs`` (the ``RunStarter`` protocol).
+    def charge(self, conn: Connection, org_id: str) -> None:
+        """One credit of ``org_id``, taken in the transaction that stores a run of
+        ``POST /v1/runs`` (the ``RunStarter`` protocol): a 402 stores nothing, so the
+        same request (its chosen ``runId`` too) can be sent again once credits are added.
 
         Raises:
-            APIProblem: 402 when the organization's credits are used up (the stored run
-                is marked ``Failed`` first, so it never stays ``Pending``).
+            APIProblem: 402 ``INSUFFICIENT_CREDITS`` when the credits are used up.
         """
-        try:
-            await self.store.run(lambda c: tables.spend_credit(c, run.organization_id))
-        except APIProblem as exc:
-            await self.store.set_run_condition(
-                _key(run), Condition.FAILED, exc.message, "InsufficientCredits"
-            )
-            raise
+        tables.spend_credit(conn, org_id)
+
+    async def start(self, run: Run) -> None:
+        """Execute a run stored (and paid for) by ``POST /v1/runs`` (``RunStarter``)."""
         request = ExecuteRequest(message=run.spec.message, parameters=dict(run.spec.parameters))
         await self._insert_and_launch(run, request)
 

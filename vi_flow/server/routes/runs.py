@@ -102,8 +102,9 @@ async def create_run(request: web.Request) -> web.Response:
         message=body.message,
         parameters=resolve_parameters(flow, body.parameters),
     )
-    run = await store.create_run(org, spec, run_id, answer_status=201)
-    await _starter(request.app).start(run)
+    starter = _starter(request.app)
+    run = await store.create_run(org, spec, run_id, answer_status=201, charge=starter.charge)
+    await starter.start(run)
     return json_response(shown_run(run), 201)
 
 
