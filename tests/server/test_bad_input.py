@@ -95,7 +95,11 @@ async def test_a_reservation_time_out_of_range_is_refused_and_not_saved(
         ({"cpus": 1, "startTime": -5}, "startTime"),
         ({"cpus": 1, "startTime": 300_000_000_000_000}, "startTime"),  # past the year 9999
         ({"cpus": 1, "durationHours": 1e9}, "durationHours"),
+        ({"cpus": 1, "durationHours": 1e-9}, "durationHours"),  # over when made (QA)
+        ({"cpus": 1, "durationHours": 0}, "durationHours"),
         ({"cpus": 2**62}, "cpus"),
+        ({"cpus": 0}, "cpus"),
+        ({"cpus": -1}, "cpus"),
     ):
         _refused(await server.call("POST", "/reservations", json=body), field)
     restarted = await _still_fine_after_restart(server, start_server)

@@ -40,6 +40,10 @@ class AsyncTokens(AsyncResource):
     async def create(self, name: str, *, organization_id: str | None = None) -> CreatedToken:
         """Create an API key named ``name``; the answer is the only place the key appears.
 
+        Not idempotent: the server keeps no answer to replay (it would hold the key), so
+        a retry after a lost answer makes a second key of that name that no one has
+        seen; :meth:`revoke` of the name revokes every key of it.
+
         Raises:
             PermissionDeniedError: The client's key is not an admin key.
             UnprocessableEntityError: ``name`` is empty.

@@ -75,9 +75,23 @@ async def _scope(request: web.Request, wanted: object) -> str | None:
     return wanted
 
 
+_PRUNE_FIELDS = ("olderThan", "organizationId", "dryRun")
+
+
+def _known_fields(body: dict[str, Any]) -> None:
+    """A prune deletes: a field it does not know (``dry_run``, ``organisationId``) is
+    refused, not ignored as elsewhere, since ignoring it could delete for real."""
+    for name in body:
+        if name not in _PRUNE_FIELDS:
+            raise APIProblem.validation(
+                "body", f"unknown field {shown(name)}: a prune takes {', '.join(_PRUNE_FIELDS)}"
+            )
+
+
 async def prune(request: web.Request) -> web.Response:
     """Delete finished runs, tasks and idempotency records older than ``olderThan``."""
     body = await read_body(request)
+    _known_fields(body)
     older_than, dry_run = _older_than(body), _dry_run(body)
     org_id = await _scope(request, body.get("organizationId"))
     result = await request.app[PRUNER_KEY].prune(older_than, org_id, dry_run=dry_run)

@@ -459,6 +459,11 @@ def _check_reservation(body: ReservationRequest) -> None:
     if body.start_time is not None:
         limited(check_time_ms, "startTime", body.start_time)
     limited(check_number, "durationHours", body.duration_hours, 0, MAX_DURATION_HOURS)
+    if body.duration_hours * 3600 < 1:  # over before it is answered
+        raise APIProblem.validation(
+            "durationHours",
+            f"must be at least one second (1/3600 hours), got {body.duration_hours!r}",
+        )
     if body.start_time is not None:
         end = body.start_time + body.duration_hours * 3_600_000
         if end <= time.time() * 1000:  # it could hold nothing: it is over already
@@ -466,7 +471,7 @@ def _check_reservation(body: ReservationRequest) -> None:
                 "startTime", f"the reservation would have ended already (start {body.start_time})"
             )
     if body.cpus is not None:
-        limited(check_int, "cpus", body.cpus, 0, 1_000_000)
+        limited(check_int, "cpus", body.cpus, 1, 1_000_000)
     if body.name is not None:
         limited(check_name, "name", body.name)
 
