@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 
 from .conftest import Server, data, names
@@ -178,3 +179,19 @@ async def test_a_template_that_doubles_its_input_stops_at_the_limit(server: Serv
     assert [step["stepId"] for step in failed] == ["s5"]  # 16 MiB: over 8 MiB characters
     assert "over 8388608 characters" in outcome["error"] and "steps.s4.output" in outcome["error"]
     assert (await server.call("GET", f"/flows/{flow}")).status == 200
+
+
+async def test_many_unclosed_placeholders_render_as_text_at_once(server: Server) -> None:
+    # Found by QA: 40,000 "{{" without "}}" held the event loop 20 s (the lazy regex
+    # scanned to the end for each), and every other request of every organization waited.
+    unclosed = "{{" * 100_000
+    flow = await server.flow(
+        {"block": "template", "id": "a", "settings": {"template": unclosed}},
+        {"block": "template", "id": "b", "settings": {"template": {
+            "mix": "{{ message }}, " + unclosed, "tail": "{" + unclosed + "}"}}},
+    )  # fmt: skip
+    with anyio.fail_after(5):
+        answer = await server.call("POST", f"/flows/{flow}/execute", json={"message": "hi"})
+    assert answer.status == 200 and answer.body["state"] == "completed", answer.body
+    assert answer.body["output"] == {"mix": "hi, " + unclosed, "tail": "{" + unclosed + "}"}
+    assert answer.body["steps"][0]["status"] == "Succeeded"

@@ -14,7 +14,7 @@ exactly one placeholder keeps the referenced value's type (a dict stays a dict).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -23,7 +23,6 @@ from ...models.limits import MAX_STRING_LENGTH
 
 __all__ = ["MAX_RENDERED", "RenderError", "render_text", "render_value"]
 
-_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_\-]*)|\[(\d+)\]")
 
 
@@ -136,26 +135,59 @@ MAX_RENDERED = MAX_STRING_LENGTH
 would otherwise double it at every step: gigabytes after a few)."""
 
 
-def _render_text(template: str, namespace: Mapping[str, Any], left: list[int]) -> str:
-    def one(match: re.Match[str]) -> str:
-        text = _to_text(_evaluate(match.group(1), namespace))
-        left[0] -= len(text)
-        if left[0] < 0:
-            name = match.group(1).split("|")[0].strip()
-            raise RenderError(
-                name,
-                f"the rendered text would be over {MAX_RENDERED} characters at {{{{ {name} }}}}",
-            )
-        return text
+def _placeholders(template: str) -> Iterator[tuple[int, int]]:
+    """Where each ``{{ ... }}`` starts and ends: the first ``}}`` after each ``{{``.
 
-    return _PLACEHOLDER.sub(one, template)
+    Two ``str.find`` calls per placeholder keep this linear in the text (a lazy regex
+    rescans to the end for every ``{{`` without a ``}}``: minutes for a few hundred KB).
+    """
+    at = 0
+    while (start := template.find("{{", at)) != -1:
+        end = template.find("}}", start + 2)
+        if end == -1:  # no "}}" after this "{{": none after any later one either
+            return
+        yield start, end + 2
+        at = end + 2
+
+
+def _whole(text: str) -> str | None:
+    """The expression of ``text`` when it is one placeholder and nothing else, else None."""
+    text = text.strip()
+    if len(text) < 4 or not (text.startswith("{{") and text.endswith("}}")):
+        return None
+    inner = text[2:-2]
+    return None if "{{" in inner else inner
+
+
+def _render_text(template: str, namespace: Mapping[str, Any], left: list[int]) -> str:
+    parts: list[str] = []
+    at = 0
+    for start, end in _placeholders(template):
+        expression = template[start + 2 : end - 2]
+        text = _to_text(_evaluate(expression, namespace))
+        _spend(left, len(text), expression)
+        parts += (template[at:start], text)
+        at = end
+    if not parts:
+        return template
+    parts.append(template[at:])
+    return "".join(parts)
+
+
+def _spend(left: list[int], size: int, expression: str) -> None:
+    left[0] -= size
+    if left[0] < 0:
+        name = expression.split("|")[0].strip()
+        raise RenderError(
+            name, f"the rendered text would be over {MAX_RENDERED} characters at {{{{ {name} }}}}"
+        )
 
 
 def _render_value(value: Any, namespace: Mapping[str, Any], left: list[int]) -> Any:
     if isinstance(value, str):
-        whole = _PLACEHOLDER.fullmatch(value.strip())
-        if whole is not None and "{{" not in whole.group(1):
-            return _evaluate(whole.group(1), namespace)  # the value itself: nothing written
+        expression = _whole(value)
+        if expression is not None:
+            return _evaluate(expression, namespace)  # the value itself: nothing written
         return _render_text(value, namespace, left)
     if isinstance(value, list):
         return [_render_value(item, namespace, left) for item in value]
