@@ -195,3 +195,22 @@ async def test_many_unclosed_placeholders_render_as_text_at_once(server: Server)
     assert answer.status == 200 and answer.body["state"] == "completed", answer.body
     assert answer.body["output"] == {"mix": "hi, " + unclosed, "tail": "{" + unclosed + "}"}
     assert answer.body["steps"][0]["status"] == "Succeeded"
+
+
+@pytest.mark.parametrize("again", ["{{ steps.a.output }}", "{{ steps.a.output | json }}"])
+async def test_whole_placeholders_count_against_the_limit(server: Server, again: str) -> None:
+    # Found by QA: a string that is one placeholder was not counted, so 100 copies of a
+    # 100 KB message fanned out to 7.8 GB of server memory over two steps.
+    flow = await server.flow(
+        {"block": "template", "id": "a", "settings": {"template": ["{{ message }}"] * 50}},
+        {"block": "template", "id": "b", "settings": {"template": {"x": again, "y": again}}},
+    )
+    body = {"message": "m" * 100_000}  # 5 MB in step a; twice that would be 10 MB in b
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["state"] == "failed" and outcome["failedStep"] == "b", outcome["steps"]
+    assert "over 8388608 characters at {{ steps.a.output }}" in outcome["error"]
+    fanned = await server.flow(
+        {"block": "template", "id": "a", "settings": {"template": ["{{ message }}"] * 100}}
+    )
+    outcome = (await server.call("POST", f"/flows/{fanned}/execute", json=body)).body
+    assert outcome["failedStep"] == "a" and "at {{ message }}" in outcome["error"]

@@ -107,7 +107,7 @@ def render_text(template: str, namespace: Mapping[str, Any]) -> str:
         RenderError: A placeholder names something that does not exist, or the text
             would be longer than :data:`MAX_RENDERED` characters.
     """
-    return _render_text(template, namespace, [MAX_RENDERED])
+    return _render_text(template, namespace, _Budget())
 
 
 def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
@@ -127,12 +127,43 @@ def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
         RenderError: A placeholder names something that does not exist, or the text
             rendered in all would be longer than :data:`MAX_RENDERED` characters.
     """
-    return _render_value(value, namespace, [MAX_RENDERED])
+    return _render_value(value, namespace, _Budget())
 
 
 MAX_RENDERED = MAX_STRING_LENGTH
 """The most characters one rendering may write (a template that repeats a step's output
-would otherwise double it at every step: gigabytes after a few)."""
+would otherwise double it at every step: gigabytes after a few). A placeholder that is a
+whole string counts the referenced value's size as JSON, once per place it goes."""
+
+
+class _Budget:
+    """What is left of one rendering's :data:`MAX_RENDERED` characters."""
+
+    def __init__(self) -> None:
+        self.left = MAX_RENDERED
+        # id -> JSON size of each list or dict counted: one value repeated 100 times is
+        # encoded once. Only the namespace's containers, alive for the whole rendering.
+        self._sizes: dict[int, int] = {}
+
+    def spend(self, size: int, expression: str) -> None:
+        self.left -= size
+        if self.left < 0:
+            name = expression.split("|")[0].strip()
+            raise RenderError(
+                name,
+                f"the rendered text would be over {MAX_RENDERED} characters at {{{{ {name} }}}}",
+            )
+
+    def spend_value(self, value: Any, expression: str) -> None:
+        if isinstance(value, str):
+            size = len(value)
+        elif isinstance(value, (list, dict)):
+            size = self._sizes.get(id(value), -1)
+            if size < 0:
+                size = self._sizes[id(value)] = len(orjson.dumps(value))
+        else:
+            size = len(_to_text(value))
+        self.spend(size, expression)
 
 
 def _placeholders(template: str) -> Iterator[tuple[int, int]]:
@@ -159,13 +190,13 @@ def _whole(text: str) -> str | None:
     return None if "{{" in inner else inner
 
 
-def _render_text(template: str, namespace: Mapping[str, Any], left: list[int]) -> str:
+def _render_text(template: str, namespace: Mapping[str, Any], budget: _Budget) -> str:
     parts: list[str] = []
     at = 0
     for start, end in _placeholders(template):
         expression = template[start + 2 : end - 2]
         text = _to_text(_evaluate(expression, namespace))
-        _spend(left, len(text), expression)
+        budget.spend(len(text), expression)
         parts += (template[at:start], text)
         at = end
     if not parts:
@@ -174,23 +205,18 @@ def _render_text(template: str, namespace: Mapping[str, Any], left: list[int]) -
     return "".join(parts)
 
 
-def _spend(left: list[int], size: int, expression: str) -> None:
-    left[0] -= size
-    if left[0] < 0:
-        name = expression.split("|")[0].strip()
-        raise RenderError(
-            name, f"the rendered text would be over {MAX_RENDERED} characters at {{{{ {name} }}}}"
-        )
-
-
-def _render_value(value: Any, namespace: Mapping[str, Any], left: list[int]) -> Any:
+def _render_value(value: Any, namespace: Mapping[str, Any], budget: _Budget) -> Any:
     if isinstance(value, str):
         expression = _whole(value)
-        if expression is not None:
-            return _evaluate(expression, namespace)  # the value itself: nothing written
-        return _render_text(value, namespace, left)
+        if expression is None:
+            return _render_text(value, namespace, budget)
+        # The value itself, shared, not copied; but every place it goes is written out
+        # as JSON later (events, the store): 100 places of one 1 MB output are 100 MB.
+        whole = _evaluate(expression, namespace)
+        budget.spend_value(whole, expression)
+        return whole
     if isinstance(value, list):
-        return [_render_value(item, namespace, left) for item in value]
+        return [_render_value(item, namespace, budget) for item in value]
     if isinstance(value, dict):
-        return {key: _render_value(item, namespace, left) for key, item in value.items()}
+        return {key: _render_value(item, namespace, budget) for key, item in value.items()}
     return value
