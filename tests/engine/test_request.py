@@ -230,3 +230,46 @@ def test_a_key_past_a_limit_is_named_by_the_path_to_it() -> None:
     with pytest.raises(LimitError) as caught:
         check_json(body, "spec")
     assert str(caught.value) == f"spec.a.b[0]: longer than {MAX_STRING_LENGTH} characters"
+
+
+# -- overrides keep the flow's limits ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"count": 3_000_000}, "blockOverrides.e.settings.count: must be between 0 and 1000000"),
+        ({"interval": -1}, "blockOverrides.e.settings.interval: must be between 0 and 3600"),
+        ({"count": "many"}, "blockOverrides.e.settings.count: expected an integer"),
+    ],
+)
+async def test_block_overrides_are_checked_as_the_flows_own_settings(
+    server: Server, override: dict[str, Any], field: str
+) -> None:
+    # Found by QA: a count refused at create (over 1,000,000) was taken as an override,
+    # and 3,000,005 events were written from one small request.
+    flow_id = await server.flow({"block": "emit", "id": "e", "settings": {"count": 1}})
+    body = {"blockOverrides": {"e": override}}
+    answer = await server.call("POST", f"/flows/{flow_id}/execute", json=body)
+    assert answer.status == 422, answer.body
+    assert answer.body["error"]["message"].startswith(field), answer.body
+    assert await _run_count(server) == 0
+
+
+async def test_an_emit_step_writes_a_bounded_amount_of_text(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by QA: 1000 lines of a 2 MB message made 2 GB of events (6 GB of memory).
+    from vi_flow.server.engine.blocks import emit
+
+    monkeypatch.setattr(emit, "MAX_EMIT_TEXT", 1000)  # 64 MiB in production
+    flow_id = await server.flow(
+        {"block": "emit", "id": "e", "settings": {"count": 10, "line": "{{ message }} {i}"}}
+    )
+    fits = await server.call("POST", f"/flows/{flow_id}/execute", json={"message": "m" * 97})
+    assert fits.body["state"] == "completed", fits.body  # 10 lines of up to 100: the limit
+    over = await server.call("POST", f"/flows/{flow_id}/execute", json={"message": "m" * 98})
+    assert over.body["state"] == "failed" and over.body["failedStep"] == "e", over.body
+    assert "over the limit of 1000 per step" in over.body["error"]
+    events = (await server.call("GET", f"/runs/{over.body['executionId']}/events")).body
+    assert "event: log" not in str(events)  # refused before a line was written

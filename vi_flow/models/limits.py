@@ -20,6 +20,7 @@ __all__ = [
     "MAX_DURATION_HOURS",
     "MAX_EMIT_INTERVAL",
     "MAX_EMIT_LINES",
+    "MAX_EMIT_TEXT",
     "MAX_ID_LENGTH",
     "MAX_INT",
     "MAX_LIST_LENGTH",
@@ -89,6 +90,9 @@ MAX_VOLUME_GB = 65_536
 
 MAX_EMIT_LINES = 1_000_000
 """The most log lines one ``emit`` step of a stored flow asks for (its ``count``)."""
+
+MAX_EMIT_TEXT = 64 * 1024 * 1024
+"""The most characters of log lines one ``emit`` step writes (``count`` times its line)."""
 
 MAX_EMIT_INTERVAL = 3600
 """The longest pause, in seconds, an ``emit`` step of a stored flow makes between lines."""

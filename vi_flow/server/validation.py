@@ -31,6 +31,7 @@ from .tasks.launch import check_env
 __all__ = [
     "SETTING_LIMITS",
     "BlockCatalog",
+    "check_block_values",
     "check_blocks",
     "check_chosen_id",
     "check_settings",
@@ -163,9 +164,7 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
             problem = f"unknown block type {block.block!r}{_closest(block.block, names)}"
             raise APIProblem.validation(f"{where}.block", f"{problem} (known: {', '.join(names)})")
         check_settings(where, block.block, block.settings, catalog.settings_of(block.block))
-        _check_values(where, block.block, block.settings)
-        if block.block == "task":
-            _check_task_settings(f"{where}.settings", block.settings)
+        check_block_values(where, block.block, block.settings)
 
 
 SETTING_LIMITS: dict[tuple[str, str], tuple[str, int, int]] = {
@@ -176,11 +175,19 @@ SETTING_LIMITS: dict[tuple[str, str], tuple[str, int, int]] = {
 stored flow may give it."""
 
 
-def _check_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
+def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
+    """Check the values of a ``block`` block's settings (a flow's own or an execution's
+    ``blockOverrides``, which must not lift a limit the flow was stored under).
+
+    Raises:
+        APIProblem: 422 naming ``<where>.settings.<name>``.
+    """
     for (kind, name), (number, low, high) in SETTING_LIMITS.items():
         if kind == block and name in settings:
             check = check_int if number == "integer" else check_number
             limited(check, f"{where}.settings.{name}", settings[name], low, high)
+    if block == "task":
+        _check_task_settings(f"{where}.settings", settings)
 
 
 def _check_task_settings(where: str, settings: Mapping[str, Any]) -> None:

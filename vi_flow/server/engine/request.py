@@ -15,7 +15,7 @@ import attrs
 from ...models.execution import ExecuteRequest, ExecuteRequestError
 from ...models.flows import FlowSpec
 from ..errors import APIProblem
-from ..validation import BlockCatalog, check_settings, resolve_parameters
+from ..validation import BlockCatalog, check_block_values, check_settings, resolve_parameters
 
 __all__ = [
     "ExecuteRequest",
@@ -51,7 +51,8 @@ def check_against_flow(
         APIProblem: 422 ``parameters.<name>`` for a missing required input,
             ``blockOverrides.<id>`` for a step the flow does not have, or
             ``blockOverrides.<id>.settings.<name>`` for a setting its block does not read
-            (as a flow's own settings are checked: a misspelt one would be ignored).
+            or a value out of its range (as a flow's own settings are checked: a
+            misspelt one would be ignored, a larger one would lift the flow's limits).
     """
     parameters = resolve_parameters(spec, request.parameters)
     steps = {step_id_of(spec, i): block for i, block in enumerate(spec.blocks)}
@@ -61,8 +62,8 @@ def check_against_flow(
                 f"blockOverrides.{step_id}",
                 f"the flow has no step {step_id!r} (steps: {sorted(steps)})",
             )
+        kind = steps[step_id].block
         if catalog is not None:
-            kind = steps[step_id].block
-            known = catalog.settings_of(kind)
-            check_settings(f"blockOverrides.{step_id}", kind, settings, known)
+            check_settings(f"blockOverrides.{step_id}", kind, settings, catalog.settings_of(kind))
+        check_block_values(f"blockOverrides.{step_id}", kind, settings)
     return attrs.evolve(request, parameters=parameters)
