@@ -232,3 +232,37 @@ async def test_usage_that_is_not_a_count_is_left_out(start_server: StartServer) 
         outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
         assert outcome["state"] == "completed", outcome
         assert outcome["usage"] == {"promptTokens": 0, "completionTokens": 2, "totalTokens": 2}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_over_the_size_limit_fails_the_step(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    # Found by QA: the answer was read whole, so an endpoint that streamed 2 GB took the
+    # server to 4.3 GB of memory; a 50 MB answer became a step output and an event.
+    from vi_flow.server.engine.blocks import llm
+
+    monkeypatch.setattr(llm, "MAX_ANSWER", 1000, raising=False)  # 16 MiB in production
+    text = "x" * 2000
+    body = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if not chunked:  # the length is known up front
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for at in range(0, len(body), 100):
+            await resp.write(body[at : at + 100])
+        await resp.write_eof()
+        return resp
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        text_seen = await _failed_text(server, flow)
+        assert "llm endpoint sent an answer over 1000 bytes" in text_seen
+        assert "xxxxxxxxxx" not in text_seen
+        monkeypatch.setattr(llm, "MAX_ANSWER", len(body))  # at the limit: read
+        outcome = await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})
+        assert outcome.body["state"] == "completed" and outcome.body["output"] == text

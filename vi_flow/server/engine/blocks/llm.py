@@ -10,6 +10,7 @@ The execution's ``tools`` and ``tool_choice`` are passed through; when the model
 for tools the run pauses for the client, then the conversation continues with the
 results. Reaching ``max_iterations`` without a final answer fails the step with code
 ``ITERATION_LIMIT``. The output is the final message's text; usage is summed over calls.
+An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM_ERROR``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ __all__ = ["llm_block"]
 
 _DEFAULT_ITERATIONS = 10
 _DEFAULT_TIMEOUT = 120.0
+
+MAX_ANSWER = 16 * 1024 * 1024
+"""The most bytes of one answer of the endpoint read: a broken or hostile endpoint (or
+proxy) could otherwise send gigabytes into the shared server's memory."""
+
+_ERROR_SHOWN = 300  # bytes of an error answer quoted in the step's failure
 
 
 def _text(value: Any) -> str:
@@ -116,10 +123,11 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
         async with ctx.http.post(
             url, data=orjson.dumps(body), headers=headers, timeout=timeout
         ) as resp:
-            raw = await resp.read()
             if resp.status >= 400:
-                detail = _shown(ctx, raw[:300].decode("utf-8", "replace"))
+                head = await _head(resp, _ERROR_SHOWN)
+                detail = _shown(ctx, head.decode("utf-8", "replace"))
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
+            raw = await _answer(resp)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         why = _shown(ctx, repr(exc))
         raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
@@ -131,6 +139,34 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
         answer = _shown(ctx, repr(raw[:200]))
         raise StepError(f"llm endpoint sent an unexpected answer: {answer}", "LLM_ERROR") from exc
     return data
+
+
+async def _head(resp: aiohttp.ClientResponse, most: int) -> bytes:
+    """The first ``most`` bytes of the body; the rest is never read."""
+    data = bytearray()
+    async for chunk in resp.content.iter_any():
+        data += chunk
+        if len(data) >= most:
+            break
+    return bytes(data[:most])
+
+
+async def _answer(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, read in chunks while it stays within :data:`MAX_ANSWER` bytes."""
+    too_long = StepError(
+        f"llm endpoint sent an answer over {MAX_ANSWER} bytes, the most a step reads",
+        "LLM_ERROR",
+    )
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER:
+        raise too_long
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():  # decompressed: counted as it will be held
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise too_long
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
