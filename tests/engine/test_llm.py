@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -266,3 +267,33 @@ async def test_an_answer_over_the_size_limit_fails_the_step(
         monkeypatch.setattr(llm, "MAX_ANSWER", len(body))  # at the limit: read
         outcome = await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})
         assert outcome.body["state"] == "completed" and outcome.body["output"] == text
+
+
+KEY = "sk-LLM0a1b2c3d4e5f6g7h8Y999"
+
+
+@pytest.mark.parametrize(
+    ("shortened", "as_ascii"),
+    [
+        (f"{KEY[:6]}...{KEY[-4:]}", False),  # OpenAI's "Incorrect API key provided"
+        (f"{KEY[:3]}…{KEY[-4:]}", True),  # JSON-escaped: "\u2026"
+        (f"{KEY[:3]}…{KEY[-4:]}", False),
+        (f"{KEY[:7]}{'*' * 16}{KEY[-4:]}", False),
+    ],
+)
+async def test_a_shortened_api_key_quoted_by_the_endpoint_is_hidden(
+    start_server: StartServer, shortened: str, as_ascii: bool
+) -> None:
+    # Found by QA: an endpoint that quoted the key shortened, as OpenAI does, showed its
+    # first and last characters to every organization in the run's error.
+    async def unauthorized(request: web.Request) -> web.Response:
+        error = {"message": f"Incorrect API key provided: {shortened}.", "code": "invalid_key"}
+        text = json.dumps({"error": error}, ensure_ascii=as_ascii)
+        return web.Response(status=401, text=text, content_type="application/json")
+
+    async for address in _endpoint(unauthorized):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=KEY)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        text = await _failed_text(server, flow)
+        assert "Y999" not in text and "sk-LLM0" not in text, text
+        assert "answered 401" in text and "Incorrect API key provided: ***." in text

@@ -15,6 +15,7 @@ An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -80,6 +81,11 @@ def _add(total: TokenUsage | None, usage: Any) -> TokenUsage | None:
     )
 
 
+# A key as endpoints quote it shortened (OpenAI: "sk-LLM...Y999", "sk-proj-****Y999"):
+# its first and last characters around "...", "…" (as such or JSON-escaped) or stars.
+_SHORTENED = re.compile(r"([\w-]+)(?:\.\.\.|…|\\u2026|\*+)([\w-]+)")
+
+
 def _shown(ctx: BlockContext, text: str) -> str:
     """``text`` without the endpoint's credentials: a failed step's message reaches the
     run's events and every member of its organization; the endpoint is the server's."""
@@ -87,6 +93,16 @@ def _shown(ctx: BlockContext, text: str) -> str:
     for secret in (ctx.server.llm_api_key, url.password, url.raw_password):
         if secret:
             text = text.replace(secret, "***")
+    if key := ctx.server.llm_api_key:
+
+        def hide(match: re.Match[str]) -> str:
+            head, tail = match.groups()
+            shortened = len(head) >= 2 and len(tail) >= 2 and len(head) + len(tail) < len(key)
+            if shortened and key.startswith(head) and key.endswith(tail):
+                return "***"
+            return match.group(0)
+
+        text = _SHORTENED.sub(hide, text)
     return text
 
 
