@@ -214,3 +214,19 @@ async def test_whole_placeholders_count_against_the_limit(server: Server, again:
     )
     outcome = (await server.call("POST", f"/flows/{fanned}/execute", json=body)).body
     assert outcome["failedStep"] == "a" and "at {{ message }}" in outcome["error"]
+
+
+async def test_an_output_nested_too_deep_fails_its_step(server: Server) -> None:
+    # Found by QA: 300 steps that each wrapped the last output in a list ended the run
+    # an EngineError (orjson's recursion limit, in the event log), with events lost.
+    wrap = [{"block": "template", "id": f"s{i}", "settings": {"template": ["{{ input }}"]}}
+            for i in range(1, 71)]  # fmt: skip
+    flow = await server.flow(*wrap)
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "failed" and outcome["failedStep"] == "s65", outcome["error"]
+    assert "nest deeper than 64 levels" in outcome["error"]
+    run = (await server.call("GET", f"/runs/{outcome['executionId']}")).body
+    assert run["status"]["conditions"][-1]["reason"] == "StepFailed"
+    events, _ = await server.sse("GET", f"/runs/{outcome['executionId']}/events")
+    assert [int(e.id or 0) for e in events] == list(range(1, len(events) + 1))
+    assert names(events)[-2:] == ["step_failed", "flow_completed"]

@@ -40,6 +40,7 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.flows import FlowSpec
+from ...models.limits import MAX_NESTING, depth
 from .. import _records as records
 from ..clock import now_ms
 from ..db import Connection
@@ -143,6 +144,14 @@ def _check_json(step_id: str, result: Any) -> None:
     value = result.output if isinstance(result, StepDone) else result
     if isinstance(result, Pause):
         value = result.state
+    # As deep as a request's fields may be: the events that carry it wrap it in a few
+    # levels more, and orjson stops at 254 (the run would end an EngineError, events lost).
+    if depth(value) > MAX_NESTING:
+        raise StepError(
+            f"step {step_id!r} produced a value whose objects and lists nest deeper"
+            f" than {MAX_NESTING} levels",
+            "BAD_OUTPUT",
+        )
     try:
         orjson.dumps(value)
     except TypeError as exc:
