@@ -273,3 +273,35 @@ async def test_an_emit_step_writes_a_bounded_amount_of_text(
     assert "over the limit of 1000 per step" in over.body["error"]
     events = (await server.call("GET", f"/runs/{over.body['executionId']}/events")).body
     assert "event: log" not in str(events)  # refused before a line was written
+
+
+# -- block settings are checked when the flow is stored -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "settings", "problem"),
+    [
+        ("llm", {"timeout": "abc"}, "timeout: expected a number, got 'abc'"),
+        ("llm", {"timeout": 0}, "timeout: must be between 0.001 and 86400, got 0"),
+        ("llm", {"timeout": -1}, "timeout: must be between 0.001 and 86400, got -1"),
+        ("llm", {"maxIterations": "x"}, "maxIterations: expected an integer, got 'x'"),
+        ("llm", {"max_iterations": -5}, "max_iterations: must be between 1 and 1000, got -5"),
+        ("task", {"command": "true", "tailLines": -1}, "tailLines: must be between 0 and 10000"),
+        ("tool", {"tool": "t", "timeout": -1}, "timeout: must be between 0.001 and 86400"),
+    ],
+)
+async def test_block_settings_out_of_range_are_refused_when_stored(
+    server: Server, block: str, settings: dict[str, Any], problem: str
+) -> None:
+    # Found by QA: these were stored, then failed the step with a raw Python error
+    # ("could not convert string to float"), or ran with no timeout at all (0, -1).
+    spec = {"name": "s", "blocks": [{"block": block, "id": "c", "settings": settings}]}
+    answer = await server.call("POST", "/flows", json={"spec": spec})
+    assert answer.status == 422, answer.body
+    assert answer.body["error"]["message"].startswith(f"spec.blocks[0].settings.{problem}")
+    flow_id = await server.flow({"block": block, "id": "c"})
+    override = await server.call(
+        "POST", f"/flows/{flow_id}/execute", json={"blockOverrides": {"c": settings}}
+    )
+    assert override.status == 422, override.body
+    assert override.body["error"]["message"].startswith(f"blockOverrides.c.settings.{problem}")

@@ -230,3 +230,16 @@ async def test_an_output_nested_too_deep_fails_its_step(server: Server) -> None:
     events, _ = await server.sse("GET", f"/runs/{outcome['executionId']}/events")
     assert [int(e.id or 0) for e in events] == list(range(1, len(events) + 1))
     assert names(events)[-2:] == ["step_failed", "flow_completed"]
+
+
+async def test_a_filter_that_cannot_take_the_value_fails_naming_the_placeholder(
+    server: Server,
+) -> None:
+    flow = await server.flow(
+        {"block": "template", "id": "n", "settings": {"template": "{{ parameters.n | length }}"}}
+    )
+    body = {"parameters": {"n": 5}}
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["state"] == "failed" and outcome["failedStep"] == "n", outcome
+    assert "filter 'length' cannot take int at {{ parameters.n }}" in outcome["error"]
+    assert "TypeError" not in outcome["error"]

@@ -23,12 +23,15 @@ __all__ = [
     "MAX_EMIT_TEXT",
     "MAX_ID_LENGTH",
     "MAX_INT",
+    "MAX_ITERATIONS",
     "MAX_LIST_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
     "MAX_REQUEST_BODY",
+    "MAX_STEP_TIMEOUT",
     "MAX_STRING_LENGTH",
+    "MAX_TAIL_LINES",
     "MAX_TIME_MS",
     "MAX_VOLUME_GB",
     "LimitError",
@@ -96,6 +99,16 @@ MAX_EMIT_TEXT = 64 * 1024 * 1024
 
 MAX_EMIT_INTERVAL = 3600
 """The longest pause, in seconds, an ``emit`` step of a stored flow makes between lines."""
+
+MAX_STEP_TIMEOUT = 86_400
+"""The longest ``timeout``, in seconds, of an ``llm`` step's model call or a ``tool`` step's
+pause (a day); the shortest is 0.001 (``0`` is not "no timeout")."""
+
+MAX_ITERATIONS = 1000
+"""The most model calls one ``llm`` step makes (its ``max_iterations``)."""
+
+MAX_TAIL_LINES = 10_000
+"""The most log lines a ``task`` step keeps in its output (its ``tail_lines``)."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60

@@ -10,13 +10,17 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol, TypeVar
 
+from ..models._base import camel
 from ..models.flows import FlowSpec
 from ..models.limits import (
     MAX_BLOCKS,
     MAX_EMIT_INTERVAL,
     MAX_EMIT_LINES,
     MAX_ID_LENGTH,
+    MAX_ITERATIONS,
     MAX_NESTING,
+    MAX_STEP_TIMEOUT,
+    MAX_TAIL_LINES,
     LimitError,
     check_int,
     check_name,
@@ -167,12 +171,16 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
         check_block_values(where, block.block, block.settings)
 
 
-SETTING_LIMITS: dict[tuple[str, str], tuple[str, int, int]] = {
+SETTING_LIMITS: dict[tuple[str, str], tuple[str, float, float]] = {
     ("emit", "count"): ("integer", 0, MAX_EMIT_LINES),
     ("emit", "interval"): ("number", 0, MAX_EMIT_INTERVAL),
+    ("llm", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
+    ("llm", "max_iterations"): ("integer", 1, MAX_ITERATIONS),
+    ("tool", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
+    ("task", "tail_lines"): ("integer", 0, MAX_TAIL_LINES),
 }
-"""(block type, setting) -> the JSON type (``integer`` or ``number``) and the range a
-stored flow may give it."""
+"""(block type, setting in snake_case; its camelCase spelling too) -> the JSON type
+(``integer`` or ``number``) and the range a stored flow may give it."""
 
 
 def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
@@ -182,8 +190,10 @@ def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> N
     Raises:
         APIProblem: 422 naming ``<where>.settings.<name>``.
     """
-    for (kind, name), (number, low, high) in SETTING_LIMITS.items():
-        if kind == block and name in settings:
+    for (kind, snake), (number, low, high) in SETTING_LIMITS.items():
+        if kind != block:
+            continue
+        for name in {snake, camel(snake)} & settings.keys():
             check = check_int if number == "integer" else check_number
             limited(check, f"{where}.settings.{name}", settings[name], low, high)
     if block == "task":

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ...models.limits import MAX_STRING_LENGTH
+from ...models.limits import MAX_STRING_LENGTH, type_name
 
 __all__ = ["MAX_RENDERED", "RenderError", "render_text", "render_value"]
 
@@ -88,7 +88,11 @@ def _evaluate(expression: str, namespace: Mapping[str, Any]) -> Any:
         apply = _FILTERS.get(name)
         if apply is None:
             raise RenderError(path, f"unknown template filter {name!r} (known: {sorted(_FILTERS)})")
-        value = apply(value)
+        try:
+            value = apply(value)
+        except TypeError:  # ``length`` of a number
+            problem = f"template filter {name!r} cannot take {type_name(value)}"
+            raise RenderError(path, f"{problem} at {{{{ {path} }}}}") from None
     return value
 
 

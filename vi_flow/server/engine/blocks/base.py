@@ -26,12 +26,21 @@ import aiohttp
 import attrs
 
 from ....models.events import TokenUsage, ToolCall, ToolResult
+from ....models.limits import LimitError
 from ...state import ServerSettings
 
 if TYPE_CHECKING:
     from ...tasks import TaskService
 
-__all__ = ["Block", "BlockContext", "Pause", "Resume", "StepDone", "StepError"]
+__all__ = [
+    "Block",
+    "BlockContext",
+    "Pause",
+    "Resume",
+    "StepDone",
+    "StepError",
+    "checked_setting",
+]
 
 
 class StepError(Exception):
@@ -167,6 +176,22 @@ class BlockContext:
     def new_call_id() -> str:
         """A fresh tool call id (``call_<hex>``)."""
         return f"call_{secrets.token_hex(12)}"
+
+
+def checked_setting(
+    ctx: BlockContext, name: str, default: Any, check: Callable[..., Any], low: float, high: float
+) -> Any:
+    """Setting ``name`` (or ``default``) passed through a check of :mod:`vi_flow.models.limits`.
+
+    Flows are checked when stored; this is for one stored before a check existed.
+
+    Raises:
+        StepError: ``INVALID_SETTINGS`` naming the setting and its range.
+    """
+    try:
+        return check(f"settings.{name}", ctx.setting(name, default), low, high)
+    except LimitError as exc:
+        raise StepError(f"{ctx.block} step {ctx.step_id!r}: {exc}", "INVALID_SETTINGS") from None
 
 
 class Block(Protocol):

@@ -23,7 +23,8 @@ import orjson
 import yarl
 
 from ....models.events import TokenUsage, ToolCall, ToolFunction, ToolResult
-from .base import BlockContext, Pause, StepDone, StepError
+from ....models.limits import MAX_ITERATIONS, MAX_STEP_TIMEOUT, check_int, check_number
+from .base import BlockContext, Pause, StepDone, StepError, checked_setting
 
 __all__ = ["llm_block"]
 
@@ -132,7 +133,10 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if ctx.server.llm_api_key:
         headers["Authorization"] = f"Bearer {ctx.server.llm_api_key}"
-    timeout = aiohttp.ClientTimeout(total=float(ctx.setting("timeout", _DEFAULT_TIMEOUT)))
+    seconds = checked_setting(
+        ctx, "timeout", _DEFAULT_TIMEOUT, check_number, 0.001, MAX_STEP_TIMEOUT
+    )
+    timeout = aiohttp.ClientTimeout(total=seconds)
     url = base.rstrip("/") + "/chat/completions"
     shown = str(yarl.URL(url).with_user(None))  # the URL's user and password stay here
     try:
@@ -215,9 +219,8 @@ def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
 
 async def llm_block(ctx: BlockContext) -> Any:
     """Talk to the model until it answers without tool calls, pausing for each tool round."""
-    limit = int(
-        ctx.setting("max_iterations", _extra(ctx, "llm_max_iterations", _DEFAULT_ITERATIONS))
-    )
+    default = _extra(ctx, "llm_max_iterations", _DEFAULT_ITERATIONS)
+    limit = checked_setting(ctx, "max_iterations", default, check_int, 1, MAX_ITERATIONS)
     if ctx.resume is None:
         messages, iterations, usage = _first_messages(ctx), 0, None
     else:

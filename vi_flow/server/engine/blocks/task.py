@@ -18,11 +18,11 @@ import collections
 from typing import Any
 
 from ....models._base import to_wire
-from ....models.limits import check_name, check_relative_path
+from ....models.limits import MAX_TAIL_LINES, check_int, check_name, check_relative_path
 from ....models.tasks import TaskConfig, TaskStatus
 from ...errors import APIProblem
 from ..eventlog import EventQuotaExceeded
-from .base import BlockContext, StepError
+from .base import BlockContext, StepError, checked_setting
 
 __all__ = ["task_block"]
 
@@ -60,7 +60,8 @@ async def task_block(ctx: BlockContext) -> Any:
         )
     except APIProblem as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc.message}", exc.code) from exc
-    tail: collections.deque[str] = collections.deque(maxlen=int(ctx.setting("tail_lines", 50)))
+    kept = checked_setting(ctx, "tail_lines", 50, check_int, 0, MAX_TAIL_LINES)
+    tail: collections.deque[str] = collections.deque(maxlen=kept)
     try:
         async for stream, line in tasks.follow(task.task_id):
             tail.append(line)

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from ....models.events import ToolCall, ToolFunction
-from .base import BlockContext, Pause, StepError
+from ....models.limits import MAX_STEP_TIMEOUT, check_number
+from .base import BlockContext, Pause, StepError, checked_setting
 
 __all__ = ["tool_block"]
 
@@ -48,8 +49,7 @@ async def tool_block(ctx: BlockContext) -> Any:
     if ctx.resume is not None:
         outputs = [result.output for result in ctx.resume.results]
         return outputs[0] if len(outputs) == 1 else outputs
-    timeout = ctx.setting("timeout")
-    return Pause(
-        tool_calls=[_tool_call(ctx, call) for call in _calls(ctx)],
-        timeout=float(timeout) if isinstance(timeout, (int, float)) else None,
-    )
+    timeout = None
+    if ctx.setting("timeout") is not None:
+        timeout = checked_setting(ctx, "timeout", None, check_number, 0.001, MAX_STEP_TIMEOUT)
+    return Pause(tool_calls=[_tool_call(ctx, call) for call in _calls(ctx)], timeout=timeout)
