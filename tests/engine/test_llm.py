@@ -297,3 +297,42 @@ async def test_a_shortened_api_key_quoted_by_the_endpoint_is_hidden(
         text = await _failed_text(server, flow)
         assert "Y999" not in text and "sk-LLM0" not in text, text
         assert "answered 401" in text and "Incorrect API key provided: ***." in text
+
+
+@pytest.mark.parametrize("tools", [[], TOOLS])
+async def test_a_call_to_a_tool_never_offered_goes_back_to_the_model(
+    start_server: StartServer, tools: list[dict[str, Any]]
+) -> None:
+    # Found by QA: a model's call to 'rm_rf_root' reached the client's handler, and with
+    # no tools offered at all the run paused for a call nobody could answer.
+    seen: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        call = {"type": "function", "function": {"name": "rm_rf_root", "arguments": "{}"}}
+        calls = [call | {"id": "call_bad"}]
+        calls.append({"id": "call_ok", "type": "function", "function": {"name": "lookup"}})
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        if len(seen) > 1:
+            message = {"role": "assistant", "content": "done"}
+        return web.json_response({"choices": [{"message": message}]})
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        body = {"message": "x", "tools": tools}
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+        if tools:  # only the offered call reaches the client
+            assert outcome["state"] == "paused", outcome
+            assert [c["function"]["name"] for c in outcome["toolCalls"]] == ["lookup"]
+            results = {"toolResults": [{"toolCallId": "call_ok", "output": 1}]}
+            outcome = (await server.call(
+                "POST", f"/runs/{outcome['executionId']}/tool-results", json=results,
+                params={"wait": "true"},
+            )).body  # fmt: skip
+        assert outcome["state"] == "completed" and outcome["output"] == "done", outcome
+        told = {m["tool_call_id"]: m["content"] for m in seen[1]["messages"] if m["role"] == "tool"}
+        offered = "lookup" if tools else "none"
+        refused = f"error: tool 'rm_rf_root' was not offered (offered: {offered})"
+        assert told["call_bad"] == refused
+        assert told["call_ok"] == ("1" if tools else refused.replace("rm_rf_root", "lookup"))

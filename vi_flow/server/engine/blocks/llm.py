@@ -8,7 +8,8 @@ previous step's output), ``system``, ``model`` (default the server's
 ``timeout`` (seconds per call, default 120). Attachments go in as ``image_url`` parts.
 The execution's ``tools`` and ``tool_choice`` are passed through; when the model asks
 for tools the run pauses for the client, then the conversation continues with the
-results. Reaching ``max_iterations`` without a final answer fails the step with code
+results; a call to a tool not among ``tools`` goes back to the model as an error result,
+without a pause. Reaching ``max_iterations`` without a final answer fails the step with code
 ``ITERATION_LIMIT``. The output is the final message's text; usage is summed over calls.
 An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM_ERROR``).
 """
@@ -217,8 +218,34 @@ def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
     return calls
 
 
+def _offered(ctx: BlockContext) -> set[str]:
+    """The names of the tools the execution offers the model."""
+    functions = (tool.get("function") for tool in ctx.tools if isinstance(tool, dict))
+    return {f["name"] for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)}
+
+
+def _refusal(call: ToolCall, offered: set[str]) -> dict[str, Any]:
+    """The error result of a call to a tool the execution did not offer."""
+    names = ", ".join(sorted(offered)) or "none"
+    content = f"error: tool {call.function.name!r} was not offered (offered: {names})"
+    return {"role": "tool", "tool_call_id": call.id, "content": content}
+
+
+def _assistant(message: dict[str, Any], calls: list[ToolCall]) -> dict[str, Any]:
+    return {"role": "assistant", "content": message.get("content"), "tool_calls": [
+        {"id": c.id, "type": "function",
+         "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in calls
+    ]}  # fmt: skip
+
+
 async def llm_block(ctx: BlockContext) -> Any:
-    """Talk to the model until it answers without tool calls, pausing for each tool round."""
+    """Talk to the model until it answers without tool calls, pausing for each tool round.
+
+    A call to a tool the execution did not offer is never sent to the client (which
+    could not run it, or would run what it never meant to expose): it goes back to the
+    model at once as an error result naming the tool.
+    """
     default = _extra(ctx, "llm_max_iterations", _DEFAULT_ITERATIONS)
     limit = checked_setting(ctx, "max_iterations", default, check_int, 1, MAX_ITERATIONS)
     if ctx.resume is None:
@@ -227,22 +254,23 @@ async def llm_block(ctx: BlockContext) -> Any:
         state = ctx.resume.state
         messages = [*state["messages"], *(_tool_message(r) for r in ctx.resume.results)]
         iterations, usage = int(state["iterations"]), ctx.resume.usage
-    if iterations >= limit:
-        raise StepError(
-            f"llm step {ctx.step_id!r} reached its limit of {limit} model calls"
-            " (max_iterations) without a final answer",
-            "ITERATION_LIMIT",
-        )
-    data = await _complete(ctx, _payload(ctx, messages))
-    usage = _add(usage, data.get("usage"))
-    message = data["choices"][0]["message"]
-    calls = _tool_calls(message, ctx)
-    if not calls:
-        return StepDone(output=message.get("content") or "", usage=usage)
-    assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": [
-        {"id": c.id, "type": "function",
-         "function": {"name": c.function.name, "arguments": c.function.arguments}}
-        for c in calls
-    ]}  # fmt: skip
-    state = {"messages": [*messages, assistant], "iterations": iterations + 1}
-    return Pause(tool_calls=calls, state=state, usage=usage)
+    offered = _offered(ctx)
+    while iterations < limit:
+        data = await _complete(ctx, _payload(ctx, messages))
+        usage = _add(usage, data.get("usage"))
+        message = data["choices"][0]["message"]
+        calls = _tool_calls(message, ctx)
+        if not calls:
+            return StepDone(output=message.get("content") or "", usage=usage)
+        refused = [_refusal(c, offered) for c in calls if c.function.name not in offered]
+        messages = [*messages, _assistant(message, calls), *refused]
+        iterations += 1
+        asked = [c for c in calls if c.function.name in offered]
+        if asked:
+            state = {"messages": messages, "iterations": iterations}
+            return Pause(tool_calls=asked, state=state, usage=usage)
+    raise StepError(
+        f"llm step {ctx.step_id!r} reached its limit of {limit} model calls"
+        " (max_iterations) without a final answer",
+        "ITERATION_LIMIT",
+    )
