@@ -171,7 +171,7 @@ def check_blocks(spec: FlowSpec, catalog: BlockCatalog, prefix: str = "") -> Non
         check_block_values(where, block.block, block.settings)
 
 
-SETTING_LIMITS: dict[tuple[str, str], tuple[str, float, float]] = {
+_RANGES: dict[tuple[str, str], tuple[str, float, float]] = {
     ("emit", "count"): ("integer", 0, MAX_EMIT_LINES),
     ("emit", "interval"): ("number", 0, MAX_EMIT_INTERVAL),
     ("llm", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
@@ -179,8 +179,14 @@ SETTING_LIMITS: dict[tuple[str, str], tuple[str, float, float]] = {
     ("tool", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
     ("task", "tail_lines"): ("integer", 0, MAX_TAIL_LINES),
 }
-"""(block type, setting in snake_case; its camelCase spelling too) -> the JSON type
-(``integer`` or ``number``) and the range a stored flow may give it."""
+
+SETTING_LIMITS: dict[tuple[str, str], tuple[str, float, float]] = {
+    (block, spelling): limits
+    for (block, name), limits in _RANGES.items()
+    for spelling in (name, camel(name))  # a block reads either spelling
+}
+"""(block type, setting) -> the JSON type (``integer`` or ``number``) and the range a
+stored flow may give it."""
 
 
 def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
@@ -190,10 +196,8 @@ def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> N
     Raises:
         APIProblem: 422 naming ``<where>.settings.<name>``.
     """
-    for (kind, snake), (number, low, high) in SETTING_LIMITS.items():
-        if kind != block:
-            continue
-        for name in {snake, camel(snake)} & settings.keys():
+    for (kind, name), (number, low, high) in SETTING_LIMITS.items():
+        if kind == block and name in settings:
             check = check_int if number == "integer" else check_number
             limited(check, f"{where}.settings.{name}", settings[name], low, high)
     if block == "task":
