@@ -184,3 +184,28 @@ async def test_delete_with_a_stale_etag_is_412_and_keeps_the_flow(server: Server
     assert fresh["spec"]["name"] == "two"
     gone = await server.call("DELETE", path, headers={"If-Match": f'"{fresh["etag"]}"'})
     assert gone.status == 200 and (await server.call("GET", path)).status == 404
+
+
+async def test_a_flow_spec_over_the_size_limit_is_refused_at_create_and_update(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run keeps a copy of its spec: a 28 MB flow made every execute of a few bytes
+    # store 53 MB (QA round 8). The limit is made small here (2 MiB bodies are slow).
+    from vi_flow.server.routes import flows
+
+    limit = 10_000
+    monkeypatch.setattr(flows, "MAX_FLOW_SPEC", limit)
+
+    def sized(text: int) -> dict[str, object]:
+        block = {"block": "template", "id": "t", "settings": {"template": "x" * text}}
+        return {"name": "big", "blocks": [block]}
+
+    fits = await server.call("POST", "/flows", json=sized(limit - 200))
+    assert fits.status == 201, fits.body
+    for method, path in (("POST", "/flows"), ("PUT", f"/flows/{fits.body['flowId']}")):
+        answer = await server.call(method, path, json=sized(limit + 1))
+        assert answer.status == 422, answer.body
+        assert f"the most is {limit}" in answer.body["error"]["message"]
+    wrapped = await server.call("POST", "/flows", json={"spec": sized(limit)})
+    assert wrapped.body["error"]["message"].startswith("spec: the flow spec is")
+    assert len((await server.call("GET", "/flows")).body["items"]) == 1

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_EMIT_INTERVAL",
     "MAX_EMIT_LINES",
     "MAX_EMIT_TEXT",
+    "MAX_FLOW_SPEC",
     "MAX_ID_LENGTH",
     "MAX_INT",
     "MAX_ITERATIONS",
@@ -78,6 +79,10 @@ MAX_ID_LENGTH = 128
 
 MAX_BLOCKS = 1000
 """The most blocks (and declared inputs) in one flow."""
+
+MAX_FLOW_SPEC = 2 * 1024 * 1024
+"""The largest flow spec, in bytes of JSON: each run keeps a copy of the spec it ran, so
+a larger one would let a request of a few bytes store megabytes."""
 
 MAX_PATH_LENGTH = 4096
 """The longest relative path (a working directory, an artifact)."""

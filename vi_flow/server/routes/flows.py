@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ...models.flows import DeletedFlow, Flow, FlowSpec
-from ...models.limits import MAX_INT, shown
+from ...models.limits import MAX_FLOW_SPEC, MAX_INT, shown
 from ..errors import APIProblem
 from ..flowsecrets import holds_redacted, kept_env, shown_flow
 from ..helpers import (
@@ -50,6 +51,11 @@ async def _read_spec(
         spec = kept_env(spec, None if stored is None else (await stored()).spec, prefix)
     # Checked at create and update, so a bad block fails now, not at execute.
     check_blocks(spec, request.app[EXECUTION_ENGINE_KEY].registry, prefix)
+    if (size := len(orjson.dumps(body))) > MAX_FLOW_SPEC:  # every run keeps a copy
+        raise APIProblem.validation(
+            prefix.rstrip(".") or "body",
+            f"the flow spec is {size} bytes of JSON; the most is {MAX_FLOW_SPEC}",
+        )
     return spec
 
 
