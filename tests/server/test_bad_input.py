@@ -530,3 +530,14 @@ async def test_a_huge_bad_value_is_named_never_echoed_whole(server: Server) -> N
     for answer in refused:
         assert 400 <= answer.status < 500, answer.raw[:300]
         assert len(answer.raw) < 2000, answer.raw[:300]
+
+
+async def test_the_lists_answered_whole_still_check_their_paging(server: Server) -> None:
+    # The token and SSH key lists took pageSize=-1 and another list's page token (QA).
+    tokens = "/organizations/org_default/tokens"
+    for path in (tokens, "/ssh-keys"):
+        _refused(await server.call("GET", path, params={"pageSize": "-1"}), "pageSize")
+        bad = await server.call("GET", path, params={"pageToken": "not-a-token"})
+        assert bad.status == 400 and bad.body["error"]["code"] == "INVALID_PAGE_TOKEN"
+        whole = await server.call("GET", path, params={"pageSize": "1"})
+        assert whole.status == 200 and whole.body.get("nextPage") is None

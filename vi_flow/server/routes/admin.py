@@ -11,7 +11,7 @@ from aiohttp import web
 from ...models.limits import check_name
 from ...models.server import identity_proof
 from ..errors import APIProblem
-from ..helpers import idempotent, json_response, principal_of, read_body
+from ..helpers import idempotent, json_response, paginate, principal_of, read_body
 from ..middleware import credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
@@ -87,8 +87,10 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    """An organization's tokens (admin only): names, never the tokens themselves."""
+    """An organization's tokens (admin only): names, never the tokens themselves; the
+    list is answered whole (its paging parameters are checked, as every list's)."""
     _require_admin(request)
+    paginate(request)
     items = await request.app[STORE_KEY].list_tokens(request.match_info["organizationId"])
     return json_response({"items": items, "nextPage": None})
 

@@ -584,7 +584,8 @@ async def create_ssh_key(request: web.Request) -> web.StreamResponse:
 
 
 async def list_ssh_keys(request: web.Request) -> web.StreamResponse:
-    """List the organization's SSH keys."""
+    """List the organization's SSH keys, whole (the paging parameters are checked)."""
+    paginate(request)
     return json_response({"items": await _service(request).ssh.list_ssh_keys(org_of(request))})
 
 
