@@ -573,6 +573,26 @@ async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
 
 
 @pytest.mark.timeout(120)
+async def test_a_reservation_held_on_a_is_named_on_b_not_404(cluster: Cluster) -> None:
+    # The local provider's reservations hold their host's capacity: B answered one made
+    # on A 404, and a task sent to B for it was refused as if it did not exist (QA).
+    a, b, _ = await three(cluster)
+    made = await call(a, "POST", "/reservations", json={"cpus": 1, "durationHours": 1})
+    assert made.status == 201, made.body
+    path = f"/reservations/{made.body['reservationId']}"
+    assert (await call(a, "GET", path)).status == 200
+    for answer in (
+        await call(b, "GET", path),
+        await call(b, "POST", "/tasks", json={"command": "true", "reservationId": path[14:]}),
+    ):
+        assert answer.status == 409, answer.body
+        assert answer.body["error"]["code"] == "RESERVATION_ON_OTHER_REPLICA"
+        assert "'a'" in answer.body["error"]["message"]
+    assert (await call(b, "GET", "/tasks")).body["items"] == []
+    assert (await call(a, "DELETE", path)).status == 200
+
+
+@pytest.mark.timeout(120)
 async def test_a_key_revoked_on_a_ends_its_quiet_streams_on_b_at_once(cluster: Cluster) -> None:
     # A stream waiting for a run's next event looked at its key only when it had one to
     # send: up to a heartbeat (15 s) after the revocation, on any replica (QA round 8).

@@ -450,6 +450,8 @@ async def _owned(request: web.Request, reservation_id: str) -> Reservation:
     for item in reservations:
         if item.reservation_id == reservation_id:
             return item
+    if (elsewhere := await service.reservation_elsewhere(reservation_id)) is not None:
+        raise elsewhere
     raise APIProblem.not_found("NOT_FOUND", "reservation", reservation_id)
 
 

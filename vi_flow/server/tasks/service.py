@@ -74,6 +74,8 @@ MIGRATIONS = (
     ("tasks-5-files-on", "ALTER TABLE tasks ADD COLUMN files_on TEXT;"),
     # The name of the API key that registered an SSH key: revoking it deletes the key.
     ("tasks-6-ssh-key-added-by", "ALTER TABLE ssh_keys ADD COLUMN added_by TEXT;"),
+    # The replica whose provider holds a reservation (the local provider's are per host).
+    ("tasks-7-reservation-held-on", "ALTER TABLE reservation_orgs ADD COLUMN held_on TEXT;"),
 )
 """The task feature's tables, applied once each, in order, when the service starts."""
 
@@ -440,6 +442,8 @@ class TaskService:
             raise APIProblem.validation(
                 "reservationId", f"reservation {reservation_id!r} not found"
             )
+        if (elsewhere := await self.reservation_elsewhere(reservation_id)) is not None:
+            raise elsewhere
 
     # -- cancel / wait -----------------------------------------------------------------
 
@@ -510,13 +514,35 @@ class TaskService:
 
         def claim(conn: Connection) -> None:
             conn.execute(
-                "INSERT INTO reservation_orgs VALUES (?, ?) ON CONFLICT (reservation_id)"
-                " DO UPDATE SET org_id = excluded.org_id",
-                (reservation.reservation_id, org_id),
+                "INSERT INTO reservation_orgs (reservation_id, org_id, held_on) VALUES (?, ?, ?)"
+                " ON CONFLICT (reservation_id)"
+                " DO UPDATE SET org_id = excluded.org_id, held_on = excluded.held_on",
+                (reservation.reservation_id, org_id, self.replica.name),
             )
             save(conn, reservation)
 
         await self.store.run(claim)
+
+    async def reservation_elsewhere(self, reservation_id: str) -> APIProblem | None:
+        """The 409 ``RESERVATION_ON_OTHER_REPLICA`` for a reservation that another
+        replica's provider holds (the local provider's capacity is its host's), else None."""
+        if not self.replica.shared or isinstance(self.provider, ClusterPoller):
+            return None
+        row = await self.store.run(
+            lambda c: c.execute(
+                "SELECT held_on FROM reservation_orgs WHERE reservation_id = ?",
+                (reservation_id,),
+            ).fetchone()
+        )
+        if row is None or row["held_on"] in (None, self.replica.name):
+            return None
+        return APIProblem(
+            409,
+            "RESERVATION_ON_OTHER_REPLICA",
+            f"reservation {reservation_id!r} holds capacity on the host of server replica"
+            f" {row['held_on']!r} (the local provider): send its requests, and the tasks that"
+            " run in it, to that replica",
+        )
 
     async def reservation_org(self, reservation_id: str) -> str | None:
         """The organization owning a reservation, ``None`` if not recorded."""
