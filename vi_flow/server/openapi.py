@@ -276,6 +276,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
                 organizationId={"anyOf": [_STR, {"type": "null"}]},
             ),
             "required": ["olderThan"],
+            "additionalProperties": False,  # a prune refuses what it does not know
         },
         answer=PruneResult,
     ),
