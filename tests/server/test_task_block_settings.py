@@ -67,6 +67,8 @@ async def test_an_overridden_env_of_the_wrong_shape_is_never_shown(server: Serve
     body = {"trace": True, "blockOverrides": {"t": {"env": SECRET}}}
     outcome = await server.call("POST", f"/flows/{made.body['flowId']}/execute", json=body)
     assert outcome.status == 422, outcome.body
-    assert outcome.body["error"]["message"].startswith("blockOverrides.t.settings.env:"), outcome.body
+    assert outcome.body["error"]["message"].startswith("blockOverrides.t.settings.env:"), (
+        outcome.body
+    )
     assert SECRET not in outcome.raw.decode()
     assert (await server.call("GET", "/runs")).body["items"] == []

@@ -33,7 +33,7 @@ async def test_organizations_and_tokens(store: Store) -> None:
     assert await store.lookup_token("vf_unknown") is None
     names = [(t["name"], t["admin"]) for t in await store.list_tokens(org)]
     assert sorted(names) == [("ci", False), ("ops", True)]
-    assert await store.revoke_tokens(org, "ci") == 1
+    assert await store.revoke_tokens(org, "ci") == (1, [])
     with pytest.raises(APIProblem) as refused:
         await store.revoke_tokens(org, "ops")
     assert refused.value.status == 409

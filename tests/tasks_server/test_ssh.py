@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,40 @@ async def test_revoking_an_api_key_deletes_the_ssh_keys_it_registered_and_ends_t
     async with _connect(endpoint, ours) as conn:
         assert (await conn.run("echo still")).stdout == "still\n"
     await server.call("POST", f"{path}/cancel", json={"force": True}, token=staying)
+
+
+@pytest.mark.anyio
+async def test_a_public_key_line_past_8_kib_is_refused(server: TaskServer) -> None:
+    # A made-up 50,000-bit RSA key was taken; its deletion then told the other replicas
+    # more than PostgreSQL's NOTIFY carries, and every delete of it was a 500 (review).
+    def field(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    modulus = b"\x7f" + b"\xff" * 6249
+    blob = field(b"ssh-rsa") + field(b"\x01\x00\x01") + field(modulus)
+    line = "ssh-rsa " + base64.b64encode(blob).decode()
+    answer = await server.call("POST", "/ssh-keys", json={"name": "huge", "publicKey": line})
+    assert answer.status == 422, answer.body
+    assert answer.body["error"]["message"].startswith("publicKey: the key is 8"), answer.body
+    assert (await server.call("GET", "/ssh-keys")).body["items"] == []
+
+
+@pytest.mark.anyio
+async def test_revoking_a_key_named_as_the_admin_token_leaves_the_admins_ssh_keys(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # SSH keys go with the API keys of their name; the admin token is never revoked, so
+    # a member key given its name must not take the admin's SSH keys along (review).
+    admin = (await server.call("GET", "/whoami")).body
+    public = client_key.export_public_key().decode()
+    made = await server.call("POST", "/ssh-keys", json={"name": "ops", "publicKey": public})
+    assert made.status in (200, 201), made.body
+    path = f"/organizations/{admin['organizationId']}/tokens"
+    assert (await server.call("POST", path, json={"name": admin["tokenName"]})).status == 201
+    revoked = await server.call("DELETE", f"{path}/{admin['tokenName']}")
+    assert revoked.status == 200 and revoked.body["revoked"] == 1, revoked.body
+    (kept,) = (await server.call("GET", "/ssh-keys")).body["items"]
+    assert kept["addedBy"] == admin["tokenName"]
 
 
 @pytest.mark.anyio

@@ -513,9 +513,21 @@ class Store:
         """The organization's tokens: name, admin flag and creation time, never a secret."""
         return await self.run(lambda c: rec.list_tokens(c, org_id))
 
-    async def revoke_tokens(self, org_id: str, name: str) -> int:
-        """Delete the organization's tokens named ``name``; returns how many."""
-        return await self.run(lambda c: rec.revoke_tokens(c, org_id, name))
+    async def revoke_tokens(
+        self,
+        org_id: str,
+        name: str,
+        *,
+        also: Callable[[Connection, str, str], list[str]] | None = None,
+    ) -> tuple[int, list[str]]:
+        """Delete the organization's tokens named ``name``, and do ``also(conn, org_id,
+        name)`` in the same transaction; returns how many, and what ``also`` returned."""
+
+        def revoke(c: Connection) -> tuple[int, list[str]]:
+            count = rec.revoke_tokens(c, org_id, name)
+            return count, [] if also is None else also(c, org_id, name)
+
+        return await self.run(revoke)
 
     async def lookup_token(self, token: str) -> tuple[str, str, bool] | None:
         """``(organization_id, token_name, admin)`` for a bearer token, or ``None``."""

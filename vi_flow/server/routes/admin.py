@@ -15,7 +15,7 @@ from ..helpers import idempotent, json_response, paginate, principal_of, read_bo
 from ..middleware import credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
-from .tasks import forget_keys_of_revoked
+from .tasks import drop_logins_of, forget_keys_of_revoked
 
 __all__ = ["setup"]
 
@@ -99,8 +99,11 @@ async def revoke_token(request: web.Request) -> web.Response:
     """Revoke an organization's tokens of one name (admin only); refused at once."""
     _require_admin(request)
     org_id, name = request.match_info["organizationId"], request.match_info["name"]
-    count = await request.app[STORE_KEY].revoke_tokens(org_id, name)
-    await forget_keys_of_revoked(request.app, org_id, name)  # and their SSH logins
+    # the SSH keys they registered go in the same transaction, then their logins
+    count, gone = await request.app[STORE_KEY].revoke_tokens(
+        org_id, name, also=forget_keys_of_revoked(request.app)
+    )
+    drop_logins_of(request.app, org_id, gone)
     await credentials_gone(request.app)  # its open streams end now, on every replica
     return json_response({"name": name, "revoked": count})
 

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from ...models.tasks import (
     TaskStatus,
     VolumeRequest,
 )
+from ..db import Connection
 from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
 from ..errors import APIProblem
 from ..helpers import (
@@ -597,15 +598,24 @@ async def get_ssh_key(request: web.Request) -> web.StreamResponse:
     return json_response(key)
 
 
-async def forget_keys_of_revoked(app: web.Application, org_id: str, token_name: str) -> None:
-    """The API keys named ``token_name`` were revoked: delete the SSH keys they
-    registered, and end the connections that logged in with those (here; the other
-    replicas are told)."""
-    if TASKS_KEY not in app:
-        return
-    for line in await app[TASKS_KEY].ssh.delete_keys_added_by(org_id, token_name):
-        if SSHD_KEY in app:
-            app[SSHD_KEY].drop_logins(org_id, line)
+def forget_keys_of_revoked(app: web.Application) -> Callable[[Connection, str, str], list[str]]:
+    """What revoking the API keys of a name does to SSH, in the revoking transaction:
+    the SSH keys they registered are deleted (:meth:`SSHAccess.delete_keys_added_by`);
+    the caller then ends the logins made with them (:func:`drop_logins_of`)."""
+
+    def forget(conn: Connection, org_id: str, token_name: str) -> list[str]:
+        if TASKS_KEY not in app:
+            return []
+        return app[TASKS_KEY].ssh.delete_keys_added_by(conn, org_id, token_name)
+
+    return forget
+
+
+def drop_logins_of(app: web.Application, org_id: str, fingerprints: list[str]) -> None:
+    """Close this server's SSH connections that logged in with those keys (deleted)."""
+    if SSHD_KEY in app:
+        for fingerprint in fingerprints:
+            app[SSHD_KEY].drop_logins(org_id, fingerprint)
 
 
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
@@ -615,7 +625,7 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     # connections that logged in with it end now, here and (told by the delete's
     # message) on the other replicas: their new channels would be refused, but an SFTP
     # session opened on one is not looked at again
-    request.app[SSHD_KEY].drop_logins(org, key.public_key)
+    request.app[SSHD_KEY].drop_logins(org, key.fingerprint)
     return json_response({"keyId": key_id, "deleted": True})
 
 

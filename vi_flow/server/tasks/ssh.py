@@ -20,7 +20,7 @@ import orjson
 from ...models.limits import check_name, is_private_key
 from ...models.tasks import SSHEndpoint, SSHKey, TaskStatus
 from ..clock import now_ms
-from ..db import Connection, Row
+from ..db import Connection, Row, for_update
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
 from ..replicas import Replica
@@ -31,7 +31,10 @@ from .records import TaskRecords
 __all__ = ["KEY_DELETED", "SSHAccess", "SessionContext"]
 
 KEY_DELETED = "kd"
-"""The replicas' message of a deleted key: ``[kind, sender, org id, public key line]``."""
+"""The replicas' message of a deleted key: ``[kind, sender, org id, SHA256 fingerprint]``."""
+
+MAX_KEY_LINE = 8192
+"""The longest public key line taken (an RSA key of 16384 bits is about 2,800)."""
 
 
 @attrs.frozen
@@ -105,6 +108,10 @@ class SSHAccess:
             raise APIProblem.validation("name", "required")
         fingerprint = key.get_fingerprint("sha256")
         line = key.export_public_key("openssh").decode().strip()
+        if len(line) > MAX_KEY_LINE:  # an RSA key of 16384 bits is about 2,800
+            raise APIProblem.validation(
+                "publicKey", f"the key is {len(line)} characters long; the most is {MAX_KEY_LINE}"
+            )
         row = (new_id("sshkey"), org_id, name, line, fingerprint, now_ms(), added_by)
         found, created = await self._store.run(lambda c: _insert_key(c, row))
         return _ssh_key(found), created
@@ -139,29 +146,29 @@ class SSHAccess:
 
         def delete(c: Connection) -> None:
             c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
-            self._replica.send(c, KEY_DELETED, org_id, key.public_key)
+            self._replica.send(c, KEY_DELETED, org_id, key.fingerprint)
 
         await self._store.run(delete)
         return key
 
-    async def delete_keys_added_by(self, org_id: str, token_name: str) -> list[str]:
-        """Delete the organization's keys that the API keys named ``token_name``
-        registered (they were revoked); returns their public key lines. The other
+    def delete_keys_added_by(self, conn: Connection, org_id: str, token_name: str) -> list[str]:
+        """In the transaction on ``conn`` that revoked the API keys named ``token_name``:
+        delete the organization's SSH keys they registered, unless a key of that name is
+        left (the admin token's name: it is never revoked); their fingerprints. The other
         replicas close the connections that logged in with them (``kd``)."""
-
-        def delete(c: Connection) -> list[str]:
-            rows = c.execute(
-                "SELECT public_key FROM ssh_keys WHERE org_id = ? AND added_by = ?",
-                (org_id, token_name),
-            ).fetchall()
-            c.execute(
-                "DELETE FROM ssh_keys WHERE org_id = ? AND added_by = ?", (org_id, token_name)
-            )
-            for row in rows:
-                self._replica.send(c, KEY_DELETED, org_id, row["public_key"])
-            return [str(row["public_key"]) for row in rows]
-
-        return await self._store.run(delete)
+        left = conn.execute(
+            "SELECT 1 FROM tokens WHERE org_id = ? AND name = ?", (org_id, token_name)
+        ).fetchone()
+        if left is not None:
+            return []
+        rows = conn.execute(
+            "SELECT fingerprint FROM ssh_keys WHERE org_id = ? AND added_by = ?",
+            (org_id, token_name),
+        ).fetchall()
+        conn.execute("DELETE FROM ssh_keys WHERE org_id = ? AND added_by = ?", (org_id, token_name))
+        for row in rows:
+            self._replica.send(conn, KEY_DELETED, org_id, row["fingerprint"])
+        return [str(row["fingerprint"]) for row in rows]
 
     # -- ssh sessions ------------------------------------------------------------------
 
@@ -253,7 +260,14 @@ class SSHAccess:
 def _insert_key(conn: Connection, row: tuple[object, ...]) -> tuple[Row, bool]:
     """Insert ``(key_id, org_id, name, line, fingerprint, created, added_by)`` unless
     the organization has that fingerprint; returns the key's row and whether it is new."""
-    key_id, org_id, _, _, fingerprint, _, _ = row
+    key_id, org_id, _, _, fingerprint, _, added_by = row
+    if added_by is not None:  # its API key's rows locked: a revocation waits, or came first
+        alive = conn.execute(
+            "SELECT 1 FROM tokens WHERE org_id = ? AND name = ?" + for_update(conn),
+            (org_id, added_by),
+        ).fetchall()
+        if not alive:
+            raise APIProblem(401, "UNAUTHENTICATED", "the API key was revoked")
     existing = conn.execute(
         "SELECT * FROM ssh_keys WHERE org_id = ? AND fingerprint = ?", (org_id, fingerprint)
     ).fetchone()

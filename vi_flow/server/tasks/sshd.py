@@ -130,6 +130,7 @@ class _Server(asyncssh.SSHServer):
         self._registry = registry
         self._conn: asyncssh.SSHServerConnection | None = None
         self._accepted: tuple[str, bytes] | None = None
+        self._fingerprint = ""  # the accepted key's SHA256 fingerprint
         self._checked_at = -_RECHECK_AFTER  # when the task and the key were last read
         self.context: SessionContext | None = None
         self.limits = limits
@@ -209,6 +210,7 @@ class _Server(asyncssh.SSHServer):
             return True
         if await self._registered(context.organization_id, wanted):
             self._accepted = (username, wanted)
+            self._fingerprint = key.get_fingerprint("sha256")
             self._checked_at = time.monotonic()
             return True
         log.info("ssh: refused login %r (key not registered for its organization)", username)
@@ -222,12 +224,13 @@ class _Server(asyncssh.SSHServer):
                     return True
         return False
 
-    def logged_in_with(self, org_id: str, public_data: bytes) -> bool:
-        """Whether this connection logged in to a task of ``org_id`` with that key."""
+    def logged_in_with(self, org_id: str, fingerprint: str) -> bool:
+        """Whether this connection logged in to a task of ``org_id`` with the key of that
+        SHA256 fingerprint."""
         context = self.context
         return (
             self._accepted is not None
-            and self._accepted[1] == public_data
+            and self._fingerprint == fingerprint
             and context is not None
             and context.organization_id == org_id
         )
@@ -249,17 +252,15 @@ class _Server(asyncssh.SSHServer):
         return context
 
 
-def drop_logins(connections: set[asyncssh.SSHServerConnection], org_id: str, line: str) -> int:
-    """Close each connection that logged in to ``org_id`` with the public key ``line``;
-    how many."""
-    try:
-        wanted = asyncssh.import_public_key(line).public_data
-    except (asyncssh.KeyImportError, ValueError):
-        return 0
+def drop_logins(
+    connections: set[asyncssh.SSHServerConnection], org_id: str, fingerprint: str
+) -> int:
+    """Close each connection that logged in to ``org_id`` with the key of that SHA256
+    ``fingerprint``; how many."""
     closed = 0
     for conn in list(connections):
         owner = conn.get_owner()
-        if isinstance(owner, _Server) and owner.logged_in_with(org_id, wanted):
+        if isinstance(owner, _Server) and owner.logged_in_with(org_id, fingerprint):
             conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the SSH key of this login was deleted")
             closed += 1
     return closed

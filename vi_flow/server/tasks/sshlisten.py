@@ -117,14 +117,14 @@ class TaskSSHServer:
         """SSH connections open now (shells, log follows, SFTP): clients, for the idle exit."""
         return len(self._connections)
 
-    def drop_logins(self, org_id: str, public_key: str) -> None:
-        """Close the connections that logged in to ``org_id``'s tasks with ``public_key``
-        (an OpenSSH public key line): it was deleted."""
+    def drop_logins(self, org_id: str, fingerprint: str) -> None:
+        """Close the connections that logged in to ``org_id``'s tasks with the key of
+        that SHA256 ``fingerprint``: it was deleted."""
         if self._acceptor is None:  # never served: no connection to close
             return
         from . import sshd
 
-        closed = sshd.drop_logins(self._connections, org_id, public_key)
+        closed = sshd.drop_logins(self._connections, org_id, fingerprint)
         if closed:
             log.info("ssh: closed %d connection(s) of a deleted key", closed)
 
