@@ -191,6 +191,8 @@ async def test_streams_waiting_for_an_event_end_at_once_when_their_key_or_sessio
 
     by_key = stream({"Authorization": f"Bearer {token}"})
     by_cookie = stream({"Cookie": by_key_cookie["Cookie"]})
+    staying = await server.call("POST", f"/organizations/{org}/tokens", json={"name": "stays"})
+    by_other_key = stream({"Authorization": f"Bearer {staying.body['token']}"})
     by_signed_out = stream({"Cookie": signed_out["Cookie"]})
     await asyncio.sleep(1.5)  # each has the first event and waits 30 s for the next
     ended = await server.call("POST", "/../console/api/signout", token="", headers=signed_out)
@@ -203,6 +205,9 @@ async def test_streams_waiting_for_an_event_end_at_once_when_their_key_or_sessio
         for frames in (await by_key, await by_cookie):
             sent = b"".join(frames)
             assert b'"line":"event 1"' in sent and b'"line":"event 2"' not in sent, sent
+    await asyncio.sleep(0.5)
+    assert not by_other_key.done()  # the organization's other key was not revoked
+    by_other_key.cancel()
 
 
 async def test_pages_forbid_other_hosts_and_the_code_is_never_logged(

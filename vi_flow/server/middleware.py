@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import logging
@@ -29,7 +28,9 @@ import secrets
 import sqlite3
 import time
 import weakref
+from typing import Any
 
+import attrs
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,7 +38,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
-from .console.sessions import COOKIE, session_principal
+from .console.sessions import COOKIE, session_hash, session_principal
 from .db import DatabaseUnavailable
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
@@ -45,6 +46,7 @@ from .state import REPLICA_KEY, STORE_KEY, Principal
 
 __all__ = [
     "PUBLIC_PATHS",
+    "Gone",
     "StillAuthorized",
     "access_middleware",
     "auth_middleware",
@@ -339,28 +341,42 @@ class StillAuthorized:
 
     :meth:`holds` looks again at most once a :data:`TOKEN_CACHE_SECONDS` (a bearer token
     through the same cache as requests, so many streams of one key cost one lookup).
-    When keys are revoked or sessions end (:func:`credentials_gone`), every open stream
-    looks at once (:meth:`recheck`): :meth:`holds` answers ``False`` from then on, and a
-    stream given its ``response`` (one that calls :meth:`holds` before every write, and
-    may wait long for its next one) is ended there and then, its connection closed.
+    When keys are revoked or a session ends (:func:`credentials_gone`), the open streams
+    of those keys or that session look at once (:meth:`recheck`): :meth:`holds` answers
+    ``False`` from then on, and a stream given its ``response`` (one that calls
+    :meth:`holds` before every write, and may wait long for its next one) is ended there
+    and then, its connection closed.
 
     Args:
         request: The stream's request.
         response: Its prepared response, to end at once when its credentials go.
     """
 
-    __slots__ = ("__weakref__", "_cut", "_next", "_request", "_response")
+    __slots__ = ("__weakref__", "_cut", "_next", "_request", "_response", "_session")
 
     def __init__(self, request: web.Request, response: web.StreamResponse | None = None) -> None:
         self._request, self._response = request, response
         self._next = time.monotonic() + TOKEN_CACHE_SECONDS
         self._cut = False
+        by_cookie = not request.headers.get("Authorization") and COOKIE in request.cookies
+        self._session = session_hash(request) if by_cookie else None
         request.app[_STREAMS_KEY].add(self)
 
     @property
     def cut(self) -> bool:
         """Whether the stream's key or session was found gone: write nothing more."""
         return self._cut
+
+    def of(self, gone: Gone) -> bool:
+        """Whether this stream's credentials are among ``gone``."""
+        if gone.session is not None:
+            return self._session == gone.session
+        principal = self._request.get(PRINCIPAL)
+        return (
+            principal is not None
+            and principal.organization_id == gone.org_id
+            and principal.token_name == gone.token_name
+        )
 
     async def holds(self) -> bool:
         """``False`` once the request's key or session is gone (a database error is not
@@ -371,7 +387,7 @@ class StillAuthorized:
         if now < self._next or PRINCIPAL not in self._request:
             return True
         self._next = now + TOKEN_CACHE_SECONDS
-        return await self._look()
+        return await self._look() and not self._cut  # recheck may have cut it meanwhile
 
     async def _look(self) -> bool:
         try:
@@ -395,17 +411,31 @@ class StillAuthorized:
         transport = self._request.transport
         if transport is None or transport.is_closing():
             return
-        with contextlib.suppress(Exception):  # a client gone, or not reading
+        try:
             await asyncio.wait_for(response.write_eof(), _END_WITHIN)
-        transport.close()  # after what was written: no next request waits on it
+        except Exception:  # a client gone, or not reading: no flush to wait for
+            transport.abort()
+        else:
+            transport.close()  # after what was written: no next request waits on it
 
 
 _END_WITHIN = 2.0
 """Seconds a cut stream's client has to take the end of its body before its connection
-is closed all the same."""
+is dropped all the same."""
 
 CREDENTIALS_GONE = "cg"
-"""The replicas' message that keys were revoked or a console session ended."""
+"""The replicas' message that keys were revoked or a console session ended:
+``[kind, sender, org id, token name or None, session hash or None]``."""
+
+
+@attrs.frozen
+class Gone:
+    """Credentials that went: the API keys of ``token_name`` in ``org_id`` (revoked), or
+    the console session whose id hashes to ``session`` (signed out)."""
+
+    org_id: str
+    token_name: str | None = None
+    session: str | None = None
 
 
 def forget_tokens(app: web.Application) -> None:
@@ -413,24 +443,25 @@ def forget_tokens(app: web.Application) -> None:
     app[_TOKENS_KEY].clear()
 
 
-async def credentials_gone(app: web.Application) -> None:
-    """Keys were revoked or a console session ended (committed): every open stream of
-    this server is cut now if its own went (before the caller answers: nothing more is
-    sent after the answer), and the other replicas' streams as they hear of it."""
-    await app[STORE_KEY].run(lambda c: app[REPLICA_KEY].send(c, CREDENTIALS_GONE))
-    await _recheck(app)
+async def credentials_gone(app: web.Application, gone: Gone) -> None:
+    """``gone`` went (committed): the open streams it authorized on this server are cut
+    now (before the caller answers: nothing more is sent after the answer), and those on
+    the other replicas as they hear of it."""
+    message = (gone.org_id, gone.token_name, gone.session)
+    await app[STORE_KEY].run(lambda c: app[REPLICA_KEY].send(c, CREDENTIALS_GONE, *message))
+    await _recheck(app, gone)
 
 
-def _heard_credentials_gone(app: web.Application) -> None:
-    spawn(app[_CHECKS_KEY], _recheck(app))
+def _heard_credentials_gone(app: web.Application, message: list[Any]) -> None:
+    gone = Gone(str(message[2]), message[3], message[4])
+    spawn(app[_CHECKS_KEY], _recheck(app, gone))
 
 
-async def _recheck(app: web.Application) -> None:
-    """Forget cached tokens, and have every open stream look at its credentials now."""
+async def _recheck(app: web.Application, gone: Gone) -> None:
+    """Forget cached tokens, and have the open streams of ``gone`` look at once."""
     forget_tokens(app)
     open_now: weakref.WeakSet[StillAuthorized] = app[_STREAMS_KEY]
-    for stream in list(open_now):
-        await stream.recheck()
+    await asyncio.gather(*(stream.recheck() for stream in list(open_now) if stream.of(gone)))
 
 
 @web.middleware
@@ -457,7 +488,7 @@ def setup_middleware(app: web.Application) -> None:
     app[_TOKENS_KEY] = {}
     app[_STREAMS_KEY] = weakref.WeakSet()
     app[_CHECKS_KEY] = set()
-    app[REPLICA_KEY].handle(CREDENTIALS_GONE, lambda _: _heard_credentials_gone(app))
+    app[REPLICA_KEY].handle(CREDENTIALS_GONE, lambda m: _heard_credentials_gone(app, m))
     # Outermost first: the access line sees the final status and the organization.
     app.middlewares.extend([access_middleware, error_middleware, auth_middleware])
     app.on_response_prepare.append(_stamp_request_id)

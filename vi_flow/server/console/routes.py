@@ -22,7 +22,7 @@ from aiohttp import web
 
 from ..errors import APIProblem
 from ..helpers import PRINCIPAL, json_response, principal_of, read_body
-from ..middleware import credentials_gone
+from ..middleware import Gone, credentials_gone
 from ..routes.executions import EXECUTION_ENGINE_KEY
 from ..state import STORE_KEY
 from ..tasks import TASKS_KEY
@@ -180,9 +180,11 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     """End the session (CSRF-checked) and drop its cookie."""
-    sessions.check_csrf(request, await _signed_in(request))
+    session = await _signed_in(request)
+    sessions.check_csrf(request, session)
     await sessions.delete_session(request)
-    await credentials_gone(request.app)  # its open streams end now, on every replica
+    ended = Gone(session.principal.organization_id, session=sessions.session_hash(request))
+    await credentials_gone(request.app, ended)  # its open streams end now, on every replica
     response = web.Response(status=204, headers=SECURITY_HEADERS)
     response.del_cookie(COOKIE, path="/")
     return response

@@ -142,9 +142,14 @@ async def find_session(request: web.Request) -> ConsoleSession | None:
     return await request.app[STORE_KEY].run(lambda c: _find(c, session_id))
 
 
+def session_hash(request: web.Request) -> str:
+    """The stored hash of the session id in the request's cookie."""
+    return hash_token(request.cookies.get(COOKIE, ""))
+
+
 async def delete_session(request: web.Request) -> None:
     """Sign the request's session out (nothing happens without one)."""
-    digest = hash_token(request.cookies.get(COOKIE, ""))
+    digest = session_hash(request)
     await request.app[STORE_KEY].run(
         lambda c: c.execute("DELETE FROM console_sessions WHERE session_hash = ?", (digest,))
     )

@@ -12,7 +12,7 @@ from ...models.limits import check_name
 from ...models.server import identity_proof
 from ..errors import APIProblem
 from ..helpers import idempotent, json_response, paginate, principal_of, read_body
-from ..middleware import credentials_gone
+from ..middleware import Gone, credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
 from .tasks import drop_logins_of, forget_keys_of_revoked
@@ -104,7 +104,7 @@ async def revoke_token(request: web.Request) -> web.Response:
         org_id, name, also=forget_keys_of_revoked(request.app)
     )
     drop_logins_of(request.app, org_id, gone)
-    await credentials_gone(request.app)  # its open streams end now, on every replica
+    await credentials_gone(request.app, Gone(org_id, name))  # its streams end, everywhere
     return json_response({"name": name, "revoked": count})
 
 

@@ -219,15 +219,15 @@ async def _pump(
         if not await still.holds():
             return  # a revoked key or ended session: the stream ends, its next call is 401
         frames = await _read(stream, final=False)
-        if still.cut:
-            return  # found gone while the log was read (credentials_gone): nothing more
         if frames:
             for frame in frames:
+                if still.cut:  # found gone meanwhile (credentials_gone): nothing more
+                    return
                 await response.write(frame)
             poll, quiet_since = _POLL_MIN, time.monotonic()
             continue
         if await ended.check():
-            await _drain(response, stream)
+            await _drain(response, stream, still)
             return
         if not follow or _gone(request):
             return
@@ -238,12 +238,16 @@ async def _pump(
         poll = min(poll * 2, _POLL_MAX)
 
 
-async def _drain(response: web.StreamResponse, stream: _LogStream) -> None:
+async def _drain(response: web.StreamResponse, stream: _LogStream, still: StillAuthorized) -> None:
     """The task is over: send what it wrote before it ended, the last line too, then the end."""
     while frames := await _read(stream, final=True):
         for frame in frames:
+            if still.cut:
+                return
             await response.write(frame)
-    await response.write(await stream.end_frame())
+    end = await stream.end_frame()
+    if not still.cut:
+        await response.write(end)
 
 
 def _gone(request: web.Request) -> bool:
