@@ -305,3 +305,25 @@ async def test_block_settings_out_of_range_are_refused_when_stored(
     )
     assert override.status == 422, override.body
     assert override.body["error"]["message"].startswith(f"blockOverrides.c.settings.{problem}")
+
+
+async def test_a_setting_given_by_a_placeholder_is_checked_when_it_is_rendered(
+    server: Server,
+) -> None:
+    # The ranges checked when a flow is stored refused "{{ parameters.n }}" (review): a
+    # whole placeholder keeps its value's type, and the value is checked once rendered.
+    spec = {
+        "name": "templated",
+        "inputs": [{"name": "n"}],
+        "blocks": [{"block": "emit", "id": "e", "settings": {"count": "{{ parameters.n }}"}}],
+    }
+    made = await server.call("POST", "/flows", json={"spec": spec})
+    assert made.status == 201, made.body
+    run = f"/flows/{made.body['flowId']}/execute"
+    ran = await server.call("POST", run, json={"parameters": {"n": 2}})
+    assert ran.body["state"] == "completed" and ran.body["output"] == {"count": 2}, ran.body
+    over = await server.call("POST", run, json={"parameters": {"n": 3_000_000}})
+    assert over.body["state"] == "failed" and over.body["failedStep"] == "e", over.body
+    assert "count" in over.body["error"] and "1000000" in over.body["error"]
+    override = {"blockOverrides": {"e": {"interval": "{{ parameters.n }}"}}, "parameters": {"n": 0}}
+    assert (await server.call("POST", run, json=override)).body["state"] == "completed"

@@ -54,7 +54,7 @@ from ..models.tasks import (
 )
 from . import _openapi_parts as parts
 from .helpers import idempotent
-from .validation import SETTING_LIMITS
+from .validation import SETTING_LIMITS, TEMPLATE_TEXT
 
 __all__ = ["build_openapi", "json_schema"]
 
@@ -497,7 +497,8 @@ def _setting(block: str, name: str) -> dict[str, Any]:
     if limits is None:
         return {}
     number, low, high = limits
-    return {"type": number, "minimum": low, "maximum": high}
+    ranged = {"type": number, "minimum": low, "maximum": high}
+    return {"anyOf": [ranged, {"type": "string", "pattern": TEMPLATE_TEXT}]}  # or a template
 
 
 def _block_types(app: web.Application, components: dict[str, Any]) -> None:

@@ -189,6 +189,21 @@ SETTING_LIMITS: dict[tuple[str, str], tuple[str, float, float]] = {
 stored flow may give it."""
 
 
+TEMPLATE_TEXT = r"\{\{[\s\S]*\}\}"
+"""A setting's text that holds a ``{{ placeholder }}`` (a JSON Schema pattern: found
+anywhere in the text): rendered before its block reads it, and checked then (a whole
+placeholder keeps its value's type)."""
+
+
+def is_template(value: Any) -> bool:
+    """Whether ``value`` is text holding a placeholder (see :data:`TEMPLATE_TEXT`),
+    found in one pass (a regular expression would backtrack over many ``{{``)."""
+    if not isinstance(value, str):
+        return False
+    start = value.find("{{")
+    return start != -1 and value.find("}}", start + 2) != -1
+
+
 def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> None:
     """Check the values of a ``block`` block's settings (a flow's own or an execution's
     ``blockOverrides``, which must not lift a limit the flow was stored under).
@@ -197,7 +212,7 @@ def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> N
         APIProblem: 422 naming ``<where>.settings.<name>``.
     """
     for (kind, name), (number, low, high) in SETTING_LIMITS.items():
-        if kind == block and name in settings:
+        if kind == block and name in settings and not is_template(settings[name]):
             check = check_int if number == "integer" else check_number
             limited(check, f"{where}.settings.{name}", settings[name], low, high)
     if block == "task":
