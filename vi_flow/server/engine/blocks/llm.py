@@ -108,6 +108,13 @@ def _shown(ctx: BlockContext, text: str) -> str:
     return text
 
 
+def _quoted(ctx: BlockContext, raw: bytes, most: int) -> str:
+    """The first ``most`` characters of an endpoint's answer, its credentials hidden
+    before it is cut (a key across the cut would leave its first characters) and before
+    it is escaped for display (``repr`` spells "…" so that no pattern finds it)."""
+    return _shown(ctx, raw.decode("utf-8", "replace"))[:most]
+
+
 def _payload(ctx: BlockContext, messages: list[dict[str, Any]]) -> dict[str, Any]:
     body: dict[str, Any] = {"model": ctx.setting("model") or _extra(ctx, "llm_model", "default")}
     body["messages"] = messages
@@ -145,8 +152,8 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
             url, data=orjson.dumps(body), headers=headers, timeout=timeout
         ) as resp:
             if resp.status >= 400:
-                head = await _head(resp, _ERROR_SHOWN)
-                detail = _shown(ctx, head.decode("utf-8", "replace"))
+                head = await _head(resp, _ERROR_SHOWN + len(ctx.server.llm_api_key or "") + 64)
+                detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
             raw = await _answer(resp)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -157,7 +164,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(data["choices"][0]["message"], dict):
             raise TypeError("message is not an object")
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        answer = _shown(ctx, repr(raw[:200]))
+        answer = repr(_quoted(ctx, raw[: 264 + len(ctx.server.llm_api_key or "")], 200))
         raise StepError(f"llm endpoint sent an unexpected answer: {answer}", "LLM_ERROR") from exc
     return data
 
