@@ -368,6 +368,8 @@ def _record_mount(conn: Connection, row: tuple[str, ...]) -> None:
     found = conn.execute(
         "SELECT status, config, env FROM tasks WHERE task_id = ?" + for_update(conn), (task_id,)
     ).fetchone()
+    if found is None:  # pruned meanwhile
+        raise APIProblem.not_found("TASK_NOT_FOUND", "task", task_id)
     if TaskStatus(found["status"]).terminal:
         raise APIProblem.conflict(f"task {task_id!r} has ended ({found['status']})")
     names = [
