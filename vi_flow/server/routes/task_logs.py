@@ -91,7 +91,7 @@ def resume_point(request: web.Request) -> dict[str, int] | None:
 def since_query(request: web.Request) -> int | None:
     """The ``since`` parameter: a time in milliseconds since the epoch, or ``None``."""
     raw = request.query.get("since")
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if not raw.isdigit() or int(raw) > MAX_INT:
         raise APIProblem.validation(

@@ -219,10 +219,10 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
 async def task_logs(request: web.Request) -> web.StreamResponse:
     """Snapshot of a task's logs (tail, stream=stdout|stderr|both, since); with ``follow`` (or
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
+    tail = _int_query(request, "tail", 100, 0, MAX_TAIL)  # checked for a stream too
     if task_logs_sse.wants_stream(request):
         return await task_logs_sse.follow_logs(request)
     task_logs_sse.resume_point(request)  # a bad one is refused here too, as documented
-    tail = _int_query(request, "tail", 100, 0, MAX_TAIL)
     stream = request.query.get("stream", "stdout")
     stream = "both" if stream == "all" else stream  # as the stream's `all`
     if stream not in ("stdout", "stderr", "both"):
