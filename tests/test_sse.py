@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vi_flow import APIResponseValidationError
+from vi_flow import _sse as sse
 from vi_flow._sse import EVENT_NAMES, ServerSentEvent, SSEDecoder
 
 Event = tuple[str, bytes, "str | None", "int | None"]
@@ -211,3 +214,31 @@ def test_frames_without_id_or_event_leave_the_fast_path_alike() -> None:
     frames, events = SSEDecoder().feed_raw(stream)
     assert frames == [] and len(events) == 3
     assert decode_raw(stream) == reference(stream)
+
+
+def test_an_event_that_never_ends_is_refused_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # QA: a stream of data lines with no blank line took the client past 5 GB, and a line
+    # with no end past 600 MB; a vi_flow server never sends either.
+    monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 100_000)  # past the 64 KiB held as they come
+    line = b"data: " + b"x" * 1000
+    for chunks in (
+        [line] * 200,  # one line, no end
+        [line + b"\n"] * 200,  # lines, no blank line
+        [b"id: 1\nevent: log\ndata: {}\n\n", b": hi\n" + (line + b"\n") * 200],  # after a frame
+    ):
+        decoder = SSEDecoder()
+        with pytest.raises(APIResponseValidationError, match="without ending it"):
+            for chunk in chunks:
+                decoder.feed(chunk)
+    monkeypatch.setattr(sse, "MAX_EVENT_LINES", 10)
+    with pytest.raises(APIResponseValidationError, match="10 lines"):
+        SSEDecoder().feed(b"data: \n" * 20_000)
+    whole = SSEDecoder().feed(b"data: " + b"z" * 90_000 + b"\n\n")  # under the limit: read
+    assert len(whole[0].data) == 90_000
+
+
+def test_an_id_of_thousands_of_digits_is_no_canonical_frame() -> None:
+    # QA: the fast path's int() of a 5,000-digit id raised ValueError out of events().
+    decoder = SSEDecoder()
+    frames, events = decoder.feed_raw(b"id: " + b"9" * 5000 + b"\nevent: log\ndata: {}\n\n")
+    assert frames == [] and [e.event for e in events] == ["log"]

@@ -4,10 +4,11 @@ Every error a user can catch derives from :class:`ViFlowError`::
 
     ViFlowError
     ├── APIError                      the server could not be reached or answered badly
-    │   ├── APIConnectionError        no answer: refused, reset, DNS, TLS
+    │   ├── APIConnectionError        no answer: refused, reset, DNS, TLS, a malformed or cut answer
     │   │   ├── APITimeoutError       no answer in time
     │   │   └── LocalServerError      the home's local server could not be found or started
-    │   ├── APIResponseValidationError  an answer that is not the JSON it should be
+    │   ├── APIResponseValidationError  an answer that is not the JSON it should be, a redirect,
+    │   │                               or an answer or event past 256 MiB
     │   └── APIStatusError            a non-2xx answer (status, code, request id, body)
     │       ├── BadRequestError               400
     │       ├── AuthenticationError           401
@@ -128,7 +129,9 @@ class LocalServerError(APIConnectionError):
 
 
 class APIResponseValidationError(APIError):
-    """The server answered with a body that is not the JSON this client expects."""
+    """The server answered with a body that is not the JSON this client expects, with a
+    redirect (never followed: the request could go to another host), or with an answer or
+    an event of over 256 MiB (a vi_flow server never sends one: a proxy in the way?)."""
 
 
 class APIStatusError(APIError):

@@ -44,8 +44,6 @@ from .models._base import dumps_finite, from_wire
 if TYPE_CHECKING:
     import aiohttp
 
-    from ._stdlib_http import Answer
-
 __all__ = ["Connection", "Endpoint", "HTTPCore", "Sleep", "path"]
 
 T = TypeVar("T")
@@ -257,8 +255,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError, OverflowError):  # not a date: no wait asked
             return None
         seconds = parsed.timestamp() - time.time()
     return max(0.0, min(seconds, MAX_RETRY_AFTER))
@@ -382,7 +381,7 @@ class HTTPCore:
         """
         lean = self.connection.settings.http_transport == "stdlib"
         async with self._send(
-            method, url, json, params, headers, timeout, max_retries, lean=lean
+            method, url, json, params, headers, timeout, max_retries, lean=lean, whole=True
         ) as resp:
             body = await resp.read()
             request_id = resp.headers.get("X-Request-Id")
@@ -420,8 +419,10 @@ class HTTPCore:
         max_retries: int | None,
         *,
         lean: bool = False,
+        whole: bool = False,
     ) -> AsyncIterator[Any]:
-        """Yield the first 2xx answer: an aiohttp response, or a whole ``Answer`` when lean."""
+        """Yield the first 2xx answer: an aiohttp response, or a whole ``Answer`` when lean
+        or ``whole`` (its body read within the attempt: a body cut off is retried)."""
         endpoint = await self.connection.endpoint()
         self.connection.ensure_open()
         session = None if lean else self.connection.session()
@@ -432,8 +433,9 @@ class HTTPCore:
         deadline = None if budget.total is None else time.monotonic() + budget.total
         attempt = 0
         while True:
+            self.connection.ensure_open()  # closed while this call waited: ClientStateError
             try:
-                resp = await self._attempt(session, request, _within(budget, deadline))
+                resp = await self._attempt(session, request, _within(budget, deadline), whole)
             except APIConnectionError as exc:
                 if attempt >= retries or not request.retryable:
                     raise
@@ -448,6 +450,9 @@ class HTTPCore:
                     endpoint = await self.connection.reconnect(endpoint)
                     request.retarget(endpoint, url)
             else:
+                if 300 <= resp.status < 400:
+                    resp.release()
+                    raise _redirected(request, resp)
                 if resp.status < 400:
                     try:
                         yield resp
@@ -467,13 +472,17 @@ class HTTPCore:
             await self.sleep(delay)
 
     async def _attempt(
-        self, session: aiohttp.ClientSession | None, request: _Request, timeout: Timeout
+        self,
+        session: aiohttp.ClientSession | None,
+        request: _Request,
+        timeout: Timeout,
+        whole: bool = False,
     ) -> aiohttp.ClientResponse | Answer:
         started = time.perf_counter()
         resp = await (
             self._lean_attempt(request, timeout, self.connection.settings.ca_file)
             if session is None
-            else self._aiohttp_attempt(session, request, timeout)
+            else self._aiohttp_attempt(session, request, timeout, whole)
         )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -503,33 +512,50 @@ class HTTPCore:
 
     @staticmethod
     async def _aiohttp_attempt(
-        session: aiohttp.ClientSession, request: _Request, timeout: Timeout
-    ) -> aiohttp.ClientResponse:
+        session: aiohttp.ClientSession, request: _Request, timeout: Timeout, whole: bool = False
+    ) -> aiohttp.ClientResponse | Answer:
         import aiohttp
 
         try:
-            return await session.request(
+            resp = await session.request(
                 request.method,
                 request.full_url,
                 data=request.body,
                 params=request.params,
                 headers=request.headers,
                 timeout=_client_timeout(timeout),
+                allow_redirects=False,  # as the stdlib transport: a redirect is named, not taken
             )
+            if not whole or resp.status >= 300:
+                return resp
+            try:
+                return Answer(resp.status, resp.headers, await _body_of(resp, MAX_ANSWER))
+            finally:
+                resp.release()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise APITimeoutError(
                 f"{request.method} {shown_url(request.full_url)} timed out ({exc or 'no answer'})"
             ) from exc
+        except aiohttp.ClientResponseError as exc:  # aiohttp's parser: a malformed answer
+            malformed = exc.message  # raised below: its request_info holds the request's
+            # headers (the key with them), so it must be neither cause nor context
         except _connection_errors() as exc:
             raise APIConnectionError(
                 f"could not reach {shown_url(request.full_url)}: {exc}"
             ) from exc
+        except RuntimeError as exc:  # "Session is closed": the client closed meanwhile
+            if session.closed:
+                raise ClientStateError("the client was closed while the call was running") from exc
+            raise
+        raise APIConnectionError(
+            f"{shown_url(request.full_url)} sent a malformed HTTP answer: {malformed}"
+        )
 
     @staticmethod
     async def _read_error(resp: aiohttp.ClientResponse | Answer) -> APIStatusError:
         broken: tuple[type[BaseException], ...] = (*_connection_errors(), asyncio.TimeoutError)
         try:
-            body = await resp.read()
+            body = await _body_of(resp, MAX_ERROR_BODY, cut=True)
         except broken:
             body = b""
         finally:
@@ -570,6 +596,69 @@ class HTTPCore:
             raise APIResponseValidationError(
                 f"the server's answer is not a valid {cast.__name__}: {exc}", request_id=request_id
             ) from exc
+
+
+class Answer:
+    """A whole answer, shaped like the parts of ``aiohttp.ClientResponse`` the loop reads."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # case-insensitive (an email Message, aiohttp's multidict)
+        self.body = body
+
+    async def read(self) -> bytes:
+        """The body, already read."""
+        return self.body
+
+    def release(self) -> None:
+        """Nothing to give back: the body is read."""
+
+
+MAX_ANSWER = 256 * 1024 * 1024
+"""The largest answer body read (decompressed): a vi_flow server's largest is a page of
+runs; a broken server, a proxy or a gzip bomb must not take all of the client's memory."""
+
+MAX_ERROR_BODY = 1024 * 1024
+"""The most of an error answer's body read (its message is the first 500 characters)."""
+
+
+async def _body_of(resp: aiohttp.ClientResponse | Answer, most: int, *, cut: bool = False) -> bytes:
+    """The body, at most ``most`` bytes of it (decompressed); past that, the first
+    ``most`` when ``cut``, else ``APIResponseValidationError``."""
+    if isinstance(resp, Answer):
+        return resp.body[:most]
+    declared = resp.content_length
+    if declared is not None and declared <= most and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # what the server said it sends, and no more
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > most:
+            if cut:
+                return bytes(data[:most])
+            raise APIResponseValidationError(
+                f"the server's answer ({resp.status}) is over {most} bytes"
+                f"{' once decompressed' if 'Content-Encoding' in resp.headers else ''};"
+                " a vi_flow server never sends one: is a proxy in the way?",
+                request_id=resp.headers.get("X-Request-Id"),
+            )
+    return bytes(data)
+
+
+def _redirected(
+    request: _Request, resp: aiohttp.ClientResponse | Answer
+) -> APIResponseValidationError:
+    """The error of a 3xx answer: followed, it could send the request (the spec of a
+    flow, a tool result) to another host; a vi_flow server never redirects."""
+    where = resp.headers.get("Location", "")
+    return APIResponseValidationError(
+        f"{request.method} {shown_url(request.full_url)} was answered {resp.status}, a redirect"
+        f" to {shown_url(where)[:300]!r}; vi_flow does not follow redirects: set base_url to"
+        " the server's own address",
+        request_id=resp.headers.get("X-Request-Id"),
+    )
 
 
 def _check_secret_header(name: str, value: str) -> None:

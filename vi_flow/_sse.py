@@ -23,7 +23,7 @@ from typing import NamedTuple
 import aiohttp
 import anyio
 
-from ._errors import APIConnectionError
+from ._errors import APIConnectionError, APIResponseValidationError
 from .models.events import EVENT_TYPES
 from .models.execution import HEARTBEAT_HEADER
 
@@ -86,12 +86,13 @@ class SSEDecoder:
     """
 
     __slots__ = (
-        "_data", "_event", "_head", "_id_before", "_last_id", "_pending", "_retry",
+        "_data", "_event", "_head", "_held", "_id_before", "_last_id", "_pending", "_retry",
         "_retry_before", "_skip_lf",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []  # pieces of a line whose end has not arrived yet
+        self._held = 0  # their bytes
         self._skip_lf = False  # the last chunk ended with CR: a leading LF finishes a CRLF
         self._head: bytes | None = b""  # bytes kept back until the BOM check is done
         self._data: list[bytes] = []
@@ -153,11 +154,15 @@ class SSEDecoder:
             return [], []
         if b"\n" not in chunk and b"\r" not in chunk:
             self._pending.append(chunk)  # the middle of a long line: no copying
+            self._held += len(chunk)
+            if self._held > MAX_EVENT_BYTES:
+                raise _too_large(f"a line of over {MAX_EVENT_BYTES} bytes")
             return [], []
         if self._pending:
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
             self._pending.clear()
+            self._held = 0
         out: list[ServerSentEvent] = []
         frames: list[RawFrame] = []
         pos = 0
@@ -167,9 +172,16 @@ class SSEDecoder:
             if 0 < rest <= _MAX_HELD and chunk.find(b"\n\n", pos) < 0:
                 # An unfinished frame: keep it raw so the next chunk takes the fast path.
                 self._pending.append(chunk[pos:])
+                self._held = rest
                 return frames, out
         if pos < len(chunk):
             self._lines(self._split(chunk[pos:] if pos else chunk), out)
+            if self._data:  # an event still open: bounded in lines and bytes
+                data = self._data
+                if len(data) > MAX_EVENT_LINES or sum(map(len, data)) > MAX_EVENT_BYTES:
+                    raise _too_large(
+                        f"an event of over {MAX_EVENT_BYTES} bytes or {MAX_EVENT_LINES} lines"
+                    )
         return frames, out
 
     def _strip_bom(self, chunk: bytes) -> bytes:
@@ -212,6 +224,7 @@ class SSEDecoder:
             tail = lines.pop()
         if tail:
             self._pending.append(tail)
+            self._held = len(tail)
         return lines
 
     def _lines(self, lines: list[bytes], out: list[ServerSentEvent]) -> None:
@@ -251,12 +264,31 @@ class SSEDecoder:
 
 
 _MAX_HELD = 1 << 16
+
+MAX_EVENT_BYTES = 256 * 1024 * 1024
+"""The most bytes one event (or one line) may hold before the stream is refused: a
+vi_flow server's largest event is a few tens of MB; a broken or hostile server or proxy
+that never ends its event must not take all of the client's memory."""
+
+MAX_EVENT_LINES = 1_000_000
+"""The most ``data:`` lines one event may hold (each is an object of its own)."""
+
+
+def _too_large(what: str) -> APIResponseValidationError:
+    return APIResponseValidationError(
+        f"the event stream sent {what} without ending it; a vi_flow server never does"
+        " (is a proxy in the way?)"
+    )
+
+
 _new = tuple.__new__
 EVENT_NAMES = {name.encode(): name for name in EVENT_TYPES}
 """The known event names as the wire spells them (bytes) -> the same as ``str``."""
 # "." is any byte but LF (no DOTALL): the same as [^\n], and a faster loop in re. The
 # look-behind anchors a match at a line start (or at the start of the buffer).
-_FRAME = re.compile(rb"(?<![^\n])id: ([0-9]+)\nevent: (.*)\ndata: (.*)\n\n")
+# An id of more than 19 digits (past any event id: 2**63 - 1) is no canonical frame: the
+# general rules read it (Python's int() refuses 4,300 digits and more).
+_FRAME = re.compile(rb"(?<![^\n])id: ([0-9]{1,19})\nevent: (.*)\ndata: (.*)\n\n")
 
 RawFrame = tuple[bytes, bytes, bytes]
 """A canonical frame's ``id``, ``event`` and ``data`` values (``event`` may be ``b""``)."""

@@ -13,33 +13,15 @@ import http.client
 import ssl
 import time
 from collections.abc import Mapping
-from email.message import Message
 from urllib.parse import unquote, urlencode, urlsplit
 
 import anyio.to_thread
 
 from ._config import Timeout, shown_url
-from ._errors import APIConnectionError, APITimeoutError
+from ._errors import APIConnectionError, APIResponseValidationError, APITimeoutError
+from ._http import MAX_ANSWER, MAX_ERROR_BODY, Answer
 
 __all__ = ["Answer", "send"]
-
-
-class Answer:
-    """A whole answer, shaped like the parts of ``aiohttp.ClientResponse`` the loop reads."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: Message, body: bytes) -> None:
-        self.status = status
-        self.headers: Mapping[str, str] = headers  # type: ignore[assignment]  # case-insensitive
-        self.body = body
-
-    async def read(self) -> bytes:
-        """The body, already read."""
-        return self.body
-
-    def release(self) -> None:
-        """Nothing to give back: the connection closed with the answer."""
 
 
 async def send(
@@ -102,7 +84,11 @@ def _blocking_send(
             headers["Authorization"] = _basic(parts.username, parts.password or "")
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
-        return Answer(resp.status, resp.msg, resp.read())
+        try:
+            body = _body(resp)
+        finally:
+            resp.close()  # an answer not read to its end keeps the socket open otherwise
+        return Answer(resp.status, resp.msg, body)  # type: ignore[arg-type]  # case-insensitive
     except TimeoutError as exc:
         waited = time.monotonic() - started
         raise APITimeoutError(f"{method} {shown_url(url)} timed out after {waited:.1f} s") from exc
@@ -110,6 +96,24 @@ def _blocking_send(
         raise APIConnectionError(f"could not reach {shown_url(url)}: {exc}") from exc
     finally:
         conn.close()
+
+
+def _body(resp: http.client.HTTPResponse) -> bytes:
+    """The answer's body: at most :data:`MAX_ANSWER` bytes (an error's is cut to
+    :data:`MAX_ERROR_BODY`), all that its length announced."""
+    most = MAX_ERROR_BODY if resp.status >= 400 else MAX_ANSWER
+    body = resp.read(most + 1)  # a broken server or proxy could send without end
+    if len(body) <= most and resp.length:  # it ended before the length it announced
+        raise http.client.IncompleteRead(body, resp.length)
+    if len(body) > most:
+        if resp.status < 400:
+            raise APIResponseValidationError(
+                f"the server's answer ({resp.status}) is over {most} bytes; a vi_flow"
+                " server never sends one: is a proxy in the way?",
+                request_id=resp.getheader("X-Request-Id"),
+            )
+        body = body[:most]
+    return body
 
 
 def _basic(user: str, password: str) -> str:
