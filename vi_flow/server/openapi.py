@@ -273,7 +273,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
                     ]
                 },
                 dryRun=_BOOL,
-                organizationId={"anyOf": [_STR, {"type": "null"}]},
+                organizationId={"anyOf": [{**_STR, "minLength": 1}, {"type": "null"}]},
             ),
             "required": ["olderThan"],
             "additionalProperties": False,  # a prune refuses what it does not know
