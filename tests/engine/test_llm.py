@@ -120,6 +120,21 @@ async def test_llm_without_endpoint_fails_the_step(start_server: StartServer) ->
     assert outcome["state"] == "failed" and "llm_base_url" in outcome["error"]
 
 
+def _calls_then_done(calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """A model that answers its first request with ``calls`` and every later one with
+    "done"; the requests it saw, and its handler."""
+    seen: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        if len(seen) > 1:
+            message = {"role": "assistant", "content": "done"}
+        return web.json_response({"choices": [{"message": message}]})
+
+    return seen, answer
+
+
 async def _endpoint(answer: Any) -> AsyncIterator[str]:
     """An endpoint that answers every request with ``answer(request)``; yields its URL."""
     app = web.Application()
@@ -173,17 +188,8 @@ async def test_repeated_or_missing_tool_call_ids_get_ids_of_their_own(
     start_server: StartServer,
 ) -> None:
     # Found by QA: a model that gave two calls one id left a run no one could answer.
-    seen: list[dict[str, Any]] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        seen.append(await request.json())
-        call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
-        calls = [call | {"id": "same"}, call | {"id": "same"}, call]
-        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
-        if len(seen) > 1:
-            message = {"role": "assistant", "content": "done"}
-        return web.json_response({"choices": [{"message": message}]})
-
+    call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    seen, answer = _calls_then_done([call | {"id": "same"}, call | {"id": "same"}, call])
     async for address in _endpoint(answer):
         server = await start_server(llm_base_url=f"http://{address}")
         flow = await server.flow({"block": "llm", "id": "chat"})
@@ -325,18 +331,13 @@ async def test_a_call_to_a_tool_never_offered_goes_back_to_the_model(
 ) -> None:
     # Found by QA: a model's call to 'rm_rf_root' reached the client's handler, and with
     # no tools offered at all the run paused for a call nobody could answer.
-    seen: list[dict[str, Any]] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        seen.append(await request.json())
-        call = {"type": "function", "function": {"name": "rm_rf_root", "arguments": "{}"}}
-        calls = [call | {"id": "call_bad"}]
-        calls.append({"id": "call_ok", "type": "function", "function": {"name": "lookup"}})
-        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
-        if len(seen) > 1:
-            message = {"role": "assistant", "content": "done"}
-        return web.json_response({"choices": [{"message": message}]})
-
+    bad = {
+        "id": "call_bad",
+        "type": "function",
+        "function": {"name": "rm_rf_root", "arguments": "{}"},
+    }
+    ok = {"id": "call_ok", "type": "function", "function": {"name": "lookup"}}
+    seen, answer = _calls_then_done([bad, ok])
     async for address in _endpoint(answer):
         server = await start_server(llm_base_url=f"http://{address}")
         flow = await server.flow({"block": "llm", "id": "chat"})
