@@ -539,10 +539,15 @@ async def _follow_log(
                 continue
             poll = _LOG_POLL_MIN
             offset += len(data)
-            process.stdout.write(data)
-            await process.stdout.drain()
+            try:
+                process.stdout.write(data)
+                await process.stdout.drain()
+            except (OSError, asyncssh.Error):  # the client went away (BrokenPipeError)
+                return 1
     except OSError as exc:
-        process.stderr.write(f"vi-flow: cannot read {path.name}: {exc.strerror or exc}\n".encode())
+        with contextlib.suppress(OSError, asyncssh.Error):  # the client may be gone too
+            message = f"vi-flow: cannot read {path.name}: {exc.strerror or exc}\n"
+            process.stderr.write(message.encode())
         return 1
     except asyncssh.Error:
         return 1
