@@ -625,7 +625,7 @@ async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     # connections that logged in with it end now, here and (told by the delete's
     # message) on the other replicas: their new channels would be refused, but an SFTP
     # session opened on one is not looked at again
-    request.app[SSHD_KEY].drop_logins(org, key.fingerprint)
+    drop_logins_of(request.app, org, [key.fingerprint])
     return json_response({"keyId": key_id, "deleted": True})
 
 

@@ -116,7 +116,10 @@ class TaskService:
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
         self.records = TaskRecords(store, provider)
-        if self.replica.shared and not isinstance(provider, ClusterPoller):
+        self._per_host = self.replica.shared and not isinstance(provider, ClusterPoller)
+        """Whether each replica has tasks, files and reservations of its own host (the
+        local provider, with replicas), rather than one cluster's that all share."""
+        if self._per_host:
             self.records.files_elsewhere = self._files_elsewhere
         self.volumes = Volumes(self.records)
         self.ssh = SSHAccess(self.records, self.replica)
@@ -156,7 +159,7 @@ class TaskService:
         """``(name, live)`` of the replica on whose host the files of this task of
         ``org_id`` are, when that is another one (the local provider, with replicas),
         else None. ``live``: whether a replica of that name runs now."""
-        if not self.replica.shared or isinstance(self.provider, ClusterPoller):
+        if not self._per_host:
             return None  # one server, or files on storage every replica shares
         me, name = self.replica.id, self.replica.name
 
@@ -526,7 +529,7 @@ class TaskService:
     async def reservation_elsewhere(self, reservation_id: str) -> APIProblem | None:
         """The 409 ``RESERVATION_ON_OTHER_REPLICA`` for a reservation that another
         replica's provider holds (the local provider's capacity is its host's), else None."""
-        if not self.replica.shared or isinstance(self.provider, ClusterPoller):
+        if not self._per_host:
             return None
         row = await self.store.run(
             lambda c: c.execute(
