@@ -110,6 +110,8 @@ class Connection:
         self._session_pid = 0
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
+        # the waits between attempts under way, and their loops: aclose ends them
+        self._naps: dict[Any, asyncio.AbstractEventLoop] = {}  # anyio.CancelScope
 
     async def endpoint(self) -> Endpoint:
         """Return the endpoint, finding (or starting) the home's server on first use."""
@@ -164,6 +166,21 @@ class Connection:
         if self.closed:
             raise ClientStateError("this client is closed; create a new one")
 
+    async def nap(self, sleep: Sleep, delay: float) -> None:
+        """Wait ``delay`` s between attempts (with ``sleep``); closing the client ends the
+        wait at once, with ``ClientStateError`` (a server's ``Retry-After`` may ask a minute).
+        """
+        import anyio  # here: imported at the top, ruff would hold this module to ASYNC109
+
+        self.ensure_open()
+        with anyio.CancelScope() as scope:
+            self._naps[scope] = asyncio.get_running_loop()
+            try:
+                await sleep(delay)
+            finally:
+                del self._naps[scope]
+        self.ensure_open()
+
     def session(self) -> aiohttp.ClientSession:
         """Return the session for the running loop, creating it on first use."""
         self.ensure_open()
@@ -202,6 +219,12 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        here = asyncio.get_running_loop()
+        for scope, loop in list(self._naps.items()):
+            if loop is here:
+                scope.cancel()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(scope.cancel)
         if (
             self._session is not None
             and self._session_loop is asyncio.get_running_loop()
@@ -321,6 +344,11 @@ class HTTPCore:
             max_retries=self.max_retries if max_retries is None else max_retries,
             sleep=self.sleep,
         )
+
+    async def pause(self, delay: float) -> None:
+        """Wait ``delay`` s before trying again; ``ClientStateError`` once the client is
+        closed, at once if it is closed during the wait."""
+        await self.connection.nap(self.sleep, delay)
 
     @overload
     async def request(
@@ -469,7 +497,7 @@ class HTTPCore:
                     raise error
                 log.info("%s %s answered %s; retrying in %.2fs", method, url, resp.status, delay)
             attempt += 1
-            await self.sleep(delay)
+            await self.pause(delay)
 
     async def _attempt(
         self,

@@ -165,20 +165,19 @@ async def test_a_redirect_is_named_and_not_followed() -> None:
         assert elsewhere.requests == 0
 
 
-async def test_closing_the_client_ends_a_call_that_waits_to_retry() -> None:
+async def test_closing_the_client_ends_a_call_that_waits_to_retry_at_once() -> None:
     # QA: aclose() during a call's wait before its retry let it run on with a closed
-    # session, to end with a RuntimeError ("Session is closed").
-    waiting = asyncio.Event()
-
-    async def sleep(delay: float) -> None:
-        waiting.set()
-        await asyncio.sleep(0.2)
-
-    down = answer("503 Service Unavailable", b"{}")
+    # session, to end with a RuntimeError ("Session is closed"); then it ended with
+    # ClientStateError, but only once the wait was over (a Retry-After: a minute).
+    down = answer("503 Service Unavailable", b"{}", "Retry-After: 60")
     async with raw_server([down]) as raw:
-        c = vi_flow.AsyncClient(base_url=raw.url, api_key=KEY, sleep=sleep)
+        c = vi_flow.AsyncClient(base_url=raw.url, api_key=KEY)
         call = asyncio.ensure_future(c.flows.get("f"))
-        await asyncio.wait_for(waiting.wait(), 5)
+        for _ in range(500):  # the first answer is in: the call waits its minute
+            if raw.requests:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
         await c.aclose()
         with pytest.raises(ClientStateError):
             await asyncio.wait_for(call, 5)

@@ -422,7 +422,7 @@ def _http_follower(
             on_update(from_wire(data, Task))
 
     return HTTPLogFollower(
-        open_stream, names, offsets=offsets, on_end=on_end, sleep=client.http.sleep
+        open_stream, names, offsets=offsets, on_end=on_end, sleep=client.http.pause
     )
 
 

@@ -81,7 +81,7 @@ def run_stream(
     stream = ResumableEventStream(
         connect,
         still_running=still_running,
-        sleep=http.sleep,
+        sleep=http.pause,
         execution_id=execution_id,
         last_event_id=after,
         on_tool_calls=None if loop is None else loop.on_event,
@@ -245,7 +245,7 @@ class AsyncJob(AsyncRun):
                 condition = await self.status()
                 if condition.terminal:
                     return condition
-                await self._http.sleep(poll_interval)
+                await self._http.pause(poll_interval)
         assert scope.cancelled_caught
         raise TaskTimeoutError(
             f"run {self.execution_id} had not finished after {timeout} s; it keeps running"
