@@ -140,11 +140,14 @@ def call_server(
         return resp.status, None
 
 
-def _answers_as(info: ServerInfo) -> bool:
-    """Whether the server at ``info.url`` proves it owns ``info.secret``."""
+def _answers_as(info: ServerInfo, wait: float = _PROBE_TIMEOUT) -> bool | None:
+    """Whether the server at ``info.url`` proves it owns ``info.secret``; ``None`` when it
+    took the connection but gave no answer within ``wait`` s (stopped, or overloaded)."""
     challenge = secrets.token_hex(16)
     try:
-        status, answer = call_server(info, "GET", f"/health?challenge={challenge}")
+        status, answer = call_server(info, "GET", f"/health?challenge={challenge}", timeout=wait)
+    except TimeoutError:
+        return None
     except (OSError, http.client.HTTPException, ValueError):
         return False
     proof = answer.get("proof") if status == 200 and isinstance(answer, dict) else None
@@ -163,12 +166,19 @@ def find_server(home: Path) -> ServerInfo | None:
         LocalServerError: The run file cannot be read (permissions), or the home belongs
             to another user (whose run file could name any server).
     """
+    return _look(home, _PROBE_TIMEOUT)[0]
+
+
+def _look(home: Path, wait: float) -> tuple[ServerInfo | None, bool]:
+    """As :func:`find_server` (waiting ``wait`` s for its answer); also whether the run
+    file names a live process that took the connection but did not answer."""
     if (why := foreign_home(home)) is not None:
         raise LocalServerError(why)
     info = _read_run_file(home)
-    if info is None or not pid_alive(info.pid) or not _answers_as(info):
-        return None
-    return info
+    if info is None or not pid_alive(info.pid):
+        return None, False
+    answered = _answers_as(info, wait)
+    return (info if answered else None), answered is None
 
 
 def _check_version(info: ServerInfo) -> ServerInfo:
@@ -240,7 +250,7 @@ def _spawn(home: Path, idle_timeout: float) -> None:
 _PUBLISH_WAIT = 10.0
 
 
-def _silent_server(home: Path) -> LocalServerError | None:
+def _silent_server(home: Path, wait: float = _PROBE_TIMEOUT) -> LocalServerError | None:
     """The error for a home whose published server lives but does not answer (stopped
     with SIGSTOP, or overloaded): "use that server" would send the user to it."""
     info = _read_run_file(home)
@@ -248,7 +258,7 @@ def _silent_server(home: Path) -> LocalServerError | None:
         return None
     return LocalServerError(
         f"the server of home {home} (pid {info.pid}, {info.url}) holds the home but did "
-        f"not answer within {_PROBE_TIMEOUT:.0f} s: it may be stopped (SIGSTOP) or "
+        f"not answer within {wait:g} s: it may be stopped (SIGSTOP) or "
         f"overloaded; wait for it, or stop it with 'VI_FLOW_HOME={home} vi-flow server "
         f"stop' (or 'kill {info.pid}')"
     )
@@ -264,27 +274,34 @@ def _published_soon(home: Path) -> ServerInfo | None:
     return None
 
 
-def ensure_server(home: Path, idle_timeout: float) -> ServerInfo:
+def ensure_server(home: Path, idle_timeout: float, wait: float = _PROBE_TIMEOUT) -> ServerInfo:
     """Find the home's server, or start the background server and wait until it answers.
 
     Args:
         home: The home.
         idle_timeout: Seconds without clients or work after which a server started here
             exits (0: never).
+        wait: How long the home's published server may take to answer before it is
+            reported as not answering (a stopped or hung server is not replaced).
 
     Raises:
         LocalServerError: The home is unusable, the server did not start (with the
             last lines of its log), or it runs another vi-flow version.
     """
-    return start_server(home, idle_timeout)[0]
+    return start_server(home, idle_timeout, wait)[0]
 
 
-def start_server(home: Path, idle_timeout: float) -> tuple[ServerInfo, bool]:
+def start_server(
+    home: Path, idle_timeout: float, wait: float = _PROBE_TIMEOUT
+) -> tuple[ServerInfo, bool]:
     """As :func:`ensure_server`; also whether this call started the server (of several
     processes starting it at once, one did)."""
     home = home.expanduser().resolve()
-    if info := find_server(home):
-        return _check_version(info), False
+    found, silent = _look(home, wait)
+    if found is not None:
+        return _check_version(found), False
+    if silent and (error := _silent_server(home, wait)):
+        raise error  # another server could not take the home from it anyway
     import filelock  # only on the way to starting a server: it costs a warm start ~10 ms
 
     _prepare(home)
@@ -337,7 +354,11 @@ def attach(settings: Settings) -> Attached:
     """
     if settings.local_server == "in-process" and (own := _in_process(settings)):
         return own
-    return Attached(ensure_server(settings.home, settings.server_idle_timeout))
+    limits = (settings.timeout.connect, settings.timeout.read, settings.timeout.total)
+    wait = min((t for t in limits if t is not None), default=_PROBE_TIMEOUT)
+    return Attached(
+        ensure_server(settings.home, settings.server_idle_timeout, min(wait, _PROBE_TIMEOUT))
+    )
 
 
 def stopped_on_request(home: Path, pid: int) -> bool:
