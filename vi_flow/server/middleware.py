@@ -39,7 +39,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
 from .console.sessions import COOKIE, session_hash, session_principal
-from .db import DatabaseUnavailable
+from .db import DatabaseFileGone, DatabaseUnavailable
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import REPLICA_KEY, STORE_KEY, Principal
@@ -261,6 +261,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "the server's database cannot be reached now; try again in a moment",
         )
         response.headers["Retry-After"] = "1"
+        return response
+    except DatabaseFileGone as exc:
+        log.error("%s %s: %s; restart the server", request.method, request.path, exc)
+        response = error_response(
+            request,
+            503,
+            "DATABASE_GONE",
+            "the server's database file was removed or replaced while it ran: it reads and "
+            "saves nothing more until it is restarted (by whoever runs it)",
+        )
+        response.headers["X-Should-Retry"] = "false"
         return response
     except ConnectionResetError:
         if _client_gone(request):

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ._errors import (
     DatabaseError,
+    DatabaseFileGone,
     DatabaseSettingError,
     DatabaseUnavailable,
     Error,
@@ -40,6 +41,7 @@ __all__ = [
     "Cursor",
     "Database",
     "DatabaseError",
+    "DatabaseFileGone",
     "DatabaseSettingError",
     "DatabaseUnavailable",
     "Error",

@@ -14,6 +14,7 @@ from ..home import HomeError
 
 __all__ = [
     "DatabaseError",
+    "DatabaseFileGone",
     "DatabaseSettingError",
     "DatabaseUnavailable",
     "Error",
@@ -35,6 +36,12 @@ class PostgresError(sqlite3.DatabaseError):
 class DatabaseUnavailable(PostgresError):
     """PostgreSQL cannot be reached or dropped the connection (a restart, the network):
     worth trying again in a moment (the server answers ``503``)."""
+
+
+class DatabaseFileGone(sqlite3.OperationalError):
+    """The SQLite file the server opened was removed or replaced while it ran: what it
+    writes now would be lost with the old file (or go to another's), so it writes nothing
+    more until it is restarted (the server answers ``503 DATABASE_GONE``)."""
 
 
 class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):

@@ -9,9 +9,12 @@ connection checkpoints through a :class:`WalCheckpointer`, off its commits.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
+
+from ._errors import DatabaseFileGone
 
 __all__ = ["SQLiteDatabase", "WalCheckpointer"]
 
@@ -34,6 +37,8 @@ class SQLiteDatabase:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        # (device, inode) of the file the first connection opened: the database
+        self._file: tuple[int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -48,6 +53,11 @@ class SQLiteDatabase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        try:
+            self._check_file(conn)
+        except DatabaseFileGone:
+            conn.close()
+            raise
         return conn
 
     def begin(self, conn: sqlite3.Connection) -> None:
@@ -55,8 +65,28 @@ class SQLiteDatabase:
         conn.execute("BEGIN IMMEDIATE")
 
     def commit(self, conn: sqlite3.Connection) -> None:
-        """Commit the transaction."""
+        """Commit the transaction, unless the path no longer names the file the server
+        opened (then roll it back: :class:`DatabaseFileGone`)."""
+        self._check_file(conn)
         conn.execute("COMMIT")
+
+    def _check_file(self, conn: sqlite3.Connection) -> None:
+        """Note the file the first connection opened; refuse once the path names another
+        file or none (removed, or replaced by a copy): SQLite would go on writing to the
+        file it has open, and all of it would be lost at the next start."""
+        try:
+            stat = os.stat(self.path)
+            now: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            now = None
+        if self._file is None and now is not None:
+            self._file = now
+        elif now != self._file:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise DatabaseFileGone(
+                f"the database file {self.path} was removed or replaced while the server ran"
+            )
 
     def rollback(self, conn: sqlite3.Connection) -> None:
         """Roll the transaction back, if one is open."""
