@@ -663,3 +663,24 @@ def test_sandbox_child_is_the_init_of_the_sandbox_and_anything_else_is_none(
     os.set_blocking(read, False)
     assert sandbox_child(read) is None
     os.close(write)
+
+
+@pytest.mark.anyio
+async def test_an_ssh_session_sees_only_its_tasks_gpus(
+    start_server: Any, client_key: asyncssh.SSHKey
+) -> None:
+    # A shell into a CPU-only task had CUDA_VISIBLE_DEVICES unset (every GPU of the
+    # machine) or set by the task's env, while its processes had it empty (QA round 10).
+    a100 = {"type": "a100", "memory_gb": 80}
+    server: TaskServer = await start_server(local_cpus=4, local_gpus=[a100, a100])
+    public = client_key.export_public_key().decode()
+    await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    cpu = await server.submit(command="sleep 30", env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    plain = await server.submit(command="sleep 30")
+    gpu = await server.submit(command="sleep 30", gpu="a100")
+    for task, expected in ((cpu, "[]"), (plain, "[]"), (gpu, "[0]")):
+        await server.wait(task["taskId"], until={"running"})
+        endpoint = (await server.call("GET", f"/tasks/{task['taskId']}/ssh")).body
+        async with _connect(endpoint, client_key) as conn:
+            seen = await conn.run('echo "[$CUDA_VISIBLE_DEVICES]"')
+        assert seen.stdout.strip() == expected, (task["taskId"], seen.stdout)

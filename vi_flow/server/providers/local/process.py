@@ -118,13 +118,19 @@ def _link_mount(root: Path, host_path: Path, visible: Path) -> None:
 
 def task_environment(job: Job, base: Mapping[str, str], machine_has_gpus: bool) -> dict[str, str]:
     """An allow-list of ``base`` (``PATH``, ``HOME``, locale; never the server's own
-    variables or secrets), the task's own environment and ``CUDA_VISIBLE_DEVICES``
-    (empty on a GPU machine when the task has no GPUs)."""
+    variables or secrets), the task's own environment and its :func:`gpu_environment`."""
     env = allowed_environment(base, job.spec.paths.workdir)
     env.update(job.spec.env)
-    if machine_has_gpus or job.gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in job.gpu_ids)
+    env.update(gpu_environment(job, machine_has_gpus))
     return env
+
+
+def gpu_environment(job: Job, machine_has_gpus: bool) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` for the task's processes and its SSH sessions: its own
+    GPUs, empty on a GPU machine when it has none (its ``env`` cannot change it)."""
+    if machine_has_gpus or job.gpu_ids:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in job.gpu_ids)}
+    return {}
 
 
 def append_line(paths: TaskPaths, text: str) -> None:

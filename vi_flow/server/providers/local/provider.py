@@ -66,6 +66,7 @@ from .process import (
     append_line,
     end_orphan,
     final_update,
+    gpu_environment,
     prepare_launch,
     signal_group,
     started_update,
@@ -202,7 +203,8 @@ class LocalProvider:
             raise InvalidRequest(f"task {task_id} is not running")
         spec = job.spec
         volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-        return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir)
+        gpus = gpu_environment(job, bool(self.machine.gpus))
+        return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir, setenv=gpus)
 
     async def mounted(self, task_id: str, host_path: Path) -> None:
         """A volume was mounted into a queued or running task: SSH sessions opened from

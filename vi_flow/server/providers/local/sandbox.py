@@ -90,11 +90,17 @@ class Sandbox:
         return self.bwrap is not None
 
     def prefix(
-        self, root: Path, volumes: Iterable[Path], cwd: Path, info_fd: int | None = None
+        self,
+        root: Path,
+        volumes: Iterable[Path],
+        cwd: Path,
+        info_fd: int | None = None,
+        setenv: Mapping[str, str] | None = None,
     ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``
         (``[]`` when unsandboxed); bubblewrap writes its ``--info-fd`` JSON to ``info_fd``
-        (see :func:`sandbox_child`)."""
+        (see :func:`sandbox_child`), and sets ``setenv`` over whatever environment the
+        command was given (an SSH session's, which a task's ``env`` fills)."""
         if self.bwrap is None:
             return []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -125,6 +131,8 @@ class Sandbox:
             args += ["--ro-bind-try", str(logs), str(logs)]
         for volume in volumes:
             args += ["--bind", str(volume), str(volume)]
+        for name, value in (setenv or {}).items():
+            args += ["--setenv", name, value]
         # The sandbox's own root (where the home's path was made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]
         return args
