@@ -303,6 +303,26 @@ async def test_tasks_queued_on_a_cancelled_reservation_fail(server: TaskServer) 
 
 
 @pytest.mark.anyio
+async def test_a_task_of_a_cancelled_reservation_keeps_its_cpus_while_it_runs(
+    server: TaskServer,
+) -> None:
+    # Cancelling a reservation gave its CPUs back while its task still ran: a waiting
+    # task started beside it, 3 CPUs busy on a 2-CPU machine (QA round 10).
+    ours = (await server.call("POST", "/reservations", json={"cpus": 1})).body["reservationId"]
+    other = (await server.call("POST", "/reservations", json={"cpus": 1})).body
+    holder = await server.submit(command="sleep 30", reservationId=ours)
+    await server.wait(holder["taskId"], until={"running"})
+    waiting = await server.submit(command="echo ran")
+    await server.call("DELETE", f"/reservations/{ours}")
+    await asyncio.sleep(1.5)  # the cancel wakes the scheduler: time for it to look
+    assert (await server.call("GET", f"/tasks/{waiting['taskId']}")).body["status"] == "pending"
+    assert (await server.call("GET", f"/tasks/{holder['taskId']}")).body["status"] == "running"
+    await server.call("POST", f"/tasks/{holder['taskId']}/cancel", json={"force": True})
+    assert (await server.wait(waiting["taskId"]))["status"] == "completed"
+    await server.call("DELETE", f"/reservations/{other['reservationId']}")
+
+
+@pytest.mark.anyio
 async def test_gpu_reservation_is_honoured(start_server: StartServer) -> None:
     fake = [{"type": "a100", "memory_gb": 80}, {"type": "a100", "memory_gb": 80}]
     server = await start_server(local_cpus=4, local_gpus=fake)

@@ -150,7 +150,9 @@ def _general_free(
 ) -> tuple[int, list[int]]:
     used_gpus = {i for j in running for i in j.gpu_ids}
     active = reservations.active(now)
-    general = [j for j in running if not j.spec.reservation_id]
+    # a task of a reservation that ended (cancelled, expired) runs on: the general pool's
+    held = {r.reservation_id for r in active}
+    general = [j for j in running if j.spec.reservation_id not in held]
     cpus = machine.cpus - sum(r.cpus for r in active)
     cpus -= sum(j.spec.placement.cpus for j in general)
     reserved_gpu_left = sum(
