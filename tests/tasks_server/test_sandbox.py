@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
-from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child
+from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child, task_network
 
 from .conftest import TaskServer
 
@@ -684,3 +686,64 @@ async def test_an_ssh_session_sees_only_its_tasks_gpus(
         async with _connect(endpoint, client_key) as conn:
             seen = await conn.run('echo "[$CUDA_VISIBLE_DEVICES]"')
         assert seen.stdout.strip() == expected, (task["taskId"], seen.stdout)
+
+
+# Connects to a port the test listens on (on the host), then listens on its own port.
+_NETWORK_PROBE = """
+import socket, time
+try:
+    socket.create_connection(("127.0.0.1", {host}), timeout=2).close()
+    print("reached the host", flush=True)
+except OSError:
+    print("no host", flush=True)
+own = socket.create_server(("127.0.0.1", {own}))
+socket.create_connection(("127.0.0.1", {own}), timeout=2).close()
+print("listening", flush=True)
+time.sleep(30)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("network", ["host", "isolated"])
+async def test_an_isolated_task_network_keeps_the_hosts_loopback_away(
+    start_server: Any, network: str
+) -> None:
+    # On the host's network a task can listen on a free loopback port: the port of a
+    # replica while it restarts, or of a loopback LLM endpoint that is down, and so be
+    # sent other organizations' keys and prompts (QA round 10). VI_FLOW_TASK_NETWORK=
+    # isolated gives each task a network of its own.
+    server: TaskServer = await start_server(local_cpus=2, local_gpus=[], task_network=network)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        own = _free_port()
+        probe = _NETWORK_PROBE.format(host=listener.getsockname()[1], own=own)
+        task = await server.submit(command=f"{shlex.quote(sys.executable)} -c {shlex.quote(probe)}")
+        with anyio.fail_after(20):
+            while "listening" not in (out := await _logs(server, task["taskId"])):
+                assert (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] in (
+                    "pending",
+                    "running",
+                ), out
+                await asyncio.sleep(0.1)
+    isolated = network == "isolated"
+    assert ("no host" if isolated else "reached the host") in out
+    try:
+        socket.create_connection(("127.0.0.1", own), timeout=2).close()
+        reached_task = True
+    except ConnectionRefusedError:
+        reached_task = False
+    assert reached_task is not isolated  # its own loopback worked for it either way
+    await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
+def test_a_task_network_setting_other_than_host_or_isolated_is_refused() -> None:
+    with pytest.raises(ValueError, match="VI_FLOW_TASK_NETWORK must be one of host, isolated"):
+        task_network({}, {"VI_FLOW_TASK_NETWORK": "none"})
+    assert task_network({}, {"VI_FLOW_TASK_NETWORK": " Isolated "}) == "isolated"
+    assert task_network({}, {}) == "host"

@@ -76,7 +76,7 @@ from .process import (
     wait_group_gone,
 )
 from .reservations import ReservationBook
-from .sandbox import Sandbox, check_executable, detect_sandbox, sandbox_child
+from .sandbox import Sandbox, check_executable, detect_sandbox, sandbox_child, task_network
 from .spawn import TaskProcess, start_process
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class LocalProvider:
     def __init__(self, home: Path, extra: dict[str, Any] | None = None) -> None:
         self.home = Path(home)
         self._extra = dict(extra or {})
+        task_network(self._extra)  # a wrong VI_FLOW_TASK_NETWORK stops the server at start
         self.machine = Machine(cpus=1, memory_gb=0)
         self._sink: UpdateSink | None = None
         self._queue: list[LaunchSpec] = []
@@ -134,7 +135,12 @@ class LocalProvider:
         await self.reservations.load()
         self.sandbox = await asyncio.to_thread(detect_sandbox, self.home, self._extra)
         if self.sandbox.enabled:
-            log.info("local provider: tasks and SSH sessions run in a bubblewrap sandbox")
+            log.info(
+                "local provider: tasks and SSH sessions run in a bubblewrap sandbox, network: %s",
+                "their own (VI_FLOW_TASK_NETWORK=isolated)"
+                if self.sandbox.network == "isolated"
+                else "the host's (VI_FLOW_TASK_NETWORK=isolated gives each its own)",
+            )
         else:
             log.warning(
                 "local provider: tasks are NOT sandboxed (%s); they can read the server's "

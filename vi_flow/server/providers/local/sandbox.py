@@ -33,17 +33,26 @@ import orjson
 
 __all__ = [
     "JOB_SANDBOX_ENV",
+    "NETWORKS",
+    "TASK_NETWORK_ENV",
     "Sandbox",
     "allowed_environment",
     "check_executable",
     "detect_sandbox",
     "job_sandbox",
     "sandbox_child",
+    "task_network",
 ]
 
 #: ``0`` turns off the sandbox of Slurm and Ray jobs (they then run as the submitting
 #: account sees fit, and organizations are not isolated from each other there).
 JOB_SANDBOX_ENV = "VI_FLOW_JOB_SANDBOX"
+
+#: How a local task's sandbox meets the network: ``host`` (the host's own network: the
+#: internet, and every loopback port, to connect to or to listen on) or ``isolated`` (a
+#: network namespace of its own: its own loopback, nothing else).
+TASK_NETWORK_ENV = "VI_FLOW_TASK_NETWORK"
+NETWORKS = ("host", "isolated")
 
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_DIRS = ("/usr", "/etc", "/opt")
@@ -76,12 +85,14 @@ class Sandbox:
             of a directory that holds the home, its other entries).
         hidden: Paths covered by an empty directory (the home, should it lie under a
             system directory such as ``/opt``).
+        network: One of :data:`NETWORKS`.
     """
 
     bwrap: str | None
     reason: str = ""
     read_only: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
+    network: str = "host"
     fix: str = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
 
     @property
@@ -104,6 +115,8 @@ class Sandbox:
         if self.bwrap is None:
             return []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        if self.network == "isolated":
+            args.append("--unshare-net")
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
         args += ["--unshare-cgroup-try", "--die-with-parent"]
@@ -253,13 +266,28 @@ def _read_only(paths: Iterable[Path], home: Path) -> tuple[Path, ...]:
 _TURN_ON = "turn the sandbox on"
 
 
+def task_network(extra: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
+    """How tasks meet the network: ``extra["task_network"]``, else ``VI_FLOW_TASK_NETWORK``,
+    else ``host``.
+
+    Raises:
+        ValueError: Not one of :data:`NETWORKS`, naming the value.
+    """
+    raw = extra.get("task_network") or (os.environ if env is None else env).get(TASK_NETWORK_ENV)
+    value = str(raw or "host").strip().lower()
+    if value not in NETWORKS:
+        raise ValueError(f"{TASK_NETWORK_ENV} must be one of {', '.join(NETWORKS)}, not {raw!r}")
+    return value
+
+
 def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     """Find ``bwrap`` and check it can build a sandbox here (blocking; run in a thread).
 
     ``extra["sandbox"] = False`` turns it off (tests of the unsandboxed mode);
     ``extra["sandbox_read_only"]`` adds host paths shown read-only. A read-only path that
     holds the home (the server's venv, when the home was put inside it) is shown without
-    the home: each of its entries but the one leading to the home.
+    the home: each of its entries but the one leading to the home. The network is
+    :func:`task_network`'s.
     """
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
@@ -269,7 +297,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     home = Path(home).resolve()
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
     read_only = _read_only([*_python_paths(), *extra_paths], home)
-    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,))
+    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,), network=task_network(extra))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         argv = [*sandbox.prefix(root, [], root), "/bin/sh", "-c", "true"]
