@@ -286,6 +286,10 @@ async def test_an_emit_step_writes_a_bounded_amount_of_text(
         ("llm", {"timeout": -1}, "timeout: must be between 0.001 and 86400, got -1"),
         ("llm", {"maxIterations": "x"}, "maxIterations: expected an integer, got 'x'"),
         ("llm", {"max_iterations": -5}, "max_iterations: must be between 1 and 1000, got -5"),
+        ("llm", {"temperature": "hot"}, "temperature: expected a number, got 'hot'"),
+        ("llm", {"temperature": 9}, "temperature: must be between 0 and 2, got 9"),
+        ("llm", {"maxTokens": 0}, "maxTokens: must be between 1 and 100000000, got 0"),
+        ("llm", {"max_tokens": 1.5}, "max_tokens: expected an integer, got 1.5"),
         ("task", {"command": "true", "tailLines": -1}, "tailLines: must be between 0 and 10000"),
         ("tool", {"tool": "t", "timeout": -1}, "timeout: must be between 0.001 and 86400"),
     ],
@@ -294,7 +298,8 @@ async def test_block_settings_out_of_range_are_refused_when_stored(
     server: Server, block: str, settings: dict[str, Any], problem: str
 ) -> None:
     # Found by QA: these were stored, then failed the step with a raw Python error
-    # ("could not convert string to float"), or ran with no timeout at all (0, -1).
+    # ("could not convert string to float"), or ran with no timeout at all (0, -1); an
+    # llm's temperature and max_tokens went to the endpoint as given (QA round 8).
     spec = {"name": "s", "blocks": [{"block": block, "id": "c", "settings": settings}]}
     answer = await server.call("POST", "/flows", json={"spec": spec})
     assert answer.status == 422, answer.body

@@ -26,6 +26,8 @@ __all__ = [
     "MAX_INT",
     "MAX_ITERATIONS",
     "MAX_LIST_LENGTH",
+    "MAX_LLM_TEMPERATURE",
+    "MAX_LLM_TOKENS",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
@@ -111,6 +113,12 @@ pause (a day); the shortest is 0.001 (``0`` is not "no timeout")."""
 
 MAX_ITERATIONS = 1000
 """The most model calls one ``llm`` step makes (its ``max_iterations``)."""
+
+MAX_LLM_TEMPERATURE = 2
+"""The highest ``temperature`` of an ``llm`` step (OpenAI's range is 0 to 2)."""
+
+MAX_LLM_TOKENS = 100_000_000
+"""The highest ``max_tokens`` of an ``llm`` step (at least 1)."""
 
 MAX_TAIL_LINES = 10_000
 """The most log lines a ``task`` step keeps in its output (its ``tail_lines``)."""

@@ -18,6 +18,8 @@ from ..models.limits import (
     MAX_EMIT_LINES,
     MAX_ID_LENGTH,
     MAX_ITERATIONS,
+    MAX_LLM_TEMPERATURE,
+    MAX_LLM_TOKENS,
     MAX_NESTING,
     MAX_STEP_TIMEOUT,
     MAX_TAIL_LINES,
@@ -176,6 +178,8 @@ _RANGES: dict[tuple[str, str], tuple[str, float, float]] = {
     ("emit", "interval"): ("number", 0, MAX_EMIT_INTERVAL),
     ("llm", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
     ("llm", "max_iterations"): ("integer", 1, MAX_ITERATIONS),
+    ("llm", "temperature"): ("number", 0, MAX_LLM_TEMPERATURE),
+    ("llm", "max_tokens"): ("integer", 1, MAX_LLM_TOKENS),
     ("tool", "timeout"): ("number", 0.001, MAX_STEP_TIMEOUT),
     ("task", "tail_lines"): ("integer", 0, MAX_TAIL_LINES),
 }

@@ -24,7 +24,14 @@ import orjson
 import yarl
 
 from ....models.events import TokenUsage, ToolCall, ToolFunction, ToolResult
-from ....models.limits import MAX_ITERATIONS, MAX_STEP_TIMEOUT, check_int, check_number
+from ....models.limits import (
+    MAX_ITERATIONS,
+    MAX_LLM_TEMPERATURE,
+    MAX_LLM_TOKENS,
+    MAX_STEP_TIMEOUT,
+    check_int,
+    check_number,
+)
 from .base import BlockContext, Pause, StepDone, StepError, checked_setting
 
 __all__ = ["llm_block"]
@@ -118,9 +125,12 @@ def _quoted(ctx: BlockContext, raw: bytes, most: int) -> str:
 def _payload(ctx: BlockContext, messages: list[dict[str, Any]]) -> dict[str, Any]:
     body: dict[str, Any] = {"model": ctx.setting("model") or _extra(ctx, "llm_model", "default")}
     body["messages"] = messages
-    for name in ("temperature", "max_tokens"):
-        if ctx.setting(name) is not None:
-            body[name] = ctx.setting(name)
+    if ctx.setting("temperature") is not None:
+        body["temperature"] = checked_setting(
+            ctx, "temperature", None, check_number, 0, MAX_LLM_TEMPERATURE
+        )
+    if ctx.setting("max_tokens") is not None:
+        body["max_tokens"] = checked_setting(ctx, "max_tokens", None, check_int, 1, MAX_LLM_TOKENS)
     if ctx.tools:
         body["tools"] = ctx.tools
         if ctx.tool_choice is not None:
