@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 import uuid
 from typing import Any
@@ -538,6 +540,35 @@ async def test_replicas_that_join_late_leave_a_live_replicas_runs_and_tasks_alon
     one_end(run)
     last = conditions(run)[-1]
     assert (last["condition"], last.get("reason")) == ("Succeeded", None), last
+
+
+@pytest.mark.timeout(120)
+async def test_a_task_of_a_replica_stalled_past_its_lease_stops_once_another_ended_it(
+    cluster: Cluster,
+) -> None:
+    # Found by QA: A, stopped past its lease (a paused VM), came back to find B had
+    # recorded its task failed ("ended with the server"); the task's processes ran on, and
+    # a cancel answered 200 and stopped nothing.
+    a, b, _ = await three(cluster)
+    async with a.client() as on_a:
+        beat = "while :; do echo beat >> beats; sleep 0.1; done"
+        task = await on_a.run(["sh", "-c", beat], wait=True)
+    beats = a.home / "tasks" / task.task_id / "workspace" / "beats"
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        with anyio.fail_after(cluster.lease + 30):  # B takes it over and records its end
+            while (await call(b, "GET", f"/tasks/{task.task_id}", token=a.token)).body[
+                "status"
+            ] == "running":
+                await anyio.sleep(0.2)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    with anyio.fail_after(cluster.lease + 30):  # A, back, stops what no record shows
+        size = -1
+        while size != (size := beats.stat().st_size):
+            await anyio.sleep(1.0)
+    ended = (await call(a, "GET", f"/tasks/{task.task_id}")).body
+    assert ended["status"] == "failed", ended
 
 
 @pytest.mark.timeout(120)

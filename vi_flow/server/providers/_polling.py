@@ -343,6 +343,10 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
 
     # -- tasks ---------------------------------------------------------------------------
 
+    def running_here(self) -> list[str]:
+        """None: a job runs on the cluster, whichever replica watches it."""
+        return []
+
     def task_paths(self, task_id: str) -> TaskPaths:
         """``<tasks_dir>/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
         return TaskPaths.under(self.settings.tasks_dir / task_id)

@@ -330,6 +330,10 @@ class ComputeProvider(Protocol):
         """The argv put before a command to run it inside the running task
         (``[]`` locally; ``["srun", "--jobid=N", "--overlap"]`` on Slurm)."""
 
+    def running_here(self) -> list[str]:
+        """The tasks whose processes this server started and still runs on its own host
+        (a cluster provider's run on the cluster: ``[]``)."""
+
     async def place(self, config: TaskConfig) -> Placement:
         """Resolve and check a config's resources.
 

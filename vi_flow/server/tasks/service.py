@@ -112,6 +112,7 @@ class TaskService:
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._poller = False  # this replica polls the cluster for every replica
+        self._lost_lease = False  # since: look for tasks others ended that still run here
         self.provider = provider
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
@@ -195,6 +196,9 @@ class TaskService:
         self.replica.handle("t", self._heard)
         self.replica.handle("tc", self._cancel_message)
         self.replica.on_tick(self._take_over)
+        if self._per_host:
+            self.replica.on_lost(self._lease_lost)
+            self.replica.on_tick(self._stop_disowned)
         await self._take_over()
         if self.replica.shared and isinstance(self.provider, ClusterPoller):
             self.provider.poll_here(False)  # until this replica holds the cluster's lock
@@ -229,6 +233,35 @@ class TaskService:
         if rows:
             log.info("watching %d tasks submitted by other replicas", len(rows))
             await self.provider.recover([await self._running_task(row) for row in rows])
+
+    async def _lease_lost(self) -> None:
+        self._lost_lease = True
+
+    async def _stop_disowned(self) -> None:
+        """After this replica lost its lease (stalled past it: a paused VM, SIGSTOP), stop
+        the processes it still runs of tasks that another replica meanwhile recorded as
+        ended: they would run on with no record, holding CPUs and GPUs the records show
+        free (found by QA). Its tasks no other replica ended it took back at its rejoin."""
+        if not self._lost_lease or self._closed:
+            return
+        here = self.provider.running_here()
+        if here:
+            marks = ", ".join("?" * len(here))
+            rows = await self.store.run(
+                lambda c: c.execute(
+                    f"SELECT task_id, status FROM tasks WHERE task_id IN ({marks})"
+                    " AND status NOT IN ('pending', 'running')",
+                    here,
+                ).fetchall()
+            )
+            for row in rows:
+                log.warning(
+                    "task %s: recorded %s by another replica while this one had lost its "
+                    "lease; stopping its processes here",
+                    row["task_id"], row["status"],
+                )  # fmt: skip
+                await self.provider.cancel(row["task_id"], DEFAULT_GRACE)
+        self._lost_lease = False
 
     async def _take_over(self) -> None:
         """Reconcile the pending and running tasks of servers that stopped (at start, and

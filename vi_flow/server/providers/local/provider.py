@@ -253,6 +253,10 @@ class LocalProvider:
         self._queue.append(spec)
         self._wake.set()
 
+    def running_here(self) -> list[str]:
+        """The tasks launching or running here."""
+        return [job.spec.task_id for job in self._jobs.values() if job.process is not None]
+
     async def cancel(self, task_id: str, grace: float) -> None:
         """Drop a queued task, or stop a running one (SIGTERM, SIGKILL after ``grace``)."""
         job = self._jobs.get(task_id)
