@@ -94,9 +94,9 @@ class Cluster:
         self.lease = lease
         self.replicas: list[Replica] = []
 
-    def spawn(self, name: str) -> Replica:
-        """Start replica ``name`` (home ``<root>/<name>``) without waiting for it."""
-        home = self.root / name
+    def spawn(self, name: str, home_name: str | None = None) -> Replica:
+        """Start replica ``name`` (home ``<root>/<home_name or name>``) without waiting."""
+        home = self.root / (home_name or name)
         home.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
         env = env_for(home, VI_FLOW_REPLICA_LEASE=f"{self.lease:g}", VI_FLOW_REPLICA_NAME=name)

@@ -713,6 +713,23 @@ async def test_a_key_deleted_on_b_ends_the_ssh_connections_made_with_it_on_a(
 
 
 @pytest.mark.timeout(120)
+async def test_a_second_live_replica_of_one_name_is_refused(cluster: Cluster) -> None:
+    # Found by QA: it started, and answered the first one's local tasks as its own (their
+    # logs empty: the files are on the other's host).
+    (a,) = await cluster.start("a")
+    twin = cluster.spawn("a", home_name="a-twin")
+    with anyio.fail_after(cluster.lease + 30):
+        while twin.alive():
+            await anyio.sleep(0.2)
+    assert twin.proc.returncode == 1, twin.output()
+    assert "a live replica of this database is named 'a'" in twin.output()
+    assert (await call(a, "GET", "/flows")).status == 200
+    cluster.kill(a)  # restarted at once, as systemd does: it waits out the dead one's lease
+    (again,) = await cluster.start("a")
+    assert (await call(again, "GET", "/flows")).status == 200
+
+
+@pytest.mark.timeout(120)
 async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: Cluster) -> None:
     a, b, _ = await three(cluster)
     flow_id = await create_flow(a, {"name": "kept", "blocks": []})

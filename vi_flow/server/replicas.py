@@ -37,9 +37,10 @@ from ._records import new_id
 from .background import spawn
 from .clock import now_ms, wait_event
 from .db import Connection
+from .home import HomeError
 from .store import Store
 
-__all__ = ["MIGRATION", "SCHEMA", "Message", "Replica", "lease_from_env"]
+__all__ = ["MIGRATION", "SCHEMA", "Message", "Replica", "ReplicaNameInUse", "lease_from_env"]
 
 log = logging.getLogger("vi_flow.server")
 
@@ -51,6 +52,13 @@ SCHEMA = (
 
 Message = list[Any]
 """A decoded ``NOTIFY`` payload: ``[kind, sender id, *data]``."""
+
+
+class ReplicaNameInUse(HomeError):
+    """A live replica of the database already has this replica's name (``vi-flow serve``
+    says so and exits 1): the name says on whose host a local task runs, and two of one
+    name would each answer for the other's tasks."""
+
 
 _DEFAULT_LEASE = 15.0
 _PAYLOAD_BYTES = 7000  # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more
@@ -153,6 +161,7 @@ class Replica:
         self._loop = asyncio.get_running_loop()
         if self.shared:
             self._channel = await self.store.run(_channel_name)
+            await self._wait_out_namesake()
         await self.store.run(self._join)
         self._beat_ok = time.monotonic()
         log.info("replica %s (%s) joined, lease %gs", self.name, self.id, self.lease)
@@ -162,6 +171,43 @@ class Replica:
             )
             self._thread.start()
             self._ticking = self._loop.create_task(self._tick_loop())
+
+    async def _wait_out_namesake(self) -> None:
+        """Join once no live replica has this name.
+
+        A replica of the name whose heartbeat is fresh is one killed moments ago (and
+        restarted at once, by systemd): its lease runs out within ``lease`` seconds, and
+        this one waits for that. Or it lives: its heartbeat moves while this one waits.
+
+        Raises:
+            ReplicaNameInUse: The name's heartbeat moved.
+        """
+
+        def look(conn: Connection) -> tuple[int | None, int]:
+            row = conn.execute(
+                f"SELECT MAX(heartbeat_at), {_PG_NOW} FROM replicas WHERE name = ?", (self.name,)
+            ).fetchone()
+            return row[0], row[1]
+
+        first = None
+        deadline = time.monotonic() + self.lease + 1.0
+        while time.monotonic() < deadline:
+            beat, now = await self.store.run(look)
+            if beat is None or now - beat > self.lease * 1000:
+                return
+            if first is None:
+                first = beat
+                log.info(
+                    "replica %s: a replica of this name beat %.1f s ago; waiting for its lease",
+                    self.name, (now - beat) / 1000,
+                )  # fmt: skip
+            elif beat != first:
+                raise ReplicaNameInUse(
+                    f"a live replica of this database is named {self.name!r} (its heartbeat"
+                    " goes on): give this one another name (--replica-name or"
+                    " VI_FLOW_REPLICA_NAME), or stop that one first"
+                )
+            await asyncio.sleep(0.25)
 
     async def close(self) -> None:
         """Leave: stop heartbeating and delete this replica's row (others take over now)."""
