@@ -6,9 +6,10 @@ by ``with_options`` share, so they share the connection pool.
 
 Retries: connection errors, timeouts, 408, 409, 429 and 5xx, with exponential backoff and
 jitter (0.5 s doubling, 8 s cap) or the server's ``Retry-After`` (capped). A total timeout
-(``timeout=0.5`` on a call sets one) bounds the whole call, retries and waits included. A POST is retried
-only when it carries an ``Idempotency-Key``, made once per logical call and reused on every
-attempt. A server may veto a retry with ``X-Should-Retry: false``.
+(``timeout=0.5`` on a call sets one) bounds the whole call, retries and waits included. A POST,
+PUT, PATCH or DELETE carries an ``Idempotency-Key``, made once per logical call and reused on
+every attempt (a POST is retried only with one); the server replays its first answer. A
+server may veto a retry with ``X-Should-Retry: false``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ log = logging.getLogger("vi_flow")
 DEFAULT_ORGANIZATION = "org_default"
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+#: Methods whose every call carries an Idempotency-Key (made once, kept across retries):
+#: a retry of a POST whose answer was lost must not make a second resource, nor one of a
+#: PUT or DELETE answer 412 or 404 about the change its first attempt made.
+_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 60.0
@@ -729,7 +734,7 @@ class _Request:
             hdrs["Organization-Id"] = endpoint.organization_id
         if headers:
             hdrs.update(headers)
-        if method == "POST" and "Idempotency-Key" not in hdrs:
+        if method in _CHANGES and "Idempotency-Key" not in hdrs:
             hdrs["Idempotency-Key"] = f"vi-{uuid.uuid4().hex}"
         self.headers = hdrs
         self.retryable = method in IDEMPOTENT_METHODS or "Idempotency-Key" in hdrs

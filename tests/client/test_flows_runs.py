@@ -181,6 +181,31 @@ async def test_post_retried_after_a_dropped_connection_creates_one_flow(
     assert [f.flow_id for f in flows] == [flow.flow_id]
 
 
+async def test_an_update_and_a_delete_whose_answers_were_lost_report_their_own_change(
+    client: vi_flow.AsyncClient,
+) -> None:
+    # Found by QA: retried without an Idempotency-Key, the update's retry met its own
+    # change (412 ETAG_MISMATCH) and the delete's its own deletion (404).
+    flow = await client.flows.create(SPEC)
+    endpoint = await client.http.connection.endpoint()
+    port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
+    renamed = {**SPEC, "name": "renamed"}
+    for lost in ("update", "delete"):
+        async with cutting_proxy(port, swallow_answers=1) as proxy:
+            url = f"http://127.0.0.1:{proxy.port}/v1"
+            async with vi_flow.AsyncClient(
+                base_url=url, api_key=endpoint.api_key, sleep=NoSleep()
+            ) as flaky:
+                if lost == "update":
+                    updated = await flaky.flows.update(flow.flow_id, renamed, etag=flow.etag)
+                    assert updated.spec.name == "renamed" and updated.etag != flow.etag
+                else:
+                    deleted = await flaky.flows.delete(flow.flow_id)
+                    assert deleted.flow_id == flow.flow_id
+            assert proxy.connections == 2  # the first answer was lost; the retry replayed it
+    assert (await client.flows.list()).items == []
+
+
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
     async with vi_flow.AsyncClient() as first:
         flow = await first.flows.create(SPEC)

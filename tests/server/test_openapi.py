@@ -151,7 +151,9 @@ async def test_queries_headers_events_and_links_are_declared(server: Server) -> 
     assert "If-Match" in names("/v1/flows/{flowId}", "put", "header")
     for path in ("/v1/flows", "/v1/runs", "/v1/tasks", "/v1/volumes", "/v1/reservations"):
         assert "Idempotency-Key" in names(path, "post", "header"), path
-    assert "Idempotency-Key" not in names("/v1/flows/{flowId}", "put", "header")
+    for path, method in (("/v1/flows/{flowId}", "put"), ("/v1/volumes/{volumeId}", "delete")):
+        assert "Idempotency-Key" in names(path, method, "header"), (path, method)
+    assert "Idempotency-Key" not in names("/v1/flows/{flowId}", "get", "header")
     created = paths["/v1/flows"]["post"]["responses"]["201"]
     assert {"X-Request-Id", "ETag", "Idempotent-Replayed"} <= set(created["headers"])
     targets = {link["operationId"] for link in created["links"].values()}

@@ -452,7 +452,9 @@ def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
 
 
 def idempotent(handler: Handler) -> Handler:
-    """Make a POST handler honour the ``Idempotency-Key`` header.
+    """Make a POST, PUT or DELETE handler honour the ``Idempotency-Key`` header (a PUT or
+    DELETE retried after its answer was lost gets that answer, not a 412 or 404 about
+    its own change).
 
     The first 2xx answer for (organization, key, method, path) is stored and replayed
     for later requests with the same key (with ``Idempotent-Replayed: true``); the same

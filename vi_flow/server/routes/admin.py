@@ -95,6 +95,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response({"items": items, "nextPage": None})
 
 
+@idempotent
 async def revoke_token(request: web.Request) -> web.Response:
     """Revoke an organization's tokens of one name (admin only); refused at once."""
     _require_admin(request)

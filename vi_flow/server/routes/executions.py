@@ -35,6 +35,7 @@ from ..engine import Engine, parse_request, tables
 from ..engine.eventlog import RunKey
 from ..errors import APIProblem
 from ..helpers import (
+    idempotent,
     idempotent_in_transaction,
     json_response,
     org_in_path,
@@ -258,6 +259,7 @@ async def get_credits(request: web.Request) -> web.Response:
     return json_response({"organizationId": org_id, "credits": credits})
 
 
+@idempotent
 async def put_credits(request: web.Request) -> web.Response:
     """Set an organization's credits (admin); ``{"credits": null}`` removes the limit."""
     org_id = await org_in_path(request, admin_for="setting credits")

@@ -84,6 +84,7 @@ async def get_flow(request: web.Request) -> web.Response:
     return _flow_response(flow)
 
 
+@idempotent
 async def update_flow(request: web.Request) -> web.Response:
     """Replace a flow's draft spec; If-Match with a stale etag is 412 ETAG_MISMATCH."""
     store, flow_id = request.app[STORE_KEY], request.match_info["flowId"]
@@ -97,6 +98,7 @@ async def update_flow(request: web.Request) -> web.Response:
     return _flow_response(flow)
 
 
+@idempotent
 async def delete_flow(request: web.Request) -> web.Response:
     """Delete a flow and its published versions; If-Match as for ``PUT``."""
     flow_id = request.match_info["flowId"]

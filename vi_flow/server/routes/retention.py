@@ -25,7 +25,7 @@ from aiohttp import web
 from ...models.limits import shown
 from ...models.retention import MAX_AGE, parse_age
 from ..errors import APIProblem
-from ..helpers import json_response, org_in_path, principal_of, read_body
+from ..helpers import idempotent, json_response, org_in_path, principal_of, read_body
 from ..retention import Pruner
 from ..state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
@@ -123,6 +123,7 @@ def _days(body: dict[str, Any]) -> float | None:
     return float(days)
 
 
+@idempotent
 async def put_retention(request: web.Request) -> web.Response:
     """Override an organization's retention (admin): days, 0 (keep all) or null (default)."""
     org_id = await org_in_path(request, admin_for="setting retention")

@@ -130,6 +130,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     return json_response(shown_run(run))
 
 
+@idempotent
 async def delete_run(request: web.Request) -> web.Response:
     """Delete a finished run; a run still Pending or Running is 409 CONFLICT."""
     org, run_id = org_of(request), request.match_info["runId"]

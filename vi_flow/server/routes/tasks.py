@@ -400,6 +400,7 @@ async def get_volume(request: web.Request) -> web.StreamResponse:
     return json_response(volume)
 
 
+@idempotent
 async def delete_volume(request: web.Request) -> web.StreamResponse:
     """Delete a volume (409 while a task mounts it)."""
     volume_id = await _service(request).volumes.delete_volume(
@@ -535,6 +536,7 @@ async def get_reservation(request: web.Request) -> web.StreamResponse:
     return json_response(await _owned(request, request.match_info["reservationId"]))
 
 
+@idempotent
 async def cancel_reservation(request: web.Request) -> web.StreamResponse:
     """Cancel a reservation."""
     reservation = await _owned(request, request.match_info["reservationId"])
@@ -618,6 +620,7 @@ def drop_logins_of(app: web.Application, org_id: str, fingerprints: list[str]) -
             app[SSHD_KEY].drop_logins(org_id, fingerprint)
 
 
+@idempotent
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     """Delete an SSH key."""
     key_id, org = request.match_info["keyId"], org_of(request)
