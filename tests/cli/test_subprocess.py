@@ -170,6 +170,30 @@ def test_shell_command_into_head_exits_quietly(
     assert out.returncode == 0
 
 
+def test_shell_command_output_reaches_stdout_and_stderr_byte_for_byte(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """Bytes that are not UTF-8 (``tar cf -``, a binary file) are not 'replaced'."""
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    started = subprocess.run(
+        [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
+    )
+    assert started.returncode == 0, started.stderr
+    task_id = started.stdout.strip()
+    command = r"printf '\377\376\000caf\303\251\n'; printf '\200\201' >&2"
+    try:
+        out = subprocess.run(
+            [*_cli(), "tasks", "shell", task_id, "-n", "-c", command],
+            capture_output=True, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+    assert out.stdout == b"\377\376\000caf\303\251\n"
+    assert out.stderr == b"\200\201"
+    assert out.returncode == 0
+
+
 def test_ctrl_c_cancels_the_run(
     served: tuple[str, str, subprocess.Popen[str]], tmp_path: Path
 ) -> None:

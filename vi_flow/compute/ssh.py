@@ -282,7 +282,8 @@ async def run_remote(
         command: A shell command line, or an argv list quoted word by word.
         input: The command's standard input: bytes, or a binary file read as the command
             runs (``sys.stdin.buffer``: a pipe streams through), then EOF.
-        echo: Also copy the output to this process's stdout/stderr as it arrives.
+        echo: Also copy the output to this process's stdout/stderr as it arrives, byte
+            for byte (decoded as UTF-8 only for a stream without a binary ``buffer``).
     """
     line = build_remote_command(command)
     proc = await conn.create_process(line, encoding=None)
@@ -366,14 +367,14 @@ async def _collect(proc: asyncssh.SSHClientProcess[bytes], *, echo: bool) -> tup
 
     async def pump(reader: asyncssh.SSHReader[bytes], name: str) -> None:
         # Through sys.stdout/sys.stderr as they are now, not fd 1/2: redirect_stdout and
-        # notebooks capture the output too. A multi-byte character may span two reads.
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # notebooks capture the output too.
+        write = _echo_writer(sys.stdout if name == "out" else sys.stderr) if echo else None
         while data := await reader.read(65536):
             chunks[name].append(data)
-            if echo:
-                _echo(name, decoder.decode(data))
-        if echo:
-            _echo(name, decoder.decode(b"", final=True))
+            if write:
+                write(data, False)
+        if write:
+            write(b"", True)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(pump, proc.stdout, "out")
@@ -381,11 +382,29 @@ async def _collect(proc: asyncssh.SSHClientProcess[bytes], *, echo: bool) -> tup
     return b"".join(chunks["out"]), b"".join(chunks["err"])
 
 
-def _echo(name: str, text: str) -> None:
-    if text:
-        stream = sys.stdout if name == "out" else sys.stderr
-        stream.write(text)
-        stream.flush()
+def _echo_writer(stream: Any) -> Callable[[bytes, bool], None]:
+    """How to echo a command's output to ``stream``: byte for byte into its binary buffer
+    where it has one (a terminal, pipe or file: ``tar cf -`` must arrive whole), else
+    decoded as UTF-8 for a text-only stream (a ``StringIO``, a notebook)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+
+        def write_bytes(data: bytes, final: bool) -> None:
+            if data:
+                stream.flush()  # what was printed as text before goes out first
+                buffer.write(data)
+                buffer.flush()
+
+        return write_bytes
+    # a multi-byte character may span two reads
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write_text(data: bytes, final: bool) -> None:
+        if text := decoder.decode(data, final=final):
+            stream.write(text)
+            stream.flush()
+
+    return write_text
 
 
 def _fileno(stream: Any, default: int) -> int:
