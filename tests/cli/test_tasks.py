@@ -82,6 +82,7 @@ def test_a_bad_task_file_is_a_usage_error_naming_the_file(vf: Invoker, tmp_path:
         "unclosed.yaml": ("name: [unclosed\n", "unclosed.yaml:2:1: not valid YAML"),
         "env.yaml": ("command: [echo, hi]\nenv: [1, 2]\n", "env.yaml: env must be a mapping"),
         "volumes.yaml": ("command: x\nvolumes: data\n", "volumes must be a list"),
+        "bigint.yaml": ("command: x\ncpus: 99999999999999999999999999\n", "cpus: integer out of"),
     }
     for name, (text, said) in cases.items():
         bad = vf("tasks", "run", "-f", str(write(tmp_path / name, text)))
@@ -91,6 +92,9 @@ def test_a_bad_task_file_is_a_usage_error_naming_the_file(vf: Invoker, tmp_path:
     binary.write_bytes(b"\xff\xfe")
     bad = vf("tasks", "run", "-f", str(binary))
     assert bad.exit_code == 2 and "binary.yaml: not UTF-8" in bad.stderr, bad.stderr
+    # a word of an argv that is not UTF-8 reaches Python as a lone surrogate
+    bad = vf("tasks", "run", "--", "echo", "\udcff")
+    assert bad.exit_code == 2 and "command[1]: text that is not valid Unicode" in bad.stderr
     assert json.loads(vf("tasks", "list", "--json").stdout) == []
 
 

@@ -74,6 +74,23 @@ async def test_run_accepts_argv_yaml_and_config(
     assert len(await client.list_tasks(limit=100)) == len(before)
 
 
+async def test_a_value_json_cannot_hold_is_refused_naming_its_field(
+    client: vi_flow.AsyncClient,
+) -> None:
+    """Found by QA: orjson's "Integer exceeds 64-bit range" named no field."""
+    before = await client.list_tasks(limit=100)
+    with pytest.raises(ValueError, match=r"^cpus: integer out of the 64-bit range: 1000"):
+        await client.run("true", cpus=10**30)
+    with pytest.raises(ValueError, match=r"^command: text that is not valid Unicode"):
+        await client.run("echo \udc80")  # a lone surrogate: bytes decoded with surrogateescape
+    with pytest.raises(ValueError, match=r"^command\[1\]: text that is not valid Unicode"):
+        await client.run(["echo", "\udc80"])
+    with pytest.raises(ValueError, match=r"^env\.TOKEN: text that is not valid Unicode") as info:
+        await client.run("true", env={"TOKEN": "secret\udc80"})
+    assert "secret" not in str(info.value)
+    assert len(await client.list_tasks(limit=100)) == len(before)
+
+
 async def test_run_wait_true_returns_running(client: vi_flow.AsyncClient) -> None:
     task = await client.run("sleep 30", wait=True)
     try:

@@ -20,6 +20,8 @@ from cattrs.cols import list_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.orjson import make_converter
 
+from .limits import shown
+
 __all__ = [
     "OpenEnum",
     "camel",
@@ -156,27 +158,57 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_finite(obj: Any) -> bytes:
-    """Serialize like :func:`dumps`, refusing ``nan`` and infinities.
+    """Serialize like :func:`dumps`, refusing values JSON cannot hold with the field's name.
 
-    orjson writes them as ``null``, which would send "no value" where the caller gave
-    one (``duration_hours=float("inf")`` became a missing duration).
+    orjson writes ``nan`` and infinities as ``null``, which would send "no value" where
+    the caller gave one (``duration_hours=float("inf")`` became a missing duration); an
+    integer past 64 bits or text with a lone surrogate it refuses in words that name no
+    field ("Integer exceeds 64-bit range").
 
     Raises:
-        ValueError: Naming the wire path of the first such number.
+        ValueError: Naming the wire path of the first such value.
     """
     wire = to_wire(obj)
-    body = orjson.dumps(wire)
+    try:
+        body = orjson.dumps(wire)
+    except orjson.JSONEncodeError:
+        _refuse_unencodable(wire, encoded=False)
+        raise  # something the walk does not know: orjson's own words
     if b"null" in body:  # only then can a number have been written as null
-        stack: list[tuple[Any, str]] = [(wire, "")]
-        while stack:
-            item, where = stack.pop()
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ValueError(f"{where or 'body'}: expected a finite number, got {item!r}")
-            if isinstance(item, dict):
-                stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in item.items())
-            elif isinstance(item, (list, tuple)):
-                stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        _refuse_unencodable(wire, encoded=True)
     return body
+
+
+def _refuse_unencodable(wire: Any, *, encoded: bool) -> None:
+    """Name the first value of ``wire`` JSON cannot hold; ``encoded``: orjson wrote it,
+    so only a number it wrote as ``null`` can be one."""
+    stack: list[tuple[Any, str]] = [(wire, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if not encoded and (problem := _unencodable(key)):
+                    raise ValueError(f"{where or 'body'}: a key is {problem}")
+                stack.append((value, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where or 'body'}: expected a finite number, got {item!r}")
+        elif not encoded and (problem := _unencodable(item)):
+            raise ValueError(f"{where or 'body'}: {problem}")
+
+
+def _unencodable(item: Any) -> str | None:
+    """Why orjson refuses a scalar (a key), in words naming it, or ``None``."""
+    if not isinstance(item, (int, str)):
+        return None  # a type JSON has no word for: orjson's TypeError says so
+    try:
+        orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        if isinstance(item, str):  # the value may be a secret (env): not shown
+            return "text that is not valid Unicode (it holds a lone surrogate)"
+        return f"integer out of the 64-bit range: {shown(item)}"
+    return None
 
 
 def loads(data: bytes | str) -> Any:
