@@ -91,6 +91,17 @@ async def test_a_value_json_cannot_hold_is_refused_naming_its_field(
     assert len(await client.list_tasks(limit=100)) == len(before)
 
 
+@pytest.mark.parametrize("value", [1, 1.5, True, None])
+async def test_an_env_value_that_is_not_a_string_is_refused_naming_it(
+    client: vi_flow.AsyncClient, value: object
+) -> None:
+    """Found by QA: 1 and True arrived as "1" and "True" (Python's words), None was refused."""
+    before = await client.list_tasks(limit=100)
+    with pytest.raises(TypeError, match=r"^env\.B must be a string, got \w+ \(in YAML, quote"):
+        await client.run("true", env={"A": "fine", "B": value})
+    assert len(await client.list_tasks(limit=100)) == len(before)
+
+
 async def test_run_wait_true_returns_running(client: vi_flow.AsyncClient) -> None:
     task = await client.run("sleep 30", wait=True)
     try:

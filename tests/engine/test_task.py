@@ -50,6 +50,22 @@ async def test_failing_task_fails_the_step(server: Server) -> None:
     assert (output["exitCode"], output["signal"], output["reason"]) == (None, 9, "Killed")
 
 
+async def test_env_values_are_text_a_whole_placeholder_goes_in_as_json(server: Server) -> None:
+    env = {"EPOCHS": "{{ parameters.epochs }}", "FAST": "{{ parameters.fast }}"}
+    env["NAME"] = "run {{ parameters.fast }}"
+    settings = {"command": 'echo "$EPOCHS|$FAST|$NAME"', "env": env}
+    flow = await server.flow({"block": "task", "id": "t", "settings": settings})
+    body = {"parameters": {"epochs": 3, "fast": True}}
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["state"] == "completed", outcome
+    assert outcome["output"]["logTail"] == ["3|true|run true"]  # JSON's words, not Python's
+    literal = {"block": "task", "settings": {"command": "true", "env": {"EPOCHS": 3}}}
+    spec = {"name": "test", "blocks": [literal]}
+    refused = await server.call("POST", "/flows", json={"spec": spec})
+    assert refused.status == 422
+    assert refused.body["error"]["message"].startswith("spec.blocks[0].settings.env.EPOCHS:")
+
+
 async def test_task_without_command_fails(server: Server) -> None:
     flow = await server.flow({"block": "task"})
     events, _ = await server.sse("POST", f"/flows/{flow}/events", json={})

@@ -47,6 +47,17 @@ async def test_an_env_no_process_can_take_is_422_naming_it(
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 
+@pytest.mark.parametrize("value", [1, 1.5, True, None, [], {}])
+async def test_an_env_value_that_is_not_a_string_is_422_naming_it(
+    server: Server, value: object
+) -> None:
+    body = {"command": "true", "env": {"A": "fine", "B": value}}
+    answer = await server.call("POST", "/tasks", json=body)
+    _refused(answer, "env.B: must be a string")
+    assert "quote" in answer.body["error"]["message"]
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
 async def test_a_command_or_variable_past_linuxs_argument_limit_is_422(server: Server) -> None:
     # 200 KB were accepted and then failed at exec, "Argument list too long" (found by QA)
     long = "echo " + "x" * 140_000

@@ -51,7 +51,7 @@ def test_config_from_yaml_and_wire_round_trip(tmp_path: Path) -> None:
         "gpu: a100:2\n"
         "min_gpu_memory_gb: 40\n"
         "maxRunTime: 60\n"
-        "env: {EPOCHS: 3}\n"
+        "env: {EPOCHS: '3'}\n"
         "volumes:\n"
         "  - {volume_id: vol_1, mount_path: /data}\n"
     )
@@ -63,6 +63,9 @@ def test_config_from_yaml_and_wire_round_trip(tmp_path: Path) -> None:
     wire = to_wire(config)
     assert wire["volumes"][0]["volumeId"] == "vol_1" and wire["maxRunTime"] == 60
     assert from_wire(wire, TaskConfig) == config
+    (tmp_path / "number.yaml").write_text("command: x\nenv: {EPOCHS: 3}\n")
+    with pytest.raises(ValueError, match=r"env\.EPOCHS must be a string, got int \(in YAML, quote"):
+        TaskConfig.from_yaml(tmp_path / "number.yaml")
     (tmp_path / "bad.yaml").write_text("nme: x\n")
     with pytest.raises(ValueError, match="unknown task config field 'nme'"):
         TaskConfig.from_yaml(tmp_path / "bad.yaml")

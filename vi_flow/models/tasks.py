@@ -186,12 +186,17 @@ def _volume_specs(values: Any) -> list[VolumeSpec]:
 
 def env_problem(values: object) -> tuple[str, str] | None:
     """What makes ``values`` no task environment: the field (``env`` or ``env.<NAME>``)
-    and why, naming the type, never the value (a secret); ``None`` when it is one."""
+    and why, naming the type, never the value (a secret); ``None`` when it is one.
+
+    Every value must be a string: a number or a boolean is refused, not turned into text
+    (YAML's ``true`` would become Python's ``True``), and so is ``null``.
+    """
     if not isinstance(values, Mapping):
         return "env", f"must be a mapping of names to values, got a {type_name(values)}"
     for name, value in values.items():
-        if value is None or not isinstance(value, (str, int, float)):
-            return f"env.{str(name)[:64]}", f"must be a string, got a {type_name(value)}"
+        if not isinstance(value, str):
+            why = f"must be a string, got {type_name(value)} (in YAML, quote the value)"
+            return f"env.{str(name)[:64]}", why
     return None
 
 
@@ -200,7 +205,7 @@ def _env(values: Any) -> dict[str, str]:
         return {}
     if problem := env_problem(values):
         raise TypeError(" ".join(problem))
-    return {str(k): str(v) for k, v in values.items()}
+    return {str(k): v for k, v in values.items()}
 
 
 ENV_REDACTED = "<redacted>"
@@ -225,7 +230,8 @@ class TaskConfig:
         min_gpu_memory_gb: The least memory per GPU.
         cpus: CPU cores to hold (default 1).
         memory_gb: Memory to hold, in GB.
-        env: Extra environment variables. Write-only: the server answers each value as
+        env: Extra environment variables, names to strings (a number is refused: quote it
+            in YAML). Write-only: the server answers each value as
             ``"<redacted>"`` (:data:`ENV_REDACTED`) and ``repr()`` shows names only.
         volumes: Volumes to mount (``VolumeSpec`` or ``{"volume_id", "mount_path"}``).
         working_dir: Directory the command starts in, relative to the task workspace.

@@ -345,12 +345,11 @@ ID_NAME: dict[str, Any] = {**NAME, "maxLength": MAX_ID_LENGTH}
 ENV: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-    "additionalProperties": {
-        "anyOf": [{"type": "string", "pattern": "^[^\\u0000]*$"}, {"type": "number"}]
-    },
+    "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
 }
-"""A task's environment: names a shell can set, values without NUL (a value of more than
-128 KiB is refused too: Linux passes no longer variable)."""
+"""A task's environment: names a shell can set, string values without NUL (a number or
+a boolean is refused, not turned into text; a value of more than 128 KiB is refused
+too: Linux passes no longer variable)."""
 """A step or input name: as :data:`NAME`, at most 128 characters."""
 
 # What the server checks beyond the models' types: (component, property) -> schema, and

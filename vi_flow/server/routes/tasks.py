@@ -42,6 +42,7 @@ from ...models.tasks import (
     TaskOutputFile,
     TaskStatus,
     VolumeRequest,
+    env_problem,
 )
 from ..db import Connection
 from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
@@ -56,6 +57,7 @@ from ..helpers import (
     principal_of,
     read_body,
     read_json,
+    structure,
 )
 from ..providers import create_provider
 from ..providers.base import ProviderError, problem_for
@@ -166,7 +168,11 @@ def _check_file_path(path: str) -> None:
 @idempotent
 async def create_task(request: web.Request) -> web.StreamResponse:
     """Submit a task (body: TaskConfig)."""
-    config = await read_json(request, TaskConfig)
+    body = await read_body(request)
+    env = body.get("env") if isinstance(body, dict) else None
+    if env is not None and (problem := env_problem(env)):  # in the SDK's words, as flows'
+        raise APIProblem.validation(*problem)
+    config = structure(body, TaskConfig)
     _check_config(config)
     task = await _service(request).submit(org_of(request), config, answer_status=201)
     return json_response(task, status=201)
