@@ -82,8 +82,12 @@ def test_invalid_yaml_names_the_line(vf: Invoker, tmp_path: Path) -> None:
         ),
         ("name: x\nblocks: &b\n  - *b\n", ":3:5: not valid YAML: aliases (*b) are not supported"),
         ("name: x\nblocks: " + "[" * 50_000 + "]" * 50_000 + "\n", ": not valid YAML: nested too"),
+        (
+            "name: x\nblocks:\n  - block: template\n    id: a\n    id: b\n",
+            ":5:5: not valid YAML: duplicate key 'id' (first on line 4)",
+        ),
     ],
-    ids=["alias-bomb", "recursive-alias", "deep-nesting"],
+    ids=["alias-bomb", "recursive-alias", "deep-nesting", "duplicate-key"],
 )
 def test_hostile_yaml_is_a_usage_error_naming_the_line(
     vf: Invoker, tmp_path: Path, text: str, problem: str

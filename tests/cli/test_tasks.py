@@ -80,6 +80,10 @@ def test_run_from_file_list_status_cancel(vf: Invoker, tmp_path: Path) -> None:
 def test_a_bad_task_file_is_a_usage_error_naming_the_file(vf: Invoker, tmp_path: Path) -> None:
     cases = {
         "unclosed.yaml": ("name: [unclosed\n", "unclosed.yaml:2:1: not valid YAML"),
+        "twice.yaml": (  # YAML keeps the last value, silently
+            "command: echo a\nname: n\ncommand: echo b\n",
+            "twice.yaml:3:1: not valid YAML: duplicate key 'command' (first on line 1)",
+        ),
         "env.yaml": ("command: [echo, hi]\nenv: [1, 2]\n", "env.yaml: env must be a mapping"),
         "volumes.yaml": ("command: x\nvolumes: data\n", "volumes must be a list"),
         "envodd.yaml": ("command: x\nenv: {A: '1', B: true}\n", "env.B must be a string"),

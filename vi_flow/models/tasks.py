@@ -304,8 +304,8 @@ class TaskConfig:
         """Load a config from YAML text; ``where`` names it in errors (a path, ``<stdin>``).
 
         Raises:
-            ValueError: Not YAML (aliases, ``*name``, are refused too), not a mapping, or
-                naming an unknown field.
+            ValueError: Not YAML (aliases, ``*name``, and a key given twice are refused
+                too), not a mapping, or naming an unknown field.
         """
         import yaml
 

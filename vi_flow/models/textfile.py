@@ -11,6 +11,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from .limits import shown
+
 __all__ = ["load_yaml", "read_utf8", "yaml_problem"]
 
 
@@ -43,7 +45,8 @@ def load_yaml(text: str) -> tuple[Any, Any]:
     Aliases (``*name``) are refused: a spec never needs one, and they are how a small
     file becomes one that refers to itself (a recursive structure) or that expands to
     gigabytes when it is sent as JSON (the "billion laughs"). A document nested deeper
-    than Python's recursion allows is refused too.
+    than Python's recursion allows is refused too, and so is a mapping that gives one
+    key twice (YAML would keep the last value, silently).
 
     Raises:
         yaml.YAMLError: Not valid YAML, an alias, or nested too deeply (with its mark
@@ -77,4 +80,30 @@ def _loader_class() -> Any:
                 )
             return super().compose_node(parent, index)
 
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            _refuse_duplicate_keys(self, node)
+            return super().construct_mapping(node, deep)
+
     return NoAliases
+
+
+def _refuse_duplicate_keys(loader: Any, node: Any) -> None:
+    import yaml
+
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<' merges on purpose (an inline mapping: aliases are refused)
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            line = first_line.get(key)
+        except TypeError:
+            continue  # not hashable: the constructor refuses it in its own words
+        if line is not None:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"duplicate key {shown(key_node.value)} (first on line {line})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
