@@ -6,11 +6,13 @@ import json
 import socket
 from pathlib import Path
 
+import click
 import pytest
 
 import vi_flow
 from vi_flow import _errors as e
 from vi_flow.cli._failures import exit_code_for
+from vi_flow.cli._root import cli
 
 from .conftest import Invoker
 
@@ -209,6 +211,28 @@ def test_help_summaries_are_whole_sentences(vf_offline: Invoker) -> None:
     result = vf_offline("ssh-keys", "--help")
     summary = " ".join(result.stdout.split())  # as wrapped to the terminal
     assert "(such as ~/.ssh/id_ed25519.pub), or --default." in summary
+
+
+def _command_paths(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    ctx = click.Context(group)
+    paths = []
+    for name in group.list_commands(ctx):  # the groups load their commands lazily
+        paths.append((*path, name))
+        if isinstance(command := group.get_command(ctx, name), click.Group):
+            paths.extend(_command_paths(command, (*path, name)))
+    return paths
+
+
+def test_no_help_shows_a_range_with_no_bound(vf_offline: Invoker) -> None:
+    # Found by QA: `tasks run --help` said `--max-price FLOAT RANGE ... [x<=None]`.
+    paths = _command_paths(cli)
+    assert ("tasks", "run") in paths and len(paths) > 40
+    for path in paths:
+        result = vf_offline(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "None" not in result.stdout, (path, result.stdout)
+    run = " ".join(vf_offline("tasks", "run", "--help").stdout.split())
+    assert "--max-price FLOAT Most to pay per hour." in run
 
 
 def test_server_commands_refuse_a_base_url_they_would_ignore(vf_offline: Invoker) -> None:

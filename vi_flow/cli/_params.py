@@ -30,7 +30,21 @@ class BoundedInt(click.IntRange):
 
 
 class FiniteFloat(click.FloatRange):
-    """A float in a range: no NaN, no infinity, nothing past :data:`FLOAT_MAX` either way."""
+    """A float in a range: no NaN, no infinity, nothing past :data:`FLOAT_MAX` either way.
+
+    With no bounds given, the help says ``FLOAT`` and no range (click would write
+    ``FLOAT RANGE ... [x<=None]``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.min is None and self.max is None:
+            self.name = "float"
+
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return ""  # click's help leaves an empty range out
+        return super()._describe_range()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         return _checked(self, super().convert(value, param, ctx), value, param, ctx, FLOAT_MAX)
