@@ -387,6 +387,23 @@ async def test_instances_reservations_and_normalize(client: vi_flow.AsyncClient)
     assert isinstance(await client.list_reservations(), list)
 
 
+async def test_list_reservations_filters_by_status_and_knows_no_other_filter(
+    client: vi_flow.AsyncClient,
+) -> None:
+    held = await client.reservations.create(cpus=1, duration_hours=0.5)
+    try:
+        ids = [r.reservation_id for r in await client.list_reservations({"status": "active"})]
+        assert ids == [held.reservation_id]
+        assert await client.list_reservations({"status": ["scheduled", "expired"]}) == []
+        assert await client.reservations.list(status="scheduled") == []
+        with pytest.raises(UnprocessableEntityError, match="known: active, cancelled"):
+            await client.list_reservations({"status": "bogus"})
+        with pytest.raises(TypeError, match=r"unknown reservation filter.*'colour'"):
+            await client.list_reservations({"colour": "red"})  # it filtered nothing
+    finally:
+        await client.reservations.cancel(held.reservation_id)
+
+
 async def test_get_model_downloads_run_artifacts(
     client: vi_flow.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

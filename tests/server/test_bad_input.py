@@ -195,6 +195,28 @@ async def test_enum_parameters_are_spelled_as_the_document_says(server: Server) 
     assert (await server.call("GET", "/tasks?status=running,%20pending&order=oldest")).status == 200
 
 
+async def test_reservations_filter_by_status_as_tasks_do(server: Server) -> None:
+    # Found by QA: ?status=bogus answered 200 with nothing, as if none were in it.
+    made = await server.call("POST", "/reservations", json={"cpus": 1, "durationHours": 0.5})
+    assert made.status == 201, made.body
+    held = made.body["reservationId"]
+    for query in ("status=bogus", "status=ACTIVE", "status=active,bogus"):
+        answer = await server.call("GET", f"/reservations?{query}")
+        _refused(answer, "status")
+        assert "known: active, cancelled, expired, scheduled" in answer.body["error"]["message"]
+    for query, found in (
+        ("status=active", [held]),
+        ("status=scheduled", []),
+        ("status=scheduled,%20active", [held]),
+        ("status=expired&status=active", [held]),  # a list: it may repeat, as for tasks
+        ("status=", [held]),
+    ):
+        answer = await server.call("GET", f"/reservations?{query}")
+        assert answer.status == 200, (query, answer.body)
+        assert [r["reservationId"] for r in answer.body["items"]] == found, query
+    await server.call("DELETE", f"/reservations/{held}")
+
+
 # -- size limits --------------------------------------------------------------------------
 
 

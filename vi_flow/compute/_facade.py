@@ -485,10 +485,20 @@ class AsyncCompute:
         return reservation.reservation_id
 
     async def list_reservations(self, params: Mapping[str, Any] | None = None) -> list[Reservation]:
-        """List reservations (``params`` may filter by ``status``)."""
-        items = await self.reservations.list()
-        status = (params or {}).get("status")
-        return [r for r in items if status is None or r.status.value == status]
+        """List reservations, newest first.
+
+        Args:
+            params: Filters; only ``status`` (one status or a list) is known.
+
+        Raises:
+            TypeError: A filter other than ``status`` (it would filter nothing).
+            UnprocessableEntityError: A status the server does not know (it names those
+                it does).
+        """
+        unknown = sorted(set(params or {}) - {"status"}, key=str)
+        if unknown:
+            raise TypeError(f"unknown reservation filter(s) {unknown}; the one known is 'status'")
+        return await self.reservations.list(status=(params or {}).get("status"))
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         """Get a reservation; ``None`` when there is none with that id."""

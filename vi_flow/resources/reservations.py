@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 
 from .._http import path
 from .._pagination import Order, check_order
 from ..models import Page
-from ..models.tasks import AvailabilitySlot, Reservation, ReservationRequest
-from ._base import AsyncResource
+from ..models.tasks import (
+    AvailabilitySlot,
+    Reservation,
+    ReservationRequest,
+    ReservationStatus,
+)
+from ._base import AsyncResource, status_query
 
 __all__ = ["AsyncReservations"]
 
@@ -54,9 +60,23 @@ class AsyncReservations(AsyncResource):
         )
         return await self._http.request("POST", "/reservations", json=body, cast=Reservation)
 
-    async def list(self, *, order: Order = "newest") -> list[Reservation]:
-        """List the organization's reservations, newest first (``order="oldest"``: oldest first)."""
-        query = {"order": check_order(order)}
+    async def list(
+        self,
+        *,
+        status: ReservationStatus | str | Iterable[ReservationStatus | str] | None = None,
+        order: Order = "newest",
+    ) -> list[Reservation]:
+        """List the organization's reservations, newest first (``order="oldest"``: oldest first).
+
+        Args:
+            status: Only those in this status (``"active"``) or these statuses.
+            order: ``"newest"`` first (the default) or ``"oldest"`` first.
+
+        Raises:
+            UnprocessableEntityError: A status the server does not know (it names those
+                it does).
+        """
+        query = {"status": status_query(status, ReservationStatus), "order": check_order(order)}
         page = await self._http.request(
             "GET", "/reservations", params=query, cast=Page[Reservation]
         )

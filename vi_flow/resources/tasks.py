@@ -25,7 +25,7 @@ from ..models.tasks import (
     TaskOutputFile,
     TaskStatus,
 )
-from ._base import AsyncResource
+from ._base import AsyncResource, status_query
 
 __all__ = ["AsyncTasks", "LogStream", "artifact_path"]
 
@@ -43,13 +43,6 @@ def artifact_path(relative: str) -> str:
     if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"not a safe relative file path: {relative!r}")
     return "/".join(quote(p, safe="") for p in parts)
-
-
-def _status_filter(status: TaskStatus | str | Iterable[TaskStatus | str] | None) -> str | None:
-    if status is None:
-        return None
-    values = [status] if isinstance(status, str) else list(status)
-    return ",".join(TaskStatus(v).value for v in values) or None
 
 
 class AsyncTasks(AsyncResource):
@@ -79,7 +72,7 @@ class AsyncTasks(AsyncResource):
             order: ``"newest"`` first (the default) or ``"oldest"`` first.
         """
         params = PaginationParams.coerce(pagination)
-        wanted = _status_filter(status)
+        wanted = status_query(status, TaskStatus)
         chosen = check_order(order)
 
         async def fetch(p: PaginationParams) -> Page[Task]:

@@ -24,6 +24,7 @@ from ..models.limits import (
     MAX_TIME_MS,
     MAX_VOLUME_GB,
 )
+from ..models.tasks import ReservationStatus, TaskStatus
 
 __all__ = [
     "ANSWER_HEADERS",
@@ -124,6 +125,7 @@ VERSION: dict[str, Any] = {
 """A flow version: a published number, ``draft`` or ``production``."""
 
 
+_ORDER = _query("order", {"type": "string", "enum": ["newest", "oldest"]}, "List order.")
 PAGE_PARAMS = [
     _query("pageSize", _int(1, MAX_PAGE_SIZE), "Items per page."),
     _query(
@@ -131,11 +133,21 @@ PAGE_PARAMS = [
         {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
         "The `nextPage` token of the previous page (opaque base64url: any other is a 400).",
     ),
-    _query("order", {"type": "string", "enum": ["newest", "oldest"]}, "List order."),
+    _ORDER,
 ]
 """Every paged list reads these."""
 
-_STATUSES = " *(pending|running|completed|failed|cancelled) *"
+
+def _statuses(kind: type[TaskStatus | ReservationStatus], what: str) -> dict[str, Any]:
+    one = f" *({'|'.join(s.value for s in kind)}) *"
+    pattern = f"^({one})?(,({one})?)*$"
+    return _query(
+        "status",
+        {"type": "string", "pattern": pattern},
+        f"Only {what} in these statuses (comma-separated).",
+    )
+
+
 _LIMIT = _query("limit", _int(1, 1000), "At most this many items.")
 _EVENT_ID = {"type": "string", "pattern": "^ *[0-9]{0,18} *$"}
 _LAST_EVENT_ID = "Resume after this event id (what the stream's last `id:` said)."
@@ -161,14 +173,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("POST", "/v1/runs/{runId}/tool-results"): [
         _query("wait", _BOOL_TEXT, "Answer the run's next outcome instead of `accepted`.")
     ],
-    ("GET", "/v1/tasks"): [
-        _query(
-            "status",
-            {"type": "string", "pattern": f"^({_STATUSES})?(,({_STATUSES})?)*$"},
-            "Only tasks in these statuses (comma-separated).",
-        ),
-        _LIMIT,
-    ],
+    ("GET", "/v1/tasks"): [_statuses(TaskStatus, "tasks"), _LIMIT],
     ("GET", "/v1/volumes"): [_LIMIT],
     ("GET", "/v1/instances"): [
         _query("gpuType", _STR, "Only this GPU type."),
@@ -177,6 +182,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("gpuCount", ANY_NUMBER, "At least this many GPUs."),
         _LIMIT,
     ],
+    ("GET", "/v1/reservations"): [_statuses(ReservationStatus, "reservations"), _ORDER],
     ("GET", "/v1/reservations/availability"): [
         _query("earliestStartTime", _number(0, MAX_TIME_MS), "Start of the search (ms)."),
         _query("latestEndTime", _number(0, MAX_TIME_MS), "End of the search (ms)."),

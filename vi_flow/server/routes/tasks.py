@@ -37,6 +37,7 @@ from ...models.tasks import (
     MountRequest,
     Reservation,
     ReservationRequest,
+    ReservationStatus,
     SSHKeyRequest,
     TaskConfig,
     TaskOutputFile,
@@ -178,10 +179,11 @@ async def create_task(request: web.Request) -> web.StreamResponse:
     return json_response(task, status=201)
 
 
-def _statuses(request: web.Request) -> list[str]:
+def _statuses(request: web.Request, kind: type[TaskStatus | ReservationStatus]) -> list[str]:
+    """The ``status`` filter of a list (repeated or comma-separated), each one of ``kind``."""
     wanted = [s.strip() for raw in request.query.getall("status", []) for s in raw.split(",")]
     wanted = [s for s in wanted if s]
-    known = {s.value for s in TaskStatus}
+    known = {s.value for s in kind}
     for status in wanted:
         if status not in known:
             raise APIProblem.validation(
@@ -195,7 +197,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     page = paginate(request)
     size = _int_query(request, "limit", page.size, 1, 1000)
     items, cursor = await _service(request).records.list_tasks(
-        org_of(request), _statuses(request), size, page.after, newest=page.newest
+        org_of(request), _statuses(request, TaskStatus), size, page.after, newest=page.newest
     )
     return page_response(items, cursor, page.order)
 
@@ -530,9 +532,10 @@ async def create_reservation(request: web.Request) -> web.StreamResponse:
 
 
 async def list_reservations(request: web.Request) -> web.StreamResponse:
-    """List the organization's reservations, newest first (``order=oldest``)."""
+    """List the organization's reservations, newest first (``order=oldest``; filter: status)."""
     newest = paginate(request).newest
-    mine = await _mine(request)
+    wanted = _statuses(request, ReservationStatus)
+    mine = [r for r in await _mine(request) if not wanted or r.status.value in wanted]
     mine.sort(key=lambda r: (r.created_at, r.reservation_id), reverse=newest)
     return json_response({"items": mine})
 

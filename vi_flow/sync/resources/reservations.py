@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..._pagination import Order
 from ...models.tasks import (
     AvailabilitySlot,
     Reservation,
+    ReservationStatus,
 )
 
 if TYPE_CHECKING:
@@ -48,9 +50,14 @@ class Reservations:
             auto_renew=auto_renew,
         )
 
-    def list(self, *, order: Order = "newest") -> builtins.list[Reservation]:
-        """List reservations, newest first."""
-        return self._portal.call(self._async.list, order=order)
+    def list(
+        self,
+        *,
+        status: ReservationStatus | str | Iterable[ReservationStatus | str] | None = None,
+        order: Order = "newest",
+    ) -> builtins.list[Reservation]:
+        """List reservations, newest first (``status``: only those in these statuses)."""
+        return self._portal.call(self._async.list, status=status, order=order)
 
     def get(self, reservation_id: str) -> Reservation:
         """Get one reservation."""
