@@ -59,7 +59,7 @@ async def test_env_values_are_text_a_whole_placeholder_goes_in_as_json(server: S
     outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
     assert outcome["state"] == "completed", outcome
     assert outcome["output"]["logTail"] == ["3|true|run true"]  # JSON's words, not Python's
-    literal = {"block": "task", "settings": {"command": "true", "env": {"EPOCHS": 3}}}
+    literal = {"block": "task", "settings": {"command": "true", "env": {"EPOCHS": None}}}
     spec = {"name": "test", "blocks": [literal]}
     refused = await server.call("POST", "/flows", json={"spec": spec})
     assert refused.status == 422

@@ -47,14 +47,13 @@ async def test_an_env_no_process_can_take_is_422_naming_it(
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 
-@pytest.mark.parametrize("value", [1, 1.5, True, None, [], {}])
-async def test_an_env_value_that_is_not_a_string_is_422_naming_it(
+@pytest.mark.parametrize("value", [None, [], {}])
+async def test_an_env_value_that_is_not_text_a_number_or_a_boolean_is_422_naming_it(
     server: Server, value: object
 ) -> None:
     body = {"command": "true", "env": {"A": "fine", "B": value}}
     answer = await server.call("POST", "/tasks", json=body)
-    _refused(answer, "env.B: must be a string")
-    assert "quote" in answer.body["error"]["message"]
+    _refused(answer, "env.B: must be text, a number or a boolean")
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 

@@ -51,21 +51,21 @@ def test_config_from_yaml_and_wire_round_trip(tmp_path: Path) -> None:
         "gpu: a100:2\n"
         "min_gpu_memory_gb: 40\n"
         "maxRunTime: 60\n"
-        "env: {EPOCHS: '3'}\n"
+        "env: {EPOCHS: 3, FAST: true}\n"
         "volumes:\n"
         "  - {volume_id: vol_1, mount_path: /data}\n"
     )
     config = TaskConfig.from_yaml(path)
     assert config.command == ["python", "train.py"]
-    assert config.env == {"EPOCHS": "3"}
+    assert config.env == {"EPOCHS": "3", "FAST": "true"}
     assert config.volumes == [VolumeSpec(mount_path="/data", volume_id="vol_1")]
     assert config.gpu_request() == GPURequest("a100", 2, 40)
     wire = to_wire(config)
     assert wire["volumes"][0]["volumeId"] == "vol_1" and wire["maxRunTime"] == 60
     assert from_wire(wire, TaskConfig) == config
-    (tmp_path / "number.yaml").write_text("command: x\nenv: {EPOCHS: 3}\n")
-    with pytest.raises(ValueError, match=r"env\.EPOCHS must be a string, got int \(in YAML, quote"):
-        TaskConfig.from_yaml(tmp_path / "number.yaml")
+    (tmp_path / "null.yaml").write_text("command: x\nenv: {EPOCHS: null}\n")
+    with pytest.raises(ValueError, match=r"env\.EPOCHS must be text, a number or a boolean"):
+        TaskConfig.from_yaml(tmp_path / "null.yaml")
     (tmp_path / "bad.yaml").write_text("nme: x\n")
     with pytest.raises(ValueError, match="unknown task config field 'nme'"):
         TaskConfig.from_yaml(tmp_path / "bad.yaml")

@@ -188,16 +188,30 @@ def env_problem(values: object) -> tuple[str, str] | None:
     """What makes ``values`` no task environment: the field (``env`` or ``env.<NAME>``)
     and why, naming the type, never the value (a secret); ``None`` when it is one.
 
-    Every value must be a string: a number or a boolean is refused, not turned into text
-    (YAML's ``true`` would become Python's ``True``), and so is ``null``.
+    A value is text, or a number or boolean that :func:`env_text` writes as JSON does
+    (``3``, ``1.5``, ``true``: YAML's ``EPOCHS: 3`` means what it says); ``null``, a
+    list, a mapping or a number that is not finite is refused.
     """
     if not isinstance(values, Mapping):
         return "env", f"must be a mapping of names to values, got a {type_name(values)}"
     for name, value in values.items():
-        if not isinstance(value, str):
-            why = f"must be a string, got {type_name(value)} (in YAML, quote the value)"
+        if not isinstance(value, (str, int, float)) or value != value or value in _INFINITE:
+            why = f"must be text, a number or a boolean, got {type_name(value)}"
             return f"env.{str(name)[:64]}", why
     return None
+
+
+_INFINITE = (float("inf"), float("-inf"))
+
+
+def env_text(value: str | int | float) -> str:
+    """An environment value as a task sees it: text as it is, a number or a boolean as
+    JSON writes it (``true``, not Python's ``True``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _env(values: Any) -> dict[str, str]:
@@ -205,7 +219,7 @@ def _env(values: Any) -> dict[str, str]:
         return {}
     if problem := env_problem(values):
         raise TypeError(" ".join(problem))
-    return {str(k): v for k, v in values.items()}
+    return {str(k): env_text(v) for k, v in values.items()}
 
 
 ENV_REDACTED = "<redacted>"

@@ -351,11 +351,17 @@ ID_NAME: dict[str, Any] = {**NAME, "maxLength": MAX_ID_LENGTH}
 ENV: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-    "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "pattern": "^[^\\u0000]*$"},
+            {"type": "number"},
+            {"type": "boolean"},
+        ]
+    },
 }
-"""A task's environment: names a shell can set, string values without NUL (a number or
-a boolean is refused, not turned into text; a value of more than 128 KiB is refused
-too: Linux passes no longer variable)."""
+"""A task's environment: names a shell can set, values without NUL (a number or a
+boolean is given as JSON writes it: ``3``, ``true``; a value of more than 128 KiB is
+refused too: Linux passes no longer variable)."""
 """A step or input name: as :data:`NAME`, at most 128 characters."""
 
 # What the server checks beyond the models' types: (component, property) -> schema, and

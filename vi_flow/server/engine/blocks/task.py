@@ -15,10 +15,7 @@ The output is ``{"taskId", "status", "exitCode", "signal", "reason", "logTail",
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
 from typing import Any
-
-import orjson
 
 from ....models._base import to_wire
 from ....models.limits import MAX_TAIL_LINES, check_int, check_name, check_relative_path
@@ -34,8 +31,6 @@ _BLOCK_OPTIONS = {"tail_lines", "tailLines", "allow_failure", "allowFailure"}
 
 def _config(ctx: BlockContext) -> TaskConfig:
     fields = {k: v for k, v in ctx.settings.items() if k not in _BLOCK_OPTIONS}
-    if isinstance(env := fields.get("env"), Mapping):
-        fields["env"] = {name: _env_text(value) for name, value in env.items()}
     fields.setdefault("name", f"{ctx.run_id}/{ctx.step_id}")
     if not fields.get("command"):
         raise StepError(
@@ -49,15 +44,6 @@ def _config(ctx: BlockContext) -> TaskConfig:
     except (TypeError, ValueError) as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc}", "INVALID_SETTINGS") from exc
     return config
-
-
-def _env_text(value: Any) -> Any:
-    """A variable holds text: an env value that is a whole placeholder renders to the
-    value itself (``"{{ epochs }}"`` to ``3``), which goes in as its JSON text (``3``,
-    ``true``). The flow's own literals are strings (checked when it is stored)."""
-    if isinstance(value, (bool, int, float)):
-        return orjson.dumps(value).decode()
-    return value
 
 
 async def task_block(ctx: BlockContext) -> Any:
