@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -63,6 +64,20 @@ def _isolated_env(
     yield
     leftovers = [p for p in tmp_path.rglob(RUN_FILE) if stop_server(p.parent)]
     assert not leftovers, f"the test left a background server running: {leftovers}"
+
+
+_DEEP_PLACES = ("home/tasks/*/*/d", "home/volumes/*/d", "home/volumes/.deleted-*")
+
+
+@pytest.fixture
+def deep_trees(tmp_path: Path) -> Iterator[None]:
+    """For a test of :func:`tests.live_server.deep_tree`: what it made in the test's
+    home is removed (``rm -rf``) before the clean-ups that walk ``tmp_path`` by recursion
+    (``rglob`` above, pytest's own on Python 3.11), which a tree that deep would break."""
+    yield
+    found = [str(path) for pattern in _DEEP_PLACES for path in tmp_path.glob(pattern)]
+    if found:
+        subprocess.run(["rm", "-rf", "--", *found], check=True)
 
 
 @pytest.fixture(scope="session")

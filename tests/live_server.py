@@ -9,6 +9,7 @@ with their own helpers.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,27 @@ def state_sql(home: Path, statement: str, *args: object) -> list[Any]:
     finally:
         conn.close()
     return rows
+
+
+DEEP = sys.getrecursionlimit() + 200
+"""Levels of :func:`deep_tree`: past what a recursive walk reaches (QA: 1,200 broke it)."""
+
+
+def deep_tree(variable: str, depth: int = DEEP) -> list[str]:
+    """A task command that makes ``d/a/a/.../a/f.txt`` (``depth`` times ``a``) in the
+    directory ``$variable`` names, as a task may (a test using it takes the
+    ``deep_trees`` fixture, which removes it)."""
+    script = (
+        f"import os; os.chdir(os.environ[{variable!r}]); os.mkdir('d'); os.chdir('d')\n"
+        f"for _ in range({depth}): os.mkdir('a'); os.chdir('a')\n"
+        "open('f.txt', 'w').write('bottom')\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+def deep_path(depth: int = DEEP) -> str:
+    """The file :func:`deep_tree` makes, relative to its directory."""
+    return "d/" + "a/" * depth + "f.txt"
 
 
 @attrs.define

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ..live_server import deep_path, deep_tree
 from .conftest import Server, data, names
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -94,3 +95,14 @@ async def test_a_task_step_keeps_its_working_dir_in_the_workspace(
     outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
     assert outcome["state"] == "failed" and "workingDir" in outcome["error"], outcome
     assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+@pytest.mark.usefixtures("deep_trees")
+async def test_a_task_step_lists_the_outputs_of_a_deep_tree(server: Server) -> None:
+    # Found by QA: the command exited 0 and the step failed with a RecursionError.
+    flow = await server.flow(
+        {"block": "task", "settings": {"command": deep_tree("VI_FLOW_OUTPUT_DIR")}}
+    )
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "completed", outcome
+    assert outcome["output"]["artifacts"] == [{"path": deep_path(), "size": 6}]

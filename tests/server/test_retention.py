@@ -4,6 +4,7 @@ idempotency records past an age, per organization, and nothing else."""
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import pytest
 
 from vi_flow.server.bootstrap import DEFAULT_ORG
 from vi_flow.server.db import Connection
-from vi_flow.server.retention import RetentionSettings, remove_tree
+from vi_flow.server.retention import RetentionSettings
 from vi_flow.server.routes.retention import PRUNER_KEY
 from vi_flow.server.state import STORE_KEY
+from vi_flow.server.trees import remove_tree
 
-from ..live_server import state_sql
+from ..live_server import deep_tree, state_sql
 from .conftest import Server, StartServer, spec
 
 pytestmark = pytest.mark.anyio
@@ -223,6 +225,32 @@ async def test_old_tasks_and_their_directories_go_without_following_links(
     assert (await server.call("GET", f"/tasks/{running['taskId']}")).status == 200
     assert (server.home / "tasks" / running["taskId"]).is_dir()
     await server.call("POST", f"/tasks/{running['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.usefixtures("deep_trees")
+async def test_a_task_directory_deeper_than_the_open_file_limit_goes(
+    start_server: StartServer,
+) -> None:
+    # Found by QA: one descriptor per level; a tree deeper than the server's open-file
+    # limit failed with EMFILE, and the directory stayed (tried again at every sweep).
+    server = await start_server()
+    depth = 1500
+    task = (
+        await server.call("POST", "/tasks", json={"command": deep_tree("VI_FLOW_WORKSPACE", depth)})
+    ).body
+    with anyio.fail_after(30):
+        while (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] != "completed":
+            await anyio.sleep(0.02)
+    root = server.home / "tasks" / task["taskId"]
+    await anyio.sleep(1.1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, depth - 500), hard))
+    try:
+        done = await _prune(server, olderThan=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (done["tasks"], done["taskDirectories"]) == (1, 1)
+    assert not root.exists()
 
 
 async def test_task_directories_whose_rows_another_replica_pruned_are_swept(

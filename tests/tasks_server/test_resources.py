@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from vi_flow.models.tasks import TaskConfig
 from vi_flow.server.tasks import TASKS_KEY, volumes
 
+from ..live_server import deep_path, deep_tree
 from .conftest import StartServer, TaskServer
 
 
@@ -273,6 +275,36 @@ async def test_run_artifacts_and_the_engine_service(server: TaskServer) -> None:
     assert sneaky.status in (400, 404) and sneaky.raw != b"line 1\n"
     missing = await server.call("GET", "/runs/run_missing/artifacts")
     assert missing.status == 404 and missing.body["error"]["code"] == "RUN_NOT_FOUND"
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("deep_trees")
+async def test_outputs_of_a_tree_deeper_than_the_recursion_limit_are_listed(
+    server: TaskServer,
+) -> None:
+    # Found by QA: 1,200 nested directories made the listing a 500 (RecursionError).
+    task = await server.submit(command=deep_tree("VI_FLOW_OUTPUT_DIR"))
+    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
+    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
+    assert listed.status == 200, listed.body
+    assert listed.body["items"] == [{"path": deep_path(), "size": 6}]
+    fetched = await server.call("GET", f"/tasks/{task['taskId']}/outputs/{deep_path()}")
+    assert fetched.raw == b"bottom"
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("deep_trees")
+async def test_a_volume_holding_a_deep_tree_is_deleted_with_its_data(server: TaskServer) -> None:
+    # Found by QA: the delete answered 500 (RecursionError) once the row was gone, and
+    # the data stayed on disk, reachable by no volume.
+    volume = (await server.call("POST", "/volumes", json={"name": "deep"})).body
+    mount = [{"volumeId": "deep", "mountPath": "/deep"}]
+    task = await server.submit(command=deep_tree("VI_FLOW_VOLUME_DEEP"), volumes=mount)
+    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
+    answer = await server.call("DELETE", "/volumes/deep")
+    assert answer.status == 200, answer.body
+    assert _gone(Path(volume["path"]))
+    assert os.listdir(server.home / "volumes") == []  # nothing left aside either
 
 
 def _gone(path: Path) -> bool:

@@ -10,7 +10,7 @@ for one small transaction at most, never for the whole prune.
 A run the engine still holds open, a pending or running task, a finished task of a run
 still going, and anything newer than the cutoff are never touched. Task directories are
 removed without following links (a task may have planted one to a file of the
-server's): see :func:`remove_tree`.
+server's): see :func:`~vi_flow.server.trees.remove_tree`.
 
 The periodic job (:mod:`vi_flow.server.routes.retention`) prunes each organization by
 its :class:`~vi_flow.models.retention.RetentionPolicy`: its own override
@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import re
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -38,8 +37,9 @@ from ..models.retention import PruneResult, RetentionPolicy, parse_age
 from .clock import now_ms
 from .db import Connection, lock_name
 from .store import Store
+from .trees import remove_tree
 
-__all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings", "remove_tree"]
+__all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings"]
 
 log = logging.getLogger("vi_flow.server")
 
@@ -96,106 +96,6 @@ class RetentionSettings:
         interval = _env_age(env, "VI_FLOW_RETENTION_INTERVAL", "s")
         settings = cls(days=None if not days else days / _DAY)
         return attrs.evolve(settings, interval=interval) if interval else settings
-
-
-# -- removing a task directory --------------------------------------------------------
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def remove_tree(root: Path) -> bool:
-    """Remove the directory ``root`` and everything under it, following no link.
-
-    Every name is opened relative to its parent's descriptor with ``O_NOFOLLOW``: a link
-    (to a volume, to ``/etc``) is unlinked, never entered, even if it replaced a
-    directory while this ran. A directory on another file system (a mount point) is
-    left in place. Directories a task made read-only are made writable first.
-
-    Returns:
-        Whether ``root`` existed as a directory and is gone.
-    """
-    try:
-        fd = os.open(root, _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as exc:  # ELOOP: root itself is a link
-        log.warning("retention: %s is not a directory, left in place: %s", root, exc)
-        return False
-    try:
-        _clear(fd, os.fstat(fd).st_dev)
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(root)
-    except OSError as exc:  # a mount point was left inside
-        log.warning("retention: task directory %s is not empty, left in place: %s", root, exc)
-        return False
-    return True
-
-
-@attrs.define
-class _Level:
-    """A directory being emptied: its descriptor, the names left, its name in its parent."""
-
-    fd: int
-    names: list[str]
-    name: str | None = None
-
-
-def _clear(top: int, device: int) -> None:
-    """Empty the directory open as ``top``: depth first, one descriptor per level."""
-    stack = [_Level(top, _names(top))]
-    try:
-        _unwind(stack, device)
-    finally:
-        for level in stack[1:]:  # an error midway: no descriptor is leaked
-            os.close(level.fd)
-
-
-def _unwind(stack: list[_Level], device: int) -> None:
-    while stack:
-        level = stack[-1]
-        if level.names:
-            child = _enter_or_remove(level.fd, level.names.pop(), device)
-            if child is not None:
-                stack.append(child)
-            continue
-        stack.pop()
-        if level.name is not None:
-            os.close(level.fd)
-            with contextlib.suppress(OSError):  # a mount point left inside it
-                os.rmdir(level.name, dir_fd=stack[-1].fd)
-
-
-def _names(fd: int) -> list[str]:
-    os.fchmod(fd, stat.S_IRWXU)  # a task may have made it read-only
-    with os.scandir(fd) as entries:
-        return [e.name for e in entries]
-
-
-def _enter_or_remove(parent: int, name: str, device: int) -> _Level | None:
-    """Unlink ``name`` unless it is a directory; open a directory to empty it."""
-    try:
-        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISDIR(info.st_mode):
-        os.unlink(name, dir_fd=parent)
-        return None
-    if info.st_dev != device:
-        log.warning("retention: a mount point inside a task directory is left: %s", name)
-        return None
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-    except OSError:  # replaced by a link or a file meanwhile: remove that name itself
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=parent)
-        return None
-    try:
-        return _Level(fd, _names(fd), name)
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 # -- the SQL, run on the store's thread -------------------------------------------------

@@ -21,7 +21,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from ...models.tasks import (
     TaskStatus,
 )
 from ..clock import now_ms, wait_event
+from ..trees import try_remove_tree
 from .base import (
     LaunchSpec,
     ProviderError,
@@ -456,6 +456,5 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         return path
 
     async def delete_volume(self, volume_id: str) -> None:
-        """Remove the volume's directory."""
-        path = self.settings.volumes_dir / volume_id
-        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
+        """Remove the volume's directory (no link followed; what stopped it is logged)."""
+        await asyncio.to_thread(try_remove_tree, self.settings.volumes_dir / volume_id)

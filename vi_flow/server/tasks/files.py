@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...models.loglines import decode_line, split_lines
 from ...models.tasks import TaskOutputFile
+from ..trees import Walk
 from .logfile import READ_SIZE, NotALogFile, open_beneath
 
 __all__ = [
@@ -129,19 +130,21 @@ def open_output(root: Path, relative: str) -> int | None:
 
 def list_outputs(root: Path) -> list[TaskOutputFile]:
     """Regular files under ``root`` (relative POSIX paths, sorted); links are not followed
-    nor listed, and what a task changes during the walk is skipped, never read through."""
-    found: list[TaskOutputFile] = []
+    nor listed, and what a task changes during the walk is skipped, never read through.
+    A tree of any depth is listed (:class:`~vi_flow.server.trees.Walk`)."""
     try:
-        walk = os.fwalk(root, follow_symlinks=False)
-        for directory, _dirs, names, dir_fd in walk:
-            for name in names:
-                try:
-                    status = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                except OSError:  # gone, or replaced meanwhile
-                    continue
-                if stat.S_ISREG(status.st_mode):
-                    relative = Path(directory, name).relative_to(root).as_posix()
-                    found.append(TaskOutputFile(relative, status.st_size))
-    except OSError:  # the directory itself is missing or unreadable: no outputs
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # the directory itself is missing, unreadable or a link: no outputs
         return []
+    try:
+        walk = Walk(top)
+        found = [
+            TaskOutputFile(walk.path(entry.name), entry.status.st_size)
+            for entry in walk
+            if stat.S_ISREG(entry.status.st_mode)
+        ]
+    except OSError:  # its own names could not be read
+        return []
+    finally:
+        os.close(top)
     return sorted(found, key=lambda f: f.path)

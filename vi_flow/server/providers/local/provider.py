@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from ....models.tasks import (
     TaskStatus,
 )
 from ...clock import now_ms, wait_event
+from ...trees import try_remove_tree
 from ..base import (
     ComputeProvider,
     InvalidRequest,
@@ -527,9 +527,9 @@ class LocalProvider:
         return path
 
     async def delete_volume(self, volume_id: str) -> None:
-        """Remove the volume's directory and everything in it."""
-        path = self.volume_path(volume_id)
-        await asyncio.to_thread(shutil.rmtree, path, True)
+        """Remove the volume's directory and everything in it (no link followed; what
+        stopped it is logged)."""
+        await asyncio.to_thread(try_remove_tree, self.volume_path(volume_id))
 
 
 def _restart_failure(task: RunningTask, message: str) -> TaskUpdate:
