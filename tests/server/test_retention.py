@@ -190,6 +190,19 @@ async def test_the_periodic_job_prunes_by_the_default_age(start_server: StartSer
     assert policy.body == {"organizationId": DEFAULT_ORG, "days": 1e-5, "inherited": True}
 
 
+async def test_the_periodic_job_removes_the_data_of_deleted_volumes_left_aside(
+    start_server: StartServer,
+) -> None:
+    every = RetentionSettings(interval=0.2)
+    server = await start_server(prepare=lambda app: setattr(app[PRUNER_KEY], "settings", every))
+    left = server.home / "volumes" / ".deleted-vol_00000000000000aa" / "sub"
+    left.mkdir(parents=True)  # a delete whose removal failed, after the start's sweep
+    (left / "data.bin").write_bytes(b"x")
+    with anyio.fail_after(10):
+        while os.listdir(server.home / "volumes"):
+            await anyio.sleep(0.05)
+
+
 async def test_expired_idempotency_records_go(server: Server) -> None:
     headers = {"Idempotency-Key": "k1"}
     first = await server.call("POST", "/flows", json=spec("f", "a"), headers=headers)

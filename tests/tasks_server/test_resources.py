@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import TaskConfig
+from vi_flow.server import trees
 from vi_flow.server.tasks import TASKS_KEY, volumes
 
 from ..live_server import deep_path, deep_tree
@@ -305,6 +307,51 @@ async def test_a_volume_holding_a_deep_tree_is_deleted_with_its_data(server: Tas
     assert answer.status == 200, answer.body
     assert _gone(Path(volume["path"]))
     assert os.listdir(server.home / "volumes") == []  # nothing left aside either
+
+
+@pytest.mark.anyio
+async def test_a_deleted_volume_whose_data_could_not_be_removed_is_removed_later(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by QA: the row went first, then the removal failed: the data stayed on disk,
+    # named by no volume, and nothing ever tried again.
+    server = await start_server(local_cpus=2, local_gpus=[])
+    volume = (await server.call("POST", "/volumes", json={"name": "stuck"})).body
+    (Path(volume["path"]) / "data.bin").write_bytes(b"x" * 1000)
+
+    def fail(path: Path) -> bool:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(trees, "remove_tree", fail)
+    assert (await server.call("DELETE", "/volumes/stuck")).status == 200
+    monkeypatch.undo()
+    volumes_dir = server.home / "volumes"
+    assert os.listdir(volumes_dir) == [f".deleted-{volume['volumeId']}"]
+    await server.stop()
+    await start_server(server.home, local_cpus=2, local_gpus=[])  # removed when it starts
+    with anyio.fail_after(5):
+        while os.listdir(volumes_dir):
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_data_set_aside_by_a_delete_that_never_committed_goes_back(
+    start_server: StartServer,
+) -> None:
+    # The server stopped between the rename and the commit: the row is there, and so
+    # must its data be.
+    server = await start_server(local_cpus=2, local_gpus=[])
+    volume = (await server.call("POST", "/volumes", json={"name": "kept"})).body
+    path = Path(volume["path"])
+    (path / "data.txt").write_text("mine")
+    await server.stop()
+    os.rename(path, path.with_name(f".deleted-{path.name}"))
+    server = await start_server(server.home, local_cpus=2, local_gpus=[])
+    with anyio.fail_after(5):
+        while not (path / "data.txt").exists():
+            await asyncio.sleep(0.02)
+    assert (path / "data.txt").read_text() == "mine"
+    assert os.listdir(server.home / "volumes") == [path.name]
 
 
 def _gone(path: Path) -> bool:

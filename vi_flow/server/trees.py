@@ -9,8 +9,10 @@ and never follows a link: every name is opened relative to its parent's descript
 opened again as ``..`` of its child and must be the very directory it was (device and
 inode), so a directory moved meanwhile ends the walk instead of leading it elsewhere.
 
-:func:`remove_tree` empties and removes a tree with it. Everything here blocks: call
-it in a worker thread.
+:func:`remove_tree` empties and removes a tree with it. :func:`set_aside` renames a
+directory to be removed (a deleted volume's data, in the transaction that deletes its
+row) where :func:`left_aside` finds it again, for a removal that failed or never ran.
+Everything here blocks: call it in a worker thread.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ __all__ = [
     "Entry",
     "TreeMoved",
     "Walk",
+    "left_aside",
+    "put_back",
     "remove_tree",
+    "set_aside",
     "try_remove_tree",
 ]
 
@@ -40,6 +45,7 @@ HELD = 32
 """The most directory descriptors a walk holds besides its top."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ASIDE = ".deleted-"
 
 
 class TreeMoved(OSError):
@@ -260,6 +266,35 @@ def remove_tree(root: Path) -> bool:
         log.warning("%s is not empty, left in place: %s", root, exc)
         return False
     return True
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename the directory ``path`` to a name :func:`left_aside` finds, in the same
+    parent (one file system: the rename is atomic, and follows no link).
+
+    Returns:
+        Its new path; ``None`` when there is nothing at ``path``.
+    """
+    aside = path.with_name(_ASIDE + path.name)
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
+
+
+def put_back(aside: Path, path: Path) -> None:
+    """Undo :func:`set_aside` (what set it aside was not committed)."""
+    os.rename(aside, path)
+
+
+def left_aside(parent: Path) -> list[tuple[Path, Path]]:
+    """What :func:`set_aside` left in ``parent``: ``(where it is, where it was)``."""
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(_ASIDE)]
+    except FileNotFoundError:
+        return []
+    return [(parent / name, parent / name.removeprefix(_ASIDE)) for name in names]
 
 
 def try_remove_tree(path: Path) -> bool:

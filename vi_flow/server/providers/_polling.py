@@ -449,6 +449,11 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
 
     # -- volumes -------------------------------------------------------------------------
 
+    @property
+    def volumes_dir(self) -> Path:
+        """Where volume directories live (``settings.volumes_dir``)."""
+        return self.settings.volumes_dir
+
     async def create_volume(self, volume_id: str, size_gb: int) -> Path:
         """A directory under ``volumes_dir`` (size is not enforced)."""
         path = self.settings.volumes_dir / volume_id

@@ -383,8 +383,16 @@ class ComputeProvider(Protocol):
         reserved."""
 
     # volumes
+    @property
+    def volumes_dir(self) -> Path:
+        """Where volume directories live (a deleted volume's data is set aside there
+        until it is removed: see :mod:`vi_flow.server.trees`)."""
+
     async def create_volume(self, volume_id: str, size_gb: int) -> Path:
-        """Create the storage for a volume and return its host path."""
+        """Create the storage for a volume (a directory in :attr:`volumes_dir`) and
+        return its host path."""
 
     async def delete_volume(self, volume_id: str) -> None:
-        """Delete a volume's storage (the service has checked it is not mounted)."""
+        """Delete the storage of a volume whose record could not be saved (the service
+        deletes a recorded volume's directory itself: it sets it aside in the transaction
+        that deletes the record, then removes it)."""

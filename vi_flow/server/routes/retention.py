@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -138,16 +138,21 @@ _FIRST = 60.0
 """Seconds after start-up of the first prune (a server restarted often still prunes)."""
 
 
-async def _periodic(pruner: Pruner, mine: Callable[[], bool]) -> None:
+async def _periodic(
+    pruner: Pruner, mine: Callable[[], bool], sweeps: Sequence[Callable[[], Awaitable[object]]]
+) -> None:
     """Prune every ``interval`` seconds while ``mine()``: with replicas, one of them
-    holds the periodic prune at a time. Every replica removes the directories of its
-    own tasks that a prune elsewhere deleted (:meth:`Pruner.sweep_orphans`)."""
+    holds the periodic prune at a time. Every replica first runs ``sweeps``: it removes
+    the directories of its own tasks that a prune elsewhere deleted
+    (:meth:`Pruner.sweep_orphans`) and the data of deleted volumes still set aside
+    (:meth:`~vi_flow.server.tasks.volumes.Volumes.remove_deleted`)."""
     wait = min(_FIRST, pruner.settings.interval)
     while True:
         await asyncio.sleep(wait)
         wait = pruner.settings.interval
         try:
-            await pruner.sweep_orphans()
+            for sweep in sweeps:
+                await sweep()
             if mine():
                 await pruner.prune_due()
         except Exception:  # a full disk, a locked database: try again next time
@@ -159,7 +164,9 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     await pruner.open()
     held = [False]
     app[REPLICA_KEY].hold("retention", lambda now: held.__setitem__(0, now))
-    job = asyncio.get_running_loop().create_task(_periodic(pruner, lambda: held[0]))
+    service = app.get(TASKS_KEY)
+    sweeps = [pruner.sweep_orphans] + ([] if service is None else [service.volumes.remove_deleted])
+    job = asyncio.get_running_loop().create_task(_periodic(pruner, lambda: held[0], sweeps))
     try:
         yield
     finally:

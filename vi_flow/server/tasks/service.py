@@ -16,6 +16,7 @@ the same :class:`~.records.TaskRecords`: ``records`` (tables, reading tasks),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -113,6 +114,7 @@ class TaskService:
         self._closed = False
         self._poller = False  # this replica polls the cluster for every replica
         self._lost_lease = False  # since: look for tasks others ended that still run here
+        self._sweep: asyncio.Task[None] | None = None
         self.provider = provider
         self.quotas = quotas or Quotas()
         self.reservations_lock = asyncio.Lock()
@@ -205,6 +207,15 @@ class TaskService:
             self.replica.handle("tp", lambda _: self._adopt_soon())
             self.replica.hold(f"poll {self.provider.cluster}", self._polling)
         self.log_times.start()
+        self._sweep = spawn(self._background, self._remove_deleted_volumes())
+
+    async def _remove_deleted_volumes(self) -> None:
+        """What deletes of volumes left before the server stopped (see
+        :meth:`Volumes.remove_deleted`), in the background: it may be much."""
+        try:
+            await self.volumes.remove_deleted()
+        except Exception:  # a locked database, a full disk: the next sweep tries again
+            log.exception("the data of deleted volumes could not be removed")
 
     def _polling(self, held: bool) -> None:
         """This replica became (or stopped being) the one that polls the cluster."""
@@ -324,6 +335,10 @@ class TaskService:
     async def close(self) -> None:
         """Stop the provider (a local provider stops its running tasks)."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
         await self.log_times.close()
         await self.provider.close()
 

@@ -5,12 +5,15 @@ organization in the ``volumes`` table under a unique name. Tasks mount volumes w
 are submitted (``VolumeSpec`` entries, resolved by id or name and created on first use)
 or later with :meth:`Volumes.mount`; each mount is a ``task_mounts`` row and a
 symlink inside the task's workspace. A volume mounted by a pending or running task
-cannot be deleted.
+cannot be deleted; a deleted volume's data is set aside in the transaction that deletes
+its row, then removed (:meth:`Volumes.remove_deleted` removes what is left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +30,13 @@ from ..db import Connection, IntegrityError, Row, for_update
 from ..errors import APIProblem
 from ..providers.base import Mount
 from ..store import answer_saver, new_id
+from ..trees import left_aside, put_back, set_aside, try_remove_tree
 from .launch import visible_path, volume_env_name
 from .records import TaskRecords
 
 __all__ = ["Volumes", "mount_rows"]
+
+log = logging.getLogger("vi_flow.server")
 
 MAX_VOLUME_NAME = 63
 """The longest volume name."""
@@ -53,6 +59,7 @@ class Volumes:
         self._records = records
         self._store = records.store
         self._provider = records.provider
+        self._removing = asyncio.Lock()  # one removal of set-aside data at a time
 
     async def create_volume(
         self,
@@ -141,10 +148,17 @@ class Volumes:
     async def delete_volume(self, org_id: str, ident: str) -> str:
         """Delete a volume and its data; returns its id.
 
+        The data is renamed aside in the transaction that deletes the row, after the
+        row's checks: a delete that fails leaves the volume whole, one that commits
+        leaves its data named for removal. It is removed at once; what could not be
+        (or a server stopped before it) is removed by :meth:`remove_deleted`.
+
         Raises:
             APIProblem: 404 if unknown, 409 while a pending or running task mounts it.
         """
         volume = await self.get_volume(org_id, ident)
+        path = Path(volume.path)
+        aside: list[Path] = []  # where the data went, once the rename is done
 
         def delete(conn: Connection) -> None:
             # checked and deleted in one transaction, the volume's row locked: a task
@@ -158,10 +172,39 @@ class Volumes:
                     "cancel the task or wait for it to end first"
                 )
             conn.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
+            moved = set_aside(path)  # last: a failure to move it rolls the delete back
+            if moved is not None:
+                aside.append(moved)
 
-        await self._store.run(delete)
-        await self._provider.delete_volume(volume.volume_id)
+        try:
+            await self._store.run(delete)
+        except BaseException:
+            if aside:  # the transaction failed after the rename: the volume keeps its data
+                await asyncio.to_thread(_put_back, aside[0], path)
+            raise
+        async with self._removing:
+            for gone in aside:
+                await asyncio.to_thread(try_remove_tree, gone)
         return volume.volume_id
+
+    async def remove_deleted(self) -> int:
+        """Remove the data of deleted volumes that is still set aside (its removal failed,
+        or the server stopped first); data set aside by a delete that never committed
+        (the server stopped between the two) goes back to its volume. Called when the
+        server starts and at each retention sweep.
+
+        Returns:
+            How many volumes' data was removed.
+        """
+        async with self._removing:
+            found = await asyncio.to_thread(left_aside, self._provider.volumes_dir)
+            removed = 0
+            for aside, path in found:
+                if not await self._store.run(functools.partial(_restore_kept, aside, path)):
+                    removed += await asyncio.to_thread(try_remove_tree, aside)
+        if removed:
+            log.info("removed the data of %d deleted volumes", removed)
+        return removed
 
     # -- mounts ------------------------------------------------------------------------
 
@@ -399,6 +442,27 @@ def _record_mount(conn: Connection, row: tuple[str, ...]) -> None:
         "UPDATE tasks SET config = ?, env = ? WHERE task_id = ?",
         (orjson.dumps(stored).decode(), orjson.dumps(env).decode(), task_id),
     )
+
+
+def _put_back(aside: Path, path: Path) -> None:
+    try:
+        put_back(aside, path)
+    except OSError as exc:  # a sweep put it back first, or something took its name
+        log.error("%s could not be put back at %s: %s", aside, path, exc)
+
+
+def _restore_kept(aside: Path, path: Path, conn: Connection) -> bool:
+    """Put ``aside`` back at ``path`` when a volume still has that path (its delete
+    never committed); whether it did. The volume's row is locked meanwhile: a delete
+    in flight comes before (and the data is removed) or after (and finds it back)."""
+    row = conn.execute(
+        "SELECT volume_id FROM volumes WHERE path = ?" + for_update(conn), (str(path),)
+    ).fetchone()
+    if row is None:
+        return False
+    _put_back(aside, path)
+    log.warning("volume %s: its delete was not committed; its data is back", row[0])
+    return True
 
 
 def _link(root: Path, host_path: Path, visible: Path) -> None:

@@ -516,9 +516,14 @@ class LocalProvider:
 
     # -- volumes -------------------------------------------------------------------------
 
+    @property
+    def volumes_dir(self) -> Path:
+        """Where volume directories live."""
+        return self.home / "volumes"
+
     def volume_path(self, volume_id: str) -> Path:
         """The directory of a volume."""
-        return self.home / "volumes" / volume_id
+        return self.volumes_dir / volume_id
 
     async def create_volume(self, volume_id: str, size_gb: int) -> Path:
         """Create ``<home>/volumes/<volume_id>/``."""
