@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,34 @@ async def test_sftp_is_rooted_in_the_task_directory(
     assert (Path(endpoint["workdir"]) / "train.py").read_text() == "print('hi')\n"
     assert (Path(endpoint["workdir"]).parent / "escape.py").exists()
     assert not (Path(endpoint["workdir"]).parents[2] / "escape.py").exists()
+
+
+@pytest.mark.anyio
+async def test_a_handle_of_a_log_cannot_change_its_attributes(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # Found by QA: setstat on logs/stdout.log was refused, but the same attributes sent
+    # on a read-only handle of it made the log nobody's, mode 600.
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    log, mine = Path(endpoint["stdoutPath"]), Path(endpoint["workdir"]) / "mine.txt"
+    before = os.stat(log)
+    changes = asyncssh.SFTPAttrs(permissions=0o600, uid=65534, gid=65534, atime=1, mtime=1)
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/logs/stdout.log", "rb") as handle:
+            for change in (lambda: handle.setstat(changes), lambda: handle.chmod(0)):
+                with pytest.raises(asyncssh.SFTPPermissionDenied, match="logs/ is read-only"):
+                    await change()
+        await (await sftp.open("/workspace/mine.txt", "wb")).close()
+        async with sftp.open("/workspace/mine.txt", "rb") as handle:  # its own files: as before
+            await handle.chmod(0o640)
+    after = os.stat(log)
+    assert (after.st_mode, after.st_uid, after.st_gid, after.st_mtime) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_gid,
+        before.st_mtime,
+    )
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o640
 
 
 @pytest.mark.anyio

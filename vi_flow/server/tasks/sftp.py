@@ -21,6 +21,7 @@ import errno
 import os
 import posixpath
 import stat
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,13 +62,20 @@ _READ_ONLY = b"logs"  # the entry of the root that the server alone writes
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
+def _in_logs(path: bytes) -> bool:
+    return components(path)[:1] == [_READ_ONLY]
+
+
+def _logs_refusal() -> asyncssh.SFTPPermissionDenied:
+    return asyncssh.SFTPPermissionDenied(
+        "logs/ is read-only: the server writes the task's logs (read them, or copy them elsewhere)"
+    )
+
+
 def _writable(path: bytes) -> None:
     """Refuse a change to ``logs/`` or anything in it."""
-    if components(path)[:1] == [_READ_ONLY]:
-        raise asyncssh.SFTPPermissionDenied(
-            "logs/ is read-only: the server writes the task's logs (read them, or copy"
-            " them elsewhere)"
-        )
+    if _in_logs(path):
+        raise _logs_refusal()
 
 
 def _not_a_file(shown: bytes) -> asyncssh.SFTPPermissionDenied:
@@ -179,6 +187,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         self._refusal = refusal
         self._root_fd = -1 if refusal else os.open(self._root, _DIR & ~os.O_NOFOLLOW)
         self._files = files
+        self._logs: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles of logs/
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -253,7 +262,10 @@ class TaskSFTPServer(asyncssh.SFTPServer):
 
     def _counted_open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
         with self._counted():
-            return self._open(path, flags, attrs)
+            handle = self._open(path, flags, attrs)
+        if _in_logs(path):  # read-only as its path is: see fsetstat
+            self._logs.add(handle)
+        return handle
 
     def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Any:
         """Open a file beneath the root (a link is refused)."""
@@ -301,6 +313,13 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Set attributes of ``path`` (a link is refused)."""
         self.setstat(path, attrs)
+
+    def fsetstat(self, file_obj: Any, attrs: SFTPAttrs) -> None:
+        """Set attributes of an open file; one opened in ``logs/`` is refused, as its
+        path is (QA: a read-only handle of a log changed its owner and mode)."""
+        if file_obj in self._logs:
+            raise _logs_refusal()
+        super().fsetstat(file_obj, attrs)
 
     def statvfs(self, path: bytes) -> os.statvfs_result:
         """File system attributes where ``path`` lives."""
