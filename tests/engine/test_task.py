@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+import orjson
 import pytest
+
+from vi_flow.server.engine.blocks.task import MAX_ARTIFACTS
 
 from ..live_server import deep_path, deep_tree
 from .conftest import Server, data, names
@@ -106,3 +111,28 @@ async def test_a_task_step_lists_the_outputs_of_a_deep_tree(server: Server) -> N
     outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
     assert outcome["state"] == "completed", outcome
     assert outcome["output"]["artifacts"] == [{"path": deep_path(), "size": 6}]
+
+
+async def test_a_task_steps_artifacts_are_capped_and_counted(server: Server) -> None:
+    # Found by QA: 300,000 output files were named in full in three events of the run.
+    count = MAX_ARTIFACTS + 500
+    script = (
+        "import os; out = os.environ['VI_FLOW_OUTPUT_DIR']\n"
+        f"for i in range({count}): open(f'{{out}}/f{{i:05d}}', 'w').close()\n"
+    )
+    flow = await server.flow(
+        {"block": "task", "settings": {"command": [sys.executable, "-c", script]}}
+    )
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert outcome["state"] == "completed", outcome
+    output = outcome["output"]
+    names = [f"f{i:05d}" for i in range(MAX_ARTIFACTS)]
+    assert [a["path"] for a in output["artifacts"]] == names
+    assert (output["artifactCount"], output["artifactsTruncated"]) == (count, True)
+    listed = await server.call("GET", f"/tasks/{output['taskId']}/outputs")
+    assert len(listed.body["items"]) == count  # all of them, there
+    events = await server.call("GET", f"/runs/{outcome['executionId']}/events")
+    assert len(events.raw) < 3 * len(orjson.dumps(output)) + 20_000
+    small = await server.flow({"block": "task", "settings": {"command": SCRIPT}})
+    output = (await server.call("POST", f"/flows/{small}/execute", json={})).body["output"]
+    assert (output["artifactCount"], output["artifactsTruncated"]) == (1, False)
