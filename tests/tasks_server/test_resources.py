@@ -472,6 +472,68 @@ async def test_auto_renew_reservation_rolls_on_until_cancelled(server: TaskServe
     assert (await server.call("POST", "/reservations", json=later)).status == 201
 
 
+def _refused_as_held(answer: Any, holder: str) -> bool:
+    if answer.status != 409:
+        return False
+    error = answer.body["error"]
+    return error["code"] == "VOLUME_IN_USE" and all(
+        word in error["message"] for word in ("'blk'", holder)
+    )
+
+
+@pytest.mark.anyio
+async def test_a_block_volume_attaches_to_one_task_at_a_time(server: TaskServer) -> None:
+    # Found by QA: "block" is documented as exclusive attach, yet a second running task
+    # attached one at submit, and a third by a mount.
+    await server.call("POST", "/volumes", json={"name": "blk", "interface": "block"})
+    await server.call("POST", "/volumes", json={"name": "shared", "interface": "file"})
+    on_d, on_e = ({"volumeId": "blk", "mountPath": path} for path in ("/d", "/e"))
+    first = await server.submit(command="sleep 30", volumes=[on_d, on_e])  # one task: fine
+    second = await server.call("POST", "/tasks", json={"command": "true", "volumes": [on_d]})
+    assert _refused_as_held(second, first["taskId"]), second.body
+    other = await server.submit(command="sleep 30", volumes=[{"volumeId": "shared"}])
+    late = await server.call("POST", f"/tasks/{other['taskId']}/volumes", json={"volumeId": "blk"})
+    assert _refused_as_held(late, first["taskId"]), late.body
+    shared = await server.call(
+        "POST", f"/tasks/{first['taskId']}/volumes", json={"volumeId": "shared"}
+    )
+    assert shared.status == 200, shared.body  # a file volume: any number of tasks
+    await server.call("POST", f"/tasks/{first['taskId']}/cancel", json={"force": True})
+    await server.wait(first["taskId"])
+    late = await server.call("POST", f"/tasks/{other['taskId']}/volumes", json={"volumeId": "blk"})
+    assert late.status == 200, late.body  # its holder ended
+    again = await server.call("POST", "/tasks", json={"command": "true", "volumes": [on_d]})
+    assert _refused_as_held(again, other["taskId"]), again.body
+    await server.call("POST", f"/tasks/{other['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_tasks_attaching_one_block_volume_at_once_leave_one_holder(
+    server: TaskServer,
+) -> None:
+    for trial in range(3):
+        name = f"blk-{trial}"
+        await server.call("POST", "/volumes", json={"name": name, "interface": "block"})
+        body = {"command": "sleep 30", "volumes": [{"volumeId": name, "mountPath": "/d"}]}
+        submits = await asyncio.gather(
+            *(server.call("POST", "/tasks", json=body) for _ in range(4))
+        )
+        assert sorted(a.status for a in submits) == [201, 409, 409, 409], [a.body for a in submits]
+        holders = [a.body["taskId"] for a in submits if a.status == 201]
+        await server.call("POST", f"/tasks/{holders[0]}/cancel", json={"force": True})
+        await server.wait(holders[0])
+        waiting = [await server.submit(command="sleep 30") for _ in range(3)]
+        mounts = await asyncio.gather(
+            *(
+                server.call("POST", f"/tasks/{t['taskId']}/volumes", json={"volumeId": name})
+                for t in waiting
+            )
+        )
+        assert sorted(a.status for a in mounts) == [200, 409, 409], [a.body for a in mounts]
+        for task in waiting:
+            await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
+
+
 @pytest.mark.anyio
 async def test_mount_volume_into_a_task_still_waiting_to_start(server: TaskServer) -> None:
     # Its directory does not exist yet: the mount makes it (beneath it, link by link).

@@ -53,7 +53,7 @@ from .logtimes import SCHEMA_LOG_TIMES, LogTimes
 from .outputs import TaskOutputs
 from .records import SCHEMA, SCHEMA_EXITS, TaskRecords, to_json
 from .ssh import SSHAccess
-from .volumes import Volumes, missing_volumes, mount_rows
+from .volumes import Volumes, missing_volumes, mount_rows, refuse_attached_block_volumes
 
 __all__ = ["DEFAULT_GRACE", "MIGRATIONS", "TASKS_KEY", "TaskService"]
 
@@ -469,6 +469,7 @@ class TaskService:
                 raise APIProblem.validation(  # deleted since it was resolved
                     "volumes", f"volume {gone[0]!r} was deleted meanwhile"
                 )
+            refuse_attached_block_volumes(conn, spec.task_id, [mount[1] for mount in mounts])
             conn.execute(
                 "INSERT INTO tasks (task_id, org_id, name, status, config, placement, env,"
                 " created_at, provider, run_id, step_id, replica, files_on)"

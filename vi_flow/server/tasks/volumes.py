@@ -4,9 +4,11 @@ A volume is a directory the provider creates (``create_volume``), recorded per
 organization in the ``volumes`` table under a unique name. Tasks mount volumes when they
 are submitted (``VolumeSpec`` entries, resolved by id or name and created on first use)
 or later with :meth:`Volumes.mount`; each mount is a ``task_mounts`` row and a
-symlink inside the task's workspace. A volume mounted by a pending or running task
-cannot be deleted; a deleted volume's data is set aside in the transaction that deletes
-its row, then removed (:meth:`Volumes.remove_deleted` removes what is left).
+symlink inside the task's workspace. A ``block`` volume attaches to one pending or
+running task at a time, a ``file`` volume to any number. A volume mounted by a pending
+or running task cannot be deleted; a deleted volume's data is set aside in the
+transaction that deletes its row, then removed (:meth:`Volumes.remove_deleted` removes
+what is left).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..trees import left_aside, put_back, set_aside, try_remove_tree
 from .launch import visible_path, volume_env_name
 from .records import TaskRecords
 
-__all__ = ["Volumes", "mount_rows"]
+__all__ = ["Volumes", "missing_volumes", "mount_rows", "refuse_attached_block_volumes"]
 
 log = logging.getLogger("vi_flow.server")
 
@@ -374,16 +376,47 @@ def _insert_volume(conn: Connection, row: tuple[object, ...]) -> None:
 
 def missing_volumes(conn: Connection, volume_ids: Sequence[str]) -> list[str]:
     """Those of ``volume_ids`` that no longer exist; the others are locked until the
-    transaction ends (PostgreSQL: a delete of one waits for it)."""
+    transaction ends (PostgreSQL: a delete of one, or another task attaching it, waits
+    for it). Locked in one order, so that two tasks attaching the same volumes never
+    wait for each other."""
     lock = for_update(conn)
     return [
         volume_id
-        for volume_id in dict.fromkeys(volume_ids)
+        for volume_id in sorted(set(volume_ids))
         if conn.execute(
             "SELECT volume_id FROM volumes WHERE volume_id = ?" + lock, (volume_id,)
         ).fetchone()
         is None
     ]
+
+
+def refuse_attached_block_volumes(
+    conn: Connection, task_id: str, volume_ids: Sequence[str]
+) -> None:
+    """Refuse to attach a ``block`` volume to ``task_id`` while another task that has
+    not ended has it attached: a block volume attaches to one task at a time (a ``file``
+    volume to any number). Call it after :func:`missing_volumes` locked the volumes'
+    rows, in the transaction that records the mount: of two tasks attaching one at
+    once, the second sees the first's mount.
+
+    Raises:
+        APIProblem: 409 ``VOLUME_IN_USE``, naming the volume and the task holding it.
+    """
+    for volume_id in sorted(set(volume_ids)):
+        row = conn.execute(
+            "SELECT name, interface FROM volumes WHERE volume_id = ?", (volume_id,)
+        ).fetchone()
+        if row is None or row["interface"] != "block":
+            continue
+        holders = [held for held in _attached(conn, volume_id) if held != task_id]
+        if holders:
+            raise APIProblem(
+                409,
+                "VOLUME_IN_USE",
+                f"volume {row['name']!r} is a block volume attached to task {holders[0]!r},"
+                " which has not ended: a block volume attaches to one task at a time"
+                " (wait for that task to end or cancel it, or use a 'file' volume)",
+            )
 
 
 def _attached(conn: Connection, volume_id: str) -> list[str]:
@@ -402,12 +435,14 @@ def _record_mount(conn: Connection, row: tuple[str, ...]) -> None:
     in the task's config and passed the check of their variables' names).
 
     Raises:
-        APIProblem: 404 for a volume deleted meanwhile, 409 for a task that has ended,
-            422 naming ``volumeId`` for a volume whose variable another mount has.
+        APIProblem: 404 for a volume deleted meanwhile, 409 for a task that has ended
+            or a block volume another task holds, 422 naming ``volumeId`` for a volume
+            whose variable another mount has.
     """
     task_id, volume_id, name, host_path = row[:4]
     if missing_volumes(conn, [volume_id]):  # its row locked until this commits
         raise APIProblem.not_found("NOT_FOUND", "volume", volume_id)
+    refuse_attached_block_volumes(conn, task_id, [volume_id])
     found = conn.execute(
         "SELECT status, config, env FROM tasks WHERE task_id = ?" + for_update(conn), (task_id,)
     ).fetchone()
