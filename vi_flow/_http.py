@@ -7,7 +7,7 @@ by ``with_options`` share, so they share the connection pool.
 Retries: connection errors, timeouts, 408, 409, 429 and 5xx, with exponential backoff and
 jitter (0.5 s doubling, 8 s cap) or the server's ``Retry-After`` (capped). A total timeout
 (``timeout=0.5`` on a call sets one) bounds the whole call, retries and waits included. A POST,
-PUT, PATCH or DELETE carries an ``Idempotency-Key``, made once per logical call and reused on
+PUT or DELETE carries an ``Idempotency-Key``, made once per logical call and reused on
 every attempt (a POST is retried only with one); the server replays its first answer. A
 server may veto a retry with ``X-Should-Retry: false``.
 """
@@ -15,6 +15,7 @@ server may veto a retry with ``X-Should-Retry: false``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import os
@@ -59,7 +60,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: Methods whose every call carries an Idempotency-Key (made once, kept across retries):
 #: a retry of a POST whose answer was lost must not make a second resource, nor one of a
 #: PUT or DELETE answer 412 or 404 about the change its first attempt made.
-_CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CHANGES = frozenset({"POST", "PUT", "DELETE"})
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 60.0
@@ -228,8 +229,9 @@ class Connection:
         for scope, loop in list(self._naps.items()):
             if loop is here:
                 scope.cancel()
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(scope.cancel)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+                    loop.call_soon_threadsafe(scope.cancel)
         if (
             self._session is not None
             and self._session_loop is asyncio.get_running_loop()

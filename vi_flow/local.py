@@ -33,6 +33,7 @@ from ._errors import LocalServerError
 from .models.homes import foreign_home
 from .models.server import (
     HOME_SERVED,
+    LOCK_FILE,
     LOG_DIR,
     LOG_FILE,
     RUN_FILE,
@@ -264,6 +265,24 @@ def _silent_server(home: Path, wait: float = _PROBE_TIMEOUT) -> LocalServerError
     )
 
 
+def _home_held(home: Path) -> bool:
+    """Whether a process holds the home's server lock: a silent process the run file
+    names may be another that took a dead server's pid (Linux: ``/proc/locks``; where
+    that cannot be read, ``True``)."""
+    try:
+        lock = os.stat(home / LOCK_FILE)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return True
+    inode = f"{os.major(lock.st_dev):02x}:{os.minor(lock.st_dev):02x}:{lock.st_ino}"
+    return any("FLOCK" in line and inode in line.split() for line in locks.splitlines())
+
+
 def _published_soon(home: Path) -> ServerInfo | None:
     """The home's server, should one publish itself within :data:`_PUBLISH_WAIT` s."""
     deadline = time.monotonic() + _PUBLISH_WAIT
@@ -300,7 +319,7 @@ def start_server(
     found, silent = _look(home, wait)
     if found is not None:
         return _check_version(found), False
-    if silent and (error := _silent_server(home, wait)):
+    if silent and _home_held(home) and (error := _silent_server(home, wait)):
         raise error  # another server could not take the home from it anyway
     import filelock  # only on the way to starting a server: it costs a warm start ~10 ms
 
@@ -354,11 +373,11 @@ def attach(settings: Settings) -> Attached:
     """
     if settings.local_server == "in-process" and (own := _in_process(settings)):
         return own
-    limits = (settings.timeout.connect, settings.timeout.read, settings.timeout.total)
+    # the client's own timeout, but a second at least: a busy server is not a hung one
+    limits = (settings.timeout.read, settings.timeout.total)
     wait = min((t for t in limits if t is not None), default=_PROBE_TIMEOUT)
-    return Attached(
-        ensure_server(settings.home, settings.server_idle_timeout, min(wait, _PROBE_TIMEOUT))
-    )
+    wait = min(max(wait, 1.0), _PROBE_TIMEOUT)
+    return Attached(ensure_server(settings.home, settings.server_idle_timeout, wait))
 
 
 def stopped_on_request(home: Path, pid: int) -> bool:

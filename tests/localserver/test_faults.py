@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 import vi_flow
 import vi_flow.local
 from vi_flow.models import FlowCompleted, LogLine
+from vi_flow.models.server import RUN_FILE
 
 from .kit import alive, cli, cli_command, env_for, run_file, server_pids, stop_server
 
@@ -182,6 +185,34 @@ def test_a_new_client_meeting_a_hung_server_says_it_does_not_answer_within_its_t
     with vi_flow.Client(timeout=1) as client:  # once it runs again, it is used
         assert client.flows.list().items == []
     assert run_file(home) == server
+
+
+def test_a_stale_run_file_whose_pid_and_port_others_took_is_not_a_hung_server(
+    home: Path,
+) -> None:
+    # A crashed server's run file names a pid another process now has and a port that
+    # takes connections but never answers: nobody holds the home, so a new server starts
+    # there (review: the client said the home was held and to kill that other process).
+    cli(home, "server", "start")
+    old = run_file(home)
+    assert old is not None
+    os.kill(old.pid, signal.SIGKILL)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        port = silent.getsockname()[1]
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            deadline = time.monotonic() + 10
+            while alive(old.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stale = attrs.evolve(old, pid=other.pid, url=f"http://127.0.0.1:{port}/v1")
+            (home / RUN_FILE).write_bytes(stale.to_json())
+            with vi_flow.Client(timeout=1) as client:
+                assert client.flows.list().items == []
+            new = run_file(home)
+            assert new is not None and new.pid not in (old.pid, other.pid)
+        finally:
+            other.kill()
+            other.wait()
 
 
 async def test_kill_9_a_task_its_run_was_waiting_for_never_starts_after_the_restart(

@@ -24,7 +24,13 @@ import asyncssh
 import pytest
 
 from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
-from vi_flow.server.providers.local.sandbox import detect_sandbox, sandbox_child, task_network
+from vi_flow.server.providers.local.sandbox import (
+    NetworkIsolationUnavailable,
+    detect_sandbox,
+    job_sandbox,
+    sandbox_child,
+    task_network,
+)
 
 from .conftest import TaskServer
 
@@ -668,13 +674,14 @@ def test_sandbox_child_is_the_init_of_the_sandbox_and_anything_else_is_none(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("sandbox", [True, False])
 async def test_an_ssh_session_sees_only_its_tasks_gpus(
-    start_server: Any, client_key: asyncssh.SSHKey
+    start_server: Any, client_key: asyncssh.SSHKey, sandbox: bool
 ) -> None:
     # A shell into a CPU-only task had CUDA_VISIBLE_DEVICES unset (every GPU of the
     # machine) or set by the task's env, while its processes had it empty (QA round 10).
     a100 = {"type": "a100", "memory_gb": 80}
-    server: TaskServer = await start_server(local_cpus=4, local_gpus=[a100, a100])
+    server: TaskServer = await start_server(local_cpus=4, local_gpus=[a100, a100], sandbox=sandbox)
     public = client_key.export_public_key().decode()
     await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
     cpu = await server.submit(command="sleep 30", env={"CUDA_VISIBLE_DEVICES": "0,1"})
@@ -747,3 +754,16 @@ def test_a_task_network_setting_other_than_host_or_isolated_is_refused() -> None
         task_network({}, {"VI_FLOW_TASK_NETWORK": "none"})
     assert task_network({}, {"VI_FLOW_TASK_NETWORK": " Isolated "}) == "isolated"
     assert task_network({}, {}) == "host"
+
+
+def test_an_isolated_network_without_a_sandbox_stops_the_server_not_the_isolation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: with no sandbox (or one that cannot make a network namespace) tasks ran
+    # unsandboxed, on the host's network, under "isolated"; and the setting reached the
+    # Slurm and Ray jobs' sandbox, which use their node's network.
+    off = {"sandbox": False, "task_network": "isolated"}
+    with pytest.raises(NetworkIsolationUnavailable, match="sandbox = false"):
+        detect_sandbox(tmp_path, off)
+    monkeypatch.setenv("VI_FLOW_TASK_NETWORK", "isolated")
+    assert job_sandbox([tmp_path]).network == "host"

@@ -97,6 +97,19 @@ async def test_gpus_are_assigned_and_exported(start_server: StartServer) -> None
 
 
 @pytest.mark.anyio
+async def test_env_numbers_and_booleans_sent_raw_arrive_as_json_writes_them(
+    server: TaskServer,
+) -> None:
+    # Review: the SDK wrote them as text, but a raw request's were refused in cattrs'
+    # words ("expected str"), though the API document allows them.
+    env = {"N": 3, "F": True, "X": 1.5}
+    task = await server.submit(command='echo "$N|$F|$X"', env=env)
+    assert (await server.wait(task["taskId"]))["status"] == "completed"
+    logs = (await server.call("GET", f"/tasks/{task['taskId']}/logs")).body
+    assert logs["lines"] == ["3|true|1.5"]
+
+
+@pytest.mark.anyio
 async def test_cancel_escalates_from_sigterm_to_sigkill(server: TaskServer) -> None:
     task = await server.submit(command="trap '' TERM; echo ready; sleep 30")
     await server.wait(task["taskId"], until={"running"})

@@ -186,12 +186,14 @@ def _refuse_unencodable(wire: Any, *, encoded: bool) -> None:
     while stack:
         item, where = stack.pop()
         if isinstance(item, dict):
-            for key, value in item.items():
+            for key in item:
                 if not encoded and (problem := _unencodable(key)):
                     raise ValueError(f"{where or 'body'}: a key is {problem}")
-                stack.append((value, f"{where}.{key}" if where else str(key)))
+            # pushed last first, so that the first bad value is the one named
+            named = [(v, f"{where}.{k}" if where else str(k)) for k, v in item.items()]
+            stack.extend(reversed(named))
         elif isinstance(item, (list, tuple)):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+            stack.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(item)]))
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{where or 'body'}: expected a finite number, got {item!r}")
         elif not encoded and (problem := _unencodable(item)):

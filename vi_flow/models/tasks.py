@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import attrs
+import orjson
 
 from ._base import OpenEnum
 from .limits import shown, type_name
@@ -211,7 +212,9 @@ def env_text(value: str | int | float) -> str:
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, int):
+        return str(value)  # exact, at any size
+    return orjson.dumps(value).decode()  # env_problem let only finite numbers through
 
 
 def _env(values: Any) -> dict[str, str]:
@@ -244,8 +247,8 @@ class TaskConfig:
         min_gpu_memory_gb: The least memory per GPU.
         cpus: CPU cores to hold (default 1).
         memory_gb: Memory to hold, in GB.
-        env: Extra environment variables, names to strings (a number is refused: quote it
-            in YAML). Write-only: the server answers each value as
+        env: Extra environment variables, names to text (a number or a boolean becomes its
+            JSON text, ``3`` or ``true``; ``null`` is refused). Write-only: the server answers each value as
             ``"<redacted>"`` (:data:`ENV_REDACTED`) and ``repr()`` shows names only.
         volumes: Volumes to mount (``VolumeSpec`` or ``{"volume_id", "mount_path"}``).
         working_dir: Directory the command starts in, relative to the task workspace.

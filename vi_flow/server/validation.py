@@ -225,7 +225,8 @@ def check_block_values(where: str, block: str, settings: Mapping[str, Any]) -> N
 
 def _check_task_settings(where: str, settings: Mapping[str, Any]) -> None:
     """What a ``task`` block's task would refuse, found when the flow is stored: its
-    ``env`` (a mapping of variable names to strings; values are secrets, never shown)
+    ``env`` (a mapping of variable names to text, numbers or booleans; values are
+    secrets, never shown)
     and its ``name`` (unless it is a template, rendered at run time)."""
     env = settings.get("env")
     if env is not None:

@@ -36,7 +36,7 @@ class SQLiteDatabase:
     dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # a later chdir of the process changes nothing
         # (device, inode) of the file the first connection opened: the database
         self._file: tuple[int, int] | None = None
 

@@ -44,6 +44,7 @@ from ...models.tasks import (
     TaskStatus,
     VolumeRequest,
     env_problem,
+    env_text,
 )
 from ..db import Connection
 from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
@@ -171,8 +172,10 @@ async def create_task(request: web.Request) -> web.StreamResponse:
     """Submit a task (body: TaskConfig)."""
     body = await read_body(request)
     env = body.get("env") if isinstance(body, dict) else None
-    if env is not None and (problem := env_problem(env)):  # in the SDK's words, as flows'
-        raise APIProblem.validation(*problem)
+    if env is not None:
+        if problem := env_problem(env):  # in the SDK's words, as flows'
+            raise APIProblem.validation(*problem)
+        body["env"] = {name: env_text(value) for name, value in env.items()}
     config = structure(body, TaskConfig)
     _check_config(config)
     task = await _service(request).submit(org_of(request), config, answer_status=201)

@@ -271,7 +271,8 @@ class TaskService:
                     "lease; stopping its processes here",
                     row["task_id"], row["status"],
                 )  # fmt: skip
-                await self.provider.cancel(row["task_id"], DEFAULT_GRACE)
+                # each stop waits out its grace: not in the heartbeat's turn
+                spawn(self._background, self.provider.cancel(row["task_id"], DEFAULT_GRACE))
         self._lost_lease = False
 
     async def _take_over(self) -> None:

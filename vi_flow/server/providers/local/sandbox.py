@@ -31,10 +31,13 @@ from typing import Any
 import attrs
 import orjson
 
+from ...home import HomeError
+
 __all__ = [
     "JOB_SANDBOX_ENV",
     "NETWORKS",
     "TASK_NETWORK_ENV",
+    "NetworkIsolationUnavailable",
     "Sandbox",
     "allowed_environment",
     "check_executable",
@@ -280,6 +283,11 @@ def task_network(extra: Mapping[str, Any], env: Mapping[str, str] | None = None)
     return value
 
 
+class NetworkIsolationUnavailable(HomeError):
+    """``VI_FLOW_TASK_NETWORK=isolated`` was asked for and cannot be had here: the server
+    refuses to start rather than run tasks on the host's network, or unsandboxed."""
+
+
 def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     """Find ``bwrap`` and check it can build a sandbox here (blocking; run in a thread).
 
@@ -288,7 +296,25 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     holds the home (the server's venv, when the home was put inside it) is shown without
     the home: each of its entries but the one leading to the home. The network is
     :func:`task_network`'s.
+
+    Raises:
+        NetworkIsolationUnavailable: An isolated network was asked for, and there is no
+            sandbox here, or bwrap cannot make a network namespace.
     """
+    sandbox = _host_network_sandbox(home, extra)
+    if task_network(extra) == "host":
+        return sandbox
+    isolated = attrs.evolve(sandbox, network="isolated")
+    why = sandbox.reason if not sandbox.enabled else _refusal(isolated)
+    if why:
+        raise NetworkIsolationUnavailable(
+            f"{TASK_NETWORK_ENV}=isolated needs a bubblewrap sandbox that makes a network"
+            f" namespace, and there is none here: {why}"
+        )
+    return isolated
+
+
+def _host_network_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
     bwrap = shutil.which("bwrap")
@@ -297,18 +323,25 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     home = Path(home).resolve()
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
     read_only = _read_only([*_python_paths(), *extra_paths], home)
-    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,), network=task_network(extra))
+    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,))
+    if why := _refusal(sandbox):
+        return Sandbox(None, why)
+    return sandbox
+
+
+def _refusal(sandbox: Sandbox) -> str:
+    """Why ``sandbox`` cannot run a command here (``""`` when it can)."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         argv = [*sandbox.prefix(root, [], root), "/bin/sh", "-c", "true"]
         try:
             done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return Sandbox(None, f"bwrap could not run: {exc}")
+            return f"bwrap could not run: {exc}"
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip() or f"status {done.returncode}"
-        return Sandbox(None, f"bwrap cannot create namespaces here: {detail}")
-    return sandbox
+        return f"bwrap cannot create namespaces here: {detail}"
+    return ""
 
 
 def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
@@ -325,7 +358,8 @@ def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
     if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
         return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)", fix=_TURN_ON)
     shown = sorted({Path(p).resolve() for p in hidden})
-    detected = detect_sandbox(shown[0] if shown else Path("/nonexistent"), {})
+    # a job uses its node's network: the local provider's network setting is not asked
+    detected = detect_sandbox(shown[0] if shown else Path("/nonexistent"), {"task_network": "host"})
     if not detected.enabled:
         return detected
     return Sandbox("bwrap", read_only=detected.read_only, hidden=tuple(shown))
