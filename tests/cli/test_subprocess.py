@@ -144,19 +144,24 @@ def test_logs_follow_into_head_exits_quietly(
     assert out.returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")
-def test_shell_command_into_head_exits_quietly(
-    served: tuple[str, str, subprocess.Popen[str]],
-) -> None:
-    """The shell's output echo meets the broken pipe inside anyio's task groups: the
-    group's wrapping must not turn it into an error report."""
+def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict[str, str], str]:
+    """A ``sleep 60`` task started with the CLI: the CLI's environment, and the task's id."""
     base, token, _ = served
     env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
     started = subprocess.run(
         [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
     )
     assert started.returncode == 0, started.stderr
-    task_id = started.stdout.strip()
+    return env, started.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")
+def test_shell_command_into_head_exits_quietly(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """The shell's output echo meets the broken pipe inside anyio's task groups: the
+    group's wrapping must not turn it into an error report."""
+    env, task_id = _sleeping_task(served)
     cli = " ".join(_cli())
     pipeline = f"{cli} tasks shell {task_id} -n -c 'seq 300000' | head -1; exit ${{PIPESTATUS[0]}}"
     try:
@@ -174,13 +179,7 @@ def test_shell_command_output_reaches_stdout_and_stderr_byte_for_byte(
     served: tuple[str, str, subprocess.Popen[str]],
 ) -> None:
     """Bytes that are not UTF-8 (``tar cf -``, a binary file) are not 'replaced'."""
-    base, token, _ = served
-    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
-    started = subprocess.run(
-        [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
-    )
-    assert started.returncode == 0, started.stderr
-    task_id = started.stdout.strip()
+    env, task_id = _sleeping_task(served)
     command = r"printf '\377\376\000caf\303\251\n'; printf '\200\201' >&2"
     try:
         out = subprocess.run(
