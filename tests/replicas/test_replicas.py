@@ -730,6 +730,25 @@ async def test_a_second_live_replica_of_one_name_is_refused(cluster: Cluster) ->
 
 
 @pytest.mark.timeout(120)
+async def test_a_replica_back_from_a_stall_beside_a_namesake_stops(cluster: Cluster) -> None:
+    # Review: a replica stalled past its lease rejoined under its name without looking,
+    # beside the one started under that name meanwhile: two of one name again.
+    a, b = await cluster.start("a", "b")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        twin = cluster.spawn("a", home_name="a-twin")  # it waits out a's lease, then joins
+        await cluster.wait_ready(twin)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    with anyio.fail_after(cluster.lease + 30):  # a finds its name taken at its next tick
+        while a.alive():
+            await anyio.sleep(0.2)
+    assert "a live replica took this name while this one was stalled" in a.output()
+    assert await live_replicas(b) == ["a", "b"]
+    assert (await call(twin, "GET", "/flows")).status == 200
+
+
+@pytest.mark.timeout(120)
 async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: Cluster) -> None:
     a, b, _ = await three(cluster)
     flow_id = await create_flow(a, {"name": "kept", "blocks": []})

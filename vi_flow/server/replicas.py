@@ -124,6 +124,9 @@ class Replica:
         self._losing = False
         self._locks: dict[str, Callable[[bool], None]] = {}  # the listening thread holds them
         self._locks_guard = threading.Lock()
+        #: Stops the server: called when this replica, back from a stall, finds that a
+        #: live replica took its name meanwhile (the server sets it; ``None``: none).
+        self.stop_server: Callable[[], None] | None = None
 
     # -- wiring -------------------------------------------------------------------------
 
@@ -171,6 +174,17 @@ class Replica:
             )
             self._thread.start()
             self._ticking = self._loop.create_task(self._tick_loop())
+
+    def _live_namesake(self, conn: Connection, old: str) -> bool:
+        """Whether another replica of this name (not this one's ``old`` row, which a
+        database outage may have left) beat within the lease."""
+        cutoff = f"{_PG_NOW} - {int(self.lease * 1000)}"
+        row = conn.execute(
+            f"SELECT 1 FROM replicas WHERE name = ? AND replica_id != ?"
+            f" AND heartbeat_at >= {cutoff}",
+            (self.name, old),
+        ).fetchone()
+        return row is not None
 
     async def _wait_out_namesake(self) -> None:
         """Join once no live replica has this name.
@@ -319,8 +333,18 @@ class Replica:
         )
         for callback in self._on_lost:
             await self._call(callback, "giving up")
-        self.id = new_id("rep")
+        old, self.id = self.id, new_id("rep")
         try:
+            namesake = await self.store.run(lambda c: self._live_namesake(c, old))
+            if namesake:
+                log.error(
+                    "replica %s: a live replica took this name while this one was stalled;"
+                    " this one stops (two of one name would answer for each other's tasks)",
+                    self.name,
+                )
+                if self.stop_server is not None:
+                    self.stop_server()
+                return
             await self.store.run(self._join)
         except Exception as exc:
             log.warning("replica %s: could not rejoin yet: %s", self.name, exc)

@@ -30,7 +30,7 @@ from .helpers import Handler
 from .home import publish
 from .limits import BUDGET_KEY, install_accept_guard, raise_open_file_limit
 from .routes.lifecycle import LIFECYCLE_KEY
-from .state import IDENTITY_KEY, ServerSettings
+from .state import IDENTITY_KEY, REPLICA_KEY, ServerSettings
 from .tasks import TASKS_KEY
 
 __all__ = ["run_server", "start", "url_of"]
@@ -206,6 +206,7 @@ async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) 
     _install_signals(stop)
     runner, port = await start(settings)
     runner.app[LIFECYCLE_KEY].request_stop = stop.set
+    runner.app[REPLICA_KEY].stop_server = stop.set
     url = url_of(settings.host, port)
     log.info(
         "vi-flow %s serving %s on %s (pid %d, %s)",
