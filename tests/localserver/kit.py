@@ -86,6 +86,14 @@ def run_file(home: Path) -> ServerInfo | None:
         return None
 
 
+def started_server(home: Path) -> ServerInfo:
+    """Start the home's background server with ``vi-flow server start``; its run file."""
+    cli(home, "server", "start")
+    info = run_file(home)
+    assert info is not None, "vi-flow server start wrote no run file"
+    return info
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a live (non-zombie) process."""
     return pid_alive(pid)

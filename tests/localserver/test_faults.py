@@ -20,7 +20,16 @@ import vi_flow.local
 from vi_flow.models import FlowCompleted, LogLine
 from vi_flow.models.server import RUN_FILE
 
-from .kit import alive, cli, cli_command, env_for, run_file, server_pids, stop_server
+from .kit import (
+    alive,
+    cli,
+    cli_command,
+    env_for,
+    run_file,
+    server_pids,
+    started_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -167,9 +176,7 @@ def test_a_new_client_meeting_a_hung_server_says_it_does_not_answer_within_its_t
     # It said "already served by the vi-flow server at ...; use that server": the one
     # that did not answer; then it said so, but after ~21 s whatever the client's timeout
     # (it tried to start another server, which could not take the home) (found by QA).
-    cli(home, "server", "start")
-    server = run_file(home)
-    assert server is not None
+    server = started_server(home)
     os.kill(server.pid, signal.SIGSTOP)
     try:
         began = time.monotonic()
@@ -193,9 +200,7 @@ def test_a_stale_run_file_whose_pid_and_port_others_took_is_not_a_hung_server(
     # A crashed server's run file names a pid another process now has and a port that
     # takes connections but never answers: nobody holds the home, so a new server starts
     # there (review: the client said the home was held and to kill that other process).
-    cli(home, "server", "start")
-    old = run_file(home)
-    assert old is not None
+    old = started_server(home)
     os.kill(old.pid, signal.SIGKILL)
     with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
         port = silent.getsockname()[1]

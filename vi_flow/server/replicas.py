@@ -175,16 +175,14 @@ class Replica:
             self._thread.start()
             self._ticking = self._loop.create_task(self._tick_loop())
 
-    def _live_namesake(self, conn: Connection, old: str) -> bool:
-        """Whether another replica of this name (not this one's ``old`` row, which a
-        database outage may have left) beat within the lease."""
-        cutoff = f"{_PG_NOW} - {int(self.lease * 1000)}"
+    def _namesake_beat(self, conn: Connection, other_than: str) -> tuple[int | None, int]:
+        """The latest heartbeat of a replica of this name but ``other_than`` (``None``:
+        there is none), and the database's time, both in ms."""
         row = conn.execute(
-            f"SELECT 1 FROM replicas WHERE name = ? AND replica_id != ?"
-            f" AND heartbeat_at >= {cutoff}",
-            (self.name, old),
+            f"SELECT MAX(heartbeat_at), {_PG_NOW} FROM replicas WHERE name = ? AND replica_id != ?",
+            (self.name, other_than),
         ).fetchone()
-        return row is not None
+        return row[0], row[1]
 
     async def _wait_out_namesake(self) -> None:
         """Join once no live replica has this name.
@@ -196,17 +194,11 @@ class Replica:
         Raises:
             ReplicaNameInUse: The name's heartbeat moved.
         """
-
-        def look(conn: Connection) -> tuple[int | None, int]:
-            row = conn.execute(
-                f"SELECT MAX(heartbeat_at), {_PG_NOW} FROM replicas WHERE name = ?", (self.name,)
-            ).fetchone()
-            return row[0], row[1]
-
         first = None
         deadline = time.monotonic() + self.lease + 1.0
         while time.monotonic() < deadline:
-            beat, now = await self.store.run(look)
+            # not joined yet: no row is this one's
+            beat, now = await self.store.run(lambda c: self._namesake_beat(c, self.id))
             if beat is None or now - beat > self.lease * 1000:
                 return
             if first is None:
@@ -335,8 +327,9 @@ class Replica:
             await self._call(callback, "giving up")
         old, self.id = self.id, new_id("rep")
         try:
-            namesake = await self.store.run(lambda c: self._live_namesake(c, old))
-            if namesake:
+            # its own old row (a database outage may have left it) is no namesake
+            beat, now = await self.store.run(lambda c: self._namesake_beat(c, old))
+            if beat is not None and now - beat <= self.lease * 1000:
                 log.error(
                     "replica %s: a live replica took this name while this one was stalled;"
                     " this one stops (two of one name would answer for each other's tasks)",

@@ -209,9 +209,7 @@ class LocalProvider:
             raise InvalidRequest(f"task {task_id} is not running")
         spec = job.spec
         volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-        gpus = gpu_environment(job, bool(self.machine.gpus))
-        if not self.sandbox.enabled:  # a session still gets the task's GPUs, and no others
-            return ["env", *(f"{name}={value}" for name, value in gpus.items())] if gpus else []
+        gpus = gpu_environment(job, bool(self.machine.gpus))  # sandboxed or not
         return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir, setenv=gpus)
 
     async def mounted(self, task_id: str, host_path: Path) -> None:

@@ -111,12 +111,13 @@ class Sandbox:
         info_fd: int | None = None,
         setenv: Mapping[str, str] | None = None,
     ) -> list[str]:
-        """The argv put before a command to run it in the sandbox of the task at ``root``
-        (``[]`` when unsandboxed); bubblewrap writes its ``--info-fd`` JSON to ``info_fd``
-        (see :func:`sandbox_child`), and sets ``setenv`` over whatever environment the
-        command was given (an SSH session's, which a task's ``env`` fills)."""
+        """The argv put before a command to run it in the sandbox of the task at ``root``;
+        bubblewrap writes its ``--info-fd`` JSON to ``info_fd`` (see :func:`sandbox_child`),
+        and sets ``setenv`` over whatever environment the command was given (an SSH
+        session's, which a task's ``env`` fills). Unsandboxed, only ``setenv`` is applied
+        (by ``env``; ``[]`` without it)."""
         if self.bwrap is None:
-            return []
+            return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         if self.network == "isolated":
             args.append("--unshare-net")
