@@ -23,6 +23,10 @@ RAY = "ray[default]==2.60.0"  # the Ray the provider's suite is run against
 PG_INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's PostgreSQL (tests_postgres)
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browser here
 _LOCAL_ONLY = "not slurm and not ray and not browser"
+# The local suites run in two pytest-xdist workers: a test mostly waits on its server, a
+# task or a subprocess, so two halve the time even on two cores (CI stays under 30
+# minutes). VI_FLOW_TEST_WORKERS=0 runs them in one process; `-- -n 0` does too.
+_WORKERS = ("-n", os.environ.get("VI_FLOW_TEST_WORKERS", "2"), "--dist", "worksteal")
 # Schemathesis's 100 examples per operation (3 of the suite's 9 minutes) run in `tests`;
 # on PostgreSQL it calls every operation in every phase with fewer (CI stays under 30
 # minutes).
@@ -36,7 +40,7 @@ def tests(session: nox.Session) -> None:
     """Run the test suite against the embedded local server (Slurm and Ray tests excluded)."""
     _install_bubblewrap(session)
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", _LOCAL_ONLY, *session.posargs)
+    session.run("pytest", *_WORKERS, "-m", _LOCAL_ONLY, *session.posargs)
 
 
 def _install_bubblewrap(session: nox.Session) -> None:
@@ -80,7 +84,7 @@ def tests_lowest(session: nox.Session) -> None:
         "tests/localserver/test_work_and_lifecycle.py",
     ]  # fmt: skip
     ignore = [f"--ignore={path}" for path in left_to_tests]
-    session.run("pytest", "-m", _LOCAL_ONLY, *ignore, *session.posargs)
+    session.run("pytest", *_WORKERS, "-m", _LOCAL_ONLY, *ignore, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -96,7 +100,9 @@ def tests_newest(session: nox.Session) -> None:
         "tests/cli", "tests/engine", "tests/test_sse.py", "tests/test_public_api.py",
         "tests/test_loglines.py", "tests/test_events_deferred.py", "tests/test_architecture.py",
     ]  # fmt: skip
-    session.run("pytest", "-p", "no:cacheprovider", "-m", _LOCAL_ONLY, *paths, *session.posargs)
+    session.run(
+        "pytest", *_WORKERS, "-p", "no:cacheprovider", "-m", _LOCAL_ONLY, *paths, *session.posargs
+    )
 
 
 def _floors() -> list[str]:
@@ -169,7 +175,7 @@ def tests_postgres(session: nox.Session) -> None:
         *(f"--ignore=tests/server/{name}.py" for name in _NO_DATABASE),
     ]  # fmt: skip
     marks = "not slurm and not ray and not browser"
-    pytest = ["pytest", "-p", "no:cacheprovider", "-m", marks, *paths]
+    pytest = ["pytest", *_WORKERS, "-p", "no:cacheprovider", "-m", marks, *paths]
     env = {"VI_FLOW_TEST_DATABASE": "postgres"}
     session.run("python", "tests/pgcluster.py", "--", *pytest, env={**env, **_FEWER_EXAMPLES})
 

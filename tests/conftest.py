@@ -22,7 +22,7 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -109,6 +109,28 @@ def postgres_schema(postgres_url: str | None) -> Iterator[str]:
     assert postgres_url is not None
     with fresh_schema(postgres_url) as url:
         yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_url: str | None) -> Iterator[str]:
+    """The URL of a database of the test's own, dropped after it: for a test that cuts
+    every connection to its database off (an outage), which a schema cannot keep from
+    the tests running beside it in the other pytest-xdist worker."""
+    if postgres_url is None:
+        unavailable(
+            "VI_FLOW_REQUIRE_POSTGRES", "VI_FLOW_TEST_POSTGRES_URL is not set", POSTGRES_HOW_TO
+        )
+    import psycopg
+
+    assert postgres_url is not None
+    name = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    try:
+        yield urlunsplit(urlsplit(postgres_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
 
 
 @contextlib.contextmanager

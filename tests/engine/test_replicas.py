@@ -247,19 +247,19 @@ async def test_each_replica_reports_the_work_it_holds_and_every_live_replica(
 
 
 async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are_503(
-    database: str, start_server: StartServer, tmp_path: Path
+    postgres_database: str, start_server: StartServer, tmp_path: Path
 ) -> None:
     # Found by QA: PostgreSQL restarted under a running run; its event write failed, the
     # run crashed, and ending it failed the same way: it stayed Running for good, its
     # stream waited for ever, and every request in the outage was a 500.
-    (a,) = await _replicas(start_server, tmp_path, database, 1)
+    (a,) = await _replicas(start_server, tmp_path, postgres_database, 1)
     run_id = await _slow_job(a, count=60, interval=0.02)  # it ends inside the outage
     first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
     import psycopg  # tests_postgres has it
 
     # from another database, held open: no new session may open on this one meanwhile
-    admin = psycopg.connect(database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
         admin.execute(  # every session of the database: the store's, the event log's...
@@ -289,12 +289,12 @@ async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are
 
 @pytest.mark.timeout(90)
 async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
-    database: str, start_server: StartServer, tmp_path: Path
+    postgres_database: str, start_server: StartServer, tmp_path: Path
 ) -> None:
     # Found by QA: past the lease, a replica whose database was away came back under a
     # new id, took its own running task over as another's, and killed it as an orphan
     # ("ServerRestarted") - or a replica on another host recorded it failed.
-    a, _ = await _replicas(start_server, tmp_path, database, 2, lease=LEASE)
+    a, _ = await _replicas(start_server, tmp_path, postgres_database, 2, lease=LEASE)
     made = await a.call("POST", "/tasks", json={"command": "sleep 6; echo survived"})
     assert made.status == 201, made.body
     task_id = made.body["taskId"]
@@ -304,8 +304,8 @@ async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
         await asyncio.sleep(0.05)
     import psycopg  # tests_postgres has it
 
-    admin = psycopg.connect(database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
     try:
         admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
         admin.execute(
