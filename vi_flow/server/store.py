@@ -338,7 +338,7 @@ class Store:
                 self._close()
             raise
         if self._checkpointer is not None:
-            self._checkpointer.nudge()
+            self._checkpointer.committed(conn)
         return result
 
     def _db_thread(self) -> DBThread:
@@ -459,7 +459,7 @@ class Store:
                 self.database.rollback(conn)
             return [(None, exc, []) for _ in outcomes]
         if self._checkpointer is not None:
-            self._checkpointer.nudge()
+            self._checkpointer.committed(conn)
         return outcomes
 
     def _migrate(self, name: str, sql: Migration) -> None:

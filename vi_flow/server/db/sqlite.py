@@ -15,12 +15,13 @@ import threading
 from pathlib import Path
 
 from ._errors import DatabaseFileGone
+from ._types import Connection
 
 __all__ = ["SQLiteDatabase", "WalCheckpointer"]
 
-#: WAL size after which the writer's own commit checkpoints (SQLite's default: 1,000
-#: pages). The checkpointer thread copies the WAL back long before; the writer's
-#: checkpoint restarts the WAL, bounding it under continuous writes.
+#: WAL size after which the writer itself checkpoints (SQLite's default: 1,000 pages).
+#: The checkpointer thread copies the WAL back long before; the writer's checkpoint
+#: empties the WAL, bounding it under continuous writes.
 WRITER_CHECKPOINT_BYTES = 16 * 1024 * 1024
 #: The WAL file is cut back to this size once a checkpoint has emptied it.
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
@@ -125,11 +126,18 @@ class WalCheckpointer:
 
     SQLite checkpoints inside the ``COMMIT`` that takes the WAL past 1,000 pages, so one
     commit in every few hundred waited for a copy of megabytes (and an fsync). The writer
-    calls :meth:`nudge` after each commit instead; this thread then runs a ``PASSIVE``
-    checkpoint (it never blocks the writer or readers), at most once per ``pause``
-    seconds, with its own connection. Whatever it has not copied, the writer's own
-    automatic checkpoint still does at :data:`WRITER_CHECKPOINT_BYTES` (see
-    :meth:`bound`), so the WAL stays bounded under continuous writes.
+    calls :meth:`committed` after each commit instead; this thread then runs a
+    ``PASSIVE`` checkpoint (it never blocks the writer or readers), at most once per
+    ``pause`` seconds, with its own connection. A ``PASSIVE`` checkpoint copies only the
+    frames there were when it began, and the WAL restarts only once one has copied them
+    all: under continuous writes on a loaded machine commits can outrun it for good (CI
+    saw 68 and 74 MB against the bound). So once the WAL file is past
+    :data:`WRITER_CHECKPOINT_BYTES`, the writer itself, between two of its transactions
+    (no commit can come meanwhile: it is the one writer), waits for the copy this thread
+    may be running, then finishes the copy and empties the file (``TRUNCATE``), as
+    SQLite's own automatic checkpoint would have done. (Without that wait, a loaded
+    disk kept this thread copying nearly all the time and SQLite answered the writer's
+    checkpoint "busy" thousands of times in a row.)
 
     Args:
         path: The database file.
@@ -138,9 +146,11 @@ class WalCheckpointer:
 
     def __init__(self, path: Path, *, pause: float = 0.05) -> None:
         self._path = path
+        self._wal = f"{path}-wal"
         self._pause = pause
         self._wanted = threading.Event()
         self._stopped = threading.Event()
+        self._copying = threading.Lock()  # held by whichever checkpoint runs
         self._thread = threading.Thread(
             target=self._main, name=f"vi-flow-checkpoint:{path.parent.name}", daemon=True
         )
@@ -153,10 +163,20 @@ class WalCheckpointer:
         conn.execute(f"PRAGMA wal_autocheckpoint={_bound_pages(conn)}")
         conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
-    def nudge(self) -> None:
-        """Say that a commit added to the WAL (cheap; called on the writer's thread)."""
+    def committed(self, conn: Connection) -> None:
+        """Say that a commit of the writer's connection ``conn`` added to the WAL (called
+        on the writer's thread, outside a transaction); past the bound, empty the WAL."""
         if not self._wanted.is_set():
             self._wanted.set()
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:  # no WAL file: the store reports a file that went at its commit
+            return
+        if size > WRITER_CHECKPOINT_BYTES:
+            # after the copy this thread may be running (SQLite would answer busy meanwhile);
+            # an error leaves the WAL as it is, for the next commit to try again
+            with self._copying, contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def stop(self) -> None:
         """End the thread after the checkpoint it may be running; returns once it ended."""
@@ -164,28 +184,11 @@ class WalCheckpointer:
         self._wanted.set()
         self._thread.join()
 
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection, bound: int) -> None:
-        """Copy the WAL back without blocking anyone; past the bound, finish the copy.
-
-        A ``PASSIVE`` checkpoint copies the frames there were when it began. Under
-        continuous writes on a loaded machine, commits can keep coming faster than it
-        copies: it never finishes, the WAL never restarts, and the writer's own
-        checkpoint, finding this one busy, fails too (CI saw 68 MB against a 16 MB
-        bound). Past the bound a ``RESTART`` one then waits for the commit under way and
-        holds the next ones back until the WAL is copied, as the writer's own would.
-        ``bound``: the writer's bound in frames (pages).
-        """
-        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if copied < frames and frames > bound:
-            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-
     def _main(self) -> None:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error:  # the writer's own bound still checkpoints
             return
-        bound = 0  # the writer's bound in pages, read once
         try:
             while True:
                 self._wanted.wait()
@@ -194,9 +197,8 @@ class WalCheckpointer:
                 self._wanted.clear()
                 # A failed checkpoint (the disk full, the file gone) leaves the WAL to the
                 # writer's own bound; the writer reports the error if it persists.
-                with contextlib.suppress(sqlite3.Error):
-                    bound = bound or _bound_pages(conn)
-                    self._checkpoint(conn, bound)
+                with self._copying, contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 if self._stopped.wait(self._pause):
                     return
         finally:
