@@ -22,16 +22,40 @@ def test_a_url_of_another_kind_is_refused_without_its_password() -> None:
     assert "neither a postgresql:// URL nor a SQLite file path" in str(refused.value)
 
 
-def test_vi_flow_serve_names_the_bad_database_and_creates_nothing(tmp_path: Path) -> None:
+def test_a_libpq_key_value_string_is_refused_not_made_a_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was read as a relative path: the server kept its state in a SQLite file named
+    # "host=... dbname=..." in whatever directory it started from, saying nothing.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(db.DatabaseSettingError) as refused:
+        db.open_database(CONNINFO)
+    assert "s3cret-pw" not in str(refused.value)
+    assert "key=value string" in str(refused.value) and "postgresql://" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+    assert isinstance(db.open_database("./host=x.db"), db.SQLiteDatabase)  # asked for by path
+
+
+CONNINFO = "host=db.internal port=5432 dbname=vi user=vi password=s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [(BAD, "'mysql://vi:***@db.internal/vi'"), (CONNINFO, "password=***'")],
+)
+def test_vi_flow_serve_names_the_bad_database_and_creates_nothing(
+    tmp_path: Path, setting: str, shown: str
+) -> None:
     home = tmp_path / "home"
     serve = [sys.executable, "-m", "vi_flow.cli", "serve", "--home", str(home)]
     answer = subprocess.run(
-        [*serve, "--database", BAD], capture_output=True, text=True, timeout=60, env=os.environ
-    )
+        [*serve, "--database", setting],
+        capture_output=True, text=True, timeout=60, env=os.environ, cwd=tmp_path,
+    )  # fmt: skip
     assert answer.returncode == 2, answer.stderr
-    assert "--database: the database 'mysql://vi:***@db.internal/vi'" in answer.stderr
+    assert "--database: the database " in answer.stderr and shown in answer.stderr
     assert "s3cret-pw" not in answer.stderr + answer.stdout
-    assert not home.exists() and not Path("mysql:").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("lease", ["0.5", "nan", "inf", "abc"])

@@ -16,6 +16,7 @@ subclasses), see :mod:`vi_flow.server.db._errors`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,18 +124,30 @@ def is_postgres_url(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(_SCHEMES)
 
 
+_CONNINFO = re.compile(r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|service)\s*=")
+"""A libpq ``key=value`` connection string (``host=db dbname=vi``), which psycopg takes but
+this setting does not: read as a path, it would make a SQLite file of that name."""
+
+
 def open_database(target: str | Path) -> Database:
     """The database named by ``target``: a ``postgresql://`` URL, else a SQLite file path.
 
     Raises:
-        DatabaseSettingError: A URL of another kind (``mysql://``...), or a PostgreSQL
-            URL without psycopg installed (``pip install 'vi-flow[postgres]'``).
+        DatabaseSettingError: A URL of another kind (``mysql://``...), a libpq
+            ``key=value`` string, or a PostgreSQL URL without psycopg installed
+            (``pip install 'vi-flow[postgres]'``).
     """
     if not is_postgres_url(target):
         if "://" in str(target):
             raise DatabaseSettingError(
                 f"the database {redact(str(target))!r} is neither a postgresql:// URL nor a"
                 " SQLite file path"
+            )
+        if isinstance(target, str) and _CONNINFO.search(target):
+            raise DatabaseSettingError(
+                f"the database {redact(target)!r} is a libpq key=value string: give"
+                " PostgreSQL as a URL (postgresql://user@host:5432/dbname), or a SQLite"
+                " file of that name as ./NAME"
             )
         return SQLiteDatabase(Path(target))
     try:
