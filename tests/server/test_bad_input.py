@@ -187,6 +187,27 @@ async def test_a_parameter_given_twice_is_refused_unless_it_is_a_list(server: Se
     assert len((await server.call("GET", "/flows?pageSize=1")).body["items"]) == 1
 
 
+async def test_a_query_parameter_the_route_does_not_take_is_refused(server: Server) -> None:
+    # Found by QA: /tasks?stauts=running answered every task, as if it had filtered.
+    for path, name in (
+        ("/tasks?stauts=running", "stauts"),
+        ("/flows?pageSize=1&colour=red", "colour"),
+        ("/runs?flow_id=f", "flow_id"),
+        ("/health?verbose=1", "verbose"),
+        ("/tasks?%E2%9C%93=1", "'\u2713'"),
+    ):
+        answer = await server.call("GET", path)
+        _refused(answer, name)
+        assert "not a query parameter of GET /v1/" in answer.body["error"]["message"]
+    listed = (await server.call("GET", "/tasks?x=1")).body["error"]["message"]
+    assert "(it takes: limit, order, pageSize, pageToken, status)" in listed
+    assert (await server.call("POST", "/flows?dryRun=1", json=spec("f", "a"))).status == 422
+    assert (await server.call("GET", "/flows")).body["items"] == []  # nothing was made
+    takes = "/tasks?status=running&limit=5&order=oldest&pageSize=5"
+    assert (await server.call("GET", takes)).status == 200
+    assert (await server.call("GET", "/health?challenge=abc")).status == 200
+
+
 async def test_enum_parameters_are_spelled_as_the_document_says(server: Server) -> None:
     # The OpenAPI enums are lower case; "NEWEST" and "RUNNING" were taken as if they were.
     for path in ("/flows?order=NEWEST", "/runs?order=%20oldest", "/tasks?order=Oldest"):

@@ -182,7 +182,7 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("gpuCount", ANY_NUMBER, "At least this many GPUs."),
         _LIMIT,
     ],
-    ("GET", "/v1/reservations"): [_statuses(ReservationStatus, "reservations"), _ORDER],
+    ("GET", "/v1/reservations"): [_statuses(ReservationStatus, "reservations")],
     ("GET", "/v1/reservations/availability"): [
         _query("earliestStartTime", _number(0, MAX_TIME_MS), "Start of the search (ms)."),
         _query("latestEndTime", _number(0, MAX_TIME_MS), "End of the search (ms)."),

@@ -223,6 +223,26 @@ def _check_query(request: web.Request) -> None:
             field = name if name.isidentifier() else shown(name)
             raise APIProblem.validation(field, "given more than once; give it once")
         seen.add(name)
+    if seen:
+        _check_query_names(request, seen)
+
+
+def _check_query_names(request: web.Request, given: set[str]) -> None:
+    """Every query parameter given is one the API document lists for the route: a
+    misspelt filter (``?stauts=running``) would otherwise answer everything."""
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else ""
+    if not path.startswith("/v1/"):  # unrouted (404/405), or the console's pages
+        return
+    from .openapi import query_names  # loaded on the first request with a query
+
+    known = query_names(request.method, path)
+    for name in sorted(given - known):
+        field = name if name.isidentifier() else shown(name)
+        takes = ", ".join(sorted(known)) or "none"
+        raise APIProblem.validation(
+            field, f"not a query parameter of {request.method} {path} (it takes: {takes})"
+        )
 
 
 @web.middleware

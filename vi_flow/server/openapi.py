@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import inspect
 import re
 import types
@@ -56,7 +57,7 @@ from . import _openapi_parts as parts
 from .helpers import idempotent
 from .validation import SETTING_LIMITS, TEMPLATE_TEXT
 
-__all__ = ["build_openapi", "json_schema"]
+__all__ = ["build_openapi", "json_schema", "query_names"]
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 
@@ -143,6 +144,7 @@ class _Route:
     status: int = 200
     media: str = "application/json"
     paged: bool = False
+    checks_paging: bool = False  # answered whole, yet reads (and checks) the paging ones
     also_sse: bool = False  # the same path answers an event stream when asked for one
     params: tuple[dict[str, Any], ...] = ()
     events: Any = None  # an event stream's types: name -> model or schema of its data
@@ -206,7 +208,8 @@ _ROUTES: dict[tuple[str, str], _Route] = {
         answer=_obj(
             items={"type": "array", "items": _obj(name=_STR, admin=_BOOL, createdAt=_INT)},
             nextPage={"type": "null"},
-        )
+        ),
+        checks_paging=True,
     ),
     ("DELETE", "/v1/organizations/{organizationId}/tokens/{name}"): _Route(
         answer=_obj(name=_STR, revoked=_INT)
@@ -326,12 +329,12 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("DELETE", "/v1/volumes/{volumeId}"): _Route(answer=_DELETED),
     ("GET", "/v1/instances"): _Route(answer=_items(AvailableInstance)),
     ("POST", "/v1/reservations"): _Route(body=ReservationRequest, answer=Reservation, status=201),
-    ("GET", "/v1/reservations"): _Route(answer=_items(Reservation)),
+    ("GET", "/v1/reservations"): _Route(answer=_items(Reservation), checks_paging=True),
     ("GET", "/v1/reservations/availability"): _Route(answer=_items(AvailabilitySlot)),
     ("GET", "/v1/reservations/{reservationId}"): _Route(answer=Reservation),
     ("DELETE", "/v1/reservations/{reservationId}"): _Route(answer=Reservation),
     ("POST", "/v1/ssh-keys"): _Route(body=SSHKeyRequest, answer=SSHKey, status=201),
-    ("GET", "/v1/ssh-keys"): _Route(answer=_items(SSHKey)),
+    ("GET", "/v1/ssh-keys"): _Route(answer=_items(SSHKey), checks_paging=True),
     ("GET", "/v1/ssh-keys/{keyId}"): _Route(answer=SSHKey),
     ("DELETE", "/v1/ssh-keys/{keyId}"): _Route(answer=_DELETED),
 }
@@ -431,7 +434,7 @@ def _parameters(method: str, path: str, handler: Any, route: _Route) -> list[dic
         {"name": p, "in": "path", "required": True, "schema": parts.PATH_TEXT}
         for p in _PARAM.findall(path)
     ]
-    if route.paged:
+    if route.paged or route.checks_paging:
         params.extend(parts.PAGE_PARAMS)
     params.extend(parts.QUERY.get((method, path), ()))
     params.extend(route.params)
@@ -440,6 +443,16 @@ def _parameters(method: str, path: str, handler: Any, route: _Route) -> list[dic
         params.append(parts.IDEMPOTENCY_KEY)
     params.append(parts.REQUEST_ID)
     return params
+
+
+@functools.cache
+def query_names(method: str, path: str) -> frozenset[str]:
+    """The query parameters the document gives the route ``method path`` (its router path,
+    ``/v1/tasks/{taskId}``): the server refuses any other (a typo filters nothing)."""
+    method = "GET" if method == "HEAD" else method
+    route = _ROUTES.get((method, _PARAM.sub(r"{\1}", path)), _Route())
+    found = _parameters(method, path, None, route)
+    return frozenset(p["name"] for p in found if p["in"] == "query")
 
 
 def _responses(
