@@ -163,9 +163,16 @@ def test_instances_and_reservations(vf: Invoker) -> None:
     assert created.exit_code == 0, created.stderr
     reservation_id = created.stdout.strip()
     assert reservation_id in vf("reservations", "list").stdout
+    active = vf("reservations", "list", "--status", "active", "-s", "SCHEDULED")
+    assert active.exit_code == 0 and reservation_id in active.stdout, active.stderr
+    assert reservation_id not in vf("reservations", "list", "--status", "cancelled").stdout
+    bad_status = vf("reservations", "list", "--status", "bogus")
+    assert bad_status.exit_code == 2 and "'bogus' is not one of" in bad_status.stderr
     got = json.loads(vf("reservations", "get", reservation_id, "--json").stdout)
     assert got["name"] == "hold"
     assert "cancelled" in vf("reservations", "cancel", reservation_id).stdout
+    listed = vf("reservations", "list", "--status", "cancelled", "--json")
+    assert [r["reservationId"] for r in json.loads(listed.stdout)] == [reservation_id]
     bad = vf("reservations", "create", "--cpus", "1", "--start", "tomorrow")
     assert bad.exit_code == 2 and "'--start'" in bad.stderr
 
@@ -219,3 +226,12 @@ def test_a_file_that_is_not_text_is_named(vf: Invoker, tmp_path: Path) -> None:
         result = vf(*args)
         assert result.exit_code == 2, result.stderr
         assert f"{binary}: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_status_choices_are_the_models_statuses() -> None:
+    # written out in the CLI, which imports no models to start
+    from vi_flow.cli import reservations, tasks
+    from vi_flow.models.tasks import ReservationStatus, TaskStatus
+
+    assert [s.value for s in TaskStatus] == tasks.STATUSES
+    assert [s.value for s in ReservationStatus] == reservations.STATUSES

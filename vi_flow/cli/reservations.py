@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["reservations"]
 
+# ReservationStatus's values, written out: the CLI imports no models to start
+STATUSES = ["scheduled", "active", "expired", "cancelled"]
+
 
 @click.group(cls=LazyGroup)
 def reservations() -> None:
@@ -99,12 +102,21 @@ def create(
 
 
 @reservations.command("list")
+@click.option(
+    "-s",
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES, case_sensitive=False),
+    help="Only these; repeatable.",
+)
 @click.option("--limit", default=100, show_default=True, type=int_range(1))
 @order_option
 @json_option
-def list_(limit: int, order: Order, as_json: bool) -> None:
+def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List reservations, newest first."""
-    items = state().client().reservations.list(order=order)[:limit]
+    wanted = [s.lower() for s in statuses] or None
+    items = state().client().reservations.list(status=wanted, order=order)[:limit]
     if wants_json(as_json):
         emit_json(items)
     else:
