@@ -10,12 +10,17 @@ path (``--home ''`` made the working directory the home).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-__all__ = ["FLOAT_MAX", "INT_MAX", "BoundedInt", "FiniteFloat", "HomeDir", "int_range"]
+__all__ = [
+    "FLOAT_MAX", "INT_MAX", "BoundedInt", "FiniteFloat", "HomeDir", "int_range", "status_option",
+]  # fmt: skip
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 INT_MAX = 2**53 - 1
 FLOAT_MAX = 1_000_000_000
@@ -82,3 +87,12 @@ class HomeDir(click.Path):
                 "an empty path names no home (it would be the working directory).", param, ctx
             )
         return super().convert(value, param, ctx)
+
+
+def status_option(statuses: list[str]) -> Callable[[F], F]:
+    """``-s/--status``, repeatable, one of ``statuses`` in any case (a list's filter);
+    the command gets them as ``statuses``."""
+    choice = click.Choice(statuses, case_sensitive=False)
+    return click.option(
+        "-s", "--status", "statuses", multiple=True, type=choice, help="Only these; repeatable."
+    )

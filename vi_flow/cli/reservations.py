@@ -9,7 +9,7 @@ import click
 
 from ._lazy import LazyGroup
 from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
-from ._params import FiniteFloat, int_range
+from ._params import FiniteFloat, int_range, status_option
 from ._state import state
 
 if TYPE_CHECKING:
@@ -102,21 +102,14 @@ def create(
 
 
 @reservations.command("list")
-@click.option(
-    "-s",
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(STATUSES, case_sensitive=False),
-    help="Only these; repeatable.",
-)
+@status_option(STATUSES)
 @click.option("--limit", default=100, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List reservations, newest first."""
-    wanted = [s.lower() for s in statuses] or None
-    items = state().client().reservations.list(status=wanted, order=order)[:limit]
+    items = state().client().reservations.list(status=list(statuses) or None, order=order)
+    items = items[:limit]
     if wants_json(as_json):
         emit_json(items)
     else:

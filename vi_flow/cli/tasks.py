@@ -31,7 +31,7 @@ from ._output import (
     wants_json,
     when,
 )
-from ._params import FiniteFloat, int_range
+from ._params import FiniteFloat, int_range, status_option
 from ._specfile import STDIN, read_text_file
 from ._state import state
 
@@ -375,14 +375,7 @@ def status(task_id: str | None, watch: bool, interval: float, as_json: bool) -> 
 
 
 @tasks.command("list")
-@click.option(
-    "-s",
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(STATUSES, case_sensitive=False),
-    help="Only these; repeatable.",
-)
+@status_option(STATUSES)
 @click.option("--limit", default=20, show_default=True, type=int_range(1))
 @order_option
 @json_option
