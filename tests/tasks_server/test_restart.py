@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import anyio
 import pytest
 
 from vi_flow.server.providers.local import LocalProvider
@@ -30,10 +31,20 @@ async def test_restart_fails_orphans_and_requeues_pending(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = await start_server(local_cpus=2, local_gpus=[])
-    running = await first.submit(command="sleep 30", cpus=2)
+    running = await first.submit(command="echo started; sleep 30", cpus=2)
     queued = await first.submit(command="echo after-restart", cpus=1)
     running = await first.wait(running["taskId"], until={"running"})
     pid = int(running["providerId"])
+    # Crash only once the command runs: before, bubblewrap may still have to write its
+    # --info-fd, whose reader the crash closes; it would die of that (a real crash ends
+    # a sandbox that is still being set up too), and the test found "ended with the
+    # server" (seen once under two test workers).
+    with anyio.fail_after(20):
+        while (
+            "started"
+            not in (await first.call("GET", f"/tasks/{running['taskId']}/logs")).body["lines"]
+        ):
+            await asyncio.sleep(0.02)
     provider = first.app[TASKS_KEY].provider
     assert isinstance(provider, LocalProvider)
     monkeypatch.setattr(provider, "close", lambda: _crash(provider))
