@@ -97,9 +97,9 @@ def _in_schema(url: str, schema: str) -> str:
     return f"{url}{joiner}options={quote(f'-c search_path={schema}')}"
 
 
-@pytest.fixture
-def postgres_schema(postgres_url: str | None) -> Iterator[str]:
-    """A URL whose tables live in a fresh schema, dropped after the test."""
+def _usable(postgres_url: str | None) -> str:
+    """``postgres_url``, once PostgreSQL and psycopg are there (else skipped, or failed
+    with ``VI_FLOW_REQUIRE_POSTGRES``)."""
     if postgres_url is None:
         unavailable(
             "VI_FLOW_REQUIRE_POSTGRES", "VI_FLOW_TEST_POSTGRES_URL is not set", POSTGRES_HOW_TO
@@ -107,7 +107,13 @@ def postgres_schema(postgres_url: str | None) -> Iterator[str]:
     if importlib.util.find_spec("psycopg") is None:
         unavailable("VI_FLOW_REQUIRE_POSTGRES", "psycopg is not installed", POSTGRES_HOW_TO)
     assert postgres_url is not None
-    with fresh_schema(postgres_url) as url:
+    return postgres_url
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str | None) -> Iterator[str]:
+    """A URL whose tables live in a fresh schema, dropped after the test."""
+    with fresh_schema(_usable(postgres_url)) as url:
         yield url
 
 
@@ -116,13 +122,9 @@ def postgres_database(postgres_url: str | None) -> Iterator[str]:
     """The URL of a database of the test's own, dropped after it: for a test that cuts
     every connection to its database off (an outage), which a schema cannot keep from
     the tests running beside it in the other pytest-xdist worker."""
-    if postgres_url is None:
-        unavailable(
-            "VI_FLOW_REQUIRE_POSTGRES", "VI_FLOW_TEST_POSTGRES_URL is not set", POSTGRES_HOW_TO
-        )
+    postgres_url = _usable(postgres_url)
     import psycopg
 
-    assert postgres_url is not None
     name = f"t_{secrets.token_hex(6)}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}".encode())

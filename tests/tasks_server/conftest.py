@@ -38,6 +38,16 @@ class TaskServer(LiveServer):
                     return dict(task)
                 await asyncio.sleep(0.02)
 
+    async def until_logged(self, task_id: str, text: str, *, within: float = 8.0) -> None:
+        """Poll the task's log (its last 200 lines) until it shows ``text``: what its
+        command wrote before it went on, so the command is known to run."""
+        with anyio.fail_after(within):
+            while True:
+                answer = await self.call("GET", f"/tasks/{task_id}/logs", params={"tail": "200"})
+                if text in "\n".join(answer.body["lines"]):
+                    return
+                await asyncio.sleep(0.02)
+
 
 StartServer = Callable[..., Awaitable[TaskServer]]
 

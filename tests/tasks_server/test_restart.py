@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import anyio
 import pytest
 
 from vi_flow.server.providers.local import LocalProvider
@@ -39,12 +38,7 @@ async def test_restart_fails_orphans_and_requeues_pending(
     # --info-fd, whose reader the crash closes; it would die of that (a real crash ends
     # a sandbox that is still being set up too), and the test found "ended with the
     # server" (seen once under two test workers).
-    with anyio.fail_after(20):
-        while (
-            "started"
-            not in (await first.call("GET", f"/tasks/{running['taskId']}/logs")).body["lines"]
-        ):
-            await asyncio.sleep(0.02)
+    await first.until_logged(running["taskId"], "started", within=20)
     provider = first.app[TASKS_KEY].provider
     assert isinstance(provider, LocalProvider)
     monkeypatch.setattr(provider, "close", lambda: _crash(provider))

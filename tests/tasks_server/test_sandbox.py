@@ -104,13 +104,6 @@ async def _logs(server: TaskServer, task_id: str) -> str:
     return "\n".join(answer.body["lines"])
 
 
-async def _until_logged(server: TaskServer, task_id: str, text: str) -> None:
-    """Wait until the task's log shows ``text`` (what its command wrote before it slept)."""
-    with anyio.fail_after(8):
-        while text not in await _logs(server, task_id):
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def sandboxed(start_server: Any, monkeypatch: pytest.MonkeyPatch) -> TaskServer:
     monkeypatch.setenv("SERVER_SECRET", CANARY)  # the server's own environment
@@ -213,7 +206,7 @@ async def test_logs_logins_run_only_the_log_reader(
     sandboxed: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     endpoint = await _login_endpoint(sandboxed, client_key, "echo hello; sleep 30")
-    await _until_logged(sandboxed, endpoint["taskId"], "hello")
+    await sandboxed.until_logged(endpoint["taskId"], "hello")
     async with _connect(endpoint, client_key, endpoint["logsUser"]) as conn:
         for command in (
             f"cat {sandboxed.home}/admin-token",
@@ -289,7 +282,7 @@ async def test_sftp_never_follows_a_link_out_of_the_task(
         "ln -s ../../../admin-token token; ln -s ../../.. up; ln -s ../../../outside.txt o;"
         " echo ready; sleep 30",
     )
-    await _until_logged(sandboxed, endpoint["taskId"], "ready")
+    await sandboxed.until_logged(endpoint["taskId"], "ready")
     async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
         for path in ("/workspace/token", "/workspace/up/admin-token", "/workspace/o"):
             with pytest.raises(asyncssh.SFTPPermissionDenied, match="outside the task"):
@@ -315,7 +308,7 @@ async def test_sftp_cannot_touch_the_logs_directory(
     # Moved away and replaced by a link to the home, logs/ was bound into the next
     # session's sandbox (the admin token readable there); hard-linked, a log was writable.
     endpoint = await _login_endpoint(sandboxed, client_key, "echo genuine; sleep 30")
-    await _until_logged(sandboxed, endpoint["taskId"], "genuine")
+    await sandboxed.until_logged(endpoint["taskId"], "genuine")
     logs = Path(endpoint["stdoutPath"]).parent
     async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
         attempts: list[Callable[[], Awaitable[object]]] = [
@@ -352,7 +345,7 @@ async def test_a_volume_mounted_through_a_planted_link_is_refused(sandboxed: Tas
     task = await sandboxed.submit(
         command=f"ln -s {outside} v; ln -s / root; mkdir -p real; echo ready; sleep 30"
     )
-    await _until_logged(sandboxed, task["taskId"], "ready")
+    await sandboxed.until_logged(task["taskId"], "ready")
     mount = f"/tasks/{task['taskId']}/volumes"
     for path in ("/v/pwned", "/v/new/deeper", f"/root{outside}/via-root"):
         answer = await sandboxed.call("POST", mount, json={"volumeId": "vol", "mountPath": path})
@@ -371,7 +364,7 @@ async def test_sftp_refuses_a_fifo_instead_of_blocking_the_server(
     # Opening a FIFO the task made blocked the server's event loop, for every
     # organization, until the task opened its other end (found by QA).
     endpoint = await _login_endpoint(sandboxed, client_key, "mkfifo ff; echo ready; sleep 30")
-    await _until_logged(sandboxed, endpoint["taskId"], "ready")
+    await sandboxed.until_logged(endpoint["taskId"], "ready")
     async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
         for mode in ("rb", "wb", "ab"):
             with anyio.fail_after(5), pytest.raises(asyncssh.SFTPPermissionDenied) as info:
@@ -398,7 +391,7 @@ async def test_sftp_never_follows_a_link_swapped_in_while_it_resolves(
     sandboxed: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     endpoint = await _login_endpoint(sandboxed, client_key, _SWAPPER)
-    await _until_logged(sandboxed, endpoint["taskId"], "ready")
+    await sandboxed.until_logged(endpoint["taskId"], "ready")
     outcomes: dict[str, int] = {}
     async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
         for i in range(400):
@@ -436,7 +429,7 @@ async def test_an_output_swapped_for_a_link_while_it_is_fetched_is_never_read_th
     token = (sandboxed.home / "admin-token").read_bytes().strip()
     task = await sandboxed.submit(command=_OUTPUT_SWAPPER.format(home=sandboxed.home))
     outputs = f"/tasks/{task['taskId']}/outputs"
-    await _until_logged(sandboxed, task["taskId"], "ready")
+    await sandboxed.until_logged(task["taskId"], "ready")
     statuses: dict[int, int] = {}
     for _ in range(150):
         for path in (f"{outputs}/a", f"{outputs}/d/admin-token", outputs):

@@ -220,8 +220,7 @@ def _check_query(request: web.Request) -> None:
             field = shown(name) if "\x00" in name else name
             raise APIProblem.validation(field, "must not contain a NUL character")
         if name in seen and name not in _REPEATABLE:
-            field = name if name.isidentifier() else shown(name)
-            raise APIProblem.validation(field, "given more than once; give it once")
+            raise APIProblem.validation(_field(name), "given more than once; give it once")
         seen.add(name)
     if seen:
         _check_query_names(request, seen)
@@ -237,12 +236,18 @@ def _check_query_names(request: web.Request, given: set[str]) -> None:
     from .openapi import query_names  # loaded on the first request with a query
 
     known = query_names(request.method, path)
-    for name in sorted(given - known):
-        field = name if name.isidentifier() else shown(name)
+    unknown = sorted(given - known)
+    if unknown:
         takes = ", ".join(sorted(known)) or "none"
         raise APIProblem.validation(
-            field, f"not a query parameter of {request.method} {path} (it takes: {takes})"
+            _field(unknown[0]),
+            f"not a query parameter of {request.method} {path} (it takes: {takes})",
         )
+
+
+def _field(name: str) -> str:
+    """A query parameter's name as an error message starts with it (quoted unless plain)."""
+    return name if name.isidentifier() else shown(name)
 
 
 @web.middleware

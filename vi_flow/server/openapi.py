@@ -449,9 +449,8 @@ def _parameters(method: str, path: str, handler: Any, route: _Route) -> list[dic
 def query_names(method: str, path: str) -> frozenset[str]:
     """The query parameters the document gives the route ``method path`` (its router path,
     ``/v1/tasks/{taskId}``): the server refuses any other (a typo filters nothing)."""
-    method = "GET" if method == "HEAD" else method
-    route = _ROUTES.get((method, _PARAM.sub(r"{\1}", path)), _Route())
-    found = _parameters(method, path, None, route)
+    method, path = "GET" if method == "HEAD" else method, _PARAM.sub(r"{\1}", path)
+    found = _parameters(method, path, None, _ROUTES.get((method, path), _Route()))
     return frozenset(p["name"] for p in found if p["in"] == "query")
 
 
