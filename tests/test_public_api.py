@@ -107,6 +107,18 @@ def test_import_is_light() -> None:
     assert _run(code).stdout.strip() == "[]"
 
 
+def test_opening_ssh_warns_of_nothing() -> None:
+    # cryptography 51 deprecates DSA, which asyncssh names on import: every shell and log
+    # follow printed "CryptographyDeprecationWarning: DSA is deprecated ..." to the user.
+    code = "import vi_flow, asyncssh\nfrom vi_flow.compute import ssh\nprint(asyncssh.__version__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    assert done.stderr == ""
+
+
 def test_vi_flow_log_debug_logs_requests_without_the_token() -> None:
     code = (
         "import vi_flow\n"

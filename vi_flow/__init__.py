@@ -7,6 +7,7 @@ CLI load on first use of a name that needs them.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -43,6 +44,12 @@ from ._errors import (
 )
 
 __version__ = "0.1.0"
+
+# cryptography 51 deprecates its DSA classes, which asyncssh still names when imported:
+# every command that opens a shell or follows a log over SSH printed the warning, and the
+# server's log had it at each start. That one message from asyncssh's modules is ignored;
+# every other warning is left as the user's filters say.
+warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
 
 if TYPE_CHECKING:
     from ._client import AsyncClient as AsyncClient
