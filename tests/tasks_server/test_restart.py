@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from vi_flow.models.tasks import TaskConfig, TaskStatus
+from vi_flow.server.providers.base import LaunchSpec, Placement, RunningTask, TaskPaths
 from vi_flow.server.providers.local import LocalProvider
+from vi_flow.server.providers.local.process import end_orphan
+from vi_flow.server.providers.local.sandbox import detect_sandbox
+from vi_flow.server.providers.local.spawn import start_process
 from vi_flow.server.tasks import TASKS_KEY
 
 from .conftest import StartServer, group_alive
@@ -59,6 +68,80 @@ async def test_restart_fails_orphans_and_requeues_pending(
     assert done["status"] == "completed"
     logs = (await second.call("GET", f"/tasks/{queued['taskId']}/logs")).body
     assert logs["lines"] == ["after-restart"]
+
+
+async def _until_group_gone(pgid: int) -> None:
+    for _ in range(300):
+        if not group_alive(pgid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process group {pgid} is still alive")
+
+
+@pytest.mark.anyio
+async def test_restart_stops_the_children_of_a_command_that_ended_meanwhile(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server is down when the task's shell dies; the process it started runs on. The
+    # next server found the group's leader gone and recorded "ended with the server",
+    # leaving the child running, untracked, for ever.
+    first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
+    task = await first.submit(command="sleep 300 & echo started; wait", cpus=1)
+    pgid = int((await first.wait(task["taskId"], until={"running"}))["providerId"])
+    await first.until_logged(task["taskId"], "started", within=20)
+    provider = first.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    monkeypatch.setattr(provider, "close", lambda: _crash(provider))
+    await first.stop()
+    try:
+        os.kill(pgid, signal.SIGKILL)
+        await asyncio.sleep(0.1)
+        assert group_alive(pgid)  # the shell's sleep
+
+        second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
+        failed = await second.wait(task["taskId"])
+        assert failed["reason"] == "ServerRestarted"
+        assert f"process group {pgid} was stopped" in failed["message"]
+        await _until_group_gone(pgid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.anyio
+async def test_restart_stops_a_sandbox_whose_bubblewrap_died_setting_it_up(tmp_path: Path) -> None:
+    # A server killed while bubblewrap sets a task's sandbox up closes the read end of its
+    # --info-fd: bubblewrap dies of SIGPIPE writing to it, and the sandbox's init, in the
+    # task's process group, waits for ever. Here the read end is closed before it starts.
+    home = tmp_path / "home"
+    paths = TaskPaths.under(home / "tasks" / "task_1")
+    paths.workdir.mkdir(parents=True)
+    paths.stdout.parent.mkdir()
+    sandbox = detect_sandbox(home, {})
+    assert sandbox.enabled, sandbox.reason
+    read, write = os.pipe()
+    os.close(read)
+    argv = [*sandbox.prefix(paths.root, [], paths.workdir, info_fd=write), "sleep", "300"]
+    env = {"PATH": os.environ["PATH"]}
+    popen = start_process(
+        argv, cwd=paths.workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        pass_fds=[write],
+    )  # fmt: skip
+    os.close(write)
+    try:
+        assert popen.wait(timeout=10) == -signal.SIGPIPE
+        await asyncio.sleep(0.1)
+        assert group_alive(popen.pid)  # the sandbox's init, left behind
+
+        config = TaskConfig(command="sleep 300")
+        spec = LaunchSpec("task_1", "org", config, Placement("cpu"), argv, {}, paths)
+        message = end_orphan(RunningTask(spec, TaskStatus.RUNNING, str(popen.pid)))
+        assert f"process group {popen.pid} was stopped" in message
+        await _until_group_gone(popen.pid)
+        assert message in paths.stderr.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
 
 
 @pytest.mark.anyio

@@ -301,14 +301,25 @@ def end_orphan(task: RunningTask) -> str:
 
 
 def _group_alive_in(pgid: int, workdir: Path) -> bool:
-    """Whether process ``pgid`` still runs with its cwd inside ``workdir`` (pid reuse guard)."""
+    """Whether a live process of group ``pgid`` runs with its cwd inside ``workdir`` (the
+    pid-reuse guard; blocking): the leader, or, once it has gone, any other. A leader
+    may go first: a command's shell killed while its children run on, or a sandbox's
+    bubblewrap that died setting it up (of SIGPIPE on its ``--info-fd``, whose reader was
+    the crashed server) and left the sandbox's init waiting forever."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
+    if _cwd_inside(pgid, workdir):
+        return True
+    members = _group_members(pgid)
+    return any(state not in _ENDED and _cwd_inside(pid, workdir) for pid, state in members)
+
+
+def _cwd_inside(pid: int, workdir: Path) -> bool:
     try:
-        cwd = Path(os.readlink(f"/proc/{pgid}/cwd"))
-    except OSError:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:  # gone, or a zombie
         return False
     return cwd == workdir or workdir in cwd.parents
 
