@@ -9,10 +9,17 @@ import signal
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
 from vi_flow.models.tasks import TaskConfig, TaskStatus
-from vi_flow.server.providers.base import LaunchSpec, Placement, RunningTask, TaskPaths
+from vi_flow.server.providers.base import (
+    LaunchSpec,
+    Placement,
+    RunningTask,
+    TaskPaths,
+    TaskUpdate,
+)
 from vi_flow.server.providers.local import LocalProvider
 from vi_flow.server.providers.local.process import end_orphan
 from vi_flow.server.providers.local.sandbox import detect_sandbox
@@ -103,6 +110,57 @@ async def test_restart_stops_the_children_of_a_command_that_ended_meanwhile(
         assert failed["reason"] == "ServerRestarted"
         assert f"process group {pgid} was stopped" in failed["message"]
         await _until_group_gone(pgid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("sandbox", [True, False])
+async def test_restart_stops_a_start_the_server_died_before_recording(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, sandbox: bool
+) -> None:
+    # Killed between a task's fork and the write of its process group, the server left
+    # the task pending: the next one queued it again beside the first start, still
+    # running (unsandboxed; in a sandbox, when its bubblewrap outlived the server).
+    first = await start_server(local_cpus=2, local_gpus=[], sandbox=sandbox)
+    provider = first.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    forked = asyncio.Event()
+    report = provider._report
+
+    async def dies_before_recording(update: TaskUpdate) -> None:
+        if update.status == TaskStatus.RUNNING:
+            forked.set()
+            await asyncio.Event().wait()
+        await report(update)
+
+    monkeypatch.setattr(provider, "_report", dies_before_recording)
+    task = await first.submit(command="echo started; sleep 300", cpus=1)
+    with anyio.fail_after(10):
+        await forked.wait()
+    job = provider._jobs[task["taskId"]]
+    assert job.process is not None
+    pgid = job.process.pid
+
+    async def crash() -> None:
+        for launch in set(provider._launching):
+            launch.cancel()
+        await _crash(provider)
+
+    monkeypatch.setattr(provider, "close", crash)
+    await first.stop()
+    if job.sandbox_info is not None:
+        os.close(job.sandbox_info)
+    try:
+        assert group_alive(pgid)
+        second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=sandbox)
+        again = await second.wait(task["taskId"], until={"running"})
+        assert again["providerId"] != str(pgid)
+        await _until_group_gone(pgid)
+        logs = f"/tasks/{task['taskId']}/logs"
+        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
+        assert f"(process group {pgid}) was stopped and the task queued again" in stderr[0]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

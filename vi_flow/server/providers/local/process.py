@@ -15,7 +15,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -36,6 +36,7 @@ __all__ = [
     "ask_to_stop",
     "describe_exit",
     "end_orphan",
+    "end_unrecorded",
     "final_update",
     "prepare_launch",
     "signal_group",
@@ -298,6 +299,54 @@ def end_orphan(task: RunningTask) -> str:
     with contextlib.suppress(OSError):
         append_line(task.spec.paths, f"[vi-flow] {message}")
     return message
+
+
+def end_unrecorded(tasks: Iterable[RunningTask]) -> dict[str, str]:
+    """Kill what a previous server started for ``tasks`` and died before recording (each
+    still pending, with no process group): every group with a live process that runs in
+    a task's directory with that task's id in its environment. What happened, for each
+    task's log, by task id; only tasks something was found for (blocking: one scan of
+    ``/proc`` for all of them)."""
+    by_root = {task.spec.paths.root: task for task in tasks}
+    groups: dict[str, set[int]] = {}
+    for entry in os.listdir("/proc") if by_root else ():
+        task = _task_beneath(entry, by_root) if entry.isdigit() else None
+        found = _state_and_group(entry) if task is not None else None
+        if task is None or found is None or found[0] in _ENDED:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as file:
+                environ = file.read().split(b"\0")
+        except OSError:
+            continue
+        if f"VI_FLOW_TASK_ID={task.spec.task_id}".encode() in environ:
+            groups.setdefault(task.spec.task_id, set()).add(int(found[1]))
+    messages = {}
+    for task in by_root.values():
+        pgids = sorted(groups.get(task.spec.task_id, set()) - {os.getpgrp()})
+        if not pgids:
+            continue
+        for pgid in pgids:
+            signal_group(pgid, signal.SIGKILL)
+        messages[task.spec.task_id] = message = (
+            "the server restarted while it started the task; what it had started (process"
+            f" group {', '.join(map(str, pgids))}) was stopped and the task queued again"
+        )
+        with contextlib.suppress(OSError):
+            append_line(task.spec.paths, f"[vi-flow] {message}")
+    return messages
+
+
+def _task_beneath(pid: str, by_root: Mapping[Path, RunningTask]) -> RunningTask | None:
+    """The task whose directory holds the cwd of ``pid``, if any."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:  # gone, or a zombie
+        return None
+    for path in (cwd, *cwd.parents):
+        if path in by_root:
+            return by_root[path]
+    return None
 
 
 def _group_alive_in(pgid: int, workdir: Path) -> bool:

@@ -65,6 +65,7 @@ from .process import (
     Job,
     append_line,
     end_orphan,
+    end_unrecorded,
     final_update,
     gpu_environment,
     prepare_launch,
@@ -175,10 +176,13 @@ class LocalProvider:
         its lease (its database away) comes back under a new id and takes its own tasks
         over again; it killed them as orphans.
         """
+        tasks = [task for task in tasks if task.spec.task_id not in self._jobs]
+        unstarted = [t for t in tasks if t.provider_id is None and t.status == TaskStatus.PENDING]
+        # A server killed between a fork and its record may have left one running.
+        await asyncio.to_thread(end_unrecorded, unstarted)
+        requeued = {task.spec.task_id for task in unstarted}
         for task in tasks:
-            if task.spec.task_id in self._jobs:
-                continue
-            if task.provider_id is None and task.status == TaskStatus.PENDING:
+            if task.spec.task_id in requeued:
                 await self._requeue(task)
                 continue
             message = await asyncio.to_thread(end_orphan, task)
