@@ -8,6 +8,7 @@ import { flowPage, flowsPage } from './flows.js';
 import { taskPage, tasksPage } from './tasks.js';
 
 const SESSION_CHECK_MS = 3000; // how often a page checks its session is still the same
+const PROBE_MS = 2000; // how often a page whose server went away looks for it again
 
 // An id in a page's address is one the server could have made or a user chose
 // ('run_', 'flow_', 'task_' and up to 64 letters, digits, '_' and '-'): it is put into
@@ -47,8 +48,10 @@ async function render() {
     const match = path.match(pattern);
     if (!match) continue;
     try {
+      state.stale = false;
       await page(root, ...match.slice(1).filter((x) => x && x !== 'runs'));
     } catch (err) {
+      state.stale = err.code === 'UNREACHABLE'; // drawn again when the server is back
       const text = err.status === 404 ? 'Not found: nothing here belongs to your organization.' : errorText(err);
       root.replaceChildren(h('h1', {}, err.status === 404 ? 'Not found' : 'Something went wrong'), notice(text, 'error'));
     }
@@ -106,13 +109,30 @@ async function start() {
   window.addEventListener('popstate', render);
   document.addEventListener('signed-out', () => signedOut('Your session has ended.'));
   document.getElementById('signout').addEventListener('click', signOut);
-  try {
-    state.session = await api('GET', '/console/api/session');
-    document.getElementById('who').textContent = state.session.organizationId;
-    document.getElementById('signout').hidden = false;
-  } catch {
-    state.session = null;
-  }
+  const signIn = async () => {
+    try {
+      state.session = await api('GET', '/console/api/session');
+      document.getElementById('who').textContent = state.session.organizationId;
+      document.getElementById('signout').hidden = false;
+    } catch (err) {
+      state.session = null;
+      state.stale = err.code === 'UNREACHABLE';
+    }
+  };
+  // While the server cannot be reached a banner says so, and the page looks for it every
+  // PROBE_MS (live lists keep polling too); once it answers, the banner goes, and a page
+  // that could not be drawn is drawn again.
+  let probe = null;
+  document.addEventListener('server-reachable', async ({ detail: ok }) => {
+    document.getElementById('unreachable').hidden = ok;
+    clearInterval(probe);
+    probe = ok ? null : setInterval(() => api('GET', '/v1/health').catch(() => {}), PROBE_MS);
+    if (ok && state.stale) {
+      if (!state.session) await signIn();
+      render();
+    }
+  });
+  await signIn();
   render();
   // Another tab may sign this browser in anew (another organization): the page would
   // show one organization's name over another's data. Look again now and then.

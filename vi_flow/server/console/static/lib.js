@@ -1,7 +1,7 @@
 // Shared pieces of the console: elements, the API call, formatting, a windowed list.
 'use strict';
 
-export const state = { session: null, leaving: [] };
+export const state = { session: null, leaving: [], reachable: true };
 
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {
@@ -80,7 +80,17 @@ export function hasNonFinite(value) {
   return Object.values(value).some(hasNonFinite);
 }
 
-/** Call the server's API with the session cookie (and the CSRF token when writing). */
+const GATEWAY = [502, 503, 504];
+
+/** Note whether the server answered; a change is told as a 'server-reachable' event. */
+function reached(ok) {
+  if (state.reachable === ok) return;
+  state.reachable = ok;
+  document.dispatchEvent(new CustomEvent('server-reachable', { detail: ok }));
+}
+
+/** Call the server's API with the session cookie (and the CSRF token when writing); an
+ * ApiError when it answers an error, or with code UNREACHABLE when it cannot be reached. */
 export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (method !== 'GET' && state.session) headers[state.session.csrfHeader] = state.session.csrfToken;
@@ -89,10 +99,19 @@ export async function api(method, path, body) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  const resp = await fetch(path, init);
-  const text = await resp.text();
+  let resp, text;
+  try {
+    resp = await fetch(path, init);
+    text = await resp.text();
+  } catch {
+    reached(false);
+    throw new ApiError(0, 'UNREACHABLE', 'the vi-flow server cannot be reached');
+  }
   let data = null;
   try { data = text ? parseJSON(text) : null; } catch { data = null; }
+  // A reverse proxy answers 502-504 for a server that is down; the server's own errors
+  // carry its JSON.
+  reached(resp.ok || !GATEWAY.includes(resp.status) || Boolean(data && data.error));
   if (!resp.ok) {
     const error = (data && data.error) || {};
     if (resp.status === 401) document.dispatchEvent(new CustomEvent('signed-out'));
