@@ -211,6 +211,42 @@ async def test_reservation_holds_capacity_until_cancelled(server: TaskServer) ->
 
 
 @pytest.mark.anyio
+async def test_reservations_made_at_once_are_all_kept_over_a_restart(
+    start_server: StartServer,
+) -> None:
+    # Each change rewrote the book through one fixed "reservations.tmp" on a worker
+    # thread: saves made at once wrote over each other's file, and a later snapshot
+    # could be renamed in before an earlier one, which then lost the later reservations.
+    first = await start_server(local_cpus=64, local_gpus=[])
+    made = await asyncio.gather(
+        *(first.call("POST", "/reservations", json={"cpus": 1, "name": f"r{n}"}) for n in range(40))
+    )
+    assert [answer.status for answer in made] == [201] * 40, [a.body for a in made]
+    cancelled = await asyncio.gather(
+        *(first.call("DELETE", f"/reservations/{a.body['reservationId']}") for a in made[:20])
+    )
+    assert [answer.status for answer in cancelled] == [200] * 20
+    await first.stop()
+    second = await start_server(first.home, local_cpus=64, local_gpus=[])
+    listed = (await second.call("GET", "/reservations")).body["items"]
+    status = {r["name"]: r["status"] for r in listed}
+    assert status == {f"r{n}": "cancelled" if n < 20 else "active" for n in range(40)}
+
+
+@pytest.mark.anyio
+async def test_a_reservation_change_that_cannot_be_saved_is_not_kept(server: TaskServer) -> None:
+    kept = (await server.call("POST", "/reservations", json={"cpus": 1, "name": "kept"})).body
+    book = server.home / "compute" / "reservations.json"
+    book.unlink()
+    (book / "in-the-way").mkdir(parents=True)  # the book cannot be written
+    made = await server.call("POST", "/reservations", json={"cpus": 1, "name": "lost"})
+    cancelled = await server.call("DELETE", f"/reservations/{kept['reservationId']}")
+    assert made.status == cancelled.status == 500  # the home is broken: an internal error
+    listed = (await server.call("GET", "/reservations")).body["items"]
+    assert {r["name"]: r["status"] for r in listed} == {"kept": "active"}
+
+
+@pytest.mark.anyio
 async def test_ssh_keys_are_validated_and_deduplicated(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:

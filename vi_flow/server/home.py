@@ -28,6 +28,7 @@ __all__ = [
     "prepare_home",
     "publish",
     "read_run_file",
+    "replace_file",
     "restrict_home",
     "unpublish",
 ]
@@ -175,12 +176,12 @@ def publish(info: ServerInfo) -> None:
     """
     home = Path(info.home)
     try:
-        _replace(home / RUN_FILE, info.to_json())
+        replace_file(home / RUN_FILE, info.to_json())
     except OSError as exc:
         raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
 
 
-def _replace(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all (a file beside it, synced, then renamed over
     it), mode 0600; nothing is left behind when it fails.
 
@@ -206,7 +207,7 @@ def mark_stopped(home: Path, pid: int) -> None:
     """Say in ``<home>/server.stopped`` that the server ``pid`` is stopping on request
     (:data:`~vi_flow.models.server.STOPPED_FILE`); best effort, atomic, mode 0600."""
     with contextlib.suppress(OSError):
-        _replace(home / STOPPED_FILE, orjson.dumps({"pid": pid}))
+        replace_file(home / STOPPED_FILE, orjson.dumps({"pid": pid}))
 
 
 def unpublish(home: Path, secret: str) -> None:

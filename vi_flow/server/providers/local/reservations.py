@@ -29,6 +29,7 @@ from ....models.tasks import (
     ReservationStatus,
 )
 from ...clock import now_ms
+from ...home import replace_file
 from ..base import CapacityError, InvalidRequest, Placement
 from .machine import Machine
 
@@ -107,6 +108,7 @@ class ReservationBook:
         self.path = path
         self.machine = machine
         self._items: dict[str, Reservation] = {}
+        self._saving = asyncio.Lock()
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -120,16 +122,18 @@ class ReservationBook:
 
     def _write(self, items: list[Reservation]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(to_wire(items)), encoding="utf-8")
-        tmp.replace(self.path)
+        replace_file(self.path, json.dumps(to_wire(items)).encode())
 
     async def load(self) -> None:
         """Read the file (in a thread)."""
         self._items = await asyncio.to_thread(self._read)
 
     async def _save(self) -> None:
-        await asyncio.to_thread(self._write, list(self._items.values()))
+        """Write the book as it is now. One save at a time, each taking the book as it is
+        when its turn comes: saves written at once raced on their file, and an older
+        copy could be renamed in last, losing what was made meanwhile."""
+        async with self._saving:
+            await asyncio.to_thread(self._write, list(self._items.values()))
 
     # -- queries -------------------------------------------------------------------------
 
@@ -218,8 +222,7 @@ class ReservationBook:
             created_at=now_ms(),
             auto_renew=request.auto_renew,
         )
-        self._items[res.reservation_id] = res
-        await self._save()
+        await self._change(res.reservation_id, res)
         return self._as_of(res, now_ms())
 
     async def cancel(self, reservation_id: str) -> Reservation:
@@ -232,9 +235,22 @@ class ReservationBook:
         if res is None:
             raise InvalidRequest(f"reservation {reservation_id!r} not found")
         res = attrs.evolve(res, status=ReservationStatus.CANCELLED)
-        self._items[reservation_id] = res
-        await self._save()
+        await self._change(reservation_id, res)
         return res
+
+    async def _change(self, reservation_id: str, res: Reservation) -> None:
+        """Set a reservation and save the book; as it was when the save fails."""
+        before = self._items.get(reservation_id)
+        self._items[reservation_id] = res
+        try:
+            await self._save()
+        except Exception:
+            if self._items.get(reservation_id) is res:
+                if before is None:
+                    del self._items[reservation_id]
+                else:
+                    self._items[reservation_id] = before
+            raise
 
     def availability(
         self, placement: Placement, start: int, end: int, duration_ms: int
