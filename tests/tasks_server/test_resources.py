@@ -311,6 +311,17 @@ async def test_run_artifacts_and_the_engine_service(server: TaskServer) -> None:
         "GET", f"/runs/{run_id}/artifacts/model/%2E%2E/%2E%2E/logs/stdout.log"
     )
     assert sneaky.status in (400, 404) and sneaky.raw != b"line 1\n"
+    # a later task of the run writing the same path wins, in the listing and the download
+    again = TaskConfig(
+        command='mkdir -p "$VI_FLOW_OUTPUT_DIR/model"; printf v2 > "$VI_FLOW_OUTPUT_DIR/model/w.bin"'
+    )
+    later = await service.submit("org_default", again, run_id=run_id, step_id="tune")
+    assert (await service.wait(later.task_id, timeout=5)).exit_code == 0
+    listing = (await server.call("GET", f"/runs/{run_id}/artifacts")).body
+    assert listing == {"items": [{"path": "model/w.bin", "size": 2}]}
+    assert (await server.call("GET", f"/runs/{run_id}/artifacts/model/w.bin")).raw == b"v2"
+    absent = await server.call("GET", f"/runs/{run_id}/artifacts/model/none.bin")
+    assert absent.status == 404 and absent.body["error"]["code"] == "NOT_FOUND"
     missing = await server.call("GET", "/runs/run_missing/artifacts")
     assert missing.status == 404 and missing.body["error"]["code"] == "RUN_NOT_FOUND"
 
