@@ -86,14 +86,23 @@ async def _until_group_gone(pgid: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_restart_stops_the_children_of_a_command_that_ended_meanwhile(
-    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("command", "leader_dies"),
+    [
+        # The server is down when the task's shell dies; the process it started runs on.
+        # The next server found the group's leader gone and recorded "ended with the
+        # server", leaving the child running, untracked, for ever.
+        ("cd / && sleep 300 & echo started; wait", True),
+        # A command that left its directory was not recognized as the task's either.
+        ("cd / && echo started && exec sleep 300", False),
+    ],
+)
+async def test_restart_stops_a_task_out_of_its_directory_or_whose_leader_ended(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, command: str, leader_dies: bool
 ) -> None:
-    # The server is down when the task's shell dies; the process it started runs on. The
-    # next server found the group's leader gone and recorded "ended with the server",
-    # leaving the child running, untracked, for ever.
+    # Out of the task's directory only its environment says a process is the task's.
     first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
-    task = await first.submit(command="sleep 300 & echo started; wait", cpus=1)
+    task = await first.submit(command=command, cpus=1)
     pgid = int((await first.wait(task["taskId"], until={"running"}))["providerId"])
     await first.until_logged(task["taskId"], "started", within=20)
     provider = first.app[TASKS_KEY].provider
@@ -101,9 +110,10 @@ async def test_restart_stops_the_children_of_a_command_that_ended_meanwhile(
     monkeypatch.setattr(provider, "close", lambda: _crash(provider))
     await first.stop()
     try:
-        os.kill(pgid, signal.SIGKILL)
-        await asyncio.sleep(0.1)
-        assert group_alive(pgid)  # the shell's sleep
+        if leader_dies:
+            os.kill(pgid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+        assert group_alive(pgid)  # the sleep
 
         second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
         failed = await second.wait(task["taskId"])

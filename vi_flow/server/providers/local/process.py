@@ -288,7 +288,7 @@ def end_orphan(task: RunningTask) -> str:
     """Kill what is left of a task that ran under a previous server; says what happened
     (blocking)."""
     pgid = int(task.provider_id) if task.provider_id and task.provider_id.isdigit() else 0
-    if pgid and _group_alive_in(pgid, task.spec.paths.workdir):
+    if pgid and _group_alive_for(pgid, task):
         signal_group(pgid, signal.SIGKILL)
         message = (
             "the server restarted while the task ran; its process group "
@@ -303,74 +303,74 @@ def end_orphan(task: RunningTask) -> str:
 
 def end_unrecorded(tasks: Iterable[RunningTask]) -> dict[str, str]:
     """Kill what a previous server started for ``tasks`` and died before recording (each
-    still pending, with no process group): every group with a live process that runs in
-    a task's directory with that task's id in its environment. What happened, for each
-    task's log, by task id; only tasks something was found for (blocking: one scan of
-    ``/proc`` for all of them)."""
-    by_root = {task.spec.paths.root: task for task in tasks}
+    still pending, with no process group): every group with a live process whose
+    environment holds one of their ids. What happened, for each task's log, by task id;
+    only tasks something was found for (blocking: one scan of ``/proc`` for them all)."""
+    pending = {task.spec.task_id: task for task in tasks}
     groups: dict[str, set[int]] = {}
-    for entry in os.listdir("/proc") if by_root else ():
-        task = _task_beneath(entry, by_root) if entry.isdigit() else None
-        found = _state_and_group(entry) if task is not None else None
-        if task is None or found is None or found[0] in _ENDED:
+    for entry in os.listdir("/proc") if pending else ():
+        found = _state_and_group(entry) if entry.isdigit() else None
+        if found is None or found[0] in _ENDED:
             continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as file:
-                environ = file.read().split(b"\0")
-        except OSError:
-            continue
-        if f"VI_FLOW_TASK_ID={task.spec.task_id}".encode() in environ:
-            groups.setdefault(task.spec.task_id, set()).add(int(found[1]))
+        task_id = _task_of(entry)
+        if task_id in pending:
+            groups.setdefault(task_id, set()).add(int(found[1]))
     messages = {}
-    for task in by_root.values():
-        pgids = sorted(groups.get(task.spec.task_id, set()) - {os.getpgrp()})
-        if not pgids:
-            continue
-        for pgid in pgids:
+    for task_id, pgids in groups.items():
+        pgids.discard(os.getpgrp())
+        for pgid in sorted(pgids):
             signal_group(pgid, signal.SIGKILL)
-        messages[task.spec.task_id] = message = (
+        messages[task_id] = message = (
             "the server restarted while it started the task; what it had started (process"
-            f" group {', '.join(map(str, pgids))}) was stopped and the task queued again"
+            f" group {', '.join(map(str, sorted(pgids)))}) was stopped and the task queued again"
         )
         with contextlib.suppress(OSError):
-            append_line(task.spec.paths, f"[vi-flow] {message}")
+            append_line(pending[task_id].spec.paths, f"[vi-flow] {message}")
     return messages
 
 
-def _task_beneath(pid: str, by_root: Mapping[Path, RunningTask]) -> RunningTask | None:
-    """The task whose directory holds the cwd of ``pid``, if any."""
+_TASK_ID = b"VI_FLOW_TASK_ID="
+
+
+def _task_of(pid: int | str) -> str | None:
+    """The task whose id is in the environment ``pid`` was started with, if any (the
+    server sets ``VI_FLOW_TASK_ID``; bubblewrap and every process of the task inherit
+    it; a task's id is random, so a process of no task holds none by chance)."""
     try:
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:  # gone, or a zombie
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = file.read()
+    except OSError:  # gone, or not ours to read
         return None
-    for path in (cwd, *cwd.parents):
-        if path in by_root:
-            return by_root[path]
+    for item in environ.split(b"\0"):
+        if item.startswith(_TASK_ID):
+            return item[len(_TASK_ID) :].decode("ascii", "replace")
     return None
 
 
-def _group_alive_in(pgid: int, workdir: Path) -> bool:
-    """Whether a live process of group ``pgid`` runs with its cwd inside ``workdir`` (the
-    pid-reuse guard; blocking): the leader, or, once it has gone, any other. A leader
-    may go first: a command's shell killed while its children run on, or a sandbox's
-    bubblewrap that died setting it up (of SIGPIPE on its ``--info-fd``, whose reader was
-    the crashed server) and left the sandbox's init waiting forever."""
+def _group_alive_for(pgid: int, task: RunningTask) -> bool:
+    """Whether group ``pgid`` still has a live process of ``task``: one whose cwd is in the
+    task's directory or whose environment holds the task's id (the pid-reuse guard;
+    blocking). The leader may have gone first: a command's shell killed while its
+    children run on, or a sandbox's bubblewrap that died setting it up (of SIGPIPE on its
+    ``--info-fd``, whose reader was the crashed server), leaving the sandbox's init
+    waiting for ever; and a command may have left its directory."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    if _cwd_inside(pgid, workdir):
-        return True
-    members = _group_members(pgid)
-    return any(state not in _ENDED and _cwd_inside(pid, workdir) for pid, state in members)
+    root, task_id = task.spec.paths.root, task.spec.task_id
+    for pid, state in _group_members(pgid):
+        if state not in _ENDED and (_cwd_inside(pid, root) or _task_of(pid) == task_id):
+            return True
+    return False
 
 
-def _cwd_inside(pid: int, workdir: Path) -> bool:
+def _cwd_inside(pid: int, directory: Path) -> bool:
     try:
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:  # gone, or a zombie
         return False
-    return cwd == workdir or workdir in cwd.parents
+    return cwd == directory or directory in cwd.parents
 
 
 # -- ending ----------------------------------------------------------------------------
