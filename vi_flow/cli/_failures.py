@@ -137,14 +137,22 @@ def asks_json(args: list[str]) -> bool:
     return "--json" in options
 
 
+_NOT_TRANSIENT = frozenset(
+    {
+        "INSUFFICIENT_STORAGE",  # the server's disk is full
+        "DATABASE_GONE",  # its database file was removed: it serves nothing until restarted
+    }
+)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Return the documented exit code for an exception."""
     import vi_flow as e
 
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return EXIT_USAGE  # --base-url needs fixing, not the key
-    if isinstance(exc, e.APIStatusError) and exc.code == "INSUFFICIENT_STORAGE":
-        return EXIT_FAILURE  # the server's disk is full: not worth a retry soon
+    if isinstance(exc, e.APIStatusError) and exc.code in _NOT_TRANSIENT:
+        return EXIT_FAILURE  # not worth a retry soon: see _NOT_TRANSIENT
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
         # a value the SDK or the server refused: the arguments need fixing
@@ -183,6 +191,10 @@ def _hint_for(exc: BaseException) -> str | None:
         return None if exc.log_file is None else "'vi-flow server logs' shows the whole log"
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return "--base-url / VI_FLOW_BASE_URL names the API, ending in /v1"
+    if isinstance(exc, e.APIStatusError) and exc.code == "DATABASE_GONE":
+        return (
+            "for the home's own server: 'vi-flow server stop', and the next command starts another"
+        )
     hints: list[tuple[type[BaseException], str]] = [
         (
             e.AuthenticationError,

@@ -104,8 +104,18 @@ def _status_of(info: Any, home: Path) -> dict[str, Any]:
     except OSError as exc:
         raise CommandFailed(f"the server at {info.url} does not answer: {exc}") from None
     if code != 200 or not isinstance(body, dict):
-        raise CommandFailed(f"the server at {info.url} answered {code} to GET /v1/server")
+        raise CommandFailed(
+            f"the server at {info.url} answered {_answer(code, body)} to GET /v1/server"
+        )
     return body
+
+
+def _answer(code: int, body: Any) -> str:
+    """``503 (DATABASE_GONE: the server's ...)``: a status and the server's own error."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not error.get("message"):
+        return str(code)
+    return f"{code} ({error.get('code')}: {error['message']})"
 
 
 @server.command("status")
@@ -193,7 +203,9 @@ def stop(force: bool, as_json: bool) -> None:
         hint = "vi-flow server stop --force cancels them" if busy else None
         raise CommandFailed(message, exit_code=EXIT_CONFLICT, hint=hint)
     if code != 202:
-        raise CommandFailed(f"the server at {info.url} answered {code} to the stop request")
+        raise CommandFailed(
+            f"the server at {info.url} answered {_answer(code, body)} to the stop request"
+        )
     _wait_gone(info.pid)
     _say(
         as_json,

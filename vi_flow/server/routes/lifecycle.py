@@ -24,7 +24,7 @@ from ...models.common import Condition
 from ...models.runs import Run
 from ...models.server import ServerInfo, ServerStatus
 from ...models.tasks import ReservationStatus
-from ..db import Connection
+from ..db import Connection, DatabaseFileGone, DatabaseUnavailable
 from ..errors import APIProblem
 from ..helpers import Handler, json_response, principal_of, read_body
 from ..home import HomeError, mark_stopped, publish, read_run_file
@@ -103,10 +103,16 @@ def _task_ids(conn: Connection, replica: str | None = None) -> list[str]:
 
 async def server_status(app: web.Application) -> ServerStatus:
     """The server and the work it holds, across every organization."""
-    settings, identity = app[SETTINGS_KEY], app[IDENTITY_KEY]
     runs, tasks = await _held_work(app)
     reservations = await app[TASKS_KEY].provider.list_reservations()
-    replica = app[REPLICA_KEY]
+    open_ones = sum(r.status in _OPEN_RESERVATIONS for r in reservations)
+    return _status(app, len(runs), len(tasks), open_ones, await app[REPLICA_KEY].names())
+
+
+def _status(
+    app: web.Application, runs: int, tasks: int, reservations: int, replicas: list[str]
+) -> ServerStatus:
+    settings, identity = app[SETTINGS_KEY], app[IDENTITY_KEY]
     return ServerStatus(
         pid=identity.pid,
         version=__version__,
@@ -115,12 +121,12 @@ async def server_status(app: web.Application) -> ServerStatus:
         uptime_s=round(time.time() - identity.started_at / 1000, 3),
         home=str(settings.home),
         idle_timeout_s=settings.idle_timeout,
-        active_runs=len(runs),
-        active_tasks=len(tasks),
-        active_reservations=sum(r.status in _OPEN_RESERVATIONS for r in reservations),
+        active_runs=runs,
+        active_tasks=tasks,
+        active_reservations=reservations,
         connections=app[LIFECYCLE_KEY].connections() + _ssh_connections(app),
-        replica=replica.name,
-        replicas=await replica.names(),
+        replica=app[REPLICA_KEY].name,
+        replicas=replicas,
     )
 
 
@@ -148,8 +154,15 @@ async def shutdown(request: web.Request) -> web.Response:
             "SERVER_IN_PROCESS",
             f"this server runs inside process {os.getpid()} and stops when that process exits",
         )
-    status = await server_status(request.app)
-    if (status.active_tasks or status.active_runs) and not force:
+    try:
+        status = await server_status(request.app)
+    except DatabaseFileGone:  # it can read and save nothing: stopping is all it can do
+        status = None
+    except DatabaseUnavailable:  # whether work is in flight is not known
+        if not force:
+            raise
+        status = None  # the next start (or another replica) recovers what was in flight
+    if status is not None and (status.active_tasks or status.active_runs) and not force:
         raise APIProblem(
             409,
             "SERVER_BUSY",
@@ -157,13 +170,15 @@ async def shutdown(request: web.Request) -> web.Response:
             "stop with force to cancel them",
         )
     request.app[LIFECYCLE_KEY].stopping = True  # from now on, no new work is taken
-    if force:
+    if force and status is not None:
         await _cancel_all_work(request.app)
     log.info("shutdown requested by %s (force=%s)", principal_of(request).token_name, force)
     # the clients that used this server do not start another for the home (see
     # STOPPED_FILE): a follower left running must not undo the stop
     await asyncio.to_thread(mark_stopped, request.app[SETTINGS_KEY].home, os.getpid())
     asyncio.get_running_loop().call_soon(stop)
+    if status is None:  # the database cannot be read: no work it could act on
+        return json_response(_status(request.app, 0, 0, 0, []), 202)
     return json_response(await server_status(request.app), 202)
 
 
@@ -247,7 +262,18 @@ async def _exit_when_idle(app: web.Application, timeout: float) -> None:
     idle_since = time.monotonic()
     while True:
         await asyncio.sleep(min(_IDLE_CHECK, timeout / 4))
-        status = await server_status(app)
+        try:
+            status = await server_status(app)
+        except DatabaseUnavailable:  # busy or not, it cannot tell now
+            idle_since = time.monotonic()
+            continue
+        except DatabaseFileGone:  # it serves nothing more; the next client starts another
+            stop = app[LIFECYCLE_KEY].request_stop
+            if stop is not None:
+                log.error("the database file is gone: stopping")
+                stop()
+                return
+            raise
         busy = (
             status.connections
             or status.active_runs

@@ -1,0 +1,101 @@
+"""The home's database file removed under its server (``rm ~/.vi-flow/state.db``).
+
+The server answers ``503 DATABASE_GONE`` to what needs the database
+(``tests/server/test_database_file.py``); here, what a user then meets. It used to
+serve nothing for good: the background server never idled out (its idle watch died on
+the error), ``vi-flow server stop`` was refused (the admin token could not be looked
+up), and the CLI said "transient" (exit 6) for what no retry mends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .kit import alive, cli, cli_command, cli_json, env_for, run_file, started_server, wait_for
+
+on_sqlite = pytest.mark.skipif(
+    bool(os.environ.get("VI_FLOW_DATABASE")),
+    reason="a PostgreSQL server's database is not a file of its home",
+)
+
+
+def _remove_database(home: Path) -> None:
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (home / name).unlink(missing_ok=True)
+
+
+def _one_flow(home: Path) -> None:
+    spec = home.parent / "flow.yaml"
+    spec.write_text("name: kept\nblocks:\n  - {block: emit, id: e, settings: {count: 1}}\n")
+    cli(home, "flows", "create", "-f", str(spec))
+
+
+@on_sqlite
+def test_a_background_server_stops_and_the_next_command_starts_another(home: Path) -> None:
+    first = started_server(home)
+    _one_flow(home)
+    _remove_database(home)
+    wait_for(lambda: not alive(first.pid), 30, "the server to stop by itself")
+    assert "the database file is gone: stopping" in (home / "logs" / "server.log").read_text()
+    assert cli_json(home, "flows", "list") == []  # a new server, on a new database
+    second = run_file(home)
+    assert second is not None and second.pid != first.pid
+
+
+@on_sqlite
+def test_a_foreground_server_says_so_and_stops_when_asked(home: Path) -> None:
+    serve = subprocess.Popen(
+        [*cli_command(), "serve", "--port", "0"],
+        env=env_for(home),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+        _one_flow(home)
+        _remove_database(home)
+        listed = cli(home, "flows", "list", check=False)
+        assert listed.returncode == 1, listed  # not 6: no retry mends it
+        assert "DATABASE_GONE" in listed.stderr and "vi-flow server stop" in listed.stderr
+        status = cli(home, "server", "status", check=False)
+        assert status.returncode == 1 and "DATABASE_GONE" in status.stderr, status
+        cli(home, "server", "stop")
+        assert serve.wait(timeout=30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_a_server_whose_postgresql_is_away_stops_when_forced(
+    home: Path, postgres_database: str
+) -> None:
+    import psycopg
+
+    serve = subprocess.Popen(
+        [*cli_command(), "serve", "--port", "0"],
+        env=env_for(home, VI_FLOW_DATABASE=postgres_database),
+        stderr=subprocess.DEVNULL,
+    )
+    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
+    try:
+        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )
+        refused = cli(home, "server", "stop", check=False)  # whether work runs is unknown
+        assert refused.returncode != 0 and "DATABASE_UNAVAILABLE" in refused.stderr, refused
+        cli(home, "server", "stop", "--force")
+        assert serve.wait(timeout=60) == 0
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+        admin.close()
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
