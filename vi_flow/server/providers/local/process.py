@@ -313,11 +313,10 @@ def end_unrecorded(tasks: Iterable[RunningTask]) -> dict[str, str]:
         if found is None or found[0] in _ENDED:
             continue
         task_id = _task_of(entry)
-        if task_id in pending:
+        if task_id in pending and int(found[1]) != os.getpgrp():
             groups.setdefault(task_id, set()).add(int(found[1]))
     messages = {}
     for task_id, pgids in groups.items():
-        pgids.discard(os.getpgrp())
         for pgid in sorted(pgids):
             signal_group(pgid, signal.SIGKILL)
         messages[task_id] = message = (
