@@ -18,6 +18,7 @@ import contextlib
 import functools
 import os
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -747,7 +748,8 @@ class Portal:
         if self._portal is None:
             options = {"loop_factory": self._new_loop} if hasattr(os, "eventfd") else {}
             runner = start_blocking_portal("asyncio", options, name="vi-flow-portal")
-            portal = runner.__enter__()
+            with _sigint_blocked():  # in the loop's thread, and every thread it starts
+                portal = runner.__enter__()
             self._thread_id = portal.call(threading.get_ident)
             self._loop = portal.call(asyncio.get_running_loop)
             self._runner, self._portal = runner, portal
@@ -774,6 +776,27 @@ class Portal:
         if self._wake_fd is not None:  # this process's copy; the parent keeps its own
             os.close(self._wake_fd)
         self._reset()
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Generator[None, None, None]:
+    """Block SIGINT in this thread meanwhile: a thread started meanwhile keeps it blocked.
+
+    The kernel may hand a Ctrl-C to any thread of the process that does not block it.
+    Python runs its handler in the main thread only, when that thread next runs
+    bytecode: one handed to the loop's thread interrupts nothing the main thread waits
+    in (the portal's own waits poll for it, :data:`_SIGNAL_POLL`; a blocking read of the
+    caller's, a prompt, does not). Blocked in the loop's threads, it goes to a thread of
+    the program's own.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no masks, no such race
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class _WatchedSelector(selectors.DefaultSelector):

@@ -48,15 +48,16 @@ class Boom(Exception):
     pass
 
 
-def interrupt_when(started: threading.Event, thread: int | None = None) -> threading.Thread:
-    """Send a real SIGINT once the async side has started: to the main thread, or to
-    ``thread`` (the loop's, say, as the kernel may for a signal sent to the process)."""
-    target = thread or threading.main_thread().ident
-    assert target is not None
+def interrupt_when(started: threading.Event, elsewhere: bool = False) -> threading.Thread:
+    """Send a real SIGINT once the async side has started: to the main thread, or
+    ``elsewhere``, to a thread of the program's own (this one), as the kernel may for a
+    signal sent to the process (never to the loop's threads: they block it)."""
+    main = threading.main_thread().ident
+    assert main is not None
 
     def fire() -> None:
         if started.wait(5):
-            signal.pthread_kill(target, signal.SIGINT)
+            signal.pthread_kill(threading.get_ident() if elsewhere else main, signal.SIGINT)
 
     firing = threading.Thread(target=fire, daemon=True)
     firing.start()
@@ -429,7 +430,7 @@ def test_ctrl_c_while_waking_the_loop_leaves_the_portal_working(
     assert ran == []
 
 
-def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
+def test_ctrl_c_delivered_to_another_thread_still_interrupts_the_call(
     portal: Portal, sigint_raises: None
 ) -> None:
     # The main thread waits on a lock the kernel's signal never wakes; it must still
@@ -438,7 +439,7 @@ def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
     forever = sleeper(started, cancelled)
 
     portal.call(double, 1)
-    interrupt_when(started, portal._thread_id)
+    interrupt_when(started, elsewhere=True)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         portal.call(forever)
@@ -447,12 +448,12 @@ def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_the_call(
     assert portal.call(double, 2) == 4
 
 
-def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_iteration(
+def test_ctrl_c_delivered_to_another_thread_still_interrupts_iteration(
     portal: Portal, sigint_raises: None
 ) -> None:
     started, closed = threading.Event(), threading.Event()
     portal.call(double, 1)
-    interrupt_when(started, portal._thread_id)
+    interrupt_when(started, elsewhere=True)
     got: list[int] = []
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -460,6 +461,21 @@ def test_ctrl_c_delivered_to_the_loop_thread_still_interrupts_iteration(
     assert time.monotonic() - t0 < 2
     assert got == [0]
     assert closed.is_set()
+
+
+def _blocks_sigint() -> bool:
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_the_loop_thread_and_the_threads_it_starts_block_sigint(portal: Portal) -> None:
+    # The kernel may hand a Ctrl-C sent to the process to any thread not blocking it; in
+    # the loop's, Python's handler waits for the main thread's next bytecode, and a main
+    # thread blocked in a read of its own (a prompt) would never run it.
+    async def on_the_loop() -> tuple[bool, bool]:
+        return _blocks_sigint(), await asyncio.to_thread(_blocks_sigint)
+
+    assert portal.call(on_the_loop) == (True, True)  # its thread; a worker (DNS lookups)
+    assert not _blocks_sigint()  # the caller's mask is left as it was
 
 
 def test_ctrl_c_while_starting_an_iteration_leaves_the_portal_working(
@@ -769,7 +785,7 @@ def test_a_driven_generator_collected_on_the_portal_thread_still_cleans_up(
     assert log == [f"cleanup hop on {portal._thread_id}", "closed"]
 
 
-@pytest.mark.parametrize("to", ["main", "loop"])
+@pytest.mark.parametrize("to", ["main", "elsewhere"])
 def test_ctrl_c_in_a_hop_cancels_it_and_runs_the_cleanup(
     portal: Portal, sigint_raises: None, to: str
 ) -> None:
@@ -789,7 +805,7 @@ def test_ctrl_c_in_a_hop_cancels_it_and_runs_the_cleanup(
         return generator()
 
     portal.call(double, 1)
-    interrupt_when(started, portal._thread_id if to == "loop" else None)
+    interrupt_when(started, elsewhere=to == "elsewhere")
     got: list[int] = []
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
