@@ -4,7 +4,8 @@ The server answers ``503 DATABASE_GONE`` to what needs the database
 (``tests/server/test_database_file.py``); here, what a user then meets. It used to
 serve nothing for good: the background server never idled out (its idle watch died on
 the error), ``vi-flow server stop`` was refused (the admin token could not be looked
-up), and the CLI said "transient" (exit 6) for what no retry mends.
+up), and the CLI said "transient" (exit 6) for what no retry mends. (A server whose
+PostgreSQL is away: ``tests/server/test_stop_without_database.py``.)
 """
 
 from __future__ import annotations
@@ -65,37 +66,6 @@ def test_a_foreground_server_says_so_and_stops_when_asked(home: Path) -> None:
         cli(home, "server", "stop")
         assert serve.wait(timeout=30) == 0
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-
-
-def test_a_server_whose_postgresql_is_away_stops_when_forced(
-    home: Path, postgres_database: str
-) -> None:
-    import psycopg
-
-    serve = subprocess.Popen(
-        [*cli_command(), "serve", "--port", "0"],
-        env=env_for(home, VI_FLOW_DATABASE=postgres_database),
-        stderr=subprocess.DEVNULL,
-    )
-    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
-    try:
-        wait_for(lambda: run_file(home), 30, "serve to publish itself")
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (name,),
-        )
-        refused = cli(home, "server", "stop", check=False)  # whether work runs is unknown
-        assert refused.returncode != 0 and "DATABASE_UNAVAILABLE" in refused.stderr, refused
-        cli(home, "server", "stop", "--force")
-        assert serve.wait(timeout=60) == 0
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
-        admin.close()
         if serve.poll() is None:
             serve.kill()
             serve.wait()
