@@ -48,6 +48,7 @@ from .state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
 
 __all__ = [
     "PUBLIC_PATHS",
+    "SHUTDOWN_PATH",
     "Gone",
     "StillAuthorized",
     "access_middleware",
@@ -61,6 +62,9 @@ log = logging.getLogger("vi_flow.server")
 access_log = logging.getLogger("vi_flow.server.access")
 
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
+SHUTDOWN_PATH = "/v1/server/shutdown"
+"""The stop route: taken while a stop is under way, and with the home's admin token
+when the database cannot be read."""
 """Paths answered without a bearer token."""
 
 _TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, tuple[Principal, float]])
@@ -367,7 +371,7 @@ async def _principal(request: web.Request) -> Principal:
     try:
         found = await request.app[STORE_KEY].lookup_token(token)
     except (DatabaseFileGone, DatabaseUnavailable):
-        if not _stops_with_admin_token(request, token):
+        if not await _stops_with_admin_token(request, token):
             raise
         return Principal(DEFAULT_ORG, "admin", admin=True)
     if found is None:
@@ -378,13 +382,13 @@ async def _principal(request: web.Request) -> Principal:
     return principal
 
 
-def _stops_with_admin_token(request: web.Request, token: str) -> bool:
+async def _stops_with_admin_token(request: web.Request, token: str) -> bool:
     """Whether ``request`` stops a server whose database is gone or away, with the admin
     token of its home: what its home's owner may ask for without the database (all a
-    server whose file is gone can still do; blocking: one small file read)."""
-    if request.method != "POST" or request.path != "/v1/server/shutdown":
+    server whose file is gone can still do)."""
+    if request.method != "POST" or request.path != SHUTDOWN_PATH:
         return False
-    admin = read_admin_token(request.app[SETTINGS_KEY].home)
+    admin = await asyncio.to_thread(read_admin_token, request.app[SETTINGS_KEY].home)
     return admin is not None and hmac.compare_digest(admin.encode(), token.encode())
 
 

@@ -28,6 +28,7 @@ from ..db import Connection, DatabaseFileGone, DatabaseUnavailable
 from ..errors import APIProblem
 from ..helpers import Handler, json_response, principal_of, read_body
 from ..home import HomeError, mark_stopped, publish, read_run_file
+from ..middleware import SHUTDOWN_PATH
 from ..state import IDENTITY_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
 from ..tasks import TASKS_KEY
 from .executions import EXECUTION_ENGINE_KEY
@@ -210,7 +211,6 @@ async def _cancel_all_work(app: web.Application) -> None:
 
 _CANCEL_ROUNDS = 3
 _CANCELS_AT_ONCE = 64
-_SHUTDOWN = "/v1/server/shutdown"  # a second stop request is answered as the first
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -220,7 +220,8 @@ async def refuse_while_stopping(request: web.Request, handler: Handler) -> web.S
     task...) is ``503 SERVER_STOPPING``: nothing new starts that the stop would cut short.
     Reads go on (a stream sees its run end)."""
     stopping = request.app[LIFECYCLE_KEY].stopping
-    if stopping and request.method in _CHANGES and request.path != _SHUTDOWN:
+    # a second stop request is answered as the first
+    if stopping and request.method in _CHANGES and request.path != SHUTDOWN_PATH:
         raise APIProblem(
             503, "SERVER_STOPPING", "the server is stopping; this request changed nothing"
         )
@@ -295,5 +296,5 @@ def setup(app: web.Application) -> None:
     app[LIFECYCLE_KEY] = Lifecycle()
     app.middlewares.append(refuse_while_stopping)
     app.router.add_get("/v1/server", get_server)
-    app.router.add_post(_SHUTDOWN, shutdown)
+    app.router.add_post(SHUTDOWN_PATH, shutdown)
     app.cleanup_ctx.append(_idle_watch)

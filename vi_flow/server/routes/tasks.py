@@ -285,14 +285,12 @@ async def mount_volume(request: web.Request) -> web.StreamResponse:
 _FILE_CHUNK = 256 * 1024  # bytes of an output file read (in a worker thread) per write
 
 
-async def _outputs_of_run(
-    service: TaskService, org_id: str, run_id: str
-) -> dict[str, tuple[str, int]]:
-    """path -> (task_id, size); later tasks win on a clash."""
-    found: dict[str, tuple[str, int]] = {}
+async def _outputs_of_run(service: TaskService, org_id: str, run_id: str) -> dict[str, int]:
+    """path -> size; later tasks win on a clash."""
+    found: dict[str, int] = {}
     for task_id in await service.records.run_task_ids(org_id, run_id):
         for item in await service.outputs.output_files(task_id):
-            found[item.path] = (task_id, item.size)
+            found[item.path] = item.size
     return found
 
 
@@ -361,7 +359,7 @@ async def list_run_artifacts(request: web.Request) -> web.StreamResponse:
     run_id = request.match_info["runId"]
     await request.app[STORE_KEY].get_run(run_id, org_of(request))
     found = await _outputs_of_run(_service(request), org_of(request), run_id)
-    items = [TaskOutputFile(path, size) for path, (_, size) in sorted(found.items())]
+    items = [TaskOutputFile(path, size) for path, size in sorted(found.items())]
     return json_response({"items": items})
 
 

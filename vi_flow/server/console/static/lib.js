@@ -1,7 +1,7 @@
 // Shared pieces of the console: elements, the API call, formatting, a windowed list.
 'use strict';
 
-export const state = { session: null, leaving: [], reachable: true };
+export const state = { session: null, leaving: [], reachable: true, stale: false };
 
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {

@@ -178,8 +178,8 @@ class LocalProvider:
         """
         tasks = [task for task in tasks if task.spec.task_id not in self._jobs]
         unstarted = [t for t in tasks if t.provider_id is None and t.status == TaskStatus.PENDING]
-        # A server killed between a fork and its record may have left one running.
-        await asyncio.to_thread(end_unrecorded, unstarted)
+        if unstarted:  # a server killed between a fork and its record may have left one running
+            await asyncio.to_thread(end_unrecorded, unstarted)
         requeued = {task.spec.task_id for task in unstarted}
         for task in tasks:
             if task.spec.task_id in requeued:
