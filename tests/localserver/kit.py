@@ -7,13 +7,14 @@ server exactly as a user's terminals and scripts would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,28 @@ def started_server(home: Path) -> ServerInfo:
     info = run_file(home)
     assert info is not None, "vi-flow server start wrote no run file"
     return info
+
+
+@contextlib.contextmanager
+def foreground_serve(home: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``vi-flow serve`` on ``home`` in the foreground, once it has published itself;
+    stopped afterwards (SIGTERM, then SIGKILL) unless it has ended."""
+    serve = subprocess.Popen(
+        [*cli_command(), "serve", "--port", "0"],
+        env=env_for(home, **env),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+        yield serve
+    finally:
+        if serve.poll() is None:
+            serve.terminate()
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
 
 
 def alive(pid: int) -> bool:

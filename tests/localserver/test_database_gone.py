@@ -11,12 +11,11 @@ PostgreSQL is away: ``tests/server/test_stop_without_database.py``.)
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .kit import alive, cli, cli_command, cli_json, env_for, run_file, started_server, wait_for
+from .kit import alive, cli, cli_json, foreground_serve, run_file, started_server, wait_for
 
 on_sqlite = pytest.mark.skipif(
     bool(os.environ.get("VI_FLOW_DATABASE")),
@@ -49,13 +48,7 @@ def test_a_background_server_stops_and_the_next_command_starts_another(home: Pat
 
 @on_sqlite
 def test_a_foreground_server_says_so_and_stops_when_asked(home: Path) -> None:
-    serve = subprocess.Popen(
-        [*cli_command(), "serve", "--port", "0"],
-        env=env_for(home),
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+    with foreground_serve(home) as serve:
         _one_flow(home)
         _remove_database(home)
         listed = cli(home, "flows", "list", check=False)
@@ -65,7 +58,3 @@ def test_a_foreground_server_says_so_and_stops_when_asked(home: Path) -> None:
         assert status.returncode == 1 and "DATABASE_GONE" in status.stderr, status
         cli(home, "server", "stop")
         assert serve.wait(timeout=30) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()

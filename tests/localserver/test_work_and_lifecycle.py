@@ -12,7 +12,18 @@ from pathlib import Path
 
 from vi_flow.models.server import LOG_DIR, LOG_FILE, RUN_FILE
 
-from .kit import alive, cli, cli_command, cli_json, env_for, run_file, script, server_pids, wait_for
+from .kit import (
+    alive,
+    cli,
+    cli_command,
+    cli_json,
+    env_for,
+    foreground_serve,
+    run_file,
+    script,
+    server_pids,
+    wait_for,
+)
 
 SLOW = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.5; done"
 TEMPLATE_FLOW = {
@@ -206,18 +217,9 @@ def test_an_open_ssh_connection_keeps_an_idle_server_up(home: Path) -> None:
 
 
 def test_serve_in_the_foreground_never_idles_out(home: Path) -> None:
-    serve = subprocess.Popen(
-        [*cli_command(), "serve", "--port", "0"],
-        env=env_for(home, VI_FLOW_SERVER_IDLE_TIMEOUT="1"),
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: run_file(home), 30, "serve to publish itself")
+    with foreground_serve(home, VI_FLOW_SERVER_IDLE_TIMEOUT="1") as serve:
         time.sleep(3)
         assert serve.poll() is None
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
 
 
 def test_the_server_log_has_one_line_per_request_and_no_secret(home: Path) -> None:

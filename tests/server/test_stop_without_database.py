@@ -6,13 +6,12 @@ runs this directory: elsewhere it would only ever be skipped.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..localserver.kit import cli, cli_command, env_for, run_file, stop_server, wait_for
+from ..localserver.kit import cli, foreground_serve, stop_server
 
 
 @pytest.fixture
@@ -27,27 +26,19 @@ def test_a_server_whose_postgresql_is_away_stops_when_forced(
 ) -> None:
     import psycopg
 
-    serve = subprocess.Popen(
-        [*cli_command(), "serve", "--port", "0"],
-        env=env_for(home, VI_FLOW_DATABASE=postgres_database),
-        stderr=subprocess.DEVNULL,
-    )
-    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
-    try:
-        wait_for(lambda: run_file(home), 30, "serve to publish itself")
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (name,),
-        )
-        refused = cli(home, "server", "stop", check=False)  # whether work runs is unknown
-        assert refused.returncode != 0 and "DATABASE_UNAVAILABLE" in refused.stderr, refused
-        cli(home, "server", "stop", "--force")
-        assert serve.wait(timeout=60) == 0
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
-        admin.close()
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
+    with foreground_serve(home, VI_FLOW_DATABASE=postgres_database) as serve:
+        admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
+        name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
+        try:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            refused = cli(home, "server", "stop", check=False)  # whether work runs is unknown
+            assert refused.returncode != 0 and "DATABASE_UNAVAILABLE" in refused.stderr, refused
+            cli(home, "server", "stop", "--force")
+            assert serve.wait(timeout=60) == 0
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+            admin.close()
