@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import os
 import sqlite3
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -448,4 +449,165 @@ async def test_rows_stored_as_frames_still_replay(db: CountingStore, deflated: b
     replay = await _drain(log, key, 0)
     assert replay.startswith(frames) and _ids(replay) == list(range(1, 103))
     assert await _drain(log, key, 50) == frames[frames.find(b"id: 51\n") :] + replay[len(frames) :]
+    await log.close()
+
+
+# -- writes that fail -----------------------------------------------------------------
+
+
+async def _disk_full(db: CountingStore, on: bool) -> None:
+    """Have SQLite find its disk full while ``on``: no page past those it has now (a
+    write of anything but a few bytes fails with ``SQLITE_FULL``)."""
+    pages = 1 if on else 1 << 30
+    await db.store.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+
+
+def _noise(tag: str) -> str:
+    """A log line that needs more pages than a new database has free, however stored."""
+    return f"{tag} {os.urandom(40_000).hex()}"
+
+
+async def _stored_up_to(db: CountingStore, key: tuple[str, str]) -> int:
+    row = await db.run(
+        lambda c: c.execute(
+            "SELECT MAX(last_id) FROM engine_events WHERE org_id = ? AND run_id = ?", key
+        ).fetchone()
+    )
+    return int(row[0] or 0)
+
+
+def _lines(raw: bytes) -> list[Any]:
+    return [orjson.loads(e.data).get("line") for e in SSEDecoder().feed(raw)]
+
+
+async def test_events_of_a_failed_write_are_written_once_the_database_is_back(
+    db: CountingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by reading: a write that failed (PostgreSQL restarting, SQLite busy or full)
+    # dropped its events, and the run went on: it could end Succeeded with a gap in its
+    # log. They are queued again, in order, and a live reader gets every one.
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_retry")
+    await log.append_lines(key, "s", "stdout", ["before"])
+    await log.sync()
+    reader = asyncio.create_task(_drain(log, key, 0))
+    await _disk_full(db, True)
+    during = [_noise(f"during {i}") for i in range(30)]
+    for line in during:
+        await log.append_lines(key, "s", "stdout", [line])
+        await asyncio.sleep(0.01)
+    assert await _stored_up_to(db, key) == 1  # the writes failed meanwhile
+    assert not reader.done()
+    await _disk_full(db, False)
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    raw = await asyncio.wait_for(reader, 10)
+    assert _ids(raw) == list(range(1, 33))
+    assert _lines(raw) == ["before", *during, None]
+    log.forget(key)
+    assert await _drain(log, key, 0) == raw  # and stored so
+    assert "kept to be written again" in caplog.text
+    await log.close()
+
+
+async def test_while_writes_fail_appenders_wait_rather_than_fill_memory(
+    db: CountingStore,
+) -> None:
+    log = EventLog(db, max_pending=20)
+    log.start()
+    key = ("org", "run_bound_memory")
+    await log.append_lines(key, "s", "stdout", ["before"])
+    await log.sync()
+    await _disk_full(db, True)
+    lines, made = [_noise(f"l{i}") for i in range(100)], 0
+
+    async def produce() -> None:
+        nonlocal made
+        for line in lines:
+            await log.append(LogLine, key, step_id="s", line=line)
+            made += 1
+
+    producer = asyncio.create_task(produce())
+    held = await _plateau(lambda: made)
+    # as when writes succeed, at most twice max_pending unwritten (the write in flight
+    # and the queue behind it), then the appender waits for the database
+    assert 20 <= held <= 41 and not producer.done()
+    await asyncio.sleep(0.3)  # a few failed tries more
+    assert made == held
+    await _disk_full(db, False)
+    await asyncio.wait_for(producer, 10)
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    raw = await _drain(log, key, 0)
+    assert _ids(raw) == list(range(1, 103))
+    assert _lines(raw)[1:-1] == lines
+    await log.close()
+
+
+def _big_change(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE saved AS SELECT randomblob(200000) AS x")
+
+
+async def test_events_bound_to_changes_that_failed_are_never_written(db: CountingStore) -> None:
+    # the events commit_with stores with its changes announce them: when the write
+    # fails they are dropped with the changes; the events queued before them are kept
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_bound")
+    await log.append(RunStarted, key, flow_id="f", flow_version="1")
+    await log.sync()
+    await _disk_full(db, True)
+    lines = [_noise("one"), _noise("two")]
+    await log.append_lines(key, "s", "stdout", lines)  # the same batch: no await
+    step_done = (StepCompleted, {"step_id": "s", "block": "emit", "output": 1})
+    ended = (FlowCompleted, {"status": Condition.SUCCEEDED})
+    with pytest.raises(sqlite3.OperationalError):
+        await log.commit_with(_big_change, key, [step_done, ended])
+    await _disk_full(db, False)
+    await log.sync()
+    assert await _stored_up_to(db, key) == 3  # the lines, not the events of the change
+    # the run's end appends its flow_completed again: one, after the lines
+    assert not (await log.channel(key)).ended
+    await log.append(FlowCompleted, key, status=Condition.FAILED)
+    raw = await _drain(log, key, 0)
+    assert _ids(raw) == [1, 2, 3, 6]
+    kinds = [e.event for e in SSEDecoder().feed(raw)]
+    assert kinds == ["run_started", "log", "log", "flow_completed"]
+    tables_now = await db.run(lambda c: c.execute("SELECT name FROM sqlite_master").fetchall())
+    assert "saved" not in {row[0] for row in tables_now}
+    await log.close()
+
+
+async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: CountingStore) -> None:
+    # a write that fails while the next one is already on its way: the next one is
+    # stored first, but a live reader gets the first one's kept events before it
+    gated = GatedStore(db)
+    log = EventLog(gated)
+    log.start()
+    key = ("org", "run_order")
+    await log.append_lines(key, "s", "stdout", ["first"])
+    await log.sync()
+    reader = asyncio.create_task(_drain(log, key, 0))
+    gated.gate = gate = asyncio.Event()
+
+    def unsaved(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT * FROM no_such_table")  # fails this write alone
+
+    async def failing() -> None:
+        await log.append_lines(key, "s", "stdout", ["a1", "a2"])
+        await log.commit_with(unsaved, key, [(StepCompleted, {"step_id": "s", "block": "emit"})])
+
+    first = asyncio.create_task(failing())
+    await asyncio.sleep(0)  # its write (2, 3 and the bound 4) waits at the gate
+    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
+    await asyncio.sleep(0.05)  # the writer's write of 5 and 6 waits behind it
+    gated.gate = None
+    gate.set()
+    with pytest.raises(sqlite3.OperationalError):
+        await first
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    raw = await asyncio.wait_for(reader, 10)
+    assert _ids(raw) == [1, 2, 3, 5, 6, 7]
+    assert _lines(raw) == ["first", "a1", "a2", "b1", "b2", None]
+    log.forget(key)
+    assert await _drain(log, key, 0) == raw
     await log.close()

@@ -287,6 +287,42 @@ async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are
     assert names(rest)[-1] == "flow_completed" and names(rest).count("flow_completed") == 1
 
 
+async def test_a_run_that_outlives_a_database_outage_loses_none_of_its_events(
+    postgres_database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # Found by reading: the events of a write the outage failed were dropped, and a
+    # step that went on logging ended Succeeded with a gap in its log. They are kept
+    # and written once the database is back, in order, before what came after them.
+    (a,) = await _replicas(start_server, tmp_path, postgres_database, 1)
+    run_id = await _slow_job(a, count=250, interval=0.02)  # 5 s: it outlives the outage
+    first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
+    import psycopg  # tests_postgres has it
+
+    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        await asyncio.sleep(2.0)  # the step logs on meanwhile; its writes fail
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+        admin.close()
+    rest, _ = await asyncio.wait_for(
+        a.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id}), 30
+    )
+    events = first + rest
+    assert [int(e.id) for e in events if e.id] == list(range(1, len(events) + 1))
+    lines = [data(e)["line"] for e in events if e.event == "log"]
+    assert lines == [f"event {i}" for i in range(1, 251)]
+    assert data(events[-1])["status"] == "Succeeded", events[-1].data
+    run = (await a.call("GET", f"/runs/{run_id}")).body
+    assert _last(run)["condition"] == "Succeeded", run
+    replay, _ = await a.sse("GET", f"/runs/{run_id}/events")
+    assert [e.data for e in replay] == [e.data for e in events]
+
+
 @pytest.mark.timeout(90)
 async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
     postgres_database: str, start_server: StartServer, tmp_path: Path

@@ -4,7 +4,9 @@ Every event a run produces gets the run's next event id, is serialized once to i
 frame, and is queued for the writer. The writer commits whatever is queued as one SQLite
 transaction at once (what is appended meanwhile goes in the next one, so batches grow
 with the load and nothing waits on a timer), and only then publishes the stored rows to
-the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk.
+the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk. A
+write that fails while the database is away or busy leaves its events queued for the
+next one (:meth:`EventLog._keep`), and readers never move past them.
 Readers follow a run with :meth:`EventLog.follow`: they get committed events from the
 channel's ring of recently stored rows (or from SQLite when they are further behind) and
 then wait for the next commit, yielding ``None`` as a heartbeat tick while idle. A slow
@@ -18,6 +20,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
+import sqlite3
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -26,7 +30,7 @@ import orjson
 
 from ...models.events import FlowCompleted, LogLine, StreamEvent, ToolCallsRequired
 from ..clock import now_ms, wait_event
-from ..db import Connection
+from ..db import Connection, DatabaseFileGone, DatabaseUnavailable
 from .frames import encoder, frame, log_frames
 
 __all__ = [
@@ -50,6 +54,7 @@ _RING_BYTES = 8 << 20  # recent frames kept per run for live readers (~80k log e
 _CHUNK_EVENTS = 2048  # events per stored row at most
 _READ_ROWS = 8  # rows per read: at most 16k events in memory per reader
 _PACK_BYTES = 1024  # rows at least this long are stored deflated (see _pack)
+_RETRY_FIRST, _RETRY_MOST = 0.05, 2.0  # seconds before a failed write is tried again
 
 
 class Database(Protocol):
@@ -64,25 +69,35 @@ _Lines = tuple[str, str, int, int, Sequence[str]]
 it, less the run: step id, stream, first event id, time, lines."""
 
 
-class _Queued:
-    """One run's events queued for the next commit: consecutive ids from ``first``.
+_PLAIN, _SETTLES, _ENDS = 0, 1, 2
+"""What an event does to its run: nothing more, pause it (``tool_calls_required``), end it."""
+_KINDS: dict[type[StreamEvent], int] = {ToolCallsRequired: _SETTLES, FlowCompleted: _ENDS}
 
-    ``parts`` holds their frames as encoded, one event or a batch of lines per part
-    (at most ``_CHUNK_EVENTS`` each), with the count of events in each and, for a batch
-    of lines, what made its frames (what the database stores, see :func:`_pack`).
+_Part = tuple[int, int, bytes, "_Lines | None", int]
+"""Queued events: the first id, how many, their frames, for a batch of lines what made
+its frames (what the database stores, see :func:`_pack`), and their kind (``_PLAIN``...)."""
+
+
+class _Queued:
+    """One run's events queued for the next commit, in id order.
+
+    ``parts`` holds their frames as encoded, one event or a batch of lines per part (at
+    most ``_CHUNK_EVENTS`` each). Ids run on from part to part but where a failed write
+    left a gap (its events bound to changes that were not saved, see
+    :meth:`EventLog._keep`). ``bound``: the index of the first part that
+    :meth:`EventLog.commit_with` queued for its own changes (written with them or never).
     """
 
-    __slots__ = ("count", "first", "parts", "settled", "terminal")
+    __slots__ = ("bound", "count", "parts")
 
-    def __init__(self, first: int) -> None:
-        self.first = first
+    def __init__(self) -> None:
         self.count = 0
-        self.parts: list[tuple[int, bytes, _Lines | None]] = []
-        self.settled: int | None = None
-        self.terminal = False
+        self.parts: list[_Part] = []
+        self.bound: int | None = None
 
-    def add(self, count: int, frames: bytes, lines: _Lines | None = None) -> None:
-        self.parts.append((count, frames, lines))
+    def add(self, first: int, count: int, frames: bytes, lines: _Lines | None = None,
+            kind: int = _PLAIN) -> None:  # fmt: skip
+        self.parts.append((first, count, frames, lines, kind))
         self.count += count
 
 
@@ -108,6 +123,9 @@ class RunChannel:
         finished: Whether the terminal ``flow_completed`` is on disk.
         ended: Whether the terminal event was appended (it may still be queued).
         settled: The id of the last committed pause or terminal event.
+        owed: The first id of events a failed write left to be written again (they
+            are queued); rows stored meanwhile wait in ``_held`` to be published after
+            them, so a live reader never moves past them.
     """
 
     def __init__(self, key: RunKey, last_id: int, finished: bool, settled: int) -> None:
@@ -119,12 +137,21 @@ class RunChannel:
         self.ended = finished
         self.settled = settled
         self.stale = False
+        self.owed: int | None = None
+        self._held: list[_Chunk] = []
         self._ring: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._ring_bytes = 0
         self._changed: asyncio.Event = asyncio.Event()
 
     def publish(self, chunks: Sequence[_Chunk]) -> None:
         """Record committed rows (one run's, in order) and wake everyone waiting."""
+        if self.owed is not None:
+            if chunks[0][2] > self.owed:  # stored ahead of events still to be written
+                self._held.extend(chunks)
+                return
+            self.owed = None  # written now: what was held follows them
+            chunks = sorted([*chunks, *self._held], key=operator.itemgetter(2))
+            self._held = []
         for _, _, first, last, frames, terminal, settled, _ in chunks:
             self._ring.append((first, last, frames))
             self._ring_bytes += len(frames)
@@ -136,6 +163,12 @@ class RunChannel:
             self._ring_bytes -= len(self._ring.popleft()[2])
         self.committed = max(self.committed, chunks[-1][3])
         self.wake()
+
+    def release(self) -> None:
+        """The events owed will not be written after all: publish what waited for them."""
+        held, self._held, self.owed = self._held, [], None
+        if held:
+            self.publish(held)
 
     def wake(self) -> None:
         """Wake everyone waiting on this channel."""
@@ -162,6 +195,8 @@ class RunChannel:
     def heard(self, last: int, terminal: bool, settled: int | None) -> None:
         """Another replica committed this run's events up to ``last``: wake the readers,
         who read them from the database (the ring holds only this replica's writes)."""
+        if self.owed is not None:  # this replica writes the run, and owes earlier events
+            return
         changed = last > self.committed or (terminal and not self.finished)
         self.committed = max(self.committed, last)
         if settled is not None and settled > self.settled:
@@ -175,36 +210,58 @@ class RunChannel:
         """Start again from the stored tail (this replica takes the run over)."""
         self._ring.clear()
         self._ring_bytes = 0
+        self.owed, self._held = None, []
         self.next_id, self.committed = last + 1, last
         self.finished = self.ended = finished
         self.settled = settled
         self.wake()
 
 
-_SETTLING: frozenset[type[StreamEvent]] = frozenset({FlowCompleted, ToolCallsRequired})
-
-
 def _chunks(key: RunKey, queued: _Queued) -> list[_Chunk]:
-    """Join one run's queued parts into stored rows of at most ``_CHUNK_EVENTS`` events.
+    """Join one run's queued parts into stored rows of at most ``_CHUNK_EVENTS`` events,
+    of consecutive ids (a gap starts a new row: a reader finds its place by id).
 
-    The settle id and the terminal flag go on the batch's last row (``_tail`` reads the
-    highest settle id of a run; the terminal event is always a run's last).
+    A row's settle id is its last pause or terminal event's; its terminal flag says it
+    holds ``flow_completed`` (``_tail`` reads the highest settle id of a run; the
+    terminal event is always a run's last).
     """
     out: list[_Chunk] = []
     row: list[bytes] = []
     batches: list[bytes | _Lines] = []  # the row's parts, kept when a batch of lines is one
-    first, held, lined = queued.first, 0, False
-    for count, frames, lines in queued.parts:
-        if held and held + count > _CHUNK_EVENTS:
-            out.append((*key, first, first + held - 1, b"".join(row), 0, None, batches if lined else None))  # fmt: skip
-            first, held, row, batches, lined = first + held, 0, [], [], False
+    first, held, lined = queued.parts[0][0], 0, False
+    settled: int | None = None
+    terminal = 0
+    for at, count, frames, lines, kind in queued.parts:
+        if held and (held + count > _CHUNK_EVENTS or at != first + held):
+            out.append((*key, first, first + held - 1, b"".join(row), terminal, settled, batches if lined else None))  # fmt: skip
+            first, held, row, batches, lined, settled, terminal = at, 0, [], [], False, None, 0
         row.append(frames)
         batches.append(frames if lines is None else lines)
         lined = lined or lines is not None
         held += count
-    out.append((*key, first, first + held - 1, b"".join(row), int(queued.terminal), queued.settled,
+        if kind:
+            settled = at
+            terminal = terminal or int(kind == _ENDS)
+    out.append((*key, first, first + held - 1, b"".join(row), terminal, settled,
                 batches if lined else None))  # fmt: skip
     return out
+
+
+def _settle_id(rows: Sequence[_Chunk]) -> int | None:
+    """The highest settle id among one run's rows (see :func:`_chunks`)."""
+    return max((row[6] for row in rows if row[6] is not None), default=None)
+
+
+def _worth_again(error: Exception) -> bool:
+    """Whether a failed write's events are worth writing again: PostgreSQL cannot be
+    reached, or SQLite is busy, full, read-only or failing to read or write for now (not
+    a database file gone for good, nor anything refusing what was written)."""
+    if isinstance(error, DatabaseFileGone):
+        return False
+    if isinstance(error, (DatabaseUnavailable, sqlite3.OperationalError)):
+        return True
+    cause = error.__cause__  # PostgreSQL's errors carry psycopg's
+    return getattr(cause, "sqlstate", None) == "53100"  # a full disk
 
 
 def _pack(frames: bytes, parts: list[bytes | _Lines] | None) -> bytes:
@@ -272,11 +329,11 @@ def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     return frames[start + 2 :] if start >= 0 else b""
 
 
-def _read(conn: Connection, key: RunKey, after: int) -> tuple[bytes, int]:
+def _read(conn: Connection, key: RunKey, after: int, upto: int) -> tuple[bytes, int]:
     rows = conn.execute(
-        "SELECT first_id, last_id, frames FROM engine_events"
-        " WHERE org_id = ? AND run_id = ? AND last_id > ? ORDER BY first_id LIMIT ?",
-        (*key, after, _READ_ROWS),
+        "SELECT first_id, last_id, frames FROM engine_events WHERE org_id = ? AND run_id = ?"
+        " AND last_id > ? AND last_id <= ? ORDER BY first_id LIMIT ?",
+        (*key, after, upto, _READ_ROWS),
     ).fetchall()
     if not rows:
         return b"", after
@@ -333,6 +390,9 @@ class EventLog:
         self._queued = 0
         self._appended = 0
         self._written = 0
+        self._in_flight = 0  # events being written
+        self._failing = False  # the last write failed and its events are queued again
+        self._retry_in = 0.0  # the writer's wait before it tries again, growing while failing
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._room_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -477,7 +537,7 @@ class EventLog:
         if cls is LogLine:
             self._check_room(channel, 1)
         event_id = self._queue(channel, cls, fields)
-        if self._queued >= self._max_pending:
+        if self._queued >= self._max_pending or self._failing:
             await self._room()
         return event_id
 
@@ -489,13 +549,12 @@ class EventLog:
         channel.next_id += 1
         queued = self._pending.get(key)
         if queued is None:
-            queued = self._pending[key] = _Queued(event_id)
+            queued = self._pending[key] = _Queued()
             self._wake.set()
-        queued.add(1, framed)
-        if cls in _SETTLING:
-            queued.settled = event_id
-            if cls is FlowCompleted:
-                channel.ended = queued.terminal = True
+        kind = _KINDS.get(cls, _PLAIN)
+        queued.add(event_id, 1, framed, None, kind)
+        if kind == _ENDS:
+            channel.ended = True
         self._appended += 1
         self._queued += 1
         return event_id
@@ -507,11 +566,17 @@ class EventLog:
 
         Whatever else is queued goes in the same transaction. The state and the events
         that announce it become visible together, so a reader never sees an event
-        before what it announces; one commit replaces two.
+        before what it announces; one commit replaces two. When the write fails, the
+        events queued before these are written later (see :meth:`_keep`); these never
+        are: what they announce was not saved.
         """
         channel = self._channels.get(key) or await self.channel(key)
+        queued = self._pending.get(key)
+        bound = len(queued.parts) if queued is not None else 0
         for cls, fields in events:  # no await from here to the swap in _commit
             self._queue(channel, cls, fields)
+        if events:
+            self._pending[key].bound = bound
         return await self._commit(fn)
 
     async def append_lines(
@@ -540,13 +605,13 @@ class EventLog:
         channel.next_id += len(lines)
         queued = self._pending.get(key)
         if queued is None:
-            queued = self._pending[key] = _Queued(first)
+            queued = self._pending[key] = _Queued()
             self._wake.set()
         for count, frames, batch in parts:
-            queued.add(count, frames, batch)
+            queued.add(batch[2], count, frames, batch)
         self._appended += len(lines)
         self._queued += len(lines)
-        if self._queued >= self._max_pending:
+        if self._queued >= self._max_pending or self._failing:
             await self._room()
 
     def _check_room(self, channel: RunChannel, count: int) -> None:
@@ -558,8 +623,11 @@ class EventLog:
     async def _room(self) -> None:
         """Wait until the writer takes the queue (it does as soon as its write in flight
         ends): appenders keep making events while a batch is written, never more than
-        ``max_pending`` ahead of it."""
-        while self._queued >= self._max_pending and not self._closed:
+        ``max_pending`` ahead of it. While writes fail, the events being written again
+        count too: appenders wait for the database rather than fill memory."""
+        while not self._closed and (
+            self._queued + (self._in_flight if self._failing else 0) >= self._max_pending
+        ):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._room_waiters.append(waiter)
             await waiter
@@ -590,6 +658,9 @@ class EventLog:
             if self._pending:
                 with contextlib.suppress(Exception):  # logged; the waiters have the error
                     await self._commit(None)
+            if self._failing:  # its events are queued again: give the database a moment
+                self._retry_in = min(max(self._retry_in * 2, _RETRY_FIRST), _RETRY_MOST)
+                await asyncio.sleep(self._retry_in)
 
     async def _commit(self, fn: Callable[[Connection], T] | None) -> T:
         """Write what is queued (and ``fn``'s changes) in one transaction, then publish.
@@ -599,12 +670,13 @@ class EventLog:
         """
         pending, count = self._pending, self._queued
         self._pending, self._queued = {}, 0
+        self._in_flight += count
         self._make_room()
         per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
-        return await asyncio.shield(self._store(fn, per_run, count))
+        return await asyncio.shield(self._store(fn, pending, per_run, count))
 
     async def _store(
-        self, fn: Callable[[Connection], T] | None,
+        self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
         per_run: dict[RunKey, list[_Chunk]], count: int,
     ) -> T:  # fmt: skip
         chunks = [chunk for part in per_run.values() for chunk in part]
@@ -615,22 +687,23 @@ class EventLog:
             result = None if fn is None else fn(conn)
             _insert(conn, chunks)
             if announce is not None and chunks:
-                announce(conn, [[*key, part[-1][3], part[-1][5], part[-1][6]]
+                announce(conn, [[*key, part[-1][3], part[-1][5], _settle_id(part)]
                                 for key, part in per_run.items() if part])  # fmt: skip
             return result
 
         try:
             result: T = await self._db.run(write)
         except Exception as exc:
-            if count:
-                log.exception("event log write failed; %d events lost", count)
-            for key, part in per_run.items():  # a lost flow_completed was never appended:
-                channel = self._channels.get(key)  # the run's end appends it again
-                if channel is not None and any(chunk[5] for chunk in part):
-                    channel.ended = False
+            self._in_flight -= count
+            self._keep(pending, exc, count)
             self._written += count
             self._settle_waiters(exc)
             raise
+        self._in_flight -= count
+        if self._failing:
+            log.warning("event log written again")
+            self._failing, self._retry_in = False, 0.0
+            self._make_room()
         for key, part in per_run.items():
             channel = self._channels.get(key)
             if channel is not None and part:
@@ -638,6 +711,51 @@ class EventLog:
         self._written += count
         self._settle_waiters(None)
         return result
+
+    def _keep(self, pending: dict[RunKey, _Queued], error: Exception, count: int) -> None:
+        """After a failed write, queue its events again ahead of those appended since,
+        when the database is only away or busy for now (:func:`_worth_again`), to be
+        written in order by a later write; their ids stay theirs.
+
+        Not the events :meth:`commit_with` bound to its changes (those were not saved);
+        their ids are skipped, and a ``flow_completed`` among them is appended again by
+        the run's end. Nor those of runs this server no longer holds. While writes fail,
+        appenders wait for room (:meth:`_room`), so memory stays bounded.
+        """
+        again = _worth_again(error) and not self._closed
+        kept = 0
+        for key, queued in pending.items():
+            channel = self._channels.get(key)
+            if channel is None:
+                continue
+            parts = queued.parts[: queued.bound] if again else []
+            if any(kind == _ENDS for *_, kind in queued.parts[len(parts) :]):
+                channel.ended = False
+            if not parts:
+                if not again:
+                    channel.release()
+                continue
+            later = self._pending.get(key)
+            merged = self._pending[key] = _Queued()
+            for part in (*parts, *(later.parts if later is not None else ())):
+                merged.add(*part)
+            kept += merged.count - (later.count if later is not None else 0)
+            channel.owed = parts[0][0] if channel.owed is None else min(channel.owed, parts[0][0])
+        if kept:
+            self._queued += kept
+            self._appended += kept  # sync() waits for them again
+            self._failing = True
+            self._wake.set()
+        if not count:
+            return
+        if kept:
+            log.warning(
+                "event log write failed (%s: %s); %d events kept to be written again,"
+                " %d dropped (announcing changes that were not saved)",
+                type(error).__name__, error, kept, count - kept,
+            )  # fmt: skip
+        else:
+            log.error("event log write failed; %d events lost", count, exc_info=error)
 
     def _settle_waiters(self, error: Exception | None) -> None:
         keep: list[tuple[int, asyncio.Future[None]]] = []
@@ -653,9 +771,10 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------------
 
-    async def read(self, key: RunKey, after: int) -> tuple[bytes, int]:
-        """Committed SSE frames after event ``after`` (a bounded chunk) and the last id."""
-        return await self._db.run(lambda c: _read(c, key, after))
+    async def read(self, key: RunKey, after: int, upto: int = 1 << 62) -> tuple[bytes, int]:
+        """Stored SSE frames after event ``after`` up to ``upto`` (a bounded chunk of
+        whole rows) and the last id read."""
+        return await self._db.run(lambda c: _read(c, key, after, upto))
 
     async def follow(self, key: RunKey, after: int, idle: float) -> AsyncIterator[bytes | None]:
         """Yield SSE frames (in chunks of whole frames) after ``after`` until the run's
@@ -681,7 +800,7 @@ class EventLog:
         recent = channel.recent(cursor)
         if recent is not None:
             return [chunk for chunk in recent if chunk], channel.committed
-        stored, last = await self.read(channel.key, cursor)
+        stored, last = await self.read(channel.key, cursor, channel.committed)
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
             return [], channel.committed
         return [stored], last
