@@ -578,8 +578,9 @@ async def test_events_bound_to_changes_that_failed_are_never_written(db: Countin
 
 
 async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: CountingStore) -> None:
-    # a write that fails while the next one is already on its way: the next one is
-    # stored first, but a live reader gets the first one's kept events before it
+    # a write that fails while the next one is already on its way: the next one must
+    # not store the run's later events before the kept ones (a live reader, here or on
+    # another replica, would move past them): it leaves them for the write after
     gated = GatedStore(db)
     log = EventLog(gated)
     log.start()

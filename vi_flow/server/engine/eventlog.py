@@ -6,7 +6,7 @@ transaction at once (what is appended meanwhile goes in the next one, so batches
 with the load and nothing waits on a timer), and only then publishes the stored rows to
 the run's :class:`RunChannel`, so nobody ever sees an event that is not on disk. A
 write that fails while the database is away or busy leaves its events queued for the
-next one (:meth:`EventLog._keep`), and readers never move past them.
+next one, in order (:meth:`EventLog._keep`): a run's rows are never stored out of order.
 Readers follow a run with :meth:`EventLog.follow`: they get committed events from the
 channel's ring of recently stored rows (or from SQLite when they are further behind) and
 then wait for the next commit, yielding ``None`` as a heartbeat tick while idle. A slow
@@ -24,7 +24,7 @@ import operator
 import sqlite3
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 
@@ -123,9 +123,6 @@ class RunChannel:
         finished: Whether the terminal ``flow_completed`` is on disk.
         ended: Whether the terminal event was appended (it may still be queued).
         settled: The id of the last committed pause or terminal event.
-        owed: The first id of events a failed write left to be written again (they
-            are queued); rows stored meanwhile wait in ``_held`` to be published after
-            them, so a live reader never moves past them.
     """
 
     def __init__(self, key: RunKey, last_id: int, finished: bool, settled: int) -> None:
@@ -137,21 +134,12 @@ class RunChannel:
         self.ended = finished
         self.settled = settled
         self.stale = False
-        self.owed: int | None = None
-        self._held: list[_Chunk] = []
         self._ring: collections.deque[tuple[int, int, bytes]] = collections.deque()
         self._ring_bytes = 0
         self._changed: asyncio.Event = asyncio.Event()
 
     def publish(self, chunks: Sequence[_Chunk]) -> None:
         """Record committed rows (one run's, in order) and wake everyone waiting."""
-        if self.owed is not None:
-            if chunks[0][2] > self.owed:  # stored ahead of events still to be written
-                self._held.extend(chunks)
-                return
-            self.owed = None  # written now: what was held follows them
-            chunks = sorted([*chunks, *self._held], key=operator.itemgetter(2))
-            self._held = []
         for _, _, first, last, frames, terminal, settled, _ in chunks:
             self._ring.append((first, last, frames))
             self._ring_bytes += len(frames)
@@ -163,12 +151,6 @@ class RunChannel:
             self._ring_bytes -= len(self._ring.popleft()[2])
         self.committed = max(self.committed, chunks[-1][3])
         self.wake()
-
-    def release(self) -> None:
-        """The events owed will not be written after all: publish what waited for them."""
-        held, self._held, self.owed = self._held, [], None
-        if held:
-            self.publish(held)
 
     def wake(self) -> None:
         """Wake everyone waiting on this channel."""
@@ -195,8 +177,6 @@ class RunChannel:
     def heard(self, last: int, terminal: bool, settled: int | None) -> None:
         """Another replica committed this run's events up to ``last``: wake the readers,
         who read them from the database (the ring holds only this replica's writes)."""
-        if self.owed is not None:  # this replica writes the run, and owes earlier events
-            return
         changed = last > self.committed or (terminal and not self.finished)
         self.committed = max(self.committed, last)
         if settled is not None and settled > self.settled:
@@ -210,7 +190,6 @@ class RunChannel:
         """Start again from the stored tail (this replica takes the run over)."""
         self._ring.clear()
         self._ring_bytes = 0
-        self.owed, self._held = None, []
         self.next_id, self.committed = last + 1, last
         self.finished = self.ended = finished
         self.settled = settled
@@ -320,6 +299,17 @@ def _tail(conn: Connection, key: RunKey) -> tuple[int, bool, int]:
     return int(row[0]), bool(row[1]), int(settled or 0)
 
 
+def _stored(conn: Connection, key: RunKey, first: int) -> bool:
+    """Whether the row of the run ``key`` that starts at event ``first`` is stored."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM engine_events WHERE org_id = ? AND run_id = ? AND first_id = ?",
+            (*key, first),
+        ).fetchone()
+        is not None
+    )
+
+
 def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     """The frames of a stored row from event ``after + 1`` on."""
     if after < first_id:
@@ -329,11 +319,11 @@ def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     return frames[start + 2 :] if start >= 0 else b""
 
 
-def _read(conn: Connection, key: RunKey, after: int, upto: int) -> tuple[bytes, int]:
+def _read(conn: Connection, key: RunKey, after: int) -> tuple[bytes, int]:
     rows = conn.execute(
-        "SELECT first_id, last_id, frames FROM engine_events WHERE org_id = ? AND run_id = ?"
-        " AND last_id > ? AND last_id <= ? ORDER BY first_id LIMIT ?",
-        (*key, after, upto, _READ_ROWS),
+        "SELECT first_id, last_id, frames FROM engine_events"
+        " WHERE org_id = ? AND run_id = ? AND last_id > ? ORDER BY first_id LIMIT ?",
+        (*key, after, _READ_ROWS),
     ).fetchall()
     if not rows:
         return b"", after
@@ -391,6 +381,7 @@ class EventLog:
         self._appended = 0
         self._written = 0
         self._in_flight = 0  # events being written
+        self._writing: dict[RunKey, int] = {}  # per run, its first id in the last write made
         self._failing = False  # the last write failed and its events are queued again
         self._retry_in = 0.0  # the writer's wait before it tries again, growing while failing
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -521,6 +512,7 @@ class EventLog:
                 self._queued -= queued.count
                 self._written += queued.count
             self._channels.pop(key, None)
+            self._writing.pop(key, None)
         self._settle_waiters(None)
         self._make_room()
 
@@ -673,47 +665,81 @@ class EventLog:
         self._in_flight += count
         self._make_room()
         per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
-        return await asyncio.shield(self._store(fn, pending, per_run, count))
+        writing = self._writing
+        behind = {key: writing[key] for key in per_run if key in writing}
+        for key, rows in per_run.items():
+            writing[key] = rows[0][2]
+        return await asyncio.shield(self._store(fn, pending, per_run, behind, count))
 
     async def _store(
         self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
-        per_run: dict[RunKey, list[_Chunk]], count: int,
+        per_run: dict[RunKey, list[_Chunk]], behind: dict[RunKey, int], count: int,
     ) -> T:  # fmt: skip
-        chunks = [chunk for part in per_run.values() for chunk in part]
-
+        """Write, then publish; ``behind``: per run, the first id of its rows in a write
+        still in flight when this one was made (it runs first, and must have stored them)."""
         announce = self.announce
 
-        def write(conn: Connection) -> Any:
+        def write(conn: Connection) -> tuple[Any, set[RunKey]]:
+            # a run whose earlier write failed or left it out is left out: its rows
+            # never go in before those (the failure is only known on the loop later)
+            late = {key for key, first in behind.items() if not _stored(conn, key, first)}
             result = None if fn is None else fn(conn)
-            _insert(conn, chunks)
-            if announce is not None and chunks:
+            runs = [(key, part) for key, part in per_run.items() if key not in late]
+            _insert(conn, [chunk for _, part in runs for chunk in part])
+            if announce is not None and runs:
                 announce(conn, [[*key, part[-1][3], part[-1][5], _settle_id(part)]
-                                for key, part in per_run.items() if part])  # fmt: skip
-            return result
+                                for key, part in runs])  # fmt: skip
+            return result, late
 
         try:
-            result: T = await self._db.run(write)
+            result, late = await self._db.run(write)
         except Exception as exc:
-            self._in_flight -= count
+            self._written_out(per_run, count)
             self._keep(pending, exc, count)
             self._written += count
             self._settle_waiters(exc)
             raise
-        self._in_flight -= count
+        self._written_out(per_run, count)
         if self._failing:
             log.warning("event log written again")
             self._failing, self._retry_in = False, 0.0
             self._make_room()
         for key, part in per_run.items():
             channel = self._channels.get(key)
-            if channel is not None and part:
+            if key in late:  # written later, after the events it waits for
+                if channel is not None:
+                    self._requeue(key, pending[key].parts)
+            elif channel is not None:
                 channel.publish(part)
         self._written += count
         self._settle_waiters(None)
-        return result
+        return cast(T, result)
+
+    def _written_out(self, per_run: dict[RunKey, list[_Chunk]], count: int) -> None:
+        """A write ended: its runs are no longer being written (unless a later one is)."""
+        self._in_flight -= count
+        writing = self._writing
+        for key, rows in per_run.items():
+            if writing.get(key) == rows[0][2]:
+                del writing[key]
+
+    def _requeue(self, key: RunKey, parts: Sequence[_Part]) -> int:
+        """Queue events of ``key`` that a write did not store again, in id order among
+        those queued since; they keep their ids. The count queued."""
+        later = self._pending.get(key)
+        if later is not None:
+            parts = sorted([*parts, *later.parts], key=operator.itemgetter(0))
+        queued = self._pending[key] = _Queued()
+        for part in parts:
+            queued.add(*part)
+        again = queued.count - (later.count if later is not None else 0)
+        self._queued += again
+        self._appended += again  # sync() waits for them again
+        self._wake.set()
+        return again
 
     def _keep(self, pending: dict[RunKey, _Queued], error: Exception, count: int) -> None:
-        """After a failed write, queue its events again ahead of those appended since,
+        """After a failed write, queue its events again among those appended since,
         when the database is only away or busy for now (:func:`_worth_again`), to be
         written in order by a later write; their ids stay theirs.
 
@@ -731,21 +757,10 @@ class EventLog:
             parts = queued.parts[: queued.bound] if again else []
             if any(kind == _ENDS for *_, kind in queued.parts[len(parts) :]):
                 channel.ended = False
-            if not parts:
-                if not again:
-                    channel.release()
-                continue
-            later = self._pending.get(key)
-            merged = self._pending[key] = _Queued()
-            for part in (*parts, *(later.parts if later is not None else ())):
-                merged.add(*part)
-            kept += merged.count - (later.count if later is not None else 0)
-            channel.owed = parts[0][0] if channel.owed is None else min(channel.owed, parts[0][0])
+            if parts:
+                kept += self._requeue(key, parts)
         if kept:
-            self._queued += kept
-            self._appended += kept  # sync() waits for them again
             self._failing = True
-            self._wake.set()
         if not count:
             return
         if kept:
@@ -771,10 +786,9 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------------
 
-    async def read(self, key: RunKey, after: int, upto: int = 1 << 62) -> tuple[bytes, int]:
-        """Stored SSE frames after event ``after`` up to ``upto`` (a bounded chunk of
-        whole rows) and the last id read."""
-        return await self._db.run(lambda c: _read(c, key, after, upto))
+    async def read(self, key: RunKey, after: int) -> tuple[bytes, int]:
+        """Committed SSE frames after event ``after`` (a bounded chunk) and the last id."""
+        return await self._db.run(lambda c: _read(c, key, after))
 
     async def follow(self, key: RunKey, after: int, idle: float) -> AsyncIterator[bytes | None]:
         """Yield SSE frames (in chunks of whole frames) after ``after`` until the run's
@@ -800,7 +814,7 @@ class EventLog:
         recent = channel.recent(cursor)
         if recent is not None:
             return [chunk for chunk in recent if chunk], channel.committed
-        stored, last = await self.read(channel.key, cursor, channel.committed)
+        stored, last = await self.read(channel.key, cursor)
         if last <= cursor:  # cannot happen while committed > cursor; guard against a spin
             return [], channel.committed
         return [stored], last
