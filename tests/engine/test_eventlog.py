@@ -612,3 +612,43 @@ async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: Cou
     log.forget(key)
     assert await _drain(log, key, 0) == raw
     await log.close()
+
+
+async def test_a_run_that_ends_with_events_still_to_write_is_followed_to_its_end(
+    db: CountingStore,
+) -> None:
+    # the run's end is saved while its flow_completed waits for events of a failed
+    # write, and the run's end forgets its channel: a reader following the run gets
+    # every event, to the end, once they are written, and so does one who comes next
+    gated = GatedStore(db)
+    log = EventLog(gated)
+    log.start()
+    key = ("org", "run_end_late")
+    await log.append_lines(key, "s", "stdout", ["first"])
+    await log.sync()
+    reader = asyncio.create_task(_drain(log, key, 0))
+    gated.gate = gate = asyncio.Event()
+
+    async def failing() -> None:
+        await log.append_lines(key, "s", "stdout", ["a1", "a2"])
+        await log.commit_with(
+            lambda c: c.execute("SELECT * FROM no_such_table"),
+            key, [(StepCompleted, {"step_id": "s", "block": "emit"})],
+        )  # fmt: skip
+
+    first = asyncio.create_task(failing())
+    await asyncio.sleep(0)  # its write (2, 3 and the bound 4) waits at the gate
+    end = (FlowCompleted, {"status": Condition.SUCCEEDED})
+    ending = asyncio.create_task(log.commit_with(lambda c: None, key, [end]))
+    await asyncio.sleep(0)  # the run's end (5) waits behind it
+    gated.gate = None
+    gate.set()
+    with pytest.raises(sqlite3.OperationalError):
+        await first
+    await ending  # saved; its flow_completed is left for the write after 2 and 3
+    log.forget(key)  # as the run's end does
+    raw = await asyncio.wait_for(reader, 10)
+    assert _ids(raw) == [1, 2, 3, 5]
+    assert [e.event for e in SSEDecoder().feed(raw)][-1] == "flow_completed"
+    assert await asyncio.wait_for(_drain(log, key, 0), 10) == raw
+    await log.close()

@@ -23,7 +23,7 @@ import logging
 import operator
 import sqlite3
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
 import orjson
@@ -382,6 +382,7 @@ class EventLog:
         self._written = 0
         self._in_flight = 0  # events being written
         self._writing: dict[RunKey, int] = {}  # per run, its first id in the last write made
+        self._forgotten: set[RunKey] = set()  # to forget once their events are written
         self._failing = False  # the last write failed and its events are queued again
         self._retry_in = 0.0  # the writer's wait before it tries again, growing while failing
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -448,7 +449,16 @@ class EventLog:
             channel.wake()
 
     def forget(self, key: RunKey) -> None:
-        """Drop a finished run's channel; readers holding it keep working."""
+        """Drop a finished run's channel; readers holding it keep working.
+
+        While events of the run are still to be written (queued again after a write
+        that left them out), the channel stays until they are: they are published to
+        it, and a reader who comes meanwhile follows it.
+        """
+        if key in self._pending or key in self._writing:
+            self._forgotten.add(key)
+            return
+        self._forgotten.discard(key)
         self._channels.pop(key, None)
 
     # -- replicas -----------------------------------------------------------------
@@ -513,6 +523,7 @@ class EventLog:
                 self._written += queued.count
             self._channels.pop(key, None)
             self._writing.pop(key, None)
+            self._forgotten.discard(key)
         self._settle_waiters(None)
         self._make_room()
 
@@ -697,6 +708,7 @@ class EventLog:
             self._written_out(per_run, count)
             self._keep(pending, exc, count)
             self._written += count
+            self._forget_written(per_run)
             self._settle_waiters(exc)
             raise
         self._written_out(per_run, count)
@@ -712,8 +724,15 @@ class EventLog:
             elif channel is not None:
                 channel.publish(part)
         self._written += count
+        self._forget_written(per_run)
         self._settle_waiters(None)
         return cast(T, result)
+
+    def _forget_written(self, runs: Collection[RunKey]) -> None:
+        """Forget the channels :meth:`forget` left for events then still to write."""
+        if self._forgotten:
+            for key in self._forgotten.intersection(runs):
+                self.forget(key)
 
     def _written_out(self, per_run: dict[RunKey, list[_Chunk]], count: int) -> None:
         """A write ended: its runs are no longer being written (unless a later one is)."""
