@@ -86,8 +86,12 @@ def test_invalid_yaml_names_the_line(vf: Invoker, tmp_path: Path) -> None:
             "name: x\nblocks:\n  - block: template\n    id: a\n    id: b\n",
             ":5:5: not valid YAML: duplicate key 'id' (first on line 4)",
         ),
+        (  # inside a merged mapping too (it is merged, never constructed itself)
+            "name: x\nblocks:\n  - block: template\n    <<: {id: a,\n         id: b}\n",
+            ":5:10: not valid YAML: duplicate key 'id' (first on line 4)",
+        ),
     ],
-    ids=["alias-bomb", "recursive-alias", "deep-nesting", "duplicate-key"],
+    ids=["alias-bomb", "recursive-alias", "deep-nesting", "duplicate-key", "duplicate-merged"],
 )
 def test_hostile_yaml_is_a_usage_error_naming_the_line(
     vf: Invoker, tmp_path: Path, text: str, problem: str

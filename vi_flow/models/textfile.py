@@ -91,9 +91,16 @@ def _refuse_duplicate_keys(loader: Any, node: Any) -> None:
     import yaml
 
     first_line: dict[Any, int] = {}
-    for key_node, _ in node.value:
+    for key_node, value_node in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # '<<' merges on purpose (an inline mapping: aliases are refused)
+            # '<<' merges on purpose (inline mappings: aliases are refused); a key the
+            # mapping itself gives overrides a merged one, but one merged mapping may
+            # not give a key twice (it would be merged, not constructed, unchecked)
+            merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for part in merged:
+                if isinstance(part, yaml.MappingNode):
+                    _refuse_duplicate_keys(loader, part)
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             line = first_line.get(key)
