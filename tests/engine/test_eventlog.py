@@ -577,6 +577,30 @@ async def test_events_bound_to_changes_that_failed_are_never_written(db: Countin
     await log.close()
 
 
+def _unsaved(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT * FROM no_such_table")  # fails this write alone
+
+
+async def _failing_write_at_a_gate(
+    log: EventLog, gated: GatedStore, key: tuple[str, str]
+) -> tuple[asyncio.Task[bytes], asyncio.Task[None], asyncio.Event]:
+    """Store the run's line 1, start a reader of the run, then a write of lines 2 and 3
+    and a change that fails (its step_completed, 4, bound to it) held at a gate: the
+    reader, the write and the gate."""
+    await log.append_lines(key, "s", "stdout", ["first"])
+    await log.sync()
+    reader = asyncio.create_task(_drain(log, key, 0))
+    gated.gate = gate = asyncio.Event()
+
+    async def failing() -> None:
+        await log.append_lines(key, "s", "stdout", ["a1", "a2"])
+        await log.commit_with(_unsaved, key, [(StepCompleted, {"step_id": "s", "block": "emit"})])
+
+    first = asyncio.create_task(failing())
+    await asyncio.sleep(0)  # its write waits at the gate
+    return reader, first, gate
+
+
 async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: CountingStore) -> None:
     # a write that fails while the next one is already on its way: the next one must
     # not store the run's later events before the kept ones (a live reader, here or on
@@ -585,20 +609,7 @@ async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: Cou
     log = EventLog(gated)
     log.start()
     key = ("org", "run_order")
-    await log.append_lines(key, "s", "stdout", ["first"])
-    await log.sync()
-    reader = asyncio.create_task(_drain(log, key, 0))
-    gated.gate = gate = asyncio.Event()
-
-    def unsaved(conn: sqlite3.Connection) -> None:
-        conn.execute("SELECT * FROM no_such_table")  # fails this write alone
-
-    async def failing() -> None:
-        await log.append_lines(key, "s", "stdout", ["a1", "a2"])
-        await log.commit_with(unsaved, key, [(StepCompleted, {"step_id": "s", "block": "emit"})])
-
-    first = asyncio.create_task(failing())
-    await asyncio.sleep(0)  # its write (2, 3 and the bound 4) waits at the gate
+    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
     await log.append_lines(key, "s", "stdout", ["b1", "b2"])
     await asyncio.sleep(0.05)  # the writer's write of 5 and 6 waits behind it
     gated.gate = None
@@ -624,20 +635,7 @@ async def test_a_run_that_ends_with_events_still_to_write_is_followed_to_its_end
     log = EventLog(gated)
     log.start()
     key = ("org", "run_end_late")
-    await log.append_lines(key, "s", "stdout", ["first"])
-    await log.sync()
-    reader = asyncio.create_task(_drain(log, key, 0))
-    gated.gate = gate = asyncio.Event()
-
-    async def failing() -> None:
-        await log.append_lines(key, "s", "stdout", ["a1", "a2"])
-        await log.commit_with(
-            lambda c: c.execute("SELECT * FROM no_such_table"),
-            key, [(StepCompleted, {"step_id": "s", "block": "emit"})],
-        )  # fmt: skip
-
-    first = asyncio.create_task(failing())
-    await asyncio.sleep(0)  # its write (2, 3 and the bound 4) waits at the gate
+    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
     end = (FlowCompleted, {"status": Condition.SUCCEEDED})
     ending = asyncio.create_task(log.commit_with(lambda c: None, key, [end]))
     await asyncio.sleep(0)  # the run's end (5) waits behind it

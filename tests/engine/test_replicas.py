@@ -8,6 +8,8 @@ the lease. (``tests/replicas`` does the same with server processes and ``kill -9
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,25 @@ def _sql(database: str, statement: str, *args: object) -> None:
         conn.execute(statement, args)
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def _database_away(database: str) -> Iterator[None]:
+    """Inside, ``database`` has no session: every one is ended and none may open (set
+    from a connection to another database, held open meanwhile)."""
+    import psycopg  # tests_postgres has it
+
+    admin = psycopg.connect(database, dbname="postgres", autocommit=True)
+    name = psycopg.conninfo.conninfo_to_dict(database)["dbname"]
+    try:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
+        admin.execute(  # every session of the database: the store's, the event log's...
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        yield
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
+        admin.close()
 
 
 def _last(run: dict[str, Any]) -> dict[str, Any]:
@@ -255,25 +276,12 @@ async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are
     (a,) = await _replicas(start_server, tmp_path, postgres_database, 1)
     run_id = await _slow_job(a, count=60, interval=0.02)  # it ends inside the outage
     first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
-    import psycopg  # tests_postgres has it
-
-    # from another database, held open: no new session may open on this one meanwhile
-    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
-    try:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
-        admin.execute(  # every session of the database: the store's, the event log's...
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (name,),
-        )
+    with _database_away(postgres_database):
         await asyncio.sleep(3.0)  # the run's next event writes fail meanwhile
         during = await a.call("GET", "/flows")
         assert during.status == 503, during.body
         assert during.body["error"]["code"] == "DATABASE_UNAVAILABLE"
         assert during.headers["Retry-After"] == "1"
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
-        admin.close()
     for _ in range(300):  # the run ends once the database is back (Error, or Succeeded)
         run = (await a.call("GET", f"/runs/{run_id}")).body
         if _last(run)["condition"] != "Running":
@@ -296,19 +304,8 @@ async def test_a_run_that_outlives_a_database_outage_loses_none_of_its_events(
     (a,) = await _replicas(start_server, tmp_path, postgres_database, 1)
     run_id = await _slow_job(a, count=250, interval=0.02)  # 5 s: it outlives the outage
     first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
-    import psycopg  # tests_postgres has it
-
-    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
-    try:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
+    with _database_away(postgres_database):
         await asyncio.sleep(2.0)  # the step logs on meanwhile; its writes fail
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
-        admin.close()
     rest, _ = await asyncio.wait_for(
         a.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id}), 30
     )
@@ -338,19 +335,8 @@ async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
         if (await a.call("GET", f"/tasks/{task_id}")).body["status"] == "running":
             break
         await asyncio.sleep(0.05)
-    import psycopg  # tests_postgres has it
-
-    admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
-    name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
-    try:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'.encode())
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
+    with _database_away(postgres_database):
         await asyncio.sleep(3 * LEASE)  # both replicas miss their lease
-    finally:
-        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
-        admin.close()
     for _ in range(300):
         task = (await a.call("GET", f"/tasks/{task_id}")).body
         if task.get("status") not in ("pending", "running", None):
