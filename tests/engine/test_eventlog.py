@@ -99,11 +99,16 @@ class GatedStore:
     def __init__(self, inner: CountingStore) -> None:
         self.inner = inner
         self.gate: asyncio.Event | None = None
+        self.waiting = 0  # writes waiting at a gate
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         gate = self.gate
         if gate is not None:
-            await gate.wait()
+            self.waiting += 1
+            try:
+                await gate.wait()
+            finally:
+                self.waiting -= 1
         return await self.inner.run(fn)
 
 
@@ -464,7 +469,7 @@ async def _disk_full(db: CountingStore, on: bool) -> None:
 
 def _noise(tag: str) -> str:
     """A log line that needs more pages than a new database has free, however stored."""
-    return f"{tag} {os.urandom(40_000).hex()}"
+    return f"{tag} {os.urandom(64_000).hex()}"
 
 
 async def _stored_up_to(db: CountingStore, key: tuple[str, str]) -> int:
@@ -597,7 +602,8 @@ async def _failing_write_at_a_gate(
         await log.commit_with(_unsaved, key, [(StepCompleted, {"step_id": "s", "block": "emit"})])
 
     first = asyncio.create_task(failing())
-    await asyncio.sleep(0)  # its write waits at the gate
+    while not gated.waiting:  # its write waits at the gate
+        await asyncio.sleep(0)
     return reader, first, gate
 
 
@@ -628,23 +634,25 @@ async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: Cou
 async def test_a_run_that_ends_with_events_still_to_write_is_followed_to_its_end(
     db: CountingStore,
 ) -> None:
-    # the run's end is saved while its flow_completed waits for events of a failed
-    # write, and the run's end forgets its channel: a reader following the run gets
-    # every event, to the end, once they are written, and so does one who comes next
+    # the run's end is saved while a write of its earlier events is still held: it
+    # leaves its flow_completed for later, and so does the writer's next write (the
+    # held one has not stored them yet); the run's end forgets its channel. A reader
+    # following the run gets every event, to the end, once they are written, and so
+    # does one who comes next.
     gated = GatedStore(db)
     log = EventLog(gated)
     log.start()
     key = ("org", "run_end_late")
     reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
+    gated.gate = None  # the writes made from now on pass
     end = (FlowCompleted, {"status": Condition.SUCCEEDED})
-    ending = asyncio.create_task(log.commit_with(lambda c: None, key, [end]))
-    await asyncio.sleep(0)  # the run's end (5) waits behind it
-    gated.gate = None
-    gate.set()
+    await log.commit_with(lambda c: None, key, [end])  # saved; 5 is left for later
+    log.forget(key)  # as the run's end does
+    await asyncio.sleep(0.2)  # the writer tries 5 again, and leaves it again
+    assert not reader.done()
+    gate.set()  # the held write fails: 2 and 3 are kept, written with 5 after them
     with pytest.raises(sqlite3.OperationalError):
         await first
-    await ending  # saved; its flow_completed is left for the write after 2 and 3
-    log.forget(key)  # as the run's end does
     raw = await asyncio.wait_for(reader, 10)
     assert _ids(raw) == [1, 2, 3, 5]
     assert [e.event for e in SSEDecoder().feed(raw)][-1] == "flow_completed"

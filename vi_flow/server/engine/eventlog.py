@@ -299,14 +299,15 @@ def _tail(conn: Connection, key: RunKey) -> tuple[int, bool, int]:
     return int(row[0]), bool(row[1]), int(settled or 0)
 
 
-def _stored(conn: Connection, key: RunKey, first: int) -> bool:
-    """Whether the row of the run ``key`` that starts at event ``first`` is stored."""
-    return (
+def _stored(conn: Connection, key: RunKey, firsts: Sequence[int]) -> bool:
+    """Whether the rows of the run ``key`` that start at the events ``firsts`` are stored."""
+    return all(
         conn.execute(
             "SELECT 1 FROM engine_events WHERE org_id = ? AND run_id = ? AND first_id = ?",
             (*key, first),
         ).fetchone()
         is not None
+        for first in firsts
     )
 
 
@@ -381,7 +382,7 @@ class EventLog:
         self._appended = 0
         self._written = 0
         self._in_flight = 0  # events being written
-        self._writing: dict[RunKey, int] = {}  # per run, its first id in the last write made
+        self._writing: dict[RunKey, list[int]] = {}  # per run, its first id in each write made
         self._forgotten: set[RunKey] = set()  # to forget once their events are written
         self._failing = False  # the last write failed and its events are queued again
         self._retry_in = 0.0  # the writer's wait before it tries again, growing while failing
@@ -677,23 +678,23 @@ class EventLog:
         self._make_room()
         per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
         writing = self._writing
-        behind = {key: writing[key] for key in per_run if key in writing}
+        behind = {key: tuple(writing[key]) for key in per_run if key in writing}
         for key, rows in per_run.items():
-            writing[key] = rows[0][2]
+            writing.setdefault(key, []).append(rows[0][2])
         return await asyncio.shield(self._store(fn, pending, per_run, behind, count))
 
     async def _store(
         self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
-        per_run: dict[RunKey, list[_Chunk]], behind: dict[RunKey, int], count: int,
+        per_run: dict[RunKey, list[_Chunk]], behind: dict[RunKey, tuple[int, ...]], count: int,
     ) -> T:  # fmt: skip
-        """Write, then publish; ``behind``: per run, the first id of its rows in a write
-        still in flight when this one was made (it runs first, and must have stored them)."""
+        """Write, then publish; ``behind``: per run, the first id of its rows in each write
+        still in flight when this one was made (they must have stored them first)."""
         announce = self.announce
 
         def write(conn: Connection) -> tuple[Any, set[RunKey]]:
             # a run whose earlier write failed or left it out is left out: its rows
             # never go in before those (the failure is only known on the loop later)
-            late = {key for key, first in behind.items() if not _stored(conn, key, first)}
+            late = {key for key, firsts in behind.items() if not _stored(conn, key, firsts)}
             result = None if fn is None else fn(conn)
             runs = [(key, part) for key, part in per_run.items() if key not in late]
             _insert(conn, [chunk for _, part in runs for chunk in part])
@@ -735,12 +736,15 @@ class EventLog:
                 self.forget(key)
 
     def _written_out(self, per_run: dict[RunKey, list[_Chunk]], count: int) -> None:
-        """A write ended: its runs are no longer being written (unless a later one is)."""
+        """A write ended: its runs are no longer being written by it."""
         self._in_flight -= count
         writing = self._writing
         for key, rows in per_run.items():
-            if writing.get(key) == rows[0][2]:
-                del writing[key]
+            firsts = writing.get(key)
+            if firsts is not None and rows[0][2] in firsts:  # (not when dropped meanwhile)
+                firsts.remove(rows[0][2])
+                if not firsts:
+                    del writing[key]
 
     def _requeue(self, key: RunKey, parts: Sequence[_Part]) -> int:
         """Queue events of ``key`` that a write did not store again, in id order among
