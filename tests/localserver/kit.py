@@ -96,13 +96,16 @@ def started_server(home: Path) -> ServerInfo:
 
 
 @contextlib.contextmanager
-def foreground_serve(home: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def foreground_serve(
+    home: Path, stderr: int = subprocess.DEVNULL, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """``vi-flow serve`` on ``home`` in the foreground, once it has published itself;
-    stopped afterwards (SIGTERM, then SIGKILL) unless it has ended."""
+    stopped afterwards (SIGTERM, then SIGKILL) unless it has ended. Its log goes to
+    ``stderr`` (nowhere by default)."""
     serve = subprocess.Popen(
         [*cli_command(), "serve", "--port", "0"],
         env=env_for(home, **env),
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     try:
         wait_for(lambda: run_file(home), 30, "serve to publish itself")

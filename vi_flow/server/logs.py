@@ -3,8 +3,8 @@
 :func:`configure_logging` gives the ``vi_flow.server`` logger tree (access lines, engine,
 tasks, providers) and aiohttp's own loggers one handler, at the level named by
 ``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when unset).
-``vi-flow serve`` logs to stderr; the background server to ``<home>/logs/server.log``,
-rotated. aiohttp's access logger is silenced: the access middleware writes the
+``vi-flow serve`` logs to stderr (a pipe or socket only while it has room: see
+:class:`_WhenWritable`); the background server to ``<home>/logs/server.log``, rotated. aiohttp's access logger is silenced: the access middleware writes the
 request lines, without the query string that aiohttp's would show.
 :func:`close_logging` undoes it all.
 
@@ -20,7 +20,10 @@ import logging
 import logging.handlers
 import os
 import queue
+import select
+import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +48,9 @@ _LOGGERS = ("vi_flow.server", "aiohttp")
 _SILENCED = ("aiohttp.access",)
 _MAX_BYTES = 10 * 1024 * 1024
 _BACKUPS = 5
+_HELD_MOST = 1 << 20  # bytes of lines held for a pipe that is full, at most
+_PIPE_BUF = 4096  # a write of this many bytes at most never blocks on a pipe that polls writable
+_LAST_WAIT = 1.0  # seconds to let a full pipe take what is held, when logging stops
 
 
 @attrs.define
@@ -54,6 +60,7 @@ class _Installed:
     handler: logging.Handler
     listener: logging.handlers.QueueListener | None
     saved: list[tuple[logging.Logger, int, bool]]
+    stream: _WhenWritable | None = None
 
 
 _installed: _Installed | None = None
@@ -69,6 +76,82 @@ class _PrivateRotatingFile(logging.handlers.RotatingFileHandler):
         return open(  # the handler owns and closes the stream
             self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=opener
         )
+
+
+class _WhenWritable:
+    """A pipe or socket for the log lines, written only while it has room.
+
+    ``vi-flow serve`` started by a program that gives it a pipe and never reads it (a
+    common mistake of scripts) stopped answering once the pipe was full: the line a
+    request logged blocked the event loop for good. Lines now wait in memory while the
+    pipe is full (up to :data:`_HELD_MOST` bytes; later ones are dropped and counted)
+    and are written, in order, whenever a line is logged and the pipe has room; the
+    count of dropped lines follows them. Each write is of :data:`_PIPE_BUF` bytes at
+    most, after ``poll`` said the pipe can take it, so it never blocks.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._held = bytearray()
+        self._dropped = 0
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+
+    @classmethod
+    def wrapping(cls, stream: TextIO) -> _WhenWritable | None:
+        """One for ``stream`` when it is a pipe or a socket (a terminal or a file keeps
+        its plain writes)."""
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):  # io.StringIO, closed...
+            return None
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return None
+        stream.flush()  # what was written through it first goes first
+        return cls(fd)
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        if len(self._held) + len(data) > _HELD_MOST:
+            self._dropped += max(1, text.count("\n"))
+        else:
+            self._held += data
+        self._drain(0)
+        return len(text)
+
+    def flush(self) -> None:
+        self._drain(0)
+
+    def close(self) -> None:
+        """Let the pipe take what is held, a second at most (nobody may read it)."""
+        deadline = time.monotonic() + _LAST_WAIT
+        while self._held or self._dropped:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._drain(int(left * 1000)):
+                return
+
+    def _drain(self, wait_ms: int) -> bool:
+        """Write what is held while the pipe has room; whether all of it went."""
+        while self._held or self._dropped:
+            if not self._held:  # every line held went: say how many did not
+                when = time.strftime("%Y-%m-%d %H:%M:%S")
+                note = (f"{when} WARNING vi_flow.server: {self._dropped} log lines dropped:"
+                        " nothing read this server's log output meanwhile\n")  # fmt: skip
+                self._held += note.encode()
+                self._dropped = 0
+            try:
+                if not self._poll.poll(wait_ms):
+                    return False
+                written = os.write(self._fd, self._held[:_PIPE_BUF])
+            except BlockingIOError:
+                return False
+            except OSError:  # the reader is gone (EPIPE): nothing will take them
+                self._held.clear()
+                self._dropped = 0
+                return True
+            del self._held[:written]
+        return True
 
 
 def _level() -> int:
@@ -153,13 +236,15 @@ def configure_logging(
     level = _level()
     close_logging()
     target = _file_handler(file, max_bytes) if file is not None else None
-    handler = target or logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    writable = None if target is not None else _WhenWritable.wrapping(out)
+    handler = target or logging.StreamHandler(writable or out)
     handler.setFormatter(logging.Formatter(FORMAT))
     listener = None
     if target is not None:
         handler, listener = _queued(target)
     global _installed
-    _installed = _Installed(handler, listener, _install(handler, level))
+    _installed = _Installed(handler, listener, _install(handler, level), writable)
 
 
 def close_logging() -> None:
@@ -180,3 +265,5 @@ def close_logging() -> None:
         for handler in installed.listener.handlers:
             handler.close()
     installed.handler.close()
+    if installed.stream is not None:
+        installed.stream.close()
