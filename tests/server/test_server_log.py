@@ -120,6 +120,19 @@ def test_configuring_twice_installs_one_handler_and_close_restores() -> None:
     assert (logger.handlers, logger.level, logger.propagate) == before
 
 
+def test_asyncio_errors_are_in_the_server_log(tmp_path: Path) -> None:
+    # they went to Python's last-resort handler: the background server's stderr file
+    # (not server.log), and for `vi-flow serve` a synchronous write to its stderr
+    file = tmp_path / "logs" / "server.log"
+    asyncio_log = logging.getLogger("asyncio")
+    before = (list(asyncio_log.handlers), asyncio_log.level, asyncio_log.propagate)
+    configure_logging(file=file)
+    asyncio_log.error("Task exception was never retrieved")
+    close_logging()
+    assert "ERROR asyncio: Task exception was never retrieved" in file.read_text()
+    assert (asyncio_log.handlers, asyncio_log.level, asyncio_log.propagate) == before
+
+
 async def test_the_log_file_is_private_and_rotates(server: Server, tmp_path: Path) -> None:
     file = tmp_path / "home" / "logs" / "server.log"
     configure_logging(file=file, max_bytes=2000)

@@ -1,7 +1,7 @@
 """Where the server process logs: one line per event, to stderr or to a rotating file.
 
 :func:`configure_logging` gives the ``vi_flow.server`` logger tree (access lines, engine,
-tasks, providers) and aiohttp's own loggers one handler, at the level named by
+tasks, providers), aiohttp's own loggers and asyncio's one handler, at the level named by
 ``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when unset).
 ``vi-flow serve`` logs to stderr (a pipe or socket only while it has room: see
 :class:`_WhenWritable`); the background server to ``<home>/logs/server.log``, rotated. aiohttp's access logger is silenced: the access middleware writes the
@@ -43,7 +43,9 @@ LEVELS = {
 }
 """The values ``VI_FLOW_LOG`` accepts (any case) and the levels they mean."""
 
-_LOGGERS = ("vi_flow.server", "aiohttp")
+# asyncio's errors ("Task exception was never retrieved") belong in the server's log too:
+# left to Python's last-resort handler they went to stderr, written synchronously.
+_LOGGERS = ("vi_flow.server", "aiohttp", "asyncio")
 # aiohttp's access line carries the full request line, query string included.
 _SILENCED = ("aiohttp.access",)
 _MAX_BYTES = 10 * 1024 * 1024
