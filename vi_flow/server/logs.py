@@ -1,11 +1,12 @@
 """Where the server process logs: one line per event, to stderr or to a rotating file.
 
 :func:`configure_logging` gives the ``vi_flow.server`` logger tree (access lines, engine,
-tasks, providers), aiohttp's own loggers and asyncio's one handler, at the level named by
-``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when unset).
+tasks, providers), aiohttp's own loggers and asyncio's one handler, at the level named
+by ``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when unset).
 ``vi-flow serve`` logs to stderr (a pipe or socket only while it has room: see
-:class:`_WhenWritable`); the background server to ``<home>/logs/server.log``, rotated. aiohttp's access logger is silenced: the access middleware writes the
-request lines, without the query string that aiohttp's would show.
+:class:`_WhenWritable`); the background server to ``<home>/logs/server.log``, rotated.
+aiohttp's access logger is silenced: the access middleware writes the request lines,
+without the query string that aiohttp's would show.
 :func:`close_logging` undoes it all.
 
 Example:

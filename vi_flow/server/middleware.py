@@ -62,10 +62,10 @@ log = logging.getLogger("vi_flow.server")
 access_log = logging.getLogger("vi_flow.server.access")
 
 PUBLIC_PATHS = frozenset({"/v1/openapi.json", "/v1/health"})
+"""Paths answered without a bearer token."""
 SHUTDOWN_PATH = "/v1/server/shutdown"
 """The stop route: taken while a stop is under way, and with the home's admin token
 when the database cannot be read."""
-"""Paths answered without a bearer token."""
 
 _TOKENS_KEY = web.AppKey("vi_flow.token_cache", dict[str, tuple[Principal, float]])
 _STREAMS_KEY: web.AppKey[weakref.WeakSet[StillAuthorized]] = web.AppKey("vi_flow.open_streams")
