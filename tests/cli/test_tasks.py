@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -217,6 +219,34 @@ def test_empty_values_are_refused_not_taken_for_none(vf: Invoker, tmp_path: Path
     assert json.loads(vf("tasks", "list", "--json").stdout) == []
     assert json.loads(vf("flows", "list", "--json").stdout) == []
     assert vf("reservations", "list", "--limit", "1").exit_code == 0
+
+
+def test_an_endless_file_is_refused_at_the_bound_not_read_to_the_end(
+    vf_offline: Invoker, tmp_path: Path
+) -> None:
+    # /dev/zero never ends: read whole, it filled memory at 1.4 GB/s until the OOM killer
+    for args in (
+        ["flows", "create", "-f", "/dev/zero"],
+        ["tasks", "run", "-f", "/dev/zero"],
+        ["ssh-keys", "add", "/dev/zero"],
+    ):
+        result = vf_offline(*args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert "/dev/zero: larger than 64 MiB; not read" in result.stderr, result.stderr
+    # nor does a pipe from a program that writes for ever (a real process, a real pipe)
+    env = {**os.environ, "VI_FLOW_HOME": str(tmp_path / "piped")}
+    with subprocess.Popen(["yes", "name: x"], stdout=subprocess.PIPE) as endless:
+        try:
+            assert endless.stdout is not None
+            refused = subprocess.run(
+                [sys.executable, "-m", "vi_flow.cli", "flows", "create", "-f", "-"],
+                stdin=endless.stdout, capture_output=True, text=True, env=env, timeout=60,
+            )  # fmt: skip
+        finally:
+            endless.kill()
+    assert refused.returncode == 2, refused.stderr
+    assert "<stdin>: larger than 64 MiB; not read" in refused.stderr
+    assert not (tmp_path / "piped" / "server.json").exists()  # refused before any server
 
 
 def test_a_file_that_is_not_text_is_named(vf: Invoker, tmp_path: Path) -> None:

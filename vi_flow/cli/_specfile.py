@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..models.textfile import load_yaml, read_utf8, yaml_problem
+from ..models.textfile import load_yaml, read_utf8, read_utf8_stream, yaml_problem
 
 __all__ = ["STDIN", "SpecFile", "load_spec_file", "read_text_file"]
 
@@ -93,11 +93,7 @@ def read_text_file(path: Path, param_hint: str) -> str:
 
 
 def _stdin_text() -> str:
-    data: bytes = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{STDIN}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return read_utf8_stream(sys.stdin.buffer, STDIN)
 
 
 def load_spec_file(path: Path) -> SpecFile:

@@ -9,24 +9,45 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .limits import shown
+from .limits import MAX_REQUEST_BODY, shown
 
-__all__ = ["load_yaml", "read_utf8", "yaml_problem"]
+__all__ = ["MAX_TEXT_FILE", "load_yaml", "read_utf8", "read_utf8_stream", "yaml_problem"]
+
+MAX_TEXT_FILE = MAX_REQUEST_BODY
+"""The largest text file read (a spec, a task file, a key), in bytes: what is larger
+could never be sent in one request. A file is read up to this much and no further, so
+``/dev/zero`` or an endless pipe is refused instead of filling memory."""
 
 
 def read_utf8(path: Path) -> str:
     """The text of ``path`` (blocking).
 
     Raises:
-        ValueError: It is not UTF-8 text; the message names the file and the byte.
+        ValueError: It holds more than :data:`MAX_TEXT_FILE` bytes, or is not UTF-8 text
+            (the message names the file and the byte).
         OSError: It cannot be read.
     """
+    with path.open("rb") as handle:
+        return read_utf8_stream(handle, path)
+
+
+def read_utf8_stream(stream: BinaryIO, name: Path | str) -> str:
+    """The UTF-8 text of ``stream`` (a file, standard input) to its end, ``name`` in errors.
+
+    Raises:
+        ValueError: It holds more than :data:`MAX_TEXT_FILE` bytes (read no further), or
+            is not UTF-8 text; the message names it.
+        OSError: It cannot be read.
+    """
+    data = stream.read(MAX_TEXT_FILE + 1)
+    if len(data) > MAX_TEXT_FILE:
+        raise ValueError(f"{name}: larger than {MAX_TEXT_FILE // (1024 * 1024)} MiB; not read")
     try:
-        return path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ValueError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def yaml_problem(path: Path | str, exc: Any) -> str:
