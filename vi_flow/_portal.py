@@ -745,18 +745,30 @@ class Portal:
             return self._start_locked()
 
     def _start_locked(self) -> BlockingPortal:
+        """Start the loop's thread, unless it runs.
+
+        SIGINT stays blocked in this thread until the portal is started and recorded (a
+        few milliseconds): blocked while the loop's thread starts, the thread keeps it
+        blocked; and a Ctrl-C that strikes meanwhile is raised once this portal can be
+        closed. Raised earlier, it left a running loop nobody knew of, and the process
+        hung at exit until a second Ctrl-C.
+        """
         if self._portal is None:
             options = {"loop_factory": self._new_loop} if hasattr(os, "eventfd") else {}
             runner = start_blocking_portal("asyncio", options, name="vi-flow-portal")
-            with _sigint_blocked():  # in the loop's thread, and every thread it starts
+            with _sigint_blocked():
                 portal = runner.__enter__()
-            self._thread_id = portal.call(threading.get_ident)
-            self._loop = portal.call(asyncio.get_running_loop)
-            self._runner, self._portal = runner, portal
-            if hasattr(os, "eventfd"):
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                portal.call(self._loop.add_reader, fd, self._on_wake, fd)
-                self._wake_fd = fd
+                try:
+                    self._thread_id = portal.call(threading.get_ident)
+                    self._loop = portal.call(asyncio.get_running_loop)
+                except BaseException:  # a Ctrl-C another thread took: nobody has it yet
+                    _stop(portal, runner)
+                    raise
+                self._runner, self._portal = runner, portal  # last: other threads use it
+                if hasattr(os, "eventfd"):
+                    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                    portal.call(self._loop.add_reader, fd, self._on_wake, fd)
+                    self._wake_fd = fd
         return self._portal
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:

@@ -13,13 +13,14 @@ import warnings
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import CancelledError
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
+from vi_flow import _portal as portal_module
 from vi_flow._errors import ClientStateError
 from vi_flow._hop import Awaiter
 from vi_flow._portal import Portal, _Call
@@ -526,6 +527,37 @@ def test_ctrl_c_just_as_the_call_ends_returns_at_once(
     assert time.monotonic() - t0 < 1  # it waited for its grace period (5 s) before
     monkeypatch.undo()
     assert portal.call(double, 2) == 4
+
+
+def _loop_threads() -> int:
+    return sum(thread.name == "vi-flow-portal" for thread in threading.enumerate())
+
+
+def test_ctrl_c_as_the_loop_thread_starts_leaves_a_portal_that_works_and_closes(
+    monkeypatch: pytest.MonkeyPatch, sigint_raises: None
+) -> None:
+    """A CLI hit by Ctrl-C just as its loop's thread started (~0.15 s in) printed
+    "interrupted", then hung at exit until a second Ctrl-C: the portal had no record of
+    that thread, so nothing stopped it."""
+    real = portal_module.start_blocking_portal
+
+    @contextmanager
+    def struck(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real(*args, **kwargs) as started:  # the loop's thread is up...
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # ...and Ctrl-C strikes
+            yield started
+
+    before = _loop_threads()
+    monkeypatch.setattr(portal_module, "start_blocking_portal", struck)
+    portal = Portal()
+    with pytest.raises(KeyboardInterrupt):
+        portal.call(double, 1)
+    monkeypatch.undo()
+    assert _loop_threads() == before + 1
+    assert portal.call(double, 2) == 4  # the same thread: started once
+    assert _loop_threads() == before + 1
+    portal.close()
+    assert _loop_threads() == before
 
 
 def test_works_inside_a_running_event_loop(portal: Portal) -> None:
