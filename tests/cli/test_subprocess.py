@@ -111,6 +111,51 @@ def test_a_plain_command_never_imports_aiohttp(
     assert out.stdout.splitlines() == ["[]", "False"]
 
 
+def test_ctrl_c_while_the_command_line_is_parsed_exits_130() -> None:
+    """Outside a command's run, click made Ctrl-C "Aborted!" and exit 1."""
+    code = (
+        "import os, signal\n"
+        "from vi_flow.cli import _lazy, main\n"
+        "parse = _lazy.LazyGroup.make_context\n"
+        "def struck(self, *args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return parse(self, *args, **kwargs)\n"
+        "_lazy.LazyGroup.make_context = struck\n"
+        "main(['flows', 'list'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 130, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_ctrl_c_at_any_moment_of_a_command_ends_it_at_once(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    """Ctrl-C from the start of ``flows list`` to its end: never a hang (struck just as
+    the sync client's loop started, about 0.15 s in, it hung until a second Ctrl-C)."""
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    t0 = time.monotonic()
+    subprocess.run([*_cli(), "flows", "list"], env=env, capture_output=True, check=True)
+    whole = time.monotonic() - t0
+    codes = set()
+    for i in range(12):
+        proc = subprocess.Popen(
+            [*_cli(), "flows", "list"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(whole * (0.3 + 0.7 * i / 12))
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"flows list hung after Ctrl-C at {whole * (0.3 + 0.7 * i / 12):.3f} s")
+        assert b"Traceback" not in err, err
+        codes.add(proc.returncode)  # 0: done first; -2: struck as Python itself exited
+    assert codes <= {0, 130, -signal.SIGINT}, codes
+
+
 def test_wrong_key_exits_3(served: tuple[str, str, subprocess.Popen[str]]) -> None:
     base, _, _ = served
     env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": "wrong"}

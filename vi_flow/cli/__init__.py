@@ -7,6 +7,11 @@ fast. :func:`main` is the console script.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from types import FrameType
+
 __all__ = ["main"]
 
 
@@ -16,6 +21,42 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: The arguments; ``sys.argv[1:]`` when ``None``.
     """
-    from ._root import cli
+    struck = _note_ctrl_c()
+    try:
+        from ._root import cli
 
-    cli.main(args=argv, prog_name="vi-flow")
+        cli.main(args=argv, prog_name="vi-flow")
+    except KeyboardInterrupt:  # while importing, before click runs
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(_EXIT_INTERRUPTED) from None
+    except SystemExit as exc:
+        # Outside a command's own run (parsing the command line, closing the client at
+        # its end), click answers Ctrl-C with "Aborted!" and exit 1: exit 130 as documented.
+        if struck and exc.code == 1:
+            raise SystemExit(_EXIT_INTERRUPTED) from None
+        raise
+    finally:
+        if struck is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_EXIT_INTERRUPTED = 130  # _failures.EXIT_INTERRUPTED, without importing it before click
+
+
+def _note_ctrl_c() -> list[bool] | None:
+    """Make Ctrl-C also note that it came (in the list returned, empty until then); it
+    still raises ``KeyboardInterrupt``. ``None`` where Ctrl-C is not Python's default
+    (ignored, or handled by a program that runs the CLI in its own thread)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        return None
+    struck: list[bool] = []
+
+    def noted(signum: int, frame: FrameType | None) -> None:
+        struck.append(True)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, noted)
+    return struck
