@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,28 @@ async def test_forget_deletes_the_engine_state(server: Server) -> None:
     await server.app[EXECUTION_ENGINE_KEY].forget((org, run_id))
     events, _ = await server.sse("GET", f"/runs/{run_id}/events")
     assert events == []
+
+
+async def test_forgetting_a_run_drops_its_events_kept_through_an_outage(server: Server) -> None:
+    # Found in review: events of a run kept to be written again (the disk full) were
+    # written after the run was deleted: rows of a run that is gone, never removed.
+    flow = await server.flow({"block": "template"})
+    run_id = (await server.call("POST", f"/flows/{flow}/execute", json={})).body["executionId"]
+    org = (await server.call("GET", f"/runs/{run_id}")).body["organizationId"]
+    engine, key = server.app[EXECUTION_ENGINE_KEY], (org, run_id)
+
+    def pages(count: int) -> Callable[[sqlite3.Connection], None]:
+        return lambda conn: conn.execute(f"PRAGMA max_page_count = {count}")
+
+    await engine.store.run(pages(1))  # no room for a new page: inserts fail, deletes pass
+    await engine.log.append_lines(key, "late", "stdout", [os.urandom(64_000).hex()])
+    await asyncio.sleep(0.2)  # failed tries: the line is kept to be written again
+    await engine.forget(key)
+    await engine.store.run(pages(1 << 30))
+    await asyncio.sleep(0.5)  # the writer's next tries
+    left = await engine.store.run(
+        lambda c: c.execute(
+            "SELECT COUNT(*) FROM engine_events WHERE org_id = ? AND run_id = ?", key
+        ).fetchone()[0]
+    )
+    assert left == 0

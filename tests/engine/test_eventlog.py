@@ -34,6 +34,7 @@ from vi_flow.models.events import (
     ToolFunction,
     event_to_wire,
 )
+from vi_flow.server.db import DatabaseFileGone
 from vi_flow.server.engine import tables
 from vi_flow.server.engine.eventlog import _CHUNK_EVENTS, EventLog
 from vi_flow.server.engine.frames import log_frames, log_layout
@@ -658,3 +659,125 @@ async def test_a_run_that_ends_with_events_still_to_write_is_followed_to_its_end
     assert [e.event for e in SSEDecoder().feed(raw)][-1] == "flow_completed"
     assert await asyncio.wait_for(_drain(log, key, 0), 10) == raw
     await log.close()
+
+
+async def test_sync_returns_only_once_the_events_before_it_are_stored(db: CountingStore) -> None:
+    # Found in review: a write that failed, and the one behind it that left the run
+    # out, counted their events as written; sync() returned with 2..6 neither stored
+    # nor published, and a run's end (append flow_completed, sync, mark closed) could
+    # mark it closed before its last events were on disk.
+    gated = GatedStore(db)
+    log = EventLog(gated)
+    log.start()
+    key = ("org", "run_sync")
+    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
+    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
+    while gated.waiting < 2:  # the writer's write of 5 and 6 waits behind it
+        await asyncio.sleep(0)
+    gated.gate = None
+    gate.set()
+    await log.sync()
+    assert await _stored_up_to(db, key) == 6
+    assert (await log.channel(key)).committed == 6
+    with pytest.raises(sqlite3.OperationalError):
+        await first
+    await log.append(FlowCompleted, key, status=Condition.SUCCEEDED)
+    assert _ids(await asyncio.wait_for(reader, 10)) == [1, 2, 3, 5, 6, 7]
+    await log.close()
+
+
+async def test_sync_waits_through_a_full_disk_for_the_events_to_be_stored(
+    db: CountingStore,
+) -> None:
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_sync_full")
+    await log.append_lines(key, "s", "stdout", ["before"])
+    await log.sync()
+    await _disk_full(db, True)
+    await log.append(LogLine, key, step_id="s", line=_noise("kept"))
+    syncing = asyncio.create_task(log.sync())
+    await asyncio.sleep(0.3)  # a few failed tries: the event is kept, sync() waits
+    assert not syncing.done()
+    await _disk_full(db, False)
+    await asyncio.wait_for(syncing, 10)  # it returns, and does not raise: it is stored
+    assert await _stored_up_to(db, key) == 2
+    await log.close()
+
+
+class _FailingOnce:
+    """A store whose next write fails with ``fail_with``, once."""
+
+    def __init__(self, inner: CountingStore) -> None:
+        self.inner = inner
+        self.fail_with: Exception | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        error, self.fail_with = self.fail_with, None
+        if error is not None:
+            raise error
+        return await self.inner.run(fn)
+
+
+@pytest.mark.parametrize(
+    "error", [DatabaseFileGone("state.db was replaced"), sqlite3.IntegrityError("refused")]
+)
+async def test_appenders_go_on_after_a_failure_that_drops_what_was_kept(
+    db: CountingStore, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review: appenders waiting for room while writes failed waited for ever
+    # once a later try failed for good (its events dropped): nothing told them there
+    # was room again, even with the database back.
+    store = _FailingOnce(db)
+    log = EventLog(store, max_pending=5)
+    log.start()
+    key = ("org", "run_room")
+    await log.append_lines(key, "s", "stdout", ["before"])
+    await log.sync()
+    await _disk_full(db, True)
+    made = 0
+
+    async def produce() -> None:
+        nonlocal made
+        for i in range(40):
+            await log.append(LogLine, key, step_id="s", line=_noise(f"l{i}"))
+            made += 1
+
+    producer = asyncio.create_task(produce())
+    held = await _plateau(lambda: made)
+    assert held < 40 and not producer.done()  # waiting for the database
+    store.fail_with = error  # the next try fails for good: what it held is lost
+    while store.fail_with is not None:
+        await asyncio.sleep(0.01)
+    await _disk_full(db, False)
+    await asyncio.wait_for(producer, 10)
+    await log.sync()
+    assert "events lost" in caplog.text
+    assert await _stored_up_to(db, key) == 41  # the lines made after the loss are stored
+    await log.close()
+
+
+async def test_close_writes_the_events_left_out_by_a_write_behind_a_failed_one(
+    db: CountingStore,
+) -> None:
+    # Found in review: close() while a failed write and the one behind it (which left
+    # the run out) were in flight stopped the writer with 5 and 6 still queued: never
+    # written, though the database was fine, and never said lost.
+    gated = GatedStore(db)
+    log = EventLog(gated)
+    log.start()
+    key = ("org", "run_close")
+    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
+    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
+    while gated.waiting < 2:
+        await asyncio.sleep(0)
+    gated.gate = None
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait_for(closing, 10)
+    with pytest.raises(sqlite3.OperationalError):
+        await first
+    assert await _stored_up_to(db, key) == 6  # (2 and 3 are dropped: the log was closing)
+    assert not log._pending
+    reader.cancel()

@@ -760,9 +760,13 @@ class Engine:
         return await self.store.run(read)
 
     async def forget(self, key: RunKey) -> None:
-        """Delete a (deleted, finished) run's engine state and event log."""
+        """Delete a (deleted, finished) run's engine state and event log.
+
+        Its events still queued (kept through a database outage) are dropped first: a
+        later write would store them after the delete, for a run that is gone.
+        """
+        self.log.drop({key})
         await self.store.run(lambda c: tables.delete_run(c, key))
-        self.log.forget(key)
 
     async def answered_calls(self, key: RunKey) -> list[str]:
         """The ids of the run's tool calls answered so far (a pause may wait for others)."""

@@ -86,14 +86,16 @@ class _Queued:
     left a gap (its events bound to changes that were not saved, see
     :meth:`EventLog._keep`). ``bound``: the index of the first part that
     :meth:`EventLog.commit_with` queued for its own changes (written with them or never).
+    ``again``: how many of the events were queued again by :meth:`EventLog._requeue`.
     """
 
-    __slots__ = ("bound", "count", "parts")
+    __slots__ = ("again", "bound", "count", "parts")
 
     def __init__(self) -> None:
         self.count = 0
         self.parts: list[_Part] = []
         self.bound: int | None = None
+        self.again = 0
 
     def add(self, first: int, count: int, frames: bytes, lines: _Lines | None = None,
             kind: int = _PLAIN) -> None:  # fmt: skip
@@ -380,13 +382,16 @@ class EventLog:
         self._pending: dict[RunKey, _Queued] = {}
         self._queued = 0
         self._appended = 0
-        self._written = 0
+        self._written = 0  # events whose write is over: stored, or dropped for good
+        self._again = 0  # events queued again after a write that did not store them
+        self._lost = 0  # events dropped for good that no caller was told of
+        self._lost_error: Exception | None = None
         self._in_flight = 0  # events being written
         self._writing: dict[RunKey, list[int]] = {}  # per run, its first id in each write made
         self._forgotten: set[RunKey] = set()  # to forget once their events are written
         self._failing = False  # the last write failed and its events are queued again
         self._retry_in = 0.0  # the writer's wait before it tries again, growing while failing
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._room_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -522,10 +527,11 @@ class EventLog:
             if queued is not None:
                 self._queued -= queued.count
                 self._written += queued.count
+                self._again -= queued.again
             self._channels.pop(key, None)
             self._writing.pop(key, None)
             self._forgotten.discard(key)
-        self._settle_waiters(None)
+        self._settle_waiters()
         self._make_room()
 
     # -- writing ------------------------------------------------------------------
@@ -643,14 +649,30 @@ class EventLog:
                 waiter.set_result(None)
 
     async def sync(self) -> None:
-        """Wait until every event appended so far is committed and published."""
+        """Wait until every event appended so far is committed and published.
+
+        While the database is away, that is until it is back (the events are kept and
+        written again, see :meth:`_keep`).
+
+        Raises:
+            Exception: The error of a write that dropped events for good meanwhile (not
+                the changes of a :meth:`commit_with`, whose caller is told).
+        """
         await self._written_up_to(self._appended)
 
+    def _over(self, target: int) -> bool:
+        """Whether the writes of the first ``target`` events appended are over.
+
+        Writes end in the order they are made, so the events whose write is over are
+        the first ``_written`` appended, unless some were queued again: those end later
+        than events appended after them, and the count says nothing until they do."""
+        return self._written >= target and not self._again
+
     async def _written_up_to(self, target: int) -> None:
-        if self._written >= target:
+        if self._over(target):
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, waiter))
+        self._waiters.append((target, self._lost, waiter))
         await waiter
 
     async def _write_loop(self) -> None:
@@ -677,18 +699,21 @@ class EventLog:
         self._in_flight += count
         self._make_room()
         per_run = {key: _chunks(key, queued) for key, queued in pending.items()}
+        again = sum(queued.again for queued in pending.values())
         writing = self._writing
         behind = {key: tuple(writing[key]) for key in per_run if key in writing}
         for key, rows in per_run.items():
             writing.setdefault(key, []).append(rows[0][2])
-        return await asyncio.shield(self._store(fn, pending, per_run, behind, count))
+        return await asyncio.shield(self._store(fn, pending, per_run, behind, count, again))
 
     async def _store(
         self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
         per_run: dict[RunKey, list[_Chunk]], behind: dict[RunKey, tuple[int, ...]], count: int,
+        again: int,
     ) -> T:  # fmt: skip
         """Write, then publish; ``behind``: per run, the first id of its rows in each write
-        still in flight when this one was made (they must have stored them first)."""
+        still in flight when this one was made (they must have stored them first).
+        ``again``: how many of the ``count`` events had been queued again."""
         announce = self.announce
 
         def write(conn: Connection) -> tuple[Any, set[RunKey]]:
@@ -707,27 +732,33 @@ class EventLog:
             result, late = await self._db.run(write)
         except Exception as exc:
             self._written_out(per_run, count)
-            self._keep(pending, exc, count)
-            self._written += count
-            self._forget_written(per_run)
-            self._settle_waiters(exc)
+            kept = self._keep(pending, exc, count)
+            self._ended(per_run, count - kept, again)
             raise
         self._written_out(per_run, count)
-        if self._failing:
+        if self._failing and len(late) < len(per_run):  # (it stored something)
             log.warning("event log written again")
             self._failing, self._retry_in = False, 0.0
-            self._make_room()
+        kept = 0
         for key, part in per_run.items():
             channel = self._channels.get(key)
             if key in late:  # written later, after the events it waits for
                 if channel is not None:
-                    self._requeue(key, pending[key].parts)
+                    kept += self._requeue(key, pending[key].parts)
             elif channel is not None:
                 channel.publish(part)
-        self._written += count
-        self._forget_written(per_run)
-        self._settle_waiters(None)
+        self._ended(per_run, count - kept, again)
         return cast(T, result)
+
+    def _ended(self, per_run: dict[RunKey, list[_Chunk]], over: int, again: int) -> None:
+        """A write ended: ``over`` of its events are stored or dropped for good, the
+        others queued again; ``again`` of them had been queued again before (those
+        queued once more are counted anew by :meth:`_requeue`)."""
+        self._written += over
+        self._again -= again
+        self._forget_written(per_run)
+        self._settle_waiters()
+        self._make_room()  # fewer in flight: room, for appenders waiting on a failure too
 
     def _forget_written(self, runs: Collection[RunKey]) -> None:
         """Forget the channels :meth:`forget` left for events then still to write."""
@@ -756,12 +787,13 @@ class EventLog:
         for part in parts:
             queued.add(*part)
         again = queued.count - (later.count if later is not None else 0)
+        queued.again = again + (later.again if later is not None else 0)
         self._queued += again
-        self._appended += again  # sync() waits for them again
+        self._again += again  # sync() waits for them (see _over)
         self._wake.set()
         return again
 
-    def _keep(self, pending: dict[RunKey, _Queued], error: Exception, count: int) -> None:
+    def _keep(self, pending: dict[RunKey, _Queued], error: Exception, count: int) -> int:
         """After a failed write, queue its events again among those appended since,
         when the database is only away or busy for now (:func:`_worth_again`), to be
         written in order by a later write; their ids stay theirs.
@@ -769,23 +801,31 @@ class EventLog:
         Not the events :meth:`commit_with` bound to its changes (those were not saved);
         their ids are skipped, and a ``flow_completed`` among them is appended again by
         the run's end. Nor those of runs this server no longer holds. While writes fail,
-        appenders wait for room (:meth:`_room`), so memory stays bounded.
+        appenders wait for room (:meth:`_room`), so memory stays bounded. Events lost
+        otherwise (the error does not pass, or the log is closing) make the next
+        :meth:`sync` raise ``error``. The count kept.
         """
         again = _worth_again(error) and not self._closed
-        kept = 0
+        kept = lost = 0
         for key, queued in pending.items():
             channel = self._channels.get(key)
             if channel is None:
                 continue
-            parts = queued.parts[: queued.bound] if again else []
+            unbound = queued.parts[: queued.bound]
+            parts = unbound if again else []
             if any(kind == _ENDS for *_, kind in queued.parts[len(parts) :]):
                 channel.ended = False
             if parts:
                 kept += self._requeue(key, parts)
+            elif unbound:
+                lost += sum(part[1] for part in unbound)
         if kept:
             self._failing = True
+        if lost:
+            self._lost += lost
+            self._lost_error = error
         if not count:
-            return
+            return kept
         if kept:
             log.warning(
                 "event log write failed (%s: %s); %d events kept to be written again,"
@@ -794,17 +834,22 @@ class EventLog:
             )  # fmt: skip
         else:
             log.error("event log write failed; %d events lost", count, exc_info=error)
+        return kept
 
-    def _settle_waiters(self, error: Exception | None) -> None:
-        keep: list[tuple[int, asyncio.Future[None]]] = []
-        for target, waiter in self._waiters:
+    def _settle_waiters(self) -> None:
+        """Answer the :meth:`sync` calls whose events' writes are over (see :meth:`_over`):
+        with the error of a write that lost events since the call, if one did."""
+        if not self._waiters or self._again:
+            return
+        keep: list[tuple[int, int, asyncio.Future[None]]] = []
+        for target, lost, waiter in self._waiters:
             if target > self._written:
-                keep.append((target, waiter))
+                keep.append((target, lost, waiter))
             elif not waiter.done():
-                if error is None:
+                if self._lost == lost or self._lost_error is None:
                     waiter.set_result(None)
                 else:
-                    waiter.set_exception(error)
+                    waiter.set_exception(self._lost_error)
         self._waiters = keep
 
     # -- reading ------------------------------------------------------------------
