@@ -76,12 +76,28 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
 
+#: The longest path segment (an id, URL-quoted) sent: far above any id a server makes,
+#: far below the 8 KiB request line a server reads (aiohttp's limit).
+MAX_SEGMENT = 2048
+
+
 def path(template: str, *segments: str) -> str:
-    """Fill ``{}`` placeholders with URL-quoted, non-empty path segments."""
+    """Fill ``{}`` placeholders with URL-quoted, non-empty path segments.
+
+    Raises:
+        ValueError: A segment is not a non-empty string, or too long to be an id.
+    """
+    quoted = []
     for segment in segments:
         if not isinstance(segment, str) or not segment:
             raise ValueError(f"an id must be a non-empty string, got {segment!r}")
-    return template.format(*(quote(s, safe="") for s in segments))
+        quoted.append(quote(segment, safe=""))
+        if len(quoted[-1]) > MAX_SEGMENT:
+            raise ValueError(
+                f"no id is {len(segment)} characters long (at most {MAX_SEGMENT} URL-quoted):"
+                f" {segment[:40]!r}..."
+            )
+    return template.format(*quoted)
 
 
 class Endpoint:
@@ -705,6 +721,17 @@ def _check_secret_header(name: str, value: str) -> None:
             f"{name} holds a control or non-ASCII character (a file saved with Windows line"
             " endings leaves a \\r at its end); its value is not shown"
         )
+    if len(value) > MAX_SECRET_HEADER:  # a server refuses it, quoting its start
+        raise ValueError(
+            f"{name} is {len(value)} characters long, more than a header carries (at most"
+            f" {MAX_SECRET_HEADER}: is it the whole file, not the key in it?); its value is"
+            " not shown"
+        )
+
+
+#: The longest API key or organization id sent: servers read 8 KiB header lines
+#: (aiohttp's limit), and answer a longer one with an error that quotes its start.
+MAX_SECRET_HEADER = 4096
 
 
 class _Request:

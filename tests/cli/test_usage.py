@@ -251,6 +251,22 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(vf: Invoker) ->
     assert result.exit_code == 2, result.stderr
     assert "api_key holds a control" in result.stderr
     assert "tok-zzz-secret-7" not in result.stdout + result.stderr
+    # Found by QA: a key longer than a server reads in a header (a whole file given as
+    # the key) was answered 400 by the server with its start quoted, and the CLI showed it
+    result = vf("--api-key", "tok-zzz-secret-7" + "k" * 9000, "flows", "list")
+    assert result.exit_code == 2, result.stderr
+    assert "api_key is 9016 characters long" in result.stderr
+    assert "tok-zzz-secret-7" not in result.stdout + result.stderr
+
+
+def test_an_id_longer_than_any_is_refused_before_it_is_sent(vf: Invoker) -> None:
+    # Found by QA: a 9,000-character id made a request line the server cannot read;
+    # its plain-text 400 quoted the line, and the CLI showed that as the error
+    for args in (["flows", "get"], ["runs", "get"], ["tasks", "status"]):
+        result = vf(*args, "x" * 9000)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert "no id is 9000 characters long" in result.stderr
+        assert "x" * 100 not in result.stderr
 
 
 def test_an_empty_api_key_given_is_refused_not_replaced(vf: Invoker) -> None:
