@@ -34,7 +34,7 @@ from vi_flow.models.events import (
     ToolFunction,
     event_to_wire,
 )
-from vi_flow.server.db import DatabaseFileGone
+from vi_flow.server.db import DatabaseFileGone, DatabaseUnavailable
 from vi_flow.server.engine import tables
 from vi_flow.server.engine.eventlog import _CHUNK_EVENTS, EventLog
 from vi_flow.server.engine.frames import log_frames, log_layout
@@ -781,3 +781,54 @@ async def test_close_writes_the_events_left_out_by_a_write_behind_a_failed_one(
     assert await _stored_up_to(db, key) == 6  # (2 and 3 are dropped: the log was closing)
     assert not log._pending
     reader.cancel()
+
+
+class _AnswerLost:
+    """A store whose next write commits, then fails as a connection cut off during
+    ``COMMIT`` does (the commit went through; the server never heard)."""
+
+    def __init__(self, inner: CountingStore) -> None:
+        self.inner = inner
+        self.lose = False
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result = await self.inner.run(fn)
+        if self.lose:
+            self.lose = False
+            raise DatabaseUnavailable("server closed the connection unexpectedly")
+        return result
+
+
+async def test_a_write_whose_commit_went_through_unheard_is_not_stored_twice(
+    db: CountingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found in review: its events, kept and written again, clashed with their own
+    # stored rows; the clash failed the whole retry and dropped other runs' events too.
+    store = _AnswerLost(db)
+    log = EventLog(store)
+    log.start()
+    one, two = ("org", "run_one"), ("org", "run_two")
+    await log.append_lines(one, "s", "stdout", ["a"])
+    await log.append_lines(two, "s", "stdout", ["x"])
+    await log.sync()
+    reader = asyncio.create_task(_drain(log, one, 0))
+    store.lose = True
+    await log.append_lines(one, "s", "stdout", ["b"])  # stored; the log hears it failed
+    while store.lose:
+        await asyncio.sleep(0.001)
+    await log.append_lines(one, "s", "stdout", ["c"])  # queued behind it, with it again
+    await log.append_lines(two, "s", "stdout", ["y"])
+    await log.sync()
+    await log.append(FlowCompleted, one, status=Condition.SUCCEEDED)
+    raw = await asyncio.wait_for(reader, 10)
+    assert _ids(raw) == [1, 2, 3, 4] and _lines(raw) == ["a", "b", "c", None]
+    log.forget(one)
+    assert await _drain_stored(log, one) == raw
+    assert await _stored_up_to(db, two) == 2
+    assert "lost" not in caplog.text
+    await log.close()
+
+
+async def _drain_stored(log: EventLog, key: tuple[str, str]) -> bytes:
+    frames, _ = await log.read(key, 0)
+    return frames

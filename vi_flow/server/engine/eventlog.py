@@ -313,6 +313,33 @@ def _stored(conn: Connection, key: RunKey, firsts: Sequence[int]) -> bool:
     )
 
 
+def _unstored(conn: Connection, rows: Sequence[_Chunk]) -> list[_Chunk]:
+    """The rows of one run's events queued again that are not stored yet, the first cut
+    where they start.
+
+    A write whose commit went through with its answer lost (PostgreSQL cut off during
+    ``COMMIT``) failed as far as the log knows, and its events were queued again:
+    inserted once more, their rows would clash with the stored ones, and the clash
+    would fail the whole write, other runs' events with it.
+    """
+    org_id, run_id, first = rows[0][:3]
+    stored = conn.execute(
+        "SELECT MAX(last_id) FROM engine_events WHERE org_id = ? AND run_id = ? AND first_id >= ?",
+        (org_id, run_id, first),
+    ).fetchone()[0]
+    if stored is None:
+        return list(rows)
+    out: list[_Chunk] = []
+    for row in rows:
+        if row[3] <= stored:
+            continue
+        if row[2] <= stored:  # the stored rows end inside this one: keep what follows
+            cut = _slice_after(row[4], row[2], stored)
+            row = (org_id, run_id, stored + 1, row[3], cut, row[5], row[6], None)
+        out.append(row)
+    return out
+
+
 def _slice_after(frames: bytes, first_id: int, after: int) -> bytes:
     """The frames of a stored row from event ``after + 1`` on."""
     if after < first_id:
@@ -722,7 +749,9 @@ class EventLog:
             late = {key for key, firsts in behind.items() if not _stored(conn, key, firsts)}
             result = None if fn is None else fn(conn)
             runs = [(key, part) for key, part in per_run.items() if key not in late]
-            _insert(conn, [chunk for _, part in runs for chunk in part])
+            chunks = [chunk for key, part in runs
+                      for chunk in (_unstored(conn, part) if pending[key].again else part)]  # fmt: skip
+            _insert(conn, chunks)
             if announce is not None and runs:
                 announce(conn, [[*key, part[-1][3], part[-1][5], _settle_id(part)]
                                 for key, part in runs])  # fmt: skip
