@@ -588,11 +588,14 @@ def _unsaved(conn: sqlite3.Connection) -> None:
 
 
 async def _failing_write_at_a_gate(
-    log: EventLog, gated: GatedStore, key: tuple[str, str]
-) -> tuple[asyncio.Task[bytes], asyncio.Task[None], asyncio.Event]:
-    """Store the run's line 1, start a reader of the run, then a write of lines 2 and 3
-    and a change that fails (its step_completed, 4, bound to it) held at a gate: the
-    reader, the write and the gate."""
+    db: CountingStore, key: tuple[str, str]
+) -> tuple[EventLog, GatedStore, tuple[asyncio.Task[bytes], asyncio.Task[None], asyncio.Event]]:
+    """A log on a gated store; it stores the run's line 1, a reader of the run starts,
+    then a write of lines 2 and 3 and a change that fails (its step_completed, 4, bound
+    to it) is held at the gate: the log, its store and the reader, the write and the gate."""
+    gated = GatedStore(db)
+    log = EventLog(gated)
+    log.start()
     await log.append_lines(key, "s", "stdout", ["first"])
     await log.sync()
     reader = asyncio.create_task(_drain(log, key, 0))
@@ -605,20 +608,23 @@ async def _failing_write_at_a_gate(
     first = asyncio.create_task(failing())
     while not gated.waiting:  # its write waits at the gate
         await asyncio.sleep(0)
-    return reader, first, gate
+    return log, gated, (reader, first, gate)
+
+
+async def _and_a_write_behind_it(log: EventLog, gated: GatedStore, key: tuple[str, str]) -> None:
+    """Lines 5 and 6 of the run, their write (the writer's) held behind the failing one."""
+    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
+    while gated.waiting < 2:
+        await asyncio.sleep(0)
 
 
 async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: CountingStore) -> None:
     # a write that fails while the next one is already on its way: the next one must
     # not store the run's later events before the kept ones (a live reader, here or on
     # another replica, would move past them): it leaves them for the write after
-    gated = GatedStore(db)
-    log = EventLog(gated)
-    log.start()
     key = ("org", "run_order")
-    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
-    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
-    await asyncio.sleep(0.05)  # the writer's write of 5 and 6 waits behind it
+    log, gated, (reader, first, gate) = await _failing_write_at_a_gate(db, key)
+    await _and_a_write_behind_it(log, gated, key)
     gated.gate = None
     gate.set()
     with pytest.raises(sqlite3.OperationalError):
@@ -640,11 +646,8 @@ async def test_a_run_that_ends_with_events_still_to_write_is_followed_to_its_end
     # held one has not stored them yet); the run's end forgets its channel. A reader
     # following the run gets every event, to the end, once they are written, and so
     # does one who comes next.
-    gated = GatedStore(db)
-    log = EventLog(gated)
-    log.start()
     key = ("org", "run_end_late")
-    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
+    log, gated, (reader, first, gate) = await _failing_write_at_a_gate(db, key)
     gated.gate = None  # the writes made from now on pass
     end = (FlowCompleted, {"status": Condition.SUCCEEDED})
     await log.commit_with(lambda c: None, key, [end])  # saved; 5 is left for later
@@ -666,14 +669,9 @@ async def test_sync_returns_only_once_the_events_before_it_are_stored(db: Counti
     # out, counted their events as written; sync() returned with 2..6 neither stored
     # nor published, and a run's end (append flow_completed, sync, mark closed) could
     # mark it closed before its last events were on disk.
-    gated = GatedStore(db)
-    log = EventLog(gated)
-    log.start()
     key = ("org", "run_sync")
-    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
-    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
-    while gated.waiting < 2:  # the writer's write of 5 and 6 waits behind it
-        await asyncio.sleep(0)
+    log, gated, (reader, first, gate) = await _failing_write_at_a_gate(db, key)
+    await _and_a_write_behind_it(log, gated, key)
     gated.gate = None
     gate.set()
     await log.sync()
@@ -763,14 +761,9 @@ async def test_close_writes_the_events_left_out_by_a_write_behind_a_failed_one(
     # Found in review: close() while a failed write and the one behind it (which left
     # the run out) were in flight stopped the writer with 5 and 6 still queued: never
     # written, though the database was fine, and never said lost.
-    gated = GatedStore(db)
-    log = EventLog(gated)
-    log.start()
     key = ("org", "run_close")
-    reader, first, gate = await _failing_write_at_a_gate(log, gated, key)
-    await log.append_lines(key, "s", "stdout", ["b1", "b2"])
-    while gated.waiting < 2:
-        await asyncio.sleep(0)
+    log, gated, (reader, first, gate) = await _failing_write_at_a_gate(db, key)
+    await _and_a_write_behind_it(log, gated, key)
     gated.gate = None
     closing = asyncio.create_task(log.close())
     await asyncio.sleep(0)
