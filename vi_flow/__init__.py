@@ -10,6 +10,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from . import _heldoff
 from ._errors import (
     APIConnectionError,
     APIError,
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 # server's log had it at each start. That one message from asyncssh's modules is ignored;
 # every other warning is left as the user's filters say.
 warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
+_heldoff.install()  # a Ctrl-C while orjson's compiled module loads crashed the process
 
 if TYPE_CHECKING:
     from ._client import AsyncClient as AsyncClient

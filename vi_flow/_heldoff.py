@@ -1,0 +1,84 @@
+"""orjson's compiled module is loaded with Ctrl-C held off.
+
+A SIGINT that strikes while orjson's extension module initializes crashes the process
+with a segfault (orjson 3.x: its init runs Python code, and a ``KeyboardInterrupt``
+raised there is not handled; measured: a third of the Ctrl-Cs sent during
+``import orjson``). Every vi_flow module that parses JSON imports orjson, and the CLI
+imports them on a command's first use, a few hundred milliseconds in, where a user's
+Ctrl-C lands. :func:`install` puts a finder first on ``sys.meta_path`` that loads that
+one extension module with SIGINT blocked in the importing thread: a Ctrl-C meanwhile
+waits the few milliseconds of the load, then raises ``KeyboardInterrupt`` as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from importlib.machinery import ExtensionFileLoader, ModuleSpec
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
+
+__all__ = ["install"]
+
+_HELD = frozenset({"orjson.orjson", "orjson"})  # the extension (and its older layout)
+
+
+class _HeldOffFinder:
+    """Finds what the other finders find; wraps the loader of a held module's extension."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname not in _HELD:
+            return None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec: ModuleSpec | None = find(fullname, path, target)
+            if spec is not None:
+                if isinstance(spec.loader, ExtensionFileLoader):
+                    spec.loader = cast("Loader", _HeldOffLoader(spec.loader))
+                return spec
+        return None
+
+
+class _HeldOffLoader:
+    """An extension module's loader, run with SIGINT blocked."""
+
+    def __init__(self, loader: ExtensionFileLoader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        with _sigint_held():
+            return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with _sigint_held():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # is_package, get_filename...
+        return getattr(self._loader, name)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def install() -> None:
+    """Hold Ctrl-C off while orjson's extension loads (once; a no-op without signal
+    masks, on Windows, or when orjson is loaded already)."""
+    if not hasattr(signal, "pthread_sigmask") or "orjson" in sys.modules:
+        return
+    if not any(isinstance(finder, _HeldOffFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _HeldOffFinder())
