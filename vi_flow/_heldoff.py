@@ -12,10 +12,9 @@ waits the few milliseconds of the load, then raises ``KeyboardInterrupt`` as usu
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib.machinery import ExtensionFileLoader, ModuleSpec
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
@@ -55,24 +54,21 @@ class _HeldOffLoader:
         self._loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        with _sigint_held():
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
             return self._loader.create_module(spec)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def exec_module(self, module: ModuleType) -> None:
-        with _sigint_held():
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
             self._loader.exec_module(module)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def __getattr__(self, name: str) -> Any:  # is_package, get_filename...
         return getattr(self._loader, name)
-
-
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def install() -> None:
