@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -45,6 +46,11 @@ def test_follow_iterators_and_early_break(client: vi_flow.Client) -> None:
         if line == "9":
             break
     assert seen == [str(i) for i in range(10)]
+    # the task prints its 50 lines at once, but a loaded machine may pause it after any
+    # of them (the CI did, once, after "9"): cancel it once they are all written
+    deadline = time.monotonic() + 30
+    while len(client.logs(task.task_id).splitlines()) < 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
     task.cancel(force=True)
     assert list(task.follow_logs()) == [str(i) for i in range(50)]
     # ended by the cancel's signal: no exit code of its own, the signal and the reason say how
