@@ -27,9 +27,10 @@ from vi_flow.server.state import ServerSettings
 
 SQLITE_ONLY = pytest.mark.skipif(
     os.environ.get("VI_FLOW_TEST_DATABASE") == "postgres",
-    reason="about SQLite's own file (an old state.db built by hand)",
+    reason="about SQLite itself (its own file, its PRAGMAs)",
 )
-"""For tests of the SQLite file itself, skipped where servers use PostgreSQL."""
+"""For tests of SQLite itself (an old state.db built by hand, a full disk made with
+``PRAGMA max_page_count``), skipped where servers use PostgreSQL."""
 
 
 def state_sql(home: Path, statement: str, *args: object) -> list[Any]:

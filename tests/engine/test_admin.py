@@ -15,6 +15,7 @@ from vi_flow.server.engine.blocks import BlockContext
 from vi_flow.server.routes.executions import EXECUTION_ENGINE_KEY
 from vi_flow.server.state import STORE_KEY
 
+from ..live_server import SQLITE_ONLY
 from .conftest import Server, StartServer, data
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
@@ -141,6 +142,7 @@ async def test_forget_deletes_the_engine_state(server: Server) -> None:
     assert events == []
 
 
+@SQLITE_ONLY
 async def test_forgetting_a_run_drops_its_events_kept_through_an_outage(server: Server) -> None:
     # Found in review: events of a run kept to be written again (the disk full) were
     # written after the run was deleted: rows of a run that is gone, never removed.
