@@ -8,6 +8,7 @@ imports them on a command's first use, a few hundred milliseconds in, where a us
 Ctrl-C lands. :func:`install` puts a finder first on ``sys.meta_path`` that loads that
 one extension module with SIGINT blocked in the importing thread: a Ctrl-C meanwhile
 waits the few milliseconds of the load, then raises ``KeyboardInterrupt`` as usual.
+:class:`SigintBlocked` is that block, shared with the sync portal's start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from importlib.abc import Loader
 
-__all__ = ["install"]
+__all__ = ["SigintBlocked", "install"]
 
 _HELD = frozenset({"orjson.orjson", "orjson"})  # the extension (and its older layout)
 
@@ -54,27 +55,42 @@ class _HeldOffLoader:
         self._loader = loader
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with SigintBlocked():
             return self._loader.create_module(spec)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def exec_module(self, module: ModuleType) -> None:
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with SigintBlocked():
             self._loader.exec_module(module)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def __getattr__(self, name: str) -> Any:  # is_package, get_filename...
         return getattr(self._loader, name)
 
 
+class SigintBlocked:
+    """Block SIGINT in this thread meanwhile; a Ctrl-C that comes is raised on leaving.
+
+    A thread started meanwhile keeps it blocked. No-op where there are no signal masks
+    (Windows). A class, not :func:`contextlib.contextmanager`: importing ``vi_flow``
+    does not pay for ``contextlib``.
+    """
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if _MASKS else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+
+_MASKS = hasattr(signal, "pthread_sigmask")
+
+
 def install() -> None:
     """Hold Ctrl-C off while orjson's extension loads (once; a no-op without signal
     masks, on Windows, or when orjson is loaded already)."""
-    if not hasattr(signal, "pthread_sigmask") or "orjson" in sys.modules:
+    if not _MASKS or "orjson" in sys.modules:
         return
     if not any(isinstance(finder, _HeldOffFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _HeldOffFinder())

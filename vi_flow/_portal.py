@@ -18,7 +18,6 @@ import contextlib
 import functools
 import os
 import selectors
-import signal
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from typing_extensions import ParamSpec, Self
 
 from vi_flow._errors import ClientStateError
+from vi_flow._heldoff import SigintBlocked
 from vi_flow._hop import Awaiter, Hop
 
 __all__ = ["Portal"]
@@ -748,15 +748,20 @@ class Portal:
         """Start the loop's thread, unless it runs.
 
         SIGINT stays blocked in this thread until the portal is started and recorded (a
-        few milliseconds): blocked while the loop's thread starts, the thread keeps it
-        blocked; and a Ctrl-C that strikes meanwhile is raised once this portal can be
-        closed. Raised earlier, it left a running loop nobody knew of, and the process
-        hung at exit until a second Ctrl-C.
+        few milliseconds). Blocked while the loop's thread starts, the thread keeps it
+        blocked: the kernel may hand a Ctrl-C to any thread that does not block it, and
+        Python runs its handler in the main thread only, so one handed to the loop's
+        thread would interrupt nothing the main thread waits in (the portal's own waits
+        poll for it, :data:`_SIGNAL_POLL`; a blocking read of the caller's, a prompt,
+        does not); blocked there, it goes to a thread of the program's own. And a Ctrl-C
+        that strikes meanwhile is raised once this portal can be closed: raised earlier,
+        it left a running loop nobody knew of, and the process hung at exit until a
+        second Ctrl-C.
         """
         if self._portal is None:
             options = {"loop_factory": self._new_loop} if hasattr(os, "eventfd") else {}
             runner = start_blocking_portal("asyncio", options, name="vi-flow-portal")
-            with _sigint_blocked():
+            with SigintBlocked():
                 portal = runner.__enter__()
                 try:
                     self._thread_id = portal.call(threading.get_ident)
@@ -788,27 +793,6 @@ class Portal:
         if self._wake_fd is not None:  # this process's copy; the parent keeps its own
             os.close(self._wake_fd)
         self._reset()
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Generator[None, None, None]:
-    """Block SIGINT in this thread meanwhile: a thread started meanwhile keeps it blocked.
-
-    The kernel may hand a Ctrl-C to any thread of the process that does not block it.
-    Python runs its handler in the main thread only, when that thread next runs
-    bytecode: one handed to the loop's thread interrupts nothing the main thread waits
-    in (the portal's own waits poll for it, :data:`_SIGNAL_POLL`; a blocking read of the
-    caller's, a prompt, does not). Blocked in the loop's threads, it goes to a thread of
-    the program's own.
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no masks, no such race
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class _WatchedSelector(selectors.DefaultSelector):
