@@ -52,7 +52,7 @@ def _wait_for_child(read_end: int) -> int:
 
 
 def _serve(home: Path, idle_timeout: float, tell: int | None) -> int:
-    from .logs import configure_logging
+    from .logs import close_logging, configure_logging
     from .serve import run_server
     from .state import ServerSettings
 
@@ -82,6 +82,10 @@ def _serve(home: Path, idle_timeout: float, tell: int | None) -> int:
     except Exception:
         say(traceback.format_exc())
         raise
+    finally:
+        # the lines still queued for the file (the last ones: why it stopped) are written
+        # before the process exits; os._exit would drop them with the writer's thread
+        close_logging()
     return 0
 
 
