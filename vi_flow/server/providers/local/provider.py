@@ -77,7 +77,14 @@ from .process import (
     wait_group_gone,
 )
 from .reservations import ReservationBook
-from .sandbox import Sandbox, check_executable, detect_sandbox, sandbox_child, task_network
+from .sandbox import (
+    Sandbox,
+    check_executable,
+    detect_sandbox,
+    sandbox_child,
+    shell_gate,
+    task_network,
+)
 from .spawn import TaskProcess, start_process
 
 if TYPE_CHECKING:
@@ -86,6 +93,16 @@ if TYPE_CHECKING:
 __all__ = ["KILL_WAIT", "MAX_RUN_TIME_GRACE", "LocalProvider", "create"]
 
 log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
+
+
+def _open_gate(gate: int) -> None:
+    """Let the command waiting at ``gate`` (a pipe's write end, closed here) run."""
+    try:
+        os.write(gate, b"\n")  # one byte into an empty pipe: never blocks
+    except OSError:  # the command died before it read (BrokenPipeError)
+        pass
+    finally:
+        os.close(gate)
 
 
 class _NotStarted(Exception):
@@ -377,21 +394,29 @@ class LocalProvider:
         try:
             # One worker-thread hop for the workspace, the sandbox's check and the fork:
             # 50 tasks submitted at once queue 50 jobs on the default executor, not 150.
-            popen, job.sandbox_info = await asyncio.to_thread(self._start, job, env)
+            popen, job.sandbox_info, gate = await asyncio.to_thread(self._start, job, env)
         except _NotStarted as exc:
             await self._finish_without_start(job, str(exc))
             return
         job.process = TaskProcess(popen)
-        await self._report(started_update(job))
+        try:
+            # The command waits at its gate until its running state is stored: a follower
+            # never reads a line of a task that is still said to be pending.
+            await self._report(started_update(job))
+        finally:
+            _open_gate(gate)
         job.state = "running"
         job.watcher = asyncio.create_task(self._watch(job), name=f"vi-flow-task:{spec.task_id}")
         if job.stop_reason is not None:  # cancelled while it was being launched
             job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
 
-    def _start(self, job: Job, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int | None]:
+    def _start(
+        self, job: Job, env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], int | None, int]:
         """Prepare the task's directory and start its command as the leader of a new
-        process group (blocking: a worker thread's); the process, and in a sandbox the
-        read end of bubblewrap's ``--info-fd`` (for :func:`sandbox_child`).
+        process group (blocking: a worker thread's); the process, in a sandbox the read
+        end of bubblewrap's ``--info-fd`` (for :func:`sandbox_child`), and the write end of
+        the gate the command waits at before it runs (for :func:`_open_gate`).
 
         Raises:
             _NotStarted: Saying what failed, for the task's stderr and message.
@@ -403,34 +428,43 @@ class LocalProvider:
             raise _NotStarted(f"could not prepare the workspace: {exc}") from exc
         info: int | None = None  # the read end of bubblewrap's --info-fd, and its write end
         write: int | None = None
+        waits: int | None = None  # the command waits to read from it; we write to `gate`
+        gate: int | None = None
         try:
+            waits, gate = os.pipe()
+            # bwrap would start and then fail with status 1, the gate's shell with 127:
+            # fail before either starts, as exec would.
+            check_executable(spec.argv[0], cwd, env["PATH"])
+            prefix, stdin = shell_gate(env), waits
+            passed: tuple[int, ...] = ()
             if job.sandboxed:
-                # bwrap would start and then fail with status 1; fail as an unsandboxed
-                # start does.
-                check_executable(spec.argv[0], cwd, env["PATH"])
                 info, write = os.pipe()
                 os.set_blocking(info, False)
-            volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write)
+                volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+                prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write, gate_fd=waits)
+                stdin, passed = subprocess.DEVNULL, (waits, write)
             popen = start_process(
                 [*prefix, *spec.argv],
                 cwd=cwd,
                 env=env,
+                stdin=stdin,
                 stdout=out,
                 stderr=err,
-                pass_fds=() if write is None else (write,),
+                pass_fds=passed,
             )
         except BaseException as exc:
-            if info is not None:
-                os.close(info)
+            for fd in (info, gate):
+                if fd is not None:
+                    os.close(fd)
             if isinstance(exc, OSError):
                 raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
             raise
         finally:
-            for fd in (out, err, write):
+            for fd in (out, err, write, waits):
                 if fd is not None:
                     os.close(fd)
-        return popen, info
+        assert gate is not None
+        return popen, info, gate
 
     async def _finish_without_start(
         self, job: Job, message: str, reason: str = "StartFailed"

@@ -44,6 +44,7 @@ __all__ = [
     "detect_sandbox",
     "job_sandbox",
     "sandbox_child",
+    "shell_gate",
     "task_network",
 ]
 
@@ -110,12 +111,19 @@ class Sandbox:
         cwd: Path,
         info_fd: int | None = None,
         setenv: Mapping[str, str] | None = None,
+        gate_fd: int | None = None,
     ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``;
         bubblewrap writes its ``--info-fd`` JSON to ``info_fd`` (see :func:`sandbox_child`),
         and sets ``setenv`` over whatever environment the command was given (an SSH
         session's, which a task's ``env`` fills). Unsandboxed, only ``setenv`` is applied
-        (by ``env``; ``[]`` without it)."""
+        (by ``env``; ``[]`` without it).
+
+        With ``gate_fd`` (the read end of a pipe the command is started with) the command
+        waits, once the sandbox is made, until a byte or the end is read from it: the
+        caller records the task as running first, so no one sees output of a task still
+        said to be pending (unsandboxed, :func:`shell_gate` does it).
+        """
         if self.bwrap is None:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -123,6 +131,8 @@ class Sandbox:
             args.append("--unshare-net")
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
+        if gate_fd is not None:
+            args += ["--block-fd", str(gate_fd)]  # bubblewrap reads it, closes it, then execs
         args += ["--unshare-cgroup-try", "--die-with-parent"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
@@ -160,6 +170,15 @@ class Sandbox:
         if 128 < returncode <= 128 + 64:
             return -(returncode - 128)
         return returncode
+
+
+def shell_gate(env: Mapping[str, str]) -> list[str]:
+    """The argv put before an unsandboxed command, started with ``env`` and the read end
+    of a pipe as its stdin, to make it wait until a line (or the end) is read from it,
+    as bubblewrap's ``--block-fd`` does: then the command runs in the same process,
+    stdin from ``/dev/null``, with ``env`` as it was (the shell would add ``PWD``)."""
+    keep = "" if "PWD" in env else "unset PWD; "
+    return ["/bin/sh", "-c", f'read -r _; {keep}exec "$@" </dev/null', "vi-flow-gate"]
 
 
 def sandbox_child(info: int) -> int | None:

@@ -64,11 +64,11 @@ class TaskProcess:
 
 def start_process(
     argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], stdout: int, stderr: int,
-    pass_fds: Sequence[int] = (),
+    pass_fds: Sequence[int] = (), stdin: int = subprocess.DEVNULL,
 ) -> subprocess.Popen[bytes]:  # fmt: skip
-    """Start ``argv`` as the leader of a new session (and process group), stdin empty,
-    with ``pass_fds`` open in it too (blocking: call it on a worker thread, then wrap it
-    in a :class:`TaskProcess` on the loop).
+    """Start ``argv`` as the leader of a new session (and process group), stdin empty
+    unless given, with ``pass_fds`` open in it too (blocking: call it on a worker thread,
+    then wrap it in a :class:`TaskProcess` on the loop).
 
     Raises:
         OSError: It could not be started (as ``exec`` reports it).
@@ -77,7 +77,7 @@ def start_process(
         list(argv),
         cwd=cwd,
         env=dict(env),
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
