@@ -127,23 +127,23 @@ async def test_restart_stops_a_task_out_of_its_directory_or_whose_leader_ended(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("sandbox", [True, False])
-async def test_restart_stops_a_start_the_server_died_before_recording(
+async def test_a_start_the_server_died_before_recording_never_runs(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch, sandbox: bool
 ) -> None:
-    # Killed between a task's fork and the write of its process group, the server left
-    # the task pending: the next one queued it again beside the first start, still
-    # running (unsandboxed; in a sandbox, when its bubblewrap outlived the server).
+    # Killed between a task's fork and the record of its start, the server left the task
+    # pending. Its command waited at its gate for that record: with the gate gone it
+    # ends without running, and the next server runs the task, once.
     first = await start_server(local_cpus=2, local_gpus=[], sandbox=sandbox)
     provider = first.app[TASKS_KEY].provider
     assert isinstance(provider, LocalProvider)
     forked = asyncio.Event()
     report = provider._report
 
-    async def dies_before_recording(update: TaskUpdate) -> None:
+    async def dies_before_recording(update: TaskUpdate) -> bool:
         if update.status == TaskStatus.RUNNING:
             forked.set()
             await asyncio.Event().wait()
-        await report(update)
+        return await report(update)
 
     monkeypatch.setattr(provider, "_report", dies_before_recording)
     task = await first.submit(command="echo started; sleep 300", cpus=1)
@@ -162,18 +162,55 @@ async def test_restart_stops_a_start_the_server_died_before_recording(
     await first.stop()
     if job.sandbox_info is not None:
         os.close(job.sandbox_info)
+    stdout = provider.task_paths(task["taskId"]).stdout
     try:
-        assert group_alive(pgid)
+        await _until_group_gone(pgid)  # by itself: nothing stopped it
+        assert stdout.read_bytes() == b""
         second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=sandbox)
         again = await second.wait(task["taskId"], until={"running"})
         assert again["providerId"] != str(pgid)
-        await _until_group_gone(pgid)
-        logs = f"/tasks/{task['taskId']}/logs"
-        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
-        assert f"(process group {pgid}) was stopped and the task queued again" in stderr[0]
+        await second.until_logged(task["taskId"], "started", within=20)
+        assert stdout.read_bytes() == b"started\n"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.mark.anyio
+async def test_restart_stops_what_a_server_left_running_unrecorded(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server of a version before the gate, killed between a fork and its record, left
+    # the task pending and its command running: the next server stops that one first.
+    first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
+    provider = first.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    monkeypatch.setattr(provider, "submit", lambda spec: asyncio.sleep(0))  # never started
+    task = await first.submit(command="echo started; sleep 300", cpus=1)
+    await first.stop()
+    paths = provider.task_paths(task["taskId"])
+    env = {"PATH": os.environ["PATH"], "VI_FLOW_TASK_ID": task["taskId"]}
+    left = start_process(
+        ["sleep", "300"],
+        cwd=Path("/"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
+        again = await second.wait(task["taskId"], until={"running"})
+        assert again["providerId"] != str(left.pid)
+        await _until_group_gone(left.pid)
+        logs = f"/tasks/{task['taskId']}/logs"
+        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
+        assert f"(process group {left.pid}) was stopped and the task queued again" in stderr[0]
+        await second.until_logged(task["taskId"], "started", within=20)
+        assert paths.stdout.read_bytes() == b"started\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(left.pid, signal.SIGKILL)
+        left.wait()
 
 
 @pytest.mark.anyio

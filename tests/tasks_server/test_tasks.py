@@ -9,11 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from vi_flow.models.tasks import TaskStatus
-from vi_flow.server.providers.base import TaskUpdate
-from vi_flow.server.providers.local import LocalProvider
-from vi_flow.server.tasks import TASKS_KEY
-
 from .conftest import StartServer, TaskServer, group_alive
 
 
@@ -36,39 +31,6 @@ async def test_command_runs_in_its_workspace_and_completes(server: TaskServer) -
     assert outputs["items"] == [{"path": "m.bin", "size": 6}]
     blob = await server.call("GET", f"/tasks/{task['taskId']}/outputs/m.bin")
     assert blob.status == 200 and blob.raw == b"model\n"
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "unsandboxed"])
-async def test_a_task_prints_nothing_until_it_is_recorded_running(
-    start_server: StartServer, sandbox: bool
-) -> None:
-    server = await start_server(local_cpus=2, local_gpus=[], sandbox=sandbox)
-    provider = server.app[TASKS_KEY].provider
-    assert isinstance(provider, LocalProvider) and provider.sandbox.enabled is sandbox
-    record, recording, stored = provider._sink, asyncio.Event(), asyncio.Event()
-    assert record is not None
-
-    async def slow_store(update: TaskUpdate) -> None:  # a database slow to take the write
-        if update.status == TaskStatus.RUNNING:
-            recording.set()
-            await stored.wait()
-        await record(update)
-
-    provider._sink = slow_store
-    task = await server.submit(command="echo first; sleep 30")
-    try:
-        await asyncio.wait_for(recording.wait(), 20)
-        await asyncio.sleep(0.5)  # ample for a started command to print
-        logs = (await server.call("GET", f"/tasks/{task['taskId']}/logs")).body
-        assert (logs["status"], logs["lines"]) == ("pending", [])
-        assert provider.task_paths(task["taskId"]).stdout.read_bytes() == b""
-    finally:
-        stored.set()  # the server can stop
-    await server.until_logged(task["taskId"], "first", within=20)
-    assert (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] == "running"
-    await server.call("POST", f"/tasks/{task['taskId']}/cancel")
-    assert (await server.wait(task["taskId"]))["status"] == "cancelled"
 
 
 @pytest.mark.anyio

@@ -269,18 +269,21 @@ UpdateSink = Callable[[TaskUpdate], Awaitable[None]]
 """Where a provider reports task changes; called from the server's event loop."""
 
 
-async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging.Logger) -> None:
-    """Hand ``update`` to the service's ``sink`` (if started), logging what it raises.
+async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging.Logger) -> bool:
+    """Hand ``update`` to the service's ``sink`` (if started), logging what it raises;
+    whether it was taken (``True`` with no sink).
 
     The sink is the service's code: an error there must never stop the provider's
     scheduler or poller, which would leave every other task unwatched.
     """
     if sink is None:
-        return
+        return True
     try:
         await sink(update)
     except Exception:
         logger.exception("task update for %s could not be recorded", update.task_id)
+        return False
+    return True
 
 
 # -- the protocol -----------------------------------------------------------------------

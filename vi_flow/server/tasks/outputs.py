@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from ...models.loglines import LineSplitter
-from ...models.tasks import TaskLogs, TaskOutputFile
+from ...models.tasks import TaskLogs, TaskOutputFile, TaskStatus
 from ..clock import wait_event
 from . import files
 from .logtimes import LogTimes
@@ -54,6 +54,8 @@ class TaskOutputs:
         if since_ms is not None:
             starts = await self._log_times.offsets_since(task_id, since_ms)
         lines = await self.tail(task_id, tail, stream, starts)
+        if lines and task.status == TaskStatus.PENDING:  # it began while they were read
+            task = await self._records.get(task_id, org_id)
         return TaskLogs(
             task_id=task_id,
             status=task.status,

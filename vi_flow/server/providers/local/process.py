@@ -71,6 +71,7 @@ class Job:
     sandboxed: bool = False
     late_volumes: list[Path] = attrs.Factory(list)  # mounted while it ran
     sandbox_info: int | None = None  # the read end of bubblewrap's --info-fd
+    held: bool = True  # its command has not been let through its gate (GATE)
 
 
 # -- starting --------------------------------------------------------------------------
@@ -383,12 +384,14 @@ def describe_exit(code: int) -> str:
 def final_update(job: Job, code: int) -> TaskUpdate:
     """The update that ends ``job``, whose process ended with ``returncode`` ``code``
     (negative: killed by that signal); figures as :mod:`.._exits` defines them."""
-    end = from_returncode(code)
+    end = from_returncode(None if job.held else code)  # held: its command never ran
     status = TaskStatus.FAILED
     if job.stop_reason == "Cancelled":
         status, reason, message = TaskStatus.CANCELLED, "Cancelled", job.stop_message
     elif job.stop_reason is not None:
-        reason, message = job.stop_reason, f"{job.stop_message} ({describe(end)})"
+        reason, message = job.stop_reason, job.stop_message
+        if not job.held:
+            message = f"{message} ({describe(end)})"
     else:
         reason, message = end_reason(end), describe(end)
         if reason == "Completed":

@@ -78,11 +78,11 @@ from .process import (
 )
 from .reservations import ReservationBook
 from .sandbox import (
+    GATE,
     Sandbox,
     check_executable,
     detect_sandbox,
     sandbox_child,
-    shell_gate,
     task_network,
 )
 from .spawn import TaskProcess, start_process
@@ -95,10 +95,12 @@ __all__ = ["KILL_WAIT", "MAX_RUN_TIME_GRACE", "LocalProvider", "create"]
 log = logging.getLogger("vi_flow.server.providers.local")  # stable in the server log
 
 
-def _open_gate(gate: int) -> None:
-    """Let the command waiting at ``gate`` (a pipe's write end, closed here) run."""
+def _close_gate(gate: int, run: bool) -> None:
+    """Close ``gate``, the write end of the pipe the command waits on (:data:`GATE`),
+    first letting the command run if ``run``; else it exits without running."""
     try:
-        os.write(gate, b"\n")  # one byte into an empty pipe: never blocks
+        if run:
+            os.write(gate, b"\n")  # one byte into an empty pipe: never blocks
     except OSError:  # the command died before it read (BrokenPipeError)
         pass
     finally:
@@ -399,16 +401,20 @@ class LocalProvider:
             await self._finish_without_start(job, str(exc))
             return
         job.process = TaskProcess(popen)
+        stored = False
         try:
-            # The command waits at its gate until its running state is stored: a follower
-            # never reads a line of a task that is still said to be pending.
-            await self._report(started_update(job))
+            # The command waits at its gate until its running state is stored: no one
+            # reads a line of a task still said to be pending, and a start that cannot
+            # be recorded never runs (the task then fails, once the gate is closed).
+            stored = await self._report(started_update(job))
         finally:
-            _open_gate(gate)
+            if not stored and job.stop_reason is None:
+                job.stop_reason = "StartFailed"
+                job.stop_message = "its start could not be recorded; it did not run"
+            job.held = job.stop_reason is not None  # cancelled meanwhile: it never runs
+            _close_gate(gate, run=not job.held)
         job.state = "running"
         job.watcher = asyncio.create_task(self._watch(job), name=f"vi-flow-task:{spec.task_id}")
-        if job.stop_reason is not None:  # cancelled while it was being launched
-            job.stopper = asyncio.create_task(stop_job(job, job.stop_grace))
 
     def _start(
         self, job: Job, env: dict[str, str]
@@ -416,7 +422,7 @@ class LocalProvider:
         """Prepare the task's directory and start its command as the leader of a new
         process group (blocking: a worker thread's); the process, in a sandbox the read
         end of bubblewrap's ``--info-fd`` (for :func:`sandbox_child`), and the write end of
-        the gate the command waits at before it runs (for :func:`_open_gate`).
+        the gate the command waits at before it runs (for :func:`_close_gate`).
 
         Raises:
             _NotStarted: Saying what failed, for the task's stderr and message.
@@ -435,22 +441,19 @@ class LocalProvider:
             # bwrap would start and then fail with status 1, the gate's shell with 127:
             # fail before either starts, as exec would.
             check_executable(spec.argv[0], cwd, env["PATH"])
-            prefix, stdin = shell_gate(env), waits
-            passed: tuple[int, ...] = ()
             if job.sandboxed:
                 info, write = os.pipe()
                 os.set_blocking(info, False)
-                volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-                prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write, gate_fd=waits)
-                stdin, passed = subprocess.DEVNULL, (waits, write)
+            volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write)
             popen = start_process(
-                [*prefix, *spec.argv],
+                [*prefix, *GATE, *spec.argv],
                 cwd=cwd,
                 env=env,
-                stdin=stdin,
+                stdin=waits,
                 stdout=out,
                 stderr=err,
-                pass_fds=passed,
+                pass_fds=() if write is None else (write,),
             )
         except BaseException as exc:
             for fd in (info, gate):
@@ -521,8 +524,8 @@ class LocalProvider:
         job.done.set()
         self._wake.set()
 
-    async def _report(self, update: TaskUpdate) -> None:
-        await report_to(self._sink, update, log)
+    async def _report(self, update: TaskUpdate) -> bool:
+        return await report_to(self._sink, update, log)
 
     # -- reservations --------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import orjson
 from ...home import HomeError
 
 __all__ = [
+    "GATE",
     "JOB_SANDBOX_ENV",
     "NETWORKS",
     "TASK_NETWORK_ENV",
@@ -44,7 +45,6 @@ __all__ = [
     "detect_sandbox",
     "job_sandbox",
     "sandbox_child",
-    "shell_gate",
     "task_network",
 ]
 
@@ -111,19 +111,12 @@ class Sandbox:
         cwd: Path,
         info_fd: int | None = None,
         setenv: Mapping[str, str] | None = None,
-        gate_fd: int | None = None,
     ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``;
         bubblewrap writes its ``--info-fd`` JSON to ``info_fd`` (see :func:`sandbox_child`),
         and sets ``setenv`` over whatever environment the command was given (an SSH
         session's, which a task's ``env`` fills). Unsandboxed, only ``setenv`` is applied
-        (by ``env``; ``[]`` without it).
-
-        With ``gate_fd`` (the read end of a pipe the command is started with) the command
-        waits, once the sandbox is made, until a byte or the end is read from it: the
-        caller records the task as running first, so no one sees output of a task still
-        said to be pending (unsandboxed, :func:`shell_gate` does it).
-        """
+        (by ``env``; ``[]`` without it)."""
         if self.bwrap is None:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -131,8 +124,6 @@ class Sandbox:
             args.append("--unshare-net")
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
-        if gate_fd is not None:
-            args += ["--block-fd", str(gate_fd)]  # bubblewrap reads it, closes it, then execs
         args += ["--unshare-cgroup-try", "--die-with-parent"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
@@ -172,13 +163,13 @@ class Sandbox:
         return returncode
 
 
-def shell_gate(env: Mapping[str, str]) -> list[str]:
-    """The argv put before an unsandboxed command, started with ``env`` and the read end
-    of a pipe as its stdin, to make it wait until a line (or the end) is read from it,
-    as bubblewrap's ``--block-fd`` does: then the command runs in the same process,
-    stdin from ``/dev/null``, with ``env`` as it was (the shell would add ``PWD``)."""
-    keep = "" if "PWD" in env else "unset PWD; "
-    return ["/bin/sh", "-c", f'read -r _; {keep}exec "$@" </dev/null', "vi-flow-gate"]
+#: What a task's command is started behind, in the sandbox (after its setup) or not: a
+#: shell that waits for a line on its stdin, the read end of the provider's gate, then
+#: becomes the command (same process, stdin ``/dev/null`` as before). The provider
+#: writes that line once the task's ``running`` state is stored; should the pipe end
+#: with nothing written (the start could not be recorded, the task was cancelled, the
+#: server died) the command never runs: the shell exits 125.
+GATE = ("/bin/sh", "-c", 'read -r _ || exit 125; exec "$@" <>/dev/null', "vi-flow")
 
 
 def sandbox_child(info: int) -> int | None:
@@ -205,19 +196,52 @@ def sandbox_child(info: int) -> int | None:
 
 
 def check_executable(command: str, cwd: Path, path: str) -> None:
-    """Raise like ``exec`` would when ``command`` cannot run (the sandbox shows the
-    system and the task directory at their host paths; blocking).
+    """Raise as ``exec`` would when ``command``, started in ``cwd`` with ``path`` as its
+    ``PATH``, cannot run (the sandbox shows the system and the task directory at their
+    host paths; blocking). A script whose ``#!`` interpreter is missing cannot run either.
 
     Raises:
-        FileNotFoundError: No such executable.
+        FileNotFoundError: No such executable, or its interpreter is missing.
+        PermissionError: ``command`` names a directory or a file that is not executable.
     """
     if "/" in command:
-        found = (cwd / command) if not command.startswith("/") else Path(command)
-        if found.is_file() and os.access(found, os.X_OK):
-            return
-    elif shutil.which(command, path=path) is not None:
+        found = cwd / command  # an absolute command stays itself
+        if not found.exists():
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+        if not found.is_file() or not os.access(found, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
+        _check_interpreter(found, command)
         return
+    for entry in path.split(os.pathsep):
+        found = cwd / entry / command  # a relative entry (or "") is the command's cwd's
+        if found.is_file() and os.access(found, os.X_OK):
+            _check_interpreter(found, command)
+            return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
+def _check_interpreter(found: Path, command: str) -> None:
+    """Raise if ``found`` starts with a ``#!`` line whose interpreter is not there (the
+    interpreter's path is not said: the file may be one the task cannot read)."""
+    try:
+        fd = os.open(found, os.O_RDONLY | os.O_NONBLOCK)  # never wait on a FIFO
+    except OSError:
+        return  # exec tells
+    try:
+        head = os.read(fd, 256)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    if not head.startswith(b"#!"):
+        return
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words or not words[0].startswith(b"/"):
+        return  # exec tells
+    interpreter = Path(os.fsdecode(words[0]))
+    if not (interpreter.is_file() and os.access(interpreter, os.X_OK)):
+        message = f"{os.strerror(errno.ENOENT)} (the interpreter of its #! line)"
+        raise FileNotFoundError(errno.ENOENT, message, command)
 
 
 _PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
