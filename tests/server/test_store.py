@@ -200,6 +200,38 @@ async def test_an_error_that_ends_a_shared_transaction_fails_those_before_and_no
     assert [r[0] for r in rows] == [5, 6, 7]
 
 
+async def test_reads_sharing_a_transaction_a_full_disk_ends_still_answer(store: Store) -> None:
+    # A full disk ends the whole shared transaction (SQLite rolls it back): the writes in
+    # it fail, but a read beside them is no write; it answers, as of the database once
+    # the writes are undone (never a row of a write that failed), and writes after it go on
+    await store.run(lambda c: c.execute("CREATE TABLE IF NOT EXISTS kept (v TEXT)"))
+    await store.run(lambda c: c.execute("INSERT INTO kept (v) VALUES ('first')"))
+    pages = (await store.run(lambda c: c.execute("PRAGMA page_count").fetchone()))[0]
+    await store.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchall())
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(store.run(lambda c: gate.wait(10)))
+    await asyncio.sleep(0.05)  # the database thread is held: the calls below queue
+
+    def read(conn: sqlite3.Connection) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT v FROM kept ORDER BY rowid")]
+
+    def write(conn: sqlite3.Connection, value: str) -> str:
+        conn.execute("INSERT INTO kept (v) VALUES (?)", (value,))
+        return value
+
+    steps = [read, lambda c: write(c, "small"), read, lambda c: write(c, "x" * 100_000), read]
+    calls = [asyncio.ensure_future(store.run(step)) for step in steps]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocker
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert outcomes[0] == outcomes[2] == outcomes[4] == ["first"], outcomes
+    assert all("full" in str(o) for o in (outcomes[1], outcomes[3])), outcomes
+    await store.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
+    assert await store.run(lambda c: write(c, "later")) == "later"
+    assert await store.run(read) == ["first", "later"]
+
+
 async def test_calls_from_two_event_loops_each_come_back_on_their_own(store: Store) -> None:
     # a server has one loop; a test or an embedding program may call from two at once:
     # a shared transaction hands each result to the loop of its caller

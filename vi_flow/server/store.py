@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -39,6 +40,7 @@ from .db import (
     Connection,
     Database,
     DatabaseError,
+    DatabaseFileGone,
     Migration,
     NewerDatabaseError,
     SQLiteDatabase,
@@ -70,6 +72,12 @@ _GROUP_MOST = 64  # functions in one group transaction at most
 _GROUP_TIME = 0.001  # seconds of work after which a group transaction commits
 _Outcome = tuple[Any, BaseException | None, Held]
 """What one function of a group transaction gave: its result, or its error; its held lines."""
+
+
+def _changes(conn: Connection) -> int:
+    """How many rows the connection has changed since it opened (SQLite)."""
+    assert isinstance(conn, sqlite3.Connection)
+    return conn.total_changes
 
 
 def _undo_savepoint(conn: Connection) -> bool:
@@ -433,11 +441,13 @@ class Store:
         except BaseException as exc:
             return [(None, exc, []) for _ in fns]
         outcomes: list[_Outcome] = []
+        reads: list[int] = []  # which of them changed no row
         started = time.perf_counter()
         for at, fn in enumerate(fns):
             if at and time.perf_counter() - started > _GROUP_TIME:
                 break
             held = []
+            changes = _changes(conn)
             try:
                 conn.execute("SAVEPOINT vi_flow_call")
                 result = hold(held, fn, conn)
@@ -449,18 +459,50 @@ class Store:
                     continue
                 # the error ended the whole transaction (SQLite does on a full disk, an
                 # I/O error...): what ran before it is undone too; the rest start again
-                lost: list[_Outcome] = [(None, exc, []) for _ in range(len(outcomes) + 1)]
+                kept = self._lost(fns, outcomes, reads, exc)
+                if len(kept) < at:  # out of time: the rest go again
+                    return kept
+                lost = [*kept, (None, exc, [])]
                 return lost + self._transact_group(fns[at + 1 :]) if fns[at + 1 :] else lost
             outcomes.append((result, None, held))
+            if _changes(conn) == changes:
+                reads.append(at)
         try:
             self.database.commit(conn)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 self.database.rollback(conn)
-            return [(None, exc, []) for _ in outcomes]
+            return self._lost(fns, outcomes, reads, exc)
         if self._checkpointer is not None:
             self._checkpointer.committed(conn)
         return outcomes
+
+    def _lost(
+        self,
+        fns: list[Callable[[Connection], Any]],
+        outcomes: list[_Outcome],
+        reads: list[int],
+        exc: BaseException,
+    ) -> list[_Outcome]:
+        """``outcomes`` once their transaction failed with ``exc``: each fails with it, but
+        the ``reads`` (the functions that changed no row) run again, in a transaction of
+        their own: a full disk fails the writes beside them, not what was read (nor what
+        was read after a write now undone). Fewer outcomes than given when that one ran
+        out of time (the rest go again in the next group). A database file replaced fails
+        all: the server reads nothing more from it."""
+        if isinstance(exc, DatabaseFileGone) or not reads:
+            return [(None, exc, []) for _ in outcomes]
+        again = iter(self._transact_group([fns[at] for at in reads]))
+        out: list[_Outcome] = []
+        for at in range(len(outcomes)):
+            if at in reads:
+                read = next(again, None)
+                if read is None:  # out of time: this one and the rest go again
+                    break
+                out.append(read)
+            else:
+                out.append((None, exc, []))
+        return out
 
     def _migrate(self, name: str, sql: Migration) -> None:
         conn = self._connection()
