@@ -51,6 +51,7 @@ __all__ = [
     "call_server",
     "ensure_server",
     "find_server",
+    "find_silent_server",
     "log_tail",
     "pid_alive",
     "start_server",
@@ -168,6 +169,16 @@ def find_server(home: Path) -> ServerInfo | None:
             to another user (whose run file could name any server).
     """
     return _look(home, _PROBE_TIMEOUT)[0]
+
+
+def find_silent_server(home: Path) -> tuple[ServerInfo | None, ServerInfo | None]:
+    """As :func:`find_server`; when none answers, also the server the run file names if
+    it lives, holds the home and took the connection without answering (stopped with
+    SIGSTOP, hung or overloaded): ``(None, that one)``."""
+    found, silent = _look(home, _PROBE_TIMEOUT)
+    if found is not None or not silent or not _home_held(home):
+        return found, None
+    return None, _read_run_file(home)
 
 
 def _look(home: Path, wait: float) -> tuple[ServerInfo | None, bool]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import attrs
+import orjson
 import pytest
 
 import vi_flow
@@ -192,6 +193,34 @@ def test_a_new_client_meeting_a_hung_server_says_it_does_not_answer_within_its_t
     with vi_flow.Client(timeout=1) as client:  # once it runs again, it is used
         assert client.flows.list().items == []
     assert run_file(home) == server
+
+
+def test_server_status_and_stop_name_a_server_that_does_not_answer(home: Path) -> None:
+    # Told "it did not answer ... stop it with 'vi-flow server stop'", the user ran it:
+    # "no vi-flow server runs", exit 0, the server still holding the home (found by QA).
+    server = started_server(home)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        status = cli(home, "server", "status", check=False)
+        assert status.returncode == 6, status
+        assert f"(pid {server.pid}, {server.url}) holds the home but does not answer" in (
+            status.stdout
+        )
+        data = orjson.loads(cli(home, "server", "status", "--json", check=False).stdout)
+        assert (data["running"], data["answering"], data["pid"]) == (True, False, server.pid)
+        refused = cli(home, "server", "stop", check=False)
+        assert refused.returncode == 6 and "stop --force" in refused.stderr, refused
+        assert alive(server.pid)
+        stopped = cli(home, "server", "stop", "--force", check=False)
+        assert stopped.returncode == 0, stopped
+        assert f"vi-flow server {server.pid} stopped" in stopped.stdout
+        assert not alive(server.pid)
+    finally:
+        if alive(server.pid):
+            os.kill(server.pid, signal.SIGKILL)
+            os.kill(server.pid, signal.SIGCONT)
+    assert cli(home, "flows", "list", "--json").returncode == 0  # a new server took the home
+    assert run_file(home) != server
 
 
 def test_a_stale_run_file_whose_pid_and_port_others_took_is_not_a_hung_server(

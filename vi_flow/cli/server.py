@@ -7,6 +7,7 @@ and admin token themselves, so they work whatever the server's version.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -123,12 +124,17 @@ def _answer(code: int, body: Any) -> str:
 def status(as_json: bool) -> None:
     """Show the home's server: URL, pid, uptime, version, and the work it holds.
 
-    Exits 1 when no server runs for the home.
+    Exits 1 when no server runs for the home, 6 when its server holds the home but does
+    not answer (stopped with SIGSTOP, hung or overloaded).
     """
     from .. import local
 
     home = _home()
-    info = local.find_server(home)
+    info, silent = local.find_silent_server(home)
+    if silent is not None:
+        data = {"running": True, "answering": False, **_brief(silent)}
+        _say(as_json, data, _not_answering(silent, home))
+        raise SystemExit(EXIT_TRANSIENT)
     if info is None:
         if wants_json(as_json):
             emit_json({"running": False, "home": str(home)})
@@ -172,12 +178,27 @@ def stop(force: bool, as_json: bool) -> None:
     """Stop the home's server, once no run or task is in flight (or --force).
 
     Without --force it refuses (exit 5) while runs or tasks are in flight; with --force
-    it cancels them cleanly first. Stopping a server that is not running succeeds.
+    it cancels them cleanly first. Stopping a server that is not running succeeds. A
+    server that does not answer is refused (exit 6); --force ends it by signal.
     """
     from .. import local
 
     home = _home()
-    info = local.find_server(home)
+    info, silent = local.find_silent_server(home)
+    if silent is not None:
+        if not force:
+            raise CommandFailed(
+                _not_answering(silent, home),
+                exit_code=EXIT_TRANSIENT,
+                hint="vi-flow server stop --force ends it without asking (SIGTERM, then SIGKILL)",
+            )
+        _end_silent(silent.pid)
+        _say(
+            as_json,
+            {"stopped": True, "pid": silent.pid, "home": str(home)},
+            f"vi-flow server {silent.pid} stopped (home {home}; it did not answer: ended by signal)",
+        )
+        return
     if info is None:
         _say(as_json, {"stopped": False, "home": str(home)}, f"no vi-flow server runs for {home}")
         return
@@ -212,6 +233,32 @@ def stop(force: bool, as_json: bool) -> None:
         {"stopped": True, "pid": info.pid, "home": str(home)},
         f"vi-flow server {info.pid} stopped (home {home})",
     )
+
+
+def _not_answering(info: Any, home: Path) -> str:
+    return (
+        f"the server of home {home} (pid {info.pid}, {info.url}) holds the home but does not"
+        " answer: it may be stopped (SIGSTOP), hung or overloaded"
+    )
+
+
+def _end_silent(pid: int) -> None:
+    """End a server that does not answer: SIGTERM (and SIGCONT, should it be stopped),
+    SIGKILL if it is still there after :data:`_STOP_WAIT` s. A server killed loses no
+    accepted work: the next one recovers it."""
+    from .. import local
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + _STOP_WAIT
+    while local.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        if local.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    while local.pid_alive(pid) and time.monotonic() < deadline + _STOP_WAIT:
+        time.sleep(0.05)
 
 
 def _wait_gone(pid: int) -> None:
