@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import anyio
 import pytest
 
 from vi_flow.server.state import STORE_KEY
@@ -47,15 +48,46 @@ async def test_a_full_database_is_507_not_retried_and_changes_nothing(server: Se
     assert made.status == 201
 
 
+@pytest.mark.skipif(
+    os.environ.get("VI_FLOW_TEST_DATABASE") == "postgres",
+    reason="SQLite's own page cap fills the database",
+)
+async def test_a_run_a_full_disk_stops_ends_saying_so_once_there_is_room(server: Server) -> None:
+    # It ended "internal error: OperationalError('database or disk is full')", reason
+    # EngineError, which the docs call an engine bug (found by QA on a full home).
+    template = {"block": "template", "settings": {"template": "{{ big }}"}}
+    blocks = [{**template, "id": f"s{i}"} for i in range(50)]
+    body = {"name": "heavy", "inputs": [{"name": "big"}], "blocks": blocks}
+    flow = (await server.call("POST", "/flows", json=body)).body["flowId"]
+    store = server.app[STORE_KEY]
+    pages = (await store.run(lambda c: c.execute("PRAGMA page_count").fetchone()))[0]
+    await _cap_pages(server, pages + 100)  # room for the run, not for 50 steps of 80 KB
+    try:
+        big = os.urandom(40_000).hex()
+        job = await server.call("POST", f"/flows/{flow}/jobs", json={"parameters": {"big": big}})
+        assert job.status == 202, job.body
+        await anyio.sleep(1)  # it meets the full disk
+    finally:
+        await _cap_pages(server, 1_073_741_823)
+    with anyio.fail_after(30):
+        while True:
+            run = (await server.call("GET", f"/runs/{job.body['executionId']}")).body
+            last = run["status"]["conditions"][-1]
+            if last["condition"] not in ("Pending", "Running"):
+                break
+            await anyio.sleep(0.1)
+    assert (last["condition"], last["reason"]) == ("Error", "DiskFull"), last
+    assert last["message"].startswith("the server's disk is full: the run could not save")
+
+
 def test_a_full_postgresql_disk_is_a_full_disk_not_an_outage() -> None:
     # psycopg's DiskFull is an OperationalError, which the backend made
     # DatabaseUnavailable: 503 with Retry-After 1, retried (found in review).
     psycopg = pytest.importorskip("psycopg", reason="the PostgreSQL sessions run it")
-    from vi_flow.server.db import DatabaseUnavailable
+    from vi_flow.server.db import DatabaseUnavailable, is_disk_full
     from vi_flow.server.db.postgres import _translated_errors
-    from vi_flow.server.middleware import _disk_full
 
     with pytest.raises(Exception) as raised, _translated_errors():
         raise psycopg.errors.DiskFull("could not extend file: No space left on device")
     assert not isinstance(raised.value, DatabaseUnavailable)
-    assert _disk_full(raised.value)
+    assert is_disk_full(raised.value)

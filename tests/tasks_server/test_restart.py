@@ -24,6 +24,7 @@ from vi_flow.server.providers.local import LocalProvider
 from vi_flow.server.providers.local.process import end_orphan
 from vi_flow.server.providers.local.sandbox import detect_sandbox
 from vi_flow.server.providers.local.spawn import start_process
+from vi_flow.server.state import STORE_KEY
 from vi_flow.server.tasks import TASKS_KEY
 
 from .conftest import StartServer, group_alive
@@ -207,6 +208,55 @@ async def test_restart_stops_what_a_server_left_running_unrecorded(
         assert f"(process group {left.pid}) was stopped and the task queued again" in stderr[0]
         await second.until_logged(task["taskId"], "started", within=20)
         assert paths.stdout.read_bytes() == b"started\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(left.pid, signal.SIGKILL)
+        left.wait()
+
+
+@pytest.mark.anyio
+async def test_restart_stops_what_a_server_left_of_a_task_whose_run_ended(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A task block's task the server died starting, whose run the next server ended:
+    # the task fails unstarted, and what the dead server had started of it is stopped
+    # (QA twice found a sandbox's init left behind, holding the task's logs).
+    first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
+    provider = first.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    monkeypatch.setattr(provider, "submit", lambda spec: asyncio.sleep(0))  # never started
+    flow = await first.call("POST", "/flows", json={"name": "f", "blocks": [{"block": "template"}]})
+    run = await first.call("POST", f"/flows/{flow.body['flowId']}/execute", json={})
+    assert run.body["status"] == "Succeeded", run.body
+    task = await first.submit(command="echo started; sleep 300", cpus=1)
+    store = first.app[STORE_KEY]
+    await store.run(
+        lambda c: (
+            c.execute(
+                "UPDATE tasks SET run_id = ? WHERE task_id = ?",
+                (run.body["executionId"], task["taskId"]),
+            ).rowcount
+        )
+    )
+    await first.stop()
+    env = {"PATH": os.environ["PATH"], "VI_FLOW_TASK_ID": task["taskId"]}
+    left = start_process(
+        ["sleep", "300"],
+        cwd=Path("/"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
+        failed = await second.wait(task["taskId"])
+        assert (failed["status"], failed["reason"]) == ("failed", "ServerRestarted"), failed
+        assert "its run ended" in failed["message"]
+        await _until_group_gone(left.pid)
+        logs = f"/tasks/{task['taskId']}/logs"
+        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
+        assert f"(process group {left.pid}) was stopped and the task not started" in stderr[0]
+        assert provider.task_paths(task["taskId"]).stdout.read_bytes() == b""
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(left.pid, signal.SIGKILL)

@@ -20,13 +20,11 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
 import itertools
 import logging
 import re
 import secrets
-import sqlite3
 import time
 import weakref
 from typing import Any
@@ -41,7 +39,7 @@ from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
 from .bootstrap import DEFAULT_ORG, read_admin_token
 from .console.sessions import COOKIE, session_hash, session_principal
-from .db import DatabaseFileGone, DatabaseUnavailable
+from .db import DatabaseFileGone, DatabaseUnavailable, is_disk_full
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
@@ -309,28 +307,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise  # the access middleware notes it; there is no one to answer
         return _internal_error(request)  # e.g. an outgoing connection of the handler
     except Exception as exc:
-        if _disk_full(exc):
+        if is_disk_full(exc):
             return _disk_full_answer(request)
         return _internal_error(request)
-
-
-_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named from Python 3.11
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """Whether a failure (or one that caused it) is a full disk: SQLite's ``SQLITE_FULL``,
-    PostgreSQL's ``53100`` or a write's ``ENOSPC``/``EDQUOT``."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(exc, sqlite3.OperationalError) and (
-            getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
-        ):
-            return True
-        if getattr(exc, "sqlstate", None) == "53100":  # psycopg's DiskFull
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _disk_full_answer(request: web.Request) -> web.Response:

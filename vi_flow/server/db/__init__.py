@@ -30,6 +30,7 @@ from ._errors import (
     NewerDatabaseError,
     PostgresError,
     PostgresIntegrityError,
+    is_disk_full,
 )
 from ._held import log_when_committed
 from ._types import Connection, Cursor, Row
@@ -54,6 +55,7 @@ __all__ = [
     "Row",
     "SQLiteDatabase",
     "for_update",
+    "is_disk_full",
     "is_postgres_url",
     "lock_name",
     "log_when_committed",

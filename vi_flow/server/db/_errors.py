@@ -7,6 +7,7 @@ db.IntegrityError`` serves both backends and code written for SQLite keeps worki
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Sequence
 
@@ -22,11 +23,31 @@ __all__ = [
     "NewerDatabaseError",
     "PostgresError",
     "PostgresIntegrityError",
+    "is_disk_full",
 ]
 
 Error = sqlite3.Error
 DatabaseError = sqlite3.DatabaseError
 IntegrityError = sqlite3.IntegrityError
+
+
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named from Python 3.11
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether a failure (or one that caused it) is a full disk: SQLite's ``SQLITE_FULL``,
+    PostgreSQL's ``53100`` or a write's ``ENOSPC``/``EDQUOT``."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and (
+            getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
+        ):
+            return True
+        if getattr(exc, "sqlstate", None) == "53100":  # psycopg's DiskFull
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class PostgresError(sqlite3.DatabaseError):

@@ -38,7 +38,7 @@ from ...models.runs import Run, RunSpec
 from .. import _records as records
 from ..background import spawn
 from ..clock import now_ms
-from ..db import Connection, log_when_committed
+from ..db import Connection, is_disk_full, log_when_committed
 from ..errors import APIProblem
 from ..replicas import Replica
 from ..state import ServerSettings
@@ -60,6 +60,10 @@ log = logging.getLogger("vi_flow.server.engine")
 _RESTARTED = "the server stopped during the run"
 _REPLICA_LOST = "the server replica running it stopped (another replica took the run over)"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
+_DISK_FULL = (
+    "the server's disk is full: the run could not save its progress; free space on the"
+    " server (its home, or its database's disk), then run it again"
+)
 _END_TRIES = 900.0  # seconds a run that crashed is tried to be ended (its database away)
 _CANCEL_WAIT = 10.0
 
@@ -445,6 +449,10 @@ class Engine:
             await self._stop_compute(key)
             await self._end_surely(key, Condition.CANCELLED, *self._why.get(key, _BY_THE_USER))
         except Exception as exc:
+            if is_disk_full(exc):  # an outage, not a fault of the engine's
+                log.error("run %s of %s: the server's disk is full; it ends", key[1], key[0])
+                await self._end_surely(key, Condition.ERROR, _DISK_FULL, "DiskFull")
+                return
             log.exception("run %s of %s crashed", key[1], key[0])
             await self._end_surely(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
         else:

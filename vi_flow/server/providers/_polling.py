@@ -270,6 +270,10 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
             self._poller = None
         await self._close_client()
 
+    async def abandon(self, tasks: Sequence[RunningTask]) -> None:
+        """Nothing: a job that never reached the backend left nothing running."""
+        del tasks
+
     async def recover(self, tasks: Sequence[RunningTask]) -> None:
         """Watch the jobs of tasks that were alive; submit those that never reached the backend."""
         for task in tasks:

@@ -325,6 +325,12 @@ class ComputeProvider(Protocol):
         (a process that died with the server -> ``failed`` with reason ``ServerRestarted``;
         a still-queued task may be re-queued)."""
 
+    async def abandon(self, tasks: Sequence[RunningTask]) -> None:
+        """After a server start, before :meth:`recover`: ``tasks`` never started as far as
+        the database knows, and never will (their run ended): stop whatever a server that
+        died may have started of them all the same (locally, what it forked before it
+        could record it; nothing elsewhere)."""
+
     # tasks
     def task_paths(self, task_id: str) -> TaskPaths:
         """Where the task's workspace and logs live (pure; no I/O)."""

@@ -307,6 +307,9 @@ class TaskService:
         # it is stopped once its provider has it back.
         ownerless = await self.store.run(lambda c: _of_ended_runs(c, rows))
         unstarted = {r["task_id"] for r in rows if r["task_id"] in ownerless and _unsent(r)}
+        if unstarted:
+            abandoned = [row for row in rows if row["task_id"] in unstarted]
+            await self.provider.abandon([await self._running_task(row) for row in abandoned])
         for task_id in sorted(unstarted):
             await self._record_update(
                 TaskUpdate(

@@ -302,11 +302,14 @@ def end_orphan(task: RunningTask) -> str:
     return message
 
 
-def end_unrecorded(tasks: Iterable[RunningTask]) -> dict[str, str]:
+def end_unrecorded(
+    tasks: Iterable[RunningTask], then: str = "the task queued again"
+) -> dict[str, str]:
     """Kill what a previous server started for ``tasks`` and died before recording (each
     still pending, with no process group): every group with a live process whose
-    environment holds one of their ids. What happened, for each task's log, by task id;
-    only tasks something was found for (blocking: one scan of ``/proc`` for them all)."""
+    environment holds one of their ids. What happened (ending with ``then``), for each
+    task's log, by task id; only tasks something was found for (blocking: one scan of
+    ``/proc`` for them all)."""
     pending = {task.spec.task_id: task for task in tasks}
     groups: dict[str, set[int]] = {}
     for entry in os.listdir("/proc") if pending else ():
@@ -322,7 +325,7 @@ def end_unrecorded(tasks: Iterable[RunningTask]) -> dict[str, str]:
             signal_group(pgid, signal.SIGKILL)
         messages[task_id] = message = (
             "the server restarted while it started the task; what it had started (process"
-            f" group {', '.join(map(str, sorted(pgids)))}) was stopped and the task queued again"
+            f" group {', '.join(map(str, sorted(pgids)))}) was stopped and {then}"
         )
         with contextlib.suppress(OSError):
             append_line(pending[task_id].spec.paths, f"[vi-flow] {message}")

@@ -188,6 +188,13 @@ class LocalProvider:
         if watchers:
             await asyncio.wait(watchers, timeout=KILL_WAIT)
 
+    async def abandon(self, tasks: Sequence[RunningTask]) -> None:
+        """Stop what a server killed between a fork and its record left of ``tasks``
+        (see :func:`end_unrecorded`; with the start gate, a sandbox whose setup the
+        crash cut short may still be there)."""
+        if tasks:
+            await asyncio.to_thread(end_unrecorded, tasks, "the task not started (its run ended)")
+
     async def recover(self, tasks: Sequence[RunningTask]) -> None:
         """Re-queue tasks that never started; fail those whose process died with the server.
 
