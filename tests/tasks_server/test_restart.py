@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -27,7 +28,7 @@ from vi_flow.server.providers.local.spawn import start_process
 from vi_flow.server.state import STORE_KEY
 from vi_flow.server.tasks import TASKS_KEY
 
-from .conftest import StartServer, group_alive
+from .conftest import StartServer, TaskServer, group_alive
 
 
 async def _crash(provider: LocalProvider) -> None:
@@ -177,41 +178,56 @@ async def test_a_start_the_server_died_before_recording_never_runs(
             os.killpg(pgid, signal.SIGKILL)
 
 
+async def _starting_nothing(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[TaskServer, LocalProvider]:
+    """A server whose provider takes tasks but never starts them (as one killed before)."""
+    server = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
+    provider = server.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    monkeypatch.setattr(provider, "submit", lambda spec: asyncio.sleep(0))
+    return server, provider
+
+
+@contextlib.contextmanager
+def _left_behind(task_id: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A process such as a server killed between a fork and its record left of the task
+    (the task's id in its environment); killed at the end whatever happened."""
+    env = {"PATH": os.environ["PATH"], "VI_FLOW_TASK_ID": task_id}
+    devnull = subprocess.DEVNULL
+    left = start_process(["sleep", "300"], cwd=Path("/"), env=env, stdout=devnull, stderr=devnull)
+    try:
+        yield left
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(left.pid, signal.SIGKILL)
+        left.wait()
+
+
+async def _stopped_note(server: TaskServer, task_id: str) -> str:
+    """The first line of the task's stderr: what the restart stopped of it."""
+    logs = f"/tasks/{task_id}/logs"
+    return str((await server.call("GET", logs, params={"stream": "stderr"})).body["lines"][0])
+
+
 @pytest.mark.anyio
 async def test_restart_stops_what_a_server_left_running_unrecorded(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A server of a version before the gate, killed between a fork and its record, left
     # the task pending and its command running: the next server stops that one first.
-    first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
-    provider = first.app[TASKS_KEY].provider
-    assert isinstance(provider, LocalProvider)
-    monkeypatch.setattr(provider, "submit", lambda spec: asyncio.sleep(0))  # never started
+    first, provider = await _starting_nothing(start_server, monkeypatch)
     task = await first.submit(command="echo started; sleep 300", cpus=1)
     await first.stop()
-    paths = provider.task_paths(task["taskId"])
-    env = {"PATH": os.environ["PATH"], "VI_FLOW_TASK_ID": task["taskId"]}
-    left = start_process(
-        ["sleep", "300"],
-        cwd=Path("/"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with _left_behind(task["taskId"]) as left:
         second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
         again = await second.wait(task["taskId"], until={"running"})
         assert again["providerId"] != str(left.pid)
         await _until_group_gone(left.pid)
-        logs = f"/tasks/{task['taskId']}/logs"
-        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
-        assert f"(process group {left.pid}) was stopped and the task queued again" in stderr[0]
+        stopped = f"(process group {left.pid}) was stopped and the task queued again"
+        assert stopped in await _stopped_note(second, task["taskId"])
         await second.until_logged(task["taskId"], "started", within=20)
-        assert paths.stdout.read_bytes() == b"started\n"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(left.pid, signal.SIGKILL)
-        left.wait()
+        assert provider.task_paths(task["taskId"]).stdout.read_bytes() == b"started\n"
 
 
 @pytest.mark.anyio
@@ -221,46 +237,24 @@ async def test_restart_stops_what_a_server_left_of_a_task_whose_run_ended(
     # A task block's task the server died starting, whose run the next server ended:
     # the task fails unstarted, and what the dead server had started of it is stopped
     # (QA twice found a sandbox's init left behind, holding the task's logs).
-    first = await start_server(local_cpus=2, local_gpus=[], sandbox=False)
-    provider = first.app[TASKS_KEY].provider
-    assert isinstance(provider, LocalProvider)
-    monkeypatch.setattr(provider, "submit", lambda spec: asyncio.sleep(0))  # never started
+    first, provider = await _starting_nothing(start_server, monkeypatch)
     flow = await first.call("POST", "/flows", json={"name": "f", "blocks": [{"block": "template"}]})
     run = await first.call("POST", f"/flows/{flow.body['flowId']}/execute", json={})
     assert run.body["status"] == "Succeeded", run.body
     task = await first.submit(command="echo started; sleep 300", cpus=1)
-    store = first.app[STORE_KEY]
-    await store.run(
-        lambda c: (
-            c.execute(
-                "UPDATE tasks SET run_id = ? WHERE task_id = ?",
-                (run.body["executionId"], task["taskId"]),
-            ).rowcount
-        )
-    )
+    link = "UPDATE tasks SET run_id = ? WHERE task_id = ?"
+    ids = (run.body["executionId"], task["taskId"])
+    await first.app[STORE_KEY].run(lambda c: c.execute(link, ids).rowcount)
     await first.stop()
-    env = {"PATH": os.environ["PATH"], "VI_FLOW_TASK_ID": task["taskId"]}
-    left = start_process(
-        ["sleep", "300"],
-        cwd=Path("/"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with _left_behind(task["taskId"]) as left:
         second = await start_server(first.home, local_cpus=2, local_gpus=[], sandbox=False)
         failed = await second.wait(task["taskId"])
         assert (failed["status"], failed["reason"]) == ("failed", "ServerRestarted"), failed
         assert "its run ended" in failed["message"]
         await _until_group_gone(left.pid)
-        logs = f"/tasks/{task['taskId']}/logs"
-        stderr = (await second.call("GET", logs, params={"stream": "stderr"})).body["lines"]
-        assert f"(process group {left.pid}) was stopped and the task not started" in stderr[0]
+        stopped = f"(process group {left.pid}) was stopped and the task not started"
+        assert stopped in await _stopped_note(second, task["taskId"])
         assert provider.task_paths(task["taskId"]).stdout.read_bytes() == b""
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(left.pid, signal.SIGKILL)
-        left.wait()
 
 
 @pytest.mark.anyio
