@@ -8,10 +8,12 @@ SQLite's own ``max_page_count`` makes the database full, as a full filesystem do
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import anyio
 import pytest
 
+from vi_flow.server.routes.lifecycle import LIFECYCLE_KEY
 from vi_flow.server.state import STORE_KEY
 
 from .conftest import Server, spec
@@ -78,6 +80,37 @@ async def test_a_run_a_full_disk_stops_ends_saying_so_once_there_is_room(server:
             await anyio.sleep(0.1)
     assert (last["condition"], last["reason"]) == ("Error", "DiskFull"), last
     assert last["message"].startswith("the server's disk is full: the run could not save")
+
+
+async def test_a_forced_stop_stops_though_the_disk_is_too_full_to_record_cancels(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `vi-flow server stop --force` on a full home answered 507: the cancels of what ran
+    # could not be written, and only a signal stopped the server (found by QA, on a
+    # tmpfs). It stops as a crash would; the next start recovers what was in flight.
+    stops: list[bool] = []
+    lifecycle = server.app[LIFECYCLE_KEY]
+    lifecycle.request_stop = lambda: stops.append(True)  # as `vi-flow serve` sets it
+    sleeper = {"block": "task", "id": "t", "settings": {"command": "sleep 30"}}
+    flow = (await server.call("POST", "/flows", json={"name": "s", "blocks": [sleeper]})).body
+    run = (await server.call("POST", f"/flows/{flow['flowId']}/jobs", json={})).body
+    with anyio.fail_after(20):
+        while (await server.call("GET", "/tasks")).body["items"] == []:
+            await anyio.sleep(0.05)
+    store = server.app[STORE_KEY]
+
+    async def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")  # as SQLite says it
+
+    monkeypatch.setattr(store, "set_run_condition", full)
+    try:
+        stopped = await server.call("POST", "/server/shutdown", json={"force": True})
+        assert stopped.status == 202, stopped.body
+        assert stops == [True]
+    finally:
+        monkeypatch.undo()
+        lifecycle.stopping = False
+        await server.call("POST", f"/runs/{run['executionId']}/cancel", json={})
 
 
 def test_a_full_postgresql_disk_is_a_full_disk_not_an_outage() -> None:

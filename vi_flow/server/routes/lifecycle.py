@@ -24,7 +24,7 @@ from ...models.common import Condition
 from ...models.runs import Run
 from ...models.server import ServerInfo, ServerStatus
 from ...models.tasks import ReservationStatus
-from ..db import Connection, DatabaseFileGone, DatabaseUnavailable
+from ..db import Connection, DatabaseFileGone, DatabaseUnavailable, is_disk_full
 from ..errors import APIProblem
 from ..helpers import Handler, json_response, principal_of, read_body
 from ..home import HomeError, mark_stopped, publish, read_run_file
@@ -172,7 +172,14 @@ async def shutdown(request: web.Request) -> web.Response:
         )
     request.app[LIFECYCLE_KEY].stopping = True  # from now on, no new work is taken
     if force and status is not None:
-        await _cancel_all_work(request.app)
+        try:
+            await _cancel_all_work(request.app)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # the cancels cannot be recorded: stop all the same, as a crash would; the
+            # next start recovers what was in flight
+            log.warning("shutdown: the disk is full; work in flight is left for the next start")
     log.info("shutdown requested by %s (force=%s)", principal_of(request).token_name, force)
     # the clients that used this server do not start another for the home (see
     # STOPPED_FILE): a follower left running must not undo the stop
