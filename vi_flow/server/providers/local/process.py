@@ -63,9 +63,7 @@ class Job:
     stop_reason: str | None = None  # "Cancelled", "TimeLimit", "ServerStopped"
     stop_message: str | None = None
     state: str = "queued"  # queued -> launching -> running -> done
-    stop_grace: float = 0.0
     waiting: bool = False
-    stopper: asyncio.Task[None] | None = None
     done: asyncio.Event = attrs.Factory(asyncio.Event)
     watcher: asyncio.Task[None] | None = None
     sandboxed: bool = False

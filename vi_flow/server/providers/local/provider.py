@@ -305,14 +305,14 @@ class LocalProvider:
 
     @staticmethod
     async def _cancel_launching(job: Job, grace: float) -> None:
-        """Ask :meth:`_launch` to stop the job once it started; wait for it to end.
+        """Ask :meth:`_launch` not to let the job's command through its gate (it then ends
+        without running); wait for it to end.
 
         The wait covers the launch too (a busy machine may take seconds to start 50
         sandboxes): a cancel answers once the process is gone, not while it is starting.
         """
         job.stop_reason = job.stop_reason or "Cancelled"
         job.stop_message = job.stop_message or "cancelled by request"
-        job.stop_grace = grace
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(job.done.wait()), grace + KILL_WAIT + LAUNCH_WAIT)
 
