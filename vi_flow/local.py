@@ -171,11 +171,13 @@ def find_server(home: Path) -> ServerInfo | None:
     return _look(home, _PROBE_TIMEOUT)[0]
 
 
-def find_silent_server(home: Path) -> tuple[ServerInfo | None, ServerInfo | None]:
-    """As :func:`find_server`; when none answers, also the server the run file names if
-    it lives, holds the home and took the connection without answering (stopped with
-    SIGSTOP, hung or overloaded): ``(None, that one)``."""
-    found, silent = _look(home, _PROBE_TIMEOUT)
+def find_silent_server(
+    home: Path, wait: float = _PROBE_TIMEOUT
+) -> tuple[ServerInfo | None, ServerInfo | None]:
+    """As :func:`find_server` (waiting ``wait`` s for its answer); when none answers, also
+    the server the run file names if it lives, holds the home and took the connection
+    without answering (stopped with SIGSTOP, hung or overloaded): ``(None, that one)``."""
+    found, silent = _look(home, wait)
     if found is not None or not silent or not _home_held(home):
         return found, None
     return None, _read_run_file(home)
@@ -262,17 +264,21 @@ def _spawn(home: Path, idle_timeout: float) -> None:
 _PUBLISH_WAIT = 10.0
 
 
-def _silent_server(home: Path, wait: float = _PROBE_TIMEOUT) -> LocalServerError | None:
+def _silent_server(home: Path) -> LocalServerError | None:
     """The error for a home whose published server lives but does not answer (stopped
     with SIGSTOP, or overloaded): "use that server" would send the user to it."""
     info = _read_run_file(home)
     if info is None or not pid_alive(info.pid):
         return None
+    return _not_answering(info, home, _PROBE_TIMEOUT)
+
+
+def _not_answering(info: ServerInfo, home: Path, wait: float) -> LocalServerError:
     return LocalServerError(
         f"the server of home {home} (pid {info.pid}, {info.url}) holds the home but did "
         f"not answer within {wait:g} s: it may be stopped (SIGSTOP) or "
         f"overloaded; wait for it, or stop it with 'VI_FLOW_HOME={home} vi-flow server "
-        f"stop' (or 'kill {info.pid}')"
+        f"stop --force' (or 'kill {info.pid}')"
     )
 
 
@@ -327,11 +333,11 @@ def start_server(
     """As :func:`ensure_server`; also whether this call started the server (of several
     processes starting it at once, one did)."""
     home = home.expanduser().resolve()
-    found, silent = _look(home, wait)
+    found, silent = find_silent_server(home, wait)
     if found is not None:
         return _check_version(found), False
-    if silent and _home_held(home) and (error := _silent_server(home, wait)):
-        raise error  # another server could not take the home from it anyway
+    if silent is not None:  # another server could not take the home from it anyway
+        raise _not_answering(silent, home, wait)
     import filelock  # only on the way to starting a server: it costs a warm start ~10 ms
 
     _prepare(home)

@@ -246,30 +246,30 @@ def _end_silent(pid: int) -> None:
     """End a server that does not answer: SIGTERM (and SIGCONT, should it be stopped),
     SIGKILL if it is still there after :data:`_STOP_WAIT` s. A server killed loses no
     accepted work: the next one recovers it."""
-    from .. import local
-
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGCONT)
-    deadline = time.monotonic() + _STOP_WAIT
-    while local.pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        if local.pid_alive(pid):
+    if not _gone_within(pid, _STOP_WAIT):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    while local.pid_alive(pid) and time.monotonic() < deadline + _STOP_WAIT:
-        time.sleep(0.05)
+        _gone_within(pid, _STOP_WAIT)
 
 
 def _wait_gone(pid: int) -> None:
+    while not _gone_within(pid, _STOP_WAIT):
+        os.kill(pid, signal.SIGTERM)  # it accepted the stop but hangs: be firmer
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` has ended, waiting ``seconds`` at most."""
     from .. import local
 
-    deadline = time.monotonic() + _STOP_WAIT
+    deadline = time.monotonic() + seconds
     while local.pid_alive(pid):
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGTERM)  # it accepted the stop but hangs: be firmer
-            deadline = time.monotonic() + _STOP_WAIT
+            return False
         time.sleep(0.05)
+    return True
 
 
 def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
