@@ -97,13 +97,14 @@ def started_server(home: Path) -> ServerInfo:
 
 @contextlib.contextmanager
 def foreground_serve(
-    home: Path, stderr: int = subprocess.DEVNULL, **env: str
+    home: Path, stderr: int = subprocess.DEVNULL, prefix: tuple[str, ...] = (), **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``vi-flow serve`` on ``home`` in the foreground, once it has published itself;
     stopped afterwards (SIGTERM, then SIGKILL) unless it has ended. Its log goes to
-    ``stderr`` (nowhere by default)."""
+    ``stderr`` (nowhere by default). ``prefix`` runs it (it must ``exec`` the server: its
+    pid is the one stopped)."""
     serve = subprocess.Popen(
-        [*cli_command(), "serve", "--port", "0"],
+        [*prefix, *cli_command(), "serve", "--port", "0"],
         env=env_for(home, **env),
         stderr=stderr,
     )

@@ -29,12 +29,14 @@ from .sandbox import allowed_environment
 from .spawn import TaskProcess
 
 __all__ = [
+    "DISK_FULL_NOTE",
     "KILL_WAIT",
     "MAX_RUN_TIME_GRACE",
     "Job",
     "append_line",
     "ask_to_stop",
     "describe_exit",
+    "disk_is_full",
     "end_orphan",
     "end_unrecorded",
     "final_update",
@@ -51,6 +53,13 @@ KILL_WAIT = 5.0
 
 MAX_RUN_TIME_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task exceeds its ``max_run_time``."""
+
+DISK_LOW = 64 * 1024
+"""Bytes free under which the disk of a task's logs counts as full: a task writes its
+logs itself (they are its stdout and stderr), so the server never sees a write that
+failed; it looks at the disk instead (:func:`disk_is_full`)."""
+
+DISK_FULL_NOTE = "the disk holding its logs was full while it ran: lines it printed may be missing"
 
 
 @attrs.define
@@ -70,6 +79,7 @@ class Job:
     late_volumes: list[Path] = attrs.Factory(list)  # mounted while it ran
     sandbox_info: int | None = None  # the read end of bubblewrap's --info-fd
     held: bool = True  # its command has not been let through its gate (GATE)
+    disk_full: bool = False  # the disk of its logs was seen full while it ran
 
 
 # -- starting --------------------------------------------------------------------------
@@ -136,6 +146,17 @@ def gpu_environment(job: Job, machine_has_gpus: bool) -> dict[str, str]:
 def append_line(paths: TaskPaths, text: str) -> None:
     """Append one line to the task's stderr log, never through a link (blocking)."""
     append_beneath(paths.root, paths.stderr, text)
+
+
+def disk_is_full(paths: TaskPaths) -> bool:
+    """Whether the file system of the task's logs has (nearly) no space left for it
+    (blocking). Root may write into the blocks a file system keeps for root."""
+    try:
+        fs = os.statvfs(paths.stdout.parent)
+    except OSError:
+        return False
+    blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    return blocks * fs.f_frsize < DISK_LOW
 
 
 # -- stopping --------------------------------------------------------------------------
@@ -397,6 +418,8 @@ def final_update(job: Job, code: int) -> TaskUpdate:
         reason, message = end_reason(end), describe(end)
         if reason == "Completed":
             status = TaskStatus.COMPLETED
+    if job.disk_full and not job.held:
+        message = f"{message}; {DISK_FULL_NOTE}" if message else DISK_FULL_NOTE
     return TaskUpdate(
         job.spec.task_id,
         status,

@@ -60,10 +60,12 @@ from .late_mount import late_mounts_supported, mount_into
 from .machine import Machine, detect_machine
 from .placement import build_catalog, place
 from .process import (
+    DISK_FULL_NOTE,
     KILL_WAIT,
     MAX_RUN_TIME_GRACE,
     Job,
     append_line,
+    disk_is_full,
     end_orphan,
     end_unrecorded,
     final_update,
@@ -114,6 +116,9 @@ class _NotStarted(Exception):
 LAUNCH_WAIT = 30.0
 """The most a cancel waits for a task still being launched to start (then it is stopped)."""
 
+DISK_CHECK = 1.0
+"""Seconds between two looks at the disks of running tasks' logs (see ``disk_is_full``)."""
+
 
 class LocalProvider:
     """Runs tasks as local process groups with a CPU/GPU capacity scheduler.
@@ -138,6 +143,7 @@ class LocalProvider:
         )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._disk_task: asyncio.Task[None] | None = None
         self._launching: set[asyncio.Task[None]] = set()
         self._closing = False
         self._max_run_time_grace = float(
@@ -168,15 +174,17 @@ class LocalProvider:
                 self.sandbox.reason,
             )
         self._loop_task = asyncio.create_task(self._scheduler(), name="vi-flow-local-scheduler")
+        self._disk_task = asyncio.create_task(self._watch_disks(), name="vi-flow-local-disks")
         log.info("local provider: %d CPUs, %s", self.machine.cpus, self.machine.describe_gpus())
 
     async def close(self) -> None:
         """Stop the scheduler and every running task (reported ``failed``, ServerStopped)."""
         self._closing = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._disk_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._launching:  # let each launch finish: a half-made spawn would leak
             await asyncio.wait(set(self._launching))
         jobs = [job for job in self._jobs.values() if job.process is not None]
@@ -526,10 +534,24 @@ class LocalProvider:
             init = sandbox_child(info)
         await wait_group_gone(process.pid, KILL_WAIT, None if init is None else [init])
         self._jobs.pop(job.spec.task_id, None)
+        if not job.held and not job.disk_full:
+            job.disk_full = await asyncio.to_thread(disk_is_full, job.spec.paths)
+        if job.disk_full:
+            with contextlib.suppress(OSError):  # the disk may be full still
+                await asyncio.to_thread(append_line, job.spec.paths, f"[vi-flow] {DISK_FULL_NOTE}")
         await self._report(final_update(job, code))
         job.state = "done"
         job.done.set()
         self._wake.set()
+
+    async def _watch_disks(self) -> None:
+        """Note every running task whose logs' disk is full: the task writes its logs
+        itself, so a line it could not write is lost without a word; its end says so."""
+        while True:
+            await asyncio.sleep(DISK_CHECK)
+            jobs = [job for job in self._jobs.values() if job.state == "running"]
+            if jobs:
+                await asyncio.to_thread(_note_full_disks, jobs)
 
     async def _report(self, update: TaskUpdate) -> bool:
         return await report_to(self._sink, update, log)
@@ -583,6 +605,12 @@ class LocalProvider:
         """Remove the volume's directory and everything in it (no link followed; what
         stopped it is logged)."""
         await asyncio.to_thread(try_remove_tree, self.volume_path(volume_id))
+
+
+def _note_full_disks(jobs: list[Job]) -> None:
+    for job in jobs:
+        if not job.held and not job.disk_full:
+            job.disk_full = disk_is_full(job.spec.paths)
 
 
 def _restart_failure(task: RunningTask, message: str) -> TaskUpdate:
