@@ -94,6 +94,28 @@ async def test_a_tasks_environment_is_loaded_inside_its_sandbox(client: Any) -> 
         assert "gpus=none" in out, out  # a CPU job: Slurm gave it no GPUs
 
 
+async def test_a_shells_task_environment_is_loaded_inside_the_sandbox(client: Any) -> None:
+    # Found by QA (on the local provider, the same code here): a shell's process got the
+    # task's env, so its PATH chose the `srun` the server ran on its own host, outside
+    # every sandbox, and the node's `bwrap` (LD_PRELOAD: the same).
+    async with await _organization_b(client) as b:
+        tools = (await b.create_volume(1, name="shell-tools", interface="file")).path
+        fake = "; ".join(
+            f"printf '#!/bin/sh\\necho ESCAPED {name}\\n' > tools/{name}; chmod +x tools/{name}"
+            for name in ("srun", "bwrap")
+        )
+        made = await b.run(fake, mounts={"/tools": "volume://shell-tools"})
+        assert await made.wait(timeout=30) == TaskStatus.COMPLETED
+        env = {"PATH": f"{tools}:/usr/bin:/bin", "MINE": "x y"}
+        task = await b.run("sleep 60", env=env, wait=True)
+        try:
+            shell = await b.shell(task.task_id, command='echo "inside $MINE $PATH"', echo=False)
+        finally:
+            await b.cancel(task.task_id)
+        assert "ESCAPED" not in shell.stdout + shell.stderr, shell
+        assert shell.stdout == f"inside x y {tools}:/usr/bin:/bin\n", shell.stderr
+
+
 async def test_a_volume_mounted_into_a_running_job_reaches_the_shells_opened_after(
     client: Any,
 ) -> None:

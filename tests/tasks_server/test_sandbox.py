@@ -142,6 +142,54 @@ async def test_an_ssh_session_reaches_nothing_either(
         assert pwd.stdout.split() == [endpoint["workdir"], "ok"]
 
 
+# LD_DEBUG makes the dynamic loader of every process started with it print what it
+# loads, naming the program: a harmless LD_PRELOAD, that shows who was given the env.
+_LOADER_ENV = {"LD_DEBUG": "files", "QA_GIVEN": "a b'c"}
+
+
+def _loaded_outside(text: str) -> list[str]:
+    """The loader's lines about a program that runs outside the sandbox (bwrap, srun)."""
+    return [line for line in text.splitlines() if "bwrap" in line or "srun" in line]
+
+
+@pytest.mark.anyio
+async def test_a_tasks_env_reaches_its_command_and_never_the_sandbox_itself(
+    sandboxed: TaskServer,
+) -> None:
+    # A task's LD_PRELOAD given to bwrap ran the user's code on the host, as the server's
+    # user, before any namespace (QA: it read the admin token and another org's files).
+    task = await sandboxed.submit(
+        command='echo "given=$QA_GIVEN pwd=$PWD"', env=_LOADER_ENV, name="loader"
+    )
+    done = await sandboxed.wait(task["taskId"], within=20)
+    answer = await sandboxed.call(
+        "GET", f"/tasks/{task['taskId']}/logs", params={"tail": "2000", "stream": "both"}
+    )
+    out = "\n".join(answer.body["lines"])
+    assert done["status"] == "completed", (done, out)
+    assert f"given=a b'c pwd={sandboxed.home}/tasks/{task['taskId']}/workspace" in out
+    assert "transferring control: /bin/sh" in out, out  # the command's own loader saw it
+    assert _loaded_outside(out) == [], out
+
+
+@pytest.mark.anyio
+async def test_an_ssh_sessions_task_env_is_set_inside_the_sandbox_only(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    public = client_key.export_public_key().decode()
+    await sandboxed.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    task = await sandboxed.submit(command="sleep 30", env=_LOADER_ENV)
+    await sandboxed.wait(task["taskId"], until={"running"})
+    endpoint = (await sandboxed.call("GET", f"/tasks/{task['taskId']}/ssh")).body
+    async with _connect(endpoint, client_key) as conn:
+        result = await conn.run('echo "given=$QA_GIVEN"; ls -a ..')
+    assert "given=a b'c" in result.stdout, result.stderr
+    assert "transferring control: /bin/sh" in str(result.stderr)
+    assert _loaded_outside(str(result.stderr)) == [], result.stderr
+    assert ".vi-flow-env" not in result.stdout  # sourced and deleted before the command
+    assert [p.name for p in Path(endpoint["workdir"]).parent.iterdir() if "env" in p.name] == []
+
+
 def _connect(endpoint: dict[str, Any], key: asyncssh.SSHKey, user: str | None = None) -> Any:
     return asyncssh.connect(
         endpoint["host"],

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..beneath import open_beneath
 from .base import InvalidRequest, LaunchSpec
 
-__all__ = ["ENV_FILE", "VARIABLE_NAME", "load_env", "make_task_dirs", "write_secret_file"]
+__all__ = [
+    "ENV_FILE",
+    "VARIABLE_NAME",
+    "export_lines",
+    "load_env",
+    "make_task_dirs",
+    "write_secret_file",
+    "write_session_env",
+]
 
 #: The task's environment, mode 0600, in its directory until the job has read it.
 ENV_FILE = ".vi-flow-env"
@@ -26,7 +36,7 @@ ENV_FILE = ".vi-flow-env"
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
+def write_secret_file(path: Path, env: Mapping[str, str]) -> None:
     """Write ``export NAME=value`` lines to ``path``, readable only by its owner.
 
     Blocking: call it off the event loop. The file is created with mode 0600 before any
@@ -36,13 +46,39 @@ def write_secret_file(path: Path, secrets: Mapping[str, str]) -> None:
         InvalidRequest: A name a shell cannot set (the server refuses them when a task is
             submitted; a task stored before it did fails, rather than the server).
     """
-    for name in secrets:
-        if not VARIABLE_NAME.fullmatch(name):
-            raise InvalidRequest(f"env: {name[:64]!r} is not a variable name a shell can set")
-    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in secrets.items())
+    text = export_lines(env)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    """``export NAME=value`` lines a shell sources to set ``env``.
+
+    Raises:
+        InvalidRequest: A name a shell cannot set.
+    """
+    for name in env:
+        if not VARIABLE_NAME.fullmatch(name):
+            raise InvalidRequest(f"env: {name[:64]!r} is not a variable name a shell can set")
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def write_session_env(root: Path, env: Mapping[str, str]) -> Path:
+    """A new mode-0600 file of ``export`` lines in the task directory ``root`` (a name
+    of its own, made without following a link the task put there) for one SSH session
+    to source inside the task's sandbox with :func:`load_env`; the session deletes it.
+
+    Raises:
+        InvalidRequest: A name a shell cannot set.
+        OSError: The file could not be made.
+    """
+    text = export_lines(env)
+    path = root / f"{ENV_FILE}-{secrets.token_hex(8)}"
+    fd = open_beneath(root, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return path
 
 
 def load_env(path: str) -> str:

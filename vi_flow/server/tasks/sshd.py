@@ -38,6 +38,8 @@ from typing import Any, Protocol
 import asyncssh
 
 from ..limits import open_file_limit
+from ..providers._job_files import load_env, write_session_env
+from ..providers.base import InvalidRequest
 from ..providers.local.sandbox import allowed_environment
 from .logfile import LogReader
 from .logwatch import LogChanges
@@ -280,14 +282,41 @@ def _argv(context: SessionContext, command: str | None, pty: bool, shell: str) -
     return [*context.exec_prefix, shell, "-i"] if pty else [*context.exec_prefix, shell]
 
 
-def _environment(context: SessionContext, client_env: dict[str, str]) -> dict[str, str]:
+def _environment(
+    context: SessionContext, client_env: dict[str, str], *, with_task: bool = True
+) -> dict[str, str]:
     """An allow-list: never the server's environment; of the client's, only the terminal
-    and locale (``LD_PRELOAD`` and friends would reach ``srun`` on the server host)."""
+    and locale (``LD_PRELOAD`` and friends would reach ``srun`` on the server host); the
+    task's own ``env`` unless ``with_task`` is false."""
     env = allowed_environment(os.environ, context.workdir)
     env.update({k: v for k, v in client_env.items() if k in _CLIENT_ENV or k.startswith("LC_")})
-    env.update(context.env)
+    if with_task:
+        env.update(context.env)
     env.setdefault("TERM", "xterm")
     return env
+
+
+def _behind_prefix(
+    context: SessionContext, argv: list[str], client_env: dict[str, str]
+) -> tuple[list[str], dict[str, str], Path | None]:
+    """``argv`` and the environment to start it with, and the file that carries the
+    task's ``env`` past the exec prefix (blocking).
+
+    The task's ``env`` is its user's: given to the prefix's own process (``bwrap`` on
+    the host, ``srun`` on the server's host), its ``LD_PRELOAD`` or ``PATH`` would run
+    the user's code there, outside the sandbox. The prefix starts with the allow-list;
+    the task's variables are set inside it, from a file sourced and deleted there.
+    """
+    if not context.exec_prefix or not context.env:
+        return argv, _environment(context, client_env), None
+    given = write_session_env(context.root, context.env)
+    inner = argv[len(context.exec_prefix) :]
+    load = ["/bin/sh", "-c", load_env(str(given)), "vi-flow-session"]
+    return (
+        [*context.exec_prefix, *load, *inner],
+        _environment(context, client_env, with_task=False),
+        given,
+    )
 
 
 def _cwd(context: SessionContext) -> Path:
@@ -638,8 +667,14 @@ async def _run_session(
         process.exit(1)
         return
     pty = process.get_terminal_type() is not None
-    argv = _argv(context, process.command, pty, shell)
-    env = _environment(context, dict(process.env))
+    try:
+        argv, env, given = await asyncio.to_thread(
+            _behind_prefix, context, _argv(context, process.command, pty, shell), dict(process.env)
+        )
+    except (OSError, InvalidRequest) as exc:
+        process.stderr.write(f"vi-flow: cannot give the session its task's env: {exc}\n".encode())
+        process.exit(127)
+        return
     cwd = await asyncio.to_thread(_cwd, context)
     try:
         runner = _run_pty if pty else _run_pipes
@@ -648,6 +683,10 @@ async def _run_session(
     except OSError as exc:
         process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
         code = 127
+    finally:
+        if given is not None:  # read and deleted inside, unless the command never started
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(given.unlink, missing_ok=True)
     process.exit(code if code >= 0 else 128 - code)
 
 

@@ -82,8 +82,10 @@ from .reservations import ReservationBook
 from .sandbox import (
     GATE,
     Sandbox,
+    allowed_environment,
     check_executable,
     detect_sandbox,
+    environment_fd,
     sandbox_child,
     task_network,
 )
@@ -451,24 +453,28 @@ class LocalProvider:
         write: int | None = None
         waits: int | None = None  # the command waits to read from it; we write to `gate`
         gate: int | None = None
+        given: int | None = None  # the command's environment, for bwrap (environment_fd)
         try:
             waits, gate = os.pipe()
             # bwrap would start and then fail with status 1, the gate's shell with 127:
             # fail before either starts, as exec would.
             check_executable(spec.argv[0], cwd, env["PATH"])
+            own_env = env  # unsandboxed, the command runs as the server's user anyway
             if job.sandboxed:
                 info, write = os.pipe()
                 os.set_blocking(info, False)
+                given = environment_fd(env)
+                own_env = allowed_environment(os.environ, cwd)
             volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
-            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write)
+            prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write, env_fd=given)
             popen = start_process(
                 [*prefix, *GATE, *spec.argv],
                 cwd=cwd,
-                env=env,
+                env=own_env,
                 stdin=waits,
                 stdout=out,
                 stderr=err,
-                pass_fds=() if write is None else (write,),
+                pass_fds=tuple(fd for fd in (write, given) if fd is not None),
             )
         except BaseException as exc:
             for fd in (info, gate):
@@ -478,7 +484,7 @@ class LocalProvider:
                 raise _NotStarted(f"could not start {spec.argv[0]!r}: {exc}") from exc
             raise
         finally:
-            for fd in (out, err, write, waits):
+            for fd in (out, err, write, waits, given):
                 if fd is not None:
                     os.close(fd)
         assert gate is not None

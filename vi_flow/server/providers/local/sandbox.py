@@ -43,6 +43,7 @@ __all__ = [
     "allowed_environment",
     "check_executable",
     "detect_sandbox",
+    "environment_fd",
     "job_sandbox",
     "sandbox_child",
     "task_network",
@@ -75,6 +76,32 @@ def allowed_environment(base: Mapping[str, str], home: Path) -> dict[str, str]:
     env["PATH"] = base.get("PATH") or _PATH
     env["HOME"] = str(home)
     return env
+
+
+def environment_fd(env: Mapping[str, str]) -> int:
+    """A file (in memory) of bubblewrap arguments, for its ``--args``, that give the
+    sandboxed command exactly ``env``: ``--clearenv``, then ``--setenv NAME VALUE`` each.
+
+    A task's ``env`` is the user's: given to ``bwrap`` as its own environment, its
+    ``LD_PRELOAD`` or ``LD_AUDIT`` would run the user's code in ``bwrap`` itself, on the
+    host, as the server's user, before any namespace exists. ``bwrap`` runs with the
+    server's allow-list instead, and applies this once it runs; nor do the values show in
+    any command line. The caller closes the descriptor once ``bwrap`` has started.
+    """
+    data = b"".join(
+        b"--setenv\0%s\0%s\0" % (os.fsencode(name), os.fsencode(value))
+        for name, value in env.items()
+    )
+    fd = os.memfd_create("vi-flow-env", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(b"--clearenv\0" + data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @attrs.frozen
@@ -111,11 +138,13 @@ class Sandbox:
         cwd: Path,
         info_fd: int | None = None,
         setenv: Mapping[str, str] | None = None,
+        env_fd: int | None = None,
     ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``;
         bubblewrap writes its ``--info-fd`` JSON to ``info_fd`` (see :func:`sandbox_child`),
-        and sets ``setenv`` over whatever environment the command was given (an SSH
-        session's, which a task's ``env`` fills). Unsandboxed, only ``setenv`` is applied
+        sets ``setenv`` over whatever environment the command was given, then reads the
+        arguments in ``env_fd`` (:func:`environment_fd`: the command's whole environment,
+        given to bubblewrap after it started). Unsandboxed, only ``setenv`` is applied
         (by ``env``; ``[]`` without it)."""
         if self.bwrap is None:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
@@ -151,6 +180,8 @@ class Sandbox:
             args += ["--bind", str(volume), str(volume)]
         for name, value in (setenv or {}).items():
             args += ["--setenv", name, value]
+        if env_fd is not None:
+            args += ["--args", str(env_fd)]
         # The sandbox's own root (where the home's path was made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]
         return args
