@@ -21,8 +21,10 @@ import logging
 import os
 import random
 import ssl
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -128,29 +130,42 @@ class Connection:
         self.closed = False
         self._endpoint: Endpoint | None = None
         self._attached: local.Attached | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._session_pid = 0
-        self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._lock = asyncio.Lock()
+        # A session per event loop using the client (and the pid that made it)
+        self._sessions: dict[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, int]] = {}
+        # One lock per event loop (an asyncio.Lock belongs to the loop that first waits
+        # on it: shared by two loops, one raised and the other waited for ever); the
+        # home's server is attached under a thread lock, once for every loop.
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._thread_lock = threading.Lock()
         # the waits between attempts under way, and their loops: aclose ends them
         self._naps: dict[Any, asyncio.AbstractEventLoop] = {}  # anyio.CancelScope
 
     async def endpoint(self) -> Endpoint:
         """Return the endpoint, finding (or starting) the home's server on first use."""
         if self._endpoint is None:
-            async with self._lock:
+            async with self._loop_lock():
                 if self._endpoint is None:
-                    self._endpoint = await self._resolve()
+                    self._endpoint = await self._resolve(again=False)
         return self._endpoint
+
+    def _loop_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._thread_lock:
+            lock = self._locks.get(loop)
+            if lock is None:
+                lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     async def reconnect(self, stale: Endpoint) -> Endpoint:
         """After ``stale`` stopped answering: the home's server as it is now (local only)."""
         if not self.settings.is_local or (self._attached and self._attached.release):
             return stale  # a remote URL stays as given; our own in-process server is ours
-        async with self._lock:
+        async with self._loop_lock():
             if self._endpoint is stale:
                 self._check_not_stopped()
-                self._endpoint = await self._resolve()
+                self._endpoint = await self._resolve(again=True)
             return self._endpoint or stale
 
     def _check_not_stopped(self) -> None:
@@ -164,24 +179,32 @@ class Connection:
                 " or command does"
             )
 
-    async def _resolve(self) -> Endpoint:
+    async def _resolve(self, again: bool) -> Endpoint:
+        """The endpoint; with the ``local`` URL, the home's server attached (``again``:
+        afresh, the one attached before stopped answering)."""
         s = self.settings
         if not s.is_local:
             return Endpoint(s.base_url, s.api_key, s.organization_id)
         import anyio.to_thread
 
-        attached = await anyio.to_thread.run_sync(local.attach, s)
+        attached = await anyio.to_thread.run_sync(self._attach, again)
         if self.closed:  # closed while the server was starting
             if attached.release is not None:
                 await anyio.to_thread.run_sync(attached.release)
             raise ClientStateError("the client was closed")
-        self._attached = attached
         return Endpoint(
             attached.info.url,
             s.api_key or local.admin_token(s.home),
             # the admin token's organization; a key the user gave names its own
             s.organization_id or (None if s.api_key else DEFAULT_ORGANIZATION),
         )
+
+    def _attach(self, again: bool) -> local.Attached:
+        """Attach the home's server once, whichever loop asks first (blocking)."""
+        with self._thread_lock:
+            if self._attached is None or again:
+                self._attached = local.attach(self.settings)
+            return self._attached
 
     def ensure_open(self) -> None:
         """Raise ``ClientStateError`` once the client is closed."""
@@ -204,14 +227,18 @@ class Connection:
         self.ensure_open()
 
     def session(self) -> aiohttp.ClientSession:
-        """Return the session for the running loop, creating it on first use."""
+        """Return the session for the running loop, creating it on first use (each loop
+        that uses the client has its own; those of loops since closed are let go)."""
         self.ensure_open()
         import aiohttp
 
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session_loop is not loop or self._session.closed:
-            self._let_go()
-            self._session = aiohttp.ClientSession(
+        with self._thread_lock:
+            held = self._sessions.get(loop)
+            if held is not None and held[1] == os.getpid() and not held[0].closed:
+                return held[0]
+            self._let_go(lambda other: other is loop or other.is_closed())
+            session = aiohttp.ClientSession(
                 # No pool limit: a stream holds its connection for the run's life, and
                 # with 100 open (aiohttp's default bound) every other call of the client
                 # waited, the tool results those streams were waiting for included.
@@ -222,19 +249,27 @@ class Connection:
                 headers={"User-Agent": USER_AGENT},
                 auto_decompress=True,
             )
-            self._session_loop, self._session_pid = loop, os.getpid()
-        return self._session
+            self._sessions[loop] = (session, os.getpid())
+        return session
 
-    def _let_go(self) -> None:
-        """Drop the session; one made before ``os.fork()`` is kept for good instead.
+    def _let_go(
+        self, which: Callable[[asyncio.AbstractEventLoop], bool]
+    ) -> list[tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]]:
+        """Drop the sessions of the loops ``which`` picks (under the thread lock); those
+        made in this process, to close; one made before ``os.fork()`` is kept for good.
 
         Its sockets are the parent's, registered with the parent's epoll instance,
         which a forked child shares: finalizing the session here would unregister them
         there too, and the parent's next call would wait for its whole read timeout.
         """
-        if self._session is not None and self._session_pid != os.getpid():
-            _INHERITED.append(self._session)
-        self._session = None
+        ours = []
+        for loop in [loop for loop in self._sessions if which(loop)]:
+            session, pid = self._sessions.pop(loop)
+            if pid != os.getpid():
+                _INHERITED.append(session)
+            else:
+                ours.append((loop, session))
+        return ours
 
     async def aclose(self) -> None:
         """Close the session and let an in-process server go; idempotent."""
@@ -248,13 +283,17 @@ class Connection:
             else:
                 with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
                     loop.call_soon_threadsafe(scope.cancel)
-        if (
-            self._session is not None
-            and self._session_loop is asyncio.get_running_loop()
-            and self._session_pid == os.getpid()
-        ):
-            await self._session.close()
-        self._let_go()
+        with self._thread_lock:
+            ours = self._let_go(lambda _: True)
+        elsewhere = []
+        for loop, session in ours:
+            if loop is here:
+                await session.close()
+            elif loop.is_running():  # another thread's loop: it closes its own
+                with contextlib.suppress(RuntimeError):
+                    elsewhere.append(asyncio.run_coroutine_threadsafe(session.close(), loop))
+        if elsewhere:
+            await asyncio.wait([asyncio.wrap_future(done) for done in elsewhere], timeout=5)
         attached, self._attached = self._attached, None
         if attached is not None and attached.release is not None:
             import anyio.to_thread

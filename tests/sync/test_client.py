@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -128,3 +129,32 @@ def test_a_close_under_streaming_threads_gives_each_a_client_state_error(
     assert [type(error) for error in errors] == [ClientStateError] * 4, errors
     err = capfd.readouterr().err
     assert "asynchronous generator" not in err and "Traceback" not in err, err
+
+
+def test_one_async_client_serves_two_event_loops_at_once() -> None:
+    # Found by QA: its lock was an asyncio.Lock shared by every loop; two loops calling
+    # at once made one raise "bound to a different event loop" and the other wait for ever.
+    client = vi_flow.AsyncClient()
+    answers: dict[int, object] = {}
+    closed = threading.Event()
+
+    async def calls(n: int) -> None:
+        pages = asyncio.gather(*(client.flows.list() for _ in range(5)), return_exceptions=True)
+        answers[n] = await asyncio.wait_for(pages, 20)
+        await asyncio.to_thread(closed.wait, 30)  # the loop runs on until the client closed
+
+    threads = [threading.Thread(target=asyncio.run, args=(calls(n),)) for n in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(answers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    asyncio.run(client.aclose())  # closes each loop's session on that loop
+    closed.set()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(answers) == [0, 1]
+    for pages in answers.values():
+        assert isinstance(pages, list)
+        assert [type(page).__name__ for page in pages] == ["Page"] * 5, pages
