@@ -363,8 +363,12 @@ def test_a_long_stdout_does_not_hide_a_short_stderr(
 ) -> None:
     # Past 4 MiB the page dropped the first event of *each* stream: a short stderr read
     # from its start lost its first lines (the task's errors never showed).
+    # The stderr lines wait until the page shows the end of stdout: written while the page
+    # still read stdout's last 2 MiB (a loaded machine), they sat among its lines, out of
+    # the rows a scrolled-down list draws.
     command = (
-        "seq 1 700000; sleep 3; echo ERROR-ONE >&2; echo ERROR-TWO >&2; echo last-stdout; sleep 60"
+        "seq 1 700000; while [ ! -e go ]; do sleep 0.05; done;"
+        " echo ERROR-ONE >&2; echo ERROR-TWO >&2; echo last-stdout; sleep 60"
     )
     task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
     deadline = time.monotonic() + 60
@@ -373,6 +377,8 @@ def test_a_long_stdout_does_not_hide_a_short_stderr(
         time.sleep(0.1)
     one = _signed_in(visit, console_server)
     one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('700000')")
+    (console_server.home / "tasks" / task / "workspace" / "go").touch()
     one.page.wait_for_selector(".log-line:text-is('last-stdout')")
     one.page.wait_for_selector(".log-line:text-is('ERROR-ONE')")
     one.page.wait_for_selector(".log-line:text-is('ERROR-TWO')")
