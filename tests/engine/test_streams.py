@@ -113,6 +113,23 @@ async def test_cancel_on_disconnect_waits_for_the_client_to_resume(server: Serve
     assert data(events[-1])["status"] == "Cancelled" and names(events).count("log") < 2000
 
 
+async def test_a_quiet_run_is_cancelled_soon_after_its_client_left(
+    start_server: StartServer,
+) -> None:
+    # Found by QA: only a write found the dropped connection, and a quiet run writes a
+    # heartbeat every 15 s: it was cancelled 18 s after its client left, not 3 s.
+    server = await start_server(heartbeat_interval=30)
+    flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})  # waits, silent
+    run_id = await _open_then_drop(server, flow, {"cancelOnDisconnect": True})
+    left = asyncio.get_running_loop().time()
+    while True:
+        run = (await server.call("GET", f"/runs/{run_id}")).body
+        if run["status"]["conditions"][-1]["condition"] == "Cancelled":
+            break
+        assert asyncio.get_running_loop().time() - left < 10, run["status"]
+        await asyncio.sleep(0.1)
+
+
 async def test_cancel_a_running_run(server: Server) -> None:
     flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
     job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body
