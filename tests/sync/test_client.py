@@ -158,3 +158,17 @@ def test_one_async_client_serves_two_event_loops_at_once() -> None:
     for pages in answers.values():
         assert isinstance(pages, list)
         assert [type(page).__name__ for page in pages] == ["Page"] * 5, pages
+
+
+def test_with_options_gives_a_blocking_client_on_the_same_connections() -> None:
+    # Found by QA: the blocking client had no with_options ("method for method").
+    client = vi_flow.Client()
+    quick = client.with_options(timeout=5.0, max_retries=0)
+    assert isinstance(quick, vi_flow.Client)
+    assert quick.async_client.http.connection is client.async_client.http.connection
+    created = quick.flows.create({**SPEC, "name": "quick"})
+    quick.close()  # the original's: nothing closes
+    assert client.flows.get(created.flow_id).flow_id == created.flow_id
+    client.close()
+    with pytest.raises(ClientStateError):
+        quick.flows.list()

@@ -61,10 +61,7 @@ PAIRS: list[tuple[type[Any], type[Any]]] = [
 
 #: Names that differ on purpose, with the reason.
 RENAMED = {"aclose": "close"}  # the async close is awaited, the sync one is not
-ASYNC_ONLY = {
-    "__aenter__", "__aexit__", "__await__",  # async protocols
-    "with_options",  # the sync client shares one portal; derive a client there instead
-}  # fmt: skip
+ASYNC_ONLY = {"__aenter__", "__aexit__", "__await__"}  # async protocols
 SYNC_ONLY = {"__enter__", "__exit__", "async_client"}
 #: Defaults that differ on purpose: a blocking script sees a command's output printed,
 #: as the seed's ``shell`` does; async code gets it back to use.

@@ -43,6 +43,7 @@ class Client:
     """
 
     _async: AsyncClient
+    _owner: bool
 
     def __init__(
         self,
@@ -56,7 +57,7 @@ class Client:
         http_transport: str | NotGiven | None = NOT_GIVEN,
         sleep: Sleep | None = None,
     ) -> None:
-        self._portal = Portal()
+        portal = Portal()
         # Entered as a context of the portal, so that closing the portal (also at
         # interpreter exit for a client nobody closed) closes the async client too.
         client = AsyncClient(
@@ -69,7 +70,12 @@ class Client:
             http_transport=http_transport,
             sleep=sleep,
         )
-        self._async = self._portal.enter_async_context(client)
+        self._owner = True
+        self._wire(portal, portal.enter_async_context(client))
+
+    def _wire(self, portal: Portal, client: AsyncClient) -> None:
+        self._portal = portal
+        self._async = client
         self.flows = Flows(self._async.flows, self._portal)
         self.runs = Runs(self._async.runs, self._portal)
         self.tasks = Tasks(self._async.tasks, self._portal)
@@ -80,6 +86,24 @@ class Client:
         self.tokens = Tokens(self._async.tokens, self._portal)
         self.compute = Compute(self._async.compute, self._portal)
         self.platform = Platform(self._async.platform, self._portal, self.ssh_keys)
+
+    def with_options(
+        self,
+        *,
+        timeout: Timeout | float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | None = None,
+    ) -> Self:
+        """Return a client with other defaults that shares this one's connection pool and
+        thread (as :meth:`AsyncClient.with_options`).
+
+        Closing the derived client does nothing; close the original.
+        """
+        clone = object.__new__(type(self))
+        clone._owner = False
+        clone._wire(
+            self._portal, self._async.with_options(timeout=timeout, max_retries=max_retries)
+        )
+        return clone
 
     @property
     def async_client(self) -> AsyncClient:
@@ -144,8 +168,10 @@ class Client:
     dev_context = forward("platform", Platform.dev_context)
 
     def close(self) -> None:
-        """Close connections (and an in-process server), stop the portal; idempotent."""
-        self._portal.close()
+        """Close connections (and an in-process server), stop the portal; idempotent.
+        A client made by :meth:`with_options` leaves them to the original."""
+        if self._owner:
+            self._portal.close()
 
     def __enter__(self) -> Self:
         return self
