@@ -69,6 +69,23 @@ def test_find_instances(flow: vi_flow.Client) -> None:
     assert len(gpus) <= 5
 
 
+def test_bad_arguments_are_refused_before_any_request(flow: vi_flow.Client) -> None:
+    # Found by QA: these went to the server and came back as 422s (or, for a time that
+    # is not one, a bare "invalid literal for int()"); a task that does not exist shows
+    # no request was made (it would be TaskNotFoundError).
+    missing = "task_0000000000000000"
+    with pytest.raises(ValueError, match=r"^tail: must be between 0 and 100000, got -1"):
+        flow.logs(missing, tail=-1)
+    with pytest.raises(ValueError, match=r"^tail: expected an integer, got '5'"):
+        flow.logs(missing, tail="5")  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match=r"^limit: must be between 1 and 1000, got 0"):
+        flow.find_instances({}, limit=0)
+    with pytest.raises(ValueError, match=r"^size_gb: expected an integer, got '5'"):
+        flow.create_volume("5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^earliest_start_time must be ms since the epoch"):
+        flow.reservation_availability({"instance_type": "cpu", "earliest_start_time": "x"})
+    assert flow.list_volumes() == []
+
 def test_get_task_list_tasks_and_status(flow: vi_flow.Client) -> None:
     task = flow.run("sleep 30", wait=True)
     t = flow.get_task(task.task_id)

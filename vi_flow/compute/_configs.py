@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 import attrs
 
+from ..models.limits import shown
 from ..models.tasks import TaskConfig, VolumeSpec, parse_gpu
 from ._dicts import InstanceRequirements
 
@@ -141,10 +142,16 @@ def normalize_instance_request(
     return (name if size == 1 else f"{size}x{name}"), 1, warning
 
 
-def to_millis(value: int | float | datetime | None) -> int | None:
-    """Milliseconds since the epoch from ms (int), a datetime, or ``None``."""
+def to_millis(value: int | float | datetime | None, field: str = "time") -> int | None:
+    """Milliseconds since the epoch from ms (a number), a datetime, or ``None``.
+
+    Raises:
+        TypeError: Anything else, naming ``field``.
+    """
     if value is None:
         return None
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{field} must be ms since the epoch or a datetime, got {shown(value)}")
     return int(value)

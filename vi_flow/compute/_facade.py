@@ -524,8 +524,8 @@ class AsyncCompute:
         slots = await self.reservations.availability(
             instance_type=params.get("instance_type"),
             gpu=params.get("gpu"),
-            earliest_start_time=_configs.to_millis(start),
-            latest_end_time=_configs.to_millis(end),
+            earliest_start_time=_configs.to_millis(start, "earliest_start_time"),
+            latest_end_time=_configs.to_millis(end, "latest_end_time"),
             duration_hours=params.get("duration_hours"),
         )
         return [slot_dict(slot) for slot in slots]

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_LIST_LENGTH",
     "MAX_LLM_TEMPERATURE",
     "MAX_LLM_TOKENS",
+    "MAX_LOG_TAIL",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
@@ -122,6 +123,9 @@ MAX_LLM_TOKENS = 100_000_000
 
 MAX_TAIL_LINES = 10_000
 """The most log lines a ``task`` step keeps in its output (its ``tail_lines``)."""
+
+MAX_LOG_TAIL = 100_000
+"""The most trailing lines one read of a task's log returns (``tail``)."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60

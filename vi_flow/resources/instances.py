@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ..models import Page
+from ..models.common import MAX_PAGE_SIZE
+from ..models.limits import check_int
 from ..models.tasks import AvailableInstance
 from ._base import AsyncResource
 
@@ -30,6 +32,8 @@ class AsyncInstances(AsyncResource):
             gpu_count: The least GPUs per instance.
             limit: At most this many.
         """
+        if limit is not None:
+            check_int("limit", limit, 1, MAX_PAGE_SIZE)
         query = {
             "gpuType": gpu_type,
             "maxPrice": max_price,

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from .._http import path
 from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Page, PaginationParams
+from ..models.limits import MAX_LOG_TAIL, check_int
 from ..models.tasks import (
     MountRequest,
     SSHEndpoint,
@@ -123,6 +124,7 @@ class AsyncTasks(AsyncResource):
                 The server notes log sizes once a second, so lines written up to a second
                 before ``since`` may be included; none written after it are left out.
         """
+        check_int("tail", tail, 0, MAX_LOG_TAIL)
         url = path("/tasks/{}/logs", task_id)
         query = {"tail": tail, "stream": stream, "since": since_ms(since)}
         return await self._http.request("GET", url, params=query, cast=TaskLogs)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from .._http import path
 from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Page, PaginationParams
+from ..models.limits import MAX_INT, check_int
 from ..models.tasks import Volume, VolumeRequest
 from ._base import AsyncResource
 
@@ -45,6 +46,7 @@ class AsyncVolumes(AsyncResource):
             UnprocessableEntityError: A bad name (``/`` or ``..`` in it) or size.
             ConflictError: The name is taken in this organization.
         """
+        check_int("size_gb", size_gb, 1, MAX_INT)
         body = VolumeRequest(size_gb=size_gb, name=name, interface=interface, region=region)
         return await self._http.request("POST", "/volumes", json=body, cast=Volume)
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from ...models.limits import (
     MAX_DURATION_HOURS,
     MAX_INT,
+    MAX_LOG_TAIL,
     MAX_VOLUME_GB,
     check_int,
     check_name,
@@ -75,7 +76,7 @@ from . import task_logs as task_logs_sse
 __all__ = ["SSHD_KEY", "setup"]
 
 SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
-MAX_TAIL = 100_000
+MAX_TAIL = MAX_LOG_TAIL
 
 
 def _on_its_replica(handler: Handler) -> Handler:
