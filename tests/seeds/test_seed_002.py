@@ -86,6 +86,7 @@ def test_bad_arguments_are_refused_before_any_request(flow: vi_flow.Client) -> N
         flow.reservation_availability({"instance_type": "cpu", "earliest_start_time": "x"})
     assert flow.list_volumes() == []
 
+
 def test_get_task_list_tasks_and_status(flow: vi_flow.Client) -> None:
     task = flow.run("sleep 30", wait=True)
     t = flow.get_task(task.task_id)

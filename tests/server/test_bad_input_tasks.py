@@ -166,3 +166,21 @@ async def test_a_task_with_a_nul_in_its_name_or_a_mount_is_422_and_makes_nothing
             break
         await asyncio.sleep(0.1)
     assert task["status"] == "completed", task
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # QA: `volume` for `volumeId` was dropped, and a new volume made and mounted
+        ({"command": "true", "volumes": [{"volume": "volume://x", "mountPath": "/v"}]},
+         "volumes[0]"),
+    ],
+)  # fmt: skip
+async def test_a_volume_entrys_unknown_key_is_422_naming_it_and_makes_nothing(
+    server: Server, body: dict[str, Any], field: str
+) -> None:
+    answer = await server.call("POST", "/tasks", json=body)
+    assert answer.status == 422, answer.body
+    assert field in answer.body["error"]["message"], answer.body
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+    assert (await server.call("GET", "/volumes")).body["items"] == []

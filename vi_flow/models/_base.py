@@ -23,6 +23,7 @@ from cattrs.preconf.orjson import make_converter
 from .limits import shown
 
 __all__ = [
+    "CLOSED_MODELS",
     "OpenEnum",
     "camel",
     "converter",
@@ -95,6 +96,12 @@ def _strict_list_hook(structure: Any) -> Any:
     return hook
 
 
+CLOSED_MODELS: set[type[Any]] = set()
+"""Models whose request bodies refuse a key no field has (422), where dropping it would
+do something else than asked: elsewhere unknown keys are ignored (a newer client's
+fields reach an older server)."""
+
+
 def _build_converter(*, strict: bool = False) -> Any:
     conv = make_converter(omit_if_default=False, forbid_extra_keys=False)
     if strict:  # what the server reads: `{}` is not a string, "3" not a number
@@ -115,7 +122,8 @@ def _build_converter(*, strict: bool = False) -> Any:
         overrides: dict[str, Any] = {
             a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)
         }
-        return make_dict_structure_fn(cls, conv, **overrides)
+        closed = strict and cls in CLOSED_MODELS
+        return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=closed, **overrides)
 
     conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     conv.register_structure_hook_factory(attrs.has, structure_factory)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 import orjson
 
-from ._base import OpenEnum
+from ._base import CLOSED_MODELS, OpenEnum
 from .limits import shown, type_name
 from .textfile import load_yaml, read_utf8, yaml_problem
 
@@ -156,6 +156,9 @@ class VolumeSpec:
     size_gb: int = 1
     interface: str = "file"
 
+
+# `{"volume": "volume://data"}` for `volumeId`: ignored, it made and mounted a new volume
+CLOSED_MODELS.add(VolumeSpec)
 
 _VOLUME_KEYS = {
     "mountPath": "mount_path",
