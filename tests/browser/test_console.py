@@ -23,6 +23,13 @@ TOOL_FLOW = (
 )
 
 
+# A fetch as the console's own script makes it: with the session's key from its storage
+KEYED_FETCH = (
+    "p => fetch(p, {headers: {'X-CSRF-Token': localStorage.getItem('vi-flow-console-key')}})"
+    ".then(r => r.status)"
+)
+
+
 def _signed_in(visit: Any, server: ConsoleServer, token: str | None = None, **size: int) -> Any:
     one = visit(**size)
     one.page.goto(server.sign_in_url(token))
@@ -39,7 +46,7 @@ def test_sign_in_by_one_time_url_never_shows_the_key(
     one.page.wait_for_selector("#signout:not([hidden])")
     assert one.page.url == console_server.root + "/"  # the code is in no later URL
     assert one.page.inner_text("#who") == "org_default"
-    cookie = next(c for c in one.context.cookies() if c["name"] == "vi_flow_console")
+    cookie = next(c for c in one.context.cookies() if c["name"].startswith("vi_flow_console_"))
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
     assert one.page.evaluate("document.cookie") == ""  # the page's script cannot read it
     assert console_server.token not in one.page.content()
@@ -48,7 +55,7 @@ def test_sign_in_by_one_time_url_never_shows_the_key(
     answer = again.page.goto(url)
     assert answer is not None and answer.status == 403
     assert "cannot be used" in again.page.inner_text("h1")
-    assert not [c for c in again.context.cookies() if c["name"] == "vi_flow_console"]
+    assert not [c for c in again.context.cookies() if c["name"].startswith("vi_flow_console_")]
 
     one.page.click("#signout")
     one.page.wait_for_selector("text=You signed out.")
@@ -305,7 +312,7 @@ def test_another_organization_sees_none_of_it(visit: Any, console_server: Consol
         f"/v1/tasks/{task}/logs?follow=true",
         f"/v1/flows/{flow}",
     ):
-        assert them.page.evaluate(f"fetch('{path}').then(r => r.status)") == 404, path
+        assert them.page.evaluate(KEYED_FETCH, path) == 404, path
     assert http_status(f"{console_server.root}/runs/{run}") == 401  # no session at all
 
 

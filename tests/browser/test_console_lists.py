@@ -228,7 +228,10 @@ def test_a_link_whose_id_climbs_out_signs_nothing_in(
         climb = f"/{kind}/..%2F..%2Fconsole%2Fsignin%3Fcode%3D{code}%26"
         one.page.goto(console_server.root + climb)
         one.page.wait_for_selector("h1:text('Not found')")
-        session = one.page.evaluate("fetch('/console/api/session').then(r => r.json())")
+        session = one.page.evaluate(
+            "fetch('/console/api/session', {headers: {'X-CSRF-Token':"
+            " localStorage.getItem('vi-flow-console-key')}}).then(r => r.json())"
+        )
         assert session["organizationId"] == "org_default", kind
     # the longest id a user may choose still has its page
     chosen = "flow_" + "x" * 64

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,14 +32,28 @@ async def _open(server: Server, path: str) -> Any:
         return resp
 
 
+def _cookie(resp: Any) -> Any:
+    """The console session cookie a response set (its name is the origin's own)."""
+    (morsel,) = [m for name, m in resp.cookies.items() if name.startswith("vi_flow_console_")]
+    return morsel
+
+
+def _set_cookie(resp: Any) -> bool:
+    return any(name.startswith("vi_flow_console") for name in resp.cookies)
+
+
 async def _sign_in(server: Server, token: str | None = None) -> dict[str, str]:
-    """Sign in; the headers a signed-in browser sends (cookie, CSRF token, origin)."""
+    """Sign in; the headers a signed-in browser sends (cookie, session key, origin)."""
     resp = await _open(server, await _sign_in_path(server, token))
     assert resp.status == 303, resp.status
-    cookie = resp.cookies["vi_flow_console"]
-    headers = {"Cookie": f"vi_flow_console={cookie.value}", "Origin": server.root}
-    session = await server.call("GET", "/../console/api/session", token="", headers=headers)
-    return {**headers, "X-CSRF-Token": session.body["csrfToken"]}
+    cookie = _cookie(resp)
+    location = resp.headers["Location"]
+    assert location.startswith("/#consoleKey="), location  # for the page, in no request
+    return {
+        "Cookie": f"{cookie.key}={cookie.value}",
+        "Origin": server.root,
+        "X-CSRF-Token": location.partition("=")[2],
+    }
 
 
 async def _org_token(server: Server, name: str) -> str:
@@ -50,12 +65,12 @@ async def _org_token(server: Server, name: str) -> str:
 async def test_a_sign_in_url_works_once_and_sets_a_strict_http_only_cookie(server: Server) -> None:
     path = await _sign_in_path(server)
     first = await _open(server, path)
-    assert first.status == 303 and first.headers["Location"] == "/"
-    cookie = first.cookies["vi_flow_console"]
+    assert first.status == 303 and first.headers["Location"].startswith("/#consoleKey=")
+    cookie = _cookie(first)
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
     assert not cookie["secure"]  # plain http on loopback; https would make it Secure
     again = await _open(server, path)
-    assert again.status == 403 and "vi_flow_console" not in again.cookies
+    assert again.status == 403 and not _set_cookie(again)
     assert (await _open(server, "/console/signin?code=made-up")).status == 403
 
 
@@ -67,12 +82,12 @@ async def test_a_sign_in_link_opened_by_another_page_is_refused(server: Server) 
         async with server.session.get(
             server.root + path, allow_redirects=False, headers={"Sec-Fetch-Site": fetched_from}
         ) as resp:
-            assert resp.status == 403 and "vi_flow_console" not in resp.cookies
+            assert resp.status == 403 and not _set_cookie(resp)
             assert "opened by another page" in await resp.text()
     async with server.session.get(
         server.root + path, allow_redirects=False, headers={"Sec-Fetch-Site": "none"}
     ) as resp:  # the user's own navigation: the code was left unused for it
-        assert resp.status == 303 and "vi_flow_console" in resp.cookies
+        assert resp.status == 303 and _set_cookie(resp)
 
 
 async def test_an_expired_code_is_refused(server: Server) -> None:
@@ -85,11 +100,14 @@ async def test_the_cookie_reads_the_api_and_writes_only_with_the_csrf_token(serv
     headers = await _sign_in(server)
     flow = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=headers)
     assert flow.status == 201
-    listed = await server.call("GET", "/flows", token="", headers={"Cookie": headers["Cookie"]})
+    listed = await server.call("GET", "/flows", token="", headers=headers)
     assert listed.status == 200 and len(listed.body["items"]) == 1
     no_csrf = {k: v for k, v in headers.items() if k != "X-CSRF-Token"}
     refused = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=no_csrf)
-    assert refused.status == 403 and "X-CSRF-Token" in refused.body["error"]["message"]
+    assert refused.status == 401 and "X-CSRF-Token" in refused.body["error"]["message"]
+    wrong = {**headers, "X-CSRF-Token": "x" * 32}
+    refused = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=wrong)
+    assert refused.status == 401 and "X-CSRF-Token" in refused.body["error"]["message"]
     elsewhere = {**headers, "Origin": "http://evil.example"}
     refused = await server.call(
         "POST", "/flows", json={"spec": spec()}, token="", headers=elsewhere
@@ -103,11 +121,11 @@ async def test_another_organizations_objects_answer_404(server: Server) -> None:
     flow = (await server.call("POST", "/flows", json={"spec": spec()})).body["flowId"]
     run = (await server.call("POST", "/runs", json={"flowId": flow})).body["runId"]
     other = await _sign_in(server, await _org_token(server, "other"))
-    cookie = {"Cookie": other["Cookie"]}
-    assert (await server.call("GET", f"/runs/{run}", token="", headers=cookie)).status == 404
-    assert (await server.call("GET", f"/flows/{flow}", token="", headers=cookie)).status == 404
+    cookie = {"Cookie": other["Cookie"]}  # what a page's navigation sends
+    assert (await server.call("GET", f"/runs/{run}", token="", headers=other)).status == 404
+    assert (await server.call("GET", f"/flows/{flow}", token="", headers=other)).status == 404
     tail = await server.call(
-        "GET", f"/../console/api/runs/{run}/last-event", token="", headers=cookie
+        "GET", f"/../console/api/runs/{run}/last-event", token="", headers=other
     )
     assert tail.status == 404
     for page in (f"/runs/{run}", f"/flows/{flow}", "/tasks/task_nope"):
@@ -133,7 +151,7 @@ async def test_sign_out_and_a_revoked_token_end_the_session(server: Server) -> N
     await server.call("DELETE", f"/organizations/{org}/tokens/ci")
     assert (await server.call("GET", "/runs", token="", headers=headers)).status == 401
     late = await _open(server, unused)
-    assert late.status == 403 and "vi_flow_console" not in late.cookies
+    assert late.status == 403 and not _set_cookie(late)
 
 
 async def _events_until_end(server: Server, path: str, headers: dict[str, str]) -> list[bytes]:
@@ -161,7 +179,7 @@ async def test_a_revoked_key_or_a_signed_out_session_ends_open_streams(server: S
     by_key = asyncio.ensure_future(
         _events_until_end(server, path, {"Authorization": f"Bearer {token}"})
     )
-    by_cookie = asyncio.ensure_future(_events_until_end(server, path, {"Cookie": cookie["Cookie"]}))
+    by_cookie = asyncio.ensure_future(_events_until_end(server, path, cookie))
     await asyncio.sleep(1.0)
     await server.call("DELETE", f"/organizations/{org}/tokens/ci")
     with anyio.fail_after(5):  # both end within about a second, 20 s before the run would
@@ -190,10 +208,10 @@ async def test_streams_waiting_for_an_event_end_at_once_when_their_key_or_sessio
         return asyncio.ensure_future(_events_until_end(server, path, headers))
 
     by_key = stream({"Authorization": f"Bearer {token}"})
-    by_cookie = stream({"Cookie": by_key_cookie["Cookie"]})
+    by_cookie = stream(by_key_cookie)
     staying = await server.call("POST", f"/organizations/{org}/tokens", json={"name": "stays"})
     by_other_key = stream({"Authorization": f"Bearer {staying.body['token']}"})
-    by_signed_out = stream({"Cookie": signed_out["Cookie"]})
+    by_signed_out = stream(signed_out)
     await asyncio.sleep(1.5)  # each has the first event and waits 30 s for the next
     ended = await server.call("POST", "/../console/api/signout", token="", headers=signed_out)
     assert ended.status == 204
@@ -236,11 +254,13 @@ async def test_behind_a_tls_proxy_the_cookie_is_secure_and_its_origin_trusted(
 
     server = await start_server(prepare=behind_proxy)
     resp = await _open(server, await _sign_in_path(server))
-    cookie = resp.cookies["vi_flow_console"]
+    cookie = _cookie(resp)
     assert cookie["secure"]
-    headers = {"Cookie": f"vi_flow_console={cookie.value}", "Origin": "https://flows.example.com"}
-    session = await server.call("GET", "/../console/api/session", token="", headers=headers)
-    headers["X-CSRF-Token"] = session.body["csrfToken"]
+    headers = {
+        "Cookie": f"{cookie.key}={cookie.value}",
+        "Origin": "https://flows.example.com",
+        "X-CSRF-Token": resp.headers["Location"].partition("=")[2],
+    }
     made = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=headers)
     assert made.status == 201
 
@@ -262,7 +282,7 @@ async def test_a_sign_in_link_fetched_by_a_script_is_refused(server: Server) -> 
         async with server.session.get(
             server.root + path, allow_redirects=False, headers=headers
         ) as resp:
-            assert resp.status == 403 and "vi_flow_console" not in resp.cookies, (mode, dest)
+            assert resp.status == 403 and not _set_cookie(resp), (mode, dest)
     opened = {
         "Sec-Fetch-Site": "same-origin",
         "Sec-Fetch-Mode": "navigate",
@@ -271,4 +291,71 @@ async def test_a_sign_in_link_fetched_by_a_script_is_refused(server: Server) -> 
     async with server.session.get(
         server.root + path, allow_redirects=False, headers=opened
     ) as resp:
-        assert resp.status == 303 and "vi_flow_console" in resp.cookies  # the code was kept
+        assert resp.status == 303 and _set_cookie(resp)  # the code was kept
+
+
+async def test_a_session_cookie_that_left_the_console_reads_and_does_nothing(
+    server: Server,
+) -> None:
+    # Found by QA: a browser sends a host's cookies to every port of it. An org's task
+    # listening on a loopback port that the user opened ("my TensorBoard") read the
+    # console cookie of another organization's user and, replaying it alone, listed
+    # that organization's runs, got its CSRF token and cancelled a run.
+    flow = (await server.call("POST", "/flows", json={"spec": spec()})).body["flowId"]
+    run = (await server.call("POST", "/runs", json={"flowId": flow})).body["runId"]
+    task = (await server.call("POST", "/tasks", json={"command": "echo secret"})).body["taskId"]
+    victim = await _sign_in(server)
+    stolen = {"Cookie": victim["Cookie"], "Origin": server.root}  # no key: it never left
+    for path in (
+        "/runs", f"/runs/{run}", f"/runs/{run}/events", f"/tasks/{task}/logs",
+        "/../console/api/session", f"/../console/api/runs/{run}/last-event",
+    ):  # fmt: skip
+        answer = await server.call("GET", path, token="", headers=stolen)
+        assert answer.status == 401, (path, answer.body)
+        assert "key is missing" in answer.body["error"]["message"]
+    cancel = await server.call("POST", f"/runs/{run}/cancel", token="", headers=stolen)
+    assert cancel.status == 401
+    guessed = {**stolen, "X-CSRF-Token": "x" * 32}
+    cancel = await server.call("POST", f"/runs/{run}/cancel", token="", headers=guessed)
+    assert cancel.status == 401
+    assert (await server.call("GET", f"/runs/{run}")).body["status"]["conditions"][-1][
+        "condition"
+    ] != "Cancelled"
+    # the page's own requests: the key in a header, or (an EventSource, a download) a GET's
+    # query parameter, never a POST's
+    assert (await server.call("GET", f"/runs/{run}", token="", headers=victim)).status == 200
+    key = victim["X-CSRF-Token"]
+    keyed = await server.call("GET", f"/runs/{run}?consoleKey={key}", token="", headers=stolen)
+    assert keyed.status == 200
+    posted = await server.call(
+        "POST", f"/runs/{run}/cancel?consoleKey={key}", token="", headers=stolen
+    )
+    assert posted.status in (401, 422)
+
+
+async def test_a_cookie_planted_by_another_port_signs_the_page_in_as_no_one(
+    server: Server,
+) -> None:
+    # Found by QA: a page on another port answered Set-Cookie with the attacker's own
+    # session; the victim's console then showed, and sent what was typed to, the
+    # attacker's organization. The victim's page keeps its own key: it matches no
+    # session but its own.
+    victim = await _sign_in(server)
+    attacker = await _sign_in(server, await _org_token(server, "attacker"))
+    planted = {**victim, "Cookie": attacker["Cookie"]}
+    answer = await server.call("GET", "/../console/api/session", token="", headers=planted)
+    assert answer.status == 401 and "not this session's" in answer.body["error"]["message"]
+    made = await server.call("POST", "/flows", json={"spec": spec()}, token="", headers=planted)
+    assert made.status == 401  # the page says its session ended, and signs in again
+    assert (await server.call("GET", "/flows", token="", headers=attacker)).body["items"] == []
+
+
+async def test_two_servers_on_one_host_name_their_cookies_apart(
+    start_server: Any, tmp_path: Path
+) -> None:
+    # Found by QA: a browser keeps one cookie of a name per host, whatever the port; the
+    # second server's sign-in replaced the first's session (and sent it to the second).
+    one, two = await start_server(tmp_path / "one"), await start_server(tmp_path / "two")
+    first = _cookie(await _open(one, await _sign_in_path(one)))
+    second = _cookie(await _open(two, await _sign_in_path(two)))
+    assert first.key != second.key

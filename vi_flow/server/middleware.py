@@ -38,7 +38,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
 from .bootstrap import DEFAULT_ORG, read_admin_token
-from .console.sessions import COOKIE, session_hash, session_principal
+from .console.sessions import KEY_PARAM, has_cookie, session_hash, session_principal
 from .db import DatabaseFileGone, DatabaseUnavailable, is_disk_full
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
@@ -240,6 +240,8 @@ def _check_query_names(request: web.Request, given: set[str]) -> None:
     from .openapi import query_names  # loaded on the first request with a query
 
     known = query_names(request.method, path)
+    if request.method in ("GET", "HEAD"):  # a console stream's or download's session key
+        known = known | {KEY_PARAM}
     unknown = sorted(given - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
@@ -334,7 +336,7 @@ async def _principal(request: web.Request) -> Principal:
             400, "INVALID_REQUEST", "the request has more than one Authorization header"
         )
     header = given[0] if given else ""
-    if not header and COOKIE in request.cookies:
+    if not header and has_cookie(request):
         return await session_principal(request)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -394,7 +396,7 @@ class StillAuthorized:
         self._request, self._response = request, response
         self._next = time.monotonic() + TOKEN_CACHE_SECONDS
         self._cut = False
-        by_cookie = not request.headers.get("Authorization") and COOKIE in request.cookies
+        by_cookie = not request.headers.get("Authorization") and has_cookie(request)
         self._session = session_hash(request) if by_cookie else None
         request.app[_STREAMS_KEY].add(self)
 

@@ -2,8 +2,9 @@
 
 - ``POST /v1/console/sign-in`` (bearer token only) answers a one-time sign-in path.
 - ``GET /console/signin?code=`` trades the code for a session cookie and redirects to
-  ``/``, so the code is in no later URL; a used or expired code is refused (403).
-- ``GET /console/api/session`` says who is signed in and hands the page its CSRF token;
+  ``/#consoleKey=<key>``, so the code is in no later URL and the page learns the
+  session's key (see :mod:`.sessions`); a used or expired code is refused (403).
+- ``GET /console/api/session`` says who is signed in (the key sent);
   ``POST /console/api/signout`` ends the session.
 - ``GET /console/api/runs/{runId}/last-event`` is the newest event id of a run, so the
   page can show the tail of a long run without replaying all of it, and the ids of its
@@ -27,7 +28,7 @@ from ..routes.executions import EXECUTION_ENGINE_KEY
 from ..state import STORE_KEY
 from ..tasks import TASKS_KEY
 from . import sessions
-from .sessions import COOKIE, CSRF_HEADER, ConsoleSession
+from .sessions import CSRF_HEADER, ConsoleSession
 
 __all__ = ["SECURITY_HEADERS", "STATIC_TYPES", "setup"]
 
@@ -140,14 +141,17 @@ async def sign_in(request: web.Request) -> web.Response:
         return web.Response(
             body=_ELSEWHERE, status=403, content_type="text/html", headers=SECURITY_HEADERS
         )
-    session_id = await sessions.exchange_code(request, request.query.get("code", ""))
-    if session_id is None:
+    made = await sessions.exchange_code(request, request.query.get("code", ""))
+    if made is None:
         return web.Response(
             body=_REFUSED, status=403, content_type="text/html", headers=SECURITY_HEADERS
         )
-    response = web.HTTPSeeOther("/", headers=SECURITY_HEADERS)
+    session_id, key = made
+    # the key in the fragment: the page keeps it in its origin's storage and drops it
+    # from the address; a fragment never reaches a server, a log or a Referer
+    response = web.HTTPSeeOther(f"/#{sessions.KEY_PARAM}={key}", headers=SECURITY_HEADERS)
     response.set_cookie(
-        COOKIE,
+        sessions.cookie_name(request),
         session_id,
         path="/",
         httponly=True,
@@ -162,6 +166,7 @@ async def _signed_in(request: web.Request) -> ConsoleSession:
     session = await sessions.find_session(request)
     if session is None:
         raise APIProblem(401, "UNAUTHENTICATED", "not signed in; run 'vi-flow console'")
+    sessions.check_csrf(request, session)  # the key, on every call
     request[PRINCIPAL] = session.principal
     return session
 
@@ -181,12 +186,11 @@ async def get_session(request: web.Request) -> web.Response:
 async def sign_out(request: web.Request) -> web.Response:
     """End the session (CSRF-checked) and drop its cookie."""
     session = await _signed_in(request)
-    sessions.check_csrf(request, session)
     await sessions.delete_session(request)
     ended = Gone(session.principal.organization_id, session=sessions.session_hash(request))
     await credentials_gone(request.app, ended)  # its open streams end now, on every replica
     response = web.Response(status=204, headers=SECURITY_HEADERS)
-    response.del_cookie(COOKIE, path="/")
+    response.del_cookie(sessions.cookie_name(request), path="/")
     return response
 
 

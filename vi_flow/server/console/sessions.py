@@ -2,15 +2,24 @@
 
 A sign-in code is made for a caller's bearer token (``POST /v1/console/sign-in``) and is
 good once, for :data:`CODE_TTL_MS`. Exchanging it (``GET /console/signin?code=``) makes a
-session: a random id that lives only in an HttpOnly, SameSite=Strict cookie. Codes and
+session: a random id that lives only in an HttpOnly, SameSite=Strict cookie, and a key
+(the session's CSRF token) that the page keeps in its origin's own storage. Codes and
 session ids are stored as sha256 digests, never as given. A session belongs to the
-token that asked for the code: revoking the token ends its sessions too. Requests that
-change state carry the session's CSRF token in :data:`CSRF_HEADER` and come from the
-server's own origin (:func:`check_csrf`).
+token that asked for the code: revoking the token ends its sessions too.
+
+Every request a session makes carries its key, in :data:`CSRF_HEADER` (or, for an
+``EventSource`` or a download link, which cannot send headers, a GET's :data:`KEY_PARAM`),
+and one that changes state comes from the server's own origin too (:func:`check_csrf`).
+A cookie alone is not enough: a browser sends a host's cookies to *every* port of the
+host, so any other service on 127.0.0.1 that the user opens (another organization's task
+listening on a port) receives it, and any of them can set one; the key never leaves the
+console's origin. The cookie's name is the origin's own (:func:`cookie_name`): two
+servers on one host keep their sessions apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from urllib.parse import urlsplit
@@ -28,22 +37,27 @@ __all__ = [
     "CODE_TTL_MS",
     "COOKIE",
     "CSRF_HEADER",
+    "KEY_PARAM",
     "SCHEMA",
     "SESSION_TTL_MS",
     "ConsoleSession",
     "check_csrf",
+    "cookie_name",
     "create_code",
     "delete_session",
     "exchange_code",
     "find_session",
+    "has_cookie",
     "public_origin",
     "session_principal",
 ]
 
 COOKIE = "vi_flow_console"
-"""The session cookie's name."""
+"""The start of the session cookie's name (:func:`cookie_name`)."""
 CSRF_HEADER = "X-CSRF-Token"
-"""The header a state-changing console request carries its session's CSRF token in."""
+"""The header every console request carries its session's key (CSRF token) in."""
+KEY_PARAM = "consoleKey"
+"""The query parameter a console GET that cannot send headers carries the key in."""
 CODE_TTL_MS = 60_000
 """How long a sign-in code is good for: long enough to open a browser, no longer."""
 SESSION_TTL_MS = 12 * 3600 * 1000
@@ -66,7 +80,7 @@ class ConsoleSession:
 
     Attributes:
         principal: Who it acts as (the organization of the token that signed it in).
-        csrf: The token its state-changing requests must send in :data:`CSRF_HEADER`.
+        csrf: Its key: every request it makes sends it (:data:`CSRF_HEADER`).
     """
 
     principal: Principal
@@ -89,7 +103,7 @@ async def create_code(request: web.Request, token: str) -> str:
     return await request.app[STORE_KEY].run(lambda c: _create_code(c, token))
 
 
-def _exchange(conn: Connection, code: str) -> str | None:
+def _exchange(conn: Connection, code: str) -> tuple[str, str] | None:
     row = conn.execute(
         "DELETE FROM console_codes WHERE code_hash = ? RETURNING token_hash, expires_at",
         (hash_token(code),),
@@ -101,22 +115,18 @@ def _exchange(conn: Connection, code: str) -> str | None:
     if alive.fetchone() is None:  # its token was revoked after the link was made
         return None
     conn.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
-    session_id = secrets.token_urlsafe(32)
+    session_id, key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     conn.execute(
         "INSERT INTO console_sessions (session_hash, token_hash, csrf, expires_at)"
         " VALUES (?, ?, ?, ?)",
-        (
-            hash_token(session_id),
-            row["token_hash"],
-            secrets.token_urlsafe(24),
-            now + SESSION_TTL_MS,
-        ),
+        (hash_token(session_id), row["token_hash"], key, now + SESSION_TTL_MS),
     )
-    return session_id
+    return session_id, key
 
 
-async def exchange_code(request: web.Request, code: str) -> str | None:
-    """Use up ``code``; the new session's id, or ``None`` for a used, expired or unknown code."""
+async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | None:
+    """Use up ``code``; the new session's id and key, or ``None`` for a used, expired or
+    unknown code."""
     if not 0 < len(code) <= 128:
         return None
     return await request.app[STORE_KEY].run(lambda c: _exchange(c, code))
@@ -134,9 +144,22 @@ def _find(conn: Connection, session_id: str) -> ConsoleSession | None:
     return ConsoleSession(Principal(row["org_id"], row["name"], bool(row["admin"])), row["csrf"])
 
 
+def cookie_name(request: web.Request) -> str:
+    """The session cookie's name on the origin the browser sees (its ``public_url``'s
+    behind a proxy): a browser keeps one cookie of a name per host, whatever the port."""
+    origin = public_origin(request) or f"{request.scheme}://{request.host}"
+    return f"{COOKIE}_{hashlib.sha256(origin.encode()).hexdigest()[:12]}"
+
+
+def has_cookie(request: web.Request) -> bool:
+    """Whether the request carries this origin's session cookie."""
+    return cookie_name(request) in request.cookies
+
+
 async def find_session(request: web.Request) -> ConsoleSession | None:
-    """The live session named by the request's cookie, or ``None``."""
-    session_id = request.cookies.get(COOKIE, "")
+    """The live session named by the request's cookie, or ``None`` (its key unchecked:
+    the page routes, which a navigation loads, show no data)."""
+    session_id = request.cookies.get(cookie_name(request), "")
     if not 0 < len(session_id) <= 128:
         return None
     return await request.app[STORE_KEY].run(lambda c: _find(c, session_id))
@@ -144,7 +167,7 @@ async def find_session(request: web.Request) -> ConsoleSession | None:
 
 def session_hash(request: web.Request) -> str:
     """The stored hash of the session id in the request's cookie."""
-    return hash_token(request.cookies.get(COOKIE, ""))
+    return hash_token(request.cookies.get(cookie_name(request), ""))
 
 
 async def delete_session(request: web.Request) -> None:
@@ -176,25 +199,33 @@ def _same_origin(request: web.Request) -> bool:
 
 
 def check_csrf(request: web.Request, session: ConsoleSession) -> None:
-    """Refuse a state-changing request without the session's CSRF token or from elsewhere.
+    """Refuse a request without the session's key, or one that changes state from
+    another origin.
 
     Raises:
-        APIProblem: 403 ``PERMISSION_DENIED``.
+        APIProblem: 401 without the key or with another session's (a cookie that left the
+            console's origin, one another port set in its place, a page that lost its
+            key: the page signs in again); 403 from another origin.
     """
-    if request.method in _SAFE_METHODS:
-        return
-    sent = request.headers.get(CSRF_HEADER, "")
+    safe = request.method in _SAFE_METHODS
+    sent = request.headers.get(CSRF_HEADER) or (request.query.get(KEY_PARAM, "") if safe else "")
+    if not sent:
+        raise APIProblem(
+            401, "UNAUTHENTICATED", f"the console session's key is missing ({CSRF_HEADER})"
+        )
     if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-        raise APIProblem(403, "PERMISSION_DENIED", f"missing or wrong {CSRF_HEADER} header")
-    if not _same_origin(request):
+        raise APIProblem(
+            401, "UNAUTHENTICATED", f"wrong {CSRF_HEADER}: not this session's; sign in again"
+        )
+    if not safe and not _same_origin(request):
         raise APIProblem(403, "PERMISSION_DENIED", "cross-origin console request refused")
 
 
 async def session_principal(request: web.Request) -> Principal:
-    """The principal of a request signed in by the console cookie (CSRF-checked).
+    """The principal of a request signed in by the console cookie (its key checked).
 
     Raises:
-        APIProblem: 401 without a live session; 403 for a failed CSRF check.
+        APIProblem: 401 without a live session or its key; 403 for a wrong key or origin.
     """
     session = await find_session(request)
     if session is None:

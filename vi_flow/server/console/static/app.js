@@ -1,7 +1,8 @@
 // The console's entry: session, navigation between pages, and the simple lists.
 'use strict';
 import {
-  api, badge, drawPager, errorText, h, leavePage, navigate, notice, pageToken, query, state, table, when,
+  adoptKey, api, badge, drawPager, dropKey, errorText, h, leavePage, navigate, notice, pageToken, query, state,
+  table, when,
 } from './lib.js';
 import { runPage, runsPage } from './runs.js';
 import { flowPage, flowsPage } from './flows.js';
@@ -75,6 +76,7 @@ function signedOut(text) {
 
 async function signOut() {
   try { await api('POST', '/console/api/signout'); } catch (err) { console.error(err); }
+  dropKey();
   signedOut('You signed out.');
 }
 
@@ -100,6 +102,7 @@ async function reservationsPage(root) {
 }
 
 async function start() {
+  adoptKey();
   document.addEventListener('click', (e) => {
     const a = e.target.closest('a[data-link]');
     if (!a || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;

@@ -1,6 +1,6 @@
 // A run's events on its page: the newest ones live over SSE, older ones paged in, few rows drawn.
 'use strict';
-import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents } from './lib.js';
+import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents, withKey } from './lib.js';
 
 const TAIL = 2000; // events shown when a run page opens (its newest ones)
 const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
@@ -80,7 +80,7 @@ export class RunEvents {
 
   connect(after) {
     if (this.source) this.source.close();
-    const source = new EventSource(`/v1/runs/${this.runId}/events?after=${after}`);
+    const source = new EventSource(withKey(`/v1/runs/${this.runId}/events?after=${after}`));
     const take = (msg) => {
       this.queue.push(toEvent(msg.lastEventId, msg.type, msg.data));
       if (msg.type === 'flow_completed') source.close();

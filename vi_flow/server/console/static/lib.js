@@ -3,6 +3,41 @@
 
 export const state = { session: null, leaving: [], reachable: true, stale: false };
 
+// The session's key: sign-in hands it to the page (in the address's fragment), and every
+// request sends it. It lives in this origin's storage, which no other port of the host
+// can read, while the session cookie goes to every port: the cookie alone is not enough.
+const KEY_STORE = 'vi-flow-console-key';
+const KEY_HEADER = 'X-CSRF-Token';
+const KEY_PARAM = 'consoleKey';
+
+/** The session's key (empty when this browser has none). */
+export function consoleKey() {
+  try { return localStorage.getItem(KEY_STORE) || ''; } catch { return ''; }
+}
+
+/** Keep the key sign-in put in the address's fragment, and take it out of the address. */
+export function adoptKey() {
+  const given = new URLSearchParams(location.hash.slice(1)).get(KEY_PARAM);
+  if (!given) return;
+  try { localStorage.setItem(KEY_STORE, given); } catch { /* private mode: this page only */ }
+  state.key = given;
+  history.replaceState(history.state, '', location.pathname + location.search);
+}
+
+/** Forget the key (signed out). */
+export function dropKey() {
+  state.key = '';
+  try { localStorage.removeItem(KEY_STORE); } catch { /* nothing kept */ }
+}
+
+const currentKey = () => consoleKey() || state.key || '';
+
+/** ``url`` with the key as a query parameter: for an EventSource or a download link,
+ * which cannot send headers. */
+export function withKey(url) {
+  return url + (url.includes('?') ? '&' : '?') + `${KEY_PARAM}=${encodeURIComponent(currentKey())}`;
+}
+
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -89,11 +124,10 @@ function reached(ok) {
   document.dispatchEvent(new CustomEvent('server-reachable', { detail: ok }));
 }
 
-/** Call the server's API with the session cookie (and the CSRF token when writing); an
- * ApiError when it answers an error, or with code UNREACHABLE when it cannot be reached. */
+/** Call the server's API with the session cookie and key; an ApiError when it answers
+ * an error, or with code UNREACHABLE when it cannot be reached. */
 export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
-  if (method !== 'GET' && state.session) headers[state.session.csrfHeader] = state.session.csrfToken;
+  const headers = { Accept: 'application/json', [KEY_HEADER]: currentKey() };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -308,7 +342,8 @@ export class VirtualList {
  */
 export async function readEvents(url, stop) {
   const controller = new AbortController();
-  const resp = await fetch(url, { credentials: 'same-origin', signal: controller.signal, headers: { Accept: 'text/event-stream' } });
+  const headers = { Accept: 'text/event-stream', [KEY_HEADER]: currentKey() };
+  const resp = await fetch(url, { credentials: 'same-origin', signal: controller.signal, headers });
   if (!resp.ok) throw new ApiError(resp.status, 'HTTP_' + resp.status, resp.statusText);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';

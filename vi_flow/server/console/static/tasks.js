@@ -2,7 +2,7 @@
 'use strict';
 import {
   VirtualList, actionButton, api, badge, drawPager, duration, every, h, link, notice, onLeave, pageToken,
-  query, refreshRows, table, when,
+  query, refreshRows, table, when, withKey,
 } from './lib.js';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
@@ -73,7 +73,7 @@ async function artifacts(taskId) {
   const items = out.items || [];
   if (!items.length) return notice('No artifacts (files the task wrote to its output directory).');
   return table(['File', 'Size'], items.map((f) => h('tr', {},
-    h('td', {}, h('a', { href: `/v1/tasks/${taskId}/outputs/${f.path.split('/').map(encodeURIComponent).join('/')}`, download: f.path.split('/').pop() }, f.path)),
+    h('td', {}, h('a', { href: withKey(`/v1/tasks/${taskId}/outputs/${f.path.split('/').map(encodeURIComponent).join('/')}`), download: f.path.split('/').pop() }, f.path)),
     h('td', {}, `${f.size.toLocaleString()} bytes`))));
 }
 
@@ -210,7 +210,7 @@ export async function taskPage(root, taskId) {
     from = `&lastEventId=${start.stdout}:${start.stderr}`;
   }
   const take = keptLines(list, { stdout: start.stdout > 0, stderr: start.stderr > 0 }, drawCount);
-  const source = new EventSource(`/v1/tasks/${taskId}/logs?follow=true${from}`);
+  const source = new EventSource(withKey(`/v1/tasks/${taskId}/logs?follow=true${from}`));
   source.addEventListener('log', (msg) => {
     const data = JSON.parse(msg.data);
     take(data.stream, String(data.text));
