@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -30,6 +31,7 @@ from .kit import (
     server_pids,
     started_server,
     stop_server,
+    wait_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -151,6 +153,28 @@ def test_a_shell_command_whose_server_dies_says_so_and_exits_6(
     assert shell.returncode == 6, err
     assert "ExceptionGroup" not in err
     assert "lost the SSH connection" in err or "ended without the command's exit status" in err
+
+
+def test_sigterm_stops_the_server_at_once_with_a_log_follow_open(home: Path) -> None:
+    # Found by QA: an open HTTP follow of a task's log held a SIGTERM up for 10 s (the
+    # docs: "SIGTERM does not wait"); the task ran on and the stream kept sending.
+    loud = "while true; do echo line; sleep 0.1; done"
+    task_id = cli(home, "tasks", "run", "--", "sh", "-c", loud).stdout.strip()
+    server = run_file(home)
+    assert server is not None
+    url = f"{server.url}/tasks/{task_id}/logs?follow=true"
+    token = (home / "admin-token").read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as follow:
+        while b"line" not in follow.readline():  # the stream runs
+            pass
+        began = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        wait_for(lambda: not alive(server.pid), 30, "the server to stop")
+        took = time.monotonic() - began
+        rest = follow.read()  # the body ended with the server: no IncompleteRead
+    assert took < 4, f"the server took {took:.1f} s to stop"
+    assert rest.endswith(b"\n") or not rest, rest[-200:]  # whole frames
 
 
 async def test_a_task_wait_keeps_its_timeout_when_the_server_hangs(home: Path) -> None:

@@ -437,6 +437,11 @@ class StillAuthorized:
             log.warning("could not check a stream's credentials", exc_info=True)
         return True
 
+    def stop(self) -> None:
+        """The server stops: the stream sends nothing more, and its handler ends it (its
+        client resumes from the next server)."""
+        self._cut = True
+
     async def recheck(self) -> None:
         """Look now; a stream whose key or session is gone is cut (and, given its
         response, ended now: the end of its body, then its connection closed)."""
@@ -502,6 +507,14 @@ async def _recheck(app: web.Application, gone: Gone) -> None:
     await asyncio.gather(*(stream.recheck() for stream in list(open_now) if stream.of(gone)))
 
 
+async def _stop_streams(app: web.Application) -> None:
+    """The server stops: end every open stream now (an open log follow held a SIGTERM
+    up for 10 s: aiohttp waits for its handlers, and a follow never ends by itself)."""
+    open_now: weakref.WeakSet[StillAuthorized] = app[_STREAMS_KEY]
+    for stream in list(open_now):
+        stream.stop()
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation."""
@@ -527,6 +540,7 @@ def setup_middleware(app: web.Application) -> None:
     app[_STREAMS_KEY] = weakref.WeakSet()
     app[_CHECKS_KEY] = set()
     app[REPLICA_KEY].handle(CREDENTIALS_GONE, lambda m: _heard_credentials_gone(app, m))
+    app.on_shutdown.append(_stop_streams)
     # Outermost first: the access line sees the final status and the organization.
     app.middlewares.extend([access_middleware, error_middleware, auth_middleware])
     app.on_response_prepare.append(_stamp_request_id)
