@@ -215,6 +215,27 @@ def test_long_names_keep_every_column_in_view(visit: Any, console_server: Consol
             assert shown.count() == 1, path
 
 
+def test_detail_pages_keep_long_text_and_direction_controls_in_their_place(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # Found by QA: a flow page was 45,884 px wide at 390 px (a 250-character name, a
+    # 5,000-character description), a task's 2,087 px; and U+202E in a command showed
+    # `echo "\u202e; fr- mr #" safe` as `echo "# rm -rf ;" safe`.
+    described = {"name": "F" * 250, "description": "D" * 5000}
+    made = console_server.call("POST", "/flows", {**described, "blocks": [{"block": "emit"}]})
+    command = 'echo "\u202e; fr- mr #\u202c" safe && sleep 30'
+    task = console_server.call("POST", "/tasks", {"name": "T" * 200, "command": command})
+    one = _signed_in(visit, console_server, width=390, height=800)
+    for path in (f"/flows/{made['flowId']}", f"/tasks/{task['taskId']}"):
+        one.page.goto(console_server.root + path)
+        one.page.wait_for_selector("main h1")
+        width = one.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+    shown = one.page.inner_text("main")
+    assert "\u202e" not in shown and "⟨U+202E⟩; fr- mr #⟨U+202C⟩" in shown
+    console_server.call("POST", f"/tasks/{task['taskId']}/cancel", {"force": True})
+
+
 def test_a_link_whose_id_climbs_out_signs_nothing_in(
     visit: Any, console_server: ConsoleServer
 ) -> None:

@@ -1,6 +1,6 @@
 // A run's events on its page: the newest ones live over SSE, older ones paged in, few rows drawn.
 'use strict';
-import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents, withKey } from './lib.js';
+import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents, shown, withKey } from './lib.js';
 
 const TAIL = 2000; // events shown when a run page opens (its newest ones)
 const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
@@ -55,7 +55,7 @@ export class RunEvents {
       render: (row, e) => {
         row.replaceChildren(h('span', { class: 'ev-id' }, e.id), h('span', { class: 'ev-type ev-' + e.type }, e.type), h('span', { class: 'ev-text' }, e.text));
       },
-      onPick: (e) => { detail.textContent = `#${e.id} ${e.type}\n` + pretty(e.data); },
+      onPick: (e) => { detail.textContent = shown(`#${e.id} ${e.type}\n` + pretty(e.data)); },
     });
     this.el = h('section', {}, h('div', { class: 'section-head' }, h('h2', {}, 'Events'), this.counter, this.earlier, this.jump), this.list.el, detail);
     onLeave(() => this.source && this.source.close());

@@ -38,6 +38,19 @@ export function withKey(url) {
   return url + (url.includes('?') ? '&' : '?') + `${KEY_PARAM}=${encodeURIComponent(currentKey())}`;
 }
 
+// The explicit direction controls (embeddings, overrides, isolates): shown as they are,
+// "\u202e; fr- mr #" read as "# rm -rf ;" in a task's command or a tool call's
+// arguments. They are shown as visible marks instead, in every text the console draws.
+const BIDI = /[\u202A-\u202E\u2066-\u2069]/g;
+
+/** ``text`` with each direction control shown as ⟨U+202E⟩. */
+export function shown(text) {
+  const value = String(text);
+  return BIDI.test(value)
+    ? value.replace(BIDI, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`)
+    : value;
+}
+
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -45,14 +58,15 @@ export function h(tag, attrs = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
     else if (key === 'class') el.className = value;
-    else if (key === 'text') el.textContent = value;
+    else if (key === 'text') el.textContent = shown(value);
+    else if (key === 'title') el.setAttribute(key, shown(value));
     else if (key === 'style') Object.assign(el.style, value); // CSSOM: allowed by the CSP
     else if (key in el && typeof value !== 'string') el[key] = value;
     else el.setAttribute(key, value === true ? '' : value);
   }
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : String(child));
+    el.append(child instanceof Node ? child : shown(child));
   }
   return el;
 }

@@ -2,7 +2,7 @@
 'use strict';
 import {
   VirtualList, actionButton, api, badge, drawPager, duration, every, h, link, notice, onLeave, pageToken,
-  query, refreshRows, table, when, withKey,
+  query, refreshRows, shown, table, when, withKey,
 } from './lib.js';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
@@ -84,7 +84,7 @@ function logView() {
     rowHeight: 20,
     render: (row, line) => {
       row.className = 'vl-row log-line' + (line.stream === 'stderr' ? ' stderr' : '') + (row.classList.contains('selected') ? ' selected' : '');
-      row.textContent = line.more ? `${line.text} … (${line.more.toLocaleString()} more characters)` : line.text;
+      row.textContent = shown(line.more ? `${line.text} … (${line.more.toLocaleString()} more characters)` : line.text);
     },
   });
   return { counter, list };
