@@ -359,3 +359,20 @@ async def test_two_servers_on_one_host_name_their_cookies_apart(
     first = _cookie(await _open(one, await _sign_in_path(one)))
     second = _cookie(await _open(two, await _sign_in_path(two)))
     assert first.key != second.key
+
+
+async def test_a_browser_at_an_address_no_route_has_gets_the_consoles_page(server: Server) -> None:
+    # Found by QA: /runs/, /console, /nothing showed a browser raw JSON, and a sign-in
+    # link whose code held %00 (or came twice) a JSON 422, not the page saying why.
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    for path in ("/runs/", "/flows/", "/console", "/nothing", "/runs/run_abc/extra"):
+        async with server.session.get(server.root + path, headers=html) as resp:
+            assert resp.status == 404 and resp.content_type == "text/html", path
+            assert 'src="/console/static/app.js"' in await resp.text()
+        async with server.session.get(server.root + path) as resp:  # not a browser: JSON
+            assert resp.status == 404 and resp.content_type == "application/json", path
+    for query in ("code=%00", "code=a&code=b"):
+        async with server.session.get(f"{server.root}/console/signin?{query}") as resp:
+            assert resp.status == 403 and "cannot be used" in await resp.text(), query
+    api = await server.call("GET", "/runs?x=%00")
+    assert api.status == 422  # the API's own checks stay

@@ -96,6 +96,10 @@ def error_response(request: web.Request, status: int, code: str, message: str) -
 
 
 def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404 and _browsing(request):
+        from .console.routes import not_found_page  # the console imports this module
+
+        return not_found_page()
     code = _HTTP_CODES.get(exc.status, "INTERNAL" if exc.status >= 500 else "INVALID_REQUEST")
     if exc.status == 404:
         message = f"no route for {request.method} {request.path}"
@@ -107,6 +111,16 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     if "Allow" in exc.headers:
         response.headers["Allow"] = exc.headers["Allow"]
     return response
+
+
+def _browsing(request: web.Request) -> bool:
+    """Whether a browser asks for a page outside the API (``/runs/``, ``/nothing``): it
+    is answered the console's page, which says there is no such page, not JSON."""
+    return (
+        request.method == "GET"
+        and not request.path.startswith("/v1/")
+        and "text/html" in request.headers.get("Accept", "")
+    )
 
 
 # Request ids are unique, not secret: a random prefix per process, then a counter.
@@ -218,6 +232,8 @@ def _check_query(request: web.Request) -> None:
     the caller's guess to make (nor a proxy's that checked the other one)."""
     if "\x00" in request.path:
         raise APIProblem(400, "INVALID_REQUEST", "path: must not contain a NUL character (%00)")
+    if not request.path.startswith("/v1/"):  # the console's pages: its sign-in link's code
+        return  # is hashed before any database sees it, and a bad one has its own page
     seen: set[str] = set()
     for name, value in request.query.items():
         if "\x00" in name or "\x00" in value:
@@ -241,7 +257,7 @@ def _check_query_names(request: web.Request, given: set[str]) -> None:
 
     known = query_names(request.method, path)
     if request.method in ("GET", "HEAD"):  # a console stream's or download's session key
-        known = known | {KEY_PARAM}
+        given = given - {KEY_PARAM}
     unknown = sorted(given - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"

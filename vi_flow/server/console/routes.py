@@ -30,7 +30,7 @@ from ..tasks import TASKS_KEY
 from . import sessions
 from .sessions import CSRF_HEADER, ConsoleSession
 
-__all__ = ["SECURITY_HEADERS", "STATIC_TYPES", "setup"]
+__all__ = ["SECURITY_HEADERS", "STATIC_TYPES", "not_found_page", "setup"]
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none';"
@@ -66,6 +66,12 @@ def _page(status: int = 200) -> web.Response:
         content_type="text/html",
         headers=SECURITY_HEADERS,
     )
+
+
+def not_found_page() -> web.Response:
+    """The console's page with status 404, for a browser at an address no route has (the
+    page says there is no page there, or how to sign in)."""
+    return _page(404)
 
 
 async def static_file(request: web.Request) -> web.Response:
