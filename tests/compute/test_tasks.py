@@ -387,6 +387,12 @@ async def test_instances_reservations_and_normalize(client: vi_flow.AsyncClient)
     assert client.normalize_instance_request(4, "a100") == ("4xa100", 1, None)
     assert client.normalize_instance_request(3, "a100")[0] == "4xa100"
     assert client.normalize_instance_request(16, "h100") == ("8xh100", 2, None)
+    # found by QA: True and 1.5 were GPU counts, "a100:2" a GPU model
+    for count, error in ((True, TypeError), (1.5, TypeError), (0, ValueError)):
+        with pytest.raises(error, match="gpu_count"):
+            client.normalize_instance_request(count)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="gpu_type must be a GPU model"):
+        client.normalize_instance_request(1, "a100:2")
     assert await client.get_reservation("res_missing") is None
     assert isinstance(await client.list_reservations(), list)
 

@@ -51,6 +51,8 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"tools": [TOOL, {"function": {"name": ""}}]}, ValueError, r"tools\[1\].function.name"),
     ({"tools": ["lookup"]}, ValueError, r"tools\[0\]"),
     ({"tools": TOOL}, ValueError, "list of OpenAI tool"),
+    # found by QA: two tools of one name were sent on; which one a call meant, no one knows
+    ({"tools": [TOOL, TOOL]}, ValueError, r"tools\[1\].function.name: 'lookup' names tools\[0\]"),
     ({"attachments": ["https://x.test/a.png"] * 11}, ValueError, "at most 10 attachments"),
     ({"attachments": ["http://x.test/a.png"]}, ValueError, r"attachments\[0\].*https"),
     ({"attachments": ["https://ok.test/a", "ftp://x"]}, ValueError, r"attachments\[1\]"),

@@ -126,10 +126,18 @@ def normalize_instance_request(
         ``(instance_type, num_instances, warning or None)``.
 
     Raises:
-        ValueError: ``gpu_count`` below 1.
+        TypeError: ``gpu_count`` is not a whole number.
+        ValueError: ``gpu_count`` below 1, or a ``gpu_type`` with a count in it.
     """
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int):
+        raise TypeError(f"gpu_count must be a whole number, got {shown(gpu_count)}")
     if gpu_count < 1:
         raise ValueError(f"gpu_count must be at least 1, got {gpu_count}")
+    if gpu_type is not None and (not isinstance(gpu_type, str) or ":" in gpu_type):
+        raise ValueError(
+            f"gpu_type must be a GPU model such as 'a100' (the count is gpu_count),"
+            f" got {shown(gpu_type)}"
+        )
     name = (gpu_type or "gpu").lower()
     if gpu_count > 8:
         instances = -(-gpu_count // 8)

@@ -206,7 +206,15 @@ def _check_tools(tools: object) -> list[dict[str, Any]]:
         raise _BadValue("tools", problem)
     if len(tools) > MAX_TOOLS:
         raise _BadValue("tools", f"at most {MAX_TOOLS} tools are allowed, got {len(tools)}")
-    return [_check_tool(i, tool) for i, tool in enumerate(tools)]
+    checked = [_check_tool(i, tool) for i, tool in enumerate(tools)]
+    seen: dict[str, int] = {}
+    for i, tool in enumerate(checked):
+        name = tool["function"]["name"]
+        if name in seen:  # which one a model's call would answer to: no one could say
+            problem = f"{_shown(name)} names tools[{seen[name]}] already"
+            raise _BadValue("tools", problem, where=f"[{i}].function.name")
+        seen[name] = i
+    return checked
 
 
 def _check_tool_choice(choice: object) -> Any:
