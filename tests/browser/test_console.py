@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,29 @@ def test_another_organization_sees_none_of_it(visit: Any, console_server: Consol
     ):
         assert them.page.evaluate(KEYED_FETCH, path) == 404, path
     assert http_status(f"{console_server.root}/runs/{run}") == 401  # no session at all
+
+
+def test_another_port_cannot_sign_the_console_in_as_its_own_organization(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # Found by QA, then by the review of the first fix: a page on another port of the
+    # host set the console's cookie to the attacker's session (a browser lets any port
+    # set a host's cookies) and sent the browser to /#consoleKey=<the attacker's key>:
+    # the victim's tabs showed, and sent what was typed to, the attacker's organization.
+    with urllib.request.urlopen(console_server.sign_in_url(console_server.other_token)) as resp:
+        theirs = resp.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)
+        key = re.search(r'name="vi-flow-console-key" content="([^"]+)"', resp.read().decode())
+    assert key is not None
+    one = _signed_in(visit, console_server)
+    ours = one.page.inner_text("#who")
+    other_tab = one.context.new_page()
+    one.context.add_cookies([{"name": theirs[0], "value": theirs[1], "url": console_server.root}])
+    other_tab.goto(f"{console_server.root}/#consoleKey={key.group(1)}")
+    other_tab.wait_for_selector("text=You are not signed in.")
+    one.page.wait_for_selector("text=Your session has ended.")  # its next look: 401
+    for page in (one.page, other_tab):
+        assert page.inner_text("#who") in ("", ours), page.url
+    assert one.page.evaluate("localStorage.getItem('vi-flow-console-key')") != key.group(1)
 
 
 def test_a_tab_follows_a_sign_in_made_in_another_tab(

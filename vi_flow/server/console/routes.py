@@ -1,9 +1,9 @@
 """Console routes: the pages, their static files, sign-in by one-time code, sign-out.
 
 - ``POST /v1/console/sign-in`` (bearer token only) answers a one-time sign-in path.
-- ``GET /console/signin?code=`` trades the code for a session cookie and redirects to
-  ``/#consoleKey=<key>``, so the code is in no later URL and the page learns the
-  session's key (see :mod:`.sessions`); a used or expired code is refused (403).
+- ``GET /console/signin?code=`` trades the code for a session cookie and answers the
+  console's page carrying the session's key (see :mod:`.sessions`), which shows ``/`` in
+  the address; a used or expired code is refused (403).
 - ``GET /console/api/session`` says who is signed in (the key sent);
   ``POST /console/api/signout`` ends the session.
 - ``GET /console/api/runs/{runId}/last-event`` is the newest event id of a run, so the
@@ -59,9 +59,15 @@ def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
 
-def _page(status: int = 200) -> web.Response:
+_KEY_META = b'<meta name="vi-flow-console-key" content="%s">\n'
+
+
+def _page(status: int = 200, key: str | None = None) -> web.Response:
+    body = _static("index.html")
+    if key is not None:  # url-safe base64: nothing to escape in an attribute
+        body = body.replace(b"<title>", _KEY_META % key.encode() + b"<title>", 1)
     return web.Response(
-        body=_static("index.html"),
+        body=body,
         status=status,
         content_type="text/html",
         headers=SECURITY_HEADERS,
@@ -133,7 +139,7 @@ def _opened_by_the_user(headers: Mapping[str, str]) -> bool:
 
 
 async def sign_in(request: web.Request) -> web.Response:
-    """Trade a one-time code for a session cookie and go to ``/`` (the code left behind).
+    """Trade a one-time code for a session cookie and the page, carrying the session's key.
 
     Only a navigation the user made (``Sec-Fetch-Site: none``, or from the console
     itself) signs in: a page of another origin (another port of the same host is the
@@ -153,9 +159,12 @@ async def sign_in(request: web.Request) -> web.Response:
             body=_REFUSED, status=403, content_type="text/html", headers=SECURITY_HEADERS
         )
     session_id, key = made
-    # the key in the fragment: the page keeps it in its origin's storage and drops it
-    # from the address; a fragment never reaches a server, a log or a Referer
-    response = web.HTTPSeeOther(f"/#{sessions.KEY_PARAM}={key}", headers=SECURITY_HEADERS)
+    # The page itself, carrying the key: it keeps it in its origin's storage and shows
+    # "/" in the address. Only this answer hands a key to a page, and only to a page the
+    # user opened with an unused code: an address (a fragment another page could send
+    # the browser to, with a session it planted) is never read for one, nor kept in the
+    # browser's history.
+    response = _page(key=key)
     response.set_cookie(
         sessions.cookie_name(request),
         session_id,
@@ -165,7 +174,7 @@ async def sign_in(request: web.Request) -> web.Response:
         secure=request.secure or (sessions.public_origin(request) or "").startswith("https:"),
         max_age=sessions.SESSION_TTL_MS // 1000,
     )
-    raise response
+    return response
 
 
 async def _signed_in(request: web.Request) -> ConsoleSession:

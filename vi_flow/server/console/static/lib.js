@@ -3,10 +3,13 @@
 
 export const state = { session: null, leaving: [], reachable: true, stale: false };
 
-// The session's key: sign-in hands it to the page (in the address's fragment), and every
-// request sends it. It lives in this origin's storage, which no other port of the host
-// can read, while the session cookie goes to every port: the cookie alone is not enough.
+// The session's key: the sign-in answer hands it to the page (in a meta element), and
+// every request sends it. It lives in this origin's storage, which no other port of the
+// host can read or write, while the session cookie goes to (and may be set by) every
+// port: the cookie alone is not enough. No address is ever read for a key: another page
+// could send the browser to one carrying its own.
 const KEY_STORE = 'vi-flow-console-key';
+const KEY_META = 'meta[name="vi-flow-console-key"]';
 const KEY_HEADER = 'X-CSRF-Token';
 const KEY_PARAM = 'consoleKey';
 
@@ -15,13 +18,15 @@ export function consoleKey() {
   try { return localStorage.getItem(KEY_STORE) || ''; } catch { return ''; }
 }
 
-/** Keep the key sign-in put in the address's fragment, and take it out of the address. */
+/** Keep the key the sign-in answer carries, and show "/" instead of the sign-in link. */
 export function adoptKey() {
-  const given = new URLSearchParams(location.hash.slice(1)).get(KEY_PARAM);
-  if (!given) return;
+  const meta = document.querySelector(KEY_META);
+  if (!meta) return;
+  const given = meta.getAttribute('content') || '';
+  meta.remove();
   try { localStorage.setItem(KEY_STORE, given); } catch { /* private mode: this page only */ }
   state.key = given;
-  history.replaceState(history.state, '', location.pathname + location.search);
+  history.replaceState(null, '', '/');
 }
 
 /** Forget the key (signed out). */
