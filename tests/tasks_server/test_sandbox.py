@@ -144,7 +144,7 @@ async def test_an_ssh_session_reaches_nothing_either(
 
 # LD_DEBUG makes the dynamic loader of every process started with it print what it
 # loads, naming the program: a harmless LD_PRELOAD, that shows who was given the env.
-_LOADER_ENV = {"LD_DEBUG": "files", "QA_GIVEN": "a b'c"}
+_LOADER_ENV = {"LD_DEBUG": "files", "QA_GIVEN": "a b'c", "vf_gpus": "mine"}
 
 
 def _loaded_outside(text: str) -> list[str]:
@@ -181,13 +181,17 @@ async def test_an_ssh_sessions_task_env_is_set_inside_the_sandbox_only(
     task = await sandboxed.submit(command="sleep 30", env=_LOADER_ENV)
     await sandboxed.wait(task["taskId"], until={"running"})
     endpoint = (await sandboxed.call("GET", f"/tasks/{task['taskId']}/ssh")).body
+    # the file the env comes in cannot be swapped from inside (a review: the running
+    # task replaced it with a script of its own before the session read it)
+    swap = 'for f in ../logs/.vi-flow-env-*; do (echo x > "$f") 2>/dev/null && echo SWAPPED; done'
     async with _connect(endpoint, client_key) as conn:
-        result = await conn.run('echo "given=$QA_GIVEN"; ls -a ..')
-    assert "given=a b'c" in result.stdout, result.stderr
+        here = "ls -a ../logs | grep -c vi-flow-env"
+        result = await conn.run(f'echo "given=$QA_GIVEN vf=$vf_gpus"; {here}; {swap}; echo done')
+    assert "given=a b'c vf=mine\n1\ndone\n" in result.stdout, result  # there, not swapped
     assert "transferring control: /bin/sh" in str(result.stderr)
     assert _loaded_outside(str(result.stderr)) == [], result.stderr
-    assert ".vi-flow-env" not in result.stdout  # sourced and deleted before the command
-    assert [p.name for p in Path(endpoint["workdir"]).parent.iterdir() if "env" in p.name] == []
+    logs = Path(endpoint["workdir"]).parent / "logs"
+    assert [p.name for p in logs.iterdir() if "env" in p.name] == []  # gone with the session
 
 
 def _connect(endpoint: dict[str, Any], key: asyncssh.SSHKey, user: str | None = None) -> Any:
@@ -804,3 +808,27 @@ def test_an_isolated_network_without_a_sandbox_stops_the_server_not_the_isolatio
         detect_sandbox(tmp_path, off)
     monkeypatch.setenv("VI_FLOW_TASK_NETWORK", "isolated")
     assert job_sandbox([tmp_path]).network == "host"
+
+
+@pytest.mark.parametrize("given", ["1", None])
+def test_an_env_file_keeps_the_clusters_gpus_and_the_tasks_own_names(
+    tmp_path: Path, given: str | None
+) -> None:
+    # What a Slurm or Ray job, and a shell, run before the command: the cluster's GPUs
+    # stay, whatever the file says; a variable of the task's named as the script's own
+    # bookkeeping was (vf_gpus) arrives as it is (a review: it was lost, and set the GPUs).
+    from vi_flow.server.providers._job_files import load_env, write_secret_file
+
+    env_file = tmp_path / "env"
+    write_secret_file(env_file, {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "vf_gpus": "G", "A": "x y"})
+    env = {"PATH": os.environ["PATH"]}
+    if given is not None:
+        env["CUDA_VISIBLE_DEVICES"] = given
+    show = 'echo "${CUDA_VISIBLE_DEVICES-unset}|$vf_gpus|$A|$#|$1"'
+    done = subprocess.run(
+        ["/bin/sh", "-c", load_env(str(env_file)), "name", "/bin/sh", "-c", show, "sh", "arg"],
+        env=env, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert done.stdout == f"{given or 'unset'}|G|x y|1|arg\n"
+    assert not env_file.exists()  # sourced, then deleted
+

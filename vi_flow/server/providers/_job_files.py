@@ -65,39 +65,47 @@ def export_lines(env: Mapping[str, str]) -> str:
 
 
 def write_session_env(root: Path, env: Mapping[str, str]) -> Path:
-    """A new mode-0600 file of ``export`` lines in the task directory ``root`` (a name
-    of its own, made without following a link the task put there) for one SSH session
-    to source inside the task's sandbox with :func:`load_env`; the session deletes it.
+    """A new mode-0600 file of ``export`` lines in the ``logs`` directory of the task at
+    ``root`` (a name of its own, made without following a link) for one SSH session to
+    source inside the task's sandbox with :func:`load_env`; the session deletes it.
+
+    ``logs`` is read-only in the sandbox: in the task's own directory, the running task
+    swapped the file for a script of its own before the session read it (a review found
+    its code run in 2 of 6 sessions, with the user's terminal).
 
     Raises:
         InvalidRequest: A name a shell cannot set.
         OSError: The file could not be made.
     """
     text = export_lines(env)
-    path = root / f"{ENV_FILE}-{secrets.token_hex(8)}"
+    path = root / "logs" / f"{ENV_FILE}-{secrets.token_hex(8)}"
     fd = open_beneath(root, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     return path
 
 
-def load_env(path: str) -> str:
-    """A shell script that sources and deletes the environment file ``path``, then
-    runs its arguments with ``exec`` (``sh -c SCRIPT NAME ARGV...``): run it *inside* the
-    task's sandbox. Sourced on the node before the sandbox, a task's ``PATH`` chose the
-    ``bwrap`` that ran, as root, and its ``LD_PRELOAD`` went into it.
+def load_env(path: str, *, delete: bool = True) -> str:
+    """A shell script that sources the environment file ``path`` (and deletes it, unless
+    ``delete`` is false: the caller does), then runs its arguments with ``exec``
+    (``sh -c SCRIPT NAME ARGV...``): run it *inside* the task's sandbox. Sourced on the
+    node before the sandbox, a task's ``PATH`` chose the ``bwrap`` that ran, as root,
+    and its ``LD_PRELOAD`` went into it.
 
     ``CUDA_VISIBLE_DEVICES`` stays what the cluster gave the job (unset when it gave
-    none): the task's own env cannot claim other GPUs.
+    none): the task's own env cannot claim other GPUs. What it was is kept in the
+    positional parameters, which sourcing a file of ``export`` lines cannot change (a
+    variable could: a task's own ``vf_gpus`` set it, and was lost).
     """
     quoted = shlex.quote(path)
+    remove = f" rm -f {quoted};" if delete else ""
     return "\n".join(
         [
-            "vf_gpus=${CUDA_VISIBLE_DEVICES-}; vf_gave=${CUDA_VISIBLE_DEVICES+1}",
-            f"if [ -f {quoted} ]; then . {quoted}; rm -f {quoted}; fi",
-            'if [ -n "$vf_gave" ]; then export CUDA_VISIBLE_DEVICES="$vf_gpus";'
+            'set -- "${CUDA_VISIBLE_DEVICES-}" "${CUDA_VISIBLE_DEVICES+1}" "$@"',
+            f"if [ -f {quoted} ]; then . {quoted};{remove} fi",
+            'if [ -n "$2" ]; then export CUDA_VISIBLE_DEVICES="$1";'
             " else unset CUDA_VISIBLE_DEVICES; fi",
-            "unset vf_gpus vf_gave",
+            "shift 2",
             'exec "$@"',
         ]
     )

@@ -305,13 +305,14 @@ def _behind_prefix(
     The task's ``env`` is its user's: given to the prefix's own process (``bwrap`` on
     the host, ``srun`` on the server's host), its ``LD_PRELOAD`` or ``PATH`` would run
     the user's code there, outside the sandbox. The prefix starts with the allow-list;
-    the task's variables are set inside it, from a file sourced and deleted there.
+    the task's variables are set inside it, from a file in the task's ``logs`` directory
+    (read-only there) that the session deletes when it ends.
     """
     if not context.exec_prefix or not context.env:
         return argv, _environment(context, client_env), None
     given = write_session_env(context.root, context.env)
     inner = argv[len(context.exec_prefix) :]
-    load = ["/bin/sh", "-c", load_env(str(given)), "vi-flow-session"]
+    load = ["/bin/sh", "-c", load_env(str(given), delete=False), "vi-flow-session"]
     return (
         [*context.exec_prefix, *load, *inner],
         _environment(context, client_env, with_task=False),
@@ -684,7 +685,7 @@ async def _run_session(
         process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
         code = 127
     finally:
-        if given is not None:  # read and deleted inside, unless the command never started
+        if given is not None:  # read inside, where it cannot be deleted or swapped
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(given.unlink, missing_ok=True)
     process.exit(code if code >= 0 else 128 - code)
