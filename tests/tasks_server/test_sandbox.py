@@ -832,3 +832,31 @@ def test_an_env_file_keeps_the_clusters_gpus_and_the_tasks_own_names(
     assert done.stdout == f"{given or 'unset'}|G|x y|1|arg\n"
     assert not env_file.exists()  # sourced, then deleted
 
+
+@pytest.mark.anyio
+async def test_a_command_the_sandbox_hides_fails_as_missing_whatever_the_host_holds(
+    sandboxed: TaskServer,
+) -> None:
+    # Found by a review: the start's check looked at the host, so a task named as its
+    # command a file in the hidden home ("Permission denied": it is there) or a path with
+    # nothing at it ("No such file"), and learnt what the host held.
+    home = sandboxed.home
+    link = "ln -s {0} there && printf '#!{0}\\n' > script && chmod +x script"
+    made = await sandboxed.submit(command=link.format(home / "admin-token"))
+    assert (await sandboxed.wait(made["taskId"]))["status"] == "completed"
+    workspace = f"{home}/tasks/{made['taskId']}/workspace"
+    messages = []
+    for command in (
+        [str(home / "admin-token")],
+        [str(home / "no-such-file")],
+        [f"{workspace}/there"],  # a link out of the task
+        [f"{workspace}/script"],  # a #! interpreter in the hidden home
+        ["admin-token"],  # found through PATH
+    ):
+        env = {"PATH": f"{home}:/usr/bin:/bin"} if command == ["admin-token"] else {}
+        task = await sandboxed.submit(command=command, env=env)
+        done = await sandboxed.wait(task["taskId"])
+        assert done["status"] == "failed" and done["reason"] == "StartFailed", done
+        messages.append(done["message"].replace(command[0], "<command>"))
+    assert all("No such file or directory" in m for m in messages), messages
+    assert not any("Permission denied" in m for m in messages), messages

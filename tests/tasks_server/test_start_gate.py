@@ -155,8 +155,11 @@ async def test_what_cannot_be_started_fails_at_start_saying_why(
 ) -> None:
     server = await start_server(local_cpus=2, local_gpus=[], sandbox=sandbox)
     home = Path(server.home)
-    scripts = home.parent / "scripts"
-    scripts.mkdir()
+    # in a volume: a sandbox shows a task its volumes at their host paths (no other path
+    # of the host's, such as the test's own directory, where all would be "No such file")
+    volume = (await server.call("POST", "/volumes", json={"name": "scripts"})).body["volumeId"]
+    scripts = home / "volumes" / volume
+    mount = [{"volumeId": volume, "mountPath": "scripts"}]
     plain = scripts / "plain"
     plain.write_text("echo hi\n")
     orphan = scripts / "orphan"
@@ -169,7 +172,7 @@ async def test_what_cannot_be_started_fails_at_start_saying_why(
         "no-such-tool-xyz": "No such file or directory",
     }
     for command, says in cases.items():
-        task = await server.submit(command=[command])
+        task = await server.submit(command=[command], volumes=mount)
         done = await server.wait(task["taskId"], within=20)
         assert (done["status"], done["reason"], done["exitCode"]) == (
             "failed",

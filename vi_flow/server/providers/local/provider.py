@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -458,14 +459,17 @@ class LocalProvider:
             waits, gate = os.pipe()
             # bwrap would start and then fail with status 1, the gate's shell with 127:
             # fail before either starts, as exec would.
-            check_executable(spec.argv[0], cwd, env["PATH"])
+            volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
+            shown = None
+            if job.sandboxed:
+                shown = functools.partial(self.sandbox.shows, root=spec.paths.root, volumes=volumes)
+            check_executable(spec.argv[0], cwd, env["PATH"], shown)
             own_env = env  # unsandboxed, the command runs as the server's user anyway
             if job.sandboxed:
                 info, write = os.pipe()
                 os.set_blocking(info, False)
                 given = environment_fd(env)
                 own_env = allowed_environment(os.environ, cwd)
-            volumes = [mount.host_path for mount in spec.mounts] + job.late_volumes
             prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write, env_fd=given)
             popen = start_process(
                 [*prefix, *GATE, *spec.argv],

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,19 @@ class Sandbox:
         args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]
         return args
 
+    def shows(self, path: Path, root: Path, volumes: Iterable[Path]) -> bool:
+        """Whether the sandbox of the task at ``root`` shows the host's ``path`` there (the
+        path as written, links not followed: the caller checks where one leads too)."""
+        if any(_under(path, mine) for mine in (root, *volumes)):
+            return True
+        if any(_under(path, hidden) for hidden in self.hidden):
+            return False
+        if any(_under(path, shown) for shown in self.read_only):
+            return True
+        if any(_under(path, Path(secret)) for secret in (*_ETC_SECRETS, *_ETC_SECRET_DIRS)):
+            return False
+        return any(_under(path, Path(system)) for system in (*_SYSTEM_DIRS, *_SYSTEM_LINKS))
+
     @staticmethod
     def exit_code(returncode: int) -> int:
         """The command's own status from bwrap's (which reports a signal N as 128 + N)."""
@@ -226,32 +239,52 @@ def sandbox_child(info: int) -> int | None:
     return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 1 else None
 
 
-def check_executable(command: str, cwd: Path, path: str) -> None:
+def _under(path: Path, top: Path) -> bool:
+    return path == top or top in path.parents
+
+
+def check_executable(
+    command: str, cwd: Path, path: str, shown: Callable[[Path], bool] | None = None
+) -> None:
     """Raise as ``exec`` would when ``command``, started in ``cwd`` with ``path`` as its
     ``PATH``, cannot run (the sandbox shows the system and the task directory at their
     host paths; blocking). A script whose ``#!`` interpreter is missing cannot run either.
+
+    ``shown`` (a sandbox's :meth:`Sandbox.shows` for the task) says which host paths
+    the command's world has: any other is missing, whatever the host holds there, and
+    so is one a link leads out of it from. Checked on the host, a hidden path answered
+    "Permission denied" where it was a file and "No such file" where nothing was: a
+    task learnt what the host held (the home's files, other tasks' directories).
 
     Raises:
         FileNotFoundError: No such executable, or its interpreter is missing.
         PermissionError: ``command`` names a directory or a file that is not executable.
     """
+
+    def there(found: Path) -> bool:
+        if shown is None:
+            return found.exists()
+        if not shown(Path(os.path.normpath(found))):
+            return False
+        return shown(Path(os.path.realpath(found))) and found.exists()
+
     if "/" in command:
         found = cwd / command  # an absolute command stays itself
-        if not found.exists():
+        if not there(found):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
         if not found.is_file() or not os.access(found, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
-        _check_interpreter(found, command)
+        _check_interpreter(found, command, there)
         return
     for entry in path.split(os.pathsep):
         found = cwd / entry / command  # a relative entry (or "") is the command's cwd's
-        if found.is_file() and os.access(found, os.X_OK):
-            _check_interpreter(found, command)
+        if there(found) and found.is_file() and os.access(found, os.X_OK):
+            _check_interpreter(found, command, there)
             return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
 
 
-def _check_interpreter(found: Path, command: str) -> None:
+def _check_interpreter(found: Path, command: str, there: Callable[[Path], bool]) -> None:
     """Raise if ``found`` starts with a ``#!`` line whose interpreter is not there (the
     interpreter's path is not said: the file may be one the task cannot read)."""
     try:
@@ -270,7 +303,7 @@ def _check_interpreter(found: Path, command: str) -> None:
     if not words or not words[0].startswith(b"/"):
         return  # exec tells
     interpreter = Path(os.fsdecode(words[0]))
-    if not (interpreter.is_file() and os.access(interpreter, os.X_OK)):
+    if not (there(interpreter) and interpreter.is_file() and os.access(interpreter, os.X_OK)):
         message = f"{os.strerror(errno.ENOENT)} (the interpreter of its #! line)"
         raise FileNotFoundError(errno.ENOENT, message, command)
 
