@@ -146,7 +146,12 @@ def test_ctrl_c_while_orjson_loads_never_crashes_the_process() -> None:
         time.sleep(before * 0.9 + (after - before * 0.9) * 1.2 * i / 40)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-        assert proc.returncode in (-signal.SIGINT, 1), (proc.returncode, err.decode()[-2000:])
+        # ended by the Ctrl-C, or (struck inside a callback CPython's import machinery
+        # runs, which reports a KeyboardInterrupt there as "Exception ignored" and goes
+        # on: this suite's CI once) not at all; never by a crash
+        shown = (proc.returncode, err.decode()[-2000:])
+        assert proc.returncode in (-signal.SIGINT, 1, 0), shown
+        assert b"Fatal Python error" not in err, shown
 
 
 def test_ctrl_c_at_any_moment_of_a_command_ends_it_at_once(
