@@ -333,8 +333,9 @@ def test_another_port_cannot_sign_the_console_in_as_its_own_organization(
     other_tab = one.context.new_page()
     one.context.add_cookies([{"name": theirs[0], "value": theirs[1], "url": console_server.root}])
     other_tab.goto(f"{console_server.root}/#consoleKey={key.group(1)}")
-    other_tab.wait_for_selector("text=You are not signed in.")
-    one.page.wait_for_selector("text=Your session has ended.")  # its next look: 401
+    other_tab.wait_for_selector("text=You are not signed in.", timeout=60_000)
+    one.page.bring_to_front()  # a background tab's timers may be slowed
+    one.page.wait_for_selector("text=Your session has ended.", timeout=60_000)  # its next look
     for page in (one.page, other_tab):
         assert page.inner_text("#who") in ("", ours), page.url
     assert one.page.evaluate("localStorage.getItem('vi-flow-console-key')") != key.group(1)
