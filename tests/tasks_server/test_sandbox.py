@@ -860,3 +860,12 @@ async def test_a_command_the_sandbox_hides_fails_as_missing_whatever_the_host_ho
         messages.append(done["message"].replace(command[0], "<command>"))
     assert all("No such file or directory" in m for m in messages), messages
     assert not any("Permission denied" in m for m in messages), messages
+    # and past a hidden directory with `..`: the host's kernel walking the path told
+    # whether that directory exists (the review of the first version)
+    ends = []
+    for hidden in (home / "tasks" / made["taskId"], home / "tasks" / "task_nosuch"):
+        climb = str(hidden) + "/.." * (len(hidden.parts) - 1) + "/usr/bin/true"
+        task = await sandboxed.submit(command=[climb])
+        done = await sandboxed.wait(task["taskId"])
+        ends.append((done["status"], done["reason"], done["message"].replace(climb, "<c>")))
+    assert ends[0] == ends[1], ends

@@ -261,30 +261,39 @@ def check_executable(
         PermissionError: ``command`` names a directory or a file that is not executable.
     """
 
-    def there(found: Path) -> bool:
+    def seen(found: Path) -> Path | None:
+        """``found`` as the check looks at it, or ``None`` where the sandbox shows nothing.
+
+        In a sandbox the path is first made plain (``..`` taken away as written): the
+        host must be asked nothing about a directory the sandbox hides, and the kernel
+        walking ``hidden/../usr/bin/true`` answers whether ``hidden`` exists (a review).
+        Should the two readings differ (a link before a ``..``), the command's own exec
+        inside the sandbox says what is wrong.
+        """
         if shown is None:
-            return found.exists()
-        if not shown(Path(os.path.normpath(found))):
-            return False
-        return shown(Path(os.path.realpath(found))) and found.exists()
+            return found if found.exists() else None
+        plain = Path(os.path.normpath(found))
+        if not shown(plain) or not shown(Path(os.path.realpath(plain))):
+            return None
+        return plain if plain.exists() else None
 
     if "/" in command:
-        found = cwd / command  # an absolute command stays itself
-        if not there(found):
+        found = seen(cwd / command)  # an absolute command stays itself
+        if found is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
         if not found.is_file() or not os.access(found, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
-        _check_interpreter(found, command, there)
+        _check_interpreter(found, command, seen)
         return
     for entry in path.split(os.pathsep):
-        found = cwd / entry / command  # a relative entry (or "") is the command's cwd's
-        if there(found) and found.is_file() and os.access(found, os.X_OK):
-            _check_interpreter(found, command, there)
+        found = seen(cwd / entry / command)  # a relative entry (or "") is the cwd's
+        if found is not None and found.is_file() and os.access(found, os.X_OK):
+            _check_interpreter(found, command, seen)
             return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
 
 
-def _check_interpreter(found: Path, command: str, there: Callable[[Path], bool]) -> None:
+def _check_interpreter(found: Path, command: str, seen: Callable[[Path], Path | None]) -> None:
     """Raise if ``found`` starts with a ``#!`` line whose interpreter is not there (the
     interpreter's path is not said: the file may be one the task cannot read)."""
     try:
@@ -303,7 +312,8 @@ def _check_interpreter(found: Path, command: str, there: Callable[[Path], bool])
     if not words or not words[0].startswith(b"/"):
         return  # exec tells
     interpreter = Path(os.fsdecode(words[0]))
-    if not (there(interpreter) and interpreter.is_file() and os.access(interpreter, os.X_OK)):
+    shown = seen(interpreter)
+    if shown is None or not (shown.is_file() and os.access(shown, os.X_OK)):
         message = f"{os.strerror(errno.ENOENT)} (the interpreter of its #! line)"
         raise FileNotFoundError(errno.ENOENT, message, command)
 
