@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ConsoleServer, http_status
+from .conftest import CHROMIUM, ConsoleServer, http_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -324,7 +324,9 @@ def test_another_port_cannot_sign_the_console_in_as_its_own_organization(
     # host set the console's cookie to the attacker's session (a browser lets any port
     # set a host's cookies) and sent the browser to /#consoleKey=<the attacker's key>:
     # the victim's tabs showed, and sent what was typed to, the attacker's organization.
-    with urllib.request.urlopen(console_server.sign_in_url(console_server.other_token)) as resp:
+    opened = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    link = console_server.sign_in_url(console_server.other_token)
+    with urllib.request.urlopen(urllib.request.Request(link, headers=opened)) as resp:
         theirs = resp.headers["Set-Cookie"].split(";", 1)[0].split("=", 1)
         key = re.search(r'name="vi-flow-console-key" content="([^"]+)"', resp.read().decode())
     assert key is not None
@@ -339,6 +341,32 @@ def test_another_port_cannot_sign_the_console_in_as_its_own_organization(
     for page in (one.page, other_tab):
         assert page.inner_text("#who") in ("", ours), page.url
     assert one.page.evaluate("localStorage.getItem('vi-flow-console-key')") != key.group(1)
+
+
+def test_where_the_browser_sends_no_fetch_metadata_a_sign_in_link_asks_first(
+    browser: Any, console_server: ConsoleServer
+) -> None:
+    # Found by a review: over plain http by a name other than localhost (a server across a
+    # network) Chromium sends no Sec-Fetch-* headers, and a link any page sent the
+    # browser to signed it in to that page's organization at once.
+    named = "http://vfserver.test:" + console_server.root.rsplit(":", 1)[1]
+    rules = "--host-resolver-rules=MAP vfserver.test 127.0.0.1"  # still only loopback
+    other = browser.browser_type.launch(executable_path=CHROMIUM, args=["--no-sandbox", rules])
+    try:
+        page = other.new_page()
+        page.goto(console_server.sign_in_url().replace(console_server.root, named))
+        page.click("button:text('Sign in to org_default')")  # the user says yes
+        page.wait_for_selector("#signout:not([hidden])")
+        assert page.inner_text("#who") == "org_default" and page.url == named + "/"
+        theirs = console_server.sign_in_url(console_server.other_token)
+        page.goto("about:blank")
+        page.evaluate("url => { location = url; }", theirs.replace(console_server.root, named))
+        page.wait_for_selector("text=Sign in to the vi-flow console?")  # asked, nothing done
+        page.goto(named + "/")
+        page.wait_for_selector("#signout:not([hidden])")
+        assert page.inner_text("#who") == "org_default"
+    finally:
+        other.close()
 
 
 def test_a_tab_follows_a_sign_in_made_in_another_tab(

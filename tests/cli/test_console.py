@@ -14,12 +14,16 @@ from .conftest import Invoker
 
 
 def _status(url: str) -> int:
+    """The status a browser gets opening ``url`` as a link the user opened."""
+
     class _Stay(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: object) -> None:
             return None
 
+    opened = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     try:
-        with urllib.request.build_opener(_Stay).open(url, timeout=30) as resp:
+        request = urllib.request.Request(url, headers=opened)
+        with urllib.request.build_opener(_Stay).open(request, timeout=30) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code

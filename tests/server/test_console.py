@@ -27,8 +27,14 @@ async def _sign_in_path(server: Server, token: str | None = None) -> str:
     return str(answer.body["signInPath"])
 
 
+# what a browser sends loading a link the user opened (from `vi-flow console`)
+OPENED = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+
+
 async def _open(server: Server, path: str) -> Any:
-    async with server.session.get(server.root + path, allow_redirects=False) as resp:
+    async with server.session.get(
+        server.root + path, allow_redirects=False, headers=OPENED
+    ) as resp:
         resp.page = await resp.text()  # type: ignore[attr-defined]
         return resp
 
@@ -390,3 +396,39 @@ async def test_a_browser_at_an_address_no_route_has_gets_the_consoles_page(serve
             assert resp.status == 403 and "cannot be used" in await resp.text(), query
     api = await server.call("GET", "/runs?x=%00")
     assert api.status == 422  # the API's own checks stay
+
+
+async def test_without_fetch_metadata_a_sign_in_link_asks_before_it_signs_in(
+    server: Server,
+) -> None:
+    # Found by a review: a browser sends no Sec-Fetch-* headers to an origin that is not
+    # secure (plain http by a name other than localhost: a server across a network), and
+    # the link signed in at once: any site sending the browser to its own link switched
+    # the victim's console to its organization. There it now asks, naming it.
+    token = await _org_token(server, "theirs")
+    org = (await server.call("GET", "/whoami", token=token)).body["organizationId"]
+    path = await _sign_in_path(server, token)
+    code = path.partition("code=")[2]
+    for _ in range(2):  # asking uses nothing up
+        async with server.session.get(server.root + path, allow_redirects=False) as resp:
+            page = await resp.text()
+            assert resp.status == 200 and not _set_cookie(resp)
+            assert f"organization <code>{org}</code>" in page and "vi-flow-console-key" not in page
+            assert "form method=post action=/console/signin" in page
+    form = {"code": code}
+    for origin in ({"Origin": "http://elsewhere.example"}, {}):  # another site; no Origin
+        async with server.session.post(
+            server.root + "/console/signin", data=form, headers=origin
+        ) as resp:
+            assert resp.status == 403 and not _set_cookie(resp), origin
+    async with server.session.post(
+        server.root + "/console/signin", data=form, headers={"Origin": server.root}
+    ) as resp:  # the page's own button
+        resp.page = await resp.text()  # type: ignore[attr-defined]
+        assert resp.status == 200 and _set_cookie(resp)
+        key = _key_of(resp)
+    async with server.session.post(
+        server.root + "/console/signin", data=form, headers={"Origin": server.root}
+    ) as resp:
+        assert resp.status == 403  # used once
+    assert key

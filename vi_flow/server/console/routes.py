@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import html
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -128,13 +129,33 @@ _ELSEWHERE = (
 )
 
 
-def _opened_by_the_user(headers: Mapping[str, str]) -> bool:
+_CONFIRM = (
+    "<!doctype html><meta charset=utf-8><title>Sign in</title>"
+    "<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    "<h1>Sign in to the vi-flow console?</h1><p>This link signs this browser in to"
+    " organization <code>{org}</code>. Go on only if you opened it yourself (from"
+    " <code>vi-flow console</code>): another page may have sent you here to sign you in"
+    " as someone else.</p><form method=post action=/console/signin>"
+    "<input type=hidden name=code value={code}><button type=submit>Sign in to {org}"
+    "</button></form></main>"
+)
+
+
+def _opened_by_the_user(headers: Mapping[str, str]) -> bool | None:
     """Whether the fetch metadata says a page was loaded from the address bar, a link
-    the user opened, or the console itself; a browser without it (curl) passes."""
+    the user opened, or the console itself; ``None`` where the browser sent none."""
+    if "Sec-Fetch-Site" not in headers:
+        return None
     return (
-        headers.get("Sec-Fetch-Site", "none") in ("none", "same-origin")
+        headers.get("Sec-Fetch-Site") in ("none", "same-origin")
         and headers.get("Sec-Fetch-Mode", "navigate") == "navigate"
         and headers.get("Sec-Fetch-Dest", "document") == "document"
+    )
+
+
+def _html(body: bytes, status: int) -> web.Response:
+    return web.Response(
+        body=body, status=status, content_type="text/html", headers=SECURITY_HEADERS
     )
 
 
@@ -148,16 +169,44 @@ async def sign_in(request: web.Request) -> web.Response:
     the loading of a page (``Sec-Fetch-Mode``/``Sec-Fetch-Dest``) is refused too: a
     ``fetch`` the console's own script was led into making (a link whose id climbed out
     with ``..%2F``) came from the console's origin, but no user opened it.
+
+    A browser sends no fetch metadata to an origin that is not secure (plain http to a
+    name other than localhost: a server reached across a network), and older ones none
+    at all; there (a review: any site could then sign the browser in as its own
+    organization) the link answers a page that names the organization and asks: its
+    button posts the code back, from the console's own origin (:func:`confirm_sign_in`).
     """
-    if not _opened_by_the_user(request.headers):
-        return web.Response(
-            body=_ELSEWHERE, status=403, content_type="text/html", headers=SECURITY_HEADERS
-        )
-    made = await sessions.exchange_code(request, request.query.get("code", ""))
+    code = request.query.get("code", "")
+    opened = _opened_by_the_user(request.headers)
+    if opened is False:
+        return _html(_ELSEWHERE, 403)
+    if opened is None:
+        org = await sessions.code_organization(request, code)
+        if org is None:
+            return _html(_REFUSED, 403)
+        page = _CONFIRM.format(org=html.escape(org), code=html.escape(code, quote=True))
+        asking = _html(page.encode(), 200)
+        # under "no-referrer" a browser posts the form with "Origin: null": the answer
+        # could not tell the page's own button from another site's form
+        asking.headers["Referrer-Policy"] = "same-origin"
+        return asking
+    return await _signed_in_page(request, code)
+
+
+async def confirm_sign_in(request: web.Request) -> web.Response:
+    """The confirmation of a sign-in page (a form posting ``code``): from the console's
+    own origin only (a browser sends ``Origin`` with every form it posts)."""
+    if "Origin" not in request.headers or not sessions.same_origin(request):
+        return _html(_ELSEWHERE, 403)
+    form = await request.post()
+    code = form.get("code", "")
+    return await _signed_in_page(request, code if isinstance(code, str) else "")
+
+
+async def _signed_in_page(request: web.Request, code: str) -> web.Response:
+    made = await sessions.exchange_code(request, code)
     if made is None:
-        return web.Response(
-            body=_REFUSED, status=403, content_type="text/html", headers=SECURITY_HEADERS
-        )
+        return _html(_REFUSED, 403)
     session_id, key = made
     # The page itself, carrying the key: it keeps it in its origin's storage and shows
     # "/" in the address. Only this answer hands a key to a page, and only to a page the
@@ -261,6 +310,7 @@ def setup(app: web.Application) -> None:
     """Add the console's pages, static files, sign-in and session routes."""
     app.router.add_post("/v1/console/sign-in", create_sign_in)
     app.router.add_get("/console/signin", sign_in)
+    app.router.add_post("/console/signin", confirm_sign_in)
     app.router.add_get("/console/static/{name}", static_file)
     app.router.add_get("/console/api/session", get_session)
     app.router.add_post("/console/api/signout", sign_out)

@@ -42,6 +42,7 @@ __all__ = [
     "SESSION_TTL_MS",
     "ConsoleSession",
     "check_csrf",
+    "code_organization",
     "cookie_name",
     "create_code",
     "delete_session",
@@ -49,6 +50,7 @@ __all__ = [
     "find_session",
     "has_cookie",
     "public_origin",
+    "same_origin",
     "session_principal",
 ]
 
@@ -122,6 +124,28 @@ def _exchange(conn: Connection, code: str) -> tuple[str, str] | None:
         (hash_token(session_id), row["token_hash"], key, now + SESSION_TTL_MS),
     )
     return session_id, key
+
+
+def _code_org(conn: Connection, code: str) -> str | None:
+    row = conn.execute(
+        "SELECT t.org_id FROM console_codes c JOIN tokens t ON t.token_hash = c.token_hash"
+        " WHERE c.code_hash = ? AND c.expires_at > ?",
+        (hash_token(code), now_ms()),
+    ).fetchone()
+    return None if row is None else str(row["org_id"])
+
+
+async def code_organization(request: web.Request, code: str) -> str | None:
+    """The organization an unused, unexpired ``code`` signs in to (it stays unused)."""
+    if not 0 < len(code) <= 128:
+        return None
+    return await request.app[STORE_KEY].run(lambda c: _code_org(c, code))
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a request comes from the server's own origin (its ``Origin`` header, and
+    its fetch metadata where the browser sends it)."""
+    return _same_origin(request)
 
 
 async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | None:
