@@ -179,9 +179,9 @@ async def test_an_error_that_ends_a_shared_transaction_fails_those_before_and_no
     # here a call ends it itself: the calls that shared it before fail with that error
     # (their writes are gone), and those after it run in a new transaction and commit
     await store.run(lambda c: c.execute("CREATE TABLE IF NOT EXISTS kept (i INTEGER)"))
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(store.run(lambda c: gate.wait(10)))
-    await asyncio.sleep(0.05)  # the database thread is held: the calls below queue
+    gate, held = threading.Event(), threading.Event()
+    blocker = asyncio.ensure_future(store.run(lambda c: (held.set(), gate.wait(10))))
+    assert await asyncio.to_thread(held.wait, 10)  # the thread is held: the calls queue
 
     def write(conn: sqlite3.Connection, i: int) -> int:
         conn.execute("INSERT INTO kept (i) VALUES (?)", (i,))
@@ -208,9 +208,11 @@ async def test_reads_sharing_a_transaction_a_full_disk_ends_still_answer(store: 
     await store.run(lambda c: c.execute("INSERT INTO kept (v) VALUES ('first')"))
     pages = (await store.run(lambda c: c.execute("PRAGMA page_count").fetchone()))[0]
     await store.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages + 2}").fetchall())
-    gate = threading.Event()
-    blocker = asyncio.ensure_future(store.run(lambda c: gate.wait(10)))
-    await asyncio.sleep(0.05)  # the database thread is held: the calls below queue
+    gate, held = threading.Event(), threading.Event()
+    blocker = asyncio.ensure_future(store.run(lambda c: (held.set(), gate.wait(10))))
+    # the database thread is held (in the blocker's own transaction: a loaded machine
+    # had not started it yet, and the first calls below joined it): the calls queue
+    assert await asyncio.to_thread(held.wait, 10)
 
     def read(conn: sqlite3.Connection) -> list[str]:
         return [r[0] for r in conn.execute("SELECT v FROM kept ORDER BY rowid")]
