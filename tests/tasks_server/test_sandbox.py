@@ -862,10 +862,19 @@ async def test_a_command_the_sandbox_hides_fails_as_missing_whatever_the_host_ho
     assert not any("Permission denied" in m for m in messages), messages
     # and past a hidden directory with `..`: the host's kernel walking the path told
     # whether that directory exists (the review of the first version)
-    ends = []
-    for hidden in (home / "tasks" / made["taskId"], home / "tasks" / "task_nosuch"):
+    # (and through a link, in a volume the task sees, to such a path: the third review)
+    other = await sandboxed.submit(command="true")  # its directory exists, hidden here
+    await sandboxed.wait(other["taskId"])
+    volume = (await sandboxed.call("POST", "/volumes", json={"name": "links"})).body["volumeId"]
+    mount = [{"volumeId": volume, "mountPath": "links"}]
+    ends: dict[str, list[tuple[str, str, str]]] = {"path": [], "link": []}
+    for n, hidden in enumerate((home / "tasks" / other["taskId"], home / "tasks" / "task_no")):
         climb = str(hidden) + "/.." * (len(hidden.parts) - 1) + "/usr/bin/true"
-        task = await sandboxed.submit(command=[climb])
-        done = await sandboxed.wait(task["taskId"])
-        ends.append((done["status"], done["reason"], done["message"].replace(climb, "<c>")))
-    assert ends[0] == ends[1], ends
+        link = home / "volumes" / volume / f"climb{n}"
+        link.symlink_to(climb)
+        for kind, command in (("path", climb), ("link", str(link))):
+            task = await sandboxed.submit(command=[command], volumes=mount)
+            done = await sandboxed.wait(task["taskId"])
+            said = done["message"].replace(command, "<c>")
+            ends[kind].append((done["status"], done["reason"], said))
+    assert ends["path"][0] == ends["path"][1] and ends["link"][0] == ends["link"][1], ends

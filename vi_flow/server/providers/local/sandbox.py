@@ -21,6 +21,7 @@ import errno
 import glob
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -188,8 +189,13 @@ class Sandbox:
 
     def shows(self, path: Path, root: Path, volumes: Iterable[Path]) -> bool:
         """Whether the sandbox of the task at ``root`` shows the host's ``path`` there (the
-        path as written, links not followed: the caller checks where one leads too)."""
-        if any(_under(path, mine) for mine in (root, *volumes)):
+        path as written, links not followed: :func:`check_executable` walks them), or a
+        directory on the way to what it shows (bubblewrap makes those)."""
+        mine = (root, *volumes)
+        if any(_under(path, top) for top in mine):
+            return True
+        tops = (*mine, *self.read_only, *(Path(system) for system in _SYSTEM_DIRS))
+        if any(_under(top, path) for top in tops):
             return True
         if any(_under(path, hidden) for hidden in self.hidden):
             return False
@@ -262,20 +268,12 @@ def check_executable(
     """
 
     def seen(found: Path) -> Path | None:
-        """``found`` as the check looks at it, or ``None`` where the sandbox shows nothing.
-
-        In a sandbox the path is first made plain (``..`` taken away as written): the
-        host must be asked nothing about a directory the sandbox hides, and the kernel
-        walking ``hidden/../usr/bin/true`` answers whether ``hidden`` exists (a review).
-        Should the two readings differ (a link before a ``..``), the command's own exec
-        inside the sandbox says what is wrong.
-        """
+        """Where ``found`` leads, or ``None`` where it is missing; in a sandbox, walked
+        one name at a time as the kernel does, each link followed, and the host asked
+        nothing about a name the sandbox does not show (:func:`_walk_shown`)."""
         if shown is None:
             return found if found.exists() else None
-        plain = Path(os.path.normpath(found))
-        if not shown(plain) or not shown(Path(os.path.realpath(plain))):
-            return None
-        return plain if plain.exists() else None
+        return _walk_shown(found, shown)
 
     if "/" in command:
         found = seen(cwd / command)  # an absolute command stays itself
@@ -291,6 +289,49 @@ def check_executable(
             _check_interpreter(found, command, seen)
             return
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
+def _walk_shown(path: Path, shown: Callable[[Path], bool]) -> Path | None:
+    """Resolve the absolute ``path`` as the kernel would in the sandbox: each name in
+    turn, each link read and followed (at most :data:`_MAX_LINKS`), ``..`` taking the
+    parent of what was resolved so far; ``None`` at a name that is missing or that the
+    sandbox does not show. The host is asked (``lstat``) only about names it shows.
+
+    Checked on the host as written, ``hidden/../usr/bin/true``, or a link in a volume to
+    it, was walked by the host's kernel through ``hidden``: the task learnt whether that
+    existed (other tasks' directories, the home) from how its start failed (reviews).
+    """
+    todo = list(path.parts[1:])
+    at = Path("/")
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            at = at.parent
+            continue
+        step = at / name
+        if not shown(step):
+            return None
+        try:
+            mode = os.lstat(step).st_mode
+        except OSError:
+            return None
+        if not stat.S_ISLNK(mode):
+            at = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            return None
+        try:
+            target = os.readlink(step)
+        except OSError:
+            return None
+        if os.path.isabs(target):
+            at = Path("/")
+        todo = list(Path(target).parts[1 if os.path.isabs(target) else 0 :]) + todo
+    return at
 
 
 def _check_interpreter(found: Path, command: str, seen: Callable[[Path], Path | None]) -> None:
