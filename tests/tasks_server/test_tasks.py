@@ -31,6 +31,9 @@ async def test_command_runs_in_its_workspace_and_completes(server: TaskServer) -
     assert outputs["items"] == [{"path": "m.bin", "size": 6}]
     blob = await server.call("GET", f"/tasks/{task['taskId']}/outputs/m.bin")
     assert blob.status == 200 and blob.raw == b"model\n"
+    # a task's file is downloaded from the console's origin, never shown as a page there
+    assert blob.headers["Content-Disposition"] == "attachment"
+    assert blob.headers["X-Content-Type-Options"] == "nosniff"
 
 
 @pytest.mark.anyio

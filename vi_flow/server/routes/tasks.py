@@ -307,11 +307,21 @@ async def _file_response(
     return await _send_file(request, fd)
 
 
+_DOWNLOAD_HEADERS = {
+    "Content-Type": "application/octet-stream",
+    "Content-Disposition": "attachment",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+}
+
+
 async def _send_file(request: web.Request, fd: int) -> web.StreamResponse:
     """Send the open file ``fd`` (closed here) as it is now."""
     with os.fdopen(fd, "rb", buffering=0) as handle:
         size = os.fstat(fd).st_size
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        # a task's file, on the console's origin: downloaded, never shown (nor sniffed)
+        # as a page that would run there
+        response = web.StreamResponse(headers=_DOWNLOAD_HEADERS)
         response.content_length = size
         await response.prepare(request)
         sent = 0
