@@ -12,8 +12,9 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.live_server import Starter
 from vi_flow.server.console import routes as console_routes
-from vi_flow.server.state import SETTINGS_KEY, STORE_KEY
+from vi_flow.server.state import SETTINGS_KEY, STORE_KEY, ServerSettings
 
 from .conftest import Server, spec
 
@@ -370,14 +371,17 @@ async def test_a_cookie_planted_by_another_port_signs_the_page_in_as_no_one(
         assert resp.status == 200 and "vi-flow-console-key" not in await resp.text()
 
 
-async def test_two_servers_on_one_host_name_their_cookies_apart(
-    start_server: Any, tmp_path: Path
-) -> None:
+async def test_two_servers_on_one_host_name_their_cookies_apart(tmp_path: Path) -> None:
     # Found by QA: a browser keeps one cookie of a name per host, whatever the port; the
     # second server's sign-in replaced the first's session (and sent it to the second).
-    one, two = await start_server(tmp_path / "one"), await start_server(tmp_path / "two")
-    first = _cookie(await _open(one, await _sign_in_path(one)))
-    second = _cookie(await _open(two, await _sign_in_path(two)))
+    async with Starter(Server) as starter:
+        # (named apart: on PostgreSQL the two are replicas of one database)
+        one, two = [
+            await starter.start(ServerSettings(home=tmp_path / name, replica_name=name))
+            for name in ("one", "two")
+        ]
+        first = _cookie(await _open(one, await _sign_in_path(one)))
+        second = _cookie(await _open(two, await _sign_in_path(two)))
     assert first.key != second.key
 
 
