@@ -32,6 +32,7 @@ __all__ = [
     "DISK_FULL_NOTE",
     "KILL_WAIT",
     "MAX_RUN_TIME_GRACE",
+    "TASK_ID_ENV",
     "Job",
     "append_line",
     "ask_to_stop",
@@ -351,13 +352,16 @@ def end_unrecorded(
     return messages
 
 
-_TASK_ID = b"VI_FLOW_TASK_ID="
+TASK_ID_ENV = "VI_FLOW_TASK_ID"
+"""The variable holding a task's id in the environment of each of its processes."""
+_TASK_ID = f"{TASK_ID_ENV}=".encode()
 
 
 def _task_of(pid: int | str) -> str | None:
     """The task whose id is in the environment ``pid`` was started with, if any (the
-    server sets ``VI_FLOW_TASK_ID``; bubblewrap and every process of the task inherit
-    it; a task's id is random, so a process of no task holds none by chance)."""
+    server sets ``VI_FLOW_TASK_ID`` in bubblewrap's own environment and the command's,
+    and every process of the task inherits it; a task's id is random, so a process of
+    no task holds none by chance)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as file:
             environ = file.read()

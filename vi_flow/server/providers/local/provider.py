@@ -64,6 +64,7 @@ from .process import (
     DISK_FULL_NOTE,
     KILL_WAIT,
     MAX_RUN_TIME_GRACE,
+    TASK_ID_ENV,
     Job,
     append_line,
     disk_is_full,
@@ -470,6 +471,9 @@ class LocalProvider:
                 os.set_blocking(info, False)
                 given = environment_fd(env)
                 own_env = allowed_environment(os.environ, cwd)
+                # the task's id, which the server set (none of the user's): a restarted
+                # server finds a sandbox a crash left in its setup by it (end_unrecorded)
+                own_env[TASK_ID_ENV] = spec.task_id
             prefix = self.sandbox.prefix(spec.paths.root, volumes, cwd, write, env_fd=given)
             popen = start_process(
                 [*prefix, *GATE, *spec.argv],
