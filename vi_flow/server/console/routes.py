@@ -67,12 +67,7 @@ def _page(status: int = 200, key: str | None = None) -> web.Response:
     body = _static("index.html")
     if key is not None:  # url-safe base64: nothing to escape in an attribute
         body = body.replace(b"<title>", _KEY_META % key.encode() + b"<title>", 1)
-    return web.Response(
-        body=body,
-        status=status,
-        content_type="text/html",
-        headers=SECURITY_HEADERS,
-    )
+    return _html(body, status)
 
 
 def not_found_page() -> web.Response:

@@ -142,12 +142,6 @@ async def code_organization(request: web.Request, code: str) -> str | None:
     return await request.app[STORE_KEY].run(lambda c: _code_org(c, code))
 
 
-def same_origin(request: web.Request) -> bool:
-    """Whether a request comes from the server's own origin (its ``Origin`` header, and
-    its fetch metadata where the browser sends it)."""
-    return _same_origin(request)
-
-
 async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | None:
     """Use up ``code``; the new session's id and key, or ``None`` for a used, expired or
     unknown code."""
@@ -211,7 +205,9 @@ def public_origin(request: web.Request) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _same_origin(request: web.Request) -> bool:
+def same_origin(request: web.Request) -> bool:
+    """Whether a request comes from the server's own origin (its ``Origin`` header, and
+    its fetch metadata where the browser sends it)."""
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
@@ -241,7 +237,7 @@ def check_csrf(request: web.Request, session: ConsoleSession) -> None:
         raise APIProblem(
             401, "UNAUTHENTICATED", f"wrong {CSRF_HEADER}: not this session's; sign in again"
         )
-    if not safe and not _same_origin(request):
+    if not safe and not same_origin(request):
         raise APIProblem(403, "PERMISSION_DENIED", "cross-origin console request refused")
 
 

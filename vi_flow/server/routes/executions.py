@@ -177,15 +177,12 @@ async def _unless_gone(request: web.Request, pump: Coroutine[Any, Any, None]) ->
         while not pumping.done():
             transport = request.transport
             if transport is None or transport.is_closing():
-                pumping.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-                    await pumping
-                return True
+                return True  # the pump is stopped below
             await asyncio.wait({pumping}, timeout=_GONE_POLL)
         pumping.result()
         return False
     finally:
-        if not pumping.done():  # this handler was cancelled
+        if not pumping.done():  # the client is gone, or this handler was cancelled
             pumping.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
                 await pumping

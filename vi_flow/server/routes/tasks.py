@@ -76,7 +76,6 @@ from . import task_logs as task_logs_sse
 __all__ = ["SSHD_KEY", "setup"]
 
 SSHD_KEY = web.AppKey("vi_flow.sshd", TaskSSHServer)
-MAX_TAIL = MAX_LOG_TAIL
 
 
 def _on_its_replica(handler: Handler) -> Handler:
@@ -231,7 +230,7 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
 async def task_logs(request: web.Request) -> web.StreamResponse:
     """Snapshot of a task's logs (tail, stream=stdout|stderr|both, since); with ``follow`` (or
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
-    tail = _int_query(request, "tail", 100, 0, MAX_TAIL)  # checked for a stream too
+    tail = _int_query(request, "tail", 100, 0, MAX_LOG_TAIL)  # checked for a stream too
     if task_logs_sse.wants_stream(request):
         return await task_logs_sse.follow_logs(request)
     task_logs_sse.resume_point(request)  # a bad one is refused here too, as documented

@@ -14,8 +14,8 @@ const KEY_HEADER = 'X-CSRF-Token';
 const KEY_PARAM = 'consoleKey';
 
 /** The session's key (empty when this browser has none). */
-export function consoleKey() {
-  try { return localStorage.getItem(KEY_STORE) || ''; } catch { return ''; }
+function currentKey() {
+  try { return localStorage.getItem(KEY_STORE) || state.key || ''; } catch { return state.key || ''; }
 }
 
 /** Keep the key the sign-in answer carries, and show "/" instead of the sign-in link. */
@@ -35,8 +35,6 @@ export function dropKey() {
   try { localStorage.removeItem(KEY_STORE); } catch { /* nothing kept */ }
 }
 
-const currentKey = () => consoleKey() || state.key || '';
-
 /** ``url`` with the key as a query parameter: for an EventSource or a download link,
  * which cannot send headers. */
 export function withKey(url) {
@@ -50,10 +48,7 @@ const BIDI = /[\u202A-\u202E\u2066-\u2069]/g;
 
 /** ``text`` with each direction control shown as ⟨U+202E⟩. */
 export function shown(text) {
-  const value = String(text);
-  return BIDI.test(value)
-    ? value.replace(BIDI, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`)
-    : value;
+  return String(text).replace(BIDI, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`);
 }
 
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */

@@ -548,8 +548,7 @@ class LocalProvider:
             init = sandbox_child(info)
         await wait_group_gone(process.pid, KILL_WAIT, None if init is None else [init])
         self._jobs.pop(job.spec.task_id, None)
-        if not job.held and not job.disk_full:
-            job.disk_full = await asyncio.to_thread(disk_is_full, job.spec.paths)
+        await asyncio.to_thread(_note_full_disks, [job])  # the last second's look
         if job.disk_full:
             with contextlib.suppress(OSError):  # the disk may be full still
                 await asyncio.to_thread(append_line, job.spec.paths, f"[vi-flow] {DISK_FULL_NOTE}")
