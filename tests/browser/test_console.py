@@ -248,6 +248,12 @@ def test_execute_a_flow_from_its_form(visit: Any, console_server: ConsoleServer)
     assert one.page.url.endswith(f"/flows/{flow}")
     form.locator("input[name='param:city']").fill("Oslo")
     form.locator("input[name='param:days']").fill("5")
+    # the trace checkbox sits beside its words (it took the form's whole width, the
+    # words on the far side of it)
+    box = form.locator("input[name=trace]").bounding_box()
+    words = form.locator("label.check").bounding_box()
+    assert box is not None and words is not None and box["width"] < 40, box
+    assert box["x"] - words["x"] < 5, (box, words)
     one.shot("flow")
     form.locator("button[type=submit]").click()
     one.page.wait_for_url(re.compile(r"/runs/run_"))

@@ -231,6 +231,8 @@ def test_detail_pages_keep_long_text_and_direction_controls_in_their_place(
         one.page.wait_for_selector("main h1")
         width = one.page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (path, width)
+    # one line is "1 line", not "1 lines"
+    one.page.wait_for_selector(".section-head .muted:text-is('1 line')", timeout=30_000)
     shown = one.page.inner_text("main")
     assert "\u202e" not in shown and "⟨U+202E⟩; fr- mr #⟨U+202C⟩" in shown
     console_server.call("POST", f"/tasks/{task['taskId']}/cancel", {"force": True})

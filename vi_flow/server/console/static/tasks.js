@@ -170,7 +170,7 @@ export async function taskPage(root, taskId) {
   const { counter, list } = logView();
   let skipped = false;
   const drawCount = (total = 0, dropped = 0) => {
-    counter.textContent = `${total.toLocaleString()} lines` +
+    counter.textContent = `${total.toLocaleString()} ${total === 1 ? 'line' : 'lines'}` +
       (dropped ? ` (the first ${dropped.toLocaleString()} are no longer kept here)` : '') +
       (skipped ? ' · earlier output skipped: showing the log\'s last 2 MiB' : '');
   };
