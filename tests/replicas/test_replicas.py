@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ import aiohttp
 import anyio
 import asyncssh
 import attrs
+import orjson
 import pytest
 
 import vi_flow
@@ -276,6 +278,60 @@ async def test_one_idempotency_key_on_three_replicas_makes_one_resource(
     async with replicas[2].client(replicas[0].token) as client:
         runs: list[Run] = [r async for r in client.runs.list().all_items()]
     assert [r.run_id for r in runs] == [jobs[0].body["executionId"]]
+
+
+@pytest.mark.timeout(180)
+async def test_one_key_on_three_replicas_makes_one_organization_and_one_version(
+    cluster: Cluster,
+) -> None:
+    # Routes that save their answer after their change (not in its transaction) each
+    # looked the key up, found nothing and made the resource on every replica at once:
+    # 60 creates gave 2 to 4 organizations, 60 publishes versions 1, 2 and 3 (found by QA).
+    replicas = list(await three(cluster))
+    key = {"Idempotency-Key": f"org-{uuid.uuid4().hex}"}
+    made = await post_many(replicas, 60, "/organizations", {"name": "once"}, key)
+    assert [a.status for a in made] == [201] * 60, {a.status: a.body for a in made}
+    assert len({a.raw for a in made}) == 1
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(cluster.database) as conn:
+        cursor = await conn.execute("SELECT org_id FROM orgs WHERE name = 'once'")
+        assert [row[0] for row in await cursor.fetchall()] == [made[0].body["organizationId"]]
+
+    flow_id = await create_flow(replicas[0], {"name": "published", "blocks": []})
+    key = {"Idempotency-Key": f"publish-{uuid.uuid4().hex}"}
+    published = await post_many(replicas, 60, f"/flows/{flow_id}/publish", {}, key)
+    assert {a.status for a in published} == {200}, {a.status: a.body for a in published}
+    assert {a.body["version"] for a in published} == {1}
+    flow = await call(replicas[2], "GET", f"/flows/{flow_id}", token=replicas[0].token)
+    assert flow.body["latestVersion"] == 1, flow.body
+
+
+async def test_a_key_held_by_a_replica_that_died_answering_is_taken_by_the_retry(
+    cluster: Cluster,
+) -> None:
+    # A replica holds a key with a placeholder naming it while it answers; killed then,
+    # it leaves the placeholder: a retry elsewhere, once that replica is gone from the
+    # live ones, takes the key over instead of waiting for an answer that never comes.
+    import psycopg
+
+    a, b = await cluster.start("a", "b")
+    body = {"name": "retried"}
+    body_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = f"dead-{uuid.uuid4().hex}"
+    async with await psycopg.AsyncConnection.connect(cluster.database) as conn:
+        await conn.execute(
+            "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body,"
+            " created_at) VALUES ('org_default', %s, 'POST', '/v1/organizations', %s, 0, %s, 0)",
+            (key, body_hash, b"@rep_gone"),
+        )
+        await conn.commit()
+    with anyio.fail_after(30):
+        made = await call(b, "POST", "/organizations", json=body, token=a.token,
+                          headers={"Idempotency-Key": key})  # fmt: skip
+    assert made.status == 201, made.body
+    again = await call(a, "POST", "/organizations", json=body, headers={"Idempotency-Key": key})
+    assert again.status == 201 and again.body == made.body, again.body
 
 
 @pytest.mark.timeout(180)

@@ -591,6 +591,24 @@ def get_idempotent(
     return None if row is None else (row["body_hash"], int(row["status"]), bytes(row["body"]))
 
 
+def reserve_idempotent(
+    conn: Connection,
+    org_id: str,
+    key: str,
+    method: str,
+    path: str,
+    record: tuple[str, int, bytes],
+) -> bool:
+    """Store ``record`` (a placeholder) for a key that has no row yet: whether it did."""
+    row = conn.execute(
+        "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, key, method, path)"
+        " DO NOTHING RETURNING 1",
+        (org_id, key, method, path, *record, now_ms()),
+    ).fetchone()
+    return row is not None
+
+
 def put_idempotent(
     conn: Connection,
     org_id: str,

@@ -31,7 +31,7 @@ from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json, shown
 from .errors import APIProblem
-from .state import STORE_KEY, Principal
+from .state import REPLICA_KEY, STORE_KEY, Principal
 from .store import IDEMPOTENCY_SLOT, PENDING_ANSWER, AlreadyAnswered, IdempotencySlot, Store
 
 __all__ = [
@@ -354,15 +354,22 @@ async def _answer_once(
     body_hash = hashlib.sha256(_canonical(await request.read())).hexdigest()
     if query:
         body_hash = hashlib.sha256(query + b"?" + body_hash.encode()).hexdigest()
-    if early_lookup:
+    held = False
+    if early_lookup and request.app[REPLICA_KEY].shared:
+        stored = await _hold_key(request, key, body_hash)
+        if stored is not None:
+            return _replay(key, stored, body_hash)
+        held = True
+    elif early_lookup:
         stored = await store.get_idempotent(org, key, request.method, request.path)
         if stored is not None and stored[1] == PENDING_ANSWER and stored[0] == body_hash:
             stored = await _answer_of(store, org, key, request)
         if stored is not None:
             return _replay(key, stored, body_hash)
     slot = IdempotencySlot(
-        org, key, request.method, request.path, body_hash, lookup_pending=not early_lookup
-    )
+        org, key, request.method, request.path, body_hash,
+        lookup_pending=not early_lookup, reserved=held,
+    )  # fmt: skip
     token = IDEMPOTENCY_SLOT.set(slot)
     try:
         response = await handler(request)
@@ -394,6 +401,41 @@ async def _answer_once(
 _PENDING_WAIT = 900.0  # seconds a request waits for another replica's answer to its key
 
 
+async def _hold_key(
+    request: web.Request, key: str, body_hash: str
+) -> tuple[str, int, bytes] | None:
+    """On a database replicas share, hold ``key`` for this request with a placeholder
+    naming this replica before the handler runs: two replicas that both looked it up and
+    found nothing would both make the resource (the key's lock is one process's).
+    ``None`` once held; else the answer to replay, once it is saved.
+
+    A placeholder whose replica is gone (its lease ran out: it died answering) is
+    dropped and the key held again.
+
+    Raises:
+        APIProblem: 409 ``IDEMPOTENCY_KEY_IN_USE`` when another replica's answer takes
+            too long.
+    """
+    org, store, method, path = org_of(request), request.app[STORE_KEY], request.method, request.path
+    holder = b"@" + request.app[REPLICA_KEY].id.encode()  # a run's id never starts with "@"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _PENDING_WAIT
+    while loop.time() < deadline:
+        if await store.reserve_idempotent(
+            org, key, method, path, (body_hash, PENDING_ANSWER, holder)
+        ):
+            return None
+        stored = await store.get_idempotent(org, key, method, path)
+        if stored is None:
+            continue  # its holder let it go meanwhile
+        if stored[1] != PENDING_ANSWER or stored[0] != body_hash:
+            return stored
+        if stored[2].startswith(b"@"):
+            await store.drop_orphaned_idempotent(org, key, method, path, stored[2])
+        await asyncio.sleep(0.2)
+    raise _in_use(key)
+
+
 async def _answer_of(
     store: Store, org: str, key: str, request: web.Request
 ) -> tuple[str, int, bytes]:
@@ -411,7 +453,11 @@ async def _answer_of(
             break
         if stored[1] != PENDING_ANSWER:
             return stored
-    raise APIProblem(
+    raise _in_use(key)
+
+
+def _in_use(key: str) -> APIProblem:
+    return APIProblem(
         409,
         "IDEMPOTENCY_KEY_IN_USE",
         f"a request with Idempotency-Key {key!r} is being answered by another server"

@@ -748,6 +748,28 @@ class Store:
         """Remember the first answer ``(body_hash, status, body)`` for an idempotency key."""
         await self.run(lambda c: rec.put_idempotent(c, org_id, key, method, path, record))
 
+    async def reserve_idempotent(
+        self, org_id: str, key: str, method: str, path: str, record: tuple[str, int, bytes]
+    ) -> bool:
+        """Hold an idempotency key with the placeholder ``record`` unless it has a row
+        (an answer, or another request's placeholder): whether it did."""
+        return await self.run(
+            lambda c: rec.reserve_idempotent(c, org_id, key, method, path, record)
+        )
+
+    async def drop_orphaned_idempotent(
+        self, org_id: str, key: str, method: str, path: str, holder: bytes
+    ) -> None:
+        """Drop the placeholder ``holder`` (``@`` and a replica's id) put on a key, when
+        that replica is gone: it died answering, and the key is free again."""
+        sql = (
+            "DELETE FROM idempotency WHERE org_id = ? AND key = ? AND method = ? AND path = ?"
+            " AND status = ? AND body = ? AND NOT EXISTS"
+            " (SELECT 1 FROM replicas WHERE replica_id = ?)"
+        )
+        args = (org_id, key, method, path, PENDING_ANSWER, holder, holder[1:].decode())
+        await self.run(lambda c: c.execute(sql, args))
+
     async def forget_idempotent(self, org_id: str, key: str, method: str, path: str) -> None:
         """Drop the answer saved for an idempotency key (its request failed after all)."""
         sql = "DELETE FROM idempotency WHERE org_id = ? AND key = ? AND method = ? AND path = ?"
