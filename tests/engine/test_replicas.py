@@ -131,6 +131,26 @@ async def test_tool_results_sent_to_b_resume_a_run_paused_on_a(
     assert names(events).count("flow_completed") == 1 and data(events[-1])["status"] == "Succeeded"
 
 
+async def test_a_late_heartbeat_of_the_id_a_replica_gave_up_leaves_its_new_one(
+    database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # Back from a stall past its lease, a replica gave up its runs and rejoined under a
+    # new id; then the answer to the heartbeat its listening thread had sent for the old
+    # id came ("no such row") and it gave up the new id too: a run started meanwhile
+    # would end ReplicaLost on a healthy replica (found by QA, once, with SIGSTOP).
+    (a,) = await _replicas(start_server, tmp_path, database, 1)
+    replica = a.app[REPLICA_KEY]
+    old = replica.id
+    await replica._give_up("stalled, in this test")
+    new = replica.id
+    assert new != old
+    run_id = await _slow_job(a, count=40, interval=0.02)
+    replica._beat(old, False)  # as the thread reports its late UPDATE of the old row
+    events, _ = await a.sse("GET", f"/runs/{run_id}/events")
+    assert replica.id == new
+    assert data(events[-1])["status"] == "Succeeded", events[-1]
+
+
 async def test_runs_of_a_silent_replica_are_taken_over_after_the_lease(
     database: str, start_server: StartServer, tmp_path: Path
 ) -> None:

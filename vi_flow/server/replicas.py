@@ -345,7 +345,9 @@ class Replica:
         self._beat_ok = time.monotonic()
         log.info("replica %s rejoined as %s", self.name, self.id)
 
-    def _beat(self, alive: bool) -> None:
+    def _beat(self, replica_id: str, alive: bool) -> None:
+        if replica_id != self.id:
+            return  # the answer for the id this replica had before it rejoined: late
         if alive:
             self._beat_ok = time.monotonic()
             self._tick_now.set()
@@ -414,11 +416,12 @@ class Replica:
         next_beat = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_beat:
+                beating = self.id  # the loop gives it a new one when it rejoins
                 rows = conn.execute(
                     f"UPDATE replicas SET heartbeat_at = {_PG_NOW} WHERE replica_id = ?",
-                    (self.id,),
+                    (beating,),
                 ).rowcount
-                call(self._beat, rows > 0)
+                call(self._beat, beating, rows > 0)
                 self._take_locks(conn, held, call)
                 next_beat = time.monotonic() + interval
             wait = max(0.05, min(0.5, next_beat - time.monotonic()))
