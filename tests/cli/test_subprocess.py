@@ -215,6 +215,58 @@ def test_logs_follow_into_head_exits_quietly(
     assert out.returncode == 0
 
 
+_CUT_SHORT = """
+import os, signal, sys, time
+import click
+from vi_flow.cli import main
+from vi_flow.cli._failures import run_guarded
+from vi_flow.cli._root import cli
+
+@cli.command("cut")
+@click.pass_context
+def cut(ctx):
+    def body():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:  # as CPython reports an import Ctrl-C cut short
+            raise TypeError("expected a message argument") from None
+    run_guarded(ctx, body)
+
+main()
+"""
+
+_AT_SHUTDOWN = """
+import atexit, os, signal, time
+from vi_flow.cli import main
+
+def late():  # Ctrl-C while Python shuts down, once the command is done
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+atexit.register(late)
+main()
+"""
+
+
+def test_an_error_that_ctrl_c_caused_is_reported_as_the_interruption() -> None:
+    # Found in CI: Ctrl-C during an import in `flows list` came out as "error: expected a
+    # message argument", exit 2 (CPython's TypeError for an import cut short).
+    cut = subprocess.run(
+        [sys.executable, "-c", _CUT_SHORT, "cut"], capture_output=True, text=True, timeout=60
+    )
+    assert (cut.returncode, cut.stderr.strip()) == (130, "interrupted"), cut
+
+
+def test_ctrl_c_while_the_cli_process_shuts_down_ends_it_without_a_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _AT_SHUTDOWN, "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done
+    assert "vi-flow" in done.stdout  # what it printed before is all there
+
+
 def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict[str, str], str]:
     """A ``sleep 60`` task started with the CLI: the CLI's environment, and the task's id."""
     base, token, _ = served

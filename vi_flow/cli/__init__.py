@@ -7,6 +7,8 @@ fast. :func:`main` is the console script.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     Args:
         argv: The arguments; ``sys.argv[1:]`` when ``None``.
     """
+    global _struck
     struck = _note_ctrl_c()
     try:
         from ._root import cli
@@ -35,9 +38,26 @@ def main(argv: list[str] | None = None) -> None:
         if struck and exc.code == 1:
             raise SystemExit(_EXIT_INTERRUPTED) from None
         raise
+    except Exception:
+        # Ctrl-C cut an import short, which CPython may report as another error (a
+        # TypeError "expected a message argument"): it is the interruption.
+        if struck:
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(_EXIT_INTERRUPTED) from None
+        raise
     finally:
         if struck is not None:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # The process's own command line ends with the process: Ctrl-C while Python
+            # shuts down ends it at once, without a traceback of where shutdown was.
+            end = _exit_interrupted if argv is None else signal.default_int_handler
+            signal.signal(signal.SIGINT, end)
+            _struck = None
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C came during this :func:`main`: whatever fails after it (an import it
+    cut short may fail with any error) is its doing."""
+    return bool(_struck)
 
 
 _EXIT_INTERRUPTED = 130  # _failures.EXIT_INTERRUPTED, without importing it before click
@@ -52,6 +72,7 @@ def _note_ctrl_c() -> list[bool] | None:
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         return None
+    global _struck
     struck: list[bool] = []
 
     def noted(signum: int, frame: FrameType | None) -> None:
@@ -59,4 +80,14 @@ def _note_ctrl_c() -> list[bool] | None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, noted)
+    _struck = struck
     return struck
+
+
+_struck: list[bool] | None = None  # what _note_ctrl_c noted, during main
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    with contextlib.suppress(OSError, ValueError, RuntimeError):  # closed, or flushing
+        sys.stdout.flush()
+    os._exit(_EXIT_INTERRUPTED)

@@ -32,6 +32,8 @@ if sys.version_info < (3, 11):
 
 import click
 
+from . import interrupted
+
 __all__ = [
     "ARGV_JSON",
     "EXIT_AUTH",
@@ -290,6 +292,11 @@ def _sole(exc: BaseException) -> BaseException:
     return exc
 
 
+def _failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error (not click's own exit, nor Python's)."""
+    return isinstance(exc, Exception) and not isinstance(exc, (click.exceptions.Exit, click.Abort))
+
+
 def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
     """Run ``body``; report any failure in one line and exit with its documented code.
 
@@ -308,7 +315,7 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
         if isinstance(exc, BrokenPipeError):
             _silence_stdout()
             raise click.exceptions.Exit(EXIT_OK) from None
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) or (_failed(exc) and interrupted()):
             click.echo("\ninterrupted", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         if isinstance(exc, (click.exceptions.Exit, click.Abort)) or not isinstance(exc, Exception):
