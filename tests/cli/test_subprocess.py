@@ -151,6 +151,8 @@ def test_ctrl_c_while_orjson_loads_never_crashes_the_process() -> None:
         # on: this suite's CI once) not at all; never by a crash
         shown = (proc.returncode, err.decode()[-2000:])
         assert proc.returncode in (-signal.SIGINT, 1, 0), shown
+        if b"init_import_site" in err:
+            continue  # a loaded machine: struck while Python itself started, before any import
         assert b"Fatal Python error" not in err, shown
 
 
