@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import itertools
 import os
 import sqlite3
@@ -635,6 +636,36 @@ async def test_a_reader_never_passes_events_that_are_to_be_written_again(db: Cou
     assert _lines(raw) == ["first", "a1", "a2", "b1", "b2", None]
     log.forget(key)
     assert await _drain(log, key, 0) == raw
+    await log.close()
+
+
+async def test_a_failed_write_whose_caller_was_cancelled_leaves_no_unread_error(
+    db: CountingStore,
+) -> None:
+    # A replica back from a stall: the runs it gave up were cancelled while their events'
+    # write was under way, the write failed (the rows were another replica's by then),
+    # and besides the log's own line asyncio logged "Task exception was never retrieved"
+    # with the database's traceback (found by QA).
+    key = ("org", "run_cancelled")
+    log, gated, (reader, first, gate) = await _failing_write_at_a_gate(db, key)
+    unread: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unread.append(context))
+    try:
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        gated.gate = None
+        gate.set()
+        await _plateau(lambda: gated.waiting)
+        await asyncio.sleep(0.1)  # the write fails
+        del first
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert [c.get("message") for c in unread] == []
+    reader.cancel()
     await log.close()
 
 

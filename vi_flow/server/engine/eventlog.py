@@ -301,6 +301,13 @@ def _tail(conn: Connection, key: RunKey) -> tuple[int, bool, int]:
     return int(row[0]), bool(row[1]), int(settled or 0)
 
 
+def _read_its_error(task: asyncio.Future[Any]) -> None:
+    """Mark a write's failure as read: :meth:`EventLog._keep` logged it, and its caller,
+    cancelled meanwhile, may never read it (asyncio would log it again, as unread)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _stored(conn: Connection, key: RunKey, firsts: Sequence[int]) -> bool:
     """Whether the rows of the run ``key`` that start at the events ``firsts`` are stored."""
     return all(
@@ -731,7 +738,9 @@ class EventLog:
         behind = {key: tuple(writing[key]) for key in per_run if key in writing}
         for key, rows in per_run.items():
             writing.setdefault(key, []).append(rows[0][2])
-        return await asyncio.shield(self._store(fn, pending, per_run, behind, count, again))
+        write = asyncio.ensure_future(self._store(fn, pending, per_run, behind, count, again))
+        write.add_done_callback(_read_its_error)  # logged; a cancelled caller leaves it
+        return await asyncio.shield(write)
 
     async def _store(
         self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
