@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 
@@ -14,11 +14,20 @@ class CuttingProxy:
     to start, then close without passing it on (the server did the work; the client never
     heard). ``cut()`` closes every open connection now; ``stall()`` keeps them open but
     stops passing the server's bytes on (a hung proxy: the client hears silence).
+    ``cut_after``: each connection is cut once it has passed that many of the server's
+    bytes on (called once per connection: a link that drops every so many bytes).
     """
 
-    def __init__(self, upstream_port: int, *, swallow_answers: int = 0) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        swallow_answers: int = 0,
+        cut_after: Callable[[], int] | None = None,
+    ) -> None:
         self.upstream_port = upstream_port
         self.swallow_answers = swallow_answers
+        self.cut_after = cut_after
         self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._stalled: set[asyncio.StreamWriter] = set()
@@ -56,14 +65,26 @@ class CuttingProxy:
             writer.transport.abort()
             up_writer.transport.abort()
             return
-        await self._pipe(up_reader, writer)
+        budget = None if self.cut_after is None else self.cut_after()
+        await self._pipe(up_reader, writer, budget)
         to_server.cancel()
+        if budget is not None:
+            up_writer.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, budget: int | None = None
+    ) -> None:
         with suppress(ConnectionError, OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 if writer in self._stalled:
                     continue  # read and dropped, so the server is never held up
+                if budget is not None and len(data) >= budget:
+                    writer.write(data[:budget])
+                    await writer.drain()
+                    writer.transport.abort()
+                    return
+                if budget is not None:
+                    budget -= len(data)
                 writer.write(data)
                 await writer.drain()
         with suppress(Exception):
@@ -72,9 +93,9 @@ class CuttingProxy:
 
 @asynccontextmanager
 async def cutting_proxy(
-    upstream_port: int, *, swallow_answers: int = 0
+    upstream_port: int, *, swallow_answers: int = 0, cut_after: Callable[[], int] | None = None
 ) -> AsyncIterator[CuttingProxy]:
-    proxy = CuttingProxy(upstream_port, swallow_answers=swallow_answers)
+    proxy = CuttingProxy(upstream_port, swallow_answers=swallow_answers, cut_after=cut_after)
     await proxy.start()
     try:
         yield proxy

@@ -250,6 +250,38 @@ async def test_100_http_follows_with_random_cuts_lose_and_repeat_nothing(
 
 
 @pytest.mark.anyio
+async def test_follows_of_a_long_log_through_a_link_that_drops_every_8_to_40_kb_end(
+    server: TaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server sent what a task had written in frames of up to 256 KiB, the client's
+    # place moving only at a frame's end: through a link that drops every 40 KB, a
+    # follow of a 300 KB log reconnected for ever from the same place (found by QA).
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "http")
+    rng = random.Random(8)
+    command = "for i in $(seq 3000); do echo \"line $i $(printf '%090d' 0)\"; done"
+    task = await server.submit(command=["sh", "-c", command])
+    port = int(server.root.rsplit(":", 1)[1])
+    async with (
+        cutting_proxy(port, cut_after=lambda: rng.randint(8_000, 40_000)) as proxy,
+        vi_flow.AsyncClient(
+            base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=server.token, home=tmp_path
+        ) as client,
+    ):
+        handle = await client.get_task(task["taskId"])
+        await handle.wait(timeout=60)
+
+        async def follow() -> list[str]:
+            return [line async for line in handle.follow_logs()]
+
+        with anyio.fail_after(120):
+            results = await asyncio.gather(*(follow() for _ in range(5)))
+    expected = [f"line {i} {'0' * 90}" for i in range(1, 3001)]
+    for lines in results:
+        assert lines == expected
+    assert proxy.connections > 5 * 8  # 300 KB through links of 8 to 40 KB
+
+
+@pytest.mark.anyio
 async def test_a_stalled_link_is_left_after_twice_the_heartbeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,7 +34,7 @@ from ..helpers import org_of
 from ..middleware import StillAuthorized
 from ..state import SETTINGS_KEY
 from ..tasks import TASKS_KEY, TaskService
-from ..tasks.logfile import LogReader, NotALogFile
+from ..tasks.logfile import LogReader, NotALogFile, last_char_end
 from ..tasks.records import TaskRecords
 
 __all__ = ["STREAMS", "follow_logs", "parse_event_id", "resume_point", "wants_stream"]
@@ -136,18 +136,30 @@ class _LogStream:
         self.task_id = task_id
         self.readers = {name: LogReader(paths.root, files[name]) for name in streams}
         self.offsets = dict.fromkeys(STREAMS, 0)
+        self.sent = 0  # bytes of the frames made for this answer
 
     def event_id(self) -> str:
         return ":".join(str(self.offsets[name]) for name in STREAMS)
 
     def read(self, final: bool) -> list[bytes]:
-        """Frames for what the logs hold past the offsets (blocking: run in a thread)."""
+        """Frames for what the logs hold past the offsets (blocking: run in a thread).
+
+        A frame holds at most as many bytes as this answer has sent before it (4 KiB
+        for the first ones): a connection cut anywhere has delivered at least half of
+        what it carried in whole frames, whose ids the client resumes from. One frame
+        per read (256 KiB) would let a link that drops every 40 KB bring a follow of a
+        long log no further, however often it reconnected.
+        """
         frames = []
         for name, reader in self.readers.items():
             start, data = reader.read(self.offsets[name], final=final)
-            if data:
-                self.offsets[name] = start + len(data)
-                frames.append(self._frame(name, data))
+            while data:
+                piece = _piece(data, max(_FIRST_FRAME, self.sent))
+                data = data[len(piece) :]
+                start += len(piece)
+                self.offsets[name] = start
+                frames.append(self._frame(name, piece))
+                self.sent += len(frames[-1])
         return frames
 
     def _frame(self, name: str, data: bytes) -> bytes:
@@ -162,6 +174,18 @@ class _LogStream:
     def close(self) -> None:
         for reader in self.readers.values():
             reader.close()
+
+
+_FIRST_FRAME = 4096  # the most bytes of log in each of an answer's first frames
+
+
+def _piece(data: bytes, limit: int) -> bytes:
+    """The start of ``data`` that one frame sends: all of it when it fits in ``limit``
+    bytes, else its whole lines that do, else (one longer line) up to a character's end."""
+    if len(data) <= limit:
+        return data
+    end = data.rfind(b"\n", 0, limit) + 1
+    return data[: end or last_char_end(data[:limit]) or limit]
 
 
 async def _read(stream: _LogStream, final: bool) -> list[bytes]:

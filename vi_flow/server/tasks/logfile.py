@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import beneath
 
-__all__ = ["READ_SIZE", "LogReader", "NotALogFile", "open_beneath", "whole_lines"]
+__all__ = ["READ_SIZE", "LogReader", "NotALogFile", "last_char_end", "open_beneath", "whole_lines"]
 
 READ_SIZE = 256 * 1024
 """The most bytes one read returns (a longer line is sent in pieces)."""
@@ -55,10 +55,10 @@ def whole_lines(data: bytes, *, final: bool) -> bytes:
     end = data.rfind(b"\n") + 1
     if end or len(data) < READ_SIZE:
         return data[:end]
-    return data[: _last_char_end(data)]
+    return data[: last_char_end(data)]
 
 
-def _last_char_end(data: bytes) -> int:
+def last_char_end(data: bytes) -> int:
     """Where the last complete UTF-8 character of ``data`` ends."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
