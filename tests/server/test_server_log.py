@@ -261,6 +261,27 @@ async def test_a_malformed_request_is_one_info_line_not_a_traceback(
     assert text.count(": 400 'Got more than 8190 bytes") == 3  # aiohttp's reason kept
 
 
+async def test_a_body_its_content_encoding_does_not_decode_is_one_info_line(
+    server: Server, log: io.StringIO
+) -> None:
+    # Answered 400, then logged by aiohttp as "ERROR Unhandled exception" with a traceback
+    # of 15 to 50 lines, for each such request anyone sends (found by QA).
+    token = server.headers()["Authorization"].encode()
+    answer = await _send_raw(
+        server,
+        b"POST /v1/flows HTTP/1.1\r\nHost: x\r\nAuthorization: " + token
+        + b"\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        + b"Content-Length: 24\r\n\r\n" + b'{"name":"x","blocks":[]}',
+        until=b"}}",
+    )  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 400") and b"could not be decoded" in answer
+    await asyncio.sleep(0.2)
+    text = log.getvalue()
+    assert "Traceback" not in text and " ERROR " not in text, text
+    [refused] = [line for line in text.splitlines() if "refused a malformed request" in line]
+    assert "Can not decode content-encoding: gzip" in refused
+
+
 async def test_a_body_declared_over_the_limit_is_refused_at_once(server: Server) -> None:
     token = server.headers()["Authorization"].encode()
     answer = await _send_raw(

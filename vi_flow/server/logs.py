@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 import attrs
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 __all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging"]
 
@@ -186,8 +187,8 @@ def _queued(handler: logging.Handler) -> tuple[logging.Handler, logging.handlers
 
 
 class _MalformedRequests(logging.Filter):
-    """aiohttp logs a request it cannot parse (a bad header byte, a line over 8 KiB) as
-    an ERROR with a traceback. That is the client's mistake, answered 400: one INFO line
+    """aiohttp logs a request it cannot parse (a bad header byte, a line over 8 KiB, a
+    body that its ``Content-Encoding`` does not decode) as an ERROR with a traceback. That is the client's mistake, answered 400: one INFO line
     with the reason says it without alarming the operator.
 
     The reason only: aiohttp quotes the bytes it read (``Got more than 8190 bytes when
@@ -197,6 +198,8 @@ class _MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, RequestPayloadError):  # a body that did not decode, which aiohttp
+            exc = exc.__cause__  # reads on (and fails again) after the server's 400
         if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
             lines = (exc.message or type(exc).__name__).strip().splitlines() or [""]
             reason = _QUOTED.split(lines[0], maxsplit=1)[0].rstrip(" :") or type(exc).__name__
