@@ -172,3 +172,28 @@ async def test_a_body_that_arrives_slowly_is_answered(served: Served) -> None:
         status, answer = await _answer(reader)
     assert status.startswith(b"HTTP/1.1 201"), (status, answer)
     assert orjson.loads(answer)["spec"]["name"] == "slow"
+
+
+@pytest.mark.parametrize("framing", ["Content-Length: 100", "Transfer-Encoding: chunked"])
+async def test_a_body_that_stops_coming_is_refused_and_its_connection_closed(
+    served: Served, framing: str
+) -> None:
+    # A head and one byte of body, then nothing: the connection was held for good (the
+    # head deadline ends with the head), and 240 of them took a server whose open-file
+    # limit was 256 to 503 for everyone (found by QA).
+    head = (
+        f"POST /v1/flows HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {served.token}"
+        f"\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+    loop = asyncio.get_running_loop()
+    async with _connection(served.port) as (reader, writer):
+        writer.write(head.encode() + (b"1\r\n{" if "chunked" in framing else b"{"))
+        begun = loop.time()
+        status, answer = await asyncio.wait_for(_answer(reader), 2 * DEADLINE + SLACK)
+        took = loop.time() - begun
+        assert status.startswith(b"HTTP/1.1 408"), (status, answer)
+        assert b"no byte of it for 1 s" in answer and took >= DEADLINE * 0.9
+        assert await asyncio.wait_for(_until_closed(reader), 15) == b""  # then closed
+    async with aiohttp.ClientSession(headers=served.headers()) as session:
+        async with session.get(f"{served.root}/flows") as listed:
+            assert (await listed.json())["items"] == []  # nothing was made

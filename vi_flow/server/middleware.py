@@ -290,8 +290,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(request, exc.status, exc.code, exc.message)
         if not exc.transient:
             response.headers["X-Should-Retry"] = "false"
-        if exc.status == 413:  # an unread body must not be read as the next request
+        if exc.status in (408, 413):  # an unread body must not be read as the next request
             response.force_close()
+        if exc.status == 408:  # a body that stopped coming: answer, then close at once
+            await response.prepare(request)  # (aiohttp would wait for its bytes 10 s more)
+            await response.write_eof()
+            request.protocol.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -533,15 +537,46 @@ async def _stop_streams(app: web.Application) -> None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation."""
+    """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation. Then
+    read the request's body, whose bytes must keep coming (:func:`_read_body_in_time`)."""
     if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
+        await _read_body_in_time(request)
         return await handler(request)
     principal = await _principal(request)
     wanted = request.headers.get("Organization-Id")
     if wanted and wanted != principal.organization_id:
         raise APIProblem.not_found("NOT_FOUND", "organization", wanted)
     request[PRINCIPAL] = principal
+    await _read_body_in_time(request)
     return await handler(request)
+
+
+async def _read_body_in_time(request: web.Request) -> None:
+    """Read the request's body now (every handler reads it whole, from this copy), and
+    refuse it when its bytes stop coming for the head deadline (408, the connection
+    closed): a client that sent a head and a byte of body, then nothing, held its
+    connection for good, and a few hundred such ones spent the open-file limit (every
+    other user then got 503). A slow body that keeps coming is read to its end."""
+    if not request.body_exists:
+        return
+    content, stall = request.content, request.app[SETTINGS_KEY].head_deadline
+    reading = asyncio.ensure_future(request.read())
+    try:
+        while True:
+            before = content.total_bytes
+            done, _ = await asyncio.wait({reading}, timeout=stall)
+            if done:
+                reading.result()  # a body that does not decode raises here
+                return
+            if content.total_bytes == before:
+                raise APIProblem(
+                    408,
+                    "REQUEST_TIMEOUT",
+                    f"the request body stopped coming: no byte of it for {stall:g} s",
+                    transient=True,
+                )
+    finally:
+        reading.cancel()
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
