@@ -262,6 +262,8 @@ def resolve_settings(
     Raises:
         ValueError: A value is invalid; the message names the setting and where it came from.
     """
+    _check_types(api_key=api_key, organization_id=organization_id, base_url=base_url,
+                 http_transport=http_transport, home=home)  # fmt: skip
     file = read_config_file()
     url = _base_url(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL))
     retries = _retries(
@@ -292,6 +294,20 @@ def resolve_settings(
         log_transport=_log_transport(file),
         ca_file=_ca_file(file),
     )
+
+
+def _check_types(*, home: object, **texts: object) -> None:
+    """Refuse an argument of the wrong type at once, naming it (its value is not shown:
+    it may be the key).
+
+    Raises:
+        TypeError: A text setting that is not a string, or a ``home`` that is no path.
+    """
+    for name, value in texts.items():
+        if value is not NOT_GIVEN and value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if home is not NOT_GIVEN and home is not None and not isinstance(home, (str, os.PathLike)):
+        raise TypeError(f"home must be a path (str or os.PathLike), got {type(home).__name__}")
 
 
 def _base_url(value: object) -> str:

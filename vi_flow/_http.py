@@ -93,6 +93,10 @@ def path(template: str, *segments: str) -> str:
     for segment in segments:
         if not isinstance(segment, str) or not segment:
             raise ValueError(f"an id must be a non-empty string, got {segment!r}")
+        if not _is_unicode(segment):
+            raise ValueError(
+                f"no id holds a lone surrogate (text that is not valid Unicode): {segment[:40]!r}"
+            )
         quoted.append(quote(segment, safe=""))
         if len(quoted[-1]) > MAX_SEGMENT:
             raise ValueError(
@@ -100,6 +104,15 @@ def path(template: str, *segments: str) -> str:
                 f" {segment[:40]!r}..."
             )
     return template.format(*quoted)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8 (no lone surrogate, as ``"\\udc80"``)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Endpoint:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import vi_flow
 from vi_flow import Timeout
 from vi_flow._config import config_path, resolve_settings, write_config_value
 
@@ -61,6 +62,19 @@ def test_bad_values_are_named() -> None:
     for retries in ("x", 2.7, True):
         with pytest.raises(ValueError, match="max_retries must be a whole number"):
             resolve_settings(max_retries=retries)  # type: ignore[arg-type]
+
+
+def test_arguments_of_the_wrong_type_are_named_at_once() -> None:
+    # QA: Client(api_key=5) raised AttributeError 'int' object has no attribute 'isascii'
+    # on the first call; Client(home=5) pathlib's TypeError, naming no argument.
+    for name in ("api_key", "organization_id", "base_url", "http_transport"):
+        with pytest.raises(TypeError, match=rf"^{name} must be a string, got int$"):
+            resolve_settings(**{name: 5})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^home must be a path \(str or os.PathLike\), got int$"):
+        resolve_settings(home=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="api_key must be a string, got bytes") as info:
+        vi_flow.Client(api_key=b"vf_secret")  # type: ignore[arg-type]
+    assert "secret" not in str(info.value)
 
 
 def test_broken_config_file_names_the_file() -> None:

@@ -41,6 +41,8 @@ async def client() -> AsyncIterator[vi_flow.AsyncClient]:
 async def test_run_wait_logs_and_exit_code(client: vi_flow.AsyncClient) -> None:
     task = await client.run("echo hello; echo oops >&2; exit 3")
     assert isinstance(task, AsyncTask)
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds or None, got 'x'"):
+        await task.wait(timeout="x")  # type: ignore[arg-type]  # (it compared 'x' <= 0)
     status = await task.wait(timeout=30)
     assert status == TaskStatus.FAILED  # a failed task is returned, not raised
     assert task.exit_code == 3
@@ -88,6 +90,10 @@ async def test_a_value_json_cannot_hold_is_refused_naming_its_field(
     with pytest.raises(ValueError, match=r"^env\.TOKEN: text that is not valid Unicode") as info:
         await client.run("true", env={"TOKEN": "secret\udc80"})
     assert "secret" not in str(info.value)
+    with pytest.raises(TypeError, match=r"^cpus: expected a JSON value, got bytes$"):
+        await client.run("true", cpus=b"1")  # type: ignore[arg-type]  # (orjson named no field)
+    with pytest.raises(ValueError, match=r"^no id holds a lone surrogate"):
+        await client.get_task("task_\udc80")  # (urllib's UnicodeEncodeError named no id)
     assert len(await client.list_tasks(limit=100)) == len(before)
 
 

@@ -120,6 +120,8 @@ async def wait_for(
     """
     if until not in ("running", "terminal"):
         raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
     if timeout is not None and timeout <= 0:  # one look, however long it takes
         task = await client.tasks.get(task_id)
         if _reached(task.status, until):

@@ -175,6 +175,7 @@ def dumps_finite(obj: Any) -> bytes:
 
     Raises:
         ValueError: Naming the wire path of the first such value.
+        TypeError: Naming the wire path of a value of a type JSON has none for (bytes).
     """
     wire = to_wire(obj)
     try:
@@ -204,6 +205,13 @@ def _refuse_unencodable(wire: Any, *, encoded: bool) -> None:
             stack.extend(reversed([(v, f"{where}[{i}]") for i, v in enumerate(item)]))
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"{where or 'body'}: expected a finite number, got {item!r}")
+        elif not encoded and not isinstance(item, (str, int, float, type(None))):
+            try:
+                orjson.dumps(item)
+            except orjson.JSONEncodeError:
+                raise TypeError(
+                    f"{where or 'body'}: expected a JSON value, got {type(item).__name__}"
+                ) from None
         elif not encoded and (problem := _unencodable(item)):
             raise ValueError(f"{where or 'body'}: {problem}")
 
