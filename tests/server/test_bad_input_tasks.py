@@ -57,6 +57,19 @@ async def test_an_env_value_that_is_not_text_a_number_or_a_boolean_is_422_naming
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 
+async def test_a_field_of_the_wrong_type_is_422_naming_it_and_its_value(server: Server) -> None:
+    # QA: "cpus: invalid value for type, expected int | None", where other checks name
+    # the value they were given
+    for body, message in [
+        ({"command": "true", "cpus": "2"}, "cpus: expected int, got str '2'"),
+        ({"command": "true", "name": 5}, "name: expected str, got int 5"),
+        ({"command": "true", "maxRunTime": [1]}, "maxRunTime: expected float, got list [1]"),
+    ]:
+        answer = await server.call("POST", "/tasks", json=body)
+        assert answer.status == 422 and answer.body["error"]["message"] == message, answer.body
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
 async def test_a_command_or_variable_past_linuxs_argument_limit_is_422(server: Server) -> None:
     # 200 KB were accepted and then failed at exec, "Argument list too long" (found by QA)
     long = "echo " + "x" * 140_000

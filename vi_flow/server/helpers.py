@@ -26,6 +26,7 @@ import attrs
 import cattrs
 import orjson
 from aiohttp import web
+from cattrs.v import format_exception
 
 from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
@@ -150,10 +151,24 @@ def _wire_path(path: str) -> str:
 
 def _validation_message(exc: Exception, prefix: str) -> str:
     problems = []
-    for line in cattrs.transform_error(exc, path=""):
+    named = cattrs.transform_error(exc, path="", format_exception=_naming_the_value)
+    for line, plain in zip(named, cattrs.transform_error(exc, path=""), strict=True):
         what, _, where = line.rpartition(" @ ")
+        if _PRIVATE.search(where):  # a value that may be a secret is not shown
+            what = plain.rpartition(" @ ")[0]
         problems.append(f"{prefix}{_wire_path(where)}: {what or line}")
     return "; ".join(problems)
+
+
+def _naming_the_value(exc: BaseException, type_: type | None) -> str:
+    """The strict converter's words, which show the value ("expected int, got str '1'");
+    cattrs' own for anything else ("required field missing")."""
+    if isinstance(exc, (TypeError, ValueError)) and str(exc).startswith("expected "):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+_PRIVATE = re.compile(r"env|secret|token|key|password", re.IGNORECASE)
 
 
 def structure(data: Any, cls: type[T], prefix: str = "") -> T:
