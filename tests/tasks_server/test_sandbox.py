@@ -31,6 +31,7 @@ from vi_flow.server.providers.local.sandbox import (
     sandbox_child,
     task_network,
 )
+from vi_flow.server.state import ServerSettings
 
 from .conftest import TaskServer
 
@@ -618,6 +619,65 @@ def test_an_interpreter_reached_through_a_link_outside_its_prefixes_runs_in_a_ta
     reason, code, out, err = _task_of_venv(venv, home)
     assert (reason, code) == ("", 0), err
     assert out.split() == ["['tasks']", "False"]
+
+
+# A cluster job's sandbox, built by the server's own python (its venv holds the home).
+_JOB_IN_VENV = """
+import json, subprocess, sys
+from pathlib import Path
+from vi_flow.server.providers.local.sandbox import job_sandbox
+home = Path(sys.argv[1])
+jobs = home / "slurm"
+root = jobs / "tasks" / "task_x"
+sandbox = job_sandbox([jobs / "tasks", jobs / "volumes", jobs, home])
+argv = sandbox.prefix(root, [], root / "workspace")
+probe = "import os, sys; print(os.path.exists(sys.argv[1]))"
+done = subprocess.run([*argv, sys.executable, "-c", probe, str(home / "admin-token")],
+                      capture_output=True, text=True)
+print(json.dumps([sandbox.reason, done.returncode, done.stdout, done.stderr]))
+"""
+
+
+def test_a_cluster_job_hides_a_home_inside_the_servers_venv(tmp_path: Path) -> None:
+    # QA: a Slurm job's sandbox hid the task, volume and token directories but not the
+    # home: inside the server's venv (or under /opt), shown read-only, any
+    # organization's job read admin-token and state.db. And before the first volume,
+    # bubblewrap could not make <home>/slurm/volumes there: every job failed, status 1.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    home = venv / "var" / "vi-flow"
+    (home / "slurm" / "tasks" / "task_x" / "workspace").mkdir(parents=True)
+    (home / "admin-token").write_text("secret")
+    paths = [str(Path(__file__).resolve().parents[2]), *sys.path]
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _JOB_IN_VENV, str(home)],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+    )  # fmt: skip
+    reason, code, out, err = json.loads(ran.stdout)
+    assert (reason, code) == ("", 0), err
+    assert out.strip() == "False"  # the job ran, and found no admin-token
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["slurm", "ray"])
+async def test_the_cluster_providers_hide_the_servers_home_from_their_jobs(
+    tmp_path: Path, kind: str
+) -> None:
+    from vi_flow.server.providers.ray.provider import RayProvider
+    from vi_flow.server.providers.ray.settings import RaySettings
+    from vi_flow.server.providers.slurm.provider import SlurmProvider
+    from vi_flow.server.providers.slurm.settings import SlurmSettings
+
+    settings = ServerSettings(home=tmp_path / "home")
+    provider: Any = (
+        SlurmProvider(SlurmSettings.from_server_settings(settings))
+        if kind == "slurm"
+        else RayProvider(RaySettings.from_server_settings(settings))
+    )
+    await provider._check_sandbox()
+    assert provider.sandbox.enabled, provider.sandbox.reason
+    assert (tmp_path / "home").resolve() in provider.sandbox.hidden
 
 
 # Waits, in its own sandbox, for a volume that is mounted after it started.

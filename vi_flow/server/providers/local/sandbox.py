@@ -17,6 +17,7 @@ namespaces here; where it cannot, :class:`Sandbox` says why and tasks run unsand
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import os
@@ -404,13 +405,13 @@ def _python_paths() -> list[Path]:
 _MAX_LINKS = 40  # as the kernel's own limit of links followed in one path
 
 
-def _beside_home(path: Path, home: Path) -> list[Path]:
-    """``path`` to show read-only; when it holds the home (a home inside the server's
-    venv), everything in it except the way to the home; nothing of the home itself."""
+def _beside_hidden(path: Path, hidden: tuple[Path, ...]) -> list[Path]:
+    """``path`` to show read-only; when it holds a hidden path (a home inside the server's
+    venv), everything in it except the way to that path; nothing of a hidden path."""
     real = path.resolve()
-    if real == Path("/") or real == home or home in real.parents:
+    if real == Path("/") or any(real == top or top in real.parents for top in hidden):
         return []
-    if real not in home.parents:
+    if not any(real in top.parents for top in hidden):
         return [path]
     if path.is_symlink():  # a link to a directory holding the home: skipped whole
         return []
@@ -418,11 +419,17 @@ def _beside_home(path: Path, home: Path) -> list[Path]:
         children = sorted(path.iterdir())
     except OSError:
         return []
-    return [shown for child in children for shown in _beside_home(child, home)]
+    return [shown for child in children for shown in _beside_hidden(child, hidden)]
 
 
-def _read_only(paths: Iterable[Path], home: Path) -> tuple[Path, ...]:
-    return tuple(sorted({shown for path in paths for shown in _beside_home(path, home)}))
+def _read_only(paths: Iterable[Path], hidden: tuple[Path, ...]) -> tuple[Path, ...]:
+    return tuple(sorted({shown for path in paths for shown in _beside_hidden(path, hidden)}))
+
+
+def _outermost(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """``paths`` resolved, less those inside another of them (hidden with it)."""
+    real = {Path(path).resolve() for path in paths}
+    return tuple(sorted(p for p in real if not any(top in p.parents for top in real)))
 
 
 _TURN_ON = "turn the sandbox on"
@@ -460,7 +467,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         NetworkIsolationUnavailable: An isolated network was asked for, and there is no
             sandbox here, or bwrap cannot make a network namespace.
     """
-    sandbox = _host_network_sandbox(home, extra)
+    sandbox = _host_network_sandbox((home,), extra)
     if task_network(extra) == "host":
         return sandbox
     isolated = attrs.evolve(sandbox, network="isolated")
@@ -473,16 +480,18 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     return isolated
 
 
-def _host_network_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
+def _host_network_sandbox(hidden: Iterable[Path], extra: Mapping[str, Any]) -> Sandbox:
+    """The sandbox that hides ``hidden`` (the home; for cluster jobs, the server's task,
+    volume and token directories too), or why there is none."""
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Sandbox(None, "bubblewrap (bwrap) is not installed", fix="install bubblewrap")
-    home = Path(home).resolve()
+    tops = _outermost(hidden)
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
-    read_only = _read_only([*_python_paths(), *extra_paths], home)
-    sandbox = Sandbox(bwrap, "", read_only, hidden=(home,))
+    read_only = _read_only([*_python_paths(), *extra_paths], tops)
+    sandbox = Sandbox(bwrap, "", read_only, hidden=tops)
     if why := _refusal(sandbox):
         return Sandbox(None, why)
     return sandbox
@@ -516,9 +525,12 @@ def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
     """
     if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
         return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)", fix=_TURN_ON)
-    shown = sorted({Path(p).resolve() for p in hidden})
+    tops = _outermost(hidden)
+    for top in tops:  # bubblewrap cannot cover a path it would have to make in /opt
+        with contextlib.suppress(OSError):
+            top.mkdir(mode=0o700, parents=True, exist_ok=True)
     # a job uses its node's network: the local provider's network setting is not asked
-    detected = detect_sandbox(shown[0] if shown else Path("/nonexistent"), {"task_network": "host"})
+    detected = _host_network_sandbox(tops, {})
     if not detected.enabled:
         return detected
-    return Sandbox("bwrap", read_only=detected.read_only, hidden=tuple(shown))
+    return attrs.evolve(detected, bwrap="bwrap")  # found by name on each node

@@ -168,6 +168,8 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         """Find out, once, whether jobs run in bubblewrap (see :func:`job_sandbox`)."""
         s = self.settings
         hidden = [s.tasks_dir, s.volumes_dir] + ([s.token_file.parent] if s.token_file else [])
+        if s.server_home is not None:  # its admin token, its database: every organization's
+            hidden.append(s.server_home)
         self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
 
     @property

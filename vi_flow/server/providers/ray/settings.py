@@ -42,6 +42,7 @@ class RaySettings:
             ``poll_interval`` up to this while nothing changes.
         catalog_ttl: Seconds a node list is reused when checking a submission.
         timeout: Seconds for one HTTP request.
+        server_home: The server's home, which no job sees (its sandbox hides it).
     """
 
     url: str
@@ -52,6 +53,7 @@ class RaySettings:
     idle_poll_interval: float = 3.0
     catalog_ttl: float = 5.0
     timeout: float = 10.0
+    server_home: Path | None = None
 
     @classmethod
     def from_server_settings(cls, settings: ServerSettings) -> RaySettings:
@@ -78,4 +80,5 @@ class RaySettings:
             idle_poll_interval=float(given.get("idle_poll_interval", 3.0)),
             catalog_ttl=float(given.get("catalog_ttl", 5.0)),
             timeout=float(given.get("timeout", 10.0)),
+            server_home=Path(settings.home),
         )

@@ -176,7 +176,9 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     async def _check_sandbox(self) -> None:
         """Find out, once, whether jobs run in bubblewrap (see :func:`job_sandbox`)."""
         s = self.settings
-        hidden = (s.tasks_dir, s.volumes_dir, s.token_file.parent)
+        hidden = [s.tasks_dir, s.volumes_dir, s.token_file.parent]
+        if s.server_home is not None:  # its admin token, its database: every organization's
+            hidden.append(s.server_home)
         self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
 
     async def _forget_secrets(self, tracked: _Tracked) -> None:

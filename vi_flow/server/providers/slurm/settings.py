@@ -42,6 +42,7 @@ class SlurmSettings:
             ``poll_interval`` up to this while nothing changes.
         catalog_ttl: Seconds a node list is reused when checking a submission.
         max_retries: Retries of transient REST failures (connection refused, busy).
+        server_home: The server's home, which no job sees (its sandbox hides it).
     """
 
     url: str
@@ -55,6 +56,7 @@ class SlurmSettings:
     idle_poll_interval: float = 3.0
     catalog_ttl: float = 5.0
     max_retries: int = 2
+    server_home: Path | None = None
 
     @classmethod
     def from_server_settings(cls, settings: ServerSettings) -> SlurmSettings:
@@ -78,4 +80,5 @@ class SlurmSettings:
             idle_poll_interval=float(given.get("idle_poll_interval", 3.0)),
             catalog_ttl=float(given.get("catalog_ttl", 5.0)),
             max_retries=int(given.get("max_retries", 2)),
+            server_home=Path(settings.home),
         )
