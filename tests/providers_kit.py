@@ -13,6 +13,11 @@ import pytest
 from vi_flow.models.tasks import TaskStatus
 from vi_flow.server.providers.base import TaskUpdate
 
+TIME_LIMIT_MESSAGE = (
+    "stopped after exceeding max_run_time of {limit} s (killed by SIGTERM (signal 15))"
+)
+"""What every provider says of a task its time limit stopped (``limit`` in seconds)."""
+
 
 class Updates:
     """The update sink: records every update and lets a test wait for one.

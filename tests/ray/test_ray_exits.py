@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import vi_flow
+from tests.providers_kit import TIME_LIMIT_MESSAGE
 from vi_flow.models.tasks import TaskConfig
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
@@ -50,6 +51,8 @@ async def test_cancel_is_sigterm(client: Any) -> None:
 async def test_time_limit_is_sigterm(client: Any) -> None:
     task = await client.run(TaskConfig(command="sleep 60", max_run_time=1.0))
     assert await figures(client, task) == ("failed", None, 15, "TimeLimit")
+    message = (await client.get_task(task.task_id)).message
+    assert message == TIME_LIMIT_MESSAGE.format(limit="1")  # the local provider's words
 
 
 async def test_a_job_waiting_for_gpus_says_so_with_rays_words(client: Any) -> None:

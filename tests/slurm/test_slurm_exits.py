@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.providers_kit import Updates
+from tests.providers_kit import TIME_LIMIT_MESSAGE, Updates
 from tests.proxy import CuttingProxy
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 from vi_flow.server.providers.base import LaunchSpec, Placement, RunningTask, TaskUpdate
@@ -65,7 +65,10 @@ async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> N
 
 async def test_time_limit_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
     await launch(provider, "task_tl", "sleep 60", max_run_time=1.0)
-    assert figures(await ended(updates, "task_tl")) == (FAILED, None, 15, "TimeLimit")
+    done = await ended(updates, "task_tl")
+    assert figures(done) == (FAILED, None, 15, "TimeLimit")
+    # the local provider's words (QA: Slurm's said nothing of the signal)
+    assert done.message == TIME_LIMIT_MESSAGE.format(limit="1")
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.providers_kit import TIME_LIMIT_MESSAGE
 from vi_flow.server.providers._exits import END_REASONS
 
 from .conftest import TaskServer
@@ -47,6 +48,8 @@ async def test_time_limit_is_sigterm_and_time_limit(server: TaskServer) -> None:
     task = await server.submit(command="sleep 30", maxRunTime=0.5)
     done = await server.wait(task["taskId"])
     assert figures(done) == ("failed", None, 15, "TimeLimit")
+    # the same words on Slurm and Ray (tests/slurm, tests/ray)
+    assert done["message"] == TIME_LIMIT_MESSAGE.format(limit="0.5")
 
 
 async def test_success_says_completed(server: TaskServer) -> None:

@@ -34,6 +34,7 @@ from ...models.tasks import (
 )
 from ..clock import now_ms, wait_event
 from ..trees import try_remove_tree
+from ._exits import Exit, describe
 from .base import (
     LaunchSpec,
     ProviderError,
@@ -94,12 +95,16 @@ class TrackedJob(Protocol):
         """The backend's id for the task's job."""
 
 
-def own_outcome(tracked: TrackedJob, status: TaskStatus) -> tuple[str | None, str] | None:
+def own_outcome(
+    tracked: TrackedJob, status: TaskStatus, end: Exit | None = None
+) -> tuple[str | None, str] | None:
     """The reason and message of an end that vi_flow caused or that needs no explaining.
 
     Args:
         tracked: The watched task.
         status: The terminal status its job reached.
+        end: How its command ended, when known: a time limit's message says it, as the
+            local provider's does ("... (killed by SIGTERM (signal 15))").
 
     Returns:
         ``(reason, message)`` for a task stopped past ``max_run_time``, a success, or a
@@ -107,7 +112,10 @@ def own_outcome(tracked: TrackedJob, status: TaskStatus) -> tuple[str | None, st
     """
     if tracked.timed_out:
         limit = tracked.max_run_time or 0
-        return "TimeLimit", f"stopped after exceeding max_run_time of {limit:g} s"
+        message = f"stopped after exceeding max_run_time of {limit:g} s"
+        if end is not None and (end.signal is not None or end.exit_code is not None):
+            message = f"{message} ({describe(end)})"
+        return "TimeLimit", message
     if status == TaskStatus.COMPLETED:
         return "Completed", "exited with status 0"
     if status == TaskStatus.CANCELLED and tracked.cancel_requested:

@@ -440,7 +440,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
     def _outcome(
         tracked: _Tracked, job: RayJob, status: TaskStatus, end: Exit, ran: bool
     ) -> tuple[str | None, str]:
-        known = own_outcome(tracked, status)
+        known = own_outcome(tracked, status, end)
         if known is not None:
             return known
         if status == TaskStatus.CANCELLED:

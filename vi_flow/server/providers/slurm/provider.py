@@ -446,7 +446,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     def _outcome(
         self, tracked: _Tracked, job: SlurmJob, status: TaskStatus
     ) -> tuple[str | None, str | None]:
-        known = own_outcome(tracked, status)
+        known = own_outcome(tracked, status, Exit(job.exit_code, job.signal))
         if known is not None:
             return known
         if status == TaskStatus.CANCELLED:
