@@ -586,7 +586,11 @@ async def test_mount_volume_into_a_task_still_waiting_to_start(server: TaskServe
     # Its directory does not exist yet: the mount makes it (beneath it, link by link).
     await server.call("POST", "/volumes", json={"name": "early"})
     hold = await server.call("POST", "/reservations", json={"cpus": 2, "durationHours": 1})
-    waiting = await server.submit(command='ls "$VI_FLOW_WORKSPACE/volumes"')
+    # and its variable is set when it starts (QA: it was not, the environment being the
+    # one the task was submitted with)
+    waiting = await server.submit(
+        command='ls "$VI_FLOW_WORKSPACE/volumes"; ls "$VI_FLOW_VOLUME_EARLY" >/dev/null && echo set'
+    )
     await asyncio.sleep(0.3)
     task = (await server.call("GET", f"/tasks/{waiting['taskId']}")).body
     assert task["status"] == "pending"
@@ -597,7 +601,7 @@ async def test_mount_volume_into_a_task_still_waiting_to_start(server: TaskServe
     await server.call("DELETE", f"/reservations/{hold.body['reservationId']}")
     assert (await server.wait(waiting["taskId"]))["status"] == "completed"
     logs = await server.call("GET", f"/tasks/{waiting['taskId']}/logs")
-    assert logs.body["lines"] == ["early"]
+    assert logs.body["lines"] == ["early", "set"]
 
 
 @pytest.mark.anyio

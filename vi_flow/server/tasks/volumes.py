@@ -248,7 +248,8 @@ class Volumes:
             raise
         # The provider shows it to the sessions opened from now on (and, where it can,
         # to the task's running processes).
-        await mounted(task_id, Path(volume.path))
+        variable = (volume_env_name(volume.name), volume.path)  # for a task yet to start
+        await mounted(task_id, Path(volume.path), variable)
         return await self._records.get(task_id)
 
     async def mounts(self, task_id: str) -> list[Mount]:

@@ -254,14 +254,19 @@ class LocalProvider:
         gpus = gpu_environment(job, bool(self.machine.gpus))  # sandboxed or not
         return self.sandbox.prefix(spec.paths.root, volumes, spec.paths.workdir, setenv=gpus)
 
-    async def mounted(self, task_id: str, host_path: Path) -> None:
+    async def mounted(
+        self, task_id: str, host_path: Path, variable: tuple[str, str] | None = None
+    ) -> None:
         """A volume was mounted into a queued or running task: SSH sessions opened from
         now on see it; so do the running processes of a sandboxed task when the server
-        runs as root (:mod:`.late_mount`), else they keep the sandbox they started in."""
+        runs as root (:mod:`.late_mount`), else they keep the sandbox they started in. A
+        task yet to start gets its ``variable`` (``VI_FLOW_VOLUME_<NAME>``, its value)."""
         job = self._jobs.get(task_id)
         if job is None:
             return
         job.late_volumes.append(host_path)
+        if variable is not None and job.state == "queued":
+            job.spec.env[variable[0]] = variable[1]
         if job.process is None or not job.sandboxed or not late_mounts_supported():
             return
         try:

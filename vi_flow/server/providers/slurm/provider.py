@@ -204,7 +204,9 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         volumes = tracked.volumes if tracked else ()
         return prefix + self.sandbox.prefix(paths.root, volumes, paths.workdir)
 
-    async def mounted(self, task_id: str, host_path: Path) -> None:
+    async def mounted(
+        self, task_id: str, host_path: Path, variable: tuple[str, str] | None = None
+    ) -> None:
         """A volume was mounted into a task that exists: the shells opened from now on
         (``srun --overlap``, behind the job's sandbox) see it. The job's own processes
         keep the sandbox its batch script made when it was submitted."""
