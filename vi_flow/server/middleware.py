@@ -559,7 +559,10 @@ async def _read_body_in_time(request: web.Request) -> None:
     other user then got 503). A slow body that keeps coming is read to its end."""
     if not request.body_exists:
         return
-    content, stall = request.content, request.app[SETTINGS_KEY].head_deadline
+    content, length = request.content, request.content_length
+    if length is not None and content.total_bytes >= length and not _encoding(request):
+        return  # all of it came with the head (most bodies do): nothing left to stall
+    stall = request.app[SETTINGS_KEY].head_deadline
     reading = asyncio.ensure_future(request.read())
     try:
         while True:
