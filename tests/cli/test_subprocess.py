@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -56,6 +58,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
         [*_cli(), "serve", "--port", "0", "--home", str(home)],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     try:
         assert proc.stderr is not None
@@ -71,7 +74,13 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # say where it hangs (faulthandler's dump)
+                proc.send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+                raise AssertionError(f"the server did not stop: {_unread(proc)}") from None
         if proc.stderr is not None:
             proc.stderr.close()
 
@@ -273,11 +282,33 @@ def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict
     """A ``sleep 60`` task started with the CLI: the CLI's environment, and the task's id."""
     base, token, _ = served
     env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
-    started = subprocess.run(
-        [*_cli(), "tasks", "run", "--", "sleep", "60"], capture_output=True, text=True, env=env
-    )
-    assert started.returncode == 0, started.stderr
-    return env, started.stdout.strip()
+    return env, _cli_output(["tasks", "run", "--", "sleep", "60"], env)
+
+
+def _unread(proc: subprocess.Popen[str]) -> str:
+    """The end of what ``proc`` wrote to its stderr pipe and nobody read (what is there
+    now: a child may hold the pipe open)."""
+    assert proc.stderr is not None
+    fd, chunks = proc.stderr.fileno(), []
+    while select.select([fd], [], [], 0.5)[0] and (chunk := os.read(fd, 65536)):
+        chunks.append(chunk)
+    return b"".join(chunks)[-8000:].decode(errors="replace")
+
+
+def _cli_output(args: list[str], env: dict[str, str]) -> str:
+    """What the CLI printed; within 60 s, else a failure showing where it waited."""
+    proc = subprocess.Popen(
+        [*_cli(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "PYTHONFAULTHANDLER": "1"},
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"vi-flow {' '.join(args)} hung: {err[-8000:]}") from None
+    assert proc.returncode == 0, err
+    return out.strip()
 
 
 @pytest.mark.skipif(shutil.which("head") is None, reason="needs head(1)")
