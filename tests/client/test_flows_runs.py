@@ -206,6 +206,26 @@ async def test_an_update_and_a_delete_whose_answers_were_lost_report_their_own_c
     assert (await client.flows.list()).items == []
 
 
+async def test_a_streamed_run_whose_answer_was_lost_is_streamed_not_run_again(
+    client: vi_flow.AsyncClient,
+) -> None:
+    # Found by QA: the retry of POST /flows/{id}/events, whose first answer was lost before
+    # its first byte, started a second run (the stream followed it; the first ran unseen).
+    flow = await client.flows.create(SPEC)
+    endpoint = await client.http.connection.endpoint()
+    port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
+    async with cutting_proxy(port, swallow_answers=1) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/v1"
+        async with vi_flow.AsyncClient(
+            base_url=url, api_key=endpoint.api_key, sleep=NoSleep()
+        ) as flaky:
+            events = [e async for e in flaky.flow(flow.flow_id).events(message="once")]
+        assert proxy.connections == 2  # the first answer was lost; the retry streamed
+    runs = [r.run_id async for r in client.runs.list().all_items()]
+    assert runs == [events[-1].execution_id]
+    assert [e.event_id for e in events] == list(range(1, len(events) + 1))  # each once
+
+
 async def test_state_survives_a_restart(tmp_path: Path) -> None:
     async with vi_flow.AsyncClient() as first:
         flow = await first.flows.create(SPEC)

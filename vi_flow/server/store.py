@@ -167,11 +167,19 @@ class AnswerSaver:
     inside that transaction: both are saved, or neither.
     """
 
-    __slots__ = ("_slot", "_status")
+    __slots__ = ("_hold_only", "_slot", "_status")
 
-    def __init__(self, slot: IdempotencySlot | None, answer_status: int | None) -> None:
+    def __init__(
+        self, slot: IdempotencySlot | None, answer_status: int | None, *, hold_only: bool = False
+    ) -> None:
         self._slot = slot
         self._status = answer_status
+        self._hold_only = hold_only
+
+    @property
+    def hold_only(self) -> bool:
+        """Whether the answer is never saved (a stream): the key only names the run."""
+        return self._hold_only
 
     def check(self, conn: Connection) -> None:
         """First thing in the creating transaction: when the idempotency wrapper left the
@@ -214,7 +222,7 @@ class AnswerSaver:
 
     def __call__(self, conn: Connection, resource: Any) -> None:
         slot = self._slot
-        if slot is None or self._status is None or slot.saved:
+        if slot is None or self._status is None or slot.saved or self._hold_only:
             return
         if on_postgres(conn) and not slot.reserved:
             # Another replica may have answered the key since it was looked up: the key's
@@ -234,14 +242,15 @@ def _lookup(conn: Connection, slot: IdempotencySlot) -> None:
         raise AlreadyAnswered(stored)
 
 
-def answer_saver(answer_status: int | None) -> AnswerSaver:
+def answer_saver(answer_status: int | None, *, hold_only: bool = False) -> AnswerSaver:
     """What to do in the creating transaction: save the answer when a slot waits for it.
 
     Call it on the event loop (it reads the request's :data:`IDEMPOTENCY_SLOT`: the DB
     thread has no context), then use what it returns inside the transaction that creates
-    the resource.
+    the resource. ``hold_only``: the answer is a stream, never saved; the key keeps
+    naming the run the request made (:meth:`AnswerSaver.hold`), which a retry streams.
     """
-    return AnswerSaver(IDEMPOTENCY_SLOT.get(), answer_status)
+    return AnswerSaver(IDEMPOTENCY_SLOT.get(), answer_status, hold_only=hold_only)
 
 
 class Store:

@@ -399,7 +399,7 @@ class Engine:
             save(conn, outcome)
             self._finals[key] = outcome
 
-        if save is not None:
+        if save is not None and not save.hold_only:
             self.executor.on_finish[key] = functools.partial(final, save=save)
         self._launch(key, begun)
         return key
