@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,6 +277,45 @@ def test_ctrl_c_while_the_cli_process_shuts_down_ends_it_without_a_traceback() -
     )  # fmt: skip
     assert done.returncode == 130 and "Traceback" not in done.stderr, done
     assert "vi-flow" in done.stdout  # what it printed before is all there
+
+
+def test_an_execute_whose_cli_is_killed_leaves_no_run_running(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA: Ctrl-C before the first event (no run id yet to cancel by) left the run running;
+    # a CLI killed outright could never cancel at all. The server now cancels the run
+    # of a foreground execute whose CLI is gone.
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+
+    def call(method: str, path: str, body: object = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        request = urllib.request.Request(base + path, data, headers, method=method)
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    slow = {"block": "emit", "settings": {"count": 2000, "interval": 0.05}}
+    flow = call("POST", "/flows", {"spec": {"name": "slow", "blocks": [slow]}})["flowId"]
+    proc = subprocess.Popen([*_cli(), "execute", flow, "--stream"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (runs := call("GET", f"/runs?flowId={flow}")["items"]):
+            assert time.monotonic() < deadline, "no run started"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while (
+        condition := call("GET", f"/runs/{runs[0]['runId']}")["status"]["conditions"][-1][
+            "condition"
+        ]
+    ) == "Running":
+        assert time.monotonic() < deadline, "the run of a killed CLI kept running"
+        time.sleep(0.2)
+    assert condition == "Cancelled"
 
 
 def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict[str, str], str]:

@@ -197,6 +197,9 @@ def execute(
             version=chosen,
             trace=trace,
             tool_handler=answer_tools(answers),
+            # the run ends with this command: a Ctrl-C before the first event (no run id
+            # yet to cancel by) or a killed terminal leaves the server to cancel it
+            cancel_on_disconnect=True,
         )
     )
     view = _QuietView(cli) if mode == "quiet" else RunView(cli.console, mode=mode, title=flow_id)
