@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -19,7 +21,7 @@ from vi_flow import (
 )
 from vi_flow.models import Condition, FlowBlock, FlowSpec, PaginationParams
 
-from ..proxy import cutting_proxy
+from ..proxy import CuttingProxy, cutting_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -165,9 +167,12 @@ async def test_other_organization_sees_404(client: vi_flow.AsyncClient) -> None:
     assert (await client.flows.get(flow.flow_id)).flow_id == flow.flow_id
 
 
-async def test_post_retried_after_a_dropped_connection_creates_one_flow(
+@contextlib.asynccontextmanager
+async def _first_answer_lost(
     client: vi_flow.AsyncClient,
-) -> None:
+) -> AsyncIterator[tuple[vi_flow.AsyncClient, CuttingProxy]]:
+    """A client of ``client``'s server whose first request's answer is lost on the way
+    (the server did the work; the client retries at once), and the proxy between."""
     endpoint = await client.http.connection.endpoint()
     port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
     async with cutting_proxy(port, swallow_answers=1) as proxy:
@@ -175,7 +180,14 @@ async def test_post_retried_after_a_dropped_connection_creates_one_flow(
         async with vi_flow.AsyncClient(
             base_url=url, api_key=endpoint.api_key, sleep=NoSleep()
         ) as flaky:
-            flow = await flaky.flows.create(SPEC)
+            yield flaky, proxy
+
+
+async def test_post_retried_after_a_dropped_connection_creates_one_flow(
+    client: vi_flow.AsyncClient,
+) -> None:
+    async with _first_answer_lost(client) as (flaky, proxy):
+        flow = await flaky.flows.create(SPEC)
         assert proxy.connections == 2
     flows = (await client.flows.list()).items
     assert [f.flow_id for f in flows] == [flow.flow_id]
@@ -187,21 +199,15 @@ async def test_an_update_and_a_delete_whose_answers_were_lost_report_their_own_c
     # Found by QA: retried without an Idempotency-Key, the update's retry met its own
     # change (412 ETAG_MISMATCH) and the delete's its own deletion (404).
     flow = await client.flows.create(SPEC)
-    endpoint = await client.http.connection.endpoint()
-    port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
     renamed = {**SPEC, "name": "renamed"}
     for lost in ("update", "delete"):
-        async with cutting_proxy(port, swallow_answers=1) as proxy:
-            url = f"http://127.0.0.1:{proxy.port}/v1"
-            async with vi_flow.AsyncClient(
-                base_url=url, api_key=endpoint.api_key, sleep=NoSleep()
-            ) as flaky:
-                if lost == "update":
-                    updated = await flaky.flows.update(flow.flow_id, renamed, etag=flow.etag)
-                    assert updated.spec.name == "renamed" and updated.etag != flow.etag
-                else:
-                    deleted = await flaky.flows.delete(flow.flow_id)
-                    assert deleted.flow_id == flow.flow_id
+        async with _first_answer_lost(client) as (flaky, proxy):
+            if lost == "update":
+                updated = await flaky.flows.update(flow.flow_id, renamed, etag=flow.etag)
+                assert updated.spec.name == "renamed" and updated.etag != flow.etag
+            else:
+                deleted = await flaky.flows.delete(flow.flow_id)
+                assert deleted.flow_id == flow.flow_id
             assert proxy.connections == 2  # the first answer was lost; the retry replayed it
     assert (await client.flows.list()).items == []
 
@@ -212,14 +218,8 @@ async def test_a_streamed_run_whose_answer_was_lost_is_streamed_not_run_again(
     # Found by QA: the retry of POST /flows/{id}/events, whose first answer was lost before
     # its first byte, started a second run (the stream followed it; the first ran unseen).
     flow = await client.flows.create(SPEC)
-    endpoint = await client.http.connection.endpoint()
-    port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
-    async with cutting_proxy(port, swallow_answers=1) as proxy:
-        url = f"http://127.0.0.1:{proxy.port}/v1"
-        async with vi_flow.AsyncClient(
-            base_url=url, api_key=endpoint.api_key, sleep=NoSleep()
-        ) as flaky:
-            events = [e async for e in flaky.flow(flow.flow_id).events(message="once")]
+    async with _first_answer_lost(client) as (flaky, proxy):
+        events = [e async for e in flaky.flow(flow.flow_id).events(message="once")]
         assert proxy.connections == 2  # the first answer was lost; the retry streamed
     runs = [r.run_id async for r in client.runs.list().all_items()]
     assert runs == [events[-1].execution_id]

@@ -591,6 +591,13 @@ def get_idempotent(
     return None if row is None else (row["body_hash"], int(row["status"]), bytes(row["body"]))
 
 
+_PUT_IDEMPOTENT = (
+    "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, key, method, path)"
+)
+"""Store a key's record; what a key that has one already does follows (``DO ...``)."""
+
+
 def reserve_idempotent(
     conn: Connection,
     org_id: str,
@@ -601,9 +608,7 @@ def reserve_idempotent(
 ) -> bool:
     """Store ``record`` (a placeholder) for a key that has no row yet: whether it did."""
     row = conn.execute(
-        "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, key, method, path)"
-        " DO NOTHING RETURNING 1",
+        _PUT_IDEMPOTENT + " DO NOTHING RETURNING 1",
         (org_id, key, method, path, *record, now_ms()),
     ).fetchone()
     return row is not None
@@ -618,9 +623,7 @@ def put_idempotent(
     record: tuple[str, int, bytes],
 ) -> None:
     conn.execute(
-        "INSERT INTO idempotency (org_id, key, method, path, body_hash, status, body,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, key, method, path)"
-        " DO UPDATE SET body_hash = excluded.body_hash, status = excluded.status,"
-        " body = excluded.body, created_at = excluded.created_at",
+        _PUT_IDEMPOTENT + " DO UPDATE SET body_hash = excluded.body_hash,"
+        " status = excluded.status, body = excluded.body, created_at = excluded.created_at",
         (org_id, key, method, path, *record, now_ms()),
     )

@@ -188,8 +188,9 @@ def _queued(handler: logging.Handler) -> tuple[logging.Handler, logging.handlers
 
 class _MalformedRequests(logging.Filter):
     """aiohttp logs a request it cannot parse (a bad header byte, a line over 8 KiB, a
-    body that its ``Content-Encoding`` does not decode) as an ERROR with a traceback. That is the client's mistake, answered 400: one INFO line
-    with the reason says it without alarming the operator.
+    body that its ``Content-Encoding`` does not decode) as an ERROR with a traceback.
+    That is the client's mistake, answered 400: one INFO line with the reason says it
+    without alarming the operator.
 
     The reason only: aiohttp quotes the bytes it read (``Got more than 8190 bytes when
     reading: b'Bearer vf_...'``), and those are the request's own, its API key among
