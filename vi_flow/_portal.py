@@ -134,9 +134,10 @@ class _Call(Generic[T]):
             self._error = CancelledError()
             raise
         except BaseException as exc:  # handed to the caller by result()
+            # Also SystemExit or KeyboardInterrupt, which only the caller's own code run in
+            # a worker thread can raise here (signals go to the main thread): they are the
+            # caller's to handle, and the client's loop goes on serving its other calls.
             self._error = exc
-            if not isinstance(exc, Exception):
-                raise  # KeyboardInterrupt, SystemExit: the loop stops, as for any task
         finally:
             self._task = None  # ending: the task needs no holder any more
             self._running.discard(self)
@@ -196,7 +197,7 @@ class _Pump(Generic[T]):
         self._items: deque[T] = deque()
         self._demand = 0
         self._done = False
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
         self._stopping = False
         self._scope: anyio.CancelScope | None = None
         self._pump_wakeup: anyio.Event | None = None
@@ -210,7 +211,7 @@ class _Pump(Generic[T]):
                 scope.cancel()
             try:
                 await self._feed()
-            except Exception as exc:  # handed to the sync caller by take()
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # for take() to raise
                 self._error = exc
             finally:
                 self._done = True

@@ -70,6 +70,26 @@ def test_limit_and_handler_errors(client: vi_flow.Client) -> None:
     assert isinstance(result, ExecuteResult)
 
 
+@pytest.mark.parametrize("escape", [SystemExit(3), KeyboardInterrupt()], ids=repr)
+def test_a_handler_that_exits_raises_in_the_caller_and_the_client_goes_on(
+    client: vi_flow.Client, escape: BaseException
+) -> None:
+    # sys.exit() in a handler reaches the caller as it would from any function, and
+    # `with Client()` can close: the client's loop used to die with it, so that every
+    # later call raised ClientStateError and the close raised RuntimeError.
+    flow = new_flow(client, TOOL_FLOW)
+
+    def leave(calls: list[ToolCall]) -> list[Any]:
+        raise escape
+
+    with pytest.raises(type(escape)):
+        flow.execute(message="m", tool_handler=leave)
+    with pytest.raises(type(escape)):
+        list(flow.events(message="m", tool_handler=leave))
+    result = flow.execute(message="m", tool_handler=lambda calls: ["r"])
+    assert isinstance(result, ExecuteResult) and result.output == "got r"
+
+
 def test_handler_returning_awaitable_is_a_handler_error(client: vi_flow.Client) -> None:
     async def later() -> list[Any]:
         return ["x"]
