@@ -270,6 +270,23 @@ def test_an_error_that_ctrl_c_caused_is_reported_as_the_interruption() -> None:
     assert (cut.returncode, cut.stderr.strip()) == (130, "interrupted"), cut
 
 
+def test_ctrl_c_under_json_is_reported_as_json() -> None:
+    # A script that asked for --json reads its errors as JSON, Ctrl-C's included (it was
+    # the plain line "interrupted").
+    cut = subprocess.run(
+        [sys.executable, "-c", _CUT_SHORT, "--json", "cut"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cut.returncode == 130, cut
+    assert json.loads(cut.stderr)["error"] == {
+        "code": "INTERRUPTED",
+        "message": "interrupted",
+        "hint": None,
+        "requestId": None,
+        "exitCode": 130,
+    }
+
+
 def test_ctrl_c_while_the_cli_process_shuts_down_ends_it_without_a_traceback() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _AT_SHUTDOWN, "--version"],

@@ -61,6 +61,7 @@ EXIT_AUTH = 3
 EXIT_NOT_FOUND = 4
 EXIT_CONFLICT = 5
 EXIT_TRANSIENT = 6
+EXIT_INTERRUPTED = 130
 
 # The ``code`` of a JSON error that no server code names (a failed run, a timeout, a
 # refused connection): the kind its exit code says, so a script never reads null.
@@ -71,8 +72,8 @@ _CODE_OF_EXIT = {
     EXIT_NOT_FOUND: "NOT_FOUND",
     EXIT_CONFLICT: "CONFLICT",
     EXIT_TRANSIENT: "UNAVAILABLE",
+    EXIT_INTERRUPTED: "INTERRUPTED",
 }
-EXIT_INTERRUPTED = 130
 
 
 class CommandFailed(click.ClickException):
@@ -316,7 +317,10 @@ def run_guarded(ctx: click.Context, body: Callable[[], T]) -> T:
             _silence_stdout()
             raise click.exceptions.Exit(EXIT_OK) from None
         if isinstance(exc, KeyboardInterrupt) or (_failed(exc) and interrupted()):
-            click.echo("\ninterrupted", err=True)
+            if json_wanted():
+                _json_report("interrupted", None, exit_code=EXIT_INTERRUPTED)
+            else:
+                click.echo("\ninterrupted", err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         if isinstance(exc, (click.exceptions.Exit, click.Abort)) or not isinstance(exc, Exception):
             if exc is raised:
