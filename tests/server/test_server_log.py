@@ -7,6 +7,8 @@ import io
 import logging
 import re
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +133,51 @@ def test_asyncio_errors_are_in_the_server_log(tmp_path: Path) -> None:
     close_logging()
     assert "ERROR asyncio: Task exception was never retrieved" in file.read_text()
     assert (asyncio_log.handlers, asyncio_log.level, asyncio_log.propagate) == before
+
+
+_OTHER_LIBRARIES = """
+import logging, sys
+from pathlib import Path
+from vi_flow.server.logs import close_logging, configure_logging
+
+configure_logging(file=Path(sys.argv[1]))
+logging.getLogger("asyncssh").warning("a warning of asyncssh")
+logging.getLogger("asyncssh").info("chatter of asyncssh")
+logging.getLogger("vi_flow").error("an error of the SDK's own logger")
+close_logging()
+logging.getLogger("psycopg").warning("after close")
+"""
+
+
+def test_other_libraries_warnings_are_in_the_server_log(tmp_path: Path) -> None:
+    # They went to Python's last-resort handler: bare messages in the background
+    # server's stderr file, beside its log.
+    file = tmp_path / "server.log"
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_LIBRARIES, str(file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line.split(" ", 2)[2] for line in file.read_text().splitlines()]
+    assert lines == [
+        "WARNING asyncssh: a warning of asyncssh",
+        "ERROR vi_flow: an error of the SDK's own logger",
+    ]
+    assert done.stderr == "after close\n"  # the root logger is as it was
+
+
+def test_an_applications_own_root_handler_is_left_alone(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    mine = logging.NullHandler()
+    root.addHandler(mine)
+    try:
+        before = list(root.handlers)
+        configure_logging(file=tmp_path / "server.log")
+        assert root.handlers == before
+        close_logging()
+        assert root.handlers == before
+    finally:
+        root.removeHandler(mine)
 
 
 async def test_the_log_file_is_private_and_rotates(server: Server, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ by ``VI_FLOW_LOG`` (``debug``, ``info``, ``warning``, ``error``; ``info`` when u
 ``vi-flow serve`` logs to stderr (a pipe or socket only while it has room: see
 :class:`_WhenWritable`); the background server to ``<home>/logs/server.log``, rotated.
 aiohttp's access logger is silenced: the access middleware writes the request lines,
-without the query string that aiohttp's would show.
+without the query string that aiohttp's would show. Other libraries' warnings and errors
+are written there too, unless the process's root logger already has a handler.
 :func:`close_logging` undoes it all.
 
 Example:
@@ -66,6 +67,22 @@ class _Installed:
     listener: logging.handlers.QueueListener | None
     saved: list[tuple[logging.Logger, int, bool]]
     stream: _WhenWritable | None = None
+    others: logging.Handler | None = None  # on the root logger, when it had no handler
+
+
+class _Others(logging.Handler):
+    """Other libraries' warnings and errors (asyncssh, psycopg, the SDK's own ``vi_flow``
+    logger...), written as the server's lines. With no handler on the root logger they
+    went to Python's last-resort handler: a bare message on stderr, outside the log
+    file of a background server, without its time or level.
+    """
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(logging.WARNING)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
 
 
 _installed: _Installed | None = None
@@ -258,8 +275,13 @@ def configure_logging(
     listener = None
     if target is not None:
         handler, listener = _queued(target)
+    saved = _install(handler, level)
+    root = logging.getLogger()
+    others = None if root.handlers else _Others(handler)  # an application's own are kept
+    if others is not None:
+        root.addHandler(others)
     global _installed
-    _installed = _Installed(handler, listener, _install(handler, level), writable)
+    _installed = _Installed(handler, listener, saved, writable, others)
 
 
 def close_logging() -> None:
@@ -275,6 +297,8 @@ def close_logging() -> None:
         logger.removeHandler(installed.handler)
         logger.setLevel(level)
         logger.propagate = propagate
+    if installed.others is not None:
+        logging.getLogger().removeHandler(installed.others)
     if installed.listener is not None:
         installed.listener.stop()
         for handler in installed.listener.handlers:
