@@ -43,6 +43,21 @@ async def test_an_omitted_message_renders_as_empty(server: Server) -> None:
     assert outcome["output"] == "Hello from a parameter!"
 
 
+async def test_a_lone_placeholder_keeps_the_text_around_a_string(server: Server) -> None:
+    # QA: "  {{ message }}" rendered "hi": the whitespace went with the rule that a lone
+    # placeholder keeps its value's type. A value that is not a string still keeps it.
+    flow = await server.flow(
+        {"block": "template", "settings": {"template": {
+            "indented": "  {{ message }}", "line": "{{ message }}\n",
+            "list": " {{ parameters.items }}\n", "json": " {{ parameters.items | json }}"}}},
+    )  # fmt: skip
+    body = {"message": "hi", "parameters": {"items": [1, 2]}}
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    assert outcome["output"] == {
+        "indented": "  hi", "line": "hi\n", "list": [1, 2], "json": " [1,2]"
+    }  # fmt: skip
+
+
 async def test_missing_name_fails_the_step_naming_it(server: Server) -> None:
     flow = await server.flow(
         {"block": "template", "id": "a", "settings": {"template": "{{ steps.nope.output }}"}}

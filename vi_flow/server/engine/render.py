@@ -118,7 +118,8 @@ def render_value(value: Any, namespace: Mapping[str, Any]) -> Any:
     """Render every string inside a JSON-like value.
 
     A string that is exactly one placeholder (``"{{ steps.a.output }}"``) becomes the
-    referenced value itself, keeping its type.
+    referenced value itself, keeping its type; whitespace around it is dropped, unless
+    the value is a string (``" {{ message }}"`` renders as ``" hi"``).
 
     Args:
         value: A string, list, dict or scalar.
@@ -217,6 +218,8 @@ def _render_value(value: Any, namespace: Mapping[str, Any], budget: _Budget) -> 
         # The value itself, shared, not copied; but every place it goes is written out
         # as JSON later (events, the store): 100 places of one 1 MB output are 100 MB.
         whole = _evaluate(expression, namespace)
+        if isinstance(whole, str) and value != value.strip():  # " {{ message }}" is " hi"
+            return _render_text(value, namespace, budget)
         budget.spend_value(whole, expression)
         return whole
     if isinstance(value, list):
