@@ -154,6 +154,8 @@ async def test_the_jobs_answer_is_the_shared_model(
         ({"tools": [{"function": {"name": "x", "parameters": _nested(MAX_NESTING)}}]}, "tools[0]"),
         ({"tools": {"type": "function"}}, "tools"),
         ({"toolChoice": ["auto"]}, "toolChoice"),
+        ({"toolChoice": "required"}, "toolChoice"),  # and no tools to call
+        ({"toolChoice": {"function": {"name": "x"}}}, "toolChoice.function.name"),
         ({"trace": "yes"}, "trace"),
         ({"cancelOnDisconnect": 1}, "cancelOnDisconnect"),
         ({"version": "²"}, "version"),  # a digit to str.isdigit, not to int()

@@ -58,6 +58,13 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"attachments": ["https://ok.test/a", "ftp://x"]}, ValueError, r"attachments\[1\]"),
     ({"tool_choice": "always"}, ValueError, "tool_choice"),
     ({"tool_choice": {"type": "function"}}, ValueError, "tool_choice"),
+    # from the last notes: a choice no model could follow was sent, and dropped unseen
+    ({"tool_choice": "required"}, ValueError, "tool_choice: 'required' needs tools"),
+    (
+        {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}},
+        ValueError,
+        r"tool_choice.function.name: names the function 'other', which is not",
+    ),
     ({"max_tool_rounds": -1}, ValueError, "max_tool_rounds"),
     ({"max_tool_rounds": "3"}, ValueError, "max_tool_rounds"),
     ({"message": 3}, TypeError, "message"),

@@ -229,6 +229,19 @@ def _check_tool_choice(choice: object) -> Any:
     raise _BadValue("tool_choice", f"expected {expected}, got {_shown(choice)}")
 
 
+def _check_choice_among(choice: Any, tools: list[dict[str, Any]]) -> Any:
+    """``choice`` when ``tools`` can meet it: a model cannot call a tool it is not given
+    (without tools an ``llm`` block sends no ``tool_choice`` at all)."""
+    if choice == "required" and not tools:
+        raise _BadValue("tool_choice", "'required' needs tools, and no tools were given")
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        if all(tool["function"]["name"] != name for tool in tools):
+            problem = f"names the function {_shown(name)}, which is not one of the tools"
+            raise _BadValue("tool_choice", problem, where=".function.name")
+    return choice
+
+
 @attrs.frozen
 class ExecuteRequest:
     """One execution's inputs and options, checked; the body of execute, events and jobs.
@@ -277,7 +290,8 @@ class ExecuteRequest:
 
         Raises:
             ValueError: A bad version, too many or malformed tools, too many or
-                non-https attachments, or a bad ``tool_choice``.
+                non-https attachments, or a bad ``tool_choice`` (also ``"required"``
+                without tools, or a function that is not one of them).
             TypeError: An argument of the wrong type.
         """
         return cls(
@@ -285,8 +299,8 @@ class ExecuteRequest:
             parameters=_check_parameters(parameters),
             block_overrides=_check_overrides(block_overrides),
             attachments=_check_attachments(attachments),
-            tools=_check_tools(tools),
-            tool_choice=_check_tool_choice(tool_choice),
+            tools=(checked := _check_tools(tools)),
+            tool_choice=_check_choice_among(_check_tool_choice(tool_choice), checked),
             trace=_check_bool("trace", trace),
             version=check_version(version),
             cancel_on_disconnect=_check_bool("cancel_on_disconnect", cancel_on_disconnect),
