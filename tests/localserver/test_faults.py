@@ -247,6 +247,15 @@ def test_server_status_and_stop_name_a_server_that_does_not_answer(home: Path) -
     assert run_file(home) != server
 
 
+def test_server_messages_print_the_home_whole_and_as_it_is(tmp_path: Path) -> None:
+    # Under pytest-xdist (and any COLUMNS=80) the message above broke across lines, its
+    # path in two; a path holding "[red]" was read as markup and lost those characters.
+    home = tmp_path / "a [red]home[/red] with a name long enough to wrap at forty columns"
+    status = cli(home, "server", "status", check=False, COLUMNS="40")
+    assert status.returncode == 1, status
+    assert status.stdout == f"no vi-flow server runs for home {home}\n"
+
+
 def test_a_stale_run_file_whose_pid_and_port_others_took_is_not_a_hung_server(
     home: Path,
 ) -> None:

@@ -83,7 +83,7 @@ def start(idle_timeout: float | None, as_json: bool) -> None:
         emit_json({"running": True, "started": started, **_brief(info)})
         return
     verb = "started" if started else "already running"
-    state().console.print(f"vi-flow server {verb}: {info.url} (pid {info.pid}, home {home})")
+    _line(f"vi-flow server {verb}: {info.url} (pid {info.pid}, home {home})")
 
 
 def _brief(info: Any) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def status(as_json: bool) -> None:
         if wants_json(as_json):
             emit_json({"running": False, "home": str(home)})
         else:
-            state().console.print(f"no vi-flow server runs for home {home}")
+            _line(f"no vi-flow server runs for home {home}")
         raise SystemExit(EXIT_FAILURE)
     data = {"running": True, **_brief(info), **_status_of(info, home)}
     if wants_json(as_json):
@@ -276,7 +276,13 @@ def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
     if wants_json(as_json):
         emit_json(data)
     else:
-        state().console.print(text)
+        _line(text)
+
+
+def _line(text: str) -> None:
+    """Print one line as it is: never cut (a home's path pastes whole, and ``grep`` finds
+    it under ``COLUMNS=80``), and never read as markup (a path may hold ``[red]``)."""
+    state().console.print(text, soft_wrap=True, markup=False, highlight=False)
 
 
 @server.command("logs")
