@@ -244,3 +244,24 @@ def test_spec_and_task_files_read_from_stdin_with_a_dash(vf: Invoker) -> None:
     assert (task.exit_code, task.stdout.splitlines()[-1]) == (0, "piped"), task.stderr
     typo = vf("tasks", "run", "-f", "-", input="comand: [echo, hi]\n")
     assert typo.exit_code == 2 and "<stdin>: unknown task config field 'comand'" in typo.stderr
+
+
+def test_names_and_outputs_are_shown_as_text_not_markup_or_escapes(
+    vf: Invoker, tmp_path: Path
+) -> None:
+    # On a terminal (--color always draws as on one) a flow named "[/]" made rich raise
+    # MarkupError, so `flows list` failed; "[link=...]" drew a link; an escape sequence
+    # in an output (here one that clears the screen) reached the terminal as it was.
+    spec = {"name": "[/] [link=http://evil.test]x", "blocks": [
+        {"block": "template", "id": "t", "settings": {"template": "[b]out\x1b[2J {{ message }}"}}
+    ]}  # fmt: skip
+    flow_id = _create(vf, tmp_path, json.dumps(spec))
+    listed = vf("--color", "always", "flows", "list", env={"COLUMNS": "200"})  # one line
+    assert listed.exit_code == 0, listed.stderr
+    assert "[/] [link=http://evil.test]x" in listed.stdout
+    assert "\x1b]8" not in listed.stdout  # no hyperlink
+    for colour in ("always", "never"):
+        streamed = vf("--color", colour, "execute", flow_id, "-m", "hi", "--stream")
+        assert streamed.exit_code == 0, streamed.stderr
+        assert "done in" in streamed.stdout and "[b]out\\x1b[2J hi" in streamed.stdout
+        assert "\x1b[2J" not in streamed.stdout

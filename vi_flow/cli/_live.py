@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import click
 
-from ._output import duration, emit_ndjson, preview
+from ._output import duration, emit_ndjson, preview, terminal_safe
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
+    from rich.text import Text
 
     from ..models.events import FlowCompleted, StreamEvent
 
@@ -140,10 +141,11 @@ class RunView(AbstractContextManager["RunView"]):
             step.detail = preview(event.output)
             return f"step {event.step_id} done in {duration(event.duration_ms)}: {step.detail}"
         if isinstance(event, ev.StepFailed):
-            step.state, step.detail = "failed", event.error
-            return f"step {event.step_id} failed: {event.error}"
+            step.state, step.detail = "failed", terminal_safe(event.error)
+            return f"step {event.step_id} failed: {step.detail}"
         calls = ", ".join(
-            f"{c.function.name}({preview(c.function.arguments, 40)})" for c in event.tool_calls
+            f"{terminal_safe(c.function.name)}({preview(c.function.arguments, 40)})"
+            for c in event.tool_calls
         )
         step.state, step.detail = "paused", f"tool calls: {calls}"
         return f"step {event.step_id} asks for tool calls: {calls}"
@@ -152,40 +154,42 @@ class RunView(AbstractContextManager["RunView"]):
         self.final = event
         status = event.status.value
         if event.error:
-            return (
-                f"run {event.execution_id} {status} in {duration(event.duration_ms)}: {event.error}"
-            )
+            error = terminal_safe(event.error)
+            return f"run {event.execution_id} {status} in {duration(event.duration_ms)}: {error}"
         return f"run {event.execution_id} {status} in {duration(event.duration_ms)}: " + preview(
             event.output, 200
         )
 
     def _render(self) -> RenderableType:
         from rich.table import Table
+        from rich.text import Text  # never markup: step ids, outputs and errors are data
 
         title = self.title or (f"run {self.run_id}" if self.run_id else "starting…")
-        grid = Table(title=title, title_justify="left", header_style="bold", expand=False)
+        grid = Table(title=Text(terminal_safe(title)), title_justify="left",
+                     header_style="bold", expand=False)  # fmt: skip
         for name in ("STEP", "BLOCK", "STATE", "TIME", "OUTPUT"):
             grid.add_column(name, no_wrap=name != "OUTPUT", overflow="ellipsis")
         for step in self.steps.values():
-            style = _STATE_STYLE.get(step.state, "")
             grid.add_row(
-                step.step_id,
-                step.block,
-                f"[{style}]{step.state}[/]" if style else step.state,
+                Text(terminal_safe(step.step_id)),
+                Text(terminal_safe(step.block)),
+                Text(step.state, style=_STATE_STYLE.get(step.state, "")),
                 duration(step.duration_ms) if step.duration_ms is not None else "",
-                preview(step.detail, 60),
+                Text(preview(step.detail, 60)),
             )
         if self.final is not None:
             grid.caption = self._caption(self.final)
         if not self.log_tail:
             return grid
         from rich.console import Group
-        from rich.text import Text
 
-        return Group(grid, Text("\n".join(self.log_tail), style="dim"))
+        tail = "\n".join(map(terminal_safe, self.log_tail))  # escapes would upset the redraw
+        return Group(grid, Text(tail, style="dim"))
 
     @staticmethod
-    def _caption(final: FlowCompleted) -> str:
+    def _caption(final: FlowCompleted) -> Text:
+        from rich.text import Text
+
         colour = "green" if final.status.value == "Succeeded" else "red"
-        text = f"[{colour}]{final.status.value}[/] in {duration(final.duration_ms)}"
-        return text + (f" - {final.error}" if final.error else "")
+        caption = Text.assemble((final.status.value, colour), f" in {duration(final.duration_ms)}")
+        return caption.append(f" - {terminal_safe(final.error)}" if final.error else "")

@@ -7,6 +7,7 @@ JSON output is the wire form of the models (camelCase, the same as the HTTP API)
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ __all__ = [
     "order_option",
     "preview",
     "table",
+    "terminal_safe",
     "wants_json",
     "when",
 ]
@@ -111,7 +113,7 @@ def table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None
 ) -> None:
     """Print a rich table (the first column, ids, never wraps); piped: tab-separated lines."""
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    cells = [["" if v is None else terminal_safe(str(v)) for v in row] for row in rows]
     if not cells:
         click.echo("(none)", err=True)
         return
@@ -119,12 +121,13 @@ def table(
         _plain([list(columns), *cells])
         return
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(title=title, title_justify="left", header_style="bold")
     for i, name in enumerate(columns):
         grid.add_column(name, no_wrap=i == 0, overflow="fold")
     for row in cells:
-        grid.add_row(*row)
+        grid.add_row(*map(Text, row))  # Text: never read as markup ("[/]" would raise)
     state().console.print(grid)
 
 
@@ -142,18 +145,30 @@ def _plain(lines: Iterable[Sequence[str]]) -> None:
 
 def kv_table(pairs: Iterable[tuple[str, Any]], *, title: str | None = None) -> None:
     """Print ``name: value`` pairs as a two-column table without a header; piped: tab-separated."""
+    shown = [(k, terminal_safe(str(v))) for k, v in pairs if v is not None and v != ""]
     if _piped():
-        _plain([k, str(v)] for k, v in pairs if v is not None and v != "")
+        _plain(shown)
         return
     from rich.table import Table
+    from rich.text import Text
 
     grid = Table(title=title, title_justify="left", show_header=False)
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
-    for key, value in pairs:
-        if value is not None and value != "":
-            grid.add_row(key, str(value))
+    for key, value in shown:
+        grid.add_row(key, Text(value))
     state().console.print(grid)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``), tab and newline
+    kept: names, outputs and errors come from users and models, and an escape sequence
+    in one could clear the screen, retitle the window or hide a link on a terminal.
+    (A task's log lines are the program's own output and are printed as they are.)"""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def when(ms: int | None) -> str:
@@ -191,5 +206,5 @@ def preview(value: Any, width: int = 60) -> str:
             text = orjson.dumps(to_wire(value)).decode()
         except TypeError:
             text = repr(value)
-    text = " ".join(text.split())
+    text = terminal_safe(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
