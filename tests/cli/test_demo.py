@@ -11,7 +11,7 @@ from .test_subprocess import _cli
 
 
 def test_demo_runs_to_the_end(tmp_path: Path) -> None:
-    home = tmp_path / "demo-home"
+    home = tmp_path / "demo [/] home"  # once read as markup: MarkupError
     env = {k: v for k, v in os.environ.items() if not k.startswith("VI_FLOW_BASE")}
     out = subprocess.run(
         [*_cli(), "demo", "--home", str(home)],

@@ -21,7 +21,7 @@ import click
 
 from ._failures import CommandFailed
 from ._live import RunView
-from ._output import duration, kv_table
+from ._output import duration, kv_table, terminal_safe
 from ._params import HomeDir
 from ._state import CliState, state
 
@@ -143,6 +143,13 @@ def _home(given: Path | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="vi-flow-demo-"))
 
 
+def _text(value: object) -> str:
+    """``value`` for a line printed with markup: its own brackets and escapes shown as text."""
+    from rich.markup import escape
+
+    return escape(terminal_safe(str(value)))
+
+
 def _section(cli: CliState, title: str) -> None:
     cli.console.print(f"\n[bold cyan]==> {title}[/]")
 
@@ -178,7 +185,7 @@ def _tour(cli: CliState, client: Client, home: Path) -> dict[str, Any]:
         title="weather assistant",
     )
     assert chat.final is not None
-    cli.console.print(f"[green]answer:[/] {chat.final.output}")
+    cli.console.print(f"[green]answer:[/] {_text(chat.final.output)}")
 
     _section(cli, "2/3  A training flow: a task block that prints its loss")
     gpu = _gpu_instance(client)
@@ -193,7 +200,7 @@ def _tour(cli: CliState, client: Client, home: Path) -> dict[str, Any]:
     assert train.run_id is not None
     model = client.get_model(train.run_id, save_dir=home / "models" / train.run_id)
     for path in model.files:
-        cli.console.print(f"saved {path} ({path.stat().st_size} bytes)")
+        cli.console.print(f"saved {_text(path)} ({path.stat().st_size} bytes)")
     return {"assistant": (assistant.flow_id, chat), "trainer": (trainer.flow_id, train),
             "model": model}  # fmt: skip
 
@@ -284,7 +291,7 @@ def demo(home: Path | None) -> None:
 
     cli = state()
     chosen = _home(home)
-    cli.console.print(f"[bold]vi-flow demo[/] — the home's local server, home {chosen}")
+    cli.console.print(f"[bold]vi-flow demo[/] — the home's local server, home {_text(chosen)}")
     started = time.monotonic()
     with Client(base_url="local", home=chosen) as client:
         result = _tour(cli, client, chosen)
