@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vi_flow.models.loglines import LineSplitter, split_lines
+from vi_flow.models import loglines
+from vi_flow.models.loglines import MAX_LINE, LineSplitter, split_lines
 
 
 def lines_of(*chunks: bytes) -> list[str]:
@@ -56,3 +59,38 @@ _TRICKY += [b"\xf0\x9f\x98\x80", b"\xff", b"\xc3", b"\x80", b"\x00"]  # cut, bad
 def test_one_decode_per_chunk_equals_a_decode_per_line(parts: list[bytes], rest: bytes) -> None:
     chunk = b"".join(parts)
     assert split_lines(rest, chunk) == _line_by_line(rest + chunk)
+
+
+def test_a_long_line_comes_in_pieces_and_is_never_held_whole() -> None:
+    # QA: a task printing one 200 MB line with no newline held it whole (on the server and
+    # in `tasks logs -f`), copying it again with every chunk: 18 s of the server's loop,
+    # other organizations' requests waiting up to 9 s, the client at 1.4 GB.
+    line = ("x" * 1000 + "\u00e9") * 3000  # 3 MB, a two-byte character cut at some ends
+    data = line.encode() + b"\n"
+    splitter = LineSplitter()
+    pieces: list[str] = []
+    for at in range(0, len(data), 65536):
+        pieces += splitter.feed(data[at : at + 65536])
+        assert len(splitter._rest) < MAX_LINE
+    assert "".join(pieces) == line
+    assert all(len(piece.encode()) <= MAX_LINE for piece in pieces)
+    assert len(pieces) == len(data) // MAX_LINE + 1
+    whole, rest = split_lines(b"", data)  # the same pieces, read at once
+    assert (whole, rest) == (pieces, b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"ab", b"\n", b"\r", b"\r\n", "\u00e9".encode(), b"\xff"])),
+    st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+)
+def test_with_pieces_any_chunking_splits_identically(parts: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(parts)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    with mock.patch.object(loglines, "MAX_LINE", 8):
+        assert lines_of(*chunks) == lines_of(stream)
+        splitter = LineSplitter()
+        for chunk in chunks:
+            splitter.feed(chunk)
+            assert len(splitter._rest) < 8

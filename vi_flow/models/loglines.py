@@ -4,13 +4,19 @@ Logs arrive as byte chunks of any size (an SSH ``tail``, a file read by offset),
 chunk may end inside a line or even inside a UTF-8 character. Lines are split on ``\\n``
 *before* decoding, so a character is never cut; a trailing ``\\r`` (CRLF output) is
 dropped; bytes that are not UTF-8 become U+FFFD rather than an error. A lone ``\\r`` (a
-progress bar redrawing its line) stays inside the line. Pure functions, no I/O: the SSH
-log follower (:mod:`vi_flow.compute`) and the server's log follow and tail use them.
+progress bar redrawing its line) stays inside the line. A line of :data:`MAX_LINE` bytes
+or more is handed out in pieces of at most that size, cut at a character's end, however
+its bytes arrive: no reader holds more of one line, nor copies it again with every
+chunk. Pure functions, no I/O: the SSH log follower (:mod:`vi_flow.compute`) and
+the server's log follow and tail use them.
 """
 
 from __future__ import annotations
 
-__all__ = ["LineSplitter", "decode_line", "split_lines"]
+__all__ = ["MAX_LINE", "LineSplitter", "decode_line", "last_char_end", "split_lines"]
+
+MAX_LINE = 256 * 1024
+"""The most bytes of an unfinished line kept: a longer one is handed out in pieces."""
 
 
 def decode_line(raw: bytes) -> str:
@@ -26,13 +32,16 @@ def split_lines(rest: bytes, chunk: bytes) -> tuple[list[str], bytes]:
         chunk: The bytes that arrived since.
 
     Returns:
-        ``(lines, rest)``: the lines without their endings, and the bytes after the last
-        ``\\n`` to pass in with the next chunk.
+        ``(lines, rest)``: the lines without their endings (a long one in pieces), and
+        the bytes after the last ``\\n`` to pass in with the next chunk (fewer than
+        :data:`MAX_LINE`).
     """
     data = rest + chunk if rest else chunk
     end = data.rfind(b"\n") + 1
     if not end:
-        return [], data
+        return _pieces(data) if len(data) >= MAX_LINE else ([], data)
+    if end >= MAX_LINE and _may_hold_a_long_line(data, end):
+        return _line_by_line(data, end)
     # One decode and one split for all the lines, not a decode per line (the log follow
     # hands out hundreds of thousands a second): a ``\n`` byte is never inside a UTF-8
     # sequence, so bad bytes are replaced exactly as line by line, and each ``\r\n`` is
@@ -42,7 +51,57 @@ def split_lines(rest: bytes, chunk: bytes) -> tuple[list[str], bytes]:
         text = text.replace("\r\n", "\n")
     lines = text.split("\n")
     lines.pop()  # the empty string after the last newline
-    return lines, data[end:]
+    return _with_rest(lines, data[end:])
+
+
+def _may_hold_a_long_line(data: bytes, end: int) -> bool:
+    """Whether ``data[:end]`` may hold a line of ``MAX_LINE`` bytes or more: one holds a
+    whole aligned block of half that size without a newline (a search in C per block)."""
+    half = max(MAX_LINE // 2, 1)
+    return any(data.find(b"\n", at, at + half) < 0 for at in range(0, end - half + 1, half))
+
+
+def _line_by_line(data: bytes, end: int) -> tuple[list[str], bytes]:
+    """:func:`split_lines` of ``data`` whose lines up to ``end`` may be long: each cut in
+    pieces as if it had come unfinished, so that the chunks it came in change nothing."""
+    lines: list[str] = []
+    at = 0
+    while at < end:
+        newline = data.index(b"\n", at)
+        pieces, last = _pieces(data[at:newline])
+        lines += pieces
+        lines.append(decode_line(last))
+        at = newline + 1
+    return _with_rest(lines, data[end:])
+
+
+def _with_rest(lines: list[str], rest: bytes) -> tuple[list[str], bytes]:
+    if len(rest) < MAX_LINE:
+        return lines, rest
+    pieces, rest = _pieces(rest)
+    return lines + pieces, rest
+
+
+def _pieces(data: bytes) -> tuple[list[str], bytes]:
+    """A line's bytes (without its end): its pieces of ``MAX_LINE`` bytes at most, cut at a
+    character's end, while at least that many are left; and what is left."""
+    pieces = []
+    at = 0
+    while len(data) - at >= MAX_LINE:
+        cut = at + (last_char_end(data[at : at + MAX_LINE]) or MAX_LINE)
+        pieces.append(data[at:cut].decode("utf-8", errors="replace"))
+        at = cut
+    return pieces, data[at:]
+
+
+def last_char_end(data: bytes) -> int:
+    """Where the last complete UTF-8 character of ``data`` ends."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            need = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if need <= back else len(data) - back
+    return len(data)  # not UTF-8: any cut will do
 
 
 class LineSplitter:

@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from ...models.loglines import last_char_end
 from .. import beneath
 
 __all__ = ["READ_SIZE", "LogReader", "NotALogFile", "last_char_end", "open_beneath", "whole_lines"]
@@ -56,16 +57,6 @@ def whole_lines(data: bytes, *, final: bool) -> bytes:
     if end or len(data) < READ_SIZE:
         return data[:end]
     return data[: last_char_end(data)]
-
-
-def last_char_end(data: bytes) -> int:
-    """Where the last complete UTF-8 character of ``data`` ends."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
-            need = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return len(data) if need <= back else len(data) - back
-    return len(data)  # not UTF-8: any cut will do
 
 
 class LogReader:
