@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 import vi_flow
+from vi_flow.cli._state import CliState
 from vi_flow.server import embedded
 
 from .conftest import Invoker, write
@@ -265,3 +267,9 @@ def test_names_and_outputs_are_shown_as_text_not_markup_or_escapes(
         assert streamed.exit_code == 0, streamed.stderr
         assert "done in" in streamed.stdout and "[b]out\\x1b[2J hi" in streamed.stdout
         assert "\x1b[2J" not in streamed.stdout
+    # The answer alone goes to a pipe exact (click stripped its CSI sequences before)...
+    assert vf("execute", flow_id, "-m", "hi").stdout == "[b]out\x1b[2J hi\n"
+    # ...and to a terminal with its escapes written out.
+    with mock.patch.object(CliState, "interactive", True):
+        shown = vf("execute", flow_id, "-m", "hi")
+    assert (shown.exit_code, shown.stdout) == (0, "[b]out\\x1b[2J hi\n"), shown.stderr

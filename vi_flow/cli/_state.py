@@ -7,6 +7,7 @@ The root command stores a :class:`CliState` on the click context; commands reach
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,6 @@ class CliState:
         return None
 
     def _make_console(self, *, stderr: bool) -> Console:
-        from rich.console import Console
-
         kwargs: dict[str, Any] = {"stderr": stderr, "highlight": False}
         stream = sys.stderr if stderr else sys.stdout
         if not stream.isatty() and not os.environ.get("COLUMNS"):
@@ -75,7 +74,7 @@ class CliState:
             kwargs.update(force_terminal=True, no_color=False)
         elif self.color == "never":
             kwargs.update(no_color=True, color_system=None)
-        return Console(**kwargs)
+        return _console_class()(**kwargs)
 
     @property
     def console(self) -> Console:
@@ -114,6 +113,20 @@ class CliState:
         if self._client is not None:
             client, self._client = self._client, None
             client.close()
+
+
+@functools.cache
+def _console_class() -> type[Console]:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            """The reader went away (``vi-flow demo | head -3``): rich would exit 1 with
+            SystemExit; the command's guard ends quietly with 0, as for any command."""
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console
 
 
 def state() -> CliState:

@@ -158,7 +158,8 @@ def _run_flow(cli: CliState, client: Client, flow_id: str, **kwargs: Any) -> Run
     mode = "live" if cli.interactive else "plain"
     view = RunView(cli.console, mode=mode, title=kwargs.pop("title", flow_id))
     with view:
-        for event in client.flow(flow_id).events(**kwargs):
+        # the run ends with the demo: one whose reader went away (`| head`) is cancelled
+        for event in client.flow(flow_id).events(cancel_on_disconnect=True, **kwargs):
             view.add(event)
     if view.final is None or view.final.status.value != "Succeeded":
         error = view.final.error if view.final else "the stream ended early"

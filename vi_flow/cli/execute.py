@@ -13,7 +13,7 @@ import click
 
 from ._failures import EXIT_FAILURE, EXIT_INTERRUPTED, CommandFailed
 from ._live import RunView
-from ._output import emit_json, json_option, wants_json
+from ._output import emit_json, json_option, terminal_safe, wants_json
 from ._state import CliState, state
 
 if TYPE_CHECKING:
@@ -118,8 +118,8 @@ def _finish(view: RunView, as_json: bool, mode: str) -> None:
         emit_json(event_json(final))
     elif mode == "quiet" and final.output is not None and succeeded:
         out = final.output
-        if isinstance(out, str):
-            click.echo(out)
+        if isinstance(out, str):  # a terminal shows its escapes as text; a pipe gets it exact
+            click.echo(terminal_safe(out) if state().interactive else out, color=True)
         else:
             emit_json(out)
     if not succeeded:  # the error alone, on stderr (JSON under --json): stdout stays empty
@@ -233,4 +233,6 @@ class _QuietView(RunView):
         if isinstance(event, ToolCallsRequired) and line:
             click.echo(line, err=True)
         if self._status is not None and line:
-            self._status.update(line[:80])
+            from rich.text import Text  # never markup: "[/]" in an output raised MarkupError
+
+            self._status.update(Text(terminal_safe(line[:80])))
