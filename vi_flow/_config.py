@@ -195,7 +195,24 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     unknown = sorted(set(data) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"config file {path} has unknown key(s): {', '.join(unknown)}")
+    for key, value in data.items():  # the value is not shown: it may be the key
+        if key not in _NUMBERS and not isinstance(value, str):
+            raise ValueError(f"config file {path}: {key} must be a string, got {_toml_type(value)}")
+        if key in _NUMBERS and (
+            isinstance(value, bool) or not isinstance(value, (int, float, str))
+        ):
+            raise ValueError(f"config file {path}: {key} must be a number, got {_toml_type(value)}")
     return dict(data)
+
+
+_NUMBERS = frozenset({"timeout", "max_retries", "server_idle_timeout"})
+
+
+def _toml_type(value: object) -> str:
+    """What TOML calls a value's type (``api_key = 12`` is an integer)."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}  # fmt: skip
+    return names.get(type(value), "a date or time")
 
 
 def write_config_value(key: str, value: str, path: Path | None = None) -> Path:

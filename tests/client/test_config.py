@@ -85,6 +85,25 @@ def test_broken_config_file_names_the_file() -> None:
         resolve_settings()
 
 
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("api_key = 12", "api_key must be a string, got an integer"),
+        ("organization_id = true", "organization_id must be a string, got a boolean"),
+        ("home = 1970-01-01", "home must be a string, got a date or time"),
+        ("timeout = true", "timeout must be a number, got a boolean"),
+        ("max_retries = [1]", "max_retries must be a number, got an array"),
+    ],
+)
+def test_a_config_value_of_the_wrong_toml_type_is_named(line: str, problem: str) -> None:
+    # QA: `api_key = 12` was AttributeError: 'int' object has no attribute 'isascii'
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=f"^config file {path}: {problem}$"):
+        resolve_settings()
+
+
 @pytest.mark.parametrize("value", ['a "quoted"\tvalue\nwith a newline', "back\\slash ü"])
 def test_any_value_is_written_as_toml_that_reads_back(value: str) -> None:
     write_config_value("organization_id", value)
