@@ -53,9 +53,9 @@ def test_a_demo_whose_reader_goes_away_ends_with_0_and_leaves_no_run_running(
             assert err == ""
         with vi_flow.Client(base_url="local", home=home) as client:
             deadline = time.monotonic() + 30
-            while (running := [r.run_id for r in client.runs.list().all_items() if not _ended(r)]) and (
-                time.monotonic() < deadline
-            ):
+            while (
+                running := [r.run_id for r in client.runs.list().all_items() if not _ended(r)]
+            ) and (time.monotonic() < deadline):
                 time.sleep(0.5)
         assert not running, f"still running after the demo ended: {running}"
     finally:
