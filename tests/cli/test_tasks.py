@@ -32,6 +32,16 @@ def test_logs_follow_exits_with_the_task_code(vf: Invoker) -> None:
     assert (status["status"], status["exitCode"]) == ("failed", 3)
 
 
+def test_since_long_ago_is_every_line(vf: Invoker) -> None:
+    # QA: a duration past what a timedelta holds was OverflowError (exit 1), and year 1
+    # "year 0 is out of range" (naming neither the option nor the value)
+    task_id = _run(vf, "echo one; echo two")
+    assert vf("tasks", "logs", "-f", task_id).exit_code == 0
+    for since in ("9999999999999999999999d", "0001-01-01", "1h"):
+        shown = vf("tasks", "logs", task_id, "--since", since)
+        assert (shown.exit_code, shown.stdout) == (0, "one\ntwo\n"), (since, shown.stderr)
+
+
 def test_run_argv_follow_and_json(vf: Invoker) -> None:
     code = "import os; print('task', os.environ['GREETING'])"
     result = vf("tasks", "run", "--follow", "-e", "GREETING=hi", "--", sys.executable, "-c", code)

@@ -140,6 +140,9 @@ _STDERR_TAIL = 10
 _SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_LONGEST = timedelta.max.total_seconds() / 2
+
+
 def _parse_since(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> datetime | timedelta | None:
@@ -149,7 +152,8 @@ def _parse_since(
     text = value.strip()
     number, unit = text[:-1], text[-1:].lower()
     if unit in _SINCE_UNITS and number.replace(".", "", 1).isdigit():
-        return timedelta(seconds=float(number) * _SINCE_UNITS[unit])
+        seconds = float(number) * _SINCE_UNITS[unit]  # longer ago than a timedelta holds:
+        return timedelta(seconds=min(seconds, _LONGEST))  # every line, as from the start
     try:
         return datetime.fromisoformat(text)
     except ValueError:

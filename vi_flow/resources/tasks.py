@@ -171,5 +171,12 @@ def since_ms(since: datetime | timedelta | None) -> int | None:
             raise ValueError(f"since: a timedelta must not be negative, got {since!r}")
         return max(0, int((time.time() - since.total_seconds()) * 1000))
     if isinstance(since, datetime):
-        return max(0, int(since.timestamp() * 1000))  # a naive datetime is local time
+        try:
+            return max(0, int(since.timestamp() * 1000))  # a naive datetime is local time
+        except (OverflowError, OSError, ValueError):  # out of the platform's range
+            if since.year < 1970:  # long before the epoch (year 1): every line
+                return 0
+            raise ValueError(
+                f"since: {since.isoformat()} is past what this platform counts"
+            ) from None
     raise TypeError(f"since must be a datetime or a timedelta, got {since!r}")
