@@ -546,7 +546,7 @@ class HTTPCore:
                 if _past(deadline, delay):
                     raise APITimeoutError(
                         f"{method} {shown_url(request.full_url)} gave no answer within the call's "
-                        f"timeout of {budget.total} s ({exc})"
+                        f"timeout of {budget.total:g} s ({exc})"
                     ) from exc
                 log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
                 if not isinstance(exc, APITimeoutError):
@@ -637,7 +637,7 @@ class HTTPCore:
                 resp.release()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise APITimeoutError(
-                f"{request.method} {shown_url(request.full_url)} timed out ({exc or 'no answer'})"
+                f"{request.method} {shown_url(request.full_url)} timed out ({str(exc) or 'no answer'})"
             ) from exc
         except aiohttp.ClientResponseError as exc:  # aiohttp's parser: a malformed answer
             malformed = exc.message  # raised below: its request_info holds the request's

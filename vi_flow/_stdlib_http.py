@@ -56,7 +56,10 @@ async def send(
                 abandon_on_cancel=True,
             )
     except TimeoutError as exc:  # the whole call's budget; the socket's own are below
-        raise APITimeoutError(f"{method} {url} gave no answer within {budget.total} s") from exc
+        waited = f"{budget.total:.1f}"
+        raise APITimeoutError(
+            f"{method} {shown_url(url)} gave no answer within {waited} s"
+        ) from exc
 
 
 def _blocking_send(

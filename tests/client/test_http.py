@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -253,6 +254,19 @@ async def test_a_call_timeout_bounds_the_whole_call_retries_included() -> None:
             took = time.monotonic() - started
     assert took < 1.5, f"three attempts of 0.5 s each would take 1.5 s and more; took {took}"
     assert len(server.requests) == 1
+
+
+async def test_a_timeout_names_the_url_without_its_password_and_round_seconds() -> None:
+    # QA: the stdlib transport said "within 1.9999982869999258 s", and named the URL with
+    # its user info, password included
+    async with scripted_server([_slow(5)]) as (url, _):
+        secret_url = url.replace("http://", "http://user:s3cret@")
+        async with vi_flow.AsyncClient(base_url=secret_url, max_retries=0) as client:
+            with pytest.raises(APITimeoutError) as caught:
+                await client.with_options(timeout=0.5).flows.get("flow_1")
+    message = str(caught.value)
+    assert "s3cret" not in message and "()" not in message, message
+    assert not re.search(r"\d\.\d{4}", message), message
 
 
 async def test_a_retry_after_longer_than_the_call_timeout_is_not_waited_for() -> None:

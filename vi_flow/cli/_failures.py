@@ -209,7 +209,11 @@ def _hint_for(exc: BaseException) -> str | None:
         (e.RunNotFoundError, "'vi-flow runs list' shows the runs"),
         (e.TaskNotFoundError, "'vi-flow tasks list' shows the tasks"),
         (e.PreconditionFailedError, "someone changed it meanwhile; fetch it again and retry"),
-        (e.APITimeoutError, "the server is slow or overloaded; retry, or raise --timeout"),
+        (
+            e.APITimeoutError,
+            "the server is slow or overloaded; retry, or allow more seconds with VI_FLOW_TIMEOUT"
+            " (or 'vi-flow config set timeout N')",
+        ),
         (e.APIConnectionError, "is the server at --base-url / VI_FLOW_BASE_URL running?"),
         (e.RateLimitError, "too many requests; wait a little and retry"),
         (e.NotImplementedByProviderError, "the server's compute provider cannot do this"),
