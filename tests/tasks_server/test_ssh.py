@@ -7,6 +7,7 @@ import base64
 import os
 import shutil
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +510,62 @@ async def test_the_server_holds_a_bounded_number_of_sessions_in_all(
         assert ninth.exit_status == 1 and "too many sessions on the server" in str(ninth.stderr)
         for process in running:
             process.close()
+
+
+@pytest.mark.anyio
+async def test_an_sftp_session_ends_with_exit_status_0(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # QA: without an exit status, `scp` reported every copy, done in full, as failed
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        writer, reader, _ = await conn.open_session(subsystem="sftp", encoding=None)
+        writer.write(struct.pack(">IBI", 5, 1, 3))  # SSH_FXP_INIT, version 3
+        length = struct.unpack(">I", await reader.readexactly(4))[0]
+        assert (await reader.readexactly(length))[:1] == b"\x02"  # SSH_FXP_VERSION
+        writer.write_eof()  # done, as OpenSSH's sftp and scp end
+        await asyncio.wait_for(writer.channel.wait_closed(), 10)
+        assert writer.channel.get_exit_status() == 0
+    await _cancel(server, endpoint)
+
+
+@pytest.mark.anyio
+async def test_an_ended_tasks_files_are_read_only_over_sftp(
+    server: TaskServer, client_key: asyncssh.SSHKey, tmp_path: Path
+) -> None:
+    # QA: after the task ended, `sftp put` still replaced its output/model.bin
+    endpoint = await _endpoint(server, client_key, command='echo trained > "$VI_FLOW_OUTPUT_DIR/m"')
+    await server.wait(endpoint["taskId"], until={"completed"})
+    forged = tmp_path / "forged"
+    forged.write_text("tampered\n")
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        async with sftp.open("/output/m") as file:
+            assert await file.read() == "trained\n"  # reading is fine
+        changes = [
+            sftp.put(str(forged), "/output/m"),
+            sftp.put(str(forged), "/output/new"),
+            sftp.remove("/output/m"),
+            sftp.rename("/output/m", "/output/n"),
+            sftp.mkdir("/workspace/d"),
+            sftp.chmod("/output/m", 0o777),
+        ]
+        for change in changes:
+            with pytest.raises(asyncssh.SFTPPermissionDenied, match="has ended"):
+                await change
+    output = Path(endpoint["workdir"]).parent / "output"
+    assert sorted(p.name for p in output.iterdir()) == ["m"]
+    assert (output / "m").read_text() == "trained\n"
+
+
+@pytest.mark.anyio
+async def test_a_nul_byte_in_a_command_fails_that_command_not_the_connection(
+    server: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    # QA: create_subprocess_exec's ValueError escaped to asyncssh, which closed the
+    # connection with every session on it, and no exit status
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        refused = await conn.run("echo a\0b", check=False)
+        assert refused.exit_status == 127 and "null byte" in str(refused.stderr)
+        assert (await conn.run("echo still here")).stdout == "still here\n"
+    await _cancel(server, endpoint)

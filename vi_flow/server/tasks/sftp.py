@@ -72,7 +72,7 @@ def _logs_refusal() -> asyncssh.SFTPPermissionDenied:
     )
 
 
-def _writable(path: bytes) -> None:
+def _outside_logs(path: bytes) -> None:
     """Refuse a change to ``logs/`` or anything in it."""
     if _in_logs(path):
         raise _logs_refusal()
@@ -170,6 +170,8 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         root: The task directory (the SFTP ``/``).
         refusal: Set for a login that may not use SFTP (``+logs``): every request is
             answered *permission denied* with it.
+        read_only: Set for a task that has ended: its files may be read, and every
+            change is answered *permission denied* with it.
         files: Counts the session's open files against a share (``take`` raises
             ``SFTPFailure`` past it); none: not counted.
     """
@@ -181,13 +183,21 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         refusal: str = "",
         *,
         files: FileShare | None = None,
+        read_only: str = "",
     ) -> None:
         super().__init__(channel)
         self._root = os.fsencode(os.path.realpath(root))
         self._refusal = refusal
+        self._read_only = read_only
         self._root_fd = -1 if refusal else os.open(self._root, _DIR & ~os.O_NOFOLLOW)
         self._files = files
         self._logs: weakref.WeakSet[Any] = weakref.WeakSet()  # open handles of logs/
+
+    def _writable(self, path: bytes) -> None:
+        """Refuse a change to an ended task's files, or to ``logs/``."""
+        if self._read_only:
+            raise asyncssh.SFTPPermissionDenied(self._read_only)
+        _outside_logs(path)
 
     # -- the walk ------------------------------------------------------------------------
 
@@ -230,7 +240,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     def _open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
         perms = 0o666 if attrs.permissions is None else attrs.permissions
         if flags & _WRITES:
-            _writable(path)
+            self._writable(path)
         # Non-blocking, then a regular file only: opening a FIFO the task made would
         # block the server's event loop (every organization's API and shells) until the
         # task chose to open its other end.
@@ -306,7 +316,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Set attributes of ``path`` (a link is refused)."""
-        _writable(path)
+        self._writable(path)
         with self._node(path) as fd:
             _set_attributes(f"/proc/self/fd/{fd}", attrs)
 
@@ -317,6 +327,8 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     def fsetstat(self, file_obj: Any, attrs: SFTPAttrs) -> None:
         """Set attributes of an open file; one opened in ``logs/`` is refused, as its
         path is (QA: a read-only handle of a log changed its owner and mode)."""
+        if self._read_only:
+            raise asyncssh.SFTPPermissionDenied(self._read_only)
         if file_obj in self._logs:
             raise _logs_refusal()
         super().fsetstat(file_obj, attrs)
@@ -348,29 +360,35 @@ class TaskSFTPServer(asyncssh.SFTPServer):
                 self._files.give_back()
 
     def exit(self) -> None:
-        """Close the root's descriptor when the session ends; its share ends with it."""
+        """Close the root's descriptor when the session ends; its share ends with it.
+
+        The channel gets an exit status (0; 1 for a refused login) before it closes:
+        without one, ``scp`` reported every copy, done in full, as failed (exit 1).
+        """
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1
         if self._files is not None:
             self._files.ended()
+        with contextlib.suppress(OSError):  # the client has gone already
+            self.channel.exit(1 if self._refusal else 0)
 
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Create a directory."""
         mode = 0o777 if attrs.permissions is None else attrs.permissions
-        _writable(path)
+        self._writable(path)
         with self._parent(path) as (parent, last):
             os.mkdir(last, mode, dir_fd=parent)
 
     def rmdir(self, path: bytes) -> None:
         """Remove an empty directory."""
-        _writable(path)
+        self._writable(path)
         with self._parent(path) as (parent, last):
             os.rmdir(last, dir_fd=parent)
 
     def remove(self, path: bytes) -> None:
         """Remove a file or a link (the link itself)."""
-        _writable(path)
+        self._writable(path)
         with self._parent(path) as (parent, last):
             os.unlink(last, dir_fd=parent)
 
@@ -382,8 +400,8 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         return b"/" + b"/".join(components(path))
 
     def _move(self, oldpath: bytes, newpath: bytes, *, replace: bool) -> None:
-        _writable(oldpath)
-        _writable(newpath)
+        self._writable(oldpath)
+        self._writable(newpath)
         with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
             if not replace:
                 with contextlib.suppress(FileNotFoundError):
@@ -408,14 +426,14 @@ class TaskSFTPServer(asyncssh.SFTPServer):
         """Make a link (an absolute target is taken beneath the root); SFTP never follows it."""
         if posixpath.isabs(oldpath):
             oldpath = self._root + b"/" + b"/".join(components(oldpath))
-        _writable(newpath)
+        self._writable(newpath)
         with self._parent(newpath) as (parent, last):
             os.symlink(oldpath, last, dir_fd=parent)
 
     def link(self, oldpath: bytes, newpath: bytes) -> None:
         """Make a hard link to a file beneath the root (a link is linked as itself); a
         log is never linked (the link would be writable)."""
-        _writable(oldpath)
-        _writable(newpath)
+        self._writable(oldpath)
+        self._writable(newpath)
         with self._parent(oldpath) as (old_dir, old), self._parent(newpath) as (new_dir, new):
             os.link(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir, follow_symlinks=False)

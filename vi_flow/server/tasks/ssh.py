@@ -50,6 +50,7 @@ class SessionContext:
         exec_prefix: Put before commands to run inside the task (empty for log logins).
         logs: The log files a ``+logs`` login may follow; ``()`` for a task login.
         refusal: Why commands cannot run in this session (``None``: they can).
+        ended: Whether the task has ended: its files may be read, no longer changed.
     """
 
     task_id: str
@@ -60,6 +61,7 @@ class SessionContext:
     exec_prefix: list[str]
     logs: tuple[Path, ...] = ()
     refusal: str | None = None
+    ended: bool = False
 
     @property
     def is_logs(self) -> bool:
@@ -202,9 +204,11 @@ class SSHAccess:
                 prefix = self._provider.exec_prefix(task_id, row["provider_id"])
             except ProviderError as exc:
                 refusal = f"cannot run commands in task {task_id}: {exc.message}"
+        ended = TaskStatus(row["status"]).terminal
         return SessionContext(
-            task_id, row["org_id"], paths.root, paths.workdir, env, prefix, refusal=refusal
-        )
+            task_id, row["org_id"], paths.root, paths.workdir, env, prefix,
+            refusal=refusal, ended=ended,
+        )  # fmt: skip
 
     async def authorized_keys(self, org_id: str) -> list[str]:
         """The public key lines that may log in to the organization's tasks."""

@@ -681,7 +681,7 @@ async def _run_session(
         runner = _run_pty if pty else _run_pipes
         ended = functools.partial(_task_ended, resolver, context.task_id)
         code = await runner(process, argv, cwd, env, ended)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or its env
         process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
         code = 127
     finally:
@@ -700,7 +700,9 @@ def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
     refusal = f"a {context.task_id}+logs login cannot use SFTP" if context.is_logs else ""
     if refusal or (refusal := owner.session_refusal() or ""):
         return TaskSFTPServer(channel, context.root, refusal)  # holds no descriptor
-    return TaskSFTPServer(channel, context.root, files=_SFTPFiles(owner))
+    ended = f"task {context.task_id} has ended: its files can be read, not changed"
+    read_only = ended if context.ended else ""
+    return TaskSFTPServer(channel, context.root, files=_SFTPFiles(owner), read_only=read_only)
 
 
 class _SFTPFiles:
