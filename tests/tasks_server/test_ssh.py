@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import stat
@@ -423,24 +424,27 @@ async def test_an_absurd_terminal_size_is_clamped_not_the_end_of_the_connection(
 
 
 @pytest.mark.anyio
-async def test_connections_that_never_log_in_are_bounded_and_closed(
+async def test_connections_that_never_log_in_are_bounded_and_give_way(
     server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 18,500 idle connections to the SSH port, no key needed, each held 120 s, spent the
     # open-file limit and the API answered 503 to everyone (found by QA). SSH holds at
     # most a quarter of the descriptors in connections; a login must finish in time.
+    # With every place taken by connections that never log in, a new one took none:
+    # anyone who could reach the port kept every login out (QA). The one waiting longest
+    # now gives way.
     monkeypatch.setattr(sshd, "open_file_limit", lambda: 4 * 8)  # 8 connections
-    monkeypatch.setattr(sshd, "LOGIN_TIMEOUT", 1.5)
+    monkeypatch.setattr(sshd, "LOGIN_TIMEOUT", 3.0)
     endpoint = await _endpoint(server, client_key, command="sleep 30")  # SSH starts here
     idle = [await asyncio.open_connection(endpoint["host"], endpoint["port"]) for _ in range(8)]
-    ninth = await asyncio.open_connection(endpoint["host"], endpoint["port"])
-    idle.append(ninth)
     try:
-        await asyncio.wait_for(ninth[0].read(), 1.0)  # closed at once, before any timeout
-        for reader, _ in idle[:8]:  # the eight: closed once their login took too long
-            await asyncio.wait_for(reader.read(), 10)
-        async with _connect(endpoint, client_key) as conn:  # room again
+        for reader, _ in idle:  # each got the server's version line: connected, not closed
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SSH-2.0-")
+        async with _connect(endpoint, client_key) as conn:  # in at once, all places taken
             assert (await conn.run("echo in")).stdout == "in\n"
+        await asyncio.wait_for(idle[0][0].read(), 1.0)  # closed at once: the oldest gave way
+        for reader, _ in idle[1:]:  # the rest: closed once their login took too long
+            await asyncio.wait_for(reader.read(), 10)
     finally:
         for _, writer in idle:
             writer.close()
@@ -497,19 +501,63 @@ async def test_a_connection_holds_a_bounded_number_of_sessions(
 
 
 @pytest.mark.anyio
-async def test_the_server_holds_a_bounded_number_of_sessions_in_all(
+async def test_one_organization_holds_at_most_half_of_the_sessions(
     server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sshd, "open_file_limit", lambda: 64)  # 8 sessions in all
+    # QA: one organization's 64 `sleep` sessions left another's none ("too many sessions
+    # on the server"), for as long as it liked
+    monkeypatch.setattr(sshd, "open_file_limit", lambda: 64)  # 8 sessions in all, 4 each
     endpoint = await _endpoint(server, client_key, command="sleep 30")
+    other = await _other_endpoint(server, command="sleep 30")
     async with _connect(endpoint, client_key) as one, _connect(endpoint, client_key) as two:
-        running = [await c.create_process("echo up; sleep 30") for c in (one, two) * 4]
+        running = [await c.create_process("echo up; sleep 30") for c in (one, two) * 2]
         for process in running:
             assert await process.stdout.readline() == "up\n"
-        ninth = await two.run("echo nine", check=False)
-        assert ninth.exit_status == 1 and "too many sessions on the server" in str(ninth.stderr)
+        fifth = await two.run("echo five", check=False)
+        assert fifth.exit_status == 1 and "its share of the server's" in str(fifth.stderr)
+        async with _connect(other[0], other[1]) as theirs:  # the other's half is there
+            assert (await theirs.run("echo in")).stdout == "in\n"
         for process in running:
             process.close()
+
+
+async def _other_endpoint(server: TaskServer, **config: Any) -> tuple[dict[str, Any], Any]:
+    """A running task of a second organization, its SSH endpoint and key."""
+    org = (await server.call("POST", "/organizations", json={"name": "other"})).body
+    path = f"/organizations/{org['organizationId']}/tokens"
+    token = (await server.call("POST", path, json={"name": "t"})).body["token"]
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    public = key.export_public_key().decode()
+    added = await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public},
+                              token=token)  # fmt: skip
+    assert added.status == 201, added.body
+    task = (await server.call("POST", "/tasks", json=config, token=token)).body
+    for _ in range(100):
+        answer = await server.call("GET", f"/tasks/{task['taskId']}/ssh", token=token)
+        state = await server.call("GET", f"/tasks/{task['taskId']}", token=token)
+        if state.body["status"] == "running":
+            return dict(answer.body), key
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"task {task['taskId']} did not start")
+
+
+@pytest.mark.anyio
+async def test_one_organization_holds_at_most_half_of_the_connections(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: one organization's 256 idle logged-in connections (kept alive by keepalives)
+    # locked every other organization out of SSH
+    monkeypatch.setattr(sshd, "open_file_limit", lambda: 4 * 8)  # 8 connections, 4 each
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    other = await _other_endpoint(server, command="sleep 30")
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):
+            await stack.enter_async_context(_connect(endpoint, client_key))
+        with pytest.raises((asyncssh.Error, OSError)):  # closed as it logs in
+            async with _connect(endpoint, client_key) as fifth:
+                await fifth.run("echo five")
+        async with _connect(other[0], other[1]) as theirs:
+            assert (await theirs.run("echo in")).stdout == "in\n"
 
 
 @pytest.mark.anyio

@@ -19,6 +19,7 @@ without following a symbolic link. Auth decisions are logged without key materia
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import functools
@@ -72,6 +73,12 @@ class SSHLimits:
     Sessions (commands, shells, SFTP) hold about four descriptors each: at most a
     sixteenth of the limit of them at once, :data:`SESSIONS_PER_CONNECTION` a connection.
 
+    Within those, no organization holds more than half of the connections or of the
+    sessions, so another's always has room; and when every connection is taken, a new
+    one takes the place of the connection that has waited longest to log in (one that
+    never logs in, left open by anyone who can reach the port, cannot keep the others
+    out).
+
     Args:
         open_file_limit: The process's soft limit (``RLIMIT_NOFILE``).
     """
@@ -89,6 +96,22 @@ class SSHLimits:
         self.sessions = max(8, open_file_limit // 16)  # ~4 descriptors each: a quarter
         self.sessions_open = 0
         """Sessions open now, every connection's."""
+        self.connections_of: collections.Counter[str] = collections.Counter()
+        """Logged-in connections open now, by organization."""
+        self.sessions_of: collections.Counter[str] = collections.Counter()
+        """Sessions open now, by organization."""
+        self.logging_in: dict[asyncssh.SSHServerConnection, None] = {}
+        """Connections not logged in yet, the longest waiting first."""
+
+    @property
+    def connections_per_org(self) -> int:
+        """The most logged-in connections one organization may hold."""
+        return max(1, self.connections // 2)
+
+    @property
+    def sessions_per_org(self) -> int:
+        """The most sessions one organization may hold open."""
+        return max(1, self.sessions // 2)
 
 
 class SessionResolver(Protocol):
@@ -140,13 +163,21 @@ class _Server(asyncssh.SSHServer):
         """SFTP files this connection has open."""
         self.sessions = 0
         """Commands, shells and SFTP sessions this connection has open."""
+        self._org = ""  # the organization it logged in to (its sessions count for it)
+        self._counted = False  # whether it counts in limits.connections_of
 
     def session_refusal(self) -> str | None:
         """Why this connection may not open one more session now, if it may not."""
-        cap = self.limits.SESSIONS_PER_CONNECTION
+        limits = self.limits
+        cap = limits.SESSIONS_PER_CONNECTION
         if self.sessions >= cap:
             return f"too many sessions on one connection (at most {cap} at once)"
-        if self.limits.sessions_open >= self.limits.sessions:
+        if limits.sessions_of[self._org] >= limits.sessions_per_org:
+            return (
+                f"your organization has {limits.sessions_per_org} sessions open, its share of"
+                " the server's; end one, or try again later"
+            )
+        if limits.sessions_open >= limits.sessions:
             return "too many sessions on the server; try again later"
         return None
 
@@ -154,23 +185,55 @@ class _Server(asyncssh.SSHServer):
         """Count one more session of this connection's (and the server's)."""
         self.sessions += 1
         self.limits.sessions_open += 1
+        self.limits.sessions_of[self._org] += 1
 
     def session_ended(self) -> None:
         """Count one session ended."""
         self.sessions -= 1
         self.limits.sessions_open -= 1
+        self.limits.sessions_of[self._org] -= 1
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        if len(self._registry) >= self.limits.connections:
-            log.warning("ssh: refused a connection: %d are open", len(self._registry))
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
-            return
+        limits = self.limits
+        if len(self._registry) >= limits.connections:
+            if not limits.logging_in:
+                log.warning("ssh: refused a connection: %d are open", len(self._registry))
+                conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
+                return
+            oldest = next(iter(limits.logging_in))  # gives way: it has had its chance
+            del limits.logging_in[oldest]
+            self._registry.discard(oldest)
+            log.warning("ssh: %d connections are open; closed the one waiting longest to log in",
+                        len(self._registry) + 1)  # fmt: skip
+            oldest.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
         self._registry.add(conn)
+        limits.logging_in[conn] = None
+
+    def auth_completed(self) -> None:
+        conn, limits = self._conn, self.limits
+        assert conn is not None and self.context is not None  # it logged in to a task
+        limits.logging_in.pop(conn, None)
+        org = self.context.organization_id
+        if limits.connections_of[org] >= limits.connections_per_org:
+            log.warning("ssh: refused a login to %s: its organization holds %d connections",
+                        self.context.task_id, limits.connections_of[org])  # fmt: skip
+            conn.disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                f"your organization has {limits.connections_per_org} SSH connections open, its"
+                " share of the server's; close one, or try again later",
+            )
+            return
+        self._org, self._counted = org, True
+        limits.connections_of[org] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._registry.discard(self._conn)
+            self.limits.logging_in.pop(self._conn, None)
+        if self._counted:  # its sessions may end after it: their organization stays
+            self.limits.connections_of[self._org] -= 1
+            self._counted = False
 
     async def begin_auth(self, username: str) -> bool:
         self._accepted = None  # a new login name: its organization's keys, read afresh
