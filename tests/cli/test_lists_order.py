@@ -45,3 +45,16 @@ def test_a_bad_order_is_a_usage_error(vf_offline: Invoker, args: tuple[str, ...]
     result = vf_offline("flows", "list", *args)
     assert result.exit_code == 2
     assert "--order" in result.stderr
+
+
+def test_a_list_cut_at_its_limit_says_so_on_stderr(vf: Invoker, tmp_path: Path) -> None:
+    # QA: with 60 flows, `flows list --json` gave 50 and said nothing of the others
+    spec = str(write(tmp_path / "spec.yaml", SPEC))
+    for _ in range(3):
+        assert vf("flows", "create", "-f", spec).exit_code == 0
+    cut = vf("flows", "list", "--limit", "2", "--json")
+    assert len(json.loads(cut.stdout)) == 2
+    assert cut.stderr == "(the first 2 flows; there are more: --limit N shows N)\n"
+    whole = vf("flows", "list", "--limit", "3", "--json")
+    assert len(json.loads(whole.stdout)) == 3 and whole.stderr == ""
+    assert "there are more" in vf("flows", "list", "--limit", "1").stderr

@@ -7,9 +7,10 @@ JSON output is the wire form of the models (camelCase, the same as the HTTP API)
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
@@ -23,6 +24,7 @@ __all__ = [
     "duration",
     "emit_json",
     "emit_ndjson",
+    "first",
     "json_option",
     "kv_table",
     "order_option",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 Order = Literal["newest", "oldest"]
 """What ``--order`` gives a list command (the SDK's ``order=``)."""
 
@@ -107,6 +110,15 @@ def emit_ndjson(obj: Any) -> None:
     """Print one compact JSON line and flush (for following streams)."""
     sys.stdout.write(_encode(obj, indent=False) + "\n")
     sys.stdout.flush()
+
+
+def first(items: Iterator[T], limit: int, what: str) -> list[T]:
+    """The first ``limit`` of ``items``; when there are more, a line on stderr says so
+    (stdout keeps only the list, JSON or table)."""
+    taken = list(itertools.islice(items, limit + 1))
+    if len(taken) > limit:
+        click.echo(f"(the first {limit} {what}; there are more: --limit N shows N)", err=True)
+    return taken[:limit]
 
 
 def table(

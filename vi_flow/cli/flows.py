@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from ._output import (
     Order,
     emit_done,
     emit_json,
+    first,
     json_option,
     kv_table,
     order_option,
@@ -52,7 +52,7 @@ def flows() -> None:
 def list_(limit: int, order: Order, as_json: bool) -> None:
     """List flows, newest first."""
     pages = state().client().flows.list(order=order)
-    items = list(itertools.islice(pages.all_items(), limit))
+    items = first(pages.all_items(), limit, "flows")
     if wants_json(as_json):
         emit_json(items)
         return

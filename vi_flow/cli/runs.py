@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from ._output import (
     Order,
     duration,
     emit_json,
+    first,
     json_option,
     kv_table,
     order_option,
@@ -75,7 +75,7 @@ def list_(
     if condition:
         condition = next(c for c in CONDITIONS if c.lower() == condition.lower())
     pages = state().client().runs.list(flow_id=flow_id, condition=condition, order=order)
-    items = list(itertools.islice(pages.all_items(), limit))
+    items = first(pages.all_items(), limit, "runs")
     if wants_json(as_json):
         emit_json(items)
         return

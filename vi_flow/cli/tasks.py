@@ -24,6 +24,7 @@ from ._output import (
     Order,
     emit_json,
     emit_ndjson,
+    first,
     json_option,
     kv_table,
     order_option,
@@ -385,10 +386,8 @@ def status(task_id: str | None, watch: bool, interval: float, as_json: bool) -> 
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List tasks, newest first."""
-    import itertools
-
     pages = state().client().tasks.list(status=list(statuses) or None, order=order)
-    items = list(itertools.islice(pages.all_items(), limit))
+    items = first(pages.all_items(), limit, "tasks")
     if wants_json(as_json):
         emit_json(items)
     else:

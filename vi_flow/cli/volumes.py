@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
 import click
 
 from ._lazy import LazyGroup
-from ._output import Order, emit_done, emit_json, json_option, order_option, table, wants_json, when
+from ._output import (
+    Order,
+    emit_done,
+    emit_json,
+    first,
+    json_option,
+    order_option,
+    table,
+    wants_json,
+    when,
+)
 from ._params import int_range
 from ._state import state
 
@@ -48,7 +57,7 @@ def create(name: str | None, size_gb: int, interface: str, as_json: bool) -> Non
 def list_(limit: int, order: Order, as_json: bool) -> None:
     """List volumes, newest first."""
     pages = state().client().volumes.list(order=order)
-    items = list(itertools.islice(pages.all_items(), limit))
+    items = first(pages.all_items(), limit, "volumes")
     if wants_json(as_json):
         emit_json(items)
         return
