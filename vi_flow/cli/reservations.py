@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 import click
 
 from ._lazy import LazyGroup
-from ._output import Order, emit_json, json_option, kv_table, order_option, table, wants_json, when
+from ._output import (
+    Order,
+    emit_json,
+    first,
+    json_option,
+    kv_table,
+    order_option,
+    table,
+    wants_json,
+    when,
+)
 from ._params import FiniteFloat, int_range, status_option
 from ._state import state
 
@@ -109,7 +119,7 @@ def create(
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List reservations, newest first."""
     items = state().client().reservations.list(status=list(statuses) or None, order=order)
-    items = items[:limit]
+    items = first(iter(items), limit, "reservations")
     if wants_json(as_json):
         emit_json(items)
     else:
