@@ -450,23 +450,12 @@ def test_ctrl_c_cancels_the_run(
     assert conditions[-1]["condition"] == "Cancelled"
 
 
-def test_live_view_on_a_terminal(tmp_path: Path) -> None:
-    """On a terminal, ``execute --stream`` draws a live table; piped it prints lines."""
+def _on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with a terminal for stdout and stderr; its exit code and screen."""
     import pty
 
-    env = {**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
-    spec = tmp_path / "hello.yaml"
-    spec.write_text(
-        "name: hi\nblocks:\n  - {block: template, id: greet, settings: {template: hi}}\n"
-    )
-    created = subprocess.run(
-        [*_cli(), "flows", "create", "-f", str(spec)], capture_output=True, text=True, env=env
-    )
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*_cli(), "execute", created.stdout.strip(), "--stream"],
-        stdout=slave, stderr=slave, env=env,
-    )  # fmt: skip
+    proc = subprocess.Popen([*_cli(), *args], stdout=slave, stderr=slave, env=env)
     os.close(slave)
     chunks = []
     while True:
@@ -478,8 +467,32 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
             break
         chunks.append(data)
     os.close(master)
-    assert proc.wait(timeout=30) == 0
-    screen = b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+
+
+def test_a_dumb_terminal_gets_no_colour_in_errors_either(tmp_path: Path) -> None:
+    # QA: with TERM=dumb tables came plain, but the "error:" and "hint:" lines in colour
+    env = {**os.environ, "VI_FLOW_CONFIG_DIR": str(tmp_path / "cfg")}
+    env.pop("NO_COLOR", None)
+    refused = ["--base-url", "http://127.0.0.1:9/v1", "flows", "list"]  # nothing listens
+    code, screen = _on_a_terminal(refused, {**env, "TERM": "xterm"})
+    assert code == 6 and "\x1b[" in screen  # a terminal that has colours gets them
+    code, screen = _on_a_terminal(refused, {**env, "TERM": "dumb"})
+    assert code == 6 and "error:" in screen and "\x1b[" not in screen, screen
+
+
+def test_live_view_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, ``execute --stream`` draws a live table; piped it prints lines."""
+    env = {**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "COLUMNS": "120"}
+    spec = tmp_path / "hello.yaml"
+    spec.write_text(
+        "name: hi\nblocks:\n  - {block: template, id: greet, settings: {template: hi}}\n"
+    )
+    created = subprocess.run(
+        [*_cli(), "flows", "create", "-f", str(spec)], capture_output=True, text=True, env=env
+    )
+    code, screen = _on_a_terminal(["execute", created.stdout.strip(), "--stream"], env)
+    assert code == 0
     assert "┏" in screen and "STEP" in screen and "greet" in screen
     assert "Succeeded" in screen
     assert "step greet started" not in screen  # no plain lines on a terminal

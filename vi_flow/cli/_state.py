@@ -58,10 +58,13 @@ class CliState:
 
     @property
     def use_color(self) -> bool | None:
-        """``True``/``False`` when forced by ``--color``, ``None`` for auto (click's view)."""
+        """``True``/``False`` when forced by ``--color``, ``None`` for auto (click's view);
+        ``NO_COLOR`` and a dumb terminal (``TERM=dumb``, as rich's tables see it) are off."""
         if self.color == "always":
             return True
         if self.color == "never" or os.environ.get("NO_COLOR"):
+            return False
+        if os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
             return False
         return None
 
