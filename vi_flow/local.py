@@ -189,10 +189,20 @@ def _look(home: Path, wait: float) -> tuple[ServerInfo | None, bool]:
     if (why := foreign_home(home)) is not None:
         raise LocalServerError(why)
     info = _read_run_file(home)
-    if info is None or not pid_alive(info.pid):
+    if info is None or not pid_alive(info.pid) or not _names(info, home):
         return None, False
     answered = _answers_as(info, wait)
     return (info if answered else None), answered is None
+
+
+def _names(info: ServerInfo, home: Path) -> bool:
+    """Whether the run file's server owns ``home`` itself: a copy of a home (``cp -r``)
+    holds its original's run file, whose server answers for the original (QA: flows made
+    "in the copy" went to the original, and ``server stop`` there stopped it)."""
+    try:
+        return os.path.samefile(info.home, home)
+    except (OSError, ValueError):  # the original is gone, or its path cannot be a file's
+        return False
 
 
 def _check_version(info: ServerInfo) -> ServerInfo:

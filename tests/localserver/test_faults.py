@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -245,6 +246,30 @@ def test_server_status_and_stop_name_a_server_that_does_not_answer(home: Path) -
             os.kill(server.pid, signal.SIGCONT)
     assert cli(home, "flows", "list", "--json").returncode == 0  # a new server took the home
     assert run_file(home) != server
+
+
+def test_a_copied_home_gets_its_own_server_not_the_originals(home: Path) -> None:
+    # QA: `cp -r` of a home while its server ran: flows made "in the copy" went to the
+    # original's database, and `server stop` on the copy stopped the original's server
+    original = started_server(home)
+    copy = home.parent / "copy"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("*.sock"))
+    try:
+        spec = home.parent / "spec.yaml"
+        spec.write_text(
+            "name: in-the-copy\nblocks:\n  - {block: template, settings: {template: x}}\n"
+        )
+        assert cli(copy, "flows", "create", "-f", str(spec)).stdout.startswith("flow_")
+        own = run_file(copy)
+        assert own is not None and own.pid != original.pid and own.home == str(copy)
+        names = [
+            f["spec"]["name"] for f in orjson.loads(cli(home, "flows", "list", "--json").stdout)
+        ]
+        assert "in-the-copy" not in names
+        assert "stopped" in cli(copy, "server", "stop").stdout
+        assert alive(original.pid) and run_file(home) == original
+    finally:
+        stop_server(copy)
 
 
 def test_server_messages_print_the_home_whole_and_as_it_is(tmp_path: Path) -> None:
