@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from vi_flow.server.providers import base as provider_base
+from vi_flow.server.tasks import service as service_module
 
 from .conftest import StartServer, TaskServer, group_alive
 
@@ -264,3 +269,30 @@ async def test_query_parameters_are_validated(server: TaskServer) -> None:
     assert missing.status == 404 and missing.body["error"]["code"] == "TASK_NOT_FOUND"
     grace = await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"gracePeriod": -1})
     assert grace.status == 422
+
+
+@pytest.mark.anyio
+async def test_a_tasks_end_that_a_full_disk_kept_out_is_recorded_once_there_is_room(
+    server: TaskServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: a task that ended while the disk was full stayed `running` for good (its end
+    # was dropped), its run waited on it for ever, and the capacity it held was never
+    # given to the tasks queued behind it.
+    monkeypatch.setattr(provider_base, "REPORT_RETRY", 0.05)
+    full = asyncio.Event()
+    record = service_module._apply_update
+
+    def apply(conn: Any, update: Any) -> Any:
+        if full.is_set() and update.status.terminal:
+            raise sqlite3.OperationalError("database or disk is full")
+        return record(conn, update)
+
+    monkeypatch.setattr(service_module, "_apply_update", apply)
+    task = await server.submit(command="sleep 0.3")
+    await server.wait(task["taskId"], until={"running"})
+    full.set()
+    await asyncio.sleep(1.0)  # it has ended; its end cannot be written
+    assert (await server.call("GET", f"/tasks/{task['taskId']}")).body["status"] == "running"
+    full.clear()  # room again
+    ended = await server.wait(task["taskId"], within=5)
+    assert (ended["status"], ended["exitCode"]) == ("completed", 0)

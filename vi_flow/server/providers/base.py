@@ -16,6 +16,7 @@ Errors are typed: :class:`ProviderUnavailable` (transient, names the URL; ``503`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -275,15 +276,41 @@ async def report_to(sink: UpdateSink | None, update: TaskUpdate, logger: logging
 
     The sink is the service's code: an error there must never stop the provider's
     scheduler or poller, which would leave every other task unwatched.
+
+    A task's end that cannot be recorded for now (a full disk, the database away) is
+    tried again every :data:`REPORT_RETRY` s until it is: dropped, the task stayed
+    ``running`` for good, its run waiting on it, and the capacity it held was never
+    given to the tasks queued behind it (QA). Cancelling the caller (a stop) ends it.
     """
     if sink is None:
         return True
-    try:
-        await sink(update)
-    except Exception:
-        logger.exception("task update for %s could not be recorded", update.task_id)
-        return False
-    return True
+    tries = 0
+    while True:
+        try:
+            await sink(update)
+        except Exception as exc:
+            if tries == 0:
+                logger.exception("task update for %s could not be recorded", update.task_id)
+            if not (update.status.terminal and _for_now(exc)):
+                return False
+        else:
+            if tries:
+                logger.info("task %s: its end was recorded after %d tries", update.task_id,
+                            tries + 1)  # fmt: skip
+            return True
+        tries += 1
+        await asyncio.sleep(REPORT_RETRY)
+
+
+REPORT_RETRY = 1.0
+"""Seconds between tries of a task's end that could not be recorded for now."""
+
+
+def _for_now(exc: BaseException) -> bool:
+    """Whether a failure to record will pass by itself: a full disk, the database away."""
+    from ..db import DatabaseUnavailable, is_disk_full
+
+    return is_disk_full(exc) or isinstance(exc, DatabaseUnavailable)
 
 
 # -- the protocol -----------------------------------------------------------------------
