@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 import anyio
 import pytest
 
+from vi_flow.server.engine import tables
 from vi_flow.server.routes.lifecycle import LIFECYCLE_KEY
 from vi_flow.server.state import STORE_KEY
 
@@ -80,6 +82,39 @@ async def test_a_run_a_full_disk_stops_ends_saying_so_once_there_is_room(server:
             await anyio.sleep(0.1)
     assert (last["condition"], last["reason"]) == ("Error", "DiskFull"), last
     assert last["message"].startswith("the server's disk is full: the run could not save")
+
+
+async def test_an_execute_whose_end_a_full_disk_kept_out_answers_what_was_stored(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: the answer was made in the transaction that ends the run and kept at once; when
+    # a full disk failed that commit, the run ended Error (DiskFull), but execute answered
+    # 200 "completed", with the output, from what was never stored.
+    close, database = tables.close_running_steps, server.app[STORE_KEY].database
+    commit = database.commit
+    failures: list[Exception] = []
+
+    def ending(*args: Any) -> Any:  # the run's end is in this transaction: its commit fails
+        if not failures:
+            failures.append(sqlite3.OperationalError("database or disk is full"))
+        return close(*args)
+
+    def full_once(conn: Any) -> None:
+        if failures and failures[0] is not None:
+            error, failures[0] = failures[0], None  # type: ignore[call-overload]
+            raise error
+        commit(conn)
+
+    flow = (await server.call("POST", "/flows", json=spec("once"))).body["flowId"]
+    monkeypatch.setattr(tables, "close_running_steps", ending)
+    monkeypatch.setattr(database, "commit", full_once)
+    answer = await server.call("POST", f"/flows/{flow}/execute", json={"message": "hi"})
+    assert failures == [None]  # the end's first commit met the full disk
+    run = (await server.call("GET", f"/runs/{answer.body['executionId']}")).body
+    last = run["status"]["conditions"][-1]
+    assert (last["condition"], last["reason"]) == ("Error", "DiskFull"), last
+    assert answer.status == 200 and answer.body["state"] == "failed", answer.body
+    assert answer.body["error"].startswith("the server's disk is full"), answer.body
 
 
 async def test_a_forced_stop_stops_though_the_disk_is_too_full_to_record_cancels(

@@ -353,6 +353,9 @@ class Store:
             held.clear()
             if getattr(conn, "broken", False):
                 self._close()
+            else:  # a COMMIT that failed may leave its transaction open (SQLite's may)
+                with contextlib.suppress(Exception):
+                    self.database.rollback(conn)
             raise
         if self._checkpointer is not None:
             self._checkpointer.committed(conn)

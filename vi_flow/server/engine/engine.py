@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -392,12 +392,12 @@ class Engine:
         key = begun.row.key
         channel = self.log.new_channel(key)
 
-        def final(conn: Connection, row: RunRow, save: AnswerSaver) -> None:
+        def final(conn: Connection, row: RunRow, save: AnswerSaver) -> Callable[[], None]:
             if channel.settled:  # it paused: that answered the call, the answer is saved
-                return
+                return lambda: None
             outcome = build_outcome(row, tables.get_steps(conn, key))  # row: as just saved
             save(conn, outcome)
-            self._finals[key] = outcome
+            return functools.partial(self._finals.__setitem__, key, outcome)  # once committed
 
         if save is not None and not save.hold_only:
             self.executor.on_finish[key] = functools.partial(final, save=save)

@@ -238,8 +238,9 @@ class Executor:
         self.registry = registry
         self._http = http
         self.tasks: TaskService | None = None
-        self.on_finish: dict[RunKey, Callable[[Connection, RunRow], None]] = {}
-        """Per run: called in the transaction that ends it (after its changes)."""
+        self.on_finish: dict[RunKey, Callable[[Connection, RunRow], Callable[[], None]]] = {}
+        """Per run: called in the transaction that ends it (after its changes); what it
+        returns is called once that transaction has committed."""
 
     # -- the run ----------------------------------------------------------------------
 
@@ -318,17 +319,21 @@ class Executor:
         # flow_completed goes in this commit (or went in an earlier one): closed with it
         row.closed = True
 
+        committed: list[Callable[[], None]] = []  # a transaction undone may run it again
+
         def store_outcome(conn: Connection) -> None:
             carry.store_step(conn)  # the step; the run is saved whole just below
             tables.save_run(conn, row)
             tables.close_running_steps(conn, row.key, step_status.value, ended)
             set_condition(conn, row.key, status, error, reason)
             if on_finish is not None:
-                on_finish(conn, row)
+                committed[:] = [on_finish(conn, row)]
 
         channel = await self.log.channel(row.key)
         events = [*carry.events, *([] if channel.ended else [_completed_event(row)])]
         await self.log.commit_with(store_outcome, row.key, events)
+        for then in committed:  # not before: a commit a full disk failed ends the run
+            then()  # otherwise (DiskFull), and its caller must not hear it succeeded
         self.log.forget(row.key)
 
     async def close(self, row: RunRow) -> None:
