@@ -115,6 +115,11 @@ async def test_an_execute_whose_end_a_full_disk_kept_out_answers_what_was_stored
     assert (last["condition"], last["reason"]) == ("Error", "DiskFull"), last
     assert answer.status == 200 and answer.body["state"] == "failed", answer.body
     assert answer.body["error"].startswith("the server's disk is full"), answer.body
+    with anyio.fail_after(10):  # its stream ends, with the one flow_completed it stored
+        raw = (await server.call("GET", f"/runs/{answer.body['executionId']}/events")).raw
+    kinds = [line[7:] for line in raw.decode().splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "run_started" and kinds.count("flow_completed") == 1, kinds
+    assert kinds[-1] == "flow_completed", kinds
 
 
 async def test_a_forced_stop_stops_though_the_disk_is_too_full_to_record_cancels(
