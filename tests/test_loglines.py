@@ -36,9 +36,13 @@ def test_a_character_cut_by_a_chunk_is_decoded_whole() -> None:
 )
 def test_any_chunking_splits_identically(parts: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(parts)
+    assert lines_of(*_cut(stream, cuts)) == lines_of(stream)
+
+
+def _cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    """``stream`` in the chunks that cutting it at ``cuts`` makes."""
     points = sorted({min(c, len(stream)) for c in cuts})
-    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
-    assert lines_of(*chunks) == lines_of(stream)
+    return [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
 
 
 def _line_by_line(data: bytes) -> tuple[list[str], bytes]:
@@ -86,8 +90,7 @@ def test_a_long_line_comes_in_pieces_and_is_never_held_whole() -> None:
 )
 def test_with_pieces_any_chunking_splits_identically(parts: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(parts)
-    points = sorted({min(c, len(stream)) for c in cuts})
-    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    chunks = _cut(stream, cuts)
     with mock.patch.object(loglines, "MAX_LINE", 8):
         assert lines_of(*chunks) == lines_of(stream)
         splitter = LineSplitter()
