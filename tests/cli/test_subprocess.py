@@ -248,6 +248,42 @@ def cut(ctx):
 main()
 """
 
+_IN_A_DEL = """
+import os, signal, time
+import click
+from vi_flow.cli import main
+from vi_flow.cli._failures import run_guarded
+from vi_flow.cli._root import cli
+
+class Struck:
+    def __del__(self):  # Ctrl-C lands where Python cannot raise it (as in the import
+        os.kill(os.getpid(), signal.SIGINT)  # system's weakref callbacks)
+        time.sleep(0.5)
+
+@cli.command("cut")
+@click.pass_context
+def cut(ctx):
+    def body():
+        Struck()
+        time.sleep(5)
+        print("went on to the end")
+    run_guarded(ctx, body)
+
+main()
+"""
+
+
+def test_ctrl_c_where_python_cannot_raise_it_still_interrupts(tmp_path: Path) -> None:
+    # CI (Python 3.13): Ctrl-C inside a weakref callback of the import system printed
+    # "Exception ignored in ... KeyboardInterrupt" with a traceback, and the command went on
+    started = time.monotonic()
+    cut = subprocess.run(
+        [sys.executable, "-c", _IN_A_DEL, "cut"], capture_output=True, text=True, timeout=60
+    )
+    assert (cut.returncode, cut.stderr.strip(), cut.stdout) == (130, "interrupted", ""), cut
+    assert time.monotonic() - started < 4
+
+
 _AT_SHUTDOWN = """
 import atexit, os, signal, time
 from vi_flow.cli import main

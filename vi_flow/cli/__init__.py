@@ -8,11 +8,14 @@ fast. :func:`main` is the console script.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 __all__ = ["main"]
 
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             # shuts down ends it at once, without a traceback of where shutdown was.
             end = _exit_interrupted if argv is None else signal.default_int_handler
             signal.signal(signal.SIGINT, end)
+            hook = sys.unraisablehook
+            if isinstance(hook, functools.partial) and hook.func is _unraisable:
+                sys.unraisablehook = hook.args[0]  # ours: put back what was there
             _struck = None
 
 
@@ -80,8 +86,27 @@ def _note_ctrl_c() -> list[bool] | None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, noted)
+    sys.unraisablehook = functools.partial(_unraisable, sys.unraisablehook)
     _struck = struck
     return struck
+
+
+_AGAIN = 0.05  # seconds after an unraisable Ctrl-C that it strikes again
+
+
+def _unraisable(then: Callable[[Any], object], unraisable: Any) -> None:
+    """Ctrl-C that struck inside code whose errors Python cannot raise (a weakref callback
+    of the import system, a ``__del__``) printed "Exception ignored in" and a traceback,
+    and the command went on as if nothing came: it is raised again, where it can be."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # Ctrl-C again, to the main thread (a blocking call there wakes), a moment later:
+        # sent from here, it would strike inside this hook.
+        main = threading.main_thread().ident
+        again = threading.Timer(_AGAIN, signal.pthread_kill, (main, signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    then(unraisable)
 
 
 _struck: list[bool] | None = None  # what _note_ctrl_c noted, during main
