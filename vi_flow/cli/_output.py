@@ -10,7 +10,7 @@ import functools
 import itertools
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
@@ -112,7 +112,7 @@ def emit_ndjson(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def first(items: Iterator[T], limit: int, what: str) -> list[T]:
+def first(items: Iterable[T], limit: int, what: str) -> list[T]:
     """The first ``limit`` of ``items``; when there are more, a line on stderr says so
     (stdout keeps only the list, JSON or table)."""
     taken = list(itertools.islice(items, limit + 1))

@@ -118,8 +118,8 @@ def create(
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:
     """List reservations, newest first."""
-    items = state().client().reservations.list(status=list(statuses) or None, order=order)
-    items = first(iter(items), limit, "reservations")
+    listed = state().client().reservations.list(status=list(statuses) or None, order=order)
+    items = first(listed, limit, "reservations")
     if wants_json(as_json):
         emit_json(items)
     else:
