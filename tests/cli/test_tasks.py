@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import asyncssh
+
+from vi_flow.cli._state import CliState
 
 from .conftest import Invoker, write
 
@@ -30,6 +33,22 @@ def test_logs_follow_exits_with_the_task_code(vf: Invoker) -> None:
     assert json.loads(errors.stdout)["lines"] == ["two"]
     status = json.loads(vf("tasks", "status", task_id, "--json").stdout)
     assert (status["status"], status["exitCode"]) == ("failed", 3)
+
+
+def test_log_lines_keep_their_colours_but_no_other_escapes_on_a_terminal(vf: Invoker) -> None:
+    # A task is untrusted: its log reached the terminal as written, so an OSC 52 in it
+    # wrote the user's clipboard (and others retitle the window or move the cursor).
+    written = "a\x1b[31mred\x1b[0m\x1b]52;c;aGk=\x07 b\rc\tt"
+    task_id = _run(vf, "printf 'a\\033[31mred\\033[0m\\033]52;c;aGk=\\007 b\\rc\\tt\\n'")
+    safe = "a\x1b[31mred\x1b[0m\\x1b]52;c;aGk=\\x07 b\rc\tt\n"
+    for follow in (("-f",), ()):  # -f first: it waits for the end
+        piped = vf("tasks", "logs", task_id, *follow)  # data: exactly as written
+        assert (piped.exit_code, piped.stdout) == (0, written + "\n"), piped.stderr
+        coloured = vf("--color", "always", "tasks", "logs", task_id, *follow)
+        assert coloured.stdout == safe, coloured.stderr
+        with mock.patch.object(CliState, "interactive", True):
+            plain = vf("--color", "never", "tasks", "logs", task_id, *follow)
+        assert plain.stdout == "ared\\x1b]52;c;aGk=\\x07 b\rc\tt\n", plain.stderr
 
 
 def test_since_long_ago_is_every_line(vf: Invoker) -> None:

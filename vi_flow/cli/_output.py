@@ -27,6 +27,7 @@ __all__ = [
     "first",
     "json_option",
     "kv_table",
+    "log_line",
     "order_option",
     "preview",
     "table",
@@ -179,8 +180,37 @@ def terminal_safe(text: str) -> str:
     """``text`` with its control characters written out (``\\x1b``), tab and newline
     kept: names, outputs and errors come from users and models, and an escape sequence
     in one could clear the screen, retitle the window or hide a link on a terminal.
-    (A task's log lines are the program's own output and are printed as they are.)"""
+    (A task's log lines keep their colours: :func:`log_line`.)"""
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+_SGR = r"\x1b\[[0-9;:]*m"
+_LOG_CONTROL = re.compile(rf"({_SGR})|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+"""In a task's log line: a colour or style (SGR) sequence, or another control character
+(tab and the ``\\r`` of a progress bar are neither)."""
+
+
+def log_line(*, err: bool = False) -> Callable[[str], str]:
+    """How a task's log lines are written to stdout (stderr with ``err``).
+
+    To a pipe or file: exactly as the task wrote them. To a terminal: their colours kept
+    (dropped when colour is off: ``--color never``, ``NO_COLOR``, a dumb terminal), tab
+    and ``\\r`` kept, and every other control character written out (``\\x1b]52;``): a
+    task is untrusted, and an escape sequence could write the clipboard, retitle the
+    window, move the cursor over earlier lines or hide a link.
+    """
+    cli = state()
+    terminal = sys.stderr.isatty() if err else cli.interactive
+    if not terminal and cli.color != "always":
+        return lambda line: line
+    colour = cli.use_color is not False
+
+    def safe(found: re.Match[str]) -> str:
+        if found.group(1) is not None:
+            return found.group(1) if colour else ""
+        return f"\\x{ord(found.group()):02x}"
+
+    return functools.partial(_LOG_CONTROL.sub, safe)
 
 
 def when(ms: int | None) -> str:

@@ -27,6 +27,7 @@ from ._output import (
     first,
     json_option,
     kv_table,
+    log_line,
     order_option,
     table,
     wants_json,
@@ -111,12 +112,12 @@ def _follow(
     task_id: str, stream: LogStream, as_json: bool, since: datetime | timedelta | None = None
 ) -> None:
     """Print log lines as written until the task ends; exit with its exit code."""
-    client = state().client()
+    client, shown = state().client(), log_line()
     for line in client.follow_logs(task_id, stream, since=since):
         if as_json:
             emit_ndjson({"taskId": task_id, "line": line})
         else:
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(shown(line) + "\n")
             sys.stdout.flush()
     task = client.tasks.get(task_id)
     code = exit_code_of(task)
@@ -129,8 +130,9 @@ def _follow(
         click.echo(f"task {task_id} {task.status.value}" + (f": {why}" if why else ""), err=True)
         if stream == "stdout" and task.stderr_size:  # its last words are on stderr
             tail = client.tasks.logs(task_id, tail=_STDERR_TAIL, stream="stderr")
+            shown = log_line(err=True)
             for line in tail.lines:
-                click.echo(f"  stderr: {line}", err=True)
+                sys.stderr.write(f"  stderr: {shown(line)}\n")
     raise click.exceptions.Exit(code)
 
 
@@ -449,8 +451,8 @@ def logs(
     if wants_json(as_json):
         emit_json(snapshot)
         return
-    for line in snapshot.lines:
-        click.echo(line)
+    shown = log_line()
+    sys.stdout.writelines(shown(line) + "\n" for line in snapshot.lines)
 
 
 @tasks.command("ssh")
