@@ -532,3 +532,35 @@ def test_live_view_on_a_terminal(tmp_path: Path) -> None:
     assert "┏" in screen and "STEP" in screen and "greet" in screen
     assert "Succeeded" in screen
     assert "step greet started" not in screen  # no plain lines on a terminal
+
+
+def test_a_shell_cut_by_a_revoked_key_says_the_key_is_refused(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA: revoking the key a `tasks shell -c` used ends its session (as it should), and
+    # the command blamed "the task or its server stopped", with exit code 6 (retry).
+    base, admin, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": admin}
+    key = subprocess.run(
+        [*_cli(), "tokens", "create", "doomed"], capture_output=True, text=True, env=env, timeout=60
+    ).stdout.strip()
+    user = {**env, "VI_FLOW_API_KEY": key}
+    started = subprocess.run(
+        [*_cli(), "tasks", "run", "sleep 60"], capture_output=True, text=True, env=user, timeout=60
+    )
+    assert started.returncode == 0, started.stderr
+    task_id = started.stdout.strip()
+    command = [*_cli(), "tasks", "shell", task_id, "-n", "-c", "echo in; sleep 60"]
+    shell = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=user)
+    try:
+        assert shell.stdout is not None and shell.stdout.readline() == b"in\n"
+        revoke = [*_cli(), "tokens", "revoke", "doomed"]
+        subprocess.run(revoke, capture_output=True, env=env, timeout=60, check=True)
+        _, err = shell.communicate(timeout=60)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+        subprocess.run([*_cli(), "tasks", "cancel", task_id], env=env, capture_output=True)
+    assert shell.returncode == 3, err
+    assert b"UNAUTHENTICATED" in err and b"stopped" not in err

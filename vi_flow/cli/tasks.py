@@ -534,11 +534,25 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
     if result.exit_signal:  # as a shell says it: 128 + the signal's number
         number = getattr(signal.Signals, f"SIG{result.exit_signal}", None)
         raise click.exceptions.Exit(128 + number if number is not None else EXIT_FAILURE)
-    raise CommandFailed(  # the session closed with no word of the command (--force, SIGTERM)
-        f"the session in task {task_id} ended without the command's exit status: the "
-        "task or its server stopped",
+    raise CommandFailed(
+        f"the session in task {task_id} ended without the command's exit status: "
+        + _why_the_session_ended(task_id),
         exit_code=EXIT_TRANSIENT,
     )
+
+
+def _why_the_session_ended(task_id: str) -> str:
+    """What the server says of a task whose session closed with no word of its command:
+    a key revoked meanwhile raises (exit code 3, as any command with it)."""
+    import vi_flow
+
+    try:
+        task = state().client().tasks.get(task_id)
+    except (vi_flow.AuthenticationError, vi_flow.PermissionDeniedError):
+        raise
+    except vi_flow.ViFlowError:  # the server is gone too (--force, SIGTERM)
+        return "the task or its server stopped"
+    return f"the task {task.status.value}" if task.status.terminal else "its server closed it"
 
 
 @tasks.command("upload")
