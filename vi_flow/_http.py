@@ -87,12 +87,16 @@ def path(template: str, *segments: str) -> str:
     """Fill ``{}`` placeholders with URL-quoted, non-empty path segments.
 
     Raises:
-        ValueError: A segment is not a non-empty string, or too long to be an id.
+        ValueError: A segment is not a non-empty string, is ``.`` or ``..`` (which a URL
+            reads as "here" and "the parent": ``/tasks/../volumes`` is ``/volumes``), or is
+            too long to be an id.
     """
     quoted = []
     for segment in segments:
         if not isinstance(segment, str) or not segment:
             raise ValueError(f"an id must be a non-empty string, got {segment!r}")
+        if segment in (".", ".."):  # a URL's dot segment: the request would go elsewhere
+            raise ValueError(f"no id is {segment!r}")
         if not _is_unicode(segment):
             raise ValueError(
                 f"no id holds a lone surrogate (text that is not valid Unicode): {segment[:40]!r}"

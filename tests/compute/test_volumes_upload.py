@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -132,6 +133,19 @@ async def test_volume_names_and_conflicts(client: vi_flow.AsyncClient) -> None:
         await task.cancel(force=True)
     await client.delete_volume(volume.volume_id)
     assert "datasets" not in [v.name for v in await client.list_volumes()]
+
+
+async def test_a_dot_id_is_refused_not_sent_to_another_route(client: vi_flow.AsyncClient) -> None:
+    # QA: ".." went into the URL as it was, and the URL read it as the parent:
+    # POST /v1/tasks/../volumes is POST /v1/volumes, so every call made a volume.
+    await client.create_volume(1, name="dots", interface="file")
+    before = await client.list_volumes()
+    for bad in ("..", "."):
+        with pytest.raises(ValueError, match=f"no id is '{re.escape(bad)}'"):
+            await client.mount_volume("dots", bad)
+        with pytest.raises(ValueError, match="no id is"):
+            await client.runs.get(bad)
+    assert await client.list_volumes() == before
 
 
 async def test_mount_volume_on_running_task_and_bad_mounts(client: vi_flow.AsyncClient) -> None:
