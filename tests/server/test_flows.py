@@ -82,6 +82,27 @@ async def test_invalid_spec_is_422_naming_the_field(
     assert (await server.call("GET", "/flows")).body["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("blocks", "said"),
+    [
+        ([{}, {"id": "step1"}], "duplicate block id 'step1': it is the step id of blocks[0]"),
+        ([{"id": "step2"}, {}], "this block's step id would be 'step2'"),
+    ],
+)
+async def test_no_block_takes_the_step_id_of_a_block_without_one(
+    server: Server, blocks: list[dict[str, str]], said: str
+) -> None:
+    # QA: a block without an id is step<N>; another named so was accepted, and the two
+    # steps shared their result, trace entry and block_overrides.
+    body = {"name": "x", "blocks": [{"block": "template", **block} for block in blocks]}
+    answer = await server.call("POST", "/flows", json=body)
+    assert answer.status == 422, answer.body
+    assert answer.body["error"]["message"].startswith(f"blocks[1].id: {said}")
+    assert (await server.call("GET", "/flows")).body["items"] == []
+    body["blocks"][1]["id"] = "other"
+    assert (await server.call("POST", "/flows", json=body)).status == 201
+
+
 async def test_bad_json_and_non_object_bodies(server: Server) -> None:
     garbage = await server.call(
         "POST", "/flows", data=b"{not json", headers={"Content-Type": "application/json"}

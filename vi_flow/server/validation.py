@@ -43,6 +43,7 @@ __all__ = [
     "check_settings",
     "limited",
     "resolve_parameters",
+    "step_id_of",
     "validate_flow_spec",
 ]
 
@@ -81,23 +82,45 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
         limited(check_name, f"{prefix}trainingProject", spec.training_project)
     _check_depth(f"{prefix}settings", spec.settings)
     _check_depth(f"{prefix}tolerations", spec.tolerations)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # step id -> the block that has it
     for i, block in enumerate(spec.blocks):
         if not block.block.strip():
             raise APIProblem.validation(f"{prefix}blocks[{i}].block", "required (the block type)")
         limited(check_name, f"{prefix}blocks[{i}].block", block.block)
         _check_depth(f"{prefix}blocks[{i}].settings", block.settings)
         _check_depth(f"{prefix}blocks[{i}].style", block.style)
-        if block.id is None:
-            continue
-        limited(check_name, f"{prefix}blocks[{i}].id", block.id, MAX_ID_LENGTH)
-        if block.id in seen:
-            raise APIProblem.validation(
-                f"{prefix}blocks[{i}].id", f"duplicate block id {block.id!r}"
-            )
-        seen.add(block.id)
+        if block.id is not None:
+            limited(check_name, f"{prefix}blocks[{i}].id", block.id, MAX_ID_LENGTH)
+        _check_step_id(spec, i, seen, prefix)
     _check_inputs(spec, prefix)
     return spec
+
+
+def step_id_of(spec: FlowSpec, index: int) -> str:
+    """The step id of block ``index``: its ``id``, else ``step<index + 1>``."""
+    return spec.blocks[index].id or f"step{index + 1}"
+
+
+def _check_step_id(spec: FlowSpec, i: int, seen: dict[str, int], prefix: str) -> None:
+    """Block ``i``'s step id (its ``id``, else ``step<i + 1>``) is no earlier block's:
+    two steps of one id would share their results, trace and overrides."""
+    step_id = step_id_of(spec, i)
+    earlier = seen.setdefault(step_id, i)
+    if earlier == i:
+        return
+    if spec.blocks[i].id is None:
+        problem = (
+            f"this block's step id would be {step_id!r} (a block without an id is step<N>),"
+            f" which is the id of blocks[{earlier}]: give this one an id"
+        )
+    elif spec.blocks[earlier].id is None:
+        problem = (
+            f"duplicate block id {step_id!r}: it is the step id of blocks[{earlier}], which"
+            " has no id"
+        )
+    else:
+        problem = f"duplicate block id {step_id!r}"
+    raise APIProblem.validation(f"{prefix}blocks[{i}].id", problem)
 
 
 def _check_inputs(spec: FlowSpec, prefix: str) -> None:

@@ -15,7 +15,13 @@ import attrs
 from ...models.execution import ExecuteRequest, ExecuteRequestError
 from ...models.flows import FlowSpec
 from ..errors import APIProblem
-from ..validation import BlockCatalog, check_block_values, check_settings, resolve_parameters
+from ..validation import (
+    BlockCatalog,
+    check_block_values,
+    check_settings,
+    resolve_parameters,
+    step_id_of,
+)
 
 __all__ = [
     "ExecuteRequest",
@@ -35,11 +41,6 @@ def parse_request(body: Any) -> ExecuteRequest:
         return ExecuteRequest.from_wire(body)
     except ExecuteRequestError as exc:
         raise APIProblem.validation(exc.wire_field, exc.problem) from None
-
-
-def step_id_of(spec: FlowSpec, index: int) -> str:
-    """The step id of block ``index``: its ``id``, else ``step<index + 1>``."""
-    return spec.blocks[index].id or f"step{index + 1}"
 
 
 def check_against_flow(
