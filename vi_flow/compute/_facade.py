@@ -274,7 +274,8 @@ class AsyncCompute:
             task_id: The task.
             follow: Stream lines until the task ended and every line was read (over SSH
                 or HTTP, as the ``log_transport`` setting says).
-            tail: Trailing lines to return when not following (empty while pending).
+            tail: Trailing lines to return when not following (empty while pending);
+                with ``"both"``, of each stream: stdout's, then stderr's.
             stderr: Read standard error instead of standard output.
             source: Accepted for the seed's signature; logs come from the task itself.
             stream: ``"stdout"``, ``"stderr"`` or ``"both"``; overrides ``stderr``.
