@@ -82,6 +82,15 @@ async def test_the_async_facade() -> None:
         assert await client.volumes() == []
 
 
+def test_the_facade_lists_every_volume() -> None:
+    # QA: Client.volumes() ("List available volumes") gave the first 100, silently
+    with Client() as client:
+        port = client.provider_port()
+        made = {port.create_volume(1, name=f"v{i:03d}").volume_id for i in range(101)}
+        assert {v.volume_id for v in client.volumes()} == made
+        assert len(port.list_volumes()) == 100  # the seed's limit=100 default
+
+
 def test_typed_dicts_and_converters() -> None:
     assert typing.get_type_hints(InstanceRequirements).keys() == {
         "gpu_type",

@@ -10,6 +10,7 @@ facade is its own class over the same compute methods; the blocking one is
 from __future__ import annotations
 
 import builtins
+import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._dicts import TaskDict, task_dict
@@ -90,8 +91,9 @@ class AsyncClientFacade:
         return await self._compute.reserve(gpu, duration_hours, auto_renew)
 
     async def volumes(self) -> builtins.list[Volume]:
-        """The organization's volumes, newest first."""
-        return await self._compute.list_volumes()
+        """The organization's volumes, newest first: every one of them (seed 002's
+        ``list_volumes`` returns the first 100 by default)."""
+        return await self._compute.list_volumes(limit=sys.maxsize)
 
     def provider_port(self) -> AsyncCompute:
         """Every seed 002 method (``Flow``'s), for power users: the client's ``compute``."""

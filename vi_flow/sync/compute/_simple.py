@@ -10,6 +10,7 @@ its ``status(task_id)`` returns a list of tasks (the seed's ``list[Task]``) and
 from __future__ import annotations
 
 import builtins
+import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ...compute._dicts import TaskDict, task_dict
@@ -90,8 +91,9 @@ class ClientFacade:
         return self._compute.reserve(gpu, duration_hours, auto_renew)
 
     def volumes(self) -> builtins.list[Volume]:
-        """The organization's volumes, newest first."""
-        return self._compute.list_volumes()
+        """The organization's volumes, newest first: every one of them (seed 002's
+        ``list_volumes`` returns the first 100 by default)."""
+        return self._compute.list_volumes(limit=sys.maxsize)
 
     def provider_port(self) -> Compute:
         """Every seed 002 method (``Flow``'s), for power users: the client's ``compute``."""
