@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 
 import pytest
@@ -108,3 +109,23 @@ def test_typed_dicts_and_converters() -> None:
         assert gpu["name"] == instance.instance_type
         with pytest.raises(ValueError, match="max_prize"):
             flow.find_instances({"max_prize": 1.0})  # type: ignore[typeddict-unknown-key]
+
+
+def test_wrong_shaped_arguments_are_typed_errors_naming_them() -> None:
+    # QA: these leaked internals ("'NoneType' object has no attribute 'get'", filters
+    # named 'a', 'c', 'e'..., "'int' object is not iterable") or took nonsense
+    with vi_flow.Client() as client:
+        refused: list[tuple[type[Exception], str, typing.Callable[[], object]]] = [
+            (TypeError, "params must be a dict", lambda: client.list_reservations("active")),
+            (TypeError, "requirements must be a dict", lambda: client.find_instances("a100")),
+            (TypeError, "mounts must be a dict", lambda: client.submit("true", mounts=5)),
+            (TypeError, "params must be a dict", lambda: client.reservation_availability(7)),
+            (ValueError, "'2xa100'", lambda: client.normalize_instance_request(2, "2xa100")),
+            (TypeError, "follow must be True or False, got 'no'", lambda: client.logs("t", "no")),
+            (vi_flow.UnprocessableEntityError, "gpuCount",
+             lambda: client.find_instances({"gpu_count": -1})),
+        ]  # fmt: skip
+        for kind, said, call in refused:
+            with pytest.raises(kind, match=re.escape(said)):
+                call()
+        assert client.list_tasks() == []  # the submit made nothing

@@ -9,6 +9,7 @@ become volume specs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from ._dicts import InstanceRequirements
 __all__ = [
     "INSTANCE_REQUIREMENT_KEYS",
     "build_config",
+    "mapping_of",
     "mounts_to_volumes",
     "normalize_instance_request",
     "to_millis",
@@ -65,6 +67,19 @@ async def _base_config(task: TaskConfig | str | Path | list[str]) -> TaskConfig:
     raise TypeError(f"task must be a TaskConfig, a YAML path, a command or argv, got {task!r}")
 
 
+def mapping_of(value: object, name: str, shape: str) -> dict[str, Any]:
+    """``value`` (a mapping, or ``None`` for none) as a dict.
+
+    Raises:
+        TypeError: ``value`` is neither, naming ``name`` and the ``shape`` it should have.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict such as {shape}, got {shown(value)}")
+    return dict(value)
+
+
 def mounts_to_volumes(mounts: str | Mapping[str, str] | None) -> list[VolumeSpec]:
     """Read the seed's ``mounts``: ``{"/data": "volume://datasets"}`` or one source string.
 
@@ -75,10 +90,17 @@ def mounts_to_volumes(mounts: str | Mapping[str, str] | None) -> list[VolumeSpec
     """
     if mounts is None:
         return []
-    pairs = {"/data": mounts} if isinstance(mounts, str) else dict(mounts)
+    if isinstance(mounts, str):
+        pairs = {"/data": mounts}
+    else:
+        pairs = mapping_of(mounts, "mounts", "{'/data': 'volume://NAME'} (or one such string)")
     specs = []
     for target, source in pairs.items():
-        if not source.startswith(_VOLUME_SCHEME) or len(source) == len(_VOLUME_SCHEME):
+        if (
+            not isinstance(source, str)
+            or not source.startswith(_VOLUME_SCHEME)
+            or len(source) == len(_VOLUME_SCHEME)
+        ):
             raise ValueError(
                 f"mount source {source!r} for {target!r} is not supported: "
                 "use 'volume://NAME' (create it with create_volume(), or `vi-flow volumes create`)"
@@ -133,7 +155,9 @@ def normalize_instance_request(
         raise TypeError(f"gpu_count must be a whole number, got {shown(gpu_count)}")
     if gpu_count < 1:
         raise ValueError(f"gpu_count must be at least 1, got {gpu_count}")
-    if gpu_type is not None and (not isinstance(gpu_type, str) or ":" in gpu_type):
+    if gpu_type is not None and (
+        not isinstance(gpu_type, str) or ":" in gpu_type or re.match(r"\s*\d+\s*x", gpu_type)
+    ):
         raise ValueError(
             f"gpu_type must be a GPU model such as 'a100' (the count is gpu_count),"
             f" got {shown(gpu_type)}"

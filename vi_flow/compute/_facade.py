@@ -66,6 +66,18 @@ class ModelArtifacts:
     files: list[Path]
 
 
+def log_choice(follow: bool, stderr: bool, stream: str | None) -> LogStream:
+    """The stream ``logs()`` reads (``stream`` wins over ``stderr``), its arguments checked.
+
+    Raises:
+        TypeError: ``follow`` is not a bool (``"no"`` would follow).
+        ValueError: An unknown ``stream``.
+    """
+    if not isinstance(follow, bool):
+        raise TypeError(f"follow must be True or False, got {follow!r}")
+    return _stream_of(stderr, stream)
+
+
 def _stream_of(stderr: bool, stream: str | None) -> LogStream:
     if stream is None:
         return "stderr" if stderr else "stdout"
@@ -280,7 +292,7 @@ class AsyncCompute:
             source: Accepted for the seed's signature; logs come from the task itself.
             stream: ``"stdout"``, ``"stderr"`` or ``"both"``; overrides ``stderr``.
         """
-        chosen = _stream_of(stderr, stream)
+        chosen = log_choice(follow, stderr, stream)
         if follow:
             return self.follow_logs(task_id, stream=chosen)
         return (await self.tasks.logs(task_id, tail=tail, stream=chosen)).text
@@ -455,7 +467,7 @@ class AsyncCompute:
         Returns:
             ``AvailableInstance`` objects (``catalog_entry(i)`` gives the seed's dict).
         """
-        wanted = dict(requirements or {})
+        wanted = _configs.mapping_of(requirements, "requirements", "{'gpu_type': 'a100'}")
         unknown = sorted(set(wanted) - _configs.INSTANCE_REQUIREMENT_KEYS)
         if unknown:
             raise ValueError(f"unknown instance requirement(s): {', '.join(unknown)}")
@@ -496,10 +508,11 @@ class AsyncCompute:
             UnprocessableEntityError: A status the server does not know (it names those
                 it does).
         """
-        unknown = sorted(set(params or {}) - {"status"}, key=str)
+        filters = _configs.mapping_of(params, "params", "{'status': 'active'}")
+        unknown = sorted(set(filters) - {"status"}, key=str)
         if unknown:
             raise TypeError(f"unknown reservation filter(s) {unknown}; the one known is 'status'")
-        return await self.reservations.list(status=(params or {}).get("status"))
+        return await self.reservations.list(status=filters.get("status"))
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         """Get a reservation; ``None`` when there is none with that id."""
@@ -520,6 +533,7 @@ class AsyncCompute:
             the epoch), ``gpu_count``, ``cpus``, ``region``. The typed alternative is
             ``client.reservations.availability()`` (``AvailabilitySlot`` objects).
         """
+        params = _configs.mapping_of(params, "params", "{'instance_type': 'a100'}")
         start: int | float | datetime | None = params.get("earliest_start_time")
         end: int | float | datetime | None = params.get("latest_end_time")
         slots = await self.reservations.availability(

@@ -436,9 +436,9 @@ async def delete_volume(request: web.Request) -> web.StreamResponse:
 
 def _matches(item: AvailableInstance, request: web.Request) -> bool:
     gpu_type = request.query.get("gpuType", "").strip().lower()
-    max_price = _float_query(request, "maxPrice")
-    min_memory = _float_query(request, "minGpuMemoryGb")
-    gpu_count = _float_query(request, "gpuCount")
+    max_price = _float_query(request, "maxPrice", 0)  # below 0 would match nothing,
+    min_memory = _float_query(request, "minGpuMemoryGb", 0)  # or everything: a mistake
+    gpu_count = _float_query(request, "gpuCount", 0)
     if gpu_type and item.gpu_type != gpu_type:
         return False
     if max_price is not None and item.price_per_hour > max_price:

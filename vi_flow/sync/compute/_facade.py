@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ...compute._upload import UploadResult
     from ...compute.ssh import ShellResult
     from ...resources.tasks import LogStream
+from ...compute._facade import log_choice
 from ._task import Task
 
 __all__ = ["Compute"]
@@ -150,9 +151,9 @@ class Compute:
         stream: str | None = None,
     ) -> str | Iterator[str]:
         """Recent log lines now, or (``follow=True``) an iterator of lines as written."""
+        chosen = log_choice(follow, stderr, stream)
         if follow:
-            chosen = stream or ("stderr" if stderr else "stdout")
-            return self._portal.iterate(lambda: self._async.follow_logs(task_id, chosen))  # type: ignore[arg-type]
+            return self._portal.iterate(lambda: self._async.follow_logs(task_id, chosen))
         return self._portal.call(self._async.logs, task_id, False, tail, stderr, source, stream)
 
     def follow_logs(
