@@ -132,3 +132,17 @@ def test_vi_flow_log_debug_logs_requests_without_the_token() -> None:
     assert len(token) > 16
     assert "GET http://127.0.0.1:" in done.stderr and "/v1/flows" in done.stderr
     assert token not in done.stderr
+
+
+def test_the_seed_methods_on_the_client_classes_have_their_signatures() -> None:
+    # QA: inspect.signature(vi_flow.Client.cancel) raised "forward(...) is not a callable
+    # object", and help() showed "forward in module vi_flow._forward": what IDEs, pydoc
+    # and documentation tools read on the class
+    import inspect
+    import pydoc
+
+    for cls in (vi_flow.Client, vi_flow.AsyncClient):
+        for name in ("cancel", "logs", "run", "create_volume", "ssh"):
+            params = list(inspect.signature(getattr(cls, name)).parameters)
+            assert params[0] == "self" and len(params) > 1, (cls, name, params)
+        assert "task_id: 'str', force: 'bool' = False" in pydoc.render_doc(cls.cancel)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, TypeVar, overload
 
-from typing_extensions import ParamSpec, Self
+from typing_extensions import ParamSpec
 
 __all__ = ["forward"]
 
@@ -32,17 +32,19 @@ class forward(Generic[P, R]):
         self._part = part
         self._name = method.__name__
         self.__doc__ = method.__doc__
-        self.__wrapped__ = method
+        self.__wrapped__: Callable[Concatenate[Any, P], R] = method
 
     @overload
-    def __get__(self, holder: None, owner: type[Any]) -> Self: ...
+    def __get__(self, holder: None, owner: type[Any]) -> Callable[Concatenate[Any, P], R]: ...
 
     @overload
     def __get__(self, holder: object, owner: type[Any]) -> Callable[P, R]: ...
 
-    def __get__(self, holder: object, owner: type[Any]) -> Self | Callable[P, R]:
-        if holder is None:
-            return self
+    def __get__(
+        self, holder: object, owner: type[Any]
+    ) -> Callable[Concatenate[Any, P], R] | Callable[P, R]:
+        if holder is None:  # on the class: the part's function, as a method would be, so
+            return self.__wrapped__  # inspect.signature, help() and pydoc read it
         method: Callable[P, R] = getattr(getattr(holder, self._part), self._name)
         return method
 
