@@ -254,7 +254,9 @@ class Connection:
             held = self._sessions.get(loop)
             if held is not None and held[1] == os.getpid() and not held[0].closed:
                 return held[0]
-            self._let_go(lambda other: other is loop or other.is_closed())
+            for other, dead in self._let_go(lambda other: other is loop or other.is_closed()):
+                if other.is_closed():
+                    _discard(dead)
             session = aiohttp.ClientSession(
                 # No pool limit: a stream holds its connection for the run's life, and
                 # with 100 open (aiohttp's default bound) every other call of the client
@@ -309,6 +311,8 @@ class Connection:
             elif loop.is_running():  # another thread's loop: it closes its own
                 with contextlib.suppress(RuntimeError):
                     elsewhere.append(asyncio.run_coroutine_threadsafe(session.close(), loop))
+            elif loop.is_closed():
+                _discard(session)
         if elsewhere:
             await asyncio.wait([asyncio.wrap_future(done) for done in elsewhere], timeout=5)
         attached, self._attached = self._attached, None
@@ -316,6 +320,16 @@ class Connection:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(attached.release)
+
+
+def _discard(session: aiohttp.ClientSession) -> None:
+    """Let go of a session whose loop has closed (an ``asyncio.run()`` before): nothing
+    can await its close there, so it and its connector are marked closed, and neither
+    warns "Unclosed client session" when it is collected (its sockets close with it)."""
+    connector = session.connector
+    session.detach()
+    if connector is not None:
+        connector._close()  # close() would schedule its work on the closed loop
 
 
 def _tls(ca_file: Path | None) -> ssl.SSLContext | bool:

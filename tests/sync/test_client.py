@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -129,6 +131,29 @@ def test_a_close_under_streaming_threads_gives_each_a_client_state_error(
     assert [type(error) for error in errors] == [ClientStateError] * 4, errors
     err = capfd.readouterr().err
     assert "asynchronous generator" not in err and "Traceback" not in err, err
+
+
+_LOOPS_ONE_AFTER_ANOTHER = """
+import asyncio, gc, vi_flow
+client = vi_flow.AsyncClient()
+async def count():
+    return len((await client.flows.list()).items)
+print([asyncio.run(count()) for _ in range(3)])
+asyncio.run(client.aclose())
+gc.collect()
+"""
+
+
+def test_an_async_client_used_by_loops_one_after_another_leaves_no_unclosed_session() -> None:
+    # QA: each asyncio.run() (a notebook's cells, a script's steps) left its loop's
+    # session behind, and aclose() did not close them: "Unclosed client session" and
+    # "Unclosed connector" on stderr when they were collected. As a user runs it: in a
+    # process of its own (its server in-process, as this test's environment says), with
+    # Python's default warnings.
+    code = _LOOPS_ONE_AFTER_ANOTHER
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "[0, 0, 0]\n"), ran.stderr
+    assert "Unclosed" not in ran.stderr, ran.stderr
 
 
 def test_one_async_client_serves_two_event_loops_at_once() -> None:
