@@ -626,3 +626,16 @@ async def test_a_volume_deleted_while_tasks_that_mount_it_are_made(server: TaskS
             assert deleted.status == 409 and created, deleted.body
         for task_id in created:
             await server.call("POST", f"/tasks/{task_id}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_an_output_whose_name_holds_a_newline_downloads(server: TaskServer) -> None:
+    # QA: the listing named "report\n2024.txt", and its download was "no route" (404):
+    # the route's pattern (.+) stopped at the newline.
+    names = 'printf ok > "$VI_FLOW_OUTPUT_DIR/report\n2024.txt"'
+    task = await server.submit(command=names)
+    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
+    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
+    assert listed.body["items"] == [{"path": "report\n2024.txt", "size": 2}]
+    fetched = await server.call("GET", f"/tasks/{task['taskId']}/outputs/report%0A2024.txt")
+    assert (fetched.status, fetched.raw) == (200, b"ok")
