@@ -197,3 +197,28 @@ async def test_a_body_that_stops_coming_is_refused_and_its_connection_closed(
     async with aiohttp.ClientSession(headers=served.headers()) as session:
         async with session.get(f"{served.root}/flows") as listed:
             assert (await listed.json())["items"] == []  # nothing was made
+
+
+@pytest.mark.parametrize("path", ["/console/signin", "/v1/health"])
+async def test_a_body_from_no_key_that_keeps_dripping_is_cut_at_the_deadline(
+    served: Served, path: str
+) -> None:
+    # QA: a request no key vouches for (the console's sign-in, health) had its body read
+    # before any check, as slowly as it came: 200 connections dripping a byte every
+    # 10 s stayed open for good, on the way to the open-file limit.
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    async with _connection(served.port) as (reader, writer):
+        writer.write(head.encode())
+        begun = loop.time()
+        answer = asyncio.ensure_future(_answer(reader))
+        try:
+            while not answer.done() and loop.time() - begun < 2 * DEADLINE + SLACK:
+                with contextlib.suppress(ConnectionError):
+                    writer.write(b"x")  # a byte every 0.3 s: never a stall
+                await asyncio.wait({answer}, timeout=DRIP_EVERY)
+            status, said = await asyncio.wait_for(answer, 1)
+        finally:
+            answer.cancel()
+        assert status.startswith(b"HTTP/1.1 408"), (status, said)
+        assert b"did not all come within 1 s" in said

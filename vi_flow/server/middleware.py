@@ -540,7 +540,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Resolve the bearer token; enforce the ``Organization-Id`` header's isolation. Then
     read the request's body, whose bytes must keep coming (:func:`_read_body_in_time`)."""
     if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
-        await _read_body_in_time(request)
+        await _read_body_in_time(request, whole=True)  # from anyone: all of it in time
         return await handler(request)
     principal = await _principal(request)
     wanted = request.headers.get("Organization-Id")
@@ -551,12 +551,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def _read_body_in_time(request: web.Request) -> None:
+async def _read_body_in_time(request: web.Request, *, whole: bool = False) -> None:
     """Read the request's body now (every handler reads it whole, from this copy), and
     refuse it when its bytes stop coming for the head deadline (408, the connection
     closed): a client that sent a head and a byte of body, then nothing, held its
     connection for good, and a few hundred such ones spent the open-file limit (every
-    other user then got 503). A slow body that keeps coming is read to its end."""
+    other user then got 503). A slow body that keeps coming is read to its end, from a
+    caller whose key was checked; with ``whole`` (a request no key vouches for: the
+    console's sign-in, health) all of it must come within the deadline, or one byte
+    every few seconds held the connection as well."""
     if not request.body_exists:
         return
     content, length = request.content, request.content_length
@@ -571,12 +574,10 @@ async def _read_body_in_time(request: web.Request) -> None:
             if done:
                 reading.result()  # a body that does not decode raises here
                 return
-            if content.total_bytes == before:
+            if content.total_bytes == before or whole:
+                why = "did not all come within" if whole else "stopped coming: no byte of it for"
                 raise APIProblem(
-                    408,
-                    "REQUEST_TIMEOUT",
-                    f"the request body stopped coming: no byte of it for {stall:g} s",
-                    transient=True,
+                    408, "REQUEST_TIMEOUT", f"the request body {why} {stall:g} s", transient=True
                 )
     finally:
         reading.cancel()
