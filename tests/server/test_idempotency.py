@@ -8,6 +8,7 @@ import json
 import anyio
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from vi_flow.server.helpers import IDEMPOTENCY_LOCKS
 from vi_flow.server.state import STORE_KEY
@@ -66,6 +67,18 @@ async def test_a_retry_with_its_keys_in_another_order_is_a_replay(server: Server
     changed = dict(body, description="another")
     other = await server.call("POST", "/flows", data=orjson.dumps(changed), headers=headers)
     assert other.status == 422 and other.body["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_a_key_given_twice_is_refused_and_makes_nothing(server: Server) -> None:
+    # QA: the first of two Idempotency-Key headers won, silently; a proxy that read the
+    # other would retry under a key this server never stored
+    headers = CIMultiDict(server.headers(None, None))
+    headers.extend([("Idempotency-Key", "one"), ("Idempotency-Key", "two")])
+    url = f"{server.root}/v1/flows"
+    async with server.session.post(url, json=spec("twice"), headers=headers) as answer:
+        body = await answer.json()
+    assert answer.status == 422 and "Idempotency-Key: given more than once" in str(body)
+    assert (await server.call("GET", "/flows")).body["items"] == []
 
 
 async def test_without_a_key_every_post_creates(server: Server) -> None:

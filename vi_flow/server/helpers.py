@@ -499,7 +499,10 @@ def _replay(key: str, stored: tuple[str, int, bytes], body_hash: str) -> web.Res
 def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        key = request.headers.get("Idempotency-Key")
+        keys = request.headers.getall("Idempotency-Key", [])
+        if len(keys) > 1:  # a proxy may have read the other: which one is this request's?
+            raise APIProblem.validation("Idempotency-Key", "given more than once")
+        key = keys[0] if keys else None
         if not key:
             return await handler(request)
         if len(key) > 255:
