@@ -99,6 +99,38 @@ def test_a_runs_events_arrive_live(visit: Any, console_server: ConsoleServer) ->
     one.page.wait_for_selector("text=No runs match.")
 
 
+def test_a_page_left_while_it_loads_is_never_drawn(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA: run X answered slowly, the user went on to run Y, and X's page was drawn under
+    # Y's address too: two "Cancel run" buttons, the lower one cancelling X, and X's
+    # event stream open.
+    flow = console_server.flow("slow", {"block": "emit", "settings": {"count": 60, "interval": 1}})
+    x, y = (console_server.call("POST", f"/flows/{flow}/jobs", {})["executionId"] for _ in "xy")
+    one = _signed_in(visit, console_server)
+    held: list[Any] = []
+    one.page.route(f"**/console/api/runs/{x}/last-event", lambda route: held.append(route))
+    streams: list[str] = []
+    one.page.on("request", lambda r: streams.append(r.url) if "/events?" in r.url else None)
+    go = "p => { history.pushState(null, '', p); dispatchEvent(new PopStateEvent('popstate')); }"
+    one.page.evaluate(go, f"/runs/{x}")
+    _until(lambda: held or one.page.wait_for_timeout(50))
+    one.page.evaluate(go, f"/runs/{y}")
+    one.page.wait_for_selector("#run-condition")
+    held[0].continue_()
+    one.page.wait_for_timeout(1500)  # X's answer is in: nothing of it may be drawn
+    heads = one.page.eval_on_selector_all("main h1", "els => els.map(e => e.textContent)")
+    assert heads == [f"Run {y}"]
+    assert one.page.locator("main button:has-text('Cancel run')").count() == 1
+    assert [url for url in streams if x in url] == []
+    one.page.locator("main button:has-text('Cancel run')").click()
+    one.page.wait_for_selector("#run-condition [data-state=Cancelled]")
+    assert console_server.call("GET", f"/runs/{x}")["status"]["conditions"][-1]["condition"] == (
+        "Running"
+    )
+    console_server.call("POST", f"/runs/{x}/cancel", {})
+
+
 def test_a_dropped_event_stream_resumes_with_last_event_id(
     visit: Any, console_server: ConsoleServer
 ) -> None:
@@ -297,6 +329,23 @@ def test_a_finished_tasks_artifacts_download(visit: Any, console_server: Console
         one.page.click("a:text('model.txt')")
     assert download.value.suggested_filename == "model.txt"
     assert Path(download.value.path()).read_text() == "trained\n"
+
+
+def test_a_log_line_shows_as_a_terminal_leaves_it(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA: colours showed as "[31mERROR[0m" (the escape itself invisible) and a progress
+    # bar as "p 1/3p 2/3p 3/3"; a terminal shows "ERROR" in red and the bar's last state
+    command = (
+        r"printf '\033[31mERROR\033[0m disk full\n'; printf 'p 1/3\rp 2/3\rp 3/3\r\n';"
+        r" printf 'bell\007 and\ttab\n'; echo done"
+    )
+    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('done')", timeout=30_000)
+    shown = one.page.eval_on_selector_all(".log-line", "rows => rows.map(r => r.textContent)")
+    assert shown == ["ERROR disk full", "p 3/3", "bell⟨U+07⟩ and\ttab", "done"]
 
 
 def test_another_organization_sees_none_of_it(visit: Any, console_server: ConsoleServer) -> None:

@@ -1,8 +1,8 @@
 // The console's entry: session, navigation between pages, and the simple lists.
 'use strict';
 import {
-  adoptKey, api, badge, drawPager, dropKey, errorText, h, leavePage, navigate, notice, pageToken, query, state,
-  table, when,
+  PageLeft, adoptKey, api, apiAnyPage, badge, drawPager, dropKey, errorText, h, leavePage, navigate, notice,
+  pageToken, query, state, table, when,
 } from './lib.js';
 import { runPage, runsPage } from './runs.js';
 import { flowPage, flowsPage } from './flows.js';
@@ -52,6 +52,7 @@ async function render() {
       state.stale = false;
       await page(root, ...match.slice(1).filter((x) => x && x !== 'runs'));
     } catch (err) {
+      if (err instanceof PageLeft) return; // the page the user went to draws itself
       state.stale = err.code === 'UNREACHABLE'; // drawn again when the server is back
       const text = err.status === 404 ? 'Not found: nothing here belongs to your organization.' : errorText(err);
       root.replaceChildren(h('h1', {}, err.status === 404 ? 'Not found' : 'Something went wrong'), notice(text, 'error'));
@@ -75,7 +76,7 @@ function signedOut(text) {
 }
 
 async function signOut() {
-  try { await api('POST', '/console/api/signout'); } catch (err) { console.error(err); }
+  try { await apiAnyPage('POST', '/console/api/signout'); } catch (err) { console.error(err); }
   dropKey();
   signedOut('You signed out.');
 }
@@ -114,7 +115,7 @@ async function start() {
   document.getElementById('signout').addEventListener('click', signOut);
   const signIn = async () => {
     try {
-      state.session = await api('GET', '/console/api/session');
+      state.session = await apiAnyPage('GET', '/console/api/session');
       document.getElementById('who').textContent = state.session.organizationId;
       document.getElementById('signout').hidden = false;
     } catch (err) {
@@ -129,7 +130,7 @@ async function start() {
   document.addEventListener('server-reachable', async ({ detail: ok }) => {
     document.getElementById('unreachable').hidden = ok;
     clearInterval(probe);
-    probe = ok ? null : setInterval(() => api('GET', '/v1/health').catch(() => {}), PROBE_MS);
+    probe = ok ? null : setInterval(() => apiAnyPage('GET', '/v1/health').catch(() => {}), PROBE_MS);
     if (ok && state.stale) {
       if (!state.session) await signIn();
       render();
@@ -142,7 +143,7 @@ async function start() {
   const recheck = async () => {
     if (!state.session) return;
     let now;
-    try { now = await api('GET', '/console/api/session'); } catch { return; } // 401: signed out
+    try { now = await apiAnyPage('GET', '/console/api/session'); } catch { return; } // 401: signed out
     if (now.organizationId !== state.session.organizationId || now.csrfToken !== state.session.csrfToken) {
       location.reload();
     }

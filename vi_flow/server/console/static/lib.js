@@ -1,7 +1,12 @@
 // Shared pieces of the console: elements, the API call, formatting, a windowed list.
 'use strict';
 
-export const state = { session: null, leaving: [], reachable: true, stale: false };
+export const state = { session: null, leaving: [], reachable: true, stale: false, page: 0 };
+
+/** Thrown into a page that was left while it waited for the API: the answer is not
+ * drawn (it would land in the page the user went to, its buttons acting on the old
+ * object) and nothing more of that page runs. */
+export class PageLeft extends Error {}
 
 // The session's key: the sign-in answer hands it to the page (in a meta element), and
 // every request sends it. It lives in this origin's storage, which no other port of the
@@ -87,6 +92,7 @@ export function navigate(url, replace = false) {
 export function onLeave(fn) { state.leaving.push(fn); }
 
 export function leavePage() {
+  state.page += 1;
   for (const fn of state.leaving.splice(0)) {
     try { fn(); } catch (err) { console.error(err); }
   }
@@ -140,7 +146,19 @@ function reached(ok) {
 
 /** Call the server's API with the session cookie and key; an ApiError when it answers
  * an error, or with code UNREACHABLE when it cannot be reached. */
+/** Call the API for the page being shown: a PageLeft once the user left it meanwhile. */
 export async function api(method, path, body) {
+  const page = state.page;
+  let answer, failure = null;
+  try { answer = await apiAnyPage(method, path, body); } catch (err) { failure = err; }
+  if (state.page !== page) throw new PageLeft(`the page was left while ${method} ${path} was answered`);
+  if (failure) throw failure;
+  return answer;
+}
+
+/** Call the API for the console itself (its session, the server's health), whatever
+ * page is shown. */
+export async function apiAnyPage(method, path, body) {
   const headers = { Accept: 'application/json', [KEY_HEADER]: currentKey() };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
   if (body !== undefined) {

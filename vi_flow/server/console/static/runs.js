@@ -1,7 +1,7 @@
 // Runs: the list (newest first, filters, live status) and one run (timeline, events, tool calls).
 'use strict';
 import {
-  actionButton, api, badge, drawPager, duration, every, h, hasNonFinite, link, navigate, notice,
+  PageLeft, actionButton, api, badge, drawPager, duration, every, h, hasNonFinite, link, navigate, notice,
   onLeave, parseJSON, pretty, query, refreshRows, when,
 } from './lib.js';
 import { RunEvents } from './events.js';
@@ -181,7 +181,7 @@ function runTrace(runId) {
         const trace = await api('GET', `/v1/runs/${runId}/trace`);
         steps.lastChild.replaceChildren(timeline(trace));
         tokens.textContent = `Token usage: ${usageText(trace.usage)} · ran ${duration(trace.durationMs)}`;
-      } catch (err) { console.error(err); }
+      } catch (err) { if (!(err instanceof PageLeft)) console.error(err); }
     }, 150);
   };
   onLeave(() => clearTimeout(timer));

@@ -77,6 +77,20 @@ async function artifacts(taskId) {
     h('td', {}, `${f.size.toLocaleString()} bytes`))));
 }
 
+const SGR = /\x1b\[[0-9;:]*m/g; // a colour or style
+const CONTROL = /[\x00-\x08\x0b-\x1f\x7f]/g; // tab stays a tab
+
+/**
+ * A log line as a terminal leaves it: its colour codes left out, and of a line a progress
+ * bar redrew with "\r" its last state; any other control character shown by its code.
+ */
+export function asTerminalShows(text) {
+  const parts = text.replace(SGR, '').split('\r');
+  let last = parts.pop();
+  while (!last && parts.length) last = parts.pop();
+  return last.replace(CONTROL, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}⟩`);
+}
+
 function logView() {
   const counter = h('span', { class: 'muted' });
   const list = new VirtualList({
@@ -84,7 +98,8 @@ function logView() {
     rowHeight: 20,
     render: (row, line) => {
       row.className = 'vl-row log-line' + (line.stream === 'stderr' ? ' stderr' : '') + (row.classList.contains('selected') ? ' selected' : '');
-      row.textContent = shown(line.more ? `${line.text} … (${line.more.toLocaleString()} more characters)` : line.text);
+      const text = asTerminalShows(line.text);
+      row.textContent = shown(line.more ? `${text} … (${line.more.toLocaleString()} more characters)` : text);
     },
   });
   return { counter, list };
