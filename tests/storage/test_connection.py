@@ -54,6 +54,35 @@ def test_urls_are_shown_without_their_password() -> None:
     assert db.redact("postgresql://vf@db/vf") == "postgresql://vf@db/vf"
 
 
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://vf:s3cret%PW@127.0.0.1:1/vf", "s3cret%PW"),
+        ("postgresql://vf@127.0.0.1:1/vf?password=s3cr%ZZetPW", "s3cr%ZZetPW"),
+        ("postgresql://vf:abc@defPW@127.0.0.1:1/vf", "abc@defPW"),
+    ],
+)
+def test_a_password_libpq_cannot_read_never_shows(url: str, secret: str) -> None:
+    # QA: a bare "%" or "@" in the password, and libpq quoted it back ('invalid
+    # percent-encoded token: "s3cret%PW"', "failed to resolve host 'defPW@127.0.0.1'"),
+    # in the error vi-flow serve prints; the URL itself showed "vf:***@defPW@..."
+    assert "PW" not in db.redact(url)
+    pytest.importorskip("psycopg")  # tests_postgres installs it
+    from vi_flow.server.db.postgres import PostgresDatabase
+
+    with pytest.raises(db.PostgresError) as caught:
+        PostgresDatabase(url).connect()
+    assert "PW" not in str(caught.value) and secret not in repr(caught.value), caught.value
+    assert caught.value.__cause__ is None  # psycopg's error holds the password whole
+    assert caught.value.__suppress_context__
+
+
+def test_scrubbed_takes_every_form_of_the_password_out_of_a_message() -> None:
+    url = "postgresql://vf:p%40ss@word99@db/vf?password=opt%41on"
+    message = "bad p%40ss@word99, p@ss@word99, word99@db, optAon, opt%41on; vf at db"
+    assert db.scrubbed(message, url) == "bad ***, ***, ***@db, ***, ***; vf at db"
+
+
 async def test_returning_gives_the_new_key(store: Store) -> None:
     first = await store.run(lambda c: _add(c, "a"))
     second = await store.run(lambda c: _add(c, "b"))

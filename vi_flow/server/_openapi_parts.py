@@ -94,6 +94,8 @@ ANY_NUMBER: dict[str, Any] = {
 """Any number the server takes: every number of a body is within (-2**63, 2**63)."""
 ANY_INTEGER: dict[str, Any] = {"type": "integer", "minimum": -_TWO_63, "maximum": MAX_INT}
 """Any integer the server takes: 64-bit."""
+NOT_NEGATIVE: dict[str, Any] = {"type": "number", "minimum": 0, "exclusiveMaximum": _TWO_63}
+"""A number that cannot be below 0 (a price, an amount of memory, a count)."""
 JSON_VALUE: dict[str, Any] = {
     "description": "Any JSON value whose numbers fit the server's 64-bit limits.",
     "anyOf": [
@@ -177,9 +179,9 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("GET", "/v1/volumes"): [_LIMIT],
     ("GET", "/v1/instances"): [
         _query("gpuType", _STR, "Only this GPU type."),
-        _query("maxPrice", ANY_NUMBER, "At most this price per hour."),
-        _query("minGpuMemoryGb", ANY_NUMBER, "At least this GPU memory."),
-        _query("gpuCount", ANY_NUMBER, "At least this many GPUs."),
+        _query("maxPrice", NOT_NEGATIVE, "At most this price per hour."),
+        _query("minGpuMemoryGb", NOT_NEGATIVE, "At least this GPU memory."),
+        _query("gpuCount", NOT_NEGATIVE, "At least this many GPUs."),
         _LIMIT,
     ],
     ("GET", "/v1/reservations"): [_statuses(ReservationStatus, "reservations")],

@@ -34,7 +34,7 @@ from ._errors import (
 )
 from ._held import log_when_committed
 from ._types import Connection, Cursor, Row
-from ._urls import redact
+from ._urls import redact, scrubbed
 from .dialect import Migration, migration_sql
 from .sqlite import SQLiteDatabase
 
@@ -63,6 +63,7 @@ __all__ = [
     "on_postgres",
     "open_database",
     "redact",
+    "scrubbed",
 ]
 
 _SCHEMES = ("postgresql://", "postgres://")

@@ -28,7 +28,7 @@ import psycopg
 from psycopg.rows import RowMaker
 
 from ._errors import DatabaseUnavailable, PostgresError, PostgresIntegrityError
-from ._urls import redact
+from ._urls import redact, scrubbed
 from .dialect import to_pyformat
 
 __all__ = ["PostgresConnection", "PostgresDatabase", "PostgresRow"]
@@ -90,6 +90,18 @@ def _translated_errors() -> Iterator[None]:
         raise DatabaseUnavailable(str(exc).strip()) from exc
     except psycopg.Error as exc:
         raise PostgresError(str(exc).strip()) from exc
+
+
+@contextlib.contextmanager
+def _connect_errors(url: str) -> Iterator[None]:
+    """:func:`_translated_errors` of opening ``url``: libpq's message may quote parts of
+    the URL's password, so it is scrubbed (:func:`scrubbed`), and psycopg's own error,
+    which holds it whole, is not chained (a logged traceback would show it)."""
+    try:
+        with _translated_errors():
+            yield
+    except (DatabaseUnavailable, PostgresError) as exc:
+        raise type(exc)(scrubbed(str(exc), url)) from None
 
 
 class PostgresConnection:
@@ -189,7 +201,7 @@ class PostgresDatabase:
 
         ``application_name`` is how the session shows in ``pg_stat_activity``.
         """
-        with _translated_errors():
+        with _connect_errors(self.url):
             raw = psycopg.connect(
                 self.url,
                 autocommit=True,
