@@ -660,6 +660,31 @@ async def test_the_files_of_a_killed_replicas_task_stay_with_that_replica(
 
 
 @pytest.mark.timeout(120)
+async def test_a_task_queued_on_a_killed_replica_fails_there_not_run_on_b(
+    cluster: Cluster,
+) -> None:
+    # QA J: B took over the task A had queued (its CPUs full) and launched it in B's
+    # home: with a volume (on A's host) the launch crashed and the task stayed pending
+    # for good; without one it ran on B while its record sent everyone to A for logs.
+    a, b, _ = await three(cluster)
+    every_cpu = os.cpu_count() or 1
+    full = await call(a, "POST", "/tasks", json={"command": "sleep 60", "cpus": every_cpu})
+    queued = await call(a, "POST", "/tasks", json={"command": "echo ran > ran", "cpus": 1})
+    assert full.status == queued.status == 201, (full.body, queued.body)
+    path = f"/tasks/{queued.body['taskId']}"
+    with anyio.fail_after(30):
+        while (await call(a, "GET", path)).body.get("reason") != "WaitingForCapacity":
+            await anyio.sleep(0.2)
+    cluster.kill(a)
+    with anyio.fail_after(cluster.lease + 30):  # B takes it over once A's lease ran out
+        while (ended := (await call(b, "GET", path, token=a.token)).body)["status"] == "pending":
+            await anyio.sleep(0.2)
+    assert (ended["status"], ended["reason"]) == ("failed", "ReplicaLost"), ended
+    assert "'a'" in ended["message"] and "submit it again" in ended["message"]
+    assert not (b.home / "tasks" / queued.body["taskId"]).exists()  # nothing ran on B
+
+
+@pytest.mark.timeout(120)
 async def test_a_reservation_held_on_a_is_named_on_b_not_404(cluster: Cluster) -> None:
     # The local provider's reservations hold their host's capacity: B answered one made
     # on A 404, and a task sent to B for it was refused as if it did not exist (QA).

@@ -56,6 +56,7 @@ END_REASONS: dict[str, str] = {
     "JobLost": "the engine no longer knows its job (purged, or the cluster reset)",
     "ServerRestarted": "the server restarted while it ran; its exit status is unknown",
     "ServerStopped": "the server stopped while it ran",
+    "ReplicaLost": "the replica on whose host it was queued stopped first (local provider)",
     "ReservationEnded": "the reservation it waited for ended before it could start",
 }
 

@@ -318,6 +318,8 @@ class TaskService:
                 )
             )  # fmt: skip
         rows = [row for row in rows if row["task_id"] not in unstarted]
+        if self._per_host:
+            rows = await self._fail_queued_elsewhere(rows)
         if not rows:
             return
         recovered = [await self._running_task(row) for row in rows]
@@ -325,6 +327,26 @@ class TaskService:
         await self.provider.recover(recovered)
         for task_id in sorted(ownerless - unstarted):
             spawn(self._background, self.cancel(task_id))
+
+    async def _fail_queued_elsewhere(self, rows: list[Row]) -> list[Row]:
+        """Of ``rows`` (local tasks taken over), fail those that another replica, which
+        has stopped, had queued: their workspace and volumes are on its host, so they
+        cannot start here (a volume's data would be missing, the task's files and logs
+        where no one looks). The rest, to recover."""
+        here = self.replica.name
+        queued = [r for r in rows if _unsent(r) and r["files_on"] not in (None, here)]
+        for row in queued:
+            message = (
+                f"the replica {row['files_on']!r}, on whose host it was queued, stopped before"
+                " starting it; submit it again"
+            )
+            update = TaskUpdate(
+                row["task_id"], TaskStatus.FAILED, message=message, reason="ReplicaLost",
+                time=now_ms(),
+            )  # fmt: skip
+            await self._record_update(update)
+        failed = {row["task_id"] for row in queued}
+        return [row for row in rows if row["task_id"] not in failed]
 
     def _heard(self, message: list[Any]) -> None:
         """Another replica recorded a change of these tasks: wake their waiters here."""
