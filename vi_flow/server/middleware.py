@@ -39,7 +39,7 @@ from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
 from .bootstrap import DEFAULT_ORG, read_admin_token
 from .console.sessions import KEY_PARAM, has_cookie, session_hash, session_principal
-from .db import DatabaseFileGone, DatabaseUnavailable, is_disk_full
+from .db import DatabaseFileGone, DatabaseReadOnly, DatabaseUnavailable, is_disk_full
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
 from .state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
@@ -303,13 +303,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_http(request, exc)
     except asyncio.CancelledError:
         raise
-    except DatabaseUnavailable:  # a PostgreSQL restart: worth a retry in a moment
-        log.warning("%s %s: the database cannot be reached", request.method, request.path)
+    except DatabaseUnavailable as exc:  # a PostgreSQL restart: worth a retry in a moment
+        why = (
+            "takes no writes now (it is read-only)"
+            if isinstance(exc, DatabaseReadOnly)
+            else "cannot be reached now"
+        )
+        log.warning("%s %s: the database %s", request.method, request.path, why)
         response = error_response(
             request,
             503,
             "DATABASE_UNAVAILABLE",
-            "the server's database cannot be reached now; try again in a moment",
+            f"the server's database {why}; try again in a moment",
         )
         response.headers["Retry-After"] = "1"
         return response

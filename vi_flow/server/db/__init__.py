@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from ._errors import (
     DatabaseError,
     DatabaseFileGone,
+    DatabaseReadOnly,
     DatabaseSettingError,
     DatabaseUnavailable,
     Error,
@@ -44,6 +45,7 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseFileGone",
+    "DatabaseReadOnly",
     "DatabaseSettingError",
     "DatabaseUnavailable",
     "Error",

@@ -59,6 +59,11 @@ class DatabaseUnavailable(PostgresError):
     worth trying again in a moment (the server answers ``503``)."""
 
 
+class DatabaseReadOnly(DatabaseUnavailable):
+    """PostgreSQL takes no writes now (a standby until it is promoted, writes turned off
+    for the role): reads go on, each write answers ``503`` until it can write again."""
+
+
 class DatabaseFileGone(sqlite3.OperationalError):
     """The SQLite file the server opened was removed or replaced while it ran: what it
     writes now would be lost with the old file (or go to another's), so it writes nothing

@@ -27,7 +27,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import RowMaker
 
-from ._errors import DatabaseUnavailable, PostgresError, PostgresIntegrityError
+from ._errors import (
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    PostgresError,
+    PostgresIntegrityError,
+)
 from ._urls import redact, scrubbed
 from .dialect import to_pyformat
 
@@ -88,6 +93,8 @@ def _translated_errors() -> Iterator[None]:
         raise PostgresError(str(exc).strip()) from exc
     except psycopg.OperationalError as exc:  # the server went away, or cannot be reached
         raise DatabaseUnavailable(str(exc).strip()) from exc
+    except psycopg.errors.ReadOnlySqlTransaction as exc:  # a standby, until it is promoted
+        raise DatabaseReadOnly(f"the database is read-only now: {exc}".strip()) from exc
     except psycopg.Error as exc:
         raise PostgresError(str(exc).strip()) from exc
 
@@ -177,6 +184,17 @@ def _recorded(conn: PostgresConnection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is not None
 
 
+def _read_only_with_schema(conn: PostgresConnection) -> bool:
+    """Whether the database takes no writes now (a standby after a failover, writes
+    turned off for the role) and already holds a schema: its ``CREATE TABLE IF NOT
+    EXISTS`` statements would fail there even with nothing to create."""
+    read_only = conn.execute("SHOW transaction_read_only").fetchone()
+    if read_only is None or read_only[0] != "on":
+        return False
+    found = conn.execute("SELECT to_regclass('migrations') IS NOT NULL").fetchone()
+    return found is not None and found[0] is True
+
+
 class PostgresDatabase:
     """A PostgreSQL database named by a ``postgresql://`` URL (libpq's connection string).
 
@@ -238,6 +256,9 @@ class PostgresDatabase:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             if record is not None and _recorded(conn, record[0]):
                 self.commit(conn)
+                return
+            if record is None and _read_only_with_schema(conn):
+                self.commit(conn)  # reads go on; each write answers 503 until it can write
                 return
             conn.script(sql)
             if record is not None:
