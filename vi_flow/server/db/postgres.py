@@ -179,6 +179,13 @@ class PostgresConnection:
 
 _MIGRATION_LOCK = 0x76695F666C6F77  # "vi_flow": the advisory lock migrations take
 
+LOCK_TIMEOUT = "5s"
+"""The longest a statement waits for a lock another session holds (``LOCK TABLE``, a
+``VACUUM FULL``, an index built without ``CONCURRENTLY``): then it fails, and its
+request answers ``503``. A replica's requests share one connection, so one statement
+waiting without end held every organization's requests behind it. Migrations wait for
+each other without a bound."""
+
 
 def _recorded(conn: PostgresConnection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone() is not None
@@ -226,6 +233,7 @@ class PostgresDatabase:
                 row_factory=_row_factory,
                 application_name=application_name[:63],
             )
+            raw.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'".encode())
         return PostgresConnection(raw)
 
     def begin(self, conn: PostgresConnection) -> None:
@@ -253,6 +261,7 @@ class PostgresDatabase:
         try:
             # Replicas that start together migrate one at a time, each seeing what the
             # one before it recorded.
+            conn.execute("SET LOCAL lock_timeout = 0")  # a migration may take a while
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             if record is not None and _recorded(conn, record[0]):
                 self.commit(conn)
