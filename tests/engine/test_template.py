@@ -258,3 +258,22 @@ async def test_a_filter_that_cannot_take_the_value_fails_naming_the_placeholder(
     assert outcome["state"] == "failed" and outcome["failedStep"] == "n", outcome
     assert "filter 'length' cannot take int at {{ parameters.n }}" in outcome["error"]
     assert "TypeError" not in outcome["error"]
+
+
+async def test_a_run_the_engine_crashes_on_says_so_without_the_exceptions_words(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA J: a run ended "internal error: PostgresError('permission denied for table
+    # engine_events')": the server's inner words (tables, paths, privileges) in an answer
+    from vi_flow.server.state import ENGINE_KEY
+
+    async def crash(*_: Any) -> None:
+        raise RuntimeError("permission denied for table hidden_things")
+
+    monkeypatch.setattr(server.app[ENGINE_KEY].executor, "drive", crash)
+    flow = await server.flow({"block": "template", "id": "t", "settings": {"template": "x"}})
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    run = (await server.call("GET", f"/runs/{outcome['executionId']}")).body
+    last = run["status"]["conditions"][-1]
+    assert (last["condition"], last["reason"]) == ("Error", "EngineError"), last
+    assert "internal error" in last["message"] and "hidden_things" not in str(run), run

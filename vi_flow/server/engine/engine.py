@@ -60,6 +60,7 @@ log = logging.getLogger("vi_flow.server.engine")
 _RESTARTED = "the server stopped during the run"
 _REPLICA_LOST = "the server replica running it stopped (another replica took the run over)"
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
+_CRASHED = "the server failed running it (an internal error: its log says why, by the run's id)"
 _DISK_FULL = (
     "the server's disk is full: the run could not save its progress; free space on the"
     " server (its home, or its database's disk), then run it again"
@@ -454,7 +455,9 @@ class Engine:
                 await self._end_surely(key, Condition.ERROR, _DISK_FULL, "DiskFull")
                 return
             log.exception("run %s of %s crashed", key[1], key[0])
-            await self._end_surely(key, Condition.ERROR, f"internal error: {exc!r}", "EngineError")
+            # the exception's words stay in the log: they may name the database's tables,
+            # paths on the server or what a privilege refused
+            await self._end_surely(key, Condition.ERROR, _CRASHED, "EngineError")
         else:
             if paused is not None:
                 self._arm(paused)
