@@ -639,3 +639,39 @@ async def test_an_output_whose_name_holds_a_newline_downloads(server: TaskServer
     assert listed.body["items"] == [{"path": "report\n2024.txt", "size": 2}]
     fetched = await server.call("GET", f"/tasks/{task['taskId']}/outputs/report%0A2024.txt")
     assert (fetched.status, fetched.raw) == (200, b"ok")
+
+
+@pytest.mark.anyio
+async def test_head_answers_heads_only_and_the_connection_goes_on(server: TaskServer) -> None:
+    # QA: HEAD on the task routes was 405 (every other GET route takes it), and HEAD on a
+    # stream (a run's events) sent the events after the head: a client reading on, on the
+    # same connection, took them for its next answer.
+    task = await server.submit(command='echo hi > "$VI_FLOW_OUTPUT_DIR/f"; echo line; sleep 30')
+    task_id = task["taskId"]
+    await server.until_logged(task_id, "line")
+    emit = {"block": "emit", "id": "e", "settings": {"count": 5, "interval": 0.2}}
+    flow = await server.call("POST", "/flows", json={"name": "e", "blocks": [emit]})
+    job = await server.call("POST", f"/flows/{flow.body['flowId']}/jobs", json={})
+    host, port = server.root.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for path in (
+            f"/v1/runs/{job.body['executionId']}/events",
+            f"/v1/tasks/{task_id}",
+            f"/v1/tasks/{task_id}/logs?follow=true",
+            f"/v1/tasks/{task_id}/outputs/f",
+            "/v1/tasks",
+            "/v1/health",
+        ):
+            method = "GET" if path == "/v1/health" else "HEAD"
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}"
+                "\r\n\r\n".encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), (path, head)
+        body = await asyncio.wait_for(reader.read(200), 10)  # the health answer's body only
+        assert body == b'{"status":"ok"}', body
+    finally:
+        writer.close()
+        await server.call("POST", f"/tasks/{task_id}/cancel", json={})

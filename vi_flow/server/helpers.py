@@ -42,6 +42,7 @@ __all__ = [
     "Handler",
     "KeyedLocks",
     "PageRequest",
+    "begin_body",
     "decode_page_token",
     "encode_page_token",
     "idempotent",
@@ -60,6 +61,17 @@ __all__ = [
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def begin_body(request: web.Request, response: web.StreamResponse) -> bool:
+    """Send ``response``'s head; ``False`` for a ``HEAD`` request, whose answer ends
+    there. (aiohttp sends a streamed answer's body even to ``HEAD``: a client reading
+    on the same connection took its events for the next answer.)"""
+    await response.prepare(request)
+    if request.method != "HEAD":
+        return True
+    await response.write_eof()
+    return False
 
 
 def _request_key(name: str, kind: type[Any]) -> Any:

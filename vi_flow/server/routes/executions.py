@@ -36,6 +36,7 @@ from ..engine import Engine, parse_request, tables
 from ..engine.eventlog import RunKey
 from ..errors import APIProblem
 from ..helpers import (
+    begin_body,
     idempotent,
     idempotent_in_transaction,
     json_response,
@@ -157,7 +158,8 @@ async def _stream(
     # proxy keeps the socket open) and resumes with Last-Event-ID instead of waiting.
     headers = {**_SSE_HEADERS, "X-Execution-Id": key[1], HEARTBEAT_HEADER: f"{heartbeat:g}"}
     response = web.StreamResponse(headers=headers)
-    await response.prepare(request)
+    if not await begin_body(request, response):
+        return response
     frames = engine.log.follow(key, after, heartbeat)
     if cancel_on_disconnect:
         engine.guard(key)

@@ -30,7 +30,7 @@ from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT, shown
 from ..clock import wait_event
 from ..errors import APIProblem
-from ..helpers import org_of
+from ..helpers import begin_body, org_of
 from ..middleware import StillAuthorized
 from ..state import SETTINGS_KEY
 from ..tasks import TASKS_KEY, TaskService
@@ -290,7 +290,8 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={**_SSE_HEADERS, HEARTBEAT_HEADER: f"{heartbeat:g}"})
     stream = _LogStream(service, task_id, streams)
     stream.offsets.update(start)
-    await response.prepare(request)
+    if not await begin_body(request, response):
+        return response
     try:
         await _pump(response, request, stream, follow)
     except _Refused as exc:

@@ -52,6 +52,7 @@ from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
 from ..errors import APIProblem
 from ..helpers import (
     Handler,
+    begin_body,
     idempotent,
     json_response,
     org_of,
@@ -322,7 +323,8 @@ async def _send_file(request: web.Request, fd: int) -> web.StreamResponse:
         # as a page that would run there
         response = web.StreamResponse(headers=_DOWNLOAD_HEADERS)
         response.content_length = size
-        await response.prepare(request)
+        if not await begin_body(request, response):
+            return response
         sent = 0
         while sent < size:
             chunk = await asyncio.to_thread(handle.read, min(_FILE_CHUNK, size - sent))
@@ -734,5 +736,8 @@ def setup(app: web.Application) -> None:
     )
     app[TASKS_KEY] = service
     for method, path, handler in _routes():
-        app.router.add_route(method, path, handler)
+        if method == "GET":  # and HEAD, as every GET route answers it
+            app.router.add_get(path, handler)
+        else:
+            app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_compute_ctx)
