@@ -246,7 +246,9 @@ async def test_100_http_follows_with_random_cuts_lose_and_repeat_nothing(
     for lines, exit_code in results:
         assert lines == expected  # nothing lost, nothing repeated, in order
         assert exit_code == 0  # the end event's task reached the handle
-    assert proxy.connections > 150  # the cuts did force reconnects
+    # the cuts did force reconnects (how many hit a live follow depends on the machine's
+    # load: a busy one ran the cutter less often, and once 24 reconnects for 100 follows)
+    assert proxy.connections > len(handles) + 10
 
 
 @pytest.mark.anyio
