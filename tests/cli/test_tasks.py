@@ -169,6 +169,17 @@ def test_submit_wait_and_shell(vf: Invoker) -> None:
     vf("tasks", "cancel", task_id, "--force")
 
 
+def test_a_shell_into_a_pending_task_says_it_waits_for_it(vf: Invoker) -> None:
+    # QA: the command waited (up to 600 s) for a task queued behind others, saying nothing
+    every_cpu = str(os.cpu_count() or 1)
+    _run(vf, "--cpus", every_cpu, "sleep 2")  # holds every CPU for 2 s
+    queued = _run(vf, "--cpus", "1", "sleep 30")
+    shell = vf("tasks", "shell", queued, "-c", "echo in")
+    assert (shell.exit_code, shell.stdout) == (0, "in\n"), shell.stderr
+    assert f"task {queued} is pending (WaitingForCapacity): waiting for it" in shell.stderr
+    vf("tasks", "cancel", queued, "--force")
+
+
 def test_volumes(vf: Invoker) -> None:
     created = vf("volumes", "create", "--name", "data", "--size-gb", "2")
     assert created.exit_code == 0

@@ -526,7 +526,12 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
         raise click.UsageError("an interactive shell needs a terminal; use -c COMMAND")
     piped = command is not None and not no_stdin and not sys.stdin.isatty()
     source = sys.stdin.buffer if piped else None  # streamed as the command runs
-    result = state().client().shell(task_id, command=command, echo=True, input=source)
+    client = state().client()
+    task = client.tasks.get(task_id)
+    if task.status.value == "pending":  # the wait may be long: say what it waits for
+        why = f" ({task.reason})" if task.reason else ""
+        click.echo(f"task {task_id} is pending{why}: waiting for it to start", err=True)
+    result = client.shell(task_id, command=command, echo=True, input=source)
     if command is None:
         return
     if result.exit_status is not None:
