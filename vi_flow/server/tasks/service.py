@@ -58,9 +58,9 @@ from .volumes import Volumes, missing_volumes, mount_rows, refuse_attached_block
 __all__ = ["DEFAULT_GRACE", "MIGRATIONS", "TASKS_KEY", "TaskService"]
 
 DEFAULT_GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL when a task is cancelled."""
 ALLOW_UNSANDBOXED = "VI_FLOW_ALLOW_UNSANDBOXED"
 """Set to ``1`` to run tasks of several organizations without a sandbox (documented)."""
-"""Seconds between SIGTERM and SIGKILL when a task is cancelled."""
 
 log = logging.getLogger("vi_flow.server.tasks")
 
