@@ -395,24 +395,6 @@ async def test_a_public_key_line_past_8_kib_is_refused(server: TaskServer) -> No
 
 
 @pytest.mark.anyio
-async def test_revoking_a_key_named_as_the_admin_token_leaves_the_admins_ssh_keys(
-    server: TaskServer, client_key: asyncssh.SSHKey
-) -> None:
-    # SSH keys go with the API keys of their name; the admin token is never revoked, so
-    # a member key given its name must not take the admin's SSH keys along (review).
-    admin = (await server.call("GET", "/whoami")).body
-    public = client_key.export_public_key().decode()
-    made = await server.call("POST", "/ssh-keys", json={"name": "ops", "publicKey": public})
-    assert made.status in (200, 201), made.body
-    path = f"/organizations/{admin['organizationId']}/tokens"
-    assert (await server.call("POST", path, json={"name": admin["tokenName"]})).status == 201
-    revoked = await server.call("DELETE", f"{path}/{admin['tokenName']}")
-    assert revoked.status == 200 and revoked.body["revoked"] == 1, revoked.body
-    (kept,) = (await server.call("GET", "/ssh-keys")).body["items"]
-    assert kept["addedBy"] == admin["tokenName"]
-
-
-@pytest.mark.anyio
 async def test_an_absurd_terminal_size_is_clamped_not_the_end_of_the_connection(
     server: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:

@@ -202,6 +202,17 @@ def org_exists(conn: Connection, org_id: str) -> bool:
 def create_token(conn: Connection, org_id: str, name: str, admin: bool) -> str:
     if not org_exists(conn, org_id):
         raise APIProblem.not_found("NOT_FOUND", "organization", org_id)
+    if (
+        not admin
+        and conn.execute(
+            "SELECT 1 FROM tokens WHERE org_id = ? AND name = ? AND admin = 1", (org_id, name)
+        ).fetchone()
+    ):
+        # Keys are revoked by name, and with them the SSH keys they registered: a key of
+        # the admin token's name could not be told from it (its SSH keys outlived it).
+        raise APIProblem(
+            409, "CONFLICT", f"{name!r} is the admin token's name; give this key another"
+        )
     token = f"vf_{secrets.token_urlsafe(32)}"
     conn.execute(
         "INSERT INTO tokens (token_hash, org_id, name, admin, created_at) VALUES (?, ?, ?, ?, ?)",

@@ -29,6 +29,8 @@ async def _name_of(request: web.Request) -> str:
     name = (await read_body(request)).get("name")
     limited(check_name, "name", name)  # a string, not blank, without control characters
     assert isinstance(name, str)
+    if name in (".", ".."):  # a key is revoked by its name in a URL, where these are dots
+        raise APIProblem.validation("name", f"must not be {name!r}")
     return name
 
 

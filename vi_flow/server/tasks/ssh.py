@@ -155,14 +155,10 @@ class SSHAccess:
 
     def delete_keys_added_by(self, conn: Connection, org_id: str, token_name: str) -> list[str]:
         """In the transaction on ``conn`` that revoked the API keys named ``token_name``:
-        delete the organization's SSH keys they registered, unless a key of that name is
-        left (the admin token's name: it is never revoked); their fingerprints. The other
-        replicas close the connections that logged in with them (``kd``)."""
-        left = conn.execute(
-            "SELECT 1 FROM tokens WHERE org_id = ? AND name = ?", (org_id, token_name)
-        ).fetchone()
-        if left is not None:
-            return []
+        delete the organization's SSH keys they registered; their fingerprints. The other
+        replicas close the connections that logged in with them (``kd``). (No new key may
+        take the admin token's name; one made before that rule goes with the admin's SSH
+        keys of that name too, which ``ensure_default_ssh_key`` registers again.)"""
         rows = conn.execute(
             "SELECT fingerprint FROM ssh_keys WHERE org_id = ? AND added_by = ?",
             (org_id, token_name),
