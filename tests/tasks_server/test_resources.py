@@ -675,3 +675,20 @@ async def test_head_answers_heads_only_and_the_connection_goes_on(server: TaskSe
     finally:
         writer.close()
         await server.call("POST", f"/tasks/{task_id}/cancel", json={})
+
+
+@pytest.mark.anyio
+async def test_an_output_whose_name_is_not_utf8_is_left_out_not_a_500(server: TaskServer) -> None:
+    # QA: a file named b"bad\xff.bin" made the outputs and the run's artifacts 500, and
+    # failed the run of the task block that wrote it ("not JSON: surrogates not allowed")
+    command = 'printf x > "$VI_FLOW_OUTPUT_DIR/$(printf \'bad\\377.bin\')"; printf ok > "$VI_FLOW_OUTPUT_DIR/good"'
+    task = await server.submit(command=command)
+    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
+    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
+    assert (listed.status, listed.body["items"]) == (200, [{"path": "good", "size": 2}])
+    block = {"block": "task", "id": "a", "settings": {"command": command}}
+    flow = await server.call("POST", "/flows", json={"name": "odd", "blocks": [block]})
+    outcome = (await server.call("POST", f"/flows/{flow.body['flowId']}/execute", json={})).body
+    assert outcome["state"] == "completed", outcome
+    artifacts = await server.call("GET", f"/runs/{outcome['executionId']}/artifacts")
+    assert (artifacts.status, artifacts.body["items"]) == (200, [{"path": "good", "size": 2}])

@@ -131,7 +131,8 @@ def open_output(root: Path, relative: str) -> int | None:
 def list_outputs(root: Path) -> list[TaskOutputFile]:
     """Regular files under ``root`` (relative POSIX paths, sorted); links are not followed
     nor listed, and what a task changes during the walk is skipped, never read through.
-    A tree of any depth is listed (:class:`~vi_flow.server.trees.Walk`)."""
+    A tree of any depth is listed (:class:`~vi_flow.server.trees.Walk`). A file whose
+    path is not UTF-8 is left out: no JSON answer or URL can name it."""
     try:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:  # the directory itself is missing, unreadable or a link: no outputs
@@ -139,12 +140,22 @@ def list_outputs(root: Path) -> list[TaskOutputFile]:
     try:
         walk = Walk(top)
         found = [
-            TaskOutputFile(walk.path(entry.name), entry.status.st_size)
+            TaskOutputFile(path, entry.status.st_size)
             for entry in walk
-            if stat.S_ISREG(entry.status.st_mode)
+            if stat.S_ISREG(entry.status.st_mode) and _is_utf8(path := walk.path(entry.name))
         ]
     except OSError:  # its own names could not be read
         return []
     finally:
         os.close(top)
     return sorted(found, key=lambda f: f.path)
+
+
+def _is_utf8(path: str) -> bool:
+    """Whether ``path`` (decoded from the file system's bytes) was UTF-8: bytes that were
+    not are lone surrogates in it."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
