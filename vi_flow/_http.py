@@ -831,12 +831,16 @@ class _Request:
         if endpoint.organization_id:
             _check_secret_header("organization_id", endpoint.organization_id)
             hdrs["Organization-Id"] = endpoint.organization_id
-        if headers:
+        if headers:  # the caller's win, whatever their case ("idempotency-key")
+            given = {name.lower() for name in headers}
+            hdrs = {name: value for name, value in hdrs.items() if name.lower() not in given}
             hdrs.update(headers)
-        if method in _CHANGES and "Idempotency-Key" not in hdrs:
+        keyed = any(name.lower() == "idempotency-key" for name in hdrs)
+        if method in _CHANGES and not keyed:
             hdrs["Idempotency-Key"] = f"vi-{uuid.uuid4().hex}"
+            keyed = True
         self.headers = hdrs
-        self.retryable = method in IDEMPOTENT_METHODS or "Idempotency-Key" in hdrs
+        self.retryable = method in IDEMPOTENT_METHODS or keyed
 
     def retarget(self, endpoint: Endpoint, url: str) -> None:
         """Send the next attempt to ``endpoint`` (the same server, found again)."""

@@ -99,6 +99,26 @@ async def test_a_number_json_cannot_hold_is_refused_before_sending(
     assert flow.spec.name == "demo"  # a null the caller gave goes as null
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "stdlib"])
+async def test_a_callers_idempotency_key_in_any_case_is_the_one_sent(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: "idempotency-key" (lower case) in http.request's headers was not seen, so the
+    # SDK added its own: over aiohttp its key won and a repeat made a second flow; over
+    # the stdlib both went, and the server refused the request (422).
+    monkeypatch.setenv("VI_FLOW_HTTP_TRANSPORT", transport)
+    body = {"name": "once", "blocks": [{"block": "template"}]}
+    async with vi_flow.AsyncClient() as client:
+        made = [
+            await client.http.request(
+                "POST", "/flows", json=body, headers={"idempotency-key": "mine-1"}
+            )
+            for _ in range(2)
+        ]
+        assert made[0]["flowId"] == made[1]["flowId"]
+        assert len((await client.flows.list()).items) == 1
+
+
 async def test_stale_etag_is_rejected(client: vi_flow.AsyncClient) -> None:
     flow = await client.flows.create(SPEC)
     renamed = await client.flows.update(flow.flow_id, {**SPEC, "name": "v2"}, etag=flow.etag)
