@@ -402,6 +402,26 @@ async def test_a_browser_at_an_address_no_route_has_gets_the_consoles_page(serve
     assert api.status == 422  # the API's own checks stay
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=x",
+        "multipart/form-data",
+        "application/x-www-form-urlencoded; charset=bogus",
+    ],
+)
+async def test_a_sign_in_form_that_cannot_be_read_is_400_not_500(
+    server: Server, content_type: str
+) -> None:
+    # QA: an unauthenticated POST /console/signin whose body aiohttp could not parse (a
+    # bad boundary, none, an unknown charset) answered 500 with a traceback in the log
+    headers = {"Origin": server.root, "Content-Type": content_type}
+    async with server.session.post(
+        server.root + "/console/signin", data=b"code=x", headers=headers
+    ) as resp:
+        assert resp.status == 400 and not _set_cookie(resp)
+
+
 async def test_without_fetch_metadata_a_sign_in_link_asks_before_it_signs_in(
     server: Server,
 ) -> None:

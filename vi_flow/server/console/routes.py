@@ -193,7 +193,10 @@ async def confirm_sign_in(request: web.Request) -> web.Response:
     own origin only (a browser sends ``Origin`` with every form it posts)."""
     if "Origin" not in request.headers or not sessions.same_origin(request):
         return _html(_ELSEWHERE, 403)
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, UnicodeDecodeError):  # a bad boundary, charset=bogus
+        return _html(_REFUSED, 400)  # the console's form never sends such a body
     code = form.get("code", "")
     return await _signed_in_page(request, code if isinstance(code, str) else "")
 
