@@ -338,14 +338,14 @@ def test_a_log_line_shows_as_a_terminal_leaves_it(
     # bar as "p 1/3p 2/3p 3/3"; a terminal shows "ERROR" in red and the bar's last state
     command = (
         r"printf '\033[31mERROR\033[0m disk full\n'; printf 'p 1/3\rp 2/3\rp 3/3\r\n';"
-        r" printf 'bell\007 and\ttab\n'; echo done"
+        r" printf 'bell\007 and\ttab \302\233\n'; echo done"
     )
     task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
     one = _signed_in(visit, console_server)
     one.page.goto(f"{console_server.root}/tasks/{task}")
     one.page.wait_for_selector(".log-line:text-is('done')", timeout=30_000)
     shown = one.page.eval_on_selector_all(".log-line", "rows => rows.map(r => r.textContent)")
-    assert shown == ["ERROR disk full", "p 3/3", "bell⟨U+07⟩ and\ttab", "done"]
+    assert shown == ["ERROR disk full", "p 3/3", "bell⟨U+07⟩ and\ttab ⟨U+9B⟩", "done"]
 
 
 def test_another_organization_sees_none_of_it(visit: Any, console_server: ConsoleServer) -> None:

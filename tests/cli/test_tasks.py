@@ -40,7 +40,7 @@ def test_log_lines_keep_their_colours_but_no_other_escapes_on_a_terminal(vf: Inv
     # wrote the user's clipboard (and others retitle the window or move the cursor).
     written = "a\x1b[31mred\x1b[0m\x1b]52;c;aGk=\x07 b\rc\tt"
     task_id = _run(vf, "printf 'a\\033[31mred\\033[0m\\033]52;c;aGk=\\007 b\\rc\\tt\\n'")
-    safe = "a\x1b[31mred\x1b[0m\\x1b]52;c;aGk=\\x07 b\rc\tt\n"
+    safe = "a\x1b[31mred\x1b[0m\\x1b]52;c;aGk=\\x07 b\rc\tt\x1b[0m\n"  # and a reset
     for follow in (("-f",), ()):  # -f first: it waits for the end
         piped = vf("tasks", "logs", task_id, *follow)  # data: exactly as written
         assert (piped.exit_code, piped.stdout) == (0, written + "\n"), piped.stderr
@@ -49,6 +49,17 @@ def test_log_lines_keep_their_colours_but_no_other_escapes_on_a_terminal(vf: Inv
         with mock.patch.object(CliState, "interactive", True):
             plain = vf("--color", "never", "tasks", "logs", task_id, *follow)
         assert plain.stdout == "ared\\x1b]52;c;aGk=\\x07 b\rc\tt\n", plain.stderr
+
+
+def test_json_on_a_terminal_writes_c1_controls_out(vf: Invoker) -> None:
+    # QA: JSON escapes C0 controls but not C1 ones: a task's U+009B (CSI) reached the
+    # terminal as it was under --json, while the plain view wrote it out
+    task_id = _run(vf, "printf 'a\\302\\23331mred\\n'")
+    assert vf("tasks", "logs", "-f", task_id).stdout == "a\x9b31mred\n"  # piped: exact
+    with mock.patch.object(CliState, "interactive", True):
+        shown = vf("tasks", "logs", task_id, "--json")
+    assert json.loads(shown.stdout)["lines"] == ["a\x9b31mred"]  # the same value...
+    assert "\x9b" not in shown.stdout and "\\u009b" in shown.stdout  # ...written out
 
 
 def test_since_long_ago_is_every_line(vf: Invoker) -> None:

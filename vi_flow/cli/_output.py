@@ -91,7 +91,13 @@ def _encode(obj: Any, *, indent: bool) -> str:
     from ..models import to_wire
 
     option = orjson.OPT_INDENT_2 if indent else 0
-    return orjson.dumps(to_wire(obj), option=option | orjson.OPT_NON_STR_KEYS).decode()
+    text = orjson.dumps(to_wire(obj), option=option | orjson.OPT_NON_STR_KEYS).decode()
+    if state().interactive:  # JSON escapes C0 controls, not C1 ones, which a terminal reads
+        text = _C1.sub(lambda found: f"\\u{ord(found.group()):04x}", text)  # (U+009B: CSI)
+    return text
+
+
+_C1 = re.compile("[\x80-\x9f]")
 
 
 def emit_json(obj: Any) -> None:
@@ -185,6 +191,7 @@ def terminal_safe(text: str) -> str:
 
 
 _SGR = r"\x1b\[[0-9;:]*m"
+_RESET = "\x1b[0m"
 _LOG_CONTROL = re.compile(rf"({_SGR})|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 """In a task's log line: a colour or style (SGR) sequence, or another control character
 (tab and the ``\\r`` of a progress bar are neither)."""
@@ -197,7 +204,8 @@ def log_line(*, err: bool = False) -> Callable[[str], str]:
     (dropped when colour is off: ``--color never``, ``NO_COLOR``, a dumb terminal), tab
     and ``\\r`` kept, and every other control character written out (``\\x1b]52;``): a
     task is untrusted, and an escape sequence could write the clipboard, retitle the
-    window, move the cursor over earlier lines or hide a link.
+    window, move the cursor over earlier lines or hide a link. A line with a colour
+    ends with a reset, so no style (``\\x1b[8m`` hides text) outlives it.
     """
     cli = state()
     terminal = sys.stderr.isatty() if err else cli.interactive
@@ -210,7 +218,11 @@ def log_line(*, err: bool = False) -> Callable[[str], str]:
             return found.group(1) if colour else ""
         return f"\\x{ord(found.group()):02x}"
 
-    return functools.partial(_LOG_CONTROL.sub, safe)
+    def shown(line: str) -> str:
+        text = _LOG_CONTROL.sub(safe, line)
+        return text + _RESET if "\x1b" in text else text  # only SGR kept an escape
+
+    return shown
 
 
 def when(ms: int | None) -> str:

@@ -78,7 +78,7 @@ async function artifacts(taskId) {
 }
 
 const SGR = /\x1b\[[0-9;:]*m/g; // a colour or style
-const CONTROL = /[\x00-\x08\x0b-\x1f\x7f]/g; // tab stays a tab
+const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g; // tab stays a tab; C1 too (U+009B is CSI)
 
 /**
  * A log line as a terminal leaves it: its colour codes left out, and of a line a progress
