@@ -93,5 +93,5 @@ def test_run_takes_flow_computes_positional_wait_and_mounts(client: vi_flow.Clie
     assert client.run(TaskConfig(name="t", command="true"), False).task_id
     with pytest.raises(TypeError, match="gpu must be a string"):
         client.run("true", 5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="wait must be a bool"):
+    with pytest.raises(TypeError, match="wait must be True or False"):
         client.run("true", wait="yes")  # type: ignore[arg-type]

@@ -122,6 +122,14 @@ def test_wrong_shaped_arguments_are_typed_errors_naming_them() -> None:
             (TypeError, "params must be a dict", lambda: client.reservation_availability(7)),
             (ValueError, "'2xa100'", lambda: client.normalize_instance_request(2, "2xa100")),
             (TypeError, "follow must be True or False, got 'no'", lambda: client.logs("t", "no")),
+            (TypeError, "stderr must be True or False", lambda: client.logs("t", stderr="no")),
+            (TypeError, "wait must be True or False", lambda: client.submit("true", wait="no")),
+            (TypeError, "force must be True or False", lambda: client.cancel("t", force="no")),
+            (TypeError, "status must be a status", lambda: client.list_tasks(status=5)),
+            (TypeError, "status must be a status",
+             lambda: client.list_reservations({"status": 5})),
+            (TypeError, "timeout must be a number", lambda: client.wait_for_ssh("t", "x")),
+            (TypeError, "gpu_type must be", lambda: client.find_instances({"gpu_type": 5})),
             (vi_flow.UnprocessableEntityError, "gpuCount",
              lambda: client.find_instances({"gpu_count": -1})),
         ]  # fmt: skip
@@ -129,3 +137,7 @@ def test_wrong_shaped_arguments_are_typed_errors_naming_them() -> None:
             with pytest.raises(kind, match=re.escape(said)):
                 call()
         assert client.list_tasks() == []  # the submit made nothing
+    with Client() as facade:  # the seed's smaller Client: its run's wait too
+        with pytest.raises(TypeError, match="wait must be True or False"):
+            facade.run("true", wait="no")  # type: ignore[arg-type]
+        assert facade.list() == []

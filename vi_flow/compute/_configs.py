@@ -25,6 +25,7 @@ from ._dicts import InstanceRequirements
 __all__ = [
     "INSTANCE_REQUIREMENT_KEYS",
     "build_config",
+    "flag",
     "mapping_of",
     "mounts_to_volumes",
     "normalize_instance_request",
@@ -65,6 +66,17 @@ async def _base_config(task: TaskConfig | str | Path | list[str]) -> TaskConfig:
     if isinstance(task, str):
         return TaskConfig(command=task)
     raise TypeError(f"task must be a TaskConfig, a YAML path, a command or argv, got {task!r}")
+
+
+def flag(value: object, name: str) -> bool:
+    """``value``, a seed method's yes/no argument.
+
+    Raises:
+        TypeError: ``value`` is not a bool (``"no"`` would count as yes).
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {shown(value)}")
+    return value
 
 
 def mapping_of(value: object, name: str, shape: str) -> dict[str, Any]:

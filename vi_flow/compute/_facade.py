@@ -70,12 +70,11 @@ def log_choice(follow: bool, stderr: bool, stream: str | None) -> LogStream:
     """The stream ``logs()`` reads (``stream`` wins over ``stderr``), its arguments checked.
 
     Raises:
-        TypeError: ``follow`` is not a bool (``"no"`` would follow).
+        TypeError: ``follow`` or ``stderr`` is not a bool (``"no"`` would count as yes).
         ValueError: An unknown ``stream``.
     """
-    if not isinstance(follow, bool):
-        raise TypeError(f"follow must be True or False, got {follow!r}")
-    return _stream_of(stderr, stream)
+    _configs.flag(follow, "follow")
+    return _stream_of(_configs.flag(stderr, "stderr"), stream)
 
 
 def _stream_of(stderr: bool, stream: str | None) -> LogStream:
@@ -162,8 +161,7 @@ class AsyncCompute:
             mounts = mounts if third is None else third
         elif second is not None and not isinstance(second, str):
             raise TypeError(f"gpu must be a string such as 'a100:4', got {second!r}")
-        if not isinstance(cast(object, wait), bool):
-            raise TypeError(f"wait must be a bool, got {wait!r}")
+        _configs.flag(wait, "wait")
         config = await _configs.build_config(
             task, mounts=mounts, gpu=gpu, cpus=cpus, memory_gb=memory_gb, **kwargs
         )
@@ -189,6 +187,7 @@ class AsyncCompute:
             instance_type: An explicit instance type.
             wait: Return only once the task has ended (any outcome).
         """
+        _configs.flag(wait, "wait")
         handle = await self.run(
             command, gpu=None if instance_type else gpu, mounts=mounts, instance_type=instance_type
         )
@@ -210,7 +209,7 @@ class AsyncCompute:
 
     async def cancel(self, task_id: str, force: bool = False) -> bool:
         """Cancel a task (SIGTERM, then SIGKILL; at once with ``force``); ``True`` when stopped."""
-        task = await self.tasks.cancel(task_id, force=force)
+        task = await self.tasks.cancel(task_id, force=_configs.flag(force, "force"))
         return task.status.terminal
 
     async def get_task(self, task_id: str) -> AsyncTask:
@@ -468,6 +467,9 @@ class AsyncCompute:
             ``AvailableInstance`` objects (``catalog_entry(i)`` gives the seed's dict).
         """
         wanted = _configs.mapping_of(requirements, "requirements", "{'gpu_type': 'a100'}")
+        gpu_type = wanted.get("gpu_type")
+        if gpu_type is not None and not isinstance(gpu_type, str):  # 5 would match nothing
+            raise TypeError(f"gpu_type must be a GPU model such as 'a100', got {gpu_type!r}")
         unknown = sorted(set(wanted) - _configs.INSTANCE_REQUIREMENT_KEYS)
         if unknown:
             raise ValueError(f"unknown instance requirement(s): {', '.join(unknown)}")

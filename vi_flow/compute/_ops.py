@@ -205,8 +205,9 @@ async def wait_for_ssh(
     """
     import asyncssh
 
-    deadline = anyio.current_time() + timeout
-    task = await wait_for(client, task_id, until="running", timeout=timeout)
+    begun = anyio.current_time()
+    task = await wait_for(client, task_id, until="running", timeout=timeout)  # checks it
+    deadline = begun + timeout
     _check_running(task)
     with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
         while True:

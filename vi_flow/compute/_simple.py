@@ -13,6 +13,7 @@ import builtins
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._configs import flag
 from ._dicts import TaskDict, task_dict
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class AsyncClientFacade:
         **kwargs: Any,
     ) -> AsyncTask:
         """Run a task; ``wait=True`` returns once it has ended (any outcome)."""
+        flag(wait, "wait")
         task = await self._compute.run(command, gpu, cpus, memory_gb, **kwargs)
         if wait:
             await task.wait(until="terminal")

@@ -20,7 +20,11 @@ def status_query(status: S | str | Iterable[S | str] | None, kind: type[S]) -> s
     does); ``None`` for no filter."""
     if status is None:
         return None
-    values = [status] if isinstance(status, str) else list(status)
+    values = [status] if isinstance(status, str) else status
+    if isinstance(values, Iterable):
+        values = list(values)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise TypeError(f"status must be a status such as 'running', or several, got {status!r}")
     return ",".join(kind(v).value for v in values) or None
 
 

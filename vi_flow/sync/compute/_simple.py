@@ -13,6 +13,7 @@ import builtins
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ...compute._configs import flag
 from ...compute._dicts import TaskDict, task_dict
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class ClientFacade:
         **kwargs: Any,
     ) -> Task:
         """Run a task; ``wait=True`` returns once it has ended (any outcome)."""
+        flag(wait, "wait")
         task = self._compute.run(command, gpu, cpus, memory_gb, **kwargs)
         if wait:
             task.wait(until="terminal")
