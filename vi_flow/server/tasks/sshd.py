@@ -748,9 +748,14 @@ async def _run_session(
         process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
         code = 127
     finally:
-        if given is not None:  # read inside, where it cannot be deleted or swapped
+        # Read inside, where it cannot be deleted or swapped. At once, not in a thread:
+        # this also runs when the session is collected unfinished (its client gone), in
+        # the garbage collector, which may have been started by the default executor's
+        # submit itself; a second submit there waited for ever on its lock, and the
+        # server with it (test_shell_command_into_head_exits_quietly's hang).
+        if given is not None:
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(given.unlink, missing_ok=True)
+                given.unlink(missing_ok=True)
     process.exit(code if code >= 0 else 128 - code)
 
 
