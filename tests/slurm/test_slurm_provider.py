@@ -220,6 +220,52 @@ async def test_recover_watches_a_running_job(
         await again.close()
 
 
+async def test_a_recovered_job_id_that_is_another_job_now_is_lost_and_left_alone(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    # QA: after a cluster reset job ids start again; the server then reported another
+    # user's job of the task's old id as the task, and a cancel scancelled that job
+    mine = await launch(provider, "task_mine", "true")
+    await updates.wait("task_mine", TaskStatus.COMPLETED)
+    await launch(provider, "task_theirs", "sleep 60")  # the job that took the id
+    theirs = await updates.wait("task_theirs", TaskStatus.RUNNING)
+    later = Updates(within=8)
+    again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
+    await again.start(later)
+    try:
+        await again.recover([RunningTask(mine, TaskStatus.RUNNING, theirs.provider_id)])
+        await again.cancel("task_mine", 1.0)
+        lost = await later.wait("task_mine", TaskStatus.FAILED)
+        assert lost.reason == "JobLost" and "another job" in (lost.message or "")
+    finally:
+        await again.close()
+    state = slurm_cluster.run("squeue", "-h", "-j", str(theirs.provider_id), "-o", "%T")
+    assert state.strip() == "RUNNING"  # not cancelled by the server that lost it
+    await provider.cancel("task_theirs", 1.0)
+
+
+async def test_a_requeued_job_is_ended_not_run_twice_and_a_job_has_a_home(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    # QA: Slurm requeues a batch job by default (node failure, preemption): it ran
+    # again without its secrets (the first start deleted them), its first log
+    # overwritten, and ended "completed". And a batch job had no HOME (caches fell to
+    # the read-only /root).
+    spec = await launch(provider, "task_home", 'echo "home=$HOME" >> starts; sleep 60')
+    running = await updates.wait("task_home", TaskStatus.RUNNING)
+    starts = spec.paths.workdir / "starts"
+    for _ in range(50):
+        if starts.exists() and starts.read_text():
+            break
+        await asyncio.sleep(0.1)
+    assert starts.read_text() == f"home={spec.paths.workdir}\n"
+    slurm_cluster.run("scontrol", "requeue", str(running.provider_id))
+    ended = await updates.wait("task_home", TaskStatus.FAILED, TaskStatus.COMPLETED)
+    assert (ended.status, ended.reason) == (TaskStatus.FAILED, "Requeued"), ended
+    await asyncio.sleep(2)
+    assert starts.read_text() == f"home={spec.paths.workdir}\n"  # it never ran again
+
+
 def _spec(provider: SlurmProvider, task_id: str) -> LaunchSpec:
     from vi_flow.server.providers.base import Placement
 

@@ -57,6 +57,7 @@ END_REASONS: dict[str, str] = {
     "ServerRestarted": "the server restarted while it ran; its exit status is unknown",
     "ServerStopped": "the server stopped while it ran",
     "ReplicaLost": "the replica on whose host it was queued stopped first (local provider)",
+    "Requeued": "Slurm requeued it (a node failure, a preemption): ended, not run twice",
     "ReservationEnded": "the reservation it waited for ended before it could start",
 }
 

@@ -272,7 +272,8 @@ class JobSubmission:
         and the script inside ``job`` (v0.0.40 also at the top, where it began).
         """
         legacy = version in LEGACY_VERSIONS
-        env = {**BASE_ENV, **self.env}
+        # HOME: the workspace, as a local or Ray task's (caches go there, ~ works)
+        env = {**BASE_ENV, "HOME": self.working_dir, **self.env}
         job: dict[str, Any] = {
             "name": self.name,
             "cpus_per_task": self.cpus,
@@ -281,6 +282,10 @@ class JobSubmission:
             "standard_output": self.stdout_path,
             "standard_error": self.stderr_path,
             "environment": env if legacy else [f"{k}={v}" for k, v in env.items()],
+            # A requeued job (a node failure, a preemption; Slurm's default) would run
+            # again without its secrets, which the first start deleted, its first log
+            # overwritten: it ends (NodeFailure, Preempted) and vi_flow says so.
+            "requeue": False,
         }
         if self.gpu_count:
             gres = f"gpu:{self.gpu_type}:" if self.gpu_type else "gpu:"

@@ -33,6 +33,7 @@ cluster's ``KillWait``, since Slurm sends SIGTERM, waits ``KillWait``, then SIGK
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import time
@@ -127,6 +128,7 @@ class _Tracked:
     raw_reason: str | None = "None"  # Slurm's pending reason last reported ("None": none)
     unsent: LaunchSpec | None = None  # Slurm refused it for now: submit again (job_id 0)
     volumes: tuple[Path, ...] = ()  # what its sandbox shows besides its task directory
+    started: float | None = None  # the job's start time (epoch s) when first seen running
 
 
 class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, SlurmError]):
@@ -331,6 +333,9 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             await self._finish(tracked, attrs.evolve(update, message="cancelled by request"))
             return
         try:
+            if (await self.rest.get_job(tracked.job_id)).name != tracked.task_id:
+                await self._finish(tracked, self._lost(tracked))  # never cancel another's
+                return
             await self.rest.cancel_job(tracked.job_id)
         except SlurmJobNotFoundError:
             pass
@@ -363,11 +368,16 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             except SlurmError as exc:  # transient or not, the next poll asks again
                 logger.debug("cannot poll Slurm job %s: %s", tracked.job_id, exc.message)
                 return
+        if job.name != tracked.task_id:  # the cluster was reset: the id is another's job
+            await self._finish(tracked, self._lost(tracked))
+            return
         await self._apply(tracked, job)
 
     async def _apply(self, tracked: _Tracked, job: SlurmJob) -> None:
         """Report what changed since the last poll, if anything."""
         status = TaskStatus(job.status)
+        if await self._requeued(tracked, job, status):
+            return
         if tracked.timed_out and status == TaskStatus.CANCELLED:
             status = TaskStatus.FAILED
         elif status == TaskStatus.RUNNING:
@@ -387,6 +397,28 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         started = self._update(tracked, job, TaskStatus.RUNNING)
         missed_start = tracked.status == TaskStatus.PENDING and self._ran(job)
         await self._finish(tracked, update, started if missed_start else None)
+
+    async def _requeued(self, tracked: _Tracked, job: SlurmJob, status: TaskStatus) -> bool:
+        """End a job Slurm has requeued (a node failure, a preemption, ``scontrol
+        requeue``; its default for batch jobs): run again, it would start without its
+        secrets (the first start deleted them) and overwrite its first log. True when
+        it was requeued (then it is cancelled and reported failed)."""
+        if status == TaskStatus.RUNNING and job.start_time is not None:
+            tracked.started = tracked.started or job.start_time
+        again = status == TaskStatus.RUNNING and job.start_time not in (None, tracked.started)
+        if tracked.started is None or not (status == TaskStatus.PENDING or again):
+            return False
+        with contextlib.suppress(SlurmError):
+            await self.rest.cancel_job(job.job_id)
+        message = (
+            f"Slurm requeued job {job.job_id} (a node failure, a preemption or scontrol"
+            " requeue); vi_flow does not run a task twice: submit it again"
+        )
+        update = TaskUpdate(
+            tracked.task_id, TaskStatus.FAILED, reason="Requeued", message=message, time=now_ms()
+        )
+        await self._finish(tracked, update)
+        return True
 
     async def _enforce_max_run_time(self, tracked: _Tracked, job: SlurmJob) -> None:
         """Stop a job past ``max_run_time`` (Slurm's own limit is in whole minutes)."""
@@ -413,7 +445,10 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             tracked.task_id,
             TaskStatus.FAILED,
             reason="JobLost",
-            message=f"Slurm no longer knows job {tracked.job_id} (purged or the cluster reset)",
+            message=(
+                f"Slurm no longer knows job {tracked.job_id} (purged, or the cluster was reset"
+                " and the id went to another job)"
+            ),
             time=now_ms(),
         )
 
