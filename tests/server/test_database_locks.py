@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from ..localserver.kit import foreground_serve, stop_server
-from .test_read_only_database import _call
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "home"
-    yield path
-    stop_server(path)
+from ..localserver.kit import foreground_serve
+from .conftest import call_served
 
 
 def test_a_table_locked_elsewhere_holds_one_request_for_a_bounded_time(
-    home: Path, postgres_database: str
+    served_home: Path, postgres_database: str
 ) -> None:
     # QA J: another session's LOCK TABLE runs (as VACUUM FULL or an index build takes)
     # held an execute, and every request behind it on the replica's one connection, for
@@ -31,16 +21,16 @@ def test_a_table_locked_elsewhere_holds_one_request_for_a_bounded_time(
 
     flow = {"name": "f", "blocks": [{"block": "template", "id": "t"}]}
     with (
-        foreground_serve(home, VI_FLOW_DATABASE=postgres_database),
+        foreground_serve(served_home, VI_FLOW_DATABASE=postgres_database),
         psycopg.connect(postgres_database) as holder,
     ):
-        flow_id = _call(home, "POST", "/flows", flow)[1]["flowId"]
+        flow_id = call_served(served_home, "POST", "/flows", flow)[1]["flowId"]
         holder.execute(b"LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")  # held until rollback
         answers: dict[str, tuple[int, float]] = {}
 
         def timed(name: str, method: str, path: str, body: object = None) -> None:
             begun = time.monotonic()
-            status = _call(home, method, path, body)[0]
+            status = call_served(served_home, method, path, body)[0]
             answers[name] = (status, time.monotonic() - begun)
 
         execute = threading.Thread(target=timed, args=("job", "POST", f"/flows/{flow_id}/jobs", {}))

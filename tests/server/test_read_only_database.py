@@ -7,44 +7,14 @@ Here (not in ``tests/storage``) because it is the server's answers that matter, 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from ..localserver.kit import foreground_serve, run_file, stop_server, wait_for
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "home"
-    yield path
-    stop_server(path)
-
-
-def _call(home: Path, method: str, path: str, body: Any = None) -> tuple[int, Any, Any]:
-    info = run_file(home)
-    assert info is not None
-    token = (home / "admin-token").read_text().strip()
-    request = urllib.request.Request(
-        info.url + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read()), answer.headers
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read()), error.headers
+from ..localserver.kit import foreground_serve, wait_for
+from .conftest import call_served
 
 
 def test_a_read_only_database_answers_reads_and_refuses_writes_503(
-    home: Path, postgres_database: str
+    served_home: Path, postgres_database: str
 ) -> None:
     # QA J: every request, reads too, answered 500 with a traceback in the log: each new
     # connection ran the schema's CREATE TABLE IF NOT EXISTS, which a read-only database
@@ -54,10 +24,10 @@ def test_a_read_only_database_answers_reads_and_refuses_writes_503(
     flow = {"name": "kept", "blocks": [{"block": "template", "id": "t"}]}
     name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
     with (
-        foreground_serve(home, VI_FLOW_DATABASE=postgres_database),
+        foreground_serve(served_home, VI_FLOW_DATABASE=postgres_database),
         psycopg.connect(postgres_database, dbname="postgres", autocommit=True) as admin,
     ):
-        assert _call(home, "POST", "/flows", flow)[0] == 201
+        assert call_served(served_home, "POST", "/flows", flow)[0] == 201
 
         def read_only(on: bool) -> None:
             setting = "on" if on else "off"
@@ -70,12 +40,19 @@ def test_a_read_only_database_answers_reads_and_refuses_writes_503(
             )
 
         read_only(True)
-        listed = wait_for(lambda: (got := _call(home, "GET", "/flows"))[0] == 200 and got, 30)
+        listed = wait_for(
+            lambda: (got := call_served(served_home, "GET", "/flows"))[0] == 200 and got, 30
+        )
         assert [f["spec"]["name"] for f in listed[1]["items"]] == ["kept"]
-        status, body, headers = _call(home, "POST", "/flows", {**flow, "name": "refused"})
+        status, body, headers = call_served(
+            served_home, "POST", "/flows", {**flow, "name": "refused"}
+        )
         assert (status, body["error"]["code"]) == (503, "DATABASE_UNAVAILABLE"), body
         assert "read-only" in body["error"]["message"] and headers["Retry-After"]
         read_only(False)
-        wait_for(lambda: _call(home, "POST", "/flows", {**flow, "name": "again"})[0] == 201, 30)
-        names = [f["spec"]["name"] for f in _call(home, "GET", "/flows")[1]["items"]]
+        wait_for(
+            lambda: call_served(served_home, "POST", "/flows", {**flow, "name": "again"})[0] == 201,
+            30,
+        )
+        names = [f["spec"]["name"] for f in call_served(served_home, "GET", "/flows")[1]["items"]]
         assert sorted(names) == ["again", "kept"]

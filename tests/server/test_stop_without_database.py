@@ -6,27 +6,17 @@ runs this directory: elsewhere it would only ever be skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from ..localserver.kit import cli, foreground_serve, stop_server
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "home"
-    yield path
-    stop_server(path)
+from ..localserver.kit import cli, foreground_serve
 
 
 def test_a_server_whose_postgresql_is_away_stops_when_forced(
-    home: Path, postgres_database: str
+    served_home: Path, postgres_database: str
 ) -> None:
     import psycopg
 
-    with foreground_serve(home, VI_FLOW_DATABASE=postgres_database) as serve:
+    with foreground_serve(served_home, VI_FLOW_DATABASE=postgres_database) as serve:
         admin = psycopg.connect(postgres_database, dbname="postgres", autocommit=True)
         name = psycopg.conninfo.conninfo_to_dict(postgres_database)["dbname"]
         try:
@@ -35,9 +25,11 @@ def test_a_server_whose_postgresql_is_away_stops_when_forced(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                 (name,),
             )
-            refused = cli(home, "server", "stop", check=False)  # whether work runs is unknown
+            refused = cli(
+                served_home, "server", "stop", check=False
+            )  # whether work runs is unknown
             assert refused.returncode != 0 and "DATABASE_UNAVAILABLE" in refused.stderr, refused
-            cli(home, "server", "stop", "--force")
+            cli(served_home, "server", "stop", "--force")
             assert serve.wait(timeout=60) == 0
         finally:
             admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'.encode())
