@@ -131,8 +131,8 @@ def _follow(
         if stream == "stdout" and task.stderr_size:  # its last words are on stderr
             tail = client.tasks.logs(task_id, tail=_STDERR_TAIL, stream="stderr")
             shown = log_line(err=True)
-            for line in tail.lines:
-                sys.stderr.write(f"  stderr: {shown(line)}\n")
+            sys.stderr.writelines(f"  stderr: {shown(line)}\n" for line in tail.lines)
+            sys.stderr.flush()  # before the exit's own words, as click.echo would
     raise click.exceptions.Exit(code)
 
 
@@ -453,6 +453,7 @@ def logs(
         return
     shown = log_line()
     sys.stdout.writelines(shown(line) + "\n" for line in snapshot.lines)
+    sys.stdout.flush()
 
 
 @tasks.command("ssh")
