@@ -44,6 +44,7 @@ from ._errors import (
     error_for_status,
 )
 from .models._base import dumps_finite, from_wire
+from .models.limits import is_unicode
 
 if TYPE_CHECKING:
     import aiohttp
@@ -97,7 +98,7 @@ def path(template: str, *segments: str) -> str:
             raise ValueError(f"an id must be a non-empty string, got {segment!r}")
         if segment in (".", ".."):  # a URL's dot segment: the request would go elsewhere
             raise ValueError(f"no id is {segment!r}")
-        if not _is_unicode(segment):
+        if not is_unicode(segment):
             raise ValueError(
                 f"no id holds a lone surrogate (text that is not valid Unicode): {segment[:40]!r}"
             )
@@ -108,15 +109,6 @@ def path(template: str, *segments: str) -> str:
                 f" {segment[:40]!r}..."
             )
     return template.format(*quoted)
-
-
-def _is_unicode(text: str) -> bool:
-    """Whether ``text`` can be sent as UTF-8 (no lone surrogate, as ``"\\udc80"``)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class Endpoint:

@@ -47,6 +47,7 @@ __all__ = [
     "check_time_ms",
     "depth",
     "has_control_characters",
+    "is_unicode",
     "shown",
     "type_name",
 ]
@@ -246,6 +247,16 @@ _SEPARATOR = frozenset("\u2028\u2029")
 def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds a C0 or C1 control character or DEL (a newline, NUL, ESC)."""
     return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: no lone surrogate (``"\\udc80"``, as a byte of a
+    file name or of an argument that was not UTF-8 is decoded)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:

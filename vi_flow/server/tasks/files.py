@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from ...models.limits import is_unicode
 from ...models.loglines import decode_line, split_lines
 from ...models.tasks import TaskOutputFile
 from ..trees import Walk
@@ -142,20 +143,10 @@ def list_outputs(root: Path) -> list[TaskOutputFile]:
         found = [
             TaskOutputFile(path, entry.status.st_size)
             for entry in walk
-            if stat.S_ISREG(entry.status.st_mode) and _is_utf8(path := walk.path(entry.name))
+            if stat.S_ISREG(entry.status.st_mode) and is_unicode(path := walk.path(entry.name))
         ]
     except OSError:  # its own names could not be read
         return []
     finally:
         os.close(top)
     return sorted(found, key=lambda f: f.path)
-
-
-def _is_utf8(path: str) -> bool:
-    """Whether ``path`` (decoded from the file system's bytes) was UTF-8: bytes that were
-    not are lone surrogates in it."""
-    try:
-        path.encode()
-    except UnicodeEncodeError:
-        return False
-    return True

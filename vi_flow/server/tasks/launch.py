@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...models.limits import has_control_characters, shown
+from ...models.limits import has_control_characters, is_unicode, shown
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
 from ..providers._job_files import VARIABLE_NAME
@@ -104,11 +104,7 @@ def _past_arg_limit(text: str) -> int | None:
 
 def _encodable(text: str) -> bool:
     """Whether ``text`` can be handed to a process: UTF-8 without NUL."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
-        return False
-    return "\x00" not in text
+    return is_unicode(text) and "\x00" not in text
 
 
 def volume_env_name(name: str) -> str:
