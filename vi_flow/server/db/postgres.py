@@ -107,7 +107,7 @@ def _connect_errors(url: str) -> Iterator[None]:
     try:
         with _translated_errors():
             yield
-    except (DatabaseUnavailable, PostgresError) as exc:
+    except PostgresError as exc:  # DatabaseUnavailable and DatabaseReadOnly too
         raise type(exc)(scrubbed(str(exc), url)) from None
 
 

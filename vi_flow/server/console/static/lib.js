@@ -144,8 +144,6 @@ function reached(ok) {
   document.dispatchEvent(new CustomEvent('server-reachable', { detail: ok }));
 }
 
-/** Call the server's API with the session cookie and key; an ApiError when it answers
- * an error, or with code UNREACHABLE when it cannot be reached. */
 /** Call the API for the page being shown: a PageLeft once the user left it meanwhile. */
 export async function api(method, path, body) {
   const page = state.page;
@@ -156,8 +154,9 @@ export async function api(method, path, body) {
   return answer;
 }
 
-/** Call the API for the console itself (its session, the server's health), whatever
- * page is shown. */
+/** Call the server's API with the session cookie and key, for the console itself (its
+ * session, the server's health) whatever page is shown; an ApiError when it answers an
+ * error, or with code UNREACHABLE when it cannot be reached. */
 export async function apiAnyPage(method, path, body) {
   const headers = { Accept: 'application/json', [KEY_HEADER]: currentKey() };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
