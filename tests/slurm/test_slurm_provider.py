@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -202,22 +204,32 @@ async def test_bad_token_names_the_token_file(
         await bad.close()
 
 
+@contextlib.asynccontextmanager
+async def _restarted(
+    slurm_cluster: SlurmCluster, tmp_path: Path, task: LaunchSpec, job_id: str | None
+) -> AsyncIterator[tuple[SlurmProvider, Updates]]:
+    """A new provider on the cluster, as a restarted server's, that recovered ``task`` as
+    running job ``job_id``, and its updates; closed on exit."""
+    later = Updates(within=8)
+    again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
+    await again.start(later)
+    try:
+        await again.recover([RunningTask(task, TaskStatus.RUNNING, job_id)])
+        yield again, later
+    finally:
+        await again.close()
+
+
 async def test_recover_watches_a_running_job(
     provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
     spec = await launch(provider, "task_recover", "sleep 60")
     running = await updates.wait("task_recover", TaskStatus.RUNNING)
     provider._tracked.clear()  # as if the server had stopped
-    later = Updates(within=8)
-    again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
-    await again.start(later)
-    try:
-        await again.recover([RunningTask(spec, TaskStatus.RUNNING, running.provider_id)])
+    async with _restarted(slurm_cluster, tmp_path, spec, running.provider_id) as (again, later):
         await again.cancel("task_recover", 1.0)
         done = await later.wait("task_recover", TaskStatus.CANCELLED)
         assert done.reason == "Cancelled"
-    finally:
-        await again.close()
 
 
 async def test_a_recovered_job_id_that_is_another_job_now_is_lost_and_left_alone(
@@ -229,16 +241,10 @@ async def test_a_recovered_job_id_that_is_another_job_now_is_lost_and_left_alone
     await updates.wait("task_mine", TaskStatus.COMPLETED)
     await launch(provider, "task_theirs", "sleep 60")  # the job that took the id
     theirs = await updates.wait("task_theirs", TaskStatus.RUNNING)
-    later = Updates(within=8)
-    again = SlurmProvider(settings_for(slurm_cluster, tmp_path))
-    await again.start(later)
-    try:
-        await again.recover([RunningTask(mine, TaskStatus.RUNNING, theirs.provider_id)])
+    async with _restarted(slurm_cluster, tmp_path, mine, theirs.provider_id) as (again, later):
         await again.cancel("task_mine", 1.0)
         lost = await later.wait("task_mine", TaskStatus.FAILED)
         assert lost.reason == "JobLost" and "another job" in (lost.message or "")
-    finally:
-        await again.close()
     state = slurm_cluster.run("squeue", "-h", "-j", str(theirs.provider_id), "-o", "%T")
     assert state.strip() == "RUNNING"  # not cancelled by the server that lost it
     await provider.cancel("task_theirs", 1.0)

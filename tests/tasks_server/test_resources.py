@@ -628,16 +628,24 @@ async def test_a_volume_deleted_while_tasks_that_mount_it_are_made(server: TaskS
             await server.call("POST", f"/tasks/{task_id}/cancel", json={"force": True})
 
 
+async def _outputs_of(server: TaskServer, command: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``command`` to its end; its task id and outputs list (answered 200)."""
+    task = await server.submit(command=command)
+    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
+    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
+    assert listed.status == 200, listed.body
+    return task["taskId"], listed.body["items"]
+
+
 @pytest.mark.anyio
 async def test_an_output_whose_name_holds_a_newline_downloads(server: TaskServer) -> None:
     # QA: the listing named "report\n2024.txt", and its download was "no route" (404):
     # the route's pattern (.+) stopped at the newline.
-    names = 'printf ok > "$VI_FLOW_OUTPUT_DIR/report\n2024.txt"'
-    task = await server.submit(command=names)
-    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
-    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
-    assert listed.body["items"] == [{"path": "report\n2024.txt", "size": 2}]
-    fetched = await server.call("GET", f"/tasks/{task['taskId']}/outputs/report%0A2024.txt")
+    task_id, listed = await _outputs_of(
+        server, 'printf ok > "$VI_FLOW_OUTPUT_DIR/report\n2024.txt"'
+    )
+    assert listed == [{"path": "report\n2024.txt", "size": 2}]
+    fetched = await server.call("GET", f"/tasks/{task_id}/outputs/report%0A2024.txt")
     assert (fetched.status, fetched.raw) == (200, b"ok")
 
 
@@ -682,10 +690,7 @@ async def test_an_output_whose_name_is_not_utf8_is_left_out_not_a_500(server: Ta
     # QA: a file named b"bad\xff.bin" made the outputs and the run's artifacts 500, and
     # failed the run of the task block that wrote it ("not JSON: surrogates not allowed")
     command = 'printf x > "$VI_FLOW_OUTPUT_DIR/$(printf \'bad\\377.bin\')"; printf ok > "$VI_FLOW_OUTPUT_DIR/good"'
-    task = await server.submit(command=command)
-    assert (await server.wait(task["taskId"], within=30))["status"] == "completed"
-    listed = await server.call("GET", f"/tasks/{task['taskId']}/outputs")
-    assert (listed.status, listed.body["items"]) == (200, [{"path": "good", "size": 2}])
+    assert (await _outputs_of(server, command))[1] == [{"path": "good", "size": 2}]
     block = {"block": "task", "id": "a", "settings": {"command": command}}
     flow = await server.call("POST", "/flows", json={"name": "odd", "blocks": [block]})
     outcome = (await server.call("POST", f"/flows/{flow.body['flowId']}/execute", json={})).body
