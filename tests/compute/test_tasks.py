@@ -456,6 +456,21 @@ async def test_get_model_downloads_run_artifacts(
     ]
 
 
+async def test_get_model_refuses_a_blank_save_dir(
+    client: vi_flow.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # save_dir="" wrote into the current directory, over its files (found by QA).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.bin").write_bytes(b"mine")
+    for blank in ("", "  "):
+        with pytest.raises(ValueError, match=r"save_dir must name a directory, got '\s*'"):
+            await client.get_model("run_abc123", save_dir=blank)
+    with pytest.raises(TypeError, match="save_dir must be a directory's path, got 5"):
+        await client.get_model("run_abc123", save_dir=5)  # type: ignore[arg-type]
+    assert os.listdir(tmp_path) == ["model.bin"]
+    assert await anyio.Path(tmp_path / "model.bin").read_bytes() == b"mine"
+
+
 async def test_get_model_of_a_run_still_going_warns(
     client: vi_flow.AsyncClient, tmp_path: Path
 ) -> None:

@@ -590,10 +590,20 @@ class AsyncCompute:
         Returns:
             The run id, the directory and the saved files, as absolute paths.
 
+        Raises:
+            TypeError: ``save_dir`` is not a path.
+            ValueError: ``save_dir`` is ``""``, which names no directory (it would have
+                written into the current one).
+
         Warns:
             UserWarning: The run has not ended: its tasks may still write files (what
                 they wrote so far is downloaded).
         """
+        if save_dir is not None and not isinstance(save_dir, (str, Path)):
+            raise TypeError(f"save_dir must be a directory's path, got {save_dir!r}")
+        given = save_dir if isinstance(save_dir, str) else None
+        if given is not None and not given.strip():
+            raise ValueError(f"save_dir must name a directory, got {save_dir!r}")
         run = await self.http.request("GET", path("/runs/{}", run_id), cast=Run)
         condition = run.status.condition
         if condition is None or not condition.terminal:
