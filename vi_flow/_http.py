@@ -20,6 +20,7 @@ import email.utils
 import logging
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -317,11 +318,38 @@ class Connection:
 def _discard(session: aiohttp.ClientSession) -> None:
     """Let go of a session whose loop has closed (an ``asyncio.run()`` before): nothing
     can await its close there, so it and its connector are marked closed, and neither
-    warns "Unclosed client session" when it is collected (its sockets close with it)."""
+    warns "Unclosed client session" when it is collected; its sockets are closed now."""
     connector = session.connector
     session.detach()
     if connector is not None:
+        sockets = _transports_of(connector)
         connector._close()  # close() would schedule its work on the closed loop
+        for transport in sockets:
+            _close_on_closed_loop(transport)
+
+
+def _transports_of(connector: aiohttp.BaseConnector) -> list[asyncio.BaseTransport]:
+    """The transports of ``connector``'s connections, idle and in use (aiohttp drops
+    them unclosed when its loop has closed: they would warn ``ResourceWarning`` when
+    collected, and hold their sockets until then)."""
+    idle = getattr(connector, "_conns", {})
+    protocols = [proto for held in idle.values() for proto, _ in held]
+    protocols += list(getattr(connector, "_acquired", ()))
+    return [proto.transport for proto in protocols if proto.transport is not None]
+
+
+def _close_on_closed_loop(transport: asyncio.BaseTransport) -> None:
+    """Close the socket under ``transport``, whose loop has closed (``close()`` would
+    schedule the rest of its work on that loop); a TLS transport's socket is its
+    wrapped transport's. Marked closed, neither warns when it is collected."""
+    wrapped = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    for layer in (transport, wrapped):
+        sock = getattr(layer, "_sock", None)
+        if isinstance(sock, socket.socket):
+            sock.close()
+            layer._sock = None  # type: ignore[union-attr]
+    if wrapped is not None and hasattr(transport, "_closed"):
+        transport._closed = True
 
 
 def _tls(ca_file: Path | None) -> ssl.SSLContext | bool:
