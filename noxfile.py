@@ -67,9 +67,11 @@ def tests_lowest(session: nox.Session) -> None:
     """Run the suite with every dependency at the lowest version pyproject.toml allows.
 
     The docs' and seeds' examples, the Schemathesis run and the local server's process
-    lifecycle (idle exits, restarts, Ctrl-C: waits on the clock) are left to ``tests``:
-    they drive the same SDK and server calls as the rest of the suite, which runs here
-    whole, and they are almost half of its time (CI stays under 30 minutes).
+    lifecycle (idle exits, restarts, Ctrl-C, a stopped, killed or hung server, a lost
+    database or disk: waits on the clock) are left to ``tests``: they drive the same SDK
+    and server calls as the rest of the suite, which runs here whole, and they are more
+    than half of its time (CI stays under 30 minutes). The local server's start lock
+    (``filelock``) and its lazy SSH (``asyncssh``) are tested here at their floors.
     """
     import tempfile
 
@@ -81,7 +83,9 @@ def tests_lowest(session: nox.Session) -> None:
     session.install("-c", floors, "-e", ".[test]")
     left_to_tests = [
         "tests/docs", "tests/seeds", "tests/server/test_schemathesis.py",
-        "tests/localserver/test_work_and_lifecycle.py",
+        "tests/localserver/test_work_and_lifecycle.py", "tests/localserver/test_faults.py",
+        "tests/localserver/test_database_gone.py", "tests/localserver/test_log_disk.py",
+        "tests/localserver/test_serve_output.py",
     ]  # fmt: skip
     ignore = [f"--ignore={path}" for path in left_to_tests]
     session.run("pytest", *_WORKERS, "-m", _LOCAL_ONLY, *ignore, *session.posargs)
