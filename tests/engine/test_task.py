@@ -7,6 +7,7 @@ import sys
 import orjson
 import pytest
 
+from vi_flow.models.limits import MAX_TAIL_CHARS
 from vi_flow.server.engine.blocks.task import MAX_ARTIFACTS
 
 from ..live_server import deep_path, deep_tree
@@ -54,6 +55,23 @@ async def test_failing_task_fails_the_step(server: Server) -> None:
     )
     output = (await server.call("POST", f"/flows/{killed}/execute", json={})).body["output"]
     assert (output["exitCode"], output["signal"], output["reason"]) == (None, 9, "Killed")
+
+
+async def test_a_steps_log_tail_keeps_a_bounded_number_of_characters(server: Server) -> None:
+    # QA: a task that printed without newlines had up to 10,000 pieces of 256 KiB kept in
+    # its step's output (2.5 GB held by the server), and the step's error quoted them.
+    big = "head -c 3000000 /dev/zero | tr '\\0' x; echo; echo near; echo end; exit 4"
+    settings = {"command": big, "tail_lines": 10_000, "allow_failure": True}
+    flow = await server.flow({"block": "task", "id": "t", "settings": settings})
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    tail = outcome["output"]["logTail"]
+    assert tail[-2:] == ["near", "end"] and sum(map(len, tail)) <= MAX_TAIL_CHARS
+    assert set("".join(tail[:-2])) == {"x"}  # the end of the long line, as far as it fits
+    settings = {"command": "head -c 3000000 /dev/zero | tr '\\0' y; exit 4"}
+    failing = await server.flow({"block": "task", "id": "t", "settings": settings})
+    outcome = (await server.call("POST", f"/flows/{failing}/execute", json={})).body
+    assert outcome["state"] == "failed" and len(outcome["error"]) < 1000, len(outcome["error"])
+    assert f"{'y' * 200}… ({262144} characters)" in outcome["error"]
 
 
 async def test_env_values_are_text_a_whole_placeholder_goes_in_as_json(server: Server) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vi_flow.models import from_wire, to_wire
+from vi_flow.models.limits import MAX_LOG_TAIL_BYTES
 from vi_flow.models.loglines import LineSplitter
 from vi_flow.models.tasks import (
     GPURequest,
@@ -91,6 +92,21 @@ def test_file_helpers(tmp_path: Path) -> None:
     # Read whole, the long line is three pieces of READ_SIZE bytes and the rest, as a
     # follow hands it out (loglines.MAX_LINE): "first" is the fifth line from the end.
     assert tail_lines(tmp_path, long, 5) == ["first", *["a" * READ_SIZE] * 3, "z"]
+    # QA: a task printed 400 MB without a newline, and tail=100000 read all of it into
+    # one answer (the server held 500 MB more, and other organizations waited). A tail
+    # is now at most MAX_LOG_TAIL_BYTES; the line that bound cuts is left out...
+    huge = tmp_path / "huge.log"
+    huge.write_bytes(b"x" * (MAX_LOG_TAIL_BYTES + 3 * READ_SIZE) + b"\nbefore\nlast\n")
+    assert tail_lines(tmp_path, huge, 100_000) == ["before", "last"]
+    # ... unless it is the log's last: then its end, as pieces of READ_SIZE.
+    huge.write_bytes(b"y" * (MAX_LOG_TAIL_BYTES + 3 * READ_SIZE + 5))
+    end = tail_lines(tmp_path, huge, 100_000)
+    assert sum(map(len, end)) == MAX_LOG_TAIL_BYTES and set("".join(end)) == {"y"}
+    many = tmp_path / "many.log"  # lines cut where the bound falls, whole ones kept
+    many.write_bytes(b"".join(b"%07d%s\n" % (i, b"." * 992) for i in range(9000)))
+    kept = tail_lines(tmp_path, many, 100_000)
+    assert kept[-1].startswith("0008999") and all(len(line) == 999 for line in kept)
+    assert len(kept) == MAX_LOG_TAIL_BYTES // 1000
     (tmp_path / "link").symlink_to(log)  # a link a task put in place of its log
     assert tail_lines(tmp_path, tmp_path / "link", 5) == []
     splitter = LineSplitter()

@@ -29,12 +29,14 @@ __all__ = [
     "MAX_LLM_TEMPERATURE",
     "MAX_LLM_TOKENS",
     "MAX_LOG_TAIL",
+    "MAX_LOG_TAIL_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
     "MAX_REQUEST_BODY",
     "MAX_STEP_TIMEOUT",
     "MAX_STRING_LENGTH",
+    "MAX_TAIL_CHARS",
     "MAX_TAIL_LINES",
     "MAX_TIME_MS",
     "MAX_VOLUME_GB",
@@ -127,6 +129,15 @@ MAX_TAIL_LINES = 10_000
 
 MAX_LOG_TAIL = 100_000
 """The most trailing lines one read of a task's log returns (``tail``)."""
+
+MAX_LOG_TAIL_BYTES = 8 * 1024 * 1024
+"""The most bytes of each log stream one read of a task's log returns: the last whole
+lines that fit, or the end of a longer line (a ``tail`` of many long lines stays this
+size: a follow, or the log's download, reads all of it)."""
+
+MAX_TAIL_CHARS = 1024 * 1024
+"""The most characters of log lines a ``task`` step keeps in its output (its last
+``tail_lines`` that fit, or the end of one longer line)."""
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother = 2, 60, 60

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from ...models.limits import is_unicode
+from ...models.limits import MAX_LOG_TAIL_BYTES, is_unicode
 from ...models.loglines import decode_line, split_lines
 from ...models.tasks import TaskOutputFile
 from ..trees import Walk
@@ -63,8 +63,9 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     before byte offset ``start``), split as :mod:`vi_flow.models.loglines` does.
 
     Reads backwards in blocks, each once, and at most ``count`` times :data:`READ_SIZE`
-    bytes: a huge log costs only what is returned, and a line longer than that (one
-    line of 60 MB) comes back as its end.
+    bytes, and never more than :data:`MAX_LOG_TAIL_BYTES`: a huge log costs only what is
+    returned. A line cut by that bound is left out, but for one line longer than it
+    (one line of 60 MB), which comes back as its end.
     """
     if count <= 0:
         return []
@@ -75,14 +76,19 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     ends = 0  # line ends in the blocks read so far
     with os.fdopen(fd, "rb") as handle:
         position = handle.seek(0, os.SEEK_END)
-        floor = max(min(start, position), position - count * READ_SIZE)
+        bound = position - min(count * READ_SIZE, MAX_LOG_TAIL_BYTES)
+        floor = max(min(start, position), bound)
         while position > floor and ends <= count:
             step = min(_TAIL_BLOCK, position - floor)
             position -= step
             block = os.pread(fd, step, position)
             blocks.append(block)
             ends += block.count(b"\n")
-    lines, rest = split_lines(b"", b"".join(reversed(blocks)))
+        cut = position == bound > 0 and os.pread(fd, 1, position - 1) != b"\n"
+    data = b"".join(reversed(blocks))
+    if cut and ends and data.find(b"\n") + 1 < len(data):  # the bound's line, unless last
+        data = data[data.find(b"\n") + 1 :]
+    lines, rest = split_lines(b"", data)
     if rest:
         lines.append(decode_line(rest))
     return lines[-count:]

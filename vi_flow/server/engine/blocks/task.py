@@ -3,7 +3,8 @@
 Settings are a :class:`~vi_flow.models.tasks.TaskConfig` (``command`` required; ``gpu``,
 ``instance_type``, ``cpus``, ``env``, ``volumes``, ``working_dir``, ``max_run_time``...
 in snake_case or camelCase) plus two block options: ``tail_lines`` (log lines kept in
-the output, default 50) and ``allow_failure`` (a non-zero exit does not fail the step).
+the output, default 50, at most :data:`~vi_flow.models.limits.MAX_TAIL_CHARS` characters
+in all) and ``allow_failure`` (a non-zero exit does not fail the step).
 The task goes through the server's task service, so it is listed under ``/v1/tasks``
 with the run and step ids. Every line it prints becomes a ``log`` event of the step.
 The output is ``{"taskId", "status", "exitCode", "signal", "reason", "logTail",
@@ -20,7 +21,13 @@ import collections
 from typing import Any
 
 from ....models._base import to_wire
-from ....models.limits import MAX_TAIL_LINES, check_int, check_name, check_relative_path
+from ....models.limits import (
+    MAX_TAIL_CHARS,
+    MAX_TAIL_LINES,
+    check_int,
+    check_name,
+    check_relative_path,
+)
 from ....models.tasks import TaskConfig, TaskStatus
 from ...errors import APIProblem
 from ..eventlog import EventQuotaExceeded
@@ -33,6 +40,33 @@ _BLOCK_OPTIONS = {"tail_lines", "tailLines", "allow_failure", "allowFailure"}
 MAX_ARTIFACTS = 1000
 """The most output files a step's output names: the output is stored in three events
 (QA: 300,000 files made 82 MB of events)."""
+
+
+class _Tail(collections.deque[str]):
+    """The last ``count`` lines, and no more than :data:`MAX_TAIL_CHARS` characters of
+    them: but for the last line, which is cut to its end (a task that prints gigabytes
+    without a newline sends pieces of 256 KiB: 10,000 of them were 2.5 GB held here)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(maxlen=count)
+        self.chars = 0
+
+    def append(self, line: str) -> None:
+        if self.maxlen == 0:
+            return
+        if len(line) > MAX_TAIL_CHARS:
+            line = line[-MAX_TAIL_CHARS:]
+        if len(self) == self.maxlen:
+            self.chars -= len(self[0])
+        super().append(line)
+        self.chars += len(line)
+        while self.chars > MAX_TAIL_CHARS:
+            self.chars -= len(self.popleft())
+
+
+def _brief(line: str, most: int = 200) -> str:
+    """``line`` for an error message: its first ``most`` characters."""
+    return line if len(line) <= most else f"{line[:most]}… ({len(line)} characters)"
 
 
 def _config(ctx: BlockContext) -> TaskConfig:
@@ -67,7 +101,7 @@ async def task_block(ctx: BlockContext) -> Any:
     except APIProblem as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc.message}", exc.code) from exc
     kept = checked_setting(ctx, "tail_lines", 50, check_int, 0, MAX_TAIL_LINES)
-    tail: collections.deque[str] = collections.deque(maxlen=kept)
+    tail = _Tail(kept)
     try:
         async for stream, line in tasks.follow(task.task_id):
             tail.append(line)
@@ -90,7 +124,7 @@ async def task_block(ctx: BlockContext) -> Any:
     }
     if task.status != TaskStatus.COMPLETED and not ctx.setting("allow_failure", False):
         reason = task.message or f"exit code {task.exit_code}"
-        last = "; ".join(list(tail)[-3:])
+        last = "; ".join(_brief(line) for line in list(tail)[-3:])
         raise StepError(
             f"task {task.task_id} {task.status.value}: {reason}"
             + (f" (last lines: {last})" if last else ""),
