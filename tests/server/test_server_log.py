@@ -6,7 +6,9 @@ import asyncio
 import io
 import logging
 import re
+import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -256,6 +258,44 @@ async def test_a_client_that_leaves_is_an_info_line_not_a_traceback(
     assert "Traceback" not in text and " ERROR " not in text and " WARNING " not in text
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert (await server.call("GET", "/health", token="")).status == 200
+
+
+async def test_a_reader_that_stopped_reading_then_reset_is_an_info_line_not_a_traceback(
+    server: Server, log: io.StringIO
+) -> None:
+    # QA: a stream whose reader stopped reading waits for room to write; a reset then
+    # ends that wait with ConnectionError("Connection lost"), which was logged as an
+    # unhandled error with its traceback, about 40 lines a stream: any organization
+    # could fill the server's log with them.
+    flow = await server.call("POST", "/flows", json={"name": "many", "blocks": [
+        {"block": "emit", "settings": {"count": 200_000, "line": "x" * 200}}]})  # fmt: skip
+    run = await server.call("POST", f"/flows/{flow.body['flowId']}/jobs", json={})
+    task = await server.call("POST", "/tasks", json={"command": "yes | head -c 50000000"})
+    paths = [f"/v1/runs/{run.body['executionId']}/events"] * 3
+    paths += [f"/v1/tasks/{task.body['taskId']}/logs?follow=true"] * 3
+    host, port = server.root.split("//")[1].split("/")[0].rsplit(":", 1)
+    readers = []
+    for number, path in enumerate(paths):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-stalled-{number}\r\n"
+        sock.sendall(f"{request}Authorization: Bearer {server.token}\r\n\r\n".encode())
+        readers.append(sock)
+    await asyncio.sleep(1.5)  # each stream fills its socket and waits for room
+    for sock in readers:  # then a reset (no FIN): the waits end with "Connection lost"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    with anyio.fail_after(10):
+        while log.getvalue().count("client disconnected") < len(paths):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    text = log.getvalue()
+    assert "Traceback" not in text and " ERROR " not in text, text[-3000:]
+    for number, path in enumerate(paths):
+        [line] = [x for x in text.splitlines() if f"req-stalled-{number} " in x]
+        assert f"GET {path.split('?')[0]} client disconnected after" in line, line
+    await server.call("POST", f"/tasks/{task.body['taskId']}/cancel", json={})
 
 
 async def test_a_reset_the_client_did_not_cause_is_a_500(

@@ -164,7 +164,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         # Cancelled with the client still there: the server is stopping.
         _log_request(request, started, _GONE if _client_gone(request) else "cancelled after")
         raise
-    except ConnectionResetError:
+    except ConnectionError:
         _log_request(request, started, _GONE)
         # Nobody is left to read an answer; this stand-in fails quietly to send, where a
         # raised error would make aiohttp log "Error handling request" with a traceback.
@@ -329,7 +329,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
         response.headers["X-Should-Retry"] = "false"
         return response
-    except ConnectionResetError:
+    except ConnectionError:
         if _client_gone(request):
             raise  # the access middleware notes it; there is no one to answer
         return _internal_error(request)  # e.g. an outgoing connection of the handler

@@ -170,7 +170,7 @@ async def _stream(
             gone = await _unless_gone(request, pump)
         else:
             await pump
-    except ConnectionResetError:  # the client went away; the run goes on unless asked
+    except ConnectionError:  # the client went away; the run goes on unless asked
         gone = True
     except asyncio.CancelledError:
         gone = True
@@ -201,7 +201,7 @@ async def _unless_gone(request: web.Request, pump: Coroutine[Any, Any, None]) ->
     finally:
         if not pumping.done():  # the client is gone, or this handler was cancelled
             pumping.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await pumping
 
 

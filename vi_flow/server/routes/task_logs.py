@@ -297,7 +297,7 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     except _Refused as exc:
         error = orjson.dumps({"code": "LOG_UNREADABLE", "message": str(exc)})
         await response.write(b"event: error\ndata: %s\n\n" % error)
-    except ConnectionResetError:  # the client went away
+    except ConnectionError:  # the client went away
         return response
     finally:
         await asyncio.to_thread(stream.close)
