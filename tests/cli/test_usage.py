@@ -64,6 +64,20 @@ def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
     assert "'city' is not KEY=VALUE" in result.stderr
 
 
+@pytest.mark.parametrize("item", ["AWS_SECRET_ACCESS_KEY:wJalrXUtnFEMI", "=wJalrXUtnFEMI"])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_bad_env_item_is_named_by_its_place_never_its_value(
+    vf_offline: Invoker, item: str, as_json: bool
+) -> None:
+    # QA: `-e KEY:secret` (a colon typed for "=") printed the secret in its error, to
+    # the terminal or a CI log; the server names only a variable, never its value.
+    options = ["--json"] if as_json else []
+    result = vf_offline("tasks", "run", *options, "-e", "A=1", "-e", item, "--", "true")
+    assert result.exit_code == 2, result.output
+    assert "wJalrXUtnFEMI" not in result.output + result.stderr
+    assert "'--env'" in result.stderr and "item 2 of 2 is not KEY=VALUE" in result.stderr
+
+
 def test_bad_version_is_a_usage_error(vf_offline: Invoker) -> None:
     result = vf_offline("execute", "flow_x", "--version", "latest")
     assert result.exit_code == 2

@@ -51,13 +51,18 @@ def tasks() -> None:
     """Run GPU/CPU tasks: status, logs, shells over SSH, code upload."""
 
 
-def _pairs(values: Iterable[str], option: str) -> dict[str, str]:
-    """Turn ``KEY=VALUE`` items into a dict (``click.BadParameter`` naming the item)."""
+def _pairs(values: Iterable[str], option: str, *, secret: bool = False) -> dict[str, str]:
+    """Turn ``KEY=VALUE`` items into a dict (``click.BadParameter`` naming the item, or,
+    when its values may be ``secret``, only its place: ``-e TOKEN:abc`` typed for
+    ``-e TOKEN=abc``, or a bare ``-e "$TOKEN"``, must not print the token)."""
     out: dict[str, str] = {}
-    for item in values:
+    items = list(values)
+    for number, item in enumerate(items, 1):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=f"'{option}'")
+            what = f"item {number} of {len(items)}" if secret else repr(item)
+            hidden = " (not shown: it may hold a secret)" if secret else ""
+            raise click.BadParameter(f"{what} is not KEY=VALUE{hidden}", param_hint=f"'{option}'")
         out[key] = value
     return out
 
@@ -266,7 +271,7 @@ def run(
         if v is not None
     }
     if env:
-        kwargs["env"] = _pairs(env, "--env")
+        kwargs["env"] = _pairs(env, "--env", secret=True)
     mounts = {path: f"volume://{vol}" for path, vol in _pairs(volumes, "--volume").items()}
     target: Any = _task_file(config_file) if config_file else list(command)
     if len(command) == 1:
