@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 import vi_flow
@@ -27,10 +29,12 @@ pytestmark = pytest.mark.anyio
 HEARTBEAT = 0.2
 
 
-async def test_a_stalled_stream_resumes_after_twice_the_heartbeat(tmp_path: Path) -> None:
-    async def no_wait(seconds: float) -> None:
-        return None
+async def _no_wait(seconds: float) -> None:
+    """A client's ``sleep`` that never waits: a resume follows its cause at once."""
+    return None
 
+
+async def test_a_stalled_stream_resumes_after_twice_the_heartbeat(tmp_path: Path) -> None:
     async with Starter(LiveServer) as starter:
         server = await starter.start(
             ServerSettings(home=tmp_path / "home", heartbeat_interval=HEARTBEAT)
@@ -39,7 +43,7 @@ async def test_a_stalled_stream_resumes_after_twice_the_heartbeat(tmp_path: Path
         async with cutting_proxy(port) as proxy:
             direct = vi_flow.AsyncClient(base_url=f"{server.root}/v1", api_key=server.token)
             proxied = vi_flow.AsyncClient(
-                base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=server.token, sleep=no_wait
+                base_url=f"http://127.0.0.1:{proxy.port}/v1", api_key=server.token, sleep=_no_wait
             )
             async with direct, proxied:
                 flow = await new_flow(direct, emit_flow(30, interval=0.05))
@@ -75,3 +79,29 @@ async def test_streams_announce_their_heartbeat(tmp_path: Path) -> None:
 def test_a_missing_or_odd_heartbeat_leaves_the_read_timeout_alone(value: str) -> None:
     assert silence_limit({"X-Heartbeat-Interval": value}) is None
     assert silence_limit({}) is None
+
+
+@pytest.mark.parametrize("client_kind", ["async", "sync"])
+async def test_a_timeout_shorter_than_the_heartbeat_resumes_through_a_quiet_step(
+    tmp_path: Path, client_kind: str
+) -> None:
+    # QA: with Client(timeout=2) a step quiet for 40 s (the server's heartbeat is 15 s)
+    # ended events() with "broke 6 times in a row without news": each resume met the
+    # same silence, cut by the caller's own timeout, and counted as a failure. The docs
+    # promise that such a silence makes the stream resume, not fail.
+    async with Starter(LiveServer) as starter:
+        server = await starter.start(ServerSettings(home=tmp_path / "home", heartbeat_interval=1.0))
+        async with vi_flow.AsyncClient(base_url=f"{server.root}/v1", api_key=server.token) as c:
+            flow = await new_flow(c, emit_flow(3, interval=1.5))  # 3 s of silences
+        url = f"{server.root}/v1"
+        options: dict[str, Any] = {"api_key": server.token, "timeout": 0.2, "sleep": _no_wait}
+        if client_kind == "async":  # no wait before a resume: each timeout counts at once
+            async with vi_flow.AsyncClient(base_url=url, **options) as c:
+                events = [e async for e in c.flow(flow.flow_id).events()]
+        else:
+            with vi_flow.Client(base_url=url, **options) as sync:
+                events = await anyio.to_thread.run_sync(
+                    lambda: list(sync.flow(flow.flow_id).events())
+                )
+    assert [e.line for e in events if isinstance(e, LogLine)] == [f"event {i}" for i in (1, 2, 3)]
+    assert isinstance(events[-1], FlowCompleted) and events[-1].status.value == "Succeeded"

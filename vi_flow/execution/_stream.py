@@ -8,8 +8,10 @@ before ``flow_completed`` it asks whether the run is still going and reconnects 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -17,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .._errors import APIConnectionError
+from .._errors import APIConnectionError, APITimeoutError
 from .._hop import Awaiter, now
 from .._sse import (
     EVENT_NAMES,
@@ -131,12 +133,16 @@ class ResumableEventStream:
         while not self.finished:
             progressed = False
             error: BaseException | None = None
+            heard: float | None = None  # when this connection's last bytes came
+            limit: float | None = None  # the server's own bound on its silence
             try:
                 async with _hopped_context(self._connect(self), hop) as resp:
                     self._learn_execution_id(resp)
+                    heard, limit = time.monotonic(), silence_limit(resp.headers)
                     decoder = SSEDecoder()
                     hook = self._on_tool_calls
                     async for chunk in _hopped_chunks(resp, hop):
+                        heard = time.monotonic()
                         for piece in _pieces(chunk):
                             batch = self._parse(*decoder.feed_raw(piece), decoder.id_before)
                             self._retry_ms = decoder.retry
@@ -157,7 +163,10 @@ class ResumableEventStream:
                 raise wrapped.error from wrapped.error.__cause__
             except STREAM_ERRORS as exc:
                 error = exc
-            failures = 0 if progressed else failures + 1
+            if progressed:
+                failures = 0
+            elif not _cut_short(error, heard, limit):
+                failures += 1
             if error is None:
                 try:
                     if not await hop(functools.partial(self._resume_after_eof, progressed)):
@@ -249,7 +258,8 @@ class ResumableEventStream:
                 f"the event stream broke before its run was known: {error!r}"
             ) from error
         if failures > self.max_reconnects:
-            raise APIConnectionError(
+            timed_out = isinstance(error, (asyncio.TimeoutError, TimeoutError))
+            raise (APITimeoutError if timed_out else APIConnectionError)(
                 f"the event stream of run {self.execution_id} broke {failures} times in a row"
                 f" without news (last error: {error!r})"
             ) from error
@@ -307,6 +317,20 @@ class _Hopped(AbstractAsyncContextManager[aiohttp.ClientResponse]):
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._hop(lambda: self._connection.__aexit__(*exc))
+
+
+def _cut_short(error: BaseException | None, heard: float | None, limit: float | None) -> bool:
+    """Whether ``error`` is the caller's read timeout ending a silence shorter than the
+    server's heartbeat allows (``limit``): a quiet step of a live run, not a failure.
+    Such a stream resumes as often as the timeout says, as the docs promise; a server
+    silent past its own bound, or one that never answered, counts toward giving up."""
+    if (
+        heard is None
+        or limit is None
+        or not isinstance(error, (asyncio.TimeoutError, TimeoutError))
+    ):
+        return False
+    return time.monotonic() - heard < limit
 
 
 def _hopped_chunks(resp: aiohttp.ClientResponse, hop: Awaiter) -> AsyncIterator[bytes]:
