@@ -272,6 +272,8 @@ class _Pump(Generic[T]):
         items = [self._items.popleft() for _ in range(min(batch, len(self._items)))]
         if not items and self._error is not None:
             raise self._error
+        if not items and self._stopping:  # stopped by a close() of another thread: no end
+            raise ClientStateError(_CLOSED_DURING_CALL)
         finished = self._done and not self._items and self._error is None
         return items, finished
 

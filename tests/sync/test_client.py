@@ -133,6 +133,42 @@ def test_a_close_under_streaming_threads_gives_each_a_client_state_error(
     assert "asynchronous generator" not in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("transport", ["ssh", "http"])
+def test_a_close_under_a_following_thread_gives_it_a_client_state_error(
+    monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    # QA: a follow_logs() whose client was closed by another thread mostly ended as if
+    # the task's log were complete, with no error: the caller could not tell it from
+    # the task's end.
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", transport)
+    client = vi_flow.Client()
+    task = client.run("for i in $(seq 1 400); do echo line $i; sleep 0.05; done")
+    lines: list[str] = []
+    outcome: list[BaseException | None] = []
+    following = threading.Event()
+
+    def follow() -> None:
+        try:
+            for line in task.follow_logs():
+                lines.append(line)
+                following.set()
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        assert following.wait(20)
+        client.close()
+        thread.join(20)
+        assert len(outcome) == 1 and type(outcome[0]) is ClientStateError, (outcome, len(lines))
+        assert len(lines) < 400
+    finally:
+        with vi_flow.Client() as other:
+            other.cancel(task.task_id)
+
+
 _LOOPS_ONE_AFTER_ANOTHER = """
 import asyncio, gc, vi_flow
 client = vi_flow.AsyncClient()
