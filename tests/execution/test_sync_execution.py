@@ -57,6 +57,36 @@ def test_sync_handler_runs_in_a_worker_thread_and_may_use_the_client(
     assert threads and threads[0] != threading.current_thread().name
 
 
+@pytest.mark.timeout(60)
+def test_more_than_40_handlers_that_call_execute_on_their_client_all_finish(
+    client: vi_flow.Client,
+) -> None:
+    # QA: handlers ran on anyio's 40 worker threads; 45 threads whose handlers each
+    # called execute() (with a handler) on the same client took all 40, the inner
+    # handlers never got a thread, and the client hung for good.
+    flow = new_flow(client, LOOP_FLOW)
+    inner = new_flow(client, {"name": "inner", "blocks": [LOOP_FLOW["blocks"][0]]})
+    holding = threading.Barrier(45, timeout=30)  # all 45 outer handlers at once
+
+    def outer(calls: list[ToolCall]) -> list[Any]:
+        if calls[0].function.arguments == {"n": 1}:
+            holding.wait()
+        nested = inner.execute(tool_handler=lambda calls: ["in"])
+        assert isinstance(nested, ExecuteResult)
+        return [nested.output]
+
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(flow.execute(tool_handler=outer)))
+        for _ in range(45)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(45)
+    assert len(results) == 45 and all(isinstance(r, ExecuteResult) for r in results)
+
+
 def test_limit_and_handler_errors(client: vi_flow.Client) -> None:
     flow = new_flow(client, LOOP_FLOW)
     with pytest.raises(ToolCallLimitError):

@@ -22,6 +22,7 @@ awaited on the loop.
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
@@ -36,6 +37,7 @@ __all__ = [
     "SyncToolHandler",
     "ToolHandler",
     "ToolHandlerReturn",
+    "OwnThread",
     "ToolHandlerWarning",
     "call_tool_handler",
     "check_handler",
@@ -89,6 +91,23 @@ def check_handler(handler: object, *, allow_async: bool = True) -> None:
         )
 
 
+class OwnThread:
+    """A sync client's tool handler, which gets a worker thread of its own, past anyio's
+    40 (an :class:`~vi_flow.AsyncClient`'s sync handlers share those 40).
+
+    Its caller is a thread of the program's, blocked in ``execute()``, so there are no
+    more of them than the program's threads; and a handler may call ``execute()`` on the
+    same client: with 40 handlers each waiting for an inner one that could get no
+    thread, the client hung for good (QA M).
+    """
+
+    def __init__(self, handler: SyncToolHandler) -> None:
+        self.handler = handler
+
+    def __call__(self, calls: list[ToolCall]) -> ToolHandlerReturn:
+        return self.handler(calls)
+
+
 async def call_tool_handler(
     handler: ToolHandler, calls: list[ToolCall], *, allow_async: bool = True
 ) -> list[ToolResult]:
@@ -107,7 +126,8 @@ async def call_tool_handler(
 async def _invoke(handler: ToolHandler, calls: list[ToolCall], allow_async: bool) -> Any:
     if is_async_handler(handler):
         return await handler(calls)  # type: ignore[misc]
-    returned = await anyio.to_thread.run_sync(handler, calls)
+    limiter = anyio.CapacityLimiter(math.inf) if isinstance(handler, OwnThread) else None
+    returned = await anyio.to_thread.run_sync(handler, calls, limiter=limiter)
     if inspect.isawaitable(returned):
         if not allow_async:
             _discard(returned)

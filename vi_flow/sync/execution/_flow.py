@@ -16,7 +16,7 @@ from typing_extensions import Unpack
 from ..._portal import Portal
 from ...execution import AsyncFlow, ExecuteResult
 from ...execution._options import ExecuteOptions, RunInputs, SyncExecuteOptions, check_names
-from ...execution._tools import SyncToolHandler, ToolHandlerReturn, check_handler
+from ...execution._tools import OwnThread, SyncToolHandler, ToolHandlerReturn, check_handler
 from ...models.events import StepCompleted, StreamEvent, ToolCall
 from ._results import PausedResult, _wrap
 from ._run import _BATCH, Job, Run, iterate_events
@@ -40,7 +40,7 @@ def _sync_only(handler: SyncToolHandler | None) -> SyncToolHandler | None:
             raise TypeError("the sync Flow's tool_handler returned an awaitable; make it sync")
         return returned
 
-    return call
+    return OwnThread(call)
 
 
 def _async_options(options: SyncExecuteOptions, method: str) -> ExecuteOptions:
