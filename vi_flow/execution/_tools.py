@@ -34,10 +34,10 @@ from ..models.events import ToolCall, ToolResult
 
 __all__ = [
     "AsyncToolHandler",
+    "OwnThread",
     "SyncToolHandler",
     "ToolHandler",
     "ToolHandlerReturn",
-    "OwnThread",
     "ToolHandlerWarning",
     "call_tool_handler",
     "check_handler",
