@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -151,6 +151,8 @@ class Connection:
         self._thread_lock = threading.Lock()
         # the waits between attempts under way, and their loops: aclose ends them
         self._naps: dict[Any, asyncio.AbstractEventLoop] = {}  # anyio.CancelScope
+        # the bodies of the streams being read, and their loops: aclose ends them too
+        self._bodies: dict[aiohttp.StreamReader, asyncio.AbstractEventLoop] = {}
 
     async def endpoint(self) -> Endpoint:
         """Return the endpoint, finding (or starting) the home's server on first use."""
@@ -236,6 +238,17 @@ class Connection:
                 del self._naps[scope]
         self.ensure_open()
 
+    @contextlib.contextmanager
+    def reading(self, body: aiohttp.StreamReader) -> Iterator[None]:
+        """Mark a stream's ``body`` as being read: :meth:`aclose` ends a read of it with
+        ``ClientStateError`` (closing the session does not: aiohttp lets go of the body of
+        a connection it closes, and its reader waited for the stream's silence bound)."""
+        self._bodies[body] = asyncio.get_running_loop()
+        try:
+            yield
+        finally:
+            self._bodies.pop(body, None)
+
     def session(self) -> aiohttp.ClientSession:
         """Return the session for the running loop, creating it on first use (each loop
         that uses the client has its own; those of loops since closed are let go)."""
@@ -295,6 +308,12 @@ class Connection:
             else:
                 with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
                     loop.call_soon_threadsafe(scope.cancel)
+        for body, loop in list(self._bodies.items()):
+            if loop is here:
+                _closed_under(body)
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_closed_under, body)
         with self._thread_lock:
             ours = self._let_go(lambda _: True)
         elsewhere = []
@@ -313,6 +332,11 @@ class Connection:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(attached.release)
+
+
+def _closed_under(body: aiohttp.StreamReader) -> None:
+    """End a read of a stream's ``body``: its client was closed."""
+    body.set_exception(ClientStateError("this client was closed while a stream was read"))
 
 
 def _discard(session: aiohttp.ClientSession) -> None:
@@ -546,7 +570,8 @@ class HTTPCore:
         allowed between two chunks.
         """
         async with self._send(method, url, json, params, headers, timeout, max_retries) as resp:
-            yield resp
+            with self.connection.reading(resp.content):
+                yield resp
 
     @asynccontextmanager
     async def _send(

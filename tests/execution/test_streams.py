@@ -219,3 +219,47 @@ async def test_a_handler_slower_than_the_pause_gets_the_runs_own_end(
         await flow.execute(message="m", tool_handler=slow)
     events = await collect(flow.events(message="m", tool_handler=slow))
     assert isinstance(events[-1], FlowCompleted) and events[-1].status is Condition.ERROR
+
+
+async def test_aclose_ends_the_streams_being_read_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # QA: events() of a paused run, or of a long quiet step, and an HTTP log follow went
+    # on waiting after their client's aclose(), until their silence bound (30 s).
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", "http")
+    client = vi_flow.AsyncClient()
+    paused = await new_flow(client, TOOL_FLOW)
+    quiet = await new_flow(client, {"name": "quiet", "blocks": [
+        {"block": "task", "id": "t", "settings": {"command": "sleep 30"}}]})  # fmt: skip
+    task = await client.run("echo one; sleep 30")
+    outcomes: list[BaseException | None] = []
+    started = anyio.Event()
+
+    async def read(stream: Any) -> None:
+        try:
+            async for _ in stream:
+                started.set()
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(exc)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for stream in (paused.events(), quiet.events(), task.follow_logs()):
+                started = anyio.Event()
+                group.start_soon(read, stream)
+                with anyio.fail_after(20):
+                    await started.wait()
+            await anyio.sleep(0.2)
+            with anyio.fail_after(3):  # at once, not after twice the 15 s heartbeat
+                await client.aclose()
+                while len(outcomes) < 3:
+                    await anyio.sleep(0.01)
+    finally:
+        async with vi_flow.AsyncClient() as other:
+            await other.cancel(task.task_id)
+            for flow in (paused, quiet):
+                async for page in other.runs.list(flow_id=flow.flow_id):
+                    for run in page.items:
+                        await other.runs.cancel(run.run_id)
+    assert [type(outcome) for outcome in outcomes] == [vi_flow.ClientStateError] * 3, outcomes
