@@ -331,6 +331,12 @@ def _base_url(value: object) -> str:
     url = str(value).rstrip("/")
     if url != LOCAL and not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
+    cut = min((at for at in (url.find("?"), url.find("#")) if at >= 0), default=-1)
+    if cut >= 0:  # each path was appended after it; and a query may hold a token: not shown
+        raise ValueError(
+            "base_url must not have a query or a fragment (an API key goes in api_key), got"
+            f" {shown_url(url[:cut])!r} followed by {url[cut]!r}..."
+        )
     return url
 
 
