@@ -49,6 +49,28 @@ async def test_wait_rejects_bad_poll_interval(aclient: vi_flow.AsyncClient) -> N
     job = AsyncJob(aclient.http, "run_x")
     with pytest.raises(ValueError, match="poll_interval"):
         await job.wait(poll_interval=0)
+    # QA: -1 was taken ("not finished after -1 s"), and "1" raised Python's own
+    # "unsupported operand type(s)", naming no argument
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0.*got -1"):
+        await job.wait(timeout=-1)
+    with pytest.raises(TypeError, match=r"timeout must be a number of seconds.*got '1'"):
+        await job.wait(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"poll_interval must be a positive number.*got '1'"):
+        await job.wait(poll_interval="1")  # type: ignore[arg-type]
+
+
+async def test_wait_with_timeout_0_looks_once(aclient: vi_flow.AsyncClient) -> None:
+    # QA: it raised "had not finished after 0 s; it keeps running" for a run that had
+    # ended: it never looked (Task.wait(timeout=0) looks once).
+    flow = await new_flow(aclient, {"name": "one", "blocks": [GREET]})
+    job = await flow.execute_async(message="job")
+    assert await job.wait(timeout=10, poll_interval=0.02) is Condition.SUCCEEDED
+    assert await job.wait(timeout=0) is Condition.SUCCEEDED
+    assert (await job.result(timeout=0)).output == "Hello job"
+    going = await (await new_flow(aclient, emit_flow(1000, interval=0.01))).execute_async()
+    with pytest.raises(TaskTimeoutError, match="had not finished after 0 s"):
+        await going.wait(timeout=0)
+    await going.cancel()
 
 
 async def test_trace_and_step_trace(aclient: vi_flow.AsyncClient) -> None:

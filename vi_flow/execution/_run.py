@@ -89,6 +89,16 @@ def run_stream(
     return stream.__aiter__()
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad_seconds(name: str, value: object, wanted: str) -> TypeError | ValueError:
+    """The error for a wait's ``name`` that is not ``wanted``: TypeError unless a number."""
+    kind = ValueError if _is_number(value) else TypeError
+    return kind(f"{name} must be {wanted}, got {value!r}")
+
+
 class AsyncRun:
     """An execution: inspect it, follow its events, cancel it.
 
@@ -236,10 +246,19 @@ class AsyncJob(AsyncRun):
             poll_interval: Seconds between polls.
 
         Raises:
-            TaskTimeoutError: The run had not ended after ``timeout`` seconds.
+            TaskTimeoutError: The run had not ended after ``timeout`` seconds (with ``0``:
+                when it is looked at once).
+            TypeError: ``timeout`` or ``poll_interval`` is not a number.
+            ValueError: ``timeout`` is negative, or ``poll_interval`` not positive.
         """
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if not _is_number(poll_interval) or not poll_interval > 0:
+            raise _bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
+        if timeout is not None and (not _is_number(timeout) or not timeout >= 0):
+            raise _bad_seconds("timeout", timeout, "a number of seconds >= 0, or None")
+        if timeout == 0:  # one look: move_on_after(0) would not look at all
+            condition = await self.status()
+            if condition.terminal:
+                return condition
         with anyio.move_on_after(timeout) as scope:
             while True:
                 condition = await self.status()
