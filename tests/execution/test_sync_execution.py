@@ -87,6 +87,17 @@ def test_more_than_40_handlers_that_call_execute_on_their_client_all_finish(
     assert len(results) == 45 and all(isinstance(r, ExecuteResult) for r in results)
 
 
+def test_an_output_past_the_servers_limits_is_an_error_result_and_the_run_goes_on(
+    client: vi_flow.Client,
+) -> None:
+    # QA: execute() raised the server's 422 and left the run paused for its hour
+    flow = new_flow(client, TOOL_FLOW)
+    with pytest.warns(ToolHandlerWarning, match="past the server's limits"):
+        result = flow.execute(message="m", tool_handler=lambda calls: ["x" * 9_000_000])
+    assert isinstance(result, ExecuteResult) and "past the server's limits" in str(result.output)
+    assert client.runs.get(result.execution_id).status.condition is Condition.SUCCEEDED
+
+
 def test_limit_and_handler_errors(client: vi_flow.Client) -> None:
     flow = new_flow(client, LOOP_FLOW)
     with pytest.raises(ToolCallLimitError):

@@ -9,6 +9,7 @@ import pytest
 from vi_flow.execution import ToolHandlerWarning
 from vi_flow.execution._tools import call_tool_handler, coerce_tool_results, is_async_handler
 from vi_flow.models import ToolCall, ToolFunction, ToolResult
+from vi_flow.models.limits import MAX_STRING_LENGTH
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +63,13 @@ def test_an_output_json_cannot_hold_names_the_call_and_the_value() -> None:
     # orjson writes nan as null: the run would have read "no value" from the tool
     with pytest.raises(ValueError, match=r"call 'c2' .*temps\[1\]: expected a finite number"):
         coerce_tool_results([1, {"temps": [20.5, float("nan")]}], CALLS)
+
+
+def test_an_output_past_the_servers_limits_names_the_call_and_the_limit() -> None:
+    # QA: a 9 MiB string went out, the server refused it (422) and the run stayed
+    # paused for its hour, waiting for an answer
+    with pytest.raises(ValueError, match=r"call 'c1' is past the server's limits: output\.text"):
+        coerce_tool_results([{"text": "x" * (MAX_STRING_LENGTH + 1)}, 2], CALLS)
 
 
 async def test_raising_handler_answers_every_call_with_an_error() -> None:

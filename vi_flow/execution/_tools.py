@@ -9,8 +9,8 @@ for and returns their results, in one of two shapes:
   which becomes the ``output`` of the call at that position;
 * a dict mapping every call id to its output (or to a ``ToolResult``).
 
-Every call must be answered exactly once and every output must be JSON-ready. A
-handler that raises, or returns something else, does not end the run: each call of
+Every call must be answered exactly once and every output must be JSON-ready and within
+the server's limits (no string over 8 MiB characters). A handler that raises, or returns something else, does not end the run: each call of
 that round is answered with an error result (``is_error=True``, the output says what
 went wrong) and a :class:`ToolHandlerWarning` is issued.
 
@@ -30,6 +30,7 @@ from typing import Any, TypeAlias
 import anyio.to_thread
 
 from ..models._base import dumps_finite
+from ..models.limits import LimitError, check_json
 from ..models.events import ToolCall, ToolResult
 
 __all__ = [
@@ -202,6 +203,12 @@ def _result(item: Any, call_id: str) -> ToolResult:
         kind = TypeError if isinstance(exc, TypeError) else ValueError
         raise kind(
             f"the output for call {result.tool_call_id!r} is not JSON-ready: {exc}"
+        ) from None
+    try:  # what the server would refuse (422), leaving the run waiting for an answer
+        check_json(result.output, "output")
+    except LimitError as exc:
+        raise ValueError(
+            f"the output for call {result.tool_call_id!r} is past the server's limits: {exc}"
         ) from None
     return result
 
