@@ -30,8 +30,8 @@ from typing import Any, TypeAlias
 import anyio.to_thread
 
 from ..models._base import dumps_finite
-from ..models.limits import LimitError, check_json
 from ..models.events import ToolCall, ToolResult
+from ..models.limits import LimitError, check_json
 
 __all__ = [
     "AsyncToolHandler",
