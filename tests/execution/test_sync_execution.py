@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 import vi_flow
-from vi_flow._errors import FlowExecutionError, TaskTimeoutError, ToolCallLimitError
+from vi_flow._errors import (
+    ConflictError,
+    FlowExecutionError,
+    TaskTimeoutError,
+    ToolCallLimitError,
+)
 from vi_flow.execution import ExecuteResult, ToolHandlerWarning
 from vi_flow.models import (
     Condition,
@@ -96,6 +101,22 @@ def test_an_output_past_the_servers_limits_is_an_error_result_and_the_run_goes_o
         result = flow.execute(message="m", tool_handler=lambda calls: ["x" * 9_000_000])
     assert isinstance(result, ExecuteResult) and "past the server's limits" in str(result.output)
     assert client.runs.get(result.execution_id).status.condition is Condition.SUCCEEDED
+
+
+def test_a_pause_answered_elsewhere_is_a_conflict_not_a_failure(client: vi_flow.Client) -> None:
+    # QA: a second resume() with other results, or one after another client answered,
+    # raised FlowExecutionError "run ... failed: the run ended Succeeded"
+    flow = new_flow(client, TOOL_FLOW)
+    paused = flow.execute(message="m")
+    assert isinstance(paused, PausedResult)
+    assert isinstance(paused.resume(tool_results=["sunny"]), ExecuteResult)
+    with pytest.raises(ConflictError, match="already answered"):
+        paused.resume(tool_results=["rain"])
+    other = flow.execute(message="m")
+    assert isinstance(other, PausedResult)
+    flow.run(other.execution_id).submit_tool_results(["snow"], tool_calls=other.tool_calls)
+    with pytest.raises(ConflictError, match="already answered"):
+        other.resume(tool_results=["hail"])
 
 
 def test_limit_and_handler_errors(client: vi_flow.Client) -> None:

@@ -17,6 +17,7 @@ from .._config import NOT_GIVEN, NotGiven, Timeout
 from .._errors import APIError, ConflictError, FlowExecutionError, ToolCallLimitError
 from .._http import HTTPCore, path
 from ..models._base import to_wire
+from ..models.common import Condition
 from ..models.events import ExecutionOutcome, ToolCall, ToolCallsRequired, ToolResult
 from ..models.runs import Run
 from ._results import ExecuteResult, PausedResult, ToolResultsArg
@@ -111,8 +112,11 @@ class ToolLoop:
             if await self._ended(event.execution_id) is None:  # its end is on the stream
                 raise
 
-    async def _ended(self, execution_id: str) -> FlowExecutionError | None:
-        """The failure of ``execution_id`` when it has ended, else None.
+    async def _ended(
+        self, execution_id: str, *, failed_only: bool = False
+    ) -> FlowExecutionError | None:
+        """The failure of ``execution_id`` when it has ended (but for a success, with
+        ``failed_only``), else None.
 
         Results sent after the run stopped waiting for them (a handler slower than the
         step's ``timeout``) answer 409; what the caller needs is how the run ended.
@@ -120,6 +124,8 @@ class ToolLoop:
         run = await self.http.request("GET", path("/runs/{}", execution_id), cast=Run)
         last = run.status.conditions[-1] if run.status.conditions else None
         if last is None or not last.condition.terminal:
+            return None
+        if failed_only and last.condition is Condition.SUCCEEDED:
             return None
         why = last.message or f"the run ended {last.condition.value}"
         reason = f" ({last.reason})" if last.reason else ""
@@ -160,7 +166,8 @@ class ToolLoop:
                 cast=ExecutionOutcome,
             )
         except ConflictError:
-            if (ended := await self._ended(execution_id)) is None:
+            # a run that succeeded was answered by another client meanwhile: the 409 says so
+            if (ended := await self._ended(execution_id, failed_only=True)) is None:
                 raise
             raise ended from None
 
