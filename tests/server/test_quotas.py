@@ -148,3 +148,38 @@ async def test_a_task_step_logging_past_the_events_quota_fails_and_its_task_stop
     assert outcome["status"] == "Failed" and "events_per_run" in outcome["error"], outcome
     tasks = (await server.call("GET", "/tasks")).body["items"]
     assert [t["status"] for t in tasks] == ["cancelled"], tasks  # not left running
+
+
+async def test_streams_per_organization(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: nothing bounded the streams one organization held; ~330 held log follows (at an
+    # open-file limit of 1024) made every other organization's request answer 503
+    monkeypatch.setenv("VI_FLOW_QUOTA_STREAMS", "2")
+    server = await start_server()
+    task = (await server.call("POST", "/tasks", json={"command": "sleep 60"})).body["taskId"]
+    url = f"{server.root}/v1/tasks/{task}/logs?follow=true"
+    held = [await server.session.get(url, headers=server.headers()) for _ in range(2)]
+    try:
+        assert [r.status for r in held] == [200, 200]
+        third = await server.call("GET", f"/tasks/{task}/logs", params={"follow": "true"})
+        _over(third, "streams", 429)
+        snapshot = await server.call("GET", f"/tasks/{task}/logs")  # not a stream: answered
+        assert snapshot.status == 200, snapshot.body
+        other = await _other_token(server)
+        theirs = (await server.call("POST", "/tasks", json={"command": "true"}, token=other)).body
+        path = f"/tasks/{theirs['taskId']}/logs"
+        answer = await server.call("GET", path, params={"follow": "true"}, token=other)
+        assert answer.status == 200  # a quota per organization
+        held.pop().close()  # one given back: room for one more
+        for _ in range(100):
+            again = await server.session.get(url, headers=server.headers())
+            held.append(again)
+            if again.status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert again.status == 200
+    finally:
+        for response in held:
+            response.close()
+        await server.call("POST", f"/tasks/{task}/cancel", json={"gracePeriod": 0})

@@ -11,6 +11,7 @@ lock (one server per home), opens the store and makes sure the default organizat
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import secrets
@@ -36,6 +37,7 @@ from .replicas import Replica
 from .routes import admin, executions, flows, lifecycle, retention, runs, tasks
 from .state import (
     IDENTITY_KEY,
+    OPEN_STREAMS_KEY,
     REPLICA_KEY,
     SETTINGS_KEY,
     STORE_KEY,
@@ -109,6 +111,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     check_endpoints(settings)
     app = web.Application(client_max_size=MAX_REQUEST_BODY)
     app[SETTINGS_KEY] = settings
+    app[OPEN_STREAMS_KEY] = collections.Counter()
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     database = settings.database or settings.home / "state.db"
     app[STORE_KEY] = store = Store.open(database, known_migrations=MIGRATIONS)

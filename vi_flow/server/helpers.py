@@ -32,7 +32,8 @@ from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json, shown
 from .errors import APIProblem
-from .state import REPLICA_KEY, STORE_KEY, Principal
+from .quotas import check_streams
+from .state import OPEN_STREAMS_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
 from .store import IDEMPOTENCY_SLOT, PENDING_ANSWER, AlreadyAnswered, IdempotencySlot, Store
 
 __all__ = [
@@ -66,12 +67,37 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def begin_body(request: web.Request, response: web.StreamResponse) -> bool:
     """Send ``response``'s head; ``False`` for a ``HEAD`` request, whose answer ends
     there. (aiohttp sends a streamed answer's body even to ``HEAD``: a client reading
-    on the same connection took its events for the next answer.)"""
+    on the same connection took its events for the next answer.)
+
+    A streamed answer counts toward its organization's ``streams`` quota until its
+    handler returns (:func:`end_of_stream`, which the auth middleware calls).
+
+    Raises:
+        APIProblem: 429 ``QUOTA_EXCEEDED``: the organization has its quota of streams
+            open; nothing was sent.
+    """
+    principal = request.get(PRINCIPAL)
+    if principal is not None and STREAM_SLOT not in request:
+        counts = request.app[OPEN_STREAMS_KEY]
+        org = principal.organization_id
+        check_streams(request.app[SETTINGS_KEY].quotas, counts[org])
+        counts[org] += 1
+        request[STREAM_SLOT] = org
     await response.prepare(request)
     if request.method != "HEAD":
         return True
     await response.write_eof()
     return False
+
+
+def end_of_stream(request: web.Request) -> None:
+    """Give back the ``streams`` quota slot :func:`begin_body` took, if it took one."""
+    org = request.pop(STREAM_SLOT, None)
+    if org is not None:
+        counts = request.app[OPEN_STREAMS_KEY]
+        counts[org] -= 1
+        if counts[org] <= 0:
+            del counts[org]
 
 
 def _request_key(name: str, kind: type[Any]) -> Any:
@@ -82,6 +108,9 @@ def _request_key(name: str, kind: type[Any]) -> Any:
 
 PRINCIPAL: Any = _request_key("vi_flow.principal", Principal)
 """Request key under which the auth middleware stores the caller's :class:`Principal`."""
+
+STREAM_SLOT: Any = _request_key("vi_flow.stream_slot", str)
+"""Request key of the organization whose ``streams`` quota this streamed answer counts in."""
 
 REQUEST_ID: Any = _request_key("vi_flow.request_id", str)
 """Request key under which the request id (``req_<hex>``) is stored."""

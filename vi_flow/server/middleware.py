@@ -41,7 +41,7 @@ from .bootstrap import DEFAULT_ORG, read_admin_token
 from .console.sessions import KEY_PARAM, has_cookie, session_hash, session_principal
 from .db import DatabaseFileGone, DatabaseReadOnly, DatabaseUnavailable, is_disk_full
 from .errors import APIProblem
-from .helpers import PRINCIPAL, REQUEST_ID, Handler, request_id_of
+from .helpers import PRINCIPAL, REQUEST_ID, Handler, end_of_stream, request_id_of
 from .state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
 
 __all__ = [
@@ -553,7 +553,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         raise APIProblem.not_found("NOT_FOUND", "organization", wanted)
     request[PRINCIPAL] = principal
     await _read_body_in_time(request)
-    return await handler(request)
+    try:
+        return await handler(request)
+    finally:
+        end_of_stream(request)  # a streamed answer's slot of the streams quota
 
 
 async def _read_body_in_time(request: web.Request, *, whole: bool = False) -> None:

@@ -15,7 +15,10 @@ quota on what is held (reservations) is ``422``: only cancelling one frees it.
 - ``pending_tasks``: tasks of an organization waiting to start;
 - ``events_per_run``: events one run holds (steps, and the ``log`` lines blocks and
   tasks write): a step whose logging would pass it fails with a message naming the
-  quota, so one run cannot fill the server's disk.
+  quota, so one run cannot fill the server's disk;
+- ``streams``: answers an organization has open on one server process at once that
+  last (event streams, log follows, downloads): each holds descriptors and memory, so
+  that one organization's streams cannot use up the server's open files for everyone.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import attrs
 from ..models.tasks import Reservation, ReservationStatus
 from .errors import APIProblem
 
-__all__ = ["ENV_PREFIX", "Quotas", "over_quota"]
+__all__ = ["ENV_PREFIX", "Quotas", "check_streams", "over_quota"]
 
 ENV_PREFIX = "VI_FLOW_QUOTA_"
 """``VI_FLOW_QUOTA_PENDING_TASKS=50`` sets :attr:`Quotas.pending_tasks`."""
@@ -57,6 +60,8 @@ class Quotas:
         reserved_gpus: GPUs those reservations hold together.
         pending_tasks: Tasks waiting to start per organization.
         events_per_run: Events one run may hold: a step logging past it fails.
+        streams: Streamed answers (event streams, log follows, downloads) open at once
+            per organization on one server process.
     """
 
     reservations: int | None = attrs.field(default=100, converter=_limit)
@@ -64,6 +69,7 @@ class Quotas:
     reserved_gpus: int | None = attrs.field(default=None, converter=_limit)
     pending_tasks: int | None = attrs.field(default=1000, converter=_limit)
     events_per_run: int | None = attrs.field(default=5_000_000, converter=_limit)
+    streams: int | None = attrs.field(default=500, converter=_limit)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Quotas:
@@ -103,6 +109,15 @@ class Quotas:
             APIProblem: 429 ``QUOTA_EXCEEDED`` naming the quota.
         """
         over_quota("pending_tasks", pending + 1, self.pending_tasks, "pending tasks")
+
+
+def check_streams(quotas: Quotas, open_now: int) -> None:
+    """Refuse one more streamed answer when ``open_now`` are open.
+
+    Raises:
+        APIProblem: 429 ``QUOTA_EXCEEDED`` naming the quota.
+    """
+    over_quota("streams", open_now + 1, quotas.streams, "streams open on this server")
 
 
 def over_quota(name: str, wanted: int, limit: int | None, what: str, status: int = 429) -> None:

@@ -8,6 +8,7 @@ engine under :data:`ENGINE_KEY`).
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ __all__ = [
     "ENGINE_KEY",
     "HEAD_DEADLINE",
     "IDENTITY_KEY",
+    "OPEN_STREAMS_KEY",
     "REPLICA_KEY",
     "SETTINGS_KEY",
     "STORE_KEY",
@@ -177,6 +179,9 @@ ENGINE_KEY = web.AppKey("vi_flow.engine", RunStarter)
 
 IDENTITY_KEY = web.AppKey("vi_flow.identity", ServerIdentity)
 """This server's :class:`ServerIdentity`."""
+
+OPEN_STREAMS_KEY = web.AppKey("vi_flow.open_streams_per_org", collections.Counter[str])
+"""Streamed answers open now, per organization id (the ``streams`` quota)."""
 
 REPLICA_KEY = web.AppKey("vi_flow.replica", Replica)
 """This server among the replicas of its database (see :mod:`vi_flow.server.replicas`)."""
