@@ -503,6 +503,27 @@ async def test_one_organization_holds_at_most_half_of_the_sessions(
             process.close()
 
 
+@pytest.mark.anyio
+async def test_one_organization_holds_at_most_half_of_sftps_open_files(
+    server: TaskServer, client_key: asyncssh.SSHKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: one organization's SFTP connections held all of SFTP's open files, and another
+    # organization could open none in its own task ("too many open files on the server")
+    monkeypatch.setattr(sshd, "open_file_limit", lambda: 64)  # 16 SFTP files, 8 each
+    endpoint = await _endpoint(server, client_key, command="sleep 30")
+    other = await _other_endpoint(server, command="sleep 30")
+    async with _connect(endpoint, client_key) as one, one.start_sftp_client() as sftp:
+        held = [await sftp.open("/logs/stdout.log", "rb") for _ in range(8)]
+        with pytest.raises(asyncssh.SFTPFailure, match="its share of the server's"):
+            await sftp.open("/logs/stdout.log", "rb")
+        async with _connect(other[0], other[1]) as theirs, theirs.start_sftp_client() as mine:
+            await (await mine.open("/logs/stdout.log", "rb")).close()  # their half is there
+        await held.pop().close()
+        held.append(await sftp.open("/logs/stdout.log", "rb"))  # one given back, one taken
+        for handle in held:
+            await handle.close()
+
+
 async def _other_endpoint(server: TaskServer, **config: Any) -> tuple[dict[str, Any], Any]:
     """A running task of a second organization, its SSH endpoint and key."""
     org = (await server.call("POST", "/organizations", json={"name": "other"})).body

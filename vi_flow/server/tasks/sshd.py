@@ -73,8 +73,8 @@ class SSHLimits:
     Sessions (commands, shells, SFTP) hold about four descriptors each: at most a
     sixteenth of the limit of them at once, :data:`SESSIONS_PER_CONNECTION` a connection.
 
-    Within those, no organization holds more than half of the connections or of the
-    sessions, so another's always has room; and when every connection is taken, a new
+    Within those, no organization holds more than half of the connections, of the
+    sessions or of SFTP's open files, so another's always has room; and when every connection is taken, a new
     one takes the place of the connection that has waited longest to log in (one that
     never logs in, left open by anyone who can reach the port, cannot keep the others
     out).
@@ -100,6 +100,8 @@ class SSHLimits:
         """Logged-in connections open now, by organization."""
         self.sessions_of: collections.Counter[str] = collections.Counter()
         """Sessions open now, by organization."""
+        self.sftp_of: collections.Counter[str] = collections.Counter()
+        """SFTP files open now, by organization."""
         self.logging_in: dict[asyncssh.SSHServerConnection, None] = {}
         """Connections not logged in yet, the longest waiting first."""
 
@@ -112,6 +114,11 @@ class SSHLimits:
     def sessions_per_org(self) -> int:
         """The most sessions one organization may hold open."""
         return max(1, self.sessions // 2)
+
+    @property
+    def sftp_files_per_org(self) -> int:
+        """The most SFTP files one organization may hold open."""
+        return max(1, self.sftp_files // 2)
 
 
 class SessionResolver(Protocol):
@@ -165,6 +172,11 @@ class _Server(asyncssh.SSHServer):
         """Commands, shells and SFTP sessions this connection has open."""
         self._org = ""  # the organization it logged in to (its sessions count for it)
         self._counted = False  # whether it counts in limits.connections_of
+
+    @property
+    def org(self) -> str:
+        """The organization this connection logged in to (``""`` before it did)."""
+        return self._org
 
     def session_refusal(self) -> str | None:
         """Why this connection may not open one more session now, if it may not."""
@@ -794,13 +806,24 @@ class _SFTPFiles:
             )
         if limits.sftp_open >= limits.sftp_files:
             raise asyncssh.SFTPFailure("too many open files on the server; try again later")
+        org = owner.org
+        if limits.sftp_of[org] >= limits.sftp_files_per_org:
+            raise asyncssh.SFTPFailure(
+                f"too many open files: your organization has {limits.sftp_files_per_org} open"
+                " over SFTP, its share of the server's"
+            )
         owner.sftp_open += 1
         limits.sftp_open += 1
+        limits.sftp_of[org] += 1
 
     def give_back(self) -> None:
         """One file was closed."""
-        self._owner.sftp_open -= 1
-        self._owner.limits.sftp_open -= 1
+        owner, limits = self._owner, self._owner.limits
+        owner.sftp_open -= 1
+        limits.sftp_open -= 1
+        limits.sftp_of[owner.org] -= 1
+        if limits.sftp_of[owner.org] <= 0:
+            del limits.sftp_of[owner.org]
 
     def ended(self) -> None:
         """The SFTP session ended."""
