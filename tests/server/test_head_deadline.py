@@ -222,3 +222,31 @@ async def test_a_body_from_no_key_that_keeps_dripping_is_cut_at_the_deadline(
             answer.cancel()
         assert status.startswith(b"HTTP/1.1 408"), (status, said)
         assert b"did not all come within 1 s" in said
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v1/flows HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s"
+        + b"Z" * 9000
+        + b"\r\n\r\n",
+        b"GET /v1/flows?pageToken=%s" + b"Z" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/flows HTTP/1.1\r\nHost: x\r\nX-Key: %s\x01\r\n\r\n",
+    ],
+    ids=["long-header", "long-line", "bad-byte"],
+)
+async def test_a_head_that_cannot_be_read_is_a_json_error_that_quotes_none_of_it(
+    served: Served, head: bytes
+) -> None:
+    # QA: aiohttp's own text/plain 400 quoted what it had read, so an Authorization header
+    # over 8 KiB came back in the answer, API key and all
+    async with _connection(served.port) as (reader, writer):
+        writer.write(head.replace(b"%s", served.token.encode()))
+        answer = await asyncio.wait_for(_until_closed(reader), 5)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.") and b" 400 " in status.split(b"\r\n")[0], answer
+    assert b"application/json" in status
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "INVALID_REQUEST"
+    assert error["message"].startswith("the request could not be read: ")
+    assert served.token.encode() not in answer and b"ZZZ" not in answer

@@ -34,7 +34,7 @@ import attrs
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-__all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging"]
+__all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging", "malformed_reason"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """One line per record: ``2026-12-02 05:00:00,123 INFO vi_flow.server.access: ...``."""
@@ -219,14 +219,20 @@ class _MalformedRequests(logging.Filter):
         if isinstance(exc, RequestPayloadError):  # a body that did not decode, which aiohttp
             exc = exc.__cause__  # reads on (and fails again) after the server's 400
         if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
-            lines = (exc.message or type(exc).__name__).strip().splitlines() or [""]
-            reason = _QUOTED.split(lines[0], maxsplit=1)[0].rstrip(" :") or type(exc).__name__
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "refused a malformed request from %s: %d %r"
-            record.args = (remote, exc.code, reason[:120])
+            record.args = (remote, exc.code, malformed_reason(exc, exc.message))
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def malformed_reason(exc: BaseException | None, message: str | None) -> str:
+    """Why aiohttp could not read a request, without the request's bytes it quotes
+    (``Got more than 8190 bytes when reading``: the rest may hold its API key)."""
+    kind = type(exc).__name__ if exc is not None else "BadRequest"
+    lines = (message or kind).strip().splitlines() or [""]
+    return (_QUOTED.split(lines[0], maxsplit=1)[0].rstrip(" :") or kind)[:120]
 
 
 _QUOTED = re.compile(r"""bytearray\(|b?['"]""")  # where aiohttp starts to quote the request

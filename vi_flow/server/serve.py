@@ -20,7 +20,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from .. import __version__
 from ..models.server import ServerInfo
@@ -29,6 +31,7 @@ from .endpoints import public_base_url
 from .helpers import Handler
 from .home import publish
 from .limits import BUDGET_KEY, install_accept_guard, raise_open_file_limit
+from .logs import malformed_reason
 from .routes.lifecycle import LIFECYCLE_KEY
 from .state import IDENTITY_KEY, REPLICA_KEY, ServerSettings
 from .tasks import TASKS_KEY
@@ -46,6 +49,46 @@ default (5 ms), and since every voluntary release by the loop restarts the waite
 clock, a commit waited 5-15 ms for each of those hand-backs, so the loop and the writer
 took turns instead of working at once (issue 15: a live run's event rate rose ~25 %).
 """
+
+
+class _Handler(web.RequestHandler):
+    """A connection, whose answer to a request aiohttp cannot read (a header line over
+    8 KiB, a bad byte) is the wire's JSON error with the reason only. aiohttp's own is
+    plain text quoting what it read of the request: an ``Authorization`` header too
+    long came back in it, API key and all."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not 400 <= status < 500:
+            return super().handle_error(request, status, exc, message)
+        reason = malformed_reason(exc, message)
+        answer = super().handle_error(request, status, exc, reason)  # logs, closes after
+        if isinstance(answer, web.Response):
+            error = {
+                "code": "INVALID_REQUEST",
+                "message": f"the request could not be read: {reason}",
+            }
+            answer.body = orjson.dumps({"error": error})
+            answer.content_type = "application/json"
+        return answer
+
+
+class _Server(web.Server):
+    """The server of :class:`_Handler` connections (set as ``runner.server``'s class)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _Handler
+        return handler
 
 
 class _HeadDeadline:
@@ -141,6 +184,8 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
     )
     _HeadDeadline(runner, deadline).install(app)  # before setup: it adds a middleware
     await runner.setup()
+    assert runner.server is not None
+    runner.server.__class__ = _Server  # its connections answer a malformed request as JSON
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
