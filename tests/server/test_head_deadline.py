@@ -232,8 +232,11 @@ async def test_a_body_from_no_key_that_keeps_dripping_is_cut_at_the_deadline(
         + b"\r\n\r\n",
         b"GET /v1/flows?pageToken=%s" + b"Z" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /v1/flows HTTP/1.1\r\nHost: x\r\nX-Key: %s\x01\r\n\r\n",
+        b"GET http://bob:%s@[::1/v1/runs HTTP/1.1\r\nHost: x\r\n\r\n",  # QA: a URL quoted
+        b"GET http://h:99999/v1/runs?api_key=%s HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/flows HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     ],
-    ids=["long-header", "long-line", "bad-byte"],
+    ids=["long-header", "long-line", "bad-byte", "bad-url", "bad-port", "two-framings"],
 )
 async def test_a_head_that_cannot_be_read_is_a_json_error_that_quotes_none_of_it(
     served: Served, head: bytes

@@ -334,7 +334,9 @@ async def test_a_malformed_request_is_one_info_line_not_a_traceback(
     assert "Traceback" not in text and " ERROR " not in text
     refused = [line for line in text.splitlines() if "refused a malformed request" in line]
     assert len(refused) == 2 and all(" INFO aiohttp.server: " in line for line in refused)
-    assert "Invalid header value char" in refused[0] and "hhhhhhhhhhhhhhhhhhh" * 10 not in text
+    assert (
+        "its head does not read as HTTP/1" in refused[0] and "hhhhhhhhhhhhhhhhhhh" * 10 not in text
+    )
     # aiohttp quotes the bytes it read: with a key among them, they never reach the log
     token = server.headers()["Authorization"].encode()
     await _send_raw(
@@ -345,7 +347,7 @@ async def test_a_malformed_request_is_one_info_line_not_a_traceback(
     text = log.getvalue()
     assert token[7:].decode() not in text
     assert text.count("refused a malformed request") == 4
-    assert text.count(": 400 'Got more than 8190 bytes") == 3  # aiohttp's reason kept
+    assert text.count(": 400 'a line of its head is too long (8190 bytes at most)'") == 3
 
 
 async def test_a_body_its_content_encoding_does_not_decode_is_one_info_line(
@@ -366,7 +368,7 @@ async def test_a_body_its_content_encoding_does_not_decode_is_one_info_line(
     text = log.getvalue()
     assert "Traceback" not in text and " ERROR " not in text, text
     [refused] = [line for line in text.splitlines() if "refused a malformed request" in line]
-    assert "Can not decode content-encoding: gzip" in refused
+    assert "its body does not decode as its Content-Encoding says" in refused
 
 
 async def test_a_body_declared_over_the_limit_is_refused_at_once(server: Server) -> None:

@@ -22,7 +22,6 @@ import logging
 import logging.handlers
 import os
 import queue
-import re
 import select
 import stat
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
+from aiohttp import http_exceptions
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -209,9 +209,10 @@ class _MalformedRequests(logging.Filter):
     That is the client's mistake, answered 400: one INFO line with the reason says it
     without alarming the operator.
 
-    The reason only: aiohttp quotes the bytes it read (``Got more than 8190 bytes when
-    reading: b'Bearer vf_...'``), and those are the request's own, its API key among
-    them, which the log never shows.
+    The reason only, in words of ours (:func:`malformed_reason`): aiohttp quotes the
+    bytes it read (``Got more than 8190 bytes when reading: b'Bearer vf_...'``, or a URL
+    it could not parse), and those are the request's own, its API key among them, which
+    the log never shows.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -228,14 +229,30 @@ class _MalformedRequests(logging.Filter):
 
 
 def malformed_reason(exc: BaseException | None, message: str | None) -> str:
-    """Why aiohttp could not read a request, without the request's bytes it quotes
-    (``Got more than 8190 bytes when reading``: the rest may hold its API key)."""
-    kind = type(exc).__name__ if exc is not None else "BadRequest"
-    lines = (message or kind).strip().splitlines() or [""]
-    return (_QUOTED.split(lines[0], maxsplit=1)[0].rstrip(" :") or kind)[:120]
+    """Why aiohttp could not read a request, in words of ours: none of the request's
+    bytes, which aiohttp's messages quote (a header line too long, a URL it could not
+    parse: the API key may be in either)."""
+    del message  # aiohttp's words: they hold what it read
+    for kind, reason in _MALFORMED_REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return f"the request is not HTTP this server reads ({type(exc).__name__})"
 
 
-_QUOTED = re.compile(r"""bytearray\(|b?['"]""")  # where aiohttp starts to quote the request
+_MALFORMED_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (http_exceptions.LineTooLong, "a line of its head is too long (8190 bytes at most)"),
+    (http_exceptions.InvalidURLError, "its URL is not one"),
+    (http_exceptions.BadHttpMethod, "its method is not one"),
+    (http_exceptions.BadStatusLine, "its request line is not HTTP/1"),
+    (http_exceptions.InvalidHeader, "a header of it is not one"),
+    (http_exceptions.ContentLengthError, "its body is not as long as it says"),
+    (http_exceptions.TransferEncodingError, "its body's framing is not one"),
+    (http_exceptions.ContentEncodingError, "its body does not decode as its Content-Encoding says"),
+    (http_exceptions.PayloadEncodingError, "its body does not decode"),
+    (http_exceptions.BadHttpMessage, "its head does not read as HTTP/1"),
+)
+
+
 _MALFORMED = _MalformedRequests()
 
 
