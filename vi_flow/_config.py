@@ -329,15 +329,31 @@ def _check_types(*, home: object, **texts: object) -> None:
 
 def _base_url(value: object) -> str:
     url = str(value).rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        url = f"{scheme.lower()}://{rest}"  # HTTP://host is a URL too
     if url != LOCAL and not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {shown_url(url)!r}")
+        raise ValueError(f"base_url must be 'local' or an http(s) URL, got {_unshown(url)!r}")
+    if any(c.isspace() for c in url):  # a trailing space was taken, then made every path
+        raise ValueError(f"base_url must not contain spaces, got {_unshown(url)!r}")
     cut = min((at for at in (url.find("?"), url.find("#")) if at >= 0), default=-1)
     if cut >= 0:  # each path was appended after it; and a query may hold a token: not shown
         raise ValueError(
             "base_url must not have a query or a fragment (an API key goes in api_key), got"
-            f" {shown_url(url[:cut])!r} followed by {url[cut]!r}..."
+            f" {_unshown(url, url[:cut])!r} followed by {url[cut]!r}..."
         )
     return url
+
+
+def _unshown(url: str, part: str | None = None) -> str:
+    """``part`` of ``url`` (all of it by default) for an error about it: the password of
+    user info as ``***``; nothing past the scheme when ``url`` has an ``@`` that
+    :func:`shown_url` could not place (a password holding a ``?``, ``#`` or ``/``)."""
+    part = url if part is None else part
+    shown = shown_url(part)
+    if shown == part and "@" in url.partition("://")[2] and shown_url(url) == url:
+        return f"{url.partition('://')[0]}://..."
+    return shown
 
 
 def _retries(value: Any) -> int:

@@ -191,6 +191,26 @@ def test_a_base_url_with_a_query_or_fragment_is_refused_without_showing_it(url: 
         vi_flow.Client(base_url=url, api_key="k")
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://alice:PW-SEKRET?x@h/v1", "must not have a query"),  # QA: the password shown
+        ("http://alice:PW-SEKRET#x@h/v1", "must not have a query"),
+        ("http://alice:PW-SEKRET@h/v1 ", "must not contain spaces"),  # QA: taken, then 404s
+        ("ftp://alice:PW-SEKRET@h/v1", "must be 'local' or an http"),
+    ],
+)
+def test_a_refused_base_url_never_shows_its_password(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as info:
+        vi_flow.AsyncClient(base_url=url, api_key=None)
+    assert "PW-SEKRET" not in str(info.value)
+
+
+def test_an_upper_case_scheme_is_a_url_too() -> None:
+    client = vi_flow.AsyncClient(base_url="HTTP://127.0.0.1:9/v1", api_key="k")
+    assert client.http.connection.settings.base_url == "http://127.0.0.1:9/v1"
+
+
 async def test_user_info_in_the_base_url_is_sent_as_basic_auth(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -57,6 +57,8 @@ async def test_wait_rejects_bad_poll_interval(aclient: vi_flow.AsyncClient) -> N
         await job.wait(timeout="1")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"poll_interval must be a positive number.*got '1'"):
         await job.wait(poll_interval="1")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):  # 10**400 s: waits (OverflowError before, QA)
+        await job.wait(timeout=10**400)
 
 
 async def test_wait_with_timeout_0_looks_once(aclient: vi_flow.AsyncClient) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -255,6 +256,8 @@ class AsyncJob(AsyncRun):
             raise _bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
         if timeout is not None and (not _is_number(timeout) or not timeout >= 0):
             raise _bad_seconds("timeout", timeout, "a number of seconds >= 0, or None")
+        if timeout is not None and timeout > 2**53:  # 10**400 passes float: as good as ever
+            timeout = math.inf
         if timeout == 0:  # one look: move_on_after(0) would not look at all
             condition = await self.status()
             if condition.terminal:
