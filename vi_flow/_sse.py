@@ -23,7 +23,7 @@ from typing import NamedTuple
 import aiohttp
 import anyio
 
-from ._errors import APIConnectionError, APIResponseValidationError
+from ._errors import APIConnectionError, APIResponseValidationError, APITimeoutError
 from .models.events import EVENT_TYPES
 from .models.execution import HEARTBEAT_HEADER
 
@@ -33,6 +33,7 @@ __all__ = [
     "RawFrame",
     "SSEDecoder",
     "ServerSentEvent",
+    "gave_up",
     "iter_sse",
     "read_chunks",
     "silence_limit",
@@ -306,6 +307,14 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEven
     async for chunk in resp.content.iter_any():
         for event in decoder.feed(chunk):
             yield event
+
+
+def gave_up(message: str, error: BaseException | None) -> APIConnectionError:
+    """The error of a stream that stopped reconnecting: ``APITimeoutError`` when its last
+    attempt timed out (aiohttp's, anyio's or the client's own timeout), else
+    ``APIConnectionError``; ``message`` says what broke."""
+    timed_out = isinstance(error, (asyncio.TimeoutError, TimeoutError, APITimeoutError))
+    return (APITimeoutError if timed_out else APIConnectionError)(message)
 
 
 def silence_limit(headers: Mapping[str, str]) -> float | None:

@@ -8,6 +8,7 @@ reconnect after twice the heartbeat (not after its whole read timeout) and resum
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,26 @@ async def test_a_timeout_shorter_than_the_heartbeat_resumes_through_a_quiet_step
                 )
     assert [e.line for e in events if isinstance(e, LogLine)] == [f"event {i}" for i in (1, 2, 3)]
     assert isinstance(events[-1], FlowCompleted) and events[-1].status.value == "Succeeded"
+
+
+async def test_a_stream_that_gives_up_after_timeouts_says_it_timed_out() -> None:
+    # QA: giving up after timeouts raised APIConnectionError("...APITimeoutError(...)"):
+    # the client's own timeout error was not taken for a timeout
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # the request's head comes, its answer never does
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        options: dict[str, Any] = {"api_key": "k", "timeout": 0.1, "sleep": _no_wait}
+        async with vi_flow.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", **options) as c:
+            with anyio.fail_after(20), pytest.raises(vi_flow.APITimeoutError, match="in a row"):
+                async for _ in c.flow("flow_x").run("run_x").events():
+                    pass
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await server.wait_closed()

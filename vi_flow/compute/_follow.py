@@ -433,9 +433,10 @@ class HTTPLogFollower:
         self, failures: int, quiet: int, error: BaseException | None
     ) -> None:
         if failures > self._max_retries:
-            raise APIConnectionError(
-                f"lost the task's log stream {failures} times in a row: {error!r}"
-            ) from error
+            from .._sse import gave_up  # aiohttp's module: loaded when a follow starts
+
+            message = f"lost the task's log stream {failures} times in a row: {error!r}"
+            raise gave_up(message, error) from error
         self.reconnects += 1
         delay = _backoff(max(failures, quiet))
         log.info("log stream ended (%r); resuming at %s in %.2fs", error, self._event_id(), delay)

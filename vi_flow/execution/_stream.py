@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .._errors import APIConnectionError, APITimeoutError
+from .._errors import APIConnectionError
 from .._hop import Awaiter, now
 from .._sse import (
     EVENT_NAMES,
@@ -27,6 +27,7 @@ from .._sse import (
     RawFrame,
     ServerSentEvent,
     SSEDecoder,
+    gave_up,
     read_chunks,
     silence_limit,
 )
@@ -258,10 +259,10 @@ class ResumableEventStream:
                 f"the event stream broke before its run was known: {error!r}"
             ) from error
         if failures > self.max_reconnects:
-            timed_out = isinstance(error, (asyncio.TimeoutError, TimeoutError))
-            raise (APITimeoutError if timed_out else APIConnectionError)(
+            raise gave_up(
                 f"the event stream of run {self.execution_id} broke {failures} times in a row"
-                f" without news (last error: {error!r})"
+                f" without news (last error: {error!r})",
+                error,
             ) from error
         self.reconnects += 1
         delay = self._delay(failures)
