@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import io
 import logging
 import os
 import random
@@ -332,6 +333,12 @@ class Connection:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(attached.release)
+
+
+def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    """A request body as aiohttp sends it: over 1 MiB as a file (aiohttp writes it in
+    pieces; raw bytes that large warn ``ResourceWarning``), made anew for each attempt."""
+    return io.BytesIO(body) if body is not None and len(body) > 1 << 20 else body
 
 
 def _closed_under(body: aiohttp.StreamReader) -> None:
@@ -686,7 +693,7 @@ class HTTPCore:
             resp = await session.request(
                 request.method,
                 request.full_url,
-                data=request.body,
+                data=_payload(request.body),
                 params=request.params,
                 headers=request.headers,
                 timeout=_client_timeout(timeout),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -117,6 +118,17 @@ def test_a_pause_answered_elsewhere_is_a_conflict_not_a_failure(client: vi_flow.
     flow.run(other.execution_id).submit_tool_results(["snow"], tool_calls=other.tool_calls)
     with pytest.raises(ConflictError, match="already answered"):
         other.resume(tool_results=["hail"])
+
+
+def test_a_large_output_goes_without_a_resource_warning(client: vi_flow.Client) -> None:
+    # QA: every body over 1 MiB printed aiohttp's "Sending a large body directly with
+    # raw bytes" ResourceWarning to the user
+    flow = new_flow(client, TOOL_FLOW)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = flow.execute(message="m", tool_handler=lambda calls: ["z" * 3_000_000])
+    assert isinstance(result, ExecuteResult) and len(str(result.output)) > 3_000_000
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_limit_and_handler_errors(client: vi_flow.Client) -> None:

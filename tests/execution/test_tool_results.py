@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -70,6 +71,31 @@ def test_an_output_past_the_servers_limits_names_the_call_and_the_limit() -> Non
     # paused for its hour, waiting for an answer
     with pytest.raises(ValueError, match=r"call 'c1' is past the server's limits: output\.text"):
         coerce_tool_results([{"text": "x" * (MAX_STRING_LENGTH + 1)}, 2], CALLS)
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        (("x" * (MAX_STRING_LENGTH + 1),), "longer than"),  # a tuple is a list on the wire
+        (functools.reduce(lambda inner, _: [inner], range(65), []), "nest deeper"),
+        (functools.reduce(lambda inner, _: {"k": inner}, range(70), {}), "nest deeper"),
+    ],
+    ids=["tuple-of-a-long-string", "lists-65-deep", "dicts-70-deep"],
+)
+def test_outputs_the_server_would_refuse_are_caught_as_it_reads_them(
+    output: Any, problem: str
+) -> None:
+    # QA: these passed the client's check, then the server refused them (or, nested 65
+    # deep, failed the run) as it counts nesting from the body's root
+    with pytest.raises(ValueError, match=f"past the server's limits.*{problem}"):
+        coerce_tool_results([output, 1], CALLS)
+
+
+def test_results_over_the_request_body_limit_are_a_value_error() -> None:
+    # QA: 100,000 strings of 700 characters: 70 MB, each value within its own limits
+    big = ["y" * 700] * 50_000
+    with pytest.raises(ValueError, match=r"bytes of JSON, over the server's limit of 67108864"):
+        coerce_tool_results([big, big], CALLS)
 
 
 async def test_raising_handler_answers_every_call_with_an_error() -> None:

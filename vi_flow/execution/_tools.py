@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import anyio.to_thread
+import orjson
 
-from ..models._base import dumps_finite
+from ..models._base import dumps_finite, to_wire
 from ..models.events import ToolCall, ToolResult
-from ..models.limits import LimitError, check_json
+from ..models.limits import MAX_NESTING, MAX_REQUEST_BODY, LimitError, check_json, depth
 
 __all__ = [
     "AsyncToolHandler",
@@ -184,6 +185,12 @@ def coerce_tool_results(returned: Any, calls: Sequence[ToolCall]) -> list[ToolRe
             f" {{call_id: output}} for the calls {ids}, got {type(returned).__name__}"
         )
     _check_answers(results, ids)
+    size = len(orjson.dumps({"toolResults": to_wire(results)}))
+    if size > MAX_REQUEST_BODY:
+        raise ValueError(
+            f"the tool results are {size} bytes of JSON, over the server's limit of"
+            f" {MAX_REQUEST_BODY} bytes for a request"
+        )
     return results
 
 
@@ -204,11 +211,19 @@ def _result(item: Any, call_id: str) -> ToolResult:
         raise kind(
             f"the output for call {result.tool_call_id!r} is not JSON-ready: {exc}"
         ) from None
-    try:  # what the server would refuse (422), leaving the run waiting for an answer
-        check_json(result.output, "output")
+    try:  # what the server would refuse (422), leaving the run waiting for an answer: its
+        # check of the body as it reads it (a tuple is a list there), then of the output
+        # as a field (which nests MAX_NESTING deep at most)
+        parsed = orjson.loads(dumps_finite(result.output))
+        check_json({"toolResults": [{"output": parsed}]})
+        if depth(parsed) > MAX_NESTING:
+            nested = f"objects and lists nest deeper than {MAX_NESTING} levels"
+            raise LimitError("toolResults[0].output", nested)
     except LimitError as exc:
+        where = exc.field.removeprefix("toolResults[0].")
         raise ValueError(
-            f"the output for call {result.tool_call_id!r} is past the server's limits: {exc}"
+            f"the output for call {result.tool_call_id!r} is past the server's limits:"
+            f" {where}: {exc.problem}"
         ) from None
     return result
 
