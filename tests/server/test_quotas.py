@@ -171,8 +171,8 @@ async def test_streams_per_organization(
         path = f"/tasks/{theirs['taskId']}/logs"
         answer = await server.call("GET", path, params={"follow": "true"}, token=other)
         assert answer.status == 200  # a quota per organization
-        held.pop().close()  # one given back: room for one more
-        for _ in range(100):
+        held.pop().close()  # one given back: room for one more, at once (QA: a quiet
+        for _ in range(20):  # stream held its slot until its next heartbeat, 15 s)
             again = await server.session.get(url, headers=server.headers())
             held.append(again)
             if again.status == 200:
@@ -183,3 +183,23 @@ async def test_streams_per_organization(
         for response in held:
             response.close()
         await server.call("POST", f"/tasks/{task}/cancel", json={"gracePeriod": 0})
+
+
+async def test_a_quiet_stream_whose_client_left_gives_its_slot_back_at_once(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: the event stream of a paused run writes only its heartbeat (every 15 s), so a
+    # client that reset it held its slot until then: 429 for new streams meanwhile
+    monkeypatch.setenv("VI_FLOW_QUOTA_STREAMS", "2")
+    server = await start_server()
+    ask = {"block": "tool", "id": "ask", "settings": {"tool": "lookup"}}
+    flow = (await server.call("POST", "/flows", json={"name": "ask", "blocks": [ask]})).body
+    run = (await server.call("POST", f"/flows/{flow['flowId']}/jobs", json={})).body
+    url = f"{server.root}/v1/runs/{run['executionId']}/events"
+    for _ in range(3):  # each round: two held, both left, two more at once
+        held = [await server.session.get(url, headers=server.headers()) for _ in range(2)]
+        assert [r.status for r in held] == [200, 200]
+        for response in held:
+            response.close()
+        await asyncio.sleep(0.2)
+    await server.call("POST", f"/runs/{run['executionId']}/cancel", json={})

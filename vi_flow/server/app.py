@@ -11,7 +11,6 @@ lock (one server per home), opens the store and makes sure the default organizat
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import secrets
@@ -111,7 +110,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     check_endpoints(settings)
     app = web.Application(client_max_size=MAX_REQUEST_BODY)
     app[SETTINGS_KEY] = settings
-    app[OPEN_STREAMS_KEY] = collections.Counter()
+    app[OPEN_STREAMS_KEY] = {}
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     database = settings.database or settings.home / "state.db"
     app[STORE_KEY] = store = Store.open(database, known_migrations=MIGRATIONS)

@@ -78,10 +78,13 @@ async def begin_body(request: web.Request, response: web.StreamResponse) -> bool
     """
     principal = request.get(PRINCIPAL)
     if principal is not None and STREAM_SLOT not in request:
-        counts = request.app[OPEN_STREAMS_KEY]
         org = principal.organization_id
-        check_streams(request.app[SETTINGS_KEY].quotas, counts[org])
-        counts[org] += 1
+        streams = request.app[OPEN_STREAMS_KEY].setdefault(org, {})
+        # only those whose client is still there: a stream whose client left ends when
+        # it next writes (a quiet one: at its heartbeat), and held its slot until then
+        live = sum(1 for other in streams.values() if _connected(other))
+        check_streams(request.app[SETTINGS_KEY].quotas, live)
+        streams[id(request)] = request
         request[STREAM_SLOT] = org
     await response.prepare(request)
     if request.method != "HEAD":
@@ -94,10 +97,15 @@ def end_of_stream(request: web.Request) -> None:
     """Give back the ``streams`` quota slot :func:`begin_body` took, if it took one."""
     org = request.pop(STREAM_SLOT, None)
     if org is not None:
-        counts = request.app[OPEN_STREAMS_KEY]
-        counts[org] -= 1
-        if counts[org] <= 0:
-            del counts[org]
+        every = request.app[OPEN_STREAMS_KEY]
+        every.get(org, {}).pop(id(request), None)
+        if not every.get(org):
+            every.pop(org, None)
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def _request_key(name: str, kind: type[Any]) -> Any:

@@ -8,7 +8,6 @@ engine under :data:`ENGINE_KEY`).
 
 from __future__ import annotations
 
-import collections
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -180,8 +179,9 @@ ENGINE_KEY = web.AppKey("vi_flow.engine", RunStarter)
 IDENTITY_KEY = web.AppKey("vi_flow.identity", ServerIdentity)
 """This server's :class:`ServerIdentity`."""
 
-OPEN_STREAMS_KEY = web.AppKey("vi_flow.open_streams_per_org", collections.Counter[str])
-"""Streamed answers open now, per organization id (the ``streams`` quota)."""
+OPEN_STREAMS_KEY = web.AppKey("vi_flow.open_streams_per_org", dict[str, dict[int, Any]])
+"""Streamed answers open now, per organization id: ``{id(request): request}`` (the
+``streams`` quota; a request is no key of a set, as it compares by its contents)."""
 
 REPLICA_KEY = web.AppKey("vi_flow.replica", Replica)
 """This server among the replicas of its database (see :mod:`vi_flow.server.replicas`)."""
