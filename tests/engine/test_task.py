@@ -72,6 +72,12 @@ async def test_a_steps_log_tail_keeps_a_bounded_number_of_characters(server: Ser
     outcome = (await server.call("POST", f"/flows/{failing}/execute", json={})).body
     assert outcome["state"] == "failed" and len(outcome["error"]) < 1000, len(outcome["error"])
     assert f"{'y' * 200}… ({262144} characters)" in outcome["error"]
+    # QA: a task's escape sequences reached the terminal that showed the step's error
+    settings = {"command": "printf 'title \\033]0;owned\\007 bar\\rX\\n'; exit 3"}
+    escapes = await server.flow({"block": "task", "id": "t", "settings": settings})
+    outcome = (await server.call("POST", f"/flows/{escapes}/execute", json={})).body
+    assert "title \\x1b]0;owned\\x07 bar\\rX" in outcome["error"], outcome["error"]
+    assert "\x1b" not in outcome["error"] and "\r" not in outcome["error"]
 
 
 async def test_env_values_are_text_a_whole_placeholder_goes_in_as_json(server: Server) -> None:

@@ -65,8 +65,11 @@ class _Tail(collections.deque[str]):
 
 
 def _brief(line: str, most: int = 200) -> str:
-    """``line`` for an error message: its first ``most`` characters."""
-    return line if len(line) <= most else f"{line[:most]}… ({len(line)} characters)"
+    """``line`` for an error message: its first ``most`` characters, control characters
+    written out (``\\x1b``): the message reaches terminals, where a task's escape
+    sequences would set their title or rewrite the line."""
+    cut = line if len(line) <= most else f"{line[:most]}… ({len(line)} characters)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
 
 
 def _config(ctx: BlockContext) -> TaskConfig:
