@@ -169,6 +169,46 @@ def test_a_close_under_a_following_thread_gives_it_a_client_state_error(
             other.cancel(task.task_id)
 
 
+def test_a_close_right_after_the_runs_last_event_ends_the_iteration_quietly(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # QA: a reader that had the run's FlowCompleted got ClientStateError from a close()
+    # that came before its stream's clean-up, and stderr got "generator didn't stop
+    # after athrow()" tracebacks
+    with vi_flow.Client() as setup:
+        spec = {"name": "one", "blocks": [{"block": "template", "id": "a", "settings": {
+            "template": "x"}}]}  # fmt: skip
+        flow_id = setup.flows.create(spec).flow_id
+        run_id = setup.flow(flow_id).execute().execution_id
+    outcomes = []
+    for _ in range(10):
+        client = vi_flow.Client()
+        last = threading.Event()
+        seen: list[str] = []
+
+        def read(
+            client: vi_flow.Client = client, last: threading.Event = last, seen: list[str] = seen
+        ) -> None:
+            try:
+                for event in client.flow(flow_id).run(run_id).events():
+                    seen.append(type(event).__name__)
+                    if seen[-1] == "FlowCompleted":
+                        last.set()
+                outcomes.append("ended")
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+            last.set()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert last.wait(20)
+        client.close()
+        reader.join(20)
+    assert outcomes == ["ended"] * 10
+    err = capfd.readouterr().err
+    assert "athrow" not in err and "Traceback" not in err, err
+
+
 _LOOPS_ONE_AFTER_ANOTHER = """
 import asyncio, gc, vi_flow
 client = vi_flow.AsyncClient()

@@ -13,7 +13,7 @@ from ...execution._loop import TimeoutArg
 from ...execution._results import ToolResultsArg
 from ...execution._stream import event_batches
 from ...models.common import Condition
-from ...models.events import RunTrace, StepTrace, StreamEvent, ToolCall
+from ...models.events import FlowCompleted, RunTrace, StepTrace, StreamEvent, ToolCall
 from ...models.runs import Run as RunModel
 
 __all__ = ["Job", "Run"]
@@ -44,6 +44,8 @@ def _flatten(
     with contextlib.closing(batches):  # a break or close() here closes the stream there
         for batch in batches:
             yield from batch
+            if batch and type(batch[-1]) is FlowCompleted:
+                return  # the run's end: nothing follows, and a close() may come meanwhile
 
 
 class Run:
