@@ -25,6 +25,7 @@ from vi_flow.compute.ssh import connect
 from vi_flow.models import Condition
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 
+from ..proxy import cutting_proxy
 from .compute_kit import TCPProxy
 
 pytestmark = pytest.mark.anyio
@@ -469,6 +470,34 @@ async def test_get_model_refuses_a_blank_save_dir(
         await client.get_model("run_abc123", save_dir=5)  # type: ignore[arg-type]
     assert os.listdir(tmp_path) == ["model.bin"]
     assert await anyio.Path(tmp_path / "model.bin").read_bytes() == b"mine"
+
+
+async def test_a_download_cut_short_leaves_no_file_and_says_so(
+    client: vi_flow.AsyncClient, tmp_path: Path
+) -> None:
+    # QA: a download cut short raised aiohttp's ClientPayloadError (not a vi_flow
+    # error), and the file's first part stayed in save_dir under its full name
+    command = 'head -c 5000000 /dev/urandom > "$VI_FLOW_OUTPUT_DIR/model.bin"'
+    spec = {
+        "name": "big",
+        "blocks": [{"block": "task", "id": "t", "settings": {"command": command}}],
+    }
+    flow = await client.flows.create(spec)
+    run = await client.runs.create(flow.flow_id)
+    with anyio.fail_after(30):
+        while (await client.runs.get(run.run_id)).status.condition not in (
+            Condition.SUCCEEDED, Condition.FAILED):  # fmt: skip
+            await anyio.sleep(0.05)
+    endpoint = await client.http.connection.endpoint()
+    port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
+    async with cutting_proxy(port, cut_after=lambda: 2_000_000) as proxy:
+        url = f"http://127.0.0.1:{proxy.port}/v1"
+        async with vi_flow.AsyncClient(base_url=url, api_key=endpoint.api_key) as cut:
+            with pytest.raises(
+                vi_flow.APIConnectionError, match=r"'model\.bin' of this run was cut"
+            ):
+                await cut.get_model(run.run_id, save_dir=tmp_path / "model")
+    assert os.listdir(tmp_path / "model") == []
 
 
 async def test_get_model_of_a_run_still_going_warns(

@@ -11,6 +11,7 @@ names to it.
 from __future__ import annotations
 
 import contextlib
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._errors import APIStatusError, NotFoundError
+from .._errors import APIConnectionError, APIStatusError, NotFoundError
 from .._http import path
 from ..models import Page
 from ..models.runs import Run
@@ -626,11 +627,33 @@ class AsyncCompute:
         await anyio.to_thread.run_sync(
             lambda: destination.parent.mkdir(parents=True, exist_ok=True)
         )
-        out = await anyio.open_file(destination, "wb")
-        async with out, self.http.stream("GET", url) as resp:
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)
+        # written beside it and renamed when whole: a download cut short (the client
+        # closed, the link or the server gone) leaves no file that looks complete
+        partial = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            out = await anyio.open_file(partial, "wb")
+            async with out, self.http.stream("GET", url) as resp:
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+            await anyio.to_thread.run_sync(partial.replace, destination)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lambda: partial.unlink(missing_ok=True))
+            if _cut_short(exc):
+                raise APIConnectionError(
+                    f"the download of {relative!r} of this run was cut short ({exc}); get_model"
+                    " again to download it whole"
+                ) from exc
+            raise
         return destination
+
+
+def _cut_short(exc: BaseException) -> bool:
+    """Whether ``exc`` is a download's body cut short (aiohttp's own errors, raised past
+    the client's request, where it would not be a vi_flow error)."""
+    import aiohttp
+
+    return isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError))
 
 
 def _limit(limit: object) -> int:
