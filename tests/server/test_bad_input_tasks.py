@@ -47,6 +47,15 @@ async def test_an_env_no_process_can_take_is_422_naming_it(
     assert (await server.call("GET", "/tasks")).body["items"] == []
 
 
+async def test_a_bad_variable_name_is_named_by_its_start_never_whole(server: Server) -> None:
+    # QA: `-e 'c2VjcmV0/+SECRETx='` (a secret given without its NAME=, ending in base64's
+    # padding) was refused naming the whole "name": the secret, in the error
+    env = {"c2VjcmV0/+SECRETx": ""}
+    answer = await server.call("POST", "/tasks", json={"command": "true", "env": env})
+    _refused(answer, "env: a name of 17 characters starting 'c2V'... (character 9: '/')")
+    assert "SECRET" not in answer.body["error"]["message"]
+
+
 @pytest.mark.parametrize("value", [None, [], {}])
 async def test_an_env_value_that_is_not_text_a_number_or_a_boolean_is_422_naming_it(
     server: Server, value: object

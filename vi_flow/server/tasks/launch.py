@@ -67,6 +67,19 @@ def check_config(config: TaskConfig) -> None:
     check_env(config.env)
 
 
+def _name_start(name: str) -> str:
+    """A bad variable name for an error: its length, its first three characters and its
+    first character that is not allowed (the first, when it is a digit)."""
+    if not name:
+        return "an empty name"
+    bad = next(
+        (i for i, c in enumerate(name) if not (c.isascii() and (c.isalnum() or c == "_"))), 0
+    )
+    start = shown(name[:3]) + ("..." if len(name) > 3 else "")
+    where = f"character {bad + 1}: {shown(name[bad])}"
+    return f"a name of {len(name)} characters starting {start} ({where})"
+
+
 def check_env(env: dict[str, str]) -> None:
     """Refuse variables a task could not be given on every provider: a name a shell
     cannot set (the cluster providers hand the environment over in a file the job's
@@ -77,12 +90,11 @@ def check_env(env: dict[str, str]) -> None:
         APIProblem: 422 naming ``env`` (a bad name) or ``env.<NAME>`` (a bad value).
     """
     for name, value in env.items():
-        if not VARIABLE_NAME.fullmatch(name):
-            raise APIProblem.validation(
-                "env",
-                f"{shown(name[:64])} is not a variable name: letters, digits and '_', not"
-                " starting with a digit",
-            )
+        if not VARIABLE_NAME.fullmatch(name):  # named by its start only: a secret given
+            raise APIProblem.validation(  # without its NAME= may be in the name's place
+                "env", f"{_name_start(name)} is not a variable name: letters, digits and '_',"
+                " not starting with a digit",
+            )  # fmt: skip
         if not _encodable(value):
             raise APIProblem.validation(f"env.{name[:64]}", "must not hold NUL or invalid UTF-8")
         if size := _past_arg_limit(f"{name}={value}"):
