@@ -107,6 +107,10 @@ def test_file_helpers(tmp_path: Path) -> None:
     kept = tail_lines(tmp_path, many, 100_000)
     assert kept[-1].startswith("0008999") and all(len(line) == 999 for line in kept)
     assert len(kept) == MAX_LOG_TAIL_BYTES // 1000
+    euros = tmp_path / "euros.log"  # QA: the end of a long line began with U+FFFD
+    euros.write_bytes("€".encode() * 100_000)  # 300,000 bytes: a read starts mid-character
+    [end] = tail_lines(tmp_path, euros, 1)
+    assert end == "€" * (len(end)) and len(end) == READ_SIZE // 3
     (tmp_path / "link").symlink_to(log)  # a link a task put in place of its log
     assert tail_lines(tmp_path, tmp_path / "link", 5) == []
     splitter = LineSplitter()

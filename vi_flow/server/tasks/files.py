@@ -84,10 +84,12 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
             block = os.pread(fd, step, position)
             blocks.append(block)
             ends += block.count(b"\n")
-        cut = position == bound > 0 and os.pread(fd, 1, position - 1) != b"\n"
+        partial = position > 0 and os.pread(fd, 1, position - 1) != b"\n"  # a line's end
     data = b"".join(reversed(blocks))
-    if cut and ends and data.find(b"\n") + 1 < len(data):  # the bound's line, unless last
-        data = data[data.find(b"\n") + 1 :]
+    if partial and position == bound and ends and data.find(b"\n") + 1 < len(data):
+        data = data[data.find(b"\n") + 1 :]  # the line the bound cut, unless it is the last
+    elif partial:  # the end of a long line: from a character's start (QA: U+FFFD first)
+        data = data[next((i for i in range(min(3, len(data))) if not 0x80 <= data[i] < 0xC0), 3) :]
     lines, rest = split_lines(b"", data)
     if rest:
         lines.append(decode_line(rest))
