@@ -22,7 +22,7 @@ from vi_flow.compute import AsyncTask
 from vi_flow.compute._follow import LogFollower
 from vi_flow.compute._ops import ssh_target
 from vi_flow.compute.ssh import connect
-from vi_flow.models import Condition
+from vi_flow.models import Condition, Run
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 
 from ..proxy import cutting_proxy
@@ -428,18 +428,7 @@ async def test_get_model_downloads_run_artifacts(
         'mkdir -p "$VI_FLOW_OUTPUT_DIR/weights" && printf w > "$VI_FLOW_OUTPUT_DIR/model.bin"'
         ' && printf cfg > "$VI_FLOW_OUTPUT_DIR/weights/config.json"'
     )
-    spec = {
-        "name": "train",
-        "blocks": [{"block": "task", "id": "train", "settings": {"command": command}}],
-    }
-    flow = await client.flows.create(spec)
-    run = await client.runs.create(flow.flow_id)
-    with anyio.fail_after(30):
-        while (run := await client.runs.get(run.run_id)).status.condition not in (
-            Condition.SUCCEEDED,
-            Condition.FAILED,
-        ):
-            await anyio.sleep(0.05)
+    run = await _ended_run(client, command)
     assert run.status.condition == Condition.SUCCEEDED
     model = await client.get_model(run.run_id, save_dir=tmp_path / "model")
     assert sorted(p.relative_to(tmp_path / "model").as_posix() for p in model.files) == [
@@ -477,17 +466,7 @@ async def test_a_download_cut_short_leaves_no_file_and_says_so(
 ) -> None:
     # QA: a download cut short raised aiohttp's ClientPayloadError (not a vi_flow
     # error), and the file's first part stayed in save_dir under its full name
-    command = 'head -c 5000000 /dev/urandom > "$VI_FLOW_OUTPUT_DIR/model.bin"'
-    spec = {
-        "name": "big",
-        "blocks": [{"block": "task", "id": "t", "settings": {"command": command}}],
-    }
-    flow = await client.flows.create(spec)
-    run = await client.runs.create(flow.flow_id)
-    with anyio.fail_after(30):
-        while (await client.runs.get(run.run_id)).status.condition not in (
-            Condition.SUCCEEDED, Condition.FAILED):  # fmt: skip
-            await anyio.sleep(0.05)
+    run = await _ended_run(client, 'head -c 5000000 /dev/urandom > "$VI_FLOW_OUTPUT_DIR/model.bin"')
     endpoint = await client.http.connection.endpoint()
     port = int(endpoint.base_url.rsplit(":", 1)[1].split("/")[0])
     async with cutting_proxy(port, cut_after=lambda: 2_000_000) as proxy:
@@ -498,6 +477,21 @@ async def test_a_download_cut_short_leaves_no_file_and_says_so(
             ):
                 await cut.get_model(run.run_id, save_dir=tmp_path / "model")
     assert os.listdir(tmp_path / "model") == []
+
+
+async def _ended_run(client: vi_flow.AsyncClient, command: str) -> Run:
+    """A run of one task step running ``command``, once it has ended."""
+    spec = {
+        "name": "model",
+        "blocks": [{"block": "task", "id": "t", "settings": {"command": command}}],
+    }
+    flow = await client.flows.create(spec)
+    run = await client.runs.create(flow.flow_id)
+    with anyio.fail_after(30):
+        while (run := await client.runs.get(run.run_id)).status.condition not in (
+            Condition.SUCCEEDED, Condition.FAILED):  # fmt: skip
+            await anyio.sleep(0.05)
+    return run
 
 
 async def test_get_model_of_a_run_still_going_warns(
