@@ -224,6 +224,14 @@ async def test_a_body_from_no_key_that_keeps_dripping_is_cut_at_the_deadline(
         assert b"did not all come within 1 s" in said
 
 
+_URLS_READ = pytest.mark.skipif(
+    tuple(int(part) for part in aiohttp.__version__.split(".")[:2]) < (3, 11),
+    reason="aiohttp 3.10's parser lets yarl's ValueError for such a URL out of the protocol"
+    " and closes the connection unanswered (nothing is echoed); newer ones raise"
+    " InvalidURLError, answered here",
+)
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -232,8 +240,12 @@ async def test_a_body_from_no_key_that_keeps_dripping_is_cut_at_the_deadline(
         + b"\r\n\r\n",
         b"GET /v1/flows?pageToken=%s" + b"Z" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /v1/flows HTTP/1.1\r\nHost: x\r\nX-Key: %s\x01\r\n\r\n",
-        b"GET http://bob:%s@[::1/v1/runs HTTP/1.1\r\nHost: x\r\n\r\n",  # QA: a URL quoted
-        b"GET http://h:99999/v1/runs?api_key=%s HTTP/1.1\r\nHost: x\r\n\r\n",
+        pytest.param(  # QA: aiohttp's message for it is the URL, the key in it
+            b"GET http://bob:%s@[::1/v1/runs HTTP/1.1\r\nHost: x\r\n\r\n", marks=_URLS_READ
+        ),
+        pytest.param(
+            b"GET http://h:99999/v1/runs?api_key=%s HTTP/1.1\r\nHost: x\r\n\r\n", marks=_URLS_READ
+        ),
         b"GET /v1/flows HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     ],
     ids=["long-header", "long-line", "bad-byte", "bad-url", "bad-port", "two-framings"],

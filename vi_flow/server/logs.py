@@ -239,17 +239,21 @@ def malformed_reason(exc: BaseException | None, message: str | None) -> str:
     return f"the request is not HTTP this server reads ({type(exc).__name__})"
 
 
-_MALFORMED_REASONS: tuple[tuple[type[BaseException], str], ...] = (
-    (http_exceptions.LineTooLong, "a line of its head is too long (8190 bytes at most)"),
-    (http_exceptions.InvalidURLError, "its URL is not one"),
-    (http_exceptions.BadHttpMethod, "its method is not one"),
-    (http_exceptions.BadStatusLine, "its request line is not HTTP/1"),
-    (http_exceptions.InvalidHeader, "a header of it is not one"),
-    (http_exceptions.ContentLengthError, "its body is not as long as it says"),
-    (http_exceptions.TransferEncodingError, "its body's framing is not one"),
-    (http_exceptions.ContentEncodingError, "its body does not decode as its Content-Encoding says"),
-    (http_exceptions.PayloadEncodingError, "its body does not decode"),
-    (http_exceptions.BadHttpMessage, "its head does not read as HTTP/1"),
+_MALFORMED_REASONS: tuple[tuple[type[BaseException], str], ...] = tuple(
+    (kind, reason)
+    for name, reason in (  # most specific first; aiohttp 3.10.0, our floor, has no BadHttpMethod
+        ("LineTooLong", "a line of its head is too long (8190 bytes at most)"),
+        ("InvalidURLError", "its URL is not one"),
+        ("BadHttpMethod", "its method is not one"),
+        ("BadStatusLine", "its request line is not HTTP/1"),
+        ("InvalidHeader", "a header of it is not one"),
+        ("ContentLengthError", "its body is not as long as it says"),
+        ("TransferEncodingError", "its body's framing is not one"),
+        ("ContentEncodingError", "its body does not decode as its Content-Encoding says"),
+        ("PayloadEncodingError", "its body does not decode"),
+        ("BadHttpMessage", "its head does not read as HTTP/1"),
+    )
+    if isinstance(kind := getattr(http_exceptions, name, None), type)
 )
 
 
