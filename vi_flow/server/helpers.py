@@ -32,7 +32,6 @@ from ..models._base import camel, dumps, strict_converter
 from ..models.common import MAX_PAGE_SIZE
 from ..models.limits import MAX_INT, LimitError, check_json, shown
 from .errors import APIProblem
-from .quotas import check_streams
 from .state import OPEN_STREAMS_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
 from .store import IDEMPOTENCY_SLOT, PENDING_ANSWER, AlreadyAnswered, IdempotencySlot, Store
 
@@ -83,7 +82,7 @@ async def begin_body(request: web.Request, response: web.StreamResponse) -> bool
         # only those whose client is still there: a stream whose client left ends when
         # it next writes (a quiet one: at its heartbeat), and held its slot until then
         live = sum(1 for other in streams.values() if _connected(other))
-        check_streams(request.app[SETTINGS_KEY].quotas, live)
+        request.app[SETTINGS_KEY].quotas.check_streams(live)
         streams[id(request)] = request
         request[STREAM_SLOT] = org
     await response.prepare(request)

@@ -222,17 +222,16 @@ class _MalformedRequests(logging.Filter):
         if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "refused a malformed request from %s: %d %r"
-            record.args = (remote, exc.code, malformed_reason(exc, exc.message))
+            record.args = (remote, exc.code, malformed_reason(exc))
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         return True
 
 
-def malformed_reason(exc: BaseException | None, message: str | None) -> str:
+def malformed_reason(exc: BaseException | None) -> str:
     """Why aiohttp could not read a request, in words of ours: none of the request's
     bytes, which aiohttp's messages quote (a header line too long, a URL it could not
     parse: the API key may be in either)."""
-    del message  # aiohttp's words: they hold what it read
     for kind, reason in _MALFORMED_REASONS:
         if isinstance(exc, kind):
             return reason

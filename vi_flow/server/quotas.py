@@ -31,7 +31,7 @@ import attrs
 from ..models.tasks import Reservation, ReservationStatus
 from .errors import APIProblem
 
-__all__ = ["ENV_PREFIX", "Quotas", "check_streams", "over_quota"]
+__all__ = ["ENV_PREFIX", "Quotas", "over_quota"]
 
 ENV_PREFIX = "VI_FLOW_QUOTA_"
 """``VI_FLOW_QUOTA_PENDING_TASKS=50`` sets :attr:`Quotas.pending_tasks`."""
@@ -110,14 +110,13 @@ class Quotas:
         """
         over_quota("pending_tasks", pending + 1, self.pending_tasks, "pending tasks")
 
+    def check_streams(self, open_now: int) -> None:
+        """Refuse one more streamed answer when ``open_now`` are open.
 
-def check_streams(quotas: Quotas, open_now: int) -> None:
-    """Refuse one more streamed answer when ``open_now`` are open.
-
-    Raises:
-        APIProblem: 429 ``QUOTA_EXCEEDED`` naming the quota.
-    """
-    over_quota("streams", open_now + 1, quotas.streams, "streams open on this server")
+        Raises:
+            APIProblem: 429 ``QUOTA_EXCEEDED`` naming the quota.
+        """
+        over_quota("streams", open_now + 1, self.streams, "streams open on this server")
 
 
 def over_quota(name: str, wanted: int, limit: int | None, what: str, status: int = 429) -> None:

@@ -68,7 +68,7 @@ class _Handler(web.RequestHandler):
     ) -> web.StreamResponse:
         if not 400 <= status < 500:
             return super().handle_error(request, status, exc, message)
-        reason = malformed_reason(exc, message)
+        reason = malformed_reason(exc)
         answer = super().handle_error(request, status, exc, reason)  # logs, closes after
         if isinstance(answer, web.Response):
             error = {
