@@ -10,9 +10,10 @@ for and returns their results, in one of two shapes:
 * a dict mapping every call id to its output (or to a ``ToolResult``).
 
 Every call must be answered exactly once and every output must be JSON-ready and within
-the server's limits (no string over 8 MiB characters). A handler that raises, or returns something else, does not end the run: each call of
-that round is answered with an error result (``is_error=True``, the output says what
-went wrong) and a :class:`ToolHandlerWarning` is issued.
+the server's limits (no string over 8 MiB characters). A handler that raises, or
+returns something else, does not end the run: each call of that round is answered with
+an error result (``is_error=True``, the output says what went wrong) and a
+:class:`ToolHandlerWarning` is issued.
 
 Sync handlers run in a worker thread (so a slow handler never blocks the event loop,
 and a sync handler may even use the blocking ``vi_flow.Client``); async handlers are
@@ -205,7 +206,7 @@ def _result(item: Any, call_id: str) -> ToolResult:
     else:
         result = ToolResult(tool_call_id=call_id, output=item)
     try:
-        dumps_finite(result.output)
+        encoded = dumps_finite(result.output)
     except (TypeError, ValueError) as exc:  # not JSON, or a number JSON cannot hold
         kind = TypeError if isinstance(exc, TypeError) else ValueError
         raise kind(
@@ -214,7 +215,7 @@ def _result(item: Any, call_id: str) -> ToolResult:
     try:  # what the server would refuse (422), leaving the run waiting for an answer: its
         # check of the body as it reads it (a tuple is a list there), then of the output
         # as a field (which nests MAX_NESTING deep at most)
-        parsed = orjson.loads(dumps_finite(result.output))
+        parsed = orjson.loads(encoded)
         check_json({"toolResults": [{"output": parsed}]})
         if depth(parsed) > MAX_NESTING:
             nested = f"objects and lists nest deeper than {MAX_NESTING} levels"

@@ -13,7 +13,9 @@ the server's log follow and tail use them.
 
 from __future__ import annotations
 
-__all__ = ["MAX_LINE", "LineSplitter", "decode_line", "last_char_end", "split_lines"]
+__all__ = [
+    "MAX_LINE", "LineSplitter", "decode_line", "first_char_start", "last_char_end", "split_lines",
+]  # fmt: skip
 
 MAX_LINE = 256 * 1024
 """The most bytes of an unfinished line kept: a longer one is handed out in pieces."""
@@ -92,6 +94,15 @@ def _pieces(data: bytes) -> tuple[list[str], bytes]:
         pieces.append(data[at:cut].decode("utf-8", errors="replace"))
         at = cut
     return pieces, data[at:]
+
+
+def first_char_start(data: bytes) -> int:
+    """Where the first complete UTF-8 character of ``data`` starts: past the continuation
+    bytes (at most three) of one that began before it."""
+    for at in range(min(3, len(data))):
+        if data[at] & 0xC0 != 0x80:
+            return at
+    return min(3, len(data))
 
 
 def last_char_end(data: bytes) -> int:

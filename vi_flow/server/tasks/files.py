@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from ...models.limits import MAX_LOG_TAIL_BYTES, is_unicode
-from ...models.loglines import decode_line, split_lines
+from ...models.loglines import decode_line, first_char_start, split_lines
 from ...models.tasks import TaskOutputFile
 from ..trees import Walk
 from .logfile import READ_SIZE, NotALogFile, open_beneath
@@ -89,7 +89,7 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     if partial and position == bound and ends and data.find(b"\n") + 1 < len(data):
         data = data[data.find(b"\n") + 1 :]  # the line the bound cut, unless it is the last
     elif partial:  # the end of a long line: from a character's start (QA: U+FFFD first)
-        data = data[next((i for i in range(min(3, len(data))) if not 0x80 <= data[i] < 0xC0), 3) :]
+        data = data[first_char_start(data) :]
     lines, rest = split_lines(b"", data)
     if rest:
         lines.append(decode_line(rest))

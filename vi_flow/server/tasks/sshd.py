@@ -74,10 +74,10 @@ class SSHLimits:
     sixteenth of the limit of them at once, :data:`SESSIONS_PER_CONNECTION` a connection.
 
     Within those, no organization holds more than half of the connections, of the
-    sessions or of SFTP's open files, so another's always has room; and when every connection is taken, a new
-    one takes the place of the connection that has waited longest to log in (one that
-    never logs in, left open by anyone who can reach the port, cannot keep the others
-    out).
+    sessions or of SFTP's open files, so another's always has room; and when every
+    connection is taken, a new one takes the place of the connection that has waited
+    longest to log in (one that never logs in, left open by anyone who can reach the
+    port, cannot keep the others out).
 
     Args:
         open_file_limit: The process's soft limit (``RLIMIT_NOFILE``).
