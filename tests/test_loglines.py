@@ -75,12 +75,27 @@ def test_a_long_line_comes_in_pieces_and_is_never_held_whole() -> None:
     pieces: list[str] = []
     for at in range(0, len(data), 65536):
         pieces += splitter.feed(data[at : at + 65536])
-        assert len(splitter._rest) < MAX_LINE
+        assert len(splitter._rest) <= MAX_LINE
     assert "".join(pieces) == line
     assert all(len(piece.encode()) <= MAX_LINE for piece in pieces)
     assert len(pieces) == len(data) // MAX_LINE + 1
     whole, rest = split_lines(b"", data)  # the same pieces, read at once
     assert (whole, rest) == (pieces, b"")
+
+
+def test_a_line_of_exactly_max_line_bytes_is_one_line() -> None:
+    # QA: a line of exactly 262,144 bytes came out as that line and then an empty one (in
+    # follows, events and tails): a piece was cut as soon as MAX_LINE bytes were held, so
+    # the newline after them ended an empty line. The same for a CRLF line end.
+    for ending in (b"\n", b"\r\n"):
+        exact = b"x" * (MAX_LINE - 2) + "\u00e9".encode() + ending + b"next\n"
+        for size in (1, 4096, 65536, MAX_LINE, MAX_LINE + 1, len(exact)):
+            chunks = [exact[at : at + size] for at in range(0, len(exact), size)]
+            assert lines_of(*chunks) == ["x" * (MAX_LINE - 2) + "\u00e9", "next"]
+    twice = b"y" * (2 * MAX_LINE) + b"\r\n"  # two pieces, the second the line's end
+    assert lines_of(twice[:MAX_LINE], twice[MAX_LINE:-1], twice[-1:]) == ["y" * MAX_LINE] * 2
+    assert lines_of(b"z" * MAX_LINE + b"\r") == ["z" * MAX_LINE]  # no end: flushed whole
+    assert lines_of(b"z" * MAX_LINE + b"\r", b"a\n") == ["z" * MAX_LINE, "\ra"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -96,4 +111,4 @@ def test_with_pieces_any_chunking_splits_identically(parts: list[bytes], cuts: l
         splitter = LineSplitter()
         for chunk in chunks:
             splitter.feed(chunk)
-            assert len(splitter._rest) < 8
+            assert len(splitter._rest) <= 8 + 1  # and a "\r" that may end the line

@@ -18,6 +18,7 @@ import vi_flow.compute._follow
 from tests.live_server import Starter
 from tests.proxy import CuttingProxy, cutting_proxy
 from vi_flow._sse import ServerSentEvent, SSEDecoder
+from vi_flow.models.loglines import MAX_LINE
 from vi_flow.server.state import ServerSettings
 
 from .conftest import TaskServer
@@ -115,6 +116,17 @@ async def test_utf8_and_a_line_longer_than_one_read(server: TaskServer) -> None:
     _, _, events = await _events(server, task["taskId"])
     assert len([e for e in events if e.event == "log"]) > 1  # sent in pieces
     assert _text(events) == "é" * 300000 + "\n✓ done\n"  # no character cut in two
+
+
+@pytest.mark.anyio
+async def test_a_line_of_exactly_max_line_bytes_is_one_line(server: TaskServer) -> None:
+    # QA: a line of exactly 262,144 bytes came back as that line and an empty one.
+    script = f"python3 -c \"print('x' * {MAX_LINE}); print('end')\""
+    task = await server.submit(command=script)
+    _, _, events = await _events(server, task["taskId"])
+    assert _text(events) == "x" * MAX_LINE + "\nend\n"
+    snapshot = await server.call("GET", f"/tasks/{task['taskId']}/logs", params={"tail": "3"})
+    assert snapshot.body["lines"] == ["x" * MAX_LINE, "end"]
 
 
 @pytest.mark.anyio

@@ -4,10 +4,12 @@ Logs arrive as byte chunks of any size (an SSH ``tail``, a file read by offset),
 chunk may end inside a line or even inside a UTF-8 character. Lines are split on ``\\n``
 *before* decoding, so a character is never cut; a trailing ``\\r`` (CRLF output) is
 dropped; bytes that are not UTF-8 become U+FFFD rather than an error. A lone ``\\r`` (a
-progress bar redrawing its line) stays inside the line. A line of :data:`MAX_LINE` bytes
-or more is handed out in pieces of at most that size, cut at a character's end, however
-its bytes arrive: no reader holds more of one line, nor copies it again with every
-chunk. Pure functions, no I/O: the SSH log follower (:mod:`vi_flow.compute`) and
+progress bar redrawing its line) stays inside the line. A line longer than
+:data:`MAX_LINE` bytes is handed out in pieces of at most that size, cut at a character's
+end, however its bytes arrive: no reader holds more of one line (and its ``\r``), nor
+copies it again with every chunk. A piece is cut only once a byte of the line follows
+it, so that a line of exactly ``MAX_LINE`` bytes is one line, not a piece and an empty
+line. Pure functions, no I/O: the SSH log follower (:mod:`vi_flow.compute`) and
 the server's log follow and tail use them.
 """
 
@@ -18,7 +20,7 @@ __all__ = [
 ]  # fmt: skip
 
 MAX_LINE = 256 * 1024
-"""The most bytes of an unfinished line kept: a longer one is handed out in pieces."""
+"""The most bytes of one line handed out whole: a longer one comes in pieces."""
 
 
 def decode_line(raw: bytes) -> str:
@@ -35,14 +37,14 @@ def split_lines(rest: bytes, chunk: bytes) -> tuple[list[str], bytes]:
 
     Returns:
         ``(lines, rest)``: the lines without their endings (a long one in pieces), and
-        the bytes after the last ``\\n`` to pass in with the next chunk (fewer than
-        :data:`MAX_LINE`).
+        the bytes after the last ``\\n`` to pass in with the next chunk (at most
+        :data:`MAX_LINE` and a ``\\r``).
     """
     data = rest + chunk if rest else chunk
     end = data.rfind(b"\n") + 1
     if not end:
-        return _pieces(data) if len(data) >= MAX_LINE else ([], data)
-    if end >= MAX_LINE and _may_hold_a_long_line(data, end):
+        return _pieces(data) if len(data) > MAX_LINE else ([], data)
+    if end > MAX_LINE and _may_hold_a_long_line(data, end):
         return _line_by_line(data, end)
     # One decode and one split for all the lines, not a decode per line (the log follow
     # hands out hundreds of thousands a second): a ``\n`` byte is never inside a UTF-8
@@ -57,7 +59,7 @@ def split_lines(rest: bytes, chunk: bytes) -> tuple[list[str], bytes]:
 
 
 def _may_hold_a_long_line(data: bytes, end: int) -> bool:
-    """Whether ``data[:end]`` may hold a line of ``MAX_LINE`` bytes or more: one holds a
+    """Whether ``data[:end]`` may hold a line longer than ``MAX_LINE`` bytes: one holds a
     whole aligned block of half that size without a newline (a search in C per block)."""
     half = max(MAX_LINE // 2, 1)
     return any(data.find(b"\n", at, at + half) < 0 for at in range(0, end - half + 1, half))
@@ -78,22 +80,29 @@ def _line_by_line(data: bytes, end: int) -> tuple[list[str], bytes]:
 
 
 def _with_rest(lines: list[str], rest: bytes) -> tuple[list[str], bytes]:
-    if len(rest) < MAX_LINE:
+    if len(rest) <= MAX_LINE:
         return lines, rest
     pieces, rest = _pieces(rest)
     return lines + pieces, rest
 
 
 def _pieces(data: bytes) -> tuple[list[str], bytes]:
-    """A line's bytes (without its end): its pieces of ``MAX_LINE`` bytes at most, cut at a
-    character's end, while at least that many are left; and what is left."""
+    """A line's bytes (without its ``\\n``): its pieces of ``MAX_LINE`` bytes at most, cut at
+    a character's end, while more than that many are left; and what is left. A piece is
+    never cut off the line's last byte alone if that is a ``\\r``: it may be the first
+    half of a ``\\r\\n`` line end, and the line would end in an empty one."""
     pieces = []
     at = 0
-    while len(data) - at >= MAX_LINE:
+    while len(data) - at > MAX_LINE:
         cut = at + (last_char_end(data[at : at + MAX_LINE]) or MAX_LINE)
+        if cut == len(data) - 1 and data[cut] == _CR:
+            break
         pieces.append(data[at:cut].decode("utf-8", errors="replace"))
         at = cut
     return pieces, data[at:]
+
+
+_CR = ord("\r")
 
 
 def first_char_start(data: bytes) -> int:
