@@ -23,6 +23,7 @@ from aiohttp import web
 from vi_flow.server.app import create_app
 from vi_flow.server.bootstrap import read_admin_token
 from vi_flow.server.db import open_database
+from vi_flow.server.serve import answer_malformed_as_json
 from vi_flow.server.state import ServerSettings
 
 SQLITE_ONLY = pytest.mark.skipif(
@@ -167,6 +168,7 @@ class Starter(Generic[S]):
             prepare(app)
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
+        answer_malformed_as_json(runner)  # as `vi-flow serve` does
         self.runners.append(runner)
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]

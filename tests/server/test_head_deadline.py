@@ -265,3 +265,6 @@ async def test_a_head_that_cannot_be_read_is_a_json_error_that_quotes_none_of_it
     assert error["code"] == "INVALID_REQUEST"
     assert error["message"].startswith("the request could not be read: ")
     assert served.token.encode() not in answer and b"ZZZ" not in answer
+    # QA: it had no request id, the one thing an operator needs to find it in the log
+    assert error["requestId"].startswith("req_")
+    assert b"\r\nX-Request-Id: " + error["requestId"].encode() + b"\r\n" in status + b"\r\n"

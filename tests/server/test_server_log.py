@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import orjson
 import pytest
 from aiohttp import web
 
@@ -337,6 +338,9 @@ async def test_a_malformed_request_is_one_info_line_not_a_traceback(
     assert (
         "its head does not read as HTTP/1" in refused[0] and "hhhhhhhhhhhhhhhhhhh" * 10 not in text
     )
+    # the line names the request id the client was answered
+    request_id = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["requestId"]
+    assert f"refused a malformed request {request_id} from " in refused[0]
     # aiohttp quotes the bytes it read: with a key among them, they never reach the log
     token = server.headers()["Authorization"].encode()
     await _send_raw(

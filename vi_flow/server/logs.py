@@ -26,6 +26,7 @@ import select
 import stat
 import sys
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +35,10 @@ from aiohttp import http_exceptions
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-__all__ = ["FORMAT", "LEVELS", "close_logging", "configure_logging", "malformed_reason"]
+__all__ = [
+    "FORMAT", "LEVELS", "MALFORMED_REQUEST_ID", "close_logging", "configure_logging",
+    "malformed_reason",
+]  # fmt: skip
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """One line per record: ``2026-12-02 05:00:00,123 INFO vi_flow.server.access: ...``."""
@@ -221,11 +225,17 @@ class _MalformedRequests(logging.Filter):
             exc = exc.__cause__  # reads on (and fails again) after the server's 400
         if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.msg = "refused a malformed request from %s: %d %r"
-            record.args = (remote, exc.code, malformed_reason(exc))
+            named = MALFORMED_REQUEST_ID.get()
+            record.msg = f"refused a malformed request{' ' if named else ''}%s from %s: %d %r"
+            record.args = (named, remote, exc.code, malformed_reason(exc))
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         return True
+
+
+MALFORMED_REQUEST_ID: ContextVar[str] = ContextVar("vi_flow_malformed_request_id", default="")
+"""The id of the malformed request being answered (set by the server's connection while
+aiohttp logs it), for the log line to name what the client was told."""
 
 
 def malformed_reason(exc: BaseException | None) -> str:

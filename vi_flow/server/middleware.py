@@ -127,9 +127,14 @@ def _browsing(request: web.Request) -> bool:
 _ID_PREFIX, _ID_SEQ = secrets.token_hex(6), itertools.count(1)
 
 
+def new_request_id() -> str:
+    """A request id of this process's: unique, not secret."""
+    return f"req_{_ID_PREFIX}{next(_ID_SEQ):012x}"
+
+
 def _assign_request_id(request: web.Request) -> None:
     sent = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = sent if _SANE_ID.match(sent) else f"req_{_ID_PREFIX}{next(_ID_SEQ):012x}"
+    request[REQUEST_ID] = sent if _SANE_ID.match(sent) else new_request_id()
 
 
 def _client_gone(request: web.Request) -> bool:

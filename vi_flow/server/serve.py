@@ -31,12 +31,13 @@ from .endpoints import public_base_url
 from .helpers import Handler
 from .home import publish
 from .limits import BUDGET_KEY, install_accept_guard, raise_open_file_limit
-from .logs import malformed_reason
+from .logs import MALFORMED_REQUEST_ID, malformed_reason
+from .middleware import new_request_id
 from .routes.lifecycle import LIFECYCLE_KEY
 from .state import IDENTITY_KEY, REPLICA_KEY, ServerSettings
 from .tasks import TASKS_KEY
 
-__all__ = ["run_server", "start", "url_of"]
+__all__ = ["answer_malformed_as_json", "run_server", "start", "url_of"]
 
 log = logging.getLogger("vi_flow.server")
 
@@ -53,9 +54,10 @@ took turns instead of working at once (issue 15: a live run's event rate rose ~2
 
 class _Handler(web.RequestHandler):
     """A connection, whose answer to a request aiohttp cannot read (a header line over
-    8 KiB, a bad byte) is the wire's JSON error with the reason only. aiohttp's own is
-    plain text quoting what it read of the request: an ``Authorization`` header too
-    long came back in it, API key and all."""
+    8 KiB, a bad byte) is the wire's JSON error with the reason only, and a request id
+    (in the answer, its ``X-Request-Id`` and the log's line) as every other error has.
+    aiohttp's own is plain text quoting what it read of the request: an
+    ``Authorization`` header too long came back in it, API key and all."""
 
     __slots__ = ()
 
@@ -69,14 +71,21 @@ class _Handler(web.RequestHandler):
         if not 400 <= status < 500:
             return super().handle_error(request, status, exc, message)
         reason = malformed_reason(exc)
-        answer = super().handle_error(request, status, exc, reason)  # logs, closes after
+        request_id = new_request_id()  # its headers are not read: none sent is trusted
+        named = MALFORMED_REQUEST_ID.set(request_id)
+        try:
+            answer = super().handle_error(request, status, exc, reason)  # logs, closes after
+        finally:
+            MALFORMED_REQUEST_ID.reset(named)
         if isinstance(answer, web.Response):
             error = {
                 "code": "INVALID_REQUEST",
                 "message": f"the request could not be read: {reason}",
+                "requestId": request_id,
             }
             answer.body = orjson.dumps({"error": error})
             answer.content_type = "application/json"
+            answer.headers["X-Request-Id"] = request_id
         return answer
 
 
@@ -89,6 +98,13 @@ class _Server(web.Server):
         handler = super().__call__()
         handler.__class__ = _Handler
         return handler
+
+
+def answer_malformed_as_json(runner: web.AppRunner) -> None:
+    """Make the connections of ``runner`` (set up) answer a request they cannot read as
+    the wire's JSON error, with a request id and without a byte of the request."""
+    assert runner.server is not None
+    runner.server.__class__ = _Server
 
 
 class _HeadDeadline:
@@ -184,8 +200,7 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, int]:
     )
     _HeadDeadline(runner, deadline).install(app)  # before setup: it adds a middleware
     await runner.setup()
-    assert runner.server is not None
-    runner.server.__class__ = _Server  # its connections answer a malformed request as JSON
+    answer_malformed_as_json(runner)
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
