@@ -69,7 +69,8 @@ def test_ssh_config_entry_is_printed_written_once_and_works(vf: Invoker, tmp_pat
             assert wrote.exit_code == 0, wrote.stderr
             assert wrote.stdout.strip().endswith(f"connect: ssh -F {config} box")  # as it works
         text = config.read_text()
-        assert text.startswith("Host other\n") and text.count("Host box") == 1
+        assert text.endswith("Host other\n    HostName example.org\n")
+        assert text.count("Host box") == 1
         assert config.stat().st_mode & 0o777 == 0o600
         if shutil.which("ssh"):
             out = subprocess.run(
@@ -79,6 +80,48 @@ def test_ssh_config_entry_is_printed_written_once_and_works(vf: Invoker, tmp_pat
             assert out.stdout == "hello from box\n", out.stderr
         bad = vf("ssh", task_id, "--config", "--alias", "no spaces")
         assert bad.exit_code == 2 and "--alias" in bad.stderr
+    finally:
+        vf("tasks", "cancel", task_id, "--force")
+
+
+def test_ssh_config_entry_wins_over_the_file_and_never_shares_an_alias(
+    vf: Invoker, tmp_path: Path
+) -> None:
+    # QA: the entry was appended, and ssh takes the first value it reads: a user's own
+    # `Host box` (or a global `User`) sent `ssh box` to the old host with the task's key
+    task_id = _run(vf, "sleep 30")
+    try:
+        (tmp_path / "ssh").mkdir()
+        own = "User alice\nHost box\n    HostName old.example\n    ProxyJump hop\n"
+        config = write(tmp_path / "ssh" / "config", own)
+        refused = vf("ssh", task_id, "--config-file", str(config), "--alias", "box")
+        assert (
+            refused.exit_code == 1 and "(line 2)" in refused.stderr and "--alias" in refused.stderr
+        )
+        assert config.read_text() == own  # nothing changed
+        (tmp_path / "dotfiles").mkdir()
+        dotfile = write(tmp_path / "dotfiles" / "ssh_config", "User alice\nPort 2222\n")
+        config.unlink()
+        config.symlink_to(dotfile)  # a config kept elsewhere, linked: written there
+        wrote = vf("ssh", task_id, "--config-file", str(config), "--alias", "box2")
+        assert wrote.exit_code == 0, wrote.stderr
+        assert config.is_symlink() and dotfile.read_text().endswith("User alice\nPort 2222\n")
+        if shutil.which("ssh"):
+
+            def resolved(host: str) -> dict[str, str]:
+                out = subprocess.run(
+                    ["ssh", "-G", "-F", str(config), host],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=True,
+                )
+                return dict(line.split(" ", 1) for line in out.stdout.splitlines())  # fmt: skip
+
+            mine, other = resolved("box2"), resolved("elsewhere")
+            assert (mine["user"], mine["hostname"]) == (task_id, "127.0.0.1")
+            assert mine["port"] != "2222"
+            assert (other["user"], other["port"]) == ("alice", "2222")  # still global
     finally:
         vf("tasks", "cancel", task_id, "--force")
 

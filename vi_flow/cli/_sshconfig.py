@@ -57,13 +57,50 @@ def _markers(alias: str) -> tuple[str, str]:
 
 
 def write_entry(path: Path, entry: str, alias: str) -> None:
-    """Put ``entry`` in the config file at ``path``, replacing an earlier one for ``alias``."""
+    """Put ``entry`` first in the config file at ``path``, replacing an earlier one for
+    ``alias``, and write the file anew in one step (a crash leaves the old one whole).
+
+    First, because ssh takes the first value it reads for an option: behind a ``Host *``
+    or global lines that set ``User`` or ``Port``, the entry would lose to them. It ends
+    in ``Host *``, so that lines of the file that were global stay global. A file with
+    a ``Host`` entry of its own for ``alias`` is refused: its other options (a
+    ``ProxyJump``, say) would apply to the task too. A linked file is written where it
+    lies, the link kept.
+    """
     begin, end = _markers(alias)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    target = path.resolve() if path.is_symlink() else path
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
     text = pattern.sub("", text)
+    _refuse_an_entry_of_its_own(path, text, alias)
     if text and not text.endswith("\n"):
         text += "\n"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(f"{text}{begin}\n{entry}{end}\n", encoding="utf-8")
-    os.chmod(path, 0o600)  # ssh refuses a config others may write
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _replace(target, f"{begin}\n{entry}Host *\n{end}\n{text}")
+
+
+def _refuse_an_entry_of_its_own(path: Path, text: str, alias: str) -> None:
+    for number, line in enumerate(text.splitlines(), 1):
+        keyword, *patterns = re.split(r"[\s=]+", line.strip().replace('"', " ")) or [""]
+        if keyword.lower() == "host" and alias.lower() in (p.lower() for p in patterns):
+            raise click.ClickException(
+                f"{path} has an entry of its own for {alias!r} (line {number}), whose other"
+                " options would apply to the task too: remove it, or give another --alias"
+            )
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a new file renamed over it (mode 600: ssh refuses
+    a config others may write)."""
+    temporary = path.with_name(f".{path.name}.vi-flow-{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)  # O_CREAT's mode passes the umask; a stale file's kept its own
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
