@@ -58,3 +58,11 @@ def test_a_list_cut_at_its_limit_says_so_on_stderr(vf: Invoker, tmp_path: Path) 
     whole = vf("flows", "list", "--limit", "3", "--json")
     assert len(json.loads(whole.stdout)) == 3 and whole.stderr == ""
     assert "there are more" in vf("flows", "list", "--limit", "1").stderr
+
+
+@pytest.mark.parametrize("command", ["flows", "runs", "tasks", "volumes", "reservations"])
+def test_every_list_keeps_50_by_default_as_documented(vf_offline: Invoker, command: str) -> None:
+    # QA: docs/cli.md says 50; `tasks list` kept 20, volumes and reservations 100
+    shown = vf_offline(command, "list", "--help")
+    assert shown.exit_code == 0 and "--limit INTEGER RANGE" in shown.stdout
+    assert " ".join(shown.stdout.split()).count("[default: 50; x>=1]") == 1, shown.stdout

@@ -113,7 +113,7 @@ def create(
 
 @reservations.command("list")
 @status_option(STATUSES)
-@click.option("--limit", default=100, show_default=True, type=int_range(1))
+@click.option("--limit", default=50, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:

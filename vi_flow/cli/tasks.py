@@ -388,7 +388,7 @@ def status(task_id: str | None, watch: bool, interval: float, as_json: bool) -> 
 
 @tasks.command("list")
 @status_option(STATUSES)
-@click.option("--limit", default=20, show_default=True, type=int_range(1))
+@click.option("--limit", default=50, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(statuses: tuple[str, ...], limit: int, order: Order, as_json: bool) -> None:

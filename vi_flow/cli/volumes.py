@@ -51,7 +51,7 @@ def create(name: str | None, size_gb: int, interface: str, as_json: bool) -> Non
 
 
 @volumes.command("list")
-@click.option("--limit", default=100, show_default=True, type=int_range(1))
+@click.option("--limit", default=50, show_default=True, type=int_range(1))
 @order_option
 @json_option
 def list_(limit: int, order: Order, as_json: bool) -> None:
