@@ -50,6 +50,10 @@ def test_create_list_get_delete(vf: Invoker, tmp_path: Path) -> None:
     assert missing.exit_code == 4
     assert missing.stderr.startswith("error: FLOW_NOT_FOUND: ")
     assert "hint: " in missing.stderr
+    # QA: the JSON message repeated the code and the request id, which have fields
+    error = json.loads(vf("flows", "get", flow_id, "--json").stderr)["error"]
+    assert error["code"] == "FLOW_NOT_FOUND" and error["requestId"].startswith("req_")
+    assert error["message"] == f"flow {flow_id!r} not found"
 
 
 def test_publish_and_promote(vf: Invoker, tmp_path: Path) -> None:

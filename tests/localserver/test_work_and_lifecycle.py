@@ -118,6 +118,12 @@ def test_stop_refuses_while_a_task_runs_and_force_cancels_it(home: Path) -> None
     assert info is not None
     refused = cli(home, "server", "stop", check=False)
     assert refused.returncode == 5 and "--force" in refused.stderr + refused.stdout
+    # QA: the server's code was lost (text without it, JSON saying CONFLICT)
+    assert refused.stderr.startswith("error: SERVER_BUSY: 1 task(s) and 0 run(s) are not")
+    refused = cli(home, "--json", "server", "stop", check=False)
+    error = json.loads(refused.stderr)["error"]
+    assert (error["code"], error["exitCode"]) == ("SERVER_BUSY", 5)
+    assert error["message"].startswith("1 task(s) and 0 run(s) are not finished")
     assert alive(info.pid) and _task(home, task_id)["status"] == "running"
     cli(home, "server", "stop", "--force")
     assert not alive(info.pid)

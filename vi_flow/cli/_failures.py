@@ -271,9 +271,13 @@ def _report(
     as_json: bool | None = None,
     code: str | None = None,
 ) -> None:
+    import vi_flow as e
+
     if json_wanted() if as_json is None else as_json:
         code = code or getattr(error, "code", None)
         rid = getattr(error, "request_id", None)
+        if isinstance(error, e.APIStatusError):  # code and request id have fields of their own
+            message = error.message
         _json_report(message, hint, exit_code=exit_code, code=code, request_id=rid)
         return
     click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)

@@ -220,9 +220,10 @@ def stop(force: bool, as_json: bool) -> None:
     if code == 409 and isinstance(body, dict):
         error = body.get("error", {})
         message = error.get("message", "the server refused to stop")
-        busy = error.get("code") == "SERVER_BUSY"
-        hint = "vi-flow server stop --force cancels them" if busy else None
-        raise CommandFailed(message, exit_code=EXIT_CONFLICT, hint=hint)
+        refusal = str(error.get("code") or "CONFLICT")  # SERVER_BUSY, SERVER_IN_PROCESS
+        hint = "vi-flow server stop --force cancels them" if refusal == "SERVER_BUSY" else None
+        shown = message if wants_json(as_json) else f"{refusal}: {message}"  # as other refusals
+        raise CommandFailed(shown, exit_code=EXIT_CONFLICT, hint=hint, code=refusal)
     if code != 202:
         raise CommandFailed(
             f"the server at {info.url} answered {_answer(code, body)} to the stop request"
