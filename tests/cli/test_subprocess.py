@@ -442,6 +442,38 @@ def test_shell_command_output_reaches_stdout_and_stderr_byte_for_byte(
     assert out.returncode == 0
 
 
+def test_an_interactive_shell_exits_with_the_shell_s_status(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA: `exit 3` in `vi-flow tasks shell T` on a terminal ended vi-flow with 0
+    import pty
+
+    env, task_id = _sleeping_task(served)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave,
+                            stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"$ " not in screen and b"# " not in screen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                screen += os.read(master, 4096)  # the prompt: the shell reads its input
+        os.write(master, b"exit 3\n")
+        while select.select([master], [], [], 5)[0]:
+            try:
+                if not os.read(master, 4096):
+                    break
+            except OSError:  # EIO once vi-flow closed the terminal
+                break
+        assert proc.wait(timeout=30) == 3, screen
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+
+
 def test_ctrl_c_cancels_the_run(
     served: tuple[str, str, subprocess.Popen[str]], tmp_path: Path
 ) -> None:

@@ -538,8 +538,10 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
         why = f" ({task.reason})" if task.reason else ""
         click.echo(f"task {task_id} is pending{why}: waiting for it to start", err=True)
     result = client.shell(task_id, command=command, echo=True, input=source)
-    if command is None:
-        return
+    if command is None:  # the shell's own status, as ssh gives it (QA: always 0)
+        raise click.exceptions.Exit(
+            EXIT_FAILURE if result.exit_status is None else result.exit_status
+        )
     if result.exit_status is not None:
         raise click.exceptions.Exit(result.exit_status)
     if result.exit_signal:  # as a shell says it: 128 + the signal's number
