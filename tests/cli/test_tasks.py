@@ -89,6 +89,19 @@ def test_run_argv_follow_and_json(vf: Invoker) -> None:
     assert rows[-1]["exitCode"] == 0
 
 
+def test_run_follow_shows_the_task_s_stderr_on_stderr(vf: Invoker) -> None:
+    # QA: only stdout was followed, so a script's logging (stderr) never appeared
+    code = "import logging, sys; print('out'); logging.warning('to stderr'); sys.stdout.flush()"
+    shown = vf("tasks", "run", "--follow", "--", sys.executable, "-c", code)
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stdout.splitlines()[1:] == ["out"] and "WARNING:root:to stderr\n" in shown.stderr
+    rows = vf("tasks", "run", "--follow", "--json", "--", sys.executable, "-c", code).stdout
+    lines = [
+        (row["stream"], row["line"]) for row in map(json.loads, rows.splitlines()) if "line" in row
+    ]
+    assert sorted(lines) == [("stderr", "WARNING:root:to stderr"), ("stdout", "out")]
+
+
 def test_a_followed_task_that_fails_says_why_on_stderr(vf: Invoker) -> None:
     # Found by QA: a command that never started, or died saying why on stderr, printed
     # only its task id; the reason was in the task's message and its stderr log.
@@ -98,7 +111,7 @@ def test_a_followed_task_that_fails_says_why_on_stderr(vf: Invoker) -> None:
     code = "import sys; print('working'); sys.exit('boom: the disk is full')"
     died = vf("tasks", "run", "--follow", "--", sys.executable, "-c", code)
     assert died.exit_code == 1 and "working" in died.stdout
-    assert "stderr: boom: the disk is full" in died.stderr, died.stderr
+    assert "boom: the disk is full\n" in died.stderr, died.stderr  # followed there
     as_json = vf("tasks", "logs", "-f", missing.stdout.split()[0], "--json")
     last = json.loads(as_json.stdout.splitlines()[-1])
     assert last["exitCode"] == 127 and last["reason"] and last["message"], last

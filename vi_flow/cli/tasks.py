@@ -114,16 +114,27 @@ def _show_task(task: Task) -> None:
 
 
 def _follow(
-    task_id: str, stream: LogStream, as_json: bool, since: datetime | timedelta | None = None
+    task_id: str,
+    stream: LogStream,
+    as_json: bool,
+    since: datetime | timedelta | None = None,
+    *,
+    apart: bool = False,
 ) -> None:
-    """Print log lines as written until the task ends; exit with its exit code."""
-    client, shown = state().client(), log_line()
-    for line in client.follow_logs(task_id, stream, since=since):
-        if as_json:
-            emit_ndjson({"taskId": task_id, "line": line})
-        else:
-            sys.stdout.write(shown(line) + "\n")
-            sys.stdout.flush()
+    """Print log lines as written until the task ends; exit with its exit code. ``apart``
+    (``tasks run --follow``): both streams, the task's stderr on this process's stderr,
+    as if the command ran here (with ``as_json``, each line names its stream)."""
+    client = state().client()
+    if apart:
+        _follow_apart(client, task_id, as_json)
+    else:
+        shown = log_line()
+        for line in client.follow_logs(task_id, stream, since=since):
+            if as_json:
+                emit_ndjson({"taskId": task_id, "line": line})
+            else:
+                sys.stdout.write(shown(line) + "\n")
+                sys.stdout.flush()
     task = client.tasks.get(task_id)
     code = exit_code_of(task)
     if as_json:
@@ -133,7 +144,7 @@ def _follow(
     elif code:  # say why, on stderr: the lines above may not (a command that never started)
         why = ": ".join(part for part in (task.reason, task.message) if part)
         click.echo(f"task {task_id} {task.status.value}" + (f": {why}" if why else ""), err=True)
-        if stream == "stdout" and task.stderr_size:  # its last words are on stderr
+        if stream == "stdout" and not apart and task.stderr_size:  # its last words are there
             tail = client.tasks.logs(task_id, tail=_STDERR_TAIL, stream="stderr")
             shown = log_line(err=True)
             sys.stderr.writelines(f"  stderr: {shown(line)}\n" for line in tail.lines)
@@ -199,6 +210,17 @@ _RESOURCE_OPTIONS = [
 ]
 
 
+def _follow_apart(client: Any, task_id: str, as_json: bool) -> None:
+    outputs = {"stdout": (sys.stdout, log_line()), "stderr": (sys.stderr, log_line(err=True))}
+    for name, line in client.compute._follow_streams(task_id):
+        if as_json:
+            emit_ndjson({"taskId": task_id, "stream": name, "line": line})
+            continue
+        output, shown = outputs[name]
+        output.write(shown(line) + "\n")
+        output.flush()
+
+
 def _resource_options(func: Any) -> Any:
     for option in reversed(_RESOURCE_OPTIONS):
         func = option(func)
@@ -232,7 +254,11 @@ def _resource_options(func: Any) -> Any:
 @click.option("--max-price", type=FiniteFloat(), help="Most to pay per hour.")
 @click.option("--max-run-time", type=FiniteFloat(), help="Stop the task after this many seconds.")
 @click.option("--reservation", "reservation_id", help="Run on a reservation's capacity.")
-@click.option("--follow", is_flag=True, help="Follow the logs and exit with the task's code.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Follow its output (its stderr on stderr) and exit with the task's code.",
+)
 @json_option
 def run(
     command: tuple[str, ...],
@@ -283,7 +309,7 @@ def run(
     )
     _announce(handle.data, as_json, follow=follow)
     if follow:
-        _follow(handle.task_id, "stdout", wants_json(as_json))
+        _follow(handle.task_id, "both", wants_json(as_json), apart=True)
 
 
 def _task_file(config_file: str) -> Path | TaskConfig:

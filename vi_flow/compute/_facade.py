@@ -322,6 +322,17 @@ class AsyncCompute:
                 for line in batch:
                     yield line
 
+    async def _follow_streams(
+        self, task_id: str, stream: LogStream = "both"
+    ) -> AsyncIterator[tuple[str, str]]:
+        """:meth:`follow_logs`, each line with the stream it was written to (for the CLI,
+        which prints a task's stderr on its own)."""
+        lines = _ops.follow_lines(self._context, task_id, stream=stream)
+        async with contextlib.aclosing(lines):
+            async for name, batch in lines:
+                for line in batch:
+                    yield name, line
+
     async def shell(
         self,
         task_id: str,

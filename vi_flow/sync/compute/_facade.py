@@ -172,6 +172,11 @@ class Compute:
             )
         )
 
+    def _follow_streams(
+        self, task_id: str, stream: LogStream = "both"
+    ) -> Iterator[tuple[str, str]]:
+        return self._portal.iterate(lambda: self._async._follow_streams(task_id, stream))
+
     def shell(
         self,
         task_id: str,
