@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._files import replace_file, updating
+
 __all__ = [
     "DEFAULT_MAX_RETRIES",
     "LOCAL",
@@ -220,15 +222,16 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     if key not in CONFIG_KEYS:
         raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
     path = path or config_path()
-    data = read_config_file(path)
-    data[key] = _parse_value(key, value)
+    parsed = _parse_value(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     import tomli_w  # a TOML writer: any value, newlines and tabs included, reads back
 
-    text = tomli_w.dumps(dict(sorted(data.items())))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    # QA: `config set`s at once lost keys they had confirmed, and a command reading the
+    # file while it was rewritten in place found it empty (and served another home)
+    with updating(path):
+        data = read_config_file(path)
+        data[key] = parsed
+        replace_file(path, tomli_w.dumps(dict(sorted(data.items()))).encode())
     return path
 
 

@@ -110,3 +110,43 @@ def test_any_value_is_written_as_toml_that_reads_back(value: str) -> None:
     write_config_value("max_retries", "3")
     assert resolve_settings().organization_id == value  # and the file still parses
     assert resolve_settings().max_retries == 3
+
+
+def test_config_sets_at_once_keep_every_key_and_readers_never_see_it_half_written(
+    tmp_path: Path,
+) -> None:
+    # QA: six `config set`s at once kept one to five of the six keys, and a command that
+    # read the file while it was rewritten in place found it empty (and used the default
+    # local server instead of the configured one)
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.toml"
+    write_config_value("base_url", "http://127.0.0.1:1/v1", path)
+    keys = {"api_key": "k", "organization_id": "o", "max_retries": "4", "timeout": "9",
+            "log_transport": "http", "server_idle_timeout": "60"}  # fmt: skip
+    writer = (
+        "import sys; from pathlib import Path; from vi_flow._config import write_config_value\n"
+        "for i in range(30): write_config_value(sys.argv[1], sys.argv[2], Path(sys.argv[3]))"
+    )
+    reader = (
+        "import sys, time; from pathlib import Path; from vi_flow._config import read_config_file\n"
+        "end, bad = time.monotonic() + 2, 0\n"
+        "while time.monotonic() < end: bad += 'base_url' not in read_config_file(Path(sys.argv[1]))\n"
+        "print(bad)"
+    )
+    watching = subprocess.Popen([sys.executable, "-c", reader, str(path)], stdout=subprocess.PIPE)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", writer, key, value, str(path)])
+        for key, value in keys.items()
+    ]
+    try:
+        assert [w.wait(timeout=60) for w in writers] == [0] * len(keys)
+        seen_without, _ = watching.communicate(timeout=60)
+    finally:
+        for process in (*writers, watching):
+            process.kill()
+            process.wait()
+    assert set(vi_flow._config.read_config_file(path)) == {"base_url", *keys}
+    assert seen_without.strip() == b"0"
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -7,12 +7,13 @@ replaces the entry instead of adding another.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
 
 import click
+
+from .._files import replace_file, updating
 
 __all__ = ["config_entry", "write_entry"]
 
@@ -69,14 +70,15 @@ def write_entry(path: Path, entry: str, alias: str) -> None:
     """
     begin, end = _markers(alias)
     target = path.resolve() if path.is_symlink() else path
-    text = target.read_text(encoding="utf-8") if target.exists() else ""
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    text = pattern.sub("", text)
-    _refuse_an_entry_of_its_own(path, text, alias)
-    if text and not text.endswith("\n"):
-        text += "\n"
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _replace(target, f"{begin}\n{entry}Host *\n{end}\n{text}")
+    with updating(target):  # QA: entries written at once lost each other, and the user's
+        text = target.read_text(encoding="utf-8") if target.exists() else ""
+        text = pattern.sub("", text)
+        _refuse_an_entry_of_its_own(path, text, alias)
+        if text and not text.endswith("\n"):
+            text += "\n"
+        replace_file(target, f"{begin}\n{entry}Host *\n{end}\n{text}".encode())
 
 
 def _refuse_an_entry_of_its_own(path: Path, text: str, alias: str) -> None:
@@ -87,20 +89,3 @@ def _refuse_an_entry_of_its_own(path: Path, text: str, alias: str) -> None:
                 f"{path} has an entry of its own for {alias!r} (line {number}), whose other"
                 " options would apply to the task too: remove it, or give another --alias"
             )
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a new file renamed over it (mode 600: ssh refuses
-    a config others may write)."""
-    temporary = path.with_name(f".{path.name}.vi-flow-{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)  # O_CREAT's mode passes the umask; a stale file's kept its own
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

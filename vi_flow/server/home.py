@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 
 import orjson
 
+from .._files import replace_file
 from ..models.homes import foreign_home
 from ..models.server import HOME_SERVED, LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
@@ -179,28 +179,6 @@ def publish(info: ServerInfo) -> None:
         replace_file(home / RUN_FILE, info.to_json())
     except OSError as exc:
         raise HomeError(f"cannot write {home / RUN_FILE}: {exc.strerror or exc}") from None
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a file beside it, synced, then renamed over
-    it), mode 0600; nothing is left behind when it fails.
-
-    Raises:
-        OSError: It could not be written.
-    """
-    tmp = ""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
 
 
 def mark_stopped(home: Path, pid: int) -> None:
