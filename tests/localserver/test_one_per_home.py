@@ -335,6 +335,22 @@ def test_a_read_only_home_gives_a_clear_error_and_no_half_file(tmp_path: Path) -
     assert list(home.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["tasks", "volumes", "logs"])
+def test_a_file_where_the_home_keeps_a_directory_is_named_at_start(
+    tmp_path: Path, name: str
+) -> None:
+    # QA: the server started, then every task or volume create answered a bare 500
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / name).write_text("oops\n")
+    try:
+        done = cli(home, "server", "start", check=False)
+    finally:
+        cli(home, "server", "stop", "--force", check=False)  # had one started: stopped
+    assert done.returncode != 0 and f"{home / name} is not a directory" in done.stderr
+    assert (home / name).read_text() == "oops\n"
+
+
 def test_a_full_disk_gives_a_clear_error_and_no_half_file(tmp_path: Path) -> None:
     home = tmp_path / "full"
     home.mkdir()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 import orjson
@@ -75,6 +76,16 @@ def prepare_home(home: Path) -> None:
         raise HomeError(f"cannot use {home} as the vi-flow home: it is not writable")
     if (why := foreign_home(home)) is not None:
         raise HomeError(why)
+    for name, what in _HOME_DIRECTORIES:  # QA: a file there made every create a bare 500
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISDIR(os.lstat(home / name).st_mode):
+                raise HomeError(
+                    f"cannot use {home} as the vi-flow home: {home / name} is not a directory"
+                    f" (the server keeps {what} there); move it away"
+                )
+
+
+_HOME_DIRECTORIES = (("tasks", "its tasks' files"), ("volumes", "volumes"), ("logs", "its log"))
 
 
 _SECRET_FILES = ("state.db", "state.db-wal", "state.db-shm", "admin-token", "server.log")
