@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import anyio
 import orjson
@@ -135,6 +136,46 @@ async def test_the_resource_and_its_record_are_saved_together(server: Server) ->
     assert runs[0].body["runId"] == runs[1].body["runId"]
     assert len((await server.call("GET", "/flows")).body["items"]) == 1
     assert len((await server.call("GET", "/runs")).body["items"]) == 1
+
+
+async def test_changes_and_deletes_are_saved_with_their_record(server: Server) -> None:
+    # QA: a publish, update or delete saved its answer in a transaction of its own: a
+    # crash between the two made the retry publish again, or answer 412 or 404 about the
+    # request's own change (and an organization's create made two)
+    flow_id = (await server.call("POST", "/flows", json=spec("mine"))).body["flowId"]
+    store = server.app[STORE_KEY]
+
+    async def crash(*args: object) -> None:
+        raise RuntimeError("the server died between two transactions")
+
+    store.put_idempotent = crash  # type: ignore[method-assign]  # a separate save would fail
+
+    async def twice(method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Idempotency-Key": f"{method} {path}", **kwargs.pop("headers", {})}
+        first = await server.call(method, path, headers=headers, **kwargs)
+        again = await server.call(method, path, headers=headers, **kwargs)
+        assert (first.status, again.body) == (again.status, first.body), (first, again)
+        assert 200 <= first.status < 300 and again.headers["Idempotent-Replayed"] == "true"
+        return first.body
+
+    assert await twice("POST", f"/flows/{flow_id}/publish") == {"version": 1}
+    etag = (await server.call("GET", f"/flows/{flow_id}")).headers["ETag"]
+    changed = await twice(
+        "PUT", f"/flows/{flow_id}", json=spec("changed"), headers={"If-Match": etag}
+    )
+    assert changed["spec"]["name"] == "changed"
+    assert await twice("POST", "/organizations", json={"name": "once"}) is not None
+    orgs = await store.run(lambda c: c.execute("SELECT COUNT(*) FROM orgs").fetchone())
+    assert orgs[0] == 2  # the server's own and one more
+    run_id = (await server.call("POST", f"/flows/{flow_id}/execute", json={})).body["executionId"]
+    with anyio.fail_after(30):  # a run is deleted once it ended
+        while (await server.call("GET", f"/runs/{run_id}")).body["status"]["conditions"][-1][
+            "condition"
+        ] in ("Pending", "Running"):
+            await anyio.sleep(0.05)
+    assert (await twice("DELETE", f"/runs/{run_id}"))["deleted"]
+    assert (await twice("DELETE", f"/flows/{flow_id}"))["deleted"]
+    assert (await server.call("GET", f"/flows/{flow_id}")).status == 404
 
 
 CREATES = [

@@ -30,8 +30,8 @@ import attrs
 
 from ..models._base import dumps
 from ..models.common import Condition
-from ..models.flows import Flow, FlowSpec
-from ..models.runs import Run, RunSpec
+from ..models.flows import DeletedFlow, Flow, FlowSpec
+from ..models.runs import DeletedRun, Run, RunSpec
 from . import _records as rec
 from ._dbthread import DBThread, settle
 from ._records import new_id, split_page
@@ -551,9 +551,19 @@ class Store:
 
     # -- organizations and tokens ----------------------------------------------------
 
-    async def create_org(self, name: str, org_id: str | None = None) -> str:
-        """Create an organization and return its id (``org_<hex>`` unless given)."""
-        return await self.run(lambda c: rec.create_org(c, name, org_id))
+    async def create_org(
+        self, name: str, org_id: str | None = None, *, answer_status: int | None = None
+    ) -> str:
+        """Create an organization and return its id (``org_<hex>`` unless given);
+        ``answer_status`` as for :meth:`create_flow`."""
+        save = answer_saver(answer_status)
+
+        def create(c: Connection) -> str:
+            made = rec.create_org(c, name, org_id)
+            save(c, {"organizationId": made})  # the answer, as the route shows it
+            return made
+
+        return await self.run(create)
 
     async def org_exists(self, org_id: str) -> bool:
         """Whether the organization exists."""
@@ -621,20 +631,59 @@ class Store:
         """Up to ``size`` flows after cursor ``after`` (newest first unless ``newest=False``)."""
         return await self.run(lambda c: rec.list_flows(c, org_id, size, after, newest))
 
+    # The changes below save a waiting Idempotency-Key's answer in their own transaction
+    # (``answer_status``, as :meth:`create_flow`): saved after it, a crash between the two
+    # made the retry publish again, or answer 412 or 404 about the request's own change.
+
     async def update_flow(
-        self, org_id: str, flow_id: str, spec: FlowSpec, *, if_match: str | None = None
+        self,
+        org_id: str,
+        flow_id: str,
+        spec: FlowSpec,
+        *,
+        if_match: str | None = None,
+        answer_status: int | None = None,
     ) -> Flow:
         """Replace the draft spec; a stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
-        return await self.run(lambda c: rec.update_flow(c, org_id, flow_id, spec, if_match))
+        save = answer_saver(answer_status)
 
-    async def delete_flow(self, org_id: str, flow_id: str, *, if_match: str | None = None) -> None:
+        def update(c: Connection) -> Flow:
+            flow = rec.update_flow(c, org_id, flow_id, spec, if_match)
+            save(c, shown_flow(flow))
+            return flow
+
+        return await self.run(update)
+
+    async def delete_flow(
+        self,
+        org_id: str,
+        flow_id: str,
+        *,
+        if_match: str | None = None,
+        answer_status: int | None = None,
+    ) -> None:
         """Delete the flow and its published versions (runs keep their frozen spec); a
         stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
-        await self.run(lambda c: rec.delete_flow(c, org_id, flow_id, if_match))
+        save = answer_saver(answer_status)
 
-    async def publish_flow(self, org_id: str, flow_id: str) -> int:
+        def delete(c: Connection) -> None:
+            rec.delete_flow(c, org_id, flow_id, if_match)
+            save(c, DeletedFlow(flow_id=flow_id))
+
+        await self.run(delete)
+
+    async def publish_flow(
+        self, org_id: str, flow_id: str, *, answer_status: int | None = None
+    ) -> int:
         """Snapshot the draft as the next immutable version and return its number."""
-        return await self.run(lambda c: rec.publish_flow(c, org_id, flow_id))
+        save = answer_saver(answer_status)
+
+        def publish(c: Connection) -> int:
+            version = rec.publish_flow(c, org_id, flow_id)
+            save(c, {"version": version})
+            return version
+
+        return await self.run(publish)
 
     async def promote_flow(self, org_id: str, flow_id: str, version: int) -> Flow:
         """Make ``version`` the production version (404 ``FLOW_VERSION_NOT_FOUND``)."""
@@ -742,9 +791,18 @@ class Store:
         """Record where the event log of the run ``key`` lives (shown as ``status.log``)."""
         await self.run(lambda c: rec.set_run_log(c, *key, log))
 
-    async def delete_run(self, org_id: str, run_id: str) -> None:
-        """Delete a terminal run; a non-terminal one gives 409 ``CONFLICT``."""
-        await self.run(lambda c: rec.delete_run(c, org_id, run_id))
+    async def delete_run(
+        self, org_id: str, run_id: str, *, answer_status: int | None = None
+    ) -> None:
+        """Delete a terminal run; a non-terminal one gives 409 ``CONFLICT``;
+        ``answer_status`` as for :meth:`update_flow`."""
+        save = answer_saver(answer_status)
+
+        def delete(c: Connection) -> None:
+            rec.delete_run(c, org_id, run_id)
+            save(c, DeletedRun(run_id=run_id))
+
+        await self.run(delete)
 
     # -- idempotency -----------------------------------------------------------------
 

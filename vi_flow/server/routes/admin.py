@@ -73,7 +73,7 @@ async def whoami(request: web.Request) -> web.Response:
 async def create_organization(request: web.Request) -> web.Response:
     """Create an organization (admin only); answers {"organizationId"}."""
     _require_admin(request)
-    org_id = await request.app[STORE_KEY].create_org(await _name_of(request))
+    org_id = await request.app[STORE_KEY].create_org(await _name_of(request), answer_status=201)
     return json_response({"organizationId": org_id}, 201)
 
 

@@ -94,6 +94,7 @@ async def update_flow(request: web.Request) -> web.Response:
         flow_id,
         spec,
         if_match=request.headers.get("If-Match"),
+        answer_status=200,
     )
     return _flow_response(flow)
 
@@ -103,7 +104,9 @@ async def delete_flow(request: web.Request) -> web.Response:
     """Delete a flow and its published versions; If-Match as for ``PUT``."""
     flow_id = request.match_info["flowId"]
     if_match = request.headers.get("If-Match")
-    await request.app[STORE_KEY].delete_flow(org_of(request), flow_id, if_match=if_match)
+    await request.app[STORE_KEY].delete_flow(
+        org_of(request), flow_id, if_match=if_match, answer_status=200
+    )
     return json_response(DeletedFlow(flow_id=flow_id))
 
 
@@ -111,7 +114,7 @@ async def delete_flow(request: web.Request) -> web.Response:
 async def publish_flow(request: web.Request) -> web.Response:
     """Snapshot the draft spec as the next immutable version; answers {"version": n}."""
     version = await request.app[STORE_KEY].publish_flow(
-        org_of(request), request.match_info["flowId"]
+        org_of(request), request.match_info["flowId"], answer_status=200
     )
     return json_response({"version": version})
 

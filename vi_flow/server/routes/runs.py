@@ -134,7 +134,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def delete_run(request: web.Request) -> web.Response:
     """Delete a finished run; a run still Pending or Running is 409 CONFLICT."""
     org, run_id = org_of(request), request.match_info["runId"]
-    await request.app[STORE_KEY].delete_run(org, run_id)
+    await request.app[STORE_KEY].delete_run(org, run_id, answer_status=200)
     await _starter(request.app).forget((org, run_id))
     return json_response(DeletedRun(run_id=run_id))
 
