@@ -212,6 +212,14 @@ class Connection:
             s.organization_id or (None if s.api_key else DEFAULT_ORGANIZATION),
         )
 
+    async def serves_in_process(self) -> bool:
+        """Whether this process serves the home itself (``local_server = "in-process"``,
+        the home found free): the home's server, and its tasks, end with the process."""
+        if not self.settings.is_local or self.settings.local_server != "in-process":
+            return False
+        await self.endpoint()
+        return self._attached is not None and self._attached.release is not None
+
     def _attach(self, again: bool) -> local.Attached:
         """Attach the home's server once, whichever loop asks first (blocking)."""
         with self._thread_lock:

@@ -303,3 +303,23 @@ def _first_run(home: Path, listing: str) -> str | None:
         [sys.executable, "-c", listing], env=env_for(home), capture_output=True, text=True
     )
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_an_in_process_cli_refuses_a_task_that_would_end_with_it(home: Path) -> None:
+    # QA: with local_server = in-process, `tasks run` printed the task's id and "follow
+    # it", and the task had already ended failed/ServerStopped with the command
+    refused = cli(
+        home, "tasks", "run", "--", "sleep", "3", check=False, VI_FLOW_LOCAL_SERVER="in-process"
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "local_server = in-process" in refused.stderr and "--follow" in refused.stderr
+    followed = cli(
+        home, "tasks", "run", "--follow", "--", "echo", "here", VI_FLOW_LOCAL_SERVER="in-process"
+    )
+    assert followed.stdout.splitlines()[1:] == ["here"]
+    listed = cli_json(home, "tasks", "list", VI_FLOW_LOCAL_SERVER="in-process")
+    assert [t["status"] for t in listed] == ["completed"]  # the refused one was never made
+    # a background server serving the home: the in-process setting does not apply
+    cli(home, "server", "start")
+    started = cli(home, "tasks", "run", "--", "true", VI_FLOW_LOCAL_SERVER="in-process")
+    assert started.stdout.startswith("task_")

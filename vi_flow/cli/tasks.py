@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._failures import EXIT_FAILURE, EXIT_TRANSIENT, CommandFailed
+from ._failures import EXIT_FAILURE, EXIT_TRANSIENT, EXIT_USAGE, CommandFailed
 from ._lazy import LazyGroup
 from ._output import (
     Order,
@@ -302,10 +302,19 @@ def run(
     target: Any = _task_file(config_file) if config_file else list(command)
     if len(command) == 1:
         target = command[0]  # one word is a shell command line, as typed
-    handle = (
-        state()
-        .client()
-        .run(target, gpu=gpu, cpus=cpus, memory_gb=memory_gb, mounts=mounts or None, **kwargs)
+    client = state().client()
+    connection = client._async.http.connection
+    if not follow and client._portal.call(connection.serves_in_process):
+        # QA: the task was started, its id printed, and it ended with this command
+        raise CommandFailed(
+            "this command's own process serves the home (local_server = in-process), so a"
+            " task it starts would end when it exits",
+            exit_code=EXIT_USAGE,
+            hint="add --follow, or serve the home in the background: "
+            "vi-flow config set local_server background",
+        )
+    handle = client.run(
+        target, gpu=gpu, cpus=cpus, memory_gb=memory_gb, mounts=mounts or None, **kwargs
     )
     _announce(handle.data, as_json, follow=follow)
     if follow:
