@@ -323,3 +323,16 @@ def test_an_in_process_cli_refuses_a_task_that_would_end_with_it(home: Path) -> 
     cli(home, "server", "start")
     started = cli(home, "tasks", "run", "--", "true", VI_FLOW_LOCAL_SERVER="in-process")
     assert started.stdout.startswith("task_")
+
+
+def test_a_time_copied_from_a_table_gives_since_the_same_moment_in_any_zone(home: Path) -> None:
+    # QA: tables printed UTC without saying so, and --since reads a time without a zone
+    # as local: in New York, `--since <the task's created time>` printed nothing
+    task_id = cli_json(home, "tasks", "run", "--", "echo", "one")["taskId"]
+    wait_for(lambda: _task(home, task_id)["status"] == "completed", 30)
+    shown = cli(home, "tasks", "status", task_id, TZ="America/New_York").stdout
+    [created] = [line.split(None, 1)[1].strip() for line in shown.splitlines() if "created" in line]
+    assert created.endswith("Z"), created
+    for zone in ("America/New_York", "Asia/Tokyo"):
+        since = cli(home, "tasks", "logs", task_id, "--since", created, TZ=zone)
+        assert since.stdout == "one\n", (zone, since.stderr)

@@ -226,10 +226,21 @@ def log_line(*, err: bool = False) -> Callable[[str], str]:
 
 
 def when(ms: int | None) -> str:
-    """Format milliseconds since the epoch as a UTC time, or ``-``."""
+    """Format milliseconds since the epoch as a UTC time that says so (``...Z``), or ``-``:
+    QA: unmarked, it read as local time, and ``--since`` (local unless it names a zone)
+    given a time copied from a table missed hours of lines."""
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def iso_time(text: str) -> datetime:
+    """An ISO 8601 time as typed, ``Z`` for UTC included (Python 3.10 reads no ``Z``).
+
+    Raises:
+        ValueError: It is not one.
+    """
+    return datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
 
 
 def duration(ms: float | None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +12,7 @@ from ._output import (
     Order,
     emit_json,
     first,
+    iso_time,
     json_option,
     kv_table,
     order_option,
@@ -43,7 +44,7 @@ def _millis(value: str | None) -> int | None:
     if value.isdigit():
         return int(value)
     try:
-        moment = datetime.fromisoformat(value)
+        moment = iso_time(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not 'now', an ISO time (2030-01-02T15:00) or ms since the epoch",

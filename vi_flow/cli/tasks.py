@@ -25,6 +25,7 @@ from ._output import (
     emit_json,
     emit_ndjson,
     first,
+    iso_time,
     json_option,
     kv_table,
     log_line,
@@ -174,7 +175,7 @@ def _parse_since(
         seconds = float(number) * _SINCE_UNITS[unit]  # longer ago than a timedelta holds:
         return timedelta(seconds=min(seconds, _LONGEST))  # every line, as from the start
     try:
-        return datetime.fromisoformat(text)
+        return iso_time(text)
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is neither a duration (30s, 10m, 2h, 1d) nor a time (2026-12-02T08:00)",
