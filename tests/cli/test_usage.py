@@ -113,6 +113,9 @@ def test_unreachable_server_names_the_url_and_exits_6(
     assert lines[0].startswith("error: ") and url in lines[0]
     assert "Traceback" not in result.stderr
     assert lines[1].startswith("hint: ")
+    # QA: a URL set with `config set base_url` got a hint naming only --base-url and
+    # VI_FLOW_BASE_URL, where the user had set neither
+    assert "the config file's base_url" in lines[1] and "vi-flow config show" in lines[1]
 
 
 def test_debug_shows_the_traceback(vf_offline: Invoker, monkeypatch: pytest.MonkeyPatch) -> None:

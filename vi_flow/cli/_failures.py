@@ -214,7 +214,11 @@ def _hint_for(exc: BaseException) -> str | None:
             "the server is slow or overloaded; retry, or allow more seconds with VI_FLOW_TIMEOUT"
             " (or 'vi-flow config set timeout N')",
         ),
-        (e.APIConnectionError, "is the server at --base-url / VI_FLOW_BASE_URL running?"),
+        (
+            e.APIConnectionError,
+            "is the server at that URL running? The URL comes from --base-url, else"
+            " VI_FLOW_BASE_URL, else the config file's base_url ('vi-flow config show')",
+        ),
         (e.RateLimitError, "too many requests; wait a little and retry"),
         (e.NotImplementedByProviderError, "the server's compute provider cannot do this"),
     ]
