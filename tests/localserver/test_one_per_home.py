@@ -360,3 +360,12 @@ def test_a_full_disk_gives_a_clear_error_and_no_half_file(tmp_path: Path) -> Non
     assert "LocalServerError" in done.stderr
     assert "No space left on device" in done.stderr or "full" in done.stderr
     assert not (home / RUN_FILE).exists()
+
+
+def test_a_bad_quota_variable_is_one_line_naming_it_not_a_traceback(home: Path) -> None:
+    # QA: the background server's start-up printed a traceback of int()'s message, and
+    # its hint pointed at a server log that did not exist yet
+    done = cli(home, "flows", "list", check=False, VI_FLOW_QUOTA_STREAMS="abc")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "VI_FLOW_QUOTA_STREAMS: expected a whole number or 'none', got 'abc'" in done.stderr
+    assert "server logs" not in done.stderr

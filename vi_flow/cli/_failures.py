@@ -191,7 +191,11 @@ def _hint_for(exc: BaseException) -> str | None:
     import vi_flow as e
 
     if isinstance(exc, e.LocalServerError):  # the log, when the server wrote one
-        return None if exc.log_file is None else "'vi-flow server logs' shows the whole log"
+        if exc.log_file is None:
+            return None
+        if exc.log_file.name == "server.log":
+            return "'vi-flow server logs' shows the whole log"
+        return f"the whole log: {exc.log_file}"  # what a server wrote before its own log
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return "--base-url / VI_FLOW_BASE_URL names the API, ending in /v1"
     if isinstance(exc, e.APIStatusError) and exc.code == "DATABASE_GONE":

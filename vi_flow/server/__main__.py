@@ -64,7 +64,11 @@ def _serve(home: Path, idle_timeout: float, tell: int | None) -> int:
             os.write(fd, word.encode())
             os.close(fd)
 
-    settings = ServerSettings(home=home, mode="background", idle_timeout=idle_timeout)
+    try:
+        settings = ServerSettings(home=home, mode="background", idle_timeout=idle_timeout)
+    except ValueError as exc:  # a bad VI_FLOW_QUOTA_* or the like: one line naming it
+        say(f"{exc}\n")
+        return 1
     log_file = home / LOG_DIR / LOG_FILE
     try:
         configure_logging(file=log_file)

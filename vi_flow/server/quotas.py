@@ -44,7 +44,10 @@ def _limit(value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"expected a whole number or 'none', got {value!r}")
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number or 'none', got {value!r}") from None
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
     return number
