@@ -454,9 +454,9 @@ def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> AP
         if "html" in headers.get("Content-Type", "").lower():  # a web page, not the API
             code = "NOT_THE_API"
             message = (
-                f"HTTP {status} with a web page, not an answer of the vi-flow API: is"
-                " base_url the API's address (it ends in /v1, such as"
-                " http://127.0.0.1:8000/v1)?"
+                f"HTTP {status} with a web page, not an answer of the vi-flow API: base_url"
+                " must be a vi-flow server's API, such as http://127.0.0.1:8000/v1 (its /v1"
+                " included), and this address serves something else"
             )
     return error_for_status(
         status,

@@ -131,6 +131,18 @@ async def test_an_unreadable_retry_after_is_no_wait_asked_not_a_value_error() ->
             assert raw.requests == 2
 
 
+async def test_a_web_page_is_not_the_api_even_at_a_url_ending_in_v1() -> None:
+    # QA: the message asked whether base_url ends in /v1, when it did: the address was
+    # a plain web server's, not a vi-flow server's
+    page = answer("404 Not Found", b"<html>nope</html>", "Content-Type: text/html")
+    async with raw_server([page]) as raw, client(raw.url, max_retries=0) as c:
+        with pytest.raises(vi_flow.NotFoundError) as caught:
+            await c.flows.get("f")
+    assert caught.value.code == "NOT_THE_API"
+    assert "must be a vi-flow server's API" in caught.value.message
+    assert "serves something else" in caught.value.message
+
+
 async def test_an_answer_over_the_limit_is_refused_not_read_whole(
     monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:

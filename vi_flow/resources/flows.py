@@ -126,9 +126,9 @@ class AsyncFlows(AsyncResource):
         )
 
 
-def _flow_not_found(flow_id: str, exc: NotFoundError) -> FlowNotFoundError:
-    if isinstance(exc, FlowNotFoundError):
-        return exc
+def _flow_not_found(flow_id: str, exc: NotFoundError) -> NotFoundError:
+    if isinstance(exc, FlowNotFoundError) or exc.code == "NOT_THE_API":
+        return exc  # a web page at base_url is not a missing flow
     return FlowNotFoundError(
         f"flow {flow_id!r} not found",
         status_code=404,
