@@ -279,9 +279,15 @@ def run(
 ) -> None:
     """Start a task running COMMAND (or the task file given with -f); print its id.
 
+    Several words are the command's argv, run as they are. One word is a shell command
+    line, run by /bin/sh -c (pipes, &&, quotes: 'make && ./train | tee log'), so that a
+    command that is not found exits 127 as in a shell; a one-word program with spaces
+    in its path needs quoting inside the word.
+
     \b
     Examples:
       vi-flow tasks run --gpu a100 -- python train.py --epochs 3
+      vi-flow tasks run -- 'pip install -r requirements.txt && python train.py'
       vi-flow tasks run -f task.yaml --follow
     """
     if bool(command) == bool(config_file):
