@@ -336,3 +336,13 @@ def test_a_time_copied_from_a_table_gives_since_the_same_moment_in_any_zone(home
     for zone in ("America/New_York", "Asia/Tokyo"):
         since = cli(home, "tasks", "logs", task_id, "--since", created, TZ=zone)
         assert since.stdout == "one\n", (zone, since.stderr)
+
+
+def test_the_global_json_reaches_server_logs_and_the_demo_says_it_has_none(home: Path) -> None:
+    # QA: `vi-flow --json server logs` and `vi-flow --json demo` printed plain text
+    cli(home, "server", "start")
+    for args in (("--json", "server", "logs", "-n", "3"), ("server", "logs", "-n", "3", "--json")):
+        printed = cli(home, *args).stdout.splitlines()
+        assert len(printed) == 3 and all(json.loads(line)["line"] for line in printed)
+    demo = cli(home, "--json", "demo", check=False)
+    assert demo.returncode == 2 and json.loads(demo.stderr)["error"]["code"] == "USAGE_ERROR"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._failures import CommandFailed
+from ._failures import CommandFailed, json_wanted
 from ._live import RunView
 from ._output import duration, kv_table, terminal_safe
 from ._params import HomeDir
@@ -290,6 +290,8 @@ def demo(home: Path | None) -> None:
     """
     from .. import Client
 
+    if json_wanted():  # QA: the global --json was ignored without a word
+        raise click.UsageError("the demo is a guided tour to read and prints no JSON")
     cli = state()
     chosen = _home(home)
     cli.console.print(f"[bold]vi-flow demo[/] — the home's local server, home {_text(chosen)}")

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import click
 
 from ._failures import EXIT_CONFLICT, EXIT_FAILURE, EXIT_TRANSIENT, CommandFailed
 from ._lazy import LazyGroup
-from ._output import duration, emit_json, json_option, kv_table, wants_json
+from ._output import duration, emit_json, emit_ndjson, json_option, kv_table, wants_json
 from ._params import FiniteFloat, HomeDir, int_range
 from ._state import state
 
@@ -289,39 +290,50 @@ def _line(text: str) -> None:
 @server.command("logs")
 @click.option("-n", "--lines", default=50, show_default=True, type=int_range(0))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
-def logs(lines: int, follow: bool) -> None:
-    """Print the background server's log (HOME/logs/server.log)."""
+@json_option
+def logs(lines: int, follow: bool, as_json: bool) -> None:
+    """Print the background server's log (HOME/logs/server.log); --json: NDJSON,
+    {"line": ...} for each."""
     from ..models.server import LOG_DIR, LOG_FILE
 
     path = _home() / LOG_DIR / LOG_FILE
+    show = _as_ndjson if wants_json(as_json) else _as_text  # QA: --json was ignored
     try:
         if not path.exists() and not follow:
             raise CommandFailed(f"no server log yet at {path}", exit_code=EXIT_FAILURE)
-        _print_tail(path, lines)
+        _print_tail(path, lines, show)
         if follow:
-            _follow(path)
+            _follow(path, show)
     except PermissionError as exc:  # another user's home
         raise CommandFailed(
             f"cannot read the server log {path}: {exc.strerror}", exit_code=EXIT_FAILURE
         ) from None
 
 
-def _print_tail(path: Path, lines: int) -> None:
+def _as_text(line: str) -> None:
+    click.echo(line)
+
+
+def _as_ndjson(line: str) -> None:
+    emit_ndjson({"line": line})
+
+
+def _print_tail(path: Path, lines: int, show: Callable[[str], None]) -> None:
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
         return
     for line in text.splitlines()[-lines:] if lines else []:
-        click.echo(line)
+        show(line)
 
 
-def _follow(path: Path) -> None:
+def _follow(path: Path, show: Callable[[str], None]) -> None:
     """Print what is appended to ``path``, across rotations, until Ctrl-C."""
     handle, inode = _open_at_end(path)
     while True:
         chunk = handle.readline() if handle else ""
         if chunk:
-            click.echo(chunk, nl=False)
+            show(chunk.removesuffix("\n"))
             continue
         time.sleep(0.2)
         try:
