@@ -16,8 +16,9 @@ import enum
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -267,6 +268,31 @@ def _pick(arg: Any, env: str, file: dict[str, Any], key: str, default: Any) -> A
     return file.get(key, default)
 
 
+T = TypeVar("T")
+
+
+def _resolved(
+    convert: Callable[[Any], T], arg: Any, env: str, file: dict[str, Any], key: str, default: Any
+) -> T:
+    """:func:`_pick`'s value, converted; its error says where the value came from (QA: a
+    bad ``VI_FLOW_TIMEOUT`` was "timeout must be a number", the variable unnamed)."""
+    value = _pick(arg, env, file, key, default)
+    try:
+        return convert(value)
+    except ValueError as exc:
+        if arg is not NOT_GIVEN and arg is not None:
+            where = "the argument"
+        elif os.environ.get(env) not in (None, ""):
+            where = env
+        else:
+            where = f"the config file's {key} ({config_path()})"
+        raise ValueError(f"{exc} (set by {where})") from None
+
+
+def _timeout_or_not(value: Any) -> Timeout:
+    return Timeout() if value is NOT_GIVEN else _coerce_timeout(value)
+
+
 def resolve_settings(
     *,
     api_key: str | NotGiven | None = NOT_GIVEN,
@@ -285,13 +311,15 @@ def resolve_settings(
     _check_types(api_key=api_key, organization_id=organization_id, base_url=base_url,
                  http_transport=http_transport, home=home)  # fmt: skip
     file = read_config_file()
-    url = _base_url(_pick(base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL))
-    retries = _retries(
-        _pick(max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES)
+    url = _resolved(_base_url, base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL)
+    retries = _resolved(
+        _retries, max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES
     )
-    raw_timeout = _pick(timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
-    raw_mode = _pick(NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background")
-    mode = _one_of("local_server", raw_mode, LOCAL_SERVER_MODES)
+    timeouts = _resolved(_timeout_or_not, timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
+    mode = _resolved(
+        lambda raw: _one_of("local_server", raw, LOCAL_SERVER_MODES),
+        NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background",
+    )  # fmt: skip
     key = _pick(api_key, "VI_FLOW_API_KEY", file, "api_key", None)
     if key and urlsplit(url).username is not None:  # user info: Basic auth of its own
         raise ValueError(
@@ -304,7 +332,7 @@ def resolve_settings(
         organization_id=_pick(
             organization_id, "VI_FLOW_ORGANIZATION_ID", file, "organization_id", None
         ),
-        timeout=Timeout() if raw_timeout is NOT_GIVEN else _coerce_timeout(raw_timeout),
+        timeout=timeouts,
         max_retries=retries,
         home=Path(_pick(home, "VI_FLOW_HOME", file, "home", default_home())).expanduser(),
         config_dir=config_dir(),

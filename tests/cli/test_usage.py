@@ -64,6 +64,22 @@ def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
     assert "'city' is not KEY=VALUE" in result.stderr
 
 
+def test_errors_say_what_was_expected_and_where_a_value_came_from(
+    vf_offline: Invoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA: `-v nopath` asked for KEY=VALUE, an empty spec file "got NoneType", and a bad
+    # VI_FLOW_TIMEOUT did not name the variable
+    volume = vf_offline("tasks", "run", "-v", "nopath", "--", "true")
+    assert volume.exit_code == 2 and "'nopath' is not PATH=VOLUME" in volume.stderr
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    created = vf_offline("flows", "create", "-f", str(empty))
+    assert created.exit_code == 2 and "got nothing (the file is empty)" in created.stderr
+    monkeypatch.setenv("VI_FLOW_TIMEOUT", "abc")
+    listed = vf_offline("flows", "list")
+    assert listed.exit_code == 2 and "got 'abc' (set by VI_FLOW_TIMEOUT)" in listed.stderr
+
+
 @pytest.mark.parametrize("item", ["AWS_SECRET_ACCESS_KEY:wJalrXUtnFEMI", "=wJalrXUtnFEMI"])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_bad_env_item_is_named_by_its_place_never_its_value(

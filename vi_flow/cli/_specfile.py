@@ -114,8 +114,8 @@ def load_spec_file(path: Path) -> SpecFile:
         raise click.BadParameter(yaml_problem(path, exc), param_hint="'-f'") from None
     if not isinstance(data, dict):
         raise click.BadParameter(
-            f"{path}:1: a flow spec must be a mapping with 'name' and 'blocks', "
-            f"got {type(data).__name__}",
+            f"{path}:1: a flow spec must be a mapping with 'name' and 'blocks', got "
+            + ("nothing (the file is empty)" if data is None else f"a {type(data).__name__}"),
             param_hint="'-f'",
         )
     return SpecFile(path, data, root)

@@ -52,7 +52,9 @@ def tasks() -> None:
     """Run GPU/CPU tasks: status, logs, shells over SSH, code upload."""
 
 
-def _pairs(values: Iterable[str], option: str, *, secret: bool = False) -> dict[str, str]:
+def _pairs(
+    values: Iterable[str], option: str, *, secret: bool = False, form: str = "KEY=VALUE"
+) -> dict[str, str]:
     """Turn ``KEY=VALUE`` items into a dict (``click.BadParameter`` naming the item, or,
     when its values may be ``secret``, only its place: ``-e TOKEN:abc`` typed for
     ``-e TOKEN=abc``, or a bare ``-e "$TOKEN"``, must not print the token)."""
@@ -63,7 +65,7 @@ def _pairs(values: Iterable[str], option: str, *, secret: bool = False) -> dict[
         if not sep or not key:
             what = f"item {number} of {len(items)}" if secret else repr(item)
             hidden = " (not shown: it may hold a secret)" if secret else ""
-            raise click.BadParameter(f"{what} is not KEY=VALUE{hidden}", param_hint=f"'{option}'")
+            raise click.BadParameter(f"{what} is not {form}{hidden}", param_hint=f"'{option}'")
         out[key] = value
     return out
 
@@ -305,7 +307,10 @@ def run(
     }
     if env:
         kwargs["env"] = _pairs(env, "--env", secret=True)
-    mounts = {path: f"volume://{vol}" for path, vol in _pairs(volumes, "--volume").items()}
+    mounts = {
+        path: f"volume://{vol}"
+        for path, vol in _pairs(volumes, "--volume", form="PATH=VOLUME").items()
+    }
     target: Any = _task_file(config_file) if config_file else list(command)
     if len(command) == 1:
         target = command[0]  # one word is a shell command line, as typed
