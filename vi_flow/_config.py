@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._files import replace_file, updating
+from .models.files import replace_file, updating
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .._files import replace_file, updating
+from ..models.files import replace_file, updating
 
 __all__ = ["config_entry", "write_entry"]
 

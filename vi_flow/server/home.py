@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from .._files import replace_file
+from ..models.files import replace_file
 from ..models.homes import foreign_home
 from ..models.server import HOME_SERVED, LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
