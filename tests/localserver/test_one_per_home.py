@@ -335,20 +335,35 @@ def test_a_read_only_home_gives_a_clear_error_and_no_half_file(tmp_path: Path) -
     assert list(home.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["tasks", "volumes", "logs"])
-def test_a_file_where_the_home_keeps_a_directory_is_named_at_start(
-    tmp_path: Path, name: str
-) -> None:
-    # QA: the server started, then every task or volume create answered a bare 500
+@pytest.mark.parametrize("name", ["tasks", "volumes", "logs", "admin-token"])
+def test_a_part_of_the_home_of_the_wrong_kind_is_named_at_start(tmp_path: Path, name: str) -> None:
+    # QA: with a file for tasks/ or volumes/ the server started, then every create
+    # answered a bare 500; a directory named admin-token was blamed on the database
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    (home / name).write_text("oops\n")
+    directory = name == "admin-token"
+    (home / name).mkdir() if directory else (home / name).write_text("oops\n")
     try:
         done = cli(home, "server", "start", check=False)
     finally:
         cli(home, "server", "stop", "--force", check=False)  # had one started: stopped
-    assert done.returncode != 0 and f"{home / name} is not a directory" in done.stderr
-    assert (home / name).read_text() == "oops\n"
+    kind = "a directory" if directory else "not a directory"
+    assert done.returncode != 0 and f"{home / name} is {kind}" in done.stderr
+    assert (home / name).is_dir() == directory
+
+
+def test_a_file_named_client_in_the_home_is_named_not_a_traceback_hint(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "client").write_text("oops\n")
+    try:
+        task_id = cli(home, "tasks", "run", "--", "sleep", "30").stdout.strip()
+        shell = cli(home, "tasks", "shell", task_id, "-c", "true", check=False)
+    finally:
+        cli(home, "server", "stop", "--force", check=False)
+    assert shell.returncode == 1, shell  # the key is kept under client/: it cannot be made
+    assert f"{home / 'client' / 'ssh'}: Not a directory" in shell.stderr
+    assert "--debug" not in shell.stderr and "Traceback" not in shell.stderr
 
 
 def test_a_full_disk_gives_a_clear_error_and_no_half_file(tmp_path: Path) -> None:

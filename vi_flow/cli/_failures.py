@@ -184,6 +184,10 @@ def describe(exc: BaseException) -> tuple[str, str | None]:
         return exc.message, _hint_for(exc)
     if isinstance(exc, (ValueError, TypeError, e.ViFlowError)):
         return str(exc), _hint_for(exc)
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # a file of this machine's (QA: `client` in the home made a file, not a folder:
+        # "NotADirectoryError: [Errno 20] ...", with a hint at a traceback)
+        return f"{exc.filename}: {exc.strerror}", None
     return f"{type(exc).__name__}: {exc}", "run again with --debug to see the traceback"
 
 

@@ -76,16 +76,24 @@ def prepare_home(home: Path) -> None:
         raise HomeError(f"cannot use {home} as the vi-flow home: it is not writable")
     if (why := foreign_home(home)) is not None:
         raise HomeError(why)
-    for name, what in _HOME_DIRECTORIES:  # QA: a file there made every create a bare 500
+    # QA: a file where a directory belongs made every create a bare 500, and a directory
+    # named admin-token was blamed on the database
+    for name, what, directory in _HOME_PARTS:
         with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISDIR(os.lstat(home / name).st_mode):
+            if stat.S_ISDIR(os.lstat(home / name).st_mode) != directory:
+                kind = "not a directory" if directory else "a directory"
                 raise HomeError(
-                    f"cannot use {home} as the vi-flow home: {home / name} is not a directory"
+                    f"cannot use {home} as the vi-flow home: {home / name} is {kind}"
                     f" (the server keeps {what} there); move it away"
                 )
 
 
-_HOME_DIRECTORIES = (("tasks", "its tasks' files"), ("volumes", "volumes"), ("logs", "its log"))
+_HOME_PARTS = (  # (name, what the server keeps there, whether it is a directory)
+    ("tasks", "its tasks' files", True),
+    ("volumes", "volumes", True),
+    ("logs", "its log", True),
+    ("admin-token", "the admin token", False),
+)
 
 
 _SECRET_FILES = ("state.db", "state.db-wal", "state.db-shm", "admin-token", "server.log")
