@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 from pathlib import Path
 
-from .kit import cli_json, foreground_serve, wait_for
+from .kit import cli_json, foreground_serve, script, wait_for
 
 UNSHARE = shutil.which("unshare")
 NOTE = "the disk holding its logs was full while it ran: lines it printed may be missing"
@@ -36,3 +37,14 @@ def test_a_task_that_printed_onto_a_full_disk_says_lines_may_be_missing(home: Pa
         done = wait_for(lambda: _ended(home, task_id), 60, "the loud task to end")
         assert done["status"] == "completed" and done["exitCode"] == 0
         assert NOTE in str(done["message"]), done
+
+        # QA: a flow's task step showed only an empty logTail: the note is in its output
+        flow = {"name": "loud", "blocks": [{"block": "task", "id": "t", "settings": {
+            "command": loud}}]}  # fmt: skip
+        code = (
+            "import json, vi_flow\nc = vi_flow.Client()\n"
+            f"flow = c.flows.create({flow!r})\n"
+            "print(json.dumps(c.flow(flow.flow_id).execute().output))"
+        )
+        output = json.loads(script(home, code, timeout=120).stdout)
+        assert output["status"] == "completed" and NOTE in output["message"], output

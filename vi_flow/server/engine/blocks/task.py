@@ -7,9 +7,10 @@ the output, default 50, at most :data:`~vi_flow.models.limits.MAX_TAIL_CHARS` ch
 in all) and ``allow_failure`` (a non-zero exit does not fail the step).
 The task goes through the server's task service, so it is listed under ``/v1/tasks``
 with the run and step ids. Every line it prints becomes a ``log`` event of the step.
-The output is ``{"taskId", "status", "exitCode", "signal", "reason", "logTail",
-"artifacts", "artifactCount", "artifactsTruncated"}`` where ``exitCode``, ``signal`` and
-``reason`` say how the task ended (docs/tasks.md, "How a task ended"), ``artifacts``
+The output is ``{"taskId", "status", "exitCode", "signal", "reason", "message",
+"logTail", "artifacts", "artifactCount", "artifactsTruncated"}`` where ``exitCode``,
+``signal``, ``reason`` and ``message`` say how the task ended (docs/tasks.md, "How a task
+ended"; ``message`` also notes logs a full disk lost), ``artifacts``
 lists the first :data:`MAX_ARTIFACTS` files (by path) written to ``$VI_FLOW_OUTPUT_DIR``
 (``{"path", "size"}``), ``artifactCount`` how many there are and ``artifactsTruncated``
 whether some were left out (``GET /v1/tasks/{taskId}/outputs`` lists them all).
@@ -120,6 +121,9 @@ async def task_block(ctx: BlockContext) -> Any:
         "exitCode": task.exit_code,
         "signal": task.signal,
         "reason": task.reason,
+        # what the task's own record says of how it went (QA: a completed task whose logs
+        # a full disk lost said so only there: the step showed an empty logTail)
+        "message": task.message,
         "logTail": list(tail),
         "artifacts": to_wire(files[:MAX_ARTIFACTS]),
         "artifactCount": len(files),
