@@ -213,12 +213,14 @@ class Connection:
         )
 
     async def serves_in_process(self) -> bool:
-        """Whether this process serves the home itself (``local_server = "in-process"``,
-        the home found free): the home's server, and its tasks, end with the process."""
+        """Whether this client alone holds the home's server, inside this process
+        (``local_server = "in-process"``, the home found free): the server, and its tasks,
+        end when the client closes."""
         if not self.settings.is_local or self.settings.local_server != "in-process":
             return False
         await self.endpoint()
-        return self._attached is not None and self._attached.release is not None
+        held_alone = self._attached.held_alone if self._attached is not None else None
+        return held_alone is not None and held_alone()
 
     def _attach(self, again: bool) -> local.Attached:
         """Attach the home's server once, whichever loop asks first (blocking)."""

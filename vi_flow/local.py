@@ -70,13 +70,21 @@ class Attached:
     Attributes:
         info: The server's run file.
         release: Lets an in-process server go (``None`` for any other server).
+        held_alone: Whether this hold is the in-process server's only one, so that its
+            release stops the server (``None`` for any other server).
     """
 
-    __slots__ = ("info", "release")
+    __slots__ = ("held_alone", "info", "release")
 
-    def __init__(self, info: ServerInfo, release: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        info: ServerInfo,
+        release: Callable[[], None] | None = None,
+        held_alone: Callable[[], bool] | None = None,
+    ) -> None:
         self.info = info
         self.release = release
+        self.held_alone = held_alone
 
 
 def pid_alive(pid: int) -> bool:
@@ -389,7 +397,7 @@ def _in_process(settings: Settings) -> Attached | None:
         return None
     except HomeError as exc:
         raise LocalServerError(str(exc)) from None
-    return Attached(server.info, lambda: embedded.release(server))
+    return Attached(server.info, lambda: embedded.release(server), lambda: server.holders == 1)
 
 
 def attach(settings: Settings) -> Attached:

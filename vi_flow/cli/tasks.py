@@ -333,15 +333,14 @@ def run(
         _follow(handle.task_id, "both", wants_json(as_json), apart=True)
 
 
-def _task_file(config_file: str) -> Path | TaskConfig:
-    """The ``-f`` file as the SDK takes it: its path, or the config read from stdin."""
-    if config_file != "-":
-        return Path(config_file)
+def _task_file(config_file: str) -> TaskConfig:
+    """The ``-f`` file (``-``: stdin) read, before any server is asked for anything."""
     from ..models.tasks import TaskConfig
 
-    text = read_text_file(Path("-"), "'-f'")
     try:
-        return TaskConfig.from_yaml_text(text, str(STDIN))
+        if config_file != "-":
+            return TaskConfig.from_yaml(Path(config_file))
+        return TaskConfig.from_yaml_text(read_text_file(Path("-"), "'-f'"), str(STDIN))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'-f'") from None
 

@@ -67,6 +67,11 @@ class EmbeddedServer:
         self._pid = os.getpid()
 
     @property
+    def holders(self) -> int:
+        """How many :func:`acquire` calls hold it now: the last :func:`release` stops it."""
+        return self._refs
+
+    @property
     def url_root(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
