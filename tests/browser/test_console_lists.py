@@ -223,7 +223,8 @@ def test_detail_pages_keep_long_text_and_direction_controls_in_their_place(
     # `echo "\u202e; fr- mr #" safe` as `echo "# rm -rf ;" safe`.
     described = {"name": "F" * 250, "description": "D" * 5000}
     made = console_server.call("POST", "/flows", {**described, "blocks": [{"block": "emit"}]})
-    command = 'echo "\u202e; fr- mr #\u202c" safe && sleep 30'
+    # QA: the marks U+200E, U+200F and U+061C were drawn raw, and still turned text
+    command = 'echo "\u202e; fr- mr #\u202c" safe "rm \u200f-rf\u061c /x \u200e" && sleep 30'
     task = console_server.call("POST", "/tasks", {"name": "T" * 200, "command": command})
     one = _signed_in(visit, console_server, width=390, height=800)
     for path in (f"/flows/{made['flowId']}", f"/tasks/{task['taskId']}"):
@@ -235,6 +236,8 @@ def test_detail_pages_keep_long_text_and_direction_controls_in_their_place(
     one.page.wait_for_selector(".section-head .muted:text-is('1 line')", timeout=30_000)
     shown = one.page.inner_text("main")
     assert "\u202e" not in shown and "⟨U+202E⟩; fr- mr #⟨U+202C⟩" in shown
+    assert "rm ⟨U+200F⟩-rf⟨U+61C⟩ /x ⟨U+200E⟩" in shown
+    assert not {"\u200e", "\u200f", "\u061c"} & set(shown)
     console_server.call("POST", f"/tasks/{task['taskId']}/cancel", {"force": True})
 
 

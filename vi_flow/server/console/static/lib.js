@@ -46,10 +46,11 @@ export function withKey(url) {
   return url + (url.includes('?') ? '&' : '?') + `${KEY_PARAM}=${encodeURIComponent(currentKey())}`;
 }
 
-// The explicit direction controls (embeddings, overrides, isolates): shown as they are,
+// The direction controls (embeddings, overrides, isolates, and the marks LRM, RLM and
+// ALM: the set the server refuses in names, models/limits.py): shown as they are,
 // "\u202e; fr- mr #" read as "# rm -rf ;" in a task's command or a tool call's
 // arguments. They are shown as visible marks instead, in every text the console draws.
-const BIDI = /[\u202A-\u202E\u2066-\u2069]/g;
+const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
 
 /** ``text`` with each direction control shown as ⟨U+202E⟩. */
 export function shown(text) {
