@@ -202,7 +202,7 @@ def _hint_for(exc: BaseException) -> str | None:
         return f"the whole log: {exc.log_file}"  # what a server wrote before its own log
     if isinstance(exc, e.APIStatusError) and exc.code == "NOT_THE_API":
         return "--base-url / VI_FLOW_BASE_URL names the API, ending in /v1"
-    if isinstance(exc, e.APIConnectionError) and "the SSH connection to the task" in exc.message:
+    if isinstance(exc, e.APIConnectionError) and "lost the SSH connection" in exc.message:
         # the API answered; the task's own SSH endpoint did not (QA: the hint named --base-url)
         return "'vi-flow tasks status TASK_ID' says whether the task still runs"
     if isinstance(exc, e.APIStatusError) and exc.code == "DATABASE_GONE":
