@@ -111,6 +111,15 @@ def test_file_helpers(tmp_path: Path) -> None:
     euros.write_bytes("€".encode() * 100_000)  # 300,000 bytes: a read starts mid-character
     [end] = tail_lines(tmp_path, euros, 1)
     assert end == "€" * (len(end)) and len(end) == READ_SIZE // 3
+    # QA: lines of exactly READ_SIZE bytes lost their first bytes, or were left out
+    for end in (b"\n", b"\r\n"):
+        exact = tmp_path / "exact.log"
+        exact.write_bytes(b"a" * READ_SIZE + end + b"b" * READ_SIZE + end)
+        assert tail_lines(tmp_path, exact, 1) == ["b" * READ_SIZE]
+        assert tail_lines(tmp_path, exact, 2) == ["a" * READ_SIZE, "b" * READ_SIZE]
+        assert tail_lines(tmp_path, exact, 3) == ["a" * READ_SIZE, "b" * READ_SIZE]
+        exact.write_bytes(b"x" * 3 * READ_SIZE + end)  # the end of a longer line, whole pieces
+        assert tail_lines(tmp_path, exact, 1) == ["x" * READ_SIZE]
     (tmp_path / "link").symlink_to(log)  # a link a task put in place of its log
     assert tail_lines(tmp_path, tmp_path / "link", 5) == []
     splitter = LineSplitter()

@@ -63,9 +63,10 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     before byte offset ``start``), split as :mod:`vi_flow.models.loglines` does.
 
     Reads backwards in blocks, each once, and at most ``count`` times :data:`READ_SIZE`
-    bytes, and never more than :data:`MAX_LOG_TAIL_BYTES`: a huge log costs only what is
-    returned. A line cut by that bound is left out, but for one line longer than it
-    (one line of 60 MB), which comes back as its end.
+    bytes and a ``\\r\\n`` (a line handed out whole is that long at most), and never more
+    than :data:`MAX_LOG_TAIL_BYTES`: a huge log costs only what is returned. A line cut by
+    that bound is left out, but for one line longer than it (one line of 60 MB), which
+    comes back as its end: its last ``count`` pieces, counted from that end.
     """
     if count <= 0:
         return []
@@ -76,7 +77,9 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
     ends = 0  # line ends in the blocks read so far
     with os.fdopen(fd, "rb") as handle:
         position = handle.seek(0, os.SEEK_END)
-        bound = position - min(count * READ_SIZE, MAX_LOG_TAIL_BYTES)
+        # QA: at count * READ_SIZE, a line of exactly READ_SIZE bytes lost its first byte
+        # (and a CRLF one two), or was left out as cut
+        bound = position - min(count * (READ_SIZE + 2), MAX_LOG_TAIL_BYTES)
         floor = max(min(start, position), bound)
         while position > floor and ends <= count:
             step = min(_TAIL_BLOCK, position - floor)
@@ -86,10 +89,14 @@ def tail_lines(root: Path, path: Path, count: int, start: int = 0) -> list[str]:
             ends += block.count(b"\n")
         partial = position > 0 and os.pread(fd, 1, position - 1) != b"\n"  # a line's end
     data = b"".join(reversed(blocks))
-    if partial and position == bound and ends and data.find(b"\n") + 1 < len(data):
-        data = data[data.find(b"\n") + 1 :]  # the line the bound cut, unless it is the last
-    elif partial:  # the end of a long line: from a character's start (QA: U+FFFD first)
-        data = data[first_char_start(data) :]
+    first = data.find(b"\n") + 1  # where the first whole line starts (0: none does)
+    if partial and position == bound and 0 < first < len(data):
+        data = data[first:]  # the line the bound cut, unless it is the last
+    elif partial:
+        if first in (0, len(data)):  # all of it is the end of one long line: its last
+            ending = 2 if data.endswith(b"\r\n") else 1 if first else 0  # pieces, from there
+            data = data[max(0, len(data) - count * READ_SIZE - ending) :]
+        data = data[first_char_start(data) :]  # from a character's start (QA: U+FFFD first)
     lines, rest = split_lines(b"", data)
     if rest:
         lines.append(decode_line(rest))
