@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .models.files import replace_file, updating
+from .models.files import replace_file, through_link, updating
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -222,9 +222,8 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     """Set one key in the config file (created with mode 0600), keeping the others."""
     if key not in CONFIG_KEYS:
         raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
-    path = path or config_path()
     parsed = _parse_value(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = through_link(path or config_path())  # QA: a linked config became a plain file
     import tomli_w  # a TOML writer: any value, newlines and tabs included, reads back
 
     # QA: `config set`s at once lost keys they had confirmed, and a command reading the

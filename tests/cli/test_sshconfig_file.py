@@ -43,3 +43,40 @@ def test_entries_written_at_once_keep_each_other_and_the_user_s_own(tmp_path: Pa
         assert text.count(f"Host {alias}\n") == 1 and f"    User {alias}\n" in text
     assert text.count("# >>> vi-flow ") == text.count("# <<< vi-flow ") == len(aliases)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".config.lock", "config"]
+
+
+def test_the_file_s_own_bytes_and_line_ends_are_kept(tmp_path: Path) -> None:
+    # QA: a CRLF file came back with LF ends, and one byte that is not UTF-8 made the
+    # write fail with a codec's message and no path; a quoted pattern "box other" (one
+    # pattern, which `ssh box` does not match) was taken for an entry for box
+    from vi_flow.cli._sshconfig import config_entry, write_entry
+
+    config = tmp_path / "config"
+    own = b'Host "box other"\r\n    User caf\xe9\r\n'
+    config.write_bytes(own)
+    line = "ssh -i /k -p 2222 box@127.0.0.1"
+    write_entry(config, config_entry(line, "box"), "box")
+    write_entry(config, config_entry(line, "box"), "box")  # again: replaced
+    data = config.read_bytes()
+    assert data.endswith(own) and data.count(b"Host box\n") == 1
+
+
+def test_a_linked_config_is_written_where_it_lies_and_a_loop_is_named(tmp_path: Path) -> None:
+    from vi_flow._config import read_config_file, write_config_value
+
+    dotfile = tmp_path / "dotfiles" / "config.toml"
+    dotfile.parent.mkdir()
+    dotfile.write_text("timeout = 30.0\n")
+    linked = tmp_path / "cfg" / "config.toml"
+    linked.parent.mkdir()
+    linked.symlink_to(dotfile)
+    write_config_value("max_retries", "3", linked)  # QA: the link became a plain file
+    assert linked.is_symlink() and read_config_file(dotfile) == {"timeout": 30.0, "max_retries": 3}
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    try:
+        write_config_value("max_retries", "3", loop)
+    except OSError as exc:  # named by its path, as the CLI shows a file's error
+        assert exc.filename == str(loop) and exc.strerror
+    else:
+        raise AssertionError("a loop of links was written")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..models.files import replace_file, updating
+from ..models.files import replace_file, through_link, updating
 
 __all__ = ["config_entry", "write_entry"]
 
@@ -69,22 +69,32 @@ def write_entry(path: Path, entry: str, alias: str) -> None:
     lies, the link kept.
     """
     begin, end = _markers(alias)
-    target = path.resolve() if path.is_symlink() else path
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = through_link(path)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\r?\n?", re.DOTALL)
     with updating(target):  # QA: entries written at once lost each other, and the user's
-        text = target.read_text(encoding="utf-8") if target.exists() else ""
+        # its bytes kept as they are: CRLF line ends, and bytes that are not UTF-8
+        text = target.read_bytes().decode("utf-8", "surrogateescape") if target.exists() else ""
         text = pattern.sub("", text)
         _refuse_an_entry_of_its_own(path, text, alias)
         if text and not text.endswith("\n"):
             text += "\n"
-        replace_file(target, f"{begin}\n{entry}Host *\n{end}\n{text}".encode())
+        block = f"{begin}\n{entry}Host *\n{end}\n"
+        replace_file(target, (block + text).encode("utf-8", "surrogateescape"))
+
+
+_OPTION = re.compile(r"\s*(\S+?)\s*(?:=|\s)\s*(.*)")  # KEYWORD ARGS or KEYWORD=ARGS
 
 
 def _refuse_an_entry_of_its_own(path: Path, text: str, alias: str) -> None:
     for number, line in enumerate(text.splitlines(), 1):
-        keyword, *patterns = re.split(r"[\s=]+", line.strip().replace('"', " ")) or [""]
-        if keyword.lower() == "host" and alias.lower() in (p.lower() for p in patterns):
+        option = _OPTION.fullmatch(line)
+        if option is None or option[1].lower() != "host":
+            continue
+        try:  # a pattern in double quotes may hold spaces ("B A" is one pattern)
+            patterns = shlex.split(option[2], comments=True)
+        except ValueError:
+            patterns = option[2].split()
+        if alias.lower() in (pattern.lower() for pattern in patterns):
             raise click.ClickException(
                 f"{path} has an entry of its own for {alias!r} (line {number}), whose other"
                 " options would apply to the task too: remove it, or give another --alias"

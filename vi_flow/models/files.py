@@ -9,12 +9,13 @@ beside the file while one reads, edits and replaces it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["UPDATE_TIMEOUT", "replace_file", "updating"]
+__all__ = ["UPDATE_TIMEOUT", "replace_file", "through_link", "updating"]
 
 UPDATE_TIMEOUT = 30.0
 """Seconds to wait for another process's change of the same file."""
@@ -40,6 +41,27 @@ def replace_file(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
+
+
+def through_link(path: Path) -> Path:
+    """Where writing ``path`` lands: the file a link there points to (a dotfile kept in a
+    repository and linked into place stays one file), else ``path`` itself; its folder
+    is made (mode 0700) if missing.
+
+    Raises:
+        OSError: A loop of links, or a file where a folder on the way should be.
+    """
+    target = path
+    if path.is_symlink():
+        try:
+            target = path.resolve()
+        except RuntimeError:  # Python 3.12 and older: a loop of links
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+    for folder in reversed(target.parents):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return target
 
 
 @contextlib.contextmanager
