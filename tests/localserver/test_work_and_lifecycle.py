@@ -313,6 +313,10 @@ def test_an_in_process_cli_refuses_a_task_that_would_end_with_it(home: Path) -> 
     )
     assert refused.returncode == 2 and refused.stdout == ""
     assert "local_server = in-process" in refused.stderr and "--follow" in refused.stderr
+    submitted = cli(
+        home, "tasks", "submit", "sleep 3", check=False, VI_FLOW_LOCAL_SERVER="in-process"
+    )
+    assert submitted.returncode == 2 and "--wait" in submitted.stderr  # QA: submit as well
     followed = cli(
         home, "tasks", "run", "--follow", "--", "echo", "here", VI_FLOW_LOCAL_SERVER="in-process"
     )

@@ -315,22 +315,28 @@ def run(
     if len(command) == 1:
         target = command[0]  # one word is a shell command line, as typed
     client = state().client()
-    connection = client._async.http.connection
-    if not follow and client._portal.call(connection.serves_in_process):
-        # QA: the task was started, its id printed, and it ended with this command
-        raise CommandFailed(
-            "this command's own process serves the home (local_server = in-process), so a"
-            " task it starts would end when it exits",
-            exit_code=EXIT_USAGE,
-            hint="add --follow, or serve the home in the background: "
-            "vi-flow config set local_server background",
-        )
+    if not follow:
+        _refuse_a_task_that_would_end_with_this_command(client, "--follow")
     handle = client.run(
         target, gpu=gpu, cpus=cpus, memory_gb=memory_gb, mounts=mounts or None, **kwargs
     )
     _announce(handle.data, as_json, follow=follow)
     if follow:
         _follow(handle.task_id, "both", wants_json(as_json), apart=True)
+
+
+def _refuse_a_task_that_would_end_with_this_command(client: Any, waiting: str) -> None:
+    """Refuse, before starting it, a task that would end with this command: with
+    ``local_server = in-process`` the command's own process may serve the home alone
+    (QA: the task's id was printed, "follow it", and it had ended ServerStopped)."""
+    if client._portal.call(client._async.http.connection.serves_in_process):
+        raise CommandFailed(
+            "this command's own process serves the home (local_server = in-process), so a"
+            " task it starts would end when it exits",
+            exit_code=EXIT_USAGE,
+            hint=f"add {waiting}, or serve the home in the background: "
+            "vi-flow config set local_server background",
+        )
 
 
 def _task_file(config_file: str) -> TaskConfig:
@@ -377,16 +383,15 @@ def submit(
     as_json: bool,
 ) -> None:
     """Submit a shell COMMAND with minimal configuration (the seed's submit)."""
-    handle = (
-        state()
-        .client()
-        .submit(
-            command,
-            gpu=gpu,
-            mounts=_pairs(mounts, "--mount") or None,
-            instance_type=instance_type,
-            wait=wait,
-        )
+    client = state().client()
+    if not wait:
+        _refuse_a_task_that_would_end_with_this_command(client, "--wait")
+    handle = client.submit(
+        command,
+        gpu=gpu,
+        mounts=_pairs(mounts, "--mount") or None,
+        instance_type=instance_type,
+        wait=wait,
     )
     _announce(handle.data, as_json, ended=wait)
     if wait:
