@@ -335,13 +335,13 @@ def test_a_read_only_home_gives_a_clear_error_and_no_half_file(tmp_path: Path) -
     assert list(home.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["tasks", "volumes", "logs", "admin-token"])
+@pytest.mark.parametrize("name", ["tasks", "volumes", "logs", "ssh", "admin-token", "state.db"])
 def test_a_part_of_the_home_of_the_wrong_kind_is_named_at_start(tmp_path: Path, name: str) -> None:
     # QA: with a file for tasks/ or volumes/ the server started, then every create
     # answered a bare 500; a directory named admin-token was blamed on the database
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    directory = name == "admin-token"
+    directory = name in ("admin-token", "state.db")
     (home / name).mkdir() if directory else (home / name).write_text("oops\n")
     try:
         done = cli(home, "server", "start", check=False)

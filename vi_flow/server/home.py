@@ -92,7 +92,9 @@ _HOME_PARTS = (  # (name, what the server keeps there, whether it is a directory
     ("tasks", "its tasks' files", True),
     ("volumes", "volumes", True),
     ("logs", "its log", True),
+    ("ssh", "its SSH host key", True),
     ("admin-token", "the admin token", False),
+    ("state.db", "its database", False),
 )
 
 
