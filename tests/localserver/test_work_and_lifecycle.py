@@ -123,6 +123,7 @@ def test_stop_refuses_while_a_task_runs_and_force_cancels_it(home: Path) -> None
     refused = cli(home, "--json", "server", "stop", check=False)
     error = json.loads(refused.stderr)["error"]
     assert (error["code"], error["exitCode"]) == ("SERVER_BUSY", 5)
+    assert error["requestId"].startswith("req_")  # QA: null, where the server gave one
     assert error["message"].startswith("1 task(s) and 0 run(s) are not finished")
     assert alive(info.pid) and _task(home, task_id)["status"] == "running"
     cli(home, "server", "stop", "--force")

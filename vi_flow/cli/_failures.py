@@ -86,9 +86,11 @@ class CommandFailed(click.ClickException):
         exit_code: int = EXIT_FAILURE,
         hint: str | None = None,
         code: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code  # the JSON error's code; none: the kind of the exit code
+        self.request_id = request_id  # of the server's refusal, when it made one
         # click declares exit_code as a class variable (a ClassVar from click 8.2); each
         # failure here carries its own, which click reads from the instance.
         setattr(self, "exit_code", exit_code)  # noqa: B010
@@ -100,7 +102,12 @@ class CommandFailed(click.ClickException):
     def show(self, file: Any = None) -> None:
         """Print ``error: message`` and the hint to stderr (JSON with ``--json``)."""
         _report(
-            self.message, self.hint, exit_code=self.exit_code, as_json=self.json, code=self.code
+            self.message,
+            self.hint,
+            exit_code=self.exit_code,
+            error=self,
+            as_json=self.json,
+            code=self.code,
         )
 
 

@@ -223,8 +223,12 @@ def stop(force: bool, as_json: bool) -> None:
         message = error.get("message", "the server refused to stop")
         refusal = str(error.get("code") or "CONFLICT")  # SERVER_BUSY, SERVER_IN_PROCESS
         hint = "vi-flow server stop --force cancels them" if refusal == "SERVER_BUSY" else None
-        shown = message if wants_json(as_json) else f"{refusal}: {message}"  # as other refusals
-        raise CommandFailed(shown, exit_code=EXIT_CONFLICT, hint=hint, code=refusal)
+        request_id = error.get("requestId")
+        said = f" (request id {request_id})" if request_id else ""
+        shown = message if wants_json(as_json) else f"{refusal}: {message}{said}"  # as others
+        raise CommandFailed(
+            shown, exit_code=EXIT_CONFLICT, hint=hint, code=refusal, request_id=request_id
+        )
     if code != 202:
         raise CommandFailed(
             f"the server at {info.url} answered {_answer(code, body)} to the stop request"
