@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import anyio
+import asyncssh
 import orjson
 import pytest
 from multidict import CIMultiDict
@@ -164,7 +165,7 @@ async def test_changes_and_deletes_are_saved_with_their_record(server: Server) -
         "PUT", f"/flows/{flow_id}", json=spec("changed"), headers={"If-Match": etag}
     )
     assert changed["spec"]["name"] == "changed"
-    assert await twice("POST", "/organizations", json={"name": "once"}) is not None
+    org = await twice("POST", "/organizations", json={"name": "once"})
     orgs = await store.run(lambda c: c.execute("SELECT COUNT(*) FROM orgs").fetchone())
     assert orgs[0] == 2  # the server's own and one more
     run_id = (await server.call("POST", f"/flows/{flow_id}/execute", json={})).body["executionId"]
@@ -176,6 +177,15 @@ async def test_changes_and_deletes_are_saved_with_their_record(server: Server) -
     assert (await twice("DELETE", f"/runs/{run_id}"))["deleted"]
     assert (await twice("DELETE", f"/flows/{flow_id}"))["deleted"]
     assert (await server.call("GET", f"/flows/{flow_id}")).status == 404
+    # QA: the same for a volume's delete, an SSH key's and a token's revoke
+    volume = (await server.call("POST", "/volumes", json={"sizeGb": 1})).body["volumeId"]
+    assert (await twice("DELETE", f"/volumes/{volume}"))["deleted"]
+    public = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    key = await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
+    assert (await twice("DELETE", f"/ssh-keys/{key.body['keyId']}"))["deleted"]
+    tokens = f"/organizations/{org['organizationId']}/tokens"
+    assert (await server.call("POST", tokens, json={"name": "ci"})).status == 201
+    assert await twice("DELETE", f"{tokens}/ci") == {"name": "ci", "revoked": 1}
 
 
 CREATES = [

@@ -583,13 +583,18 @@ class Store:
         name: str,
         *,
         also: Callable[[Connection, str, str], list[str]] | None = None,
+        answer_status: int | None = None,
     ) -> tuple[int, list[str]]:
         """Delete the organization's tokens named ``name``, and do ``also(conn, org_id,
-        name)`` in the same transaction; returns how many, and what ``also`` returned."""
+        name)`` in the same transaction; returns how many, and what ``also`` returned.
+        ``answer_status`` as for :meth:`update_flow`."""
+        save = answer_saver(answer_status)
 
         def revoke(c: Connection) -> tuple[int, list[str]]:
             count = rec.revoke_tokens(c, org_id, name)
-            return count, [] if also is None else also(c, org_id, name)
+            gone = [] if also is None else also(c, org_id, name)
+            save(c, {"name": name, "revoked": count})
+            return count, gone
 
         return await self.run(revoke)
 

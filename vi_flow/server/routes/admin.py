@@ -104,7 +104,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     org_id, name = request.match_info["organizationId"], request.match_info["name"]
     # the SSH keys they registered go in the same transaction, then their logins
     count, gone = await request.app[STORE_KEY].revoke_tokens(
-        org_id, name, also=forget_keys_of_revoked(request.app)
+        org_id, name, also=forget_keys_of_revoked(request.app), answer_status=200
     )
     drop_logins_of(request.app, org_id, gone)
     await credentials_gone(request.app, Gone(org_id, name))  # its streams end, everywhere

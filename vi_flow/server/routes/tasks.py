@@ -435,7 +435,7 @@ async def get_volume(request: web.Request) -> web.StreamResponse:
 async def delete_volume(request: web.Request) -> web.StreamResponse:
     """Delete a volume (409 while a task mounts it)."""
     volume_id = await _service(request).volumes.delete_volume(
-        org_of(request), request.match_info["volumeId"]
+        org_of(request), request.match_info["volumeId"], answer_status=200
     )
     return json_response({"volumeId": volume_id, "deleted": True})
 
@@ -656,7 +656,7 @@ def drop_logins_of(app: web.Application, org_id: str, fingerprints: list[str]) -
 async def delete_ssh_key(request: web.Request) -> web.StreamResponse:
     """Delete an SSH key."""
     key_id, org = request.match_info["keyId"], org_of(request)
-    key = await _service(request).ssh.delete_ssh_key(org, key_id)
+    key = await _service(request).ssh.delete_ssh_key(org, key_id, answer_status=200)
     # connections that logged in with it end now, here and (told by the delete's
     # message) on the other replicas: their new channels would be refused, but an SFTP
     # session opened on one is not looked at again

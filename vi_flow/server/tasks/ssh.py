@@ -24,7 +24,7 @@ from ..db import Connection, Row, for_update
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
 from ..replicas import Replica
-from ..store import new_id
+from ..store import answer_saver, new_id
 from ..validation import limited
 from .records import TaskRecords
 
@@ -142,13 +142,18 @@ class SSHAccess:
             raise APIProblem.not_found("NOT_FOUND", "ssh key", key_id)
         return _ssh_key(row)
 
-    async def delete_ssh_key(self, org_id: str, key_id: str) -> SSHKey:
-        """Remove a key (404 if unknown); the key as it was."""
+    async def delete_ssh_key(
+        self, org_id: str, key_id: str, *, answer_status: int | None = None
+    ) -> SSHKey:
+        """Remove a key (404 if unknown); the key as it was. ``answer_status``: a waiting
+        ``Idempotency-Key`` record is saved in the same transaction."""
         key = await self.get_ssh_key(org_id, key_id)
+        save = answer_saver(answer_status)
 
         def delete(c: Connection) -> None:
             c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
             self._replica.send(c, KEY_DELETED, org_id, key.fingerprint)
+            save(c, {"keyId": key_id, "deleted": True})
 
         await self._store.run(delete)
         return key

@@ -147,7 +147,9 @@ class Volumes:
         cursor = rows[size - 1][0]["seq"] if len(rows) > size else None
         return [_volume(row, attached) for row, attached in rows[:size]], cursor
 
-    async def delete_volume(self, org_id: str, ident: str) -> str:
+    async def delete_volume(
+        self, org_id: str, ident: str, *, answer_status: int | None = None
+    ) -> str:
         """Delete a volume and its data; returns its id.
 
         The data is renamed aside in the transaction that deletes the row, after the
@@ -155,12 +157,16 @@ class Volumes:
         leaves its data named for removal. It is removed at once; what could not be
         (or a server stopped before it) is removed by :meth:`remove_deleted`.
 
+        With ``answer_status``, a waiting ``Idempotency-Key`` record is saved in the
+        deleting transaction (a retry after a crash gets this answer, not a 404).
+
         Raises:
             APIProblem: 404 if unknown, 409 while a pending or running task mounts it.
         """
         volume = await self.get_volume(org_id, ident)
         path = Path(volume.path)
         aside: list[Path] = []  # where the data went, once the rename is done
+        save = answer_saver(answer_status)
 
         def delete(conn: Connection) -> None:
             # checked and deleted in one transaction, the volume's row locked: a task
@@ -174,6 +180,7 @@ class Volumes:
                     "cancel the task or wait for it to end first"
                 )
             conn.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
+            save(conn, {"volumeId": volume.volume_id, "deleted": True})
             moved = set_aside(path)  # last: a failure to move it rolls the delete back
             if moved is not None:
                 aside.append(moved)
