@@ -123,6 +123,8 @@ class Timeout:
             return cls(connect=None, read=None, total=None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"timeout must be a Timeout or a number, got {value!r}")
+        if not 0 < value < math.inf:  # one number: named as it was given, not by phase
+            raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
         return cls(connect=float(value), read=float(value), total=float(value))
 
 

@@ -78,6 +78,13 @@ def test_errors_say_what_was_expected_and_where_a_value_came_from(
     monkeypatch.setenv("VI_FLOW_TIMEOUT", "abc")
     listed = vf_offline("flows", "list")
     assert listed.exit_code == 2 and "got 'abc' (set by VI_FLOW_TIMEOUT)" in listed.stderr
+    monkeypatch.setenv("VI_FLOW_TIMEOUT", "nan")  # one number, not "timeout connect"
+    listed = vf_offline("flows", "list")
+    assert "timeout must be a positive number of seconds, got nan" in listed.stderr
+    monkeypatch.delenv("VI_FLOW_TIMEOUT")
+    monkeypatch.setenv("VI_FLOW_BASE_URL", "ftp://x")  # QA: blamed on "the argument"
+    listed = vf_offline("flows", "list")
+    assert "(set by VI_FLOW_BASE_URL)" in listed.stderr, listed.stderr
 
 
 @pytest.mark.parametrize("item", ["AWS_SECRET_ACCESS_KEY:wJalrXUtnFEMI", "=wJalrXUtnFEMI"])

@@ -55,7 +55,7 @@ def test_bad_values_are_named() -> None:
     with pytest.raises(ValueError, match="timeout"):
         Timeout(connect=-1)
     for endless in (float("inf"), float("nan")):  # inf overflowed inside aiohttp's timer
-        with pytest.raises(ValueError, match=r"timeout connect .*None for no limit"):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
             Timeout.coerce(endless)
         with pytest.raises(ValueError, match="timeout"):
             resolve_settings(timeout=endless)

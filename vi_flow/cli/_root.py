@@ -94,6 +94,8 @@ def cli(
         raise click.BadParameter(  # run as whoever the env, config or home names
             "the key given is empty", param_hint="'--api-key'"
         )
+    if ctx.get_parameter_source("base_url") is click.core.ParameterSource.ENVIRONMENT:
+        base_url = None  # the SDK reads VI_FLOW_BASE_URL itself, and names it in an error
     obj = CliState(base_url=base_url, api_key=api_key, color=color, debug=debug, json=as_json)
     ctx.obj = obj
     if as_json:

@@ -26,7 +26,8 @@ class CliState:
     """Global options and lazily built resources of one invocation.
 
     Args:
-        base_url: ``--base-url`` (or ``None``: settings decide).
+        base_url: ``--base-url`` given on the command line (or ``None``: settings decide,
+            ``VI_FLOW_BASE_URL`` among them).
         api_key: ``--api-key`` (never printed).
         color: ``auto``, ``always`` or ``never``.
         debug: Whether to print tracebacks.

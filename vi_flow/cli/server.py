@@ -47,7 +47,7 @@ def server(ctx: click.Context, home: Path | None) -> None:
 def _home() -> Path:
     from .. import config
 
-    remote = state().base_url
+    remote = state().base_url or os.environ.get("VI_FLOW_BASE_URL")
     if remote and remote.rstrip("/") != config.LOCAL:  # it would be ignored without a word
         raise click.UsageError(
             f"vi-flow server manages the local server of a home; --base-url "
