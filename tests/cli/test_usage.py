@@ -348,3 +348,19 @@ def test_version_as_json(vf_offline: Invoker, args: tuple[str, ...]) -> None:
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"version": vi_flow.__version__}
     assert vf_offline("--version").stdout == f"vi-flow, version {vi_flow.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("2026-12-07 08:00:00Z", "2026-12-07T08:00:00+00:00"),  # as the tables print it
+        ("2026-12-07T08:00:00.5Z", "2026-12-07T08:00:00.500000+00:00"),
+        ("2026-12-07T08:00:00.123456789+01:00", "2026-12-07T08:00:00.123456+01:00"),
+        ("2026-12-07T08:00", "2026-12-07T08:00:00"),  # no zone: local, as documented
+    ],
+)
+def test_a_time_is_read_alike_on_every_python(typed: str, meant: str) -> None:
+    # QA: a Z, or a fraction of a second not 3 or 6 digits long, was refused on 3.10
+    from vi_flow.cli._output import iso_time
+
+    assert iso_time(typed).isoformat() == meant

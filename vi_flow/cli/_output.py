@@ -235,12 +235,17 @@ def when(ms: int | None) -> str:
 
 
 def iso_time(text: str) -> datetime:
-    """An ISO 8601 time as typed, ``Z`` for UTC included (Python 3.10 reads no ``Z``).
+    """An ISO 8601 time as typed, ``Z`` for UTC included (Python 3.10 reads no ``Z``, and
+    only 3 or 6 digits of a second's fraction: any number of them is read here).
 
     Raises:
         ValueError: It is not one.
     """
-    return datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
+    if text[-1:] in ("z", "Z"):
+        text = text[:-1] + "+00:00"
+    if sys.version_info < (3, 11):
+        text = re.sub(r"(?<=:\d\d)[.,](\d+)", lambda m: "." + m[1][:6].ljust(6, "0"), text)
+    return datetime.fromisoformat(text)
 
 
 def duration(ms: float | None) -> str:
