@@ -372,6 +372,25 @@ class Store:
     def _call(self, fn: Callable[[], T], then: Callable[[], None] | None = None) -> Awaitable[T]:
         return self._db_thread().call(fn, then)
 
+    async def answering(
+        self,
+        change: Callable[[Connection], T],
+        answer: Callable[[T], Any],
+        answer_status: int | None,
+    ) -> T:
+        """``change(conn)`` in one transaction with the answer a waiting ``Idempotency-Key``
+        replays (``answer`` of what it returned, as the route shows it), when
+        ``answer_status`` is given. QA: saved in a transaction after it, a crash between
+        the two made a retry publish again, or answer 412 or 404 about its own change."""
+        save = answer_saver(answer_status)  # here, on the loop: it reads the request's slot
+
+        def answered(c: Connection) -> T:
+            done = change(c)
+            save(c, answer(done))
+            return done
+
+        return await self.run(answered)
+
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` on the DB thread in a transaction; commit if it returns.
 
@@ -555,15 +574,12 @@ class Store:
         self, name: str, org_id: str | None = None, *, answer_status: int | None = None
     ) -> str:
         """Create an organization and return its id (``org_<hex>`` unless given);
-        ``answer_status`` as for :meth:`create_flow`."""
-        save = answer_saver(answer_status)
-
-        def create(c: Connection) -> str:
-            made = rec.create_org(c, name, org_id)
-            save(c, {"organizationId": made})  # the answer, as the route shows it
-            return made
-
-        return await self.run(create)
+        ``answer_status`` as for :meth:`answering`."""
+        return await self.answering(
+            lambda c: rec.create_org(c, name, org_id),
+            lambda made: {"organizationId": made},
+            answer_status,
+        )
 
     async def org_exists(self, org_id: str) -> bool:
         """Whether the organization exists."""
@@ -587,16 +603,15 @@ class Store:
     ) -> tuple[int, list[str]]:
         """Delete the organization's tokens named ``name``, and do ``also(conn, org_id,
         name)`` in the same transaction; returns how many, and what ``also`` returned.
-        ``answer_status`` as for :meth:`update_flow`."""
-        save = answer_saver(answer_status)
+        ``answer_status`` as for :meth:`answering`."""
 
         def revoke(c: Connection) -> tuple[int, list[str]]:
             count = rec.revoke_tokens(c, org_id, name)
-            gone = [] if also is None else also(c, org_id, name)
-            save(c, {"name": name, "revoked": count})
-            return count, gone
+            return count, [] if also is None else also(c, org_id, name)
 
-        return await self.run(revoke)
+        return await self.answering(
+            revoke, lambda done: {"name": name, "revoked": done[0]}, answer_status
+        )
 
     async def lookup_token(self, token: str) -> tuple[str, str, bool] | None:
         """``(organization_id, token_name, admin)`` for a bearer token, or ``None``."""
@@ -615,16 +630,11 @@ class Store:
         """Store a new flow whose draft is ``spec`` (409 ``CONFLICT`` if ``flow_id`` is taken).
 
         With ``answer_status`` (the HTTP status the flow is answered with), a waiting
-        :class:`IdempotencySlot` is saved in the same transaction.
+        :class:`IdempotencySlot` is saved in the same transaction (:meth:`answering`).
         """
-        save = answer_saver(answer_status)
-
-        def create(c: Connection) -> Flow:
-            flow = rec.create_flow(c, org_id, spec, flow_id)
-            save(c, shown_flow(flow))  # the answer, as the route shows it
-            return flow
-
-        return await self.run(create)
+        return await self.answering(
+            lambda c: rec.create_flow(c, org_id, spec, flow_id), shown_flow, answer_status
+        )
 
     async def get_flow(self, org_id: str, flow_id: str) -> Flow:
         """The flow, or ``APIProblem`` 404 ``FLOW_NOT_FOUND``."""
@@ -636,10 +646,6 @@ class Store:
         """Up to ``size`` flows after cursor ``after`` (newest first unless ``newest=False``)."""
         return await self.run(lambda c: rec.list_flows(c, org_id, size, after, newest))
 
-    # The changes below save a waiting Idempotency-Key's answer in their own transaction
-    # (``answer_status``, as :meth:`create_flow`): saved after it, a crash between the two
-    # made the retry publish again, or answer 412 or 404 about the request's own change.
-
     async def update_flow(
         self,
         org_id: str,
@@ -650,14 +656,9 @@ class Store:
         answer_status: int | None = None,
     ) -> Flow:
         """Replace the draft spec; a stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
-        save = answer_saver(answer_status)
-
-        def update(c: Connection) -> Flow:
-            flow = rec.update_flow(c, org_id, flow_id, spec, if_match)
-            save(c, shown_flow(flow))
-            return flow
-
-        return await self.run(update)
+        return await self.answering(
+            lambda c: rec.update_flow(c, org_id, flow_id, spec, if_match), shown_flow, answer_status
+        )
 
     async def delete_flow(
         self,
@@ -669,26 +670,21 @@ class Store:
     ) -> None:
         """Delete the flow and its published versions (runs keep their frozen spec); a
         stale ``if_match`` etag gives 412 ``ETAG_MISMATCH``."""
-        save = answer_saver(answer_status)
-
-        def delete(c: Connection) -> None:
-            rec.delete_flow(c, org_id, flow_id, if_match)
-            save(c, DeletedFlow(flow_id=flow_id))
-
-        await self.run(delete)
+        await self.answering(
+            lambda c: rec.delete_flow(c, org_id, flow_id, if_match),
+            lambda _: DeletedFlow(flow_id=flow_id),
+            answer_status,
+        )
 
     async def publish_flow(
         self, org_id: str, flow_id: str, *, answer_status: int | None = None
     ) -> int:
         """Snapshot the draft as the next immutable version and return its number."""
-        save = answer_saver(answer_status)
-
-        def publish(c: Connection) -> int:
-            version = rec.publish_flow(c, org_id, flow_id)
-            save(c, {"version": version})
-            return version
-
-        return await self.run(publish)
+        return await self.answering(
+            lambda c: rec.publish_flow(c, org_id, flow_id),
+            lambda version: {"version": version},
+            answer_status,
+        )
 
     async def promote_flow(self, org_id: str, flow_id: str, version: int) -> Flow:
         """Make ``version`` the production version (404 ``FLOW_VERSION_NOT_FOUND``)."""
@@ -800,14 +796,12 @@ class Store:
         self, org_id: str, run_id: str, *, answer_status: int | None = None
     ) -> None:
         """Delete a terminal run; a non-terminal one gives 409 ``CONFLICT``;
-        ``answer_status`` as for :meth:`update_flow`."""
-        save = answer_saver(answer_status)
-
-        def delete(c: Connection) -> None:
-            rec.delete_run(c, org_id, run_id)
-            save(c, DeletedRun(run_id=run_id))
-
-        await self.run(delete)
+        ``answer_status`` as for :meth:`answering`."""
+        await self.answering(
+            lambda c: rec.delete_run(c, org_id, run_id),
+            lambda _: DeletedRun(run_id=run_id),
+            answer_status,
+        )
 
     # -- idempotency -----------------------------------------------------------------
 
