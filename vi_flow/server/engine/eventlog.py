@@ -604,7 +604,11 @@ class EventLog:
         return event_id
 
     async def commit_with(
-        self, fn: Callable[[Connection], T], key: RunKey, events: Sequence[Event] = ()
+        self,
+        fn: Callable[[Connection], T],
+        key: RunKey,
+        events: Sequence[Event] = (),
+        committed: Callable[[T], None] | None = None,
     ) -> T:
         """Store ``fn``'s changes and ``events`` of the run ``key`` in one transaction.
 
@@ -612,7 +616,8 @@ class EventLog:
         that announce it become visible together, so a reader never sees an event
         before what it announces; one commit replaces two. When the write fails, the
         events queued before these are written later (see :meth:`_keep`); these never
-        are: what they announce was not saved.
+        are: what they announce was not saved. ``committed(result)`` is called once the
+        transaction has committed, before any reader is woken by it.
         """
         channel = self._channels.get(key) or await self.channel(key)
         queued = self._pending.get(key)
@@ -621,7 +626,7 @@ class EventLog:
             self._queue(channel, cls, fields)
         if events:
             self._pending[key].bound = bound
-        return await self._commit(fn)
+        return await self._commit(fn, committed)
 
     async def append_lines(
         self, key: RunKey, step_id: str, stream: str, lines: Sequence[str]
@@ -722,8 +727,11 @@ class EventLog:
                 self._retry_in = min(max(self._retry_in * 2, _RETRY_FIRST), _RETRY_MOST)
                 await asyncio.sleep(self._retry_in)
 
-    async def _commit(self, fn: Callable[[Connection], T] | None) -> T:
-        """Write what is queued (and ``fn``'s changes) in one transaction, then publish.
+    async def _commit(
+        self, fn: Callable[[Connection], T] | None, committed: Callable[[T], None] | None = None
+    ) -> T:
+        """Write what is queued (and ``fn``'s changes) in one transaction, then publish
+        (``committed(result)`` first).
 
         The write and its bookkeeping finish even when the caller is cancelled
         meanwhile (the transaction runs on the database thread regardless).
@@ -738,18 +746,22 @@ class EventLog:
         behind = {key: tuple(writing[key]) for key in per_run if key in writing}
         for key, rows in per_run.items():
             writing.setdefault(key, []).append(rows[0][2])
-        write = asyncio.ensure_future(self._store(fn, pending, per_run, behind, count, again))
+        write = asyncio.ensure_future(
+            self._store(fn, pending, per_run, behind, count, again, committed)
+        )
         write.add_done_callback(_read_its_error)  # logged; a cancelled caller leaves it
         return await asyncio.shield(write)
 
     async def _store(
         self, fn: Callable[[Connection], T] | None, pending: dict[RunKey, _Queued],
         per_run: dict[RunKey, list[_Chunk]], behind: dict[RunKey, tuple[int, ...]], count: int,
-        again: int,
+        again: int, committed: Callable[[T], None] | None = None,
     ) -> T:  # fmt: skip
         """Write, then publish; ``behind``: per run, the first id of its rows in each write
         still in flight when this one was made (they must have stored them first).
-        ``again``: how many of the ``count`` events had been queued again."""
+        ``again``: how many of the ``count`` events had been queued again. ``committed``
+        hears the result between the two: what it records (the outcome an execute
+        answers) is there for the readers the publishing wakes."""
         announce = self.announce
 
         def write(conn: Connection) -> tuple[Any, set[RunKey]]:
@@ -774,6 +786,8 @@ class EventLog:
             self._ended(per_run, count - kept, again)
             raise
         self._written_out(per_run, count)
+        if committed is not None:
+            committed(cast(T, result))
         if self._failing and len(late) < len(per_run):  # (it stored something)
             log.warning("event log written again")
             self._failing, self._retry_in = False, 0.0
