@@ -54,8 +54,10 @@ def through_link(path: Path) -> Path:
     target = path
     if path.is_symlink():
         try:
-            target = path.resolve()
-        except RuntimeError:  # Python 3.12 and older: a loop of links
+            target = path.resolve(strict=True)  # a loop raises (not so without strict: 3.13)
+        except FileNotFoundError:
+            target = path.resolve()  # a link to a file not made yet: it is made there
+        except RuntimeError:  # Python 3.12 and older: a loop of links (3.13: OSError ELOOP)
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
     for folder in reversed(target.parents):
         if folder.exists() and not folder.is_dir():
