@@ -147,7 +147,7 @@ def _follow(
     elif code:  # say why, on stderr: the lines above may not (a command that never started)
         why = ": ".join(part for part in (task.reason, task.message) if part)
         click.echo(f"task {task_id} {task.status.value}" + (f": {why}" if why else ""), err=True)
-        if stream == "stdout" and not apart and task.stderr_size:  # its last words are there
+        if stream == "stdout" and task.stderr_size:  # its last words are on stderr
             tail = client.tasks.logs(task_id, tail=_STDERR_TAIL, stream="stderr")
             shown = log_line(err=True)
             sys.stderr.writelines(f"  stderr: {shown(line)}\n" for line in tail.lines)

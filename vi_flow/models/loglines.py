@@ -6,7 +6,7 @@ chunk may end inside a line or even inside a UTF-8 character. Lines are split on
 dropped; bytes that are not UTF-8 become U+FFFD rather than an error. A lone ``\\r`` (a
 progress bar redrawing its line) stays inside the line. A line longer than
 :data:`MAX_LINE` bytes is handed out in pieces of at most that size, cut at a character's
-end, however its bytes arrive: no reader holds more of one line (and its ``\r``), nor
+end, however its bytes arrive: no reader holds more of one line (and its ``\\r``), nor
 copies it again with every chunk. A piece is cut only once a byte of the line follows
 it, so that a line of exactly ``MAX_LINE`` bytes is one line, not a piece and an empty
 line. Pure functions, no I/O: the SSH log follower (:mod:`vi_flow.compute`) and
