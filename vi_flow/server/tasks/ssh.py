@@ -24,7 +24,7 @@ from ..db import Connection, Row, for_update
 from ..errors import APIProblem
 from ..providers.base import ProviderError, UnsupportedOperation
 from ..replicas import Replica
-from ..store import answer_saver, new_id
+from ..store import new_id
 from ..validation import limited
 from .records import TaskRecords
 
@@ -148,14 +148,14 @@ class SSHAccess:
         """Remove a key (404 if unknown); the key as it was. ``answer_status``: a waiting
         ``Idempotency-Key`` record is saved in the same transaction."""
         key = await self.get_ssh_key(org_id, key_id)
-        save = answer_saver(answer_status)
 
         def delete(c: Connection) -> None:
             c.execute("DELETE FROM ssh_keys WHERE key_id = ?", (key_id,))
             self._replica.send(c, KEY_DELETED, org_id, key.fingerprint)
-            save(c, {"keyId": key_id, "deleted": True})
 
-        await self._store.run(delete)
+        await self._store.answering(
+            delete, lambda _: {"keyId": key_id, "deleted": True}, answer_status
+        )
         return key
 
     def delete_keys_added_by(self, conn: Connection, org_id: str, token_name: str) -> list[str]:

@@ -166,7 +166,6 @@ class Volumes:
         volume = await self.get_volume(org_id, ident)
         path = Path(volume.path)
         aside: list[Path] = []  # where the data went, once the rename is done
-        save = answer_saver(answer_status)
 
         def delete(conn: Connection) -> None:
             # checked and deleted in one transaction, the volume's row locked: a task
@@ -180,13 +179,13 @@ class Volumes:
                     "cancel the task or wait for it to end first"
                 )
             conn.execute("DELETE FROM volumes WHERE volume_id = ?", (volume.volume_id,))
-            save(conn, {"volumeId": volume.volume_id, "deleted": True})
             moved = set_aside(path)  # last: a failure to move it rolls the delete back
             if moved is not None:
                 aside.append(moved)
 
         try:
-            await self._store.run(delete)
+            answer = {"volumeId": volume.volume_id, "deleted": True}
+            await self._store.answering(delete, lambda _: answer, answer_status)
         except BaseException:
             if aside:  # the transaction failed after the rename: the volume keeps its data
                 await asyncio.to_thread(_put_back, aside[0], path)
