@@ -364,3 +364,11 @@ def test_a_time_is_read_alike_on_every_python(typed: str, meant: str) -> None:
     from vi_flow.cli._output import iso_time
 
     assert iso_time(typed).isoformat() == meant
+
+
+def test_config_show_names_the_total_a_number_timeout_sets(vf_offline: Invoker) -> None:
+    # QA: `config set timeout 5` bounds each whole call to 5 s (its `total`), and the
+    # table showed only the connect and read parts, as if a slow answer could go on
+    assert vf_offline("config", "set", "timeout", "5").exit_code == 0
+    row = [line for line in vf_offline("config", "show").stdout.splitlines() if "timeout" in line]
+    assert row[0].split("\t")[1] == "total 5s, connect 5s, read 5s", row

@@ -51,7 +51,7 @@ def show(as_json: bool) -> None:
             ("base_url", data["baseUrl"]),
             ("api_key", data["apiKey"]),
             ("organization_id", data["organizationId"] or "(the key's organization)"),
-            ("timeout", f"connect {timeout.connect}s, read {timeout.read}s"),
+            ("timeout", _shown_timeout(timeout.connect, timeout.read, timeout.total)),
             ("max_retries", data["maxRetries"]),
             ("home", data["home"]),
             ("local_server", data["localServer"]),
@@ -60,6 +60,18 @@ def show(as_json: bool) -> None:
             ("ca_file", data["caFile"] or "(the system's CAs)"),
             ("config file", data["configFile"]),
         ]
+    )
+
+
+def _shown_timeout(connect: float | None, read: float | None, total: float | None) -> str:
+    """A timeout as a table shows it: each part that bounds something (QA: a number set as
+    the timeout is its ``total``, which the table left out)."""
+
+    def part(name: str, seconds: float | None) -> str:
+        return f"{name} {'none' if seconds is None else f'{seconds:g}s'}"
+
+    return ", ".join(
+        part(n, s) for n, s in (("total", total), ("connect", connect), ("read", read))
     )
 
 
