@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vi_flow.models.server import LOG_DIR, LOG_FILE, RUN_FILE
@@ -351,3 +352,17 @@ def test_the_global_json_reaches_server_logs_and_the_demo_says_it_has_none(home:
         assert len(printed) == 3 and all(json.loads(line)["line"] for line in printed)
     demo = cli(home, "--json", "demo", check=False)
     assert demo.returncode == 2 and json.loads(demo.stderr)["error"]["code"] == "USAGE_ERROR"
+
+
+def test_a_time_without_a_zone_is_local_for_reservations_start_as_for_since(home: Path) -> None:
+    # QA: `reservations create --start` read a time without a zone as UTC, `logs --since`
+    # as local; one typed time meant two moments. Both are local now; a Z is UTC in both.
+    def start(when: str) -> int:
+        made = cli_json(
+            home, "reservations", "create", "--cpus", "1", "--start", when, TZ="Asia/Tokyo"
+        )
+        return int(made["startTime"])
+
+    utc = int(datetime(2030, 1, 2, 15, tzinfo=timezone.utc).timestamp() * 1000)
+    assert start("2030-01-02T15:00Z") == utc
+    assert start("2030-01-02T15:00") == utc - 9 * 3600 * 1000  # 15:00 in Tokyo is 06:00Z

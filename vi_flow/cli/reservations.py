@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timezone
 from typing import TYPE_CHECKING
 
 import click
@@ -38,7 +37,8 @@ def reservations() -> None:
 
 
 def _millis(value: str | None) -> int | None:
-    """Parse ``now``, an ISO 8601 time (UTC when no zone) or ms since the epoch."""
+    """Parse ``now``, an ISO 8601 time (local when it names no zone, as ``--since`` reads
+    one and as Python's ``datetime.timestamp`` does) or ms since the epoch."""
     if value is None or value == "now":
         return None
     if value.isdigit():
@@ -50,9 +50,7 @@ def _millis(value: str | None) -> int | None:
             f"{value!r} is not 'now', an ISO time (2030-01-02T15:00) or ms since the epoch",
             param_hint="'--start'",
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    return int(moment.timestamp() * 1000)  # QA: a time without a zone was UTC here only
 
 
 def _rows(items: list[Reservation]) -> list[tuple[object, ...]]:
@@ -73,7 +71,11 @@ def _rows(items: list[Reservation]) -> list[tuple[object, ...]]:
 @click.option("--gpu", help="GPU shorthand to hold (a100:2), or give --instance-type.")
 @click.option("--instance-type", help="An instance type from 'vi-flow instances find'.")
 @click.option("--cpus", type=int_range(1), help="CPU cores to hold.")
-@click.option("--start", help="'now' (default), an ISO time in UTC, or ms since the epoch.")
+@click.option(
+    "--start",
+    help="'now' (default), an ISO time (local unless it names a zone, as tables' "
+    "times do with Z), or ms since the epoch.",
+)
 @click.option(
     "--hours",
     "duration_hours",
