@@ -158,6 +158,11 @@ async def test_a_bad_stored_reservation_is_skipped_with_a_warning(
             },
             "volumes.mountPath",
         ),
+        (  # QA: a part no file name can hold, the task failed at its start
+            {"command": "true", "volumes": [{"name": "v", "mountPath": "/" + "a" * 300}]},
+            "volumes.mountPath",
+        ),
+        ({"command": "true", "workingDir": "w/" + "a" * 300}, "workingDir"),
         (  # a newline made a folder "data\nx" in the workspace
             {"command": "true", "volumes": [{"name": "v", "mountPath": "/data\nx", "sizeGb": 1}]},
             "volumes.mountPath",

@@ -112,9 +112,19 @@ async def test_two_volumes_of_one_variable_name_are_not_mounted_together(
     late = await server.call("POST", mount, json={"volumeId": "a-b"})
     assert late.status == 422 and "VI_FLOW_VOLUME_A_B" in late.body["error"]["message"]
     assert (await server.call("POST", mount, json={"volumeId": "other"})).status == 200
-    for path, words in (("/", "not the workspace itself"), ("a/../..", "'..'")):
+    config = (await server.call("GET", f"/tasks/{task['taskId']}")).body["config"]
+    for path, words in (
+        ("/", "not the workspace itself"),
+        ("a/../..", "'..'"),
+        ("/" + "a" * 256, "256 bytes"),  # QA: 500 (ENAMETOOLONG)
+        ("/d/" + "é" * 128, "256 bytes"),  # 128 characters, 256 bytes in UTF-8
+    ):
         answer = await server.call("POST", mount, json={"volumeId": "other", "mountPath": path})
         assert answer.status == 422 and words in answer.body["error"]["message"], answer.body
+    after = (await server.call("GET", f"/tasks/{task['taskId']}")).body["config"]
+    assert after["volumes"] == config["volumes"]  # nothing recorded
+    fits = await server.call("POST", mount, json={"volumeId": "other", "mountPath": "b" * 255})
+    assert fits.status == 200, fits.body
     await server.call("POST", f"/tasks/{task['taskId']}/cancel", json={"force": True})
 
 

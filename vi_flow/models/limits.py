@@ -30,6 +30,7 @@ __all__ = [
     "MAX_LLM_TOKENS",
     "MAX_LOG_TAIL",
     "MAX_LOG_TAIL_BYTES",
+    "MAX_NAME_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
@@ -50,6 +51,7 @@ __all__ = [
     "depth",
     "has_control_characters",
     "is_unicode",
+    "long_part",
     "shown",
     "type_name",
 ]
@@ -92,6 +94,11 @@ a larger one would let a request of a few bytes store megabytes."""
 
 MAX_PATH_LENGTH = 4096
 """The longest relative path (a working directory, an artifact)."""
+
+MAX_NAME_BYTES = 255
+"""The longest part of a path, in bytes (Linux's ``NAME_MAX``): a longer one cannot be
+made (QA: a mount path with such a part answered 500, a working directory failed its
+task at the start)."""
 
 MAX_TIME_MS = 253_402_300_799_999
 """The last millisecond of the year 9999: the latest time a request may name."""
@@ -328,4 +335,20 @@ def check_relative_path(field: str, value: object) -> str:
         raise LimitError(field, f"must be a relative path, got {shown(value)}")
     if ".." in value.replace("\\", "/").split("/"):
         raise LimitError(field, f"must not climb out with '..', got {shown(value)}")
+    if problem := long_part(value):
+        raise LimitError(field, problem)
     return value
+
+
+def long_part(path: str) -> str | None:
+    """What is wrong with ``path`` when a part of it is longer than a file name may be
+    (:data:`MAX_NAME_BYTES`), else None."""
+    for part in path.replace("\\", "/").split("/"):
+        if len(part) * 4 > MAX_NAME_BYTES:  # shorter ones fit in any encoding
+            size = len(part.encode(errors="surrogatepass"))
+            if size > MAX_NAME_BYTES:
+                return (
+                    f"has a part of {size:,} bytes ({shown(part)}): a file or folder name"
+                    f" holds at most {MAX_NAME_BYTES}"
+                )
+    return None

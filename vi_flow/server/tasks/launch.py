@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ...models.limits import has_control_characters, is_unicode, shown
+from ...models.limits import has_control_characters, is_unicode, long_part, shown
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
 from ..providers._job_files import VARIABLE_NAME
@@ -138,6 +138,8 @@ def visible_path(workdir: Path, mount_path: str) -> Path:
         problem = "must not go up with '..'"
     elif not _encodable(relative) or has_control_characters(relative):
         problem = "must not hold control characters (a newline, NUL) or invalid UTF-8"
+    elif too_long := long_part(relative):
+        problem = too_long
     else:
         return workdir / relative
     raise APIProblem.validation("volumes.mountPath", f"{shown(mount_path)} {problem}")
