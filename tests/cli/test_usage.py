@@ -372,3 +372,12 @@ def test_config_show_names_the_total_a_number_timeout_sets(vf_offline: Invoker) 
     assert vf_offline("config", "set", "timeout", "5").exit_code == 0
     row = [line for line in vf_offline("config", "show").stdout.splitlines() if "timeout" in line]
     assert row[0].split("\t")[1] == "total 5s, connect 5s, read 5s", row
+
+
+def test_a_time_a_table_cannot_write_as_a_date_is_shown_as_its_milliseconds() -> None:
+    # QA: a reservation ending in the year 10000 (accepted then) made every
+    # `reservations list` and `get` fail with "year 10000 is out of range"
+    from vi_flow.cli._output import when
+
+    assert when(253_402_300_799_999) == "9999-12-31 23:59:59Z"
+    assert when(253_402_304_399_999) == "253402304399999 ms since the epoch"

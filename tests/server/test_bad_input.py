@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vi_flow.models.limits import MAX_EMIT_LINES, MAX_INT, MAX_NAME_LENGTH
+from vi_flow.models.limits import MAX_EMIT_LINES, MAX_INT, MAX_NAME_LENGTH, MAX_TIME_MS
 from vi_flow.server.state import STORE_KEY
 
 from ..live_server import SQLITE_ONLY
@@ -97,6 +97,8 @@ async def test_a_reservation_time_out_of_range_is_refused_and_not_saved(
         ({"cpus": 1, "durationHours": 1e9}, "durationHours"),
         ({"cpus": 1, "durationHours": 1e-9}, "durationHours"),  # over when made (QA)
         ({"cpus": 1, "durationHours": 0}, "durationHours"),
+        # QA: it began in 9999 and ended in 10000, and every list in the CLI failed
+        ({"cpus": 1, "startTime": MAX_TIME_MS, "durationHours": 1}, "durationHours"),
         ({"cpus": 2**62}, "cpus"),
         ({"cpus": 0}, "cpus"),
         ({"cpus": -1}, "cpus"),

@@ -231,7 +231,11 @@ def when(ms: int | None) -> str:
     given a time copied from a table missed hours of lines."""
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):  # QA: year 10000 ended every list
+        return f"{ms} ms since the epoch"
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def iso_time(text: str) -> datetime:

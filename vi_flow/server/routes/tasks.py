@@ -26,6 +26,7 @@ from ...models.limits import (
     MAX_DURATION_HOURS,
     MAX_INT,
     MAX_LOG_TAIL,
+    MAX_TIME_MS,
     MAX_VOLUME_GB,
     check_int,
     check_name,
@@ -499,12 +500,17 @@ def _check_reservation(body: ReservationRequest) -> None:
             "durationHours",
             f"must be at least one second (1/3600 hours), got {body.duration_hours!r}",
         )
-    if body.start_time is not None:
-        end = body.start_time + body.duration_hours * 3_600_000
-        if end <= time.time() * 1000:  # it could hold nothing: it is over already
-            raise APIProblem.validation(
-                "startTime", f"the reservation would have ended already (start {body.start_time})"
-            )
+    end = (body.start_time or time.time() * 1000) + body.duration_hours * 3_600_000
+    if body.start_time is not None and end <= time.time() * 1000:  # it could hold nothing
+        raise APIProblem.validation(
+            "startTime", f"the reservation would have ended already (start {body.start_time})"
+        )
+    if end > MAX_TIME_MS:  # QA: saved, then every list of the CLI failed on year 10000
+        raise APIProblem.validation(
+            "durationHours",
+            f"the reservation would end after the year 9999 (start {body.start_time},"
+            f" {body.duration_hours:g} hours)",
+        )
     if body.cpus is not None:
         limited(check_int, "cpus", body.cpus, 1, 1_000_000)
     if body.name is not None:
