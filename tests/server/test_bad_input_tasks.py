@@ -92,6 +92,36 @@ async def test_a_command_or_variable_past_linuxs_argument_limit_is_422(server: S
     assert (await server.call("POST", "/tasks", json=fine)).status == 201
 
 
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")
+async def test_a_command_and_env_no_process_can_start_with_together_are_422(
+    server: Server,
+) -> None:
+    # QA: each part was under the limit of one argument, and each task was accepted
+    # (201) and failed as it started: "Argument list too long", or bubblewrap's
+    # "Exceeded maximum number of arguments 9000" (three for each variable)
+    many = {"command": "true", "env": {f"V{i}": "x" for i in range(3000)}}
+    _refused(await server.call("POST", "/tasks", json=many), "env")
+    large = {"command": "true", "env": {f"V{i}": "x" * 100_000 for i in range(30)}}
+    _refused(await server.call("POST", "/tasks", json=large), "env")
+    long = {"command": ["echo", *(["y" * 100_000] * 30)]}
+    _refused(await server.call("POST", "/tasks", json=long), "command")
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+    most = {
+        "command": ["sh", "-c", 'echo "${#V0}" "$#"', "sh", *(["y" * 100_000] * 5)],
+        "env": {f"V{i}": "x" * 100_000 for i in range(4)} | {f"S{i}": "s" for i in range(990)},
+    }  # just under both limits: it runs
+    task = await server.call("POST", "/tasks", json=most)
+    assert task.status == 201, task.body
+    for _ in range(300):
+        done = (await server.call("GET", f"/tasks/{task.body['taskId']}")).body
+        if done["status"] not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.1)
+    assert done["status"] == "completed", done
+    logs = await server.call("GET", f"/tasks/{task.body['taskId']}/logs")
+    assert "100000 5" in str(logs.body), logs.body
+
+
 async def test_an_env_value_with_a_lone_surrogate_is_422(server: Server) -> None:
     body = b'{"command": "true", "env": {"GOOD": "a\\ud800b"}}'  # valid JSON, not valid UTF-8
     headers = {"Content-Type": "application/json"}

@@ -31,6 +31,11 @@ __all__ = [
 
 _ENV_NAME = re.compile(r"[^A-Z0-9]+")
 _MAX_ARG = 131_072  # Linux's MAX_ARG_STRLEN: one argument, with its NUL
+# QA: each was accepted and the task failed as it started. Linux's ARG_MAX (2 MiB with the
+# default stack) bounds a command line and its environment together, with the server's
+# own variables; bubblewrap takes 9,000 arguments, three for each variable.
+MAX_COMMAND_AND_ENV = 1024 * 1024
+MAX_ENV_VARIABLES = 1000
 
 
 def command_argv(config: TaskConfig) -> list[str]:
@@ -65,6 +70,23 @@ def check_config(config: TaskConfig) -> None:
     if config.working_dir and ".." in Path(config.working_dir).parts:
         raise APIProblem.validation("workingDir", f"{config.working_dir!r} must not contain '..'")
     check_env(config.env)
+    _check_total(words, config.env)
+
+
+def _check_total(words: list[str], env: dict[str, str]) -> None:
+    """Refuse a command and environment that no process can be started with together."""
+    in_command = sum(len(str(word).encode(errors="surrogatepass")) + 1 for word in words)
+    in_env = sum(
+        len(name.encode()) + len(value.encode(errors="surrogatepass")) + 2
+        for name, value in env.items()
+    )
+    if in_command + in_env > MAX_COMMAND_AND_ENV:
+        raise APIProblem.validation(
+            "env" if in_env > in_command else "command",
+            f"the command ({in_command:,} bytes) and env ({in_env:,} bytes) together are"
+            f" past the {MAX_COMMAND_AND_ENV:,} bytes a task can be started with; put the"
+            " data in a file (upload it) and read it there",
+        )
 
 
 def _name_start(name: str) -> str:
@@ -87,8 +109,13 @@ def check_env(env: dict[str, str]) -> None:
     value no process can hold.
 
     Raises:
-        APIProblem: 422 naming ``env`` (a bad name) or ``env.<NAME>`` (a bad value).
+        APIProblem: 422 naming ``env`` (a bad name, or too many) or ``env.<NAME>`` (a
+            bad value).
     """
+    if len(env) > MAX_ENV_VARIABLES:
+        raise APIProblem.validation(
+            "env", f"{len(env):,} variables: a task takes at most {MAX_ENV_VARIABLES:,}"
+        )
     for name, value in env.items():
         if not VARIABLE_NAME.fullmatch(name):  # named by its start only: a secret given
             raise APIProblem.validation(  # without its NAME= may be in the name's place
