@@ -143,6 +143,34 @@ async def test_a_forged_page_token_is_400(server: Server, path: str) -> None:
     assert last.status == 200 and last.body["items"] == []
 
 
+async def test_a_page_token_pages_only_the_list_that_gave_it(server: Server) -> None:
+    # QA: a token of the flows list was taken by the runs list, and a runs token by the
+    # flows list, which went on from the other list's place: 33 of 61 flows skipped
+    flows = [(await server.call("POST", "/flows", json=spec(f"f{i}", "a"))).body for i in range(4)]
+    for flow in flows[:2]:
+        for _ in range(2):
+            ran = await server.call("POST", f"/flows/{flow['flowId']}/execute", json={})
+            assert ran.status == 200, ran.body
+    page = (await server.call("GET", "/flows", params={"pageSize": 1})).body
+    for path in ("/runs", "/tasks", "/volumes"):
+        answer = await server.call("GET", path, params={"pageToken": page["nextPage"]})
+        _refused(answer, "pageToken", 400)
+        assert "another list" in answer.body["error"]["message"]
+    one = {"flowId": flows[0]["flowId"], "pageSize": 1}
+    runs = (await server.call("GET", "/runs", params=one)).body
+    other = {"flowId": flows[1]["flowId"], "pageToken": runs["nextPage"]}
+    _refused(await server.call("GET", "/runs", params=other), "pageToken", 400)
+    # the same list goes on, at any page size
+    following = {"flowId": flows[0]["flowId"], "pageToken": runs["nextPage"], "pageSize": 5}
+    rest = (await server.call("GET", "/runs", params=following)).body
+    assert len(runs["items"] + rest["items"]) == 2 and rest["nextPage"] is None
+    names = [f["spec"]["name"] for f in page["items"]]
+    while page["nextPage"]:
+        page = (await server.call("GET", "/flows", params={"pageToken": page["nextPage"]})).body
+        names += [f["spec"]["name"] for f in page["items"]]
+    assert sorted(names) == ["f0", "f1", "f2", "f3"]
+
+
 async def test_promoting_a_version_past_64_bits_is_422(server: Server) -> None:
     flow = (await server.call("POST", "/flows", json=spec("p", "a"))).body
     path = f"/flows/{flow['flowId']}"

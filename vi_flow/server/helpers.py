@@ -264,11 +264,13 @@ class PageRequest:
         after: The cursor to continue after (0 for the first page): the ``seq`` of the
             last item of the previous page.
         order: ``"newest"`` (the default: highest ``seq`` first) or ``"oldest"``.
+        listing: The list it pages (its route), which the next page's token names.
     """
 
     size: int
     after: int = 0
     order: str = "newest"
+    listing: str = ""
 
     @property
     def newest(self) -> bool:
@@ -276,11 +278,12 @@ class PageRequest:
         return self.order == "newest"
 
 
-def encode_page_token(cursor: int | None, order: str = "newest") -> str | None:
-    """The opaque ``nextPage`` token for a cursor in an order (``None`` stays ``None``)."""
+def encode_page_token(cursor: int | None, order: str = "newest", listing: str = "") -> str | None:
+    """The opaque ``nextPage`` token for a cursor in an order of a list (``None`` stays
+    ``None``)."""
     if cursor is None:
         return None
-    data = orjson.dumps({"v": 1, "after": cursor, "order": order})
+    data = orjson.dumps({"v": 1, "after": cursor, "order": order, "list": listing})
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
@@ -299,9 +302,9 @@ def _token_data(token: str) -> dict[str, Any]:
         raise _bad_token(token) from exc
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_INT:
         raise _bad_token(token)
-    if data.get("order", "newest") not in ORDERS:
+    if data.get("order", "newest") not in ORDERS or not isinstance(data.get("list", ""), str):
         raise _bad_token(token)
-    return {"after": after, "order": data.get("order")}
+    return {"after": after, "order": data.get("order"), "list": data.get("list")}
 
 
 def decode_page_token(token: str) -> int:
@@ -349,12 +352,30 @@ def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
         )
     token = request.query.get("pageToken")
     data = _token_data(token) if token else None
-    return PageRequest(size, data["after"] if data else 0, _order_of(request, data))
+    listing = _listing(request)
+    if data and data["list"] is not None and data["list"] != listing:
+        # QA: a token of the flows list was taken by the runs list, which went on from
+        # the flow's place in its own list: items were skipped, without an error
+        raise APIProblem(400, "INVALID_PAGE_TOKEN", "pageToken: the token continues another list")
+    return PageRequest(size, data["after"] if data else 0, _order_of(request, data), listing)
 
 
-def page_response(items: list[Any], next_cursor: int | None, order: str = "newest") -> web.Response:
-    """Answer ``{"items": [...], "nextPage": token|null}`` (the token keeps ``order``)."""
-    return json_response({"items": items, "nextPage": encode_page_token(next_cursor, order)})
+_PAGING = frozenset({"pageSize", "pageToken", "order"})
+
+
+def _listing(request: web.Request) -> str:
+    """The list a request pages, short and opaque: a digest of its path and its filters
+    (a token of the runs of one flow, or of one status, pages no other list)."""
+    filters = sorted((k, v) for k, v in request.query.items() if k not in _PAGING)
+    named = orjson.dumps([request.path, filters])
+    return hashlib.blake2b(named, digest_size=8).hexdigest()
+
+
+def page_response(items: list[Any], next_cursor: int | None, page: PageRequest) -> web.Response:
+    """Answer ``{"items": [...], "nextPage": token|null}`` (the token keeps the order and
+    names the list)."""
+    token = encode_page_token(next_cursor, page.order, page.listing)
+    return json_response({"items": items, "nextPage": token})
 
 
 # -- idempotency -----------------------------------------------------------------------

@@ -65,7 +65,7 @@ async def list_flows(request: web.Request) -> web.Response:
     flows, cursor = await request.app[STORE_KEY].list_flows(
         org_of(request), page.size, page.after, newest=page.newest
     )
-    return page_response([shown_flow(flow) for flow in flows], cursor, page.order)
+    return page_response([shown_flow(flow) for flow in flows], cursor, page)
 
 
 @idempotent

@@ -80,7 +80,7 @@ async def list_runs(request: web.Request) -> web.Response:
         condition=_condition(request.query.get("condition")),
         newest=page.newest,
     )
-    return page_response([shown_run(run) for run in runs], cursor, page.order)
+    return page_response([shown_run(run) for run in runs], cursor, page)
 
 
 @idempotent

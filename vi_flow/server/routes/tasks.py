@@ -205,7 +205,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     items, cursor = await _service(request).records.list_tasks(
         org_of(request), _statuses(request, TaskStatus), size, page.after, newest=page.newest
     )
-    return page_response(items, cursor, page.order)
+    return page_response(items, cursor, page)
 
 
 async def get_task(request: web.Request) -> web.StreamResponse:
@@ -421,7 +421,7 @@ async def list_volumes(request: web.Request) -> web.StreamResponse:
     items, cursor = await _service(request).volumes.list_volumes(
         org_of(request), size, page.after, newest=page.newest
     )
-    return page_response(items, cursor, page.order)
+    return page_response(items, cursor, page)
 
 
 async def get_volume(request: web.Request) -> web.StreamResponse:
