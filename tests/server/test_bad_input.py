@@ -204,6 +204,20 @@ async def test_a_nul_byte_in_an_id_or_a_query_value_is_refused_on_any_database(
     await _lists_answer(server)
 
 
+@pytest.mark.parametrize("raw", ["1_0", " 5", "5 ", "+5", "\u0968", "\u0663", "\u00b2", "5.0"])
+async def test_a_number_in_the_query_is_plain_ascii_digits(server: Server, raw: str) -> None:
+    # QA: int() took "1_0" (10 items), spaces, "+5" and other scripts' digits (२ gave 2);
+    # "²" passed isdigit() and then failed int(), on ?since= of a task's logs
+    _refused(await server.call("GET", "/flows", params={"pageSize": raw}), "pageSize")
+    task = (await server.call("POST", "/tasks", json={"command": "true"})).body["taskId"]
+    for name in ("tail", "since"):
+        answer = await server.call("GET", f"/tasks/{task}/logs", params={name: raw})
+        _refused(answer, name)
+    answer = await server.call("GET", "/flows", params={"pageSize": "5"})
+    assert answer.status == 200
+    _refused(await server.call("GET", "/flows", params={"pageSize": "-1"}), "pageSize")
+
+
 async def test_a_parameter_given_twice_is_refused_unless_it_is_a_list(server: Server) -> None:
     await server.call("POST", "/flows", json=spec("f", "a"))
     await server.call("POST", "/flows", json=spec("g", "a"))

@@ -93,7 +93,7 @@ def since_query(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) > MAX_INT:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_INT:  # not "²": int() fails
         raise APIProblem.validation(
             "since", f"expected milliseconds since the epoch, got {raw[:40]!r}"
         )

@@ -56,6 +56,7 @@ from ..helpers import (
     Handler,
     begin_body,
     idempotent,
+    int_query,
     json_response,
     org_of,
     page_response,
@@ -110,19 +111,6 @@ def _on_its_replica(handler: Handler) -> Handler:
 
 def _service(request: web.Request) -> TaskService:
     return request.app[TASKS_KEY]
-
-
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise APIProblem.validation(name, f"expected an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise APIProblem.validation(name, f"must be between {low} and {high}, got {value}")
-    return value
 
 
 def _float_query(
@@ -201,7 +189,7 @@ def _statuses(request: web.Request, kind: type[TaskStatus | ReservationStatus]) 
 async def list_tasks(request: web.Request) -> web.StreamResponse:
     """List tasks, newest first (``order=oldest``; filters: status, limit)."""
     page = paginate(request)
-    size = _int_query(request, "limit", page.size, 1, 1000)
+    size = int_query(request, "limit", page.size, 1, 1000)
     items, cursor = await _service(request).records.list_tasks(
         org_of(request), _statuses(request, TaskStatus), size, page.after, newest=page.newest
     )
@@ -233,7 +221,7 @@ async def cancel_task(request: web.Request) -> web.StreamResponse:
 async def task_logs(request: web.Request) -> web.StreamResponse:
     """Snapshot of a task's logs (tail, stream=stdout|stderr|both, since); with ``follow`` (or
     ``Accept: text/event-stream``) the SSE stream of :mod:`.task_logs`."""
-    tail = _int_query(request, "tail", 100, 0, MAX_LOG_TAIL)  # checked for a stream too
+    tail = int_query(request, "tail", 100, 0, MAX_LOG_TAIL)  # checked for a stream too
     if task_logs_sse.wants_stream(request):
         return await task_logs_sse.follow_logs(request)
     task_logs_sse.resume_point(request)  # a bad one is refused here too, as documented
@@ -417,7 +405,7 @@ async def create_volume(request: web.Request) -> web.StreamResponse:
 async def list_volumes(request: web.Request) -> web.StreamResponse:
     """List volumes, newest first (``order=oldest``)."""
     page = paginate(request)
-    size = _int_query(request, "limit", page.size, 1, 1000)
+    size = int_query(request, "limit", page.size, 1, 1000)
     items, cursor = await _service(request).volumes.list_volumes(
         org_of(request), size, page.after, newest=page.newest
     )
@@ -460,7 +448,7 @@ def _matches(item: AvailableInstance, request: web.Request) -> bool:
 
 async def list_instances(request: web.Request) -> web.StreamResponse:
     """Instance types this provider can run (filters: gpuType, maxPrice, limit)."""
-    limit = _int_query(request, "limit", 100, 1, 1000)
+    limit = int_query(request, "limit", 100, 1, 1000)
     try:
         catalog = await _service(request).provider.instances()
     except ProviderError as exc:
