@@ -165,3 +165,16 @@ async def test_two_authorization_headers_are_refused(server: Server) -> None:
     two = f"Authorization: Bearer {server.token}\r\nAuthorization: Bearer {other}\r\n"
     status, body = await _raw(server, b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\n" + two.encode())
     assert status == 400 and b"more than one Authorization" in body, body
+
+
+async def test_two_organization_id_headers_are_refused(server: Server) -> None:
+    # QA: the first of two won (org_default then another: 200; the other way round: 404)
+    org, _ = await _second_org(server)
+    auth = f"Authorization: Bearer {server.token}\r\n".encode()
+    for first, second in (("org_default", org), (org, "org_default")):
+        two = f"Organization-Id: {first}\r\nOrganization-Id: {second}\r\n".encode()
+        status, body = await _raw(server, b"GET /v1/flows HTTP/1.1\r\nHost: x\r\n" + auth + two)
+        assert status == 400 and b"more than one Organization-Id" in body, body
+    one = b"Organization-Id: org_default\r\n"
+    status, _ = await _raw(server, b"GET /v1/flows HTTP/1.1\r\nHost: x\r\n" + auth + one)
+    assert status == 200

@@ -553,7 +553,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         await _read_body_in_time(request, whole=True)  # from anyone: all of it in time
         return await handler(request)
     principal = await _principal(request)
-    wanted = request.headers.get("Organization-Id")
+    named = request.headers.getall("Organization-Id", [])
+    if len(named) > 1:  # QA: the first was taken; a proxy taking the last acts elsewhere
+        raise APIProblem(
+            400, "INVALID_REQUEST", "the request has more than one Organization-Id header"
+        )
+    wanted = named[0] if named else None
     if wanted and wanted != principal.organization_id:
         raise APIProblem.not_found("NOT_FOUND", "organization", wanted)
     request[PRINCIPAL] = principal
