@@ -530,6 +530,26 @@ async def test_a_private_key_is_never_taken_for_a_public_one(server: Server) -> 
     assert (await server.call("GET", "/ssh-keys")).body["items"] == []
 
 
+async def test_a_public_key_of_two_keys_is_refused_not_cut_to_the_first(server: Server) -> None:
+    # QA: two keys on two lines answered 201 and registered the first; the owner of the
+    # second was later refused by every shell, without a word
+    import asyncssh
+
+    one, two = (
+        asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+        for _ in range(2)
+    )
+    answer = await server.call(
+        "POST", "/ssh-keys", json={"name": "k", "publicKey": f"{one}\n{two}\n"}
+    )
+    _refused(answer, "publicKey")
+    assert "2 keys" in answer.body["error"]["message"]
+    assert (await server.call("GET", "/ssh-keys")).body["items"] == []
+    commented = f"# my laptop\n{one}\n\n"  # a comment and blank lines are not keys
+    answer = await server.call("POST", "/ssh-keys", json={"name": "k", "publicKey": commented})
+    assert answer.status == 201, answer.body
+
+
 async def test_no_key_takes_the_admin_tokens_name_nor_a_dot_name(server: Server) -> None:
     # QA: a key named as the admin token was revoked, but the SSH keys it registered
     # were not (the admin token of that name is never revoked, and SSH keys go by the

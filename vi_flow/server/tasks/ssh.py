@@ -102,8 +102,13 @@ class SSHAccess:
                 "publicKey", "this is a private key: send the public key (the .pub file)"
             )
         limited(check_name, "name", name)
+        lines = [line for line in public_key.splitlines() if line.strip()[:1] not in ("", "#")]
+        if len(lines) > 1:  # QA: the first was kept, the others dropped without a word
+            raise APIProblem.validation(
+                "publicKey", f"holds {len(lines)} keys (one per line): add each on its own"
+            )
         try:
-            key = asyncssh.import_public_key(public_key.strip())
+            key = asyncssh.import_public_key((lines or [""])[0].strip())
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise APIProblem.validation("publicKey", f"not an OpenSSH public key: {exc}") from exc
         if not name.strip():
