@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, resolve_settings, shown_url
+from ._config import (
+    NOT_GIVEN,
+    NotGiven,
+    Settings,
+    Timeout,
+    check_retries,
+    resolve_settings,
+    shown_url,
+)
 from ._errors import ClientStateError
 from ._forward import forward
 from ._http import Connection, HTTPCore, Sleep
@@ -147,8 +155,11 @@ class AsyncClient:
 
         Closing the derived client does nothing; close the original.
         """
-        clone = object.__new__(type(self))
         new_timeout = None if isinstance(timeout, NotGiven) else Timeout.coerce(timeout)
+        # checked as the constructor checks it (QA: -3, "x" and 2.5 were taken, and "x"
+        # failed as a TypeError inside the first retry)
+        max_retries = None if max_retries is None else check_retries(max_retries)
+        clone = object.__new__(type(self))
         clone._init(
             self.http.with_options(timeout=new_timeout, max_retries=max_retries), owner=False
         )

@@ -241,7 +241,7 @@ def _parse_value(key: str, value: str) -> Any:
     """``value`` as the config file keeps it, checked as a client would read it back
     (a value every later command would refuse is refused here, naming the key)."""
     if key == "max_retries":
-        return _retries(value)
+        return check_retries(value)
     if key == "timeout":
         _coerce_timeout(value)
         return float(value)
@@ -314,7 +314,7 @@ def resolve_settings(
     file = read_config_file()
     url = _resolved(_base_url, base_url, "VI_FLOW_BASE_URL", file, "base_url", LOCAL)
     retries = _resolved(
-        _retries, max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES
+        check_retries, max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES
     )
     timeouts = _resolved(_timeout_or_not, timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
     mode = _resolved(
@@ -388,7 +388,8 @@ def _unshown(url: str, part: str | None = None) -> str:
     return shown
 
 
-def _retries(value: Any) -> int:
+def check_retries(value: Any) -> int:
+    """``value`` as a number of retries, or ValueError naming it."""
     try:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError

@@ -249,6 +249,22 @@ async def test_with_options_shares_the_connection() -> None:
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("bad", [-3, "x", 2.5, True])
+async def test_with_options_checks_max_retries_as_the_constructor_does(bad: object) -> None:
+    # QA: all were taken; with "x" the first retryable error raised a TypeError from
+    # inside the request loop
+    async with vi_flow.AsyncClient(base_url="http://127.0.0.1:9/v1", api_key="k") as client:
+        with pytest.raises(ValueError, match="max_retries") as raised:
+            client.with_options(max_retries=bad)  # type: ignore[arg-type]
+        assert repr(bad) in str(raised.value) or str(bad) in str(raised.value)
+        with (
+            vi_flow.Client(base_url="http://127.0.0.1:9/v1", api_key="k") as sync,
+            pytest.raises(ValueError, match="max_retries"),
+        ):
+            sync.with_options(max_retries=bad)  # type: ignore[arg-type]
+        assert client.with_options(max_retries=0).http.max_retries == 0
+
+
 async def test_debug_log_never_shows_the_token(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="vi_flow")
     async with scripted_server([json_answer(200, FLOW)]) as (url, server):
