@@ -6,6 +6,7 @@ Like the async client it composes its parts (the blocking resources, ``compute``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -187,3 +188,16 @@ class Client:
     def __repr__(self) -> str:
         url = shown_url(self._async._settings.base_url)
         return f"Client(base_url={url!r}, state={self.state.value})"
+
+    def __del__(self) -> None:
+        # QA: a Client dropped unclosed kept its thread and connections until the process
+        # exited, without a word (an AsyncClient's aiohttp session warns). They are not
+        # closed here: a handle it gave out (client.flow(...)) may still be in use.
+        if getattr(self, "_owner", False) and self._async.state is ClientState.OPEN:
+            warnings.warn(
+                f"unclosed {self!r}: its thread and connections stay until close();"
+                " use `with vi_flow.Client() as client:` or call client.close()",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
