@@ -136,13 +136,27 @@ async def test_what_parse_event_makes_unknown_is_unknown_in_a_stream(
     assert isinstance(end, FlowCompleted)
 
 
+def sent_as(body: bytes, shape: str) -> bytes:
+    """``body`` as a server or a proxy may send it: plain, after a heartbeat comment
+    in the same read, or with CRLF line ends. QA: the last two took another path,
+    where a damaged event became an UnknownEvent, and a misshapen usage a silent
+    TokenUsage(0, 0, 0)."""
+    if shape == "heartbeat":
+        return b": heartbeat\n\n" + body
+    return body.replace(b"\n", b"\r\n") if shape == "crlf" else body
+
+
+SHAPES = pytest.mark.parametrize("shape", ["plain", "heartbeat", "crlf"])
+
+
+@SHAPES
 async def test_a_corrupted_object_keeps_its_class_with_defaults_and_a_warning(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, shape: str
 ) -> None:
     # Looks like the server's data (prefix and closing brace) but does not parse: only
     # reading it can tell, and by then it is a LogLine.
     body = b'id: 1\nevent: log\ndata: {"executionId":"run_s", oops}\n\n' + frame(done(2))
-    first, _ = await read(body)
+    first, _ = await read(sent_as(body, shape))
     assert isinstance(first, LogLine) and first.event_id == 1
     with caplog.at_level(logging.WARNING, logger="vi_flow"):
         assert first.line == "" and first.execution_id == ""
@@ -158,13 +172,14 @@ async def test_a_corrupted_object_keeps_its_class_with_defaults_and_a_warning(
         (b"tool_calls_required", b'{"executionId":"run_s","stepId":"s","toolCalls":"x"}', "toolCalls"),
     ],
 )  # fmt: skip
+@SHAPES
 async def test_a_nested_value_of_the_wrong_shape_keeps_its_default_with_a_warning(
-    name: bytes, data: bytes, field: str, caplog: pytest.LogCaptureFixture
+    name: bytes, data: bytes, field: str, caplog: pytest.LogCaptureFixture, shape: str
 ) -> None:
     # Only decoding tells the shape, and a stream decodes on first use: the event keeps
     # its class and its other fields, the field that does not fit its default.
     body = b"id: 1\nevent: %s\ndata: %s\n\n" % (name, data) + frame(done(2))
-    first, end = await read(body)
+    first, end = await read(sent_as(body, shape))
     assert isinstance(first, (StepCompleted, ToolCallsRequired)) and first.event_id == 1
     with caplog.at_level(logging.WARNING, logger="vi_flow"):
         assert first.step_id == "s" and first.execution_id == "run_s"
