@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,46 @@ def test_a_walk_refuses_to_go_up_into_a_directory_moved_meanwhile(
         assert _open_fds() == before
     finally:
         os.close(top)
+
+
+def _as_another_user(work: Callable[[], bool]) -> bool:
+    """``work()`` run as a user that is not root (``nobody``, in a child, when this
+    test runs as root: root opens any directory, whatever its mode)."""
+    if os.geteuid() != 0:
+        return work()
+    pid = os.fork()
+    if pid == 0:  # the child: nothing of the parent's is touched, then it exits at once
+        code = 3
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = 0 if work() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1), status
+    return os.WEXITSTATUS(status) == 0
+
+
+def test_a_server_that_is_not_root_removes_directories_a_task_made_unreadable() -> None:
+    # QA: `mkdir -p a/b; chmod 000 a` in a task's files, or in a volume, and a server
+    # that is not root could not open `a` to make it writable: a pruned task's files
+    # and a deleted volume stayed on disk for ever, with a warning in the log only
+    shared = Path(tempfile.mkdtemp(prefix="vi-flow-trees-"))
+    shared.chmod(0o777)  # the other user makes its tree in it
+    root = shared / "task"
+
+    def make_and_remove() -> bool:
+        (root / "a" / "b").mkdir(parents=True)
+        (root / "a" / "b" / "f").write_text("x")
+        (root / "no-read").mkdir()
+        (root / "no-read").chmod(0o300)
+        (root / "a").chmod(0o000)
+        root.chmod(0o000)  # the top too (a volume's own directory, chmod-ed by its task)
+        return trees.remove_tree(root) and not root.exists()
+
+    try:
+        assert _as_another_user(make_and_remove)
+    finally:
+        shutil.rmtree(shared)

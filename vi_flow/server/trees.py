@@ -45,6 +45,7 @@ HELD = 32
 """The most directory descriptors a walk holds besides its top."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ASIDE = ".deleted-"
 
 
@@ -101,11 +102,17 @@ class Walk:
     """
 
     def __init__(
-        self, top: int, *, prepare: Callable[[int], None] | None = None, strict: bool = False
+        self,
+        top: int,
+        *,
+        prepare: Callable[[int], None] | None = None,
+        strict: bool = False,
+        unlock: bool = False,
     ) -> None:
         self._top = top
         self._prepare = prepare
         self._strict = strict
+        self._unlock = unlock
         self._stack: list[_Level] = []
         self._first_open = 1  # the open levels below the top are stack[_first_open:]
 
@@ -154,7 +161,7 @@ class Walk:
             status = os.stat(name, dir_fd=level.fd, follow_symlinks=False)
             if not stat.S_ISDIR(status.st_mode):
                 return Entry(level.fd, name, status)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=level.fd)
+            fd = _open_dir(name, level.fd, unlock=self._unlock)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -224,9 +231,31 @@ def _writable(fd: int) -> None:
     os.fchmod(fd, stat.S_IRWXU)  # a task may have made it read-only
 
 
+def _open_dir(name: str | Path, dir_fd: int | None, *, unlock: bool) -> int:
+    """Open the directory ``name`` (never through a link); with ``unlock``, one its owner
+    cannot read (mode 000, which a task may set) is given ``rwx`` for its owner first.
+
+    QA: a server that is not root could not open such a directory, even its own, so it
+    never removed it (a pruned task's files, a deleted volume stayed on disk for ever).
+    Root reads any. The mode is changed through a handle that needs no permission
+    (``O_PATH``), so a link put in its place is never followed.
+    """
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        if not unlock:
+            raise
+    handle = os.open(name, _PATH_FLAGS, dir_fd=dir_fd)
+    try:
+        os.chmod(f"/proc/self/fd/{handle}", stat.S_IRWXU)
+    finally:
+        os.close(handle)
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
 def _empty(top: int) -> None:
     """Remove everything below the directory open as ``top``; a mount point is left."""
-    for entry in Walk(top, prepare=_writable, strict=True):
+    for entry in Walk(top, prepare=_writable, strict=True, unlock=True):
         if entry.walked:
             with contextlib.suppress(OSError):  # a mount point left inside it
                 os.rmdir(entry.name, dir_fd=entry.parent)
@@ -250,7 +279,7 @@ def remove_tree(root: Path) -> bool:
         OSError: What stopped the removal (what was removed stays removed).
     """
     try:
-        fd = os.open(root, _DIR_FLAGS)
+        fd = _open_dir(root, None, unlock=True)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:  # ELOOP: root itself is a link
