@@ -193,7 +193,8 @@ class Client:
         # QA: a Client dropped unclosed kept its thread and connections until the process
         # exited, without a word (an AsyncClient's aiohttp session warns). They are not
         # closed here: a handle it gave out (client.flow(...)) may still be in use.
-        if getattr(self, "_owner", False) and self._async.state is ClientState.OPEN:
+        made = getattr(self, "_async", None)  # None: its __init__ was interrupted (Ctrl-C)
+        if made is not None and self._owner and made.state is ClientState.OPEN:
             warnings.warn(
                 f"unclosed {self!r}: its thread and connections stay until close();"
                 " use `with vi_flow.Client() as client:` or call client.close()",
