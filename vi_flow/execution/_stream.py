@@ -37,6 +37,7 @@ from ..models.events import (
     FlowCompleted,
     StreamEvent,
     ToolCallsRequired,
+    deferred_event,
     deferred_steps,
     parse_event,
 )
@@ -189,21 +190,18 @@ class ResumableEventStream:
         if events and type(events[-1]) is FlowCompleted:
             batch = []
         last = self.last_event_id
-        lazy, new, set_id, set_wire = _LAZY
         for name, data, sse_id, _ in batch:
             event_id = _int_id(sse_id)
             if event_id is not None:
                 if last is not None and event_id <= last:
                     continue
                 last = event_id
-            cls = lazy.get(name.encode())
+            cls = DEFERRED_WIRE.get(name.encode())
             if cls is not None and event_id is not None and _looks_sent(data):
                 # as _parse_frames reads it: QA found a damaged event an UnknownEvent, and
                 # a misshapen usage a silent TokenUsage(0, 0, 0), only when a comment (a
                 # heartbeat) or a CRLF had sent the chunk down this path
-                event = new(cls)
-                set_id(event, event_id)
-                set_wire(event, data)
+                event = deferred_event(cls, event_id, data)
             else:
                 event = parse_event(name, data, event_id)
             events.append(event)
@@ -405,7 +403,8 @@ assert FlowCompleted not in DEFERRED_WIRE.values()
 
 
 def _looks_sent(data: bytes) -> bool:
-    """Whether ``data`` looks like a vi_flow server's event data at both ends."""
+    """Whether ``data`` looks like a vi_flow server's event data at both ends (the hot
+    loop of :meth:`ResumableEventStream._parse_frames` writes this test out)."""
     return data.startswith(LAZY_PREFIX) and data.endswith(b"}")
 
 
