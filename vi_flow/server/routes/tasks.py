@@ -488,8 +488,9 @@ def _check_reservation(body: ReservationRequest) -> None:
             "durationHours",
             f"must be at least one second (1/3600 hours), got {body.duration_hours!r}",
         )
-    end = (body.start_time or time.time() * 1000) + body.duration_hours * 3_600_000
-    if body.start_time is not None and end <= time.time() * 1000:  # it could hold nothing
+    now = time.time() * 1000
+    end = (body.start_time or now) + body.duration_hours * 3_600_000
+    if body.start_time is not None and end <= now:  # it could hold nothing
         raise APIProblem.validation(
             "startTime", f"the reservation would have ended already (start {body.start_time})"
         )
