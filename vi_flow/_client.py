@@ -75,7 +75,8 @@ class AsyncClient:
         api_key: Bearer token (``VI_FLOW_API_KEY``); the local server's admin token by default.
         organization_id: Organization to act in (``VI_FLOW_ORGANIZATION_ID``).
         base_url: ``"local"`` (default) or the server's URL ending in ``/v1``.
-        timeout: A :class:`Timeout` or seconds, per call unless overridden.
+        timeout: A :class:`Timeout` or seconds, per call unless overridden; ``None`` for
+            no limit at all (as in :meth:`with_options`).
         max_retries: Retries of a failed call (default 2).
         home: State directory of the local server (``VI_FLOW_HOME``).
         http_transport: ``"aiohttp"`` (default) or ``"stdlib"``: plain calls over

@@ -316,7 +316,12 @@ def resolve_settings(
     retries = _resolved(
         check_retries, max_retries, "VI_FLOW_MAX_RETRIES", file, "max_retries", DEFAULT_MAX_RETRIES
     )
-    timeouts = _resolved(_timeout_or_not, timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN)
+    if timeout is None:  # no limit, as with_options(timeout=None) and Timeout.coerce(None)
+        timeouts = Timeout.coerce(None)
+    else:
+        timeouts = _resolved(
+            _timeout_or_not, timeout, "VI_FLOW_TIMEOUT", file, "timeout", NOT_GIVEN
+        )
     mode = _resolved(
         lambda raw: _one_of("local_server", raw, LOCAL_SERVER_MODES),
         NOT_GIVEN, "VI_FLOW_LOCAL_SERVER", file, "local_server", "background",

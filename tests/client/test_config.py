@@ -150,3 +150,20 @@ def test_config_sets_at_once_keep_every_key_and_readers_never_see_it_half_writte
     assert set(vi_flow._config.read_config_file(path)) == {"base_url", *keys}
     assert seen_without.strip() == b"0"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_timeout_none_means_no_limit_on_the_constructor_as_on_with_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # QA: Client(timeout=None) kept the default limits (None read as "not given"), while
+    # with_options(timeout=None) removed them, as Timeout's docstring says None does.
+    monkeypatch.setenv("VI_FLOW_TIMEOUT", "7")
+    unlimited = Timeout(connect=None, read=None, total=None)
+    assert resolve_settings(timeout=None).timeout == unlimited
+    assert resolve_settings().timeout == Timeout(7, 7, 7)  # not given: the variable
+    client = vi_flow.Client(base_url="http://127.0.0.1:9/v1", api_key="k", timeout=None)
+    try:
+        assert client.async_client.http.timeout == unlimited
+        assert client.with_options(timeout=None).async_client.http.timeout == unlimited
+    finally:
+        client.close()
