@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from vi_flow.server import trees
 from vi_flow.server.trees import TreeMoved, Walk
+
+from ..another_user import as_another_user
 
 
 def _chain(root: Path, depth: int) -> list[Path]:
@@ -78,26 +79,6 @@ def test_a_walk_refuses_to_go_up_into_a_directory_moved_meanwhile(
         os.close(top)
 
 
-def _as_another_user(work: Callable[[], bool]) -> bool:
-    """``work()`` run as a user that is not root (``nobody``, in a child, when this
-    test runs as root: root opens any directory, whatever its mode)."""
-    if os.geteuid() != 0:
-        return work()
-    pid = os.fork()
-    if pid == 0:  # the child: nothing of the parent's is touched, then it exits at once
-        code = 3
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            code = 0 if work() else 1
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1), status
-    return os.WEXITSTATUS(status) == 0
-
-
 def test_a_server_that_is_not_root_removes_directories_a_task_made_unreadable() -> None:
     # QA: `mkdir -p a/b; chmod 000 a` in a task's files, or in a volume, and a server
     # that is not root could not open `a` to make it writable: a pruned task's files
@@ -116,6 +97,6 @@ def test_a_server_that_is_not_root_removes_directories_a_task_made_unreadable() 
         return trees.remove_tree(root) and not root.exists()
 
     try:
-        assert _as_another_user(make_and_remove)
+        assert as_another_user(make_and_remove)
     finally:
         shutil.rmtree(shared)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from vi_flow.models.tasks import (
 )
 from vi_flow.server.tasks.files import UnsafePath, list_outputs, open_output, tail_lines
 from vi_flow.server.tasks.logfile import READ_SIZE
+
+from ..another_user import as_another_user
 
 
 @pytest.mark.parametrize(
@@ -146,3 +150,44 @@ def test_file_helpers(tmp_path: Path) -> None:
     (tmp_path / "swapped").symlink_to(out)  # the output directory itself a link
     assert list_outputs(tmp_path / "swapped") == []
     assert open_output(tmp_path / "swapped", "x/y") is None
+
+
+def test_an_output_the_server_may_not_read_is_403_not_404() -> None:
+    # QA: on a server that is not root, an output its task made mode 000 was listed with
+    # its size, and its download answered 404 "not found"
+    from vi_flow.server.errors import APIProblem
+    from vi_flow.server.routes.tasks import _open_output
+
+    shared = Path(tempfile.mkdtemp(prefix="vi-flow-outputs-"))
+    shared.chmod(0o777)  # the other user makes its files in it
+    out = shared / "out"
+
+    def refusal(path: str) -> tuple[int, str, bool] | None:
+        try:
+            _open_output(out, path)
+        except APIProblem as problem:
+            return problem.status, problem.code, path in problem.message
+        return None
+
+    def outputs_as_a_server_that_is_not_root() -> bool:
+        (out / "closed").mkdir(parents=True)
+        (out / "closed" / "inside").write_bytes(b"x")
+        (out / "closed").chmod(0o000)
+        (out / "secret").write_bytes(b"weights")
+        (out / "secret").chmod(0o000)
+        (out / "open").write_bytes(b"fine")
+        answers = [refusal(path) for path in ("secret", "closed/inside")]
+        fd = _open_output(out, "open")
+        readable = fd is not None and os.read(fd, 10) == b"fine"
+        if fd is not None:
+            os.close(fd)
+        missing = _open_output(out, "missing") is None
+        return answers == [(403, "PERMISSION_DENIED", True)] * 2 and readable and missing
+
+    try:
+        assert as_another_user(outputs_as_a_server_that_is_not_root)
+    finally:
+        for path in (out / "closed", out / "secret"):
+            if path.exists():
+                path.chmod(0o700)
+        shutil.rmtree(shared)

@@ -333,6 +333,13 @@ def _open_output(root: Path, path: str) -> int | None:
         return files.open_output(root, path)
     except files.UnsafePath as exc:
         raise APIProblem(400, "INVALID_REQUEST", f"path: {exc}") from exc
+    except files.Unreadable:  # QA: was a 404 "not found" for a file the listing shows
+        raise APIProblem(
+            403,
+            "PERMISSION_DENIED",
+            f"output file {path!r} is there, but this server (not root) may not read it:"
+            " its task took the read permission away (chmod)",
+        ) from None
 
 
 @_on_its_replica

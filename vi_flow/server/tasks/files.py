@@ -15,9 +15,10 @@ from ...models.limits import MAX_LOG_TAIL_BYTES, is_unicode
 from ...models.loglines import decode_line, first_char_start, split_lines
 from ...models.tasks import TaskOutputFile
 from ..trees import Walk
-from .logfile import READ_SIZE, NotALogFile, open_beneath
+from .logfile import READ_SIZE, NotALogFile, Unreadable, open_beneath
 
 __all__ = [
+    "Unreadable",
     "UnsafePath",
     "file_size",
     "list_outputs",
@@ -136,10 +137,14 @@ def open_output(root: Path, relative: str) -> int | None:
 
     Raises:
         UnsafePath: ``relative`` is empty, absolute or contains ``..``.
+        Unreadable: The file is there, but the server may not read it (a task took the
+            permission away from a server that is not root).
     """
     path = output_path(root, relative)
     try:
         return open_beneath(root, path)
+    except Unreadable:
+        raise
     except NotALogFile:  # a link, a FIFO, a directory...: not an output file
         return None
 

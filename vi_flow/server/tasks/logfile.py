@@ -30,13 +30,19 @@ class NotALogFile(OSError):
     """The log path leads through a symbolic link or to something not a regular file."""
 
 
+class Unreadable(NotALogFile):
+    """The file, or a directory on its way, may not be read by the server: a task took
+    the permission away (``chmod 000``), which binds a server that is not root."""
+
+
 def open_beneath(root: Path, path: Path) -> int | None:
     """Open ``path`` (inside ``root``) for reading without following any link below
     ``root`` (:func:`vi_flow.server.beneath.open_beneath`); ``None`` when it does not
     exist (yet).
 
     Raises:
-        NotALogFile: A link, a FIFO, a directory ... where the log should be.
+        NotALogFile: A link, a FIFO, a directory ... where the log should be;
+            :class:`Unreadable` when the server may not read it.
     """
     try:
         return beneath.open_beneath(root, path, os.O_RDONLY)
@@ -45,7 +51,8 @@ def open_beneath(root: Path, path: Path) -> int | None:
     except OSError as exc:  # a link, or a file where a directory should be, a FIFO...
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise  # out of descriptors: the file is fine, try again later
-        raise NotALogFile(f"{path.name}: {exc.strerror or exc}") from None
+        kind = Unreadable if exc.errno == errno.EACCES else NotALogFile
+        raise kind(f"{path.name}: {exc.strerror or exc}") from None
 
 
 def whole_lines(data: bytes, *, final: bool) -> bytes:
