@@ -302,6 +302,16 @@ async def test_a_run_caught_by_a_database_outage_ends_and_requests_meanwhile_are
         assert during.status == 503, during.body
         assert during.body["error"]["code"] == "DATABASE_UNAVAILABLE"
         assert during.headers["Retry-After"] == "1"
+        assert (await a.call("GET", "/health")).status == 200  # up,
+        unready = await a.call("GET", "/health?ready=1")  # but not ready (a balancer's check)
+        assert unready.status == 503, unready.body
+        assert unready.body["error"]["code"] == "DATABASE_UNAVAILABLE"
+    for _ in range(100):  # ready again once the database is back
+        ready = await a.call("GET", "/health?ready=true")
+        if ready.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert (ready.status, ready.body) == (200, {"status": "ok"})
     for _ in range(300):  # the run ends once the database is back (Error, or Succeeded)
         run = (await a.call("GET", f"/runs/{run_id}")).body
         if _last(run)["condition"] != "Running":

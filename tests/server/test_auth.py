@@ -94,6 +94,10 @@ async def test_only_admins_manage_organizations(server: Server) -> None:
 async def test_openapi_and_health_need_no_token(server: Server) -> None:
     assert (await server.call("GET", "/openapi.json", token="")).status == 200
     assert (await server.call("GET", "/health", token="")).body == {"status": "ok"}
+    ready = await server.call("GET", "/health?ready=true", token="")  # its database answers
+    assert (ready.status, ready.body) == (200, {"status": "ok"})
+    unclear = await server.call("GET", "/health?ready=maybe", token="")
+    assert unclear.status == 422 and "ready" in unclear.body["error"]["message"], unclear.body
 
 
 async def test_a_revoked_token_is_refused_at_once(server: Server) -> None:

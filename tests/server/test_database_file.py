@@ -39,6 +39,9 @@ async def _refused(server: Server) -> None:
         assert "state.db" not in answer.body["error"]["message"]  # no server path to members
         assert answer.headers["X-Should-Retry"] == "false"
     assert (await server.call("GET", "/health")).status == 200  # it is up, and says why not
+    # but not ready: a load balancer's check sends its requests elsewhere
+    ready = await server.call("GET", "/health?ready=true")
+    assert ready.status == 503 and ready.body["error"]["code"] == "DATABASE_GONE", ready.body
 
 
 async def test_a_removed_database_file_refuses_writes(server: Server) -> None:

@@ -87,6 +87,16 @@ async def test_an_idempotent_execute_that_pauses_replays_the_pause(server: Serve
     assert first.status == 200 and first.body["state"] == "paused", first.body
     run_id, call = first.body["executionId"], first.body["toolCalls"][0]["id"]
     results = {"toolResults": [{"toolCallId": call, "output": "42"}]}
+    # a wait that is neither true nor false is refused before the results are taken
+    # (QA: "yes" was true, and any other word silently false)
+    for unclear in ("yes", "flase"):
+        refused = await server.call(
+            "POST", f"/runs/{run_id}/tool-results?wait={unclear}", json=results
+        )
+        assert refused.status == 422 and "wait" in refused.body["error"]["message"]
+    await asyncio.sleep(0.5)  # taken, the results would have ended the run by now
+    waiting = (await server.call("GET", f"/runs/{run_id}")).body["status"]["conditions"][-1]
+    assert waiting["condition"] == "Running", waiting
     done = await server.call("POST", f"/runs/{run_id}/tool-results?wait=true", json=results)
     assert done.body["state"] == "completed" and done.body["output"] == "got 42"
     again = await server.call("POST", path, json={"message": "x"}, headers=headers)

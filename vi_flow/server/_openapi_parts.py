@@ -160,7 +160,12 @@ QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "challenge",
             {"type": "string", "minLength": 1, "maxLength": 128},
             "A nonce: the answer's `proof` shows which server answered.",
-        )
+        ),
+        _query(
+            "ready",
+            _BOOL_TEXT,
+            "Also check the database: 503 when it does not answer (a load balancer's check).",
+        ),
     ],
     ("POST", "/v1/flows"): [_query("flowId", chosen_id("flow"), "Choose the flow's id.")],
     ("GET", "/v1/runs"): [

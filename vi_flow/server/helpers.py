@@ -352,6 +352,23 @@ def int_query(request: web.Request, name: str, default: int, low: int, high: int
     return value
 
 
+def bool_query(request: web.Request, name: str, default: bool) -> bool:
+    """The true-or-false query parameter ``name``: ``true``/``1`` or ``false``/``0`` (any
+    case; ``default`` when absent, and ``?follow`` alone, empty, is true).
+
+    Raises:
+        APIProblem: 422 naming it, for any other value (``wait=yes`` was true and
+            ``wait=flase`` silently false).
+    """
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", ""):
+        raise APIProblem.validation(name, f"expected true or false, got {shown(raw)}")
+    return value in ("true", "1", "")
+
+
 def paginate(request: web.Request, default_size: int = 100) -> PageRequest:
     """Read ``pageSize`` (1..1000), ``pageToken`` and ``order`` from the query string.
 

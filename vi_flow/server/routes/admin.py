@@ -6,12 +6,21 @@ Organizations and tokens can only be created with an admin token (the one in
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ...models.limits import check_name
 from ...models.server import identity_proof
 from ..errors import APIProblem
-from ..helpers import idempotent, json_response, paginate, principal_of, read_body
+from ..helpers import (
+    bool_query,
+    idempotent,
+    json_response,
+    paginate,
+    principal_of,
+    read_body,
+)
 from ..middleware import Gone, credentials_gone
 from ..state import IDENTITY_KEY, STORE_KEY
 from ..validation import limited
@@ -34,20 +43,47 @@ async def _name_of(request: web.Request) -> str:
     return name
 
 
+_READY_WITHIN = 5.0
+"""Seconds ``/v1/health?ready=true`` waits for its database before answering 503."""
+
+
 async def health(request: web.Request) -> web.Response:
     """Say the server is up (no authentication).
 
-    With ``?challenge=`` (up to 128 characters) it also proves which server this is: the
-    answer's ``proof`` is :func:`~vi_flow.models.server.identity_proof` of the secret in
-    the home's run file, which only this process and the home's owner can compute.
+    With ``?ready=true`` it is up *and* its database answers (a read and a write
+    transaction, within :data:`_READY_WITHIN` s), else ``503``: the check a load balancer
+    or an orchestrator makes before sending a replica requests. With ``?challenge=`` (up to
+    128 characters) it also proves which server this is: the answer's ``proof`` is
+    :func:`~vi_flow.models.server.identity_proof` of the secret in the home's run file,
+    which only this process and the home's owner can compute.
     """
     challenge = request.query.get("challenge")
+    if bool_query(request, "ready", False):
+        await _database_answers(request)
     if challenge is None:
         return json_response({"status": "ok"})
     if not 0 < len(challenge) <= 128:
         raise APIProblem.validation("challenge", "must be 1 to 128 characters")
     proof = identity_proof(request.app[IDENTITY_KEY].secret, challenge)
     return json_response({"status": "ok", "proof": proof})
+
+
+async def _database_answers(request: web.Request) -> None:
+    """Return once the server's database has run one transaction (a PostgreSQL that
+    cannot be reached, or an SQLite file gone, answers 503 from the middleware).
+
+    Raises:
+        APIProblem: 503 ``DATABASE_UNAVAILABLE`` when it did not answer in time (locked).
+    """
+    answered = request.app[STORE_KEY].run(lambda c: c.execute("SELECT 1").fetchone())
+    try:
+        await asyncio.wait_for(answered, _READY_WITHIN)
+    except asyncio.TimeoutError:  # (3.10: not yet the builtin TimeoutError)
+        raise APIProblem(
+            503,
+            "DATABASE_UNAVAILABLE",
+            f"the server's database did not answer within {_READY_WITHIN:g} s",
+        ) from None
 
 
 async def openapi(request: web.Request) -> web.Response:

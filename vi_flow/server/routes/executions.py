@@ -37,6 +37,7 @@ from ..engine.eventlog import RunKey
 from ..errors import APIProblem
 from ..helpers import (
     begin_body,
+    bool_query,
     idempotent,
     idempotent_in_transaction,
     json_response,
@@ -273,9 +274,10 @@ def _tool_results(body: dict[str, Any]) -> list[ToolResult]:
 async def tool_results(request: web.Request) -> web.Response:
     """Answer a paused run's tool calls; ``?wait=true`` answers the next outcome."""
     engine, run_id, org = _engine(request), request.match_info["runId"], org_of(request)
+    wait = bool_query(request, "wait", False)  # checked before anything is accepted
     results = _tool_results(await read_body(request))
     accepted, settled = await engine.tool_results(org, run_id, results)
-    if request.query.get("wait", "").lower() in ("1", "true", "yes"):
+    if wait:
         return json_response(await engine.outcome((org, run_id), settled))
     return json_response({"accepted": accepted})
 

@@ -30,7 +30,7 @@ from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT, shown
 from ..clock import wait_event
 from ..errors import APIProblem
-from ..helpers import begin_body, org_of
+from ..helpers import begin_body, bool_query, org_of
 from ..middleware import StillAuthorized
 from ..state import SETTINGS_KEY
 from ..tasks import TASKS_KEY, TaskService
@@ -108,13 +108,6 @@ async def _start_since(
     if start is not None or since is None:
         return start or dict.fromkeys(STREAMS, 0)
     return await service.log_times.offsets_since(task_id, since)
-
-
-def _follow(request: web.Request) -> bool:
-    raw = request.query.get("follow", "true").strip().lower()
-    if raw not in ("true", "false", "1", "0", ""):
-        raise APIProblem.validation("follow", f"expected true or false, got {raw[:20]!r}")
-    return raw in ("true", "1", "")
 
 
 def _streams(request: web.Request) -> tuple[str, ...]:
@@ -283,7 +276,11 @@ async def follow_logs(request: web.Request) -> web.StreamResponse:
     """Stream a task's log lines as SSE (``follow``, ``stream``, ``Last-Event-ID``)."""
     service: TaskService = request.app[TASKS_KEY]
     task_id = request.match_info["taskId"]
-    follow, streams, start = _follow(request), _streams(request), resume_point(request)
+    follow, streams, start = (
+        bool_query(request, "follow", True),
+        _streams(request),
+        resume_point(request),
+    )
     await service.get(task_id, org_of(request))  # 404 for another organization's task
     start = await _start_since(request, service, task_id, start)
     heartbeat = request.app[SETTINGS_KEY].heartbeat_interval
