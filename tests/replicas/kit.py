@@ -94,12 +94,15 @@ class Cluster:
         self.lease = lease
         self.replicas: list[Replica] = []
 
-    def spawn(self, name: str, home_name: str | None = None) -> Replica:
-        """Start replica ``name`` (home ``<root>/<home_name or name>``) without waiting."""
+    def spawn(self, name: str, home_name: str | None = None, *, named: bool = True) -> Replica:
+        """Start replica ``name`` (home ``<root>/<home_name or name>``) without waiting;
+        ``named=False`` leaves it its default name (``name`` is then the test's only)."""
         home = self.root / (home_name or name)
         home.mkdir(parents=True, exist_ok=True)
         log = self.root / f"{name}.log"
         env = env_for(home, VI_FLOW_REPLICA_LEASE=f"{self.lease:g}", VI_FLOW_REPLICA_NAME=name)
+        if not named:
+            del env["VI_FLOW_REPLICA_NAME"]
         command = [sys.executable, "-m", "vi_flow.cli", "serve", "--database", self.database]
         with log.open("ab") as out:
             proc = subprocess.Popen(
@@ -114,9 +117,9 @@ class Cluster:
         self.replicas.append(replica)
         return replica
 
-    async def start(self, *names: str) -> list[Replica]:
+    async def start(self, *names: str, named: bool = True) -> list[Replica]:
         """Start replicas together, as an operator would, and wait until each answers."""
-        replicas = [self.spawn(name) for name in names]
+        replicas = [self.spawn(name, named=named) for name in names]
         async with anyio.create_task_group() as tg:
             for replica in replicas:
                 tg.start_soon(self.wait_ready, replica)

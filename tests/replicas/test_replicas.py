@@ -843,6 +843,27 @@ async def test_a_replica_restarted_on_its_home_rejoins_with_its_token(cluster: C
     assert (await call(again, "GET", f"/flows/{flow_id}")).status == 200
 
 
+async def test_a_server_restarted_without_a_name_still_serves_its_earlier_tasks(
+    cluster: Cluster,
+) -> None:
+    # QA Y: one server on PostgreSQL, no --replica-name (as the docs' units run it): its
+    # default name was HOST:PID, new at every start, and after a restart its own
+    # finished task's logs and outputs answered 409 TASK_ON_OTHER_REPLICA, naming its
+    # former self, which could never come back
+    (solo,) = await cluster.start("solo", named=False)
+    name = (await call(solo, "GET", "/server")).body["replica"]
+    async with solo.client() as client:
+        task = await client.run(["sh", "-c", "echo kept > $VI_FLOW_OUTPUT_DIR/out.txt"])
+        with anyio.fail_after(30):
+            while (await client.tasks.get(task.task_id)).status.value != "completed":
+                await anyio.sleep(0.2)
+    assert cluster.terminate(solo) == 0, solo.output()
+    (again,) = await cluster.start("solo", named=False)  # on its home, named as before
+    assert (await call(again, "GET", "/server")).body["replica"] == name
+    output = await call(again, "GET", f"/tasks/{task.task_id}/outputs/out.txt")
+    assert output.status == 200 and output.raw == b"kept\n", output.body
+
+
 async def test_an_execute_retried_on_b_after_its_replica_died_answers_the_first_run(
     cluster: Cluster,
 ) -> None:

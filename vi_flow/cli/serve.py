@@ -120,7 +120,8 @@ __all__ = ["serve"]
     show_envvar=True,
     metavar="NAME",
     help="How this server shows among the replicas of its database (logs, "
-    "'vi-flow server status') [default: HOST:PID].",
+    "'vi-flow server status'); other replicas send it its tasks' log, file and shell "
+    "requests by this name [default: HOST:<digest of HOME's path>, the same at every start].",
 )
 @click.option(
     "--replica-lease",

@@ -114,7 +114,9 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[IDENTITY_KEY] = ServerIdentity(secrets.token_hex(32), now_ms(), os.getpid())
     database = settings.database or settings.home / "state.db"
     app[STORE_KEY] = store = Store.open(database, known_migrations=MIGRATIONS)
-    app[REPLICA_KEY] = Replica(store, settings.replica_name, settings.replica_lease)
+    app[REPLICA_KEY] = Replica(
+        store, settings.replica_name, settings.replica_lease, home=settings.home
+    )
     setup_middleware(app)
     setup_limits(app)
     setup_idempotency(app)

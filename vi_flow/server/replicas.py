@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -84,9 +86,19 @@ def lease_from_env(env: dict[str, str] | None = None) -> float:
     return lease
 
 
-def default_name() -> str:
-    """``HOST:PID``: how a replica shows when it is not given a name."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def default_name(home: Path | None = None) -> str:
+    """How a replica shows when it is not given a name: ``HOST:`` and a digest of its
+    home's path, the same at every start of that home (``HOST:PID`` without one).
+
+    A replica's tasks' files are in its home, and other replicas send their requests to
+    the replica of that name: QA found a server on PostgreSQL named ``HOST:PID``, by
+    default, cut off from its own earlier tasks at its first restart (``409
+    TASK_ON_OTHER_REPLICA`` naming its former self, for ever).
+    """
+    if home is None:
+        return f"{socket.gethostname()}:{os.getpid()}"
+    digest = hashlib.blake2b(os.fsencode(os.path.abspath(home)), digest_size=4).hexdigest()
+    return f"{socket.gethostname()}:{digest}"
 
 
 def _now_sql(dialect: str) -> str:
@@ -98,15 +110,21 @@ class Replica:
 
     Args:
         store: The server's store.
-        name: How it shows in logs and ``GET /v1/server``.
+        name: How it shows in logs and ``GET /v1/server``; :func:`default_name` of
+            ``home`` when not given.
         lease: Seconds of silence after which the others take its work over.
+        home: The server's home.
     """
 
     def __init__(
-        self, store: Store, name: str | None = None, lease: float = _DEFAULT_LEASE
+        self,
+        store: Store,
+        name: str | None = None,
+        lease: float = _DEFAULT_LEASE,
+        home: Path | None = None,
     ) -> None:
         self.store = store
-        self.name = name or default_name()
+        self.name = name or default_name(home)
         self.lease = lease
         self.id = new_id("rep")
         self.shared = store.dialect == "postgresql"

@@ -78,7 +78,8 @@ class ServerSettings:
             replicas, may share it; needs the ``postgres`` extra) or a SQLite file;
             ``None``: ``<home>/state.db``. Defaults to ``VI_FLOW_DATABASE``.
         replica_name: How this server shows among the replicas of one database
-            (``VI_FLOW_REPLICA_NAME``; default ``HOST:PID``).
+            (``VI_FLOW_REPLICA_NAME``; default ``HOST:`` and a digest of the home's path,
+            the same at every start of the home).
         replica_lease: Seconds a replica may stay silent before the others take its runs
             over (``VI_FLOW_REPLICA_LEASE``, default 15; see :mod:`vi_flow.server.replicas`).
         head_deadline: Seconds a connection with no request in progress may take to send
