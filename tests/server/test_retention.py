@@ -212,6 +212,38 @@ async def test_expired_idempotency_records_go(server: Server) -> None:
     assert again.status == 201 and again.body["flowId"] != first.body["flowId"]
 
 
+async def test_the_key_of_an_execute_still_running_outlives_a_prune(server: Server) -> None:
+    # QA Y: a prune younger than a running execute deleted its key's placeholder (no
+    # answer saved yet), and the client's retry on another replica made a second run
+    slow = {"name": "slow", "blocks": [{"block": "emit", "id": "e",
+            "settings": {"count": 40, "interval": 0.05}}]}  # fmt: skip
+    flow_id = (await server.call("POST", "/flows", json=slow)).body["flowId"]
+    headers = {"Idempotency-Key": "exec-during-prune"}
+    path = f"/flows/{flow_id}/execute"
+    async with anyio.create_task_group() as tg:
+        answers: list[Any] = []
+
+        async def execute() -> None:
+            answers.append(await server.call("POST", path, json={}, headers=headers))
+
+        tg.start_soon(execute)
+        with anyio.fail_after(10):  # its run is made, and its key held
+            while not (await server.call("GET", f"/runs?flowId={flow_id}")).body["items"]:
+                await anyio.sleep(0.02)
+        await anyio.sleep(1.1)
+        assert (await _prune(server, olderThan=1))["idempotencyRecords"] == 0
+        held = await server.app[STORE_KEY].get_idempotent(
+            DEFAULT_ORG, "exec-during-prune", "POST", "/v1" + path
+        )
+        assert held is not None  # the placeholder naming the run stays
+    (first,) = answers
+    again = await server.call("POST", path, json={}, headers=headers)
+    assert again.body["executionId"] == first.body["executionId"], again.body
+    assert len((await server.call("GET", f"/runs?flowId={flow_id}")).body["items"]) == 1
+    await anyio.sleep(1.1)  # its answer saved, and old: it goes
+    assert (await _prune(server, olderThan=1))["idempotencyRecords"] == 1
+
+
 async def test_old_tasks_and_their_directories_go_without_following_links(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -36,7 +36,7 @@ from ..models.common import Condition
 from ..models.retention import PruneResult, RetentionPolicy, parse_age
 from .clock import now_ms
 from .db import Connection, lock_name
-from .store import Store
+from .store import PENDING_ANSWER, Store
 from .trees import remove_tree
 
 __all__ = ["MIGRATION", "SCHEMA", "Pruner", "RetentionSettings"]
@@ -221,14 +221,56 @@ def _delete_tasks(conn: Connection, task_ids: list[str]) -> int:
     return int(conn.execute(sql, task_ids).rowcount)
 
 
+_IN_FLIGHT_MS = 3600 * 1000
+"""Past this age a placeholder a request put on its key in its creating transaction
+(empty: on PostgreSQL) is its crash's: a retry waits at most 15 minutes for it."""
+
+
 def _old_idempotency(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
+    """Old saved answers, and old placeholders whose request is over (see
+    :func:`_abandoned`). QA Y: a prune shorter than a running execute freed its key's
+    placeholder, and the client's retry on another replica started a second run."""
     where, bound = _org_clause(scope.org_id)
     rows = conn.execute(
-        f"SELECT rowid FROM idempotency WHERE created_at < ?{where} AND rowid > ?"
-        " ORDER BY rowid LIMIT ?",
-        (scope.cutoff, *bound, after, limit),
+        f"SELECT rowid FROM idempotency WHERE created_at < ?{where} AND status != ?"
+        " AND rowid > ? ORDER BY rowid LIMIT ?",
+        (scope.cutoff, *bound, PENDING_ANSWER, after, limit),
     ).fetchall()
-    return [(r[0], str(r[0])) for r in rows]
+    found = [(r[0], str(r[0])) for r in rows]
+    if len(found) < limit:
+        found += _abandoned(conn, scope, limit - len(found))
+    return found
+
+
+def _abandoned(conn: Connection, scope: _Scope, limit: int) -> Rows:
+    """Up to ``limit`` old placeholders (``PENDING_ANSWER``) no request will answer: held
+    by a replica that is gone (``@`` and its id), naming a run that is no more (pruned
+    just before), or made in a transaction over an hour ago (empty). Those of a request
+    still running stay: a retry meanwhile must wait for its answer, not make another."""
+    where, bound = _org_clause(scope.org_id)
+    pending = conn.execute(
+        f"SELECT rowid, org_id, body, created_at FROM idempotency WHERE created_at < ?{where}"
+        " AND status = ? ORDER BY rowid",
+        (scope.cutoff, *bound, PENDING_ANSWER),
+    ).fetchall()
+    if not pending:
+        return []
+    live = {str(r[0]) for r in conn.execute("SELECT replica_id FROM replicas").fetchall()}
+    found: Rows = []
+    for rowid, org_id, raw, created_at in pending:
+        body = bytes(raw)
+        if body.startswith(b"@"):
+            over = body[1:].decode(errors="replace") not in live
+        elif body:
+            named = "SELECT 1 FROM runs WHERE org_id = ? AND run_id = ?"
+            over = conn.execute(named, (org_id, body.decode(errors="replace"))).fetchone() is None
+        else:
+            over = created_at < now_ms() - _IN_FLIGHT_MS
+        if over:
+            found.append((rowid, str(rowid)))
+            if len(found) == limit:
+                break
+    return found
 
 
 def _delete_idempotency(conn: Connection, rowids: list[str]) -> int:
