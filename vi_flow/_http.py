@@ -156,12 +156,24 @@ class Connection:
         self._bodies: dict[aiohttp.StreamReader, asyncio.AbstractEventLoop] = {}
 
     async def endpoint(self) -> Endpoint:
-        """Return the endpoint, finding (or starting) the home's server on first use."""
-        if self._endpoint is None:
+        """Return the endpoint, finding (or starting) the home's server on first use, and
+        again when the server found before no longer holds the home (see
+        :meth:`local.Attached.still_serving`: nothing is sent to its old port)."""
+        endpoint = self._endpoint
+        if endpoint is None or not self._still_attached():
             async with self._loop_lock():
-                if self._endpoint is None:
-                    self._endpoint = await self._resolve(again=False)
+                if self._endpoint is endpoint:  # no other call found it again meanwhile
+                    if endpoint is not None:
+                        self._check_not_stopped()
+                    self._endpoint = await self._resolve(again=endpoint is not None)
+        assert self._endpoint is not None
         return self._endpoint
+
+    def _still_attached(self) -> bool:
+        attached = self._attached
+        if attached is None or attached.release is not None:  # a URL, or our own server
+            return True
+        return attached.still_serving(self.settings.home)
 
     def _loop_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()

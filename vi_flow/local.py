@@ -74,7 +74,7 @@ class Attached:
             release stops the server (``None`` for any other server).
     """
 
-    __slots__ = ("held_alone", "info", "release")
+    __slots__ = ("_seen", "held_alone", "info", "release")
 
     def __init__(
         self,
@@ -85,6 +85,32 @@ class Attached:
         self.info = info
         self.release = release
         self.held_alone = held_alone
+        self._seen: tuple[int, int, int] | None = None  # the run file found to be info's
+
+    def still_serving(self, home: Path) -> bool:
+        """Whether the server attached still holds ``home``: its run file is still its
+        own and its process lives (a stat, a signal 0 and its ``/proc`` state: no
+        request). Checked before each call: a call to the port of a server that has gone
+        would hand the key to whatever listens there now (QA: another local user bound
+        the freed port and got the home's admin token), and a client that does not retry
+        found the home's new server only by a retry."""
+        try:
+            status = os.stat(home / RUN_FILE)
+        except OSError:  # gone: the server stopped
+            return False
+        seen = (status.st_ino, status.st_mtime_ns, status.st_size)
+        if seen != self._seen:  # rewritten (its SSH endpoint), or another server's
+            try:
+                now = _read_run_file(home)
+            except LocalServerError:
+                return False
+            mine = self.info
+            if now is None or (now.pid, now.started_at, now.url) != (
+                mine.pid, mine.started_at, mine.url,
+            ):  # fmt: skip
+                return False
+            self._seen = seen
+        return pid_alive(self.info.pid)  # killed: its run file stays behind
 
 
 def pid_alive(pid: int) -> bool:
