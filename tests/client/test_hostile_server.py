@@ -24,6 +24,7 @@ from vi_flow import (
     RateLimitError,
 )
 from vi_flow import _http as http
+from vi_flow.cli._failures import EXIT_TRANSIENT, exit_code_for
 
 pytestmark = pytest.mark.anyio
 
@@ -141,6 +142,23 @@ async def test_a_web_page_is_not_the_api_even_at_a_url_ending_in_v1() -> None:
     assert caught.value.code == "NOT_THE_API"
     assert "must be a vi-flow server's API" in caught.value.message
     assert "serves something else" in caught.value.message
+
+
+async def test_a_proxys_5xx_page_is_a_server_away_not_a_wrong_base_url() -> None:
+    # QA Y: nginx's "502 Bad Gateway" page, while no replica answered, was NOT_THE_API
+    # ("base_url must be a vi-flow server's API") and the CLI exited 2, not 6
+    for status in (
+        "502 Bad Gateway",
+        "503 Service Temporarily Unavailable",
+        "504 Gateway Time-out",
+    ):
+        page = answer(status, b"<html><h1>bad gateway</h1></html>", "Content-Type: text/html")
+        async with raw_server([page]) as raw, client(raw.url, max_retries=0) as c:
+            with pytest.raises(vi_flow.InternalServerError) as caught:
+                await c.flows.get("f")
+        assert caught.value.code != "NOT_THE_API"
+        assert "a proxy or gateway in front of the server" in caught.value.message
+        assert exit_code_for(caught.value) == EXIT_TRANSIENT
 
 
 async def test_an_answer_over_the_limit_is_refused_not_read_whole(
