@@ -190,6 +190,23 @@ async def test_heartbeat_ticks_while_idle(db: CountingStore) -> None:
     await log.close()
 
 
+async def test_a_follow_of_a_run_that_is_no_more_ends_at_its_first_heartbeat(
+    db: CountingStore,
+) -> None:
+    # QA: a stream opened on a finished run as retention pruned it (or DELETE went)
+    # read the run's channel once its events were gone: nothing finished it, and it sent
+    # heartbeats for ever, its client waiting on them
+    log = EventLog(db)
+    log.start()
+    key = ("org", "run_pruned")
+
+    async def follow() -> list[bytes | None]:
+        return [chunk async for chunk in log.follow(key, 0, idle=0.05)]
+
+    assert await asyncio.wait_for(follow(), 5) == []  # ended, without a heartbeat
+    await log.close()
+
+
 async def test_live_readers_far_behind_are_served_from_memory(db: CountingStore) -> None:
     # 30,000 events committed while a reader has not read any: it gets them all, in
     # order, from the frames just written, without reading SQLite back.

@@ -301,6 +301,15 @@ def _tail(conn: Connection, key: RunKey) -> tuple[int, bool, int]:
     return int(row[0]), bool(row[1]), int(settled or 0)
 
 
+def _run_is_there(conn: Connection, key: RunKey) -> bool:
+    """Whether the engine still holds anything of the run (its state, or events)."""
+    sql = (
+        "SELECT 1 FROM engine_runs WHERE org_id = ? AND run_id = ?"
+        " UNION ALL SELECT 1 FROM engine_events WHERE org_id = ? AND run_id = ? LIMIT 1"
+    )
+    return conn.execute(sql, (*key, *key)).fetchone() is not None
+
+
 def _read_its_error(task: asyncio.Future[Any]) -> None:
     """Mark a write's failure as read: :meth:`EventLog._keep` logged it, and its caller,
     cancelled meanwhile, may never read it (asyncio would log it again, as unread)."""
@@ -928,6 +937,11 @@ class EventLog:
             if channel.finished or self.stopping:
                 return
             if not await self.wait(channel, idle):
+                if not await self._db.run(lambda c: _run_is_there(c, key)):
+                    # pruned or deleted meanwhile (QA: a stream opened as its finished
+                    # run went, before its channel was read, sent heartbeats for ever):
+                    # ended, its client reconnects and is told the run is no more
+                    return
                 yield None
 
     async def _catch_up(self, channel: RunChannel, cursor: int) -> tuple[list[bytes], int]:
