@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from importlib import resources
@@ -51,6 +52,11 @@ def _cookie(resp: Any) -> Any:
     """The console session cookie a response set (its name is the origin's own)."""
     (morsel,) = [m for name, m in resp.cookies.items() if name.startswith("vi_flow_console_")]
     return morsel
+
+
+def _cookie_name(server: Server) -> str:
+    """The session cookie's name on ``server``'s origin (the server's own rule)."""
+    return "vi_flow_console_" + hashlib.sha256(server.root.encode()).hexdigest()[:12]
 
 
 def _set_cookie(resp: Any) -> bool:
@@ -456,3 +462,35 @@ async def test_without_fetch_metadata_a_sign_in_link_asks_before_it_signs_in(
     ) as resp:
         assert resp.status == 403  # used once
     assert key
+
+
+async def test_a_session_holds_only_on_the_port_it_was_signed_in_on(
+    start_server: Any, tmp_path: Path
+) -> None:
+    # QA Z: the home's background server came back on another port; the page still open
+    # on the old one kept calling it with the session's cookie and key, another local
+    # user listening there got both, and the new server took them (a task as root)
+    first = await start_server()
+    signed_in = await _sign_in(first)
+    assert (
+        await first.call("GET", "/../console/api/session", token="", headers=signed_in)
+    ).status == 200
+    await first.stop()
+    again = await start_server(home=tmp_path / "home")  # the same home, another port
+    assert again.root != first.root
+    # as the other user replays them: the cookie renamed for the new origin
+    value = signed_in["Cookie"].split("=", 1)[1]
+    replayed = {
+        **signed_in,
+        "Cookie": f"{_cookie_name(again)}={value}",
+        "Origin": again.root,
+    }
+    for method, path in (("GET", "/../console/api/session"), ("POST", "/tasks")):
+        answer = await again.call(method, path, token="", headers=replayed, json={"command": "id"})
+        assert answer.status == 401, (path, answer.status, answer.body)
+    assert (await again.call("GET", "/tasks")).body["items"] == []
+    # a browser signed in on the new port is at home there
+    fresh = await _sign_in(again)
+    assert (
+        await again.call("GET", "/../console/api/session", token="", headers=fresh)
+    ).status == 200

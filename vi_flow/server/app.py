@@ -58,6 +58,7 @@ MIGRATIONS = (
     *(name for name, _ in task_service.MIGRATIONS),
     pruning.MIGRATION,
     sessions.MIGRATION,
+    sessions.PLACE_MIGRATION,
     REPLICAS_MIGRATION,
 )
 """Every migration the features apply: a database that records another name was written

@@ -321,3 +321,4 @@ def setup(app: web.Application) -> None:
 
 async def _migrate(app: web.Application) -> None:
     await app[STORE_KEY].migrate(sessions.MIGRATION, sessions.SCHEMA)
+    await app[STORE_KEY].migrate(sessions.PLACE_MIGRATION, sessions.PLACE_SCHEMA)

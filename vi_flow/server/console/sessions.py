@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     session_hash TEXT PRIMARY KEY, token_hash TEXT NOT NULL, csrf TEXT NOT NULL,
     expires_at INTEGER NOT NULL);
 """
+PLACE_MIGRATION = "console-session-place-1"
+PLACE_SCHEMA = """
+ALTER TABLE console_sessions ADD COLUMN place TEXT NOT NULL DEFAULT '';
+"""
+"""Where each session holds (:func:`session_place`); those made before have none: their
+browsers sign in again once."""
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -105,7 +111,7 @@ async def create_code(request: web.Request, token: str) -> str:
     return await request.app[STORE_KEY].run(lambda c: _create_code(c, token))
 
 
-def _exchange(conn: Connection, code: str) -> tuple[str, str] | None:
+def _exchange(conn: Connection, code: str, place: str) -> tuple[str, str] | None:
     row = conn.execute(
         "DELETE FROM console_codes WHERE code_hash = ? RETURNING token_hash, expires_at",
         (hash_token(code),),
@@ -119,9 +125,9 @@ def _exchange(conn: Connection, code: str) -> tuple[str, str] | None:
     conn.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
     session_id, key = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
     conn.execute(
-        "INSERT INTO console_sessions (session_hash, token_hash, csrf, expires_at)"
-        " VALUES (?, ?, ?, ?)",
-        (hash_token(session_id), row["token_hash"], key, now + SESSION_TTL_MS),
+        "INSERT INTO console_sessions (session_hash, token_hash, csrf, expires_at, place)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (hash_token(session_id), row["token_hash"], key, now + SESSION_TTL_MS, place),
     )
     return session_id, key
 
@@ -147,15 +153,16 @@ async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | No
     unknown code."""
     if not 0 < len(code) <= 128:
         return None
-    return await request.app[STORE_KEY].run(lambda c: _exchange(c, code))
+    place = session_place(request)
+    return await request.app[STORE_KEY].run(lambda c: _exchange(c, code, place))
 
 
-def _find(conn: Connection, session_id: str) -> ConsoleSession | None:
+def _find(conn: Connection, session_id: str, place: str) -> ConsoleSession | None:
     row = conn.execute(
         "SELECT t.org_id, t.name, t.admin, s.csrf FROM console_sessions s"
         " JOIN tokens t ON t.token_hash = s.token_hash"
-        " WHERE s.session_hash = ? AND s.expires_at > ?",
-        (hash_token(session_id), now_ms()),
+        " WHERE s.session_hash = ? AND s.expires_at > ? AND s.place = ?",
+        (hash_token(session_id), now_ms(), place),
     ).fetchone()
     if row is None:
         return None
@@ -180,7 +187,29 @@ async def find_session(request: web.Request) -> ConsoleSession | None:
     session_id = request.cookies.get(cookie_name(request), "")
     if not 0 < len(session_id) <= 128:
         return None
-    return await request.app[STORE_KEY].run(lambda c: _find(c, session_id))
+    place = session_place(request)
+    return await request.app[STORE_KEY].run(lambda c: _find(c, session_id, place))
+
+
+def session_place(request: web.Request) -> str:
+    """Where a console session holds: the origin of the server's ``public_url`` behind a
+    proxy (every replica serves it), else the port the server listens on, as the
+    connection's own socket says (no header a client sends).
+
+    QA: a background server that restarts comes back on another port; the page still
+    open on the old one kept calling it, with the session's cookie and key, and another
+    local user listening there got both, and used them on the new port. A session made
+    on one port is of no use on another; a server restarted on its port keeps its
+    sessions.
+    """
+    public = public_origin(request)
+    if public:
+        return public
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return f"port {sockname[1]}"
+    return f"socket {sockname}" if sockname else ""
 
 
 def session_hash(request: web.Request) -> str:
