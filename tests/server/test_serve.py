@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import vi_flow
+
 _SCRIPT = (
     "import sys; from pathlib import Path;"
     "from vi_flow.server import ServerSettings, run_server;"
@@ -121,3 +123,25 @@ def test_an_idle_server_has_not_loaded_what_few_requests_need(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_startup_line_of_an_ipv6_server_is_a_url_a_client_takes(tmp_path: Path) -> None:
+    # QA Z: `vi-flow serve --host ::1` printed "listening on http://::1:PORT/v1", which
+    # --base-url refused ("Port could not be cast to integer value")
+    home = tmp_path / "home"
+    script = _SCRIPT.replace("port=0)", "port=0, host='::1')")
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(home)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"listening on (http://\S+/v1) ", line)
+        assert match and match.group(1).startswith("http://[::1]:"), line
+        token = (home / "admin-token").read_text().strip()
+        with vi_flow.Client(base_url=match.group(1), api_key=token, max_retries=0) as client:
+            assert client.flows.list().items == []
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)

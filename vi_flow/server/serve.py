@@ -281,8 +281,11 @@ async def _serve(settings: ServerSettings, ready: Callable[[int], None] | None) 
     _release_startup_memory()
     if settings.mode == "foreground":
         token = settings.home / "admin-token"
+        # an IPv6 address in brackets, as in any URL (QA: "http://::1:8000/v1" pasted
+        # into --base-url was refused)
+        bound = f"[{settings.host}]" if ":" in settings.host else settings.host
         sys.stderr.write(
-            f"vi-flow server listening on http://{settings.host}:{port}/v1 "
+            f"vi-flow server listening on http://{bound}:{port}/v1 "
             f"(home: {settings.home})\n"
             f"clients elsewhere: VI_FLOW_BASE_URL={public_base_url(settings, url)} "
             f"VI_FLOW_API_KEY=$(cat {token})\n"
