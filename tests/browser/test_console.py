@@ -346,6 +346,17 @@ def test_a_log_line_shows_as_a_terminal_leaves_it(
     one.page.wait_for_selector(".log-line:text-is('done')", timeout=30_000)
     shown = one.page.eval_on_selector_all(".log-line", "rows => rows.map(r => r.textContent)")
     assert shown == ["ERROR disk full", "p 3/3", "bell⟨U+07⟩ and\ttab ⟨U+9B⟩", "done"]
+    # and the same lines as a run's log events, on the run's page (QA Z: drawn raw there)
+    flow = console_server.flow(
+        "lines", {"block": "task", "id": "t", "settings": {"command": command}}
+    )
+    job = console_server.call("POST", f"/flows/{flow}/jobs", {})
+    one.page.goto(f"{console_server.root}/runs/{job['executionId']}")
+    one.page.wait_for_selector(".ev-flow_completed", timeout=30_000)
+    logged = one.page.eval_on_selector_all(".vl-row", "rows => rows.map(r => r.textContent)")
+    for line in shown:
+        assert any(row.endswith(f"› {line}") for row in logged), (line, logged)
+    assert not any("\x1b" in row or "\r" in row or "\x07" in row for row in logged), logged
 
 
 def test_another_organization_sees_none_of_it(visit: Any, console_server: ConsoleServer) -> None:

@@ -1,6 +1,8 @@
 // A run's events on its page: the newest ones live over SSE, older ones paged in, few rows drawn.
 'use strict';
-import { VirtualList, duration, h, onLeave, parseJSON, pretty, readEvents, shown, withKey } from './lib.js';
+import {
+  VirtualList, asTerminalShows, duration, h, onLeave, parseJSON, pretty, readEvents, shown, withKey,
+} from './lib.js';
 
 const TAIL = 2000; // events shown when a run page opens (its newest ones)
 const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
@@ -10,7 +12,8 @@ const TYPES = ['run_started', 'step_started', 'step_input', 'step_output', 'step
 
 function summary(type, data) {
   switch (type) {
-    case 'log': return `${data.stepId || ''} ${data.stream === 'stderr' ? '!' : '›'} ${data.line}`;
+    // as the task's own page shows it (QA: colours, "\r" and BEL were drawn raw here)
+    case 'log': return `${data.stepId || ''} ${data.stream === 'stderr' ? '!' : '›'} ${asTerminalShows(String(data.line ?? ''))}`;
     case 'step_started': return `${data.stepId} (${data.block}) started`;
     case 'step_completed': return `${data.stepId} completed in ${duration(data.durationMs)}`;
     case 'step_failed': return `${data.stepId} failed: ${data.error || ''}`;

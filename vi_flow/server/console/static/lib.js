@@ -57,6 +57,20 @@ export function shown(text) {
   return String(text).replace(BIDI, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`);
 }
 
+const SGR = /\x1b\[[0-9;:]*m/g; // a colour or style
+const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g; // tab stays a tab; C1 too (U+009B is CSI)
+
+/**
+ * A log line as a terminal leaves it: its colour codes left out, and of a line a progress
+ * bar redrew with "\r" its last state; any other control character shown by its code.
+ */
+export function asTerminalShows(text) {
+  const parts = text.replace(SGR, '').split('\r');
+  let last = parts.pop();
+  while (!last && parts.length) last = parts.pop();
+  return last.replace(CONTROL, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}⟩`);
+}
+
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);

@@ -1,8 +1,8 @@
 // Tasks: the list (state, instance), and one task (live log, state changes, Cancel, artifacts).
 'use strict';
 import {
-  VirtualList, actionButton, api, badge, drawPager, duration, every, h, link, notice, onLeave, pageToken,
-  query, refreshRows, shown, table, when, withKey,
+  VirtualList, actionButton, api, asTerminalShows, badge, drawPager, duration, every, h, link, notice,
+  onLeave, pageToken, query, refreshRows, shown, table, when, withKey,
 } from './lib.js';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'preempted', 'terminated']);
@@ -75,20 +75,6 @@ async function artifacts(taskId) {
   return table(['File', 'Size'], items.map((f) => h('tr', {},
     h('td', {}, h('a', { href: withKey(`/v1/tasks/${taskId}/outputs/${f.path.split('/').map(encodeURIComponent).join('/')}`), download: f.path.split('/').pop() }, f.path)),
     h('td', {}, `${f.size.toLocaleString()} bytes`))));
-}
-
-const SGR = /\x1b\[[0-9;:]*m/g; // a colour or style
-const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g; // tab stays a tab; C1 too (U+009B is CSI)
-
-/**
- * A log line as a terminal leaves it: its colour codes left out, and of a line a progress
- * bar redrew with "\r" its last state; any other control character shown by its code.
- */
-export function asTerminalShows(text) {
-  const parts = text.replace(SGR, '').split('\r');
-  let last = parts.pop();
-  while (!last && parts.length) last = parts.pop();
-  return last.replace(CONTROL, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}⟩`);
 }
 
 function logView() {
