@@ -58,7 +58,10 @@ __all__ = ["Engine"]
 log = logging.getLogger("vi_flow.server.engine")
 
 _RESTARTED = "the server stopped during the run"
-_REPLICA_LOST = "the server replica running it stopped (another replica took the run over)"
+_REPLICA_LOST = (
+    "the server replica running it stopped, or lost its database for longer than its lease"
+    " (VI_FLOW_REPLICA_LEASE), and gave it up where it stood"
+)
 _FINAL_KEPT = 60.0  # seconds an outcome read at a run's end waits for its execute call
 _CRASHED = "the server failed running it (an internal error: its log says why, by the run's id)"
 _DISK_FULL = (
