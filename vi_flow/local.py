@@ -377,6 +377,7 @@ def start_server(
     """As :func:`ensure_server`; also whether this call started the server (of several
     processes starting it at once, one did)."""
     home = home.expanduser().resolve()
+    began = time.time()
     found, silent = find_silent_server(home, wait)
     if found is not None:
         return _check_version(found), False
@@ -407,9 +408,24 @@ def start_server(
         ) from None
     except OSError as exc:
         raise LocalServerError(f"cannot lock the vi-flow home {home}: {exc}") from None
+    if info is None and _stopped_since(home, began):
+        # QA: a command racing 'vi-flow server stop' said the server it started "does
+        # not answer", above a log that said it was stopped on request
+        raise LocalServerError(
+            f"the vi-flow server of {home} was stopped on request ('vi-flow server stop')"
+            " as it started for this call; run it again to start another"
+        )
     if info is None:
         raise _failure(f"the vi-flow server of {home} started but does not answer", home)
     return _check_version(info), started
+
+
+def _stopped_since(home: Path, when: float) -> bool:
+    """Whether a server of the home was stopped on request since ``when`` (epoch s)."""
+    try:
+        return os.stat(home / STOPPED_FILE).st_mtime >= when
+    except OSError:
+        return False
 
 
 def _in_process(settings: Settings) -> Attached | None:

@@ -1,5 +1,6 @@
 """A client whose home's server has gone never calls the port it had: another program
-(another local user's) may listen there now. It finds the home's server again first."""
+(another local user's) may listen there now. It finds the home's server again first,
+and says so when a stop ended the server it had just started."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 import vi_flow
+import vi_flow.local
 from vi_flow.local import admin_token
 
-from .kit import alive, run_file, wait_for
+from .kit import alive, cli, run_file, wait_for
 
 
 class Impostor:
@@ -90,3 +93,21 @@ def test_a_client_never_sends_its_key_to_whoever_took_its_servers_port(
         assert impostor.received == b""
         second = run_file(home)
         assert second is not None and second.pid != first.pid and alive(second.pid)
+
+
+def test_a_call_whose_new_server_a_stop_ended_says_so(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA Z: a command racing `vi-flow server stop` said the server it had just started
+    # "started but does not answer", above a log line saying it was stopped on request
+    spawn = vi_flow.local._spawn
+
+    def spawn_then_a_stop_comes(*args: Any) -> None:
+        spawn(*args)  # the server starts and publishes itself; then another command:
+        assert cli(home, "server", "stop").returncode == 0
+
+    monkeypatch.setattr(vi_flow.local, "_spawn", spawn_then_a_stop_comes)
+    with pytest.raises(vi_flow.LocalServerError) as raised, vi_flow.Client() as client:
+        client.flows.list()
+    assert "was stopped on request ('vi-flow server stop')" in str(raised.value)
+    assert "does not answer" not in str(raised.value)
