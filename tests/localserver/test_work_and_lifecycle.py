@@ -193,10 +193,16 @@ def test_a_restart_keeps_what_the_server_accepted(home: Path) -> None:
 
 
 def test_an_idle_background_server_exits_by_itself(home: Path) -> None:
-    script(home, "import vi_flow\nvi_flow.Client().flows.list()", VI_FLOW_SERVER_IDLE_TIMEOUT="1")
-    info = run_file(home)
-    assert info is not None
-    wait_for(lambda: not alive(info.pid), 30, "the idle server to exit")
+    # the script says which server it used: one second after it, the server may be gone
+    # with its run file (a loaded machine took that long to end the script)
+    code = (
+        "import os, pathlib, vi_flow, vi_flow.local\n"
+        "with vi_flow.Client() as client:\n"
+        "    client.flows.list()\n"
+        "    print(vi_flow.local.find_server(pathlib.Path(os.environ['VI_FLOW_HOME'])).pid)"
+    )
+    pid = int(script(home, code, VI_FLOW_SERVER_IDLE_TIMEOUT="1").stdout.split()[-1])
+    wait_for(lambda: not alive(pid), 30, "the idle server to exit")
     assert not (home / RUN_FILE).exists()
     assert "idle timeout" in (home / LOG_DIR / LOG_FILE).read_text()
 
