@@ -94,6 +94,8 @@ class Attached:
         would hand the key to whatever listens there now (QA: another local user bound
         the freed port and got the home's admin token), and a client that does not retry
         found the home's new server only by a retry."""
+        if os.path.isabs(self.info.home):  # as the server resolved it: the cwd may change
+            home = Path(self.info.home)
         try:
             status = os.stat(home / RUN_FILE)
         except OSError:  # gone: the server stopped
