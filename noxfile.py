@@ -31,7 +31,7 @@ _WORKERS = ("-n", os.environ.get("VI_FLOW_TEST_WORKERS", "2"), "--dist", "workst
 # run in `tests`; on PostgreSQL it calls every operation in every phase with fewer (CI
 # stays under 30 minutes).
 _FEWER_EXAMPLES = {
-    "VI_FLOW_SCHEMATHESIS_EXAMPLES": os.environ.get("VI_FLOW_SCHEMATHESIS_EXAMPLES", "25")
+    "VI_FLOW_SCHEMATHESIS_EXAMPLES": os.environ.get("VI_FLOW_SCHEMATHESIS_EXAMPLES", "10")
 }
 
 
@@ -66,12 +66,13 @@ def fuzz_nightly(session: nox.Session) -> None:
 def tests_lowest(session: nox.Session) -> None:
     """Run the suite with every dependency at the lowest version pyproject.toml allows.
 
-    The docs' and seeds' examples, the Schemathesis run and the local server's process
+    The docs' and seeds' examples, the Schemathesis run, the local server's process
     lifecycle (idle exits, restarts, Ctrl-C, a stopped, killed or hung server, a lost
-    database or disk: waits on the clock) are left to ``tests``: they drive the same SDK
-    and server calls as the rest of the suite, which runs here whole, and they are more
-    than half of its time (CI stays under 30 minutes). The local server's start lock
-    (``filelock``) and its lazy SSH (``asyncssh``) are tested here at their floors.
+    database or disk: waits on the clock), the CLI run as a process and retention are
+    left to ``tests``: they drive the same SDK and server calls as the rest of the suite,
+    which runs here whole, and they are more than half of its time (CI stays under 30
+    minutes). The local server's start lock (``filelock``) and its lazy SSH
+    (``asyncssh``) are tested here at their floors.
     """
     import tempfile
 
@@ -86,6 +87,10 @@ def tests_lowest(session: nox.Session) -> None:
         "tests/localserver/test_work_and_lifecycle.py", "tests/localserver/test_faults.py",
         "tests/localserver/test_database_gone.py", "tests/localserver/test_log_disk.py",
         "tests/localserver/test_serve_output.py",
+        # the CLI run as a process (signals, terminals, a fresh shell) and retention's
+        # SQL: `tests` and `tests_newest` run them
+        "tests/cli/test_subprocess.py", "tests/cli/test_tmux.py",
+        "tests/cli/test_demo_try_next.py", "tests/server/test_retention.py",
     ]  # fmt: skip
     ignore = [f"--ignore={path}" for path in left_to_tests]
     session.run("pytest", *_WORKERS, "-m", _LOCAL_ONLY, *ignore, *session.posargs)
@@ -172,10 +177,12 @@ def tests_postgres(session: nox.Session) -> None:
     _install_postgres(session)
     session.install("-e", ".[test,postgres]")
     # The storage suite on both databases, then the server's own suites, the engine and
-    # the SDK's executions with the server on PostgreSQL (VI_FLOW_TEST_DATABASE=postgres),
-    # less what never reaches the database: `tests` runs those (CI stays under 30 minutes).
+    # the replicas with the server on PostgreSQL (VI_FLOW_TEST_DATABASE=postgres), less
+    # what never reaches the database: `tests` runs those. The SDK's executions
+    # (tests/execution) drive the engine's calls that tests/engine makes here (CI stays
+    # under 30 minutes); `nox -s tests_postgres -- tests/execution` runs them.
     paths = session.posargs or [
-        "tests/storage", "tests/server", "tests/engine", "tests/execution", "tests/replicas",
+        "tests/storage", "tests/server", "tests/engine", "tests/replicas",
         *(f"--ignore=tests/server/{name}.py" for name in _NO_DATABASE),
     ]  # fmt: skip
     marks = "not slurm and not ray and not browser"
