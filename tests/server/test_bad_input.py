@@ -609,8 +609,9 @@ async def test_a_weak_etag_does_not_satisfy_if_match(server: Server) -> None:
 
 
 async def test_a_reservation_that_would_have_ended_already_is_refused(server: Server) -> None:
-    past = {"cpus": 1, "startTime": 946_684_800_000, "durationHours": 1}  # 2000-01-01
-    _refused(await server.call("POST", "/reservations", json=past), "startTime")
+    for start in (946_684_800_000, 0):  # 2000-01-01, and the epoch itself
+        past = {"cpus": 1, "startTime": start, "durationHours": 1}
+        _refused(await server.call("POST", "/reservations", json=past), "startTime")
     assert (await server.call("GET", "/reservations")).body["items"] == []
 
 

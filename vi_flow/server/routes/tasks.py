@@ -496,7 +496,8 @@ def _check_reservation(body: ReservationRequest) -> None:
             f"must be at least one second (1/3600 hours), got {body.duration_hours!r}",
         )
     now = time.time() * 1000
-    end = (body.start_time or now) + body.duration_hours * 3_600_000
+    start = now if body.start_time is None else body.start_time  # 0, the epoch, is a start
+    end = start + body.duration_hours * 3_600_000
     if body.start_time is not None and end <= now:  # it could hold nothing
         raise APIProblem.validation(
             "startTime", f"the reservation would have ended already (start {body.start_time})"
