@@ -50,8 +50,8 @@ _READY_WITHIN = 5.0
 async def health(request: web.Request) -> web.Response:
     """Say the server is up (no authentication).
 
-    With ``?ready=true`` it is up *and* its database answers (a read and a write
-    transaction, within :data:`_READY_WITHIN` s), else ``503``: the check a load balancer
+    With ``?ready=true`` it is up *and* its database answers (one transaction, within
+    :data:`_READY_WITHIN` s), else ``503``: the check a load balancer
     or an orchestrator makes before sending a replica requests. With ``?challenge=`` (up to
     128 characters) it also proves which server this is: the answer's ``proof`` is
     :func:`~vi_flow.models.server.identity_proof` of the secret in the home's run file,
