@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import anyio
-
 __all__ = ["now_ms", "wait_event"]
 
 
@@ -25,13 +23,17 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
 
     Not ``asyncio.wait_for``: on Python 3.10 and 3.11 it drops a cancellation that
     arrives as the event is set, and a loop around it (a poller, a follow) then never
-    stops — ``close()`` waited for ever. anyio's cancel scope never loses one.
+    stops — ``close()`` waited for ever. ``asyncio.wait`` cancels nothing when its time
+    runs out, so a cancellation of this task is the only one there is, and it is raised.
     """
     if event.is_set():
         return True
     if seconds is None:
         await event.wait()
         return True
-    with anyio.move_on_after(seconds) as scope:
-        await event.wait()
-    return not scope.cancelled_caught
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait((waiter,), timeout=seconds)
+    finally:
+        waiter.cancel()  # nothing when it is done; else it no longer waits on `event`
+    return bool(done)
