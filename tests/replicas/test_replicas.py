@@ -798,6 +798,7 @@ async def test_a_second_live_replica_of_one_name_is_refused(cluster: Cluster) ->
     # Found by QA: it started, and answered the first one's local tasks as its own (their
     # logs empty: the files are on the other's host).
     (a,) = await cluster.start("a")
+    tokens = (await call(a, "GET", "/organizations/org_default/tokens")).body["items"]
     twin = cluster.spawn("a", home_name="a-twin")
     with anyio.fail_after(cluster.lease + 30):
         while twin.alive():
@@ -805,6 +806,9 @@ async def test_a_second_live_replica_of_one_name_is_refused(cluster: Cluster) ->
     assert twin.proc.returncode == 1, twin.output()
     assert "a live replica of this database is named 'a'" in twin.output()
     assert (await call(a, "GET", "/flows")).status == 200
+    # QA Y: the refused one had written an admin token that nobody could revoke (409)
+    assert not (twin.home / "admin-token").exists()
+    assert (await call(a, "GET", "/organizations/org_default/tokens")).body["items"] == tokens
     cluster.kill(a)  # restarted at once, as systemd does: it waits out the dead one's lease
     (again,) = await cluster.start("a")
     assert (await call(again, "GET", "/flows")).status == 200

@@ -73,9 +73,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     joined = False
     try:
         try:
-            await store.run(lambda conn: ensure_admin(conn, home))
+            # Join first: a server refused here (a live replica has its name) leaves no
+            # admin token behind, in the shared database or in its home.
             await replica.open()  # on PostgreSQL: heartbeats, and messages from the others
             joined = True
+            await store.run(lambda conn: ensure_admin(conn, home))
             await asyncio.to_thread(restrict_home, home)
         except HomeError:  # a newer database, or one another server serves
             await store.close()
