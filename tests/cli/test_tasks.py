@@ -35,6 +35,16 @@ def test_logs_follow_exits_with_the_task_code(vf: Invoker) -> None:
     assert (status["status"], status["exitCode"]) == ("failed", 3)
 
 
+def test_a_followed_progress_bar_is_written_as_the_task_wrote_it(vf: Invoker) -> None:
+    # The follow hands out a progress bar's line in pieces as it redraws (each ending
+    # with its "\r"); the CLI writes no newline after a piece, so the bar redraws in place
+    # on a terminal, and a pipe gets exactly the task's bytes.
+    script = "printf 'go\\n\\r 0%%'; sleep 0.6; printf '\\r 50%%'; sleep 0.6; printf '\\r100%%\\n'"
+    task_id = _run(vf, script)
+    followed = vf("tasks", "logs", "-f", task_id)
+    assert (followed.exit_code, followed.stdout) == (0, "go\n\r 0%\r 50%\r100%\n")
+
+
 def test_log_lines_keep_their_colours_but_no_other_escapes_on_a_terminal(vf: Invoker) -> None:
     # A task is untrusted: its log reached the terminal as written, so an OSC 52 in it
     # wrote the user's clipboard (and others retitle the window or move the cursor).

@@ -20,6 +20,11 @@ def _feed(chunks: list[bytes]) -> tuple[list[str], list[str], int]:
 _LINE = st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)))
 
 
+def _shown(lines: list[str]) -> str:
+    """What ``vi-flow tasks logs -f`` writes for these lines (cli._output.line_end)."""
+    return "".join(line if line.endswith("\r") else line + "\n" for line in lines)
+
+
 @given(st.lists(_LINE, max_size=20), st.data())
 def test_any_chunking_gives_the_same_lines(lines: list[str], data: st.DataObject) -> None:
     blob = "".join(line + "\n" for line in lines).encode()
@@ -27,8 +32,27 @@ def test_any_chunking_gives_the_same_lines(lines: list[str], data: st.DataObject
     chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
     got, partial, offset = _feed([c for c in chunks if c])
     # A CRLF ending loses its \r, like everywhere logs are split (vi_flow.models.loglines).
-    assert got == [line.removesuffix("\r") for line in lines]
+    whole = [line.removesuffix("\r") for line in lines]
+    # A line holding a \r may come in pieces, each ending with a \r, as its bytes arrive:
+    # joined, they are the line, and they are shown as it would be.
+    assert _shown(got) == _shown(whole)
+    if not any("\r" in line for line in lines):
+        assert got == whole
     assert partial == [] and offset == len(blob)
+
+
+def test_a_progress_bar_is_handed_out_as_it_redraws() -> None:
+    # tqdm writes "\r" and the bar at each redraw, and "\n" once it closes: followed, its
+    # line used to show only then (an epoch later). Each redraw shows one redraw late: the
+    # text after the last \r may be unfinished.
+    f = _File("stdout", "log", 0)
+    assert f.take_lines(b"epoch 1\n\r  0%|     |") == ["epoch 1"]
+    assert f.take_lines(b"\r 40%|\xe2\x96\x88\xe2\x96\x88   |") == ["\r  0%|     |\r"]
+    assert f.take_lines(
+        b"\r100%|\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88\xe2\x96\x88|\n"
+    ) == [" 40%|\u2588\u2588   |\r100%|\u2588\u2588\u2588\u2588\u2588|"]
+    # a CRLF line cut between its \r and its \n is not a piece: one line, no empty one
+    assert f.take_lines(b"done\r") == [] and f.take_lines(b"\n") == ["done"]
 
 
 def test_multibyte_character_split_across_chunks() -> None:

@@ -477,3 +477,31 @@ async def test_the_ssh_follow_leaves_a_stalled_link_after_its_keepalives(
                         proxy.stall()  # open, silent: no byte, no keepalive answer
     assert lines == ["first", "second"]
     assert proxy.connections >= 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["http", "ssh"])
+async def test_a_progress_bar_is_followed_as_it_redraws_not_when_its_line_ends(
+    server: TaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    # A training loop's tqdm bar redraws one line with "\r" and ends it only when it
+    # closes: a follow showed nothing of it until then (an epoch later).
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", transport)
+    script = (
+        "printf 'epoch 1\\n\\r  0%%|  |'; sleep 0.3; printf '\\r 50%%|█ |'; sleep 0.3; "
+        "printf '\\r100%%|██|'; until [ -e release ]; do sleep 0.05; done; echo"
+    )
+    task = await server.submit(command=script)
+    workdir = Path((await server.wait(task["taskId"], until={"running"}))["workdir"])
+    got: list[str] = []
+    async with vi_flow.AsyncClient(
+        base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
+    ) as client:
+        with anyio.fail_after(30):
+            async for line in client.follow_logs(task["taskId"]):
+                got.append(line)
+                if line == " 50%|█ |\r":  # the second redraw, while the line is unfinished
+                    await anyio.Path(workdir / "release").touch()
+    # each redraw one redraw late (what follows its last \r may be unfinished), then the
+    # line as a whole: shown in turn on a terminal, it is the task's own output
+    assert got == ["epoch 1", "\r  0%|  |\r", " 50%|█ |\r", "100%|██|"]

@@ -27,6 +27,7 @@ __all__ = [
     "first",
     "json_option",
     "kv_table",
+    "line_end",
     "log_line",
     "order_option",
     "preview",
@@ -223,6 +224,13 @@ def log_line(*, err: bool = False) -> Callable[[str], str]:
         return text + _RESET if "\x1b" in text else text  # only SGR kept an escape
 
     return shown
+
+
+def line_end(line: str) -> str:
+    """What to write after a followed log line: a newline, or nothing after a piece of a
+    line not ended yet (a progress bar's redraw ends with ``\\r``), so that the next
+    piece draws over it as on the task's own terminal."""
+    return "" if line.endswith("\r") else "\n"
 
 
 def when(ms: int | None) -> str:

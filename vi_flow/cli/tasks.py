@@ -28,6 +28,7 @@ from ._output import (
     iso_time,
     json_option,
     kv_table,
+    line_end,
     log_line,
     order_option,
     table,
@@ -136,7 +137,7 @@ def _follow(
             if as_json:
                 emit_ndjson({"taskId": task_id, "line": line})
             else:
-                sys.stdout.write(shown(line) + "\n")
+                sys.stdout.write(shown(line) + line_end(line))
                 sys.stdout.flush()
     task = client.tasks.get(task_id)
     code = exit_code_of(task)
@@ -220,7 +221,7 @@ def _follow_apart(client: Any, task_id: str, as_json: bool) -> None:
             emit_ndjson({"taskId": task_id, "stream": name, "line": line})
             continue
         output, shown = outputs[name]
-        output.write(shown(line) + "\n")
+        output.write(shown(line) + line_end(line))
         output.flush()
 
 

@@ -311,7 +311,8 @@ class AsyncCompute:
         (the ``log_transport`` setting: ``auto``, ``ssh`` or ``http``); survives dropped
         connections by resuming at the exact byte offset. With ``since`` (a time, or a
         ``timedelta`` before now), starts at the lines written since then (see
-        ``tasks.logs``).
+        ``tasks.logs``). A progress bar's unfinished line comes in pieces as it redraws,
+        each ending with its ``\\r`` (joined with the line's last part: the line).
         """
         offsets = None if since is None else await self._context.tasks.log_offsets(task_id, since)
         lines = _ops.follow_lines(

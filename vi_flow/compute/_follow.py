@@ -83,7 +83,8 @@ class _File:
         self.stream = stream
         self.path = path
         self.offset = offset
-        self.lines = LineSplitter()  # holds a partial line across reconnects
+        # holds a partial line across reconnects; hands out a progress bar as it redraws
+        self.lines = LineSplitter(progress=True)
         self.final_size: int | None = None
         self.proc: Any = None
         self.reader: asyncio.Task[bytes] | None = None
@@ -351,7 +352,7 @@ class HTTPLogFollower:
     ) -> None:
         start = offsets or {}
         self._open = open_stream
-        self._lines = {name: LineSplitter() for name in streams}
+        self._lines = {name: LineSplitter(progress=True) for name in streams}
         self._offsets = {name: start.get(name, 0) for name in ("stdout", "stderr")}
         self._on_end = on_end
         self._max_retries = max_retries

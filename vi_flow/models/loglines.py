@@ -9,14 +9,18 @@ progress bar redrawing its line) stays inside the line. A line longer than
 end, however its bytes arrive: no reader holds more of one line (and its ``\\r``), nor
 copies it again with every chunk. A piece is cut only once a byte of the line follows
 it, so that a line of exactly ``MAX_LINE`` bytes is one line, not a piece and an empty
-line. Pure functions, no I/O: the SSH log follower (:mod:`vi_flow.compute`) and
-the server's log follow and tail use them.
+line. A follower (``LineSplitter(progress=True)``) also hands out an unfinished line up
+to its last ``\\r``, that ``\\r`` included, as a piece of it (:func:`redrawn_end`): a
+progress bar is seen as it redraws itself, not only once its line ends. Pure functions,
+no I/O: the log followers (:mod:`vi_flow.compute`) and the server's log follow and tail
+use them.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "MAX_LINE", "LineSplitter", "decode_line", "first_char_start", "last_char_end", "split_lines",
+    "MAX_LINE", "LineSplitter", "decode_line", "first_char_start", "last_char_end",
+    "redrawn_end", "split_lines",
 ]  # fmt: skip
 
 MAX_LINE = 256 * 1024
@@ -105,6 +109,19 @@ def _pieces(data: bytes) -> tuple[list[str], bytes]:
 _CR = ord("\r")
 
 
+def redrawn_end(rest: bytes) -> int:
+    """Where the part of an unfinished line that a progress bar has redrawn ends: just
+    past the last ``\\r`` of ``rest`` that is not its last byte (that one may be the first
+    half of a ``\\r\\n``); 0 when there is none, or nothing but ``\\r`` before it.
+
+    What follows that ``\\r`` is left for later: the writer may be in the middle of it.
+    A bar that writes ``"\\r 10%|..."`` is therefore seen one redraw late, and a line
+    that never holds a ``\\r`` is handed out only when it ends, as before.
+    """
+    end = rest.rfind(b"\r", 0, len(rest) - 1) + 1
+    return end if rest[:end].strip(b"\r") else 0
+
+
 def first_char_start(data: bytes) -> int:
     """Where the first complete UTF-8 character of ``data`` starts: past the continuation
     bytes (at most three) of one that began before it."""
@@ -127,18 +144,33 @@ def last_char_end(data: bytes) -> int:
 class LineSplitter:
     """:func:`split_lines` with its unfinished rest kept between chunks.
 
+    Args:
+        progress: Also hand out what an unfinished line holds up to its last ``\\r``
+            (:func:`redrawn_end`), as a piece that ends with that ``\\r``: a follower
+            shows a progress bar as it goes. The pieces of a line and its last part,
+            joined, are the line.
+
     Example:
         >>> lines = LineSplitter()
         >>> lines.feed(b"a\\nb"), lines.feed(b"c\\r\\n"), lines.flush()
         (['a'], ['bc'], [])
+        >>> bar = LineSplitter(progress=True)
+        >>> bar.feed(b"\\r 10%"), bar.feed(b"\\r 20%"), bar.feed(b"\\r100%\\n")
+        ([], ['\\r 10%\\r'], [' 20%\\r100%'])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, progress: bool = False) -> None:
         self._rest = b""
+        self._progress = progress
 
     def feed(self, chunk: bytes) -> list[str]:
-        """The lines ``chunk`` completes (without line endings)."""
-        lines, self._rest = split_lines(self._rest, chunk)
+        """The lines ``chunk`` completes (without line endings), and with ``progress``
+        the redrawn start of the unfinished one."""
+        lines, rest = split_lines(self._rest, chunk)
+        if self._progress and (end := redrawn_end(rest)):
+            lines.append(rest[:end].decode("utf-8", errors="replace"))  # a \r ends a character
+            rest = rest[end:]
+        self._rest = rest
         return lines
 
     def flush(self) -> list[str]:

@@ -5,8 +5,8 @@ time below the task directory with ``O_NOFOLLOW`` (a symbolic link anywhere on t
 is refused, not followed), non-blocking (a FIFO put in its place cannot hang a worker
 thread) and must be a regular file. :class:`LogReader` keeps the file open between
 reads and hands out whole lines: what it returns ends at a newline, except for the
-unfinished last line of a finished task and a line longer than one read, which is cut
-at a UTF-8 character boundary. Everything here blocks: call it in a worker thread.
+unfinished last line of a finished task, an unfinished line that holds a ``\\r``, and a
+line longer than one read, which are cut at a UTF-8 character boundary. Everything here blocks: call it in a worker thread.
 """
 
 from __future__ import annotations
@@ -57,13 +57,16 @@ def open_beneath(root: Path, path: Path) -> int | None:
 
 def whole_lines(data: bytes, *, final: bool) -> bytes:
     """The part of ``data`` to hand out now: up to its last newline; all of it when the
-    log is final; a full read without a newline up to its last whole UTF-8 character."""
+    log is final; a full read without a newline up to its last whole UTF-8 character.
+    An unfinished last line that holds a ``\\r`` (a progress bar redrawing itself) is
+    handed out too, up to its last whole character, for the follower to show as it goes
+    (:class:`~vi_flow.models.loglines.LineSplitter`)."""
     if final or not data:
         return data
     end = data.rfind(b"\n") + 1
-    if end or len(data) < READ_SIZE:
-        return data[:end]
-    return data[: last_char_end(data)]
+    if data.find(b"\r", end) >= 0 or (not end and len(data) >= READ_SIZE):
+        return data[: last_char_end(data)]
+    return data[:end]
 
 
 class LogReader:
