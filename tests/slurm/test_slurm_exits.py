@@ -52,6 +52,14 @@ async def test_kill_9_is_signal_9(provider: SlurmProvider, updates: Updates) -> 
     assert done.message == "killed by SIGKILL (signal 9)"
 
 
+async def test_exit_147_ends_as_exit_code_147(provider: SlurmProvider, updates: Updates) -> None:
+    # QA AA: the batch shell turned 147 into `kill -19 $$`, stopped itself, and the job
+    # stayed RUNNING for good
+    await launch(provider, "task_x147", "exit 147")
+    done = await ended(updates, "task_x147")
+    assert figures(done) == (FAILED, 147, None, "NonZeroExit")
+
+
 async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
     spec = await launch(provider, "task_cx", "echo up; sleep 60")
     await updates.wait("task_cx", TaskStatus.RUNNING)

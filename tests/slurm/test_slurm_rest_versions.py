@@ -12,6 +12,7 @@ client sends as the schema requires, and runs the provider against it.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,27 @@ def test_a_submission_takes_the_shape_of_its_version() -> None:
     assert new["job"]["memory_per_node"] == {"set": True, "infinite": False, "number": 512}
     assert new["job"]["time_limit"]["number"] == 2
     assert job.body("v0.0.40")["script"] == job.script()  # v0.0.40 still reads it on top
+
+
+@pytest.mark.parametrize(
+    ("command", "returncode"),
+    [("exit 3", 3), ("exit 147", 147), ("exit 150", 150), ("kill -9 $$", -9), ("exit 143", -15)],
+)
+def test_the_batch_script_ends_as_its_sandboxed_command_did(
+    tmp_path: Path, command: str, returncode: int
+) -> None:
+    # bwrap says 128 + N for a command killed by signal N; the script dies of N so that
+    # Slurm records the signal, but only of one that ends a process (QA AA: after `exit
+    # 147`, 128 + SIGSTOP, the shell stopped itself and the job never ended). `env --`
+    # stands in for the bwrap prefix (the script still checks that bwrap is installed).
+    job = JobSubmission(
+        name="t", command=command, working_dir=str(tmp_path), stdout_path="/o",
+        stderr_path="/e", sandbox=("env", "--"),
+    )  # fmt: skip
+    script = tmp_path / "job.sh"
+    script.write_text(job.script())
+    done = subprocess.run(["/bin/bash", str(script)], timeout=20, capture_output=True)
+    assert done.returncode == returncode, done.stderr
 
 
 def test_new_shapes_decode_to_the_same_figures() -> None:

@@ -37,6 +37,14 @@ async def test_kill_9_is_signal_9_without_an_exit_code(server: TaskServer) -> No
     assert done["message"] == "killed by SIGKILL (signal 9)"
 
 
+async def test_exit_147_is_an_exit_code_not_a_stop_signal(server: TaskServer) -> None:
+    # 147 is 128 + SIGSTOP, but no process ends stopped: it read "killed by SIGSTOP"
+    task = await server.submit(command="exit 147")
+    done = await server.wait(task["taskId"])
+    assert figures(done) == ("failed", 147, None, "NonZeroExit")
+    assert done["message"] == "exited with status 147"
+
+
 async def test_cancel_is_sigterm_and_cancelled(server: TaskServer) -> None:
     task = await server.submit(command="echo up; sleep 30")
     await server.wait(task["taskId"], until={"running"})

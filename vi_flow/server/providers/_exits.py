@@ -25,6 +25,7 @@ import attrs
 
 __all__ = [
     "END_REASONS",
+    "FATAL_SIGNALS",
     "PENDING_REASONS",
     "SLURM_END_STATES",
     "Exit",
@@ -126,13 +127,21 @@ def from_returncode(code: int | None) -> Exit:
     return Exit(signal=-code) if code < 0 else Exit(exit_code=code & 0xFF)
 
 
+#: The signals whose default action ends a process, on Linux: all of 1-64 but those
+#: that stop it (``SIGSTOP``, ``SIGTSTP``, ``SIGTTIN``, ``SIGTTOU``), continue it
+#: (``SIGCONT``) or are ignored (``SIGCHLD``, ``SIGURG``, ``SIGWINCH``). No process
+#: ends by one of those, so a status of 128 plus one of them is an exit code.
+FATAL_SIGNALS = frozenset(range(1, 65)) - {17, 18, 19, 20, 21, 22, 23, 28}
+
+
 def from_shell_status(status: int | None) -> Exit:
     """From a shell's (or bubblewrap's) ``$?``, which reports signal N as 128 + N.
 
-    A process that itself exits with 129-192 reads as a signal too: a shell cannot tell
-    the two apart.
+    A process that itself exits with 128 + N, N in :data:`FATAL_SIGNALS`, reads as that
+    signal too: a shell cannot tell the two apart. ``exit 147`` (128 + ``SIGSTOP``) is
+    exit code 147: no process ends stopped.
     """
-    if status is not None and 128 < status <= 128 + 64:
+    if status is not None and status - 128 in FATAL_SIGNALS:
         return Exit(signal=status - 128)
     return from_returncode(status)
 

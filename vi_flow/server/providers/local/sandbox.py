@@ -34,6 +34,7 @@ import attrs
 import orjson
 
 from ...home import HomeError
+from .._exits import from_shell_status
 
 __all__ = [
     "GATE",
@@ -208,10 +209,10 @@ class Sandbox:
 
     @staticmethod
     def exit_code(returncode: int) -> int:
-        """The command's own status from bwrap's (which reports a signal N as 128 + N)."""
-        if 128 < returncode <= 128 + 64:
-            return -(returncode - 128)
-        return returncode
+        """The command's own status from bwrap's (which reports a signal N as 128 + N;
+        :func:`~.._exits.from_shell_status` says which N)."""
+        end = from_shell_status(returncode)
+        return returncode if end.signal is None else -end.signal
 
 
 #: What a task's command is started behind, in the sandbox (after its setup) or not: a

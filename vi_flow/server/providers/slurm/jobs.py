@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 from typing_extensions import Self
 
-from .._exits import Exit, from_wait_status
+from .._exits import FATAL_SIGNALS, Exit, from_wait_status
 from .._job_files import load_env
 
 __all__ = [
@@ -202,10 +202,14 @@ _SANDBOX_CHECK = (
     "fi",
 )
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
-#: Slurm reports the signal as it would without the sandbox.
+#: Slurm reports the signal as it would without the sandbox. Only a signal that ends a
+#: process: after ``exit 147`` the batch shell sent itself SIGSTOP (19), and the job
+#: stayed running, stopped, for good (QA AA).
 _SANDBOX_EXIT = (
     "status=$?",
-    'if [ "$status" -gt 128 ] && [ "$status" -le 192 ]; then kill -$((status - 128)) $$; fi',
+    f"case $((status - 128)) in {'|'.join(map(str, sorted(FATAL_SIGNALS)))})",
+    "  kill -$((status - 128)) $$ ;;",
+    "esac",
     'exit "$status"',
 )
 
