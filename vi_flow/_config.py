@@ -32,9 +32,11 @@ __all__ = [
     "NotGiven",
     "Settings",
     "Timeout",
+    "bad_seconds",
     "config_dir",
     "config_path",
     "default_home",
+    "is_number",
     "read_config_file",
     "resolve_settings",
     "write_config_value",
@@ -92,6 +94,17 @@ class NotGiven(enum.Enum):
 NOT_GIVEN: Final = NotGiven.NOT_GIVEN
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or a float (``True`` is not a number of seconds)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def bad_seconds(name: str, value: object, wanted: str) -> TypeError | ValueError:
+    """The error for a wait's ``name`` that is not ``wanted``: TypeError unless a number."""
+    kind = ValueError if is_number(value) else TypeError
+    return kind(f"{name} must be {wanted}, got {value!r}")
+
+
 def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not 0 < value < math.inf:
         raise ValueError(
@@ -107,7 +120,7 @@ class Timeout:
     Args:
         connect: To establish the connection.
         read: Between two reads of the answer (a stream's idle gap).
-        total: For the whole request, retries excluded.
+        total: For the whole call, its retries and the waits between them included.
     """
 
     connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)

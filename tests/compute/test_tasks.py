@@ -138,6 +138,22 @@ async def test_wait_timeout_raises(client: vi_flow.AsyncClient) -> None:
         await task.cancel(force=True)
 
 
+async def test_a_wait_refuses_a_poll_interval_that_is_not_positive_seconds(
+    client: vi_flow.AsyncClient,
+) -> None:
+    # QA AB: poll_interval=0 polled the server ~900 times a second (a run's wait refused it)
+    task = await client.run("sleep 30")
+    try:
+        with pytest.raises(ValueError, match=r"poll_interval must be a positive number.*got 0"):
+            await task.wait(timeout=1, poll_interval=0)
+        with pytest.raises(ValueError, match=r"poll_interval.*-1"):
+            await task.wait(timeout=1, poll_interval=-1)
+        with pytest.raises(TypeError, match=r"poll_interval.*'1'"):
+            await task.wait(timeout=1, poll_interval="1")  # type: ignore[arg-type]
+    finally:
+        await task.cancel(force=True)
+
+
 async def test_nonexistent_command_fails_with_stderr(client: vi_flow.AsyncClient) -> None:
     task = await client.submit("definitely-not-a-command-xyz", wait=True)
     assert task.status == "failed"

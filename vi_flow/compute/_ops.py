@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from .._config import bad_seconds, is_number
 from .._errors import APIConnectionError, APIStatusError, TaskEndedError, TaskTimeoutError
 from .._http import HTTPCore, path
 from ..models._base import from_wire
@@ -120,6 +121,8 @@ async def wait_for(
     """
     if until not in ("running", "terminal"):
         raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
+    if not is_number(poll_interval) or not poll_interval > 0:  # QA AB: 0 polled ~900/s
+        raise bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
     if timeout is not None and timeout <= 0:  # one look, however long it takes

@@ -14,6 +14,7 @@ import aiohttp
 import anyio
 from typing_extensions import Self
 
+from .._config import bad_seconds, is_number
 from .._errors import FlowExecutionError, TaskTimeoutError
 from .._http import HTTPCore, path
 from ..models._base import to_wire
@@ -88,16 +89,6 @@ def run_stream(
         on_tool_calls=None if loop is None else loop.on_event,
     )
     return stream.__aiter__()
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _bad_seconds(name: str, value: object, wanted: str) -> TypeError | ValueError:
-    """The error for a wait's ``name`` that is not ``wanted``: TypeError unless a number."""
-    kind = ValueError if _is_number(value) else TypeError
-    return kind(f"{name} must be {wanted}, got {value!r}")
 
 
 class AsyncRun:
@@ -252,10 +243,10 @@ class AsyncJob(AsyncRun):
             TypeError: ``timeout`` or ``poll_interval`` is not a number.
             ValueError: ``timeout`` is negative, or ``poll_interval`` not positive.
         """
-        if not _is_number(poll_interval) or not poll_interval > 0:
-            raise _bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
-        if timeout is not None and (not _is_number(timeout) or not timeout >= 0):
-            raise _bad_seconds("timeout", timeout, "a number of seconds >= 0, or None")
+        if not is_number(poll_interval) or not poll_interval > 0:
+            raise bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
+        if timeout is not None and (not is_number(timeout) or not timeout >= 0):
+            raise bad_seconds("timeout", timeout, "a number of seconds >= 0, or None")
         if timeout is not None and timeout > 2**53:  # 10**400 passes float: as good as ever
             timeout = math.inf
         if timeout == 0:  # one look: move_on_after(0) would not look at all
