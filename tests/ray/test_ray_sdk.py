@@ -49,6 +49,15 @@ async def test_run_logs_follow_status_and_exit_code(client: Any) -> None:
     assert "ray" not in sys.modules  # the in-process server talks HTTP, it never imports ray
 
 
+async def test_the_command_starts_in_its_working_dir(client: Any) -> None:
+    # QA AA: working_dir was the local provider's only; on Ray the command started in the
+    # workspace. HOME stays the workspace, as everywhere.
+    task = await client.run('pwd; echo "$HOME"', working_dir="sub/dir")
+    assert await task.wait(timeout=30) == TaskStatus.COMPLETED
+    where, home = (await task.logs()).splitlines()
+    assert where == f"{home}/sub/dir"
+
+
 async def test_two_h100_are_visible_to_the_task_and_its_shell_is_refused(client: Any) -> None:
     task = await client.run('echo "$CUDA_VISIBLE_DEVICES"; sleep 60', gpu="h100:2", wait=True)
     assert task.gpu_type == "h100" and task.gpu_count == 2

@@ -45,6 +45,18 @@ async def test_submit_runs_and_completes(provider: SlurmProvider, updates: Updat
     assert not (spec.paths.root / ".vi-flow-env").exists()
 
 
+async def test_the_command_starts_in_its_working_dir(
+    provider: SlurmProvider, updates: Updates
+) -> None:
+    # QA AA: working_dir was the local provider's only; on Slurm the command started in
+    # the workspace. HOME stays the workspace, as everywhere.
+    spec = await launch(provider, "task_wd", 'pwd; echo "$HOME"', working_dir="sub/dir")
+    done = await updates.wait("task_wd", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    assert (done.status, done.exit_code) == (TaskStatus.COMPLETED, 0)
+    workdir = spec.paths.workdir
+    assert spec.paths.stdout.read_text() == f"{workdir / 'sub' / 'dir'}\n{workdir}\n"
+
+
 async def test_exit_3_fails_with_code_3(provider: SlurmProvider, updates: Updates) -> None:
     spec = await launch(provider, "task_exit3", "echo bad >&2; exit 3")
     done = await updates.wait("task_exit3", TaskStatus.COMPLETED, TaskStatus.FAILED)

@@ -222,6 +222,7 @@ class JobSubmission:
         name: The job name (shows in ``squeue``).
         command: A shell command line, run by ``bash -c`` in ``working_dir``.
         working_dir: The job's working directory (must exist on the node).
+        home: The job's ``HOME`` (the task's workspace); ``working_dir`` when empty.
         stdout_path: File for the job's standard output.
         stderr_path: File for standard error (the same path merges both).
         cpus: CPUs for the one task.
@@ -243,6 +244,7 @@ class JobSubmission:
     working_dir: str
     stdout_path: str
     stderr_path: str
+    home: str = ""
     cpus: int = 1
     memory_mb: int = 512
     gpu_type: str | None = None
@@ -277,7 +279,7 @@ class JobSubmission:
         """
         legacy = version in LEGACY_VERSIONS
         # HOME: the workspace, as a local or Ray task's (caches go there, ~ works)
-        env = {**BASE_ENV, "HOME": self.working_dir, **self.env}
+        env = {**BASE_ENV, "HOME": self.home or self.working_dir, **self.env}
         job: dict[str, Any] = {
             "name": self.name,
             "cpus_per_task": self.cpus,
