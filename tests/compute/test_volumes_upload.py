@@ -122,6 +122,11 @@ async def test_volume_names_and_conflicts(client: vi_flow.AsyncClient) -> None:
     for bad in ("a/b", "..", "x..y/..", "../up"):
         with pytest.raises(UnprocessableEntityError, match="name"):
             await client.create_volume(1, name=bad)
+    # QA AB: the client said "between 1 and 9223372036854775807", and 100000 then got 422
+    for size in (0, 65_537):
+        with pytest.raises(ValueError, match=f"size_gb: must be between 1 and 65536, got {size}"):
+            await client.create_volume(size, name="sized")
+    assert (await client.create_volume(65_536, name="sized")).size_gb == 65_536
     volume = await client.create_volume(1, name="datasets", interface="file")
     assert volume.name == "datasets"
     assert "datasets" in [v.name for v in await client.list_volumes()]

@@ -443,7 +443,8 @@ class AsyncCompute:
         interface: Literal["block", "file"] = "block",
         region: str | None = None,
     ) -> Volume:
-        """Create a persistent volume (``UnprocessableEntityError`` for a name with ``/``/``..``)."""
+        """Create a persistent volume of 1 to 65,536 GB (``ValueError`` for another size,
+        ``UnprocessableEntityError`` for a name with ``/``/``..``)."""
         return await self.volumes.create(size_gb, name=name, interface=interface, region=region)
 
     async def list_volumes(self, limit: int = 100) -> list[Volume]:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from .._http import path
 from .._pagination import AsyncPaginator, Order, check_order
 from ..models import Page, PaginationParams
-from ..models.limits import MAX_INT, check_int
+from ..models.limits import MAX_VOLUME_GB, check_int
 from ..models.tasks import Volume, VolumeRequest
 from ._base import AsyncResource
 
@@ -37,16 +37,17 @@ class AsyncVolumes(AsyncResource):
         """Create a volume.
 
         Args:
-            size_gb: Capacity in GB.
+            size_gb: Capacity in GB, 1 to 65,536.
             name: Display name (letters, digits, ``.``, ``_``, ``-``); used as ``volume://name``.
             interface: ``"file"`` (multi-attach) or ``"block"`` (exclusive attach).
             region: Where; the provider's default when omitted.
 
         Raises:
-            UnprocessableEntityError: A bad name (``/`` or ``..`` in it) or size.
+            ValueError: ``size_gb`` is not an integer from 1 to 65,536 (nothing is sent).
+            UnprocessableEntityError: A bad name (``/`` or ``..`` in it).
             ConflictError: The name is taken in this organization.
         """
-        check_int("size_gb", size_gb, 1, MAX_INT)
+        check_int("size_gb", size_gb, 1, MAX_VOLUME_GB)  # the server's limit, not any int
         body = VolumeRequest(size_gb=size_gb, name=name, interface=interface, region=region)
         return await self._http.request("POST", "/volumes", json=body, cast=Volume)
 
