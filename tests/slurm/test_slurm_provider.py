@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from tests.providers_kit import Updates
@@ -55,6 +56,23 @@ async def test_the_command_starts_in_its_working_dir(
     assert (done.status, done.exit_code) == (TaskStatus.COMPLETED, 0)
     workdir = spec.paths.workdir
     assert spec.paths.stdout.read_text() == f"{workdir / 'sub' / 'dir'}\n{workdir}\n"
+
+
+async def test_a_long_command_within_the_documented_limits_runs(
+    provider: SlurmProvider, updates: Updates
+) -> None:
+    # QA AA: the batch script ran the command as one `bash -c` argument, which Linux
+    # bounds at 128 KiB: eight arguments of 120,000 bytes (accepted: each < 128 KiB, all
+    # < 1 MiB) failed at launch, "Argument list too long"
+    spec = await launch(provider, "task_long", "true")  # for its paths and placement
+    await updates.wait("task_long", TaskStatus.COMPLETED)
+    count = 'for a; do printf "%s" "$a" | wc -c; done'
+    argv = ["/bin/sh", "-c", count, "sh", *["x" * 120_000 for _ in range(8)]]
+    await provider.submit(attrs.evolve(spec, task_id="task_long2", argv=argv,
+                                       paths=provider.task_paths("task_long2")))  # fmt: skip
+    done = await updates.wait("task_long2", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    stdout = provider.task_paths("task_long2").stdout.read_text()
+    assert (done.status, stdout.split()) == (TaskStatus.COMPLETED, ["120000"] * 8), done
 
 
 async def test_exit_3_fails_with_code_3(provider: SlurmProvider, updates: Updates) -> None:

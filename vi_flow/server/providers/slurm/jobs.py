@@ -220,7 +220,10 @@ class JobSubmission:
 
     Attributes:
         name: The job name (shows in ``squeue``).
-        command: A shell command line, run by ``bash -c`` in ``working_dir``.
+        command: A shell command line, run by ``bash -c`` in ``working_dir``, when
+            ``argv`` is empty.
+        argv: The command as its words, each its own word of the script: not one
+            ``bash -c`` argument, which Linux bounds at 128 KiB (``E2BIG``).
         working_dir: The job's working directory (must exist on the node).
         home: The job's ``HOME`` (the task's workspace); ``working_dir`` when empty.
         stdout_path: File for the job's standard output.
@@ -244,6 +247,7 @@ class JobSubmission:
     working_dir: str
     stdout_path: str
     stderr_path: str
+    argv: tuple[str, ...] = ()
     home: str = ""
     cpus: int = 1
     memory_mb: int = 512
@@ -261,7 +265,7 @@ class JobSubmission:
         secret file, then run the command. Nothing of the task's reaches the script
         before the sandbox: its environment would choose the ``bwrap`` run as root."""
         lines = ["#!/bin/bash", f"cd {shlex.quote(self.working_dir)} || exit 127"]
-        run = ["/bin/bash", "-c", self.command]
+        run = list(self.argv) or ["/bin/bash", "-c", self.command]
         if self.secret_file:
             run = ["/bin/bash", "-c", load_env(self.secret_file), "vi-flow-task", *run]
         if not self.sandbox:

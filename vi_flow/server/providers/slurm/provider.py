@@ -301,6 +301,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         return JobSubmission(
             name=spec.task_id,
             command=shlex.join(spec.argv),
+            argv=tuple(spec.argv),
             working_dir=str(command_dir(spec)),
             home=str(spec.paths.workdir),
             stdout_path=str(spec.paths.stdout),
