@@ -453,10 +453,14 @@ async def upload_code(
     total = await anyio.to_thread.run_sync(lambda: sum(p.stat().st_size for _, p in files))
     task = await wait_for(client, task_id, until="running", timeout=timeout)
     _check_running(task)
-    async with await open_ssh(client, task_id) as conn:
+    login, endpoint = await _target_and_endpoint(client, task_id, logs=False)
+    # Where commands cannot run (a Ray job), file by file over SFTP at once: a tar there
+    # was refused, and the refusal raced its own input (QA AA: one upload in three failed)
+    tar = endpoint.commands_refused is None
+    async with await connect(login) as conn:
         bar = progress_bar(total)
         try:
-            count, sent = await _send(conn, files, target_dir, bar[0] if bar else None)
+            count, sent = await _send(conn, files, target_dir, bar[0] if bar else None, tar=tar)
         finally:
             if bar is not None:
                 bar[1]()
@@ -470,9 +474,12 @@ async def _send(
     files: list[tuple[str, Path]],
     target_dir: str,
     progress: Callable[[int], None] | None,
+    *,
+    tar: bool = True,
 ) -> tuple[int, int]:
-    """One tar stream; file by file over SFTP where the task has no ``tar``."""
-    done = await send_tree(conn, files, target_dir, progress=progress)
+    """One tar stream (unless not ``tar``); file by file over SFTP where the task has no
+    ``tar`` or runs no commands."""
+    done = await send_tree(conn, files, target_dir, progress=progress) if tar else None
     if done is not None:
         return done
     async with conn.start_sftp_client() as sftp:

@@ -131,6 +131,11 @@ class _Tracked:
     raw_reason: str | None = None  # Ray's sentence about the pending job, last reported
 
 
+#: Linux's bound on one argument of a command (32 pages: ``MAX_ARG_STRLEN``), its NUL
+#: included.
+MAX_ARG_STRLEN = 131_072
+
+
 class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
     """Runs vi_flow tasks as Ray jobs through the dashboard's Jobs REST API.
 
@@ -225,11 +230,21 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
 
         Raises:
             ProviderUnavailable: The dashboard cannot be reached; nothing was queued.
-            InvalidRequest: Ray refused the job.
+            InvalidRequest: Ray refused the job, or its entry point is longer than Ray
+                can start.
         """
+        body = self._body(spec)
+        size = len(body["entrypoint"].encode())
+        if size >= MAX_ARG_STRLEN:  # QA AA: it failed EngineFailed, "Traceback (most..."
+            raise InvalidRequest(
+                f"the command is too long for a Ray job: Ray starts a job's entry point as"
+                f" one argument of /bin/sh -c, which Linux bounds at {MAX_ARG_STRLEN:,}"
+                f" bytes, and this one (the command, quoted, with the sandbox around it) is"
+                f" {size:,}; pass long data in a file (upload it, or mount a volume)"
+            )
         await asyncio.to_thread(prepare, spec)
         try:
-            job_id = await self.api.submit_job(self._body(spec))
+            job_id = await self.api.submit_job(body)
         except RayError as exc:
             await asyncio.to_thread(forget_secrets, spec.paths)
             raise self._provider_error(exc) from None
