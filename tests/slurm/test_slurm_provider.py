@@ -75,6 +75,20 @@ async def test_a_long_command_within_the_documented_limits_runs(
     assert (done.status, stdout.split()) == (TaskStatus.COMPLETED, ["120000"] * 8), done
 
 
+async def test_a_command_that_cannot_be_found_ends_127_in_the_shells_words(
+    provider: SlurmProvider, updates: Updates
+) -> None:
+    # as docs/tasks.md says: the job's shell reports it (the local provider: StartFailed)
+    spec = await launch(provider, "task_nf", "true")
+    await updates.wait("task_nf", TaskStatus.COMPLETED)
+    await provider.submit(attrs.evolve(spec, task_id="task_nf2", argv=["/nonexistent/prog"],
+                                       paths=provider.task_paths("task_nf2")))  # fmt: skip
+    done = await updates.wait("task_nf2", TaskStatus.COMPLETED, TaskStatus.FAILED)
+    assert (done.status, done.exit_code, done.reason) == (TaskStatus.FAILED, 127, "NonZeroExit")
+    stderr = provider.task_paths("task_nf2").stderr.read_text()
+    assert "/nonexistent/prog" in stderr and "No such file" in stderr, stderr
+
+
 async def test_exit_3_fails_with_code_3(provider: SlurmProvider, updates: Updates) -> None:
     spec = await launch(provider, "task_exit3", "echo bad >&2; exit 3")
     done = await updates.wait("task_exit3", TaskStatus.COMPLETED, TaskStatus.FAILED)
