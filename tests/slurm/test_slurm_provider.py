@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+import vi_flow.server.providers.slurm.rest
 from tests.providers_kit import Updates
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 from vi_flow.server.providers.base import (
@@ -246,6 +248,38 @@ async def test_bad_token_names_the_token_file(
             await bad.instances()
     finally:
         await bad.close()
+
+
+async def test_polls_that_fail_are_warned_of_once_and_their_end_said(
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    updates: Updates,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # QA AA: the token expired while a task ran; its job ended and the task read
+    # `running` for good, the log silent (a poll's failure was a debug line)
+    monkeypatch.setattr(vi_flow.server.providers.slurm.rest, "_TOKEN_CACHE_S", 0.0)
+    token_file = tmp_path / "token"
+    token_file.write_text(slurm_cluster.token_file.read_text())
+    provider = SlurmProvider(settings_for(slurm_cluster, tmp_path, token_file=token_file))
+    await provider.start(updates)
+    try:
+        await launch(provider, "task_tok", "sleep 1.5")
+        await updates.wait("task_tok", TaskStatus.RUNNING)
+        caplog.set_level(logging.INFO, logger="vi_flow")
+        token_file.write_text("not-a-jwt")  # the token it reads again gets refused
+        await asyncio.sleep(3)  # the job ends meanwhile; many polls fail
+        assert updates.of("task_tok")[-1].status == TaskStatus.RUNNING
+        warned = [r for r in caplog.records if "cannot poll Slurm" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING, caplog.text
+        assert "keep their last status" in warned[0].getMessage()
+        token_file.write_text(slurm_cluster.token_file.read_text())  # renewed
+        done = await updates.wait("task_tok", TaskStatus.COMPLETED, TaskStatus.FAILED)
+        assert done.status == TaskStatus.COMPLETED
+        assert "Slurm answers polls again" in caplog.text
+    finally:
+        await provider.close()
 
 
 @contextlib.asynccontextmanager

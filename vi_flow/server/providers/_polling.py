@@ -158,6 +158,7 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
         self._dropped: set[str] = set()  # cancelled while being resubmitted
         self._resubmitting: str | None = None
         self._polling = True  # with replicas, only the one holding the cluster's lock polls
+        self._poll_trouble: str | None = None  # why the last job poll failed, once logged
         self.sandbox = Sandbox(None, "this provider runs jobs unsandboxed")
 
     @property
@@ -400,6 +401,26 @@ class PollingJobProvider(abc.ABC, Generic[SettingsT, TrackedT, NodeT, ErrorT]):
             pause = self._next_pause(pause)
             await wait_event(self._wake, pause)
             self._wake.clear()
+
+    def _poll_failed(self, job_id: object, message: str) -> None:
+        """A job's poll failed (the next one asks again): warn once per cause, since a
+        task whose job ended reads as running until a poll gets through (QA AA: an
+        expired Slurm token left them so, and the log said nothing)."""
+        if message != self._poll_trouble:
+            self._poll_trouble = message
+            self._logger.warning(
+                "cannot poll %s (job %s; the tasks it runs keep their last status until"
+                " a poll gets through, tried again at each poll): %s",
+                self._backend, job_id, message,
+            )  # fmt: skip
+        else:
+            self._logger.debug("cannot poll %s job %s: %s", self._backend, job_id, message)
+
+    def _poll_answered(self) -> None:
+        """A job's poll got through: say so once, after a failure was warned of."""
+        if self._poll_trouble is not None:
+            self._poll_trouble = None
+            self._logger.info("%s answers polls again", self._backend)
 
     def _next_pause(self, pause: float) -> float:
         """``poll_interval`` after a change; else twice the last pause, up to

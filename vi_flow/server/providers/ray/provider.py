@@ -346,8 +346,9 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
                 await self._finish(tracked, self._lost(tracked))
             return
         except RayError as exc:
-            logger.debug("cannot poll Ray job %s: %s", tracked.job_id, exc.message)
+            self._poll_failed(tracked.job_id, exc.message)
             return
+        self._poll_answered()
         if tracked.task_id in self._draining:
             await self._drain(tracked, job)
         else:

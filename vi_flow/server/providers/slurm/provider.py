@@ -368,8 +368,9 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
                 await self._finish(tracked, self._lost(tracked))
                 return
             except SlurmError as exc:  # transient or not, the next poll asks again
-                logger.debug("cannot poll Slurm job %s: %s", tracked.job_id, exc.message)
+                self._poll_failed(tracked.job_id, exc.message)
                 return
+            self._poll_answered()
         if job.name != tracked.task_id:  # the cluster was reset: the id is another's job
             await self._finish(tracked, self._lost(tracked))
             return
