@@ -250,6 +250,23 @@ async def test_bad_token_names_the_token_file(
         await bad.close()
 
 
+async def test_a_partition_the_cluster_lacks_is_the_servers_fault_not_the_users(
+    slurm_cluster: SlurmCluster, tmp_path: Path, updates: Updates, caplog: pytest.LogCaptureFixture
+) -> None:
+    # QA AA: `serve --slurm-partition bogus` started without a word, then answered every
+    # task 422 (CapacityError), as if the user's request were at fault
+    caplog.set_level(logging.WARNING, logger="vi_flow")
+    provider = SlurmProvider(settings_for(slurm_cluster, tmp_path, partition="bogus"))
+    await provider.start(updates)
+    try:
+        assert "'bogus'" in caplog.text and "the cluster has 'debug'" in caplog.text
+        with pytest.raises(ProviderUnavailable, match="--slurm-partition") as refused:
+            await launch(provider, "task_bp", "true")
+        assert refused.value.status == 503 and "Invalid partition name" in refused.value.message
+    finally:
+        await provider.close()
+
+
 async def test_polls_that_fail_are_warned_of_once_and_their_end_said(
     slurm_cluster: SlurmCluster,
     tmp_path: Path,

@@ -160,7 +160,28 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
     # -- backend hooks -------------------------------------------------------------------
 
     async def _backend_version(self) -> str:
-        return f"REST {await self.rest.version()}"
+        version = await self.rest.version()
+        await self._check_partition()
+        return f"REST {version}"
+
+    async def _check_partition(self) -> None:
+        """Warn at start when the partition this server submits to does not exist: every
+        task would be refused (QA AA: the server started silently, then answered each
+        submission as if the user's request were at fault)."""
+        partition = self.settings.partition
+        if not partition:
+            return
+        try:
+            names = await self.rest.partition_names()
+        except SlurmError as exc:
+            logger.debug("cannot list Slurm's partitions: %s", exc.message)
+            return
+        if names and partition not in names:
+            logger.warning(
+                "%s; the cluster has %s",
+                _no_such_partition(partition),
+                ", ".join(repr(name) for name in names),
+            )
 
     async def _fetch_nodes(self) -> list[SlurmNode]:
         return await self.rest.list_nodes()
@@ -555,6 +576,17 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             return ProviderUnavailable(exc.message, self.settings.url)
         if isinstance(exc, SlurmAuthError):
             return SlurmCredentialsError(exc.message)
+        partition = self.settings.partition
+        if partition and "invalid partition" in exc.message.lower():  # the server's setting
+            return ProviderUnavailable(f"{_no_such_partition(partition)} ({exc.message})")
         if isinstance(exc, SlurmInvalidRequestError):
             return CapacityError(f"Slurm refused the job: {exc.message}")
         return ProviderError(exc.message)
+
+
+def _no_such_partition(partition: str) -> str:
+    return (
+        f"the Slurm partition {partition!r} this server submits every task to"
+        " (--slurm-partition, VI_FLOW_SLURM_PARTITION) does not exist on the cluster, so"
+        " Slurm refuses them all: the server's operator must change that setting"
+    )

@@ -340,6 +340,12 @@ class SlurmRestClient:
         answer = await self._call("GET", "/nodes")
         return await build_records(SlurmNode.from_rest, answer.get("nodes") or [])
 
+    async def partition_names(self) -> list[str]:
+        """The names of the cluster's partitions."""
+        answer = await self._call("GET", "/partitions")
+        items = answer.get("partitions") or []
+        return [str(item["name"]) for item in items if isinstance(item, dict) and item.get("name")]
+
     async def list_reservations(self) -> list[SlurmReservation]:
         """Every reservation the cluster has."""
         answer = await self._call("GET", "/reservations")
