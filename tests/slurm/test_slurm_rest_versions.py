@@ -276,3 +276,16 @@ async def test_the_provider_reports_the_same_figures_on_v0_0_41(
 def test_pending_reasons_map_slurms_words(raw: str, reason: str) -> None:
     assert slurm_pending_reason(raw) == reason
     assert reason in PENDING_REASONS
+
+
+def test_slurms_bare_error_leads_with_the_controller_not_the_token(tmp_path: Path) -> None:
+    # QA AA: with slurmctld stopped, 22.05 answers -1 "Unspecified error", and the message
+    # began "Slurm refused the token" for a token that was fine
+    rest = client("http://127.0.0.1:9", tmp_path)
+    bare = rest._error([{"error_number": -1, "description": "Unspecified error"}], 500, "POST")
+    assert bare.message.startswith(
+        "POST: Slurm answered 'Unspecified error', which it gives both when slurmctld does not"
+    )
+    assert "check that slurmctld is running; if it is, the token in" in bare.message
+    refused = rest._error([{"error_number": 6000, "description": "Invalid token"}], 401, "POST")
+    assert refused.message.startswith("POST: Slurm refused the token in")

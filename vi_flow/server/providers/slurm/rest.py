@@ -445,13 +445,18 @@ class SlurmRestClient:
         errno = rest_int(first.get("error_number", first.get("error_code", first.get("errno"))))
         cls = _error_class(errno, status)
         detail = str(first.get("description") or first.get("error") or f"HTTP {status}")
-        if cls is SlurmAuthError:
+        if cls is SlurmAuthError and errno == -1:  # 22.05 says it when slurmctld is down too
+            detail = (
+                f"Slurm answered {detail!r}, which it gives both when slurmctld does not"
+                " answer and when it refuses the token: check that slurmctld is running;"
+                f" if it is, the token in {self.token_file} for user {self.user!r} is"
+                " expired, invalid, or issued by another cluster"
+            )
+        elif cls is SlurmAuthError:
             detail = (
                 f"Slurm refused the token in {self.token_file} for user {self.user!r} "
                 f"(expired, invalid, or issued by another cluster): {detail}"
             )
-            if errno == -1:  # 22.05 says the same when slurmctld is down
-                detail += "; if the token is fresh, check that slurmctld is running"
         elif cls is SlurmUnavailableError:
             detail = f"slurmrestd at {self.url} is unavailable: {detail}"
         number = f" (Slurm error {errno})" if errno is not None else ""
