@@ -317,6 +317,28 @@ def test_follow_a_tasks_log_live_and_cancel_it(visit: Any, console_server: Conso
     assert "Cancel" in one.page.inner_text(".facts")  # the reason is shown
 
 
+def test_a_tasks_progress_bar_redraws_on_its_page_before_its_line_ends(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # The log stream now sends a progress bar's unfinished line as it redraws; the page
+    # shows the bar's last state in one line, before the bar ends its line (here: never)
+    command = (
+        "printf 'epoch 1\\n'; i=0; while true; do i=$((i+1)); printf '\\rstep %d/1000' $i;"
+        " sleep 0.1; done"
+    )
+    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text('epoch 1')")
+    one.page.wait_for_selector(".log-line:text-matches('^step [0-9]+/1000$')")  # one state
+    first = one.page.inner_text(".log-line >> nth=1")
+    one.page.wait_for_function(
+        "was => document.querySelectorAll('.log-line')[1].textContent !== was", arg=first
+    )  # redrawn in place: still one line for the bar
+    assert one.page.locator(".log-line").count() == 2
+    console_server.call("POST", f"/tasks/{task}/cancel", {"force": True})
+
+
 def test_a_finished_tasks_artifacts_download(visit: Any, console_server: ConsoleServer) -> None:
     command = 'echo trained > "$VI_FLOW_OUTPUT_DIR/model.txt"; echo done; exit 3'
     task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
