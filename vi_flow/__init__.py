@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from .execution import PausedResult as AsyncPausedResult
     from .execution import ToolHandlerWarning as ToolHandlerWarning
     from .models import PaginationParams as PaginationParams
+    from .models.loglines import LinePiece as LinePiece
     from .models.tasks import TaskConfig as TaskConfig
     from .models.tasks import TaskStatus as TaskStatus
     from .models.tasks import VolumeSpec as VolumeSpec
@@ -84,6 +85,7 @@ _LAZY: dict[str, str] = {
     "ShellResult": ".compute.ssh",
     "Task": ".sync.compute",
     "TaskConfig": ".models.tasks",
+    "LinePiece": ".models.loglines",
     "TaskStatus": ".models.tasks",
     "VolumeSpec": ".models.tasks",
     "AsyncClient": "._client",
@@ -134,6 +136,7 @@ __all__ = [
     "InsufficientCreditsError",
     "InternalServerError",
     "Job",
+    "LinePiece",
     "LocalServerError",
     "NotFoundError",
     "NotImplementedByProviderError",

@@ -339,6 +339,43 @@ def test_a_tasks_progress_bar_redraws_on_its_page_before_its_line_ends(
     console_server.call("POST", f"/tasks/{task}/cancel", {"force": True})
 
 
+_LONG_BAR = """
+import sys, time
+out = sys.stdout
+out.write("line of an earlier epoch\\n" * 220_000)  # 5.5 MB: the page opens on 2 MiB
+for i in range(10**6):
+    out.write("\\r" + "#" * 1000 + f" step {i}")  # a bar past 256 Ki characters soon
+    out.flush()
+    time.sleep(0 if i < 400 else 0.1)
+"""
+
+
+def test_a_long_bar_keeps_redrawing_on_a_page_opened_in_its_middle(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA AC: a page opened on the last 2 MiB of a long log left out the partial first line
+    # up to its "\n", which a live bar never writes (the page showed 0 lines); and a bar
+    # whose line passed 256 Ki characters froze at that point
+    task = console_server.call("POST", "/tasks", {"command": ["python3", "-c", _LONG_BAR]})
+    task_id = task["taskId"]
+    deadline = time.monotonic() + 30
+    while console_server.call("GET", f"/tasks/{task_id}")["stdoutSize"] < 6_000_000:
+        assert time.monotonic() < deadline, "the task did not write its log"
+        time.sleep(0.2)
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task_id}")
+    bar = one.page.locator(".log-line", has_text="step ")
+    bar.wait_for()
+    first = int(bar.inner_text().rsplit(" ", 1)[1])
+    one.page.wait_for_function(
+        "was => [...document.querySelectorAll('.log-line')].some("
+        "l => /step (\\d+)$/.test(l.textContent) && +RegExp.$1 > was + 3)",
+        arg=first,
+    )  # still redrawn, one line, far past 256 Ki characters of redraws
+    assert bar.count() == 1
+    console_server.call("POST", f"/tasks/{task_id}/cancel", {"force": True})
+
+
 def test_a_finished_tasks_artifacts_download(visit: Any, console_server: ConsoleServer) -> None:
     command = 'echo trained > "$VI_FLOW_OUTPUT_DIR/model.txt"; echo done; exit 3'
     task = console_server.call("POST", "/tasks", {"command": command})["taskId"]

@@ -45,6 +45,36 @@ def test_a_followed_progress_bar_is_written_as_the_task_wrote_it(vf: Invoker) ->
     assert (followed.exit_code, followed.stdout) == (0, "go\n\r 0%\r 50%\r100%\n")
 
 
+_PIECES = r"""
+import json, sys, time
+out = sys.stdout
+for i in range(30):  # a fast bar: its unfinished line passes 256 KiB between two reads
+    out.write("".join(f"\r{i:02d}-{j:05d} |" + "#" * 30 for j in range(100)))
+    out.flush()
+    time.sleep(0.03)
+out.write("\n" + json.dumps({"blob": "y" * 700_000}) + "\n")  # one line over 256 KiB
+out.write("step 1 done\r\r\nlast\n")  # a whole line that ends with a \r
+"""
+
+
+def test_a_followed_log_reaches_a_pipe_as_text_whatever_its_pieces(vf: Invoker) -> None:
+    # QA AC: the CLI wrote a newline after each 256 KiB piece of a long line (a fast bar,
+    # a JSON line of 700 KB), and none after a whole line ending with \r ("\r\r\n")
+    task_id = _run(vf, "--", sys.executable, "-c", _PIECES)
+    followed = vf("tasks", "logs", "-f", task_id)
+    assert followed.exit_code == 0, followed.stderr
+    bar = "".join(f"\r{i:02d}-{j:05d} |" + "#" * 30 for i in range(30) for j in range(100))
+    blob = json.dumps({"blob": "y" * 700_000})
+    written = bar + "\n" + blob + "\n" + "step 1 done\r\nlast\n"  # one \r of "\r\r\n" ends it
+    assert followed.stdout_bytes.decode() == written  # (.stdout makes "\r\n" "\n")
+    records = [
+        json.loads(r) for r in vf("tasks", "logs", "-f", task_id, "--json").stdout.splitlines()
+    ]
+    pieces = [r for r in records if r.get("piece")]
+    assert pieces and all(r["piece"] is True for r in pieces)  # the blob's pieces at least
+    assert "".join(r["line"] + ("" if r.get("piece") else "\n") for r in records[:-1]) == written
+
+
 def test_log_lines_keep_their_colours_but_no_other_escapes_on_a_terminal(vf: Invoker) -> None:
     # A task is untrusted: its log reached the terminal as written, so an OSC 52 in it
     # wrote the user's clipboard (and others retitle the window or move the cursor).

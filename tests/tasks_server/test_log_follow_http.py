@@ -505,3 +505,26 @@ async def test_a_progress_bar_is_followed_as_it_redraws_not_when_its_line_ends(
     # each redraw one redraw late (what follows its last \r may be unfinished), then the
     # line as a whole: shown in turn on a terminal, it is the task's own output
     assert got == ["epoch 1", "\r  0%|  |\r", " 50%|█ |\r", "100%|██|"]
+    assert [isinstance(line, vi_flow.LinePiece) for line in got] == [False, True, True, False]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("transport", ["http", "ssh"])
+async def test_a_follow_of_both_streams_gives_a_bars_line_whole(
+    server: TaskServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    # QA AC: a stderr bar's pieces came between stdout's lines, and follow_logs("both")
+    # does not say whose line is whose: they could not be joined again
+    monkeypatch.setenv("VI_FLOW_LOG_TRANSPORT", transport)
+    script = (
+        "printf '\\r 0%%' >&2; sleep 0.3; echo loss=0.9; printf '\\r50%%' >&2; sleep 0.3;"
+        " echo loss=0.5; printf '\\r100%%\\n' >&2"
+    )
+    task = await server.submit(command=script)
+    async with vi_flow.AsyncClient(
+        base_url=f"{server.root}/v1", api_key=server.token, home=tmp_path
+    ) as client:
+        with anyio.fail_after(30):
+            got = [line async for line in client.follow_logs(task["taskId"], stream="both")]
+    assert not any(isinstance(line, vi_flow.LinePiece) for line in got)
+    assert sorted(got) == sorted(["loss=0.9", "loss=0.5", "\r 0%\r50%\r100%"])

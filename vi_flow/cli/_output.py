@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import click
 
+from ..models.loglines import LinePiece
 from ._failures import JSON_WANTED
 from ._state import state
 
@@ -29,6 +30,7 @@ __all__ = [
     "kv_table",
     "line_end",
     "log_line",
+    "log_record",
     "order_option",
     "preview",
     "table",
@@ -201,7 +203,7 @@ _LOG_CONTROL = re.compile(rf"({_SGR})|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 def log_line(*, err: bool = False) -> Callable[[str], str]:
     """How a task's log lines are written to stdout (stderr with ``err``).
 
-    To a pipe or file: exactly as the task wrote them. To a terminal: their colours kept
+    To a pipe or file: as the task wrote them (its text: decoded as UTF-8). To a terminal: their colours kept
     (dropped when colour is off: ``--color never``, ``NO_COLOR``, a dumb terminal), tab
     and ``\\r`` kept, and every other control character written out (``\\x1b]52;``): a
     task is untrusted, and an escape sequence could write the clipboard, retitle the
@@ -228,9 +230,18 @@ def log_line(*, err: bool = False) -> Callable[[str], str]:
 
 def line_end(line: str) -> str:
     """What to write after a followed log line: a newline, or nothing after a piece of a
-    line not ended yet (a progress bar's redraw ends with ``\\r``), so that the next
-    piece draws over it as on the task's own terminal."""
-    return "" if line.endswith("\r") else "\n"
+    line not ended yet (:class:`~vi_flow.models.loglines.LinePiece`: a progress bar's
+    redraw, which ends with ``\\r``, or 256 KiB of a longer line), so that the next piece
+    goes on where it stopped, as on the task's own terminal."""
+    return "" if isinstance(line, LinePiece) else "\n"
+
+
+def log_record(task_id: str, line: str, **more: object) -> dict[str, object]:
+    """One followed line as an NDJSON record; a piece says so (``"piece": true``)."""
+    record: dict[str, object] = {"taskId": task_id, **more, "line": line}
+    if isinstance(line, LinePiece):
+        record["piece"] = True
+    return record
 
 
 def when(ms: int | None) -> str:

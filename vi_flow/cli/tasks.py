@@ -30,6 +30,7 @@ from ._output import (
     kv_table,
     line_end,
     log_line,
+    log_record,
     order_option,
     table,
     wants_json,
@@ -135,7 +136,7 @@ def _follow(
         shown = log_line()
         for line in client.follow_logs(task_id, stream, since=since):
             if as_json:
-                emit_ndjson({"taskId": task_id, "line": line})
+                emit_ndjson(log_record(task_id, line))
             else:
                 sys.stdout.write(shown(line) + line_end(line))
                 sys.stdout.flush()
@@ -218,7 +219,7 @@ def _follow_apart(client: Any, task_id: str, as_json: bool) -> None:
     outputs = {"stdout": (sys.stdout, log_line()), "stderr": (sys.stderr, log_line(err=True))}
     for name, line in client.compute._follow_streams(task_id):
         if as_json:
-            emit_ndjson({"taskId": task_id, "stream": name, "line": line})
+            emit_ndjson(log_record(task_id, line, stream=name))
             continue
         output, shown = outputs[name]
         output.write(shown(line) + line_end(line))

@@ -311,8 +311,9 @@ class AsyncCompute:
         (the ``log_transport`` setting: ``auto``, ``ssh`` or ``http``); survives dropped
         connections by resuming at the exact byte offset. With ``since`` (a time, or a
         ``timedelta`` before now), starts at the lines written since then (see
-        ``tasks.logs``). A progress bar's unfinished line comes in pieces as it redraws,
-        each ending with its ``\\r`` (joined with the line's last part: the line).
+        ``tasks.logs``). Following one stream, a progress bar's unfinished line comes in
+        pieces as it redraws (a :class:`~vi_flow.LinePiece` each, ending with its
+        ``\\r``); joined with the line's last part, they are the line.
         """
         offsets = None if since is None else await self._context.tasks.log_offsets(task_id, since)
         lines = _ops.follow_lines(
@@ -327,8 +328,9 @@ class AsyncCompute:
         self, task_id: str, stream: LogStream = "both"
     ) -> AsyncIterator[tuple[str, str]]:
         """:meth:`follow_logs`, each line with the stream it was written to (for the CLI,
-        which prints a task's stderr on its own)."""
-        lines = _ops.follow_lines(self._context, task_id, stream=stream)
+        which prints a task's stderr on its own), a progress bar's line in pieces as it
+        redraws on either stream."""
+        lines = _ops.follow_lines(self._context, task_id, stream=stream, progress=True)
         async with contextlib.aclosing(lines):
             async for name, batch in lines:
                 for line in batch:

@@ -79,12 +79,12 @@ class LogUnreadableError(ViFlowError):
 class _File:
     """One followed file: where it is, how far it was read, its live ``tail``."""
 
-    def __init__(self, stream: str, path: str, offset: int) -> None:
+    def __init__(self, stream: str, path: str, offset: int, *, progress: bool = True) -> None:
         self.stream = stream
         self.path = path
         self.offset = offset
         # holds a partial line across reconnects; hands out a progress bar as it redraws
-        self.lines = LineSplitter(progress=True)
+        self.lines = LineSplitter(progress=progress)
         self.final_size: int | None = None
         self.proc: Any = None
         self.reader: asyncio.Task[bytes] | None = None
@@ -127,6 +127,8 @@ class LogFollower:
         max_retries: Reconnect attempts in a row that fail before giving up (a
             connection that came back, see :data:`STEADY`, starts the count again).
         sleep: The sleep used for reconnect backoff (injectable for tests).
+        progress: Hand out a progress bar's unfinished line as it redraws (a
+            :class:`~vi_flow.models.loglines.LinePiece`); off, lines come whole.
     """
 
     def __init__(
@@ -139,9 +141,10 @@ class LogFollower:
         poll_interval: float = 0.5,
         max_retries: int = 8,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        progress: bool = True,
     ) -> None:
         start = offsets or {}
-        self._files = [_File(s, p, start.get(s, 0)) for s, p in files.items()]
+        self._files = [_File(s, p, start.get(s, 0), progress=progress) for s, p in files.items()]
         self._connect = connect
         self._is_terminal = is_terminal
         self._poll_interval = poll_interval
@@ -338,6 +341,7 @@ class HTTPLogFollower:
         max_retries: Attempts in a row that fail to open the stream before giving up
             (an opened stream starts the count again).
         sleep: The sleep used for reconnect backoff (injectable for tests).
+        progress: As :class:`LogFollower`'s.
     """
 
     def __init__(
@@ -349,10 +353,11 @@ class HTTPLogFollower:
         on_end: Callable[[Any], None] | None = None,
         max_retries: int = 12,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        progress: bool = True,
     ) -> None:
         start = offsets or {}
         self._open = open_stream
-        self._lines = {name: LineSplitter(progress=True) for name in streams}
+        self._lines = {name: LineSplitter(progress=progress) for name in streams}
         self._offsets = {name: start.get(name, 0) for name in ("stdout", "stderr")}
         self._on_end = on_end
         self._max_retries = max_retries

@@ -313,6 +313,7 @@ async def follow_lines(
     poll_interval: float = 0.5,
     on_update: Callable[[Task], None] | None = None,
     offsets: Mapping[str, int] | None = None,
+    progress: bool | None = None,
 ) -> AsyncGenerator[tuple[str, list[str]], None]:
     """Yield ``(stream, lines)`` of a task's logs until it ended and is drained, over SSH
     or HTTP (the ``log_transport`` setting); lines come in the batches they arrived in,
@@ -320,13 +321,19 @@ async def follow_lines(
 
     Survives dropped connections (resumes at the exact byte offset). ``on_update``
     receives task states read on the way, the last one terminal (with its exit code).
+    ``progress``: hand out a progress bar's unfinished line as it redraws; by default
+    when one stream is followed. Following both, a caller that does not get the stream
+    of each line could not tell whose piece it is (QA AC): lines come whole.
     """
     names = _streams(stream)
+    pieces = len(names) == 1 if progress is None else progress
     follower: LogFollower | HTTPLogFollower
     if client.http.connection.settings.log_transport == "http":
-        follower = _http_follower(client, task_id, names, on_update, offsets)
+        follower = _http_follower(client, task_id, names, on_update, offsets, pieces)
     else:
-        follower = await _ssh_follower(client, task_id, names, poll_interval, on_update, offsets)
+        follower = await _ssh_follower(
+            client, task_id, names, poll_interval, on_update, offsets, pieces
+        )
     async with contextlib.aclosing(follower.batches()) as batches:
         async for batch in batches:
             yield batch
@@ -339,12 +346,13 @@ async def _ssh_follower(
     poll_interval: float,
     on_update: Callable[[Task], None] | None,
     offsets: Mapping[str, int] | None,
+    progress: bool,
 ) -> LogFollower | HTTPLogFollower:
     """The SSH follow; with ``log_transport = auto``, the HTTP one when SSH does not answer."""
     target, endpoint = await _target_and_endpoint(client, task_id, logs=True)
     first = await _first_connection(client, target)
     if first is None:
-        return _http_follower(client, task_id, names, on_update, offsets)
+        return _http_follower(client, task_id, names, on_update, offsets, progress)
     paths = {"stdout": endpoint.stdout_path, "stderr": endpoint.stderr_path}
 
     async def final_sizes() -> dict[str, int] | None:
@@ -378,6 +386,7 @@ async def _ssh_follower(
         is_terminal=final_sizes,
         offsets=offsets,
         poll_interval=poll_interval,
+        progress=progress,
     )
 
 
@@ -411,6 +420,7 @@ def _http_follower(
     names: list[str],
     on_update: Callable[[Task], None] | None,
     offsets: Mapping[str, int] | None,
+    progress: bool,
 ) -> HTTPLogFollower:
     url = path("/tasks/{}/logs", task_id)
     query = {"follow": "true", "stream": names[0] if len(names) == 1 else "all"}
@@ -428,7 +438,12 @@ def _http_follower(
             on_update(from_wire(data, Task))
 
     return HTTPLogFollower(
-        open_stream, names, offsets=offsets, on_end=on_end, sleep=client.http.pause
+        open_stream,
+        names,
+        offsets=offsets,
+        on_end=on_end,
+        sleep=client.http.pause,
+        progress=progress,
     )
 
 

@@ -19,12 +19,24 @@ use them.
 from __future__ import annotations
 
 __all__ = [
-    "MAX_LINE", "LineSplitter", "decode_line", "first_char_start", "last_char_end",
-    "redrawn_end", "split_lines",
+    "MAX_LINE", "LinePiece", "LineSplitter", "decode_line", "first_char_start",
+    "last_char_end", "redrawn_end", "split_lines",
 ]  # fmt: skip
 
 MAX_LINE = 256 * 1024
 """The most bytes of one line handed out whole: a longer one comes in pieces."""
+
+
+class LinePiece(str):
+    """A piece of a log line, not its end: the rest of the line follows.
+
+    A line longer than :data:`MAX_LINE` bytes comes in pieces, and a follow hands out a
+    progress bar's unfinished line up to its last ``\\r`` (the piece ends with it). It
+    is a ``str`` like any line; ``isinstance(line, LinePiece)`` tells a piece from a whole
+    line, or a line's last part, as the CLI does to write no newline after one.
+    """
+
+    __slots__ = ()
 
 
 def decode_line(raw: bytes) -> str:
@@ -95,13 +107,13 @@ def _pieces(data: bytes) -> tuple[list[str], bytes]:
     a character's end, while more than that many are left; and what is left. A piece is
     never cut off the line's last byte alone if that is a ``\\r``: it may be the first
     half of a ``\\r\\n`` line end, and the line would end in an empty one."""
-    pieces = []
+    pieces: list[str] = []  # of LinePiece
     at = 0
     while len(data) - at > MAX_LINE:
         cut = at + (last_char_end(data[at : at + MAX_LINE]) or MAX_LINE)
         if cut == len(data) - 1 and data[cut] == _CR:
             break
-        pieces.append(data[at:cut].decode("utf-8", errors="replace"))
+        pieces.append(LinePiece(data[at:cut].decode("utf-8", errors="replace")))
         at = cut
     return pieces, data[at:]
 
@@ -168,7 +180,7 @@ class LineSplitter:
         the redrawn start of the unfinished one."""
         lines, rest = split_lines(self._rest, chunk)
         if self._progress and (end := redrawn_end(rest)):
-            lines.append(rest[:end].decode("utf-8", errors="replace"))  # a \r ends a character
+            lines.append(LinePiece(rest[:end].decode("utf-8", errors="replace")))  # cut after \r
             rest = rest[end:]
         self._rest = rest
         return lines

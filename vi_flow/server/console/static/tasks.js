@@ -92,6 +92,17 @@ function logView() {
 }
 
 /**
+ * What a line redrawn with "\r" shows on a terminal, kept short: from the "\r" before its
+ * last state on (a bar redrawn for an hour would otherwise pass LINE_CHARS and freeze).
+ */
+function lastDrawn(text) {
+  let end = text.length;
+  while (end && text[end - 1] === '\r') end -= 1;
+  const at = text.lastIndexOf('\r', end - 1);
+  return at > 0 ? text.slice(at) : text;
+}
+
+/**
  * The log's lines as the stream's frames bring them, handed to `list` (and their count to
  * `drawn`) once per animation frame; the newest KEEP lines are kept, with no more than
  * KEEP_CHARS of text, LINE_CHARS of any one. `midLine[stream]`: the stream starts inside
@@ -126,6 +137,11 @@ function keptLines(list, midLine, drawn) {
     return line;
   };
   const grow = (line, text) => {
+    if (!line.more && text.includes('\r')) { // redrawn (a progress bar): its last state shows
+      text = lastDrawn(line.text + text);
+      kept -= line.text.length;
+      line.text = '';
+    }
     let room = line.more ? 0 : LINE_CHARS - line.text.length;
     if (text.length > room) {
       const high = text.charCodeAt(room - 1);
@@ -143,9 +159,10 @@ function keptLines(list, midLine, drawn) {
     }
     if (midLine[stream]) { // leave out the partial line, up to its "\n" (maybe frames later)
       const end = text.indexOf('\n');
-      if (end < 0) return;
+      const redraw = text.lastIndexOf('\r'); // or take a live bar from its last redraw on
+      if (end < 0 && redraw < 0) return;
       midLine[stream] = false;
-      text = text.slice(end + 1);
+      text = end < 0 ? text.slice(redraw) : text.slice(end + 1);
     }
     const pieces = text.split('\n');
     const rest = pieces.pop(); // after the last "\n": the start of a line not ended yet
