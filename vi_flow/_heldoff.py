@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from importlib.abc import Loader
 
-__all__ = ["SigintBlocked", "install"]
+__all__ = ["SigintBlocked", "SigintDeferred", "install"]
 
 _HELD = frozenset({"orjson.orjson", "orjson"})  # the extension (and its older layout)
 
@@ -85,6 +85,38 @@ class SigintBlocked:
 
 
 _MASKS = hasattr(signal, "pthread_sigmask")
+
+
+class SigintDeferred:
+    """In the main thread, take a Ctrl-C that comes meanwhile as a note, and act on it
+    (``KeyboardInterrupt``, or the program's own handler) on leaving.
+
+    :class:`SigintBlocked` keeps the kernel from handing SIGINT to this thread, but a
+    thread of the program's own that does not block it may take it, and Python then
+    raises ``KeyboardInterrupt`` in the main thread all the same, wherever it is (QA AD:
+    inside anyio's portal start, whose clean-up then joined a loop nobody stopped, for
+    ever). Elsewhere than in the main thread, a no-op: no ``KeyboardInterrupt`` goes there.
+    """
+
+    __slots__ = ("_before", "_came")
+
+    def __enter__(self) -> None:
+        self._before: Any = None
+        self._came: tuple[int, Any] | None = None
+        try:
+            self._before = signal.signal(signal.SIGINT, self._note)
+        except ValueError:  # not the main thread (or no signals here)
+            self._before = None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._came = (signum, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is None:
+            return
+        signal.signal(signal.SIGINT, self._before)
+        if self._came is not None and callable(self._before):
+            self._before(*self._came)  # default_int_handler: KeyboardInterrupt
 
 
 def install() -> None:

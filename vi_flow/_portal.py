@@ -43,7 +43,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from typing_extensions import ParamSpec, Self
 
 from vi_flow._errors import ClientStateError
-from vi_flow._heldoff import SigintBlocked
+from vi_flow._heldoff import SigintBlocked, SigintDeferred
 from vi_flow._hop import Awaiter, Hop
 
 __all__ = ["Portal"]
@@ -757,14 +757,14 @@ class Portal:
         thread would interrupt nothing the main thread waits in (the portal's own waits
         poll for it, :data:`_SIGNAL_POLL`; a blocking read of the caller's, a prompt,
         does not); blocked there, it goes to a thread of the program's own. And a Ctrl-C
-        that strikes meanwhile is raised once this portal can be closed: raised earlier,
-        it left a running loop nobody knew of, and the process hung at exit until a
-        second Ctrl-C.
+        that strikes meanwhile, whichever thread takes it, is raised once this portal is
+        recorded and can be closed (:class:`SigintDeferred`): raised earlier, it left a
+        running loop nobody knew of, and the process hung until a second Ctrl-C.
         """
         if self._portal is None:
             options = {"loop_factory": self._new_loop} if hasattr(os, "eventfd") else {}
             runner = start_blocking_portal("asyncio", options, name="vi-flow-portal")
-            with SigintBlocked():
+            with SigintBlocked(), SigintDeferred():
                 portal = runner.__enter__()
                 try:
                     self._thread_id = portal.call(threading.get_ident)

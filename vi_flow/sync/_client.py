@@ -72,7 +72,11 @@ class Client:
             sleep=sleep,
         )
         self._owner = True
-        self._wire(portal, portal.enter_async_context(client))
+        try:
+            self._wire(portal, portal.enter_async_context(client))
+        except BaseException:  # a Ctrl-C meanwhile: nothing of this client stays running
+            portal.close()
+            raise
 
     def _wire(self, portal: Portal, client: AsyncClient) -> None:
         self._portal = portal
