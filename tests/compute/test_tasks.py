@@ -42,7 +42,9 @@ async def client() -> AsyncIterator[vi_flow.AsyncClient]:
 async def test_run_wait_logs_and_exit_code(client: vi_flow.AsyncClient) -> None:
     task = await client.run("echo hello; echo oops >&2; exit 3")
     assert isinstance(task, AsyncTask)
-    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds or None, got 'x'"):
+    with pytest.raises(
+        TypeError, match=r"^timeout must be a number of seconds >= 0, or None, got 'x'"
+    ):
         await task.wait(timeout="x")  # type: ignore[arg-type]  # (it compared 'x' <= 0)
     status = await task.wait(timeout=30)
     assert status == TaskStatus.FAILED  # a failed task is returned, not raised
@@ -150,6 +152,11 @@ async def test_a_wait_refuses_a_poll_interval_that_is_not_positive_seconds(
             await task.wait(timeout=1, poll_interval=-1)
         with pytest.raises(TypeError, match=r"poll_interval.*'1'"):
             await task.wait(timeout=1, poll_interval="1")  # type: ignore[arg-type]
+        # QA AD: a negative timeout waited once, then said "still running after -1 s"
+        with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0"):
+            await task.wait(timeout=-1)
+        with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0"):
+            await client.wait_for_ssh(task.task_id, timeout=-1)
     finally:
         await task.cancel(force=True)
 

@@ -9,6 +9,7 @@ reconnect after twice the heartbeat (not after its whole read timeout) and resum
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,23 @@ async def test_a_stream_that_gives_up_after_timeouts_says_it_timed_out() -> None
         for writer in held:
             writer.close()
         await server.wait_closed()
+
+
+async def test_a_stream_that_times_out_before_its_run_is_known_raises_a_timeout() -> None:
+    # QA AD: execute() raised APITimeoutError, but events() and steps() a plain
+    # APIConnectionError wrapping it, so `except APITimeoutError` missed a stream's timeout
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepts (the kernel does), never answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        async with vi_flow.AsyncClient(base_url=url, api_key="k", timeout=0.5, max_retries=0) as c:
+            flow = c.flow("flow_x")
+            with anyio.fail_after(10):
+                with pytest.raises(vi_flow.APITimeoutError):
+                    await flow.execute()
+                with pytest.raises(vi_flow.APITimeoutError, match="before its run was known"):
+                    async for _ in flow.events():
+                        pass
+                with pytest.raises(vi_flow.APITimeoutError, match="before its run was known"):
+                    async for _ in flow.steps():
+                        pass

@@ -123,8 +123,8 @@ async def wait_for(
         raise ValueError(f"until must be 'running' or 'terminal', got {until!r}")
     if not is_number(poll_interval) or not poll_interval > 0:  # QA AB: 0 polled ~900/s
         raise bad_seconds("poll_interval", poll_interval, "a positive number of seconds")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
-        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout is not None and (not is_number(timeout) or not timeout >= 0):  # QA AD: -1
+        raise bad_seconds("timeout", timeout, "a number of seconds >= 0, or None")
     if timeout is not None and timeout <= 0:  # one look, however long it takes
         task = await client.tasks.get(task_id)
         if _reached(task.status, until):

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .._errors import APIConnectionError
+from .._errors import APIConnectionError, APITimeoutError
 from .._hop import Awaiter, now
 from .._sse import (
     EVENT_NAMES,
@@ -263,9 +263,9 @@ class ResumableEventStream:
 
     async def _before_reconnect(self, failures: int, error: BaseException | None) -> None:
         if error is not None and self.execution_id is None:
-            raise APIConnectionError(
-                f"the event stream broke before its run was known: {error!r}"
-            ) from error
+            # a timeout stays one (QA AD: `except APITimeoutError` missed it, as execute's not)
+            kind = APITimeoutError if _timed_out(error) else APIConnectionError
+            raise kind(f"the event stream broke before its run was known: {error!r}") from error
         if failures > self.max_reconnects:
             raise gave_up(
                 f"the event stream of run {self.execution_id} broke {failures} times in a row"
@@ -415,3 +415,8 @@ def _int_id(value: str | None) -> int | None:
         return int(value)
     except ValueError:
         return None
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a timeout: the client's own, or asyncio's."""
+    return isinstance(error, (APITimeoutError, asyncio.TimeoutError, TimeoutError))

@@ -504,6 +504,11 @@ async def _run_pipes(
     finally:
         feeder.cancel()
         outputs.cancel()
+        # and its pipes: a session cut short (the client gone, the child killed) left
+        # them open for the garbage collector, which warns (ResourceWarning, CI on 3.10)
+        transport = getattr(child, "_transport", None)  # asyncio's, on every version
+        if transport is not None:
+            transport.close()
 
 
 def _make_controlling_tty() -> None:  # runs in the child between fork and exec
