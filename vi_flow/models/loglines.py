@@ -131,7 +131,7 @@ def redrawn_end(rest: bytes) -> int:
     that never holds a ``\\r`` is handed out only when it ends, as before.
     """
     end = rest.rfind(b"\r", 0, len(rest) - 1) + 1
-    return end if rest[:end].strip(b"\r") else 0
+    return end if rest.count(b"\r", 0, end) < end else 0  # no copy of up to 256 KiB
 
 
 def first_char_start(data: bytes) -> int:

@@ -22,7 +22,6 @@ from .base import InvalidRequest, LaunchSpec
 __all__ = [
     "ENV_FILE",
     "VARIABLE_NAME",
-    "command_dir",
     "export_lines",
     "load_env",
     "make_task_dirs",
@@ -112,20 +111,13 @@ def load_env(path: str, *, delete: bool = True) -> str:
     )
 
 
-def command_dir(spec: LaunchSpec) -> Path:
-    """Where the task's command starts: its ``working_dir`` inside the workspace, or the
-    workspace (relative and without ``..``: checked when the task was accepted)."""
-    working_dir = spec.config.working_dir
-    return spec.paths.workdir / working_dir if working_dir else spec.paths.workdir
-
-
 def make_task_dirs(spec: LaunchSpec) -> None:
     """Create the task's workspace (and the ``working_dir`` in it), output and log
     directories and its volume links."""
     paths = spec.paths
     for directory in (paths.workdir, paths.output_dir, paths.stdout.parent, paths.stderr.parent):
         directory.mkdir(parents=True, exist_ok=True)
-    command_dir(spec).mkdir(parents=True, exist_ok=True)  # a new workspace: no link in it
+    spec.command_dir.mkdir(parents=True, exist_ok=True)  # a new workspace: no link in it
     for mount in spec.mounts:
         visible = mount.visible_path
         if visible != mount.host_path and not visible.exists():

@@ -219,6 +219,13 @@ class LaunchSpec:
     max_run_time: float | None = None
     reservation_id: str | None = None
 
+    @property
+    def command_dir(self) -> Path:
+        """Where the command starts: its ``working_dir`` inside the workspace, or the
+        workspace (relative and without ``..``: checked when the task was accepted)."""
+        working_dir = self.config.working_dir
+        return self.paths.workdir / working_dir if working_dir else self.paths.workdir
+
 
 @attrs.frozen
 class TaskUpdate:

@@ -104,9 +104,8 @@ def prepare_launch(spec: LaunchSpec) -> tuple[int, int, Path]:
         makedirs_beneath(paths.root, directory)
     for mount in spec.mounts:
         _link_mount(paths.root, mount.host_path, mount.visible_path)
-    cwd = paths.workdir
-    if spec.config.working_dir:  # relative, without "..": checked when it was accepted
-        cwd = paths.workdir / spec.config.working_dir
+    cwd = spec.command_dir
+    if cwd != paths.workdir:
         makedirs_beneath(paths.root, cwd)
     logs = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     out = open_beneath(paths.root, paths.stdout, logs)

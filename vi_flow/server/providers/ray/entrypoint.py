@@ -27,7 +27,7 @@ from pathlib import Path
 
 import attrs
 
-from .._job_files import ENV_FILE, command_dir, load_env, make_task_dirs, write_secret_file
+from .._job_files import ENV_FILE, load_env, make_task_dirs, write_secret_file
 from ..base import LaunchSpec, TaskPaths
 
 __all__ = [
@@ -91,7 +91,7 @@ def entrypoint(spec: LaunchSpec, sandbox: Sequence[str] = ()) -> str:
         # Ray stops a job with SIGTERM to every process of it: the command dies of it,
         # this shell notes it and lives on to record the command's status.
         "trap 'stopped=1' TERM",
-        f"cd {q(command_dir(spec))} || exit 127",
+        f"cd {q(spec.command_dir)} || exit 127",
         f"mv {token} {claimed} 2>/dev/null || "
         f"{{ echo 'vi_flow: task {spec.task_id} was cancelled before it started' >&2; "
         f"exit {REVOKED_EXIT}; }}",

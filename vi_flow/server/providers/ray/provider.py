@@ -52,7 +52,6 @@ import attrs
 from ....models.tasks import AvailableInstance, Reservation, TaskConfig, TaskStatus
 from ...clock import now_ms
 from .._exits import Exit, describe, end_reason, from_shell_status
-from .._job_files import command_dir
 from .._polling import PollingJobProvider, own_outcome
 from ..base import (
     InvalidRequest,
@@ -194,7 +193,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
 
     def _sandbox_argv(self, spec: LaunchSpec) -> list[str]:
         volumes = [mount.host_path for mount in spec.mounts]
-        return self.sandbox.prefix(spec.paths.root, volumes, command_dir(spec))
+        return self.sandbox.prefix(spec.paths.root, volumes, spec.command_dir)
 
     def _recovered(self, task: RunningTask, job_id: str) -> _Tracked:
         spec = task.spec

@@ -51,7 +51,7 @@ from ....models.tasks import (
 )
 from ...clock import now_ms
 from .._exits import SLURM_END_STATES, Exit, describe, end_reason, slurm_pending_reason
-from .._job_files import ENV_FILE, command_dir, make_task_dirs, write_secret_file
+from .._job_files import ENV_FILE, make_task_dirs, write_secret_file
 from .._polling import PollingJobProvider, own_outcome
 from ..base import (
     CapacityError,
@@ -323,7 +323,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             name=spec.task_id,
             command=shlex.join(spec.argv),
             argv=tuple(spec.argv),
-            working_dir=str(command_dir(spec)),
+            working_dir=str(spec.command_dir),
             home=str(spec.paths.workdir),
             stdout_path=str(spec.paths.stdout),
             stderr_path=str(spec.paths.stderr),
@@ -336,7 +336,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             time_limit_s=spec.max_run_time,
             partition=self.settings.partition,
             reservation=spec.reservation_id,
-            sandbox=tuple(self.sandbox.prefix(spec.paths.root, _volumes(spec), command_dir(spec))),
+            sandbox=tuple(self.sandbox.prefix(spec.paths.root, _volumes(spec), spec.command_dir)),
         )
 
     async def cancel(self, task_id: str, grace: float) -> None:
