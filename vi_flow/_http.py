@@ -465,7 +465,8 @@ def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> AP
             message = str(error.get("message") or message)
             request_id = error.get("requestId") or request_id
     except orjson.JSONDecodeError:
-        if "html" in headers.get("Content-Type", "").lower() and status >= 500:
+        web_page = "html" in headers.get("Content-Type", "").lower()
+        if web_page and status >= 500:
             # a proxy's page for a server it cannot reach now (QA: a 502 behind nginx was
             # reported as a wrong base_url, and the CLI exited 2)
             message = (
@@ -473,7 +474,7 @@ def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> AP
                 " answered for it (the server is restarting, down or overloaded); try again"
                 " in a moment"
             )
-        elif "html" in headers.get("Content-Type", "").lower():  # a web page, not the API
+        elif web_page:  # a web page, not the API
             code = "NOT_THE_API"
             message = (
                 f"HTTP {status} with a web page, not an answer of the vi-flow API: base_url"
