@@ -543,10 +543,12 @@ class Portal:
         try:
             self._shutdown(portal, on_close)
         finally:
-            _stop(portal, runner)
-            self._thread_id = None
-            self._close_inbox()
-            self._cancel_inbox()
+            try:
+                _stop(portal, runner)
+            finally:  # even after a Ctrl-C in the stop: nothing else would close them
+                self._thread_id = None
+                self._close_inbox()
+                self._cancel_inbox()
 
     def _shutdown(
         self, portal: BlockingPortal, on_close: Callable[[], Awaitable[object]] | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -926,6 +927,43 @@ def test_close_is_idempotent_and_later_use_raises() -> None:
 
 def portal_threads() -> int:
     return sum(t.name == "vi-flow-portal" for t in threading.enumerate())
+
+
+def _eventfds() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    return count
+
+
+@pytest.mark.skipif(not hasattr(os, "eventfd"), reason="the wake-up fd is Linux's eventfd")
+@pytest.mark.parametrize("joined", [True, False], ids=["after-the-join", "before-the-join"])
+def test_ctrl_c_while_close_stops_the_loop_leaks_no_fd(
+    monkeypatch: pytest.MonkeyPatch, joined: bool
+) -> None:
+    """QA AD: a Ctrl-C that struck while ``close()`` stopped the loop left the portal's
+    wake-up eventfd open, one per interrupted close, for good (a second close is a no-op)."""
+    real = portal_module._stop
+
+    def struck(portal: Any, runner: Any) -> None:
+        if joined:
+            real(portal, runner)
+        else:
+            portal.call(portal.stop, True)  # asked to stop; the Ctrl-C comes before the join
+        raise KeyboardInterrupt
+
+    before = _eventfds()
+    p = Portal()
+    assert p.call(double, 1) == 2
+    assert _eventfds() == before + 1
+    monkeypatch.setattr(portal_module, "_stop", struck)
+    with pytest.raises(KeyboardInterrupt):
+        p.close()
+    assert _eventfds() == before
+    p.close()  # nothing left to do
+    with pytest.raises(ClientStateError, match="closed"):
+        p.call(double, 1)
 
 
 def test_close_stops_the_thread() -> None:
