@@ -35,6 +35,7 @@ __all__ = [
     "MAX_NESTING",
     "MAX_PATH_LENGTH",
     "MAX_REQUEST_BODY",
+    "MAX_RUN_OUTPUTS",
     "MAX_STEP_TIMEOUT",
     "MAX_STRING_LENGTH",
     "MAX_TAIL_CHARS",
@@ -87,6 +88,11 @@ MAX_ID_LENGTH = 128
 
 MAX_BLOCKS = 1000
 """The most blocks (and declared inputs) in one flow."""
+
+MAX_RUN_OUTPUTS = 64 * 1024 * 1024
+"""The most bytes of JSON a run's step outputs hold together: a step whose output would
+take its run past this fails (``OUTPUTS_TOO_LARGE``). A run keeps every output of its
+steps for the steps after, in memory as in its database rows."""
 
 MAX_FLOW_SPEC = 2 * 1024 * 1024
 """The largest flow spec, in bytes of JSON: each run keeps a copy of the spec it ran, so

@@ -138,16 +138,15 @@ def _old_runs(conn: Connection, scope: _Scope, after: int, limit: int) -> Rows:
     return [(r[0], str(r[0])) for r in rows]
 
 
-_ENGINE_TABLES = ("engine_runs", "engine_steps", "engine_answers", "engine_events")
-
-
 def _of_runs(seqs: list[str]) -> str:
     """SQL: the row belongs to one of the runs whose ``seq`` is in ``seqs``."""
     return f"(org_id, run_id) IN (SELECT org_id, run_id FROM runs WHERE seq IN ({_marks(seqs)}))"
 
 
 def _delete_runs(conn: Connection, seqs: list[str]) -> int:
-    for table in _ENGINE_TABLES:
+    from .engine.tables import ENGINE_TABLES  # not at the top: the engine imports this module
+
+    for table in ENGINE_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE {_of_runs(seqs)}", seqs)
     return int(conn.execute(f"DELETE FROM runs WHERE seq IN ({_marks(seqs)})", seqs).rowcount)
 

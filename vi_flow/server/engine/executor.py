@@ -41,7 +41,7 @@ from ...models.events import (
     ToolResult,
 )
 from ...models.flows import FlowSpec
-from ...models.limits import MAX_NESTING
+from ...models.limits import MAX_NESTING, MAX_RUN_OUTPUTS
 from .. import _records as records
 from ..clock import now_ms
 from ..db import Connection
@@ -141,7 +141,9 @@ class _Failure:
     code: str | None
 
 
-def _check_json(step_id: str, result: Any) -> None:
+def _check_json(step_id: str, result: Any) -> bytes:
+    """``result``'s value (a step's output, a pause's state) as JSON; a ``StepError``
+    when it is not JSON or nests too deep."""
     value = result.output if isinstance(result, StepDone) else result
     if isinstance(result, Pause):
         value = result.state
@@ -154,7 +156,7 @@ def _check_json(step_id: str, result: Any) -> None:
     outer, inner = _wrapping()
     inner[0] = value
     try:
-        orjson.dumps(outer)
+        wrapped = orjson.dumps(outer)
     except TypeError as exc:
         if "recursion" in str(exc).lower():
             raise StepError(
@@ -167,6 +169,20 @@ def _check_json(step_id: str, result: Any) -> None:
         ) from exc
     finally:
         inner[0] = None  # the value is not kept alive
+    wraps = _orjson_depth() - MAX_NESTING  # the "[" around it (its own list's too)
+    return wrapped[wraps:-wraps]
+
+
+def _check_budget(row: RunRow, step_id: str, size: int) -> None:
+    """A ``StepError`` when an output of ``size`` bytes would take the run's outputs
+    past :data:`MAX_RUN_OUTPUTS` (they are all kept, for the steps after)."""
+    if row.outputs_size + size > MAX_RUN_OUTPUTS:
+        raise StepError(
+            f"step {step_id!r} produced {size} bytes of output, and the run's step outputs"
+            f" would hold {row.outputs_size + size}: more than the {MAX_RUN_OUTPUTS} a run"
+            " may keep",
+            "OUTPUTS_TOO_LARGE",
+        )
 
 
 _wrappings = threading.local()
@@ -270,7 +286,7 @@ class Executor:
         ``run_started`` and first ``step_started`` are still to be announced).
         """
         if begun is None:
-            row = await self.store.run(lambda c: tables.get_run(c, key))
+            row = await self.store.run(lambda c: tables.get_run(c, key, outputs=True))
         else:
             row = begun.row
             await self.log.append(RunStarted, key, **_started_fields(row))
@@ -394,7 +410,9 @@ class Executor:
                 step.input = shown_settings(block.block, ctx.settings)  # env values redacted
                 await self.log.append(StepInput, row.key, step_id=step_id, input=step.input)
             result = await self.registry.get(block.block)(ctx)
-            _check_json(step_id, result)
+            encoded = _check_json(step_id, result)
+            if not isinstance(result, Pause):
+                _check_budget(row, step_id, len(encoded))
         except asyncio.CancelledError:
             raise
         except RenderError as exc:
@@ -408,7 +426,7 @@ class Executor:
         if isinstance(result, Pause):
             return await self._pause(row, step, result, started)
         done = result if isinstance(result, StepDone) else StepDone(output=result)
-        return self._completed(row, step, done, request.trace, started)
+        return self._completed(row, step, done, encoded, request.trace, started)
 
     @staticmethod
     def _step_record(
@@ -462,22 +480,26 @@ class Executor:
         return _Failure(step.step_id, f"step {step.step_id!r} failed: {message}", code)
 
     def _completed(
-        self, row: RunRow, step: StepRow, done: StepDone, trace: bool, started: float
-    ) -> _Carry:
-        """Record a step's success in memory; its changes and events go with the next commit."""
+        self, row: RunRow, step: StepRow, done: StepDone, encoded: bytes, trace: bool,
+        started: float,
+    ) -> _Carry:  # fmt: skip
+        """Record a step's success in memory; its changes and events go with the next
+        commit (``encoded``: its output's JSON, stored once)."""
         step.status, step.ended_at = Condition.SUCCEEDED.value, now_ms()
         step.duration_ms = self._elapsed(step, started)
         step.usage = to_wire(done.usage) if done.usage is not None else None
         step.output = done.output if trace else None
         step.input = step.input if trace else None
         row.outputs[step.step_id] = done.output
+        row.outputs_size += len(encoded)
         row.step_index, row.pause = step.index + 1, None
         row.usage = to_wire(add_usage(_usage(row.usage), done.usage))
 
-        saved = attrs.evolve(row, outputs=dict(row.outputs))  # as it stands now, not later
+        saved = attrs.evolve(row)  # as it stands now, not later (its outputs are not saved)
 
         def put_step(conn: Connection) -> None:
             tables.put_step(conn, row.key, step)
+            tables.put_output(conn, row.key, step.step_id, encoded)
 
         return _Carry(put_step, saved, [
             (StepOutput, {"step_id": step.step_id, "output": done.output}),
