@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from aiohttp import web
 
-from ...models._base import from_wire
-from ...models.events import ToolResult
+from ...models._base import dumps, from_wire
+from ...models.events import ExecutionOutcome, ToolResult
 from ...models.execution import HEARTBEAT_HEADER
 from ...models.limits import MAX_INT, shown
 from ..db import Connection
@@ -55,6 +56,8 @@ __all__ = ["EXECUTION_ENGINE_KEY", "setup"]
 EXECUTION_ENGINE_KEY = web.AppKey("vi_flow.execution_engine", Engine)
 """The application's :class:`~vi_flow.server.engine.Engine` (typed access for tests)."""
 
+log = logging.getLogger("vi_flow.server")
+
 _HEARTBEAT = b": heartbeat\n\n"
 _GONE_POLL = 0.5  # seconds between looks at a cancelOnDisconnect stream's connection
 _SSE_HEADERS = {
@@ -72,7 +75,7 @@ def _engine(request: web.Request) -> Engine:
 
 
 @idempotent_in_transaction
-async def execute(request: web.Request) -> web.Response:
+async def execute(request: web.Request) -> web.StreamResponse:
     """Run a flow to completion or to its first pause; answer the ``ExecutionOutcome``."""
     engine = _engine(request)
     body = parse_request(await read_body(request))
@@ -90,7 +93,87 @@ async def execute(request: web.Request) -> web.Response:
             raise
         key = (org_of(request), run_id)
         headers["Idempotent-Replayed"] = "true"  # the first request's run, answered
-    return json_response(await engine.outcome(key, 0, save), headers=headers)
+    return await _outcome_answer(request, key, engine.outcome(key, 0, save), headers)
+
+
+async def _outcome_answer(
+    request: web.Request,
+    key: RunKey,
+    waiting: Coroutine[Any, Any, ExecutionOutcome],
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Answer the outcome ``waiting`` gives: at once when the run pauses or ends within a
+    heartbeat interval; else the answer begins then (``200``, ``X-Execution-Id``) and a
+    space follows every interval until the outcome's JSON (which may begin with spaces).
+
+    A client counts its read timeout between bytes: a run working for longer than that
+    (a training step) answered nothing, and every retry timed out in turn (QA AF: a
+    3-minute run failed ``execute()`` with ``APITimeoutError`` while it succeeded). If
+    the outcome fails once the answer began (the server is stopping), the connection is
+    cut, unfinished: the client's retry with its ``Idempotency-Key`` gets the outcome.
+    A timer, not a task, waits for the interval: most runs answer before it.
+    """
+    interval = request.app[SETTINGS_KEY].heartbeat_interval
+    stop = asyncio.Event()
+    begun: list[tuple[web.StreamResponse, asyncio.Task[None]]] = []
+
+    def begin() -> None:
+        response = web.StreamResponse(headers={
+            **(headers or {}), "Content-Type": "application/json", "X-Execution-Id": key[1],
+            "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+        })  # fmt: skip
+        beat = asyncio.ensure_future(_beat(request, response, stop, interval))
+        beat.add_done_callback(_retrieved)  # a client that left, if nobody awaits it
+        begun.append((response, beat))
+
+    timer = asyncio.get_running_loop().call_later(interval, begin)
+    try:
+        outcome = await waiting
+    except Exception as exc:
+        if not begun:
+            raise
+        # no status can say it now: the answer is left unfinished
+        log.info("run %s: its outcome could not be answered (%s); connection cut", key[1], exc)
+        await _stopped(begun[0][1], stop)
+        if request.transport is not None:
+            request.transport.abort()
+        return begun[0][0]
+    finally:
+        timer.cancel()
+        stop.set()
+    if not begun:
+        return json_response(outcome, headers=headers)
+    response, beat = begun[0]
+    if await _stopped(beat, stop):
+        await response.write(dumps(outcome))
+        await response.write_eof()
+    return response
+
+
+async def _beat(
+    request: web.Request, response: web.StreamResponse, stop: asyncio.Event, interval: float
+) -> None:
+    """Begin ``response`` and write a space every ``interval`` until ``stop`` is set."""
+    await response.prepare(request)
+    while not stop.is_set():
+        await response.write(b" ")
+        with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _stopped(beat: asyncio.Task[None], stop: asyncio.Event) -> bool:
+    """Stop the heartbeats; whether the answer is still good to write (its client there)."""
+    stop.set()
+    try:
+        await beat
+    except (ConnectionError, RuntimeError):  # the client left; or the transport closed
+        return False
+    return True
 
 
 @idempotent_in_transaction
@@ -271,14 +354,14 @@ def _tool_results(body: dict[str, Any]) -> list[ToolResult]:
     return results
 
 
-async def tool_results(request: web.Request) -> web.Response:
+async def tool_results(request: web.Request) -> web.StreamResponse:
     """Answer a paused run's tool calls; ``?wait=true`` answers the next outcome."""
     engine, run_id, org = _engine(request), request.match_info["runId"], org_of(request)
     wait = bool_query(request, "wait", False)  # checked before anything is accepted
     results = _tool_results(await read_body(request))
     accepted, settled = await engine.tool_results(org, run_id, results)
     if wait:
-        return json_response(await engine.outcome((org, run_id), settled))
+        return await _outcome_answer(request, (org, run_id), engine.outcome((org, run_id), settled))
     return json_response({"accepted": accepted})
 
 

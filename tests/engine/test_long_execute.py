@@ -1,0 +1,105 @@
+"""An execute whose run outlasts a heartbeat interval is answered at once and kept alive.
+
+A client times out on silence between bytes (60 s by default): a healthy run that worked
+longer than that answered nothing, each retry timed out in turn, and ``execute()``
+raised ``APITimeoutError`` while the run went on to succeed (QA AF). The answer now
+begins after one heartbeat interval (``200``, ``X-Execution-Id``) with a space each
+interval until the outcome's JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+import pytest
+
+import vi_flow
+from vi_flow.server.routes.executions import EXECUTION_ENGINE_KEY
+
+from .conftest import Server, StartServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+def _emit(count: int, interval: float) -> dict[str, object]:
+    return {"block": "emit", "id": "work", "settings": {"count": count, "interval": interval}}
+
+
+async def test_a_run_longer_than_a_heartbeat_is_answered_with_spaces_then_its_outcome(
+    server: Server,
+) -> None:
+    flow = await server.flow(_emit(5, 0.25))  # about 1.2 s; the heartbeat is 0.2 s
+    answer = await server.call("POST", f"/flows/{flow}/execute", json={})
+    assert answer.status == 200
+    assert answer.raw.startswith(b"  ") and answer.raw.lstrip()[:1] == b"{", answer.raw[:40]
+    outcome = orjson.loads(answer.raw)
+    assert outcome["state"] == "completed", outcome
+    assert answer.headers["X-Execution-Id"] == outcome["executionId"]
+    assert answer.headers["Content-Type"].startswith("application/json")
+
+
+async def test_a_short_run_is_answered_whole(server: Server) -> None:
+    flow = await server.flow({"block": "template", "settings": {"template": "hi"}})
+    answer = await server.call("POST", f"/flows/{flow}/execute", json={})
+    assert answer.status == 200 and answer.raw.startswith(b"{"), answer.raw[:40]
+    assert answer.headers["Content-Length"] == str(len(answer.raw))
+
+
+async def test_execute_outlives_the_clients_read_timeout(server: Server) -> None:
+    flow = await server.flow(_emit(8, 0.25))  # about 2 s of silence on the execute answer
+    timeout = vi_flow.Timeout(connect=5, read=0.7, total=None)
+    client = vi_flow.AsyncClient(
+        base_url=f"{server.root}/v1", api_key=server.token, timeout=timeout, max_retries=0
+    )
+    async with client:
+        result = await client.flow(flow).execute()
+    assert result.status == "Succeeded" and result.output == {"count": 8}
+
+
+async def test_answering_tool_results_with_wait_is_kept_alive_too(server: Server) -> None:
+    flow = await server.flow(
+        {"block": "tool", "id": "ask", "settings": {"tool": "lookup"}}, _emit(5, 0.25)
+    )
+    paused = (await server.call("POST", f"/flows/{flow}/execute", json={})).body
+    assert paused["state"] == "paused", paused
+    call = paused["toolCalls"][0]["id"]
+    body = {"toolResults": [{"toolCallId": call, "output": "found"}]}
+    answer = await server.call(
+        "POST", f"/runs/{paused['executionId']}/tool-results", json=body, params={"wait": "true"}
+    )
+    assert answer.status == 200 and answer.raw.startswith(b" "), answer.raw[:40]
+    assert orjson.loads(answer.raw)["state"] == "completed"
+
+
+async def test_a_stop_after_the_answer_began_cuts_it_and_a_retry_gets_the_outcome(
+    start_server: StartServer,
+) -> None:
+    """An outcome that fails once the answer began (the server stops before the run
+    ends) leaves the answer unfinished, never a whole 200 of spaces: the client's retry
+    with its Idempotency-Key gets the run's outcome from the next server."""
+    server = await start_server()
+    flow = await server.flow(_emit(400, 0.05))  # 20 s: ended by the stop
+    headers = server.headers(None, {"Idempotency-Key": "long-1"})
+    url = f"{server.root}/v1/flows/{flow}/execute"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={}, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        run_id = resp.headers["X-Execution-Id"]
+        assert await resp.content.readexactly(1) == b" "
+        engine = server.app[EXECUTION_ENGINE_KEY]
+        stopping = asyncio.ensure_future(server.stop())
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        await stopping
+    assert engine.log.stopping
+    again = await start_server(home=server.home)
+    retry = await again.call(
+        "POST", f"/flows/{flow}/execute", json={}, headers={"Idempotency-Key": "long-1"}
+    )
+    assert retry.status == 200, retry.body
+    assert retry.body["executionId"] == run_id
+    assert retry.body["state"] in ("failed", "cancelled"), retry.body
