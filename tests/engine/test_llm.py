@@ -98,19 +98,27 @@ async def test_llm_tool_loop_and_usage(start_server: StartServer, fake: FakeOpen
     assert trace["usage"]["totalTokens"] == 45
 
 
-async def test_iteration_limit_fails_clearly(start_server: StartServer, fake: FakeOpenAI) -> None:
+@pytest.mark.parametrize("limit", [1, 2])
+async def test_iteration_limit_fails_before_asking_for_tools_nobody_would_read(
+    start_server: StartServer, fake: FakeOpenAI, limit: int
+) -> None:
+    # QA AF: the model's last allowed call asked for tools; the run paused, the client
+    # ran them (with whatever they do), and the step failed as they were answered.
     server = await start_server(llm_base_url=fake.url)
-    flow = await server.flow({"block": "llm", "id": "chat", "settings": {"max_iterations": 1}})
-    outcome = (
-        await server.call("POST", f"/flows/{flow}/execute", json={"message": "x", "tools": TOOLS})
-    ).body
-    call_id = outcome["toolCalls"][0]["id"]
-    answer = await server.call("POST", f"/runs/{outcome['executionId']}/tool-results",
-                               json={"toolResults": [{"toolCallId": call_id, "output": 1}]},
-                               params={"wait": "true"})  # fmt: skip
-    assert answer.body["state"] == "failed" and answer.body["failedStep"] == "chat"
-    assert "limit of 1 model calls" in answer.body["error"]
-    assert len(fake.requests) == 1
+    flow = await server.flow({"block": "llm", "id": "chat", "settings": {"max_iterations": limit}})
+    body = {"message": "x", "tools": TOOLS}
+    outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+    for n in range(1, limit):  # the calls before the last are asked for, and answered
+        assert outcome["state"] == "paused", outcome
+        results = {"toolResults": [{"toolCallId": f"call_{n}", "output": n}]}
+        outcome = (await server.call(
+            "POST", f"/runs/{outcome['executionId']}/tool-results", json=results,
+            params={"wait": "true"},
+        )).body  # fmt: skip
+    assert outcome["state"] == "failed" and outcome["failedStep"] == "chat", outcome
+    assert f"limit of {limit} model calls" in outcome["error"]
+    assert "they were not run" in outcome["error"]
+    assert len(fake.requests) == limit
 
 
 async def test_llm_without_endpoint_fails_the_step(start_server: StartServer) -> None:
@@ -357,3 +365,71 @@ async def test_a_call_to_a_tool_never_offered_goes_back_to_the_model(
         refused = f"error: tool 'rm_rf_root' was not offered (offered: {offered})"
         assert told["call_bad"] == refused
         assert told["call_ok"] == ("1" if tools else refused.replace("rm_rf_root", "lookup"))
+
+
+async def test_malformed_tool_calls_that_quote_the_key_do_not_show_it(
+    start_server: StartServer,
+) -> None:
+    # QA AF: tool_calls that were not a list of objects were quoted in the step's failure
+    # as they came, an echoed Authorization header and the server's key with them.
+    async def echo(request: web.Request) -> web.Response:
+        calls = {"echo": request.headers["Authorization"]}  # an object, not a list
+        return web.json_response({"choices": [{"message": {"content": "", "tool_calls": calls}}]})
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=KEY)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        text = await _failed_text(server, flow)
+        assert "unexpected tool calls" in text and "Bearer ***" in text, text
+        assert "sk-LLM0" not in text and "Y999" not in text, text
+
+
+async def test_an_answer_that_echoes_the_key_does_not_put_it_in_the_output(
+    start_server: StartServer,
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        said = f"you sent {request.headers['Authorization']}"
+        return web.json_response({"choices": [{"message": {"content": said}}]})
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=KEY)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["output"] == "you sent Bearer ***", outcome
+
+
+async def test_token_counts_past_the_largest_integer_are_capped(start_server: StartServer) -> None:
+    # QA AF: an endpoint that said 2**63 - 1 tokens ("unknown") made the sum of two steps
+    # too large to encode: the run ended EngineError after both steps had succeeded.
+    huge = 2**63 - 1
+
+    async def answer(request: web.Request) -> web.Response:
+        usage = {"prompt_tokens": huge, "completion_tokens": 2**63, "total_tokens": huge}
+        return web.json_response({"choices": [{"message": {"content": "ok"}}], "usage": usage})
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "a"}, {"block": "llm", "id": "b"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["state"] == "completed", outcome
+        assert outcome["usage"] == {"promptTokens": huge, "completionTokens": huge,
+                                    "totalTokens": huge}  # fmt: skip
+
+
+async def test_more_tool_calls_than_a_step_takes_fail_it(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA AF: 120,000 calls in one answer paused the run for calls no request could
+    # answer (a list holds 100,000 items), until the pause timed out an hour later.
+    from vi_flow.server.engine.blocks import llm
+
+    monkeypatch.setattr(llm, "MAX_TOOL_CALLS", 3)
+    call = {"type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    _, answer = _calls_then_done([call | {"id": f"c{n}"} for n in range(4)])
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        body = {"message": "x", "tools": TOOLS}
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+        assert outcome["state"] == "failed", outcome
+        assert "asked for 4 tool calls in one answer; a step takes at most 3" in outcome["error"]

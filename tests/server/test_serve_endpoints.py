@@ -40,6 +40,11 @@ def _free_port(host: str = "127.0.0.1") -> int:
             "--llm-base-url",
         ),
         (["--public-url", "https://me:pw-sekret@x.example.com"], "--public-url"),
+        (  # QA AF: the requests went to /v1?key=.../chat/completions, the key in errors
+            ["--llm-base-url", "http://127.0.0.1:9/v1?key=pw-sekret"],
+            "--llm-base-url",
+        ),
+        (["--public-url", "https://x.example.com/?token=pw-sekret"], "--public-url"),
     ],
 )
 def test_bad_endpoint_options_are_usage_errors_naming_them(

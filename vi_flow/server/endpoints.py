@@ -76,7 +76,8 @@ def _check_http_url(
     setting: str, value: str | None, example: str, problem_of: Callable[[SplitResult], str]
 ) -> None:
     """An http(s) URL with a host, and what ``problem_of`` finds wrong with it (``""``:
-    nothing); the error never shows a password the URL carries."""
+    nothing); the error never shows a password the URL carries, nor its query (which
+    may hold a key: ``?key=...``)."""
     if value is None:
         return
     parts = urlsplit(value)
@@ -85,7 +86,8 @@ def _check_http_url(
     else:
         problem = problem_of(parts)
     if problem:
-        raise EndpointError(setting, f"{problem}, got {redact(value)!r}")
+        shown = redact(value.split("?", 1)[0] + ("?***" if "?" in value else ""))
+        raise EndpointError(setting, f"{problem}, got {shown!r}")
 
 
 def _public_url_problem(parts: SplitResult) -> str:
@@ -100,6 +102,9 @@ def _public_url_problem(parts: SplitResult) -> str:
 
 def _llm_url_problem(with_key: bool) -> Callable[[SplitResult], str]:
     def problem(parts: SplitResult) -> str:
+        if parts.query or parts.fragment:
+            # "/chat/completions" is added to the URL: it would land after the query
+            return "has a query or fragment; the llm block adds /chat/completions to its path"
         if with_key and (parts.username or parts.password):
             return (
                 "carries a user name and an llm_api_key is set as well: both would go in"

@@ -51,6 +51,7 @@ from ..store import Store
 from ..tasks import TaskService
 from . import tables
 from .blocks import BlockContext, BlockRegistry, Pause, Resume, StepDone, StepError
+from .blocks.base import add_usage
 from .eventlog import Event, EventLog, RunKey
 from .render import RenderError, render_value
 from .request import ExecuteRequest, step_id_of
@@ -59,19 +60,6 @@ from .tables import RunRow, StepRow
 log = logging.getLogger("vi_flow.server")
 
 __all__ = ["Executor", "Paused", "add_usage", "namespace_for", "request_of", "spec_of"]
-
-
-def add_usage(total: TokenUsage | None, more: TokenUsage | None) -> TokenUsage | None:
-    """The sum of two optional token counts."""
-    if more is None:
-        return total
-    if total is None:
-        return more
-    return TokenUsage(
-        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
-        completion_tokens=total.completion_tokens + more.completion_tokens,
-        total_tokens=total.total_tokens + more.total_tokens,
-    )
 
 
 def _usage(data: Any) -> TokenUsage | None:

@@ -26,7 +26,7 @@ import aiohttp
 import attrs
 
 from ....models.events import TokenUsage, ToolCall, ToolResult
-from ....models.limits import LimitError
+from ....models.limits import MAX_INT, LimitError
 from ...state import ServerSettings
 
 if TYPE_CHECKING:
@@ -39,8 +39,23 @@ __all__ = [
     "Resume",
     "StepDone",
     "StepError",
+    "add_usage",
     "checked_setting",
 ]
+
+
+def add_usage(total: TokenUsage | None, more: TokenUsage | None) -> TokenUsage | None:
+    """The sum of two optional token counts, each at most ``MAX_INT`` (what the events
+    carry: a sum past it failed the run's every later event)."""
+    if more is None:
+        return total
+    if total is None:
+        return more
+    return TokenUsage(
+        prompt_tokens=min(total.prompt_tokens + more.prompt_tokens, MAX_INT),
+        completion_tokens=min(total.completion_tokens + more.completion_tokens, MAX_INT),
+        total_tokens=min(total.total_tokens + more.total_tokens, MAX_INT),
+    )
 
 
 class StepError(Exception):

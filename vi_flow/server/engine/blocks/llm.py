@@ -25,6 +25,7 @@ import yarl
 
 from ....models.events import TokenUsage, ToolCall, ToolFunction, ToolResult
 from ....models.limits import (
+    MAX_INT,
     MAX_ITERATIONS,
     MAX_LLM_TEMPERATURE,
     MAX_LLM_TOKENS,
@@ -32,7 +33,7 @@ from ....models.limits import (
     check_int,
     check_number,
 )
-from .base import BlockContext, Pause, StepDone, StepError, checked_setting
+from .base import BlockContext, Pause, StepDone, StepError, add_usage, checked_setting
 
 __all__ = ["llm_block"]
 
@@ -44,6 +45,10 @@ MAX_ANSWER = 16 * 1024 * 1024
 proxy) could otherwise send gigabytes into the shared server's memory."""
 
 _ERROR_SHOWN = 300  # bytes of an error answer quoted in the step's failure
+
+MAX_TOOL_CALLS = 1000
+"""The most tool calls one answer of the model may ask for: the client answers them in
+one request, whose lists hold at most ``MAX_LIST_LENGTH`` items."""
 
 
 def _text(value: Any) -> str:
@@ -73,21 +78,24 @@ def _tool_message(result: ToolResult) -> dict[str, Any]:
 
 
 def _count(usage: dict[str, Any], name: str) -> int:
-    """A token count of the endpoint's ``usage`` (0 when it is not a count)."""
+    """A token count of the endpoint's ``usage`` (0 when it is not a count; at most
+    ``MAX_INT``, what the events can carry: an endpoint may say 2**63 - 1 for "unknown")."""
     value = usage.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, MAX_INT)
+    return 0
 
 
 def _add(total: TokenUsage | None, usage: Any) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return total
-    base = total or TokenUsage()
     prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-    return TokenUsage(
-        prompt_tokens=base.prompt_tokens + prompt,
-        completion_tokens=base.completion_tokens + completion,
-        total_tokens=base.total_tokens + (_count(usage, "total_tokens") or prompt + completion),
+    called = TokenUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_count(usage, "total_tokens") or min(prompt + completion, MAX_INT),
     )
+    return add_usage(total, called)
 
 
 # A key as endpoints quote it shortened (OpenAI: "sk-LLM...Y999", "sk-proj-****Y999"):
@@ -113,6 +121,20 @@ def _shown(ctx: BlockContext, text: str) -> str:
 
         text = _SHORTENED.sub(hide, text)
     return text
+
+
+def _without_secrets(ctx: BlockContext, raw: bytes) -> bytes:
+    """An answer with the endpoint's key (and the URL's password) as ``***`` wherever it
+    appears whole: an endpoint or proxy that echoes the request would put it in the
+    step's output, its tool calls or its failure, which the organization reads."""
+    url = yarl.URL(ctx.server.llm_base_url or "")
+    for secret in (ctx.server.llm_api_key, url.password, url.raw_password):
+        if secret and len(secret) >= _SECRET_WHOLE:
+            raw = raw.replace(secret.encode(), b"***")
+    return raw
+
+
+_SECRET_WHOLE = 4  # a shorter "secret" (a password "pw") would garble every answer
 
 
 def _quoted(ctx: BlockContext, raw: bytes, most: int) -> str:
@@ -165,7 +187,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
                 head = await _head(resp, _ERROR_SHOWN + len(ctx.server.llm_api_key or "") + 64)
                 detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
-            raw = await _answer(resp)
+            raw = _without_secrets(ctx, await _answer(resp))
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         why = _shown(ctx, repr(exc))
         raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
@@ -211,7 +233,14 @@ def _tool_calls(message: dict[str, Any], ctx: BlockContext) -> list[ToolCall]:
     calls: list[ToolCall] = []
     raws = message.get("tool_calls") or []
     if not isinstance(raws, list) or not all(isinstance(raw, dict) for raw in raws):
-        raise StepError(f"llm endpoint sent unexpected tool calls: {raws!r:.200}", "LLM_ERROR")
+        shown = _shown(ctx, repr(raws)[: 200 + 2 * len(ctx.server.llm_api_key or "")])[:200]
+        raise StepError(f"llm endpoint sent unexpected tool calls: {shown}", "LLM_ERROR")
+    if len(raws) > MAX_TOOL_CALLS:
+        raise StepError(
+            f"llm endpoint asked for {len(raws)} tool calls in one answer; a step takes at"
+            f" most {MAX_TOOL_CALLS}",
+            "LLM_ERROR",
+        )
     taken: set[str] = set()
     for raw in raws:
         function = raw.get("function")
@@ -282,12 +311,15 @@ async def llm_block(ctx: BlockContext) -> Any:
         refused = [_refusal(c, offered) for c in calls if c.function.name not in offered]
         messages = [*messages, _assistant(message, calls), *refused]
         iterations += 1
+        if iterations >= limit:  # no call is left to read the results: none is asked for
+            break
         asked = [c for c in calls if c.function.name in offered]
         if asked:
             state = {"messages": messages, "iterations": iterations}
             return Pause(tool_calls=asked, state=state, usage=usage)
     raise StepError(
         f"llm step {ctx.step_id!r} reached its limit of {limit} model calls"
-        " (max_iterations) without a final answer",
+        " (max_iterations) without a final answer: its last answer asked for tools again,"
+        " and they were not run",
         "ITERATION_LIMIT",
     )
