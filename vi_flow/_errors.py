@@ -258,14 +258,25 @@ class FlowExecutionError(ViFlowError):
         execution_id: The run id.
         step_id: The failing step, when one failed.
         message: The server's message.
+        code: The failure's code, when it has one: the failed step's (``LLM_ERROR``,
+            ``TEMPLATE_ERROR``, ``ITERATION_LIMIT``, ``OUTPUTS_TOO_LARGE``...) or
+            ``TOOL_RESULTS_TIMEOUT``.
     """
 
-    def __init__(self, message: str, *, execution_id: str, step_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        execution_id: str,
+        step_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
         where = f" at step {step_id!r}" if step_id else ""
         super().__init__(f"run {execution_id} failed{where}: {message}")
         self.message = message
         self.execution_id = execution_id
         self.step_id = step_id
+        self.code = code
 
 
 class ToolCallLimitError(ViFlowError):

@@ -150,7 +150,7 @@ def test_failed_run_exits_1_naming_the_step(vf: Invoker, tmp_path: Path) -> None
     flow_id = _create(vf, tmp_path, SPEC.replace("{{ message }}", "{{ nickname }}"))
     result = vf("execute", flow_id)
     assert result.exit_code == 1
-    assert "at step 'hello'" in result.stderr
+    assert "at step 'hello' (TEMPLATE_ERROR)" in result.stderr  # the step's code (QA AF)
     assert "nickname" in result.stderr
     as_json = vf("execute", flow_id, "--json")
     assert as_json.exit_code == 1

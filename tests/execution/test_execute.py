@@ -161,6 +161,22 @@ async def test_failed_run_raises_flow_execution_error(aclient: vi_flow.AsyncClie
     assert info.value.step_id == "broken"
     assert "nowhere" in info.value.message
     assert await flow.run(info.value.execution_id).status() is Condition.FAILED
+    assert info.value.code == "TEMPLATE_ERROR"  # QA AF: only the StepFailed event had it
+
+
+async def test_every_way_of_running_a_failing_flow_names_its_code(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    flow = await new_flow(aclient, FAIL_FLOW)
+    with pytest.raises(FlowExecutionError) as streamed:
+        async for _ in flow.steps(message="m"):
+            pass
+    job = await flow.execute_async(message="m")
+    with pytest.raises(FlowExecutionError) as waited:
+        await job.result(timeout=30)
+    assert streamed.value.code == waited.value.code == "TEMPLATE_ERROR"
+    final = [e async for e in flow.run(job.execution_id).events()][-1]
+    assert final.error_code == "TEMPLATE_ERROR"  # the flow_completed event carries it
 
 
 async def test_unknown_flow_and_unpublished_version(aclient: vi_flow.AsyncClient) -> None:

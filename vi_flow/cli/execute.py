@@ -124,6 +124,7 @@ def _finish(view: RunView, as_json: bool, mode: str) -> None:
             emit_json(out)
     if not succeeded:  # the error alone, on stderr (JSON under --json): stdout stays empty
         where = f" at step {final.failed_step!r}" if final.failed_step else ""
+        where += f" ({final.error_code})" if final.error_code else ""
         raise CommandFailed(
             f"run {final.execution_id} {final.status.value}{where}: {final.error or 'no message'}",
             exit_code=EXIT_FAILURE,

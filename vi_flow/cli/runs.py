@@ -154,9 +154,11 @@ def watch(run_id: str, after: int | None, as_json: bool) -> None:
     mode = "json" if wants_json(as_json) else ("live" if cli.interactive else "plain")
     view = RunView(cli.console, mode=mode, title=f"run {run_id}")
     follow_run(cli, events, view, cancel=False)
-    if view.final is not None and view.final.status.value != "Succeeded":
+    final = view.final
+    if final is not None and final.status.value != "Succeeded":
+        code = f" ({final.error_code})" if final.error_code else ""
         raise CommandFailed(
-            f"run {run_id} {view.final.status.value}: {view.final.error or ''}", code="RUN_FAILED"
+            f"run {run_id} {final.status.value}{code}: {final.error or ''}", code="RUN_FAILED"
         )
     if view.final is None:  # its end was before --after: the run says how it ended
         condition = client.runs.get(run_id).status.condition

@@ -217,4 +217,5 @@ async def _completed_steps(
                     event.error or f"the run ended {event.status.value}",
                     execution_id=event.execution_id,
                     step_id=event.failed_step,
+                    code=event.error_code,
                 )

@@ -211,5 +211,8 @@ def _failure(outcome: ExecutionOutcome) -> FlowExecutionError:
         status = outcome.status.value if outcome.status is not None else outcome.state
         message = f"the run ended {status}"
     return FlowExecutionError(
-        str(message), execution_id=outcome.execution_id, step_id=outcome.failed_step
+        str(message),
+        execution_id=outcome.execution_id,
+        step_id=outcome.failed_step,
+        code=outcome.error_code,
     )

@@ -281,8 +281,10 @@ class AsyncJob(AsyncRun):
         final = await self._final_event()
         if final is None or final.status is not Condition.SUCCEEDED:
             message = (final.error if final else None) or "the run did not succeed"
-            step = final.failed_step if final else None
-            raise FlowExecutionError(message, execution_id=self.execution_id, step_id=step)
+            step, code = (final.failed_step, final.error_code) if final else (None, None)
+            raise FlowExecutionError(
+                message, execution_id=self.execution_id, step_id=step, code=code
+            )
         trace = await self.trace()
         return ExecuteResult(
             execution_id=self.execution_id,

@@ -306,6 +306,8 @@ class FlowCompleted(BaseEvent):
         failed_step: The step that failed, when one did.
         duration_ms: How long the run took.
         usage: Tokens the whole run used.
+        error_code: The failure's code (a failed step's: ``LLM_ERROR``,
+            ``TEMPLATE_ERROR``...; ``TOOL_RESULTS_TIMEOUT``), when it has one.
     """
 
     TYPE: ClassVar[str] = "flow_completed"
@@ -315,6 +317,7 @@ class FlowCompleted(BaseEvent):
     failed_step: str | None = None
     duration_ms: int = 0
     usage: TokenUsage | None = None
+    error_code: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -439,6 +442,8 @@ class ExecutionOutcome:
         output: The final output when completed.
         error: The server's message when failed.
         failed_step: The failing step when failed.
+        error_code: The failure's code when failed, if it has one (as
+            :attr:`FlowCompleted.error_code`).
         step_id: The paused step when paused.
         tool_calls: The calls to answer when paused.
         usage: Tokens used so far.
@@ -456,6 +461,7 @@ class ExecutionOutcome:
     usage: TokenUsage | None = None
     steps: list[StepTrace] = attrs.Factory(list)
     status: Condition | None = attrs.field(default=None, converter=_optional_condition)
+    error_code: str | None = None
 
 
 # --------------------------------------------------------------------------- conversion

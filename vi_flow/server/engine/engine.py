@@ -107,7 +107,7 @@ def build_outcome(row: RunRow, steps: list[StepRow]) -> ExecutionOutcome:
     return ExecutionOutcome(
         execution_id=row.run_id, state=state, output=outcome.get("output"),
         error=outcome.get("error"), failed_step=outcome.get("failedStep"), usage=usage,
-        steps=traces, status=status,
+        steps=traces, status=status, error_code=outcome.get("errorCode"),
     )  # fmt: skip
 
 
@@ -694,7 +694,7 @@ class Engine:
             )  # fmt: skip
             await self.executor.finish(
                 row, Condition.ERROR, error=message, failed_step=pause["stepId"],
-                reason="ToolResultsTimeout",
+                reason="ToolResultsTimeout", code="TOOL_RESULTS_TIMEOUT",
             )  # fmt: skip
 
     # -- tool results and outcomes ----------------------------------------------------

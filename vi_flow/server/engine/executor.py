@@ -293,7 +293,8 @@ class Executor:
                 return result
             if isinstance(result, _Failure):
                 await self.finish(row, Condition.FAILED, error=result.message,
-                                  failed_step=result.step_id, reason="StepFailed")  # fmt: skip
+                                  failed_step=result.step_id, reason="StepFailed",
+                                  code=result.code)  # fmt: skip
                 return None
             carry = result
         last = step_id_of(spec, len(spec.blocks) - 1) if spec.blocks else None
@@ -327,15 +328,19 @@ class Executor:
         failed_step: str | None = None,
         reason: str | None = None,
         carry: _Carry | None = None,
+        code: str | None = None,
     ) -> None:
         """End the run: store the outcome, condition and ``flow_completed`` in one commit.
 
         ``carry``: the last step's own changes and events, stored in the same commit.
+        ``code``: the failure's code (a failed step's), for the outcome and the event.
         """
         ended = now_ms()
         row.state, row.pause, row.ended_at = "done", None, ended
         row.outcome = {"status": status.value, "output": output, "error": error,
                        "failedStep": failed_step}  # fmt: skip
+        if code is not None:
+            row.outcome["errorCode"] = code
         step_status = Condition.ERROR if status == Condition.SUCCEEDED else status
         carry = carry or _NOTHING_CARRIED
         on_finish = self.on_finish.pop(row.key, None)
@@ -524,6 +529,7 @@ def _completed_event(row: RunRow) -> Event:
     return FlowCompleted, {
         "status": Condition(outcome.get("status", "Error")), "output": outcome.get("output"),
         "error": outcome.get("error"), "failed_step": outcome.get("failedStep"),
+        "error_code": outcome.get("errorCode"),
         "duration_ms": max(0, (row.ended_at or now_ms()) - row.started_at),
         "usage": _usage(row.usage),
     }  # fmt: skip
