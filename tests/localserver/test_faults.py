@@ -393,3 +393,35 @@ async def test_in_process_takes_the_lock_and_blocks_a_second_server(
         assert serve.returncode == 1 and f"pid {os.getpid()}" in serve.stderr
     assert run_file(home) is None
     stop_server(home)
+
+
+async def test_an_upload_whose_server_dies_raises_a_connection_error(
+    home: Path, tmp_path: Path
+) -> None:
+    # QA AE: kill -9 of the server during upload_code_to_task raised the builtin
+    # ConnectionResetError (or asyncssh's ConnectionLost), not a vi_flow error.
+    source = tmp_path / "project"
+    source.mkdir()
+    with open(source / "weights.bin", "wb") as big:  # sparse: quick to make, long to send
+        big.truncate(400 * 1024 * 1024)
+    async with vi_flow.AsyncClient() as client:
+        task = await client.run("sleep 120")
+        await task.wait(until="running", timeout=60, poll_interval=0.1)
+        server = run_file(home)
+        assert server is not None
+
+        async def kill_once_sending() -> None:
+            with anyio.fail_after(60):  # the tar stream's bytes reach the task's workspace
+                while not any(p.stat().st_size for p in _workspace_files(home)):
+                    await anyio.sleep(0.02)
+            os.kill(server.pid, signal.SIGKILL)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(kill_once_sending)
+            with anyio.fail_after(90), pytest.raises(vi_flow.APIConnectionError) as lost:
+                await client.upload_code_to_task(task.task_id, source_dir=source)
+        assert "lost the SSH connection" in str(lost.value)
+
+
+def _workspace_files(home: Path) -> list[Path]:
+    return [p for p in (home / "tasks").rglob("weights.bin") if p.is_file()]

@@ -33,6 +33,7 @@ from ..resources.ssh_keys import client_ssh_dir
 from ._follow import HTTPLogFollower, LogFollower
 from ._upload import (
     WORKSPACE,
+    UploadError,
     UploadResult,
     check_target_dir,
     collect_files,
@@ -461,7 +462,12 @@ async def upload_code(
 
     Raises:
         TaskEndedError: The task ended before the upload began.
+        APIConnectionError: The connection to the task's server was lost (it stopped
+            or died) during the upload.
+        UploadError: The task's server refused a file (the task ended meanwhile).
     """
+    import asyncssh
+
     target = check_target_dir(target_dir)
     source = Path(source_dir) if source_dir is not None else Path(".")
     files, skipped = await anyio.to_thread.run_sync(collect_files, source)
@@ -472,10 +478,18 @@ async def upload_code(
     # Where commands cannot run (a Ray job), file by file over SFTP at once: a tar there
     # was refused, and the refusal raced its own input (QA AA: one upload in three failed)
     tar = endpoint.commands_refused is None
-    async with await connect(login) as conn:
+    # a server that dies under the upload resets it (QA AE: ConnectionResetError and
+    # asyncssh's own errors reached the caller); local files' errors stay what they are
+    lost = (asyncssh.ConnectionLost, ConnectionError)
+    with _lost_as_connection_error(task_id, *lost):
+        conn = await connect(login)
+    async with conn:
         bar = progress_bar(total)
         try:
-            count, sent = await _send(conn, files, target_dir, bar[0] if bar else None, tar=tar)
+            with _lost_as_connection_error(task_id, *lost):
+                count, sent = await _send(conn, files, target_dir, bar[0] if bar else None, tar=tar)
+        except asyncssh.SFTPError as exc:
+            raise UploadError(f"the task's server refused the upload: {exc.reason}") from exc
         finally:
             if bar is not None:
                 bar[1]()
