@@ -3,6 +3,9 @@ newer vi-flow migrated is refused, by the store and by the server."""
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -111,3 +114,48 @@ async def test_the_server_knows_every_migration_it_applies(database: str, tmp_pa
     names = await store.run(lambda c: [r[0] for r in c.execute("SELECT name FROM migrations")])
     assert sorted(names) == sorted((*MIGRATIONS, *(name for name, _ in rec.MIGRATIONS)))
     await store.close()
+
+
+async def test_an_older_database_another_process_has_open_is_not_migrated(
+    tmp_path: Path,
+) -> None:
+    """QA AE: a new vi-flow started its server on a home that a first-release server (no
+    home lock) still served, migrated the database under it and killed its tasks as
+    leftovers. A database about to be migrated is refused while another process has it
+    open, naming that process; nothing is changed."""
+    path = tmp_path / "home" / "state.db"
+    older = Store.open(str(path))  # the records' migrations only: an older database
+    await older.org_exists("org")
+    await older.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        settings = ServerSettings(home=tmp_path / "home")
+        runner = web.AppRunner(create_app(settings))
+        with pytest.raises(db.DatabaseInUseError) as refused:
+            await runner.setup()
+        await runner.cleanup()
+        assert [pid for pid, _ in refused.value.holders] == [holder.pid]
+        assert f"pid {holder.pid}" in str(refused.value) and "state.db" in str(refused.value)
+    finally:
+        holder.communicate("", timeout=30)
+    assert _names(path) == sorted(name for name, _ in rec.MIGRATIONS)  # nothing migrated
+    runner = web.AppRunner(create_app(settings))  # the other process is gone: it starts
+    await runner.setup()
+    await runner.cleanup()
+    assert _names(path) == sorted((*MIGRATIONS, *(name for name, _ in rec.MIGRATIONS)))
+
+
+_HOLD = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1')\n"
+_HOLD += "print('open', flush=True); sys.stdin.read()"
+
+
+def _names(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT name FROM migrations"))
+    finally:
+        conn.close()

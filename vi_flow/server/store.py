@@ -41,6 +41,7 @@ from .db import (
     Database,
     DatabaseError,
     DatabaseFileGone,
+    DatabaseInUseError,
     Migration,
     NewerDatabaseError,
     SQLiteDatabase,
@@ -326,6 +327,14 @@ class Store:
         unknown = [r[0] for r in rows if r[0] not in known]
         if unknown:
             raise NewerDatabaseError(self.database.name, unknown)
+        applied = {r[0] for r in rows}
+        # An older database (not a new one) about to be migrated: never under a process
+        # that has it open. A release with a home lock cannot be serving it (this server
+        # holds the lock); the first release had none.
+        if applied and known - applied and isinstance(self.database, SQLiteDatabase):
+            holders = self.database.other_holders()
+            if holders:
+                raise DatabaseInUseError(self.database.name, holders)
 
     def _transact(self, fn: Callable[[Connection], T], held: Held, again: bool = True) -> T:
         """``fn(conn)`` in a transaction; the lines it logs when committed go to ``held``

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from ._errors import (
     DatabaseError,
     DatabaseFileGone,
+    DatabaseInUseError,
     DatabaseReadOnly,
     DatabaseSettingError,
     DatabaseUnavailable,
@@ -45,6 +46,7 @@ __all__ = [
     "Database",
     "DatabaseError",
     "DatabaseFileGone",
+    "DatabaseInUseError",
     "DatabaseReadOnly",
     "DatabaseSettingError",
     "DatabaseUnavailable",

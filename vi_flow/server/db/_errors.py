@@ -95,6 +95,28 @@ class NewerDatabaseError(HomeError):
         )
 
 
+class DatabaseInUseError(HomeError):
+    """Other processes have the database file open while this server would migrate it:
+    a server of a release without a home lock (the first) still serving the home, or a
+    tool such as ``sqlite3``. Migrating under it changed the schema the running server
+    relies on (QA AE: its tasks were killed as leftovers, its runs failed).
+
+    Attributes:
+        database: The file.
+        holders: ``(pid, command line)`` of each process that has it open.
+    """
+
+    def __init__(self, database: str, holders: Sequence[tuple[int, str]]) -> None:
+        self.database = database
+        self.holders = list(holders)
+        named = "; ".join(f"pid {pid} ({command})" for pid, command in self.holders)
+        super().__init__(
+            f"the database {database} is open in other processes ({named}), and this"
+            " vi-flow would migrate it: stop them (an older vi-flow server still serving"
+            " the home, or a tool), then start again"
+        )
+
+
 class DatabaseSettingError(HomeError):
     """``--database`` (``VI_FLOW_DATABASE``) names no database this server can use: a URL
     of another kind than ``postgresql://``, or PostgreSQL without its driver installed."""

@@ -27,6 +27,31 @@ WRITER_CHECKPOINT_BYTES = 16 * 1024 * 1024
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
+def _holds(pid: int, file: tuple[int, int]) -> bool:
+    """Whether process ``pid`` has the file ``(device, inode)`` open."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or another user's
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == file:
+            return True
+    return False
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read(1024).split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode("utf-8", "replace") for w in words if w)[:200] or "?"
+
+
 class SQLiteDatabase:
     """A SQLite database file (created on first use).
 
@@ -45,6 +70,17 @@ class SQLiteDatabase:
     def name(self) -> str:
         """The file's path, for messages."""
         return str(self.path)
+
+    def other_holders(self) -> list[tuple[int, str]]:
+        """``(pid, command line)`` of the other processes that have the file open, as far
+        as ``/proc`` shows them (this user's, all of them for root; none elsewhere)."""
+        try:
+            target = os.stat(self.path)
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return []
+        me, file = os.getpid(), (target.st_dev, target.st_ino)
+        return [(pid, _command_line(pid)) for pid in pids if pid != me and _holds(pid, file)]
 
     def connect(self) -> sqlite3.Connection:
         """Open the file with the settings the server relies on (WAL, a busy timeout)."""
