@@ -302,3 +302,24 @@ async def test_graceful_stop_ends_running_tasks_with_a_reason(start_server: Star
     second = await start_server(first.home, local_cpus=2, local_gpus=[])
     ended = (await second.call("GET", f"/tasks/{task['taskId']}")).body
     assert ended["status"] == "failed" and ended["reason"] == "ServerStopped", ended
+
+
+@pytest.mark.anyio
+async def test_first_release_signal_ends_read_as_this_ones(start_server: StartServer) -> None:
+    """QA AE: the first release stored an end by a signal as a negative exit code (-15,
+    -9), and an end by a signal nobody sent as NonZeroExit; after the upgrade they still
+    read so, where docs/tasks.md says: no exit code, ``signal`` names it, ``Killed``."""
+    from tests.live_server import state_sql
+
+    first = await start_server()
+    cancelled = await first.wait((await first.submit(command="true"))["taskId"])
+    killed = await first.wait((await first.submit(command="true"))["taskId"])
+    await first.stop()
+    for task, code, reason in ((cancelled, -15, "Cancelled"), (killed, -9, "NonZeroExit")):
+        state_sql(first.home, "UPDATE tasks SET exit_code = ?, signal = NULL, reason = ?"
+                  " WHERE task_id = ?", code, reason, task["taskId"])  # fmt: skip
+    state_sql(first.home, "DELETE FROM migrations WHERE name = 'tasks-8-first-release-signals'")
+    again = await start_server(home=first.home)
+    for task, sig, reason in ((cancelled, 15, "Cancelled"), (killed, 9, "Killed")):
+        got = (await again.call("GET", f"/tasks/{task['taskId']}")).body
+        assert (got["exitCode"], got["signal"], got["reason"]) == (None, sig, reason), got

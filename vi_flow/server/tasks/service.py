@@ -77,6 +77,15 @@ MIGRATIONS = (
     ("tasks-6-ssh-key-added-by", "ALTER TABLE ssh_keys ADD COLUMN added_by TEXT;"),
     # The replica whose provider holds a reservation (the local provider's are per host).
     ("tasks-7-reservation-held-on", "ALTER TABLE reservation_orgs ADD COLUMN held_on TEXT;"),
+    # The first release stored a signal's end as a negative exit code (-15, -9) and
+    # ended by a signal nobody sent as NonZeroExit: as this one does, the exit code is
+    # none, ``signal`` names it, and such an end is Killed (QA AE).
+    (
+        "tasks-8-first-release-signals",
+        "UPDATE tasks SET signal = -exit_code, exit_code = NULL,"
+        " reason = CASE WHEN reason = 'NonZeroExit' THEN 'Killed' ELSE reason END"
+        " WHERE exit_code < 0 AND signal IS NULL;",
+    ),
 )
 """The task feature's tables, applied once each, in order, when the service starts."""
 
