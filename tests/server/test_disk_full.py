@@ -8,7 +8,12 @@ SQLite's own ``max_page_count`` makes the database full, as a full filesystem do
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -164,3 +169,57 @@ def test_a_full_postgresql_disk_is_a_full_disk_not_an_outage() -> None:
         raise psycopg.errors.DiskFull("could not extend file: No space left on device")
     assert not isinstance(raised.value, DatabaseUnavailable)
     assert is_disk_full(raised.value)
+
+
+_RESTART_ON_A_FULL_DISK = """
+import asyncio, os, sys
+from pathlib import Path
+from aiohttp import web
+from vi_flow.server.app import create_app
+from vi_flow.server.home import HomeError
+from vi_flow.server.state import ServerSettings
+
+home = Path(sys.argv[1])
+
+async def start() -> str:
+    runner = web.AppRunner(create_app(ServerSettings(home=home)))
+    try:
+        await runner.setup()
+    except HomeError as exc:
+        return str(exc)
+    finally:
+        await runner.cleanup()
+    return "started"
+
+print(asyncio.run(start()), flush=True)  # a home with a database, stopped
+with open(home / "filler", "wb") as filler:
+    try:
+        while True:
+            filler.write(b"x" * 65536)
+            filler.flush()
+    except OSError:
+        pass
+print(asyncio.run(start()), flush=True)
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+@pytest.mark.skipif(
+    os.environ.get("VI_FLOW_TEST_DATABASE") == "postgres", reason="a home's SQLite file"
+)
+def test_a_server_started_on_a_full_disk_says_the_disk_is_full(tmp_path: Path) -> None:
+    # QA AE: an existing home on a full disk said "disk I/O error" (SQLite could not make
+    # its -shm file), where a new one said "database or disk is full".
+    home = tmp_path / "home"
+    home.mkdir()
+    mount = f"mount -t tmpfs -o size=2m vi-flow-full {shlex.quote(str(home))}"
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f'{mount} && exec "$@"', "sh", sys.executable, "-c", _RESTART_ON_A_FULL_DISK,
+         str(home)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, again = done.stdout.splitlines()
+    assert first == "started"
+    assert "cannot open the vi-flow database" in again and "its disk is full" in again, again
