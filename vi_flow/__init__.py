@@ -44,7 +44,7 @@ from ._errors import (
     ViFlowError,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # cryptography 51 deprecates its DSA classes, which asyncssh still names when imported:
 # every command that opens a shell or follows a log over SSH printed the warning, and the
