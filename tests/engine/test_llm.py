@@ -433,3 +433,53 @@ async def test_more_tool_calls_than_a_step_takes_fail_it(
         outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
         assert outcome["state"] == "failed", outcome
         assert "asked for 4 tool calls in one answer; a step takes at most 3" in outcome["error"]
+
+
+@pytest.mark.parametrize("key", ["none", "null"])
+async def test_a_short_placeholder_key_changes_no_answer(
+    start_server: StartServer, key: str
+) -> None:
+    # QA AG: the key was taken out of the answer's bytes: with "none" a model's "there is
+    # none here" read "there is *** here"; with "null" every answer was broken JSON.
+    async def answer(request: web.Request) -> web.Response:
+        message = {"role": "assistant", "content": "there is none here", "refusal": None}
+        return web.json_response({"choices": [{"message": message, "logprobs": None}]})
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=key)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["state"] == "completed" and outcome["output"] == "there is none here"
+
+
+async def test_a_key_the_endpoint_echoes_json_escaped_is_hidden(start_server: StartServer) -> None:
+    # QA AG: an echo through an encoder that writes "/" as "\/" (PHP's json_encode) kept
+    # the key out of a byte-for-byte search, and the step's output showed it whole.
+    key = "sk-ab/cd+ef/gh0123=="
+
+    async def echo(request: web.Request) -> web.Response:
+        said = json.dumps({"choices": [{"message": {"content": request.headers["Authorization"]}}]})
+        return web.Response(text=said.replace("/", "\\/"), content_type="application/json")
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=key)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["output"] == "Bearer ***", outcome
+
+
+async def test_token_counts_past_what_an_integer_holds_are_capped_too(
+    start_server: StartServer,
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        body = b'{"choices": [{"message": {"content": "ok"}}], "usage": {"prompt_tokens": 1e30,'
+        body += b' "completion_tokens": 18446744073709551616, "total_tokens": 3}}'
+        return web.Response(body=body, content_type="application/json")
+
+    async for address in _endpoint(answer):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        huge = 2**63 - 1
+        assert outcome["usage"] == {"promptTokens": huge, "completionTokens": huge,
+                                    "totalTokens": 3}  # fmt: skip

@@ -103,3 +103,30 @@ async def test_a_stop_after_the_answer_began_cuts_it_and_a_retry_gets_the_outcom
     assert retry.status == 200, retry.body
     assert retry.body["executionId"] == run_id
     assert retry.body["state"] in ("failed", "cancelled"), retry.body
+
+
+async def test_a_retry_after_a_cut_answer_is_kept_alive_while_the_run_goes_on(
+    server: Server,
+) -> None:
+    """QA AG: the first request held its Idempotency-Key's lock until the run ended, so
+    a retry after a cut connection waited behind it without a byte, and timed out while
+    the run was still working. A request whose client left stops waiting; the retry
+    begins its own answer, and the run is never started twice."""
+    flow = await server.flow(_emit(60, 0.05))  # 3 s
+    headers = server.headers(None, {"Idempotency-Key": "cut-1"})
+    url = f"{server.root}/v1/flows/{flow}/execute"
+    async with aiohttp.ClientSession() as first:
+        async with first.post(url, json={}, headers=headers) as resp:
+            run_id = resp.headers["X-Execution-Id"]
+            assert await resp.content.readexactly(1) == b" "
+    # the connection is closed: the retry
+    async with aiohttp.ClientSession() as second:
+        async with second.post(url, json={}, headers=headers) as retry:
+            assert retry.status == 200 and retry.headers["X-Execution-Id"] == run_id
+            assert await retry.content.readexactly(1) == b" "
+            run = (await server.call("GET", f"/runs/{run_id}")).body
+            assert run["status"]["conditions"][-1]["condition"] == "Running"  # still working
+            outcome = orjson.loads(await retry.read())
+    assert outcome["executionId"] == run_id and outcome["state"] == "completed", outcome
+    runs = (await server.call("GET", "/runs")).body["items"]
+    assert [r["runId"] for r in runs] == [run_id]

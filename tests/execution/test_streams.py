@@ -215,10 +215,13 @@ async def test_a_handler_slower_than_the_pause_gets_the_runs_own_end(
         await anyio.sleep(2.5)
         return ["late"]
 
-    with pytest.raises(FlowExecutionError, match="ToolResultsTimeout"):
+    with pytest.raises(FlowExecutionError, match="ToolResultsTimeout") as late:
         await flow.execute(message="m", tool_handler=slow)
+    # QA AG: the error had no code and no step, where the run's flow_completed has both
+    assert (late.value.code, late.value.step_id) == ("TOOL_RESULTS_TIMEOUT", ask["id"])
     events = await collect(flow.events(message="m", tool_handler=slow))
     assert isinstance(events[-1], FlowCompleted) and events[-1].status is Condition.ERROR
+    assert events[-1].error_code == "TOOL_RESULTS_TIMEOUT"
 
 
 async def test_aclose_ends_the_streams_being_read_at_once(

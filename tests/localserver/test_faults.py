@@ -395,11 +395,13 @@ async def test_in_process_takes_the_lock_and_blocks_a_second_server(
     stop_server(home)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
 async def test_an_upload_whose_server_dies_raises_a_connection_error(
-    home: Path, tmp_path: Path
+    home: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     # QA AE: kill -9 of the server during upload_code_to_task raised the builtin
-    # ConnectionResetError (or asyncssh's ConnectionLost), not a vi_flow error.
+    # ConnectionResetError (or asyncssh's ConnectionLost), not a vi_flow error; QA AG: a
+    # stop (SIGTERM) gave UploadError "unpacking in the task failed (exit None): ".
     source = tmp_path / "project"
     source.mkdir()
     with open(source / "weights.bin", "wb") as big:  # sparse: quick to make, long to send
@@ -414,7 +416,7 @@ async def test_an_upload_whose_server_dies_raises_a_connection_error(
             with anyio.fail_after(60):  # the tar stream's bytes reach the task's workspace
                 while not any(p.stat().st_size for p in _workspace_files(home)):
                     await anyio.sleep(0.02)
-            os.kill(server.pid, signal.SIGKILL)
+            os.kill(server.pid, sig)
 
         async with anyio.create_task_group() as group:
             group.start_soon(kill_once_sending)

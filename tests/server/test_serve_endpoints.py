@@ -45,6 +45,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
             "--llm-base-url",
         ),
         (["--public-url", "https://x.example.com/?token=pw-sekret"], "--public-url"),
+        (["--llm-base-url", "http://127.0.0.1:9/v1?"], "--llm-base-url"),  # QA AG: empty
+        (["--llm-base-url", "http://127.0.0.1:9/v1#pw-sekret"], "--llm-base-url"),
     ],
 )
 def test_bad_endpoint_options_are_usage_errors_naming_them(

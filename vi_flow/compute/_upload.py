@@ -148,12 +148,20 @@ async def _refuse_remote_links(conn: asyncssh.SSHClientConnection, paths: list[s
         return False
     if found.exit_status == _NOT_FOUND:
         return False
+    _check_status(found.exit_status, found.exit_signal)
     if found.exit_status != 0:
         raise UploadError(f"could not check the target in the task: {found.stderr.strip()}")
     if found.stdout:
         first = posixpath.normpath(posixpath.join(WORKSPACE, found.stdout.splitlines()[0]))
         raise UploadError(f"refusing to write through the remote symbolic link {first}")
     return True
+
+
+def _check_status(status: int | None, signal: object) -> None:
+    """A command that ended with neither a status nor a signal: the server closed its
+    session (it stopped: QA AG saw "unpacking in the task failed (exit None): ")."""
+    if status is None and signal is None:
+        raise ConnectionResetError("the task's server closed the session before the command ended")
 
 
 async def send_tree(
@@ -188,6 +196,7 @@ async def send_tree(
         done = await proc.wait(check=False)
     if done.exit_status == _NOT_FOUND:
         return None
+    _check_status(done.exit_status, done.exit_signal)
     if done.exit_status != 0:
         why = errors.decode("utf-8", "replace").strip()
         raise UploadError(f"unpacking in the task failed (exit {done.exit_status}): {why}")

@@ -91,7 +91,7 @@ class ToolLoop:
         """Follow an outcome through every handled pause to its result."""
         while outcome.state == "paused" and self.handler is not None:
             results = await self.answer(outcome.execution_id, outcome.tool_calls)
-            outcome = await self.post(outcome.execution_id, results)
+            outcome = await self.post(outcome.execution_id, results, step_id=outcome.step_id)
         return self._result(outcome)
 
     async def resume(
@@ -99,7 +99,8 @@ class ToolLoop:
     ) -> ExecuteResult | PausedResult:
         """Send the caller's results for a pause (``PausedResult.resume``)."""
         results = coerce_tool_results(tool_results, paused.tool_calls)
-        return await self.settle(await self.post(paused.execution_id, results))
+        outcome = await self.post(paused.execution_id, results, step_id=paused.step_id)
+        return await self.settle(outcome)
 
     async def on_event(self, event: ToolCallsRequired) -> None:
         """Answer a streamed ``tool_calls_required`` on a side request (with a handler)."""
@@ -109,17 +110,20 @@ class ToolLoop:
         try:
             await self.post_nowait(event.execution_id, results)
         except ConflictError:  # the run stopped waiting (timed out, cancelled) meanwhile:
-            if await self._ended(event.execution_id) is None:  # its end is on the stream
+            if (
+                await self._ended(event.execution_id, step_id=event.step_id) is None
+            ):  # on the stream
                 raise
 
     async def _ended(
-        self, execution_id: str, *, failed_only: bool = False
+        self, execution_id: str, *, failed_only: bool = False, step_id: str | None = None
     ) -> FlowExecutionError | None:
         """The failure of ``execution_id`` when it has ended (but for a success, with
         ``failed_only``), else None.
 
         Results sent after the run stopped waiting for them (a handler slower than the
-        step's ``timeout``) answer 409; what the caller needs is how the run ended.
+        step's ``timeout``) answer 409; what the caller needs is how the run ended. It
+        ended at the paused step ``step_id``, the one answered (a timeout, a cancel).
         """
         run = await self.http.request("GET", path("/runs/{}", execution_id), cast=Run)
         last = run.status.conditions[-1] if run.status.conditions else None
@@ -129,7 +133,10 @@ class ToolLoop:
             return None
         why = last.message or f"the run ended {last.condition.value}"
         reason = f" ({last.reason})" if last.reason else ""
-        return FlowExecutionError(f"{why}{reason}", execution_id=execution_id)
+        code = _REASON_CODES.get(last.reason or "")  # QA AG: the error had neither
+        return FlowExecutionError(
+            f"{why}{reason}", execution_id=execution_id, step_id=step_id, code=code
+        )
 
     async def answer(self, execution_id: str, calls: list[ToolCall]) -> list[ToolResult]:
         """Run the handler for one pause, counting the round.
@@ -150,7 +157,9 @@ class ToolLoop:
         assert self.handler is not None
         return await call_tool_handler(self.handler, calls, allow_async=self.allow_async)
 
-    async def post(self, execution_id: str, results: list[ToolResult]) -> ExecutionOutcome:
+    async def post(
+        self, execution_id: str, results: list[ToolResult], *, step_id: str | None = None
+    ) -> ExecutionOutcome:
         """``POST /runs/{id}/tool-results?wait=true``: send results, get the next outcome.
 
         Raises:
@@ -167,7 +176,8 @@ class ToolLoop:
             )
         except ConflictError:
             # a run that succeeded was answered by another client meanwhile: the 409 says so
-            if (ended := await self._ended(execution_id, failed_only=True)) is None:
+            ended = await self._ended(execution_id, failed_only=True, step_id=step_id)
+            if ended is None:
                 raise
             raise ended from None
 
@@ -203,6 +213,10 @@ class ToolLoop:
                 resumer=self,
             )
         raise _failure(outcome)
+
+
+_REASON_CODES = {"ToolResultsTimeout": "TOOL_RESULTS_TIMEOUT"}
+"""A run's end reason -> the code its ``flow_completed`` carries, where one does."""
 
 
 def _failure(outcome: ExecutionOutcome) -> FlowExecutionError:

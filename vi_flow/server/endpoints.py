@@ -102,9 +102,6 @@ def _public_url_problem(parts: SplitResult) -> str:
 
 def _llm_url_problem(with_key: bool) -> Callable[[SplitResult], str]:
     def problem(parts: SplitResult) -> str:
-        if parts.query or parts.fragment:
-            # "/chat/completions" is added to the URL: it would land after the query
-            return "has a query or fragment; the llm block adds /chat/completions to its path"
         if with_key and (parts.username or parts.password):
             return (
                 "carries a user name and an llm_api_key is set as well: both would go in"
@@ -128,6 +125,15 @@ def check_endpoints(settings: ServerSettings) -> None:
     _check_http_url(
         "public_url", settings.public_url, "https://flows.example.com", _public_url_problem
     )
+    llm = settings.llm_base_url
+    if llm is not None and ("?" in llm or "#" in llm):  # an empty one too: ".../v1?"
+        # "/chat/completions" is added to the URL: it would land after the query
+        shown = redact(llm.split("?", 1)[0].split("#", 1)[0])
+        raise EndpointError(
+            "llm_base_url",
+            "has a query or fragment; the llm block adds /chat/completions to its path,"
+            f" got {shown + '?***'!r}",
+        )
     _check_http_url(
         "llm_base_url",
         settings.llm_base_url,

@@ -111,11 +111,15 @@ async def _outcome_answer(
     3-minute run failed ``execute()`` with ``APITimeoutError`` while it succeeded). If
     the outcome fails once the answer began (the server is stopping), the connection is
     cut, unfinished: the client's retry with its ``Idempotency-Key`` gets the outcome.
-    A timer, not a task, waits for the interval: most runs answer before it.
+    A timer, not a task, waits for the interval (and looks at the connection every
+    :data:`_GONE_POLL` seconds): most runs answer before it.
     """
     interval = request.app[SETTINGS_KEY].heartbeat_interval
+    loop, handler = asyncio.get_running_loop(), asyncio.current_task()
+    started, every = loop.time(), min(_GONE_POLL, interval)
     stop = asyncio.Event()
     begun: list[tuple[web.StreamResponse, asyncio.Task[None]]] = []
+    gone = False
 
     def begin() -> None:
         response = web.StreamResponse(headers={
@@ -126,9 +130,30 @@ async def _outcome_answer(
         beat.add_done_callback(_retrieved)  # a client that left, if nobody awaits it
         begun.append((response, beat))
 
-    timer = asyncio.get_running_loop().call_later(interval, begin)
+    def look() -> None:
+        # A client that left stops the wait: the request held its Idempotency-Key's
+        # lock until the run ended, and the client's retry waited behind it without a
+        # byte, until its read timeout (QA AG). The run goes on; the retry answers it.
+        nonlocal gone
+        if request.transport is None or request.transport.is_closing():
+            gone = True
+            if handler is not None:
+                handler.cancel()
+            return
+        if not begun and loop.time() - started >= interval:
+            begin()
+        timer[0] = loop.call_later(every, look)
+
+    timer = [loop.call_later(every, look)]
     try:
         outcome = await waiting
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        if handler is not None and hasattr(handler, "uncancel"):  # 3.11+: ours, taken back
+            handler.uncancel()
+        log.info("run %s: the client of its answer left; the run goes on", key[1])
+        return begun[0][0] if begun else web.Response(status=_CLIENT_LEFT)
     except Exception as exc:
         if not begun:
             raise
@@ -139,7 +164,7 @@ async def _outcome_answer(
             request.transport.abort()
         return begun[0][0]
     finally:
-        timer.cancel()
+        timer[0].cancel()
         stop.set()
     if not begun:
         return json_response(outcome, headers=headers)
@@ -148,6 +173,9 @@ async def _outcome_answer(
         await response.write(dumps(outcome))
         await response.write_eof()
     return response
+
+
+_CLIENT_LEFT = 499  # what no client reads: not a 2xx, so no answer is kept for the key
 
 
 async def _beat(

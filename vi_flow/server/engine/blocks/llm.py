@@ -83,6 +83,8 @@ def _count(usage: dict[str, Any], name: str) -> int:
     value = usage.get(name)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return min(value, MAX_INT)
+    if isinstance(value, float) and value >= MAX_INT:  # past 2**64 - 1 JSON reads a float
+        return MAX_INT
     return 0
 
 
@@ -123,18 +125,35 @@ def _shown(ctx: BlockContext, text: str) -> str:
     return text
 
 
-def _without_secrets(ctx: BlockContext, raw: bytes) -> bytes:
-    """An answer with the endpoint's key (and the URL's password) as ``***`` wherever it
-    appears whole: an endpoint or proxy that echoes the request would put it in the
-    step's output, its tool calls or its failure, which the organization reads."""
+def _without_secrets(ctx: BlockContext, message: Any) -> Any:
+    """The model's message (its text, its tool calls) with the endpoint's key (and the
+    URL's password) as ``***`` wherever a string holds it whole: an endpoint or proxy
+    that echoes the request would put it in the step's output or tool calls, which the
+    organization reads. The decoded strings are looked at, not the answer's bytes: a
+    short word of a key ("none") would change ordinary text, and JSON may escape the
+    key (``\\/``); a "key" shorter than :data:`_SECRET_WHOLE` is taken for a placeholder.
+    """
     url = yarl.URL(ctx.server.llm_base_url or "")
-    for secret in (ctx.server.llm_api_key, url.password, url.raw_password):
-        if secret and len(secret) >= _SECRET_WHOLE:
-            raw = raw.replace(secret.encode(), b"***")
-    return raw
+    found = (ctx.server.llm_api_key, url.password, url.raw_password)
+    secrets = [s for s in found if s and len(s) >= _SECRET_WHOLE]
+    if not secrets:
+        return message
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, "***")
+            return value
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        if isinstance(value, dict):
+            return {name: clean(item) for name, item in value.items()}
+        return value
+
+    return clean(message)
 
 
-_SECRET_WHOLE = 4  # a shorter "secret" (a password "pw") would garble every answer
+_SECRET_WHOLE = 8  # "none", "EMPTY", "dummy": what local endpoints are given as a key
 
 
 def _quoted(ctx: BlockContext, raw: bytes, most: int) -> str:
@@ -187,7 +206,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
                 head = await _head(resp, _ERROR_SHOWN + len(ctx.server.llm_api_key or "") + 64)
                 detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
-            raw = _without_secrets(ctx, await _answer(resp))
+            raw = await _answer(resp)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         why = _shown(ctx, repr(exc))
         raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
@@ -195,6 +214,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(raw)
         if not isinstance(data["choices"][0]["message"], dict):
             raise TypeError("message is not an object")
+        data["choices"][0]["message"] = _without_secrets(ctx, data["choices"][0]["message"])
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
         answer = repr(_quoted(ctx, raw[: 264 + len(ctx.server.llm_api_key or "")], 200))
         raise StepError(f"llm endpoint sent an unexpected answer: {answer}", "LLM_ERROR") from exc
