@@ -707,3 +707,44 @@ async def test_an_output_whose_name_is_not_utf8_is_left_out_not_a_500(server: Ta
     assert outcome["state"] == "completed", outcome
     artifacts = await server.call("GET", f"/runs/{outcome['executionId']}/artifacts")
     assert (artifacts.status, artifacts.body["items"]) == (200, [{"path": "good", "size": 2}])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("refused", ["held", "interface", "name"])
+async def test_a_refused_task_makes_none_of_the_volumes_it_names(
+    server: TaskServer, refused: str
+) -> None:
+    """QA AH: a task refused for its second volume (a block volume another task holds,
+    a bad interface or name) had already made the new volume its first one named."""
+    await server.call("POST", "/volumes", json={"name": "blk", "interface": "block"})
+    holder = await server.submit(
+        command="sleep 30", volumes=[{"volumeId": "blk", "mountPath": "/b"}]
+    )
+    second = {
+        "held": {"volumeId": "blk", "mountPath": "/b"},
+        "interface": {"name": "x2", "interface": "zzz", "mountPath": "/b"},
+        "name": {"name": "bad name", "mountPath": "/b"},
+    }[refused]
+    body = {"command": "true", "volumes": [{"name": "made-a", "mountPath": "/a"}, second]}
+    answer = await server.call("POST", "/tasks", json=body)
+    assert answer.status == (409 if refused == "held" else 422), answer.body
+    if refused != "held":  # the field it names is the request's
+        assert answer.body["error"]["message"].startswith(f"volumes[1].{refused}"), answer.body
+    names = [v["name"] for v in (await server.call("GET", "/volumes")).body["items"]]
+    assert names == ["blk"]
+    tasks = (await server.call("GET", "/tasks")).body["items"]
+    assert [t["taskId"] for t in tasks] == [holder["taskId"]]
+    await server.call("POST", f"/tasks/{holder['taskId']}/cancel", json={"force": True})
+
+
+@pytest.mark.anyio
+async def test_cancelling_an_expired_reservation_leaves_it_expired(server: TaskServer) -> None:
+    # QA AH: the cancel answered 200 and rewrote it "cancelled": it left the expired list.
+    body = {"cpus": 1, "durationHours": 1 / 3600, "name": "short"}
+    made = (await server.call("POST", "/reservations", json=body)).body
+    assert "reservationId" in made, made
+    await asyncio.sleep(1.5)
+    cancelled = await server.call("DELETE", f"/reservations/{made['reservationId']}")
+    assert cancelled.status == 200 and cancelled.body["status"] == "expired", cancelled.body
+    listed = await server.call("GET", "/reservations", params={"status": "expired"})
+    assert [r["reservationId"] for r in listed.body["items"]] == [made["reservationId"]]

@@ -439,16 +439,21 @@ class TaskService:
             raise problem_for(exc) from exc
         task_id = new_id("task")
         paths = self.provider.task_paths(task_id)
-        mounts = await self.volumes.resolve(org_id, paths.workdir, config.volumes)
-        env = task_env(config, task_id, paths, mounts)
-        spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
-        await asyncio.to_thread(prepare_task_dir, paths)
+        made: list[str] = []  # volumes this task names anew: a refused task makes none
+        mounts = await self.volumes.resolve(org_id, paths.workdir, config.volumes, made)
         try:
-            await self._insert(spec, run_id, step_id, answer_saver(answer_status))
-        except APIProblem:  # over the quota after all (a request racing this one)
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            env = task_env(config, task_id, paths, mounts)
+            spec = build_spec(task_id, org_id, config, placement, env, paths, mounts)
+            await asyncio.to_thread(prepare_task_dir, paths)
+            try:
+                await self._insert(spec, run_id, step_id, answer_saver(answer_status))
+            except APIProblem:  # over the quota after all (a request racing this one)
+                await asyncio.to_thread(shutil.rmtree, paths.root, True)
+                raise
+            await self._queue(spec)
+        except BaseException:
+            await self.volumes.forget(org_id, made)
             raise
-        await self._queue(spec)
         if self.replica.shared and isinstance(self.provider, ClusterPoller) and not self._poller:
             await self.store.run(lambda c: self.replica.send(c, "tp"))  # the poller watches it
         log.info("task %s of %s: submitted to %s", task_id, org_id, self.provider.name)

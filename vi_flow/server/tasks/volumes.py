@@ -276,11 +276,18 @@ class Volumes:
             for r in rows
         ]
 
-    async def resolve(self, org_id: str, workdir: Path, specs: Sequence[VolumeSpec]) -> list[Mount]:
-        """The mounts a new task's volume specs ask for, creating volumes named anew.
+    async def resolve(
+        self, org_id: str, workdir: Path, specs: Sequence[VolumeSpec], made: list[str]
+    ) -> list[Mount]:
+        """The mounts a new task's volume specs ask for, creating volumes named anew
+        (their ids go to ``made``: a task refused later deletes them, :meth:`forget`).
+
+        Every spec is checked before a volume is made; one made before a later one
+        failed is deleted again (QA AH: a refused task left the volumes it named).
 
         Raises:
-            APIProblem: 422 for a mount path used twice or an unknown volume id.
+            APIProblem: 422 for a mount path used twice, an unknown volume id, or a bad
+                name, size or interface of a new one (naming ``volumes[i]``).
         """
         mounts: list[Mount] = []
         seen: list[Path] = []
@@ -303,12 +310,32 @@ class Volumes:
                 f"volume {names[index][1]!r} and volume {names[first][1]!r} (volumes[{first}])"
                 f" would both be {variable}: mount one of them, or rename one",
             )
-        for index, (spec, visible) in enumerate(zip(specs, seen, strict=True)):
-            volume = existing[index] or await self._volume_for_spec(org_id, index, spec)
-            mounts.append(
-                Mount(volume.volume_id, volume.name, Path(volume.path), spec.mount_path, visible)
-            )
+        for index, spec in enumerate(specs):
+            if existing[index] is None:
+                name = spec.name if spec.name is not None else "new"
+                _check_volume(name, spec.size_gb, spec.interface, f"volumes[{index}].")
+        try:
+            for index, (spec, visible) in enumerate(zip(specs, seen, strict=True)):
+                volume = existing[index] or await self._volume_for_spec(org_id, index, spec)
+                if existing[index] is None and volume.volume_id not in made:
+                    made.append(volume.volume_id)
+                mounts.append(
+                    Mount(
+                        volume.volume_id, volume.name, Path(volume.path), spec.mount_path, visible
+                    )
+                )
+        except BaseException:
+            await self.forget(org_id, made)
+            raise
         return mounts
+
+    async def forget(self, org_id: str, volume_ids: Sequence[str]) -> None:
+        """Delete the volumes a refused task made (best effort: a failure is logged)."""
+        for volume_id in volume_ids:
+            try:
+                await self.delete_volume(org_id, volume_id)
+            except Exception:  # noqa: PERF203 - one volume's failure must not keep the others
+                log.warning("volume %s made for a refused task could not be deleted", volume_id)
 
     async def _existing(self, org_id: str, index: int, spec: VolumeSpec) -> Volume | None:
         """The volume ``spec`` names when there is one (an unknown id is a 422)."""
@@ -358,18 +385,19 @@ def mount_rows(task_id: str, mounts: Sequence[Mount]) -> list[tuple[str, ...]]:
     ]
 
 
-def _check_volume(name: str, size_gb: int, interface: str) -> None:
+def _check_volume(name: str, size_gb: int, interface: str, field: str = "") -> None:
+    """Refuse a bad name, size or interface (422 naming ``field`` + the setting)."""
     if "/" in name or ".." in name or not _VOLUME_NAME.match(name):
         raise APIProblem.validation(
-            "name",
+            f"{field}name",
             f"invalid volume name {name!r}: use letters, digits, '-', '_' or '.' "
             f"(at most {MAX_VOLUME_NAME}, no '/' and no '..')",
         )
     if size_gb < 1:
-        raise APIProblem.validation("sizeGb", f"must be at least 1, got {size_gb}")
+        raise APIProblem.validation(f"{field}sizeGb", f"must be at least 1, got {size_gb}")
     if interface not in ("file", "block"):
         raise APIProblem.validation(
-            "interface", f"must be 'file' or 'block', got {shown(interface)}"
+            f"{field}interface", f"must be 'file' or 'block', got {shown(interface)}"
         )
 
 
