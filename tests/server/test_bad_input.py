@@ -550,6 +550,26 @@ async def test_a_public_key_of_two_keys_is_refused_not_cut_to_the_first(server: 
     assert answer.status == 201, answer.body
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [  # QA AH: /etc/passwd was "28 keys (one per line)"; options before a key unnamed
+        ("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/bin/false\n", "none of its 2 lines"),
+        ("{key}\nsomething else\n", "holds a key and 1 other lines"),
+        ('no-pty,command="/bin/true" {key}', "starts with authorized_keys options"),
+    ],
+)
+async def test_what_is_not_one_key_is_refused_saying_what_it_is(
+    server: Server, text: str, said: str
+) -> None:
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    body = {"name": "k", "publicKey": text.format(key=key)}
+    answer = await server.call("POST", "/ssh-keys", json=body)
+    _refused(answer, "publicKey")
+    assert said in answer.body["error"]["message"], answer.body
+
+
 async def test_no_key_takes_the_admin_tokens_name_nor_a_dot_name(server: Server) -> None:
     # QA: a key named as the admin token was revoked, but the SSH keys it registered
     # were not (the admin token of that name is never revoked, and SSH keys go by the

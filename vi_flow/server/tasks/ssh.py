@@ -104,12 +104,24 @@ class SSHAccess:
         limited(check_name, "name", name)
         lines = [line for line in public_key.splitlines() if line.strip()[:1] not in ("", "#")]
         if len(lines) > 1:  # QA: the first was kept, the others dropped without a word
-            raise APIProblem.validation(
-                "publicKey", f"holds {len(lines)} keys (one per line): add each on its own"
-            )
+            keys = sum(1 for line in lines if _imports(line))
+            if keys > 1:
+                why = f"holds {keys} keys (one per line): add each on its own"
+            elif keys == 1:
+                why = f"holds a key and {len(lines) - 1} other lines: send the key's line alone"
+            else:  # QA AH: a file of no key at all (/etc/passwd) was "28 keys"
+                why = f"not an OpenSSH public key: none of its {len(lines)} lines is one"
+            raise APIProblem.validation("publicKey", why)
+        text = (lines or [""])[0].strip()
         try:
-            key = asyncssh.import_public_key((lines or [""])[0].strip())
+            key = asyncssh.import_public_key(text)
         except (asyncssh.KeyImportError, ValueError) as exc:
+            if optioned := _options_before_key(text):  # an authorized_keys line
+                raise APIProblem.validation(
+                    "publicKey",
+                    f"starts with authorized_keys options ({optioned!r}): send the key alone,"
+                    " from its type (ssh-ed25519 AAAA...)",
+                ) from exc
             raise APIProblem.validation("publicKey", f"not an OpenSSH public key: {exc}") from exc
         if not name.strip():
             raise APIProblem.validation("name", "required")
@@ -301,3 +313,27 @@ def _ssh_key(row: Row) -> SSHKey:
         created_at=row["created_at"],
         added_by=row["added_by"],
     )
+
+
+_KEY_TYPES = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
+
+
+def _imports(line: str) -> bool:
+    """Whether ``line`` is an OpenSSH public key."""
+    import asyncssh
+
+    try:
+        asyncssh.import_public_key(line.strip())
+    except (asyncssh.KeyImportError, ValueError):
+        return False
+    return True
+
+
+def _options_before_key(line: str) -> str:
+    """The options an ``authorized_keys`` line puts before its key (``no-pty,...``), or
+    ``""`` when it has none or no key follows."""
+    words = line.split()
+    for at, word in enumerate(words[1:], 1):
+        if word.startswith(_KEY_TYPES) and _imports(" ".join(words[at:])):
+            return " ".join(words[:at])[:80]
+    return ""
