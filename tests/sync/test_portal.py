@@ -953,7 +953,7 @@ def test_ctrl_c_while_close_stops_the_loop_leaks_no_fd(
             portal.call(portal.stop, True)  # asked to stop; the Ctrl-C comes before the join
         raise KeyboardInterrupt
 
-    before = _eventfds()
+    before, threads = _eventfds(), portal_threads()
     p = Portal()
     assert p.call(double, 1) == 2
     assert _eventfds() == before + 1
@@ -964,6 +964,10 @@ def test_ctrl_c_while_close_stops_the_loop_leaks_no_fd(
     p.close()  # nothing left to do
     with pytest.raises(ClientStateError, match="closed"):
         p.call(double, 1)
+    deadline = time.monotonic() + 10  # the loop was asked to stop: its thread ends
+    while portal_threads() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert portal_threads() == threads  # (and the next test counts only its own)
 
 
 def test_close_stops_the_thread() -> None:
