@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import logging
 import os
 import shutil
 import stat
@@ -36,6 +37,8 @@ import orjson
 from ...home import HomeError
 from .._exits import from_shell_status
 
+log = logging.getLogger("vi_flow.server")
+
 __all__ = [
     "GATE",
     "JOB_SANDBOX_ENV",
@@ -48,6 +51,7 @@ __all__ = [
     "detect_sandbox",
     "environment_fd",
     "job_sandbox",
+    "keyrings_filter",
     "sandbox_child",
     "task_network",
 ]
@@ -120,6 +124,8 @@ class Sandbox:
         hidden: Paths covered by an empty directory (the home, should it lie under a
             system directory such as ``/opt``).
         network: One of :data:`NETWORKS`.
+        keyrings_filter: A file of the seccomp program (:func:`keyrings_filter`) that
+            refuses the kernel's keyring calls to the sandboxed command, or ``None``.
     """
 
     bwrap: str | None
@@ -128,6 +134,7 @@ class Sandbox:
     hidden: tuple[Path, ...] = ()
     network: str = "host"
     fix: str = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
+    keyrings_filter: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -152,6 +159,15 @@ class Sandbox:
         if self.bwrap is None:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        opens: list[str] = []
+        if self.keyrings_filter is not None:
+            # The keyrings are the kernel's, per user, not per namespace: every task (of
+            # every organization) ran as the server's user and shared them (QA AI: one
+            # organization's task read a key another's had stored). bwrap takes the
+            # program on a descriptor: a shell opens the file on one no other uses.
+            fd = next(n for n in range(3, 10) if n not in (info_fd, env_fd))
+            opens = ["/bin/sh", "-c", f'exec "$@" {fd}<"$0"', str(self.keyrings_filter)]
+            args += ["--seccomp", str(fd)]
         if self.network == "isolated":
             args.append("--unshare-net")
         if info_fd is not None:
@@ -187,7 +203,7 @@ class Sandbox:
             args += ["--args", str(env_fd)]
         # The sandbox's own root (where the home's path was made) is read-only too.
         args += ["--remount-ro", "/", "--chdir", str(cwd), "--"]
-        return args
+        return [*opens, *args]
 
     def shows(self, path: Path, root: Path, volumes: Iterable[Path]) -> bool:
         """Whether the sandbox of the task at ``root`` shows the host's ``path`` there (the
@@ -468,7 +484,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         NetworkIsolationUnavailable: An isolated network was asked for, and there is no
             sandbox here, or bwrap cannot make a network namespace.
     """
-    sandbox = _host_network_sandbox((home,), extra)
+    sandbox = _with_keyrings_filter(_host_network_sandbox((home,), extra), home)
     if task_network(extra) == "host":
         return sandbox
     isolated = attrs.evolve(sandbox, network="isolated")
@@ -479,6 +495,74 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
             f" namespace, and there is none here: {why}"
         )
     return isolated
+
+
+def _with_keyrings_filter(sandbox: Sandbox, home: Path) -> Sandbox:
+    """``sandbox`` with :func:`keyrings_filter` written in ``home`` and applied, where the
+    kernel and bubblewrap take it (checked by a run); else ``sandbox``, with a warning."""
+    program = keyrings_filter()
+    if not sandbox.enabled or program is None:
+        return sandbox
+    path = home / KEYRINGS_FILTER_FILE
+    try:
+        fresh = path.with_name(path.name + ".new")
+        fresh.write_bytes(program)
+        fresh.replace(path)
+    except OSError as exc:
+        log.warning("tasks share the kernel's keyrings: %s could not be written (%s)", path, exc)
+        return sandbox
+    filtered = attrs.evolve(sandbox, keyrings_filter=path)
+    if why := _refusal(filtered):
+        log.warning("tasks share the kernel's keyrings: bwrap refused the filter (%s)", why)
+        return sandbox
+    return filtered
+
+
+KEYRINGS_FILTER_FILE = "sandbox-keyrings.bpf"
+"""The home's file of :func:`keyrings_filter`'s program (it holds nothing secret)."""
+
+# What the filter refuses: add_key, request_key and keyctl, by the audit arch of a call
+# (x86-64, whose x32 calls carry bit 30, i386, aarch64); any other call, or another
+# arch, is let through.
+_KEYRING_CALLS = {
+    0xC000003E: (248, 249, 250),  # AUDIT_ARCH_X86_64
+    0x40000003: (286, 287, 288),  # AUDIT_ARCH_I386
+    0xC00000B7: (217, 218, 219),  # AUDIT_ARCH_AARCH64
+}
+_X32_BIT = 0x40000000
+
+
+def keyrings_filter() -> bytes | None:
+    """A seccomp program (classic BPF, ``struct sock_filter`` each) that fails the
+    kernel's keyring calls with ``EPERM``, as container runtimes do: the keyrings are the
+    kernel's per user, so tasks running as one user would see each other's keys. ``None``
+    where the machine is none of the archs it knows."""
+    import platform
+    import struct
+
+    if platform.machine() not in ("x86_64", "amd64", "aarch64", "arm64", "i386", "i686"):
+        return None
+    ld, jeq, ret, and_ = 0x20, 0x15, 0x06, 0x54
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM
+    code: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # A = the call's arch
+    jumps: list[int] = []  # the instructions whose "true" goes to the deny at the end
+    for arch, numbers in _KEYRING_CALLS.items():
+        block: list[tuple[int, int, int, int]] = [(ld, 0, 0, 0)]  # A = the call's number
+        if arch == 0xC000003E:
+            block.append((and_, 0, 0, 0xFFFFFFFF ^ _X32_BIT))
+        first = len(code) + 1 + len(block)
+        block += [(jeq, 0, 0, number) for number in numbers]
+        block.append((ret, 0, 0, allow))
+        code.append((jeq, 0, len(block), arch))  # not this arch: over its block
+        jumps += range(first, first + len(numbers))
+        code += block
+    code.append((ret, 0, 0, allow))  # an arch it does not know
+    end = len(code)
+    code.append((ret, 0, 0, deny))
+    for at in jumps:
+        op, _, jf, k = code[at]
+        code[at] = (op, end - at - 1, jf, k)
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
 
 
 def _host_network_sandbox(hidden: Iterable[Path], extra: Mapping[str, Any]) -> Sandbox:
