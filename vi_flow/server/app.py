@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -29,7 +28,7 @@ from .console import sessions
 from .endpoints import check_endpoints
 from .engine import tables as engine_tables
 from .helpers import setup_idempotency
-from .home import HomeError, HomeLock, restrict_home, unpublish
+from .home import HomeError, HomeLock, disk_full, restrict_home, unpublish
 from .limits import setup_limits
 from .middleware import setup_middleware
 from .replicas import MIGRATION as REPLICAS_MIGRATION
@@ -66,18 +65,6 @@ MIGRATIONS = (
 by a newer vi-flow, and the server refuses it (:class:`~vi_flow.server.db.NewerDatabaseError`)."""
 
 
-def _disk_full(home: Path) -> bool:
-    """Whether the home's filesystem has no space left for this user."""
-    try:
-        found = os.statvfs(home)
-    except OSError:
-        return False
-    return found.f_bavail * found.f_frsize < _FULL_BELOW
-
-
-_FULL_BELOW = 64 * 1024  # less than a few SQLite pages: nothing can be written
-
-
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store, home, replica = app[STORE_KEY], app[SETTINGS_KEY].home, app[REPLICA_KEY]
     # The lock comes before the database: a second server on this home never opens it.
@@ -98,7 +85,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         except (db.Error, OSError) as exc:  # a full or read-only disk, a broken file
             await store.close()
             where, why = store.database.name, str(exc)
-            if _disk_full(home):  # SQLite says "disk I/O error" when it cannot grow -shm
+            if disk_full(home):  # SQLite says "disk I/O error" when it cannot grow -shm
                 why = f"its disk is full ({why})"
             raise HomeError(f"cannot open the vi-flow database {where}: {why}") from None
         yield

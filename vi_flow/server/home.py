@@ -23,9 +23,11 @@ from ..models.homes import foreign_home
 from ..models.server import HOME_SERVED, LOCK_FILE, RUN_FILE, STOPPED_FILE, ServerInfo
 
 __all__ = [
+    "DISK_LOW",
     "HomeBusyError",
     "HomeError",
     "HomeLock",
+    "disk_full",
     "prepare_home",
     "publish",
     "read_run_file",
@@ -33,6 +35,22 @@ __all__ = [
     "restrict_home",
     "unpublish",
 ]
+
+
+DISK_LOW = 64 * 1024
+"""Free bytes under which a file system counts as full: less than a few pages of a log
+or of SQLite, nothing more can be written."""
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (nearly) no space left for this
+    process (blocking). Root may write into the blocks a file system keeps for root."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return False
+    blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    return blocks * fs.f_frsize < DISK_LOW
 
 
 class HomeError(RuntimeError):

@@ -23,6 +23,7 @@ import attrs
 from ....models.tasks import TaskStatus
 from ...beneath import append_beneath, link_beneath, makedirs_beneath, open_beneath
 from ...clock import now_ms
+from ...home import disk_full
 from .._exits import describe, end_reason, from_returncode
 from ..base import InvalidRequest, LaunchSpec, RunningTask, TaskPaths, TaskUpdate
 from .sandbox import allowed_environment
@@ -54,11 +55,6 @@ KILL_WAIT = 5.0
 
 MAX_RUN_TIME_GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when a task exceeds its ``max_run_time``."""
-
-DISK_LOW = 64 * 1024
-"""Bytes free under which the disk of a task's logs counts as full: a task writes its
-logs itself (they are its stdout and stderr), so the server never sees a write that
-failed; it looks at the disk instead (:func:`disk_is_full`)."""
 
 DISK_FULL_NOTE = "the disk holding its logs was full while it ran: lines it printed may be missing"
 
@@ -150,13 +146,10 @@ def append_line(paths: TaskPaths, text: str) -> None:
 
 def disk_is_full(paths: TaskPaths) -> bool:
     """Whether the file system of the task's logs has (nearly) no space left for it
-    (blocking). Root may write into the blocks a file system keeps for root."""
-    try:
-        fs = os.statvfs(paths.stdout.parent)
-    except OSError:
-        return False
-    blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
-    return blocks * fs.f_frsize < DISK_LOW
+    (blocking; :func:`~vi_flow.server.home.disk_full`): a task writes its logs itself
+    (they are its stdout and stderr), so the server never sees a write that failed; it
+    looks at the disk instead."""
+    return disk_full(paths.stdout.parent)
 
 
 # -- stopping --------------------------------------------------------------------------
