@@ -35,6 +35,7 @@ from ...models.tasks import (
 from ..errors import APIProblem
 
 __all__ = [
+    "MAX_ARG_STRLEN",
     "CapacityError",
     "ClusterPoller",
     "ComputeProvider",
@@ -52,6 +53,11 @@ __all__ = [
     "problem_for",
     "report_to",
 ]
+
+MAX_ARG_STRLEN = 131_072
+"""Linux's bound on one argument of a command (32 pages), its NUL included: what a task's
+command words and ``NAME=value`` variables are checked against, and a Ray job's entry
+point (one argument of ``/bin/sh -c``)."""
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ...models.limits import has_control_characters, is_unicode, long_part, show
 from ...models.tasks import TaskConfig
 from ..errors import APIProblem
 from ..providers._job_files import VARIABLE_NAME
-from ..providers.base import LaunchSpec, Mount, Placement, TaskPaths
+from ..providers.base import MAX_ARG_STRLEN, LaunchSpec, Mount, Placement, TaskPaths
 
 __all__ = [
     "build_spec",
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 _ENV_NAME = re.compile(r"[^A-Z0-9]+")
-_MAX_ARG = 131_072  # Linux's MAX_ARG_STRLEN: one argument, with its NUL
 # QA: each was accepted and the task failed as it started. Linux's ARG_MAX (2 MiB with the
 # default stack) bounds a command line and its environment together, with the server's
 # own variables; bubblewrap takes 9,000 arguments, three for each variable.
@@ -60,7 +59,7 @@ def check_config(config: TaskConfig) -> None:
             field = "command" if isinstance(command, str) else f"command[{i}]"
             raise APIProblem.validation(
                 field,
-                f"{size:,} bytes: Linux passes at most {_MAX_ARG - 1:,} in one argument;"
+                f"{size:,} bytes: Linux passes at most {MAX_ARG_STRLEN - 1:,} in one argument;"
                 " put it in a file (upload it) and run that",
             )
     if config.max_run_time is not None and config.max_run_time <= 0:
@@ -127,18 +126,18 @@ def check_env(env: dict[str, str]) -> None:
         if size := _past_arg_limit(f"{name}={value}"):
             raise APIProblem.validation(
                 f"env.{name[:64]}",
-                f"NAME=value is {size:,} bytes: Linux passes at most {_MAX_ARG - 1:,} in one"
+                f"NAME=value is {size:,} bytes: Linux passes at most {MAX_ARG_STRLEN - 1:,} in one"
                 " variable; put it in a file",
             )
 
 
 def _past_arg_limit(text: str) -> int | None:
     """The size in bytes of ``text`` when Linux cannot pass it as one argument or
-    variable (:data:`_MAX_ARG`), else None (short texts are not encoded to tell)."""
-    if len(text) < _MAX_ARG // 4:
+    variable (:data:`MAX_ARG_STRLEN`), else None (short texts are not encoded to tell)."""
+    if len(text) < MAX_ARG_STRLEN // 4:
         return None
     size = len(text.encode(errors="surrogatepass"))
-    return size if size >= _MAX_ARG else None
+    return size if size >= MAX_ARG_STRLEN else None
 
 
 def _encodable(text: str) -> bool:

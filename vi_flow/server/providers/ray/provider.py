@@ -54,6 +54,7 @@ from ...clock import now_ms
 from .._exits import Exit, describe, end_reason, from_shell_status
 from .._polling import PollingJobProvider, own_outcome
 from ..base import (
+    MAX_ARG_STRLEN,
     InvalidRequest,
     LaunchSpec,
     Placement,
@@ -128,11 +129,6 @@ class _Tracked:
     reported: asyncio.Event = attrs.Factory(asyncio.Event)  # the end went to the sink
     deadline: float | None = None  # epoch seconds when max_run_time runs out
     raw_reason: str | None = None  # Ray's sentence about the pending job, last reported
-
-
-#: Linux's bound on one argument of a command (32 pages: ``MAX_ARG_STRLEN``), its NUL
-#: included.
-MAX_ARG_STRLEN = 131_072
 
 
 class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
