@@ -105,13 +105,17 @@ def _add(total: TokenUsage | None, usage: Any) -> TokenUsage | None:
 _SHORTENED = re.compile(r"([\w-]+)(?:\.\.\.|…|\\u2026|\*+)([\w-]+)")
 
 
+def _secrets(ctx: BlockContext) -> list[str]:
+    """The endpoint's credentials: the server's key, and the password its URL holds."""
+    url = yarl.URL(ctx.server.llm_base_url or "")
+    return [s for s in (ctx.server.llm_api_key, url.password, url.raw_password) if s]
+
+
 def _shown(ctx: BlockContext, text: str) -> str:
     """``text`` without the endpoint's credentials: a failed step's message reaches the
     run's events and every member of its organization; the endpoint is the server's."""
-    url = yarl.URL(ctx.server.llm_base_url or "")
-    for secret in (ctx.server.llm_api_key, url.password, url.raw_password):
-        if secret:
-            text = text.replace(secret, "***")
+    for secret in _secrets(ctx):
+        text = text.replace(secret, "***")
     if key := ctx.server.llm_api_key:
 
         def hide(match: re.Match[str]) -> str:
@@ -133,9 +137,7 @@ def _without_secrets(ctx: BlockContext, message: Any) -> Any:
     short word of a key ("none") would change ordinary text, and JSON may escape the
     key (``\\/``); a "key" shorter than :data:`_SECRET_WHOLE` is taken for a placeholder.
     """
-    url = yarl.URL(ctx.server.llm_base_url or "")
-    found = (ctx.server.llm_api_key, url.password, url.raw_password)
-    secrets = [s for s in found if s and len(s) >= _SECRET_WHOLE]
+    secrets = [s for s in _secrets(ctx) if len(s) >= _SECRET_WHOLE]
     if not secrets:
         return message
 
