@@ -76,17 +76,23 @@ def _check_http_url(
     setting: str, value: str | None, example: str, problem_of: Callable[[SplitResult], str]
 ) -> None:
     """An http(s) URL with a host, and what ``problem_of`` finds wrong with it (``""``:
-    nothing); the error never shows a password the URL carries, nor its query (which
-    may hold a key: ``?key=...``)."""
+    nothing; it is given the URL's parts, and ``query``/``fragment`` of ``"?"`` for one
+    written empty, which ``urlsplit`` drops); the error never shows a password the URL
+    carries, nor its query or fragment (which may hold a key: ``?key=...``)."""
     if value is None:
         return
     parts = urlsplit(value)
+    if "?" in value and not parts.query:  # ".../v1?": a query all the same
+        parts = parts._replace(query="?")
+    if "#" in value and not parts.fragment:
+        parts = parts._replace(fragment="?")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problem = f"expected an http(s) URL such as {example}"
     else:
         problem = problem_of(parts)
     if problem:
-        shown = redact(value.split("?", 1)[0] + ("?***" if "?" in value else ""))
+        head = re.split(r"[?#]", value, maxsplit=1)[0]
+        shown = redact(head) + ("?***" if head != value else "")
         raise EndpointError(setting, f"{problem}, got {shown!r}")
 
 
@@ -102,6 +108,9 @@ def _public_url_problem(parts: SplitResult) -> str:
 
 def _llm_url_problem(with_key: bool) -> Callable[[SplitResult], str]:
     def problem(parts: SplitResult) -> str:
+        if parts.query or parts.fragment:  # an empty one too: ".../v1?"
+            # "/chat/completions" is added to the URL: it would land after the query
+            return "has a query or fragment; the llm block adds /chat/completions to its path"
         if with_key and (parts.username or parts.password):
             return (
                 "carries a user name and an llm_api_key is set as well: both would go in"
@@ -125,15 +134,6 @@ def check_endpoints(settings: ServerSettings) -> None:
     _check_http_url(
         "public_url", settings.public_url, "https://flows.example.com", _public_url_problem
     )
-    llm = settings.llm_base_url
-    if llm is not None and ("?" in llm or "#" in llm):  # an empty one too: ".../v1?"
-        # "/chat/completions" is added to the URL: it would land after the query
-        shown = redact(llm.split("?", 1)[0].split("#", 1)[0])
-        raise EndpointError(
-            "llm_base_url",
-            "has a query or fragment; the llm block adds /chat/completions to its path,"
-            f" got {shown + '?***'!r}",
-        )
     _check_http_url(
         "llm_base_url",
         settings.llm_base_url,
