@@ -484,7 +484,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         NetworkIsolationUnavailable: An isolated network was asked for, and there is no
             sandbox here, or bwrap cannot make a network namespace.
     """
-    sandbox = _with_keyrings_filter(_host_network_sandbox((home,), extra), home)
+    sandbox = _host_network_sandbox((home,), extra, keyrings_home=home)
     if task_network(extra) == "host":
         return sandbox
     isolated = attrs.evolve(sandbox, network="isolated")
@@ -497,12 +497,12 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     return isolated
 
 
-def _with_keyrings_filter(sandbox: Sandbox, home: Path) -> Sandbox:
-    """``sandbox`` with :func:`keyrings_filter` written in ``home`` and applied, where the
-    kernel and bubblewrap take it (checked by a run); else ``sandbox``, with a warning."""
+def _keyrings_file(home: Path) -> Path | None:
+    """:func:`keyrings_filter`'s program written in ``home``; ``None`` (with a warning
+    when it could not be written) where there is none."""
     program = keyrings_filter()
-    if not sandbox.enabled or program is None:
-        return sandbox
+    if program is None:
+        return None
     path = home / KEYRINGS_FILTER_FILE
     try:
         fresh = path.with_name(path.name + ".new")
@@ -510,12 +510,8 @@ def _with_keyrings_filter(sandbox: Sandbox, home: Path) -> Sandbox:
         fresh.replace(path)
     except OSError as exc:
         log.warning("tasks share the kernel's keyrings: %s could not be written (%s)", path, exc)
-        return sandbox
-    filtered = attrs.evolve(sandbox, keyrings_filter=path)
-    if why := _refusal(filtered):
-        log.warning("tasks share the kernel's keyrings: bwrap refused the filter (%s)", why)
-        return sandbox
-    return filtered
+        return None
+    return path
 
 
 KEYRINGS_FILTER_FILE = "sandbox-keyrings.bpf"
@@ -565,9 +561,14 @@ def keyrings_filter() -> bytes | None:
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
 
 
-def _host_network_sandbox(hidden: Iterable[Path], extra: Mapping[str, Any]) -> Sandbox:
+def _host_network_sandbox(
+    hidden: Iterable[Path], extra: Mapping[str, Any], *, keyrings_home: Path | None = None
+) -> Sandbox:
     """The sandbox that hides ``hidden`` (the home; for cluster jobs, the server's task,
-    volume and token directories too), or why there is none."""
+    volume and token directories too), or why there is none. With ``keyrings_home``, it
+    applies :func:`keyrings_filter` (its file written there) where bubblewrap and the
+    kernel take it: one run checks both; should it fail, a run without the filter says
+    whether there is a sandbox at all (and the server warns that tasks share keyrings)."""
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
     bwrap = shutil.which("bwrap")
@@ -577,8 +578,16 @@ def _host_network_sandbox(hidden: Iterable[Path], extra: Mapping[str, Any]) -> S
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
     read_only = _read_only([*_python_paths(), *extra_paths], tops)
     sandbox = Sandbox(bwrap, "", read_only, hidden=tops)
+    keyrings = _keyrings_file(keyrings_home) if keyrings_home is not None else None
+    refused = ""
+    if keyrings is not None:
+        filtered = attrs.evolve(sandbox, keyrings_filter=keyrings)
+        if not (refused := _refusal(filtered)):
+            return filtered
     if why := _refusal(sandbox):
         return Sandbox(None, why)
+    if refused:
+        log.warning("tasks share the kernel's keyrings: bwrap refused the filter (%s)", refused)
     return sandbox
 
 
