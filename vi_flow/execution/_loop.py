@@ -110,9 +110,8 @@ class ToolLoop:
         try:
             await self.post_nowait(event.execution_id, results)
         except ConflictError:  # the run stopped waiting (timed out, cancelled) meanwhile:
-            if (
-                await self._ended(event.execution_id, step_id=event.step_id) is None
-            ):  # on the stream
+            ended = await self._ended(event.execution_id, step_id=event.step_id)
+            if ended is None:  # its end is on the stream
                 raise
 
     async def _ended(
