@@ -132,11 +132,7 @@ async def test_an_ssh_session_reaches_nothing_either(
     sandboxed: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     other, volume = await _victim(sandboxed)
-    public = client_key.export_public_key().decode()
-    await sandboxed.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
-    task = await sandboxed.submit(command="sleep 30")
-    await sandboxed.wait(task["taskId"], until={"running"})
-    endpoint = (await sandboxed.call("GET", f"/tasks/{task['taskId']}/ssh")).body
+    endpoint = await _login_endpoint(sandboxed, client_key, "sleep 30")
     async with _connect(endpoint, client_key) as conn:
         result = await conn.run(_probe(sandboxed, other, volume))
         assert "probed" in result.stdout, result.stderr
@@ -970,11 +966,7 @@ async def test_tasks_and_sessions_reach_no_keyring(
         out = await _logs(sandboxed, task["taskId"])
         assert "search -1 Operation not permitted" in out and "FOUND" not in out, out
         assert "add -1 Operation not permitted" in out, out
-        public = client_key.export_public_key().decode()
-        await sandboxed.call("POST", "/ssh-keys", json={"name": "k", "publicKey": public})
-        running = await sandboxed.submit(command="sleep 30")
-        await sandboxed.wait(running["taskId"], until={"running"})
-        endpoint = (await sandboxed.call("GET", f"/tasks/{running['taskId']}/ssh")).body
+        endpoint = await _login_endpoint(sandboxed, client_key, "sleep 30")
         async with _connect(endpoint, client_key) as conn:
             session = (await conn.run(_KEYRINGS + name.decode())).stdout
         assert "search -1 Operation not permitted" in session and "FOUND" not in session
