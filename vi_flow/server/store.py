@@ -317,11 +317,13 @@ class Store:
     def _prepare(self, conn: Any) -> None:
         self.database.script(conn, migration_sql(rec.SCHEMA, self.dialect), None)
         if self._known is not None:
-            self._refuse_newer(conn)
+            self._refuse_to_migrate(conn)
         for name, sql in rec.MIGRATIONS:
             self._migrate(name, sql)
 
-    def _refuse_newer(self, conn: Connection) -> None:
+    def _refuse_to_migrate(self, conn: Connection) -> None:
+        """Refuse a database a newer vi-flow migrated (:class:`NewerDatabaseError`), and
+        an older SQLite one other processes have open (:class:`DatabaseInUseError`)."""
         known = {*(self._known or ()), *(name for name, _ in rec.MIGRATIONS)}
         rows = conn.execute("SELECT name FROM migrations ORDER BY applied_at, name").fetchall()
         unknown = [r[0] for r in rows if r[0] not in known]
