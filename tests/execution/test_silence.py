@@ -96,7 +96,10 @@ async def test_a_timeout_shorter_than_the_heartbeat_resumes_through_a_quiet_step
         async with vi_flow.AsyncClient(base_url=f"{server.root}/v1", api_key=server.token) as c:
             flow = await new_flow(c, emit_flow(3, interval=1.5))  # 3 s of silences
         url = f"{server.root}/v1"
-        options: dict[str, Any] = {"api_key": server.token, "timeout": 0.2, "sleep": _no_wait}
+        # a timeout well under the 1.5 s silences, yet not so short that a loaded machine
+        # misses the first answer (CI: the sync client's first POST took over 0.2 s, and
+        # before its run is known a stream gives up on a timeout)
+        options: dict[str, Any] = {"api_key": server.token, "timeout": 0.5, "sleep": _no_wait}
         if client_kind == "async":  # no wait before a resume: each timeout counts at once
             async with vi_flow.AsyncClient(base_url=url, **options) as c:
                 events = [e async for e in c.flow(flow.flow_id).events()]
