@@ -435,6 +435,39 @@ async def test_more_tool_calls_than_a_step_takes_fail_it(
         assert "asked for 4 tool calls in one answer; a step takes at most 3" in outcome["error"]
 
 
+async def test_a_key_the_endpoint_echoes_as_a_name_is_hidden(start_server: StartServer) -> None:
+    # A message's content may be an object: the key as one of its names reached the output.
+    async def echo(request: web.Request) -> web.Response:
+        content = {request.headers["Authorization"]: {"said": request.headers["Authorization"]}}
+        return web.json_response({"choices": [{"message": {"content": content}}]})
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=KEY)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["output"] == {"Bearer ***": {"said": "Bearer ***"}}, outcome
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+async def test_a_message_nested_as_deep_as_json_reads_fails_the_same_with_a_key(
+    start_server: StartServer, key: str | None
+) -> None:
+    # The key's scrub walked the message recursively: 1,000 levels (orjson reads 1,024)
+    # passed Python's recursion limit, and the step failed BLOCK_ERROR "RecursionError"
+    # where without a key it fails BAD_OUTPUT (an output deeper than the wire writes).
+    async def deep(request: web.Request) -> web.Response:
+        content = b"[" * 1000 + b'"Bearer ' + KEY.encode() + b'"' + b"]" * 1000
+        body = b'{"choices": [{"message": {"content": ' + content + b"}}]}"
+        return web.Response(body=body, content_type="application/json")
+
+    async for address in _endpoint(deep):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=key)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert (outcome["state"], outcome["errorCode"]) == ("failed", "BAD_OUTPUT"), outcome
+        assert KEY not in str(outcome)
+
+
 @pytest.mark.parametrize("key", ["none", "null"])
 async def test_a_short_placeholder_key_changes_no_answer(
     start_server: StartServer, key: str

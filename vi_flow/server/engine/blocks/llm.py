@@ -129,30 +129,38 @@ def _shown(ctx: BlockContext, text: str) -> str:
     return text
 
 
-def _without_secrets(ctx: BlockContext, message: Any) -> Any:
+def _without_secrets(ctx: BlockContext, message: dict[str, Any]) -> dict[str, Any]:
     """The model's message (its text, its tool calls) with the endpoint's key (and the
     URL's password) as ``***`` wherever a string holds it whole: an endpoint or proxy
     that echoes the request would put it in the step's output or tool calls, which the
     organization reads. The decoded strings are looked at, not the answer's bytes: a
     short word of a key ("none") would change ordinary text, and JSON may escape the
     key (``\\/``); a "key" shorter than :data:`_SECRET_WHOLE` is taken for a placeholder.
+
+    The message is the step's own, decoded from the answer: its containers are changed
+    where they are, by a walk with its own stack, since a message nested as deep as
+    orjson reads (1,024 levels) would pass Python's recursion limit.
     """
     secrets = [s for s in _secrets(ctx) if len(s) >= _SECRET_WHOLE]
-    if not secrets:
-        return message
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, "***")
-            return value
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        if isinstance(value, dict):
-            return {name: clean(item) for name, item in value.items()}
-        return value
+    def replaced(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
 
-    return clean(message)
+    stack: list[Any] = [message] if secrets else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict) and any(replaced(name) != name for name in node):
+            pairs = [(replaced(name), item) for name, item in node.items()]
+            node.clear()
+            node.update(pairs)
+        for name, item in list(node.items() if isinstance(node, dict) else enumerate(node)):
+            if isinstance(item, str):
+                node[name] = replaced(item)
+            elif isinstance(item, (dict, list)):
+                stack.append(item)
+    return message
 
 
 _SECRET_WHOLE = 8  # "none", "EMPTY", "dummy": what local endpoints are given as a key
