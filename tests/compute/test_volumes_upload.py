@@ -118,6 +118,23 @@ async def test_upload_refuses_dotdot_target_and_remote_symlinks(
         await task.cancel(force=True)
 
 
+async def test_upload_refuses_a_workspace_that_is_itself_a_link(
+    client: vi_flow.AsyncClient, tmp_path: Path
+) -> None:
+    # QA AI: a task that made its workspace a link to /tmp got its uploads answered with
+    # success, and the files went to the upload session's private /tmp.
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("print('hi')\n")
+    task = await client.run("sleep 60", wait=True)
+    try:
+        moved = await task.shell("cd .. && mv workspace away && ln -s /tmp workspace && echo ok")
+        assert moved.stdout == "ok\n", moved
+        with pytest.raises(UploadError, match=r"symbolic link /workspace$"):
+            await client.upload_code_to_task(task.task_id, source_dir=tmp_path / "src")
+    finally:
+        await task.cancel(force=True)
+
+
 async def test_volume_names_and_conflicts(client: vi_flow.AsyncClient) -> None:
     for bad in ("a/b", "..", "x..y/..", "../up"):
         with pytest.raises(UnprocessableEntityError, match="name"):

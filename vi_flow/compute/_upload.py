@@ -111,8 +111,13 @@ def check_target_dir(target_dir: str) -> str:
 Progress = Callable[[int], None]
 
 #: Prints each path read on stdin (relative to the task's working directory) that is a
-#: symbolic link; run first, so that the tar below never writes through one.
-_FIND_LINKS = 'while IFS= read -r p; do if [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
+#: symbolic link; run first, so that the tar below never writes through one. "." first
+#: when the workspace itself is one: the session then starts where it points (QA AI: the
+#: upload answered success and the files went to the session's private /tmp).
+_FIND_LINKS = (
+    'if [ -L "${VI_FLOW_WORKSPACE:-.}" ]; then echo .; fi; '
+    'while IFS= read -r p; do if [ -L "$p" ]; then printf "%s\\n" "$p"; fi; done'
+)
 #: Unpacks the tar stream on stdin into "$1" (made first), as the task's own user.
 _EXTRACT = 'mkdir -p -- "$1" && exec tar -x -f - --no-same-owner -C "$1"'
 _NOT_FOUND = 127  # the shell's status for a command it cannot find
