@@ -113,7 +113,19 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    """No answer came back in time."""
+    """No answer came back in time.
+
+    Attributes:
+        execution_id: The run the request started or answered, when its answer had
+            begun (``X-Execution-Id``) before the time ran out: an ``execute`` whose
+            ``timeout`` ended it leaves its run going on, and the message names it.
+    """
+
+    def __init__(
+        self, message: str, *, request_id: str | None = None, execution_id: str | None = None
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.execution_id = execution_id
 
 
 class LocalServerError(APIConnectionError):

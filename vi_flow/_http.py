@@ -647,7 +647,8 @@ class HTTPCore:
                 if _past(deadline, delay):
                     raise APITimeoutError(
                         f"{method} {shown_url(request.full_url)} gave no answer within the call's "
-                        f"timeout of {budget.total:g} s ({exc})"
+                        f"timeout of {budget.total:g} s ({exc})",
+                        execution_id=getattr(exc, "execution_id", None),
                     ) from exc
                 log.info("%s %s failed (%s); retrying in %.2fs", method, url, exc, delay)
                 if not isinstance(exc, APITimeoutError):
@@ -720,6 +721,7 @@ class HTTPCore:
     ) -> aiohttp.ClientResponse | Answer:
         import aiohttp
 
+        resp = None
         try:
             resp = await session.request(
                 request.method,
@@ -738,7 +740,8 @@ class HTTPCore:
                 resp.release()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise APITimeoutError(
-                f"{request.method} {shown_url(request.full_url)} timed out ({str(exc) or 'no answer'})"
+                f"{request.method} {shown_url(request.full_url)} timed out ({str(exc) or 'no answer'})",
+                execution_id=None if resp is None else resp.headers.get("X-Execution-Id"),
             ) from exc
         except aiohttp.ClientResponseError as exc:  # aiohttp's parser: a malformed answer
             malformed = exc.message  # raised below: its request_info holds the request's

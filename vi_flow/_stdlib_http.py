@@ -43,6 +43,7 @@ async def send(
         APIConnectionError: The server could not be reached or broke the answer.
     """
     target = f"{url}?{urlencode(params)}" if params else url
+    begun: list[str] = []  # the answer's X-Execution-Id, once its headers came
     try:
         with anyio.fail_after(budget.total):
             return await anyio.to_thread.run_sync(
@@ -53,12 +54,14 @@ async def send(
                 dict(headers),
                 budget,
                 tls,
+                begun,
                 abandon_on_cancel=True,
             )
     except TimeoutError as exc:  # the whole call's budget; the socket's own are below
         waited = f"{budget.total:.1f}"
         raise APITimeoutError(
-            f"{method} {shown_url(url)} gave no answer within {waited} s"
+            f"{method} {shown_url(url)} gave no answer within {waited} s",
+            execution_id=begun[0] if begun else None,
         ) from exc
 
 
@@ -69,6 +72,7 @@ def _blocking_send(
     headers: dict[str, str],
     timeout: Timeout,
     tls: ssl.SSLContext | None,
+    begun: list[str],
 ) -> Answer:
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
@@ -87,6 +91,8 @@ def _blocking_send(
             headers["Authorization"] = _basic(parts.username, parts.password or "")
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
+        if execution_id := resp.getheader("X-Execution-Id"):
+            begun.append(execution_id)
         try:
             body = _body(resp)
         finally:
@@ -94,7 +100,10 @@ def _blocking_send(
         return Answer(resp.status, resp.msg, body)  # type: ignore[arg-type]  # case-insensitive
     except TimeoutError as exc:
         waited = time.monotonic() - started
-        raise APITimeoutError(f"{method} {shown_url(url)} timed out after {waited:.1f} s") from exc
+        raise APITimeoutError(
+            f"{method} {shown_url(url)} timed out after {waited:.1f} s",
+            execution_id=begun[0] if begun else None,
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise APIConnectionError(f"could not reach {shown_url(url)}: {exc}") from exc
     finally:

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 import vi_flow
+from vi_flow.models import FlowCompleted
 from vi_flow.server.routes.executions import EXECUTION_ENGINE_KEY
 
 from .conftest import Server, StartServer
@@ -56,6 +57,27 @@ async def test_execute_outlives_the_clients_read_timeout(server: Server) -> None
     async with client:
         result = await client.flow(flow).execute()
     assert result.status == "Succeeded" and result.output == {"count": 8}
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "stdlib"])
+async def test_an_execute_its_timeout_ended_names_the_run_that_goes_on(
+    server: Server, transport: str
+) -> None:
+    # A timeout bounds the call, not the run (configuration.md): the caller had no id
+    # to wait for or cancel the run with.
+    flow = await server.flow(_emit(8, 0.25))  # about 2 s; its answer begins after 0.2 s
+    client = vi_flow.AsyncClient(
+        base_url=f"{server.root}/v1", api_key=server.token, http_transport=transport
+    )
+    async with client:
+        with pytest.raises(vi_flow.APITimeoutError) as caught:
+            await client.flow(flow).execute(timeout=0.8)
+        run_id = caught.value.execution_id
+        assert run_id is not None and run_id.startswith("run_"), caught.value
+        assert f"run {run_id} goes on: follow it with flow.run('{run_id}')" in str(caught.value)
+        events = [event async for event in client.flow(flow).run(run_id).events(after=0)]
+        assert isinstance(events[-1], FlowCompleted), events[-1]
+        assert events[-1].output == {"count": 8}, events[-1]
 
 
 async def test_answering_tool_results_with_wait_is_kept_alive_too(server: Server) -> None:

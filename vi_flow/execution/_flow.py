@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from typing_extensions import Unpack
 
-from .._errors import FlowExecutionError, ToolCallsPendingError
+from .._errors import APITimeoutError, FlowExecutionError, ToolCallsPendingError
 from .._http import HTTPCore, path
 from ..models.common import Condition
 from ..models.events import (
@@ -24,7 +24,7 @@ from ..models.events import (
     ToolCallsRequired,
 )
 from ..models.execution import ExecuteRequest, ExecutionJob
-from ._loop import ToolLoop, check_rounds, request_timeout, stream_timeout
+from ._loop import ToolLoop, check_rounds, request_timeout, run_goes_on, stream_timeout
 from ._options import ExecuteOptions, RunInputs, check_names, request_of
 from ._results import ExecuteResult, PausedResult
 from ._run import AsyncJob, AsyncRun, run_stream
@@ -100,6 +100,9 @@ class AsyncFlow:
             UnprocessableEntityError: A required parameter is missing (named).
             FlowExecutionError: The run failed; carries the failing step and the message.
             ToolCallLimitError: The handler answered ``max_tool_rounds`` pauses already.
+            APITimeoutError: The ``timeout`` ran out; the run goes on, and the error's
+                ``execution_id`` names it once its answer has begun (after one
+                heartbeat interval of the server).
         """
         request = request_of(options, ExecuteOptions, "execute")
         loop = self._loop(options)
@@ -108,13 +111,18 @@ class AsyncFlow:
     async def _execute(
         self, request: ExecuteRequest, loop: ToolLoop
     ) -> ExecuteResult | PausedResult:
-        outcome = await self._http.request(
-            "POST",
-            path("/flows/{}/execute", self.flow_id),
-            json=request.to_wire(),
-            timeout=request_timeout(loop.timeout),
-            cast=ExecutionOutcome,
-        )
+        try:
+            outcome = await self._http.request(
+                "POST",
+                path("/flows/{}/execute", self.flow_id),
+                json=request.to_wire(),
+                timeout=request_timeout(loop.timeout),
+                cast=ExecutionOutcome,
+            )
+        except APITimeoutError as exc:
+            if exc.execution_id is None:  # its answer had not begun: the run is not known
+                raise
+            raise run_goes_on(exc, exc.execution_id) from exc
         return await loop.settle(outcome)
 
     def events(

@@ -14,7 +14,13 @@ import logging
 from typing import Any, TypeAlias
 
 from .._config import NOT_GIVEN, NotGiven, Timeout
-from .._errors import APIError, ConflictError, FlowExecutionError, ToolCallLimitError
+from .._errors import (
+    APIError,
+    APITimeoutError,
+    ConflictError,
+    FlowExecutionError,
+    ToolCallLimitError,
+)
 from .._http import HTTPCore, path
 from ..models._base import to_wire
 from ..models.common import Condition
@@ -57,6 +63,17 @@ def check_rounds(max_tool_rounds: object) -> int:
     if max_tool_rounds < 0:
         raise ValueError(f"max_tool_rounds must be 0 or more, got {max_tool_rounds}")
     return max_tool_rounds
+
+
+def run_goes_on(exc: APITimeoutError, execution_id: str) -> APITimeoutError:
+    """``exc`` naming the run it leaves going on: a ``timeout`` bounds the call, not the
+    run, and the caller of ``execute`` has no other way to learn its id."""
+    return APITimeoutError(
+        f"{exc.message}; run {execution_id} goes on: follow it with"
+        f" flow.run({execution_id!r}).events(), or stop it with .cancel()",
+        request_id=exc.request_id,
+        execution_id=execution_id,
+    )
 
 
 class ToolLoop:
@@ -173,6 +190,8 @@ class ToolLoop:
                 timeout=request_timeout(self.timeout),
                 cast=ExecutionOutcome,
             )
+        except APITimeoutError as exc:
+            raise run_goes_on(exc, execution_id) from exc
         except ConflictError:
             # a run that succeeded was answered by another client meanwhile: the 409 says so
             ended = await self._ended(execution_id, failed_only=True, step_id=step_id)
