@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import vi_flow
+from tests import keyrings
 from vi_flow.models.tasks import TaskStatus
 
 pytestmark = [pytest.mark.ray, pytest.mark.anyio]
@@ -69,3 +70,15 @@ async def test_a_job_reaches_nothing_of_another_organization(
             assert [line for line in out.splitlines() if "LEAK" in line] == []
         finally:
             await b.cancel(victim.task_id)
+
+
+@keyrings.x86_64_only
+async def test_a_job_reaches_no_keyring(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # QA AI found it on the local provider: the keyrings are the kernel's, per user, and
+    # every job runs as the Ray workers' one account.
+    monkeypatch.setenv("VI_FLOW_ALLOW_UNSANDBOXED", "1")  # an organization "b" may exist
+    with keyrings.stored_key() as name:
+        task = await client.run(keyrings.probe(name))
+        assert await task.wait(timeout=30) == TaskStatus.COMPLETED
+        out = await task.logs()
+        assert keyrings.refused(out), out

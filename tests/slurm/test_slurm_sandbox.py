@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 import vi_flow
+from tests import keyrings
 from vi_flow.models.tasks import TaskStatus
 
 pytestmark = [pytest.mark.slurm, pytest.mark.anyio]
@@ -71,6 +72,23 @@ async def test_a_job_and_a_shell_reach_nothing_of_another_organization(client: A
             await client.cancel(holder.task_id)
         finally:
             await b.cancel(victim.task_id)
+
+
+@keyrings.x86_64_only
+async def test_a_job_and_a_shell_reach_no_keyring(client: Any) -> None:
+    # QA AI found it on the local provider: the keyrings are the kernel's, per user, and
+    # every job runs as the one account the server submits as.
+    with keyrings.stored_key() as name:
+        task = await client.run(keyrings.probe(name))
+        assert await task.wait(timeout=30) == TaskStatus.COMPLETED
+        out = await task.logs()
+        assert keyrings.refused(out), out
+        holder = await client.run("sleep 60", wait=True)
+        try:
+            shell = await client.shell(holder.task_id, command=keyrings.probe(name))
+        finally:
+            await client.cancel(holder.task_id)
+        assert keyrings.refused(shell.stdout), shell
 
 
 async def test_a_tasks_environment_is_loaded_inside_its_sandbox(client: Any) -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -25,6 +23,7 @@ import anyio
 import asyncssh
 import pytest
 
+from tests import keyrings
 from vi_flow.models.tasks import ENV_REDACTED, TaskConfig
 from vi_flow.server.providers.local.sandbox import (
     NetworkIsolationUnavailable,
@@ -938,38 +937,20 @@ async def test_a_command_the_sandbox_hides_fails_as_missing_whatever_the_host_ho
     assert ends["path"][0] == ends["path"][1] and ends["link"][0] == ends["link"][1], ends
 
 
-_KEYRINGS = f"""{sys.executable} -c '
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-found = libc.syscall(250, 10, -4, b"user", sys.argv[1].encode(), 0)  # keyctl search @u
-print("search", found, os.strerror(ctypes.get_errno()) if found < 0 else "FOUND")
-added = libc.syscall(248, b"user", b"vi-flow-task-key", b"x", 1, -4)  # add_key @u
-print("add", added, os.strerror(ctypes.get_errno()) if added < 0 else "ADDED")
-' """
-
-
 @pytest.mark.anyio
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "amd64"), reason="x86-64 call numbers")
+@keyrings.x86_64_only
 async def test_tasks_and_sessions_reach_no_keyring(
     sandboxed: TaskServer, client_key: asyncssh.SSHKey
 ) -> None:
     """QA AI: the kernel's keyrings are per user, not per namespace: every task of every
     organization runs as the server's user, so one's task read what another's had stored
     in the user keyring (Kerberos caches, keyctl). The sandbox refuses the keyring calls."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    name = f"vi-flow-other-org-{os.getpid()}".encode()
-    stored = libc.syscall(248, b"user", name, b"SECRET_OF_ANOTHER", 17, -4)  # as A's task did
-    assert stored > 0, os.strerror(ctypes.get_errno())
-    try:
-        task = await sandboxed.submit(command=_KEYRINGS + name.decode())
+    with keyrings.stored_key() as name:
+        task = await sandboxed.submit(command=keyrings.probe(name))
         await sandboxed.wait(task["taskId"], within=20)
         out = await _logs(sandboxed, task["taskId"])
-        assert "search -1 Operation not permitted" in out and "FOUND" not in out, out
-        assert "add -1 Operation not permitted" in out, out
+        assert keyrings.refused(out), out
         endpoint = await _login_endpoint(sandboxed, client_key, "sleep 30")
         async with _connect(endpoint, client_key) as conn:
-            session = (await conn.run(_KEYRINGS + name.decode())).stdout
-        assert "search -1 Operation not permitted" in session and "FOUND" not in session
-        assert "add -1 Operation not permitted" in session, session
-    finally:
-        libc.syscall(250, 3, stored)  # KEYCTL_REVOKE
+            session = (await conn.run(keyrings.probe(name))).stdout
+        assert keyrings.refused(session), session

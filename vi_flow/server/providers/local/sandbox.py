@@ -499,15 +499,27 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
 
 def _keyrings_file(home: Path) -> Path | None:
     """:func:`keyrings_filter`'s program written in ``home``; ``None`` (with a warning
-    when it could not be written) where there is none."""
+    when it could not be written) where there is none. Servers that share the directory
+    (replicas, on a cluster's tasks directory) each write a file of their own and rename
+    it there: the program is the same, and no reader sees half of it."""
     program = keyrings_filter()
     if program is None:
         return None
     path = home / KEYRINGS_FILTER_FILE
     try:
-        fresh = path.with_name(path.name + ".new")
-        fresh.write_bytes(program)
-        fresh.replace(path)
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_bytes() == program:
+                return path
+        fd, fresh = tempfile.mkstemp(dir=home, prefix=f".{KEYRINGS_FILTER_FILE}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(program)
+            os.chmod(fresh, 0o644)  # read by the nodes' accounts too; it holds nothing secret
+            os.replace(fresh, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(fresh)
+            raise
     except OSError as exc:
         log.warning("tasks share the kernel's keyrings: %s could not be written (%s)", path, exc)
         return None
@@ -606,7 +618,7 @@ def _refusal(sandbox: Sandbox) -> str:
     return ""
 
 
-def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
+def job_sandbox(hidden: Iterable[Path], keyrings_dir: Path | None = None) -> Sandbox:
     """The sandbox of cluster jobs (Slurm, Ray): bubblewrap, found by name on each node.
 
     A job's sandbox shows what a local task's does (the system, the server's Python where
@@ -616,6 +628,9 @@ def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
     system directory. It is used when ``bwrap`` works on the server's host (checked
     here, blocking: run in a thread), unless ``VI_FLOW_JOB_SANDBOX=0``; a node without
     ``bwrap`` then fails the job with a message saying so.
+
+    With ``keyrings_dir`` (the cluster's tasks directory, which every node sees), jobs
+    and their shells get the keyring filter of local tasks, from its file there.
     """
     if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
         return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)", fix=_TURN_ON)
@@ -623,8 +638,11 @@ def job_sandbox(hidden: Iterable[Path]) -> Sandbox:
     for top in tops:  # bubblewrap cannot cover a path it would have to make in /opt
         with contextlib.suppress(OSError):
             top.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if keyrings_dir is not None:
+        with contextlib.suppress(OSError):
+            keyrings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # a job uses its node's network: the local provider's network setting is not asked
-    detected = _host_network_sandbox(tops, {})
+    detected = _host_network_sandbox(tops, {}, keyrings_home=keyrings_dir)
     if not detected.enabled:
         return detected
     return attrs.evolve(detected, bwrap="bwrap")  # found by name on each node

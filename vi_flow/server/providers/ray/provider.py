@@ -171,7 +171,7 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
         hidden = [s.tasks_dir, s.volumes_dir] + ([s.token_file.parent] if s.token_file else [])
         if s.server_home is not None:  # its admin token, its database: every organization's
             hidden.append(s.server_home)
-        self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
+        self.sandbox = await asyncio.to_thread(job_sandbox, hidden, s.tasks_dir)
 
     @property
     def isolation_gap(self) -> tuple[str, str] | None:

@@ -202,7 +202,7 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         hidden = [s.tasks_dir, s.volumes_dir, s.token_file.parent]
         if s.server_home is not None:  # its admin token, its database: every organization's
             hidden.append(s.server_home)
-        self.sandbox = await asyncio.to_thread(job_sandbox, hidden)
+        self.sandbox = await asyncio.to_thread(job_sandbox, hidden, s.tasks_dir)
 
     async def _forget_secrets(self, tracked: _Tracked) -> None:
         if tracked.env_file is not None:
