@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
+import urllib.error
+import urllib.request
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.another_user import as_another_user
 from tests.live_server import Starter
 from vi_flow.server.console import routes as console_routes
 from vi_flow.server.state import SETTINGS_KEY, STORE_KEY, ServerSettings
@@ -107,6 +111,27 @@ async def test_a_sign_in_link_opened_by_another_page_is_refused(server: Server) 
         server.root + path, allow_redirects=False, headers={"Sec-Fetch-Site": "none"}
     ) as resp:  # the user's own navigation: the code was left unused for it
         assert resp.status == 200 and _set_cookie(resp)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+async def test_a_link_read_off_the_browsers_command_line_is_refused_to_another_user(
+    server: Server,
+) -> None:
+    # QA AJ: `vi-flow console` opens the link with the browser, whose command line every
+    # local user can read; another user traded the code first and ran tasks as alice.
+    path = await _sign_in_path(server)
+
+    def trade() -> bool:
+        request = urllib.request.Request(server.root + path, headers=OPENED)
+        try:
+            urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 403
+        return False
+
+    assert await anyio.to_thread.run_sync(as_another_user, trade)
+    mine = await _open(server, path)  # the code was left for the user who asked
+    assert mine.status == 200 and _set_cookie(mine)
 
 
 async def test_an_expired_code_is_refused(server: Server) -> None:

@@ -32,6 +32,7 @@ from ..clock import now_ms
 from ..db import Connection
 from ..errors import APIProblem
 from ..state import SETTINGS_KEY, STORE_KEY, Principal
+from .peers import loopback_peer_uid
 
 __all__ = [
     "CODE_TTL_MS",
@@ -95,26 +96,41 @@ class ConsoleSession:
     csrf: str = attrs.field(repr=False)
 
 
-def _create_code(conn: Connection, token: str) -> str:
+def _create_code(conn: Connection, token: str, owner: str) -> str:
     now = now_ms()
     conn.execute("DELETE FROM console_codes WHERE expires_at <= ?", (now,))
     code = secrets.token_urlsafe(32)
     conn.execute(
         "INSERT INTO console_codes (code_hash, token_hash, expires_at) VALUES (?, ?, ?)",
-        (hash_token(code), hash_token(token), now + CODE_TTL_MS),
+        (_code_hash(code, owner), hash_token(token), now + CODE_TTL_MS),
     )
     return code
 
 
+def _owner(request: web.Request) -> str:
+    """Who may trade a code made or traded on ``request``'s connection: its local user
+    (``uid=N``) over loopback, anyone (``""``) otherwise (:mod:`.peers`)."""
+    uid = loopback_peer_uid(request)
+    return "" if uid is None else f"uid={uid}"
+
+
+def _code_hash(code: str, owner: str) -> str:
+    """The stored form of ``code``: bound to its ``owner``, so that the code another
+    local user read off the browser's command line finds no row."""
+    return hash_token(f"{code}\n{owner}" if owner else code)
+
+
 async def create_code(request: web.Request, token: str) -> str:
-    """A new one-time sign-in code for the bearer ``token`` (already authenticated)."""
-    return await request.app[STORE_KEY].run(lambda c: _create_code(c, token))
+    """A new one-time sign-in code for the bearer ``token`` (already authenticated),
+    good only for the local user whose connection asked, when it came over loopback."""
+    owner = _owner(request)
+    return await request.app[STORE_KEY].run(lambda c: _create_code(c, token, owner))
 
 
-def _exchange(conn: Connection, code: str, place: str) -> tuple[str, str] | None:
+def _exchange(conn: Connection, code: str, owner: str, place: str) -> tuple[str, str] | None:
     row = conn.execute(
         "DELETE FROM console_codes WHERE code_hash = ? RETURNING token_hash, expires_at",
-        (hash_token(code),),
+        (_code_hash(code, owner),),
     ).fetchone()
     now = now_ms()
     if row is None or row["expires_at"] <= now:
@@ -132,11 +148,11 @@ def _exchange(conn: Connection, code: str, place: str) -> tuple[str, str] | None
     return session_id, key
 
 
-def _code_org(conn: Connection, code: str) -> str | None:
+def _code_org(conn: Connection, code: str, owner: str) -> str | None:
     row = conn.execute(
         "SELECT t.org_id FROM console_codes c JOIN tokens t ON t.token_hash = c.token_hash"
         " WHERE c.code_hash = ? AND c.expires_at > ?",
-        (hash_token(code), now_ms()),
+        (_code_hash(code, owner), now_ms()),
     ).fetchone()
     return None if row is None else str(row["org_id"])
 
@@ -145,7 +161,8 @@ async def code_organization(request: web.Request, code: str) -> str | None:
     """The organization an unused, unexpired ``code`` signs in to (it stays unused)."""
     if not 0 < len(code) <= 128:
         return None
-    return await request.app[STORE_KEY].run(lambda c: _code_org(c, code))
+    owner = _owner(request)
+    return await request.app[STORE_KEY].run(lambda c: _code_org(c, code, owner))
 
 
 async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | None:
@@ -153,8 +170,8 @@ async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | No
     unknown code."""
     if not 0 < len(code) <= 128:
         return None
-    place = session_place(request)
-    return await request.app[STORE_KEY].run(lambda c: _exchange(c, code, place))
+    place, owner = session_place(request), _owner(request)
+    return await request.app[STORE_KEY].run(lambda c: _exchange(c, code, owner, place))
 
 
 def _find(conn: Connection, session_id: str, place: str) -> ConsoleSession | None:
