@@ -189,6 +189,26 @@ def test_config_set_and_show_never_echo_the_key(vf_offline: Invoker, tmp_path: P
     assert "sekret-token-123" in config
 
 
+def test_config_set_reads_the_key_from_stdin_not_the_command_line(
+    vf_offline: Invoker, tmp_path: Path
+) -> None:
+    # QA AJ: the docs' `config set api_key "$(cat admin-token)"` put the admin token in
+    # the command's arguments, which another local user read from /proc and used.
+    config = tmp_path / "config" / "config.toml"
+    result = vf_offline("config", "set", "api_key", "-", input="sekret-from-stdin\n")
+    assert result.exit_code == 0, result.stderr
+    assert "sekret" not in result.stdout + result.stderr
+    assert 'api_key = "sekret-from-stdin"' in config.read_text()
+    result = vf_offline("config", "set", "api_key", input="  asked-key  \nignored\n")
+    assert result.exit_code == 0, result.stderr
+    assert 'api_key = "asked-key"' in config.read_text()
+    empty = vf_offline("config", "set", "api_key", "-", input="")
+    assert empty.exit_code == 2 and "no API key on standard input" in empty.stderr
+    assert 'api_key = "asked-key"' in config.read_text()  # unchanged
+    missing = vf_offline("config", "set", "base_url")
+    assert missing.exit_code == 2 and "give base_url's VALUE" in missing.stderr
+
+
 def test_config_set_unknown_key_is_a_usage_error(vf_offline: Invoker) -> None:
     result = vf_offline("config", "set", "colour", "red")
     assert result.exit_code == 2

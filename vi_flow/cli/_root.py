@@ -58,7 +58,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
     envvar="VI_FLOW_API_KEY",
     show_envvar=True,
     metavar="KEY",
-    help="API key (never printed).",
+    help="API key (never printed; the environment variable keeps it out of the command line, which other users can read).",
 )
 @click.option(
     "--json",

@@ -77,14 +77,18 @@ def _shown_timeout(connect: float | None, read: float | None, total: float | Non
 
 @config.command("set")
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @json_option
-def set_(key: str, value: str, as_json: bool) -> None:
+def set_(key: str, value: str | None, as_json: bool) -> None:
     """Set KEY to VALUE in the config file (mode 0600).
 
     Keys: api_key, organization_id, base_url, timeout, max_retries, home, local_server
     (background or in-process), server_idle_timeout (seconds, 0: never), log_transport
     (auto, ssh or http), ca_file (a PEM file of CA certificates to trust).
+
+    For api_key, give VALUE as - to read the key from standard input, or leave it out to
+    be asked for it (not echoed): a key on the command line can be read by every user of
+    the machine while the command runs (/proc/PID/cmdline).
     """
     from ..config import CONFIG_KEYS, write_config_value
 
@@ -92,6 +96,10 @@ def set_(key: str, value: str, as_json: bool) -> None:
         raise click.BadParameter(
             f"unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}", param_hint="KEY"
         )
+    if key == "api_key" and value in (None, "-"):
+        value = _read_key(asked=value is None)
+    elif value is None:
+        raise click.UsageError(f"give {key}'s VALUE (only api_key reads it from stdin)")
     try:
         path = write_config_value(key, value)
     except ValueError as exc:
@@ -99,3 +107,16 @@ def set_(key: str, value: str, as_json: bool) -> None:
     shown = "***" if key == "api_key" else value
     data = {"key": key, "value": shown, "path": str(path)}
     emit_done(as_json, data, f"{key} = {shown}  ({path})")
+
+
+def _read_key(*, asked: bool) -> str:
+    """The key from standard input: asked for without echo on a terminal (when no VALUE
+    was given), else its first line, as ``... < key-file`` or a pipe gives it."""
+    import sys
+
+    if asked and sys.stdin.isatty():
+        return str(click.prompt("API key", hide_input=True, err=True)).strip()
+    line = sys.stdin.readline(64 * 1024)
+    if not line.strip():
+        raise click.UsageError("no API key on standard input (give it as one line)")
+    return line.strip()
