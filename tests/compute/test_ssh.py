@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import io
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -133,6 +135,38 @@ async def test_openssh_command_line_works(test_sshd: LocalSSHD) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, err
     assert out == b"hello\n"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/ssh").exists(), reason="no OpenSSH client")
+async def test_openssh_reaches_a_task_whose_files_lie_under_an_odd_path(
+    test_sshd: LocalSSHD, tmp_path: Path
+) -> None:
+    # QA AJ: a home whose path held '%d' (OpenSSH expands it) or '"' (the config entry's
+    # quoting broke, and with it every host of the user's ~/.ssh/config) left ssh unable
+    # to verify the host key or to read its config at all.
+    from vi_flow.cli._sshconfig import config_entry
+
+    odd = tmp_path / 'a b"c%d#e\\f'
+    odd.mkdir()
+    key = odd / "key"
+    shutil.copy(test_sshd.target().key_path, key)
+    target = attrs.evolve(test_sshd.target(), key_path=key, known_hosts_path=odd / "known")
+    write_known_hosts(target)
+    line = ssh_command_line(target)
+    config = tmp_path / "config"
+    config.write_text(config_entry(line, "odd") + "Host other\n    HostName 127.0.0.2\n")
+    batch = ["-o", "BatchMode=yes"]
+    for argv in (
+        ["ssh", "-F", "/dev/null", *batch, *shlex.split(line)[1:]],
+        ["ssh", "-F", str(config), *batch, "odd"],
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            *argv, "echo", "hello", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert (proc.returncode, out) == (0, b"hello\n"), (argv, err)
+    other = subprocess.run(["ssh", "-G", "-F", str(config), "other"], capture_output=True)
+    assert b"hostname 127.0.0.2" in other.stdout, other.stderr  # the file still reads
 
 
 # Writes numbered lines; after lines 30,000 and 70,000 it waits for a gate file, so the

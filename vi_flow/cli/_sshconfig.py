@@ -36,21 +36,15 @@ def config_entry(command_line: str, alias: str) -> str:
     words = iter(argv[1:-1])
     for word in words:
         value = next(words)
-        if word == "-i":
-            options["IdentityFile"] = value
-        elif word == "-p":
+        if word == "-p":
             options["Port"] = value
-        elif word == "-o":
+        elif word == "-o":  # written as a config line's argument (ssh_config_path)
             key, _, setting = value.partition("=")
             options[key] = setting
     user, _, host = argv[-1].rpartition("@")
     lines = [f"Host {_check_alias(alias)}", f"    HostName {host}", f"    User {user}"]
-    lines += [f"    {key} {_quoted(value)}" for key, value in sorted(options.items())]
+    lines += [f"    {key} {value}" for key, value in sorted(options.items())]
     return "\n".join(lines) + "\n"
-
-
-def _quoted(value: str) -> str:
-    return f'"{value}"' if " " in value else value
 
 
 def _markers(alias: str) -> tuple[str, str]:

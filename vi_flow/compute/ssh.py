@@ -209,15 +209,20 @@ def _fingerprint(key_line: str) -> str:
 
 
 def ssh_command_line(target: SSHTarget) -> str:
-    """Return a command line for the user's own OpenSSH client, host key pinned."""
+    """Return a command line for the user's own OpenSSH client, host key pinned.
+
+    The paths are options written as OpenSSH reads its config (:func:`ssh_config_path`):
+    QA AJ's home whose path held ``%d`` or ``"`` left the host key unverifiable (``-i``
+    expands ``%`` tokens too, but checks the path as given first).
+    """
     argv = [
         "ssh",
-        "-i",
-        str(target.key_path),
+        "-o",
+        f"IdentityFile={ssh_config_path(str(target.key_path))}",
         "-p",
         str(target.port),
         "-o",
-        f"UserKnownHostsFile={target.known_hosts_path}",
+        f"UserKnownHostsFile={ssh_config_path(str(target.known_hosts_path))}",
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",
@@ -225,6 +230,26 @@ def ssh_command_line(target: SSHTarget) -> str:
         f"{target.username}@{target.host}",
     ]
     return shlex.join(argv)
+
+
+def ssh_config_path(path: str) -> str:
+    """``path`` as a file option of OpenSSH's config (``IdentityFile``,
+    ``UserKnownHostsFile``), which expands ``%`` tokens: each ``%`` as ``%%``, then as
+    one argument (:func:`ssh_config_word`)."""
+    return ssh_config_word(path.replace("%", "%%"))
+
+
+_PLAIN_WORD = re.compile(r"""[^\s"'\\#]+""")
+
+
+def ssh_config_word(value: str) -> str:
+    """``value`` as one argument of an OpenSSH config line (or an ``-o`` option): as it
+    is when it holds no space, quote, backslash or ``#``; else in double quotes, with
+    ``\\`` and ``"`` escaped by a backslash."""
+    if _PLAIN_WORD.fullmatch(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 async def connect(
