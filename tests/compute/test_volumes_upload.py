@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -184,6 +185,26 @@ async def test_mount_volume_on_running_task_and_bad_mounts(client: vi_flow.Async
         await task.cancel(force=True)
     with pytest.raises(ValueError, match="volume://"):
         await client.run("true", mounts={"/data": "s3://bucket/x"})
+
+
+async def test_a_mount_a_server_not_root_cannot_make_in_running_processes_is_logged(
+    client: vi_flow.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # QA AJ: the docs promise a line in the server's log for each such mount; none came.
+    monkeypatch.setattr(
+        "vi_flow.server.providers.local.provider.late_mounts_supported", lambda: False
+    )
+    volume = await client.create_volume(1, name="later", interface="file")
+    task = await client.run("sleep 60", wait=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="vi_flow"):
+            assert await client.mount_volume("later", task.task_id, mount_point="/later")
+        said = f"{task.task_id}: volume {volume.path} reaches the sessions opened from now on"
+        assert said in caplog.text, caplog.text
+        seen = await task.shell("test -d later && echo visible")
+        assert seen.stdout == "visible\n"  # as the docs say: the new session sees it
+    finally:
+        await task.cancel(force=True)
 
 
 def test_a_target_dir_no_upload_may_use_is_a_value_error_saying_why() -> None:

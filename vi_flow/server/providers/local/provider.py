@@ -267,7 +267,16 @@ class LocalProvider:
         job.late_volumes.append(host_path)
         if variable is not None and job.state == "queued":
             job.spec.env[variable[0]] = variable[1]
-        if job.process is None or not job.sandboxed or not late_mounts_supported():
+        if job.process is None or not job.sandboxed:
+            return
+        if not late_mounts_supported():  # docs/volumes-and-reservations.md promises this line
+            log.warning(
+                "local provider: %s: volume %s reaches the sessions opened from now on, not"
+                " the task's running processes (only a server running as root mounts into"
+                " a running sandbox)",
+                task_id,
+                host_path,
+            )
             return
         try:
             await mount_into(job.process.pid, host_path, host_path)
