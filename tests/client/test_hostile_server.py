@@ -144,6 +144,27 @@ async def test_a_web_page_is_not_the_api_even_at_a_url_ending_in_v1() -> None:
     assert "serves something else" in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("text/html", b"<html><body>Sign in to the Wi-Fi</body></html>"),
+        ("application/json", b'{"executionId": "run_1", "state": "completed"}'),
+        ("text/event-stream", b""),
+    ],
+)
+async def test_a_200_that_is_no_event_stream_is_an_error_not_a_silent_end(
+    kind: str, body: bytes
+) -> None:
+    # QA AK: events() and steps() ended with no event and no error (a run that seemed to
+    # end without its FlowCompleted), where execute() raised.
+    page = answer("200 OK", body, f"Content-Type: {kind}")
+    for stream in ("events", "steps"):
+        async with raw_server([page]) as raw, client(raw.url, max_retries=0) as c:
+            with pytest.raises(APIResponseValidationError, match="not a vi_flow event stream"):
+                async for _ in getattr(c.flow("flow_x"), stream)(message="hi"):
+                    pass
+
+
 async def test_a_proxys_5xx_page_is_a_server_away_not_a_wrong_base_url() -> None:
     # QA Y: nginx's "502 Bad Gateway" page, while no replica answered, was NOT_THE_API
     # ("base_url must be a vi-flow server's API") and the CLI exited 2, not 6

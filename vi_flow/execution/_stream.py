@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .._errors import APIConnectionError, APITimeoutError
+from .._errors import APIConnectionError, APIResponseValidationError, APITimeoutError
 from .._hop import Awaiter, now
 from .._sse import (
     EVENT_NAMES,
@@ -256,9 +256,19 @@ class ResumableEventStream:
 
         Yes while the run is still going; once it is over, one more connection (after
         one that brought news) replays whatever the server has left, then no more.
+
+        Raises:
+            APIResponseValidationError: The answer ended without naming a run (no
+                ``X-Execution-Id``, no event): a 200 that is not a run's event stream
+                (QA AK: a page of another server, a proxy's empty answer) ended the
+                stream as if the run had, without a ``FlowCompleted`` or an error.
         """
         if self.execution_id is None:
-            return False
+            raise APIResponseValidationError(
+                "the event stream ended before it named its run (no X-Execution-Id header,"
+                " no event): the answer is not a vi_flow event stream; is base_url a"
+                " vi_flow server's, and does a proxy change its answers?"
+            )
         return await self._still_running(self) or progressed
 
     async def _before_reconnect(self, failures: int, error: BaseException | None) -> None:
