@@ -138,15 +138,16 @@ async def test_openssh_command_line_works(test_sshd: LocalSSHD) -> None:
 
 
 @pytest.mark.skipif(not Path("/usr/bin/ssh").exists(), reason="no OpenSSH client")
+@pytest.mark.parametrize("name", ['a b"c%d#e\\f', 'a b"c#e\\f'])  # a key with "%" is an -o
 async def test_openssh_reaches_a_task_whose_files_lie_under_an_odd_path(
-    test_sshd: LocalSSHD, tmp_path: Path
+    test_sshd: LocalSSHD, tmp_path: Path, name: str
 ) -> None:
     # QA AJ: a home whose path held '%d' (OpenSSH expands it) or '"' (the config entry's
     # quoting broke, and with it every host of the user's ~/.ssh/config) left ssh unable
     # to verify the host key or to read its config at all.
     from vi_flow.cli._sshconfig import config_entry
 
-    odd = tmp_path / 'a b"c%d#e\\f'
+    odd = tmp_path / name
     odd.mkdir()
     key = odd / "key"
     shutil.copy(test_sshd.target().key_path, key)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ..compute.ssh import ssh_config_path
 from ..models.files import replace_file, through_link, updating
 
 __all__ = ["config_entry", "write_entry"]
@@ -36,7 +37,9 @@ def config_entry(command_line: str, alias: str) -> str:
     words = iter(argv[1:-1])
     for word in words:
         value = next(words)
-        if word == "-p":
+        if word == "-i":  # the path as it is, which the file's IdentityFile expands
+            options["IdentityFile"] = ssh_config_path(value)
+        elif word == "-p":
             options["Port"] = value
         elif word == "-o":  # written as a config line's argument (ssh_config_path)
             key, _, setting = value.partition("=")

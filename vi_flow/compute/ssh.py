@@ -211,14 +211,16 @@ def _fingerprint(key_line: str) -> str:
 def ssh_command_line(target: SSHTarget) -> str:
     """Return a command line for the user's own OpenSSH client, host key pinned.
 
-    The paths are options written as OpenSSH reads its config (:func:`ssh_config_path`):
-    QA AJ's home whose path held ``%d`` or ``"`` left the host key unverifiable (``-i``
-    expands ``%`` tokens too, but checks the path as given first).
+    An ``-o`` option's path is written as OpenSSH reads its config (:func:`ssh_config_path`):
+    QA AJ's home whose path held ``%d`` or ``"`` left the host key unverifiable. ``-i``
+    takes a path as it is, but expands ``%`` tokens in it after checking it exists: a key
+    whose path holds a ``%`` is an ``IdentityFile`` option.
     """
+    key = str(target.key_path)
+    identity = ["-i", key] if "%" not in key else ["-o", f"IdentityFile={ssh_config_path(key)}"]
     argv = [
         "ssh",
-        "-o",
-        f"IdentityFile={ssh_config_path(str(target.key_path))}",
+        *identity,
         "-p",
         str(target.port),
         "-o",
