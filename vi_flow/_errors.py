@@ -44,7 +44,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models.common import Condition
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -264,15 +267,17 @@ class NotImplementedByProviderError(APIStatusError):
 
 
 class FlowExecutionError(ViFlowError):
-    """A run ended in ``Failed`` or ``Error``.
+    """A run ended without succeeding: ``Failed``, ``Error`` or ``Cancelled``.
 
     Attributes:
         execution_id: The run id.
-        step_id: The failing step, when one failed.
+        step_id: The failing step, when one failed (or the step a cancel stopped).
         message: The server's message.
         code: The failure's code, when it has one: the failed step's (``LLM_ERROR``,
             ``TEMPLATE_ERROR``, ``ITERATION_LIMIT``, ``OUTPUTS_TOO_LARGE``...) or
             ``TOOL_RESULTS_TIMEOUT``.
+        status: How the run ended (``Condition.FAILED``, ``ERROR`` or ``CANCELLED``),
+            when known: a cancel is told from a failure by it, not by the message.
     """
 
     def __init__(
@@ -282,13 +287,17 @@ class FlowExecutionError(ViFlowError):
         execution_id: str,
         step_id: str | None = None,
         code: str | None = None,
+        status: Condition | None = None,
     ) -> None:
         where = f" at step {step_id!r}" if step_id else ""
-        super().__init__(f"run {execution_id} failed{where}: {message}")
+        cancelled = status is not None and status.value == "Cancelled"
+        ended = "was cancelled" if cancelled else "failed"
+        super().__init__(f"run {execution_id} {ended}{where}: {message}")
         self.message = message
         self.execution_id = execution_id
         self.step_id = step_id
         self.code = code
+        self.status = status
 
 
 class ToolCallLimitError(ViFlowError):

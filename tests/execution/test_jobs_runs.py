@@ -6,7 +6,7 @@ import pytest
 
 import vi_flow
 from vi_flow._errors import FlowExecutionError, NotFoundError, RunNotFoundError, TaskTimeoutError
-from vi_flow.execution import AsyncJob
+from vi_flow.execution import AsyncJob, PausedResult
 from vi_flow.models import Condition, Run
 
 from .conftest import FAIL_FLOW, GREET, TOOL_FLOW, emit_flow, new_flow
@@ -32,8 +32,24 @@ async def test_job_wait_timeout_then_cancel(aclient: vi_flow.AsyncClient) -> Non
     cancelled = await job.cancel()
     assert isinstance(cancelled, Run)
     assert await job.wait(timeout=10, poll_interval=0.02) is Condition.CANCELLED
-    with pytest.raises(FlowExecutionError):
+    with pytest.raises(FlowExecutionError) as info:
         await job.result(timeout=10, poll_interval=0.02)
+    # QA AK: a cancel read "failed", and only the message told it from a failure
+    assert info.value.status is Condition.CANCELLED
+    assert f"run {job.execution_id} was cancelled" in str(info.value)
+
+
+async def test_resuming_a_cancelled_pause_says_it_was_cancelled(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="x")
+    assert isinstance(paused, PausedResult)
+    await flow.run(paused.execution_id).cancel()
+    with pytest.raises(FlowExecutionError) as info:
+        await paused.resume(tool_results=["late"])
+    assert info.value.status is Condition.CANCELLED, info.value
+    assert "was cancelled" in str(info.value) and "failed" not in str(info.value)
 
 
 async def test_job_of_failing_flow(aclient: vi_flow.AsyncClient) -> None:

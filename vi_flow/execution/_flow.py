@@ -226,4 +226,5 @@ async def _completed_steps(
                     execution_id=event.execution_id,
                     step_id=event.failed_step,
                     code=event.error_code,
+                    status=event.status,
                 )

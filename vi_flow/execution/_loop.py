@@ -151,7 +151,11 @@ class ToolLoop:
         reason = f" ({last.reason})" if last.reason else ""
         code = _REASON_CODES.get(last.reason or "")  # QA AG: the error had neither
         return FlowExecutionError(
-            f"{why}{reason}", execution_id=execution_id, step_id=step_id, code=code
+            f"{why}{reason}",
+            execution_id=execution_id,
+            step_id=step_id,
+            code=code,
+            status=last.condition,
         )
 
     async def answer(self, execution_id: str, calls: list[ToolCall]) -> list[ToolResult]:
@@ -247,4 +251,5 @@ def _failure(outcome: ExecutionOutcome) -> FlowExecutionError:
         execution_id=outcome.execution_id,
         step_id=outcome.failed_step,
         code=outcome.error_code,
+        status=outcome.status,
     )

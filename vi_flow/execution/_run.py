@@ -283,7 +283,11 @@ class AsyncJob(AsyncRun):
             message = (final.error if final else None) or "the run did not succeed"
             step, code = (final.failed_step, final.error_code) if final else (None, None)
             raise FlowExecutionError(
-                message, execution_id=self.execution_id, step_id=step, code=code
+                message,
+                execution_id=self.execution_id,
+                step_id=step,
+                code=code,
+                status=final.status if final else None,
             )
         trace = await self.trace()
         return ExecuteResult(
