@@ -65,6 +65,24 @@ def test_sign_in_by_one_time_url_never_shows_the_key(
     assert one.page.evaluate("fetch('/v1/runs').then(r => r.status)") == 401
 
 
+def test_a_sign_out_that_does_not_reach_the_server_says_so_and_stays_signed_in(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA AL: with the server away, the page said "You signed out." and dropped its key,
+    # while the session held on the server (its cookie and other tabs' keys still worked).
+    one = _signed_in(visit, console_server)
+    one.page.route("**/console/api/signout", lambda route: route.abort())
+    one.page.click("#signout")
+    one.page.wait_for_selector("#signout-failed")
+    assert "Not signed out" in one.page.inner_text("#signout-failed")
+    assert not one.page.is_visible("text=You signed out.")
+    assert one.page.evaluate(KEYED_FETCH, "/v1/runs") == 200  # still signed in
+    one.page.unroute("**/console/api/signout")
+    one.page.click("#signout")
+    one.page.wait_for_selector("text=You signed out.")
+    assert one.page.evaluate("fetch('/v1/runs').then(r => r.status)") == 401
+
+
 def test_a_runs_events_arrive_live(visit: Any, console_server: ConsoleServer) -> None:
     flow = console_server.flow(
         "live", {"block": "emit", "settings": {"count": 300, "interval": 0.03}}

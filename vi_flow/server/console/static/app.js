@@ -75,8 +75,22 @@ function signedOut(text) {
       'Each sign-in link works once, for one minute.')));
 }
 
+// Signed out only once the server ended the session (or had: 401). A sign-out that did
+// not reach it leaves the session alive there, its cookie in the browser and its key in
+// other tabs: the page says so and stays signed in, rather than claim what did not happen.
 async function signOut() {
-  try { await apiAnyPage('POST', '/console/api/signout'); } catch (err) { console.error(err); }
+  try {
+    await apiAnyPage('POST', '/console/api/signout');
+  } catch (err) {
+    if (err.status !== 401) {
+      document.getElementById('signout-failed')?.remove();
+      const said = notice(`Not signed out: ${errorText(err)} Your session still holds; ` +
+        'sign out again once the server answers.', 'error');
+      said.id = 'signout-failed';
+      main().prepend(said);
+      return;
+    }
+  }
   dropKey();
   signedOut('You signed out.');
 }
