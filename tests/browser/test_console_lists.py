@@ -306,6 +306,39 @@ def test_numbers_past_two_to_the_53_keep_their_digits(
     assert "1234567890123456789" in one.page.inner_text(".timeline [data-step=ask]")
 
 
+def test_a_tasks_command_keeps_its_line_breaks(visit: Any, console_server: ConsoleServer) -> None:
+    # QA AL: "echo hello # note\necho SECOND" showed on one line, the second command
+    # (which ran) read as part of the comment
+    command = ["sh", "-c", "echo hello # note\necho SECOND"]
+    task = console_server.call("POST", "/tasks", {"command": command})
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/tasks/{task['taskId']}")
+    code = one.page.locator("dd code.command")
+    assert code.inner_text() == "sh -c 'echo hello # note\necho SECOND'"
+    lines = code.evaluate(
+        "c => c.getClientRects().length > 1 || c.offsetHeight > 1.5 * parseFloat(getComputedStyle(c).lineHeight)"
+    )
+    assert lines, "the command's second line is drawn on its first"
+    console_server.call("POST", f"/tasks/{task['taskId']}/cancel", {})
+
+
+def test_a_run_events_long_line_is_cut_in_its_row_and_whole_in_its_detail(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA AL: 12 log lines of 2 MB, drawn whole in their rows, froze a run's page for 9 s
+    line = "x" * 50_000 + " end"
+    flow = console_server.flow("long", {"block": "emit", "settings": {"count": 1, "line": line}})
+    job = console_server.call("POST", f"/flows/{flow}/jobs", {})
+    one = _signed_in(visit, console_server)
+    one.page.goto(f"{console_server.root}/runs/{job['executionId']}")
+    one.page.wait_for_selector(".ev-flow_completed", timeout=30_000)
+    row = one.page.locator(".vl-row", has_text="more characters").first
+    text = row.text_content() or ""
+    assert len(text) < 2100 and "(48," in text, text[-80:]
+    row.click()
+    assert line in (one.page.locator(".event-detail").text_content() or "")
+
+
 def test_a_tasks_command_shows_its_words_apart(visit: Any, console_server: ConsoleServer) -> None:
     task = console_server.call("POST", "/tasks", {"command": ["sh", "-c", "printf 'x y'", ""]})
     one = _signed_in(visit, console_server)

@@ -1,19 +1,22 @@
 // A run's events on its page: the newest ones live over SSE, older ones paged in, few rows drawn.
 'use strict';
 import {
-  VirtualList, asTerminalShows, duration, h, onLeave, parseJSON, pretty, readEvents, shown, withKey,
+  VirtualList, asTerminalShows, duration, h, lastDrawn, onLeave, parseJSON, pretty, readEvents, shown, withKey,
 } from './lib.js';
 
 const TAIL = 2000; // events shown when a run page opens (its newest ones)
 const KEEP = 20000; // events kept in memory at most; older ones are paged in on demand
 const PAGE = 1000;
+// Of an event's text, what its row shows (the detail shows all of it): a row is one line,
+// and a few log lines of megabytes each drawn whole froze the page for seconds (QA AL).
+const ROW_CHARS = 2000;
 const TYPES = ['run_started', 'step_started', 'step_input', 'step_output', 'step_completed',
   'step_failed', 'step_paused', 'tool_calls_required', 'flow_completed', 'log', 'message'];
 
 function summary(type, data) {
   switch (type) {
     // as the task's own page shows it (QA: colours, "\r" and BEL were drawn raw here)
-    case 'log': return `${data.stepId || ''} ${data.stream === 'stderr' ? '!' : '›'} ${asTerminalShows(String(data.line ?? ''))}`;
+    case 'log': return `${data.stepId || ''} ${data.stream === 'stderr' ? '!' : '›'} ${asTerminalShows(lastDrawn(String(data.line ?? '')))}`;
     case 'step_started': return `${data.stepId} (${data.block}) started`;
     case 'step_completed': return `${data.stepId} completed in ${duration(data.durationMs)}`;
     case 'step_failed': return `${data.stepId} failed: ${data.error || ''}`;
@@ -28,7 +31,11 @@ function summary(type, data) {
 function toEvent(id, type, raw) {
   let data;
   try { data = parseJSON(raw); } catch { data = { raw }; }
-  return { id: Number(id), type, data, text: summary(type, data) };
+  let text = summary(type, data);
+  if (text.length > ROW_CHARS) {
+    text = `${text.slice(0, ROW_CHARS)} … (${(text.length - ROW_CHARS).toLocaleString()} more characters)`;
+  }
+  return { id: Number(id), type, data, text };
 }
 
 /**

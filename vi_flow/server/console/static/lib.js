@@ -71,6 +71,17 @@ export function asTerminalShows(text) {
   return last.replace(CONTROL, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}⟩`);
 }
 
+/**
+ * What a line redrawn with "\r" shows on a terminal, kept short: from the "\r" before its
+ * last state on (a bar redrawn for an hour would otherwise be drawn whole, and freeze the page).
+ */
+export function lastDrawn(text) {
+  let end = text.length;
+  while (end && text[end - 1] === '\r') end -= 1;
+  const at = text.lastIndexOf('\r', end - 1);
+  return at > 0 ? text.slice(at) : text;
+}
+
 /** Create an element: h('a', {href: '/x', class: 'y'}, 'text', child...). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);

@@ -1,7 +1,7 @@
 // Tasks: the list (state, instance), and one task (live log, state changes, Cancel, artifacts).
 'use strict';
 import {
-  VirtualList, actionButton, api, asTerminalShows, badge, drawPager, duration, every, h, link, notice,
+  VirtualList, actionButton, api, asTerminalShows, badge, drawPager, duration, every, h, lastDrawn, link, notice,
   onLeave, pageToken, query, refreshRows, shown, table, when, withKey,
 } from './lib.js';
 
@@ -52,7 +52,7 @@ function commandLine(command) {
 function facts(t) {
   const pairs = [
     ['State', badge(t.status)], ['Instance', instance(t)], ['Provider', t.provider],
-    ['Command', h('code', {}, commandLine(t.config.command))], ['Exit code', ended(t)],
+    ['Command', h('code', { class: 'command' }, commandLine(t.config.command))], ['Exit code', ended(t)],
     ['Reason', [t.reason, t.message].filter(Boolean).join(': ') || '–'],
     ['Ran for', t.startedAt ? duration((t.endedAt || Date.now()) - t.startedAt) : '–'],
   ];
@@ -89,17 +89,6 @@ function logView() {
     },
   });
   return { counter, list };
-}
-
-/**
- * What a line redrawn with "\r" shows on a terminal, kept short: from the "\r" before its
- * last state on (a bar redrawn for an hour would otherwise pass LINE_CHARS and freeze).
- */
-function lastDrawn(text) {
-  let end = text.length;
-  while (end && text[end - 1] === '\r') end -= 1;
-  const at = text.lastIndexOf('\r', end - 1);
-  return at > 0 ? text.slice(at) : text;
 }
 
 /**
