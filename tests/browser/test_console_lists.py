@@ -306,6 +306,21 @@ def test_numbers_past_two_to_the_53_keep_their_digits(
     assert "1234567890123456789" in one.page.inner_text(".timeline [data-step=ask]")
 
 
+def test_each_page_has_a_title_of_its_own(visit: Any, console_server: ConsoleServer) -> None:
+    # QA AL: every page was titled "vi-flow console": tabs and history entries looked alike
+    flow = console_server.flow("titled", {"block": "emit", "settings": {"count": 1}})
+    job = console_server.call("POST", f"/flows/{flow}/jobs", {})
+    one = _signed_in(visit, console_server)
+    for path, title in [
+        ("/flows", "Flows"),
+        (f"/runs/{job['executionId']}", f"Run {job['executionId']}"),
+        ("/volumes", "Volumes"),
+        ("/nowhere", "Not found"),
+    ]:
+        one.page.goto(console_server.root + path)
+        one.page.wait_for_function("t => document.title === t", arg=f"{title} · vi-flow console")
+
+
 def test_a_tasks_command_keeps_its_line_breaks(visit: Any, console_server: ConsoleServer) -> None:
     # QA AL: "echo hello # note\necho SECOND" showed on one line, the second command
     # (which ran) read as part of the comment

@@ -38,7 +38,19 @@ function markNav(path) {
   }
 }
 
+// The tab's title names the page (its heading): tabs and history entries told apart, and
+// a screen reader hears the page change (QA AL: every page was "vi-flow console").
+function titled() {
+  const heading = main().querySelector('h1')?.textContent?.trim();
+  document.title = heading ? `${heading} · vi-flow console` : 'vi-flow console';
+}
+
 async function render() {
+  await drawPage();
+  titled();
+}
+
+async function drawPage() {
   leavePage();
   const path = location.pathname;
   const root = main();
@@ -73,6 +85,7 @@ function signedOut(text) {
     h('p', {}, 'In a terminal where vi-flow has your API key, run ', h('code', {}, 'vi-flow console'),
       ' (or ', h('code', {}, 'vi-flow console --print-url'), ' and open the URL it prints). ',
       'Each sign-in link works once, for one minute.')));
+  titled();
 }
 
 // Signed out only once the server ended the session (or had: 401). A sign-out that did
