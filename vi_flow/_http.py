@@ -664,7 +664,7 @@ class HTTPCore:
                     finally:
                         resp.release()
                     return
-                error = await self._read_error(resp)
+                error = await self._read_error(resp, endpoint.api_key)
                 if attempt >= retries or not self._should_retry(request, resp, error):
                     raise error
                 delay = self._backoff(
@@ -759,7 +759,12 @@ class HTTPCore:
         )
 
     @staticmethod
-    async def _read_error(resp: aiohttp.ClientResponse | Answer) -> APIStatusError:
+    async def _read_error(
+        resp: aiohttp.ClientResponse | Answer, api_key: str | None = None
+    ) -> APIStatusError:
+        """The typed error of a 4xx/5xx answer. The client's own key is taken out of its
+        body first: a server or gateway that quotes the ``Authorization`` header it was
+        sent would put the key in the error's text, its tracebacks and logs (QA AK)."""
         broken: tuple[type[BaseException], ...] = (*_connection_errors(), asyncio.TimeoutError)
         try:
             body = await _body_of(resp, MAX_ERROR_BODY, cut=True)
@@ -767,6 +772,8 @@ class HTTPCore:
             body = b""
         finally:
             resp.release()
+        if api_key:
+            body = body.replace(api_key.encode("utf-8", "surrogateescape"), b"***")
         return _error_from_body(resp.status, body, resp.headers)
 
     @staticmethod

@@ -165,6 +165,19 @@ async def test_a_200_that_is_no_event_stream_is_an_error_not_a_silent_end(
                     pass
 
 
+async def test_an_error_that_quotes_the_key_back_does_not_show_it() -> None:
+    # QA AK: a gateway whose 401 quoted the Authorization header it got put the client's
+    # key in str(exc), its repr, and the caller's logged tracebacks
+    quoted = f'{{"error": {{"code": "UNAUTHENTICATED", "message": "bad: Bearer {KEY}"}}}}'
+    refused = answer("401 Unauthorized", quoted.encode(), "Content-Type: application/json")
+    async with raw_server([refused]) as raw, client(raw.url, max_retries=0) as c:
+        with pytest.raises(vi_flow.AuthenticationError) as caught:
+            await c.flows.get("f")
+    assert "bad: Bearer ***" in str(caught.value)
+    _keyless(caught.value)
+    assert KEY not in repr(vars(caught.value))
+
+
 async def test_a_proxys_5xx_page_is_a_server_away_not_a_wrong_base_url() -> None:
     # QA Y: nginx's "502 Bad Gateway" page, while no replica answered, was NOT_THE_API
     # ("base_url must be a vi-flow server's API") and the CLI exited 2, not 6
