@@ -15,7 +15,7 @@ from vi_flow._errors import (
     UnprocessableEntityError,
 )
 from vi_flow.execution import ExecuteResult, PausedResult, ToolHandlerWarning
-from vi_flow.models import Condition, ToolCall, ToolResult
+from vi_flow.models import Condition, FlowCompleted, ToolCall, ToolResult
 
 from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, PARAM_FLOW, TOOL_FLOW, new_flow
 
@@ -92,6 +92,25 @@ async def test_unknown_call_id_is_conflict_naming_it(aclient: vi_flow.AsyncClien
         await flow.run(paused.execution_id).submit_tool_results(
             [ToolResult(tool_call_id="call_nope", output=1)]
         )
+
+
+async def test_results_by_call_id_need_no_tool_calls_and_each_needs_an_output(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    # QA AK: {call_id: output} without tool_calls= raised "each tool result must be a
+    # ToolResult or a dict with 'tool_call_id', got 'call_...'" (naming a good id), and a
+    # dict without 'output' answered the call null, as if on purpose
+    flow = await new_flow(aclient, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult)
+    run, call = flow.run(paused.execution_id), paused.tool_calls[0].id
+    with pytest.raises(TypeError, match=f"the tool result for call '{call}' has no 'output'"):
+        await run.submit_tool_results([{"tool_call_id": call}])
+    with pytest.raises(TypeError, match="not one result's dict"):
+        await run.submit_tool_results({"tool_call_id": call, "output": "x"})
+    assert await run.submit_tool_results({call: "sunny"}) == [call]
+    events = [event async for event in run.events(after=0)]
+    assert isinstance(events[-1], FlowCompleted) and events[-1].output == "got sunny", events[-1]
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -25,13 +25,12 @@ from ..models.events import (
     StepTrace,
     StreamEvent,
     ToolCall,
-    ToolResult,
 )
 from ..models.runs import Run
 from ._loop import TimeoutArg, ToolLoop, stream_timeout
 from ._results import ExecuteResult, ToolResultsArg
 from ._stream import ResumableEventStream
-from ._tools import coerce_tool_results
+from ._tools import coerce_tool_results, explicit_tool_results
 
 __all__ = ["AsyncJob", "AsyncRun", "run_stream"]
 
@@ -183,8 +182,9 @@ class AsyncRun:
         tools and send their results here; the stream goes on.
 
         Args:
-            tool_results: ``ToolResult`` objects or dicts with ``tool_call_id``; plain outputs
-                (or ``{call_id: output}``) need ``tool_calls`` to know the ids.
+            tool_results: ``ToolResult`` objects or dicts with ``tool_call_id``, or a
+                ``{call_id: output}`` dict; plain outputs in a list need ``tool_calls``
+                to know the ids.
             tool_calls: The calls being answered (``event.tool_calls``).
 
         Raises:
@@ -193,22 +193,11 @@ class AsyncRun:
         if tool_calls is not None:
             results = coerce_tool_results(tool_results, tool_calls)
         else:
-            results = [_explicit(item) for item in tool_results]
+            results = explicit_tool_results(tool_results)
         url = path("/runs/{}/tool-results", self.execution_id)
         answer = await self._http.request("POST", url, json={"toolResults": to_wire(results)})
         accepted = answer.get("accepted", []) if isinstance(answer, dict) else []
         return [str(i) for i in accepted]
-
-
-def _explicit(item: Any) -> ToolResult:
-    if isinstance(item, ToolResult):
-        return item
-    if isinstance(item, dict) and "tool_call_id" in item:
-        return ToolResult(**item)
-    raise TypeError(
-        "without tool_calls, each tool result must be a ToolResult or a dict with"
-        f" 'tool_call_id', got {item!r}"
-    )
 
 
 class AsyncJob(AsyncRun):

@@ -202,6 +202,8 @@ def _result(item: Any, call_id: str) -> ToolResult:
         unknown = set(item) - {"tool_call_id", "output", "is_error"}
         if unknown:
             raise TypeError(f"unknown ToolResult field(s): {', '.join(sorted(unknown))}")
+        if "output" not in item:  # QA AK: the call was answered null, as if on purpose
+            raise TypeError(f"the tool result for call {item['tool_call_id']!r} has no 'output'")
         result = ToolResult(**item)
     else:
         result = ToolResult(tool_call_id=call_id, output=item)
@@ -227,6 +229,37 @@ def _result(item: Any, call_id: str) -> ToolResult:
             f" {where}: {exc.problem}"
         ) from None
     return result
+
+
+def explicit_tool_results(given: Any) -> list[ToolResult]:
+    """Results that name their calls themselves: ``ToolResult`` objects or dicts with
+    ``tool_call_id`` (a list of them), or a ``{call_id: output}`` dict.
+
+    Raises:
+        TypeError: An entry that names no call, or an output that is not JSON-ready.
+        ValueError: An output past the server's limits.
+    """
+    if isinstance(given, Mapping):
+        if "tool_call_id" in given:
+            raise TypeError("give a list of tool results, not one result's dict")
+        return [_result(output, str(call_id)) for call_id, output in given.items()]
+    if not isinstance(given, (list, tuple)):
+        raise TypeError(
+            "tool results must be a list of ToolResult objects or dicts with 'tool_call_id',"
+            f" or a dict {{call_id: output}}, got {type(given).__name__}"
+        )
+    results = []
+    for item in given:
+        if isinstance(item, ToolResult):
+            results.append(_result(item, item.tool_call_id))
+        elif isinstance(item, Mapping) and "tool_call_id" in item:
+            results.append(_result(item, str(item["tool_call_id"])))
+        else:
+            raise TypeError(
+                "without tool_calls, each tool result must be a ToolResult or a dict with"
+                f" 'tool_call_id' (or give a dict {{call_id: output}}), got {item!r}"
+            )
+    return results
 
 
 def _check_answers(results: list[ToolResult], ids: list[str]) -> None:
