@@ -33,8 +33,10 @@ async def test_a_token_name_is_a_string_without_control_characters(
 
 
 @pytest.mark.parametrize(
-    "name", ["invoice\u202egpj.exe", "a\u2067b", "c\x85d", "d\u200fe", "f\u2028g", " \u3000"]
-)
+    "name",
+    ["invoice\u202egpj.exe", "a\u2067b", "c\x85d", "d\u200fe", "f\u2028g", " \u3000",
+     "deploy\u200b-prod", "deploy\u2060-prod", "deploy\u00ad-prod", "\ufeffdeploy"],
+)  # fmt: skip
 async def test_names_hold_no_direction_or_c1_controls(server: Server, name: str) -> None:
     # A right-to-left override in a name turned what followed it around in the console
     # ("invoice\u202egpj.exe" shows as "invoiceexe.jpg"; found by QA). A right-to-left mark
@@ -47,6 +49,10 @@ async def test_names_hold_no_direction_or_c1_controls(server: Server, name: str)
     assert (await server.call("GET", "/flows")).body["items"] == []
     fine = await server.call("POST", "/flows", json={**spec("f", "a"), "name": "مرحبا שלום"})
     assert fine.status == 201, fine.body  # right-to-left text itself is welcome
+    joined = await server.call(
+        "POST", "/flows", json={**spec("f", "a"), "name": "👩\u200d💻 می\u200cخواهم"}
+    )
+    assert joined.status == 201, joined.body  # and the joiners emoji and scripts need
 
 
 @pytest.mark.parametrize("description", [{}, 3, ["a"]])

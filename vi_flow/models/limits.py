@@ -266,6 +266,9 @@ def check_json(value: object, root: str = "") -> None:
 _DIRECTION = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Line and paragraph separators: a name shown on one line would break in two.
 _SEPARATOR = frozenset("\u2028\u2029")
+# Characters drawn as nothing: "deploy\u200b-prod" looked like "deploy-prod" in every list
+# (QA AL). The joiners (U+200C, U+200D) are let through: emoji and scripts need them.
+_INVISIBLE = frozenset("\u00ad\u180e\u200b\u2060\u2061\u2062\u2063\u2064\ufeff")
 
 
 def has_control_characters(text: str) -> bool:
@@ -285,7 +288,7 @@ def is_unicode(text: str) -> bool:
 
 def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
     """A name or id of at most ``most`` characters, not blank, without control
-    characters, line separators or text-direction controls."""
+    characters, line separators, text-direction controls or invisible characters."""
     if not isinstance(value, str):
         raise LimitError(field, f"expected a string, got {shown(value)}")
     if not value.strip():
@@ -296,6 +299,8 @@ def check_name(field: str, value: object, most: int = MAX_NAME_LENGTH) -> None:
         raise LimitError(field, f"must not hold control characters: {shown(value)}")
     if not _DIRECTION.isdisjoint(value):
         raise LimitError(field, f"must not hold text-direction control characters: {shown(value)}")
+    if not _INVISIBLE.isdisjoint(value):
+        raise LimitError(field, f"must not hold invisible characters: {shown(value)}")
 
 
 def is_private_key(text: str) -> bool:
