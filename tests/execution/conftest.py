@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import vi_flow
-from vi_flow.execution import AsyncFlow
+from vi_flow.execution import AsyncFlow, PausedResult
 
 GREET = {"block": "template", "id": "greet", "settings": {"template": "Hello {{ message }}"}}
 ASK = {
@@ -81,3 +81,11 @@ async def new_flow(client: vi_flow.AsyncClient, spec: dict[str, Any]) -> AsyncFl
     """Create ``spec`` on the server and return its execution proxy."""
     created = await client.flows.create(spec)
     return client.flow(created.flow_id)
+
+
+async def paused_at_ask(client: vi_flow.AsyncClient) -> tuple[AsyncFlow, PausedResult]:
+    """A run of :data:`TOOL_FLOW`, paused at ``ask`` for its one ``lookup`` call."""
+    flow = await new_flow(client, TOOL_FLOW)
+    paused = await flow.execute(message="bob")
+    assert isinstance(paused, PausedResult), paused
+    return flow, paused

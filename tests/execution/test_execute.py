@@ -17,7 +17,7 @@ from vi_flow._errors import (
 from vi_flow.execution import ExecuteResult, PausedResult, ToolHandlerWarning
 from vi_flow.models import Condition, FlowCompleted, ToolCall, ToolResult
 
-from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, PARAM_FLOW, TOOL_FLOW, new_flow
+from .conftest import FAIL_FLOW, GREET, LOOP_FLOW, PARAM_FLOW, TOOL_FLOW, new_flow, paused_at_ask
 
 pytestmark = pytest.mark.anyio
 
@@ -100,9 +100,7 @@ async def test_results_by_call_id_need_no_tool_calls_and_each_needs_an_output(
     # QA AK: {call_id: output} without tool_calls= raised "each tool result must be a
     # ToolResult or a dict with 'tool_call_id', got 'call_...'" (naming a good id), and a
     # dict without 'output' answered the call null, as if on purpose
-    flow = await new_flow(aclient, TOOL_FLOW)
-    paused = await flow.execute(message="bob")
-    assert isinstance(paused, PausedResult)
+    flow, paused = await paused_at_ask(aclient)
     run, call = flow.run(paused.execution_id), paused.tool_calls[0].id
     with pytest.raises(TypeError, match=f"the tool result for call '{call}' has no 'output'"):
         await run.submit_tool_results([{"tool_call_id": call}])

@@ -6,10 +6,10 @@ import pytest
 
 import vi_flow
 from vi_flow._errors import FlowExecutionError, NotFoundError, RunNotFoundError, TaskTimeoutError
-from vi_flow.execution import AsyncJob, PausedResult
+from vi_flow.execution import AsyncJob
 from vi_flow.models import Condition, Run
 
-from .conftest import FAIL_FLOW, GREET, TOOL_FLOW, emit_flow, new_flow
+from .conftest import FAIL_FLOW, GREET, TOOL_FLOW, emit_flow, new_flow, paused_at_ask
 
 pytestmark = pytest.mark.anyio
 
@@ -42,9 +42,7 @@ async def test_job_wait_timeout_then_cancel(aclient: vi_flow.AsyncClient) -> Non
 async def test_resuming_a_cancelled_pause_says_it_was_cancelled(
     aclient: vi_flow.AsyncClient,
 ) -> None:
-    flow = await new_flow(aclient, TOOL_FLOW)
-    paused = await flow.execute(message="x")
-    assert isinstance(paused, PausedResult)
+    flow, paused = await paused_at_ask(aclient)
     await flow.run(paused.execution_id).cancel()
     with pytest.raises(FlowExecutionError) as info:
         await paused.resume(tool_results=["late"])
