@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -446,6 +447,20 @@ async def test_a_key_the_endpoint_echoes_as_a_name_is_hidden(start_server: Start
         flow = await server.flow({"block": "llm", "id": "chat"})
         outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
         assert outcome["output"] == {"Bearer ***": {"said": "Bearer ***"}}, outcome
+
+
+async def test_an_endpoint_slower_than_the_timeout_is_named_with_the_seconds(
+    start_server: StartServer,
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.json_response({"choices": [{"message": {"content": "late"}}]})
+
+    async for address in _endpoint(slow):
+        server = await start_server(llm_base_url=f"http://{address}")
+        flow = await server.flow({"block": "llm", "id": "chat", "settings": {"timeout": 0.3}})
+        text = await _failed_text(server, flow)
+        assert "gave no answer within the step's timeout of 0.3 s" in text, text
 
 
 @pytest.mark.parametrize("key", [None, KEY])

@@ -217,7 +217,12 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
                 detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
             raw = await _answer(resp)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except TimeoutError:  # QA AF: "TimeoutError()" said neither what nor how long
+        raise StepError(
+            f"llm endpoint {shown} gave no answer within the step's timeout of {seconds:g} s",
+            "LLM_ERROR",
+        ) from None
+    except (aiohttp.ClientError, ValueError) as exc:
         why = _shown(ctx, repr(exc))
         raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
     try:
