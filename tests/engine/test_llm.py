@@ -463,6 +463,20 @@ async def test_an_endpoint_slower_than_the_timeout_is_named_with_the_seconds(
         assert "gave no answer within the step's timeout of 0.3 s" in text, text
 
 
+async def test_an_endpoint_that_cannot_be_reached_is_named_plainly(
+    start_server: StartServer,
+) -> None:
+    # QA AF: the failure quoted aiohttp's whole ConnectionKey(host=..., ssl=..., ...) repr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    server = await start_server(llm_base_url=f"http://127.0.0.1:{port}/v1")
+    flow = await server.flow({"block": "llm", "id": "chat"})
+    text = await _failed_text(server, flow)
+    assert f"could not be reached: Connect call failed ('127.0.0.1', {port})" in text, text
+    assert "ConnectionKey" not in text, text
+
+
 @pytest.mark.parametrize("key", [None, KEY])
 async def test_a_message_nested_as_deep_as_json_reads_fails_the_same_with_a_key(
     start_server: StartServer, key: str | None

@@ -222,6 +222,9 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
             f"llm endpoint {shown} gave no answer within the step's timeout of {seconds:g} s",
             "LLM_ERROR",
         ) from None
+    except aiohttp.ClientConnectorError as exc:  # not aiohttp's ConnectionKey(...) repr
+        why = _shown(ctx, exc.os_error.strerror or repr(exc.os_error))
+        raise StepError(f"llm endpoint {shown} could not be reached: {why}", "LLM_ERROR") from None
     except (aiohttp.ClientError, ValueError) as exc:
         why = _shown(ctx, repr(exc))
         raise StepError(f"llm endpoint {shown} failed: {why}", "LLM_ERROR") from None
