@@ -596,3 +596,18 @@ def test_a_shell_cut_by_a_revoked_key_says_the_key_is_refused(
         subprocess.run([*_cli(), "tasks", "cancel", task_id], env=env, capture_output=True)
     assert shell.returncode == 3, err
     assert b"UNAUTHENTICATED" in err and b"stopped" not in err
+
+
+def test_config_set_api_key_with_standard_input_closed_is_a_usage_error(tmp_path: Path) -> None:
+    # QA AM: `config set api_key - <&-` ended "AttributeError: 'NoneType' object has no
+    # attribute 'readline'" (exit 1)
+    env = {**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    for value in (["-"], []):
+        done = subprocess.run(
+            [*_cli(), "config", "set", "api_key", *value],
+            capture_output=True, text=True, env=env, timeout=60,
+            preexec_fn=lambda: os.close(0),
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "no standard input to read the API key from" in done.stderr

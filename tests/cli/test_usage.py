@@ -205,6 +205,8 @@ def test_config_set_reads_the_key_from_stdin_not_the_command_line(
     empty = vf_offline("config", "set", "api_key", "-", input="")
     assert empty.exit_code == 2 and "no API key on standard input" in empty.stderr
     assert 'api_key = "asked-key"' in config.read_text()  # unchanged
+    long = vf_offline("config", "set", "api_key", "-", input="k" * 70_000 + "\n")
+    assert long.exit_code == 2 and "longer than 65536 characters" in long.stderr  # not cut
     missing = vf_offline("config", "set", "base_url")
     assert missing.exit_code == 2 and "give base_url's VALUE" in missing.stderr
 

@@ -114,9 +114,18 @@ def _read_key(*, asked: bool) -> str:
     was given), else its first line, as ``... < key-file`` or a pipe gives it."""
     import sys
 
+    if sys.stdin is None or sys.stdin.closed:
+        raise click.UsageError("no standard input to read the API key from")
     if asked and sys.stdin.isatty():
         return str(click.prompt("API key", hide_input=True, err=True)).strip()
-    line = sys.stdin.readline(64 * 1024)
+    line = sys.stdin.readline(_MOST_KEY + 1)
+    if len(line.rstrip("\r\n")) > _MOST_KEY:
+        raise click.UsageError(
+            f"the API key on standard input is longer than {_MOST_KEY} characters"
+        )
     if not line.strip():
         raise click.UsageError("no API key on standard input (give it as one line)")
     return line.strip()
+
+
+_MOST_KEY = 64 * 1024  # a key is far shorter: more is another file piped in by mistake
