@@ -352,6 +352,16 @@ def test_a_run_events_long_line_is_cut_in_its_row_and_whole_in_its_detail(
     assert len(text) < 2100 and "(48," in text, text[-80:]
     row.click()
     assert line in (one.page.locator(".event-detail").text_content() or "")
+    # QA AM: a cut between the halves of an emoji drew a lone half (as U+FFFD)
+    for emoji in ("😀" * 3000, "a" + "😀" * 3000):  # one of the two is cut inside an emoji
+        settings = {"count": 1, "line": emoji}
+        flow = console_server.flow("emoji", {"block": "emit", "settings": settings})
+        job = console_server.call("POST", f"/flows/{flow}/jobs", {})
+        one.page.goto(f"{console_server.root}/runs/{job['executionId']}")
+        one.page.wait_for_selector(".ev-flow_completed", timeout=30_000)
+        row = one.page.locator(".vl-row", has_text="more characters").first
+        cut = row.evaluate("r => r.textContent.split(' … (')[0]")
+        assert not re.search(r"[\ud800-\udfff]", cut), repr(cut[-8:])
 
 
 def test_a_tasks_command_shows_its_words_apart(visit: Any, console_server: ConsoleServer) -> None:

@@ -33,7 +33,10 @@ function toEvent(id, type, raw) {
   try { data = parseJSON(raw); } catch { data = { raw }; }
   let text = summary(type, data);
   if (text.length > ROW_CHARS) {
-    text = `${text.slice(0, ROW_CHARS)} … (${(text.length - ROW_CHARS).toLocaleString()} more characters)`;
+    // not between the halves of a character past U+FFFF (an emoji): one would show as �
+    const cut = /[\uD800-\uDBFF]/.test(text[ROW_CHARS - 1]) ? ROW_CHARS - 1 : ROW_CHARS;
+    const rest = [...text.slice(cut)].length; // characters, not UTF-16 units
+    text = `${text.slice(0, cut)} … (${rest.toLocaleString()} more characters)`;
   }
   return { id: Number(id), type, data, text };
 }
