@@ -252,6 +252,18 @@ async def test_clean_end_of_finished_run_stops() -> None:
     assert len(seen) == 2  # one more try replays what a finished run still has
 
 
+async def test_an_answer_ended_after_its_headers_for_a_finished_run_replays_it() -> None:
+    # QA AM: a proxy that ended the answer right after its headers, for a run that had
+    # ended meanwhile, left the stream with no event and no error
+    def script(n: int, last: str | None) -> bytes:
+        return b"" if n == 1 else frame(log(1)) + frame(done(2))
+
+    async with scripted(script) as (url, seen), aiohttp.ClientSession() as s:
+        events = [e async for e in stream_of(s, url, running=[False], sleeps=[])]
+    assert [e.event_id for e in events] == [1, 2] and isinstance(events[-1], FlowCompleted)
+    assert seen == [None, None]
+
+
 async def test_reconnects_are_bounded_with_backoff() -> None:
     sleeps: list[float] = []
     async with scripted(lambda n, last: b": nothing\n\n") as (url, _), aiohttp.ClientSession() as s:

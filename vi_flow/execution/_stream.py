@@ -60,8 +60,9 @@ class ResumableEventStream:
     the stream waits (exponential backoff through ``sleep``, or the server's ``retry:``)
     and reconnects; events whose id it has already yielded are skipped. A connection that
     ends cleanly before ``flow_completed`` calls ``still_running(stream)``: when it says
-    yes the stream reconnects; when the run is over, one more connection (only after one
-    that brought news) replays what the server still has, then the stream ends. A
+    yes the stream reconnects; when the run is over, one more connection replays what
+    the server still has (and another after each that brought news), then the stream
+    ends. A
     failing ``still_running`` (the server is restarting) counts as a failed attempt. Consecutive failed connections are
     bounded by ``max_reconnects``; any event received resets the count.
 
@@ -101,6 +102,7 @@ class ResumableEventStream:
         self.max_backoff = max_backoff
         self.reconnects = 0
         self.finished = False
+        self._replayed = False  # a connection was made after the run was seen over
         self._retry_ms: int | None = None
         self._on_tool_calls = on_tool_calls
 
@@ -269,7 +271,14 @@ class ResumableEventStream:
                 " no event): the answer is not a vi_flow event stream; is base_url a"
                 " vi_flow server's, and does a proxy change its answers?"
             )
-        return await self._still_running(self) or progressed
+        if await self._still_running(self):
+            return True
+        # The run is over: replay what the server holds, at least once (QA AM: an answer a
+        # proxy ended right after its headers, for a run that had ended meanwhile, ended
+        # the stream with no event and no error), and again after each that brought news.
+        replay = progressed or not self._replayed
+        self._replayed = True
+        return replay
 
     async def _before_reconnect(self, failures: int, error: BaseException | None) -> None:
         if error is not None and self.execution_id is None:
