@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -130,6 +131,34 @@ async def test_a_link_read_off_the_browsers_command_line_is_refused_to_another_u
         return False
 
     assert await anyio.to_thread.run_sync(as_another_user, trade)
+    mine = await _open(server, path)  # the code was left for the user who asked
+    assert mine.status == 200 and _set_cookie(mine)
+
+
+_TRADE = """import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1], headers={"Sec-Fetch-Site": "none",
+    "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"})
+try:
+    print("traded", urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as exc:
+    print("refused", exc.code)
+"""
+
+
+async def test_a_link_a_task_read_is_refused_to_the_task(server: Server) -> None:
+    # QA AM: a5eb445 bound a code to the local user, and a task runs as the server's user
+    # on the host's network: a task holding the link traded the owner's admin code
+    path = await _sign_in_path(server)
+    command = [sys.executable, "-c", _TRADE, server.root + path]
+    task = await server.call("POST", "/tasks", json={"command": command})
+    assert task.status == 201, task.body
+    for _ in range(300):
+        done = (await server.call("GET", f"/tasks/{task.body['taskId']}")).body
+        if done["status"] not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.1)
+    logs = str((await server.call("GET", f"/tasks/{task.body['taskId']}/logs")).body)
+    assert "refused 403" in logs and "traded" not in logs, logs
     mine = await _open(server, path)  # the code was left for the user who asked
     assert mine.status == 200 and _set_cookie(mine)
 

@@ -19,6 +19,7 @@ servers on one host keep their sessions apart.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -32,7 +33,7 @@ from ..clock import now_ms
 from ..db import Connection
 from ..errors import APIProblem
 from ..state import SETTINGS_KEY, STORE_KEY, Principal
-from .peers import loopback_peer_uid
+from .peers import loopback_peer
 
 __all__ = [
     "CODE_TTL_MS",
@@ -107,11 +108,11 @@ def _create_code(conn: Connection, token: str, owner: str) -> str:
     return code
 
 
-def _owner(request: web.Request) -> str:
-    """Who may trade a code made or traded on ``request``'s connection: its local user
-    (``uid=N``) over loopback, anyone (``""``) otherwise (:mod:`.peers`)."""
-    uid = loopback_peer_uid(request)
-    return "" if uid is None else f"uid={uid}"
+async def _owner(request: web.Request) -> str:
+    """Who may trade a code made or traded on ``request``'s connection: over loopback its
+    local user (``uid=N``), and which task's sandbox when it is one; anyone (``""``)
+    otherwise (:mod:`.peers`)."""
+    return await asyncio.to_thread(loopback_peer, request) or ""  # it reads /proc
 
 
 def _code_hash(code: str, owner: str) -> str:
@@ -123,7 +124,7 @@ def _code_hash(code: str, owner: str) -> str:
 async def create_code(request: web.Request, token: str) -> str:
     """A new one-time sign-in code for the bearer ``token`` (already authenticated),
     good only for the local user whose connection asked, when it came over loopback."""
-    owner = _owner(request)
+    owner = await _owner(request)
     return await request.app[STORE_KEY].run(lambda c: _create_code(c, token, owner))
 
 
@@ -161,7 +162,7 @@ async def code_organization(request: web.Request, code: str) -> str | None:
     """The organization an unused, unexpired ``code`` signs in to (it stays unused)."""
     if not 0 < len(code) <= 128:
         return None
-    owner = _owner(request)
+    owner = await _owner(request)
     return await request.app[STORE_KEY].run(lambda c: _code_org(c, code, owner))
 
 
@@ -170,7 +171,7 @@ async def exchange_code(request: web.Request, code: str) -> tuple[str, str] | No
     unknown code."""
     if not 0 < len(code) <= 128:
         return None
-    place, owner = session_place(request), _owner(request)
+    place, owner = session_place(request), await _owner(request)
     return await request.app[STORE_KEY].run(lambda c: _exchange(c, code, owner, place))
 
 
