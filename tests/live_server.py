@@ -8,6 +8,7 @@ with their own helpers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -129,6 +130,15 @@ class LiveServer:
             except ValueError:
                 body = None
             return Answer(resp.status, body, resp.headers, raw)
+
+    async def task_ended(self, task_id: str, within: float = 30) -> dict[str, Any]:
+        """The task once it is neither pending nor running (polled every 0.1 s)."""
+        for _ in range(int(within * 10)):
+            task: dict[str, Any] = (await self.call("GET", f"/tasks/{task_id}")).body
+            if task["status"] not in ("pending", "running"):
+                return task
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"task {task_id} still {task['status']} after {within} s")
 
 
 S = TypeVar("S", bound=LiveServer)

@@ -152,11 +152,7 @@ async def test_a_link_a_task_read_is_refused_to_the_task(server: Server) -> None
     command = [sys.executable, "-c", _TRADE, server.root + path]
     task = await server.call("POST", "/tasks", json={"command": command})
     assert task.status == 201, task.body
-    for _ in range(300):
-        done = (await server.call("GET", f"/tasks/{task.body['taskId']}")).body
-        if done["status"] not in ("pending", "running"):
-            break
-        await asyncio.sleep(0.1)
+    await server.task_ended(task.body["taskId"])
     logs = str((await server.call("GET", f"/tasks/{task.body['taskId']}/logs")).body)
     assert "refused 403" in logs and "traded" not in logs, logs
     mine = await _open(server, path)  # the code was left for the user who asked
