@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import logging
 import os
 import re
+import signal
+import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -157,6 +161,38 @@ async def test_a_link_a_task_read_is_refused_to_the_task(server: Server) -> None
     assert "refused 403" in logs and "traded" not in logs, logs
     mine = await _open(server, path)  # the code was left for the user who asked
     assert mine.status == 200 and _set_cookie(mine)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+def test_a_socket_of_a_task_that_hides_its_descriptors_is_not_taken_for_the_users() -> None:
+    # A task that makes itself undumpable hides its descriptors from a server that is not
+    # root: its connection must not pass for the user's browser. Here the forked child
+    # (as nobody) is the server, and its own child, undumpable, holds the connection.
+    from vi_flow.server.console import peers
+
+    def serve() -> bool:
+        listener = socket.create_server(("127.0.0.1", 0))
+        task = os.fork()
+        if task == 0:  # the task: undumpable, then it connects and waits to be killed
+            ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE
+            held = socket.create_connection(listener.getsockname())
+            time.sleep(30)
+            held.close()
+            os._exit(0)
+        try:
+            conn, peer = listener.accept()
+            wanted = (peers._entry(*peer[:2]), peers._entry(*listener.getsockname()[:2]))
+            with open("/proc/net/tcp") as table:
+                rows = [line.split() for line in table]
+            inode = next(row[9] for row in rows if (row[1], row[2]) == wanted)
+            hidden = peers._task_namespace(inode, os.getuid())
+            conn.close()
+            return hidden == "hidden"
+        finally:
+            os.kill(task, signal.SIGKILL)
+            os.waitpid(task, 0)
+
+    assert as_another_user(serve)
 
 
 async def test_an_expired_code_is_refused(server: Server) -> None:

@@ -78,7 +78,10 @@ def _task_namespace(inode: str, uid: int) -> str | None:
     ours = _namespace(os.getpid())
     holder = _holder(f"socket:[{inode}]", uid)
     if holder is None:
-        return None
+        # A process that made itself undumpable (prctl) hides its descriptors from a server
+        # that is not root: while one of the server's own descends from it, a socket no
+        # readable process holds may be that one's, so it is not taken for the user's.
+        return "hidden" if _hidden_descendant() else None
     theirs = _namespace(holder)
     if theirs is not None and theirs != ours and _descends(holder, os.getpid()):
         return theirs.removeprefix("pid:")
@@ -100,6 +103,23 @@ def _holder(link: str, uid: int) -> int | None:
             except OSError:  # it ended meanwhile, or it is not ours to read
                 continue
     return None
+
+
+def _hidden_descendant() -> bool:
+    """Whether a process descending from this server hides its descriptors from it."""
+    server = os.getpid()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit() or int(entry.name) == server:
+                continue
+            try:
+                os.listdir(f"/proc/{entry.name}/fd")
+            except PermissionError:
+                if _descends(int(entry.name), server):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _namespace(pid: int) -> str | None:
