@@ -16,6 +16,7 @@ An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -217,7 +218,8 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
                 detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
             raw = await _answer(resp)
-    except TimeoutError:  # QA AF: "TimeoutError()" said neither what nor how long
+    except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11; QA AF: it said
+        # "TimeoutError()", neither what nor how long (and on 3.10 the step's BLOCK_ERROR)
         raise StepError(
             f"llm endpoint {shown} gave no answer within the step's timeout of {seconds:g} s",
             "LLM_ERROR",
