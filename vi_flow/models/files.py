@@ -21,9 +21,9 @@ UPDATE_TIMEOUT = 30.0
 """Seconds to wait for another process's change of the same file."""
 
 
-def replace_file(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``path`` whole or not at all (a file beside it, synced, then renamed over
-    it), mode 0600; nothing is left behind when it fails.
+    it), with ``mode`` (0600 unless said); nothing is left behind when it fails.
 
     Raises:
         OSError: It could not be written.
@@ -31,6 +31,8 @@ def replace_file(path: Path, data: bytes) -> None:
     tmp = ""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        if mode != 0o600:  # mkstemp's own
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 import orjson
 
+from ....models.files import replace_file
 from ...home import HomeError
 from .._exits import from_shell_status
 
@@ -510,16 +511,8 @@ def _keyrings_file(home: Path) -> Path | None:
         with contextlib.suppress(FileNotFoundError):
             if path.read_bytes() == program:
                 return path
-        fd, fresh = tempfile.mkstemp(dir=home, prefix=f".{KEYRINGS_FILTER_FILE}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(program)
-            os.chmod(fresh, 0o644)  # read by the nodes' accounts too; it holds nothing secret
-            os.replace(fresh, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(fresh)
-            raise
+        # read by the nodes' accounts too; it holds nothing secret
+        replace_file(path, program, mode=0o644)
     except OSError as exc:
         log.warning("tasks share the kernel's keyrings: %s could not be written (%s)", path, exc)
         return None
