@@ -62,9 +62,9 @@ class ResumableEventStream:
     ends cleanly before ``flow_completed`` calls ``still_running(stream)``: when it says
     yes the stream reconnects; when the run is over, one more connection replays what
     the server still has (and another after each that brought news), then the stream
-    ends. A
-    failing ``still_running`` (the server is restarting) counts as a failed attempt. Consecutive failed connections are
-    bounded by ``max_reconnects``; any event received resets the count.
+    ends. A failing ``still_running`` (the server is restarting) counts as a failed
+    attempt. Consecutive failed connections are bounded by ``max_reconnects``; any event
+    received resets the count.
 
     Args:
         connect: Opens one SSE response (an async context manager).
@@ -256,8 +256,9 @@ class ResumableEventStream:
     async def _resume_after_eof(self, progressed: bool) -> bool:
         """Whether to reconnect after a clean end before ``flow_completed``.
 
-        Yes while the run is still going; once it is over, one more connection (after
-        one that brought news) replays whatever the server has left, then no more.
+        Yes while the run is still going; once it is over, one more connection replays
+        whatever the server has left (and another after each that brought news), then
+        no more.
 
         Raises:
             APIResponseValidationError: The answer ended without naming a run (no
