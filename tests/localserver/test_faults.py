@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -395,13 +396,19 @@ async def test_in_process_takes_the_lock_and_blocks_a_second_server(
     stop_server(home)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+@pytest.mark.parametrize(
+    ("sig", "stalled"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["kill-9", "term", "kill-9-while-the-sender-waits"],
+)
 async def test_an_upload_whose_server_dies_raises_a_connection_error(
-    home: Path, tmp_path: Path, sig: signal.Signals
+    home: Path, tmp_path: Path, sig: signal.Signals, stalled: bool
 ) -> None:
     # QA AE: kill -9 of the server during upload_code_to_task raised the builtin
     # ConnectionResetError (or asyncssh's ConnectionLost), not a vi_flow error; QA AG: a
-    # stop (SIGTERM) gave UploadError "unpacking in the task failed (exit None): ".
+    # stop (SIGTERM) gave UploadError "unpacking in the task failed (exit None): ". CI then
+    # saw a kill while the sender waited for the task to read (the window full) raise
+    # ConnectionLost in an ExceptionGroup: "stalled" stops the task's tar to make it so.
     source = tmp_path / "project"
     source.mkdir()
     with open(source / "weights.bin", "wb") as big:  # sparse: quick to make, long to send
@@ -411,19 +418,57 @@ async def test_an_upload_whose_server_dies_raises_a_connection_error(
         await task.wait(until="running", timeout=60, poll_interval=0.1)
         server = run_file(home)
         assert server is not None
+        left: list[int] = []  # what a killed server leaves running (no restart ends it)
 
         async def kill_once_sending() -> None:
             with anyio.fail_after(60):  # the tar stream's bytes reach the task's workspace
                 while not any(p.stat().st_size for p in _workspace_files(home)):
                     await anyio.sleep(0.02)
+            left.extend(_descendants(server.pid))
+            if stalled:
+                tars = [pid for pid, name in left if name == "tar"]
+                assert tars, f"no tar under the server {server.pid}"
+                for pid in tars:
+                    os.kill(pid, signal.SIGSTOP)
+                await anyio.sleep(1)  # the SSH window fills; the sender waits in drain()
             os.kill(server.pid, sig)
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(kill_once_sending)
-            with anyio.fail_after(90), pytest.raises(vi_flow.APIConnectionError) as lost:
-                await client.upload_code_to_task(task.task_id, source_dir=source)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(kill_once_sending)
+                with anyio.fail_after(90), pytest.raises(vi_flow.APIConnectionError) as lost:
+                    await client.upload_code_to_task(task.task_id, source_dir=source)
+        finally:
+            for pid, _ in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         assert "lost the SSH connection" in str(lost.value)
 
 
 def _workspace_files(home: Path) -> list[Path]:
     return [p for p in (home / "tasks").rglob("weights.bin") if p.is_file()]
+
+
+def _descendants(ancestor: int) -> list[tuple[int, str]]:
+    """The live processes that descend from ``ancestor``, with their names."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = dict(
+                line.split(":\t", 1) for line in (proc / "status").read_text().splitlines()
+            )
+        except (OSError, ValueError):
+            continue
+        names[int(proc.name)] = status["Name"].strip()
+        parents[int(proc.name)] = int(status["PPid"])
+    found = []
+    for pid, name in names.items():
+        up = parents.get(pid, 0)
+        while up > 1 and up != ancestor:
+            up = parents.get(up, 0)
+        if up == ancestor:
+            found.append((pid, name))
+    return found
