@@ -890,6 +890,26 @@ def test_an_env_file_keeps_the_clusters_gpus_and_the_tasks_own_names(
     assert not env_file.exists()  # sourced, then deleted
 
 
+def test_a_jobs_env_file_is_not_written_through_a_link_its_last_run_planted(
+    tmp_path: Path,
+) -> None:
+    # QA AI: the env file was opened O_TRUNC without O_NOFOLLOW; a Ray task prepared
+    # again finds what its last run left in its directory, and a link there to a file of
+    # the server's had the server overwrite that file with the task's secrets.
+    from vi_flow.server.providers._job_files import write_secret_file
+
+    victim = tmp_path / "server-file"
+    victim.write_text("the server's own\n")
+    env_file = tmp_path / "task" / ".vi-flow-env"
+    env_file.parent.mkdir()
+    env_file.symlink_to(victim)
+    write_secret_file(env_file, {"API_KEY": "s3cret"})
+    assert victim.read_text() == "the server's own\n"
+    assert not env_file.is_symlink()
+    assert env_file.read_text() == "export API_KEY=s3cret\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.anyio
 async def test_a_command_the_sandbox_hides_fails_as_missing_whatever_the_host_holds(
     sandboxed: TaskServer,

@@ -40,14 +40,19 @@ def write_secret_file(path: Path, env: Mapping[str, str]) -> None:
     """Write ``export NAME=value`` lines to ``path``, readable only by its owner.
 
     Blocking: call it off the event loop. The file is created with mode 0600 before any
-    byte is written, so no other user ever sees the values.
+    byte is written, so no other user ever sees the values. What was at ``path`` is
+    removed first and the file made anew (``O_EXCL``): a task directory used again (a
+    Ray task prepared once more) may hold a link its last run planted there, and the
+    server must not write through it.
 
     Raises:
         InvalidRequest: A name a shell cannot set (the server refuses them when a task is
             submitted; a task stored before it did fails, rather than the server).
+        FileExistsError: Something took ``path`` between the removal and the creation.
     """
     text = export_lines(env)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
 
