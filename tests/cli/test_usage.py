@@ -209,6 +209,12 @@ def test_config_set_reads_the_key_from_stdin_not_the_command_line(
     assert long.exit_code == 2 and "longer than 65536 characters" in long.stderr  # not cut
     missing = vf_offline("config", "set", "base_url")
     assert missing.exit_code == 2 and "give base_url's VALUE" in missing.stderr
+    # QA AM: `config set organization_id -` stored "-": every key's - reads stdin
+    org = vf_offline("config", "set", "organization_id", "-", input="org_from_stdin\n")
+    assert org.exit_code == 0, org.stderr
+    assert 'organization_id = "org_from_stdin"' in config.read_text()
+    blank = vf_offline("config", "set", "timeout", "-", input="\n")
+    assert blank.exit_code == 2 and "no timeout on standard input" in blank.stderr
 
 
 def test_config_set_unknown_key_is_a_usage_error(vf_offline: Invoker) -> None:

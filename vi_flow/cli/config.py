@@ -86,9 +86,9 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
     (background or in-process), server_idle_timeout (seconds, 0: never), log_transport
     (auto, ssh or http), ca_file (a PEM file of CA certificates to trust).
 
-    For api_key, give VALUE as - to read the key from standard input, or leave it out to
-    be asked for it (not echoed): a key on the command line can be read by every user of
-    the machine while the command runs (/proc/PID/cmdline).
+    VALUE - reads the value from the first line of standard input. For api_key, use - or
+    leave VALUE out to be asked for it (not echoed): a key on the command line can be read
+    by every user of the machine while the command runs (/proc/PID/cmdline).
     """
     from ..config import CONFIG_KEYS, write_config_value
 
@@ -96,10 +96,10 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
         raise click.BadParameter(
             f"unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}", param_hint="KEY"
         )
-    if key == "api_key" and value in (None, "-"):
-        value = _read_key(asked=value is None)
+    if (key == "api_key" and value is None) or value == "-":
+        value = _read_value(key, asked=value is None)
     elif value is None:
-        raise click.UsageError(f"give {key}'s VALUE (only api_key reads it from stdin)")
+        raise click.UsageError(f"give {key}'s VALUE (or - to read it from standard input)")
     try:
         path = write_config_value(key, value)
     except ValueError as exc:
@@ -109,23 +109,25 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
     emit_done(as_json, data, f"{key} = {shown}  ({path})")
 
 
-def _read_key(*, asked: bool) -> str:
-    """The key from standard input: asked for without echo on a terminal (when no VALUE
-    was given), else its first line, as ``... < key-file`` or a pipe gives it."""
+def _read_value(key: str, *, asked: bool) -> str:
+    """``key``'s value from standard input: the API key asked for without echo on a
+    terminal (when no VALUE was given), else the first line, as ``... < key-file`` or a
+    pipe gives it (QA AM: ``organization_id -`` stored ``-``)."""
     import sys
 
+    what = "the API key" if key == "api_key" else key
     if sys.stdin is None or sys.stdin.closed:
-        raise click.UsageError("no standard input to read the API key from")
+        raise click.UsageError(f"no standard input to read {what} from")
     if asked and sys.stdin.isatty():
         return str(click.prompt("API key", hide_input=True, err=True)).strip()
-    line = sys.stdin.readline(_MOST_KEY + 1)
-    if len(line.rstrip("\r\n")) > _MOST_KEY:
-        raise click.UsageError(
-            f"the API key on standard input is longer than {_MOST_KEY} characters"
-        )
+    line = sys.stdin.readline(_MOST_VALUE + 1)
+    if len(line.rstrip("\r\n")) > _MOST_VALUE:
+        raise click.UsageError(f"{what} on standard input is longer than {_MOST_VALUE} characters")
     if not line.strip():
-        raise click.UsageError("no API key on standard input (give it as one line)")
+        raise click.UsageError(
+            f"no {what.removeprefix('the ')} on standard input (give it as one line)"
+        )
     return line.strip()
 
 
-_MOST_KEY = 64 * 1024  # a key is far shorter: more is another file piped in by mistake
+_MOST_VALUE = 64 * 1024  # a key is far shorter: more is another file piped in by mistake
