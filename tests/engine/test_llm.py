@@ -530,6 +530,47 @@ async def test_a_key_the_endpoint_echoes_json_escaped_is_hidden(start_server: St
         assert outcome["output"] == "Bearer ***", outcome
 
 
+def _escaped(text: str) -> str:
+    """``text`` with each letter written as JSON's ``\\u`` escape (upper-case hex for
+    every other one), as an encoder that escapes everything writes it."""
+    return "".join(
+        f"\\u{ord(c):04{'X' if n % 2 else 'x'}}" if c.isalpha() else c for n, c in enumerate(text)
+    )
+
+
+@pytest.mark.parametrize("where", ["tool-arguments", "error-body"])
+async def test_a_key_the_endpoint_echoes_with_its_letters_escaped_is_hidden(
+    start_server: StartServer, where: str
+) -> None:
+    # QA AM: a key echoed as "\u0073k-..." (a tool call's arguments are JSON in a string;
+    # an error body is quoted as it came) was not found by a search for the key, and the
+    # run's members read it whole once decoded.
+    key = "sk-LLM0a1b2/c3d4e5f6"
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"k": "' + _escaped(key) + '"}'}}  # fmt: skip
+
+    async def echo(request: web.Request) -> web.Response:
+        if where == "error-body":
+            return web.Response(status=400, text='{"error": "bad key ' + _escaped(key) + '"}')
+        return web.json_response(
+            {"choices": [{"message": {"content": None, "tool_calls": [call]}}]}
+        )
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://{address}", llm_api_key=key)
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        if where == "error-body":
+            shown = await _failed_text(server, flow)
+            assert "bad key ***" in shown, shown
+        else:
+            body = {"message": "x", "tools": TOOLS}
+            outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
+            assert outcome["state"] == "paused", outcome
+            shown = outcome["toolCalls"][0]["function"]["arguments"]
+            assert json.loads(shown) == {"k": "***"}, shown
+        assert "d4e5" not in shown and "\\u0064" not in shown.lower(), shown
+
+
 async def test_token_counts_past_what_an_integer_holds_are_capped_too(
     start_server: StartServer,
 ) -> None:

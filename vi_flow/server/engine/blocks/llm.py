@@ -17,6 +17,7 @@ An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from typing import Any
 
@@ -112,11 +113,36 @@ def _secrets(ctx: BlockContext) -> list[str]:
     return [s for s in (ctx.server.llm_api_key, url.password, url.raw_password) if s]
 
 
+@functools.lru_cache(maxsize=8)
+def _spelled(secret: str) -> re.Pattern[str]:
+    """``secret`` as it is, or with any of its characters JSON-escaped (``\\u0073``,
+    ``\\/``): what an error body or a tool call's ``arguments`` (JSON in a string) holds
+    when the endpoint echoed the key through an encoder that escapes (QA AM)."""
+    parts = []
+    for char in secret:
+        spellings = [re.escape(char)]
+        if ord(char) < 0x10000:
+            spellings.append(rf"\\u(?i:{ord(char):04x})")
+        if char in '/"\\':
+            spellings.append(re.escape("\\" + char))
+        parts.append(f"(?:{'|'.join(spellings)})")
+    return re.compile("".join(parts))
+
+
+def _hidden(secrets: list[str], text: str) -> str:
+    """``text`` with each of ``secrets``, however spelt, as ``***``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+        if "\\" in text:
+            text = _spelled(secret).sub("***", text)
+    return text
+
+
 def _shown(ctx: BlockContext, text: str) -> str:
     """``text`` without the endpoint's credentials: a failed step's message reaches the
     run's events and every member of its organization; the endpoint is the server's."""
-    for secret in _secrets(ctx):
-        text = text.replace(secret, "***")
+    text = _hidden(_secrets(ctx), text)
     if key := ctx.server.llm_api_key:
 
         def hide(match: re.Match[str]) -> str:
@@ -145,9 +171,7 @@ def _without_secrets(ctx: BlockContext, message: dict[str, Any]) -> dict[str, An
     secrets = [s for s in _secrets(ctx) if len(s) >= _SECRET_WHOLE]
 
     def replaced(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return text
+        return _hidden(secrets, text)
 
     stack: list[Any] = [message] if secrets else []
     while stack:
