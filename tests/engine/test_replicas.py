@@ -350,6 +350,31 @@ async def test_a_run_that_outlives_a_database_outage_loses_none_of_its_events(
     assert [e.data for e in replay] == [e.data for e in events]
 
 
+async def test_a_task_step_outlives_a_database_outage_shorter_than_the_lease(
+    postgres_database: str, start_server: StartServer, tmp_path: Path
+) -> None:
+    # QA AN: a PostgreSQL restart of half a second ended a run whose task step was
+    # executing Error (EngineError), and its log events were lost: the step's own reads
+    # of its task failed, and so did the write of that failure. It rides the outage out.
+    (a,) = await _replicas(start_server, tmp_path, postgres_database, 1)
+    script = "for i in $(seq 1 40); do echo line $i; sleep 0.1; done"
+    flow = await a.flow({"block": "task", "id": "t", "settings": {"command": script}})
+    job = await a.call("POST", f"/flows/{flow}/jobs", json={})
+    assert job.status in (200, 201, 202), job.body
+    run_id = job.body["executionId"]
+    first, _ = await a.sse("GET", f"/runs/{run_id}/events", limit=5)
+    with _database_away(postgres_database):
+        await asyncio.sleep(1.5)  # the task prints on; the step's reads and writes fail
+    rest, _ = await asyncio.wait_for(
+        a.sse("GET", f"/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id}), 30
+    )
+    events = first + rest
+    assert data(events[-1])["status"] == "Succeeded", events[-1].data
+    lines = [data(e)["line"] for e in events if e.event == "log"]
+    assert lines == [f"line {i}" for i in range(1, 41)]
+    assert [int(e.id) for e in events if e.id] == list(range(1, len(events) + 1))
+
+
 @pytest.mark.timeout(90)
 async def test_a_replica_back_from_a_database_outage_keeps_its_running_tasks(
     postgres_database: str, start_server: StartServer, tmp_path: Path

@@ -16,6 +16,7 @@ from pathlib import Path
 from ...models.loglines import LineSplitter
 from ...models.tasks import TaskLogs, TaskOutputFile, TaskStatus
 from ..clock import wait_event
+from ..db import DatabaseUnavailable
 from . import files
 from .logtimes import LogTimes
 from .records import TaskRecords
@@ -92,14 +93,19 @@ class TaskOutputs:
 
     async def follow(self, task_id: str) -> AsyncIterator[tuple[str, str]]:
         """Yield ``(stream, line)`` from the start of the logs until the task ended and
-        both logs are drained."""
+        both logs are drained. While the database cannot be reached (a PostgreSQL
+        restart), the task is taken to run on and its lines still come (QA AN: the
+        failed status read failed the flow step of a task that ran on)."""
         paths = self._provider.task_paths(task_id)
         sources = {"stdout": paths.stdout, "stderr": paths.stderr}
         offsets = dict.fromkeys(sources, 0)
         splitters = {name: LineSplitter() for name in sources}
         while True:
             event = self._records.changed(task_id)
-            ended = (await self._records.status(task_id)).terminal
+            try:
+                ended = (await self._records.status(task_id)).terminal
+            except DatabaseUnavailable:
+                ended = False
             got_any = False
             for name, path in sources.items():
                 chunk = await asyncio.to_thread(files.read_from, paths.root, path, offsets[name])

@@ -18,8 +18,10 @@ whether some were left out (``GET /v1/tasks/{taskId}/outputs`` lists them all).
 
 from __future__ import annotations
 
+import asyncio
 import collections
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from ....models._base import to_wire
 from ....models.limits import (
@@ -30,11 +32,14 @@ from ....models.limits import (
     check_relative_path,
 )
 from ....models.tasks import TaskConfig, TaskStatus
+from ...db import DatabaseUnavailable
 from ...errors import APIProblem
 from ..eventlog import EventQuotaExceeded
 from .base import BlockContext, StepError, checked_setting
 
 __all__ = ["MAX_ARTIFACTS", "task_block"]
+
+T = TypeVar("T")
 
 _BLOCK_OPTIONS = {"tail_lines", "tailLines", "allow_failure", "allowFailure"}
 
@@ -71,6 +76,17 @@ def _brief(line: str, most: int = 200) -> str:
     sequences would set their title or rewrite the line."""
     cut = line if len(line) <= most else f"{line[:most]}… ({len(line)} characters)"
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+
+
+async def _through_an_outage(read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, again every half second while the database cannot be reached: the
+    task ran on meanwhile, and an outage longer than the replica lease ends the run
+    anyway (its replica gives it up)."""
+    while True:
+        try:
+            return await read()
+        except DatabaseUnavailable:  # noqa: PERF203 - rare, and waiting is the point
+            await asyncio.sleep(0.5)
 
 
 def _config(ctx: BlockContext) -> TaskConfig:
@@ -113,7 +129,7 @@ async def task_block(ctx: BlockContext) -> Any:
     except EventQuotaExceeded:
         await tasks.cancel(task.task_id)  # its logs have nowhere to go: stop it
         raise
-    task = await tasks.get(task.task_id)
+    task = await _through_an_outage(lambda: tasks.get(task.task_id))
     files = await tasks.output_files(task.task_id)
     output = {
         "taskId": task.task_id,
