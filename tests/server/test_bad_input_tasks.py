@@ -237,3 +237,54 @@ async def test_a_volume_entrys_unknown_key_is_422_naming_it_and_makes_nothing(
     assert field in answer.body["error"]["message"], answer.body
     assert (await server.call("GET", "/tasks")).body["items"] == []
     assert (await server.call("GET", "/volumes")).body["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/runs", {"flowId": "a\x00b"}, "flowId"),
+        ("POST", "/tasks", {"command": "true", "reservationId": "res_\x00"}, "reservationId"),
+        ("POST", "/tasks", {"command": "true", "volumes": [{"volumeId": "vol_\x00",
+                                                           "mountPath": "/data"}]},
+         "volumes[0].volumeId"),
+        ("POST", "/retention/prune", {"organizationId": "org_\x00", "olderThan": "1d",
+                                      "dryRun": True}, "organizationId"),
+    ],
+)  # fmt: skip
+async def test_an_id_holding_a_nul_is_422_naming_it_on_either_database(
+    server: Server, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    # QA AN: on PostgreSQL (whose text holds no NUL) these were 500s with psycopg's
+    # DataError in the log; on SQLite 404 or 422. Both refuse them alike now.
+    answer = await server.call(method, path, json=body)
+    _refused(answer, field)
+    assert "NUL" in answer.body["error"]["message"], answer.body
+    assert (await server.call("GET", "/tasks")).body["items"] == []
+
+
+async def test_a_task_step_naming_an_id_with_a_nul_fails_as_a_bad_setting(
+    server: Server,
+) -> None:
+    # QA AN: on PostgreSQL the step failed "PostgresError: PostgreSQL text fields cannot
+    # contain NUL (0x00) bytes" (BLOCK_ERROR); on SQLite, reservation not found.
+    made = await server.call("POST", "/tasks", json={"command": "true"})
+    assert made.status == 201, made.body
+    mount = await server.call(
+        "POST", f"/tasks/{made.body['taskId']}/volumes",
+        json={"volumeId": "vol_\x00", "mountPath": "/data"},
+    )  # fmt: skip
+    _refused(mount, "volumeId")
+    for settings in (
+        {"command": "true", "reservationId": "res_\x00"},
+        {"command": "true", "volumes": [{"volumeId": "vol_\x00", "mountPath": "/data"}]},
+    ):
+        flow = await server.call(
+            "POST", "/flows", json={"name": "t", "blocks": [{"block": "task", "id": "t",
+                                                             "settings": settings}]},
+        )  # fmt: skip
+        assert flow.status == 201, flow.body
+        outcome = await server.call("POST", f"/flows/{flow.body['flowId']}/execute", json={})
+        assert outcome.body["state"] == "failed", outcome.body
+        error = outcome.body["error"]
+        assert "Postgres" not in error and "psycopg" not in error, error
+        assert outcome.body.get("errorCode") != "BLOCK_ERROR", outcome.body

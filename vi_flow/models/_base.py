@@ -120,7 +120,10 @@ def _build_converter(*, strict: bool = False) -> Any:
 
     def structure_factory(cls: type[Any]) -> Any:
         overrides: dict[str, Any] = {
-            a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)
+            a.name: override(rename=camel(a.name), struct_hook=_id_hook(conv))
+            if strict and a.name.endswith("_id")
+            else override(rename=camel(a.name))
+            for a in attrs.fields(cls)
         }
         closed = strict and cls in CLOSED_MODELS
         return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=closed, **overrides)
@@ -133,6 +136,19 @@ def _build_converter(*, strict: bool = False) -> Any:
     # wrote would reach the server (and a tool's answer) as if it were theirs
     conv.register_unstructure_hook(bytes, _no_bytes)
     return conv
+
+
+def _id_hook(conv: Any) -> Any:
+    """A hook for an id a request names (``flowId``, ``volumeId``...): no id holds a NUL
+    character, and PostgreSQL cannot even look one up (QA AN: a 500 there, a 404 on
+    SQLite), so one is refused alike on both."""
+
+    def hook(value: Any, cls: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"expected an id without a NUL character, got {value!r:.40}")
+        return conv.structure(value, cls)
+
+    return hook
 
 
 def _no_bytes(value: bytes) -> Any:

@@ -39,7 +39,13 @@ from ..models.limits import MAX_REQUEST_BODY, shown
 from .background import spawn
 from .bootstrap import DEFAULT_ORG, read_admin_token
 from .console.sessions import KEY_PARAM, has_cookie, session_hash, session_principal
-from .db import DatabaseFileGone, DatabaseReadOnly, DatabaseUnavailable, is_disk_full
+from .db import (
+    DatabaseFileGone,
+    DatabaseReadOnly,
+    DatabaseUnavailable,
+    UnstorableText,
+    is_disk_full,
+)
 from .errors import APIProblem
 from .helpers import PRINCIPAL, REQUEST_ID, Handler, end_of_stream, request_id_of
 from .state import REPLICA_KEY, SETTINGS_KEY, STORE_KEY, Principal
@@ -308,6 +314,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_http(request, exc)
     except asyncio.CancelledError:
         raise
+    except UnstorableText as exc:  # QA AN: an id holding a NUL was a 500 on PostgreSQL only
+        response = error_response(request, 422, "VALIDATION_ERROR", f"body: {exc}")
+        response.headers["X-Should-Retry"] = "false"
+        return response
     except DatabaseUnavailable as exc:  # a PostgreSQL restart: worth a retry in a moment
         why = (
             "takes no writes now (it is read-only)"

@@ -32,6 +32,7 @@ from ._errors import (
     NewerDatabaseError,
     PostgresError,
     PostgresIntegrityError,
+    UnstorableText,
     is_disk_full,
 )
 from ._held import log_when_committed
@@ -58,6 +59,7 @@ __all__ = [
     "PostgresIntegrityError",
     "Row",
     "SQLiteDatabase",
+    "UnstorableText",
     "for_update",
     "is_disk_full",
     "is_postgres_url",

@@ -23,6 +23,7 @@ __all__ = [
     "NewerDatabaseError",
     "PostgresError",
     "PostgresIntegrityError",
+    "UnstorableText",
     "is_disk_full",
 ]
 
@@ -68,6 +69,12 @@ class DatabaseFileGone(sqlite3.OperationalError):
     """The SQLite file the server opened was removed or replaced while it ran: what it
     writes now would be lost with the old file (or go to another's), so it writes nothing
     more until it is restarted (the server answers ``503 DATABASE_GONE``)."""
+
+
+class UnstorableText(PostgresError):
+    """A value holds a NUL character, which PostgreSQL's text cannot (SQLite's can): one
+    that reached a query came from a request, where no id or name holds one (the server
+    answers ``422``)."""
 
 
 class PostgresIntegrityError(PostgresError, sqlite3.IntegrityError):

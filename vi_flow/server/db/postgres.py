@@ -32,6 +32,7 @@ from ._errors import (
     DatabaseUnavailable,
     PostgresError,
     PostgresIntegrityError,
+    UnstorableText,
 )
 from ._urls import redact, scrubbed
 from .dialect import to_pyformat
@@ -95,6 +96,12 @@ def _translated_errors() -> Iterator[None]:
         raise DatabaseUnavailable(str(exc).strip()) from exc
     except psycopg.errors.ReadOnlySqlTransaction as exc:  # a standby, until it is promoted
         raise DatabaseReadOnly(f"the database is read-only now: {exc}".strip()) from exc
+    except psycopg.DataError as exc:
+        if "NUL" not in str(exc):
+            raise PostgresError(str(exc).strip()) from exc
+        raise UnstorableText(
+            "a value holds a NUL character (\\u0000), which no id or name can"
+        ) from exc
     except psycopg.Error as exc:
         raise PostgresError(str(exc).strip()) from exc
 

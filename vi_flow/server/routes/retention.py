@@ -62,8 +62,9 @@ async def _scope(request: web.Request, wanted: object) -> str | None:
     principal = principal_of(request)
     if wanted is None or wanted == principal.organization_id:
         return principal.organization_id
-    if not isinstance(wanted, str) or not wanted:
-        raise APIProblem.validation("organizationId", f"expected an id or '*', got {wanted!r}")
+    if not isinstance(wanted, str) or not wanted or "\x00" in wanted:
+        what = "an id without a NUL character" if isinstance(wanted, str) and wanted else "an id"
+        raise APIProblem.validation("organizationId", f"expected {what} or '*', got {wanted!r:.40}")
     if not principal.admin:
         raise APIProblem(
             403, "PERMISSION_DENIED", "pruning another organization needs an admin key"

@@ -32,7 +32,7 @@ from ....models.limits import (
     check_relative_path,
 )
 from ....models.tasks import TaskConfig, TaskStatus
-from ...db import DatabaseUnavailable
+from ...db import DatabaseUnavailable, UnstorableText
 from ...errors import APIProblem
 from ..eventlog import EventQuotaExceeded
 from .base import BlockContext, StepError, checked_setting
@@ -120,6 +120,8 @@ async def task_block(ctx: BlockContext) -> Any:
         )
     except APIProblem as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc.message}", exc.code) from exc
+    except UnstorableText as exc:  # an id of the settings (QA AN: PostgreSQL's raw error)
+        raise StepError(f"task step {ctx.step_id!r}: settings: {exc}", "INVALID_SETTINGS") from exc
     kept = checked_setting(ctx, "tail_lines", 50, check_int, 0, MAX_TAIL_LINES)
     tail = _Tail(kept)
     try:
