@@ -361,14 +361,15 @@ def test_an_execute_whose_cli_is_killed_leaves_no_run_running(
         proc.kill()
         proc.wait(timeout=30)
     deadline = time.monotonic() + 20
-    while (
-        condition := call("GET", f"/runs/{runs[0]['runId']}")["status"]["conditions"][-1][
-            "condition"
-        ]
-    ) == "Running":
+    while (last := call("GET", f"/runs/{runs[0]['runId']}")["status"]["conditions"][-1])[
+        "condition"
+    ] == "Running":
         assert time.monotonic() < deadline, "the run of a killed CLI kept running"
         time.sleep(0.2)
-    assert condition == "Cancelled"
+    assert last["condition"] == "Cancelled"
+    # QA AO: it read "cancelled by the user" (UserCancelled), as if someone had
+    assert last["reason"] == "ClientDisconnected", last
+    assert "its client went away" in last["message"], last
 
 
 def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict[str, str], str]:
@@ -398,7 +399,7 @@ def _cli_output(args: list[str], env: dict[str, str]) -> str:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         raise AssertionError(f"vi-flow {' '.join(args)} hung: {err[-8000:]}") from None
     assert proc.returncode == 0, err
     return out.strip()

@@ -243,6 +243,13 @@ _BY_THE_USER = ("cancelled by the user", "UserCancelled")
 #: ``Last-Event-ID``) before it is cancelled.
 RESUME_GRACE = 3.0
 
+#: A ``cancelOnDisconnect`` run whose client did not come back (QA AO: it read as the
+#: user's own cancel).
+_CLIENT_GONE = (
+    f"cancelled: its client went away and did not resume the stream within {RESUME_GRACE:g} s",
+    "ClientDisconnected",
+)
+
 
 class Engine:
     """Executes flows for one server.
@@ -510,7 +517,9 @@ class Engine:
     async def cancel(self, run: Run, why: tuple[str, str] | None = None) -> None:
         """Stop a run (the ``RunStarter`` protocol); it ends ``Cancelled``, with ``why``
         (its error message and reason) when given, else as cancelled by the user."""
-        key = _key(run)
+        await self._cancel_for(_key(run), why)
+
+    async def _cancel_for(self, key: RunKey, why: tuple[str, str] | None) -> None:
         if why is None:
             await self.cancel_run(key)
             return
@@ -605,7 +614,7 @@ class Engine:
 
     def _orphan_ends(self, key: RunKey) -> None:
         if self._orphaned.pop(key, None) is not None:
-            self.cancel_soon(key)
+            spawn(self._background, self._cancel_for(key, _CLIENT_GONE))
 
     # -- replicas ---------------------------------------------------------------------
 
