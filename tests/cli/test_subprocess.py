@@ -372,6 +372,54 @@ def test_an_execute_whose_cli_is_killed_leaves_no_run_running(
     assert "its client went away" in last["message"], last
 
 
+@pytest.mark.parametrize("command", ["execute", "watch"])
+def test_ctrl_c_of_a_run_followed_under_json_is_one_json_error(
+    served: tuple[str, str, subprocess.Popen[str]], command: str
+) -> None:
+    # QA AO: `execute --json` printed its plain "cancelling run..." lines on stderr at
+    # Ctrl-C, and `runs watch --json` nothing at all, where cli.md promises one JSON
+    # error (INTERRUPTED, 130) as every other command gives.
+    base, token, _ = served
+    env = {**os.environ, "VI_FLOW_BASE_URL": base, "VI_FLOW_API_KEY": token}
+    spec = {"name": "slow", "blocks": [{"block": "emit", "settings": {"count": 600,
+                                                                       "interval": 0.05}}]}  # fmt: skip
+
+    def post(path: str, body: object) -> Any:
+        request = urllib.request.Request(
+            base + path, json.dumps(body).encode(),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    flow = post("/flows", {"spec": spec})["flowId"]
+    run_id = ""
+    if command == "watch":
+        run_id = post(f"/flows/{flow}/jobs", {})["executionId"]
+        args = ["runs", "watch", run_id, "--json"]
+    else:
+        args = ["execute", flow, "--stream", "--json"]
+    proc = subprocess.Popen([*_cli(), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # an event: the run is under way
+        run_id = run_id or first["executionId"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    said = (
+        f"run {run_id} cancelled" if command == "execute" else f"interrupted; run {run_id} goes on"
+    )
+    assert json.loads(err)["error"] == {
+        "code": "INTERRUPTED", "message": said, "hint": None, "requestId": None, "exitCode": 130,
+    }  # fmt: skip
+
+
 def _sleeping_task(served: tuple[str, str, subprocess.Popen[str]]) -> tuple[dict[str, str], str]:
     """A ``sleep 60`` task started with the CLI: the CLI's environment, and the task's id."""
     base, token, _ = served

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from ._failures import EXIT_FAILURE, EXIT_INTERRUPTED, CommandFailed
+from ._failures import EXIT_FAILURE, EXIT_INTERRUPTED, CommandFailed, json_wanted
 from ._live import RunView
 from ._output import emit_json, json_option, terminal_safe, wants_json
 from ._state import CliState, state
@@ -93,16 +93,26 @@ def _mode(cli: CliState, as_json: bool, stream: bool) -> str:
 def follow_run(
     cli: CliState, events: Iterator[StreamEvent], view: RunView, *, cancel: bool = True
 ) -> None:
-    """Feed ``events`` to ``view``; on Ctrl-C exit 130, cancelling the run when ``cancel``."""
+    """Feed ``events`` to ``view``; on Ctrl-C exit 130, cancelling the run when ``cancel``
+    (under ``--json``, what happened is the one JSON error on stderr: QA AO found the
+    plain lines there, or nothing)."""
     try:
         with view:
             for event in events:
                 view.add(event)
     except KeyboardInterrupt:
-        if cancel and view.run_id is not None:
-            click.echo(f"\ncancelling run {view.run_id}…", err=True)
-            cli.client().runs.cancel(view.run_id)
-            click.echo(f"run {view.run_id} cancelled", err=True)
+        as_json, run_id = json_wanted(), view.run_id
+        said = "interrupted"
+        if cancel and run_id is not None:
+            if not as_json:
+                click.echo(f"\ncancelling run {run_id}…", err=True)
+            cli.client().runs.cancel(run_id)
+            said = f"run {run_id} cancelled"
+        elif run_id is not None:
+            said = f"interrupted; run {run_id} goes on"
+        if as_json:
+            raise CommandFailed(said, exit_code=EXIT_INTERRUPTED) from None
+        click.echo(said if cancel and run_id is not None else f"\n{said}", err=True)
         raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
