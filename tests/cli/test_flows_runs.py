@@ -223,6 +223,15 @@ def test_unanswered_tool_call_fails_the_run_instead_of_waiting(vf: Invoker, tmp_
     result = vf("execute", flow_id, "-p", "city=Lima")
     assert result.exit_code == 1
     assert "at step 'answer'" in result.stderr
+    # QA AO: the failure names a later step; what went unanswered is said as it happens
+    note = "note: no answer given for tool 'get_weather'; run with --tool-result get_weather="
+    assert note in result.stderr, result.stderr
+    as_json = vf("execute", flow_id, "-p", "city=Lima", "--json")
+    assert json.loads(as_json.stderr)["error"]["code"] == "RUN_FAILED", (
+        as_json.stdout,
+        as_json.stderr,
+        as_json.exit_code,
+    )
     bad = vf("execute", flow_id, "--tool-result", "get_weather")
     assert bad.exit_code == 2 and "--tool-result" in bad.stderr
 

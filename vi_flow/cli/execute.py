@@ -63,22 +63,25 @@ def parse_version(value: str) -> Version:
     )
 
 
-def answer_tools(answers: dict[str, Any]) -> SyncToolHandler:
-    """A tool handler answering each call from ``answers`` (tool name -> output)."""
+def answer_tools(answers: dict[str, Any], *, say: bool = True) -> SyncToolHandler:
+    """A tool handler answering each call from ``answers`` (tool name -> output);
+    ``say``: note on stderr each call it had no answer for."""
 
     def handler(calls: list[ToolCall]) -> list[ToolResult]:
-        return [_answer(call, answers) for call in calls]
+        return [_answer(call, answers, say) for call in calls]
 
     return handler
 
 
-def _answer(call: ToolCall, answers: dict[str, Any]) -> ToolResult:
+def _answer(call: ToolCall, answers: dict[str, Any], say: bool) -> ToolResult:
     from ..models.events import ToolResult
 
     name = call.function.name
     if name in answers:
         return ToolResult(tool_call_id=call.id, output=answers[name])
     hint = f"no answer given for tool {name!r}; run with --tool-result {name}=VALUE"
+    if say:  # the run's failure may come steps later, naming another step (QA AO)
+        click.echo(f"note: {hint} (answered with an error)", err=True)
     return ToolResult(tool_call_id=call.id, output=hint, is_error=True)
 
 
@@ -207,13 +210,17 @@ def execute(
             parameters=parameters,
             version=chosen,
             trace=trace,
-            tool_handler=answer_tools(answers),
+            tool_handler=answer_tools(answers, say=not wants_json(as_json)),
             # the run ends with this command: a Ctrl-C before the first event (no run id
             # yet to cancel by) or a killed terminal leaves the server to cancel it
             cancel_on_disconnect=True,
         )
     )
-    view = _QuietView(cli) if mode == "quiet" else RunView(cli.console, mode=mode, title=flow_id)
+    view = (
+        _QuietView(cli, silent=wants_json(as_json))
+        if mode == "quiet"
+        else RunView(cli.console, mode=mode, title=flow_id)
+    )
     follow_run(cli, events, view)
     _finish(view, as_json, mode)
 
@@ -221,10 +228,11 @@ def execute(
 class _QuietView(RunView):
     """Track the run without printing; a spinner on stderr while on a terminal."""
 
-    def __init__(self, cli: CliState) -> None:
+    def __init__(self, cli: CliState, *, silent: bool = False) -> None:
         super().__init__(cli.err_console, mode="plain")
         self._status: Any = None
-        self._spin = cli.interactive
+        self._spin = cli.interactive and not silent
+        self._silent = silent  # under --json, stderr holds the one JSON error, if any
 
     def __enter__(self) -> RunView:
         if self._spin:
@@ -241,7 +249,7 @@ class _QuietView(RunView):
         from ..models.events import ToolCallsRequired
 
         line = self._track(event)
-        if isinstance(event, ToolCallsRequired) and line:
+        if isinstance(event, ToolCallsRequired) and line and not self._silent:
             click.echo(line, err=True)
         if self._status is not None and line:
             from rich.text import Text  # never markup: "[/]" in an output raised MarkupError
