@@ -538,7 +538,7 @@ def _escaped(text: str) -> str:
     )
 
 
-@pytest.mark.parametrize("where", ["tool-arguments", "error-body"])
+@pytest.mark.parametrize("where", ["tool-arguments", "error-body", "error-cut", "answer-cut"])
 async def test_a_key_the_endpoint_echoes_with_its_letters_escaped_is_hidden(
     start_server: StartServer, where: str
 ) -> None:
@@ -549,9 +549,17 @@ async def test_a_key_the_endpoint_echoes_with_its_letters_escaped_is_hidden(
     call = {"id": "c1", "type": "function",
             "function": {"name": "lookup", "arguments": '{"k": "' + _escaped(key) + '"}'}}  # fmt: skip
 
+    # QA AP: the answer was read only the key's length past what is shown; escaped, the
+    # key is six times as long, and one across that cut showed its first characters
+    every = "".join(f"\\u{ord(c):04x}" for c in key)
+
     async def echo(request: web.Request) -> web.Response:
         if where == "error-body":
             return web.Response(status=400, text='{"error": "bad key ' + _escaped(key) + '"}')
+        if where == "error-cut":
+            return web.Response(status=400, text='{"error": "' + "x" * 269 + every + '"}')
+        if where == "answer-cut":
+            return web.Response(status=200, text="[" + "x" * 189 + every + "]")
         return web.json_response(
             {"choices": [{"message": {"content": None, "tool_calls": [call]}}]}
         )
@@ -562,6 +570,9 @@ async def test_a_key_the_endpoint_echoes_with_its_letters_escaped_is_hidden(
         if where == "error-body":
             shown = await _failed_text(server, flow)
             assert "bad key ***" in shown, shown
+        elif where.endswith("-cut"):
+            shown = await _failed_text(server, flow)
+            assert "u0073" not in shown.lower() and "u006b" not in shown.lower(), shown
         else:
             body = {"message": "x", "tools": TOOLS}
             outcome = (await server.call("POST", f"/flows/{flow}/execute", json=body)).body
@@ -569,6 +580,22 @@ async def test_a_key_the_endpoint_echoes_with_its_letters_escaped_is_hidden(
             shown = outcome["toolCalls"][0]["function"]["arguments"]
             assert json.loads(shown) == {"k": "***"}, shown
         assert "d4e5" not in shown and "\\u0064" not in shown.lower(), shown
+
+
+async def test_the_urls_password_echoed_as_its_basic_authorization_is_hidden(
+    start_server: StartServer,
+) -> None:
+    # QA AP: the URL's password went out as "Basic base64(user:password)"; an endpoint
+    # that echoed the header showed it in the step's output, and base64 is no secret.
+    async def echo(request: web.Request) -> web.Response:
+        said = request.headers["Authorization"]
+        return web.json_response({"choices": [{"message": {"content": f"auth={said}"}}]})
+
+    async for address in _endpoint(echo):
+        server = await start_server(llm_base_url=f"http://bob:hunter2pw@{address}")
+        flow = await server.flow({"block": "llm", "id": "chat"})
+        outcome = (await server.call("POST", f"/flows/{flow}/execute", json={"message": "x"})).body
+        assert outcome["output"] == "auth=Basic ***", outcome
 
 
 async def test_token_counts_past_what_an_integer_holds_are_capped_too(

@@ -17,6 +17,7 @@ An answer longer than :data:`MAX_ANSWER` bytes fails the step unread (code ``LLM
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import re
 from typing import Any
@@ -108,9 +109,26 @@ _SHORTENED = re.compile(r"([\w-]+)(?:\.\.\.|…|\\u2026|\*+)([\w-]+)")
 
 
 def _secrets(ctx: BlockContext) -> list[str]:
-    """The endpoint's credentials: the server's key, and the password its URL holds."""
+    """The endpoint's credentials: the server's key, the password its URL holds, and the
+    Basic ``Authorization`` that password is sent as (QA AP: an endpoint that echoed the
+    header showed ``user:password`` in base64)."""
     url = yarl.URL(ctx.server.llm_base_url or "")
-    return [s for s in (ctx.server.llm_api_key, url.password, url.raw_password) if s]
+    basic = None
+    if url.password:
+        pair = f"{url.user or ''}:{url.password}"
+        try:  # as aiohttp's BasicAuth encodes it
+            basic = base64.b64encode(pair.encode("latin-1")).decode()
+        except UnicodeEncodeError:
+            basic = base64.b64encode(pair.encode()).decode()
+    return [s for s in (ctx.server.llm_api_key, url.password, url.raw_password, basic) if s]
+
+
+def _reach(ctx: BlockContext) -> int:
+    """The most characters a credential takes in an answer: each of its characters
+    JSON-escaped (12 for one past the BMP, a surrogate pair): read this far past what
+    is shown, so that a credential that begins there is read whole, then hidden (QA AP:
+    a key echoed escaped across the cut showed its first 10 characters)."""
+    return 12 * max((len(s) for s in _secrets(ctx)), default=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -238,7 +256,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
             url, data=orjson.dumps(body), headers=headers, timeout=timeout
         ) as resp:
             if resp.status >= 400:
-                head = await _head(resp, _ERROR_SHOWN + len(ctx.server.llm_api_key or "") + 64)
+                head = await _head(resp, _ERROR_SHOWN + _reach(ctx) + 64)
                 detail = _quoted(ctx, head, _ERROR_SHOWN)
                 raise StepError(f"llm endpoint answered {resp.status}: {detail}", "LLM_ERROR")
             raw = await _answer(resp)
@@ -260,7 +278,7 @@ async def _complete(ctx: BlockContext, body: dict[str, Any]) -> dict[str, Any]:
             raise TypeError("message is not an object")
         data["choices"][0]["message"] = _without_secrets(ctx, data["choices"][0]["message"])
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        answer = repr(_quoted(ctx, raw[: 264 + len(ctx.server.llm_api_key or "")], 200))
+        answer = repr(_quoted(ctx, raw[: 264 + _reach(ctx)], 200))
         raise StepError(f"llm endpoint sent an unexpected answer: {answer}", "LLM_ERROR") from exc
     return data
 
