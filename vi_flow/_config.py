@@ -33,6 +33,7 @@ __all__ = [
     "Settings",
     "Timeout",
     "bad_seconds",
+    "check_secret_header",
     "config_dir",
     "config_path",
     "default_home",
@@ -250,9 +251,35 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     return path
 
 
+#: The longest API key or organization id sent: servers read 8 KiB header lines
+#: (aiohttp's limit), and answer a longer one with an error that quotes its start.
+MAX_SECRET_HEADER = 4096
+
+
+def check_secret_header(name: str, value: str) -> None:
+    """Refuse a setting no HTTP header can carry, without showing it: the transports'
+    own errors quote the whole header (the API key with it; found by QA with a key file
+    saved with Windows line endings, whose ``\r`` ``$(cat ...)`` keeps)."""
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(
+            f"{name} holds a control or non-ASCII character (a file saved with Windows line"
+            " endings leaves a \\r at its end); its value is not shown"
+        )
+    if len(value) > MAX_SECRET_HEADER:  # a server refuses it, quoting its start
+        raise ValueError(
+            f"{name} is {len(value)} characters long, more than a header carries (at most"
+            f" {MAX_SECRET_HEADER}: is it the whole file, not the key in it?); its value is"
+            " not shown"
+        )
+
+
 def _parse_value(key: str, value: str) -> Any:
     """``value`` as the config file keeps it, checked as a client would read it back
     (a value every later command would refuse is refused here, naming the key)."""
+    if key in ("api_key", "organization_id"):  # sent as headers (QA AP: a NUL read from
+        check_secret_header(key, value)  # stdin was stored, then every command failed)
+    elif not value.isprintable():  # a control character (an escape sequence, a lone \r)
+        raise ValueError(f"{key}: holds a control character, {_first_control(value)}")
     if key == "max_retries":
         return check_retries(value)
     if key == "timeout":
@@ -272,6 +299,12 @@ def _parse_value(key: str, value: str) -> Any:
             " config file)"
         )
     return value
+
+
+def _first_control(value: str) -> str:
+    """The first character of ``value`` that prints as nothing, written out."""
+    found = next(c for c in value if not c.isprintable())
+    return ascii(found)
 
 
 def _pick(arg: Any, env: str, file: dict[str, Any], key: str, default: Any) -> Any:

@@ -36,7 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from . import __version__, local
-from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, shown_url
+from ._config import NOT_GIVEN, NotGiven, Settings, Timeout, check_secret_header, shown_url
 from ._errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -875,28 +875,6 @@ def _redirected(
     )
 
 
-def _check_secret_header(name: str, value: str) -> None:
-    """Refuse a setting no HTTP header can carry, without showing it: the transports'
-    own errors quote the whole header (the API key with it; found by QA with a key file
-    saved with Windows line endings, whose ``\r`` ``$(cat ...)`` keeps)."""
-    if not value.isascii() or not value.isprintable():
-        raise ValueError(
-            f"{name} holds a control or non-ASCII character (a file saved with Windows line"
-            " endings leaves a \\r at its end); its value is not shown"
-        )
-    if len(value) > MAX_SECRET_HEADER:  # a server refuses it, quoting its start
-        raise ValueError(
-            f"{name} is {len(value)} characters long, more than a header carries (at most"
-            f" {MAX_SECRET_HEADER}: is it the whole file, not the key in it?); its value is"
-            " not shown"
-        )
-
-
-#: The longest API key or organization id sent: servers read 8 KiB header lines
-#: (aiohttp's limit), and answer a longer one with an error that quotes its start.
-MAX_SECRET_HEADER = 4096
-
-
 class _Request:
     """One logical request: fixed across attempts, including its idempotency key."""
 
@@ -919,10 +897,10 @@ class _Request:
         if self.body is not None:
             hdrs["Content-Type"] = "application/json"
         if endpoint.api_key:
-            _check_secret_header("api_key", endpoint.api_key)
+            check_secret_header("api_key", endpoint.api_key)
             hdrs["Authorization"] = f"Bearer {endpoint.api_key}"
         if endpoint.organization_id:
-            _check_secret_header("organization_id", endpoint.organization_id)
+            check_secret_header("organization_id", endpoint.organization_id)
             hdrs["Organization-Id"] = endpoint.organization_id
         if headers:  # the caller's win, whatever their case ("idempotency-key")
             given = {name.lower() for name in headers}

@@ -660,3 +660,36 @@ def test_config_set_api_key_with_standard_input_closed_is_a_usage_error(tmp_path
         )  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert "no standard input to read the API key from" in done.stderr
+
+
+def test_config_set_api_key_dash_on_a_terminal_asks_without_echo(tmp_path: Path) -> None:
+    # QA AP: `config set api_key -` read the typed key with readline, the terminal
+    # echoing it; only a missing VALUE asked without echo.
+    import pty
+
+    env = {**os.environ, "VI_FLOW_CONFIG_DIR": str(tmp_path / "cfg")}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*_cli(), "config", "set", "api_key", "-"], stdin=slave,
+                            stdout=slave, stderr=slave, env=env)  # fmt: skip
+    os.close(slave)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"API key:" not in screen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                screen += os.read(master, 4096)
+        os.write(master, b"sk-typed-by-hand\n")
+        while select.select([master], [], [], 5)[0]:
+            try:
+                if not (chunk := os.read(master, 4096)):
+                    break
+                screen += chunk
+            except OSError:  # EIO once the command closed the terminal
+                break
+        assert proc.wait(timeout=30) == 0, screen
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert b"API key:" in screen and b"sk-typed" not in screen, screen
+    assert 'api_key = "sk-typed-by-hand"' in (tmp_path / "cfg" / "config.toml").read_text()

@@ -215,6 +215,14 @@ def test_config_set_reads_the_key_from_stdin_not_the_command_line(
     assert 'organization_id = "org_from_stdin"' in config.read_text()
     blank = vf_offline("config", "set", "timeout", "-", input="\n")
     assert blank.exit_code == 2 and "no timeout on standard input" in blank.stderr
+    # QA AP: stdin brought what argv cannot: a NUL (every later command then refused the
+    # key), an escape sequence (printed back raw); refused as a client would
+    for key, line in (("api_key", "sk\x00abc"), ("organization_id", "org_\x1b[31mRED"),
+                      ("home", "/tmp/a\x07b")):  # fmt: skip
+        bad = vf_offline("config", "set", key, "-", input=line + "\n")
+        assert bad.exit_code == 2 and "control" in bad.stderr, (key, bad.stderr)
+        assert "\x1b[31m" not in bad.stderr and "sk\x00" not in bad.stderr
+    assert 'organization_id = "org_from_stdin"' in config.read_text()  # unchanged
 
 
 def test_config_set_unknown_key_is_a_usage_error(vf_offline: Invoker) -> None:

@@ -97,7 +97,7 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
             f"unknown key {key!r}; known keys: {', '.join(CONFIG_KEYS)}", param_hint="KEY"
         )
     if (key == "api_key" and value is None) or value == "-":
-        value = _read_value(key, asked=value is None)
+        value = _read_value(key)
     elif value is None:
         raise click.UsageError(f"give {key}'s VALUE (or - to read it from standard input)")
     try:
@@ -109,17 +109,18 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
     emit_done(as_json, data, f"{key} = {shown}  ({path})")
 
 
-def _read_value(key: str, *, asked: bool) -> str:
-    """``key``'s value from standard input: the API key asked for without echo on a
-    terminal (when no VALUE was given), else the first line, as ``... < key-file`` or a
-    pipe gives it (QA AM: ``organization_id -`` stored ``-``)."""
+def _read_value(key: str) -> str:
+    """``key``'s value from standard input: asked for on a terminal (the API key without
+    echo), else the first line, as ``... < key-file`` or a pipe gives it (QA AM:
+    ``organization_id -`` stored ``-``)."""
     import sys
 
     what = "the API key" if key == "api_key" else key
     if sys.stdin is None or sys.stdin.closed:
         raise click.UsageError(f"no standard input to read {what} from")
-    if asked and sys.stdin.isatty():
-        return str(click.prompt("API key", hide_input=True, err=True)).strip()
+    if sys.stdin.isatty():  # a person types it: the key is not echoed (QA AP: with -, it was)
+        secret = key == "api_key"
+        return str(click.prompt("API key" if secret else key, hide_input=secret, err=True)).strip()
     line = sys.stdin.readline(_MOST_VALUE + 1)
     if len(line.rstrip("\r\n")) > _MOST_VALUE:
         raise click.UsageError(f"{what} on standard input is longer than {_MOST_VALUE} characters")
