@@ -75,6 +75,13 @@ async def test_conflicts_name_the_ids(server: Server) -> None:
     unknown = await server.call("POST", f"/runs/{run_id}/tool-results",
                                 json={"toolResults": [{"toolCallId": "call_bogus", "output": 1}]})  # fmt: skip
     assert unknown.status == 409 and "call_bogus" in unknown.body["error"]["message"]
+    # QA AP: a NUL in the id was a 409 "unknown" where every other id a body names is a 422
+    nul = {"toolResults": [{"toolCallId": call_id + "\x00", "output": 1}]}
+    refused = await server.call("POST", f"/runs/{run_id}/tool-results", json=nul)
+    assert refused.status == 422, refused.body
+    assert refused.body["error"]["message"] == (
+        "toolResults[0].toolCallId: expected an id without a NUL character"
+    )
     ok = {"toolResults": [{"toolCallId": call_id, "output": {"temp": 1}}]}
     assert (
         await server.call("POST", f"/runs/{run_id}/tool-results", json=ok, params={"wait": "1"})

@@ -355,7 +355,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     # a client resuming its cancelOnDisconnect stream (it says where it was) keeps it so
-    resuming = "Last-Event-ID" in request.headers
+    # (by the header, or by ?after=, which _after takes alike: QA AP found it cancelled)
+    resuming = "Last-Event-ID" in request.headers or bool(request.query.get("after", "").strip())
     cancel = resuming and _engine(request).guarded((org, run_id))
     return await _stream(request, (org, run_id), after, cancel_on_disconnect=cancel)
 
@@ -371,6 +372,10 @@ def _tool_results(body: dict[str, Any]) -> list[ToolResult]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("toolCallId"), str):
             raise APIProblem.validation(f"toolResults[{i}].toolCallId", "required (a string)")
+        if "\x00" in item["toolCallId"]:  # as every id a body names (QA AP: a 409 "unknown")
+            raise APIProblem.validation(
+                f"toolResults[{i}].toolCallId", "expected an id without a NUL character"
+            )
         if not isinstance(item.get("isError", False), bool):
             raise APIProblem.validation(f"toolResults[{i}].isError", "expected a boolean")
         if item["toolCallId"] in seen:
