@@ -287,4 +287,5 @@ async def test_a_task_step_naming_an_id_with_a_nul_fails_as_a_bad_setting(
         assert outcome.body["state"] == "failed", outcome.body
         error = outcome.body["error"]
         assert "Postgres" not in error and "psycopg" not in error, error
-        assert outcome.body.get("errorCode") != "BLOCK_ERROR", outcome.body
+        assert outcome.body.get("errorCode") == "INVALID_SETTINGS", outcome.body  # QA AP
+        assert "NUL" in error, error

@@ -101,6 +101,9 @@ def _config(ctx: BlockContext) -> TaskConfig:
         check_name("settings.name", config.name)  # as POST /v1/tasks (a template rendered)
         if config.working_dir is not None:  # inside the task's workspace, as for POST /tasks
             check_relative_path("settings.workingDir", config.working_dir)
+        ids = [config.reservation_id, *(v.volume_id for v in config.volumes)]
+        if any(i and "\x00" in i for i in ids):  # as POST /tasks (QA AP: "not found")
+            raise ValueError("settings: expected ids without a NUL character")
     except (TypeError, ValueError) as exc:
         raise StepError(f"task step {ctx.step_id!r}: {exc}", "INVALID_SETTINGS") from exc
     return config
