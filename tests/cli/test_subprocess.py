@@ -495,32 +495,46 @@ def test_an_interactive_shell_exits_with_the_shell_s_status(
     served: tuple[str, str, subprocess.Popen[str]],
 ) -> None:
     # QA: `exit 3` in `vi-flow tasks shell T` on a terminal ended vi-flow with 0
-    import pty
 
     env, task_id = _sleeping_task(served)
+    try:
+        code, screen = _typed_on_a_terminal(
+            ["tasks", "shell", task_id], env, (b"$ ", b"# "), b"exit 3\n"
+        )  # the prompt: the shell reads its input
+        assert code == 3, screen
+    finally:
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+
+
+def _typed_on_a_terminal(
+    args: list[str], env: dict[str, str], prompts: tuple[bytes, ...], typed: bytes
+) -> tuple[int, bytes]:
+    """Run the CLI on a pty, type ``typed`` once one of ``prompts`` shows, and return its
+    exit status and everything the terminal showed."""
+    import pty
+
     master, slave = pty.openpty()
-    proc = subprocess.Popen([*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave,
-                            stderr=slave, env=env)  # fmt: skip
+    proc = subprocess.Popen([*_cli(), *args], stdin=slave, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     screen = b""
     try:
         deadline = time.monotonic() + 30
-        while b"$ " not in screen and b"# " not in screen and time.monotonic() < deadline:
+        while not any(p in screen for p in prompts) and time.monotonic() < deadline:
             if select.select([master], [], [], 0.2)[0]:
-                screen += os.read(master, 4096)  # the prompt: the shell reads its input
-        os.write(master, b"exit 3\n")
+                screen += os.read(master, 4096)
+        os.write(master, typed)
         while select.select([master], [], [], 5)[0]:
             try:
-                if not os.read(master, 4096):
+                if not (chunk := os.read(master, 4096)):
                     break
+                screen += chunk
             except OSError:  # EIO once vi-flow closed the terminal
                 break
-        assert proc.wait(timeout=30) == 3, screen
+        return proc.wait(timeout=30), screen
     finally:
         proc.kill()
         proc.wait()
         os.close(master)
-        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
 
 
 def test_ctrl_c_cancels_the_run(
@@ -665,31 +679,11 @@ def test_config_set_api_key_with_standard_input_closed_is_a_usage_error(tmp_path
 def test_config_set_api_key_dash_on_a_terminal_asks_without_echo(tmp_path: Path) -> None:
     # QA AP: `config set api_key -` read the typed key with readline, the terminal
     # echoing it; only a missing VALUE asked without echo.
-    import pty
 
     env = {**os.environ, "VI_FLOW_CONFIG_DIR": str(tmp_path / "cfg")}
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([*_cli(), "config", "set", "api_key", "-"], stdin=slave,
-                            stdout=slave, stderr=slave, env=env)  # fmt: skip
-    os.close(slave)
-    screen = b""
-    try:
-        deadline = time.monotonic() + 30
-        while b"API key:" not in screen and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                screen += os.read(master, 4096)
-        os.write(master, b"sk-typed-by-hand\n")
-        while select.select([master], [], [], 5)[0]:
-            try:
-                if not (chunk := os.read(master, 4096)):
-                    break
-                screen += chunk
-            except OSError:  # EIO once the command closed the terminal
-                break
-        assert proc.wait(timeout=30) == 0, screen
-    finally:
-        proc.kill()
-        proc.wait()
-        os.close(master)
+    code, screen = _typed_on_a_terminal(
+        ["config", "set", "api_key", "-"], env, (b"API key:",), b"sk-typed-by-hand\n"
+    )
+    assert code == 0, screen
     assert b"API key:" in screen and b"sk-typed" not in screen, screen
     assert 'api_key = "sk-typed-by-hand"' in (tmp_path / "cfg" / "config.toml").read_text()
