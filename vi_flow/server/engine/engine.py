@@ -575,10 +575,6 @@ class Engine:
                 failed_step=(row.pause or {}).get("stepId"), reason=reason,
             )  # fmt: skip
 
-    def cancel_soon(self, key: RunKey) -> None:
-        """Cancel a run in the background (from a handler that is itself going away)."""
-        spawn(self._background, self.cancel_run(key))
-
     def guard(self, key: RunKey) -> None:
         """A ``cancelOnDisconnect`` stream of ``key`` opened (or resumed one)."""
         self._guards[key] = self._guards.get(key, 0) + 1
