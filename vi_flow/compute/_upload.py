@@ -211,9 +211,9 @@ async def send_tree(
 async def _stream_tar(
     proc: asyncssh.SSHClientProcess[bytes], files: list[tuple[str, Path]], progress: Progress | None
 ) -> int:
-    send, receive = anyio.create_memory_object_stream[bytes](8)
-
     import asyncssh
+
+    send, receive = anyio.create_memory_object_stream[bytes](8)
 
     async def pump() -> None:
         """Copy the chunks to the remote stdin; if it closes early (no ``tar``, or it
