@@ -680,7 +680,8 @@ async def test_the_cluster_providers_hide_the_servers_home_from_their_jobs(
 # Waits, in its own sandbox, for a volume that is mounted after it started.
 _WAITER = (
     'while [ ! -f "$VI_FLOW_WORKSPACE/volumes/late/hello" ]; do sleep 0.05; done;'
-    ' cat "$VI_FLOW_WORKSPACE/volumes/late/hello"; echo written > "$VI_FLOW_WORKSPACE/volumes/late/back"'
+    ' cat "$VI_FLOW_WORKSPACE/volumes/late/hello"; echo written > "$VI_FLOW_WORKSPACE/volumes/late/back";'
+    ' grep " [^ ]*/volumes/vol_[^ ]* rw," /proc/self/mountinfo | cut -d" " -f6'
 )
 
 
@@ -700,7 +701,10 @@ async def test_a_volume_mounted_later_reaches_the_running_task(sandboxed: TaskSe
     assert mounted.status == 200, mounted.body
     done = await sandboxed.wait(task["taskId"], within=10)
     assert done["status"] == "completed", await _logs(sandboxed, task["taskId"])
-    assert "from the volume" in await _logs(sandboxed, task["taskId"])
+    logs = await _logs(sandboxed, task["taskId"])
+    assert "from the volume" in logs
+    # as every mount of the sandbox (QA AQ: a volume mounted later had neither)
+    assert {"nosuid", "nodev"} <= set(logs.splitlines()[-1].split(",")), logs
     assert (host / "back").read_text() == "written\n"
     assert (host / "hello").exists()
     mounts = await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
@@ -974,3 +978,75 @@ async def test_tasks_and_sessions_reach_no_keyring(
         async with _connect(endpoint, client_key) as conn:
             session = (await conn.run(keyrings.probe(name))).stdout
         assert keyrings.refused(session), session
+
+
+# Tries to make set-ID files where the host keeps them (the workspace, the output, a
+# volume) by each way a program does (chmod, fchmod, open with a mode, install -m), and a
+# user namespace; plain modes and threads must still work. Prints a line for each try.
+_SET_ID_PROBE = """{python} -c '
+import ctypes, os, subprocess, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def tried(what, call):
+    try:
+        call()
+        print(what, "MADE")
+    except OSError as exc:
+        print(what, exc.strerror)
+for place in sys.argv[1:]:
+    os.chdir(place)
+    open("plain", "w").close()
+    os.chmod("plain", 0o750)
+    print("plain", oct(os.stat("plain").st_mode & 0o7777))
+    tried("chmod-uid", lambda: os.chmod("plain", 0o4755))
+    tried("chmod-gid", lambda: os.chmod("plain", 0o2755))
+    fd = os.open("plain", os.O_RDONLY)
+    tried("fchmod", lambda: os.fchmod(fd, 0o6755))
+    tried("open", lambda: os.close(os.open("made", os.O_CREAT | os.O_WRONLY, 0o4755)))
+    done = subprocess.run(["install", "-m", "4755", "/bin/sh", "shell"], capture_output=True)
+    print("install", "MADE" if done.returncode == 0 else "refused")
+print("userns", "MADE" if libc.unshare(0x10000000) == 0 else os.strerror(ctypes.get_errno()))
+threading.Thread(target=print, args=("thread ran",)).start()
+' "$VI_FLOW_WORKSPACE" "$VI_FLOW_OUTPUT_DIR" "$VI_FLOW_WORKSPACE/volumes/kept"
+"""
+
+
+def _set_id_files(*roots: Path) -> list[Path]:
+    return [
+        path
+        for root in roots
+        for path in root.rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_task_leaves_no_set_id_file_on_the_host_and_makes_no_user_namespace(
+    sandboxed: TaskServer, client_key: asyncssh.SSHKey
+) -> None:
+    """QA AQ: a task of a root server left set-UID root programs in its workspace, output
+    and volumes, on the host's disk (harmless in the nosuid sandbox, a root shell in a copy
+    of the home anywhere else); under a server not run as root it could make user
+    namespaces, root in them. The sandbox refuses set-ID modes and new user namespaces;
+    plain modes, processes and threads work as before, in tasks and SSH sessions alike."""
+    volume = (await sandboxed.call("POST", "/volumes", json={"name": "kept"})).body["volumeId"]
+    mount = [{"volumeId": volume, "mountPath": "volumes/kept"}]
+    task = await sandboxed.submit(
+        command=_SET_ID_PROBE.format(python=sys.executable), volumes=mount
+    )
+    done = await sandboxed.wait(task["taskId"], within=30)
+    out = await _logs(sandboxed, task["taskId"])
+    assert done["status"] == "completed", out
+    assert out.count("plain 0o750") == 3 and "thread ran" in out, out
+    for attempt in ("chmod-uid", "chmod-gid", "fchmod", "open"):
+        assert out.count(f"{attempt} Operation not permitted") == 3, out
+    assert out.count("install refused") == 3 and "MADE" not in out, out
+    assert "userns Operation not permitted" in out, out
+    task_dir = sandboxed.home / "tasks" / task["taskId"]
+    assert _set_id_files(task_dir, sandboxed.home / "volumes" / volume) == []
+    endpoint = await _login_endpoint(sandboxed, client_key, "sleep 30")
+    async with _connect(endpoint, client_key) as conn:
+        session = await conn.run(
+            'cd "$VI_FLOW_WORKSPACE" && touch s && chmod u+s s; echo "status $?"; stat -c "mode %a" s'
+        )
+    assert "status 1" in session.stdout and "mode 644" in session.stdout, session
+    assert _set_id_files(sandboxed.home / "tasks") == []

@@ -5,7 +5,8 @@ enters it. So the volume is mounted *inside* that namespace: a short helper proc
 clones the volume's directory as a detached mount (``open_tree(OPEN_TREE_CLONE)``, in the
 server's namespace, where the volume is visible), joins the task's mount namespace
 (``setns``, which a multithreaded server cannot do itself) and attaches the clone at the
-volume's usual path there (``move_mount``). The mount exists only in the task's
+volume's usual path there (``move_mount``), ``nosuid`` and ``nodev`` as every mount of the
+sandbox (``mount_setattr``, Linux 5.12). The mount exists only in the task's
 namespace: nothing is mounted on the host, and it disappears with the sandbox, even if
 the server is killed. The helper walks the target path without following links
 (``O_NOFOLLOW``), so a link the task planted cannot move the mount elsewhere.
@@ -27,8 +28,9 @@ __all__ = ["late_mounts_supported", "mount_into"]
 _HELPER = r"""
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-OPEN_TREE, MOVE_MOUNT = 428, 429
-CLONE, CLOEXEC, RECURSIVE, EMPTY_FROM, EMPTY_TO = 1, 0o2000000, 0x8000, 4, 0x40
+OPEN_TREE, MOVE_MOUNT, MOUNT_SETATTR = 428, 429, 442
+CLONE, CLOEXEC, RECURSIVE, EMPTY_PATH, EMPTY_FROM, EMPTY_TO = 1, 0o2000000, 0x8000, 0x1000, 4, 0x40
+NOSUID_NODEV = 0x2 | 0x4  # MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 def check(result, what):
     if result < 0:
         err = ctypes.get_errno()
@@ -36,14 +38,19 @@ def check(result, what):
     return result
 pid, source, target = sys.argv[1:4]
 tree = check(libc.syscall(OPEN_TREE, -100, source.encode(), CLONE | CLOEXEC | RECURSIVE), "open_tree")
+attr = (ctypes.c_uint64 * 4)(NOSUID_NODEV, 0, 0, 0)  # struct mount_attr: set, clear, propagation, userns
+check(libc.syscall(MOUNT_SETATTR, tree, b"", EMPTY_PATH | RECURSIVE, attr, 32), "mount_setattr")
 check(libc.setns(os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY), 0x20000), "setns")
 here = os.open("/", os.O_PATH | os.O_DIRECTORY)
-for name in [part for part in target.split("/") if part]:
-    try:
-        os.mkdir(name, 0o755, dir_fd=here)
-    except FileExistsError:
-        pass
-    here = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=here)
+try:
+    for name in [part for part in target.split("/") if part]:
+        try:
+            os.mkdir(name, 0o755, dir_fd=here)
+        except FileExistsError:
+            pass
+        here = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=here)
+except OSError as exc:  # a link or a file the task put on the way
+    sys.exit(f"{target} in the task: {exc.strerror}")
 check(libc.syscall(MOVE_MOUNT, tree, b"", here, b"", EMPTY_FROM | EMPTY_TO), "move_mount")
 """
 

@@ -52,8 +52,8 @@ __all__ = [
     "detect_sandbox",
     "environment_fd",
     "job_sandbox",
-    "keyrings_filter",
     "sandbox_child",
+    "syscall_filter",
     "task_network",
 ]
 
@@ -125,8 +125,9 @@ class Sandbox:
         hidden: Paths covered by an empty directory (the home, should it lie under a
             system directory such as ``/opt``).
         network: One of :data:`NETWORKS`.
-        keyrings_filter: A file of the seccomp program (:func:`keyrings_filter`) that
-            refuses the kernel's keyring calls to the sandboxed command, or ``None``.
+        syscall_filter: A file of the seccomp program (:func:`syscall_filter`) that
+            refuses the sandboxed command the kernel's keyrings, set-ID file modes and
+            new user namespaces, or ``None``.
     """
 
     bwrap: str | None
@@ -135,7 +136,7 @@ class Sandbox:
     hidden: tuple[Path, ...] = ()
     network: str = "host"
     fix: str = "make bubblewrap work here (docs/production.md, 'Where there is no sandbox')"
-    keyrings_filter: Path | None = None
+    syscall_filter: Path | None = None
 
     @property
     def enabled(self) -> bool:
@@ -161,13 +162,13 @@ class Sandbox:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         opens: list[str] = []
-        if self.keyrings_filter is not None:
-            # The keyrings are the kernel's, per user, not per namespace: every task (of
-            # every organization) ran as the server's user and shared them (QA AI: one
-            # organization's task read a key another's had stored). bwrap takes the
-            # program on a descriptor: a shell opens the file on one no other uses.
+        if self.syscall_filter is not None:
+            # What namespaces do not separate (the kernel's keyrings, per user: QA AI,
+            # one organization's task read a key another's had stored) or what a task
+            # must not make (set-ID files, user namespaces): see syscall_filter. bwrap
+            # takes the program on a descriptor: a shell opens the file on one no other uses.
             fd = next(n for n in range(3, 10) if n not in (info_fd, env_fd))
-            opens = ["/bin/sh", "-c", f'exec "$@" {fd}<"$0"', str(self.keyrings_filter)]
+            opens = ["/bin/sh", "-c", f'exec "$@" {fd}<"$0"', str(self.syscall_filter)]
             args += ["--seccomp", str(fd)]
         if self.network == "isolated":
             args.append("--unshare-net")
@@ -485,7 +486,7 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
         NetworkIsolationUnavailable: An isolated network was asked for, and there is no
             sandbox here, or bwrap cannot make a network namespace.
     """
-    sandbox = _host_network_sandbox((home,), extra, keyrings_home=home)
+    sandbox = _host_network_sandbox((home,), extra, filter_home=home)
     if task_network(extra) == "host":
         return sandbox
     isolated = attrs.evolve(sandbox, network="isolated")
@@ -498,15 +499,15 @@ def detect_sandbox(home: Path, extra: Mapping[str, Any]) -> Sandbox:
     return isolated
 
 
-def _keyrings_file(home: Path) -> Path | None:
-    """:func:`keyrings_filter`'s program written in ``home``; ``None`` (with a warning
+def _filter_file(home: Path) -> Path | None:
+    """:func:`syscall_filter`'s program written in ``home``; ``None`` (with a warning
     when it could not be written) where there is none. Servers that share the directory
     (replicas, on a cluster's tasks directory) each write a file of their own and rename
     it there: the program is the same, and no reader sees half of it."""
-    program = keyrings_filter()
+    program = syscall_filter()
     if program is None:
         return None
-    path = home / KEYRINGS_FILTER_FILE
+    path = home / FILTER_FILE
     try:
         with contextlib.suppress(FileNotFoundError):
             if path.read_bytes() == program:
@@ -514,66 +515,131 @@ def _keyrings_file(home: Path) -> Path | None:
         # read by the nodes' accounts too; it holds nothing secret
         replace_file(path, program, mode=0o644)
     except OSError as exc:
-        log.warning("tasks share the kernel's keyrings: %s could not be written (%s)", path, exc)
+        log.warning("tasks go unfiltered: %s could not be written (%s)", path, exc)
         return None
     return path
 
 
-KEYRINGS_FILTER_FILE = "sandbox-keyrings.bpf"
-"""The home's file of :func:`keyrings_filter`'s program (it holds nothing secret)."""
+FILTER_FILE = "sandbox-syscalls.bpf"
+"""The home's file of :func:`syscall_filter`'s program (it holds nothing secret)."""
 
-# What the filter refuses: add_key, request_key and keyctl, by the audit arch of a call
-# (x86-64, whose x32 calls carry bit 30, i386, aarch64); any other call, or another
-# arch, is let through.
-_KEYRING_CALLS = {
-    0xC000003E: (248, 249, 250),  # AUDIT_ARCH_X86_64
-    0x40000003: (286, 287, 288),  # AUDIT_ARCH_I386
-    0xC00000B7: (217, 218, 219),  # AUDIT_ARCH_AARCH64
+
+@attrs.frozen
+class _Calls:
+    """An arch's calls the filter looks at, by number (see :func:`syscall_filter`)."""
+
+    refused: tuple[int, ...]  # fail with EPERM, whatever their arguments
+    absent: tuple[int, ...]  # fail with ENOSYS: their arguments lie in memory a filter
+    # cannot read, and the C library then makes the older call, which it can
+    modes: dict[int, int]  # call -> its argument holding a file mode
+    clones: dict[int, int]  # call -> its argument holding clone flags
+
+
+# keyrings: add_key, request_key, keyctl; io_uring: setup, enter, register (its queued
+# opens carry a mode no filter sees); absent: clone3 and openat2
+_IO_URING, _ABSENT = (425, 426, 427), (435, 437)
+_FILTERED = {
+    0xC000003E: _Calls(  # AUDIT_ARCH_X86_64 (its x32 calls carry bit 30)
+        refused=(248, 249, 250, *_IO_URING),
+        absent=_ABSENT,
+        # open, creat, chmod, fchmod, mknod, openat, mknodat, fchmodat, fchmodat2
+        modes={2: 2, 85: 1, 90: 1, 91: 1, 133: 1, 257: 3, 259: 2, 268: 2, 452: 2},
+        clones={56: 0, 272: 0},  # clone, unshare
+    ),
+    0x40000003: _Calls(  # AUDIT_ARCH_I386
+        refused=(286, 287, 288, *_IO_URING),
+        absent=_ABSENT,
+        modes={5: 2, 8: 1, 15: 1, 94: 1, 14: 1, 295: 3, 297: 2, 306: 2, 452: 2},
+        clones={120: 0, 310: 0},
+    ),
+    0xC00000B7: _Calls(  # AUDIT_ARCH_AARCH64 (no open, creat, chmod or mknod)
+        refused=(217, 218, 219, *_IO_URING),
+        absent=_ABSENT,
+        modes={52: 1, 53: 2, 56: 3, 33: 2, 452: 2},  # fchmod, fchmodat, openat, mknodat
+        clones={220: 0, 97: 0},
+    ),
 }
 _X32_BIT = 0x40000000
+_SET_ID_BITS = 0o6000  # S_ISUID | S_ISGID
+_CLONE_NEWUSER = 0x10000000
+
+# classic BPF: load a word of struct seccomp_data, jump if equal / if any bit set, AND,
+# return; the data: the call's number at 0, its arch at 4, argument i's low word at 16 + 8i
+_LD, _JEQ, _JSET, _AND, _RET = 0x20, 0x15, 0x45, 0x54, 0x06
+_ALLOW, _EPERM, _ENOSYS = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+_Op = tuple[int, int | str, int | str, int]  # (code, jump if true, jump if false, k)
 
 
-def keyrings_filter() -> bytes | None:
-    """A seccomp program (classic BPF, ``struct sock_filter`` each) that fails the
-    kernel's keyring calls with ``EPERM``, as container runtimes do: the keyrings are the
-    kernel's per user, so tasks running as one user would see each other's keys. ``None``
-    where the machine is none of the archs it knows."""
+def syscall_filter() -> bytes | None:
+    """A seccomp program (classic BPF, ``struct sock_filter`` each) for sandboxed commands;
+    ``None`` where the machine is none of the archs it knows. Any other call, or another
+    arch, is let through. It refuses, as container runtimes do:
+
+    * the kernel's keyring calls (``EPERM``): the keyrings are the kernel's per user, so
+      tasks running as one user would see each other's keys;
+    * a set-user-ID or set-group-ID bit in a file's mode (``chmod``, ``open``...:
+      ``EPERM``): a task of a root server left set-UID root programs in its workspace,
+      output and volumes, on the host's disk (QA AQ), a root shell for whoever can
+      reach a copy of the home;
+    * new user namespaces (``clone``, ``unshare``: ``EPERM``), in which a task of a
+      server not run as root was root, mounts and all: more of the kernel to attack;
+    * io_uring, whose queued calls no filter sees, and ``clone3`` and ``openat2``
+      (``ENOSYS``: their flags and modes lie in memory; the C library falls back to
+      ``clone`` and ``openat``).
+    """
     import platform
     import struct
 
     if platform.machine() not in ("x86_64", "amd64", "aarch64", "arm64", "i386", "i686"):
         return None
-    ld, jeq, ret, and_ = 0x20, 0x15, 0x06, 0x54
-    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM
-    code: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # A = the call's arch
-    jumps: list[int] = []  # the instructions whose "true" goes to the deny at the end
-    for arch, numbers in _KEYRING_CALLS.items():
-        block: list[tuple[int, int, int, int]] = [(ld, 0, 0, 0)]  # A = the call's number
+    code: list[_Op | str] = [(_LD, 0, 0, 4)]  # A = the call's arch
+    for arch, calls in _FILTERED.items():
+        code.append((_JEQ, 0, f"not-{arch}", arch))
+        code.append((_LD, 0, 0, 0))  # A = the call's number
         if arch == 0xC000003E:
-            block.append((and_, 0, 0, 0xFFFFFFFF ^ _X32_BIT))
-        first = len(code) + 1 + len(block)
-        block += [(jeq, 0, 0, number) for number in numbers]
-        block.append((ret, 0, 0, allow))
-        code.append((jeq, 0, len(block), arch))  # not this arch: over its block
-        jumps += range(first, first + len(numbers))
-        code += block
-    code.append((ret, 0, 0, allow))  # an arch it does not know
-    end = len(code)
-    code.append((ret, 0, 0, deny))
-    for at in jumps:
-        op, _, jf, k = code[at]
-        code[at] = (op, end - at - 1, jf, k)
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+            code.append((_AND, 0, 0, 0xFFFFFFFF ^ _X32_BIT))
+        code += [(_JEQ, "eperm", 0, number) for number in calls.refused]
+        code += [(_JEQ, "enosys", 0, number) for number in calls.absent]
+        checks = [(number, arg, _SET_ID_BITS) for number, arg in calls.modes.items()]
+        checks += [(number, arg, _CLONE_NEWUSER) for number, arg in calls.clones.items()]
+        code += [(_JEQ, f"{arch}-{arg}-{bits}", 0, n) for n, arg, bits in checks]
+        code.append((_RET, 0, 0, _ALLOW))
+        for arg, bits in sorted({(arg, bits) for _, arg, bits in checks}):
+            code += [f"{arch}-{arg}-{bits}", (_LD, 0, 0, 16 + 8 * arg)]
+            code += [(_JSET, "eperm", 0, bits), (_RET, 0, 0, _ALLOW)]
+        code.append(f"not-{arch}")
+    code += [(_RET, 0, 0, _ALLOW), "eperm", (_RET, 0, 0, _EPERM), "enosys", (_RET, 0, 0, _ENOSYS)]
+    return b"".join(struct.pack("=HBBI", *op) for op in _assembled(code))
+
+
+def _assembled(code: list[_Op | str]) -> list[tuple[int, int, int, int]]:
+    """``code`` with its labels (the strings) taken out and each jump to one made the
+    count of instructions it skips (classic BPF jumps forward only, 255 at most)."""
+    at: dict[str, int] = {}
+    for item in code:
+        if isinstance(item, str):
+            at[item] = sum(not isinstance(op, str) for op in code[: code.index(item)])
+    ops = [op for op in code if not isinstance(op, str)]
+
+    def skip(target: int | str, here: int) -> int:
+        if isinstance(target, int):
+            return target
+        distance = at[target] - here - 1
+        if not 0 <= distance <= 255:
+            raise AssertionError(f"a jump to {target} of {distance} instructions")
+        return distance
+
+    return [(op, skip(jt, i), skip(jf, i), k) for i, (op, jt, jf, k) in enumerate(ops)]
 
 
 def _host_network_sandbox(
-    hidden: Iterable[Path], extra: Mapping[str, Any], *, keyrings_home: Path | None = None
+    hidden: Iterable[Path], extra: Mapping[str, Any], *, filter_home: Path | None = None
 ) -> Sandbox:
     """The sandbox that hides ``hidden`` (the home; for cluster jobs, the server's task,
-    volume and token directories too), or why there is none. With ``keyrings_home``, it
-    applies :func:`keyrings_filter` (its file written there) where bubblewrap and the
+    volume and token directories too), or why there is none. With ``filter_home``, it
+    applies :func:`syscall_filter` (its file written there) where bubblewrap and the
     kernel take it: one run checks both; should it fail, a run without the filter says
-    whether there is a sandbox at all (and the server warns that tasks share keyrings)."""
+    whether there is a sandbox at all (and the server warns that tasks go unfiltered)."""
     if extra.get("sandbox") is False:
         return Sandbox(None, "turned off by the server settings (sandbox = false)", fix=_TURN_ON)
     bwrap = shutil.which("bwrap")
@@ -583,16 +649,19 @@ def _host_network_sandbox(
     extra_paths = [Path(p) for p in extra.get("sandbox_read_only", ())]
     read_only = _read_only([*_python_paths(), *extra_paths], tops)
     sandbox = Sandbox(bwrap, "", read_only, hidden=tops)
-    keyrings = _keyrings_file(keyrings_home) if keyrings_home is not None else None
+    program = _filter_file(filter_home) if filter_home is not None else None
     refused = ""
-    if keyrings is not None:
-        filtered = attrs.evolve(sandbox, keyrings_filter=keyrings)
+    if program is not None:
+        filtered = attrs.evolve(sandbox, syscall_filter=program)
         if not (refused := _refusal(filtered)):
             return filtered
     if why := _refusal(sandbox):
         return Sandbox(None, why)
     if refused:
-        log.warning("tasks share the kernel's keyrings: bwrap refused the filter (%s)", refused)
+        log.warning(
+            "tasks go unfiltered (keyrings, set-ID modes, user namespaces):"
+            " bwrap refused the filter (%s)", refused,
+        )  # fmt: skip
     return sandbox
 
 
@@ -611,7 +680,7 @@ def _refusal(sandbox: Sandbox) -> str:
     return ""
 
 
-def job_sandbox(hidden: Iterable[Path], keyrings_dir: Path | None = None) -> Sandbox:
+def job_sandbox(hidden: Iterable[Path], filter_dir: Path | None = None) -> Sandbox:
     """The sandbox of cluster jobs (Slurm, Ray): bubblewrap, found by name on each node.
 
     A job's sandbox shows what a local task's does (the system, the server's Python where
@@ -622,8 +691,8 @@ def job_sandbox(hidden: Iterable[Path], keyrings_dir: Path | None = None) -> San
     here, blocking: run in a thread), unless ``VI_FLOW_JOB_SANDBOX=0``; a node without
     ``bwrap`` then fails the job with a message saying so.
 
-    With ``keyrings_dir`` (the cluster's tasks directory, which every node sees), jobs
-    and their shells get the keyring filter of local tasks, from its file there.
+    With ``filter_dir`` (the cluster's tasks directory, which every node sees), jobs
+    and their shells get the :func:`syscall_filter` of local tasks, from its file there.
     """
     if os.environ.get(JOB_SANDBOX_ENV, "1") == "0":
         return Sandbox(None, f"turned off ({JOB_SANDBOX_ENV}=0)", fix=_TURN_ON)
@@ -631,11 +700,11 @@ def job_sandbox(hidden: Iterable[Path], keyrings_dir: Path | None = None) -> San
     for top in tops:  # bubblewrap cannot cover a path it would have to make in /opt
         with contextlib.suppress(OSError):
             top.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if keyrings_dir is not None:
+    if filter_dir is not None:
         with contextlib.suppress(OSError):
-            keyrings_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            filter_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # a job uses its node's network: the local provider's network setting is not asked
-    detected = _host_network_sandbox(tops, {}, keyrings_home=keyrings_dir)
+    detected = _host_network_sandbox(tops, {}, filter_home=filter_dir)
     if not detected.enabled:
         return detected
     return attrs.evolve(detected, bwrap="bwrap")  # found by name on each node
