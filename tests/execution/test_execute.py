@@ -181,6 +181,36 @@ async def test_failed_run_raises_flow_execution_error(aclient: vi_flow.AsyncClie
     assert info.value.code == "TEMPLATE_ERROR"  # QA AF: only the StepFailed event had it
 
 
+async def test_a_template_reaches_a_step_whose_id_is_no_dotted_name(
+    aclient: vi_flow.AsyncClient,
+) -> None:
+    """QA AR: step ids "a.b", "a b", "1st" were accepted, but no template could name them
+    ("template refers to 'steps.a.b.output', which is not defined" of a step that ran)."""
+
+    def made(step_id: str, value: object) -> dict[str, Any]:
+        return {"block": "template", "id": step_id, "settings": {"template": value}}
+
+    reads = {
+        "dotted": "{{ steps.a.b.output }}",
+        "short": "{{ steps.a.output }}",  # step "a" is still itself
+        "spaced": "{{ steps.a b.output | upper }}",
+        "digit": "{{ steps.1st.output.k[1] }}",
+        "accented": "{{ steps.étape.output }}",
+        "missing": "{{ steps.a.b.nothing }}",
+    }
+    blocks = [made("a", "A"), made("a.b", "AB"), made("a b", "ab"), made("1st", {"k": [0, 7]})]
+    blocks += [made("étape", "É"), made("out", {k: v for k, v in reads.items() if k != "missing"})]
+    flow = await new_flow(aclient, {"name": "ids", "blocks": blocks})
+    result = await flow.execute()
+    assert result.output == {
+        "dotted": "AB", "short": "A", "spaced": "AB", "digit": 7, "accented": "É"
+    }  # fmt: skip
+    failing = await new_flow(aclient, {"name": "ids", "blocks": [*blocks[:5], made("out", reads)]})
+    with pytest.raises(FlowExecutionError) as info:
+        await failing.execute()
+    assert "'steps.a.b.nothing', which is not defined" in info.value.message
+
+
 async def test_every_way_of_running_a_failing_flow_names_its_code(
     aclient: vi_flow.AsyncClient,
 ) -> None:

@@ -69,6 +69,12 @@ async def test_put_with_stale_etag_is_412(server: Server) -> None:
             "blocks[1].id",
         ),
         ({"name": "x", "inputs": [{"required": True}]}, "inputs[0].name"),
+        # QA AR: a step's trace is at .../steps/{id}/trace, which no client can ask of these
+        ({"name": "x", "blocks": [{"block": "template", "id": ".."}]}, "blocks[0].id"),
+        (
+            {"name": "x", "blocks": [{"block": "t", "id": "a"}, {"block": "t", "id": "."}]},
+            "blocks[1].id",
+        ),
         ({"name": "x", "settings": "nope"}, "settings"),
     ],
 )

@@ -91,6 +91,10 @@ def validate_flow_spec(spec: FlowSpec, prefix: str = "") -> FlowSpec:
         _check_depth(f"{prefix}blocks[{i}].style", block.style)
         if block.id is not None:
             limited(check_name, f"{prefix}blocks[{i}].id", block.id, MAX_ID_LENGTH)
+            if block.id in (".", ".."):  # QA AR: the step's trace, at .../steps/{id}/trace
+                raise APIProblem.validation(
+                    f"{prefix}blocks[{i}].id", f"{block.id!r} cannot name a step (a path segment)"
+                )
         _check_step_id(spec, i, seen, prefix)
     _check_inputs(spec, prefix)
     return spec

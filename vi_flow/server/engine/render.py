@@ -65,12 +65,41 @@ def _segments(path: str) -> list[str | int]:
 
 
 def _lookup(path: str, namespace: Mapping[str, Any]) -> Any:
-    current: Any = namespace
-    for part in _segments(path):
+    try:
+        return _walk(namespace, _segments(path), path)
+    except RenderError:
+        step = _named_step(path, namespace)  # a step id that is no dotted name
+        if step is None:
+            raise
+        step_id, rest = step
+        return _walk(namespace["steps"][step_id], _segments(rest) if rest else [], path)
+
+
+def _walk(current: Any, parts: list[str | int], path: str) -> Any:
+    for part in parts:
         if not _has(current, part):
             raise RenderError(path, f"template refers to {path!r}, which is not defined")
         current = current[part]
     return current
+
+
+def _named_step(path: str, namespace: Mapping[str, Any]) -> tuple[str, str] | None:
+    """For ``steps.<id>...`` whose id holds what a dotted name cannot (``a.b``, ``a b``,
+    ``1st``, ``étape``: QA AR, a step a template could not reach), the longest step id
+    spelled there, and the path after it; ``None`` when no step id is."""
+    steps = namespace.get("steps")
+    if not path.startswith("steps.") or not isinstance(steps, Mapping):
+        return None
+    after = path[len("steps.") :]
+    spelled = [
+        step_id
+        for step_id in steps
+        if after.startswith(step_id) and after[len(step_id) : len(step_id) + 1] in ("", ".", "[")
+    ]
+    if not spelled:
+        return None
+    step_id = max(spelled, key=len)
+    return step_id, after[len(step_id) :].removeprefix(".")
 
 
 def _has(container: Any, part: str | int) -> bool:
