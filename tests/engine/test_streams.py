@@ -135,6 +135,27 @@ async def test_a_quiet_run_is_cancelled_soon_after_its_client_left(
         await asyncio.sleep(0.1)
 
 
+async def test_a_dropped_streams_retry_is_answered_at_once(start_server: StartServer) -> None:
+    # QA AS: a POST .../events holds its Idempotency-Key while it streams, and only a
+    # write found its client gone: the retry of a quiet run's stream waited for the next
+    # heartbeat (15 s) before its first byte, past many clients' read timeouts.
+    server = await start_server(heartbeat_interval=30)
+    flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})  # waits, silent
+    keyed = {**server.headers(), "Idempotency-Key": "stream-once"}
+    url = f"{server.root}/v1/flows/{flow}/events"
+    async with server.session.post(url, json={}, headers=keyed) as resp:
+        first = resp.headers["X-Execution-Id"]
+        async for _ in iter_sse(resp):
+            break
+    asked = asyncio.get_running_loop().time()
+    async with server.session.post(url, json={}, headers=keyed) as resp:
+        waited = asyncio.get_running_loop().time() - asked
+        assert resp.headers["X-Execution-Id"] == first  # the same run, streamed again
+    assert waited < 5, waited
+    runs = (await server.call("GET", "/runs")).body["items"]
+    assert [run["runId"] for run in runs] == [first]
+
+
 async def test_cancel_a_running_run(server: Server) -> None:
     flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
     job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body

@@ -59,7 +59,7 @@ EXECUTION_ENGINE_KEY = web.AppKey("vi_flow.execution_engine", Engine)
 log = logging.getLogger("vi_flow.server")
 
 _HEARTBEAT = b": heartbeat\n\n"
-_GONE_POLL = 0.5  # seconds between looks at a cancelOnDisconnect stream's connection
+_GONE_POLL = 0.5  # seconds between looks at a stream's (or a waiting answer's) connection
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -278,10 +278,10 @@ async def _stream(
     gone = False
     pump = _pump(response, frames, StillAuthorized(request, response))
     try:
-        if cancel_on_disconnect:
-            gone = await _unless_gone(request, pump)
-        else:
-            await pump
+        # every stream, not only a cancelOnDisconnect one: a POST .../events holds its
+        # Idempotency-Key while it streams, and its client's retry waited for the next
+        # heartbeat (15 s) to find the first connection gone (QA AS)
+        gone = await _unless_gone(request, pump)
     except ConnectionError:  # the client went away; the run goes on unless asked
         gone = True
     except asyncio.CancelledError:
@@ -298,8 +298,9 @@ async def _unless_gone(request: web.Request, pump: Coroutine[Any, Any, None]) ->
 
     Only a write finds a dropped connection, and an idle run writes a heartbeat every
     ``heartbeat_interval`` (15 s): a ``cancelOnDisconnect`` run whose client left was
-    cancelled up to that long after the documented grace (QA: 18 s, not 3 s). The
-    connection is looked at every :data:`_GONE_POLL` seconds instead.
+    cancelled up to that long after the documented grace (QA: 18 s, not 3 s), and a
+    retry with the stream's ``Idempotency-Key`` waited as long. The connection is looked
+    at every :data:`_GONE_POLL` seconds instead.
     """
     pumping = asyncio.ensure_future(pump)
     try:
