@@ -36,6 +36,11 @@ def test_a_key_that_is_not_an_admin_key_is_refused(vf: Invoker) -> None:
     key = vf("tokens", "create", "plain").stdout.strip()
     refused = vf("--api-key", key, "tokens", "list")
     assert refused.exit_code == 3 and "admin" in refused.stderr
+    # QA AS: the hint said "use a key of the right organization"; the admin key is what
+    assert "hint: organizations and tokens are managed with the server's admin key" in (
+        refused.stderr
+    )
+    assert "right organization" not in refused.stderr
 
 
 def test_the_admin_token_cannot_be_revoked(vf: Invoker) -> None:

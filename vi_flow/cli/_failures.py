@@ -212,6 +212,12 @@ def _hint_for(exc: BaseException) -> str | None:
     if isinstance(exc, e.APIConnectionError) and "lost the SSH connection" in exc.message:
         # the API answered; the task's own SSH endpoint did not (QA: the hint named --base-url)
         return "'vi-flow tasks status TASK_ID' says whether the task still runs"
+    if isinstance(exc, e.PermissionDeniedError) and "not an admin key" in exc.message:
+        # QA AS: the general hint said to use "a key of the right organization"
+        return (
+            "organizations and tokens are managed with the server's admin key: a 'vi-flow"
+            " serve' keeps it in HOME/admin-token"
+        )
     if isinstance(exc, e.APIStatusError) and exc.code == "DATABASE_GONE":
         return (
             "for the home's own server: 'vi-flow server stop', and the next command starts another"
