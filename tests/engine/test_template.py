@@ -115,6 +115,13 @@ async def test_block_overrides_change_settings(server: Server) -> None:
     assert typo.status == 422, typo.body
     assert "blockOverrides.t.settings.tmpl" in typo.body["error"]["message"]
     assert "did you mean 'template'" in typo.body["error"]["message"]
+    # QA AR: the path of that message (.settings.<name>) invited {"t": {"settings": {...}}}
+    nested = {"blockOverrides": {"t": {"settings": {"template": "b"}}}}
+    nesting = await server.call("POST", f"/flows/{flow}/execute", json=nested)
+    assert nesting.status == 422, nesting.body
+    assert "blockOverrides.t is the settings themselves: blockOverrides.t.<name>, not nested" in (
+        nesting.body["error"]["message"]
+    )
     assert (await server.call("GET", "/runs")).body == runs  # no run was made
 
 

@@ -282,6 +282,9 @@ def check_settings(
     for name in settings:
         if name not in known:
             problem = f"unknown setting of a {block!r} block{_closest(name, known)}"
+            if name == "settings" and where.startswith("blockOverrides."):
+                # QA AR: the message's own path (.settings.<name>) invited the nesting
+                problem += f"; {where} is the settings themselves: {where}.<name>, not nested"
             raise APIProblem.validation(f"{where}.settings.{name[:40]}", problem)
 
 
