@@ -68,6 +68,10 @@ async def test_exec_runs_in_the_workspace_with_the_task_env(
         assert piped.stdout.strip() == "100000"
         big = await conn.run("seq 1 20000")
         assert big.stdout.splitlines()[-1] == "20000" and len(big.stdout.splitlines()) == 20000
+        # QA AQ: said as Python's errno, "[Errno 7] Argument list too long"
+        long = await conn.run("true " + "x" * 140_000)
+        assert long.exit_status == 127 and "Errno" not in long.stderr, long.stderr
+        assert "longer than the kernel takes in one argument (131,072 bytes)" in long.stderr
 
 
 @pytest.mark.anyio

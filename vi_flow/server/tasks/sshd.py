@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import functools
 import logging
@@ -762,7 +763,11 @@ async def _run_session(
         ended = functools.partial(_task_ended, resolver, context.task_id)
         code = await runner(process, argv, cwd, env, ended)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the command or its env
-        process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {exc}\n".encode())
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        if isinstance(exc, OSError) and exc.errno == errno.E2BIG:  # QA AQ: said as an errno
+            why = "the command (or its environment) is longer than the kernel takes in one"
+            why += f" argument ({_ONE_ARGUMENT:,} bytes): put it in a script and run that"
+        process.stderr.write(f"vi-flow: cannot run {argv[0]!r}: {why}\n".encode())
         code = 127
     finally:
         # Read inside, where it cannot be deleted or swapped. At once, not in a thread:
@@ -774,6 +779,9 @@ async def _run_session(
             with contextlib.suppress(OSError):
                 given.unlink(missing_ok=True)
     process.exit(code if code >= 0 else 128 - code)
+
+
+_ONE_ARGUMENT = 32 * 4096  # Linux's MAX_ARG_STRLEN: a shell's -c takes no longer command
 
 
 def _sftp_server(channel: asyncssh.SSHServerChannel[bytes]) -> TaskSFTPServer:
