@@ -119,9 +119,8 @@ async def test_block_overrides_change_settings(server: Server) -> None:
     nested = {"blockOverrides": {"t": {"settings": {"template": "b"}}}}
     nesting = await server.call("POST", f"/flows/{flow}/execute", json=nested)
     assert nesting.status == 422, nesting.body
-    assert "blockOverrides.t is the settings themselves: blockOverrides.t.<name>, not nested" in (
-        nesting.body["error"]["message"]
-    )
+    said = "blockOverrides.t is the settings themselves: blockOverrides.t.<name>, not nested"
+    assert said in nesting.body["error"]["message"]
     assert (await server.call("GET", "/runs")).body == runs  # no run was made
 
 
