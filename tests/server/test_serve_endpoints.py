@@ -75,6 +75,25 @@ def test_a_taken_ssh_port_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:
+    # QA AQ: "cannot listen on 127.0.0.1:P: error while attempting to bind on address
+    # ('127.0.0.1', P): address already in use", the address twice
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [*_vi_flow(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(_REPO)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    said = f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert proc.stderr.endswith(said) and "Traceback" not in proc.stderr, proc.stderr
+
+
 def _vi_flow() -> list[str]:
     return [sys.executable, "-c", "from vi_flow.cli import main; main()"]
 
