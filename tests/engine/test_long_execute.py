@@ -80,6 +80,21 @@ async def test_an_execute_its_timeout_ended_names_the_run_that_goes_on(
         assert events[-1].output == {"count": 8}, events[-1]
 
 
+async def test_a_timeout_shorter_than_the_heartbeat_names_the_run_too(
+    start_server: StartServer,
+) -> None:
+    # QA AR: the answer began after a heartbeat interval (15 s): an execute(timeout=2)
+    # raised without the id of the run that went on. It begins after a second.
+    server = await start_server(heartbeat_interval=30)
+    flow = await server.flow(_emit(16, 0.25))  # about 4 s
+    async with vi_flow.AsyncClient(base_url=f"{server.root}/v1", api_key=server.token) as client:
+        with pytest.raises(vi_flow.APITimeoutError) as caught:
+            await client.flow(flow).execute(timeout=2.5)
+        run_id = caught.value.execution_id
+        assert run_id is not None and run_id.startswith("run_"), caught.value
+        assert await client.flow(flow).run(run_id).status() == "Running"
+
+
 async def test_answering_tool_results_with_wait_is_kept_alive_too(server: Server) -> None:
     flow = await server.flow(
         {"block": "tool", "id": "ask", "settings": {"tool": "lookup"}}, _emit(5, 0.25)

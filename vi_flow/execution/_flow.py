@@ -101,8 +101,8 @@ class AsyncFlow:
             FlowExecutionError: The run failed; carries the failing step and the message.
             ToolCallLimitError: The handler answered ``max_tool_rounds`` pauses already.
             APITimeoutError: The ``timeout`` ran out; the run goes on, and the error's
-                ``execution_id`` names it once its answer has begun (after one
-                heartbeat interval of the server).
+                ``execution_id`` names it once its answer has begun (after a
+                second).
         """
         request = request_of(options, ExecuteOptions, "execute")
         loop = self._loop(options)

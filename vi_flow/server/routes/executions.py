@@ -59,6 +59,7 @@ EXECUTION_ENGINE_KEY = web.AppKey("vi_flow.execution_engine", Engine)
 log = logging.getLogger("vi_flow.server")
 
 _HEARTBEAT = b": heartbeat\n\n"
+_BEGIN_AFTER = 1.0  # seconds after which a waiting execute's answer begins, at most
 _GONE_POLL = 0.5  # seconds between looks at a stream's (or a waiting answer's) connection
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -103,8 +104,9 @@ async def _outcome_answer(
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Answer the outcome ``waiting`` gives: at once when the run pauses or ends within a
-    heartbeat interval; else the answer begins then (``200``, ``X-Execution-Id``) and a
-    space follows every interval until the outcome's JSON (which may begin with spaces).
+    second (or a heartbeat interval, if shorter); else the answer begins then (``200``,
+    ``X-Execution-Id``) and a space follows every heartbeat interval until the outcome's
+    JSON (which may begin with spaces).
 
     A client counts its read timeout between bytes: a run working for longer than that
     (a training step) answered nothing, and every retry timed out in turn (QA AF: a
@@ -115,8 +117,12 @@ async def _outcome_answer(
     :data:`_GONE_POLL` seconds): most runs answer before it.
     """
     interval = request.app[SETTINGS_KEY].heartbeat_interval
+    # begun after a second at most: a client whose own timeout is shorter than the
+    # heartbeat interval (execute(timeout=5)) learnt nothing of the run that goes on
+    # (QA AR); a run answered within it is answered whole, its status its own
+    begin_after = min(interval, _BEGIN_AFTER)
     loop, handler = asyncio.get_running_loop(), asyncio.current_task()
-    started, every = loop.time(), min(_GONE_POLL, interval)
+    started, every = loop.time(), min(_GONE_POLL, begin_after)
     stop = asyncio.Event()
     begun: list[tuple[web.StreamResponse, asyncio.Task[None]]] = []
     gone = False
@@ -140,7 +146,7 @@ async def _outcome_answer(
             if handler is not None:
                 handler.cancel()
             return
-        if not begun and loop.time() - started >= interval:
+        if not begun and loop.time() - started >= begin_after:
             begin()
         timer[0] = loop.call_later(every, look)
 
