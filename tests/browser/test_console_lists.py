@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from .conftest import ConsoleServer
-from .test_console import _signed_in
+from .test_console import _signed_in, _until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -192,6 +192,35 @@ def test_the_rest_of_a_long_line_no_longer_kept_is_left_out(
     counter = one.page.inner_text(".section-head .muted")
     assert counter == "50,003 lines (the first 3 are no longer kept here)"
     assert _log_rows(one)[-2:] == [(5, "50001"), (4, "next")]
+
+
+def _finished(server: ConsoleServer, command: str) -> str:
+    """A task of ``command`` once it has completed: its id."""
+    task = server.call("POST", "/tasks", {"command": command})["taskId"]
+    deadline = time.monotonic() + 60
+    while server.call("GET", f"/tasks/{task}")["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return str(task)
+
+
+def test_a_log_whose_last_2_mib_are_one_line_shows_that_lines_end(
+    visit: Any, console_server: ConsoleServer
+) -> None:
+    # QA: a task whose stdout ended with a 5 MB line showed "0 lines": the page opens a
+    # long log on its last 2 MiB and leaves out the partial line it starts in, and that
+    # was all of them. A last line the task never ended with "\n" was lost the same way.
+    one = _signed_in(visit, console_server)
+    cut = "(start of the line not shown) … "
+    its_end = [(len(cut) + 262_144, "L" * 40)]  # within a line's 256 Ki, as any line
+    for end, rows in (("echo", its_end), ("", its_end), ("echo; echo after", [(5, "after")])):
+        task = _finished(console_server, f"seq 1000; head -c 5000000 /dev/zero | tr '\\0' L; {end}")
+        one.page.goto(f"{console_server.root}/tasks/{task}")
+        counter = one.page.locator(".section-head .muted")
+        _until(lambda: counter.inner_text().startswith("1 line ·"))  # noqa: B023
+        assert _log_rows(one) == rows, end  # a line after it: the partial one left out
+        first = one.page.evaluate("document.querySelector('.log-line').textContent")
+        assert first.startswith(cut) or rows[0][1] == "after"
 
 
 def test_long_names_keep_every_column_in_view(visit: Any, console_server: ConsoleServer) -> None:

@@ -84,7 +84,7 @@ function logView() {
     rowHeight: 20,
     render: (row, line) => {
       row.className = 'vl-row log-line' + (line.stream === 'stderr' ? ' stderr' : '') + (row.classList.contains('selected') ? ' selected' : '');
-      const text = asTerminalShows(line.text);
+      const text = (line.headless ? '(start of the line not shown) … ' : '') + asTerminalShows(line.text);
       row.textContent = shown(line.more ? `${text} … (${line.more.toLocaleString()} more characters)` : text);
     },
   });
@@ -94,10 +94,13 @@ function logView() {
 /**
  * The log's lines as the stream's frames bring them, handed to `list` (and their count to
  * `drawn`) once per animation frame; the newest KEEP lines are kept, with no more than
- * KEEP_CHARS of text, LINE_CHARS of any one. `midLine[stream]`: the stream starts inside
- * a line, left out. Returns `take(stream, text)`, to call with each frame.
+ * KEEP_CHARS of text, LINE_CHARS of any one. `windowEnd[stream]`: where a stream read from
+ * past its start (it may start inside a line) ends at the page's opening, in bytes; that
+ * first partial line is left out, unless it is all there is of the stream up to there:
+ * then its end shows, marked as cut. Returns `take(stream, text, offset)`, to call with
+ * each frame (`offset`: the stream's byte offset after it).
  */
-function keptLines(list, midLine, drawn) {
+function keptLines(list, windowEnd, drawn) {
   let lines = [];
   let dropped = 0; // lines no longer kept
   let queue = [];
@@ -106,6 +109,10 @@ function keptLines(list, midLine, drawn) {
   // A stream's last line while no "\n" has ended it: the server sends a line longer than
   // one read (256 KiB) in several frames, and the next frame of the stream goes on with it.
   const open = { stdout: null, stderr: null };
+  const midLine = { stdout: 'stdout' in windowEnd, stderr: 'stderr' in windowEnd };
+  // The end of a window's first partial line so far (its last LINE_CHARS characters): a
+  // log whose last 2 MiB are one long line would otherwise show no line at all.
+  const partial = { stdout: midLine.stdout ? '' : null, stderr: midLine.stderr ? '' : null };
   const flush = () => {
     flushing = false;
     lines = lines.concat(queue);
@@ -141,7 +148,7 @@ function keptLines(list, midLine, drawn) {
     line.text += text;
     kept += text.length;
   };
-  const join = (stream, text) => {
+  const join = (stream, text, offset) => {
     if (open[stream] && open[stream].at < dropped) { // its start is no longer kept: nor is its rest
       open[stream] = null;
       midLine[stream] = true;
@@ -149,9 +156,29 @@ function keptLines(list, midLine, drawn) {
     if (midLine[stream]) { // leave out the partial line, up to its "\n" (maybe frames later)
       const end = text.indexOf('\n');
       const redraw = text.lastIndexOf('\r'); // or take a live bar from its last redraw on
-      if (end < 0 && redraw < 0) return;
-      midLine[stream] = false;
-      text = end < 0 ? text.slice(redraw) : text.slice(end + 1);
+      if (end < 0 && redraw >= 0) {
+        midLine[stream] = false;
+        partial[stream] = null;
+        text = text.slice(redraw);
+      } else if (partial[stream] === null) { // a line whose start is no longer kept
+        if (end < 0) return;
+        midLine[stream] = false;
+        text = text.slice(end + 1);
+      } else {
+        partial[stream] = lineEnd(partial[stream] + (end < 0 ? text : text.slice(0, end)));
+        const rest = end < 0 ? '' : text.slice(end + 1);
+        const more = rest !== '' || offset < windowEnd[stream]; // the window holds more
+        if (end < 0 && more) return;
+        midLine[stream] = false;
+        if (!more) { // the window is this one line: its end shows (and grows while open)
+          const line = push(stream, partial[stream]);
+          line.headless = true;
+          open[stream] = end < 0 ? line : null;
+        }
+        partial[stream] = null;
+        if (!more) return;
+        text = rest;
+      }
     }
     const pieces = text.split('\n');
     const rest = pieces.pop(); // after the last "\n": the start of a line not ended yet
@@ -162,10 +189,18 @@ function keptLines(list, midLine, drawn) {
     else if (rest) line = push(stream, rest);
     open[stream] = line;
   };
-  return (stream, text) => {
-    join(stream, text);
+  return (stream, text, offset) => {
+    join(stream, text, offset);
     if (!flushing) { flushing = true; requestAnimationFrame(flush); }
   };
+}
+
+/** The last LINE_CHARS characters of `text` (not half of a surrogate pair). */
+function lineEnd(text) {
+  let from = Math.max(0, text.length - LINE_CHARS);
+  const low = text.charCodeAt(from);
+  if (from && low >= 0xDC00 && low <= 0xDFFF) from += 1;
+  return text.slice(from);
 }
 
 export async function taskPage(root, taskId) {
@@ -206,21 +241,24 @@ export async function taskPage(root, taskId) {
 
   // Live log over SSE; EventSource resumes after a dropped connection with Last-Event-ID.
   // A long log opens on the last FROM_END bytes of each stream; a stream that starts
-  // after its beginning may start mid-line, and that first partial line is left out.
+  // after its beginning may start mid-line, and that first partial line is left out
+  // (unless it is all of the stream's last FROM_END bytes: keptLines).
   let from = '';
   const big = (task.stdoutSize || 0) + (task.stderrSize || 0) > 2 * FROM_END;
   const start = { stdout: 0, stderr: 0 };
+  const windowEnd = {};
   if (big) {
     start.stdout = Math.max(0, task.stdoutSize - FROM_END);
     start.stderr = Math.max(0, task.stderrSize - FROM_END);
     skipped = start.stdout > 0 || start.stderr > 0;
     from = `&lastEventId=${start.stdout}:${start.stderr}`;
+    for (const stream of ['stdout', 'stderr']) if (start[stream] > 0) windowEnd[stream] = task[`${stream}Size`];
   }
-  const take = keptLines(list, { stdout: start.stdout > 0, stderr: start.stderr > 0 }, drawCount);
+  const take = keptLines(list, windowEnd, drawCount);
   const source = new EventSource(withKey(`/v1/tasks/${taskId}/logs?follow=true${from}`));
   source.addEventListener('log', (msg) => {
     const data = JSON.parse(msg.data);
-    take(data.stream, String(data.text));
+    take(data.stream, String(data.text), Number(data.offset));
   });
   // A server-sent `event: error` (the log cannot be read) has data; a dropped connection
   // has none, and the browser reconnects by itself with Last-Event-ID.
