@@ -193,16 +193,19 @@ def tests_postgres(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def tests_browser(session: nox.Session) -> None:
-    """Drive the web console in Debian's Chromium with Playwright (tests/browser).
+    """Drive the web console in Debian's Chromium with Playwright (tests/browser), also
+    behind Debian's nginx under a path prefix; both are installed when missing (as root).
 
     ``VI_FLOW_DOCS_SCREENSHOTS=1 nox -s tests_browser`` also refreshes docs/img/console-*.png.
     """
     import shutil
 
     _install_bubblewrap(session)
-    if not os.path.exists(CHROMIUM) and shutil.which("apt-get") and os.geteuid() == 0:
+    missing = [] if os.path.exists(CHROMIUM) else ["chromium"]
+    missing += [] if _has_binary("nginx") else ["nginx"]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
         session.run("apt-get", "update", "-q", external=True)
-        session.run("apt-get", "install", "-y", "-q", "chromium", external=True)
+        session.run("apt-get", "install", "-y", "-q", *missing, external=True)
     session.install("-e", ".[test,browser]")
     env = {"VI_FLOW_REQUIRE_BROWSER": "1", "VI_FLOW_CHROMIUM": CHROMIUM}
     session.run("pytest", "-m", "browser", "tests/browser", *session.posargs, env=env)

@@ -105,7 +105,7 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     if exc.status == 404 and _browsing(request):
         from .console.routes import not_found_page  # the console imports this module
 
-        return not_found_page()
+        return not_found_page(request)
     code = _HTTP_CODES.get(exc.status, "INTERNAL" if exc.status >= 500 else "INVALID_REQUEST")
     if exc.status == 404:
         message = f"no route for {request.method} {request.path}"

@@ -63,17 +63,31 @@ def _static(name: str) -> bytes:
 _KEY_META = b'<meta name="vi-flow-console-key" content="%s">\n'
 
 
-def _page(status: int = 200, key: str | None = None) -> web.Response:
-    body = _static("index.html")
+def _to_root(request: web.Request) -> bytes:
+    """The relative way from the request's address back to the console's root: one
+    ``../`` per folder of its raw path, as the browser resolves a relative reference.
+
+    Behind a reverse proxy that serves the server under a prefix (``/vf/``) and strips it,
+    the browser's address is ``<prefix><raw path>``: an absolute ``/console/...`` would
+    miss the prefix, which the server never sees, while a relative one lands under it.
+    """
+    path = request.raw_path.partition("?")[0]
+    return b"../" * max(0, path.count("/") - 1)
+
+
+def _page(request: web.Request, status: int = 200, key: str | None = None) -> web.Response:
+    body = _static("index.html").replace(
+        b'"/console/static/', b'"' + _to_root(request) + b"console/static/"
+    )
     if key is not None:  # url-safe base64: nothing to escape in an attribute
         body = body.replace(b"<title>", _KEY_META % key.encode() + b"<title>", 1)
     return _html(body, status)
 
 
-def not_found_page() -> web.Response:
+def not_found_page(request: web.Request) -> web.Response:
     """The console's page with status 404, for a browser at an address no route has (the
     page says there is no page there, or how to sign in)."""
-    return _page(404)
+    return _page(request, 404)
 
 
 async def static_file(request: web.Request) -> web.Response:
@@ -106,9 +120,11 @@ async def create_sign_in(request: web.Request) -> web.Response:
     )
 
 
+# The sign-in pages are answered at /console/signin only: their references are relative
+# to it, so that they hold under a reverse proxy's path prefix too (see _to_root).
 _REFUSED = (
     b"<!doctype html><meta charset=utf-8><title>Sign-in refused</title>"
-    b"<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    b"<link rel=stylesheet href=static/app.css><main class=signin>"
     b"<h1>This sign-in link cannot be used</h1><p>A sign-in link works once, for one minute."
     b" Run <code>vi-flow console</code> for a new one.</p></main>"
 )
@@ -116,7 +132,7 @@ _REFUSED = (
 
 _ELSEWHERE = (
     b"<!doctype html><meta charset=utf-8><title>Sign-in refused</title>"
-    b"<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    b"<link rel=stylesheet href=static/app.css><main class=signin>"
     b"<h1>This sign-in link was opened by another page</h1><p>A sign-in link works only"
     b" when you open it yourself (from <code>vi-flow console</code>, or pasted into the"
     b" address bar): another page could otherwise sign your browser in as someone else."
@@ -126,11 +142,11 @@ _ELSEWHERE = (
 
 _CONFIRM = (
     "<!doctype html><meta charset=utf-8><title>Sign in</title>"
-    "<link rel=stylesheet href=/console/static/app.css><main class=signin>"
+    "<link rel=stylesheet href=static/app.css><main class=signin>"
     "<h1>Sign in to the vi-flow console?</h1><p>This link signs this browser in to"
     " organization <code>{org}</code>. Go on only if you opened it yourself (from"
     " <code>vi-flow console</code>): another page may have sent you here to sign you in"
-    " as someone else.</p><form method=post action=/console/signin>"
+    " as someone else.</p><form method=post action=signin>"
     "<input type=hidden name=code value={code}><button type=submit>Sign in to {org}"
     "</button></form></main>"
 )
@@ -211,7 +227,7 @@ async def _signed_in_page(request: web.Request, code: str) -> web.Response:
     # user opened with an unused code: an address (a fragment another page could send
     # the browser to, with a session it planted) is never read for one, nor kept in the
     # browser's history.
-    response = _page(key=key)
+    response = _page(request, key=key)
     response.set_cookie(
         sessions.cookie_name(request),
         session_id,
@@ -293,15 +309,15 @@ async def page(request: web.Request) -> web.Response:
     """The console page: 401 without a session, 404 for an object the session cannot see."""
     session = await sessions.find_session(request)
     if session is None:
-        return _page(401)
+        return _page(request, 401)
     request[PRINCIPAL] = session.principal
     kind, ident = request.match_info.get("kind"), request.match_info.get("id")
     if kind is not None and ident is not None:
         try:
             await _FINDERS[kind](request, session.principal.organization_id, ident)
         except APIProblem as exc:
-            return _page(exc.status if exc.status == 404 else 400)
-    return _page()
+            return _page(request, exc.status if exc.status == 404 else 400)
+    return _page(request)
 
 
 def setup(app: web.Application) -> None:

@@ -1,7 +1,7 @@
 // The console's entry: session, navigation between pages, and the simple lists.
 'use strict';
 import {
-  PageLeft, adoptKey, api, apiAnyPage, badge, drawPager, dropKey, errorText, h, leavePage, navigate, notice,
+  PageLeft, adoptKey, api, apiAnyPage, at, badge, consolePath, drawPager, dropKey, errorText, h, leavePage, navigate, notice,
   pageToken, query, state, table, when,
 } from './lib.js';
 import { runPage, runsPage } from './runs.js';
@@ -32,8 +32,8 @@ const main = () => document.getElementById('main');
 
 function markNav(path) {
   for (const a of document.querySelectorAll('nav a')) {
-    const here = path === a.getAttribute('href') || path.startsWith(a.getAttribute('href') + '/') ||
-      (path === '/' && a.getAttribute('href') === '/runs');
+    const to = consolePath(a.pathname);
+    const here = path === to || path?.startsWith(to + '/') || (path === '/' && to === '/runs');
     if (here) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
 }
@@ -52,13 +52,13 @@ async function render() {
 
 async function drawPage() {
   leavePage();
-  const path = location.pathname;
+  const path = consolePath(location.pathname);
   const root = main();
   root.replaceChildren();
   markNav(path);
   if (!state.session) { signedOut(); return; }
   for (const [pattern, page] of ROUTES) {
-    const match = path.match(pattern);
+    const match = path?.match(pattern);
     if (!match) continue;
     try {
       state.stale = false;
@@ -71,7 +71,7 @@ async function drawPage() {
     }
     return;
   }
-  root.append(h('h1', {}, 'Not found'), notice(`There is no page at ${path}.`, 'error'));
+  root.append(h('h1', {}, 'Not found'), notice(`There is no page at ${location.pathname}.`, 'error'));
 }
 
 function signedOut(text) {
@@ -130,12 +130,17 @@ async function reservationsPage(root) {
 }
 
 async function start() {
+  // The page's own links name the console's paths: under its root (a proxy's prefix).
+  for (const a of document.querySelectorAll('header a[data-link]')) a.setAttribute('href', at(a.getAttribute('href')));
+  // The server wrote the icon's address relative to the page's first address, and the
+  // browser reads it again against every later one (history.pushState): made absolute.
+  document.querySelector('link[rel=icon]')?.setAttribute('href', at('/console/static/favicon.svg'));
   adoptKey();
   document.addEventListener('click', (e) => {
     const a = e.target.closest('a[data-link]');
     if (!a || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
     e.preventDefault();
-    navigate(a.getAttribute('href'));
+    navigate(consolePath(a.pathname) + a.search);
   });
   window.addEventListener('popstate', render);
   document.addEventListener('signed-out', () => signedOut('Your session has ended.'));

@@ -18,6 +18,22 @@ const KEY_META = 'meta[name="vi-flow-console-key"]';
 const KEY_HEADER = 'X-CSRF-Token';
 const KEY_PARAM = 'consoleKey';
 
+// Where the console lives: this file is <root>console/static/lib.js, and <root> is "/"
+// unless a reverse proxy serves the server under a path prefix ("/vf/") that it strips,
+// so the server never sees it. Every address the console makes goes through `at`, and
+// the page's own address is read through `consolePath`.
+const ROOT = new URL('../../', import.meta.url).pathname;
+
+/** The address of the console's path `path` ('/runs', '/v1/tasks'): under its root. */
+export function at(path) {
+  return ROOT + path.replace(/^\//, '');
+}
+
+/** The console's path of an address's `pathname` ('/vf/runs' → '/runs'); null outside its root. */
+export function consolePath(pathname) {
+  return pathname.startsWith(ROOT) ? '/' + pathname.slice(ROOT.length) : null;
+}
+
 /** The session's key (empty when this browser has none). */
 function currentKey() {
   try { return localStorage.getItem(KEY_STORE) || state.key || ''; } catch { return state.key || ''; }
@@ -31,7 +47,7 @@ export function adoptKey() {
   meta.remove();
   try { localStorage.setItem(KEY_STORE, given); } catch { /* private mode: this page only */ }
   state.key = given;
-  history.replaceState(null, '', '/');
+  history.replaceState(null, '', at('/'));
 }
 
 /** Forget the key (signed out). */
@@ -40,10 +56,10 @@ export function dropKey() {
   try { localStorage.removeItem(KEY_STORE); } catch { /* nothing kept */ }
 }
 
-/** ``url`` with the key as a query parameter: for an EventSource or a download link,
- * which cannot send headers. */
+/** The address of the console's path ``url`` with the key as a query parameter: for an
+ * EventSource or a download link, which cannot send headers. */
 export function withKey(url) {
-  return url + (url.includes('?') ? '&' : '?') + `${KEY_PARAM}=${encodeURIComponent(currentKey())}`;
+  return at(url) + (url.includes('?') ? '&' : '?') + `${KEY_PARAM}=${encodeURIComponent(currentKey())}`;
 }
 
 // The direction controls (embeddings, overrides, isolates, and the marks LRM, RLM and
@@ -102,15 +118,15 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** A link handled by the console's router (no page reload). */
+/** A link to the console's path `href`, handled by the console's router (no page reload). */
 export function link(href, text, attrs = {}) {
-  return h('a', { href, 'data-link': true, ...attrs }, text);
+  return h('a', { href: at(href), 'data-link': true, ...attrs }, text);
 }
 
-/** Go to a console page without reloading (the router listens to popstate). */
+/** Go to the console's path `url` without reloading (the router listens to popstate). */
 export function navigate(url, replace = false) {
-  if (replace) history.replaceState(null, '', url);
-  else history.pushState(null, '', url);
+  if (replace) history.replaceState(null, '', at(url));
+  else history.pushState(null, '', at(url));
   window.dispatchEvent(new PopStateEvent('popstate'));
 }
 
@@ -192,7 +208,7 @@ export async function apiAnyPage(method, path, body) {
   }
   let resp, text;
   try {
-    resp = await fetch(path, init);
+    resp = await fetch(at(path), init);
     text = await resp.text();
   } catch {
     reached(false);
@@ -400,7 +416,7 @@ export class VirtualList {
 export async function readEvents(url, stop) {
   const controller = new AbortController();
   const headers = { Accept: 'text/event-stream', [KEY_HEADER]: currentKey() };
-  const resp = await fetch(url, { credentials: 'same-origin', signal: controller.signal, headers });
+  const resp = await fetch(at(url), { credentials: 'same-origin', signal: controller.signal, headers });
   if (!resp.ok) throw new ApiError(resp.status, 'HTTP_' + resp.status, resp.statusText);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
