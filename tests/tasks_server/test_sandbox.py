@@ -1049,4 +1049,26 @@ async def test_a_task_leaves_no_set_id_file_on_the_host_and_makes_no_user_namesp
             'cd "$VI_FLOW_WORKSPACE" && touch s && chmod u+s s; echo "status $?"; stat -c "mode %a" s'
         )
     assert "status 1" in session.stdout and "mode 644" in session.stdout, session
+    # QA AT: SFTP writes from the server's process, outside the sandbox and its filter
+    async with _connect(endpoint, client_key) as conn, conn.start_sftp_client() as sftp:
+        await sftp.chmod("/workspace/s", 0o750)  # a plain mode: as before
+        tries = {
+            "chmod": lambda: sftp.chmod("/workspace/s", 0o6755),
+            "open": lambda: sftp.open(
+                "/workspace/new", "w", asyncssh.SFTPAttrs(permissions=0o4755)
+            ),
+            "mkdir": lambda: sftp.mkdir("/workspace/d", asyncssh.SFTPAttrs(permissions=0o2775)),
+            "chown": lambda: sftp.chown("/workspace/s", 1234, 1234),
+        }
+        for what, attempt in tries.items():
+            with pytest.raises(asyncssh.SFTPPermissionDenied) as refused:
+                await attempt()
+            assert what == "chown" or "set-user-ID and set-group-ID" in str(refused.value)
+        async with sftp.open("/workspace/s", "r+") as handle:
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                await handle.chmod(0o4755)
+    workspace = sandboxed.home / "tasks" / endpoint["taskId"] / "workspace"
+    assert (workspace / "s").stat().st_mode & 0o7777 == 0o750
+    assert (workspace / "s").stat().st_uid == os.getuid()
+    assert not (workspace / "new").exists() and not (workspace / "d").exists()
     assert _set_id_files(sandboxed.home / "tasks") == []

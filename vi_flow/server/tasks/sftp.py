@@ -150,14 +150,38 @@ def _file_mode(flags: int) -> str:
     return f"{prefix}+b" if access == os.O_RDWR else f"{prefix}b"
 
 
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def _checked_mode(mode: int) -> int:
+    """``mode``'s permission bits; a set-user-ID or set-group-ID bit is refused.
+
+    The SFTP server writes as the server's user (root under a root server), outside the
+    sandbox and its filter: a session made set-UID root programs on the host's disk
+    (QA AT), which a task's own ``chmod u+s`` cannot.
+    """
+    if mode & _SET_ID:
+        raise asyncssh.SFTPPermissionDenied(
+            f"mode {stat.S_IMODE(mode):04o}: set-user-ID and set-group-ID bits are refused"
+            " in a task's files (as in its sandbox)"
+        )
+    return stat.S_IMODE(mode)
+
+
 def _set_attributes(path: str, attrs: SFTPAttrs) -> None:
-    """Apply ``attrs`` to ``path`` (a ``/proc/self/fd/N`` path: exactly that inode)."""
+    """Apply ``attrs`` to ``path`` (a ``/proc/self/fd/N`` path: exactly that inode); all
+    are checked before any is applied."""
+    mode = None if attrs.permissions is None else _checked_mode(attrs.permissions)
+    if attrs.uid is not None and attrs.gid is not None:
+        # as in the sandbox, which has no CAP_CHOWN: a file's owner stays (the server,
+        # root or not, would give a task's file to any user of the host)
+        now = os.stat(path)
+        if (attrs.uid, attrs.gid) != (now.st_uid, now.st_gid):
+            raise asyncssh.SFTPPermissionDenied("a task's files keep their owner and group")
     if attrs.size is not None:
         os.truncate(path, attrs.size)
-    if attrs.uid is not None and attrs.gid is not None:
-        os.chown(path, attrs.uid, attrs.gid)
-    if attrs.permissions is not None:
-        os.chmod(path, stat.S_IMODE(attrs.permissions))
+    if mode is not None:
+        os.chmod(path, mode)
     if attrs.atime is not None and attrs.mtime is not None:
         os.utime(path, (attrs.atime, attrs.mtime))
 
@@ -238,7 +262,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
     # -- files ---------------------------------------------------------------------------
 
     def _open(self, path: bytes, flags: int, attrs: SFTPAttrs) -> Any:
-        perms = 0o666 if attrs.permissions is None else attrs.permissions
+        perms = 0o666 if attrs.permissions is None else _checked_mode(attrs.permissions)
         if flags & _WRITES:
             self._writable(path)
         # Non-blocking, then a regular file only: opening a FIFO the task made would
@@ -331,7 +355,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPPermissionDenied(self._read_only)
         if file_obj in self._logs:
             raise _logs_refusal()
-        super().fsetstat(file_obj, attrs)
+        _set_attributes(f"/proc/self/fd/{file_obj.fileno()}", attrs)  # checked as setstat's
 
     def statvfs(self, path: bytes) -> os.statvfs_result:
         """File system attributes where ``path`` lives."""
@@ -375,7 +399,7 @@ class TaskSFTPServer(asyncssh.SFTPServer):
 
     def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Create a directory."""
-        mode = 0o777 if attrs.permissions is None else attrs.permissions
+        mode = 0o777 if attrs.permissions is None else _checked_mode(attrs.permissions)
         self._writable(path)
         with self._parent(path) as (parent, last):
             os.mkdir(last, mode, dir_fd=parent)
