@@ -86,20 +86,21 @@ def _walk(current: Any, parts: list[str | int], path: str) -> Any:
 def _named_step(path: str, namespace: Mapping[str, Any]) -> tuple[str, str] | None:
     """For ``steps.<id>...`` whose id holds what a dotted name cannot (``a.b``, ``a b``,
     ``1st``, ``étape``: QA AR, a step a template could not reach), the longest step id
-    spelled there, and the path after it; ``None`` when no step id is."""
+    spelled there, and the path after it; ``None`` when no step id is.
+
+    An id ends where the path does, or before a ``.`` or ``[``: those few places are
+    looked up (a flow of 1,000 dotted ids scanned them all for each placeholder, and a
+    long template held the server's loop for seconds: QA AT).
+    """
     steps = namespace.get("steps")
     if not path.startswith("steps.") or not isinstance(steps, Mapping):
         return None
     after = path[len("steps.") :]
-    spelled = [
-        step_id
-        for step_id in steps
-        if after.startswith(step_id) and after[len(step_id) : len(step_id) + 1] in ("", ".", "[")
-    ]
-    if not spelled:
-        return None
-    step_id = max(spelled, key=len)
-    return step_id, after[len(step_id) :].removeprefix(".")
+    ends = [len(after), *(i for i, char in enumerate(after) if char in ".[")]
+    for end in sorted(ends, reverse=True):
+        if end and after[:end] in steps:
+            return after[:end], after[end:].removeprefix(".")
+    return None
 
 
 def _has(container: Any, part: str | int) -> bool:
