@@ -71,8 +71,8 @@ def test_a_taken_ssh_port_is_a_clear_error(tmp_path: Path) -> None:
             timeout=60,
         )
     assert proc.returncode == 1, proc.stderr
-    assert f"ssh_port: cannot listen on 127.0.0.1:{port}" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    said = f"error: ssh_port: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert proc.stderr.endswith(said) and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:

@@ -700,9 +700,8 @@ async def _start_sshd(settings: ServerSettings, service: TaskService) -> TaskSSH
         await sshd.start()
     except OSError as exc:  # the port is taken, the address is not this machine's
         where = f"{host}:{settings.ssh_port}"
-        raise EndpointError(
-            "ssh_port", f"cannot listen on {where}: {exc.strerror or exc}"
-        ) from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # the loop's text repeats where
+        raise EndpointError("ssh_port", f"cannot listen on {where}: {why}") from None
     return sshd
 
 
