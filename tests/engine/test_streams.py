@@ -156,6 +156,33 @@ async def test_a_dropped_streams_retry_is_answered_at_once(start_server: StartSe
     assert [run["runId"] for run in runs] == [first]
 
 
+async def test_a_retry_streams_the_run_while_the_first_connection_hangs_open(
+    start_server: StartServer,
+) -> None:
+    # QA AT: a connection that hangs open (a stalled proxy: nothing reads, nothing
+    # closes) held the stream's Idempotency-Key until its run ended, and every retry
+    # waited as long. The key lets go once it names the run.
+    server = await start_server(heartbeat_interval=30)
+    flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})  # waits, silent
+    keyed = {**server.headers(), "Idempotency-Key": "stream-hung"}
+    url = f"{server.root}/v1/flows/{flow}/events"
+    async with server.session.post(url, json={}, headers=keyed) as hung:
+        first = hung.headers["X-Execution-Id"]
+        async for _ in iter_sse(hung):
+            break  # and then neither reads nor closes
+        asked = asyncio.get_running_loop().time()
+        async with server.session.post(url, json={}, headers=keyed) as retry:
+            waited = asyncio.get_running_loop().time() - asked
+            assert retry.headers["X-Execution-Id"] == first  # the same run, streamed again
+            frames = b""
+            async for chunk in retry.content.iter_any():
+                frames += chunk
+                if b"event: tool_calls_required" in frames:
+                    break
+        assert waited < 5, waited
+    assert [run["runId"] for run in (await server.call("GET", "/runs")).body["items"]] == [first]
+
+
 async def test_cancel_a_running_run(server: Server) -> None:
     flow = await server.flow({"block": "emit", "settings": {"count": 500, "interval": 0.01}})
     job = (await server.call("POST", f"/flows/{flow}/jobs", json={})).body

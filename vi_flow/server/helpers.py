@@ -424,14 +424,25 @@ class KeyedLocks:
         return len(self._locks)
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """Hold the lock of ``key`` for the ``async with`` body."""
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[Callable[[], None]]:
+        """Hold the lock of ``key`` for the ``async with`` body, or until the function it
+        gives is called (a stream lets its key go once the key names its run)."""
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
+        held = False
+
+        def let_go() -> None:
+            nonlocal held
+            if held:
+                held = False
+                lock.release()
+
         try:
-            async with lock:
-                yield
+            await lock.acquire()
+            held = True
+            yield let_go
         finally:
+            let_go()
             lock, users = self._locks[key]
             if users == 1:
                 del self._locks[key]
@@ -458,7 +469,12 @@ def _canonical(body: bytes) -> bytes:
 
 
 async def _answer_once(
-    request: web.Request, handler: Handler, key: str, *, early_lookup: bool
+    request: web.Request,
+    handler: Handler,
+    key: str,
+    let_go: Callable[[], None],
+    *,
+    early_lookup: bool,
 ) -> web.StreamResponse:
     org, store = org_of(request), request.app[STORE_KEY]
     # The query is part of the request (``?flowId=`` chooses an id): a key reused with
@@ -481,7 +497,7 @@ async def _answer_once(
             return _replay(key, stored, body_hash)
     slot = IdempotencySlot(
         org, key, request.method, request.path, body_hash,
-        lookup_pending=not early_lookup, reserved=held,
+        lookup_pending=not early_lookup, reserved=held, let_go=let_go,
     )  # fmt: skip
     token = IDEMPOTENCY_SLOT.set(slot)
     try:
@@ -607,8 +623,8 @@ def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
             raise APIProblem.validation("Idempotency-Key", "must be at most 255 characters")
         if not key.isascii() or not key.isprintable():  # raw bytes arrive as surrogates
             raise APIProblem.validation("Idempotency-Key", "must be printable ASCII")
-        async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)):
-            return await _answer_once(request, handler, key, early_lookup=early_lookup)
+        async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)) as let_go:
+            return await _answer_once(request, handler, key, let_go, early_lookup=early_lookup)
 
     return wrapper
 

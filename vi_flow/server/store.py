@@ -117,6 +117,10 @@ FlowVersion = str | int
 """``"draft"``, ``"production"`` or a published version number."""
 
 
+def _nothing() -> None:
+    return None
+
+
 @attrs.define
 class IdempotencySlot:
     """The ``Idempotency-Key`` of the request being answered, and whether it is saved.
@@ -135,6 +139,15 @@ class IdempotencySlot:
     lookup_pending: bool = False  # the creating transaction looks the key up (check)
     reserved: bool = False  # a placeholder answer holds the key for this request (replicas)
     holds_run: bool = False  # the placeholder names the run the request made (hold)
+    let_go: Callable[[], None] = _nothing  # lets the key's lock go before the request ends
+
+    def key_names_run(self) -> None:
+        """A stream's request, once the key names its run (:meth:`AnswerSaver.hold`, or
+        found so by a retry): later requests with the key need not wait for this one to
+        end. They find the run and stream it too (a client whose first connection hung
+        open, behind a stalled proxy, retried in vain until the run ended: QA AT)."""
+        if self.holds_run:
+            self.let_go()
 
 
 PENDING_ANSWER = 0

@@ -48,7 +48,7 @@ from ..helpers import (
 )
 from ..middleware import StillAuthorized
 from ..state import ENGINE_KEY, REPLICA_KEY, SETTINGS_KEY, STORE_KEY
-from ..store import AlreadyAnswered, answer_saver
+from ..store import IDEMPOTENCY_SLOT, AlreadyAnswered, answer_saver
 from ..tasks import TASKS_KEY
 
 __all__ = ["EXECUTION_ENGINE_KEY", "setup"]
@@ -242,6 +242,8 @@ async def flow_events(request: web.Request) -> web.StreamResponse:
         if run_id is None:
             raise  # the key with another body: 422
         key, after = (org_of(request), run_id), _after(request)
+    if (slot := IDEMPOTENCY_SLOT.get()) is not None:
+        slot.key_names_run()  # a retry streams the run at once, this stream still open
     return await _stream(request, key, after, cancel_on_disconnect=body.cancel_on_disconnect)
 
 
