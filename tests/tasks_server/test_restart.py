@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,41 @@ async def test_first_release_signal_ends_read_as_this_ones(start_server: StartSe
     for task, sig, reason in ((cancelled, 15, "Cancelled"), (killed, 9, "Killed")):
         got = (await again.call("GET", f"/tasks/{task['taskId']}")).body
         assert (got["exitCode"], got["signal"], got["reason"]) == (None, sig, reason), got
+
+
+@pytest.mark.anyio
+async def test_a_server_of_another_provider_leaves_the_tasks_it_did_not_start(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA AU: a home served with --provider slurm whose server died was taken by the
+    # background server a plain command starts (the local provider): it failed the
+    # Slurm tasks "ended with the server" and ran a pending one on the host, while Slurm
+    # ran them all. Here the first server's tasks are made another provider's in the
+    # database after a crash; the next (local) server must leave them as they are.
+    first = await start_server(local_cpus=2, local_gpus=[])
+    running = await first.submit(command="echo started; sleep 30", cpus=2)
+    queued = await first.submit(command="echo ran-here", cpus=1)
+    pid = int((await first.wait(running["taskId"], until={"running"}))["providerId"])
+    await first.until_logged(running["taskId"], "started", within=20)
+    provider = first.app[TASKS_KEY].provider
+    assert isinstance(provider, LocalProvider)
+    monkeypatch.setattr(provider, "close", lambda: _crash(provider))
+    await first.stop()
+    try:
+        with contextlib.closing(sqlite3.connect(first.home / "state.db")) as db, db:
+            db.execute("UPDATE tasks SET provider = 'slurm'")
+        second = await start_server(first.home, local_cpus=2, local_gpus=[])
+        await asyncio.sleep(1.0)  # its take-over, at start, is done: nothing more happens
+        tasks = {t["taskId"]: t for t in (await second.call("GET", "/tasks")).body["items"]}
+        assert tasks[running["taskId"]]["status"] == "running", tasks
+        assert tasks[queued["taskId"]]["status"] == "pending", tasks
+        assert group_alive(pid)
+        cancelled = await second.call("POST", f"/tasks/{running['taskId']}/cancel", json={})
+        assert cancelled.status == 409, cancelled.body
+        assert "started by the slurm provider" in cancelled.body["error"]["message"]
+        logs = (await second.call("GET", f"/tasks/{queued['taskId']}/logs")).body
+        assert logs["lines"] == []  # never run on this host
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        await _until_group_gone(pid)

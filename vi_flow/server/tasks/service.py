@@ -123,6 +123,7 @@ class TaskService:
         self._closed = False
         self._poller = False  # this replica polls the cluster for every replica
         self._lost_lease = False  # since: look for tasks others ended that still run here
+        self._others_said = False  # warned of another provider's tasks left as they are
         self._sweep: asyncio.Task[None] | None = None
         self.provider = provider
         self.quotas = quotas or Quotas()
@@ -299,15 +300,26 @@ class TaskService:
             "" if isinstance(self.provider, ClusterPoller)
             else " AND (files_on IS NULL OR files_on = ? OR files_on NOT IN (SELECT name FROM replicas))"
         )  # fmt: skip
-        params = (me,) if isinstance(self.provider, ClusterPoller) else (me, self.replica.name)
+        here = self.provider.name
+        params = (
+            (me, here)
+            if isinstance(self.provider, ClusterPoller)
+            else (me, here, self.replica.name)
+        )
+        # Only this provider's tasks: a home served with --provider slurm whose server died
+        # was taken by the background server a plain command starts (the local provider),
+        # which failed the Slurm tasks as ended with it and ran a pending one on the host,
+        # while Slurm ran them all (QA AU). Another provider's tasks are left for it.
         rows = await self.store.run(
             lambda c: c.execute(
                 "UPDATE tasks SET replica = ? WHERE status IN ('pending', 'running') AND"
+                " provider = ? AND"
                 " (replica IS NULL OR replica NOT IN (SELECT replica_id FROM replicas))"
                 f"{mine} RETURNING *",
                 params,
             ).fetchall()
         )
+        await self._say_others_wait()
         if not rows:
             return
         rows.sort(key=lambda row: row["seq"])
@@ -336,6 +348,27 @@ class TaskService:
         await self.provider.recover(recovered)
         for task_id in sorted(ownerless - unstarted):
             spawn(self._background, self.cancel(task_id))
+
+    async def _say_others_wait(self) -> None:
+        """Warn, once, of pending or running tasks another provider started, which no
+        replica of it follows: this server leaves them as they are."""
+        if self._others_said:
+            return
+        here = self.provider.name
+        rows = await self.store.run(
+            lambda c: c.execute(
+                "SELECT provider, COUNT(*) AS n FROM tasks WHERE status IN ('pending', 'running')"
+                " AND provider != ? GROUP BY provider ORDER BY provider",
+                (here,),
+            ).fetchall()
+        )
+        for row in rows:
+            self._others_said = True
+            log.warning(
+                "%d tasks started by the %s provider are left as they are: this server runs"
+                " the %s provider (serve the home with --provider %s to follow them)",
+                row["n"], row["provider"], here, row["provider"],
+            )  # fmt: skip
 
     async def _fail_queued_elsewhere(self, rows: list[Row]) -> list[Row]:
         """Of ``rows`` (local tasks taken over), fail those that another replica, which
@@ -544,6 +577,14 @@ class TaskService:
         task = await self.get(task_id)
         if task.status.terminal:
             return task
+        if task.provider != self.provider.name:  # it would be recorded cancelled, and run on
+            raise APIProblem(
+                409,
+                "CONFLICT",
+                f"task {task_id} was started by the {task.provider} provider, and this server"
+                f" runs the {self.provider.name} provider: cancel it from a server of the"
+                f" {task.provider} provider (vi-flow serve --provider {task.provider})",
+            )
         owner = await self.store.run(lambda c: _live_owner(c, task_id))
         if owner is not None and owner != self.replica.id:  # its provider is another replica's
             await self.store.run(lambda c: self.replica.send(c, "tc", task_id, grace, owner))
@@ -565,8 +606,8 @@ class TaskService:
         rows = await self.store.run(
             lambda c: c.execute(
                 "SELECT task_id FROM tasks WHERE org_id = ? AND run_id = ?"
-                " AND status IN ('pending','running')",
-                key,
+                " AND status IN ('pending','running') AND provider = ?",
+                (*key, self.provider.name),
             ).fetchall()
         )
         await asyncio.gather(*(self.cancel(r["task_id"], grace) for r in rows))
