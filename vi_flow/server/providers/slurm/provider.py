@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shlex
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ from ..base import (
 )
 from ..local.sandbox import job_sandbox
 from .catalog import catalog, placement
+from .jobs import INFO_FD
 from .rest import (
     JobSubmission,
     SlurmAuthError,
@@ -101,6 +103,16 @@ _LAUNCH_ERRORS = {
     4005: "the job's user does not exist there",
     4022: "the node's prolog failed",
 }
+
+
+def _uid_of(user: str) -> int | None:
+    """The uid of ``user`` on the server's host (``None`` when it has no such user)."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 def _volumes(spec: LaunchSpec) -> tuple[Path, ...]:
@@ -336,8 +348,16 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             time_limit_s=spec.max_run_time,
             partition=self.settings.partition,
             reservation=spec.reservation_id,
-            sandbox=tuple(self.sandbox.prefix(spec.paths.root, _volumes(spec), spec.command_dir)),
+            sandbox=tuple(self._job_prefix(spec)),
         )
+
+    def _job_prefix(self, spec: LaunchSpec) -> list[str]:
+        """The batch job's sandbox: its first process outlives bwrap's parent, the batch
+        shell, which waits for it (see :data:`.jobs.INFO_FD`)."""
+        return self.sandbox.prefix(
+            spec.paths.root, _volumes(spec), spec.command_dir, info_fd=INFO_FD,
+            die_with_parent=False,
+        )  # fmt: skip
 
     async def cancel(self, task_id: str, grace: float) -> None:
         """Cancel the task's job (pending or running) and report it ``cancelled``.
@@ -530,6 +550,12 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
         if job.raw_exit in (4021, 4010):
             root = self.task_paths(tracked.task_id).root
             message += f"; the task directory {root} is not shared with node {node}"
+            user = self.settings.user
+            if _uid_of(user) != os.geteuid():  # QA AU: it was shared, but not theirs
+                message += (
+                    f", or the job's user {user!r} may not write in it: this server makes task"
+                    " directories as its own user (run it as the submitting account)"
+                )
         return message
 
     # -- capacity ------------------------------------------------------------------------
