@@ -100,6 +100,16 @@ class ConsoleServer:
         return str(self.call("POST", "/flows", {"spec": spec})["flowId"])
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals, within: float) -> None:
+    """Send ``sig`` to ``proc`` (by its pid); kill it if it has not ended ``within`` seconds."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def _serve(argv: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
     """Run ``vi-flow serve`` aside; yield its base URL; SIGTERM it (by pid) afterwards.
@@ -117,12 +127,7 @@ def _serve(argv: list[str], env: dict[str, str], log: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield found[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGTERM, 30)
     assert proc.returncode == 0, f"vi-flow serve did not stop cleanly: {log.read_text()[-2000:]}"
 
 

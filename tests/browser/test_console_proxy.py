@@ -25,7 +25,7 @@ import pytest
 from tests.providers_kit import unavailable
 from tests.server.test_proxy_nginx import NGINX_MAIN, _free_port, _wait_listening
 
-from .conftest import VI_FLOW, ConsoleServer, _serve
+from .conftest import VI_FLOW, ConsoleServer, _serve, stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -71,12 +71,7 @@ def _nginx(port: int, upstream: int, tmp: Path) -> Iterator[None]:
         _wait_listening(port, proc, tmp)
         yield
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGQUIT, 10)
 
 
 @pytest.fixture(scope="module")

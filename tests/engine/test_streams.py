@@ -135,52 +135,39 @@ async def test_a_quiet_run_is_cancelled_soon_after_its_client_left(
         await asyncio.sleep(0.1)
 
 
-async def test_a_dropped_streams_retry_is_answered_at_once(start_server: StartServer) -> None:
-    # QA AS: a POST .../events holds its Idempotency-Key while it streams, and only a
-    # write found its client gone: the retry of a quiet run's stream waited for the next
-    # heartbeat (15 s) before its first byte, past many clients' read timeouts.
+@pytest.mark.parametrize("first_connection", ["closed", "hung open"])
+async def test_a_streams_retry_is_answered_at_once_with_its_run(
+    start_server: StartServer, first_connection: str
+) -> None:
+    # A POST .../events holds its Idempotency-Key while the key does not name its run.
+    # QA AS: only a write found a closed client gone, and the retry of a quiet run's
+    # stream waited for the next heartbeat (15 s) before its first byte. QA AT: a
+    # connection that hangs open (a stalled proxy: nothing reads, nothing closes) held
+    # the key until the run ended, and every retry waited as long.
     server = await start_server(heartbeat_interval=30)
     flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})  # waits, silent
     keyed = {**server.headers(), "Idempotency-Key": "stream-once"}
     url = f"{server.root}/v1/flows/{flow}/events"
-    async with server.session.post(url, json={}, headers=keyed) as resp:
-        first = resp.headers["X-Execution-Id"]
-        async for _ in iter_sse(resp):
-            break
-    asked = asyncio.get_running_loop().time()
-    async with server.session.post(url, json={}, headers=keyed) as resp:
-        waited = asyncio.get_running_loop().time() - asked
-        assert resp.headers["X-Execution-Id"] == first  # the same run, streamed again
-    assert waited < 5, waited
-    runs = (await server.call("GET", "/runs")).body["items"]
-    assert [run["runId"] for run in runs] == [first]
-
-
-async def test_a_retry_streams_the_run_while_the_first_connection_hangs_open(
-    start_server: StartServer,
-) -> None:
-    # QA AT: a connection that hangs open (a stalled proxy: nothing reads, nothing
-    # closes) held the stream's Idempotency-Key until its run ended, and every retry
-    # waited as long. The key lets go once it names the run.
-    server = await start_server(heartbeat_interval=30)
-    flow = await server.flow({"block": "tool", "settings": {"tool": "t"}})  # waits, silent
-    keyed = {**server.headers(), "Idempotency-Key": "stream-hung"}
-    url = f"{server.root}/v1/flows/{flow}/events"
-    async with server.session.post(url, json={}, headers=keyed) as hung:
-        first = hung.headers["X-Execution-Id"]
-        async for _ in iter_sse(hung):
-            break  # and then neither reads nor closes
+    first = await server.session.post(url, json={}, headers=keyed)
+    try:
+        run_id = first.headers["X-Execution-Id"]
+        async for _ in iter_sse(first):
+            break  # and then, hung open, neither reads nor closes
+        if first_connection == "closed":
+            first.close()
         asked = asyncio.get_running_loop().time()
         async with server.session.post(url, json={}, headers=keyed) as retry:
             waited = asyncio.get_running_loop().time() - asked
-            assert retry.headers["X-Execution-Id"] == first  # the same run, streamed again
+            assert retry.headers["X-Execution-Id"] == run_id  # the same run, streamed again
             frames = b""
             async for chunk in retry.content.iter_any():
                 frames += chunk
                 if b"event: tool_calls_required" in frames:
                     break
         assert waited < 5, waited
-    assert [run["runId"] for run in (await server.call("GET", "/runs")).body["items"]] == [first]
+    finally:
+        first.close()
+    assert [run["runId"] for run in (await server.call("GET", "/runs")).body["items"]] == [run_id]
 
 
 async def test_cancel_a_running_run(server: Server) -> None:

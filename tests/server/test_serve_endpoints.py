@@ -58,39 +58,27 @@ def test_bad_endpoint_options_are_usage_errors_naming_them(
     assert not (tmp_path / "home" / "state.db").exists()  # checked before anything started
 
 
-def test_a_taken_ssh_port_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [("--ssh-port", "ssh_port: "), ("--port", "")],  # the SSH port's and the API's
+)
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, option: str, named: str) -> None:
+    # QA AQ and AT: "cannot listen on 127.0.0.1:P: error while attempting to bind on
+    # address ('127.0.0.1', P): address already in use", the address twice
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = {"--port": "0", "--ssh-port": "0", option: str(port)}
         proc = subprocess.run(
-            [*_vi_flow(), "serve", "--port", "0", "--ssh-port", str(port)],
+            [*_vi_flow(), "serve", "--host", "127.0.0.1", *(w for p in ports.items() for w in p)],
             env={**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(_REPO)},
             capture_output=True,
             text=True,
             timeout=60,
         )
     assert proc.returncode == 1, proc.stderr
-    said = f"error: ssh_port: cannot listen on 127.0.0.1:{port}: Address already in use\n"
-    assert proc.stderr.endswith(said) and "Traceback" not in proc.stderr, proc.stderr
-
-
-def test_a_taken_http_port_is_a_clear_error(tmp_path: Path) -> None:
-    # QA AQ: "cannot listen on 127.0.0.1:P: error while attempting to bind on address
-    # ('127.0.0.1', P): address already in use", the address twice
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = subprocess.run(
-            [*_vi_flow(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, "VI_FLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(_REPO)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 1, proc.stderr
-    said = f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    said = f"error: {named}cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert proc.stderr.endswith(said) and "Traceback" not in proc.stderr, proc.stderr
 
 

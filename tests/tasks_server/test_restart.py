@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+from tests.live_server import state_sql
 from vi_flow.models.tasks import TaskConfig, TaskStatus
 from vi_flow.server.providers.base import (
     LaunchSpec,
@@ -44,15 +45,16 @@ async def _crash(provider: LocalProvider) -> None:
                 await task
 
 
-@pytest.mark.anyio
-async def test_restart_fails_orphans_and_requeues_pending(
-    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _crashed(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, queued_command: str
+) -> tuple[TaskServer, dict[str, Any], dict[str, Any], int]:
+    """A server of 2 CPUs whose one task runs (``sleep 30``, on both) while another waits
+    for them, stopped as a killed server would be: the running task's process group (its
+    id, returned) lives on."""
     first = await start_server(local_cpus=2, local_gpus=[])
     running = await first.submit(command="echo started; sleep 30", cpus=2)
-    queued = await first.submit(command="echo after-restart", cpus=1)
-    running = await first.wait(running["taskId"], until={"running"})
-    pid = int(running["providerId"])
+    queued = await first.submit(command=queued_command, cpus=1)
+    pid = int((await first.wait(running["taskId"], until={"running"}))["providerId"])
     # Crash only once the command runs: before, bubblewrap may still have to write its
     # --info-fd, whose reader the crash closes; it would die of that (a real crash ends
     # a sandbox that is still being set up too), and the test found "ended with the
@@ -63,6 +65,14 @@ async def test_restart_fails_orphans_and_requeues_pending(
     monkeypatch.setattr(provider, "close", lambda: _crash(provider))
     await first.stop()
     assert group_alive(pid)  # the "crash" left it behind
+    return first, running, queued, pid
+
+
+@pytest.mark.anyio
+async def test_restart_fails_orphans_and_requeues_pending(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, running, queued, pid = await _crashed(start_server, monkeypatch, "echo after-restart")
 
     second = await start_server(first.home, local_cpus=2, local_gpus=[])
     failed = await second.wait(running["taskId"])
@@ -310,8 +320,6 @@ async def test_first_release_signal_ends_read_as_this_ones(start_server: StartSe
     """QA AE: the first release stored an end by a signal as a negative exit code (-15,
     -9), and an end by a signal nobody sent as NonZeroExit; after the upgrade they still
     read so, where docs/tasks.md says: no exit code, ``signal`` names it, ``Killed``."""
-    from tests.live_server import state_sql
-
     first = await start_server()
     cancelled = await first.wait((await first.submit(command="true"))["taskId"])
     killed = await first.wait((await first.submit(command="true"))["taskId"])
@@ -335,18 +343,9 @@ async def test_a_server_of_another_provider_leaves_the_tasks_it_did_not_start(
     # Slurm tasks "ended with the server" and ran a pending one on the host, while Slurm
     # ran them all. Here the first server's tasks are made another provider's in the
     # database after a crash; the next (local) server must leave them as they are.
-    first = await start_server(local_cpus=2, local_gpus=[])
-    running = await first.submit(command="echo started; sleep 30", cpus=2)
-    queued = await first.submit(command="echo ran-here", cpus=1)
-    pid = int((await first.wait(running["taskId"], until={"running"}))["providerId"])
-    await first.until_logged(running["taskId"], "started", within=20)
-    provider = first.app[TASKS_KEY].provider
-    assert isinstance(provider, LocalProvider)
-    monkeypatch.setattr(provider, "close", lambda: _crash(provider))
-    await first.stop()
+    first, running, queued, pid = await _crashed(start_server, monkeypatch, "echo ran-here")
     try:
-        with contextlib.closing(sqlite3.connect(first.home / "state.db")) as db, db:
-            db.execute("UPDATE tasks SET provider = 'slurm'")
+        state_sql(first.home, "UPDATE tasks SET provider = 'slurm'")
         second = await start_server(first.home, local_cpus=2, local_gpus=[])
         await asyncio.sleep(1.0)  # its take-over, at start, is done: nothing more happens
         tasks = {t["taskId"]: t for t in (await second.call("GET", "/tasks")).body["items"]}
