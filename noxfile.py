@@ -27,8 +27,8 @@ _LOCAL_ONLY = "not slurm and not ray and not browser"
 # task or a subprocess, so two halve the time even on two cores (CI stays under 30
 # minutes). VI_FLOW_TEST_WORKERS=0 runs them in one process; `-- -n 0` does too.
 _WORKERS = ("-n", os.environ.get("VI_FLOW_TEST_WORKERS", "2"), "--dist", "worksteal")
-# Schemathesis's 100 examples per operation (2 of the suite's 8 minutes of test time)
-# run in `tests`; on PostgreSQL it calls every operation in every phase with fewer (CI
+# Schemathesis's 60 examples per operation (about 1.5 of the suite's 7.5 minutes of test
+# time) run in `tests`; on PostgreSQL it calls every operation in every phase with fewer (CI
 # stays under 30 minutes).
 _FEWER_EXAMPLES = {
     "VI_FLOW_SCHEMATHESIS_EXAMPLES": os.environ.get("VI_FLOW_SCHEMATHESIS_EXAMPLES", "10")
