@@ -71,32 +71,6 @@ async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> N
     assert figures(await ended(updates, "task_cx")) == (CANCELLED, None, 15, "Cancelled")
 
 
-# Saves on SIGTERM, taking half a second (the test cluster's KillWait is 2 s).
-_SAVES_ON_TERM = (
-    "trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; while :; do sleep 0.1; done"
-)
-
-
-@pytest.mark.parametrize("ending", ["cancel", "time limit"])
-async def test_a_task_has_killwait_to_end_on_sigterm(
-    provider: SlurmProvider, updates: Updates, ending: str
-) -> None:
-    # QA AU: the batch shell died of Slurm's SIGTERM at once, bwrap with it, and the
-    # sandbox was killed before the task's handler saved anything ("got-term" and no
-    # "saved"), where the local provider gives a grace
-    limit = 2.0 if ending == "time limit" else None
-    spec = await launch(provider, "task_term", _SAVES_ON_TERM, max_run_time=limit)
-    await updates.wait("task_term", TaskStatus.RUNNING)
-    for _ in range(400):
-        if "up" in spec.paths.stdout.read_text() if spec.paths.stdout.exists() else False:
-            break
-        await asyncio.sleep(0.02)
-    if ending == "cancel":
-        await provider.cancel("task_term", 5.0)
-    await ended(updates, "task_term")
-    assert spec.paths.stdout.read_text().split() == ["up", "got-term", "saved"]
-
-
 async def test_time_limit_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:
     await launch(provider, "task_tl", "sleep 60", max_run_time=1.0)
     done = await ended(updates, "task_tl")

@@ -11,14 +11,10 @@ client sends as the schema requires, and runs the provider against it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
-import shutil
-import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +27,6 @@ from vi_flow.models.tasks import TaskConfig, TaskStatus
 from vi_flow.server.providers._exits import PENDING_REASONS, slurm_pending_reason
 from vi_flow.server.providers.base import LaunchSpec
 from vi_flow.server.providers.slurm import SlurmProvider, SlurmSettings
-from vi_flow.server.providers.slurm.jobs import INFO_FD
 from vi_flow.server.providers.slurm.provider import _Tracked
 from vi_flow.server.providers.slurm.rest import (
     JobSubmission,
@@ -201,52 +196,6 @@ def test_the_batch_script_ends_as_its_sandboxed_command_did(
     script.write_text(job.script())
     done = subprocess.run(["/bin/bash", str(script)], timeout=20, capture_output=True)
     assert done.returncode == returncode, done.stderr
-
-
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
-def test_the_batch_script_gives_its_sandbox_killwait_after_sigterm(tmp_path: Path) -> None:
-    # QA AU: Slurm ends a job with SIGTERM to every process of it, then SIGKILL after
-    # KillWait; the batch shell died of the TERM at once, bwrap with it, and the sandbox
-    # was killed before the task's own handler could save. Here the script runs in a
-    # session of its own, which gets what slurmstepd sends a job's processes.
-    sandbox = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-               "--unshare-pid", "--info-fd", str(INFO_FD), "--")  # fmt: skip
-    command = "trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; while :; do sleep 0.1; done"
-    job = JobSubmission(
-        name="t", command=command, working_dir=str(tmp_path), stdout_path="/o",
-        stderr_path="/e", sandbox=sandbox,
-    )  # fmt: skip
-    script = tmp_path / "job.sh"
-    script.write_text(job.script())
-    out = tmp_path / "out"
-    with out.open("wb") as sink:
-        shell = subprocess.Popen(["/bin/bash", str(script)], stdout=sink, start_new_session=True)
-    try:
-        for _ in range(500):
-            if out.read_bytes():
-                break
-            time.sleep(0.01)
-        for pid in _session(shell.pid):  # SIGTERM to each, the sandbox's too
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        shell.wait(timeout=3)  # KillWait
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(shell.pid, signal.SIGKILL)
-        shell.wait(timeout=10)
-    assert out.read_text().split() == ["up", "got-term", "saved"]
-    assert shell.returncode == -signal.SIGTERM  # Slurm still reads a cancelled job's signal
-
-
-def _session(sid: int) -> list[int]:
-    """The processes of the session ``sid`` (a new PID namespace keeps the session)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError):
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if entry.isdigit() and int(fields[3]) == sid:
-                found.append(int(entry))
-    return found
 
 
 def test_new_shapes_decode_to_the_same_figures() -> None:

@@ -151,15 +151,13 @@ class Sandbox:
         info_fd: int | None = None,
         setenv: Mapping[str, str] | None = None,
         env_fd: int | None = None,
-        die_with_parent: bool = True,
     ) -> list[str]:
         """The argv put before a command to run it in the sandbox of the task at ``root``;
         bubblewrap writes its ``--info-fd`` JSON to ``info_fd`` (see :func:`sandbox_child`),
         sets ``setenv`` over whatever environment the command was given, then reads the
         arguments in ``env_fd`` (:func:`environment_fd`: the command's whole environment,
         given to bubblewrap after it started). Unsandboxed, only ``setenv`` is applied
-        (by ``env``; ``[]`` without it). ``die_with_parent=False``: the sandbox outlives
-        bwrap's parent (a Slurm batch job's, whose end Slurm sees to)."""
+        (by ``env``; ``[]`` without it)."""
         if self.bwrap is None:
             return ["env", *(f"{k}={v}" for k, v in setenv.items())] if setenv else []
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -176,7 +174,7 @@ class Sandbox:
             args.append("--unshare-net")
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
-        args += ["--unshare-cgroup-try", *(["--die-with-parent"] if die_with_parent else [])]
+        args += ["--unshare-cgroup-try", "--die-with-parent"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         args += _system_binds()

@@ -24,7 +24,6 @@ from .._job_files import load_env
 
 __all__ = [
     "BASE_ENV",
-    "INFO_FD",
     "LAUNCH_FAILURES",
     "LEGACY_VERSIONS",
     "JobSubmission",
@@ -202,35 +201,12 @@ _SANDBOX_CHECK = (
     ' every job in a sandbox" >&2; exit 127',
     "fi",
 )
-INFO_FD = 4
-"""The descriptor on which a batch job's ``bwrap`` tells its sandbox's first process
-(``--info-fd``): the prefix a :class:`JobSubmission` gets must name it."""
-
-#: Slurm ends a job (scancel, its time limit) with SIGTERM to every process of it, then
-#: SIGKILL after KillWait. The batch shell died of the TERM at once, and bwrap with it,
-#: and the sandbox was killed before the task's own TERM handler could save anything
-#: (QA AU: a checkpoint on SIGTERM never finished). So the shell outlives the TERM (a
-#: trap, which its children do not inherit, as they would an ignored signal), runs bwrap
-#: without --die-with-parent (Slurm ends whatever is left of the job), and waits for the
-#: sandbox's first process, which a TERM from outside its namespace does not end, and
-#: which ends when the task's command does.
-_SANDBOX_WAIT = (
-    "info=$(mktemp) || exit 127",
-    "trap : TERM",
-)
-_SANDBOX_JOINED = (
-    "child=$!",
-    'until wait "$child" 2>/dev/null; status=$?; ! kill -0 "$child" 2>/dev/null; do :; done',
-    r"""init=$(sed -n 's/.*"child-pid": *\([0-9][0-9]*\).*/\1/p' "$info")""",
-    'rm -f "$info"',
-    'while [ -n "$init" ] && kill -0 "$init" 2>/dev/null; do sleep 0.1; done',
-    "trap - TERM",
-)
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
 #: Slurm reports the signal as it would without the sandbox. Only a signal that ends a
 #: process: after ``exit 147`` the batch shell sent itself SIGSTOP (19), and the job
 #: stayed running, stopped, for good (QA AA).
 _SANDBOX_EXIT = (
+    "status=$?",
     f"case $((status - 128)) in {'|'.join(map(str, sorted(FATAL_SIGNALS)))})",
     "  kill -$((status - 128)) $$ ;;",
     "esac",
@@ -295,8 +271,7 @@ class JobSubmission:
         if not self.sandbox:
             lines.append(f"exec {shlex.join(run)}")
             return "\n".join(lines) + "\n"
-        bwrap = f'{shlex.join([*self.sandbox, *run])} {INFO_FD}>"$info" &'
-        lines += [*_SANDBOX_CHECK, *_SANDBOX_WAIT, bwrap, *_SANDBOX_JOINED, *_SANDBOX_EXIT]
+        lines += [*_SANDBOX_CHECK, shlex.join([*self.sandbox, *run]), *_SANDBOX_EXIT]
         return "\n".join(lines) + "\n"
 
     def body(self, version: str = "v0.0.38") -> dict[str, Any]:

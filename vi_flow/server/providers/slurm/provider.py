@@ -65,7 +65,6 @@ from ..base import (
 )
 from ..local.sandbox import job_sandbox
 from .catalog import catalog, placement
-from .jobs import INFO_FD
 from .rest import (
     JobSubmission,
     SlurmAuthError,
@@ -348,16 +347,8 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             time_limit_s=spec.max_run_time,
             partition=self.settings.partition,
             reservation=spec.reservation_id,
-            sandbox=tuple(self._job_prefix(spec)),
+            sandbox=tuple(self.sandbox.prefix(spec.paths.root, _volumes(spec), spec.command_dir)),
         )
-
-    def _job_prefix(self, spec: LaunchSpec) -> list[str]:
-        """The batch job's sandbox: its first process outlives bwrap's parent, the batch
-        shell, which waits for it (see :data:`.jobs.INFO_FD`)."""
-        return self.sandbox.prefix(
-            spec.paths.root, _volumes(spec), spec.command_dir, info_fd=INFO_FD,
-            die_with_parent=False,
-        )  # fmt: skip
 
     async def cancel(self, task_id: str, grace: float) -> None:
         """Cancel the task's job (pending or running) and report it ``cancelled``.
@@ -551,7 +542,8 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             root = self.task_paths(tracked.task_id).root
             message += f"; the task directory {root} is not shared with node {node}"
             user = self.settings.user
-            if _uid_of(user) != os.geteuid():  # QA AU: it was shared, but not theirs
+            if job.raw_exit == 4021 and _uid_of(user) != os.geteuid():
+                # QA AU: it was shared, but the job's user could not write there
                 message += (
                     f", or the job's user {user!r} may not write in it: this server makes task"
                     " directories as its own user (run it as the submitting account)"
