@@ -357,6 +357,10 @@ async def test_a_server_of_another_provider_leaves_the_tasks_it_did_not_start(
         assert "started by the slurm provider" in cancelled.body["error"]["message"]
         logs = (await second.call("GET", f"/tasks/{queued['taskId']}/logs")).body
         assert logs["lines"] == []  # never run on this host
+        # QA AW: nor are they this server's work in flight: 'server stop' refused ("not
+        # finished"; with force, the 409 above), and it never idled out
+        status = (await second.call("GET", "/server")).body
+        assert status["activeTasks"] == 0, status
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)

@@ -76,28 +76,34 @@ async def _held_work(app: web.Application) -> tuple[list[Run], list[str]]:
     """The runs and task ids in flight that this server holds, across every organization:
     with replicas, those it drives (the others' work is theirs to stop)."""
     store, replica = app[STORE_KEY], app[REPLICA_KEY]
+    provider = app[TASKS_KEY].provider.name
     runs = await store.list_active_runs()
     if not replica.shared:
-        return runs, await store.run(_task_ids)
+        return runs, await store.run(lambda conn: _task_ids(conn, provider))
     me = replica.id
 
     def read(conn: Connection) -> tuple[set[tuple[str, str]], list[str]]:
         owned = conn.execute(
             "SELECT org_id, run_id FROM engine_runs WHERE closed = 0 AND owner = ?", (me,)
         ).fetchall()
-        return {(r[0], r[1]) for r in owned}, _task_ids(conn, me)
+        return {(r[0], r[1]) for r in owned}, _task_ids(conn, provider, me)
 
     owned, task_ids = await store.run(read)
     return [r for r in runs if (r.organization_id, r.run_id) in owned], task_ids
 
 
-def _task_ids(conn: Connection, replica: str | None = None) -> list[str]:
-    """The tasks in flight: every one, or those of ``replica``."""
-    sql = "SELECT task_id FROM tasks WHERE status IN ('pending','running')"
+def _task_ids(conn: Connection, provider: str, replica: str | None = None) -> list[str]:
+    """The tasks in flight that ``provider`` started: every one, or those of ``replica``.
+
+    Another provider's are not this server's to wait for or stop: a local background
+    server on the home of a dead ``--provider slurm`` server refused ``server stop``
+    (its Slurm tasks "not finished"; with force, "started by the slurm provider") and
+    never idled out, so the Slurm server could not come back (QA AW)."""
+    sql = "SELECT task_id FROM tasks WHERE status IN ('pending','running') AND provider = ?"
     rows = (
-        conn.execute(sql, ())
+        conn.execute(sql, (provider,))
         if replica is None
-        else conn.execute(f"{sql} AND replica = ?", (replica,))
+        else conn.execute(f"{sql} AND replica = ?", (provider, replica))
     )
     return [str(r[0]) for r in rows.fetchall()]
 
