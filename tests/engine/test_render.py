@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from vi_flow.models.limits import MAX_ID_LENGTH
 from vi_flow.server.engine.render import RenderError, render_text, render_value
 
 
@@ -33,3 +34,22 @@ def test_a_step_id_is_found_by_the_places_it_may_end_not_by_listing_the_steps() 
     with pytest.raises(RenderError) as missing:
         render_text("{{ steps.a.b.nothing }}", namespace)
     assert "'steps.a.b.nothing', which is not defined" in str(missing.value)
+
+
+class _Counted(dict[str, Any]):
+    """Steps that count how often an id is looked up."""
+
+    looked_up = 0
+
+    def __contains__(self, key: object) -> bool:
+        type(self).looked_up += 1
+        return super().__contains__(key)
+
+
+def test_a_placeholder_of_many_dots_looks_up_no_more_ids_than_an_id_can_be_long() -> None:
+    # QA AV: each '.' of a 500 KB placeholder was a lookup of a slice up to it: the
+    # step held the server's loop for 15 s. No id is longer than MAX_ID_LENGTH.
+    steps = _Counted({"x": {"output": "v"}})
+    with pytest.raises(RenderError):
+        render_text("{{ steps." + "x." * 200_000 + "output }}", {"steps": steps})
+    assert _Counted.looked_up <= MAX_ID_LENGTH
