@@ -46,6 +46,8 @@ async def test_a_short_run_is_answered_whole(server: Server) -> None:
     answer = await server.call("POST", f"/flows/{flow}/execute", json={})
     assert answer.status == 200 and answer.raw.startswith(b"{"), answer.raw[:40]
     assert answer.headers["Content-Length"] == str(len(answer.raw))
+    # as a longer run's answer is (QA AV: only runs over a second had it)
+    assert answer.headers["X-Execution-Id"] == orjson.loads(answer.raw)["executionId"]
 
 
 async def test_execute_outlives_the_clients_read_timeout(server: Server) -> None:
