@@ -86,6 +86,13 @@ async def test_upload_code_to_task(client: vi_flow.AsyncClient, tmp_path: Path) 
         assert "./sub/data.txt" in listing.stdout and "./main.py" in listing.stdout
         assert "debug.log" not in listing.stdout and "secret.env" not in listing.stdout
         assert "private.txt" not in listing.stdout
+        # a set-UID file failed the whole upload halfway (QA AV): it goes, without the bit
+        (root / "tool").write_text("#!/bin/sh\n")
+        (root / "tool").chmod(0o4755)
+        again = await client.upload_code_to_task(task.task_id, source_dir=root)
+        assert again.files == 7
+        mode = await task.shell("stat -c %a /workspace/tool 2>/dev/null || stat -c %a tool")
+        assert mode.stdout.strip() == "755", mode
     finally:
         await task.cancel(force=True)
 
