@@ -10,6 +10,8 @@ when it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,65 @@ async def test_cancel_is_sigterm(provider: SlurmProvider, updates: Updates) -> N
         await asyncio.sleep(0.02)
     await provider.cancel("task_cx", 1.0)
     assert figures(await ended(updates, "task_cx")) == (CANCELLED, None, 15, "Cancelled")
+
+
+# Saves on SIGTERM, taking half a second (the test cluster's KillWait is 2 s).
+_SAVES_ON_TERM = (
+    "trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; while :; do sleep 0.1; done"
+)
+
+
+@pytest.mark.parametrize("ending", ["cancel", "time limit"])
+async def test_a_task_has_killwait_to_end_on_sigterm(
+    provider: SlurmProvider, updates: Updates, ending: str
+) -> None:
+    # QA AU: the batch shell died of Slurm's SIGTERM at once, bwrap with it, and the
+    # sandbox was killed before the task's handler saved anything ("got-term" and no
+    # "saved"), where the local provider gives a grace
+    limit = 2.0 if ending == "time limit" else None
+    spec = await launch(provider, "task_term", _SAVES_ON_TERM, max_run_time=limit)
+    await updates.wait("task_term", TaskStatus.RUNNING)
+    for _ in range(400):
+        if "up" in spec.paths.stdout.read_text() if spec.paths.stdout.exists() else False:
+            break
+        await asyncio.sleep(0.02)
+    if ending == "cancel":
+        await provider.cancel("task_term", 5.0)
+    await ended(updates, "task_term")
+    assert spec.paths.stdout.read_text().split() == ["up", "got-term", "saved"]
+
+
+@pytest.mark.parametrize("command", ["trap '' TERM; echo up; sleep 301.5", "sleep 301.5 & echo up"])
+async def test_nothing_of_a_task_outlives_its_job(
+    provider: SlurmProvider, updates: Updates, command: str
+) -> None:
+    # QA AW: with its sandbox let outlive the batch shell (a first try at the grace
+    # above), a task ignoring TERM ran on after its cancel, outside Slurm, and one that
+    # left a process behind never ended
+    spec = await launch(provider, "task_left", command)
+    await updates.wait("task_left", TaskStatus.RUNNING)
+    for _ in range(400):
+        if "up" in spec.paths.stdout.read_text() if spec.paths.stdout.exists() else False:
+            break
+        await asyncio.sleep(0.02)
+    if command.startswith("trap"):
+        await provider.cancel("task_left", 5.0)
+    done = await ended(updates, "task_left")
+    assert done.status == (CANCELLED if command.startswith("trap") else COMPLETED), done
+    for _ in range(100):  # SIGKILL after KillWait (2 s)
+        if not _processes_with(b"sleep\x00301.5"):
+            break
+        await asyncio.sleep(0.1)
+    assert _processes_with(b"sleep\x00301.5") == []
+
+
+def _processes_with(argv: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes().startswith(argv):
+                found.append(int(entry))
+    return found
 
 
 async def test_time_limit_is_sigterm(provider: SlurmProvider, updates: Updates) -> None:

@@ -11,10 +11,14 @@ client sends as the schema requires, and runs the provider against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import shutil
+import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -196,6 +200,66 @@ def test_the_batch_script_ends_as_its_sandboxed_command_did(
     script.write_text(job.script())
     done = subprocess.run(["/bin/bash", str(script)], timeout=20, capture_output=True)
     assert done.returncode == returncode, done.stderr
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; sleep 30 & wait",
+         ["up", "got-term", "saved"]),
+        ("trap '' TERM; echo up; sleep 30", ["up"]),  # killed at KillWait, nothing left
+    ],
+)  # fmt: skip
+def test_the_batch_script_gives_its_task_killwait_after_sigterm(
+    tmp_path: Path, command: str, said: list[str]
+) -> None:
+    # QA AU: Slurm ends a job with SIGTERM to every process of it, then SIGKILL after
+    # KillWait; the batch shell died of the TERM at once, bwrap with it, and the sandbox
+    # before the task's own handler could save. Here the script runs in a session of its
+    # own, which gets what slurmstepd sends a job's processes.
+    sandbox = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+               "--unshare-pid", "--die-with-parent", "--")  # fmt: skip
+    job = JobSubmission(
+        name="t", command=command, working_dir=str(tmp_path), stdout_path="/o",
+        stderr_path="/e", sandbox=sandbox,
+    )  # fmt: skip
+    script = tmp_path / "job.sh"
+    script.write_text(job.script())
+    out = tmp_path / "out"
+    with out.open("wb") as sink:
+        shell = subprocess.Popen(["/bin/bash", str(script)], stdout=sink, start_new_session=True)
+    try:
+        for _ in range(500):
+            if out.read_bytes():
+                break
+            time.sleep(0.01)
+        for pid in _session(shell.pid):  # SIGTERM to each, the sandbox's too
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            shell.wait(timeout=3)  # KillWait
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)  # Slurm's SIGKILL
+        shell.wait(timeout=10)
+    assert out.read_text().split() == said
+    for _ in range(100):
+        if not _session(shell.pid):
+            break
+        time.sleep(0.05)
+    assert _session(shell.pid) == []  # nothing of it outlives its job
+
+
+def _session(sid: int) -> list[int]:
+    """The processes of the session ``sid`` (a new PID namespace keeps the session)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if entry.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
 
 
 def test_new_shapes_decode_to_the_same_figures() -> None:

@@ -201,12 +201,28 @@ _SANDBOX_CHECK = (
     ' every job in a sandbox" >&2; exit 127',
     "fi",
 )
+#: Slurm ends a job (scancel, its time limit) with SIGTERM to every process of it, then
+#: SIGKILL after KillWait. The batch shell died of the TERM at once, bwrap
+#: (--die-with-parent) with it, and the sandbox before the task's own handler could save
+#: a checkpoint (QA AU). So the shell and bwrap ignore TERM, and the command gets it back
+#: at its default (``env --default-signal``, coreutils 8.31+) inside the sandbox: Slurm's
+#: TERM reaches the task alone, and its SIGKILL everything, the sandbox still tied to the
+#: batch shell (letting it outlive the shell had it escape its job on a cluster that
+#: tracks processes by their parents: QA AW). A node whose env cannot do it keeps the
+#: old way.
+_TERM_HELD = (
+    "reset=()",
+    "if env --default-signal=TERM true 2>/dev/null; then",
+    "  reset=(env --default-signal=TERM); trap '' TERM",
+    "fi",
+)
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
 #: Slurm reports the signal as it would without the sandbox. Only a signal that ends a
 #: process: after ``exit 147`` the batch shell sent itself SIGSTOP (19), and the job
 #: stayed running, stopped, for good (QA AA).
 _SANDBOX_EXIT = (
     "status=$?",
+    "trap - TERM",
     f"case $((status - 128)) in {'|'.join(map(str, sorted(FATAL_SIGNALS)))})",
     "  kill -$((status - 128)) $$ ;;",
     "esac",
@@ -271,7 +287,8 @@ class JobSubmission:
         if not self.sandbox:
             lines.append(f"exec {shlex.join(run)}")
             return "\n".join(lines) + "\n"
-        lines += [*_SANDBOX_CHECK, shlex.join([*self.sandbox, *run]), *_SANDBOX_EXIT]
+        command = f'{shlex.join(self.sandbox)} "${{reset[@]}}" {shlex.join(run)}'
+        lines += [*_SANDBOX_CHECK, *_TERM_HELD, command, *_SANDBOX_EXIT]
         return "\n".join(lines) + "\n"
 
     def body(self, version: str = "v0.0.38") -> dict[str, Any]:
