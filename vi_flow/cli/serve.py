@@ -242,10 +242,8 @@ def _retention(days: str | None) -> RetentionSettings:
 
 
 def _serve_logged(settings: ServerSettings) -> None:
-    import os
-
     from ..server import run_server
-    from ..server.endpoints import EndpointError
+    from ..server.endpoints import EndpointError, cannot_listen
     from ..server.home import HomeError
     from ..server.logs import close_logging, configure_logging
 
@@ -260,11 +258,7 @@ def _serve_logged(settings: ServerSettings) -> None:
     except EndpointError as exc:  # the SSH port is taken
         raise CommandFailed(str(exc), exit_code=EXIT_FAILURE) from None
     except OSError as exc:  # the HTTP port is taken, the address is not this machine's
-        where = f"{settings.host}:{settings.port}"
-        # aiohttp's own text repeats the address ("error while attempting to bind on
-        # address (...): address already in use"): the system's words alone, as for SSH
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
-        message = f"cannot listen on {where}: {why}"
+        message = cannot_listen(f"{settings.host}:{settings.port}", exc)
         raise CommandFailed(message, exit_code=EXIT_FAILURE) from None
     finally:
         close_logging()

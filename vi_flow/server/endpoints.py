@@ -15,6 +15,7 @@ host name.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .state import ServerSettings
 __all__ = [
     "EndpointError",
     "advertised_ssh",
+    "cannot_listen",
     "check_endpoints",
     "public_base_url",
     "ssh_listen_host",
@@ -50,6 +52,13 @@ class EndpointError(ValueError):
         super().__init__(f"{setting}: {problem}")
         self.setting = setting
         self.problem = problem
+
+
+def cannot_listen(where: str, exc: OSError) -> str:
+    """Why a listener at ``where`` (``HOST:PORT``) could not bind, in the system's words:
+    aiohttp's and asyncio's own text repeats the address ("error while attempting to bind
+    on address (...): address already in use")."""
+    return f"cannot listen on {where}: {os.strerror(exc.errno) if exc.errno else exc}"
 
 
 def _is_host(value: str) -> bool:

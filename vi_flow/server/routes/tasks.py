@@ -50,7 +50,7 @@ from ...models.tasks import (
     env_text,
 )
 from ..db import Connection
-from ..endpoints import EndpointError, advertised_ssh, ssh_listen_host
+from ..endpoints import EndpointError, advertised_ssh, cannot_listen, ssh_listen_host
 from ..errors import APIProblem
 from ..helpers import (
     Handler,
@@ -699,9 +699,7 @@ async def _start_sshd(settings: ServerSettings, service: TaskService) -> TaskSSH
     try:
         await sshd.start()
     except OSError as exc:  # the port is taken, the address is not this machine's
-        where = f"{host}:{settings.ssh_port}"
-        why = os.strerror(exc.errno) if exc.errno else str(exc)  # the loop's text repeats where
-        raise EndpointError("ssh_port", f"cannot listen on {where}: {why}") from None
+        raise EndpointError("ssh_port", cannot_listen(f"{host}:{settings.ssh_port}", exc)) from None
     return sshd
 
 
