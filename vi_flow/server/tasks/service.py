@@ -123,7 +123,7 @@ class TaskService:
         self._closed = False
         self._poller = False  # this replica polls the cluster for every replica
         self._lost_lease = False  # since: look for tasks others ended that still run here
-        self._others_said = False  # warned of another provider's tasks left as they are
+        self._others_said = False  # looked for another provider's tasks, to warn of them
         self._sweep: asyncio.Task[None] | None = None
         self.provider = provider
         self.quotas = quotas or Quotas()
@@ -350,10 +350,12 @@ class TaskService:
             spawn(self._background, self.cancel(task_id))
 
     async def _say_others_wait(self) -> None:
-        """Warn, once, of pending or running tasks another provider started, which no
-        replica of it follows: this server leaves them as they are."""
+        """Warn of pending or running tasks another provider started: this server leaves
+        them as they are. Looked at once, at the first take-over (with replicas the
+        take-over runs at every heartbeat; no task of another provider is made later)."""
         if self._others_said:
             return
+        self._others_said = True
         here = self.provider.name
         rows = await self.store.run(
             lambda c: c.execute(
@@ -363,7 +365,6 @@ class TaskService:
             ).fetchall()
         )
         for row in rows:
-            self._others_said = True
             log.warning(
                 "%d tasks started by the %s provider are left as they are: this server runs"
                 " the %s provider (serve the home with --provider %s to follow them)",
