@@ -616,10 +616,12 @@ def _assembled(code: list[_Op | str]) -> list[tuple[int, int, int, int]]:
     """``code`` with its labels (the strings) taken out and each jump to one made the
     count of instructions it skips (classic BPF jumps forward only, 255 at most)."""
     at: dict[str, int] = {}
+    ops: list[_Op] = []
     for item in code:
         if isinstance(item, str):
-            at[item] = sum(not isinstance(op, str) for op in code[: code.index(item)])
-    ops = [op for op in code if not isinstance(op, str)]
+            at[item] = len(ops)  # the instruction that follows the label
+        else:
+            ops.append(item)
 
     def skip(target: int | str, here: int) -> int:
         if isinstance(target, int):
