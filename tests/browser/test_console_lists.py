@@ -160,23 +160,36 @@ def _log_rows(one: Any) -> list[tuple[int, str]]:
     return [(n, tail) for n, tail in rows]
 
 
+def _following(visit: Any, server: ConsoleServer, command: str) -> Any:
+    """A signed-in page following the log of a task that runs ``command`` only once the
+    page shows the task's first line ("ready"): what it draws is what came live. A page
+    that opens a finished task reads each stream 256 KiB at a time, and a CI machine slow
+    to sign in opened it after a ``sleep 2`` meant to wait for the page had ended."""
+    gate = "echo ready; while [ ! -e go ]; do sleep 0.05; done; "
+    task = server.call("POST", "/tasks", {"command": gate + command})["taskId"]
+    one = _signed_in(visit, server)
+    one.page.goto(f"{server.root}/tasks/{task}")
+    one.page.wait_for_selector(".log-line:text-is('ready')", timeout=60_000)
+    (server.home / "tasks" / task / "workspace" / "go").touch()
+    return one
+
+
 def test_a_log_line_longer_than_one_read_stays_one_line(
     visit: Any, console_server: ConsoleServer
 ) -> None:
     # The server sends a line past 256 KiB in pieces, only the last one ending in "\n";
-    # the page drew each piece as a line of its own. The first sleep lets the page open
-    # before the log is long; the second makes it draw the line's start before its rest.
+    # the page drew each piece as a line of its own. The sleep makes the page draw the
+    # line's start before its rest.
     command = (
-        "sleep 2; head -c 8000000 /dev/zero | tr '\\0' x; sleep 1;"
+        "head -c 8000000 /dev/zero | tr '\\0' x; sleep 1;"
         " head -c 9000000 /dev/zero | tr '\\0' x; echo -end; echo after"
     )
-    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
-    one = _signed_in(visit, console_server)
-    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one = _following(visit, console_server, command)
     one.page.wait_for_selector(".log-line:text-is('after')", timeout=60_000)
-    assert one.page.inner_text(".section-head .muted") == "2 lines"
+    assert one.page.inner_text(".section-head .muted") == "3 lines"
     note = " … (16,737,860 more characters)"  # 17,000,004 - 262,144 drawn
-    assert _log_rows(one) == [(262_144 + len(note), ("x" * 40 + note)[-40:]), (5, "after")]
+    x_line = (262_144 + len(note), ("x" * 40 + note)[-40:])
+    assert _log_rows(one) == [(5, "ready"), x_line, (5, "after")]
 
 
 def test_the_rest_of_a_long_line_no_longer_kept_is_left_out(
@@ -185,12 +198,10 @@ def test_the_rest_of_a_long_line_no_longer_kept_is_left_out(
     # The long line's start is pushed out of the page's 50,000 lines by stderr before its
     # end comes: that end is not a line of its own.
     command = "head -c 300000 /dev/zero | tr '\\0' x; seq 50001 >&2; sleep 2; echo -end; echo next"
-    task = console_server.call("POST", "/tasks", {"command": command})["taskId"]
-    one = _signed_in(visit, console_server)
-    one.page.goto(f"{console_server.root}/tasks/{task}")
+    one = _following(visit, console_server, command)
     one.page.wait_for_selector(".log-line:text-is('next')", timeout=60_000)
     counter = one.page.inner_text(".section-head .muted")
-    assert counter == "50,003 lines (the first 3 are no longer kept here)"
+    assert counter == "50,004 lines (the first 4 are no longer kept here)"  # ready, x, 1, 2
     assert _log_rows(one)[-2:] == [(5, "50001"), (4, "next")]
 
 
