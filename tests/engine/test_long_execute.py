@@ -169,3 +169,33 @@ async def test_a_retry_after_a_cut_answer_is_kept_alive_while_the_run_goes_on(
     assert outcome["executionId"] == run_id and outcome["state"] == "completed", outcome
     runs = (await server.call("GET", "/runs")).body["items"]
     assert [r["runId"] for r in runs] == [run_id]
+
+
+async def test_a_retry_beside_an_answer_hung_open_is_kept_alive_and_both_get_the_outcome(
+    server: Server,
+) -> None:
+    """A first connection that hangs open (a stalled proxy: nothing reads, nothing
+    closes) held the Idempotency-Key until the run ended, and the client's retry waited
+    behind it without a byte. The retry now waits beside it: both answer the one run."""
+    flow = await server.flow(_emit(120, 0.05))  # 6 s
+    headers = server.headers(None, {"Idempotency-Key": "hung-1"})
+    url = f"{server.root}/v1/flows/{flow}/execute"
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as first, aiohttp.ClientSession() as second:
+        async with first.post(url, json={}, headers=headers) as resp:
+            run_id = resp.headers["X-Execution-Id"]
+            assert await resp.content.readexactly(1) == b" "  # and then hung open
+            asked = loop.time()
+            async with second.post(url, json={}, headers=headers) as retry:
+                assert await retry.content.readexactly(1) == b" "
+                waited = loop.time() - asked
+                assert retry.headers["X-Execution-Id"] == run_id
+                assert retry.headers["Idempotent-Replayed"] == "true"
+                outcome = orjson.loads(await retry.read())
+            assert waited < 3, f"the retry's first byte came after {waited:.1f} s"
+            assert orjson.loads(await resp.read()) == outcome  # the first answer too
+    assert outcome["executionId"] == run_id and outcome["state"] == "completed", outcome
+    runs = (await server.call("GET", "/runs")).body["items"]
+    assert [r["runId"] for r in runs] == [run_id]
+    again = await server.call("POST", f"/flows/{flow}/execute", json={}, headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.body == outcome

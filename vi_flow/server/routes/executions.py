@@ -94,6 +94,11 @@ async def execute(request: web.Request) -> web.StreamResponse:
             raise
         key = (org_of(request), run_id)
         headers["Idempotent-Replayed"] = "true"  # the first request's run, answered
+    if (slot := IDEMPOTENCY_SLOT.get()) is not None:
+        # A retry waits for the run's outcome beside this request, not behind it: a
+        # first connection that hung open (a stalled proxy) held the key until the run
+        # ended, and every retry answered nothing as long. Either saves the same answer.
+        slot.key_names_run()
     return await _outcome_answer(request, key, engine.outcome(key, 0, save), headers)
 
 
