@@ -194,6 +194,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         )
     finally:
         _script("stop_cluster.sh", env)
+        for pid in list(_DAEMONS):  # daemons a test restarted: stopped by the script, reaped here
+            _stop(pid)
         if os.environ.get("VI_FLOW_SLURM_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)
 
