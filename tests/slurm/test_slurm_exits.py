@@ -99,6 +99,24 @@ async def test_a_task_has_killwait_to_end_on_sigterm(
     assert spec.paths.stdout.read_text().split() == ["up", "got-term", "saved"]
 
 
+async def test_scancel_signal_usr1_reaches_the_task_alone(
+    provider: SlurmProvider, updates: Updates, slurm_cluster: SlurmCluster
+) -> None:
+    # `scancel --full --signal=USR1` (save a checkpoint) killed the batch shell, bwrap with it,
+    # and the task before its handler ran: the job failed of signal 10
+    command = "trap 'echo got-usr1; sleep 0.5; echo saved; exit 0' USR1; echo up; while :; do sleep 0.1; done"
+    spec = await launch(provider, "task_usr1", command)
+    running = await updates.wait("task_usr1", TaskStatus.RUNNING)
+    for _ in range(400):
+        if "up" in spec.paths.stdout.read_text() if spec.paths.stdout.exists() else False:
+            break
+        await asyncio.sleep(0.02)
+    slurm_cluster.run("scancel", "--full", "--signal=USR1", str(running.provider_id))
+    done = await ended(updates, "task_usr1")
+    assert (done.status, done.exit_code, done.signal) == (COMPLETED, 0, None)
+    assert spec.paths.stdout.read_text().split() == ["up", "got-usr1", "saved"]
+
+
 @pytest.mark.parametrize("command", ["trap '' TERM; echo up; sleep 301.5", "sleep 301.5 & echo up"])
 async def test_nothing_of_a_task_outlives_its_job(
     provider: SlurmProvider, updates: Updates, command: str

@@ -183,8 +183,9 @@ def test_a_submission_takes_the_shape_of_its_version() -> None:
 
 @pytest.mark.parametrize(
     ("command", "returncode"),
-    [("exit 3", 3), ("exit 147", 147), ("exit 150", 150), ("kill -9 $$", -9), ("exit 143", -15)],
-)
+    [("exit 3", 3), ("exit 147", 147), ("exit 150", 150), ("kill -9 $$", -9), ("exit 143", -15),
+     ("kill -USR1 $$", -10), ("kill -INT $$", -2)],
+)  # fmt: skip
 def test_the_batch_script_ends_as_its_sandboxed_command_did(
     tmp_path: Path, command: str, returncode: int
 ) -> None:
@@ -204,20 +205,26 @@ def test_the_batch_script_ends_as_its_sandboxed_command_did(
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 @pytest.mark.parametrize(
-    ("command", "said"),
+    ("sent", "command", "said", "returncode"),
     [
-        ("trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; sleep 30 & wait",
-         ["up", "got-term", "saved"]),
-        ("trap '' TERM; echo up; sleep 30", ["up"]),  # killed at KillWait, nothing left
+        ("TERM", "trap 'echo got-term; sleep 0.5; echo saved; exit 0' TERM; echo up; sleep 30 & wait",
+         ["up", "got-term", "saved"], 0),
+        ("TERM", "trap '' TERM; echo up; sleep 30", ["up"], -9),  # killed at KillWait
+        # `scancel --signal=USR1` to save a checkpoint: it killed the shell, and the task
+        ("USR1", "trap 'echo got-usr1; sleep 0.5; echo saved; exit 0' USR1; echo up; sleep 30 & wait",
+         ["up", "got-usr1", "saved"], 0),
+        ("INT", "trap 'echo got-int; exit 4' INT; echo up; sleep 30 & wait", ["up", "got-int"], 4),
+        ("USR2", "echo up; sleep 30", ["up"], -12),  # the command dies of it, as the job
     ],
 )  # fmt: skip
-def test_the_batch_script_gives_its_task_killwait_after_sigterm(
-    tmp_path: Path, command: str, said: list[str]
+def test_the_batch_script_gives_its_task_the_signals_slurm_sends_a_job(
+    tmp_path: Path, sent: str, command: str, said: list[str], returncode: int
 ) -> None:
     # QA AU: Slurm ends a job with SIGTERM to every process of it, then SIGKILL after
     # KillWait; the batch shell died of the TERM at once, bwrap with it, and the sandbox
-    # before the task's own handler could save. Here the script runs in a session of its
-    # own, which gets what slurmstepd sends a job's processes.
+    # before the task's own handler could save. `scancel --signal` sends any signal the
+    # same way. Here the script runs in a session of its own, which gets what slurmstepd
+    # sends a job's processes.
     sandbox = ("bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                "--unshare-pid", "--die-with-parent", "--")  # fmt: skip
     job = JobSubmission(
@@ -234,9 +241,9 @@ def test_the_batch_script_gives_its_task_killwait_after_sigterm(
             if out.read_bytes():
                 break
             time.sleep(0.01)
-        for pid in _session(shell.pid):  # SIGTERM to each, the sandbox's too
+        for pid in _session(shell.pid):  # the signal to each, the sandbox's too
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.Signals[f"SIG{sent}"])
         with contextlib.suppress(subprocess.TimeoutExpired):
             shell.wait(timeout=3)  # KillWait
     finally:
@@ -244,6 +251,7 @@ def test_the_batch_script_gives_its_task_killwait_after_sigterm(
             os.killpg(shell.pid, signal.SIGKILL)  # Slurm's SIGKILL
         shell.wait(timeout=10)
     assert out.read_text().split() == said
+    assert shell.returncode == returncode  # how Slurm reports the job's end
     for _ in range(100):
         if not _session(shell.pid):
             break

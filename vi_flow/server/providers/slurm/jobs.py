@@ -209,11 +209,16 @@ _SANDBOX_CHECK = (
 #: TERM reaches the task alone, and its SIGKILL everything, the sandbox still tied to the
 #: batch shell (letting it outlive the shell had it escape its job on a cluster that
 #: tracks processes by their parents: QA AW). A node whose env cannot do it keeps the
-#: old way.
+#: old way. The same for the other signals a job is sent to act on (``scancel --signal``,
+#: ``USR1`` to save a checkpoint): without the sandbox the command was the batch step's
+#: only process and got them alone; with it, ``USR1`` killed the shell, and the task.
+#: ``scancel --batch`` signals the batch shell alone: held, it reaches no one (forwarding
+#: it would give a job-wide signal to the command twice); docs/production.md says so.
+_HELD_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "USR1", "USR2")
 _TERM_HELD = (
     "reset=()",
-    "if env --default-signal=TERM true 2>/dev/null; then",
-    "  reset=(env --default-signal=TERM); trap '' TERM",
+    f"if env --default-signal={','.join(_HELD_SIGNALS)} true 2>/dev/null; then",
+    f"  reset=(env --default-signal={','.join(_HELD_SIGNALS)}); trap '' {' '.join(_HELD_SIGNALS)}",
     "fi",
 )
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
@@ -222,7 +227,7 @@ _TERM_HELD = (
 #: stayed running, stopped, for good (QA AA).
 _SANDBOX_EXIT = (
     "status=$?",
-    "trap - TERM",
+    f"trap - {' '.join(_HELD_SIGNALS)}",
     f"case $((status - 128)) in {'|'.join(map(str, sorted(FATAL_SIGNALS)))})",
     "  kill -$((status - 128)) $$ ;;",
     "esac",
