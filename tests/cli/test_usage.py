@@ -57,6 +57,17 @@ def test_unknown_option_suggests_the_closest(vf_offline: Invoker) -> None:
     assert "--json" in result.stderr
 
 
+@pytest.mark.parametrize("typo", ["--gpus", "--folow"])
+def test_an_unknown_option_of_tasks_run_is_refused_not_run(
+    vf_offline: Invoker, typo: str
+) -> None:
+    # QA AZ: `tasks run --gpus 1 -- echo hi` started a task whose command was `--gpus 1
+    # echo hi` (it failed to start), and `--folow` ran the task unfollowed, exit 0
+    result = vf_offline("tasks", "run", typo, "1", "--", "echo", "hi")
+    assert result.exit_code == 2, result.stderr
+    assert f"No such option '{typo}'" in result.stderr
+
+
 def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
     result = vf_offline("execute", "flow_x", "--param", "city")
     assert result.exit_code == 2

@@ -232,9 +232,9 @@ def _resource_options(func: Any) -> Any:
     return func
 
 
-@tasks.command(
-    "run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
-)
+# The command's own options follow its first word, never read as ours; an unknown
+# option before it is refused (QA AZ: `--gpus 1 -- echo hi` ran the task `--gpus`).
+@tasks.command("run", context_settings={"allow_interspersed_args": False})
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option(
     "-f",
