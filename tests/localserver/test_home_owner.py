@@ -58,6 +58,24 @@ def test_a_link_another_user_left_in_a_home_is_never_written_through(
     assert (home / "admin-token").is_file() and not (home / "admin-token").is_symlink()
 
 
+@needs_root
+@pytest.mark.parametrize("name", ["models", "state.db-journal"])
+def test_the_demos_models_and_sqlites_journal_are_judged_too(
+    home: Path, tmp_path: Path, name: str
+) -> None:
+    # QA AZ: a `models` link another user left sent `vi-flow demo`'s model to their
+    # directory; their `state.db-journal` failed the start with "disk I/O error"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    home.mkdir(mode=0o777)
+    (home / name).symlink_to(theirs)
+    os.lchown(home / name, OTHER, OTHER)
+    done = cli(home, "flows", "list", check=False)
+    assert done.returncode != 0
+    assert f"{home / name} belongs to nobody" in done.stderr, done.stderr
+    assert list(theirs.iterdir()) == [] and run_file(home) is None
+
+
 def test_the_admin_token_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep\n")

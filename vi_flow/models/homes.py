@@ -35,6 +35,7 @@ _WRITTEN = (
     "state.db",
     "state.db-wal",
     "state.db-shm",
+    "state.db-journal",  # SQLite's, before the database turns to WAL
     RUN_FILE,
     LOCK_FILE,
     START_LOCK_FILE,
@@ -47,6 +48,7 @@ _WRITTEN = (
     "tasks",
     "volumes",
     "compute",
+    "models",  # where `vi-flow demo` saves the model it trained
 )
 
 
