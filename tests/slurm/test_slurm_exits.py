@@ -54,6 +54,14 @@ async def test_kill_9_is_signal_9(provider: SlurmProvider, updates: Updates) -> 
     assert done.message == "killed by SIGKILL (signal 9)"
 
 
+async def test_sigquit_is_signal_3(provider: SlurmProvider, updates: Updates) -> None:
+    # QA AY: the batch shell re-raised it with bash's kill, but bash ignores SIGQUIT
+    # itself: the job "exited with status 131"
+    await launch(provider, "task_q3", "sh -c 'kill -QUIT $$'")
+    done = await ended(updates, "task_q3")
+    assert figures(done)[:3] == (FAILED, None, 3)
+
+
 async def test_exit_147_ends_as_exit_code_147(provider: SlurmProvider, updates: Updates) -> None:
     # QA AA: the batch shell turned 147 into `kill -19 $$`, stopped itself, and the job
     # stayed RUNNING for good

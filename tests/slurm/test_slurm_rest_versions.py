@@ -184,7 +184,7 @@ def test_a_submission_takes_the_shape_of_its_version() -> None:
 @pytest.mark.parametrize(
     ("command", "returncode"),
     [("exit 3", 3), ("exit 147", 147), ("exit 150", 150), ("kill -9 $$", -9), ("exit 143", -15),
-     ("kill -USR1 $$", -10), ("kill -INT $$", -2)],
+     ("kill -USR1 $$", -10), ("kill -INT $$", -2), ("exit 131", -3)],
 )  # fmt: skip
 def test_the_batch_script_ends_as_its_sandboxed_command_did(
     tmp_path: Path, command: str, returncode: int

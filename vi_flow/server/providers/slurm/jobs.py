@@ -224,12 +224,14 @@ _TERM_HELD = (
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
 #: Slurm reports the signal as it would without the sandbox. Only a signal that ends a
 #: process: after ``exit 147`` the batch shell sent itself SIGSTOP (19), and the job
-#: stayed running, stopped, for good (QA AA).
+#: stayed running, stopped, for good (QA AA). Bash ignores SIGQUIT itself, whatever
+#: its trap: the kill program, in its place, dies of it (QA AY: "exited with status 131").
 _SANDBOX_EXIT = (
     "status=$?",
     f"trap - {' '.join(_HELD_SIGNALS)}",
     f"case $((status - 128)) in {'|'.join(map(str, sorted(FATAL_SIGNALS)))})",
-    "  kill -$((status - 128)) $$ ;;",
+    "  kill -$((status - 128)) $$",
+    '  if killer=$(type -P kill); then exec "$killer" -$((status - 128)) $$; fi ;;',
     "esac",
     'exit "$status"',
 )
