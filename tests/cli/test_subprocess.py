@@ -506,11 +506,26 @@ def test_an_interactive_shell_exits_with_the_shell_s_status(
         subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
 
 
+def test_what_is_typed_before_the_shell_starts_reaches_it(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA AZ: a command typed (or pasted) at once was lost: the terminal was made raw
+    # with TCSAFLUSH, which throws away the input not read yet
+    env, task_id = _sleeping_task(served)
+    try:
+        code, screen = _typed_on_a_terminal(
+            ["tasks", "shell", task_id], env, (), b"echo $((6*7))XX; exit 4\n"
+        )
+        assert code == 4 and b"42XX" in screen, screen
+    finally:
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+
+
 def _typed_on_a_terminal(
     args: list[str], env: dict[str, str], prompts: tuple[bytes, ...], typed: bytes
 ) -> tuple[int, bytes]:
-    """Run the CLI on a pty, type ``typed`` once one of ``prompts`` shows, and return its
-    exit status and everything the terminal showed."""
+    """Run the CLI on a pty, type ``typed`` once one of ``prompts`` shows (at once with
+    none), and return its exit status and everything the terminal showed."""
     import pty
 
     master, slave = pty.openpty()
@@ -519,7 +534,7 @@ def _typed_on_a_terminal(
     screen = b""
     try:
         deadline = time.monotonic() + 30
-        while not any(p in screen for p in prompts) and time.monotonic() < deadline:
+        while prompts and not any(p in screen for p in prompts) and time.monotonic() < deadline:
             if select.select([master], [], [], 0.2)[0]:
                 screen += os.read(master, 4096)
         os.write(master, typed)

@@ -510,7 +510,7 @@ def _raw_terminal(fd: int) -> Any:
         yield
         return
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
     try:
         yield
     finally:
