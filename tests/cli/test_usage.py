@@ -58,9 +58,7 @@ def test_unknown_option_suggests_the_closest(vf_offline: Invoker) -> None:
 
 
 @pytest.mark.parametrize("typo", ["--gpus", "--folow"])
-def test_an_unknown_option_of_tasks_run_is_refused_not_run(
-    vf_offline: Invoker, typo: str
-) -> None:
+def test_an_unknown_option_of_tasks_run_is_refused_not_run(vf_offline: Invoker, typo: str) -> None:
     # QA AZ: `tasks run --gpus 1 -- echo hi` started a task whose command was `--gpus 1
     # echo hi` (it failed to start), and `--folow` ran the task unfollowed, exit 0
     result = vf_offline("tasks", "run", typo, "1", "--", "echo", "hi")
