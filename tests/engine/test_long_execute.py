@@ -50,6 +50,17 @@ async def test_a_short_run_is_answered_whole(server: Server) -> None:
     assert answer.headers["X-Execution-Id"] == orjson.loads(answer.raw)["executionId"]
 
 
+async def test_a_replayed_answer_names_its_run_too(server: Server) -> None:
+    # QA AY: an answer replayed for an Idempotency-Key named its run in the body only
+    flow = await server.flow({"block": "template", "settings": {"template": "hi"}})
+    keyed = {"Idempotency-Key": "named-1"}
+    first = await server.call("POST", f"/flows/{flow}/execute", json={}, headers=keyed)
+    again = await server.call("POST", f"/flows/{flow}/execute", json={}, headers=keyed)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
+    assert again.headers["X-Execution-Id"] == first.headers["X-Execution-Id"]
+    assert again.headers["X-Execution-Id"] == again.body["executionId"]
+
+
 async def test_execute_outlives_the_clients_read_timeout(server: Server) -> None:
     flow = await server.flow(_emit(8, 0.25))  # about 2 s of silence on the execute answer
     timeout = vi_flow.Timeout(connect=5, read=0.7, total=None)

@@ -62,6 +62,8 @@ __all__ = [
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ReplayHeaders = Callable[[bytes], dict[str, str]]
+"""The headers a replayed answer carries, from its body (as its first answer had them)."""
 
 
 async def begin_body(request: web.Request, response: web.StreamResponse) -> bool:
@@ -475,6 +477,7 @@ async def _answer_once(
     let_go: Callable[[], None],
     *,
     early_lookup: bool,
+    replay_headers: ReplayHeaders | None,
 ) -> web.StreamResponse:
     org, store = org_of(request), request.app[STORE_KEY]
     # The query is part of the request (``?flowId=`` chooses an id): a key reused with
@@ -487,14 +490,14 @@ async def _answer_once(
     if early_lookup and request.app[REPLICA_KEY].shared:
         stored = await _hold_key(request, key, body_hash)
         if stored is not None:
-            return _replay(key, stored, body_hash)
+            return _replay(key, stored, body_hash, replay_headers)
         held = True
     elif early_lookup:
         stored = await store.get_idempotent(org, key, request.method, request.path)
         if stored is not None and stored[1] == PENDING_ANSWER and stored[0] == body_hash:
             stored = await _answer_of(store, org, key, request)
         if stored is not None:
-            return _replay(key, stored, body_hash)
+            return _replay(key, stored, body_hash, replay_headers)
     slot = IdempotencySlot(
         org, key, request.method, request.path, body_hash,
         lookup_pending=not early_lookup, reserved=held, let_go=let_go,
@@ -506,7 +509,7 @@ async def _answer_once(
         stored = found.stored
         if stored[1] == PENDING_ANSWER and stored[0] == body_hash:  # being answered: wait
             stored = await _answer_of(store, org, key, request)
-        return _replay(key, stored, body_hash)
+        return _replay(key, stored, body_hash, replay_headers)
     except BaseException:
         # saved, then its request failed: no replay of it; but a placeholder naming a run
         # stays (a retry answers that run's outcome rather than start another)
@@ -594,7 +597,12 @@ def _in_use(key: str) -> APIProblem:
     )
 
 
-def _replay(key: str, stored: tuple[str, int, bytes], body_hash: str) -> web.Response:
+def _replay(
+    key: str,
+    stored: tuple[str, int, bytes],
+    body_hash: str,
+    replay_headers: ReplayHeaders | None = None,
+) -> web.Response:
     """The stored answer again, or 422 when the key came with another body."""
     if stored[0] != body_hash:
         raise APIProblem(
@@ -606,11 +614,16 @@ def _replay(key: str, stored: tuple[str, int, bytes], body_hash: str) -> web.Res
         body=stored[2],
         status=stored[1],
         content_type="application/json",
-        headers={"Idempotent-Replayed": "true"},
+        headers={
+            **(replay_headers(stored[2]) if replay_headers else {}),
+            "Idempotent-Replayed": "true",
+        },
     )
 
 
-def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
+def _idempotent(
+    handler: Handler, *, early_lookup: bool, replay_headers: ReplayHeaders | None = None
+) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         keys = request.headers.getall("Idempotency-Key", [])
@@ -624,7 +637,10 @@ def _idempotent(handler: Handler, *, early_lookup: bool) -> Handler:
         if not key.isascii() or not key.isprintable():  # raw bytes arrive as surrogates
             raise APIProblem.validation("Idempotency-Key", "must be printable ASCII")
         async with request.app[IDEMPOTENCY_LOCKS].hold((org_of(request), key)) as let_go:
-            return await _answer_once(request, handler, key, let_go, early_lookup=early_lookup)
+            return await _answer_once(
+                request, handler, key, let_go,
+                early_lookup=early_lookup, replay_headers=replay_headers,
+            )  # fmt: skip
 
     return wrapper
 
@@ -642,9 +658,12 @@ def idempotent(handler: Handler) -> Handler:
     return _idempotent(handler, early_lookup=True)
 
 
-def idempotent_in_transaction(handler: Handler) -> Handler:
+def idempotent_in_transaction(
+    handler: Handler, *, replay_headers: ReplayHeaders | None = None
+) -> Handler:
     """As :func:`idempotent`, for a handler whose first transaction calls
     :meth:`~vi_flow.server.store.AnswerSaver.check` before it makes anything: the key is
     looked up there, not in a transaction of its own (one round trip fewer per request).
+    ``replay_headers`` gives a replayed answer's headers from its body.
     """
-    return _idempotent(handler, early_lookup=False)
+    return _idempotent(handler, early_lookup=False, replay_headers=replay_headers)
