@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import vi_flow
@@ -44,6 +46,35 @@ async def test_gpu_task_shell_and_cancel_on_slurm(client: Any) -> None:
     assert len(result.stdout.strip().split(",")) == 2
     assert await client.cancel(task.task_id)
     assert await task.wait(timeout=8) == TaskStatus.CANCELLED
+
+
+async def test_a_shell_on_a_terminal_has_one_in_the_job(client: Any) -> None:
+    # QA AY: `srun --overlap` without --pty gave the job's shell pipes: `tty` said "not
+    # a tty", bash had no job control, and Ctrl-C did not stop `sleep`
+    from vi_flow.compute._ops import ssh_target
+    from vi_flow.compute.ssh import connect
+
+    task = await client.run("sleep 120", wait=True)
+    target = await ssh_target(client.compute._context, task.task_id)
+    async with await connect(target) as conn:
+        shell = await conn.create_process(term_type="xterm", term_size=(80, 24), encoding=None)
+        shell.stdin.write(b"tty\n")
+        seen = b""
+        with anyio.fail_after(20):  # `tty` names the terminal (bwrap's /dev/console)
+            while not re.search(rb"(/dev/\S+|not a tty)\r\n", seen):
+                seen += await shell.stdout.read(4096)
+        assert b"not a tty" not in seen, seen
+        shell.stdin.write(b"sleep 30\n")
+        await anyio.sleep(1)  # sleep runs
+        shell.stdin.write(b"\x03echo after-$?\n")
+        with anyio.fail_after(10):
+            while b"after-130" not in seen:
+                seen += await shell.stdout.read(4096)
+        shell.stdin.write(b"exit 3\n")
+        with anyio.fail_after(10):
+            done = await shell.wait()
+    assert done.exit_status == 3, seen
+    await client.cancel(task.task_id)
 
 
 async def test_cancel_pending_on_slurm(client: Any) -> None:

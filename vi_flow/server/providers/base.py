@@ -375,9 +375,12 @@ class ComputeProvider(Protocol):
     def task_paths(self, task_id: str) -> TaskPaths:
         """Where the task's workspace and logs live (pure; no I/O)."""
 
-    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+    def exec_prefix(
+        self, task_id: str, provider_id: str | None, *, terminal: bool = False
+    ) -> list[str]:
         """The argv put before a command to run it inside the running task
-        (``[]`` locally; ``["srun", "--jobid=N", "--overlap"]`` on Slurm)."""
+        (``[]`` locally; ``["srun", "--jobid=N", "--overlap"]`` on Slurm). ``terminal``:
+        the session has one (a PTY), which a command run elsewhere is given there too."""
 
     def running_here(self) -> list[str]:
         """The tasks whose processes this server started and still runs on its own host

@@ -48,6 +48,7 @@ class SessionContext:
         workdir: Where commands start.
         env: The task's environment (without the server's own).
         exec_prefix: Put before commands to run inside the task (empty for log logins).
+        terminal_prefix: The same for a session on a terminal (a PTY).
         logs: The log files a ``+logs`` login may follow; ``()`` for a task login.
         refusal: Why commands cannot run in this session (``None``: they can).
         ended: Whether the task has ended: its files may be read, no longer changed.
@@ -62,6 +63,11 @@ class SessionContext:
     logs: tuple[Path, ...] = ()
     refusal: str | None = None
     ended: bool = False
+    terminal_prefix: list[str] = attrs.field(factory=list)
+
+    def prefix(self, terminal: bool) -> list[str]:
+        """What runs a command inside the task, for a session on a terminal or not."""
+        return self.terminal_prefix if terminal else self.exec_prefix
 
     @property
     def is_logs(self) -> bool:
@@ -210,6 +216,7 @@ class SSHAccess:
             logs = (paths.stdout, paths.stderr)
             return SessionContext(task_id, row["org_id"], paths.root, paths.workdir, {}, [], logs)
         prefix: list[str] = []
+        on_terminal: list[str] = []
         refusal = None
         if row["status"] != TaskStatus.RUNNING.value:
             refusal = (
@@ -220,12 +227,13 @@ class SSHAccess:
         else:
             try:
                 prefix = self._provider.exec_prefix(task_id, row["provider_id"])
+                on_terminal = self._provider.exec_prefix(task_id, row["provider_id"], terminal=True)
             except ProviderError as exc:
                 refusal = f"cannot run commands in task {task_id}: {exc.message}"
         ended = TaskStatus(row["status"]).terminal
         return SessionContext(
             task_id, row["org_id"], paths.root, paths.workdir, env, prefix,
-            refusal=refusal, ended=ended,
+            refusal=refusal, ended=ended, terminal_prefix=on_terminal,
         )  # fmt: skip
 
     async def authorized_keys(self, org_id: str) -> list[str]:

@@ -352,10 +352,11 @@ def _context_of(channel: Any) -> SessionContext:
     return context
 
 
-def _argv(context: SessionContext, command: str | None, pty: bool, shell: str) -> list[str]:
+def _argv(command: str | None, pty: bool, shell: str) -> list[str]:
+    """What the session runs inside the task (behind its exec prefix)."""
     if command is not None:
-        return [*context.exec_prefix, "/bin/sh", "-c", command]
-    return [*context.exec_prefix, shell, "-i"] if pty else [*context.exec_prefix, shell]
+        return ["/bin/sh", "-c", command]
+    return [shell, "-i"] if pty else [shell]
 
 
 def _environment(
@@ -373,10 +374,10 @@ def _environment(
 
 
 def _behind_prefix(
-    context: SessionContext, argv: list[str], client_env: dict[str, str]
+    context: SessionContext, inner: list[str], pty: bool, client_env: dict[str, str]
 ) -> tuple[list[str], dict[str, str], Path | None]:
-    """``argv`` and the environment to start it with, and the file that carries the
-    task's ``env`` past the exec prefix (blocking).
+    """``inner`` behind the session's exec prefix, the environment to start it with, and
+    the file that carries the task's ``env`` past the prefix (blocking).
 
     The task's ``env`` is its user's: given to the prefix's own process (``bwrap`` on
     the host, ``srun`` on the server's host), its ``LD_PRELOAD`` or ``PATH`` would run
@@ -384,13 +385,13 @@ def _behind_prefix(
     the task's variables are set inside it, from a file in the task's ``logs`` directory
     (read-only there) that the session deletes when it ends.
     """
-    if not context.exec_prefix or not context.env:
-        return argv, _environment(context, client_env), None
+    prefix = context.prefix(pty)
+    if not prefix or not context.env:
+        return [*prefix, *inner], _environment(context, client_env), None
     given = write_session_env(context.root, context.env)
-    inner = argv[len(context.exec_prefix) :]
     load = ["/bin/sh", "-c", load_env(str(given), delete=False), "vi-flow-session"]
     return (
-        [*context.exec_prefix, *load, *inner],
+        [*prefix, *load, *inner],
         _environment(context, client_env, with_task=False),
         given,
     )
@@ -751,7 +752,7 @@ async def _run_session(
     pty = process.get_terminal_type() is not None
     try:
         argv, env, given = await asyncio.to_thread(
-            _behind_prefix, context, _argv(context, process.command, pty, shell), dict(process.env)
+            _behind_prefix, context, _argv(process.command, pty, shell), pty, dict(process.env)
         )
     except (OSError, InvalidRequest) as exc:
         process.stderr.write(f"vi-flow: cannot give the session its task's env: {exc}\n".encode())

@@ -239,9 +239,12 @@ class LocalProvider:
         """``<home>/tasks/<task_id>/`` with ``workspace/``, ``logs/`` and ``output/``."""
         return TaskPaths.under(self.home / "tasks" / task_id)
 
-    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+    def exec_prefix(
+        self, task_id: str, provider_id: str | None, *, terminal: bool = False
+    ) -> list[str]:
         """The sandbox of the running task (``[]`` when unsandboxed): a session sees the
-        task's directory and volumes, never the rest of the machine.
+        task's directory and volumes, never the rest of the machine (on the session's
+        own terminal, when it has one).
 
         Raises:
             InvalidRequest: The task is not running here.

@@ -200,7 +200,9 @@ class RayProvider(PollingJobProvider[RaySettings, _Tracked, RayNode, RayError]):
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
+    def exec_prefix(
+        self, task_id: str, provider_id: str | None, *, terminal: bool = False
+    ) -> list[str]:
         """Never: Ray cannot run a command inside a job, and the server's host is no place
         for a task's shell.
 

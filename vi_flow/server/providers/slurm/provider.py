@@ -221,8 +221,12 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def exec_prefix(self, task_id: str, provider_id: str | None) -> list[str]:
-        """``srun --jobid=N --overlap`` in the task's workspace (with ``SLURM_CONF`` if set).
+    def exec_prefix(
+        self, task_id: str, provider_id: str | None, *, terminal: bool = False
+    ) -> list[str]:
+        """``srun --jobid=N --overlap`` in the task's workspace (with ``SLURM_CONF`` if set),
+        ``--pty`` for a session on a terminal: without it the shell in the job had pipes,
+        no job control, and Ctrl-C reached nothing (QA AY).
 
         Empty while the task has no Slurm job yet; the server runs commands only in
         running tasks, and a running Slurm task always has its job id.
@@ -233,6 +237,8 @@ class SlurmProvider(PollingJobProvider[SlurmSettings, _Tracked, SlurmNode, Slurm
             return []
         paths = self.task_paths(task_id)
         prefix = ["srun", f"--jobid={job_id}", "--overlap", "--quiet", f"--chdir={paths.workdir}"]
+        if terminal:
+            prefix.append("--pty")
         if self.settings.slurm_conf:
             prefix = ["env", f"SLURM_CONF={self.settings.slurm_conf}", *prefix]
         volumes = tracked.volumes if tracked else ()
