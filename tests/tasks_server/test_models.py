@@ -152,6 +152,33 @@ def test_file_helpers(tmp_path: Path) -> None:
     assert open_output(tmp_path / "swapped", "x/y") is None
 
 
+def test_a_server_that_is_not_root_lists_a_directory_its_task_made_unreadable() -> None:
+    # QA AZ: as root, `mkdir ckpt; ... chmod 000 ckpt` listed ckpt's files; as another
+    # user they were left out without a word, and get_model missed the checkpoint
+    shared = Path(tempfile.mkdtemp(prefix="vi-flow-outputs-"))
+    shared.chmod(0o777)  # the other user makes its files in it
+    out = shared / "out"
+
+    def listed_as_a_server_that_is_not_root() -> bool:
+        (out / "ckpt" / "deep").mkdir(parents=True)
+        (out / "ckpt" / "c1.bin").write_bytes(b"c1")
+        (out / "ckpt" / "deep" / "d.bin").write_bytes(b"d")
+        (out / "model.bin").write_bytes(b"w")
+        (out / "ckpt" / "deep").chmod(0o000)
+        (out / "ckpt").chmod(0o000)
+        out.chmod(0o300)  # the output directory itself, unreadable too
+        return list_outputs(out) == [
+            TaskOutputFile("ckpt/c1.bin", 2),
+            TaskOutputFile("ckpt/deep/d.bin", 1),
+            TaskOutputFile("model.bin", 1),
+        ]
+
+    try:
+        assert as_another_user(listed_as_a_server_that_is_not_root)
+    finally:
+        shutil.rmtree(shared)
+
+
 def test_an_output_the_server_may_not_read_is_403_not_404() -> None:
     # QA: on a server that is not root, an output its task made mode 000 was listed with
     # its size, and its download answered 404 "not found"

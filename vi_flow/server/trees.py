@@ -33,6 +33,7 @@ __all__ = [
     "TreeMoved",
     "Walk",
     "left_aside",
+    "open_dir",
     "put_back",
     "remove_tree",
     "set_aside",
@@ -161,7 +162,7 @@ class Walk:
             status = os.stat(name, dir_fd=level.fd, follow_symlinks=False)
             if not stat.S_ISDIR(status.st_mode):
                 return Entry(level.fd, name, status)
-            fd = _open_dir(name, level.fd, unlock=self._unlock)
+            fd = open_dir(name, level.fd, unlock=self._unlock)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -231,7 +232,7 @@ def _writable(fd: int) -> None:
     os.fchmod(fd, stat.S_IRWXU)  # a task may have made it read-only
 
 
-def _open_dir(name: str | Path, dir_fd: int | None, *, unlock: bool) -> int:
+def open_dir(name: str | Path, dir_fd: int | None, *, unlock: bool) -> int:
     """Open the directory ``name`` (never through a link); with ``unlock``, one its owner
     cannot read (mode 000, which a task may set) is given ``rwx`` for its owner first.
 
@@ -279,7 +280,7 @@ def remove_tree(root: Path) -> bool:
         OSError: What stopped the removal (what was removed stays removed).
     """
     try:
-        fd = _open_dir(root, None, unlock=True)
+        fd = open_dir(root, None, unlock=True)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:  # ELOOP: root itself is a link

@@ -14,7 +14,7 @@ from pathlib import Path
 from ...models.limits import MAX_LOG_TAIL_BYTES, is_unicode
 from ...models.loglines import decode_line, first_char_start, split_lines
 from ...models.tasks import TaskOutputFile
-from ..trees import Walk
+from ..trees import Walk, open_dir
 from .logfile import READ_SIZE, NotALogFile, Unreadable, open_beneath
 
 __all__ = [
@@ -153,13 +153,19 @@ def list_outputs(root: Path) -> list[TaskOutputFile]:
     """Regular files under ``root`` (relative POSIX paths, sorted); links are not followed
     nor listed, and what a task changes during the walk is skipped, never read through.
     A tree of any depth is listed (:class:`~vi_flow.server.trees.Walk`). A file whose
-    path is not UTF-8 is left out: no JSON answer or URL can name it."""
+    path is not UTF-8 is left out: no JSON answer or URL can name it.
+
+    A directory the task made unreadable (``chmod 000``) is given its owner's permissions
+    back and listed, as a root server lists it: a server that is not root, and so the
+    task's own user, left its files out without a word, and ``get_model`` missed a
+    checkpoint (QA AZ). One of another user stays unread.
+    """
     try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = open_dir(root, None, unlock=True)
     except OSError:  # the directory itself is missing, unreadable or a link: no outputs
         return []
     try:
-        walk = Walk(top)
+        walk = Walk(top, unlock=True)
         found = [
             TaskOutputFile(path, entry.status.st_size)
             for entry in walk
