@@ -24,6 +24,7 @@ from aiohttp import web
 from vi_flow.server.app import create_app
 from vi_flow.server.bootstrap import read_admin_token
 from vi_flow.server.db import open_database
+from vi_flow.server.limits import raise_open_file_limit
 from vi_flow.server.serve import answer_malformed_as_json
 from vi_flow.server.state import ServerSettings
 
@@ -173,6 +174,9 @@ class Starter(Generic[S]):
     ) -> S:
         """Serve an app made from ``settings`` (changed by ``prepare`` first, if given)."""
         assert self.session is not None, "use the Starter in 'async with'"
+        # as `vi-flow serve` does: the SSH server's shares of open files follow the limit
+        # (a user who is not root has 1024 by default, too few for the SFTP tests: QA AZ)
+        raise_open_file_limit()
         app = create_app(settings)
         if prepare is not None:
             prepare(app)
