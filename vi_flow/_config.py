@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._errors import ViFlowError
 from .models.files import replace_file, through_link, updating
 
 __all__ = [
@@ -234,20 +235,31 @@ def _toml_type(value: object) -> str:
     return names.get(type(value), "a date or time")
 
 
+class ConfigWriteError(ViFlowError):
+    """The config file could not be written; the message names it and why."""
+
+
 def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     """Set one key in the config file (created with mode 0600), keeping the others."""
     if key not in CONFIG_KEYS:
         raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(CONFIG_KEYS)}")
     parsed = _parse_value(key, value)
-    path = through_link(path or config_path())  # QA: a linked config became a plain file
+    path = path or config_path()
     import tomli_w  # a TOML writer: any value, newlines and tabs included, reads back
 
     # QA: `config set`s at once lost keys they had confirmed, and a command reading the
     # file while it was rewritten in place found it empty (and served another home)
-    with updating(path):
-        data = read_config_file(path)
-        data[key] = parsed
-        replace_file(path, tomli_w.dumps(dict(sorted(data.items()))).encode())
+    try:
+        path = through_link(path)  # QA: a linked config became a plain file
+        with updating(path):
+            data = read_config_file(path)
+            data[key] = parsed
+            replace_file(path, tomli_w.dumps(dict(sorted(data.items()))).encode())
+    except OSError as exc:  # QA AZ: "/nonexistent: Permission denied", the file unnamed
+        where = f"{exc.filename}: " if exc.filename and str(exc.filename) != str(path) else ""
+        raise ConfigWriteError(
+            f"cannot write the config file {path}: {where}{exc.strerror or exc}"
+        ) from None
     return path
 
 

@@ -136,11 +136,16 @@ class LocalServerError(APIConnectionError):
 
     Attributes:
         log_file: The server log that may tell more, when the server wrote one.
+        lasting: Whether trying again cannot help: the home itself cannot be used by
+            this user (the CLI exits 1 for it, not 6).
     """
 
-    def __init__(self, message: str, *, log_file: Path | None = None) -> None:
+    def __init__(
+        self, message: str, *, log_file: Path | None = None, lasting: bool = False
+    ) -> None:
         super().__init__(message)
         self.log_file = log_file
+        self.lasting = lasting
 
 
 class APIResponseValidationError(APIError):

@@ -223,7 +223,7 @@ def _look(home: Path, wait: float) -> tuple[ServerInfo | None, bool]:
     """As :func:`find_server` (waiting ``wait`` s for its answer); also whether the run
     file names a live process that took the connection but did not answer."""
     if (why := foreign_home(home)) is not None:
-        raise LocalServerError(why)
+        raise LocalServerError(why, lasting=True)
     info = _read_run_file(home)
     if info is None or not pid_alive(info.pid) or not _names(info, home):
         return None, False
@@ -278,8 +278,11 @@ def _prepare(home: Path) -> None:
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
+        # QA AZ: a service account's HOME=/nonexistent gave "Permission denied" alone
         raise LocalServerError(
-            f"cannot use {home} as the vi-flow home: {exc.strerror or exc}"
+            f"cannot use {home} as the vi-flow home: {exc.strerror or exc} (set"
+            " VI_FLOW_HOME to a directory of yours)",
+            lasting=True,
         ) from None
 
 

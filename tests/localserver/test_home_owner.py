@@ -97,3 +97,18 @@ def test_the_server_log_is_never_opened_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         _file_handler(tmp_path / "logs" / "server.log", 1 << 20)
     assert victim.read_text() == "keep\n" and victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_home_or_config_that_cannot_be_made_is_said_so_not_retried() -> None:
+    # QA AZ: a service account's HOME=/nonexistent: "Permission denied" alone, exit 6
+    # ("transient, worth retrying"), and `config set` named neither the file nor what to do
+    nowhere = Path("/proc/vi-flow-nowhere")  # a directory no one can make
+    listed = cli(nowhere / "home", "flows", "list", check=False)
+    assert listed.returncode == 1, listed.stderr
+    assert f"cannot use {nowhere / 'home'} as the vi-flow home" in listed.stderr
+    assert "set VI_FLOW_HOME to a directory of yours" in listed.stderr
+    config = nowhere / "config"
+    done = cli(nowhere / "home", "config", "set", "max_retries", "3", check=False,
+               VI_FLOW_CONFIG_DIR=str(config))  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot write the config file {config / 'config.toml'}" in done.stderr, done.stderr

@@ -163,6 +163,8 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_USAGE  # --base-url needs fixing, not the key
     if isinstance(exc, e.APIStatusError) and exc.code in _NOT_TRANSIENT:
         return EXIT_FAILURE  # not worth a retry soon: see _NOT_TRANSIENT
+    if isinstance(exc, e.LocalServerError) and exc.lasting:
+        return EXIT_FAILURE  # a home this user cannot use: a retry changes nothing
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int]] = [
         ((e.AuthenticationError, e.PermissionDeniedError), EXIT_AUTH),
         # a value the SDK or the server refused: the arguments need fixing
