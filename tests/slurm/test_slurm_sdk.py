@@ -35,6 +35,8 @@ async def test_run_logs_follow_and_exit_code_on_slurm(client: Any) -> None:
     assert (record.data.provider, record.reason) == ("slurm", "NonZeroExit")
     assert record.data.provider_id and record.data.provider_id.isdigit()
     assert record.started_at is not None
+    # Slurm's times are whole seconds: the start came before the creation (QA AY)
+    assert record.created_at <= record.started_at <= record.ended_at
     counted = await client.run("for i in 1 2 3; do echo line$i; sleep 0.2; done")
     assert [line async for line in counted.follow_logs()] == ["line1", "line2", "line3"]
 

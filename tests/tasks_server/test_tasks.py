@@ -296,3 +296,23 @@ async def test_a_tasks_end_that_a_full_disk_kept_out_is_recorded_once_there_is_r
     full.clear()  # room again
     ended = await server.wait(task["taskId"], within=5)
     assert (ended["status"], ended["exitCode"]) == ("completed", 0)
+
+
+@pytest.mark.anyio
+async def test_a_start_reported_before_the_tasks_creation_is_recorded_at_its_creation(
+    server: TaskServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA AY: Slurm gives times in whole seconds, so a task that started in the second
+    # it was created showed `startedAt` before `createdAt`. Here the provider's times
+    # are moved back as far.
+    import attrs
+
+    record = service_module._apply_update
+
+    def apply(conn: Any, update: Any) -> Any:
+        return record(conn, attrs.evolve(update, time=(update.time or 0) - 5_000))
+
+    monkeypatch.setattr(service_module, "_apply_update", apply)
+    task = await server.submit(command="true")
+    done = await server.wait(task["taskId"])
+    assert done["createdAt"] <= done["startedAt"] <= done["endedAt"], done

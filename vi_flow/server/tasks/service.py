@@ -751,11 +751,19 @@ def _update_columns(update: TaskUpdate) -> dict[str, Any]:
 
 def _apply_update(conn: Connection, update: TaskUpdate) -> TaskStatus | None:
     """Record ``update`` unless the task is unknown or has already ended; the old status."""
-    row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (update.task_id,)).fetchone()
+    row = conn.execute(
+        "SELECT status, created_at, started_at FROM tasks WHERE task_id = ?", (update.task_id,)
+    ).fetchone()
     if row is None or TaskStatus(row["status"]).terminal:
         return None
     before = TaskStatus(row["status"])
     sets = _update_columns(update)
+    # Slurm gives its times in whole seconds: a task started in the second it was created
+    # showed a start before its creation (QA AY). Times only go forward.
+    earliest = row["created_at"]
+    for column in ("started_at", "ended_at"):
+        if column in sets:
+            sets[column] = earliest = max(sets[column], earliest, row["started_at"] or 0)
     assignments = ", ".join(f"{k} = ?" for k in sets)
     conn.execute(
         f"UPDATE tasks SET {assignments} WHERE task_id = ?",
