@@ -198,8 +198,14 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         ValueError: The file is not valid TOML or has unknown keys (names the file and key).
     """
     path = path or config_path()
-    if not path.exists():
-        return {}
+    try:
+        if not path.exists():
+            return {}
+    except OSError as exc:  # QA BA: "/root/.config/vi-flow/config.toml: Permission denied"
+        raise ValueError(
+            f"cannot read the config file {path}: {exc.strerror or exc} (set VI_FLOW_CONFIG"
+            " to a file of yours, or VI_FLOW_CONFIG_DIR to a directory of yours)"
+        ) from None
     if not path.is_file():
         raise ValueError(f"config file {path} is not a file")
     if sys.version_info >= (3, 11):

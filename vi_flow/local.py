@@ -15,6 +15,7 @@ Everything here blocks; async callers run it in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import os
 import secrets
@@ -130,13 +131,25 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+#: Why a home cannot be this user's, whenever it is tried (a busy disk may pass).
+_NOT_A_HOME = (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
+_SET_HOME = "set VI_FLOW_HOME to a directory of yours"
+
+
 def _read_run_file(home: Path) -> ServerInfo | None:
     try:
         raw = (home / RUN_FILE).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise LocalServerError(f"cannot read {home / RUN_FILE}: {exc.strerror or exc}") from None
+        # QA BA: a home under a file, or another user's (`sudo -u svc` keeps HOME=/root),
+        # is no passing fault: exit 1 and what to do, not 6 ("worth retrying")
+        lasting = exc.errno in _NOT_A_HOME
+        raise LocalServerError(
+            f"cannot read {home / RUN_FILE}: {exc.strerror or exc}"
+            + (f" ({_SET_HOME})" if lasting else ""),
+            lasting=lasting,
+        ) from None
     try:
         return ServerInfo.from_json(raw)
     except ValueError:
@@ -280,8 +293,7 @@ def _prepare(home: Path) -> None:
     except OSError as exc:
         # QA AZ: a service account's HOME=/nonexistent gave "Permission denied" alone
         raise LocalServerError(
-            f"cannot use {home} as the vi-flow home: {exc.strerror or exc} (set"
-            " VI_FLOW_HOME to a directory of yours)",
+            f"cannot use {home} as the vi-flow home: {exc.strerror or exc} ({_SET_HOME})",
             lasting=True,
         ) from None
 

@@ -9,6 +9,8 @@ made: the server started there and wrote its admin token into that user's
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from vi_flow.server.bootstrap import _write_private
 from vi_flow.server.logs import _file_handler
 
+from ..another_user import as_another_user
 from .kit import cli, run_file
 
 #: Another user: only root can give a file away, so the CLI tests need root.
@@ -107,8 +110,41 @@ def test_a_home_or_config_that_cannot_be_made_is_said_so_not_retried() -> None:
     assert listed.returncode == 1, listed.stderr
     assert f"cannot use {nowhere / 'home'} as the vi-flow home" in listed.stderr
     assert "set VI_FLOW_HOME to a directory of yours" in listed.stderr
+    # QA BA: one under a file failed earlier, reading its run file: still exit 6, no hint
+    a_file = Path(tempfile.mkdtemp(prefix="vi-flow-home-")) / "file"
+    a_file.write_text("")
+    try:
+        under = cli(a_file / "home", "tasks", "list", check=False)
+    finally:
+        shutil.rmtree(a_file.parent)
+    assert under.returncode == 1, under.stderr
+    assert "Not a directory (set VI_FLOW_HOME to a directory of yours)" in under.stderr
     config = nowhere / "config"
     done = cli(nowhere / "home", "config", "set", "max_retries", "3", check=False,
                VI_FLOW_CONFIG_DIR=str(config))  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert f"cannot write the config file {config / 'config.toml'}" in done.stderr, done.stderr
+
+
+@needs_root
+def test_a_config_file_this_user_may_not_look_at_is_said_so_with_a_way_out() -> None:
+    # QA BA: `sudo -u svc vi-flow ...` keeps HOME=/root: "error: /root/.config/vi-flow/
+    # config.toml: Permission denied", naming no setting to change
+    from vi_flow._config import read_config_file
+
+    closed = Path(tempfile.mkdtemp(prefix="vi-flow-config-"))  # 0700, root's when root runs
+    config = closed / "config.toml"
+
+    def refused() -> bool:
+        try:
+            read_config_file(config)
+        except ValueError as exc:
+            return str(exc).startswith(f"cannot read the config file {config}: Permission") and (
+                "set VI_FLOW_CONFIG to a file of yours" in str(exc)
+            )
+        return False
+
+    try:
+        assert as_another_user(refused)
+    finally:
+        shutil.rmtree(closed)
