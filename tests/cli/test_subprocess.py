@@ -521,6 +521,52 @@ def test_what_is_typed_before_the_shell_starts_reaches_it(
         subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
 
 
+def test_a_shell_follows_resizes_and_a_kill_gives_the_terminal_back(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA BA: resizes never reached the remote shell (the CLI's shell runs outside the
+    # main thread, where no SIGWINCH handler can be set), and SIGTERM or SIGHUP to the
+    # CLI left the terminal raw: no echo, no line editing, until `stty sane`
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env, task_id = _sleeping_task(served)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    screen = b""
+
+    def until(*wanted: bytes) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + 30
+        while not any(w in screen for w in wanted) and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                screen += os.read(master, 4096)
+        assert any(w in screen for w in wanted), screen
+
+    try:
+        until(b"$ ", b"# ")  # the prompt: the shell reads its input
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        time.sleep(1)  # looked at four times a second
+        os.write(master, b"stty size\n")
+        until(b"33 101")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM
+        after = termios.tcgetattr(slave)
+        assert after[3] == before[3] and after[1] == before[1]  # echo, lines: as it was
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+
+
 def _typed_on_a_terminal(
     args: list[str], env: dict[str, str], prompts: tuple[bytes, ...], typed: bytes
 ) -> tuple[int, bytes]:

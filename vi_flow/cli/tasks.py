@@ -590,7 +590,11 @@ def shell(task_id: str, command: str | None, no_stdin: bool) -> None:
     if task.status.value == "pending":  # the wait may be long: say what it waits for
         why = f" ({task.reason})" if task.reason else ""
         click.echo(f"task {task_id} is pending{why}: waiting for it to start", err=True)
-    result = client.shell(task_id, command=command, echo=True, input=source)
+    from ..compute.ssh import terminal_kept_on_signals
+
+    terminal = sys.stdin.fileno() if sys.stdin.isatty() else -1
+    with terminal_kept_on_signals(terminal):  # the shell itself runs in another thread
+        result = client.shell(task_id, command=command, echo=True, input=source)
     if command is None:  # the shell's own status, as ssh gives it (QA: always 0)
         raise click.exceptions.Exit(
             EXIT_FAILURE if result.exit_status is None else result.exit_status

@@ -554,10 +554,70 @@ def _forward_resize(fd: int, proc: asyncssh.SSHClientProcess[bytes]) -> Any:
     try:
         loop.add_signal_handler(signal.SIGWINCH, on_resize)
     except (RuntimeError, ValueError, NotImplementedError):
-        # Not the main thread (a sync client's portal): resizes are simply not forwarded.
-        yield
+        # Not the main thread (a sync client's portal, the CLI's): no handler can be set
+        # here, and resizes never reached the remote side (QA BA: vim and top kept the
+        # first size). The size is looked at a few times a second instead.
+        with _size_watched(fd, on_resize):
+            yield
         return
     try:
         yield
     finally:
         loop.remove_signal_handler(signal.SIGWINCH)
+
+
+_SIZE_EVERY = 0.25  # seconds between looks at the terminal's size, where SIGWINCH is not ours
+
+
+@contextlib.contextmanager
+def _size_watched(fd: int, on_resize: Callable[[], None]) -> Any:
+    """Call ``on_resize`` when the terminal ``fd`` has changed size, looked at by a timer."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    size = [_terminal_size(fd)]
+
+    def look() -> None:
+        now = _terminal_size(fd)
+        if now != size[0]:
+            size[0] = now
+            on_resize()
+        timer[0] = loop.call_later(_SIZE_EVERY, look)
+
+    timer = [loop.call_later(_SIZE_EVERY, look)]
+    try:
+        yield
+    finally:
+        timer[0].cancel()
+
+
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def terminal_kept_on_signals(fd: int) -> Any:
+    """Put the terminal ``fd`` back as it is now should SIGTERM or SIGHUP end this process
+    meanwhile, then end it by that signal (QA BA: ``kill`` of ``vi-flow tasks shell`` left
+    the terminal raw: no echo, broken lines). Only where this process has no handler of
+    its own for them, and only from the main thread, where handlers are set."""
+    import termios
+
+    if not os.isatty(fd) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    ours = [sig for sig in _ENDING_SIGNALS if signal.getsignal(sig) is signal.SIG_DFL]
+
+    def ended(signum: int, frame: object) -> None:
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for sig in ours:
+        signal.signal(sig, ended)
+    try:
+        yield
+    finally:
+        for sig in ours:
+            signal.signal(sig, signal.SIG_DFL)
