@@ -63,7 +63,7 @@ def test_an_unknown_option_of_tasks_run_is_refused_not_run(vf_offline: Invoker, 
     # echo hi` (it failed to start), and `--folow` ran the task unfollowed, exit 0
     result = vf_offline("tasks", "run", typo, "1", "--", "echo", "hi")
     assert result.exit_code == 2, result.stderr
-    assert f"No such option '{typo}'" in result.stderr
+    assert "No such option" in result.stderr and typo in result.stderr  # click's wording
 
 
 def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
