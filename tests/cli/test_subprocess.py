@@ -539,15 +539,10 @@ def test_a_shell_follows_resizes_and_a_kill_gives_the_terminal_back(
     proc = subprocess.Popen(
         [*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave, stderr=slave, env=env
     )
-    screen = b""
+    screen = bytearray()
 
     def until(*wanted: bytes) -> None:
-        nonlocal screen
-        deadline = time.monotonic() + 30
-        while not any(w in screen for w in wanted) and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                screen += os.read(master, 4096)
-        assert any(w in screen for w in wanted), screen
+        _read_until(master, screen, wanted)
 
     try:
         until(b"$ ", b"# ")  # the prompt: the shell reads its input
@@ -565,6 +560,45 @@ def test_a_shell_follows_resizes_and_a_kill_gives_the_terminal_back(
         os.close(master)
         os.close(slave)
         subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+
+
+def test_a_shell_says_so_when_its_task_ends(
+    served: tuple[str, str, subprocess.Popen[str]],
+) -> None:
+    # QA BA: the session ended with 137 and nothing said why: the server's "task ...
+    # no longer runs; session closed" came on the channel's stderr, which went unread
+    import pty
+
+    env, task_id = _sleeping_task(served)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    screen = bytearray()
+
+    def until(*wanted: bytes) -> None:
+        _read_until(master, screen, wanted)
+
+    try:
+        until(b"$ ", b"# ")
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=True)
+        until(f"task {task_id} no longer runs; session closed".encode())
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+
+
+def _read_until(master: int, screen: bytearray, wanted: tuple[bytes, ...]) -> None:
+    """Add what the terminal ``master`` shows to ``screen`` until one of ``wanted`` is in
+    it (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not any(w in screen for w in wanted) and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            screen += os.read(master, 4096)
+    assert any(w in screen for w in wanted), bytes(screen)
 
 
 def _typed_on_a_terminal(

@@ -484,10 +484,16 @@ async def interactive_shell(
         term_type=os.environ.get("TERM", "xterm-256color"),
         term_size=(cols, rows),
     )
+
+    async def copy(stream: asyncssh.SSHReader[bytes]) -> None:
+        while data := await stream.read(65536):
+            _write_all(out_fd, data)
+
     async with proc:
         with _raw_terminal(in_fd), _forward_keys(in_fd, proc), _forward_resize(out_fd, proc):
-            while data := await proc.stdout.read(65536):
-                _write_all(out_fd, data)
+            # the server's own words come on stderr, a PTY's output on stdout (QA BA: a
+            # shell whose task ended exited 137 without its "task ... no longer runs")
+            await asyncio.gather(copy(proc.stdout), copy(proc.stderr))
         completed = await proc.wait(check=False)
     status = completed.exit_status
     return status if status is not None and status >= 0 else None
