@@ -245,6 +245,11 @@ class ConfigWriteError(ViFlowError):
     """The config file could not be written; the message names it and why."""
 
 
+class ConfigFileError(ValueError):
+    """The config file in place is not one (not a file, not TOML): the file needs
+    fixing, not the value being set."""
+
+
 def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     """Set one key in the config file (created with mode 0600), keeping the others."""
     if key not in CONFIG_KEYS:
@@ -258,7 +263,10 @@ def write_config_value(key: str, value: str, path: Path | None = None) -> Path:
     try:
         path = through_link(path)  # QA: a linked config became a plain file
         with updating(path):
-            data = read_config_file(path)
+            try:
+                data = read_config_file(path)
+            except ValueError as exc:  # the file's fault (QA BA: it was blamed on VALUE)
+                raise ConfigFileError(f"cannot set {key}: {exc}") from None
             data[key] = parsed
             replace_file(path, tomli_w.dumps(dict(sorted(data.items()))).encode())
     except OSError as exc:  # QA AZ: "/nonexistent: Permission denied", the file unnamed

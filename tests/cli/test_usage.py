@@ -66,6 +66,18 @@ def test_an_unknown_option_of_tasks_run_is_refused_not_run(vf_offline: Invoker, 
     assert "No such option" in result.stderr and typo in result.stderr  # click's wording
 
 
+def test_a_config_file_that_is_not_one_is_blamed_not_the_value(
+    vf_offline: Invoker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QA BA: VI_FLOW_CONFIG naming a directory: "Invalid value for VALUE: config file
+    # ... is not a file" (exit 2), of a value that was fine
+    monkeypatch.setenv("VI_FLOW_CONFIG", str(tmp_path))
+    result = vf_offline("config", "set", "timeout", "5")
+    assert result.exit_code == 2, result.stderr  # a usage error: the file needs fixing
+    assert f"cannot set timeout: config file {tmp_path} is not a file" in result.stderr
+    assert "Invalid value" not in result.stderr
+
+
 def test_param_without_equals_names_the_argument(vf_offline: Invoker) -> None:
     result = vf_offline("execute", "flow_x", "--param", "city")
     assert result.exit_code == 2

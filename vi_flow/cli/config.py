@@ -90,6 +90,7 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
     leave VALUE out to be asked for it (not echoed): a key on the command line can be read
     by every user of the machine while the command runs (/proc/PID/cmdline).
     """
+    from .._config import ConfigFileError
     from ..config import CONFIG_KEYS, write_config_value
 
     if key not in CONFIG_KEYS:
@@ -102,6 +103,8 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
         raise click.UsageError(f"give {key}'s VALUE (or - to read it from standard input)")
     try:
         path = write_config_value(key, value)
+    except ConfigFileError as exc:  # QA BA: it was "Invalid value for VALUE"
+        raise click.UsageError(str(exc)) from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="VALUE") from None
     shown = "***" if key == "api_key" else value
