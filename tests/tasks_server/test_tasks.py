@@ -316,3 +316,15 @@ async def test_a_start_reported_before_the_tasks_creation_is_recorded_at_its_cre
     task = await server.submit(command="true")
     done = await server.wait(task["taskId"])
     assert done["createdAt"] <= done["startedAt"] <= done["endedAt"], done
+
+
+@pytest.mark.anyio
+async def test_a_command_line_that_starts_like_an_option_is_run_as_a_line(
+    server: TaskServer,
+) -> None:
+    # QA BA: a one-word command `-x` ran as `sh -c -x`: "-c requires an argument", exit 2
+    task = await server.submit(command="-x")
+    done = await server.wait(task["taskId"])
+    assert done["exitCode"] == 127, done  # not found, as a shell says of the line
+    logs = await server.call("GET", f"/tasks/{task['taskId']}/logs", params={"stream": "stderr"})
+    assert any("-x: not found" in line for line in logs.body["lines"]), logs.body

@@ -41,7 +41,10 @@ def command_argv(config: TaskConfig) -> list[str]:
     """The task's command as an argv list (a string runs under ``/bin/sh -c``)."""
     if isinstance(config.command, list):
         return [str(part) for part in config.command]
-    return ["/bin/sh", "-c", str(config.command or "")]
+    line = str(config.command or "")
+    if line.startswith(("-", "+")):  # the line, not an option of sh's (QA BA: `sh -c -x`)
+        return ["/bin/sh", "-c", "--", line]
+    return ["/bin/sh", "-c", line]
 
 
 def check_config(config: TaskConfig) -> None:
