@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 BIN = Path(sys.executable).parent / "vi-flow"
@@ -527,39 +528,21 @@ def test_a_shell_follows_resizes_and_a_kill_gives_the_terminal_back(
     # QA BA: resizes never reached the remote shell (the CLI's shell runs outside the
     # main thread, where no SIGWINCH handler can be set), and SIGTERM or SIGHUP to the
     # CLI left the terminal raw: no echo, no line editing, until `stty sane`
-    import fcntl
-    import pty
-    import struct
     import termios
 
     env, task_id = _sleeping_task(served)
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(
-        [*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave, stderr=slave, env=env
-    )
-    screen = bytearray()
-
-    def until(*wanted: bytes) -> None:
-        _read_until(master, screen, wanted)
-
-    try:
-        until(b"$ ", b"# ")  # the prompt: the shell reads its input
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    with _shell_on_a_terminal(env, task_id) as shell:
+        before = termios.tcgetattr(shell.slave)
+        shell.until(b"$ ", b"# ")  # the prompt: the shell reads its input
+        shell.resize(shell.slave, 33, 101)
         time.sleep(1)  # looked at four times a second
-        os.write(master, b"stty size\n")
-        until(b"33 101")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == -signal.SIGTERM
-        after = termios.tcgetattr(slave)
+        os.write(shell.master, b"stty size\n")
+        shell.until(b"33 101")
+        shell.proc.send_signal(signal.SIGTERM)
+        assert shell.proc.wait(timeout=10) == -signal.SIGTERM
+        after = termios.tcgetattr(shell.slave)
         assert after[3] == before[3] and after[1] == before[1]  # echo, lines: as it was
-    finally:
-        proc.kill()
-        proc.wait()
-        os.close(master)
-        os.close(slave)
-        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
+    subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=False)
 
 
 def test_a_shell_says_so_when_its_task_ends(
@@ -567,26 +550,50 @@ def test_a_shell_says_so_when_its_task_ends(
 ) -> None:
     # QA BA: the session ended with 137 and nothing said why: the server's "task ...
     # no longer runs; session closed" came on the channel's stderr, which went unread
+    env, task_id = _sleeping_task(served)
+    with _shell_on_a_terminal(env, task_id) as shell:
+        shell.until(b"$ ", b"# ")
+        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=True)
+        shell.until(f"task {task_id} no longer runs; session closed".encode())
+        shell.proc.wait(timeout=10)
+
+
+@attrs.define
+class _Terminal:
+    """``vi-flow tasks shell`` on a pty: the pty's two ends, the CLI, what it showed."""
+
+    master: int
+    slave: int
+    proc: subprocess.Popen[bytes]
+    screen: bytearray = attrs.Factory(bytearray)
+
+    def until(self, *wanted: bytes) -> None:
+        """Read what the terminal shows until one of ``wanted`` is there (30 s at most)."""
+        _read_until(self.master, self.screen, wanted)
+
+    @staticmethod
+    def resize(tty: int, rows: int, cols: int) -> None:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(tty, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+@contextlib.contextmanager
+def _shell_on_a_terminal(env: dict[str, str], task_id: str) -> Iterator[_Terminal]:
+    """``vi-flow tasks shell TASK_ID`` on a new 24x80 pty, killed and closed afterwards."""
     import pty
 
-    env, task_id = _sleeping_task(served)
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*_cli(), "tasks", "shell", task_id], stdin=slave, stdout=slave, stderr=slave, env=env
-    )
-    screen = bytearray()
-
-    def until(*wanted: bytes) -> None:
-        _read_until(master, screen, wanted)
-
+    _Terminal.resize(slave, 24, 80)
+    shell = _Terminal(master, slave, subprocess.Popen([*_cli(), "tasks", "shell", task_id],
+                      stdin=slave, stdout=slave, stderr=slave, env=env))  # fmt: skip
     try:
-        until(b"$ ", b"# ")
-        subprocess.run([*_cli(), "tasks", "cancel", task_id, "--force"], env=env, check=True)
-        until(f"task {task_id} no longer runs; session closed".encode())
-        proc.wait(timeout=10)
+        yield shell
     finally:
-        proc.kill()
-        proc.wait()
+        shell.proc.kill()
+        shell.proc.wait()
         os.close(master)
         os.close(slave)
 
