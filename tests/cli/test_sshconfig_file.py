@@ -66,7 +66,7 @@ def test_the_file_s_own_bytes_and_line_ends_are_kept(tmp_path: Path) -> None:
 
 
 def test_a_linked_config_is_written_where_it_lies_and_a_loop_is_named(tmp_path: Path) -> None:
-    from vi_flow._config import ConfigWriteError, read_config_file, write_config_value
+    from vi_flow.config import ConfigWriteError, read_config_file, write_config_value
 
     dotfile = tmp_path / "dotfiles" / "config.toml"
     dotfile.parent.mkdir()

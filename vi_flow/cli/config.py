@@ -90,8 +90,7 @@ def set_(key: str, value: str | None, as_json: bool) -> None:
     leave VALUE out to be asked for it (not echoed): a key on the command line can be read
     by every user of the machine while the command runs (/proc/PID/cmdline).
     """
-    from .._config import ConfigFileError
-    from ..config import CONFIG_KEYS, write_config_value
+    from ..config import CONFIG_KEYS, ConfigFileError, write_config_value
 
     if key not in CONFIG_KEYS:
         raise click.BadParameter(
