@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from vi_flow.server.trees import remove_tree
 
 NOBODY = 65534
 
@@ -26,3 +31,16 @@ def as_another_user(work: Callable[[], bool]) -> bool:
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1), status
     return os.WEXITSTATUS(status) == 0
+
+
+@contextlib.contextmanager
+def shared_with_another_user(prefix: str) -> Iterator[Path]:
+    """A fresh directory anyone may write in, where the other user of
+    :func:`as_another_user` makes its files; removed afterwards, whatever modes they were
+    left with (:func:`~vi_flow.server.trees.remove_tree`)."""
+    shared = Path(tempfile.mkdtemp(prefix=prefix))
+    shared.chmod(0o777)
+    try:
+        yield shared
+    finally:
+        remove_tree(shared)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from vi_flow.server import trees
 from vi_flow.server.trees import TreeMoved, Walk
 
-from ..another_user import as_another_user
+from ..another_user import as_another_user, shared_with_another_user
 
 
 def _chain(root: Path, depth: int) -> list[Path]:
@@ -83,11 +81,7 @@ def test_a_server_that_is_not_root_removes_directories_a_task_made_unreadable() 
     # QA: `mkdir -p a/b; chmod 000 a` in a task's files, or in a volume, and a server
     # that is not root could not open `a` to make it writable: a pruned task's files
     # and a deleted volume stayed on disk for ever, with a warning in the log only
-    shared = Path(tempfile.mkdtemp(prefix="vi-flow-trees-"))
-    shared.chmod(0o777)  # the other user makes its tree in it
-    root = shared / "task"
-
-    def make_and_remove() -> bool:
+    def make_and_remove(root: Path) -> bool:
         (root / "a" / "b").mkdir(parents=True)
         (root / "a" / "b" / "f").write_text("x")
         (root / "no-read").mkdir()
@@ -96,7 +90,5 @@ def test_a_server_that_is_not_root_removes_directories_a_task_made_unreadable() 
         root.chmod(0o000)  # the top too (a volume's own directory, chmod-ed by its task)
         return trees.remove_tree(root) and not root.exists()
 
-    try:
-        assert as_another_user(make_and_remove)
-    finally:
-        shutil.rmtree(shared)
+    with shared_with_another_user("vi-flow-trees-") as shared:  # its tree is made in it
+        assert as_another_user(lambda: make_and_remove(shared / "task"))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from vi_flow.models.tasks import (
 from vi_flow.server.tasks.files import UnsafePath, list_outputs, open_output, tail_lines
 from vi_flow.server.tasks.logfile import READ_SIZE
 
-from ..another_user import as_another_user
+from ..another_user import as_another_user, shared_with_another_user
 
 
 @pytest.mark.parametrize(
@@ -155,11 +153,7 @@ def test_file_helpers(tmp_path: Path) -> None:
 def test_a_server_that_is_not_root_lists_a_directory_its_task_made_unreadable() -> None:
     # QA AZ: as root, `mkdir ckpt; ... chmod 000 ckpt` listed ckpt's files; as another
     # user they were left out without a word, and get_model missed the checkpoint
-    shared = Path(tempfile.mkdtemp(prefix="vi-flow-outputs-"))
-    shared.chmod(0o777)  # the other user makes its files in it
-    out = shared / "out"
-
-    def listed_as_a_server_that_is_not_root() -> bool:
+    def listed_as_a_server_that_is_not_root(out: Path) -> bool:
         (out / "ckpt" / "deep").mkdir(parents=True)
         (out / "ckpt" / "c1.bin").write_bytes(b"c1")
         (out / "ckpt" / "deep" / "d.bin").write_bytes(b"d")
@@ -173,10 +167,8 @@ def test_a_server_that_is_not_root_lists_a_directory_its_task_made_unreadable() 
             TaskOutputFile("model.bin", 1),
         ]
 
-    try:
-        assert as_another_user(listed_as_a_server_that_is_not_root)
-    finally:
-        shutil.rmtree(shared)
+    with shared_with_another_user("vi-flow-outputs-") as shared:  # its files are made in it
+        assert as_another_user(lambda: listed_as_a_server_that_is_not_root(shared / "out"))
 
 
 def test_an_output_the_server_may_not_read_is_403_not_404() -> None:
@@ -185,25 +177,21 @@ def test_an_output_the_server_may_not_read_is_403_not_404() -> None:
     from vi_flow.server.errors import APIProblem
     from vi_flow.server.routes.tasks import _open_output
 
-    shared = Path(tempfile.mkdtemp(prefix="vi-flow-outputs-"))
-    shared.chmod(0o777)  # the other user makes its files in it
-    out = shared / "out"
-
-    def refusal(path: str) -> tuple[int, str, bool] | None:
+    def refusal(out: Path, path: str) -> tuple[int, str, bool] | None:
         try:
             _open_output(out, path)
         except APIProblem as problem:
             return problem.status, problem.code, path in problem.message
         return None
 
-    def outputs_as_a_server_that_is_not_root() -> bool:
+    def outputs_as_a_server_that_is_not_root(out: Path) -> bool:
         (out / "closed").mkdir(parents=True)
         (out / "closed" / "inside").write_bytes(b"x")
         (out / "closed").chmod(0o000)
         (out / "secret").write_bytes(b"weights")
         (out / "secret").chmod(0o000)
         (out / "open").write_bytes(b"fine")
-        answers = [refusal(path) for path in ("secret", "closed/inside")]
+        answers = [refusal(out, path) for path in ("secret", "closed/inside")]
         fd = _open_output(out, "open")
         readable = fd is not None and os.read(fd, 10) == b"fine"
         if fd is not None:
@@ -211,10 +199,5 @@ def test_an_output_the_server_may_not_read_is_403_not_404() -> None:
         missing = _open_output(out, "missing") is None
         return answers == [(403, "PERMISSION_DENIED", True)] * 2 and readable and missing
 
-    try:
-        assert as_another_user(outputs_as_a_server_that_is_not_root)
-    finally:
-        for path in (out / "closed", out / "secret"):
-            if path.exists():
-                path.chmod(0o700)
-        shutil.rmtree(shared)
+    with shared_with_another_user("vi-flow-outputs-") as shared:  # its files are made in it
+        assert as_another_user(lambda: outputs_as_a_server_that_is_not_root(shared / "out"))
