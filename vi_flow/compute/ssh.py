@@ -578,8 +578,6 @@ _SIZE_EVERY = 0.25  # seconds between looks at the terminal's size, where SIGWIN
 @contextlib.contextmanager
 def _size_watched(fd: int, on_resize: Callable[[], None]) -> Any:
     """Call ``on_resize`` when the terminal ``fd`` has changed size, looked at by a timer."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     size = [_terminal_size(fd)]
 

@@ -215,10 +215,11 @@ _SANDBOX_CHECK = (
 #: ``scancel --batch`` signals the batch shell alone: held, it reaches no one (forwarding
 #: it would give a job-wide signal to the command twice); docs/production.md says so.
 _HELD_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "USR1", "USR2")
-_TERM_HELD = (
+_DEFAULTS = f"env --default-signal={','.join(_HELD_SIGNALS)}"
+_SIGNALS_HELD = (
     "reset=()",
-    f"if env --default-signal={','.join(_HELD_SIGNALS)} true 2>/dev/null; then",
-    f"  reset=(env --default-signal={','.join(_HELD_SIGNALS)}); trap '' {' '.join(_HELD_SIGNALS)}",
+    f"if {_DEFAULTS} true 2>/dev/null; then",
+    f"  reset=({_DEFAULTS}); trap '' {' '.join(_HELD_SIGNALS)}",
     "fi",
 )
 #: bwrap reports a command killed by signal N as status 128 + N: die of that signal, so
@@ -295,7 +296,7 @@ class JobSubmission:
             lines.append(f"exec {shlex.join(run)}")
             return "\n".join(lines) + "\n"
         command = f'{shlex.join(self.sandbox)} "${{reset[@]}}" {shlex.join(run)}'
-        lines += [*_SANDBOX_CHECK, *_TERM_HELD, command, *_SANDBOX_EXIT]
+        lines += [*_SANDBOX_CHECK, *_SIGNALS_HELD, command, *_SANDBOX_EXIT]
         return "\n".join(lines) + "\n"
 
     def body(self, version: str = "v0.0.38") -> dict[str, Any]:
